@@ -1,0 +1,3 @@
+from edge_sel.cli import main
+
+main()

@@ -1,0 +1,76 @@
+"""The default backend: eager PyTorch forward, backward and optimizer step, AMP on CUDA."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from edge_sel.data import Batch
+from edge_sel.methods import Updater
+
+
+def make_optimizer(name: str, params, lr: float, momentum: float, weight_decay: float):
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0,
+                               weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(name)
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, updater: Updater,
+                 device: torch.device, amp: bool = True, label_smoothing: float = 0.0):
+        self.model, self.optimizer, self.updater = model, optimizer, updater
+        self.device = device
+        self.label_smoothing = label_smoothing
+        use_amp = amp and device.type == "cuda"
+        self.amp_dtype = (torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16) \
+            if use_amp else None
+        # fp16 needs loss scaling; bf16 has fp32's range and does not.
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def train_step(self, step: int, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step on the batch; returns detached per-sample losses and logits."""
+        self.model.train()
+        with self._autocast():
+            logits = self.model(batch.x)
+            losses = nn.functional.cross_entropy(logits.float(), batch.y, reduction="none",
+                                                 label_smoothing=self.label_smoothing)
+        loss = (losses * batch.weight).mean() if batch.weight is not None else losses.mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        if loss.requires_grad:
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)
+            else:
+                loss.backward()
+            self.updater.after_backward(step)
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.updater.after_step(step)
+        return losses.detach(), logits.detach().float()
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        self.model.eval()
+        with self._autocast():
+            return self.model(x).float()

@@ -1,0 +1,150 @@
+"""The `edge-sel` command line: thin click wrappers over edge_sel.engine.run."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from edge_sel import __version__
+from edge_sel.config import OPTIMIZERS, SCHEDULES, TrainConfig
+from edge_sel.engine.run import DataOptions, finetune, pretrain
+from edge_sel.errors import InputError
+from edge_sel.report.summary import print_summary
+
+
+def fail_cleanly(fn):
+    """Expected mistakes become one line on stderr and exit 2; no traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except InputError as e:
+            click.echo(f"edge-sel: error: {e}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("edge-sel: interrupted", err=True)
+            sys.exit(130)
+    return wrapper
+
+
+def data_options(fn):
+    options = [
+        click.option("--dataset", default="digits", show_default=True,
+                     help="digits | cifar10 | synthetic | folder:PATH"),
+        click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+                     help="Where the CIFAR-10 archive lives (cifar-10-batches-py)."),
+        click.option("--val-fraction", type=float, default=0.1, show_default=True,
+                     help="Stratified share of the training part held out for validation."),
+        click.option("--shard", default=None, help="Use stratified shard K/N of the training part, e.g. 0/2."),
+        click.option("--subset", type=int, default=None, help="Class-balanced subset of N training samples."),
+        click.option("--per-class-cap", type=int, default=None, help="At most N training samples per class."),
+        click.option("--split-seed", type=int, default=0, show_default=True),
+        click.option("--image-size", type=int, default=None, help="Resize folder images to S x S."),
+    ]
+    for opt in reversed(options):
+        fn = opt(fn)
+    return fn
+
+
+def train_options(fn):
+    options = [
+        click.option("--epochs", type=int, required=True),
+        click.option("--batch-size", type=int, default=128, show_default=True),
+        click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True),
+        click.option("--lr", type=float, default=None, help="Base learning rate [0.05 sgd, 1e-3 adam]."),
+        click.option("--momentum", type=float, default=0.9, show_default=True),
+        click.option("--weight-decay", type=float, default=5e-4, show_default=True),
+        click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True),
+        click.option("--warmup-epochs", type=float, default=0.0, show_default=True),
+        click.option("--label-smoothing", type=float, default=0.0, show_default=True),
+        click.option("--no-augment", is_flag=True, help="Disable random crops and flips."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--device", default="auto", show_default=True, help="cpu | cuda | mps | auto"),
+        click.option("--no-amp", is_flag=True, help="Disable mixed precision on CUDA."),
+        click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory to create."),
+        click.option("--overwrite", is_flag=True, help="Replace an existing --out directory."),
+        click.option("--quiet", is_flag=True, help="No progress bars or summary table."),
+    ]
+    for opt in reversed(options):
+        fn = opt(fn)
+    return fn
+
+
+def build_config(kw: dict, **extra) -> TrainConfig:
+    lr = kw["lr"] if kw["lr"] is not None else (0.05 if kw["optimizer"] == "sgd" else 1e-3)
+    return TrainConfig(epochs=kw["epochs"], batch_size=kw["batch_size"], optimizer=kw["optimizer"], lr=lr,
+                       momentum=kw["momentum"], weight_decay=kw["weight_decay"], schedule=kw["schedule"],
+                       warmup_epochs=kw["warmup_epochs"], label_smoothing=kw["label_smoothing"],
+                       augment=not kw["no_augment"], seed=kw["seed"], device=kw["device"],
+                       amp=not kw["no_amp"], **extra)
+
+
+def build_data(kw: dict) -> DataOptions:
+    return DataOptions(kw["dataset"], kw["data_dir"], kw["val_fraction"], kw["shard"], kw["subset"],
+                       kw["per_class_cap"], kw["split_seed"], kw["image_size"])
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edge-sel")
+def cli():
+    """On-device fine-tuning whose savings are counted and measured."""
+
+
+@cli.command("pretrain")
+@click.option("--model", "model_name", default="edgecnn", show_default=True, help="edgecnn | resnet18_cifar")
+@data_options
+@train_options
+@fail_cleanly
+def pretrain_cmd(model_name, **kw):
+    """Train a model densely and write a warmup checkpoint."""
+    summary = pretrain(model_name, build_data(kw), build_config(kw), kw["out"], kw["overwrite"], kw["quiet"])
+    print_summary(summary, quiet=kw["quiet"])
+
+
+@cli.command("finetune")
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="Warmup checkpoint directory.")
+@click.option("--strategy", default="dense", show_default=True, help="Which samples are computed.")
+@click.option("--sparsity", default="none", show_default=True, help="Which parameters change: none | mask | layers.")
+@data_options
+@train_options
+@fail_cleanly
+def finetune_cmd(checkpoint, strategy, sparsity, **kw):
+    """Fine-tune a warmup checkpoint on local data; records per epoch."""
+    cfg = build_config(kw, strategy=strategy, sparsity=sparsity)
+    summary = finetune(checkpoint, build_data(kw), cfg, kw["out"], kw["overwrite"], kw["quiet"])
+    print_summary(summary, quiet=kw["quiet"])
+
+
+@cli.command("models")
+def models_cmd():
+    """List the models and their parameter counts."""
+    from edge_sel.models import model_table
+    for name, n in model_table():
+        click.echo(f"{name:16s} {n:>12,d} parameters (10 classes, 3 channels)")
+
+
+from edge_sel.demo import demo_cmd  # noqa: E402  (registers after the helpers it uses exist)
+
+cli.add_command(demo_cmd)
+
+
+def main():
+    """Console entry point: click's own usage errors also become one line and exit 2."""
+    try:
+        cli.main(prog_name="edge-sel", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("edge-sel: aborted", err=True)
+        sys.exit(130)
+    except click.UsageError as e:
+        click.echo(f"edge-sel: error: {e.format_message()}", err=True)
+        sys.exit(2)
+    except click.ClickException as e:
+        click.echo(f"edge-sel: error: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Dataset sources by name -> (training part, test part) as IndexedDatasets."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edge_sel.data.dataset import IndexedDataset
+from edge_sel.data.folder import load_class_folder
+from edge_sel.data.split import stratified_split
+from edge_sel.errors import InputError
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck"]
+CIFAR_AUGMENT = {"crop_pad": 4, "flip": True}
+# Sources without an official test split hold out this share, always with the same seed.
+HELD_OUT_TEST_FRACTION = 0.2
+HELD_OUT_SEED = 1234
+
+DATASET_NAMES = ("digits", "cifar10", "synthetic", "folder:PATH")
+
+
+def _carve_test(ds: IndexedDataset) -> tuple[IndexedDataset, IndexedDataset]:
+    rest, test = stratified_split(ds, HELD_OUT_TEST_FRACTION, HELD_OUT_SEED)
+    return ds.subset(rest), ds.subset(test, ds.name)
+
+
+def load_digits() -> tuple[IndexedDataset, IndexedDataset]:
+    """scikit-learn's 8x8 digits (1,797 images), the default that ships with the install."""
+    from sklearn.datasets import load_digits as sk_digits
+    d = sk_digits()
+    images = torch.from_numpy((d.images * (255.0 / 16.0)).round().astype(np.uint8)).unsqueeze(1)
+    ds = IndexedDataset(images, torch.from_numpy(d.target.astype(np.int64)),
+                        torch.arange(len(images)), [str(c) for c in d.target_names], "digits",
+                        {"crop_pad": 1, "flip": False})
+    return _carve_test(ds)
+
+
+def load_synthetic(num_classes: int = 4, per_class: int = 200, size: int = 16,
+                   seed: int = 0) -> tuple[IndexedDataset, IndexedDataset]:
+    """Class templates plus noise and shifts: learnable, not trivial, generated in milliseconds."""
+    g = torch.Generator().manual_seed(seed)
+    templates = torch.rand(num_classes, 3, size // 4, size // 4, generator=g)
+    templates = torch.nn.functional.interpolate(templates, size=(size, size), mode="bilinear",
+                                                align_corners=False)
+    n = num_classes * per_class
+    labels = torch.arange(n) % num_classes
+    x = templates[labels] * 0.6 + torch.rand(n, 3, size, size, generator=g) * 0.4
+    shifts = torch.randint(-2, 3, (n, 2), generator=g)
+    x = torch.stack([torch.roll(img, tuple(s.tolist()), dims=(1, 2)) for img, s in zip(x, shifts)])
+    images = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+    ds = IndexedDataset(images, labels, torch.arange(n), [f"class{c}" for c in range(num_classes)],
+                        "synthetic", {"crop_pad": 2, "flip": True})
+    return _carve_test(ds)
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as f:
+            d = pickle.load(f, encoding="bytes")
+        return np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(d[b"labels"])
+    except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as e:
+        raise InputError(f"{path}: not a readable CIFAR-10 batch ({e.__class__.__name__})") from None
+
+
+def load_cifar10(data_dir: Path | None, download: bool = True) -> tuple[IndexedDataset, IndexedDataset]:
+    """The official python archive (`cifar-10-batches-py`) under --data-dir."""
+    data_dir = Path(data_dir or Path.home() / ".cache" / "edge-sel" / "cifar10")
+    folder = data_dir / "cifar-10-batches-py"
+    if not (folder / "test_batch").exists() and download:
+        try:
+            import torchvision  # noqa: F401  (imports only where a matching build is installed)
+        except Exception:
+            raise InputError(
+                f"--data-dir: {folder} does not hold the CIFAR-10 archive and torchvision is not "
+                f"usable here to download it; put the extracted cifar-10-python.tar.gz "
+                f"(folder cifar-10-batches-py) under {data_dir}, or use folder:PATH for image folders"
+            ) from None
+        from torchvision.datasets import CIFAR10
+        CIFAR10(str(data_dir), train=True, download=True)
+    if not (folder / "test_batch").exists():
+        raise InputError(f"--data-dir: {folder}/test_batch not found; extract cifar-10-python.tar.gz "
+                         f"under {data_dir}")
+    parts = [_read_cifar_batch(folder / f"data_batch_{i}") for i in range(1, 6)]
+    xtr = np.concatenate([p[0] for p in parts])
+    ytr = np.concatenate([p[1] for p in parts])
+    xte, yte = _read_cifar_batch(folder / "test_batch")
+    train = IndexedDataset(torch.from_numpy(xtr.copy()), torch.from_numpy(ytr.astype(np.int64)),
+                           torch.arange(len(xtr)), list(CIFAR10_CLASSES), "cifar10", dict(CIFAR_AUGMENT))
+    test = IndexedDataset(torch.from_numpy(xte.copy()), torch.from_numpy(yte.astype(np.int64)),
+                          torch.arange(len(xte)), list(CIFAR10_CLASSES), "cifar10", dict(CIFAR_AUGMENT))
+    return train, test
+
+
+def load_folder(path: Path, image_size: int | None = None) -> tuple[IndexedDataset, IndexedDataset]:
+    """folder:PATH — PATH/train and PATH/test (the layout of CIFAR-10 as JPEG folders), or PATH
+    holding the class folders directly (then a fixed 20% stratified test split is held out)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"--dataset folder:{path}: no such directory")
+    name = f"folder:{path.name}"
+    augment = {"crop_pad": 4, "flip": True}
+    if (path / "train").is_dir():
+        train = load_class_folder(path / "train", name, image_size)
+        train.augment = augment
+        if (path / "test").is_dir():
+            test = load_class_folder(path / "test", name, image_size or train.images.shape[-1])
+            if test.class_names != train.class_names:
+                raise InputError(f"{path / 'test'}: class folders differ from {path / 'train'}")
+            test.augment = augment
+            return train, test
+        return _carve_test(train)
+    ds = load_class_folder(path, name, image_size)
+    ds.augment = augment
+    return _carve_test(ds)
+
+
+def load_source(spec: str, data_dir: Path | None = None,
+                image_size: int | None = None) -> tuple[IndexedDataset, IndexedDataset]:
+    if spec == "digits":
+        return load_digits()
+    if spec == "synthetic":
+        return load_synthetic()
+    if spec == "cifar10":
+        return load_cifar10(data_dir)
+    if spec.startswith("folder:") and len(spec) > len("folder:"):
+        return load_folder(Path(spec[len("folder:"):]).expanduser(), image_size)
+    raise InputError(f"--dataset: unknown dataset {spec!r}; choose one of {', '.join(DATASET_NAMES)}")

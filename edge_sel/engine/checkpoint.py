@@ -1,0 +1,101 @@
+"""Model checkpoints: `model.safetensors` (weights and BN buffers) + `model.json` (what they are)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from edge_sel import __version__
+from edge_sel.errors import InputError
+from edge_sel.models import build_model
+
+FORMAT = "edge-sel-checkpoint/1"
+
+
+@dataclass
+class ModelCard:
+    architecture: str
+    num_classes: int
+    class_names: list[str]
+    input_shape: list[int]
+    mean: list[float]
+    std: list[float]
+    dataset: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT, "architecture": self.architecture, "num_classes": self.num_classes,
+            "class_names": self.class_names, "input_shape": self.input_shape,
+            "normalization": {"mean": self.mean, "std": self.std},
+            "dataset": self.dataset, "training": self.training, "edge_sel_version": __version__,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict, where: Path) -> "ModelCard":
+        try:
+            return cls(d["architecture"], int(d["num_classes"]), list(d["class_names"]),
+                       [int(v) for v in d["input_shape"]], list(d["normalization"]["mean"]),
+                       list(d["normalization"]["std"]), d.get("dataset", {}), d.get("training", {}))
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputError(f"{where}: not an edge-sel model card (missing or bad field {e})") from None
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(directory: Path, model: torch.nn.Module, card: ModelCard) -> None:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = directory / f".model.safetensors.tmp{os.getpid()}"
+    save_file(tensors, str(tmp), metadata={"format": FORMAT})
+    os.replace(tmp, directory / "model.safetensors")
+    atomic_write_bytes(directory / "model.json", json.dumps(card.to_json(), indent=2).encode())
+
+
+def read_card(directory: Path) -> ModelCard:
+    directory = Path(directory)
+    meta = directory / "model.json"
+    if not directory.is_dir():
+        raise InputError(f"--checkpoint {directory}: no such directory")
+    if not meta.is_file():
+        raise InputError(f"--checkpoint {directory}: model.json is missing (not an edge-sel checkpoint)")
+    try:
+        d = json.loads(meta.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"{meta}: unreadable ({e.__class__.__name__}: {e})") from None
+    if not isinstance(d, dict):
+        raise InputError(f"{meta}: not an edge-sel model card")
+    return ModelCard.from_json(d, meta)
+
+
+def load_checkpoint(directory: Path) -> tuple[torch.nn.Module, ModelCard]:
+    directory = Path(directory)
+    card = read_card(directory)
+    weights = directory / "model.safetensors"
+    if not weights.is_file():
+        raise InputError(f"--checkpoint {directory}: model.safetensors is missing")
+    model = build_model(card.architecture, card.num_classes, card.input_shape[0])
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise InputError(f"{weights}: unreadable or corrupt ({e})") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise InputError(f"{weights}: does not match architecture {card.architecture!r} ({first})") from None
+    return model, card

@@ -1,0 +1,59 @@
+"""Counted FLOPs of the passes actually run: torch.utils.flop_counter on a meta-device twin.
+
+Counting runs once per (batch size, trainable set) on a copy of the model whose tensors live on
+the `meta` device, so it costs no real compute and never touches the live model's state. The loop
+multiplies nothing by a formula: a batch of size B adds the counts measured for size B.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+class FlopCounter:
+    def __init__(self, model: nn.Module, input_shape: list[int]):
+        self.model = model
+        self.input_shape = list(input_shape)
+        self._train: dict[tuple, tuple[int, int]] = {}
+        self._eval: dict[int, int] = {}
+        self.per_module: dict[str, int] = {}
+
+    def _twin(self) -> nn.Module:
+        twin = copy.deepcopy(self.model).to("meta")
+        for p_twin, p in zip(twin.parameters(), self.model.parameters()):
+            p_twin.requires_grad_(p.requires_grad)
+        return twin
+
+    def _signature(self) -> tuple:
+        return tuple(p.requires_grad for p in self.model.parameters())
+
+    def train_step(self, batch_size: int) -> tuple[int, int]:
+        """(forward, backward) FLOPs of one training step on `batch_size` samples."""
+        key = (batch_size, self._signature())
+        if key not in self._train:
+            twin = self._twin().train()
+            x = torch.zeros(batch_size, *self.input_shape, device="meta")
+            y = torch.zeros(batch_size, dtype=torch.long, device="meta")
+            with FlopCounterMode(display=False) as fwd:
+                loss = nn.functional.cross_entropy(twin(x), y, reduction="none").mean()
+            backward = 0
+            if loss.requires_grad:
+                with FlopCounterMode(display=False) as bwd:
+                    loss.backward()
+                backward = bwd.get_total_flops()
+            self._train[key] = (fwd.get_total_flops(), backward)
+            if not self.per_module:
+                self.per_module = {k: sum(v.values()) for k, v in fwd.get_flop_counts().items()}
+        return self._train[key]
+
+    def eval_batch(self, batch_size: int) -> int:
+        if batch_size not in self._eval:
+            twin = self._twin().eval()
+            with torch.no_grad(), FlopCounterMode(display=False) as fwd:
+                twin(torch.zeros(batch_size, *self.input_shape, device="meta"))
+            self._eval[batch_size] = fwd.get_total_flops()
+        return self._eval[batch_size]

@@ -1,0 +1,165 @@
+"""Pretrain and fine-tune as functions: data and checkpoint in, run directory out.
+The CLI, the demo and the benchmarks all go through here."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from edge_sel import __version__
+from edge_sel.config import TrainConfig
+from edge_sel.data import Splits, load_source, make_splits, parse_shard
+from edge_sel.engine.checkpoint import ModelCard, atomic_write_bytes, load_checkpoint, save_checkpoint
+from edge_sel.engine.device import pick_device, seed_everything
+from edge_sel.engine.trainer import NullMeter, Trainer
+from edge_sel.errors import InputError
+from edge_sel.methods import make_strategy, make_updater
+from edge_sel.models import build_model, count_parameters
+from edge_sel.report.records import RecordWriter
+
+
+@dataclass
+class DataOptions:
+    dataset: str = "digits"
+    data_dir: Path | None = None
+    val_fraction: float = 0.1
+    shard: str | None = None
+    subset: int | None = None
+    per_class_cap: int | None = None
+    split_seed: int = 0
+    image_size: int | None = None
+
+    def load(self) -> Splits:
+        shard_kn = parse_shard(self.shard)
+        train_full, test = load_source(self.dataset, self.data_dir, self.image_size)
+        return make_splits(train_full, test, self.val_fraction, shard_kn, self.subset,
+                           self.per_class_cap, self.split_seed)
+
+
+def check_out_dir(out: Path, overwrite: bool) -> Path:
+    """Refuse to touch an existing non-empty --out unless --overwrite (checked before any work)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise InputError(f"--out {out}: already exists and is not empty; pass --overwrite to replace it")
+    return out
+
+
+def start_out_dir(out: Path) -> Path:
+    """Called once inputs are validated, so a bad input never destroys an earlier run."""
+    if out.is_dir():
+        shutil.rmtree(out)
+    try:
+        out.mkdir(parents=True)
+    except OSError as e:
+        raise InputError(f"--out {out}: cannot create ({e.strerror})") from None
+    return out
+
+
+def check_compatible(card: ModelCard, splits: Splits, where: Path) -> None:
+    shape = splits.train.input_shape
+    if card.input_shape != shape:
+        raise InputError(f"--checkpoint {where}: model expects inputs {card.input_shape}, dataset "
+                         f"{splits.train.name} has {shape}")
+    if card.num_classes != splits.train.num_classes:
+        raise InputError(f"--checkpoint {where}: model has {card.num_classes} classes, dataset "
+                         f"{splits.train.name} has {splits.train.num_classes}")
+    if card.class_names != splits.train.class_names:
+        raise InputError(f"--checkpoint {where}: class names {card.class_names[:4]}... differ from the "
+                         f"dataset's {splits.train.class_names[:4]}...")
+
+
+def summarize(records: list[dict], extra: dict) -> dict:
+    last = records[-1] if records else {}
+    best = max(records, key=lambda r: r.get("val_acc") or -1) if records else {}
+
+    def total(key):
+        vals = [r.get(key) for r in records if r.get(key) is not None]
+        return sum(vals) if vals else None
+
+    return {
+        **extra,
+        "epochs_run": len(records),
+        "final": {k: last.get(k) for k in ("val_acc", "test_acc", "train_loss", "train_acc")},
+        "best_val": {"epoch": best.get("epoch"), "val_acc": best.get("val_acc"), "test_acc": best.get("test_acc")},
+        "totals": {
+            "samples_trained": total("backward_samples"),
+            "forward_samples": total("forward_samples"),
+            "flops_forward": total("flops_forward"), "flops_backward": total("flops_backward"),
+            "flops_scoring": total("flops_scoring"), "flops_train": total("flops_train"),
+            "flops_eval": total("flops_eval"),
+            "train_wall_s": total("wall_s"), "eval_wall_s": total("eval_wall_s"),
+            "energy_j": total("energy_j"), "eval_energy_j": total("eval_energy_j"),
+            "energy_source": last.get("energy_source"), "energy_method": last.get("energy_method"),
+        },
+        "flops_note": "counted with torch.utils.flop_counter for the passes actually run",
+    }
+
+
+def _run(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainConfig, out: Path,
+         quiet: bool, meter, source_info: dict) -> dict:
+    device = pick_device(cfg.device)
+    generator = seed_everything(cfg.seed)
+    strategy = make_strategy(cfg.strategy, cfg.method)
+    updater = make_updater(cfg.sparsity, cfg.method)
+    start_out_dir(out)
+    (out / "config.json").write_text(json.dumps({"phase": phase, **cfg.to_json(), **source_info}, indent=2,
+                                                default=str))
+    trainer = Trainer(cfg, splits, model, card.mean, card.std, device, generator, strategy, updater,
+                      phase=phase, meter=meter or NullMeter(), quiet=quiet)
+    writer = RecordWriter(out)
+    t0 = time.perf_counter()
+    records = trainer.run(writer)
+    card.training = {"phase": phase, "epochs": len(records), "strategy": cfg.strategy,
+                     "final_val_acc": records[-1]["val_acc"] if records else None,
+                     "final_test_acc": records[-1]["test_acc"] if records else None, "seed": cfg.seed}
+    save_checkpoint(out, model.cpu(), card)
+    summary = summarize(records, {
+        "phase": phase, "edge_sel_version": __version__, "device": str(device),
+        "model": {"architecture": card.architecture, "parameters": count_parameters(model)},
+        "dataset": card.dataset, "config": cfg.to_json(), **source_info,
+        "total_wall_s": time.perf_counter() - t0, "run_dir": str(out),
+    })
+    atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2, default=str).encode())
+    return summary
+
+
+def dataset_card(splits: Splits) -> dict:
+    return {"name": splits.train.name, "fingerprint": splits.train.fingerprint(),
+            "train_samples": len(splits.train), "val_samples": len(splits.val), "test_samples": len(splits.test)}
+
+
+def pretrain(model_name: str, data: DataOptions, cfg: TrainConfig, out: Path, overwrite: bool = False,
+             quiet: bool = False, meter=None) -> dict:
+    cfg.validate()
+    out = check_out_dir(out, overwrite)
+    splits = data.load()
+    seed_everything(cfg.seed)   # same initial weights for the same seed
+    model = build_model(model_name, splits.train.num_classes, splits.train.input_shape[0])
+    mean, std = splits.train.channel_stats()
+    card = ModelCard(model_name, splits.train.num_classes, splits.train.class_names,
+                     splits.train.input_shape, mean, std, dataset_card(splits))
+    return _run("pretrain", model, card, splits, cfg, out, quiet, meter, {"data": vars_of(data)})
+
+
+def finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, out: Path, overwrite: bool = False,
+             quiet: bool = False, meter=None) -> dict:
+    cfg.validate()
+    out = check_out_dir(out, overwrite)
+    model, card = load_checkpoint(Path(checkpoint))
+    splits = data.load()
+    check_compatible(card, splits, Path(checkpoint))
+    warm = dict(card.training)
+    card.dataset = dataset_card(splits)     # normalisation stays the pretrainer's
+    return _run("finetune", model, card, splits, cfg, out, quiet, meter,
+                {"data": vars_of(data), "checkpoint": str(checkpoint), "warmup": warm})
+
+
+def vars_of(data: DataOptions) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(data).items()}

@@ -1,0 +1,99 @@
+"""The two choices a method makes: which samples are computed (Strategy) and which parameters
+change (Updater). The engine composes them; neither knows about the other."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from edge_sel.data import Batch, IndexedDataset
+
+
+@dataclass
+class Plan:
+    """The samples one epoch computes, in order. Anything not listed costs no forward or backward."""
+    positions: torch.Tensor                  # positions into the training dataset
+    weights: torch.Tensor | None = None      # per-sample loss weights (e.g. 1/keep-probability)
+    info: dict = field(default_factory=dict)  # extra record fields (threshold trace summary, ...)
+
+
+@dataclass
+class RunContext:
+    """What strategies and updaters may read: data, model, schedule length, a seeded generator."""
+    train: IndexedDataset
+    val: IndexedDataset
+    model: nn.Module
+    epochs: int
+    generator: torch.Generator
+    device: torch.device
+    mean: list[float]
+    std: list[float]
+    batch_size: int
+    config: dict = field(default_factory=dict)
+    # Set by the engine: per-sample losses of a dataset under the current (or a given) model.
+    score_fn: object = None
+
+
+class Strategy:
+    """Dense by default: every sample, every epoch, in a seeded random order."""
+    name = "dense"
+
+    def setup(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+
+    def plan(self, epoch: int) -> Plan:
+        n = len(self.ctx.train)
+        return Plan(torch.randperm(n, generator=self.ctx.generator))
+
+    def observe(self, batch: Batch, losses: torch.Tensor, logits: torch.Tensor) -> None:
+        """Per-sample losses and logits of the training forward pass: free hardness signals."""
+
+    def end_epoch(self, epoch: int, metrics: dict) -> dict:
+        """Called after evaluation with the epoch's metrics (val_acc, E_<class>, ...).
+        Returns extra record fields (stage, gate outcome, ...)."""
+        return {}
+
+    def lr_scale(self, batch_loss: torch.Tensor | None) -> float:
+        """Multiplier on the scheduled learning rate for the next step (seed presets use it).
+        `batch_loss` is the previous step's mean loss as a tensor (None before the first step);
+        reading it with float() synchronises a GPU, so only strategies that need it should."""
+        return 1.0
+
+    def finished(self) -> bool:
+        """True when the strategy has nothing left to train (e.g. curriculum ran out of stages)."""
+        return False
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class Updater:
+    """Dense: every parameter follows the optimizer."""
+    name = "dense"
+    saves_compute = False
+
+    def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer, ctx: RunContext) -> None:
+        self.model, self.optimizer, self.ctx = model, optimizer, ctx
+
+    def before_step(self, step: int, batch: Batch) -> None:
+        """May change which tensors require grad (structured sparsity)."""
+
+    def after_backward(self, step: int) -> None:
+        """May edit gradients before the optimizer step."""
+
+    def after_step(self, step: int) -> None:
+        """May restore entries that must not move."""
+
+    def end_epoch(self) -> dict:
+        return {"grad_sparsity": 0.0}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

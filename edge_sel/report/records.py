@@ -1,0 +1,72 @@
+"""Per-epoch records: appended to metrics.jsonl (fsynced), mirrored to metrics.csv."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+# The fields of DESIGN.md §6, in order; per-class fields (acc_/E_/C_<class>) follow them.
+RECORD_FIELDS = [
+    "epoch", "phase", "stage", "strategy", "samples_available", "forward_samples",
+    "backward_samples", "activation", "train_loss", "train_acc", "val_acc", "test_acc",
+    "grad_sparsity", "params_updated_frac", "flops_forward", "flops_backward", "wall_s",
+    "peak_rss_mb", "energy_j", "energy_source", "energy_method", "energy_coverage",
+    "avg_power_w", "max_temp_c", "throttled_s",
+]
+# Fields that measure the run rather than determine it: excluded when comparing reruns.
+VOLATILE_FIELDS = {"wall_s", "eval_wall_s", "peak_rss_mb", "energy_j", "energy_net_j", "avg_power_w",
+                   "peak_power_w", "max_temp_c", "throttled_s", "energy_coverage", "energy_by_component",
+                   "idle_power_w", "eval_energy_j", "samples_per_s"}
+
+
+def _clean(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def read_records(path: Path) -> list[dict]:
+    """All complete records; a truncated last line (power lost mid-write) is skipped."""
+    out = []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        return out
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+class RecordWriter:
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.jsonl = self.run_dir / "metrics.jsonl"
+        self.csv = self.run_dir / "metrics.csv"
+        self.records: list[dict] = []
+
+    def append(self, record: dict) -> None:
+        record = {k: _clean(v) for k, v in record.items()}
+        self.records.append(record)
+        with open(self.jsonl, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.write_csv()
+
+    def write_csv(self) -> None:
+        keys = list(RECORD_FIELDS)
+        for r in self.records:
+            keys += [k for k in r if k not in keys]
+        tmp = self.csv.with_name(".metrics.csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+            w.writeheader()
+            for r in self.records:
+                w.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()})
+        os.replace(tmp, self.csv)

@@ -1,0 +1,47 @@
+"""The readable table printed at the end of a command."""
+
+from __future__ import annotations
+
+import click
+
+from edge_sel.report.records import read_records
+
+
+def _fmt(v, spec=".3f"):
+    if v is None:
+        return "-"
+    return format(v, spec) if isinstance(v, (int, float)) else str(v)
+
+
+def epoch_table(records: list[dict]) -> str:
+    head = ["epoch", "stage", "active", "loss", "train", "val", "test", "GFLOP", "wall s", "energy J", "source"]
+    rows = []
+    for r in records:
+        gflop = (r.get("flops_train") or 0) / 1e9
+        rows.append([str(r.get("epoch")), _fmt(r.get("stage"), ""), _fmt(r.get("activation"), ".2f"),
+                     _fmt(r.get("train_loss")), _fmt(r.get("train_acc")), _fmt(r.get("val_acc")),
+                     _fmt(r.get("test_acc")), f"{gflop:.1f}", _fmt(r.get("wall_s"), ".1f"),
+                     _fmt(r.get("energy_j"), ".1f"),
+                     f"{r.get('energy_source')}/{r.get('energy_method')}" if r.get("energy_source") else "-"])
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
+    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def print_summary(summary: dict, quiet: bool = False) -> None:
+    run_dir = summary.get("run_dir")
+    if not quiet:
+        records = read_records(f"{run_dir}/metrics.jsonl")
+        click.echo(epoch_table(records))
+        t = summary["totals"]
+        click.echo(f"\n{summary['phase']}: {summary['model']['architecture']} on {summary['dataset'].get('name')}, "
+                   f"{summary['epochs_run']} epochs, final test acc {_fmt(summary['final']['test_acc'])}, "
+                   f"best val {_fmt(summary['best_val']['val_acc'])} (epoch {summary['best_val']['epoch']})")
+        click.echo(f"counted training FLOPs {(t['flops_train'] or 0) / 1e9:.2f} G (forward "
+                   f"{(t['flops_forward'] or 0) / 1e9:.2f} G, backward {(t['flops_backward'] or 0) / 1e9:.2f} G), "
+                   f"train time {_fmt(t['train_wall_s'], '.1f')} s")
+        if t.get("energy_j") is not None:
+            kind = "estimated" if t.get("energy_method") == "estimated" else "measured"
+            click.echo(f"energy {t['energy_j']:.1f} J ({kind}, source {t['energy_source']}, "
+                       f"method {t['energy_method']})")
+    click.echo(f"run directory: {run_dir}")
