@@ -12,6 +12,7 @@ from edge_sel import __version__
 from edge_sel.config import OPTIMIZERS, SCHEDULES, TrainConfig
 from edge_sel.engine.run import DataOptions, finetune, pretrain
 from edge_sel.errors import InputError
+from edge_sel.methods.options import method_option_names, method_options
 from edge_sel.report.summary import print_summary
 
 
@@ -108,12 +109,17 @@ def pretrain_cmd(model_name, **kw):
 @click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="Warmup checkpoint directory.")
 @click.option("--strategy", default="dense", show_default=True, help="Which samples are computed.")
 @click.option("--sparsity", default="none", show_default=True, help="Which parameters change: none | mask | layers.")
+@click.option("--backend", default="torch", show_default=True, help="torch | ort")
+@click.option("--artifacts", type=click.Path(path_type=Path), default=None, help="ORT training artifacts (--backend ort).")
+@method_options
 @data_options
 @train_options
 @fail_cleanly
-def finetune_cmd(checkpoint, strategy, sparsity, **kw):
+def finetune_cmd(checkpoint, strategy, sparsity, backend, artifacts, **kw):
     """Fine-tune a warmup checkpoint on local data; records per epoch."""
-    cfg = build_config(kw, strategy=strategy, sparsity=sparsity)
+    method = {name: kw.pop(name) for name in method_option_names()}
+    cfg = build_config(kw, strategy=strategy, sparsity=sparsity, backend=backend,
+                       artifacts=str(artifacts) if artifacts else None, method=method)
     summary = finetune(checkpoint, build_data(kw), cfg, kw["out"], kw["overwrite"], kw["quiet"])
     print_summary(summary, quiet=kw["quiet"])
 

@@ -30,6 +30,8 @@ class TrainConfig:
     eval_batch_size: int = 1000
     strategy: str = "dense"
     sparsity: str = "none"
+    backend: str = "torch"
+    artifacts: str | None = None      # ORT training artifacts directory (backend "ort")
     method: dict = field(default_factory=dict)   # strategy/updater options (target activation, ...)
 
     def validate(self) -> "TrainConfig":

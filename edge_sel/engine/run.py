@@ -19,6 +19,7 @@ from edge_sel.engine.device import pick_device, seed_everything
 from edge_sel.engine.trainer import NullMeter, Trainer
 from edge_sel.errors import InputError
 from edge_sel.methods import make_strategy, make_updater
+from edge_sel.methods.presets import apply_preset
 from edge_sel.models import build_model, count_parameters
 from edge_sel.report.records import RecordWriter
 
@@ -150,6 +151,7 @@ def pretrain(model_name: str, data: DataOptions, cfg: TrainConfig, out: Path, ov
 
 def finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, out: Path, overwrite: bool = False,
              quiet: bool = False, meter=None) -> dict:
+    apply_preset(cfg)
     cfg.validate()
     out = check_out_dir(out, overwrite)
     model, card = load_checkpoint(Path(checkpoint))

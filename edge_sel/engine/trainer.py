@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from edge_sel.backends.torch_backend import TorchBackend, make_optimizer
+from edge_sel.backends import make_backend
+from edge_sel.backends.torch_backend import make_optimizer
 from edge_sel.config import TrainConfig
 from edge_sel.data import BatchLoader, Splits
 from edge_sel.engine.evaluate import EmbarrassmentMeter, accuracy, per_class_accuracy, predict_dataset
@@ -76,8 +77,7 @@ class Trainer:
         self.ctx = RunContext(self.train_ds, self.val_ds, self.model, cfg.epochs, self.generator,
                               self.device, self.mean, self.std, cfg.batch_size, cfg.to_json(),
                               score_fn=self.score)
-        self.backend = TorchBackend(self.model, self.optimizer, self.updater, self.device, cfg.amp,
-                                    cfg.label_smoothing)
+        self.backend = make_backend(cfg, self.model, self.optimizer, self.updater, self.device)
         self.loader = BatchLoader(self.train_ds, self.mean, self.std, cfg.batch_size, cfg.augment,
                                   self.generator)
         self.flops = FlopCounter(self.model, self.train_ds.input_shape)
@@ -128,7 +128,9 @@ class Trainer:
         for i, batch in enumerate(self.loader.batches(plan.positions, plan.weights)):
             progress = (epoch + i / max(nb, 1)) / max(cfg.epochs, 1)
             scheduled = cfg.lr * lr_factor(cfg.schedule, progress, cfg.warmup_epochs / max(cfg.epochs, 1))
-            self.backend.set_lr(scheduled * self.strategy.lr_scale(last_loss))
+            lr = scheduled * self.strategy.lr_scale(last_loss)
+            self.backend.set_lr(lr)
+            self.ctx.state.update(epoch=epoch, step=self.step, lr=lr)
             self.updater.before_step(self.step, batch)
             f, b = self.flops.train_step(len(batch.y))
             losses, logits = self.backend.train_step(self.step, batch)

@@ -5,17 +5,25 @@ from __future__ import annotations
 from typing import Callable
 
 from edge_sel.errors import InputError
-from edge_sel.methods.base import Plan, RunContext, Strategy, Updater
+from edge_sel.methods.base import Gate, GatedStrategy, Plan, RunContext, Strategy, Updater
 
-# name -> factory(config dict) -> Strategy. Modules add themselves below.
+# name -> factory(method config dict) -> object. Method modules register themselves at the bottom.
 STRATEGIES: dict[str, Callable[[dict], Strategy]] = {"dense": lambda cfg: Strategy()}
+GATES: dict[str, Callable[[dict], Gate]] = {"all": lambda cfg: Gate()}
 UPDATERS: dict[str, Callable[[dict], Updater]] = {"none": lambda cfg: Updater()}
 
 
 def make_strategy(name: str, cfg: dict) -> Strategy:
+    """The strategy, wrapped by `--gate` when one is given (e.g. sel stages gated by sundew)."""
     if name not in STRATEGIES:
         raise InputError(f"--strategy: unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
-    return STRATEGIES[name](cfg)
+    strategy = STRATEGIES[name](cfg)
+    gate = cfg.get("gate") or "all"
+    if gate == "all":
+        return strategy
+    if gate not in GATES:
+        raise InputError(f"--gate: unknown gate {gate!r}; choose one of {', '.join(GATES)}")
+    return GatedStrategy(strategy, GATES[gate](cfg))
 
 
 def make_updater(name: str, cfg: dict) -> Updater:
@@ -24,5 +32,9 @@ def make_updater(name: str, cfg: dict) -> Updater:
     return UPDATERS[name](cfg)
 
 
-__all__ = ["Plan", "RunContext", "Strategy", "Updater", "STRATEGIES", "UPDATERS", "make_strategy",
-           "make_updater"]
+__all__ = ["Gate", "GatedStrategy", "Plan", "RunContext", "Strategy", "Updater", "STRATEGIES", "GATES",
+           "UPDATERS", "make_strategy", "make_updater"]
+
+# Registrations (one import per method module; each adds its names to the registries above).
+# --- sel ---
+# --- gating ---

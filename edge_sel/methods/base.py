@@ -32,8 +32,11 @@ class RunContext:
     std: list[float]
     batch_size: int
     config: dict = field(default_factory=dict)
-    # Set by the engine: per-sample losses of a dataset under the current (or a given) model.
+    # Set by the engine: per-sample losses of a dataset under the current (or a given) model,
+    # counted as a scoring pass: score_fn(positions=None, model=None) -> losses.
     score_fn: object = None
+    # Kept current by the engine: {"epoch", "step", "lr"} (DIHCL normalises by the learning rate).
+    state: dict = field(default_factory=dict)
 
 
 class Strategy:
@@ -97,3 +100,63 @@ class Updater:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+class Gate:
+    """Filters a strategy's plan before compute: a skipped sample costs no forward and no backward.
+    The default keeps everything."""
+    name = "all"
+
+    def setup(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+
+    def select(self, epoch: int, plan: Plan) -> Plan:
+        return plan
+
+    def observe(self, batch: Batch, losses: torch.Tensor, logits: torch.Tensor) -> None:
+        pass
+
+    def end_epoch(self, epoch: int, metrics: dict) -> dict:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class GatedStrategy(Strategy):
+    """A strategy's plan filtered by a gate: e.g. a curriculum stage gated by the Sundew controller."""
+
+    def __init__(self, base: Strategy, gate: Gate):
+        self.base, self.gate = base, gate
+        self.name = gate.name if base.name == "dense" else f"{base.name}+{gate.name}"
+
+    def setup(self, ctx: RunContext) -> None:
+        super().setup(ctx)
+        self.base.setup(ctx)
+        self.gate.setup(ctx)
+
+    def plan(self, epoch: int) -> Plan:
+        return self.gate.select(epoch, self.base.plan(epoch))
+
+    def observe(self, batch, losses, logits) -> None:
+        self.base.observe(batch, losses, logits)
+        self.gate.observe(batch, losses, logits)
+
+    def end_epoch(self, epoch: int, metrics: dict) -> dict:
+        return {**self.base.end_epoch(epoch, metrics), **self.gate.end_epoch(epoch, metrics)}
+
+    def lr_scale(self, batch_loss) -> float:
+        return self.base.lr_scale(batch_loss)
+
+    def finished(self) -> bool:
+        return self.base.finished()
+
+    def state_dict(self) -> dict:
+        return {"base": self.base.state_dict(), "gate": self.gate.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.base.load_state_dict(state.get("base", {}))
+        self.gate.load_state_dict(state.get("gate", {}))
