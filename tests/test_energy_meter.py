@@ -135,11 +135,15 @@ def test_prefer_list(tmp_path):
     assert open_meter(["estimate"], root=tmp_path, nvml=NO_GPU).source == "estimate"
     assert open_meter(["rapl", "estimate"], root=tmp_path, nvml=NO_GPU).source == "rapl"
     skipped = open_meter(["rapl", "estimate"], root=tmp_path, nvml=NO_GPU).describe()["skipped"]
-    assert "double counting" in skipped["estimate"]
+    assert "count again" in skipped["estimate"]
     with pytest.warns(UserWarning, match="Falling back"):
         assert open_meter(["battery"], root=tmp_path, nvml=NO_GPU).source == "estimate"
     with pytest.raises(InputError, match="gpu"):
         open_meter(["gpu"])
+    with pytest.raises(InputError, match="watts_per_core"):
+        open_meter(watts_per_core=0)
+    with pytest.raises(InputError, match="interval"):
+        open_meter(interval_s=0)
     assert set(METER_CLASSES) == {"nvml", "rapl", "jetson", "battery", "estimate"}
 
 

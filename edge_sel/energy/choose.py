@@ -48,6 +48,10 @@ def open_meter(prefer: list[str] | None = None, root: str | os.PathLike | None =
     unknown = [name for name in (prefer or []) if name not in METER_CLASSES]
     if unknown:
         raise InputError(f"unknown energy meter {unknown[0]!r}; choose from {', '.join(METER_NAMES)}")
+    if watts_per_core is not None and not watts_per_core > 0:
+        raise InputError(f"watts_per_core must be positive, got {watts_per_core}")
+    if not interval_s > 0:
+        raise InputError(f"the energy sampling interval must be positive, got {interval_s}")
     sysfs = Sysfs(root)
     builders: dict[str, Callable[[], Meter]] = {
         "nvml": lambda: NvmlMeter(nvml=nvml),
@@ -62,12 +66,13 @@ def open_meter(prefer: list[str] | None = None, root: str | os.PathLike | None =
     def try_meter(name: str) -> bool:
         overlap = [m.name for m in chosen if m.covers & METER_CLASSES[name].covers]
         if overlap:
-            skipped[name] = f"not used: {'+'.join(overlap)} already measures what it measures (no double counting)"
+            skipped[name] = f"not used: it would count again what {'+'.join(overlap)} already measures"
             return False
         try:
             meter = builders[name]()
         except Exception as e:  # a broken sensor must never stop a training run
             skipped[name] = f"failed to open: {e!r}"
+            warn(f"energy meter {name} {skipped[name]}")
             return False
         if not meter.available:
             skipped[name] = meter.unavailable or "no usable sensor"
@@ -81,11 +86,10 @@ def open_meter(prefer: list[str] | None = None, root: str | os.PathLike | None =
     if prefer:
         for name in dict.fromkeys(prefer):
             try_meter(name)
-        if not chosen:
+        if not chosen and "estimate" not in prefer:
             warn(f"none of the requested energy meters ({', '.join(prefer)}) is available: "
                  + "; ".join(f"{n}: {r}" for n, r in skipped.items()) + ". Falling back to the estimate.")
-            if "estimate" not in prefer:
-                try_meter("estimate")
+            try_meter("estimate")
     elif try_meter("jetson"):
         for name in ("nvml", "rapl", "battery", "estimate"):
             skipped[name] = "not needed: the Jetson rails measure the whole module"
