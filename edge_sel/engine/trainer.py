@@ -76,7 +76,7 @@ class Trainer:
                                         cfg.weight_decay)
         self.ctx = RunContext(self.train_ds, self.val_ds, self.model, cfg.epochs, self.generator,
                               self.device, self.mean, self.std, cfg.batch_size, cfg.to_json(),
-                              score_fn=self.score)
+                              score_fn=self.score, forward_fn=self.forward_no_grad)
         self.backend = make_backend(cfg, self.model, self.optimizer, self.updater, self.device)
         self.loader = BatchLoader(self.train_ds, self.mean, self.std, cfg.batch_size, cfg.augment,
                                   self.generator)
@@ -105,6 +105,16 @@ class Trainer:
         self._scoring["flops"] += self._eval_flops(counter, len(ds))
         return torch.nn.functional.cross_entropy(logits, ds.labels, reduction="none")
 
+    @torch.no_grad()
+    def forward_no_grad(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of one (augmented) batch in training mode without a graph, counted as a scoring
+        pass: what the seed's two-pass gating spends to decide which rows of a batch to train."""
+        self.model.train()
+        logits = self.model(x).float()
+        self._scoring["samples"] += len(x)
+        self._scoring["flops"] += self.flops.eval_batch(len(x))
+        return logits
+
     def _eval_flops(self, counter: FlopCounter, n: int) -> int:
         bs = self.config.eval_batch_size
         full, rest = divmod(n, bs)
@@ -113,19 +123,26 @@ class Trainer:
     # -- one epoch ---------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict:
         cfg = self.config
+        before = snapshot_params(self.model)
+        # The epoch's time and energy include planning: selection overhead is part of the cost.
+        self.meter.begin("train")
+        t0 = time.perf_counter()
         plan = self.strategy.plan(epoch)
         n_plan = len(plan.positions)
+        n_trained = 0
         nb = self.loader.num_batches(n_plan)
-        before = snapshot_params(self.model)
         emb = EmbarrassmentMeter(len(self.class_names), cfg.temperature, self.device)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         flops_f = flops_b = 0
         last_loss = None
-        self.meter.begin("train")
-        t0 = time.perf_counter()
         bar = self._bar(nb, f"epoch {epoch}", leave=False)
         for i, batch in enumerate(self.loader.batches(plan.positions, plan.weights)):
+            # Online gates may drop rows of a planned batch before its step (counted, see filter_batch).
+            batch = self.strategy.filter_batch(batch)
+            if batch is None or len(batch.y) == 0:
+                bar.update(1)
+                continue
             progress = (epoch + i / max(nb, 1)) / max(cfg.epochs, 1)
             scheduled = cfg.lr * lr_factor(cfg.schedule, progress, cfg.warmup_epochs / max(cfg.epochs, 1))
             lr = scheduled * self.strategy.lr_scale(last_loss)
@@ -139,6 +156,7 @@ class Trainer:
             loss_sum += losses.sum()
             correct += (logits.argmax(1) == batch.y).sum()
             last_loss = losses.mean()
+            n_trained += len(batch.y)
             flops_f += f
             flops_b += b
             self.step += 1
@@ -151,10 +169,10 @@ class Trainer:
         record = {
             "epoch": epoch, "phase": self.phase, "stage": plan.info.get("stage"),
             "strategy": self.strategy.name, "samples_available": len(self.train_ds),
-            "forward_samples": n_plan + self._scoring["samples"], "backward_samples": n_plan,
-            "activation": n_plan / max(1, len(self.train_ds)),
-            "train_loss": loss_sum.item() / n_plan if n_plan else None,
-            "train_acc": correct.item() / n_plan if n_plan else None,
+            "forward_samples": n_trained + self._scoring["samples"], "backward_samples": n_trained,
+            "activation": n_trained / max(1, len(self.train_ds)),
+            "train_loss": loss_sum.item() / n_trained if n_trained else None,
+            "train_acc": correct.item() / n_trained if n_trained else None,
         }
         record.update(self.updater.end_epoch())
         record["params_updated_frac"] = changed_fraction(self.model, before)
@@ -162,7 +180,7 @@ class Trainer:
                        "flops_scoring": self._scoring["flops"], "scoring_samples": self._scoring["samples"]})
         record["flops_train"] = flops_f + flops_b + self._scoring["flops"]
         self._scoring = {"samples": 0, "flops": 0}
-        record.update({"wall_s": wall, "samples_per_s": n_plan / wall if wall > 0 else None,
+        record.update({"wall_s": wall, "samples_per_s": n_trained / wall if wall > 0 else None,
                        "lr_end": self.optimizer.param_groups[0]["lr"]})
         record.update(energy)
         record.update(self.evaluate())

@@ -37,6 +37,9 @@ class RunContext:
     score_fn: object = None
     # Kept current by the engine: {"epoch", "step", "lr"} (DIHCL normalises by the learning rate).
     state: dict = field(default_factory=dict)
+    # Set by the engine: forward_fn(x) -> logits, a no-grad forward of one batch in training mode,
+    # counted as a scoring pass (the seed's two-pass gating decides on it inside `filter_batch`).
+    forward_fn: object = None
 
 
 class Strategy:
@@ -52,6 +55,11 @@ class Strategy:
 
     def observe(self, batch: Batch, losses: torch.Tensor, logits: torch.Tensor) -> None:
         """Per-sample losses and logits of the training forward pass: free hardness signals."""
+
+    def filter_batch(self, batch: Batch) -> Batch | None:
+        """Online gating: may shrink a planned batch just before its step (None or empty: skip it).
+        Anything it computes to decide must go through ctx.forward_fn / ctx.score_fn (counted)."""
+        return batch
 
     def end_epoch(self, epoch: int, metrics: dict) -> dict:
         """Called after evaluation with the epoch's metrics (val_acc, E_<class>, ...).
@@ -113,6 +121,10 @@ class Gate:
     def select(self, epoch: int, plan: Plan) -> Plan:
         return plan
 
+    def filter_batch(self, batch: Batch) -> Batch | None:
+        """Online gating of one planned batch (see Strategy.filter_batch)."""
+        return batch
+
     def observe(self, batch: Batch, losses: torch.Tensor, logits: torch.Tensor) -> None:
         pass
 
@@ -140,6 +152,10 @@ class GatedStrategy(Strategy):
 
     def plan(self, epoch: int) -> Plan:
         return self.gate.select(epoch, self.base.plan(epoch))
+
+    def filter_batch(self, batch):
+        batch = self.base.filter_batch(batch)
+        return None if batch is None else self.gate.filter_batch(batch)
 
     def observe(self, batch, losses, logits) -> None:
         self.base.observe(batch, losses, logits)

@@ -16,7 +16,42 @@ COMMON = [
 SEL = []
 
 # --- gating ---
-GATING = []
+# Defaults are None so presets can tell "not given"; edge_sel/methods/gating_config.py fills them.
+GATING = [
+    click.option("--significance", type=click.Choice(["loss-entropy", "dih"]), default=None,
+                 help="Sundew: what makes a sample worth computing, from its last visit: 0.7 loss + 0.3 "
+                      "entropy, or its DIH moving average. [default: loss-entropy]"),
+    click.option("--gate-window", type=int, default=None,
+                 help="Sundew: batches of candidates per controller update. [default: 1]"),
+    click.option("--gate-temperature", type=float, default=None,
+                 help="Sundew: softness of the threshold; 0 is a hard threshold. [default: 0.05]"),
+    click.option("--min-activation", type=float, default=None,
+                 help="Sundew: least share kept per window (most significant first). [default: 0.05]"),
+    click.option("--unbiased/--no-unbiased", default=None,
+                 help="Sundew: keep low scorers at random too and weight losses by 1/keep-probability."),
+    click.option("--keep-floor", type=float, default=None,
+                 help="Sundew --unbiased: least keep-probability of any sample. [default: 0.1]"),
+    click.option("--anneal", type=float, default=None,
+                 help="Share of final epochs on all samples (sundew, random, infobatch). "
+                      "[default: 0.125 infobatch, else 0]"),
+    click.option("--prune-ratio", type=float, default=None,
+                 help="InfoBatch: share of below-mean-loss samples skipped per epoch. [default: 0.5]"),
+    click.option("--dih-select", type=click.Choice(["greedy", "rand", "exp", "beta"]), default=None,
+                 help="DIHCL: how the subset is chosen from DIH. [default: greedy]"),
+    click.option("--dih-signal", type=click.Choice(["loss", "dloss", "flip"]), default=None,
+                 help="DIHCL: instantaneous hardness, normalised by learning rate. [default: loss]"),
+    click.option("--dih-warm", type=int, default=None,
+                 help="DIHCL: epochs on all samples before the curriculum (T0). [default: 1]"),
+    click.option("--dih-gamma", type=float, default=None,
+                 help="Weight of the newest observation in the DIH moving average. [default: 0.95]"),
+    click.option("--dih-shrink", type=float, default=None,
+                 help="DIHCL: subset share multiplier per epoch after the warm start. [default: 0.85]"),
+    click.option("--dih-floor", type=float, default=None,
+                 help="DIHCL: smallest subset share. [default: 0.2]"),
+    click.option("--energy-budget-per-epoch", type=float, default=None,
+                 help="Joules per training epoch; sets the target activation from measured joules per "
+                      "trained sample (sundew, random gates)."),
+]
 
 METHOD_OPTIONS = COMMON + SEL + GATING
 

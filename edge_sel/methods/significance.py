@@ -1,0 +1,42 @@
+"""How much a sample is worth computing, from what the hardness store holds (stale, free).
+
+Scores lie in [0, 1] so one threshold scale fits every dataset and class count; a sample never
+trained in this run scores 1, the most significant a sample can be."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from edge_sel.methods.hardness import HardnessStore
+
+LOSS_WEIGHT, ENTROPY_WEIGHT = 0.7, 0.3   # AST's mix of cross-entropy and predictive entropy
+UNSEEN = 1.0
+
+
+def loss_entropy(store: HardnessStore) -> torch.Tensor:
+    """0.7 * (1 - p_y) + 0.3 * H / ln C at the last visit. 1 - exp(-CE) = 1 - p_y maps the unbounded
+    loss monotonically into [0, 1]; the entropy is divided by its maximum."""
+    miss = 1 - torch.exp(-store.last_loss)
+    spread = store.last_entropy / math.log(max(store.num_classes, 2))
+    s = LOSS_WEIGHT * miss + ENTROPY_WEIGHT * spread.clamp(0, 1)
+    return torch.where(store.seen, s, torch.full_like(s, UNSEEN))
+
+
+def dih(store: HardnessStore) -> torch.Tensor:
+    """1 - exp(-r) of the moving average r of the store's signal (a loss average maps like a loss)."""
+    s = 1 - torch.exp(-store.dih.clamp_min(0))
+    return torch.where(store.dih_known, s, torch.full_like(s, UNSEEN))
+
+
+SIGNIFICANCE = {"loss-entropy": loss_entropy, "dih": dih}
+
+
+def seed_significance(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The seed's raw score from the current batch: 0.7 * CE + 0.3 * H, H = -sum p log(p + 1e-8)."""
+    logits = logits.detach().float()
+    ce = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    p = torch.softmax(logits, dim=1)
+    h = -(p * torch.log(p + 1e-8)).sum(1)
+    return LOSS_WEIGHT * ce + ENTROPY_WEIGHT * h

@@ -1,0 +1,130 @@
+"""The Sundew gate: which samples an epoch computes, decided before any compute from stale hardness.
+
+Each candidate of the strategy's plan gets a significance in [0, 1] from its last training visit
+(never-trained samples score 1). Candidates are taken in plan order in windows of
+`gate_window` batches; in each window a sample is kept with probability
+sigmoid((s - tau) / temperature) (a hard threshold at temperature 0), with a top-significance
+fallback below `min_activation`. After each window a positional PI controller moves tau so that the
+activation rate tracks the target. Because a sample appears once per epoch, its significance when its
+window comes up equals its significance at epoch start, so running the whole windowed loop inside
+plan() is exactly the online loop, and a skipped sample costs no forward and no backward.
+
+The threshold's feed-forward part is set per epoch to the tau whose expected activation over the
+epoch's candidates equals the target (ties and the keep floor included); the PI terms correct what
+that guess misses (sampling noise, fallbacks, the drift a window sees).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from edge_sel.methods.base import Gate, Plan, RunContext
+from edge_sel.methods.energy_budget import ActivationTarget
+from edge_sel.methods.gate_plans import keep_all, self_normalised, take
+from edge_sel.methods.gating_config import GatingConfig, anneal_start
+from edge_sel.methods.hardness import HardnessStore
+from edge_sel.methods.significance import SIGNIFICANCE
+from edge_sel.methods.threshold_control import PositionalPI
+
+
+def trace_summary(thresholds: list[float], kept: int, candidates: int, ema: float) -> dict:
+    """Record fields summarising one epoch of the controller."""
+    if not thresholds:
+        return {"gate_activation": kept / candidates if candidates else None, "activation_ema": ema}
+    return {"threshold_start": thresholds[0], "threshold_end": thresholds[-1],
+            "threshold_mean": sum(thresholds) / len(thresholds),
+            "threshold_min": min(thresholds), "threshold_max": max(thresholds),
+            "activation_ema": ema, "gate_activation": kept / candidates if candidates else None,
+            "gate_windows": len(thresholds)}
+
+
+class SundewGate(Gate):
+    name = "sundew"
+
+    def __init__(self, cfg: GatingConfig):
+        self.cfg = cfg
+        self.target = ActivationTarget(cfg.target_activation, cfg.energy_budget_per_epoch)
+        self.controller = PositionalPI(cfg.target_activation, tau0=1 - cfg.target_activation)
+        self.significance = SIGNIFICANCE[cfg.significance]
+        self.candidates = 0
+
+    def setup(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self.store = HardnessStore(ctx.train.index, ctx.train.num_classes, gamma=self.cfg.dih_gamma)
+        self.anneal_from = anneal_start(ctx.epochs, self.cfg.anneal_or(0.0))
+
+    def select(self, epoch: int, plan: Plan) -> Plan:
+        cands = plan.positions
+        n = self.candidates = len(cands)
+        target = self.target.value
+        if epoch >= self.anneal_from or n == 0:
+            return keep_all(plan, {"target_activation": target, "gate_activation": 1.0 if n else None,
+                                   "annealing": epoch >= self.anneal_from})
+        sig = self.significance(self.store)[cands.to(self.store.device)].float().cpu()
+        unseen = (~self.store.seen[cands.to(self.store.device)]).float().mean().item()
+        keep, prob, thresholds = self._gate(sig, target)
+        kept = keep.nonzero().squeeze(1)
+        weights = self_normalised(1 / prob[kept]) if self.cfg.unbiased else None
+        info = {"target_activation": target, "unseen_share": unseen,
+                **trace_summary(thresholds, len(kept), n, self.controller.ema)}
+        return take(plan, kept, weights, info)
+
+    def keep_probability(self, sig: torch.Tensor, tau: float) -> torch.Tensor:
+        cfg = self.cfg
+        p = torch.sigmoid((sig - tau) / cfg.gate_temperature) if cfg.gate_temperature > 0 else (sig > tau).float()
+        return p.clamp_min(cfg.keep_floor) if cfg.unbiased else p
+
+    def feed_forward(self, sig: torch.Tensor, target: float) -> float:
+        """The threshold whose expected activation over `sig` is the target (bisection: the expected
+        activation falls monotonically as tau rises)."""
+        lo, hi = self.controller.lo, self.controller.hi
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            if self.keep_probability(sig, mid).mean().item() > target:
+                lo = mid
+            else:
+                hi = mid
+        return (lo + hi) / 2
+
+    def _gate(self, sig: torch.Tensor, target: float) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+        """The windowed control loop over one epoch's candidates (in plan order)."""
+        cfg, n = self.cfg, len(sig)
+        ctl = self.controller
+        ctl.target = target
+        ctl.set_bias(self.feed_forward(sig, target))
+        window = cfg.gate_window * self.ctx.batch_size
+        draws = torch.rand(n, generator=self.ctx.generator)
+        keep = torch.zeros(n, dtype=torch.bool)
+        prob = torch.ones(n)
+        thresholds = []
+        for lo in range(0, n, window):
+            s = sig[lo: lo + window]
+            tau = ctl.tau
+            p = self.keep_probability(s, tau)
+            k = draws[lo: lo + window] < p
+            floor = math.ceil(cfg.min_activation * len(s))
+            if int(k.sum()) < floor:
+                # Minimum-activation fallback: the most significant samples of the window.
+                k[torch.topk(s, floor).indices] = True
+            keep[lo: lo + window], prob[lo: lo + window] = k, p.clamp_min(1e-6)
+            thresholds.append(tau)
+            ctl.update(k.float().mean().item())
+        return keep, prob, thresholds
+
+    def observe(self, batch, losses, logits) -> None:
+        self.store.observe(batch.index, losses, logits, batch.y, self.ctx.state.get("epoch", 0),
+                           self.ctx.state.get("lr", 0.0))
+
+    def end_epoch(self, epoch: int, metrics: dict) -> dict:
+        return self.target.after_epoch(metrics, self.candidates)
+
+    def state_dict(self) -> dict:
+        return {"store": self.store.state_dict(), "controller": self.controller.state_dict(),
+                "target": self.target.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.store.load_state_dict(state["store"])
+        self.controller.load_state_dict(state["controller"])
+        self.target.load_state_dict(state["target"])
