@@ -10,6 +10,7 @@ import click
 
 from edge_sel import __version__
 from edge_sel.config import OPTIMIZERS, SCHEDULES, TrainConfig
+from edge_sel.engine.energy_setup import EnergyOptions
 from edge_sel.engine.run import DataOptions, finetune, pretrain
 from edge_sel.errors import InputError
 from edge_sel.methods.options import method_option_names, method_options
@@ -74,6 +75,30 @@ def train_options(fn):
     return fn
 
 
+def energy_options(fn):
+    options = [
+        click.option("--meter", "meters", multiple=True,
+                     help="Energy meter to use (repeatable): nvml, rapl, jetson, battery, estimate. Default: automatic."),
+        click.option("--watts-per-core", type=float, default=None,
+                     help="Watts per busy core for the labelled estimate (no sensor)."),
+        click.option("--idle-baseline", type=float, default=0.0, show_default=True,
+                     help="Measure idle power for S seconds first; records then add net-of-idle joules."),
+        click.option("--energy-budget", type=float, default=None,
+                     help="Stop cleanly (records and checkpoint written) before the measured total passes J joules."),
+        click.option("--max-temp", type=float, default=None,
+                     help="Thermal guard: pause between steps above this temperature (C)."),
+    ]
+    for opt in reversed(options):
+        fn = opt(fn)
+    return fn
+
+
+def build_energy(kw: dict) -> EnergyOptions:
+    return EnergyOptions(meters=list(kw.pop("meters")), watts_per_core=kw.pop("watts_per_core"),
+                         idle_baseline_s=kw.pop("idle_baseline"), budget_j=kw.pop("energy_budget"),
+                         max_temp_c=kw.pop("max_temp"))
+
+
 def build_config(kw: dict, **extra) -> TrainConfig:
     lr = kw["lr"] if kw["lr"] is not None else (0.05 if kw["optimizer"] == "sgd" else 1e-3)
     return TrainConfig(epochs=kw["epochs"], batch_size=kw["batch_size"], optimizer=kw["optimizer"], lr=lr,
@@ -96,31 +121,47 @@ def cli():
 
 @cli.command("pretrain")
 @click.option("--model", "model_name", default="edgecnn", show_default=True, help="edgecnn | resnet18_cifar")
+@click.option("--export-artifacts", is_flag=True, help="Then export model.onnx and ORT training artifacts to OUT/artifacts.")
 @data_options
 @train_options
+@energy_options
 @fail_cleanly
-def pretrain_cmd(model_name, **kw):
+def pretrain_cmd(model_name, export_artifacts, **kw):
     """Train a model densely and write a warmup checkpoint."""
-    summary = pretrain(model_name, build_data(kw), build_config(kw), kw["out"], kw["overwrite"], kw["quiet"])
+    if export_artifacts:
+        from edge_sel.export.ort_env import require_ort
+        require_ort("--export-artifacts")   # before training, not after
+    energy = build_energy(kw)
+    summary = pretrain(model_name, build_data(kw), build_config(kw), kw["out"], kw["overwrite"], kw["quiet"],
+                       energy)
     print_summary(summary, quiet=kw["quiet"])
+    if export_artifacts:
+        from edge_sel.export.cli import export_after_pretrain
+        export_after_pretrain(kw["out"], kw["quiet"])
 
 
 @cli.command("finetune")
 @click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="Warmup checkpoint directory.")
 @click.option("--strategy", default="dense", show_default=True, help="Which samples are computed.")
-@click.option("--sparsity", default="none", show_default=True, help="Which parameters change: none | mask | layers.")
+@click.option("--sparsity", default=None,
+              help="Which parameters change: none | mask | layers [default: the strategy's (sel: layers), else none].")
 @click.option("--backend", default="torch", show_default=True, help="torch | ort")
 @click.option("--artifacts", type=click.Path(path_type=Path), default=None, help="ORT training artifacts (--backend ort).")
+@click.option("--bn-mode", type=click.Choice(["train", "eval"]), default=None,
+              help="BatchNorm while training: train (batch stats) or eval (frozen stats) [default: train; "
+                   "ort: the artifacts' mode].")
 @method_options
 @data_options
 @train_options
+@energy_options
 @fail_cleanly
-def finetune_cmd(checkpoint, strategy, sparsity, backend, artifacts, **kw):
+def finetune_cmd(checkpoint, strategy, sparsity, backend, artifacts, bn_mode, **kw):
     """Fine-tune a warmup checkpoint on local data; records per epoch."""
+    energy = build_energy(kw)
     method = {name: kw.pop(name) for name in method_option_names()}
     cfg = build_config(kw, strategy=strategy, sparsity=sparsity, backend=backend,
-                       artifacts=str(artifacts) if artifacts else None, method=method)
-    summary = finetune(checkpoint, build_data(kw), cfg, kw["out"], kw["overwrite"], kw["quiet"])
+                       artifacts=str(artifacts) if artifacts else None, method=method, bn_mode=bn_mode)
+    summary = finetune(checkpoint, build_data(kw), cfg, kw["out"], kw["overwrite"], kw["quiet"], energy)
     print_summary(summary, quiet=kw["quiet"])
 
 
@@ -133,8 +174,12 @@ def models_cmd():
 
 
 from edge_sel.demo import demo_cmd  # noqa: E402  (registers after the helpers it uses exist)
+from edge_sel.energy.monitor_cli import monitor  # noqa: E402
 
 cli.add_command(demo_cmd)
+cli.add_command(monitor)
+from edge_sel.export.cli import export_cmd  # noqa: E402
+cli.add_command(export_cmd)
 
 
 def main():

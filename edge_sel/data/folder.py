@@ -38,7 +38,7 @@ def list_class_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
 
 
 def _decode(args: tuple[str, tuple[int, int] | None, str]) -> np.ndarray | str:
-    path, size, mode = args
+    path, size, mode = args   # size: (width, height) to resize to, or None to keep
     from PIL import Image, UnidentifiedImageError
     try:
         with Image.open(path) as im:
@@ -51,16 +51,21 @@ def _decode(args: tuple[str, tuple[int, int] | None, str]) -> np.ndarray | str:
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
-def _decode_all(root: Path, files: list[tuple[str, int]], image_size: int | None) -> np.ndarray:
+def _decode_all(root: Path, files: list[tuple[str, int]], image_size) -> np.ndarray:
+    """image_size: None (all images must share the first one's size), S, or (width, height)."""
     from PIL import Image
     first = root / files[0][0]
     try:
         with Image.open(first) as im:
             mode = "L" if im.mode in ("L", "1", "I;16") else "RGB"
-            size = (image_size, image_size) if image_size else im.size
+            size = im.size
     except OSError as e:
         raise InputError(f"{first}: cannot decode image ({e})") from None
-    jobs = [(str(root / rel), size, mode) for rel, _ in files]
+    resize = None
+    if image_size is not None:
+        resize = tuple(image_size) if isinstance(image_size, (tuple, list)) else (image_size, image_size)
+        size = resize
+    jobs = [(str(root / rel), resize, mode) for rel, _ in files]
     if len(jobs) < 2000 or (os.cpu_count() or 1) < 2:
         decoded = [_decode(j) for j in jobs]
     else:
@@ -75,7 +80,7 @@ def _decode_all(root: Path, files: list[tuple[str, int]], image_size: int | None
     return np.ascontiguousarray(np.stack(decoded).transpose(0, 3, 1, 2))
 
 
-def _cache_key(root: Path, files: list[tuple[str, int]], image_size: int | None) -> str:
+def _cache_key(root: Path, files: list[tuple[str, int]], image_size) -> str:
     # File names and folder mtimes: cheap to gather (no per-file stat), and any added, removed or
     # renamed file changes them. An image edited in place needs `rm -r ~/.cache/edge-sel`.
     h = hashlib.sha256(str(root.resolve()).encode())
@@ -86,7 +91,7 @@ def _cache_key(root: Path, files: list[tuple[str, int]], image_size: int | None)
     return h.hexdigest()[:24]
 
 
-def load_class_folder(root: Path, name: str, image_size: int | None = None,
+def load_class_folder(root: Path, name: str, image_size=None,
                       use_cache: bool = True) -> IndexedDataset:
     classes, files = list_class_folder(root)
     key = _cache_key(root, files, image_size)

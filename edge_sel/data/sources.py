@@ -107,9 +107,13 @@ def load_folder(path: Path, image_size: int | None = None) -> tuple[IndexedDatas
         train = load_class_folder(path / "train", name, image_size)
         train.augment = augment
         if (path / "test").is_dir():
-            test = load_class_folder(path / "test", name, image_size or train.images.shape[-1])
+            h, w = train.images.shape[-2:]
+            test = load_class_folder(path / "test", name, (w, h) if image_size else None)
             if test.class_names != train.class_names:
                 raise InputError(f"{path / 'test'}: class folders differ from {path / 'train'}")
+            if test.input_shape != train.input_shape:
+                raise InputError(f"{path / 'test'}: images are {test.input_shape}, train images are "
+                                 f"{train.input_shape}; pass --image-size to resize both")
             test.augment = augment
             return train, test
         return _carve_test(train)

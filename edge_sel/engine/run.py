@@ -16,7 +16,8 @@ from edge_sel.config import TrainConfig
 from edge_sel.data import Splits, load_source, make_splits, parse_shard
 from edge_sel.engine.checkpoint import ModelCard, atomic_write_bytes, load_checkpoint, save_checkpoint
 from edge_sel.engine.device import pick_device, seed_everything
-from edge_sel.engine.trainer import NullMeter, Trainer
+from edge_sel.engine.energy_setup import EnergyOptions
+from edge_sel.engine.trainer import Trainer
 from edge_sel.errors import InputError
 from edge_sel.methods import make_strategy, make_updater
 from edge_sel.methods.presets import apply_preset
@@ -93,7 +94,8 @@ def summarize(records: list[dict], extra: dict) -> dict:
             "samples_trained": total("backward_samples"),
             "forward_samples": total("forward_samples"),
             "flops_forward": total("flops_forward"), "flops_backward": total("flops_backward"),
-            "flops_scoring": total("flops_scoring"), "flops_train": total("flops_train"),
+            "flops_scoring": total("flops_scoring"), "flops_calibration": total("flops_calibration"),
+            "flops_train": total("flops_train"),
             "flops_eval": total("flops_eval"),
             "train_wall_s": total("wall_s"), "eval_wall_s": total("eval_wall_s"),
             "energy_j": total("energy_j"), "eval_energy_j": total("eval_energy_j"),
@@ -104,19 +106,34 @@ def summarize(records: list[dict], extra: dict) -> dict:
 
 
 def _run(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainConfig, out: Path,
-         quiet: bool, meter, source_info: dict) -> dict:
+         quiet: bool, energy: EnergyOptions | None, source_info: dict, meter=None) -> dict:
     device = pick_device(cfg.device)
     generator = seed_everything(cfg.seed)
     strategy = make_strategy(cfg.strategy, cfg.method)
     updater = make_updater(cfg.sparsity, cfg.method)
-    start_out_dir(out)
-    (out / "config.json").write_text(json.dumps({"phase": phase, **cfg.to_json(), **source_info}, indent=2,
-                                                default=str))
-    trainer = Trainer(cfg, splits, model, card.mean, card.std, device, generator, strategy, updater,
-                      phase=phase, meter=meter or NullMeter(), quiet=quiet)
-    writer = RecordWriter(out)
-    t0 = time.perf_counter()
-    records = trainer.run(writer)
+    energy = (energy or EnergyOptions()).validate()
+    own_meter = meter is None
+    meter = energy.open() if own_meter else meter      # a bad meter name fails before --out is touched
+    try:
+        start_out_dir(out)
+        (out / "config.json").write_text(json.dumps({"phase": phase, **cfg.to_json(), "energy": energy.to_json(),
+                                                     **source_info}, indent=2, default=str))
+        guard = None
+        if energy.max_temp_c is not None:
+            from edge_sel.energy import ThermalGuard
+            guard = ThermalGuard(meter, energy.max_temp_c, energy.hysteresis_c)
+        trainer = Trainer(cfg, splits, model, card.mean, card.std, device, generator, strategy, updater,
+                          phase=phase, meter=meter, guard=guard, budget_j=energy.budget_j, quiet=quiet)
+        writer = RecordWriter(out)
+        t0 = time.perf_counter()
+        records = trainer.run(writer)
+        meter_info = meter.describe() if hasattr(meter, "describe") else {}
+    finally:
+        if own_meter:
+            meter.close()
+    finish_run = getattr(trainer.backend, "finish_run", None)   # ort: its checkpoint and model.onnx
+    if finish_run is not None:
+        finish_run(out)
     card.training = {"phase": phase, "epochs": len(records), "strategy": cfg.strategy,
                      "final_val_acc": records[-1]["val_acc"] if records else None,
                      "final_test_acc": records[-1]["test_acc"] if records else None, "seed": cfg.seed}
@@ -126,6 +143,8 @@ def _run(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainConfig, o
         "model": {"architecture": card.architecture, "parameters": count_parameters(model)},
         "dataset": card.dataset, "config": cfg.to_json(), **source_info,
         "total_wall_s": time.perf_counter() - t0, "run_dir": str(out),
+        "energy_meter": meter_info, "stop_reason": trainer.stop_reason,
+        "idle_power_w": getattr(meter, "idle_power_w", None),
     })
     atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2, default=str).encode())
     return summary
@@ -137,7 +156,7 @@ def dataset_card(splits: Splits) -> dict:
 
 
 def pretrain(model_name: str, data: DataOptions, cfg: TrainConfig, out: Path, overwrite: bool = False,
-             quiet: bool = False, meter=None) -> dict:
+             quiet: bool = False, energy: EnergyOptions | None = None, meter=None) -> dict:
     cfg.validate()
     out = check_out_dir(out, overwrite)
     splits = data.load()
@@ -146,11 +165,11 @@ def pretrain(model_name: str, data: DataOptions, cfg: TrainConfig, out: Path, ov
     mean, std = splits.train.channel_stats()
     card = ModelCard(model_name, splits.train.num_classes, splits.train.class_names,
                      splits.train.input_shape, mean, std, dataset_card(splits))
-    return _run("pretrain", model, card, splits, cfg, out, quiet, meter, {"data": vars_of(data)})
+    return _run("pretrain", model, card, splits, cfg, out, quiet, energy, {"data": vars_of(data)}, meter)
 
 
 def finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, out: Path, overwrite: bool = False,
-             quiet: bool = False, meter=None) -> dict:
+             quiet: bool = False, energy: EnergyOptions | None = None, meter=None) -> dict:
     apply_preset(cfg)
     cfg.validate()
     out = check_out_dir(out, overwrite)
@@ -159,8 +178,8 @@ def finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, out: Path, o
     check_compatible(card, splits, Path(checkpoint))
     warm = dict(card.training)
     card.dataset = dataset_card(splits)     # normalisation stays the pretrainer's
-    return _run("finetune", model, card, splits, cfg, out, quiet, meter,
-                {"data": vars_of(data), "checkpoint": str(checkpoint), "warmup": warm})
+    return _run("finetune", model, card, splits, cfg, out, quiet, energy,
+                {"data": vars_of(data), "checkpoint": str(checkpoint), "warmup": warm}, meter)
 
 
 def vars_of(data: DataOptions) -> dict:

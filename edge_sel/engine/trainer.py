@@ -63,6 +63,8 @@ class Trainer:
     updater: Updater
     phase: str = "finetune"
     meter: object = field(default_factory=NullMeter)
+    guard: object = None                 # ThermalGuard, or None
+    budget_j: float | None = None        # stop cleanly before the measured total passes this
     quiet: bool = False
     records: list = field(default_factory=list)
 
@@ -83,6 +85,8 @@ class Trainer:
         self.flops = FlopCounter(self.model, self.train_ds.input_shape)
         self._scoring = {"samples": 0, "flops": 0}
         self.step = 0
+        self.stop_reason: str | None = None
+        self._eval_j = 0.0          # last evaluation's joules, reserved when checking the budget
         self.strategy.setup(self.ctx)
         self.updater.attach(self.model, self.optimizer, self.ctx)
         self.class_names = self.train_ds.class_names
@@ -136,8 +140,15 @@ class Trainer:
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         flops_f = flops_b = 0
         last_loss = None
+        throttled = 0.0
+        start_j = self.meter.total_j
         bar = self._bar(nb, f"epoch {epoch}", leave=False)
         for i, batch in enumerate(self.loader.batches(plan.positions, plan.weights)):
+            if self.guard is not None:
+                throttled += self.guard.wait_if_hot()
+            if self._over_budget(start_j, i):
+                self.stop_reason = "energy_budget"
+                break
             # Online gates may drop rows of a planned batch before its step (counted, see filter_batch).
             batch = self.strategy.filter_batch(batch)
             if batch is None or len(batch.y) == 0:
@@ -178,7 +189,8 @@ class Trainer:
         record["params_updated_frac"] = changed_fraction(self.model, before)
         record.update({"flops_forward": flops_f, "flops_backward": flops_b,
                        "flops_scoring": self._scoring["flops"], "scoring_samples": self._scoring["samples"]})
-        record["flops_train"] = flops_f + flops_b + self._scoring["flops"]
+        # An updater's one-off calibration pass (the SEL guilt threshold) is training compute too.
+        record["flops_train"] = flops_f + flops_b + self._scoring["flops"] + (record.get("flops_calibration") or 0)
         self._scoring = {"samples": 0, "flops": 0}
         record.update({"wall_s": wall, "samples_per_s": n_trained / wall if wall > 0 else None,
                        "lr_end": self.optimizer.param_groups[0]["lr"]})
@@ -190,8 +202,19 @@ class Trainer:
             record[f"C_{name}"] = EmbarrassmentMeter.confidence(e)
         record.update({k: v for k, v in plan.info.items() if k != "stage"})
         record["peak_rss_mb"] = peak_rss_mb()
-        record.setdefault("throttled_s", 0.0)
+        record["throttled_s"] = throttled
+        if self.stop_reason:
+            record["stop_reason"] = self.stop_reason
         return record
+
+    def _over_budget(self, start_j: float, steps_done: int) -> bool:
+        """Would one more step (at this epoch's mean cost so far) plus an evaluation pass the
+        budget? Checked before each step, so the run stops before, not after, the limit."""
+        if self.budget_j is None:
+            return False
+        total = self.meter.total_j
+        per_step = (total - start_j) / steps_done if steps_done else 0.0
+        return total + per_step + self._eval_j > self.budget_j
 
     def evaluate(self) -> dict:
         cfg = self.config
@@ -208,6 +231,7 @@ class Trainer:
             self._eval_flops(self.flops, len(self.test_ds))
         out["eval_wall_s"] = time.perf_counter() - t0
         out["eval_energy_j"] = self.meter.end("eval").get("energy_j")
+        self._eval_j = out["eval_energy_j"] or 0.0
         return out
 
     def run(self, writer: RecordWriter | None = None, start_epoch: int = 0) -> list[dict]:
@@ -222,5 +246,7 @@ class Trainer:
                 writer.append(record)
             bar.set_postfix(loss=f"{record['train_loss'] or 0:.3f}", val=f"{record['val_acc'] or 0:.3f}")
             bar.update(1)
+            if self.stop_reason:
+                break
         bar.close()
         return self.records

@@ -1,0 +1,41 @@
+"""How a run measures energy: which meters, an idle baseline, a budget and a thermal limit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from edge_sel.errors import InputError
+
+
+@dataclass
+class EnergyOptions:
+    meters: list[str] = field(default_factory=list)   # empty: automatic choice
+    watts_per_core: float | None = None               # for the estimate
+    rails: list[str] | None = None                    # Jetson rails that make the module total
+    interval_s: float = 0.1
+    idle_baseline_s: float = 0.0
+    budget_j: float | None = None                     # stop cleanly before the total passes this
+    max_temp_c: float | None = None                   # thermal guard
+    hysteresis_c: float = 5.0
+
+    def validate(self) -> "EnergyOptions":
+        if self.idle_baseline_s < 0:
+            raise InputError(f"--idle-baseline must be >= 0 seconds, got {self.idle_baseline_s}")
+        if self.budget_j is not None and self.budget_j <= 0:
+            raise InputError(f"--energy-budget must be > 0 joules, got {self.budget_j}")
+        if self.hysteresis_c < 0:
+            raise InputError(f"thermal hysteresis must be >= 0, got {self.hysteresis_c}")
+        return self
+
+    def open(self):
+        """Start the meter (one sampler thread) and, if asked, measure idle power first."""
+        from edge_sel.energy import open_meter
+        meter = open_meter(self.meters or None, watts_per_core=self.watts_per_core, rails=self.rails,
+                           interval_s=self.interval_s)
+        meter.start()
+        if self.idle_baseline_s > 0:
+            meter.idle_baseline(self.idle_baseline_s)
+        return meter
+
+    def to_json(self) -> dict:
+        return dict(vars(self))

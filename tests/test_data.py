@@ -1,0 +1,207 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import CIFAR_JPEG, needs_cifar
+from edge_sel.data import load_source, make_splits, parse_shard
+from edge_sel.data import folder as folder_mod
+from edge_sel.data.augment import augment_batch, random_crop, random_flip
+from edge_sel.data.split import shard, stratified_take
+from edge_sel.errors import InputError
+
+
+def write_tree(root, classes=("cat", "dog", "eel"), per_class=5, size=(12, 10), fmt="png"):
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+            Image.fromarray(arr).save(root / c / f"{i:03d}.{fmt}")
+    return root
+
+
+def test_digits_is_real_and_split_into_train_and_test():
+    train, test = load_source("digits")
+    assert len(train) + len(test) == 1797
+    assert train.images.dtype == torch.uint8 and train.input_shape == [1, 8, 8]
+    assert train.class_names == [str(i) for i in range(10)]
+    assert int(train.images.max()) == 255
+    # Held-out test ids never appear in train; ids are the original row numbers.
+    assert not set(train.index.tolist()) & set(test.index.tolist())
+
+
+def test_synthetic_is_deterministic():
+    a, _ = load_source("synthetic")
+    b, _ = load_source("synthetic")
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+
+
+def test_stratified_val_split_is_deterministic_and_disjoint():
+    train_full, test = load_source("digits")
+    s1 = make_splits(train_full, test, val_fraction=0.1, split_seed=0)
+    s2 = make_splits(train_full, test, val_fraction=0.1, split_seed=0)
+    assert torch.equal(s1.val.index, s2.val.index)
+    assert not set(s1.train.index.tolist()) & set(s1.val.index.tolist())
+    assert len(s1.train) + len(s1.val) == len(train_full)
+    full_counts = train_full.class_counts()
+    for c, n_val in enumerate(s1.val.class_counts()):
+        assert abs(n_val - 0.1 * full_counts[c]) <= 1
+    other = make_splits(train_full, test, val_fraction=0.1, split_seed=1)
+    assert not torch.equal(s1.val.index, other.val.index)
+
+
+def test_shards_are_disjoint_cover_and_share_validation():
+    train_full, test = load_source("digits")
+    a = make_splits(train_full, test, shard_kn=(0, 2))
+    b = make_splits(train_full, test, shard_kn=(1, 2))
+    whole = make_splits(train_full, test)
+    assert torch.equal(a.val.index, b.val.index)
+    ia, ib = set(a.train.index.tolist()), set(b.train.index.tolist())
+    assert not ia & ib and ia | ib == set(whole.train.index.tolist())
+    assert abs(len(a.train) - len(b.train)) <= 10
+
+
+def test_subset_and_cap_keep_classes_balanced():
+    train_full, test = load_source("digits")
+    s = make_splits(train_full, test, subset=200)
+    assert len(s.train) == 200
+    assert max(s.train.class_counts()) - min(s.train.class_counts()) <= 2
+    capped = make_splits(train_full, test, per_class_cap=7)
+    assert capped.train.class_counts() == [7] * 10
+    assert len(stratified_take(train_full, total=50)) == 50
+    with pytest.raises(InputError, match="--subset"):
+        make_splits(train_full, test, subset=0)
+
+
+@pytest.mark.parametrize("text", ["2/2", "a/b", "1", "-1/3"])
+def test_bad_shard_is_an_input_error(text):
+    with pytest.raises(InputError, match="--shard"):
+        parse_shard(text)
+
+
+def test_shard_positions_partition():
+    train_full, _ = load_source("digits")
+    parts = [set(shard(train_full, k, 3, seed=0).tolist()) for k in range(3)]
+    assert sum(len(p) for p in parts) == len(train_full)
+    assert set().union(*parts) == set(range(len(train_full)))
+
+
+def test_image_folder_with_train_and_test(tmp_path):
+    write_tree(tmp_path / "train", per_class=6)
+    write_tree(tmp_path / "test", per_class=2)
+    train, test = load_source(f"folder:{tmp_path}")
+    assert train.images.shape == (18, 3, 10, 12) and test.images.shape == (6, 3, 10, 12)
+    assert train.class_names == ["cat", "dog", "eel"]
+    assert train.class_counts() == [6, 6, 6]
+    # Pixels survive decoding exactly (PNG is lossless).
+    first = np.asarray(Image.open(tmp_path / "train" / "cat" / "000.png"))
+    assert np.array_equal(train.images[0].permute(1, 2, 0).numpy(), first)
+
+
+def test_image_folder_cache_makes_second_load_skip_decoding(tmp_path, monkeypatch):
+    write_tree(tmp_path / "data", per_class=4)
+    first, _ = load_source(f"folder:{tmp_path / 'data'}")
+
+    def no_decoding(*a, **k):
+        raise AssertionError("decoded again despite a cache")
+    monkeypatch.setattr(folder_mod, "_decode_all", no_decoding)
+    second, _ = load_source(f"folder:{tmp_path / 'data'}")
+    assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
+    # Adding a file changes the key, so the stale cache is not used.
+    Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(tmp_path / "data" / "cat" / "999.png")
+    with pytest.raises(AssertionError, match="decoded again"):
+        load_source(f"folder:{tmp_path / 'data'}")
+
+
+def test_empty_class_folder_names_the_folder(tmp_path):
+    write_tree(tmp_path / "d", per_class=2)
+    (tmp_path / "d" / "empty").mkdir()
+    with pytest.raises(InputError, match=r"empty: class folder has no images"):
+        load_source(f"folder:{tmp_path / 'd'}")
+
+
+def test_corrupt_image_names_the_file(tmp_path):
+    write_tree(tmp_path / "d", per_class=2, fmt="jpg")
+    (tmp_path / "d" / "dog" / "001.jpg").write_bytes(b"not a jpeg at all")
+    with pytest.raises(InputError, match=r"dog/001\.jpg: cannot decode"):
+        load_source(f"folder:{tmp_path / 'd'}")
+
+
+def test_mixed_image_sizes_ask_for_image_size(tmp_path):
+    write_tree(tmp_path / "d", per_class=2)
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "d" / "eel" / "big.png")
+    with pytest.raises(InputError, match="--image-size"):
+        load_source(f"folder:{tmp_path / 'd'}")
+    train, test = load_source(f"folder:{tmp_path / 'd'}", image_size=8)
+    assert train.input_shape == [3, 8, 8]
+
+
+def test_unknown_and_missing_datasets():
+    with pytest.raises(InputError, match="unknown dataset"):
+        load_source("imagenet")
+    with pytest.raises(InputError, match="no such directory"):
+        load_source("folder:/nonexistent/path")
+
+
+def _write_cifar_archive(root, n_per_batch=20):
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8)
+        labels = [int(v) for v in rng.integers(0, 10, n_per_batch)]
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": data, b"labels": labels, b"batch_label": name.encode()}, f)
+    return folder
+
+
+def test_cifar10_archive_layout(tmp_path):
+    folder = _write_cifar_archive(tmp_path)
+    train, test = load_source("cifar10", data_dir=tmp_path)
+    assert train.images.shape == (100, 3, 32, 32) and test.images.shape == (20, 3, 32, 32)
+    with open(folder / "data_batch_1", "rb") as f:
+        raw = pickle.load(f, encoding="bytes")
+    assert np.array_equal(train.images[0].numpy().reshape(-1), raw[b"data"][0])
+    assert train.class_names[0] == "airplane"
+
+
+def test_cifar10_missing_archive_says_where_to_put_it(tmp_path):
+    with pytest.raises(InputError, match="cifar-10-batches-py"):
+        load_source("cifar10", data_dir=tmp_path)
+
+
+@needs_cifar()
+def test_shared_cifar10_jpeg_folders():
+    train, test = load_source(f"folder:{CIFAR_JPEG}")
+    assert len(train) == 50000 and len(test) == 10000
+    assert train.num_classes == 10 and train.input_shape == [3, 32, 32]
+    assert train.class_counts() == [5000] * 10 and test.class_counts() == [1000] * 10
+    assert train.class_names[:3] == ["airplane", "automobile", "bird"]
+
+
+def test_crop_moves_content_by_at_most_pad_and_keeps_shape():
+    x = torch.zeros(64, 1, 9, 9)
+    x[:, :, 4, 4] = 1.0
+    g = torch.Generator().manual_seed(0)
+    out = random_crop(x, 2, g)
+    assert out.shape == x.shape
+    rows = out[:, 0].amax(dim=2).argmax(dim=1)
+    cols = out[:, 0].amax(dim=1).argmax(dim=1)
+    assert ((rows - 4).abs() <= 2).all() and ((cols - 4).abs() <= 2).all()
+    assert len(set(zip(rows.tolist(), cols.tolist()))) > 5   # offsets really vary
+    assert torch.equal(random_crop(x, 0, g), x)
+
+
+def test_flip_and_determinism():
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4).repeat(32, 1, 1, 1)
+    out = random_flip(x, torch.Generator().manual_seed(3))
+    flipped = (out == x.flip(3)).flatten(1).all(1)
+    kept = (out == x).flatten(1).all(1)
+    assert (flipped | kept).all() and flipped.any() and kept.any()
+    spec = {"crop_pad": 2, "flip": True}
+    a = augment_batch(x, spec, torch.Generator().manual_seed(5))
+    b = augment_batch(x, spec, torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
