@@ -3,11 +3,12 @@ the samples computed, presets count the seed's full passes, and bad values exit 
 
 import math
 import sys
+import time
 
 import pytest
 
 from edge_sel.cli import main
-from edge_sel.methods import STRATEGIES
+from edge_sel.methods import STRATEGIES, Strategy
 
 from helpers import records, run_cli
 
@@ -22,9 +23,9 @@ def warmup(tmp_path_factory):
     return out
 
 
-def finetune(ckpt, out, *extra):
-    run_cli("finetune", "--checkpoint", ckpt, "--dataset", "synthetic", "--shard", "1/2", "--epochs", EPOCHS,
-            "--batch-size", 32, "--out", out, "--quiet", *extra)
+def finetune(ckpt, out, *extra, epochs=EPOCHS):
+    run_cli("finetune", "--checkpoint", ckpt, "--dataset", "synthetic", "--shard", "1/2", "--epochs", epochs,
+            "--batch-size", 48, "--out", out, "--quiet", *extra)
     return records(out)
 
 
@@ -69,7 +70,7 @@ def test_gating_strategies_record_what_they_compute(warmup, dense, tmp_path, str
 
 
 def test_ast_prod_preset_counts_a_full_forward_and_backward_of_every_sample(warmup, dense, tmp_path):
-    recs = finetune(warmup, tmp_path / "run", "--preset", "ast-prod")
+    recs = finetune(warmup, tmp_path / "run", "--preset", "ast-prod", epochs=2)
     for r in recs:
         assert r["strategy"] == "ast-prod"
         assert r["forward_samples"] == r["backward_samples"] == r["samples_available"]
@@ -79,7 +80,7 @@ def test_ast_prod_preset_counts_a_full_forward_and_backward_of_every_sample(warm
 
 
 def test_ast_two_preset_counts_its_selection_forward(warmup, dense, tmp_path):
-    recs = finetune(warmup, tmp_path / "run", "--preset", "ast-two")
+    recs = finetune(warmup, tmp_path / "run", "--preset", "ast-two", epochs=2)
     check_accounting(recs, dense)
     for r in recs:
         assert r["scoring_samples"] == r["samples_available"]     # a no-grad forward of every sample
@@ -89,8 +90,7 @@ def test_ast_two_preset_counts_its_selection_forward(warmup, dense, tmp_path):
 
 @pytest.mark.skipif("sel" not in STRATEGIES, reason="sel strategy not available")
 def test_sundew_gate_inside_sel_stages(warmup, dense, tmp_path):
-    recs = finetune(warmup, tmp_path / "run", "--strategy", "sel", "--gate", "sundew", "--target-activation", 0.5,
-                    "--stages", "0-50::2,50-100::2", "--no-stage-gates")
+    recs = finetune(warmup, tmp_path / "run", "--strategy", "sel", "--gate", "sundew", "--target-activation", 0.5)
     assert recs[0]["strategy"] == "sel+sundew" and recs[0]["stage"] is not None
     for r in recs:
         assert r["backward_samples"] < r["samples_available"] and "threshold_mean" in r
@@ -124,3 +124,16 @@ def test_bad_gating_values_exit_2_with_one_line(warmup, tmp_path, monkeypatch, c
     assert code == 2
     assert len(err.splitlines()) == 1 and option in err, err
     assert not (tmp_path / "run").exists()
+
+
+class SlowPlanner(Strategy):
+    """Dense, but deciding takes a while: that time belongs to the epoch."""
+    def plan(self, epoch):
+        time.sleep(0.3)
+        return super().plan(epoch)
+
+
+def test_planning_time_is_part_of_the_epochs_wall_time(warmup, tmp_path, monkeypatch):
+    monkeypatch.setitem(STRATEGIES, "slow", lambda cfg: SlowPlanner())
+    recs = finetune(warmup, tmp_path / "run", "--strategy", "slow", epochs=1)
+    assert recs[0]["wall_s"] >= 0.3

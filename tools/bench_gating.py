@@ -68,30 +68,52 @@ def load_splits(args) -> Splits:
     return Splits(splits.train, val, splits.test)
 
 
-def run_method(args, splits: Splits, strategy: str, method: dict, seed: int, epochs: int) -> dict:
+def build_trainer(args, splits: Splits, strategy: str, method: dict, seed: int, epochs: int, meter):
+    """A fine-tune exactly as `edge-sel finetune` sets it up, with plan() timed on the side."""
     model, card = load_checkpoint(args.checkpoint)
     cfg = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, seed=seed, device="cpu",
                       strategy=strategy, method=dict(method))
     generator = seed_everything(seed)
     strat = make_strategy(strategy, cfg.method)
-    plan_s = []
+    strat.plan_s = []
     plan = strat.plan
 
     def timed_plan(epoch):
         t0 = time.perf_counter()
         out = plan(epoch)
-        plan_s.append(time.perf_counter() - t0)
+        strat.plan_s.append(time.perf_counter() - t0)
         return out
     strat.plan = timed_plan
+    return FinalTestTrainer(cfg, splits, model, card.mean, card.std, torch.device("cpu"), generator, strat,
+                            make_updater("none", {}), meter=meter or NullMeter(), quiet=True)
+
+
+def run_method(args, splits: Splits, strategy: str, method: dict, seed: int, epochs: int) -> dict:
     meter = open_energy_meter()
     try:
-        trainer = FinalTestTrainer(cfg, splits, model, card.mean, card.std, torch.device("cpu"), generator, strat,
-                                   make_updater("none", {}), meter=meter or NullMeter(), quiet=True)
+        trainer = build_trainer(args, splits, strategy, method, seed, epochs, meter)
         records = trainer.run()
     finally:
         if meter is not None:
             meter.close()
-    return {"records": records, "plan_s": plan_s}
+    return {"records": records, "plan_s": trainer.strategy.plan_s}
+
+
+def run_interleaved(args, splits: Splits, runs: list[tuple[str, dict]], epochs: int) -> list[dict]:
+    """Several fine-tunes advanced one epoch each in turn, so a change in machine load between
+    them hits every run alike (the CPU is shared)."""
+    meter = open_energy_meter()
+    try:
+        trainers = [build_trainer(args, splits, s, m, 0, epochs, meter) for s, m in runs]
+        for epoch in range(epochs):
+            for t in trainers:
+                record = t.train_epoch(epoch)
+                record.update(t.strategy.end_epoch(epoch, record))
+                t.records.append(record)
+    finally:
+        if meter is not None:
+            meter.close()
+    return [{"records": t.records, "plan_s": t.strategy.plan_s} for t in trainers]
 
 
 def fmt(v, spec=".3f"):
@@ -101,9 +123,9 @@ def fmt(v, spec=".3f"):
 def part_a(args, splits: Splits) -> dict:
     a = args.activation
     print(f"\n== Part A: compute at target activation {a} vs dense ({len(splits.train)} training images, "
-          f"{args.epochs_a} epochs, seed 0) ==")
-    dense = run_method(args, splits, "dense", {}, 0, args.epochs_a)
-    gated = run_method(args, splits, "sundew", {"target_activation": a}, 0, args.epochs_a)
+          f"{args.epochs_a} epochs, seed 0, epochs interleaved) ==")
+    dense, gated = run_interleaved(args, splits, [("dense", {}), ("sundew", {"target_activation": a})],
+                                   args.epochs_a)
     print(f"{'epoch':>5} {'dense s':>8} {'sundew s':>9} {'plan() s':>9} {'time ratio':>10} "
           f"{'dense GFLOP':>11} {'sundew GFLOP':>12} {'FLOP ratio':>10} {'activation':>10}")
     rows = []
