@@ -37,6 +37,8 @@ __all__ = ["Gate", "GatedStrategy", "Plan", "RunContext", "Strategy", "Updater",
 
 # Registrations (one import per method module; each adds its names to the registries above).
 # --- sel ---
+from edge_sel.methods import sel as _sel  # noqa: E402
+_sel.register()
 # --- gating ---
 from edge_sel.methods import gating_registry as _gating  # noqa: E402
 _gating.register()

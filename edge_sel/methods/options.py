@@ -13,7 +13,42 @@ COMMON = [
 ]
 
 # --- sel ---
-SEL = []
+# Defaults are None so presets can tell "not given"; edge_sel/methods/sel.py fills the defaults.
+SEL = [
+    click.option("--difficulty", default=None,
+                 help="What sorts each class pool easy-to-hard: warmup (the checkpoint's loss) | cold "
+                      "(an untrained model, the seed) | random (control). [default: warmup]"),
+    click.option("--stages", default=None,
+                 help="Stage table: START-END[:THRESHOLD[:EPOCHS[:CAP]]],... in percent of each class pool, "
+                      "or a .json/.toml file. [default: the seed's five stages, 10 epochs each]"),
+    click.option("--stage-gates/--no-stage-gates", default=None,
+                 help="Enforce stage thresholds on validation accuracy. [default: enforced]"),
+    click.option("--stage-patience", type=int, default=None,
+                 help="Extra epochs a stage below its threshold may take before advancing. [default: 2]"),
+    click.option("--class-focus/--no-class-focus", default=None,
+                 help="Share each epoch's samples between classes by their embarrassment E_c (sel, dense)."),
+    click.option("--class-focus-floor", type=float, default=None,
+                 help="Least share of the epoch per class with --class-focus. [default: 0.5 / classes]"),
+    click.option("--lr-loss-scale", type=float, default=None,
+                 help="lr x (1 + K x previous batch loss), the seed's K = 2. [default: 0, off]"),
+    click.option("--easy-warmup-epochs", type=int, default=None,
+                 help="Dense epochs on the easiest samples before the stages (warmup-sel: 5). [default: 0]"),
+    click.option("--easy-warmup-size", type=int, default=None,
+                 help="Samples in the easy warmup, split over classes, at most 20% of each class. "
+                      "[default: 10000]"),
+    click.option("--guilt-percentile", type=float, default=None,
+                 help="Guilt threshold g0 = this percentile of |grad| (--sparsity mask). [default: 40]"),
+    click.option("--guilt-decay", type=float, default=None,
+                 help="Per stage g_s = g0 x (1 - decay x s / stages). [default: 0.3]"),
+    click.option("--guilt-samples", type=int, default=None,
+                 help="Training samples in the calibration batch for g0. [default: 128]"),
+    click.option("--guilt-model", default=None,
+                 help="Calibrate g0 on: warmup (the checkpoint) | cold (an untrained model). [default: warmup]"),
+    click.option("--probe-every", type=int, default=None,
+                 help="Steps between dense probe steps that pick frozen blocks (--sparsity layers). [default: 50]"),
+    click.option("--layer-sparsity", type=float, default=None,
+                 help="Most share of parameters frozen between probes (--sparsity layers). [default: 0.5]"),
+]
 
 # --- gating ---
 # Defaults are None so presets can tell "not given"; edge_sel/methods/gating_config.py fills them.
