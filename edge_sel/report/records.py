@@ -19,7 +19,8 @@ RECORD_FIELDS = [
 # Fields that measure the run rather than determine it: excluded when comparing reruns.
 VOLATILE_FIELDS = {"wall_s", "eval_wall_s", "peak_rss_mb", "energy_j", "energy_net_j", "avg_power_w",
                    "peak_power_w", "max_temp_c", "throttled_s", "energy_coverage", "energy_by_component",
-                   "idle_power_w", "eval_energy_j", "samples_per_s"}
+                   "idle_power_w", "eval_energy_j", "samples_per_s", "energy_window_s", "energy_samples",
+                   "throttle_reasons"}
 
 
 def _clean(v):
