@@ -1,0 +1,111 @@
+"""`--profile` on a command: the profile's values become the defaults of the options the user did
+not give. An option given on the command line always wins; so does a `--preset` for the recipe
+(batch size, strategy, target activation, sparsity), since a preset reproduces a published run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import click
+from click.core import ParameterSource
+
+from edge_sel.errors import InputError
+from edge_sel.profiles import Profile, load_profile
+
+# profile field -> (click parameter name, profile value -> option value)
+OPTIONS = {
+    "device": ("device", str),
+    "precision": ("no_amp", lambda precision: precision == "fp32"),
+    "batch_size": ("batch_size", int),
+    "strategy": ("strategy", str),
+    "target_activation": ("target_activation", float),
+    "sparsity": ("sparsity", str),
+    "meters": ("meters", tuple),
+    "watts_per_core": ("watts_per_core", float),
+    "budget_j": ("energy_budget", float),
+    "budget_per_epoch_j": ("energy_budget_per_epoch", float),
+    "max_temp_c": ("max_temp", float),
+}
+# Settings without a command-line option: handed to the command as extra keyword arguments.
+PASSED = {"rails": "rails", "hysteresis_c": "hysteresis"}
+RECIPE = {"batch_size", "strategy", "target_activation", "sparsity"}
+
+PROFILE_HELP = ("Device profile: a shipped name (edge-sel profiles list), auto (detect this machine) or a "
+                ".toml file. It supplies defaults; options given here win.")
+
+
+def given(ctx: click.Context, name: str) -> bool:
+    """True when the user set the option (command line or environment), not a default."""
+    return ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+
+
+def _flag(ctx: click.Context, name: str) -> str:
+    for param in ctx.command.params:
+        if param.name == name and param.opts:
+            return max(param.opts, key=len)
+    return name
+
+
+def apply_profile(profile: Profile, params: dict, ctx: click.Context) -> tuple[dict, dict]:
+    """The command's keyword arguments with the profile's defaults filled in, and a record of
+    what was applied, kept (given explicitly) and skipped (a preset's choice)."""
+    params = dict(params)
+    record = {"name": profile.name, "file": profile.file, "detected": profile.detected,
+              "applied": {}, "kept": {}, "skipped": {}}
+    preset = params.get("preset") if given(ctx, "preset") else None
+    for field, value in profile.settings().items():
+        if field in OPTIONS:
+            option, convert = OPTIONS[field]
+            if option not in params:
+                continue                         # this command has no such option
+            if preset and field in RECIPE:
+                record["skipped"][field] = f"--preset {preset} chooses it"
+                continue
+            if given(ctx, option):
+                record["kept"][field] = f"{_flag(ctx, option)} given"
+                continue
+            params[option] = convert(value)
+        elif field in PASSED:                    # no option of its own
+            params[PASSED[field]] = value
+        record["applied"][field] = value         # cpu_threads: applied around the command
+    if str(record["applied"].get("device", "")).startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            raise InputError(f"--profile {profile.name}: train.device is cuda, but this torch "
+                             f"({torch.__version__}) sees no CUDA device; pass --device cpu (or auto) to override")
+    return params, record
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None):
+    """torch's intra-op threads for the command, restored afterwards."""
+    if count is None:
+        yield
+        return
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def profile_option(fn):
+    """Adds `--profile` to a command. The command receives the filled-in options, plus `rails`,
+    `hysteresis` (when the profile sets them) and `profile_record` (for the run's records)."""
+    @functools.wraps(fn)
+    def wrapper(*args, profile=None, **kwargs):
+        if profile is None:
+            return fn(*args, **kwargs)
+        loaded = load_profile(profile)
+        kwargs, record = apply_profile(loaded, kwargs, click.get_current_context())
+        if not kwargs.get("quiet"):
+            why = f" (auto: {loaded.detected})" if loaded.detected else ""
+            settings = ", ".join(f"{k}={v}" for k, v in record["applied"].items())
+            click.echo(f"edge-sel: profile {loaded.name}{why}: {settings or 'no settings'}", err=True)
+        with torch_threads(loaded.cpu_threads):
+            return fn(*args, profile_record=record, **kwargs)
+    return click.option("--profile", default=None, metavar="NAME|auto|FILE", help=PROFILE_HELP)(wrapper)
