@@ -14,6 +14,7 @@ from edge_sel.engine.energy_setup import EnergyOptions
 from edge_sel.engine.run import DataOptions, finetune, pretrain
 from edge_sel.errors import InputError
 from edge_sel.methods.options import method_option_names, method_options
+from edge_sel.profiles.apply import profile_option
 from edge_sel.report.summary import print_summary
 
 
@@ -94,9 +95,14 @@ def energy_options(fn):
 
 
 def build_energy(kw: dict) -> EnergyOptions:
-    return EnergyOptions(meters=list(kw.pop("meters")), watts_per_core=kw.pop("watts_per_core"),
-                         idle_baseline_s=kw.pop("idle_baseline"), budget_j=kw.pop("energy_budget"),
-                         max_temp_c=kw.pop("max_temp"))
+    energy = EnergyOptions(meters=list(kw.pop("meters")), watts_per_core=kw.pop("watts_per_core"),
+                           idle_baseline_s=kw.pop("idle_baseline"), budget_j=kw.pop("energy_budget"),
+                           max_temp_c=kw.pop("max_temp"))
+    if "rails" in kw:          # from a device profile (--profile); no option of their own
+        energy.rails = list(kw.pop("rails"))
+    if "hysteresis" in kw:
+        energy.hysteresis_c = kw.pop("hysteresis")
+    return energy
 
 
 def build_config(kw: dict, **extra) -> TrainConfig:
@@ -155,13 +161,15 @@ def pretrain_cmd(model_name, export_artifacts, **kw):
 @train_options
 @energy_options
 @fail_cleanly
+@profile_option
 def finetune_cmd(checkpoint, strategy, sparsity, backend, artifacts, bn_mode, **kw):
     """Fine-tune a warmup checkpoint on local data; records per epoch."""
     energy = build_energy(kw)
     method = {name: kw.pop(name) for name in method_option_names()}
     cfg = build_config(kw, strategy=strategy, sparsity=sparsity, backend=backend,
                        artifacts=str(artifacts) if artifacts else None, method=method, bn_mode=bn_mode)
-    summary = finetune(checkpoint, build_data(kw), cfg, kw["out"], kw["overwrite"], kw["quiet"], energy)
+    summary = finetune(checkpoint, build_data(kw), cfg, kw["out"], kw["overwrite"], kw["quiet"], energy,
+                       profile=kw.pop("profile_record", None))
     print_summary(summary, quiet=kw["quiet"])
 
 
@@ -178,6 +186,8 @@ from edge_sel.energy.monitor_cli import monitor  # noqa: E402
 
 cli.add_command(demo_cmd)
 cli.add_command(monitor)
+from edge_sel.profiles.cli import profiles_group  # noqa: E402
+cli.add_command(profiles_group)
 from edge_sel.export.cli import export_cmd  # noqa: E402
 cli.add_command(export_cmd)
 

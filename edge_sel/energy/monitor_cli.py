@@ -58,9 +58,26 @@ def _fmt(value, digits: int) -> str:
               help="Stop after N samples (default: run until Ctrl-C).")
 @click.option("--meter", "meters", multiple=True, type=click.Choice(METER_NAMES),
               help="Use this meter instead of the automatic choice (repeatable).")
-def monitor(as_json: bool, interval: float, samples: int | None, meters: tuple[str, ...]) -> None:
+@click.option("--profile", default=None, metavar="NAME|auto|FILE",
+              help="Device profile: its meters (unless --meter is given), rails and watts per core.")
+def monitor(as_json: bool, interval: float, samples: int | None, meters: tuple[str, ...],
+            profile: str | None) -> None:
     """Show live power, temperatures and throttle state of the energy meters."""
-    meter = open_meter(prefer=list(meters) or None, interval_s=interval)
+    rails = watts_per_core = None
+    if profile is not None:
+        from edge_sel.errors import InputError
+        from edge_sel.profiles import load_profile
+        try:
+            loaded = load_profile(profile)
+        except InputError as e:
+            raise _UsageError(str(e)) from None
+        meters = meters or tuple(loaded.meters or ())
+        rails = list(loaded.rails) if loaded.rails else None
+        watts_per_core = loaded.watts_per_core
+        if not as_json:
+            click.echo(f"profile: {loaded.name}" + (f" (auto: {loaded.detected})" if loaded.detected else ""))
+    meter = open_meter(prefer=list(meters) or None, interval_s=interval, rails=rails,
+                       watts_per_core=watts_per_core)
     try:
         start = meter.sample_once()  # counters need one reading before they give power
         columns = meter.component_names

@@ -169,7 +169,9 @@ def pretrain(model_name: str, data: DataOptions, cfg: TrainConfig, out: Path, ov
 
 
 def finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, out: Path, overwrite: bool = False,
-             quiet: bool = False, energy: EnergyOptions | None = None, meter=None) -> dict:
+             quiet: bool = False, energy: EnergyOptions | None = None, meter=None,
+             profile: dict | None = None) -> dict:
+    """`profile`: what a device profile applied (edge_sel.profiles.apply), kept in config and summary."""
     apply_preset(cfg)
     cfg.validate()
     out = check_out_dir(out, overwrite)
@@ -178,8 +180,10 @@ def finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, out: Path, o
     check_compatible(card, splits, Path(checkpoint))
     warm = dict(card.training)
     card.dataset = dataset_card(splits)     # normalisation stays the pretrainer's
-    return _run("finetune", model, card, splits, cfg, out, quiet, energy,
-                {"data": vars_of(data), "checkpoint": str(checkpoint), "warmup": warm}, meter)
+    source_info = {"data": vars_of(data), "checkpoint": str(checkpoint), "warmup": warm}
+    if profile is not None:
+        source_info["profile"] = profile
+    return _run("finetune", model, card, splits, cfg, out, quiet, energy, source_info, meter)
 
 
 def vars_of(data: DataOptions) -> dict:
