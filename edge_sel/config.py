@@ -32,6 +32,7 @@ class TrainConfig:
     sparsity: str = "none"
     backend: str = "torch"
     artifacts: str | None = None      # ORT training artifacts directory (backend "ort")
+    bn_mode: str | None = None        # "eval": BatchNorm keeps frozen running stats while training
     method: dict = field(default_factory=dict)   # strategy/updater options (target activation, ...)
 
     def validate(self) -> "TrainConfig":
@@ -47,6 +48,7 @@ class TrainConfig:
              f"must be between 0 and --epochs, got {self.warmup_epochs}"),
             (0 <= self.label_smoothing < 1, "--label-smoothing", "must be in [0, 1)"),
             (self.temperature > 0, "--temperature", f"must be > 0, got {self.temperature}"),
+            (self.bn_mode in (None, "train", "eval"), "--bn-mode", f"must be train or eval, got {self.bn_mode!r}"),
             (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
              "--device", f"must be cpu, cuda, mps or auto, got {self.device!r}"),
         ]

@@ -10,7 +10,8 @@ BACKENDS = ("torch", "ort")
 
 def make_backend(cfg, model, optimizer, updater, device):
     if cfg.backend == "torch":
-        return TorchBackend(model, optimizer, updater, device, cfg.amp, cfg.label_smoothing)
+        return TorchBackend(model, optimizer, updater, device, cfg.amp, cfg.label_smoothing, cfg.bn_mode)
     if cfg.backend == "ort":
-        raise InputError("--backend ort: not available in this build yet")
+        from edge_sel.backends.ort_backend import OrtBackend   # the `ort` extra is optional
+        return OrtBackend.from_config(cfg, model, optimizer, updater, device)
     raise InputError(f"--backend: unknown backend {cfg.backend!r}; choose one of {', '.join(BACKENDS)}")

@@ -22,14 +22,24 @@ def make_optimizer(name: str, params, lr: float, momentum: float, weight_decay: 
     raise ValueError(name)
 
 
+def freeze_batchnorm_stats(model: nn.Module) -> None:
+    """BatchNorm in eval mode inside a training step: normalise with the running statistics and
+    leave them unchanged (scale and shift still train). Matches ORT artifacts exported that way."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
 class TorchBackend:
     name = "torch"
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, updater: Updater,
-                 device: torch.device, amp: bool = True, label_smoothing: float = 0.0):
+                 device: torch.device, amp: bool = True, label_smoothing: float = 0.0,
+                 bn_mode: str | None = None):
         self.model, self.optimizer, self.updater = model, optimizer, updater
         self.device = device
         self.label_smoothing = label_smoothing
+        self.bn_mode = bn_mode or "train"
         use_amp = amp and device.type == "cuda"
         self.amp_dtype = (torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16) \
             if use_amp else None
@@ -48,6 +58,8 @@ class TorchBackend:
     def train_step(self, step: int, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """One step on the batch; returns detached per-sample losses and logits."""
         self.model.train()
+        if self.bn_mode == "eval":
+            freeze_batchnorm_stats(self.model)
         with self._autocast():
             logits = self.model(batch.x)
             losses = nn.functional.cross_entropy(logits.float(), batch.y, reduction="none",

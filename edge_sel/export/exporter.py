@@ -1,0 +1,118 @@
+"""Checkpoint -> artifact directory: the inference model, one training set per scheme, manifest."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from edge_sel.engine.checkpoint import load_checkpoint
+from edge_sel.engine.run import check_out_dir, start_out_dir
+from edge_sel.errors import InputError
+from edge_sel.export.manifest import (FORMAT, sha256_file, tensor_shapes, weights_digest,
+                                      write_manifest)
+from edge_sel.export.ort_env import require_ort, versions
+from edge_sel.export.schemes import SCHEME_NOTES, SCHEMES, trainable_names
+
+DEFAULT_SCHEMES = SCHEMES   # cheap to make; the device picks the set it trains
+BN_MODES = ("eval", "train")
+BN_NOTES = {
+    "eval": "BatchNorm normalises with the checkpoint's running statistics, which stay frozen; "
+            "its scale and shift train where the scheme includes them",
+    "train": "BatchNorm normalises with batch statistics and ORT updates the running statistics in "
+             "place; the eval model's BatchNorm nodes were trimmed to one output",
+}
+
+
+def resolve_optimizer(optimizer: str, weight_decay: float | None) -> dict:
+    from edge_sel.export.artifacts import ADAMW_BETAS, ADAMW_EPS, OPTIMIZERS
+    if optimizer not in OPTIMIZERS:
+        raise InputError(f"--optimizer: ORT artifacts carry {' or '.join(OPTIMIZERS)}, got {optimizer!r}")
+    if optimizer == "sgd":
+        if weight_decay:
+            raise InputError("--weight-decay: ORT's SGD has no weight decay; use --optimizer adamw for decay")
+        return {"name": "sgd", "momentum": 0.0, "weight_decay": 0.0,
+                "note": "plain SGD: no momentum, no weight decay"}
+    wd = 5e-4 if weight_decay is None else weight_decay
+    if wd < 0:
+        raise InputError(f"--weight-decay: must be >= 0, got {wd}")
+    return {"name": "adamw", "betas": list(ADAMW_BETAS), "eps": ADAMW_EPS, "weight_decay": wd,
+            "note": "torch.optim.AdamW semantics (decoupled decay applied before the update)"}
+
+
+def export_artifacts(checkpoint: Path, out: Path, schemes=DEFAULT_SCHEMES, *, bn_mode: str = "eval",
+                     optimizer: str = "sgd", weight_decay: float | None = None, ort_format: bool = False,
+                     overwrite: bool = False, option: str = "edge-sel export") -> dict:
+    """Write model.onnx, <scheme>/ artifact sets and manifest.json under `out`; return the manifest."""
+    require_ort(option)
+    from edge_sel.export.artifacts import FILES, generate_scheme
+    from edge_sel.export.onnx_graph import INFERENCE_TOLERANCE, OPSET, export_inference, export_training_forward
+
+    if bn_mode not in BN_MODES:
+        raise InputError(f"--bn-mode: choose one of {', '.join(BN_MODES)}, got {bn_mode!r}")
+    opt = resolve_optimizer(optimizer, weight_decay)
+    schemes = list(schemes)
+    if not schemes:
+        raise InputError("--scheme: name at least one scheme")
+    for s in schemes:
+        if s not in SCHEMES:
+            raise InputError(f"--scheme: unknown scheme {s!r}; choose from {', '.join(SCHEMES)}")
+    out = check_out_dir(Path(out), overwrite)
+    model, card = load_checkpoint(Path(checkpoint))
+    model.eval()
+    start_out_dir(out)
+    t0 = time.perf_counter()
+
+    max_diff = export_inference(model, card.input_shape, out / "model.onnx")
+    forward_path = out / ".forward.onnx"
+    forward = export_training_forward(model, card.input_shape, forward_path, bn_mode)
+    initializers = [t.name for t in forward.graph.initializer]
+    numel = {name: p.numel() for name, p in model.named_parameters()}
+    sets = {}
+    for scheme in schemes:
+        trainable = trainable_names(model, scheme)
+        frozen = [n for n in initializers if n not in set(trainable)]
+        stats = generate_scheme(forward, out / scheme, trainable, frozen, opt["name"], opt["weight_decay"],
+                                bn_mode, ort_format)
+        files = sorted(p.name for p in (out / scheme).iterdir() if p.is_file())
+        sets[scheme] = {
+            "dir": scheme, "note": SCHEME_NOTES[scheme],
+            "trainable": trainable, "trainable_tensors": len(trainable),
+            "trainable_entries": sum(numel[n] for n in trainable),
+            "frozen_tensors": len(frozen), "parameter_entries": sum(numel.values()),
+            "backward": stats,
+            "files": {name: sha256_file(out / scheme / name) for name in files},
+            "required_files": list(FILES),
+        }
+    forward_path.unlink()
+
+    manifest = {
+        "format": FORMAT,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "versions": versions(),
+        "checkpoint": {
+            "path": str(checkpoint), "architecture": card.architecture, "num_classes": card.num_classes,
+            "weights_sha256": sha256_file(Path(checkpoint) / "model.safetensors"),
+            "weights_digest": weights_digest(model), "tensors": tensor_shapes(model),
+            "training": card.training,
+        },
+        "class_names": card.class_names,
+        "input": {"name": "input", "shape": ["batch", *card.input_shape], "dtype": "float32",
+                  "normalization": {"mean": card.mean, "std": card.std},
+                  "preprocess": "x = (pixels / 255 - mean[c]) / std[c], NCHW float32"},
+        "inference_model": {"file": "model.onnx", "opset": OPSET, "outputs": ["logits"],
+                            "max_abs_diff_vs_torch": max_diff, "tolerance": INFERENCE_TOLERANCE,
+                            "checked_batch_sizes": [8, 3], "sha256": sha256_file(out / "model.onnx")},
+        "training": {
+            "inputs": {"input": "float32 [batch, C, H, W]", "labels": "int64 [batch]",
+                       "sample_weight": "float32 [batch]"},
+            "outputs": ["loss", "logits"],
+            "loss": "mean over the batch of sample_weight * cross_entropy(logits, labels); "
+                    "ones for sample_weight give the plain mean",
+            "optimizer": opt, "bn_mode": bn_mode, "bn_note": BN_NOTES[bn_mode],
+            "ort_format": ort_format,
+        },
+        "schemes": sets,
+        "export_wall_s": round(time.perf_counter() - t0, 3),
+    }
+    write_manifest(out, manifest)
+    return manifest
