@@ -203,6 +203,7 @@ def test_seed_prod_mode_reproduces_the_masked_full_batch_gradient():
     controller = copy.deepcopy(strategy.controller)
     # The engine: filter, forward, mean loss, backward.
     batch = strategy.filter_batch(Batch(torch.arange(32), torch.arange(32), x, y))
+    model(torch.randn(32, 1, 2, 2))        # another forward in between (an updater's probe) is left alone
     loss = torch.nn.functional.cross_entropy(model(batch.x), batch.y, reduction="none").mean()
     loss.backward()
     # The seed: sum(mask * loss) / max(sum(mask), 1) on one full-batch forward.

@@ -73,7 +73,7 @@ class SeedSundew(Strategy):
         self.name = cfg.sundew_profile
         self.profile = SEED_PROFILES[cfg.sundew_profile]
         self.controller = seed_controller(cfg.sundew_profile, cfg.target_activation)
-        self._labels: torch.Tensor | None = None
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None   # (inputs, labels) of the next step
         self._reset_epoch()
 
     def _reset_epoch(self) -> None:
@@ -86,7 +86,7 @@ class SeedSundew(Strategy):
             raise InputError(f"--preset {self.name}: reproduces an in-batch PyTorch recipe; use --backend torch")
         if not self.profile["two_pass"]:
             # A plain function (not a bound method): the FLOP counter deep-copies the model and its hooks.
-            ctx.model.register_forward_hook(lambda module, inputs, output: self._mask_rows(output))
+            ctx.model.register_forward_hook(lambda module, inputs, output: self._mask_rows(inputs, output))
 
     def plan(self, epoch: int):
         self._reset_epoch()
@@ -107,16 +107,16 @@ class SeedSundew(Strategy):
             keep = mask.nonzero().squeeze(1)
             w = None if batch.weight is None else batch.weight[keep]
             return type(batch)(batch.positions[keep], batch.index[keep], batch.x[keep], batch.y[keep], w)
-        self._labels = batch.y   # the forward hook masks this batch's rows
+        self._pending = (batch.x, batch.y)   # the forward hook masks this batch's rows
         return batch
 
-    def _mask_rows(self, output):
-        # The FLOP counter runs a meta-device twin (hooks copied along); only the real step counts.
-        if self._labels is None or output.is_meta or not torch.is_grad_enabled():
+    def _mask_rows(self, inputs, output):
+        # Only the training step's own forward of this batch: not the FLOP counter's meta-device
+        # twin (hooks are copied along), not an evaluation, not an updater's probe on other inputs.
+        if self._pending is None or not inputs or inputs[0] is not self._pending[0] or not torch.is_grad_enabled():
             return None
-        labels, self._labels = self._labels, None
-        if len(labels) != len(output):
-            return None
+        labels = self._pending[1]
+        self._pending = None
         mask = self._select(output, labels)
         w = mask.float() * len(mask) / max(int(mask.sum()), 1)
         return _RowGradScale.apply(output, w)

@@ -59,7 +59,7 @@ class SundewGate(Gate):
         cands = plan.positions
         n = self.candidates = len(cands)
         target = self.target.value
-        if epoch >= self.anneal_from or n == 0:
+        if epoch >= self.anneal_from or n == 0 or target >= 1.0:   # nothing to gate
             return keep_all(plan, {"target_activation": target, "gate_activation": 1.0 if n else None,
                                    "annealing": epoch >= self.anneal_from})
         sig = self.significance(self.store)[cands.to(self.store.device)].float().cpu()
