@@ -11,7 +11,9 @@ import click
 from edge_sel import __version__
 from edge_sel.config import OPTIMIZERS, SCHEDULES, TrainConfig
 from edge_sel.engine.energy_setup import EnergyOptions
-from edge_sel.engine.run import DataOptions, finetune, pretrain
+from edge_sel.engine.run import DataOptions, finetune, pretrain, resume
+from edge_sel.engine.state import StateWriteError
+from edge_sel.engine.trainer import TrainingDiverged
 from edge_sel.errors import InputError
 from edge_sel.methods.options import method_option_names, method_options
 from edge_sel.profiles.apply import profile_option
@@ -27,6 +29,9 @@ def fail_cleanly(fn):
         except InputError as e:
             click.echo(f"edge-sel: error: {e}", err=True)
             sys.exit(2)
+        except (StateWriteError, TrainingDiverged) as e:
+            click.echo(f"edge-sel: error: {e}", err=True)
+            sys.exit(1)
         except KeyboardInterrupt:
             click.echo("edge-sel: interrupted", err=True)
             sys.exit(130)
@@ -54,7 +59,7 @@ def data_options(fn):
 
 def train_options(fn):
     options = [
-        click.option("--epochs", type=int, required=True),
+        click.option("--epochs", type=int, default=None, help="Epochs to train (required)."),
         click.option("--batch-size", type=int, default=128, show_default=True),
         click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True),
         click.option("--lr", type=float, default=None, help="Base learning rate [0.05 sgd, 1e-3 adam]."),
@@ -67,7 +72,9 @@ def train_options(fn):
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--device", default="auto", show_default=True, help="cpu | cuda | mps | auto"),
         click.option("--no-amp", is_flag=True, help="Disable mixed precision on CUDA."),
-        click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory to create."),
+        click.option("--out", type=click.Path(path_type=Path), default=None, help="Run directory to create (required)."),
+        click.option("--checkpoint-every", type=int, default=200, show_default=True,
+                     help="Steps between full-state checkpoints inside an epoch (0: epoch ends only)."),
         click.option("--overwrite", is_flag=True, help="Replace an existing --out directory."),
         click.option("--quiet", is_flag=True, help="No progress bars or summary table."),
     ]
@@ -111,7 +118,7 @@ def build_config(kw: dict, **extra) -> TrainConfig:
                        momentum=kw["momentum"], weight_decay=kw["weight_decay"], schedule=kw["schedule"],
                        warmup_epochs=kw["warmup_epochs"], label_smoothing=kw["label_smoothing"],
                        augment=not kw["no_augment"], seed=kw["seed"], device=kw["device"],
-                       amp=not kw["no_amp"], **extra)
+                       amp=not kw["no_amp"], checkpoint_every=kw["checkpoint_every"], **extra)
 
 
 def build_data(kw: dict) -> DataOptions:
@@ -137,17 +144,21 @@ def pretrain_cmd(model_name, export_artifacts, **kw):
     if export_artifacts:
         from edge_sel.export.ort_env import require_ort
         require_ort("--export-artifacts")   # before training, not after
+    require(epochs=kw["epochs"], out=kw["out"])
     energy = build_energy(kw)
     summary = pretrain(model_name, build_data(kw), build_config(kw), kw["out"], kw["overwrite"], kw["quiet"],
                        energy)
-    print_summary(summary, quiet=kw["quiet"])
+    report_end(summary, kw["quiet"])
     if export_artifacts:
         from edge_sel.export.cli import export_after_pretrain
         export_after_pretrain(kw["out"], kw["quiet"])
 
 
 @cli.command("finetune")
-@click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="Warmup checkpoint directory.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="Warmup checkpoint directory (required unless --resume).")
+@click.option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None,
+              help="Continue the interrupted run in this directory with the options it was started with.")
 @click.option("--strategy", default="dense", show_default=True, help="Which samples are computed.")
 @click.option("--sparsity", default=None,
               help="Which parameters change: none | mask | layers [default: the strategy's (sel: layers), else none].")
@@ -162,15 +173,33 @@ def pretrain_cmd(model_name, export_artifacts, **kw):
 @energy_options
 @fail_cleanly
 @profile_option
-def finetune_cmd(checkpoint, strategy, sparsity, backend, artifacts, bn_mode, **kw):
+def finetune_cmd(checkpoint, resume_dir, strategy, sparsity, backend, artifacts, bn_mode, **kw):
     """Fine-tune a warmup checkpoint on local data; records per epoch."""
+    if resume_dir is not None:
+        summary = resume(resume_dir, kw["quiet"])
+        return report_end(summary, kw["quiet"])
+    require(checkpoint=checkpoint, epochs=kw["epochs"], out=kw["out"])
     energy = build_energy(kw)
     method = {name: kw.pop(name) for name in method_option_names()}
     cfg = build_config(kw, strategy=strategy, sparsity=sparsity, backend=backend,
                        artifacts=str(artifacts) if artifacts else None, method=method, bn_mode=bn_mode)
     summary = finetune(checkpoint, build_data(kw), cfg, kw["out"], kw["overwrite"], kw["quiet"], energy,
                        profile=kw.pop("profile_record", None))
-    print_summary(summary, quiet=kw["quiet"])
+    report_end(summary, kw["quiet"])
+
+
+def require(**values) -> None:
+    for name, value in values.items():
+        if value is None:
+            raise InputError(f"missing option '--{name}'")
+
+
+def report_end(summary: dict, quiet: bool) -> None:
+    print_summary(summary, quiet=quiet)
+    if summary.get("stop_reason") == "interrupted":
+        click.echo(f"interrupted: state checkpointed; continue with: edge-sel finetune --resume {summary['run_dir']}")
+    elif summary.get("stop_reason") == "energy_budget":
+        click.echo("stopped before the energy budget would be exceeded; records and checkpoint are written")
 
 
 @cli.command("models")
@@ -190,6 +219,10 @@ from edge_sel.profiles.cli import profiles_group  # noqa: E402
 cli.add_command(profiles_group)
 from edge_sel.export.cli import export_cmd  # noqa: E402
 cli.add_command(export_cmd)
+from edge_sel.report.cli import report_cmd  # noqa: E402
+cli.add_command(report_cmd)
+from edge_sel.bench.cli import bench_group  # noqa: E402
+cli.add_command(bench_group)
 
 
 def main():

@@ -28,6 +28,7 @@ class TrainConfig:
     amp: bool = True                  # only takes effect on CUDA
     temperature: float = 1.5          # T in E_c = mean CE(logits / T, y)
     eval_batch_size: int = 1000
+    checkpoint_every: int = 200       # steps between mid-epoch full-state checkpoints (0: epoch ends only)
     strategy: str = "dense"
     sparsity: str = "none"
     backend: str = "torch"
@@ -48,6 +49,7 @@ class TrainConfig:
              f"must be between 0 and --epochs, got {self.warmup_epochs}"),
             (0 <= self.label_smoothing < 1, "--label-smoothing", "must be in [0, 1)"),
             (self.temperature > 0, "--temperature", f"must be > 0, got {self.temperature}"),
+            (self.checkpoint_every >= 0, "--checkpoint-every", f"must be >= 0 steps, got {self.checkpoint_every}"),
             (self.bn_mode in (None, "train", "eval"), "--bn-mode", f"must be train or eval, got {self.bn_mode!r}"),
             (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
              "--device", f"must be cpu, cuda, mps or auto, got {self.device!r}"),

@@ -144,7 +144,7 @@ def test_console_script_reports_usage_errors_in_one_line():
     proc = subprocess.run([sys.executable, "-m", "edge_sel", "finetune", "--epochs", "1"],
                           capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["edge-sel: error: Missing option '--checkpoint'."]
+    assert proc.stderr.strip().splitlines() == ["edge-sel: error: missing option '--checkpoint'"]
 
 
 def test_mismatched_class_count_and_corrupt_weights(synthetic_warmup, tmp_path):

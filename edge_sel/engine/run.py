@@ -3,8 +3,12 @@ The CLI, the demo and the benchmarks all go through here."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +21,7 @@ from edge_sel.data import Splits, load_source, make_splits, parse_shard
 from edge_sel.engine.checkpoint import ModelCard, atomic_write_bytes, load_checkpoint, save_checkpoint
 from edge_sel.engine.device import pick_device, seed_everything
 from edge_sel.engine.energy_setup import EnergyOptions
+from edge_sel.engine.state import NoValidState, load_state
 from edge_sel.engine.trainer import Trainer
 from edge_sel.errors import InputError
 from edge_sel.methods import make_strategy, make_updater
@@ -105,8 +110,30 @@ def summarize(records: list[dict], extra: dict) -> dict:
     }
 
 
+@contextlib.contextmanager
+def stop_on_signals(trainer: Trainer):
+    """SIGINT/SIGTERM ask the trainer to finish its step, checkpoint and stop; a second SIGINT
+    interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request_stop(signum, frame):
+        if trainer.stop_requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        trainer.stop_requested = True
+
+    old = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
 def _run(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainConfig, out: Path,
-         quiet: bool, energy: EnergyOptions | None, source_info: dict, meter=None) -> dict:
+         quiet: bool, energy: EnergyOptions | None, source_info: dict, meter=None,
+         resume_state: dict | None = None) -> dict:
     device = pick_device(cfg.device)
     generator = seed_everything(cfg.seed)
     strategy = make_strategy(cfg.strategy, cfg.method)
@@ -115,18 +142,23 @@ def _run(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainConfig, o
     own_meter = meter is None
     meter = energy.open() if own_meter else meter      # a bad meter name fails before --out is touched
     try:
-        start_out_dir(out)
-        (out / "config.json").write_text(json.dumps({"phase": phase, **cfg.to_json(), "energy": energy.to_json(),
-                                                     **source_info}, indent=2, default=str))
+        if resume_state is None:
+            start_out_dir(out)
+            (out / "config.json").write_text(json.dumps({"phase": phase, **cfg.to_json(), "energy": energy.to_json(),
+                                                         **source_info}, indent=2, default=str))
         guard = None
         if energy.max_temp_c is not None:
             from edge_sel.energy import ThermalGuard
             guard = ThermalGuard(meter, energy.max_temp_c, energy.hysteresis_c)
         trainer = Trainer(cfg, splits, model, card.mean, card.std, device, generator, strategy, updater,
-                          phase=phase, meter=meter, guard=guard, budget_j=energy.budget_j, quiet=quiet)
+                          phase=phase, meter=meter, guard=guard, budget_j=energy.budget_j, quiet=quiet,
+                          state_dir=out / "state", checkpoint_every=cfg.checkpoint_every)
         writer = RecordWriter(out)
+        if resume_state is not None:
+            writer.reset(resume_state["records"])   # drops a record written after the checkpoint
         t0 = time.perf_counter()
-        records = trainer.run(writer)
+        with stop_on_signals(trainer):
+            records = trainer.run(writer, resume=resume_state)
         meter_info = meter.describe() if hasattr(meter, "describe") else {}
     finally:
         if own_meter:
@@ -165,7 +197,8 @@ def pretrain(model_name: str, data: DataOptions, cfg: TrainConfig, out: Path, ov
     mean, std = splits.train.channel_stats()
     card = ModelCard(model_name, splits.train.num_classes, splits.train.class_names,
                      splits.train.input_shape, mean, std, dataset_card(splits))
-    return _run("pretrain", model, card, splits, cfg, out, quiet, energy, {"data": vars_of(data)}, meter)
+    return _run("pretrain", model, card, splits, cfg, out, quiet, energy,
+                {"data": vars_of(data), "model": model_name}, meter)
 
 
 def finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, out: Path, overwrite: bool = False,
@@ -184,6 +217,41 @@ def finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, out: Path, o
     if profile is not None:
         source_info["profile"] = profile
     return _run("finetune", model, card, splits, cfg, out, quiet, energy, source_info, meter)
+
+
+def resume(run_dir: Path, quiet: bool = False) -> dict:
+    """Continue an interrupted run from its last good full-state checkpoint, with the options it
+    was started with (RUN/config.json)."""
+    run_dir = Path(run_dir)
+    config_file = run_dir / "config.json"
+    if not config_file.is_file():
+        raise InputError(f"--resume {run_dir}: no config.json (not an edge-sel run directory)")
+    try:
+        saved = json.loads(config_file.read_text())
+        cfg = TrainConfig(**{f.name: saved[f.name] for f in dataclasses.fields(TrainConfig) if f.name in saved})
+        data = DataOptions(**{**saved["data"], "data_dir": saved["data"].get("data_dir")})
+        energy = EnergyOptions(**saved.get("energy", {}))
+        phase = saved["phase"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise InputError(f"{config_file}: unreadable run configuration ({e.__class__.__name__}: {e})") from None
+    try:
+        state = load_state(run_dir / "state")
+    except NoValidState as e:
+        raise InputError(f"--resume {run_dir}: {e}") from None
+    if state["next_epoch"] >= cfg.epochs and state["progress"] is None:
+        raise InputError(f"--resume {run_dir}: the run already finished all {cfg.epochs} epochs")
+    splits = data.load()
+    source_info = {k: saved[k] for k in ("data", "checkpoint", "warmup", "profile", "model") if k in saved}
+    if phase == "finetune":
+        model, card = load_checkpoint(Path(saved["checkpoint"]))
+        check_compatible(card, splits, Path(saved["checkpoint"]))
+        card.dataset = dataset_card(splits)
+    else:
+        model = build_model(saved["model"], splits.train.num_classes, splits.train.input_shape[0])
+        mean, std = splits.train.channel_stats()
+        card = ModelCard(saved["model"], splits.train.num_classes, splits.train.class_names,
+                         splits.train.input_shape, mean, std, dataset_card(splits))
+    return _run(phase, model, card, splits, cfg, run_dir, quiet, energy, source_info, resume_state=state)
 
 
 def vars_of(data: DataOptions) -> dict:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import random
 import resource
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -18,8 +21,19 @@ from edge_sel.data import BatchLoader, Splits
 from edge_sel.engine.evaluate import EmbarrassmentMeter, accuracy, per_class_accuracy, predict_dataset
 from edge_sel.engine.flops import FlopCounter
 from edge_sel.engine.schedule import lr_factor
-from edge_sel.methods import RunContext, Strategy, Updater
+from edge_sel.engine.state import StateWriteError, load_state, save_state
+from edge_sel.methods import Plan, RunContext, Strategy, Updater
 from edge_sel.report.records import RecordWriter
+
+MAX_NONFINITE_IN_A_ROW = 3
+
+
+class TrainingDiverged(Exception):
+    """Non-finite losses kept coming back after rolling back and halving the learning rate."""
+
+
+class _Rollback(Exception):
+    """Raised inside an epoch when a loss is not finite; the run restores its last checkpoint."""
 
 NULL_ENERGY = {"energy_j": None, "energy_source": None, "energy_method": None, "energy_coverage": None,
                "avg_power_w": None, "max_temp_c": None}
@@ -51,6 +65,44 @@ def changed_fraction(model: torch.nn.Module, before: list[torch.Tensor]) -> floa
 
 
 @dataclass
+class EpochProgress:
+    """Everything a half-done epoch has accumulated: saved in checkpoints so a resumed epoch ends
+    with the same record as one that was never interrupted."""
+    epoch: int
+    plan: Plan
+    before: list            # parameter values at the epoch's start (for params_updated_frac)
+    emb: EmbarrassmentMeter
+    next_batch: int = 0
+    n_trained: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    flops_f: int = 0
+    flops_b: int = 0
+    throttled: float = 0.0
+    wall_s: float = 0.0     # time spent before the last checkpoint (a resumed epoch adds to it)
+    energy_j: float = 0.0   # likewise for joules
+    last_loss: float | None = None
+
+    def to_state(self) -> dict:
+        return {"epoch": self.epoch, "plan": {"positions": self.plan.positions.cpu(),
+                                              "weights": None if self.plan.weights is None else self.plan.weights.cpu(),
+                                              "info": self.plan.info},
+                "before": [b.cpu() for b in self.before], "emb": (self.emb.sum.cpu(), self.emb.count.cpu()),
+                **{k: getattr(self, k) for k in ("next_batch", "n_trained", "loss_sum", "correct", "flops_f",
+                                                 "flops_b", "throttled", "wall_s", "energy_j", "last_loss")}}
+
+    @classmethod
+    def from_state(cls, d: dict, temperature: float, device) -> "EpochProgress":
+        emb = EmbarrassmentMeter(len(d["emb"][0]), temperature, device)
+        emb.sum.copy_(d["emb"][0])
+        emb.count.copy_(d["emb"][1])
+        plan = Plan(d["plan"]["positions"], d["plan"]["weights"], d["plan"]["info"])
+        rest = {k: d[k] for k in ("next_batch", "n_trained", "loss_sum", "correct", "flops_f", "flops_b",
+                                  "throttled", "wall_s", "energy_j", "last_loss")}
+        return cls(d["epoch"], plan, [b.to(device) for b in d["before"]], emb, **rest)
+
+
+@dataclass
 class Trainer:
     config: TrainConfig
     splits: Splits
@@ -67,6 +119,8 @@ class Trainer:
     budget_j: float | None = None        # stop cleanly before the measured total passes this
     quiet: bool = False
     records: list = field(default_factory=list)
+    state_dir: Path | None = None        # where full-state checkpoints go (None: none are written)
+    checkpoint_every: int = 0            # steps between mid-epoch checkpoints (0: epoch ends only)
 
     def __post_init__(self):
         cfg = self.config
@@ -86,7 +140,13 @@ class Trainer:
         self._scoring = {"samples": 0, "flops": 0}
         self.step = 0
         self.stop_reason: str | None = None
+        self.stop_requested = False     # set by SIGINT/SIGTERM: finish the step, checkpoint, stop
         self._eval_j = 0.0          # last evaluation's joules, reserved when checking the budget
+        self.lr_mult = 1.0          # halved after each non-finite loss
+        self.nonfinite_events = 0
+        self._nonfinite_in_a_row = 0
+        self._energy_offset_j = 0.0   # joules measured before a resume (budget continues from here)
+        self.progress: EpochProgress | None = None
         self.strategy.setup(self.ctx)
         self.updater.attach(self.model, self.optimizer, self.ctx)
         self.class_names = self.train_ds.class_names
@@ -125,95 +185,125 @@ class Trainer:
         return full * (counter.eval_batch(bs) if full else 0) + (counter.eval_batch(rest) if rest else 0)
 
     # -- one epoch ---------------------------------------------------------------------------
-    def train_epoch(self, epoch: int) -> dict:
+    def _begin_epoch(self, epoch: int) -> EpochProgress:
+        plan = self.strategy.plan(epoch)
+        return EpochProgress(epoch, plan, snapshot_params(self.model),
+                             EmbarrassmentMeter(len(self.class_names), self.config.temperature, self.device))
+
+    def train_epoch(self, epoch: int, progress: EpochProgress | None = None) -> dict | None:
+        """Train one epoch (or finish a resumed one) and return its record; None when stopped by a
+        signal mid-epoch (the state is checkpointed and a resume completes the epoch)."""
         cfg = self.config
-        before = snapshot_params(self.model)
         # The epoch's time and energy include planning: selection overhead is part of the cost.
         self.meter.begin("train")
         t0 = time.perf_counter()
-        plan = self.strategy.plan(epoch)
-        n_plan = len(plan.positions)
-        n_trained = 0
-        nb = self.loader.num_batches(n_plan)
-        emb = EmbarrassmentMeter(len(self.class_names), cfg.temperature, self.device)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct = torch.zeros((), dtype=torch.long, device=self.device)
-        flops_f = flops_b = 0
-        last_loss = None
-        throttled = 0.0
-        start_j = self.meter.total_j
+        j0 = self.meter.total_j
+        if progress is None:
+            progress = self._begin_epoch(epoch)
+        self.progress = progress
+        plan = progress.plan
+        nb = self.loader.num_batches(len(plan.positions))
         bar = self._bar(nb, f"epoch {epoch}", leave=False)
-        for i, batch in enumerate(self.loader.batches(plan.positions, plan.weights)):
+        bar.update(progress.next_batch)
+        start = progress.next_batch * cfg.batch_size
+        first = progress.next_batch
+        for i, batch in enumerate(self.loader.batches(plan.positions, plan.weights, start=start),
+                                  start=progress.next_batch):
             if self.guard is not None:
-                throttled += self.guard.wait_if_hot()
-            if self._over_budget(start_j, i):
+                progress.throttled += self.guard.wait_if_hot()
+            if self._over_budget(j0, i - first, progress):
                 self.stop_reason = "energy_budget"
                 break
             # Online gates may drop rows of a planned batch before its step (counted, see filter_batch).
             batch = self.strategy.filter_batch(batch)
-            if batch is None or len(batch.y) == 0:
-                bar.update(1)
-                continue
-            progress = (epoch + i / max(nb, 1)) / max(cfg.epochs, 1)
-            scheduled = cfg.lr * lr_factor(cfg.schedule, progress, cfg.warmup_epochs / max(cfg.epochs, 1))
-            lr = scheduled * self.strategy.lr_scale(last_loss)
-            self.backend.set_lr(lr)
-            self.ctx.state.update(epoch=epoch, step=self.step, lr=lr)
-            self.updater.before_step(self.step, batch)
-            f, b = self.flops.train_step(len(batch.y))
-            losses, logits = self.backend.train_step(self.step, batch)
-            self.strategy.observe(batch, losses, logits)
-            emb.add(logits, batch.y)
-            loss_sum += losses.sum()
-            correct += (logits.argmax(1) == batch.y).sum()
-            last_loss = losses.mean()
-            n_trained += len(batch.y)
-            flops_f += f
-            flops_b += b
-            self.step += 1
+            if batch is not None and len(batch.y) > 0:
+                self._train_step(epoch, i, nb, batch, progress)
+            progress.next_batch = i + 1
             bar.update(1)
+            if self.stop_requested:
+                self.stop_reason = "interrupted"
+                break
+            if self.checkpoint_every and batch is not None and self.step % self.checkpoint_every == 0 \
+                    and progress.next_batch < nb:
+                self._checkpoint_mid_epoch(progress, t0, j0)
         bar.close()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        wall = time.perf_counter() - t0
+        if self.stop_reason == "interrupted":
+            self._checkpoint_mid_epoch(progress, t0, j0)
+            self.meter.end("train")
+            return None
+        progress.wall_s += time.perf_counter() - t0
         energy = self.meter.end("train")
+        if energy.get("energy_j") is not None:
+            energy["energy_j"] += progress.energy_j
+        self.progress = None
+        return self._epoch_record(epoch, progress, energy)
+
+    def _train_step(self, epoch: int, i: int, nb: int, batch, progress: EpochProgress) -> None:
+        cfg = self.config
+        progress_frac = (epoch + i / max(nb, 1)) / max(cfg.epochs, 1)
+        scheduled = cfg.lr * lr_factor(cfg.schedule, progress_frac, cfg.warmup_epochs / max(cfg.epochs, 1))
+        last = None if progress.last_loss is None else torch.tensor(progress.last_loss)
+        lr = scheduled * self.strategy.lr_scale(last) * self.lr_mult
+        self.backend.set_lr(lr)
+        self.ctx.state.update(epoch=epoch, step=self.step, lr=lr)
+        self.updater.before_step(self.step, batch)
+        f, b = self.flops.train_step(len(batch.y))
+        losses, logits = self.backend.train_step(self.step, batch)
+        if not bool(torch.isfinite(losses).all()):
+            raise _Rollback(f"non-finite loss at epoch {epoch}, batch {i}")
+        self.strategy.observe(batch, losses, logits)
+        progress.emb.add(logits, batch.y)
+        progress.loss_sum += losses.double().sum().item()
+        progress.correct += int((logits.argmax(1) == batch.y).sum())
+        progress.last_loss = losses.mean().item()
+        progress.n_trained += len(batch.y)
+        progress.flops_f += f
+        progress.flops_b += b
+        self.step += 1
+
+    def _epoch_record(self, epoch: int, progress: EpochProgress, energy: dict) -> dict:
+        plan, n_trained = progress.plan, progress.n_trained
         record = {
             "epoch": epoch, "phase": self.phase, "stage": plan.info.get("stage"),
             "strategy": self.strategy.name, "samples_available": len(self.train_ds),
             "forward_samples": n_trained + self._scoring["samples"], "backward_samples": n_trained,
             "activation": n_trained / max(1, len(self.train_ds)),
-            "train_loss": loss_sum.item() / n_trained if n_trained else None,
-            "train_acc": correct.item() / n_trained if n_trained else None,
+            "train_loss": progress.loss_sum / n_trained if n_trained else None,
+            "train_acc": progress.correct / n_trained if n_trained else None,
         }
         record.update(self.updater.end_epoch())
-        record["params_updated_frac"] = changed_fraction(self.model, before)
-        record.update({"flops_forward": flops_f, "flops_backward": flops_b,
+        record["params_updated_frac"] = changed_fraction(self.model, progress.before)
+        record.update({"flops_forward": progress.flops_f, "flops_backward": progress.flops_b,
                        "flops_scoring": self._scoring["flops"], "scoring_samples": self._scoring["samples"]})
         # An updater's one-off calibration pass (the SEL guilt threshold) is training compute too.
-        record["flops_train"] = flops_f + flops_b + self._scoring["flops"] + (record.get("flops_calibration") or 0)
+        record["flops_train"] = progress.flops_f + progress.flops_b + self._scoring["flops"] + \
+            (record.get("flops_calibration") or 0)
         self._scoring = {"samples": 0, "flops": 0}
+        wall = progress.wall_s
         record.update({"wall_s": wall, "samples_per_s": n_trained / wall if wall > 0 else None,
                        "lr_end": self.optimizer.param_groups[0]["lr"]})
         record.update(energy)
         record.update(self.evaluate())
-        e_values = emb.values()
-        for name, e in zip(self.class_names, e_values):
+        for name, e in zip(self.class_names, progress.emb.values()):
             record[f"E_{name}"] = e
             record[f"C_{name}"] = EmbarrassmentMeter.confidence(e)
         record.update({k: v for k, v in plan.info.items() if k != "stage"})
         record["peak_rss_mb"] = peak_rss_mb()
-        record["throttled_s"] = throttled
+        record["throttled_s"] = progress.throttled
+        record["nonfinite_events"] = self.nonfinite_events
         if self.stop_reason:
             record["stop_reason"] = self.stop_reason
         return record
 
-    def _over_budget(self, start_j: float, steps_done: int) -> bool:
+    def _over_budget(self, start_j: float, steps_done: int, progress: EpochProgress) -> bool:
         """Would one more step (at this epoch's mean cost so far) plus an evaluation pass the
         budget? Checked before each step, so the run stops before, not after, the limit."""
         if self.budget_j is None:
             return False
-        total = self.meter.total_j
-        per_step = (total - start_j) / steps_done if steps_done else 0.0
+        total = self.meter.total_j + self._energy_offset_j
+        per_step = (self.meter.total_j - start_j) / steps_done if steps_done else 0.0
         return total + per_step + self._eval_j > self.budget_j
 
     def evaluate(self) -> dict:
@@ -234,19 +324,109 @@ class Trainer:
         self._eval_j = out["eval_energy_j"] or 0.0
         return out
 
-    def run(self, writer: RecordWriter | None = None, start_epoch: int = 0) -> list[dict]:
-        bar = self._bar(self.config.epochs - start_epoch, self.phase, leave=True)
-        for epoch in range(start_epoch, self.config.epochs):
-            if self.strategy.finished():
+    # -- checkpoints ---------------------------------------------------------------------------
+    def state(self) -> dict:
+        """The full state: model, optimizer, RNGs, epoch position, strategy, updater, records."""
+        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+               "data": self.generator.get_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        backend_state = getattr(self.backend, "state_dict", None)
+        return {
+            "format": "edge-sel-train-state/1", "step": self.step,
+            "next_epoch": self._next_epoch, "progress": None if self.progress is None else self.progress.to_state(),
+            "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(), "backend": backend_state() if backend_state else None,
+            "strategy": self.strategy.state_dict(), "updater": self.updater.state_dict(),
+            "rng": rng, "records": list(self.records), "scoring": dict(self._scoring), "eval_j": self._eval_j,
+            "lr_mult": self.lr_mult, "nonfinite_events": self.nonfinite_events,
+            "energy_total_j": self.meter.total_j + self._energy_offset_j,
+        }
+
+    def restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("backend") is not None and hasattr(self.backend, "load_state_dict"):
+            self.backend.load_state_dict(state["backend"])
+        self.strategy.load_state_dict(state["strategy"])
+        self.updater.load_state_dict(state["updater"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        self.generator.set_state(rng["data"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.step = state["step"]
+        self._next_epoch = state["next_epoch"]
+        self.progress = None if state["progress"] is None else \
+            EpochProgress.from_state(state["progress"], self.config.temperature, self.device)
+        self.records = list(state["records"])
+        self._scoring = dict(state["scoring"])
+        self._eval_j = state["eval_j"]
+        self.lr_mult = state["lr_mult"]
+        self.nonfinite_events = state["nonfinite_events"]
+        self._energy_offset_j = state["energy_total_j"] - self.meter.total_j
+
+    def checkpoint(self) -> None:
+        if self.state_dir is not None:
+            save_state(self.state_dir, self.state())
+            self._nonfinite_in_a_row = 0    # progress was made since the last rollback
+
+    def _checkpoint_mid_epoch(self, progress: EpochProgress, t0: float, j0: float) -> None:
+        # Time and energy so far move into the progress, so a resume continues the sums.
+        now = time.perf_counter()
+        progress.wall_s += now - t0
+        progress.energy_j += self.meter.total_j - j0
+        self.checkpoint()
+        progress.wall_s -= now - t0        # the epoch's own timer keeps running; undo the move
+        progress.energy_j -= self.meter.total_j - j0
+
+    def _rollback(self, reason: str) -> None:
+        self.nonfinite_events += 1
+        self._nonfinite_in_a_row += 1
+        if self.state_dir is None or self._nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
+            raise TrainingDiverged(f"{reason}; {self._nonfinite_in_a_row} non-finite losses in a row after "
+                                   f"rolling back and halving the learning rate: stopping. The last good "
+                                   f"checkpoint is in {self.state_dir}")
+        events, in_a_row, mult = self.nonfinite_events, self._nonfinite_in_a_row, self.lr_mult
+        try:
+            self.meter.end("train")
+        except ValueError:
+            pass
+        self.restore(load_state(self.state_dir))
+        self.nonfinite_events, self._nonfinite_in_a_row = events, in_a_row
+        self.lr_mult = mult * 0.5       # halvings compound across repeated rollbacks
+        warnings.warn(f"{reason}: rolled back to the last checkpoint, learning rate x{self.lr_mult:g}")
+
+    def run(self, writer: RecordWriter | None = None, resume: dict | None = None) -> list[dict]:
+        """Train to the end (or a stop); `resume` is a saved state to continue from."""
+        self._next_epoch = 0
+        if resume is not None:
+            self.restore(resume)
+        elif self.state_dir is not None:
+            self.checkpoint()        # a rollback target before the first step
+        bar = self._bar(self.config.epochs, self.phase, leave=True)
+        bar.update(self._next_epoch)
+        while self._next_epoch < self.config.epochs and not self.strategy.finished():
+            epoch = self._next_epoch
+            try:
+                record = self.train_epoch(epoch, self.progress)
+            except _Rollback as e:
+                self._rollback(str(e))
+                continue
+            if record is None:       # interrupted mid-epoch, state saved
                 break
-            record = self.train_epoch(epoch)
             record.update(self.strategy.end_epoch(epoch, record))
             self.records.append(record)
+            self._next_epoch = epoch + 1
+            self.checkpoint()        # before the record is appended: a resume rewrites the records
             if writer is not None:
                 writer.append(record)
             bar.set_postfix(loss=f"{record['train_loss'] or 0:.3f}", val=f"{record['val_acc'] or 0:.3f}")
             bar.update(1)
-            if self.stop_reason:
+            if self.stop_reason or self.stop_requested:
+                self.stop_reason = self.stop_reason or "interrupted"
                 break
         bar.close()
         return self.records

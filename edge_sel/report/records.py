@@ -51,6 +51,17 @@ class RecordWriter:
         self.csv = self.run_dir / "metrics.csv"
         self.records: list[dict] = []
 
+    def reset(self, records: list[dict]) -> None:
+        """Make the files hold exactly `records` (a resume rewrites what its checkpoint knows)."""
+        self.records = [{k: _clean(v) for k, v in r.items()} for r in records]
+        tmp = self.jsonl.with_name(".metrics.jsonl.tmp")
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in self.records)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.jsonl)
+        self.write_csv()
+
     def append(self, record: dict) -> None:
         record = {k: _clean(v) for k, v in record.items()}
         self.records.append(record)

@@ -1,0 +1,244 @@
+"""Crash safety: SIGKILL at several points (one mid-checkpoint write), SIGTERM, torn checkpoints,
+non-finite losses, a vanishing sensor, a full disk — and a resumed run that ends with the same
+records as one never interrupted."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from fake_sysfs import orin_nano
+from helpers import records, run_cli, stable
+from edge_sel.engine import state as state_mod
+from edge_sel.engine.state import load_state, save_state
+
+FINETUNE = ["--dataset", "synthetic", "--epochs", "3", "--batch-size", "16", "--checkpoint-every", "4",
+            "--lr", "0.02", "--quiet", "--seed", "7"]
+
+
+def cli_argv(*args):
+    return [sys.executable, "-m", "edge_sel", *map(str, args)]
+
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory):
+    out = tmp_path_factory.mktemp("warm") / "ckpt"
+    run_cli("pretrain", "--dataset", "synthetic", "--epochs", 1, "--batch-size", 64, "--out", out, "--quiet")
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(warm, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    run_cli("finetune", "--checkpoint", warm, "--out", out, *FINETUNE)
+    return stable(records(out))
+
+
+def start(warm, out, env=None):
+    return subprocess.Popen(cli_argv("finetune", "--checkpoint", warm, "--out", out, *FINETUNE),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+
+
+def wait_for(condition, proc, timeout=300):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"finished before the kill point: {proc.communicate()}"
+        assert time.monotonic() < deadline, "kill point never reached"
+        time.sleep(0.02)
+
+
+def resume_to_end(out):
+    proc = subprocess.run(cli_argv("finetune", "--resume", out, "--quiet"), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return stable(records(out))
+
+
+def state_progress(out):
+    try:
+        return load_state(out / "state")["progress"] is not None
+    except Exception:
+        return False
+
+
+def test_sigkill_after_an_epoch_record_then_resume(warm, reference, tmp_path):
+    out = tmp_path / "run"
+    proc = start(warm, out)
+    wait_for(lambda: len(records(out)) >= 1, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert resume_to_end(out) == reference
+
+
+def test_sigkill_mid_epoch_then_resume(warm, reference, tmp_path):
+    out = tmp_path / "run"
+    proc = start(warm, out)
+    wait_for(lambda: len(records(out)) >= 1 and state_progress(out), proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert state_progress(out)           # really killed inside an epoch
+    assert resume_to_end(out) == reference
+
+
+def test_sigkill_mid_checkpoint_write_then_resume(warm, reference, tmp_path):
+    out = tmp_path / "run"
+    proc = start(warm, out, env={"EDGE_SEL_FAULT_SLOW_STATE_WRITE": "5"})
+    # The third state write (after the initial one and one mid-epoch) is cut in half.
+    seen = []
+    while len(seen) < 3:
+        line = proc.stderr.readline()
+        assert line, f"run ended early: {proc.communicate()}"
+        if "state write in progress" in line:
+            seen.append(line)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    torn = list((out / "state").glob(".state.tmp*"))
+    assert torn and torn[0].stat().st_size > 0     # a half-written file was left behind
+    assert resume_to_end(out) == reference
+
+
+def test_sigterm_checkpoints_and_exits_0_with_resume_hint(warm, reference, tmp_path):
+    out = tmp_path / "run"
+    proc = start(warm, out)
+    wait_for(lambda: len(records(out)) >= 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert f"edge-sel finetune --resume {out}" in stdout
+    assert json.loads((out / "summary.json").read_text())["stop_reason"] == "interrupted"
+    assert resume_to_end(out) == reference
+
+
+def test_torn_current_checkpoint_falls_back_to_previous(tmp_path):
+    save_state(tmp_path, {"n": 1, "w": torch.arange(5)})
+    save_state(tmp_path, {"n": 2, "w": torch.arange(5)})
+    current = tmp_path / "current.pt"
+    current.write_bytes(current.read_bytes()[:-7])       # torn: its tail never reached the disk
+    with pytest.warns(UserWarning, match="resuming from"):
+        assert load_state(tmp_path)["n"] == 1
+    data = bytearray((tmp_path / "previous.pt").read_bytes())
+    data[-3] ^= 0xFF                                     # a flipped bit is caught by the checksum
+    (tmp_path / "previous.pt").write_bytes(bytes(data))
+    with pytest.raises(state_mod.NoValidState, match="checksum"):
+        load_state(tmp_path)
+
+
+def test_resume_from_a_torn_checkpoint_still_matches(warm, reference, tmp_path):
+    out = tmp_path / "run"
+    proc = start(warm, out)
+    wait_for(lambda: len(records(out)) >= 2, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    current = out / "state" / "current.pt"
+    current.write_bytes(current.read_bytes()[: len(current.read_bytes()) // 2])
+    assert resume_to_end(out) == reference
+
+
+def _patch_nan(monkeypatch, bad_calls):
+    from edge_sel.backends.torch_backend import TorchBackend
+    original = TorchBackend.train_step
+    calls = {"n": 0}
+
+    def train_step(self, step, batch):
+        losses, logits = original(self, step, batch)
+        calls["n"] += 1
+        if bad_calls(calls["n"]):
+            losses = losses * float("nan")
+        return losses, logits
+    monkeypatch.setattr(TorchBackend, "train_step", train_step)
+
+
+def test_nan_loss_rolls_back_and_halves_the_learning_rate(warm, tmp_path, monkeypatch):
+    _patch_nan(monkeypatch, lambda n: n == 10)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_cli("finetune", "--checkpoint", warm, "--out", tmp_path / "run", *FINETUNE)
+    recs = records(tmp_path / "run")
+    assert len(recs) == 3 and recs[-1]["nonfinite_events"] == 1
+    assert any("rolled back" in str(w.message) for w in caught)
+    # The learning rate after the event is half the scheduled one.
+    assert recs[-1]["lr_end"] < 0.02 * 0.5
+
+
+def test_nan_three_times_in_a_row_stops_with_a_valid_checkpoint(warm, tmp_path, monkeypatch):
+    _patch_nan(monkeypatch, lambda n: n >= 6)
+    result = run_cli("finetune", "--checkpoint", warm, "--out", tmp_path / "run", *FINETUNE, expect=1)
+    assert "non-finite" in result.output and "Traceback" not in result.output
+    assert load_state(tmp_path / "run" / "state")["step"] >= 0
+
+
+def test_a_vanishing_sensor_lowers_coverage_and_warns_once(warm, tmp_path, monkeypatch):
+    rails = orin_nano(tmp_path / "root")
+    monkeypatch.setenv("EDGE_SEL_SYSFS_ROOT", str(tmp_path / "root"))
+    from edge_sel.methods.base import Strategy
+    original = Strategy.observe
+    seen = {"n": 0}
+
+    def observe(self, batch, losses, logits):
+        seen["n"] += 1
+        if seen["n"] == 40:       # mid-run, the module's input rail disappears
+            for path in rails["VDD_IN"]:
+                Path(path).unlink()
+        return original(self, batch, losses, logits)
+    monkeypatch.setattr(Strategy, "observe", observe)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_cli("finetune", "--checkpoint", warm, "--out", tmp_path / "run", *FINETUNE)
+    recs = records(tmp_path / "run")
+    assert len(recs) == 3
+    assert recs[0]["energy_coverage"] == pytest.approx(1.0)
+    assert min(r["energy_coverage"] for r in recs) < 1.0
+    energy_warnings = [w for w in caught if "VDD_IN" in str(w.message) or "energy" in str(w.message).lower()]
+    assert len(energy_warnings) == 1
+
+
+def test_full_disk_is_a_clear_error_and_the_last_checkpoint_survives(warm, tmp_path, monkeypatch):
+    real_open = open
+    writes = {"n": 0}
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def fake_open(path, mode="r", *a, **k):
+        f = real_open(path, mode, *a, **k)
+        if "w" in mode and ".state.tmp" in str(path):
+            writes["n"] += 1
+            if writes["n"] >= 4:
+                return FullDisk(f)
+        return f
+    monkeypatch.setattr(state_mod, "open", fake_open, raising=False)
+    result = run_cli("finetune", "--checkpoint", warm, "--out", tmp_path / "run", *FINETUNE, expect=1)
+    assert "No space left on device" in result.output and "last good checkpoint is intact" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert load_state(tmp_path / "run" / "state")["step"] > 0
+    assert not list((tmp_path / "run" / "state").glob(".state.tmp*"))
+
+
+def test_resume_bad_inputs_exit_2(warm, tmp_path):
+    result = run_cli("finetune", "--resume", tmp_path / "nothing", expect=2)
+    assert "config.json" in result.output
+    run_cli("finetune", "--checkpoint", warm, "--out", tmp_path / "done", *FINETUNE[:-2], "--epochs", "1")
+    result = run_cli("finetune", "--resume", tmp_path / "done", expect=2)
+    assert "already finished" in result.output
