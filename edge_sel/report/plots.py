@@ -1,0 +1,326 @@
+"""The report's figures as PNG files (matplotlib's Agg canvas: no display, no global pyplot state).
+
+Each function takes runs and a path, writes one PNG and returns its path, or returns None when the
+runs hold nothing that figure shows (e.g. no gated run, no SEL stages)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+from edge_sel.report.runs import RunData, energy_axis_label, energy_kind, totals
+
+DPI = 110
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+           "#bcbd22", "#17becf", "#393b79", "#ad494a"]
+GATE_STYLE = {"pass": ("o", "#2ca02c"), "fail": ("X", "#d62728"), "repeat": ("^", "#ff7f0e")}
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _system_legend(fig: Figure, runs: list[RunData], colors: dict[str, str], title: str = "run") -> None:
+    """One entry per run (or system), outside the axes on the right, so no data is covered."""
+    handles = [Line2D([], [], color=colors[_name(r)], marker="o", markersize=4) for r in runs]
+    fig.legend(handles, [_name(r) for r in runs], loc="outside right center", fontsize=8, title=title)
+
+
+def _epoch_axis(ax) -> None:
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, format="png", bbox_inches="tight")
+    return path
+
+
+def _colors(runs: list[RunData]) -> dict[str, str]:
+    """One colour per group (a system over seeds) or per run."""
+    keys = []
+    for r in runs:
+        key = r.group or r.label
+        if key not in keys:
+            keys.append(key)
+    return {k: PALETTE[i % len(PALETTE)] for i, k in enumerate(keys)}
+
+
+def _one_per_group(runs: list[RunData]) -> list[RunData]:
+    """Per-epoch figures show the first run of each group (the first seed)."""
+    seen, out = set(), []
+    for r in runs:
+        key = r.group or r.label
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
+def _name(run: RunData) -> str:
+    return run.group or run.label
+
+
+def _epochs(run: RunData) -> list[int]:
+    return [i + 1 for i in range(len(run.records))]        # 1-based across phases
+
+
+def _series(run: RunData, key: str, scale: float = 1.0) -> tuple[list[int], list[float]]:
+    xs, ys = [], []
+    for x, r in zip(_epochs(run), run.records):
+        v = r.get(key)
+        if isinstance(v, (int, float)):
+            xs.append(x)
+            ys.append(v * scale)
+    return xs, ys
+
+
+def _phase_lines(ax, run: RunData, color: str) -> None:
+    """Dotted vertical lines where a run made of phases (lottery, dense warmup) changes phase."""
+    phases = [r.get("bench_phase") for r in run.records]
+    for i in range(1, len(phases)):
+        if phases[i] != phases[i - 1]:
+            ax.axvline(i + 0.5, color=color, linestyle=":", linewidth=1)
+
+
+def _place_labels(ax, points: list[tuple[float, float, str]]) -> None:
+    """Annotate each point with its name, nudging labels down where they would overlap."""
+    ax.figure.canvas.draw()          # axis limits are final only after a draw
+    placed: list[tuple[float, float, float]] = []       # (left, right, baseline) in pixels
+    to_px = ax.transData.transform
+    for x, y, name in sorted(points, key=lambda p: (-p[1], p[0])):
+        px, py = to_px((x, y))
+        px += 5 * DPI / 72                                 # the label's offset from its point
+        width = 6.2 * len(name) * DPI / 110
+        dy = 4
+        while any(px < right and left < px + width and abs(py + dy - qy) < 12 for left, right, qy in placed):
+            dy -= 12
+        placed.append((px, px + width, py + dy))
+        label = ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, dy * 72 / DPI), fontsize=7,
+                            arrowprops={"arrowstyle": "-", "color": "#aaaaaa", "linewidth": 0.5} if dy != 4 else None)
+        label.set_in_layout(False)     # or the layout shrinks the axes and the positions above go stale
+
+
+def pareto(runs: list[RunData], path: Path) -> Path:
+    """Final test accuracy against training energy and against counted training FLOPs."""
+    colors = _colors(runs)
+    fig = _figure(13, 5)
+    ax_e, ax_f = fig.subplots(1, 2)
+    have_energy = any(totals(r)["energy_j"] is not None for r in runs)
+    labelled = []
+    for ax, key, scale, xlabel in ((ax_e, "energy_j", 1.0, energy_axis_label(runs, "training energy")),
+                                   (ax_f, "flops_train", 1e-9, "counted training FLOPs (GFLOP)")):
+        points = []
+        groups: dict[str, list[tuple[float, float]]] = {}
+        for r in runs:
+            t = totals(r)
+            acc = t["final_test_acc"]
+            if t[key] is None or acc is None:
+                continue
+            groups.setdefault(_name(r), []).append((t[key] * scale, 100 * acc))
+        for name, pts in groups.items():
+            xs, ys = zip(*pts)
+            if len(pts) > 1:      # several seeds: each seed faint, the mean with its spread
+                ax.scatter(xs, ys, color=colors[name], alpha=0.35, s=18)
+                mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+                sx = (sum((x - mx) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
+                sy = (sum((y - my) ** 2 for y in ys) / (len(ys) - 1)) ** 0.5
+                ax.errorbar([mx], [my], xerr=[sx], yerr=[sy], fmt="o", color=colors[name], capsize=3)
+                points.append((mx, my, name))
+            else:
+                ax.scatter(xs, ys, color=colors[name], s=40, zorder=3)
+                points.append((xs[0], ys[0], name))
+        # Runs no other run beats on both axes (less cost and higher accuracy).
+        front = sorted((p for p in points if not any(q[0] <= p[0] and q[1] > p[1] or q[0] < p[0] and q[1] >= p[1]
+                                                     for q in points)), key=lambda p: p[0])
+        if len(front) > 1:
+            ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="#555555", linewidth=1)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("final test accuracy (%)")
+        ax.grid(alpha=0.3)
+        lo, hi = ax.get_xlim()
+        ax.set_xlim(lo, hi + 0.22 * (hi - lo))     # room for the labels of the rightmost points
+        labelled.append((ax, points))
+    seeds = max((len([r for r in runs if _name(r) == _name(q)]) for q in runs), default=1)
+    spread = f"; mean ± std over {seeds} seeds, faint dots: single seeds" if seeds > 1 else ""
+    ax_e.set_title(("Accuracy against training energy (evaluation excluded)" if have_energy
+                    else "No energy recorded by these runs") + spread, fontsize=10)
+    ax_f.set_title("Accuracy against counted training FLOPs (dashed: Pareto front)", fontsize=10)
+    _system_legend(fig, _one_per_group(runs), colors)
+    for ax, points in labelled:       # last: the layout (legend included) decides the pixel positions
+        _place_labels(ax, points)
+    return _save(fig, path)
+
+
+def per_epoch(runs: list[RunData], path: Path) -> Path:
+    """Validation and test accuracy per epoch; training energy per epoch."""
+    runs = _one_per_group(runs)
+    colors = _colors(runs)
+    fig = _figure(13, 4.8)
+    ax_a, ax_e = fig.subplots(1, 2)
+    for r in runs:
+        c = colors[_name(r)]
+        ax_a.plot(*_series(r, "test_acc", 100), "-o", color=c, markersize=3)
+        ax_a.plot(*_series(r, "val_acc", 100), "--", color=c, linewidth=1)
+        ax_e.plot(*_series(r, "energy_j"), "-o", color=c, markersize=3)
+        _phase_lines(ax_a, r, c)
+    ax_a.set(xlabel="epoch", ylabel="accuracy (%)")
+    ax_a.set_title("Accuracy per epoch (solid: test, dashed: validation)", fontsize=10)
+    ax_e.set(xlabel="epoch", ylabel=energy_axis_label(runs, "training energy per epoch"))
+    ax_e.set_title("Training energy per epoch", fontsize=10)
+    for ax in (ax_a, ax_e):
+        _epoch_axis(ax)
+    _system_legend(fig, runs, colors)
+    return _save(fig, path)
+
+
+def power(runs: list[RunData], path: Path) -> Path | None:
+    """Average and peak power of each training epoch (the records' per-epoch summary)."""
+    runs = [r for r in _one_per_group(runs) if any(x.get("avg_power_w") is not None for x in r.records)]
+    if not runs:
+        return None
+    colors = _colors(runs)
+    fig = _figure(10, 4.6)
+    ax = fig.subplots()
+    for r in runs:
+        c = colors[_name(r)]
+        ax.plot(*_series(r, "avg_power_w"), "-o", color=c, markersize=3)
+        xs, ys = _series(r, "peak_power_w")
+        if ys:
+            ax.plot(xs, ys, ":", color=c, linewidth=1)
+    kinds = {energy_kind(r.records)[1] for r in runs} - {None}
+    ax.set(xlabel="epoch", ylabel=f"power (W, {', '.join(sorted(kinds)) or 'not measured'})")
+    ax.set_title("Power per training epoch (solid: average over the epoch, dotted: highest reading)", fontsize=10)
+    _epoch_axis(ax)
+    _system_legend(fig, runs, colors)
+    return _save(fig, path)
+
+
+def per_class(run: RunData, path: Path) -> Path | None:
+    """Per-class test accuracy and embarrassment E_c over the epochs of one run."""
+    classes = run.class_names
+    if not classes:
+        return None
+    fig = _figure(13, 4.6)
+    ax_a, ax_e = fig.subplots(1, 2)
+    for i, name in enumerate(classes):
+        c = PALETTE[i % len(PALETTE)]
+        ax_a.plot(*_series(run, f"acc_{name}", 100), "-o", color=c, markersize=3, label=name)
+        ax_e.plot(*_series(run, f"E_{name}"), "-o", color=c, markersize=3)
+    ax_a.set(xlabel="epoch", ylabel="test accuracy of the class (%)")
+    ax_a.set_title(f"{_name(run)}: per-class test accuracy", fontsize=10)
+    ax_e.set(xlabel="epoch", ylabel="E_c = mean CE(logits / T, y), T = 1.5 (nats)")
+    ax_e.set_title(f"{_name(run)}: per-class embarrassment E_c (training forward pass)", fontsize=10)
+    for ax in (ax_a, ax_e):
+        _epoch_axis(ax)
+        _phase_lines(ax, run, "#999999")
+    handles, labels = ax_a.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right center", fontsize=8, title="class")
+    return _save(fig, path)
+
+
+def gating(runs: list[RunData], path: Path) -> Path | None:
+    """Share of samples computed per epoch (all runs) and the gates' threshold traces."""
+    runs = _one_per_group(runs)
+    gated = [r for r in runs if any(x.get("threshold_mean") is not None for x in r.records)]
+    if not any(x.get("activation") is not None for r in runs for x in r.records):
+        return None
+    colors = _colors(runs)
+    fig = _figure(13 if gated else 9, 4.8)
+    axes = fig.subplots(1, 2 if gated else 1)
+    ax_a = axes[0] if gated else axes
+    for r in runs:
+        c = colors[_name(r)]
+        ax_a.plot(*_series(r, "activation"), "-o", color=c, markersize=3)
+        gate = _series(r, "gate_activation")
+        act = dict(zip(*_series(r, "activation")))
+        if gate[1] and any(abs(act.get(x, y) - y) > 1e-6 for x, y in zip(*gate)):
+            ax_a.plot(*gate, "--", color=c, linewidth=1.2)
+        target = _series(r, "target_activation")
+        if target[1]:
+            ax_a.plot(*target, ":", color=c, linewidth=1.5)
+    ax_a.set(xlabel="epoch", ylabel="share of available training samples", ylim=(0, 1.05))
+    ax_a.set_title("Activation. Solid: computed (forward + backward); dashed: loss counted\n"
+                   "(gates that compute every sample); dotted: target", fontsize=10)
+    _epoch_axis(ax_a)
+    if gated:
+        ax_t = axes[1]
+        for r in gated:
+            c = colors[_name(r)]
+            xs, mean = _series(r, "threshold_mean")
+            ax_t.plot(xs, mean, "-o", color=c, markersize=3)
+            lo, hi = _series(r, "threshold_min")[1], _series(r, "threshold_max")[1]
+            if len(lo) == len(xs) == len(hi):
+                ax_t.fill_between(xs, lo, hi, color=c, alpha=0.15)
+        ax_t.set(xlabel="epoch", ylabel="threshold tau (each gate's significance scale)")
+        ax_t.set_title("Gate threshold per epoch: mean, shaded from min to max\n"
+                       "(ast-prod: raw 0.7 CE + 0.3 entropy; sundew: significance in [0, 1])", fontsize=10)
+        _epoch_axis(ax_t)
+    _system_legend(fig, runs, colors)
+    return _save(fig, path)
+
+
+def stages(runs: list[RunData], path: Path) -> Path | None:
+    """SEL stage timeline: stage per epoch, the gate outcome at each stage end, validation accuracy
+    against the stage's threshold."""
+    staged = [r for r in _one_per_group(runs) if any(x.get("stage") is not None for x in r.records)]
+    if not staged:
+        return None
+    fig = _figure(12, 3.4 * len(staged))
+    axes = fig.subplots(len(staged), 1, squeeze=False)[:, 0]
+    for ax, r in zip(axes, staged):
+        xs, st = _series(r, "stage")
+        ax.step(xs, st, where="mid", color="#1f77b4", label="stage (0: dense warmup)")
+        for outcome, (marker, color) in GATE_STYLE.items():
+            pts = [(x, rec.get("stage")) for x, rec in zip(_epochs(r), r.records)
+                   if rec.get("stage_gate") == outcome and rec.get("stage") is not None]
+            if pts:
+                ax.scatter(*zip(*pts), marker=marker, color=color, s=60, zorder=3, label=f"stage gate: {outcome}")
+        ax.set(xlabel="epoch", ylabel="curriculum stage")
+        enforced = any(rec.get("stage_gates_enforced") for rec in r.records)
+        ax.set_title(f"{_name(r)}: stage timeline (gates {'enforced' if enforced else 'recorded, not enforced'})",
+                     fontsize=10)
+        ax.set_yticks(sorted({int(v) for v in st}))
+        _epoch_axis(ax)
+        ax2 = ax.twinx()
+        ax2.plot(*_series(r, "val_acc", 100), "--", color="#7f7f7f", linewidth=1, label="validation accuracy (%)")
+        tx, th = _series(r, "stage_threshold", 100)
+        if th:
+            ax2.scatter(tx, th, marker="_", s=160, color="#d62728", label="stage threshold (%)")
+        ax2.set_ylabel("validation accuracy (%)")
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = ax2.get_legend_handles_labels()
+        ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper left", bbox_to_anchor=(1.08, 1.0))
+    return _save(fig, path)
+
+
+def write_all(runs: list[RunData], out: Path) -> list[tuple[str, Path, str]]:
+    """Every figure the runs support: (title, path, caption)."""
+    out = Path(out)
+    figures = [
+        ("Accuracy against energy and counted FLOPs", pareto(runs, out / "pareto.png"),
+         "Each point is a run's final test accuracy against the training energy it used (evaluation passes "
+         "excluded) and against its counted training FLOPs; the dashed line joins the runs no other run beats "
+         "on both axes."),
+        ("Accuracy and energy per epoch", per_epoch(runs, out / "epochs.png"),
+         "Validation accuracy selects; test accuracy reports. Energy is per training epoch. Dotted vertical "
+         "lines mark a change of phase (e.g. the lottery's prune and rewind)."),
+        ("Power", power(runs, out / "power.png"),
+         "Average and peak power of each training epoch as the meter recorded them."),
+        ("Activation and gate thresholds", gating(runs, out / "gating.png"),
+         "Activation is the share of training samples that ran a forward and backward pass. For a gate that "
+         "computes every sample and masks the loss (ast-prod), the dashed line is the share whose loss counted."),
+        ("SEL stage timeline", stages(runs, out / "stages.png"),
+         "Stage per epoch and the outcome of each stage's validation gate."),
+    ]
+    for i, r in enumerate(_one_per_group(runs)):
+        figures.append((f"Per-class accuracy and embarrassment: {_name(r)}",
+                        per_class(r, out / f"classes_{i + 1}.png"),
+                        "Per-class test accuracy and E_c (temperature 1.5) from the training forward pass."))
+    return [(title, p, caption) for title, p, caption in figures if p is not None]

@@ -1,0 +1,150 @@
+"""Run directories as the report sees them: records, summary, config, a label, and totals
+computed from the records (so runs made of several phases add up the same way)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge_sel.errors import InputError
+from edge_sel.report.records import read_records
+
+MEASURED_METHODS = ("counter", "integrated")
+
+
+@dataclass
+class RunData:
+    label: str
+    records: list[dict]
+    config: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+    paths: list[Path] = field(default_factory=list)
+    group: str | None = None          # runs of one system over several seeds share a group
+    extra: dict = field(default_factory=dict)   # e.g. full-test accuracy measured after the run
+
+    @property
+    def class_names(self) -> list[str]:
+        first = self.records[0] if self.records else {}
+        return [k[len("acc_"):] for k in first if k.startswith("acc_")]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def load_run(path: Path, label: str | None = None) -> RunData:
+    """One run directory; a missing or empty metrics.jsonl is a usage error naming the directory."""
+    path = Path(path)
+    metrics = path / "metrics.jsonl"
+    if not path.is_dir():
+        raise InputError(f"RUN {path}: no such directory")
+    if not metrics.is_file():
+        raise InputError(f"RUN {path}: no metrics.jsonl (not an edge-sel run directory)")
+    records = read_records(metrics)
+    if not records:
+        raise InputError(f"RUN {path}: metrics.jsonl holds no complete records")
+    config = _read_json(path / "config.json")
+    return RunData(label or describe(config, records), records, config, _read_json(path / "summary.json"), [path])
+
+
+def describe(config: dict, records: list[dict]) -> str:
+    """A short name from what the run did: strategy, preset, updater, target activation."""
+    method = config.get("method") or {}
+    parts = [str(config.get("strategy") or records[0].get("strategy") or "run")]
+    if method.get("gate"):
+        parts[0] += f"+{method['gate']}"
+    if method.get("preset"):
+        parts.append(str(method["preset"]))
+    sparsity = config.get("sparsity")
+    if sparsity and sparsity != "none":
+        parts.append(str(sparsity))
+    if method.get("target_activation") is not None and not method.get("preset"):
+        parts.append(f"a={method['target_activation']:g}")
+    return " ".join(parts)
+
+
+def unique_labels(runs: list[RunData]) -> None:
+    """Runs with the same label (and no group) get their directory name appended."""
+    seen: dict[str, int] = {}
+    for r in runs:
+        seen[r.label] = seen.get(r.label, 0) + 1
+    for r in runs:
+        if seen[r.label] > 1 and r.group is None and r.paths:
+            r.label = f"{r.label} ({r.paths[-1].name})"
+
+
+def combine_phases(phases: list[RunData], label: str, group: str | None = None) -> RunData:
+    """Runs trained one after the other (e.g. lottery: dense, then pruned) as one run; epochs are
+    renumbered and each record keeps the name of its phase in `bench_phase`."""
+    records, epoch = [], 0
+    for i, run in enumerate(phases):
+        for r in run.records:
+            records.append({**r, "epoch": epoch, "bench_phase": run.extra.get("phase_name", f"phase {i + 1}")})
+            epoch += 1
+    last = phases[-1]
+    return RunData(label, records, last.config, last.summary, [p for run in phases for p in run.paths], group)
+
+
+def _sum(records: list[dict], key: str):
+    vals = [r.get(key) for r in records if isinstance(r.get(key), (int, float))]
+    return sum(vals) if vals else None
+
+
+def energy_kind(records: list[dict]) -> tuple[str | None, str | None]:
+    """(sources, kind) over the records: kind is 'estimated', 'measured: <source>' or 'mixed'."""
+    sources = sorted({r.get("energy_source") for r in records if r.get("energy_source")})
+    methods = sorted({r.get("energy_method") for r in records if r.get("energy_method")})
+    if not sources:
+        return None, None
+    source = "+".join(sources)
+    if all(m == "estimated" for m in methods):
+        return source, "estimated"
+    if all(any(part in MEASURED_METHODS for part in m.split("+")) and "estimated" not in m for m in methods):
+        return source, f"measured: {source}"
+    return source, "mixed"
+
+
+def totals(run: RunData) -> dict:
+    recs = run.records
+    available = _sum(recs, "samples_available") or 0
+    trained = _sum(recs, "backward_samples") or 0
+    gate_rows = [r for r in recs if r.get("gate_activation") is not None]
+    gate_activation = None
+    if gate_rows:
+        weight = sum(r.get("samples_available") or 0 for r in gate_rows)
+        gate_activation = sum(r["gate_activation"] * (r.get("samples_available") or 0) for r in gate_rows) / weight \
+            if weight else None
+    source, kind = energy_kind(recs)
+    best = max(recs, key=lambda r: r.get("val_acc") if r.get("val_acc") is not None else -1)
+    energy = _sum(recs, "energy_j")
+    return {
+        "epochs": len(recs),
+        "final_test_acc": recs[-1].get("test_acc"), "final_val_acc": recs[-1].get("val_acc"),
+        "best_val_acc": best.get("val_acc"), "best_val_epoch": best.get("epoch"),
+        "test_at_best_val": best.get("test_acc"),
+        "samples_trained": trained, "activation": trained / available if available else None,
+        "gate_activation": gate_activation,
+        "flops_forward": _sum(recs, "flops_forward"), "flops_backward": _sum(recs, "flops_backward"),
+        "flops_scoring": (_sum(recs, "flops_scoring") or 0) + (_sum(recs, "flops_calibration") or 0),
+        "flops_train": _sum(recs, "flops_train"), "flops_eval": _sum(recs, "flops_eval"),
+        "train_wall_s": _sum(recs, "wall_s"), "eval_wall_s": _sum(recs, "eval_wall_s"),
+        "energy_j": energy, "energy_per_epoch_j": energy / len(recs) if energy is not None else None,
+        "eval_energy_j": _sum(recs, "eval_energy_j"),
+        "energy_source": source, "energy_kind": kind,
+        **run.extra.get("totals", {}),
+    }
+
+
+def energy_axis_label(runs: list[RunData], what: str = "energy") -> str:
+    """'energy (J, estimated)' or 'energy (J, measured: nvml)': the figure says what it is."""
+    kinds = {energy_kind(r.records)[1] for r in runs} - {None}
+    if not kinds:
+        return f"{what} (J, not measured)"
+    if len(kinds) == 1:
+        return f"{what} (J, {kinds.pop()})"
+    return f"{what} (J, mixed: {', '.join(sorted(kinds))})"
