@@ -221,8 +221,6 @@ from edge_sel.export.cli import export_cmd  # noqa: E402
 cli.add_command(export_cmd)
 from edge_sel.report.cli import report_cmd  # noqa: E402
 cli.add_command(report_cmd)
-from edge_sel.report.cli import report_cmd  # noqa: E402
-cli.add_command(report_cmd)
 from edge_sel.bench.cli import bench_group  # noqa: E402
 cli.add_command(bench_group)
 

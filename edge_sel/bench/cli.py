@@ -1,0 +1,178 @@
+"""`edge-sel bench edge|reference`: the comparison tables, measured side by side in one process.
+
+edge       sized for a 2-core laptop CPU: edgecnn fine-tuned from a warmup checkpoint on a
+           CIFAR-10 subset (image folders), a few epochs, one seed by default.
+reference  the seeds' CIFAR-10 table on a desktop GPU: resnet18_cifar from a fresh initialisation
+           per seed, the seeds' epochs, three seeds. --quick: a smoke run (edgecnn, 2 epochs per
+           phase, a small subset) that checks the whole pipeline on any machine.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import click
+
+from edge_sel.bench import suites
+from edge_sel.bench.published import PUBLISHED
+from edge_sel.bench.runner import BenchData, SuiteSettings, run_suite
+from edge_sel.config import TrainConfig
+from edge_sel.engine.checkpoint import read_card
+from edge_sel.engine.run import DataOptions, check_out_dir, pretrain
+from edge_sel.errors import InputError
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpeg"
+
+
+def _fresh_out(out: Path, overwrite: bool) -> Path:
+    out = check_out_dir(out, overwrite)
+    try:
+        if out.is_dir():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+    except OSError as e:
+        raise InputError(f"--out {out}: cannot create ({e.strerror or e})") from None
+    return out
+
+
+def _check_checkpoint(path: Path | None) -> None:
+    if path is not None:
+        read_card(path)     # one-line error when it is not a checkpoint, before any training
+
+
+def _execute(settings: SuiteSettings, published: dict | None) -> None:
+    from edge_sel.bench.outputs import write_outputs
+    result = run_suite(settings)
+    written = write_outputs(settings, result, published)
+    click.echo(written["table"])
+    click.echo(f"\nbench {settings.name}: {len(settings.systems)} systems x {len(settings.seeds)} seed(s) in "
+               f"{result['wall_s']:.0f} s on {result['device']}")
+    click.echo(f"wrote {settings.out / 'bench.json'}, {settings.out / 'table.md'}, {settings.out / 'table.csv'}")
+    click.echo(f"report: {written['report']}")
+
+
+def common_options(fn):
+    options = [
+        click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+                     help="Where the CIFAR-10 archive lives (--dataset cifar10)."),
+        click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+                     help="Starting checkpoint for every system (default: the suite makes its own)."),
+        click.option("--seeds", type=int, default=None, help="Seeds 0..K-1 [edge: 1, reference: 3, --quick: 1]."),
+        click.option("--systems", default=None, help="Comma-separated subset of the suite's systems."),
+        click.option("--subset", type=int, default=None, help="Class-balanced subset of N fine-tuning samples."),
+        click.option("--out", type=click.Path(path_type=Path), default=None, help="Output directory."),
+        click.option("--overwrite", is_flag=True, help="Replace an existing --out directory."),
+        click.option("--quick", is_flag=True, help="A smoke run: tiny subset, 1-2 epochs per phase."),
+        click.option("--quiet", is_flag=True, help="No progress lines."),
+    ]
+    for opt in reversed(options):
+        fn = opt(fn)
+    return fn
+
+
+@click.group("bench")
+def bench_group():
+    """Benchmark suites: every system measured side by side in one run (counted FLOPs, joules)."""
+
+
+@bench_group.command("edge")
+@click.option("--dataset", default=None,
+              help="Dataset [default: folder:../shared/data/cifar10-jpeg beside the repository, if present].")
+@click.option("--epochs", type=int, default=None, help="Fine-tune epochs per system [6; --quick: 2].")
+@click.option("--val-cap", type=int, default=None,
+              help="Validation images evaluated each epoch (stratified) [2000; --quick: 300].")
+@click.option("--pretrain-epochs", type=int, default=None,
+              help="Epochs of the warmup the bench makes when --checkpoint is not given [4; --quick: 2].")
+@click.option("--device", default="cpu", show_default=True)
+@common_options
+def edge_cmd(dataset, epochs, val_cap, pretrain_epochs, device, data_dir, checkpoint, seeds, systems, subset, out,
+             overwrite, quick, quiet):
+    """Edge-sized comparison: edgecnn from a warmup checkpoint on a CIFAR-10 subset, 2-core CPU."""
+    from edge_sel.cli import fail_cleanly
+
+    @fail_cleanly
+    def run():
+        ds = dataset
+        if ds is None:
+            if not SHARED_CIFAR.is_dir():
+                raise InputError(f"--dataset: required here ({SHARED_CIFAR} does not exist)")
+            ds = f"folder:{SHARED_CIFAR}"
+        n = subset or (400 if quick else 8000)
+        e = epochs or (2 if quick else 6)
+        for option, value in (("--epochs", e), ("--subset", n), ("--seeds", seeds), ("--val-cap", val_cap),
+                              ("--pretrain-epochs", pretrain_epochs)):
+            if value is not None and value < 1:
+                raise InputError(f"{option} must be >= 1, got {value}")
+        chosen = suites.select(suites.edge_systems(e), systems)
+        _check_checkpoint(checkpoint)
+        target = _fresh_out(out or Path("runs/bench-edge"), overwrite)
+        data = BenchData(ds, data_dir, shard="1/2", subset=n, val_cap=val_cap or (300 if quick else 2000),
+                         epoch_test_per_class=100)
+        start = checkpoint
+        notes = [f"edgecnn fine-tuned on {n:,} samples of shard 1/2 of {ds}, {e} epochs per system, "
+                 f"validation capped at {data.val_cap:,} images."]
+        if start is None:
+            pe = pretrain_epochs or (2 if quick else 4)
+            click.echo(f"bench edge: pretraining a warmup checkpoint ({pe} epochs, shard 0/2, {n:,} samples)",
+                       err=True)
+            t0 = time.perf_counter()
+            pretrain("edgecnn", DataOptions(ds, data_dir, shard="0/2", subset=n),
+                     TrainConfig(epochs=pe, seed=0, device=device), target / "warmup", quiet=True)
+            start = target / "warmup"
+            notes.append(f"Warmup checkpoint made by the bench: edgecnn, {pe} dense epochs on {n:,} samples of "
+                         f"shard 0/2 ({time.perf_counter() - t0:.0f} s, not part of any system).")
+        else:
+            notes.append(f"Warmup checkpoint: {start}.")
+        count = seeds or 1
+        settings = SuiteSettings("edge", chosen, data, dict(suites.EDGE_COMMON), list(range(count)),
+                                 {k: Path(start) for k in range(count)}, target, device, quiet, notes)
+        _execute(settings, None)
+    run()
+
+
+@bench_group.command("reference")
+@click.option("--dataset", default="cifar10", show_default=True,
+              help="cifar10 (archive under --data-dir, or a torchvision download where it imports) | folder:PATH")
+@click.option("--model", "model_name", default=None,
+              help="Model for the fresh initialisation [resnet18_cifar; --quick: edgecnn].")
+@click.option("--device", default="auto", show_default=True)
+@common_options
+def reference_cmd(dataset, model_name, device, data_dir, checkpoint, seeds, systems, subset, out, overwrite,
+                  quick, quiet):
+    """The seeds' CIFAR-10 reference table on a desktop GPU, with their published numbers beside ours."""
+    from edge_sel.cli import fail_cleanly
+
+    @fail_cleanly
+    def run():
+        n = subset or (1000 if quick else None)
+        model = model_name or ("edgecnn" if quick else "resnet18_cifar")
+        for option, value in (("--subset", n), ("--seeds", seeds)):
+            if value is not None and value < 1:
+                raise InputError(f"{option} must be >= 1, got {value}")
+        chosen = suites.select(suites.reference_systems(quick), systems)
+        _check_checkpoint(checkpoint)
+        target = _fresh_out(out or Path("runs/bench-reference"), overwrite)
+        count = seeds or (1 if quick else 3)
+        data = BenchData(dataset, data_dir, subset=n)
+        notes = [f"{'--quick smoke run: ' if quick else ''}{model} on {dataset}"
+                 f"{f' ({n:,}-sample subset)' if n else ''}; every system of a seed starts from the same weights."]
+        if checkpoint is not None:
+            start = {k: Path(checkpoint) for k in range(count)}
+            notes.append(f"Starting checkpoint: {checkpoint}.")
+        else:
+            # The seed started every experiment from one initialisation; here one per seed, no
+            # ImageNet weights (the seed's backbone was ImageNet-pretrained, reference/seed-methods.md §1.3).
+            start = {}
+            for k in range(count):
+                start[k] = target / "init" / f"seed{k}"
+                pretrain(model, DataOptions(dataset, data_dir, subset=n), TrainConfig(epochs=0, seed=k, device=device),
+                         start[k], quiet=True)
+            notes.append("Starting weights: a fresh initialisation per seed (no ImageNet weights, unlike the "
+                         "seed's partly pretrained ResNet-18), so absolute accuracies differ from the published ones.")
+        settings = SuiteSettings("reference", chosen, data, dict(suites.REFERENCE_COMMON), list(range(count)),
+                                 start, target, device, quiet, notes)
+        _execute(settings, PUBLISHED)
+    run()

@@ -1,0 +1,61 @@
+"""What a benchmark leaves in OUT: bench.json, table.md, table.csv and report/report.html."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from edge_sel.bench import table
+from edge_sel.bench.runner import SuiteSettings, aggregate
+from edge_sel.report.cli import write_report
+from edge_sel.report.html import esc
+
+
+def _energy_kind(agg: dict) -> str:
+    kinds = {a.get("energy_kind") for a in agg.values()} - {None}
+    if not kinds:
+        return "not measured"
+    return kinds.pop() if len(kinds) == 1 else "mixed: " + ", ".join(sorted(kinds))
+
+
+def write_outputs(s: SuiteSettings, result: dict, published: dict | None) -> dict:
+    names = [sys_.name for sys_ in s.systems]
+    agg = {name: aggregate(result["results"][name]) for name in names}
+    kind = _energy_kind(agg)
+    cols = table.columns(kind, result["test_full_size"], result["test_100_size"], published is not None)
+    rows = table.rows(names, agg, published)
+    md = table.markdown(cols, rows)
+    notes = list(s.notes) + [
+        "FLOPs are counted (torch.utils.flop_counter) for every training, scoring and calibration pass actually "
+        "run; evaluation is excluded. 'train FLOPs / dense' compares counted training FLOPs with the dense system.",
+        f"Energy is training-phase energy from the records ({kind}); "
+        + ("an estimate from CPU time, not a measurement." if "estimated" in kind else "as measured by the meter."),
+        "Activation: share of available training samples that ran forward and backward; 'loss counted' is the "
+        "gate's own share when it computes every sample (ast-prod); 'matched' is the activation a random control "
+        "was run at, read from its gated system's records for the same seed.",
+    ]
+    notes += [f"{sys_.name}: {sys_.note}" for sys_ in s.systems if sys_.note]
+    (s.out / "table.md").write_text(md + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+    table.write_csv(s.out / "table.csv", names, agg)
+    bench = {
+        "suite": s.name, "device": result["device"], "seeds": s.seeds, "wall_s": result["wall_s"],
+        "data": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(s.data).items()},
+        "test_full_size": result["test_full_size"], "test_100_size": result["test_100_size"],
+        "start_checkpoints": {str(k): str(v) for k, v in s.start.items()},
+        "common_training": s.common, "energy_kind": kind, "notes": notes,
+        "systems": [{"name": sys_.name, "note": sys_.note, "control_of": sys_.control_of,
+                     "steps": [dataclasses.asdict(st) | {"kind": type(st).__name__} for st in sys_.steps],
+                     "per_seed": result["results"][sys_.name], "mean_std": agg[sys_.name],
+                     "published": (published or {}).get(sys_.name)} for sys_ in s.systems],
+    }
+    (s.out / "bench.json").write_text(json.dumps(bench, indent=2, default=str))
+    from edge_sel.report.html import table_html
+    section = table_html([(k, h, "") for k, h in cols], rows) + "<ul>" + "".join(
+        f"<li>{esc(n)}</li>" for n in notes) + "</ul>"
+    report_notes = ["Per-epoch test accuracy in these plots is on the evaluation set the runs used every epoch "
+                    f"({'the first 100 images of each class' if s.data.epoch_test_per_class else 'the full test set'}); "
+                    "the tables' final test accuracy is the full test set, evaluated after the last epoch."]
+    report = write_report(result["runs"], s.out / "report", f"edge-sel bench {s.name}", report_notes,
+                          [("Benchmark table (mean ± std over seeds)", section)])
+    return {"table": md, "report": report, "aggregate": agg}

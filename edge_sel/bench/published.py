@@ -1,0 +1,29 @@
+"""The seeds' published figures, beside our measurements in the reference table, each with the file
+it comes from (under the shared reference folder). FLOPs and savings in these sources are formulas
+(reference/seed-methods.md §1.10, §2.8), never counts or measurements; they are quoted, not used."""
+
+from __future__ import annotations
+
+SEL_TABLE = "reference/seed-methods.md §1.12 (results/hist_*.csv of the SEL benchmark repo); " \
+            "seeds/sel-benchmark-readme.txt, Results"
+
+PUBLISHED = {
+    "dense": {"test_full": 92.52, "test_100": 93.2, "flops": "33.52 T (formula 2·P·samples)", "time_s": 1398,
+              "setup": "ResNet-18 (ImageNet-pretrained backbone), T4, seed 42", "source": SEL_TABLE},
+    "lottery": {"test_full": 92.71, "test_100": 93.0, "flops": "6.70 T (phase 2 only, formula x0.2)",
+                "time_s": 1460, "setup": "phase 1 (15 dense epochs) not counted", "source": SEL_TABLE},
+    "sel-95": {"test_full": 77.26, "test_100": 77.5, "flops": "0.0842 T (formula x(1-sparsity))", "time_s": 835,
+               "setup": "50 epochs, 41% of the baseline's sample passes", "source": SEL_TABLE},
+    "warmup-sel": {"test_full": 84.70, "test_100": 85.3, "flops": "1.583 T (formula)", "time_s": 875,
+                   "setup": "5 + 50 epochs", "source": SEL_TABLE},
+    "ast-prod": {"test_full": 92.00, "test_100": None, "flops": "'61.49% energy saved' (formula of activation)",
+                 "time_s": 514.7 * 60, "setup": "ImageNet-100, ResNet-50 pretrained on ImageNet-1K, P100; "
+                 "best 92.12%; not CIFAR-10",
+                 "source": "reference/seed-methods.md §2.9, §2.8 (AST repo dashboards)"},
+    "dihcl": {"test_full": 96.76, "test_100": None, "flops": "-", "time_s": None,
+              "setup": "DIHCL-Rand, Loss; WRN-28-10, 300 epochs (DIHCL-Exp, Loss: 97.03; random mini-batch: 96.18)",
+              "source": "seeds/dihcl-poster.md Table 1; reference/seed-methods.md §3.1"},
+    "random@ast-prod": {"test_full": None, "test_100": None, "flops": "-", "time_s": None,
+                        "setup": "the seeds publish no random control at matched activation",
+                        "source": "reference/seed-methods.md §2.10 item 7"},
+}
