@@ -33,4 +33,16 @@ def demo_cmd(out: Path, epochs: int, quiet: bool):
                            TrainConfig(epochs=epochs, batch_size=64, lr=0.02, seed=0), out / "finetune",
                            overwrite=True, quiet=quiet)
         print_summary(summary, quiet=quiet)
+        # --- report: sample gating beside its random control, then one HTML report of all three ---
+        from edge_sel.methods import STRATEGIES
+        from edge_sel.report.cli import write_report
+        from edge_sel.report.runs import load_run
+        runs = [out / "finetune"]
+        for name in [s for s in ("sundew", "random") if s in STRATEGIES]:
+            click.echo(f"+ {name} gating at 0.5 activation, same schedule and seed")
+            finetune(out / "warmup", DataOptions("digits", shard="1/2"),
+                     TrainConfig(epochs=epochs, batch_size=64, lr=0.02, seed=0, strategy=name,
+                                 method={"target_activation": 0.5}), out / name, overwrite=True, quiet=True)
+            runs.append(out / name)
+        click.echo(f"report: {write_report([load_run(p) for p in runs], out / 'report', 'edge-sel demo')}")
     run()
