@@ -11,6 +11,26 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "constant", "step", "linear")
 
 
+def _number(option: str, value, lo=None, hi=None, lo_open=False, hi_open=False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise InputError(f"{option} must be a number, got {value!r}")
+    if lo is not None and (value < lo or (lo_open and value == lo)):
+        raise InputError(f"{option} must be {'>' if lo_open else '>='} {lo}, got {value}")
+    if hi is not None and (value > hi or (hi_open and value == hi)):
+        raise InputError(f"{option} must be {'<' if hi_open else '<='} {hi}, got {value}")
+
+
+def _integer(option: str, value, lo=None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"{option} must be a whole number, got {value!r}")
+    _number(option, value, lo=lo)
+
+
+def _choice(option: str, value, choices) -> None:
+    if value not in choices:
+        raise InputError(f"{option} must be one of {', '.join(str(c) for c in choices if c)}, got {value!r}")
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 5
@@ -37,26 +57,24 @@ class TrainConfig:
     method: dict = field(default_factory=dict)   # strategy/updater options (target activation, ...)
 
     def validate(self) -> "TrainConfig":
-        checks = [
-            (self.epochs >= 0, "--epochs", f"must be >= 0, got {self.epochs}"),
-            (self.batch_size >= 1, "--batch-size", f"must be >= 1, got {self.batch_size}"),
-            (self.optimizer in OPTIMIZERS, "--optimizer", f"must be one of {', '.join(OPTIMIZERS)}"),
-            (self.lr > 0, "--lr", f"must be > 0, got {self.lr}"),
-            (0 <= self.momentum < 1, "--momentum", f"must be in [0, 1), got {self.momentum}"),
-            (self.weight_decay >= 0, "--weight-decay", f"must be >= 0, got {self.weight_decay}"),
-            (self.schedule in SCHEDULES, "--schedule", f"must be one of {', '.join(SCHEDULES)}"),
-            (0 <= self.warmup_epochs <= max(self.epochs, 0), "--warmup-epochs",
-             f"must be between 0 and --epochs, got {self.warmup_epochs}"),
-            (0 <= self.label_smoothing < 1, "--label-smoothing", "must be in [0, 1)"),
-            (self.temperature > 0, "--temperature", f"must be > 0, got {self.temperature}"),
-            (self.checkpoint_every >= 0, "--checkpoint-every", f"must be >= 0 steps, got {self.checkpoint_every}"),
-            (self.bn_mode in (None, "train", "eval"), "--bn-mode", f"must be train or eval, got {self.bn_mode!r}"),
-            (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
-             "--device", f"must be cpu, cuda, mps or auto, got {self.device!r}"),
-        ]
-        for ok, option, message in checks:
-            if not ok:
-                raise InputError(f"{option} {message}")
+        """Types and ranges of every field; values may come from a hand-edited config.json."""
+        _integer("--epochs", self.epochs, lo=0)
+        _integer("--batch-size", self.batch_size, lo=1)
+        _integer("--checkpoint-every", self.checkpoint_every, lo=0)
+        _number("--lr", self.lr, lo=0, lo_open=True)
+        _number("--momentum", self.momentum, lo=0, hi=1, hi_open=True)
+        _number("--weight-decay", self.weight_decay, lo=0)
+        _number("--warmup-epochs", self.warmup_epochs, lo=0, hi=self.epochs)
+        _number("--label-smoothing", self.label_smoothing, lo=0, hi=1, hi_open=True)
+        _number("--temperature", self.temperature, lo=0, lo_open=True)
+        _choice("--optimizer", self.optimizer, OPTIMIZERS)
+        _choice("--schedule", self.schedule, SCHEDULES)
+        _choice("--bn-mode", self.bn_mode, (None, "train", "eval"))
+        if not isinstance(self.device, str) or not (self.device in ("auto", "cpu", "cuda", "mps")
+                                                    or self.device.startswith("cuda:")):
+            raise InputError(f"--device must be cpu, cuda, mps or auto, got {self.device!r}")
+        if not isinstance(self.method, dict):
+            raise InputError(f"method options must be a mapping, got {self.method!r}")
         return self
 
     def to_json(self) -> dict:

@@ -17,3 +17,13 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 def needs_cifar():
     return pytest.mark.skipif(not (CIFAR_JPEG / "train").is_dir(), reason=f"{CIFAR_JPEG} not present")
+
+
+@pytest.fixture(scope="session")
+def tiny_warm(tmp_path_factory):
+    """An edgecnn warmup checkpoint on synthetic data, made once per test session."""
+    from edge_sel.config import TrainConfig
+    from edge_sel.engine.run import DataOptions, pretrain
+    out = tmp_path_factory.mktemp("tiny-warm") / "ckpt"
+    pretrain("edgecnn", DataOptions("synthetic"), TrainConfig(epochs=1, batch_size=64), out, quiet=True)
+    return out
