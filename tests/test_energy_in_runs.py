@@ -48,7 +48,7 @@ def test_energy_budget_stops_cleanly_before_the_limit(warm, tmp_path, monkeypatc
     finetune(warm, tmp_path / "full", "--epochs", 3)
     full = records(tmp_path / "full")
     spent = sum(r["energy_j"] + (r["eval_energy_j"] or 0) for r in full)
-    budget = spent * 0.45
+    budget = spent * 0.25
     finetune(warm, tmp_path / "cut", "--epochs", 3, "--energy-budget", budget)
     cut = records(tmp_path / "cut")
     s = summary(tmp_path / "cut")
