@@ -6,7 +6,7 @@ PIP = $(PYTHON) -m pip install --quiet --disable-pip-version-check -c constraint
 
 demo:
 	$(PIP) -e .
-	$(PYTHON) -m edge_sel demo
+	$(PYTHON) -m edge_sel demo --overwrite
 
 test:
 	$(PIP) -e ".[dev,ort]"

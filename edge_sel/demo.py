@@ -17,13 +17,16 @@ from edge_sel.report.summary import print_summary
 @click.command("demo")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
 @click.option("--epochs", type=int, default=8, show_default=True, help="Fine-tune epochs.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier demo in --out.")
 @click.option("--quiet", is_flag=True)
-def demo_cmd(out: Path, epochs: int, quiet: bool):
+def demo_cmd(out: Path, epochs: int, overwrite: bool, quiet: bool):
     """Pretrain on half of digits, fine-tune on the other half, print where the run is."""
     from edge_sel.cli import fail_cleanly
+    from edge_sel.engine.run import check_out_dir
 
     @fail_cleanly
     def run():
+        check_out_dir(out, overwrite)
         click.echo("1/2 pretrain (server side): edgecnn on digits shard 0/2")
         pretrain("edgecnn", DataOptions("digits", shard="0/2"),
                  TrainConfig(epochs=6, batch_size=64, lr=0.05, seed=0), out / "warmup", overwrite=True,

@@ -173,3 +173,7 @@ def test_demo_runs_and_says_where_the_run_is(tmp_path):
     assert f"run directory: {tmp_path / 'demo'}" in result.output
     recs = records(tmp_path / "demo" / "finetune")
     assert len(recs) == 2 and recs[-1]["test_acc"] > 0.8
+    assert (tmp_path / "demo" / "report" / "report.html").is_file()
+    again = run_cli("demo", "--out", tmp_path / "demo", "--epochs", 1, expect=2)
+    assert "--overwrite" in again.output
+    assert len(records(tmp_path / "demo" / "finetune")) == 2     # the earlier demo is untouched
