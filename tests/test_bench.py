@@ -43,7 +43,8 @@ def test_every_system_has_a_row_of_finite_numbers(edge):
     table = (out / "table.md").read_text().splitlines()
     for name in names:
         assert sum(line.startswith(f"| {name} |") for line in table) == 1
-    assert (out / "table.csv").read_text().count("\n") == len(names) + 1
+    assert sum(line.startswith("| start checkpoint (no fine-tuning) |") for line in table) == 1
+    assert (out / "table.csv").read_text().count("\n") == len(names) + 2     # header, start row, systems
     assert (out / "report" / "report.html").is_file() and "report:" in output
 
 

@@ -11,6 +11,8 @@ from edge_sel.bench.runner import SuiteSettings, aggregate
 from edge_sel.report.cli import write_report
 from edge_sel.report.html import esc
 
+START_ROW = "start checkpoint (no fine-tuning)"
+
 
 def _energy_kind(agg: dict) -> str:
     kinds = {a.get("energy_kind") for a in agg.values()} - {None}
@@ -22,9 +24,10 @@ def _energy_kind(agg: dict) -> str:
 def write_outputs(s: SuiteSettings, result: dict, published: dict | None) -> dict:
     names = [sys_.name for sys_ in s.systems]
     agg = {name: aggregate(result["results"][name]) for name in names}
+    start_agg = aggregate(result["start"])
     kind = _energy_kind(agg)
     cols = table.columns(kind, result["test_full_size"], result["test_100_size"], published is not None)
-    rows = table.rows(names, agg, published)
+    rows = table.rows([START_ROW] + names, {START_ROW: start_agg, **agg}, published)
     md = table.markdown(cols, rows)
     notes = list(s.notes) + [
         "FLOPs are counted (torch.utils.flop_counter) for every training, scoring and calibration pass actually "
@@ -35,15 +38,16 @@ def write_outputs(s: SuiteSettings, result: dict, published: dict | None) -> dic
         "gate's own share when it computes every sample (ast-prod); 'matched' is the activation a random control "
         "was run at, read from its gated system's records for the same seed.",
     ]
+    notes.append(f"{START_ROW}: the weights every system starts from, evaluated the same way.")
     notes += [f"{sys_.name}: {sys_.note}" for sys_ in s.systems if sys_.note]
     (s.out / "table.md").write_text(md + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
-    table.write_csv(s.out / "table.csv", names, agg)
+    table.write_csv(s.out / "table.csv", [START_ROW] + names, {START_ROW: start_agg, **agg})
     bench = {
         "suite": s.name, "device": result["device"], "seeds": s.seeds, "wall_s": result["wall_s"],
         "data": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(s.data).items()},
         "test_full_size": result["test_full_size"], "test_100_size": result["test_100_size"],
         "start_checkpoints": {str(k): str(v) for k, v in s.start.items()},
-        "common_training": s.common, "energy_kind": kind, "notes": notes,
+        "common_training": s.common, "energy_kind": kind, "notes": notes, "start_accuracy": result["start"],
         "systems": [{"name": sys_.name, "note": sys_.note, "control_of": sys_.control_of,
                      "steps": [dataclasses.asdict(st) | {"kind": type(st).__name__} for st in sys_.steps],
                      "per_seed": result["results"][sys_.name], "mean_std": agg[sys_.name],
@@ -57,5 +61,6 @@ def write_outputs(s: SuiteSettings, result: dict, published: dict | None) -> dic
                     f"({'the first 100 images of each class' if s.data.epoch_test_per_class else 'the full test set'}); "
                     "the tables' final test accuracy is the full test set, evaluated after the last epoch."]
     report = write_report(result["runs"], s.out / "report", f"edge-sel bench {s.name}", report_notes,
-                          [("Benchmark table (mean ± std over seeds)", section)])
+                          [("Benchmark table (mean ± std over seeds)", section)],
+                          baseline=(START_ROW, start_agg["test_full_acc"]["mean"]))
     return {"table": md, "report": report, "aggregate": agg}

@@ -82,8 +82,9 @@ def slug(name: str) -> str:
 
 def make_config(phase: Phase, common: dict, seed: int, device: str) -> TrainConfig:
     training = dict(common) if phase.training is None else dict(phase.training)
+    # checkpoint_every=0: full state saved at epoch ends only; the bench times training, not disk writes.
     return TrainConfig(epochs=phase.epochs, seed=seed, device=device, strategy=phase.strategy,
-                       sparsity=phase.sparsity, method=copy.deepcopy(phase.method), **training)
+                       sparsity=phase.sparsity, method=copy.deepcopy(phase.method), checkpoint_every=0, **training)
 
 
 TRAINING_FIELDS = ("optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_epochs",
@@ -155,6 +156,9 @@ def run_suite(s: SuiteSettings) -> dict:
     device = pick_device(s.device)
     full_test = s.data.full_test()
     test_100 = full_test.subset(first_per_class(full_test, 100))
+    # The starting point every system fine-tunes from, evaluated the same way.
+    start = [{"seed": seed, "test_full_acc": test_accuracy(s.start[seed], full_test, device),
+              "test_100_acc": test_accuracy(s.start[seed], test_100, device)} for seed in s.seeds]
     by_name = {sys_.name: sys_ for sys_ in s.systems}
     results: dict[str, list[dict]] = {sys_.name: [] for sys_ in s.systems}
     runs: list[RunData] = []
@@ -177,7 +181,7 @@ def run_suite(s: SuiteSettings) -> dict:
             runs.append(run)
             results[system.name].append({"seed": seed, "matched_activation": matched,
                                          "run_dirs": [str(p) for p in run.paths], **totals(run)})
-    return {"runs": runs, "results": results, "wall_s": time.perf_counter() - t_start,
+    return {"runs": runs, "results": results, "start": start, "wall_s": time.perf_counter() - t_start,
             "device": str(device), "test_full_size": len(full_test), "test_100_size": len(test_100)}
 
 

@@ -39,14 +39,15 @@ def energy_notes(runs: list[RunData]) -> list[str]:
 
 
 def write_report(runs: list[RunData], out: Path, title: str = "edge-sel report", notes: list[str] = (),
-                 sections: list[tuple[str, str]] = ()) -> Path:
-    """Figures, tables and the page for `runs`; returns the path of report.html."""
+                 sections: list[tuple[str, str]] = (), baseline: tuple[str, float] | None = None) -> Path:
+    """Figures, tables and the page for `runs`; returns the path of report.html. `baseline`: a
+    (name, test accuracy) reference line in the accuracy figures."""
     out = prepare_out(out)
     unique_labels(runs)
     rows = [tables.run_row(r) for r in runs]
     (out / "runs.md").write_text(tables.markdown(rows) + "\n")
     tables.write_csv(rows, out / "runs.csv")
-    figures = plots.write_all(runs, out)
+    figures = plots.write_all(runs, out, baseline)
     info = [(r.label, [str(p) for p in r.paths]) for r in runs]
     page = html.page(title, rows, figures, [*energy_notes(runs), *notes], sections, info)
     path = out / "report.html"

@@ -26,10 +26,15 @@ def _figure(width: float, height: float) -> Figure:
     return fig
 
 
-def _system_legend(fig: Figure, runs: list[RunData], colors: dict[str, str], title: str = "run") -> None:
+def _system_legend(fig: Figure, runs: list[RunData], colors: dict[str, str], title: str = "run",
+                   extra: list[tuple[Line2D, str]] = ()) -> None:
     """One entry per run (or system), outside the axes on the right, so no data is covered."""
     handles = [Line2D([], [], color=colors[_name(r)], marker="o", markersize=4) for r in runs]
-    fig.legend(handles, [_name(r) for r in runs], loc="outside right center", fontsize=8, title=title)
+    labels = [_name(r) for r in runs]
+    for handle, label in extra:
+        handles.append(handle)
+        labels.append(label)
+    fig.legend(handles, labels, loc="outside right center", fontsize=8, title=title)
 
 
 def _epoch_axis(ax) -> None:
@@ -107,8 +112,9 @@ def _place_labels(ax, points: list[tuple[float, float, str]]) -> None:
         label.set_in_layout(False)     # or the layout shrinks the axes and the positions above go stale
 
 
-def pareto(runs: list[RunData], path: Path) -> Path:
-    """Final test accuracy against training energy and against counted training FLOPs."""
+def pareto(runs: list[RunData], path: Path, baseline: tuple[str, float] | None = None) -> Path:
+    """Final test accuracy against training energy and against counted training FLOPs; `baseline`
+    (name, accuracy) draws a horizontal reference, e.g. the starting checkpoint's accuracy."""
     colors = _colors(runs)
     fig = _figure(13, 5)
     ax_e, ax_f = fig.subplots(1, 2)
@@ -141,6 +147,8 @@ def pareto(runs: list[RunData], path: Path) -> Path:
                                                      for q in points)), key=lambda p: p[0])
         if len(front) > 1:
             ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="#555555", linewidth=1)
+        if baseline is not None:
+            ax.axhline(100 * baseline[1], color="#999999", linestyle=":", linewidth=1.2)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("final test accuracy (%)")
         ax.grid(alpha=0.3)
@@ -152,7 +160,9 @@ def pareto(runs: list[RunData], path: Path) -> Path:
     ax_e.set_title(("Accuracy against training energy (evaluation excluded)" if have_energy
                     else "No energy recorded by these runs") + spread, fontsize=10)
     ax_f.set_title("Accuracy against counted training FLOPs (dashed: Pareto front)", fontsize=10)
-    _system_legend(fig, _one_per_group(runs), colors)
+    extra = [] if baseline is None else \
+        [(Line2D([], [], color="#999999", linestyle=":"), f"{baseline[0]}:\n{100 * baseline[1]:.2f}%")]
+    _system_legend(fig, _one_per_group(runs), colors, extra=extra)
     for ax, points in labelled:       # last: the layout (legend included) decides the pixel positions
         _place_labels(ax, points)
     return _save(fig, path)
@@ -277,11 +287,6 @@ def stages(runs: list[RunData], path: Path) -> Path | None:
     for ax, r in zip(axes, staged):
         xs, st = _series(r, "stage")
         ax.step(xs, st, where="mid", color="#1f77b4", label="stage (0: dense warmup)")
-        for outcome, (marker, color) in GATE_STYLE.items():
-            pts = [(x, rec.get("stage")) for x, rec in zip(_epochs(r), r.records)
-                   if rec.get("stage_gate") == outcome and rec.get("stage") is not None]
-            if pts:
-                ax.scatter(*zip(*pts), marker=marker, color=color, s=60, zorder=3, label=f"stage gate: {outcome}")
         ax.set(xlabel="epoch", ylabel="curriculum stage")
         enforced = any(rec.get("stage_gates_enforced") for rec in r.records)
         ax.set_title(f"{_name(r)}: stage timeline (gates {'enforced' if enforced else 'recorded, not enforced'})",
@@ -289,10 +294,17 @@ def stages(runs: list[RunData], path: Path) -> Path | None:
         ax.set_yticks(sorted({int(v) for v in st}))
         _epoch_axis(ax)
         ax2 = ax.twinx()
-        ax2.plot(*_series(r, "val_acc", 100), "--", color="#7f7f7f", linewidth=1, label="validation accuracy (%)")
+        ax2.plot(*_series(r, "val_acc", 100), "--", color="#7f7f7f", linewidth=1,
+                 label="validation accuracy (%, right axis)")
         tx, th = _series(r, "stage_threshold", 100)
         if th:
             ax2.scatter(tx, th, marker="_", s=160, color="#d62728", label="stage threshold (%)")
+        # Each gate outcome sits on the validation accuracy it was decided on, next to its threshold.
+        for outcome, (marker, color) in GATE_STYLE.items():
+            pts = [(x, 100 * rec["val_acc"]) for x, rec in zip(_epochs(r), r.records)
+                   if rec.get("stage_gate") == outcome and rec.get("val_acc") is not None]
+            if pts:
+                ax2.scatter(*zip(*pts), marker=marker, color=color, s=60, zorder=3, label=f"stage gate: {outcome}")
         ax2.set_ylabel("validation accuracy (%)")
         h1, l1 = ax.get_legend_handles_labels()
         h2, l2 = ax2.get_legend_handles_labels()
@@ -300,11 +312,12 @@ def stages(runs: list[RunData], path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def write_all(runs: list[RunData], out: Path) -> list[tuple[str, Path, str]]:
+def write_all(runs: list[RunData], out: Path, baseline: tuple[str, float] | None = None
+              ) -> list[tuple[str, Path, str]]:
     """Every figure the runs support: (title, path, caption)."""
     out = Path(out)
     figures = [
-        ("Accuracy against energy and counted FLOPs", pareto(runs, out / "pareto.png"),
+        ("Accuracy against energy and counted FLOPs", pareto(runs, out / "pareto.png", baseline),
          "Each point is a run's final test accuracy against the training energy it used (evaluation passes "
          "excluded) and against its counted training FLOPs; the dashed line joins the runs no other run beats "
          "on both axes."),
@@ -317,7 +330,8 @@ def write_all(runs: list[RunData], out: Path) -> list[tuple[str, Path, str]]:
          "Activation is the share of training samples that ran a forward and backward pass. For a gate that "
          "computes every sample and masks the loss (ast-prod), the dashed line is the share whose loss counted."),
         ("SEL stage timeline", stages(runs, out / "stages.png"),
-         "Stage per epoch and the outcome of each stage's validation gate."),
+         "Stage per epoch (left axis); validation accuracy, each stage's threshold and the outcome of its "
+         "gate at the stage's last epoch (right axis)."),
     ]
     for i, r in enumerate(_one_per_group(runs)):
         figures.append((f"Per-class accuracy and embarrassment: {_name(r)}",
