@@ -200,7 +200,7 @@ def main():
     p.add_argument("--epochs-b", type=int, default=5)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--lr", type=float, default=0.01, help="fine-tune learning rate (cosine); 0.05 is the CLI default")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args()
