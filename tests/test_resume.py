@@ -242,3 +242,19 @@ def test_resume_bad_inputs_exit_2(warm, tmp_path):
     run_cli("finetune", "--checkpoint", warm, "--out", tmp_path / "done", *FINETUNE[:-2], "--epochs", "1")
     result = run_cli("finetune", "--resume", tmp_path / "done", expect=2)
     assert "already finished" in result.output
+
+
+def test_ort_backend_resumes_to_the_same_records(warm, tmp_path):
+    pytest.importorskip("onnxruntime.training.api")
+    run_cli("export", "--checkpoint", warm, "--out", tmp_path / "art", "--scheme", "last-block", "--quiet")
+    args = ["finetune", "--checkpoint", warm, "--dataset", "synthetic", "--epochs", 2, "--batch-size", 32,
+            "--backend", "ort", "--artifacts", tmp_path / "art" / "last-block", "--optimizer", "sgd",
+            "--momentum", 0, "--weight-decay", 0, "--lr", 0.01, "--checkpoint-every", 0, "--quiet"]
+    run_cli(*args, "--out", tmp_path / "ref")
+    run_cli(*args, "--out", tmp_path / "cut")
+    state = tmp_path / "cut" / "state"
+    # Back to the checkpoint written at the end of epoch 0, as if the run had died right after it.
+    (state / "current.pt").write_bytes((state / "previous.pt").read_bytes())
+    assert load_state(state)["next_epoch"] == 1
+    run_cli("finetune", "--resume", tmp_path / "cut", "--quiet")
+    assert stable(records(tmp_path / "cut")) == stable(records(tmp_path / "ref"))

@@ -133,6 +133,15 @@ class OrtBackend:
         for name in self._moving:
             self._tensors[name].copy_(torch.from_numpy(self.state.parameters[name].data))
 
+    # -- full-state checkpoints (resume, NaN rollback) ----------------------------------------
+    def state_dict(self) -> dict:
+        """The weights live in the torch model's state; ORT's AdamW moments are not saved."""
+        return {"scheme": self.scheme}
+
+    def load_state_dict(self, state: dict) -> None:
+        # The trainer restored the torch model first; push those weights into the ORT session.
+        self._load_torch_weights()
+
     # -- the backend interface ----------------------------------------------------------------
     def _check_input(self, x: torch.Tensor) -> None:
         if list(x.shape[1:]) != self.input_shape:
