@@ -78,6 +78,8 @@ def test_pools_come_from_the_chosen_scorer(difficulty):
     ctx.score_fn = scorer
     sel = SelCurriculum(parse_stages("0-50:-:1,50-100:-:1"), difficulty)
     sel.setup(ctx)
+    assert scorer.calls == []                                  # scored in the first plan, inside epoch 0
+    plan = sel.plan(0)
     if difficulty == "random":
         assert scorer.calls == []                              # the control costs no scoring pass
         assert sorted(sel.pools[0].tolist()) == list(range(0, 40, 2))
@@ -90,7 +92,6 @@ def test_pools_come_from_the_chosen_scorer(difficulty):
         assert (labels[pool] == c).all() and len(pool) == 20
         losses = losses_by_position(len(ctx.train))[pool]
         assert torch.all(losses[1:] >= losses[:-1])           # easy to hard
-    plan = sel.plan(0)
     easy_half = set(sel.pools[0][:10].tolist()) | set(sel.pools[1][:10].tolist())
     assert set(plan.positions.tolist()) == easy_half
     assert plan.info["stage"] == 1 and ctx.state["stage"] == 1 and ctx.state["curriculum_stages"] == 2

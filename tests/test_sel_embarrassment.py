@@ -102,3 +102,9 @@ def test_focus_floor_keeps_every_class_alive():
     counts = torch.bincount(ctx.train.labels[focus.plan(1).positions], minlength=4).tolist()
     assert min(counts) == 15                              # 0.125 of 120
     assert isinstance(ctx, RunContext)
+
+
+def test_focus_floor_above_a_fair_share_is_bad_input():
+    from edge_sel.errors import InputError
+    with pytest.raises(InputError, match="--class-focus-floor 0.3: 4 classes"):
+        ClassFocus(FixedPlan(), floor=0.3).setup(tiny_context(num_classes=4))

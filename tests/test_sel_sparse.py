@@ -46,6 +46,7 @@ def test_mask_keeps_masked_entries_and_their_optimizer_state_bit_identical(optim
         before = [p.detach().clone() for p in model.parameters()]
         state_before = [{k: v.clone() for k, v in opt.state.get(p, {}).items() if torch.is_tensor(v)}
                         for p in model.parameters()]
+        mask.before_step(step, batch)                      # as the loop does: calibrates at step 0
         backend.train_step(step, batch)
         total = sum(m.numel() for m in mask.masked)
         shares.append(sum(m.sum().item() for m in mask.masked) / total)
@@ -77,6 +78,7 @@ def test_without_restoring_adam_moves_masked_entries():
     drifted = 0
     for step, batch in enumerate(batches(ctx, 4)):
         before = [p.detach().clone() for p in model.parameters()]
+        mask.before_step(step, batch)
         backend.train_step(step, batch)
         if step > 0:
             drifted += sum((p.detach()[m] != b[m]).sum().item()
@@ -88,6 +90,8 @@ def test_mask_threshold_follows_the_published_stage():
     ctx = tiny_context()
     mask = GuiltMask(percentile=40, decay=0.3)
     mask.attach(ctx.model, torch.optim.Adam(ctx.model.parameters()), ctx)
+    assert mask.g0 is None                      # calibrated at the first step, inside its epoch
+    mask.before_step(0, None)
     g0 = mask.g0
     assert mask.threshold() == pytest.approx(g0)
     ctx.state.update(stage=4, curriculum_stages=5)

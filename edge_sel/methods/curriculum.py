@@ -76,8 +76,6 @@ class SelCurriculum(Strategy):
             n += 0 if s.dense else 1
             self.numbers.append(0 if s.dense else n)
         self.curriculum_stages = n
-        if self.pools is None:
-            self.pools = self._score_pools(ctx)
         self.index = 0            # current stage
         self.epochs_done = 0      # epochs trained so far by this strategy
         self._start_stage()
@@ -118,6 +116,10 @@ class SelCurriculum(Strategy):
 
     # -- the strategy hooks ---------------------------------------------------------------
     def plan(self, epoch: int) -> Plan:
+        if self.pools is None:
+            # Scored in the first plan, not at set-up, so the scoring pass's time and energy
+            # fall inside the first epoch's window, next to its counted FLOPs.
+            self.pools = self._score_pools(self.ctx)
         stage, number = self.stage, self.numbers[self.index]
         self.ctx.state.update(stage=number, curriculum_stages=self.curriculum_stages, stage_dense=stage.dense)
         positions = self.stage_positions()

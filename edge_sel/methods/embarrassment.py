@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from edge_sel.data import Batch
+from edge_sel.errors import InputError
 from edge_sel.methods.base import Plan, Strategy
 
 
@@ -62,6 +63,9 @@ class ClassFocus(Strategy):
         self.base.setup(ctx)
         k = ctx.train.num_classes
         self.floor_share = 0.5 / k if self.floor is None else self.floor
+        if self.floor_share * k > 1:
+            raise InputError(f"--class-focus-floor {self.floor}: {k} classes can each get at most 1/{k} "
+                             f"= {1 / k:.4f} of the epoch")
 
     def plan(self, epoch: int) -> Plan:
         plan = self.base.plan(epoch)

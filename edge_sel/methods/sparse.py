@@ -39,17 +39,25 @@ class GuiltMask(Updater):
 
     def attach(self, model, optimizer, ctx) -> None:
         super().attach(model, optimizer, ctx)
-        seed = int(ctx.config.get("seed", 0))
-        source = untrained_twin(model, seed + 101) if self.calibration_model == "cold" else model
-        self._calibration = calibrate(source, ctx, self.samples, self.q, seed + 1)
-        self.g0 = self._calibration["g0"]
         self._reset_epoch()
+
+    def before_step(self, step: int, batch) -> None:
+        if self.g0 is None:
+            # Calibrated at the first step (the model is still the warmup checkpoint), inside the
+            # epoch's time and energy window; its FLOPs go to the first record.
+            seed = int(self.ctx.config.get("seed", 0))
+            model = self.model
+            source = untrained_twin(model, seed + 101) if self.calibration_model == "cold" else model
+            self._calibration = calibrate(source, self.ctx, self.samples, self.q, seed + 1)
+            self.g0 = self._calibration["g0"]
 
     def _reset_epoch(self) -> None:
         self._share_sum = torch.zeros((), dtype=torch.float64, device=self.ctx.device)
         self._steps = 0
 
-    def threshold(self) -> float:
+    def threshold(self) -> float | None:
+        if self.g0 is None:
+            return None
         stage, stages, _ = curriculum_stage(self.ctx)
         return stage_threshold(self.g0, max(0, (stage or 1) - 1), self.decay, stages)
 
