@@ -38,6 +38,12 @@ def write_outputs(s: SuiteSettings, result: dict, published: dict | None) -> dic
         "gate's own share when it computes every sample (ast-prod); 'matched' is the activation a random control "
         "was run at, read from its gated system's records for the same seed.",
     ]
+    busy = [f"{name} (seed {r['seed']}: {r['other_load']:.1f})" for name in names for r in result["results"][name]
+            if r.get("other_load", 0) > 0.5]
+    if busy:
+        notes.append("Other processes competed for the CPU (1-minute load average beyond this run's threads) "
+                     "during: " + ", ".join(busy) + ". Their wall time and CPU-time energy estimates are inflated; "
+                     "counted FLOPs and accuracy are unaffected.")
     notes.append(f"{START_ROW}: the weights every system starts from, evaluated the same way.")
     notes += [f"{sys_.name}: {sys_.note}" for sys_ in s.systems if sys_.note]
     (s.out / "table.md").write_text(md + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")

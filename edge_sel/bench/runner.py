@@ -11,6 +11,7 @@ subset; those two numbers are the table's accuracy.
 from __future__ import annotations
 
 import copy
+import os
 import re
 import statistics
 import time
@@ -118,6 +119,12 @@ def test_accuracy(run_dir: Path, ds, device: torch.device) -> float:
     return accuracy(logits, ds.labels)
 
 
+def other_load() -> float:
+    """1-minute load average above what this process's own threads explain: other work competing
+    for the CPU, which inflates wall time and CPU-time energy estimates."""
+    return max(0.0, os.getloadavg()[0] - torch.get_num_threads())
+
+
 def log(msg: str, quiet: bool) -> None:
     if not quiet:
         click.echo(msg, err=True)
@@ -131,24 +138,25 @@ def run_system(system: System, seed: int, s: SuiteSettings, steps: list) -> RunD
     for step in steps:
         if isinstance(step, Rewind):
             rewound = base / step.name
-            info = lottery.prune_and_rewind(previous, start, rewound, step.prune_frac)
-            phases[-1].extra["lottery"] = info
+            lottery.prune_and_rewind(previous, start, rewound, step.prune_frac)   # writes lottery.json there
             previous = rewound
             continue
         cfg = make_config(step, s.common, seed, s.device)
         if step.sparsity == "lottery":
             cfg.method["lottery_mask"] = str(Path(previous) / lottery.MASK_FILE)
         run_dir = base / slug(step.name)
-        t0 = time.perf_counter()
+        t0, load = time.perf_counter(), other_load()
         finetune(previous, s.data, cfg, run_dir, overwrite=True, quiet=True)
         run = load_run(run_dir)
         run.extra["phase_name"] = step.name
+        run.extra["other_load"] = max(load, other_load())
         log(f"    {system.name} seed {seed} {step.name}: {len(run.records)} epochs, {time.perf_counter() - t0:.0f} s, "
             f"val {run.records[-1].get('val_acc') or 0:.3f}", s.quiet)
         phases.append(run)
         previous = run_dir
     combined = combine_phases(phases, f"{system.name} s{seed}", group=system.name)
     combined.extra["final_dir"] = str(previous)
+    combined.extra["other_load"] = max(p.extra["other_load"] for p in phases)
     return combined
 
 
@@ -180,6 +188,7 @@ def run_suite(s: SuiteSettings) -> dict:
             run.extra.update(seed=seed, totals={**accs, "final_test_acc": accs["test_full_acc"]})
             runs.append(run)
             results[system.name].append({"seed": seed, "matched_activation": matched,
+                                         "other_load": run.extra["other_load"],
                                          "run_dirs": [str(p) for p in run.paths], **totals(run)})
     return {"runs": runs, "results": results, "start": start, "wall_s": time.perf_counter() - t_start,
             "device": str(device), "test_full_size": len(full_test), "test_100_size": len(test_100)}
