@@ -167,13 +167,16 @@ def pretrain_cmd(model_name, export_artifacts, **kw):
 @click.option("--bn-mode", type=click.Choice(["train", "eval"]), default=None,
               help="BatchNorm while training: train (batch stats) or eval (frozen stats) [default: train; "
                    "ort: the artifacts' mode].")
+@click.option("--keep", type=click.Choice(["best", "last"]), default="best", show_default=True,
+              help="Output model: the best by local validation accuracy among the starting checkpoint and "
+                   "every epoch (a run that does not beat the checkpoint hands it back unchanged), or the last epoch.")
 @method_options
 @data_options
 @train_options
 @energy_options
 @fail_cleanly
 @profile_option
-def finetune_cmd(checkpoint, resume_dir, strategy, sparsity, backend, artifacts, bn_mode, **kw):
+def finetune_cmd(checkpoint, resume_dir, strategy, sparsity, backend, artifacts, bn_mode, keep, **kw):
     """Fine-tune a warmup checkpoint on local data; records per epoch."""
     if resume_dir is not None:
         summary = resume(resume_dir, kw["quiet"])
@@ -182,7 +185,8 @@ def finetune_cmd(checkpoint, resume_dir, strategy, sparsity, backend, artifacts,
     energy = build_energy(kw)
     method = {name: kw.pop(name) for name in method_option_names()}
     cfg = build_config(kw, strategy=strategy, sparsity=sparsity, backend=backend,
-                       artifacts=str(artifacts) if artifacts else None, method=method, bn_mode=bn_mode)
+                       artifacts=str(artifacts) if artifacts else None, method=method, bn_mode=bn_mode,
+                       keep=keep)
     summary = finetune(checkpoint, build_data(kw), cfg, kw["out"], kw["overwrite"], kw["quiet"], energy,
                        profile=kw.pop("profile_record", None))
     report_end(summary, kw["quiet"])
@@ -200,6 +204,18 @@ def report_end(summary: dict, quiet: bool) -> None:
         click.echo(f"interrupted: state checkpointed; continue with: edge-sel finetune --resume {summary['run_dir']}")
     elif summary.get("stop_reason") == "energy_budget":
         click.echo("stopped before the energy budget would be exceeded; records and checkpoint are written")
+
+
+@cli.command("promote")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--deployed", type=click.Path(path_type=Path), required=True,
+              help="The device's deployed checkpoint directory, replaced only if the run improved on its start.")
+@fail_cleanly
+def promote_cmd(run_dir, deployed):
+    """Deploy a fine-tune's output model, unless the run did not finish or did not beat its start."""
+    from edge_sel.engine.promote import promote
+    replaced, why = promote(run_dir, deployed)
+    click.echo(("promoted: " if replaced else "not promoted: ") + why)
 
 
 @cli.command("models")

@@ -9,6 +9,7 @@ from edge_sel.errors import InputError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "constant", "step", "linear")
+KEEP_CHOICES = ("best", "last")
 
 
 def _number(option: str, value, lo=None, hi=None, lo_open=False, hi_open=False) -> None:
@@ -55,6 +56,7 @@ class TrainConfig:
     artifacts: str | None = None      # ORT training artifacts directory (backend "ort")
     bn_mode: str | None = None        # "eval": BatchNorm keeps frozen running stats while training
     method: dict = field(default_factory=dict)   # strategy/updater options (target activation, ...)
+    keep: str = "best"                # output model: best by local validation (warmup included) or last
 
     def validate(self) -> "TrainConfig":
         """Types and ranges of every field; values may come from a hand-edited config.json."""
@@ -70,6 +72,7 @@ class TrainConfig:
         _choice("--optimizer", self.optimizer, OPTIMIZERS)
         _choice("--schedule", self.schedule, SCHEDULES)
         _choice("--bn-mode", self.bn_mode, (None, "train", "eval"))
+        _choice("--keep", self.keep, KEEP_CHOICES)
         if not isinstance(self.device, str) or not (self.device in ("auto", "cpu", "cuda", "mps")
                                                     or self.device.startswith("cuda:")):
             raise InputError(f"--device must be cpu, cuda, mps or auto, got {self.device!r}")

@@ -82,12 +82,15 @@ def check_compatible(card: ModelCard, splits: Splits, where: Path) -> None:
                          f"dataset's {splits.train.class_names[:4]}...")
 
 
-def summarize(records: list[dict], extra: dict) -> dict:
+def summarize(records: list[dict], extra: dict, baseline: dict | None = None, kept: dict | None = None) -> dict:
+    """Totals over the epoch records; the baseline evaluation (when a fine-tune made one) adds its
+    evaluation FLOPs and joules, and `kept` says which weights the run directory holds and why."""
     last = records[-1] if records else {}
     best = max(records, key=lambda r: r.get("val_acc") or -1) if records else {}
+    evaluated = ([baseline] if baseline else []) + records
 
-    def total(key):
-        vals = [r.get(key) for r in records if r.get(key) is not None]
+    def total(key, over=records):
+        vals = [r.get(key) for r in over if r.get(key) is not None]
         return sum(vals) if vals else None
 
     return {
@@ -101,12 +104,15 @@ def summarize(records: list[dict], extra: dict) -> dict:
             "flops_forward": total("flops_forward"), "flops_backward": total("flops_backward"),
             "flops_scoring": total("flops_scoring"), "flops_calibration": total("flops_calibration"),
             "flops_train": total("flops_train"),
-            "flops_eval": total("flops_eval"),
-            "train_wall_s": total("wall_s"), "eval_wall_s": total("eval_wall_s"),
-            "energy_j": total("energy_j"), "eval_energy_j": total("eval_energy_j"),
+            "flops_eval": total("flops_eval", evaluated),
+            "train_wall_s": total("wall_s"), "eval_wall_s": total("eval_wall_s", evaluated),
+            "energy_j": total("energy_j"), "eval_energy_j": total("eval_energy_j", evaluated),
             "energy_source": last.get("energy_source"), "energy_method": last.get("energy_method"),
         },
         "flops_note": "counted with torch.utils.flop_counter for the passes actually run",
+        **({"baseline": {k: baseline.get(k) for k in ("val_acc", "test_acc", "flops_eval", "eval_energy_j")}}
+           if baseline else {}),
+        **({"kept": kept} if kept else {}),
     }
 
 
@@ -154,8 +160,9 @@ def _run(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainConfig, o
                           phase=phase, meter=meter, guard=guard, budget_j=energy.budget_j, quiet=quiet,
                           state_dir=out / "state", checkpoint_every=cfg.checkpoint_every)
         writer = RecordWriter(out)
-        if resume_state is not None:
-            writer.reset(resume_state["records"])   # drops a record written after the checkpoint
+        if resume_state is not None:     # drops a record written after the checkpoint
+            baseline = resume_state.get("baseline")
+            writer.reset(([baseline] if baseline else []) + resume_state["records"])
         t0 = time.perf_counter()
         with stop_on_signals(trainer):
             records = trainer.run(writer, resume=resume_state)
@@ -163,12 +170,22 @@ def _run(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainConfig, o
     finally:
         if own_meter:
             meter.close()
+    kept_weights = trainer.choice.weights_to_load()
+    if kept_weights is not None:       # the output model is the best epoch's (or the starting) weights
+        model.load_state_dict(kept_weights)
+        push = getattr(trainer.backend, "load_state_dict", None)   # ort: into the session it exports from
+        if push is not None:
+            push({})
+    kept = trainer.choice.describe() if phase == "finetune" else None
     finish_run = getattr(trainer.backend, "finish_run", None)   # ort: its checkpoint and model.onnx
     if finish_run is not None:
         finish_run(out)
     card.training = {"phase": phase, "epochs": len(records), "strategy": cfg.strategy,
                      "final_val_acc": records[-1]["val_acc"] if records else None,
                      "final_test_acc": records[-1]["test_acc"] if records else None, "seed": cfg.seed}
+    if kept is not None:
+        card.training.update({k: kept[k] for k in ("kept", "kept_epoch", "kept_val_acc", "kept_test_acc",
+                                                   "baseline_val_acc")})
     save_checkpoint(out, model.cpu(), card)
     summary = summarize(records, {
         "phase": phase, "edge_sel_version": __version__, "device": str(device),
@@ -177,7 +194,7 @@ def _run(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainConfig, o
         "total_wall_s": time.perf_counter() - t0, "run_dir": str(out),
         "energy_meter": meter_info, "stop_reason": trainer.stop_reason,
         "idle_power_w": getattr(meter, "idle_power_w", None),
-    })
+    }, baseline=trainer.baseline, kept=kept)
     atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2, default=str).encode())
     return summary
 

@@ -20,6 +20,7 @@ from edge_sel.config import TrainConfig
 from edge_sel.data import BatchLoader, Splits
 from edge_sel.engine.evaluate import EmbarrassmentMeter, accuracy, per_class_accuracy, predict_dataset
 from edge_sel.engine.flops import FlopCounter
+from edge_sel.engine.keep import WARMUP_EPOCH, ModelChoice
 from edge_sel.engine.schedule import lr_factor
 from edge_sel.engine.state import StateWriteError, load_state, save_state
 from edge_sel.methods import Plan, RunContext, Strategy, Updater
@@ -121,6 +122,7 @@ class Trainer:
     records: list = field(default_factory=list)
     state_dir: Path | None = None        # where full-state checkpoints go (None: none are written)
     checkpoint_every: int = 0            # steps between mid-epoch checkpoints (0: epoch ends only)
+    baseline: dict | None = None         # the starting checkpoint evaluated before the first step (finetune)
 
     def __post_init__(self):
         cfg = self.config
@@ -147,6 +149,9 @@ class Trainer:
         self._nonfinite_in_a_row = 0
         self._energy_offset_j = 0.0   # joules measured before a resume (budget continues from here)
         self.progress: EpochProgress | None = None
+        self._eval_energy: dict = {}
+        # Pretraining starts from random weights: only a fine-tune has a starting model worth keeping.
+        self.choice = ModelChoice(cfg.keep if self.phase == "finetune" else "last")
         self.strategy.setup(self.ctx)
         self.updater.attach(self.model, self.optimizer, self.ctx)
         self.class_names = self.train_ds.class_names
@@ -320,9 +325,26 @@ class Trainer:
         out["flops_eval"] = self._eval_flops(self.flops, len(self.val_ds)) + \
             self._eval_flops(self.flops, len(self.test_ds))
         out["eval_wall_s"] = time.perf_counter() - t0
-        out["eval_energy_j"] = self.meter.end("eval").get("energy_j")
+        self._eval_energy = self.meter.end("eval")
+        out["eval_energy_j"] = self._eval_energy.get("energy_j")
         self._eval_j = out["eval_energy_j"] or 0.0
         return out
+
+    def baseline_record(self) -> dict:
+        """The starting checkpoint on the local validation and test splits before any step: the bar
+        a fine-tune must clear. It costs evaluation only (its FLOPs and joules are recorded)."""
+        record = {"epoch": WARMUP_EPOCH, "phase": "baseline", "stage": None, "strategy": self.strategy.name,
+                  "samples_available": len(self.train_ds), "forward_samples": 0, "backward_samples": 0,
+                  "activation": 0.0, "train_loss": None, "train_acc": None, "flops_forward": 0,
+                  "flops_backward": 0, "flops_scoring": 0, "flops_train": 0, "wall_s": 0.0, "energy_j": None}
+        record.update(self.evaluate())
+        record.update({k: self._eval_energy.get(k) for k in ("energy_source", "energy_method")})
+        return record
+
+    def _keep_choice(self, epoch: int, record: dict) -> None:
+        self.choice.consider(epoch, record.get("val_acc"), record.get("test_acc"), self.model)
+        if self.phase == "finetune":
+            record["kept_epoch"] = self.choice.epoch     # what the output model would be if the run ended here
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state(self) -> dict:
@@ -341,6 +363,7 @@ class Trainer:
             "rng": rng, "records": list(self.records), "scoring": dict(self._scoring), "eval_j": self._eval_j,
             "lr_mult": self.lr_mult, "nonfinite_events": self.nonfinite_events,
             "energy_total_j": self.meter.total_j + self._energy_offset_j,
+            "baseline": self.baseline, "choice": self.choice.state_dict(),
         }
 
     def restore(self, state: dict) -> None:
@@ -367,6 +390,8 @@ class Trainer:
         self.lr_mult = state["lr_mult"]
         self.nonfinite_events = state["nonfinite_events"]
         self._energy_offset_j = state["energy_total_j"] - self.meter.total_j
+        self.baseline = state.get("baseline")
+        self.choice.load_state_dict(state.get("choice"))
 
     def checkpoint(self) -> None:
         if self.state_dir is not None:
@@ -404,8 +429,14 @@ class Trainer:
         self._next_epoch = 0
         if resume is not None:
             self.restore(resume)
-        elif self.state_dir is not None:
-            self.checkpoint()        # a rollback target before the first step
+        else:
+            if self.phase == "finetune":
+                self.baseline = self.baseline_record()
+                self._keep_choice(WARMUP_EPOCH, self.baseline)
+                if writer is not None:
+                    writer.append(self.baseline)
+            if self.state_dir is not None:
+                self.checkpoint()        # a rollback target before the first step
         bar = self._bar(self.config.epochs, self.phase, leave=True)
         bar.update(self._next_epoch)
         while self._next_epoch < self.config.epochs and not self.strategy.finished():
@@ -418,6 +449,7 @@ class Trainer:
             if record is None:       # interrupted mid-epoch, state saved
                 break
             record.update(self.strategy.end_epoch(epoch, record))
+            self._keep_choice(epoch, record)
             self.records.append(record)
             self._next_epoch = epoch + 1
             self.checkpoint()        # before the record is appended: a resume rewrites the records

@@ -44,6 +44,8 @@ def write_report(runs: list[RunData], out: Path, title: str = "edge-sel report",
     (name, test accuracy) reference line in the accuracy figures."""
     out = prepare_out(out)
     unique_labels(runs)
+    if baseline is None:
+        baseline = shared_start(runs)
     rows = [tables.run_row(r) for r in runs]
     (out / "runs.md").write_text(tables.markdown(rows) + "\n")
     tables.write_csv(rows, out / "runs.csv")
@@ -53,6 +55,15 @@ def write_report(runs: list[RunData], out: Path, title: str = "edge-sel report",
     path = out / "report.html"
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def shared_start(runs: list[RunData]) -> tuple[str, float] | None:
+    """When every run starts from the same checkpoint on the same test data, its accuracy is the
+    reference line of the accuracy figures."""
+    accs = {r.baseline.get("test_acc") for r in runs if r.baseline is not None}
+    if len(accs) == 1 and all(r.baseline is not None for r in runs) and None not in accs:
+        return "starting checkpoint", accs.pop()
+    return None
 
 
 @click.command("report")

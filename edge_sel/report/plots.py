@@ -178,10 +178,16 @@ def per_epoch(runs: list[RunData], path: Path) -> Path:
         c = colors[_name(r)]
         ax_a.plot(*_series(r, "test_acc", 100), "-o", color=c, markersize=3)
         ax_a.plot(*_series(r, "val_acc", 100), "--", color=c, linewidth=1)
+        if r.baseline is not None and r.baseline.get("test_acc") is not None:
+            # The starting checkpoint's accuracy on the same data: the bar the epochs must clear.
+            ax_a.axhline(100 * r.baseline["test_acc"], color=c, linestyle=":", linewidth=1.2)
+            ax_a.plot([0], [100 * r.baseline["test_acc"]], "s", color=c, markersize=4)
         ax_e.plot(*_series(r, "energy_j"), "-o", color=c, markersize=3)
         _phase_lines(ax_a, r, c)
     ax_a.set(xlabel="epoch", ylabel="accuracy (%)")
-    ax_a.set_title("Accuracy per epoch (solid: test, dashed: validation)", fontsize=10)
+    with_start = any(r.baseline is not None for r in runs)
+    ax_a.set_title("Accuracy per epoch (solid: test, dashed: validation"
+                   + ("; dotted, epoch 0: the starting checkpoint's test accuracy)" if with_start else ")"), fontsize=10)
     ax_e.set(xlabel="epoch", ylabel=energy_axis_label(runs, "training energy per epoch"))
     ax_e.set_title("Training energy per epoch", fontsize=10)
     for ax in (ax_a, ax_e):

@@ -22,6 +22,7 @@ class RunData:
     paths: list[Path] = field(default_factory=list)
     group: str | None = None          # runs of one system over several seeds share a group
     extra: dict = field(default_factory=dict)   # e.g. full-test accuracy measured after the run
+    baseline: dict | None = None      # the starting checkpoint's evaluation before any step (fine-tunes)
 
     @property
     def class_names(self) -> list[str]:
@@ -49,7 +50,10 @@ def load_run(path: Path, label: str | None = None) -> RunData:
     if not records:
         raise InputError(f"RUN {path}: metrics.jsonl holds no complete records")
     config = _read_json(path / "config.json")
-    return RunData(label or describe(config, records), records, config, _read_json(path / "summary.json"), [path])
+    baseline = next((r for r in records if r.get("phase") == "baseline"), None)
+    epochs = [r for r in records if r.get("phase") != "baseline"]
+    return RunData(label or describe(config, records), epochs or records, config, _read_json(path / "summary.json"),
+                   [path], baseline=baseline if epochs else None)
 
 
 def describe(config: dict, records: list[dict]) -> str:
@@ -131,10 +135,11 @@ def totals(run: RunData) -> dict:
         "gate_activation": gate_activation,
         "flops_forward": _sum(recs, "flops_forward"), "flops_backward": _sum(recs, "flops_backward"),
         "flops_scoring": (_sum(recs, "flops_scoring") or 0) + (_sum(recs, "flops_calibration") or 0),
-        "flops_train": _sum(recs, "flops_train"), "flops_eval": _sum(recs, "flops_eval"),
+        "flops_train": _sum(recs, "flops_train"),
+        "flops_eval": _sum(recs + ([run.baseline] if run.baseline else []), "flops_eval"),
         "train_wall_s": _sum(recs, "wall_s"), "eval_wall_s": _sum(recs, "eval_wall_s"),
         "energy_j": energy, "energy_per_epoch_j": energy / len(recs) if energy is not None else None,
-        "eval_energy_j": _sum(recs, "eval_energy_j"),
+        "eval_energy_j": _sum(recs + ([run.baseline] if run.baseline else []), "eval_energy_j"),
         "energy_source": source, "energy_kind": kind,
         **run.extra.get("totals", {}),
     }

@@ -17,6 +17,10 @@ def epoch_table(records: list[dict]) -> str:
     head = ["epoch", "stage", "active", "loss", "train", "val", "test", "GFLOP", "wall s", "energy J", "source"]
     rows = []
     for r in records:
+        if r.get("phase") == "baseline":       # the starting checkpoint, evaluated before any step
+            rows.append(["start", "-", "-", "-", "-", _fmt(r.get("val_acc")), _fmt(r.get("test_acc")),
+                         "0.0", "-", "-", "-"])
+            continue
         gflop = (r.get("flops_train") or 0) / 1e9
         rows.append([str(r.get("epoch")), _fmt(r.get("stage"), ""), _fmt(r.get("activation"), ".2f"),
                      _fmt(r.get("train_loss")), _fmt(r.get("train_acc")), _fmt(r.get("val_acc")),
@@ -44,4 +48,10 @@ def print_summary(summary: dict, quiet: bool = False) -> None:
             kind = "estimated" if t.get("energy_method") == "estimated" else "measured"
             click.echo(f"energy {t['energy_j']:.1f} J ({kind}, source {t['energy_source']}, "
                        f"method {t['energy_method']})")
+    kept = summary.get("kept")
+    if kept:
+        if kept["kept"] == "warmup":
+            click.echo(f"NOTE: {kept['reason']}.")
+        else:
+            click.echo(f"output model: {kept['reason']}")
     click.echo(f"run directory: {run_dir}")
