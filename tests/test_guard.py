@@ -143,7 +143,7 @@ def test_a_resumed_run_makes_the_same_choice(tiny_warm, tmp_path):
 
 def test_promote_replaces_the_deployed_model_only_when_the_run_helped(tiny_warm, tmp_path, monkeypatch):
     deployed = tmp_path / "deployed"
-    run_cli("promote", tiny_warm / ".." / "ckpt", "--deployed", deployed, expect=2)    # no summary: not a run
+    run_cli("promote", tmp_path / "no-run", "--deployed", deployed, expect=2)          # not a run directory
     helped = tmp_path / "helped"
     run_cli("finetune", "--checkpoint", tiny_warm, "--out", helped, "--epochs", "1", *RUN)
     s = summary(helped)
