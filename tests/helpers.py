@@ -17,8 +17,10 @@ def run_cli(*args, expect: int = 0):
     return result
 
 
-def records(run_dir: Path) -> list[dict]:
-    return read_records(Path(run_dir) / "metrics.jsonl")
+def records(run_dir: Path, baseline: bool = False) -> list[dict]:
+    """The epoch records of a run; with `baseline`, the starting checkpoint's evaluation first."""
+    recs = read_records(Path(run_dir) / "metrics.jsonl")
+    return recs if baseline else [r for r in recs if r.get("phase") != "baseline"]
 
 
 def stable(recs: list[dict]) -> list[dict]:

@@ -63,7 +63,7 @@ def test_training_that_hurts_hands_back_the_starting_weights_bit_identical(tiny_
     out = tmp_path / "run"
     result = finetune(tiny_warm, DataOptions("synthetic"), TrainConfig(epochs=3, batch_size=16, lr=0.05), out,
                       quiet=True)
-    recs = records(out)
+    recs = records(out, baseline=True)
     assert recs[0]["phase"] == "baseline" and recs[0]["epoch"] == -1
     assert all(r["val_acc"] < recs[0]["val_acc"] for r in recs[1:]), "construction: training must hurt"
     kept = result["kept"]
@@ -79,7 +79,7 @@ def test_training_that_hurts_hands_back_the_starting_weights_bit_identical(tiny_
 def test_baseline_record_counts_its_evaluation_and_nothing_else(tiny_warm, tmp_path):
     out = tmp_path / "run"
     run_cli("finetune", "--checkpoint", tiny_warm, "--out", out, "--epochs", "1", *RUN)
-    base, first = records(out)
+    base, first = records(out, baseline=True)
     assert base["forward_samples"] == base["backward_samples"] == 0 and base["flops_train"] == 0
     assert base["flops_eval"] == first["flops_eval"] > 0                   # the same two evaluation passes
     assert base["eval_energy_j"] is not None and base["energy_source"] == first["energy_source"]
@@ -92,7 +92,7 @@ def test_baseline_record_counts_its_evaluation_and_nothing_else(tiny_warm, tmp_p
 def test_a_normal_fine_tune_keeps_its_best_epoch(tiny_warm, tmp_path):
     out = tmp_path / "run"
     run_cli("finetune", "--checkpoint", tiny_warm, "--out", out, "--epochs", "4", *RUN)
-    base, *epochs = records(out)
+    base, *epochs = records(out, baseline=True)
     best = max(epochs, key=lambda r: r["val_acc"])          # the first of equals, as the run chooses
     kept = summary(out)["kept"]
     if best["val_acc"] > base["val_acc"]:
@@ -129,7 +129,7 @@ def test_a_resumed_run_makes_the_same_choice(tiny_warm, tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
     deadline = time.monotonic() + 120
     # Kill once an epoch past the first is under way, so the choice so far lives only in the state.
-    while len(records(out)) < 3:
+    while len(records(out)) < 2:
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)

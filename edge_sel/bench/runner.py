@@ -84,8 +84,11 @@ def slug(name: str) -> str:
 def make_config(phase: Phase, common: dict, seed: int, device: str) -> TrainConfig:
     training = dict(common) if phase.training is None else dict(phase.training)
     # checkpoint_every=0: full state saved at epoch ends only; the bench times training, not disk writes.
+    # keep="last": a system is measured by what its training produced (and a phase hands its trained
+    # weights to the next one), not by the keep-best guard a device run applies on top.
     return TrainConfig(epochs=phase.epochs, seed=seed, device=device, strategy=phase.strategy,
-                       sparsity=phase.sparsity, method=copy.deepcopy(phase.method), checkpoint_every=0, **training)
+                       sparsity=phase.sparsity, method=copy.deepcopy(phase.method), checkpoint_every=0,
+                       keep="last", **training)
 
 
 TRAINING_FIELDS = ("optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_epochs",
