@@ -117,21 +117,61 @@ def test_power_guard_ignores_peripherals_and_rejects_bad_settings(tmp_path):
     assert power_ok(tmp_path).returncode == 1
 
 
-def test_run_script_passes_the_settings_to_edge_sel(tmp_path):
+def fake_edge_sel(tmp_path: Path, finishes: bool = False) -> dict:
+    """An edge-sel stand-in that logs each call's arguments (one call per line); with `finishes`, a
+    finetune also writes the run's summary.json as a finished run does."""
     fake = tmp_path / "edge-sel"
-    fake.write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done > "$ARGS_OUT"\n')
+    finish = ('if [ "$1" = finetune ]; then for a in "$@"; do [ "$prev" = --out ] && mkdir -p "$a" && '
+              'echo "{}" > "$a/summary.json"; prev="$a"; done; fi\n') if finishes else ""
+    fake.write_text('#!/bin/sh\necho "$*" >> "$ARGS_OUT"\n' + finish)
     fake.chmod(0o755)
-    env = {"PATH": os.environ["PATH"], "EDGE_SEL_BIN": str(fake), "ARGS_OUT": str(tmp_path / "args"),
-           "EDGE_SEL_HOME": str(tmp_path / "home"), "EDGE_SEL_EPOCHS": "3",
-           "EDGE_SEL_EXTRA_ARGS": "--strategy dihcl --seed 4"}
+    return {"PATH": os.environ["PATH"], "EDGE_SEL_BIN": str(fake), "ARGS_OUT": str(tmp_path / "args"),
+            "EDGE_SEL_HOME": str(tmp_path / "home"), "EDGE_SEL_EPOCHS": "3"}
+
+
+def calls(tmp_path: Path) -> list[list[str]]:
+    return [line.split() for line in (tmp_path / "args").read_text().splitlines()]
+
+
+def test_run_script_passes_the_settings_to_edge_sel(tmp_path):
+    env = {**fake_edge_sel(tmp_path), "EDGE_SEL_EXTRA_ARGS": "--strategy dihcl --seed 4"}
     subprocess.run(["sh", str(SYSTEMD / "run-finetune.sh")], env=env, check=True)
-    args = (tmp_path / "args").read_text().splitlines()
+    [args] = calls(tmp_path)           # no summary was written: nothing to promote
     home = tmp_path / "home"
     assert args[:9] == ["finetune", "--checkpoint", f"{home}/checkpoints/warmup", "--dataset", f"folder:{home}/data",
                         "--epochs", "3", "--profile", "auto"]
     assert args[9] == "--out" and re.fullmatch(rf"{home}/runs/\d{{8}}T\d{{6}}Z", args[10])
     assert args[11:] == ["--quiet", "--strategy", "dihcl", "--seed", "4"]
     assert (home / "runs").is_dir()
+
+
+def test_run_script_starts_from_the_deployed_model_and_promotes_a_finished_run(tmp_path):
+    env = fake_edge_sel(tmp_path, finishes=True)
+    deployed = tmp_path / "home" / "checkpoints" / "deployed"
+    deployed.mkdir(parents=True)
+    (deployed / "model.safetensors").write_bytes(b"x")
+    subprocess.run(["sh", str(SYSTEMD / "run-finetune.sh")], env=env, check=True)
+    finetune, promote = calls(tmp_path)
+    assert finetune[:3] == ["finetune", "--checkpoint", str(deployed)]
+    run = finetune[finetune.index("--out") + 1]
+    assert promote == ["promote", run, "--deployed", str(deployed)]
+
+
+def test_run_script_resumes_the_latest_unfinished_run(tmp_path):
+    env = fake_edge_sel(tmp_path)
+    runs = tmp_path / "home" / "runs"
+    for name, finished in (("20260101T000000Z", True), ("20260102T000000Z", False)):
+        (runs / name / "state").mkdir(parents=True)
+        if finished:
+            (runs / name / "summary.json").write_text('{"stop_reason": null}')
+    subprocess.run(["sh", str(SYSTEMD / "run-finetune.sh")], env=env, check=True)
+    assert calls(tmp_path) == [["finetune", "--resume", str(runs / "20260102T000000Z"), "--quiet"]]
+    # Once the latest run has finished, the next start is a new run.
+    (runs / "20260102T000000Z" / "summary.json").write_text('{"stop_reason": "energy_budget"}')
+    (tmp_path / "args").unlink()
+    subprocess.run(["sh", str(SYSTEMD / "run-finetune.sh")], env=env, check=True)
+    [args] = calls(tmp_path)
+    assert args[:2] == ["finetune", "--checkpoint"]
 
 
 # ---- the Jetson container ---------------------------------------------------------------------

@@ -1,19 +1,44 @@
 #!/bin/sh
-# The scheduled fine-tune: one run directory per start, named by the UTC start time.
+# The scheduled fine-tune. Resumes the latest run if it was cut off (power loss, a stop); otherwise
+# starts a new run directory named by the UTC start time, from the deployed model when there is one
+# (else the warmup checkpoint). A finished run replaces the deployed model only when it beat the
+# model it started from on local validation data (edge-sel promote).
 # Every setting comes from the environment (edge-sel-finetune.service reads
 # /etc/edge-sel/finetune.env; see finetune.env.example).
 set -eu
 
 home="${EDGE_SEL_HOME:-/var/lib/edge-sel}"
 runs="${EDGE_SEL_RUNS:-$home/runs}"
-run="$runs/$(date -u +%Y%m%dT%H%M%SZ)"
+deployed="${EDGE_SEL_DEPLOYED:-$home/checkpoints/deployed}"
+bin="${EDGE_SEL_BIN:-edge-sel}"
 mkdir -p "$runs"
 
-# EDGE_SEL_EXTRA_ARGS is split on spaces on purpose: extra finetune options, e.g. "--strategy dihcl".
-# shellcheck disable=SC2086
-exec "${EDGE_SEL_BIN:-edge-sel}" finetune \
-    --checkpoint "${EDGE_SEL_CHECKPOINT:-$home/checkpoints/warmup}" \
-    --dataset "${EDGE_SEL_DATASET:-folder:$home/data}" \
-    --epochs "${EDGE_SEL_EPOCHS:-5}" \
-    --profile "${EDGE_SEL_PROFILE:-auto}" \
-    --out "$run" --quiet ${EDGE_SEL_EXTRA_ARGS:-}
+unfinished() {
+    # A run with a full-state checkpoint and no summary, or one whose summary says it was interrupted.
+    [ -d "$1/state" ] || return 1
+    [ ! -f "$1/summary.json" ] || grep -q '"stop_reason": "interrupted"' "$1/summary.json"
+}
+
+latest="$(find "$runs" -mindepth 1 -maxdepth 1 -type d -name '[0-9]*T[0-9]*Z' | sort | tail -n 1)"
+if [ -n "$latest" ] && unfinished "$latest"; then
+    run="$latest"
+    "$bin" finetune --resume "$run" --quiet
+else
+    run="$runs/$(date -u +%Y%m%dT%H%M%SZ)"
+    start="${EDGE_SEL_CHECKPOINT:-$home/checkpoints/warmup}"
+    if [ -z "${EDGE_SEL_CHECKPOINT:-}" ] && [ -f "$deployed/model.safetensors" ]; then
+        start="$deployed"
+    fi
+    # EDGE_SEL_EXTRA_ARGS is split on spaces on purpose: extra finetune options, e.g. "--strategy dihcl".
+    # shellcheck disable=SC2086
+    "$bin" finetune \
+        --checkpoint "$start" \
+        --dataset "${EDGE_SEL_DATASET:-folder:$home/data}" \
+        --epochs "${EDGE_SEL_EPOCHS:-5}" \
+        --profile "${EDGE_SEL_PROFILE:-auto}" \
+        --out "$run" --quiet ${EDGE_SEL_EXTRA_ARGS:-}
+fi
+# Only a finished run that helped is deployed; an energy-budget stop counts as finished.
+if [ -f "$run/summary.json" ] && ! grep -q '"stop_reason": "interrupted"' "$run/summary.json"; then
+    "$bin" promote "$run" --deployed "$deployed"
+fi

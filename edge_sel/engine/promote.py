@@ -25,8 +25,8 @@ def promote(run_dir: Path, deployed: Path) -> tuple[bool, str]:
     if missing:
         raise InputError(f"RUN {run_dir}: missing {', '.join(missing)}")
     kept = summary.get("kept") or {}
-    if summary.get("stop_reason"):
-        return False, f"the run did not finish ({summary['stop_reason']}); the deployed model stays"
+    if summary.get("stop_reason") == "interrupted":     # an energy-budget stop ends a run normally
+        return False, "the run was interrupted before its last epoch; the deployed model stays"
     if kept.get("kept") == "warmup":
         return False, f"{kept.get('reason', 'fine-tuning did not help')}; the deployed model stays"
     staging = deployed.with_name(f".{deployed.name}.new")
