@@ -19,6 +19,19 @@ class Batch:
     y: torch.Tensor
     weight: torch.Tensor | None = None   # per-sample loss weights (None: all ones)
 
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def join(self, other: "Batch") -> "Batch":
+        """This batch's rows followed by `other`'s (a single row carried to the next step)."""
+        if (self.weight is None) != (other.weight is None):
+            ones = torch.ones(len(self.y if self.weight is None else other.y), device=self.y.device)
+            w = torch.cat([ones, other.weight] if self.weight is None else [self.weight, ones])
+        else:
+            w = None if self.weight is None else torch.cat([self.weight, other.weight])
+        return Batch(torch.cat([self.positions, other.positions]), torch.cat([self.index, other.index]),
+                     torch.cat([self.x, other.x]), torch.cat([self.y, other.y]), w)
+
 
 class BatchLoader:
     """Batches of an arbitrary position list (a strategy's plan), normalised and augmented."""
@@ -37,13 +50,24 @@ class BatchLoader:
         positions = positions.to(self.ds.images.device)
         if weights is not None:
             weights = weights.to(self.ds.images.device)
-        for lo in range(start, len(positions), self.batch_size):
-            pos = positions[lo: lo + self.batch_size]
+        starts = self.batch_starts(len(positions))
+        for lo, hi in zip(starts, starts[1:] + [len(positions)]):
+            if lo < start:
+                continue
+            pos = positions[lo: hi]
             x = normalize(self.ds.images[pos], self.mean, self.std)
             if self.augment:
                 x = augment_batch(x, self.ds.augment, self.generator)
-            w = None if weights is None else weights[lo: lo + self.batch_size]
+            w = None if weights is None else weights[lo: hi]
             yield Batch(pos, self.ds.index[pos], x, self.ds.labels[pos], w)
 
+    def batch_starts(self, n: int) -> list[int]:
+        """Where each batch of n planned samples starts. A last batch of one sample is merged into
+        the one before it: BatchNorm cannot train on a single sample."""
+        starts = list(range(0, n, self.batch_size))
+        if len(starts) > 1 and n - starts[-1] == 1:
+            starts.pop()
+        return starts
+
     def num_batches(self, n: int) -> int:
-        return (n + self.batch_size - 1) // self.batch_size
+        return len(self.batch_starts(n))

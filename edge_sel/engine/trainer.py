@@ -17,7 +17,7 @@ from tqdm import tqdm
 from edge_sel.backends import make_backend
 from edge_sel.backends.torch_backend import make_optimizer
 from edge_sel.config import TrainConfig
-from edge_sel.data import BatchLoader, Splits
+from edge_sel.data import Batch, BatchLoader, Splits
 from edge_sel.engine.evaluate import EmbarrassmentMeter, accuracy, per_class_accuracy, predict_dataset
 from edge_sel.engine.flops import FlopCounter
 from edge_sel.engine.keep import WARMUP_EPOCH, ModelChoice
@@ -83,14 +83,19 @@ class EpochProgress:
     wall_s: float = 0.0     # time spent before the last checkpoint (a resumed epoch adds to it)
     energy_j: float = 0.0   # likewise for joules
     last_loss: float | None = None
+    carry: Batch | None = None   # a single planned row waiting to join the next step
+    singles_dropped: int = 0     # single rows left over at the epoch's end (never trained)
 
     def to_state(self) -> dict:
         return {"epoch": self.epoch, "plan": {"positions": self.plan.positions.cpu(),
                                               "weights": None if self.plan.weights is None else self.plan.weights.cpu(),
                                               "info": self.plan.info},
                 "before": [b.cpu() for b in self.before], "emb": (self.emb.sum.cpu(), self.emb.count.cpu()),
+                "carry": None if self.carry is None else {k: None if v is None else v.cpu()
+                                                          for k, v in vars(self.carry).items()},
                 **{k: getattr(self, k) for k in ("next_batch", "n_trained", "loss_sum", "correct", "flops_f",
-                                                 "flops_b", "throttled", "wall_s", "energy_j", "last_loss")}}
+                                                 "flops_b", "throttled", "wall_s", "energy_j", "last_loss",
+                                                 "singles_dropped")}}
 
     @classmethod
     def from_state(cls, d: dict, temperature: float, device) -> "EpochProgress":
@@ -100,7 +105,10 @@ class EpochProgress:
         plan = Plan(d["plan"]["positions"], d["plan"]["weights"], d["plan"]["info"])
         rest = {k: d[k] for k in ("next_batch", "n_trained", "loss_sum", "correct", "flops_f", "flops_b",
                                   "throttled", "wall_s", "energy_j", "last_loss")}
-        return cls(d["epoch"], plan, [b.to(device) for b in d["before"]], emb, **rest)
+        carry = d.get("carry")
+        carry = None if carry is None else Batch(**{k: None if v is None else v.to(device) for k, v in carry.items()})
+        return cls(d["epoch"], plan, [b.to(device) for b in d["before"]], emb, **rest, carry=carry,
+                   singles_dropped=d.get("singles_dropped", 0))
 
 
 @dataclass
@@ -219,16 +227,27 @@ class Trainer:
             if self._over_budget(j0, i - first, progress):
                 self.stop_reason = "energy_budget"
                 break
-            # Online gates may drop rows of a planned batch before its step (counted, see filter_batch).
-            batch = self.strategy.filter_batch(batch)
-            if batch is not None and len(batch.y) > 0:
-                self._train_step(epoch, i, nb, batch, progress)
+            stepped = False
+            if len(batch) == 1:      # only a plan of one sample gives a one-row batch (see batch_starts)
+                progress.carry = batch
+                batch = None
+            else:
+                # Online gates may drop rows of a planned batch before its step (counted, see filter_batch).
+                batch = self.strategy.filter_batch(batch)
+            if batch is not None and len(batch) > 0:
+                if progress.carry is not None:
+                    batch, progress.carry = progress.carry.join(batch), None
+                if len(batch) == 1:  # BatchNorm cannot train on one sample: it joins the next step
+                    progress.carry = batch
+                else:
+                    self._train_step(epoch, i, nb, batch, progress)
+                    stepped = True
             progress.next_batch = i + 1
             bar.update(1)
             if self.stop_requested:
                 self.stop_reason = "interrupted"
                 break
-            if self.checkpoint_every and batch is not None and self.step % self.checkpoint_every == 0 \
+            if self.checkpoint_every and stepped and self.step % self.checkpoint_every == 0 \
                     and progress.next_batch < nb:
                 self._checkpoint_mid_epoch(progress, t0, j0)
         bar.close()
@@ -238,6 +257,9 @@ class Trainer:
             self._checkpoint_mid_epoch(progress, t0, j0)
             self.meter.end("train")
             return None
+        if progress.carry is not None and progress.next_batch >= nb:
+            progress.singles_dropped += len(progress.carry)     # nothing left to join: not trained
+            progress.carry = None
         progress.wall_s += time.perf_counter() - t0
         energy = self.meter.end("train")
         if energy.get("energy_j") is not None:
@@ -298,6 +320,7 @@ class Trainer:
         record["peak_rss_mb"] = peak_rss_mb()
         record["throttled_s"] = progress.throttled
         record["nonfinite_events"] = self.nonfinite_events
+        record["single_samples_untrained"] = progress.singles_dropped
         if self.stop_reason:
             record["stop_reason"] = self.stop_reason
         return record
