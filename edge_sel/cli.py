@@ -16,6 +16,7 @@ from edge_sel.engine.state import StateWriteError
 from edge_sel.engine.trainer import TrainingDiverged
 from edge_sel.errors import InputError
 from edge_sel.methods.options import method_option_names, method_options
+from edge_sel.methods.presets import default_lr
 from edge_sel.profiles.apply import profile_option
 from edge_sel.report.summary import print_summary
 
@@ -112,8 +113,22 @@ def build_energy(kw: dict) -> EnergyOptions:
     return energy
 
 
+PRESET_FIELDS = ("optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_epochs", "label_smoothing",
+                 "batch_size")
+
+
+def given_on_command_line() -> list[str]:
+    """Training options typed by the user: a preset never overrides them (profile values it may)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return []
+    return [name for name in PRESET_FIELDS
+            if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+
+
 def build_config(kw: dict, **extra) -> TrainConfig:
-    lr = kw["lr"] if kw["lr"] is not None else (0.05 if kw["optimizer"] == "sgd" else 1e-3)
+    lr = kw["lr"] if kw["lr"] is not None else default_lr(kw["optimizer"])
+    extra.setdefault("explicit", given_on_command_line())
     return TrainConfig(epochs=kw["epochs"], batch_size=kw["batch_size"], optimizer=kw["optimizer"], lr=lr,
                        momentum=kw["momentum"], weight_decay=kw["weight_decay"], schedule=kw["schedule"],
                        warmup_epochs=kw["warmup_epochs"], label_smoothing=kw["label_smoothing"],

@@ -57,6 +57,9 @@ class TrainConfig:
     bn_mode: str | None = None        # "eval": BatchNorm keeps frozen running stats while training
     method: dict = field(default_factory=dict)   # strategy/updater options (target activation, ...)
     keep: str = "best"                # output model: best by local validation (warmup included) or last
+    # Training options the user gave on the command line (a preset never overrides those); None when
+    # unknown (the Python API), then a value other than the default counts as the user's choice.
+    explicit: list | None = None
 
     def validate(self) -> "TrainConfig":
         """Types and ranges of every field; values may come from a hand-edited config.json."""
@@ -76,6 +79,9 @@ class TrainConfig:
         if not isinstance(self.device, str) or not (self.device in ("auto", "cpu", "cuda", "mps")
                                                     or self.device.startswith("cuda:")):
             raise InputError(f"--device must be cpu, cuda, mps or auto, got {self.device!r}")
+        if self.explicit is not None and not (isinstance(self.explicit, list)
+                                              and all(isinstance(x, str) for x in self.explicit)):
+            raise InputError(f"explicit options must be a list of names, got {self.explicit!r}")
         if not isinstance(self.method, dict):
             raise InputError(f"method options must be a mapping, got {self.method!r}")
         return self

@@ -133,30 +133,16 @@ class SeedSundew(Strategy):
 
 
 # -- presets ------------------------------------------------------------------------------------
-_DEFAULTS = TrainConfig()
-
-
-def _prefer(cfg: TrainConfig, field: str, value) -> None:
-    """Set a training option unless the user chose a non-default value (kept, and noted)."""
-    current, default = getattr(cfg, field), getattr(_DEFAULTS, field)
-    if field == "lr":   # the CLI's default lr depends on the optimizer
-        default = {"sgd": 0.05}.get(cfg.optimizer, 1e-3)
-    if current == default or current == value:
-        setattr(cfg, field, value)
-    else:
-        cfg.method.setdefault("preset_notes", []).append(f"kept {field}={current} (preset: {value})")
-
-
 def _ast_preset(name: str, training: dict):
-    def apply(cfg: TrainConfig) -> None:
+    def apply(cfg: TrainConfig, prefer) -> None:
         if cfg.strategy not in ("dense", "sundew"):
             raise InputError(f"--preset {name}: needs --strategy sundew, got {cfg.strategy!r}")
         cfg.strategy = "sundew"
         cfg.method["sundew_profile"] = name
         if cfg.method.get("target_activation") is None:
             cfg.method["target_activation"] = SEED_PROFILES[name]["target"]
-        for field, value in training.items():   # optimizer first: the lr default depends on it
-            _prefer(cfg, field, value)
+        for field, value in training.items():
+            prefer(field, value)
     apply.__doc__ = f"The AST seed's {name} recipe for the fine-tune (AST) phase."
     return apply
 

@@ -97,30 +97,13 @@ def make_layers(method: dict):
 
 
 # -- presets --------------------------------------------------------------------------------
-_DEFAULTS = TrainConfig()
-
-
-def default_lr(optimizer: str) -> float:
-    return 0.05 if optimizer == "sgd" else 1e-3   # the CLI's default for each optimizer
-
-
-def _prefer(cfg: TrainConfig, field: str, value, default=None) -> None:
-    """Set a training option unless the user chose a non-default value (kept, and noted)."""
-    current = getattr(cfg, field)
-    default = getattr(_DEFAULTS, field) if default is None else default
-    if current == default or current == value:
-        setattr(cfg, field, value)
-    else:
-        cfg.method.setdefault("preset_notes", []).append(f"kept {field}={current} (preset: {value})")
-
-
 def _method(cfg: TrainConfig, **values) -> None:
     for key, value in values.items():
         if cfg.method.get(key) is None:
             cfg.method[key] = value
 
 
-def _seed_recipe(cfg: TrainConfig, name: str, percentile: float, decay: float) -> None:
+def _seed_recipe(cfg: TrainConfig, prefer, name: str, percentile: float, decay: float) -> None:
     """The seed's SEL: untrained-model sorting and calibration, gates printed but not enforced,
     the guilt mask with Adam, lr = 1e-3 * (1 + 2 * batch loss), batch 64, cap 2000 per class."""
     if cfg.strategy not in ("dense", "sel"):
@@ -128,28 +111,26 @@ def _seed_recipe(cfg: TrainConfig, name: str, percentile: float, decay: float) -
     cfg.strategy = "sel"
     if cfg.sparsity is None:
         cfg.sparsity = "mask"
-    lr_default = default_lr(cfg.optimizer)      # the default of the optimizer the user had
-    _prefer(cfg, "optimizer", "adam")
-    _prefer(cfg, "lr", 1e-3, default=lr_default)
-    for field, value in (("schedule", "constant"), ("weight_decay", 0.0), ("batch_size", 64)):
-        _prefer(cfg, field, value)
+    for field, value in (("optimizer", "adam"), ("lr", 1e-3), ("schedule", "constant"), ("weight_decay", 0.0),
+                         ("batch_size", 64)):
+        prefer(field, value)
     seed_table = format_stages([dataclasses.replace(s, cap=2000) for s in parse_stages(DEFAULT_STAGES)])
     _method(cfg, difficulty="cold", guilt_model="cold", stage_gates=False, lr_loss_scale=2.0,
             guilt_percentile=percentile, guilt_decay=decay, guilt_samples=128, stages=seed_table)
 
 
-def preset_sel95(cfg: TrainConfig) -> None:
-    _seed_recipe(cfg, "sel-95", 40.0, 0.3)
+def preset_sel95(cfg: TrainConfig, prefer) -> None:
+    _seed_recipe(cfg, prefer, "sel-95", 40.0, 0.3)
 
 
-def preset_warmup_sel(cfg: TrainConfig) -> None:
+def preset_warmup_sel(cfg: TrainConfig, prefer) -> None:
     """sel-95 after 5 dense epochs on the 10,000 easiest samples (scaled down on smaller sets)."""
-    _seed_recipe(cfg, "warmup-sel", 40.0, 0.3)
+    _seed_recipe(cfg, prefer, "warmup-sel", 40.0, 0.3)
     _method(cfg, easy_warmup_epochs=5, easy_warmup_size=10_000)
 
 
-def preset_sel_v3(cfg: TrainConfig) -> None:
-    _seed_recipe(cfg, "sel-v3", 20.0, 0.4)
+def preset_sel_v3(cfg: TrainConfig, prefer) -> None:
+    _seed_recipe(cfg, prefer, "sel-v3", 20.0, 0.4)
 
 
 def register() -> None:
