@@ -51,3 +51,54 @@ def test_the_python_api_keeps_non_default_values_and_takes_the_preset_otherwise(
     assert (cfg.optimizer, cfg.lr) == ("adamw", 1e-3)          # 0.05 was sgd's default, not a choice
     cfg = apply_preset(TrainConfig(strategy="sundew", lr=0.02, method={"preset": "ast-two"}))
     assert cfg.lr == 0.02
+
+
+# ---- hardware paths this machine never runs, with injected capabilities --------------------------
+
+def test_accumulators_avoid_float64_where_the_device_has_none(monkeypatch, tiny_warm, tmp_path):
+    from edge_sel import device_caps
+    from edge_sel.engine.evaluate import EmbarrassmentMeter
+    from edge_sel.methods.hardness import HardnessStore
+    assert device_caps.accumulator_dtype(torch.device("mps")) == torch.float32
+    assert device_caps.accumulator_dtype(torch.device("cpu")) == torch.float64
+    monkeypatch.setattr(device_caps, "supports_float64", lambda device: False)    # the CPU plays MPS
+    assert EmbarrassmentMeter(3, 1.5, torch.device("cpu")).sum.dtype == torch.float32
+    assert HardnessStore(torch.arange(5), num_classes=3).lr_mark.dtype == torch.float32
+    out = tmp_path / "run"
+    run_cli("finetune", "--checkpoint", tiny_warm, "--dataset", "synthetic", "--epochs", "1", "--strategy", "dihcl",
+            "--sparsity", "layers", "--out", out, "--quiet")
+    from helpers import records
+    assert records(out)[0]["train_loss"] > 0
+
+
+@pytest.mark.parametrize("capability,expected", [((7, 5), torch.float16), ((6, 1), torch.float16),
+                                                 ((8, 0), torch.bfloat16), ((8, 7), torch.bfloat16)])
+def test_bf16_only_with_native_support(monkeypatch, capability, expected):
+    from edge_sel import device_caps
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert device_caps.amp_dtype(torch.device("cuda")) == expected
+    assert device_caps.amp_dtype(torch.device("cpu")) is None
+
+
+def test_grad_scaler_falls_back_before_torch_2_3(monkeypatch):
+    from edge_sel import device_caps
+
+    class OldScaler:
+        pass
+    monkeypatch.delattr(torch.amp, "GradScaler")          # torch 2.1 and 2.2 have no torch.amp.GradScaler
+    monkeypatch.setattr(torch.cuda.amp, "GradScaler", OldScaler)
+    assert isinstance(device_caps.grad_scaler(), OldScaler)
+
+
+def test_peak_memory_units_per_platform(monkeypatch):
+    import types
+
+    from edge_sel import device_caps
+    fake = types.SimpleNamespace(RUSAGE_SELF=0, getrusage=lambda who: types.SimpleNamespace(ru_maxrss=2**30))
+    monkeypatch.setitem(sys.modules, "resource", fake)
+    monkeypatch.setattr(sys, "platform", "darwin")        # bytes
+    assert device_caps.peak_rss_mb() == 1024
+    monkeypatch.setattr(sys, "platform", "linux")         # KiB
+    assert device_caps.peak_rss_mb() == 2**20
+    monkeypatch.setitem(sys.modules, "resource", None)    # Windows: no resource module
+    assert 0 < device_caps.peak_rss_mb() < 2**20

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from edge_sel.data import Batch
+from edge_sel.device_caps import amp_dtype, grad_scaler
 from edge_sel.methods import Updater
 
 
@@ -41,10 +42,9 @@ class TorchBackend:
         self.label_smoothing = label_smoothing
         self.bn_mode = bn_mode or "train"
         use_amp = amp and device.type == "cuda"
-        self.amp_dtype = (torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16) \
-            if use_amp else None
+        self.amp_dtype = amp_dtype(device) if use_amp else None
         # fp16 needs loss scaling; bf16 has fp32's range and does not.
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.scaler = grad_scaler() if self.amp_dtype == torch.float16 else None
 
     def _autocast(self):
         if self.amp_dtype is None:

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from edge_sel.data import BatchLoader, IndexedDataset
+from edge_sel.device_caps import accumulator_dtype
 
 
 @torch.no_grad()
@@ -37,13 +38,14 @@ class EmbarrassmentMeter:
 
     def __init__(self, num_classes: int, temperature: float, device):
         self.temperature = temperature
-        self.sum = torch.zeros(num_classes, dtype=torch.float64, device=device)
-        self.count = torch.zeros(num_classes, dtype=torch.float64, device=device)
+        dtype = accumulator_dtype(device)
+        self.sum = torch.zeros(num_classes, dtype=dtype, device=device)
+        self.count = torch.zeros(num_classes, dtype=dtype, device=device)
 
     def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         ce = nn.functional.cross_entropy(logits / self.temperature, labels, reduction="none")
-        self.sum.index_add_(0, labels, ce.double())
-        self.count.index_add_(0, labels, torch.ones_like(ce, dtype=torch.float64))
+        self.sum.index_add_(0, labels, ce.to(self.sum.dtype))
+        self.count.index_add_(0, labels, torch.ones_like(ce, dtype=self.count.dtype))
 
     def values(self) -> list[float | None]:
         return [None if n == 0 else s / n for s, n in zip(self.sum.tolist(), self.count.tolist())]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import resource
 import sys
 import time
 import warnings
@@ -18,6 +17,7 @@ from edge_sel.backends import make_backend
 from edge_sel.backends.torch_backend import make_optimizer
 from edge_sel.config import TrainConfig
 from edge_sel.data import Batch, BatchLoader, Splits
+from edge_sel.device_caps import accumulator_dtype, peak_rss_mb
 from edge_sel.engine.evaluate import EmbarrassmentMeter, accuracy, per_class_accuracy, predict_dataset
 from edge_sel.engine.flops import FlopCounter
 from edge_sel.engine.keep import WARMUP_EPOCH, ModelChoice
@@ -49,10 +49,6 @@ class NullMeter:
 
     def end(self, name: str) -> dict:
         return dict(NULL_ENERGY)
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def snapshot_params(model: torch.nn.Module) -> list[torch.Tensor]:
@@ -282,7 +278,7 @@ class Trainer:
             raise _Rollback(f"non-finite loss at epoch {epoch}, batch {i}")
         self.strategy.observe(batch, losses, logits)
         progress.emb.add(logits, batch.y)
-        progress.loss_sum += losses.double().sum().item()
+        progress.loss_sum += losses.to(accumulator_dtype(losses.device)).sum().item()
         progress.correct += int((logits.argmax(1) == batch.y).sum())
         progress.last_loss = losses.mean().item()
         progress.n_trained += len(batch.y)

@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from edge_sel.device_caps import accumulator_dtype
+
 SIGNALS = ("loss", "dloss", "flip")
 PER_SAMPLE = ("last_loss", "last_entropy", "last_correct", "loss_change", "flip", "dih", "dih_updates",
               "last_epoch", "visits", "lr_mark")
@@ -38,7 +40,7 @@ class HardnessStore:
         self.visits = torch.zeros(n, dtype=torch.long, device=dev)
         # Learning-rate sum at each sample's last visit: the rate-normalised signals divide by the
         # sum of learning rates of the steps taken between two visits (DIHCL Eq. 2).
-        self.lr_mark = torch.zeros(n, dtype=torch.float64, device=dev)
+        self.lr_mark = torch.zeros(n, dtype=accumulator_dtype(dev), device=dev)
         self.cum_lr = 0.0
         self.prev_lr: float | None = None
 

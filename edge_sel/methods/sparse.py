@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from edge_sel.device_caps import accumulator_dtype
 from edge_sel.methods.base import RunContext, Updater
 from edge_sel.methods.guilt import calibrate, stage_threshold, untrained_twin
 
@@ -52,7 +53,7 @@ class GuiltMask(Updater):
             self.g0 = self._calibration["g0"]
 
     def _reset_epoch(self) -> None:
-        self._share_sum = torch.zeros((), dtype=torch.float64, device=self.ctx.device)
+        self._share_sum = torch.zeros((), dtype=accumulator_dtype(self.ctx.device), device=self.ctx.device)
         self._steps = 0
 
     def threshold(self) -> float | None:
