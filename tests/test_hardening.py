@@ -102,3 +102,35 @@ def test_peak_memory_units_per_platform(monkeypatch):
     assert device_caps.peak_rss_mb() == 2**20
     monkeypatch.setitem(sys.modules, "resource", None)    # Windows: no resource module
     assert 0 < device_caps.peak_rss_mb() < 2**20
+
+
+# ---- state files load without running pickled code ------------------------------------------------
+
+class Payload:
+    """Stands in for anything a hostile or foreign state file could make torch.load construct."""
+
+
+def test_a_state_file_with_pickled_objects_is_refused(tmp_path):
+    import hashlib
+    import io
+
+    from edge_sel.engine import state as state_mod
+    buf = io.BytesIO()
+    torch.save({"format": "edge-sel-train-state/1", "x": Payload()}, buf)
+    payload = buf.getvalue()
+    blob = state_mod.MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
+    with pytest.raises(ValueError, match="objects other than tensors"):
+        state_mod.decode(blob)
+    (tmp_path / state_mod.CURRENT).write_bytes(blob)
+    with pytest.raises(state_mod.NoValidState):
+        state_mod.load_state(tmp_path)
+
+
+def test_numpy_values_in_a_state_come_back_as_tensors_and_numbers(tmp_path):
+    import numpy as np
+
+    from edge_sel.engine import state as state_mod
+    state = {"rng": np.random.get_state(), "n": np.int64(3), "a": np.arange(4)}
+    back = state_mod.decode(state_mod.encode(state))
+    assert back["n"] == 3 and torch.equal(back["a"], torch.arange(4))
+    np.random.set_state(tuple(x.numpy() if torch.is_tensor(x) else x for x in back["rng"]))

@@ -15,10 +15,12 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import pickle
 import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
 MAGIC = b"edge-sel-state/1\n"
@@ -41,9 +43,23 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def plain(obj):
+    """Tensors, numbers, strings and containers only, so that loading needs no pickled code
+    (torch.load with weights_only=True): numpy arrays become tensors, numpy scalars numbers."""
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(plain(v) for v in obj)
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
 def encode(state: dict) -> bytes:
     buf = io.BytesIO()
-    torch.save(state, buf)
+    torch.save(plain(state), buf)
     payload = buf.getvalue()
     return MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
 
@@ -54,7 +70,11 @@ def decode(blob: bytes) -> dict:
     head, _, payload = blob[len(MAGIC):].partition(b"\n")
     if hashlib.sha256(payload).hexdigest().encode() != head:
         raise ValueError("checksum mismatch (torn or corrupt file)")
-    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+    try:
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:    # a file that asks to run code is not a state we wrote
+        raise ValueError(f"holds objects other than tensors and plain values ({str(e).splitlines()[0][:80]})") \
+            from None
 
 
 def save_state(directory: Path, state: dict) -> Path:

@@ -394,7 +394,7 @@ class Trainer:
         self.updater.load_state_dict(state["updater"])
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
+        np.random.set_state(tuple(x.numpy() if torch.is_tensor(x) else x for x in rng["numpy"]))
         random.setstate(rng["python"])
         self.generator.set_state(rng["data"])
         if "cuda" in rng and torch.cuda.is_available():
