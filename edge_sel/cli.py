@@ -96,6 +96,9 @@ def energy_options(fn):
                      help="Stop cleanly (records and checkpoint written) before the measured total passes J joules."),
         click.option("--max-temp", type=float, default=None,
                      help="Thermal guard: pause between steps above this temperature (C)."),
+        click.option("--max-pause", type=float, default=600.0, show_default=True,
+                     help="Longest single thermal pause in seconds; then training resumes (a stuck sensor "
+                          "must not stall the run) and the record counts it in thermal_pauses_capped."),
     ]
     for opt in reversed(options):
         fn = opt(fn)
@@ -105,7 +108,7 @@ def energy_options(fn):
 def build_energy(kw: dict) -> EnergyOptions:
     energy = EnergyOptions(meters=list(kw.pop("meters")), watts_per_core=kw.pop("watts_per_core"),
                            idle_baseline_s=kw.pop("idle_baseline"), budget_j=kw.pop("energy_budget"),
-                           max_temp_c=kw.pop("max_temp"))
+                           max_temp_c=kw.pop("max_temp"), max_pause_s=kw.pop("max_pause"))
     if "rails" in kw:          # from a device profile (--profile); no option of their own
         energy.rails = list(kw.pop("rails"))
     if "hysteresis" in kw:

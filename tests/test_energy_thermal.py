@@ -52,3 +52,63 @@ def test_max_pause_bounds_a_pause(tmp_path):
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
         assert guard.wait_if_hot() == 10.0
+
+
+def test_a_stop_request_ends_the_wait(tmp_path):
+    thermal_zone(tmp_path, 0, "cpu-thermal", 95000)  # never cools
+    clock = FakeClock()
+    meter = open_meter(root=tmp_path, nvml=NO_GPU)
+    guard = ThermalGuard(meter, max_temp_c=85.0, poll_s=1.0, sleep=clock.sleep, clock=clock)
+    polls = []
+    guard.should_stop = lambda: len(polls) >= 3 or polls.append(1)
+    assert guard.wait_if_hot() == 4.0 and not guard.last_capped
+
+
+def test_a_stuck_hot_sensor_cannot_stall_a_run(tmp_path, monkeypatch):
+    """A sensor stuck at 95 C: every pause is cut at --max-pause, counted, and the run finishes."""
+    from helpers import records, run_cli
+    thermal_zone(tmp_path / "root", 0, "cpu-thermal", 95000)
+    monkeypatch.setenv("EDGE_SEL_SYSFS_ROOT", str(tmp_path / "root"))
+    warm = tmp_path / "warm"
+    run_cli("pretrain", "--dataset", "synthetic", "--subset", 40, "--epochs", 1, "--out", warm, "--quiet")
+    out = tmp_path / "run"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_cli("finetune", "--checkpoint", warm, "--dataset", "synthetic", "--subset", 40, "--batch-size", 16,
+                "--epochs", 1, "--max-temp", 85, "--max-pause", 0.01, "--out", out, "--quiet")
+    [r] = records(out)
+    steps = 3                                        # 40 planned samples at batch 16: 16 + 16 + 8
+    assert r["thermal_pauses_capped"] == steps and r["throttled_s"] >= steps * 0.01
+
+
+def test_sigterm_while_cooling_stops_with_a_checkpoint(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from edge_sel.engine.state import load_state
+    from helpers import run_cli
+    thermal_zone(tmp_path / "root", 0, "cpu-thermal", 95000)
+    warm = tmp_path / "warm"
+    run_cli("pretrain", "--dataset", "synthetic", "--subset", 40, "--epochs", 1, "--out", warm, "--quiet")
+    out = tmp_path / "run"
+    env = {**os.environ, "EDGE_SEL_SYSFS_ROOT": str(tmp_path / "root")}
+    proc = subprocess.Popen([sys.executable, "-m", "edge_sel", "finetune", "--checkpoint", str(warm), "--dataset",
+                             "synthetic", "--subset", "40", "--batch-size", "16", "--epochs", "1", "--max-temp", "85",
+                             "--out", str(out), "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "state" / "current.pt").exists():      # written before the first step
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        time.sleep(1.0)                                            # now waiting for a sensor stuck at 95 C
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=20)             # not the 600 s maximum pause
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "--resume" in stdout
+    assert load_state(out / "state")["progress"] is not None

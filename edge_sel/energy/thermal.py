@@ -32,6 +32,10 @@ class ThermalGuard:
         self._warned_no_sensor = False
         self.paused_s = 0.0  # over the guard's lifetime
         self.pauses = 0
+        self.capped = 0      # pauses ended by max_pause_s with the device still hot
+        self.last_capped = False
+        # Polled while waiting: a stop request (SIGTERM) ends the wait instead of waiting it out.
+        self.should_stop: Callable[[], bool] = lambda: False
 
     def _hottest(self) -> float | None:
         return max(self.meter.temperatures().values(), default=None)
@@ -52,14 +56,18 @@ class ThermalGuard:
             return 0.0
         resume_at = self.max_temp_c - self.hysteresis_c
         start = self._clock()
+        self.last_capped = False
         while True:
             self._sleep(self.poll_s)
             paused = self._clock() - start
             temp = self._hottest()
-            if temp is None or temp <= resume_at:
+            if temp is None or temp <= resume_at or self.should_stop():
                 break
             if self.max_pause_s is not None and paused >= self.max_pause_s:
+                # A stuck or misread sensor must not stall an unattended device forever.
                 warn(f"thermal guard: still {temp:.1f} C after {paused:.0f} s; resuming anyway")
+                self.capped += 1
+                self.last_capped = True
                 break
         self.paused_s += paused
         self.pauses += 1

@@ -17,12 +17,15 @@ class EnergyOptions:
     budget_j: float | None = None                     # stop cleanly before the total passes this
     max_temp_c: float | None = None                   # thermal guard
     hysteresis_c: float = 5.0
+    max_pause_s: float = 600.0                        # longest single thermal pause (a stuck sensor)
 
     def validate(self) -> "EnergyOptions":
         if self.idle_baseline_s < 0:
             raise InputError(f"--idle-baseline must be >= 0 seconds, got {self.idle_baseline_s}")
         if self.budget_j is not None and self.budget_j <= 0:
             raise InputError(f"--energy-budget must be > 0 joules, got {self.budget_j}")
+        if not self.max_pause_s > 0:
+            raise InputError(f"--max-pause must be > 0 seconds, got {self.max_pause_s}")
         if self.hysteresis_c < 0:
             raise InputError(f"thermal hysteresis must be >= 0, got {self.hysteresis_c}")
         return self

@@ -155,7 +155,7 @@ def _run(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainConfig, o
         guard = None
         if energy.max_temp_c is not None:
             from edge_sel.energy import ThermalGuard
-            guard = ThermalGuard(meter, energy.max_temp_c, energy.hysteresis_c)
+            guard = ThermalGuard(meter, energy.max_temp_c, energy.hysteresis_c, max_pause_s=energy.max_pause_s)
         trainer = Trainer(cfg, splits, model, card.mean, card.std, device, generator, strategy, updater,
                           phase=phase, meter=meter, guard=guard, budget_j=energy.budget_j, quiet=quiet,
                           state_dir=out / "state", checkpoint_every=cfg.checkpoint_every)

@@ -81,6 +81,7 @@ class EpochProgress:
     last_loss: float | None = None
     carry: Batch | None = None   # a single planned row waiting to join the next step
     singles_dropped: int = 0     # single rows left over at the epoch's end (never trained)
+    thermal_capped: int = 0      # thermal pauses cut short by the maximum pause
 
     def to_state(self) -> dict:
         return {"epoch": self.epoch, "plan": {"positions": self.plan.positions.cpu(),
@@ -91,7 +92,7 @@ class EpochProgress:
                                                           for k, v in vars(self.carry).items()},
                 **{k: getattr(self, k) for k in ("next_batch", "n_trained", "loss_sum", "correct", "flops_f",
                                                  "flops_b", "throttled", "wall_s", "energy_j", "last_loss",
-                                                 "singles_dropped")}}
+                                                 "singles_dropped", "thermal_capped")}}
 
     @classmethod
     def from_state(cls, d: dict, temperature: float, device) -> "EpochProgress":
@@ -104,7 +105,7 @@ class EpochProgress:
         carry = d.get("carry")
         carry = None if carry is None else Batch(**{k: None if v is None else v.to(device) for k, v in carry.items()})
         return cls(d["epoch"], plan, [b.to(device) for b in d["before"]], emb, **rest, carry=carry,
-                   singles_dropped=d.get("singles_dropped", 0))
+                   singles_dropped=d.get("singles_dropped", 0), thermal_capped=d.get("thermal_capped", 0))
 
 
 @dataclass
@@ -154,6 +155,8 @@ class Trainer:
         self._energy_offset_j = 0.0   # joules measured before a resume (budget continues from here)
         self.progress: EpochProgress | None = None
         self._eval_energy: dict = {}
+        if self.guard is not None:
+            self.guard.should_stop = lambda: self.stop_requested
         # Pretraining starts from random weights: only a fine-tune has a starting model worth keeping.
         self.choice = ModelChoice(cfg.keep if self.phase == "finetune" else "last")
         self.strategy.setup(self.ctx)
@@ -220,6 +223,10 @@ class Trainer:
                                   start=progress.next_batch):
             if self.guard is not None:
                 progress.throttled += self.guard.wait_if_hot()
+                progress.thermal_capped += int(self.guard.last_capped)
+                if self.stop_requested:          # SIGTERM while cooling down
+                    self.stop_reason = "interrupted"
+                    break
             if self._over_budget(j0, i - first, progress):
                 self.stop_reason = "energy_budget"
                 break
@@ -315,6 +322,7 @@ class Trainer:
         record.update({k: v for k, v in plan.info.items() if k != "stage"})
         record["peak_rss_mb"] = peak_rss_mb()
         record["throttled_s"] = progress.throttled
+        record["thermal_pauses_capped"] = progress.thermal_capped
         record["nonfinite_events"] = self.nonfinite_events
         record["single_samples_untrained"] = progress.singles_dropped
         if self.stop_reason:
