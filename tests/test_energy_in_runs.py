@@ -55,6 +55,9 @@ def test_energy_budget_stops_cleanly_before_the_limit(warm, tmp_path, monkeypatc
     assert s["stop_reason"] == "energy_budget" and cut[-1]["stop_reason"] == "energy_budget"
     assert sum(r["backward_samples"] for r in cut) < sum(r["backward_samples"] for r in full)
     assert (tmp_path / "cut" / "model.safetensors").is_file()
+    # Everything the cut run measured (the starting checkpoint's evaluation included) stayed under it.
+    measured = sum((r["energy_j"] or 0) + (r["eval_energy_j"] or 0) for r in records(tmp_path / "cut", baseline=True))
+    assert 0 < measured <= budget
 
 
 def test_bad_energy_options_exit_2(warm, tmp_path):

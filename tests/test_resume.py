@@ -157,7 +157,7 @@ def _patch_nan(monkeypatch, bad_calls):
     monkeypatch.setattr(TorchBackend, "train_step", train_step)
 
 
-def test_nan_loss_rolls_back_and_halves_the_learning_rate(warm, tmp_path, monkeypatch):
+def test_nan_loss_rolls_back_and_halves_the_learning_rate(warm, reference, tmp_path, monkeypatch):
     _patch_nan(monkeypatch, lambda n: n == 10)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -165,8 +165,17 @@ def test_nan_loss_rolls_back_and_halves_the_learning_rate(warm, tmp_path, monkey
     recs = records(tmp_path / "run")
     assert len(recs) == 3 and recs[-1]["nonfinite_events"] == 1
     assert any("rolled back" in str(w.message) for w in caught)
-    # The learning rate after the event is half the scheduled one.
-    assert recs[-1]["lr_end"] < 0.02 * 0.5
+    # Epoch 0 ends a third of the way down the cosine (lr 0.015 scheduled): the rolled-back run is at half.
+    assert reference[0]["lr_end"] == pytest.approx(0.015, rel=0.05)
+    assert recs[0]["lr_end"] == pytest.approx(0.5 * reference[0]["lr_end"], rel=1e-6)
+    # Checkpoints every 4 steps: steps 9 and 10 (the non-finite one) were computed, then thrown away.
+    steps = reference[0]["backward_samples"] // 16               # full batches of 16
+    assert reference[0]["backward_samples"] == 16 * steps
+    per_step = (reference[0]["flops_forward"] + reference[0]["flops_backward"]) // steps
+    assert recs[0]["rolled_back_samples"] == 2 * 16 and recs[0]["rolled_back_flops"] == 2 * per_step
+    assert recs[0]["flops_train"] == reference[0]["flops_train"] + 2 * per_step
+    assert recs[0]["rolled_back_s"] > 0 and recs[0]["rolled_back_j"] > 0
+    assert recs[1]["rolled_back_samples"] == 0
 
 
 def test_nan_three_times_in_a_row_stops_with_a_valid_checkpoint(warm, tmp_path, monkeypatch):

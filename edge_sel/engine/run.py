@@ -104,6 +104,8 @@ def summarize(records: list[dict], extra: dict, baseline: dict | None = None, ke
             "flops_forward": total("flops_forward"), "flops_backward": total("flops_backward"),
             "flops_scoring": total("flops_scoring"), "flops_calibration": total("flops_calibration"),
             "flops_train": total("flops_train"),
+            "rolled_back_flops": total("rolled_back_flops"), "rolled_back_samples": total("rolled_back_samples"),
+            "rolled_back_s": total("rolled_back_s"), "rolled_back_j": total("rolled_back_j"),
             "flops_eval": total("flops_eval", evaluated),
             "train_wall_s": total("wall_s"), "eval_wall_s": total("eval_wall_s", evaluated),
             "energy_j": total("energy_j"), "eval_energy_j": total("eval_energy_j", evaluated),

@@ -27,6 +27,7 @@ from edge_sel.methods import Plan, RunContext, Strategy, Updater
 from edge_sel.report.records import RecordWriter
 
 MAX_NONFINITE_IN_A_ROW = 3
+ROLLED_BACK_ZERO = {"flops": 0, "samples": 0, "s": 0.0, "j": 0.0}
 
 
 class TrainingDiverged(Exception):
@@ -153,6 +154,11 @@ class Trainer:
         self.nonfinite_events = 0
         self._nonfinite_in_a_row = 0
         self._energy_offset_j = 0.0   # joules measured before a resume (budget continues from here)
+        # Compute since the last checkpoint (a rollback throws those steps away, not their cost) and
+        # what rollbacks threw away in the current epoch, until its record takes it.
+        self._uncommitted = {"flops": 0, "samples": 0}
+        self._mark = (time.perf_counter(), 0.0)
+        self.rolled_back = dict(ROLLED_BACK_ZERO)
         self.progress: EpochProgress | None = None
         self._eval_energy: dict = {}
         if self.guard is not None:
@@ -281,6 +287,8 @@ class Trainer:
         self.updater.before_step(self.step, batch)
         f, b = self.flops.train_step(len(batch.y))
         losses, logits = self.backend.train_step(self.step, batch)
+        self._uncommitted["flops"] += f + b
+        self._uncommitted["samples"] += len(batch.y)
         if not bool(torch.isfinite(losses).all()):
             raise _Rollback(f"non-finite loss at epoch {epoch}, batch {i}")
         self.strategy.observe(batch, losses, logits)
@@ -308,10 +316,16 @@ class Trainer:
         record.update({"flops_forward": progress.flops_f, "flops_backward": progress.flops_b,
                        "flops_scoring": self._scoring["flops"], "scoring_samples": self._scoring["samples"]})
         # An updater's one-off calibration pass (the SEL guilt threshold) is training compute too.
+        # Steps a rollback threw away were computed all the same: their cost stays in the totals.
+        rolled = self.rolled_back
+        self.rolled_back = dict(ROLLED_BACK_ZERO)
+        record.update({f"rolled_back_{k}": v for k, v in rolled.items()})
         record["flops_train"] = progress.flops_f + progress.flops_b + self._scoring["flops"] + \
-            (record.get("flops_calibration") or 0)
+            (record.get("flops_calibration") or 0) + rolled["flops"]
         self._scoring = {"samples": 0, "flops": 0}
-        wall = progress.wall_s
+        wall = progress.wall_s + rolled["s"]
+        if energy.get("energy_j") is not None:
+            energy["energy_j"] += rolled["j"]
         record.update({"wall_s": wall, "samples_per_s": n_trained / wall if wall > 0 else None,
                        "lr_end": self.optimizer.param_groups[0]["lr"]})
         record.update(energy)
@@ -390,7 +404,7 @@ class Trainer:
             "rng": rng, "records": list(self.records), "scoring": dict(self._scoring), "eval_j": self._eval_j,
             "lr_mult": self.lr_mult, "nonfinite_events": self.nonfinite_events,
             "energy_total_j": self.meter.total_j + self._energy_offset_j,
-            "baseline": self.baseline, "choice": self.choice.state_dict(),
+            "baseline": self.baseline, "choice": self.choice.state_dict(), "rolled_back": dict(self.rolled_back),
         }
 
     def restore(self, state: dict) -> None:
@@ -418,12 +432,17 @@ class Trainer:
         self.nonfinite_events = state["nonfinite_events"]
         self._energy_offset_j = state["energy_total_j"] - self.meter.total_j
         self.baseline = state.get("baseline")
+        self.rolled_back = dict(state.get("rolled_back", ROLLED_BACK_ZERO))
+        self._uncommitted = {"flops": 0, "samples": 0}
+        self._mark = (time.perf_counter(), self.meter.total_j)
         self.choice.load_state_dict(state.get("choice"))
 
     def checkpoint(self) -> None:
         if self.state_dir is not None:
             save_state(self.state_dir, self.state())
             self._nonfinite_in_a_row = 0    # progress was made since the last rollback
+            self._uncommitted = {"flops": 0, "samples": 0}
+            self._mark = (time.perf_counter(), self.meter.total_j)
 
     def _checkpoint_mid_epoch(self, progress: EpochProgress, t0: float, j0: float) -> None:
         # Time and energy so far move into the progress, so a resume continues the sums.
@@ -446,7 +465,15 @@ class Trainer:
             self.meter.end("train")
         except ValueError:
             pass
+        t0, j0 = self._mark
+        lost = {"flops": self._uncommitted["flops"], "samples": self._uncommitted["samples"],
+                "s": time.perf_counter() - t0, "j": self.meter.total_j - j0}
+        scoring_flops = self._scoring["flops"]
+        rolled = dict(self.rolled_back)
         self.restore(load_state(self.state_dir))
+        lost["flops"] += max(0, scoring_flops - self._scoring["flops"])   # scoring passes since the checkpoint
+        self.rolled_back = {k: rolled[k] + lost[k] for k in rolled}
+        self._energy_offset_j += lost["j"]      # the budget counts joules of steps thrown away
         self.nonfinite_events, self._nonfinite_in_a_row = events, in_a_row
         self.lr_mult = mult * 0.5       # halvings compound across repeated rollbacks
         warnings.warn(f"{reason}: rolled back to the last checkpoint, learning rate x{self.lr_mult:g}")
