@@ -159,6 +159,7 @@ class Trainer:
         self._uncommitted = {"flops": 0, "samples": 0}
         self._mark = (time.perf_counter(), 0.0)
         self.rolled_back = dict(ROLLED_BACK_ZERO)
+        self._step_j = 0.0          # joules of one step so far (the previous epoch's before this one's first)
         self.progress: EpochProgress | None = None
         self._eval_energy: dict = {}
         if self.guard is not None:
@@ -348,9 +349,13 @@ class Trainer:
         budget? Checked before each step, so the run stops before, not after, the limit."""
         if self.budget_j is None:
             return False
+        sample_now = getattr(self.meter, "sample_once", None)
+        if sample_now is not None:      # the sampler thread's total can lag by one interval (10 Hz)
+            sample_now(read_temperatures=False)
         total = self.meter.total_j + self._energy_offset_j
-        per_step = (self.meter.total_j - start_j) / steps_done if steps_done else 0.0
-        return total + per_step + self._eval_j > self.budget_j
+        if steps_done:
+            self._step_j = (self.meter.total_j - start_j) / steps_done
+        return total + self._step_j + self._eval_j > self.budget_j
 
     def evaluate(self) -> dict:
         cfg = self.config
