@@ -36,6 +36,20 @@ def grad_scaler():
     return torch.cuda.amp.GradScaler()
 
 
+def gpu_uuids(device: torch.device) -> list[str] | None:
+    """NVML's UUID ("GPU-...") of a CUDA training device, so the energy meter reads that GPU
+    only; None when not on CUDA or when this torch cannot tell (then every visible GPU is read)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
+    if uuid is None:
+        return None
+    uuid = str(uuid)
+    return [uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"]
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process in MiB. ru_maxrss is KiB on Linux and bytes on macOS;
     Windows has no `resource` module, psutil gives its peak working set."""

@@ -186,8 +186,9 @@ class FakeGpu:
     a callable is called for each read; an int code in `errors` raises that code."""
 
     def __init__(self, name="Fake GPU", energy_mj=None, power_mw=None, temp_c=None,
-                 event_reasons=None, errors=None):
+                 event_reasons=None, errors=None, uuid=None):
         self.name = name
+        self.uuid = uuid or f"GPU-{abs(hash((name, id(self)))) % 10**12:012d}-fake"
         self.energy_mj = energy_mj
         self.power_mw = power_mw
         self.temp_c = temp_c
@@ -232,6 +233,9 @@ class FakeNvml:
 
     def nvmlDeviceGetHandleByIndex(self, index):
         return self.gpus[index]
+
+    def nvmlDeviceGetUUID(self, gpu):
+        return gpu.uuid
 
     def nvmlDeviceGetName(self, gpu):
         return gpu.name

@@ -207,3 +207,25 @@ def test_real_nvml_never_raises():
             assert meter.unavailable
     finally:
         meter.close()
+
+
+def test_only_the_training_gpu_is_metered(monkeypatch):
+    """Two GPUs, the run trains on the second (a CUDA ordinal that NVML numbers differently): NVML
+    reads that one only, found by UUID; without UUIDs every visible GPU is read."""
+    import torch
+
+    from edge_sel import device_caps
+    from edge_sel.energy.nvml import NvmlMeter
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    other = FakeGpu(name="other job's GPU", energy_mj=1000, power_mw=300_000, uuid="GPU-aaaa")
+    ours = FakeGpu(name="training GPU", energy_mj=5000, power_mw=100_000, uuid="GPU-bbbb")
+    meter = NvmlMeter(nvml=FakeNvml([other, ours]), gpu_uuids=["GPU-bbbb"])
+    assert [g.handle for g in meter.gpus] == [ours]
+    assert len(NvmlMeter(nvml=FakeNvml([other, ours])).gpus) == 2
+
+    class Props:
+        uuid = "bbbb"
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: Props())
+    assert device_caps.gpu_uuids(torch.device("cuda")) == ["GPU-bbbb"]
+    assert device_caps.gpu_uuids(torch.device("cpu")) is None

@@ -134,3 +134,13 @@ def test_numpy_values_in_a_state_come_back_as_tensors_and_numbers(tmp_path):
     back = state_mod.decode(state_mod.encode(state))
     assert back["n"] == 3 and torch.equal(back["a"], torch.arange(4))
     np.random.set_state(tuple(x.numpy() if torch.is_tensor(x) else x for x in back["rng"]))
+
+
+# ---- energy labels --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method,label", [("estimated", "estimated"), ("counter", "measured"),
+                                          ("counter+integrated", "measured"), ("counter+estimated", "partly estimated"),
+                                          ("estimated+integrated", "partly estimated"), (None, "estimated")])
+def test_the_summary_never_calls_an_estimate_measured(method, label):
+    from edge_sel.report.summary import energy_label
+    assert energy_label(method) == label

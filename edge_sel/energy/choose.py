@@ -35,7 +35,7 @@ METER_NAMES = tuple(METER_CLASSES)  # also the order of names in energy_source (
 
 def open_meter(prefer: list[str] | None = None, root: str | os.PathLike | None = None,
                watts_per_core: float | None = None, rails: list[str] | None = None,
-               interval_s: float = 0.1, *, nvml: Any = None,
+               interval_s: float = 0.1, *, nvml: Any = None, gpu_uuids: list[str] | None = None,
                clock: Callable[[], float] = time.monotonic,
                sleep: Callable[[float], None] = time.sleep,
                cpu_seconds: Callable[[], float] = process_cpu_seconds) -> EnergyMeter:
@@ -54,7 +54,7 @@ def open_meter(prefer: list[str] | None = None, root: str | os.PathLike | None =
         raise InputError(f"the energy sampling interval must be positive, got {interval_s}")
     sysfs = Sysfs(root)
     builders: dict[str, Callable[[], Meter]] = {
-        "nvml": lambda: NvmlMeter(nvml=nvml),
+        "nvml": lambda: NvmlMeter(nvml=nvml, gpu_uuids=gpu_uuids),
         "rapl": lambda: RaplMeter(sysfs),
         "jetson": lambda: JetsonMeter(sysfs, rails=rails),
         "battery": lambda: BatteryMeter(sysfs),

@@ -24,6 +24,7 @@ NVML_NAMES = (
     "nvmlShutdown",
     "nvmlDeviceGetCount",
     "nvmlDeviceGetHandleByIndex",
+    "nvmlDeviceGetUUID",
     "nvmlDeviceGetName",
     "nvmlDeviceGetTotalEnergyConsumption",
     "nvmlDeviceGetPowerUsage",
@@ -67,7 +68,9 @@ class NvmlMeter(Meter):
     name = "nvml"
     covers = frozenset({"gpu"})
 
-    def __init__(self, nvml: Any = None):
+    def __init__(self, nvml: Any = None, gpu_uuids: list[str] | None = None):
+        """`gpu_uuids`: measure only these GPUs (the ones the run trains on); None: every GPU
+        visible to this process."""
         super().__init__()
         self.gpus: list[_Gpu] = []
         self._initialised = False
@@ -85,6 +88,8 @@ class NvmlMeter(Meter):
         self._initialised = True
         try:
             visible = visible_gpu_indices(self.nvml.nvmlDeviceGetCount())
+            if gpu_uuids is not None:
+                visible = self._matching(visible, gpu_uuids)
             probed = (self._probe(i) for i in visible)
             self.gpus = [gpu for gpu in probed if gpu is not None]
         except self.nvml.NVMLError as e:
@@ -108,6 +113,18 @@ class NvmlMeter(Meter):
             f"{g.component} {self._gpu_name(g)} ({'energy counter' if g.has_counter else 'power samples'})"
             for g in self.gpus
         )
+
+    def _matching(self, indices: list[int], uuids: list[str]) -> list[int]:
+        """The NVML indices whose UUID is one of `uuids`: NVML numbers GPUs by PCI bus while CUDA
+        numbers them fastest first, so an ordinal alone could name another job's GPU."""
+        wanted = {u.lower() for u in uuids}
+        found = []
+        for index in indices:
+            uuid = self.nvml.nvmlDeviceGetUUID(self.nvml.nvmlDeviceGetHandleByIndex(index))
+            uuid = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
+            if uuid.lower() in wanted:
+                found.append(index)
+        return found
 
     def _probe(self, index: int) -> _Gpu | None:
         try:

@@ -30,11 +30,12 @@ class EnergyOptions:
             raise InputError(f"thermal hysteresis must be >= 0, got {self.hysteresis_c}")
         return self
 
-    def open(self):
-        """Start the meter (one sampler thread) and, if asked, measure idle power first."""
+    def open(self, gpu_uuids: list[str] | None = None):
+        """Start the meter (one sampler thread) and, if asked, measure idle power first.
+        `gpu_uuids`: the GPUs the run trains on (NVML then meters those only)."""
         from edge_sel.energy import open_meter
         meter = open_meter(self.meters or None, watts_per_core=self.watts_per_core, rails=self.rails,
-                           interval_s=self.interval_s)
+                           interval_s=self.interval_s, gpu_uuids=gpu_uuids)
         meter.start()
         if self.idle_baseline_s > 0:
             meter.idle_baseline(self.idle_baseline_s)

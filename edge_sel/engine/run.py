@@ -19,6 +19,7 @@ from edge_sel import __version__
 from edge_sel.config import TrainConfig
 from edge_sel.data import Splits, load_source, make_splits, parse_shard
 from edge_sel.engine.checkpoint import ModelCard, atomic_write_bytes, load_checkpoint, save_checkpoint
+from edge_sel.device_caps import gpu_uuids
 from edge_sel.engine.device import pick_device, seed_everything
 from edge_sel.engine.energy_setup import EnergyOptions
 from edge_sel.engine.state import NoValidState, load_state
@@ -148,7 +149,8 @@ def _run(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainConfig, o
     updater = make_updater(cfg.sparsity, cfg.method)
     energy = (energy or EnergyOptions()).validate()
     own_meter = meter is None
-    meter = energy.open() if own_meter else meter      # a bad meter name fails before --out is touched
+    # A bad meter name fails before --out is touched; NVML reads the training GPU only.
+    meter = energy.open(gpu_uuids(device)) if own_meter else meter
     try:
         if resume_state is None:
             start_out_dir(out)

@@ -13,6 +13,14 @@ def _fmt(v, spec=".3f"):
     return format(v, spec) if isinstance(v, (int, float)) else str(v)
 
 
+def energy_label(method: str | None) -> str:
+    """'measured' only when every part came from a sensor; any estimate in it is said."""
+    parts = set((method or "").split("+")) - {""}
+    if not parts or parts == {"estimated"}:
+        return "estimated"
+    return "partly estimated" if "estimated" in parts else "measured"
+
+
 def epoch_table(records: list[dict]) -> str:
     head = ["epoch", "stage", "active", "loss", "train", "val", "test", "GFLOP", "wall s", "energy J", "source"]
     rows = []
@@ -45,7 +53,7 @@ def print_summary(summary: dict, quiet: bool = False) -> None:
                    f"{(t['flops_forward'] or 0) / 1e9:.2f} G, backward {(t['flops_backward'] or 0) / 1e9:.2f} G), "
                    f"train time {_fmt(t['train_wall_s'], '.1f')} s")
         if t.get("energy_j") is not None:
-            kind = "estimated" if t.get("energy_method") == "estimated" else "measured"
+            kind = energy_label(t.get("energy_method"))
             click.echo(f"energy {t['energy_j']:.1f} J ({kind}, source {t['energy_source']}, "
                        f"method {t['energy_method']})")
     kept = summary.get("kept")
