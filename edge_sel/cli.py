@@ -15,7 +15,9 @@ from edge_sel.engine.run import DataOptions, finetune, pretrain, resume
 from edge_sel.engine.state import StateWriteError
 from edge_sel.engine.trainer import TrainingDiverged
 from edge_sel.errors import InputError
-from edge_sel.methods.options import method_option_names, method_options
+from edge_sel.energy import METER_NAMES
+from edge_sel.methods import STRATEGIES
+from edge_sel.methods.options import RegistryChoice, method_option_names, method_options
 from edge_sel.methods.presets import default_lr
 from edge_sel.profiles.apply import profile_option
 from edge_sel.report.summary import print_summary
@@ -50,7 +52,8 @@ def data_options(fn):
         click.option("--shard", default=None, help="Use stratified shard K/N of the training part, e.g. 0/2."),
         click.option("--subset", type=int, default=None, help="Class-balanced subset of N training samples."),
         click.option("--per-class-cap", type=int, default=None, help="At most N training samples per class."),
-        click.option("--split-seed", type=int, default=0, show_default=True),
+        click.option("--split-seed", type=int, default=0, show_default=True,
+                     help="Seed of the validation split and shards (a fine-tune must use its pretrain's)."),
         click.option("--image-size", type=int, default=None, help="Resize folder images to S x S."),
     ]
     for opt in reversed(options):
@@ -61,16 +64,21 @@ def data_options(fn):
 def train_options(fn):
     options = [
         click.option("--epochs", type=int, default=None, help="Epochs to train (required)."),
-        click.option("--batch-size", type=int, default=128, show_default=True),
-        click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True),
+        click.option("--batch-size", type=int, default=128, show_default=True, help="Training batch size."),
+        click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True,
+                     help="Optimizer (sgd with Nesterov momentum, adam, adamw)."),
         click.option("--lr", type=float, default=None, help="Base learning rate [0.05 sgd, 1e-3 adam]."),
-        click.option("--momentum", type=float, default=0.9, show_default=True),
-        click.option("--weight-decay", type=float, default=5e-4, show_default=True),
-        click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True),
-        click.option("--warmup-epochs", type=float, default=0.0, show_default=True),
-        click.option("--label-smoothing", type=float, default=0.0, show_default=True),
+        click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum."),
+        click.option("--weight-decay", type=float, default=5e-4, show_default=True, help="Weight decay (L2)."),
+        click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True,
+                     help="Learning-rate schedule over training progress (shared by gated and dense runs)."),
+        click.option("--warmup-epochs", type=float, default=0.0, show_default=True,
+                     help="Epochs of linear learning-rate warmup."),
+        click.option("--label-smoothing", type=float, default=0.0, show_default=True,
+                     help="Label smoothing of the cross-entropy loss."),
         click.option("--no-augment", is_flag=True, help="Disable random crops and flips."),
-        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seed of initialisation, data order, augmentation and gating."),
         click.option("--device", default="auto", show_default=True, help="cpu | cuda | mps | auto"),
         click.option("--no-amp", is_flag=True, help="Disable mixed precision on CUDA."),
         click.option("--out", type=click.Path(path_type=Path), default=None, help="Run directory to create (required)."),
@@ -86,8 +94,8 @@ def train_options(fn):
 
 def energy_options(fn):
     options = [
-        click.option("--meter", "meters", multiple=True,
-                     help="Energy meter to use (repeatable): nvml, rapl, jetson, battery, estimate. Default: automatic."),
+        click.option("--meter", "meters", multiple=True, type=click.Choice(METER_NAMES),
+                     help="Energy meter to use (repeatable). Default: automatic."),
         click.option("--watts-per-core", type=float, default=None,
                      help="Watts per busy core for the labelled estimate (no sensor)."),
         click.option("--idle-baseline", type=float, default=0.0, show_default=True,
@@ -121,12 +129,13 @@ PRESET_FIELDS = ("optimizer", "lr", "momentum", "weight_decay", "schedule", "war
 
 
 def given_on_command_line() -> list[str]:
-    """Training options typed by the user: a preset never overrides them (profile values it may)."""
+    """Options typed by the user: a preset never overrides them (profile values it may), and only
+    they are refused when the run would ignore them (a profile's target activation is not)."""
     ctx = click.get_current_context(silent=True)
     if ctx is None:
         return []
-    return [name for name in PRESET_FIELDS
-            if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+    names = [*PRESET_FIELDS, *(method_option_names() if ctx.command.name == "finetune" else [])]
+    return [name for name in names if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
 
 
 def build_config(kw: dict, **extra) -> TrainConfig:
@@ -177,10 +186,12 @@ def pretrain_cmd(model_name, export_artifacts, **kw):
               help="Warmup checkpoint directory (required unless --resume).")
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None,
               help="Continue the interrupted run in this directory with the options it was started with.")
-@click.option("--strategy", default="dense", show_default=True, help="Which samples are computed.")
+@click.option("--strategy", type=RegistryChoice(STRATEGIES), default="dense", show_default=True,
+              help="Which samples are computed.")
 @click.option("--sparsity", default=None,
               help="Which parameters change: none | mask | layers [default: the strategy's (sel: layers), else none].")
-@click.option("--backend", default="torch", show_default=True, help="torch | ort")
+@click.option("--backend", type=click.Choice(["torch", "ort"]), default="torch", show_default=True,
+              help="What runs the training step: PyTorch, or ONNX Runtime training artifacts (--artifacts).")
 @click.option("--artifacts", type=click.Path(path_type=Path), default=None, help="ORT training artifacts (--backend ort).")
 @click.option("--bn-mode", type=click.Choice(["train", "eval"]), default=None,
               help="BatchNorm while training: train (batch stats) or eval (frozen stats) [default: train; "

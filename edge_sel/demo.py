@@ -15,10 +15,11 @@ from edge_sel.report.summary import print_summary
 
 
 @click.command("demo")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True,
+              help="Directory for the demo's checkpoint, runs and report.")
 @click.option("--epochs", type=int, default=8, show_default=True, help="Fine-tune epochs.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier demo in --out.")
-@click.option("--quiet", is_flag=True)
+@click.option("--quiet", is_flag=True, help="No progress bars or tables.")
 def demo_cmd(out: Path, epochs: int, overwrite: bool, quiet: bool):
     """Pretrain on half of digits, fine-tune on the other half, print where the run is."""
     from edge_sel.cli import fail_cleanly

@@ -110,7 +110,7 @@ BAD_INPUTS = [
     (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
     (["--dataset", "folder:{missing}"], "no such directory"),
     (["--optimizer", "lbfgs"], "--optimizer"),
-    (["--strategy", "magic"], "unknown strategy 'magic'"),
+    (["--strategy", "magic"], "'--strategy': 'magic' is not one of"),
     (["--lr", "-0.1"], "--lr must be > 0"),
     (["--shard", "3/2"], "--shard"),
     (["--device", "tpu"], "--device"),

@@ -144,3 +144,58 @@ def test_numpy_values_in_a_state_come_back_as_tensors_and_numbers(tmp_path):
 def test_the_summary_never_calls_an_estimate_measured(method, label):
     from edge_sel.report.summary import energy_label
     assert energy_label(method) == label
+
+
+# ---- options: listed choices, help text, nothing silently ignored ---------------------------------
+
+def all_commands():
+    import click
+
+    from edge_sel.cli import cli
+
+    def walk(cmd, path):
+        if isinstance(cmd, click.Group):
+            for name, sub in cmd.commands.items():
+                yield from walk(sub, path + [name])
+        else:
+            yield " ".join(path), cmd
+    return list(walk(cli, []))
+
+
+def test_every_option_of_every_command_has_help_text():
+    import click
+    missing = [(name, p.opts[0]) for name, cmd in all_commands() for p in cmd.params
+               if isinstance(p, click.Option) and not (p.help or "").strip()]
+    assert missing == []
+
+
+def test_named_choices_are_listed_in_help():
+    import click
+    finetune = dict(all_commands())["finetune"]
+    choices = {p.name: p.type.choices for p in finetune.params if isinstance(p.type, click.Choice)}
+    for name in ("strategy", "gate", "preset", "backend", "difficulty", "meters"):
+        assert name in choices and len(choices[name]) >= 2
+    assert "sundew" in choices["strategy"] and "ast-two" in choices["preset"] and "estimate" in choices["meters"]
+
+
+@pytest.mark.parametrize("args,option", [
+    (["--strategy", "sundew", "--class-focus"], "--class-focus"),
+    (["--target-activation", "0.3"], "--target-activation"),
+    (["--guilt-percentile", "30"], "--guilt-percentile"),
+    (["--strategy", "sel", "--sparsity", "mask", "--probe-every", "5"], "--probe-every"),
+    (["--strategy", "random", "--prune-ratio", "0.3"], "--prune-ratio"),
+    (["--strategy", "dense", "--significance", "dih"], "--significance"),
+])
+def test_an_option_the_run_would_ignore_is_one_line_exit_2(tiny_warm, tmp_path, args, option):
+    out = tmp_path / "run"
+    result = run_cli("finetune", "--checkpoint", tiny_warm, "--dataset", "synthetic", "--epochs", "1", *args,
+                     "--out", out, "--quiet", expect=2)
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"edge-sel: error: {option}:") and "applies to" in lines[0]
+    assert not out.exists()
+
+
+def test_options_a_run_uses_are_accepted(tiny_warm, tmp_path):
+    run_cli("finetune", "--checkpoint", tiny_warm, "--dataset", "synthetic", "--epochs", "1", "--strategy", "sel",
+            "--gate", "sundew", "--target-activation", "0.5", "--significance", "dih", "--probe-every", "5",
+            "--out", tmp_path / "run", "--quiet")

@@ -107,11 +107,11 @@ def test_sel_with_class_focus_and_explicit_dense_updater(digits_warmup, tmp_path
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--strategy", "sel", "--difficulty", "hardest"], "--difficulty must be one of"),
+    (["--strategy", "sel", "--difficulty", "hardest"], "'--difficulty': 'hardest' is not one of"),
     (["--strategy", "sel", "--stages", "0-25:2"], "--stages"),
     (["--strategy", "sel", "--layer-sparsity", "1.5"], "--layer-sparsity"),
     (["--preset", "sel-95", "--strategy", "random"], "--preset sel-95: needs --strategy sel"),
-    (["--preset", "sel-96"], "--preset: unknown preset 'sel-96'"),
+    (["--preset", "sel-96"], "'--preset': 'sel-96' is not one of"),
 ])
 def test_bad_sel_options_are_one_line_errors(digits_warmup, tmp_path, capsys, monkeypatch, args, message):
     argv = ["edge-sel", "finetune", "--checkpoint", str(digits_warmup), "--epochs", "1",

@@ -86,7 +86,7 @@ def bench_group():
               help="Validation images evaluated each epoch (stratified) [2000; --quick: 300].")
 @click.option("--pretrain-epochs", type=int, default=None,
               help="Epochs of the warmup the bench makes when --checkpoint is not given [4; --quick: 2].")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, mps or auto.")
 @common_options
 def edge_cmd(dataset, epochs, val_cap, pretrain_epochs, device, data_dir, checkpoint, seeds, systems, subset, out,
              overwrite, quick, quiet):
@@ -138,7 +138,7 @@ def edge_cmd(dataset, epochs, val_cap, pretrain_epochs, device, data_dir, checkp
               help="cifar10 (archive under --data-dir, or a torchvision download where it imports) | folder:PATH")
 @click.option("--model", "model_name", default=None,
               help="Model for the fresh initialisation [resnet18_cifar; --quick: edgecnn].")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, mps or auto.")
 @common_options
 def reference_cmd(dataset, model_name, device, data_dir, checkpoint, seeds, systems, subset, out, overwrite,
                   quick, quiet):

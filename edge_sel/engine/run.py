@@ -26,6 +26,7 @@ from edge_sel.engine.state import NoValidState, load_state
 from edge_sel.engine.trainer import Trainer
 from edge_sel.errors import InputError
 from edge_sel.methods import make_strategy, make_updater
+from edge_sel.methods.options import check_options_used
 from edge_sel.methods.presets import apply_preset
 from edge_sel.models import build_model, count_parameters
 from edge_sel.report.records import RecordWriter
@@ -228,6 +229,8 @@ def finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, out: Path, o
     """`profile`: what a device profile applied (edge_sel.profiles.apply), kept in config and summary."""
     apply_preset(cfg)
     cfg.validate()
+    given = cfg.method if cfg.explicit is None else {k: v for k, v in cfg.method.items() if k in cfg.explicit}
+    check_options_used(cfg.strategy, cfg.method.get("gate"), cfg.sparsity, given)
     out = check_out_dir(out, overwrite)
     model, card = load_checkpoint(Path(checkpoint))
     splits = data.load()

@@ -5,9 +5,33 @@ from __future__ import annotations
 
 import click
 
+from edge_sel.methods import GATES
+from edge_sel.methods.presets import PRESETS
+
+
+
+class RegistryChoice(click.Choice):
+    """A choice listing a registry's names as they are when the command runs (a method registered
+    later, e.g. by a plugin or a test, is a valid choice too)."""
+
+    def __init__(self, registry: dict, exclude: tuple = ()):
+        self.registry, self.exclude = registry, exclude
+        super().__init__(list(registry))
+
+    @property
+    def choices(self):
+        return tuple(k for k in self.registry if k not in self.exclude)
+
+    @choices.setter
+    def choices(self, value):
+        pass
+
+
 COMMON = [
-    click.option("--gate", default=None, help="Filter any strategy's plan before compute (e.g. sundew)."),
-    click.option("--preset", default=None, help="Named configuration reproducing a published recipe."),
+    click.option("--gate", type=RegistryChoice(GATES, exclude=("all",)), default=None,
+                 help="Filter any strategy's plan before compute (e.g. sundew)."),
+    click.option("--preset", type=RegistryChoice(PRESETS), default=None,
+                 help="Named configuration reproducing a published recipe."),
     click.option("--target-activation", type=float, default=None,
                  help="Share of available samples to compute per epoch (gating strategies)."),
 ]
@@ -15,7 +39,7 @@ COMMON = [
 # --- sel ---
 # Defaults are None so presets can tell "not given"; edge_sel/methods/sel.py fills the defaults.
 SEL = [
-    click.option("--difficulty", default=None,
+    click.option("--difficulty", type=click.Choice(["warmup", "cold", "random"]), default=None,
                  help="What sorts each class pool easy-to-hard: warmup (the checkpoint's loss) | cold "
                       "(an untrained model, the seed) | random (control). [default: warmup]"),
     click.option("--stages", default=None,
@@ -42,7 +66,7 @@ SEL = [
                  help="Per stage g_s = g0 x (1 - decay x s / stages). [default: 0.3]"),
     click.option("--guilt-samples", type=int, default=None,
                  help="Training samples in the calibration batch for g0. [default: 128]"),
-    click.option("--guilt-model", default=None,
+    click.option("--guilt-model", type=click.Choice(["warmup", "cold"]), default=None,
                  help="Calibrate g0 on: warmup (the checkpoint) | cold (an untrained model). [default: warmup]"),
     click.option("--probe-every", type=int, default=None,
                  help="Steps between dense probe steps that pick frozen blocks (--sparsity layers). [default: 50]"),
@@ -106,3 +130,42 @@ def method_option_names() -> list[str]:
         opt(dummy)
         names.append(dummy.__click_params__[0].name)
     return names
+
+
+# Which runs read each method option: (strategies, gates, updaters) that use it; an option given to a
+# run that would ignore it is a mistake worth one line, not a silent no-op.
+_SUNDEW = ({"sundew"}, {"sundew"}, None)
+_SEL = ({"sel"}, None, None)
+USED_BY = {
+    "target_activation": ({"sundew", "random"}, {"sundew", "random"}, None),
+    "energy_budget_per_epoch": ({"sundew", "random"}, {"sundew", "random"}, None),
+    "difficulty": _SEL, "stages": _SEL, "stage_gates": _SEL, "stage_patience": _SEL, "lr_loss_scale": _SEL,
+    "easy_warmup_epochs": _SEL, "easy_warmup_size": _SEL,
+    "class_focus": ({"sel", "dense"}, None, None), "class_focus_floor": ({"sel", "dense"}, None, None),
+    "guilt_percentile": (None, None, {"mask"}), "guilt_decay": (None, None, {"mask"}),
+    "guilt_samples": (None, None, {"mask"}), "guilt_model": (None, None, {"mask"}),
+    "probe_every": (None, None, {"layers"}), "layer_sparsity": (None, None, {"layers"}),
+    "significance": _SUNDEW, "gate_window": _SUNDEW, "gate_temperature": _SUNDEW, "min_activation": _SUNDEW,
+    "unbiased": _SUNDEW, "keep_floor": _SUNDEW,
+    "anneal": ({"sundew", "random", "infobatch"}, {"sundew", "random", "infobatch"}, None),
+    "prune_ratio": ({"infobatch"}, {"infobatch"}, None),
+    "dih_select": ({"dihcl"}, {"dihcl"}, None), "dih_signal": ({"dihcl"}, {"dihcl"}, None),
+    "dih_warm": ({"dihcl"}, {"dihcl"}, None), "dih_shrink": ({"dihcl"}, {"dihcl"}, None),
+    "dih_floor": ({"dihcl"}, {"dihcl"}, None), "dih_gamma": ({"dihcl", "sundew"}, {"dihcl", "sundew"}, None),
+}
+
+
+def check_options_used(strategy: str, gate: str | None, sparsity: str, method: dict) -> None:
+    """Raise InputError naming the first method option that this run would ignore, and what uses it."""
+    from edge_sel.errors import InputError
+    for name, (strategies, gates, updaters) in USED_BY.items():
+        if method.get(name) is None:
+            continue
+        if (strategies and strategy in strategies) or (gates and gate in gates) or (updaters and sparsity in updaters):
+            continue
+        users = [f"--strategy {'|'.join(sorted(strategies))}" if strategies else "",
+                 f"--gate {'|'.join(sorted(gates))}" if gates else "",
+                 f"--sparsity {'|'.join(sorted(updaters))}" if updaters else ""]
+        run = f"--strategy {strategy}" + (f" --gate {gate}" if gate else "") + f" --sparsity {sparsity}"
+        raise InputError(f"--{name.replace('_', '-')}: not used by this run ({run}); it applies to "
+                         f"{' or '.join(u for u in users if u)}")

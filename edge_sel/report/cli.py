@@ -70,7 +70,7 @@ def shared_start(runs: list[RunData]) -> tuple[str, float] | None:
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Directory for report.html, its PNG figures, runs.md and runs.csv.")
-@click.option("--title", default="edge-sel report", show_default=True)
+@click.option("--title", default="edge-sel report", show_default=True, help="Title of the report page.")
 def report_cmd(runs: tuple[Path, ...], out: Path, title: str):
     """Plots and tables for one or more run directories, as a self-contained HTML page."""
     from edge_sel.cli import fail_cleanly
