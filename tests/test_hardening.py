@@ -199,3 +199,24 @@ def test_options_a_run_uses_are_accepted(tiny_warm, tmp_path):
     run_cli("finetune", "--checkpoint", tiny_warm, "--dataset", "synthetic", "--epochs", "1", "--strategy", "sel",
             "--gate", "sundew", "--target-activation", "0.5", "--significance", "dih", "--probe-every", "5",
             "--out", tmp_path / "run", "--quiet")
+
+
+# ---- a bad input never destroys an earlier run ----------------------------------------------------
+
+@pytest.mark.parametrize("args,option", [
+    (["--backend", "ort", "--artifacts", "no-such-artifacts", "--optimizer", "sgd", "--momentum", "0",
+      "--weight-decay", "0"], "--artifacts"),
+    (["--strategy", "sel", "--class-focus", "--class-focus-floor", "0.5"], "--class-focus-floor"),
+    (["--sparsity", "lottery"], "--sparsity lottery"),
+    (["--backend", "ort", "--artifacts", "no-such-artifacts", "--sparsity", "mask"], "--"),
+])
+def test_bad_options_checked_late_leave_an_existing_run_untouched(tiny_warm, tmp_path, args, option):
+    import edge_sel.bench  # noqa: F401  (registers --sparsity lottery)
+    out = tmp_path / "run"
+    run_cli("finetune", "--checkpoint", tiny_warm, "--dataset", "synthetic", "--epochs", "1", "--out", out, "--quiet")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    result = run_cli("finetune", "--checkpoint", tiny_warm, "--dataset", "synthetic", "--epochs", "1", *args,
+                     "--out", out, "--overwrite", "--quiet", expect=2)
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and option in lines[0], result.output
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before

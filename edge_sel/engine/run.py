@@ -22,7 +22,7 @@ from edge_sel.engine.checkpoint import ModelCard, atomic_write_bytes, load_check
 from edge_sel.device_caps import gpu_uuids
 from edge_sel.engine.device import pick_device, seed_everything
 from edge_sel.engine.energy_setup import EnergyOptions
-from edge_sel.engine.state import NoValidState, load_state
+from edge_sel.engine.state import NoValidState, StateWriteError, load_state
 from edge_sel.engine.trainer import Trainer
 from edge_sel.errors import InputError
 from edge_sel.methods import make_strategy, make_updater
@@ -153,17 +153,18 @@ def _run(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainConfig, o
     # A bad meter name fails before --out is touched; NVML reads the training GPU only.
     meter = energy.open(gpu_uuids(device)) if own_meter else meter
     try:
-        if resume_state is None:
-            start_out_dir(out)
-            (out / "config.json").write_text(json.dumps({"phase": phase, **cfg.to_json(), "energy": energy.to_json(),
-                                                         **source_info}, indent=2, default=str))
         guard = None
         if energy.max_temp_c is not None:
             from edge_sel.energy import ThermalGuard
             guard = ThermalGuard(meter, energy.max_temp_c, energy.hysteresis_c, max_pause_s=energy.max_pause_s)
+        # Building the trainer validates what needs the data and the model (ORT artifacts, class
+        # focus, lottery masks, ...): all of it before an existing --out is replaced.
         trainer = Trainer(cfg, splits, model, card.mean, card.std, device, generator, strategy, updater,
                           phase=phase, meter=meter, guard=guard, budget_j=energy.budget_j, quiet=quiet,
                           state_dir=out / "state", checkpoint_every=cfg.checkpoint_every)
+        if resume_state is None:
+            start_out_dir(out)
+            write_config(out, {"phase": phase, **cfg.to_json(), "energy": energy.to_json(), **source_info})
         writer = RecordWriter(out)
         if resume_state is not None:     # drops a record written after the checkpoint
             baseline = resume_state.get("baseline")
@@ -202,6 +203,13 @@ def _run(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainConfig, o
     }, baseline=trainer.baseline, kept=kept)
     atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2, default=str).encode())
     return summary
+
+
+def write_config(out: Path, config: dict) -> None:
+    try:
+        atomic_write_bytes(out / "config.json", json.dumps(config, indent=2, default=str).encode())
+    except OSError as e:
+        raise StateWriteError(f"{out / 'config.json'}: cannot write ({e.strerror or e})") from None
 
 
 def dataset_card(splits: Splits) -> dict:
