@@ -220,3 +220,29 @@ def test_bad_options_checked_late_leave_an_existing_run_untouched(tiny_warm, tmp
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and option in lines[0], result.output
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+# ---- validation never overlaps the pretrain's training samples ------------------------------------
+
+def test_a_fine_tune_must_hold_out_the_pretrains_validation_split(tmp_path):
+    warm = tmp_path / "warm"
+    run_cli("pretrain", "--dataset", "digits", "--epochs", "1", "--shard", "0/2", "--val-fraction", "0.2",
+            "--out", warm, "--quiet")
+    card = json.loads((warm / "model.json").read_text())["dataset"]
+    assert (card["val_fraction"], card["split_seed"]) == (0.2, 0)
+    common = ["finetune", "--checkpoint", warm, "--dataset", "digits", "--epochs", "0", "--shard", "1/2", "--quiet"]
+    for option, value, saved in (("--val-fraction", "0.1", "0.2"), ("--split-seed", "3", "0")):
+        extra = [] if option == "--val-fraction" else ["--val-fraction", "0.2"]
+        result = run_cli(*common, *extra, option, value, "--out", tmp_path / "bad", expect=2)
+        line = result.output.strip()
+        assert line.startswith(f"edge-sel: error: {option} {value}:") and f"{option} {saved}" in line
+        assert not (tmp_path / "bad").exists()
+    run_cli(*common, "--val-fraction", "0.2", "--out", tmp_path / "ok")
+    # Another dataset, or a checkpoint card from before split parameters were stored, is accepted.
+    run_cli("finetune", "--checkpoint", warm, "--dataset", "synthetic", "--epochs", "0", "--quiet",
+            "--out", tmp_path / "other", expect=2)   # synthetic has other shapes: refused for that, not the split
+    del card["val_fraction"]
+    full = json.loads((warm / "model.json").read_text())
+    full["dataset"] = card
+    (warm / "model.json").write_text(json.dumps(full))
+    run_cli(*common, "--out", tmp_path / "old")

@@ -212,9 +212,25 @@ def write_config(out: Path, config: dict) -> None:
         raise StateWriteError(f"{out / 'config.json'}: cannot write ({e.strerror or e})") from None
 
 
-def dataset_card(splits: Splits) -> dict:
+def dataset_card(splits: Splits, data: DataOptions) -> dict:
+    """What the model was trained on, including how the validation split was drawn: a fine-tune of
+    the same dataset must hold out the same validation samples, or it would train on some of them."""
     return {"name": splits.train.name, "fingerprint": splits.train.fingerprint(),
-            "train_samples": len(splits.train), "val_samples": len(splits.val), "test_samples": len(splits.test)}
+            "train_samples": len(splits.train), "val_samples": len(splits.val), "test_samples": len(splits.test),
+            "val_fraction": data.val_fraction, "split_seed": data.split_seed, "val_fingerprint": splits.val.fingerprint()}
+
+
+def check_same_split(card: ModelCard, splits: Splits, data: DataOptions, where: Path) -> None:
+    """Refuse a fine-tune on the pretrain's dataset with another validation split (older model
+    cards without split parameters are accepted)."""
+    trained = card.dataset or {}
+    if trained.get("name") != splits.train.name or "val_fraction" not in trained:
+        return
+    for option, key in (("--val-fraction", "val_fraction"), ("--split-seed", "split_seed")):
+        if trained[key] != getattr(data, key):
+            raise InputError(f"{option} {getattr(data, key)}: the checkpoint {where} was pretrained on "
+                             f"{splits.train.name} with {option} {trained[key]}; use the same value so that "
+                             f"validation holds no pretraining sample")
 
 
 def pretrain(model_name: str, data: DataOptions, cfg: TrainConfig, out: Path, overwrite: bool = False,
@@ -226,7 +242,7 @@ def pretrain(model_name: str, data: DataOptions, cfg: TrainConfig, out: Path, ov
     model = build_model(model_name, splits.train.num_classes, splits.train.input_shape[0])
     mean, std = splits.train.channel_stats()
     card = ModelCard(model_name, splits.train.num_classes, splits.train.class_names,
-                     splits.train.input_shape, mean, std, dataset_card(splits))
+                     splits.train.input_shape, mean, std, dataset_card(splits, data))
     return _run("pretrain", model, card, splits, cfg, out, quiet, energy,
                 {"data": vars_of(data), "model": model_name}, meter)
 
@@ -243,8 +259,9 @@ def finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, out: Path, o
     model, card = load_checkpoint(Path(checkpoint))
     splits = data.load()
     check_compatible(card, splits, Path(checkpoint))
+    check_same_split(card, splits, data, Path(checkpoint))
     warm = dict(card.training)
-    card.dataset = dataset_card(splits)     # normalisation stays the pretrainer's
+    card.dataset = dataset_card(splits, data)     # normalisation stays the pretrainer's
     source_info = {"data": vars_of(data), "checkpoint": str(checkpoint), "warmup": warm}
     if profile is not None:
         source_info["profile"] = profile
@@ -277,12 +294,12 @@ def resume(run_dir: Path, quiet: bool = False) -> dict:
     if phase == "finetune":
         model, card = load_checkpoint(Path(saved["checkpoint"]))
         check_compatible(card, splits, Path(saved["checkpoint"]))
-        card.dataset = dataset_card(splits)
+        card.dataset = dataset_card(splits, data)
     else:
         model = build_model(saved["model"], splits.train.num_classes, splits.train.input_shape[0])
         mean, std = splits.train.channel_stats()
         card = ModelCard(saved["model"], splits.train.num_classes, splits.train.class_names,
-                         splits.train.input_shape, mean, std, dataset_card(splits))
+                         splits.train.input_shape, mean, std, dataset_card(splits, data))
     return _run(phase, model, card, splits, cfg, run_dir, quiet, energy, source_info, resume_state=state)
 
 
