@@ -14,7 +14,7 @@ from edge_sel.engine.energy_setup import EnergyOptions
 from edge_sel.engine.run import DataOptions, finetune, pretrain, resume
 from edge_sel.engine.state import StateWriteError
 from edge_sel.engine.trainer import TrainingDiverged
-from edge_sel.errors import InputError
+from edge_sel.errors import InputError, WriteError
 from edge_sel.energy import METER_NAMES
 from edge_sel.methods import STRATEGIES
 from edge_sel.methods.options import RegistryChoice, method_option_names, method_options
@@ -32,7 +32,7 @@ def fail_cleanly(fn):
         except InputError as e:
             click.echo(f"edge-sel: error: {e}", err=True)
             sys.exit(2)
-        except (StateWriteError, TrainingDiverged) as e:
+        except (WriteError, TrainingDiverged) as e:
             click.echo(f"edge-sel: error: {e}", err=True)
             sys.exit(1)
         except KeyboardInterrupt:

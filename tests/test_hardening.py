@@ -246,3 +246,38 @@ def test_a_fine_tune_must_hold_out_the_pretrains_validation_split(tmp_path):
     full["dataset"] = card
     (warm / "model.json").write_text(json.dumps(full))
     run_cli(*common, "--out", tmp_path / "old")
+
+
+# ---- a full disk outside the state files is one line, exit 1 --------------------------------------
+
+def _full_disk(*args, **kwargs):
+    import errno
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("target,name", [("records", "metrics.jsonl"), ("summary", "summary.json"),
+                                         ("weights", "model.safetensors")])
+def test_a_full_disk_while_writing_run_files_is_one_line_exit_1(tiny_warm, tmp_path, monkeypatch, target, name):
+    import builtins
+
+    from edge_sel.engine import checkpoint, run
+    from edge_sel.engine.state import load_state
+    from edge_sel.report import records
+    if target == "records":
+        real_open = builtins.open
+        monkeypatch.setattr(records, "open", lambda p, mode="r", *a, **k: _full_disk() if str(p).endswith(name)
+                            and "a" in mode else real_open(p, mode, *a, **k), raising=False)
+    elif target == "summary":
+        real_write = run.atomic_write_bytes
+        monkeypatch.setattr(run, "atomic_write_bytes",
+                            lambda p, data: _full_disk() if p.name == name else real_write(p, data))
+    else:
+        monkeypatch.setattr(checkpoint, "save_file", _full_disk)
+    out = tmp_path / "run"
+    result = run_cli("finetune", "--checkpoint", tiny_warm, "--dataset", "synthetic", "--epochs", "1", "--out", out,
+                     "--quiet", expect=1)
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edge-sel: error:") and name in lines[0], result.output
+    assert "No space left" in lines[0]
+    assert load_state(out / "state")["format"].startswith("edge-sel-train-state")     # the run can resume
+    assert not list(out.glob(".*tmp*"))

@@ -12,7 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from edge_sel import __version__
-from edge_sel.errors import InputError
+from edge_sel.errors import InputError, writing
 from edge_sel.models import build_model
 
 FORMAT = "edge-sel-checkpoint/1"
@@ -56,14 +56,32 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(directory: Path, model: torch.nn.Module, card: ModelCard) -> None:
+    """Weights first, fsynced, then model.json: a checkpoint whose card exists has its weights."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = directory / f".model.safetensors.tmp{os.getpid()}"
-    save_file(tensors, str(tmp), metadata={"format": FORMAT})
-    os.replace(tmp, directory / "model.safetensors")
-    atomic_write_bytes(directory / "model.json", json.dumps(card.to_json(), indent=2).encode())
+    with writing(directory / "model.safetensors"):
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            save_file(tensors, str(tmp), metadata={"format": FORMAT})
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, directory / "model.safetensors")
+        finally:
+            tmp.unlink(missing_ok=True)
+        fsync_dir(directory)
+    with writing(directory / "model.json"):
+        atomic_write_bytes(directory / "model.json", json.dumps(card.to_json(), indent=2).encode())
+        fsync_dir(directory)
 
 
 def read_card(directory: Path) -> ModelCard:

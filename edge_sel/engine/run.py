@@ -24,7 +24,7 @@ from edge_sel.engine.device import pick_device, seed_everything
 from edge_sel.engine.energy_setup import EnergyOptions
 from edge_sel.engine.state import NoValidState, StateWriteError, load_state
 from edge_sel.engine.trainer import Trainer
-from edge_sel.errors import InputError
+from edge_sel.errors import InputError, writing
 from edge_sel.methods import make_strategy, make_updater
 from edge_sel.methods.options import check_options_used
 from edge_sel.methods.presets import apply_preset
@@ -201,7 +201,8 @@ def _run(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainConfig, o
         "energy_meter": meter_info, "stop_reason": trainer.stop_reason,
         "idle_power_w": getattr(meter, "idle_power_w", None),
     }, baseline=trainer.baseline, kept=kept)
-    atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2, default=str).encode())
+    with writing(out / "summary.json"):
+        atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2, default=str).encode())
     return summary
 
 

@@ -23,11 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edge_sel.errors import WriteError
+
 MAGIC = b"edge-sel-state/1\n"
 CURRENT, PREVIOUS = "current.pt", "previous.pt"
 
 
-class StateWriteError(Exception):
+class StateWriteError(WriteError):
     """Writing a checkpoint failed (a full disk, an unwritable directory); the last good one is intact."""
 
 

@@ -492,10 +492,10 @@ class Trainer:
             if self.phase == "finetune":
                 self.baseline = self.baseline_record()
                 self._keep_choice(WARMUP_EPOCH, self.baseline)
-                if writer is not None:
-                    writer.append(self.baseline)
             if self.state_dir is not None:
                 self.checkpoint()        # a rollback target before the first step
+            if writer is not None and self.baseline is not None:
+                writer.append(self.baseline)
         bar = self._bar(self.config.epochs, self.phase, leave=True)
         bar.update(self._next_epoch)
         while self._next_epoch < self.config.epochs and not self.strategy.finished():

@@ -8,6 +8,8 @@ import math
 import os
 from pathlib import Path
 
+from edge_sel.errors import writing
+
 # The fields of DESIGN.md §6, in order; per-class fields (acc_/E_/C_<class>) follow them.
 RECORD_FIELDS = [
     "epoch", "phase", "stage", "strategy", "samples_available", "forward_samples",
@@ -55,17 +57,18 @@ class RecordWriter:
         """Make the files hold exactly `records` (a resume rewrites what its checkpoint knows)."""
         self.records = [{k: _clean(v) for k, v in r.items()} for r in records]
         tmp = self.jsonl.with_name(".metrics.jsonl.tmp")
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in self.records)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.jsonl)
+        with writing(self.jsonl):
+            with open(tmp, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in self.records)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.jsonl)
         self.write_csv()
 
     def append(self, record: dict) -> None:
         record = {k: _clean(v) for k, v in record.items()}
         self.records.append(record)
-        with open(self.jsonl, "a") as f:
+        with writing(self.jsonl), open(self.jsonl, "a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
@@ -76,9 +79,10 @@ class RecordWriter:
         for r in self.records:
             keys += [k for k in r if k not in keys]
         tmp = self.csv.with_name(".metrics.csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-            w.writeheader()
-            for r in self.records:
-                w.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()})
-        os.replace(tmp, self.csv)
+        with writing(self.csv):
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+                w.writeheader()
+                for r in self.records:
+                    w.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()})
+            os.replace(tmp, self.csv)
