@@ -162,12 +162,17 @@ def cli():
 @cli.command("pretrain")
 @click.option("--model", "model_name", default="edgecnn", show_default=True, help="edgecnn | resnet18_cifar")
 @click.option("--export-artifacts", is_flag=True, help="Then export model.onnx and ORT training artifacts to OUT/artifacts.")
+@click.option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None,
+              help="Continue the interrupted pretrain in this directory with the options it was started with.")
 @data_options
 @train_options
 @energy_options
 @fail_cleanly
-def pretrain_cmd(model_name, export_artifacts, **kw):
+def pretrain_cmd(model_name, export_artifacts, resume_dir, **kw):
     """Train a model densely and write a warmup checkpoint."""
+    if resume_dir is not None:
+        refuse_with_resume()
+        return report_end(resume(resume_dir, kw["quiet"], phase="pretrain"), kw["quiet"])
     if export_artifacts:
         from edge_sel.export.ort_env import require_ort
         require_ort("--export-artifacts")   # before training, not after
@@ -208,7 +213,8 @@ def pretrain_cmd(model_name, export_artifacts, **kw):
 def finetune_cmd(checkpoint, resume_dir, strategy, sparsity, backend, artifacts, bn_mode, keep, **kw):
     """Fine-tune a warmup checkpoint on local data; records per epoch."""
     if resume_dir is not None:
-        summary = resume(resume_dir, kw["quiet"])
+        refuse_with_resume()
+        summary = resume(resume_dir, kw["quiet"], phase="finetune")
         return report_end(summary, kw["quiet"])
     require(checkpoint=checkpoint, epochs=kw["epochs"], out=kw["out"])
     energy = build_energy(kw)
@@ -219,6 +225,18 @@ def finetune_cmd(checkpoint, resume_dir, strategy, sparsity, backend, artifacts,
     summary = finetune(checkpoint, build_data(kw), cfg, kw["out"], kw["overwrite"], kw["quiet"], energy,
                        profile=kw.pop("profile_record", None))
     report_end(summary, kw["quiet"])
+
+
+def refuse_with_resume() -> None:
+    """A resumed run continues with the options it was started with: others given now would be
+    silently ignored, so they are refused (--quiet only changes what is printed)."""
+    ctx = click.get_current_context()
+    given = [p.opts[0] for p in ctx.command.params
+             if p.name not in ("resume_dir", "quiet", "profile")
+             and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
+    if given:
+        raise InputError(f"--resume: {', '.join(given)} cannot change a resumed run; it continues with the "
+                         f"options it was started with (its config.json)")
 
 
 def require(**values) -> None:

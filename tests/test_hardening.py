@@ -281,3 +281,33 @@ def test_a_full_disk_while_writing_run_files_is_one_line_exit_1(tiny_warm, tmp_p
     assert "No space left" in lines[0]
     assert load_state(out / "state")["format"].startswith("edge-sel-train-state")     # the run can resume
     assert not list(out.glob(".*tmp*"))
+
+
+# ---- resuming ----------------------------------------------------------------------------------
+
+def test_resume_refuses_options_it_would_ignore(tiny_warm, tmp_path):
+    out = tmp_path / "run"
+    run_cli("finetune", "--checkpoint", tiny_warm, "--dataset", "synthetic", "--epochs", "1", "--out", out, "--quiet")
+    (out / "summary.json").unlink()
+    result = run_cli("finetune", "--resume", out, "--lr", "0.5", "--epochs", "9", "--quiet", expect=2)
+    line = result.output.strip()
+    assert line.startswith("edge-sel: error: --resume:") and "--lr" in line and "--epochs" in line
+    result = run_cli("pretrain", "--resume", out, "--quiet", expect=2)       # a finetune run
+    assert "edge-sel finetune --resume" in result.output
+
+
+def test_pretrain_resumes_and_a_run_killed_before_its_first_checkpoint_starts_again(tmp_path):
+    from helpers import records, stable
+    args = ["pretrain", "--dataset", "synthetic", "--epochs", "2", "--batch-size", "32", "--quiet"]
+    reference = tmp_path / "reference"
+    run_cli(*args, "--out", reference)
+    # Everything a start writes before its first checkpoint: the directory and its config.
+    out = tmp_path / "run"
+    run_cli(*args, "--out", out)
+    import shutil
+    shutil.rmtree(out / "state")
+    for name in ("metrics.jsonl", "metrics.csv", "summary.json", "model.safetensors", "model.json"):
+        (out / name).unlink()
+    run_cli("pretrain", "--resume", out, "--quiet")
+    assert stable(records(out)) == stable(records(reference))
+    assert (out / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()

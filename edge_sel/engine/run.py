@@ -269,9 +269,9 @@ def finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, out: Path, o
     return _run("finetune", model, card, splits, cfg, out, quiet, energy, source_info, meter)
 
 
-def resume(run_dir: Path, quiet: bool = False) -> dict:
+def resume(run_dir: Path, quiet: bool = False, phase: str | None = None) -> dict:
     """Continue an interrupted run from its last good full-state checkpoint, with the options it
-    was started with (RUN/config.json)."""
+    was started with (RUN/config.json). `phase`: the command resuming it, which must match."""
     run_dir = Path(run_dir)
     config_file = run_dir / "config.json"
     if not config_file.is_file():
@@ -281,14 +281,23 @@ def resume(run_dir: Path, quiet: bool = False) -> dict:
         cfg = TrainConfig(**{f.name: saved[f.name] for f in dataclasses.fields(TrainConfig) if f.name in saved})
         data = DataOptions(**{**saved["data"], "data_dir": saved["data"].get("data_dir")})
         energy = EnergyOptions(**saved.get("energy", {}))
-        phase = saved["phase"]
+        saved_phase = saved["phase"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise InputError(f"{config_file}: unreadable run configuration ({e.__class__.__name__}: {e})") from None
-    try:
-        state = load_state(run_dir / "state")
-    except NoValidState as e:
-        raise InputError(f"--resume {run_dir}: {e}") from None
-    if state["next_epoch"] >= cfg.epochs and state["progress"] is None:
+    if phase is not None and saved_phase != phase:
+        raise InputError(f"--resume {run_dir}: a {saved_phase} run; resume it with edge-sel {saved_phase} --resume")
+    phase = saved_phase
+    state_dir = run_dir / "state"
+    if not state_dir.is_dir() or not any(state_dir.iterdir()):
+        # Killed before its first checkpoint: nothing was trained, so it starts again from the
+        # beginning with the same options (and ends with the same records as an unbroken run).
+        state = None
+    else:
+        try:
+            state = load_state(state_dir)
+        except NoValidState as e:
+            raise InputError(f"--resume {run_dir}: {e}") from None
+    if state is not None and state["next_epoch"] >= cfg.epochs and state["progress"] is None:
         raise InputError(f"--resume {run_dir}: the run already finished all {cfg.epochs} epochs")
     splits = data.load()
     source_info = {k: saved[k] for k in ("data", "checkpoint", "warmup", "profile", "model") if k in saved}
@@ -297,6 +306,7 @@ def resume(run_dir: Path, quiet: bool = False) -> dict:
         check_compatible(card, splits, Path(saved["checkpoint"]))
         card.dataset = dataset_card(splits, data)
     else:
+        seed_everything(cfg.seed)   # the same initial weights as the run's first start
         model = build_model(saved["model"], splits.train.num_classes, splits.train.input_shape[0])
         mean, std = splits.train.channel_stats()
         card = ModelCard(saved["model"], splits.train.num_classes, splits.train.class_names,
