@@ -62,6 +62,10 @@ def test_pretrain_exports_every_default_scheme(warm, manifest):
     for name, s in manifest["schemes"].items():
         for f in ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint"):
             assert s["files"][f] == sha256_file(art / name / f)
+        for f in ("training_model.onnx", "eval_model.onnx"):      # the names a client reads from the manifest
+            outputs = [o.name for o in onnx.load(str(art / name / f)).graph.output]
+            # The training graph adds gradient-accumulation outputs after the user's two.
+            assert outputs[:2] == manifest["training"]["outputs"] == ["loss", "logits"]
     assert manifest["inference_model"]["sha256"] == sha256_file(art / "model.onnx")
     assert manifest["checkpoint"]["weights_sha256"] == sha256_file(warm / "model.safetensors")
     assert set(manifest["versions"]) == {"edge_sel", "torch", "onnx", "onnxruntime"}

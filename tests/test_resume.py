@@ -253,12 +253,16 @@ def test_resume_bad_inputs_exit_2(warm, tmp_path):
     assert "already finished" in result.output
 
 
-def test_ort_backend_resumes_to_the_same_records(warm, tmp_path):
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_ort_backend_resumes_to_the_same_records(warm, tmp_path, optimizer):
+    """AdamW's moments live in ORT's checkpoint state: a resume that lost them would diverge."""
     pytest.importorskip("onnxruntime.training.api")
-    run_cli("export", "--checkpoint", warm, "--out", tmp_path / "art", "--scheme", "last-block", "--quiet")
+    decay = 0 if optimizer == "sgd" else 0.01
+    run_cli("export", "--checkpoint", warm, "--out", tmp_path / "art", "--scheme", "last-block", "--quiet",
+            "--optimizer", optimizer, "--weight-decay", decay)
     args = ["finetune", "--checkpoint", warm, "--dataset", "synthetic", "--epochs", 2, "--batch-size", 32,
-            "--backend", "ort", "--artifacts", tmp_path / "art" / "last-block", "--optimizer", "sgd",
-            "--momentum", 0, "--weight-decay", 0, "--lr", 0.01, "--checkpoint-every", 0, "--quiet"]
+            "--backend", "ort", "--artifacts", tmp_path / "art" / "last-block", "--optimizer", optimizer,
+            "--momentum", 0, "--weight-decay", decay, "--lr", 0.01, "--checkpoint-every", 0, "--quiet"]
     run_cli(*args, "--out", tmp_path / "ref")
     run_cli(*args, "--out", tmp_path / "cut")
     state = tmp_path / "cut" / "state"

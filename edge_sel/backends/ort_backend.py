@@ -15,6 +15,7 @@ model.safetensors all see the fine-tuned weights.
 from __future__ import annotations
 
 import math
+import tempfile
 from pathlib import Path
 
 import click
@@ -85,12 +86,7 @@ class OrtBackend:
         self.input_shape = list(manifest["input"]["shape"][1:])
         info = manifest["schemes"][scheme]
         self.trainable = list(info["trainable"])
-        self.state = api.CheckpointState.load_checkpoint(str(self.directory / "checkpoint"))
-        self.module = api.Module(str(self.directory / "training_model.onnx"), self.state,
-                                 str(self.directory / "eval_model.onnx"), device="cpu",
-                                 session_options=session_options())
-        self._load_torch_weights()   # after the Module exists: writing a bare state crashes 1.19.2
-        self.optimizer = api.Optimizer(str(self.directory / "optimizer_model.onnx"), self.module)
+        self._open(str(self.directory / "checkpoint"))
         # Copied back after each step: what the step changes (BN running stats only in train mode).
         moving = set(self.trainable)
         if self.bn_mode == "train":
@@ -117,6 +113,23 @@ class OrtBackend:
                        f"same architecture; training the --checkpoint's weights", err=True)
         return cls(model, directory, manifest, scheme, optimizer, device)
 
+    def _open(self, checkpoint: str) -> None:
+        """Session, module and optimizer over an ORT checkpoint (the export's, or one saved with
+        optimizer state by a full-state checkpoint of the run)."""
+        from onnxruntime.training import api
+
+        self.state = api.CheckpointState.load_checkpoint(checkpoint)
+        self.module = api.Module(str(self.directory / "training_model.onnx"), self.state,
+                                 str(self.directory / "eval_model.onnx"), device="cpu",
+                                 session_options=session_options())
+        self._load_torch_weights()   # after the Module exists: writing a bare state crashes 1.19.2
+        self.optimizer = api.Optimizer(str(self.directory / "optimizer_model.onnx"), self.module)
+
+    @property
+    def stateful(self) -> bool:
+        """AdamW keeps moments between steps; ORT's SGD keeps nothing."""
+        return self.manifest["training"]["optimizer"]["name"] != "sgd"
+
     # -- weights between torch and the checkpoint state ---------------------------------------
     def _state_names(self) -> list[str]:
         return [name for name, _ in self.state.parameters]
@@ -135,10 +148,24 @@ class OrtBackend:
 
     # -- full-state checkpoints (resume, NaN rollback) ----------------------------------------
     def state_dict(self) -> dict:
-        """The weights live in the torch model's state; ORT's AdamW moments are not saved."""
-        return {"scheme": self.scheme}
+        """The weights live in the torch model's state; a stateful optimizer's moments travel as
+        the bytes of an ORT checkpoint saved with its optimizer state."""
+        state = {"scheme": self.scheme}
+        if self.stateful:
+            from onnxruntime.training import api
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "ort_checkpoint"
+                api.CheckpointState.save_checkpoint(self.state, str(path), include_optimizer_state=True)
+                state["ort_checkpoint"] = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        saved = state.get("ort_checkpoint")
+        if saved is not None:          # resume or rollback: the optimizer's moments come back too
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "ort_checkpoint"
+                path.write_bytes(saved.numpy().tobytes())
+                self._open(str(path))
         # The trainer restored the torch model first; push those weights into the ORT session.
         self._load_torch_weights()
 

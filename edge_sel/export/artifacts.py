@@ -103,6 +103,27 @@ def repair_eval_batchnorm(path: Path) -> int:
     return fixed
 
 
+def name_loss_output(path: Path, name: str = "loss") -> str:
+    """onnxblock names the loss after the node that computes it (e.g. `onnx::reducemean_output::7`);
+    clients follow the manifest, which calls it `loss`. Renames the graph's first output and every
+    use of it; returns the old name."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    old = proto.graph.output[0].name
+    if old != name:
+        for node in proto.graph.node:
+            for field in (node.input, node.output):
+                for i, tensor in enumerate(field):
+                    if tensor == old:
+                        field[i] = name
+        for info in (*proto.graph.output, *proto.graph.value_info):
+            if info.name == old:
+                info.name = name
+        onnx.save(proto, str(path))
+    return old
+
+
 def backward_stats(directory: Path) -> dict:
     """Counts from the generated graphs. The gradient builder names every node it adds
     `<forward node>_Grad/...`; `*Grad` op types are the gradient kernels among them."""
@@ -134,6 +155,8 @@ def generate_scheme(forward_proto, directory: Path, trainable: list[str], frozen
         artifacts.generate_artifacts(forward_proto, requires_grad=trainable, frozen_params=frozen,
                                      loss=weighted_ce_block(), optimizer=optimizer_block(optimizer, weight_decay),
                                      artifact_directory=directory, additional_output_names=["logits"])
+    for model in FILES[:2]:
+        name_loss_output(directory / model)
     repaired = repair_eval_batchnorm(directory / "eval_model.onnx") if bn_mode == "train" else 0
     if ort_format:   # converted after the repair, so the .ort eval model loads too
         with native_stderr_silenced(), contextlib.redirect_stdout(io.StringIO()):
