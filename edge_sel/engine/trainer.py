@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import sys
 import time
 import warnings
@@ -83,6 +85,7 @@ class EpochProgress:
     carry: Batch | None = None   # a single planned row waiting to join the next step
     singles_dropped: int = 0     # single rows left over at the epoch's end (never trained)
     thermal_capped: int = 0      # thermal pauses cut short by the maximum pause
+    steps: int = 0               # optimizer steps taken
 
     def to_state(self) -> dict:
         return {"epoch": self.epoch, "plan": {"positions": self.plan.positions.cpu(),
@@ -93,7 +96,7 @@ class EpochProgress:
                                                           for k, v in vars(self.carry).items()},
                 **{k: getattr(self, k) for k in ("next_batch", "n_trained", "loss_sum", "correct", "flops_f",
                                                  "flops_b", "throttled", "wall_s", "energy_j", "last_loss",
-                                                 "singles_dropped", "thermal_capped")}}
+                                                 "singles_dropped", "thermal_capped", "steps")}}
 
     @classmethod
     def from_state(cls, d: dict, temperature: float, device) -> "EpochProgress":
@@ -106,7 +109,8 @@ class EpochProgress:
         carry = d.get("carry")
         carry = None if carry is None else Batch(**{k: None if v is None else v.to(device) for k, v in carry.items()})
         return cls(d["epoch"], plan, [b.to(device) for b in d["before"]], emb, **rest, carry=carry,
-                   singles_dropped=d.get("singles_dropped", 0), thermal_capped=d.get("thermal_capped", 0))
+                   singles_dropped=d.get("singles_dropped", 0), thermal_capped=d.get("thermal_capped", 0),
+                   steps=d.get("steps", 0))
 
 
 @dataclass
@@ -159,7 +163,8 @@ class Trainer:
         self._uncommitted = {"flops": 0, "samples": 0}
         self._mark = (time.perf_counter(), 0.0)
         self.rolled_back = dict(ROLLED_BACK_ZERO)
-        self._step_j = 0.0          # joules of one step so far (the previous epoch's before this one's first)
+        self._step_j = 0.0
+        self._kill_at_step = int(os.environ.get("EDGE_SEL_FAULT_KILL_AT_STEP", "0") or 0) or None          # joules of one step so far (the previous epoch's before this one's first)
         self.progress: EpochProgress | None = None
         self._eval_energy: dict = {}
         if self.guard is not None:
@@ -260,6 +265,8 @@ class Trainer:
             if self.checkpoint_every and stepped and self.step % self.checkpoint_every == 0 \
                     and progress.next_batch < nb:
                 self._checkpoint_mid_epoch(progress, t0, j0)
+            if stepped and self.step == self._kill_at_step:     # crash-safety tests: die like a power cut
+                os.kill(os.getpid(), signal.SIGKILL)
         bar.close()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
@@ -298,6 +305,7 @@ class Trainer:
         progress.correct += int((logits.argmax(1) == batch.y).sum())
         progress.last_loss = losses.mean().item()
         progress.n_trained += len(batch.y)
+        progress.steps += 1
         progress.flops_f += f
         progress.flops_b += b
         self.step += 1
@@ -340,6 +348,7 @@ class Trainer:
         record["thermal_pauses_capped"] = progress.thermal_capped
         record["nonfinite_events"] = self.nonfinite_events
         record["single_samples_untrained"] = progress.singles_dropped
+        record["optimizer_steps"] = progress.steps
         if self.stop_reason:
             record["stop_reason"] = self.stop_reason
         return record
@@ -410,6 +419,9 @@ class Trainer:
             "lr_mult": self.lr_mult, "nonfinite_events": self.nonfinite_events,
             "energy_total_j": self.meter.total_j + self._energy_offset_j,
             "baseline": self.baseline, "choice": self.choice.state_dict(), "rolled_back": dict(self.rolled_back),
+            # What strategies told updaters through the context (e.g. the curriculum stage that sets
+            # the guilt threshold): a resumed epoch does not plan again, so it must come back too.
+            "context": dict(self.ctx.state),
         }
 
     def restore(self, state: dict) -> None:
@@ -437,6 +449,8 @@ class Trainer:
         self.nonfinite_events = state["nonfinite_events"]
         self._energy_offset_j = state["energy_total_j"] - self.meter.total_j
         self.baseline = state.get("baseline")
+        self.ctx.state.clear()
+        self.ctx.state.update(state.get("context", {}))
         self.rolled_back = dict(state.get("rolled_back", ROLLED_BACK_ZERO))
         self._uncommitted = {"flops": 0, "samples": 0}
         self._mark = (time.perf_counter(), self.meter.total_j)

@@ -126,10 +126,14 @@ class SeedSundew(Strategy):
                 **trace_summary(self.thresholds, self.selected, self.candidates, self.controller.ema)}
 
     def state_dict(self) -> dict:
-        return {"controller": self.controller.state_dict()}
+        return {"controller": self.controller.state_dict(), "thresholds": list(self.thresholds),
+                "selected": self.selected, "candidates": self.candidates}
 
     def load_state_dict(self, state: dict) -> None:
         self.controller.load_state_dict(state["controller"])
+        self.thresholds = list(state.get("thresholds", self.thresholds))
+        self.selected = int(state.get("selected", self.selected))
+        self.candidates = int(state.get("candidates", self.candidates))
 
 
 # -- presets ------------------------------------------------------------------------------------

@@ -110,10 +110,17 @@ class GuiltMask(Updater):
         return out
 
     def state_dict(self) -> dict:
-        return {"g0": self.g0}
+        """Everything a resumed epoch needs to end with the same record: g0, the calibration not
+        yet charged to a record, and the epoch's running sums."""
+        return {"g0": self.g0, "calibration": self._calibration, "share_sum": self._share_sum.detach().cpu(),
+                "steps": self._steps}
 
     def load_state_dict(self, state: dict) -> None:
         self.g0 = state.get("g0", self.g0)
+        self._calibration = state.get("calibration")
+        if "share_sum" in state:
+            self._share_sum = state["share_sum"].to(self._share_sum.device, self._share_sum.dtype)
+            self._steps = int(state["steps"])
 
 
 def block_guilt(blocks: list[list[nn.Parameter]]) -> list[float | None]:
@@ -218,7 +225,12 @@ class LayerFreeze(Updater):
         return out
 
     def state_dict(self) -> dict:
-        return {"frozen": list(self.frozen)}
+        return {"frozen": list(self.frozen), "last_guilt": list(self.last_guilt), "steps": self._steps,
+                "probes": self._probes, "frozen_sum": self._frozen_sum}
 
     def load_state_dict(self, state: dict) -> None:
         self._apply(list(state.get("frozen", [])))
+        self.last_guilt = list(state.get("last_guilt", self.last_guilt))
+        self._steps = int(state.get("steps", self._steps))
+        self._probes = int(state.get("probes", self._probes))
+        self._frozen_sum = float(state.get("frozen_sum", self._frozen_sum))

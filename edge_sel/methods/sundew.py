@@ -122,9 +122,11 @@ class SundewGate(Gate):
 
     def state_dict(self) -> dict:
         return {"store": self.store.state_dict(), "controller": self.controller.state_dict(),
-                "target": self.target.state_dict()}
+                "target": self.target.state_dict(), "candidates": self.candidates}
 
     def load_state_dict(self, state: dict) -> None:
         self.store.load_state_dict(state["store"])
         self.controller.load_state_dict(state["controller"])
         self.target.load_state_dict(state["target"])
+        # The epoch's candidate count sets the next target under --energy-budget-per-epoch.
+        self.candidates = int(state.get("candidates", self.candidates))
