@@ -35,6 +35,27 @@ def test_pretrain_writes_a_described_checkpoint(synthetic_warmup):
     assert any(k.endswith("running_mean") for k in tensors)     # BN statistics travel too
 
 
+def hand_count_forward_flops(model, input_shape) -> int:
+    """2 x multiply-adds of every Conv2d and Linear for one sample, from the output shapes."""
+    import torch
+    total = 0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        if isinstance(module, torch.nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+            total += 2 * k * output.numel()
+        elif isinstance(module, torch.nn.Linear):
+            total += 2 * module.in_features * output.numel()
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, *input_shape))
+    for h in handles:
+        h.remove()
+    return total
+
+
 def test_finetune_records_every_field(synthetic_warmup, tmp_path):
     run = tmp_path / "run"
     finetune(synthetic_warmup, run)
@@ -54,8 +75,11 @@ def test_finetune_records_every_field(synthetic_warmup, tmp_path):
         assert r["params_updated_frac"] > 0.9
         for c in classes:
             assert r[f"C_{c}"] == pytest.approx(max(0.0, 1 - r[f"E_{c}"]))
-    # The flops of an epoch are the per-batch counts times the batches actually run.
-    assert recs[0]["flops_forward"] == recs[1]["flops_forward"]
+    # The flops of an epoch are the per-sample count times the samples trained: counted by hand here
+    # from each conv and linear layer's shapes (what torch's counter counts: multiply-adds x 2).
+    model, card = load_checkpoint(synthetic_warmup)
+    per_sample = hand_count_forward_flops(model, card.input_shape)
+    assert recs[0]["flops_forward"] == recs[1]["flops_forward"] == per_sample * recs[0]["backward_samples"]
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert header[: len(RECORD_FIELDS)] == RECORD_FIELDS
     s = summary(run)
