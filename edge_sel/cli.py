@@ -55,6 +55,11 @@ def data_options(fn):
         click.option("--split-seed", type=int, default=0, show_default=True,
                      help="Seed of the validation split and shards (a fine-tune must use its pretrain's)."),
         click.option("--image-size", type=int, default=None, help="Resize folder images to S x S."),
+        click.option("--shift", default=None,
+                     help="Shift the local data: corrupt=NAME:SEV; label-noise=RATE[:val]; imbalance=longtail:RATIO; "
+                          "classes=A,B (items joined by ';'). Records then add clean_test_acc."),
+        click.option("--shift-seed", type=int, default=0, show_default=True,
+                     help="Seed of which samples a shift hits and how."),
     ]
     for opt in reversed(options):
         fn = opt(fn)
@@ -150,7 +155,7 @@ def build_config(kw: dict, **extra) -> TrainConfig:
 
 def build_data(kw: dict) -> DataOptions:
     return DataOptions(kw["dataset"], kw["data_dir"], kw["val_fraction"], kw["shard"], kw["subset"],
-                       kw["per_class_cap"], kw["split_seed"], kw["image_size"])
+                       kw["per_class_cap"], kw["split_seed"], kw["image_size"], kw["shift"], kw["shift_seed"])
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

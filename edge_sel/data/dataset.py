@@ -70,3 +70,4 @@ class Splits:
     train: IndexedDataset
     val: IndexedDataset
     test: IndexedDataset
+    test_clean: IndexedDataset | None = None   # the test split before a --shift (forgetting)

@@ -18,6 +18,7 @@ import torch
 from edge_sel import __version__
 from edge_sel.config import TrainConfig
 from edge_sel.data import Splits, load_source, make_splits, parse_shard
+from edge_sel.data.shift import apply_shift, parse_shift
 from edge_sel.engine.checkpoint import ModelCard, atomic_write_bytes, load_checkpoint, save_checkpoint
 from edge_sel.device_caps import gpu_uuids
 from edge_sel.engine.device import pick_device, seed_everything
@@ -42,12 +43,16 @@ class DataOptions:
     per_class_cap: int | None = None
     split_seed: int = 0
     image_size: int | None = None
+    shift: str | None = None          # a shift scenario (edge_sel.data.shift), e.g. "corrupt=fog:3"
+    shift_seed: int = 0
 
     def load(self) -> Splits:
         shard_kn = parse_shard(self.shard)
+        shift = parse_shift(self.shift)          # a bad spec fails before any data is read
         train_full, test = load_source(self.dataset, self.data_dir, self.image_size)
-        return make_splits(train_full, test, self.val_fraction, shard_kn, self.subset,
-                           self.per_class_cap, self.split_seed)
+        splits = make_splits(train_full, test, self.val_fraction, shard_kn, self.subset,
+                             self.per_class_cap, self.split_seed)
+        return apply_shift(splits, shift, self.shift_seed)
 
 
 def check_out_dir(out: Path, overwrite: bool) -> Path:

@@ -140,6 +140,8 @@ class Trainer:
         self.train_ds = self.splits.train.to(self.device)
         self.val_ds = self.splits.val.to(self.device)
         self.test_ds = self.splits.test.to(self.device)
+        clean = self.splits.test_clean
+        self.clean_test_ds = None if clean is None else clean.to(self.device)
         self.optimizer = make_optimizer(cfg.optimizer, self.model.parameters(), cfg.lr, cfg.momentum,
                                         cfg.weight_decay)
         self.ctx = RunContext(self.train_ds, self.val_ds, self.model, cfg.epochs, self.generator,
@@ -379,6 +381,11 @@ class Trainer:
             out[f"acc_{name}"] = acc
         out["flops_eval"] = self._eval_flops(self.flops, len(self.val_ds)) + \
             self._eval_flops(self.flops, len(self.test_ds))
+        if self.clean_test_ds is not None:     # the server's distribution: what shifted training forgets
+            clean_logits = predict_dataset(self.backend.predict, self.clean_test_ds, self.mean, self.std,
+                                           cfg.eval_batch_size)
+            out["clean_test_acc"] = accuracy(clean_logits, self.clean_test_ds.labels)
+            out["flops_eval"] += self._eval_flops(self.flops, len(self.clean_test_ds))
         out["eval_wall_s"] = time.perf_counter() - t0
         self._eval_energy = self.meter.end("eval")
         out["eval_energy_j"] = self._eval_energy.get("energy_j")

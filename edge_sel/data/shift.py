@@ -1,0 +1,152 @@
+"""Shift scenarios: a device's local data as it differs from the server's, applied to any dataset's
+splits after they are drawn (so a shard and its shifted copy hold the same samples).
+
+Spec grammar (`--shift`), items joined by `;`:
+
+    corrupt=NAME:SEVERITY     a CIFAR-10-C style corruption (edge_sel.data.corruptions) of the
+                              training, validation and test images: the device's camera or light
+    label-noise=RATE[:val]    exactly round(RATE x N) training labels flipped, each to another class
+                              chosen uniformly; with `:val` the validation labels too (a device's
+                              own labels are as noisy for validation as for training)
+    imbalance=longtail:RATIO  training classes thinned exponentially, the last class RATIO times
+                              rarer than the first (validation and test stay balanced)
+    classes=A,B,...           a device that sees only these classes (by index), in every split
+
+Which samples are hit depends only on `--shift-seed` and each sample's stable index. The test
+split before any shift is kept as `Splits.test_clean`: evaluation reports `clean_test_acc` on it,
+so forgetting of the server's distribution shows next to the local accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+
+from edge_sel.data.corruptions import CORRUPTIONS, corrupt
+from edge_sel.data.dataset import IndexedDataset, Splits
+from edge_sel.errors import InputError
+
+
+@dataclass(frozen=True)
+class Shift:
+    corruption: tuple[str, int] | None = None
+    label_noise: float = 0.0
+    noisy_val: bool = False
+    longtail: float | None = None
+    classes: tuple[int, ...] | None = None
+
+    @property
+    def active(self) -> bool:
+        return bool(self.corruption or self.label_noise or self.longtail or self.classes)
+
+
+def parse_shift(text: str | None) -> Shift:
+    shift = Shift()
+    if not text:
+        return shift
+    for item in filter(None, (part.strip() for part in text.split(";"))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InputError(f"--shift: {item!r} is not KEY=VALUE (corrupt=, label-noise=, imbalance=, classes=)")
+        try:
+            if key == "corrupt":
+                name, _, sev = value.partition(":")
+                if name not in CORRUPTIONS:
+                    raise InputError(f"--shift: unknown corruption {name!r}; choose one of {', '.join(CORRUPTIONS)}")
+                severity = int(sev or 3)
+                if not 1 <= severity <= 5:
+                    raise InputError(f"--shift: corruption severity must be 1-5, got {severity}")
+                shift = replace(shift, corruption=(name, severity))
+            elif key == "label-noise":
+                rate, _, where = value.partition(":")
+                rate = float(rate)
+                if not 0 <= rate < 1 or where not in ("", "val"):
+                    raise InputError(f"--shift: label-noise must be RATE in [0, 1) with optional ':val', got {value!r}")
+                shift = replace(shift, label_noise=rate, noisy_val=where == "val")
+            elif key == "imbalance":
+                kind, _, ratio = value.partition(":")
+                if kind != "longtail" or float(ratio) < 1:
+                    raise InputError(f"--shift: imbalance must be longtail:RATIO with RATIO >= 1, got {value!r}")
+                shift = replace(shift, longtail=float(ratio))
+            elif key == "classes":
+                classes = tuple(sorted({int(c) for c in value.split(",")}))
+                if not classes or min(classes) < 0:
+                    raise InputError(f"--shift: classes must be class indices like 0,1,2, got {value!r}")
+                shift = replace(shift, classes=classes)
+            else:
+                raise InputError(f"--shift: unknown key {key!r} (corrupt=, label-noise=, imbalance=, classes=)")
+        except ValueError:
+            raise InputError(f"--shift: cannot read {item!r}") from None
+    return shift
+
+
+def _uniform(index: torch.Tensor, seed: int, salt: int) -> torch.Tensor:
+    """A number in [0, 1) per sample from its stable index alone (a hash, not a stream), so that
+    a sample gets the same draw in any subset."""
+    offset = (seed * 1442695040888963407 + salt * 0x1E3779B97F4A7C15 + 1) % (1 << 62)
+    x = (index.long() + offset) * 6364136223846793005 & 0x7FFFFFFFFFFFFFFF     # wraps like uint64
+    for shift, mult in ((31, 0x3F58476D1CE4E5B9), (29, 0x14D049BB133111EB)):
+        x = ((x ^ (x >> shift)) * mult) & 0x7FFFFFFFFFFFFFFF
+    x = x ^ (x >> 32)
+    return (x & 0xFFFFFF).double() / float(1 << 24)
+
+
+def flip_labels(ds: IndexedDataset, rate: float, seed: int) -> IndexedDataset:
+    """Exactly round(rate x N) labels flipped, each to a uniformly chosen other class; the samples
+    flipped are those with the smallest per-sample draws."""
+    n, k = len(ds), ds.num_classes
+    flips = int(round(rate * n))
+    labels = ds.labels.clone()
+    if flips and k > 1:
+        order = torch.argsort(_uniform(ds.index.cpu(), seed, 1), stable=True)[:flips]
+        offset = 1 + (_uniform(ds.index.cpu()[order], seed, 2) * (k - 1)).long().clamp(max=k - 2)
+        labels[order.to(labels.device)] = (labels[order.to(labels.device)] + offset.to(labels.device)) % k
+    out = IndexedDataset(ds.images, labels, ds.index, list(ds.class_names), ds.name, dict(ds.augment))
+    out.clean_labels = ds.labels
+    return out
+
+
+def longtail_keep(ds: IndexedDataset, ratio: float, seed: int) -> torch.Tensor:
+    """Positions kept when class c keeps a share ratio^(-c / (K - 1)) of its samples."""
+    k = ds.num_classes
+    draw = _uniform(ds.index.cpu(), seed, 3)
+    share = torch.tensor([ratio ** (-c / max(1, k - 1)) for c in range(k)], dtype=torch.float64)
+    keep = []
+    for c in range(k):
+        pos = (ds.labels.cpu() == c).nonzero().squeeze(1)
+        n = max(1, math.floor(len(pos) * share[c].item())) if len(pos) else 0
+        keep.append(pos[torch.argsort(draw[pos], stable=True)[:n]])
+    return torch.cat(keep).sort().values
+
+
+def only_classes(ds: IndexedDataset, classes: tuple[int, ...]) -> torch.Tensor:
+    if max(classes) >= ds.num_classes:
+        raise InputError(f"--shift: classes {list(classes)} name a class beyond the dataset's {ds.num_classes}")
+    return torch.isin(ds.labels.cpu(), torch.tensor(classes)).nonzero().squeeze(1)
+
+
+def corrupted(ds: IndexedDataset, name: str, severity: int, seed: int) -> IndexedDataset:
+    return IndexedDataset(corrupt(ds.images.cpu(), ds.index.cpu(), name, severity, seed).to(ds.images.device),
+                          ds.labels, ds.index, list(ds.class_names), ds.name, dict(ds.augment))
+
+
+def apply_shift(splits: Splits, shift: Shift, seed: int = 0) -> Splits:
+    if not shift.active:
+        return splits
+    train, val, test = splits.train, splits.val, splits.test
+    if shift.classes:
+        train, val, test = (d.subset(only_classes(d, shift.classes)) for d in (train, val, test))
+    if shift.longtail:
+        train = train.subset(longtail_keep(train, shift.longtail, seed))
+    if shift.corruption:
+        name, severity = shift.corruption
+        train, val, test = (corrupted(d, name, severity, seed) for d in (train, val, test))
+    if shift.label_noise:
+        train = flip_labels(train, shift.label_noise, seed)
+        if shift.noisy_val:
+            val = flip_labels(val, shift.label_noise, seed)
+    if len(train) == 0:
+        raise InputError("--shift: the training split is empty after the shift")
+    return Splits(train=train, val=val, test=test, test_clean=splits.test)
