@@ -258,6 +258,42 @@ def report_end(summary: dict, quiet: bool) -> None:
         click.echo("stopped before the energy budget would be exceeded; records and checkpoint are written")
 
 
+@cli.command("shift")
+@click.option("--dataset", default="digits", show_default=True, help="digits | cifar10 | synthetic | folder:PATH")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Where the CIFAR-10 archive lives.")
+@click.option("--shift", "spec", required=True, help="The shift to apply (same grammar as finetune --shift).")
+@click.option("--shift-seed", type=int, default=0, show_default=True, help="Seed of the shift.")
+@click.option("--split", type=click.Choice(["train", "test", "all"]), default="all", show_default=True,
+              help="Which split to write (train holds the training and validation samples).")
+@click.option("--limit", type=int, default=None, help="At most N images per class and split.")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Image folder to create: OUT/train/<class>/, OUT/test/<class>/, and contact_sheet.png.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out directory.")
+@fail_cleanly
+def shift_cmd(dataset, data_dir, spec, shift_seed, split, limit, out, overwrite):
+    """Write a shifted copy of a dataset as an image folder (readable as --dataset folder:OUT)."""
+    from edge_sel.data import load_source, make_splits
+    from edge_sel.data.shift import apply_shift, parse_shift
+    from edge_sel.data.write_folder import contact_sheet, write_image_folder
+    from edge_sel.engine.run import check_out_dir, start_out_dir
+    shift = parse_shift(spec)
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit must be a positive number of images, got {limit}")
+    out = check_out_dir(out, overwrite)
+    train_full, test = load_source(dataset, data_dir)
+    # The whole training part (no validation held out) shifted as a fine-tune would see it.
+    shifted = apply_shift(make_splits(train_full, test, val_fraction=0.0), shift, shift_seed)
+    start_out_dir(out)
+    counts = {}
+    if split in ("train", "all"):
+        counts["train"] = write_image_folder(shifted.train, out / "train", limit)
+    if split in ("test", "all"):
+        counts["test"] = write_image_folder(shifted.test, out / "test", limit)
+    contact_sheet(train_full, out / "contact_sheet.png", seed=shift_seed)
+    click.echo(f"wrote {', '.join(f'{n} {k} images' for k, n in counts.items())} to {out} "
+               f"(and contact_sheet.png: every corruption at severities 1-5)")
+
+
 @cli.command("promote")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--deployed", type=click.Path(path_type=Path), required=True,

@@ -102,3 +102,17 @@ def test_a_shifted_fine_tune_records_accuracy_on_the_clean_test_too(tiny_warm, t
     result = run_cli("finetune", "--checkpoint", tiny_warm, "--dataset", "synthetic", "--epochs", "1",
                      "--out", tmp_path / "bad", "--shift", "corrupt=snow:3", "--quiet", expect=2)
     assert result.output.strip().startswith("edge-sel: error: --shift:")
+
+
+def test_the_shift_command_writes_a_folder_that_loads_back(tmp_path):
+    from edge_sel.data import load_source
+    out = tmp_path / "shifted"
+    result = run_cli("shift", "--dataset", "digits", "--shift", "corrupt=gaussian_noise:5;label-noise=0.2",
+                     "--limit", "5", "--out", out)
+    assert "wrote 50 train images, 50 test images" in result.output
+    assert (out / "contact_sheet.png").read_bytes()[:4] == b"\x89PNG"
+    train, test = load_source(f"folder:{out}")
+    assert len(train) == 50 and len(test) == 50 and train.class_names == [str(d) for d in range(10)]
+    assert train.class_counts() == [5] * 10
+    run_cli("shift", "--dataset", "digits", "--shift", "corrupt=snow:1", "--out", tmp_path / "bad", expect=2)
+    assert not (tmp_path / "bad").exists()
