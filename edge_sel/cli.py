@@ -206,6 +206,9 @@ def pretrain_cmd(model_name, export_artifacts, resume_dir, **kw):
 @click.option("--bn-mode", type=click.Choice(["train", "eval"]), default=None,
               help="BatchNorm while training: train (batch stats) or eval (frozen stats) [default: train; "
                    "ort: the artifacts' mode].")
+@click.option("--bn-adapt", type=int, default=0, show_default=True,
+              help="First re-estimate BatchNorm statistics on N unlabelled local training images (forward passes "
+                   "only; with --epochs 0, the whole adaptation).")
 @click.option("--keep", type=click.Choice(["best", "last"]), default="best", show_default=True,
               help="Output model: the best by local validation accuracy among the starting checkpoint and "
                    "every epoch (a run that does not beat the checkpoint hands it back unchanged), or the last epoch.")
@@ -215,7 +218,7 @@ def pretrain_cmd(model_name, export_artifacts, resume_dir, **kw):
 @energy_options
 @fail_cleanly
 @profile_option
-def finetune_cmd(checkpoint, resume_dir, strategy, sparsity, backend, artifacts, bn_mode, keep, **kw):
+def finetune_cmd(checkpoint, resume_dir, strategy, sparsity, backend, artifacts, bn_mode, bn_adapt, keep, **kw):
     """Fine-tune a warmup checkpoint on local data; records per epoch."""
     if resume_dir is not None:
         refuse_with_resume()
@@ -226,7 +229,7 @@ def finetune_cmd(checkpoint, resume_dir, strategy, sparsity, backend, artifacts,
     method = {name: kw.pop(name) for name in method_option_names()}
     cfg = build_config(kw, strategy=strategy, sparsity=sparsity, backend=backend,
                        artifacts=str(artifacts) if artifacts else None, method=method, bn_mode=bn_mode,
-                       keep=keep)
+                       keep=keep, bn_adapt=bn_adapt)
     summary = finetune(checkpoint, build_data(kw), cfg, kw["out"], kw["overwrite"], kw["quiet"], energy,
                        profile=kw.pop("profile_record", None))
     report_end(summary, kw["quiet"])

@@ -57,6 +57,7 @@ class TrainConfig:
     bn_mode: str | None = None        # "eval": BatchNorm keeps frozen running stats while training
     method: dict = field(default_factory=dict)   # strategy/updater options (target activation, ...)
     keep: str = "best"                # output model: best by local validation (warmup included) or last
+    bn_adapt: int = 0                 # re-estimate BatchNorm statistics on this many local images first
     # Training options the user gave on the command line (a preset never overrides those); None when
     # unknown (the Python API), then a value other than the default counts as the user's choice.
     explicit: list | None = None
@@ -76,6 +77,9 @@ class TrainConfig:
         _choice("--schedule", self.schedule, SCHEDULES)
         _choice("--bn-mode", self.bn_mode, (None, "train", "eval"))
         _choice("--keep", self.keep, KEEP_CHOICES)
+        _integer("--bn-adapt", self.bn_adapt, lo=0)
+        if self.bn_adapt and self.backend != "torch":
+            raise InputError("--bn-adapt: needs --backend torch (ORT artifacts carry their own BatchNorm statistics)")
         if not isinstance(self.device, str) or not (self.device in ("auto", "cpu", "cuda", "mps")
                                                     or self.device.startswith("cuda:")):
             raise InputError(f"--device must be cpu, cuda, mps or auto, got {self.device!r}")

@@ -20,6 +20,7 @@ from edge_sel.backends.torch_backend import make_optimizer
 from edge_sel.config import TrainConfig
 from edge_sel.data import Batch, BatchLoader, Splits
 from edge_sel.device_caps import accumulator_dtype, peak_rss_mb
+from edge_sel.engine.bn_adapt import reestimate_bn
 from edge_sel.engine.evaluate import EmbarrassmentMeter, accuracy, per_class_accuracy, predict_dataset
 from edge_sel.engine.flops import FlopCounter
 from edge_sel.engine.keep import WARMUP_EPOCH, ModelChoice
@@ -166,6 +167,8 @@ class Trainer:
         self._mark = (time.perf_counter(), 0.0)
         self.rolled_back = dict(ROLLED_BACK_ZERO)
         self._step_j = 0.0
+        self.bn_adapt_done = False
+        self._bn_adapt: dict | None = None   # re-estimation not yet charged to a record
         self._kill_at_step = int(os.environ.get("EDGE_SEL_FAULT_KILL_AT_STEP", "0") or 0) or None          # joules of one step so far (the previous epoch's before this one's first)
         self.progress: EpochProgress | None = None
         self._eval_energy: dict = {}
@@ -225,6 +228,8 @@ class Trainer:
         t0 = time.perf_counter()
         j0 = self.meter.total_j
         if progress is None:
+            if cfg.bn_adapt and not self.bn_adapt_done:
+                self._adapt_bn()            # inside the first epoch's window, before it plans
             progress = self._begin_epoch(epoch)
         self.progress = progress
         plan = progress.plan
@@ -327,6 +332,11 @@ class Trainer:
         record.update({"flops_forward": progress.flops_f, "flops_backward": progress.flops_b,
                        "flops_scoring": self._scoring["flops"], "scoring_samples": self._scoring["samples"]})
         # An updater's one-off calibration pass (the SEL guilt threshold) is training compute too.
+        if self._bn_adapt is not None:         # forward-only, charged to the first record
+            record.update(self._bn_adapt)
+            record["forward_samples"] += self._bn_adapt["bn_adapt_samples"]
+            record["flops_calibration"] = (record.get("flops_calibration") or 0) + self._bn_adapt["flops_bn_adapt"]
+            self._bn_adapt = None
         # Steps a rollback threw away were computed all the same: their cost stays in the totals.
         rolled = self.rolled_back
         self.rolled_back = dict(ROLLED_BACK_ZERO)
@@ -403,6 +413,32 @@ class Trainer:
         record.update({k: self._eval_energy.get(k) for k in ("energy_source", "energy_method")})
         return record
 
+    def _adapt_bn(self) -> None:
+        """BatchNorm statistics from `--bn-adapt` unlabelled local training images (a seeded draw
+        that leaves the run's own random stream alone); counted as forward FLOPs."""
+        n = min(self.config.bn_adapt, len(self.train_ds))
+        draw = torch.Generator().manual_seed(self.config.seed + 7919)
+        positions = torch.randperm(len(self.train_ds), generator=draw)[:n].to(self.device)
+        sizes = reestimate_bn(self.model, self.train_ds, positions, self.mean, self.std)
+        self._bn_adapt = {"bn_adapt_samples": n, "flops_bn_adapt": sum(self.flops.eval_batch(s) for s in sizes)}
+        self.bn_adapt_done = True
+
+    def bn_adapt_record(self) -> dict:
+        """`--epochs 0 --bn-adapt N`: the re-estimation alone, measured and evaluated as epoch 0."""
+        self.meter.begin("train")
+        t0 = time.perf_counter()
+        self._adapt_bn()
+        wall = time.perf_counter() - t0
+        energy = self.meter.end("train")
+        info, self._bn_adapt = self._bn_adapt, None
+        record = {"epoch": 0, "phase": "bn_adapt", "stage": None, "strategy": self.strategy.name,
+                  "samples_available": len(self.train_ds), "forward_samples": info["bn_adapt_samples"],
+                  "backward_samples": 0, "activation": 0.0, "train_loss": None, "train_acc": None,
+                  "flops_forward": info["flops_bn_adapt"], "flops_backward": 0, "flops_scoring": 0,
+                  "flops_train": info["flops_bn_adapt"], "wall_s": wall, **info, **energy}
+        record.update(self.evaluate())
+        return record
+
     def _keep_choice(self, epoch: int, record: dict) -> None:
         self.choice.consider(epoch, record.get("val_acc"), record.get("test_acc"), self.model)
         if self.phase == "finetune":
@@ -429,6 +465,7 @@ class Trainer:
             # What strategies told updaters through the context (e.g. the curriculum stage that sets
             # the guilt threshold): a resumed epoch does not plan again, so it must come back too.
             "context": dict(self.ctx.state),
+            "bn_adapt": {"done": self.bn_adapt_done, "pending": self._bn_adapt},
         }
 
     def restore(self, state: dict) -> None:
@@ -456,6 +493,8 @@ class Trainer:
         self.nonfinite_events = state["nonfinite_events"]
         self._energy_offset_j = state["energy_total_j"] - self.meter.total_j
         self.baseline = state.get("baseline")
+        adapt = state.get("bn_adapt") or {}
+        self.bn_adapt_done, self._bn_adapt = bool(adapt.get("done")), adapt.get("pending")
         self.ctx.state.clear()
         self.ctx.state.update(state.get("context", {}))
         self.rolled_back = dict(state.get("rolled_back", ROLLED_BACK_ZERO))
@@ -517,6 +556,13 @@ class Trainer:
                 self.checkpoint()        # a rollback target before the first step
             if writer is not None and self.baseline is not None:
                 writer.append(self.baseline)
+            if self.config.bn_adapt and self.config.epochs == 0:
+                record = self.bn_adapt_record()
+                self._keep_choice(0, record)
+                self.records.append(record)
+                self.checkpoint()
+                if writer is not None:
+                    writer.append(record)
         bar = self._bar(self.config.epochs, self.phase, leave=True)
         bar.update(self._next_epoch)
         while self._next_epoch < self.config.epochs and not self.strategy.finished():

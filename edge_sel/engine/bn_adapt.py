@@ -1,0 +1,40 @@
+"""BatchNorm statistics re-estimation (Schneider et al. 2020): the cheapest lever against a shift in
+the inputs. Forward passes only, on unlabelled local images, no gradient and no weight changes: each
+BatchNorm layer's running mean and variance become the average over those images (momentum None),
+then the layer's momentum is restored for whatever training follows."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from edge_sel.data import BatchLoader, IndexedDataset
+
+
+def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def reestimate_bn(model: nn.Module, ds: IndexedDataset, positions: torch.Tensor, mean, std,
+                  batch_size: int = 256) -> list[int]:
+    """Running statistics from the images at `positions` (no augmentation). Returns the batch
+    sizes run, for the FLOP count."""
+    layers = batchnorm_layers(model)
+    momenta = [m.momentum for m in layers]
+    was_training = model.training
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None               # cumulative average over every batch below
+    model.train()
+    sizes = []
+    loader = BatchLoader(ds, mean, std, batch_size, augment=False, generator=torch.Generator())
+    try:
+        for batch in loader.batches(positions):
+            model(batch.x)
+            sizes.append(len(batch))
+    finally:
+        for m, momentum in zip(layers, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+    return sizes
