@@ -14,6 +14,7 @@ from edge_sel.engine.energy_setup import EnergyOptions
 from edge_sel.engine.run import DataOptions, finetune, pretrain, resume
 from edge_sel.engine.state import StateWriteError
 from edge_sel.engine.trainer import TrainingDiverged
+from edge_sel.engine.distributed import under_torchrun
 from edge_sel.errors import InputError
 from edge_sel.methods.options import method_option_names, method_options
 from edge_sel.profiles.apply import profile_option
@@ -178,6 +179,8 @@ def pretrain_cmd(model_name, export_artifacts, **kw):
 @profile_option
 def finetune_cmd(checkpoint, resume_dir, strategy, sparsity, backend, artifacts, bn_mode, keep, **kw):
     """Fine-tune a warmup checkpoint on local data; records per epoch."""
+    if under_torchrun():
+        raise InputError("finetune is single-device: run it without torchrun (only pretrain is distributed)")
     if resume_dir is not None:
         summary = resume(resume_dir, kw["quiet"])
         return report_end(summary, kw["quiet"])
