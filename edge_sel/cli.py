@@ -14,6 +14,7 @@ from edge_sel.engine.energy_setup import EnergyOptions
 from edge_sel.engine.run import DataOptions, finetune, pretrain, resume
 from edge_sel.engine.state import StateWriteError
 from edge_sel.engine.trainer import TrainingDiverged
+from edge_sel.engine.distributed import under_torchrun
 from edge_sel.errors import InputError, WriteError
 from edge_sel.energy import METER_NAMES
 from edge_sel.methods import STRATEGIES
@@ -220,6 +221,8 @@ def pretrain_cmd(model_name, export_artifacts, resume_dir, **kw):
 @profile_option
 def finetune_cmd(checkpoint, resume_dir, strategy, sparsity, backend, artifacts, bn_mode, bn_adapt, keep, **kw):
     """Fine-tune a warmup checkpoint on local data; records per epoch."""
+    if under_torchrun():
+        raise InputError("finetune is single-device: run it without torchrun (only pretrain is distributed)")
     if resume_dir is not None:
         refuse_with_resume()
         summary = resume(resume_dir, kw["quiet"], phase="finetune")
