@@ -200,7 +200,8 @@ def pretrain_cmd(model_name, export_artifacts, resume_dir, **kw):
 @click.option("--strategy", type=RegistryChoice(STRATEGIES), default="dense", show_default=True,
               help="Which samples are computed.")
 @click.option("--sparsity", default=None,
-              help="Which parameters change: none | mask | layers [default: the strategy's (sel: layers), else none].")
+              help="Which parameters change: none | mask | layers | bn-affine (BatchNorm scales and shifts and the head) "
+                   "[default: the strategy's (sel: layers), else none].")
 @click.option("--backend", type=click.Choice(["torch", "ort"]), default="torch", show_default=True,
               help="What runs the training step: PyTorch, or ONNX Runtime training artifacts (--artifacts).")
 @click.option("--artifacts", type=click.Path(path_type=Path), default=None, help="ORT training artifacts (--backend ort).")

@@ -42,3 +42,6 @@ _sel.register()
 # --- gating ---
 from edge_sel.methods import gating_registry as _gating  # noqa: E402
 _gating.register()
+# --- adaptation levers ---
+from edge_sel.methods import bn_affine as _bn_affine  # noqa: E402
+_bn_affine.register()
