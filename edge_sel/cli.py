@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from edge_sel import __version__
-from edge_sel.config import OPTIMIZERS, SCHEDULES, TrainConfig
+from edge_sel.config import EVAL_TEST, MEMORY_FORMATS, OPTIMIZERS, SCHEDULES, TrainConfig
 from edge_sel.engine.energy_setup import EnergyOptions
 from edge_sel.engine.run import DataOptions, finetune, pretrain, resume
 from edge_sel.engine.state import StateWriteError
@@ -92,10 +92,30 @@ def train_options(fn):
                      help="Steps between full-state checkpoints inside an epoch (0: epoch ends only)."),
         click.option("--overwrite", is_flag=True, help="Replace an existing --out directory."),
         click.option("--quiet", is_flag=True, help="No progress bars or summary table."),
+        *speed_options(),
     ]
     for opt in reversed(options):
         fn = opt(fn)
     return fn
+
+
+def speed_options() -> list:
+    return [
+        click.option("--memory-format", type=click.Choice(MEMORY_FORMATS), default="auto", show_default=True,
+                     help="Activation layout of conv models; auto times both on this device first."),
+        click.option("--eval-batch-size", type=int, default=0, show_default=True,
+                     help="Evaluation batch size (0: the fastest of a few, measured on this device)."),
+        click.option("--eval-every", type=int, default=1, show_default=True,
+                     help="Validate every K epochs (the last epoch always)."),
+        click.option("--eval-test", type=click.Choice(EVAL_TEST), default="end", show_default=True,
+                     help="Test set after the last epoch only, or after every validation."),
+        click.option("--val-subset", type=int, default=0, show_default=True,
+                     help="Validate on N samples of the validation split (0: all of it)."),
+        click.option("--sync-every", type=int, default=0, show_default=True,
+                     help="Steps between host reads of loss sums (0: 1 on CPU, 32 on a GPU)."),
+        click.option("--compile", "compile_model", is_flag=True,
+                     help="torch.compile the model; compile time is counted in the first epoch."),
+    ]
 
 
 def energy_options(fn):
@@ -151,7 +171,10 @@ def build_config(kw: dict, **extra) -> TrainConfig:
                        momentum=kw["momentum"], weight_decay=kw["weight_decay"], schedule=kw["schedule"],
                        warmup_epochs=kw["warmup_epochs"], label_smoothing=kw["label_smoothing"],
                        augment=not kw["no_augment"], seed=kw["seed"], device=kw["device"],
-                       amp=not kw["no_amp"], checkpoint_every=kw["checkpoint_every"], **extra)
+                       amp=not kw["no_amp"], checkpoint_every=kw["checkpoint_every"],
+                       memory_format=kw["memory_format"], eval_batch_size=kw["eval_batch_size"],
+                       eval_every=kw["eval_every"], eval_test=kw["eval_test"], val_subset=kw["val_subset"],
+                       sync_every=kw["sync_every"], compile=kw["compile_model"], **extra)
 
 
 def build_data(kw: dict) -> DataOptions:

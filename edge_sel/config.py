@@ -10,6 +10,8 @@ from edge_sel.errors import InputError
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "constant", "step", "linear")
 KEEP_CHOICES = ("best", "last")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+EVAL_TEST = ("end", "every")
 
 
 def _number(option: str, value, lo=None, hi=None, lo_open=False, hi_open=False) -> None:
@@ -48,7 +50,13 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True                  # only takes effect on CUDA
     temperature: float = 1.5          # T in E_c = mean CE(logits / T, y)
-    eval_batch_size: int = 1000
+    eval_batch_size: int = 0          # 0: measured on this device (engine.layout)
+    memory_format: str = "auto"       # conv activations: auto (measured), channels_last or contiguous
+    eval_every: int = 1               # validate every K epochs (the last epoch always)
+    eval_test: str = "end"            # test set: at the "end" only, or after "every" validation
+    val_subset: int = 0               # validate on this many samples (0: the whole validation split)
+    sync_every: int = 0               # steps between host reads of the loss sums (0: 1 on CPU, 32 on GPUs)
+    compile: bool = False             # torch.compile the model (compile time lands in the first epoch)
     checkpoint_every: int = 200       # steps between mid-epoch full-state checkpoints (0: epoch ends only)
     strategy: str = "dense"
     sparsity: str = "none"
@@ -78,6 +86,16 @@ class TrainConfig:
         _choice("--bn-mode", self.bn_mode, (None, "train", "eval"))
         _choice("--keep", self.keep, KEEP_CHOICES)
         _integer("--bn-adapt", self.bn_adapt, lo=0)
+        _integer("--eval-batch-size", self.eval_batch_size, lo=0)
+        _integer("--eval-every", self.eval_every, lo=1)
+        _integer("--val-subset", self.val_subset, lo=0)
+        _integer("--sync-every", self.sync_every, lo=0)
+        _choice("--memory-format", self.memory_format, MEMORY_FORMATS)
+        _choice("--eval-test", self.eval_test, EVAL_TEST)
+        if not isinstance(self.compile, bool):
+            raise InputError(f"--compile must be true or false, got {self.compile!r}")
+        if self.compile and self.backend != "torch":
+            raise InputError("--compile: needs --backend torch (ORT runs its own graph optimisations)")
         if self.bn_adapt and self.backend != "torch":
             raise InputError("--bn-adapt: needs --backend torch (ORT artifacts carry their own BatchNorm statistics)")
         if not isinstance(self.device, str) or not (self.device in ("auto", "cpu", "cuda", "mps")

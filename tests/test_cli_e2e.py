@@ -71,7 +71,13 @@ def test_finetune_records_every_field(synthetic_warmup, tmp_path):
         assert r["phase"] == "finetune" and r["strategy"] == "dense"
         assert r["backward_samples"] == r["samples_available"] and r["activation"] == 1.0
         assert r["flops_forward"] > 0 and r["flops_backward"] > r["flops_forward"]
-        assert 0 <= r["train_acc"] <= 1 and 0 <= r["val_acc"] <= 1 and 0 <= r["test_acc"] <= 1
+        assert 0 <= r["train_acc"] <= 1 and 0 <= r["val_acc"] <= 1
+        if r is recs[-1]:        # the test set runs after the last epoch only (unless --eval-test every)
+            assert r["evaluated"] == "val+test" and 0 <= r["test_acc"] <= 1
+            assert r["test_samples_evaluated"] > 0 and all(r[f"acc_{c}"] is not None for c in classes)
+        else:
+            assert r["evaluated"] == "val" and r["test_acc"] is None and r["test_samples_evaluated"] == 0
+            assert r["flops_eval"] < recs[-1]["flops_eval"]
         assert r["params_updated_frac"] > 0.9
         for c in classes:
             assert r[f"C_{c}"] == pytest.approx(max(0.0, 1 - r[f"E_{c}"]))

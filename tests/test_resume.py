@@ -178,6 +178,22 @@ def test_nan_loss_rolls_back_and_halves_the_learning_rate(warm, reference, tmp_p
     assert recs[1]["rolled_back_samples"] == 0
 
 
+def test_deferred_reads_roll_back_every_step_since_the_checkpoint(warm, reference, tmp_path, monkeypatch):
+    """Reads every 3 steps, and at each checkpoint (every 4 steps): after the checkpoint at step 8
+    the next read is at step 11, so the NaN of step 10 is seen there and steps 9-11 were computed
+    and thrown away; their cost stays counted."""
+    _patch_nan(monkeypatch, lambda n: n == 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_cli("finetune", "--checkpoint", warm, "--out", tmp_path / "run", *FINETUNE, "--sync-every", "3")
+    recs = records(tmp_path / "run")
+    assert recs[-1]["nonfinite_events"] == 1
+    steps = reference[0]["backward_samples"] // 16
+    per_step = (reference[0]["flops_forward"] + reference[0]["flops_backward"]) // steps
+    assert recs[0]["rolled_back_samples"] == 3 * 16 and recs[0]["rolled_back_flops"] == 3 * per_step
+    assert recs[0]["lr_end"] == pytest.approx(0.5 * reference[0]["lr_end"], rel=1e-6)
+
+
 def test_nan_three_times_in_a_row_stops_with_a_valid_checkpoint(warm, tmp_path, monkeypatch):
     _patch_nan(monkeypatch, lambda n: n >= 6)
     result = run_cli("finetune", "--checkpoint", warm, "--out", tmp_path / "run", *FINETUNE, expect=1)

@@ -31,25 +31,12 @@ from edge_sel.data import Splits
 from edge_sel.data.split import stratified_take
 from edge_sel.engine.checkpoint import load_checkpoint
 from edge_sel.engine.device import seed_everything
-from edge_sel.engine.evaluate import accuracy, predict_dataset
 from edge_sel.engine.run import DataOptions
 from edge_sel.engine.trainer import NullMeter, Trainer
 from edge_sel.methods import make_strategy, make_updater
 
 CIFAR = "folder:/work/shared/data/cifar10-jpeg"
 CHECKPOINT = Path("/work/bench-ckpt/cifar-edgecnn-warmup")
-
-
-class FinalTestTrainer(Trainer):
-    """The test set after the last epoch only; validation (a subset) every epoch."""
-
-    def evaluate(self) -> dict:
-        if len(self.records) >= self.config.epochs - 1:
-            return super().evaluate()
-        t0 = time.perf_counter()
-        logits = predict_dataset(self.backend.predict, self.val_ds, self.mean, self.std, self.config.eval_batch_size)
-        return {"val_acc": accuracy(logits, self.val_ds.labels), "test_acc": None,
-                "eval_wall_s": time.perf_counter() - t0}
 
 
 def open_energy_meter():
@@ -84,8 +71,9 @@ def build_trainer(args, splits: Splits, strategy: str, method: dict, seed: int, 
         strat.plan_s.append(time.perf_counter() - t0)
         return out
     strat.plan = timed_plan
-    return FinalTestTrainer(cfg, splits, model, card.mean, card.std, torch.device("cpu"), generator, strat,
-                            make_updater("none", {}), meter=meter or NullMeter(), quiet=True)
+    # The trainer validates every epoch and tests after the last one only.
+    return Trainer(cfg, splits, model, card.mean, card.std, torch.device("cpu"), generator, strat,
+                   make_updater("none", {}), meter=meter or NullMeter(), quiet=True)
 
 
 def run_method(args, splits: Splits, strategy: str, method: dict, seed: int, epochs: int) -> dict:

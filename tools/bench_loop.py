@@ -1,18 +1,26 @@
-"""edge-sel's dense epoch against a plain hand-written PyTorch loop, side by side in one run.
+"""edge-sel's loop against a plain hand-written PyTorch loop, and each speed option, side by side.
 
-Same model (edgecnn), data, batch size, optimizer (SGD, Nesterov momentum 0.9, wd 5e-4) and
-augmentation ops. Rounds alternate (ours, plain, ours, plain, ...) so background load hits both
-alike; the ratio of median samples per second is printed. edge-sel's time covers everything its
-epoch does except evaluation: planning, per-sample losses, FLOP bookkeeping, E_c, the energy
-sampler thread, the parameter-change measurement.
+Three parts, each in one run with rounds interleaved (every contender once per round, in turn) so
+background load hits all of them alike; medians are printed with ratios.
 
-    python tools/bench_loop.py                      # CIFAR-10 JPEG folders when present, else synthetic
-    python tools/bench_loop.py --subset 10000 --rounds 3
+A. Dense training throughput (samples/s, evaluation excluded): the plain loop a PyTorch user would
+   write (edgecnn, SGD Nesterov, same augmentation ops), edge-sel as it ran before the layout
+   choice (contiguous), edge-sel's default (layout measured on this device), channels_last and
+   contiguous forced, and --compile.
+B. Evaluation throughput (images/s over the test set): the previous default (contiguous, batch
+   1000) against the measured layout and batch size.
+C. A gated epoch (sundew, activation 0.3) including its evaluation: the previous default (validation
+   and the whole test set every epoch, contiguous, batch 1000) against the new one (validation
+   only, test after the last epoch, measured layout and batch).
+
+    python tools/bench_loop.py                     # CIFAR-10 JPEG folders when present, else synthetic
+    python tools/bench_loop.py --rounds 5 --parts A
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from pathlib import Path
@@ -25,11 +33,13 @@ from edge_sel.data import load_source, make_splits
 from edge_sel.data.augment import augment_batch, normalize
 from edge_sel.engine.device import seed_everything
 from edge_sel.engine.energy_setup import EnergyOptions
+from edge_sel.engine.evaluate import predict_dataset
 from edge_sel.engine.trainer import Trainer
-from edge_sel.methods import Strategy, Updater
+from edge_sel.methods import Strategy, Updater, make_strategy
 from edge_sel.models import build_model
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
+BEFORE = {"memory_format": "contiguous", "eval_batch_size": 1000}   # the defaults before the layout choice
 
 
 def plain_epoch(model, images, labels, mean, std, spec, batch_size, optimizer, generator) -> float:
@@ -47,48 +57,134 @@ def plain_epoch(model, images, labels, mean, std, spec, batch_size, optimizer, g
     return time.perf_counter() - t0
 
 
+def interleave(contenders: dict, rounds: int) -> dict[str, list[float]]:
+    """Round 0 warms every contender up (compilation, kernel choice) and is not kept."""
+    out = {name: [] for name in contenders}
+    for r in range(rounds + 1):
+        line = []
+        for name, run in contenders.items():
+            value = run(r)
+            if r:
+                out[name].append(value)
+            line.append(f"{name} {value:8.1f}")
+        print(f"  round {r}{' (warm-up)' if r == 0 else '':10s}: " + ", ".join(line), flush=True)
+    return out
+
+
+def table(results: dict[str, list[float]], unit: str, reference: str) -> None:
+    ref = statistics.median(results[reference])
+    for name, values in results.items():
+        med = statistics.median(values)
+        print(f"  {name:32s} {med:9.1f} {unit}   x{med / ref:5.2f} vs {reference}")
+
+
+def make_trainer(splits, mean, std, meter, strategy=None, **cfg) -> Trainer:
+    config = TrainConfig(**{"epochs": 1000, "batch_size": 128, "lr": 0.05, "seed": 0, **cfg})
+    model = build_model("edgecnn", splits.train.num_classes, splits.train.input_shape[0])
+    return Trainer(config, splits, model, mean, std, torch.device("cpu"), seed_everything(0),
+                   strategy or Strategy(), Updater(), meter=meter, quiet=True)
+
+
+def part_a(args, splits, mean, std, meter):
+    n = len(splits.train)
+    print(f"\nA. dense training, {n} samples/epoch, batch {args.batch_size}: samples/s (evaluation excluded)")
+    no_eval = copy.copy(splits)
+    no_eval.val = splits.val.subset(torch.arange(0))
+    no_eval.test = splits.test.subset(torch.arange(0))
+    trainers = {
+        "edge-sel before (contiguous)": make_trainer(no_eval, mean, std, meter, **BEFORE),
+        "edge-sel default": make_trainer(no_eval, mean, std, meter),
+        "edge-sel channels_last": make_trainer(no_eval, mean, std, meter, memory_format="channels_last"),
+        "edge-sel --compile": make_trainer(no_eval, mean, std, meter, compile=True),
+    }
+    print(f"  edge-sel default layout on this device: {trainers['edge-sel default'].layout.to_json()}")
+    plain = build_model("edgecnn", splits.train.num_classes, splits.train.input_shape[0])
+    opt = torch.optim.SGD(plain.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    m, s, gen = torch.tensor(mean), torch.tensor(std), torch.Generator().manual_seed(0)
+
+    def ours(trainer):
+        def run(r):
+            t0 = time.perf_counter()
+            record = trainer.train_epoch(r)
+            return n / (time.perf_counter() - t0 - (record["eval_wall_s"] or 0.0))
+        return run
+    contenders = {"plain loop": lambda r: n / plain_epoch(plain, splits.train.images, splits.train.labels, m, s,
+                                                           splits.train.augment, args.batch_size, opt, gen)}
+    contenders.update({name: ours(t) for name, t in trainers.items()})
+    results = interleave(contenders, args.rounds)
+    table(results, "samples/s", "plain loop")
+    return results
+
+
+def part_b(args, splits, mean, std, meter):
+    ds = splits.test
+    print(f"\nB. evaluation over {len(ds)} test images: images/s")
+    default = make_trainer(splits, mean, std, meter)
+    model = default.model.eval()
+    before = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    fmt, bs = default.memory_format, default.eval_batch_size
+
+    def rate(net, batch, layout):
+        def run(r):
+            t0 = time.perf_counter()
+            predict_dataset(lambda x: net(x).float(), ds, mean, std, batch, layout)
+            return len(ds) / (time.perf_counter() - t0)
+        return run
+    results = interleave({"before (contiguous, batch 1000)": rate(before, 1000, torch.contiguous_format),
+                          f"default ({default.layout.memory_format}, batch {bs})": rate(model, bs, fmt)},
+                         args.rounds)
+    table(results, "images/s", "before (contiguous, batch 1000)")
+    return results
+
+
+def part_c(args, splits, mean, std, meter):
+    print(f"\nC. a sundew epoch at activation 0.3 including its evaluation ({len(splits.train)} candidates, "
+          f"{len(splits.val)} validation, {len(splits.test)} test images): seconds")
+    method = {"target_activation": 0.3}
+    before = make_trainer(splits, mean, std, meter, make_strategy("sundew", method), strategy="sundew",
+                          eval_test="every", **BEFORE)
+    after = make_trainer(splits, mean, std, meter, make_strategy("sundew", method), strategy="sundew")
+
+    def epoch(trainer):
+        def run(r):
+            record = trainer.train_epoch(r)
+            trainer.records.append(record)
+            return record["wall_s"] + record["eval_wall_s"]
+        return run
+    results = interleave({"before (val+test, contiguous)": epoch(before), "default (val only)": epoch(after)},
+                         args.rounds)
+    for name, t in (("before (val+test, contiguous)", before), ("default (val only)", after)):
+        last = t.records[-1]
+        print(f"  {name:32s} train {last['wall_s']:.2f} s, evaluation {last['eval_wall_s']:.2f} s, "
+              f"activation {last['activation']:.2f}, evaluated {last['evaluated']}")
+    ref = statistics.median(results["before (val+test, contiguous)"])
+    new = statistics.median(results["default (val only)"])
+    print(f"  median epoch incl. evaluation: before {ref:.2f} s, default {new:.2f} s, ratio {new / ref:.2f} "
+          f"(aim <= 0.5)")
+    return results
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default=f"folder:{CIFAR}" if (CIFAR / "train").is_dir() else "synthetic")
     ap.add_argument("--subset", type=int, default=10000)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--parts", default="ABC", help="Which parts to run, e.g. A or BC.")
     args = ap.parse_args()
 
     train_full, test = load_source(args.dataset)
-    splits = make_splits(train_full, test, subset=min(args.subset, len(train_full) - 1), val_fraction=0.02)
-    splits.test = splits.test.subset(torch.arange(min(500, len(splits.test))))
+    # 5% of the training part as validation: 2,500 images on CIFAR-10, as a fine-tune on a shard sees.
+    splits = make_splits(train_full, test, subset=min(args.subset, len(train_full) - 1), val_fraction=0.05)
     mean, std = splits.train.channel_stats()
-    cfg = TrainConfig(epochs=args.rounds, batch_size=args.batch_size, lr=0.05, seed=0)
-    n = len(splits.train)
-
-    ours = build_model("edgecnn", train_full.num_classes, train_full.input_shape[0])
     meter = EnergyOptions().open()
-    trainer = Trainer(cfg, splits, ours, mean, std, torch.device("cpu"), seed_everything(0), Strategy(), Updater(),
-                      meter=meter, quiet=True)
-
-    plain = build_model("edgecnn", train_full.num_classes, train_full.input_shape[0])
-    opt = torch.optim.SGD(plain.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    m, s = torch.tensor(mean), torch.tensor(std)
-    gen = torch.Generator().manual_seed(0)
-
-    ours_sps, plain_sps = [], []
-    for r in range(args.rounds + 1):            # round 0 warms both up and is not counted
-        t0 = time.perf_counter()
-        record = trainer.train_epoch(r)
-        ours_s = time.perf_counter() - t0 - record["eval_wall_s"]
-        plain_s = plain_epoch(plain, splits.train.images, splits.train.labels, m, s, splits.train.augment,
-                              args.batch_size, opt, gen)
-        if r > 0:
-            ours_sps.append(n / ours_s)
-            plain_sps.append(n / plain_s)
-        print(f"round {r}{' (warm-up)' if r == 0 else ''}: edge-sel {n / ours_s:7.1f} samples/s, "
-              f"plain loop {n / plain_s:7.1f} samples/s")
-    meter.close()
-    ratio = statistics.median(ours_sps) / statistics.median(plain_sps)
-    print(f"\n{n} samples/epoch, batch {args.batch_size}, edgecnn, {torch.get_num_threads()} threads, {args.dataset}")
-    print(f"median samples/s: edge-sel {statistics.median(ours_sps):.1f}, plain {statistics.median(plain_sps):.1f}")
-    print(f"ratio edge-sel / plain = {ratio:.3f} (aim >= 0.95)")
+    print(f"edgecnn, {torch.get_num_threads()} threads, torch {torch.__version__}, {args.dataset}")
+    try:
+        for part, fn in (("A", part_a), ("B", part_b), ("C", part_c)):
+            if part in args.parts.upper():
+                fn(args, splits, mean, std, meter)
+    finally:
+        meter.close()
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ BACKENDS = ("torch", "ort")
 
 def make_backend(cfg, model, optimizer, updater, device):
     if cfg.backend == "torch":
-        return TorchBackend(model, optimizer, updater, device, cfg.amp, cfg.label_smoothing, cfg.bn_mode)
+        return TorchBackend(model, optimizer, updater, device, cfg.amp, cfg.label_smoothing, cfg.bn_mode,
+                            cfg.compile)
     if cfg.backend == "ort":
         from edge_sel.backends.ort_backend import OrtBackend   # the `ort` extra is optional
         return OrtBackend.from_config(cfg, model, optimizer, updater, device)

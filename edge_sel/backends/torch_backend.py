@@ -36,8 +36,11 @@ class TorchBackend:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, updater: Updater,
                  device: torch.device, amp: bool = True, label_smoothing: float = 0.0,
-                 bn_mode: str | None = None):
+                 bn_mode: str | None = None, compile: bool = False):
         self.model, self.optimizer, self.updater = model, optimizer, updater
+        # torch.compile compiles on the first call of each mode (train, eval): inside the first
+        # epoch's and the first evaluation's measured windows, where its cost belongs.
+        self.forward = torch.compile(model) if compile else model
         self.device = device
         self.label_smoothing = label_smoothing
         self.bn_mode = bn_mode or "train"
@@ -61,7 +64,7 @@ class TorchBackend:
         if self.bn_mode == "eval":
             freeze_batchnorm_stats(self.model)
         with self._autocast():
-            logits = self.model(batch.x)
+            logits = self.forward(batch.x)
             losses = nn.functional.cross_entropy(logits.float(), batch.y, reduction="none",
                                                  label_smoothing=self.label_smoothing)
         loss = (losses * batch.weight).mean() if batch.weight is not None else losses.mean()
@@ -81,8 +84,8 @@ class TorchBackend:
             self.updater.after_step(step)
         return losses.detach(), logits.detach().float()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         self.model.eval()
         with self._autocast():
-            return self.model(x).float()
+            return self.forward(x).float()

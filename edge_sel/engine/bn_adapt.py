@@ -15,9 +15,9 @@ def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def reestimate_bn(model: nn.Module, ds: IndexedDataset, positions: torch.Tensor, mean, std,
-                  batch_size: int = 256) -> list[int]:
+                  batch_size: int = 256, memory_format: torch.memory_format = torch.contiguous_format) -> list[int]:
     """Running statistics from the images at `positions` (no augmentation). Returns the batch
     sizes run, for the FLOP count."""
     layers = batchnorm_layers(model)
@@ -28,7 +28,8 @@ def reestimate_bn(model: nn.Module, ds: IndexedDataset, positions: torch.Tensor,
         m.momentum = None               # cumulative average over every batch below
     model.train()
     sizes = []
-    loader = BatchLoader(ds, mean, std, batch_size, augment=False, generator=torch.Generator())
+    loader = BatchLoader(ds, mean, std, batch_size, augment=False, generator=torch.Generator(),
+                         memory_format=memory_format)
     try:
         for batch in loader.batches(positions):
             model(batch.x)

@@ -9,12 +9,14 @@ from edge_sel.data import BatchLoader, IndexedDataset
 from edge_sel.device_caps import accumulator_dtype
 
 
-@torch.no_grad()
-def predict_dataset(predict, ds: IndexedDataset, mean, std, batch_size: int) -> torch.Tensor:
+@torch.inference_mode()
+def predict_dataset(predict, ds: IndexedDataset, mean, std, batch_size: int,
+                    memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """Logits for every sample of `ds`, in order, without augmentation."""
     if len(ds) == 0:
         return torch.zeros(0, ds.num_classes)
-    loader = BatchLoader(ds, mean, std, batch_size, augment=False, generator=torch.Generator())
+    loader = BatchLoader(ds, mean, std, batch_size, augment=False, generator=torch.Generator(),
+                         memory_format=memory_format)
     positions = torch.arange(len(ds))
     return torch.cat([predict(b.x) for b in loader.batches(positions)])
 

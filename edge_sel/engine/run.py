@@ -205,6 +205,8 @@ def _run(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainConfig, o
         "total_wall_s": time.perf_counter() - t0, "run_dir": str(out),
         "energy_meter": meter_info, "stop_reason": trainer.stop_reason,
         "idle_power_w": getattr(meter, "idle_power_w", None),
+        # Measured before the first epoch, outside its time, joules and FLOPs (probe_* say how much).
+        "layout": trainer.layout.to_json(), "sync_every": trainer.sync_every,
     }, baseline=trainer.baseline, kept=kept)
     with writing(out / "summary.json"):
         atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2, default=str).encode())

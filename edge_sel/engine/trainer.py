@@ -19,13 +19,15 @@ from edge_sel.backends import make_backend
 from edge_sel.backends.torch_backend import make_optimizer
 from edge_sel.config import TrainConfig
 from edge_sel.data import Batch, BatchLoader, Splits
-from edge_sel.device_caps import accumulator_dtype, peak_rss_mb
+from edge_sel.device_caps import peak_rss_mb
 from edge_sel.engine.bn_adapt import reestimate_bn
 from edge_sel.engine.evaluate import EmbarrassmentMeter, accuracy, per_class_accuracy, predict_dataset
 from edge_sel.engine.flops import FlopCounter
 from edge_sel.engine.keep import WARMUP_EPOCH, ModelChoice
+from edge_sel.engine.layout import LayoutChoice, choose_layout
 from edge_sel.engine.schedule import lr_factor
 from edge_sel.engine.state import StateWriteError, load_state, save_state
+from edge_sel.engine.totals import StepTotals
 from edge_sel.methods import Plan, RunContext, Strategy, Updater
 from edge_sel.report.records import RecordWriter
 
@@ -87,6 +89,8 @@ class EpochProgress:
     singles_dropped: int = 0     # single rows left over at the epoch's end (never trained)
     thermal_capped: int = 0      # thermal pauses cut short by the maximum pause
     steps: int = 0               # optimizer steps taken
+    last_loss_t: torch.Tensor | None = None   # the last step's mean loss, still on the device
+
 
     def to_state(self) -> dict:
         return {"epoch": self.epoch, "plan": {"positions": self.plan.positions.cpu(),
@@ -140,9 +144,18 @@ class Trainer:
         self.model.to(self.device)
         self.train_ds = self.splits.train.to(self.device)
         self.val_ds = self.splits.val.to(self.device)
+        self.val_eval_ds = self._validation_subset()
         self.test_ds = self.splits.test.to(self.device)
         clean = self.splits.test_clean
         self.clean_test_ds = None if clean is None else clean.to(self.device)
+        self.layout = self._choose_layout()
+        self.memory_format = self.layout.format
+        self.eval_batch_size = self.layout.eval_batch_size
+        # The config says what ran (config.json, a resume, a rerun): measured choices become given.
+        cfg.memory_format, cfg.eval_batch_size = self.layout.memory_format, self.eval_batch_size
+        self.model.to(memory_format=self.memory_format)
+        self.sync_every = cfg.sync_every or (1 if self.device.type == "cpu" else 32)
+        self.totals = StepTotals(self.device)
         self.optimizer = make_optimizer(cfg.optimizer, self.model.parameters(), cfg.lr, cfg.momentum,
                                         cfg.weight_decay)
         self.ctx = RunContext(self.train_ds, self.val_ds, self.model, cfg.epochs, self.generator,
@@ -150,7 +163,7 @@ class Trainer:
                               score_fn=self.score, forward_fn=self.forward_no_grad)
         self.backend = make_backend(cfg, self.model, self.optimizer, self.updater, self.device)
         self.loader = BatchLoader(self.train_ds, self.mean, self.std, cfg.batch_size, cfg.augment,
-                                  self.generator)
+                                  self.generator, self.memory_format)
         self.flops = FlopCounter(self.model, self.train_ds.input_shape)
         self._scoring = {"samples": 0, "flops": 0}
         self.step = 0
@@ -180,36 +193,60 @@ class Trainer:
         self.updater.attach(self.model, self.optimizer, self.ctx)
         self.class_names = self.train_ds.class_names
 
+    def _choose_layout(self) -> LayoutChoice:
+        """Channels-last or not, and the evaluation batch size: as given, or measured here."""
+        cfg = self.config
+        if cfg.backend != "torch":       # ORT runs its own graph in its own layout
+            return LayoutChoice("contiguous", cfg.eval_batch_size or 256, f"{cfg.backend} backend")
+        largest = max(len(self.val_eval_ds), len(self.test_ds), 1)
+        autocast = None
+        if self.device.type == "cuda" and cfg.amp:
+            from edge_sel.device_caps import amp_dtype
+            dtype = amp_dtype(self.device)
+            autocast = lambda: torch.autocast("cuda", dtype=dtype)      # noqa: E731 -- as training runs
+        return choose_layout(self.model, self.train_ds.input_shape, self.train_ds.num_classes, self.device,
+                             cfg.batch_size, cfg.memory_format, cfg.eval_batch_size, largest, autocast)
+
+    def _validation_subset(self):
+        """`--val-subset N`: a fixed draw of N validation samples for per-epoch decisions."""
+        n = self.config.val_subset
+        if not n or n >= len(self.val_ds):
+            return self.val_ds
+        draw = torch.Generator().manual_seed(4099)
+        positions = torch.randperm(len(self.val_ds), generator=draw)[:n].sort().values
+        return self.val_ds.subset(positions.to(self.val_ds.images.device))
+
     def _bar(self, total, desc, leave):
         return tqdm(total=total, desc=desc, leave=leave, unit="batch" if not leave else "epoch",
                     disable=self.quiet or not sys.stderr.isatty(), dynamic_ncols=True)
 
     # -- scoring passes a strategy may ask for (counted, never free) --------------------------
-    @torch.no_grad()
     def score(self, positions: torch.Tensor | None = None, model: torch.nn.Module | None = None) -> torch.Tensor:
         """Per-sample losses of training samples under `model` (default: the live model), counted
         as a scoring pass in the current epoch's record."""
         model = model or self.model
         model.to(self.device).eval()
         ds = self.train_ds if positions is None else self.train_ds.subset(positions)
-        logits = predict_dataset(lambda x: model(x).float(), ds, self.mean, self.std, self.config.eval_batch_size)
+        fmt = self.memory_format if model is self.model else torch.contiguous_format
+        logits = predict_dataset(lambda x: model(x).float(), ds, self.mean, self.std, self.eval_batch_size, fmt)
         counter = self.flops if model is self.model else FlopCounter(model, ds.input_shape)
         self._scoring["samples"] += len(ds)
         self._scoring["flops"] += self._eval_flops(counter, len(ds))
-        return torch.nn.functional.cross_entropy(logits, ds.labels, reduction="none")
+        # A normal tensor again (inference tensors refuse in-place updates outside inference mode).
+        return torch.nn.functional.cross_entropy(logits.clone(), ds.labels, reduction="none")
 
-    @torch.no_grad()
     def forward_no_grad(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of one (augmented) batch in training mode without a graph, counted as a scoring
         pass: what the seed's two-pass gating spends to decide which rows of a batch to train."""
         self.model.train()
-        logits = self.model(x).float()
+        with torch.inference_mode():
+            logits = self.model(x).float()
         self._scoring["samples"] += len(x)
         self._scoring["flops"] += self.flops.eval_batch(len(x))
-        return logits
+        return logits.clone()
 
     def _eval_flops(self, counter: FlopCounter, n: int) -> int:
-        bs = self.config.eval_batch_size
+        bs = self.eval_batch_size
         full, rest = divmod(n, bs)
         return full * (counter.eval_batch(bs) if full else 0) + (counter.eval_batch(rest) if rest else 0)
 
@@ -275,8 +312,9 @@ class Trainer:
             if stepped and self.step == self._kill_at_step:     # crash-safety tests: die like a power cut
                 os.kill(os.getpid(), signal.SIGKILL)
         bar.close()
+        self._read_totals(progress, f"the end of epoch {epoch}")
         if self.device.type == "cuda":
-            torch.cuda.synchronize()
+            torch.cuda.synchronize()        # the epoch's wall time includes its queued kernels
         if self.stop_reason == "interrupted":
             self._checkpoint_mid_epoch(progress, t0, j0)
             self.meter.end("train")
@@ -295,7 +333,9 @@ class Trainer:
         cfg = self.config
         progress_frac = (epoch + i / max(nb, 1)) / max(cfg.epochs, 1)
         scheduled = cfg.lr * lr_factor(cfg.schedule, progress_frac, cfg.warmup_epochs / max(cfg.epochs, 1))
-        last = None if progress.last_loss is None else torch.tensor(progress.last_loss)
+        last = progress.last_loss_t
+        if last is None and progress.last_loss is not None:     # a resumed epoch
+            last = torch.tensor(progress.last_loss)
         lr = scheduled * self.strategy.lr_scale(last) * self.lr_mult
         self.backend.set_lr(lr)
         self.ctx.state.update(epoch=epoch, step=self.step, lr=lr)
@@ -304,18 +344,29 @@ class Trainer:
         losses, logits = self.backend.train_step(self.step, batch)
         self._uncommitted["flops"] += f + b
         self._uncommitted["samples"] += len(batch.y)
-        if not bool(torch.isfinite(losses).all()):
-            raise _Rollback(f"non-finite loss at epoch {epoch}, batch {i}")
+        self.totals.add(losses, logits, batch.y)
+        progress.last_loss_t = self.totals.last
+        if self.totals.pending >= self.sync_every:
+            self._read_totals(progress, f"epoch {epoch}, batch {i}")
         self.strategy.observe(batch, losses, logits)
         progress.emb.add(logits, batch.y)
-        progress.loss_sum += losses.to(accumulator_dtype(losses.device)).sum().item()
-        progress.correct += int((logits.argmax(1) == batch.y).sum())
-        progress.last_loss = losses.mean().item()
         progress.n_trained += len(batch.y)
         progress.steps += 1
         progress.flops_f += f
         progress.flops_b += b
         self.step += 1
+
+    def _read_totals(self, progress: EpochProgress, where: str) -> None:
+        """The one host read of the steps since the last: sums into the progress, and a rollback
+        when any loss among them was not finite (the steps after it are thrown away with it)."""
+        if not self.totals.pending:
+            return
+        loss_sum, correct, bad, last = self.totals.read()
+        if bad:
+            raise _Rollback(f"non-finite loss by {where}")
+        progress.loss_sum += loss_sum
+        progress.correct += correct
+        progress.last_loss = last
 
     def _epoch_record(self, epoch: int, progress: EpochProgress, energy: dict) -> dict:
         plan, n_trained = progress.plan, progress.n_trained
@@ -350,7 +401,9 @@ class Trainer:
         record.update({"wall_s": wall, "samples_per_s": n_trained / wall if wall > 0 else None,
                        "lr_end": self.optimizer.param_groups[0]["lr"]})
         record.update(energy)
-        record.update(self.evaluate())
+        final = epoch == self.config.epochs - 1 or self.stop_reason is not None
+        validate = final or (epoch + 1) % self.config.eval_every == 0
+        record.update(self.evaluate(validate=validate, test=final or (validate and self.config.eval_test == "every")))
         for name, e in zip(self.class_names, progress.emb.values()):
             record[f"E_{name}"] = e
             record[f"C_{name}"] = EmbarrassmentMeter.confidence(e)
@@ -378,29 +431,70 @@ class Trainer:
             self._step_j = (self.meter.total_j - start_j) / steps_done
         return total + self._step_j + self._eval_j > self.budget_j
 
-    def evaluate(self) -> dict:
-        cfg = self.config
+    def _predict(self, ds) -> torch.Tensor:
+        return predict_dataset(self.backend.predict, ds, self.mean, self.std, self.eval_batch_size, self.memory_format)
+
+    def evaluate(self, validate: bool = True, test: bool = True) -> dict:
+        """Validation accuracy (what keep-best and strategies decide by) and, when asked, test
+        accuracy with its per-class split and the clean test set under a shift. Every key is
+        present; `evaluated` says which sets were run, so a None means "not evaluated"."""
         self.meter.begin("eval")
         t0 = time.perf_counter()
-        val_logits = predict_dataset(self.backend.predict, self.val_ds, self.mean, self.std, cfg.eval_batch_size)
-        test_logits = predict_dataset(self.backend.predict, self.test_ds, self.mean, self.std, cfg.eval_batch_size)
-        out = {"val_acc": accuracy(val_logits, self.val_ds.labels),
-               "test_acc": accuracy(test_logits, self.test_ds.labels)}
-        for name, acc in zip(self.class_names, per_class_accuracy(test_logits, self.test_ds.labels,
-                                                                  len(self.class_names))):
-            out[f"acc_{name}"] = acc
-        out["flops_eval"] = self._eval_flops(self.flops, len(self.val_ds)) + \
-            self._eval_flops(self.flops, len(self.test_ds))
-        if self.clean_test_ds is not None:     # the server's distribution: what shifted training forgets
-            clean_logits = predict_dataset(self.backend.predict, self.clean_test_ds, self.mean, self.std,
-                                           cfg.eval_batch_size)
-            out["clean_test_acc"] = accuracy(clean_logits, self.clean_test_ds.labels)
-            out["flops_eval"] += self._eval_flops(self.flops, len(self.clean_test_ds))
+        names = self.class_names
+        out = {"val_acc": None, "test_acc": None, **{f"acc_{n}": None for n in names},
+               **({"clean_test_acc": None} if self.clean_test_ds is not None else {}),
+               "evaluated": "+".join([k for k, on in (("val", validate), ("test", test)) if on]) or "none",
+               "val_samples_evaluated": len(self.val_eval_ds) if validate else 0,
+               "test_samples_evaluated": 0, "flops_eval": 0}
+        if validate:
+            out["val_acc"] = accuracy(self._predict(self.val_eval_ds), self.val_eval_ds.labels)
+            out["flops_eval"] += self._eval_flops(self.flops, len(self.val_eval_ds))
+        if test:
+            logits = self._predict(self.test_ds)
+            out["test_acc"] = accuracy(logits, self.test_ds.labels)
+            for name, acc in zip(names, per_class_accuracy(logits, self.test_ds.labels, len(names))):
+                out[f"acc_{name}"] = acc
+            out["test_samples_evaluated"] = len(self.test_ds)
+            out["flops_eval"] += self._eval_flops(self.flops, len(self.test_ds))
+            if self.clean_test_ds is not None:  # the server's distribution: what shifted training forgets
+                out["clean_test_acc"] = accuracy(self._predict(self.clean_test_ds), self.clean_test_ds.labels)
+                out["test_samples_evaluated"] += len(self.clean_test_ds)
+                out["flops_eval"] += self._eval_flops(self.flops, len(self.clean_test_ds))
         out["eval_wall_s"] = time.perf_counter() - t0
         self._eval_energy = self.meter.end("eval")
         out["eval_energy_j"] = self._eval_energy.get("energy_j")
-        self._eval_j = out["eval_energy_j"] or 0.0
+        evaluated = out["val_samples_evaluated"] + out["test_samples_evaluated"]
+        if evaluated:     # the budget reserves what the last epoch's evaluation (val and test) will cost
+            final = len(self.val_eval_ds) + len(self.test_ds) + len(self.clean_test_ds or ())
+            self._eval_j = (out["eval_energy_j"] or 0.0) * final / evaluated
         return out
+
+    def _test_at_the_end(self, writer: RecordWriter | None) -> None:
+        """The test set runs once the last epoch is known: a run stopped by its strategy after an
+        epoch that skipped it gets it now (its record is rewritten), and kept weights other than the
+        last are tested too, so the summary states the output model's test accuracy."""
+        if not self.records:
+            return
+        last = self.records[-1]
+        if last.get("test_acc") is None and last.get("phase") != "baseline":
+            extra = self.evaluate(validate=last.get("val_acc") is None, test=True)
+            for key in ("flops_eval", "eval_wall_s", "eval_energy_j", "val_samples_evaluated"):
+                extra[key] = (extra.get(key) or 0) + (last.get(key) or 0)
+            if last.get("val_acc") is not None:
+                extra.pop("val_acc")
+                extra["evaluated"] = "val+test"
+            last.update(extra)
+            self._keep_choice(last["epoch"], last)
+            if writer is not None:
+                writer.reset(([self.baseline] if self.baseline else []) + self.records)
+        kept = self.choice.weights_to_load()
+        if kept is not None and self.choice.test_acc is None:
+            current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.model.load_state_dict(kept)
+            logits = predict_dataset(lambda x: self.model.eval()(x).float(), self.test_ds, self.mean, self.std,
+                                     self.eval_batch_size, self.memory_format)
+            self.choice.test_acc = accuracy(logits, self.test_ds.labels)
+            self.model.load_state_dict(current)
 
     def baseline_record(self) -> dict:
         """The starting checkpoint on the local validation and test splits before any step: the bar
@@ -419,7 +513,8 @@ class Trainer:
         n = min(self.config.bn_adapt, len(self.train_ds))
         draw = torch.Generator().manual_seed(self.config.seed + 7919)
         positions = torch.randperm(len(self.train_ds), generator=draw)[:n].to(self.device)
-        sizes = reestimate_bn(self.model, self.train_ds, positions, self.mean, self.std)
+        sizes = reestimate_bn(self.model, self.train_ds, positions, self.mean, self.std,
+                              memory_format=self.memory_format)
         self._bn_adapt = {"bn_adapt_samples": n, "flops_bn_adapt": sum(self.flops.eval_batch(s) for s in sizes)}
         self.bn_adapt_done = True
 
@@ -440,6 +535,8 @@ class Trainer:
         return record
 
     def _keep_choice(self, epoch: int, record: dict) -> None:
+        if record.get("evaluated") == "test" or (record.get("evaluated") == "none" and len(self.val_eval_ds)):
+            return          # not validated this epoch: nothing to choose by
         self.choice.consider(epoch, record.get("val_acc"), record.get("test_acc"), self.model)
         if self.phase == "finetune":
             record["kept_epoch"] = self.choice.epoch     # what the output model would be if the run ended here
@@ -500,6 +597,7 @@ class Trainer:
         self.rolled_back = dict(state.get("rolled_back", ROLLED_BACK_ZERO))
         self._uncommitted = {"flops": 0, "samples": 0}
         self._mark = (time.perf_counter(), self.meter.total_j)
+        self.totals = StepTotals(self.device)      # unread sums belonged to the steps thrown away
         self.choice.load_state_dict(state.get("choice"))
 
     def checkpoint(self) -> None:
@@ -510,6 +608,7 @@ class Trainer:
             self._mark = (time.perf_counter(), self.meter.total_j)
 
     def _checkpoint_mid_epoch(self, progress: EpochProgress, t0: float, j0: float) -> None:
+        self._read_totals(progress, f"batch {progress.next_batch} of epoch {progress.epoch}")   # never save a NaN
         # Time and energy so far move into the progress, so a resume continues the sums.
         now = time.perf_counter()
         progress.wall_s += now - t0
@@ -587,4 +686,6 @@ class Trainer:
                 self.stop_reason = self.stop_reason or "interrupted"
                 break
         bar.close()
+        if self.progress is None:        # not stopped mid-epoch (a resume finishes that epoch)
+            self._test_at_the_end(writer)
         return self.records
