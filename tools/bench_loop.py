@@ -78,11 +78,11 @@ def table(results: dict[str, list[float]], unit: str, reference: str) -> None:
         print(f"  {name:32s} {med:9.1f} {unit}   x{med / ref:5.2f} vs {reference}")
 
 
-def make_trainer(splits, mean, std, meter, strategy=None, **cfg) -> Trainer:
+def make_trainer(splits, mean, std, meter, gate=None, **cfg) -> Trainer:
     config = TrainConfig(**{"epochs": 1000, "batch_size": 128, "lr": 0.05, "seed": 0, **cfg})
     model = build_model("edgecnn", splits.train.num_classes, splits.train.input_shape[0])
     return Trainer(config, splits, model, mean, std, torch.device("cpu"), seed_everything(0),
-                   strategy or Strategy(), Updater(), meter=meter, quiet=True)
+                   gate or Strategy(), Updater(), meter=meter, quiet=True)
 
 
 def part_a(args, splits, mean, std, meter):

@@ -34,14 +34,14 @@ INFERENCE_MODEL = "model.onnx"
 
 
 def session_options():
-    """ORT's worker threads spin after each run by default, which starves the torch ops the loop
-    runs between steps (batch gathering, augmentation, the loss from the logits); let them sleep,
-    and use the thread count torch uses so the two backends compare on equal terms."""
+    """As many intra-op threads as torch uses, so the two backends compare on equal terms. ORT's
+    worker threads keep spinning for a moment after each run (its default): turning that off to
+    leave the cores to the torch ops between steps measured slower on a 2-core CPU, both for the
+    bare step (tools/bench_ort.py) and for a whole epoch."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.intra_op_num_threads = torch.get_num_threads()   # as many threads as the torch backend
+    options.intra_op_num_threads = torch.get_num_threads()
     return options
 
 
