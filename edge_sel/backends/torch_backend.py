@@ -56,7 +56,7 @@ class TorchBackend:
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)     # per-block rates (Auto-RGN)
 
     def train_step(self, step: int, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """One step on the batch; returns detached per-sample losses and logits."""

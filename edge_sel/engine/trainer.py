@@ -399,7 +399,7 @@ class Trainer:
         if energy.get("energy_j") is not None:
             energy["energy_j"] += rolled["j"]
         record.update({"wall_s": wall, "samples_per_s": n_trained / wall if wall > 0 else None,
-                       "lr_end": self.optimizer.param_groups[0]["lr"]})
+                       "lr_end": self.optimizer.param_groups[0]["lr"] / self.optimizer.param_groups[0].get("lr_scale", 1.0)})
         record.update(energy)
         final = epoch == self.config.epochs - 1 or self.stop_reason is not None
         validate = final or (epoch + 1) % self.config.eval_every == 0

@@ -45,3 +45,5 @@ _gating.register()
 # --- adaptation levers ---
 from edge_sel.methods import bn_affine as _bn_affine  # noqa: E402
 _bn_affine.register()
+from edge_sel.methods import surgical as _surgical  # noqa: E402
+_surgical.register()

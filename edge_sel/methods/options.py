@@ -72,6 +72,9 @@ SEL = [
                  help="Steps between dense probe steps that pick frozen blocks (--sparsity layers). [default: 50]"),
     click.option("--layer-sparsity", type=float, default=None,
                  help="Most share of parameters frozen between probes (--sparsity layers). [default: 0.5]"),
+    click.option("--rgn-floor", type=float, default=None,
+                 help="--sparsity rgn: blocks whose gradient-to-weight ratio is below this share of the "
+                      "largest are frozen; the others learn at lr x their share. [default: 0.3]"),
 ]
 
 # --- gating ---
@@ -144,7 +147,7 @@ USED_BY = {
     "class_focus": ({"sel", "dense"}, None, None), "class_focus_floor": ({"sel", "dense"}, None, None),
     "guilt_percentile": (None, None, {"mask"}), "guilt_decay": (None, None, {"mask"}),
     "guilt_samples": (None, None, {"mask"}), "guilt_model": (None, None, {"mask"}),
-    "probe_every": (None, None, {"layers"}), "layer_sparsity": (None, None, {"layers"}),
+    "probe_every": (None, None, {"layers", "rgn"}), "rgn_floor": (None, None, {"rgn"}), "layer_sparsity": (None, None, {"layers"}),
     "significance": _SUNDEW, "gate_window": _SUNDEW, "gate_temperature": _SUNDEW, "min_activation": _SUNDEW,
     "unbiased": _SUNDEW, "keep_floor": _SUNDEW,
     "anneal": ({"sundew", "random", "infobatch"}, {"sundew", "random", "infobatch"}, None),

@@ -1,0 +1,105 @@
+"""Block choice by measured gradient-to-weight ratio (Auto-RGN): which blocks train, at what rate."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from edge_sel.backends.torch_backend import TorchBackend
+from edge_sel.methods.surgical import AutoRGN, blocks_to_train, rgn_scales
+from helpers import records, run_cli
+
+
+class Chain(nn.Module):
+    """Three linear blocks; `shrink` scales one block's weights down, which raises its ratio."""
+
+    def __init__(self, shrink: int):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layers = nn.ModuleList([nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 3)])
+        with torch.no_grad():
+            for p in self.layers[shrink].parameters():
+                p.mul_(0.01)
+
+    def blocks(self):
+        return list(self.layers)
+
+    def forward(self, x):
+        for layer in self.layers[:-1]:
+            x = torch.tanh(layer(x))
+        return self.layers[-1](x)
+
+
+def test_scales_and_choice():
+    assert rgn_scales([2.0, None, 0.5, 1.0]) == [1.0, None, 0.25, 0.5]
+    assert blocks_to_train([1.0, None, 0.25, 0.5], 0.3) == [0, 3]
+    assert blocks_to_train([0.1, 1.0, 0.2], 1.0) == [1]        # the largest always trains
+    assert blocks_to_train([None, None], 0.5) == [0, 1]        # nothing measured: nothing frozen
+
+
+@pytest.mark.parametrize("shrink", [0, 1, 2])
+def test_the_block_with_the_largest_measured_ratio_trains(shrink):
+    model = Chain(shrink)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    updater = AutoRGN(floor=1.0, probe_every=10)
+    updater.attach(model, opt, SimpleNamespace(device=torch.device("cpu")))
+    assert len(opt.param_groups) == 3
+    backend = TorchBackend(model, opt, updater, torch.device("cpu"), amp=False)
+    x, y = torch.randn(32, 8, generator=torch.Generator().manual_seed(1)), torch.arange(32) % 3
+    # The probe step (step 0): every block computes its gradient; the ratios are measured by hand too.
+    updater.before_step(0, None)
+    model.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    by_hand = [torch.cat([p.grad.flatten() for p in b.parameters()]).norm().item()
+               / torch.cat([p.detach().flatten() for p in b.parameters()]).norm().item() for b in model.blocks()]
+    assert max(range(3), key=lambda i: by_hand[i]) == shrink      # the constructed case holds
+    backend.set_lr(0.1)
+    backend.train_step(0, SimpleNamespace(x=x, y=y, weight=None))
+    assert updater.last_rgn == pytest.approx(by_hand, rel=1e-5)
+    assert updater.trained == [shrink]
+    assert [p.requires_grad for b in model.blocks() for p in b.parameters()] == \
+        [i == shrink for i in range(3) for _ in range(2)]
+    # The next step moves only the chosen block, at the full rate (its share is 1).
+    before = [p.detach().clone() for p in model.parameters()]
+    updater.before_step(1, None)
+    backend.set_lr(0.1)
+    backend.train_step(1, SimpleNamespace(x=x, y=y, weight=None))
+    moved = [not torch.equal(p, b) for p, b in zip(model.parameters(), before)]
+    assert moved == [i == shrink for i in range(3) for _ in range(2)]
+    assert opt.param_groups[shrink]["lr"] == pytest.approx(0.1)
+
+
+def test_per_block_rates_follow_the_ratios():
+    model = Chain(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    updater = AutoRGN(floor=0.0, probe_every=10)
+    updater.attach(model, opt, SimpleNamespace(device=torch.device("cpu")))
+    backend = TorchBackend(model, opt, updater, torch.device("cpu"), amp=False)
+    x, y = torch.randn(32, 8, generator=torch.Generator().manual_seed(1)), torch.arange(32) % 3
+    updater.before_step(0, None)
+    backend.set_lr(0.1)
+    backend.train_step(0, SimpleNamespace(x=x, y=y, weight=None))
+    backend.set_lr(0.2)
+    top = max(updater.last_rgn)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.2 * r / top for r in updater.last_rgn])
+
+
+def test_rgn_runs_record_trained_blocks_and_count_the_smaller_backward(tiny_warm, tmp_path):
+    common = ["--checkpoint", tiny_warm, "--dataset", "synthetic", "--epochs", "1", "--batch-size", "32", "--quiet"]
+    run_cli("finetune", *common, "--out", tmp_path / "dense")
+    run_cli("finetune", *common, "--sparsity", "rgn", "--rgn-floor", "1.0", "--probe-every", "1000",
+            "--out", tmp_path / "rgn")
+    dense, rgn = records(tmp_path / "dense")[0], records(tmp_path / "rgn")[0]
+    assert len(rgn["trained_blocks"]) == 1 and rgn["probe_steps"] == 1
+    assert rgn["block_lr_scale"][rgn["trained_blocks"][0]] == 1.0
+    assert rgn["frozen_frac"] > 0 and rgn["compute_saved_by_sparsity"] is True
+    assert rgn["flops_forward"] == dense["flops_forward"] and rgn["flops_backward"] < dense["flops_backward"]
+
+
+def test_bad_rgn_floor_is_a_one_line_error(tiny_warm, tmp_path):
+    result = run_cli("finetune", "--checkpoint", tiny_warm, "--dataset", "synthetic", "--epochs", "1",
+                     "--sparsity", "rgn", "--rgn-floor", "1.5", "--out", tmp_path / "run", expect=2)
+    assert "--rgn-floor" in result.output and "Traceback" not in result.output
