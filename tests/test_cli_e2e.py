@@ -202,8 +202,15 @@ def test_demo_runs_and_says_where_the_run_is(tmp_path):
     result = run_cli("demo", "--out", tmp_path / "demo", "--epochs", 2)
     assert f"run directory: {tmp_path / 'demo'}" in result.output
     recs = records(tmp_path / "demo" / "finetune")
-    assert len(recs) == 2 and recs[-1]["test_acc"] > 0.8
+    assert len(recs) == 2 and recs[-1]["test_acc"] > 0.5      # from chance on the shifted digits
     assert (tmp_path / "demo" / "report" / "report.html").is_file()
+    # The story: the clean warmup fails on the device's low-contrast digits, BatchNorm re-estimation
+    # recovers most of it for a sliver of dense fine-tuning's compute.
+    none = records(tmp_path / "demo" / "none", baseline=True)[-1]
+    bn = records(tmp_path / "demo" / "bn-adapt")[-1]
+    assert none["test_acc"] < 0.3 and bn["test_acc"] > 0.8
+    assert bn["flops_train"] < 0.2 * sum(r["flops_train"] for r in recs)
+    assert "BatchNorm re-estimation" in result.output and "recipe" in result.output
     again = run_cli("demo", "--out", tmp_path / "demo", "--epochs", 1, expect=2)
     assert "--overwrite" in again.output
     assert len(records(tmp_path / "demo" / "finetune")) == 2     # the earlier demo is untouched

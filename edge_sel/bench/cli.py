@@ -176,3 +176,81 @@ def reference_cmd(dataset, model_name, device, data_dir, checkpoint, seeds, syst
                                  start, target, device, quiet, notes)
         _execute(settings, PUBLISHED)
     run()
+
+
+@bench_group.command("adapt")
+@click.option("--dataset", default=None,
+              help="Dataset [default: folder:../shared/data/cifar10-jpeg beside the repository, if present].")
+@click.option("--scenarios", default=None,
+              help="Comma-separated scenario names (noise, noise+labels) [default: both].")
+@click.option("--activations", default=None, help="Target activations of the gates and their random controls "
+              "[default: 0.2,0.3,0.5; --quick: 0.3].")
+@click.option("--methods", "method_names", default=None, help="Comma-separated subset of the methods.")
+@click.option("--epochs", type=int, default=None, help="Fine-tune epochs of the training methods [2; --quick: 1].")
+@click.option("--lr", type=float, default=0.01, show_default=True, help="Learning rate of every training method.")
+@click.option("--pretrain-epochs", type=int, default=None,
+              help="Epochs of the clean warmup the bench makes when --checkpoint is not given [8; --quick: 1].")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, mps or auto.")
+@common_options
+def adapt_cmd(dataset, scenarios, activations, method_names, epochs, lr, pretrain_epochs, device, data_dir,
+              checkpoint, seeds, systems, subset, out, overwrite, quick, quiet):
+    """Adaptation to shifted local data: no adaptation, BatchNorm re-estimation, dense, random and
+    sundew gates at equal activation, InfoBatch and the recipe, over paired seeds."""
+    from edge_sel.bench import adapt
+    from edge_sel.cli import fail_cleanly
+
+    @fail_cleanly
+    def run():
+        ds = dataset
+        if ds is None:
+            if not SHARED_CIFAR.is_dir():
+                raise InputError(f"--dataset: required here ({SHARED_CIFAR} does not exist)")
+            ds = f"folder:{SHARED_CIFAR}"
+        if systems is not None:
+            raise InputError("--systems: not used by bench adapt; pick with --methods")
+        n = subset or (300 if quick else 10000)
+        e = epochs or (1 if quick else 2)
+        count = seeds or (2 if quick else 5)
+        for option, value in (("--epochs", e), ("--subset", n), ("--seeds", count), ("--pretrain-epochs", pretrain_epochs)):
+            if value is not None and value < 1:
+                raise InputError(f"{option} must be >= 1, got {value}")
+        try:
+            acts = tuple(float(a) for a in (activations or ("0.3" if quick else "0.2,0.3,0.5")).split(","))
+        except ValueError:
+            raise InputError(f"--activations: comma-separated numbers, got {activations!r}") from None
+        if not all(0 < a <= 1 for a in acts):
+            raise InputError(f"--activations: each must be in (0, 1], got {activations!r}")
+        chosen_scenarios = adapt.SCENARIOS if scenarios is None else {}
+        for name in [] if scenarios is None else scenarios.split(","):
+            if name not in adapt.SCENARIOS:
+                raise InputError(f"--scenarios: unknown {name!r}; choose from {', '.join(adapt.SCENARIOS)}")
+            chosen_scenarios[name] = adapt.SCENARIOS[name]
+        methods = adapt.adapt_methods(acts)
+        if method_names is not None:
+            wanted = method_names.split(",")
+            unknown = [w for w in wanted if w not in {m.name for m in methods}]
+            if unknown:
+                raise InputError(f"--methods: unknown {', '.join(unknown)}; choose from "
+                                 f"{', '.join(m.name for m in methods)}")
+            methods = [m for m in methods if m.name in wanted]
+        _check_checkpoint(checkpoint)
+        target = _fresh_out(out or Path("runs/bench-adapt"), overwrite)
+        start = checkpoint
+        if start is None:
+            pe = pretrain_epochs or (1 if quick else 8)
+            click.echo(f"bench adapt: pretraining a clean warmup ({pe} epochs, shard 0/2)", err=True)
+            pretrain("edgecnn", DataOptions(ds, data_dir, shard="0/2", subset=n if quick else None),
+                     TrainConfig(epochs=pe, seed=0, device=device), target / "warmup", quiet=True)
+            start = target / "warmup"
+        log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+        result = adapt.run_adapt(Path(start), ds, data_dir, n, e, list(range(count)), chosen_scenarios, methods,
+                                 target, lr, device, log)
+        bench = adapt.bench_record({"suite": "adapt", "dataset": ds, "checkpoint": str(start), "subset": n,
+                                    "epochs": e, "lr": lr, "seeds": list(range(count)),
+                                    "scenarios": chosen_scenarios, "activations": list(acts)}, result, methods)
+        written = adapt.write_outputs(bench, target)
+        click.echo(written["table"])
+        click.echo(f"bench adapt: {len(methods)} methods x {len(chosen_scenarios)} scenarios x {count} seeds in "
+                   f"{result['wall_s']:.0f} s; wrote {target / 'table.md'}, {target / 'bench.json'}, "
+                   f"{target / 'report.html'}")
+    run()
