@@ -22,7 +22,8 @@ RECIPES = {
 
 
 def test_every_preset_has_its_recipe_checked_here():
-    assert set(PRESETS) == set(RECIPES)
+    # "adapt" sets methods only (no training options); tests/test_bench_adapt.py checks it.
+    assert set(PRESETS) == set(RECIPES) | {"adapt"}
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))

@@ -169,7 +169,8 @@ class Trainer:
         self.step = 0
         self.stop_reason: str | None = None
         self.stop_requested = False     # set by SIGINT/SIGTERM: finish the step, checkpoint, stop
-        self._eval_j = 0.0          # last evaluation's joules, reserved when checking the budget
+        self._eval_j = 0.0          # the final evaluation's expected joules, reserved when checking the budget
+        self._eval_j_per_image = 0.0
         self.lr_mult = 1.0          # halved after each non-finite loss
         self.nonfinite_events = 0
         self._nonfinite_in_a_row = 0
@@ -464,9 +465,11 @@ class Trainer:
         self._eval_energy = self.meter.end("eval")
         out["eval_energy_j"] = self._eval_energy.get("energy_j")
         evaluated = out["val_samples_evaluated"] + out["test_samples_evaluated"]
-        if evaluated:     # the budget reserves what the last epoch's evaluation (val and test) will cost
+        if evaluated:     # the budget reserves what the last epoch's evaluation (val and test) will cost,
+            # at the dearest joules per image seen so far (small evaluations carry more overhead)
             final = len(self.val_eval_ds) + len(self.test_ds) + len(self.clean_test_ds or ())
-            self._eval_j = (out["eval_energy_j"] or 0.0) * final / evaluated
+            self._eval_j_per_image = max(self._eval_j_per_image, (out["eval_energy_j"] or 0.0) / evaluated)
+            self._eval_j = self._eval_j_per_image * final
         return out
 
     def _test_at_the_end(self, writer: RecordWriter | None) -> None:
