@@ -103,3 +103,21 @@ def test_bad_rgn_floor_is_a_one_line_error(tiny_warm, tmp_path):
     result = run_cli("finetune", "--checkpoint", tiny_warm, "--dataset", "synthetic", "--epochs", "1",
                      "--sparsity", "rgn", "--rgn-floor", "1.5", "--out", tmp_path / "run", expect=2)
     assert "--rgn-floor" in result.output and "Traceback" not in result.output
+
+
+def test_re_estimation_alone_is_kept_when_training_on_wrong_labels_does_worse(tiny_warm, tmp_path):
+    """The re-estimated model is a keep-best candidate: a fine-tune on mostly wrong labels ends below
+    it, and the output is then bit for bit what `--epochs 0 --bn-adapt N` hands back."""
+    import json
+    from safetensors.torch import load_file
+    common = ["--checkpoint", tiny_warm, "--dataset", "synthetic", "--shift", "corrupt=contrast:4;label-noise=0.9",
+              "--bn-adapt", "200", "--batch-size", "32", "--lr", "0.1", "--quiet"]
+    run_cli("finetune", *common, "--epochs", "0", "--out", tmp_path / "bn")
+    run_cli("finetune", *common, "--epochs", "3", "--out", tmp_path / "tuned")
+    kept = json.loads((tmp_path / "tuned" / "summary.json").read_text())["kept"]
+    first = records(tmp_path / "tuned")[0]
+    assert first["bn_adapt_val_acc"] is not None and first["val_samples_evaluated"] > 0
+    assert kept["kept"] == "bn_adapt" and "re-estimation" in kept["reason"]
+    assert kept["kept_test_acc"] is not None
+    a, b = load_file(tmp_path / "bn" / "model.safetensors"), load_file(tmp_path / "tuned" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

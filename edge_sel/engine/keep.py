@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 WARMUP_EPOCH = -1       # the starting checkpoint, evaluated before the first step
+BN_ADAPT_EPOCH = "bn_adapt"   # the starting checkpoint after BatchNorm re-estimation, before training
 
 
 class ModelChoice:
@@ -25,7 +26,7 @@ class ModelChoice:
         """Called with the starting checkpoint's evaluation (epoch -1) and after every epoch."""
         if epoch == WARMUP_EPOCH:
             self.baseline_val_acc, self.baseline_test_acc = val_acc, test_acc
-        else:
+        elif epoch != BN_ADAPT_EPOCH:
             self.last_epoch = epoch
         if self.mode == "last" or val_acc is None:
             self.no_validation = self.no_validation or (self.mode == "best" and val_acc is None)
@@ -60,6 +61,11 @@ class ModelChoice:
                       f"validation accuracy ({_pct(base)}); the output model is the starting checkpoint"
                       if self.last_epoch is not None else
                       "no epoch was trained; the output model is the starting checkpoint")
+        elif self.epoch == BN_ADAPT_EPOCH:
+            which = "bn_adapt"
+            reason = (f"BatchNorm re-estimation alone had the best validation accuracy ({_pct(self.val_acc)}; "
+                      f"starting checkpoint {_pct(base)}): no training epoch beat it, so the output model is the "
+                      "starting checkpoint with re-estimated BatchNorm statistics")
         else:
             which = "best"
             reason = (f"epoch {self.epoch} had the best validation accuracy ({_pct(self.val_acc)}; "

@@ -23,7 +23,7 @@ from edge_sel.device_caps import peak_rss_mb
 from edge_sel.engine.bn_adapt import reestimate_bn
 from edge_sel.engine.evaluate import EmbarrassmentMeter, accuracy, per_class_accuracy, predict_dataset
 from edge_sel.engine.flops import FlopCounter
-from edge_sel.engine.keep import WARMUP_EPOCH, ModelChoice
+from edge_sel.engine.keep import BN_ADAPT_EPOCH, WARMUP_EPOCH, ModelChoice
 from edge_sel.engine.layout import LayoutChoice, choose_layout
 from edge_sel.engine.schedule import lr_factor
 from edge_sel.engine.state import StateWriteError, load_state, save_state
@@ -268,6 +268,8 @@ class Trainer:
         if progress is None:
             if cfg.bn_adapt and not self.bn_adapt_done:
                 self._adapt_bn()            # inside the first epoch's window, before it plans
+                if self.phase == "finetune" and self.choice.mode == "best":
+                    t0 += self._consider_bn_adapted()   # its evaluation is not training time
             progress = self._begin_epoch(epoch)
         self.progress = progress
         plan = progress.plan
@@ -327,6 +329,8 @@ class Trainer:
         energy = self.meter.end("train")
         if energy.get("energy_j") is not None:
             energy["energy_j"] += progress.energy_j
+            candidate = (self._bn_adapt or {}).get("candidate_eval") or {}
+            energy["energy_j"] -= candidate.get("eval_energy_j") or 0.0    # evaluation joules, counted there
         self.progress = None
         return self._epoch_record(epoch, progress, energy)
 
@@ -384,7 +388,9 @@ class Trainer:
         record.update({"flops_forward": progress.flops_f, "flops_backward": progress.flops_b,
                        "flops_scoring": self._scoring["flops"], "scoring_samples": self._scoring["samples"]})
         # An updater's one-off calibration pass (the SEL guilt threshold) is training compute too.
+        candidate_eval = None
         if self._bn_adapt is not None:         # forward-only, charged to the first record
+            candidate_eval = self._bn_adapt.pop("candidate_eval", None)
             record.update(self._bn_adapt)
             record["forward_samples"] += self._bn_adapt["bn_adapt_samples"]
             record["flops_calibration"] = (record.get("flops_calibration") or 0) + self._bn_adapt["flops_bn_adapt"]
@@ -405,6 +411,8 @@ class Trainer:
         final = epoch == self.config.epochs - 1 or self.stop_reason is not None
         validate = final or (epoch + 1) % self.config.eval_every == 0
         record.update(self.evaluate(validate=validate, test=final or (validate and self.config.eval_test == "every")))
+        for key, value in (candidate_eval or {}).items():     # the re-estimated model's validation
+            record[key] = (record.get(key) or 0) + (value or 0)
         for name, e in zip(self.class_names, progress.emb.values()):
             record[f"E_{name}"] = e
             record[f"C_{name}"] = EmbarrassmentMeter.confidence(e)
@@ -520,6 +528,17 @@ class Trainer:
                               memory_format=self.memory_format)
         self._bn_adapt = {"bn_adapt_samples": n, "flops_bn_adapt": sum(self.flops.eval_batch(s) for s in sizes)}
         self.bn_adapt_done = True
+
+    def _consider_bn_adapted(self) -> float:
+        """With training to follow, the re-estimated model is validated and becomes a keep-best
+        candidate of its own: on wrong labels a fine-tune can end below re-estimation alone.
+        Returns the evaluation's seconds (taken out of the epoch's training time)."""
+        ev = self.evaluate(validate=True, test=False)
+        self.choice.consider(BN_ADAPT_EPOCH, ev["val_acc"], None, self.model)
+        self._bn_adapt["bn_adapt_val_acc"] = ev["val_acc"]
+        self._bn_adapt["candidate_eval"] = {k: ev[k] for k in ("flops_eval", "eval_wall_s", "eval_energy_j",
+                                                                "val_samples_evaluated")}
+        return ev["eval_wall_s"]
 
     def bn_adapt_record(self) -> dict:
         """`--epochs 0 --bn-adapt N`: the re-estimation alone, measured and evaluated as epoch 0."""
