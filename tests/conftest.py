@@ -7,12 +7,18 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 CIFAR_JPEG = SHARED / "data" / "cifar10-jpeg"
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    # Decoded image-folder caches go to a per-session temp dir, except the shared CIFAR cache,
-    # which tests reuse through EDGE_SEL_CACHE when the caller has set it.
-    if "EDGE_SEL_CACHE" not in os.environ:
-        monkeypatch.setenv("EDGE_SEL_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    # Decoded image-folder caches and measured layouts go to a per-session temp dir, except the
+    # shared CIFAR cache, which tests reuse through EDGE_SEL_CACHE when the caller has set it.
+    # Session scope: module fixtures and the subprocesses they start must all see one cache (a
+    # layout measured twice can come out differently, and with it a seeded run's rounding).
+    if "EDGE_SEL_CACHE" in os.environ:
+        yield
+        return
+    os.environ["EDGE_SEL_CACHE"] = str(tmp_path_factory.getbasetemp() / "cache")
+    yield
+    del os.environ["EDGE_SEL_CACHE"]
 
 
 def needs_cifar():
