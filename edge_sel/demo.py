@@ -15,15 +15,14 @@ import click
 
 from edge_sel.config import TrainConfig
 from edge_sel.engine.run import DataOptions, finetune, pretrain
+from edge_sel.report.records import read_records
 from edge_sel.report.summary import print_summary
 
 DEVICE_SHIFT = "corrupt=contrast:4"
 
 
 def _row(name: str, summary: dict, records_dir: Path) -> str:
-    import json
-    recs = [json.loads(line) for line in (records_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    last = recs[-1]
+    last = read_records(records_dir / "metrics.jsonl")[-1]
     t = summary["totals"]
     joules = "-" if not t.get("energy_j") else f"{t['energy_j']:.1f} {t.get('energy_method') or ''}"
     return (f"  {name:38s} {100 * (last.get('test_acc') or 0):6.1f}% {100 * (last.get('clean_test_acc') or 0):6.1f}% "

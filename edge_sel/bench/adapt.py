@@ -19,6 +19,7 @@ from pathlib import Path
 
 from edge_sel.config import TrainConfig
 from edge_sel.engine.run import DataOptions, finetune
+from edge_sel.report.records import read_records
 
 SCENARIOS = {
     "noise": "corrupt=gaussian_noise:3",
@@ -67,7 +68,7 @@ def ci95(values: list[float]) -> tuple[float, float, float]:
 def outcome(run_dir: Path) -> dict:
     """What one run left: final accuracies (the baseline's when no epoch ran), totals."""
     summary = json.loads((run_dir / "summary.json").read_text())
-    recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    recs = read_records(run_dir / "metrics.jsonl")
     last = [r for r in recs if r.get("phase") != "baseline"] or recs
     final = last[-1]
     t = summary["totals"]

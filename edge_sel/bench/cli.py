@@ -38,6 +38,15 @@ def _fresh_out(out: Path, overwrite: bool) -> Path:
     return out
 
 
+def dataset_or_shared_cifar(dataset: str | None) -> str:
+    """The --dataset given, else the CIFAR-10 image folders beside the repository."""
+    if dataset is not None:
+        return dataset
+    if not SHARED_CIFAR.is_dir():
+        raise InputError(f"--dataset: required here ({SHARED_CIFAR} does not exist)")
+    return f"folder:{SHARED_CIFAR}"
+
+
 def _check_checkpoint(path: Path | None) -> None:
     if path is not None:
         read_card(path)     # one-line error when it is not a checkpoint, before any training
@@ -95,11 +104,7 @@ def edge_cmd(dataset, epochs, val_cap, pretrain_epochs, device, data_dir, checkp
 
     @fail_cleanly
     def run():
-        ds = dataset
-        if ds is None:
-            if not SHARED_CIFAR.is_dir():
-                raise InputError(f"--dataset: required here ({SHARED_CIFAR} does not exist)")
-            ds = f"folder:{SHARED_CIFAR}"
+        ds = dataset_or_shared_cifar(dataset)
         n = subset or (400 if quick else 8000)
         e = epochs or (2 if quick else 6)
         for option, value in (("--epochs", e), ("--subset", n), ("--seeds", seeds), ("--val-cap", val_cap),
@@ -201,11 +206,7 @@ def adapt_cmd(dataset, scenarios, activations, method_names, epochs, lr, pretrai
 
     @fail_cleanly
     def run():
-        ds = dataset
-        if ds is None:
-            if not SHARED_CIFAR.is_dir():
-                raise InputError(f"--dataset: required here ({SHARED_CIFAR} does not exist)")
-            ds = f"folder:{SHARED_CIFAR}"
+        ds = dataset_or_shared_cifar(dataset)
         if systems is not None:
             raise InputError("--systems: not used by bench adapt; pick with --methods")
         n = subset or (300 if quick else 10000)

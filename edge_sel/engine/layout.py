@@ -26,7 +26,6 @@ from edge_sel.data.folder import cache_dir
 from edge_sel.engine.checkpoint import atomic_write_bytes
 from edge_sel.engine.flops import FlopCounter
 
-LAYOUTS = ("auto", "channels_last", "contiguous")
 FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 EVAL_BATCH_CANDIDATES = (128, 256, 512, 1024)
 PROBE_STEPS = 3        # timed steps per layout, after one untimed warm-up step

@@ -25,8 +25,9 @@ class StepTotals:
         self.pending += 1
 
     def read(self) -> tuple[float, int, int, float | None]:
-        """(loss sum, correct, non-finite, last mean loss) since the last read: one host read."""
-        values = torch.cat([self.buf, self.last.reshape(1).to(self.buf.dtype)]).tolist() if self.last is not None else [0, 0, 0, None]
+        """(loss sum, correct, non-finite, last mean loss) of the steps added since the last read (at
+        least one): one host read."""
+        values = torch.cat([self.buf, self.last.reshape(1).to(self.buf.dtype)]).tolist()
         self.buf.zero_()
         self.pending = 0
         loss_sum, correct, bad, last = values

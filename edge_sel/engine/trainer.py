@@ -91,7 +91,6 @@ class EpochProgress:
     steps: int = 0               # optimizer steps taken
     last_loss_t: torch.Tensor | None = None   # the last step's mean loss, still on the device
 
-
     def to_state(self) -> dict:
         return {"epoch": self.epoch, "plan": {"positions": self.plan.positions.cpu(),
                                               "weights": None if self.plan.weights is None else self.plan.weights.cpu(),
@@ -502,6 +501,7 @@ class Trainer:
         if kept is not None and self.choice.test_acc is None:
             current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             self.model.load_state_dict(kept)
+            # The torch model, not backend.predict: an ORT session still holds the last weights.
             logits = predict_dataset(lambda x: self.model.eval()(x).float(), self.test_ds, self.mean, self.std,
                                      self.eval_batch_size, self.memory_format)
             self.choice.test_acc = accuracy(logits, self.test_ds.labels)
@@ -557,8 +557,8 @@ class Trainer:
         return record
 
     def _keep_choice(self, epoch: int, record: dict) -> None:
-        if record.get("evaluated") == "test" or (record.get("evaluated") == "none" and len(self.val_eval_ds)):
-            return          # not validated this epoch: nothing to choose by
+        if record.get("evaluated") == "none" and len(self.val_eval_ds):
+            return          # not validated this epoch (--eval-every): nothing to choose by
         self.choice.consider(epoch, record.get("val_acc"), record.get("test_acc"), self.model)
         if self.phase == "finetune":
             record["kept_epoch"] = self.choice.epoch     # what the output model would be if the run ended here

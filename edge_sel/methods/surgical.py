@@ -14,8 +14,7 @@ gradient, and the counter charges it. Records name the trained blocks and their 
 from __future__ import annotations
 
 from edge_sel.errors import InputError
-from edge_sel.methods.base import Updater
-from edge_sel.methods.sparse import block_guilt
+from edge_sel.methods.sparse import LayerFreeze
 
 
 def rgn_scales(ratios: list[float | None]) -> list[float | None]:
@@ -34,95 +33,73 @@ def blocks_to_train(scales: list[float | None], floor: float) -> list[int]:
     return chosen or [max(known, key=lambda i: scales[i])]
 
 
-class AutoRGN(Updater):
+class AutoRGN(LayerFreeze):
+    """`layers`' probe machinery (dense probe steps, frozen blocks without gradients, the frozen
+    share) with another choice after each probe: blocks by RGN share, each at its own rate."""
     name = "rgn"
-    saves_compute = True
 
     def __init__(self, floor: float = 0.3, probe_every: int = 50):
-        self.floor, self.probe_every = floor, probe_every
-        self.trained: list[int] = []
+        super().__init__(target=0.0, probe_every=probe_every)
+        self.floor = floor
         self.scales: list[float | None] = []
-        self.last_rgn: list[float | None] = []
-        self._probing = False
+
+    @property
+    def trained(self) -> list[int]:
+        return [i for i in range(len(self.blocks)) if i not in self.frozen]
+
+    @property
+    def last_rgn(self) -> list[float | None]:
+        return self.last_guilt          # the probe's ||grad|| / ||weight|| per block
 
     def attach(self, model, optimizer, ctx) -> None:
         super().attach(model, optimizer, ctx)
-        self.blocks = [list(b.parameters()) for b in model.blocks()]
         in_blocks = {id(p) for ps in self.blocks for p in ps}
         rest = [p for p in model.parameters() if id(p) not in in_blocks]
-        self.sizes = [sum(p.numel() for p in ps) for ps in self.blocks]
-        self.total = sum(p.numel() for p in model.parameters())
         # One optimizer group per block, so each learns at its own rate (the backend multiplies the
         # scheduled lr by a group's lr_scale). Done before any step: no optimizer state exists yet.
         defaults = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
         optimizer.param_groups.clear()
         for params in self.blocks + ([rest] if rest else []):
             optimizer.add_param_group({**defaults, "params": params, "lr_scale": 1.0})
-        self.trained = list(range(len(self.blocks)))
         self.scales = [1.0] * len(self.blocks)
-        self._reset_epoch()
 
     def _reset_epoch(self) -> None:
-        self._steps = self._probes = 0
-        self._frozen_sum = 0.0
+        super()._reset_epoch()
         self._ever_trained: set[int] = set()
 
-    def _apply(self, trained: list[int], scales: list[float | None]) -> None:
-        self.trained, self.scales = trained, scales
-        for i, params in enumerate(self.blocks):
-            on = i in trained
-            for p in params:
-                p.requires_grad_(on)
-                if not on:
-                    p.grad = None          # the optimizer skips a parameter whose grad is None
-            self.optimizer.param_groups[i]["lr_scale"] = scales[i] if on and scales[i] is not None else 1.0
-
-    def _frozen_share(self) -> float:
-        return sum(s for i, s in enumerate(self.sizes) if i not in self.trained) / max(1, self.total)
+    def _set_scales(self, scales: list[float | None]) -> None:
+        self.scales = scales
+        for i, scale in enumerate(scales):
+            self.optimizer.param_groups[i]["lr_scale"] = 1.0 if scale is None or i in self.frozen else scale
 
     def before_step(self, step: int, batch) -> None:
-        self._probing = step % self.probe_every == 0
-        if self._probing:                  # a dense step measures every block (at the current scales)
-            for params in self.blocks:
-                for p in params:
-                    p.requires_grad_(True)
-            self.trained = list(range(len(self.blocks)))
-            self._probes += 1
-        self._steps += 1
-        self._frozen_sum += self._frozen_share()
+        super().before_step(step, batch)   # a probe step trains every block, at the current scales
         self._ever_trained.update(self.trained)
-
-    def after_backward(self, step: int) -> None:
-        if self._probing:
-            self.last_rgn = block_guilt(self.blocks)
 
     def after_step(self, step: int) -> None:
         if self._probing:
-            scales = rgn_scales(self.last_rgn)
-            self._apply(blocks_to_train(scales, self.floor), scales)
+            scales = rgn_scales(self.last_guilt)
+            trained = blocks_to_train(scales, self.floor)
+            self._apply([i for i in range(len(self.blocks)) if i not in trained])
+            self._set_scales(scales)
             self._probing = False
 
     def end_epoch(self) -> dict:
         share = self._frozen_sum / self._steps if self._steps else 0.0
         out = {"grad_sparsity": share, "frozen_frac": share, "sparsity_kind": "structured",
                "compute_saved_by_sparsity": True, "probe_steps": self._probes,
-               "trained_blocks": list(self.trained), "blocks_trained_in_epoch": sorted(self._ever_trained),
-               "block_rgn": [None if r is None else round(r, 6) for r in self.last_rgn],
+               "trained_blocks": self.trained, "blocks_trained_in_epoch": sorted(self._ever_trained),
+               "block_rgn": [None if r is None else round(r, 6) for r in self.last_guilt],
                "block_lr_scale": [None if s is None else round(s, 4) for s in self.scales]}
         self._reset_epoch()
         return out
 
     def state_dict(self) -> dict:
-        return {"trained": list(self.trained), "scales": list(self.scales), "last_rgn": list(self.last_rgn),
-                "steps": self._steps, "probes": self._probes, "frozen_sum": self._frozen_sum,
-                "ever_trained": sorted(self._ever_trained)}
+        return {**super().state_dict(), "scales": list(self.scales), "ever_trained": sorted(self._ever_trained)}
 
     def load_state_dict(self, state: dict) -> None:
-        self._apply(list(state.get("trained", self.trained)), list(state.get("scales", self.scales)))
-        self.last_rgn = list(state.get("last_rgn", self.last_rgn))
-        self._steps = int(state.get("steps", self._steps))
-        self._probes = int(state.get("probes", self._probes))
-        self._frozen_sum = float(state.get("frozen_sum", self._frozen_sum))
+        super().load_state_dict(state)
+        self._set_scales(list(state.get("scales", self.scales)))
         self._ever_trained = set(state.get("ever_trained", []))
 
 
