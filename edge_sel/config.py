@@ -3,6 +3,7 @@ with errors that name the option at fault."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 from edge_sel.errors import InputError
@@ -15,8 +16,8 @@ EVAL_TEST = ("end", "every")
 
 
 def _number(option: str, value, lo=None, hi=None, lo_open=False, hi_open=False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise InputError(f"{option} must be a number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(f"{option} must be a finite number, got {value!r}")
     if lo is not None and (value < lo or (lo_open and value == lo)):
         raise InputError(f"{option} must be {'>' if lo_open else '>='} {lo}, got {value}")
     if hi is not None and (value > hi or (hi_open and value == hi)):
