@@ -8,7 +8,8 @@ from dataclasses import dataclass, fields
 
 from edge_sel.errors import InputError
 
-SIGNIFICANCES = ("loss-entropy", "dih")
+SIGNIFICANCES = ("loss-entropy", "dih", "learnability")
+UNSEEN_RULES = ("first", "neutral")
 DIH_SELECTS = ("greedy", "rand", "exp", "beta")
 DIH_SIGNALS = ("loss", "dloss", "flip")
 
@@ -17,6 +18,7 @@ DIH_SIGNALS = ("loss", "dloss", "flip")
 class GatingConfig:
     target_activation: float = 0.3      # share of the candidates a gate computes per epoch
     significance: str = "loss-entropy"  # sundew: what makes a sample worth computing
+    unseen: str = "first"               # sundew: never-trained samples first, or at the seen samples' mean
     gate_window: int = 1                # sundew: batches of candidates per controller update
     gate_temperature: float = 0.05      # sundew: softness of the threshold (0: hard threshold)
     min_activation: float = 0.05        # sundew: floor per window (top-significance fallback)
@@ -66,6 +68,7 @@ def gating_config(method: dict) -> GatingConfig:
     if cfg.energy_budget_per_epoch is not None and cfg.energy_budget_per_epoch <= 0:
         raise InputError(f"--energy-budget-per-epoch must be > 0 joules, got {cfg.energy_budget_per_epoch}")
     for option, value, choices in (("--significance", cfg.significance, SIGNIFICANCES),
+                                   ("--unseen", cfg.unseen, UNSEEN_RULES),
                                    ("--dih-select", cfg.dih_select, DIH_SELECTS),
                                    ("--dih-signal", cfg.dih_signal, DIH_SIGNALS)):
         if value not in choices:

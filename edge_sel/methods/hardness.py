@@ -15,7 +15,7 @@ from edge_sel.device_caps import accumulator_dtype
 
 SIGNALS = ("loss", "dloss", "flip")
 PER_SAMPLE = ("last_loss", "last_entropy", "last_correct", "loss_change", "flip", "dih", "dih_updates",
-              "last_epoch", "visits", "lr_mark")
+              "last_epoch", "visits", "lr_mark", "label", "last_pred", "last_conf")
 
 
 class HardnessStore:
@@ -32,6 +32,9 @@ class HardnessStore:
         self.last_loss = torch.zeros(n, device=dev)
         self.last_entropy = torch.zeros(n, device=dev)
         self.last_correct = torch.zeros(n, device=dev)
+        self.label = torch.full((n,), -1, dtype=torch.long, device=dev)   # the label trained on
+        self.last_pred = torch.full((n,), -1, dtype=torch.long, device=dev)
+        self.last_conf = torch.zeros(n, device=dev)        # probability of the predicted class
         self.loss_change = torch.zeros(n, device=dev)      # |loss - loss at the visit before|
         self.flip = torch.zeros(n, device=dev)             # |correct - correct at the visit before|
         self.dih = torch.zeros(n, device=dev)              # moving average of the chosen signal
@@ -74,7 +77,9 @@ class HardnessStore:
         loss = losses.detach().float().to(self.device)
         logp = torch.log_softmax(logits.detach().float(), dim=1).to(self.device)
         entropy = -(logp.exp() * logp).sum(1)
-        correct = (logp.argmax(1) == labels.to(self.device)).float()
+        conf, pred = logp.max(1)
+        labels = labels.to(self.device).long()
+        correct = (pred == labels).float()
         seen = self.visits[s] > 0
         change = torch.where(seen, (loss - self.last_loss[s]).abs(), torch.zeros_like(loss))
         flip = torch.where(seen, (correct - self.last_correct[s]).abs(), torch.zeros_like(loss))
@@ -91,6 +96,7 @@ class HardnessStore:
         self._update_dih(s[valid], a[valid])
         self.last_loss[s], self.last_entropy[s], self.last_correct[s] = loss, entropy, correct
         self.loss_change[s], self.flip[s] = change, flip
+        self.label[s], self.last_pred[s], self.last_conf[s] = labels, pred, conf.exp()
         self.last_epoch[s] = epoch
         self.visits[s] += 1
         self.lr_mark[s] = self.cum_lr
@@ -115,7 +121,8 @@ class HardnessStore:
         """Per-sample values matched by stable id; samples absent from `state` stay unseen."""
         for name in PER_SAMPLE:
             getattr(self, name).copy_(torch.zeros_like(getattr(self, name)))
-        self.last_epoch.fill_(-1)
+        for name in ("last_epoch", "label", "last_pred"):
+            getattr(self, name).fill_(-1)
         saved_ids = state["index"].to(self.device).long()
         order = torch.argsort(saved_ids)
         sorted_saved = saved_ids[order]
@@ -123,7 +130,8 @@ class HardnessStore:
         present = sorted_saved[where] == self.index if len(saved_ids) else torch.zeros_like(self.index, dtype=torch.bool)
         src = order[where][present]
         for name in PER_SAMPLE:
-            getattr(self, name)[present] = state[name].to(self.device)[src]
+            if name in state:   # stores saved before a field existed leave it at its unseen value
+                getattr(self, name)[present] = state[name].to(self.device)[src]
         self.cum_lr = float(state["cum_lr"])
         prev = float(state["prev_lr"])
         self.prev_lr = None if math.isnan(prev) else prev

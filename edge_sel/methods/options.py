@@ -80,9 +80,13 @@ SEL = [
 # --- gating ---
 # Defaults are None so presets can tell "not given"; edge_sel/methods/gating_config.py fills them.
 GATING = [
-    click.option("--significance", type=click.Choice(["loss-entropy", "dih"]), default=None,
+    click.option("--significance", type=click.Choice(["loss-entropy", "dih", "learnability"]), default=None,
                  help="Sundew: what makes a sample worth computing, from its last visit: 0.7 loss + 0.3 "
-                      "entropy, or its DIH moving average. [default: loss-entropy]"),
+                      "entropy, its DIH moving average, or the loss unless the sample looks mislabelled "
+                      "(confidently predicted as another class). [default: loss-entropy]"),
+    click.option("--unseen", type=click.Choice(["first", "neutral"]), default=None,
+                 help="Sundew: never-trained samples score highest (first), or the mean score of the "
+                      "seen candidates (neutral). [default: first]"),
     click.option("--gate-window", type=int, default=None,
                  help="Sundew: batches of candidates per controller update. [default: 1]"),
     click.option("--gate-temperature", type=float, default=None,
@@ -148,7 +152,8 @@ USED_BY = {
     "guilt_percentile": (None, None, {"mask"}), "guilt_decay": (None, None, {"mask"}),
     "guilt_samples": (None, None, {"mask"}), "guilt_model": (None, None, {"mask"}),
     "probe_every": (None, None, {"layers", "rgn"}), "rgn_floor": (None, None, {"rgn"}), "layer_sparsity": (None, None, {"layers"}),
-    "significance": _SUNDEW, "gate_window": _SUNDEW, "gate_temperature": _SUNDEW, "min_activation": _SUNDEW,
+    "significance": _SUNDEW, "unseen": _SUNDEW, "gate_window": _SUNDEW, "gate_temperature": _SUNDEW,
+    "min_activation": _SUNDEW,
     "unbiased": _SUNDEW, "keep_floor": _SUNDEW,
     "anneal": ({"sundew", "random", "infobatch"}, {"sundew", "random", "infobatch"}, None),
     "prune_ratio": ({"infobatch"}, {"infobatch"}, None),

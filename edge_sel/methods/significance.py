@@ -30,7 +30,31 @@ def dih(store: HardnessStore) -> torch.Tensor:
     return torch.where(store.dih_known, s, torch.full_like(s, UNSEEN))
 
 
-SIGNIFICANCE = {"loss-entropy": loss_entropy, "dih": dih}
+def likely_mislabelled(store: HardnessStore) -> torch.Tensor:
+    """Samples whose last visit confidently predicted another class than their label: the predicted
+    class's probability reached that class's threshold, the mean probability the model gives its own
+    label over the samples labelled with it (the confident-joint rule of confident learning,
+    Northcutt et al. 2021, on the stale visit values)."""
+    known = store.seen & (store.label >= 0)
+    labels = store.label.clamp_min(0)
+    p_label = torch.exp(-store.last_loss)
+    c = store.num_classes
+    total = torch.zeros(c, device=p_label.device).index_add_(0, labels[known], p_label[known])
+    count = torch.zeros(c, device=p_label.device).index_add_(0, labels[known], torch.ones_like(p_label[known]))
+    threshold = torch.where(count > 0, total / count.clamp_min(1), torch.ones_like(total))
+    pred = store.last_pred.clamp_min(0)
+    return known & (store.last_pred != store.label) & (store.last_conf >= threshold[pred])
+
+
+def learnability(store: HardnessStore) -> torch.Tensor:
+    """1 - p_y at the last visit, except 0 for a sample that looks mislabelled: high loss is worth
+    computing when the label can be learned, and worthless (harmful) when the label is wrong."""
+    miss = 1 - torch.exp(-store.last_loss)
+    s = torch.where(likely_mislabelled(store), torch.zeros_like(miss), miss)
+    return torch.where(store.seen, s, torch.full_like(s, UNSEEN))
+
+
+SIGNIFICANCE = {"loss-entropy": loss_entropy, "dih": dih, "learnability": learnability}
 
 
 def seed_significance(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -63,7 +63,11 @@ class SundewGate(Gate):
             return keep_all(plan, {"target_activation": target, "gate_activation": 1.0 if n else None,
                                    "annealing": epoch >= self.anneal_from})
         sig = self.significance(self.store)[cands.to(self.store.device)].float().cpu()
-        unseen = (~self.store.seen[cands.to(self.store.device)]).float().mean().item()
+        never = ~self.store.seen[cands.to(self.store.device)].cpu()
+        unseen = never.float().mean().item()
+        if self.cfg.unseen == "neutral" and not never.all():
+            # A never-trained sample is worth what an average seen one is: neither first nor last.
+            sig[never] = sig[~never].mean()
         keep, prob, thresholds = self._gate(sig, target)
         kept = keep.nonzero().squeeze(1)
         weights = self_normalised(1 / prob[kept]) if self.cfg.unbiased else None
