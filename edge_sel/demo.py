@@ -14,8 +14,8 @@ from pathlib import Path
 import click
 
 from edge_sel.config import TrainConfig
+from edge_sel.core.records import read_records
 from edge_sel.engine.run import DataOptions, finetune, pretrain
-from edge_sel.report.records import read_records
 from edge_sel.report.summary import print_summary
 
 DEVICE_SHIFT = "corrupt=contrast:4"

@@ -8,7 +8,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from edge_sel.cli import cli
-from edge_sel.report.records import VOLATILE_FIELDS, read_records
+from edge_sel.core.records import VOLATILE_FIELDS, read_records
 
 
 def run_cli(*args, expect: int = 0):

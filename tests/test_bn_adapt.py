@@ -4,9 +4,9 @@ FLOPs are counted, and on shifted inputs it recovers accuracy by itself."""
 import torch
 
 from helpers import records, run_cli, summary
+from edge_sel.core.flops import FlopCounter
 from edge_sel.engine.bn_adapt import batchnorm_layers, reestimate_bn
-from edge_sel.engine.checkpoint import load_checkpoint
-from edge_sel.engine.flops import FlopCounter
+from edge_sel.models import load_checkpoint
 
 
 def test_only_running_statistics_change(tiny_warm):

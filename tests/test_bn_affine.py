@@ -4,7 +4,7 @@ backward FLOPs are those of that smaller trainable set."""
 import torch
 
 from helpers import records, run_cli
-from edge_sel.engine.checkpoint import load_checkpoint
+from edge_sel.models import load_checkpoint
 
 
 def test_only_batchnorm_affine_and_head_parameters_move(tiny_warm, tmp_path):

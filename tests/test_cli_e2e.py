@@ -7,8 +7,8 @@ from safetensors.torch import load_file
 
 from helpers import records, run_cli, stable, summary
 from edge_sel.cli import main
-from edge_sel.engine.checkpoint import load_checkpoint
-from edge_sel.report.records import RECORD_FIELDS
+from edge_sel.core.records import RECORD_FIELDS
+from edge_sel.models import load_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ import onnxruntime as ort  # noqa: E402
 
 from helpers import run_cli  # noqa: E402
 from edge_sel.data import load_source  # noqa: E402
-from edge_sel.engine.checkpoint import load_checkpoint  # noqa: E402
 from edge_sel.export.manifest import sha256_file  # noqa: E402
+from edge_sel.models import load_checkpoint  # noqa: E402
 from edge_sel.models import count_parameters  # noqa: E402
 
 STANDALONE = Path(__file__).with_name("ort_standalone_train.py")

@@ -15,10 +15,10 @@ import torch
 
 from helpers import records, run_cli, stable, summary
 from edge_sel.config import TrainConfig
-from edge_sel.engine.checkpoint import load_checkpoint
 from edge_sel.engine.evaluate import accuracy, predict_dataset
 from edge_sel.engine.run import DataOptions, finetune
 from edge_sel.engine.state import load_state
+from edge_sel.models import load_checkpoint
 
 RUN = ["--dataset", "synthetic", "--batch-size", "16", "--lr", "0.02", "--quiet", "--seed", "3"]
 

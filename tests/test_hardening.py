@@ -261,9 +261,9 @@ def _full_disk(*args, **kwargs):
 def test_a_full_disk_while_writing_run_files_is_one_line_exit_1(tiny_warm, tmp_path, monkeypatch, target, name):
     import builtins
 
-    from edge_sel.engine import checkpoint, run
+    from edge_sel.core import checkpoint, records
+    from edge_sel.engine import run
     from edge_sel.engine.state import load_state
-    from edge_sel.report import records
     if target == "records":
         real_open = builtins.open
         monkeypatch.setattr(records, "open", lambda p, mode="r", *a, **k: _full_disk() if str(p).endswith(name)

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from edge_sel.engine.flops import FlopCounter
+from edge_sel.core.flops import FlopCounter
 from edge_sel.errors import InputError
 from edge_sel.models import build_model, count_parameters, model_table
 

@@ -15,9 +15,9 @@ from onnxruntime.training import api  # noqa: E402
 from helpers import records, run_cli, summary  # noqa: E402
 from edge_sel.backends.ort_backend import OrtBackend  # noqa: E402
 from edge_sel.data import Batch  # noqa: E402
-from edge_sel.engine.checkpoint import load_checkpoint  # noqa: E402
 from edge_sel.export.manifest import resolve  # noqa: E402
 from edge_sel.methods import STRATEGIES  # noqa: E402
+from edge_sel.models import load_checkpoint  # noqa: E402
 
 # Dense, plain SGD (what ORT's SGD is), BatchNorm with frozen statistics on both sides.
 SAME = ("--optimizer", "sgd", "--momentum", 0, "--weight-decay", 0, "--lr", 0.01, "--bn-mode", "eval",

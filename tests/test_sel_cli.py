@@ -128,8 +128,8 @@ def test_bad_sel_options_are_one_line_errors(digits_warmup, tmp_path, capsys, mo
 @pytest.mark.slow
 @needs_cifar()
 def test_sel_on_a_cifar10_subset(tmp_path):
+    from edge_sel.core.checkpoint import ModelCard, save_checkpoint
     from edge_sel.data import load_source
-    from edge_sel.engine.checkpoint import ModelCard, save_checkpoint
     from edge_sel.models import build_model
     train, _ = load_source(f"folder:{CIFAR_JPEG}")
     ckpt = tmp_path / "untrained"

@@ -29,11 +29,11 @@ import torch
 from edge_sel.config import TrainConfig
 from edge_sel.data import Splits
 from edge_sel.data.split import stratified_take
-from edge_sel.engine.checkpoint import load_checkpoint
 from edge_sel.engine.device import seed_everything
 from edge_sel.engine.run import DataOptions
 from edge_sel.engine.trainer import NullMeter, Trainer
 from edge_sel.methods import make_strategy, make_updater
+from edge_sel.models import load_checkpoint
 
 CIFAR = "folder:/work/shared/data/cifar10-jpeg"
 CHECKPOINT = Path("/work/bench-ckpt/cifar-edgecnn-warmup")

@@ -33,10 +33,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from edge_sel.backends.torch_backend import TorchBackend  # noqa: E402
+from edge_sel.core.checkpoint import ModelCard, save_checkpoint  # noqa: E402
+from edge_sel.core.flops import FlopCounter  # noqa: E402
 from edge_sel.data import Batch  # noqa: E402
-from edge_sel.engine.checkpoint import ModelCard, load_checkpoint, save_checkpoint  # noqa: E402
-from edge_sel.engine.flops import FlopCounter  # noqa: E402
 from edge_sel.methods import Updater  # noqa: E402
+from edge_sel.models import load_checkpoint  # noqa: E402
 from edge_sel.models import build_model  # noqa: E402
 
 SCHEMES = ("full", "last-block", "classifier", "bias")

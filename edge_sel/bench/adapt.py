@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edge_sel.config import TrainConfig
+from edge_sel.core.records import read_records
 from edge_sel.engine.run import DataOptions, finetune
-from edge_sel.report.records import read_records
 
 SCENARIOS = {
     "noise": "corrupt=gaussian_noise:3",

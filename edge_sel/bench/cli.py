@@ -19,7 +19,7 @@ from edge_sel.bench import suites
 from edge_sel.bench.published import PUBLISHED
 from edge_sel.bench.runner import BenchData, SuiteSettings, run_suite
 from edge_sel.config import TrainConfig
-from edge_sel.engine.checkpoint import read_card
+from edge_sel.core.checkpoint import read_card
 from edge_sel.engine.run import DataOptions, check_out_dir, pretrain
 from edge_sel.errors import InputError
 

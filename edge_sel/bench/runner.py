@@ -25,12 +25,12 @@ from edge_sel.bench.suites import Phase, Rewind, System
 from edge_sel.config import TrainConfig
 from edge_sel.data import Splits
 from edge_sel.data.split import stratified_take
-from edge_sel.engine.checkpoint import load_checkpoint
 from edge_sel.engine.device import pick_device
 from edge_sel.engine.evaluate import accuracy, predict_dataset
 from edge_sel.engine.run import DataOptions, finetune
 from edge_sel.methods import lottery
 from edge_sel.methods.presets import apply_preset
+from edge_sel.models import load_checkpoint
 from edge_sel.report.runs import RunData, combine_phases, load_run, totals
 
 lottery.register()

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edge_sel.core.checkpoint import atomic_write_bytes
+from edge_sel.core.flops import FlopCounter
 from edge_sel.data.folder import cache_dir
-from edge_sel.engine.checkpoint import atomic_write_bytes
-from edge_sel.engine.flops import FlopCounter
 
 FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 EVAL_BATCH_CANDIDATES = (128, 256, 512, 1024)

@@ -17,9 +17,10 @@ import torch
 
 from edge_sel import __version__
 from edge_sel.config import TrainConfig
+from edge_sel.core.checkpoint import ModelCard, atomic_write_bytes, save_checkpoint
+from edge_sel.core.records import RecordWriter
 from edge_sel.data import Splits, load_source, make_splits, parse_shard
 from edge_sel.data.shift import apply_shift, parse_shift
-from edge_sel.engine.checkpoint import ModelCard, atomic_write_bytes, load_checkpoint, save_checkpoint
 from edge_sel.device_caps import gpu_uuids
 from edge_sel.engine.device import pick_device, seed_everything
 from edge_sel.engine.energy_setup import EnergyOptions
@@ -29,8 +30,7 @@ from edge_sel.errors import InputError, writing
 from edge_sel.methods import make_strategy, make_updater
 from edge_sel.methods.options import check_options_used
 from edge_sel.methods.presets import apply_preset
-from edge_sel.models import build_model, count_parameters
-from edge_sel.report.records import RecordWriter
+from edge_sel.models import build_model, count_parameters, load_checkpoint
 
 
 @dataclass

@@ -18,18 +18,18 @@ from tqdm import tqdm
 from edge_sel.backends import make_backend
 from edge_sel.backends.torch_backend import make_optimizer
 from edge_sel.config import TrainConfig
+from edge_sel.core.flops import FlopCounter
+from edge_sel.core.records import RecordWriter
 from edge_sel.data import Batch, BatchLoader, Splits
 from edge_sel.device_caps import peak_rss_mb
 from edge_sel.engine.bn_adapt import reestimate_bn
 from edge_sel.engine.evaluate import EmbarrassmentMeter, accuracy, per_class_accuracy, predict_dataset
-from edge_sel.engine.flops import FlopCounter
 from edge_sel.engine.keep import BN_ADAPT_EPOCH, WARMUP_EPOCH, ModelChoice
 from edge_sel.engine.layout import LayoutChoice, choose_layout
 from edge_sel.engine.schedule import lr_factor
 from edge_sel.engine.state import StateWriteError, load_state, save_state
 from edge_sel.engine.totals import StepTotals
 from edge_sel.methods import Plan, RunContext, Strategy, Updater
-from edge_sel.report.records import RecordWriter
 
 MAX_NONFINITE_IN_A_ROW = 3
 ROLLED_BACK_ZERO = {"flops": 0, "samples": 0, "s": 0.0, "j": 0.0}

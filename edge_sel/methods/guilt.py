@@ -11,8 +11,8 @@ import math
 import torch
 from torch import nn
 
+from edge_sel.core.flops import FlopCounter
 from edge_sel.data import BatchLoader
-from edge_sel.engine.flops import FlopCounter
 
 
 def percentile(values: torch.Tensor, q: float) -> float:

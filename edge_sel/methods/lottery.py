@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from edge_sel.engine.checkpoint import load_checkpoint, save_checkpoint
+from edge_sel.core.checkpoint import save_checkpoint
 from edge_sel.errors import InputError
 from edge_sel.methods.base import Updater
+from edge_sel.models import load_checkpoint
 
 MASK_FILE = "lottery_mask.safetensors"
 

@@ -1,9 +1,12 @@
-"""Models by name, with parameter counts."""
+"""Models by name, with parameter counts, and the model a checkpoint directory holds."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from torch import nn
 
+from edge_sel.core.checkpoint import ModelCard, read_card, read_weights
 from edge_sel.errors import InputError
 from edge_sel.models.edgecnn import EdgeCNN
 from edge_sel.models.resnet import ResNet18Cifar
@@ -26,3 +29,20 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 def model_table(num_classes: int = 10, in_channels: int = 3) -> list[tuple[str, int]]:
     return [(name, count_parameters(cls(num_classes, in_channels))) for name, cls in MODELS.items()]
+
+
+def load_checkpoint(directory: Path) -> tuple[nn.Module, ModelCard]:
+    """The model a checkpoint's card names, with the checkpoint's weights loaded."""
+    directory = Path(directory)
+    card = read_card(directory)
+    weights = directory / "model.safetensors"
+    if not weights.is_file():
+        raise InputError(f"--checkpoint {directory}: model.safetensors is missing")
+    model = build_model(card.architecture, card.num_classes, card.input_shape[0])
+    state = read_weights(directory)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise InputError(f"{weights}: does not match architecture {card.architecture!r} ({first})") from None
+    return model, card

@@ -7,8 +7,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge_sel.core.records import read_records
 from edge_sel.errors import InputError
-from edge_sel.report.records import read_records
 
 MEASURED_METHODS = ("counter", "integrated")
 

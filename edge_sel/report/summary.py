@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edge_sel.report.records import read_records
+from edge_sel.core.records import read_records
 
 
 def _fmt(v, spec=".3f"):

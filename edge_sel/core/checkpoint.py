@@ -13,7 +13,6 @@ from safetensors.torch import load_file, save_file
 
 from edge_sel import __version__
 from edge_sel.errors import InputError, writing
-from edge_sel.models import build_model
 
 FORMAT = "edge-sel-checkpoint/1"
 
@@ -100,20 +99,12 @@ def read_card(directory: Path) -> ModelCard:
     return ModelCard.from_json(d, meta)
 
 
-def load_checkpoint(directory: Path) -> tuple[torch.nn.Module, ModelCard]:
-    directory = Path(directory)
-    card = read_card(directory)
-    weights = directory / "model.safetensors"
+def read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors by name (building the model they fit is models.load_checkpoint's job)."""
+    weights = Path(directory) / "model.safetensors"
     if not weights.is_file():
         raise InputError(f"--checkpoint {directory}: model.safetensors is missing")
-    model = build_model(card.architecture, card.num_classes, card.input_shape[0])
     try:
-        state = load_file(str(weights))
+        return load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
         raise InputError(f"{weights}: unreadable or corrupt ({e})") from None
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).splitlines()[0]
-        raise InputError(f"{weights}: does not match architecture {card.architecture!r} ({first})") from None
-    return model, card
