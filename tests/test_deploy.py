@@ -210,7 +210,8 @@ def test_dockerfile_structure():
 
 def test_dockerignore_keeps_what_the_image_copies():
     ignore = (DEPLOY / "jetson" / "Dockerfile.dockerignore").read_text().splitlines()
-    for needed in ("pyproject.toml", "edge_sel/", "deploy/jetson/deps_without_torch.py"):
+    for needed in ("pyproject.toml", "setup.py", "edge_sel/", "profiles/",
+                   "deploy/jetson/deps_without_torch.py"):
         assert f"!{needed}" in ignore
 
 

@@ -1,8 +1,9 @@
 """Device profiles: per-device defaults for a run (device, precision, batch size, meters and
 rails, thermal limit, strategy, energy budget), loaded from TOML and validated strictly.
 
-The shipped profiles are the `*.toml` files next to this module. They live inside the package
-(not in a top-level `profiles/` folder) so that a `pip install` carries them.
+The shipped profiles are the `*.toml` files of the repository's top-level `profiles/` folder.
+The build copies them into the package as `edge_sel/profiles/shipped/` (setup.py maps that
+sub-package onto the folder), so that a `pip install` carries them.
 
     load_profile("jetson-orin-nano")   # a shipped profile
     load_profile("auto")               # the shipped profile that fits this machine
@@ -62,7 +63,12 @@ class Profile:
 
 
 def _shipped_dir():
-    return resources.files(__name__)
+    """Where the shipped profiles are: inside the package when installed from a wheel, else the
+    top-level `profiles/` of the source tree (an editable install or a plain checkout)."""
+    installed = resources.files(__name__) / "shipped"
+    if installed.is_dir():
+        return installed
+    return Path(__file__).resolve().parents[2] / "profiles"
 
 
 def list_profiles() -> list[str]:
