@@ -10,13 +10,13 @@ import click
 
 from edge_sel import __version__
 from edge_sel.config import EVAL_TEST, MEMORY_FORMATS, OPTIMIZERS, SCHEDULES, TrainConfig
+from edge_sel.energy import METER_NAMES
+from edge_sel.engine.distributed import under_torchrun
 from edge_sel.engine.energy_setup import EnergyOptions
 from edge_sel.engine.run import DataOptions, finetune, pretrain, resume
 from edge_sel.engine.state import StateWriteError
 from edge_sel.engine.trainer import TrainingDiverged
-from edge_sel.engine.distributed import under_torchrun
 from edge_sel.errors import InputError, WriteError
-from edge_sel.energy import METER_NAMES
 from edge_sel.methods import STRATEGIES
 from edge_sel.methods.options import RegistryChoice, method_option_names, method_options
 from edge_sel.methods.presets import default_lr
@@ -203,7 +203,7 @@ def pretrain_cmd(model_name, export_artifacts, resume_dir, **kw):
         refuse_with_resume()
         return report_end(resume(resume_dir, kw["quiet"], phase="pretrain"), kw["quiet"])
     if export_artifacts:
-        from edge_sel.export.ort_env import require_ort
+        from edge_sel.backends.ort_env import require_ort
         require_ort("--export-artifacts")   # before training, not after
     require(epochs=kw["epochs"], out=kw["out"])
     energy = build_energy(kw)

@@ -17,8 +17,8 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 from helpers import run_cli  # noqa: E402
+from edge_sel.backends.ort_manifest import sha256_file  # noqa: E402
 from edge_sel.data import load_source  # noqa: E402
-from edge_sel.export.manifest import sha256_file  # noqa: E402
 from edge_sel.models import load_checkpoint  # noqa: E402
 from edge_sel.models import count_parameters  # noqa: E402
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from helpers import run_cli
+from edge_sel.backends.ort_env import require_ort
 from edge_sel.errors import InputError
-from edge_sel.export.ort_env import require_ort
 
 
 def plain_onnxruntime(monkeypatch):

@@ -14,8 +14,8 @@ from onnxruntime.training import api  # noqa: E402
 
 from helpers import records, run_cli, summary  # noqa: E402
 from edge_sel.backends.ort_backend import OrtBackend  # noqa: E402
+from edge_sel.backends.ort_manifest import resolve  # noqa: E402
 from edge_sel.data import Batch  # noqa: E402
-from edge_sel.export.manifest import resolve  # noqa: E402
 from edge_sel.methods import STRATEGIES  # noqa: E402
 from edge_sel.models import load_checkpoint  # noqa: E402
 

@@ -60,7 +60,7 @@ def synthetic_checkpoint(directory: Path, size: int) -> Path:
 
 
 def torch_backend(checkpoint: Path, trainable: list[str]):
-    from edge_sel.export.schemes import set_trainable
+    from edge_sel.backends.ort_schemes import set_trainable
     model, _ = load_checkpoint(checkpoint)
     set_trainable(model, trainable)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0)
@@ -69,7 +69,7 @@ def torch_backend(checkpoint: Path, trainable: list[str]):
 
 def ort_backend(checkpoint: Path, art: Path, scheme: str):
     from edge_sel.backends.ort_backend import OrtBackend
-    from edge_sel.export.manifest import resolve
+    from edge_sel.backends.ort_manifest import resolve
     model, _ = load_checkpoint(checkpoint)
     directory, scheme, manifest, _ = resolve(art / scheme)
     backend = OrtBackend(model, directory, manifest, scheme)

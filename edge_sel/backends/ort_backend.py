@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from edge_sel.backends.ort_env import require_ort
+from edge_sel.backends.ort_manifest import check_against_model, resolve
+from edge_sel.backends.ort_schemes import set_trainable
 from edge_sel.data import Batch
 from edge_sel.errors import InputError
-from edge_sel.export.manifest import check_against_model, resolve
-from edge_sel.export.ort_env import require_ort
-from edge_sel.export.schemes import set_trainable
 
 ORT_CHECKPOINT = "ort_checkpoint"
 INFERENCE_MODEL = "model.onnx"

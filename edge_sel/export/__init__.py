@@ -6,6 +6,6 @@ both. Everything that imports onnx or onnxruntime is imported lazily, so the cor
 without the `ort` extra.
 """
 
-from edge_sel.export.schemes import SCHEMES
+from edge_sel.backends.ort_schemes import SCHEMES
 
 __all__ = ["SCHEMES"]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
+from edge_sel.backends.ort_schemes import SCHEMES, parse_schemes
 from edge_sel.export.exporter import BN_MODES, DEFAULT_SCHEMES
-from edge_sel.export.schemes import SCHEMES, parse_schemes
 
 
 def print_export(manifest: dict, out: Path) -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from edge_sel.backends.ort_env import require_ort, versions
+from edge_sel.backends.ort_manifest import (FORMAT, sha256_file, tensor_shapes, weights_digest,
+                                            write_manifest)
+from edge_sel.backends.ort_schemes import SCHEME_NOTES, SCHEMES, trainable_names
 from edge_sel.engine.run import check_out_dir, start_out_dir
 from edge_sel.errors import InputError
 from edge_sel.models import load_checkpoint
-from edge_sel.export.manifest import (FORMAT, sha256_file, tensor_shapes, weights_digest,
-                                      write_manifest)
-from edge_sel.export.ort_env import require_ort, versions
-from edge_sel.export.schemes import SCHEME_NOTES, SCHEMES, trainable_names
 
 DEFAULT_SCHEMES = SCHEMES   # cheap to make; the device picks the set it trains
 BN_MODES = ("eval", "train")

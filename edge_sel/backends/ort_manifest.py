@@ -1,5 +1,5 @@
-"""manifest.json: what an artifact directory holds and where it came from, plus the checks
-`finetune --backend ort` runs before trusting it."""
+"""manifest.json of an ORT artifact directory: what it holds and where it came from (written by
+`edge-sel export`), plus the checks `finetune --backend ort` runs before trusting it."""
 
 from __future__ import annotations
 
