@@ -33,8 +33,6 @@ from edge_sel.methods.presets import apply_preset
 from edge_sel.models import load_checkpoint
 from edge_sel.report.runs import RunData, combine_phases, load_run, totals
 
-lottery.register()
-
 
 def first_per_class(ds, k: int) -> torch.Tensor:
     """Positions of the first k samples of each class in index order (the seed's held-out

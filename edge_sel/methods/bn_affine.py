@@ -8,6 +8,7 @@ from __future__ import annotations
 from torch import nn
 
 from edge_sel.methods.base import Updater
+from edge_sel.methods.registry import UPDATERS
 
 
 class BatchNormAffine(Updater):
@@ -38,5 +39,4 @@ class BatchNormAffine(Updater):
 
 
 def register() -> None:
-    from edge_sel.methods import UPDATERS
     UPDATERS["bn-affine"] = lambda method: BatchNormAffine()

@@ -3,7 +3,6 @@ strategy) and as strategies (`--strategy NAME`, over all samples), plus the AST 
 
 from __future__ import annotations
 
-from edge_sel.methods import GATES, STRATEGIES
 from edge_sel.methods.ast_seed import SeedSundew, preset_ast_prod, preset_ast_two
 from edge_sel.methods.base import GatedStrategy, Strategy
 from edge_sel.methods.dihcl import DihclGate
@@ -11,6 +10,7 @@ from edge_sel.methods.gating_config import gating_config
 from edge_sel.methods.infobatch import InfoBatchGate
 from edge_sel.methods.presets import PRESETS
 from edge_sel.methods.random_gate import RandomGate
+from edge_sel.methods.registry import GATES, STRATEGIES
 from edge_sel.methods.sundew import SundewGate
 
 GATE_CLASSES = {"sundew": SundewGate, "random": RandomGate, "infobatch": InfoBatchGate, "dihcl": DihclGate}

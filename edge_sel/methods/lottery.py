@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from edge_sel.core.checkpoint import save_checkpoint
 from edge_sel.errors import InputError
 from edge_sel.methods.base import Updater
+from edge_sel.methods.registry import UPDATERS
 from edge_sel.models import load_checkpoint
 
 MASK_FILE = "lottery_mask.safetensors"
@@ -105,5 +106,4 @@ class LotteryMask(Updater):
 
 def register() -> None:
     """Adds the `lottery` updater (used by the reference benchmark; needs method option lottery_mask)."""
-    from edge_sel.methods import UPDATERS
     UPDATERS.setdefault("lottery", lambda method: LotteryMask(method.get("lottery_mask")))

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import click
 
-from edge_sel.methods import GATES
 from edge_sel.methods.presets import PRESETS
+from edge_sel.methods.registry import GATES
 
 
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 from edge_sel.config import TrainConfig
 from edge_sel.errors import InputError
-from edge_sel.methods import STRATEGIES, UPDATERS
 from edge_sel.methods.curriculum import DIFFICULTIES, SelCurriculum
 from edge_sel.methods.embarrassment import ClassFocus
 from edge_sel.methods.presets import DEFAULT_SPARSITY, PRESETS
+from edge_sel.methods.registry import STRATEGIES, UPDATERS
 from edge_sel.methods.sparse import GuiltMask, LayerFreeze
 from edge_sel.methods.stages import DEFAULT_STAGES, format_stages, parse_stages
 

@@ -14,6 +14,8 @@ gradient, and the counter charges it. Records name the trained blocks and their 
 from __future__ import annotations
 
 from edge_sel.errors import InputError
+from edge_sel.methods.presets import PRESETS
+from edge_sel.methods.registry import UPDATERS
 from edge_sel.methods.sparse import LayerFreeze
 
 
@@ -104,8 +106,6 @@ class AutoRGN(LayerFreeze):
 
 
 def register() -> None:
-    from edge_sel.methods import UPDATERS
-    from edge_sel.methods.presets import PRESETS
     PRESETS["adapt"] = lambda cfg, prefer: preset_adapt(cfg, prefer)
 
     def make(method: dict) -> AutoRGN:
