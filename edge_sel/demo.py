@@ -68,8 +68,8 @@ def demo_cmd(out: Path, epochs: int, overwrite: bool, quiet: bool):
                              out / name))
         click.echo(f"\n  {'method':38s} {'shifted':>7s} {'clean':>7s} {'GFLOP':>9s} joules")
         click.echo("\n".join(rows))
-        from edge_sel.report.cli import write_report
         from edge_sel.report.runs import load_run
+        from edge_sel.report.writer import write_report
         runs = [load_run(out / name) for name in ("finetune", "bn-adapt", "random", "recipe")]
         click.echo(f"report: {write_report(runs, out / 'report', 'edge-sel demo: adapting to a shifted device')}")
     run()

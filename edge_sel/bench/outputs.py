@@ -8,8 +8,8 @@ from pathlib import Path
 
 from edge_sel.bench import table
 from edge_sel.bench.runner import SuiteSettings, aggregate
-from edge_sel.report.cli import write_report
 from edge_sel.report.html import esc
+from edge_sel.report.writer import write_report
 
 START_ROW = "start checkpoint (no fine-tuning)"
 

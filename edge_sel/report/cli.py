@@ -6,64 +6,8 @@ from pathlib import Path
 
 import click
 
-from edge_sel.errors import InputError
-from edge_sel.report import html, plots, tables
-from edge_sel.report.runs import RunData, energy_kind, load_run, unique_labels
-
-
-def prepare_out(out: Path) -> Path:
-    """Create --out (parents too) and check that it takes files, before any work."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: exists and is not a directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".edge-sel-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise InputError(f"--out {out}: not writable ({e.strerror or e})") from None
-    return out
-
-
-def energy_notes(runs: list[RunData]) -> list[str]:
-    kinds = {energy_kind(r.records)[1] for r in runs}
-    notes = []
-    if "estimated" in kinds or "mixed" in kinds:
-        notes.append("Energy figures marked 'estimated' are not measurements: no power sensor was readable, so "
-                     "edge-sel estimated joules from the process's CPU time (energy_source=estimate, "
-                     "energy_method=estimated). Compare them between runs on one machine only.")
-    if None in kinds:
-        notes.append("Some runs recorded no energy at all; they are missing from the energy axes.")
-    return notes
-
-
-def write_report(runs: list[RunData], out: Path, title: str = "edge-sel report", notes: list[str] = (),
-                 sections: list[tuple[str, str]] = (), baseline: tuple[str, float] | None = None) -> Path:
-    """Figures, tables and the page for `runs`; returns the path of report.html. `baseline`: a
-    (name, test accuracy) reference line in the accuracy figures."""
-    out = prepare_out(out)
-    unique_labels(runs)
-    if baseline is None:
-        baseline = shared_start(runs)
-    rows = [tables.run_row(r) for r in runs]
-    (out / "runs.md").write_text(tables.markdown(rows) + "\n")
-    tables.write_csv(rows, out / "runs.csv")
-    figures = plots.write_all(runs, out, baseline)
-    info = [(r.label, [str(p) for p in r.paths]) for r in runs]
-    page = html.page(title, rows, figures, [*energy_notes(runs), *notes], sections, info)
-    path = out / "report.html"
-    path.write_text(page, encoding="utf-8")
-    return path
-
-
-def shared_start(runs: list[RunData]) -> tuple[str, float] | None:
-    """When every run starts from the same checkpoint on the same test data, its accuracy is the
-    reference line of the accuracy figures."""
-    accs = {r.baseline.get("test_acc") for r in runs if r.baseline is not None}
-    if len(accs) == 1 and all(r.baseline is not None for r in runs) and None not in accs:
-        return "starting checkpoint", accs.pop()
-    return None
+from edge_sel.report.runs import load_run
+from edge_sel.report.writer import prepare_out, write_report
 
 
 @click.command("report")
