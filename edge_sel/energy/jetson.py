@@ -83,29 +83,26 @@ class JetsonMeter(Meter):
 
     def _find_rails(self) -> list[_Rail]:
         rails: list[_Rail] = []
-        seen_dirs = set()
-        for pattern in HWMON_DIRS:
-            for directory in self.sysfs.glob(pattern):
-                key = directory.resolve()
-                if key in seen_dirs:
-                    continue
-                seen_dirs.add(key)
-                rails += self._hwmon_rails(directory)
-        for pattern in IIO_RAIL_FILES:
-            for name_file in self.sysfs.glob(pattern):
-                key = name_file.resolve()
-                if key in seen_dirs:
-                    continue
-                seen_dirs.add(key)
-                rail = self._iio_rail(name_file)
-                if rail:
-                    rails.append(rail)
+        for directory in self._each_once(HWMON_DIRS):
+            rails += self._hwmon_rails(directory)
+        for name_file in self._each_once(IIO_RAIL_FILES):
+            rail = self._iio_rail(name_file)
+            if rail:
+                rails.append(rail)
         labels: set[str] = set()
         for rail in rails:  # two monitors may use the same label
             while rail.label in labels:
                 rail.label += "'"
             labels.add(rail.label)
         return rails
+
+    def _each_once(self, patterns) -> list[Path]:
+        """What the patterns match under the sysfs root, each device once though links show it twice."""
+        found: dict[Path, Path] = {}
+        for pattern in patterns:
+            for path in self.sysfs.glob(pattern):
+                found.setdefault(path.resolve(), path)
+        return list(found.values())
 
     def _hwmon_rails(self, directory: Path) -> list[_Rail]:
         chip = self.sysfs.read_optional(directory / "name")
