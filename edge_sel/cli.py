@@ -2,44 +2,30 @@
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 
 import click
 
 from edge_sel import __version__
+from edge_sel.bench.cli import bench_group
+from edge_sel.cli_base import Group
 from edge_sel.config import EVAL_TEST, MEMORY_FORMATS, OPTIMIZERS, SCHEDULES, TrainConfig
+from edge_sel.demo import demo_cmd
 from edge_sel.energy import METER_NAMES
+from edge_sel.energy.monitor_cli import monitor
 from edge_sel.engine.distributed import under_torchrun
 from edge_sel.engine.energy_setup import EnergyOptions
 from edge_sel.engine.run import DataOptions, finetune, pretrain, resume
-from edge_sel.engine.state import StateWriteError
-from edge_sel.engine.trainer import TrainingDiverged
-from edge_sel.errors import InputError, WriteError
+from edge_sel.errors import InputError
+from edge_sel.export.cli import export_cmd
 from edge_sel.methods import STRATEGIES
 from edge_sel.methods.options import RegistryChoice, method_option_names, method_options
 from edge_sel.methods.presets import default_lr
 from edge_sel.profiles.apply import profile_option
+from edge_sel.profiles.cli import profiles_group
+from edge_sel.report.cli import report_cmd
 from edge_sel.report.summary import print_summary
-
-
-def fail_cleanly(fn):
-    """Expected mistakes become one line on stderr and exit 2; no traceback."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except InputError as e:
-            click.echo(f"edge-sel: error: {e}", err=True)
-            sys.exit(2)
-        except (WriteError, TrainingDiverged) as e:
-            click.echo(f"edge-sel: error: {e}", err=True)
-            sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("edge-sel: interrupted", err=True)
-            sys.exit(130)
-    return wrapper
 
 
 def data_options(fn):
@@ -182,7 +168,7 @@ def build_data(kw: dict) -> DataOptions:
                        kw["per_class_cap"], kw["split_seed"], kw["image_size"], kw["shift"], kw["shift_seed"])
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edge-sel")
 def cli():
     """On-device fine-tuning whose savings are counted and measured."""
@@ -196,7 +182,6 @@ def cli():
 @data_options
 @train_options
 @energy_options
-@fail_cleanly
 def pretrain_cmd(model_name, export_artifacts, resume_dir, **kw):
     """Train a model densely and write a warmup checkpoint."""
     if resume_dir is not None:
@@ -241,7 +226,6 @@ def pretrain_cmd(model_name, export_artifacts, resume_dir, **kw):
 @data_options
 @train_options
 @energy_options
-@fail_cleanly
 @profile_option
 def finetune_cmd(checkpoint, resume_dir, strategy, sparsity, backend, artifacts, bn_mode, bn_adapt, keep, **kw):
     """Fine-tune a warmup checkpoint on local data; records per epoch."""
@@ -299,7 +283,6 @@ def report_end(summary: dict, quiet: bool) -> None:
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Image folder to create: OUT/train/<class>/, OUT/test/<class>/, and contact_sheet.png.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out directory.")
-@fail_cleanly
 def shift_cmd(dataset, data_dir, spec, shift_seed, split, limit, out, overwrite):
     """Write a shifted copy of a dataset as an image folder (readable as --dataset folder:OUT)."""
     from edge_sel.data import load_source, make_splits
@@ -328,7 +311,6 @@ def shift_cmd(dataset, data_dir, spec, shift_seed, split, limit, out, overwrite)
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--deployed", type=click.Path(path_type=Path), required=True,
               help="The device's deployed checkpoint directory, replaced only if the run improved on its start.")
-@fail_cleanly
 def promote_cmd(run_dir, deployed):
     """Deploy a fine-tune's output model, unless the run did not finish or did not beat its start."""
     from edge_sel.engine.promote import promote
@@ -344,19 +326,9 @@ def models_cmd():
         click.echo(f"{name:16s} {n:>12,d} parameters (10 classes, 3 channels)")
 
 
-from edge_sel.demo import demo_cmd  # noqa: E402  (registers after the helpers it uses exist)
-from edge_sel.energy.monitor_cli import monitor  # noqa: E402
-
-cli.add_command(demo_cmd)
-cli.add_command(monitor)
-from edge_sel.profiles.cli import profiles_group  # noqa: E402
-cli.add_command(profiles_group)
-from edge_sel.export.cli import export_cmd  # noqa: E402
-cli.add_command(export_cmd)
-from edge_sel.report.cli import report_cmd  # noqa: E402
-cli.add_command(report_cmd)
-from edge_sel.bench.cli import bench_group  # noqa: E402
-cli.add_command(bench_group)
+# The commands of other modules, registered here and nowhere else.
+for command in (bench_group, demo_cmd, export_cmd, monitor, profiles_group, report_cmd):
+    cli.add_command(command)
 
 
 def main():

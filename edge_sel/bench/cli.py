@@ -18,6 +18,7 @@ import click
 from edge_sel.bench import suites
 from edge_sel.bench.published import PUBLISHED
 from edge_sel.bench.runner import BenchData, SuiteSettings, run_suite
+from edge_sel.cli_base import Group
 from edge_sel.config import TrainConfig
 from edge_sel.core.checkpoint import read_card
 from edge_sel.engine.run import DataOptions, check_out_dir, pretrain
@@ -82,7 +83,7 @@ def common_options(fn):
     return fn
 
 
-@click.group("bench")
+@click.group("bench", cls=Group)
 def bench_group():
     """Benchmark suites: every system measured side by side in one run (counted FLOPs, joules)."""
 
@@ -100,42 +101,37 @@ def bench_group():
 def edge_cmd(dataset, epochs, val_cap, pretrain_epochs, device, data_dir, checkpoint, seeds, systems, subset, out,
              overwrite, quick, quiet):
     """Edge-sized comparison: edgecnn from a warmup checkpoint on a CIFAR-10 subset, 2-core CPU."""
-    from edge_sel.cli import fail_cleanly
-
-    @fail_cleanly
-    def run():
-        ds = dataset_or_shared_cifar(dataset)
-        n = subset or (400 if quick else 8000)
-        e = epochs or (2 if quick else 6)
-        for option, value in (("--epochs", e), ("--subset", n), ("--seeds", seeds), ("--val-cap", val_cap),
-                              ("--pretrain-epochs", pretrain_epochs)):
-            if value is not None and value < 1:
-                raise InputError(f"{option} must be >= 1, got {value}")
-        chosen = suites.select(suites.edge_systems(e), systems)
-        _check_checkpoint(checkpoint)
-        target = _fresh_out(out or Path("runs/bench-edge"), overwrite)
-        data = BenchData(ds, data_dir, shard="1/2", subset=n, val_cap=val_cap or (300 if quick else 2000),
-                         epoch_test_per_class=100)
-        start = checkpoint
-        notes = [f"edgecnn fine-tuned on {n:,} samples of shard 1/2 of {ds}, {e} epochs per system, "
-                 f"validation capped at {data.val_cap:,} images."]
-        if start is None:
-            pe = pretrain_epochs or (2 if quick else 4)
-            click.echo(f"bench edge: pretraining a warmup checkpoint ({pe} epochs, shard 0/2, {n:,} samples)",
-                       err=True)
-            t0 = time.perf_counter()
-            pretrain("edgecnn", DataOptions(ds, data_dir, shard="0/2", subset=n),
-                     TrainConfig(epochs=pe, seed=0, device=device), target / "warmup", quiet=True)
-            start = target / "warmup"
-            notes.append(f"Warmup checkpoint made by the bench: edgecnn, {pe} dense epochs on {n:,} samples of "
-                         f"shard 0/2 ({time.perf_counter() - t0:.0f} s, not part of any system).")
-        else:
-            notes.append(f"Warmup checkpoint: {start}.")
-        count = seeds or 1
-        settings = SuiteSettings("edge", chosen, data, dict(suites.EDGE_COMMON), list(range(count)),
-                                 {k: Path(start) for k in range(count)}, target, device, quiet, notes)
-        _execute(settings, None)
-    run()
+    ds = dataset_or_shared_cifar(dataset)
+    n = subset or (400 if quick else 8000)
+    e = epochs or (2 if quick else 6)
+    for option, value in (("--epochs", e), ("--subset", n), ("--seeds", seeds), ("--val-cap", val_cap),
+                          ("--pretrain-epochs", pretrain_epochs)):
+        if value is not None and value < 1:
+            raise InputError(f"{option} must be >= 1, got {value}")
+    chosen = suites.select(suites.edge_systems(e), systems)
+    _check_checkpoint(checkpoint)
+    target = _fresh_out(out or Path("runs/bench-edge"), overwrite)
+    data = BenchData(ds, data_dir, shard="1/2", subset=n, val_cap=val_cap or (300 if quick else 2000),
+                     epoch_test_per_class=100)
+    start = checkpoint
+    notes = [f"edgecnn fine-tuned on {n:,} samples of shard 1/2 of {ds}, {e} epochs per system, "
+             f"validation capped at {data.val_cap:,} images."]
+    if start is None:
+        pe = pretrain_epochs or (2 if quick else 4)
+        click.echo(f"bench edge: pretraining a warmup checkpoint ({pe} epochs, shard 0/2, {n:,} samples)",
+                   err=True)
+        t0 = time.perf_counter()
+        pretrain("edgecnn", DataOptions(ds, data_dir, shard="0/2", subset=n),
+                 TrainConfig(epochs=pe, seed=0, device=device), target / "warmup", quiet=True)
+        start = target / "warmup"
+        notes.append(f"Warmup checkpoint made by the bench: edgecnn, {pe} dense epochs on {n:,} samples of "
+                     f"shard 0/2 ({time.perf_counter() - t0:.0f} s, not part of any system).")
+    else:
+        notes.append(f"Warmup checkpoint: {start}.")
+    count = seeds or 1
+    settings = SuiteSettings("edge", chosen, data, dict(suites.EDGE_COMMON), list(range(count)),
+                             {k: Path(start) for k in range(count)}, target, device, quiet, notes)
+    _execute(settings, None)
 
 
 @bench_group.command("reference")
@@ -148,39 +144,34 @@ def edge_cmd(dataset, epochs, val_cap, pretrain_epochs, device, data_dir, checkp
 def reference_cmd(dataset, model_name, device, data_dir, checkpoint, seeds, systems, subset, out, overwrite,
                   quick, quiet):
     """The seeds' CIFAR-10 reference table on a desktop GPU, with their published numbers beside ours."""
-    from edge_sel.cli import fail_cleanly
-
-    @fail_cleanly
-    def run():
-        n = subset or (1000 if quick else None)
-        model = model_name or ("edgecnn" if quick else "resnet18_cifar")
-        for option, value in (("--subset", n), ("--seeds", seeds)):
-            if value is not None and value < 1:
-                raise InputError(f"{option} must be >= 1, got {value}")
-        chosen = suites.select(suites.reference_systems(quick), systems)
-        _check_checkpoint(checkpoint)
-        target = _fresh_out(out or Path("runs/bench-reference"), overwrite)
-        count = seeds or (1 if quick else 3)
-        data = BenchData(dataset, data_dir, subset=n)
-        notes = [f"{'--quick smoke run: ' if quick else ''}{model} on {dataset}"
-                 f"{f' ({n:,}-sample subset)' if n else ''}; every system of a seed starts from the same weights."]
-        if checkpoint is not None:
-            start = {k: Path(checkpoint) for k in range(count)}
-            notes.append(f"Starting checkpoint: {checkpoint}.")
-        else:
-            # The seed started every experiment from one initialisation; here one per seed, no
-            # ImageNet weights (the seed's backbone was ImageNet-pretrained, reference/seed-methods.md §1.3).
-            start = {}
-            for k in range(count):
-                start[k] = target / "init" / f"seed{k}"
-                pretrain(model, DataOptions(dataset, data_dir, subset=n), TrainConfig(epochs=0, seed=k, device=device),
-                         start[k], quiet=True)
-            notes.append("Starting weights: a fresh initialisation per seed (no ImageNet weights, unlike the "
-                         "seed's partly pretrained ResNet-18), so absolute accuracies differ from the published ones.")
-        settings = SuiteSettings("reference", chosen, data, dict(suites.REFERENCE_COMMON), list(range(count)),
-                                 start, target, device, quiet, notes)
-        _execute(settings, PUBLISHED)
-    run()
+    n = subset or (1000 if quick else None)
+    model = model_name or ("edgecnn" if quick else "resnet18_cifar")
+    for option, value in (("--subset", n), ("--seeds", seeds)):
+        if value is not None and value < 1:
+            raise InputError(f"{option} must be >= 1, got {value}")
+    chosen = suites.select(suites.reference_systems(quick), systems)
+    _check_checkpoint(checkpoint)
+    target = _fresh_out(out or Path("runs/bench-reference"), overwrite)
+    count = seeds or (1 if quick else 3)
+    data = BenchData(dataset, data_dir, subset=n)
+    notes = [f"{'--quick smoke run: ' if quick else ''}{model} on {dataset}"
+             f"{f' ({n:,}-sample subset)' if n else ''}; every system of a seed starts from the same weights."]
+    if checkpoint is not None:
+        start = {k: Path(checkpoint) for k in range(count)}
+        notes.append(f"Starting checkpoint: {checkpoint}.")
+    else:
+        # The seed started every experiment from one initialisation; here one per seed, no
+        # ImageNet weights (the seed's backbone was ImageNet-pretrained, reference/seed-methods.md §1.3).
+        start = {}
+        for k in range(count):
+            start[k] = target / "init" / f"seed{k}"
+            pretrain(model, DataOptions(dataset, data_dir, subset=n), TrainConfig(epochs=0, seed=k, device=device),
+                     start[k], quiet=True)
+        notes.append("Starting weights: a fresh initialisation per seed (no ImageNet weights, unlike the "
+                     "seed's partly pretrained ResNet-18), so absolute accuracies differ from the published ones.")
+    settings = SuiteSettings("reference", chosen, data, dict(suites.REFERENCE_COMMON), list(range(count)),
+                             start, target, device, quiet, notes)
+    _execute(settings, PUBLISHED)
 
 
 @bench_group.command("adapt")
@@ -202,56 +193,51 @@ def adapt_cmd(dataset, scenarios, activations, method_names, epochs, lr, pretrai
     """Adaptation to shifted local data: no adaptation, BatchNorm re-estimation, dense, random and
     sundew gates at equal activation, InfoBatch and the recipe, over paired seeds."""
     from edge_sel.bench import adapt
-    from edge_sel.cli import fail_cleanly
-
-    @fail_cleanly
-    def run():
-        ds = dataset_or_shared_cifar(dataset)
-        if systems is not None:
-            raise InputError("--systems: not used by bench adapt; pick with --methods")
-        n = subset or (300 if quick else 10000)
-        e = epochs or (1 if quick else 2)
-        count = seeds or (2 if quick else 5)
-        for option, value in (("--epochs", e), ("--subset", n), ("--seeds", count), ("--pretrain-epochs", pretrain_epochs)):
-            if value is not None and value < 1:
-                raise InputError(f"{option} must be >= 1, got {value}")
-        try:
-            acts = tuple(float(a) for a in (activations or ("0.3" if quick else "0.2,0.3,0.5")).split(","))
-        except ValueError:
-            raise InputError(f"--activations: comma-separated numbers, got {activations!r}") from None
-        if not all(0 < a <= 1 for a in acts):
-            raise InputError(f"--activations: each must be in (0, 1], got {activations!r}")
-        chosen_scenarios = adapt.SCENARIOS if scenarios is None else {}
-        for name in [] if scenarios is None else scenarios.split(","):
-            if name not in adapt.SCENARIOS:
-                raise InputError(f"--scenarios: unknown {name!r}; choose from {', '.join(adapt.SCENARIOS)}")
-            chosen_scenarios[name] = adapt.SCENARIOS[name]
-        methods = adapt.adapt_methods(acts)
-        if method_names is not None:
-            wanted = method_names.split(",")
-            unknown = [w for w in wanted if w not in {m.name for m in methods}]
-            if unknown:
-                raise InputError(f"--methods: unknown {', '.join(unknown)}; choose from "
-                                 f"{', '.join(m.name for m in methods)}")
-            methods = [m for m in methods if m.name in wanted]
-        _check_checkpoint(checkpoint)
-        target = _fresh_out(out or Path("runs/bench-adapt"), overwrite)
-        start = checkpoint
-        if start is None:
-            pe = pretrain_epochs or (1 if quick else 8)
-            click.echo(f"bench adapt: pretraining a clean warmup ({pe} epochs, shard 0/2)", err=True)
-            pretrain("edgecnn", DataOptions(ds, data_dir, shard="0/2", subset=n if quick else None),
-                     TrainConfig(epochs=pe, seed=0, device=device), target / "warmup", quiet=True)
-            start = target / "warmup"
-        log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
-        result = adapt.run_adapt(Path(start), ds, data_dir, n, e, list(range(count)), chosen_scenarios, methods,
-                                 target, lr, device, log)
-        bench = adapt.bench_record({"suite": "adapt", "dataset": ds, "checkpoint": str(start), "subset": n,
-                                    "epochs": e, "lr": lr, "seeds": list(range(count)),
-                                    "scenarios": chosen_scenarios, "activations": list(acts)}, result, methods)
-        written = adapt.write_outputs(bench, target)
-        click.echo(written["table"])
-        click.echo(f"bench adapt: {len(methods)} methods x {len(chosen_scenarios)} scenarios x {count} seeds in "
-                   f"{result['wall_s']:.0f} s; wrote {target / 'table.md'}, {target / 'bench.json'}, "
-                   f"{target / 'report.html'}")
-    run()
+    ds = dataset_or_shared_cifar(dataset)
+    if systems is not None:
+        raise InputError("--systems: not used by bench adapt; pick with --methods")
+    n = subset or (300 if quick else 10000)
+    e = epochs or (1 if quick else 2)
+    count = seeds or (2 if quick else 5)
+    for option, value in (("--epochs", e), ("--subset", n), ("--seeds", count), ("--pretrain-epochs", pretrain_epochs)):
+        if value is not None and value < 1:
+            raise InputError(f"{option} must be >= 1, got {value}")
+    try:
+        acts = tuple(float(a) for a in (activations or ("0.3" if quick else "0.2,0.3,0.5")).split(","))
+    except ValueError:
+        raise InputError(f"--activations: comma-separated numbers, got {activations!r}") from None
+    if not all(0 < a <= 1 for a in acts):
+        raise InputError(f"--activations: each must be in (0, 1], got {activations!r}")
+    chosen_scenarios = adapt.SCENARIOS if scenarios is None else {}
+    for name in [] if scenarios is None else scenarios.split(","):
+        if name not in adapt.SCENARIOS:
+            raise InputError(f"--scenarios: unknown {name!r}; choose from {', '.join(adapt.SCENARIOS)}")
+        chosen_scenarios[name] = adapt.SCENARIOS[name]
+    methods = adapt.adapt_methods(acts)
+    if method_names is not None:
+        wanted = method_names.split(",")
+        unknown = [w for w in wanted if w not in {m.name for m in methods}]
+        if unknown:
+            raise InputError(f"--methods: unknown {', '.join(unknown)}; choose from "
+                             f"{', '.join(m.name for m in methods)}")
+        methods = [m for m in methods if m.name in wanted]
+    _check_checkpoint(checkpoint)
+    target = _fresh_out(out or Path("runs/bench-adapt"), overwrite)
+    start = checkpoint
+    if start is None:
+        pe = pretrain_epochs or (1 if quick else 8)
+        click.echo(f"bench adapt: pretraining a clean warmup ({pe} epochs, shard 0/2)", err=True)
+        pretrain("edgecnn", DataOptions(ds, data_dir, shard="0/2", subset=n if quick else None),
+                 TrainConfig(epochs=pe, seed=0, device=device), target / "warmup", quiet=True)
+        start = target / "warmup"
+    log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    result = adapt.run_adapt(Path(start), ds, data_dir, n, e, list(range(count)), chosen_scenarios, methods,
+                             target, lr, device, log)
+    bench = adapt.bench_record({"suite": "adapt", "dataset": ds, "checkpoint": str(start), "subset": n,
+                                "epochs": e, "lr": lr, "seeds": list(range(count)),
+                                "scenarios": chosen_scenarios, "activations": list(acts)}, result, methods)
+    written = adapt.write_outputs(bench, target)
+    click.echo(written["table"])
+    click.echo(f"bench adapt: {len(methods)} methods x {len(chosen_scenarios)} scenarios x {count} seeds in "
+               f"{result['wall_s']:.0f} s; wrote {target / 'table.md'}, {target / 'bench.json'}, "
+               f"{target / 'report.html'}")

@@ -7,21 +7,8 @@ import time
 
 import click
 
-from .choose import METER_NAMES, open_meter
-
-
-class _UsageError(click.ClickException):
-    exit_code = 2
-
-
-class _OneLineErrors(click.Command):
-    """Bad options exit 2 with a single `Error: ...` line instead of click's usage block."""
-
-    def make_context(self, info_name, args, parent=None, **extra):
-        try:
-            return super().make_context(info_name, args, parent=parent, **extra)
-        except click.UsageError as e:
-            raise _UsageError(e.format_message()) from None
+from edge_sel.cli_base import Command
+from edge_sel.energy.choose import METER_NAMES, open_meter
 
 
 def _row(sample: dict, start_t: float, source: str) -> dict:
@@ -50,7 +37,7 @@ def _fmt(value, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-@click.command("monitor", cls=_OneLineErrors)
+@click.command("monitor", cls=Command)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per sample.")
 @click.option("--interval", type=click.FloatRange(min=0, min_open=True), default=1.0,
               show_default=True, help="Seconds between samples.")
@@ -65,12 +52,8 @@ def monitor(as_json: bool, interval: float, samples: int | None, meters: tuple[s
     """Show live power, temperatures and throttle state of the energy meters."""
     rails = watts_per_core = None
     if profile is not None:
-        from edge_sel.errors import InputError
         from edge_sel.profiles import load_profile
-        try:
-            loaded = load_profile(profile)
-        except InputError as e:
-            raise _UsageError(str(e)) from None
+        loaded = load_profile(profile)
         meters = meters or tuple(loaded.meters or ())
         rails = list(loaded.rails) if loaded.rails else None
         watts_per_core = loaded.watts_per_core

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from edge_sel.backends.ort_schemes import SCHEMES, parse_schemes
+from edge_sel.cli_base import Command
 from edge_sel.export.exporter import BN_MODES, DEFAULT_SCHEMES
 
 
@@ -25,7 +26,7 @@ def print_export(manifest: dict, out: Path) -> None:
                    "still flows through every layer")
 
 
-@click.command("export")
+@click.command("export", cls=Command)
 @click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="Checkpoint directory.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Artifact directory to create.")
 @click.option("--scheme", "schemes", multiple=True,
@@ -41,18 +42,13 @@ def print_export(manifest: dict, out: Path) -> None:
 @click.option("--quiet", is_flag=True, help="No table.")
 def export_cmd(checkpoint, out, schemes, optimizer, weight_decay, bn_mode, ort_format, overwrite, quiet):
     """Export a checkpoint as model.onnx plus ONNX Runtime training artifacts."""
-    from edge_sel.cli import fail_cleanly
     from edge_sel.export.exporter import export_artifacts
-
-    @fail_cleanly
-    def run():
-        chosen = parse_schemes(schemes) if schemes else list(DEFAULT_SCHEMES)
-        manifest = export_artifacts(checkpoint, out, chosen, bn_mode=bn_mode, optimizer=optimizer,
-                                    weight_decay=weight_decay, ort_format=ort_format, overwrite=overwrite,
-                                    option="export")
-        if not quiet:
-            print_export(manifest, Path(out))
-    run()
+    chosen = parse_schemes(schemes) if schemes else list(DEFAULT_SCHEMES)
+    manifest = export_artifacts(checkpoint, out, chosen, bn_mode=bn_mode, optimizer=optimizer,
+                                weight_decay=weight_decay, ort_format=ort_format, overwrite=overwrite,
+                                option="export")
+    if not quiet:
+        print_export(manifest, Path(out))
 
 
 def export_after_pretrain(out: Path, quiet: bool) -> None:

@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 
-from edge_sel.errors import InputError
+from edge_sel.cli_base import Group
 from edge_sel.profiles import list_profiles, load_profile
 from edge_sel.profiles.detect import detect
 from edge_sel.profiles.schema import SCHEMA
-
-
-def _load_or_exit(spec: str):
-    try:
-        return load_profile(spec)
-    except InputError as e:
-        click.echo(f"edge-sel: error: {e}", err=True)
-        sys.exit(2)
 
 
 def _toml_value(value) -> str:
@@ -27,7 +18,7 @@ def _toml_value(value) -> str:
     return json.dumps(value)
 
 
-@click.group("profiles")
+@click.group("profiles", cls=Group)
 def profiles_group():
     """Device profiles: per-device defaults for finetune and monitor (--profile)."""
 
@@ -44,7 +35,7 @@ def list_cmd():
 @click.option("--json", "as_json", is_flag=True, help="Print the resolved profile as JSON.")
 def show_cmd(name, as_json):
     """The settings of a profile: a shipped NAME, auto, or a .toml file."""
-    profile = _load_or_exit(name)
+    profile = load_profile(name)
     if as_json:
         click.echo(json.dumps(profile.to_json(), indent=2))
         return

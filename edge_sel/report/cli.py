@@ -6,22 +6,18 @@ from pathlib import Path
 
 import click
 
+from edge_sel.cli_base import Command
 from edge_sel.report.runs import load_run
 from edge_sel.report.writer import prepare_out, write_report
 
 
-@click.command("report")
+@click.command("report", cls=Command)
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Directory for report.html, its PNG figures, runs.md and runs.csv.")
 @click.option("--title", default="edge-sel report", show_default=True, help="Title of the report page.")
 def report_cmd(runs: tuple[Path, ...], out: Path, title: str):
     """Plots and tables for one or more run directories, as a self-contained HTML page."""
-    from edge_sel.cli import fail_cleanly
-
-    @fail_cleanly
-    def run():
-        loaded = [load_run(p) for p in runs]       # every RUN checked before anything is written
-        prepare_out(out)
-        click.echo(f"report: {write_report(loaded, out, title)}")
-    run()
+    loaded = [load_run(p) for p in runs]       # every RUN checked before anything is written
+    prepare_out(out)
+    click.echo(f"report: {write_report(loaded, out, title)}")

@@ -1,0 +1,74 @@
+"""What every edge-sel command shares: the one place that turns an expected failure into one line.
+
+Commands and groups are made with the classes below (`cls=Command` / `cls=Group`, or through a
+group's `.command()` / `.group()`), so a subcommand of a nested group (bench, profiles, fleet) is
+handled exactly like a top-level one:
+
+- InputError (bad input)                          -> `edge-sel: error: ...`, exit 2
+- WriteError, TrainingDiverged (the run failed)   -> `edge-sel: error: ...`, exit 1
+- KeyboardInterrupt                               -> `edge-sel: interrupted`, exit 130
+- a usage error (an unknown option, a bad value)  -> one line, exit 2, without click's usage block
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from edge_sel.engine.trainer import TrainingDiverged
+from edge_sel.errors import InputError, WriteError
+
+
+# `edge-sel bench` alone prints its help: click signals that as a usage error, left as it is.
+NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+class OneLineUsageError(click.ClickException):
+    exit_code = 2
+
+
+def _one_line(e: click.UsageError) -> click.ClickException:
+    return e if isinstance(e, NO_ARGS_IS_HELP) else OneLineUsageError(e.format_message())
+
+
+def _invoke_handled(invoke, ctx: click.Context):
+    try:
+        return invoke(ctx)
+    except click.UsageError as e:       # e.g. an unknown subcommand, or a plain click subcommand's option
+        raise _one_line(e) from None
+    except InputError as e:
+        click.echo(f"edge-sel: error: {e}", err=True)
+        sys.exit(2)
+    except (WriteError, TrainingDiverged) as e:
+        click.echo(f"edge-sel: error: {e}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("edge-sel: interrupted", err=True)
+        sys.exit(130)
+
+
+def _make_context_one_line(make_context, info_name, args, parent, extra):
+    try:
+        return make_context(info_name, args, parent=parent, **extra)
+    except click.UsageError as e:
+        raise _one_line(e) from None
+
+
+class Command(click.Command):
+    def make_context(self, info_name, args, parent=None, **extra):
+        return _make_context_one_line(super().make_context, info_name, args, parent, extra)
+
+    def invoke(self, ctx: click.Context):
+        return _invoke_handled(super().invoke, ctx)
+
+
+class Group(click.Group):
+    command_class = Command
+    group_class = type          # subgroups made with .group() are of this class too
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        return _make_context_one_line(super().make_context, info_name, args, parent, extra)
+
+    def invoke(self, ctx: click.Context):
+        return _invoke_handled(super().invoke, ctx)
