@@ -1,0 +1,84 @@
+"""Imports run one way. Every module of edge_sel sits in a layer and imports only from its own layer
+or lower ones, and no modules import each other in a circle. Imports inside functions count too;
+only the command line may import from any layer."""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "edge_sel"
+
+# Highest first. A module takes the layer of the longest name listed that it is, or lies under;
+# every `cli` module (edge_sel/*/cli.py) is command line.
+LAYERS = [
+    ("command line", ["edge_sel.cli", "edge_sel.cli_base", "edge_sel.__main__", "edge_sel.demo",
+                      "edge_sel.energy.monitor_cli"]),
+    ("bench, report, export, fleet, profiles", ["edge_sel.bench", "edge_sel.report", "edge_sel.export",
+                                                "edge_sel.fleet", "edge_sel.profiles"]),
+    ("engine", ["edge_sel.engine"]),
+    ("backends", ["edge_sel.backends"]),
+    ("methods", ["edge_sel.methods"]),
+    ("data, models, energy", ["edge_sel.data", "edge_sel.models", "edge_sel.energy"]),
+    ("core", ["edge_sel", "edge_sel.core", "edge_sel.config", "edge_sel.errors", "edge_sel.device_caps"]),
+]
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def layer(module: str) -> int:
+    if module.rpartition(".")[2] == "cli":
+        return 0
+    best = max(((len(name), rank) for rank, (_, names) in enumerate(LAYERS) for name in names
+                if module == name or module.startswith(name + ".")), default=None)
+    assert best is not None, f"{module} is in no layer: add it to LAYERS in tests/test_layers.py"
+    return best[1]
+
+
+def imports(module: str, path: Path, known: dict) -> list[tuple[str, int]]:
+    """(imported edge_sel module, line): `from a.b import c` names a.b.c when that is a module."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:                                  # relative: from the package, up level - 1
+                parts = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + [base] if base else parts)
+            names = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
+        else:
+            continue
+        for name in names:
+            while name and name not in known:
+                name = name.rpartition(".")[0]
+            if name and name != module:
+                found.append((name, node.lineno))
+    return found
+
+
+def test_imports_run_one_way_and_in_no_circle():
+    known = modules()
+    graph = {m: imports(m, p, known) for m, p in known.items()}
+    upward = sorted({f"{known[m].relative_to(PACKAGE.parent)}:{line} imports {target}: {LAYERS[layer(m)][0]} "
+                     f"may not import from {LAYERS[layer(target)][0]}, a higher layer"
+                     for m, targets in graph.items() for target, line in targets if 0 < layer(m) and layer(target) < layer(m)})
+    assert not upward, "upward imports:\n" + "\n".join(upward)
+    done, cycles = set(), []
+
+    def visit(m, path):
+        if m in path:
+            cycles.append(" -> ".join(path[path.index(m):] + [m]))   # each cycle once: its nodes are then done
+            return
+        if m not in done:
+            for target, _ in graph[m]:
+                visit(target, path + [m])
+            done.add(m)
+    for m in graph:
+        visit(m, [])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
