@@ -21,6 +21,18 @@ def _isolated_cache(tmp_path_factory):
     del os.environ["EDGE_SEL_CACHE"]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a whole module (`pytestmark = pytest.mark.usefixtures("one_thread")`):
+    tiny models on a small shared CPU run faster than with spinning thread pools. Module scope, so
+    that the module's own warmup fixtures run on one thread too."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def needs_cifar():
     return pytest.mark.skipif(not (CIFAR_JPEG / "train").is_dir(), reason=f"{CIFAR_JPEG} not present")
 

@@ -25,13 +25,7 @@ from edge_sel.models import count_parameters  # noqa: E402
 STANDALONE = Path(__file__).with_name("ort_standalone_train.py")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a small shared CPU, spinning thread pools cost more than they give."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import sys
 import types
 
 import pytest
-import torch
 
 from helpers import run_cli
 from edge_sel.backends.ort_env import require_ort
@@ -25,12 +24,7 @@ def plain_onnxruntime(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime.training.api", None)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

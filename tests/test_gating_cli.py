@@ -6,7 +6,6 @@ import sys
 import time
 
 import pytest
-import torch
 
 from edge_sel.cli import main
 from edge_sel.methods import STRATEGIES, Strategy
@@ -14,15 +13,7 @@ from edge_sel.methods import STRATEGIES, Strategy
 from helpers import records, run_cli
 
 EPOCHS = 3
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, and two threads on a shared 2-core machine spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

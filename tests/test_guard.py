@@ -23,12 +23,7 @@ from edge_sel.models import load_checkpoint
 RUN = ["--dataset", "synthetic", "--batch-size", "16", "--lr", "0.02", "--quiet", "--seed", "3"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def weights_digest(run_dir) -> str:

@@ -24,13 +24,7 @@ SAME = ("--optimizer", "sgd", "--momentum", 0, "--weight-decay", 0, "--lr", 0.01
         "--batch-size", 64, "--seed", 3, "--device", "cpu", "--quiet")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a small shared CPU, spinning thread pools cost more than they give."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
