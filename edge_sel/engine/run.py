@@ -22,7 +22,9 @@ from edge_sel.core.records import RecordWriter
 from edge_sel.data import Splits, load_source, make_splits, parse_shard
 from edge_sel.data.shift import apply_shift, parse_shift
 from edge_sel.device_caps import gpu_uuids
+from edge_sel.engine.ddp import RankSync, is_restart_of, launch_info
 from edge_sel.engine.device import pick_device, seed_everything
+from edge_sel.engine.distributed import detect_world
 from edge_sel.engine.energy_setup import EnergyOptions
 from edge_sel.engine.state import NoValidState, StateWriteError, load_state
 from edge_sel.engine.trainer import Trainer
@@ -149,14 +151,25 @@ def stop_on_signals(trainer: Trainer):
 def _run(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainConfig, out: Path,
          quiet: bool, energy: EnergyOptions | None, source_info: dict, meter=None,
          resume_state: dict | None = None) -> dict:
-    device = pick_device(cfg.device)
+    world = detect_world()
+    ranks = None
+    if world.distributed:       # under torchrun (pretrain only): see engine.ddp
+        RankSync.refuse_unsupported(cfg, energy, resume_state)
+        ranks = RankSync.join(world, cfg.device)
+        ranks.resumed_from_epoch = None if resume_state is None else resume_state["next_epoch"]
+        source_info = {**source_info, "torchrun": launch_info(world)}
+    device = ranks.device if ranks else pick_device(cfg.device)
     generator = seed_everything(cfg.seed)
     strategy = make_strategy(cfg.strategy, cfg.method)
+    if ranks:
+        strategy = ranks.shard(strategy, cfg.seed)
     updater = make_updater(cfg.sparsity, cfg.method)
     energy = (energy or EnergyOptions()).validate()
     own_meter = meter is None
     # A bad meter name fails before --out is touched; NVML reads the training GPU only.
-    meter = energy.open(gpu_uuids(device)) if own_meter else meter
+    if own_meter:
+        meter = ranks.open_meter(energy, gpu_uuids(device)) if ranks else energy.open(gpu_uuids(device))
+    writes = world.is_main      # under torchrun only rank 0 writes the run directory
     try:
         guard = None
         if energy.max_temp_c is not None:
@@ -164,18 +177,24 @@ def _run(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainConfig, o
             guard = ThermalGuard(meter, energy.max_temp_c, energy.hysteresis_c, max_pause_s=energy.max_pause_s)
         # Building the trainer validates what needs the data and the model (ORT artifacts, class
         # focus, lottery masks, ...): all of it before an existing --out is replaced.
-        trainer = Trainer(cfg, splits, model, card.mean, card.std, device, generator, strategy, updater,
-                          phase=phase, meter=meter, guard=guard, budget_j=energy.budget_j, quiet=quiet,
-                          state_dir=out / "state", checkpoint_every=cfg.checkpoint_every)
-        if resume_state is None:
+        def build() -> Trainer:
+            return Trainer(cfg, splits, model, card.mean, card.std, device, generator, strategy, updater,
+                           phase=phase, meter=meter, guard=guard, budget_j=energy.budget_j, quiet=quiet,
+                           state_dir=out / "state" if writes else None,
+                           # a mid-epoch state would hold rank 0's share of the epoch only
+                           checkpoint_every=0 if ranks else cfg.checkpoint_every, ranks=ranks)
+        trainer = ranks.build_trainer(build, cfg) if ranks else build()
+        if resume_state is None and writes:
             start_out_dir(out)
             write_config(out, {"phase": phase, **cfg.to_json(), "energy": energy.to_json(), **source_info})
-        writer = RecordWriter(out)
-        if resume_state is not None:     # drops a record written after the checkpoint
+        writer = RecordWriter(out) if writes else None
+        if resume_state is not None and writes:     # drops a record written after the checkpoint
             baseline = resume_state.get("baseline")
             writer.reset(([baseline] if baseline else []) + resume_state["records"])
         t0 = time.perf_counter()
-        with stop_on_signals(trainer):
+        # Under torchrun a signal ends the worker at once: torchrun restarts every rank from the
+        # last epoch checkpoint, which a rank stopping alone mid-epoch would only delay.
+        with stop_on_signals(trainer) if not ranks else contextlib.nullcontext():
             records = trainer.run(writer, resume=resume_state)
         meter_info = meter.describe() if hasattr(meter, "describe") else {}
     finally:
@@ -197,6 +216,9 @@ def _run(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainConfig, o
     if kept is not None:
         card.training.update({k: kept[k] for k in ("kept", "kept_epoch", "kept_val_acc", "kept_test_acc",
                                                    "baseline_val_acc")})
+    if not writes:
+        ranks.finish()
+        return {"run_dir": str(out), "rank": world.rank, "epochs_run": len(records)}
     save_checkpoint(out, model.cpu(), card)
     summary = summarize(records, {
         "phase": phase, "edge_sel_version": __version__, "device": str(device),
@@ -207,9 +229,12 @@ def _run(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainConfig, o
         "idle_power_w": getattr(meter, "idle_power_w", None),
         # Measured before the first epoch, outside its time, joules and FLOPs (probe_* say how much).
         "layout": trainer.layout.to_json(), "sync_every": trainer.sync_every,
+        **({"world_size": world.size, "distributed": ranks.describe()} if ranks else {}),
     }, baseline=trainer.baseline, kept=kept)
     with writing(out / "summary.json"):
         atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2, default=str).encode())
+    if ranks:
+        ranks.finish()
     return summary
 
 
@@ -243,8 +268,13 @@ def check_same_split(card: ModelCard, splits: Splits, data: DataOptions, where: 
 
 def pretrain(model_name: str, data: DataOptions, cfg: TrainConfig, out: Path, overwrite: bool = False,
              quiet: bool = False, energy: EnergyOptions | None = None, meter=None) -> dict:
+    """Under torchrun every rank calls this: rank 0 owns --out, and after a worker failure
+    torchrun's restarted workers continue the run their job started (see restarted_here)."""
     cfg.validate()
-    out = check_out_dir(out, overwrite)
+    world = detect_world()
+    if world.distributed and restarted_here(Path(out)):
+        return resume(out, quiet, phase="pretrain")
+    out = check_out_dir(out, overwrite) if world.is_main else Path(out)
     splits = data.load()
     seed_everything(cfg.seed)   # same initial weights for the same seed
     model = build_model(model_name, splits.train.num_classes, splits.train.input_shape[0])
@@ -253,6 +283,16 @@ def pretrain(model_name: str, data: DataOptions, cfg: TrainConfig, out: Path, ov
                      splits.train.input_shape, mean, std, dataset_card(splits, data))
     return _run("pretrain", model, card, splits, cfg, out, quiet, energy,
                 {"data": vars_of(data), "model": model_name}, meter)
+
+
+def restarted_here(out: Path) -> bool:
+    """True when torchrun restarted the job whose run --out holds (same torchrun run id): its
+    workers resume from the last checkpoint. A plain rerun still needs --overwrite or --resume."""
+    try:
+        config = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return config.get("phase") == "pretrain" and is_restart_of(config)
 
 
 def finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, out: Path, overwrite: bool = False,

@@ -137,6 +137,7 @@ class Trainer:
     state_dir: Path | None = None        # where full-state checkpoints go (None: none are written)
     checkpoint_every: int = 0            # steps between mid-epoch checkpoints (0: epoch ends only)
     baseline: dict | None = None         # the starting checkpoint evaluated before the first step (finetune)
+    ranks: object = None                 # engine.ddp.RankSync under torchrun; None in a single process
 
     def __post_init__(self):
         cfg = self.config
@@ -331,6 +332,8 @@ class Trainer:
             candidate = (self._bn_adapt or {}).get("candidate_eval") or {}
             energy["energy_j"] -= candidate.get("eval_energy_j") or 0.0    # evaluation joules, counted there
         self.progress = None
+        if self.ranks is not None:       # DDP: this rank's counters and joules become world totals
+            self.ranks.combine_epoch(progress, energy, self._scoring)
         return self._epoch_record(epoch, progress, energy)
 
     def _train_step(self, epoch: int, i: int, nb: int, batch, progress: EpochProgress) -> None:
@@ -446,6 +449,8 @@ class Trainer:
         """Validation accuracy (what keep-best and strategies decide by) and, when asked, test
         accuracy with its per-class split and the clean test set under a shift. Every key is
         present; `evaluated` says which sets were run, so a None means "not evaluated"."""
+        if self.ranks is not None and not self.ranks.evaluates:    # DDP: rank 0 evaluates (and writes)
+            validate = test = False
         self.meter.begin("eval")
         t0 = time.perf_counter()
         names = self.class_names

@@ -1,0 +1,250 @@
+"""Data-parallel pretraining under torchrun: what one rank does differently from a single process.
+
+Every rank plans the same shuffled epoch (its plan generator is seeded alike and only planning
+draws from it), trains its strided share of that plan through DistributedDataParallel (which
+averages the gradients), and adds its counters to the other ranks' once per epoch, so that every
+record holds world totals. Rank 0 alone evaluates and writes records, checkpoints and the run
+state; the other ranks meet it again at the next collective (the next step's gradient all-reduce,
+or the closing barrier).
+
+Energy is counted once per physical device: meters that read a whole CPU package or board (RAPL,
+Jetson rails, a battery) are read by local rank 0 of each host only; the CPU-time estimate reads
+each rank's own process and NVML each rank's own GPU, so those are summed over ranks.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from edge_sel.engine.distributed import World, barrier, init, shard_positions, shutdown
+from edge_sel.errors import InputError
+from edge_sel.methods import Plan
+
+HOST_WIDE_METERS = frozenset({"rapl", "jetson", "battery"})    # one reader per host, or counted twice
+RESTART_ENV, RUN_ID_ENV = "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_RUN_ID"
+# Fault injection for the restart test: EDGE_SEL_FAULT_KILL_AT_STEP kills only this rank, and only
+# in torchrun's first attempt, so that the restarted workers can finish.
+KILL_RANK_ENV = "EDGE_SEL_FAULT_KILL_RANK"
+# Optimizer steps are not summed: every rank takes the same synchronised steps.
+COUNTERS = ("n_trained", "loss_sum", "correct", "flops_f", "flops_b", "singles_dropped", "throttled")
+
+
+def restart_count(environ=os.environ) -> int:
+    return int(environ.get(RESTART_ENV, "0") or 0)
+
+
+def launch_info(world: World, environ=os.environ) -> dict:
+    """What config.json keeps about the torchrun job that started a run."""
+    return {"world_size": world.size, "run_id": environ.get(RUN_ID_ENV)}
+
+
+def is_restart_of(config: dict, environ=os.environ) -> bool:
+    """True when torchrun restarted the job that wrote `config` (same run id, restart count > 0):
+    then its workers continue that run instead of refusing the existing --out."""
+    started = config.get("torchrun") or {}
+    run_id = environ.get(RUN_ID_ENV)
+    return restart_count(environ) > 0 and run_id is not None and started.get("run_id") == run_id
+
+
+def fault_kill_step(world: World, environ=os.environ) -> int | None:
+    step = int(environ.get("EDGE_SEL_FAULT_KILL_AT_STEP", "0") or 0)
+    rank = environ.get(KILL_RANK_ENV)
+    if not step or restart_count(environ) > 0 or (rank not in (None, "") and int(rank) != world.rank):
+        return None
+    return step
+
+
+def rank_meter_names(chosen: list[str], world: World) -> list[str]:
+    """Of the meters a process on this host would open, those this rank reads."""
+    if world.reads_host_energy:
+        return list(chosen)
+    return [name for name in chosen if name not in HOST_WIDE_METERS]
+
+
+def sum_counts(per_rank: list[dict]) -> dict:
+    """Counters of one epoch from every rank -> world totals (throttled seconds: the longest)."""
+    out = {k: sum(r[k] for r in per_rank) for k in per_rank[0] if k != "throttled"}
+    if "throttled" in per_rank[0]:
+        out["throttled"] = max(r["throttled"] for r in per_rank)
+    return out
+
+
+def combine_energy(windows: list[dict], world_size: int) -> dict:
+    """One training window's energy fields from every rank (rank 0 first) -> the world's: joules
+    summed over the ranks that read a meter, the rest taken from rank 0's window."""
+    base = dict(windows[0])
+    read = [w for w in windows if w.get("energy_j") is not None]
+    base["ranks"] = world_size
+    base["energy_readers"] = len(read)
+    if not read:
+        return base
+    base["energy_j"] = sum(w["energy_j"] for w in read)
+    components: dict[str, float] = {}
+    for w in read:
+        for name, j in (w.get("energy_by_component") or {}).items():
+            components[name] = components.get(name, 0.0) + j
+    base["energy_by_component"] = components
+    base["energy_source"] = "+".join(dict.fromkeys(p for w in read for p in w["energy_source"].split("+")))
+    base["energy_coverage"] = min(w.get("energy_coverage") or 0.0 for w in read)
+    duration = base.get("energy_window_s")
+    base["avg_power_w"] = base["energy_j"] / duration if duration else None
+    if len(read) > 1:
+        base["peak_power_w"] = None    # the ranks' peaks need not coincide: their sum is no peak
+    temps = [w["max_temp_c"] for w in windows if w.get("max_temp_c") is not None]
+    base["max_temp_c"] = max(temps) if temps else None
+    base["throttle_reasons"] = sorted({r for w in windows for r in (w.get("throttle_reasons") or [])})
+    if base.get("idle_power_w") is not None and duration:
+        base["energy_net_j"] = base["energy_j"] - base["idle_power_w"] * duration
+    return base
+
+
+class ShardedPlans:
+    """A strategy whose every epoch plan is cut to this rank's share (strided, no padding). The
+    augmentation draws get their own per-rank generator, reseeded each epoch, so the shared plan
+    generator stays identical on every rank."""
+
+    def __init__(self, base, world: World, seed: int):
+        self.base = base
+        self.world = world
+        self.seed = seed
+        self.augment_generator = torch.Generator().manual_seed(self._augment_seed(0))
+
+    def __getattr__(self, name):
+        return getattr(self.base, name)
+
+    def _augment_seed(self, epoch: int) -> int:
+        return (self.seed * 1_000_003 + epoch * 1009 + self.world.rank) % 2**63
+
+    def plan(self, epoch: int) -> Plan:
+        plan = self.base.plan(epoch)
+        self.augment_generator.manual_seed(self._augment_seed(epoch))
+        weights = None if plan.weights is None else shard_positions(plan.weights, self.world)
+        return Plan(shard_positions(plan.positions, self.world), weights, plan.info)
+
+
+def _no_forward_buffer_sync() -> dict:
+    """Rank 0's BatchNorm statistics are the ones evaluated and saved: no broadcast before every
+    forward. Newer torch names the option forward_sync_buffers; older builds (Jetson wheels) only
+    know broadcast_buffers."""
+    params = inspect.signature(torch.nn.parallel.DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+
+
+class _TrainThroughDDP:
+    """Training forwards go through DDP (so backward all-reduces the gradients); evaluation
+    forwards use the plain module and involve no other rank."""
+
+    def __init__(self, ddp, plain):
+        self.ddp, self.plain = ddp, plain
+
+    def __call__(self, x):
+        if torch.is_grad_enabled() and self.ddp.module.training:
+            return self.ddp(x)
+        return self.plain(x)
+
+
+@dataclass
+class RankSync:
+    world: World
+    device: torch.device
+    restart: int = 0
+    resumed_from_epoch: int | None = None
+    ddp: object = field(default=None, repr=False)
+
+    @classmethod
+    def join(cls, world: World, device_name: str) -> "RankSync":
+        """Join torchrun's process group (gloo on CPU, nccl on CUDA)."""
+        if device_name == "mps":
+            raise InputError("--device mps: pretraining under torchrun needs cpu or cuda")
+        device = init(world, device_name)
+        barrier(world)
+        return cls(world, device, restart_count())
+
+    @property
+    def evaluates(self) -> bool:
+        return self.world.is_main
+
+    @staticmethod
+    def refuse_unsupported(cfg, energy, resume_state: dict | None) -> None:
+        if cfg.strategy != "dense" or cfg.backend != "torch":
+            raise InputError("torchrun: only dense training with the torch backend is distributed")
+        if energy is not None and energy.budget_j is not None:
+            raise InputError("--energy-budget: not supported under torchrun (each rank would stop at its own step)")
+        if resume_state is not None and resume_state.get("progress") is not None:
+            raise InputError("--resume: this run stopped inside an epoch; finish that epoch without torchrun first "
+                             "(distributed runs checkpoint at epoch ends only)")
+
+    def shard(self, strategy, seed: int) -> ShardedPlans:
+        return ShardedPlans(strategy, self.world, seed)
+
+    def open_meter(self, energy, gpu_uuids):
+        """This rank's meter: the host-wide meters on local rank 0 only (see the module note)."""
+        if self.world.reads_host_energy:
+            return energy.open(gpu_uuids)
+        from edge_sel.energy import EnergyMeter, open_meter
+        probe = open_meter(energy.meters or None, watts_per_core=energy.watts_per_core, rails=energy.rails,
+                           interval_s=energy.interval_s, gpu_uuids=gpu_uuids)
+        keep = rank_meter_names([m.name for m in probe.meters], self.world)
+        skipped = dict(probe.skipped)
+        for m in probe.meters:
+            if m.name not in keep:
+                skipped[m.name] = "read by local rank 0 for the whole host"
+                m.close()
+        meter = EnergyMeter([m for m in probe.meters if m.name in keep], None, interval_s=energy.interval_s,
+                            skipped=skipped, sysfs_root=probe.sysfs_root)
+        return meter.start()
+
+    def build_trainer(self, build, cfg):
+        """Rank 0 measures the memory layout; the others take its choice, since DDP needs the same
+        parameter layout on every rank."""
+        trainer = build() if self.world.is_main else None
+        chosen = [(cfg.memory_format, cfg.eval_batch_size)]
+        dist.broadcast_object_list(chosen, src=0, device=self.device if self.device.type == "cuda" else None)
+        if not self.world.is_main:
+            cfg.memory_format, cfg.eval_batch_size = chosen[0]
+            trainer = build()
+        self._attach(trainer, cfg)
+        return trainer
+
+    def _attach(self, trainer, cfg) -> None:
+        model = trainer.model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self.ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, **_no_forward_buffer_sync())
+        train_forward = torch.compile(self.ddp) if cfg.compile else self.ddp
+        trainer.backend.forward = _TrainThroughDDP(train_forward, trainer.backend.forward)
+        trainer.loader.generator = trainer.strategy.augment_generator
+        trainer._kill_at_step = fault_kill_step(self.world)
+
+    def combine_epoch(self, progress, energy: dict, scoring: dict) -> None:
+        """Replace this rank's epoch counters (in `progress`, `energy`, `scoring`) by world totals."""
+        mine = {**{k: getattr(progress, k) for k in COUNTERS},
+                "scoring_samples": scoring["samples"], "scoring_flops": scoring["flops"]}
+        gathered: list = [None] * self.world.size
+        dist.all_gather_object(gathered, (mine, energy))
+        totals = sum_counts([g[0] for g in gathered])
+        for k in COUNTERS:
+            setattr(progress, k, totals[k])
+        scoring["samples"], scoring["flops"] = totals["scoring_samples"], totals["scoring_flops"]
+        for t in (progress.emb.sum, progress.emb.count):
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        world_energy = combine_energy([g[1] for g in gathered], self.world.size)
+        energy.clear()
+        energy.update(world_energy)
+        energy["torchrun_restart"] = self.restart
+
+    def describe(self) -> dict:
+        backend = dist.get_backend() if dist.is_initialized() else None
+        return {"world_size": self.world.size, "backend": backend, "restart_count": self.restart,
+                "resumed_from_epoch": self.resumed_from_epoch, "run_id": os.environ.get(RUN_ID_ENV),
+                "checkpoints": "epoch ends only, written by rank 0",
+                "evaluation": "rank 0 only", "per_rank_batch_size": True}
+
+    def finish(self) -> None:
+        """Every rank waits until rank 0 has written the run, then leaves the process group."""
+        barrier(self.world)
+        shutdown(self.world)
