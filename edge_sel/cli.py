@@ -14,7 +14,7 @@ from edge_sel.config import EVAL_TEST, MEMORY_FORMATS, OPTIMIZERS, SCHEDULES, Tr
 from edge_sel.demo import demo_cmd
 from edge_sel.energy import METER_NAMES
 from edge_sel.energy.monitor_cli import monitor
-from edge_sel.engine.distributed import under_torchrun
+from edge_sel.engine.distributed import detect_world, under_torchrun
 from edge_sel.engine.energy_setup import EnergyOptions
 from edge_sel.engine.run import DataOptions, finetune, pretrain, resume
 from edge_sel.errors import InputError
@@ -183,7 +183,8 @@ def cli():
 @train_options
 @energy_options
 def pretrain_cmd(model_name, export_artifacts, resume_dir, **kw):
-    """Train a model densely and write a warmup checkpoint."""
+    """Train a model densely and write a warmup checkpoint (under torchrun: data-parallel, rank 0 writes)."""
+    kw["quiet"] = kw["quiet"] or not detect_world().is_main     # one report, from rank 0
     if resume_dir is not None:
         refuse_with_resume()
         return report_end(resume(resume_dir, kw["quiet"], phase="pretrain"), kw["quiet"])
@@ -195,7 +196,7 @@ def pretrain_cmd(model_name, export_artifacts, resume_dir, **kw):
     summary = pretrain(model_name, build_data(kw), build_config(kw), kw["out"], kw["overwrite"], kw["quiet"],
                        energy)
     report_end(summary, kw["quiet"])
-    if export_artifacts:
+    if export_artifacts and detect_world().is_main:
         from edge_sel.export.cli import export_after_pretrain
         export_after_pretrain(kw["out"], kw["quiet"])
 
