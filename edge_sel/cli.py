@@ -10,119 +10,22 @@ import click
 from edge_sel import __version__
 from edge_sel.bench.cli import bench_group
 from edge_sel.cli_base import Group
-from edge_sel.config import EVAL_TEST, MEMORY_FORMATS, OPTIMIZERS, SCHEDULES, TrainConfig
+from edge_sel.cli_options import (DATA, ENERGY, FINETUNE, FINETUNE_SECTIONS, PRETRAIN, PRETRAIN_SECTIONS, SPEED,
+                                  TRAIN, in_sections)
+from edge_sel.config import TrainConfig
 from edge_sel.demo import demo_cmd
-from edge_sel.energy import METER_NAMES
 from edge_sel.energy.monitor_cli import monitor
 from edge_sel.engine.distributed import detect_world, under_torchrun
 from edge_sel.engine.energy_setup import EnergyOptions
 from edge_sel.engine.run import DataOptions, finetune, pretrain, resume
 from edge_sel.errors import InputError
 from edge_sel.export.cli import export_cmd
-from edge_sel.methods import STRATEGIES
-from edge_sel.methods.options import RegistryChoice, method_option_names, method_options
+from edge_sel.methods.options import METHOD_OPTIONS, method_option_names
 from edge_sel.methods.presets import default_lr
 from edge_sel.profiles.apply import profile_option
 from edge_sel.profiles.cli import profiles_group
 from edge_sel.report.cli import report_cmd
 from edge_sel.report.summary import print_summary
-
-
-def data_options(fn):
-    options = [
-        click.option("--dataset", default="digits", show_default=True,
-                     help="digits | cifar10 | synthetic | folder:PATH"),
-        click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-                     help="Where the CIFAR-10 archive lives (cifar-10-batches-py)."),
-        click.option("--val-fraction", type=float, default=0.1, show_default=True,
-                     help="Stratified share of the training part held out for validation."),
-        click.option("--shard", default=None, help="Use stratified shard K/N of the training part, e.g. 0/2."),
-        click.option("--subset", type=int, default=None, help="Class-balanced subset of N training samples."),
-        click.option("--per-class-cap", type=int, default=None, help="At most N training samples per class."),
-        click.option("--split-seed", type=int, default=0, show_default=True,
-                     help="Seed of the validation split and shards (a fine-tune must use its pretrain's)."),
-        click.option("--image-size", type=int, default=None, help="Resize folder images to S x S."),
-        click.option("--shift", default=None,
-                     help="Shift the local data: corrupt=NAME:SEV; label-noise=RATE[:val]; imbalance=longtail:RATIO; "
-                          "classes=A,B (items joined by ';'). Records then add clean_test_acc."),
-        click.option("--shift-seed", type=int, default=0, show_default=True,
-                     help="Seed of which samples a shift hits and how."),
-    ]
-    for opt in reversed(options):
-        fn = opt(fn)
-    return fn
-
-
-def train_options(fn):
-    options = [
-        click.option("--epochs", type=int, default=None, help="Epochs to train (required)."),
-        click.option("--batch-size", type=int, default=128, show_default=True, help="Training batch size."),
-        click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True,
-                     help="Optimizer (sgd with Nesterov momentum, adam, adamw)."),
-        click.option("--lr", type=float, default=None, help="Base learning rate [0.05 sgd, 1e-3 adam]."),
-        click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum."),
-        click.option("--weight-decay", type=float, default=5e-4, show_default=True, help="Weight decay (L2)."),
-        click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True,
-                     help="Learning-rate schedule over training progress (shared by gated and dense runs)."),
-        click.option("--warmup-epochs", type=float, default=0.0, show_default=True,
-                     help="Epochs of linear learning-rate warmup."),
-        click.option("--label-smoothing", type=float, default=0.0, show_default=True,
-                     help="Label smoothing of the cross-entropy loss."),
-        click.option("--no-augment", is_flag=True, help="Disable random crops and flips."),
-        click.option("--seed", type=int, default=0, show_default=True,
-                     help="Seed of initialisation, data order, augmentation and gating."),
-        click.option("--device", default="auto", show_default=True, help="cpu | cuda | mps | auto"),
-        click.option("--no-amp", is_flag=True, help="Disable mixed precision on CUDA."),
-        click.option("--out", type=click.Path(path_type=Path), default=None, help="Run directory to create (required)."),
-        click.option("--checkpoint-every", type=int, default=200, show_default=True,
-                     help="Steps between full-state checkpoints inside an epoch (0: epoch ends only)."),
-        click.option("--overwrite", is_flag=True, help="Replace an existing --out directory."),
-        click.option("--quiet", is_flag=True, help="No progress bars or summary table."),
-        *speed_options(),
-    ]
-    for opt in reversed(options):
-        fn = opt(fn)
-    return fn
-
-
-def speed_options() -> list:
-    return [
-        click.option("--memory-format", type=click.Choice(MEMORY_FORMATS), default="auto", show_default=True,
-                     help="Activation layout of conv models; auto times both on this device first."),
-        click.option("--eval-batch-size", type=int, default=0, show_default=True,
-                     help="Evaluation batch size (0: the fastest of a few, measured on this device)."),
-        click.option("--eval-every", type=int, default=1, show_default=True,
-                     help="Validate every K epochs (the last epoch always)."),
-        click.option("--eval-test", type=click.Choice(EVAL_TEST), default="end", show_default=True,
-                     help="Test set after the last epoch only, or after every validation."),
-        click.option("--val-subset", type=int, default=0, show_default=True,
-                     help="Validate on N samples of the validation split (0: all of it)."),
-        click.option("--sync-every", type=int, default=0, show_default=True,
-                     help="Steps between host reads of loss sums (0: 1 on CPU, 32 on a GPU)."),
-        click.option("--compile", "compile_model", is_flag=True,
-                     help="torch.compile the model; compile time is counted in the first epoch."),
-    ]
-
-
-def energy_options(fn):
-    options = [
-        click.option("--meter", "meters", multiple=True, type=click.Choice(METER_NAMES),
-                     help="Energy meter to use (repeatable). Default: automatic."),
-        click.option("--watts-per-core", type=float, default=None,
-                     help="Watts per busy core for the labelled estimate (no sensor)."),
-        click.option("--idle-baseline", type=float, default=0.0, show_default=True,
-                     help="Measure idle power for S seconds first; records then add net-of-idle joules."),
-        click.option("--energy-budget", type=float, default=None,
-                     help="Stop cleanly (records and checkpoint written) before the measured total passes J joules."),
-        click.option("--max-temp", type=float, default=None,
-                     help="Thermal guard: pause between steps above this temperature (C)."),
-        click.option("--max-pause", type=float, default=600.0, show_default=True,
-                     help="Longest single thermal pause in seconds; then training resumes (a stuck sensor "
-                          "must not stall the run) and the record counts it in thermal_pauses_capped."),
-    ]
-    for opt in reversed(options):
-        fn = opt(fn)
-    return fn
 
 
 def build_energy(kw: dict) -> EnergyOptions:
@@ -168,20 +71,14 @@ def build_data(kw: dict) -> DataOptions:
                        kw["per_class_cap"], kw["split_seed"], kw["image_size"], kw["shift"], kw["shift_seed"])
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="edge-sel")
 def cli():
     """On-device fine-tuning whose savings are counted and measured."""
 
 
 @cli.command("pretrain")
-@click.option("--model", "model_name", default="edgecnn", show_default=True, help="edgecnn | resnet18_cifar")
-@click.option("--export-artifacts", is_flag=True, help="Then export model.onnx and ORT training artifacts to OUT/artifacts.")
-@click.option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None,
-              help="Continue the interrupted pretrain in this directory with the options it was started with.")
-@data_options
-@train_options
-@energy_options
+@in_sections(PRETRAIN_SECTIONS, PRETRAIN, DATA, TRAIN, SPEED, ENERGY)
 def pretrain_cmd(model_name, export_artifacts, resume_dir, **kw):
     """Train a model densely and write a warmup checkpoint (under torchrun: data-parallel, rank 0 writes)."""
     kw["quiet"] = kw["quiet"] or not detect_world().is_main     # one report, from rank 0
@@ -202,31 +99,7 @@ def pretrain_cmd(model_name, export_artifacts, resume_dir, **kw):
 
 
 @cli.command("finetune")
-@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
-              help="Warmup checkpoint directory (required unless --resume).")
-@click.option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None,
-              help="Continue the interrupted run in this directory with the options it was started with.")
-@click.option("--strategy", type=RegistryChoice(STRATEGIES), default="dense", show_default=True,
-              help="Which samples are computed.")
-@click.option("--sparsity", default=None,
-              help="Which parameters change: none | mask | layers | bn-affine (BatchNorm scales and shifts and the head) "
-                   "[default: the strategy's (sel: layers), else none].")
-@click.option("--backend", type=click.Choice(["torch", "ort"]), default="torch", show_default=True,
-              help="What runs the training step: PyTorch, or ONNX Runtime training artifacts (--artifacts).")
-@click.option("--artifacts", type=click.Path(path_type=Path), default=None, help="ORT training artifacts (--backend ort).")
-@click.option("--bn-mode", type=click.Choice(["train", "eval"]), default=None,
-              help="BatchNorm while training: train (batch stats) or eval (frozen stats) [default: train; "
-                   "ort: the artifacts' mode].")
-@click.option("--bn-adapt", type=int, default=0, show_default=True,
-              help="First re-estimate BatchNorm statistics on N unlabelled local training images (forward passes "
-                   "only; with --epochs 0, the whole adaptation).")
-@click.option("--keep", type=click.Choice(["best", "last"]), default="best", show_default=True,
-              help="Output model: the best by local validation accuracy among the starting checkpoint and "
-                   "every epoch (a run that does not beat the checkpoint hands it back unchanged), or the last epoch.")
-@method_options
-@data_options
-@train_options
-@energy_options
+@in_sections(FINETUNE_SECTIONS, FINETUNE, METHOD_OPTIONS, DATA, TRAIN, SPEED, ENERGY)
 @profile_option
 def finetune_cmd(checkpoint, resume_dir, strategy, sparsity, backend, artifacts, bn_mode, bn_adapt, keep, **kw):
     """Fine-tune a warmup checkpoint on local data; records per epoch."""

@@ -9,6 +9,22 @@ from edge_sel.methods.presets import PRESETS
 from edge_sel.methods.registry import GATES
 
 
+class OptionSpec:
+    """A click option kept as its declarations and attributes: applied like `click.option(...)`,
+    and readable by a command that lists its options under headings in --help."""
+
+    def __init__(self, decls: tuple[str, ...], attrs: dict):
+        self.decls, self.attrs = decls, attrs
+        self.flag = next(d.split("/")[0] for d in decls if d.startswith("--"))
+        self.name = click.Option(decls, **attrs).name
+
+    def __call__(self, fn):
+        return click.option(*self.decls, **self.attrs)(fn)
+
+
+def option(*decls: str, **attrs) -> OptionSpec:
+    return OptionSpec(decls, attrs)
+
 
 class RegistryChoice(click.Choice):
     """A choice listing a registry's names as they are when the command runs (a method registered
@@ -28,51 +44,51 @@ class RegistryChoice(click.Choice):
 
 
 COMMON = [
-    click.option("--gate", type=RegistryChoice(GATES, exclude=("all",)), default=None,
+    option("--gate", type=RegistryChoice(GATES, exclude=("all",)), default=None,
                  help="Filter any strategy's plan before compute (e.g. sundew)."),
-    click.option("--preset", type=RegistryChoice(PRESETS), default=None,
+    option("--preset", type=RegistryChoice(PRESETS), default=None,
                  help="Named configuration reproducing a published recipe."),
-    click.option("--target-activation", type=float, default=None,
+    option("--target-activation", type=float, default=None,
                  help="Share of available samples to compute per epoch (gating strategies)."),
 ]
 
 # --- sel ---
 # Defaults are None so presets can tell "not given"; edge_sel/methods/sel.py fills the defaults.
 SEL = [
-    click.option("--difficulty", type=click.Choice(["warmup", "cold", "random"]), default=None,
+    option("--difficulty", type=click.Choice(["warmup", "cold", "random"]), default=None,
                  help="What sorts each class pool easy-to-hard: warmup (the checkpoint's loss) | cold "
                       "(an untrained model, the seed) | random (control). [default: warmup]"),
-    click.option("--stages", default=None,
+    option("--stages", default=None,
                  help="Stage table: START-END[:THRESHOLD[:EPOCHS[:CAP]]],... in percent of each class pool, "
                       "or a .json/.toml file. [default: the seed's five stages, 10 epochs each]"),
-    click.option("--stage-gates/--no-stage-gates", default=None,
+    option("--stage-gates/--no-stage-gates", default=None,
                  help="Enforce stage thresholds on validation accuracy. [default: enforced]"),
-    click.option("--stage-patience", type=int, default=None,
+    option("--stage-patience", type=int, default=None,
                  help="Extra epochs a stage below its threshold may take before advancing. [default: 2]"),
-    click.option("--class-focus/--no-class-focus", default=None,
+    option("--class-focus/--no-class-focus", default=None,
                  help="Share each epoch's samples between classes by their embarrassment E_c (sel, dense)."),
-    click.option("--class-focus-floor", type=float, default=None,
+    option("--class-focus-floor", type=float, default=None,
                  help="Least share of the epoch per class with --class-focus. [default: 0.5 / classes]"),
-    click.option("--lr-loss-scale", type=float, default=None,
+    option("--lr-loss-scale", type=float, default=None,
                  help="lr x (1 + K x previous batch loss), the seed's K = 2. [default: 0, off]"),
-    click.option("--easy-warmup-epochs", type=int, default=None,
+    option("--easy-warmup-epochs", type=int, default=None,
                  help="Dense epochs on the easiest samples before the stages (warmup-sel: 5). [default: 0]"),
-    click.option("--easy-warmup-size", type=int, default=None,
+    option("--easy-warmup-size", type=int, default=None,
                  help="Samples in the easy warmup, split over classes, at most 20% of each class. "
                       "[default: 10000]"),
-    click.option("--guilt-percentile", type=float, default=None,
+    option("--guilt-percentile", type=float, default=None,
                  help="Guilt threshold g0 = this percentile of |grad| (--sparsity mask). [default: 40]"),
-    click.option("--guilt-decay", type=float, default=None,
+    option("--guilt-decay", type=float, default=None,
                  help="Per stage g_s = g0 x (1 - decay x s / stages). [default: 0.3]"),
-    click.option("--guilt-samples", type=int, default=None,
+    option("--guilt-samples", type=int, default=None,
                  help="Training samples in the calibration batch for g0. [default: 128]"),
-    click.option("--guilt-model", type=click.Choice(["warmup", "cold"]), default=None,
+    option("--guilt-model", type=click.Choice(["warmup", "cold"]), default=None,
                  help="Calibrate g0 on: warmup (the checkpoint) | cold (an untrained model). [default: warmup]"),
-    click.option("--probe-every", type=int, default=None,
+    option("--probe-every", type=int, default=None,
                  help="Steps between dense probe steps that pick frozen blocks (--sparsity layers). [default: 50]"),
-    click.option("--layer-sparsity", type=float, default=None,
+    option("--layer-sparsity", type=float, default=None,
                  help="Most share of parameters frozen between probes (--sparsity layers). [default: 0.5]"),
-    click.option("--rgn-floor", type=float, default=None,
+    option("--rgn-floor", type=float, default=None,
                  help="--sparsity rgn: blocks whose gradient-to-weight ratio is below this share of the "
                       "largest are frozen; the others learn at lr x their share. [default: 0.3]"),
 ]
@@ -80,41 +96,41 @@ SEL = [
 # --- gating ---
 # Defaults are None so presets can tell "not given"; edge_sel/methods/gating_config.py fills them.
 GATING = [
-    click.option("--significance", type=click.Choice(["loss-entropy", "dih", "learnability"]), default=None,
+    option("--significance", type=click.Choice(["loss-entropy", "dih", "learnability"]), default=None,
                  help="Sundew: what makes a sample worth computing, from its last visit: 0.7 loss + 0.3 "
                       "entropy, its DIH moving average, or the loss unless the sample looks mislabelled "
                       "(confidently predicted as another class). [default: loss-entropy]"),
-    click.option("--unseen", type=click.Choice(["first", "neutral"]), default=None,
+    option("--unseen", type=click.Choice(["first", "neutral"]), default=None,
                  help="Sundew: never-trained samples score highest (first), or the mean score of the "
                       "seen candidates (neutral). [default: first]"),
-    click.option("--gate-window", type=int, default=None,
+    option("--gate-window", type=int, default=None,
                  help="Sundew: batches of candidates per controller update. [default: 1]"),
-    click.option("--gate-temperature", type=float, default=None,
+    option("--gate-temperature", type=float, default=None,
                  help="Sundew: softness of the threshold; 0 is a hard threshold. [default: 0.05]"),
-    click.option("--min-activation", type=float, default=None,
+    option("--min-activation", type=float, default=None,
                  help="Sundew: least share kept per window (most significant first). [default: 0.05]"),
-    click.option("--unbiased/--no-unbiased", default=None,
+    option("--unbiased/--no-unbiased", default=None,
                  help="Sundew: keep low scorers at random too and weight losses by 1/keep-probability."),
-    click.option("--keep-floor", type=float, default=None,
+    option("--keep-floor", type=float, default=None,
                  help="Sundew --unbiased: least keep-probability of any sample. [default: 0.1]"),
-    click.option("--anneal", type=float, default=None,
+    option("--anneal", type=float, default=None,
                  help="Share of final epochs on all samples (sundew, random, infobatch). "
                       "[default: 0.125 infobatch, else 0]"),
-    click.option("--prune-ratio", type=float, default=None,
+    option("--prune-ratio", type=float, default=None,
                  help="InfoBatch: share of below-mean-loss samples skipped per epoch. [default: 0.5]"),
-    click.option("--dih-select", type=click.Choice(["greedy", "rand", "exp", "beta"]), default=None,
+    option("--dih-select", type=click.Choice(["greedy", "rand", "exp", "beta"]), default=None,
                  help="DIHCL: how the subset is chosen from DIH. [default: greedy]"),
-    click.option("--dih-signal", type=click.Choice(["loss", "dloss", "flip"]), default=None,
+    option("--dih-signal", type=click.Choice(["loss", "dloss", "flip"]), default=None,
                  help="DIHCL: instantaneous hardness, normalised by learning rate. [default: loss]"),
-    click.option("--dih-warm", type=int, default=None,
+    option("--dih-warm", type=int, default=None,
                  help="DIHCL: epochs on all samples before the curriculum (T0). [default: 1]"),
-    click.option("--dih-gamma", type=float, default=None,
+    option("--dih-gamma", type=float, default=None,
                  help="Weight of the newest observation in the DIH moving average. [default: 0.95]"),
-    click.option("--dih-shrink", type=float, default=None,
+    option("--dih-shrink", type=float, default=None,
                  help="DIHCL: subset share multiplier per epoch after the warm start. [default: 0.85]"),
-    click.option("--dih-floor", type=float, default=None,
+    option("--dih-floor", type=float, default=None,
                  help="DIHCL: smallest subset share. [default: 0.2]"),
-    click.option("--energy-budget-per-epoch", type=float, default=None,
+    option("--energy-budget-per-epoch", type=float, default=None,
                  help="Joules per training epoch; sets the target activation from measured joules per "
                       "trained sample (sundew, random gates)."),
 ]
@@ -129,14 +145,7 @@ def method_options(fn):
 
 
 def method_option_names() -> list[str]:
-    names = []
-    for opt in METHOD_OPTIONS:
-        # click.option returns a decorator; apply it to a dummy to read the parameter's name.
-        def dummy():
-            pass
-        opt(dummy)
-        names.append(dummy.__click_params__[0].name)
-    return names
+    return [opt.name for opt in METHOD_OPTIONS]
 
 
 # Which runs read each method option: (strategies, gates, updaters) that use it; an option given to a

@@ -1,0 +1,185 @@
+"""The options of pretrain and finetune, and the headings they are listed under in --help.
+
+Options are declared once, as specs (edge_sel.methods.options.option), so a command can take them
+from several places (its own, the data and training options it shares with the other command, the
+method options) and list each under a heading (click-option-group) without changing its name,
+default or behaviour.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from click_option_group import OptionGroup
+
+from edge_sel.config import EVAL_TEST, MEMORY_FORMATS, OPTIMIZERS, SCHEDULES
+from edge_sel.energy import METER_NAMES
+from edge_sel.methods import STRATEGIES
+from edge_sel.methods.options import OptionSpec, RegistryChoice, option
+
+DATA = [
+    option("--dataset", default="digits", show_default=True,
+           help="digits | cifar10 | synthetic | folder:PATH"),
+    option("--data-dir", type=click.Path(path_type=Path), default=None,
+           help="Where the CIFAR-10 archive lives (cifar-10-batches-py)."),
+    option("--val-fraction", type=float, default=0.1, show_default=True,
+           help="Stratified share of the training part held out for validation."),
+    option("--shard", default=None, help="Use stratified shard K/N of the training part, e.g. 0/2."),
+    option("--subset", type=int, default=None, help="Class-balanced subset of N training samples."),
+    option("--per-class-cap", type=int, default=None, help="At most N training samples per class."),
+    option("--split-seed", type=int, default=0, show_default=True,
+           help="Seed of the validation split and shards (a fine-tune must use its pretrain's)."),
+    option("--image-size", type=int, default=None, help="Resize folder images to S x S."),
+    option("--shift", default=None,
+           help="Shift the local data: corrupt=NAME:SEV; label-noise=RATE[:val]; imbalance=longtail:RATIO; "
+                "classes=A,B (items joined by ';'). Records then add clean_test_acc."),
+    option("--shift-seed", type=int, default=0, show_default=True,
+           help="Seed of which samples a shift hits and how."),
+]
+
+TRAIN = [
+    option("--epochs", type=int, default=None, help="Epochs to train (required)."),
+    option("--batch-size", type=int, default=128, show_default=True, help="Training batch size."),
+    option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True,
+           help="Optimizer (sgd with Nesterov momentum, adam, adamw)."),
+    option("--lr", type=float, default=None, help="Base learning rate [0.05 sgd, 1e-3 adam]."),
+    option("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum."),
+    option("--weight-decay", type=float, default=5e-4, show_default=True, help="Weight decay (L2)."),
+    option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True,
+           help="Learning-rate schedule over training progress (shared by gated and dense runs)."),
+    option("--warmup-epochs", type=float, default=0.0, show_default=True,
+           help="Epochs of linear learning-rate warmup."),
+    option("--label-smoothing", type=float, default=0.0, show_default=True,
+           help="Label smoothing of the cross-entropy loss."),
+    option("--no-augment", is_flag=True, help="Disable random crops and flips."),
+    option("--seed", type=int, default=0, show_default=True,
+           help="Seed of initialisation, data order, augmentation and gating."),
+    option("--device", default="auto", show_default=True, help="cpu | cuda | mps | auto"),
+    option("--no-amp", is_flag=True, help="Disable mixed precision on CUDA."),
+    option("--out", type=click.Path(path_type=Path), default=None, help="Run directory to create (required)."),
+    option("--checkpoint-every", type=int, default=200, show_default=True,
+           help="Steps between full-state checkpoints inside an epoch (0: epoch ends only)."),
+    option("--overwrite", is_flag=True, help="Replace an existing --out directory."),
+    option("--quiet", is_flag=True, help="No progress bars or summary table."),
+]
+
+SPEED = [
+    option("--memory-format", type=click.Choice(MEMORY_FORMATS), default="auto", show_default=True,
+           help="Activation layout of conv models; auto times both on this device first."),
+    option("--eval-batch-size", type=int, default=0, show_default=True,
+           help="Evaluation batch size (0: the fastest of a few, measured on this device)."),
+    option("--eval-every", type=int, default=1, show_default=True,
+           help="Validate every K epochs (the last epoch always)."),
+    option("--eval-test", type=click.Choice(EVAL_TEST), default="end", show_default=True,
+           help="Test set after the last epoch only, or after every validation."),
+    option("--val-subset", type=int, default=0, show_default=True,
+           help="Validate on N samples of the validation split (0: all of it)."),
+    option("--sync-every", type=int, default=0, show_default=True,
+           help="Steps between host reads of loss sums (0: 1 on CPU, 32 on a GPU)."),
+    option("--compile", "compile_model", is_flag=True,
+           help="torch.compile the model; compile time is counted in the first epoch."),
+]
+
+ENERGY = [
+    option("--meter", "meters", multiple=True, type=click.Choice(METER_NAMES),
+           help="Energy meter to use (repeatable). Default: automatic."),
+    option("--watts-per-core", type=float, default=None,
+           help="Watts per busy core for the labelled estimate (no sensor)."),
+    option("--idle-baseline", type=float, default=0.0, show_default=True,
+           help="Measure idle power for S seconds first; records then add net-of-idle joules."),
+    option("--energy-budget", type=float, default=None,
+           help="Stop cleanly (records and checkpoint written) before the measured total passes J joules."),
+    option("--max-temp", type=float, default=None,
+           help="Thermal guard: pause between steps above this temperature (C)."),
+    option("--max-pause", type=float, default=600.0, show_default=True,
+           help="Longest single thermal pause in seconds; then training resumes (a stuck sensor "
+                "must not stall the run) and the record counts it in thermal_pauses_capped."),
+]
+
+PRETRAIN = [
+    option("--model", "model_name", default="edgecnn", show_default=True, help="edgecnn | resnet18_cifar"),
+    option("--export-artifacts", is_flag=True, help="Then export model.onnx and ORT training artifacts to OUT/artifacts."),
+    option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None,
+           help="Continue the interrupted pretrain in this directory with the options it was started with."),
+]
+
+FINETUNE = [
+    option("--checkpoint", type=click.Path(path_type=Path), default=None,
+           help="Warmup checkpoint directory (required unless --resume)."),
+    option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None,
+           help="Continue the interrupted run in this directory with the options it was started with."),
+    option("--strategy", type=RegistryChoice(STRATEGIES), default="dense", show_default=True,
+           help="Which samples are computed."),
+    option("--sparsity", default=None,
+           help="Which parameters change: none | mask | layers | bn-affine (BatchNorm scales and shifts and the head) "
+                "[default: the strategy's (sel: layers), else none]."),
+    option("--backend", type=click.Choice(["torch", "ort"]), default="torch", show_default=True,
+           help="What runs the training step: PyTorch, or ONNX Runtime training artifacts (--artifacts)."),
+    option("--artifacts", type=click.Path(path_type=Path), default=None, help="ORT training artifacts (--backend ort)."),
+    option("--bn-mode", type=click.Choice(["train", "eval"]), default=None,
+           help="BatchNorm while training: train (batch stats) or eval (frozen stats) [default: train; "
+                "ort: the artifacts' mode]."),
+    option("--bn-adapt", type=int, default=0, show_default=True,
+           help="First re-estimate BatchNorm statistics on N unlabelled local training images (forward passes "
+                "only; with --epochs 0, the whole adaptation)."),
+    option("--keep", type=click.Choice(["best", "last"]), default="best", show_default=True,
+           help="Output model: the best by local validation accuracy among the starting checkpoint and "
+                "every epoch (a run that does not beat the checkpoint hands it back unchanged), or the last epoch."),
+]
+
+# Headings of --help, in order, with the options under each (an option named by no heading is
+# listed under "Other options", so a new method option still shows).
+RUN = ["--out", "--overwrite", "--resume", "--checkpoint-every", "--quiet"]
+TRAINING = ["--epochs", "--batch-size", "--optimizer", "--lr", "--momentum", "--weight-decay", "--schedule",
+            "--warmup-epochs", "--label-smoothing", "--no-augment", "--seed", "--device", "--no-amp"]
+DATA_SECTION = ("Data", [o.flag for o in DATA])
+SPEED_SECTION = ("Speed", [o.flag for o in SPEED])
+ENERGY_SECTION = ("Energy and temperature", [o.flag for o in ENERGY])
+
+PRETRAIN_SECTIONS = [
+    ("Model and output", ["--model", "--export-artifacts", *RUN]),
+    DATA_SECTION,
+    ("Training", TRAINING),
+    ENERGY_SECTION,
+    SPEED_SECTION,
+]
+
+FINETUNE_SECTIONS = [
+    ("Checkpoint and output", ["--checkpoint", *RUN, "--keep"]),
+    DATA_SECTION,
+    ("Training", [*TRAINING, "--bn-mode", "--bn-adapt", "--backend", "--artifacts"]),
+    ("Method (which samples)", ["--strategy", "--preset", "--target-activation"]),
+    ("Gate (sundew, random, infobatch, dihcl: --gate, or as --strategy)",
+     ["--gate", "--significance", "--unseen", "--gate-window", "--gate-temperature", "--min-activation",
+      "--unbiased", "--keep-floor", "--anneal", "--energy-budget-per-epoch", "--prune-ratio", "--dih-select",
+      "--dih-signal", "--dih-warm", "--dih-gamma", "--dih-shrink", "--dih-floor"]),
+    ("SEL curriculum (--strategy sel)",
+     ["--difficulty", "--stages", "--stage-gates", "--stage-patience", "--class-focus", "--class-focus-floor",
+      "--lr-loss-scale", "--easy-warmup-epochs", "--easy-warmup-size"]),
+    ("Sparse update (which parameters change)",
+     ["--sparsity", "--guilt-percentile", "--guilt-decay", "--guilt-samples", "--guilt-model", "--probe-every",
+      "--layer-sparsity", "--rgn-floor"]),
+    ENERGY_SECTION,
+    SPEED_SECTION,
+]
+
+
+def in_sections(sections: list[tuple[str, list[str]]], *families: list[OptionSpec]):
+    """Adds every option of `families` to a command, each under the heading that names its flag."""
+    plain = [opt for family in families for opt in family if not isinstance(opt, OptionSpec)]   # click.option(...)
+    specs = {spec.flag: spec for family in families for spec in family if isinstance(spec, OptionSpec)}
+    grouped = [(title, [specs.pop(flag) for flag in flags if flag in specs]) for title, flags in sections]
+    if specs:
+        grouped.append(("Other options", list(specs.values())))
+
+    def decorate(fn):
+        for opt in reversed(plain):
+            fn = opt(fn)
+        for title, members in reversed(grouped):
+            if members:
+                group = OptionGroup(title)
+                for spec in reversed(members):
+                    fn = group.option(*spec.decls, **spec.attrs)(fn)
+        return fn
+    return decorate
