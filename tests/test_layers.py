@@ -7,11 +7,12 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "edge_sel"
 
-# Highest first. A module takes the layer of the longest name listed that it is, or lies under;
-# every `cli` module (edge_sel/*/cli.py) is command line.
+# Highest first. A module takes the layer of the longest name listed that it is, or lies under
+# (the package itself, "edge_sel", covers only edge_sel/__init__.py: a new top-level module needs a
+# line here); every `cli` module (edge_sel/*/cli.py) is command line.
 LAYERS = [
-    ("command line", ["edge_sel.cli", "edge_sel.cli_base", "edge_sel.__main__", "edge_sel.demo",
-                      "edge_sel.energy.monitor_cli"]),
+    ("command line", ["edge_sel.cli", "edge_sel.cli_base", "edge_sel.cli_options", "edge_sel.__main__",
+                      "edge_sel.demo", "edge_sel.energy.monitor_cli"]),
     ("bench, report, export, fleet, profiles", ["edge_sel.bench", "edge_sel.report", "edge_sel.export",
                                                 "edge_sel.fleet", "edge_sel.profiles"]),
     ("engine", ["edge_sel.engine"]),
@@ -34,7 +35,7 @@ def layer(module: str) -> int:
     if module.rpartition(".")[2] == "cli":
         return 0
     best = max(((len(name), rank) for rank, (_, names) in enumerate(LAYERS) for name in names
-                if module == name or module.startswith(name + ".")), default=None)
+                if module == name or (module.startswith(name + ".") and name != "edge_sel")), default=None)
     assert best is not None, f"{module} is in no layer: add it to LAYERS in tests/test_layers.py"
     return best[1]
 
