@@ -114,7 +114,9 @@ class ShardedPlans:
         self.seed = seed
         self.augment_generator = torch.Generator().manual_seed(self._augment_seed(0))
 
-    def __getattr__(self, name):
+    def __getattr__(self, name):        # everything but plan() is the strategy's own
+        if name == "base":              # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self.base, name)
 
     def _augment_seed(self, epoch: int) -> int:
