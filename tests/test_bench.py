@@ -12,7 +12,7 @@ import torch
 from edge_sel.bench.runner import first_per_class, realised_activation
 from edge_sel.bench.suites import edge_systems
 from edge_sel.data.dataset import IndexedDataset
-from edge_sel.methods.lottery import global_magnitude_mask
+from edge_sel.methods.update.lottery import global_magnitude_mask
 from edge_sel.report.runs import load_run
 
 from helpers import records, run_cli

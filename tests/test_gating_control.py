@@ -6,10 +6,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from edge_sel.methods.ast_seed import SEED_PROFILES, seed_controller, seed_mask
-from edge_sel.methods.gating_config import GatingConfig
-from edge_sel.methods.sundew import SundewGate
-from edge_sel.methods.threshold_control import PositionalPI, SeedVelocityPI
+from edge_sel.methods.select.ast_seed import SEED_PROFILES, seed_controller, seed_mask
+from edge_sel.methods.select.gating_config import GatingConfig
+from edge_sel.methods.select.sundew import SundewGate
+from edge_sel.methods.select.threshold_control import PositionalPI, SeedVelocityPI
 
 EPOCHS, N, BATCH = 30, 5000, 128
 

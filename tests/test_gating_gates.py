@@ -9,10 +9,10 @@ import torch
 
 from edge_sel.data import Batch
 from edge_sel.methods import STRATEGIES, GatedStrategy, Plan, Strategy, make_strategy
-from edge_sel.methods.ast_seed import SeedSundew, seed_mask
-from edge_sel.methods.energy_budget import ActivationTarget
-from edge_sel.methods.gating_config import gating_config
-from edge_sel.methods.significance import seed_significance
+from edge_sel.methods.select.ast_seed import SeedSundew, seed_mask
+from edge_sel.methods.select.energy_budget import ActivationTarget
+from edge_sel.methods.select.gating_config import gating_config
+from edge_sel.methods.select.significance import seed_significance
 
 from gating_helpers import fake_ctx, hardness_of, make_gate, plan_of, train_epoch
 

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from edge_sel.methods.hardness import HardnessStore
-from edge_sel.methods.significance import dih, loss_entropy
+from edge_sel.methods.select.hardness import HardnessStore
+from edge_sel.methods.select.significance import dih, loss_entropy
 
 from edge_sel.methods.base import Plan
 

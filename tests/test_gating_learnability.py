@@ -5,8 +5,8 @@ import math
 
 import torch
 
-from edge_sel.methods.hardness import HardnessStore
-from edge_sel.methods.significance import learnability, likely_mislabelled, loss_entropy
+from edge_sel.methods.select.hardness import HardnessStore
+from edge_sel.methods.select.significance import learnability, likely_mislabelled, loss_entropy
 
 from gating_helpers import fake_ctx, make_gate, plan_of, train_epoch
 

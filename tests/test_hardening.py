@@ -59,7 +59,7 @@ def test_the_python_api_keeps_non_default_values_and_takes_the_preset_otherwise(
 def test_accumulators_avoid_float64_where_the_device_has_none(monkeypatch, tiny_warm, tmp_path):
     from edge_sel import device_caps
     from edge_sel.engine.evaluate import EmbarrassmentMeter
-    from edge_sel.methods.hardness import HardnessStore
+    from edge_sel.methods.select.hardness import HardnessStore
     assert device_caps.accumulator_dtype(torch.device("mps")) == torch.float32
     assert device_caps.accumulator_dtype(torch.device("cpu")) == torch.float64
     monkeypatch.setattr(device_caps, "supports_float64", lambda device: False)    # the CPU plays MPS

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from edge_sel.config import TrainConfig
 from edge_sel.errors import InputError
-from edge_sel.methods.stages import parse_stages
+from edge_sel.methods.select.stages import parse_stages
 from edge_sel.profiles import load_profile
 
 anything = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),

@@ -125,7 +125,7 @@ finetune(Path(warm), DataOptions("synthetic", subset=128), cfg, Path(out), quiet
 
 
 def test_the_lottery_updater_resumes_to_the_same_records(warm, tmp_path):
-    from edge_sel.methods import lottery
+    from edge_sel.methods.update import lottery
     rewound = tmp_path / "rewound"
     lottery.prune_and_rewind(warm, warm, rewound, 0.5)
     script = tmp_path / "lottery_run.py"

@@ -7,8 +7,8 @@ import torch
 
 from edge_sel.errors import InputError
 from edge_sel.methods import make_strategy
-from edge_sel.methods.curriculum import SelCurriculum
-from edge_sel.methods.stages import DEFAULT_STAGES, StageSpec, allocate_epochs, format_stages, parse_stages
+from edge_sel.methods.select.curriculum import SelCurriculum
+from edge_sel.methods.select.stages import DEFAULT_STAGES, StageSpec, allocate_epochs, format_stages, parse_stages
 from sel_helpers import tiny_context
 
 

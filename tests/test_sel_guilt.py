@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from edge_sel.data import BatchLoader
-from edge_sel.methods.guilt import calibrate, percentile, stage_threshold, untrained_twin
+from edge_sel.methods.update.guilt import calibrate, percentile, stage_threshold
+from edge_sel.models import untrained_twin
 from sel_helpers import TinyNet, tiny_context
 
 

@@ -10,8 +10,8 @@ from torch import nn
 from edge_sel.backends.torch_backend import TorchBackend
 from edge_sel.core.flops import FlopCounter
 from edge_sel.data import BatchLoader
-from edge_sel.methods import sparse
-from edge_sel.methods.sparse import GuiltMask, LayerFreeze, choose_frozen
+from edge_sel.methods.update import sparse
+from edge_sel.methods.update.sparse import GuiltMask, LayerFreeze, choose_frozen
 from sel_helpers import tiny_context
 
 

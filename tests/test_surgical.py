@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from edge_sel.backends.torch_backend import TorchBackend
-from edge_sel.methods.surgical import AutoRGN, blocks_to_train, rgn_scales
+from edge_sel.methods.update.surgical import AutoRGN, blocks_to_train, rgn_scales
 from helpers import records, run_cli
 
 

@@ -28,8 +28,8 @@ from edge_sel.data.split import stratified_take
 from edge_sel.engine.device import pick_device
 from edge_sel.engine.evaluate import accuracy, predict_dataset
 from edge_sel.engine.run import DataOptions, finetune
-from edge_sel.methods import lottery
 from edge_sel.methods.presets import apply_preset
+from edge_sel.methods.update import lottery
 from edge_sel.models import load_checkpoint
 from edge_sel.report.runs import RunData, combine_phases, load_run, totals
 

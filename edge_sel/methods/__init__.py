@@ -6,9 +6,11 @@ edge_sel/methods/registry.py (and the presets of presets.py) with all of them.
 
 from __future__ import annotations
 
-from edge_sel.methods import bn_affine, gating_registry, lottery, sel, surgical
+from edge_sel.methods import sel
 from edge_sel.methods.base import Gate, GatedStrategy, Plan, RunContext, Strategy, Updater
 from edge_sel.methods.registry import GATES, STRATEGIES, UPDATERS, make_strategy, make_updater
+from edge_sel.methods.select import gating_registry
+from edge_sel.methods.update import bn_affine, lottery, surgical
 
 __all__ = ["Gate", "GatedStrategy", "Plan", "RunContext", "Strategy", "Updater", "STRATEGIES", "GATES",
            "UPDATERS", "make_strategy", "make_updater"]

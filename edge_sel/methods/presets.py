@@ -1,14 +1,17 @@
-"""Named configurations that reproduce a published recipe exactly (for the reference benchmark).
-A preset may set the strategy, updater, optimizer and method options; explicit CLI values that
-differ from the defaults are kept and noted."""
+"""Named configurations that reproduce a published recipe exactly (for the reference benchmark),
+all of them here: the SEL seed's (sel-95, warmup-sel, sel-v3), the AST seed's (ast-prod, ast-two)
+and the adaptation recipe (adapt). A preset may set the strategy, updater, optimizer and method
+options; explicit CLI values that differ from the defaults are kept and noted."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from edge_sel.config import TrainConfig
 from edge_sel.errors import InputError
+from edge_sel.methods.select.ast_seed import SEED_PROFILES
+from edge_sel.methods.select.stages import DEFAULT_STAGES, format_stages, parse_stages
 
-# name -> function(cfg) that edits cfg in place. Method modules add theirs.
-PRESETS: dict = {}
 # strategy -> updater used when --sparsity is not given (None); otherwise "none".
 DEFAULT_SPARSITY: dict = {}
 
@@ -52,3 +55,83 @@ def apply_preset(cfg: TrainConfig) -> TrainConfig:
     if cfg.sparsity is None:   # not chosen by the user or the preset: the strategy's default
         cfg.sparsity = DEFAULT_SPARSITY.get(cfg.strategy, "none")
     return cfg
+
+
+# -- the SEL seed ----------------------------------------------------------------------------------
+def _method(cfg: TrainConfig, **values) -> None:
+    for key, value in values.items():
+        if cfg.method.get(key) is None:
+            cfg.method[key] = value
+
+
+def _seed_recipe(cfg: TrainConfig, prefer, name: str, percentile: float, decay: float) -> None:
+    """The seed's SEL: untrained-model sorting and calibration, gates printed but not enforced,
+    the guilt mask with Adam, lr = 1e-3 * (1 + 2 * batch loss), batch 64, cap 2000 per class."""
+    if cfg.strategy not in ("dense", "sel"):
+        raise InputError(f"--preset {name}: needs --strategy sel, got {cfg.strategy!r}")
+    cfg.strategy = "sel"
+    if cfg.sparsity is None:
+        cfg.sparsity = "mask"
+    for field, value in (("optimizer", "adam"), ("lr", 1e-3), ("schedule", "constant"), ("weight_decay", 0.0),
+                         ("batch_size", 64)):
+        prefer(field, value)
+    seed_table = format_stages([dataclasses.replace(s, cap=2000) for s in parse_stages(DEFAULT_STAGES)])
+    _method(cfg, difficulty="cold", guilt_model="cold", stage_gates=False, lr_loss_scale=2.0,
+            guilt_percentile=percentile, guilt_decay=decay, guilt_samples=128, stages=seed_table)
+
+
+def preset_sel95(cfg: TrainConfig, prefer) -> None:
+    _seed_recipe(cfg, prefer, "sel-95", 40.0, 0.3)
+
+
+def preset_warmup_sel(cfg: TrainConfig, prefer) -> None:
+    """sel-95 after 5 dense epochs on the 10,000 easiest samples (scaled down on smaller sets)."""
+    _seed_recipe(cfg, prefer, "warmup-sel", 40.0, 0.3)
+    _method(cfg, easy_warmup_epochs=5, easy_warmup_size=10_000)
+
+
+def preset_sel_v3(cfg: TrainConfig, prefer) -> None:
+    _seed_recipe(cfg, prefer, "sel-v3", 20.0, 0.4)
+
+
+# -- the AST seed ----------------------------------------------------------------------------------
+def _ast_preset(name: str, training: dict):
+    def apply(cfg: TrainConfig, prefer) -> None:
+        if cfg.strategy not in ("dense", "sundew"):
+            raise InputError(f"--preset {name}: needs --strategy sundew, got {cfg.strategy!r}")
+        cfg.strategy = "sundew"
+        cfg.method["sundew_profile"] = name
+        if cfg.method.get("target_activation") is None:
+            cfg.method["target_activation"] = SEED_PROFILES[name]["target"]
+        for field, value in training.items():
+            prefer(field, value)
+    apply.__doc__ = f"The AST seed's {name} recipe for the fine-tune (AST) phase."
+    return apply
+
+
+# AST phase of each script: PROD keeps SGD (lr 0.005, cosine, wd 1e-4, no label smoothing);
+# TWO switches to AdamW (lr 1e-3, wd 1e-4) with label smoothing 0.1. Gradient clipping is not reproduced.
+preset_ast_prod = _ast_preset("ast-prod", {"optimizer": "sgd", "lr": 0.005, "momentum": 0.9, "weight_decay": 1e-4,
+                                           "schedule": "cosine", "label_smoothing": 0.0})
+preset_ast_two = _ast_preset("ast-two", {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4,
+                                         "schedule": "cosine", "label_smoothing": 0.1})
+
+
+# -- adaptation ------------------------------------------------------------------------------------
+def preset_adapt(cfg, prefer) -> None:
+    """The adaptation recipe, cheapest lever first: BatchNorm statistics from 500 unlabelled local
+    images, then fine-tuning of a random 20% of the samples per epoch in which only the blocks with a
+    large gradient-to-weight ratio learn, each at its own rate. Options the user gave win."""
+    if cfg.bn_adapt == 0:
+        cfg.bn_adapt = 500
+    if cfg.strategy == "dense":
+        cfg.strategy = "random"
+    if cfg.strategy in ("random", "sundew") and cfg.method.get("target_activation") is None:
+        cfg.method["target_activation"] = 0.2
+    if cfg.sparsity is None:
+        cfg.sparsity = "rgn"
+
+
+# name -> function(cfg, prefer) that edits cfg in place.
+PRESETS: dict = {"sel-95": preset_sel95, "warmup-sel": preset_warmup_sel, "sel-v3": preset_sel_v3,
+                 "ast-prod": preset_ast_prod, "ast-two": preset_ast_two, "adapt": preset_adapt}

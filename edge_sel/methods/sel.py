@@ -1,5 +1,5 @@
-"""SEL wired into the registries: the `sel` strategy, the `mask` and `layers` updaters, class
-focus, and the presets that reproduce the published recipes.
+"""SEL wired into the registries: the `sel` strategy, the `mask` and `layers` updaters and class
+focus. The seed's published recipes are presets in presets.py.
 
 Option values arrive in TrainConfig.method; an option the user did not give is None there and
 takes the default below (presets fill theirs first, so an explicit option always wins).
@@ -14,14 +14,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from edge_sel.config import TrainConfig
 from edge_sel.errors import InputError
-from edge_sel.methods.curriculum import DIFFICULTIES, SelCurriculum
-from edge_sel.methods.embarrassment import ClassFocus
-from edge_sel.methods.presets import DEFAULT_SPARSITY, PRESETS
+from edge_sel.methods.presets import DEFAULT_SPARSITY
 from edge_sel.methods.registry import STRATEGIES, UPDATERS
-from edge_sel.methods.sparse import GuiltMask, LayerFreeze
-from edge_sel.methods.stages import DEFAULT_STAGES, format_stages, parse_stages
+from edge_sel.methods.select.curriculum import DIFFICULTIES, SelCurriculum
+from edge_sel.methods.select.embarrassment import ClassFocus
+from edge_sel.methods.select.stages import DEFAULT_STAGES, parse_stages
+from edge_sel.methods.update.sparse import GuiltMask, LayerFreeze
 
 
 @dataclass
@@ -96,47 +95,9 @@ def make_layers(method: dict):
     return LayerFreeze(s.layer_sparsity, s.probe_every)
 
 
-# -- presets --------------------------------------------------------------------------------
-def _method(cfg: TrainConfig, **values) -> None:
-    for key, value in values.items():
-        if cfg.method.get(key) is None:
-            cfg.method[key] = value
-
-
-def _seed_recipe(cfg: TrainConfig, prefer, name: str, percentile: float, decay: float) -> None:
-    """The seed's SEL: untrained-model sorting and calibration, gates printed but not enforced,
-    the guilt mask with Adam, lr = 1e-3 * (1 + 2 * batch loss), batch 64, cap 2000 per class."""
-    if cfg.strategy not in ("dense", "sel"):
-        raise InputError(f"--preset {name}: needs --strategy sel, got {cfg.strategy!r}")
-    cfg.strategy = "sel"
-    if cfg.sparsity is None:
-        cfg.sparsity = "mask"
-    for field, value in (("optimizer", "adam"), ("lr", 1e-3), ("schedule", "constant"), ("weight_decay", 0.0),
-                         ("batch_size", 64)):
-        prefer(field, value)
-    seed_table = format_stages([dataclasses.replace(s, cap=2000) for s in parse_stages(DEFAULT_STAGES)])
-    _method(cfg, difficulty="cold", guilt_model="cold", stage_gates=False, lr_loss_scale=2.0,
-            guilt_percentile=percentile, guilt_decay=decay, guilt_samples=128, stages=seed_table)
-
-
-def preset_sel95(cfg: TrainConfig, prefer) -> None:
-    _seed_recipe(cfg, prefer, "sel-95", 40.0, 0.3)
-
-
-def preset_warmup_sel(cfg: TrainConfig, prefer) -> None:
-    """sel-95 after 5 dense epochs on the 10,000 easiest samples (scaled down on smaller sets)."""
-    _seed_recipe(cfg, prefer, "warmup-sel", 40.0, 0.3)
-    _method(cfg, easy_warmup_epochs=5, easy_warmup_size=10_000)
-
-
-def preset_sel_v3(cfg: TrainConfig, prefer) -> None:
-    _seed_recipe(cfg, prefer, "sel-v3", 20.0, 0.4)
-
-
 def register() -> None:
     STRATEGIES["sel"] = make_sel
     STRATEGIES["dense"] = focusable(STRATEGIES["dense"])
     UPDATERS["mask"] = make_mask
     UPDATERS["layers"] = make_layers
     DEFAULT_SPARSITY["sel"] = "layers"
-    PRESETS.update({"sel-95": preset_sel95, "warmup-sel": preset_warmup_sel, "sel-v3": preset_sel_v3})

@@ -1,9 +1,12 @@
-"""Models by name, with parameter counts, and the model a checkpoint directory holds."""
+"""Models by name, with parameter counts, the model a checkpoint directory holds, and a model's
+untrained twin."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from edge_sel.core.checkpoint import ModelCard, read_card, read_weights
@@ -46,3 +49,17 @@ def load_checkpoint(directory: Path) -> tuple[nn.Module, ModelCard]:
         first = str(e).splitlines()[0]
         raise InputError(f"{weights}: does not match architecture {card.architecture!r} ({first})") from None
     return model, card
+
+
+def untrained_twin(model: nn.Module, seed: int) -> nn.Module:
+    """A fresh initialisation of the same architecture: every module's reset_parameters() (BN
+    running statistics included), drawn on the CPU under its own seed so it does not depend on
+    the device or disturb the run's random streams."""
+    twin = copy.deepcopy(model).cpu()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in twin.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    device = next(model.parameters()).device
+    return twin.to(device)

@@ -18,13 +18,12 @@ import math
 
 import torch
 
-from edge_sel.config import TrainConfig
 from edge_sel.errors import InputError
 from edge_sel.methods.base import RunContext, Strategy
-from edge_sel.methods.gating_config import GatingConfig
-from edge_sel.methods.significance import seed_significance
-from edge_sel.methods.sundew import trace_summary
-from edge_sel.methods.threshold_control import SeedVelocityPI
+from edge_sel.methods.select.gating_config import GatingConfig
+from edge_sel.methods.select.significance import seed_significance
+from edge_sel.methods.select.sundew import trace_summary
+from edge_sel.methods.select.threshold_control import SeedVelocityPI
 
 # KAGGLE_IMAGENET100_AST_PRODUCTION.py and KAGGLE_IMAGENET100_AST_TWO_STAGE_Prod.py (reference/seed-methods.md §2.4-2.7)
 SEED_PROFILES = {
@@ -134,26 +133,3 @@ class SeedSundew(Strategy):
         self.thresholds = list(state.get("thresholds", self.thresholds))
         self.selected = int(state.get("selected", self.selected))
         self.candidates = int(state.get("candidates", self.candidates))
-
-
-# -- presets ------------------------------------------------------------------------------------
-def _ast_preset(name: str, training: dict):
-    def apply(cfg: TrainConfig, prefer) -> None:
-        if cfg.strategy not in ("dense", "sundew"):
-            raise InputError(f"--preset {name}: needs --strategy sundew, got {cfg.strategy!r}")
-        cfg.strategy = "sundew"
-        cfg.method["sundew_profile"] = name
-        if cfg.method.get("target_activation") is None:
-            cfg.method["target_activation"] = SEED_PROFILES[name]["target"]
-        for field, value in training.items():
-            prefer(field, value)
-    apply.__doc__ = f"The AST seed's {name} recipe for the fine-tune (AST) phase."
-    return apply
-
-
-# AST phase of each script: PROD keeps SGD (lr 0.005, cosine, wd 1e-4, no label smoothing);
-# TWO switches to AdamW (lr 1e-3, wd 1e-4) with label smoothing 0.1. Gradient clipping is not reproduced.
-preset_ast_prod = _ast_preset("ast-prod", {"optimizer": "sgd", "lr": 0.005, "momentum": 0.9, "weight_decay": 1e-4,
-                                           "schedule": "cosine", "label_smoothing": 0.0})
-preset_ast_two = _ast_preset("ast-two", {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4,
-                                         "schedule": "cosine", "label_smoothing": 0.1})

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from edge_sel.methods.base import Gate, Plan, RunContext
-from edge_sel.methods.gate_plans import keep_all, take
-from edge_sel.methods.gating_config import GatingConfig
-from edge_sel.methods.hardness import HardnessStore
+from edge_sel.methods.select.gate_plans import keep_all, take
+from edge_sel.methods.select.gating_config import GatingConfig
+from edge_sel.methods.select.hardness import HardnessStore
 
 MIN_INCLUSION = 0.1
 

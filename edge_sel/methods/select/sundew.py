@@ -21,12 +21,12 @@ import math
 import torch
 
 from edge_sel.methods.base import Gate, Plan, RunContext
-from edge_sel.methods.energy_budget import ActivationTarget
-from edge_sel.methods.gate_plans import keep_all, self_normalised, take
-from edge_sel.methods.gating_config import GatingConfig, anneal_start
-from edge_sel.methods.hardness import HardnessStore
-from edge_sel.methods.significance import SIGNIFICANCE
-from edge_sel.methods.threshold_control import PositionalPI
+from edge_sel.methods.select.energy_budget import ActivationTarget
+from edge_sel.methods.select.gate_plans import keep_all, self_normalised, take
+from edge_sel.methods.select.gating_config import GatingConfig, anneal_start
+from edge_sel.methods.select.hardness import HardnessStore
+from edge_sel.methods.select.significance import SIGNIFICANCE
+from edge_sel.methods.select.threshold_control import PositionalPI
 
 
 def trace_summary(thresholds: list[float], kept: int, candidates: int, ema: float) -> dict:

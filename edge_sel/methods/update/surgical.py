@@ -14,9 +14,8 @@ gradient, and the counter charges it. Records name the trained blocks and their 
 from __future__ import annotations
 
 from edge_sel.errors import InputError
-from edge_sel.methods.presets import PRESETS
 from edge_sel.methods.registry import UPDATERS
-from edge_sel.methods.sparse import LayerFreeze
+from edge_sel.methods.update.sparse import LayerFreeze
 
 
 def rgn_scales(ratios: list[float | None]) -> list[float | None]:
@@ -106,8 +105,6 @@ class AutoRGN(LayerFreeze):
 
 
 def register() -> None:
-    PRESETS["adapt"] = lambda cfg, prefer: preset_adapt(cfg, prefer)
-
     def make(method: dict) -> AutoRGN:
         floor = method.get("rgn_floor")
         probe = method.get("probe_every")
@@ -117,17 +114,3 @@ def register() -> None:
             raise InputError(f"--probe-every must be at least 1, got {probe}")
         return AutoRGN(0.3 if floor is None else floor, 50 if probe is None else probe)
     UPDATERS["rgn"] = make
-
-
-def preset_adapt(cfg, prefer) -> None:
-    """The adaptation recipe, cheapest lever first: BatchNorm statistics from 500 unlabelled local
-    images, then fine-tuning of a random 20% of the samples per epoch in which only the blocks with a
-    large gradient-to-weight ratio learn, each at its own rate. Options the user gave win."""
-    if cfg.bn_adapt == 0:
-        cfg.bn_adapt = 500
-    if cfg.strategy == "dense":
-        cfg.strategy = "random"
-    if cfg.strategy in ("random", "sundew") and cfg.method.get("target_activation") is None:
-        cfg.method["target_activation"] = 0.2
-    if cfg.sparsity is None:
-        cfg.sparsity = "rgn"

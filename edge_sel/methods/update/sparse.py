@@ -17,7 +17,8 @@ from torch import nn
 
 from edge_sel.device_caps import accumulator_dtype
 from edge_sel.methods.base import RunContext, Updater
-from edge_sel.methods.guilt import calibrate, stage_threshold, untrained_twin
+from edge_sel.methods.update.guilt import calibrate, stage_threshold
+from edge_sel.models import untrained_twin
 
 
 def curriculum_stage(ctx: RunContext) -> tuple[int | None, int, bool]:

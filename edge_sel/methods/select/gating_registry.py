@@ -1,17 +1,17 @@
 """Registers the sample gates (sundew, random, infobatch, dihcl) as gates (`--gate NAME`, over any
-strategy) and as strategies (`--strategy NAME`, over all samples), plus the AST seed presets."""
+strategy) and as strategies (`--strategy NAME`, over all samples); the AST seed's own
+Sundew is the sundew strategy under --sundew-profile."""
 
 from __future__ import annotations
 
-from edge_sel.methods.ast_seed import SeedSundew, preset_ast_prod, preset_ast_two
 from edge_sel.methods.base import GatedStrategy, Strategy
-from edge_sel.methods.dihcl import DihclGate
-from edge_sel.methods.gating_config import gating_config
-from edge_sel.methods.infobatch import InfoBatchGate
-from edge_sel.methods.presets import PRESETS
-from edge_sel.methods.random_gate import RandomGate
 from edge_sel.methods.registry import GATES, STRATEGIES
-from edge_sel.methods.sundew import SundewGate
+from edge_sel.methods.select.ast_seed import SeedSundew
+from edge_sel.methods.select.dihcl import DihclGate
+from edge_sel.methods.select.gating_config import gating_config
+from edge_sel.methods.select.infobatch import InfoBatchGate
+from edge_sel.methods.select.random_gate import RandomGate
+from edge_sel.methods.select.sundew import SundewGate
 
 GATE_CLASSES = {"sundew": SundewGate, "random": RandomGate, "infobatch": InfoBatchGate, "dihcl": DihclGate}
 
@@ -33,4 +33,3 @@ def register() -> None:
     for name, cls in GATE_CLASSES.items():
         GATES[name] = _gate_factory(cls)
         STRATEGIES[name] = _strategy_factory(name, cls)
-    PRESETS.update({"ast-prod": preset_ast_prod, "ast-two": preset_ast_two})

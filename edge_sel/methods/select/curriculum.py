@@ -25,8 +25,8 @@ import math
 import torch
 
 from edge_sel.methods.base import Plan, RunContext, Strategy
-from edge_sel.methods.guilt import untrained_twin
-from edge_sel.methods.stages import StageSpec, allocate_epochs
+from edge_sel.methods.select.stages import StageSpec, allocate_epochs
+from edge_sel.models import untrained_twin
 
 DIFFICULTIES = ("warmup", "cold", "random")
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 
 from edge_sel.methods.base import Gate, Plan, RunContext
-from edge_sel.methods.energy_budget import ActivationTarget
-from edge_sel.methods.gate_plans import keep_all, take
-from edge_sel.methods.gating_config import GatingConfig, anneal_start
+from edge_sel.methods.select.energy_budget import ActivationTarget
+from edge_sel.methods.select.gate_plans import keep_all, take
+from edge_sel.methods.select.gating_config import GatingConfig, anneal_start
 
 
 class RandomGate(Gate):

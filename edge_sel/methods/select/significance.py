@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from edge_sel.methods.hardness import HardnessStore
+from edge_sel.methods.select.hardness import HardnessStore
 
 LOSS_WEIGHT, ENTROPY_WEIGHT = 0.7, 0.3   # AST's mix of cross-entropy and predictive entropy
 UNSEEN = 1.0

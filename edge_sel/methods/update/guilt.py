@@ -1,7 +1,5 @@
 """The guilt threshold of SEL's gradient mask: g0 = p-th percentile of |grad| over every parameter
-entry on calibration batches, shrunk per stage: g_s = g0 * (1 - decay * s / stages).
-
-Also the untrained twin of a model, which the seed used both to sort samples and to calibrate."""
+entry on calibration batches, shrunk per stage: g_s = g0 * (1 - decay * s / stages)."""
 
 from __future__ import annotations
 
@@ -34,20 +32,6 @@ def percentile(values: torch.Tensor, q: float) -> float:
 def stage_threshold(g0: float, stage_index: int, decay: float, num_stages: int = 5) -> float:
     """g_s for the 0-based curriculum stage `stage_index` (the seed: 5 stages, decay 0.3)."""
     return g0 * (1 - decay * stage_index / max(1, num_stages))
-
-
-def untrained_twin(model: nn.Module, seed: int) -> nn.Module:
-    """A fresh initialisation of the same architecture: every module's reset_parameters() (BN
-    running statistics included), drawn on the CPU under its own seed so it does not depend on
-    the device or disturb the run's random streams."""
-    twin = copy.deepcopy(model).cpu()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for module in twin.modules():
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
-    device = next(model.parameters()).device
-    return twin.to(device)
 
 
 def calibrate(model: nn.Module, ctx, samples: int, q: float, seed: int) -> dict:
