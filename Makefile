@@ -9,5 +9,5 @@ demo:
 	$(PYTHON) -m edge_sel demo --overwrite
 
 test:
-	$(PIP) -e ".[dev,ort]"
+	$(PIP) -e ".[dev,ort,fleet]"
 	$(PYTHON) -m pytest -q

@@ -20,6 +20,7 @@ from edge_sel.engine.energy_setup import EnergyOptions
 from edge_sel.engine.run import DataOptions, finetune, pretrain, resume
 from edge_sel.errors import InputError
 from edge_sel.export.cli import export_cmd
+from edge_sel.fleet.cli import fleet_group
 from edge_sel.methods.options import METHOD_OPTIONS, method_option_names
 from edge_sel.methods.presets import default_lr
 from edge_sel.profiles.apply import profile_option
@@ -201,7 +202,7 @@ def models_cmd():
 
 
 # The commands of other modules, registered here and nowhere else.
-for command in (bench_group, demo_cmd, export_cmd, monitor, profiles_group, report_cmd):
+for command in (bench_group, demo_cmd, export_cmd, fleet_group, monitor, profiles_group, report_cmd):
     cli.add_command(command)
 
 

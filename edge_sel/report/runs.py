@@ -52,6 +52,8 @@ def load_run(path: Path, label: str | None = None) -> RunData:
     config = _read_json(path / "config.json")
     baseline = next((r for r in records if r.get("phase") == "baseline"), None)
     epochs = [r for r in records if r.get("phase") != "baseline"]
+    if config.get("phase") == "fleet":
+        label = label or describe_fleet(config)
     return RunData(label or describe(config, records), epochs or records, config, _read_json(path / "summary.json"),
                    [path], baseline=baseline if epochs else None)
 
@@ -70,6 +72,19 @@ def describe(config: dict, records: list[dict]) -> str:
     if method.get("target_activation") is not None and not method.get("preset"):
         parts.append(f"a={method['target_activation']:g}")
     return " ".join(parts)
+
+
+def describe_fleet(config: dict) -> str:
+    try:
+        method = json.loads(config.get("method") or "{}")
+    except (TypeError, ValueError):
+        method = {}
+    name = f"{config.get('fleet-strategy', 'fleet')} {config.get('strategy', 'dense')}"
+    if method.get("gate"):
+        name += f"+{method['gate']}"
+    if method.get("target_activation") is not None:
+        name += f" a={method['target_activation']:g}"
+    return name
 
 
 def unique_labels(runs: list[RunData]) -> None:

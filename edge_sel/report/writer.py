@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edge_sel.errors import InputError
-from edge_sel.report import html, plots, tables
+from edge_sel.report import fleet_plots, html, plots, tables
 from edge_sel.report.runs import RunData, energy_kind, unique_labels
 
 
@@ -47,7 +47,7 @@ def write_report(runs: list[RunData], out: Path, title: str = "edge-sel report",
     rows = [tables.run_row(r) for r in runs]
     (out / "runs.md").write_text(tables.markdown(rows) + "\n")
     tables.write_csv(rows, out / "runs.csv")
-    figures = plots.write_all(runs, out, baseline)
+    figures = plots.write_all(runs, out, baseline) + fleet_plots.fleet_figures(runs, out)
     info = [(r.label, [str(p) for p in r.paths]) for r in runs]
     page = html.page(title, rows, figures, [*energy_notes(runs), *notes], sections, info)
     path = out / "report.html"

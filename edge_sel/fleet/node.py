@@ -1,0 +1,86 @@
+"""A SuperNode's own settings (its `--node-config`): where its local data is, which slice of it
+is this client's, its device profile and meters. Validated with errors naming the key at fault."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge_sel.engine.run import DataOptions
+from edge_sel.errors import InputError
+from edge_sel.fleet.partition import SCHEMES
+
+# key -> type; keys are written with '-' or '_' alike ("partition-id" or "partition_id").
+KEYS = {
+    "dataset": str, "data-dir": str, "shard": str, "subset": int, "val-fraction": float, "split-seed": int,
+    "image-size": int, "partition-id": int, "num-partitions": int, "partition": str, "alpha": float,
+    "partition-seed": int, "profile": str, "device": str, "meters": str, "watts-per-core": float,
+    "work-dir": str,
+}
+
+
+@dataclass
+class NodeSettings:
+    data: DataOptions
+    partition_id: int | None = None         # this client's part of the (sharded) training split
+    num_partitions: int | None = None
+    scheme: str = "iid"
+    alpha: float = 0.5
+    partition_seed: int = 0
+    profile: str | None = None
+    device: str | None = None
+    meters: list[str] = field(default_factory=list)
+    watts_per_core: float | None = None
+    work_dir: Path | None = None            # where each round's local run directory is written
+
+    def describe(self) -> dict:
+        return {"data": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.data).items()},
+                "partition_id": self.partition_id, "num_partitions": self.num_partitions,
+                "scheme": self.scheme, "alpha": self.alpha, "partition_seed": self.partition_seed,
+                "profile": self.profile}
+
+    def round_dir(self, fleet_round: int, run_id: str = "") -> Path:
+        base = self.work_dir or Path(tempfile.gettempdir()) / "edge-sel-fleet"
+        return base / (f"run-{run_id}" if run_id else "run") / f"round-{fleet_round:03d}"
+
+
+def _typed(key: str, value, kind):
+    where = f"node config {key}"
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise InputError(f"{where}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def parse_node_config(config: dict) -> NodeSettings:
+    """NodeSettings from a node's config mapping (Flower hands it over as key -> str/int/float/bool)."""
+    given = {}
+    for key, value in dict(config).items():
+        name = str(key).replace("_", "-")
+        if name not in KEYS:
+            raise InputError(f"node config {key}: unknown key; known keys: {', '.join(KEYS)}")
+        given[name] = _typed(name, value, KEYS[name])
+    if "dataset" not in given:
+        raise InputError("node config: missing dataset (e.g. --node-config \"dataset='folder:/data/local'\")")
+    data = DataOptions(dataset=given["dataset"],
+                       data_dir=Path(given["data-dir"]) if "data-dir" in given else None,
+                       val_fraction=given.get("val-fraction", 0.1), shard=given.get("shard"),
+                       subset=given.get("subset"), split_seed=given.get("split-seed", 0),
+                       image_size=given.get("image-size"))
+    node = NodeSettings(data, given.get("partition-id"), given.get("num-partitions"),
+                        given.get("partition", "iid"), given.get("alpha", 0.5), given.get("partition-seed", 0),
+                        given.get("profile"), given.get("device"),
+                        [m for m in given.get("meters", "").split(",") if m], given.get("watts-per-core"),
+                        Path(given["work-dir"]) if "work-dir" in given else None)
+    if (node.partition_id is None) != (node.num_partitions is None):
+        raise InputError("node config: partition-id and num-partitions go together")
+    if node.num_partitions is not None and not 0 <= node.partition_id < node.num_partitions:
+        raise InputError(f"node config partition-id: need 0 <= partition-id < num-partitions "
+                         f"({node.num_partitions}), got {node.partition_id}")
+    if node.scheme not in SCHEMES:
+        raise InputError(f"node config partition: must be one of {', '.join(SCHEMES)}, got {node.scheme!r}")
+    if not node.alpha > 0:
+        raise InputError(f"node config alpha: must be > 0, got {node.alpha}")
+    return node

@@ -1,0 +1,144 @@
+"""The server's run directory: one record per round (metrics.jsonl, metrics.csv), the global model
+after each round as a checkpoint, summary.json; all written atomically, so a crashed server
+resumes from its last completed round."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from edge_sel import __version__
+from edge_sel.core.checkpoint import ModelCard, atomic_write_bytes, read_card, read_weights, save_checkpoint
+from edge_sel.core.records import RecordWriter, read_records
+from edge_sel.engine.run import check_out_dir, start_out_dir
+from edge_sel.errors import InputError, writing
+from edge_sel.fleet.aggregate import combine
+from edge_sel.models import build_model
+
+ENERGY_NOTE = ("fleet joules are the sum of the clients' own meters (energy_source/energy_method say which); "
+               "the server's evaluation is not counted")
+
+
+def round_dir(out: Path, fleet_round: int) -> Path:
+    return Path(out) / "rounds" / f"round-{fleet_round:03d}"
+
+
+class FleetRun:
+    """Open a new run directory (refusing a non-empty one unless overwrite), or resume one."""
+
+    def __init__(self, out: Path, config: dict, resume: bool = False, overwrite: bool = False):
+        self.out = Path(out)
+        self.config = {"phase": "fleet", **config}
+        if resume:
+            self.records = self._records_to_resume()
+        else:
+            check_out_dir(self.out, overwrite)
+            start_out_dir(self.out)
+            with writing(self.out / "config.json"):
+                atomic_write_bytes(self.out / "config.json", json.dumps(self.config, indent=2, default=str).encode())
+            self.records = []
+        self.writer = RecordWriter(self.out)
+        if resume:
+            self.writer.reset(self.records)     # drops a half-written last line
+
+    def _records_to_resume(self) -> list[dict]:
+        if not (self.out / "config.json").is_file():
+            raise InputError(f"--resume {self.out}: no config.json (not a fleet run directory)")
+        records = read_records(self.out / "metrics.jsonl")
+        # The last round whose checkpoint is complete (the record is written after it).
+        while records and not (round_dir(self.out, records[-1]["round"]) / "model.json").is_file():
+            records.pop()
+        return records
+
+    @property
+    def last_round(self) -> int | None:
+        return self.records[-1]["round"] if self.records else None
+
+    def start_model(self, checkpoint: Path) -> tuple[torch.nn.Module, ModelCard]:
+        """The warmup (a new run) or the last completed round's global model (a resumed one)."""
+        source = Path(checkpoint) if self.last_round is None else round_dir(self.out, self.last_round)
+        card = read_card(source)
+        model = build_model(card.architecture, card.num_classes, card.input_shape[0])
+        try:
+            model.load_state_dict(read_weights(source))
+        except RuntimeError as e:
+            raise InputError(f"{source}: does not match architecture {card.architecture!r} "
+                             f"({str(e).splitlines()[0]})") from None
+        return model, card
+
+    def write_round(self, fleet_round: int, model: torch.nn.Module, card: ModelCard, evaluation: dict,
+                    clients: list[dict], extra: dict) -> dict:
+        """The round's global model first (then the top-level copy), then its record."""
+        card.training = {"phase": "fleet", "round": fleet_round, **{k: evaluation.get(k) for k in ("test_acc",)}}
+        save_checkpoint(round_dir(self.out, fleet_round), model, card)
+        save_checkpoint(self.out, model, card)
+        record = round_record(fleet_round, evaluation, clients, extra)
+        self.writer.append(record)
+        self.records.append(record)
+        self.write_summary()
+        return record
+
+    def write_summary(self) -> dict:
+        summary = summarize_rounds(self.records, {"phase": "fleet", "edge_sel_version": __version__,
+                                                  "run_dir": str(self.out), "config": self.config})
+        with writing(self.out / "summary.json"):
+            atomic_write_bytes(self.out / "summary.json", json.dumps(summary, indent=2, default=str).encode())
+        return summary
+
+
+def round_record(fleet_round: int, evaluation: dict, clients: list[dict], extra: dict) -> dict:
+    """Totals summed over the clients (see aggregate.combine), the global model's held-out accuracy,
+    and each client's own report."""
+    totals = combine([c["metrics"] for c in clients])
+    sources = sorted({c["info"].get("energy_source", "none") for c in clients}) or ["none"]
+    methods = sorted({c["info"].get("energy_method", "none") for c in clients}) or ["none"]
+    available = totals.get("num-examples")
+    trained = totals.get("samples_trained")
+    return {
+        # round 0 is the warmup's evaluation: a run's "baseline" record
+        "round": fleet_round, "phase": "fleet" if fleet_round else "baseline", **extra, "clients_reporting": len(clients),
+        "samples_available": available, "forward_samples": totals.get("forward_samples"),
+        "backward_samples": trained,
+        "activation": (trained / available) if available else None,
+        "flops_forward": totals.get("flops_forward"), "flops_backward": totals.get("flops_backward"),
+        "flops_eval": totals.get("flops_eval"),
+        "energy_j": totals.get("energy_j"), "eval_energy_j": totals.get("eval_energy_j"),
+        "energy_source": "+".join(sources), "energy_method": "+".join(methods),
+        "wall_s": totals.get("wall_s"), "local_val_acc": totals.get("local_val_acc"),
+        **evaluation,
+        "clients": [{"client": c["client"], **c["metrics"], **c["info"]} for c in clients],
+    }
+
+
+def summarize_rounds(records: list[dict], extra: dict) -> dict:
+    trained = [r for r in records if r["round"] > 0]
+
+    def total(key):
+        values = [r.get(key) for r in trained if r.get(key) is not None]
+        return sum(values) if values and all(math.isfinite(v) for v in values) else None
+
+    per_client: dict[str, float] = {}
+    for r in trained:
+        for c in r.get("clients", []):
+            if c.get("energy_j") is not None and math.isfinite(c["energy_j"]):
+                per_client[str(c["client"])] = per_client.get(str(c["client"]), 0.0) + c["energy_j"]
+    first = records[0] if records else {}
+    last = records[-1] if records else {}
+    best = max(records, key=lambda r: r.get("test_acc") or -1) if records else {}
+    return {
+        **extra, "rounds_run": len(trained), "last_round": last.get("round"),
+        "start": {"round": first.get("round"), "test_acc": first.get("test_acc")},
+        "final": {"round": last.get("round"), "test_acc": last.get("test_acc"),
+                  "local_val_acc": last.get("local_val_acc")},
+        "best": {"round": best.get("round"), "test_acc": best.get("test_acc")},
+        "totals": {"samples_trained": total("backward_samples"), "forward_samples": total("forward_samples"),
+                   "flops_forward": total("flops_forward"), "flops_backward": total("flops_backward"),
+                   "flops_eval": total("flops_eval"), "energy_j": total("energy_j"),
+                   "eval_energy_j": total("eval_energy_j"),
+                   "energy_source": last.get("energy_source"), "energy_method": last.get("energy_method")},
+        "energy_by_client_j": per_client, "energy_note": ENERGY_NOTE,
+        "flops_note": "counted with torch.utils.flop_counter for the passes the clients actually ran",
+    }
