@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edge_sel.core.checkpoint import fsync_dir
 from edge_sel.errors import WriteError
 
 MAGIC = b"edge-sel-state/1\n"
@@ -35,14 +36,6 @@ class StateWriteError(WriteError):
 
 class NoValidState(Exception):
     """No readable checkpoint in a run directory."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def plain(obj):
@@ -100,7 +93,7 @@ def save_state(directory: Path, state: dict) -> Path:
         if current.exists():
             os.replace(current, directory / PREVIOUS)
         os.replace(tmp, current)
-        _fsync_dir(directory)
+        fsync_dir(directory)
     except OSError as e:
         try:
             tmp.unlink(missing_ok=True)
