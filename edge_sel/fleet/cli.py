@@ -180,7 +180,7 @@ def run_cmd(superlink, root_certificates, insecure, **kw):
     from edge_sel.fleet import require_flwr
     require_flwr("edge-sel fleet run")
     import subprocess
-    from edge_sel.fleet.launch import flower_command, flower_env, toml_value, write_app, write_connection
+    from edge_sel.fleet.launch import flower_command, flower_env, write_app, write_connection, write_run_config
     if not insecure and root_certificates is None:
         raise InputError("--root-certificates: needed for a TLS SuperLink (or pass --insecure)")
     timeout = kw.pop("timeout")
@@ -192,10 +192,10 @@ def run_cmd(superlink, root_certificates, insecure, **kw):
         home = Path(work) / "flwr-home"
         write_connection(home, superlink, str(Path(root_certificates).resolve()) if root_certificates else None)
         app = write_app(Path(work) / "app")
-        overrides = " ".join(f"{k}={toml_value(v)}" for k, v in settings.to_run_config().items())
+        overrides = write_run_config(Path(work) / "run-config.toml", settings)
         try:
             code = subprocess.run([flower_command("flwr"), "run", str(app), "edge", "--stream",
-                                   "--run-config", overrides], env=flower_env(home), timeout=timeout).returncode
+                                   "--run-config", str(overrides)], env=flower_env(home), timeout=timeout).returncode
         except subprocess.TimeoutExpired:
             raise click.ClickException(f"the fleet run did not finish within {timeout:.0f} s") from None
     finish(settings, code, None)

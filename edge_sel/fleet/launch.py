@@ -58,6 +58,13 @@ def write_app(directory: Path, defaults: ServerSettings | None = None) -> Path:
     return directory
 
 
+def write_run_config(path: Path, settings: ServerSettings) -> Path:
+    """The run's settings as a TOML file for `flwr run --run-config FILE` (key=value pairs on the
+    command line are split at spaces, which a path or a JSON value may hold)."""
+    path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in settings.to_run_config().items()))
+    return path
+
+
 def write_connection(flwr_home: Path, address: str, root_certificates: str | None = None) -> None:
     """The `flwr` CLI's SuperLink connection "edge" in a private FLWR_HOME."""
     flwr_home.mkdir(parents=True, exist_ok=True)
@@ -159,9 +166,9 @@ class LoopbackFleet:
             echo=None) -> int:
         """`flwr run APP edge --stream` with the settings as run config; its exit status."""
         app = write_app(app_dir or self.work / "app")
-        overrides = " ".join(f"{k}={toml_value(v)}" for k, v in settings.to_run_config().items())
+        overrides = write_run_config(self.work / "run-config.toml", settings)
         proc = self._start([flower_command("flwr"), "run", str(app), "edge", "--stream",
-                            "--run-config", overrides], "flwr-run.out")
+                            "--run-config", str(overrides)], "flwr-run.out")
         deadline = time.monotonic() + timeout
         while proc.poll() is None:
             self._watch()
