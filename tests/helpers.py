@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
-from edge_sel.cli import cli
+from edge_sel.cli import cli, main
 from edge_sel.core.records import VOLATILE_FIELDS, read_records
 
 
@@ -15,6 +17,19 @@ def run_cli(*args, expect: int = 0):
     result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
     assert result.exit_code == expect, result.output
     return result
+
+
+def run_main(argv, capsys) -> tuple[int, str]:
+    """`edge-sel ARGV` through main(), its one-line error handling included: exit code and stderr."""
+    old = sys.argv
+    sys.argv = ["edge-sel", *map(str, argv)]
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+            raise SystemExit(0)
+    finally:
+        sys.argv = old
+    return exit_info.value.code or 0, capsys.readouterr().err
 
 
 def records(run_dir: Path, baseline: bool = False) -> list[dict]:

@@ -6,21 +6,14 @@ from fake_sysfs import orin_nano, thermal_zone
 from helpers import records, run_cli, summary
 
 
-@pytest.fixture(scope="module")
-def warm(tmp_path_factory):
-    out = tmp_path_factory.mktemp("warm") / "ckpt"
-    run_cli("pretrain", "--dataset", "synthetic", "--epochs", 1, "--batch-size", 64, "--out", out, "--quiet")
-    return out
-
-
 def finetune(ckpt, out, *extra, expect=0):
     return run_cli("finetune", "--checkpoint", ckpt, "--dataset", "synthetic", "--epochs", 2, "--batch-size", 32,
                    "--out", out, "--quiet", *extra, expect=expect)
 
 
-def test_without_sensors_the_record_says_estimate(warm, tmp_path, monkeypatch):
+def test_without_sensors_the_record_says_estimate(tiny_warm, tmp_path, monkeypatch):
     monkeypatch.setenv("EDGE_SEL_SYSFS_ROOT", str(tmp_path / "empty-root"))
-    finetune(warm, tmp_path / "run")
+    finetune(tiny_warm, tmp_path / "run")
     for r in records(tmp_path / "run"):
         assert r["energy_source"] == "estimate" and r["energy_method"] == "estimated"
         assert r["energy_j"] > 0 and r["energy_coverage"] == 1.0
@@ -30,10 +23,10 @@ def test_without_sensors_the_record_says_estimate(warm, tmp_path, monkeypatch):
     assert s["energy_meter"]["source"] == "estimate"
 
 
-def test_jetson_rails_are_measured_through_the_sysfs_root(warm, tmp_path, monkeypatch):
+def test_jetson_rails_are_measured_through_the_sysfs_root(tiny_warm, tmp_path, monkeypatch):
     orin_nano(tmp_path / "root")
     monkeypatch.setenv("EDGE_SEL_SYSFS_ROOT", str(tmp_path / "root"))
-    finetune(warm, tmp_path / "run")
+    finetune(tiny_warm, tmp_path / "run")
     recs = records(tmp_path / "run")
     for r in recs:
         assert r["energy_source"] == "jetson" and r["energy_method"] == "integrated"
@@ -43,13 +36,13 @@ def test_jetson_rails_are_measured_through_the_sysfs_root(warm, tmp_path, monkey
         assert r["max_temp_c"] is not None and r["max_temp_c"] < 100   # the 100 C PMIC placeholder is ignored
 
 
-def test_energy_budget_stops_cleanly_before_the_limit(warm, tmp_path, monkeypatch):
+def test_energy_budget_stops_cleanly_before_the_limit(tiny_warm, tmp_path, monkeypatch):
     monkeypatch.setenv("EDGE_SEL_SYSFS_ROOT", str(tmp_path / "empty-root"))
-    finetune(warm, tmp_path / "full", "--epochs", 3)
+    finetune(tiny_warm, tmp_path / "full", "--epochs", 3)
     full = records(tmp_path / "full")
     spent = sum(r["energy_j"] + (r["eval_energy_j"] or 0) for r in full)
     budget = spent * 0.25
-    finetune(warm, tmp_path / "cut", "--epochs", 3, "--energy-budget", budget)
+    finetune(tiny_warm, tmp_path / "cut", "--epochs", 3, "--energy-budget", budget)
     cut = records(tmp_path / "cut")
     s = summary(tmp_path / "cut")
     assert s["stop_reason"] == "energy_budget" and cut[-1]["stop_reason"] == "energy_budget"
@@ -60,9 +53,9 @@ def test_energy_budget_stops_cleanly_before_the_limit(warm, tmp_path, monkeypatc
     assert 0 < measured <= budget
 
 
-def test_bad_energy_options_exit_2(warm, tmp_path):
-    result = finetune(warm, tmp_path / "x", "--energy-budget", "-5", expect=2)
+def test_bad_energy_options_exit_2(tiny_warm, tmp_path):
+    result = finetune(tiny_warm, tmp_path / "x", "--energy-budget", "-5", expect=2)
     assert "--energy-budget" in result.output
-    result = finetune(warm, tmp_path / "x", "--meter", "geiger", expect=2)
+    result = finetune(tiny_warm, tmp_path / "x", "--meter", "geiger", expect=2)
     assert "geiger" in result.output
     assert not (tmp_path / "x").exists()

@@ -6,6 +6,7 @@ import math
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from helpers import run_main
 from edge_sel.config import TrainConfig
 from edge_sel.errors import InputError
 from edge_sel.methods.select.stages import parse_stages
@@ -102,25 +103,11 @@ CLI_OPTIONS = ["--batch-size", "--lr", "--momentum", "--weight-decay", "--target
        strategy=st.sampled_from(["dense", "sel", "sundew", "random"]))
 def test_finetune_options_end_in_success_or_one_line_exit_2(tiny_warm, tmp_path_factory, capsys, option, value,
                                                              strategy):
-    import sys
-
-    import pytest
-
-    from edge_sel.cli import main
     out = tmp_path_factory.mktemp("run") / "r"
-    argv = ["edge-sel", "finetune", "--checkpoint", str(tiny_warm), "--dataset", "synthetic", "--epochs", "0",
-            "--out", str(out), "--quiet", "--strategy", strategy, option, value]
-    old = sys.argv
-    sys.argv = argv
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            main()
-            raise SystemExit(0)
-    finally:
-        sys.argv = old
-    err = capsys.readouterr().err
-    assert exit_info.value.code in (0, 2, None), err
-    if exit_info.value.code == 2:
+    code, err = run_main(["finetune", "--checkpoint", tiny_warm, "--dataset", "synthetic", "--epochs", "0",
+                          "--out", out, "--quiet", "--strategy", strategy, option, value], capsys)
+    assert code in (0, 2), err
+    if code == 2:
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("edge-sel: error:"), err
     assert "Traceback" not in err

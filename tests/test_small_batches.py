@@ -1,24 +1,17 @@
 """No training step ever runs on one sample (BatchNorm cannot), the counts stay exact, and any mix of
 data size, batch size, strategy, gate, updater and activation ends with records or a one-line exit 2."""
 
-import sys
-
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import records, run_cli
+from helpers import records, run_cli, run_main
 from edge_sel.data import BatchLoader
 from edge_sel.data.dataset import IndexedDataset
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -62,19 +55,6 @@ def test_plans_of_size_one_mod_the_batch_size_keep_exact_counts(tiny_warm, tmp_p
             "--batch-size", "10", "--epochs", "2", "--out", out, "--quiet")
     for r in records(out):
         assert r["backward_samples"] == r["samples_available"] and r["single_samples_untrained"] == 0
-
-
-def run_main(argv, capsys) -> tuple[int, str]:
-    from edge_sel.cli import main
-    old = sys.argv
-    sys.argv = ["edge-sel", *map(str, argv)]
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            main()
-            raise SystemExit(0)
-    finally:
-        sys.argv = old
-    return exit_info.value.code or 0, capsys.readouterr().err
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
