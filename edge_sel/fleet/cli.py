@@ -163,6 +163,8 @@ def simulate_cmd(dataset, data_dir, clients, partition, alpha, partition_seed, s
     try:
         with LoopbackFleet(work, configs) as fleet:
             code = fleet.run(settings, timeout=timeout)
+    except TimeoutError as e:           # every process is stopped by now; the records say how far it got
+        code = str(e)
     finally:
         if not keep_logs:
             shutil.rmtree(work, ignore_errors=True)
@@ -201,13 +203,14 @@ def run_cmd(superlink, root_certificates, insecure, **kw):
     finish(settings, code, None)
 
 
-def finish(settings, code: int, logs: Path | None) -> None:
+def finish(settings, code, logs: Path | None) -> None:
     out = settings.out_dir
     summary = print_rounds(out) if (out / "summary.json").is_file() else {}
-    if summary.get("last_round") != settings.rounds:
+    rounds = summary.get("config", {}).get("rounds", settings.rounds)     # a resumed run keeps its own
+    if summary.get("last_round") != rounds:
         where = f"; logs in {logs}" if logs else "; rerun with --keep-logs DIR to keep the Flower logs"
         raise click.ClickException(f"the fleet run stopped after round {summary.get('last_round')} of "
-                                   f"{settings.rounds} (flwr run exit {code}){where}; "
+                                   f"{rounds} ({code if isinstance(code, str) else f'flwr run exit {code}'}){where}; "
                                    f"continue with --resume --out {out}")
     click.echo(f"fleet run directory: {out}")
 
