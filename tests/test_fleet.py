@@ -116,6 +116,20 @@ def test_bad_node_config_is_a_clear_error(config, message):
         parse_node_config(config)
 
 
+def test_fedprox_pull_adds_mu_times_the_distance_to_the_global_weights():
+    from edge_sel.fleet.local import proximal_pull
+    layer = torch.nn.Linear(3, 1, bias=False)
+    start = layer.weight.detach().clone()
+    with proximal_pull(layer, mu=0.5):
+        with torch.no_grad():
+            layer.weight.add_(1.0)                   # as if a few steps had moved it
+        layer(torch.zeros(1, 3)).sum().backward()    # the loss itself has zero gradient here
+    assert torch.allclose(layer.weight.grad, 0.5 * (layer.weight.detach() - start))
+    layer.weight.grad = None
+    layer(torch.zeros(1, 3)).sum().backward()        # the hook is gone after the round
+    assert torch.count_nonzero(layer.weight.grad) == 0
+
+
 def test_command_line_errors_are_one_line_exit_2(tmp_path):
     cmd = [sys.executable, "-m", "edge_sel", "fleet", "simulate", "--dataset", "digits", "--out", str(tmp_path / "r")]
     p = subprocess.run(cmd + ["--checkpoint", str(tmp_path / "nope")], capture_output=True, text=True, timeout=60)
@@ -145,7 +159,7 @@ def test_a_real_fleet_of_two_supernodes_improves_the_warmup_and_sums_their_joule
                               batch_size=32, lr=0.01, memory_format="contiguous", eval_batch_size=256).validate()
     fleet = LoopbackFleet(tmp_path / "fleet", configs)
     with fleet:
-        fleet.run(settings, timeout=150)
+        fleet.run(settings, timeout=300)
     seen = dict(fleet.seen)
     assert len(seen) >= 5                            # superlink, 2 supernodes, their superexecs, flwr run...
     assert fleet.alive() == []                       # every process group is gone
