@@ -170,7 +170,9 @@ class LoopbackFleet:
         proc = self._start([flower_command("flwr"), "run", str(app), "edge", "--stream",
                             "--run-config", str(overrides)], "flwr-run.out")
         deadline = time.monotonic() + timeout
-        while proc.poll() is None:
+        # `flwr run --stream` can return while the ServerApp still runs (its log stream ended):
+        # the run is over when the ServerApp process is.
+        while proc.poll() is None or self._server_app_running():
             self._watch()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the fleet run did not finish within {timeout:.0f} s; logs in {self.work}")
@@ -178,6 +180,16 @@ class LoopbackFleet:
         if echo is not None:
             echo((self.work / "flwr-run.out").read_text(errors="replace"))
         return proc.returncode
+
+    def _server_app_running(self) -> bool:
+        for pid in list(self.seen):
+            try:
+                p = psutil.Process(pid)
+                if p.status() != psutil.STATUS_ZOMBIE and any("flwr-serverapp" in part for part in p.cmdline()):
+                    return True
+            except psutil.Error:
+                continue
+        return False
 
     def stop(self, grace_s: float = 5.0) -> None:
         """SIGTERM to every process group seen, then SIGKILL to whatever is left."""
