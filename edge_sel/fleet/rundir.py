@@ -34,6 +34,7 @@ class FleetRun:
         self.config = {"phase": "fleet", **config}
         if resume:
             self.records = self._records_to_resume()
+            self.config = json.loads((self.out / "config.json").read_text())    # it keeps its settings
         else:
             check_out_dir(self.out, overwrite)
             start_out_dir(self.out)
