@@ -21,7 +21,7 @@ from helpers import run_cli
 DATA = ["--dataset", "digits", "--subset", "600"]
 TRAIN = ["--epochs", "2", "--batch-size", "32", "--memory-format", "contiguous", "--eval-batch-size", "256",
          "--quiet"]
-HARD_LIMIT_S = 150       # a bound against hangs, not a timing target (two cold torch imports per attempt)
+HARD_LIMIT_S = 300   # a bound against hangs, not a timing target: a shared, loaded 2-core machine took 114 s
 
 
 def torchrun(out, *extra_args, env_extra=None, max_restarts=0):
