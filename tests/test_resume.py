@@ -29,16 +29,9 @@ def cli_argv(*args):
 
 
 @pytest.fixture(scope="module")
-def warm(tmp_path_factory):
-    out = tmp_path_factory.mktemp("warm") / "ckpt"
-    run_cli("pretrain", "--dataset", "synthetic", "--epochs", 1, "--batch-size", 64, "--out", out, "--quiet")
-    return out
-
-
-@pytest.fixture(scope="module")
-def reference(warm, tmp_path_factory):
+def reference(tiny_warm, tmp_path_factory):
     out = tmp_path_factory.mktemp("ref") / "run"
-    run_cli("finetune", "--checkpoint", warm, "--out", out, *FINETUNE)
+    run_cli("finetune", "--checkpoint", tiny_warm, "--out", out, *FINETUNE)
     return stable(records(out))
 
 
@@ -56,6 +49,13 @@ def wait_for(condition, proc, timeout=300):
         time.sleep(0.02)
 
 
+def kill_when(condition, proc):
+    """SIGKILL the run once `condition()` holds, and reap it."""
+    wait_for(condition, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def resume_to_end(out):
     proc = subprocess.run(cli_argv("finetune", "--resume", out, "--quiet"), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -69,28 +69,22 @@ def state_progress(out):
         return False
 
 
-def test_sigkill_after_an_epoch_record_then_resume(warm, reference, tmp_path):
+def test_sigkill_after_an_epoch_record_then_resume(tiny_warm, reference, tmp_path):
     out = tmp_path / "run"
-    proc = start(warm, out)
-    wait_for(lambda: len(records(out)) >= 1, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(lambda: len(records(out)) >= 1, start(tiny_warm, out))
     assert resume_to_end(out) == reference
 
 
-def test_sigkill_mid_epoch_then_resume(warm, reference, tmp_path):
+def test_sigkill_mid_epoch_then_resume(tiny_warm, reference, tmp_path):
     out = tmp_path / "run"
-    proc = start(warm, out)
-    wait_for(lambda: len(records(out)) >= 1 and state_progress(out), proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(lambda: len(records(out)) >= 1 and state_progress(out), start(tiny_warm, out))
     assert state_progress(out)           # really killed inside an epoch
     assert resume_to_end(out) == reference
 
 
-def test_sigkill_mid_checkpoint_write_then_resume(warm, reference, tmp_path):
+def test_sigkill_mid_checkpoint_write_then_resume(tiny_warm, reference, tmp_path):
     out = tmp_path / "run"
-    proc = start(warm, out, env={"EDGE_SEL_FAULT_SLOW_STATE_WRITE": "5"})
+    proc = start(tiny_warm, out, env={"EDGE_SEL_FAULT_SLOW_STATE_WRITE": "5"})
     # The third state write (after the initial one and one mid-epoch) is cut in half.
     seen = []
     while len(seen) < 3:
@@ -106,9 +100,9 @@ def test_sigkill_mid_checkpoint_write_then_resume(warm, reference, tmp_path):
     assert resume_to_end(out) == reference
 
 
-def test_sigterm_checkpoints_and_exits_0_with_resume_hint(warm, reference, tmp_path):
+def test_sigterm_checkpoints_and_exits_0_with_resume_hint(tiny_warm, reference, tmp_path):
     out = tmp_path / "run"
-    proc = start(warm, out)
+    proc = start(tiny_warm, out)
     wait_for(lambda: len(records(out)) >= 1, proc)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=300)
@@ -132,12 +126,9 @@ def test_torn_current_checkpoint_falls_back_to_previous(tmp_path):
         load_state(tmp_path)
 
 
-def test_resume_from_a_torn_checkpoint_still_matches(warm, reference, tmp_path):
+def test_resume_from_a_torn_checkpoint_still_matches(tiny_warm, reference, tmp_path):
     out = tmp_path / "run"
-    proc = start(warm, out)
-    wait_for(lambda: len(records(out)) >= 2, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(lambda: len(records(out)) >= 2, start(tiny_warm, out))
     current = out / "state" / "current.pt"
     current.write_bytes(current.read_bytes()[: len(current.read_bytes()) // 2])
     assert resume_to_end(out) == reference
@@ -157,11 +148,11 @@ def _patch_nan(monkeypatch, bad_calls):
     monkeypatch.setattr(TorchBackend, "train_step", train_step)
 
 
-def test_nan_loss_rolls_back_and_halves_the_learning_rate(warm, reference, tmp_path, monkeypatch):
+def test_nan_loss_rolls_back_and_halves_the_learning_rate(tiny_warm, reference, tmp_path, monkeypatch):
     _patch_nan(monkeypatch, lambda n: n == 10)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        run_cli("finetune", "--checkpoint", warm, "--out", tmp_path / "run", *FINETUNE)
+        run_cli("finetune", "--checkpoint", tiny_warm, "--out", tmp_path / "run", *FINETUNE)
     recs = records(tmp_path / "run")
     assert len(recs) == 3 and recs[-1]["nonfinite_events"] == 1
     assert any("rolled back" in str(w.message) for w in caught)
@@ -178,14 +169,14 @@ def test_nan_loss_rolls_back_and_halves_the_learning_rate(warm, reference, tmp_p
     assert recs[1]["rolled_back_samples"] == 0
 
 
-def test_deferred_reads_roll_back_every_step_since_the_checkpoint(warm, reference, tmp_path, monkeypatch):
+def test_deferred_reads_roll_back_every_step_since_the_checkpoint(tiny_warm, reference, tmp_path, monkeypatch):
     """Reads every 3 steps, and at each checkpoint (every 4 steps): after the checkpoint at step 8
     the next read is at step 11, so the NaN of step 10 is seen there and steps 9-11 were computed
     and thrown away; their cost stays counted."""
     _patch_nan(monkeypatch, lambda n: n == 10)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        run_cli("finetune", "--checkpoint", warm, "--out", tmp_path / "run", *FINETUNE, "--sync-every", "3")
+        run_cli("finetune", "--checkpoint", tiny_warm, "--out", tmp_path / "run", *FINETUNE, "--sync-every", "3")
     recs = records(tmp_path / "run")
     assert recs[-1]["nonfinite_events"] == 1
     steps = reference[0]["backward_samples"] // 16
@@ -194,14 +185,14 @@ def test_deferred_reads_roll_back_every_step_since_the_checkpoint(warm, referenc
     assert recs[0]["lr_end"] == pytest.approx(0.5 * reference[0]["lr_end"], rel=1e-6)
 
 
-def test_nan_three_times_in_a_row_stops_with_a_valid_checkpoint(warm, tmp_path, monkeypatch):
+def test_nan_three_times_in_a_row_stops_with_a_valid_checkpoint(tiny_warm, tmp_path, monkeypatch):
     _patch_nan(monkeypatch, lambda n: n >= 6)
-    result = run_cli("finetune", "--checkpoint", warm, "--out", tmp_path / "run", *FINETUNE, expect=1)
+    result = run_cli("finetune", "--checkpoint", tiny_warm, "--out", tmp_path / "run", *FINETUNE, expect=1)
     assert "non-finite" in result.output and "Traceback" not in result.output
     assert load_state(tmp_path / "run" / "state")["step"] >= 0
 
 
-def test_a_vanishing_sensor_lowers_coverage_and_warns_once(warm, tmp_path, monkeypatch):
+def test_a_vanishing_sensor_lowers_coverage_and_warns_once(tiny_warm, tmp_path, monkeypatch):
     rails = orin_nano(tmp_path / "root")
     monkeypatch.setenv("EDGE_SEL_SYSFS_ROOT", str(tmp_path / "root"))
     from edge_sel.methods.base import Strategy
@@ -217,7 +208,7 @@ def test_a_vanishing_sensor_lowers_coverage_and_warns_once(warm, tmp_path, monke
     monkeypatch.setattr(Strategy, "observe", observe)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        run_cli("finetune", "--checkpoint", warm, "--out", tmp_path / "run", *FINETUNE)
+        run_cli("finetune", "--checkpoint", tiny_warm, "--out", tmp_path / "run", *FINETUNE)
     recs = records(tmp_path / "run")
     assert len(recs) == 3
     assert recs[0]["energy_coverage"] == pytest.approx(1.0)
@@ -226,7 +217,7 @@ def test_a_vanishing_sensor_lowers_coverage_and_warns_once(warm, tmp_path, monke
     assert len(energy_warnings) == 1
 
 
-def test_full_disk_is_a_clear_error_and_the_last_checkpoint_survives(warm, tmp_path, monkeypatch):
+def test_full_disk_is_a_clear_error_and_the_last_checkpoint_survives(tiny_warm, tmp_path, monkeypatch):
     real_open = open
     writes = {"n": 0}
 
@@ -254,29 +245,29 @@ def test_full_disk_is_a_clear_error_and_the_last_checkpoint_survives(warm, tmp_p
                 return FullDisk(f)
         return f
     monkeypatch.setattr(state_mod, "open", fake_open, raising=False)
-    result = run_cli("finetune", "--checkpoint", warm, "--out", tmp_path / "run", *FINETUNE, expect=1)
+    result = run_cli("finetune", "--checkpoint", tiny_warm, "--out", tmp_path / "run", *FINETUNE, expect=1)
     assert "No space left on device" in result.output and "last good checkpoint is intact" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert load_state(tmp_path / "run" / "state")["step"] > 0
     assert not list((tmp_path / "run" / "state").glob(".state.tmp*"))
 
 
-def test_resume_bad_inputs_exit_2(warm, tmp_path):
+def test_resume_bad_inputs_exit_2(tiny_warm, tmp_path):
     result = run_cli("finetune", "--resume", tmp_path / "nothing", expect=2)
     assert "config.json" in result.output
-    run_cli("finetune", "--checkpoint", warm, "--out", tmp_path / "done", *FINETUNE[:-2], "--epochs", "1")
+    run_cli("finetune", "--checkpoint", tiny_warm, "--out", tmp_path / "done", *FINETUNE[:-2], "--epochs", "1")
     result = run_cli("finetune", "--resume", tmp_path / "done", expect=2)
     assert "already finished" in result.output
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
-def test_ort_backend_resumes_to_the_same_records(warm, tmp_path, optimizer):
+def test_ort_backend_resumes_to_the_same_records(tiny_warm, tmp_path, optimizer):
     """AdamW's moments live in ORT's checkpoint state: a resume that lost them would diverge."""
     pytest.importorskip("onnxruntime.training.api")
     decay = 0 if optimizer == "sgd" else 0.01
-    run_cli("export", "--checkpoint", warm, "--out", tmp_path / "art", "--scheme", "last-block", "--quiet",
+    run_cli("export", "--checkpoint", tiny_warm, "--out", tmp_path / "art", "--scheme", "last-block", "--quiet",
             "--optimizer", optimizer, "--weight-decay", decay)
-    args = ["finetune", "--checkpoint", warm, "--dataset", "synthetic", "--epochs", 2, "--batch-size", 32,
+    args = ["finetune", "--checkpoint", tiny_warm, "--dataset", "synthetic", "--epochs", 2, "--batch-size", 32,
             "--backend", "ort", "--artifacts", tmp_path / "art" / "last-block", "--optimizer", optimizer,
             "--momentum", 0, "--weight-decay", decay, "--lr", 0.01, "--checkpoint-every", 0, "--quiet"]
     run_cli(*args, "--out", tmp_path / "ref")

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from helpers import records, run_cli, stable
+from helpers import records, stable
 
 pytestmark = pytest.mark.slow
 
@@ -48,13 +48,6 @@ def python(*args, env=None):
 
 def finetune_process(warm, out, extra, env=None):
     return python("-m", "edge_sel", "finetune", "--checkpoint", warm, "--out", out, *COMMON, *extra, env=env)
-
-
-@pytest.fixture(scope="module")
-def warm(tmp_path_factory):
-    out = tmp_path_factory.mktemp("matrix-warm") / "ckpt"
-    run_cli("pretrain", "--dataset", "synthetic", "--epochs", "1", "--batch-size", "64", "--out", out, "--quiet")
-    return out
 
 
 def kill_points(reference: list[dict]) -> tuple[int, int]:
@@ -103,10 +96,10 @@ def one_config(warm, root, name) -> str | None:
     return problem
 
 
-def test_every_strategy_preset_and_updater_resumes_to_the_same_records(warm, tmp_path):
+def test_every_strategy_preset_and_updater_resumes_to_the_same_records(tiny_warm, tmp_path):
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(max_workers=2) as pool:
-        problems = dict(zip(CONFIGS, pool.map(lambda n: one_config(warm, tmp_path / n, n), CONFIGS)))
+        problems = dict(zip(CONFIGS, pool.map(lambda n: one_config(tiny_warm, tmp_path / n, n), CONFIGS)))
     assert {n: p for n, p in problems.items() if p} == {}
 
 
@@ -124,10 +117,10 @@ finetune(Path(warm), DataOptions("synthetic", subset=128), cfg, Path(out), quiet
 """
 
 
-def test_the_lottery_updater_resumes_to_the_same_records(warm, tmp_path):
+def test_the_lottery_updater_resumes_to_the_same_records(tiny_warm, tmp_path):
     from edge_sel.methods.update import lottery
     rewound = tmp_path / "rewound"
-    lottery.prune_and_rewind(warm, warm, rewound, 0.5)
+    lottery.prune_and_rewind(tiny_warm, tiny_warm, rewound, 0.5)
     script = tmp_path / "lottery_run.py"
     script.write_text(LOTTERY_RUN)
 
