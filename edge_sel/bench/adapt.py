@@ -26,6 +26,7 @@ SCENARIOS = {
     "noise+labels": "corrupt=gaussian_noise:3;label-noise=0.2",
 }
 ACTIVATIONS = (0.2, 0.3, 0.5)
+LEARNABILITY = {"significance": "learnability", "unseen": "neutral"}
 # Two-sided 95% Student t quantiles for 1..30 degrees of freedom (beyond: the normal's 1.96).
 T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
@@ -50,6 +51,9 @@ def adapt_methods(activations=ACTIVATIONS) -> list[AdaptMethod]:
     for a in activations:
         out.append(AdaptMethod(f"random@{a}", strategy="random", method={"target_activation": a}))
         out.append(AdaptMethod(f"sundew@{a}", strategy="sundew", method={"target_activation": a}))
+        out.append(AdaptMethod(f"sundew-learn@{a}", strategy="sundew",
+                               method={"target_activation": a, **LEARNABILITY},
+                               note="sundew scoring likely-mislabelled samples 0, unseen samples neutral"))
     out.append(AdaptMethod("infobatch", strategy="infobatch", note="InfoBatch pruning with rescaled losses"))
     out.append(AdaptMethod("recipe", method={"preset": "adapt"}, note="--preset adapt"))
     return out
@@ -114,7 +118,8 @@ def paired(results: dict, a: str, b: str) -> dict | None:
 
 
 def comparisons(results: dict, activations=ACTIVATIONS) -> list[dict]:
-    pairs = [(f"sundew@{a}", f"random@{a}") for a in activations] + [("recipe", "dense"), ("infobatch", "dense")]
+    pairs = [(f"{gate}@{a}", f"random@{a}") for a in activations for gate in ("sundew", "sundew-learn")]
+    pairs += [("recipe", "dense"), ("infobatch", "dense")]
     return [p for p in (paired(results, a, b) for a, b in pairs) if p is not None]
 
 
