@@ -19,7 +19,7 @@ STRATEGY_OPTIONS = [
     click.option("--out", type=click.Path(path_type=Path), required=True, help="The fleet's run directory."),
     click.option("--overwrite", is_flag=True, help="Replace an existing --out."),
     click.option("--resume", is_flag=True, help="Continue the run in --out from its last completed round."),
-    click.option("--rounds", type=int, default=3, show_default=True),
+    click.option("--rounds", type=int, default=3, show_default=True, help="Federated rounds to run."),
     click.option("--fleet-strategy", type=click.Choice(["fedavg", "fedprox"]), default="fedavg", show_default=True,
                  help="Flower's aggregation strategy."),
     click.option("--proximal-mu", type=float, default=0.0, show_default=True, help="FedProx's proximal weight."),
@@ -27,8 +27,9 @@ STRATEGY_OPTIONS = [
                  help="Held-out set for the global model (its test split) [default: the clients' dataset]."),
     click.option("--eval-subset", type=int, default=0, help="Evaluate on the first N held-out samples (0: all)."),
     click.option("--local-epochs", type=int, default=1, show_default=True, help="Epochs each client trains per round."),
-    click.option("--batch-size", type=int, default=64, show_default=True),
-    click.option("--optimizer", type=click.Choice(["sgd", "adam", "adamw"]), default="sgd", show_default=True),
+    click.option("--batch-size", type=int, default=64, show_default=True, help="Clients' training batch size."),
+    click.option("--optimizer", type=click.Choice(["sgd", "adam", "adamw"]), default="sgd", show_default=True,
+                 help="Clients' optimizer (as finetune --optimizer)."),
     click.option("--lr", type=float, default=None, help="Local learning rate [default: edge-sel's for the optimizer]."),
     click.option("--strategy", default="dense", show_default=True,
                  help="The clients' edge-sel method (as finetune --strategy)."),
@@ -36,12 +37,14 @@ STRATEGY_OPTIONS = [
     click.option("--target-activation", type=float, default=None, help="Share of local samples computed."),
     click.option("--preset", default=None, help="A named edge-sel recipe for the clients."),
     click.option("--sparsity", default="none", show_default=True, help="The clients' updater (as finetune --sparsity)."),
-    click.option("--backend", type=click.Choice(["torch", "ort"]), default="torch", show_default=True),
+    click.option("--backend", type=click.Choice(["torch", "ort"]), default="torch", show_default=True,
+                 help="What runs the clients' training step (as finetune --backend)."),
     click.option("--method-option", "method_options", multiple=True, metavar="KEY=JSON",
                  help="Any other method option, e.g. --method-option 'temperature=2.0' (repeatable)."),
     click.option("--keep", type=click.Choice(["last", "best"]), default="last", show_default=True,
                  help="What each client hands back: its last epoch, or its best by local validation."),
-    click.option("--seed", type=int, default=0, show_default=True),
+    click.option("--seed", type=int, default=0, show_default=True,
+                 help="Seed of the clients' data order and augmentation."),
     click.option("--memory-format", type=click.Choice(["auto", "channels_last", "contiguous"]), default="auto",
                  show_default=True, help="The clients' layout (auto: measured once per device)."),
     click.option("--eval-batch-size", type=int, default=0, show_default=True,
@@ -126,12 +129,14 @@ def fleet_group():
 
 @fleet_group.command("simulate")
 @click.option("--dataset", required=True, help="The one dataset the simulated clients split (digits, folder:PATH, ...).")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Where the CIFAR-10 archive lives (--dataset cifar10).")
 @click.option("--clients", type=int, default=2, show_default=True, help="Number of SuperNodes.")
 @click.option("--partition", type=click.Choice(["iid", "dirichlet"]), default="iid", show_default=True,
               help="How the training split is dealt to clients.")
 @click.option("--alpha", type=float, default=0.5, show_default=True, help="Dirichlet concentration (non-iid).")
-@click.option("--partition-seed", type=int, default=0, show_default=True)
+@click.option("--partition-seed", type=int, default=0, show_default=True,
+              help="Seed of the deal of samples to clients.")
 @click.option("--shard", default=None, help="K/N: the clients split only this shard of the training split.")
 @click.option("--subset", type=int, default=None, help="...and only this many samples of it (class-balanced).")
 @click.option("--meters", default=None, help="Clients' energy meters (comma-separated) [default: automatic].")
