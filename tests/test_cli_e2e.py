@@ -214,3 +214,9 @@ def test_demo_runs_and_says_where_the_run_is(tmp_path):
     again = run_cli("demo", "--out", tmp_path / "demo", "--epochs", 1, expect=2)
     assert "--overwrite" in again.output
     assert len(records(tmp_path / "demo" / "finetune")) == 2     # the earlier demo is untouched
+
+
+def test_pretrain_prints_its_summary_without_quiet(tmp_path):
+    result = run_cli("pretrain", "--dataset", "digits", "--subset", "200", "--epochs", "1", "--out", tmp_path / "w")
+    summary = json.loads((tmp_path / "w" / "summary.json").read_text())
+    assert summary["model"]["architecture"] == "edgecnn" and "pretrain: edgecnn" in result.output

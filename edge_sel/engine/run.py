@@ -220,10 +220,11 @@ def _run(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainConfig, o
         ranks.finish()
         return {"run_dir": str(out), "rank": world.rank, "epochs_run": len(records)}
     save_checkpoint(out, model.cpu(), card)
+    # source_info first: a pretrain's names its model by a string, which the card's dict replaces here.
     summary = summarize(records, {
-        "phase": phase, "edge_sel_version": __version__, "device": str(device),
+        **source_info, "phase": phase, "edge_sel_version": __version__, "device": str(device),
         "model": {"architecture": card.architecture, "parameters": count_parameters(model)},
-        "dataset": card.dataset, "config": cfg.to_json(), **source_info,
+        "dataset": card.dataset, "config": cfg.to_json(),
         "total_wall_s": time.perf_counter() - t0, "run_dir": str(out),
         "energy_meter": meter_info, "stop_reason": trainer.stop_reason,
         "idle_power_w": getattr(meter, "idle_power_w", None),
