@@ -94,7 +94,7 @@ SEL = [
 ]
 
 # --- gating ---
-# Defaults are None so presets can tell "not given"; edge_sel/methods/gating_config.py fills them.
+# Defaults are None so presets can tell "not given"; methods/select/gating_config.py fills them.
 GATING = [
     option("--significance", type=click.Choice(["loss-entropy", "dih", "learnability"]), default=None,
                  help="Sundew: what makes a sample worth computing, from its last visit: 0.7 loss + 0.3 "
