@@ -2,7 +2,7 @@
 
 import pytest
 
-from fake_sysfs import orin_nano, thermal_zone
+from fake_sysfs import orin_nano
 from helpers import records, run_cli, summary
 
 

@@ -213,7 +213,6 @@ def test_options_a_run_uses_are_accepted(tiny_warm, tmp_path):
     (["--backend", "ort", "--artifacts", "no-such-artifacts", "--sparsity", "mask"], "--"),
 ])
 def test_bad_options_checked_late_leave_an_existing_run_untouched(tiny_warm, tmp_path, args, option):
-    import edge_sel.bench  # noqa: F401  (registers --sparsity lottery)
     out = tmp_path / "run"
     run_cli("finetune", "--checkpoint", tiny_warm, "--dataset", "synthetic", "--epochs", "1", "--out", out, "--quiet")
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}

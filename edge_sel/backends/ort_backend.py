@@ -76,8 +76,6 @@ class OrtBackend:
 
     def __init__(self, model: nn.Module, directory: Path, manifest: dict, scheme: str,
                  torch_optimizer: torch.optim.Optimizer | None = None, device=torch.device("cpu")):
-        from onnxruntime.training import api
-
         self.model, self.manifest, self.scheme = model, manifest, scheme
         self.directory = Path(directory)
         self.device = device

@@ -13,8 +13,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from edge_sel import __version__
 from edge_sel.config import TrainConfig
 from edge_sel.core.checkpoint import ModelCard, atomic_write_bytes, save_checkpoint

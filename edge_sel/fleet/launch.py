@@ -50,7 +50,7 @@ def write_app(directory: Path, defaults: ServerSettings | None = None) -> Path:
     lines = ["[build-system]", 'requires = ["hatchling"]', 'build-backend = "hatchling.build"', "",
              "[project]", 'name = "edge-sel-fleet"', f'version = "{__version__.split("+")[0]}"',
              'description = "edge-sel fleet fine-tuning"', 'license = "Apache-2.0"',
-             f'dependencies = ["edge-sel[fleet]"]', "", "[tool.flwr.app]", 'publisher = "edge-sel"', "",
+             'dependencies = ["edge-sel[fleet]"]', "", "[tool.flwr.app]", 'publisher = "edge-sel"', "",
              "[tool.flwr.app.components]",
              *(f'{k} = "{v}"' for k, v in APP_COMPONENTS.items()), "", "[tool.flwr.app.config]",
              *(f'{k} = {toml_value(v)}' for k, v in run_config.items()), ""]
