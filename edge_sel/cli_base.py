@@ -16,7 +16,7 @@ import sys
 
 import click
 
-from edge_sel.engine.trainer import TrainingDiverged
+from edge_sel.engine.checkpointing import TrainingDiverged
 from edge_sel.errors import InputError, WriteError
 
 

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import os
-import random
 import signal
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -20,27 +17,19 @@ from edge_sel.backends.torch_backend import make_optimizer
 from edge_sel.config import TrainConfig
 from edge_sel.core.flops import FlopCounter
 from edge_sel.core.records import RecordWriter
-from edge_sel.data import Batch, BatchLoader, Splits
-from edge_sel.device_caps import peak_rss_mb
+from edge_sel.data import BatchLoader, Splits
+from edge_sel.engine import epoch_record
 from edge_sel.engine.bn_adapt import reestimate_bn
+from edge_sel.engine.budget import EnergyBudget
+from edge_sel.engine.checkpointing import Checkpoints, Rollback, restore
 from edge_sel.engine.evaluate import EmbarrassmentMeter, accuracy, per_class_accuracy, predict_dataset
 from edge_sel.engine.keep import BN_ADAPT_EPOCH, WARMUP_EPOCH, ModelChoice
 from edge_sel.engine.layout import LayoutChoice, choose_layout
+from edge_sel.engine.ledger import ComputeLedger
+from edge_sel.engine.progress import EpochProgress, changed_fraction, snapshot_params
 from edge_sel.engine.schedule import lr_factor
-from edge_sel.engine.state import StateWriteError, load_state, save_state
 from edge_sel.engine.totals import StepTotals
-from edge_sel.methods import Plan, RunContext, Strategy, Updater
-
-MAX_NONFINITE_IN_A_ROW = 3
-ROLLED_BACK_ZERO = {"flops": 0, "samples": 0, "s": 0.0, "j": 0.0}
-
-
-class TrainingDiverged(Exception):
-    """Non-finite losses kept coming back after rolling back and halving the learning rate."""
-
-
-class _Rollback(Exception):
-    """Raised inside an epoch when a loss is not finite; the run restores its last checkpoint."""
+from edge_sel.methods import RunContext, Strategy, Updater
 
 NULL_ENERGY = {"energy_j": None, "energy_source": None, "energy_method": None, "energy_coverage": None,
                "avg_power_w": None, "max_temp_c": None}
@@ -55,66 +44,6 @@ class NullMeter:
 
     def end(self, name: str) -> dict:
         return dict(NULL_ENERGY)
-
-
-def snapshot_params(model: torch.nn.Module) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in model.parameters()]
-
-
-def changed_fraction(model: torch.nn.Module, before: list[torch.Tensor]) -> float:
-    """Share of parameter entries whose value differs from `before`: what actually moved."""
-    changed = sum((p.detach() != b).sum().item() for p, b in zip(model.parameters(), before))
-    return changed / max(1, sum(b.numel() for b in before))
-
-
-@dataclass
-class EpochProgress:
-    """Everything a half-done epoch has accumulated: saved in checkpoints so a resumed epoch ends
-    with the same record as one that was never interrupted."""
-    epoch: int
-    plan: Plan
-    before: list            # parameter values at the epoch's start (for params_updated_frac)
-    emb: EmbarrassmentMeter
-    next_batch: int = 0
-    n_trained: int = 0
-    loss_sum: float = 0.0
-    correct: int = 0
-    flops_f: int = 0
-    flops_b: int = 0
-    throttled: float = 0.0
-    wall_s: float = 0.0     # time spent before the last checkpoint (a resumed epoch adds to it)
-    energy_j: float = 0.0   # likewise for joules
-    last_loss: float | None = None
-    carry: Batch | None = None   # a single planned row waiting to join the next step
-    singles_dropped: int = 0     # single rows left over at the epoch's end (never trained)
-    thermal_capped: int = 0      # thermal pauses cut short by the maximum pause
-    steps: int = 0               # optimizer steps taken
-    last_loss_t: torch.Tensor | None = None   # the last step's mean loss, still on the device
-
-    def to_state(self) -> dict:
-        return {"epoch": self.epoch, "plan": {"positions": self.plan.positions.cpu(),
-                                              "weights": None if self.plan.weights is None else self.plan.weights.cpu(),
-                                              "info": self.plan.info},
-                "before": [b.cpu() for b in self.before], "emb": (self.emb.sum.cpu(), self.emb.count.cpu()),
-                "carry": None if self.carry is None else {k: None if v is None else v.cpu()
-                                                          for k, v in vars(self.carry).items()},
-                **{k: getattr(self, k) for k in ("next_batch", "n_trained", "loss_sum", "correct", "flops_f",
-                                                 "flops_b", "throttled", "wall_s", "energy_j", "last_loss",
-                                                 "singles_dropped", "thermal_capped", "steps")}}
-
-    @classmethod
-    def from_state(cls, d: dict, temperature: float, device) -> "EpochProgress":
-        emb = EmbarrassmentMeter(len(d["emb"][0]), temperature, device)
-        emb.sum.copy_(d["emb"][0])
-        emb.count.copy_(d["emb"][1])
-        plan = Plan(d["plan"]["positions"], d["plan"]["weights"], d["plan"]["info"])
-        rest = {k: d[k] for k in ("next_batch", "n_trained", "loss_sum", "correct", "flops_f", "flops_b",
-                                  "throttled", "wall_s", "energy_j", "last_loss")}
-        carry = d.get("carry")
-        carry = None if carry is None else Batch(**{k: None if v is None else v.to(device) for k, v in carry.items()})
-        return cls(d["epoch"], plan, [b.to(device) for b in d["before"]], emb, **rest, carry=carry,
-                   singles_dropped=d.get("singles_dropped", 0), thermal_capped=d.get("thermal_capped", 0),
-                   steps=d.get("steps", 0))
 
 
 @dataclass
@@ -165,26 +94,19 @@ class Trainer:
         self.loader = BatchLoader(self.train_ds, self.mean, self.std, cfg.batch_size, cfg.augment,
                                   self.generator, self.memory_format)
         self.flops = FlopCounter(self.model, self.train_ds.input_shape)
-        self._scoring = {"samples": 0, "flops": 0}
+        self.ledger = ComputeLedger()       # scoring passes and rolled-back steps not yet in a record
+        self.budget = EnergyBudget(self.budget_j)
+        self.checkpoints = Checkpoints(self.state_dir)
         self.step = 0
+        self.next_epoch = 0
         self.stop_reason: str | None = None
         self.stop_requested = False     # set by SIGINT/SIGTERM: finish the step, checkpoint, stop
-        self._eval_j = 0.0          # the final evaluation's expected joules, reserved when checking the budget
-        self._eval_j_per_image = 0.0
         self.lr_mult = 1.0          # halved after each non-finite loss
         self.nonfinite_events = 0
-        self._nonfinite_in_a_row = 0
-        self._energy_offset_j = 0.0   # joules measured before a resume (budget continues from here)
-        # Compute since the last checkpoint (a rollback throws those steps away, not their cost) and
-        # what rollbacks threw away in the current epoch, until its record takes it.
-        self._uncommitted = {"flops": 0, "samples": 0}
-        self._mark = (time.perf_counter(), 0.0)
-        self.rolled_back = dict(ROLLED_BACK_ZERO)
-        self._step_j = 0.0
         self.bn_adapt_done = False
-        self._bn_adapt: dict | None = None   # re-estimation not yet charged to a record
-        self._kill_at_step = int(os.environ.get("EDGE_SEL_FAULT_KILL_AT_STEP", "0") or 0) or None          # joules of one step so far (the previous epoch's before this one's first)
-        self.progress: EpochProgress | None = None
+        self.bn_adapt_pending: dict | None = None   # re-estimation not yet charged to a record
+        self._kill_at_step = int(os.environ.get("EDGE_SEL_FAULT_KILL_AT_STEP", "0") or 0) or None
+        self.progress: EpochProgress | None = None   # the epoch under way (saved by mid-epoch checkpoints)
         self._eval_energy: dict = {}
         if self.guard is not None:
             self.guard.should_stop = lambda: self.stop_requested
@@ -231,8 +153,7 @@ class Trainer:
         fmt = self.memory_format if model is self.model else torch.contiguous_format
         logits = predict_dataset(lambda x: model(x).float(), ds, self.mean, self.std, self.eval_batch_size, fmt)
         counter = self.flops if model is self.model else FlopCounter(model, ds.input_shape)
-        self._scoring["samples"] += len(ds)
-        self._scoring["flops"] += self._eval_flops(counter, len(ds))
+        self.ledger.add_scoring(len(ds), self._eval_flops(counter, len(ds)))
         # A normal tensor again (inference tensors refuse in-place updates outside inference mode).
         return torch.nn.functional.cross_entropy(logits.clone(), ds.labels, reduction="none")
 
@@ -242,8 +163,7 @@ class Trainer:
         self.model.train()
         with torch.inference_mode():
             logits = self.model(x).float()
-        self._scoring["samples"] += len(x)
-        self._scoring["flops"] += self.flops.eval_batch(len(x))
+        self.ledger.add_scoring(len(x), self.flops.eval_batch(len(x)))
         return logits.clone()
 
     def _eval_flops(self, counter: FlopCounter, n: int) -> int:
@@ -286,7 +206,7 @@ class Trainer:
                 if self.stop_requested:          # SIGTERM while cooling down
                     self.stop_reason = "interrupted"
                     break
-            if self._over_budget(j0, i - first, progress):
+            if self.budget.exceeded_by_next_step(self.meter, j0, i - first):
                 self.stop_reason = "energy_budget"
                 break
             stepped = False
@@ -311,15 +231,15 @@ class Trainer:
                 break
             if self.checkpoint_every and stepped and self.step % self.checkpoint_every == 0 \
                     and progress.next_batch < nb:
-                self._checkpoint_mid_epoch(progress, t0, j0)
+                self.checkpoints.save_mid_epoch(self, progress, t0, j0)
             if stepped and self.step == self._kill_at_step:     # crash-safety tests: die like a power cut
                 os.kill(os.getpid(), signal.SIGKILL)
         bar.close()
-        self._read_totals(progress, f"the end of epoch {epoch}")
+        self.read_totals(progress, f"the end of epoch {epoch}")
         if self.device.type == "cuda":
             torch.cuda.synchronize()        # the epoch's wall time includes its queued kernels
         if self.stop_reason == "interrupted":
-            self._checkpoint_mid_epoch(progress, t0, j0)
+            self.checkpoints.save_mid_epoch(self, progress, t0, j0)
             self.meter.end("train")
             return None
         if progress.carry is not None and progress.next_batch >= nb:
@@ -329,11 +249,11 @@ class Trainer:
         energy = self.meter.end("train")
         if energy.get("energy_j") is not None:
             energy["energy_j"] += progress.energy_j
-            candidate = (self._bn_adapt or {}).get("candidate_eval") or {}
+            candidate = (self.bn_adapt_pending or {}).get("candidate_eval") or {}
             energy["energy_j"] -= candidate.get("eval_energy_j") or 0.0    # evaluation joules, counted there
         self.progress = None
         if self.ranks is not None:       # DDP: this rank's counters and joules become world totals
-            self.ranks.combine_epoch(progress, energy, self._scoring)
+            self.ranks.combine_epoch(progress, energy, self.ledger.scoring)
         return self._epoch_record(epoch, progress, energy)
 
     def _train_step(self, epoch: int, i: int, nb: int, batch, progress: EpochProgress) -> None:
@@ -349,12 +269,11 @@ class Trainer:
         self.updater.before_step(self.step, batch)
         f, b = self.flops.train_step(len(batch.y))
         losses, logits = self.backend.train_step(self.step, batch)
-        self._uncommitted["flops"] += f + b
-        self._uncommitted["samples"] += len(batch.y)
+        self.ledger.add_step(len(batch.y), f + b)
         self.totals.add(losses, logits, batch.y)
         progress.last_loss_t = self.totals.last
         if self.totals.pending >= self.sync_every:
-            self._read_totals(progress, f"epoch {epoch}, batch {i}")
+            self.read_totals(progress, f"epoch {epoch}, batch {i}")
         self.strategy.observe(batch, losses, logits)
         progress.emb.add(logits, batch.y)
         progress.n_trained += len(batch.y)
@@ -363,84 +282,36 @@ class Trainer:
         progress.flops_b += b
         self.step += 1
 
-    def _read_totals(self, progress: EpochProgress, where: str) -> None:
+    def read_totals(self, progress: EpochProgress, where: str) -> None:
         """The one host read of the steps since the last: sums into the progress, and a rollback
         when any loss among them was not finite (the steps after it are thrown away with it)."""
         if not self.totals.pending:
             return
         loss_sum, correct, bad, last = self.totals.read()
         if bad:
-            raise _Rollback(f"non-finite loss by {where}")
+            raise Rollback(f"non-finite loss by {where}")
         progress.loss_sum += loss_sum
         progress.correct += correct
         progress.last_loss = last
 
     def _epoch_record(self, epoch: int, progress: EpochProgress, energy: dict) -> dict:
-        plan, n_trained = progress.plan, progress.n_trained
-        record = {
-            "epoch": epoch, "phase": self.phase, "stage": plan.info.get("stage"),
-            "strategy": self.strategy.name, "samples_available": len(self.train_ds),
-            "forward_samples": n_trained + self._scoring["samples"], "backward_samples": n_trained,
-            "activation": n_trained / max(1, len(self.train_ds)),
-            "train_loss": progress.loss_sum / n_trained if n_trained else None,
-            "train_acc": progress.correct / n_trained if n_trained else None,
-        }
+        scoring = self.ledger.take_scoring()
+        record = epoch_record.training_fields(epoch, self.phase, self.strategy.name, len(self.train_ds),
+                                              progress, scoring)
         record.update(self.updater.end_epoch())
         record["params_updated_frac"] = changed_fraction(self.model, progress.before)
-        record.update({"flops_forward": progress.flops_f, "flops_backward": progress.flops_b,
-                       "flops_scoring": self._scoring["flops"], "scoring_samples": self._scoring["samples"]})
-        # An updater's one-off calibration pass (the SEL guilt threshold) is training compute too.
-        candidate_eval = None
-        if self._bn_adapt is not None:         # forward-only, charged to the first record
-            candidate_eval = self._bn_adapt.pop("candidate_eval", None)
-            record.update(self._bn_adapt)
-            record["forward_samples"] += self._bn_adapt["bn_adapt_samples"]
-            record["flops_calibration"] = (record.get("flops_calibration") or 0) + self._bn_adapt["flops_bn_adapt"]
-            self._bn_adapt = None
-        # Steps a rollback threw away were computed all the same: their cost stays in the totals.
-        rolled = self.rolled_back
-        self.rolled_back = dict(ROLLED_BACK_ZERO)
-        record.update({f"rolled_back_{k}": v for k, v in rolled.items()})
-        record["flops_train"] = progress.flops_f + progress.flops_b + self._scoring["flops"] + \
-            (record.get("flops_calibration") or 0) + rolled["flops"]
-        self._scoring = {"samples": 0, "flops": 0}
-        wall = progress.wall_s + rolled["s"]
-        if energy.get("energy_j") is not None:
-            energy["energy_j"] += rolled["j"]
-        record.update({"wall_s": wall, "samples_per_s": n_trained / wall if wall > 0 else None,
-                       "lr_end": self.optimizer.param_groups[0]["lr"] / self.optimizer.param_groups[0].get("lr_scale", 1.0)})
-        record.update(energy)
+        bn_adapt, self.bn_adapt_pending = self.bn_adapt_pending, None
+        candidate_eval = None if bn_adapt is None else bn_adapt.pop("candidate_eval", None)
+        group = self.optimizer.param_groups[0]
+        epoch_record.add_costs(record, progress, scoring, bn_adapt, self.ledger.take_rolled_back(), energy,
+                               lr_end=group["lr"] / group.get("lr_scale", 1.0))
         final = epoch == self.config.epochs - 1 or self.stop_reason is not None
         validate = final or (epoch + 1) % self.config.eval_every == 0
         record.update(self.evaluate(validate=validate, test=final or (validate and self.config.eval_test == "every")))
-        for key, value in (candidate_eval or {}).items():     # the re-estimated model's validation
-            record[key] = (record.get(key) or 0) + (value or 0)
-        for name, e in zip(self.class_names, progress.emb.values()):
-            record[f"E_{name}"] = e
-            record[f"C_{name}"] = EmbarrassmentMeter.confidence(e)
-        record.update({k: v for k, v in plan.info.items() if k != "stage"})
-        record["peak_rss_mb"] = peak_rss_mb()
-        record["throttled_s"] = progress.throttled
-        record["thermal_pauses_capped"] = progress.thermal_capped
-        record["nonfinite_events"] = self.nonfinite_events
-        record["single_samples_untrained"] = progress.singles_dropped
-        record["optimizer_steps"] = progress.steps
-        if self.stop_reason:
-            record["stop_reason"] = self.stop_reason
+        epoch_record.add_candidate_evaluation(record, candidate_eval)
+        record.update(epoch_record.closing_fields(progress, self.class_names, self.nonfinite_events,
+                                                  self.stop_reason))
         return record
-
-    def _over_budget(self, start_j: float, steps_done: int, progress: EpochProgress) -> bool:
-        """Would one more step (at this epoch's mean cost so far) plus an evaluation pass the
-        budget? Checked before each step, so the run stops before, not after, the limit."""
-        if self.budget_j is None:
-            return False
-        sample_now = getattr(self.meter, "sample_once", None)
-        if sample_now is not None:      # the sampler thread's total can lag by one interval (10 Hz)
-            sample_now(read_temperatures=False)
-        total = self.meter.total_j + self._energy_offset_j
-        if steps_done:
-            self._step_j = (self.meter.total_j - start_j) / steps_done
-        return total + self._step_j + self._eval_j > self.budget_j
 
     def _predict(self, ds) -> torch.Tensor:
         return predict_dataset(self.backend.predict, ds, self.mean, self.std, self.eval_batch_size, self.memory_format)
@@ -476,12 +347,8 @@ class Trainer:
         out["eval_wall_s"] = time.perf_counter() - t0
         self._eval_energy = self.meter.end("eval")
         out["eval_energy_j"] = self._eval_energy.get("energy_j")
-        evaluated = out["val_samples_evaluated"] + out["test_samples_evaluated"]
-        if evaluated:     # the budget reserves what the last epoch's evaluation (val and test) will cost,
-            # at the dearest joules per image seen so far (small evaluations carry more overhead)
-            final = len(self.val_eval_ds) + len(self.test_ds) + len(self.clean_test_ds or ())
-            self._eval_j_per_image = max(self._eval_j_per_image, (out["eval_energy_j"] or 0.0) / evaluated)
-            self._eval_j = self._eval_j_per_image * final
+        self.budget.reserve_evaluation(out["eval_energy_j"], out["val_samples_evaluated"] + out["test_samples_evaluated"],
+                                       len(self.val_eval_ds) + len(self.test_ds) + len(self.clean_test_ds or ()))
         return out
 
     def _test_at_the_end(self, writer: RecordWriter | None) -> None:
@@ -515,10 +382,7 @@ class Trainer:
     def baseline_record(self) -> dict:
         """The starting checkpoint on the local validation and test splits before any step: the bar
         a fine-tune must clear. It costs evaluation only (its FLOPs and joules are recorded)."""
-        record = {"epoch": WARMUP_EPOCH, "phase": "baseline", "stage": None, "strategy": self.strategy.name,
-                  "samples_available": len(self.train_ds), "forward_samples": 0, "backward_samples": 0,
-                  "activation": 0.0, "train_loss": None, "train_acc": None, "flops_forward": 0,
-                  "flops_backward": 0, "flops_scoring": 0, "flops_train": 0, "wall_s": 0.0, "energy_j": None}
+        record = epoch_record.baseline_fields(self.strategy.name, len(self.train_ds))
         record.update(self.evaluate())
         record.update({k: self._eval_energy.get(k) for k in ("energy_source", "energy_method")})
         return record
@@ -531,7 +395,7 @@ class Trainer:
         positions = torch.randperm(len(self.train_ds), generator=draw)[:n].to(self.device)
         sizes = reestimate_bn(self.model, self.train_ds, positions, self.mean, self.std,
                               memory_format=self.memory_format)
-        self._bn_adapt = {"bn_adapt_samples": n, "flops_bn_adapt": sum(self.flops.eval_batch(s) for s in sizes)}
+        self.bn_adapt_pending = {"bn_adapt_samples": n, "flops_bn_adapt": sum(self.flops.eval_batch(s) for s in sizes)}
         self.bn_adapt_done = True
 
     def _consider_bn_adapted(self) -> float:
@@ -540,8 +404,8 @@ class Trainer:
         Returns the evaluation's seconds (taken out of the epoch's training time)."""
         ev = self.evaluate(validate=True, test=False)
         self.choice.consider(BN_ADAPT_EPOCH, ev["val_acc"], None, self.model)
-        self._bn_adapt["bn_adapt_val_acc"] = ev["val_acc"]
-        self._bn_adapt["candidate_eval"] = {k: ev[k] for k in ("flops_eval", "eval_wall_s", "eval_energy_j",
+        self.bn_adapt_pending["bn_adapt_val_acc"] = ev["val_acc"]
+        self.bn_adapt_pending["candidate_eval"] = {k: ev[k] for k in ("flops_eval", "eval_wall_s", "eval_energy_j",
                                                                 "val_samples_evaluated")}
         return ev["eval_wall_s"]
 
@@ -552,12 +416,8 @@ class Trainer:
         self._adapt_bn()
         wall = time.perf_counter() - t0
         energy = self.meter.end("train")
-        info, self._bn_adapt = self._bn_adapt, None
-        record = {"epoch": 0, "phase": "bn_adapt", "stage": None, "strategy": self.strategy.name,
-                  "samples_available": len(self.train_ds), "forward_samples": info["bn_adapt_samples"],
-                  "backward_samples": 0, "activation": 0.0, "train_loss": None, "train_acc": None,
-                  "flops_forward": info["flops_bn_adapt"], "flops_backward": 0, "flops_scoring": 0,
-                  "flops_train": info["flops_bn_adapt"], "wall_s": wall, **info, **energy}
+        info, self.bn_adapt_pending = self.bn_adapt_pending, None
+        record = epoch_record.bn_adapt_fields(self.strategy.name, len(self.train_ds), info, wall, energy)
         record.update(self.evaluate())
         return record
 
@@ -568,143 +428,41 @@ class Trainer:
         if self.phase == "finetune":
             record["kept_epoch"] = self.choice.epoch     # what the output model would be if the run ended here
 
-    # -- checkpoints ---------------------------------------------------------------------------
-    def state(self) -> dict:
-        """The full state: model, optimizer, RNGs, epoch position, strategy, updater, records."""
-        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-               "data": self.generator.get_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        backend_state = getattr(self.backend, "state_dict", None)
-        return {
-            "format": "edge-sel-train-state/1", "step": self.step,
-            "next_epoch": self._next_epoch, "progress": None if self.progress is None else self.progress.to_state(),
-            "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(), "backend": backend_state() if backend_state else None,
-            "strategy": self.strategy.state_dict(), "updater": self.updater.state_dict(),
-            "rng": rng, "records": list(self.records), "scoring": dict(self._scoring), "eval_j": self._eval_j,
-            "lr_mult": self.lr_mult, "nonfinite_events": self.nonfinite_events,
-            "energy_total_j": self.meter.total_j + self._energy_offset_j,
-            "baseline": self.baseline, "choice": self.choice.state_dict(), "rolled_back": dict(self.rolled_back),
-            # What strategies told updaters through the context (e.g. the curriculum stage that sets
-            # the guilt threshold): a resumed epoch does not plan again, so it must come back too.
-            "context": dict(self.ctx.state),
-            "bn_adapt": {"done": self.bn_adapt_done, "pending": self._bn_adapt},
-        }
-
-    def restore(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if state.get("backend") is not None and hasattr(self.backend, "load_state_dict"):
-            self.backend.load_state_dict(state["backend"])
-        self.strategy.load_state_dict(state["strategy"])
-        self.updater.load_state_dict(state["updater"])
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        np.random.set_state(tuple(x.numpy() if torch.is_tensor(x) else x for x in rng["numpy"]))
-        random.setstate(rng["python"])
-        self.generator.set_state(rng["data"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        self.step = state["step"]
-        self._next_epoch = state["next_epoch"]
-        self.progress = None if state["progress"] is None else \
-            EpochProgress.from_state(state["progress"], self.config.temperature, self.device)
-        self.records = list(state["records"])
-        self._scoring = dict(state["scoring"])
-        self._eval_j = state["eval_j"]
-        self.lr_mult = state["lr_mult"]
-        self.nonfinite_events = state["nonfinite_events"]
-        self._energy_offset_j = state["energy_total_j"] - self.meter.total_j
-        self.baseline = state.get("baseline")
-        adapt = state.get("bn_adapt") or {}
-        self.bn_adapt_done, self._bn_adapt = bool(adapt.get("done")), adapt.get("pending")
-        self.ctx.state.clear()
-        self.ctx.state.update(state.get("context", {}))
-        self.rolled_back = dict(state.get("rolled_back", ROLLED_BACK_ZERO))
-        self._uncommitted = {"flops": 0, "samples": 0}
-        self._mark = (time.perf_counter(), self.meter.total_j)
-        self.totals = StepTotals(self.device)      # unread sums belonged to the steps thrown away
-        self.choice.load_state_dict(state.get("choice"))
-
-    def checkpoint(self) -> None:
-        if self.state_dir is not None:
-            save_state(self.state_dir, self.state())
-            self._nonfinite_in_a_row = 0    # progress was made since the last rollback
-            self._uncommitted = {"flops": 0, "samples": 0}
-            self._mark = (time.perf_counter(), self.meter.total_j)
-
-    def _checkpoint_mid_epoch(self, progress: EpochProgress, t0: float, j0: float) -> None:
-        self._read_totals(progress, f"batch {progress.next_batch} of epoch {progress.epoch}")   # never save a NaN
-        # Time and energy so far move into the progress, so a resume continues the sums.
-        now = time.perf_counter()
-        progress.wall_s += now - t0
-        progress.energy_j += self.meter.total_j - j0
-        self.checkpoint()
-        progress.wall_s -= now - t0        # the epoch's own timer keeps running; undo the move
-        progress.energy_j -= self.meter.total_j - j0
-
-    def _rollback(self, reason: str) -> None:
-        self.nonfinite_events += 1
-        self._nonfinite_in_a_row += 1
-        if self.state_dir is None or self._nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
-            raise TrainingDiverged(f"{reason}; {self._nonfinite_in_a_row} non-finite losses in a row after "
-                                   f"rolling back and halving the learning rate: stopping. The last good "
-                                   f"checkpoint is in {self.state_dir}")
-        events, in_a_row, mult = self.nonfinite_events, self._nonfinite_in_a_row, self.lr_mult
-        try:
-            self.meter.end("train")
-        except ValueError:
-            pass
-        t0, j0 = self._mark
-        lost = {"flops": self._uncommitted["flops"], "samples": self._uncommitted["samples"],
-                "s": time.perf_counter() - t0, "j": self.meter.total_j - j0}
-        scoring_flops = self._scoring["flops"]
-        rolled = dict(self.rolled_back)
-        self.restore(load_state(self.state_dir))
-        lost["flops"] += max(0, scoring_flops - self._scoring["flops"])   # scoring passes since the checkpoint
-        self.rolled_back = {k: rolled[k] + lost[k] for k in rolled}
-        self._energy_offset_j += lost["j"]      # the budget counts joules of steps thrown away
-        self.nonfinite_events, self._nonfinite_in_a_row = events, in_a_row
-        self.lr_mult = mult * 0.5       # halvings compound across repeated rollbacks
-        warnings.warn(f"{reason}: rolled back to the last checkpoint, learning rate x{self.lr_mult:g}")
-
     def run(self, writer: RecordWriter | None = None, resume: dict | None = None) -> list[dict]:
         """Train to the end (or a stop); `resume` is a saved state to continue from."""
-        self._next_epoch = 0
+        self.next_epoch = 0
         if resume is not None:
-            self.restore(resume)
+            restore(self, resume)
         else:
             if self.phase == "finetune":
                 self.baseline = self.baseline_record()
                 self._keep_choice(WARMUP_EPOCH, self.baseline)
-            if self.state_dir is not None:
-                self.checkpoint()        # a rollback target before the first step
+            self.checkpoints.save(self)        # a rollback target before the first step
             if writer is not None and self.baseline is not None:
                 writer.append(self.baseline)
             if self.config.bn_adapt and self.config.epochs == 0:
                 record = self.bn_adapt_record()
                 self._keep_choice(0, record)
                 self.records.append(record)
-                self.checkpoint()
+                self.checkpoints.save(self)
                 if writer is not None:
                     writer.append(record)
         bar = self._bar(self.config.epochs, self.phase, leave=True)
-        bar.update(self._next_epoch)
-        while self._next_epoch < self.config.epochs and not self.strategy.finished():
-            epoch = self._next_epoch
+        bar.update(self.next_epoch)
+        while self.next_epoch < self.config.epochs and not self.strategy.finished():
+            epoch = self.next_epoch
             try:
                 record = self.train_epoch(epoch, self.progress)
-            except _Rollback as e:
-                self._rollback(str(e))
+            except Rollback as e:
+                self.checkpoints.roll_back(self, str(e))
                 continue
             if record is None:       # interrupted mid-epoch, state saved
                 break
             record.update(self.strategy.end_epoch(epoch, record))
             self._keep_choice(epoch, record)
             self.records.append(record)
-            self._next_epoch = epoch + 1
-            self.checkpoint()        # before the record is appended: a resume rewrites the records
+            self.next_epoch = epoch + 1
+            self.checkpoints.save(self)        # before the record is appended: a resume rewrites the records
             if writer is not None:
                 writer.append(record)
             bar.set_postfix(loss=f"{record['train_loss'] or 0:.3f}", val=f"{record['val_acc'] or 0:.3f}")

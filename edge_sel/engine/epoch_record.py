@@ -1,0 +1,87 @@
+"""The fields of one record: what an epoch trained, what it cost, and its closing counters.
+
+Every cost is counted from passes actually run: training steps, scoring passes a strategy asked
+for, an updater's or BatchNorm re-estimation's forward passes, and steps a rollback threw away.
+The evaluation's fields come between the cost and the closing fields (engine/trainer.py).
+"""
+
+from __future__ import annotations
+
+from edge_sel.device_caps import peak_rss_mb
+from edge_sel.engine.evaluate import EmbarrassmentMeter
+from edge_sel.engine.keep import WARMUP_EPOCH
+from edge_sel.engine.progress import EpochProgress
+
+
+def training_fields(epoch: int, phase: str, strategy: str, samples_available: int, progress: EpochProgress,
+                    scoring: dict) -> dict:
+    n_trained = progress.n_trained
+    return {
+        "epoch": epoch, "phase": phase, "stage": progress.plan.info.get("stage"),
+        "strategy": strategy, "samples_available": samples_available,
+        "forward_samples": n_trained + scoring["samples"], "backward_samples": n_trained,
+        "activation": n_trained / max(1, samples_available),
+        "train_loss": progress.loss_sum / n_trained if n_trained else None,
+        "train_acc": progress.correct / n_trained if n_trained else None,
+    }
+
+
+def add_costs(record: dict, progress: EpochProgress, scoring: dict, bn_adapt: dict | None, rolled_back: dict,
+              energy: dict, lr_end: float) -> None:
+    """FLOPs, samples, time and joules of the epoch into `record` (which holds the updater's fields)."""
+    record.update({"flops_forward": progress.flops_f, "flops_backward": progress.flops_b,
+                   "flops_scoring": scoring["flops"], "scoring_samples": scoring["samples"]})
+    if bn_adapt is not None:         # forward-only, charged to the first record
+        record.update(bn_adapt)
+        record["forward_samples"] += bn_adapt["bn_adapt_samples"]
+        # Like an updater's one-off calibration pass (the SEL guilt threshold): training compute.
+        record["flops_calibration"] = (record.get("flops_calibration") or 0) + bn_adapt["flops_bn_adapt"]
+    # Steps a rollback threw away were computed all the same: their cost stays in the totals.
+    record.update({f"rolled_back_{k}": v for k, v in rolled_back.items()})
+    record["flops_train"] = progress.flops_f + progress.flops_b + scoring["flops"] + \
+        (record.get("flops_calibration") or 0) + rolled_back["flops"]
+    wall = progress.wall_s + rolled_back["s"]
+    if energy.get("energy_j") is not None:
+        energy["energy_j"] += rolled_back["j"]
+    n_trained = progress.n_trained
+    record.update({"wall_s": wall, "samples_per_s": n_trained / wall if wall > 0 else None, "lr_end": lr_end})
+    record.update(energy)
+
+
+def add_candidate_evaluation(record: dict, candidate_eval: dict | None) -> None:
+    """The re-estimated model's validation before training (a keep-best candidate) is evaluation
+    cost of this record."""
+    for key, value in (candidate_eval or {}).items():
+        record[key] = (record.get(key) or 0) + (value or 0)
+
+
+def closing_fields(progress: EpochProgress, class_names: list[str], nonfinite_events: int,
+                   stop_reason: str | None) -> dict:
+    out = {}
+    for name, e in zip(class_names, progress.emb.values()):
+        out[f"E_{name}"] = e
+        out[f"C_{name}"] = EmbarrassmentMeter.confidence(e)
+    out.update({k: v for k, v in progress.plan.info.items() if k != "stage"})
+    out.update({"peak_rss_mb": peak_rss_mb(), "throttled_s": progress.throttled,
+                "thermal_pauses_capped": progress.thermal_capped, "nonfinite_events": nonfinite_events,
+                "single_samples_untrained": progress.singles_dropped, "optimizer_steps": progress.steps})
+    if stop_reason:
+        out["stop_reason"] = stop_reason
+    return out
+
+
+def baseline_fields(strategy: str, samples_available: int) -> dict:
+    """The starting checkpoint's record before its evaluation: nothing trained, nothing spent."""
+    return {"epoch": WARMUP_EPOCH, "phase": "baseline", "stage": None, "strategy": strategy,
+            "samples_available": samples_available, "forward_samples": 0, "backward_samples": 0,
+            "activation": 0.0, "train_loss": None, "train_acc": None, "flops_forward": 0,
+            "flops_backward": 0, "flops_scoring": 0, "flops_train": 0, "wall_s": 0.0, "energy_j": None}
+
+
+def bn_adapt_fields(strategy: str, samples_available: int, bn_adapt: dict, wall_s: float, energy: dict) -> dict:
+    """`--epochs 0 --bn-adapt N`: the re-estimation alone as epoch 0, before its evaluation."""
+    return {"epoch": 0, "phase": "bn_adapt", "stage": None, "strategy": strategy,
+            "samples_available": samples_available, "forward_samples": bn_adapt["bn_adapt_samples"],
+            "backward_samples": 0, "activation": 0.0, "train_loss": None, "train_acc": None,
+            "flops_forward": bn_adapt["flops_bn_adapt"], "flops_backward": 0, "flops_scoring": 0,
+            "flops_train": bn_adapt["flops_bn_adapt"], "wall_s": wall_s, **bn_adapt, **energy}

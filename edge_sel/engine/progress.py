@@ -1,0 +1,71 @@
+"""How far an epoch has got: its plan, counters and sums, saved inside mid-epoch checkpoints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from edge_sel.data import Batch
+from edge_sel.engine.evaluate import EmbarrassmentMeter
+from edge_sel.methods import Plan
+
+
+def snapshot_params(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def changed_fraction(model: torch.nn.Module, before: list[torch.Tensor]) -> float:
+    """Share of parameter entries whose value differs from `before`: what actually moved."""
+    changed = sum((p.detach() != b).sum().item() for p, b in zip(model.parameters(), before))
+    return changed / max(1, sum(b.numel() for b in before))
+
+
+@dataclass
+class EpochProgress:
+    """Everything a half-done epoch has accumulated: saved in checkpoints so a resumed epoch ends
+    with the same record as one that was never interrupted."""
+    epoch: int
+    plan: Plan
+    before: list            # parameter values at the epoch's start (for params_updated_frac)
+    emb: EmbarrassmentMeter
+    next_batch: int = 0
+    n_trained: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    flops_f: int = 0
+    flops_b: int = 0
+    throttled: float = 0.0
+    wall_s: float = 0.0     # time spent before the last checkpoint (a resumed epoch adds to it)
+    energy_j: float = 0.0   # likewise for joules
+    last_loss: float | None = None
+    carry: Batch | None = None   # a single planned row waiting to join the next step
+    singles_dropped: int = 0     # single rows left over at the epoch's end (never trained)
+    thermal_capped: int = 0      # thermal pauses cut short by the maximum pause
+    steps: int = 0               # optimizer steps taken
+    last_loss_t: torch.Tensor | None = None   # the last step's mean loss, still on the device
+
+    def to_state(self) -> dict:
+        return {"epoch": self.epoch, "plan": {"positions": self.plan.positions.cpu(),
+                                              "weights": None if self.plan.weights is None else self.plan.weights.cpu(),
+                                              "info": self.plan.info},
+                "before": [b.cpu() for b in self.before], "emb": (self.emb.sum.cpu(), self.emb.count.cpu()),
+                "carry": None if self.carry is None else {k: None if v is None else v.cpu()
+                                                          for k, v in vars(self.carry).items()},
+                **{k: getattr(self, k) for k in ("next_batch", "n_trained", "loss_sum", "correct", "flops_f",
+                                                 "flops_b", "throttled", "wall_s", "energy_j", "last_loss",
+                                                 "singles_dropped", "thermal_capped", "steps")}}
+
+    @classmethod
+    def from_state(cls, d: dict, temperature: float, device) -> "EpochProgress":
+        emb = EmbarrassmentMeter(len(d["emb"][0]), temperature, device)
+        emb.sum.copy_(d["emb"][0])
+        emb.count.copy_(d["emb"][1])
+        plan = Plan(d["plan"]["positions"], d["plan"]["weights"], d["plan"]["info"])
+        rest = {k: d[k] for k in ("next_batch", "n_trained", "loss_sum", "correct", "flops_f", "flops_b",
+                                  "throttled", "wall_s", "energy_j", "last_loss")}
+        carry = d.get("carry")
+        carry = None if carry is None else Batch(**{k: None if v is None else v.to(device) for k, v in carry.items()})
+        return cls(d["epoch"], plan, [b.to(device) for b in d["before"]], emb, **rest, carry=carry,
+                   singles_dropped=d.get("singles_dropped", 0), thermal_capped=d.get("thermal_capped", 0),
+                   steps=d.get("steps", 0))
