@@ -2,6 +2,7 @@
 that failed), without a traceback."""
 
 import contextlib
+from pathlib import Path
 
 
 class InputError(Exception):
@@ -23,3 +24,21 @@ def writing(path):
         yield
     except OSError as e:
         raise WriteError(f"{path}: cannot write ({e.strerror or e})") from None
+
+
+def existing_dir(path, label: str) -> Path:
+    """`path` as a Path; an InputError naming `label` (the option or argument given) when it is not
+    a directory."""
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(f"{label} {path}: no such directory")
+    return path
+
+
+def required_file(directory: Path, name: str, label: str, kind: str | None = None) -> Path:
+    """`directory/name`; an InputError naming `label` and the missing file when it is not there
+    (`kind`: what the directory should have been, e.g. "run directory")."""
+    path = Path(directory) / name
+    if not path.is_file():
+        raise InputError(f"{label} {directory}: {name} is missing" + (f" (not an edge-sel {kind})" if kind else ""))
+    return path

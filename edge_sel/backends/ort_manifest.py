@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from edge_sel.errors import InputError
+from edge_sel.errors import InputError, existing_dir
 
 FORMAT = "edge-sel-ort-artifacts/1"
 MANIFEST = "manifest.json"
@@ -56,9 +56,7 @@ def read_manifest(root: Path, option: str = "--artifacts") -> dict:
 def resolve(path: Path, option: str = "--artifacts") -> tuple[Path, str, dict, str | None]:
     """ART (an export root) or ART/<scheme> -> (scheme directory, scheme, manifest, note).
     A root with several schemes means its `full` set, said in the note."""
-    path = Path(path)
-    if not path.is_dir():
-        raise InputError(f"{option} {path}: no such directory")
+    path = existing_dir(path, option)
     note = None
     if (path / MANIFEST).is_file():
         manifest = read_manifest(path, option)

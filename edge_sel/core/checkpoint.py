@@ -12,7 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from edge_sel import __version__
-from edge_sel.errors import InputError, writing
+from edge_sel.errors import InputError, existing_dir, required_file, writing
 
 FORMAT = "edge-sel-checkpoint/1"
 
@@ -84,12 +84,8 @@ def save_checkpoint(directory: Path, model: torch.nn.Module, card: ModelCard) ->
 
 
 def read_card(directory: Path) -> ModelCard:
-    directory = Path(directory)
-    meta = directory / "model.json"
-    if not directory.is_dir():
-        raise InputError(f"--checkpoint {directory}: no such directory")
-    if not meta.is_file():
-        raise InputError(f"--checkpoint {directory}: model.json is missing (not an edge-sel checkpoint)")
+    directory = existing_dir(directory, "--checkpoint")
+    meta = required_file(directory, "model.json", "--checkpoint", "checkpoint")
     try:
         d = json.loads(meta.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -101,9 +97,7 @@ def read_card(directory: Path) -> ModelCard:
 
 def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors by name (building the model they fit is models.load_checkpoint's job)."""
-    weights = Path(directory) / "model.safetensors"
-    if not weights.is_file():
-        raise InputError(f"--checkpoint {directory}: model.safetensors is missing")
+    weights = required_file(directory, "model.safetensors", "--checkpoint")
     try:
         return load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:

@@ -26,7 +26,7 @@ from edge_sel.engine.distributed import detect_world
 from edge_sel.engine.energy_setup import EnergyOptions
 from edge_sel.engine.state import NoValidState, StateWriteError, load_state
 from edge_sel.engine.trainer import Trainer
-from edge_sel.errors import InputError, writing
+from edge_sel.errors import InputError, existing_dir, required_file, writing
 from edge_sel.methods import make_strategy, make_updater
 from edge_sel.methods.options import check_options_used
 from edge_sel.methods.presets import apply_preset
@@ -318,10 +318,8 @@ def finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, out: Path, o
 def resume(run_dir: Path, quiet: bool = False, phase: str | None = None) -> dict:
     """Continue an interrupted run from its last good full-state checkpoint, with the options it
     was started with (RUN/config.json). `phase`: the command resuming it, which must match."""
-    run_dir = Path(run_dir)
-    config_file = run_dir / "config.json"
-    if not config_file.is_file():
-        raise InputError(f"--resume {run_dir}: no config.json (not an edge-sel run directory)")
+    run_dir = existing_dir(run_dir, "--resume")
+    config_file = required_file(run_dir, "config.json", "--resume", "run directory")
     try:
         saved = json.loads(config_file.read_text())
         cfg = TrainConfig(**{f.name: saved[f.name] for f in dataclasses.fields(TrainConfig) if f.name in saved})

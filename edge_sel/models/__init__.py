@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from edge_sel.core.checkpoint import ModelCard, read_card, read_weights
-from edge_sel.errors import InputError
+from edge_sel.errors import InputError, required_file
 from edge_sel.models.edgecnn import EdgeCNN
 from edge_sel.models.resnet import ResNet18Cifar
 
@@ -38,9 +38,7 @@ def load_checkpoint(directory: Path) -> tuple[nn.Module, ModelCard]:
     """The model a checkpoint's card names, with the checkpoint's weights loaded."""
     directory = Path(directory)
     card = read_card(directory)
-    weights = directory / "model.safetensors"
-    if not weights.is_file():
-        raise InputError(f"--checkpoint {directory}: model.safetensors is missing")
+    weights = required_file(directory, "model.safetensors", "--checkpoint")     # before building the model
     model = build_model(card.architecture, card.num_classes, card.input_shape[0])
     state = read_weights(directory)
     try:

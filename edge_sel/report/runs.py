@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_sel.core.records import read_records
-from edge_sel.errors import InputError
+from edge_sel.errors import InputError, existing_dir, required_file
 
 MEASURED_METHODS = ("counter", "integrated")
 
@@ -40,12 +40,8 @@ def _read_json(path: Path) -> dict:
 
 def load_run(path: Path, label: str | None = None) -> RunData:
     """One run directory; a missing or empty metrics.jsonl is a usage error naming the directory."""
-    path = Path(path)
-    metrics = path / "metrics.jsonl"
-    if not path.is_dir():
-        raise InputError(f"RUN {path}: no such directory")
-    if not metrics.is_file():
-        raise InputError(f"RUN {path}: no metrics.jsonl (not an edge-sel run directory)")
+    path = existing_dir(path, "RUN")
+    metrics = required_file(path, "metrics.jsonl", "RUN", "run directory")
     records = read_records(metrics)
     if not records:
         raise InputError(f"RUN {path}: metrics.jsonl holds no complete records")
