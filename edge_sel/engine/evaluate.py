@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -55,3 +57,58 @@ class EmbarrassmentMeter:
     @staticmethod
     def confidence(e: float | None) -> float | None:
         return None if e is None else max(0.0, 1.0 - e)
+
+
+def evaluation_flops(counter, n: int, batch_size: int) -> int:
+    """Counted FLOPs of forward passes over `n` samples in batches of `batch_size` (the last short)."""
+    full, rest = divmod(n, batch_size)
+    return full * (counter.eval_batch(batch_size) if full else 0) + (counter.eval_batch(rest) if rest else 0)
+
+
+@dataclass
+class EvaluationSets:
+    """The sets a run is judged on: validation (what keep-best and strategies decide by), test with
+    its per-class split, and under a shift the clean test set (what shifted training forgets)."""
+    val: IndexedDataset
+    test: IndexedDataset
+    clean_test: IndexedDataset | None
+    mean: list[float]
+    std: list[float]
+    batch_size: int
+    memory_format: torch.memory_format
+    flops: object               # the live model's FlopCounter
+    class_names: list[str]
+
+    def final_images(self) -> int:
+        """Images the last epoch's evaluation runs over."""
+        return len(self.val) + len(self.test) + len(self.clean_test or ())
+
+    def _predict(self, predict, ds: IndexedDataset) -> torch.Tensor:
+        return predict_dataset(predict, ds, self.mean, self.std, self.batch_size, self.memory_format)
+
+    def _flops(self, ds: IndexedDataset) -> int:
+        return evaluation_flops(self.flops, len(ds), self.batch_size)
+
+    def accuracies(self, predict, validate: bool, test: bool) -> dict:
+        """Every key is present; `evaluated` says which sets ran, so a None means "not evaluated"."""
+        names = self.class_names
+        out = {"val_acc": None, "test_acc": None, **{f"acc_{n}": None for n in names},
+               **({"clean_test_acc": None} if self.clean_test is not None else {}),
+               "evaluated": "+".join([k for k, on in (("val", validate), ("test", test)) if on]) or "none",
+               "val_samples_evaluated": len(self.val) if validate else 0,
+               "test_samples_evaluated": 0, "flops_eval": 0}
+        if validate:
+            out["val_acc"] = accuracy(self._predict(predict, self.val), self.val.labels)
+            out["flops_eval"] += self._flops(self.val)
+        if test:
+            logits = self._predict(predict, self.test)
+            out["test_acc"] = accuracy(logits, self.test.labels)
+            for name, acc in zip(names, per_class_accuracy(logits, self.test.labels, len(names))):
+                out[f"acc_{name}"] = acc
+            out["test_samples_evaluated"] = len(self.test)
+            out["flops_eval"] += self._flops(self.test)
+            if self.clean_test is not None:
+                out["clean_test_acc"] = accuracy(self._predict(predict, self.clean_test), self.clean_test.labels)
+                out["test_samples_evaluated"] += len(self.clean_test)
+                out["flops_eval"] += self._flops(self.clean_test)
+        return out

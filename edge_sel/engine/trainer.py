@@ -22,12 +22,13 @@ from edge_sel.engine import epoch_record
 from edge_sel.engine.bn_adapt import reestimate_bn
 from edge_sel.engine.budget import EnergyBudget
 from edge_sel.engine.checkpointing import Checkpoints, Rollback, restore
-from edge_sel.engine.evaluate import EmbarrassmentMeter, accuracy, per_class_accuracy, predict_dataset
+from edge_sel.engine.evaluate import EmbarrassmentMeter, EvaluationSets, accuracy, predict_dataset
 from edge_sel.engine.keep import BN_ADAPT_EPOCH, WARMUP_EPOCH, ModelChoice
 from edge_sel.engine.layout import LayoutChoice, choose_layout
 from edge_sel.engine.ledger import ComputeLedger
 from edge_sel.engine.progress import EpochProgress, changed_fraction, snapshot_params
 from edge_sel.engine.schedule import lr_factor
+from edge_sel.engine.scoring import ScoringPasses
 from edge_sel.engine.totals import StepTotals
 from edge_sel.methods import RunContext, Strategy, Updater
 
@@ -87,14 +88,19 @@ class Trainer:
         self.totals = StepTotals(self.device)
         self.optimizer = make_optimizer(cfg.optimizer, self.model.parameters(), cfg.lr, cfg.momentum,
                                         cfg.weight_decay)
+        self.flops = FlopCounter(self.model, self.train_ds.input_shape)
+        self.ledger = ComputeLedger()       # scoring passes and rolled-back steps not yet in a record
+        self.scoring = ScoringPasses(self.model, self.train_ds, self.mean, self.std, self.device,
+                                     self.eval_batch_size, self.memory_format, self.flops, self.ledger)
+        self.eval_sets = EvaluationSets(self.val_eval_ds, self.test_ds, self.clean_test_ds, self.mean, self.std,
+                                        self.eval_batch_size, self.memory_format, self.flops,
+                                        self.train_ds.class_names)
         self.ctx = RunContext(self.train_ds, self.val_ds, self.model, cfg.epochs, self.generator,
                               self.device, self.mean, self.std, cfg.batch_size, cfg.to_json(),
-                              score_fn=self.score, forward_fn=self.forward_no_grad)
+                              score_fn=self.scoring.losses, forward_fn=self.scoring.batch_logits)
         self.backend = make_backend(cfg, self.model, self.optimizer, self.updater, self.device)
         self.loader = BatchLoader(self.train_ds, self.mean, self.std, cfg.batch_size, cfg.augment,
                                   self.generator, self.memory_format)
-        self.flops = FlopCounter(self.model, self.train_ds.input_shape)
-        self.ledger = ComputeLedger()       # scoring passes and rolled-back steps not yet in a record
         self.budget = EnergyBudget(self.budget_j)
         self.checkpoints = Checkpoints(self.state_dir)
         self.step = 0
@@ -142,34 +148,6 @@ class Trainer:
     def _bar(self, total, desc, leave):
         return tqdm(total=total, desc=desc, leave=leave, unit="batch" if not leave else "epoch",
                     disable=self.quiet or not sys.stderr.isatty(), dynamic_ncols=True)
-
-    # -- scoring passes a strategy may ask for (counted, never free) --------------------------
-    def score(self, positions: torch.Tensor | None = None, model: torch.nn.Module | None = None) -> torch.Tensor:
-        """Per-sample losses of training samples under `model` (default: the live model), counted
-        as a scoring pass in the current epoch's record."""
-        model = model or self.model
-        model.to(self.device).eval()
-        ds = self.train_ds if positions is None else self.train_ds.subset(positions)
-        fmt = self.memory_format if model is self.model else torch.contiguous_format
-        logits = predict_dataset(lambda x: model(x).float(), ds, self.mean, self.std, self.eval_batch_size, fmt)
-        counter = self.flops if model is self.model else FlopCounter(model, ds.input_shape)
-        self.ledger.add_scoring(len(ds), self._eval_flops(counter, len(ds)))
-        # A normal tensor again (inference tensors refuse in-place updates outside inference mode).
-        return torch.nn.functional.cross_entropy(logits.clone(), ds.labels, reduction="none")
-
-    def forward_no_grad(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of one (augmented) batch in training mode without a graph, counted as a scoring
-        pass: what the seed's two-pass gating spends to decide which rows of a batch to train."""
-        self.model.train()
-        with torch.inference_mode():
-            logits = self.model(x).float()
-        self.ledger.add_scoring(len(x), self.flops.eval_batch(len(x)))
-        return logits.clone()
-
-    def _eval_flops(self, counter: FlopCounter, n: int) -> int:
-        bs = self.eval_batch_size
-        full, rest = divmod(n, bs)
-        return full * (counter.eval_batch(bs) if full else 0) + (counter.eval_batch(rest) if rest else 0)
 
     # -- one epoch ---------------------------------------------------------------------------
     def _begin_epoch(self, epoch: int) -> EpochProgress:
@@ -313,42 +291,19 @@ class Trainer:
                                                   self.stop_reason))
         return record
 
-    def _predict(self, ds) -> torch.Tensor:
-        return predict_dataset(self.backend.predict, ds, self.mean, self.std, self.eval_batch_size, self.memory_format)
-
     def evaluate(self, validate: bool = True, test: bool = True) -> dict:
-        """Validation accuracy (what keep-best and strategies decide by) and, when asked, test
-        accuracy with its per-class split and the clean test set under a shift. Every key is
-        present; `evaluated` says which sets were run, so a None means "not evaluated"."""
+        """The evaluation sets' accuracies (engine/evaluate.py) with the pass's wall time and joules;
+        the energy budget reserves the final evaluation from what this one cost."""
         if self.ranks is not None and not self.ranks.evaluates:    # DDP: rank 0 evaluates (and writes)
             validate = test = False
         self.meter.begin("eval")
         t0 = time.perf_counter()
-        names = self.class_names
-        out = {"val_acc": None, "test_acc": None, **{f"acc_{n}": None for n in names},
-               **({"clean_test_acc": None} if self.clean_test_ds is not None else {}),
-               "evaluated": "+".join([k for k, on in (("val", validate), ("test", test)) if on]) or "none",
-               "val_samples_evaluated": len(self.val_eval_ds) if validate else 0,
-               "test_samples_evaluated": 0, "flops_eval": 0}
-        if validate:
-            out["val_acc"] = accuracy(self._predict(self.val_eval_ds), self.val_eval_ds.labels)
-            out["flops_eval"] += self._eval_flops(self.flops, len(self.val_eval_ds))
-        if test:
-            logits = self._predict(self.test_ds)
-            out["test_acc"] = accuracy(logits, self.test_ds.labels)
-            for name, acc in zip(names, per_class_accuracy(logits, self.test_ds.labels, len(names))):
-                out[f"acc_{name}"] = acc
-            out["test_samples_evaluated"] = len(self.test_ds)
-            out["flops_eval"] += self._eval_flops(self.flops, len(self.test_ds))
-            if self.clean_test_ds is not None:  # the server's distribution: what shifted training forgets
-                out["clean_test_acc"] = accuracy(self._predict(self.clean_test_ds), self.clean_test_ds.labels)
-                out["test_samples_evaluated"] += len(self.clean_test_ds)
-                out["flops_eval"] += self._eval_flops(self.flops, len(self.clean_test_ds))
+        out = self.eval_sets.accuracies(self.backend.predict, validate, test)
         out["eval_wall_s"] = time.perf_counter() - t0
         self._eval_energy = self.meter.end("eval")
         out["eval_energy_j"] = self._eval_energy.get("energy_j")
         self.budget.reserve_evaluation(out["eval_energy_j"], out["val_samples_evaluated"] + out["test_samples_evaluated"],
-                                       len(self.val_eval_ds) + len(self.test_ds) + len(self.clean_test_ds or ()))
+                                       self.eval_sets.final_images())
         return out
 
     def _test_at_the_end(self, writer: RecordWriter | None) -> None:

@@ -1,0 +1,40 @@
+"""Forward passes a strategy asks for outside the training steps, each counted in the ledger (so
+in the epoch's record): selection is never free."""
+
+from __future__ import annotations
+
+import torch
+
+from edge_sel.core.flops import FlopCounter
+from edge_sel.data import IndexedDataset
+from edge_sel.engine.evaluate import evaluation_flops, predict_dataset
+from edge_sel.engine.ledger import ComputeLedger
+
+
+class ScoringPasses:
+    def __init__(self, model: torch.nn.Module, train_ds: IndexedDataset, mean, std, device,
+                 batch_size: int, memory_format, flops: FlopCounter, ledger: ComputeLedger):
+        self.model, self.train_ds, self.mean, self.std, self.device = model, train_ds, mean, std, device
+        self.batch_size, self.memory_format = batch_size, memory_format
+        self.flops, self.ledger = flops, ledger
+
+    def losses(self, positions: torch.Tensor | None = None, model: torch.nn.Module | None = None) -> torch.Tensor:
+        """Per-sample losses of training samples under `model` (default: the live model)."""
+        model = model or self.model
+        model.to(self.device).eval()
+        ds = self.train_ds if positions is None else self.train_ds.subset(positions)
+        fmt = self.memory_format if model is self.model else torch.contiguous_format
+        logits = predict_dataset(lambda x: model(x).float(), ds, self.mean, self.std, self.batch_size, fmt)
+        counter = self.flops if model is self.model else FlopCounter(model, ds.input_shape)
+        self.ledger.add_scoring(len(ds), evaluation_flops(counter, len(ds), self.batch_size))
+        # A normal tensor again (inference tensors refuse in-place updates outside inference mode).
+        return torch.nn.functional.cross_entropy(logits.clone(), ds.labels, reduction="none")
+
+    def batch_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of one (augmented) batch in training mode without a graph: what two-pass gating
+        spends to decide which rows of a batch to train."""
+        self.model.train()
+        with torch.inference_mode():
+            logits = self.model(x).float()
+        self.ledger.add_scoring(len(x), self.flops.eval_batch(len(x)))
+        return logits.clone()
