@@ -109,22 +109,37 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True, help="where the runs go (created)")
     parser.add_argument("--only", default="", help="comma-separated run names (default: all)")
     args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=False)
-    scratch = Path(tempfile.mkdtemp(prefix="edge-sel-compare-"))
-    trees = {"before": source_tree(args.before, scratch, "before"), "after": source_tree(args.after, scratch, "after")}
     names = [n for n in args.only.split(",") if n] or list(RUNS)
     unknown = sorted(set(names) - set(RUNS))
     if unknown:
         parser.error(f"--only: unknown run(s) {', '.join(unknown)}; known: {', '.join(RUNS)}")
+    if args.out.exists():
+        parser.error(f"--out {args.out}: already exists")
+    args.out.mkdir(parents=True)
+    scratch = Path(tempfile.mkdtemp(prefix="edge-sel-compare-"))
+    trees = {"before": source_tree(args.before, scratch, "before"), "after": source_tree(args.after, scratch, "after")}
 
+    try:
+        failed = compare(trees, names, args.out)
+    finally:   # worktrees made here go, whatever happened
+        for tree in trees.values():
+            if tree.parent == scratch:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
+    print(f"{len(names) + 1 - failed} of {len(names) + 1} the same")
+    return 1 if failed else 0
+
+
+def compare(trees: dict, names: list[str], out: Path) -> int:
+    """Number of runs that differ or failed, each reported as it ends."""
     failed = 0
     warm = {}
     for side, tree in trees.items():
-        warm[side] = args.out / side / "warmup"
+        warm[side] = out / side / "warmup"
         done = edge_sel(tree, ["pretrain", "--model", "edgecnn", *COMMON, "--shard", "0/2", "--epochs", "2",
-                               "--out", str(warm[side])], args.out / side / "cache")
+                               "--out", str(warm[side])], out / side / "cache")
         if done.returncode:
-            sys.exit(f"{side}: pretrain failed:\n{done.stderr[-3000:]}")
+            print(f"{side}: pretrain failed:\n{done.stderr[-3000:]}")
+            return len(names) + 1
     found = differences(records(warm["before"]), records(warm["after"]))
     print(f"{'pretrain':22s} {'same' if not found else 'DIFFERENT'}")
     failed += bool(found)
@@ -134,11 +149,11 @@ def main() -> int:
     for name in names:
         runs = {}
         for side, tree in trees.items():
-            runs[side] = args.out / side / name
+            runs[side] = out / side / name
             extra = RUNS[name] if "--epochs" in RUNS[name] else RUNS[name] + EPOCHS
             done = edge_sel(tree, ["finetune", "--checkpoint", str(warm["after"]), *COMMON, "--shard", "1/2",
-                                   *extra, "--out", str(runs[side])], args.out / side / "cache")
-            if done.returncode:
+                                   *extra, "--out", str(runs[side])], out / side / "cache")
+            if done.returncode or not (runs[side] / "metrics.jsonl").is_file():
                 print(f"{name:22s} {side} failed (exit {done.returncode}): {done.stderr.strip()[-500:]}")
                 break
         else:
@@ -150,11 +165,7 @@ def main() -> int:
             failed += bool(found)
             continue
         failed += 1
-    for side in trees:
-        if trees[side].parent == scratch:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(trees[side])], check=False)
-    print(f"{len(names) + 1 - failed} of {len(names) + 1} the same")
-    return 1 if failed else 0
+    return failed
 
 
 if __name__ == "__main__":
