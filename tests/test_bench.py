@@ -135,7 +135,7 @@ def test_reference_quick_puts_published_numbers_beside_ours(tmp_path):
     assert [s["name"] for s in bench["systems"]] == ["dense", "lottery"]
     assert bench["systems"][0]["published"]["test_full"] == 92.52
     table = (out / "table.md").read_text()
-    assert "published test %" in table and "seed-methods.md" in table
+    assert "published test %" in table and "SEL benchmark repository" in table
     assert (out / "init" / "seed0" / "model.safetensors").is_file()
 
 

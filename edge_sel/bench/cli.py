@@ -161,7 +161,7 @@ def reference_cmd(dataset, model_name, device, data_dir, checkpoint, seeds, syst
         notes.append(f"Starting checkpoint: {checkpoint}.")
     else:
         # The seed started every experiment from one initialisation; here one per seed, no
-        # ImageNet weights (the seed's backbone was ImageNet-pretrained, reference/seed-methods.md §1.3).
+        # ImageNet weights (the seed's backbone was ImageNet-pretrained).
         start = {}
         for k in range(count):
             start[k] = target / "init" / f"seed{k}"

@@ -1,11 +1,10 @@
-"""The seeds' published figures, beside our measurements in the reference table, each with the file
-it comes from (under the shared reference folder). FLOPs and savings in these sources are formulas
-(reference/seed-methods.md §1.10, §2.8), never counts or measurements; they are quoted, not used."""
+"""The seeds' published figures, beside our measurements in the reference table, each with the
+publication it comes from. FLOPs and savings in these sources are formulas (of parameters, sparsity
+or activation), never counts or measurements; they are quoted, not used."""
 
 from __future__ import annotations
 
-SEL_TABLE = "reference/seed-methods.md §1.12 (results/hist_*.csv of the SEL benchmark repo); " \
-            "seeds/sel-benchmark-readme.txt, Results"
+SEL_TABLE = "SEL benchmark repository: results/hist_*.csv and its README's Results"
 
 PUBLISHED = {
     "dense": {"test_full": 92.52, "test_100": 93.2, "flops": "33.52 T (formula 2·P·samples)", "time_s": 1398,
@@ -19,11 +18,11 @@ PUBLISHED = {
     "ast-prod": {"test_full": 92.00, "test_100": None, "flops": "'61.49% energy saved' (formula of activation)",
                  "time_s": 514.7 * 60, "setup": "ImageNet-100, ResNet-50 pretrained on ImageNet-1K, P100; "
                  "best 92.12%; not CIFAR-10",
-                 "source": "reference/seed-methods.md §2.9, §2.8 (AST repo dashboards)"},
+                 "source": "AST repository: the ImageNet-100 production run's dashboards"},
     "dihcl": {"test_full": 96.76, "test_100": None, "flops": "-", "time_s": None,
               "setup": "DIHCL-Rand, Loss; WRN-28-10, 300 epochs (DIHCL-Exp, Loss: 97.03; random mini-batch: 96.18)",
-              "source": "seeds/dihcl-poster.md Table 1; reference/seed-methods.md §3.1"},
+              "source": "DIHCL (Zhou, Wang, Bilmes, NeurIPS 2020), poster Table 1"},
     "random@ast-prod": {"test_full": None, "test_100": None, "flops": "-", "time_s": None,
                         "setup": "the seeds publish no random control at matched activation",
-                        "source": "reference/seed-methods.md §2.10 item 7"},
+                        "source": "AST repository (no random baseline in its experiments)"},
 }

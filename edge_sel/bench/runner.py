@@ -36,7 +36,7 @@ from edge_sel.report.runs import RunData, combine_phases, load_run, totals
 
 def first_per_class(ds, k: int) -> torch.Tensor:
     """Positions of the first k samples of each class in index order (the seed's held-out
-    "100/class" set: a subset of the test set, reference/seed-methods.md §1.2)."""
+    "100/class" set: a subset of the test set)."""
     order = torch.argsort(ds.index.cpu(), stable=True)
     labels = ds.labels.cpu()[order]
     parts = [order[labels == c][:k] for c in range(ds.num_classes)]

@@ -87,15 +87,14 @@ def edge_systems(epochs: int) -> list[System]:
     ]
 
 
-# The AST seed's warmup recipe (reference/seed-methods.md §2.2): SGD 0.01, cosine with 2 warmup
-# epochs, weight decay 1e-4, label smoothing 0.1.
+# The AST seed's warmup recipe: SGD 0.01, cosine with 2 warmup epochs, weight decay 1e-4, label
+# smoothing 0.1.
 AST_WARMUP = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4, "schedule": "cosine",
               "warmup_epochs": 2.0, "label_smoothing": 0.1}
 
 
 def reference_systems(quick: bool = False) -> list[System]:
-    """The seed's CIFAR-10 table (reference/seed-methods.md §1.9, §2.2) plus DIHCL, the random
-    controls and ours. Epochs as the seeds ran them; --quick caps every phase at 2 epochs."""
+    """The seeds' CIFAR-10 table plus DIHCL, the random controls and ours. Epochs as the seeds ran them; --quick caps every phase at 2 epochs."""
     cap = (lambda n: min(n, 2)) if quick else (lambda n: n)
     warm = dict(AST_WARMUP, warmup_epochs=min(AST_WARMUP["warmup_epochs"], cap(10)))
     return [
@@ -122,7 +121,7 @@ def reference_systems(quick: bool = False) -> list[System]:
 # Training recipe shared by the systems without a preset.
 EDGE_COMMON = {"optimizer": "sgd", "lr": 0.02, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine",
                "batch_size": 128}
-# The SEL seed's baseline (reference/seed-methods.md §1.9): Adam 1e-3, constant, no weight decay, batch 64.
+# The SEL seed's baseline: Adam 1e-3, constant, no weight decay, batch 64.
 REFERENCE_COMMON = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "schedule": "constant", "batch_size": 64}
 
 

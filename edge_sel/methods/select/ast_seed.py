@@ -25,7 +25,7 @@ from edge_sel.methods.select.significance import seed_significance
 from edge_sel.methods.select.sundew import trace_summary
 from edge_sel.methods.select.threshold_control import SeedVelocityPI
 
-# KAGGLE_IMAGENET100_AST_PRODUCTION.py and KAGGLE_IMAGENET100_AST_TWO_STAGE_Prod.py (reference/seed-methods.md §2.4-2.7)
+# KAGGLE_IMAGENET100_AST_PRODUCTION.py and KAGGLE_IMAGENET100_AST_TWO_STAGE_Prod.py of the AST repository
 SEED_PROFILES = {
     "ast-prod": {"target": 0.40, "tau0": 3.0, "lo": 0.5, "hi": 10.0, "kp": 0.005, "ki": 1e-4, "alpha": 0.10,
                  "i_max": 100.0, "min_share": 0.10, "two_pass": False},

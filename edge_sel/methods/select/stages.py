@@ -42,7 +42,7 @@ class StageSpec:
         return lo, min(hi, pool_size)
 
 
-# The seed's table (reference/seed-methods.md §1.5).
+# The SEL benchmark's stage table: sample range in percent of the difficulty order, sparsity, epochs.
 DEFAULT_STAGES = "0-25:0.30:10,20-50:0.45:10,40-65:0.58:10,60-82:0.68:10,78-100:0.76:10"
 
 

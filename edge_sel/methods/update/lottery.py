@@ -1,4 +1,4 @@
-"""Lottery Ticket (one-shot, with rewinding), as the SEL seed ran it (reference/seed-methods.md §1.9):
+"""Lottery Ticket (one-shot, with rewinding), as the SEL benchmark ran it:
 train densely, prune 80% of all parameter entries by global magnitude, rewind the surviving
 entries to their values at the start of training, retrain with the mask held fixed.
 
