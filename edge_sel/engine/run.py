@@ -146,9 +146,12 @@ def stop_on_signals(trainer: Trainer):
             signal.signal(sig, handler)
 
 
-def _run(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainConfig, out: Path,
-         quiet: bool, energy: EnergyOptions | None, source_info: dict, meter=None,
-         resume_state: dict | None = None) -> dict:
+def train_model(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainConfig, out: Path,
+                quiet: bool, energy: EnergyOptions | None, source_info: dict, meter=None,
+                resume_state: dict | None = None) -> dict:
+    """Train a built model on prepared splits into the run directory `out` (config, records,
+    summary, output model, state) and return the summary: what pretrain, finetune and resume do
+    once they have checked their inputs, and what a fleet client runs each round."""
     world = detect_world()
     ranks = None
     if world.distributed:       # under torchrun (pretrain only): see engine.ddp
@@ -280,7 +283,7 @@ def pretrain(model_name: str, data: DataOptions, cfg: TrainConfig, out: Path, ov
     mean, std = splits.train.channel_stats()
     card = ModelCard(model_name, splits.train.num_classes, splits.train.class_names,
                      splits.train.input_shape, mean, std, dataset_card(splits, data))
-    return _run("pretrain", model, card, splits, cfg, out, quiet, energy,
+    return train_model("pretrain", model, card, splits, cfg, out, quiet, energy,
                 {"data": vars_of(data), "model": model_name}, meter)
 
 
@@ -312,7 +315,7 @@ def finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, out: Path, o
     source_info = {"data": vars_of(data), "checkpoint": str(checkpoint), "warmup": warm}
     if profile is not None:
         source_info["profile"] = profile
-    return _run("finetune", model, card, splits, cfg, out, quiet, energy, source_info, meter)
+    return train_model("finetune", model, card, splits, cfg, out, quiet, energy, source_info, meter)
 
 
 def resume(run_dir: Path, quiet: bool = False, phase: str | None = None) -> dict:
@@ -355,7 +358,7 @@ def resume(run_dir: Path, quiet: bool = False, phase: str | None = None) -> dict
         mean, std = splits.train.channel_stats()
         card = ModelCard(saved["model"], splits.train.num_classes, splits.train.class_names,
                          splits.train.input_shape, mean, std, dataset_card(splits, data))
-    return _run(phase, model, card, splits, cfg, run_dir, quiet, energy, source_info, resume_state=state)
+    return train_model(phase, model, card, splits, cfg, run_dir, quiet, energy, source_info, resume_state=state)
 
 
 def vars_of(data: DataOptions) -> dict:

@@ -15,7 +15,7 @@ from edge_sel.config import TrainConfig
 from edge_sel.core.checkpoint import ModelCard
 from edge_sel.data import Splits
 from edge_sel.engine.energy_setup import EnergyOptions
-from edge_sel.engine.run import _run, check_compatible, dataset_card, vars_of
+from edge_sel.engine.run import check_compatible, dataset_card, train_model, vars_of
 from edge_sel.errors import InputError
 from edge_sel.fleet.node import NodeSettings
 from edge_sel.fleet.partition import partition
@@ -152,7 +152,7 @@ def train_round(weights: dict[str, torch.Tensor], card: ModelCard, node: NodeSet
         torch.set_num_threads(threads)
     try:
         with proximal_pull(model, plan.proximal_mu):
-            summary = _run("finetune", model, card, splits, cfg, out, True, energy, source)
+            summary = train_model("finetune", model, card, splits, cfg, out, True, energy, source)
     finally:
         torch.set_num_threads(before)
     # contiguous: a channels_last tensor's raw buffer is not in the order its shape says
