@@ -9,7 +9,7 @@ import click
 
 from edge_sel import __version__
 from edge_sel.bench.cli import bench_group
-from edge_sel.cli_base import Group
+from edge_sel.cli_base import NO_ARGS_IS_HELP, Group
 from edge_sel.cli_options import (DATA, ENERGY, FINETUNE, FINETUNE_SECTIONS, PRETRAIN, PRETRAIN_SECTIONS, SPEED,
                                   TRAIN, in_sections)
 from edge_sel.config import TrainConfig
@@ -213,6 +213,9 @@ def main():
     except click.exceptions.Abort:
         click.echo("edge-sel: aborted", err=True)
         sys.exit(130)
+    except NO_ARGS_IS_HELP as e:      # a group named without a command: its help, as click prints it
+        click.echo(e.format_message(), err=True)
+        sys.exit(2)
     except click.UsageError as e:
         click.echo(f"edge-sel: error: {e.format_message()}", err=True)
         sys.exit(2)

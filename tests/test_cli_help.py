@@ -5,6 +5,7 @@ import re
 import pytest
 from click.testing import CliRunner
 
+from helpers import run_main
 from edge_sel.cli import cli
 
 FINETUNE_HEADINGS = ["Checkpoint and output", "Data", "Training", "Method (which samples)", "Gate (",
@@ -26,3 +27,10 @@ def test_help_lists_every_option_once_under_its_heading(command, headings):
         listed = [line for line in lines if re.match(rf"^    {re.escape(flag)}( |$|/| /)", line.replace(", ", " "))]
         assert len(listed) == 1, (flag, listed)
     assert max(len(line) for line in lines) <= 100
+
+
+@pytest.mark.parametrize("group", ["bench", "fleet", "profiles"])
+def test_a_group_without_a_command_prints_its_help_not_an_error(group, capsys):
+    code, err = run_main([group], capsys)
+    assert code == 2
+    assert err.startswith(f"Usage: edge-sel {group} ") and "Commands:" in err and "error" not in err.splitlines()[0]
