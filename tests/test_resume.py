@@ -254,7 +254,10 @@ def test_full_disk_is_a_clear_error_and_the_last_checkpoint_survives(tiny_warm, 
 
 def test_resume_bad_inputs_exit_2(tiny_warm, tmp_path):
     result = run_cli("finetune", "--resume", tmp_path / "nothing", expect=2)
-    assert "config.json" in result.output
+    assert "no such directory" in result.output
+    (tmp_path / "empty").mkdir()
+    result = run_cli("finetune", "--resume", tmp_path / "empty", expect=2)
+    assert "config.json is missing" in result.output
     run_cli("finetune", "--checkpoint", tiny_warm, "--out", tmp_path / "done", *FINETUNE[:-2], "--epochs", "1")
     result = run_cli("finetune", "--resume", tmp_path / "done", expect=2)
     assert "already finished" in result.output
