@@ -273,6 +273,8 @@ class Trainer:
         progress.last_loss = last
 
     def _epoch_record(self, epoch: int, progress: EpochProgress, energy: dict) -> dict:
+        """What the epoch trained and cost (the ledger's charges taken), its evaluation, its closing
+        counters; the fields themselves are engine/epoch_record.py's."""
         scoring = self.ledger.take_scoring()
         record = epoch_record.training_fields(epoch, self.phase, self.strategy.name, len(self.train_ds),
                                               progress, scoring)
