@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from edge_sel.core.flops import FlopCounter
 from edge_sel.data import BatchLoader, IndexedDataset
 from edge_sel.device_caps import accumulator_dtype
 
@@ -59,7 +60,7 @@ class EmbarrassmentMeter:
         return None if e is None else max(0.0, 1.0 - e)
 
 
-def evaluation_flops(counter, n: int, batch_size: int) -> int:
+def evaluation_flops(counter: FlopCounter, n: int, batch_size: int) -> int:
     """Counted FLOPs of forward passes over `n` samples in batches of `batch_size` (the last short)."""
     full, rest = divmod(n, batch_size)
     return full * (counter.eval_batch(batch_size) if full else 0) + (counter.eval_batch(rest) if rest else 0)
@@ -76,14 +77,15 @@ class EvaluationSets:
     std: list[float]
     batch_size: int
     memory_format: torch.memory_format
-    flops: object               # the live model's FlopCounter
+    flops: FlopCounter          # the live model's
     class_names: list[str]
 
     def final_images(self) -> int:
         """Images the last epoch's evaluation runs over."""
         return len(self.val) + len(self.test) + len(self.clean_test or ())
 
-    def _predict(self, predict, ds: IndexedDataset) -> torch.Tensor:
+    def logits(self, predict, ds: IndexedDataset) -> torch.Tensor:
+        """`predict`'s logits over `ds` in this run's evaluation batches and layout."""
         return predict_dataset(predict, ds, self.mean, self.std, self.batch_size, self.memory_format)
 
     def _flops(self, ds: IndexedDataset) -> int:
@@ -98,17 +100,17 @@ class EvaluationSets:
                "val_samples_evaluated": len(self.val) if validate else 0,
                "test_samples_evaluated": 0, "flops_eval": 0}
         if validate:
-            out["val_acc"] = accuracy(self._predict(predict, self.val), self.val.labels)
+            out["val_acc"] = accuracy(self.logits(predict, self.val), self.val.labels)
             out["flops_eval"] += self._flops(self.val)
         if test:
-            logits = self._predict(predict, self.test)
+            logits = self.logits(predict, self.test)
             out["test_acc"] = accuracy(logits, self.test.labels)
             for name, acc in zip(names, per_class_accuracy(logits, self.test.labels, len(names))):
                 out[f"acc_{name}"] = acc
             out["test_samples_evaluated"] = len(self.test)
             out["flops_eval"] += self._flops(self.test)
             if self.clean_test is not None:
-                out["clean_test_acc"] = accuracy(self._predict(predict, self.clean_test), self.clean_test.labels)
+                out["clean_test_acc"] = accuracy(self.logits(predict, self.clean_test), self.clean_test.labels)
                 out["test_samples_evaluated"] += len(self.clean_test)
                 out["flops_eval"] += self._flops(self.clean_test)
         return out

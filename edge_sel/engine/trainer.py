@@ -22,7 +22,7 @@ from edge_sel.engine import epoch_record
 from edge_sel.engine.bn_adapt import reestimate_bn
 from edge_sel.engine.budget import EnergyBudget
 from edge_sel.engine.checkpointing import Checkpoints, Rollback, restore
-from edge_sel.engine.evaluate import EmbarrassmentMeter, EvaluationSets, accuracy, predict_dataset
+from edge_sel.engine.evaluate import EmbarrassmentMeter, EvaluationSets, accuracy
 from edge_sel.engine.keep import BN_ADAPT_EPOCH, WARMUP_EPOCH, ModelChoice
 from edge_sel.engine.layout import LayoutChoice, choose_layout
 from edge_sel.engine.ledger import ComputeLedger
@@ -331,8 +331,7 @@ class Trainer:
             current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             self.model.load_state_dict(kept)
             # The torch model, not backend.predict: an ORT session still holds the last weights.
-            logits = predict_dataset(lambda x: self.model.eval()(x).float(), self.test_ds, self.mean, self.std,
-                                     self.eval_batch_size, self.memory_format)
+            logits = self.eval_sets.logits(lambda x: self.model.eval()(x).float(), self.test_ds)
             self.choice.test_acc = accuracy(logits, self.test_ds.labels)
             self.model.load_state_dict(current)
 
