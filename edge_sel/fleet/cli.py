@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from edge_sel.cli_base import Group
-from edge_sel.errors import InputError
+from edge_sel.errors import InputError, required_file
 
 STRATEGY_OPTIONS = [
     click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
@@ -92,8 +92,8 @@ def settings_from(kw: dict, eval_dataset: str | None, clients: int | None):
     if not kw["resume"]:
         from edge_sel.engine.run import check_out_dir
         check_out_dir(kw["out"], kw["overwrite"])
-    elif not (Path(kw["out"]) / "config.json").is_file():
-        raise InputError(f"--resume {kw['out']}: no config.json (not a fleet run directory)")
+    else:
+        required_file(kw["out"], "config.json", "--resume", "fleet run directory")
     min_clients = kw.pop("min_clients") or clients or 2
     return ServerSettings(
         out=str(Path(kw.pop("out")).resolve()), checkpoint=str(Path(checkpoint).resolve()) if checkpoint else "",

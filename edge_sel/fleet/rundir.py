@@ -14,7 +14,7 @@ from edge_sel import __version__
 from edge_sel.core.checkpoint import ModelCard, atomic_write_bytes, read_card, read_weights, save_checkpoint
 from edge_sel.core.records import RecordWriter, read_records
 from edge_sel.engine.run import check_out_dir, start_out_dir
-from edge_sel.errors import InputError, writing
+from edge_sel.errors import InputError, required_file, writing
 from edge_sel.fleet.aggregate import combine
 from edge_sel.models import build_model
 
@@ -46,8 +46,7 @@ class FleetRun:
             self.writer.reset(self.records)     # drops a half-written last line
 
     def _records_to_resume(self) -> list[dict]:
-        if not (self.out / "config.json").is_file():
-            raise InputError(f"--resume {self.out}: no config.json (not a fleet run directory)")
+        required_file(self.out, "config.json", "--resume", "fleet run directory")
         records = read_records(self.out / "metrics.jsonl")
         # The last round whose checkpoint is complete (the record is written after it).
         while records and not (round_dir(self.out, records[-1]["round"]) / "model.json").is_file():
