@@ -10,7 +10,7 @@ from pathlib import Path
 
 from edge_sel.errors import writing
 
-# The record fields, in the order of the README's record table; per-class fields (acc_/E_/C_<class>) follow them.
+# The record fields, in the order of the record table in docs/records.md; per-class fields (acc_/E_/C_<class>) follow them.
 RECORD_FIELDS = [
     "epoch", "phase", "stage", "strategy", "samples_available", "forward_samples",
     "backward_samples", "activation", "train_loss", "train_acc", "val_acc", "test_acc",
