@@ -121,3 +121,29 @@ def test_re_estimation_alone_is_kept_when_training_on_wrong_labels_does_worse(ti
     assert kept["kept_test_acc"] is not None
     a, b = load_file(tmp_path / "bn" / "model.safetensors"), load_file(tmp_path / "tuned" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_frozen_blocks_take_the_dense_probe_step_at_their_own_rate():
+    """The probe step trains every block; a block frozen for its low ratio moves there at
+    lr x its share, never at the full rate (plain SGD: the move is exactly lr x grad)."""
+    model = Chain(2).double()       # the frozen blocks' moves are tiny: float64 resolves them
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    updater = AutoRGN(floor=1.0, probe_every=2)
+    updater.attach(model, opt, SimpleNamespace(device=torch.device("cpu")))
+    backend = TorchBackend(model, opt, updater, torch.device("cpu"), amp=False)
+    x, y = torch.randn(32, 8, generator=torch.Generator().manual_seed(1)).double(), torch.arange(32) % 3
+    for step in (0, 1):
+        backend.set_lr(0.1)
+        updater.before_step(step, None)
+        backend.train_step(step, SimpleNamespace(x=x, y=y, weight=None))
+    scales = list(updater.scales)
+    assert updater.trained == [2] and all(scales[i] < 1.0 for i in (0, 1))
+    # Step 2 is a probe: the frozen blocks compute gradients again, each at its measured share.
+    backend.set_lr(0.1)
+    updater.before_step(2, None)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.1 * s for s in scales])
+    first = model.layers[0].weight
+    grad, = torch.autograd.grad(nn.functional.cross_entropy(model(x), y), first)
+    before = first.detach().clone()
+    backend.train_step(2, SimpleNamespace(x=x, y=y, weight=None))
+    assert torch.allclose(before - first.detach(), 0.1 * scales[0] * grad, rtol=1e-6, atol=0)

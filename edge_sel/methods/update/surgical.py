@@ -69,9 +69,11 @@ class AutoRGN(LayerFreeze):
         self._ever_trained: set[int] = set()
 
     def _set_scales(self, scales: list[float | None]) -> None:
+        # A frozen block keeps its own scale too: the next probe step trains every block, and a
+        # block of low relevance must not take a full-rate step there.
         self.scales = scales
         for i, scale in enumerate(scales):
-            self.optimizer.param_groups[i]["lr_scale"] = 1.0 if scale is None or i in self.frozen else scale
+            self.optimizer.param_groups[i]["lr_scale"] = 1.0 if scale is None else scale
 
     def before_step(self, step: int, batch) -> None:
         super().before_step(step, batch)   # a probe step trains every block, at the current scales
