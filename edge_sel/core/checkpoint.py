@@ -99,6 +99,19 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors by name (building the model they fit is models.load_checkpoint's job)."""
     weights = required_file(directory, "model.safetensors", "--checkpoint")
     try:
-        return load_file(str(weights))
+        tensors = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
         raise InputError(f"{weights}: unreadable or corrupt ({e})") from None
+    refuse_non_finite(tensors, weights)
+    return tensors
+
+
+def refuse_non_finite(tensors: dict[str, torch.Tensor], where: Path) -> None:
+    """A weight or BatchNorm statistic that is NaN or infinite makes every loss non-finite: a run
+    from it could only roll back until it gives up, so it is refused before anything is written."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            kinds = "/".join(k for k, hit in (("NaN", t.isnan().any()), ("Inf", t.isinf().any())) if hit)
+            raise InputError(f"{where}: tensor {name!r} holds {bad} {kinds} value(s) of {t.numel()}; "
+                             f"a checkpoint with non-finite weights cannot be trained or deployed")
