@@ -91,7 +91,8 @@ class Trainer:
         self.flops = FlopCounter(self.model, self.train_ds.input_shape)
         self.ledger = ComputeLedger()       # scoring passes and rolled-back steps not yet in a record
         self.scoring = ScoringPasses(self.model, self.train_ds, self.mean, self.std, self.device,
-                                     self.eval_batch_size, self.memory_format, self.flops, self.ledger)
+                                     self.eval_batch_size, self.memory_format, self.flops, self.ledger,
+                                     cfg.bn_mode)
         self.eval_sets = EvaluationSets(self.val_eval_ds, self.test_ds, self.clean_test_ds, self.mean, self.std,
                                         self.eval_batch_size, self.memory_format, self.flops,
                                         self.train_ds.class_names)
