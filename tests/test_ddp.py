@@ -13,7 +13,8 @@ import torch
 from edge_sel.config import TrainConfig
 from edge_sel.engine.ddp import (ShardedPlans, combine_energy, fault_kill_step, is_restart_of, rank_meter_names,
                                  sum_counts)
-from edge_sel.engine.distributed import World
+from edge_sel.data import BatchLoader
+from edge_sel.engine.distributed import World, shard_positions
 from edge_sel.engine.run import DataOptions, pretrain
 from edge_sel.methods import Strategy
 from helpers import run_cli
@@ -100,24 +101,6 @@ def test_ddp_checkpoint_loads_in_a_normal_finetune(ddp_run, tmp_path, one_thread
     assert [r["epoch"] for r in read_records(ft) if r["phase"] == "finetune"] == [0]
 
 
-def test_a_killed_rank_restarts_from_the_last_epoch_checkpoint(tmp_path):
-    out = tmp_path / "run"
-    # 600 samples -> 540 training -> 270 per rank -> 9 steps of 32 per epoch: step 11 is in epoch 1
-    # (so epoch 0's checkpoint is written: rank 0 took part in step 11's gradient all-reduce).
-    rc, _, stderr = torchrun(out, max_restarts=1,
-                             env_extra={"EDGE_SEL_FAULT_KILL_AT_STEP": "11", "EDGE_SEL_FAULT_KILL_RANK": "1"})
-    assert rc == 0, stderr[-3000:]
-    assert "failed (exitcode: -9) local_rank: 1" in stderr, stderr[-3000:]     # the hook's SIGKILL
-    recs = read_records(out)
-    summary = json.loads((out / "summary.json").read_text())
-    assert [r["epoch"] for r in recs] == [0, 1]
-    assert [r["torchrun_restart"] for r in recs] == [0, 1]     # epoch 0 from the first attempt
-    assert summary["distributed"]["restart_count"] == 1
-    assert summary["distributed"]["resumed_from_epoch"] == 1
-    train_n = summary["dataset"]["train_samples"]
-    assert all(r["backward_samples"] == train_n for r in recs)
-
-
 def test_a_plain_rerun_under_torchrun_still_refuses_an_existing_out(ddp_run):
     out, _ = ddp_run
     rc, _, stderr = torchrun(out)
@@ -191,13 +174,60 @@ def test_every_rank_plans_alike_and_the_shards_cover_each_sample_once_per_epoch(
     for epoch in range(3):
         shards = []
         for sharded in ranks:
-            shards.append(sharded.plan(epoch).positions)
+            plan = sharded.plan(epoch)
+            shards.append(plan.positions)
+            assert plan.info["shard_samples_untrained"] == 2
             # augmentation draws from the rank's own generator: the shared plan stream is untouched
             torch.rand(7, generator=sharded.augment_generator)
         joined = torch.cat(shards)
-        assert sorted(joined.tolist()) == list(range(101)) and [len(s) for s in shards] == [34, 34, 33]
+        # Equal shares: the shuffled plan's last 101 % 3 samples wait for another epoch.
+        assert [len(s) for s in shards] == [33, 33, 33] and len(set(joined.tolist())) == 99
         orders.append(shards[0].tolist())
     assert orders[0] != orders[1]                          # reshuffled every epoch
     assert ranks[0].name == "dense"                        # everything else is the strategy's own
     seeds = {torch.rand(1, generator=s.augment_generator).item() for s in ranks}
     assert len(seeds) == 3                                 # ranks augment differently
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 4])
+def test_every_rank_cuts_the_same_batches_whatever_the_plan_size(world_size):
+    """Uneven strided shares gave ranks different step counts (2 ranks, 131 samples, batches of 64:
+    66 -> 64 + 2, 65 -> one merged 65), and the ranks' gradient all-reduces fell out of step."""
+    loader = BatchLoader.__new__(BatchLoader)
+    for batch_size in (16, 32, 64):
+        loader.batch_size = batch_size
+        for n in range(1, 300):
+            shares = [shard_positions(torch.arange(n), World(r, world_size, r)) for r in range(world_size)]
+            assert len({len(s) for s in shares}) == 1
+            assert len({loader.num_batches(len(s)) for s in shares}) == 1
+            assert len(torch.cat(shares).unique()) == n - n % world_size
+
+
+def test_a_non_finite_loss_on_one_rank_rolls_every_rank_back_and_a_killed_rank_restarts_from_there(tmp_path):
+    """One real 2-rank gloo job for three items: 131 training samples in batches of 32 (uneven
+    strided shares would give the ranks 3 and 2 steps, and their all-reduces would fall out of
+    step); rank 1 alone reports a NaN loss at step 2 (epoch 1's first); then rank 1 is SIGKILLed
+    right after the retried step, before epoch 1's checkpoint, and torchrun restarts both ranks
+    from the state the rollback wrote (so the halved rate survives the restart)."""
+    out = tmp_path / "run"
+    rc, _, stderr = torchrun(out, "--subset", "131", "--schedule", "constant", "--lr", "0.04", max_restarts=1,
+                             env_extra={"EDGE_SEL_FAULT_NAN_AT_STEP": "2", "EDGE_SEL_FAULT_KILL_AT_STEP": "3",
+                                        "EDGE_SEL_FAULT_KILL_RANK": "1"})
+    assert rc == 0, stderr[-3000:]
+    assert stderr.count("rolled back to the last checkpoint, learning rate x0.5") == 2, stderr[-3000:]
+    assert "failed (exitcode: -9) local_rank: 1" in stderr, stderr[-3000:]     # the hook's SIGKILL
+    recs = read_records(out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["epoch"] for r in recs] == [0, 1]
+    assert [r["torchrun_restart"] for r in recs] == [0, 1]     # epoch 0 from the first attempt
+    assert summary["distributed"]["restart_count"] == 1 and summary["distributed"]["resumed_from_epoch"] == 1
+    for r in recs:       # both ranks: 65 samples in two steps (32 + 33); one planned sample waits
+        assert (r["optimizer_steps"], r["backward_samples"], r["shard_samples_untrained"]) == (2, 130, 1)
+    # The restart resumed from the rollback's state: the event and the halved rate came with it.
+    assert [r["nonfinite_events"] for r in recs] == [0, 1]
+    assert [r["lr_end"] for r in recs] == pytest.approx([0.04, 0.02])
+    # Both ranks' thrown-away step (32 samples each) is counted once, in rank 0's record.
+    assert [r["rolled_back_samples"] for r in recs] == [0, 64]
+    per_sample = (recs[0]["flops_forward"] + recs[0]["flops_backward"]) / 130
+    assert recs[1]["rolled_back_flops"] == pytest.approx(64 * per_sample, rel=0.02)
+    assert recs[1]["flops_train"] == recs[1]["flops_forward"] + recs[1]["flops_backward"] + recs[1]["rolled_back_flops"]

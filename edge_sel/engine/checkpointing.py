@@ -90,6 +90,10 @@ def restore(trainer, state: dict) -> None:
     trainer.ctx.state.update(state.get("context", {}))
     trainer.ledger.scoring = dict(state["scoring"])
     trainer.ledger.rolled_back = dict(state.get("rolled_back", ROLLED_BACK_ZERO))
+    if trainer.ranks is not None and not trainer.ranks.world.is_main:
+        # Rank 0's state holds the world's uncharged compute; the epoch's sum over ranks adds it once.
+        trainer.ledger.scoring = {"samples": 0, "flops": 0}
+        trainer.ledger.rolled_back = dict(ROLLED_BACK_ZERO)
     trainer.ledger.checkpointed(trainer.meter.total_j)
     trainer.totals = StepTotals(trainer.device)      # unread sums belonged to the steps thrown away
     trainer.choice.load_state_dict(state.get("choice"))
@@ -97,15 +101,23 @@ def restore(trainer, state: dict) -> None:
 
 class Checkpoints:
     """Writes full states into `state_dir` (None: none are written, so no rollback either) and
-    rolls a run back to the last one."""
+    rolls a run back to the last one. Under torchrun (`ranks`) rank 0 alone writes, and a rollback
+    takes every rank back to rank 0's checkpoint."""
 
-    def __init__(self, state_dir: Path | None):
+    def __init__(self, state_dir: Path | None, ranks=None):
         self.state_dir = state_dir
+        self.ranks = ranks
         self.nonfinite_in_a_row = 0
+
+    def _last_state(self) -> dict:
+        if self.ranks is None:
+            return load_state(self.state_dir)
+        return self.ranks.rank_zero_state(lambda: load_state(self.state_dir))
 
     def save(self, trainer) -> None:
         if self.state_dir is not None:
             save_state(self.state_dir, capture(trainer))
+        if self.state_dir is not None or self.ranks is not None:     # rank 0's checkpoint is every rank's
             self.nonfinite_in_a_row = 0    # progress was made since the last rollback
             trainer.ledger.checkpointed(trainer.meter.total_j)
 
@@ -122,10 +134,11 @@ class Checkpoints:
     def roll_back(self, trainer, reason: str) -> None:
         trainer.nonfinite_events += 1
         self.nonfinite_in_a_row += 1
-        if self.state_dir is None or self.nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
+        if (self.state_dir is None and self.ranks is None) or self.nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
+            where = self.state_dir or "rank 0's run directory"
             raise TrainingDiverged(f"{reason}; {self.nonfinite_in_a_row} non-finite losses in a row after "
                                    f"rolling back and halving the learning rate: stopping. The last good "
-                                   f"checkpoint is in {self.state_dir}")
+                                   f"checkpoint is in {where}")
         events, mult = trainer.nonfinite_events, trainer.lr_mult
         try:
             trainer.meter.end("train")
@@ -133,11 +146,17 @@ class Checkpoints:
             pass
         ledger = trainer.ledger
         lost = ledger.since_checkpoint(trainer.meter.total_j)
+        if self.ranks is not None:
+            lost = self.ranks.world_rolled_back(lost)
         scoring_flops, rolled = ledger.scoring["flops"], dict(ledger.rolled_back)
-        restore(trainer, load_state(self.state_dir))
+        restore(trainer, self._last_state())
         lost["flops"] += max(0, scoring_flops - ledger.scoring["flops"])   # scoring passes since the checkpoint
         ledger.rolled_back = {k: rolled[k] + lost[k] for k in rolled}
         trainer.budget.offset_j += lost["j"]      # the budget counts joules of steps thrown away
         trainer.nonfinite_events = events
         trainer.lr_mult = mult * 0.5       # halvings compound across repeated rollbacks
+        # The halved rate, the event and the thrown-away cost are part of the state from now on:
+        # a crash before the next checkpoint must not resume at the rate that diverged.
+        if self.state_dir is not None:
+            save_state(self.state_dir, capture(trainer))
         warnings.warn(f"{reason}: rolled back to the last checkpoint, learning rate x{trainer.lr_mult:g}")

@@ -21,15 +21,17 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from edge_sel.engine.distributed import World, barrier, init, shard_positions, shutdown
+from edge_sel.engine.distributed import World, barrier, init, shard_positions, shutdown, untrained_tail
+from edge_sel.engine.state import decode, encode
 from edge_sel.errors import InputError
 from edge_sel.methods import Plan
 
 HOST_WIDE_METERS = frozenset({"rapl", "jetson", "battery"})    # one reader per host, or counted twice
 RESTART_ENV, RUN_ID_ENV = "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_RUN_ID"
-# Fault injection for the restart test: EDGE_SEL_FAULT_KILL_AT_STEP kills only this rank, and only
-# in torchrun's first attempt, so that the restarted workers can finish.
+# Fault injection for the restart tests: EDGE_SEL_FAULT_KILL_AT_STEP (and _NAN_AT_STEP) hit only
+# this rank, and only in torchrun's first attempt, so that the restarted workers can finish.
 KILL_RANK_ENV = "EDGE_SEL_FAULT_KILL_RANK"
+NAN_STEP_ENV = "EDGE_SEL_FAULT_NAN_AT_STEP"
 # Optimizer steps are not summed: every rank takes the same synchronised steps.
 COUNTERS = ("n_trained", "loss_sum", "correct", "flops_f", "flops_b", "singles_dropped", "throttled")
 
@@ -52,11 +54,34 @@ def is_restart_of(config: dict, environ=os.environ) -> bool:
 
 
 def fault_kill_step(world: World, environ=os.environ) -> int | None:
-    step = int(environ.get("EDGE_SEL_FAULT_KILL_AT_STEP", "0") or 0)
+    return _fault_step("EDGE_SEL_FAULT_KILL_AT_STEP", world, environ)
+
+
+def fault_nan_step(world: World, environ=os.environ) -> int | None:
+    """EDGE_SEL_FAULT_NAN_AT_STEP: the step whose losses this rank reports as NaN (once, first
+    attempt only), for the test that all ranks roll back together."""
+    return _fault_step(NAN_STEP_ENV, world, environ)
+
+
+def _fault_step(name: str, world: World, environ) -> int | None:
+    step = int(environ.get(name, "0") or 0)
     rank = environ.get(KILL_RANK_ENV)
     if not step or restart_count(environ) > 0 or (rank not in (None, "") and int(rank) != world.rank):
         return None
     return step
+
+
+def _nan_losses_once(backend, step: int) -> None:
+    original = backend.train_step
+    pending = [step]
+
+    def train_step(at, batch):
+        losses, logits = original(at, batch)
+        if pending and at == pending[0]:
+            pending.clear()
+            losses = losses * float("nan")
+        return losses, logits
+    backend.train_step = train_step
 
 
 def rank_meter_names(chosen: list[str], world: World) -> list[str]:
@@ -126,7 +151,9 @@ class ShardedPlans:
         plan = self.base.plan(epoch)
         self.augment_generator.manual_seed(self._augment_seed(epoch))
         weights = None if plan.weights is None else shard_positions(plan.weights, self.world)
-        return Plan(shard_positions(plan.positions, self.world), weights, plan.info)
+        # Equal shares (every rank the same steps): the world's count of planned samples left out.
+        info = {**plan.info, "shard_samples_untrained": untrained_tail(len(plan.positions), self.world)}
+        return Plan(shard_positions(plan.positions, self.world), weights, info)
 
 
 def _no_forward_buffer_sync() -> dict:
@@ -221,6 +248,34 @@ class RankSync:
         trainer.backend.forward = _TrainThroughDDP(train_forward, trainer.backend.forward)
         trainer.loader.generator = trainer.strategy.augment_generator
         trainer._kill_at_step = fault_kill_step(self.world)
+        nan_step = fault_nan_step(self.world)
+        if nan_step is not None:
+            _nan_losses_once(trainer.backend, nan_step)
+
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank when `flag` is true on one (a non-finite loss there: all roll back,
+        or the others would run ahead into a collective it never joins)."""
+        t = torch.tensor([1 if flag else 0], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def world_rolled_back(self, lost: dict) -> dict:
+        """What every rank threw away in a rollback, held by rank 0 alone (its records and state
+        are the run's; the other ranks count nothing, so no sum counts it twice). The ranks' seconds
+        ran side by side: the longest."""
+        gathered: list = [None] * self.world.size
+        dist.all_gather_object(gathered, lost)
+        if not self.world.is_main:
+            return {k: type(v)(0) for k, v in lost.items()}
+        return {k: max(g[k] for g in gathered) if k == "s" else sum(g[k] for g in gathered) for k in lost}
+
+    def rank_zero_state(self, load) -> dict:
+        """Rank 0's last checkpoint (`load()` runs there) on every rank: only rank 0 keeps a state
+        directory, and every rank must roll back to the same weights."""
+        # Sent as the checkpoint file's own bytes: pickled tensor storages do not survive the trip.
+        box = [encode(load()) if self.world.is_main else None]
+        dist.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
+        return decode(box[0])
 
     def combine_epoch(self, progress, energy: dict, scoring: dict) -> None:
         """Replace this rank's epoch counters (in `progress`, `energy`, `scoring`) by world totals."""

@@ -59,12 +59,20 @@ def init(world: World, device_name: str = "auto") -> torch.device:
 def shard_positions(positions: torch.Tensor, world: World) -> torch.Tensor:
     """This rank's share of an epoch's plan (already shuffled identically on every rank).
 
-    Strided like DistributedSampler but without wrap-around padding: ranks may differ by one sample,
-    and every planned sample is trained exactly once across ranks.
+    Strided like DistributedSampler with drop_last: every rank gets the same number of samples, so
+    every rank cuts the same batches and takes the same optimizer steps (a rank with one step more
+    would wait forever in its gradient all-reduce). The last len % world planned samples of the
+    shuffled plan are not trained this epoch (see untrained_tail); no sample is trained twice.
     """
     if not world.distributed:
         return positions
-    return positions[world.rank::world.size]
+    even = len(positions) - untrained_tail(len(positions), world)
+    return positions[:even][world.rank::world.size]
+
+
+def untrained_tail(planned: int, world: World) -> int:
+    """Planned samples left out of an epoch so that the ranks' shares are equal."""
+    return planned % world.size if world.distributed else 0
 
 
 def sum_across(values: list[float], world: World, device: torch.device | None = None) -> list[float]:

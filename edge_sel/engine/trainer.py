@@ -103,7 +103,7 @@ class Trainer:
         self.loader = BatchLoader(self.train_ds, self.mean, self.std, cfg.batch_size, cfg.augment,
                                   self.generator, self.memory_format)
         self.budget = EnergyBudget(self.budget_j)
-        self.checkpoints = Checkpoints(self.state_dir)
+        self.checkpoints = Checkpoints(self.state_dir, self.ranks)
         self.step = 0
         self.next_epoch = 0
         self.stop_reason: str | None = None
@@ -267,6 +267,8 @@ class Trainer:
         if not self.totals.pending:
             return
         loss_sum, correct, bad, last = self.totals.read()
+        if self.ranks is not None:      # DDP: every rank rolls back when one saw a non-finite loss
+            bad = self.ranks.any_rank(bad)
         if bad:
             raise Rollback(f"non-finite loss by {where}")
         progress.loss_sum += loss_sum
