@@ -33,20 +33,25 @@ SEVERITY = {
 CORRUPTIONS = tuple(SEVERITY)
 
 
-def sample_generator(seed: int, index: int, name: str, severity: int) -> torch.Generator:
+def sample_generator(seed: int | str, index: int, name: str, severity: int) -> torch.Generator:
     key = zlib.crc32(f"{seed}/{index}/{name}/{severity}".encode())
     return torch.Generator().manual_seed(key)
 
 
-def corrupt(images: torch.Tensor, index: torch.Tensor, name: str, severity: int, seed: int = 0) -> torch.Tensor:
-    """A corrupted copy of `images` (uint8 N x C x H x W); `index` holds each sample's stable id."""
+def corrupt(images: torch.Tensor, index: torch.Tensor, name: str, severity: int, seed: int = 0,
+            pool: str = "train") -> torch.Tensor:
+    """A corrupted copy of `images` (uint8 N x C x H x W); `index` holds each sample's stable id
+    within its `pool`. Training and validation images share one pool (one numbering); the test set
+    numbers its images from 0 again, so it draws from a pool of its own: test image i does not get
+    training image i's noise field."""
     if name not in SEVERITY:
         raise ValueError(f"unknown corruption {name!r}")
     if not 1 <= severity <= 5:
         raise ValueError(f"severity must be 1-5, got {severity}")
     c = SEVERITY[name][severity - 1]
     x = images.float().div(255)
-    out = _APPLY[name](x, c, [int(i) for i in index.tolist()], name, severity, seed)
+    stream = seed if pool == "train" else f"{seed}/{pool}"      # the training pool keeps its old draws
+    out = _APPLY[name](x, c, [int(i) for i in index.tolist()], name, severity, stream)
     return out.clamp(0, 1).mul(255).round().to(torch.uint8)
 
 

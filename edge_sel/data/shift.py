@@ -5,14 +5,16 @@ Spec grammar (`--shift`), items joined by `;`:
 
     corrupt=NAME:SEVERITY     a CIFAR-10-C style corruption (edge_sel.data.corruptions) of the
                               training, validation and test images: the device's camera or light
-    label-noise=RATE[:val]    exactly round(RATE x N) training labels flipped, each to another class
-                              chosen uniformly; with `:val` the validation labels too (a device's
-                              own labels are as noisy for validation as for training)
+    label-noise=RATE[:val]    each training label flipped with probability RATE (about RATE x N of
+                              them), to another class chosen uniformly; with `:val` the validation
+                              labels too (a device's own labels are as noisy for validation as
+                              for training)
     imbalance=longtail:RATIO  training classes thinned exponentially, the last class RATIO times
                               rarer than the first (validation and test stay balanced)
     classes=A,B,...           a device that sees only these classes (by index), in every split
 
-Which samples are hit depends only on `--shift-seed` and each sample's stable index. The test
+Which samples are hit depends only on `--shift-seed` and each sample's stable index (test images,
+numbered apart from training ones, draw their corruption noise from a pool of their own). The test
 split before any shift is kept as `Splits.test_clean`: evaluation reports `clean_test_acc` on it,
 so forgetting of the server's distribution shows next to the local accuracy.
 """
@@ -94,15 +96,18 @@ def _uniform(index: torch.Tensor, seed: int, salt: int) -> torch.Tensor:
 
 
 def flip_labels(ds: IndexedDataset, rate: float, seed: int) -> IndexedDataset:
-    """Exactly round(rate x N) labels flipped, each to a uniformly chosen other class; the samples
-    flipped are those with the smallest per-sample draws."""
-    n, k = len(ds), ds.num_classes
-    flips = int(round(rate * n))
+    """Each label flipped with probability `rate` (a sample is flipped when its own draw falls
+    below it), to a uniformly chosen other class. Whether and where a sample's label flips depends
+    on its index alone, so a shard or subset flips exactly the full set's flips of its samples; the
+    count is binomial around rate x N (recorded by the caller from clean_labels)."""
+    k = ds.num_classes
     labels = ds.labels.clone()
-    if flips and k > 1:
-        order = torch.argsort(_uniform(ds.index.cpu(), seed, 1), stable=True)[:flips]
-        offset = 1 + (_uniform(ds.index.cpu()[order], seed, 2) * (k - 1)).long().clamp(max=k - 2)
-        labels[order.to(labels.device)] = (labels[order.to(labels.device)] + offset.to(labels.device)) % k
+    if rate > 0 and k > 1:
+        index = ds.index.cpu()
+        hit = (_uniform(index, seed, 1) < rate).nonzero().squeeze(1)
+        offset = 1 + (_uniform(index[hit], seed, 2) * (k - 1)).long().clamp(max=k - 2)
+        hit = hit.to(labels.device)
+        labels[hit] = (labels[hit] + offset.to(labels.device)) % k
     out = IndexedDataset(ds.images, labels, ds.index, list(ds.class_names), ds.name, dict(ds.augment))
     out.clean_labels = ds.labels
     return out
@@ -127,8 +132,8 @@ def only_classes(ds: IndexedDataset, classes: tuple[int, ...]) -> torch.Tensor:
     return torch.isin(ds.labels.cpu(), torch.tensor(classes)).nonzero().squeeze(1)
 
 
-def corrupted(ds: IndexedDataset, name: str, severity: int, seed: int) -> IndexedDataset:
-    return IndexedDataset(corrupt(ds.images.cpu(), ds.index.cpu(), name, severity, seed).to(ds.images.device),
+def corrupted(ds: IndexedDataset, name: str, severity: int, seed: int, pool: str = "train") -> IndexedDataset:
+    return IndexedDataset(corrupt(ds.images.cpu(), ds.index.cpu(), name, severity, seed, pool).to(ds.images.device),
                           ds.labels, ds.index, list(ds.class_names), ds.name, dict(ds.augment))
 
 
@@ -142,7 +147,8 @@ def apply_shift(splits: Splits, shift: Shift, seed: int = 0) -> Splits:
         train = train.subset(longtail_keep(train, shift.longtail, seed))
     if shift.corruption:
         name, severity = shift.corruption
-        train, val, test = (corrupted(d, name, severity, seed) for d in (train, val, test))
+        train, val = (corrupted(d, name, severity, seed) for d in (train, val))
+        test = corrupted(test, name, severity, seed, pool="test")     # numbered apart from training
     if shift.label_noise:
         train = flip_labels(train, shift.label_noise, seed)
         if shift.noisy_val:
