@@ -61,7 +61,7 @@ def build_config(kw: dict, **extra) -> TrainConfig:
                        momentum=kw["momentum"], weight_decay=kw["weight_decay"], schedule=kw["schedule"],
                        warmup_epochs=kw["warmup_epochs"], label_smoothing=kw["label_smoothing"],
                        augment=not kw["no_augment"], seed=kw["seed"], device=kw["device"],
-                       amp=not kw["no_amp"], checkpoint_every=kw["checkpoint_every"],
+                       precision=kw["precision"], checkpoint_every=kw["checkpoint_every"],
                        memory_format=kw["memory_format"], eval_batch_size=kw["eval_batch_size"],
                        eval_every=kw["eval_every"], eval_test=kw["eval_test"], val_subset=kw["val_subset"],
                        sync_every=kw["sync_every"], compile=kw["compile_model"], **extra)

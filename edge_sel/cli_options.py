@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 from click_option_group import OptionGroup
 
-from edge_sel.config import EVAL_TEST, MEMORY_FORMATS, OPTIMIZERS, SCHEDULES
+from edge_sel.config import EVAL_TEST, MEMORY_FORMATS, OPTIMIZERS, PRECISIONS, SCHEDULES
 from edge_sel.energy import METER_NAMES
 from edge_sel.methods import STRATEGIES
 from edge_sel.methods.options import OptionSpec, RegistryChoice, option
@@ -56,7 +56,10 @@ TRAIN = [
     option("--seed", type=int, default=0, show_default=True,
            help="Seed of initialisation, data order, augmentation and gating."),
     option("--device", default="auto", show_default=True, help="cpu | cuda | mps | auto"),
-    option("--no-amp", is_flag=True, help="Disable mixed precision on CUDA."),
+    option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+           help="Arithmetic of the training step: auto (CPU: bf16 autocast only where the CPU has bf16 "
+                "instructions and a short probe finds it faster, evaluation too only where its accuracy is "
+                "unchanged; CUDA: bf16, or fp16 with loss scaling before Ampere), or fp32, bf16, fp16 for every pass."),
     option("--out", type=click.Path(path_type=Path), default=None, help="Run directory to create (required)."),
     option("--checkpoint-every", type=int, default=200, show_default=True,
            help="Steps between full-state checkpoints inside an epoch (0: epoch ends only)."),
@@ -132,7 +135,7 @@ FINETUNE = [
 # listed under "Other options", so a new method option still shows).
 RUN = ["--out", "--overwrite", "--resume", "--checkpoint-every", "--quiet"]
 TRAINING = ["--epochs", "--batch-size", "--optimizer", "--lr", "--momentum", "--weight-decay", "--schedule",
-            "--warmup-epochs", "--label-smoothing", "--no-augment", "--seed", "--device", "--no-amp"]
+            "--warmup-epochs", "--label-smoothing", "--no-augment", "--seed", "--device", "--precision"]
 DATA_SECTION = ("Data", [o.flag for o in DATA])
 SPEED_SECTION = ("Speed", [o.flag for o in SPEED])
 ENERGY_SECTION = ("Energy and temperature", [o.flag for o in ENERGY])

@@ -13,6 +13,7 @@ SCHEDULES = ("cosine", "constant", "step", "linear")
 KEEP_CHOICES = ("best", "last")
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 EVAL_TEST = ("end", "every")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def _number(option: str, value, lo=None, hi=None, lo_open=False, hi_open=False) -> None:
@@ -49,7 +50,8 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     device: str = "auto"
-    amp: bool = True                  # only takes effect on CUDA
+    precision: str = "auto"           # training step: auto (CPU: measured; CUDA: bf16 or fp16), fp32, bf16, fp16
+    eval_precision: str = "auto"      # evaluation, scoring, BN re-estimation: auto (measured with it) or as given
     temperature: float = 1.5          # T in E_c = mean CE(logits / T, y)
     eval_batch_size: int = 0          # 0: measured on this device (engine.layout)
     memory_format: str = "auto"       # conv activations: auto (measured), channels_last or contiguous
@@ -93,15 +95,22 @@ class TrainConfig:
         _integer("--sync-every", self.sync_every, lo=0)
         _choice("--memory-format", self.memory_format, MEMORY_FORMATS)
         _choice("--eval-test", self.eval_test, EVAL_TEST)
+        _choice("--precision", self.precision, PRECISIONS)
+        _choice("eval_precision", self.eval_precision, PRECISIONS)
         if not isinstance(self.compile, bool):
             raise InputError(f"--compile must be true or false, got {self.compile!r}")
         if self.compile and self.backend != "torch":
             raise InputError("--compile: needs --backend torch (ORT runs its own graph optimisations)")
+        if self.precision not in ("auto", "fp32") and self.backend != "torch":
+            raise InputError(f"--precision {self.precision}: needs --backend torch (ORT artifacts train in fp32)")
         if self.bn_adapt and self.backend != "torch":
             raise InputError("--bn-adapt: needs --backend torch (ORT artifacts carry their own BatchNorm statistics)")
         if not isinstance(self.device, str) or not (self.device in ("auto", "cpu", "cuda", "mps")
                                                     or self.device.startswith("cuda:")):
             raise InputError(f"--device must be cpu, cuda, mps or auto, got {self.device!r}")
+        if "fp16" in (self.precision, self.eval_precision) and self.device in ("cpu", "mps"):
+            raise InputError(f"--precision fp16: needs a CUDA device (its loss scaling is CUDA's); on {self.device} "
+                             "use bf16 or auto")
         if self.explicit is not None and not (isinstance(self.explicit, list)
                                               and all(isinstance(x, str) for x in self.explicit)):
             raise InputError(f"explicit options must be a list of names, got {self.explicit!r}")

@@ -4,7 +4,9 @@ by the same code that tests exercise with injected capabilities."""
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 import psutil
 import torch
@@ -19,6 +21,10 @@ def accumulator_dtype(device: torch.device) -> torch.dtype:
     return torch.float64 if supports_float64(device) else torch.float32
 
 
+# What autocast runs each precision in (fp32: no autocast).
+PRECISION_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def amp_dtype(device: torch.device) -> torch.dtype | None:
     """Mixed-precision type for CUDA: bf16 only with native support (compute capability 8.0,
     Ampere, or newer; older GPUs would emulate it slowly), else fp16 with loss scaling."""
@@ -27,6 +33,45 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
         return None
     major, _ = torch.cuda.get_device_capability(device)
     return torch.bfloat16 if major >= 8 else torch.float16
+
+
+# /proc/cpuinfo flags that mean bf16 arithmetic in hardware: AVX512-BF16 and AMX on x86, the
+# BF16 extension (Armv8.6) on Arm. Without them oneDNN emulates bf16, more slowly than fp32.
+NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo ("flags" on x86, "Features" on Arm), read below
+    EDGE_SEL_SYSFS_ROOT like every other device file; empty where there is no such file."""
+    path = Path(os.environ.get("EDGE_SEL_SYSFS_ROOT") or "/") / "proc" / "cpuinfo"
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return set()
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            flags.update(value.split())
+    return flags
+
+
+def cpu_native_bf16() -> bool:
+    """bf16 autocast on this CPU runs on bf16 instructions (and this torch's oneDNN uses them)."""
+    mkldnn_bf16 = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    if not torch.backends.mkldnn.is_available() or mkldnn_bf16 is None or not mkldnn_bf16():
+        return False
+    return bool(cpu_flags() & NATIVE_BF16_FLAGS)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """bf16 is done in hardware on `device` (CUDA: compute capability 8.0 or newer)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    if device.type == "cpu":
+        return cpu_native_bf16()
+    return False                    # MPS and others: fp32 unless asked for
 
 
 def grad_scaler():

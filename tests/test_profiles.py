@@ -70,7 +70,7 @@ def _write(tmp_path, text, name="board.toml"):
     ("[train]\nbatch_size = true\n", "train.batch_size: must be an integer between 1 and 65536, got true"),
     ("[train]\nbatchsize = 8\n", "train.batchsize: unknown key (known: device, precision, batch_size, cpu_threads)"),
     ('[train]\ndevice = "gpu"\n', 'train.device: must be one of "cpu", "cuda", "mps", "auto" or "cuda:N", got "gpu"'),
-    ('[train]\nprecision = "fp16"\n', 'train.precision: must be one of "fp32", "mixed", got "fp16"'),
+    ('[train]\nprecision = "fp8"\n', 'train.precision: must be one of "auto", "fp32", "bf16", "fp16", "mixed", got "fp8"'),
     ("[method]\ntarget_activation = 0\n",
      "method.target_activation: must be a number greater than 0 and at most 1, got 0"),
     ('[method]\nstrategy = "fastest"\n', 'method.strategy: must be one of "dense"'),

@@ -9,9 +9,10 @@ BACKENDS = ("torch", "ort")
 
 
 def make_backend(cfg, model, optimizer, updater, device):
+    """`cfg.precision` and `cfg.eval_precision` are the run's choices by now (fp32, bf16 or fp16)."""
     if cfg.backend == "torch":
-        return TorchBackend(model, optimizer, updater, device, cfg.amp, cfg.label_smoothing, cfg.bn_mode,
-                            cfg.compile)
+        return TorchBackend(model, optimizer, updater, device, label_smoothing=cfg.label_smoothing,
+                            bn_mode=cfg.bn_mode, compile=cfg.compile, precision=(cfg.precision, cfg.eval_precision))
     if cfg.backend == "ort":
         from edge_sel.backends.ort_backend import OrtBackend   # the `ort` extra is optional
         return OrtBackend.from_config(cfg, model, optimizer, updater, device)

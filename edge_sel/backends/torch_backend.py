@@ -1,4 +1,4 @@
-"""The default backend: eager PyTorch forward, backward and optimizer step, AMP on CUDA."""
+"""The default backend: eager PyTorch forward, backward and optimizer step, in the run's precision."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from edge_sel.data import Batch
-from edge_sel.device_caps import amp_dtype, grad_scaler
+from edge_sel.device_caps import PRECISION_DTYPES, amp_dtype, grad_scaler
 from edge_sel.methods import Updater
 
 
@@ -36,7 +36,7 @@ class TorchBackend:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, updater: Updater,
                  device: torch.device, amp: bool = True, label_smoothing: float = 0.0,
-                 bn_mode: str | None = None, compile: bool = False):
+                 bn_mode: str | None = None, compile: bool = False, precision: tuple[str, str] | None = None):
         self.model, self.optimizer, self.updater = model, optimizer, updater
         # torch.compile compiles on the first call of each mode (train, eval): inside the first
         # epoch's and the first evaluation's measured windows, where its cost belongs.
@@ -44,15 +44,20 @@ class TorchBackend:
         self.device = device
         self.label_smoothing = label_smoothing
         self.bn_mode = bn_mode or "train"
-        use_amp = amp and device.type == "cuda"
-        self.amp_dtype = amp_dtype(device) if use_amp else None
+        # `precision`: the run's (training, forward-only) choice from engine.precision; without it,
+        # `amp` means CUDA's mixed precision as before, the same for both.
+        if precision is not None:
+            self.amp_dtype, self.eval_dtype = (PRECISION_DTYPES[p] for p in precision)
+        else:
+            self.amp_dtype = amp_dtype(device) if amp and device.type == "cuda" else None
+            self.eval_dtype = self.amp_dtype
         # fp16 needs loss scaling; bf16 has fp32's range and does not.
         self.scaler = grad_scaler() if self.amp_dtype == torch.float16 else None
 
-    def _autocast(self):
-        if self.amp_dtype is None:
+    def _autocast(self, dtype: torch.dtype | None = None):
+        if dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return torch.autocast(self.device.type, dtype=dtype)
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
@@ -63,7 +68,7 @@ class TorchBackend:
         self.model.train()
         if self.bn_mode == "eval":
             freeze_batchnorm_stats(self.model)
-        with self._autocast():
+        with self._autocast(self.amp_dtype):
             logits = self.forward(batch.x)
             losses = nn.functional.cross_entropy(logits.float(), batch.y, reduction="none",
                                                  label_smoothing=self.label_smoothing)
@@ -87,5 +92,5 @@ class TorchBackend:
     @torch.inference_mode()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         self.model.eval()
-        with self._autocast():
+        with self._autocast(self.eval_dtype):
             return self.forward(x).float()

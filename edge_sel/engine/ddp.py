@@ -229,13 +229,13 @@ class RankSync:
         return meter.start()
 
     def build_trainer(self, build, cfg):
-        """Rank 0 measures the memory layout; the others take its choice, since DDP needs the same
-        parameter layout on every rank."""
+        """Rank 0 measures the memory layout and precision; the others take its choice, since DDP
+        needs the same parameter layout on every rank (and the same arithmetic)."""
         trainer = build() if self.world.is_main else None
-        chosen = [(cfg.memory_format, cfg.eval_batch_size)]
+        chosen = [(cfg.memory_format, cfg.eval_batch_size, cfg.precision, cfg.eval_precision)]
         dist.broadcast_object_list(chosen, src=0, device=self.device if self.device.type == "cuda" else None)
         if not self.world.is_main:
-            cfg.memory_format, cfg.eval_batch_size = chosen[0]
+            cfg.memory_format, cfg.eval_batch_size, cfg.precision, cfg.eval_precision = chosen[0]
             trainer = build()
         self._attach(trainer, cfg)
         return trainer

@@ -121,8 +121,8 @@ def choose_layout(model: nn.Module, input_shape: tuple, num_classes: int, device
     cap = max_eval_batch or max(fits)
     candidates = [b for b in fits if b <= cap] or [max(1, cap)]
     key = "|".join(map(str, (type(model).__name__, sum(p.numel() for p in model.parameters()), tuple(input_shape),
-                             _device_name(device), batch_size, fmt, eval_batch_size, candidates, torch.__version__)))
-    cached = _read_cache().get(key)
+                             device_name(device), batch_size, fmt, eval_batch_size, candidates, torch.__version__)))
+    cached = cache_entry(CACHE_FILE, key)
     if cached is not None:                # measured once per device and configuration, then kept
         return LayoutChoice(cached["memory_format"], cached["eval_batch_size"], "measured earlier",
                             cached["train_s_per_step"], {int(k): v for k, v in cached["eval_images_per_s"].items()})
@@ -153,32 +153,43 @@ def choose_layout(model: nn.Module, input_shape: tuple, num_classes: int, device
             flops += 3 * counter.eval_batch(min(b, len(xf)))
         chosen_eval = max(rates, key=rates.get)
     choice = LayoutChoice(fmt, chosen_eval, source, timings, rates, time.perf_counter() - t0, flops)
-    _write_cache(key, choice)
+    keep_in_cache(CACHE_FILE, key, choice.to_json())
     return choice
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
     return f"{device.type}:{platform.machine()}:{platform.processor()}:{torch.get_num_threads()} threads"
 
 
-def _cache_path() -> Path:
-    return cache_dir() / CACHE_FILE
+def _cache_path(name: str) -> Path:
+    return cache_dir() / name
 
 
-def _read_cache() -> dict:
+def _read_cache(name: str) -> dict:
     try:
-        return json.loads(_cache_path().read_text())
+        return json.loads(_cache_path(name).read_text())
     except (OSError, ValueError):
         return {}                          # none yet, or unreadable: measure again
 
 
-def _write_cache(key: str, choice: LayoutChoice) -> None:
-    entries = _read_cache()
-    entries[key] = choice.to_json()
+def cache_entry(name: str, key: str) -> dict | None:
+    """What was measured earlier for `key` in the cache file `name`, if anything."""
+    return _read_cache(name).get(key)
+
+
+def keep_in_cache(name: str, key: str, entry: dict) -> dict:
+    """Keeps `entry` for `key` and returns it; an entry another process kept meanwhile wins, so
+    that runs started together on one device go on with one choice."""
+    entries = _read_cache(name)
+    if key in entries:
+        return entries[key]
+    entries[key] = entry
+    path = _cache_path(name)
     try:
-        _cache_path().parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(_cache_path(), json.dumps(entries, indent=1).encode())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, json.dumps(entries, indent=1).encode())
     except OSError as e:                   # a read-only home must not stop a run
-        warnings.warn(f"could not keep the measured layout in {_cache_path()}: {e}")
+        warnings.warn(f"could not keep the measurement in {path}: {e}")
+    return entry

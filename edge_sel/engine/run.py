@@ -230,7 +230,7 @@ def train_model(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainCo
         "energy_meter": meter_info, "stop_reason": trainer.stop_reason,
         "idle_power_w": getattr(meter, "idle_power_w", None),
         # Measured before the first epoch, outside its time, joules and FLOPs (probe_* say how much).
-        "layout": trainer.layout.to_json(), "sync_every": trainer.sync_every,
+        "layout": trainer.layout.to_json(), "precision": trainer.precision.to_json(), "sync_every": trainer.sync_every,
         **({"world_size": world.size, "distributed": ranks.describe()} if ranks else {}),
     }, baseline=trainer.baseline, kept=kept)
     with writing(out / "summary.json"):
@@ -326,6 +326,9 @@ def resume(run_dir: Path, quiet: bool = False, phase: str | None = None) -> dict
     try:
         saved = json.loads(config_file.read_text())
         cfg = TrainConfig(**{f.name: saved[f.name] for f in dataclasses.fields(TrainConfig) if f.name in saved})
+        if "precision" not in saved:    # written before --precision: mixed precision ran on CUDA only
+            cfg.precision = "auto" if saved.get("amp", True) and saved.get("device", "auto") != "cpu" \
+                and pick_device(saved.get("device", "auto")).type == "cuda" else "fp32"
         data = DataOptions(**{**saved["data"], "data_dir": saved["data"].get("data_dir")})
         energy = EnergyOptions(**saved.get("energy", {}))
         saved_phase = saved["phase"]

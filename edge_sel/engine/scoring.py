@@ -17,11 +17,12 @@ from edge_sel.engine.ledger import ComputeLedger
 class ScoringPasses:
     def __init__(self, model: torch.nn.Module, train_ds: IndexedDataset, mean, std, device,
                  batch_size: int, memory_format, flops: FlopCounter, ledger: ComputeLedger,
-                 bn_mode: str | None = None):
+                 bn_mode: str | None = None, autocast=contextlib.nullcontext):
         self.model, self.train_ds, self.mean, self.std, self.device = model, train_ds, mean, std, device
         self.batch_size, self.memory_format = batch_size, memory_format
         self.flops, self.ledger = flops, ledger
         self.bn_mode = bn_mode or "train"
+        self.autocast = autocast        # the forward-only passes' precision (engine.precision)
 
     def losses(self, positions: torch.Tensor | None = None, model: torch.nn.Module | None = None) -> torch.Tensor:
         """Per-sample losses of training samples under `model` (default: the live model)."""
@@ -29,7 +30,10 @@ class ScoringPasses:
         model.to(self.device).eval()
         ds = self.train_ds if positions is None else self.train_ds.subset(positions)
         fmt = self.memory_format if model is self.model else torch.contiguous_format
-        logits = predict_dataset(lambda x: model(x).float(), ds, self.mean, self.std, self.batch_size, fmt)
+        def predict(x):
+            with self.autocast():
+                return model(x).float()
+        logits = predict_dataset(predict, ds, self.mean, self.std, self.batch_size, fmt)
         counter = self.flops if model is self.model else FlopCounter(model, ds.input_shape)
         self.ledger.add_scoring(len(ds), evaluation_flops(counter, len(ds), self.batch_size))
         # A normal tensor again (inference tensors refuse in-place updates outside inference mode).
@@ -43,7 +47,7 @@ class ScoringPasses:
         self.model.train()
         if self.bn_mode == "eval":
             freeze_batchnorm_stats(self.model)
-        with batchnorm_stats_kept(self.model), torch.inference_mode():
+        with batchnorm_stats_kept(self.model), torch.inference_mode(), self.autocast():
             logits = self.model(x).float()
         self.ledger.add_scoring(len(x), self.flops.eval_batch(len(x)))
         return logits.clone()

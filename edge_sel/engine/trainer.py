@@ -18,6 +18,7 @@ from edge_sel.config import TrainConfig
 from edge_sel.core.flops import FlopCounter
 from edge_sel.core.records import RecordWriter
 from edge_sel.data import BatchLoader, Splits
+from edge_sel.device_caps import amp_dtype
 from edge_sel.engine import epoch_record
 from edge_sel.engine.bn_adapt import reestimate_bn
 from edge_sel.engine.budget import EnergyBudget
@@ -25,11 +26,13 @@ from edge_sel.engine.checkpointing import Checkpoints, Rollback, restore
 from edge_sel.engine.evaluate import EmbarrassmentMeter, EvaluationSets, accuracy
 from edge_sel.engine.keep import BN_ADAPT_EPOCH, WARMUP_EPOCH, ModelChoice
 from edge_sel.engine.layout import LayoutChoice, choose_layout
+from edge_sel.engine.precision import DTYPES, PrecisionChoice, autocast, choose_precision
 from edge_sel.engine.ledger import ComputeLedger
 from edge_sel.engine.progress import EpochProgress, changed_fraction, snapshot_params
 from edge_sel.engine.schedule import lr_factor
 from edge_sel.engine.scoring import ScoringPasses
 from edge_sel.engine.totals import StepTotals
+from edge_sel.errors import InputError
 from edge_sel.methods import RunContext, Strategy, Updater
 
 NULL_ENERGY = {"energy_j": None, "energy_source": None, "energy_method": None, "energy_coverage": None,
@@ -84,6 +87,8 @@ class Trainer:
         # The config says what ran (config.json, a resume, a rerun): measured choices become given.
         cfg.memory_format, cfg.eval_batch_size = self.layout.memory_format, self.eval_batch_size
         self.model.to(memory_format=self.memory_format)
+        self.precision = self._choose_precision()
+        cfg.precision, cfg.eval_precision = self.precision.train, self.precision.eval
         self.sync_every = cfg.sync_every or (1 if self.device.type == "cpu" else 32)
         self.totals = StepTotals(self.device)
         self.optimizer = make_optimizer(cfg.optimizer, self.model.parameters(), cfg.lr, cfg.momentum,
@@ -92,7 +97,7 @@ class Trainer:
         self.ledger = ComputeLedger()       # scoring passes and rolled-back steps not yet in a record
         self.scoring = ScoringPasses(self.model, self.train_ds, self.mean, self.std, self.device,
                                      self.eval_batch_size, self.memory_format, self.flops, self.ledger,
-                                     cfg.bn_mode)
+                                     cfg.bn_mode, self._eval_autocast)
         self.eval_sets = EvaluationSets(self.val_eval_ds, self.test_ds, self.clean_test_ds, self.mean, self.std,
                                         self.eval_batch_size, self.memory_format, self.flops,
                                         self.train_ds.class_names)
@@ -130,12 +135,27 @@ class Trainer:
             return LayoutChoice("contiguous", cfg.eval_batch_size or 256, f"{cfg.backend} backend")
         largest = max(len(self.val_eval_ds), len(self.test_ds), 1)
         autocast = None
-        if self.device.type == "cuda" and cfg.amp:
-            from edge_sel.device_caps import amp_dtype
-            dtype = amp_dtype(self.device)
+        if self.device.type == "cuda" and cfg.precision != "fp32":
+            dtype = amp_dtype(self.device) if cfg.precision == "auto" else DTYPES[cfg.precision]
             autocast = lambda: torch.autocast("cuda", dtype=dtype)      # noqa: E731 -- as training runs
         return choose_layout(self.model, self.train_ds.input_shape, self.train_ds.num_classes, self.device,
                              cfg.batch_size, cfg.memory_format, cfg.eval_batch_size, largest, autocast)
+
+    def _choose_precision(self) -> PrecisionChoice:
+        """fp32 or bf16 autocast for the training step and for forward-only passes: as given, or
+        measured here (after the layout, in it)."""
+        cfg = self.config
+        if cfg.backend != "torch":
+            return PrecisionChoice("fp32", "fp32", f"{cfg.backend} backend", "ORT artifacts train in fp32")
+        if "fp16" in (cfg.precision, cfg.eval_precision) and self.device.type != "cuda":
+            raise InputError(f"--precision fp16: needs a CUDA device (its loss scaling is CUDA's); on "
+                             f"{self.device.type} use bf16 or auto")
+        return choose_precision(self.model, self.train_ds.input_shape, self.train_ds.num_classes, self.device,
+                                cfg.batch_size, self.memory_format, self.eval_batch_size, cfg.precision,
+                                cfg.eval_precision, self.val_eval_ds, self.mean, self.std)
+
+    def _eval_autocast(self):
+        return autocast(self.device, self.precision.eval)
 
     def _validation_subset(self):
         """`--val-subset N`: a fixed draw of N validation samples for per-epoch decisions."""
@@ -334,7 +354,10 @@ class Trainer:
             current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             self.model.load_state_dict(kept)
             # The torch model, not backend.predict: an ORT session still holds the last weights.
-            logits = self.eval_sets.logits(lambda x: self.model.eval()(x).float(), self.test_ds)
+            def predict(x):
+                with self._eval_autocast():
+                    return self.model.eval()(x).float()
+            logits = self.eval_sets.logits(predict, self.test_ds)
             self.choice.test_acc = accuracy(logits, self.test_ds.labels)
             self.model.load_state_dict(current)
 
@@ -352,8 +375,9 @@ class Trainer:
         n = min(self.config.bn_adapt, len(self.train_ds))
         draw = torch.Generator().manual_seed(self.config.seed + 7919)
         positions = torch.randperm(len(self.train_ds), generator=draw)[:n].to(self.device)
-        sizes = reestimate_bn(self.model, self.train_ds, positions, self.mean, self.std,
-                              memory_format=self.memory_format)
+        with self._eval_autocast():
+            sizes = reestimate_bn(self.model, self.train_ds, positions, self.mean, self.std,
+                                  memory_format=self.memory_format)
         self.bn_adapt_pending = {"bn_adapt_samples": n, "flops_bn_adapt": sum(self.flops.eval_batch(s) for s in sizes)}
         self.bn_adapt_done = True
 

@@ -36,7 +36,7 @@ class Profile:
     detected: str | None = None              # why `auto` chose it
     # [train]
     device: str | None = None
-    precision: str | None = None             # fp32 | mixed (bf16 where supported, else fp16)
+    precision: str | None = None             # auto | fp32 | bf16 | fp16 (--precision; "mixed" = auto)
     batch_size: int | None = None
     cpu_threads: int | None = None           # torch intra-op threads
     # [method]

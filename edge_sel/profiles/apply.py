@@ -17,7 +17,7 @@ from edge_sel.profiles import Profile, load_profile
 # profile field -> (click parameter name, profile value -> option value)
 OPTIONS = {
     "device": ("device", str),
-    "precision": ("no_amp", lambda precision: precision == "fp32"),
+    "precision": ("precision", lambda precision: "auto" if precision == "mixed" else precision),
     "batch_size": ("batch_size", int),
     "strategy": ("strategy", str),
     "target_activation": ("target_activation", float),

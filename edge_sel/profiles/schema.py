@@ -14,7 +14,7 @@ from typing import Any, Callable
 from edge_sel.errors import InputError
 
 METERS = ("nvml", "rapl", "jetson", "battery", "estimate")   # edge_sel.energy.METER_NAMES
-PRECISIONS = ("fp32", "mixed")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "mixed")     # mixed: the older name of auto
 DEVICES = ("cpu", "cuda", "mps", "auto")
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
