@@ -38,6 +38,8 @@ CONFIGS = {
     "ast-two": ["--strategy", "sundew", "--preset", "ast-two", "--target-activation", "0.4"],
     "mask": ["--sparsity", "mask"],
     "layers": ["--sparsity", "layers", "--probe-every", "2"],
+    # bf16 autocast in the training step and in the forward-only passes (evaluation, gating scores)
+    "bf16": ["--precision", "bf16", "--strategy", "sundew", "--target-activation", "0.5"],
 }
 
 

@@ -4,17 +4,20 @@ Three parts, each in one run with rounds interleaved (every contender once per r
 background load hits all of them alike; medians are printed with ratios.
 
 A. Dense training throughput (samples/s, evaluation excluded): the plain loop a PyTorch user would
-   write (edgecnn, SGD Nesterov, same augmentation ops), edge-sel as it ran before the layout
-   choice (contiguous), edge-sel's default (layout measured on this device), channels_last and
-   contiguous forced, and --compile.
+   write (edgecnn, SGD Nesterov, same augmentation ops) in fp32 and with bf16 autocast, edge-sel as
+   it ran before the layout choice (contiguous, fp32), before the precision choice (measured
+   layout, fp32), edge-sel's default (layout and precision measured on this device), bf16 forced,
+   channels_last forced and --compile.
 B. Evaluation throughput (images/s over the test set): the previous default (contiguous, batch
-   1000) against the measured layout and batch size.
+   1000, fp32) against the measured layout and batch size in fp32, in the precision the default
+   chose for evaluation, and in bf16.
 C. A gated epoch (sundew, activation 0.3) including its evaluation: the previous default (validation
-   and the whole test set every epoch, contiguous, batch 1000) against the new one (validation
-   only, test after the last epoch, measured layout and batch).
+   and the whole test set every epoch, contiguous, batch 1000, fp32) against the new one (validation
+   only, test after the last epoch, measured layout, batch and precision).
 
     python tools/bench_loop.py                     # CIFAR-10 JPEG folders when present, else synthetic
     python tools/bench_loop.py --rounds 5 --parts A
+    python tools/bench_loop.py --parts A --arms "plain loop,edge-sel fp32,edge-sel default"
 """
 
 from __future__ import annotations
@@ -31,26 +34,30 @@ from torch import nn
 from edge_sel.config import TrainConfig
 from edge_sel.data import load_source, make_splits
 from edge_sel.data.augment import augment_batch, normalize
+from edge_sel.device_caps import native_bf16
 from edge_sel.engine.device import seed_everything
 from edge_sel.engine.energy_setup import EnergyOptions
 from edge_sel.engine.evaluate import predict_dataset
+from edge_sel.engine.precision import autocast
 from edge_sel.engine.trainer import Trainer
 from edge_sel.methods import Strategy, Updater, make_strategy
 from edge_sel.models import build_model
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
-BEFORE = {"memory_format": "contiguous", "eval_batch_size": 1000}   # the defaults before the layout choice
+BEFORE = {"memory_format": "contiguous", "eval_batch_size": 1000, "precision": "fp32"}   # before the layout choice
 
 
-def plain_epoch(model, images, labels, mean, std, spec, batch_size, optimizer, generator) -> float:
-    """The loop a PyTorch user would write by hand; returns seconds."""
+def plain_epoch(model, images, labels, mean, std, spec, batch_size, optimizer, generator, bf16=False) -> float:
+    """The loop a PyTorch user would write by hand (bf16: with the autocast line added); returns seconds."""
     model.train()
     t0 = time.perf_counter()
     perm = torch.randperm(len(labels), generator=generator)
     for lo in range(0, len(perm), batch_size):
         idx = perm[lo: lo + batch_size]
         x = augment_batch(normalize(images[idx], mean, std), spec, generator)
-        loss = nn.functional.cross_entropy(model(x), labels[idx])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        loss = nn.functional.cross_entropy(logits.float(), labels[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -78,6 +85,10 @@ def table(results: dict[str, list[float]], unit: str, reference: str) -> None:
         print(f"  {name:32s} {med:9.1f} {unit}   x{med / ref:5.2f} vs {reference}")
 
 
+def wanted(args, name: str) -> bool:
+    return not args.arms or name in args.arms
+
+
 def make_trainer(splits, mean, std, meter, gate=None, **cfg) -> Trainer:
     config = TrainConfig(**{"epochs": 1000, "batch_size": 128, "lr": 0.05, "seed": 0, **cfg})
     model = build_model("edgecnn", splits.train.num_classes, splits.train.input_shape[0])
@@ -91,16 +102,28 @@ def part_a(args, splits, mean, std, meter):
     no_eval = copy.copy(splits)
     no_eval.val = splits.val.subset(torch.arange(0))
     no_eval.test = splits.test.subset(torch.arange(0))
-    trainers = {
-        "edge-sel before (contiguous)": make_trainer(no_eval, mean, std, meter, **BEFORE),
-        "edge-sel default": make_trainer(no_eval, mean, std, meter),
-        "edge-sel channels_last": make_trainer(no_eval, mean, std, meter, memory_format="channels_last"),
-        "edge-sel --compile": make_trainer(no_eval, mean, std, meter, compile=True),
+    arms = {
+        "edge-sel before (contiguous, fp32)": BEFORE,
+        "edge-sel fp32": {"precision": "fp32"},
+        "edge-sel default": {},
+        "edge-sel bf16": {"precision": "bf16"},
+        "edge-sel channels_last": {"memory_format": "channels_last"},
+        "edge-sel --compile": {"compile": True},
     }
-    print(f"  edge-sel default layout on this device: {trainers['edge-sel default'].layout.to_json()}")
-    plain = build_model("edgecnn", splits.train.num_classes, splits.train.input_shape[0])
-    opt = torch.optim.SGD(plain.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    trainers = {name: make_trainer(no_eval, mean, std, meter, batch_size=args.batch_size, **cfg)
+                for name, cfg in arms.items()
+                if wanted(args, name)}
+    if "edge-sel default" in trainers:
+        default = trainers["edge-sel default"]
+        print(f"  edge-sel default layout on this device: {default.layout.to_json()}")
+        print(f"  edge-sel default precision on this device: {default.precision.to_json()}")
     m, s, gen = torch.tensor(mean), torch.tensor(std), torch.Generator().manual_seed(0)
+
+    def plain(bf16):
+        model = build_model("edgecnn", splits.train.num_classes, splits.train.input_shape[0])
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        return lambda r: n / plain_epoch(model, splits.train.images, splits.train.labels, m, s, splits.train.augment,
+                                         args.batch_size, opt, gen, bf16)
 
     def ours(trainer):
         def run(r):
@@ -108,8 +131,9 @@ def part_a(args, splits, mean, std, meter):
             record = trainer.train_epoch(r)
             return n / (time.perf_counter() - t0 - (record["eval_wall_s"] or 0.0))
         return run
-    contenders = {"plain loop": lambda r: n / plain_epoch(plain, splits.train.images, splits.train.labels, m, s,
-                                                           splits.train.augment, args.batch_size, opt, gen)}
+    contenders = {"plain loop": plain(False)}
+    if wanted(args, "plain loop bf16"):
+        contenders["plain loop bf16"] = plain(True)
     contenders.update({name: ours(t) for name, t in trainers.items()})
     results = interleave(contenders, args.rounds)
     table(results, "samples/s", "plain loop")
@@ -124,15 +148,23 @@ def part_b(args, splits, mean, std, meter):
     before = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     fmt, bs = default.memory_format, default.eval_batch_size
 
-    def rate(net, batch, layout):
+    def rate(net, batch, layout, precision="fp32"):
         def run(r):
+            def predict(x):
+                with autocast("cpu", precision):
+                    return net(x).float()
             t0 = time.perf_counter()
-            predict_dataset(lambda x: net(x).float(), ds, mean, std, batch, layout)
+            predict_dataset(predict, ds, mean, std, batch, layout)
             return len(ds) / (time.perf_counter() - t0)
         return run
-    results = interleave({"before (contiguous, batch 1000)": rate(before, 1000, torch.contiguous_format),
-                          f"default ({default.layout.memory_format}, batch {bs})": rate(model, bs, fmt)},
-                         args.rounds)
+    chosen = default.precision.eval
+    print(f"  default precision for evaluation: {chosen} ({default.precision.reason})")
+    arms = {"before (contiguous, batch 1000)": rate(before, 1000, torch.contiguous_format),
+            f"{default.layout.memory_format}, batch {bs}, fp32": rate(model, bs, fmt)}
+    if chosen != "fp32":
+        arms[f"default ({default.layout.memory_format}, batch {bs}, {chosen})"] = rate(model, bs, fmt, chosen)
+    arms[f"{default.layout.memory_format}, batch {bs}, bf16"] = rate(model, bs, fmt, "bf16")
+    results = interleave(arms, args.rounds)
     table(results, "images/s", "before (contiguous, batch 1000)")
     return results
 
@@ -171,6 +203,8 @@ def main():
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--parts", default="ABC", help="Which parts to run, e.g. A or BC.")
+    ap.add_argument("--arms", type=lambda v: [a.strip() for a in v.split(",")], default=None,
+                    help="Part A: only these contenders (comma-separated names as printed; the plain loop always runs).")
     args = ap.parse_args()
 
     train_full, test = load_source(args.dataset)
@@ -178,7 +212,8 @@ def main():
     splits = make_splits(train_full, test, subset=min(args.subset, len(train_full) - 1), val_fraction=0.05)
     mean, std = splits.train.channel_stats()
     meter = EnergyOptions().open()
-    print(f"edgecnn, {torch.get_num_threads()} threads, torch {torch.__version__}, {args.dataset}")
+    print(f"edgecnn, {torch.get_num_threads()} threads, torch {torch.__version__}, {args.dataset}, "
+          f"CPU bf16 instructions: {native_bf16(torch.device('cpu'))}")
     try:
         for part, fn in (("A", part_a), ("B", part_b), ("C", part_c)):
             if part in args.parts.upper():

@@ -5,8 +5,8 @@ preset and updater, made by two source trees of edge-sel, their records compared
 
 `--before`/`--after` are git revisions (checked out as temporary worktrees) or source directories;
 `--after` defaults to this checkout. Each tree runs `python -m edge_sel` with PYTHONPATH set to it,
-one thread, its own layout cache, contiguous layout and a fixed evaluation batch (so no timing
-decides anything). The after tree pretrains one warmup checkpoint on digits; both trees pretrain
+one thread, its own layout cache, contiguous layout, a fixed evaluation batch and fp32 where the
+tree has --precision (so no timing decides anything). The after tree pretrains one warmup checkpoint on digits; both trees pretrain
 too (their records are compared) and every fine-tune of both starts from the after tree's warmup.
 
 Measured fields (wall time, joules, power, temperature, memory) differ between any two runs and are
@@ -69,10 +69,16 @@ def source_tree(spec: str, scratch: Path, name: str) -> Path:
     return tree
 
 
+def fixed_precision(tree: Path) -> list[str]:
+    """fp32 for trees whose precision is otherwise measured (older trees ran fp32 on CPUs anyway)."""
+    options = tree / "edge_sel" / "cli_options.py"
+    return ["--precision", "fp32"] if options.is_file() and '"--precision"' in options.read_text() else []
+
+
 def edge_sel(tree: Path, args: list[str], cache: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1", EDGE_SEL_CACHE=str(cache))
-    return subprocess.run([sys.executable, "-m", "edge_sel", *args], env=env, capture_output=True, text=True,
-                          cwd=tree)
+    return subprocess.run([sys.executable, "-m", "edge_sel", *args, *fixed_precision(tree)], env=env,
+                          capture_output=True, text=True, cwd=tree)
 
 
 def records(run_dir: Path) -> list[dict]:

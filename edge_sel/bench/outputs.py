@@ -44,6 +44,9 @@ def write_outputs(s: SuiteSettings, result: dict, published: dict | None) -> dic
         notes.append("Other processes competed for the CPU (1-minute load average beyond this run's threads) "
                      "during: " + ", ".join(busy) + ". Their wall time and CPU-time energy estimates are inflated; "
                      "counted FLOPs and accuracy are unaffected.")
+    ran = sorted({r.get("precision") or "fp32" for name in names for r in result["results"][name]})
+    notes.append("Precision (--precision; auto is measured per device): " + " | ".join(ran) + ". The table's "
+                 "test accuracy is evaluated in fp32 after the run whatever the runs' precision.")
     notes.append(f"{START_ROW}: the weights every system starts from, evaluated the same way.")
     notes += [f"{sys_.name}: {sys_.note}" for sys_ in s.systems if sys_.note]
     (s.out / "table.md").write_text(md + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")

@@ -126,6 +126,14 @@ def other_load() -> float:
     return max(0.0, os.getloadavg()[0] - torch.get_num_threads())
 
 
+def ran_in(summary: dict) -> str:
+    """The precision a run's passes ran in, as its summary records it."""
+    p = summary.get("precision")
+    if not p:
+        return "fp32"                        # runs from before the precision choice
+    return f"training {p['train']}, evaluation {p['eval']} ({p['source']})"
+
+
 def log(msg: str, quiet: bool) -> None:
     if not quiet:
         click.echo(msg, err=True)
@@ -150,6 +158,7 @@ def run_system(system: System, seed: int, s: SuiteSettings, steps: list) -> RunD
         finetune(previous, s.data, cfg, run_dir, overwrite=True, quiet=True)
         run = load_run(run_dir)
         run.extra["phase_name"] = step.name
+        run.extra["precision"] = ran_in(run.summary)
         run.extra["other_load"] = max(load, other_load())
         log(f"    {system.name} seed {seed} {step.name}: {len(run.records)} epochs, {time.perf_counter() - t0:.0f} s, "
             f"val {run.records[-1].get('val_acc') or 0:.3f}", s.quiet)
@@ -158,6 +167,7 @@ def run_system(system: System, seed: int, s: SuiteSettings, steps: list) -> RunD
     combined = combine_phases(phases, f"{system.name} s{seed}", group=system.name)
     combined.extra["final_dir"] = str(previous)
     combined.extra["other_load"] = max(p.extra["other_load"] for p in phases)
+    combined.extra["precision"] = "; ".join(dict.fromkeys(p.extra["precision"] for p in phases))
     return combined
 
 
@@ -189,7 +199,7 @@ def run_suite(s: SuiteSettings) -> dict:
             run.extra.update(seed=seed, totals={**accs, "final_test_acc": accs["test_full_acc"]})
             runs.append(run)
             results[system.name].append({"seed": seed, "matched_activation": matched,
-                                         "other_load": run.extra["other_load"],
+                                         "other_load": run.extra["other_load"], "precision": run.extra["precision"],
                                          "run_dirs": [str(p) for p in run.paths], **totals(run)})
     return {"runs": runs, "results": results, "start": start, "wall_s": time.perf_counter() - t_start,
             "device": str(device), "test_full_size": len(full_test), "test_100_size": len(test_100)}
