@@ -56,6 +56,10 @@ def test_every_system_has_a_row_of_finite_numbers(edge):
             assert isinstance(row[key], (int, float)) and math.isfinite(row[key]), (system["name"], key)
         assert 0 <= row["test_full_acc"] <= 1 and 0 < row["activation"] <= 1
         assert row["energy_kind"] == EXPECTED_ENERGY_KIND, system["name"]
+        # The empty sysfs root has no /proc/cpuinfo either: no bf16 instructions, so fp32, and said.
+        assert row["precision"] == "training fp32, evaluation fp32 (no native bf16)", system["name"]
+    assert "Precision (--precision; auto is measured per device): training fp32, evaluation fp32 (no native bf16)" \
+        in (out / "table.md").read_text()
     table = (out / "table.md").read_text().splitlines()
     for name in names:
         assert sum(line.startswith(f"| {name} |") for line in table) == 1

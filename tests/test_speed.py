@@ -21,8 +21,9 @@ HOST_READS = ("item", "tolist", "__bool__", "__int__", "__float__", "cpu", "nump
 def make_trainer(**overrides) -> Trainer:
     train, test = load_source("synthetic")
     splits = make_splits(train, test, subset=640, val_fraction=0.1)
+    # fp32 given: these tests compare runs to float32 rounding (bf16 is tests/test_precision.py's)
     cfg = TrainConfig(**{"epochs": 2, "batch_size": 16, "lr": 0.02, "seed": 1, "memory_format": "contiguous",
-                         "eval_batch_size": 256, **overrides})
+                         "eval_batch_size": 256, "precision": "fp32", **overrides})
     seed_everything(1)
     model = build_model("edgecnn", train.num_classes, train.input_shape[0])
     mean, std = splits.train.channel_stats()
