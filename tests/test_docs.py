@@ -1,5 +1,5 @@
 """The documentation cannot rot: the site builds in strict mode (every link and anchor found, every
-included deploy/ file present), the README stays a short front door
+included deploy/ file present), the navigation lists each page once, the README stays a short front door
 whose links resolve, and its tour is the one the getting-started page shows."""
 
 from __future__ import annotations
@@ -52,3 +52,19 @@ def test_readme_tour_is_the_getting_started_tour_on_digits():
     assert len(commands) <= 10
     # A fresh clone has no CIFAR-10: the tour runs on the embedded digits only.
     assert all("--dataset" not in c or "--dataset digits" in c for c in commands)
+
+
+def test_every_page_in_the_navigation_once_and_present():
+    import yaml
+
+    def pages(entries):
+        for entry in entries:
+            value = next(iter(entry.values())) if isinstance(entry, dict) else entry
+            if isinstance(value, list):
+                yield from pages(value)
+            else:
+                yield value
+
+    listed = list(pages(yaml.safe_load((REPO / "mkdocs.yml").read_text())["nav"]))
+    assert sorted(set(listed)) == sorted(listed), f"listed twice: {sorted(p for p in set(listed) if listed.count(p) > 1)}"
+    assert all((REPO / "docs" / p).is_file() for p in listed)
