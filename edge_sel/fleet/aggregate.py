@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import math
 
-SUMMED = ("num-examples", "samples_trained", "forward_samples", "flops_forward", "flops_backward", "flops_eval",
-          "energy_j", "eval_energy_j")
+SUMMED = ("num-examples", "samples_trained", "forward_samples", "flops_forward", "flops_backward", "flops_scoring",
+          "flops_calibration", "rolled_back_flops", "flops_train", "flops_eval", "energy_j", "eval_energy_j")
 AVERAGED = ("local_val_acc", "local_train_acc")
 SLOWEST = ("wall_s",)          # a round lasts as long as its slowest client
 

@@ -27,7 +27,8 @@ def train(msg: Message, context: Context) -> Message:
     plan = RoundPlan.from_config(config)
     card = ModelCard.from_json(json.loads(config["model-card"]), Path("model card of the fleet run"))
     weights = msg.content["arrays"].to_torch_state_dict()
-    new_weights, metrics, info = train_round(weights, card, node, plan)
+    # the node id keeps two SuperNodes on one host (one work-dir) out of each other's round directory
+    new_weights, metrics, info = train_round(weights, card, node, plan, node_id=str(context.node_id))
     client = str(node.partition_id) if node.partition_id is not None else str(context.node_id)
     content = RecordDict({"arrays": ArrayRecord(new_weights), "metrics": MetricRecord(metrics),
                           "info": ConfigRecord({**info, "client": client})})

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from edge_sel.config import TrainConfig
 from edge_sel.core.checkpoint import ModelCard
@@ -21,6 +22,7 @@ from edge_sel.fleet.node import NodeSettings
 from edge_sel.fleet.partition import partition
 from edge_sel.methods.options import check_options_used
 from edge_sel.methods.presets import apply_preset, default_lr
+from edge_sel.methods.registry import make_strategy, make_updater
 from edge_sel.models import build_model
 
 
@@ -68,6 +70,17 @@ class RoundPlan:
             raise InputError(f"fleet round configuration: missing or bad field {e}") from None
 
 
+def round_plan(settings, first_round: int) -> RoundPlan:
+    """What the server asks of every client (ServerSettings -> RoundPlan); the run id names the
+    clients' round directories."""
+    return RoundPlan(first_round, settings.local_epochs, settings.batch_size, settings.optimizer,
+                     None if settings.lr < 0 else settings.lr, settings.strategy, settings.sparsity,
+                     settings.backend, settings.method_options, settings.keep, settings.seed,
+                     settings.proximal_mu, run_id=settings.out_dir.name,
+                     memory_format=settings.memory_format, eval_batch_size=settings.eval_batch_size,
+                     val_subset=settings.val_subset)
+
+
 def local_splits(node: NodeSettings) -> Splits:
     """The node's data, and of its training split the part that is this client's."""
     splits = node.data.load()
@@ -104,30 +117,36 @@ def node_energy(node: NodeSettings) -> tuple[EnergyOptions, str | None, int | No
 @contextlib.contextmanager
 def proximal_pull(model: torch.nn.Module, mu: float):
     """FedProx's proximal term mu/2 * ||w - w_global||^2, added as its gradient mu * (w - w_global)
-    to every trainable weight's gradient (so it works with any strategy and updater)."""
+    to every trained weight's gradient just before each optimizer step (so it works with any
+    strategy and updater). At that point a GradScaler has already unscaled the loss gradient: a
+    term added during backward would be divided by the loss scale (~65536 under fp16)."""
     if mu <= 0:
         yield
         return
-    handles = []
-    for p in model.parameters():
-        anchor = p.detach().clone()
-        handles.append(p.register_hook(lambda grad, p=p, anchor=anchor:
-                                       grad + mu * (p.detach() - anchor.to(p.device))))
+    anchors = {id(p): p.detach().clone() for p in model.parameters()}
+
+    def pull(optimizer, args, kwargs):
+        with torch.no_grad():
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    anchor = anchors.get(id(p))
+                    if anchor is not None and p.grad is not None:
+                        p.grad.add_(p.detach() - anchor.to(p.device), alpha=mu)
+
+    handle = register_optimizer_step_pre_hook(pull)
     try:
         yield
     finally:
-        for h in handles:
-            h.remove()
+        handle.remove()
 
 
-def train_round(weights: dict[str, torch.Tensor], card: ModelCard, node: NodeSettings,
-                plan: RoundPlan, splits: Splits | None = None) -> tuple[dict, dict, dict]:
-    """Fine-tune the global weights locally. Returns (new weights, numeric metrics, text info)."""
+def round_train_config(plan: RoundPlan, partition_id: int | None = None, device: str | None = None) -> TrainConfig:
+    """The clients' fine-tune settings for a round, validated as `finetune` validates them: the
+    CLI calls this before any process starts, so a bad method fails there and not in every client."""
     method = {k: v for k, v in plan.method.items() if v is not None}
-    energy, device, threads = node_energy(node)
     cfg = TrainConfig(epochs=plan.epochs, batch_size=plan.batch_size, optimizer=plan.optimizer,
                       lr=plan.lr if plan.lr is not None else default_lr(plan.optimizer),
-                      seed=plan.seed + 1000 * plan.fleet_round + (node.partition_id or 0),
+                      seed=plan.seed + 1000 * plan.fleet_round + (partition_id or 0),
                       device=device or "auto", strategy=plan.strategy, sparsity=plan.sparsity,
                       backend=plan.backend, method=method, keep=plan.keep, checkpoint_every=0,
                       memory_format=plan.memory_format, eval_batch_size=plan.eval_batch_size,
@@ -136,16 +155,26 @@ def train_round(weights: dict[str, torch.Tensor], card: ModelCard, node: NodeSet
     apply_preset(cfg)
     cfg.validate()
     check_options_used(cfg.strategy, cfg.method.get("gate"), cfg.sparsity, method)
+    make_strategy(cfg.strategy, cfg.method)         # unknown strategy, gate or their options
+    make_updater(cfg.sparsity, cfg.method)
     if plan.proximal_mu > 0 and cfg.backend != "torch":
         raise InputError("fedprox: the proximal term needs --backend torch")
+    return cfg
+
+
+def train_round(weights: dict[str, torch.Tensor], card: ModelCard, node: NodeSettings,
+                plan: RoundPlan, splits: Splits | None = None, node_id: str = "") -> tuple[dict, dict, dict]:
+    """Fine-tune the global weights locally. Returns (new weights, numeric metrics, text info)."""
+    energy, device, threads = node_energy(node)
+    cfg = round_train_config(plan, node.partition_id, device)
     splits = splits if splits is not None else local_splits(node)
     where = Path(f"fleet-round-{plan.fleet_round}")
     check_compatible(card, splits, where)
     model = build_model(card.architecture, card.num_classes, card.input_shape[0])
     model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in weights.items()})
     card = ModelCard(**{**vars(card), "dataset": dataset_card(splits, node.data), "training": {}})
-    out = node.round_dir(plan.fleet_round, plan.run_id)
-    out.mkdir(parents=True, exist_ok=True)
+    out = node.round_dir(plan.fleet_round, plan.run_id, node_id)
+    out.parent.mkdir(parents=True, exist_ok=True)
     source = {"data": vars_of(node.data), "fleet": {"round": plan.fleet_round, **node.describe()}}
     before = torch.get_num_threads()
     if threads:
@@ -162,6 +191,7 @@ def train_round(weights: dict[str, torch.Tensor], card: ModelCard, node: NodeSet
 def round_metrics(summary: dict, train_samples: int) -> tuple[dict, dict]:
     """What a client reports: counts and joules (summed by the server), accuracies (averaged)."""
     t = summary["totals"]
+    kept = summary.get("kept") or {}
     number = lambda v: float("nan") if v is None else v
     metrics = {
         "num-examples": int(train_samples),                       # FedAvg's weight
@@ -170,13 +200,21 @@ def round_metrics(summary: dict, train_samples: int) -> tuple[dict, dict]:
         "flops_forward": int(t.get("flops_forward") or 0),
         "flops_backward": int(t.get("flops_backward") or 0),
         "flops_eval": int(t.get("flops_eval") or 0),
+        # every training pass the client ran: forward + backward, scoring, calibration (guilt
+        # threshold, BatchNorm re-estimation) and the steps a rollback threw away
+        "flops_train": int(t.get("flops_train") or 0),
+        "flops_scoring": int(t.get("flops_scoring") or 0),
+        "flops_calibration": int(t.get("flops_calibration") or 0),
+        "rolled_back_flops": int(t.get("rolled_back_flops") or 0),
         "energy_j": float(number(t.get("energy_j"))),
         "eval_energy_j": float(number(t.get("eval_energy_j"))),
         "wall_s": float(number(t.get("train_wall_s"))),
-        "local_val_acc": float(number(summary["final"].get("val_acc"))),
+        # the validation accuracy of the weights sent back (with --keep best, not the last epoch's)
+        "local_val_acc": float(number(kept.get("kept_val_acc", summary["final"].get("val_acc")))),
         "local_train_acc": float(number(summary["final"].get("train_acc"))),
     }
     info = {"energy_source": str(t.get("energy_source") or "none"),
+            "kept": str(kept.get("kept", "last")),
             "energy_method": str(t.get("energy_method") or "none"),
             "run_dir": str(summary.get("run_dir", ""))}
     return metrics, info

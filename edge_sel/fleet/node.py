@@ -3,7 +3,8 @@ is this client's, its device profile and meters. Validated with errors naming th
 
 from __future__ import annotations
 
-import tempfile
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,9 +41,37 @@ class NodeSettings:
                 "scheme": self.scheme, "alpha": self.alpha, "partition_seed": self.partition_seed,
                 "profile": self.profile}
 
-    def round_dir(self, fleet_round: int, run_id: str = "") -> Path:
-        base = self.work_dir or Path(tempfile.gettempdir()) / "edge-sel-fleet"
-        return base / (f"run-{run_id}" if run_id else "run") / f"round-{fleet_round:03d}"
+    def round_dir(self, fleet_round: int, run_id: str = "", node_id: str = "") -> Path:
+        """This node's local run directory for a round: under work_dir (by default a private
+        per-user directory), named by the server's run id and this node's id. The run id comes
+        from the server, so it is reduced to a plain name: it can never point outside work_dir,
+        where the round's run directory is cleared before training."""
+        base = self.work_dir or private_work_dir()
+        run = safe_name(run_id) or "run"
+        node = safe_name(node_id)
+        path = base / f"run-{run}" / (f"node-{node}" if node else "node") / f"round-{fleet_round:03d}"
+        if base.resolve() not in path.resolve().parents:      # a symlinked run directory, say
+            raise InputError(f"node config work-dir {base}: round directory {path} resolves outside it")
+        return path
+
+
+def safe_name(text: str) -> str:
+    """Letters, digits, '.', '_' and '-' only, never '.' or '..' alone."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip(".")
+    return name[:100]
+
+
+def private_work_dir() -> Path:
+    """$XDG_CACHE_HOME/edge-sel/fleet (~/.cache/...), mode 0700: another user on the device can
+    neither read a round's records nor plant a directory there."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edge-sel" / "fleet"
+    try:
+        base.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(base, 0o700)
+    except OSError as e:
+        raise InputError(f"node config work-dir: cannot create the default {base} ({e.strerror or e}); "
+                         f"give work-dir") from None
+    return base
 
 
 def _typed(key: str, value, kind):
