@@ -59,15 +59,7 @@ class FleetRun:
 
     def start_model(self, checkpoint: Path) -> tuple[torch.nn.Module, ModelCard]:
         """The warmup (a new run) or the last completed round's global model (a resumed one)."""
-        source = Path(checkpoint) if self.last_round is None else round_dir(self.out, self.last_round)
-        card = read_card(source)
-        model = build_model(card.architecture, card.num_classes, card.input_shape[0])
-        try:
-            model.load_state_dict(read_weights(source))
-        except RuntimeError as e:
-            raise InputError(f"{source}: does not match architecture {card.architecture!r} "
-                             f"({str(e).splitlines()[0]})") from None
-        return model, card
+        return read_model(Path(checkpoint) if self.last_round is None else round_dir(self.out, self.last_round))
 
     def write_round(self, fleet_round: int, model: torch.nn.Module, card: ModelCard, evaluation: dict,
                     clients: list[dict], extra: dict) -> dict:
@@ -81,12 +73,35 @@ class FleetRun:
         self.write_summary()
         return record
 
-    def write_summary(self) -> dict:
+    def write_summary(self, stop_reason: str | None = None) -> dict:
+        """`stop_reason`: why the run ended before its last round (kept until a resume completes it)."""
         summary = summarize_rounds(self.records, {"phase": "fleet", "edge_sel_version": __version__,
-                                                  "run_dir": str(self.out), "config": self.config})
+                                                  "run_dir": str(self.out), "config": self.config,
+                                                  **({"stop_reason": stop_reason} if stop_reason else {})})
         with writing(self.out / "summary.json"):
             atomic_write_bytes(self.out / "summary.json", json.dumps(summary, indent=2, default=str).encode())
         return summary
+
+
+def read_model(source: Path) -> tuple[torch.nn.Module, ModelCard]:
+    source = Path(source)
+    card = read_card(source)
+    model = build_model(card.architecture, card.num_classes, card.input_shape[0])
+    try:
+        model.load_state_dict(read_weights(source))
+    except RuntimeError as e:
+        raise InputError(f"{source}: does not match architecture {card.architecture!r} "
+                         f"({str(e).splitlines()[0]})") from None
+    return model, card
+
+
+def round_line(r: dict) -> str:
+    """One round as the console shows it."""
+    joules = "-" if r.get("energy_j") is None else f"{r['energy_j']:.1f} J"
+    acc = "-" if r.get("test_acc") is None else f"{r['test_acc']:.4f}"
+    return (f"round {r['round']:3d}  global test acc {acc}  fleet energy {joules} "
+            f"({r.get('energy_method') or '-'})  samples trained {r.get('backward_samples') or 0}  "
+            f"clients {r.get('clients_reporting', 0)}")
 
 
 def round_record(fleet_round: int, evaluation: dict, clients: list[dict], extra: dict) -> dict:
@@ -104,27 +119,39 @@ def round_record(fleet_round: int, evaluation: dict, clients: list[dict], extra:
         "backward_samples": trained,
         "activation": (trained / available) if available else None,
         "flops_forward": totals.get("flops_forward"), "flops_backward": totals.get("flops_backward"),
-        "flops_eval": totals.get("flops_eval"),
-        "energy_j": totals.get("energy_j"), "eval_energy_j": totals.get("eval_energy_j"),
+        "flops_scoring": totals.get("flops_scoring"), "flops_calibration": totals.get("flops_calibration"),
+        "rolled_back_flops": totals.get("rolled_back_flops"),
+        # every training pass of every client (forward + backward is only part of it)
+        "flops_train": totals.get("flops_train"), "flops_eval": totals.get("flops_eval"),
+        "energy_j": known(totals.get("energy_j")), "eval_energy_j": known(totals.get("eval_energy_j")),
         "energy_source": "+".join(sources), "energy_method": "+".join(methods),
         "wall_s": totals.get("wall_s"), "local_val_acc": totals.get("local_val_acc"),
         **evaluation,
-        "clients": [{"client": c["client"], **c["metrics"], **c["info"]} for c in clients],
+        "clients": [{"client": c["client"], **{k: known(v) for k, v in c["metrics"].items()}, **c["info"]}
+                    for c in clients],
     }
+
+
+def known(value):
+    """A reading that could not be taken (NaN) is recorded as None, as the records file stores it:
+    a run's totals then read the same live and after a resume."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def summarize_rounds(records: list[dict], extra: dict) -> dict:
     trained = [r for r in records if r["round"] > 0]
 
     def total(key):
-        values = [r.get(key) for r in trained if r.get(key) is not None]
-        return sum(values) if values and all(math.isfinite(v) for v in values) else None
+        """The sum over the trained rounds; unknown (None) when any round's figure is unknown."""
+        values = [known(r.get(key)) for r in trained]
+        return sum(values) if values and None not in values else None
 
-    per_client: dict[str, float] = {}
+    per_client: dict[str, float | None] = {}
     for r in trained:
         for c in r.get("clients", []):
-            if c.get("energy_j") is not None and math.isfinite(c["energy_j"]):
-                per_client[str(c["client"])] = per_client.get(str(c["client"]), 0.0) + c["energy_j"]
+            name, joules = str(c["client"]), known(c.get("energy_j"))
+            before = per_client.get(name, 0.0)
+            per_client[name] = None if before is None or joules is None else before + joules
     first = records[0] if records else {}
     last = records[-1] if records else {}
     best = max(records, key=lambda r: r.get("test_acc") or -1) if records else {}
@@ -136,6 +163,8 @@ def summarize_rounds(records: list[dict], extra: dict) -> dict:
         "best": {"round": best.get("round"), "test_acc": best.get("test_acc")},
         "totals": {"samples_trained": total("backward_samples"), "forward_samples": total("forward_samples"),
                    "flops_forward": total("flops_forward"), "flops_backward": total("flops_backward"),
+                   "flops_scoring": total("flops_scoring"), "flops_calibration": total("flops_calibration"),
+                   "rolled_back_flops": total("rolled_back_flops"), "flops_train": total("flops_train"),
                    "flops_eval": total("flops_eval"), "energy_j": total("energy_j"),
                    "eval_energy_j": total("eval_energy_j"),
                    "energy_source": last.get("energy_source"), "energy_method": last.get("energy_method")},
