@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -73,30 +74,50 @@ def method_dict(kw: dict) -> dict:
         key, sep, value = item.partition("=")
         if not sep:
             raise InputError(f"--method-option {item!r}: expected KEY=VALUE")
+        key = key.strip().replace("-", "_")
         try:
-            method[key.strip().replace("-", "_")] = json.loads(value)
+            value = json.loads(value)
         except json.JSONDecodeError:
-            method[key.strip().replace("-", "_")] = value
+            pass
+        method[key] = method_option_value(item, key, value)
     return {k: v for k, v in method.items() if v is not None}
 
 
-def settings_from(kw: dict, eval_dataset: str | None, clients: int | None):
+def method_option_value(item: str, key: str, value):
+    """A --method-option checked as finetune checks the option of that name (its type and choices)."""
+    from edge_sel.methods.options import METHOD_OPTIONS
+    specs = {spec.name: spec for spec in METHOD_OPTIONS}
+    if key not in specs:
+        raise InputError(f"--method-option {item}: unknown option {key!r}; known: {', '.join(sorted(specs))}")
+    param = click.Option(specs[key].decls, **specs[key].attrs)
+    try:
+        return param.type.convert(value, param, None)
+    except click.BadParameter as e:
+        raise InputError(f"--method-option {item}: {e.message}") from None
+
+
+def settings_from(kw: dict, eval_dataset: str | None, clients: int | None, simulation: dict | None = None,
+                  on_this_machine: bool = True):
+    """The run's settings from the options. `on_this_machine`: --checkpoint and --out are local
+    paths (fleet simulate), checked here; for fleet run they are the SuperLink's, checked there."""
     from edge_sel.fleet.settings import ServerSettings
     method = method_dict(kw)
     checkpoint = kw.pop("checkpoint")
     if checkpoint is None and not kw["resume"]:
         raise InputError("missing option '--checkpoint' (the warmup the fleet starts from)")
-    if checkpoint is not None:
-        from edge_sel.core.checkpoint import read_card
-        read_card(checkpoint)
-    if not kw["resume"]:
-        from edge_sel.engine.run import check_out_dir
-        check_out_dir(kw["out"], kw["overwrite"])
-    else:
-        required_file(kw["out"], "config.json", "--resume", "fleet run directory")
+    local = (lambda p: str(Path(p).resolve())) if on_this_machine else str
+    if on_this_machine:
+        if checkpoint is not None:
+            from edge_sel.core.checkpoint import read_card
+            read_card(checkpoint)
+        if not kw["resume"]:
+            from edge_sel.engine.run import check_out_dir
+            check_out_dir(kw["out"], kw["overwrite"])
+        else:
+            required_file(kw["out"], "config.json", "--resume", "fleet run directory")
     min_clients = kw.pop("min_clients") or clients or 2
     return ServerSettings(
-        out=str(Path(kw.pop("out")).resolve()), checkpoint=str(Path(checkpoint).resolve()) if checkpoint else "",
+        out=local(kw.pop("out")), checkpoint=local(checkpoint) if checkpoint else "",
         resume=kw.pop("resume"), overwrite=kw.pop("overwrite"), rounds=kw.pop("rounds"),
         fleet_strategy=kw.pop("fleet_strategy"), proximal_mu=kw.pop("proximal_mu"), min_clients=min_clients,
         round_timeout=kw.pop("round_timeout"), eval_dataset=eval_dataset or "", eval_subset=kw.pop("eval_subset"),
@@ -104,7 +125,7 @@ def settings_from(kw: dict, eval_dataset: str | None, clients: int | None):
         lr=-1.0 if kw["lr"] is None else kw["lr"], strategy=kw.pop("strategy"), sparsity=kw.pop("sparsity"),
         backend=kw.pop("backend"), method=json.dumps(method), keep=kw.pop("keep"), seed=kw.pop("seed"),
         memory_format=kw.pop("memory_format"), eval_batch_size=kw.pop("eval_batch_size"),
-        val_subset=kw.pop("val_subset"),
+        val_subset=kw.pop("val_subset"), simulation=json.dumps(simulation or {}),
     ).validate()
 
 
@@ -113,12 +134,9 @@ def print_rounds(out: Path) -> dict:
     if not summary_file.is_file():
         raise click.ClickException(f"the fleet run wrote no {summary_file}")
     from edge_sel.core.records import read_records
+    from edge_sel.fleet.rundir import round_line
     for r in read_records(out / "metrics.jsonl"):
-        joules = "-" if r.get("energy_j") is None else f"{r['energy_j']:.1f} J"
-        acc = "-" if r.get("test_acc") is None else f"{r['test_acc']:.4f}"
-        click.echo(f"round {r['round']:3d}  global test acc {acc}  fleet energy {joules} "
-                   f"({r.get('energy_method') or '-'})  samples trained {r.get('backward_samples') or 0}  "
-                   f"clients {r.get('clients_reporting', 0)}")
+        click.echo(round_line(r))
     return json.loads(summary_file.read_text())
 
 
@@ -143,37 +161,57 @@ def fleet_group():
 @click.option("--keep-logs", type=click.Path(path_type=Path), default=None,
               help="Keep the Flower logs and client run directories here [default: a temporary folder].")
 @with_options(STRATEGY_OPTIONS)
-def simulate_cmd(dataset, data_dir, clients, partition, alpha, partition_seed, shard, subset, meters, keep_logs, **kw):
+@click.pass_context
+def simulate_cmd(ctx, dataset, data_dir, clients, partition, alpha, partition_seed, shard, subset, meters,
+                 keep_logs, **kw):
     """A fleet on this machine: a SuperLink and --clients SuperNodes on 127.0.0.1, each client with
     its part of one dataset."""
     from edge_sel.fleet import require_flwr
     require_flwr("edge-sel fleet simulate")
-    from edge_sel.fleet.launch import LoopbackFleet
-    from edge_sel.fleet.local import local_splits
-    from edge_sel.fleet.node import parse_node_config
+    from edge_sel.fleet.launch import LoopbackFleet, Stopped, stop_on_signals
+    from edge_sel.fleet.preflight import check_clients, check_keep_logs, resumed_settings
     if clients < 1:
         raise InputError(f"--clients must be >= 1, got {clients}")
     timeout = kw.pop("timeout")
-    settings = settings_from(kw, kw.pop("eval_dataset") or dataset, clients)
+    simulation = {"dataset": dataset, "data_dir": str(data_dir) if data_dir else None, "clients": clients,
+                  "partition": partition, "alpha": alpha, "partition_seed": partition_seed, "shard": shard,
+                  "subset": subset, "meters": meters}
+    if kw["resume"]:
+        settings = resumed_settings(ctx, kw["out"])
+        simulation.update(json.loads(settings.simulation))      # the clients' data dealt as before
+    else:
+        settings = settings_from(kw, kw.pop("eval_dataset") or dataset, clients, simulation)
+    check_clients(settings, node_configs(simulation, None))
+    check_keep_logs(keep_logs)
     work = Path(keep_logs) if keep_logs else Path(tempfile.mkdtemp(prefix="edge-sel-fleet-"))
-    configs = []
-    for i in range(clients):
-        config = {"dataset": dataset, "partition-id": i, "num-partitions": clients, "partition": partition,
-                  "alpha": alpha, "partition-seed": partition_seed, "split-seed": 0,
-                  "work-dir": str((work / f"client-{i}").resolve())}
-        config.update({k: v for k, v in (("data-dir", str(data_dir) if data_dir else None), ("shard", shard),
-                                         ("subset", subset), ("meters", meters)) if v is not None})
-        configs.append(config)
-    local_splits(parse_node_config(configs[0]))     # bad data or an empty part fails here, before any process
+    stopped = None
     try:
-        with LoopbackFleet(work, configs) as fleet:
+        with stop_on_signals(), LoopbackFleet(work, node_configs(simulation, work)) as fleet:
             code = fleet.run(settings, timeout=timeout)
     except TimeoutError as e:           # every process is stopped by now; the records say how far it got
         code = str(e)
+    except Stopped as e:                # likewise
+        stopped, code = e, str(e)
     finally:
         if not keep_logs:
             shutil.rmtree(work, ignore_errors=True)
-    finish(settings, code, work if keep_logs else None)
+    finish(settings, code, work if keep_logs else None, exit_code=stopped.exit_code if stopped else 1)
+
+
+def node_configs(simulation: dict, work: Path | None) -> list[dict]:
+    """Each simulated SuperNode's --node-config: its part of the one dataset, its own work-dir."""
+    clients = simulation["clients"]
+    configs = []
+    for i in range(clients):
+        config = {"dataset": simulation["dataset"], "partition-id": i, "num-partitions": clients,
+                  "partition": simulation["partition"], "alpha": float(simulation["alpha"]),
+                  "partition-seed": simulation["partition_seed"], "split-seed": 0}
+        if work is not None:
+            config["work-dir"] = str((work / f"client-{i}").resolve())
+        config.update({key.replace("_", "-"): simulation[key] for key in ("data_dir", "shard", "subset", "meters")
+                       if simulation.get(key) is not None})
+        configs.append(config)
+    return configs
 
 
 @fleet_group.command("run")
@@ -183,40 +221,69 @@ def simulate_cmd(dataset, data_dir, clients, partition, alpha, partition_seed, s
 @click.option("--insecure", is_flag=True, help="Talk to a SuperLink started with --insecure (no TLS).")
 @with_options(STRATEGY_OPTIONS)
 def run_cmd(superlink, root_certificates, insecure, **kw):
-    """Submit a fleet run to a running SuperLink (the SuperNodes bring their own data)."""
+    """Submit a fleet run to a running SuperLink (the SuperNodes bring their own data). --checkpoint,
+    --out and --eval-dataset are paths on the SuperLink's machine, where the ServerApp runs and
+    writes the records and summary.json; this command shows the run's log and how it ended."""
     from edge_sel.fleet import require_flwr
     require_flwr("edge-sel fleet run")
     import subprocess
-    from edge_sel.fleet.launch import flower_command, flower_env, write_app, write_connection, write_run_config
+    from edge_sel.fleet import remote
+    from edge_sel.fleet.launch import Stopped, flower_env, stop_on_signals, write_app, write_connection, write_run_config
     if not insecure and root_certificates is None:
         raise InputError("--root-certificates: needed for a TLS SuperLink (or pass --insecure)")
     timeout = kw.pop("timeout")
     eval_dataset = kw.pop("eval_dataset")
     if not eval_dataset and not kw["resume"]:
         raise InputError("missing option '--eval-dataset' (the held-out set the server evaluates on)")
-    settings = settings_from(kw, eval_dataset, None)
+    for option, value in (("--checkpoint", kw["checkpoint"]), ("--out", kw["out"]),
+                          ("--eval-dataset", eval_dataset[len("folder:"):] if (eval_dataset or "").startswith("folder:")
+                           else None)):
+        if value is not None and not Path(value).is_absolute():
+            raise InputError(f"{option} {value}: a path on the SuperLink's machine, so it must be absolute")
+    settings = settings_from(kw, eval_dataset, None, on_this_machine=False)
     with tempfile.TemporaryDirectory(prefix="edge-sel-fleet-") as work:
         home = Path(work) / "flwr-home"
         write_connection(home, superlink, str(Path(root_certificates).resolve()) if root_certificates else None)
+        env = flower_env(home)
         app = write_app(Path(work) / "app")
-        overrides = write_run_config(Path(work) / "run-config.toml", settings)
+        run_id = remote.submit(app, write_run_config(Path(work) / "run-config.toml", settings), env)
+        click.echo(f"fleet run {run_id} started on {superlink}; its records and summary.json go to "
+                   f"{settings.out} on the SuperLink's machine")
+        stopped = None
         try:
-            code = subprocess.run([flower_command("flwr"), "run", str(app), "edge", "--stream",
-                                   "--run-config", str(overrides)], env=flower_env(home), timeout=timeout).returncode
+            with stop_on_signals():
+                remote.follow(run_id, env, timeout)
         except subprocess.TimeoutExpired:
-            raise click.ClickException(f"the fleet run did not finish within {timeout:.0f} s") from None
-    finish(settings, code, None)
+            stopped = (f"it did not finish within {timeout:.0f} s", 1)
+        except Stopped as e:
+            stopped = (str(e), e.exit_code)
+        except KeyboardInterrupt:
+            stopped = ("interrupted", 130)
+        if stopped:
+            answer = remote.stop(run_id, env)
+            click.echo(f"edge-sel: error: fleet run {run_id} stopped: {stopped[0]} (the SuperLink: {answer}); "
+                       f"continue with --resume --out {settings.out}", err=True)
+            sys.exit(stopped[1])
+        state, details = remote.status(run_id, env)
+    if state != "finished:completed":
+        click.echo(f"edge-sel: error: fleet run {run_id} {state}: {' '.join(details.split()) or 'no details'}; "
+                   f"continue with --resume --out {settings.out}", err=True)
+        sys.exit(1)
+    click.echo(f"fleet run {run_id} completed; records and summary.json in {settings.out} on the SuperLink's machine")
 
 
-def finish(settings, code, logs: Path | None) -> None:
+def finish(settings, code, logs: Path | None, exit_code: int = 1) -> None:
+    """The rounds recorded; a run that stopped early ends with one line saying why, exit 1 (or the
+    signal's 128 + N)."""
     out = settings.out_dir
     summary = print_rounds(out) if (out / "summary.json").is_file() else {}
     rounds = summary.get("config", {}).get("rounds", settings.rounds)     # a resumed run keeps its own
     if summary.get("last_round") != rounds:
+        reason = summary.get("stop_reason") or (code if isinstance(code, str) else f"flwr run exit {code}")
         where = f"; logs in {logs}" if logs else "; rerun with --keep-logs DIR to keep the Flower logs"
-        raise click.ClickException(f"the fleet run stopped after round {summary.get('last_round')} of "
-                                   f"{rounds} ({code if isinstance(code, str) else f'flwr run exit {code}'}){where}; "
-                                   f"continue with --resume --out {out}")
+        click.echo(f"edge-sel: error: the fleet run stopped after round {summary.get('last_round')} of {rounds} "
+                   f"({reason}){where}; continue with --resume --out {out}", err=True)
+        sys.exit(exit_code)
     click.echo(f"fleet run directory: {out}")
 
 

@@ -4,12 +4,14 @@ and of everything they started are stopped, whatever happened."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -96,6 +98,38 @@ def flower_command(name: str) -> str:
     return found
 
 
+class Stopped(Exception):
+    """SIGTERM or SIGHUP arrived: the fleet is stopped like at any other exit."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        self.exit_code = 128 + signum          # the shell's convention: 143 for SIGTERM, 129 for SIGHUP
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+
+@contextlib.contextmanager
+def stop_on_signals(signals=(signal.SIGTERM, signal.SIGHUP)):
+    """Turn the first SIGTERM/SIGHUP into Stopped, so the `with LoopbackFleet` around it stops every
+    process group (a default handler would end this process and leave Flower's running). Later
+    signals are ignored until then: they must not interrupt the stopping."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised = []
+
+    def handler(signum, frame):
+        if not raised:
+            raised.append(signum)
+            raise Stopped(signum)
+
+    old = {sig: signal.signal(sig, handler) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+
 class LoopbackFleet:
     """`with LoopbackFleet(work, node_configs) as fleet: fleet.run(settings)`."""
 
@@ -175,7 +209,7 @@ class LoopbackFleet:
         while proc.poll() is None or self._server_app_running():
             self._watch()
             if time.monotonic() > deadline:
-                raise TimeoutError(f"the fleet run did not finish within {timeout:.0f} s; logs in {self.work}")
+                raise TimeoutError(f"the fleet run did not finish within {timeout:.0f} s")
             time.sleep(0.5)
         if echo is not None:
             echo((self.work / "flwr-run.out").read_text(errors="replace"))
@@ -192,7 +226,16 @@ class LoopbackFleet:
         return False
 
     def stop(self, grace_s: float = 5.0) -> None:
-        """SIGTERM to every process group seen, then SIGKILL to whatever is left."""
+        """SIGTERM to every process group seen, then SIGKILL to whatever is left. A signal to this
+        process meanwhile waits until every group is stopped."""
+        blocked = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+        try:
+            self._stop(grace_s)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    def _stop(self, grace_s: float) -> None:
         self._watch()
         groups = {g for g in self.seen.values() if g != os.getpgrp()}
         for sig in (signal.SIGTERM, signal.SIGKILL):

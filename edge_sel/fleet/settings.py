@@ -39,6 +39,7 @@ class ServerSettings:
     memory_format: str = "auto"     # the clients' layout: auto (measured once per device), or as given
     eval_batch_size: int = 0
     val_subset: int = 0             # the clients validate on this many local samples (0: all)
+    simulation: str = "{}"          # fleet simulate: how the clients' data was dealt (checked on --resume)
 
     @staticmethod
     def key(name: str) -> str:
@@ -77,15 +78,34 @@ class ServerSettings:
             raise InputError(f"--proximal-mu must be >= 0, got {self.proximal_mu}")
         if self.fleet_strategy == "fedprox" and self.proximal_mu == 0:
             raise InputError("--proximal-mu: fedprox needs a proximal weight > 0 (0 is plain fedavg)")
+        if self.fleet_strategy != "fedprox" and self.proximal_mu != 0:
+            # the clients would pull towards the global weights: FedProx recorded as another strategy
+            raise InputError(f"--proximal-mu {self.proximal_mu}: only --fleet-strategy fedprox has a "
+                             f"proximal term; pass --fleet-strategy fedprox or drop --proximal-mu")
+        self._check_checkpoint_outside_out()
         if not self.round_timeout > 0:
             raise InputError(f"--round-timeout must be > 0 seconds, got {self.round_timeout}")
-        try:
-            method = json.loads(self.method)
-        except json.JSONDecodeError as e:
-            raise InputError(f"fleet run config method: not JSON ({e})") from None
-        if not isinstance(method, dict):
-            raise InputError(f"fleet run config method: expected a JSON object, got {self.method!r}")
+        for key in ("method", "simulation"):
+            text = getattr(self, key)
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise InputError(f"fleet run config {key}: not JSON ({e})") from None
+            if not isinstance(value, dict):
+                raise InputError(f"fleet run config {key}: expected a JSON object, got {text!r}")
         return self
+
+    def _check_checkpoint_outside_out(self) -> None:
+        """A new run clears --out first: a checkpoint inside it (an earlier fleet's rounds/round-K)
+        would be gone before it is read."""
+        if self.resume or not self.checkpoint or not self.out:
+            return
+        out = self.out_dir.resolve()
+        checkpoint = Path(self.checkpoint).expanduser().resolve()
+        if (checkpoint == out or out in checkpoint.parents) and self.overwrite:
+            raise InputError(f"--checkpoint {self.checkpoint}: lies inside --out {self.out}, which --overwrite "
+                             f"would delete before it is read; copy the checkpoint elsewhere or choose "
+                             f"another --out")
 
     @property
     def method_options(self) -> dict:
