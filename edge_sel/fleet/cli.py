@@ -241,6 +241,9 @@ def run_cmd(superlink, root_certificates, insecure, **kw):
         if value is not None and not Path(value).is_absolute():
             raise InputError(f"{option} {value}: a path on the SuperLink's machine, so it must be absolute")
     settings = settings_from(kw, eval_dataset, None, on_this_machine=False)
+    if not settings.resume:       # the clients' options are the same everywhere: checked here, before submitting
+        from edge_sel.fleet.local import round_plan, round_train_config
+        round_train_config(round_plan(settings, 1))
     with tempfile.TemporaryDirectory(prefix="edge-sel-fleet-") as work:
         home = Path(work) / "flwr-home"
         write_connection(home, superlink, str(Path(root_certificates).resolve()) if root_certificates else None)

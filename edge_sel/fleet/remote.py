@@ -67,13 +67,18 @@ def stop(run_id: int, env: dict) -> str:
         return "the SuperLink did not answer the stop request within 60 s"
 
 
-def status(run_id: int, env: dict) -> tuple[str, str]:
-    """(status, details) as `flwr ls` reports them, e.g. ("finished:failed", "ServerApp failed ...")."""
+def describe(run_id: int, env: dict) -> dict:
+    """The run as `flwr ls --format json` lists it ("status", "status-details", "running-at", ...);
+    {"status": "unknown", "status-details": why} when the SuperLink does not say."""
     p = _flwr(["ls", "--run-id", str(run_id), CONNECTION, "--format", "json"], env)
     try:
         runs = _json_in(p.stdout).get("runs") or []
     except ValueError:
-        return "unknown", _last_line(p)
-    if not runs:
-        return "unknown", f"the SuperLink lists no run {run_id}"
-    return str(runs[0].get("status", "unknown")), str(runs[0].get("status-details") or "")
+        return {"status": "unknown", "status-details": _last_line(p)}
+    return runs[0] if runs else {"status": "unknown", "status-details": f"the SuperLink lists no run {run_id}"}
+
+
+def status(run_id: int, env: dict) -> tuple[str, str]:
+    """(status, details), e.g. ("finished:failed", "ServerApp failed with exception: ...")."""
+    run = describe(run_id, env)
+    return str(run.get("status", "unknown")), str(run.get("status-details") or "")
