@@ -5,6 +5,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
@@ -116,20 +117,6 @@ def test_bad_node_config_is_a_clear_error(config, message):
         parse_node_config(config)
 
 
-def test_fedprox_pull_adds_mu_times_the_distance_to_the_global_weights():
-    from edge_sel.fleet.local import proximal_pull
-    layer = torch.nn.Linear(3, 1, bias=False)
-    start = layer.weight.detach().clone()
-    with proximal_pull(layer, mu=0.5):
-        with torch.no_grad():
-            layer.weight.add_(1.0)                   # as if a few steps had moved it
-        layer(torch.zeros(1, 3)).sum().backward()    # the loss itself has zero gradient here
-    assert torch.allclose(layer.weight.grad, 0.5 * (layer.weight.detach() - start))
-    layer.weight.grad = None
-    layer(torch.zeros(1, 3)).sum().backward()        # the hook is gone after the round
-    assert torch.count_nonzero(layer.weight.grad) == 0
-
-
 def test_command_line_errors_are_one_line_exit_2(tmp_path):
     cmd = [sys.executable, "-m", "edge_sel", "fleet", "simulate", "--dataset", "digits", "--out", str(tmp_path / "r")]
     p = subprocess.run(cmd + ["--checkpoint", str(tmp_path / "nope")], capture_output=True, text=True, timeout=60)
@@ -160,6 +147,9 @@ def test_a_real_fleet_of_two_supernodes_improves_the_warmup_and_sums_their_joule
     fleet = LoopbackFleet(tmp_path / "fleet", configs)
     with fleet:
         fleet.run(settings, timeout=300)
+        # two more runs on the same SuperLink, whose ServerApps must be gone at the end too
+        a_round_below_min_clients_ends_the_run(fleet, tmp_path, warm)
+        fleet_run_timeout_stops_the_server_app(fleet, tmp_path, warm)
     seen = dict(fleet.seen)
     assert len(seen) >= 5                            # superlink, 2 supernodes, their superexecs, flwr run...
     assert fleet.alive() == []                       # every process group is gone
@@ -169,11 +159,51 @@ def test_a_real_fleet_of_two_supernodes_improves_the_warmup_and_sums_their_joule
     assert records[-1]["test_acc"] > records[0]["test_acc"]
     for r in records[1:]:
         assert len(r["clients"]) == 2
-        for key in ("energy_j", "flops_forward", "flops_backward", "backward_samples"):
+        for key in ("energy_j", "flops_forward", "flops_backward", "flops_train", "backward_samples"):
             field = "samples_trained" if key == "backward_samples" else key
             assert r[key] == pytest.approx(sum(c[field] for c in r["clients"]), rel=1e-12)
+        assert r["flops_train"] >= r["flops_forward"] + r["flops_backward"] > 0
         assert r["backward_samples"] == r["samples_available"] > 0
         assert r["energy_j"] > 0 and r["energy_method"] == "estimated"
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["totals"]["energy_j"] == pytest.approx(sum(r["energy_j"] for r in records[1:]))
     assert read_weights(tmp_path / "run").keys() == read_weights(warm).keys()
+
+
+def a_round_below_min_clients_ends_the_run(fleet, tmp_path, warm):
+    """Every client fails (a strategy the clients do not know, past the command line's check): the
+    run ends at round 1 with the client's error in one line, exit 1; before, it printed rounds with
+    'clients 0' and exited 0."""
+    from edge_sel.fleet.cli import finish
+    from edge_sel.fleet.settings import ServerSettings
+    bad = ServerSettings(out=str(tmp_path / "bad"), checkpoint=str(warm), rounds=2, eval_dataset="digits",
+                         eval_subset=100, strategy="bogus", min_clients=2).validate()
+    code = fleet.run(bad, timeout=300)
+    summary = json.loads((tmp_path / "bad" / "summary.json").read_text())
+    assert "round 1: 0 client(s) trained, fewer than --min-clients 2" in summary["stop_reason"]
+    assert "unknown strategy 'bogus'" in summary["stop_reason"] and summary["last_round"] == 0
+    assert [json.loads(line)["round"] for line in (tmp_path / "bad" / "metrics.jsonl").read_text().splitlines()] == [0]
+    with pytest.raises(SystemExit) as stop:
+        finish(bad, code, None)
+    assert stop.value.code == 1
+
+
+def fleet_run_timeout_stops_the_server_app(fleet, tmp_path, warm):
+    """`fleet run --timeout`: the ServerApp is stopped on the SuperLink, not only the log stream
+    (here the run waits for a third SuperNode that never comes)."""
+    from click.testing import CliRunner
+    from edge_sel.cli import cli
+    from edge_sel.fleet import remote
+    result = CliRunner().invoke(cli, ["fleet", "run", "--superlink", f"127.0.0.1:{fleet.port}", "--insecure",
+                                      "--checkpoint", str(warm), "--eval-dataset", "digits", "--eval-subset", "100",
+                                      "--out", str(tmp_path / "slow"), "--rounds", "3", "--min-clients", "3",
+                                      "--timeout", "20"])
+    assert result.exit_code == 1 and "did not finish within 20 s" in result.stderr, result.output
+    assert result.stderr.count("\n") == 1
+    run = remote.describe(int(result.output.split()[2]), fleet.env)
+    assert run["status"] == "finished:stopped" and run["running-at"], run    # it ran, and was stopped
+    deadline = time.monotonic() + 30
+    while fleet._server_app_running() and time.monotonic() < deadline:
+        fleet._watch()
+        time.sleep(0.5)
+    assert not fleet._server_app_running()

@@ -1,0 +1,285 @@
+"""Fleet under faults: options checked before anything is launched, a round below --min-clients,
+SIGTERM and --timeout stopping every Flower process, --out and --checkpoint, the clients' full
+training FLOPs, FedProx under a GradScaler, the clients' round directories, --resume against the
+saved run, unknown energy, and --keep best's reported accuracy."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import torch
+from click.testing import CliRunner
+
+from edge_sel.core.checkpoint import ModelCard, save_checkpoint
+from edge_sel.errors import InputError
+from edge_sel.fleet.local import proximal_pull, round_metrics
+from edge_sel.fleet.node import parse_node_config
+from edge_sel.fleet.rundir import FleetRun
+from edge_sel.fleet.settings import ServerSettings
+from edge_sel.models import build_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+DIGITS = [str(i) for i in range(10)]
+
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory):
+    """An untrained digits model: enough for everything that is not about accuracy."""
+    path = tmp_path_factory.mktemp("fleet") / "warm"
+    torch.manual_seed(0)
+    save_checkpoint(path, build_model("edgecnn", 10, 1), ModelCard("edgecnn", 10, DIGITS, [1, 8, 8], [0.3], [0.4]))
+    return path
+
+
+class Launched(Exception):
+    pass
+
+
+@pytest.fixture
+def no_launch(monkeypatch):
+    """Starting the fleet raises Launched: what a check must refuse never gets that far. The node
+    configs it would have started are kept."""
+    pytest.importorskip("flwr")
+    from edge_sel.fleet import launch
+    started = []
+
+    def refuse(self):
+        started.append(self.node_configs)
+        raise Launched
+    monkeypatch.setattr(launch.LoopbackFleet, "__enter__", refuse)
+    return started
+
+
+def simulate(*args):
+    from edge_sel.cli import cli
+    return CliRunner().invoke(cli, ["fleet", "simulate", "--dataset", "digits", *map(str, args)])
+
+
+def one_line_exit_2(result, *words):
+    err = result.stderr if hasattr(result, "stderr") else result.output
+    assert result.exit_code == 2, result.output
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w in err, err
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--strategy", "bogus"], ["--strategy", "bogus"]),
+    (["--sparsity", "bogus"], ["--sparsity", "bogus"]),
+    (["--strategy", "sundew", "--method-option", "no_such_option=1"], ["no_such_option"]),
+    (["--strategy", "sundew", "--method-option", "min_activation=lots"], ["min_activation=lots"]),
+    (["--gate", "bogus"], ["--gate"]),
+    (["--partition", "dirichlet", "--alpha", "0.01", "--clients", "8"], ["--clients 8", "empty"]),
+    (["--clients", "2", "--min-clients", "3"], ["--min-clients 3"]),
+    (["--eval-dataset", "folder:/no/such/folder"], ["--eval-dataset", "/no/such/folder"]),
+    (["--fleet-strategy", "fedavg", "--proximal-mu", "0.5"], ["--proximal-mu", "fedprox"]),
+])
+def test_every_client_option_is_checked_before_anything_is_launched(tmp_path, warm, no_launch, args, words):
+    result = simulate("--checkpoint", warm, "--out", tmp_path / "run", *args)
+    one_line_exit_2(result, *words)
+    assert no_launch == [] and not (tmp_path / "run").exists()
+
+
+def test_keep_logs_that_is_a_file_or_holds_another_run_is_refused(tmp_path, warm, no_launch):
+    (tmp_path / "file").write_text("x")
+    one_line_exit_2(simulate("--checkpoint", warm, "--out", tmp_path / "a", "--keep-logs", tmp_path / "file"),
+                    "--keep-logs", "not a directory")
+    (tmp_path / "old" / "client-0").mkdir(parents=True)
+    one_line_exit_2(simulate("--checkpoint", warm, "--out", tmp_path / "a", "--keep-logs", tmp_path / "old"),
+                    "--keep-logs", "not empty")
+    assert no_launch == []
+
+
+def test_a_checkpoint_inside_out_is_refused_before_out_is_cleared(tmp_path, warm, no_launch):
+    out = tmp_path / "run"
+    save_checkpoint(out / "rounds" / "round-002", build_model("edgecnn", 10, 1),
+                    ModelCard("edgecnn", 10, DIGITS, [1, 8, 8], [0.3], [0.4]))
+    result = simulate("--checkpoint", out / "rounds" / "round-002", "--out", out, "--overwrite")
+    one_line_exit_2(result, "--checkpoint", "inside --out")
+    assert (out / "rounds" / "round-002" / "model.json").is_file()
+    with pytest.raises(InputError, match="inside --out"):        # the ServerApp's own check (fleet run)
+        ServerSettings(out=str(out), checkpoint=str(out / "rounds" / "round-002"), overwrite=True,
+                       eval_dataset="digits").validate()
+
+
+def test_fedavg_with_a_proximal_weight_is_refused():
+    with pytest.raises(InputError, match="--proximal-mu 0.5"):
+        ServerSettings(out="/r", checkpoint="/w", fleet_strategy="fedavg", proximal_mu=0.5).validate()
+    assert ServerSettings(out="/r", checkpoint="/w", fleet_strategy="fedprox", proximal_mu=0.5).validate()
+
+
+def saved_run(tmp_path, warm, **simulation):
+    """A fleet run directory as simulate leaves it after round 0."""
+    out = tmp_path / "run"
+    sim = {"dataset": "digits", "data_dir": None, "clients": 2, "partition": "dirichlet", "alpha": 0.3,
+           "partition_seed": 4, "shard": None, "subset": None, "meters": None, **simulation}
+    settings = ServerSettings(out=str(out), checkpoint=str(warm), rounds=3, eval_dataset="digits",
+                              simulation=json.dumps(sim)).validate()
+    FleetRun(out, settings.to_run_config())
+    return out
+
+
+@pytest.mark.parametrize("flag, value, saved", [
+    ("--alpha", "0.5", "0.3"), ("--partition-seed", "0", "4"), ("--clients", "3", "2"),
+    ("--rounds", "5", "3"), ("--strategy", "sundew", "dense"),
+])
+def test_resume_names_the_flag_that_differs_from_the_saved_run(tmp_path, warm, no_launch, flag, value, saved):
+    out = saved_run(tmp_path, warm)
+    result = simulate("--resume", "--out", out, flag, value)
+    one_line_exit_2(result, f"{flag} {value}", f"started with {flag} {saved}")
+    assert no_launch == []
+
+
+def test_resume_deals_the_clients_data_as_the_saved_run_did(tmp_path, warm, no_launch):
+    out = saved_run(tmp_path, warm)
+    result = simulate("--resume", "--out", out, "--alpha", "0.3", "--timeout", "99")
+    assert isinstance(result.exception, Launched), result.output
+    (configs,) = no_launch
+    assert len(configs) == 2
+    assert all(c["partition"] == "dirichlet" and c["alpha"] == 0.3 and c["partition-seed"] == 4 for c in configs)
+
+
+def test_fedprox_pull_is_right_under_a_grad_scaler():
+    """A loss scale multiplies the loss gradient only; the proximal gradient mu * (w - w_global) must
+    reach the optimizer step unscaled, with or without a scaler."""
+    for scaler in (None, torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)):
+        layer = torch.nn.Linear(3, 1, bias=False)
+        start = layer.weight.detach().clone()
+        opt = torch.optim.SGD(layer.parameters(), lr=1.0)
+        with proximal_pull(layer, mu=0.5):
+            with torch.no_grad():
+                layer.weight.add_(1.0)                   # as if a few steps had moved it
+            loss = layer(torch.zeros(1, 3)).sum()        # the loss itself has zero gradient here
+            if scaler is None:
+                loss.backward()
+                opt.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+                scaler.step(opt)
+                scaler.update()
+        # w <- w - lr * mu * (w - w0) with w = w0 + 1
+        assert torch.allclose(layer.weight.detach(), start + 0.5), scaler
+        opt.zero_grad()
+        layer(torch.zeros(1, 3)).sum().backward()
+        opt.step()                                       # the pull is gone after the round
+        assert torch.allclose(layer.weight.detach(), start + 0.5)
+
+
+def test_round_directory_stays_in_work_dir_names_the_node_and_defaults_to_a_private_place(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    node = parse_node_config({"dataset": "digits", "work-dir": str(work)})
+    for run_id in ("../..", "../../victim", "/etc", "..", "a/../../b"):
+        path = node.round_dir(1, run_id, "7")
+        assert work.resolve() in path.resolve().parents and ".." not in path.parts, (run_id, path)
+    assert node.round_dir(1, "r", "7") != node.round_dir(1, "r", "8")      # two SuperNodes, one host
+    (work / "run-x").mkdir(parents=True)
+    (work / "run-x" / "node-1").symlink_to(tmp_path)                      # planted by someone else
+    with pytest.raises(InputError, match="outside"):
+        node.round_dir(1, "x", "1")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    default = parse_node_config({"dataset": "digits"}).round_dir(2, "r", "3")
+    base = tmp_path / "cache" / "edge-sel" / "fleet"
+    assert base in default.parents and not str(default).startswith("/tmp/edge-sel-fleet")
+    assert base.stat().st_mode & 0o777 == 0o700 and base.stat().st_uid == os.getuid()
+
+
+def client(name, energy):
+    return {"client": name, "info": {"energy_source": "estimate", "energy_method": "estimated"},
+            "metrics": {"num-examples": 10, "samples_trained": 10, "forward_samples": 10, "flops_forward": 5,
+                        "flops_backward": 10, "flops_calibration": 4, "flops_train": 19, "flops_eval": 7,
+                        "energy_j": energy, "eval_energy_j": 1.0, "wall_s": 1.0, "local_val_acc": 0.5}}
+
+
+def test_a_round_with_unknown_energy_totals_the_same_live_and_after_resume(tmp_path, warm):
+    model = build_model("edgecnn", 10, 1)
+    card = ModelCard("edgecnn", 10, DIGITS, [1, 8, 8], [0.3], [0.4])
+    run = FleetRun(tmp_path / "run", {"rounds": 3})
+    for r, joules in ((0, None), (1, 5.0), (2, float("nan"))):
+        run.write_round(r, model, card, {"test_acc": 0.5}, [] if joules is None else [client("0", joules), client("1", 2.0)], {})
+    live = json.loads((tmp_path / "run" / "summary.json").read_text())
+    resumed = FleetRun(tmp_path / "run", {}, resume=True).write_summary()
+    for key in ("totals", "energy_by_client_j"):
+        assert json.dumps(resumed[key], sort_keys=True) == json.dumps(live[key], sort_keys=True)
+    assert live["totals"]["energy_j"] is None                 # a round's joules are unknown: so is the total
+    assert live["energy_by_client_j"] == {"0": None, "1": 4.0}
+    # every training pass of the clients, not only forward + backward
+    assert live["totals"]["flops_train"] == 2 * 2 * 19 and live["totals"]["flops_calibration"] == 2 * 2 * 4
+
+
+def test_keep_best_reports_the_validation_accuracy_of_the_weights_sent():
+    summary = {"totals": {"flops_train": 9, "flops_forward": 2, "flops_backward": 4, "flops_calibration": 3},
+               "final": {"val_acc": 0.5, "train_acc": 0.6},
+               "kept": {"kept": "best", "kept_epoch": 0, "kept_val_acc": 0.75}}
+    metrics, info = round_metrics(summary, 100)
+    assert metrics["local_val_acc"] == 0.75 and info["kept"] == "best"
+    assert metrics["flops_train"] == 9 and metrics["flops_calibration"] == 3
+
+
+def test_a_real_client_round_reports_its_full_training_flops_and_kept_accuracy(tmp_path):
+    """One client's round on digits with the SEL mask (its guilt threshold is a calibration pass)
+    and --keep best."""
+    from edge_sel.fleet.local import RoundPlan, train_round
+    node = parse_node_config({"dataset": "digits", "subset": 200, "work-dir": str(tmp_path), "meters": "estimate"})
+    torch.manual_seed(0)
+    model = build_model("edgecnn", 10, 1)
+    card = ModelCard("edgecnn", 10, DIGITS, [1, 8, 8], [0.3], [0.4])
+    plan = RoundPlan(1, epochs=2, batch_size=32, sparsity="mask", keep="best", run_id="r", memory_format="contiguous",
+                     eval_batch_size=256)
+    _, metrics, info = train_round(model.state_dict(), card, node, plan, node_id="5")
+    summary = json.loads((tmp_path / "run-r" / "node-5" / "round-001" / "summary.json").read_text())
+    t = summary["totals"]
+    assert metrics["flops_train"] == t["flops_train"] > metrics["flops_forward"] + metrics["flops_backward"]
+    assert metrics["flops_calibration"] == t["flops_calibration"] > 0
+    assert metrics["local_val_acc"] == pytest.approx(summary["kept"]["kept_val_acc"])
+
+
+def descendants(pid):
+    try:
+        return {p.pid: " ".join(p.cmdline()) for p in psutil.Process(pid).children(recursive=True)}
+    except psutil.Error:
+        return {}
+
+
+def running(pids):
+    out = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.append(pid)
+        except psutil.Error:
+            pass
+    return out
+
+
+def test_sigterm_to_simulate_stops_every_flower_process(tmp_path, warm):
+    pytest.importorskip("flwr")
+    cmd = [sys.executable, "-m", "edge_sel", "fleet", "simulate", "--dataset", "digits", "--subset", "100",
+           "--checkpoint", str(warm), "--out", str(tmp_path / "run"), "--rounds", "50", "--memory-format",
+           "contiguous", "--eval-batch-size", "256", "--val-subset", "20"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen: dict[int, str] = {}
+    deadline = time.monotonic() + 240
+    try:
+        # wait until the ServerApp runs (it writes --out) and the SuperNodes are up
+        while time.monotonic() < deadline and proc.poll() is None:
+            seen.update(descendants(proc.pid))
+            if any("flwr-serverapp" in c for c in seen.values()) and \
+                    sum("flower-supernode" in c for c in seen.values()) == 2:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err.count("\n") == 1 and "stopped by SIGTERM" in err and "--resume" in err, err
+    assert len(seen) >= 6 and running(seen) == [], {p: seen[p] for p in running(seen)}
+
