@@ -15,7 +15,7 @@ from typing import Any, Callable
 from ..errors import InputError
 from .base import Meter, warn
 from .battery import BatteryMeter
-from .estimate import EstimateMeter, process_cpu_seconds
+from .estimate import PROCESS, EstimateMeter
 from .jetson import JetsonMeter
 from .nvml import NvmlMeter
 from .rapl import RaplMeter
@@ -38,12 +38,14 @@ def open_meter(prefer: list[str] | None = None, root: str | os.PathLike | None =
                interval_s: float = 0.1, *, nvml: Any = None, gpu_uuids: list[str] | None = None,
                clock: Callable[[], float] = time.monotonic,
                sleep: Callable[[float], None] = time.sleep,
-               cpu_seconds: Callable[[], float] = process_cpu_seconds) -> EnergyMeter:
+               cpu_seconds: Callable[[], float] | None = None, cores: Callable[[], int] | None = None,
+               estimate_scope: str = PROCESS) -> EnergyMeter:
     """Open the best available meters (or those named in `prefer`, in that order).
 
     Never raises for missing or unreadable sensors: what was skipped, and why, is in
     `describe()["skipped"]`. Raises InputError for an unknown meter name.
-    `nvml`, `clock`, `sleep` and `cpu_seconds` exist for tests.
+    `estimate_scope` is what the estimate charges: this process (a run) or the whole machine
+    (`monitor`). `nvml`, `clock`, `sleep`, `cpu_seconds` and `cores` exist for tests.
     """
     unknown = [name for name in (prefer or []) if name not in METER_CLASSES]
     if unknown:
@@ -58,7 +60,8 @@ def open_meter(prefer: list[str] | None = None, root: str | os.PathLike | None =
         "rapl": lambda: RaplMeter(sysfs),
         "jetson": lambda: JetsonMeter(sysfs, rails=rails),
         "battery": lambda: BatteryMeter(sysfs),
-        "estimate": lambda: EstimateMeter(watts_per_core, cpu_seconds=cpu_seconds),
+        "estimate": lambda: EstimateMeter(watts_per_core, cpu_seconds=cpu_seconds, cores=cores,
+                                          scope=estimate_scope, clock=clock),
     }
     chosen: list[Meter] = []
     skipped: dict[str, str] = {}

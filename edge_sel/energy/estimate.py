@@ -1,13 +1,22 @@
-"""A labelled estimate for machines without any power sensor: this process's CPU time
-multiplied by an assumed power per busy core. It is never reported as a measurement
-(method `estimated`, source `estimate`), and it ignores GPUs, memory and idle power.
+"""A labelled estimate for machines without any power sensor: busy CPU time multiplied by an
+assumed power per busy core. It is never reported as a measurement (method `estimated`, source
+`estimate`), and it ignores GPUs, memory and idle power.
+
+Two scopes: a run charges this process's CPU time (its threads, including threads that spin
+while they wait for work, which do draw power); `edge-sel monitor` charges the whole machine's
+busy time, since the monitor itself is idle. Either way no interval is charged more than
+cores x watts per core: CPU time read at a coarse resolution, or charged late, must not make
+an impossible power.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import time
 from typing import Callable
 
+from ..core.words import plural
 from .base import ESTIMATED, Component, Meter, Reading
 
 # Mainstream desktop x86 parts draw roughly their package power divided by their core count
@@ -16,15 +25,42 @@ from .base import ESTIMATED, Component, Meter, Reading
 # core), so the estimate errs high there; device profiles override it via watts_per_core.
 DEFAULT_WATTS_PER_CORE = 15.0
 
+PROCESS, MACHINE = "process", "machine"
+
 
 def process_cpu_seconds() -> float:
-    """User + system CPU time of this process, its threads and its waited-for children
-    (DataLoader workers), in seconds.
-
-    The same kernel counters as psutil.Process().cpu_times(), read with one times(2) call:
-    about 0.5 us instead of about 15-30 us, which matters at 10 samples a second."""
+    """User + system CPU time of this process, all its threads, and its waited-for children
+    (DataLoader workers), in seconds. The process clock has nanosecond resolution (os.times
+    counts 10 ms ticks, too coarse for windows of a few milliseconds); it costs about 1 us."""
     times = os.times()
-    return times.user + times.system + times.children_user + times.children_system
+    return time.process_time() + times.children_user + times.children_system
+
+
+def machine_cpu_seconds() -> float:
+    """Busy (not idle, not waiting for I/O) CPU time of every process on the machine, summed over
+    its CPUs, in seconds."""
+    import psutil
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):    # macOS has no affinity call
+        return os.cpu_count() or 1
+
+
+def process_cores() -> int:
+    """Cores this process can keep busy: its torch threads (ORT uses as many), at most the CPUs
+    it may run on. torch is looked up, not imported: the estimate must not pay its import."""
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch is not None else usable_cpus()
+    return max(1, min(threads, usable_cpus()))
+
+
+def machine_cores() -> int:
+    return os.cpu_count() or 1
 
 
 class EstimateMeter(Meter):
@@ -32,23 +68,41 @@ class EstimateMeter(Meter):
     covers = frozenset({"cpu"})
 
     def __init__(self, watts_per_core: float | None = None,
-                 cpu_seconds: Callable[[], float] = process_cpu_seconds):
+                 cpu_seconds: Callable[[], float] | None = None,
+                 cores: Callable[[], int] | None = None, scope: str = PROCESS,
+                 clock: Callable[[], float] = time.monotonic):
         super().__init__()
+        if scope not in (PROCESS, MACHINE):
+            raise ValueError(f"scope must be {PROCESS!r} or {MACHINE!r}, got {scope!r}")
         self.watts_per_core = DEFAULT_WATTS_PER_CORE if watts_per_core is None else float(watts_per_core)
         if self.watts_per_core <= 0:
             raise ValueError(f"watts_per_core must be positive, got {watts_per_core}")
-        self.cpu_seconds = cpu_seconds
+        self.scope = scope
+        self.cpu_seconds = cpu_seconds or (process_cpu_seconds if scope == PROCESS else machine_cpu_seconds)
+        self.cores = cores or (process_cores if scope == PROCESS else machine_cores)
+        self.clock = clock
+        self.energy_j = 0.0
         try:
-            self.first_cpu_s = cpu_seconds()
+            self.last_cpu_s, self.last_t = self.cpu_seconds(), clock()
         except OSError as e:
-            self.unavailable = f"cannot read this process's CPU time: {e}"
+            self.unavailable = f"cannot read CPU time: {e}"
             return
         self.components = [Component("cpu", ESTIMATED)]
-        self.detail = f"process CPU time x {self.watts_per_core:g} W per busy core (no sensor)"
+        if scope == PROCESS:
+            self.detail = (f"this process's CPU time (spin-waiting threads included) x {self.watts_per_core:g} W "
+                           f"per busy core, at most {plural(self.cores(), 'core')} (no sensor)")
+        else:
+            self.detail = (f"the whole machine's busy CPU time (every process) x {self.watts_per_core:g} W "
+                           f"per busy core, at most {plural(self.cores(), 'core')} (no sensor)")
 
     def read(self) -> dict[str, Reading]:
         try:
-            busy_s = self.cpu_seconds() - self.first_cpu_s
+            cpu_s, t = self.cpu_seconds(), self.clock()
         except OSError as e:
-            return {"cpu": Reading(error=f"process CPU time: {e}")}
-        return {"cpu": Reading(energy_j=busy_s * self.watts_per_core)}
+            return {"cpu": Reading(error=f"CPU time: {e}")}
+        wall_s = max(t - self.last_t, 0.0)
+        busy_s = min(max(cpu_s - self.last_cpu_s, 0.0), wall_s * self.cores())
+        self.last_cpu_s, self.last_t = cpu_s, t
+        self.energy_j += busy_s * self.watts_per_core
+        power = busy_s * self.watts_per_core / wall_s if wall_s > 0 else None
+        return {"cpu": Reading(energy_j=self.energy_j, power_w=power)}

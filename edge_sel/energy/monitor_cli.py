@@ -9,6 +9,7 @@ import click
 
 from edge_sel.cli_base import Command
 from edge_sel.energy.choose import METER_NAMES, open_meter
+from edge_sel.energy.estimate import MACHINE
 
 
 def _row(sample: dict, start_t: float, source: str) -> dict:
@@ -59,8 +60,9 @@ def monitor(as_json: bool, interval: float, samples: int | None, meters: tuple[s
         watts_per_core = loaded.watts_per_core
         if not as_json:
             click.echo(f"profile: {loaded.name}" + (f" (auto: {loaded.detected})" if loaded.detected else ""))
+    # The monitor itself is idle: its estimate (when no sensor exists) charges every process.
     meter = open_meter(prefer=list(meters) or None, interval_s=interval, rails=rails,
-                       watts_per_core=watts_per_core)
+                       watts_per_core=watts_per_core, estimate_scope=MACHINE)
     try:
         start = meter.sample_once()  # counters need one reading before they give power
         columns = meter.component_names

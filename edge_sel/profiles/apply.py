@@ -27,6 +27,7 @@ OPTIONS = {
     "budget_j": ("energy_budget", float),
     "budget_per_epoch_j": ("energy_budget_per_epoch", float),
     "max_temp_c": ("max_temp", float),
+    "cpu_threads": ("threads", int),
 }
 # Settings without a command-line option: handed to the command as extra keyword arguments.
 PASSED = {"rails": "rails", "hysteresis_c": "hysteresis"}
@@ -69,13 +70,23 @@ def apply_profile(profile: Profile, params: dict, ctx: click.Context) -> tuple[d
             params[option] = convert(value)
         elif field in PASSED:                    # no option of its own
             params[PASSED[field]] = value
-        record["applied"][field] = value         # cpu_threads: applied around the command
+        record["applied"][field] = value
     if str(record["applied"].get("device", "")).startswith("cuda"):
         import torch
         if not torch.cuda.is_available():
             raise InputError(f"--profile {profile.name}: train.device is cuda, but this torch "
                              f"({torch.__version__}) sees no CUDA device; pass --device cpu (or auto) to override")
     return params, record
+
+
+def threads_for_command(count: int | None) -> None:
+    """torch's intra-op threads for the running click command, restored when it ends."""
+    if count is None:
+        return
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    click.get_current_context().call_on_close(lambda: torch.set_num_threads(before))
 
 
 @contextlib.contextmanager
@@ -106,6 +117,7 @@ def profile_option(fn):
             why = f" (auto: {loaded.detected})" if loaded.detected else ""
             settings = ", ".join(f"{k}={v}" for k, v in record["applied"].items())
             click.echo(f"edge-sel: profile {loaded.name}{why}: {settings or 'no settings'}", err=True)
-        with torch_threads(loaded.cpu_threads):
+        # A command with --threads sets them itself (the profile filled the option in).
+        with torch_threads(None if "threads" in kwargs else loaded.cpu_threads):
             return fn(*args, profile_record=record, **kwargs)
     return click.option("--profile", default=None, metavar="NAME|auto|FILE", help=PROFILE_HELP)(wrapper)
