@@ -9,7 +9,7 @@ import click
 
 from edge_sel import __version__
 from edge_sel.bench.cli import bench_group
-from edge_sel.cli_base import NO_ARGS_IS_HELP, Group
+from edge_sel.cli_base import NO_ARGS_IS_HELP, Group, one_line_warnings
 from edge_sel.cli_options import (DATA, ENERGY, FINETUNE, FINETUNE_SECTIONS, PRETRAIN, PRETRAIN_SECTIONS, SPEED,
                                   TRAIN, in_sections)
 from edge_sel.config import TrainConfig
@@ -23,7 +23,7 @@ from edge_sel.export.cli import export_cmd
 from edge_sel.fleet.cli import fleet_group
 from edge_sel.methods.options import METHOD_OPTIONS, method_option_names
 from edge_sel.methods.presets import default_lr
-from edge_sel.profiles.apply import profile_option
+from edge_sel.profiles.apply import profile_option, threads_for_command
 from edge_sel.profiles.cli import profiles_group
 from edge_sel.report.cli import report_cmd
 from edge_sel.report.summary import print_summary
@@ -76,6 +76,7 @@ def build_data(kw: dict) -> DataOptions:
 @click.version_option(__version__, prog_name="edge-sel")
 def cli():
     """On-device fine-tuning whose savings are counted and measured."""
+    one_line_warnings()
 
 
 @cli.command("pretrain")
@@ -83,6 +84,7 @@ def cli():
 def pretrain_cmd(model_name, export_artifacts, resume_dir, **kw):
     """Train a model densely and write a warmup checkpoint (under torchrun: data-parallel, rank 0 writes)."""
     kw["quiet"] = kw["quiet"] or not detect_world().is_main     # one report, from rank 0
+    threads_for_command(kw.pop("threads"))
     if resume_dir is not None:
         refuse_with_resume()
         return report_end(resume(resume_dir, kw["quiet"], phase="pretrain"), kw["quiet"])
@@ -106,6 +108,7 @@ def finetune_cmd(checkpoint, resume_dir, strategy, sparsity, backend, artifacts,
     """Fine-tune a warmup checkpoint on local data; records per epoch."""
     if under_torchrun():
         raise InputError("finetune is single-device: run it without torchrun (only pretrain is distributed)")
+    threads_for_command(kw.pop("threads"))
     if resume_dir is not None:
         refuse_with_resume()
         summary = resume(resume_dir, kw["quiet"], phase="finetune")
@@ -123,10 +126,11 @@ def finetune_cmd(checkpoint, resume_dir, strategy, sparsity, backend, artifacts,
 
 def refuse_with_resume() -> None:
     """A resumed run continues with the options it was started with: others given now would be
-    silently ignored, so they are refused (--quiet only changes what is printed)."""
+    silently ignored, so they are refused (--quiet only changes what is printed, --threads only how
+    fast it runs)."""
     ctx = click.get_current_context()
     given = [p.opts[0] for p in ctx.command.params
-             if p.name not in ("resume_dir", "quiet", "profile")
+             if p.name not in ("resume_dir", "quiet", "profile", "threads")
              and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
     if given:
         raise InputError(f"--resume: {', '.join(given)} cannot change a resumed run; it continues with the "

@@ -13,11 +13,26 @@ handled exactly like a top-level one:
 from __future__ import annotations
 
 import sys
+import warnings
 
 import click
 
 from edge_sel.engine.checkpointing import TrainingDiverged
 from edge_sel.errors import InputError, WriteError
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    # A user reads what went wrong, not the source line that noticed it.
+    return f"edge-sel: warning: {message}\n"
+
+
+def one_line_warnings() -> None:
+    """While the command runs, warnings (a state file fallen back to, a thermal pause capped, a
+    sensor lost) print as `edge-sel: warning: ...` on one line, without Python's file, line number
+    and source line."""
+    previous = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning
+    click.get_current_context().call_on_close(lambda: setattr(warnings, "formatwarning", previous))
 
 
 # `edge-sel bench` alone prints its help: click signals that as a usage error, left as it is.

@@ -82,6 +82,9 @@ SPEED = [
            help="Steps between host reads of loss sums (0: 1 on CPU, 32 on a GPU)."),
     option("--compile", "compile_model", is_flag=True,
            help="torch.compile the model; compile time is counted in the first epoch."),
+    option("--threads", type=click.IntRange(min=1), default=None,
+           help="torch's CPU threads (ORT uses as many) [default: torch's, one per core]. The energy "
+                "estimate counts threads that spin while they wait: --threads 1 gives the steadiest figures."),
 ]
 
 ENERGY = [
@@ -115,8 +118,9 @@ FINETUNE = [
     option("--strategy", type=RegistryChoice(STRATEGIES), default="dense", show_default=True,
            help="Which samples are computed."),
     option("--sparsity", default=None,
-           help="Which parameters change: none | mask | layers | bn-affine (BatchNorm scales and shifts and the head) "
-                "[default: the strategy's (sel: layers), else none]."),
+           help="Which parameters change: none | mask (guilt threshold on gradients) | layers (frozen blocks between "
+                "probes) | bn-affine (BatchNorm scales and shifts and the head) | rgn (blocks by gradient-to-weight "
+                "ratio) | lottery (a fixed pruning mask, as bench reference runs it) [default: the strategy's (sel: layers), else none]."),
     option("--backend", type=click.Choice(["torch", "ort"]), default="torch", show_default=True,
            help="What runs the training step: PyTorch, or ONNX Runtime training artifacts (--artifacts)."),
     option("--artifacts", type=click.Path(path_type=Path), default=None, help="ORT training artifacts (--backend ort)."),
