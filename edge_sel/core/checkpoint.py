@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from edge_sel import __version__
 from edge_sel.errors import InputError, existing_dir, required_file, writing
@@ -48,11 +48,20 @@ class ModelCard:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+    """Atomically, with the permissions the umask gives every other file (safetensors' own
+    save_file creates its file 0600, which a service account could not read)."""
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
 def fsync_dir(directory: Path) -> None:
@@ -67,16 +76,9 @@ def save_checkpoint(directory: Path, model: torch.nn.Module, card: ModelCard) ->
     """Weights first, fsynced, then model.json: a checkpoint whose card exists has its weights."""
     directory = Path(directory)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = directory / f".model.safetensors.tmp{os.getpid()}"
     with writing(directory / "model.safetensors"):
         directory.mkdir(parents=True, exist_ok=True)
-        try:
-            save_file(tensors, str(tmp), metadata={"format": FORMAT})
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, directory / "model.safetensors")
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_safetensors(directory / "model.safetensors", tensors, {"format": FORMAT})
         fsync_dir(directory)
     with writing(directory / "model.json"):
         atomic_write_bytes(directory / "model.json", json.dumps(card.to_json(), indent=2).encode())

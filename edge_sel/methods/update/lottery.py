@@ -16,9 +16,9 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from edge_sel.core.checkpoint import save_checkpoint
+from edge_sel.core.checkpoint import save_checkpoint, write_safetensors
 from edge_sel.errors import InputError
 from edge_sel.methods.base import Updater
 from edge_sel.methods.registry import UPDATERS
@@ -52,7 +52,7 @@ def prune_and_rewind(trained_dir: Path, initial_dir: Path, out_dir: Path, prune_
                                                   "prune_frac": prune_frac}}
     out_dir = Path(out_dir)
     save_checkpoint(out_dir, initial, card)
-    save_file({k: v.to(torch.uint8).contiguous() for k, v in mask.items()}, str(out_dir / MASK_FILE))
+    write_safetensors(out_dir / MASK_FILE, {k: v.to(torch.uint8).contiguous() for k, v in mask.items()})
     kept = sum(int(m.sum()) for m in mask.values())
     total = sum(m.numel() for m in mask.values())
     info = {"kept": kept, "total": total, "pruned_frac": 1 - kept / total, "mask": str(out_dir / MASK_FILE)}
