@@ -7,6 +7,8 @@ from pathlib import Path
 import click
 
 from edge_sel.cli_base import Command
+from edge_sel.engine.run import check_out_dir, start_out_dir
+from edge_sel.errors import InputError
 from edge_sel.report.runs import load_run
 from edge_sel.report.writer import prepare_out, write_report
 
@@ -16,8 +18,15 @@ from edge_sel.report.writer import prepare_out, write_report
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Directory for report.html, its PNG figures, runs.md and runs.csv.")
 @click.option("--title", default="edge-sel report", show_default=True, help="Title of the report page.")
-def report_cmd(runs: tuple[Path, ...], out: Path, title: str):
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out directory (its old figures go too).")
+def report_cmd(runs: tuple[Path, ...], out: Path, title: str, overwrite: bool):
     """Plots and tables for one or more run directories, as a self-contained HTML page."""
     loaded = [load_run(p) for p in runs]       # every RUN checked before anything is written
+    # A new report beside an old one's PNGs would mix the two: the --overwrite rule of every command.
+    out = check_out_dir(out, overwrite)
+    inside = [p for p in runs if Path(p).resolve().is_relative_to(out.resolve())]
+    if inside and out.exists():
+        raise InputError(f"--out {out}: holds the run {inside[0]}; write the report elsewhere")
+    start_out_dir(out)
     prepare_out(out)
     click.echo(f"report: {write_report(loaded, out, title)}")
