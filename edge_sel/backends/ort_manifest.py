@@ -107,3 +107,11 @@ def check_against_model(manifest: dict, model: torch.nn.Module, where: Path,
         raise InputError(f"{option} {where}: exported from a different architecture ({exported['architecture']}); "
                          f"tensor {bad} {theirs[bad]} vs {shapes.get(bad)}")
     return weights_digest(model) == exported["weights_digest"]
+
+
+def optimizer_defaults(artifacts: Path, option: str = "--artifacts") -> dict:
+    """The optimizer the artifacts were exported with, as TrainConfig fields (ORT's SGD: no momentum)."""
+    _, _, manifest, _ = resolve(Path(artifacts), option)
+    opt = manifest["training"]["optimizer"]
+    return {"optimizer": opt["name"], "momentum": float(opt.get("momentum", 0.0)),
+            "weight_decay": float(opt.get("weight_decay", 0.0))}

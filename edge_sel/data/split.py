@@ -83,6 +83,10 @@ def make_splits(train_full: IndexedDataset, test: IndexedDataset, val_fraction: 
     if subset is not None or per_class_cap is not None:
         if subset is not None and subset < 1:
             raise InputError(f"--subset must be a positive number of samples, got {subset}")
+        if subset is not None and subset < train.num_classes:
+            raise InputError(f"--subset {subset}: fewer samples than the {train.num_classes} classes; a "
+                             f"class-balanced subset needs one of each at least (--subset {train.num_classes} "
+                             f"or more)")
         if per_class_cap is not None and per_class_cap < 1:
             raise InputError(f"--per-class-cap must be positive, got {per_class_cap}")
         train = train.subset(stratified_take(train, subset, per_class_cap, seed=split_seed + 2))

@@ -8,8 +8,10 @@ import dataclasses
 import json
 import shutil
 import signal
+import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from edge_sel import __version__
 from edge_sel.config import TrainConfig
 from edge_sel.core.checkpoint import ModelCard, atomic_write_bytes, save_checkpoint
 from edge_sel.core.records import RecordWriter
+from edge_sel.core.words import plural
 from edge_sel.data import Splits, load_source, make_splits, parse_shard
 from edge_sel.data.shift import apply_shift, parse_shift
 from edge_sel.device_caps import gpu_uuids
@@ -29,7 +32,7 @@ from edge_sel.engine.trainer import Trainer
 from edge_sel.errors import InputError, existing_dir, required_file, writing
 from edge_sel.methods import make_strategy, make_updater
 from edge_sel.methods.options import check_options_used
-from edge_sel.methods.presets import apply_preset
+from edge_sel.methods.presets import apply_preset, default_lr
 from edge_sel.models import build_model, count_parameters, load_checkpoint
 
 
@@ -50,9 +53,17 @@ class DataOptions:
         shard_kn = parse_shard(self.shard)
         shift = parse_shift(self.shift)          # a bad spec fails before any data is read
         train_full, test = load_source(self.dataset, self.data_dir, self.image_size)
+        self._source = (train_full, test)        # for warmup_train_ids, without reading it again
         splits = make_splits(train_full, test, self.val_fraction, shard_kn, self.subset,
                              self.per_class_cap, self.split_seed)
         return apply_shift(splits, shift, self.shift_seed)
+
+    def warmup_train_ids(self, trained: dict):
+        """Sample ids a pretrain described by its model card's dataset (same source) trained on."""
+        train_full, test = self._source
+        warm = make_splits(train_full, test, trained["val_fraction"], parse_shard(trained.get("shard")),
+                           trained.get("subset"), trained.get("per_class_cap"), trained["split_seed"])
+        return warm.train.index
 
 
 def check_out_dir(out: Path, overwrite: bool) -> Path:
@@ -252,7 +263,31 @@ def dataset_card(splits: Splits, data: DataOptions) -> dict:
     the same dataset must hold out the same validation samples, or it would train on some of them."""
     return {"name": splits.train.name, "fingerprint": splits.train.fingerprint(),
             "train_samples": len(splits.train), "val_samples": len(splits.val), "test_samples": len(splits.test),
-            "val_fraction": data.val_fraction, "split_seed": data.split_seed, "val_fingerprint": splits.val.fingerprint()}
+            "val_fraction": data.val_fraction, "split_seed": data.split_seed, "val_fingerprint": splits.val.fingerprint(),
+            "shard": data.shard, "subset": data.subset, "per_class_cap": data.per_class_cap}
+
+
+def warn_if_trained_on(card: ModelCard, splits: Splits, data: DataOptions, where: Path) -> None:
+    """A fine-tune on samples its warmup trained on measures memorisation, not adaptation: say so
+    (a warning, not a refusal: revisiting seen data can be intended). Cards before the shard was
+    recorded are not checked."""
+    trained = card.dataset or {}
+    if trained.get("name") != splits.train.name or "shard" not in trained:
+        return
+    import torch
+    seen = torch.isin(splits.train.index.cpu(), data.warmup_train_ids(trained).cpu())
+    count = int(seen.sum())
+    if count:
+        shard = f"shard {trained['shard']}" if trained.get("shard") else "all of its training part"
+        hint = (f"; fine-tune on another shard, e.g. --shard {other_shard(trained['shard'])}" if trained.get("shard")
+                else "; pretrain on a shard (e.g. --shard 0/2) to keep data for fine-tuning")
+        warnings.warn(f"{count} of {len(seen)} fine-tuning samples were in the warmup's training data "
+                      f"({where} was pretrained on {shard} of {trained['name']}){hint}")
+
+
+def other_shard(spec: str) -> str:
+    k, n = parse_shard(spec)
+    return f"{(k + 1) % n}/{n}"
 
 
 def check_same_split(card: ModelCard, splits: Splits, data: DataOptions, where: Path) -> None:
@@ -278,6 +313,11 @@ def pretrain(model_name: str, data: DataOptions, cfg: TrainConfig, out: Path, ov
         return resume(out, quiet, phase="pretrain")
     out = check_out_dir(out, overwrite) if world.is_main else Path(out)
     splits = data.load()
+    present = splits.train.labels.unique()
+    if len(present) < 2:
+        name = splits.train.class_names[int(present[0])] if len(present) else "none"
+        raise InputError(f"--dataset {data.dataset}: the training data holds one class ({name}); a classifier "
+                         f"needs samples of at least two classes")
     seed_everything(cfg.seed)   # same initial weights for the same seed
     model = build_model(model_name, splits.train.num_classes, splits.train.input_shape[0])
     mean, std = splits.train.channel_stats()
@@ -297,11 +337,31 @@ def restarted_here(out: Path) -> bool:
     return config.get("phase") == "pretrain" and is_restart_of(config)
 
 
+def take_artifact_optimizer(cfg: TrainConfig, quiet: bool) -> None:
+    """With --backend ort the optimizer is baked into the artifacts: options not typed take its
+    settings (a default export carries plain SGD, which the command line's momentum 0.9 would
+    contradict); typed ones are still checked against it by the backend."""
+    from edge_sel.backends.ort_manifest import optimizer_defaults
+    taken = {}
+    for field, value in optimizer_defaults(Path(cfg.artifacts)).items():
+        if field not in cfg.explicit and getattr(cfg, field) != value:
+            setattr(cfg, field, value)
+            taken[field] = value
+    if "optimizer" in taken and "lr" not in cfg.explicit:
+        cfg.lr = taken["lr"] = default_lr(cfg.optimizer)
+    if taken and not quiet:
+        print(f"edge-sel: note: from the artifacts' optimizer ({cfg.artifacts}): "
+              + ", ".join(f"{k.replace('_', ' ')} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                          for k, v in taken.items()), file=sys.stderr)
+
+
 def finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, out: Path, overwrite: bool = False,
              quiet: bool = False, energy: EnergyOptions | None = None, meter=None,
              profile: dict | None = None) -> dict:
     """`profile`: what a device profile applied (edge_sel.profiles.apply), kept in config and summary."""
     apply_preset(cfg)
+    if cfg.backend == "ort" and cfg.artifacts and cfg.explicit is not None:
+        take_artifact_optimizer(cfg, quiet)
     cfg.validate()
     given = cfg.method if cfg.explicit is None else {k: v for k, v in cfg.method.items() if k in cfg.explicit}
     check_options_used(cfg.strategy, cfg.method.get("gate"), cfg.sparsity, given)
@@ -310,6 +370,7 @@ def finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, out: Path, o
     splits = data.load()
     check_compatible(card, splits, Path(checkpoint))
     check_same_split(card, splits, data, Path(checkpoint))
+    warn_if_trained_on(card, splits, data, Path(checkpoint))
     warm = dict(card.training)
     card.dataset = dataset_card(splits, data)     # normalisation stays the pretrainer's
     source_info = {"data": vars_of(data), "checkpoint": str(checkpoint), "warmup": warm}
@@ -348,7 +409,7 @@ def resume(run_dir: Path, quiet: bool = False, phase: str | None = None) -> dict
         except NoValidState as e:
             raise InputError(f"--resume {run_dir}: {e}") from None
     if state is not None and state["next_epoch"] >= cfg.epochs and state["progress"] is None:
-        raise InputError(f"--resume {run_dir}: the run already finished all {cfg.epochs} epochs")
+        raise InputError(f"--resume {run_dir}: the run already finished all {plural(cfg.epochs, 'epoch')}")
     splits = data.load()
     source_info = {k: saved[k] for k in ("data", "checkpoint", "warmup", "profile", "model") if k in saved}
     if phase == "finetune":
@@ -365,4 +426,5 @@ def resume(run_dir: Path, quiet: bool = False, phase: str | None = None) -> dict
 
 
 def vars_of(data: DataOptions) -> dict:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(data).items()}
+    return {f.name: (str(v) if isinstance(v := getattr(data, f.name), Path) else v)
+            for f in dataclasses.fields(data)}
