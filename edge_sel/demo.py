@@ -16,6 +16,7 @@ import click
 from edge_sel.cli_base import Command
 from edge_sel.config import TrainConfig
 from edge_sel.core.records import read_records
+from edge_sel.core.words import plural
 from edge_sel.engine.run import DataOptions, finetune, pretrain
 from edge_sel.report.summary import print_summary
 
@@ -59,7 +60,7 @@ def demo_cmd(out: Path, epochs: int, overwrite: bool, quiet: bool):
         ("recipe (--preset adapt)", "recipe", TrainConfig(epochs=epochs, batch_size=64, lr=0.02, seed=0,
                                                             sparsity=None, method={"preset": "adapt"})),
     ]
-    rows = [_row(f"dense fine-tune, {epochs} epochs", summary, out / "finetune")]
+    rows = [_row(f"dense fine-tune, {plural(epochs, 'epoch')}", summary, out / "finetune")]
     for label, name, cfg in levers:
         rows.append(_row(label, finetune(out / "warmup", device, cfg, out / name, overwrite=True, quiet=True),
                          out / name))

@@ -30,6 +30,9 @@ def existing_dir(path, label: str) -> Path:
     """`path` as a Path; an InputError naming `label` (the option or argument given) when it is not
     a directory."""
     path = Path(path)
+    if path.is_file():
+        raise InputError(f"{label} {path}: is a file, not a directory; give its directory "
+                         f"({path.parent if str(path.parent) != '' else '.'})")
     if not path.is_dir():
         raise InputError(f"{label} {path}: no such directory")
     return path

@@ -77,7 +77,7 @@ def outcome(run_dir: Path) -> dict:
     final = last[-1]
     t = summary["totals"]
     return {"test_acc": final.get("test_acc"), "clean_test_acc": final.get("clean_test_acc"),
-            "flops_train": t.get("flops_train") or 0, "energy_j": t.get("energy_j") or 0.0,
+            "flops_train": t.get("flops_train") or 0, "energy_j": t.get("energy_j"),
             "energy_method": t.get("energy_method"), "train_wall_s": t.get("train_wall_s") or 0.0,
             "samples_trained": t.get("samples_trained") or 0}
 
@@ -128,6 +128,13 @@ def _mean(rows: list[dict], key: str) -> float | None:
     return statistics.fmean(vals) if vals else None
 
 
+def joules(value: float | None) -> str:
+    """Three significant figures at most: a quick run's 0.4 J and 1.3 J must not print as 0 and 1."""
+    if value is None or value != value:
+        return "-"
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def tables(bench: dict) -> str:
     lines = []
     for scenario, by_method in bench["results"].items():
@@ -144,7 +151,7 @@ def tables(bench: dict) -> str:
             flops = _mean(rows, "flops_train")
             lines.append(f"| {name} | {statistics.fmean(accs):.2f} | {std:.2f} | "
                          f"{'-' if clean is None else f'{100 * clean:.2f}'} | {flops / 1e9:.1f} | "
-                         f"{flops / dense:.3f} | {_mean(rows, 'energy_j'):.0f} |")
+                         f"{flops / dense:.3f} | {joules(_mean(rows, 'energy_j'))} |")
         lines += ["", "| paired difference (points) | seeds | mean | 95% CI | excludes 0 | FLOPs ratio |",
                   "|---|---|---|---|---|---|"]
         for p in bench["comparisons"][scenario]:

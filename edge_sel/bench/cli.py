@@ -21,6 +21,7 @@ from edge_sel.bench.runner import BenchData, SuiteSettings, run_suite
 from edge_sel.cli_base import Group
 from edge_sel.config import TrainConfig
 from edge_sel.core.checkpoint import read_card
+from edge_sel.core.words import plural
 from edge_sel.engine.run import DataOptions, check_out_dir, pretrain
 from edge_sel.errors import InputError
 
@@ -64,18 +65,25 @@ def _execute(settings: SuiteSettings, published: dict | None) -> None:
     click.echo(f"report: {written['report']}")
 
 
-def common_options(fn):
+QUICK_HELP = "A smoke run: tiny subset, 1-2 epochs per phase."
+SEEDS_HELP = "Seeds 0..K-1 [edge: 1, reference: 3, --quick: 1]."
+
+
+def common_options(fn=None, *, seeds_help: str = SEEDS_HELP, quick_help: str = QUICK_HELP):
+    """The options every suite has; a suite whose seeds or --quick differ says so in their help."""
+    if fn is None:
+        return lambda f: common_options(f, seeds_help=seeds_help, quick_help=quick_help)
     options = [
         click.option("--data-dir", type=click.Path(path_type=Path), default=None,
                      help="Where the CIFAR-10 archive lives (--dataset cifar10)."),
         click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
                      help="Starting checkpoint for every system (default: the suite makes its own)."),
-        click.option("--seeds", type=int, default=None, help="Seeds 0..K-1 [edge: 1, reference: 3, --quick: 1]."),
+        click.option("--seeds", type=int, default=None, help=seeds_help),
         click.option("--systems", default=None, help="Comma-separated subset of the suite's systems."),
         click.option("--subset", type=int, default=None, help="Class-balanced subset of N fine-tuning samples."),
         click.option("--out", type=click.Path(path_type=Path), default=None, help="Output directory."),
         click.option("--overwrite", is_flag=True, help="Replace an existing --out directory."),
-        click.option("--quick", is_flag=True, help="A smoke run: tiny subset, 1-2 epochs per phase."),
+        click.option("--quick", is_flag=True, help=quick_help),
         click.option("--quiet", is_flag=True, help="No progress lines."),
     ]
     for opt in reversed(options):
@@ -114,17 +122,17 @@ def edge_cmd(dataset, epochs, val_cap, pretrain_epochs, device, data_dir, checkp
     data = BenchData(ds, data_dir, shard="1/2", subset=n, val_cap=val_cap or (300 if quick else 2000),
                      epoch_test_per_class=100)
     start = checkpoint
-    notes = [f"edgecnn fine-tuned on {n:,} samples of shard 1/2 of {ds}, {e} epochs per system, "
+    notes = [f"edgecnn fine-tuned on {n:,} samples of shard 1/2 of {ds}, {plural(e, 'epoch')} per system, "
              f"validation capped at {data.val_cap:,} images."]
     if start is None:
         pe = pretrain_epochs or (2 if quick else 4)
-        click.echo(f"bench edge: pretraining a warmup checkpoint ({pe} epochs, shard 0/2, {n:,} samples)",
+        click.echo(f"bench edge: pretraining a warmup checkpoint ({plural(pe, 'epoch')}, shard 0/2, {n:,} samples)",
                    err=True)
         t0 = time.perf_counter()
         pretrain("edgecnn", DataOptions(ds, data_dir, shard="0/2", subset=n),
                  TrainConfig(epochs=pe, seed=0, device=device), target / "warmup", quiet=True)
         start = target / "warmup"
-        notes.append(f"Warmup checkpoint made by the bench: edgecnn, {pe} dense epochs on {n:,} samples of "
+        notes.append(f"Warmup checkpoint made by the bench: edgecnn, {plural(pe, 'dense epoch')} on {n:,} samples of "
                      f"shard 0/2 ({time.perf_counter() - t0:.0f} s, not part of any system).")
     else:
         notes.append(f"Warmup checkpoint: {start}.")
@@ -187,7 +195,9 @@ def reference_cmd(dataset, model_name, device, data_dir, checkpoint, seeds, syst
 @click.option("--pretrain-epochs", type=int, default=None,
               help="Epochs of the clean warmup the bench makes when --checkpoint is not given [8; --quick: 1].")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, mps or auto.")
-@common_options
+@common_options(seeds_help="Seeds 0..K-1, paired across methods [5; --quick: 2].",
+                quick_help="A smoke run: 300 images, 1 warmup and 1 fine-tune epoch, activation 0.3, 2 seeds "
+                           "(paired differences need two).")
 def adapt_cmd(dataset, scenarios, activations, method_names, epochs, lr, pretrain_epochs, device, data_dir,
               checkpoint, seeds, systems, subset, out, overwrite, quick, quiet):
     """Adaptation to shifted local data: no adaptation, BatchNorm re-estimation, dense, random and
@@ -226,7 +236,7 @@ def adapt_cmd(dataset, scenarios, activations, method_names, epochs, lr, pretrai
     start = checkpoint
     if start is None:
         pe = pretrain_epochs or (1 if quick else 8)
-        click.echo(f"bench adapt: pretraining a clean warmup ({pe} epochs, shard 0/2)", err=True)
+        click.echo(f"bench adapt: pretraining a clean warmup ({plural(pe, 'epoch')}, shard 0/2)", err=True)
         pretrain("edgecnn", DataOptions(ds, data_dir, shard="0/2", subset=n if quick else None),
                  TrainConfig(epochs=pe, seed=0, device=device), target / "warmup", quiet=True)
         start = target / "warmup"
@@ -238,6 +248,6 @@ def adapt_cmd(dataset, scenarios, activations, method_names, epochs, lr, pretrai
                                 "scenarios": chosen_scenarios, "activations": list(acts)}, result, methods)
     written = adapt.write_outputs(bench, target)
     click.echo(written["table"])
-    click.echo(f"bench adapt: {len(methods)} methods x {len(chosen_scenarios)} scenarios x {count} seeds in "
+    click.echo(f"bench adapt: {len(methods)} methods x {len(chosen_scenarios)} scenarios x {plural(count, 'seed')} in "
                f"{result['wall_s']:.0f} s; wrote {target / 'table.md'}, {target / 'bench.json'}, "
                f"{target / 'report.html'}")

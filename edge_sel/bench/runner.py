@@ -23,6 +23,7 @@ import torch
 
 from edge_sel.bench.suites import Phase, Rewind, System
 from edge_sel.config import TrainConfig
+from edge_sel.core.words import plural
 from edge_sel.data import Splits
 from edge_sel.data.split import stratified_take
 from edge_sel.engine.device import pick_device
@@ -160,7 +161,7 @@ def run_system(system: System, seed: int, s: SuiteSettings, steps: list) -> RunD
         run.extra["phase_name"] = step.name
         run.extra["precision"] = ran_in(run.summary)
         run.extra["other_load"] = max(load, other_load())
-        log(f"    {system.name} seed {seed} {step.name}: {len(run.records)} epochs, {time.perf_counter() - t0:.0f} s, "
+        log(f"    {system.name} seed {seed} {step.name}: {plural(len(run.records), 'epoch')}, {time.perf_counter() - t0:.0f} s, "
             f"val {run.records[-1].get('val_acc') or 0:.3f}", s.quiet)
         phases.append(run)
         previous = run_dir

@@ -99,8 +99,10 @@ def save_state(directory: Path, state: dict) -> Path:
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
+        kept = [name for name in (CURRENT, PREVIOUS) if (directory / name).is_file()]
         raise StateWriteError(f"{directory}: cannot write checkpoint ({e.strerror or e}); "
-                              f"the last good checkpoint is intact") from None
+                              + (f"the last good checkpoint is intact ({kept[0]})" if kept
+                                 else "no earlier checkpoint of this run exists")) from None
     return current
 
 

@@ -12,6 +12,8 @@ sub-package onto the folder), so that a `pip install` carries them.
 
 from __future__ import annotations
 
+import difflib
+
 import sys
 from dataclasses import asdict, dataclass, fields
 from importlib import resources
@@ -82,6 +84,15 @@ def _parse(text: str, where: str) -> dict:
         raise InputError(f"{where}: not valid TOML ({e})") from None
 
 
+def near_miss(name: str, names: list[str]) -> str | None:
+    """The one name `name` was most likely meant to be: a typo (difflib) or a unique prefix."""
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.8)
+    if close:
+        return close[0]
+    starting = [n for n in names if n.startswith(name)] if len(name) >= 3 else []
+    return starting[0] if len(starting) == 1 else None
+
+
 def _read_values(name_or_path: str, chain: tuple[str, ...] = ()) -> tuple[dict, str]:
     """Validated values of one profile with its `extends` chain merged; and the file it came from."""
     if _is_path(name_or_path):
@@ -96,7 +107,9 @@ def _read_values(name_or_path: str, chain: tuple[str, ...] = ()) -> tuple[dict, 
         default_name = path.stem
     else:
         if name_or_path not in list_profiles():
-            raise InputError(f"--profile {name_or_path}: no such profile; choose one of "
+            close = near_miss(name_or_path, [*list_profiles(), "auto"])
+            hint = f"did you mean {close}? " if close else ""
+            raise InputError(f"--profile {name_or_path}: no such profile; {hint}choose one of "
                              f"{', '.join(list_profiles())}, auto, or a .toml file")
         where = f"{name_or_path}.toml"
         resource = _shipped_dir() / where
@@ -109,7 +122,9 @@ def _read_values(name_or_path: str, chain: tuple[str, ...] = ()) -> tuple[dict, 
         if f"{base}.toml" in chain + (where,):
             raise InputError(f"{where}: extends: {base!r} leads back to itself")
         if base not in list_profiles():
-            raise InputError(f"{where}: extends: no shipped profile {base!r}; choose one of "
+            close = near_miss(str(base), list_profiles())
+            raise InputError(f"{where}: extends: no shipped profile {base!r}; "
+                             + (f"did you mean {close!r}? " if close else "") + "choose one of "
                              f"{', '.join(list_profiles())}")
         inherited, _ = _read_values(base, chain + (where,))
         inherited.pop("name", None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from edge_sel.core.records import read_records
+from edge_sel.core.words import plural
 
 
 def _fmt(v, spec=".3f"):
@@ -40,6 +41,22 @@ def epoch_table(records: list[dict]) -> str:
     return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
+FLOP_PARTS = (("forward", "flops_forward"), ("backward", "flops_backward"), ("scoring", "flops_scoring"),
+              ("calibration", "flops_calibration"), ("rolled back", "rolled_back_flops"))
+
+
+def flops_split(totals: dict) -> str:
+    """'12.30 G = forward 3.50 G + backward 6.93 G + scoring 1.87 G': every part that is not zero,
+    so the parts add up to the total (forward and backward are always named)."""
+    total = totals.get("flops_train") or 0
+    parts = [(name, totals.get(key) or 0) for name, key in FLOP_PARTS]
+    shown = [(name, v) for name, v in parts if v or name in ("forward", "backward")]
+    rest = total - sum(v for _, v in parts)
+    if abs(rest) >= 5e6:       # a part this list does not know yet: still add up
+        shown.append(("other", rest))
+    return f"{total / 1e9:.2f} G = " + " + ".join(f"{name} {v / 1e9:.2f} G" for name, v in shown)
+
+
 def print_summary(summary: dict, quiet: bool = False) -> None:
     run_dir = summary.get("run_dir")
     if not quiet:
@@ -47,11 +64,9 @@ def print_summary(summary: dict, quiet: bool = False) -> None:
         click.echo(epoch_table(records))
         t = summary["totals"]
         click.echo(f"\n{summary['phase']}: {summary['model']['architecture']} on {summary['dataset'].get('name')}, "
-                   f"{summary['epochs_run']} epochs, final test acc {_fmt(summary['final']['test_acc'])}, "
+                   f"{plural(summary['epochs_run'], 'epoch')}, final test acc {_fmt(summary['final']['test_acc'])}, "
                    f"best val {_fmt(summary['best_val']['val_acc'])} (epoch {summary['best_val']['epoch']})")
-        click.echo(f"counted training FLOPs {(t['flops_train'] or 0) / 1e9:.2f} G (forward "
-                   f"{(t['flops_forward'] or 0) / 1e9:.2f} G, backward {(t['flops_backward'] or 0) / 1e9:.2f} G), "
-                   f"train time {_fmt(t['train_wall_s'], '.1f')} s")
+        click.echo(f"counted training FLOPs {flops_split(t)}, train time {_fmt(t['train_wall_s'], '.1f')} s")
         if t.get("energy_j") is not None:
             kind = energy_label(t.get("energy_method"))
             click.echo(f"energy {t['energy_j']:.1f} J ({kind}, source {t['energy_source']}, "
