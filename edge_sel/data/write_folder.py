@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from edge_sel.data.corruptions import CORRUPTIONS, corrupt
 from edge_sel.data.dataset import IndexedDataset
@@ -32,19 +32,40 @@ def write_image_folder(ds: IndexedDataset, root: Path, limit: int | None = None)
     return written
 
 
-def contact_sheet(ds: IndexedDataset, path: Path, samples: int = 4, seed: int = 0, scale: int = 2) -> Path:
-    """Rows: the clean image, then each corruption; columns: severity 1..5, for a few samples."""
-    picks = torch.arange(min(samples, len(ds)))
+SHEET_TILE_PX = 48      # smallest drawn image side: 8x8 digits are unreadable at 2x
+SHEET_GAP_PX = 6        # between severity blocks
+
+
+def contact_sheet(ds: IndexedDataset, path: Path, samples: int = 4, seed: int = 0, scale: int | None = None) -> Path:
+    """Rows: the clean image, then each corruption, each row named; columns: severity 1..5, a few
+    samples each. Images are enlarged (nearest neighbour) to at least SHEET_TILE_PX pixels a side."""
+    labels = ds.labels.cpu()
+    # One sample of each of the first classes: the first few samples are often all of one class.
+    picks = torch.stack([(labels == c).nonzero()[0, 0] for c in labels.unique()[:samples]])
     clean = ds.images[picks].cpu()
     rows = [[clean] * 5]
     for name in CORRUPTIONS:
         rows.append([corrupt(clean, ds.index[picks].cpu(), name, s, seed) for s in range(1, 6)])
     n, ch, h, w = clean.shape
-    tile = lambda batch: torch.cat(list(batch), dim=2)  # noqa: E731  (samples side by side)
-    grid = torch.cat([torch.cat([tile(b) for b in row], dim=2) for row in rows], dim=1)
-    image = _pil(grid)
-    image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
-    image.save(path)
+    scale = scale or max(2, -(-SHEET_TILE_PX // min(h, w)))
+    tile_w, tile_h = w * scale * n, h * scale          # one severity block: the samples side by side
+    names = corruption_names_for_sheet()
+    font = ImageFont.load_default()
+    left = 12 + max(int(ImageDraw.Draw(Image.new("L", (1, 1))).textlength(t, font=font)) for t in names)
+    top = 22
+    sheet = Image.new("RGB", (left + 5 * (tile_w + SHEET_GAP_PX), top + len(rows) * (tile_h + 4)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for col in range(5):
+        draw.text((left + col * (tile_w + SHEET_GAP_PX) + tile_w // 2, top // 2), f"severity {col + 1}",
+                  fill="black", font=font, anchor="mm")
+    for r, (label, row) in enumerate(zip(names, rows)):
+        y = top + r * (tile_h + 4)
+        draw.text((left - 6, y + tile_h // 2), label, fill="black", font=font, anchor="rm")
+        for col, batch in enumerate(row):
+            block = _pil(torch.cat(list(batch), dim=2)).convert("RGB")
+            block = block.resize((tile_w, tile_h), Image.NEAREST)
+            sheet.paste(block, (left + col * (tile_w + SHEET_GAP_PX), y))
+    sheet.save(path)
     return Path(path)
 
 

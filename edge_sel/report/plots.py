@@ -10,7 +10,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from edge_sel.report.runs import RunData, energy_axis_label, energy_kind, totals
 
@@ -18,6 +18,7 @@ DPI = 110
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf", "#393b79", "#ad494a"]
 GATE_STYLE = {"pass": ("o", "#2ca02c"), "fail": ("X", "#d62728"), "repeat": ("^", "#ff7f0e")}
+START_X = -1     # where the starting checkpoint sits on an epoch axis, labelled "start"
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -37,8 +38,13 @@ def _system_legend(fig: Figure, runs: list[RunData], colors: dict[str, str], tit
     fig.legend(handles, labels, loc="outside right center", fontsize=8, title=title)
 
 
-def _epoch_axis(ax) -> None:
+def _epoch_axis(ax, xs: list[float] = ()) -> None:
+    """Whole epochs, numbered from 0 as in the records and the console; START_X reads "start".
+    `xs`: the epochs drawn, so that one or two points still get a sensible range."""
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: "start" if round(x) == START_X else f"{x:.0f}"))
+    if xs:
+        ax.set_xlim(min(xs) - 0.5, max(max(xs), min(xs) + 1) + 0.5)
     ax.grid(alpha=0.3)
 
 
@@ -73,7 +79,16 @@ def _name(run: RunData) -> str:
 
 
 def _epochs(run: RunData) -> list[int]:
-    return [i + 1 for i in range(len(run.records))]        # 1-based across phases
+    """0-based as records, console and "best val epoch" count them (a run of phases counts on); a
+    run that trained no epoch holds only its starting checkpoint's evaluation, drawn at "start"."""
+    xs, epoch = [], 0
+    for r in run.records:
+        if r.get("phase") == "baseline":
+            xs.append(START_X)
+        else:
+            xs.append(epoch)
+            epoch += 1
+    return xs
 
 
 def _series(run: RunData, key: str, scale: float = 1.0) -> tuple[list[int], list[float]]:
@@ -91,7 +106,7 @@ def _phase_lines(ax, run: RunData, color: str) -> None:
     phases = [r.get("bench_phase") for r in run.records]
     for i in range(1, len(phases)):
         if phases[i] != phases[i - 1]:
-            ax.axvline(i + 0.5, color=color, linestyle=":", linewidth=1)
+            ax.axvline(i - 0.5, color=color, linestyle=":", linewidth=1)
 
 
 def _place_labels(ax, points: list[tuple[float, float, str]]) -> None:
@@ -181,17 +196,18 @@ def per_epoch(runs: list[RunData], path: Path) -> Path:
         if r.baseline is not None and r.baseline.get("test_acc") is not None:
             # The starting checkpoint's accuracy on the same data: the bar the epochs must clear.
             ax_a.axhline(100 * r.baseline["test_acc"], color=c, linestyle=":", linewidth=1.2)
-            ax_a.plot([0], [100 * r.baseline["test_acc"]], "s", color=c, markersize=4)
+            ax_a.plot([START_X], [100 * r.baseline["test_acc"]], "s", color=c, markersize=4)
         ax_e.plot(*_series(r, "energy_j"), "-o", color=c, markersize=3)
         _phase_lines(ax_a, r, c)
     ax_a.set(xlabel="epoch", ylabel="accuracy (%)")
     with_start = any(r.baseline is not None for r in runs)
     ax_a.set_title("Accuracy per epoch (solid: test, dashed: validation"
-                   + ("; dotted, epoch 0: the starting checkpoint's test accuracy)" if with_start else ")"), fontsize=10)
+                   + ("; dotted, start: the starting checkpoint's test accuracy)" if with_start else ")"), fontsize=10)
     ax_e.set(xlabel="epoch", ylabel=energy_axis_label(runs, "training energy per epoch"))
     ax_e.set_title("Training energy per epoch", fontsize=10)
-    for ax in (ax_a, ax_e):
-        _epoch_axis(ax)
+    last = max((len(r.records) - 1 for r in runs), default=0)
+    _epoch_axis(ax_a, [START_X if with_start else 0, last])
+    _epoch_axis(ax_e, [0, last])
     _system_legend(fig, runs, colors)
     return _save(fig, path)
 
@@ -213,32 +229,59 @@ def power(runs: list[RunData], path: Path) -> Path | None:
     kinds = {energy_kind(r.records)[1] for r in runs} - {None}
     ax.set(xlabel="epoch", ylabel=f"power (W, {', '.join(sorted(kinds)) or 'not measured'})")
     ax.set_title("Power per training epoch (solid: average over the epoch, dotted: highest reading)", fontsize=10)
-    _epoch_axis(ax)
+    _epoch_axis(ax, [0, max(len(r.records) - 1 for r in runs)])
     _system_legend(fig, runs, colors)
     return _save(fig, path)
 
 
+def _class_accuracy(run: RunData, name: str) -> tuple[list[int], list[float]]:
+    """A class's test accuracy at the start (the starting checkpoint) and at every epoch that ran
+    the test set (by default only the last)."""
+    xs, ys = _series(run, f"acc_{name}", 100)
+    start = (run.baseline or {}).get(f"acc_{name}")
+    if isinstance(start, (int, float)):
+        xs, ys = [START_X, *xs], [100 * start, *ys]
+    return xs, ys
+
+
 def per_class(run: RunData, path: Path) -> Path | None:
-    """Per-class test accuracy and embarrassment E_c over the epochs of one run."""
+    """Per-class test accuracy (start to end) and embarrassment E_c over the epochs of one run."""
+    fig = per_class_figure(run)
+    return None if fig is None else _save(fig, path)
+
+
+def per_class_figure(run: RunData) -> Figure | None:
     classes = run.class_names
     if not classes:
         return None
     fig = _figure(13, 4.6)
     ax_a, ax_e = fig.subplots(1, 2)
+    acc_xs, e_xs = [], []
     for i, name in enumerate(classes):
         c = PALETTE[i % len(PALETTE)]
-        ax_a.plot(*_series(run, f"acc_{name}", 100), "-o", color=c, markersize=3, label=name)
-        ax_e.plot(*_series(run, f"E_{name}"), "-o", color=c, markersize=3)
+        xs, ys = _class_accuracy(run, name)
+        ax_a.plot(xs, ys, "-o", color=c, markersize=4, label=name)
+        acc_xs += xs
+        xs, ys = _series(run, f"E_{name}")
+        ax_e.plot(xs, ys, "-o", color=c, markersize=3)
+        e_xs += xs
     ax_a.set(xlabel="epoch", ylabel="test accuracy of the class (%)")
-    ax_a.set_title(f"{_name(run)}: per-class test accuracy", fontsize=10)
+    ax_a.set_title(f"{_name(run)}: per-class test accuracy (start: the starting checkpoint)", fontsize=10)
     ax_e.set(xlabel="epoch", ylabel="E_c = mean CE(logits / T, y), T = 1.5 (nats)")
     ax_e.set_title(f"{_name(run)}: per-class embarrassment E_c (training forward pass)", fontsize=10)
-    for ax in (ax_a, ax_e):
-        _epoch_axis(ax)
-        _phase_lines(ax, run, "#999999")
+    if not e_xs:        # E_c comes from training forward passes: none ran
+        ax_e.text(0.5, 0.5, "no epoch was trained:\nno training forward pass, so no E_c",
+                  transform=ax_e.transAxes, ha="center", va="center", fontsize=11, color="#555555")
+        ax_e.set_xticks([])
+        ax_e.set_yticks([])
+    else:
+        _epoch_axis(ax_e, e_xs)
+        _phase_lines(ax_e, run, "#999999")
+    _epoch_axis(ax_a, acc_xs or [0])
+    _phase_lines(ax_a, run, "#999999")
     handles, labels = ax_a.get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right center", fontsize=8, title="class")
-    return _save(fig, path)
+    return fig
 
 
 def gating(runs: list[RunData], path: Path) -> Path | None:
@@ -264,7 +307,8 @@ def gating(runs: list[RunData], path: Path) -> Path | None:
     ax_a.set(xlabel="epoch", ylabel="share of available training samples", ylim=(0, 1.05))
     ax_a.set_title("Activation. Solid: computed (forward + backward); dashed: loss counted\n"
                    "(gates that compute every sample); dotted: target", fontsize=10)
-    _epoch_axis(ax_a)
+    last = max((len(r.records) - 1 for r in runs), default=0)
+    _epoch_axis(ax_a, [0, last])
     if gated:
         ax_t = axes[1]
         for r in gated:
@@ -275,9 +319,14 @@ def gating(runs: list[RunData], path: Path) -> Path | None:
             if len(lo) == len(xs) == len(hi):
                 ax_t.fill_between(xs, lo, hi, color=c, alpha=0.15)
         ax_t.set(xlabel="epoch", ylabel="threshold tau (each gate's significance scale)")
-        ax_t.set_title("Gate threshold per epoch: mean, shaded from min to max\n"
-                       "(ast-prod: raw 0.7 CE + 0.3 entropy; sundew: significance in [0, 1])", fontsize=10)
-        _epoch_axis(ax_t)
+        lo, hi = ax_t.get_ylim()
+        if lo <= 1.0 <= hi:
+            ax_t.axhline(1.0, color="#999999", linestyle=":", linewidth=1)
+        # sundew keeps a sample with probability sigmoid((s - tau) / T): its controller may move tau
+        # past the largest significance, so the title must not promise a [0, 1] axis.
+        ax_t.set_title("Gate threshold tau per epoch: mean, shaded from min to max. ast-prod: raw 0.7 CE +\n"
+                       "0.3 entropy; sundew: significances lie in [0, 1] (dotted: 1), tau may pass them", fontsize=10)
+        _epoch_axis(ax_t, [0, max(len(r.records) - 1 for r in gated)])
     _system_legend(fig, runs, colors)
     return _save(fig, path)
 
@@ -298,7 +347,7 @@ def stages(runs: list[RunData], path: Path) -> Path | None:
         ax.set_title(f"{_name(r)}: stage timeline (gates {'enforced' if enforced else 'recorded, not enforced'})",
                      fontsize=10)
         ax.set_yticks(sorted({int(v) for v in st}))
-        _epoch_axis(ax)
+        _epoch_axis(ax, [0, len(r.records) - 1])
         ax2 = ax.twinx()
         ax2.plot(*_series(r, "val_acc", 100), "--", color="#7f7f7f", linewidth=1,
                  label="validation accuracy (%, right axis)")
