@@ -110,7 +110,7 @@ def test_extends_starts_from_a_shipped_profile(tmp_path):
     profile = load_profile(str(path))
     assert profile.name == "lab-orin"
     assert (profile.batch_size, profile.device, profile.max_temp_c) == (24, "cpu", 70.0)
-    assert profile.rails == ("VDD_IN",) and profile.strategy == "sundew" and profile.hysteresis_c == 5.0
+    assert profile.rails == ("VDD_IN",) and profile.strategy == "random" and profile.hysteresis_c == 5.0
     assert profile.description == ""     # the base's description is not this profile's
 
 
