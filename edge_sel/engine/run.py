@@ -341,7 +341,9 @@ def take_artifact_optimizer(cfg: TrainConfig, quiet: bool) -> None:
     """With --backend ort the optimizer is baked into the artifacts: options not typed take its
     settings (a default export carries plain SGD, which the command line's momentum 0.9 would
     contradict); typed ones are still checked against it by the backend."""
+    from edge_sel.backends.ort_env import require_ort
     from edge_sel.backends.ort_manifest import optimizer_defaults
+    require_ort("--backend ort")          # a missing or shadowed ORT is the first thing to say
     taken = {}
     for field, value in optimizer_defaults(Path(cfg.artifacts)).items():
         if field not in cfg.explicit and getattr(cfg, field) != value:
