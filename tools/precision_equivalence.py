@@ -1,10 +1,11 @@
 """Same accuracy in the default precision as in fp32: paired seeds, paired differences, 95% intervals.
 
-For each seed, two pretrains of edgecnn from scratch (`--precision fp32` and the default
-`--precision auto`, everything else equal: data, split, seed, layout, evaluation batch), then two
-fine-tunes from the seed's fp32 warmup on the other half of the data, again fp32 and auto. Every
+For each seed, two pretrains of edgecnn from scratch (`--precision fp32` and the candidate: the
+default `--precision auto`, or `bf16` with --candidate bf16; everything else equal: data, split,
+seed, layout, evaluation batch), then two fine-tunes from the seed's fp32 warmup on the other half
+of the data, again fp32 and the candidate. Every
 run's final test accuracy is read back; the script prints each pair, the mean paired difference
-(auto - fp32) with its 95% t-interval, and what precision "auto" actually ran (from summary.json).
+(candidate - fp32) with its 95% t-interval, and what precision each run ran in (from summary.json).
 A difference whose interval contains 0 and stays within noise is "within noise".
 
     python tools/precision_equivalence.py --out /tmp/prec          # 5 seeds, 8 + 3 epochs, CIFAR-10 shards
@@ -26,7 +27,6 @@ import time
 from pathlib import Path
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
-ARMS = ("fp32", "auto")
 # Two-sided 95% Student t quantiles by degrees of freedom (n - 1).
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
        15: 2.131, 20: 2.086, 30: 2.042}
@@ -50,13 +50,13 @@ def final(run: Path) -> dict:
             "train_s": sum(r.get("wall_s") or 0 for r in records)}
 
 
-def paired(rows: list[dict], what: str) -> str:
-    diffs = [r[what]["auto"]["test_acc"] - r[what]["fp32"]["test_acc"] for r in rows]
+def paired(rows: list[dict], what: str, candidate: str) -> str:
+    diffs = [r[what][candidate]["test_acc"] - r[what]["fp32"]["test_acc"] for r in rows]
     mean = statistics.fmean(diffs)
     if len(diffs) < 2:
-        return f"{what}: auto - fp32 = {100 * mean:+.2f} points (1 seed: no interval)"
+        return f"{what}: {candidate} - fp32 = {100 * mean:+.2f} points (1 seed: no interval)"
     half = t95(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
-    return (f"{what}: auto - fp32 = {100 * mean:+.2f} points, 95% interval [{100 * (mean - half):+.2f}, "
+    return (f"{what}: {candidate} - fp32 = {100 * mean:+.2f} points, 95% interval [{100 * (mean - half):+.2f}, "
             f"{100 * (mean + half):+.2f}] over {len(diffs)} paired seeds")
 
 
@@ -71,7 +71,10 @@ def main() -> int:
     ap.add_argument("--finetune-epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--skip-finetune", action="store_true")
+    ap.add_argument("--candidate", choices=("auto", "bf16"), default="auto",
+                    help="What is compared with fp32: the default (auto, whatever it picks here) or bf16 forced.")
     args = ap.parse_args()
+    arms = ("fp32", args.candidate)
     args.out.mkdir(parents=True, exist_ok=True)
     common = ["--dataset", args.dataset, "--batch-size", args.batch_size, "--quiet", "--overwrite",
               # the layout and evaluation batch fixed, so precision is the only difference between arms
@@ -83,14 +86,14 @@ def main() -> int:
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         row: dict = {"seed": seed, "pretrain": {}, "finetune": {}}
         t0 = time.perf_counter()
-        for arm in ARMS:
+        for arm in arms:
             run = args.out / f"seed{seed}" / f"pretrain-{arm}"
             edge_sel("pretrain", "--model", "edgecnn", *common, "--shard", "0/2", "--seed", seed,
                      "--epochs", args.pretrain_epochs, "--precision", arm, "--out", run)
             row["pretrain"][arm] = final(run)
         if not args.skip_finetune:
             warm = args.out / f"seed{seed}" / "pretrain-fp32"
-            for arm in ARMS:
+            for arm in arms:
                 run = args.out / f"seed{seed}" / f"finetune-{arm}"
                 edge_sel("finetune", "--checkpoint", warm, *common, "--shard", "1/2", "--seed", seed,
                          "--epochs", args.finetune_epochs, "--keep", "last", "--precision", arm, "--out", run)
@@ -99,10 +102,10 @@ def main() -> int:
         results_file.write_text(json.dumps(rows, indent=2))
         print(f"seed {seed} ({time.perf_counter() - t0:.0f} s): " + "; ".join(
             f"{what} " + ", ".join(f"{arm} {row[what][arm]['test_acc']:.4f} [{row[what][arm]['precision']}]"
-                                   for arm in ARMS) for what in ("pretrain", "finetune") if row[what]), flush=True)
+                                   for arm in arms) for what in ("pretrain", "finetune") if row[what]), flush=True)
     for what in ("pretrain", "finetune"):
         if all(r[what] for r in rows):
-            print(paired(rows, what))
+            print(paired(rows, what, args.candidate))
     print(f"load average at the end: {os.getloadavg()[0]:.1f} (results: {results_file})")
     return 0
 
