@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -86,14 +87,30 @@ def test_wheel_from_a_clean_copy_carries_and_loads_every_profile(clean_copy, tmp
     assert seen["files"] == [str(shipped_dir / f"{n}.toml") for n in NAMES]
 
 
+def _venv_over_this_environment(venv: Path) -> Path:
+    """A new virtual environment that sees this test run's packages (its setuptools included) and
+    not the base interpreter's: `venv --system-site-packages` would see the base's, which in a
+    fresh venv is an older setuptools than the environment's. Returns its python."""
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=venv.parent, timeout=60)
+    python = venv / "bin" / "python"
+    inner = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                 cwd=venv.parent, timeout=60).strip()
+    # Plain paths: the .pth files in them (an editable finder of this checkout) are not run.
+    ours = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))
+    (Path(inner) / "this_environment.pth").write_text("".join(f"{p}\n" for p in ours))
+    return python
+
+
 @pytest.mark.slow
 def test_fresh_editable_install_of_a_clean_copy_loads_every_profile(clean_copy, tmp_path):
-    """A PEP 660 editable install into a new virtual environment (a few seconds, no network)."""
+    """A PEP 660 editable install into a new virtual environment (a few seconds, no network),
+    built with this environment's setuptools whatever the base interpreter has."""
     pytest.importorskip("setuptools")
-    venv = tmp_path / "venv"
-    _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
-         cwd=tmp_path, timeout=60)
-    python = venv / "bin" / "python"
+    python = _venv_over_this_environment(tmp_path / "venv")
+    import setuptools
+    builder = _run([str(python), "-c", "import setuptools; print(setuptools.__file__)"], cwd=tmp_path, timeout=60,
+                   env=_env_without_repo()).strip()
+    assert Path(builder) == Path(setuptools.__file__)     # this environment's, not the base interpreter's
     _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
           "--no-build-isolation", "--disable-pip-version-check", "-q", "-e", str(clean_copy)],
          cwd=tmp_path, timeout=180)
