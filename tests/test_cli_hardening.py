@@ -86,14 +86,23 @@ def test_machine_cpu_time_counts_this_process_too():
     assert machine_cpu_seconds() - before >= 0.1
 
 
-def test_threads_sets_torch_threads_for_the_run_and_the_estimate_bound(warm, tmp_path):
-    run_cli("finetune", "--checkpoint", warm, *DIGITS, "--shard", "1/2", "--epochs", "0", "--out", tmp_path / "r",
-            "--meter", "estimate", "--threads", "2", "--quiet")
-    from edge_sel.energy.estimate import usable_cpus
-    detail = summary(tmp_path / "r")["energy_meter"]["meters"][0]["detail"]
-    cores = min(2, usable_cpus())
-    assert f"at most {cores} core{'s' if cores > 1 else ''} (no sensor)" in detail
-    assert torch.get_num_threads() == 1          # restored when the command ended
+def test_threads_sets_torch_threads_for_the_run_and_the_estimate_bound(warm, one_epoch, tmp_path, monkeypatch):
+    import edge_sel.cli
+    from edge_sel.energy.estimate import EstimateMeter, usable_cpus
+    seen = []
+
+    def finetune(*args, **kwargs):            # what the run would see, without running it again
+        seen.append(torch.get_num_threads())
+        return summary(one_epoch[0])
+    monkeypatch.setattr(edge_sel.cli, "finetune", finetune)
+    run_cli("finetune", "--checkpoint", warm, "--epochs", "1", "--out", tmp_path / "r", "--threads", "2", "--quiet")
+    assert seen == [2] and torch.get_num_threads() == 1          # set for the command, restored after it
+    torch.set_num_threads(2)
+    try:
+        cores = min(2, usable_cpus())
+        assert f"at most {cores} core{'s' if cores > 1 else ''} (no sensor)" in EstimateMeter(6.0).detail
+    finally:
+        torch.set_num_threads(1)
 
 
 # ---- 19, 20: report --out, file modes --------------------------------------------------------
@@ -283,7 +292,7 @@ def test_gate_plot_title_matches_what_is_drawn(tmp_path, monkeypatch):
 
 def test_shift_contact_sheet_is_large_and_labelled_for_digits(tmp_path):
     out = tmp_path / "shifted"
-    run_cli("shift", "--dataset", "digits", "--shift", "corrupt=fog:2", "--limit", "1", "--split", "test",
+    run_cli("shift", "--dataset", "digits", "--shift", "corrupt=brightness:2", "--limit", "1", "--split", "test",
             "--out", out)
     sheet = Image.open(out / "contact_sheet.png").convert("L")
     assert sheet.width >= 5 * 4 * 48 and sheet.height >= 11 * 48
