@@ -172,6 +172,10 @@ def test_fine_tuning_on_the_warmups_own_samples_warns_in_one_line(warm, tmp_path
     code, err = run_main(["finetune", "--checkpoint", warm, *DIGITS, "--shard", "1/2", "--epochs", "0",
                           "--out", tmp_path / "b", "--quiet"], capsys)
     assert code == 0 and "warmup's training data" not in err
+    run_cli("pretrain", *DIGITS, "--shard", "0/2", "--epochs", "0", "--out", tmp_path / "fresh", "--quiet")
+    code, err = run_main(["finetune", "--checkpoint", tmp_path / "fresh", *DIGITS, "--epochs", "0",
+                          "--out", tmp_path / "c", "--quiet"], capsys)
+    assert code == 0 and "warmup's training data" not in err         # a fresh initialisation trained nothing
 
 
 # ---- 22: ORT artifacts with default options -------------------------------------------------

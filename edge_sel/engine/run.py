@@ -269,11 +269,13 @@ def dataset_card(splits: Splits, data: DataOptions) -> dict:
 
 def warn_if_trained_on(card: ModelCard, splits: Splits, data: DataOptions, where: Path) -> None:
     """A fine-tune on samples its warmup trained on measures memorisation, not adaptation: say so
-    (a warning, not a refusal: revisiting seen data can be intended). Cards before the shard was
-    recorded are not checked."""
+    (a warning, not a refusal: revisiting seen data can be intended). Only pretrains that trained
+    an epoch, and cards that record the shard, are checked."""
     trained = card.dataset or {}
     if trained.get("name") != splits.train.name or "shard" not in trained:
         return
+    if card.training.get("phase") != "pretrain" or not card.training.get("epochs"):
+        return      # a fresh initialisation (0 epochs, as bench reference makes) trained on nothing
     import torch
     seen = torch.isin(splits.train.index.cpu(), data.warmup_train_ids(trained).cpu())
     count = int(seen.sum())
