@@ -23,6 +23,7 @@ from edge_sel.export.cli import export_cmd
 from edge_sel.fleet.cli import fleet_group
 from edge_sel.methods.options import METHOD_OPTIONS, method_option_names
 from edge_sel.methods.presets import default_lr
+from edge_sel.models.spec import parse_model_args
 from edge_sel.profiles.apply import profile_option, threads_for_command
 from edge_sel.profiles.cli import profiles_group
 from edge_sel.report.cli import report_cmd
@@ -81,7 +82,7 @@ def cli():
 
 @cli.command("pretrain")
 @in_sections(PRETRAIN_SECTIONS, PRETRAIN, DATA, TRAIN, SPEED, ENERGY)
-def pretrain_cmd(model_name, export_artifacts, resume_dir, **kw):
+def pretrain_cmd(model_name, model_args, init_weights, export_artifacts, resume_dir, **kw):
     """Train a model densely and write a warmup checkpoint (under torchrun: data-parallel, rank 0 writes)."""
     kw["quiet"] = kw["quiet"] or not detect_world().is_main     # one report, from rank 0
     threads_for_command(kw.pop("threads"))
@@ -94,7 +95,7 @@ def pretrain_cmd(model_name, export_artifacts, resume_dir, **kw):
     require(epochs=kw["epochs"], out=kw["out"])
     energy = build_energy(kw)
     summary = pretrain(model_name, build_data(kw), build_config(kw), kw["out"], kw["overwrite"], kw["quiet"],
-                       energy)
+                       energy, model_args=parse_model_args(model_args), init_weights=init_weights)
     report_end(summary, kw["quiet"])
     if export_artifacts and detect_world().is_main:
         from edge_sel.export.cli import export_after_pretrain

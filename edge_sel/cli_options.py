@@ -104,7 +104,13 @@ ENERGY = [
 ]
 
 PRETRAIN = [
-    option("--model", "model_name", default="edgecnn", show_default=True, help="edgecnn | resnet18_cifar"),
+    option("--model", "model_name", default="edgecnn", show_default=True,
+           help="A built-in model (edge-sel models), a factory package.module:callable or path/to/file.py:callable "
+                "(called with num_classes=), or torchvision:NAME / timm:NAME where those import."),
+    option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
+           help="Keyword argument of the model's factory (repeatable), e.g. width_mult=0.5."),
+    option("--init-weights", type=click.Path(path_type=Path), default=None,
+           help="Starting weights: a .safetensors file or a torch state dict (read with weights_only=True)."),
     option("--export-artifacts", is_flag=True, help="Then export model.onnx and ORT training artifacts to OUT/artifacts."),
     option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None,
            help="Continue the interrupted pretrain in this directory with the options it was started with."),
@@ -145,7 +151,7 @@ SPEED_SECTION = ("Speed", [o.flag for o in SPEED])
 ENERGY_SECTION = ("Energy and temperature", [o.flag for o in ENERGY])
 
 PRETRAIN_SECTIONS = [
-    ("Model and output", ["--model", "--export-artifacts", *RUN]),
+    ("Model and output", ["--model", "--model-arg", "--init-weights", "--export-artifacts", *RUN]),
     DATA_SECTION,
     ("Training", TRAINING),
     ENERGY_SECTION,
@@ -166,7 +172,7 @@ FINETUNE_SECTIONS = [
       "--lr-loss-scale", "--easy-warmup-epochs", "--easy-warmup-size"]),
     ("Sparse update (which parameters change)",
      ["--sparsity", "--guilt-percentile", "--guilt-decay", "--guilt-samples", "--guilt-model", "--probe-every",
-      "--layer-sparsity", "--rgn-floor"]),
+      "--layer-sparsity", "--blocks", "--rgn-floor"]),
     ENERGY_SECTION,
     SPEED_SECTION,
 ]

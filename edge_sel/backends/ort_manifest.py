@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from edge_sel.errors import InputError, existing_dir
+from edge_sel.models.blocks import head
 
 FORMAT = "edge-sel-ort-artifacts/1"
 MANIFEST = "manifest.json"
@@ -95,7 +96,7 @@ def check_against_model(manifest: dict, model: torch.nn.Module, where: Path,
     ones exported (False: same architecture, other weights, e.g. an earlier fine-tune)."""
     exported = manifest["checkpoint"]
     shapes = tensor_shapes(model)
-    ours_classes = getattr(model.blocks()[-1], "out_features", None)
+    ours_classes = getattr(head(model), "out_features", None)
     if ours_classes is not None and ours_classes != exported["num_classes"]:
         raise InputError(f"{option} {where}: exported for {exported['num_classes']} classes, the checkpoint "
                          f"has {ours_classes}")

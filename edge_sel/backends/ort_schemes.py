@@ -6,6 +6,7 @@ from __future__ import annotations
 from torch import nn
 
 from edge_sel.errors import InputError
+from edge_sel.models.blocks import model_blocks
 
 SCHEMES = ("full", "last-block", "classifier", "bias")
 
@@ -30,9 +31,9 @@ def trainable_names(model: nn.Module, scheme: str) -> list[str]:
     if scheme == "full":
         chosen = set(names)
     elif scheme == "last-block":
-        chosen = _names_in(model, model.blocks()[-2:])
+        chosen = _names_in(model, model_blocks(model)[-2:])
     elif scheme == "classifier":
-        chosen = _names_in(model, model.blocks()[-1:])
+        chosen = _names_in(model, model_blocks(model)[-1:])
     elif scheme == "bias":
         chosen = {n for n in names if n.endswith(".bias")}
     else:

@@ -27,10 +27,13 @@ class ModelCard:
     std: list[float]
     dataset: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
+    # How to rebuild the model (models.spec.ModelSpec.to_json); None: `architecture` is a registered name.
+    model: dict | None = None
 
     def to_json(self) -> dict:
         return {
-            "format": FORMAT, "architecture": self.architecture, "num_classes": self.num_classes,
+            "format": FORMAT, "architecture": self.architecture,
+            **({"model": self.model} if self.model else {}), "num_classes": self.num_classes,
             "class_names": self.class_names, "input_shape": self.input_shape,
             "normalization": {"mean": self.mean, "std": self.std},
             "dataset": self.dataset, "training": self.training, "edge_sel_version": __version__,
@@ -41,7 +44,8 @@ class ModelCard:
         try:
             return cls(d["architecture"], int(d["num_classes"]), list(d["class_names"]),
                        [int(v) for v in d["input_shape"]], list(d["normalization"]["mean"]),
-                       list(d["normalization"]["std"]), d.get("dataset", {}), d.get("training", {}))
+                       list(d["normalization"]["std"]), d.get("dataset", {}), d.get("training", {}),
+                       d.get("model"))
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"{where}: not an edge-sel model card (missing or bad field {e})") from None
 

@@ -5,14 +5,30 @@ then the layer's momentum is restored for whatever training follows."""
 
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch import nn
 
 from edge_sel.data import BatchLoader, IndexedDataset
 
 
+# What a record and the console say when a model has no running statistics to re-estimate
+# (GroupNorm, LayerNorm or no normalisation): nothing is run and nothing is charged.
+NOT_APPLICABLE = "not applicable: the model has no BatchNorm layers"
+
+
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def not_applicable(model: nn.Module) -> dict | None:
+    """The record fields of a --bn-adapt that cannot apply to `model` (None when it can), said once
+    on stderr."""
+    if batchnorm_layers(model):
+        return None
+    print(f"edge-sel: --bn-adapt: {NOT_APPLICABLE}; nothing re-estimated", file=sys.stderr, flush=True)
+    return {"bn_adapt_samples": 0, "flops_bn_adapt": 0, "bn_adapt": NOT_APPLICABLE}
 
 
 @torch.inference_mode()

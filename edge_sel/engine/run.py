@@ -34,6 +34,7 @@ from edge_sel.methods import make_strategy, make_updater
 from edge_sel.methods.options import check_options_used
 from edge_sel.methods.presets import apply_preset, default_lr
 from edge_sel.models import build_model, count_parameters, load_checkpoint
+from edge_sel.models.spec import ModelSpec, factory, load_init_weights, make_spec
 
 
 @dataclass
@@ -222,7 +223,8 @@ def train_model(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainCo
     finish_run = getattr(trainer.backend, "finish_run", None)   # ort: its checkpoint and model.onnx
     if finish_run is not None:
         finish_run(out)
-    card.training = {"phase": phase, "epochs": len(records), "strategy": cfg.strategy,
+    started = {k: card.training[k] for k in ("init_weights",) if k in card.training and phase == "pretrain"}
+    card.training = {**started, "phase": phase, "epochs": len(records), "strategy": cfg.strategy,
                      "final_val_acc": records[-1]["val_acc"] if records else None,
                      "final_test_acc": records[-1]["test_acc"] if records else None, "seed": cfg.seed}
     if kept is not None:
@@ -305,28 +307,46 @@ def check_same_split(card: ModelCard, splits: Splits, data: DataOptions, where: 
                              f"validation holds no pretraining sample")
 
 
-def pretrain(model_name: str, data: DataOptions, cfg: TrainConfig, out: Path, overwrite: bool = False,
-             quiet: bool = False, energy: EnergyOptions | None = None, meter=None) -> dict:
-    """Under torchrun every rank calls this: rank 0 owns --out, and after a worker failure
+def pretrain(model_name, data: DataOptions, cfg: TrainConfig, out: Path, overwrite: bool = False,
+             quiet: bool = False, energy: EnergyOptions | None = None, meter=None, model_args: dict | None = None,
+             init_weights: Path | None = None, splits: Splits | None = None) -> dict:
+    """`model_name`: a registered name, a factory spec (models.spec) or a ModelSpec; `model_args`
+    its keyword arguments; `init_weights` a local file of starting weights. `splits`: data already
+    loaded (the Python API's tensors), used instead of `data.load()`.
+    Under torchrun every rank calls this: rank 0 owns --out, and after a worker failure
     torchrun's restarted workers continue the run their job started (see restarted_here)."""
     cfg.validate()
     world = detect_world()
     if world.distributed and restarted_here(Path(out)):
         return resume(out, quiet, phase="pretrain")
+    spec = model_name if isinstance(model_name, ModelSpec) else make_spec(model_name)
+    if model_args:
+        spec = ModelSpec(spec.name, {**spec.kwargs, **model_args}, spec.file_sha256)
+    factory(spec)                # an unknown name or unimportable factory fails before --out or the data
     out = check_out_dir(out, overwrite) if world.is_main else Path(out)
-    splits = data.load()
+    splits = splits if splits is not None else data.load()
     present = splits.train.labels.unique()
     if len(present) < 2:
         name = splits.train.class_names[int(present[0])] if len(present) else "none"
         raise InputError(f"--dataset {data.dataset}: the training data holds one class ({name}); a classifier "
                          f"needs samples of at least two classes")
-    seed_everything(cfg.seed)   # same initial weights for the same seed
-    model = build_model(model_name, splits.train.num_classes, splits.train.input_shape[0])
+    model, card = new_model(spec, splits, data, cfg.seed, init_weights)
+    source = {"data": vars_of(data), "model": spec.to_json(),
+              **({"init_weights": card.training["init_weights"]["file"]} if init_weights else {})}
+    return train_model("pretrain", model, card, splits, cfg, out, quiet, energy, source, meter)
+
+
+def new_model(spec: ModelSpec, splits: Splits, data: DataOptions, seed: int, init_weights: Path | None = None):
+    """A pretrain's model (the seed's initial weights, or `init_weights`) and its card."""
+    seed_everything(seed)   # same initial weights for the same seed
+    model = build_model(spec, splits.train.num_classes, splits.train.input_shape[0], splits.train.input_shape)
+    loaded = load_init_weights(model, init_weights) if init_weights is not None else None
     mean, std = splits.train.channel_stats()
-    card = ModelCard(model_name, splits.train.num_classes, splits.train.class_names,
-                     splits.train.input_shape, mean, std, dataset_card(splits, data))
-    return train_model("pretrain", model, card, splits, cfg, out, quiet, energy,
-                {"data": vars_of(data), "model": model_name}, meter)
+    card = ModelCard(spec.name, splits.train.num_classes, splits.train.class_names,
+                     splits.train.input_shape, mean, std, dataset_card(splits, data), model=spec.to_json())
+    if loaded:
+        card.training = {"init_weights": loaded}
+    return model, card
 
 
 def restarted_here(out: Path) -> bool:
@@ -415,17 +435,18 @@ def resume(run_dir: Path, quiet: bool = False, phase: str | None = None) -> dict
     if state is not None and state["next_epoch"] >= cfg.epochs and state["progress"] is None:
         raise InputError(f"--resume {run_dir}: the run already finished all {plural(cfg.epochs, 'epoch')}")
     splits = data.load()
-    source_info = {k: saved[k] for k in ("data", "checkpoint", "warmup", "profile", "model") if k in saved}
+    source_info = {k: saved[k] for k in ("data", "checkpoint", "warmup", "profile", "model", "init_weights")
+                   if k in saved}
     if phase == "finetune":
         model, card = load_checkpoint(Path(saved["checkpoint"]))
         check_compatible(card, splits, Path(saved["checkpoint"]))
         card.dataset = dataset_card(splits, data)
-    else:
-        seed_everything(cfg.seed)   # the same initial weights as the run's first start
-        model = build_model(saved["model"], splits.train.num_classes, splits.train.input_shape[0])
-        mean, std = splits.train.channel_stats()
-        card = ModelCard(saved["model"], splits.train.num_classes, splits.train.class_names,
-                         splits.train.input_shape, mean, std, dataset_card(splits, data))
+    else:       # the same initial weights as the run's first start
+        try:
+            spec = ModelSpec.from_json(saved["model"])
+        except ValueError as e:
+            raise InputError(f"{config_file}: {e}") from None
+        model, card = new_model(spec, splits, data, cfg.seed, saved.get("init_weights"))
     return train_model(phase, model, card, splits, cfg, run_dir, quiet, energy, source_info, resume_state=state)
 
 

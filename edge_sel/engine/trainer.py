@@ -20,7 +20,7 @@ from edge_sel.core.records import RecordWriter
 from edge_sel.data import BatchLoader, Splits
 from edge_sel.device_caps import amp_dtype
 from edge_sel.engine import epoch_record
-from edge_sel.engine.bn_adapt import reestimate_bn
+from edge_sel.engine.bn_adapt import not_applicable, reestimate_bn
 from edge_sel.engine.budget import EnergyBudget
 from edge_sel.engine.checkpointing import Checkpoints, Rollback, restore
 from edge_sel.engine.evaluate import EmbarrassmentMeter, EvaluationSets, accuracy
@@ -372,6 +372,10 @@ class Trainer:
     def _adapt_bn(self) -> None:
         """BatchNorm statistics from `--bn-adapt` unlabelled local training images (a seeded draw
         that leaves the run's own random stream alone); counted as forward FLOPs."""
+        self.bn_adapt_pending = not_applicable(self.model)
+        if self.bn_adapt_pending is not None:
+            self.bn_adapt_done = True
+            return
         n = min(self.config.bn_adapt, len(self.train_ds))
         draw = torch.Generator().manual_seed(self.config.seed + 7919)
         positions = torch.randperm(len(self.train_ds), generator=draw)[:n].to(self.device)
@@ -385,6 +389,8 @@ class Trainer:
         """With training to follow, the re-estimated model is validated and becomes a keep-best
         candidate of its own: on wrong labels a fine-tune can end below re-estimation alone.
         Returns the evaluation's seconds (taken out of the epoch's training time)."""
+        if "bn_adapt" in self.bn_adapt_pending:      # not applicable: the model did not change
+            return 0.0
         ev = self.evaluate(validate=True, test=False)
         self.choice.consider(BN_ADAPT_EPOCH, ev["val_acc"], None, self.model)
         self.bn_adapt_pending["bn_adapt_val_acc"] = ev["val_acc"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 import time
 from pathlib import Path
 
@@ -39,6 +41,44 @@ def resolve_optimizer(optimizer: str, weight_decay: float | None) -> dict:
             "note": "torch.optim.AdamW semantics (decoupled decay applied before the update)"}
 
 
+# What torch's ONNX exporter and ORT's gradient builder say about an operator they cannot handle.
+UNSUPPORTED = [
+    re.compile(r"gradient builder has not been registered: (?P<op>\S+) for node (?P<node>\S+)"),
+    re.compile(r"Exporting the operator '?(?P<op>[\w:.]+)'? to ONNX opset version \d+ is not supported"),
+    re.compile(r"No Op registered for (?P<op>\S+) with domain"),
+]
+
+
+def unsupported_operator(message: str) -> tuple[str, str | None] | None:
+    for pattern in UNSUPPORTED:
+        m = pattern.search(message)
+        if m:
+            return m.group("op"), m.groupdict().get("node")
+    return None
+
+
+class refusing_unsupported:
+    """An operator that ONNX export or ORT training cannot handle becomes one line naming it (and
+    the half-written artifact directory is removed); other failures pass through."""
+
+    def __init__(self, out: Path, architecture: str, what: str):
+        self.out, self.architecture, self.what = out, architecture, what
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb):
+        found = unsupported_operator(str(error)) if error is not None else None
+        if found is None:
+            return False
+        op, node = found
+        shutil.rmtree(self.out, ignore_errors=True)
+        where = f" (node {node})" if node else ""
+        raise InputError(f"export {self.out}: model {self.architecture} uses operator {op}{where}, which "
+                         f"{'ONNX Runtime training cannot differentiate' if 'gradient' in str(error) else 'ONNX export does not support'}; "
+                         f"{self.what} cannot be made (replace that layer, or train with --backend torch)") from None
+
+
 def export_artifacts(checkpoint: Path, out: Path, schemes=DEFAULT_SCHEMES, *, bn_mode: str = "eval",
                      optimizer: str = "sgd", weight_decay: float | None = None, ort_format: bool = False,
                      overwrite: bool = False, option: str = "edge-sel export") -> dict:
@@ -62,17 +102,19 @@ def export_artifacts(checkpoint: Path, out: Path, schemes=DEFAULT_SCHEMES, *, bn
     start_out_dir(out)
     t0 = time.perf_counter()
 
-    max_diff = export_inference(model, card.input_shape, out / "model.onnx")
-    forward_path = out / ".forward.onnx"
-    forward = export_training_forward(model, card.input_shape, forward_path, bn_mode)
+    with refusing_unsupported(out, card.architecture, "the inference model"):
+        max_diff = export_inference(model, card.input_shape, out / "model.onnx")
+        forward_path = out / ".forward.onnx"
+        forward = export_training_forward(model, card.input_shape, forward_path, bn_mode)
     initializers = [t.name for t in forward.graph.initializer]
     numel = {name: p.numel() for name, p in model.named_parameters()}
     sets = {}
     for scheme in schemes:
         trainable = trainable_names(model, scheme)
         frozen = [n for n in initializers if n not in set(trainable)]
-        stats = generate_scheme(forward, out / scheme, trainable, frozen, opt["name"], opt["weight_decay"],
-                                bn_mode, ort_format)
+        with refusing_unsupported(out, card.architecture, f"the {scheme!r} training artifacts"):
+            stats = generate_scheme(forward, out / scheme, trainable, frozen, opt["name"], opt["weight_decay"],
+                                    bn_mode, ort_format)
         files = sorted(p.name for p in (out / scheme).iterdir() if p.is_file())
         sets[scheme] = {
             "dir": scheme, "note": SCHEME_NOTES[scheme],

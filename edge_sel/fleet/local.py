@@ -23,7 +23,7 @@ from edge_sel.fleet.partition import partition
 from edge_sel.methods.options import check_options_used
 from edge_sel.methods.presets import apply_preset, default_lr
 from edge_sel.methods.registry import make_strategy, make_updater
-from edge_sel.models import build_model
+from edge_sel.models import model_for_card
 
 
 @dataclass
@@ -170,7 +170,7 @@ def train_round(weights: dict[str, torch.Tensor], card: ModelCard, node: NodeSet
     splits = splits if splits is not None else local_splits(node)
     where = Path(f"fleet-round-{plan.fleet_round}")
     check_compatible(card, splits, where)
-    model = build_model(card.architecture, card.num_classes, card.input_shape[0])
+    model = model_for_card(card)
     model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in weights.items()})
     card = ModelCard(**{**vars(card), "dataset": dataset_card(splits, node.data), "training": {}})
     out = node.round_dir(plan.fleet_round, plan.run_id, node_id)

@@ -16,7 +16,7 @@ from edge_sel.core.records import RecordWriter, read_records
 from edge_sel.engine.run import check_out_dir, start_out_dir
 from edge_sel.errors import InputError, required_file, writing
 from edge_sel.fleet.aggregate import combine
-from edge_sel.models import build_model
+from edge_sel.models import model_for_card
 
 ENERGY_NOTE = ("fleet joules are the sum of the clients' own meters (energy_source/energy_method say which); "
                "the server's evaluation is not counted")
@@ -86,7 +86,7 @@ class FleetRun:
 def read_model(source: Path) -> tuple[torch.nn.Module, ModelCard]:
     source = Path(source)
     card = read_card(source)
-    model = build_model(card.architecture, card.num_classes, card.input_shape[0])
+    model = model_for_card(card)
     try:
         model.load_state_dict(read_weights(source))
     except RuntimeError as e:

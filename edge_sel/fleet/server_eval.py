@@ -11,7 +11,7 @@ from edge_sel.engine.evaluate import accuracy, predict_dataset
 from edge_sel.engine.run import DataOptions, check_compatible
 from edge_sel.errors import InputError
 from edge_sel.fleet.settings import ServerSettings
-from edge_sel.models import build_model
+from edge_sel.models import model_for_card
 
 
 def held_out_set(settings: ServerSettings, card: ModelCard) -> IndexedDataset:
@@ -34,4 +34,4 @@ def global_accuracy(model: torch.nn.Module, card: ModelCard, test: IndexedDatase
 
 
 def fresh_model(card: ModelCard) -> torch.nn.Module:
-    return build_model(card.architecture, card.num_classes, card.input_shape[0])
+    return model_for_card(card)

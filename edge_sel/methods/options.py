@@ -88,6 +88,9 @@ SEL = [
                  help="Steps between dense probe steps that pick frozen blocks (--sparsity layers). [default: 50]"),
     option("--layer-sparsity", type=float, default=None,
                  help="Most share of parameters frozen between probes (--sparsity layers). [default: 0.5]"),
+    option("--blocks", default=None,
+                 help="--sparsity layers|rgn: the blocks to freeze or train, as comma-separated module names "
+                      "(input to output) [default: the model's blocks() or the discovery rule of docs/models.md]."),
     option("--rgn-floor", type=float, default=None,
                  help="--sparsity rgn: blocks whose gradient-to-weight ratio is below this share of the "
                       "largest are frozen; the others learn at lr x their share. [default: 0.3]"),
@@ -161,6 +164,7 @@ USED_BY = {
     "guilt_percentile": (None, None, {"mask"}), "guilt_decay": (None, None, {"mask"}),
     "guilt_samples": (None, None, {"mask"}), "guilt_model": (None, None, {"mask"}),
     "probe_every": (None, None, {"layers", "rgn"}), "rgn_floor": (None, None, {"rgn"}), "layer_sparsity": (None, None, {"layers"}),
+    "blocks": (None, None, {"layers", "rgn"}),
     "significance": _SUNDEW, "unseen": _SUNDEW, "gate_window": _SUNDEW, "gate_temperature": _SUNDEW,
     "min_activation": _SUNDEW,
     "unbiased": _SUNDEW, "keep_floor": _SUNDEW,

@@ -20,7 +20,7 @@ from edge_sel.methods.registry import STRATEGIES, UPDATERS
 from edge_sel.methods.select.curriculum import DIFFICULTIES, SelCurriculum
 from edge_sel.methods.select.embarrassment import ClassFocus
 from edge_sel.methods.select.stages import DEFAULT_STAGES, parse_stages
-from edge_sel.methods.update.sparse import GuiltMask, LayerFreeze
+from edge_sel.methods.update.sparse import GuiltMask, LayerFreeze, parse_block_names
 
 
 @dataclass
@@ -92,7 +92,7 @@ def make_mask(method: dict):
 
 def make_layers(method: dict):
     s = settings(method)
-    return LayerFreeze(s.layer_sparsity, s.probe_every)
+    return LayerFreeze(s.layer_sparsity, s.probe_every, parse_block_names(method.get("blocks")))
 
 
 def register() -> None:

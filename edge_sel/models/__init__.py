@@ -1,5 +1,5 @@
-"""Models by name, with parameter counts, the model a checkpoint directory holds, and a model's
-untrained twin."""
+"""Models by name or factory (models.spec), with parameter counts, the model a checkpoint directory
+holds, and a model's untrained twin."""
 
 from __future__ import annotations
 
@@ -12,18 +12,39 @@ from torch import nn
 from edge_sel.core.checkpoint import ModelCard, read_card, read_weights
 from edge_sel.errors import InputError, required_file
 from edge_sel.models.edgecnn import EdgeCNN
+from edge_sel.models.groupnorm import GroupNormCNN
+from edge_sel.models.mobilenet import MobileNetV2
 from edge_sel.models.resnet import ResNet18Cifar
+from edge_sel.models.spec import ModelSpec, build_from_spec, make_spec
 
 MODELS = {
     "resnet18_cifar": ResNet18Cifar,
     "edgecnn": EdgeCNN,
+    "mobilenetv2": MobileNetV2,
+    "groupnorm_cnn": GroupNormCNN,
 }
 
 
-def build_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
-    if name not in MODELS:
-        raise InputError(f"--model: unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    return MODELS[name](num_classes=num_classes, in_channels=in_channels)
+def build_model(spec: str | ModelSpec, num_classes: int, in_channels: int = 3,
+                input_shape: list[int] | None = None) -> nn.Module:
+    """The model a spec (or a registered name) describes; with `input_shape`, its output is checked
+    on one meta-device batch (models.spec.check_output)."""
+    spec = spec if isinstance(spec, ModelSpec) else make_spec(spec)
+    shape = list(input_shape) if input_shape is not None else None
+    return build_from_spec(spec, num_classes, shape or [in_channels, 32, 32], check=shape is not None)
+
+
+def card_spec(card: ModelCard) -> ModelSpec:
+    """The spec a card stores (older cards name a registered model by `architecture` only)."""
+    try:
+        return ModelSpec.from_json(card.model or card.architecture)
+    except ValueError as e:
+        raise InputError(f"model card: {e}") from None
+
+
+def model_for_card(card: ModelCard) -> nn.Module:
+    """An untrained model of the architecture a card describes, ready for its weights."""
+    return build_model(card_spec(card), card.num_classes, card.input_shape[0], card.input_shape)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -39,7 +60,7 @@ def load_checkpoint(directory: Path) -> tuple[nn.Module, ModelCard]:
     directory = Path(directory)
     card = read_card(directory)
     weights = required_file(directory, "model.safetensors", "--checkpoint")     # before building the model
-    model = build_model(card.architecture, card.num_classes, card.input_shape[0])
+    model = model_for_card(card)
     state = read_weights(directory)
     try:
         model.load_state_dict(state)

@@ -9,6 +9,7 @@ from torch import nn
 
 from edge_sel.methods.base import Updater
 from edge_sel.methods.registry import UPDATERS
+from edge_sel.models.blocks import head
 
 
 class BatchNormAffine(Updater):
@@ -24,9 +25,8 @@ class BatchNormAffine(Updater):
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
                 trainable |= {id(module.weight), id(module.bias)}
-        head = model.blocks()[-1] if hasattr(model, "blocks") else getattr(model, "fc", None)   # the classifier
-        if self.train_head and isinstance(head, nn.Module):
-            trainable |= {id(p) for p in head.parameters()}
+        if self.train_head:
+            trainable |= {id(p) for p in head(model).parameters()}   # the classifier
         for p in model.parameters():
             p.requires_grad_(id(p) in trainable)
         total = sum(p.numel() for p in model.parameters())

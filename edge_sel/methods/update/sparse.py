@@ -16,9 +16,11 @@ import torch
 from torch import nn
 
 from edge_sel.device_caps import accumulator_dtype
+from edge_sel.errors import InputError
 from edge_sel.methods.base import RunContext, Updater
 from edge_sel.methods.update.guilt import calibrate, stage_threshold
 from edge_sel.models import untrained_twin
+from edge_sel.models.blocks import model_blocks
 
 
 def curriculum_stage(ctx: RunContext) -> tuple[int | None, int, bool]:
@@ -167,19 +169,30 @@ def choose_frozen(guilt: list[float | None], sizes: list[int], target: float, to
     return sorted(frozen)
 
 
+def parse_block_names(value) -> list[str] | None:
+    """--blocks: comma-separated module names (a list from a config file is taken as it is)."""
+    if value is None:
+        return None
+    names = [n.strip() for n in (value.split(",") if isinstance(value, str) else value)]
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise InputError(f"--blocks: expected comma-separated module names, got {value!r}")
+    return names
+
+
 class LayerFreeze(Updater):
     name = "layers"
     saves_compute = True
 
-    def __init__(self, target: float = 0.5, probe_every: int = 50):
+    def __init__(self, target: float = 0.5, probe_every: int = 50, block_names: list[str] | None = None):
         self.target, self.probe_every = target, probe_every
+        self.block_names = block_names          # --blocks; None: models.blocks' rule
         self.frozen: list[int] = []
         self.last_guilt: list[float | None] = []
         self._probing = False
 
     def attach(self, model, optimizer, ctx) -> None:
         super().attach(model, optimizer, ctx)
-        self.blocks = [list(b.parameters()) for b in model.blocks()]
+        self.blocks = [list(b.parameters()) for b in model_blocks(model, self.block_names)]
         self.sizes = [sum(p.numel() for p in ps) for ps in self.blocks]
         self.total = sum(p.numel() for p in model.parameters())
         self._reset_epoch()

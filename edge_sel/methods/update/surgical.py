@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from edge_sel.errors import InputError
 from edge_sel.methods.registry import UPDATERS
-from edge_sel.methods.update.sparse import LayerFreeze
+from edge_sel.methods.update.sparse import LayerFreeze, parse_block_names
 
 
 def rgn_scales(ratios: list[float | None]) -> list[float | None]:
@@ -39,8 +39,8 @@ class AutoRGN(LayerFreeze):
     share) with another choice after each probe: blocks by RGN share, each at its own rate."""
     name = "rgn"
 
-    def __init__(self, floor: float = 0.3, probe_every: int = 50):
-        super().__init__(target=0.0, probe_every=probe_every)
+    def __init__(self, floor: float = 0.3, probe_every: int = 50, block_names: list[str] | None = None):
+        super().__init__(target=0.0, probe_every=probe_every, block_names=block_names)
         self.floor = floor
         self.scales: list[float | None] = []
 
@@ -114,5 +114,6 @@ def register() -> None:
             raise InputError(f"--rgn-floor must be a share in [0, 1], got {floor}")
         if probe is not None and probe < 1:
             raise InputError(f"--probe-every must be at least 1, got {probe}")
-        return AutoRGN(0.3 if floor is None else floor, 50 if probe is None else probe)
+        return AutoRGN(0.3 if floor is None else floor, 50 if probe is None else probe,
+                       parse_block_names(method.get("blocks")))
     UPDATERS["rgn"] = make

@@ -1,0 +1,233 @@
+"""How to build a model, written into every checkpoint card so later commands rebuild it alone.
+
+A spec's `name` is one of
+  - a registered name (`edgecnn`, `mobilenetv2`, ...: edge_sel.models.MODELS);
+  - an importable factory `package.module:callable`;
+  - a file `path/to/file.py:callable` (kept as an absolute path, with the file's SHA-256);
+  - `torchvision:NAME` or `timm:NAME`, where those libraries import (never with hub weights).
+A factory is called with `num_classes=`, `in_channels=` when its signature accepts it, and the
+spec's keyword arguments (`--model-arg key=value`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edge_sel.errors import InputError
+
+HUB_PREFIXES = ("torchvision:", "timm:")
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    kwargs: dict = field(default_factory=dict)
+    file_sha256: str | None = None      # a file factory's content when the spec was written
+
+    @property
+    def kind(self) -> str:
+        if self.name.startswith(HUB_PREFIXES):
+            return self.name.split(":", 1)[0]
+        if ":" not in self.name:
+            return "registry"
+        return "file" if self.name.partition(":")[0].endswith(".py") else "import"
+
+    def to_json(self) -> dict:
+        out = {"name": self.name, "kind": self.kind, "kwargs": dict(self.kwargs)}
+        if self.file_sha256:
+            out["file_sha256"] = self.file_sha256
+        return out
+
+    @classmethod
+    def from_json(cls, d) -> "ModelSpec":
+        if isinstance(d, str):
+            return cls(d)
+        if not isinstance(d, dict) or not isinstance(d.get("name"), str) or not isinstance(d.get("kwargs", {}), dict):
+            raise ValueError(f"not a model spec: {d!r}")
+        return cls(d["name"], dict(d.get("kwargs", {})), d.get("file_sha256"))
+
+
+def parse_model_args(pairs) -> dict:
+    """`--model-arg key=value` pairs: values read as JSON where they parse (numbers, true/false,
+    lists), else kept as strings."""
+    out = {}
+    for pair in pairs or ():
+        key, sep, value = str(pair).partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise InputError(f"--model-arg {pair!r}: expected KEY=VALUE with KEY a Python name")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def make_spec(name: str, kwargs: dict | None = None) -> ModelSpec:
+    """A spec as given by the user: a file factory is pinned to its absolute path and content."""
+    if not isinstance(name, str) or not name.strip():
+        raise InputError(f"--model: expected a model name or factory, got {name!r}")
+    spec = ModelSpec(name.strip(), dict(kwargs or {}))
+    if spec.kind == "file":
+        path, _, attr = spec.name.rpartition(":")
+        file = Path(path).expanduser().resolve()
+        if not file.is_file():
+            raise InputError(f"--model {name}: no such file {file}")
+        spec = ModelSpec(f"{file}:{attr}", spec.kwargs, hashlib.sha256(file.read_bytes()).hexdigest())
+    return spec
+
+
+def _load_file(spec: ModelSpec):
+    path, _, attr = spec.name.rpartition(":")
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"--model {spec.name}: no such file {file}")
+    digest = hashlib.sha256(file.read_bytes()).hexdigest()
+    module_name = f"edge_sel_user_model_{digest[:16]}"
+    module = sys.modules.get(module_name)
+    if module is None:
+        loader_spec = importlib.util.spec_from_file_location(module_name, file)
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[module_name] = module      # classes defined there must pickle and deepcopy
+        try:
+            loader_spec.loader.exec_module(module)
+        except Exception as e:
+            del sys.modules[module_name]
+            raise InputError(f"--model {spec.name}: {file.name} fails to import ({e.__class__.__name__}: {e})") from None
+    return _attribute(module, attr, spec.name)
+
+
+def _attribute(module, attr: str, label: str):
+    target = module
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise InputError(f"--model {label}: {module.__name__} has no attribute {attr!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise InputError(f"--model {label}: {attr!r} is not callable")
+    return target
+
+
+def _import_factory(spec: ModelSpec):
+    module_name, _, attr = spec.name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:     # ImportError, or the module's own failure on import
+        raise InputError(f"--model {spec.name}: cannot import {module_name} ({e.__class__.__name__}: {e})") from None
+    return _attribute(module, attr, spec.name)
+
+
+def _hub_factory(spec: ModelSpec):
+    library, _, arch = spec.name.partition(":")
+    try:
+        lib = importlib.import_module(library if library == "timm" else "torchvision.models")
+    except Exception as e:
+        raise InputError(f"--model {spec.name}: {library} does not import here "
+                         f"({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if library == "timm":
+        def build(num_classes, in_channels=3, **kwargs):
+            return lib.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kwargs)
+        return build
+
+    def build(num_classes, **kwargs):
+        return lib.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
+    return build
+
+
+def _registered(spec: ModelSpec):
+    from edge_sel.models import MODELS      # the registry lives beside the built-in models
+    if spec.name not in MODELS:
+        raise InputError(f"--model: unknown model {spec.name!r}; choose one of {', '.join(MODELS)}, "
+                         f"or give a factory as package.module:callable or path/to/file.py:callable")
+    return MODELS[spec.name]
+
+
+def factory(spec: ModelSpec):
+    return {"registry": _registered, "import": _import_factory, "file": _load_file,
+            "torchvision": _hub_factory, "timm": _hub_factory}[spec.kind](spec)
+
+
+def _accepts(fn, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def build_from_spec(spec: ModelSpec, num_classes: int, input_shape: list[int], check: bool = True) -> nn.Module:
+    """The spec's model for `num_classes` outputs, checked on one meta-device input of `input_shape`
+    (no compute): a factory that fails, returns something else than a module, or gives the wrong
+    output shape is one line naming it."""
+    make = factory(spec)
+    kwargs = {"num_classes": num_classes, **spec.kwargs}
+    if _accepts(make, "in_channels"):
+        kwargs.setdefault("in_channels", input_shape[0])
+    try:
+        model = make(**kwargs)
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(f"--model {spec.name}: building it with {kwargs} failed "
+                         f"({e.__class__.__name__}: {e})") from None
+    if not isinstance(model, nn.Module):
+        raise InputError(f"--model {spec.name}: returned {type(model).__name__}, not a torch.nn.Module")
+    if not any(True for _ in model.parameters()):
+        raise InputError(f"--model {spec.name}: the model has no parameters to train")
+    if check:
+        check_output(model, spec.name, num_classes, input_shape)
+    return model
+
+
+def check_output(model: nn.Module, label: str, num_classes: int, input_shape: list[int]) -> None:
+    """One forward pass of a meta-device copy on a batch of two: [2, num_classes] logits expected."""
+    import copy
+    try:
+        twin = copy.deepcopy(model).to("meta").eval()
+        with torch.no_grad():
+            out = twin(torch.zeros(2, *input_shape, device="meta"))
+    except Exception as e:     # a model that cannot run on meta tensors is checked by its first step instead
+        if "meta" in str(e).lower() or isinstance(e, NotImplementedError):
+            return
+        raise InputError(f"--model {label}: fails on inputs of shape {list(input_shape)} "
+                         f"({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
+    if not isinstance(out, torch.Tensor) or list(out.shape) != [2, num_classes]:
+        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise InputError(f"--model {label}: returns {shape} for 2 inputs of shape {list(input_shape)}; "
+                         f"expected logits of shape [2, {num_classes}]")
+
+
+def load_init_weights(model: nn.Module, path, label: str = "--init-weights") -> dict:
+    """Starting weights from a local file (safetensors, or a torch state dict read with
+    weights_only=True): every tensor must fit. Returns what was loaded, for the card."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{label} {path}: no such file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise InputError(f"{label} {path}: unreadable ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]          # a training-script checkpoint around the weights
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(f"{label} {path}: not a state dict of tensors")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise InputError(f"{label} {path}: does not fit the model ({str(e).splitlines()[0]} "
+                         f"{str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else ''})") from None
+    return {"file": str(path.resolve()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "tensors": len(state)}
