@@ -15,6 +15,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from torch import nn
+
 from edge_sel import __version__
 from edge_sel.config import TrainConfig
 from edge_sel.core.checkpoint import ModelCard, atomic_write_bytes, save_checkpoint
@@ -34,7 +36,7 @@ from edge_sel.methods import make_strategy, make_updater
 from edge_sel.methods.options import check_options_used
 from edge_sel.methods.presets import apply_preset, default_lr
 from edge_sel.models import build_model, count_parameters, load_checkpoint
-from edge_sel.models.spec import ModelSpec, factory, load_init_weights, make_spec
+from edge_sel.models.spec import ModelSpec, factory, load_init_weights, make_spec, spec_of_object
 
 
 @dataclass
@@ -319,6 +321,10 @@ def pretrain(model_name, data: DataOptions, cfg: TrainConfig, out: Path, overwri
     world = detect_world()
     if world.distributed and restarted_here(Path(out)):
         return resume(out, quiet, phase="pretrain")
+    start_weights = None
+    if isinstance(model_name, nn.Module):      # a model object (the Python API): its class, its weights
+        start_weights = {k: v.detach().cpu().clone() for k, v in model_name.state_dict().items()}
+        model_name = spec_of_object(model_name)
     spec = model_name if isinstance(model_name, ModelSpec) else make_spec(model_name)
     if model_args:
         spec = ModelSpec(spec.name, {**spec.kwargs, **model_args}, spec.file_sha256)
@@ -331,6 +337,12 @@ def pretrain(model_name, data: DataOptions, cfg: TrainConfig, out: Path, overwri
         raise InputError(f"--dataset {data.dataset}: the training data holds one class ({name}); a classifier "
                          f"needs samples of at least two classes")
     model, card = new_model(spec, splits, data, cfg.seed, init_weights)
+    if start_weights is not None:
+        try:
+            model.load_state_dict(start_weights)
+        except RuntimeError as e:
+            raise InputError(f"model: {spec.name} rebuilt with num_classes={splits.train.num_classes} does not "
+                             f"take the given model's weights ({str(e).splitlines()[0]})") from None
     source = {"data": vars_of(data), "model": spec.to_json(),
               **({"init_weights": card.training["init_weights"]["file"]} if init_weights else {})}
     return train_model("pretrain", model, card, splits, cfg, out, quiet, energy, source, meter)
@@ -381,8 +393,9 @@ def take_artifact_optimizer(cfg: TrainConfig, quiet: bool) -> None:
 
 def finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, out: Path, overwrite: bool = False,
              quiet: bool = False, energy: EnergyOptions | None = None, meter=None,
-             profile: dict | None = None) -> dict:
-    """`profile`: what a device profile applied (edge_sel.profiles.apply), kept in config and summary."""
+             profile: dict | None = None, splits: Splits | None = None) -> dict:
+    """`profile`: what a device profile applied (edge_sel.profiles.apply), kept in config and summary.
+    `splits`: data already loaded (the Python API's tensors), used instead of `data.load()`."""
     apply_preset(cfg)
     if cfg.backend == "ort" and cfg.artifacts and cfg.explicit is not None:
         take_artifact_optimizer(cfg, quiet)
@@ -391,7 +404,7 @@ def finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, out: Path, o
     check_options_used(cfg.strategy, cfg.method.get("gate"), cfg.sparsity, given)
     out = check_out_dir(out, overwrite)
     model, card = load_checkpoint(Path(checkpoint))
-    splits = data.load()
+    splits = splits if splits is not None else data.load()
     check_compatible(card, splits, Path(checkpoint))
     check_same_split(card, splits, data, Path(checkpoint))
     warn_if_trained_on(card, splits, data, Path(checkpoint))

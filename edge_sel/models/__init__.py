@@ -14,15 +14,12 @@ from edge_sel.errors import InputError, required_file
 from edge_sel.models.edgecnn import EdgeCNN
 from edge_sel.models.groupnorm import GroupNormCNN
 from edge_sel.models.mobilenet import MobileNetV2
+from edge_sel.models.registry import MODELS
 from edge_sel.models.resnet import ResNet18Cifar
 from edge_sel.models.spec import ModelSpec, build_from_spec, make_spec
 
-MODELS = {
-    "resnet18_cifar": ResNet18Cifar,
-    "edgecnn": EdgeCNN,
-    "mobilenetv2": MobileNetV2,
-    "groupnorm_cnn": GroupNormCNN,
-}
+__all__ = ["MODELS", "EdgeCNN", "GroupNormCNN", "MobileNetV2", "ResNet18Cifar", "ModelSpec", "build_model",
+           "card_spec", "model_for_card", "count_parameters", "model_table", "load_checkpoint", "untrained_twin"]
 
 
 def build_model(spec: str | ModelSpec, num_classes: int, in_channels: int = 3,

@@ -57,6 +57,16 @@ class ModelSpec:
         return cls(d["name"], dict(d.get("kwargs", {})), d.get("file_sha256"))
 
 
+def spec_of_object(model: nn.Module) -> ModelSpec:
+    """The spec of a model handed over as an object: its class, importable by module and name."""
+    cls = type(model)
+    if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
+        raise InputError(f"model: {cls.__qualname__} is defined in a script or a function, so a later run cannot "
+                         f"rebuild it; define it in an importable module or a file and pass 'module:factory' "
+                         f"or 'path/file.py:factory'")
+    return ModelSpec(f"{cls.__module__}:{cls.__qualname__}")
+
+
 def parse_model_args(pairs) -> dict:
     """`--model-arg key=value` pairs: values read as JSON where they parse (numbers, true/false,
     lists), else kept as strings."""
@@ -144,7 +154,7 @@ def _hub_factory(spec: ModelSpec):
 
 
 def _registered(spec: ModelSpec):
-    from edge_sel.models import MODELS      # the registry lives beside the built-in models
+    from edge_sel.models.registry import MODELS
     if spec.name not in MODELS:
         raise InputError(f"--model: unknown model {spec.name!r}; choose one of {', '.join(MODELS)}, "
                          f"or give a factory as package.module:callable or path/to/file.py:callable")
