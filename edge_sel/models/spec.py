@@ -58,12 +58,13 @@ class ModelSpec:
 
 
 def spec_of_object(model: nn.Module) -> ModelSpec:
-    """The spec of a model handed over as an object: its class, importable by module and name."""
+    """The spec of a model handed over as an object: its class, by module and name. A class of a
+    script is `__main__:Class`, which that script rebuilds and other processes cannot."""
     cls = type(model)
-    if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
-        raise InputError(f"model: {cls.__qualname__} is defined in a script or a function, so a later run cannot "
-                         f"rebuild it; define it in an importable module or a file and pass 'module:factory' "
-                         f"or 'path/file.py:factory'")
+    if "<locals>" in cls.__qualname__:
+        raise InputError(f"model: {cls.__qualname__} is defined inside a function, so it cannot be rebuilt "
+                         f"from the checkpoint; define it at module level, or pass 'module:factory' or "
+                         f"'path/file.py:factory'")
     return ModelSpec(f"{cls.__module__}:{cls.__qualname__}")
 
 
