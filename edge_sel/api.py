@@ -74,15 +74,15 @@ def resolve_options(command: str, given: dict) -> tuple[dict, list[str]]:
     return values, list(given)
 
 
-def _splits(data, test, kw: dict, class_names):
-    """None for a dataset spec (the engine loads it); else the splits made from the given objects,
-    the same way the engine splits a named dataset."""
+def _data(data, test, kw: dict, class_names):
+    """The run's DataOptions, and None for a dataset spec (the engine loads it) or else the splits
+    of the given objects, made the way the engine splits a named dataset."""
+    from edge_sel.cli import build_data
     if isinstance(data, (str, Path)):
         if test is not None:
             raise InputError("test: a named dataset brings its own test split")
         kw["dataset"] = str(data)
-        return None
-    from edge_sel.data import make_splits, parse_shard
+        return build_data(kw), None
     from edge_sel.data.objects import as_indexed
     from edge_sel.data.sources import _carve_test
     train_full = as_indexed(data, class_names, "data")
@@ -91,8 +91,8 @@ def _splits(data, test, kw: dict, class_names):
     else:
         test_ds = as_indexed(test, train_full.class_names, "test")
     kw["dataset"] = f"python:{train_full.name}"
-    return make_splits(train_full, test_ds, kw["val_fraction"], parse_shard(kw["shard"]), kw["subset"],
-                       kw["per_class_cap"], kw["split_seed"])
+    options = build_data(kw)
+    return options, options.split(train_full, test_ds)
 
 
 def _result(summary: dict) -> RunResult:
@@ -113,19 +113,21 @@ def pretrain(model="edgecnn", data="digits", *, out, test=None, class_names=None
     `edge-sel pretrain` (`epochs` is required). `model`: a registered name, a factory spec or an
     nn.Module (its class must be importable, so later runs can rebuild it; its weights are the
     starting weights)."""
-    from edge_sel.cli import build_config, build_data, build_energy
+    from edge_sel.cli import build_config, build_energy
     from edge_sel.engine.run import pretrain as run_pretrain
+    from edge_sel.profiles.apply import torch_threads
     from edge_sel.models.spec import parse_model_args
     kw, given = resolve_options("pretrain", {**options, "out": out, "quiet": quiet})
     if kw["epochs"] is None:
         raise TypeError("edge_sel.pretrain() needs epochs=N")
-    splits = _splits(data, test, kw, class_names)
+    data_options, splits = _data(data, test, kw, class_names)
     args = {**parse_model_args(kw.pop("model_args") or ()), **(model_args or {})}
     kw.pop("model_name")
     energy = build_energy(kw)
     cfg = build_config(kw, explicit=_explicit(given, []))
-    summary = run_pretrain(model, build_data(kw), cfg, Path(out), kw["overwrite"], kw["quiet"], energy,
-                           model_args=args, init_weights=kw["init_weights"], splits=splits)
+    with torch_threads(kw.pop("threads", None)):
+        summary = run_pretrain(model, data_options, cfg, Path(out), kw["overwrite"], kw["quiet"], energy,
+                               model_args=args, init_weights=kw["init_weights"], splits=splits)
     return _result(summary)
 
 
@@ -134,8 +136,9 @@ def finetune(checkpoint, data="digits", *, out, test=None, class_names=None, qui
     """Fine-tune `checkpoint` (a checkpoint directory, a RunResult, or a model: a model that was
     not pretrained here is first written as a checkpoint, OUT-start/, with the data's
     normalisation) on `data` into `out`; same options as `edge-sel finetune` (`epochs` required)."""
-    from edge_sel.cli import build_config, build_data, build_energy
+    from edge_sel.cli import build_config, build_energy
     from edge_sel.engine.run import finetune as run_finetune
+    from edge_sel.profiles.apply import torch_threads
     from edge_sel.methods.options import method_option_names
     kw, given = resolve_options("finetune", {**options, "out": out, "quiet": quiet})
     if kw["epochs"] is None:
@@ -147,15 +150,16 @@ def finetune(checkpoint, data="digits", *, out, test=None, class_names=None, qui
         checkpoint = pretrain(checkpoint, data, out=start, test=test, class_names=class_names, epochs=0,
                               overwrite=kw["overwrite"], quiet=True, seed=kw["seed"],
                               val_fraction=kw["val_fraction"], split_seed=kw["split_seed"]).checkpoint
-    splits = _splits(data, test, kw, class_names)
+    data_options, splits = _data(data, test, kw, class_names)
     energy = build_energy(kw)
     method = {name: kw.pop(name) for name in method_option_names()}
     extra = {k: kw.pop(k) for k in ("strategy", "sparsity", "backend", "bn_mode", "keep", "bn_adapt")}
     artifacts = kw.pop("artifacts")
     cfg = build_config(kw, **extra, artifacts=str(artifacts) if artifacts else None, method=method,
                        explicit=_explicit(given, method_option_names()))
-    summary = run_finetune(Path(checkpoint), build_data(kw), cfg, Path(out), kw["overwrite"], kw["quiet"], energy,
-                           splits=splits)
+    with torch_threads(kw.pop("threads", None)):
+        summary = run_finetune(Path(checkpoint), data_options, cfg, Path(out), kw["overwrite"], kw["quiet"],
+                               energy, splits=splits)
     return _result(summary)
 
 

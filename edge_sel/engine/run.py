@@ -53,13 +53,16 @@ class DataOptions:
     shift_seed: int = 0
 
     def load(self) -> Splits:
-        shard_kn = parse_shard(self.shard)
-        shift = parse_shift(self.shift)          # a bad spec fails before any data is read
-        train_full, test = load_source(self.dataset, self.data_dir, self.image_size)
+        parse_shard(self.shard)
+        parse_shift(self.shift)                  # a bad spec fails before any data is read
+        return self.split(*load_source(self.dataset, self.data_dir, self.image_size))
+
+    def split(self, train_full, test) -> Splits:
+        """The splits of a loaded source (or of data handed over as objects, by the Python API)."""
         self._source = (train_full, test)        # for warmup_train_ids, without reading it again
-        splits = make_splits(train_full, test, self.val_fraction, shard_kn, self.subset,
+        splits = make_splits(train_full, test, self.val_fraction, parse_shard(self.shard), self.subset,
                              self.per_class_cap, self.split_seed)
-        return apply_shift(splits, shift, self.shift_seed)
+        return apply_shift(splits, parse_shift(self.shift), self.shift_seed)
 
     def warmup_train_ids(self, trained: dict):
         """Sample ids a pretrain described by its model card's dataset (same source) trained on."""
