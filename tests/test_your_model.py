@@ -57,7 +57,7 @@ SPEC = f"{__file__}:make_plain"
 @pytest.fixture(scope="module")
 def warm(tmp_path_factory, one_thread):
     out = tmp_path_factory.mktemp("byo") / "warm"
-    pretrain(SPEC, DataOptions("digits", subset=160), TrainConfig(epochs=1, **FAST), out, quiet=True,
+    pretrain(SPEC, DataOptions("digits", shard="0/2", subset=160), TrainConfig(epochs=1, **FAST), out, quiet=True,
              model_args={"width": 6})
     return out
 
@@ -67,8 +67,8 @@ def test_the_card_records_the_spec_and_finetune_rebuilds_the_model_from_it_alone
     assert card["model"]["name"] == f"{Path(__file__).resolve()}:make_plain"
     assert card["model"]["kind"] == "file" and card["model"]["kwargs"] == {"width": 6}
     assert len(card["model"]["file_sha256"]) == 64
-    run_cli("finetune", "--checkpoint", warm, "--dataset", "digits", "--subset", 64, "--epochs", 1,
-            "--out", tmp_path / "ft", *FAST_CLI)
+    run_cli("finetune", "--checkpoint", warm, "--dataset", "digits", "--shard", "1/2", "--subset", 64,
+            "--epochs", 1, "--out", tmp_path / "ft", *FAST_CLI)
     assert read_weights(tmp_path / "ft")["body.0.weight"].shape == (12, 6, 3, 3)   # width 6 again
     assert read_card(tmp_path / "ft").model == card["model"]
 
@@ -81,7 +81,7 @@ UPDATERS = [("dense", "none", {}), ("sel", "layers", {"stages": "0-50::1", "prob
 def test_every_strategy_and_updater_family_trains_the_unregistered_model(warm, tmp_path):
     for strategy, sparsity, method in UPDATERS:
         cfg = TrainConfig(epochs=1, **FAST, strategy=strategy, sparsity=sparsity, method=dict(method))
-        summary = finetune(warm, DataOptions("digits", subset=96), cfg, tmp_path / f"{strategy}-{sparsity}",
+        summary = finetune(warm, DataOptions("digits", shard="1/2", subset=96), cfg, tmp_path / f"{strategy}-{sparsity}",
                            quiet=True)
         rec = records(tmp_path / f"{strategy}-{sparsity}")[-1]
         assert rec["strategy"] == strategy and rec["backward_samples"] > 0 and rec["flops_backward"] > 0, rec
@@ -122,7 +122,7 @@ def test_the_unregistered_model_exports_and_trains_in_the_ort_backend(warm, tmp_
     manifest = export_artifacts(warm, tmp_path / "art", schemes=["full", "classifier"])
     assert manifest["schemes"]["classifier"]["trainable"] == ["head.weight", "head.bias"]   # the discovered head
     run_cli("finetune", "--checkpoint", warm, "--backend", "ort", "--artifacts", tmp_path / "art" / "full",
-            "--momentum", 0, "--weight-decay", 0, "--dataset", "digits", "--subset", 64, "--epochs", 1,
+            "--momentum", 0, "--weight-decay", 0, "--dataset", "digits", "--shard", "1/2", "--subset", 64, "--epochs", 1,
             "--out", tmp_path / "ort", *FAST_CLI)
     rec = records(tmp_path / "ort")[-1]
     assert rec["backward_samples"] == 64 and 0 < rec["train_loss"] < 10
@@ -139,10 +139,10 @@ def test_an_operator_ort_cannot_train_is_refused_by_name(tmp_path, capsys):
 
 
 def test_the_groupnorm_model_runs_bn_adapt_as_a_stated_no_op(tmp_path, capfd):
-    pretrain("groupnorm_cnn", DataOptions("digits", subset=40), TrainConfig(epochs=0, **FAST), tmp_path / "gn",
-             quiet=True)
+    pretrain("groupnorm_cnn", DataOptions("digits", shard="0/2", subset=40), TrainConfig(epochs=0, **FAST),
+             tmp_path / "gn", quiet=True)
     capfd.readouterr()
-    finetune(tmp_path / "gn", DataOptions("digits", subset=40), TrainConfig(epochs=0, bn_adapt=32, **FAST),
+    finetune(tmp_path / "gn", DataOptions("digits", shard="1/2", subset=40), TrainConfig(epochs=0, bn_adapt=32, **FAST),
              tmp_path / "adapt", quiet=True)
     assert "--bn-adapt: not applicable: the model has no BatchNorm layers" in capfd.readouterr().err
     rec = records(tmp_path / "adapt")[-1]

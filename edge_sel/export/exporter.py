@@ -74,8 +74,9 @@ class refusing_unsupported:
         op, node = found
         shutil.rmtree(self.out, ignore_errors=True)
         where = f" (node {node})" if node else ""
-        raise InputError(f"export {self.out}: model {self.architecture} uses operator {op}{where}, which "
-                         f"{'ONNX Runtime training cannot differentiate' if 'gradient' in str(error) else 'ONNX export does not support'}; "
+        which = ("ONNX Runtime training cannot differentiate" if "gradient" in str(error)
+                 else "ONNX export does not support")
+        raise InputError(f"export {self.out}: model {self.architecture} uses operator {op}{where}, which {which}; "
                          f"{self.what} cannot be made (replace that layer, or train with --backend torch)") from None
 
 
