@@ -165,7 +165,7 @@ FINETUNE_SECTIONS = [
     ("Method (which samples)", ["--strategy", "--preset", "--target-activation"]),
     ("Gate (sundew, random, infobatch, dihcl: --gate, or as --strategy)",
      ["--gate", "--significance", "--unseen", "--gate-window", "--gate-temperature", "--min-activation",
-      "--unbiased", "--keep-floor", "--anneal", "--energy-budget-per-epoch", "--prune-ratio", "--dih-select",
+      "--unbiased", "--keep-floor", "--novelty", "--novelty-memory", "--novelty-radius", "--anneal", "--energy-budget-per-epoch", "--prune-ratio", "--dih-select",
       "--dih-signal", "--dih-warm", "--dih-gamma", "--dih-shrink", "--dih-floor"]),
     ("SEL curriculum (--strategy sel)",
      ["--difficulty", "--stages", "--stage-gates", "--stage-patience", "--class-focus", "--class-focus-floor",

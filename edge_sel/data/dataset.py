@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -17,6 +17,10 @@ class IndexedDataset:
     name: str = "dataset"
     # Augmentation that makes sense for this data (digits must not be mirrored).
     augment: dict = field(default_factory=lambda: {"crop_pad": 0, "flip": False})
+    # A camera's stream (edge_sel.data.frames): frames per scene (scene = index // frames) and the
+    # order a device sees them in.
+    frames: int = 1
+    stream_order: str = "shuffled"
 
     def __post_init__(self):
         n = self.images.shape[0]
@@ -38,12 +42,13 @@ class IndexedDataset:
 
     def subset(self, positions: torch.Tensor, name: str | None = None) -> "IndexedDataset":
         positions = torch.as_tensor(positions, dtype=torch.long)
-        return IndexedDataset(self.images[positions], self.labels[positions], self.index[positions],
-                              list(self.class_names), name or self.name, dict(self.augment))
+        return replace(self, images=self.images[positions], labels=self.labels[positions],
+                       index=self.index[positions], class_names=list(self.class_names), name=name or self.name,
+                       augment=dict(self.augment))
 
     def to(self, device) -> "IndexedDataset":
-        return IndexedDataset(self.images.to(device), self.labels.to(device), self.index.to(device),
-                              list(self.class_names), self.name, dict(self.augment))
+        return replace(self, images=self.images.to(device), labels=self.labels.to(device),
+                       index=self.index.to(device), class_names=list(self.class_names), augment=dict(self.augment))
 
     def class_counts(self) -> list[int]:
         return torch.bincount(self.labels.cpu(), minlength=self.num_classes).tolist()

@@ -12,6 +12,11 @@ Spec grammar (`--shift`), items joined by `;`:
     imbalance=longtail:RATIO  training classes thinned exponentially, the last class RATIO times
                               rarer than the first (validation and test stay balanced)
     classes=A,B,...           a device that sees only these classes (by index), in every split
+    frames=F[:ORDER]          a camera's stream (edge_sel.data.frames): each training scene filmed
+                              as F near-duplicate frames (small motion, sensor noise), validation
+                              and test one frame per scene; ORDER scene (default: scene by scene,
+                              as a camera sends them), shuffled, or dedup (one frame per training
+                              scene: what a perfect de-duplicator keeps)
 
 Which samples are hit depends only on `--shift-seed` and each sample's stable index (test images,
 numbered apart from training ones, draw their corruption noise from a pool of their own). The test
@@ -27,6 +32,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from edge_sel.data.corruptions import CORRUPTIONS, corrupt
+from edge_sel.data.frames import ORDERS, to_frames
 from edge_sel.data.dataset import IndexedDataset, Splits
 from edge_sel.errors import InputError
 
@@ -38,10 +44,12 @@ class Shift:
     noisy_val: bool = False
     longtail: float | None = None
     classes: tuple[int, ...] | None = None
+    frames: int = 1
+    order: str = "scene"
 
     @property
     def active(self) -> bool:
-        return bool(self.corruption or self.label_noise or self.longtail or self.classes)
+        return bool(self.corruption or self.label_noise or self.longtail or self.classes or self.frames > 1)
 
 
 def parse_shift(text: str | None) -> Shift:
@@ -51,7 +59,7 @@ def parse_shift(text: str | None) -> Shift:
     for item in filter(None, (part.strip() for part in text.split(";"))):
         key, sep, value = item.partition("=")
         if not sep:
-            raise InputError(f"--shift: {item!r} is not KEY=VALUE (corrupt=, label-noise=, imbalance=, classes=)")
+            raise InputError(f"--shift: {item!r} is not KEY=VALUE (corrupt=, label-noise=, imbalance=, classes=, frames=)")
         try:
             if key == "corrupt":
                 name, _, sev = value.partition(":")
@@ -77,8 +85,15 @@ def parse_shift(text: str | None) -> Shift:
                 if not classes or min(classes) < 0:
                     raise InputError(f"--shift: classes must be class indices like 0,1,2, got {value!r}")
                 shift = replace(shift, classes=classes)
+            elif key == "frames":
+                count, _, order = value.partition(":")
+                order = order or "scene"
+                if int(count) < 2 or order not in ORDERS:
+                    raise InputError(f"--shift: frames must be F[:ORDER] with F >= 2 and ORDER one of "
+                                     f"{', '.join(ORDERS)}, got {value!r}")
+                shift = replace(shift, frames=int(count), order=order)
             else:
-                raise InputError(f"--shift: unknown key {key!r} (corrupt=, label-noise=, imbalance=, classes=)")
+                raise InputError(f"--shift: unknown key {key!r} (corrupt=, label-noise=, imbalance=, classes=, frames=)")
         except ValueError:
             raise InputError(f"--shift: cannot read {item!r}") from None
     return shift
@@ -108,7 +123,7 @@ def flip_labels(ds: IndexedDataset, rate: float, seed: int) -> IndexedDataset:
         offset = 1 + (_uniform(index[hit], seed, 2) * (k - 1)).long().clamp(max=k - 2)
         hit = hit.to(labels.device)
         labels[hit] = (labels[hit] + offset.to(labels.device)) % k
-    out = IndexedDataset(ds.images, labels, ds.index, list(ds.class_names), ds.name, dict(ds.augment))
+    out = replace(ds, labels=labels, class_names=list(ds.class_names), augment=dict(ds.augment))
     out.clean_labels = ds.labels
     return out
 
@@ -133,8 +148,11 @@ def only_classes(ds: IndexedDataset, classes: tuple[int, ...]) -> torch.Tensor:
 
 
 def corrupted(ds: IndexedDataset, name: str, severity: int, seed: int, pool: str = "train") -> IndexedDataset:
-    return IndexedDataset(corrupt(ds.images.cpu(), ds.index.cpu(), name, severity, seed, pool).to(ds.images.device),
-                          ds.labels, ds.index, list(ds.class_names), ds.name, dict(ds.augment))
+    out = replace(ds, images=corrupt(ds.images.cpu(), ds.index.cpu(), name, severity, seed, pool).to(ds.images.device),
+                  class_names=list(ds.class_names), augment=dict(ds.augment))
+    if hasattr(ds, "clean_labels"):
+        out.clean_labels = ds.clean_labels
+    return out
 
 
 def apply_shift(splits: Splits, shift: Shift, seed: int = 0) -> Splits:
@@ -145,14 +163,19 @@ def apply_shift(splits: Splits, shift: Shift, seed: int = 0) -> Splits:
         train, val, test = (d.subset(only_classes(d, shift.classes)) for d in (train, val, test))
     if shift.longtail:
         train = train.subset(longtail_keep(train, shift.longtail, seed))
-    if shift.corruption:
-        name, severity = shift.corruption
-        train, val = (corrupted(d, name, severity, seed) for d in (train, val))
-        test = corrupted(test, name, severity, seed, pool="test")     # numbered apart from training
+    # Labels are flipped per scene before a scene becomes frames; corruption then hits every frame
+    # with its own draws (the order changes nothing for data that is not a stream).
     if shift.label_noise:
         train = flip_labels(train, shift.label_noise, seed)
         if shift.noisy_val:
             val = flip_labels(val, shift.label_noise, seed)
+    if shift.frames > 1:
+        train = to_frames(train, shift.frames, seed, every_frame=shift.order != "dedup", order=shift.order)
+        val, test = (to_frames(d, shift.frames, seed, every_frame=False, order=shift.order) for d in (val, test))
+    if shift.corruption:
+        name, severity = shift.corruption
+        train, val = (corrupted(d, name, severity, seed) for d in (train, val))
+        test = corrupted(test, name, severity, seed, pool="test")     # numbered apart from training
     if len(train) == 0:
         raise InputError("--shift: the training split is empty after the shift")
     return Splits(train=train, val=val, test=test, test_clean=splits.test)

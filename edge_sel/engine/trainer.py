@@ -103,7 +103,8 @@ class Trainer:
                                         self.train_ds.class_names)
         self.ctx = RunContext(self.train_ds, self.val_ds, self.model, cfg.epochs, self.generator,
                               self.device, self.mean, self.std, cfg.batch_size, cfg.to_json(),
-                              score_fn=self.scoring.losses, forward_fn=self.scoring.batch_logits)
+                              score_fn=self.scoring.losses, forward_fn=self.scoring.batch_logits,
+                              charge_fn=self.ledger.add_scoring)
         self.backend = make_backend(cfg, self.model, self.optimizer, self.updater, self.device)
         self.loader = BatchLoader(self.train_ds, self.mean, self.std, cfg.batch_size, cfg.augment,
                                   self.generator, self.memory_format)

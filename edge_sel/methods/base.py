@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from edge_sel.data import Batch, IndexedDataset
+from edge_sel.data.frames import stream_positions
 
 
 @dataclass
@@ -40,18 +41,21 @@ class RunContext:
     # Set by the engine: forward_fn(x) -> logits, a no-grad forward of one batch in training mode,
     # counted as a scoring pass (the seed's two-pass gating decides on it inside `filter_batch`).
     forward_fn: object = None
+    # Set by the engine: charge_fn(samples, flops) adds a gate's own counted work (e.g. novelty
+    # fingerprints) to the epoch's scoring cost.
+    charge_fn: object = None
 
 
 class Strategy:
-    """Dense by default: every sample, every epoch, in a seeded random order."""
+    """Dense by default: every sample, every epoch, in a seeded random order (a camera's stream:
+    scene by scene, see edge_sel.data.frames)."""
     name = "dense"
 
     def setup(self, ctx: RunContext) -> None:
         self.ctx = ctx
 
     def plan(self, epoch: int) -> Plan:
-        n = len(self.ctx.train)
-        return Plan(torch.randperm(n, generator=self.ctx.generator))
+        return Plan(stream_positions(self.ctx.train, self.ctx.generator))
 
     def observe(self, batch: Batch, losses: torch.Tensor, logits: torch.Tensor) -> None:
         """Per-sample losses and logits of the training forward pass: free hardness signals."""

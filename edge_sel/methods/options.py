@@ -116,6 +116,15 @@ GATING = [
                  help="Sundew: keep low scorers at random too and weight losses by 1/keep-probability."),
     option("--keep-floor", type=float, default=None,
                  help="Sundew --unbiased: least keep-probability of any sample. [default: 0.1]"),
+    option("--novelty", type=float, default=None,
+                 help="Sundew: weight W of the novelty signal; significance x ((1 - W) + W x novelty), "
+                      "novelty = how unlike the recently kept frames a candidate is (cheap input "
+                      "fingerprint, counted). [default: 0, off]"),
+    option("--novelty-memory", type=int, default=None,
+                 help="Sundew --novelty: how many recently kept frames the novelty compares with. [default: 512]"),
+    option("--novelty-radius", type=float, default=None,
+                 help="Sundew --novelty: cosine distance from every remembered frame at which a frame "
+                      "counts as fully new. [default: 0.2]"),
     option("--anneal", type=float, default=None,
                  help="Share of final epochs on all samples (sundew, random, infobatch). "
                       "[default: 0.125 infobatch, else 0]"),
@@ -168,6 +177,7 @@ USED_BY = {
     "significance": _SUNDEW, "unseen": _SUNDEW, "gate_window": _SUNDEW, "gate_temperature": _SUNDEW,
     "min_activation": _SUNDEW,
     "unbiased": _SUNDEW, "keep_floor": _SUNDEW,
+    "novelty": _SUNDEW, "novelty_memory": _SUNDEW, "novelty_radius": _SUNDEW,
     "anneal": ({"sundew", "random", "infobatch"}, {"sundew", "random", "infobatch"}, None),
     "prune_ratio": ({"infobatch"}, {"infobatch"}, None),
     "dih_select": ({"dihcl"}, {"dihcl"}, None), "dih_signal": ({"dihcl"}, {"dihcl"}, None),

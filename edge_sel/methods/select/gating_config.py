@@ -24,6 +24,9 @@ class GatingConfig:
     min_activation: float = 0.05        # sundew: floor per window (top-significance fallback)
     unbiased: bool = False              # sundew: keep low scorers at random, weight 1/keep-probability
     keep_floor: float = 0.1             # sundew --unbiased: least keep-probability of any sample
+    novelty: float = 0.0                # sundew: weight of the novelty signal (0: loss-based only)
+    novelty_memory: int = 512           # sundew --novelty: kept frames remembered
+    novelty_radius: float = 0.2         # sundew --novelty: cosine distance that counts as fully new
     anneal: float | None = None         # share of final epochs on all candidates (infobatch: 0.125)
     prune_ratio: float = 0.5            # infobatch: share of below-mean samples dropped
     dih_select: str = "greedy"
@@ -55,6 +58,10 @@ def gating_config(method: dict) -> GatingConfig:
     _between(cfg.gate_temperature, 0, 10, "--gate-temperature")
     _between(cfg.min_activation, 0, 1, "--min-activation")
     _between(cfg.keep_floor, 0, 1, "--keep-floor", lo_open=True)
+    _between(cfg.novelty, 0, 1, "--novelty")
+    _between(cfg.novelty_radius, 0, 2, "--novelty-radius", lo_open=True)
+    if cfg.novelty_memory < 1:
+        raise InputError(f"--novelty-memory must be >= 1 frame, got {cfg.novelty_memory}")
     if cfg.anneal is not None:
         _between(cfg.anneal, 0, 1, "--anneal", hi_open=True)
     _between(cfg.prune_ratio, 0, 1, "--prune-ratio", hi_open=True)

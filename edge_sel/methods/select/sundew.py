@@ -9,6 +9,12 @@ activation rate tracks the target. Because a sample appears once per epoch, its 
 window comes up equals its significance at epoch start, so running the whole windowed loop inside
 plan() is exactly the online loop, and a skipped sample costs no forward and no backward.
 
+With `--novelty W` the significance is multiplied by (1 - W) + W x novelty (edge_sel.methods.select.
+novelty): how unlike the frames kept recently a candidate is. Novelty depends on what was kept just
+before, so inside a window candidates are decided one after another, each against the memory of kept
+frames and the frames kept earlier in its window; the controller holds its target over this combined
+significance. The fingerprints and every comparison are counted as scoring FLOPs.
+
 The threshold's feed-forward part is set per epoch to the tau whose expected activation over the
 epoch's candidates equals the target (ties and the keep floor included); the PI terms correct what
 that guess misses (sampling noise, fallbacks, the drift a window sees).
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from edge_sel.methods.base import Gate, Plan, RunContext
@@ -25,6 +32,7 @@ from edge_sel.methods.select.energy_budget import ActivationTarget
 from edge_sel.methods.select.gate_plans import keep_all, self_normalised, take
 from edge_sel.methods.select.gating_config import GatingConfig, anneal_start
 from edge_sel.methods.select.hardness import HardnessStore
+from edge_sel.methods.select.novelty import NoveltyMemory, fingerprint_flops, fingerprints, print_dim, to_novelty
 from edge_sel.methods.select.significance import SIGNIFICANCE
 from edge_sel.methods.select.threshold_control import PositionalPI
 
@@ -54,6 +62,8 @@ class SundewGate(Gate):
         self.ctx = ctx
         self.store = HardnessStore(ctx.train.index, ctx.train.num_classes, gamma=self.cfg.dih_gamma)
         self.anneal_from = anneal_start(ctx.epochs, self.cfg.anneal_or(0.0))
+        self.memory = NoveltyMemory(print_dim(ctx.train.input_shape), self.cfg.novelty_memory) \
+            if self.cfg.novelty > 0 else None
 
     def select(self, epoch: int, plan: Plan) -> Plan:
         cands = plan.positions
@@ -68,10 +78,19 @@ class SundewGate(Gate):
         if self.cfg.unseen == "neutral" and not never.all():
             # A never-trained sample is worth what an average seen one is: neither first nor last.
             sig[never] = sig[~never].mean()
-        keep, prob, thresholds = self._gate(sig, target)
+        prints, info = None, {}
+        if self.memory is not None:
+            prints = fingerprints(self.ctx.train.images[cands.to(self.ctx.train.images.device)])
+            self.novelty_flops = fingerprint_flops(n, self.ctx.train.input_shape)
+        keep, prob, thresholds = self._gate(sig, target, prints)
         kept = keep.nonzero().squeeze(1)
+        if prints is not None:
+            charge = getattr(self.ctx, "charge_fn", None)
+            if charge is not None:
+                charge(0, self.novelty_flops)
+            info = {"novelty_flops": self.novelty_flops, "novelty_kept_mean": self.novelty_kept_mean}
         weights = self_normalised(1 / prob[kept]) if self.cfg.unbiased else None
-        info = {"target_activation": target, "unseen_share": unseen,
+        info = {"target_activation": target, "unseen_share": unseen, **info,
                 **trace_summary(thresholds, len(kept), n, self.controller.ema)}
         return take(plan, kept, weights, info)
 
@@ -92,30 +111,82 @@ class SundewGate(Gate):
                 hi = mid
         return (lo + hi) / 2
 
-    def _gate(self, sig: torch.Tensor, target: float) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
-        """The windowed control loop over one epoch's candidates (in plan order)."""
+    def _gate(self, sig: torch.Tensor, target: float,
+              prints: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+        """The windowed control loop over one epoch's candidates (in plan order); with `prints` the
+        candidates' novelty multiplies their significance."""
         cfg, n = self.cfg, len(sig)
         ctl = self.controller
         ctl.target = target
-        ctl.set_bias(self.feed_forward(sig, target))
         window = cfg.gate_window * self.ctx.batch_size
+        if prints is None:      # with novelty the guess is made per window (it depends on the memory then)
+            ctl.set_bias(self.feed_forward(sig, target))
         draws = torch.rand(n, generator=self.ctx.generator)
         keep = torch.zeros(n, dtype=torch.bool)
         prob = torch.ones(n)
         thresholds = []
+        kept_novelty = []
         for lo in range(0, n, window):
             s = sig[lo: lo + window]
-            tau = ctl.tau
-            p = self.keep_probability(s, tau)
-            k = draws[lo: lo + window] < p
+            if prints is None:
+                tau = ctl.tau
+                p = self.keep_probability(s, tau)
+                k = draws[lo: lo + window] < p
+            else:
+                tau, k, p, s, novelty = self._novel_window(s, prints[lo: lo + window], draws[lo: lo + window],
+                                                           target)
             floor = math.ceil(cfg.min_activation * len(s))
             if int(k.sum()) < floor:
                 # Minimum-activation fallback: the most significant samples of the window.
                 k[torch.topk(s, floor).indices] = True
             keep[lo: lo + window], prob[lo: lo + window] = k, p.clamp_min(1e-6)
+            if prints is not None:
+                self.memory.remember(prints[lo: lo + window][k])
+                kept_novelty.append(novelty[k])
             thresholds.append(tau)
             ctl.update(k.float().mean().item())
+        if prints is not None:
+            self.novelty_kept_mean = torch.cat(kept_novelty).mean().item() if keep.any() else None
         return keep, prob, thresholds
+
+    def _factor(self, novelty: torch.Tensor) -> torch.Tensor:
+        return (1 - self.cfg.novelty) + self.cfg.novelty * novelty
+
+    def _novel_window(self, sig: torch.Tensor, prints: torch.Tensor, draws: torch.Tensor, target: float):
+        """One window decided candidate by candidate, each against the memory of kept frames and the
+        frames kept earlier in its window. The threshold's feed-forward part is the tau that meets the
+        target if every earlier candidate of the window were kept (a lower bound on novelty); the PI
+        terms correct what that misses. Returns (tau, keep, keep probability, combined significance,
+        novelty)."""
+        near, flops = self.memory.nearest(prints)
+        cos = prints @ prints.T
+        self.novelty_flops += flops + 2 * len(prints) * len(prints) * prints.shape[1]
+        earlier = cos.masked_fill(~torch.ones_like(cos, dtype=torch.bool).tril(-1), -1.0).max(1).values
+        estimate = to_novelty(torch.maximum(near, earlier), self.cfg.novelty_radius)
+        ctl = self.controller
+        ctl.set_bias(self.feed_forward(sig * self._factor(estimate), target))
+        tau = ctl.tau
+        best, cos_np = near.numpy().astype(np.float64), cos.numpy()
+        s_np, d_np = sig.numpy().astype(np.float64), draws.numpy()
+        w, weight, radius = len(sig), self.cfg.novelty, self.cfg.novelty_radius
+        keep, novelty, p = np.zeros(w, dtype=bool), np.empty(w), np.empty(w)
+        for i in range(w):
+            novelty[i] = min(1.0, max(0.0, (1 - best[i]) / radius))
+            p[i] = self._probability_scalar(s_np[i] * ((1 - weight) + weight * novelty[i]), tau)
+            if d_np[i] < p[i]:
+                keep[i] = True
+                np.maximum(best, cos_np[i], out=best)
+        novelty_t = torch.from_numpy(novelty).float()
+        return tau, torch.from_numpy(keep), torch.from_numpy(p).float(), sig * self._factor(novelty_t), novelty_t
+
+    def _probability_scalar(self, s: float, tau: float) -> float:
+        cfg = self.cfg
+        if cfg.gate_temperature > 0:
+            z = (s - tau) / cfg.gate_temperature
+            p = 1 / (1 + math.exp(-z)) if z > -60 else 0.0
+        else:
+            p = float(s > tau)
+        return max(p, cfg.keep_floor) if cfg.unbiased else p
 
     def observe(self, batch, losses, logits) -> None:
         self.store.observe(batch.index, losses, logits, batch.y, self.ctx.state.get("epoch", 0),
@@ -125,8 +196,11 @@ class SundewGate(Gate):
         return self.target.after_epoch(metrics, self.candidates)
 
     def state_dict(self) -> dict:
-        return {"store": self.store.state_dict(), "controller": self.controller.state_dict(),
-                "target": self.target.state_dict(), "candidates": self.candidates}
+        state = {"store": self.store.state_dict(), "controller": self.controller.state_dict(),
+                 "target": self.target.state_dict(), "candidates": self.candidates}
+        if self.memory is not None:
+            state["novelty_memory"] = self.memory.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.store.load_state_dict(state["store"])
@@ -134,3 +208,5 @@ class SundewGate(Gate):
         self.target.load_state_dict(state["target"])
         # The epoch's candidate count sets the next target under --energy-budget-per-epoch.
         self.candidates = int(state.get("candidates", self.candidates))
+        if self.memory is not None and "novelty_memory" in state:
+            self.memory.load_state_dict(state["novelty_memory"])
