@@ -1,0 +1,154 @@
+"""A camera's stream: frames of a scene never cross splits and are deterministic per id, the novelty
+signal sees duplicates, its cost is counted, and a novelty-gated stream run resumes exactly."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from helpers import records, run_cli, stable
+from edge_sel.data.dataset import IndexedDataset
+from edge_sel.data.frames import render_frames, scene_of, stream_positions
+from edge_sel.data.shift import apply_shift, parse_shift
+from edge_sel.data.split import make_splits
+from edge_sel.errors import InputError
+from edge_sel.methods.base import Plan, RunContext
+from edge_sel.methods.select.gating_config import gating_config
+from edge_sel.methods.select.novelty import NoveltyMemory, fingerprint_flops, fingerprints, to_novelty
+from edge_sel.methods.select.sundew import SundewGate
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def toy(n=120, classes=4, size=16, seed=0, first_id=500):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(n, 3, size // 4, size // 4, generator=g)
+    x = torch.nn.functional.interpolate(base, size=(size, size), mode="bilinear", align_corners=False)
+    return IndexedDataset((x * 200 + 20).round().to(torch.uint8), torch.arange(n) % classes,
+                          torch.arange(first_id, first_id + n), [f"c{i}" for i in range(classes)], "toy")
+
+
+def test_frames_of_a_scene_never_cross_splits():
+    full, test = toy(160), toy(40, seed=1, first_id=5000)
+    splits = apply_shift(make_splits(full, test, val_fraction=0.25, shard_kn=(1, 2)), parse_shift("frames=6"), seed=3)
+    train_scenes = set(scene_of(splits.train).tolist())
+    assert len(splits.train) == 6 * len(train_scenes)           # every frame of every training scene
+    assert train_scenes.isdisjoint(scene_of(splits.val).tolist())
+    assert train_scenes.isdisjoint(scene_of(splits.test).tolist())
+    # Validation and test: one frame per scene, each scene's label kept.
+    assert len(splits.val) == len(set(scene_of(splits.val).tolist())) == 40
+    by_id = dict(zip(full.index.tolist(), full.labels.tolist()))
+    assert all(by_id[s] == y for s, y in zip(scene_of(splits.train).tolist(), splits.train.labels.tolist()))
+    dedup = apply_shift(make_splits(full, test, val_fraction=0.25, shard_kn=(1, 2)), parse_shift("frames=6:dedup"), 3)
+    assert sorted(scene_of(dedup.train).tolist()) == sorted(train_scenes)
+
+
+def test_frames_are_deterministic_per_id_and_near_duplicates():
+    ds = toy(30)
+    frames = apply_shift(make_splits(ds, toy(8, seed=1), val_fraction=0.0), parse_shift("frames=5"), seed=2).train
+    again = apply_shift(make_splits(ds, toy(8, seed=1), val_fraction=0.0), parse_shift("frames=5"), seed=2).train
+    assert torch.equal(frames.images, again.images) and torch.equal(frames.index, again.index)
+    # A frame's bytes depend on its id only, not on which other frames are made with it.
+    pick = torch.tensor([7, 21, 33])
+    scene_rows = torch.tensor([(int(frames.index[i]) // 5) - 500 for i in pick])
+    alone = render_frames(ds.images[scene_rows], frames.index[pick], 5, seed=2)
+    assert torch.equal(alone, frames.images[pick])
+    # Frames of one scene differ (motion, noise) but stay far closer to each other than to other scenes.
+    first = frames.images[:5].float()
+    assert (first[1:] != first[0]).any()
+    other = frames.images[5:10].float()
+    assert (first - first[0]).abs().mean() < 0.5 * (other - first[0]).abs().mean()
+    with pytest.raises(InputError, match="frames"):
+        parse_shift("frames=1")
+    with pytest.raises(InputError, match="frames"):
+        parse_shift("frames=4:sideways")
+
+
+def test_scene_order_keeps_a_scenes_frames_together():
+    ds = apply_shift(make_splits(toy(20), toy(4, seed=1), val_fraction=0.0), parse_shift("frames=4"), 0).train
+    order = stream_positions(ds, torch.Generator().manual_seed(1))
+    ids = ds.index[order].tolist()
+    assert sorted(order.tolist()) == list(range(len(ds)))
+    assert all(ids[i + 1] == ids[i] + 1 for i in range(0, len(ids), 4) for i in range(i, i + 3))
+    shuffled = apply_shift(make_splits(toy(20), toy(4, seed=1), val_fraction=0.0), parse_shift("frames=4:shuffled"), 0).train
+    ids = shuffled.index[stream_positions(shuffled, torch.Generator().manual_seed(1))].tolist()
+    assert sum(a // 4 == b // 4 for a, b in zip(ids, ids[1:])) < 10
+
+
+def test_novelty_scores_a_duplicate_redundant_and_a_new_scene_novel():
+    x = torch.zeros(3, 3, 8, 8, dtype=torch.uint8)
+    x[0, :, :4] = 200                   # top half bright
+    x[1] = x[0]                         # an exact duplicate
+    x[2, :, :, :4] = 200                # left half bright: another scene (cosine 0 with the first)
+    prints = fingerprints(x)
+    memory = NoveltyMemory(prints.shape[1], size=4)
+    memory.remember(prints[:1])
+    nearest, flops = memory.nearest(prints[1:])
+    novelty = to_novelty(nearest)
+    assert novelty[0].item() == pytest.approx(0.0, abs=1e-6) and novelty[1].item() == pytest.approx(1.0)
+    assert flops == 2 * 2 * 1 * prints.shape[1]
+
+
+def gate_on(ds, target, **options):
+    gate = SundewGate(gating_config({"target_activation": target, "gate_temperature": 0.0, "min_activation": 0.0,
+                                     "novelty": 1.0, **options}))
+    charged = []
+    ctx = RunContext(ds, ds, None, 3, torch.Generator().manual_seed(0), torch.device("cpu"), [0.5], [0.25], 16,
+                     charge_fn=lambda samples, flops: charged.append((samples, flops)))
+    gate.setup(ctx)
+    return gate, charged
+
+
+def test_novelty_gate_keeps_one_frame_of_each_duplicated_scene_and_counts_its_cost():
+    # Four scenes, each four exact duplicates in a row; never trained, so loss significance is 1 for all.
+    x = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
+    x[0, :, :4], x[1, :, 4:], x[2, :, :, :4], x[3, :, :, 4:] = 200, 200, 200, 200
+    ds = IndexedDataset(x.repeat_interleave(4, 0), torch.zeros(16, dtype=torch.long), torch.arange(16), ["a", "b"])
+    gate, charged = gate_on(ds, target=0.25)
+    plan = gate.select(0, Plan(torch.arange(16)))
+    assert sorted((plan.positions // 4).tolist()) == [0, 1, 2, 3]       # one frame per scene
+    # Charged as scoring work: the fingerprints plus the memory and in-window comparisons.
+    d = 3 * 4 * 4
+    expected = fingerprint_flops(16, [3, 8, 8]) + 2 * 16 * 16 * d
+    assert charged == [(0, expected)] and plan.info["novelty_flops"] == expected
+    # The next epoch compares with the remembered frames: every candidate is now a duplicate.
+    plan = gate.select(1, Plan(torch.arange(16)))
+    assert charged[1][1] == expected + 2 * 16 * 4 * d
+    assert plan.info["novelty_kept_mean"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_novelty_gate_holds_its_activation_target_on_a_redundant_stream():
+    ds = apply_shift(make_splits(toy(400), toy(4, seed=1), val_fraction=0.0), parse_shift("frames=10"), 0).train
+    gate, _ = gate_on(ds, target=0.1, gate_temperature=0.05, min_activation=0.05)
+    order = stream_positions(ds, torch.Generator().manual_seed(0))
+    rates = [len(gate.select(e, Plan(order)).positions) / len(ds) for e in range(2)]
+    assert all(abs(r - 0.1) < 0.02 for r in rates), rates
+
+
+STREAM = ["--dataset", "synthetic", "--subset", "40", "--shift", "frames=4", "--strategy", "sundew",
+          "--novelty", "1", "--target-activation", "0.3", "--epochs", "3", "--batch-size", "16",
+          "--checkpoint-every", "2", "--lr", "0.02", "--quiet", "--seed", "5"]
+
+
+# One torch thread, as the reference run in this process has (the same floating-point sums).
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+def stream_run(warm, out, env=None):
+    argv = [sys.executable, "-m", "edge_sel", "finetune", "--checkpoint", str(warm), "--out", str(out), *STREAM]
+    return subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **ONE_THREAD, **(env or {})})
+
+
+def test_a_stream_run_resumes_exactly_after_sigkill(tiny_warm, tmp_path):
+    run_cli("finetune", "--checkpoint", tiny_warm, "--out", tmp_path / "reference", *STREAM)
+    ref = stable(records(tmp_path / "reference"))
+    assert len(ref) == 3 and all(r["flops_scoring"] > 0 and r["novelty_flops"] == r["flops_scoring"] for r in ref)
+    out = tmp_path / "killed"
+    killed = stream_run(tiny_warm, out, {"EDGE_SEL_FAULT_KILL_AT_STEP": "5"})   # inside the second epoch
+    assert killed.returncode == -9 and len(records(out)) == 1
+    resumed = subprocess.run([sys.executable, "-m", "edge_sel", "finetune", "--resume", str(out), "--quiet"],
+                             capture_output=True, text=True, env={**os.environ, **ONE_THREAD})
+    assert resumed.returncode == 0, resumed.stderr
+    assert stable(records(out)) == ref
