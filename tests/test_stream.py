@@ -1,6 +1,7 @@
 """A camera's stream: frames of a scene never cross splits and are deterministic per id, the novelty
 signal sees duplicates, its cost is counted, and a novelty-gated stream run resumes exactly."""
 
+import json
 import os
 import subprocess
 import sys
@@ -152,3 +153,27 @@ def test_a_stream_run_resumes_exactly_after_sigkill(tiny_warm, tmp_path):
                              capture_output=True, text=True, env={**os.environ, **ONE_THREAD})
     assert resumed.returncode == 0, resumed.stderr
     assert stable(records(out)) == ref
+
+
+def test_bench_stream_quick_run(tmp_path):
+    out = tmp_path / "bench"
+    run_cli("bench", "stream", "--quick", "--scenarios", "noise", "--methods", "random,sundew-novelty,one-per-scene",
+            "--subset", "60", "--frames", "4", "--pretrain-epochs", "1", "--quiet", "--out", out)
+    bench = json.loads((out / "bench.json").read_text())
+    rows = bench["results"]["noise"]
+    assert bench["dataset"] == "digits" and bench["seeds"] == [0, 1] and all(len(v) == 2 for v in rows.values())
+    for seed in (0, 1):
+        control, gate, ceiling = (rows[f"{m}@0.1"][seed] for m in ("random", "sundew-novelty", "one-per-scene"))
+        # Same backward passes: 0.1 x 4 frames of 60 scenes, and one frame of 24 scenes of the 60.
+        assert abs(gate["flops_train"] - control["flops_train"]) / control["flops_train"] < 0.15
+        assert ceiling["flops_train"] == pytest.approx(control["flops_train"], rel=0.05)
+        assert gate["flops_scoring"] > 0 and control["flops_scoring"] == 0
+        assert ceiling["coverage"] == pytest.approx(0.4, abs=0.02) and 0 < control["coverage"] <= 0.4
+    names = [(c["a"], c["b"]) for c in bench["comparisons"]["noise"]]
+    assert ("sundew-novelty@0.1", "random@0.1") in names and ("one-per-scene@0.1", "random@0.1") in names
+    assert (out / "stream.png").stat().st_size > 1000 and "scene coverage" in (out / "table.md").read_text()
+
+
+def test_bench_stream_refuses_an_unknown_method(tmp_path):
+    result = run_cli("bench", "stream", "--quick", "--methods", "magic", "--out", tmp_path / "b", expect=2)
+    assert "--methods" in result.output and "Traceback" not in result.output

@@ -1,4 +1,4 @@
-"""`edge-sel bench edge|reference`: the comparison tables, measured side by side in one process.
+"""`edge-sel bench edge|reference|adapt|stream`: the comparison tables, measured side by side in one process.
 
 edge       sized for a 2-core laptop CPU: edgecnn fine-tuned from a warmup checkpoint on a
            CIFAR-10 subset (image folders), a few epochs, one seed by default.
@@ -251,3 +251,75 @@ def adapt_cmd(dataset, scenarios, activations, method_names, epochs, lr, pretrai
     click.echo(f"bench adapt: {len(methods)} methods x {len(chosen_scenarios)} scenarios x {plural(count, 'seed')} in "
                f"{result['wall_s']:.0f} s; wrote {target / 'table.md'}, {target / 'bench.json'}, "
                f"{target / 'report.html'}")
+
+
+@bench_group.command("stream")
+@click.option("--dataset", default=None,
+              help="Dataset [default: folder:../shared/data/cifar10-jpeg beside the repository, if present; "
+                   "--quick: digits].")
+@click.option("--scenarios", default=None, help="Comma-separated: clean, noise (gaussian_noise:3) [default: both].")
+@click.option("--activations", default=None, help="Target activations [default: 0.05,0.1,0.2; --quick: 0.1].")
+@click.option("--methods", "families", default=None,
+              help="Comma-separated families: random, sundew, sundew-novelty, one-per-scene [default: all].")
+@click.option("--frames", type=int, default=None, help="Frames per scene [10; --quick: 5].")
+@click.option("--order", type=click.Choice(["scene", "shuffled"]), default="scene", show_default=True,
+              help="The order the device sees its frames in.")
+@click.option("--epochs", type=int, default=None, help="Fine-tune epochs [3; --quick: 1].")
+@click.option("--lr", type=float, default=0.01, show_default=True, help="Learning rate of every method.")
+@click.option("--pretrain-epochs", type=int, default=None,
+              help="Epochs of the clean warmup the bench makes when --checkpoint is not given [8; --quick: 2].")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, mps or auto.")
+@common_options
+def stream_cmd(dataset, scenarios, activations, families, frames, order, epochs, lr, pretrain_epochs, device,
+               data_dir, checkpoint, seeds, systems, subset, out, overwrite, quick, quiet):
+    """Gates on a camera's stream of near-duplicate frames: random, sundew, sundew with novelty and one
+    frame per scene, at equal activation over paired seeds (--subset: number of scenes)."""
+    from edge_sel.bench import stream
+    ds = dataset or ("digits" if quick else dataset_or_shared_cifar(None))
+    if systems is not None:
+        raise InputError("--systems: not used by bench stream; pick with --methods")
+    n = subset or (150 if quick else 1000)
+    f = frames or (5 if quick else 10)
+    e = epochs or (1 if quick else 3)
+    count = seeds or (2 if quick else 10)
+    for option, value in (("--epochs", e), ("--subset", n), ("--seeds", count), ("--pretrain-epochs", pretrain_epochs)):
+        if value is not None and value < 1:
+            raise InputError(f"{option} must be >= 1, got {value}")
+    if f < 2:
+        raise InputError(f"--frames must be >= 2, got {f}")
+    try:
+        acts = tuple(float(a) for a in (activations or ("0.1" if quick else "0.05,0.1,0.2")).split(","))
+    except ValueError:
+        raise InputError(f"--activations: comma-separated numbers, got {activations!r}") from None
+    if not all(0 < a <= 1 for a in acts):
+        raise InputError(f"--activations: each must be in (0, 1], got {activations!r}")
+    chosen = stream.SCENARIOS if scenarios is None else {}
+    for name in [] if scenarios is None else scenarios.split(","):
+        if name not in stream.SCENARIOS:
+            raise InputError(f"--scenarios: unknown {name!r}; choose from {', '.join(stream.SCENARIOS)}")
+        chosen[name] = stream.SCENARIOS[name]
+    wanted = stream.FAMILIES if families is None else tuple(families.split(","))
+    unknown = [w for w in wanted if w not in stream.FAMILIES]
+    if unknown:
+        raise InputError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(stream.FAMILIES)}")
+    methods = stream.stream_methods(acts, f, wanted)
+    _check_checkpoint(checkpoint)
+    target = _fresh_out(out or Path("runs/bench-stream"), overwrite)
+    start = checkpoint
+    if start is None:
+        pe = pretrain_epochs or (2 if quick else 8)
+        click.echo(f"bench stream: pretraining a clean warmup ({pe} epochs, shard 0/2)", err=True)
+        pretrain("edgecnn", DataOptions(ds, data_dir, shard="0/2", subset=n if quick else None),
+                 TrainConfig(epochs=pe, seed=0, device=device), target / "warmup", quiet=True)
+        start = target / "warmup"
+    log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    result = stream.run_stream(Path(start), ds, data_dir, n, f, order, e, list(range(count)), chosen, methods,
+                               target, lr, device, log)
+    bench = stream.bench_record({"suite": "stream", "dataset": ds, "checkpoint": str(start), "scenes": n,
+                                 "frames": f, "order": order, "epochs": e, "lr": lr, "seeds": list(range(count)),
+                                 "scenarios": chosen, "activations": list(acts)}, result, methods)
+    written = stream.write_outputs(bench, target)
+    click.echo(written["table"])
+    click.echo(f"bench stream: {len(methods)} methods x {len(chosen)} scenarios x {count} seeds in "
+               f"{result['wall_s']:.0f} s; wrote {target / 'table.md'}, {target / 'bench.json'}, "
+               f"{written['figure']}, {target / 'report.html'}")

@@ -7,6 +7,9 @@ The evaluation's fields come between the cost and the closing fields (engine/tra
 
 from __future__ import annotations
 
+import torch
+
+from edge_sel.data.frames import scene_of
 from edge_sel.device_caps import peak_rss_mb
 from edge_sel.engine.evaluate import EmbarrassmentMeter
 from edge_sel.engine.keep import WARMUP_EPOCH
@@ -24,6 +27,16 @@ def training_fields(epoch: int, phase: str, strategy: str, samples_available: in
         "train_loss": progress.loss_sum / n_trained if n_trained else None,
         "train_acc": progress.correct / n_trained if n_trained else None,
     }
+
+
+def stream_fields(train_ds, positions) -> dict:
+    """On a camera's stream (edge_sel.data.frames): how many distinct scenes the epoch's plan trains
+    on, of how many there are (a gate that sees redundancy covers more scenes at the same activation)."""
+    if train_ds.frames <= 1:
+        return {}
+    scene = scene_of(train_ds)
+    return {"scenes_available": int(torch.unique(scene).numel()),
+            "scenes_planned": int(torch.unique(scene[positions.to(scene.device)]).numel())}
 
 
 def add_costs(record: dict, progress: EpochProgress, scoring: dict, bn_adapt: dict | None, rolled_back: dict,

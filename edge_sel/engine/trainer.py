@@ -302,6 +302,7 @@ class Trainer:
         scoring = self.ledger.take_scoring()
         record = epoch_record.training_fields(epoch, self.phase, self.strategy.name, len(self.train_ds),
                                               progress, scoring)
+        record.update(epoch_record.stream_fields(self.train_ds, progress.plan.positions))
         record.update(self.updater.end_epoch())
         record["params_updated_frac"] = changed_fraction(self.model, progress.before)
         bn_adapt, self.bn_adapt_pending = self.bn_adapt_pending, None

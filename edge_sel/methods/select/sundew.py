@@ -32,7 +32,7 @@ from edge_sel.methods.select.energy_budget import ActivationTarget
 from edge_sel.methods.select.gate_plans import keep_all, self_normalised, take
 from edge_sel.methods.select.gating_config import GatingConfig, anneal_start
 from edge_sel.methods.select.hardness import HardnessStore
-from edge_sel.methods.select.novelty import NoveltyMemory, fingerprint_flops, fingerprints, print_dim, to_novelty
+from edge_sel.methods.select.novelty import NoveltyMemory, fingerprint_flops, fingerprints, print_dim
 from edge_sel.methods.select.significance import SIGNIFICANCE
 from edge_sel.methods.select.threshold_control import PositionalPI
 
@@ -154,30 +154,42 @@ class SundewGate(Gate):
 
     def _novel_window(self, sig: torch.Tensor, prints: torch.Tensor, draws: torch.Tensor, target: float):
         """One window decided candidate by candidate, each against the memory of kept frames and the
-        frames kept earlier in its window. The threshold's feed-forward part is the tau that meets the
-        target if every earlier candidate of the window were kept (a lower bound on novelty); the PI
-        terms correct what that misses. Returns (tau, keep, keep probability, combined significance,
-        novelty)."""
+        frames kept earlier in its window. Keeping a frame makes its scene-mates redundant, so the
+        share kept is not a function of each candidate alone: the feed-forward part of the threshold
+        is found by bisection on the window's own decisions (its candidates are known at planning
+        time, as the epoch's are for the plain feed-forward); the PI terms correct what remains.
+        Returns (tau, keep, keep probability, combined significance, novelty)."""
         near, flops = self.memory.nearest(prints)
         cos = prints @ prints.T
         self.novelty_flops += flops + 2 * len(prints) * len(prints) * prints.shape[1]
-        earlier = cos.masked_fill(~torch.ones_like(cos, dtype=torch.bool).tril(-1), -1.0).max(1).values
-        estimate = to_novelty(torch.maximum(near, earlier), self.cfg.novelty_radius)
-        ctl = self.controller
-        ctl.set_bias(self.feed_forward(sig * self._factor(estimate), target))
-        tau = ctl.tau
-        best, cos_np = near.numpy().astype(np.float64), cos.numpy()
+        near_np, cos_np = near.numpy().astype(np.float64), cos.numpy().astype(np.float64)
         s_np, d_np = sig.numpy().astype(np.float64), draws.numpy()
+        ctl = self.controller
+        lo, hi = ctl.lo, ctl.hi
+        for _ in range(20):
+            mid = (lo + hi) / 2
+            if self._decide(s_np, near_np, cos_np, d_np, mid)[0].mean() > target:
+                lo = mid
+            else:
+                hi = mid
+        ctl.set_bias((lo + hi) / 2)
+        tau = ctl.tau
+        keep, novelty, p = self._decide(s_np, near_np, cos_np, d_np, tau)
+        novelty_t = torch.from_numpy(novelty).float()
+        return tau, torch.from_numpy(keep), torch.from_numpy(p).float(), sig * self._factor(novelty_t), novelty_t
+
+    def _decide(self, sig: np.ndarray, near: np.ndarray, cos: np.ndarray, draws: np.ndarray, tau: float):
+        """The window's sequential decisions at threshold tau: (keep, novelty, keep probability)."""
+        best = near.copy()
         w, weight, radius = len(sig), self.cfg.novelty, self.cfg.novelty_radius
         keep, novelty, p = np.zeros(w, dtype=bool), np.empty(w), np.empty(w)
         for i in range(w):
             novelty[i] = min(1.0, max(0.0, (1 - best[i]) / radius))
-            p[i] = self._probability_scalar(s_np[i] * ((1 - weight) + weight * novelty[i]), tau)
-            if d_np[i] < p[i]:
+            p[i] = self._probability_scalar(sig[i] * ((1 - weight) + weight * novelty[i]), tau)
+            if draws[i] < p[i]:
                 keep[i] = True
-                np.maximum(best, cos_np[i], out=best)
-        novelty_t = torch.from_numpy(novelty).float()
-        return tau, torch.from_numpy(keep), torch.from_numpy(p).float(), sig * self._factor(novelty_t), novelty_t
+                np.maximum(best, cos[i], out=best)
+        return keep, novelty, p
 
     def _probability_scalar(self, s: float, tau: float) -> float:
         cfg = self.cfg
