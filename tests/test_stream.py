@@ -78,17 +78,25 @@ def test_scene_order_keeps_a_scenes_frames_together():
     assert sum(a // 4 == b // 4 for a, b in zip(ids, ids[1:])) < 10
 
 
+def stripes() -> torch.Tensor:
+    """Four scenes with different spectra: horizontal and vertical stripes of periods 8 and 4."""
+    x, r = torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.arange(8)
+    x[0][:, r % 8 < 4, :] = 200
+    x[1][:, :, r % 8 < 4] = 200
+    x[2][:, r % 4 < 2, :] = 200
+    x[3][:, :, r % 4 < 2] = 200
+    return x
+
+
 def test_novelty_scores_a_duplicate_redundant_and_a_new_scene_novel():
-    x = torch.zeros(3, 3, 8, 8, dtype=torch.uint8)
-    x[0, :, :4] = 200                   # top half bright
-    x[1] = x[0]                         # an exact duplicate
-    x[2, :, :, :4] = 200                # left half bright: another scene (cosine 0 with the first)
+    scenes = stripes()
+    x = torch.stack([scenes[0], scenes[0], scenes[1]])      # a scene, its exact duplicate, another scene
     prints = fingerprints(x)
     memory = NoveltyMemory(prints.shape[1], size=4)
     memory.remember(prints[:1])
     nearest, flops = memory.nearest(prints[1:])
     novelty = to_novelty(nearest)
-    assert novelty[0].item() == pytest.approx(0.0, abs=1e-6) and novelty[1].item() == pytest.approx(1.0)
+    assert novelty[0].item() == pytest.approx(0.0, abs=1e-4) and novelty[1].item() == pytest.approx(1.0)
     assert flops == 2 * 2 * 1 * prints.shape[1]
 
 
@@ -104,20 +112,18 @@ def gate_on(ds, target, **options):
 
 def test_novelty_gate_keeps_one_frame_of_each_duplicated_scene_and_counts_its_cost():
     # Four scenes, each four exact duplicates in a row; never trained, so loss significance is 1 for all.
-    x = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
-    x[0, :, :4], x[1, :, 4:], x[2, :, :, :4], x[3, :, :, 4:] = 200, 200, 200, 200
-    ds = IndexedDataset(x.repeat_interleave(4, 0), torch.zeros(16, dtype=torch.long), torch.arange(16), ["a", "b"])
+    ds = IndexedDataset(stripes().repeat_interleave(4, 0), torch.zeros(16, dtype=torch.long), torch.arange(16), ["a", "b"])
     gate, charged = gate_on(ds, target=0.25)
     plan = gate.select(0, Plan(torch.arange(16)))
     assert sorted((plan.positions // 4).tolist()) == [0, 1, 2, 3]       # one frame per scene
     # Charged as scoring work: the fingerprints plus the memory and in-window comparisons.
-    d = 3 * 4 * 4
+    d = 2 * 4 * 4
     expected = fingerprint_flops(16, [3, 8, 8]) + 2 * 16 * 16 * d
     assert charged == [(0, expected)] and plan.info["novelty_flops"] == expected
     # The next epoch compares with the remembered frames: every candidate is now a duplicate.
     plan = gate.select(1, Plan(torch.arange(16)))
     assert charged[1][1] == expected + 2 * 16 * 4 * d
-    assert plan.info["novelty_kept_mean"] == pytest.approx(0.0, abs=1e-6)
+    assert len(plan.positions) == 0 and plan.info["novelty_kept_mean"] is None
 
 
 def test_novelty_gate_holds_its_activation_target_on_a_redundant_stream():
@@ -177,3 +183,24 @@ def test_bench_stream_quick_run(tmp_path):
 def test_bench_stream_refuses_an_unknown_method(tmp_path):
     result = run_cli("bench", "stream", "--quick", "--methods", "magic", "--out", tmp_path / "b", expect=2)
     assert "--methods" in result.output and "Traceback" not in result.output
+
+
+def test_trigger_keeps_the_budget_and_covers_more_scenes_than_random(tiny_warm, tmp_path):
+    from edge_sel.data.write_folder import write_image_folder
+    # Distinct smooth scenes of the tiny warmup's shape (3 x 16 x 16, four classes) as an image folder.
+    write_image_folder(toy(120, classes=4, size=16, seed=3), tmp_path / "scenes")
+    out = tmp_path / "trigger"
+    result = run_cli("trigger", "--checkpoint", tiny_warm, "--dataset", f"folder:{tmp_path / 'scenes'}",
+                     "--shift", "frames=6", "--budget-frames", "40", "--out", out)
+    report = json.loads((out / "trigger.json").read_text())
+    assert report["kept"] == 40 and report["frames_seen"] == 6 * report["scenes_seen"]
+    # Redundant frames pass up: more distinct scenes than 97.5% of random choices of 40.
+    assert report["scenes_covered"] > report["random_same_size"]["p97.5"]
+    rows = (out / "kept.csv").read_text().splitlines()
+    assert rows[0] == "stream_position,frame_id,scene,significance" and len(rows) == 41
+    cost = report["cost"]
+    assert cost["flops_forward"] > 0 and cost["flops_novelty"] > 0 and cost["energy_method"]
+    assert cost["flops_total"] == cost["flops_forward"] + cost["flops_novelty"]
+    assert "scenes" in result.output and "GFLOP" in result.output
+    bad = run_cli("trigger", "--checkpoint", tiny_warm, "--dataset", "synthetic", "--out", tmp_path / "b", expect=2)
+    assert "--budget-frames" in bad.output and not (tmp_path / "b").exists()

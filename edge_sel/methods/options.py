@@ -124,7 +124,7 @@ GATING = [
                  help="Sundew --novelty: how many recently kept frames the novelty compares with. [default: 512]"),
     option("--novelty-radius", type=float, default=None,
                  help="Sundew --novelty: cosine distance from every remembered frame at which a frame "
-                      "counts as fully new. [default: 0.2]"),
+                      "counts as fully new. [default: 0.1]"),
     option("--anneal", type=float, default=None,
                  help="Share of final epochs on all samples (sundew, random, infobatch). "
                       "[default: 0.125 infobatch, else 0]"),

@@ -26,7 +26,7 @@ class GatingConfig:
     keep_floor: float = 0.1             # sundew --unbiased: least keep-probability of any sample
     novelty: float = 0.0                # sundew: weight of the novelty signal (0: loss-based only)
     novelty_memory: int = 512           # sundew --novelty: kept frames remembered
-    novelty_radius: float = 0.2         # sundew --novelty: cosine distance that counts as fully new
+    novelty_radius: float = 0.1         # sundew --novelty: cosine distance that counts as fully new
     anneal: float | None = None         # share of final epochs on all candidates (infobatch: 0.125)
     prune_ratio: float = 0.5            # infobatch: share of below-mean samples dropped
     dih_select: str = "greedy"

@@ -165,14 +165,21 @@ class SundewGate(Gate):
         near_np, cos_np = near.numpy().astype(np.float64), cos.numpy().astype(np.float64)
         s_np, d_np = sig.numpy().astype(np.float64), draws.numpy()
         ctl = self.controller
-        lo, hi = ctl.lo, ctl.hi
-        for _ in range(20):
-            mid = (lo + hi) / 2
-            if self._decide(s_np, near_np, cos_np, d_np, mid)[0].mean() > target:
-                lo = mid
-            else:
-                hi = mid
-        ctl.set_bias((lo + hi) / 2)
+
+        def lowest(meets) -> float:
+            """The lowest threshold at which `meets(share kept)` holds (the share falls as tau rises)."""
+            lo, hi = ctl.lo, ctl.hi
+            for _ in range(16):
+                mid = (lo + hi) / 2
+                if meets(self._decide(s_np, near_np, cos_np, d_np, mid)[0].mean()):
+                    hi = mid
+                else:
+                    lo = mid
+            return hi
+
+        # The middle of the thresholds that keep the target share (not an edge of it, where a
+        # rounding error in a cosine would decide).
+        ctl.set_bias((lowest(lambda share: share <= target) + lowest(lambda share: share < target)) / 2)
         tau = ctl.tau
         keep, novelty, p = self._decide(s_np, near_np, cos_np, d_np, tau)
         novelty_t = torch.from_numpy(novelty).float()
