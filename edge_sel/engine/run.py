@@ -284,7 +284,9 @@ def warn_if_trained_on(card: ModelCard, splits: Splits, data: DataOptions, where
     if card.training.get("phase") != "pretrain" or not card.training.get("epochs"):
         return      # a fresh initialisation (0 epochs, as bench reference makes) trained on nothing
     import torch
-    seen = torch.isin(splits.train.index.cpu(), data.warmup_train_ids(trained).cpu())
+    from edge_sel.data.frames import scene_of
+    # On a camera's stream a frame's id is not its sample's: compare the scenes.
+    seen = torch.isin(scene_of(splits.train).cpu(), data.warmup_train_ids(trained).cpu())
     count = int(seen.sum())
     if count:
         shard = f"shard {trained['shard']}" if trained.get("shard") else "all of its training part"
