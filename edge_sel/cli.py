@@ -200,8 +200,9 @@ def shift_cmd(dataset, data_dir, spec, shift_seed, split, limit, out, overwrite)
 @click.option("--budget-joules", type=float, default=None,
               help="Keep the frames that training on them tonight affords: J joules at the joules per FLOP "
                    "measured over the trigger's forward passes.")
-@click.option("--significance", type=click.Choice(["entropy", "none"]), default="entropy", show_default=True,
-              help="Per frame: the model's predictive entropy (one counted forward pass), or none (novelty only).")
+@click.option("--significance", type=click.Choice(["entropy", "none"]), default="none", show_default=True,
+              help="Per frame: none (novelty alone, no forward pass: the widest scene coverage), or the model's "
+                   "predictive entropy times novelty (one counted forward pass per frame: uncertain frames first).")
 @click.option("--novelty", type=float, default=1.0, show_default=True, help="Weight of the novelty signal (0 to 1).")
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Forward-pass batch size.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the stream order and the gate.")

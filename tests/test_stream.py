@@ -191,7 +191,7 @@ def test_trigger_keeps_the_budget_and_covers_more_scenes_than_random(tiny_warm, 
     write_image_folder(toy(120, classes=4, size=16, seed=3), tmp_path / "scenes")
     out = tmp_path / "trigger"
     result = run_cli("trigger", "--checkpoint", tiny_warm, "--dataset", f"folder:{tmp_path / 'scenes'}",
-                     "--shift", "frames=6", "--budget-frames", "40", "--out", out)
+                     "--shift", "frames=6", "--budget-frames", "40", "--significance", "entropy", "--out", out)
     report = json.loads((out / "trigger.json").read_text())
     assert report["kept"] == 40 and report["frames_seen"] == 6 * report["scenes_seen"]
     # Redundant frames pass up: more distinct scenes than 97.5% of random choices of 40.
