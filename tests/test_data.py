@@ -8,7 +8,7 @@ from PIL import Image
 from conftest import CIFAR_JPEG, needs_cifar
 from edge_sel.data import load_source, make_splits, parse_shard
 from edge_sel.data import folder as folder_mod
-from edge_sel.data.augment import augment_batch, random_crop, random_flip
+from edge_sel.data.augment import augment_batch, augment_by_sample, random_crop, random_flip
 from edge_sel.data.split import shard, stratified_take
 from edge_sel.errors import InputError
 
@@ -205,3 +205,18 @@ def test_flip_and_determinism():
     a = augment_batch(x, spec, torch.Generator().manual_seed(5))
     b = augment_batch(x, spec, torch.Generator().manual_seed(5))
     assert torch.equal(a, b)
+
+
+def test_augmentation_by_sample_follows_the_sample_not_the_batch():
+    x = torch.arange(48 * 3 * 8 * 8, dtype=torch.float32).view(48, 3, 8, 8)
+    index = torch.arange(100, 148)
+    spec = {"crop_pad": 2, "flip": True}
+    full = augment_by_sample(x, spec, index, seed=4, epoch=1)
+    order = torch.randperm(48, generator=torch.Generator().manual_seed(0))[:20]
+    assert torch.equal(augment_by_sample(x[order], spec, index[order], seed=4, epoch=1), full[order])
+    other_epoch = augment_by_sample(x, spec, index, seed=4, epoch=2)
+    changed = (other_epoch != full).flatten(1).any(1)
+    assert int(changed.sum()) > 24            # a new epoch redraws most crops and flips
+    flipped = [torch.equal(augment_by_sample(x[i:i + 1], {"flip": True}, index[i:i + 1], 4, 1), x[i:i + 1].flip(3))
+               for i in range(48)]
+    assert 10 < sum(flipped) < 38             # about half

@@ -1,5 +1,5 @@
 """Engine defects under faults: checkpoints with non-finite weights, the two-pass gating forward and
-BatchNorm statistics."""
+BatchNorm statistics, and the paired-methods claim that every method augments a sample alike."""
 
 import shutil
 
@@ -63,8 +63,33 @@ def test_the_two_pass_scoring_forward_leaves_batchnorm_statistics_alone(bn_mode)
 
 def test_ast_two_pass_under_bn_mode_eval_never_moves_the_running_statistics(tiny_warm, tmp_path):
     out = tmp_path / "ast"
-    run_cli("finetune", "--checkpoint", tiny_warm, "--dataset", "synthetic", "--subset", "160", "--epochs", "1", "--preset", "ast-two",
-            "--bn-mode", "eval", "--keep", "last", "--quiet", "--out", out)
+    run_cli("finetune", "--checkpoint", tiny_warm, "--dataset", "synthetic", "--subset", "160", "--epochs", "1",
+            "--preset", "ast-two", "--bn-mode", "eval", "--keep", "last", "--memory-format", "contiguous",
+            "--eval-batch-size", "256", "--quiet", "--out", out)
     start = bn_buffers(load_file(str(tiny_warm / "model.safetensors")))
     end = bn_buffers(load_file(str(out / "model.safetensors")))
     assert start and all(torch.equal(start[k], end[k]) for k in start)
+
+
+def test_every_method_of_a_seed_gives_a_sample_the_same_augmentation(tiny_warm, tmp_path, monkeypatch):
+    """`bench adapt` pairs methods by seed and says each sees the same augmentation: a random gate
+    drawing from the run's random stream must not change how the samples it keeps are augmented."""
+    from edge_sel.data import BatchLoader
+    seen: dict[str, dict[int, torch.Tensor]] = {}
+    original = BatchLoader.batches
+
+    def batches(self, *args, **kwargs):
+        for batch in original(self, *args, **kwargs):
+            if self.augment:
+                for i, x in zip(batch.index.tolist(), batch.x):
+                    seen[current].setdefault(i, x.clone())      # epoch 0's first look only
+            yield batch
+    monkeypatch.setattr(BatchLoader, "batches", batches)
+    common = ["--checkpoint", tiny_warm, "--dataset", "synthetic", "--subset", "64", "--epochs", "1",
+              "--batch-size", "16", "--memory-format", "contiguous", "--eval-batch-size", "256", "--quiet"]
+    for current, extra in (("dense", []), ("random", ["--strategy", "random", "--target-activation", "0.5"])):
+        seen[current] = {}
+        run_cli("finetune", *common, *extra, "--out", tmp_path / current)
+    both = sorted(set(seen["dense"]) & set(seen["random"]))
+    assert len(both) >= 20
+    assert all(torch.equal(seen["dense"][i], seen["random"][i]) for i in both)

@@ -1,8 +1,9 @@
 """`edge-sel bench adapt`: adapting a warmup checkpoint to a device's shifted data.
 
 Scenarios x methods x paired seeds. Every method of a seed starts from the same warmup and sees the
-same split, the same shifted images and flipped labels (`shift_seed` = seed) and the same data
-order and augmentation stream (`seed`). Per run: accuracy on the shifted test set, on the clean
+same split, the same shifted images and flipped labels (`shift_seed` = seed), the same data order
+(`seed`) and the same augmentation: each sample's crop and flip in an epoch are drawn from (seed,
+epoch, sample id), so a gate's own random draws change which samples train, never how they look. Per run: accuracy on the shifted test set, on the clean
 test set (what adaptation forgets), counted training FLOPs (every pass run, BatchNorm
 re-estimation and scoring included) and training joules with their source. Per scenario: each
 gate against random gating at the same target activation, as the paired difference with its 95%
@@ -194,7 +195,8 @@ def write_outputs(bench: dict, out: Path) -> dict:
     bench["comparisons"] = {s: comparisons(r, bench["activations"]) for s, r in bench["results"].items()}
     md = tables(bench)
     notes = [f"{len(bench['seeds'])} paired seeds {bench['seeds']}: per seed every method starts from the same "
-             "warmup, split, shifted images, flipped labels, data order and augmentation stream.",
+             "warmup, split, shifted images, flipped labels and data order, and each sample gets the same crop "
+             "and flip per epoch (drawn from seed, epoch and sample id, not from the gates' random stream).",
              "FLOPs are counted (torch.utils.flop_counter) for every training, scoring and BatchNorm "
              "re-estimation pass run; evaluation is excluded.",
              f"Joules: training phase, {', '.join(sorted(bench['energy_methods'])) or 'not measured'}"

@@ -7,7 +7,7 @@ from typing import Iterator
 
 import torch
 
-from edge_sel.data.augment import augment_batch, normalize
+from edge_sel.data.augment import augment_batch, augment_by_sample, normalize
 from edge_sel.data.dataset import IndexedDataset
 
 
@@ -37,8 +37,12 @@ class BatchLoader:
     """Batches of an arbitrary position list (a strategy's plan), normalised and augmented."""
 
     def __init__(self, ds: IndexedDataset, mean, std, batch_size: int, augment: bool,
-                 generator: torch.Generator, memory_format: torch.memory_format = torch.contiguous_format):
+                 generator: torch.Generator, memory_format: torch.memory_format = torch.contiguous_format,
+                 augment_seed: int | None = None):
         self.ds = ds
+        # With a seed, augmentation is drawn per sample from (seed, epoch, id) instead of `generator`.
+        self.augment_seed = augment_seed
+        self.epoch = 0
         self.memory_format = memory_format     # channels_last where it measured faster (engine.layout)
         self.mean = torch.as_tensor(mean, dtype=torch.float32, device=ds.images.device)
         self.std = torch.as_tensor(std, dtype=torch.float32, device=ds.images.device)
@@ -57,7 +61,9 @@ class BatchLoader:
                 continue
             pos = positions[lo: hi]
             x = normalize(self.ds.images[pos], self.mean, self.std)
-            if self.augment:
+            if self.augment and self.augment_seed is not None:
+                x = augment_by_sample(x, self.ds.augment, self.ds.index[pos], self.augment_seed, self.epoch)
+            elif self.augment:
                 x = augment_batch(x, self.ds.augment, self.generator)
             if x.dim() == 4 and self.memory_format != torch.contiguous_format:
                 x = x.contiguous(memory_format=self.memory_format)

@@ -34,6 +34,7 @@ import torch
 from edge_sel.data.corruptions import CORRUPTIONS, corrupt
 from edge_sel.data.frames import ORDERS, to_frames
 from edge_sel.data.dataset import IndexedDataset, Splits
+from edge_sel.data.draws import sample_uniform
 from edge_sel.errors import InputError
 
 
@@ -100,14 +101,7 @@ def parse_shift(text: str | None) -> Shift:
 
 
 def _uniform(index: torch.Tensor, seed: int, salt: int) -> torch.Tensor:
-    """A number in [0, 1) per sample from its stable index alone (a hash, not a stream), so that
-    a sample gets the same draw in any subset."""
-    offset = (seed * 1442695040888963407 + salt * 0x1E3779B97F4A7C15 + 1) % (1 << 62)
-    x = (index.long() + offset) * 6364136223846793005 & 0x7FFFFFFFFFFFFFFF     # wraps like uint64
-    for shift, mult in ((31, 0x3F58476D1CE4E5B9), (29, 0x14D049BB133111EB)):
-        x = ((x ^ (x >> shift)) * mult) & 0x7FFFFFFFFFFFFFFF
-    x = x ^ (x >> 32)
-    return (x & 0xFFFFFF).double() / float(1 << 24)
+    return sample_uniform(index, seed, salt)
 
 
 def flip_labels(ds: IndexedDataset, rate: float, seed: int) -> IndexedDataset:

@@ -129,27 +129,22 @@ def combine_energy(windows: list[dict], world_size: int) -> dict:
 
 
 class ShardedPlans:
-    """A strategy whose every epoch plan is cut to this rank's share (strided, no padding). The
-    augmentation draws get their own per-rank generator, reseeded each epoch, so the shared plan
-    generator stays identical on every rank."""
+    """A strategy whose every epoch plan is cut to this rank's share (strided, equal shares).
+    Augmentation is drawn per sample (data/augment.py), so it draws nothing from the plan
+    generator that every rank keeps identical."""
 
     def __init__(self, base, world: World, seed: int):
         self.base = base
         self.world = world
         self.seed = seed
-        self.augment_generator = torch.Generator().manual_seed(self._augment_seed(0))
 
     def __getattr__(self, name):        # everything but plan() is the strategy's own
         if name == "base":              # not set yet (copy, unpickling): no recursion
             raise AttributeError(name)
         return getattr(self.base, name)
 
-    def _augment_seed(self, epoch: int) -> int:
-        return (self.seed * 1_000_003 + epoch * 1009 + self.world.rank) % 2**63
-
     def plan(self, epoch: int) -> Plan:
         plan = self.base.plan(epoch)
-        self.augment_generator.manual_seed(self._augment_seed(epoch))
         weights = None if plan.weights is None else shard_positions(plan.weights, self.world)
         # Equal shares (every rank the same steps): the world's count of planned samples left out.
         info = {**plan.info, "shard_samples_untrained": untrained_tail(len(plan.positions), self.world)}
@@ -246,7 +241,6 @@ class RankSync:
         self.ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, **_no_forward_buffer_sync())
         train_forward = torch.compile(self.ddp) if cfg.compile else self.ddp
         trainer.backend.forward = _TrainThroughDDP(train_forward, trainer.backend.forward)
-        trainer.loader.generator = trainer.strategy.augment_generator
         trainer._kill_at_step = fault_kill_step(self.world)
         nan_step = fault_nan_step(self.world)
         if nan_step is not None:

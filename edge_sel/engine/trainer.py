@@ -107,7 +107,7 @@ class Trainer:
                               charge_fn=self.ledger.add_scoring)
         self.backend = make_backend(cfg, self.model, self.optimizer, self.updater, self.device)
         self.loader = BatchLoader(self.train_ds, self.mean, self.std, cfg.batch_size, cfg.augment,
-                                  self.generator, self.memory_format)
+                                  self.generator, self.memory_format, augment_seed=cfg.seed)
         self.budget = EnergyBudget(self.budget_j)
         self.checkpoints = Checkpoints(self.state_dir, self.ranks)
         self.step = 0
@@ -192,6 +192,7 @@ class Trainer:
                     t0 += self._consider_bn_adapted()   # its evaluation is not training time
             progress = self._begin_epoch(epoch)
         self.progress = progress
+        self.loader.epoch = epoch       # augmentation is drawn per (seed, epoch, sample)
         plan = progress.plan
         nb = self.loader.num_batches(len(plan.positions))
         bar = self._bar(nb, f"epoch {epoch}", leave=False)
