@@ -158,9 +158,20 @@ def test_fault_hook_kills_one_rank_in_the_first_attempt_only():
     assert fault_kill_step(World(0, 2, 0), {}) is None
 
 
+class _Samples:
+    """n training samples that are not a camera stream (what planning reads of a dataset)."""
+    frames, stream_order = 1, "shuffle"
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+
 class _Ctx:
     def __init__(self, n, seed):
-        self.train = range(n)
+        self.train = _Samples(n)
         self.generator = torch.Generator().manual_seed(seed)
 
 
