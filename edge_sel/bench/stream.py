@@ -64,10 +64,13 @@ def stream_spec(frames: int, order: str, scenario: str, dedup: bool) -> str:
     return ";".join(i for i in items if i)
 
 
-def coverage(run_dir: Path) -> float | None:
-    """Mean over training epochs of the share of training scenes the epoch's plan trained on."""
+def coverage(run_dir: Path) -> tuple[float | None, int | None]:
+    """Mean over training epochs of the share of training scenes the epoch's plan trained on, and
+    how many training scenes there were."""
     recs = [r for r in read_records(run_dir / "metrics.jsonl") if r.get("scenes_available")]
-    return statistics.fmean(r["scenes_planned"] / r["scenes_available"] for r in recs) if recs else None
+    if not recs:
+        return None, None
+    return statistics.fmean(r["scenes_planned"] / r["scenes_available"] for r in recs), recs[0]["scenes_available"]
 
 
 def run_stream(checkpoint: Path, dataset: str, data_dir, scenes: int, frames: int, order: str, epochs: int,
@@ -85,7 +88,8 @@ def run_stream(checkpoint: Path, dataset: str, data_dir, scenes: int, frames: in
                 run_dir = out / "runs" / scenario / m.name.replace("@", "-at-").replace(" ", "-") / f"seed{seed}"
                 finetune(checkpoint, data, cfg, run_dir, overwrite=True, quiet=True)
                 summary = json.loads((run_dir / "summary.json").read_text())
-                result = {"seed": seed, **outcome(run_dir), "coverage": coverage(run_dir),
+                share, scenes_available = coverage(run_dir)
+                result = {"seed": seed, **outcome(run_dir), "coverage": share, "scenes": scenes_available,
                           "flops_scoring": summary["totals"].get("flops_scoring") or 0, "run_dir": str(run_dir)}
                 results[scenario][m.name].append(result)
                 cov = "-" if result["coverage"] is None else f"{100 * result['coverage']:.0f}%"
@@ -177,12 +181,18 @@ def plot(bench: dict, out: Path) -> Path:
     return path
 
 
+def _scenes(bench: dict) -> str:
+    found = {r["scenes"] for rows in bench["results"].values() for rs in rows.values() for r in rs if r.get("scenes")}
+    return "/".join(str(n) for n in sorted(found)) or "?"
+
+
 def write_outputs(bench: dict, out: Path) -> dict:
     bench["comparisons"] = {s: comparisons(r, bench["activations"]) for s, r in bench["results"].items()}
     md = tables(bench)
     notes = [f"{len(bench['seeds'])} paired seeds {bench['seeds']}: per seed every method starts from the same warmup "
              "and sees the same scenes, frames, corruption and data order.",
-             f"{bench['scenes']} scenes of shard 1/2 (class-balanced), {bench['frames']} frames each, "
+             f"{_scenes(bench)} training scenes of shard 1/2 (class-balanced, at most --subset "
+             f"{bench['scenes']}), {bench['frames']} frames each, "
              f"seen in {bench['order']} order; test: one frame of each test scene.",
              "one-per-scene: one frame per training scene (a perfect de-duplicator), random gate at the "
              "same backward passes per scene (more epochs where the activation x frames exceeds 1).",
