@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
-import click
+from edge_sel.cli_interrupts import quiet_start_up_interrupts
 
-from edge_sel import __version__
+quiet_start_up_interrupts()     # before click, torch and the rest are imported
+
+import click  # noqa: E402
+
+from edge_sel import __version__  # noqa: E402
 from edge_sel.bench.cli import bench_group
 from edge_sel.cli_base import NO_ARGS_IS_HELP, Group, one_line_warnings
 from edge_sel.cli_options import (DATA, ENERGY, FINETUNE, FINETUNE_SECTIONS, PRETRAIN, PRETRAIN_SECTIONS, SPEED,
@@ -18,6 +23,7 @@ from edge_sel.energy.monitor_cli import monitor
 from edge_sel.engine.distributed import detect_world, under_torchrun
 from edge_sel.engine.energy_setup import EnergyOptions
 from edge_sel.engine.run import DataOptions, finetune, pretrain, resume
+from edge_sel.engine.signals import exit_code_for
 from edge_sel.errors import InputError
 from edge_sel.export.cli import export_cmd
 from edge_sel.fleet.cli import fleet_group
@@ -145,9 +151,13 @@ def require(**values) -> None:
 
 
 def report_end(summary: dict, quiet: bool) -> None:
+    """The closing lines; a run stopped by a signal then exits 130 (SIGINT) or 143 (SIGTERM), as a
+    shell and systemd expect of a clean stop."""
     print_summary(summary, quiet=quiet)
     if summary.get("stop_reason") == "interrupted":
-        click.echo(f"interrupted: state checkpointed; continue with: edge-sel finetune --resume {summary['run_dir']}")
+        click.echo(f"interrupted: state checkpointed; continue with: edge-sel {summary['phase']} --resume "
+                   f"{summary['run_dir']}")
+        sys.exit(exit_code_for(getattr(signal, summary.get("stop_signal") or "SIGINT")))
     elif summary.get("stop_reason") == "energy_budget":
         click.echo("stopped before the energy budget would be exceeded; records and checkpoint are written")
 
@@ -254,12 +264,26 @@ def trigger_cmd(checkpoint, dataset, data_dir, shard, subset, spec, shift_seed, 
 @cli.command("promote")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--deployed", type=click.Path(path_type=Path), required=True,
-              help="The device's deployed checkpoint directory, replaced only if the run improved on its start.")
-def promote_cmd(run_dir, deployed):
-    """Deploy a fine-tune's output model, unless the run did not finish or did not beat its start."""
-    from edge_sel.engine.promote import promote
-    replaced, why = promote(run_dir, deployed)
-    click.echo(("promoted: " if replaced else "not promoted: ") + why)
+              help="The device's deployed checkpoint (a link to a versioned directory; a plain directory is "
+                   "migrated), replaced only by a run that beats it on the run's local validation data.")
+@click.option("--force", is_flag=True,
+              help="Judge a pretrain directory, or a run that did not start from the deployed model, all the same "
+                   "(it must still beat the deployed model).")
+def promote_cmd(run_dir, deployed, force):
+    """Deploy a run's output model if it beats the deployed model itself on the run's validation data.
+
+    Exit 0: promoted; 3: judged and not promoted (not a failure); 2: bad input; 1: the swap failed
+    (the deployed model is unchanged)."""
+    from edge_sel.engine.promote import NOT_PROMOTED_EXIT, promote
+    decision = promote(run_dir, deployed, force)
+    cost = decision.evaluation
+    checked = (f" [deployed model validated on {cost['samples']} samples, {cost['flops'] / 1e9:.2f} GFLOP, "
+               f"{cost['wall_s']:.1f} s]" if cost else "")
+    if decision.promote:
+        click.echo(f"promoted ({decision.rule}): {run_dir}: {decision.why}{checked}")
+    else:
+        click.echo(f"not promoted ({decision.rule}): {run_dir}: {decision.why}; the deployed model stays{checked}")
+        sys.exit(NOT_PROMOTED_EXIT)
 
 
 @cli.command("models")
@@ -299,6 +323,7 @@ for command in (bench_group, demo_cmd, export_cmd, fleet_group, monitor, profile
 
 def main():
     """Console entry point: click's own usage errors also become one line and exit 2."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)    # start-up is over (cli_interrupts.py)
     try:
         cli.main(prog_name="edge-sel", standalone_mode=False)
     except click.exceptions.Abort:

@@ -51,6 +51,9 @@ def test_energy_budget_stops_cleanly_before_the_limit(tiny_warm, tmp_path, monke
     # Everything the cut run measured (the starting checkpoint's evaluation included) stayed under it.
     measured = sum((r["energy_j"] or 0) + (r["eval_energy_j"] or 0) for r in records(tmp_path / "cut", baseline=True))
     assert 0 < measured <= budget
+    # The budget ended the run: a resume is refused like that of a finished run, records untouched.
+    result = run_cli("finetune", "--resume", tmp_path / "cut", expect=2)
+    assert "energy budget" in result.output and records(tmp_path / "cut") == cut
 
 
 def test_bad_energy_options_exit_2(tiny_warm, tmp_path):

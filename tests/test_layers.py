@@ -11,7 +11,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "edge_sel"
 # (the package itself, "edge_sel", covers only edge_sel/__init__.py: a new top-level module needs a
 # line here); every `cli` module (edge_sel/*/cli.py) is command line.
 LAYERS = [
-    ("command line", ["edge_sel.cli", "edge_sel.cli_base", "edge_sel.cli_options", "edge_sel.__main__", "edge_sel.api",
+    ("command line", ["edge_sel.cli", "edge_sel.cli_base", "edge_sel.cli_options", "edge_sel.cli_interrupts",
+                      "edge_sel.__main__", "edge_sel.api",
                       "edge_sel.demo", "edge_sel.energy.monitor_cli"]),
     ("bench, report, export, fleet, profiles", ["edge_sel.bench", "edge_sel.report", "edge_sel.export",
                                                 "edge_sel.fleet", "edge_sel.profiles"]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -121,3 +122,12 @@ def refuse_non_finite(tensors: dict[str, torch.Tensor], where: Path) -> None:
             kinds = "/".join(k for k, hit in (("NaN", t.isnan().any()), ("Inf", t.isinf().any())) if hit)
             raise InputError(f"{where}: tensor {name!r} holds {bad} {kinds} value(s) of {t.numel()}; "
                              f"a checkpoint with non-finite weights cannot be trained or deployed")
+
+
+def weights_digest(directory: Path) -> str:
+    """SHA-256 of a checkpoint's model.safetensors: which weights a run started from, by content."""
+    h = hashlib.sha256()
+    with open(Path(directory) / "model.safetensors", "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -57,6 +57,8 @@ def capture(trainer) -> dict:
         # the guilt threshold): a resumed epoch does not plan again, so it must come back too.
         "context": dict(trainer.ctx.state),
         "bn_adapt": {"done": trainer.bn_adapt_done, "pending": trainer.bn_adapt_pending},
+        # An energy-budget stop ends the run: a resume after it writes the outputs and trains no more.
+        "stop_reason": trainer.stop_reason if trainer.stop_reason == "energy_budget" else None,
     }
 
 
@@ -97,6 +99,7 @@ def restore(trainer, state: dict) -> None:
     trainer.ledger.checkpointed(trainer.meter.total_j)
     trainer.totals = StepTotals(trainer.device)      # unread sums belonged to the steps thrown away
     trainer.choice.load_state_dict(state.get("choice"))
+    trainer.stop_reason = state.get("stop_reason")
 
 
 class Checkpoints:

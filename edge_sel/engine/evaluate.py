@@ -24,6 +24,16 @@ def predict_dataset(predict, ds: IndexedDataset, mean, std, batch_size: int,
     return torch.cat([predict(b.x) for b in loader.batches(positions)])
 
 
+def validation_subset(val: IndexedDataset, n: int) -> IndexedDataset:
+    """`--val-subset N`: a fixed draw of N validation samples (the same for a run and for promote's
+    check of the deployed model on that run's data)."""
+    if not n or n >= len(val):
+        return val
+    draw = torch.Generator().manual_seed(4099)
+    positions = torch.randperm(len(val), generator=draw)[:n].sort().values
+    return val.subset(positions.to(val.images.device))
+
+
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float | None:
     if len(labels) == 0:
         return None

@@ -48,10 +48,15 @@ class ModelChoice:
             return None
         return self.weights
 
-    def describe(self) -> dict:
-        """What the summary and model card say about the output model, and why."""
+    def describe(self, interrupted: bool = False) -> dict:
+        """What the summary and model card say about the output model, and why (`interrupted`: the
+        run stopped before its last epoch, so nothing is concluded about fine-tuning)."""
         base = self.baseline_val_acc
-        if self.mode == "last" or self.no_validation:
+        if interrupted:
+            which = "last" if self.mode == "last" or self.no_validation else \
+                "warmup" if self.keeps_warmup else "bn_adapt" if self.epoch == BN_ADAPT_EPOCH else "best"
+            reason = "the run was interrupted before its last epoch; resume it to finish"
+        elif self.mode == "last" or self.no_validation:
             which = "last"
             reason = ("--keep last: the last epoch's weights" if self.mode == "last" else
                       "no validation samples to choose by: the last epoch's weights")
@@ -70,7 +75,8 @@ class ModelChoice:
             which = "best"
             reason = (f"epoch {self.epoch} had the best validation accuracy ({_pct(self.val_acc)}; "
                       f"starting checkpoint {_pct(base)})")
-        helped = None if base is None or self.val_acc is None else (which != "warmup" and self.val_acc > base)
+        helped = None if base is None or self.val_acc is None or interrupted else \
+            (which != "warmup" and self.val_acc > base)
         return {"keep": self.mode, "kept": which, "kept_epoch": self.epoch, "kept_val_acc": self.val_acc,
                 "kept_test_acc": self.test_acc, "baseline_val_acc": base, "baseline_test_acc": self.baseline_test_acc,
                 "fine_tuning_helped": helped, "reason": reason}

@@ -3,13 +3,11 @@ The CLI, the demo and the benchmarks all go through here."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import shutil
 import signal
 import sys
-import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -19,7 +17,7 @@ from torch import nn
 
 from edge_sel import __version__
 from edge_sel.config import TrainConfig
-from edge_sel.core.checkpoint import ModelCard, atomic_write_bytes, save_checkpoint
+from edge_sel.core.checkpoint import ModelCard, atomic_write_bytes, save_checkpoint, weights_digest
 from edge_sel.core.records import RecordWriter
 from edge_sel.core.words import plural
 from edge_sel.data import Splits, load_source, make_splits, parse_shard
@@ -28,7 +26,9 @@ from edge_sel.device_caps import gpu_uuids
 from edge_sel.engine.ddp import RankSync, is_restart_of, launch_info
 from edge_sel.engine.device import pick_device, seed_everything
 from edge_sel.engine.distributed import detect_world
+from edge_sel.engine import faults
 from edge_sel.engine.energy_setup import EnergyOptions
+from edge_sel.engine.signals import StopSignals
 from edge_sel.engine.state import NoValidState, StateWriteError, load_state
 from edge_sel.engine.trainer import Trainer
 from edge_sel.errors import InputError, existing_dir, required_file, writing
@@ -117,9 +117,13 @@ def summarize(records: list[dict], extra: dict, baseline: dict | None = None, ke
         vals = [r.get(key) for r in over if r.get(key) is not None]
         return sum(vals) if vals else None
 
+    train_j, eval_j = total("energy_j"), total("eval_energy_j", evaluated)
+    probe_flops = (extra.get("layout") or {}).get("probe_flops") or 0
     return {
         **extra,
         "epochs_run": len(records),
+        # The weights the run directory holds (the best epoch, the start, or the last) on the test set.
+        "output_model": output_model(last, kept),
         "final": {k: last.get(k) for k in ("val_acc", "test_acc", "train_loss", "train_acc")},
         "best_val": {"epoch": best.get("epoch"), "val_acc": best.get("val_acc"), "test_acc": best.get("test_acc")},
         "totals": {
@@ -134,7 +138,15 @@ def summarize(records: list[dict], extra: dict, baseline: dict | None = None, ke
             "train_wall_s": total("wall_s"), "eval_wall_s": total("eval_wall_s", evaluated),
             "energy_j": total("energy_j"), "eval_energy_j": total("eval_energy_j", evaluated),
             "energy_source": last.get("energy_source"), "energy_method": last.get("energy_method"),
+            # All in: training (scoring, calibration, rolled-back steps included), every evaluation
+            # (the starting model, each epoch, the output model's test), and the layout probe's FLOPs.
+            "flops_all": (total("flops_train") or 0) + (total("flops_eval", evaluated) or 0) + probe_flops,
+            "energy_all_j": None if train_j is None and eval_j is None else (train_j or 0) + (eval_j or 0),
+            "eval_energy_share": None if not train_j or eval_j is None else eval_j / (train_j + eval_j),
+            "wall_all_s": (total("wall_s") or 0) + (total("eval_wall_s", evaluated) or 0),
         },
+        "totals_note": ("flops_all adds the layout probe's counted FLOPs; energy_all_j is the metered training "
+                        "and evaluation windows (the probe, run before the meter's first window, is not in it)"),
         "flops_note": "counted with torch.utils.flop_counter for the passes actually run",
         **({"baseline": {k: baseline.get(k) for k in ("val_acc", "test_acc", "flops_eval", "eval_energy_j")}}
            if baseline else {}),
@@ -142,25 +154,14 @@ def summarize(records: list[dict], extra: dict, baseline: dict | None = None, ke
     }
 
 
-@contextlib.contextmanager
-def stop_on_signals(trainer: Trainer):
-    """SIGINT/SIGTERM ask the trainer to finish its step, checkpoint and stop; a second SIGINT
-    interrupts at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def request_stop(signum, frame):
-        if trainer.stop_requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        trainer.stop_requested = True
-
-    old = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
+def output_model(last: dict, kept: dict | None) -> dict:
+    """Which weights the run hands back and their accuracies (a pretrain's, and a --keep last
+    run's, are the last epoch's)."""
+    if kept is None or kept.get("kept") == "last":
+        return {"weights": "last", "epoch": last.get("epoch"), "val_acc": last.get("val_acc"),
+                "test_acc": last.get("test_acc")}
+    return {"weights": kept["kept"], "epoch": kept.get("kept_epoch"), "val_acc": kept.get("kept_val_acc"),
+            "test_acc": kept.get("kept_test_acc")}
 
 
 def train_model(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainConfig, out: Path,
@@ -168,7 +169,15 @@ def train_model(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainCo
                 resume_state: dict | None = None) -> dict:
     """Train a built model on prepared splits into the run directory `out` (config, records,
     summary, output model, state) and return the summary: what pretrain, finetune and resume do
-    once they have checked their inputs, and what a fleet client runs each round."""
+    once they have checked their inputs, and what a fleet client runs each round. A stop signal
+    is deferred from the trainer's start until the summary is written (engine/signals.py)."""
+    with StopSignals() as signals:
+        return _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_info, meter,
+                            resume_state, signals)
+
+
+def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_info, meter, resume_state,
+                 signals: StopSignals) -> dict:
     world = detect_world()
     ranks = None
     if world.distributed:       # under torchrun (pretrain only): see engine.ddp
@@ -212,8 +221,9 @@ def train_model(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainCo
         t0 = time.perf_counter()
         # Under torchrun a signal ends the worker at once: torchrun restarts every rank from the
         # last epoch checkpoint, which a rank stopping alone mid-epoch would only delay.
-        with stop_on_signals(trainer) if not ranks else contextlib.nullcontext():
-            records = trainer.run(writer, resume=resume_state)
+        if not ranks:
+            signals.attach(trainer)
+        records = trainer.run(writer, resume=resume_state)
         meter_info = meter.describe() if hasattr(meter, "describe") else {}
     finally:
         if own_meter:
@@ -224,7 +234,8 @@ def train_model(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainCo
         push = getattr(trainer.backend, "load_state_dict", None)   # ort: into the session it exports from
         if push is not None:
             push({})
-    kept = trainer.choice.describe() if phase == "finetune" else None
+    interrupted = trainer.stop_reason == "interrupted"
+    kept = trainer.choice.describe(interrupted) if phase == "finetune" else None
     finish_run = getattr(trainer.backend, "finish_run", None)   # ort: its checkpoint and model.onnx
     if finish_run is not None:
         finish_run(out)
@@ -239,6 +250,7 @@ def train_model(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainCo
         ranks.finish()
         return {"run_dir": str(out), "rank": world.rank, "epochs_run": len(records)}
     save_checkpoint(out, model.cpu(), card)
+    faults.point("model-written")
     # source_info first: a pretrain's names its model by a string, which the card's dict replaces here.
     summary = summarize(records, {
         **source_info, "phase": phase, "edge_sel_version": __version__, "device": str(device),
@@ -246,6 +258,7 @@ def train_model(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainCo
         "dataset": card.dataset, "config": cfg.to_json(),
         "total_wall_s": time.perf_counter() - t0, "run_dir": str(out),
         "energy_meter": meter_info, "stop_reason": trainer.stop_reason,
+        **({"stop_signal": signal.Signals(signals.received or signal.SIGINT).name} if interrupted else {}),
         "idle_power_w": getattr(meter, "idle_power_w", None),
         # Measured before the first epoch, outside its time, joules and FLOPs (probe_* say how much).
         "layout": trainer.layout.to_json(), "precision": trainer.precision.to_json(), "sync_every": trainer.sync_every,
@@ -415,7 +428,9 @@ def finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, out: Path, o
     warn_if_trained_on(card, splits, data, Path(checkpoint))
     warm = dict(card.training)
     card.dataset = dataset_card(splits, data)     # normalisation stays the pretrainer's
-    source_info = {"data": vars_of(data), "checkpoint": str(checkpoint), "warmup": warm}
+    # The starting weights by content: promote checks the run started from the model deployed now.
+    source_info = {"data": vars_of(data), "checkpoint": str(checkpoint), "warmup": warm,
+                   "checkpoint_sha256": weights_digest(checkpoint)}
     if profile is not None:
         source_info["profile"] = profile
     return train_model("finetune", model, card, splits, cfg, out, quiet, energy, source_info, meter)
@@ -450,13 +465,17 @@ def resume(run_dir: Path, quiet: bool = False, phase: str | None = None) -> dict
             state = load_state(state_dir)
         except NoValidState as e:
             raise InputError(f"--resume {run_dir}: {e}") from None
-    if state is not None and state["next_epoch"] >= cfg.epochs and state["progress"] is None:
-        raise InputError(f"--resume {run_dir}: the run already finished all {plural(cfg.epochs, 'epoch')}")
+    refuse_finished(run_dir, cfg.epochs)
     splits = data.load()
-    source_info = {k: saved[k] for k in ("data", "checkpoint", "warmup", "profile", "model", "init_weights")
+    source_info = {k: saved[k] for k in ("data", "checkpoint", "warmup", "profile", "model", "init_weights",
+                                         "checkpoint_sha256")
                    if k in saved}
     if phase == "finetune":
         model, card = load_checkpoint(Path(saved["checkpoint"]))
+        digest = saved.get("checkpoint_sha256")
+        if digest is not None and digest != weights_digest(saved["checkpoint"]):
+            raise InputError(f"--resume {run_dir}: its starting checkpoint {saved['checkpoint']} has changed since "
+                             f"the run started (another model was deployed); start a new run")
         check_compatible(card, splits, Path(saved["checkpoint"]))
         card.dataset = dataset_card(splits, data)
     else:       # the same initial weights as the run's first start
@@ -466,6 +485,24 @@ def resume(run_dir: Path, quiet: bool = False, phase: str | None = None) -> dict
             raise InputError(f"{config_file}: {e}") from None
         model, card = new_model(spec, splits, data, cfg.seed, saved.get("init_weights"))
     return train_model(phase, model, card, splits, cfg, run_dir, quiet, energy, source_info, resume_state=state)
+
+
+def refuse_finished(run_dir: Path, epochs: int) -> None:
+    """A run is finished once its summary.json says so (all epochs, its strategy's end, or its
+    energy budget). A run killed after its last state write but before its summary is not: its
+    resume writes the outputs without training again."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return
+    reason = summary.get("stop_reason")
+    if reason == "interrupted":
+        return
+    if reason == "energy_budget":
+        raise InputError(f"--resume {run_dir}: the run stopped on its energy budget and is finished; start a "
+                         f"new run to train more")
+    raise InputError(f"--resume {run_dir}: the run already finished ({summary.get('epochs_run', epochs)} of "
+                     f"{epochs} epochs)")
 
 
 def vars_of(data: DataOptions) -> dict:

@@ -19,16 +19,18 @@ from edge_sel.core.flops import FlopCounter
 from edge_sel.core.records import RecordWriter
 from edge_sel.data import BatchLoader, Splits
 from edge_sel.device_caps import amp_dtype
-from edge_sel.engine import epoch_record
+from edge_sel.engine import epoch_record, faults
 from edge_sel.engine.bn_adapt import not_applicable, reestimate_bn
 from edge_sel.engine.budget import EnergyBudget
 from edge_sel.engine.checkpointing import Checkpoints, Rollback, restore
-from edge_sel.engine.evaluate import EmbarrassmentMeter, EvaluationSets, accuracy
+from edge_sel.engine.evaluate import (EmbarrassmentMeter, EvaluationSets, accuracy, evaluation_flops,
+                                     validation_subset)
 from edge_sel.engine.keep import BN_ADAPT_EPOCH, WARMUP_EPOCH, ModelChoice
 from edge_sel.engine.layout import LayoutChoice, choose_layout
 from edge_sel.engine.precision import DTYPES, PrecisionChoice, autocast, choose_precision
 from edge_sel.engine.ledger import ComputeLedger
 from edge_sel.engine.progress import EpochProgress, changed_fraction, snapshot_params
+from edge_sel.engine.progress_log import ProgressLog
 from edge_sel.engine.schedule import lr_factor
 from edge_sel.engine.scoring import ScoringPasses
 from edge_sel.engine.totals import StepTotals
@@ -128,6 +130,7 @@ class Trainer:
         self.strategy.setup(self.ctx)
         self.updater.attach(self.model, self.optimizer, self.ctx)
         self.class_names = self.train_ds.class_names
+        self.log = ProgressLog(self.quiet or (self.ranks is not None and not self.ranks.evaluates), cfg.epochs)
 
     def _choose_layout(self) -> LayoutChoice:
         """Channels-last or not, and the evaluation batch size: as given, or measured here."""
@@ -160,12 +163,7 @@ class Trainer:
 
     def _validation_subset(self):
         """`--val-subset N`: a fixed draw of N validation samples for per-epoch decisions."""
-        n = self.config.val_subset
-        if not n or n >= len(self.val_ds):
-            return self.val_ds
-        draw = torch.Generator().manual_seed(4099)
-        positions = torch.randperm(len(self.val_ds), generator=draw)[:n].sort().values
-        return self.val_ds.subset(positions.to(self.val_ds.images.device))
+        return validation_subset(self.val_ds, self.config.val_subset)
 
     def _bar(self, total, desc, leave):
         return tqdm(total=total, desc=desc, leave=leave, unit="batch" if not leave else "epoch",
@@ -235,6 +233,8 @@ class Trainer:
                 self.checkpoints.save_mid_epoch(self, progress, t0, j0)
             if stepped and self.step == self._kill_at_step:     # crash-safety tests: die like a power cut
                 os.kill(os.getpid(), signal.SIGKILL)
+            if stepped:
+                faults.point(f"step-{self.step}")
         bar.close()
         self.read_totals(progress, f"the end of epoch {epoch}")
         if self.device.type == "cuda":
@@ -330,8 +330,10 @@ class Trainer:
         out["eval_wall_s"] = time.perf_counter() - t0
         self._eval_energy = self.meter.end("eval")
         out["eval_energy_j"] = self._eval_energy.get("energy_j")
+        # The end also tests the kept weights when they are not the last epoch's: reserved too.
+        kept_test = len(self.test_ds) if self.phase == "finetune" and self.choice.mode == "best" else 0
         self.budget.reserve_evaluation(out["eval_energy_j"], out["val_samples_evaluated"] + out["test_samples_evaluated"],
-                                       self.eval_sets.final_images())
+                                       self.eval_sets.final_images() + kept_test)
         return out
 
     def _test_at_the_end(self, writer: RecordWriter | None) -> None:
@@ -341,6 +343,7 @@ class Trainer:
         if not self.records:
             return
         last = self.records[-1]
+        changed = False
         if last.get("test_acc") is None and last.get("phase") != "baseline":
             extra = self.evaluate(validate=last.get("val_acc") is None, test=True)
             for key in ("flops_eval", "eval_wall_s", "eval_energy_j", "val_samples_evaluated"):
@@ -350,19 +353,39 @@ class Trainer:
                 extra["evaluated"] = "val+test"
             last.update(extra)
             self._keep_choice(last["epoch"], last)
-            if writer is not None:
-                writer.reset(([self.baseline] if self.baseline else []) + self.records)
+            self.log.evaluation(f"epoch {last['epoch']} (the last)", last.get("test_acc"), extra.get("eval_wall_s"),
+                                extra.get("eval_energy_j"))
+            changed = True
         kept = self.choice.weights_to_load()
         if kept is not None and self.choice.test_acc is None:
-            current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            self.model.load_state_dict(kept)
-            # The torch model, not backend.predict: an ORT session still holds the last weights.
-            def predict(x):
-                with self._eval_autocast():
-                    return self.model.eval()(x).float()
-            logits = self.eval_sets.logits(predict, self.test_ds)
-            self.choice.test_acc = accuracy(logits, self.test_ds.labels)
-            self.model.load_state_dict(current)
+            self._test_kept_weights(kept, last)
+            changed = True
+        if changed and writer is not None:
+            writer.reset(([self.baseline] if self.baseline else []) + self.records)
+
+    def _test_kept_weights(self, kept: dict, last: dict) -> None:
+        """The output model's test accuracy when it is not the last epoch's: an evaluation pass
+        like any other, charged to the last record (FLOPs, seconds, joules)."""
+        current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(kept)
+        self.meter.begin("eval")
+        t0 = time.perf_counter()
+        # The torch model, not backend.predict: an ORT session still holds the last weights.
+        def predict(x):
+            with self._eval_autocast():
+                return self.model.eval()(x).float()
+        logits = self.eval_sets.logits(predict, self.test_ds)
+        wall = time.perf_counter() - t0
+        joules = self.meter.end("eval").get("energy_j")
+        self.choice.test_acc = accuracy(logits, self.test_ds.labels)
+        self.model.load_state_dict(current)
+        flops = evaluation_flops(self.flops, len(self.test_ds), self.eval_batch_size)
+        last["kept_test_flops"], last["kept_test_energy_j"] = flops, joules
+        last["flops_eval"] = (last.get("flops_eval") or 0) + flops
+        last["eval_wall_s"] = (last.get("eval_wall_s") or 0) + wall
+        if joules is not None:
+            last["eval_energy_j"] = (last.get("eval_energy_j") or 0) + joules
+        self.log.evaluation(f"the output model (epoch {self.choice.epoch})", self.choice.test_acc, wall, joules)
 
     def baseline_record(self) -> dict:
         """The starting checkpoint on the local validation and test splits before any step: the bar
@@ -386,6 +409,7 @@ class Trainer:
             sizes = reestimate_bn(self.model, self.train_ds, positions, self.mean, self.std,
                                   memory_format=self.memory_format)
         self.bn_adapt_pending = {"bn_adapt_samples": n, "flops_bn_adapt": sum(self.flops.eval_batch(s) for s in sizes)}
+        self.log.bn_adapt(n, self.bn_adapt_pending["flops_bn_adapt"])
         self.bn_adapt_done = True
 
     def _consider_bn_adapted(self) -> float:
@@ -397,6 +421,8 @@ class Trainer:
         ev = self.evaluate(validate=True, test=False)
         self.choice.consider(BN_ADAPT_EPOCH, ev["val_acc"], None, self.model)
         self.bn_adapt_pending["bn_adapt_val_acc"] = ev["val_acc"]
+        self.log.line(f"evaluation: the BatchNorm-adapted model: val {ev['val_acc']:.3f} "
+                      f"({ev['eval_wall_s']:.1f} s)")
         self.bn_adapt_pending["candidate_eval"] = {k: ev[k] for k in ("flops_eval", "eval_wall_s", "eval_energy_j",
                                                                 "val_samples_evaluated")}
         return ev["eval_wall_s"]
@@ -430,6 +456,8 @@ class Trainer:
                 self.baseline = self.baseline_record()
                 self._keep_choice(WARMUP_EPOCH, self.baseline)
             self.checkpoints.save(self)        # a rollback target before the first step
+            if self.baseline is not None:
+                self.log.baseline(self.baseline)
             if writer is not None and self.baseline is not None:
                 writer.append(self.baseline)
             if self.config.bn_adapt and self.config.epochs == 0:
@@ -441,7 +469,9 @@ class Trainer:
                     writer.append(record)
         bar = self._bar(self.config.epochs, self.phase, leave=True)
         bar.update(self.next_epoch)
-        while self.next_epoch < self.config.epochs and not self.strategy.finished():
+        # A run restored after its energy-budget stop has no epoch left: it only writes its outputs.
+        while self.next_epoch < self.config.epochs and not self.strategy.finished() \
+                and self.stop_reason != "energy_budget":
             epoch = self.next_epoch
             try:
                 record = self.train_epoch(epoch, self.progress)
@@ -455,8 +485,11 @@ class Trainer:
             self.records.append(record)
             self.next_epoch = epoch + 1
             self.checkpoints.save(self)        # before the record is appended: a resume rewrites the records
+            if self.next_epoch >= self.config.epochs or self.stop_reason or self.strategy.finished():
+                faults.point("last-state")
             if writer is not None:
                 writer.append(record)
+            self.log.epoch(record)
             bar.set_postfix(loss=f"{record['train_loss'] or 0:.3f}", val=f"{record['val_acc'] or 0:.3f}")
             bar.update(1)
             if self.stop_reason or self.stop_requested:
@@ -465,4 +498,5 @@ class Trainer:
         bar.close()
         if self.progress is None:        # not stopped mid-epoch (a resume finishes that epoch)
             self._test_at_the_end(writer)
+            faults.point("tested")
         return self.records

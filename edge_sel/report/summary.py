@@ -57,6 +57,23 @@ def flops_split(totals: dict) -> str:
     return f"{total / 1e9:.2f} G = " + " + ".join(f"{name} {v / 1e9:.2f} G" for name, v in shown)
 
 
+def all_in_line(summary: dict) -> str:
+    """The output model's test accuracy and what the whole run cost, beside its split."""
+    t, out = summary.get("totals", {}), summary.get("output_model") or {}
+    which = {"best": f"epoch {out.get('epoch')}", "last": "last epoch", "warmup": "the starting checkpoint",
+             "bn_adapt": "BatchNorm re-estimated"}.get(out.get("weights"), out.get("weights"))
+    flops = (f"{(t.get('flops_all') or 0) / 1e9:.2f} GFLOP (training {(t.get('flops_train') or 0) / 1e9:.2f}, "
+             f"evaluation {(t.get('flops_eval') or 0) / 1e9:.2f})")
+    if t.get("energy_all_j") is None:
+        joules = "energy not measured"
+    else:
+        share = t.get("eval_energy_share")
+        joules = (f"{t['energy_all_j']:.1f} J {energy_label(t.get('energy_method'))} (training "
+                  f"{_fmt(t.get('energy_j'), '.1f')}, evaluation {_fmt(t.get('eval_energy_j'), '.1f')}"
+                  + (f", {100 * share:.0f}% of it" if share is not None else "") + ")")
+    return f"output model ({which}): test acc {_fmt(out.get('test_acc'))}; all in: {flops}, {joules}"
+
+
 def print_summary(summary: dict, quiet: bool = False) -> None:
     run_dir = summary.get("run_dir")
     if not quiet:
@@ -71,8 +88,11 @@ def print_summary(summary: dict, quiet: bool = False) -> None:
             kind = energy_label(t.get("energy_method"))
             click.echo(f"energy {t['energy_j']:.1f} J ({kind}, source {t['energy_source']}, "
                        f"method {t['energy_method']})")
+    click.echo(all_in_line(summary))
     kept = summary.get("kept")
-    if kept:
+    if summary.get("stop_reason") == "interrupted":
+        pass            # nothing is concluded about an unfinished run (the resume hint follows)
+    elif kept:
         if kept["kept"] == "warmup":
             click.echo(f"NOTE: {kept['reason']}.")
         else:

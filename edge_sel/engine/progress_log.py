@@ -1,0 +1,42 @@
+"""Progress for a log nobody watches live (the systemd journal, nohup, tee): when stdout is not a
+terminal, one flushed line per epoch and per phase (baseline, bn-adapt, the final evaluation),
+written as it happens. On a terminal the progress bars (stderr) show it instead."""
+
+from __future__ import annotations
+
+import sys
+
+
+def _f(v, spec=".3f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+class ProgressLog:
+    def __init__(self, quiet: bool, epochs: int, stream=None):
+        self.stream = stream or sys.stdout
+        isatty = getattr(self.stream, "isatty", lambda: False)
+        self.enabled = not quiet and not isatty()
+        self.epochs = epochs
+
+    def line(self, text: str) -> None:
+        if self.enabled:
+            print(text, file=self.stream, flush=True)
+
+    def baseline(self, record: dict) -> None:
+        self.line(f"start: the starting checkpoint: val {_f(record.get('val_acc'))} test {_f(record.get('test_acc'))} "
+                   f"(evaluation {_f(record.get('eval_wall_s'), '.1f')} s, {_f(record.get('eval_energy_j'), '.1f')} J)")
+
+    def bn_adapt(self, samples: int, flops: int) -> None:
+        self.line(f"bn-adapt: BatchNorm statistics from {samples} local images ({flops / 1e9:.2f} GFLOP)")
+
+    def epoch(self, record: dict) -> None:
+        r = record
+        energy = (f", {_f(r.get('energy_j'), '.1f')} J {r.get('energy_source')}/{r.get('energy_method')}"
+                  if r.get("energy_j") is not None else "")
+        self.line(f"epoch {r.get('epoch')}/{self.epochs - 1}: loss {_f(r.get('train_loss'))} train "
+                   f"{_f(r.get('train_acc'))} val {_f(r.get('val_acc'))} test {_f(r.get('test_acc'))} active "
+                   f"{_f(r.get('activation'), '.2f')}, {(r.get('flops_train') or 0) / 1e9:.2f} GFLOP, "
+                   f"{_f(r.get('wall_s'), '.1f')} s{energy}; evaluation {_f(r.get('eval_wall_s'), '.1f')} s")
+
+    def evaluation(self, what: str, test_acc: float | None, wall_s: float | None, joules: float | None) -> None:
+        self.line(f"evaluation: {what}: test {_f(test_acc)} ({_f(wall_s, '.1f')} s, {_f(joules, '.1f')} J)")
