@@ -117,13 +117,14 @@ def test_power_guard_ignores_peripherals_and_rejects_bad_settings(tmp_path):
     assert power_ok(tmp_path).returncode == 1
 
 
-def fake_edge_sel(tmp_path: Path, finishes: bool = False) -> dict:
+def fake_edge_sel(tmp_path: Path, finishes: bool = False, promote_exit: int = 0) -> dict:
     """An edge-sel stand-in that logs each call's arguments (one call per line); with `finishes`, a
-    finetune also writes the run's summary.json as a finished run does."""
+    finetune also writes the run's summary.json as a finished run does; promote exits `promote_exit`."""
     fake = tmp_path / "edge-sel"
     finish = ('if [ "$1" = finetune ]; then for a in "$@"; do [ "$prev" = --out ] && mkdir -p "$a" && '
               'echo "{}" > "$a/summary.json"; prev="$a"; done; fi\n') if finishes else ""
-    fake.write_text('#!/bin/sh\necho "$*" >> "$ARGS_OUT"\n' + finish)
+    fake.write_text('#!/bin/sh\necho "$*" >> "$ARGS_OUT"\n' + finish +
+                    f'[ "$1" = promote ] && exit {promote_exit}\nexit 0\n')
     fake.chmod(0o755)
     return {"PATH": os.environ["PATH"], "EDGE_SEL_BIN": str(fake), "ARGS_OUT": str(tmp_path / "args"),
             "EDGE_SEL_HOME": str(tmp_path / "home"), "EDGE_SEL_EPOCHS": "3"}
@@ -141,7 +142,7 @@ def test_run_script_passes_the_settings_to_edge_sel(tmp_path):
     assert args[:9] == ["finetune", "--checkpoint", f"{home}/checkpoints/warmup", "--dataset", f"folder:{home}/data",
                         "--epochs", "3", "--profile", "auto"]
     assert args[9] == "--out" and re.fullmatch(rf"{home}/runs/\d{{8}}T\d{{6}}Z", args[10])
-    assert args[11:] == ["--quiet", "--strategy", "dihcl", "--seed", "4"]
+    assert args[11:] == ["--strategy", "dihcl", "--seed", "4"]       # no --quiet: the journal gets the lines
     assert (home / "runs").is_dir()
 
 
@@ -157,6 +158,22 @@ def test_run_script_starts_from_the_deployed_model_and_promotes_a_finished_run(t
     assert promote == ["promote", run, "--deployed", str(deployed)]
 
 
+@pytest.mark.parametrize("promote_exit, script_exit", [(3, 0), (1, 1), (2, 2)])
+def test_run_script_treats_not_promoted_as_success_and_passes_failures_on(tmp_path, promote_exit, script_exit):
+    env = fake_edge_sel(tmp_path, finishes=True, promote_exit=promote_exit)
+    result = subprocess.run(["sh", str(SYSTEMD / "run-finetune.sh")], env=env)
+    assert result.returncode == script_exit
+    assert [c[0] for c in calls(tmp_path)] == ["finetune", "promote"]
+
+
+def test_finetune_unit_accepts_not_promoted_and_a_clean_stop():
+    unit = (SYSTEMD / "edge-sel-finetune.service").read_text()
+    [line] = [ln for ln in unit.splitlines() if ln.startswith("SuccessExitStatus=")]
+    assert set(line.split("=", 1)[1].split()) == {"3", "130", "143"}
+    from edge_sel.engine.promote import NOT_PROMOTED_EXIT
+    assert NOT_PROMOTED_EXIT == 3 and "not_promoted=3" in (SYSTEMD / "run-finetune.sh").read_text()
+
+
 def test_run_script_resumes_the_latest_unfinished_run(tmp_path):
     env = fake_edge_sel(tmp_path)
     runs = tmp_path / "home" / "runs"
@@ -165,7 +182,7 @@ def test_run_script_resumes_the_latest_unfinished_run(tmp_path):
         if finished:
             (runs / name / "summary.json").write_text('{"stop_reason": null}')
     subprocess.run(["sh", str(SYSTEMD / "run-finetune.sh")], env=env, check=True)
-    assert calls(tmp_path) == [["finetune", "--resume", str(runs / "20260102T000000Z"), "--quiet"]]
+    assert calls(tmp_path) == [["finetune", "--resume", str(runs / "20260102T000000Z")]]
     # Once the latest run has finished, the next start is a new run.
     (runs / "20260102T000000Z" / "summary.json").write_text('{"stop_reason": "energy_budget"}')
     (tmp_path / "args").unlink()

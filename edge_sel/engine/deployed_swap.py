@@ -1,0 +1,155 @@
+"""The deployed model as a symlink to a versioned directory, replaced by one atomic rename.
+
+    checkpoints/deployed -> .deployed.versions/20261123T023000Z-20261123T020000Z/
+    checkpoints/.deployed.versions/<older version>/      (the previous one is kept)
+
+A new version is a full copy of the deployed directory's files (an anchor set, notes, anything a
+site put there) with the run's model files in place of the old ones. It is built under a temporary
+name, renamed into the versions directory, and the symlink is flipped by renaming a new link over
+it: a reader, or a crash at any instant, sees the old model or the new one, never none. A deployed
+directory that is still a plain directory is migrated by exchanging it with the link in one
+renameat2(RENAME_EXCHANGE) call (Linux); where the filesystem lacks that, by two renames, and a
+crash between them is repaired by the next promote (`recover`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import time
+from pathlib import Path
+
+from edge_sel.core.checkpoint import fsync_dir
+from edge_sel.engine import faults
+
+MODEL_FILES = ("model.safetensors", "model.json")
+KEEP_VERSIONS = 2            # the deployed one and the one before it
+
+
+def versions_dir(deployed: Path) -> Path:
+    return deployed.parent / f".{deployed.name}.versions"
+
+
+def recover(deployed: Path) -> None:
+    """A deployed path left missing (a crash inside the two-rename fallback) points again to the
+    newest complete version; leftovers of interrupted swaps are removed."""
+    versions = versions_dir(deployed)
+    if not versions.is_dir():
+        return
+    for leftover in versions.glob("*.tmp"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    link_tmp = deployed.parent / f".{deployed.name}.link-tmp"
+    if link_tmp.is_symlink():
+        link_tmp.unlink()
+    elif link_tmp.is_dir():         # the old plain directory, exchanged out just before a crash
+        os.replace(link_tmp, versions / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.migrated-from-plain")
+    if not os.path.lexists(deployed):
+        complete = sorted(v for v in versions.iterdir() if (v / "model.safetensors").is_file())
+        if complete:
+            _point_link(deployed, complete[-1])
+
+
+def swap_in(run_dir: Path, deployed: Path) -> Path:
+    """Make `run_dir`'s model files the deployed model; returns the new version directory."""
+    deployed = Path(deployed)
+    recover(deployed)
+    versions = versions_dir(deployed)
+    versions.mkdir(parents=True, exist_ok=True)
+    name = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{Path(run_dir).name}"
+    version = versions / name
+    n = 1
+    while version.exists():
+        n += 1
+        version = versions / f"{name}.{n}"
+    staging = version.with_name(version.name + ".tmp")
+    _build_version(Path(run_dir), deployed, staging)
+    faults.point("promote-staged")
+    os.replace(staging, version)
+    fsync_dir(versions)
+    faults.point("promote-versioned")
+    if deployed.is_dir() and not deployed.is_symlink():
+        _migrate(deployed, version)
+    else:
+        _point_link(deployed, version)
+    faults.point("promote-flipped")
+    _prune(versions, keep=version)
+    return version
+
+
+def _build_version(run_dir: Path, deployed: Path, staging: Path) -> None:
+    """The deployed directory's other files, then the run's model files (weights before card)."""
+    staging.mkdir()
+    if deployed.is_dir():
+        for item in deployed.iterdir():
+            if item.name in MODEL_FILES:
+                continue
+            target = staging / item.name
+            if item.is_dir():
+                shutil.copytree(item, target, symlinks=True)
+            else:
+                shutil.copy2(item, target, follow_symlinks=False)
+                _fsync_file(target)
+    for name in MODEL_FILES:
+        shutil.copy2(run_dir / name, staging / name)
+        _fsync_file(staging / name)
+    fsync_dir(staging)
+
+
+def _point_link(deployed: Path, version: Path) -> None:
+    link_tmp = deployed.parent / f".{deployed.name}.link-tmp"
+    if link_tmp.is_symlink() or link_tmp.exists():
+        link_tmp.unlink()
+    os.symlink(os.path.relpath(version, deployed.parent), link_tmp)
+    os.replace(link_tmp, deployed)          # atomic: the old link or the new one
+    fsync_dir(deployed.parent)
+
+
+def _migrate(deployed: Path, version: Path) -> None:
+    """A plain deployed directory becomes a link to `version`; the old directory is kept as a
+    version (the previous model)."""
+    link_tmp = deployed.parent / f".{deployed.name}.link-tmp"
+    if link_tmp.is_symlink() or link_tmp.exists():
+        link_tmp.unlink()
+    os.symlink(os.path.relpath(version, deployed.parent), link_tmp)
+    old = version.parent / f"{version.name}.migrated-from-plain"
+    if _exchange(link_tmp, deployed):
+        fsync_dir(deployed.parent)
+        faults.point("promote-exchanged")
+        os.replace(link_tmp, old)           # link_tmp now names the old plain directory
+    else:
+        os.replace(deployed, old)
+        faults.point("promote-exchanged")
+        os.replace(link_tmp, deployed)
+    fsync_dir(deployed.parent)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (renameat2 RENAME_EXCHANGE); False where that is unavailable."""
+    if os.environ.get("EDGE_SEL_NO_RENAME_EXCHANGE"):     # tests of the two-rename fallback
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (22, 38, 95):        # EINVAL, ENOSYS, EOPNOTSUPP: not supported here
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _prune(versions: Path, keep: Path) -> None:
+    complete = sorted((v for v in versions.iterdir() if v.is_dir() and not v.name.endswith(".tmp")),
+                      key=lambda v: v.stat().st_mtime)
+    old = [v for v in complete if v != keep][:-(KEEP_VERSIONS - 1) or None]
+    for v in old:
+        shutil.rmtree(v, ignore_errors=True)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
