@@ -1,0 +1,351 @@
+"""The unattended loop: promote against the deployed model, an atomic swap that survives a crash at
+every step, runs cut off between their last state write and their summary, signals, the journal's
+lines, the all-in totals, and the nightly script itself night after night."""
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import records, run_cli, run_main, stable, summary
+from edge_sel.core.checkpoint import weights_digest
+from edge_sel.engine import deployed_swap, faults
+from edge_sel.engine.evaluate import evaluation_flops
+from edge_sel.engine.trainer import Trainer
+from edge_sel.models import load_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+REPO = Path(__file__).resolve().parents[1]
+RUN = ["--dataset", "synthetic", "--batch-size", "16", "--lr", "0.02", "--seed", "5", "--subset", "400"]
+
+
+def finetune(start, out, *extra, expect=0):
+    return run_cli("finetune", "--checkpoint", start, "--out", out, "--epochs", "2", *RUN, *extra, expect=expect)
+
+
+@pytest.fixture(scope="module")
+def weak_start(tiny_warm, tmp_path_factory):
+    """The warmup with its classifier zeroed: a start that fine-tuning really improves on."""
+    import torch
+
+    from edge_sel.core.checkpoint import save_checkpoint
+    model, card = load_checkpoint(tiny_warm)
+    classifier = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    torch.nn.init.zeros_(classifier.weight)
+    out = tmp_path_factory.mktemp("weak") / "ckpt"
+    save_checkpoint(out, model, card)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(weak_start, tmp_path_factory):
+    """An uninterrupted run that helped: what every cut-off run must end as."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    result = finetune(weak_start, out)
+    assert summary(out)["kept"]["fine_tuning_helped"]
+    return out, result.output
+
+
+def deployed_copy(source: Path, deployed: Path) -> Path:
+    """A plain deployed directory as older installs have it, with files of the site's own."""
+    deployed.mkdir(parents=True)
+    for name in ("model.safetensors", "model.json"):
+        shutil.copy2(source / name, deployed / name)
+    (deployed / "anchor-notes.txt").write_text("kept across promotions\n")
+    (deployed / "extra").mkdir()
+    (deployed / "extra" / "fisher.bin").write_bytes(b"\x00" * 16)
+    return deployed
+
+
+def other_files_intact(deployed: Path) -> bool:
+    return (deployed / "anchor-notes.txt").read_text() == "kept across promotions\n" and \
+        (deployed / "extra" / "fisher.bin").read_bytes() == b"\x00" * 16
+
+
+def with_summary(run: Path, out: Path, **changes) -> Path:
+    """A copy of a run directory whose summary says something else (e.g. another outcome)."""
+    shutil.copytree(run, out, ignore=shutil.ignore_patterns("state"))
+    s = summary(out)
+    for key, value in changes.items():
+        s[key] = {**s[key], **value} if isinstance(value, dict) else value
+    (out / "summary.json").write_text(json.dumps(s))
+    return out
+
+
+# ---- promote -----------------------------------------------------------------------------------
+
+def test_promote_judges_against_the_deployed_model_and_refuses_what_it_must(tiny_warm, weak_start, reference,
+                                                                            tmp_path, capsys):
+    run, _ = reference
+    deployed = deployed_copy(weak_start, tmp_path / "deployed")
+    start = weights_digest(deployed)
+    # A pretrain directory and an interrupted run: exit 3, nothing touched.
+    result = run_cli("promote", tiny_warm, "--deployed", deployed, expect=3)
+    assert "not promoted (pretrain)" in result.output
+    cut = with_summary(run, tmp_path / "cut", stop_reason="interrupted")
+    assert "not promoted (interrupted)" in run_cli("promote", cut, "--deployed", deployed, expect=3).output
+    # Worse than the deployed model (it is the run's start, validated afresh on the run's own split:
+    # the same accuracy the run measured for its start).
+    worse = with_summary(run, tmp_path / "worse", output_model={"val_acc": 0.0})
+    result = run_cli("promote", worse, "--deployed", deployed, expect=3)
+    assert "not promoted (not-better)" in result.output and "deployed model validated on" in result.output
+    judged = json.loads((worse / "promote.json").read_text())
+    assert judged["deployed_val_acc"] == pytest.approx(summary(run)["kept"]["baseline_val_acc"], abs=1e-6)
+    assert judged["evaluation"]["flops"] > 0 and judged["evaluation"]["samples"] == summary(run)["dataset"]["val_samples"]
+    assert weights_digest(deployed) == start and not deployed.is_symlink()
+    # Better (the real run): swapped in; the directory becomes a link to a version holding the
+    # site's files too.
+    better = run
+    assert "promoted (better)" in run_cli("promote", better, "--deployed", deployed).output
+    assert deployed.is_symlink() and weights_digest(deployed) == weights_digest(run)
+    assert other_files_intact(deployed)
+    load_checkpoint(deployed)
+    # The deployed model is now the run's output: a run from the old start is refused without --force.
+    result = run_cli("promote", better, "--deployed", deployed, expect=3)
+    assert "not promoted (other-start)" in result.output
+    assert "not promoted (not-better)" in run_cli("promote", worse, "--deployed", deployed, "--force",
+                                                  expect=3).output
+    (run / "promote.json").unlink(missing_ok=True)
+    # Not a run directory: one line, exit 2.
+    code, err = run_main(["promote", tmp_path / "nothing", "--deployed", deployed], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "RUN" in err
+
+
+@contextlib.contextmanager
+def read_only(directory: Path):
+    """A directory nobody may write into: mode 555, and for root (whom modes do not stop) the
+    immutable attribute; skips where neither holds."""
+    os.chmod(directory, 0o555)
+    immutable = False
+    try:
+        probe = directory / ".probe"
+        try:
+            probe.touch()
+            probe.unlink()
+            immutable = subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode == 0
+        except OSError:
+            pass
+        try:
+            probe.touch()
+            probe.unlink()
+            pytest.skip("cannot make a read-only directory here")
+        except OSError:
+            pass
+        yield
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(directory)], check=True)
+        os.chmod(directory, 0o755)
+
+
+def test_a_read_only_target_is_one_line_and_the_deployed_model_stays(weak_start, reference, tmp_path, capsys):
+    run, _ = reference
+    deployed = deployed_copy(weak_start, tmp_path / "site" / "deployed")
+    with read_only(deployed.parent):
+        code, err = run_main(["promote", run, "--deployed", deployed], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert f"--deployed {deployed}: cannot replace the deployed model" in err
+    assert weights_digest(deployed) == weights_digest(weak_start) and other_files_intact(deployed)
+    (run / "promote.json").unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("layout", ["plain", "link", "plain-two-renames"])
+def test_a_crash_at_every_step_of_the_swap_leaves_a_loadable_deployed_model(weak_start, reference, tmp_path,
+                                                                             monkeypatch, layout):
+    run, _ = reference
+    old, new = weights_digest(weak_start), weights_digest(run)
+    monkeypatch.setattr(faults, "crash_by_raising", True)
+    if layout == "plain-two-renames":
+        monkeypatch.setenv("EDGE_SEL_NO_RENAME_EXCHANGE", "1")
+    steps = ["promote-staged", "promote-versioned", "promote-flipped"] + \
+        (["promote-exchanged"] if layout.startswith("plain") else [])
+    for step in steps:
+        deployed = deployed_copy(weak_start, tmp_path / step / "deployed")
+        if layout == "link":
+            deployed_swap.swap_in(weak_start, deployed)          # already a link to a version
+        monkeypatch.setenv(faults.KILL_ENV, step)
+        with pytest.raises(faults.InjectedCrash):
+            deployed_swap.swap_in(run, deployed)
+        monkeypatch.delenv(faults.KILL_ENV)
+        if layout == "plain-two-renames" and step == "promote-exchanged":
+            # The one instant without a deployed path (no atomic exchange here): the next promote
+            # repairs it before anything else.
+            assert not deployed.exists()
+            deployed_swap.recover(deployed)
+        assert weights_digest(deployed) in (old, new), step
+        load_checkpoint(deployed)
+        assert other_files_intact(deployed), step
+        deployed_swap.swap_in(run, deployed)                   # the next promote completes
+        assert weights_digest(deployed) == new and other_files_intact(deployed)
+        versions = deployed_swap.versions_dir(deployed)
+        assert not list(versions.glob("*.tmp")) and len(list(versions.iterdir())) <= 2
+
+
+# ---- cut off after the last epoch --------------------------------------------------------------
+
+@pytest.mark.parametrize("point", ["last-state", "tested", "model-written"])
+def test_a_run_cut_off_after_its_last_epoch_resumes_to_the_same_outputs_without_training(
+        weak_start, reference, tmp_path, monkeypatch, point):
+    ref, _ = reference
+    out = tmp_path / "run"
+    monkeypatch.setattr(faults, "crash_by_raising", True)
+    monkeypatch.setenv(faults.KILL_ENV, point)
+    with pytest.raises(faults.InjectedCrash):
+        finetune(weak_start, out, "--quiet")
+    monkeypatch.delenv(faults.KILL_ENV)
+    assert not (out / "summary.json").exists()
+
+    def no_epoch(*a, **k):
+        raise AssertionError("an epoch was trained again")
+    monkeypatch.setattr(Trainer, "train_epoch", no_epoch)
+    run_cli("finetune", "--resume", out, "--quiet")
+    assert stable(records(out, baseline=True)) == stable(records(ref, baseline=True))
+    assert summary(out)["kept"] == summary(ref)["kept"]
+    assert summary(out)["output_model"] == summary(ref)["output_model"]
+    assert weights_digest(out) == weights_digest(ref)
+    assert "already finished" in run_cli("finetune", "--resume", out, expect=2).output
+
+
+# ---- signals -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sig, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_stop_mid_training_exits_130_or_143_and_concludes_nothing(tiny_warm, tmp_path, monkeypatch, sig, code):
+    monkeypatch.setenv(faults.SIGNAL_ENV, f"step-3:{sig}")
+    result = finetune(tiny_warm, tmp_path / "run", "--bn-mode", "eval", "--lr", "1e-9", expect=code)
+    assert f"continue with: edge-sel finetune --resume {tmp_path / 'run'}" in result.output
+    assert "did not help" not in result.output
+    s = summary(tmp_path / "run")
+    assert s["stop_reason"] == "interrupted" and s["stop_signal"] == sig
+    assert s["kept"]["fine_tuning_helped"] is None
+
+
+def test_a_ctrl_c_after_the_last_epoch_keeps_the_closing_lines(weak_start, reference, tmp_path, monkeypatch):
+    ref, _ = reference
+    monkeypatch.setenv(faults.SIGNAL_ENV, "tested:SIGINT")
+    result = finetune(weak_start, tmp_path / "run")          # exit 0: the run had completed
+    assert "output model" in result.output and "run directory:" in result.output
+    assert summary(tmp_path / "run")["stop_reason"] is None
+    assert weights_digest(tmp_path / "run") == weights_digest(ref)
+
+
+def test_a_ctrl_c_while_importing_is_one_line_and_exit_130():
+    code = ("import edge_sel.cli_interrupts as c; c.quiet_start_up_interrupts(force=True); "
+            "print('ready', flush=True); import time; [time.sleep(0.05) for _ in range(200)]; import edge_sel.cli")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err == "edge-sel: interrupted\n"
+
+
+# ---- what a device's log and summary say -------------------------------------------------------
+
+def test_console_and_summary_give_the_output_models_test_accuracy_and_all_in_costs(weak_start, reference):
+    """The reference run keeps an epoch before its last (a tie keeps the earlier weights): the
+    output model's own test pass is run and charged to the last record."""
+    out, output = reference
+    s, recs = summary(out), records(out, baseline=True)
+    t, kept = s["totals"], s["kept"]
+    assert kept["kept"] == "best" and kept["kept_epoch"] < recs[-1]["epoch"]
+    assert s["output_model"] == {"weights": "best", "epoch": kept["kept_epoch"], "val_acc": kept["kept_val_acc"],
+                                 "test_acc": kept["kept_test_acc"]}
+    assert kept["kept_test_acc"] is not None
+    last = recs[-1]
+    test_size = s["dataset"]["test_samples"]
+    assert last["kept_test_flops"] == evaluation_flops_of(weak_start, test_size, s["config"]["eval_batch_size"]) > 0
+    assert t["flops_eval"] == sum(r["flops_eval"] for r in recs)
+    assert t["flops_all"] == t["flops_train"] + t["flops_eval"] + s["layout"]["probe_flops"]
+    assert t["energy_all_j"] == pytest.approx(t["energy_j"] + t["eval_energy_j"])
+    assert t["eval_energy_j"] == pytest.approx(sum(r["eval_energy_j"] for r in recs))
+    assert last["kept_test_energy_j"] is not None and last["eval_energy_j"] >= last["kept_test_energy_j"]
+    line = next(ln for ln in output.splitlines() if ln.startswith("output model ("))
+    assert line.startswith(f"output model (epoch {kept['kept_epoch']}): test acc {kept['kept_test_acc']:.3f}")
+    assert f"{t['energy_all_j']:.1f} J" in line and f"{t['flops_all'] / 1e9:.2f} GFLOP" in line
+
+
+def evaluation_flops_of(checkpoint, n, batch):
+    from edge_sel.core.flops import FlopCounter
+    model, card = load_checkpoint(checkpoint)
+    return evaluation_flops(FlopCounter(model, card.input_shape), n, batch)
+
+
+def test_without_a_terminal_each_epoch_is_a_line_as_it_happens(tiny_warm, tmp_path):
+    """stdout a pipe, as under systemd: the first epoch's line is read while the run still has an
+    epoch to go (each state write is slowed by 0.5 s, so the window is certain)."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "edge_sel", "finetune", "--checkpoint", str(tiny_warm),
+                             "--out", str(out), "--epochs", "2", *RUN],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "EDGE_SEL_FAULT_SLOW_STATE_WRITE": "0.5"})
+    first = proc.stdout.readline()
+    assert first.startswith("start: the starting checkpoint: val "), first
+    line = proc.stdout.readline()
+    assert line.startswith("epoch 0/1: loss "), line
+    assert proc.poll() is None and len(records(out)) == 1 and not (out / "summary.json").exists()
+    rest, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0
+    assert [ln for ln in rest.splitlines() if ln.startswith("epoch ")][:1] == \
+        [ln for ln in rest.splitlines() if ln.startswith("epoch 1/1: loss ")]
+
+
+# ---- the nightly script, night after night -----------------------------------------------------
+
+def night(env: dict, **extra) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", str(REPO / "deploy" / "systemd" / "run-finetune.sh")], env={**env, **extra},
+                          capture_output=True, text=True, timeout=600)
+
+
+def epoch_lines(text: str) -> list[str]:
+    return [m.group(1) for m in re.finditer(r"^(epoch \d+/\d+): loss", text, re.M)]
+
+
+def test_three_nights_promote_only_what_helped_and_a_night_cut_off_at_its_end_is_finished(tmp_path):
+    home = tmp_path / "home"
+    run_cli("pretrain", "--dataset", "digits", "--model", "edgecnn", "--epochs", 1, "--subset", 300,
+            "--out", home / "checkpoints" / "warmup", "--quiet")
+    edge_sel = tmp_path / "edge-sel"
+    edge_sel.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m edge_sel "$@"\n')
+    edge_sel.chmod(0o755)
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "EDGE_SEL_BIN": str(edge_sel),
+           "EDGE_SEL_HOME": str(home), "EDGE_SEL_DATASET": "digits", "EDGE_SEL_EPOCHS": "2",
+           "EDGE_SEL_PROFILE": "generic", "EDGE_SEL_EXTRA_ARGS": "--subset 300 --seed 1",
+           "OMP_NUM_THREADS": "1", "EDGE_SEL_CACHE": os.environ.get("EDGE_SEL_CACHE", str(tmp_path / "cache"))}
+    deployed = home / "checkpoints" / "deployed"
+    runs = home / "runs"
+
+    # Night 1: nothing deployed yet; fine-tuning the warmup helps, so its output is deployed.
+    first = night(env)
+    assert first.returncode == 0, first.stderr
+    [run1] = sorted(runs.iterdir())
+    assert epoch_lines(first.stdout) == ["epoch 0/1", "epoch 1/1"]        # the journal's lines
+    assert "promoted (first)" in first.stdout and summary(run1)["kept"]["fine_tuning_helped"]
+    assert deployed.is_symlink() and weights_digest(deployed) == weights_digest(run1)
+    time.sleep(1.1)         # run directories are named by the second they start
+
+    # Night 2 trains nothing useful (a learning rate of 1e-9, frozen BatchNorm) and is cut off after
+    # its output model is written, before its summary.
+    second = night(env, EDGE_SEL_EXTRA_ARGS="--subset 300 --seed 1 --lr 1e-9 --bn-mode eval",
+                   EDGE_SEL_FAULT_KILL_AT="model-written")
+    assert second.returncode != 0
+    run2 = sorted(runs.iterdir())[-1]
+    assert run2 != run1 and not (run2 / "summary.json").exists()
+    assert weights_digest(deployed) == weights_digest(run1)
+
+    # Night 3 finishes night 2 (no epoch trained again) and judges it: not better than what is
+    # deployed, so nothing changes and the night still ends in success.
+    third = night(env)
+    assert third.returncode == 0, third.stderr
+    assert f"resuming {run2}" in third.stdout and epoch_lines(third.stdout) == []
+    assert "not promoted (not-better)" in third.stdout
+    assert summary(run2)["epochs_run"] == 2 and len(records(run2)) == 2
+    assert json.loads((run2 / "promote.json").read_text())["rule"] == "not-better"
+    assert weights_digest(deployed) == weights_digest(run1) and sorted(runs.iterdir()) == [run1, run2]
