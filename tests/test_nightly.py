@@ -349,3 +349,24 @@ def test_three_nights_promote_only_what_helped_and_a_night_cut_off_at_its_end_is
     assert summary(run2)["epochs_run"] == 2 and len(records(run2)) == 2
     assert json.loads((run2 / "promote.json").read_text())["rule"] == "not-better"
     assert weights_digest(deployed) == weights_digest(run1) and sorted(runs.iterdir()) == [run1, run2]
+
+
+def test_validation_is_sized_to_at_most_a_fifth_of_the_counted_compute():
+    from edge_sel.config import TrainConfig
+    from edge_sel.core.flops import FlopCounter
+    from edge_sel.engine.val_size import MIN_SAMPLES, device_val_size
+    from edge_sel.methods.presets import apply_preset
+    from edge_sel.models import build_model
+    cfg = apply_preset(TrainConfig(epochs=3, batch_size=64, bn_adapt=500, method={"preset": "adapt"},
+                                   sparsity=None, strategy="dense"))
+    assert cfg.val_share == 0.2 and cfg.val_subset == 0
+    flops = FlopCounter(build_model("edgecnn", 10, 3), [3, 32, 32])
+    big = device_val_size(cfg, "finetune", 45000, 5000, flops)
+    assert MIN_SAMPLES < big["val_subset"] < 5000 and big["validation_passes"] == 1 + 1 + 3
+    assert big["expected_validation_flops"] <= 0.25 * big["expected_training_flops"]
+    assert big["expected_validation_flops"] > 0.24 * big["expected_training_flops"]     # no smaller than it must be
+    tiny = device_val_size(cfg, "finetune", 200, 5000, flops)
+    assert tiny["val_subset"] == MIN_SAMPLES                    # a floor: fewer samples would judge by noise
+    assert device_val_size(cfg, "finetune", 45000, 100, flops)["val_subset"] == 100      # never more than the split
+    given = apply_preset(TrainConfig(val_subset=800, method={"preset": "adapt"}, sparsity=None))
+    assert given.val_share == 0.0                               # the user's --val-subset wins

@@ -34,6 +34,7 @@ from edge_sel.engine.progress_log import ProgressLog
 from edge_sel.engine.schedule import lr_factor
 from edge_sel.engine.scoring import ScoringPasses
 from edge_sel.engine.totals import StepTotals
+from edge_sel.engine.val_size import device_val_size
 from edge_sel.errors import InputError
 from edge_sel.methods import RunContext, Strategy, Updater
 
@@ -162,8 +163,15 @@ class Trainer:
         return autocast(self.device, self.precision.eval)
 
     def _validation_subset(self):
-        """`--val-subset N`: a fixed draw of N validation samples for per-epoch decisions."""
-        return validation_subset(self.val_ds, self.config.val_subset)
+        """`--val-subset N`: a fixed draw of N validation samples for per-epoch decisions; with
+        `val_share`, N is sized for a device here and kept in the config (what ran)."""
+        cfg = self.config
+        self.val_size_choice = None
+        if cfg.val_subset == 0 and cfg.val_share:
+            self.val_size_choice = device_val_size(cfg, self.phase, len(self.train_ds), len(self.val_ds),
+                                                   FlopCounter(self.model, self.train_ds.input_shape))
+            cfg.val_subset = self.val_size_choice["val_subset"]
+        return validation_subset(self.val_ds, cfg.val_subset)
 
     def _bar(self, total, desc, leave):
         return tqdm(total=total, desc=desc, leave=leave, unit="batch" if not leave else "epoch",

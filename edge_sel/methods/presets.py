@@ -121,7 +121,8 @@ preset_ast_two = _ast_preset("ast-two", {"optimizer": "adamw", "lr": 1e-3, "weig
 def preset_adapt(cfg, prefer) -> None:
     """The adaptation recipe, cheapest lever first: BatchNorm statistics from 500 unlabelled local
     images, then fine-tuning of a random 20% of the samples per epoch in which only the blocks with a
-    large gradient-to-weight ratio learn, each at its own rate. Options the user gave win."""
+    large gradient-to-weight ratio learn, each at its own rate; validation on as many samples as cost
+    at most a fifth of the run's compute. Options the user gave win."""
     if cfg.bn_adapt == 0:
         cfg.bn_adapt = 500
     if cfg.strategy == "dense":
@@ -130,6 +131,8 @@ def preset_adapt(cfg, prefer) -> None:
         cfg.method["target_activation"] = 0.2
     if cfg.sparsity is None:
         cfg.sparsity = "rgn"
+    if cfg.val_subset == 0 and not cfg.val_share:
+        cfg.val_share = 0.2     # validation sized for a device (engine/val_size.py)
 
 
 # name -> function(cfg, prefer) that edits cfg in place.

@@ -1,0 +1,38 @@
+"""How many validation samples a device can afford: with `val_share` set (the adapt preset sets
+0.2), the validation subset is sized so that every validation pass the run will make (the starting
+model, the BatchNorm-adapted candidate, each validated epoch) costs at most that share of the run's
+counted compute, never fewer than MIN_SAMPLES (below that an accuracy difference of a few points is
+noise) nor more than the split holds. On a cheap adaptation, validating 5,000 CIFAR-10 images after
+every epoch was nearly all of the joules."""
+
+from __future__ import annotations
+
+import math
+
+from edge_sel.config import TrainConfig
+from edge_sel.core.flops import FlopCounter
+
+MIN_SAMPLES = 300
+
+
+def validation_passes(cfg: TrainConfig, phase: str) -> int:
+    baseline = 1 if phase == "finetune" else 0
+    candidate = 1 if cfg.bn_adapt and cfg.epochs and cfg.keep == "best" and phase == "finetune" else 0
+    epochs = math.ceil(cfg.epochs / cfg.eval_every) if cfg.epochs else 1    # --epochs 0: the adapted model
+    return baseline + candidate + epochs
+
+
+def device_val_size(cfg: TrainConfig, phase: str, train_size: int, val_size: int, flops: FlopCounter) -> dict:
+    """The subset size and how it was reached (kept in the summary)."""
+    activation = cfg.method.get("target_activation") or 1.0
+    forward, backward = flops.train_step(cfg.batch_size)
+    per_sample_train = (forward + backward) / cfg.batch_size
+    per_image_eval = flops.eval_batch(1)
+    training = cfg.epochs * activation * train_size * per_sample_train + cfg.bn_adapt * per_image_eval
+    passes = validation_passes(cfg, phase)
+    # validation / (training + validation) <= share  <=>  validation <= share / (1 - share) * training
+    affordable = cfg.val_share / (1 - cfg.val_share) * training / (passes * per_image_eval)
+    size = min(val_size, max(MIN_SAMPLES, int(affordable)))
+    return {"val_subset": size, "of": val_size, "share_target": cfg.val_share, "validation_passes": passes,
+            "expected_training_flops": int(training), "expected_validation_flops": int(passes * size * per_image_eval),
+            "floor": MIN_SAMPLES, "rule": "counted FLOPs of the planned training and validation passes"}
