@@ -191,6 +191,23 @@ def test_run_script_resumes_the_latest_unfinished_run(tmp_path):
     assert args[:2] == ["finetune", "--checkpoint"]
 
 
+
+def test_run_script_sets_aside_a_run_that_cannot_be_resumed_and_starts_a_new_one(tmp_path):
+    """A resume refused as bad input (exit 2) must not wedge every night after: the run is kept
+    under another name and tonight starts afresh."""
+    env = fake_edge_sel(tmp_path)
+    fake = Path(env["EDGE_SEL_BIN"])
+    fake.write_text(fake.read_text().replace('echo "$*" >> "$ARGS_OUT"\n',
+                                             'echo "$*" >> "$ARGS_OUT"\n[ "$2" = --resume ] && exit 2\n'))
+    stuck = tmp_path / "home" / "runs" / "20260102T000000Z"
+    (stuck / "state").mkdir(parents=True)
+    subprocess.run(["sh", str(SYSTEMD / "run-finetune.sh")], env=env, check=True)
+    resume, fresh = calls(tmp_path)
+    assert resume == ["finetune", "--resume", str(stuck)]
+    assert fresh[:2] == ["finetune", "--checkpoint"] and fresh[fresh.index("--out") + 1] != str(stuck)
+    assert not stuck.exists() and (stuck.parent / (stuck.name + ".abandoned") / "state").is_dir()
+
+
 # ---- the Jetson container ---------------------------------------------------------------------
 
 def dockerfile_instructions() -> list[tuple[str, str]]:

@@ -26,11 +26,23 @@ unfinished() {
 }
 
 latest="$(find "$runs" -mindepth 1 -maxdepth 1 -type d -name '[0-9]*T[0-9]*Z' | sort | tail -n 1)"
+run=""
 if [ -n "$latest" ] && unfinished "$latest"; then
-    run="$latest"
-    echo "edge-sel nightly: resuming $run"
-    "$bin" finetune --resume "$run"
-else
+    echo "edge-sel nightly: resuming $latest"
+    status=0
+    "$bin" finetune --resume "$latest" || status=$?
+    if [ "$status" -eq 2 ]; then
+        # A run that can no longer be resumed (refused as bad input, e.g. its start checkpoint
+        # changed) would fail the same way every night: set it aside, kept, and start a new run.
+        mv "$latest" "$latest.abandoned"
+        echo "edge-sel nightly: $latest cannot be resumed; kept as $latest.abandoned, starting a new run"
+    elif [ "$status" -ne 0 ]; then
+        exit "$status"
+    else
+        run="$latest"
+    fi
+fi
+if [ -z "$run" ]; then
     run="$runs/$(date -u +%Y%m%dT%H%M%SZ)"
     start="${EDGE_SEL_CHECKPOINT:-$home/checkpoints/warmup}"
     if [ -z "${EDGE_SEL_CHECKPOINT:-}" ] && [ -f "$deployed/model.safetensors" ]; then
