@@ -16,7 +16,11 @@ pytestmark = pytest.mark.slow
 # 128 training samples at batch 16: 8 steps an epoch, a checkpoint every 3 steps. Step 5 dies
 # inside epoch 0 (two steps after its last checkpoint), step 13 inside epoch 1.
 COMMON = ["--dataset", "synthetic", "--subset", "128", "--batch-size", "16", "--epochs", "3",
-          "--checkpoint-every", "3", "--seed", "11", "--quiet"]
+          "--checkpoint-every", "3", "--seed", "11", "--quiet",
+          # Layout, evaluation batch and precision fixed: two configurations run at once, and a
+          # reference run and its killed twin that each measured their own choice under that load
+          # could choose differently (a bf16 cell overrides the precision below).
+          "--memory-format", "channels_last", "--eval-batch-size", "64", "--precision", "fp32"]
 # One torch thread per process: two processes share the two cores without oversubscription.
 ENV = {"OMP_NUM_THREADS": "1"}
 
