@@ -75,7 +75,10 @@ def test_two_ranks_train_each_sample_once_and_rank_zero_alone_writes(ddp_run):
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.csv", "metrics.jsonl", "model.json",
                                                      "model.safetensors", "state", "summary.json"]
     assert sorted(p.name for p in (out / "state").iterdir()) == ["current.pt", "previous.pt"]
-    assert stdout.count("run directory:") == 2 and "epoch" not in stdout    # --quiet on both ranks
+    # --quiet on both ranks: no epoch table, the output model and its all-in cost from rank 0 alone
+    lines = stdout.splitlines()
+    assert stdout.count("run directory:") == 2 and stdout.count("output model (") == 1
+    assert all(ln.startswith(("output model (", "run directory:")) for ln in lines), lines
 
 
 def test_flops_equal_a_single_process_run_of_the_same_samples(ddp_run, tmp_path, one_thread):

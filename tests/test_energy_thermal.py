@@ -109,6 +109,6 @@ def test_sigterm_while_cooling_stops_with_a_checkpoint(tmp_path):
         stdout, stderr = proc.communicate(timeout=20)             # not the 600 s maximum pause
     finally:
         proc.kill()
-    assert proc.returncode == 0, stderr
+    assert proc.returncode == 143, stderr          # a clean stop on SIGTERM, as systemd expects
     assert "--resume" in stdout
     assert load_state(out / "state")["progress"] is not None

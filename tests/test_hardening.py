@@ -273,7 +273,7 @@ def test_a_full_disk_while_writing_run_files_is_one_line_exit_1(tiny_warm, tmp_p
         monkeypatch.setattr(run, "atomic_write_bytes",
                             lambda p, data: _full_disk() if p.name == name else real_write(p, data))
     else:
-        monkeypatch.setattr(checkpoint, "save_file", _full_disk)
+        monkeypatch.setattr(checkpoint, "write_safetensors", _full_disk)
     out = tmp_path / "run"
     result = run_cli("finetune", "--checkpoint", tiny_warm, "--dataset", "synthetic", "--epochs", "1", "--out", out,
                      "--quiet", expect=1)

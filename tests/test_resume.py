@@ -279,5 +279,6 @@ def test_ort_backend_resumes_to_the_same_records(tiny_warm, tmp_path, optimizer)
     # Back to the checkpoint written at the end of epoch 0, as if the run had died right after it.
     (state / "current.pt").write_bytes((state / "previous.pt").read_bytes())
     assert load_state(state)["next_epoch"] == 1
+    (tmp_path / "cut" / "summary.json").unlink()       # such a run never wrote its summary
     run_cli("finetune", "--resume", tmp_path / "cut", "--quiet")
     assert stable(records(tmp_path / "cut")) == stable(records(tmp_path / "ref"))

@@ -293,8 +293,8 @@ def warn_if_trained_on(card: ModelCard, splits: Splits, data: DataOptions, where
     (a warning, not a refusal: revisiting seen data can be intended). Only pretrains that trained
     an epoch, and cards that record the shard, are checked."""
     trained = card.dataset or {}
-    if trained.get("name") != splits.train.name or "shard" not in trained:
-        return
+    if trained.get("name") != splits.train.name or not {"shard", "val_fraction", "split_seed"} <= trained.keys():
+        return      # a card from before the split was recorded: its training samples cannot be rebuilt
     if card.training.get("phase") != "pretrain" or not card.training.get("epochs"):
         return      # a fresh initialisation (0 epochs, as bench reference makes) trained on nothing
     import torch

@@ -88,7 +88,8 @@ def print_summary(summary: dict, quiet: bool = False) -> None:
             kind = energy_label(t.get("energy_method"))
             click.echo(f"energy {t['energy_j']:.1f} J ({kind}, source {t['energy_source']}, "
                        f"method {t['energy_method']})")
-    click.echo(all_in_line(summary))
+    if summary.get("output_model"):     # a torchrun rank other than 0 writes no model: no totals to show
+        click.echo(all_in_line(summary))
     kept = summary.get("kept")
     if summary.get("stop_reason") == "interrupted":
         pass            # nothing is concluded about an unfinished run (the resume hint follows)
