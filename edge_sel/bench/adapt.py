@@ -136,6 +136,17 @@ def joules(value: float | None) -> str:
     return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
+def paired_table(pairs: list[dict]) -> list[str]:
+    """The paired differences of one scenario as markdown rows (a blank line first)."""
+    lines = ["", "| paired difference (points) | seeds | mean | 95% CI | excludes 0 | FLOPs ratio |",
+             "|---|---|---|---|---|---|"]
+    for p in pairs:
+        lines.append(f"| {p['a']} − {p['b']} | {p['n']} | {p['diff_pts']:+.2f} | "
+                     f"[{p['ci_low']:+.2f}, {p['ci_high']:+.2f}] | {'yes' if p['excludes_zero'] else 'no'} | "
+                     f"{p['flops_ratio']:.3f} |")
+    return lines
+
+
 def tables(bench: dict) -> str:
     lines = []
     for scenario, by_method in bench["results"].items():
@@ -153,12 +164,7 @@ def tables(bench: dict) -> str:
             lines.append(f"| {name} | {statistics.fmean(accs):.2f} | {std:.2f} | "
                          f"{'-' if clean is None else f'{100 * clean:.2f}'} | {flops / 1e9:.1f} | "
                          f"{flops / dense:.3f} | {joules(_mean(rows, 'energy_j'))} |")
-        lines += ["", "| paired difference (points) | seeds | mean | 95% CI | excludes 0 | FLOPs ratio |",
-                  "|---|---|---|---|---|---|"]
-        for p in bench["comparisons"][scenario]:
-            lines.append(f"| {p['a']} − {p['b']} | {p['n']} | {p['diff_pts']:+.2f} | "
-                         f"[{p['ci_low']:+.2f}, {p['ci_high']:+.2f}] | {'yes' if p['excludes_zero'] else 'no'} | "
-                         f"{p['flops_ratio']:.3f} |")
+        lines += paired_table(bench["comparisons"][scenario])
         lines.append("")
     return "\n".join(lines)
 

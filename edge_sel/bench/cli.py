@@ -54,6 +54,35 @@ def _check_checkpoint(path: Path | None) -> None:
         read_card(path)     # one-line error when it is not a checkpoint, before any training
 
 
+def _at_least_one(epochs, subset, seeds, pretrain_epochs) -> None:
+    for option, value in (("--epochs", epochs), ("--subset", subset), ("--seeds", seeds),
+                          ("--pretrain-epochs", pretrain_epochs)):
+        if value is not None and value < 1:
+            raise InputError(f"{option} must be >= 1, got {value}")
+
+
+def _activations(text: str | None, default: str) -> tuple[float, ...]:
+    try:
+        acts = tuple(float(a) for a in (text or default).split(","))
+    except ValueError:
+        raise InputError(f"--activations: comma-separated numbers, got {text!r}") from None
+    if not all(0 < a <= 1 for a in acts):
+        raise InputError(f"--activations: each must be in (0, 1], got {text!r}")
+    return acts
+
+
+def _scenarios(text: str | None, known: dict) -> dict:
+    """The named scenarios of `known` (all of them when none is named), in the order given."""
+    if text is None:
+        return known
+    chosen = {}
+    for name in text.split(","):
+        if name not in known:
+            raise InputError(f"--scenarios: unknown {name!r}; choose from {', '.join(known)}")
+        chosen[name] = known[name]
+    return chosen
+
+
 def _execute(settings: SuiteSettings, published: dict | None) -> None:
     from edge_sel.bench.outputs import write_outputs
     result = run_suite(settings)
@@ -209,20 +238,9 @@ def adapt_cmd(dataset, scenarios, activations, method_names, epochs, lr, pretrai
     n = subset or (300 if quick else 10000)
     e = epochs or (1 if quick else 2)
     count = seeds or (2 if quick else 5)
-    for option, value in (("--epochs", e), ("--subset", n), ("--seeds", count), ("--pretrain-epochs", pretrain_epochs)):
-        if value is not None and value < 1:
-            raise InputError(f"{option} must be >= 1, got {value}")
-    try:
-        acts = tuple(float(a) for a in (activations or ("0.3" if quick else "0.2,0.3,0.5")).split(","))
-    except ValueError:
-        raise InputError(f"--activations: comma-separated numbers, got {activations!r}") from None
-    if not all(0 < a <= 1 for a in acts):
-        raise InputError(f"--activations: each must be in (0, 1], got {activations!r}")
-    chosen_scenarios = adapt.SCENARIOS if scenarios is None else {}
-    for name in [] if scenarios is None else scenarios.split(","):
-        if name not in adapt.SCENARIOS:
-            raise InputError(f"--scenarios: unknown {name!r}; choose from {', '.join(adapt.SCENARIOS)}")
-        chosen_scenarios[name] = adapt.SCENARIOS[name]
+    _at_least_one(e, n, count, pretrain_epochs)
+    acts = _activations(activations, "0.3" if quick else "0.2,0.3,0.5")
+    chosen_scenarios = _scenarios(scenarios, adapt.SCENARIOS)
     methods = adapt.adapt_methods(acts)
     if method_names is not None:
         wanted = method_names.split(",")
@@ -282,22 +300,11 @@ def stream_cmd(dataset, scenarios, activations, families, frames, order, epochs,
     f = frames or (5 if quick else 10)
     e = epochs or (1 if quick else 3)
     count = seeds or (2 if quick else 10)
-    for option, value in (("--epochs", e), ("--subset", n), ("--seeds", count), ("--pretrain-epochs", pretrain_epochs)):
-        if value is not None and value < 1:
-            raise InputError(f"{option} must be >= 1, got {value}")
+    _at_least_one(e, n, count, pretrain_epochs)
     if f < 2:
         raise InputError(f"--frames must be >= 2, got {f}")
-    try:
-        acts = tuple(float(a) for a in (activations or ("0.1" if quick else "0.05,0.1,0.2")).split(","))
-    except ValueError:
-        raise InputError(f"--activations: comma-separated numbers, got {activations!r}") from None
-    if not all(0 < a <= 1 for a in acts):
-        raise InputError(f"--activations: each must be in (0, 1], got {activations!r}")
-    chosen = stream.SCENARIOS if scenarios is None else {}
-    for name in [] if scenarios is None else scenarios.split(","):
-        if name not in stream.SCENARIOS:
-            raise InputError(f"--scenarios: unknown {name!r}; choose from {', '.join(stream.SCENARIOS)}")
-        chosen[name] = stream.SCENARIOS[name]
+    acts = _activations(activations, "0.1" if quick else "0.05,0.1,0.2")
+    chosen = _scenarios(scenarios, stream.SCENARIOS)
     wanted = stream.FAMILIES if families is None else tuple(families.split(","))
     unknown = [w for w in wanted if w not in stream.FAMILIES]
     if unknown:

@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edge_sel.bench.adapt import ci95, outcome, paired
+from edge_sel.bench.adapt import ci95, outcome, paired, paired_table
 from edge_sel.config import TrainConfig
 from edge_sel.core.records import read_records
 from edge_sel.engine.run import DataOptions, finetune
@@ -130,12 +130,7 @@ def tables(bench: dict) -> str:
             lines.append(f"| {name} | {mean:.2f} | {std:.2f} | [{lo:.2f}, {hi:.2f}] | "
                          f"{_fmt(_mean(rows, 'flops_train'), 1e-9)} | {_fmt(_mean(rows, 'flops_scoring'), 1e-9, 3)} | "
                          f"{_fmt(_mean(rows, 'coverage'), 100, 1)} | {_fmt(_mean(rows, 'energy_j'), 1, 1)} |")
-        lines += ["", "| paired difference (points) | seeds | mean | 95% CI | excludes 0 | FLOPs ratio |",
-                  "|---|---|---|---|---|---|"]
-        for p in bench["comparisons"][scenario]:
-            lines.append(f"| {p['a']} − {p['b']} | {p['n']} | {p['diff_pts']:+.2f} | "
-                         f"[{p['ci_low']:+.2f}, {p['ci_high']:+.2f}] | {'yes' if p['excludes_zero'] else 'no'} | "
-                         f"{p['flops_ratio']:.3f} |")
+        lines += paired_table(bench["comparisons"][scenario])
         lines.append("")
     return "\n".join(lines)
 
