@@ -88,7 +88,8 @@ def cli():
 
 @cli.command("pretrain")
 @in_sections(PRETRAIN_SECTIONS, PRETRAIN, DATA, TRAIN, SPEED, ENERGY)
-def pretrain_cmd(model_name, model_args, init_weights, export_artifacts, resume_dir, **kw):
+def pretrain_cmd(model_name, model_args, init_weights, export_artifacts, anchors_per_class, fisher_samples, resume_dir,
+                 **kw):
     """Train a model densely and write a warmup checkpoint (under torchrun: data-parallel, rank 0 writes)."""
     kw["quiet"] = kw["quiet"] or not detect_world().is_main     # one report, from rank 0
     threads_for_command(kw.pop("threads"))
@@ -100,7 +101,8 @@ def pretrain_cmd(model_name, model_args, init_weights, export_artifacts, resume_
         require_ort("--export-artifacts")   # before training, not after
     require(epochs=kw["epochs"], out=kw["out"])
     energy = build_energy(kw)
-    summary = pretrain(model_name, build_data(kw), build_config(kw), kw["out"], kw["overwrite"], kw["quiet"],
+    cfg = build_config(kw, anchors_per_class=anchors_per_class, fisher_samples=fisher_samples)
+    summary = pretrain(model_name, build_data(kw), cfg, kw["out"], kw["overwrite"], kw["quiet"],
                        energy, model_args=parse_model_args(model_args), init_weights=init_weights)
     report_end(summary, kw["quiet"])
     if export_artifacts and detect_world().is_main:
@@ -111,7 +113,8 @@ def pretrain_cmd(model_name, model_args, init_weights, export_artifacts, resume_
 @cli.command("finetune")
 @in_sections(FINETUNE_SECTIONS, FINETUNE, METHOD_OPTIONS, DATA, TRAIN, SPEED, ENERGY)
 @profile_option
-def finetune_cmd(checkpoint, resume_dir, strategy, sparsity, backend, artifacts, bn_mode, bn_adapt, keep, **kw):
+def finetune_cmd(checkpoint, resume_dir, strategy, sparsity, backend, artifacts, bn_mode, bn_adapt, keep,
+                 max_forgetting, ewc, replay, bn_anchor_share, reset_forgetting, **kw):
     """Fine-tune a warmup checkpoint on local data; records per epoch."""
     if under_torchrun():
         raise InputError("finetune is single-device: run it without torchrun (only pretrain is distributed)")
@@ -125,7 +128,8 @@ def finetune_cmd(checkpoint, resume_dir, strategy, sparsity, backend, artifacts,
     method = {name: kw.pop(name) for name in method_option_names()}
     cfg = build_config(kw, strategy=strategy, sparsity=sparsity, backend=backend,
                        artifacts=str(artifacts) if artifacts else None, method=method, bn_mode=bn_mode,
-                       keep=keep, bn_adapt=bn_adapt)
+                       keep=keep, bn_adapt=bn_adapt, max_forgetting=max_forgetting, ewc=ewc, replay=replay,
+                       bn_anchor_share=bn_anchor_share, reset_forgetting=reset_forgetting)
     summary = finetune(checkpoint, build_data(kw), cfg, kw["out"], kw["overwrite"], kw["quiet"], energy,
                        profile=kw.pop("profile_record", None))
     report_end(summary, kw["quiet"])

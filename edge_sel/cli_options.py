@@ -112,6 +112,11 @@ PRETRAIN = [
     option("--init-weights", type=click.Path(path_type=Path), default=None,
            help="Starting weights: a .safetensors file or a torch state dict (read with weights_only=True)."),
     option("--export-artifacts", is_flag=True, help="Then export model.onnx and ORT training artifacts to OUT/artifacts."),
+    option("--anchors-per-class", type=click.IntRange(min=0), default=100, show_default=True,
+           help="Ship with the checkpoint up to N training images per class (half replayed by devices, half held "
+                "out to measure forgetting), the Fisher information and the source weights (0: none)."),
+    option("--fisher-samples", type=click.IntRange(min=0), default=1000, show_default=True,
+           help="Training samples the diagonal Fisher information is estimated on."),
     option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None,
            help="Continue the interrupted pretrain in this directory with the options it was started with."),
 ]
@@ -139,6 +144,18 @@ FINETUNE = [
     option("--keep", type=click.Choice(["best", "last"]), default="best", show_default=True,
            help="Output model: the best by local validation accuracy among the starting checkpoint and "
                 "every epoch (a run that does not beat the checkpoint hands it back unchanged), or the last epoch."),
+    option("--max-forgetting", type=float, default=3.0, show_default=True,
+           help="Guard: a candidate whose accuracy on the checkpoint's held-out anchors is more than P points "
+                "below the source model's (and below the starting model's) is not kept or deployed."),
+    option("--ewc", type=float, default=0.0, show_default=True,
+           help="Weight of the Fisher-weighted penalty pulling the weights toward the source model's (EWC)."),
+    option("--replay", type=float, default=0.0, show_default=True,
+           help="Share of each training batch drawn from the checkpoint's replay anchors (source images)."),
+    option("--bn-anchor-share", type=float, default=0.0, show_default=True,
+           help="Share of the --bn-adapt images taken from the anchors, so the statistics keep the source's."),
+    option("--reset-forgetting", type=float, default=None,
+           help="Reset to the source model first when the starting model's anchor accuracy is more than P points "
+                "below the source's (RDumb)."),
 ]
 
 # Headings of --help, in order, with the options under each (an option named by no heading is
@@ -152,6 +169,7 @@ ENERGY_SECTION = ("Energy and temperature", [o.flag for o in ENERGY])
 
 PRETRAIN_SECTIONS = [
     ("Model and output", ["--model", "--model-arg", "--init-weights", "--export-artifacts", *RUN]),
+    ("What devices get with the checkpoint", ["--anchors-per-class", "--fisher-samples"]),
     DATA_SECTION,
     ("Training", TRAINING),
     ENERGY_SECTION,
@@ -159,9 +177,11 @@ PRETRAIN_SECTIONS = [
 ]
 
 FINETUNE_SECTIONS = [
-    ("Checkpoint and output", ["--checkpoint", *RUN, "--keep"]),
+    ("Checkpoint and output", ["--checkpoint", *RUN, "--keep", "--max-forgetting"]),
     DATA_SECTION,
     ("Training", [*TRAINING, "--bn-mode", "--bn-adapt", "--backend", "--artifacts"]),
+    ("Against forgetting (need the checkpoint's anchors)", ["--ewc", "--replay", "--bn-anchor-share",
+                                                            "--reset-forgetting"]),
     ("Method (which samples)", ["--strategy", "--preset", "--target-activation"]),
     ("Gate (sundew, random, infobatch, dihcl: --gate, or as --strategy)",
      ["--gate", "--significance", "--unseen", "--gate-window", "--gate-temperature", "--min-activation",

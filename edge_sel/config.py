@@ -70,6 +70,15 @@ class TrainConfig:
     method: dict = field(default_factory=dict)   # strategy/updater options (target activation, ...)
     keep: str = "best"                # output model: best by local validation (warmup included) or last
     bn_adapt: int = 0                 # re-estimate BatchNorm statistics on this many local images first
+    # What pretrain ships for a device's life (core/source_memory.py): anchors per class, Fisher samples.
+    anchors_per_class: int = 100
+    fisher_samples: int = 1000
+    # Levers against forgetting (fine-tune; each needs the checkpoint's source memory).
+    ewc: float = 0.0                  # weight of the Fisher penalty toward the source weights
+    replay: float = 0.0               # share of each training batch drawn from the replay anchors
+    bn_anchor_share: float = 0.0      # share of the BatchNorm re-estimation images that are anchors
+    reset_forgetting: float | None = None   # points of guard-anchor accuracy lost before a reset to the source
+    max_forgetting: float = 3.0       # points of guard-anchor accuracy a kept or deployed model may lose
     # Training options the user gave on the command line (a preset never overrides those); None when
     # unknown (the Python API), then a value other than the default counts as the user's choice.
     explicit: list | None = None
@@ -91,6 +100,14 @@ class TrainConfig:
         _choice("--keep", self.keep, KEEP_CHOICES)
         _integer("--bn-adapt", self.bn_adapt, lo=0)
         _integer("--eval-batch-size", self.eval_batch_size, lo=0)
+        _integer("--anchors-per-class", self.anchors_per_class, lo=0)
+        _integer("--fisher-samples", self.fisher_samples, lo=0)
+        _number("--ewc", self.ewc, lo=0)
+        _number("--replay", self.replay, lo=0, hi=0.9)
+        _number("--bn-anchor-share", self.bn_anchor_share, lo=0, hi=1, hi_open=True)
+        if self.reset_forgetting is not None:
+            _number("--reset-forgetting", self.reset_forgetting, lo=0, hi=100)
+        _number("--max-forgetting", self.max_forgetting, lo=0, hi=100)
         _integer("--eval-every", self.eval_every, lo=1)
         _integer("--val-subset", self.val_subset, lo=0)
         _number("val_share", self.val_share, lo=0, hi=1, hi_open=True)

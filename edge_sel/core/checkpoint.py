@@ -30,6 +30,8 @@ class ModelCard:
     training: dict = field(default_factory=dict)
     # How to rebuild the model (models.spec.ModelSpec.to_json); None: `architecture` is a registered name.
     model: dict | None = None
+    # What the server shipped for the device's life (core/source_memory.py): files and sizes; None: none.
+    source_memory: dict | None = None
 
     def to_json(self) -> dict:
         return {
@@ -37,7 +39,8 @@ class ModelCard:
             **({"model": self.model} if self.model else {}), "num_classes": self.num_classes,
             "class_names": self.class_names, "input_shape": self.input_shape,
             "normalization": {"mean": self.mean, "std": self.std},
-            "dataset": self.dataset, "training": self.training, "edge_sel_version": __version__,
+            "dataset": self.dataset, "training": self.training,
+            **({"source_memory": self.source_memory} if self.source_memory else {}), "edge_sel_version": __version__,
         }
 
     @classmethod
@@ -46,7 +49,7 @@ class ModelCard:
             return cls(d["architecture"], int(d["num_classes"]), list(d["class_names"]),
                        [int(v) for v in d["input_shape"]], list(d["normalization"]["mean"]),
                        list(d["normalization"]["std"]), d.get("dataset", {}), d.get("training", {}),
-                       d.get("model"))
+                       d.get("model"), d.get("source_memory"))
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"{where}: not an edge-sel model card (missing or bad field {e})") from None
 
