@@ -27,6 +27,7 @@ from edge_sel.engine.ddp import RankSync, is_restart_of, launch_info
 from edge_sel.engine.device import pick_device, seed_everything
 from edge_sel.engine.distributed import detect_world
 from edge_sel.engine import faults
+from edge_sel.engine.anchors import Memory, carry_memory, load_memory
 from edge_sel.engine.energy_setup import EnergyOptions
 from edge_sel.engine.signals import StopSignals
 from edge_sel.engine.state import NoValidState, StateWriteError, load_state
@@ -166,18 +167,19 @@ def output_model(last: dict, kept: dict | None) -> dict:
 
 def train_model(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainConfig, out: Path,
                 quiet: bool, energy: EnergyOptions | None, source_info: dict, meter=None,
-                resume_state: dict | None = None) -> dict:
+                resume_state: dict | None = None, memory: Memory | None = None) -> dict:
     """Train a built model on prepared splits into the run directory `out` (config, records,
     summary, output model, state) and return the summary: what pretrain, finetune and resume do
     once they have checked their inputs, and what a fleet client runs each round. A stop signal
-    is deferred from the trainer's start until the summary is written (engine/signals.py)."""
+    is deferred from the trainer's start until the summary is written (engine/signals.py).
+    `memory`: the starting checkpoint's source memory (engine/anchors.py), carried into `out`."""
     with StopSignals() as signals:
         return _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_info, meter,
-                            resume_state, signals)
+                            resume_state, signals, memory)
 
 
 def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_info, meter, resume_state,
-                 signals: StopSignals) -> dict:
+                 signals: StopSignals, memory: Memory | None = None) -> dict:
     world = detect_world()
     ranks = None
     if world.distributed:       # under torchrun (pretrain only): see engine.ddp
@@ -209,10 +211,12 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
                            phase=phase, meter=meter, guard=guard, budget_j=energy.budget_j, quiet=quiet,
                            state_dir=out / "state" if writes else None,
                            # a mid-epoch state would hold rank 0's share of the epoch only
-                           checkpoint_every=0 if ranks else cfg.checkpoint_every, ranks=ranks)
+                           checkpoint_every=0 if ranks else cfg.checkpoint_every, ranks=ranks, memory=memory)
         trainer = ranks.build_trainer(build, cfg) if ranks else build()
         if resume_state is None and writes:
             start_out_dir(out)
+            if memory is not None:      # the output model, once deployed, keeps where it came from
+                carry_memory(memory.directory, out)
             write_config(out, {"phase": phase, **cfg.to_json(), "energy": energy.to_json(), **source_info})
         writer = RecordWriter(out) if writes else None
         if resume_state is not None and writes:     # drops a record written after the checkpoint
@@ -434,7 +438,8 @@ def finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, out: Path, o
                    "checkpoint_sha256": weights_digest(checkpoint)}
     if profile is not None:
         source_info["profile"] = profile
-    return train_model("finetune", model, card, splits, cfg, out, quiet, energy, source_info, meter)
+    memory = load_memory(Path(checkpoint), card, splits.train)
+    return train_model("finetune", model, card, splits, cfg, out, quiet, energy, source_info, meter, memory=memory)
 
 
 def resume(run_dir: Path, quiet: bool = False, phase: str | None = None) -> dict:
@@ -479,13 +484,17 @@ def resume(run_dir: Path, quiet: bool = False, phase: str | None = None) -> dict
                              f"the run started (another model was deployed); start a new run")
         check_compatible(card, splits, Path(saved["checkpoint"]))
         card.dataset = dataset_card(splits, data)
+        # The run's own copy: the starting checkpoint may have been replaced since (a deployed link).
+        memory = load_memory(run_dir, card, splits.train)
     else:       # the same initial weights as the run's first start
         try:
             spec = ModelSpec.from_json(saved["model"])
         except ValueError as e:
             raise InputError(f"{config_file}: {e}") from None
         model, card = new_model(spec, splits, data, cfg.seed, saved.get("init_weights"))
-    return train_model(phase, model, card, splits, cfg, run_dir, quiet, energy, source_info, resume_state=state)
+        memory = None
+    return train_model(phase, model, card, splits, cfg, run_dir, quiet, energy, source_info, resume_state=state,
+                       memory=memory)
 
 
 def refuse_finished(run_dir: Path, epochs: int) -> None:

@@ -74,6 +74,7 @@ class Trainer:
     checkpoint_every: int = 0            # steps between mid-epoch checkpoints (0: epoch ends only)
     baseline: dict | None = None         # the starting checkpoint evaluated before the first step (finetune)
     ranks: object = None                 # engine.ddp.RankSync under torchrun; None in a single process
+    memory: object = None                # engine.anchors.Memory: the checkpoint's anchors, Fisher, source weights
 
     def __post_init__(self):
         cfg = self.config
