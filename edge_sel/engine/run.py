@@ -414,17 +414,24 @@ def take_artifact_optimizer(cfg: TrainConfig, quiet: bool) -> None:
                           for k, v in taken.items()), file=sys.stderr)
 
 
-def finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, out: Path, overwrite: bool = False,
-             quiet: bool = False, energy: EnergyOptions | None = None, meter=None,
-             profile: dict | None = None, splits: Splits | None = None) -> dict:
-    """`profile`: what a device profile applied (edge_sel.profiles.apply), kept in config and summary.
-    `splits`: data already loaded (the Python API's tensors), used instead of `data.load()`."""
+def prepare_finetune_config(cfg: TrainConfig, quiet: bool = False) -> TrainConfig:
+    """A fine-tune's options made whole (the preset's recipe, ORT artifacts' optimizer) and checked,
+    before any file is touched. Applying it again changes nothing."""
     apply_preset(cfg)
     if cfg.backend == "ort" and cfg.artifacts and cfg.explicit is not None:
         take_artifact_optimizer(cfg, quiet)
     cfg.validate()
     given = cfg.method if cfg.explicit is None else {k: v for k, v in cfg.method.items() if k in cfg.explicit}
     check_options_used(cfg.strategy, cfg.method.get("gate"), cfg.sparsity, given)
+    return cfg
+
+
+def finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, out: Path, overwrite: bool = False,
+             quiet: bool = False, energy: EnergyOptions | None = None, meter=None,
+             profile: dict | None = None, splits: Splits | None = None) -> dict:
+    """`profile`: what a device profile applied (edge_sel.profiles.apply), kept in config and summary.
+    `splits`: data already loaded (the Python API's tensors), used instead of `data.load()`."""
+    prepare_finetune_config(cfg, quiet)
     out = check_out_dir(out, overwrite)
     model, card = load_checkpoint(Path(checkpoint))
     splits = splits if splits is not None else data.load()

@@ -1,0 +1,203 @@
+"""One night of a device's life, the one place that says what a night does (`edge-sel night`, the
+systemd script through it, and `bench lifelong` all call `night`):
+
+1. the latest run under RUNS, when it was cut off (a state checkpoint and no summary, or a summary
+   that says `interrupted`), is resumed; a resume refused as bad input (its starting checkpoint
+   changed, its files no longer fit) would fail the same way every night, so that run is set aside
+   as `RUN.abandoned` (kept) and the night goes on to 2;
+2. otherwise a new run directory, named by the UTC start time, fine-tunes the deployed model on
+   tonight's data (the warmup checkpoint while nothing is deployed);
+3. a finished run (all epochs, its strategy's end, or its energy budget) is judged by promote,
+   which replaces the deployed model only when the rule says so.
+
+A stop signal during training ends the night with the run checkpointed (130/143; the next night
+resumes it). Bad input raises InputError, a failed write WriteError; nothing else is caught."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime
+import json
+import re
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from edge_sel.config import TrainConfig
+from edge_sel.engine.energy_setup import EnergyOptions
+from edge_sel.engine.promote import Decision, promote, validate_deployed
+from edge_sel.engine.run import DataOptions, finetune, prepare_finetune_config, resume
+from edge_sel.engine.signals import exit_code_for
+from edge_sel.errors import InputError
+
+RUN_NAME = re.compile(r"\d{8}T\d{6}Z")       # a run named by its UTC start time
+ABANDONED = ".abandoned"
+
+
+@dataclass(frozen=True)
+class Home:
+    """Where a device keeps its runs and models."""
+    runs: Path
+    deployed: Path      # the model in use: a link to a versioned directory (engine/deployed_swap.py)
+    warmup: Path        # the server's checkpoint, the start while nothing is deployed
+
+    @classmethod
+    def at(cls, home: Path, runs: Path | None = None, deployed: Path | None = None,
+           warmup: Path | None = None) -> "Home":
+        home = Path(home)
+        return cls(Path(runs) if runs else home / "runs",
+                   Path(deployed) if deployed else home / "checkpoints" / "deployed",
+                   Path(warmup) if warmup else home / "checkpoints" / "warmup")
+
+    def start_checkpoint(self) -> Path:
+        """The model a new run fine-tunes: the deployed one, else the warmup."""
+        if (self.deployed / "model.safetensors").is_file():
+            return self.deployed
+        if not (self.warmup / "model.safetensors").is_file():
+            raise InputError(f"--warmup {self.warmup}: no checkpoint there (model.safetensors is missing), and "
+                             f"nothing is deployed at --deployed {self.deployed}")
+        return self.warmup
+
+
+@dataclass
+class NightResult:
+    """What a night did. `exit_status`: 0 the night's work is done (promoted, or judged and not
+    promoted), 130/143 a stop signal ended the fine-tune (checkpointed; the next night resumes it)."""
+    run_dir: Path
+    summary: dict
+    decision: Decision | None            # None when the run did not finish tonight
+    exit_status: int
+    resumed: bool = False                # tonight finished a run cut off on an earlier night
+    start: Path | None = None            # the checkpoint a new run started from
+    abandoned: Path | None = None        # a run that could not be resumed, set aside tonight
+    cost: dict = field(default_factory=dict)
+
+    @property
+    def promoted(self) -> bool:
+        return bool(self.decision and self.decision.promote)
+
+    @property
+    def rule(self) -> str | None:
+        return self.decision.rule if self.decision else None
+
+
+def night(home: Home, data: DataOptions, cfg: TrainConfig, energy: EnergyOptions | None = None,
+          profile: dict | None = None, *, run_name: str | None = None, quiet: bool = False,
+          say: Callable[[str], None] | None = None,
+          trained: Callable[[dict], None] | None = None) -> NightResult:
+    """One night (see the module's docstring). `cfg`, `energy`: tonight's fine-tune options (copied,
+    never changed); `profile`: what a device profile applied; `run_name`: the new run's directory
+    name instead of the UTC start time (a benchmark's own); `say`: the journal's lines (default:
+    stdout, flushed, unless `quiet`); `trained(summary)`: called once the fine-tune or resume has
+    returned, before promote (the command line prints the run's closing lines there)."""
+    say = say or (_silent if quiet else _print)
+    cfg = prepare_finetune_config(copy.deepcopy(cfg), quiet)      # bad options fail before anything is touched
+    energy = copy.deepcopy(energy or EnergyOptions()).validate()
+    if run_name is not None and (not run_name or Path(run_name).name != run_name or run_name.endswith(ABANDONED)):
+        raise InputError(f"run name {run_name!r}: must be a plain directory name")
+    summary, run_dir, resumed, abandoned, start = None, None, False, None, None
+    latest = latest_run(home.runs)
+    if latest is not None and unfinished(latest):
+        say(f"edge-sel nightly: resuming {latest}")
+        try:
+            summary = resume(latest, quiet, phase="finetune")
+            run_dir, resumed = latest, True
+        except InputError as e:
+            abandoned = set_aside(latest)
+            say(f"edge-sel nightly: {latest} cannot be resumed ({e}); kept as {abandoned}, starting a new run")
+    if summary is None:
+        start = home.start_checkpoint()
+        run_dir = home.runs / (run_name or new_run_name(home.runs))
+        say(f"edge-sel nightly: new run {run_dir} from {start}")
+        summary = finetune(start, data, cfg, run_dir, quiet=quiet, energy=energy, profile=profile)
+    if trained is not None:
+        trained(summary)
+    if summary.get("stop_reason") == "interrupted":
+        status = exit_code_for(getattr(signal, summary.get("stop_signal") or "SIGINT"))
+        return NightResult(run_dir, summary, None, status, resumed, start, abandoned, night_cost(summary, None))
+    decision = promote(run_dir, home.deployed, evaluate=metered_validation(energy))
+    return NightResult(run_dir, summary, decision, 0, resumed, start, abandoned, night_cost(summary, decision))
+
+
+def latest_run(runs: Path) -> Path | None:
+    """The newest run named by its start time (others, set-aside runs included, are not nights')."""
+    if not runs.is_dir():
+        return None
+    named = sorted(p for p in runs.iterdir() if p.is_dir() and RUN_NAME.fullmatch(p.name))
+    return named[-1] if named else None
+
+
+def unfinished(run: Path) -> bool:
+    """A run with a full-state checkpoint and no summary, or one whose summary says it was interrupted
+    (an energy-budget stop is finished)."""
+    if not (run / "state").is_dir():
+        return False
+    try:
+        summary = json.loads((run / "summary.json").read_text())
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError):
+        return True         # a torn summary: the resume decides (and refuses it as bad input if it must)
+    return summary.get("stop_reason") == "interrupted"
+
+
+def set_aside(run: Path) -> Path:
+    """Rename a run that cannot be resumed to RUN.abandoned (RUN.abandoned.2, ... when taken)."""
+    target, n = run.with_name(run.name + ABANDONED), 1
+    while target.exists():
+        n += 1
+        target = run.with_name(f"{run.name}{ABANDONED}.{n}")
+    run.rename(target)
+    return target
+
+
+def new_run_name(runs: Path, now: datetime.datetime | None = None) -> str:
+    """The UTC start time; a later second when that name is taken (two nights in one second)."""
+    now = (now or datetime.datetime.now(datetime.timezone.utc)).replace(microsecond=0)
+    while (runs / (name := now.strftime("%Y%m%dT%H%M%SZ"))).exists():
+        now += datetime.timedelta(seconds=1)
+    return name
+
+
+def metered_validation(energy: EnergyOptions):
+    """promote's validation of the deployed model, inside an energy window of its own (the same
+    meters the fine-tune used), so that the night's joules include it."""
+    def evaluate(config: dict, deployed: Path):
+        meter = dataclasses.replace(energy, idle_baseline_s=0.0).open()     # gross joules: idle power is not measured again
+        try:
+            meter.begin("promote")
+            acc, cost = validate_deployed(config, deployed)
+            window = meter.end("promote")
+        finally:
+            meter.close()
+        cost.pop("energy", None)
+        cost.update({k: window.get(k) for k in ("energy_j", "energy_source", "energy_method")})
+        return acc, cost
+    return evaluate
+
+
+def night_cost(summary: dict, decision: Decision | None) -> dict:
+    """The night's all-in cost: the run's totals (training, every evaluation, the layout probe; for a
+    resumed run, the epochs of earlier nights too) plus promote's validation of the deployed model."""
+    totals = summary.get("totals") or {}
+    judged = (decision.evaluation if decision else None) or {}
+    run_j, judge_j = totals.get("energy_all_j"), judged.get("energy_j")
+    return {
+        "flops_all": (totals.get("flops_all") or 0) + (judged.get("flops") or 0),
+        "energy_all_j": None if run_j is None and judge_j is None else (run_j or 0) + (judge_j or 0),
+        "wall_all_s": (totals.get("wall_all_s") or 0) + (judged.get("wall_s") or 0),
+        "run": {k: totals.get(k) for k in ("flops_all", "energy_all_j", "wall_all_s", "flops_train", "flops_eval")},
+        "promote": {k: judged.get(k) for k in ("samples", "flops", "wall_s", "energy_j")},
+        "energy_source": totals.get("energy_source"), "energy_method": totals.get("energy_method"),
+        "note": "counted FLOPs of the passes run; joules from the run's meter windows and promote's own window",
+    }
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def _silent(line: str) -> None:
+    pass
