@@ -68,8 +68,10 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 
 def make_splits(train_full: IndexedDataset, test: IndexedDataset, val_fraction: float = 0.1,
                 shard_kn: tuple[int, int] | None = None, subset: int | None = None,
-                per_class_cap: int | None = None, split_seed: int = 0) -> Splits:
+                per_class_cap: int | None = None, split_seed: int = 0, subset_seed: int | None = None) -> Splits:
     """train_full -> (val held out first, then shard, then subset/cap) ; test kept apart untouched.
+    `subset_seed` draws another subset of the same shard (None: the draw that follows from `split_seed`);
+    the validation split never depends on it.
 
     The validation split is taken before sharding, so a pretrain on shard 0/2 and a fine-tune on
     shard 1/2 share one validation set and never see each other's training samples.
@@ -89,7 +91,8 @@ def make_splits(train_full: IndexedDataset, test: IndexedDataset, val_fraction: 
                              f"or more)")
         if per_class_cap is not None and per_class_cap < 1:
             raise InputError(f"--per-class-cap must be positive, got {per_class_cap}")
-        train = train.subset(stratified_take(train, subset, per_class_cap, seed=split_seed + 2))
+        draw = split_seed + 2 if subset_seed is None else subset_seed
+        train = train.subset(stratified_take(train, subset, per_class_cap, seed=draw))
     if len(train) == 0:
         raise InputError("the training split is empty after --shard/--subset; use more data")
     return Splits(train=train, val=train_full.subset(val), test=test)

@@ -52,6 +52,7 @@ class DataOptions:
     image_size: int | None = None
     shift: str | None = None          # a shift scenario (edge_sel.data.shift), e.g. "corrupt=fog:3"
     shift_seed: int = 0
+    subset_seed: int | None = None    # another draw of --subset from the same shard (a night's new images)
 
     def load(self) -> Splits:
         parse_shard(self.shard)
@@ -62,14 +63,15 @@ class DataOptions:
         """The splits of a loaded source (or of data handed over as objects, by the Python API)."""
         self._source = (train_full, test)        # for warmup_train_ids, without reading it again
         splits = make_splits(train_full, test, self.val_fraction, parse_shard(self.shard), self.subset,
-                             self.per_class_cap, self.split_seed)
+                             self.per_class_cap, self.split_seed, self.subset_seed)
         return apply_shift(splits, parse_shift(self.shift), self.shift_seed)
 
     def warmup_train_ids(self, trained: dict):
         """Sample ids a pretrain described by its model card's dataset (same source) trained on."""
         train_full, test = self._source
         warm = make_splits(train_full, test, trained["val_fraction"], parse_shard(trained.get("shard")),
-                           trained.get("subset"), trained.get("per_class_cap"), trained["split_seed"])
+                           trained.get("subset"), trained.get("per_class_cap"), trained["split_seed"],
+                           trained.get("subset_seed"))
         return warm.train.index
 
 
@@ -289,7 +291,8 @@ def dataset_card(splits: Splits, data: DataOptions) -> dict:
     return {"name": splits.train.name, "fingerprint": splits.train.fingerprint(),
             "train_samples": len(splits.train), "val_samples": len(splits.val), "test_samples": len(splits.test),
             "val_fraction": data.val_fraction, "split_seed": data.split_seed, "val_fingerprint": splits.val.fingerprint(),
-            "shard": data.shard, "subset": data.subset, "per_class_cap": data.per_class_cap}
+            "shard": data.shard, "subset": data.subset, "per_class_cap": data.per_class_cap,
+            **({"subset_seed": data.subset_seed} if data.subset_seed is not None else {})}
 
 
 def warn_if_trained_on(card: ModelCard, splits: Splits, data: DataOptions, where: Path) -> None:
