@@ -1,0 +1,378 @@
+"""`edge-sel bench lifelong`: a device's life of many nights, one device per method and seed.
+
+Each device has a home directory as the nightly script knows it (`checkpoints/warmup`, the
+`checkpoints/deployed` link that promote maintains, `runs/`), and plays a schedule of nights. A
+night is the real nightly path: fine-tune from the deployed model (the warmup while nothing is
+deployed) on tonight's local data, then promote. Tonight's data is shard 1/2 (the warmup trained on
+shard 0/2) under tonight's condition (`--shift` names: a corruption, a few-class week, noisy
+labels), a class-balanced `--subset` drawn anew each night: a camera sees new images every night,
+and the same images night after night would reward memorising them. The draw depends on (seed,
+night) only, so every method of a seed sees the same images, flips and corruption noise.
+
+After every night the bench evaluates the deployed model on every image domain of the schedule
+(clean and each corruption, the same `--test-subset` test images in each) and on the server's
+whole clean test split. That evaluation is the bench's measurement, not the device's: its FLOPs
+are reported apart and are in no method's totals. A method's totals are what its device spent:
+every night's training, validation and test passes (the run's `totals`) and promote's check of the
+deployed model (promote.json).
+
+A single-night reference per corrupted domain, the warmup adapted once to that domain alone (the
+same night's data, each of REFERENCE_METHODS, the best per seed), is the bar for the aim "within 1
+point of the best single-night adaptation".
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from edge_sel.config import TrainConfig
+from edge_sel.core.flops import FlopCounter
+from edge_sel.core.source_memory import has_source_memory
+from edge_sel.data.shift import corrupted, parse_shift
+from edge_sel.data.split import stratified_take
+from edge_sel.engine.evaluate import accuracy, evaluation_flops, predict_dataset
+from edge_sel.engine.promote import promote
+from edge_sel.engine.run import DataOptions, finetune
+from edge_sel.errors import InputError
+from edge_sel.models import load_checkpoint
+
+CONDITIONS = {
+    "day": "",                                   # the camera as the server's data: clean images
+    "night": "corrupt=gaussian_noise:3",         # a dark scene at high gain: sensor noise
+    "fog": "corrupt=fog:3",
+    "few": "classes=0,1,8,9",                    # a week that only sees four classes (CIFAR-10: vehicles)
+    "labels": "label-noise=0.3:val",             # a week of sloppy labels, for validation too
+    "longtail": "imbalance=longtail:10",
+}
+SCHEDULE = ("day", "night", "day", "few", "night", "labels", "fog", "day")
+# Digits: the demo's low-contrast device is its night; four digit classes make the few-class week.
+QUICK_CONDITIONS = {**CONDITIONS, "night": "corrupt=contrast:4", "few": "classes=0,1,2,3"}
+QUICK_SCHEDULE = ("night", "few", "day")
+REFERENCE_METHODS = ("dense", "recipe")
+CLEAN = "clean"
+SERVER = "server"
+# Lever strengths of the lever rows and of "lifelong" (override with --lever KEY=VALUE).
+LEVERS = {"ewc": 100.0, "replay": 0.25, "bn_anchor_share": 0.25, "reset_forgetting": 10.0}
+GUARD_OFF = 100.0       # --max-forgetting 100: no candidate forgets more than every point
+
+
+@dataclass
+class LifeMethod:
+    name: str
+    adapts: bool = True                   # False: the device keeps the warmup, no night runs
+    epochs: int | None = None             # None: the suite's epochs
+    strategy: str = "dense"
+    sparsity: str | None = None           # None: the strategy's (or the preset's) choice
+    method: dict = field(default_factory=dict)
+    bn_adapt: int = 0
+    levers: dict = field(default_factory=dict)   # TrainConfig fields: ewc, replay, ..., max_forgetting
+    note: str = ""
+
+    @property
+    def needs_memory(self) -> bool:
+        """Levers and the guard need the warmup's source memory (anchors, Fisher, source weights)."""
+        return bool(self.levers)
+
+    def config(self, epochs: int, lr: float, seed: int, device: str) -> TrainConfig:
+        return TrainConfig(epochs=epochs if self.epochs is None else self.epochs, lr=lr, seed=seed, device=device,
+                           strategy=self.strategy, sparsity=self.sparsity, method=dict(self.method),
+                           bn_adapt=self.bn_adapt, checkpoint_every=0, **self.levers)
+
+
+def life_methods(levers: dict | None = None) -> list[LifeMethod]:
+    lv = {**LEVERS, **(levers or {})}
+    recipe = {"preset": "adapt"}
+    out = [LifeMethod("none", adapts=False, note="no adaptation: the warmup stays deployed"),
+           LifeMethod("bn", epochs=0, bn_adapt=500, note="BatchNorm statistics re-estimated each night (forward only)"),
+           LifeMethod("dense", note="dense nightly fine-tuning: every sample, every parameter"),
+           LifeMethod("recipe", method=recipe, note="--preset adapt each night")]
+    for lever in ("ewc", "replay", "bn_anchor_share", "reset_forgetting"):
+        out.append(LifeMethod(f"recipe+{lever}", method=recipe, levers={lever: lv[lever]},
+                              note=f"--preset adapt --{lever.replace('_', '-')} {lv[lever]:g}"))
+    out.append(LifeMethod("recipe-noguard", method=recipe, levers={"max_forgetting": GUARD_OFF},
+                          note=f"--preset adapt with the guard switched off (--max-forgetting {GUARD_OFF:g})"))
+    combo = {k: lv[k] for k in ("ewc", "replay", "bn_anchor_share", "reset_forgetting")}
+    out.append(LifeMethod("lifelong", method=recipe, levers=combo,
+                          note="--preset adapt with every lever: " + ", ".join(f"{k} {v:g}" for k, v in combo.items())))
+    return out
+
+
+QUICK_METHODS = ("none", "bn", "dense", "recipe", "lifelong")
+
+
+def parse_conditions(items: tuple[str, ...], base: dict) -> dict:
+    """`--shift NAME=SPEC` (repeatable) adds or replaces a named condition; SPEC is a --shift spec."""
+    out = dict(base)
+    for item in items:
+        name, sep, spec = item.partition("=")
+        if not sep or not name or not name.replace("-", "").replace("_", "").isalnum():
+            raise InputError(f"--shift: expected NAME=SPEC such as night=corrupt=gaussian_noise:3, got {item!r}")
+        parse_shift(spec)           # a bad spec fails here, with --shift's own message
+        out[name] = spec
+    return out
+
+
+def parse_schedule(text: str | None, conditions: dict, default: tuple[str, ...]) -> list[str]:
+    names = default if text is None else tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in conditions]
+    if unknown:
+        raise InputError(f"--schedule: unknown condition {', '.join(unknown)}; known: {', '.join(conditions)} "
+                         f"(add one with --shift NAME=SPEC)")
+    if not names:
+        raise InputError("--schedule: no nights given")
+    return list(names)
+
+
+def parse_levers(items: tuple[str, ...]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.replace("-", "_")
+        if not sep or key not in LEVERS:
+            raise InputError(f"--lever: expected KEY=VALUE with KEY one of {', '.join(LEVERS)}, got {item!r}")
+        try:
+            out[key] = float(value)
+        except ValueError:
+            raise InputError(f"--lever: {item!r}: {value!r} is not a number") from None
+    return out
+
+
+def domain_of(spec: str) -> str:
+    """The image domain a condition's images are in: clean, or its corruption (name:severity)."""
+    shift = parse_shift(spec)
+    return CLEAN if shift.corruption is None else f"{shift.corruption[0]}:{shift.corruption[1]}"
+
+
+def domains(schedule: list[str], conditions: dict) -> list[str]:
+    seen = [CLEAN]
+    for name in schedule:
+        d = domain_of(conditions[name])
+        if d not in seen:
+            seen.append(d)
+    return seen
+
+
+@dataclass
+class EvaluationSets:
+    """The bench's own test images: per domain the same class-balanced draw of the test split, and
+    the server's whole clean test split."""
+    sets: dict                 # domain -> IndexedDataset
+    sizes: dict
+
+    @classmethod
+    def build(cls, dataset: str, data_dir, domain_names: list[str], per_domain: int | None) -> "EvaluationSets":
+        splits = DataOptions(dataset, data_dir).load()
+        test = splits.test
+        picked = test if per_domain is None or per_domain >= len(test) else \
+            test.subset(stratified_take(test, per_domain, seed=0))
+        sets = {}
+        for d in domain_names:
+            if d == CLEAN:
+                sets[d] = picked
+            else:
+                name, severity = d.split(":")
+                sets[d] = corrupted(picked, name, int(severity), seed=0, pool="test")
+        sets[SERVER] = test
+        return cls(sets, {k: len(v) for k, v in sets.items()})
+
+    def evaluate(self, checkpoint: Path, batch_size: int = 256) -> dict:
+        """Accuracy of a checkpoint on every set, and the counted FLOPs of the passes."""
+        model, card = load_checkpoint(checkpoint)
+        model.eval()
+        counter = FlopCounter(model, list(card.input_shape))
+        acc, flops = {}, 0
+        for name, ds in self.sets.items():
+            logits = predict_dataset(lambda x: model(x).float(), ds, card.mean, card.std, batch_size)
+            acc[name] = accuracy(logits, ds.labels)
+            flops += evaluation_flops(counter, len(ds), batch_size)
+        return {"acc": acc, "flops": flops}
+
+
+def night_data(dataset: str, data_dir, spec: str, subset: int | None, seed: int, night: int) -> DataOptions:
+    """Tonight's local data: shard 1/2 under tonight's condition, a new draw per (seed, night)."""
+    return DataOptions(dataset, data_dir, shard="1/2", subset=subset, shift=spec or None, shift_seed=seed,
+                       subset_seed=None if subset is None else 7919 * seed + 101 * night + 17)
+
+
+class Device:
+    """One device's home as deploy/systemd/run-finetune.sh lays it out."""
+
+    def __init__(self, home: Path, warmup: Path):
+        self.home = Path(home)
+        self.warmup = self.home / "checkpoints" / "warmup"
+        self.deployed = self.home / "checkpoints" / "deployed"
+        self.runs = self.home / "runs"
+        self.runs.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(warmup, self.warmup, dirs_exist_ok=True)
+
+    def current(self) -> Path:
+        """The model the device uses now: the deployed one, the warmup while nothing is deployed."""
+        return self.deployed if (self.deployed / "model.safetensors").is_file() else self.warmup
+
+    def night(self, name: str, data: DataOptions, cfg: TrainConfig) -> dict:
+        """One night: fine-tune from the current model into runs/NAME, then promote."""
+        run = self.runs / name
+        summary = finetune(self.current(), data, cfg, run, overwrite=True, quiet=True)
+        decision = promote(run, self.deployed)
+        return {"run": str(run), "summary": summary, "promote": asdict(decision)}
+
+
+def night_costs(night: dict) -> dict:
+    """What the device spent on one night, all in, from the run's totals and promote's check."""
+    t = night["summary"]["totals"]
+    check = night["promote"].get("evaluation") or {}
+    promote_j = check.get("energy_j") if isinstance(check.get("energy_j"), (int, float)) else None
+    return {"flops_train": t.get("flops_train") or 0,
+            "flops_eval": (t.get("flops_eval") or 0) + (check.get("flops") or 0),
+            "flops_all": (t.get("flops_all") or 0) + (check.get("flops") or 0),
+            "energy_j": None if t.get("energy_all_j") is None else t["energy_all_j"] + (promote_j or 0),
+            "energy_method": t.get("energy_method"), "energy_source": t.get("energy_source"),
+            "promote_check_unmetered_s": 0.0 if promote_j is not None else check.get("wall_s") or 0.0,
+            "wall_s": (t.get("wall_all_s") or 0) + (check.get("wall_s") or 0),
+            "samples_trained": t.get("samples_trained") or 0}
+
+
+NO_COST = {"flops_train": 0, "flops_eval": 0, "flops_all": 0, "energy_j": 0.0, "energy_method": None,
+           "energy_source": None, "promote_check_unmetered_s": 0.0, "wall_s": 0.0, "samples_trained": 0}
+
+
+def forgetting(history: list[dict]) -> dict:
+    """Per domain: the best accuracy it ever had (the start included) minus the current, in points."""
+    now = history[-1]["acc"]
+    return {d: 100 * (max(h["acc"][d] for h in history) - now[d]) for d in now}
+
+
+def average(acc: dict, image_domains: list[str]) -> float:
+    return sum(acc[d] for d in image_domains) / len(image_domains)
+
+
+@dataclass
+class LifeSettings:
+    dataset: str
+    data_dir: Path | None
+    warmup: Path
+    schedule: list[str]
+    conditions: dict
+    methods: list[LifeMethod]
+    seeds: list[int]
+    subset: int | None
+    epochs: int
+    lr: float
+    device: str
+    out: Path
+    test_subset: int | None
+    reference_methods: tuple[str, ...] = REFERENCE_METHODS
+    skipped: dict = field(default_factory=dict)      # method -> why it did not run
+
+
+def play(s: LifeSettings, log=print) -> dict:
+    """Every method's life for every seed, night by night, and the single-night references."""
+    t0 = time.perf_counter()
+    image_domains = domains(s.schedule, s.conditions)
+    evalsets = EvaluationSets.build(s.dataset, s.data_dir, image_domains, s.test_subset)
+    start = evalsets.evaluate(s.warmup)
+    bench_eval_flops = start["flops"]
+    lives: dict = {m.name: [] for m in s.methods}
+    for seed in s.seeds:
+        devices = {m.name: Device(s.out / "homes" / m.name / f"seed{seed}", s.warmup) for m in s.methods}
+        history = {m.name: [{"night": 0, "condition": "start", "acc": start["acc"], "forgetting": {},
+                             **NO_COST}] for m in s.methods}
+        for i, condition in enumerate(s.schedule, 1):
+            data = night_data(s.dataset, s.data_dir, s.conditions[condition], s.subset, seed, i)
+            for m in s.methods:
+                dev, past = devices[m.name], history[m.name]
+                row = {"night": i, "condition": condition, "shift": s.conditions[condition]}
+                if m.adapts:
+                    night = dev.night(f"night{i:02d}-{condition}", data, m.config(s.epochs, s.lr, seed, s.device))
+                    decision = night["promote"]
+                    row.update(night_costs(night), run=night["run"], rule=decision["rule"],
+                               promoted=decision["promote"], kept=(night["summary"].get("kept") or {}).get("kept"))
+                else:
+                    row.update(NO_COST, rule="no-adaptation", promoted=False, kept=None)
+                if row["promoted"]:
+                    measured = evalsets.evaluate(dev.current())
+                    row["acc"], bench_eval_flops = measured["acc"], bench_eval_flops + measured["flops"]
+                else:
+                    row["acc"] = past[-1]["acc"]       # the same deployed weights: the same accuracies
+                past.append(row)
+                row["forgetting"] = forgetting(past)
+                row["average"] = average(row["acc"], image_domains)
+                log(f"  seed {seed} night {i} {condition:8s} {m.name:18s} {row['rule']:12s} "
+                    + " ".join(f"{d} {100 * row['acc'][d]:5.1f}" for d in [*image_domains, SERVER])
+                    + f"  {row['flops_train'] / 1e9:8.2f} GFLOP train")
+        for m in s.methods:
+            past = history[m.name]
+            past[0]["average"] = average(past[0]["acc"], image_domains)
+            lives[m.name].append({"seed": seed, "nights": past, "totals": life_totals(past[1:])})
+    references, ref_flops = single_night_references(s, evalsets, image_domains, lives, log)
+    return {"domains": image_domains, "evaluation_sizes": evalsets.sizes, "start": start["acc"],
+            "lives": lives, "references": references, "wall_s": time.perf_counter() - t0,
+            "bench_eval_flops": bench_eval_flops + ref_flops}
+
+
+def life_totals(nights: list[dict]) -> dict:
+    """The sums over a life's nights (energy None when no night was metered)."""
+    out = {k: sum(n[k] for n in nights) for k in ("flops_train", "flops_eval", "flops_all", "wall_s",
+                                                  "promote_check_unmetered_s", "samples_trained")}
+    joules = [n["energy_j"] for n in nights if n["energy_j"] is not None]
+    out["energy_j"] = sum(joules) if joules else None
+    out["energy_methods"] = sorted({n["energy_method"] for n in nights if n["energy_method"]})
+    out["promoted"] = sum(1 for n in nights if n["promoted"])
+    return out
+
+
+def single_night_references(s: LifeSettings, evalsets: EvaluationSets, image_domains: list[str], lives: dict,
+                            log) -> tuple[dict, int]:
+    """For each corrupted domain: the warmup adapted once, on the schedule's first night of that
+    domain, by each reference method; the accuracy on that domain per seed. When that is the
+    schedule's first night, a life that ran the method already is that night (it started from the
+    warmup on the same data and seed): its first night is taken instead of running it again."""
+    by_name = {m.name: m for m in life_methods()}
+    refs: dict = {}
+    flops = 0
+    for d in image_domains[1:]:
+        i = next(k for k, c in enumerate(s.schedule, 1) if domain_of(s.conditions[c]) == d)
+        condition = s.schedule[i - 1]
+        refs[d] = {"condition": condition, "night": i, "methods": {}}
+        for name in s.reference_methods:
+            rows = []
+            for k, seed in enumerate(s.seeds):
+                if i == 1 and lives.get(name):
+                    first = lives[name][k]["nights"][1]
+                    rows.append({"seed": seed, "acc": first["acc"][d], "rule": first["rule"], "from_life": True,
+                                 **{c: first[c] for c in NO_COST}})
+                    continue
+                dev = Device(s.out / "references" / d.replace(":", "-") / name / f"seed{seed}", s.warmup)
+                data = night_data(s.dataset, s.data_dir, s.conditions[condition], s.subset, seed, i)
+                night = dev.night(f"night{i:02d}-{condition}", data, by_name[name].config(s.epochs, s.lr, seed, s.device))
+                measured = evalsets.evaluate(dev.current())
+                flops += measured["flops"]
+                rows.append({"seed": seed, "acc": measured["acc"][d], "rule": night["promote"]["rule"],
+                             **night_costs(night)})
+                log(f"  reference {d} seed {seed} {name:8s} {100 * rows[-1]['acc']:5.1f}")
+            refs[d]["methods"][name] = rows
+        refs[d]["best_per_seed"] = {seed: max(refs[d]["methods"][n][k]["acc"] for n in s.reference_methods)
+                                    for k, seed in enumerate(s.seeds)}
+    return refs, flops
+
+
+def select_methods(methods: list[LifeMethod], names: str | None, warmup: Path, default: tuple[str, ...] | None = None
+                   ) -> tuple[list[LifeMethod], dict]:
+    """The methods asked for (all, or `default`), less those that need source memory the warmup
+    lacks (with the reason)."""
+    known = {m.name: m for m in methods}
+    wanted = list(known) if names is None and default is None else \
+        list(default) if names is None else [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise InputError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
+    memory = has_source_memory(warmup)
+    skipped = {n: f"{warmup} has no source memory (anchors, Fisher, source weights): pretrain it with them"
+               for n in wanted if known[n].needs_memory and not memory}
+    if names is not None and skipped:       # asked for by name: say so rather than drop it
+        name, why = next(iter(skipped.items()))
+        raise InputError(f"--methods {name}: {why}")
+    return [known[n] for n in wanted if n not in skipped], skipped

@@ -1,0 +1,116 @@
+"""`edge-sel bench lifelong --quick`: a device's life on digits, and the consistency of what it reports."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edge_sel.bench import lifelong
+from edge_sel.errors import InputError
+from helpers import run_cli
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lifelong") / "bench"
+    run_cli("bench", "lifelong", "--quick", "--quiet", "--out", out)
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_forgetting_is_the_best_accuracy_so_far_minus_the_current(bench):
+    _, results = bench
+    for name, lives in results["lives"].items():
+        for life in lives:
+            nights = life["nights"]
+            assert [n["night"] for n in nights] == list(range(len(results["schedule"]) + 1))
+            for i in range(1, len(nights)):
+                for d, acc in nights[i]["acc"].items():
+                    best = max(n["acc"][d] for n in nights[: i + 1])
+                    assert nights[i]["forgetting"][d] == pytest.approx(100 * (best - acc)), (name, i, d)
+                mean = sum(nights[i]["acc"][d] for d in results["domains"]) / len(results["domains"])
+                assert nights[i]["average"] == pytest.approx(mean)
+    # A night that promoted nothing leaves the deployed model, and so every accuracy, as it was.
+    for life in results["lives"]["none"]:
+        assert all(n["acc"] == results["start"] for n in life["nights"])
+
+
+def test_totals_are_the_sums_of_the_nights_and_the_summary_their_mean(bench):
+    _, results = bench
+    for name, lives in results["lives"].items():
+        for life in lives:
+            nights = life["nights"][1:]
+            for key in ("flops_train", "flops_all", "flops_eval"):
+                assert life["totals"][key] == sum(n[key] for n in nights)
+            metered = [n["energy_j"] for n in nights if n["energy_j"] is not None]
+            assert life["totals"]["energy_j"] == pytest.approx(sum(metered) if metered else None)
+            for n in nights:        # all in: training plus every evaluation the device ran
+                assert n["flops_all"] >= n["flops_train"] + n["flops_eval"] - 1
+        mean = sum(life["totals"]["flops_train"] for life in lives) / len(lives)
+        assert results["summary"][name]["totals"]["flops_train"] == pytest.approx(mean)
+        final = sum(100 * life["nights"][-1]["acc"]["server"] for life in lives) / len(lives)
+        assert results["summary"][name]["final"]["acc"]["server"] == pytest.approx(final)
+
+
+def test_the_methods_cost_in_the_expected_order(bench):
+    _, results = bench
+    flops = {name: s["totals"]["flops_train"] for name, s in results["summary"].items()}
+    assert flops["none"] == 0 < flops["bn"] < flops["recipe"] < flops["dense"]
+    assert results["summary"]["none"]["totals"]["energy_j"] == 0
+    assert results["aims"]["dense"]["flops_ratio"] == pytest.approx(1.0)
+    assert results["aims"]["recipe"]["flops_ratio"] == pytest.approx(flops["recipe"] / flops["dense"])
+
+
+def test_single_night_references_and_paired_differences(bench):
+    _, results = bench
+    refs = results["references"]
+    assert list(refs) == [d for d in results["domains"] if d != "clean"] == ["contrast:4"]
+    ref = refs["contrast:4"]
+    # The schedule's first night is that domain: the reference is each life's first night, not a new run.
+    for name in ("dense", "recipe"):
+        assert [r["acc"] for r in ref["methods"][name]] == \
+            [life["nights"][1]["acc"]["contrast:4"] for life in results["lives"][name]]
+    best = [max(ref["methods"][m][k]["acc"] for m in ref["methods"]) for k in range(2)]
+    assert list(ref["best_per_seed"].values()) == pytest.approx(best)
+    gap = results["aims"]["recipe"]["domain_gaps"]["contrast:4"]
+    assert gap == pytest.approx(results["summary"]["recipe"]["final"]["acc"]["contrast:4"] - 100 * sum(best) / 2)
+    pairs = {(p["a"], p["b"]): p for p in results["comparisons"]}
+    recipe = pairs[("recipe", "dense")]
+    per_seed = [100 * (r["nights"][-1]["average"] - d["nights"][-1]["average"])
+                for r, d in zip(results["lives"]["recipe"], results["lives"]["dense"])]
+    assert recipe["per_seed"] == pytest.approx(per_seed) and recipe["n"] == 2
+
+
+def test_outputs_round_trip_and_the_figure_is_a_png(bench):
+    out, results = bench
+    assert json.loads(json.dumps(results)) == results
+    assert (out / "lifelong.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (out / "table.md").read_text()
+    final = results["summary"]["dense"]["final"]
+    assert f"| dense | {final['acc']['clean']:.1f} | {final['acc']['contrast:4']:.1f} | {final['average']:.1f} |" in table
+    assert "Aims" in table and "not a measurement" in table
+    # Every night ran the nightly path: a run directory with its summary, judged by promote.
+    run = results["lives"]["dense"][0]["nights"][1]["run"]
+    assert json.loads((out / "homes" / "dense" / "seed0" / "runs" / run.rsplit("/", 1)[1] / "promote.json")
+                      .read_text())["rule"] == results["lives"]["dense"][0]["nights"][1]["rule"]
+
+
+def test_conditions_and_schedule_are_checked():
+    conditions = lifelong.parse_conditions(("rain=corrupt=gaussian_blur:2",), lifelong.CONDITIONS)
+    assert conditions["rain"] == "corrupt=gaussian_blur:2"
+    assert lifelong.parse_schedule("day,rain", conditions, lifelong.SCHEDULE) == ["day", "rain"]
+    assert lifelong.domains(["day", "rain", "night", "few"], conditions) == ["clean", "gaussian_blur:2",
+                                                                           "gaussian_noise:3"]
+    for bad in (("rain",), ("rain=corrupt=mist:2",)):
+        with pytest.raises(InputError, match="--shift"):
+            lifelong.parse_conditions(bad, lifelong.CONDITIONS)
+    with pytest.raises(InputError, match="--schedule: unknown condition rain"):
+        lifelong.parse_schedule("day,rain", lifelong.CONDITIONS, lifelong.SCHEDULE)
+
+
+def test_a_bad_schedule_is_one_line_and_exit_2(tmp_path):
+    result = run_cli("bench", "lifelong", "--quick", "--schedule", "day,moon", "--out", tmp_path / "b", expect=2)
+    assert "--schedule" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "b").exists()
