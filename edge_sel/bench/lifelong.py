@@ -2,8 +2,9 @@
 
 Each device has a home directory as the nightly script knows it (`checkpoints/warmup`, the
 `checkpoints/deployed` link that promote maintains, `runs/`), and plays a schedule of nights. A
-night is the real nightly path: fine-tune from the deployed model (the warmup while nothing is
-deployed) on tonight's local data, then promote. Tonight's data is shard 1/2 (the warmup trained on
+night is the real nightly path, engine.life's `night` (what `edge-sel night` and the systemd script
+run): fine-tune from the deployed model (the warmup while nothing is deployed) on tonight's local
+data, then promote. Tonight's data is shard 1/2 (the warmup trained on
 shard 0/2) under tonight's condition (`--shift` names: a corruption, a few-class week, noisy
 labels), a class-balanced `--subset` drawn anew each night: a camera sees new images every night,
 and the same images night after night would reward memorising them. The draw depends on (seed,
@@ -34,8 +35,9 @@ from edge_sel.core.source_memory import has_source_memory
 from edge_sel.data.shift import corrupted, parse_shift
 from edge_sel.data.split import stratified_take
 from edge_sel.engine.evaluate import accuracy, evaluation_flops, predict_dataset
-from edge_sel.engine.promote import promote
-from edge_sel.engine.run import DataOptions, finetune
+from edge_sel.engine import life
+from edge_sel.engine.life import Home
+from edge_sel.engine.run import DataOptions
 from edge_sel.errors import InputError
 from edge_sel.models import load_checkpoint
 
@@ -198,45 +200,39 @@ def night_data(dataset: str, data_dir, spec: str, subset: int | None, seed: int,
 
 
 class Device:
-    """One device's home as deploy/systemd/run-finetune.sh lays it out."""
+    """One device's home as the nightly script lays it out (checkpoints/warmup, checkpoints/deployed,
+    runs/), and its nights through engine.life, the same function `edge-sel night` runs."""
 
     def __init__(self, home: Path, warmup: Path):
-        self.home = Path(home)
-        self.warmup = self.home / "checkpoints" / "warmup"
-        self.deployed = self.home / "checkpoints" / "deployed"
-        self.runs = self.home / "runs"
-        self.runs.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(warmup, self.warmup, dirs_exist_ok=True)
+        self.home = Home.at(home)
+        self.home.runs.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(warmup, self.home.warmup, dirs_exist_ok=True)
 
     def current(self) -> Path:
         """The model the device uses now: the deployed one, the warmup while nothing is deployed."""
-        return self.deployed if (self.deployed / "model.safetensors").is_file() else self.warmup
+        return self.home.start_checkpoint()
 
     def night(self, name: str, data: DataOptions, cfg: TrainConfig) -> dict:
-        """One night: fine-tune from the current model into runs/NAME, then promote."""
-        run = self.runs / name
-        summary = finetune(self.current(), data, cfg, run, overwrite=True, quiet=True)
-        decision = promote(run, self.deployed)
-        return {"run": str(run), "summary": summary, "promote": asdict(decision)}
+        """One night: a new run runs/NAME from the current model, then promote."""
+        result = life.night(self.home, data, cfg, run_name=name, quiet=True)
+        decision = asdict(result.decision) if result.decision else {"promote": False, "rule": "interrupted"}
+        return {"run": str(result.run_dir), "summary": result.summary, "promote": decision, "cost": result.cost}
 
 
 def night_costs(night: dict) -> dict:
-    """What the device spent on one night, all in, from the run's totals and promote's check."""
-    t = night["summary"]["totals"]
-    check = night["promote"].get("evaluation") or {}
-    promote_j = check.get("energy_j") if isinstance(check.get("energy_j"), (int, float)) else None
+    """What the device spent on one night, all in (engine.life's night cost: the run's totals and
+    promote's metered check of the deployed model)."""
+    t, cost = night["summary"]["totals"], night["cost"]
+    check = cost.get("promote") or {}
     return {"flops_train": t.get("flops_train") or 0,
             "flops_eval": (t.get("flops_eval") or 0) + (check.get("flops") or 0),
-            "flops_all": (t.get("flops_all") or 0) + (check.get("flops") or 0),
-            "energy_j": None if t.get("energy_all_j") is None else t["energy_all_j"] + (promote_j or 0),
-            "energy_method": t.get("energy_method"), "energy_source": t.get("energy_source"),
-            "promote_check_unmetered_s": 0.0 if promote_j is not None else check.get("wall_s") or 0.0,
-            "wall_s": (t.get("wall_all_s") or 0) + (check.get("wall_s") or 0),
-            "samples_trained": t.get("samples_trained") or 0}
+            "flops_all": cost.get("flops_all") or 0, "energy_j": cost.get("energy_all_j"),
+            "energy_method": cost.get("energy_method"), "energy_source": cost.get("energy_source"),
+            "wall_s": cost.get("wall_all_s") or 0.0, "samples_trained": t.get("samples_trained") or 0}
 
 
 NO_COST = {"flops_train": 0, "flops_eval": 0, "flops_all": 0, "energy_j": 0.0, "energy_method": None,
-           "energy_source": None, "promote_check_unmetered_s": 0.0, "wall_s": 0.0, "samples_trained": 0}
+           "energy_source": None, "wall_s": 0.0, "samples_trained": 0}
 
 
 def forgetting(history: list[dict]) -> dict:
@@ -315,8 +311,7 @@ def play(s: LifeSettings, log=print) -> dict:
 
 def life_totals(nights: list[dict]) -> dict:
     """The sums over a life's nights (energy None when no night was metered)."""
-    out = {k: sum(n[k] for n in nights) for k in ("flops_train", "flops_eval", "flops_all", "wall_s",
-                                                  "promote_check_unmetered_s", "samples_trained")}
+    out = {k: sum(n[k] for n in nights) for k in ("flops_train", "flops_eval", "flops_all", "wall_s", "samples_trained")}
     joules = [n["energy_j"] for n in nights if n["energy_j"] is not None]
     out["energy_j"] = sum(joules) if joules else None
     out["energy_methods"] = sorted({n["energy_method"] for n in nights if n["energy_method"]})

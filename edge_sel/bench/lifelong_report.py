@@ -42,7 +42,7 @@ def summarise(result: dict) -> dict:
             continue
         nights = [night_means(lives, i, keys) for i in range(len(lives[0]["nights"]))]
         totals = {k: _mean(life["totals"][k] for life in lives)
-                  for k in ("flops_train", "flops_eval", "flops_all", "energy_j", "wall_s", "promote_check_unmetered_s")}
+                  for k in ("flops_train", "flops_eval", "flops_all", "energy_j", "wall_s")}
         totals["energy_methods"] = sorted({m for life in lives for m in life["totals"]["energy_methods"]})
         out[name] = {"nights": nights, "final": nights[-1], "totals": totals}
     return out
@@ -202,8 +202,7 @@ def notes(result: dict, settings: dict) -> list[str]:
            "Joules all in: the runs' metered training and evaluation windows ("
            + (", ".join(kinds) or "not measured")
            + ("; an estimate from CPU time, not a measurement" if "estimated" in kinds else "")
-           + "). Promote's check of the deployed model runs no meter: its time is counted, its joules are not in "
-           "the figure.",
+           + "), promote's check of the deployed model in its own window.",
            f"The bench's own evaluations cost {result['bench_eval_flops'] / 1e9:,.1f} GFLOP (counted, outside every "
            "device's totals)."]
     if settings.get("skipped"):
