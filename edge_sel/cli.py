@@ -15,8 +15,8 @@ import click  # noqa: E402
 from edge_sel import __version__  # noqa: E402
 from edge_sel.bench.cli import bench_group
 from edge_sel.cli_base import NO_ARGS_IS_HELP, Group, one_line_warnings
-from edge_sel.cli_options import (DATA, ENERGY, FINETUNE, FINETUNE_SECTIONS, PRETRAIN, PRETRAIN_SECTIONS, SPEED,
-                                  TRAIN, in_sections)
+from edge_sel.cli_options import (DATA, ENERGY, FINETUNE, FINETUNE_SECTIONS, HOME, NIGHT_SECTIONS, PRETRAIN,
+                                  PRETRAIN_SECTIONS, SPEED, TRAIN, for_a_night, in_sections)
 from edge_sel.config import TrainConfig
 from edge_sel.demo import demo_cmd
 from edge_sel.energy.monitor_cli import monitor
@@ -33,7 +33,7 @@ from edge_sel.models.spec import parse_model_args
 from edge_sel.profiles.apply import profile_option, threads_for_command
 from edge_sel.profiles.cli import profiles_group
 from edge_sel.report.cli import report_cmd
-from edge_sel.report.summary import print_summary
+from edge_sel.report.summary import energy_label, print_summary
 
 
 def build_energy(kw: dict) -> EnergyOptions:
@@ -57,7 +57,7 @@ def given_on_command_line() -> list[str]:
     ctx = click.get_current_context(silent=True)
     if ctx is None:
         return []
-    names = [*PRESET_FIELDS, *(method_option_names() if ctx.command.name == "finetune" else [])]
+    names = [*PRESET_FIELDS, *(method_option_names() if ctx.command.name in ("finetune", "night") else [])]
     return [name for name in names if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
 
 
@@ -113,8 +113,7 @@ def pretrain_cmd(model_name, model_args, init_weights, export_artifacts, anchors
 @cli.command("finetune")
 @in_sections(FINETUNE_SECTIONS, FINETUNE, METHOD_OPTIONS, DATA, TRAIN, SPEED, ENERGY)
 @profile_option
-def finetune_cmd(checkpoint, resume_dir, strategy, sparsity, backend, artifacts, bn_mode, bn_adapt, keep,
-                 max_forgetting, ewc, replay, bn_anchor_share, reset_forgetting, **kw):
+def finetune_cmd(checkpoint, resume_dir, **kw):
     """Fine-tune a warmup checkpoint on local data; records per epoch."""
     if under_torchrun():
         raise InputError("finetune is single-device: run it without torchrun (only pretrain is distributed)")
@@ -125,14 +124,59 @@ def finetune_cmd(checkpoint, resume_dir, strategy, sparsity, backend, artifacts,
         return report_end(summary, kw["quiet"])
     require(checkpoint=checkpoint, epochs=kw["epochs"], out=kw["out"])
     energy = build_energy(kw)
-    method = {name: kw.pop(name) for name in method_option_names()}
-    cfg = build_config(kw, strategy=strategy, sparsity=sparsity, backend=backend,
-                       artifacts=str(artifacts) if artifacts else None, method=method, bn_mode=bn_mode,
-                       keep=keep, bn_adapt=bn_adapt, max_forgetting=max_forgetting, ewc=ewc, replay=replay,
-                       bn_anchor_share=bn_anchor_share, reset_forgetting=reset_forgetting)
+    cfg = build_finetune_config(kw)
     summary = finetune(checkpoint, build_data(kw), cfg, kw["out"], kw["overwrite"], kw["quiet"], energy,
                        profile=kw.pop("profile_record", None))
     report_end(summary, kw["quiet"])
+
+
+def build_finetune_config(kw: dict) -> TrainConfig:
+    """A fine-tune's configuration from its options (finetune's and a night's: one place, so that
+    the two commands cannot drift apart)."""
+    fields = ("strategy", "sparsity", "backend", "bn_mode", "bn_adapt", "keep", "max_forgetting", "ewc", "replay",
+              "bn_anchor_share", "reset_forgetting")
+    chosen = {name: kw.pop(name) for name in fields}
+    artifacts = kw.pop("artifacts")
+    method = {name: kw.pop(name) for name in method_option_names()}
+    return build_config(kw, artifacts=str(artifacts) if artifacts else None, method=method, **chosen)
+
+
+@cli.command("night")
+@in_sections(NIGHT_SECTIONS, HOME, for_a_night(FINETUNE), METHOD_OPTIONS, for_a_night(DATA), for_a_night(TRAIN),
+             SPEED, ENERGY)
+@profile_option(default="auto", envvar="EDGE_SEL_PROFILE")
+def night_cmd(home, runs, deployed, warmup, **kw):
+    """One night of a device: resume the latest run if it was cut off, else fine-tune the deployed
+    model (the warmup while nothing is deployed) on tonight's data in a new run named by the UTC
+    start time; then promote a finished run if it beats the deployed model.
+
+    Exit 0: the night's work is done (promoted, or judged and not promoted); 130/143: stopped by
+    SIGINT/SIGTERM and checkpointed (the next night resumes it); 2: bad options or input; 1: anything
+    else. stdout is the journal: one line per step, epoch and phase."""
+    from edge_sel.engine.life import Home, night
+    if under_torchrun():
+        raise InputError("night is single-device: run it without torchrun")
+    threads_for_command(kw.pop("threads"))
+    if kw["dataset"] is None:
+        kw["dataset"] = f"folder:{Path(home) / 'data'}"
+    quiet = kw["quiet"]
+    energy = build_energy(kw)
+    cfg = build_finetune_config(kw)
+    result = night(Home.at(home, runs, deployed, warmup), build_data(kw), cfg, energy,
+                   profile=kw.pop("profile_record", None), quiet=quiet, say=click.echo,
+                   trained=lambda summary: print_summary(summary, quiet=quiet))
+    summary = result.summary
+    if result.decision is None:
+        click.echo(f"interrupted: state checkpointed; the next night resumes {result.run_dir}")
+        sys.exit(result.exit_status)
+    if summary.get("stop_reason") == "energy_budget":
+        click.echo("stopped before the energy budget would be exceeded; records and checkpoint are written")
+    click.echo(decision_line(result.decision, result.run_dir))
+    cost = result.cost
+    joules = "energy not measured" if cost["energy_all_j"] is None else \
+        f"{cost['energy_all_j']:.1f} J {energy_label(cost['energy_method'])}"
+    click.echo(f"edge-sel nightly: the night all in: {cost['flops_all'] / 1e9:.2f} GFLOP, {joules}, "
+               f"{cost['wall_all_s']:.1f} s (the run's totals and promote's validation)")
 
 
 def refuse_with_resume() -> None:
@@ -280,14 +324,20 @@ def promote_cmd(run_dir, deployed, force):
     (the deployed model is unchanged)."""
     from edge_sel.engine.promote import NOT_PROMOTED_EXIT, promote
     decision = promote(run_dir, deployed, force)
-    cost = decision.evaluation
-    checked = (f" [deployed model validated on {cost['samples']} samples, {cost['flops'] / 1e9:.2f} GFLOP, "
-               f"{cost['wall_s']:.1f} s]" if cost else "")
-    if decision.promote:
-        click.echo(f"promoted ({decision.rule}): {run_dir}: {decision.why}{checked}")
-    else:
-        click.echo(f"not promoted ({decision.rule}): {run_dir}: {decision.why}; the deployed model stays{checked}")
+    click.echo(decision_line(decision, run_dir))
+    if not decision.promote:
         sys.exit(NOT_PROMOTED_EXIT)
+
+
+def decision_line(decision, run_dir) -> str:
+    """promote's verdict in one line: the rule, why, and what validating the deployed model cost."""
+    cost = decision.evaluation
+    joules = f", {cost['energy_j']:.1f} J" if cost and cost.get("energy_j") is not None else ""
+    checked = (f" [deployed model validated on {cost['samples']} samples, {cost['flops'] / 1e9:.2f} GFLOP, "
+               f"{cost['wall_s']:.1f} s{joules}]" if cost else "")
+    if decision.promote:
+        return f"promoted ({decision.rule}): {run_dir}: {decision.why}{checked}"
+    return f"not promoted ({decision.rule}): {run_dir}: {decision.why}; the deployed model stays{checked}"
 
 
 @cli.command("models")

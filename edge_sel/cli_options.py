@@ -158,6 +158,39 @@ FINETUNE = [
                 "below the source's (RDumb)."),
 ]
 
+# `edge-sel night`: where the device keeps things, each defaulting to the setting the systemd
+# unit's environment file uses (deploy/systemd/finetune.env.example).
+HOME = [
+    option("--home", type=click.Path(path_type=Path), default="/var/lib/edge-sel", show_default=True,
+           envvar="EDGE_SEL_HOME", show_envvar=True,
+           help="The device's home: runs/, checkpoints/warmup, checkpoints/deployed, data/."),
+    option("--runs", type=click.Path(path_type=Path), default=None, envvar="EDGE_SEL_RUNS", show_envvar=True,
+           help="Where the nights' run directories are [default: HOME/runs]."),
+    option("--deployed", type=click.Path(path_type=Path), default=None, envvar="EDGE_SEL_DEPLOYED",
+           show_envvar=True, help="The model in use: a night starts from it and replaces it only by a run that "
+                                  "promote judges better [default: HOME/checkpoints/deployed]."),
+    option("--warmup", type=click.Path(path_type=Path), default=None, envvar="EDGE_SEL_CHECKPOINT",
+           show_envvar=True, help="The server's warmup checkpoint, the start while nothing is deployed "
+                                  "[default: HOME/checkpoints/warmup]."),
+]
+
+# A night's run directory is named by the night, and only a run cut off is resumed.
+NOT_FOR_A_NIGHT = {"--checkpoint", "--resume", "--out", "--overwrite"}
+NIGHT_DEFAULTS = {
+    "--dataset": dict(default=None, show_default=False, envvar="EDGE_SEL_DATASET", show_envvar=True,
+                      help="Tonight's local data: digits | cifar10 | synthetic | folder:PATH [default: folder:HOME/data]."),
+    "--epochs": dict(default=5, show_default=True, envvar="EDGE_SEL_EPOCHS", show_envvar=True,
+                     help="Epochs to train tonight."),
+}
+
+
+def for_a_night(family: list) -> list:
+    """A finetune option family as `edge-sel night` takes it: the same options, without those a
+    night decides itself, with a device's defaults where the systemd unit sets them."""
+    return [option(*spec.decls, **{**spec.attrs, **NIGHT_DEFAULTS.get(spec.flag, {})})
+            for spec in family if spec.flag not in NOT_FOR_A_NIGHT]
+
+
 # Headings of --help, in order, with the options under each (an option named by no heading is
 # listed under "Other options", so a new method option still shows).
 RUN = ["--out", "--overwrite", "--resume", "--checkpoint-every", "--quiet"]
@@ -195,6 +228,13 @@ FINETUNE_SECTIONS = [
       "--layer-sparsity", "--blocks", "--rgn-floor"]),
     ENERGY_SECTION,
     SPEED_SECTION,
+]
+
+
+NIGHT_SECTIONS = [
+    ("Home", [o.flag for o in HOME]),
+    ("Output and judging", [flag for flag in FINETUNE_SECTIONS[0][1] if flag not in NOT_FOR_A_NIGHT]),
+    *FINETUNE_SECTIONS[1:],
 ]
 
 

@@ -8,12 +8,14 @@ from click.testing import CliRunner
 from helpers import run_main
 from edge_sel.cli import cli
 
-FINETUNE_HEADINGS = ["Checkpoint and output", "Data", "Training", "Method (which samples)", "Gate (",
-                     "SEL curriculum", "Sparse update", "Energy and temperature", "Speed"]
-PRETRAIN_HEADINGS = ["Model and output", "Data", "Training", "Energy and temperature", "Speed"]
+FINETUNE_HEADINGS = ["Checkpoint and output", "Data", "Training", "Against forgetting", "Method (which samples)",
+                     "Gate (", "SEL curriculum", "Sparse update", "Energy and temperature", "Speed"]
+NIGHT_HEADINGS = ["Home", "Output and judging", *FINETUNE_HEADINGS[1:]]
+PRETRAIN_HEADINGS = ["Model and output", "What devices get with the checkpoint", "Data", "Training", "Energy and temperature", "Speed"]
 
 
-@pytest.mark.parametrize("command, headings", [("finetune", FINETUNE_HEADINGS), ("pretrain", PRETRAIN_HEADINGS)])
+@pytest.mark.parametrize("command, headings", [("finetune", FINETUNE_HEADINGS), ("pretrain", PRETRAIN_HEADINGS),
+                                               ("night", NIGHT_HEADINGS)])
 def test_help_lists_every_option_once_under_its_heading(command, headings):
     result = CliRunner().invoke(cli, [command, "--help"], terminal_width=100)
     assert result.exit_code == 0, result.output

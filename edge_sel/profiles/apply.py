@@ -104,9 +104,13 @@ def torch_threads(count: int | None):
         torch.set_num_threads(before)
 
 
-def profile_option(fn):
+def profile_option(fn=None, *, default: str | None = None, envvar: str | None = None):
     """Adds `--profile` to a command. The command receives the filled-in options, plus `rails`,
-    `hysteresis` (when the profile sets them) and `profile_record` (for the run's records)."""
+    `hysteresis` (when the profile sets them) and `profile_record` (for the run's records).
+    `@profile_option(default="auto", envvar=...)`: a command that applies a profile unless told not to."""
+    if fn is None:
+        return functools.partial(profile_option, default=default, envvar=envvar)
+
     @functools.wraps(fn)
     def wrapper(*args, profile=None, **kwargs):
         if profile is None:
@@ -120,4 +124,5 @@ def profile_option(fn):
         # A command with --threads sets them itself (the profile filled the option in).
         with torch_threads(None if "threads" in kwargs else loaded.cpu_threads):
             return fn(*args, profile_record=record, **kwargs)
-    return click.option("--profile", default=None, metavar="NAME|auto|FILE", help=PROFILE_HELP)(wrapper)
+    return click.option("--profile", default=default, envvar=envvar, show_default=default is not None,
+                        show_envvar=envvar is not None, metavar="NAME|auto|FILE", help=PROFILE_HELP)(wrapper)
