@@ -117,95 +117,41 @@ def test_power_guard_ignores_peripherals_and_rejects_bad_settings(tmp_path):
     assert power_ok(tmp_path).returncode == 1
 
 
-def fake_edge_sel(tmp_path: Path, finishes: bool = False, promote_exit: int = 0) -> dict:
-    """An edge-sel stand-in that logs each call's arguments (one call per line); with `finishes`, a
-    finetune also writes the run's summary.json as a finished run does; promote exits `promote_exit`."""
+def fake_edge_sel(tmp_path: Path, exit_code: int = 0) -> dict:
+    """An edge-sel stand-in that logs its arguments and the settings it was given, and exits `exit_code`."""
     fake = tmp_path / "edge-sel"
-    finish = ('if [ "$1" = finetune ]; then for a in "$@"; do [ "$prev" = --out ] && mkdir -p "$a" && '
-              'echo "{}" > "$a/summary.json"; prev="$a"; done; fi\n') if finishes else ""
-    fake.write_text('#!/bin/sh\necho "$*" >> "$ARGS_OUT"\n' + finish +
-                    f'[ "$1" = promote ] && exit {promote_exit}\nexit 0\n')
+    fake.write_text('#!/bin/sh\necho "$*" >> "$ARGS_OUT"\n'
+                    'echo "$EDGE_SEL_HOME $EDGE_SEL_DATASET $EDGE_SEL_EPOCHS" >> "$ARGS_OUT"\n'
+                    f'exit {exit_code}\n')
     fake.chmod(0o755)
     return {"PATH": os.environ["PATH"], "EDGE_SEL_BIN": str(fake), "ARGS_OUT": str(tmp_path / "args"),
-            "EDGE_SEL_HOME": str(tmp_path / "home"), "EDGE_SEL_EPOCHS": "3"}
+            "EDGE_SEL_HOME": str(tmp_path / "home"), "EDGE_SEL_EPOCHS": "3", "EDGE_SEL_DATASET": "digits"}
 
 
 def calls(tmp_path: Path) -> list[list[str]]:
     return [line.split() for line in (tmp_path / "args").read_text().splitlines()]
 
 
-def test_run_script_passes_the_settings_to_edge_sel(tmp_path):
+def test_run_script_hands_the_night_to_edge_sel_night_with_its_settings(tmp_path):
+    """What a night does is edge-sel night's (engine/life.py, tests/test_life.py); the script passes
+    the environment on and splits the extra options on spaces."""
     env = {**fake_edge_sel(tmp_path), "EDGE_SEL_EXTRA_ARGS": "--strategy dihcl --seed 4"}
     subprocess.run(["sh", str(SYSTEMD / "run-finetune.sh")], env=env, check=True)
-    [args] = calls(tmp_path)           # no summary was written: nothing to promote
-    home = tmp_path / "home"
-    assert args[:9] == ["finetune", "--checkpoint", f"{home}/checkpoints/warmup", "--dataset", f"folder:{home}/data",
-                        "--epochs", "3", "--profile", "auto"]
-    assert args[9] == "--out" and re.fullmatch(rf"{home}/runs/\d{{8}}T\d{{6}}Z", args[10])
-    assert args[11:] == ["--strategy", "dihcl", "--seed", "4"]       # no --quiet: the journal gets the lines
-    assert (home / "runs").is_dir()
+    assert calls(tmp_path) == [["night", "--strategy", "dihcl", "--seed", "4"],
+                               [str(tmp_path / "home"), "digits", "3"]]     # no --quiet: the journal gets the lines
 
 
-def test_run_script_starts_from_the_deployed_model_and_promotes_a_finished_run(tmp_path):
-    env = fake_edge_sel(tmp_path, finishes=True)
-    deployed = tmp_path / "home" / "checkpoints" / "deployed"
-    deployed.mkdir(parents=True)
-    (deployed / "model.safetensors").write_bytes(b"x")
-    subprocess.run(["sh", str(SYSTEMD / "run-finetune.sh")], env=env, check=True)
-    finetune, promote = calls(tmp_path)
-    assert finetune[:3] == ["finetune", "--checkpoint", str(deployed)]
-    run = finetune[finetune.index("--out") + 1]
-    assert promote == ["promote", run, "--deployed", str(deployed)]
+@pytest.mark.parametrize("night_exit", [0, 1, 2, 130, 143])
+def test_run_script_exits_as_the_night_did(tmp_path, night_exit):
+    result = subprocess.run(["sh", str(SYSTEMD / "run-finetune.sh")], env=fake_edge_sel(tmp_path, night_exit))
+    assert result.returncode == night_exit
 
 
-@pytest.mark.parametrize("promote_exit, script_exit", [(3, 0), (1, 1), (2, 2)])
-def test_run_script_treats_not_promoted_as_success_and_passes_failures_on(tmp_path, promote_exit, script_exit):
-    env = fake_edge_sel(tmp_path, finishes=True, promote_exit=promote_exit)
-    result = subprocess.run(["sh", str(SYSTEMD / "run-finetune.sh")], env=env)
-    assert result.returncode == script_exit
-    assert [c[0] for c in calls(tmp_path)] == ["finetune", "promote"]
-
-
-def test_finetune_unit_accepts_not_promoted_and_a_clean_stop():
+def test_finetune_unit_accepts_a_clean_stop():
+    """A night judged and not promoted exits 0 (edge-sel night); a stop exits 130/143 and is resumed."""
     unit = (SYSTEMD / "edge-sel-finetune.service").read_text()
     [line] = [ln for ln in unit.splitlines() if ln.startswith("SuccessExitStatus=")]
-    assert set(line.split("=", 1)[1].split()) == {"3", "130", "143"}
-    from edge_sel.engine.promote import NOT_PROMOTED_EXIT
-    assert NOT_PROMOTED_EXIT == 3 and "not_promoted=3" in (SYSTEMD / "run-finetune.sh").read_text()
-
-
-def test_run_script_resumes_the_latest_unfinished_run(tmp_path):
-    env = fake_edge_sel(tmp_path)
-    runs = tmp_path / "home" / "runs"
-    for name, finished in (("20260101T000000Z", True), ("20260102T000000Z", False)):
-        (runs / name / "state").mkdir(parents=True)
-        if finished:
-            (runs / name / "summary.json").write_text('{"stop_reason": null}')
-    subprocess.run(["sh", str(SYSTEMD / "run-finetune.sh")], env=env, check=True)
-    assert calls(tmp_path) == [["finetune", "--resume", str(runs / "20260102T000000Z")]]
-    # Once the latest run has finished, the next start is a new run.
-    (runs / "20260102T000000Z" / "summary.json").write_text('{"stop_reason": "energy_budget"}')
-    (tmp_path / "args").unlink()
-    subprocess.run(["sh", str(SYSTEMD / "run-finetune.sh")], env=env, check=True)
-    [args] = calls(tmp_path)
-    assert args[:2] == ["finetune", "--checkpoint"]
-
-
-
-def test_run_script_sets_aside_a_run_that_cannot_be_resumed_and_starts_a_new_one(tmp_path):
-    """A resume refused as bad input (exit 2) must not wedge every night after: the run is kept
-    under another name and tonight starts afresh."""
-    env = fake_edge_sel(tmp_path)
-    fake = Path(env["EDGE_SEL_BIN"])
-    fake.write_text(fake.read_text().replace('echo "$*" >> "$ARGS_OUT"\n',
-                                             'echo "$*" >> "$ARGS_OUT"\n[ "$2" = --resume ] && exit 2\n'))
-    stuck = tmp_path / "home" / "runs" / "20260102T000000Z"
-    (stuck / "state").mkdir(parents=True)
-    subprocess.run(["sh", str(SYSTEMD / "run-finetune.sh")], env=env, check=True)
-    resume, fresh = calls(tmp_path)
-    assert resume == ["finetune", "--resume", str(stuck)]
-    assert fresh[:2] == ["finetune", "--checkpoint"] and fresh[fresh.index("--out") + 1] != str(stuck)
-    assert not stuck.exists() and (stuck.parent / (stuck.name + ".abandoned") / "state").is_dir()
+    assert set(line.split("=", 1)[1].split()) == {"130", "143"}
 
 
 # ---- the Jetson container ---------------------------------------------------------------------

@@ -1,14 +1,19 @@
 """A device's night as one module (engine/life.py): night after night in a temporary home on
 digits, a run cut off at its end finished without training, a run that can no longer be resumed
-set aside, a stop signal's exit status, and the night's all-in cost."""
+set aside, a stop signal's exit status, the night's all-in cost; `edge-sel night`'s settings and
+refusals; and the systemd script running a real night through it."""
 
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import records, summary
+from helpers import records, run_cli, run_main, summary
 from edge_sel.config import TrainConfig
 from edge_sel.core.checkpoint import weights_digest
 from edge_sel.engine import faults
@@ -91,13 +96,16 @@ def test_night_after_night_through_the_module(warmup, tmp_path, monkeypatch):
     assert third.cost["energy_all_j"] == pytest.approx(summary(second)["totals"]["energy_all_j"] + judged["energy_j"])
     assert judged["energy_j"] > 0 and judged["energy_source"] == summary(second)["totals"]["energy_source"]
 
-    # Night 4 is stopped by SIGTERM mid-training: checkpointed, not judged, exit 143; the next night
-    # would resume it.
+    # Night 4, through `edge-sel night`, is stopped by SIGTERM mid-training: checkpointed, not judged,
+    # exit 143; the next night would resume it.
     monkeypatch.setenv(faults.SIGNAL_ENV, "step-3:SIGTERM")
-    fourth = night(home, TONIGHT, TrainConfig(epochs=2, **FAST), quiet=True)
-    assert fourth.exit_status == 143 and fourth.decision is None and not fourth.resumed
-    assert latest_run(home.runs) == fourth.run_dir and unfinished(fourth.run_dir)
-    assert not (fourth.run_dir / "promote.json").exists()
+    output = run_cli("night", "--home", home.runs.parent, "--dataset", "digits", "--shard", "1/2", "--subset", 300,
+                     "--epochs", 2, "--profile", "generic", "--batch-size", 32, "--memory-format", "contiguous",
+                     "--eval-batch-size", 256, "--precision", "fp32", "--seed", 1, "--quiet", expect=143).output
+    fourth = latest_run(home.runs)
+    assert fourth != second and unfinished(fourth)
+    assert summary(fourth)["stop_signal"] == "SIGTERM" and not (fourth / "promote.json").exists()
+    assert f"interrupted: state checkpointed; the next night resumes {fourth}" in output
 
 
 def test_bad_options_fail_before_anything_is_touched(warmup, tmp_path):
@@ -147,3 +155,83 @@ def test_which_run_a_night_resumes_and_what_it_starts_from(tmp_path):
     (home.deployed / "model.safetensors").write_bytes(b"d")
     assert home.start_checkpoint() == home.deployed
     assert Home.at(tmp_path, runs=tmp_path / "r").runs == tmp_path / "r"
+
+
+# ---- edge-sel night ----------------------------------------------------------------------------
+
+def test_night_refuses_bad_options_in_one_line_and_creates_nothing(warmup, tmp_path, capsys):
+    home = a_home(tmp_path, warmup)
+    for argv, says in ((["--lr", "-1"], "--lr"), (["--epochs", "many"], "--epochs"),
+                       (["--bogus"], "--bogus"), (["--replay", "2"], "--replay"),
+                       (["--dataset", "folder:" + str(tmp_path / "none")], str(tmp_path / "none")),
+                       (["--warmup", tmp_path / "none"], "--warmup"),
+                       (["--profile", "no-such-device"], "no-such-device")):
+        code, err = run_main(["night", "--home", tmp_path / "home", "--profile", "generic", "--epochs", "1",
+                              "--quiet", *argv], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and says in err, (argv, err)
+        assert "Traceback" not in err and not home.runs.exists() and not home.deployed.exists()
+
+
+def test_night_takes_the_settings_of_the_units_environment(tmp_path, monkeypatch):
+    """The home layout, tonight's data, epochs and profile default to the EDGE_SEL_* settings the
+    systemd unit's environment file holds; options given win."""
+    from click.testing import CliRunner
+
+    from edge_sel.cli import cli
+    from edge_sel.engine import life
+    seen = {}
+
+    def fake_night(home, data, cfg, energy, profile=None, **kw):
+        seen.update(home=home, data=data, cfg=cfg, profile=profile)
+        raise SystemExit(0)
+    monkeypatch.setattr(life, "night", fake_night)
+    env = {"EDGE_SEL_HOME": str(tmp_path / "h"), "EDGE_SEL_DEPLOYED": str(tmp_path / "d"),
+           "EDGE_SEL_CHECKPOINT": str(tmp_path / "w"), "EDGE_SEL_EPOCHS": "7", "EDGE_SEL_PROFILE": "generic",
+           "EDGE_SEL_RUNS": ""}
+    result = CliRunner(env=env).invoke(cli, ["night", "--strategy", "sundew", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    assert seen["home"] == life.Home(tmp_path / "h" / "runs", tmp_path / "d", tmp_path / "w")
+    assert seen["data"].dataset == f"folder:{tmp_path / 'h' / 'data'}" and seen["cfg"].epochs == 7
+    assert seen["cfg"].strategy == "sundew" and seen["cfg"].seed == 3 and seen["profile"]["name"] == "generic"
+    result = CliRunner(env=env).invoke(cli, ["night", "--epochs", "2", "--dataset", "digits", "--runs", tmp_path / "r"])
+    assert result.exit_code == 0 and seen["cfg"].epochs == 2 and seen["data"].dataset == "digits"
+    assert seen["home"].runs == tmp_path / "r"
+
+
+# ---- the systemd script, through edge-sel night ------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "deploy" / "systemd" / "run-finetune.sh"
+
+
+def epoch_lines(text: str) -> list[str]:
+    return [m.group(1) for m in re.finditer(r"^(epoch \d+/\d+): loss", text, re.M)]
+
+
+def test_the_systemd_script_runs_a_real_night(warmup, tmp_path):
+    home = a_home(tmp_path, warmup)
+    edge_sel = tmp_path / "edge-sel"
+    edge_sel.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m edge_sel "$@"\n')
+    edge_sel.chmod(0o755)
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "EDGE_SEL_BIN": str(edge_sel),
+           "EDGE_SEL_HOME": str(tmp_path / "home"), "EDGE_SEL_DATASET": "digits", "EDGE_SEL_EPOCHS": "2",
+           "EDGE_SEL_PROFILE": "generic", "OMP_NUM_THREADS": "1", "EDGE_SEL_CACHE": os.environ["EDGE_SEL_CACHE"],
+           "EDGE_SEL_EXTRA_ARGS": "--shard 1/2 --subset 300 --seed 1 --batch-size 32 --memory-format contiguous "
+                                  "--eval-batch-size 256 --precision fp32 --threads 1"}
+    # Night 1: nothing deployed; fine-tuning the warmup helps, so its output is deployed. stdout is a
+    # pipe, as the journal is: the first epoch's line is read while the run still has an epoch to go
+    # (each state write is slowed by 0.5 s, so that window is certain).
+    proc = subprocess.Popen(["sh", str(SCRIPT)], text=True, env={**env, "EDGE_SEL_FAULT_SLOW_STATE_WRITE": "0.5"},
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    seen = [proc.stdout.readline() for _ in range(3)]
+    assert seen[0].startswith("edge-sel nightly: new run ") and seen[1].startswith("start: the starting checkpoint")
+    assert seen[2].startswith("epoch 0/1: loss "), seen
+    [run1] = sorted(home.runs.iterdir())
+    assert proc.poll() is None and len(records(run1)) == 1 and not (run1 / "summary.json").exists()
+    rest, _ = proc.communicate(timeout=600)
+    out = "".join(seen) + rest
+    assert proc.returncode == 0
+    assert epoch_lines(out) == ["epoch 0/1", "epoch 1/1"]        # the journal's lines
+    assert f"promoted (first): {run1}" in out and "edge-sel nightly: the night all in: " in out
+    assert home.deployed.is_symlink() and weights_digest(home.deployed) == weights_digest(run1)
+    assert json.loads((run1 / "promote.json").read_text())["rule"] == "first"

@@ -1,16 +1,14 @@
 """The unattended loop: promote against the deployed model, an atomic swap that survives a crash at
 every step, runs cut off between their last state write and their summary, signals, the journal's
-lines, the all-in totals, and the nightly script itself night after night."""
+lines and the all-in totals (a whole night, and the nightly script running it: tests/test_life.py)."""
 
 import contextlib
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -276,70 +274,6 @@ def evaluation_flops_of(checkpoint, n, batch):
     from edge_sel.core.flops import FlopCounter
     model, card = load_checkpoint(checkpoint)
     return evaluation_flops(FlopCounter(model, card.input_shape), n, batch)
-
-
-# ---- the nightly script, night after night -----------------------------------------------------
-
-def night(env: dict, **extra) -> subprocess.CompletedProcess:
-    return subprocess.run(["sh", str(REPO / "deploy" / "systemd" / "run-finetune.sh")], env={**env, **extra},
-                          capture_output=True, text=True, timeout=600)
-
-
-def epoch_lines(text: str) -> list[str]:
-    return [m.group(1) for m in re.finditer(r"^(epoch \d+/\d+): loss", text, re.M)]
-
-
-def test_three_nights_promote_only_what_helped_and_a_night_cut_off_at_its_end_is_finished(tmp_path):
-    home = tmp_path / "home"
-    run_cli("pretrain", "--dataset", "digits", "--model", "edgecnn", "--epochs", 1, "--subset", 300,
-            "--out", home / "checkpoints" / "warmup", "--quiet")
-    edge_sel = tmp_path / "edge-sel"
-    edge_sel.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m edge_sel "$@"\n')
-    edge_sel.chmod(0o755)
-    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "EDGE_SEL_BIN": str(edge_sel),
-           "EDGE_SEL_HOME": str(home), "EDGE_SEL_DATASET": "digits", "EDGE_SEL_EPOCHS": "2",
-           "EDGE_SEL_PROFILE": "generic", "EDGE_SEL_EXTRA_ARGS": "--subset 300 --seed 1",
-           "OMP_NUM_THREADS": "1", "EDGE_SEL_CACHE": os.environ.get("EDGE_SEL_CACHE", str(tmp_path / "cache"))}
-    deployed = home / "checkpoints" / "deployed"
-    runs = home / "runs"
-
-    # Night 1: nothing deployed yet; fine-tuning the warmup helps, so its output is deployed. Its
-    # stdout is a pipe, as the journal is: the first epoch's line is read while the run still has
-    # an epoch to go (each state write is slowed by 0.5 s, so that window is certain).
-    proc = subprocess.Popen(["sh", str(REPO / "deploy" / "systemd" / "run-finetune.sh")], text=True,
-                            env={**env, "EDGE_SEL_FAULT_SLOW_STATE_WRITE": "0.5"},
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    seen = [proc.stdout.readline() for _ in range(3)]
-    assert seen[0].startswith("edge-sel nightly: new run ") and seen[1].startswith("start: the starting checkpoint")
-    assert seen[2].startswith("epoch 0/1: loss "), seen
-    [run1] = sorted(runs.iterdir())
-    assert proc.poll() is None and len(records(run1)) == 1 and not (run1 / "summary.json").exists()
-    rest, _ = proc.communicate(timeout=600)
-    first = subprocess.CompletedProcess(proc.args, proc.returncode, "".join(seen) + rest, "")
-    assert first.returncode == 0
-    assert epoch_lines(first.stdout) == ["epoch 0/1", "epoch 1/1"]        # the journal's lines
-    assert "promoted (first)" in first.stdout and summary(run1)["kept"]["fine_tuning_helped"]
-    assert deployed.is_symlink() and weights_digest(deployed) == weights_digest(run1)
-    time.sleep(1.1)         # run directories are named by the second they start
-
-    # Night 2 trains nothing useful (a learning rate of 1e-9, frozen BatchNorm) and is cut off after
-    # its output model is written, before its summary.
-    second = night(env, EDGE_SEL_EXTRA_ARGS="--subset 300 --seed 1 --lr 1e-9 --bn-mode eval",
-                   EDGE_SEL_FAULT_KILL_AT="model-written")
-    assert second.returncode != 0
-    run2 = sorted(runs.iterdir())[-1]
-    assert run2 != run1 and not (run2 / "summary.json").exists()
-    assert weights_digest(deployed) == weights_digest(run1)
-
-    # Night 3 finishes night 2 (no epoch trained again) and judges it: not better than what is
-    # deployed, so nothing changes and the night still ends in success.
-    third = night(env)
-    assert third.returncode == 0, third.stderr
-    assert f"resuming {run2}" in third.stdout and epoch_lines(third.stdout) == []
-    assert "not promoted (not-better)" in third.stdout
-    assert summary(run2)["epochs_run"] == 2 and len(records(run2)) == 2
-    assert json.loads((run2 / "promote.json").read_text())["rule"] == "not-better"
-    assert weights_digest(deployed) == weights_digest(run1) and sorted(runs.iterdir()) == [run1, run2]
 
 
 def test_validation_is_sized_to_at_most_a_fifth_of_the_counted_compute():
