@@ -235,3 +235,19 @@ def test_the_systemd_script_runs_a_real_night(warmup, tmp_path):
     assert f"promoted (first): {run1}" in out and "edge-sel nightly: the night all in: " in out
     assert home.deployed.is_symlink() and weights_digest(home.deployed) == weights_digest(run1)
     assert json.loads((run1 / "promote.json").read_text())["rule"] == "first"
+
+
+def test_a_swap_cut_off_between_its_renames_is_repaired_before_the_start_is_chosen(warmup, tmp_path, monkeypatch):
+    from edge_sel.engine import deployed_swap, life
+    home = a_home(tmp_path, warmup)
+    deployed_swap.swap_in(home.warmup, home.deployed)       # a model deployed (a link to a version)
+    home.deployed.unlink()                                 # the instant between the two renames
+    started = []
+
+    def no_training(start, *a, **k):
+        started.append(start)
+        raise InputError("stop here")
+    monkeypatch.setattr(life, "finetune", no_training)
+    with pytest.raises(InputError, match="stop here"):
+        night(home, TONIGHT, TrainConfig(epochs=1), quiet=True)
+    assert started == [home.deployed] and home.deployed.is_symlink()

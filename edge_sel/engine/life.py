@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import Callable
 
 from edge_sel.config import TrainConfig
+from edge_sel.engine.deployed_swap import recover
 from edge_sel.engine.energy_setup import EnergyOptions
 from edge_sel.engine.promote import Decision, promote, validate_deployed
 from edge_sel.engine.run import DataOptions, finetune, prepare_finetune_config, resume
 from edge_sel.engine.signals import exit_code_for
-from edge_sel.errors import InputError
+from edge_sel.errors import InputError, WriteError
 
 RUN_NAME = re.compile(r"\d{8}T\d{6}Z")       # a run named by its UTC start time
 ABANDONED = ".abandoned"
@@ -108,6 +109,7 @@ def night(home: Home, data: DataOptions, cfg: TrainConfig, energy: EnergyOptions
             abandoned = set_aside(latest)
             say(f"edge-sel nightly: {latest} cannot be resumed ({e}); kept as {abandoned}, starting a new run")
     if summary is None:
+        repair_deployed(home.deployed)
         start = home.start_checkpoint()
         run_dir = home.runs / (run_name or new_run_name(home.runs))
         say(f"edge-sel nightly: new run {run_dir} from {start}")
@@ -119,6 +121,16 @@ def night(home: Home, data: DataOptions, cfg: TrainConfig, energy: EnergyOptions
         return NightResult(run_dir, summary, None, status, resumed, start, abandoned, night_cost(summary, None))
     decision = promote(run_dir, home.deployed, evaluate=metered_validation(energy))
     return NightResult(run_dir, summary, decision, 0, resumed, start, abandoned, night_cost(summary, decision))
+
+
+def repair_deployed(deployed: Path) -> None:
+    """A swap cut off between its two renames (filesystems without an atomic exchange) leaves no
+    deployed path for an instant: repaired before the start is chosen, or the night would fine-tune
+    the warmup and promote would then refuse the run as started from another model."""
+    try:
+        recover(deployed)
+    except OSError as e:
+        raise WriteError(f"--deployed {deployed}: cannot repair an interrupted swap ({e.strerror or e})") from None
 
 
 def latest_run(runs: Path) -> Path | None:
