@@ -282,9 +282,12 @@ def play(s: LifeSettings, log=print) -> dict:
                 dev, past = devices[m.name], history[m.name]
                 row = {"night": i, "condition": condition, "shift": s.conditions[condition]}
                 if m.adapts:
+                    began = time.perf_counter()
                     night = dev.night(f"night{i:02d}-{condition}", data, m.config(s.epochs, s.lr, seed, s.device))
                     decision = night["promote"]
-                    row.update(night_costs(night), run=night["run"], rule=decision["rule"],
+                    # elapsed_s: the whole night as the bench waited for it (data loading included)
+                    row.update(night_costs(night), elapsed_s=time.perf_counter() - began, run=night["run"],
+                               rule=decision["rule"],
                                promoted=decision["promote"], kept=(night["summary"].get("kept") or {}).get("kept"))
                 else:
                     row.update(NO_COST, rule="no-adaptation", promoted=False, kept=None)
@@ -298,7 +301,7 @@ def play(s: LifeSettings, log=print) -> dict:
                 row["average"] = average(row["acc"], image_domains)
                 log(f"  seed {seed} night {i} {condition:8s} {m.name:18s} {row['rule']:12s} "
                     + " ".join(f"{d} {100 * row['acc'][d]:5.1f}" for d in [*image_domains, SERVER])
-                    + f"  {row['flops_train'] / 1e9:8.2f} GFLOP train")
+                    + f"  {row['flops_train'] / 1e9:8.2f} GFLOP train {row.get('elapsed_s', 0):6.1f} s")
         for m in s.methods:
             past = history[m.name]
             past[0]["average"] = average(past[0]["acc"], image_domains)
