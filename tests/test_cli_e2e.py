@@ -211,6 +211,10 @@ def test_demo_runs_and_says_where_the_run_is(tmp_path):
     assert none["test_acc"] < 0.3 and bn["test_acc"] > 0.8
     assert bn["flops_train"] < 0.2 * sum(r["flops_train"] for r in recs)
     assert "BatchNorm re-estimation" in result.output and "recipe" in result.output
+    # Forgetting in plain sight: the warmup's row loses nothing, re-estimation loses clean accuracy.
+    rows = {line[2:46].strip(): line[46:].split() for line in result.output.splitlines() if line.startswith("  ")}
+    assert "forgot" in rows["method"] and rows["no adaptation (the warmup)"][2] == "+0.0"
+    assert float(rows["BatchNorm re-estimation (500 images)"][2]) > 10
     again = run_cli("demo", "--out", tmp_path / "demo", "--epochs", 1, expect=2)
     assert "--overwrite" in again.output
     assert len(records(tmp_path / "demo" / "finetune")) == 2     # the earlier demo is untouched
