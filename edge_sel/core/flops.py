@@ -50,9 +50,17 @@ class FlopCounter:
 
     def train_step(self, batch_size: int) -> tuple[int, int]:
         """(forward, backward) FLOPs of one training step on `batch_size` samples."""
-        key = (batch_size, self._signature())
+        return self._gradient_step(batch_size, train_mode=True)
+
+    def eval_gradient(self, batch_size: int = 1) -> tuple[int, int]:
+        """(forward, backward) FLOPs of the loss gradient on `batch_size` samples with the model in
+        eval mode (BatchNorm on running statistics: e.g. per-sample gradients for the Fisher)."""
+        return self._gradient_step(batch_size, train_mode=False)
+
+    def _gradient_step(self, batch_size: int, train_mode: bool) -> tuple[int, int]:
+        key = (batch_size, self._signature(), train_mode)
         if key not in self._train:
-            twin = self._twin().train()
+            twin = self._twin().train(train_mode)
             x = torch.zeros(batch_size, *self.input_shape, device="meta")
             y = torch.zeros(batch_size, dtype=torch.long, device="meta")
             with counting() as fwd:
