@@ -124,7 +124,8 @@ def pretrain(model="edgecnn", data="digits", *, out, test=None, class_names=None
     args = {**parse_model_args(kw.pop("model_args") or ()), **(model_args or {})}
     kw.pop("model_name")
     energy = build_energy(kw)
-    cfg = build_config(kw, explicit=_explicit(given, []))
+    cfg = build_config(kw, anchors_per_class=kw.pop("anchors_per_class"), fisher_samples=kw.pop("fisher_samples"),
+                       explicit=_explicit(given, []))
     with torch_threads(kw.pop("threads", None)):
         summary = run_pretrain(model, data_options, cfg, Path(out), kw["overwrite"], kw["quiet"], energy,
                                model_args=args, init_weights=kw["init_weights"], splits=splits)
@@ -147,7 +148,9 @@ def finetune(checkpoint, data="digits", *, out, test=None, class_names=None, qui
         checkpoint = checkpoint.checkpoint
     if not isinstance(checkpoint, (str, Path)):         # a model (object, name or factory spec)
         start = Path(f"{out}-start")
+        # No source memory: its anchors would be drawn from the very data this fine-tune trains on.
         checkpoint = pretrain(checkpoint, data, out=start, test=test, class_names=class_names, epochs=0,
+                              anchors_per_class=0,
                               overwrite=kw["overwrite"], quiet=True, seed=kw["seed"],
                               val_fraction=kw["val_fraction"], split_seed=kw["split_seed"]).checkpoint
     data_options, splits = _data(data, test, kw, class_names)

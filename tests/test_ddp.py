@@ -72,8 +72,14 @@ def test_two_ranks_train_each_sample_once_and_rank_zero_alone_writes(ddp_run):
         assert r["energy_j"] > 0 and r["energy_method"] == "estimated"
     assert summary["world_size"] == 2 and summary["distributed"]["backend"] == "gloo"
     assert summary["totals"]["samples_trained"] == 2 * train_n
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.csv", "metrics.jsonl", "model.json",
-                                                     "model.safetensors", "state", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["anchors.safetensors", "config.json", "fisher.safetensors",
+                                                     "metrics.csv", "metrics.jsonl", "model.json", "model.safetensors",
+                                                     "source.safetensors", "state", "summary.json"]
+    # rank 0 wrote the source memory once, from the final weights, with the whole training split's anchors
+    shipped = json.loads((out / "model.json").read_text())["source_memory"]
+    assert shipped["anchors"]["samples"] == summary["source_memory"]["anchors"]["samples"] > 0
+    assert (out / "source.safetensors").read_bytes() != b"" and \
+        (out / "source.safetensors").stat().st_size == shipped["source"]["bytes"]
     assert sorted(p.name for p in (out / "state").iterdir()) == ["current.pt", "previous.pt"]
     # --quiet on both ranks: no epoch table, the output model and its all-in cost from rank 0 alone
     lines = stdout.splitlines()

@@ -114,6 +114,9 @@ def test_pretrain_of_the_unregistered_model_resumes_exactly_after_sigkill(tmp_pa
     assert read_card(tmp_path / "cut").model["kwargs"] == {"width": 4}
     for name, tensor in read_weights(tmp_path / "ref").items():
         assert torch.equal(tensor, read_weights(tmp_path / "cut")[name]), name
+    # the source memory (anchors, Fisher, source weights) written by the resume: the same bytes
+    for name in ("anchors.safetensors", "fisher.safetensors", "source.safetensors"):
+        assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
 
 
 def test_the_unregistered_model_exports_and_trains_in_the_ort_backend(warm, tmp_path):

@@ -30,6 +30,7 @@ from edge_sel.engine import faults
 from edge_sel.engine.anchors import Memory, carry_memory, load_memory
 from edge_sel.engine.energy_setup import EnergyOptions
 from edge_sel.engine.signals import StopSignals
+from edge_sel.engine.source_pass import add_to_totals, check_memory_options, write_pretrain_memory
 from edge_sel.engine.state import NoValidState, StateWriteError, load_state
 from edge_sel.engine.trainer import Trainer
 from edge_sel.errors import InputError, existing_dir, required_file, writing
@@ -230,6 +231,11 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
         if not ranks:
             signals.attach(trainer)
         records = trainer.run(writer, resume=resume_state)
+        shipped = None
+        # Rank 0 alone, from the final weights (a pretrain keeps its last epoch's), in the meter's window.
+        if phase == "pretrain" and writes and cfg.anchors_per_class > 0 and trainer.stop_reason != "interrupted":
+            shipped = write_pretrain_memory(trainer, out)
+            card.source_memory = shipped["card"]
         meter_info = meter.describe() if hasattr(meter, "describe") else {}
     finally:
         if own_meter:
@@ -255,6 +261,8 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
     if not writes:
         ranks.finish()
         return {"run_dir": str(out), "rank": world.rank, "epochs_run": len(records)}
+    if phase != "pretrain" and memory is None:
+        card.source_memory = None       # the card states files the run directory holds, no others
     save_checkpoint(out, model.cpu(), card)
     faults.point("model-written")
     # source_info first: a pretrain's names its model by a string, which the card's dict replaces here.
@@ -271,6 +279,10 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
         **({"validation_size": trainer.val_size_choice} if trainer.val_size_choice else {}),
         **({"world_size": world.size, "distributed": ranks.describe()} if ranks else {}),
     }, baseline=trainer.baseline, kept=kept)
+    if shipped is not None:
+        summary["source_memory"] = {k: v for k, v in shipped.items() if k != "card"} | {
+            k: shipped["card"][k] for k in ("anchors", "fisher", "source")}
+        add_to_totals(summary, shipped)
     with writing(out / "summary.json"):
         atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2, default=str).encode())
     if ranks:
@@ -344,6 +356,7 @@ def pretrain(model_name, data: DataOptions, cfg: TrainConfig, out: Path, overwri
     Under torchrun every rank calls this: rank 0 owns --out, and after a worker failure
     torchrun's restarted workers continue the run their job started (see restarted_here)."""
     cfg.validate()
+    check_memory_options(cfg.anchors_per_class, cfg.fisher_samples)
     world = detect_world()
     if world.distributed and restarted_here(Path(out)):
         return resume(out, quiet, phase="pretrain")

@@ -62,8 +62,10 @@ def all_in_line(summary: dict) -> str:
     t, out = summary.get("totals", {}), summary.get("output_model") or {}
     which = {"best": f"epoch {out.get('epoch')}", "last": "last epoch", "warmup": "the starting checkpoint",
              "bn_adapt": "BatchNorm re-estimated"}.get(out.get("weights"), out.get("weights"))
+    shipped = summary.get("source_memory")
     flops = (f"{(t.get('flops_all') or 0) / 1e9:.2f} GFLOP (training {(t.get('flops_train') or 0) / 1e9:.2f}, "
-             f"evaluation {(t.get('flops_eval') or 0) / 1e9:.2f})")
+             f"evaluation {(t.get('flops_eval') or 0) / 1e9:.2f}"
+             + (f", source memory {shipped['flops'] / 1e9:.2f}" if shipped else "") + ")")
     if t.get("energy_all_j") is None:
         joules = "energy not measured"
     else:
@@ -72,6 +74,20 @@ def all_in_line(summary: dict) -> str:
                   f"{_fmt(t.get('energy_j'), '.1f')}, evaluation {_fmt(t.get('eval_energy_j'), '.1f')}"
                   + (f", {100 * share:.0f}% of it" if share is not None else "") + ")")
     return f"output model ({which}): test acc {_fmt(out.get('test_acc'))}; all in: {flops}, {joules}"
+
+
+def shipped_line(block: dict) -> str:
+    """One line for the end of a pretrain: what devices get with the checkpoint."""
+    a, f, s = block["anchors"], block["fisher"], block["source"]
+    guard = "-" if a.get("guard_acc") is None else f"{100 * a['guard_acc']:.1f}%"
+    return (f"shipped with the checkpoint: {a['samples']:,} anchors ({megabytes(a['bytes'])}: {a['replay']:,} replay, "
+            f"{a['guard']:,} guard, source accuracy on the guard {guard}), Fisher of {f['parameters'] / 1e6:.2f} M "
+            f"parameters on {f['samples']:,} samples ({megabytes(f['bytes'])}), source weights ({megabytes(s['bytes'])}); "
+            f"{block['flops'] / 1e9:.2f} GFLOP, {block['wall_s']:.1f} s")
+
+
+def megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
 
 def print_summary(summary: dict, quiet: bool = False) -> None:
@@ -90,6 +106,8 @@ def print_summary(summary: dict, quiet: bool = False) -> None:
                        f"method {t['energy_method']})")
     if summary.get("output_model"):     # a torchrun rank other than 0 writes no model: no totals to show
         click.echo(all_in_line(summary))
+    if summary.get("source_memory") and not quiet:
+        click.echo(shipped_line(summary["source_memory"]))
     kept = summary.get("kept")
     if summary.get("stop_reason") == "interrupted":
         pass            # nothing is concluded about an unfinished run (the resume hint follows)

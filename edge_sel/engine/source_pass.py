@@ -1,0 +1,78 @@
+"""What a pretrain ships for a device's life (core/source_memory.py), made from its final weights:
+anchors drawn from its training split, the diagonal Fisher information, the source model's
+accuracy on the guard and replay anchors, and the weights themselves. Its passes are counted
+(FLOPs), timed and metered like any other, and reported apart from training."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from edge_sel.core.source_memory import ANCHORS_FILE, FISHER_FILE, GUARD, REPLAY, SOURCE_FILE, Anchors, \
+    draw_anchors, write_source_memory
+from edge_sel.engine.evaluate import accuracy, evaluation_flops
+from edge_sel.engine.fisher import diagonal_fisher, fisher_positions
+from edge_sel.errors import InputError
+
+WHAT = {ANCHORS_FILE: "labelled training images of the source (uint8): replay ones mixed into a fine-tune's batches, "
+                      "guard ones held out to measure forgetting",
+        FISHER_FILE: "diagonal Fisher information of every trainable parameter at the source weights (fp32)",
+        SOURCE_FILE: "the source model's full state dict (what the penalty pulls toward, what a reset restores)"}
+
+
+def check_memory_options(anchors_per_class: int, fisher_samples: int) -> None:
+    """A Fisher of no samples is all zeros: an --ewc penalty built on it would silently do nothing."""
+    if anchors_per_class > 0 and fisher_samples == 0:
+        raise InputError("--fisher-samples 0: the Fisher information needs at least one sample (a Fisher of zeros "
+                         "makes --ewc do nothing); to ship no source memory at all pass --anchors-per-class 0")
+
+
+def write_pretrain_memory(trainer, out: Path) -> dict:
+    """Draw the anchors, estimate the Fisher and evaluate the final model on the anchors, write the
+    three files into `out`; returns the summary's source_memory block, whose `card` entry is the
+    model card's section. Deterministic for a seed: the same weights give the same bytes."""
+    cfg, train = trainer.config, trainer.train_ds
+    trainer.meter.begin("source-memory")
+    t0 = time.perf_counter()
+    positions, roles = draw_anchors(train.labels, train.num_classes, cfg.anchors_per_class, cfg.seed)
+    positions = positions.to(train.images.device)
+    anchors = Anchors(train.images[positions].cpu(), train.labels[positions].cpu(), train.index[positions].cpu(), roles)
+    fisher = diagonal_fisher(trainer.model, train, fisher_positions(len(train), cfg.fisher_samples, cfg.seed),
+                             trainer.mean, trainer.std, trainer.flops, trainer.memory_format)
+    t_eval = time.perf_counter()
+    acc, eval_flops = {}, 0
+    for role, name in ((GUARD, "guard"), (REPLAY, "replay")):
+        part = train.subset(positions[roles.to(positions.device) == role])
+        acc[name] = accuracy(trainer.eval_sets.logits(trainer.backend.predict, part), part.labels)
+        eval_flops += evaluation_flops(trainer.flops, len(part), trainer.eval_batch_size)
+    eval_wall = time.perf_counter() - t_eval
+    source = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
+    card = write_source_memory(out, anchors, fisher.fisher, source, {
+        "anchors": {"per_class": cfg.anchors_per_class, "seed": cfg.seed, "guard_acc": acc["guard"],
+                    "replay_acc": acc["replay"]},
+        "fisher": {"samples": fisher.samples, "flops": fisher.flops, "wall_s": fisher.wall_s,
+                   "method": fisher.method}})
+    wall = time.perf_counter() - t0
+    energy = trainer.meter.end("source-memory")
+    return {"card": card, "files": {name: WHAT[name] for name in WHAT},
+            "bytes": sum(card[k]["bytes"] for k in ("anchors", "fisher", "source")),
+            "flops": fisher.flops + eval_flops, "flops_fisher": fisher.flops, "flops_eval": eval_flops,
+            "eval_wall_s": eval_wall, "wall_s": wall, "energy_j": energy.get("energy_j"),
+            "energy_source": energy.get("energy_source"), "energy_method": energy.get("energy_method"),
+            "note": ("written after the last epoch from the final weights: Fisher = mean squared per-sample "
+                     "gradient (forward + backward of each sample, counted), the anchors evaluated once (counted "
+                     "as evaluation); its FLOPs, seconds and joules are in the totals' *_all figures")}
+
+
+def add_to_totals(summary: dict, block: dict) -> None:
+    """The source memory's passes count in the run's all-in totals."""
+    totals = summary["totals"]
+    totals["flops_all"] = (totals.get("flops_all") or 0) + block["flops"]
+    totals["wall_all_s"] = (totals.get("wall_all_s") or 0) + block["wall_s"]
+    if block.get("energy_j") is not None and totals.get("energy_all_j") is not None:
+        totals["energy_all_j"] += block["energy_j"]
+    summary["totals_note"] = (summary.get("totals_note", "") + "; flops_all, wall_all_s and energy_all_j include "
+                              "the source memory written for devices (source_memory: Fisher pass and anchor "
+                              "evaluation)")
