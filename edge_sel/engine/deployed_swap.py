@@ -3,8 +3,9 @@
     checkpoints/deployed -> .deployed.versions/20261123T023000Z-20261123T020000Z/
     checkpoints/.deployed.versions/<older version>/      (the previous one is kept)
 
-A new version is a full copy of the deployed directory's files (an anchor set, notes, anything a
-site put there) with the run's model files in place of the old ones. It is built under a temporary
+A new version is a full copy of the deployed directory's files (notes, anything a site put there)
+with the run's model files in place of the old ones, and the run's source memory (anchors, Fisher,
+source weights: core/source_memory.py) in place of the old when the run has it. It is built under a temporary
 name, renamed into the versions directory, and the symlink is flipped by renaming a new link over
 it: a reader, or a crash at any instant, sees the old model or the new one, never none. A deployed
 directory that is still a plain directory is migrated by exchanging it with the link in one
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 from edge_sel.core.checkpoint import fsync_dir
+from edge_sel.core.source_memory import SOURCE_FILES, has_source_memory
 from edge_sel.engine import faults
 
 MODEL_FILES = ("model.safetensors", "model.json")
@@ -77,12 +79,19 @@ def swap_in(run_dir: Path, deployed: Path) -> Path:
     return version
 
 
+def files_from_run(run_dir: Path) -> tuple[str, ...]:
+    """The model files, and the source memory when the run holds it (carried from its checkpoint):
+    a run without it leaves the deployed directory's in place."""
+    return (SOURCE_FILES if has_source_memory(run_dir) else ()) + MODEL_FILES     # the card last
+
+
 def _build_version(run_dir: Path, deployed: Path, staging: Path) -> None:
-    """The deployed directory's other files, then the run's model files (weights before card)."""
+    """The deployed directory's other files, then the run's (weights before card)."""
     staging.mkdir()
+    taken = files_from_run(run_dir)
     if deployed.is_dir():
         for item in deployed.iterdir():
-            if item.name in MODEL_FILES:
+            if item.name in taken:
                 continue
             target = staging / item.name
             if item.is_dir():
@@ -90,7 +99,7 @@ def _build_version(run_dir: Path, deployed: Path, staging: Path) -> None:
             else:
                 shutil.copy2(item, target, follow_symlinks=False)
                 _fsync_file(target)
-    for name in MODEL_FILES:
+    for name in taken:
         shutil.copy2(run_dir / name, staging / name)
         _fsync_file(staging / name)
     fsync_dir(staging)
