@@ -215,3 +215,18 @@ def test_a_corrupt_anchor_file_is_named_in_one_line(warm, tmp_path, capsys):
                           "--epochs", "1", "--out", tmp_path / "run", "--quiet"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and str(broken / ANCHORS_FILE) in err
     assert not (tmp_path / "run").exists()
+
+
+def test_fleet_rounds_carry_the_warmups_source_memory(warm, tmp_path):
+    from edge_sel.fleet.rundir import FleetRun, read_model, round_dir
+    out, _ = warm
+    model, model_card = read_model(out)
+    run = FleetRun(tmp_path / "fleet", {"rounds": 2})
+    for r in (0, 1):
+        run.write_round(r, model, model_card, {"test_acc": 0.5}, [], {}, memory_from=run.start_dir(out))
+    for where in (round_dir(tmp_path / "fleet", 0), round_dir(tmp_path / "fleet", 1), tmp_path / "fleet"):
+        assert card(where)["source_memory"] == card(out)["source_memory"]
+        for name in SOURCE_FILES:
+            assert (where / name).read_bytes() == (out / name).read_bytes(), (where, name)
+    # a resumed server starts from, and carries, the last round's copy
+    assert FleetRun(tmp_path / "fleet", {"rounds": 3}, resume=True).start_dir(out) == round_dir(tmp_path / "fleet", 1)

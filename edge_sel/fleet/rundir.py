@@ -13,6 +13,7 @@ import torch
 from edge_sel import __version__
 from edge_sel.core.checkpoint import ModelCard, atomic_write_bytes, read_card, read_weights, save_checkpoint
 from edge_sel.core.records import RecordWriter, read_records
+from edge_sel.core.source_memory import copy_source_memory, has_source_memory
 from edge_sel.engine.run import check_out_dir, start_out_dir
 from edge_sel.errors import InputError, required_file, writing
 from edge_sel.fleet.aggregate import combine
@@ -57,16 +58,26 @@ class FleetRun:
     def last_round(self) -> int | None:
         return self.records[-1]["round"] if self.records else None
 
+    def start_dir(self, checkpoint: Path) -> Path:
+        """The warmup (a new run) or the last completed round's checkpoint (a resumed one)."""
+        return Path(checkpoint) if self.last_round is None else round_dir(self.out, self.last_round)
+
     def start_model(self, checkpoint: Path) -> tuple[torch.nn.Module, ModelCard]:
-        """The warmup (a new run) or the last completed round's global model (a resumed one)."""
-        return read_model(Path(checkpoint) if self.last_round is None else round_dir(self.out, self.last_round))
+        return read_model(self.start_dir(checkpoint))
 
     def write_round(self, fleet_round: int, model: torch.nn.Module, card: ModelCard, evaluation: dict,
-                    clients: list[dict], extra: dict) -> dict:
-        """The round's global model first (then the top-level copy), then its record."""
+                    clients: list[dict], extra: dict, memory_from: Path | None = None) -> dict:
+        """The round's global model first (then the top-level copy), then its record. `memory_from`:
+        the checkpoint whose source memory (anchors, Fisher, source weights) every round carries, so
+        that a round's model deploys with it; the card names it only where the files are."""
         card.training = {"phase": "fleet", "round": fleet_round, **{k: evaluation.get(k) for k in ("test_acc",)}}
-        save_checkpoint(round_dir(self.out, fleet_round), model, card)
-        save_checkpoint(self.out, model, card)
+        has_memory = memory_from is not None and has_source_memory(memory_from)
+        if not has_memory:
+            card.source_memory = None
+        for target in (round_dir(self.out, fleet_round), self.out):
+            save_checkpoint(target, model, card)
+            if has_memory and Path(memory_from).resolve() != target.resolve():
+                copy_source_memory(memory_from, target)
         record = round_record(fleet_round, evaluation, clients, extra)
         self.writer.append(record)
         self.records.append(record)

@@ -93,6 +93,7 @@ def serve(grid: Grid, settings: ServerSettings) -> dict:
     run = FleetRun(settings.out_dir, settings.to_run_config(), resume=settings.resume,
                    overwrite=settings.overwrite)
     model, card = warm or run.start_model(settings.checkpoint)
+    memory_from = run.start_dir(settings.checkpoint)      # what every round's checkpoint carries
     test = held_out_set(settings, card)
     offset = run.last_round or 0
     remaining = settings.rounds - offset
@@ -114,7 +115,8 @@ def serve(grid: Grid, settings: ServerSettings) -> dict:
         clients = strategy.reports.pop(fleet_round, [])
         now = time.perf_counter()
         record = run.write_round(fleet_round, model, card, {"test_acc": acc, "test_samples": len(test)}, clients,
-                                 {**extra, "round_wall_s": now - started[0] if server_round else 0.0})
+                                 {**extra, "round_wall_s": now - started[0] if server_round else 0.0},
+                                 memory_from=memory_from)
         log(INFO, "edge-sel %s", round_line(record))
         started[0] = now
         return MetricRecord({"test_acc": acc if acc is not None else float("nan")})
