@@ -105,14 +105,16 @@ def test_fisher_covers_every_trainable_parameter_and_its_flops_are_counted(warm)
 
 
 class Tiny(nn.Module):
-    """Grouped and plain convolutions, BatchNorm before an in-place ReLU, a Linear head."""
+    """Grouped and plain convolutions (many positions and one), BatchNorm before an in-place ReLU,
+    a Linear head."""
 
     def __init__(self, custom: bool = False):
         super().__init__()
         self.features = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True),
                                       nn.Conv2d(4, 8, 3, stride=2, padding=1, groups=2, bias=False),
-                                      nn.BatchNorm2d(8), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1))
-        self.head = nn.Linear(8, 3)
+                                      nn.BatchNorm2d(8), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(2),
+                                      nn.Conv2d(8, 6, 2))      # one position: summed as pairs of positions
+        self.head = nn.Linear(6, 3)
         self.scale = nn.Parameter(torch.ones(3)) if custom else None   # outside any plain layer
 
     def forward(self, x):

@@ -117,22 +117,37 @@ def unfold_input(module: nn.modules.conv._ConvNd, a: torch.Tensor) -> torch.Tens
     return a.permute(0, 1, 5, 6, 7, 2, 3, 4).reshape(b, c * kd * kh * kw, -1)
 
 
+def summed_squared_products(g: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """sum over b of (g[b] @ a[b]^T)**2 for g: B x G x O x L, a: B x G x I x L (per group): each
+    sample's weight gradient, squared, summed. Where the positions L are few, as pairs of positions
+    in one matrix product (sum_b sum_l,l' g_ol g_ol' a_il a_il'), which never holds B gradients of
+    O x I at once; else per sample (a batched product, then squares)."""
+    b, groups, o, positions = g.shape
+    i = a.shape[2]
+    if positions * positions * (o + i) <= o * i:
+        pairs_g = (g.unsqueeze(-1) * g.unsqueeze(-2)).permute(1, 2, 0, 3, 4).reshape(groups, o, -1)
+        pairs_a = (a.unsqueeze(-1) * a.unsqueeze(-2)).permute(1, 2, 0, 3, 4).reshape(groups, i, -1)
+        return torch.bmm(pairs_g, pairs_a.transpose(1, 2))
+    per_sample = torch.matmul(g, a.transpose(-1, -2))             # B x G x O x I
+    return per_sample.mul_(per_sample).sum(0)
+
+
 def squared_layer_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> dict[str, torch.Tensor]:
     """Sum over the batch of each sample's squared gradient of the module's weight and bias, from
     its input `a` and the gradient `g` of its output (each sample's own loss)."""
     b = a.shape[0]
     out = {}
     if isinstance(module, nn.Linear):
-        a, g = a.reshape(b, -1, a.shape[-1]), g.reshape(b, -1, g.shape[-1])
-        per_sample = torch.bmm(g.transpose(1, 2), a)
-        out["weight"], bias = per_sample.mul_(per_sample).sum(0), g.sum(1)
+        a, g = a.reshape(b, -1, a.shape[-1]), g.reshape(b, -1, g.shape[-1])       # B x T x I, B x T x O
+        out["weight"] = summed_squared_products(g.transpose(1, 2).unsqueeze(1), a.transpose(1, 2).unsqueeze(1))[0]
+        bias = g.sum(1)
     elif isinstance(module, nn.modules.conv._ConvNd):
         groups = module.groups
         cols = unfold_input(module, a)                          # B x (C_in k) x L
         g = g.reshape(b, module.out_channels, -1)               # B x C_out x L
-        per_sample = torch.einsum("bgol,bgil->bgoi", g.reshape(b, groups, -1, g.shape[-1]),
-                                  cols.reshape(b, groups, -1, cols.shape[-1]))
-        out["weight"] = per_sample.mul_(per_sample).sum(0).reshape(module.weight.shape)
+        squared = summed_squared_products(g.reshape(b, groups, -1, g.shape[-1]),
+                                          cols.reshape(b, groups, -1, cols.shape[-1]))
+        out["weight"] = squared.reshape(module.weight.shape)
         bias = g.sum(2)
     else:                                                       # BatchNorm on running statistics
         shape = [1, -1] + [1] * (a.dim() - 2)
