@@ -79,7 +79,9 @@ def evaluation_flops(counter: FlopCounter, n: int, batch_size: int) -> int:
 @dataclass
 class EvaluationSets:
     """The sets a run is judged on: validation (what keep-best and strategies decide by), test with
-    its per-class split, and under a shift the clean test set (what shifted training forgets)."""
+    its per-class split, under a shift the clean test set (what shifted training forgets), and with
+    a checkpoint's source memory the guard anchors (what the whole life forgets), evaluated with
+    every validation."""
     val: IndexedDataset
     test: IndexedDataset
     clean_test: IndexedDataset | None
@@ -89,10 +91,12 @@ class EvaluationSets:
     memory_format: torch.memory_format
     flops: FlopCounter          # the live model's
     class_names: list[str]
+    anchors: IndexedDataset | None = None      # the guard anchors (engine/anchors.py), never trained on
+    source_anchor_acc: float | None = None     # the source model's accuracy on them (the reference)
 
     def final_images(self) -> int:
         """Images the last epoch's evaluation runs over."""
-        return len(self.val) + len(self.test) + len(self.clean_test or ())
+        return len(self.val) + len(self.anchors or ()) + len(self.test) + len(self.clean_test or ())
 
     def logits(self, predict, ds: IndexedDataset) -> torch.Tensor:
         """`predict`'s logits over `ds` in this run's evaluation batches and layout."""
@@ -112,6 +116,11 @@ class EvaluationSets:
         if validate:
             out["val_acc"] = accuracy(self.logits(predict, self.val), self.val.labels)
             out["flops_eval"] += self._flops(self.val)
+        if self.anchors is not None:
+            out.update(self.anchor_accuracy(predict) if validate else
+                       {"anchor_acc": None, "anchor_forgetting": None, "anchor_samples_evaluated": 0,
+                        "flops_anchor": 0})
+            out["flops_eval"] += out["flops_anchor"]
         if test:
             logits = self.logits(predict, self.test)
             out["test_acc"] = accuracy(logits, self.test.labels)
@@ -124,3 +133,17 @@ class EvaluationSets:
                 out["test_samples_evaluated"] += len(self.clean_test)
                 out["flops_eval"] += self._flops(self.clean_test)
         return out
+
+    def anchor_accuracy(self, predict) -> dict:
+        """Accuracy on the guard anchors and how many points it lies below the source model's
+        (positive: forgotten), with the pass's counted FLOPs (part of `flops_eval`)."""
+        acc = accuracy(self.logits(predict, self.anchors), self.anchors.labels)
+        return {"anchor_acc": acc, "anchor_forgetting": forgetting_points(self.source_anchor_acc, acc),
+                "anchor_samples_evaluated": len(self.anchors), "flops_anchor": self._flops(self.anchors)}
+
+
+def forgetting_points(source_acc: float | None, acc: float | None) -> float | None:
+    """Percentage points of guard-anchor accuracy below the source model's (negative: above it)."""
+    if source_acc is None or acc is None:
+        return None
+    return round(100 * (source_acc - acc), 4)

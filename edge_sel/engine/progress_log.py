@@ -23,7 +23,8 @@ class ProgressLog:
             print(text, file=self.stream, flush=True)
 
     def baseline(self, record: dict) -> None:
-        self.line(f"start: the starting checkpoint: val {_f(record.get('val_acc'))} test {_f(record.get('test_acc'))} "
+        self.line(f"start: the starting checkpoint: val {_f(record.get('val_acc'))}{self.anchors(record)} "
+                   f"test {_f(record.get('test_acc'))} "
                    f"(evaluation {_f(record.get('eval_wall_s'), '.1f')} s, {_f(record.get('eval_energy_j'), '.1f')} J)")
 
     def bn_adapt(self, samples: int, flops: int) -> None:
@@ -34,9 +35,17 @@ class ProgressLog:
         energy = (f", {_f(r.get('energy_j'), '.1f')} J {r.get('energy_source')}/{r.get('energy_method')}"
                   if r.get("energy_j") is not None else "")
         self.line(f"epoch {r.get('epoch')}/{self.epochs - 1}: loss {_f(r.get('train_loss'))} train "
-                   f"{_f(r.get('train_acc'))} val {_f(r.get('val_acc'))} test {_f(r.get('test_acc'))} active "
+                   f"{_f(r.get('train_acc'))} val {_f(r.get('val_acc'))}{self.anchors(r)} test {_f(r.get('test_acc'))} active "
                    f"{_f(r.get('activation'), '.2f')}, {(r.get('flops_train') or 0) / 1e9:.2f} GFLOP, "
                    f"{_f(r.get('wall_s'), '.1f')} s{energy}; evaluation {_f(r.get('eval_wall_s'), '.1f')} s")
+
+    @staticmethod
+    def anchors(record: dict) -> str:
+        """The guard anchors beside validation: accuracy and points forgotten since the source."""
+        if record.get("anchor_acc") is None:
+            return ""
+        lost = record.get("anchor_forgetting")
+        return f" anchors {_f(record['anchor_acc'])}" + ("" if lost is None else f" ({-lost:+.1f} pt)")
 
     def evaluation(self, what: str, test_acc: float | None, wall_s: float | None, joules: float | None) -> None:
         self.line(f"evaluation: {what}: test {_f(test_acc)} ({_f(wall_s, '.1f')} s, {_f(joules, '.1f')} J)")

@@ -160,12 +160,17 @@ def summarize(records: list[dict], extra: dict, baseline: dict | None = None, ke
 
 def output_model(last: dict, kept: dict | None) -> dict:
     """Which weights the run hands back and their accuracies (a pretrain's, and a --keep last
-    run's, are the last epoch's)."""
+    run's, are the last epoch's); `anchor_acc` on the guard anchors when the run has them (promote's
+    guard reads it)."""
     if kept is None or kept.get("kept") == "last":
-        return {"weights": "last", "epoch": last.get("epoch"), "val_acc": last.get("val_acc"),
-                "test_acc": last.get("test_acc")}
-    return {"weights": kept["kept"], "epoch": kept.get("kept_epoch"), "val_acc": kept.get("kept_val_acc"),
-            "test_acc": kept.get("kept_test_acc")}
+        out = {"weights": "last", "epoch": last.get("epoch"), "val_acc": last.get("val_acc"),
+               "test_acc": last.get("test_acc")}
+        anchor_acc = last.get("anchor_acc")
+    else:
+        out = {"weights": kept["kept"], "epoch": kept.get("kept_epoch"), "val_acc": kept.get("kept_val_acc"),
+               "test_acc": kept.get("kept_test_acc")}
+        anchor_acc = kept.get("kept_anchor_acc")
+    return {**out, **({"anchor_acc": anchor_acc} if "anchor_acc" in last or anchor_acc is not None else {})}
 
 
 def train_model(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainConfig, out: Path,
@@ -256,7 +261,7 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
                      "final_val_acc": records[-1]["val_acc"] if records else None,
                      "final_test_acc": records[-1]["test_acc"] if records else None, "seed": cfg.seed}
     if kept is not None:
-        card.training.update({k: kept[k] for k in ("kept", "kept_epoch", "kept_val_acc", "kept_test_acc",
+        card.training.update({k: kept[k] for k in ("kept", "rule", "kept_epoch", "kept_val_acc", "kept_test_acc",
                                                    "baseline_val_acc")})
     if not writes:
         ranks.finish()

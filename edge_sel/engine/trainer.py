@@ -102,9 +102,12 @@ class Trainer:
         self.scoring = ScoringPasses(self.model, self.train_ds, self.mean, self.std, self.device,
                                      self.eval_batch_size, self.memory_format, self.flops, self.ledger,
                                      cfg.bn_mode, self._eval_autocast)
+        # With the checkpoint's source memory, every validation also measures forgetting on the guard anchors.
         self.eval_sets = EvaluationSets(self.val_eval_ds, self.test_ds, self.clean_test_ds, self.mean, self.std,
                                         self.eval_batch_size, self.memory_format, self.flops,
-                                        self.train_ds.class_names)
+                                        self.train_ds.class_names,
+                                        None if self.memory is None else self.memory.guard.to(self.device),
+                                        None if self.memory is None else self.memory.source_guard_acc)
         self.ctx = RunContext(self.train_ds, self.val_ds, self.model, cfg.epochs, self.generator,
                               self.device, self.mean, self.std, cfg.batch_size, cfg.to_json(),
                               score_fn=self.scoring.losses, forward_fn=self.scoring.batch_logits,
@@ -128,7 +131,8 @@ class Trainer:
         if self.guard is not None:
             self.guard.should_stop = lambda: self.stop_requested
         # Pretraining starts from random weights: only a fine-tune has a starting model worth keeping.
-        self.choice = ModelChoice(cfg.keep if self.phase == "finetune" else "last")
+        self.choice = ModelChoice(cfg.keep if self.phase == "finetune" else "last", cfg.max_forgetting,
+                                  self.memory is not None, self.eval_sets.source_anchor_acc)
         self.strategy.setup(self.ctx)
         self.updater.attach(self.model, self.optimizer, self.ctx)
         self.class_names = self.train_ds.class_names
@@ -341,7 +345,8 @@ class Trainer:
         out["eval_energy_j"] = self._eval_energy.get("energy_j")
         # The end also tests the kept weights when they are not the last epoch's: reserved too.
         kept_test = len(self.test_ds) if self.phase == "finetune" and self.choice.mode == "best" else 0
-        self.budget.reserve_evaluation(out["eval_energy_j"], out["val_samples_evaluated"] + out["test_samples_evaluated"],
+        images = out["val_samples_evaluated"] + out["test_samples_evaluated"] + out.get("anchor_samples_evaluated", 0)
+        self.budget.reserve_evaluation(out["eval_energy_j"], images,
                                        self.eval_sets.final_images() + kept_test)
         return out
 
@@ -355,10 +360,13 @@ class Trainer:
         changed = False
         if last.get("test_acc") is None and last.get("phase") != "baseline":
             extra = self.evaluate(validate=last.get("val_acc") is None, test=True)
-            for key in ("flops_eval", "eval_wall_s", "eval_energy_j", "val_samples_evaluated"):
+            for key in ("flops_eval", "eval_wall_s", "eval_energy_j", "val_samples_evaluated",
+                        *(("anchor_samples_evaluated", "flops_anchor") if "flops_anchor" in extra else ())):
                 extra[key] = (extra.get(key) or 0) + (last.get(key) or 0)
             if last.get("val_acc") is not None:
                 extra.pop("val_acc")
+                extra.pop("anchor_acc", None)          # measured with the validation, kept
+                extra.pop("anchor_forgetting", None)
                 extra["evaluated"] = "val+test"
             last.update(extra)
             self._keep_choice(last["epoch"], last)
@@ -428,12 +436,15 @@ class Trainer:
         if "bn_adapt" in self.bn_adapt_pending:      # not applicable: the model did not change
             return 0.0
         ev = self.evaluate(validate=True, test=False)
-        self.choice.consider(BN_ADAPT_EPOCH, ev["val_acc"], None, self.model)
+        self.choice.consider(BN_ADAPT_EPOCH, ev["val_acc"], None, self.model, ev.get("anchor_acc"))
         self.bn_adapt_pending["bn_adapt_val_acc"] = ev["val_acc"]
-        self.log.line(f"evaluation: the BatchNorm-adapted model: val {ev['val_acc']:.3f} "
-                      f"({ev['eval_wall_s']:.1f} s)")
+        if "anchor_acc" in ev:
+            self.bn_adapt_pending["bn_adapt_anchor_acc"] = ev["anchor_acc"]
+        self.log.line(f"evaluation: the BatchNorm-adapted model: val {ev['val_acc']:.3f}"
+                      f"{self.log.anchors(ev)} ({ev['eval_wall_s']:.1f} s)")
         self.bn_adapt_pending["candidate_eval"] = {k: ev[k] for k in ("flops_eval", "eval_wall_s", "eval_energy_j",
-                                                                "val_samples_evaluated")}
+                                                                "val_samples_evaluated", "anchor_samples_evaluated",
+                                                                "flops_anchor") if k in ev}
         return ev["eval_wall_s"]
 
     def bn_adapt_record(self) -> dict:
@@ -451,7 +462,8 @@ class Trainer:
     def _keep_choice(self, epoch: int, record: dict) -> None:
         if record.get("evaluated") == "none" and len(self.val_eval_ds):
             return          # not validated this epoch (--eval-every): nothing to choose by
-        self.choice.consider(epoch, record.get("val_acc"), record.get("test_acc"), self.model)
+        self.choice.consider(epoch, record.get("val_acc"), record.get("test_acc"), self.model,
+                             record.get("anchor_acc"))
         if self.phase == "finetune":
             record["kept_epoch"] = self.choice.epoch     # what the output model would be if the run ended here
 

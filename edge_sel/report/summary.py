@@ -73,7 +73,8 @@ def all_in_line(summary: dict) -> str:
         joules = (f"{t['energy_all_j']:.1f} J {energy_label(t.get('energy_method'))} (training "
                   f"{_fmt(t.get('energy_j'), '.1f')}, evaluation {_fmt(t.get('eval_energy_j'), '.1f')}"
                   + (f", {100 * share:.0f}% of it" if share is not None else "") + ")")
-    return f"output model ({which}): test acc {_fmt(out.get('test_acc'))}; all in: {flops}, {joules}"
+    anchors = f", guard anchors {_fmt(out['anchor_acc'])}" if out.get("anchor_acc") is not None else ""
+    return f"output model ({which}): test acc {_fmt(out.get('test_acc'))}{anchors}; all in: {flops}, {joules}"
 
 
 def shipped_line(block: dict) -> str:
