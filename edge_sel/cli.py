@@ -317,13 +317,21 @@ def trigger_cmd(checkpoint, dataset, data_dir, shard, subset, spec, shift_seed, 
 @click.option("--force", is_flag=True,
               help="Judge a pretrain directory, or a run that did not start from the deployed model, all the same "
                    "(it must still beat the deployed model).")
-def promote_cmd(run_dir, deployed, force):
-    """Deploy a run's output model if it beats the deployed model itself on the run's validation data.
+@click.option("--max-forgetting", type=float, default=None, metavar="P",
+              help="Points of guard-anchor accuracy below the source model a deployed model may lose "
+                   "[default: the run's own --max-forgetting].")
+def promote_cmd(run_dir, deployed, force, max_forgetting):
+    """Deploy a run's output model if it beats the deployed model itself on the run's validation data
+    and does not forget more than --max-forgetting points on the guard anchors (a deployed model that
+    has forgotten more is replaced by a run's model within the limit).
 
     Exit 0: promoted; 3: judged and not promoted (not a failure); 2: bad input; 1: the swap failed
     (the deployed model is unchanged)."""
+    from edge_sel.config import check_points
     from edge_sel.engine.promote import NOT_PROMOTED_EXIT, promote
-    decision = promote(run_dir, deployed, force)
+    if max_forgetting is not None:
+        check_points("--max-forgetting", max_forgetting)
+    decision = promote(run_dir, deployed, force, max_forgetting=max_forgetting)
     click.echo(decision_line(decision, run_dir))
     if not decision.promote:
         sys.exit(NOT_PROMOTED_EXIT)
@@ -333,7 +341,8 @@ def decision_line(decision, run_dir) -> str:
     """promote's verdict in one line: the rule, why, and what validating the deployed model cost."""
     cost = decision.evaluation
     joules = f", {cost['energy_j']:.1f} J" if cost and cost.get("energy_j") is not None else ""
-    checked = (f" [deployed model validated on {cost['samples']} samples, {cost['flops'] / 1e9:.2f} GFLOP, "
+    anchors = f" and {cost['anchor_samples']} guard anchors" if cost and cost.get("anchor_samples") else ""
+    checked = (f" [deployed model validated on {cost['samples']} samples{anchors}, {cost['flops'] / 1e9:.2f} GFLOP, "
                f"{cost['wall_s']:.1f} s{joules}]" if cost else "")
     if decision.promote:
         return f"promoted ({decision.rule}): {run_dir}: {decision.why}{checked}"

@@ -25,6 +25,11 @@ def _number(option: str, value, lo=None, hi=None, lo_open=False, hi_open=False) 
         raise InputError(f"{option} must be {'<' if hi_open else '<='} {hi}, got {value}")
 
 
+def check_points(option: str, value) -> None:
+    """Percentage points (of accuracy), 0 to 100: what --max-forgetting takes, wherever it is given."""
+    _number(option, value, lo=0, hi=100)
+
+
 def _integer(option: str, value, lo=None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InputError(f"{option} must be a whole number, got {value!r}")

@@ -134,3 +134,245 @@ def test_a_resumed_run_makes_the_same_choice(tiny_warm, tmp_path):
     assert stable(records(out)) == stable(records(reference))
     assert summary(out)["kept"] == summary(reference)["kept"]
     assert weights_digest(out) == weights_digest(reference)
+
+
+# -- the guard that sees the whole life: forgetting on the source's guard anchors --------------------
+
+import shutil                                                           # noqa: E402
+
+from helpers import run_main                                            # noqa: E402
+from edge_sel.core.flops import FlopCounter                             # noqa: E402
+from edge_sel.core.source_memory import SOURCE_FILES, Anchors, draw_anchors, write_source_memory  # noqa: E402
+from edge_sel.engine.evaluate import evaluation_flops                   # noqa: E402
+from edge_sel.engine.keep import BN_ADAPT_EPOCH, WARMUP_EPOCH, ModelChoice  # noqa: E402
+from edge_sel.engine.progress_log import ProgressLog                    # noqa: E402
+from edge_sel.engine.promote import decide                              # noqa: E402
+from edge_sel.models import count_parameters                            # noqa: F401,E402
+
+SERVER, DEVICE = DataOptions("digits", shard="0/2"), DataOptions("digits", shard="1/2", shift="corrupt=contrast:5")
+EVAL_BATCH = 128
+# Fixed layout and precision: no probes, and every run evaluates in the same batches.
+FIXED = dict(batch_size=32, lr=0.05, seed=0, eval_batch_size=EVAL_BATCH, memory_format="contiguous",
+             precision="fp32", eval_precision="fp32")
+SEEN = ("epoch", "val_acc", "anchor_acc", "train_loss", "flops_train", "flops_anchor")     # what a choice does not change
+
+
+def with_source_memory(checkpoint, per_class: int = 20) -> dict:
+    """The files pretrain ships for a device's life: anchors drawn from the server's training split
+    (half replay, half guard), a stand-in Fisher of ones, the checkpoint's own weights as the
+    source, and the source model's measured accuracy on the guard anchors in the card."""
+    model, card = load_checkpoint(checkpoint)
+    train = SERVER.load().train
+    positions, roles = draw_anchors(train.labels, train.num_classes, per_class, seed=0)
+    anchors = Anchors(train.images[positions], train.labels[positions], train.index[positions], roles)
+    guard = train.subset(positions[roles == 1])
+    logits = predict_dataset(lambda x: model.eval()(x).float(), guard, card.mean, card.std, 256)
+    fisher = {name: torch.ones_like(p) for name, p in model.named_parameters()}
+    section = write_source_memory(checkpoint, anchors, fisher, model.state_dict(),
+                                  {"anchors": {"guard_acc": accuracy(logits, guard.labels)}})
+    meta = json.loads((checkpoint / "model.json").read_text())
+    (checkpoint / "model.json").write_text(json.dumps({**meta, "source_memory": section}))
+    return section
+
+
+@pytest.fixture(scope="module")
+def digits_source(tmp_path_factory):
+    """A digits warmup with its source memory, and its twin without (same weights)."""
+    root = tmp_path_factory.mktemp("digits-source")
+    pretrain_out = root / "warm"
+    from edge_sel.engine.run import pretrain
+    pretrain("edgecnn", SERVER, TrainConfig(epochs=4, **{**FIXED, "batch_size": 64}), pretrain_out, quiet=True)
+    bare = root / "bare"
+    shutil.copytree(pretrain_out, bare)
+    with_source_memory(pretrain_out)
+    return pretrain_out, bare
+
+
+@pytest.fixture(scope="module")
+def forgetting_run(digits_source, tmp_path_factory):
+    """Fine-tuned on heavily low-contrast local digits with a high learning rate: validation (low
+    contrast) climbs, the clean guard anchors fall far. --max-forgetting 3."""
+    warm, _ = digits_source
+    out = tmp_path_factory.mktemp("forgets") / "run"
+    finetune(warm, DEVICE, TrainConfig(epochs=3, bn_adapt=200, max_forgetting=3.0, **FIXED), out, quiet=True)
+    return out
+
+
+def test_an_epoch_that_gains_on_validation_but_forgets_is_not_kept_and_the_rule_is_named(forgetting_run,
+                                                                                         digits_source):
+    base, *epochs = records(forgetting_run, baseline=True)
+    source = json.loads((digits_source[0] / "model.json").read_text())["source_memory"]["anchors"]["guard_acc"]
+    assert base["anchor_acc"] == pytest.approx(source) and base["anchor_forgetting"] == pytest.approx(0, abs=1e-3)
+    # The construction: every epoch beats the start on validation and forgets far more than 3 points.
+    assert all(r["val_acc"] > base["val_acc"] + 0.2 and r["anchor_forgetting"] > 20 for r in epochs)
+    assert all(r["anchor_forgetting"] == pytest.approx(100 * (source - r["anchor_acc"]), abs=1e-3) for r in epochs)
+    s = summary(forgetting_run)
+    kept = s["kept"]
+    assert kept["rule"] == "forgets" and kept["kept"] == "warmup" and kept["kept_epoch"] == WARMUP_EPOCH
+    best = max(epochs, key=lambda r: r["val_acc"])
+    assert f"epoch {best['epoch']} had the best validation accuracy ({100 * best['val_acc']:.2f}%)" in kept["reason"]
+    assert f"{best['anchor_forgetting']:.2f} points below the source model's {100 * source:.2f}%" in kept["reason"]
+    assert "--max-forgetting 3" in kept["reason"]
+    # The BatchNorm-adapted candidate is judged the same way (here it forgot too: low-contrast statistics).
+    assert [r["epoch"] for r in kept["refused"]] == [BN_ADAPT_EPOCH] + [r["epoch"] for r in epochs]
+    assert epochs[0]["bn_adapt_anchor_acc"] == kept["refused"][0]["anchor_acc"]
+    assert kept["guard"]["max_forgetting"] == 3.0 and kept["guard"]["source_anchor_acc"] == source
+    assert s["output_model"]["anchor_acc"] == base["anchor_acc"] == kept["kept_anchor_acc"]
+    start, end = tensors(digits_source[0]), tensors(forgetting_run)
+    assert all(torch.equal(start[k], end[k]) for k in start)           # the earlier model: the start, unchanged
+    assert json.loads((forgetting_run / "model.json").read_text())["training"]["rule"] == "forgets"
+
+
+@pytest.fixture(scope="module")
+def lenient_run(forgetting_run, digits_source, tmp_path_factory):
+    """The same fine-tune with --max-forgetting above anything it forgot."""
+    limit = max(r["anchor_forgetting"] for r in records(forgetting_run)) + 1
+    out = tmp_path_factory.mktemp("lenient") / "run"
+    finetune(digits_source[0], DEVICE, TrainConfig(epochs=3, bn_adapt=200, max_forgetting=limit, **FIXED), out,
+             quiet=True)
+    return out
+
+
+def test_the_same_run_with_a_limit_above_its_forgetting_keeps_its_best_epoch(forgetting_run, lenient_run):
+    out, epochs = lenient_run, records(forgetting_run)
+    assert [[r.get(k) for k in SEEN] for r in records(out, baseline=True)] == \
+        [[r.get(k) for k in SEEN] for r in records(forgetting_run, baseline=True)]      # the same passes
+    kept = summary(out)["kept"]
+    best = max(epochs, key=lambda r: r["val_acc"])
+    assert kept["rule"] == "best" and kept["kept_epoch"] == best["epoch"] and kept["refused"] == []
+    assert summary(out)["output_model"]["anchor_acc"] == best["anchor_acc"]
+
+
+def test_the_guard_pass_is_counted_as_evaluation_and_without_memory_the_guard_says_so(forgetting_run,
+                                                                                      digits_source, tmp_path):
+    """The twin checkpoint without source memory, the same run: evaluation FLOPs differ by exactly
+    the guard passes (100 anchors in the run's evaluation batches) at the baseline, the BatchNorm-
+    adapted candidate and every validated epoch; training and validation are the same."""
+    out = tmp_path / "bare-run"
+    finetune(digits_source[1], DEVICE, TrainConfig(epochs=3, bn_adapt=200, max_forgetting=3.0, **FIXED), out,
+             quiet=True)
+    model, _ = load_checkpoint(digits_source[1])
+    guard_pass = evaluation_flops(FlopCounter(model, [1, 8, 8]), 100, EVAL_BATCH)
+    assert guard_pass > 0
+    bare, guarded = records(out, baseline=True), records(forgetting_run, baseline=True)
+    assert not any("anchor_acc" in r for r in bare) and not any(p.name in SOURCE_FILES for p in out.iterdir())
+
+    def other_evaluation(r):        # the output model's own test pass depends on which model is kept
+        return r["flops_eval"] - r.get("flops_anchor", 0) - r.get("kept_test_flops", 0)
+    for b, g in zip(bare, guarded, strict=True):
+        assert (b["val_acc"], b["flops_train"], other_evaluation(b)) == (g["val_acc"], g["flops_train"],
+                                                                         other_evaluation(g))
+        candidate = g["epoch"] == 0        # epoch 0 also carries the BatchNorm-adapted candidate's pass
+        assert g["flops_anchor"] == (2 if candidate else 1) * guard_pass
+        assert g["anchor_samples_evaluated"] == (2 if candidate else 1) * 100
+    totals = summary(forgetting_run)["totals"]
+    assert totals["flops_eval"] == sum(r["flops_eval"] for r in guarded)
+    kept = summary(out)["kept"]
+    assert kept["guard"] == "no anchor set" and kept["refused"] == [] and kept["rule"] == "best"
+    assert "anchor_acc" not in summary(out)["output_model"]
+    decision = decide(out, digits_source[1])            # promote: judged on validation alone, and says why
+    assert decision.guard == "no anchor set" and decision.deployed_anchor_acc is None
+    assert "anchor_samples" not in decision.evaluation and decision.rule == "better"
+
+
+def test_promote_refuses_a_candidate_that_forgets_and_names_the_rule(lenient_run, digits_source, tmp_path):
+    """The lenient run's output model (its best epoch, far below the source on the guard anchors)
+    against the deployed source model: --max-forgetting 3 refuses it, exit 3, one line with both
+    numbers; without the override the run's own limit lets it through (it beats the deployed model)."""
+    deployed = tmp_path / "deployed"
+    shutil.copytree(digits_source[0], deployed)
+    out = summary(lenient_run)["output_model"]
+    source = json.loads((deployed / "model.json").read_text())["source_memory"]["anchors"]["guard_acc"]
+    result = run_cli("promote", lenient_run, "--deployed", deployed, "--max-forgetting", "3", expect=3)
+    line, = result.output.strip().splitlines()
+    assert line.startswith(f"not promoted (forgets): {lenient_run}: guard-anchor accuracy "
+                           f"{100 * out['anchor_acc']:.2f}% is ")
+    assert f"below the source model's {100 * source:.2f}% (--max-forgetting 3) and below the deployed model's " \
+           f"{100 * source:.2f}%" in line and "100 guard anchors" in line
+    record = json.loads((lenient_run / "promote.json").read_text())
+    model, _ = load_checkpoint(deployed)
+    assert record["rule"] == "forgets" and record["promote"] is False and record["max_forgetting"] == 3
+    assert record["evaluation"]["anchor_flops"] == evaluation_flops(FlopCounter(model, [1, 8, 8]), 100, EVAL_BATCH)
+    assert record["deployed_anchor_acc"] == pytest.approx(source)
+    assert all(torch.equal(a, b) for a, b in zip(tensors(deployed).values(), tensors(digits_source[0]).values()))
+    decision = decide(lenient_run, deployed)
+    assert decision.rule == "better" and decision.max_forgetting == json.loads(
+        (lenient_run / "config.json").read_text())["max_forgetting"]
+
+
+def test_promote_replaces_a_drifted_deployed_model_with_one_within_the_limit(forgetting_run, lenient_run, tmp_path):
+    """Deployed: the lenient run's model (it forgot tens of points). Candidate: a run whose guard
+    kept the starting (source) weights, worse on tonight's validation: `restores` deploys it."""
+    deployed = tmp_path / "deployed"
+    deployed.mkdir()
+    for name in ("model.safetensors", "model.json", *SOURCE_FILES):
+        shutil.copy2(lenient_run / name, deployed / name)
+    candidate, drifted = summary(forgetting_run)["output_model"], summary(lenient_run)["output_model"]
+    assert candidate["val_acc"] < drifted["val_acc"]            # not-better on validation alone
+    result = run_cli("promote", forgetting_run, "--deployed", deployed, "--force")
+    line, = result.output.strip().splitlines()
+    assert line.startswith(f"promoted (restores): {forgetting_run}: the deployed model has forgotten: guard-anchor "
+                           f"accuracy {100 * drifted['anchor_acc']:.2f}%")
+    assert f"the run's model is within it ({100 * candidate['anchor_acc']:.2f}%)" in line
+    assert all(torch.equal(a, b) for a, b in zip(tensors(deployed).values(), tensors(forgetting_run).values()))
+
+
+def test_a_bad_promote_limit_is_one_line_exit_2(tmp_path, capsys):
+    code, err = run_main(["promote", tmp_path, "--deployed", tmp_path / "d", "--max-forgetting", "150"], capsys)
+    assert code == 2 and err.strip() == "edge-sel: error: --max-forgetting must be <= 100, got 150.0"
+
+
+def test_the_guard_judges_against_the_start_and_a_resumed_choice_is_the_same():
+    """Numbers made up, no training: the source scored 90% on the guard anchors, the start had
+    already lost 10 points. A candidate within 10 points of the source is allowed though it
+    forgets more than P (it forgot less than the start); one below the start is refused."""
+    model = torch.nn.Linear(2, 2)
+    steps = [(WARMUP_EPOCH, 0.50, 0.80), (BN_ADAPT_EPOCH, 0.55, 0.82), (0, 0.60, 0.85), (1, 0.70, 0.75),
+             (2, 0.58, 0.80)]
+
+    def choice():
+        return ModelChoice("best", max_forgetting=3.0, has_anchors=True, source_anchor_acc=0.90)
+    whole = choice()
+    for epoch, val, anchors in steps:
+        whole.consider(epoch, val, None, model, anchors)
+    kept = whole.describe()
+    assert (kept["kept"], kept["kept_epoch"], kept["rule"]) == ("best", 0, "forgets")
+    assert [r["epoch"] for r in kept["refused"]] == [1] and kept["refused"][0]["anchor_forgetting"] == 15.0
+    assert kept["reason"].startswith("epoch 1 had the best validation accuracy (70.00%) but forgot: guard-anchor "
+                                     "accuracy 75.00%, 15.00 points below the source model's 90.00% "
+                                     "(--max-forgetting 3) and below the starting checkpoint's 80.00%; "
+                                     "the output model is epoch 0")
+    assert kept["guard"]["baseline_forgetting"] == 10.0 and kept["guard"]["kept_forgetting"] == 5.0
+    # Cut after two candidates, resumed from the saved state (and from a state saved before the guard).
+    for keep_new_fields in (True, False):
+        first = choice()
+        for epoch, val, anchors in steps[:3]:
+            first.consider(epoch, val, None, model, anchors)
+        state = first.state_dict()
+        if not keep_new_fields:
+            state = {k: state[k] for k in ("mode", "epoch", "val_acc", "test_acc", "baseline_val_acc",
+                                           "baseline_test_acc", "last_epoch", "no_validation", "weights")}
+        resumed = choice()
+        resumed.load_state_dict(state)
+        for epoch, val, anchors in steps[3:]:
+            resumed.consider(epoch, val, None, model, anchors)
+        if keep_new_fields:
+            assert resumed.describe() == kept
+        else:       # the baseline's anchor accuracy was not saved: the start is no bar, epoch 1 still refused
+            assert resumed.describe()["kept_epoch"] == 0 and resumed.describe()["rule"] == "forgets"
+    # The BatchNorm-adapted model kept when every epoch forgets; no guard under --keep last.
+    bn = choice()
+    for epoch, val, anchors in [(WARMUP_EPOCH, 0.5, 0.9), (BN_ADAPT_EPOCH, 0.6, 0.89), (0, 0.9, 0.5)]:
+        bn.consider(epoch, val, None, model, anchors)
+    assert (bn.describe()["kept"], bn.describe()["rule"]) == ("bn_adapt", "forgets")
+    assert "the output model is the starting checkpoint with re-estimated BatchNorm statistics" in bn.describe()["reason"]
+    last = ModelChoice("last", 3.0, True, 0.9)
+    last.consider(0, 0.9, None, model, 0.1)
+    assert last.describe()["rule"] == "last" and last.describe()["guard"].startswith("not applied: --keep last")
+
+
+def test_the_journal_line_shows_the_guard_anchors():
+    import io
+    stream = io.StringIO()
+    ProgressLog(False, 3, stream).epoch({"epoch": 1, "val_acc": 0.958, "anchor_acc": 0.44, "anchor_forgetting": 54.0})
+    assert "val 0.958 anchors 0.440 (-54.0 pt) test -" in stream.getvalue()

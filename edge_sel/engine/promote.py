@@ -1,8 +1,15 @@
 """Replace a device's deployed model with a run's output model, only when it beats the deployed
-model itself on the run's local validation data.
+model itself on the run's local validation data and does not forget where it came from.
 
-`decide` returns which rule decided (a later anchor-set check adds its own rule there); `promote`
-acts on it with the atomic swap of engine/deployed_swap.py and writes RUN/promote.json."""
+The guard (`--max-forgetting P`, the run's own value unless promote is given one) looks at the
+guard anchors the run carries (engine/anchors.py): a candidate more than P points below the source
+model there, and below the deployed model, is not deployed however well it does tonight; and a
+deployed model that has itself drifted more than P points is replaced by a candidate within P even
+when the candidate's local validation accuracy is not higher (keeping the drifted model is what the
+guard forbids; a reset to the source weights produces such candidates).
+
+`decide` returns which rule decided; `promote` acts on it with the atomic swap of
+engine/deployed_swap.py and writes RUN/promote.json."""
 
 from __future__ import annotations
 
@@ -13,6 +20,7 @@ from pathlib import Path
 
 from edge_sel.core.checkpoint import atomic_write_bytes, weights_digest
 from edge_sel.engine.deployed_swap import MODEL_FILES, recover, swap_in
+from edge_sel.engine.evaluate import forgetting_points
 from edge_sel.errors import InputError, WriteError, existing_dir, required_file
 
 NOT_PROMOTED_EXIT = 3       # a run judged and not deployed: not a failure (the nightly script exits 0)
@@ -21,11 +29,20 @@ NOT_PROMOTED_EXIT = 3       # a run judged and not deployed: not a failure (the 
 @dataclass
 class Decision:
     promote: bool
-    rule: str                 # interrupted | pretrain | other-start | no-validation | not-better | no-gain | better | first | forced-first
+    # interrupted | pretrain | other-start | no-validation | forgets | restores | not-better | no-gain
+    # | better | first | forced-first
+    rule: str
     why: str
     candidate_val_acc: float | None = None
     deployed_val_acc: float | None = None
     evaluation: dict = field(default_factory=dict)    # the deployed model's validation pass: samples, FLOPs, time
+    # The guard: accuracies on the run's guard anchors, the source model's reference, the limit in
+    # points; `guard` says why it did not apply (None: it did).
+    candidate_anchor_acc: float | None = None
+    deployed_anchor_acc: float | None = None
+    source_anchor_acc: float | None = None
+    max_forgetting: float | None = None
+    guard: str | None = None
 
 
 def read_run(run_dir: Path) -> tuple[dict, dict]:
@@ -51,9 +68,12 @@ def started_from(config: dict, deployed: Path) -> bool:
     return start is not None and Path(start).resolve() == deployed.resolve()
 
 
-def decide(run_dir: Path, deployed: Path, force: bool = False, evaluate=None) -> Decision:
-    """The promote decision and the rule that made it. `evaluate(run_config, deployed)` returns
-    the deployed model's validation accuracy and what the pass cost (default: validate_deployed)."""
+def decide(run_dir: Path, deployed: Path, force: bool = False, evaluate=None,
+           max_forgetting: float | None = None) -> Decision:
+    """The promote decision and the rule that made it. `evaluate(run_config, deployed, run_dir)`
+    returns the deployed model's validation accuracy, its guard-anchor accuracy (None without
+    anchors) and what the passes cost (default: validate_deployed). `max_forgetting`: the guard's
+    limit in points (default: the run's `--max-forgetting`)."""
     run_dir, deployed = Path(run_dir), Path(deployed)
     summary, config = read_run(run_dir)
     out = summary.get("output_model") or {}
@@ -75,20 +95,80 @@ def decide(run_dir: Path, deployed: Path, force: bool = False, evaluate=None) ->
                                               f"model deployed now; --force judges it against it anyway", candidate)
     if candidate is None:
         return Decision(False, "no-validation", "the run has no validation accuracy to compare", candidate)
-    deployed_acc, cost = (evaluate or validate_deployed)(config, deployed)
+    deployed_acc, deployed_anchor, cost = (evaluate or validate_deployed)(config, deployed, run_dir)
+    limit = max_forgetting if max_forgetting is not None else config.get("max_forgetting")
+    guard = Guard(out.get("anchor_acc"), deployed_anchor, source_anchor_acc(run_dir), limit)
+    numbers = dict(candidate_val_acc=candidate, deployed_val_acc=deployed_acc, evaluation=cost,
+                   candidate_anchor_acc=guard.candidate, deployed_anchor_acc=guard.deployed,
+                   source_anchor_acc=guard.source, max_forgetting=limit, guard=guard.not_applied())
+    if guard.forgets():
+        return Decision(False, "forgets", guard.forgets_why(), **numbers)
+    if guard.restores():
+        return Decision(True, "restores", guard.restores_why(candidate, deployed_acc), **numbers)
     if deployed_acc is not None and candidate <= deployed_acc:
         return Decision(False, "not-better", f"validation accuracy {_pct(candidate)} does not beat the deployed "
-                                             f"model's {_pct(deployed_acc)}", candidate, deployed_acc, cost)
+                                             f"model's {_pct(deployed_acc)}", **numbers)
     return Decision(True, "better", f"validation accuracy {_pct(candidate)} beats the deployed model's "
-                                    f"{_pct(deployed_acc)}", candidate, deployed_acc, cost)
+                                    f"{_pct(deployed_acc)}", **numbers)
 
 
-def validate_deployed(config: dict, deployed: Path) -> tuple[float | None, dict]:
-    """The deployed model on the run's validation samples (the same draw of `--val-subset`), with
-    the pass's counted FLOPs and wall time."""
+@dataclass
+class Guard:
+    """The anchor-set rules: accuracies on the run's guard anchors and the limit in points."""
+    candidate: float | None
+    deployed: float | None
+    source: float | None
+    limit: float | None
+
+    def not_applied(self) -> str | None:
+        if self.deployed is None:
+            return "no anchor set"
+        if self.source is None:
+            return "the run's card states no source accuracy on the guard anchors"
+        if self.candidate is None:
+            return "the run's summary states no guard-anchor accuracy for its output model"
+        if self.limit is None:
+            return "no --max-forgetting"
+        return None
+
+    def lost(self, acc: float) -> float:
+        return forgetting_points(self.source, acc)
+
+    def forgets(self) -> bool:
+        return self.not_applied() is None and self.lost(self.candidate) > self.limit and self.candidate < self.deployed
+
+    def restores(self) -> bool:
+        return self.not_applied() is None and self.lost(self.deployed) > self.limit >= self.lost(self.candidate)
+
+    def forgets_why(self) -> str:
+        return (f"guard-anchor accuracy {_pct(self.candidate)} is {self.lost(self.candidate):.2f} points below the "
+                f"source model's {_pct(self.source)} (--max-forgetting {self.limit:g}) and below the deployed "
+                f"model's {_pct(self.deployed)}")
+
+    def restores_why(self, candidate_val: float | None, deployed_val: float | None) -> str:
+        return (f"the deployed model has forgotten: guard-anchor accuracy {_pct(self.deployed)}, "
+                f"{self.lost(self.deployed):.2f} points below the source model's {_pct(self.source)} "
+                f"(--max-forgetting {self.limit:g}); the run's model is within it ({_pct(self.candidate)}), "
+                f"so it replaces the drifted one (validation {_pct(candidate_val)}, deployed {_pct(deployed_val)})")
+
+
+def source_anchor_acc(run_dir: Path) -> float | None:
+    """The source model's guard-anchor accuracy, as the run's card carries it from pretrain."""
+    try:
+        card = json.loads((Path(run_dir) / "model.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return ((card.get("source_memory") or {}).get("anchors") or {}).get("guard_acc")
+
+
+def validate_deployed(config: dict, deployed: Path, run_dir: Path | None = None) -> tuple[float | None, float | None, dict]:
+    """The deployed model on the run's validation samples (the same draw of `--val-subset`) and on
+    the guard anchors the run carries (when it has them), with the passes' counted FLOPs and wall
+    time (`flops` and `wall_s` include the anchors; `anchor_*` is their part)."""
     import torch
 
     from edge_sel.core.flops import FlopCounter
+    from edge_sel.engine.anchors import load_memory
     from edge_sel.engine.evaluate import accuracy, evaluation_flops, predict_dataset, validation_subset
     from edge_sel.engine.run import DataOptions, check_compatible
     from edge_sel.models import load_checkpoint
@@ -97,24 +177,34 @@ def validate_deployed(config: dict, deployed: Path) -> tuple[float | None, dict]
     model, card = load_checkpoint(deployed)
     check_compatible(card, splits, deployed)
     val = validation_subset(splits.val, config.get("val_subset") or 0)
+    memory = None if run_dir is None else load_memory(Path(run_dir), card, splits.train)
     batch = config.get("eval_batch_size") or 256
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        logits = predict_dataset(lambda x: model.eval()(x).float(), val, card.mean, card.std, batch)
-    wall = time.perf_counter() - t0
-    flops = evaluation_flops(FlopCounter(model, list(splits.val.input_shape)), len(val), batch)
-    return accuracy(logits, val.labels), {"samples": len(val), "flops": flops, "wall_s": wall,
-                                          "device": "cpu", "energy": "not measured"}
+    counter = FlopCounter(model, list(splits.val.input_shape))
+
+    def judge(ds) -> tuple[float | None, float, int]:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            logits = predict_dataset(lambda x: model.eval()(x).float(), ds, card.mean, card.std, batch)
+        return accuracy(logits, ds.labels), time.perf_counter() - t0, evaluation_flops(counter, len(ds), batch)
+    val_acc, wall, flops = judge(val)
+    cost = {"samples": len(val), "flops": flops, "wall_s": wall, "device": "cpu", "energy": "not measured"}
+    anchor_acc = None
+    if memory is not None:
+        anchor_acc, anchor_wall, anchor_flops = judge(memory.guard)
+        cost.update(flops=flops + anchor_flops, wall_s=wall + anchor_wall, anchor_samples=len(memory.guard),
+                    anchor_flops=anchor_flops, anchor_wall_s=anchor_wall)
+    return val_acc, anchor_acc, cost
 
 
-def promote(run_dir: Path, deployed: Path, force: bool = False, evaluate=None) -> Decision:
+def promote(run_dir: Path, deployed: Path, force: bool = False, evaluate=None,
+            max_forgetting: float | None = None) -> Decision:
     """Decide, swap when promoted, and record the decision in RUN/promote.json."""
     run_dir, deployed = Path(run_dir), Path(deployed)
     try:
         recover(deployed)
     except OSError as e:
         raise WriteError(f"--deployed {deployed}: cannot repair an interrupted swap ({e.strerror or e})") from None
-    decision = decide(run_dir, deployed, force, evaluate)
+    decision = decide(run_dir, deployed, force, evaluate, max_forgetting)
     record = {**asdict(decision), "run": str(run_dir), "deployed": str(deployed), "force": force,
               "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if decision.promote:
