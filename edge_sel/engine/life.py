@@ -176,17 +176,17 @@ def new_run_name(runs: Path, now: datetime.datetime | None = None) -> str:
 def metered_validation(energy: EnergyOptions):
     """promote's validation of the deployed model, inside an energy window of its own (the same
     meters the fine-tune used), so that the night's joules include it."""
-    def evaluate(config: dict, deployed: Path):
+    def evaluate(config: dict, deployed: Path, run_dir: Path | None = None):
         meter = dataclasses.replace(energy, idle_baseline_s=0.0).open()     # gross joules: idle power is not measured again
         try:
             meter.begin("promote")
-            acc, cost = validate_deployed(config, deployed)
+            acc, anchor_acc, cost = validate_deployed(config, deployed, run_dir)
             window = meter.end("promote")
         finally:
             meter.close()
         cost.pop("energy", None)
         cost.update({k: window.get(k) for k in ("energy_j", "energy_source", "energy_method")})
-        return acc, cost
+        return acc, anchor_acc, cost
     return evaluate
 
 
