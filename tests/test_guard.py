@@ -142,12 +142,11 @@ import shutil                                                           # noqa: 
 
 from helpers import run_main                                            # noqa: E402
 from edge_sel.core.flops import FlopCounter                             # noqa: E402
-from edge_sel.core.source_memory import SOURCE_FILES, Anchors, draw_anchors, write_source_memory  # noqa: E402
+from edge_sel.core.source_memory import SOURCE_FILES                  # noqa: E402
 from edge_sel.engine.evaluate import evaluation_flops                   # noqa: E402
 from edge_sel.engine.keep import BN_ADAPT_EPOCH, WARMUP_EPOCH, ModelChoice  # noqa: E402
 from edge_sel.engine.progress_log import ProgressLog                    # noqa: E402
 from edge_sel.engine.promote import decide                              # noqa: E402
-from edge_sel.models import count_parameters                            # noqa: F401,E402
 
 SERVER, DEVICE = DataOptions("digits", shard="0/2"), DataOptions("digits", shard="1/2", shift="corrupt=contrast:5")
 EVAL_BATCH = 128
@@ -157,35 +156,22 @@ FIXED = dict(batch_size=32, lr=0.05, seed=0, eval_batch_size=EVAL_BATCH, memory_
 SEEN = ("epoch", "val_acc", "anchor_acc", "train_loss", "flops_train", "flops_anchor")     # what a choice does not change
 
 
-def with_source_memory(checkpoint, per_class: int = 20) -> dict:
-    """The files pretrain ships for a device's life: anchors drawn from the server's training split
-    (half replay, half guard), a stand-in Fisher of ones, the checkpoint's own weights as the
-    source, and the source model's measured accuracy on the guard anchors in the card."""
-    model, card = load_checkpoint(checkpoint)
-    train = SERVER.load().train
-    positions, roles = draw_anchors(train.labels, train.num_classes, per_class, seed=0)
-    anchors = Anchors(train.images[positions], train.labels[positions], train.index[positions], roles)
-    guard = train.subset(positions[roles == 1])
-    logits = predict_dataset(lambda x: model.eval()(x).float(), guard, card.mean, card.std, 256)
-    fisher = {name: torch.ones_like(p) for name, p in model.named_parameters()}
-    section = write_source_memory(checkpoint, anchors, fisher, model.state_dict(),
-                                  {"anchors": {"guard_acc": accuracy(logits, guard.labels)}})
-    meta = json.loads((checkpoint / "model.json").read_text())
-    (checkpoint / "model.json").write_text(json.dumps({**meta, "source_memory": section}))
-    return section
-
-
 @pytest.fixture(scope="module")
 def digits_source(tmp_path_factory):
-    """A digits warmup with its source memory, and its twin without (same weights)."""
+    """A digits warmup with the source memory pretrain ships (20 anchors per class: 10 replay, 10
+    guard), and its twin without (same weights, as a checkpoint from before the memory existed)."""
     root = tmp_path_factory.mktemp("digits-source")
-    pretrain_out = root / "warm"
+    warm, bare = root / "warm", root / "bare"
     from edge_sel.engine.run import pretrain
-    pretrain("edgecnn", SERVER, TrainConfig(epochs=4, **{**FIXED, "batch_size": 64}), pretrain_out, quiet=True)
-    bare = root / "bare"
-    shutil.copytree(pretrain_out, bare)
-    with_source_memory(pretrain_out)
-    return pretrain_out, bare
+    pretrain("edgecnn", SERVER, TrainConfig(epochs=4, **{**FIXED, "batch_size": 64}, anchors_per_class=20,
+                                            fisher_samples=64), warm, quiet=True)
+    shutil.copytree(warm, bare)
+    for name in SOURCE_FILES:
+        (bare / name).unlink()
+    card = json.loads((bare / "model.json").read_text())
+    del card["source_memory"]
+    (bare / "model.json").write_text(json.dumps(card))
+    return warm, bare
 
 
 @pytest.fixture(scope="module")
