@@ -34,7 +34,7 @@ THREADS = 1
 FIXED = {"precision": "fp32", "eval_precision": "fp32", "memory_format": "contiguous", "eval_batch_size": 256}
 # The anchors' levers of the last row: a quarter of each batch and of the re-estimation images are
 # source anchors, and the Fisher penalty pulls toward the source weights.
-LEVERS = {"replay": 0.25, "bn_anchor_share": 0.25, "ewc": 100.0}
+LEVERS = {"replay": 0.25, "bn_anchor_share": 0.25, "ewc": 10.0}
 
 
 def _config(**kw) -> TrainConfig:

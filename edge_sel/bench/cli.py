@@ -351,19 +351,23 @@ def stream_cmd(dataset, scenarios, activations, families, frames, order, epochs,
                    "--quick: none,bn,dense,recipe,lifelong]. Levers need a warmup with source memory.")
 @click.option("--lever", "levers", multiple=True, metavar="KEY=VALUE",
               help="Strength of a lever in its row and in lifelong: ewc, replay, bn_anchor_share, "
-                   "reset_forgetting [100, 0.25, 0.25, 10] (repeatable).")
+                   "reset_forgetting [10, 0.25, 0.25, 10] (repeatable).")
 @click.option("--epochs", type=int, default=None, help="Fine-tune epochs a night [2; --quick: 1].")
 @click.option("--lr", type=float, default=0.01, show_default=True, help="Learning rate of every training method.")
 @click.option("--test-subset", type=int, default=None,
               help="Test images per domain the bench evaluates the deployed model on, class-balanced "
                    "[2000; --quick: all]; the server's clean test split is always whole.")
+@click.option("--val-subset", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Validation images every method's nights decide by (keep-best, promote); 0: each method's own "
+                   "(the whole validation split; the recipe sizes its own).")
 @click.option("--pretrain-epochs", type=int, default=None,
               help="Epochs of the clean warmup the bench makes when --checkpoint is not given [8; --quick: 4].")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, mps or auto.")
 @common_options(seeds_help="Seeds 0..K-1, paired across methods [5; --quick: 2].",
                 quick_help="A smoke run on digits: 3 nights, 2 seeds, 5 methods, 150 images a night, 1 epoch, "
                            "its own warmup.")
-def lifelong_cmd(dataset, schedule, shifts, method_names, levers, epochs, lr, test_subset, pretrain_epochs, device,
+def lifelong_cmd(dataset, schedule, shifts, method_names, levers, epochs, lr, test_subset, val_subset, pretrain_epochs,
+                 device,
                  data_dir, checkpoint, seeds, systems, subset, out, overwrite, quick, quiet):
     """A device's life: a schedule of nights (fine-tune from the deployed model on tonight's data, then
     promote), one device per method and seed; the deployed model's accuracy on every domain after
@@ -400,12 +404,13 @@ def lifelong_cmd(dataset, schedule, shifts, method_names, levers, epochs, lr, te
         click.echo(f"bench lifelong: skipping {name}: {why}", err=True)
     settings = lifelong.LifeSettings(ds, data_dir, Path(start), nights, conditions, methods, list(range(count)), n, e,
                                      lr, device, target, None if quick and test_subset is None else test_subset or 2000,
-                                     skipped=skipped)
+                                     val_subset=val_subset, skipped=skipped)
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     result = lifelong.play(settings, log)
     record = {"suite": "lifelong", "dataset": ds, "checkpoint": str(start), "schedule": nights,
               "conditions": {c: conditions[c] for c in dict.fromkeys(nights)}, "subset": n, "epochs": e, "lr": lr,
-              "seeds": list(range(count)), "test_subset": settings.test_subset, "levers": {**lifelong.LEVERS, **strengths},
+              "seeds": list(range(count)), "test_subset": settings.test_subset, "val_subset": val_subset,
+              "levers": {**lifelong.LEVERS, **strengths},
               "methods": [dataclasses.asdict(m) for m in methods], "skipped": skipped}
     written = lifelong_report.write_outputs(result, record, target)
     click.echo(written["table"])

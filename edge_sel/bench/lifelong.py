@@ -57,7 +57,7 @@ REFERENCE_METHODS = ("dense", "recipe")
 CLEAN = "clean"
 SERVER = "server"
 # Lever strengths of the lever rows and of "lifelong" (override with --lever KEY=VALUE).
-LEVERS = {"ewc": 100.0, "replay": 0.25, "bn_anchor_share": 0.25, "reset_forgetting": 10.0}
+LEVERS = {"ewc": 10.0, "replay": 0.25, "bn_anchor_share": 0.25, "reset_forgetting": 10.0}
 GUARD_OFF = 100.0       # --max-forgetting 100: no candidate forgets more than every point
 
 
@@ -78,10 +78,10 @@ class LifeMethod:
         """Levers and the guard need the warmup's source memory (anchors, Fisher, source weights)."""
         return bool(self.levers)
 
-    def config(self, epochs: int, lr: float, seed: int, device: str) -> TrainConfig:
+    def config(self, epochs: int, lr: float, seed: int, device: str, val_subset: int = 0) -> TrainConfig:
         return TrainConfig(epochs=epochs if self.epochs is None else self.epochs, lr=lr, seed=seed, device=device,
                            strategy=self.strategy, sparsity=self.sparsity, method=dict(self.method),
-                           bn_adapt=self.bn_adapt, checkpoint_every=0, **self.levers)
+                           bn_adapt=self.bn_adapt, checkpoint_every=0, val_subset=val_subset, **self.levers)
 
 
 def life_methods(levers: dict | None = None) -> list[LifeMethod]:
@@ -260,6 +260,7 @@ class LifeSettings:
     device: str
     out: Path
     test_subset: int | None
+    val_subset: int = 0              # 0: each method's own validation size (the recipe sizes its own)
     reference_methods: tuple[str, ...] = REFERENCE_METHODS
     skipped: dict = field(default_factory=dict)      # method -> why it did not run
 
@@ -283,7 +284,8 @@ def play(s: LifeSettings, log=print) -> dict:
                 row = {"night": i, "condition": condition, "shift": s.conditions[condition]}
                 if m.adapts:
                     began = time.perf_counter()
-                    night = dev.night(f"night{i:02d}-{condition}", data, m.config(s.epochs, s.lr, seed, s.device))
+                    cfg = m.config(s.epochs, s.lr, seed, s.device, s.val_subset)
+                    night = dev.night(f"night{i:02d}-{condition}", data, cfg)
                     decision = night["promote"]
                     # elapsed_s: the whole night as the bench waited for it (data loading included)
                     row.update(night_costs(night), elapsed_s=time.perf_counter() - began, run=night["run"],
@@ -345,7 +347,8 @@ def single_night_references(s: LifeSettings, evalsets: EvaluationSets, image_dom
                     continue
                 dev = Device(s.out / "references" / d.replace(":", "-") / name / f"seed{seed}", s.warmup)
                 data = night_data(s.dataset, s.data_dir, s.conditions[condition], s.subset, seed, i)
-                night = dev.night(f"night{i:02d}-{condition}", data, by_name[name].config(s.epochs, s.lr, seed, s.device))
+                cfg = by_name[name].config(s.epochs, s.lr, seed, s.device, s.val_subset)
+                night = dev.night(f"night{i:02d}-{condition}", data, cfg)
                 measured = evalsets.evaluate(dev.current())
                 flops += measured["flops"]
                 rows.append({"seed": seed, "acc": measured["acc"][d], "rule": night["promote"]["rule"],
