@@ -316,7 +316,8 @@ def play(s: LifeSettings, log=print) -> dict:
 
 def life_totals(nights: list[dict]) -> dict:
     """The sums over a life's nights (energy None when no night was metered)."""
-    out = {k: sum(n[k] for n in nights) for k in ("flops_train", "flops_eval", "flops_all", "wall_s", "samples_trained")}
+    out = {k: sum(n[k] for n in nights)
+           for k in ("flops_train", "flops_eval", "flops_all", "wall_s", "samples_trained")}
     joules = [n["energy_j"] for n in nights if n["energy_j"] is not None]
     out["energy_j"] = sum(joules) if joules else None
     out["energy_methods"] = sorted({n["energy_method"] for n in nights if n["energy_method"]})

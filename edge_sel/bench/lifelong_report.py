@@ -134,11 +134,13 @@ def tables(result: dict, summary: dict, refs: dict, aim: dict, pairs: list[dict]
         lines.append(f"| {name} | " + " | ".join(_pts(f['acc'][d]) for d in doms)
                      + f" | {_pts(f['average'])} | {_pts(f['acc'][SERVER])} | "
                      + " | ".join(_pts(f['forgetting'].get(d)) for d in keys)
-                     + f" | {_gflop(t['flops_train'])} | {ratio} | {_gflop(t['flops_all'])} | {joules(t['energy_j'])} |")
+                     + f" | {_gflop(t['flops_train'])} | {ratio} | {_gflop(t['flops_all'])} | "
+                     f"{joules(t['energy_j'])} |")
     if refs:
         methods = list(next(iter(refs.values()))["methods"])
         lines += ["", "### Single-night references: the warmup adapted once to the domain alone", "",
-                  "| domain | night (condition) | " + " | ".join(f"{m} %" for m in methods) + " | best per seed, mean % |",
+                  "| domain | night (condition) | " + " | ".join(f"{m} %" for m in methods)
+                  + " | best per seed, mean % |",
                   "|" + "---|" * (3 + len(methods))]
         for d, r in refs.items():
             lines.append(f"| {d} | {r['night']} ({r['condition']}) | "
@@ -188,8 +190,10 @@ def plot(result: dict, summary: dict, path: Path) -> Path:
 
 
 def notes(result: dict, settings: dict) -> list[str]:
-    kinds = sorted({k for lives in result["lives"].values() for life in lives for k in life["totals"]["energy_methods"]})
-    out = [f"{len(settings['seeds'])} paired seeds {settings['seeds']}: one warmup; a seed sets every night's fine-tune "
+    kinds = sorted({k for lives in result["lives"].values() for life in lives
+                    for k in life["totals"]["energy_methods"]})
+    out = [f"{len(settings['seeds'])} paired seeds {settings['seeds']}: one warmup; a seed sets every night's "
+           "fine-tune "
            "seed, shift seed and image draw, the same for every method.",
            "A night is the nightly path: fine-tune from the deployed model (the warmup while none is deployed) on "
            "tonight's local data, then promote; 'promoted' counts the seeds whose run replaced the deployed model.",
