@@ -362,3 +362,18 @@ def test_the_journal_line_shows_the_guard_anchors():
     stream = io.StringIO()
     ProgressLog(False, 3, stream).epoch({"epoch": 1, "val_acc": 0.958, "anchor_acc": 0.44, "anchor_forgetting": 54.0})
     assert "val 0.958 anchors 0.440 (-54.0 pt) test -" in stream.getvalue()
+
+
+def test_a_device_sized_validation_makes_room_for_the_guard_anchors():
+    """The guard anchors are part of every validation pass: they come out of the affordable samples."""
+    from edge_sel.engine.val_size import device_val_size
+    from edge_sel.methods.presets import apply_preset
+    from edge_sel.models import build_model
+    cfg = apply_preset(TrainConfig(epochs=3, batch_size=64, bn_adapt=500, method={"preset": "adapt"},
+                                   sparsity=None, strategy="dense"))
+    flops = FlopCounter(build_model("edgecnn", 10, 3), [3, 32, 32])
+    alone = device_val_size(cfg, "finetune", 45000, 5000, flops)
+    guarded = device_val_size(cfg, "finetune", 45000, 5000, flops, guard_anchors=500)
+    assert guarded["val_subset"] == alone["val_subset"] - 500 and guarded["guard_anchors_per_pass"] == 500
+    assert alone["expected_validation_flops"] - 5 * flops.eval_batch(1) <= guarded["expected_validation_flops"] \
+        <= alone["expected_validation_flops"]

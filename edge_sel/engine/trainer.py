@@ -174,7 +174,8 @@ class Trainer:
         self.val_size_choice = None
         if cfg.val_subset == 0 and cfg.val_share:
             self.val_size_choice = device_val_size(cfg, self.phase, len(self.train_ds), len(self.val_ds),
-                                                   FlopCounter(self.model, self.train_ds.input_shape))
+                                                   FlopCounter(self.model, self.train_ds.input_shape),
+                                                   0 if self.memory is None else len(self.memory.guard))
             cfg.val_subset = self.val_size_choice["val_subset"]
         return validation_subset(self.val_ds, cfg.val_subset)
 

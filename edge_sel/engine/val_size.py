@@ -3,7 +3,9 @@
 model, the BatchNorm-adapted candidate, each validated epoch) costs at most that share of the run's
 counted compute, never fewer than MIN_SAMPLES (below that an accuracy difference of a few points is
 noise) nor more than the split holds. On a cheap adaptation, validating 5,000 CIFAR-10 images after
-every epoch was nearly all of the joules."""
+every epoch was nearly all of the joules. With the checkpoint's source memory every validation also
+evaluates the guard anchors: they are part of each pass's cost, so they come out of the affordable
+validation samples (the floor still holds)."""
 
 from __future__ import annotations
 
@@ -22,8 +24,10 @@ def validation_passes(cfg: TrainConfig, phase: str) -> int:
     return baseline + candidate + epochs
 
 
-def device_val_size(cfg: TrainConfig, phase: str, train_size: int, val_size: int, flops: FlopCounter) -> dict:
-    """The subset size and how it was reached (kept in the summary)."""
+def device_val_size(cfg: TrainConfig, phase: str, train_size: int, val_size: int, flops: FlopCounter,
+                    guard_anchors: int = 0) -> dict:
+    """The subset size and how it was reached (kept in the summary); `guard_anchors`: images the
+    guard evaluates with every validation."""
     activation = cfg.method.get("target_activation") or 1.0
     forward, backward = flops.train_step(cfg.batch_size)
     per_sample_train = (forward + backward) / cfg.batch_size
@@ -31,8 +35,9 @@ def device_val_size(cfg: TrainConfig, phase: str, train_size: int, val_size: int
     training = cfg.epochs * activation * train_size * per_sample_train + cfg.bn_adapt * per_image_eval
     passes = validation_passes(cfg, phase)
     # validation / (training + validation) <= share  <=>  validation <= share / (1 - share) * training
-    affordable = cfg.val_share / (1 - cfg.val_share) * training / (passes * per_image_eval)
+    affordable = cfg.val_share / (1 - cfg.val_share) * training / (passes * per_image_eval) - guard_anchors
     size = min(val_size, max(MIN_SAMPLES, int(affordable)))
     return {"val_subset": size, "of": val_size, "share_target": cfg.val_share, "validation_passes": passes,
-            "expected_training_flops": int(training), "expected_validation_flops": int(passes * size * per_image_eval),
+            "guard_anchors_per_pass": guard_anchors, "expected_training_flops": int(training),
+            "expected_validation_flops": int(passes * (size + guard_anchors) * per_image_eval),
             "floor": MIN_SAMPLES, "rule": "counted FLOPs of the planned training and validation passes"}
