@@ -35,10 +35,12 @@ FIXED = {"precision": "fp32", "eval_precision": "fp32", "memory_format": "contig
 # The anchors' levers of the last row: a quarter of each batch and of the re-estimation images are
 # source anchors, and the Fisher penalty pulls toward the source weights.
 LEVERS = {"replay": 0.25, "bn_anchor_share": 0.25, "ewc": 10.0}
+GUARD_OFF = 100.0
 
 
-def _config(**kw) -> TrainConfig:
-    return TrainConfig(batch_size=64, seed=0, **FIXED, **kw)
+def _config(guard: bool = False, **kw) -> TrainConfig:
+    """The demo's settings; without `guard`, --max-forgetting 100, so what adapting forgets shows."""
+    return TrainConfig(batch_size=64, seed=0, **FIXED, **({} if guard else {"max_forgetting": GUARD_OFF}), **kw)
 
 
 def output_accuracy(run_dir: Path, test_sets) -> list[float]:
@@ -86,22 +88,26 @@ def _demo(out: Path, epochs: int, quiet: bool) -> None:
              quiet=True)
     device = DataOptions("digits", shard="1/2", shift=DEVICE_SHIFT)
     click.echo(f"2/3 fine-tune (edge side): digits shard 1/2 as the device sees them (--shift {DEVICE_SHIFT})")
-    summary = finetune(out / "warmup", device, _config(epochs=epochs, lr=0.02),
+    summary = finetune(out / "warmup", device, _config(epochs=epochs, lr=0.02),    # unguarded: see 3/3
                        out / "finetune", overwrite=True, quiet=quiet)
     print_summary(summary, quiet=quiet)
     click.echo("3/3 the cheaper levers on the same device data, same seed")
+
+    def recipe() -> dict:       # a new method dict each time: the preset fills it in
+        return {"sparsity": None, "method": {"preset": "adapt"}}
     levers = [
         ("no adaptation (the warmup)", "none", _config(epochs=0)),
         ("BatchNorm re-estimation (500 images)", "bn-adapt", _config(epochs=0, bn_adapt=500)),
         ("random gating at 0.2", "random", _config(epochs=epochs, lr=0.02, strategy="random",
                                                    method={"target_activation": 0.2})),
-        ("recipe (--preset adapt)", "recipe", _config(epochs=epochs, lr=0.02, sparsity=None,
-                                                      method={"preset": "adapt"})),
+        ("recipe (--preset adapt)", "recipe", _config(epochs=epochs, lr=0.02, **recipe())),
     ]
-    if has_source_memory(out / "warmup"):       # a warmup written with its anchors, Fisher and source weights
-        levers.append(("recipe + anchors (" + ", ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in LEVERS.items())
-                       + ")", "recipe-anchors", _config(epochs=epochs, lr=0.02, sparsity=None,
-                                                        method={"preset": "adapt"}, **LEVERS)))
+    guarded = has_source_memory(out / "warmup")     # the guard and the levers need the shipped anchors
+    if guarded:
+        levers += [("recipe, guarded (--max-forgetting 3)", "recipe-guarded",
+                    _config(guard=True, epochs=epochs, lr=0.02, **recipe())),
+                   ("recipe + anchors' levers, guarded", "recipe-anchors",
+                    _config(guard=True, epochs=epochs, lr=0.02, **recipe(), **LEVERS))]
     runs = {"finetune": summary}
     for _, name, cfg in levers:
         runs[name] = finetune(out / "warmup", device, cfg, out / name, overwrite=True, quiet=True)
@@ -116,6 +122,10 @@ def _demo(out: Path, epochs: int, quiet: bool) -> None:
     click.echo("  Each run's output model (the best epoch by the device's validation, or its start). shifted: the\n"
                "  device's low-contrast test digits; clean: the same test digits as the server sees them; forgot:\n"
                "  points of clean accuracy lost against the warmup: adapting to the device costs the server's digits.")
+    if guarded:
+        click.echo(f"  Unguarded rows: --max-forgetting {GUARD_OFF:g}. The guard keeps the start when a candidate loses more\n"
+                   "  than 3 points on the warmup's held-out anchors; the anchors' levers: "
+                   + " ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in LEVERS.items()) + ".")
     from edge_sel.report.runs import load_run
     from edge_sel.report.writer import write_report
     report_runs = [load_run(out / name) for name in runs if name != "none"]
