@@ -32,9 +32,11 @@ DEVICE_SHIFT = "corrupt=contrast:4"
 # Fixed so that the figures are the same on every machine (see the module's docstring).
 THREADS = 1
 FIXED = {"precision": "fp32", "eval_precision": "fp32", "memory_format": "contiguous", "eval_batch_size": 256}
-# The anchors' levers of the last row: a quarter of each batch and of the re-estimation images are
-# source anchors, and the Fisher penalty pulls toward the source weights.
-LEVERS = {"replay": 0.25, "bn_anchor_share": 0.25, "ewc": 10.0}
+# The anchors' levers of the last row, measured on this demo (one seed): half a batch of replayed
+# source digits added to every step and half the re-estimation images from the anchors kept the clean
+# digits within a point while adapting; the Fisher penalty alone did not pass the guard, and at 10 it
+# held the model back on the device's digits.
+LEVERS = {"replay": 0.5, "bn_anchor_share": 0.5}
 GUARD_OFF = 100.0
 
 

@@ -351,7 +351,7 @@ def stream_cmd(dataset, scenarios, activations, families, frames, order, epochs,
                    "--quick: none,bn,dense,recipe,lifelong]. Levers need a warmup with source memory.")
 @click.option("--lever", "levers", multiple=True, metavar="KEY=VALUE",
               help="Strength of a lever in its row and in lifelong: ewc, replay, bn_anchor_share, "
-                   "reset_forgetting [10, 0.25, 0.25, 10] (repeatable).")
+                   "reset_forgetting [1, 0.5, 0.5, 10; lifelong: ewc 0.1] (repeatable).")
 @click.option("--epochs", type=int, default=None, help="Fine-tune epochs a night [2; --quick: 1].")
 @click.option("--lr", type=float, default=0.01, show_default=True, help="Learning rate of every training method.")
 @click.option("--test-subset", type=int, default=None,

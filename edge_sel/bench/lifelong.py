@@ -56,8 +56,13 @@ QUICK_SCHEDULE = ("night", "few", "day")
 REFERENCE_METHODS = ("dense", "recipe")
 CLEAN = "clean"
 SERVER = "server"
-# Lever strengths of the lever rows and of "lifelong" (override with --lever KEY=VALUE).
-LEVERS = {"ewc": 10.0, "replay": 0.25, "bn_anchor_share": 0.25, "reset_forgetting": 10.0}
+# Lever strengths of the lever rows (override with --lever KEY=VALUE): --ewc at its help's starting
+# point, half a batch of replayed anchors, half the re-estimation images from the anchors, a reset
+# after 10 points lost.
+LEVERS = {"ewc": 1.0, "replay": 0.5, "bn_anchor_share": 0.5, "reset_forgetting": 10.0}
+# "lifelong": every lever, the penalty lighter: on the demo's digits, replay with anchor BatchNorm
+# statistics adapted while keeping the clean digits, and a penalty of 1 or more only held it back.
+LIFELONG = {**LEVERS, "ewc": 0.1}
 GUARD_OFF = 100.0       # --max-forgetting 100: no candidate forgets more than every point
 
 
@@ -96,7 +101,7 @@ def life_methods(levers: dict | None = None) -> list[LifeMethod]:
                               note=f"--preset adapt --{lever.replace('_', '-')} {lv[lever]:g}"))
     out.append(LifeMethod("recipe-noguard", method=recipe, levers={"max_forgetting": GUARD_OFF},
                           note=f"--preset adapt with the guard switched off (--max-forgetting {GUARD_OFF:g})"))
-    combo = {k: lv[k] for k in ("ewc", "replay", "bn_anchor_share", "reset_forgetting")}
+    combo = {**LIFELONG, **(levers or {})}
     out.append(LifeMethod("lifelong", method=recipe, levers=combo,
                           note="--preset adapt with every lever: " + ", ".join(f"{k} {v:g}" for k, v in combo.items())))
     return out
