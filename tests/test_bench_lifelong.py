@@ -70,10 +70,8 @@ def test_single_night_references_and_paired_differences(bench):
     refs = results["references"]
     assert list(refs) == [d for d in results["domains"] if d != "clean"] == ["contrast:4"]
     ref = refs["contrast:4"]
-    # The schedule's first night is that domain: the reference is each life's first night, not a new run.
-    for name in ("dense", "recipe"):
-        assert [r["acc"] for r in ref["methods"][name]] == \
-            [life["nights"][1]["acc"]["contrast:4"] for life in results["lives"][name]]
+    # The bar is adaptation itself: the references run with the guard off, from the warmup.
+    assert ref["max_forgetting"] == 100 and all(r["flops_train"] > 0 for r in ref["methods"]["dense"])
     best = [max(ref["methods"][m][k]["acc"] for m in ref["methods"]) for k in range(2)]
     assert list(ref["best_per_seed"].values()) == pytest.approx(best)
     gap = results["aims"]["recipe"]["domain_gaps"]["contrast:4"]

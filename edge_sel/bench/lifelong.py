@@ -18,8 +18,8 @@ every night's training, validation and test passes (the run's `totals`) and prom
 deployed model (promote.json).
 
 A single-night reference per corrupted domain, the warmup adapted once to that domain alone (the
-same night's data, each of REFERENCE_METHODS, the best per seed), is the bar for the aim "within 1
-point of the best single-night adaptation".
+same night's data, each of REFERENCE_METHODS with the guard off, the best per seed), is the bar for
+the aim "within 1 point of the best single-night adaptation".
 """
 
 from __future__ import annotations
@@ -313,7 +313,7 @@ def play(s: LifeSettings, log=print) -> dict:
             past = history[m.name]
             past[0]["average"] = average(past[0]["acc"], image_domains)
             lives[m.name].append({"seed": seed, "nights": past, "totals": life_totals(past[1:])})
-    references, ref_flops = single_night_references(s, evalsets, image_domains, lives, log)
+    references, ref_flops = single_night_references(s, evalsets, image_domains, log)
     return {"domains": image_domains, "evaluation_sizes": evalsets.sizes, "start": start["acc"],
             "lives": lives, "references": references, "wall_s": time.perf_counter() - t0,
             "bench_eval_flops": bench_eval_flops + ref_flops}
@@ -330,30 +330,25 @@ def life_totals(nights: list[dict]) -> dict:
     return out
 
 
-def single_night_references(s: LifeSettings, evalsets: EvaluationSets, image_domains: list[str], lives: dict,
-                            log) -> tuple[dict, int]:
+def single_night_references(s: LifeSettings, evalsets: EvaluationSets, image_domains: list[str], log) -> tuple[dict, int]:
     """For each corrupted domain: the warmup adapted once, on the schedule's first night of that
-    domain, by each reference method; the accuracy on that domain per seed. When that is the
-    schedule's first night, a life that ran the method already is that night (it started from the
-    warmup on the same data and seed): its first night is taken instead of running it again."""
+    domain, by each reference method with the guard off (the bar is what adapting to that domain
+    alone reaches; a guard that refused it would leave the warmup as the bar); the accuracy on that
+    domain per seed."""
     by_name = {m.name: m for m in life_methods()}
     refs: dict = {}
     flops = 0
     for d in image_domains[1:]:
         i = next(k for k, c in enumerate(s.schedule, 1) if domain_of(s.conditions[c]) == d)
         condition = s.schedule[i - 1]
-        refs[d] = {"condition": condition, "night": i, "methods": {}}
+        refs[d] = {"condition": condition, "night": i, "methods": {}, "max_forgetting": GUARD_OFF}
         for name in s.reference_methods:
             rows = []
-            for k, seed in enumerate(s.seeds):
-                if i == 1 and lives.get(name):
-                    first = lives[name][k]["nights"][1]
-                    rows.append({"seed": seed, "acc": first["acc"][d], "rule": first["rule"], "from_life": True,
-                                 **{c: first[c] for c in NO_COST}})
-                    continue
+            for seed in s.seeds:
                 dev = Device(s.out / "references" / d.replace(":", "-") / name / f"seed{seed}", s.warmup)
                 data = night_data(s.dataset, s.data_dir, s.conditions[condition], s.subset, seed, i)
                 cfg = by_name[name].config(s.epochs, s.lr, seed, s.device, s.val_subset)
+                cfg.max_forgetting = GUARD_OFF
                 night = dev.night(f"night{i:02d}-{condition}", data, cfg)
                 measured = evalsets.evaluate(dev.current())
                 flops += measured["flops"]
