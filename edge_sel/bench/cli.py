@@ -203,8 +203,9 @@ def reference_cmd(dataset, model_name, device, data_dir, checkpoint, seeds, syst
         start = {}
         for k in range(count):
             start[k] = target / "init" / f"seed{k}"
-            pretrain(model, DataOptions(dataset, data_dir, subset=n), TrainConfig(epochs=0, seed=k, device=device),
-                     start[k], quiet=True)
+            # A fresh initialisation ships no source memory: a Fisher of random weights says nothing.
+            pretrain(model, DataOptions(dataset, data_dir, subset=n),
+                     TrainConfig(epochs=0, seed=k, device=device, anchors_per_class=0), start[k], quiet=True)
         notes.append("Starting weights: a fresh initialisation per seed (no ImageNet weights, unlike the "
                      "seed's partly pretrained ResNet-18), so absolute accuracies differ from the published ones.")
     settings = SuiteSettings("reference", chosen, data, dict(suites.REFERENCE_COMMON), list(range(count)),
