@@ -22,9 +22,11 @@ from torch.func import functional_call, grad, vmap
 
 from edge_sel.core.flops import FlopCounter
 from edge_sel.data import BatchLoader, IndexedDataset
+from edge_sel.device_caps import accumulator_dtype
 
-# Per-sample gradients of a chunk are held at once: chunk x trainable parameters x 4 bytes.
-CHUNK_BYTES = 32 * 2**20     # measured: larger chunks were slower on CPU (memory-bound squares)
+# Per-sample gradients held at once (chunk x parameters x 4 bytes): larger chunks measured slower
+# on CPU, where squaring them is bound by memory traffic.
+CHUNK_BYTES = 32 * 2**20
 MAX_CHUNK = 64
 
 
@@ -43,9 +45,12 @@ def fisher_positions(n_train: int, samples: int, seed: int) -> torch.Tensor:
     return torch.randperm(n_train, generator=draw)[:samples].sort().values
 
 
-def chunk_size(params: dict[str, torch.Tensor]) -> int:
-    per_sample = 4 * sum(p.numel() for p in params.values())
-    return max(1, min(MAX_CHUNK, CHUNK_BYTES // max(per_sample, 1)))
+def chunk_size(params: dict[str, torch.Tensor], per_layer: bool) -> int:
+    """Samples per chunk: per layer, one layer's per-sample gradients are held at a time; vmap and
+    the loop hold every parameter's."""
+    sizes = [p.numel() for p in params.values()] or [1]
+    per_sample = 4 * (max(sizes) if per_layer else sum(sizes))
+    return max(1, min(MAX_CHUNK, CHUNK_BYTES // per_sample))
 
 
 def per_sample_grads_vmap(model: nn.Module, params: dict, buffers: dict, x: torch.Tensor, y: torch.Tensor) -> dict:
@@ -206,9 +211,7 @@ def diagonal_fisher(model: nn.Module, dataset: IndexedDataset, positions: torch.
     model.eval()
     params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     buffers = {n: b.detach() for n, b in model.named_buffers()}
-    totals = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
-    loader = BatchLoader(dataset, mean, std, chunk_size(params), augment=False, generator=torch.Generator(),
-                         memory_format=memory_format)
+    totals = {n: torch.zeros_like(p, dtype=accumulator_dtype(p.device)) for n, p in params.items()}
     owners = None
     if method in ("auto", "per-layer"):
         try:
@@ -216,6 +219,8 @@ def diagonal_fisher(model: nn.Module, dataset: IndexedDataset, positions: torch.
         except NotPerLayer:
             if method == "per-layer":
                 raise
+    loader = BatchLoader(dataset, mean, std, chunk_size(params, owners is not None), augment=False,
+                         generator=torch.Generator(), memory_format=memory_format)
     chosen = {"auto": "per-layer" if owners is not None else "vmap"}.get(method, method)
     ran = False         # a method that ran on one chunk and fails on another is not at its limit: raise
     try:
@@ -244,7 +249,7 @@ def diagonal_fisher(model: nn.Module, dataset: IndexedDataset, positions: torch.
                                per_sample_grads_loop(model, {n: live[n] for n in params}, x, y).items()}
             ran = True
             for n, value in squared.items():
-                totals[n] += value.detach().double()
+                totals[n] += value.detach().to(totals[n].dtype)
     finally:
         model.train(was_training)
     n = len(positions)
