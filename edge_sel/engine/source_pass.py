@@ -71,8 +71,8 @@ def add_to_totals(summary: dict, block: dict) -> None:
     totals = summary["totals"]
     totals["flops_all"] = (totals.get("flops_all") or 0) + block["flops"]
     totals["wall_all_s"] = (totals.get("wall_all_s") or 0) + block["wall_s"]
-    if block.get("energy_j") is not None and totals.get("energy_all_j") is not None:
-        totals["energy_all_j"] += block["energy_j"]
+    if block.get("energy_j") is not None:      # a pretrain of 0 epochs metered this pass alone
+        totals["energy_all_j"] = (totals.get("energy_all_j") or 0) + block["energy_j"]
     summary["totals_note"] = (summary.get("totals_note", "") + "; flops_all, wall_all_s and energy_all_j include "
                               "the source memory written for devices (source_memory: Fisher pass and anchor "
                               "evaluation)")
