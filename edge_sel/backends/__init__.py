@@ -8,11 +8,13 @@ from edge_sel.errors import InputError
 BACKENDS = ("torch", "ort")
 
 
-def make_backend(cfg, model, optimizer, updater, device):
-    """`cfg.precision` and `cfg.eval_precision` are the run's choices by now (fp32, bf16 or fp16)."""
+def make_backend(cfg, model, optimizer, updater, device, objective=None):
+    """`cfg.precision` and `cfg.eval_precision` are the run's choices by now (fp32, bf16 or fp16);
+    `objective` what the torch backend's step minimises (methods/objective.py; ORT's is in its artifacts)."""
     if cfg.backend == "torch":
         return TorchBackend(model, optimizer, updater, device, label_smoothing=cfg.label_smoothing,
-                            bn_mode=cfg.bn_mode, compile=cfg.compile, precision=(cfg.precision, cfg.eval_precision))
+                            bn_mode=cfg.bn_mode, compile=cfg.compile, precision=(cfg.precision, cfg.eval_precision),
+                            objective=objective)
     if cfg.backend == "ort":
         from edge_sel.backends.ort_backend import OrtBackend   # the `ort` extra is optional
         return OrtBackend.from_config(cfg, model, optimizer, updater, device)

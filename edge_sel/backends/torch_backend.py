@@ -10,6 +10,7 @@ from torch import nn
 from edge_sel.data import Batch
 from edge_sel.device_caps import PRECISION_DTYPES, amp_dtype, grad_scaler
 from edge_sel.methods import Updater
+from edge_sel.methods.objective import Objective
 
 
 def make_optimizer(name: str, params, lr: float, momentum: float, weight_decay: float):
@@ -36,8 +37,11 @@ class TorchBackend:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, updater: Updater,
                  device: torch.device, amp: bool = True, label_smoothing: float = 0.0,
-                 bn_mode: str | None = None, compile: bool = False, precision: tuple[str, str] | None = None):
+                 bn_mode: str | None = None, compile: bool = False, precision: tuple[str, str] | None = None,
+                 objective: Objective | None = None):
         self.model, self.optimizer, self.updater = model, optimizer, updater
+        # What a step minimises (methods/objective.py); plain cross-entropy unless penalties are given.
+        self.objective = objective or Objective(label_smoothing)
         # torch.compile compiles on the first call of each mode (train, eval): inside the first
         # epoch's and the first evaluation's measured windows, where its cost belongs.
         self.forward = torch.compile(model) if compile else model
@@ -70,9 +74,11 @@ class TorchBackend:
             freeze_batchnorm_stats(self.model)
         with self._autocast(self.amp_dtype):
             logits = self.forward(batch.x)
-            losses = nn.functional.cross_entropy(logits.float(), batch.y, reduction="none",
-                                                 label_smoothing=self.label_smoothing)
+            losses = self.objective.losses(logits.float(), batch.y)
         loss = (losses * batch.weight).mean() if batch.weight is not None else losses.mean()
+        penalty = self.objective.penalty()      # on the weights, in fp32: no forward pass over data
+        if penalty is not None:
+            loss = loss + penalty
         self.optimizer.zero_grad(set_to_none=True)
         if loss.requires_grad:
             if self.scaler is not None:
