@@ -55,3 +55,18 @@ def reestimate_bn(model: nn.Module, ds: IndexedDataset, positions: torch.Tensor,
             m.momentum = momentum
         model.train(was_training)
     return sizes
+
+
+def with_anchors(local: IndexedDataset, positions: torch.Tensor, anchors: IndexedDataset, count: int,
+                 draw: torch.Generator) -> tuple[IndexedDataset, torch.Tensor]:
+    """`--bn-anchor-share`: the local images at `positions` and `count` replay anchors as one set, in
+    a seeded shuffled order, so every re-estimation batch holds both (each batch weighs the same in
+    the cumulative average). Returns the set and the positions to run, all of it."""
+    device = local.images.device
+    picked = torch.randperm(len(anchors), generator=draw)[:count]
+    mixed = IndexedDataset(torch.cat([local.images[positions.to(device)], anchors.images[picked].to(device)]),
+                           torch.cat([local.labels[positions.to(device)], anchors.labels[picked].to(device)]),
+                           torch.cat([local.index[positions.to(device)], anchors.index[picked].to(device)]),
+                           list(local.class_names), name=f"{local.name} + anchors", augment=dict(local.augment))
+    order = torch.randperm(len(mixed), generator=draw).to(device)
+    return mixed, order

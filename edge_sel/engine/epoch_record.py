@@ -18,11 +18,12 @@ from edge_sel.engine.progress import EpochProgress
 
 def training_fields(epoch: int, phase: str, strategy: str, samples_available: int, progress: EpochProgress,
                     scoring: dict) -> dict:
-    n_trained = progress.n_trained
+    n_trained = progress.n_trained          # local rows: what the loss, accuracy and activation describe
+    computed = n_trained + progress.replay_samples     # replayed anchors are trained and counted too
     return {
         "epoch": epoch, "phase": phase, "stage": progress.plan.info.get("stage"),
         "strategy": strategy, "samples_available": samples_available,
-        "forward_samples": n_trained + scoring["samples"], "backward_samples": n_trained,
+        "forward_samples": computed + scoring["samples"], "backward_samples": computed,
         "activation": n_trained / max(1, samples_available),
         "train_loss": progress.loss_sum / n_trained if n_trained else None,
         "train_acc": progress.correct / n_trained if n_trained else None,
@@ -51,7 +52,7 @@ def add_costs(record: dict, progress: EpochProgress, scoring: dict, bn_adapt: di
         record["flops_calibration"] = (record.get("flops_calibration") or 0) + bn_adapt["flops_bn_adapt"]
     # Steps a rollback threw away were computed all the same: their cost stays in the totals.
     record.update({f"rolled_back_{k}": v for k, v in rolled_back.items()})
-    record["flops_train"] = progress.flops_f + progress.flops_b + scoring["flops"] + \
+    record["flops_train"] = progress.flops_f + progress.flops_b + progress.flops_penalty + scoring["flops"] + \
         (record.get("flops_calibration") or 0) + rolled_back["flops"]
     wall = progress.wall_s + rolled_back["s"]
     if energy.get("energy_j") is not None:
@@ -98,3 +99,23 @@ def bn_adapt_fields(strategy: str, samples_available: int, bn_adapt: dict, wall_
             "backward_samples": 0, "activation": 0.0, "train_loss": None, "train_acc": None,
             "flops_forward": bn_adapt["flops_bn_adapt"], "flops_backward": 0, "flops_scoring": 0,
             "flops_train": bn_adapt["flops_bn_adapt"], "wall_s": wall_s, **bn_adapt, **energy}
+
+
+def lever_fields(progress: EpochProgress, replay: bool, penalty: bool) -> dict:
+    """Levers against forgetting that ran this epoch (absent when off, so other records stay as they were)."""
+    out = {}
+    if replay:
+        out["replay_samples"] = progress.replay_samples
+    if penalty:
+        out["flops_penalty"] = progress.flops_penalty
+    return out
+
+
+def add_reset(baseline: dict, reset: dict) -> None:
+    """`--reset-forgetting`: the decision, and its guard-anchor evaluation added to the baseline's
+    evaluation cost."""
+    baseline["reset"] = reset["reset"]
+    for key, value in reset["cost"].items():
+        if key == "eval_energy_j" and value is None:
+            continue
+        baseline[key] = (baseline.get(key) or 0) + value

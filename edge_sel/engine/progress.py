@@ -44,6 +44,8 @@ class EpochProgress:
     thermal_capped: int = 0      # thermal pauses cut short by the maximum pause
     steps: int = 0               # optimizer steps taken
     last_loss_t: torch.Tensor | None = None   # the last step's mean loss, still on the device
+    replay_samples: int = 0      # anchor rows trained beside the local ones (--replay)
+    flops_penalty: int = 0       # the objective's penalties, counted per weight entry (--ewc)
 
     def to_state(self) -> dict:
         return {"epoch": self.epoch, "plan": {"positions": self.plan.positions.cpu(),
@@ -54,7 +56,8 @@ class EpochProgress:
                                                           for k, v in vars(self.carry).items()},
                 **{k: getattr(self, k) for k in ("next_batch", "n_trained", "loss_sum", "correct", "flops_f",
                                                  "flops_b", "throttled", "wall_s", "energy_j", "last_loss",
-                                                 "singles_dropped", "thermal_capped", "steps")}}
+                                                 "singles_dropped", "thermal_capped", "steps", "replay_samples",
+                                                 "flops_penalty")}}
 
     @classmethod
     def from_state(cls, d: dict, temperature: float, device) -> "EpochProgress":
@@ -68,4 +71,5 @@ class EpochProgress:
         carry = None if carry is None else Batch(**{k: None if v is None else v.to(device) for k, v in carry.items()})
         return cls(d["epoch"], plan, [b.to(device) for b in d["before"]], emb, **rest, carry=carry,
                    singles_dropped=d.get("singles_dropped", 0), thermal_capped=d.get("thermal_capped", 0),
-                   steps=d.get("steps", 0))
+                   steps=d.get("steps", 0), replay_samples=d.get("replay_samples", 0),
+                   flops_penalty=d.get("flops_penalty", 0))

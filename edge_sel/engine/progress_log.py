@@ -27,8 +27,9 @@ class ProgressLog:
                    f"test {_f(record.get('test_acc'))} "
                    f"(evaluation {_f(record.get('eval_wall_s'), '.1f')} s, {_f(record.get('eval_energy_j'), '.1f')} J)")
 
-    def bn_adapt(self, samples: int, flops: int) -> None:
-        self.line(f"bn-adapt: BatchNorm statistics from {samples} local images ({flops / 1e9:.2f} GFLOP)")
+    def bn_adapt(self, samples: int, flops: int, anchors: int = 0) -> None:
+        also = f" and {anchors} anchor images" if anchors else ""
+        self.line(f"bn-adapt: BatchNorm statistics from {samples} local images{also} ({flops / 1e9:.2f} GFLOP)")
 
     def epoch(self, record: dict) -> None:
         r = record

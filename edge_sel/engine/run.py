@@ -29,6 +29,7 @@ from edge_sel.engine.distributed import detect_world
 from edge_sel.engine import faults
 from edge_sel.engine.anchors import Memory, carry_memory, load_memory
 from edge_sel.engine.energy_setup import EnergyOptions
+from edge_sel.engine.levers import check_lever_options, check_levers_memory
 from edge_sel.engine.signals import StopSignals
 from edge_sel.engine.source_pass import add_to_totals, check_memory_options, write_pretrain_memory
 from edge_sel.engine.state import NoValidState, StateWriteError, load_state
@@ -136,6 +137,9 @@ def summarize(records: list[dict], extra: dict, baseline: dict | None = None, ke
             "flops_forward": total("flops_forward"), "flops_backward": total("flops_backward"),
             "flops_scoring": total("flops_scoring"), "flops_calibration": total("flops_calibration"),
             "flops_train": total("flops_train"),
+            # Levers against forgetting, when they ran: the penalty's counted FLOPs (in flops_train) and
+            # the replayed anchors (in samples_trained).
+            **{k: total(k) for k in ("flops_penalty", "replay_samples") if total(k) is not None},
             "rolled_back_flops": total("rolled_back_flops"), "rolled_back_samples": total("rolled_back_samples"),
             "rolled_back_s": total("rolled_back_s"), "rolled_back_j": total("rolled_back_j"),
             "flops_eval": total("flops_eval", evaluated),
@@ -155,6 +159,7 @@ def summarize(records: list[dict], extra: dict, baseline: dict | None = None, ke
         **({"baseline": {k: baseline.get(k) for k in ("val_acc", "test_acc", "flops_eval", "eval_energy_j")}}
            if baseline else {}),
         **({"kept": kept} if kept else {}),
+        **({"reset": baseline["reset"]} if baseline and "reset" in baseline else {}),
     }
 
 
@@ -444,6 +449,7 @@ def prepare_finetune_config(cfg: TrainConfig, quiet: bool = False) -> TrainConfi
     cfg.validate()
     given = cfg.method if cfg.explicit is None else {k: v for k, v in cfg.method.items() if k in cfg.explicit}
     check_options_used(cfg.strategy, cfg.method.get("gate"), cfg.sparsity, given)
+    check_lever_options(cfg)
     return cfg
 
 
@@ -467,6 +473,7 @@ def finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, out: Path, o
     if profile is not None:
         source_info["profile"] = profile
     memory = load_memory(Path(checkpoint), card, splits.train)
+    check_levers_memory(cfg, memory, Path(checkpoint))
     return train_model("finetune", model, card, splits, cfg, out, quiet, energy, source_info, meter, memory=memory)
 
 

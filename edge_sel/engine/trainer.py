@@ -20,12 +20,13 @@ from edge_sel.core.records import RecordWriter
 from edge_sel.data import BatchLoader, Splits
 from edge_sel.device_caps import amp_dtype
 from edge_sel.engine import epoch_record, faults
-from edge_sel.engine.bn_adapt import not_applicable, reestimate_bn
+from edge_sel.engine.bn_adapt import not_applicable, reestimate_bn, with_anchors
 from edge_sel.engine.budget import EnergyBudget
 from edge_sel.engine.checkpointing import Checkpoints, Rollback, restore
 from edge_sel.engine.evaluate import (EmbarrassmentMeter, EvaluationSets, accuracy, evaluation_flops,
                                      validation_subset)
 from edge_sel.engine.keep import BN_ADAPT_EPOCH, WARMUP_EPOCH, ModelChoice
+from edge_sel.engine.levers import forgot_too_much, make_objective, make_replay
 from edge_sel.engine.layout import LayoutChoice, choose_layout
 from edge_sel.engine.precision import DTYPES, PrecisionChoice, autocast, choose_precision
 from edge_sel.engine.ledger import ComputeLedger
@@ -112,7 +113,10 @@ class Trainer:
                               self.device, self.mean, self.std, cfg.batch_size, cfg.to_json(),
                               score_fn=self.scoring.losses, forward_fn=self.scoring.batch_logits,
                               charge_fn=self.ledger.add_scoring)
-        self.backend = make_backend(cfg, self.model, self.optimizer, self.updater, self.device)
+        # What a step minimises, and anchors mixed into its batches (levers against forgetting).
+        self.objective = make_objective(cfg, self.model, self.memory)
+        self.replay = make_replay(cfg, self.memory, self.device, self.mean, self.std, self.memory_format)
+        self.backend = make_backend(cfg, self.model, self.optimizer, self.updater, self.device, self.objective)
         self.loader = BatchLoader(self.train_ds, self.mean, self.std, cfg.batch_size, cfg.augment,
                                   self.generator, self.memory_format, augment_seed=cfg.seed)
         self.budget = EnergyBudget(self.budget_j)
@@ -281,20 +285,28 @@ class Trainer:
         lr = scheduled * self.strategy.lr_scale(last) * self.lr_mult
         self.backend.set_lr(lr)
         self.ctx.state.update(epoch=epoch, step=self.step, lr=lr)
+        local = batch       # the strategy's rows: what it, the loss sums and per-class statistics see
+        if self.replay is not None:
+            batch = self.replay.append(local, epoch, self.step)
         self.updater.before_step(self.step, batch)
         f, b = self.flops.train_step(len(batch.y))
+        p = self.objective.penalty_flops()      # after before_step: only what trains is penalised
         losses, logits = self.backend.train_step(self.step, batch)
-        self.ledger.add_step(len(batch.y), f + b)
-        self.totals.add(losses, logits, batch.y)
+        self.ledger.add_step(len(batch.y), f + b + p)
+        n = len(local.y)
+        losses, logits = losses[:n], logits[:n]
+        self.totals.add(losses, logits, local.y)
         progress.last_loss_t = self.totals.last
         if self.totals.pending >= self.sync_every:
             self.read_totals(progress, f"epoch {epoch}, batch {i}")
-        self.strategy.observe(batch, losses, logits)
-        progress.emb.add(logits, batch.y)
-        progress.n_trained += len(batch.y)
+        self.strategy.observe(local, losses, logits)
+        progress.emb.add(logits, local.y)
+        progress.n_trained += n
+        progress.replay_samples += len(batch.y) - n
         progress.steps += 1
         progress.flops_f += f
         progress.flops_b += b
+        progress.flops_penalty += p
         self.step += 1
 
     def read_totals(self, progress: EpochProgress, where: str) -> None:
@@ -325,6 +337,7 @@ class Trainer:
         group = self.optimizer.param_groups[0]
         epoch_record.add_costs(record, progress, scoring, bn_adapt, self.ledger.take_rolled_back(), energy,
                                lr_end=group["lr"] / group.get("lr_scale", 1.0))
+        record.update(epoch_record.lever_fields(progress, self.replay is not None, bool(self.objective.penalties)))
         final = epoch == self.config.epochs - 1 or self.stop_reason is not None
         validate = final or (epoch + 1) % self.config.eval_every == 0
         record.update(self.evaluate(validate=validate, test=final or (validate and self.config.eval_test == "every")))
@@ -413,6 +426,38 @@ class Trainer:
         record.update({k: self._eval_energy.get(k) for k in ("energy_source", "energy_method")})
         return record
 
+    def _guard_accuracy(self) -> tuple[float, dict]:
+        """The current weights on the guard anchors, with the pass's counted FLOPs, seconds and joules."""
+        guard = self.memory.guard.to(self.device)
+        self.meter.begin("eval")
+        t0 = time.perf_counter()
+        acc = accuracy(self.eval_sets.logits(self.backend.predict, guard), guard.labels)
+        cost = {"flops_eval": evaluation_flops(self.flops, len(guard), self.eval_batch_size),
+                "eval_wall_s": time.perf_counter() - t0, "eval_energy_j": self.meter.end("eval").get("energy_j"),
+                "guard_samples_evaluated": len(guard)}
+        return acc, cost
+
+    def _reset_if_forgotten(self) -> dict:
+        """`--reset-forgetting P` (RDumb): the starting model on the guard anchors; more than P points
+        below the source model there, and the run continues from the source weights instead. The
+        evaluation is charged to the baseline record; the run's start digest stays the deployed model's."""
+        start_acc, cost = self._guard_accuracy()
+        source_acc = self.memory.source_guard_acc
+        if source_acc is None:      # a card that does not state it: measured here, counted the same way
+            current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.model.load_state_dict(self.memory.source)
+            source_acc, more = self._guard_accuracy()
+            self.model.load_state_dict(current)
+            cost = {k: (cost[k] or 0) + (more[k] or 0) if cost[k] is not None else None for k in cost}
+        reset = forgot_too_much(start_acc, source_acc, self.config.reset_forgetting)
+        if reset:
+            self.model.load_state_dict(self.memory.source)
+        self.log.line(f"reset: the starting model's guard-anchor accuracy {start_acc:.3f}, the source's "
+                      f"{source_acc:.3f} (allowed {self.config.reset_forgetting:g} points below): "
+                      + ("reset to the source weights" if reset else "kept"))
+        return {"reset": {"start_guard_acc": start_acc, "source_guard_acc": source_acc, "reset": reset,
+                          "max_points": self.config.reset_forgetting}, "cost": cost}
+
     def _adapt_bn(self) -> None:
         """BatchNorm statistics from `--bn-adapt` unlabelled local training images (a seeded draw
         that leaves the run's own random stream alone); counted as forward FLOPs."""
@@ -420,14 +465,23 @@ class Trainer:
         if self.bn_adapt_pending is not None:
             self.bn_adapt_done = True
             return
-        n = min(self.config.bn_adapt, len(self.train_ds))
-        draw = torch.Generator().manual_seed(self.config.seed + 7919)
+        cfg = self.config
+        # --bn-anchor-share: round(N x S) of the N images are replay anchors, the rest local.
+        anchors = min(round(cfg.bn_adapt * cfg.bn_anchor_share), len(self.memory.replay)) if cfg.bn_anchor_share else 0
+        n = min(cfg.bn_adapt - anchors, len(self.train_ds))
+        draw = torch.Generator().manual_seed(cfg.seed + 7919)
         positions = torch.randperm(len(self.train_ds), generator=draw)[:n].to(self.device)
+        images = self.train_ds
+        if anchors:
+            images, positions = with_anchors(self.train_ds, positions, self.memory.replay, anchors, draw)
         with self._eval_autocast():
-            sizes = reestimate_bn(self.model, self.train_ds, positions, self.mean, self.std,
+            sizes = reestimate_bn(self.model, images, positions, self.mean, self.std,
                                   memory_format=self.memory_format)
-        self.bn_adapt_pending = {"bn_adapt_samples": n, "flops_bn_adapt": sum(self.flops.eval_batch(s) for s in sizes)}
-        self.log.bn_adapt(n, self.bn_adapt_pending["flops_bn_adapt"])
+        self.bn_adapt_pending = {"bn_adapt_samples": n + anchors,
+                                 "flops_bn_adapt": sum(self.flops.eval_batch(s) for s in sizes)}
+        if cfg.bn_anchor_share:
+            self.bn_adapt_pending["bn_adapt_anchor_samples"] = anchors
+        self.log.bn_adapt(n, self.bn_adapt_pending["flops_bn_adapt"], anchors)
         self.bn_adapt_done = True
 
     def _consider_bn_adapted(self) -> float:
@@ -475,7 +529,10 @@ class Trainer:
             restore(self, resume)
         else:
             if self.phase == "finetune":
+                reset = self._reset_if_forgotten() if self.config.reset_forgetting is not None else None
                 self.baseline = self.baseline_record()
+                if reset is not None:
+                    epoch_record.add_reset(self.baseline, reset)
                 self._keep_choice(WARMUP_EPOCH, self.baseline)
             self.checkpoints.save(self)        # a rollback target before the first step
             if self.baseline is not None:

@@ -41,8 +41,8 @@ def epoch_table(records: list[dict]) -> str:
     return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
-FLOP_PARTS = (("forward", "flops_forward"), ("backward", "flops_backward"), ("scoring", "flops_scoring"),
-              ("calibration", "flops_calibration"), ("rolled back", "rolled_back_flops"))
+FLOP_PARTS = (("forward", "flops_forward"), ("backward", "flops_backward"), ("penalty", "flops_penalty"),
+              ("scoring", "flops_scoring"), ("calibration", "flops_calibration"), ("rolled back", "rolled_back_flops"))
 
 
 def flops_split(totals: dict) -> str:
