@@ -148,14 +148,18 @@ FINETUNE = [
            help="Guard: a candidate whose accuracy on the checkpoint's held-out anchors is more than P points "
                 "below the source model's (and below the starting model's) is not kept or deployed."),
     option("--ewc", type=float, default=0.0, show_default=True,
-           help="Weight of the Fisher-weighted penalty pulling the weights toward the source model's (EWC)."),
+           help="Weight lambda of the Fisher-weighted penalty pulling the weights toward the source model's (EWC): "
+                "(lambda/2) sum F_i (w_i - w*_i)^2 with F divided by its mean, so lambda is in L2-SP units whatever "
+                "the model (each entry's weight capped at 1/lr). Useful range 0.1-10 (1 is a good start); costs "
+                "no forward pass, its elementwise FLOPs are counted."),
     option("--replay", type=float, default=0.0, show_default=True,
-           help="Share of each training batch drawn from the checkpoint's replay anchors (source images)."),
+           help="Adds round(S x batch size) rows from the checkpoint's replay anchors (source images, never the "
+                "guard's) to every training step; counted as trained samples and FLOPs."),
     option("--bn-anchor-share", type=float, default=0.0, show_default=True,
-           help="Share of the --bn-adapt images taken from the anchors, so the statistics keep the source's."),
+           help="Share of the --bn-adapt images taken from the replay anchors, so the statistics keep the source's."),
     option("--reset-forgetting", type=float, default=None,
-           help="Reset to the source model first when the starting model's anchor accuracy is more than P points "
-                "below the source's (RDumb)."),
+           help="Before training, reset to the source model when the starting model's guard-anchor accuracy is "
+                "more than P points below the source's (RDumb); the check costs one evaluation of the anchors."),
 ]
 
 # `edge-sel night`: where the device keeps things, each defaulting to the setting the systemd
