@@ -111,11 +111,24 @@ def lever_fields(progress: EpochProgress, replay: bool, penalty: bool) -> dict:
     return out
 
 
-def add_reset(baseline: dict, reset: dict) -> None:
-    """`--reset-forgetting`: the decision, and its guard-anchor evaluation added to the baseline's
-    evaluation cost."""
-    baseline["reset"] = reset["reset"]
-    for key, value in reset["cost"].items():
-        if key == "eval_energy_j" and value is None:
-            continue
+EVALUATION_COST = ("flops_eval", "eval_wall_s", "eval_energy_j", "val_samples_evaluated", "test_samples_evaluated",
+                   "anchor_samples_evaluated", "flops_anchor")
+
+
+def evaluation_cost(record: dict, more: dict | None = None) -> dict:
+    """The evaluation cost fields of `record`, plus `more`'s (None joules stay unmeasured)."""
+    out = {}
+    for key in EVALUATION_COST:
+        values = [v for v in (record.get(key), (more or {}).get(key)) if v is not None]
+        if values:
+            out[key] = sum(values)
+    return out
+
+
+def add_reset(baseline: dict, reset: dict, cost: dict) -> None:
+    """`--reset-forgetting`: the decision in the baseline record, and what deciding cost beyond the
+    baseline's own evaluation (the start's evaluation when the run was reset, the source's anchor
+    pass when the card did not state its accuracy) added to its evaluation cost."""
+    baseline["reset"] = reset
+    for key, value in cost.items():
         baseline[key] = (baseline.get(key) or 0) + value

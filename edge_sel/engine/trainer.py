@@ -426,37 +426,41 @@ class Trainer:
         record.update({k: self._eval_energy.get(k) for k in ("energy_source", "energy_method")})
         return record
 
-    def _guard_accuracy(self) -> tuple[float, dict]:
-        """The current weights on the guard anchors, with the pass's counted FLOPs, seconds and joules."""
-        guard = self.memory.guard.to(self.device)
+    def _source_guard_acc(self) -> tuple[float, dict]:
+        """The source model's guard-anchor accuracy: as the card states it, or measured here (counted)
+        when it does not."""
+        if self.memory.source_guard_acc is not None:
+            return self.memory.source_guard_acc, {}
+        current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(self.memory.source)
         self.meter.begin("eval")
         t0 = time.perf_counter()
-        acc = accuracy(self.eval_sets.logits(self.backend.predict, guard), guard.labels)
-        cost = {"flops_eval": evaluation_flops(self.flops, len(guard), self.eval_batch_size),
-                "eval_wall_s": time.perf_counter() - t0, "eval_energy_j": self.meter.end("eval").get("energy_j"),
-                "guard_samples_evaluated": len(guard)}
-        return acc, cost
+        out = self.eval_sets.anchor_accuracy(self.backend.predict)
+        cost = {"flops_eval": out["flops_anchor"], "flops_anchor": out["flops_anchor"],
+                "eval_wall_s": time.perf_counter() - t0,
+                "eval_energy_j": self.meter.end("eval").get("energy_j"),
+                "anchor_samples_evaluated": out["anchor_samples_evaluated"]}
+        self.model.load_state_dict(current)
+        return out["anchor_acc"], cost
 
-    def _reset_if_forgotten(self) -> dict:
-        """`--reset-forgetting P` (RDumb): the starting model on the guard anchors; more than P points
-        below the source model there, and the run continues from the source weights instead. The
-        evaluation is charged to the baseline record; the run's start digest stays the deployed model's."""
-        start_acc, cost = self._guard_accuracy()
-        source_acc = self.memory.source_guard_acc
-        if source_acc is None:      # a card that does not state it: measured here, counted the same way
-            current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            self.model.load_state_dict(self.memory.source)
-            source_acc, more = self._guard_accuracy()
-            self.model.load_state_dict(current)
-            cost = {k: (cost[k] or 0) + (more[k] or 0) if cost[k] is not None else None for k in cost}
+    def _reset_if_forgotten(self, baseline: dict) -> dict:
+        """`--reset-forgetting P` (RDumb): the starting model's guard-anchor accuracy (measured by the
+        baseline evaluation) more than P points below the source model's, and the run continues from
+        the source weights instead; the baseline is then the source weights' evaluation, with the
+        start's evaluation added to its cost. The run's start digest stays the deployed model's."""
+        start_acc = baseline["anchor_acc"]
+        source_acc, cost = self._source_guard_acc()
         reset = forgot_too_much(start_acc, source_acc, self.config.reset_forgetting)
-        if reset:
-            self.model.load_state_dict(self.memory.source)
         self.log.line(f"reset: the starting model's guard-anchor accuracy {start_acc:.3f}, the source's "
                       f"{source_acc:.3f} (allowed {self.config.reset_forgetting:g} points below): "
                       + ("reset to the source weights" if reset else "kept"))
-        return {"reset": {"start_guard_acc": start_acc, "source_guard_acc": source_acc, "reset": reset,
-                          "max_points": self.config.reset_forgetting}, "cost": cost}
+        if reset:
+            self.model.load_state_dict(self.memory.source)
+            cost = epoch_record.evaluation_cost(baseline, cost)
+            baseline = self.baseline_record()
+        epoch_record.add_reset(baseline, {"start_guard_acc": start_acc, "source_guard_acc": source_acc,
+                                          "reset": reset, "max_points": self.config.reset_forgetting}, cost)
+        return baseline
 
     def _adapt_bn(self) -> None:
         """BatchNorm statistics from `--bn-adapt` unlabelled local training images (a seeded draw
@@ -529,10 +533,9 @@ class Trainer:
             restore(self, resume)
         else:
             if self.phase == "finetune":
-                reset = self._reset_if_forgotten() if self.config.reset_forgetting is not None else None
                 self.baseline = self.baseline_record()
-                if reset is not None:
-                    epoch_record.add_reset(self.baseline, reset)
+                if self.config.reset_forgetting is not None:
+                    self.baseline = self._reset_if_forgotten(self.baseline)
                 self._keep_choice(WARMUP_EPOCH, self.baseline)
             self.checkpoints.save(self)        # a rollback target before the first step
             if self.baseline is not None:
