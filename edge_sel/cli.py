@@ -76,7 +76,8 @@ def build_config(kw: dict, **extra) -> TrainConfig:
 
 def build_data(kw: dict) -> DataOptions:
     return DataOptions(kw["dataset"], kw["data_dir"], kw["val_fraction"], kw["shard"], kw["subset"],
-                       kw["per_class_cap"], kw["split_seed"], kw["image_size"], kw["shift"], kw["shift_seed"])
+                       kw["per_class_cap"], kw["split_seed"], kw["image_size"], kw["shift"], kw["shift_seed"],
+                       test_subset=kw.get("test_subset"))
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

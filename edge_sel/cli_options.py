@@ -27,6 +27,8 @@ DATA = [
            help="Stratified share of the training part held out for validation."),
     option("--shard", default=None, help="Use stratified shard K/N of the training part, e.g. 0/2."),
     option("--subset", type=int, default=None, help="Class-balanced subset of N training samples."),
+    option("--test-subset", type=int, default=None,
+           help="Evaluate on a class-balanced N of the test split (a device's small labelled test set) [default: all]."),
     option("--per-class-cap", type=int, default=None, help="At most N training samples per class."),
     option("--split-seed", type=int, default=0, show_default=True,
            help="Seed of the validation split and shards (a fine-tune must use its pretrain's)."),

@@ -220,3 +220,14 @@ def test_augmentation_by_sample_follows_the_sample_not_the_batch():
     flipped = [torch.equal(augment_by_sample(x[i:i + 1], {"flip": True}, index[i:i + 1], 4, 1), x[i:i + 1].flip(3))
                for i in range(48)]
     assert 10 < sum(flipped) < 38             # about half
+
+
+def test_test_subset_is_a_class_balanced_draw_shared_by_every_shard():
+    train, test = load_source("digits")
+    a = make_splits(train, test, 0.1, (0, 2), test_subset=50)
+    b = make_splits(train, test, 0.1, (1, 2), subset=100, test_subset=50)
+    assert len(a.test) == 50 and torch.equal(a.test.index, b.test.index)
+    assert max(a.test.class_counts()) - min(a.test.class_counts()) <= 1
+    assert len(make_splits(train, test, 0.1).test) == len(test)
+    with pytest.raises(InputError, match="--test-subset 5"):
+        make_splits(train, test, 0.1, test_subset=5)

@@ -198,10 +198,14 @@ class EvaluationSets:
         return {"acc": acc, "flops": flops}
 
 
-def night_data(dataset: str, data_dir, spec: str, subset: int | None, seed: int, night: int) -> DataOptions:
-    """Tonight's local data: shard 1/2 under tonight's condition, a new draw per (seed, night)."""
+def night_data(dataset: str, data_dir, spec: str, subset: int | None, seed: int, night: int,
+               test_subset: int | None = None) -> DataOptions:
+    """Tonight's local data: shard 1/2 under tonight's condition, a new draw per (seed, night). The
+    device's own labelled test set is `test_subset` images (the bench measures the deployed model
+    itself; a device's test passes only add cost)."""
     return DataOptions(dataset, data_dir, shard="1/2", subset=subset, shift=spec or None, shift_seed=seed,
-                       subset_seed=None if subset is None else 7919 * seed + 101 * night + 17)
+                       subset_seed=None if subset is None else 7919 * seed + 101 * night + 17,
+                       test_subset=test_subset)
 
 
 class Device:
@@ -283,7 +287,7 @@ def play(s: LifeSettings, log=print) -> dict:
         history = {m.name: [{"night": 0, "condition": "start", "acc": start["acc"], "forgetting": {},
                              **NO_COST}] for m in s.methods}
         for i, condition in enumerate(s.schedule, 1):
-            data = night_data(s.dataset, s.data_dir, s.conditions[condition], s.subset, seed, i)
+            data = night_data(s.dataset, s.data_dir, s.conditions[condition], s.subset, seed, i, s.test_subset)
             for m in s.methods:
                 dev, past = devices[m.name], history[m.name]
                 row = {"night": i, "condition": condition, "shift": s.conditions[condition]}
@@ -346,7 +350,7 @@ def single_night_references(s: LifeSettings, evalsets: EvaluationSets, image_dom
             rows = []
             for seed in s.seeds:
                 dev = Device(s.out / "references" / d.replace(":", "-") / name / f"seed{seed}", s.warmup)
-                data = night_data(s.dataset, s.data_dir, s.conditions[condition], s.subset, seed, i)
+                data = night_data(s.dataset, s.data_dir, s.conditions[condition], s.subset, seed, i, s.test_subset)
                 cfg = by_name[name].config(s.epochs, s.lr, seed, s.device, s.val_subset)
                 cfg.max_forgetting = GUARD_OFF
                 night = dev.night(f"night{i:02d}-{condition}", data, cfg)

@@ -68,10 +68,12 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 
 def make_splits(train_full: IndexedDataset, test: IndexedDataset, val_fraction: float = 0.1,
                 shard_kn: tuple[int, int] | None = None, subset: int | None = None,
-                per_class_cap: int | None = None, split_seed: int = 0, subset_seed: int | None = None) -> Splits:
+                per_class_cap: int | None = None, split_seed: int = 0, subset_seed: int | None = None,
+                test_subset: int | None = None) -> Splits:
     """train_full -> (val held out first, then shard, then subset/cap) ; test kept apart untouched.
     `subset_seed` draws another subset of the same shard (None: the draw that follows from `split_seed`);
-    the validation split never depends on it.
+    the validation split never depends on it. `test_subset`: a class-balanced draw of that many test
+    images (a device's small labelled test set), the same draw for every shard and subset.
 
     The validation split is taken before sharding, so a pretrain on shard 0/2 and a fine-tune on
     shard 1/2 share one validation set and never see each other's training samples.
@@ -95,4 +97,9 @@ def make_splits(train_full: IndexedDataset, test: IndexedDataset, val_fraction: 
         train = train.subset(stratified_take(train, subset, per_class_cap, seed=draw))
     if len(train) == 0:
         raise InputError("the training split is empty after --shard/--subset; use more data")
+    if test_subset is not None:
+        if test_subset < test.num_classes:
+            raise InputError(f"--test-subset {test_subset}: fewer images than the {test.num_classes} classes; a "
+                             f"class-balanced test subset needs one of each at least")
+        test = test.subset(stratified_take(test, test_subset, None, seed=split_seed + 3))
     return Splits(train=train, val=train_full.subset(val), test=test)

@@ -55,6 +55,7 @@ class DataOptions:
     shift: str | None = None          # a shift scenario (edge_sel.data.shift), e.g. "corrupt=fog:3"
     shift_seed: int = 0
     subset_seed: int | None = None    # another draw of --subset from the same shard (a night's new images)
+    test_subset: int | None = None    # a class-balanced draw of N test images (a device's small labelled test set)
 
     def load(self) -> Splits:
         parse_shard(self.shard)
@@ -65,7 +66,7 @@ class DataOptions:
         """The splits of a loaded source (or of data handed over as objects, by the Python API)."""
         self._source = (train_full, test)        # for warmup_train_ids, without reading it again
         splits = make_splits(train_full, test, self.val_fraction, parse_shard(self.shard), self.subset,
-                             self.per_class_cap, self.split_seed, self.subset_seed)
+                             self.per_class_cap, self.split_seed, self.subset_seed, self.test_subset)
         return apply_shift(splits, parse_shift(self.shift), self.shift_seed)
 
     def warmup_train_ids(self, trained: dict):
