@@ -101,9 +101,10 @@ def test_flops_equal_a_single_process_run_of_the_same_samples(ddp_run, tmp_path,
 def test_ddp_checkpoint_loads_in_a_normal_finetune(ddp_run, tmp_path, one_thread):
     out, _ = ddp_run
     ft = tmp_path / "ft"
-    run_cli("finetune", "--checkpoint", out, *DATA, "--epochs", "1", "--memory-format", "contiguous",
-            "--eval-batch-size", "256", "--quiet", "--out", ft)
     pre = json.loads((out / "summary.json").read_text())
+    # Evaluated in the precision rank 0 evaluated in (a probe under load may choose another).
+    run_cli("finetune", "--checkpoint", out, *DATA, "--epochs", "1", "--memory-format", "contiguous",
+            "--eval-batch-size", "256", "--precision", pre["precision"]["eval"], "--quiet", "--out", ft)
     base = [r for r in read_records(ft) if r["phase"] == "baseline"][0]
     # The baseline is the loaded checkpoint evaluated as it is: rank 0's evaluation of the same weights.
     assert base["test_acc"] == pytest.approx(pre["final"]["test_acc"], abs=1e-6)
