@@ -124,7 +124,8 @@ def comparisons(results: dict, activations=ACTIVATIONS) -> list[dict]:
     return [p for p in (paired(results, a, b) for a, b in pairs) if p is not None]
 
 
-def _mean(rows: list[dict], key: str) -> float | None:
+def mean_of(rows: list[dict], key: str) -> float | None:
+    """The mean of a numeric field over result rows that have it (None when none has)."""
     vals = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
     return statistics.fmean(vals) if vals else None
 
@@ -150,7 +151,7 @@ def paired_table(pairs: list[dict]) -> list[str]:
 def tables(bench: dict) -> str:
     lines = []
     for scenario, by_method in bench["results"].items():
-        dense = _mean(by_method.get("dense", []), "flops_train") or 1
+        dense = mean_of(by_method.get("dense", []), "flops_train") or 1
         lines += [f"### {scenario}: `--shift {bench['scenarios'][scenario]}`", "",
                   "| method | shifted test % | ± std | clean test % | train GFLOP | / dense | joules |",
                   "|---|---|---|---|---|---|---|"]
@@ -159,11 +160,11 @@ def tables(bench: dict) -> str:
                 continue
             accs = [100 * r["test_acc"] for r in rows]
             std = statistics.stdev(accs) if len(accs) > 1 else float("nan")
-            clean = _mean(rows, "clean_test_acc")
-            flops = _mean(rows, "flops_train")
+            clean = mean_of(rows, "clean_test_acc")
+            flops = mean_of(rows, "flops_train")
             lines.append(f"| {name} | {statistics.fmean(accs):.2f} | {std:.2f} | "
                          f"{'-' if clean is None else f'{100 * clean:.2f}'} | {flops / 1e9:.1f} | "
-                         f"{flops / dense:.3f} | {joules(_mean(rows, 'energy_j'))} |")
+                         f"{flops / dense:.3f} | {joules(mean_of(rows, 'energy_j'))} |")
         lines += paired_table(bench["comparisons"][scenario])
         lines.append("")
     return "\n".join(lines)
@@ -180,8 +181,8 @@ def plot(bench: dict, out: Path) -> list[Path]:
         for name, rows in by_method.items():
             if not rows:
                 continue
-            x = (_mean(rows, "flops_train") or 0) / 1e12
-            y = 100 * _mean(rows, "test_acc")
+            x = (mean_of(rows, "flops_train") or 0) / 1e12
+            y = 100 * mean_of(rows, "test_acc")
             marker = "s" if name.startswith("random") else ("*" if name == "recipe" else "o")
             ax.plot([x], [y], marker, markersize=9 if name == "recipe" else 6)
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)

@@ -62,6 +62,22 @@ def _at_least_one(epochs, subset, seeds, pretrain_epochs) -> None:
             raise InputError(f"{option} must be >= 1, got {value}")
 
 
+def _warmup(suite: str, checkpoint: Path | None, ds: str, data_dir, epochs: int, subset: int | None, device: str,
+            target: Path) -> Path:
+    """The --checkpoint given, else a clean edgecnn warmup pretrained on shard 0/2 into OUT/warmup."""
+    if checkpoint is not None:
+        return Path(checkpoint)
+    click.echo(f"bench {suite}: pretraining a clean warmup ({plural(epochs, 'epoch')}, shard 0/2)", err=True)
+    pretrain("edgecnn", DataOptions(ds, data_dir, shard="0/2", subset=subset),
+             TrainConfig(epochs=epochs, seed=0, device=device), target / "warmup", quiet=True)
+    return target / "warmup"
+
+
+def _progress(quiet: bool):
+    """Where a suite's progress lines go: stderr, or nowhere with --quiet."""
+    return (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+
+
 def _activations(text: str | None, default: str) -> tuple[float, ...]:
     try:
         acts = tuple(float(a) for a in (text or default).split(","))
@@ -253,14 +269,9 @@ def adapt_cmd(dataset, scenarios, activations, method_names, epochs, lr, pretrai
         methods = [m for m in methods if m.name in wanted]
     _check_checkpoint(checkpoint)
     target = _fresh_out(out or Path("runs/bench-adapt"), overwrite)
-    start = checkpoint
-    if start is None:
-        pe = pretrain_epochs or (1 if quick else 8)
-        click.echo(f"bench adapt: pretraining a clean warmup ({plural(pe, 'epoch')}, shard 0/2)", err=True)
-        pretrain("edgecnn", DataOptions(ds, data_dir, shard="0/2", subset=n if quick else None),
-                 TrainConfig(epochs=pe, seed=0, device=device), target / "warmup", quiet=True)
-        start = target / "warmup"
-    log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    start = _warmup("adapt", checkpoint, ds, data_dir, pretrain_epochs or (1 if quick else 8), n if quick else None,
+                    device, target)
+    log = _progress(quiet)
     result = adapt.run_adapt(Path(start), ds, data_dir, n, e, list(range(count)), chosen_scenarios, methods,
                              target, lr, device, log)
     bench = adapt.bench_record({"suite": "adapt", "dataset": ds, "checkpoint": str(start), "subset": n,
@@ -314,14 +325,9 @@ def stream_cmd(dataset, scenarios, activations, families, frames, order, epochs,
     methods = stream.stream_methods(acts, f, wanted)
     _check_checkpoint(checkpoint)
     target = _fresh_out(out or Path("runs/bench-stream"), overwrite)
-    start = checkpoint
-    if start is None:
-        pe = pretrain_epochs or (2 if quick else 8)
-        click.echo(f"bench stream: pretraining a clean warmup ({pe} epochs, shard 0/2)", err=True)
-        pretrain("edgecnn", DataOptions(ds, data_dir, shard="0/2", subset=n if quick else None),
-                 TrainConfig(epochs=pe, seed=0, device=device), target / "warmup", quiet=True)
-        start = target / "warmup"
-    log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    start = _warmup("stream", checkpoint, ds, data_dir, pretrain_epochs or (2 if quick else 8), n if quick else None,
+                    device, target)
+    log = _progress(quiet)
     result = stream.run_stream(Path(start), ds, data_dir, n, f, order, e, list(range(count)), chosen, methods,
                                target, lr, device, log)
     bench = stream.bench_record({"suite": "stream", "dataset": ds, "checkpoint": str(start), "scenes": n,
@@ -391,14 +397,8 @@ def lifelong_cmd(dataset, schedule, shifts, method_names, levers, epochs, lr, te
         raise InputError("--checkpoint: --quick always pretrains its own digits warmup")
     _check_checkpoint(checkpoint)
     target = _fresh_out(out or Path("runs/bench-lifelong"), overwrite)
-    start = checkpoint
-    if start is None:
-        pe = pretrain_epochs or (4 if quick else 8)
-        click.echo(f"bench lifelong: pretraining a clean warmup with its source memory ({plural(pe, 'epoch')}, "
-                   f"shard 0/2)", err=True)
-        pretrain("edgecnn", DataOptions(ds, data_dir, shard="0/2"), TrainConfig(epochs=pe, seed=0, device=device),
-                 target / "warmup", quiet=True)
-        start = target / "warmup"
+    # pretrain ships the source memory the levers and the guard need
+    start = _warmup("lifelong", checkpoint, ds, data_dir, pretrain_epochs or (4 if quick else 8), None, device, target)
     methods, skipped = lifelong.select_methods(lifelong.life_methods(strengths), method_names, Path(start),
                                                lifelong.QUICK_METHODS if quick else None)
     for name, why in skipped.items():
@@ -406,8 +406,7 @@ def lifelong_cmd(dataset, schedule, shifts, method_names, levers, epochs, lr, te
     settings = lifelong.LifeSettings(ds, data_dir, Path(start), nights, conditions, methods, list(range(count)), n, e,
                                      lr, device, target, None if quick and test_subset is None else test_subset or 2000,
                                      val_subset=val_subset, skipped=skipped)
-    log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
-    result = lifelong.play(settings, log)
+    result = lifelong.play(settings, _progress(quiet))
     record = {"suite": "lifelong", "dataset": ds, "checkpoint": str(start), "schedule": nights,
               "conditions": {c: conditions[c] for c in dict.fromkeys(nights)}, "subset": n, "epochs": e, "lr": lr,
               "seeds": list(range(count)), "test_subset": settings.test_subset, "val_subset": val_subset,

@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edge_sel.bench.adapt import ci95, outcome, paired, paired_table
+from edge_sel.bench.adapt import ci95, mean_of, outcome, paired, paired_table
 from edge_sel.config import TrainConfig
 from edge_sel.core.records import read_records
 from edge_sel.engine.run import DataOptions, finetune
@@ -105,11 +105,6 @@ def comparisons(results: dict, activations) -> list[dict]:
     return [p for p in (paired(results, a, b) for a, b in pairs) if p is not None]
 
 
-def _mean(rows: list[dict], key: str) -> float | None:
-    vals = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
-    return statistics.fmean(vals) if vals else None
-
-
 def _fmt(value, scale=1.0, digits=2) -> str:
     return "-" if value is None else f"{value * scale:.{digits}f}"
 
@@ -128,8 +123,8 @@ def tables(bench: dict) -> str:
             mean, lo, hi = ci95(accs)
             std = statistics.stdev(accs) if len(accs) > 1 else float("nan")
             lines.append(f"| {name} | {mean:.2f} | {std:.2f} | [{lo:.2f}, {hi:.2f}] | "
-                         f"{_fmt(_mean(rows, 'flops_train'), 1e-9)} | {_fmt(_mean(rows, 'flops_scoring'), 1e-9, 3)} | "
-                         f"{_fmt(_mean(rows, 'coverage'), 100, 1)} | {_fmt(_mean(rows, 'energy_j'), 1, 1)} |")
+                         f"{_fmt(mean_of(rows, 'flops_train'), 1e-9)} | {_fmt(mean_of(rows, 'flops_scoring'), 1e-9, 3)} | "
+                         f"{_fmt(mean_of(rows, 'coverage'), 100, 1)} | {_fmt(mean_of(rows, 'energy_j'), 1, 1)} |")
         lines += paired_table(bench["comparisons"][scenario])
         lines.append("")
     return "\n".join(lines)
@@ -155,13 +150,13 @@ def plot(bench: dict, out: Path) -> Path:
                 xs.append(a)
                 ys.append(mean)
                 errs.append(0 if lo != lo else mean - lo)
-                covs.append(100 * (_mean(rows, "coverage") or 0))
+                covs.append(100 * (mean_of(rows, "coverage") or 0))
             if xs:
                 axes[0][col].errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=family)
                 axes[1][col].plot(xs, covs, marker="o", label=family)
         base = by_method.get("no adaptation") or []
         if base:
-            axes[0][col].axhline(100 * _mean(base, "test_acc"), color="grey", ls=":", label="no adaptation")
+            axes[0][col].axhline(100 * mean_of(base, "test_acc"), color="grey", ls=":", label="no adaptation")
         axes[0][col].set_title(f"{scenario} stream", fontsize=9)
         axes[0][col].set_ylabel("test accuracy % (95% CI over seeds)")
         axes[1][col].set_ylabel("scene coverage per epoch %")
