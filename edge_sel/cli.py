@@ -135,7 +135,7 @@ def build_finetune_config(kw: dict) -> TrainConfig:
     """A fine-tune's configuration from its options (finetune's and a night's: one place, so that
     the two commands cannot drift apart)."""
     fields = ("strategy", "sparsity", "backend", "bn_mode", "bn_adapt", "keep", "max_forgetting", "ewc", "replay",
-              "bn_anchor_share", "reset_forgetting")
+              "bn_anchor_share", "reset_forgetting", "bn_conditions", "bn_condition_images", "bn_condition_radius")
     chosen = {name: kw.pop(name) for name in fields}
     artifacts = kw.pop("artifacts")
     method = {name: kw.pop(name) for name in method_option_names()}

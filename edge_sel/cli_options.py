@@ -162,6 +162,16 @@ FINETUNE = [
     option("--reset-forgetting", type=float, default=None,
            help="Before training, reset to the source model when the starting model's guard-anchor accuracy is "
                 "more than P points below the source's (RDumb); the check costs one evaluation of the anchors."),
+    option("--bn-conditions", type=int, default=0, show_default=True,
+           help="Keep BatchNorm statistics for up to K conditions (the source's included), each batch normalised "
+                "with those of the condition its pixel statistics are nearest to; tonight's images join the "
+                "nearest condition or become a new one. Every evaluation first re-estimates each condition on its "
+                "kept images (counted forward passes). Written with the model as bn_bank.safetensors."),
+    option("--bn-condition-images", type=int, default=256, show_default=True,
+           help="Unlabelled images kept per condition (the source's: the replay anchors)."),
+    option("--bn-condition-radius", type=float, default=0.25, show_default=True,
+           help="Fingerprint distance within which tonight's images count as a condition already kept "
+                "(measured on CIFAR-10: under 0.03 within a condition, 0.9 or more between clean, noise and fog)."),
 ]
 
 # `edge-sel night`: where the device keeps things, each defaulting to the setting the systemd
@@ -220,7 +230,8 @@ FINETUNE_SECTIONS = [
     DATA_SECTION,
     ("Training", [*TRAINING, "--bn-mode", "--bn-adapt", "--backend", "--artifacts"]),
     ("Against forgetting (need the checkpoint's anchors)", ["--ewc", "--replay", "--bn-anchor-share",
-                                                            "--reset-forgetting"]),
+                                                            "--reset-forgetting", "--bn-conditions",
+                                                            "--bn-condition-images", "--bn-condition-radius"]),
     ("Method (which samples)", ["--strategy", "--preset", "--target-activation"]),
     ("Gate (sundew, random, infobatch, dihcl: --gate, or as --strategy)",
      ["--gate", "--significance", "--unseen", "--gate-window", "--gate-temperature", "--min-activation",

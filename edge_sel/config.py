@@ -84,6 +84,11 @@ class TrainConfig:
     bn_anchor_share: float = 0.0      # share of the BatchNorm re-estimation images that are anchors
     reset_forgetting: float | None = None   # points of guard-anchor accuracy lost before a reset to the source
     max_forgetting: float = 3.0       # points of guard-anchor accuracy a kept or deployed model may lose
+    # BatchNorm statistics kept per condition (engine/bn_bank.py): how many conditions, the images
+    # kept of each, and how near tonight's fingerprint must be to one to count as it.
+    bn_conditions: int = 0
+    bn_condition_images: int = 256
+    bn_condition_radius: float = 0.25
     # Training options the user gave on the command line (a preset never overrides those); None when
     # unknown (the Python API), then a value other than the default counts as the user's choice.
     explicit: list | None = None
@@ -113,6 +118,10 @@ class TrainConfig:
         if self.reset_forgetting is not None:
             _number("--reset-forgetting", self.reset_forgetting, lo=0, hi=100)
         _number("--max-forgetting", self.max_forgetting, lo=0, hi=100)
+        if self.bn_conditions:
+            _integer("--bn-conditions", self.bn_conditions, lo=2)
+        _integer("--bn-condition-images", self.bn_condition_images, lo=1)
+        _number("--bn-condition-radius", self.bn_condition_radius, lo=0, lo_open=True)
         _integer("--eval-every", self.eval_every, lo=1)
         _integer("--val-subset", self.val_subset, lo=0)
         _number("val_share", self.val_share, lo=0, hi=1, hi_open=True)

@@ -21,6 +21,7 @@ import shutil
 import time
 from pathlib import Path
 
+from edge_sel.core.bn_bank import BANK_FILE
 from edge_sel.core.checkpoint import fsync_dir
 from edge_sel.core.source_memory import SOURCE_FILES, has_source_memory
 from edge_sel.engine import faults
@@ -81,8 +82,10 @@ def swap_in(run_dir: Path, deployed: Path) -> Path:
 
 def files_from_run(run_dir: Path) -> tuple[str, ...]:
     """The model files, and the source memory when the run holds it (carried from its checkpoint):
-    a run without it leaves the deployed directory's in place."""
-    return (SOURCE_FILES if has_source_memory(run_dir) else ()) + MODEL_FILES     # the card last
+    a run without it leaves the deployed directory's in place. A BatchNorm bank belongs to the
+    weights beside it: the run's is deployed, and a run without one leaves none behind."""
+    bank = (BANK_FILE,) if (Path(run_dir) / BANK_FILE).is_file() else ()
+    return (SOURCE_FILES if has_source_memory(run_dir) else ()) + bank + MODEL_FILES     # the card last
 
 
 def _build_version(run_dir: Path, deployed: Path, staging: Path) -> None:
@@ -91,7 +94,7 @@ def _build_version(run_dir: Path, deployed: Path, staging: Path) -> None:
     taken = files_from_run(run_dir)
     if deployed.is_dir():
         for item in deployed.iterdir():
-            if item.name in taken:
+            if item.name in taken or item.name == BANK_FILE:
                 continue
             target = staging / item.name
             if item.is_dir():

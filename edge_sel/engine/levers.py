@@ -14,7 +14,7 @@ from edge_sel.methods.objective import FisherPenalty, Objective
 
 # (option, config field): a lever is on when its field is set and not zero.
 LEVERS = (("--ewc", "ewc"), ("--replay", "replay"), ("--bn-anchor-share", "bn_anchor_share"),
-          ("--reset-forgetting", "reset_forgetting"))
+          ("--reset-forgetting", "reset_forgetting"), ("--bn-conditions", "bn_conditions"))
 
 # Updaters a lever cannot work with, and why (one line each).
 NOT_WITH_UPDATER = {

@@ -85,7 +85,8 @@ def decide(run_dir: Path, deployed: Path, force: bool = False, evaluate=None,
                                            "--force deploys it after the comparison")
     has_deployed = (deployed / "model.safetensors").is_file()
     if not has_deployed:
-        if (summary.get("kept") or {}).get("kept") == "warmup":
+        # A bank that took tonight as a new condition changed the model even when its weights are the start's.
+        if (summary.get("kept") or {}).get("kept") == "warmup" and not new_condition(summary):
             return Decision(False, "no-gain", "nothing is deployed and the run's output is its starting checkpoint "
                                               "(fine-tuning did not beat it)", candidate)
         return Decision(True, "forced-first" if summary.get("phase") == "pretrain" else "first",
@@ -169,6 +170,7 @@ def validate_deployed(config: dict, deployed: Path, run_dir: Path | None = None)
 
     from edge_sel.core.flops import FlopCounter
     from edge_sel.engine.anchors import load_memory
+    from edge_sel.engine.bn_bank import attach_saved_bank
     from edge_sel.engine.evaluate import accuracy, evaluation_flops, predict_dataset, validation_subset
     from edge_sel.engine.run import DataOptions, check_compatible
     from edge_sel.models import load_checkpoint
@@ -176,6 +178,7 @@ def validate_deployed(config: dict, deployed: Path, run_dir: Path | None = None)
     splits = data.load()
     model, card = load_checkpoint(deployed)
     check_compatible(card, splits, deployed)
+    attach_saved_bank(model, deployed, list(card.input_shape))     # its statistics per condition, if it keeps them
     val = validation_subset(splits.val, config.get("val_subset") or 0)
     memory = None if run_dir is None else load_memory(Path(run_dir), card, splits.train)
     batch = config.get("eval_batch_size") or 256
@@ -219,6 +222,12 @@ def promote(run_dir: Path, deployed: Path, force: bool = False, evaluate=None,
     except OSError:
         pass        # the decision stands (and is printed); a read-only run directory keeps no record of it
     return decision
+
+
+def new_condition(summary: dict) -> bool:
+    """Whether the run's BatchNorm bank (--bn-conditions) added tonight as a condition."""
+    bank = summary.get("bn_bank") or {}
+    return bool(bank.get("written") and (bank.get("tonight") or {}).get("new"))
 
 
 def _pct(v: float | None) -> str:

@@ -28,6 +28,7 @@ from edge_sel.engine.device import pick_device, seed_everything
 from edge_sel.engine.distributed import detect_world
 from edge_sel.engine import faults
 from edge_sel.engine.anchors import Memory, carry_memory, load_memory
+from edge_sel.engine.bn_bank import make_bank, write_bank_for
 from edge_sel.engine.energy_setup import EnergyOptions
 from edge_sel.engine.levers import check_lever_options, check_levers_memory
 from edge_sel.engine.signals import StopSignals
@@ -181,19 +182,21 @@ def output_model(last: dict, kept: dict | None) -> dict:
 
 def train_model(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainConfig, out: Path,
                 quiet: bool, energy: EnergyOptions | None, source_info: dict, meter=None,
-                resume_state: dict | None = None, memory: Memory | None = None) -> dict:
+                resume_state: dict | None = None, memory: Memory | None = None, bank: tuple = (None, None)) -> dict:
     """Train a built model on prepared splits into the run directory `out` (config, records,
     summary, output model, state) and return the summary: what pretrain, finetune and resume do
     once they have checked their inputs, and what a fleet client runs each round. A stop signal
     is deferred from the trainer's start until the summary is written (engine/signals.py).
-    `memory`: the starting checkpoint's source memory (engine/anchors.py), carried into `out`."""
+    `memory`: the starting checkpoint's source memory (engine/anchors.py), carried into `out`.
+    `bank`: the run's BatchNorm statistics per condition and what matching tonight cost
+    (engine/bn_bank.py), written beside the output model."""
     with StopSignals() as signals:
         return _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_info, meter,
-                            resume_state, signals, memory)
+                            resume_state, signals, memory, bank)
 
 
 def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_info, meter, resume_state,
-                 signals: StopSignals, memory: Memory | None = None) -> dict:
+                 signals: StopSignals, memory: Memory | None = None, bank: tuple = (None, None)) -> dict:
     world = detect_world()
     ranks = None
     if world.distributed:       # under torchrun (pretrain only): see engine.ddp
@@ -225,7 +228,8 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
                            phase=phase, meter=meter, guard=guard, budget_j=energy.budget_j, quiet=quiet,
                            state_dir=out / "state" if writes else None,
                            # a mid-epoch state would hold rank 0's share of the epoch only
-                           checkpoint_every=0 if ranks else cfg.checkpoint_every, ranks=ranks, memory=memory)
+                           checkpoint_every=0 if ranks else cfg.checkpoint_every, ranks=ranks, memory=memory,
+                           bank=bank[0], bank_setup=bank[1])
         trainer = ranks.build_trainer(build, cfg) if ranks else build()
         if resume_state is None and writes:
             start_out_dir(out)
@@ -275,6 +279,7 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
     if phase != "pretrain" and memory is None:
         card.source_memory = None       # the card states files the run directory holds, no others
     save_checkpoint(out, model.cpu(), card)
+    bank_written = write_bank_for(trainer.bank, model, out)
     faults.point("model-written")
     # source_info first: a pretrain's names its model by a string, which the card's dict replaces here.
     summary = summarize(records, {
@@ -290,6 +295,9 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
         **({"validation_size": trainer.val_size_choice} if trainer.val_size_choice else {}),
         **({"world_size": world.size, "distributed": ranks.describe()} if ranks else {}),
     }, baseline=trainer.baseline, kept=kept)
+    if trainer.bank is not None:
+        summary["bn_bank"] = {**trainer.bank.describe(), "bytes": bank_written,
+                              "written": bank_written is not None}
     if shipped is not None:
         summary["source_memory"] = {k: v for k, v in shipped.items() if k != "card"} | {
             k: shipped["card"][k] for k in ("anchors", "fisher", "source")}
@@ -475,7 +483,9 @@ def finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, out: Path, o
         source_info["profile"] = profile
     memory = load_memory(Path(checkpoint), card, splits.train)
     check_levers_memory(cfg, memory, Path(checkpoint))
-    return train_model("finetune", model, card, splits, cfg, out, quiet, energy, source_info, meter, memory=memory)
+    bank = make_bank(cfg, Path(checkpoint), model, card, splits.train, memory, out.name)
+    return train_model("finetune", model, card, splits, cfg, out, quiet, energy, source_info, meter, memory=memory,
+                       bank=bank)
 
 
 def resume(run_dir: Path, quiet: bool = False, phase: str | None = None) -> dict:
@@ -522,15 +532,19 @@ def resume(run_dir: Path, quiet: bool = False, phase: str | None = None) -> dict
         card.dataset = dataset_card(splits, data)
         # The run's own copy: the starting checkpoint may have been replaced since (a deployed link).
         memory = load_memory(run_dir, card, splits.train)
+        check_levers_memory(cfg, memory, run_dir)
+        # The same bank as at the start: the start's conditions (unchanged with its weights) and
+        # tonight's seeded draw.
+        bank = make_bank(cfg, Path(saved["checkpoint"]), model, card, splits.train, memory, run_dir.name)
     else:       # the same initial weights as the run's first start
         try:
             spec = ModelSpec.from_json(saved["model"])
         except ValueError as e:
             raise InputError(f"{config_file}: {e}") from None
         model, card = new_model(spec, splits, data, cfg.seed, saved.get("init_weights"))
-        memory = None
+        memory, bank = None, (None, None)
     return train_model(phase, model, card, splits, cfg, run_dir, quiet, energy, source_info, resume_state=state,
-                       memory=memory)
+                       memory=memory, bank=bank)
 
 
 def refuse_finished(run_dir: Path, epochs: int) -> None:

@@ -21,6 +21,7 @@ from edge_sel.data import BatchLoader, Splits
 from edge_sel.device_caps import amp_dtype
 from edge_sel.engine import epoch_record, faults
 from edge_sel.engine.bn_adapt import not_applicable, reestimate_bn, with_anchors
+from edge_sel.engine.bn_bank import fingerprint_flops, weights_key
 from edge_sel.engine.budget import EnergyBudget
 from edge_sel.engine.checkpointing import Checkpoints, Rollback, restore
 from edge_sel.engine.evaluate import (EmbarrassmentMeter, EvaluationSets, accuracy, evaluation_flops,
@@ -76,6 +77,8 @@ class Trainer:
     baseline: dict | None = None         # the starting checkpoint evaluated before the first step (finetune)
     ranks: object = None                 # engine.ddp.RankSync under torchrun; None in a single process
     memory: object = None                # engine.anchors.Memory: the checkpoint's anchors, Fisher, source weights
+    bank: object = None                  # engine.bn_bank.ConditionBank under --bn-conditions
+    bank_setup: dict | None = None       # what matching tonight's images to the bank cost (charged to the baseline)
 
     def __post_init__(self):
         cfg = self.config
@@ -348,12 +351,20 @@ class Trainer:
 
     def evaluate(self, validate: bool = True, test: bool = True) -> dict:
         """The evaluation sets' accuracies (engine/evaluate.py) with the pass's wall time and joules;
-        the energy budget reserves the final evaluation from what this one cost."""
+        the energy budget reserves the final evaluation from what this one cost. Under
+        --bn-conditions the bank's statistics are first re-estimated for the current weights and each
+        batch is normalised with its condition's (both counted in flops_eval)."""
         if self.ranks is not None and not self.ranks.evaluates:    # DDP: rank 0 evaluates (and writes)
             validate = test = False
         self.meter.begin("eval")
         t0 = time.perf_counter()
-        out = self.eval_sets.accuracies(self.backend.predict, validate, test)
+        if self.bank is not None and (validate or test):
+            refreshed = self.bank.refresh(self.model, self.flops, self.eval_batch_size, self.memory_format)
+            with self.bank.selecting(self.model):
+                out = self.eval_sets.accuracies(self._predict_selected, validate, test)
+            self._charge_bank(out, refreshed)
+        else:
+            out = self.eval_sets.accuracies(self.backend.predict, validate, test)
         out["eval_wall_s"] = time.perf_counter() - t0
         self._eval_energy = self.meter.end("eval")
         out["eval_energy_j"] = self._eval_energy.get("energy_j")
@@ -363,6 +374,20 @@ class Trainer:
         self.budget.reserve_evaluation(out["eval_energy_j"], images,
                                        self.eval_sets.final_images() + kept_test)
         return out
+
+    def _predict_selected(self, x: torch.Tensor) -> torch.Tensor:
+        """The torch model itself, whose input hook chooses the condition (a compiled graph or an
+        ORT session would not run it)."""
+        with self._eval_autocast():
+            return self.model.eval()(x).float()
+
+    def _charge_bank(self, record: dict, refreshed: dict) -> None:
+        """The bank's re-estimation passes and the fingerprints of the images it chose for, into a
+        record's evaluation FLOPs."""
+        flops = refreshed["flops"] + self.bank.take_selected() * fingerprint_flops(self.train_ds.input_shape)
+        record["flops_bn_bank"] = (record.get("flops_bn_bank") or 0) + flops
+        record["bn_bank_samples"] = (record.get("bn_bank_samples") or 0) + refreshed["samples"]
+        record["flops_eval"] = (record.get("flops_eval") or 0) + flops
 
     def _test_at_the_end(self, writer: RecordWriter | None) -> None:
         """The test set runs once the last epoch is known: a run stopped by its strategy after an
@@ -375,7 +400,8 @@ class Trainer:
         if last.get("test_acc") is None and last.get("phase") != "baseline":
             extra = self.evaluate(validate=last.get("val_acc") is None, test=True)
             for key in ("flops_eval", "eval_wall_s", "eval_energy_j", "val_samples_evaluated",
-                        *(("anchor_samples_evaluated", "flops_anchor") if "flops_anchor" in extra else ())):
+                        *(("anchor_samples_evaluated", "flops_anchor") if "flops_anchor" in extra else ()),
+                        *(("flops_bn_bank", "bn_bank_samples") if "flops_bn_bank" in extra else ())):
                 extra[key] = (extra.get(key) or 0) + (last.get(key) or 0)
             if last.get("val_acc") is not None:
                 extra.pop("val_acc")
@@ -391,8 +417,33 @@ class Trainer:
         if kept is not None and self.choice.test_acc is None:
             self._test_kept_weights(kept, last)
             changed = True
+        changed = self._bank_for_output(kept, last) or changed
         if changed and writer is not None:
             writer.reset(([self.baseline] if self.baseline else []) + self.records)
+
+    def _bank_for_output(self, kept: dict | None, last: dict) -> bool:
+        """The bank re-estimated for the output model's weights when its last estimate was for
+        others (charged to the last record); True when it ran."""
+        if self.bank is None:
+            return False
+        current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if kept is not None:
+            self.model.load_state_dict(kept)
+        try:
+            if self.bank.refreshed_for == weights_key(self.model):
+                return False
+            self.meter.begin("eval")
+            t0 = time.perf_counter()
+            refreshed = self.bank.refresh(self.model, self.flops, self.eval_batch_size, self.memory_format)
+            wall = time.perf_counter() - t0
+            joules = self.meter.end("eval").get("energy_j")
+        finally:
+            self.model.load_state_dict(current)
+        self._charge_bank(last, refreshed)
+        last["eval_wall_s"] = (last.get("eval_wall_s") or 0) + wall
+        if joules is not None:
+            last["eval_energy_j"] = (last.get("eval_energy_j") or 0) + joules
+        return True
 
     def _test_kept_weights(self, kept: dict, last: dict) -> None:
         """The output model's test accuracy when it is not the last epoch's: an evaluation pass
@@ -402,10 +453,13 @@ class Trainer:
         self.meter.begin("eval")
         t0 = time.perf_counter()
         # The torch model, not backend.predict: an ORT session still holds the last weights.
-        def predict(x):
-            with self._eval_autocast():
-                return self.model.eval()(x).float()
-        logits = self.eval_sets.logits(predict, self.test_ds)
+        refreshed = None
+        if self.bank is not None:
+            refreshed = self.bank.refresh(self.model, self.flops, self.eval_batch_size, self.memory_format)
+            with self.bank.selecting(self.model):
+                logits = self.eval_sets.logits(self._predict_selected, self.test_ds)
+        else:
+            logits = self.eval_sets.logits(self._predict_selected, self.test_ds)
         wall = time.perf_counter() - t0
         joules = self.meter.end("eval").get("energy_j")
         self.choice.test_acc = accuracy(logits, self.test_ds.labels)
@@ -413,6 +467,8 @@ class Trainer:
         flops = evaluation_flops(self.flops, len(self.test_ds), self.eval_batch_size)
         last["kept_test_flops"], last["kept_test_energy_j"] = flops, joules
         last["flops_eval"] = (last.get("flops_eval") or 0) + flops
+        if refreshed is not None:
+            self._charge_bank(last, refreshed)
         last["eval_wall_s"] = (last.get("eval_wall_s") or 0) + wall
         if joules is not None:
             last["eval_energy_j"] = (last.get("eval_energy_j") or 0) + joules
@@ -424,6 +480,10 @@ class Trainer:
         record = epoch_record.baseline_fields(self.strategy.name, len(self.train_ds))
         record.update(self.evaluate())
         record.update({k: self._eval_energy.get(k) for k in ("energy_source", "energy_method")})
+        if self.bank_setup:             # matching tonight's images to the bank: once, before any step
+            setup, self.bank_setup = self.bank_setup, None
+            record["flops_bn_bank"] = (record.get("flops_bn_bank") or 0) + setup["flops"]
+            record["flops_eval"] = (record.get("flops_eval") or 0) + setup["flops"]
         return record
 
     def _source_guard_acc(self) -> tuple[float, dict]:

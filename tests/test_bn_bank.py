@@ -1,0 +1,183 @@
+"""BatchNorm statistics kept per condition (--bn-conditions): the fingerprint tells conditions apart
+and not classes, each evaluation batch is normalised with its own condition's statistics, every
+re-estimation and fingerprint is counted, training is untouched, a cut run resumes exactly, and
+the bank travels with the weights through promote."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from helpers import records, run_cli, run_main, stable, summary
+from edge_sel.config import TrainConfig
+from edge_sel.core.bn_bank import BANK_FILE, read_bank
+from edge_sel.core.flops import FlopCounter
+from edge_sel.engine import faults
+from edge_sel.engine.deployed_swap import swap_in
+from edge_sel.engine.bn_bank import (DEFAULT_RADIUS, ConditionBank, Condition, attach_saved_bank, fingerprint_flops,
+                                     images_fingerprint)
+from edge_sel.engine.evaluate import accuracy, predict_dataset
+from edge_sel.engine.life import Home
+from edge_sel.engine.run import DataOptions, pretrain
+from edge_sel.models import load_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+FIXED = ["--batch-size", "64", "--seed", "3", "--quiet", "--memory-format", "contiguous", "--eval-batch-size", "256",
+         "--precision", "fp32"]
+LOW_CONTRAST = ["--dataset", "digits", "--shard", "1/2", "--shift", "corrupt=contrast:4", *FIXED]
+CLEAN = ["--dataset", "digits", "--shard", "1/2", *FIXED]
+
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bank") / "warm"
+    pretrain("edgecnn", DataOptions("digits", shard="0/2"),
+             TrainConfig(epochs=2, batch_size=64, seed=0, anchors_per_class=20, fisher_samples=256), out, quiet=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def adapted(warm, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bank") / "adapted"
+    run_cli("finetune", "--checkpoint", warm, "--epochs", "1", "--out", out, "--bn-conditions", "3", *LOW_CONTRAST)
+    return out
+
+
+def digits(shift=None):
+    return DataOptions("digits", shard="1/2", shift=shift).load()
+
+
+def test_the_fingerprint_sees_the_condition_not_the_classes(warm):
+    _, card = load_checkpoint(warm)
+    clean, dark = digits().train, digits("corrupt=contrast:4").train
+    zeros_and_ones = clean.images[clean.labels <= 1]
+    bank = ConditionBank([Condition("clean", clean.images[:200]), Condition("dark", dark.images[:200])],
+                         card.mean, card.std, DEFAULT_RADIUS, {})
+    same = bank.distances(*images_fingerprint(clean.images[200:400], card.mean, card.std))
+    two_classes = bank.distances(*images_fingerprint(zeros_and_ones, card.mean, card.std))
+    other = bank.distances(*images_fingerprint(dark.images[200:400], card.mean, card.std))
+    assert same[0] < DEFAULT_RADIUS < same[1]
+    assert two_classes[0] < DEFAULT_RADIUS < two_classes[1]
+    assert other[1] < DEFAULT_RADIUS < other[0]
+    assert float(bank.distances(*bank.conditions[0].fingerprint)[0]) == 0.0
+
+
+def test_a_new_condition_is_kept_and_each_batch_gets_its_own(warm, adapted):
+    bank = summary(adapted)["bn_bank"]
+    assert bank["tonight"]["new"] and bank["tonight"]["condition"] == "condition-1"
+    assert bank["tonight"]["distances"]["source"] > DEFAULT_RADIUS and bank["written"]
+    assert [c["name"] for c in bank["conditions"]] == ["source", "condition-1"]
+    saved = read_bank(adapted, [1, 8, 8])
+    assert len(saved[0].images) == 100 and len(saved[1].images) == 256        # replay anchors; tonight's draw
+    assert bank["bytes"] == (adapted / BANK_FILE).stat().st_size
+    # The deployed model's bank: clean batches take the source's statistics, dark ones tonight's.
+    model, card = load_checkpoint(adapted)
+    attached = attach_saved_bank(model.eval(), adapted, list(card.input_shape))
+    for shift, k in ((None, 0), ("corrupt=contrast:4", 1)):
+        test = digits(shift).test
+        attached.chosen = [0, 0]
+        predict_dataset(lambda x: model(x), test, card.mean, card.std, 64)
+        assert attached.chosen[k] == len(test) and sum(attached.chosen) == len(test)
+    # Both conditions served by one model: the source's statistics keep the clean digits.
+    plain, _ = load_checkpoint(adapted)
+    clean = digits().test
+    with_bank = accuracy(predict_dataset(lambda x: model(x), clean, card.mean, card.std, 256), clean.labels)
+    without = accuracy(predict_dataset(lambda x: plain.eval()(x), clean, card.mean, card.std, 256), clean.labels)
+    assert with_bank > without + 0.1
+
+
+def test_every_pass_of_the_bank_is_counted(warm, adapted):
+    model, card = load_checkpoint(warm)
+    per_image = FlopCounter(model, list(card.input_shape)).eval_batch(1)
+    base, *epochs = records(adapted, baseline=True)
+    chosen = fingerprint_flops(list(card.input_shape))
+    evaluated = lambda r: r["val_samples_evaluated"] + r["test_samples_evaluated"] + r["anchor_samples_evaluated"]
+    # The baseline: the bank re-estimated (100 anchors + 256 of tonight's images), every evaluated
+    # image fingerprinted, and tonight's draw and the source's anchors fingerprinted to match them.
+    assert base["bn_bank_samples"] == 356
+    assert base["flops_bn_bank"] == 356 * per_image + evaluated(base) * chosen + 356 * chosen
+    for r in epochs:
+        assert r["flops_bn_bank"] == r["bn_bank_samples"] * per_image + evaluated(r) * chosen
+    totals = summary(adapted)["totals"]
+    assert totals["flops_eval"] == sum(r["flops_eval"] for r in [base, *epochs])
+
+
+def test_training_is_what_it_was_without_the_bank(warm, tmp_path):
+    for name, extra in (("plain", []), ("bank", ["--bn-conditions", "2"])):
+        run_cli("finetune", "--checkpoint", warm, "--epochs", "2", "--keep", "last", "--out", tmp_path / name,
+                *extra, *LOW_CONTRAST)
+    trained = ("train_loss", "train_acc", "forward_samples", "backward_samples", "flops_train", "flops_forward",
+               "flops_backward")
+    plain, bank = records(tmp_path / "plain"), records(tmp_path / "bank")
+    assert [{k: r[k] for k in trained} for r in plain] == [{k: r[k] for k in trained} for r in bank]
+    # The output weights are the same; only the bank beside them differs.
+    a, _ = load_checkpoint(tmp_path / "plain")
+    b, _ = load_checkpoint(tmp_path / "bank")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not (tmp_path / "plain" / BANK_FILE).exists() and (tmp_path / "bank" / BANK_FILE).is_file()
+
+
+def test_a_cut_run_with_a_bank_resumes_to_the_unbroken_records(warm, tmp_path, monkeypatch):
+    args = ["--epochs", "2", "--checkpoint-every", "3", "--bn-conditions", "3", *LOW_CONTRAST]
+    run_cli("finetune", "--checkpoint", warm, "--out", tmp_path / "whole", *args)
+    monkeypatch.setattr(faults, "crash_by_raising", True)
+    monkeypatch.setenv(faults.KILL_ENV, "step-5")
+    with pytest.raises(faults.InjectedCrash):
+        run_cli("finetune", "--checkpoint", warm, "--out", tmp_path / "cut", *args)
+    monkeypatch.delenv(faults.KILL_ENV)
+    run_cli("finetune", "--resume", tmp_path / "cut", "--quiet")
+    assert stable(records(tmp_path / "cut", baseline=True)) == stable(records(tmp_path / "whole", baseline=True))
+    cut, whole = read_bank(tmp_path / "cut", [1, 8, 8]), read_bank(tmp_path / "whole", [1, 8, 8])
+    assert [c.name for c in cut] == [c.name for c in whole] == ["source", "condition-1"]
+    for a, b in zip(cut, whole):
+        assert torch.equal(a.images, b.images)
+        assert all(torch.equal(x, y) for layer in a.stats for x, y in zip(a.stats[layer], b.stats[layer]))
+
+
+def night(home, *args):
+    run_cli("night", "--home", home, "--warmup", home / "warmup", *args)
+    runs = sorted(p for p in (home / "runs").iterdir())
+    return summary(runs[-1]), json.loads((runs[-1] / "promote.json").read_text())
+
+
+def test_nights_keep_conditions_and_promote_deploys_them_with_the_weights(warm, tmp_path):
+    home = tmp_path / "device"
+    home.mkdir()
+    shutil.copytree(warm, home / "warmup")
+    deployed = Home.at(home).deployed
+    # Statistics alone (no training): a new condition is a new model, deployed on a first night.
+    s, p = night(home, "--epochs", "0", "--bn-conditions", "2", *LOW_CONTRAST)
+    assert s["bn_bank"]["tonight"]["new"] and p["rule"] == "first"
+    assert [c.name for c in read_bank(deployed, [1, 8, 8])] == ["source", "condition-1"]
+    # A clean night is the source's condition; the source keeps its anchors.
+    s, p = night(home, "--epochs", "1", "--bn-conditions", "2", *CLEAN)
+    assert s["bn_bank"]["tonight"] == {**s["bn_bank"]["tonight"], "condition": "source", "new": False}
+    # A third condition with room for two: the least recently seen (not the source) makes room.
+    s, _ = night(home, "--epochs", "1", "--bn-conditions", "2", "--dataset", "digits", "--shard", "1/2",
+                 "--shift", "corrupt=fog:3", *FIXED)
+    bank = s["bn_bank"]
+    assert bank["tonight"]["new"] and bank["tonight"]["dropped"] == ["condition-1"]
+    assert [c["name"] for c in bank["conditions"]] == ["source", "condition-2"]
+    # A model deployed without a bank leaves none behind: statistics belong to their weights.
+    assert (deployed / BANK_FILE).is_file()
+    run_cli("finetune", "--checkpoint", deployed, "--epochs", "1", "--out", tmp_path / "plain", *CLEAN)
+    swap_in(tmp_path / "plain", deployed)
+    assert not (deployed / BANK_FILE).exists() and (deployed / "anchors.safetensors").is_file()
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--bn-conditions", "3"], "--bn-conditions: the checkpoint"),
+    (["--bn-conditions", "1"], "--bn-conditions must be >= 2"),
+    (["--bn-conditions", "3", "--backend", "ort"], "--bn-conditions: needs --backend torch"),
+])
+def test_refusals_are_one_line(warm, tmp_path, capsys, extra, says):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("model.json", "model.safetensors"):
+        shutil.copy(warm / name, bare)
+    code, err = run_main(["finetune", "--checkpoint", bare, "--epochs", "1", "--out", tmp_path / "run", *extra,
+                          *LOW_CONTRAST], capsys)
+    assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
