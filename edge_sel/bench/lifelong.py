@@ -36,6 +36,7 @@ from edge_sel.data.shift import corrupted, parse_shift
 from edge_sel.data.split import stratified_take
 from edge_sel.engine.evaluate import accuracy, evaluation_flops, predict_dataset
 from edge_sel.engine import life
+from edge_sel.engine.bn_bank import attach_saved_bank
 from edge_sel.engine.life import Home
 from edge_sel.engine.run import DataOptions
 from edge_sel.errors import InputError
@@ -58,8 +59,9 @@ CLEAN = "clean"
 SERVER = "server"
 # Lever strengths of the lever rows (override with --lever KEY=VALUE): --ewc at its help's starting
 # point, half a batch of replayed anchors, half the re-estimation images from the anchors, a reset
-# after 10 points lost.
-LEVERS = {"ewc": 1.0, "replay": 0.5, "bn_anchor_share": 0.5, "reset_forgetting": 10.0}
+# after 10 points lost, BatchNorm statistics for up to 4 conditions.
+LEVERS = {"ewc": 1.0, "replay": 0.5, "bn_anchor_share": 0.5, "reset_forgetting": 10.0, "bn_conditions": 4}
+WHOLE = ("bn_conditions",)       # levers that count things
 # "lifelong": every lever, the penalty lighter: on the demo's digits, replay with anchor BatchNorm
 # statistics adapted while keeping the clean digits, and a penalty of 1 or more only held it back.
 LIFELONG = {**LEVERS, "ewc": 0.1}
@@ -84,9 +86,10 @@ class LifeMethod:
         return bool(self.levers)
 
     def config(self, epochs: int, lr: float, seed: int, device: str, val_subset: int = 0) -> TrainConfig:
+        levers = {k: int(v) if k in WHOLE else v for k, v in self.levers.items()}
         return TrainConfig(epochs=epochs if self.epochs is None else self.epochs, lr=lr, seed=seed, device=device,
                            strategy=self.strategy, sparsity=self.sparsity, method=dict(self.method),
-                           bn_adapt=self.bn_adapt, checkpoint_every=0, val_subset=val_subset, **self.levers)
+                           bn_adapt=self.bn_adapt, checkpoint_every=0, val_subset=val_subset, **levers)
 
 
 def life_methods(levers: dict | None = None) -> list[LifeMethod]:
@@ -94,9 +97,12 @@ def life_methods(levers: dict | None = None) -> list[LifeMethod]:
     recipe = {"preset": "adapt"}
     out = [LifeMethod("none", adapts=False, note="no adaptation: the warmup stays deployed"),
            LifeMethod("bn", epochs=0, bn_adapt=500, note="BatchNorm statistics re-estimated each night (forward only)"),
+           LifeMethod("conditions", epochs=0, levers={"bn_conditions": lv["bn_conditions"]},
+                      note=f"BatchNorm statistics kept per condition (--bn-conditions {lv['bn_conditions']:g}), "
+                           f"no training (forward only)"),
            LifeMethod("dense", note="dense nightly fine-tuning: every sample, every parameter"),
            LifeMethod("recipe", method=recipe, note="--preset adapt each night")]
-    for lever in ("ewc", "replay", "bn_anchor_share", "reset_forgetting"):
+    for lever in ("ewc", "replay", "bn_anchor_share", "reset_forgetting", "bn_conditions"):
         out.append(LifeMethod(f"recipe+{lever}", method=recipe, levers={lever: lv[lever]},
                               note=f"--preset adapt --{lever.replace('_', '-')} {lv[lever]:g}"))
     out.append(LifeMethod("recipe-noguard", method=recipe, levers={"max_forgetting": GUARD_OFF},
@@ -189,6 +195,7 @@ class EvaluationSets:
         """Accuracy of a checkpoint on every set, and the counted FLOPs of the passes."""
         model, card = load_checkpoint(checkpoint)
         model.eval()
+        attach_saved_bank(model, checkpoint, list(card.input_shape))    # a device's statistics per condition
         counter = FlopCounter(model, list(card.input_shape))
         acc, flops = {}, 0
         for name, ds in self.sets.items():
