@@ -6,7 +6,7 @@ at low contrast, where the warmup falls to about chance. The device then adapts,
 first: BatchNorm re-estimation (forward passes only), dense fine-tuning, random gating, and the
 recipe (re-estimation, then a gated fine-tune of the blocks that need it), and the recipe with the
 warmup's anchors (replayed source images, BatchNorm statistics that keep the source's, the Fisher
-penalty). A table of each method's accuracy on the device's shifted images beside the server's
+penalty), and BatchNorm statistics kept per condition. A table of each method's accuracy on the device's shifted images beside the server's
 clean ones (what adapting forgot), counted FLOPs and joules, and one HTML report. Well under two
 minutes on a 2-core CPU.
 
@@ -49,9 +49,11 @@ def output_accuracy(run_dir: Path, test_sets) -> list[float]:
     """The run's output model (what promote would deploy: the best epoch, or the start) on each set."""
     import torch
 
+    from edge_sel.engine.bn_bank import attach_saved_bank
     from edge_sel.engine.evaluate import accuracy, predict_dataset
     from edge_sel.models import load_checkpoint
     model, card = load_checkpoint(run_dir)
+    attach_saved_bank(model, run_dir, list(card.input_shape))      # statistics per condition, when it keeps them
     with torch.inference_mode():
         return [accuracy(predict_dataset(model.eval(), ds, card.mean, card.std, 256), ds.labels) for ds in test_sets]
 
@@ -60,8 +62,10 @@ def _row(name: str, summary: dict, run_dir: Path, test_sets, warmup_clean: float
     t = summary["totals"]
     joules = "-" if not t.get("energy_j") else f"{t['energy_j']:.1f} {t.get('energy_method') or ''}"
     shifted, clean = output_accuracy(run_dir, test_sets)
+    # A bank's re-estimations are its adaptation: shown with the training FLOPs they stand beside.
+    flops = (t.get("flops_train") or 0) + (t.get("flops_bn_bank") or 0)
     return (f"  {name:44s} {100 * shifted:8.1f}% {100 * clean:8.1f}% "
-            f"{100 * (warmup_clean - clean):+7.1f} {(t.get('flops_train') or 0) / 1e9:9.2f} {joules}")
+            f"{100 * (warmup_clean - clean):+7.1f} {flops / 1e9:9.2f} {joules}")
 
 
 @click.command("demo", cls=Command)
@@ -109,7 +113,9 @@ def _demo(out: Path, epochs: int, quiet: bool) -> None:
         levers += [("recipe, guarded (--max-forgetting 3)", "recipe-guarded",
                     _config(guard=True, epochs=epochs, lr=0.02, **recipe())),
                    ("recipe + anchors' levers, guarded", "recipe-anchors",
-                    _config(guard=True, epochs=epochs, lr=0.02, **recipe(), **LEVERS))]
+                    _config(guard=True, epochs=epochs, lr=0.02, **recipe(), **LEVERS)),
+                   ("statistics per condition (--bn-conditions 4)", "conditions",
+                    _config(guard=True, epochs=0, bn_conditions=4))]
     runs = {"finetune": summary}
     for _, name, cfg in levers:
         runs[name] = finetune(out / "warmup", device, cfg, out / name, overwrite=True, quiet=True)
@@ -123,7 +129,8 @@ def _demo(out: Path, epochs: int, quiet: bool) -> None:
     click.echo("\n".join(rows))
     click.echo("  Each run's output model (the best epoch by the device's validation, or its start). shifted: the\n"
                "  device's low-contrast test digits; clean: the same test digits as the server sees them; forgot:\n"
-               "  points of clean accuracy lost against the warmup: adapting to the device costs the server's digits.")
+               "  points of clean accuracy lost against the warmup: adapting to the device costs the server's digits.\n"
+               "  GFLOP: training, and a bank's re-estimation passes (--bn-conditions).")
     if guarded:
         click.echo(f"  Unguarded rows: --max-forgetting {GUARD_OFF:g}. The guard keeps the start when a candidate loses more\n"
                    "  than 3 points on the warmup's held-out anchors; the anchors' levers: "

@@ -215,6 +215,9 @@ def test_demo_runs_and_says_where_the_run_is(tmp_path):
     rows = {line[2:46].strip(): line[46:].split() for line in result.output.splitlines() if line.startswith("  ")}
     assert "forgot" in rows["method"] and rows["no adaptation (the warmup)"][2] == "+0.0"
     assert float(rows["BatchNorm re-estimation (500 images)"][2]) > 10
+    # Statistics kept per condition adapt like re-estimation and keep the clean digits.
+    shifted, _, forgot = rows["statistics per condition (--bn-conditions 4)"][:3]
+    assert float(shifted.rstrip("%")) > 80 and float(forgot) < 3
     again = run_cli("demo", "--out", tmp_path / "demo", "--epochs", 1, expect=2)
     assert "--overwrite" in again.output
     assert len(records(tmp_path / "demo" / "finetune")) == 2     # the earlier demo is untouched

@@ -353,12 +353,13 @@ def stream_cmd(dataset, scenarios, activations, families, frames, order, epochs,
                    "(corrupt=gaussian_noise:3; digits: contrast:4), fog (corrupt=fog:3), few (classes=0,1,8,9; "
                    "digits: 0,1,2,3), labels (label-noise=0.3:val), longtail (imbalance=longtail:10).")
 @click.option("--methods", "method_names", default=None,
-              help="Comma-separated methods: none, bn, dense, recipe, recipe+ewc, recipe+replay, "
-                   "recipe+bn_anchor_share, recipe+reset_forgetting, recipe-noguard, lifelong [default: all; "
+              help="Comma-separated methods: none, bn, conditions, dense, recipe, recipe+ewc, recipe+replay, "
+                   "recipe+bn_anchor_share, recipe+reset_forgetting, recipe+bn_conditions, recipe-noguard, lifelong "
+                   "[default: all; "
                    "--quick: none,bn,dense,recipe,lifelong]. Levers need a warmup with source memory.")
 @click.option("--lever", "levers", multiple=True, metavar="KEY=VALUE",
               help="Strength of a lever in its row and in lifelong: ewc, replay, bn_anchor_share, "
-                   "reset_forgetting [1, 0.5, 0.5, 10; lifelong: ewc 0.1] (repeatable).")
+                   "reset_forgetting, bn_conditions [1, 0.5, 0.5, 10, 4; lifelong: ewc 0.1] (repeatable).")
 @click.option("--epochs", type=int, default=None, help="Fine-tune epochs a night [2; --quick: 1].")
 @click.option("--lr", type=float, default=0.01, show_default=True, help="Learning rate of every training method.")
 @click.option("--test-subset", type=int, default=None,

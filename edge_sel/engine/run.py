@@ -145,6 +145,8 @@ def summarize(records: list[dict], extra: dict, baseline: dict | None = None, ke
             "rolled_back_flops": total("rolled_back_flops"), "rolled_back_samples": total("rolled_back_samples"),
             "rolled_back_s": total("rolled_back_s"), "rolled_back_j": total("rolled_back_j"),
             "flops_eval": total("flops_eval", evaluated),
+            # --bn-conditions: the bank's re-estimations and fingerprints (in flops_eval).
+            **{k: total(k, evaluated) for k in ("flops_bn_bank", "bn_bank_samples") if total(k, evaluated) is not None},
             "train_wall_s": total("wall_s"), "eval_wall_s": total("eval_wall_s", evaluated),
             "energy_j": total("energy_j"), "eval_energy_j": total("eval_energy_j", evaluated),
             "energy_source": last.get("energy_source"), "energy_method": last.get("energy_method"),
