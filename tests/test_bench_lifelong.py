@@ -18,7 +18,7 @@ def bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("lifelong") / "bench"
     # The quick default also plays "lifelong"; the suite leaves it out to stay small (tests/test_levers.py
     # covers the levers themselves).
-    run_cli("bench", "lifelong", "--quick", "--quiet", "--methods", "none,bn,dense,recipe", "--out", out)
+    run_cli("bench", "lifelong", "--quick", "--quiet", "--methods", "none,bn,conditions,dense,recipe", "--out", out)
     return out, json.loads((out / "results.json").read_text())
 
 
@@ -63,6 +63,20 @@ def test_the_methods_cost_in_the_expected_order(bench):
     assert results["summary"]["none"]["totals"]["energy_j"] == 0
     assert results["aims"]["dense"]["flops_ratio"] == pytest.approx(1.0)
     assert results["aims"]["recipe"]["flops_ratio"] == pytest.approx(flops["recipe"] / flops["dense"])
+
+
+def test_statistics_per_condition_adapt_without_forgetting(bench):
+    """The low-contrast night is a condition of its own: the deployed model serves it and the clean
+    digits, with no training (its re-estimations are evaluation FLOPs, in the all-in total)."""
+    _, results = bench
+    final = {name: s["final"]["acc"] for name, s in results["summary"].items()}
+    assert final["conditions"]["contrast:4"] > final["none"]["contrast:4"] + 30
+    assert final["conditions"]["server"] > 100 * results["start"]["server"] - 1.5
+    assert final["conditions"]["contrast:4"] > final["bn"]["contrast:4"] - 5
+    totals = results["summary"]["conditions"]["totals"]
+    assert totals["flops_train"] == 0 < totals["flops_all"]
+    assert results["aims"]["conditions"]["flops_all_ratio"] == pytest.approx(
+        totals["flops_all"] / results["summary"]["dense"]["totals"]["flops_all"])
 
 
 def test_single_night_references_and_paired_differences(bench):

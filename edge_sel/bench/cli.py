@@ -356,7 +356,7 @@ def stream_cmd(dataset, scenarios, activations, families, frames, order, epochs,
               help="Comma-separated methods: none, bn, conditions, dense, recipe, recipe+ewc, recipe+replay, "
                    "recipe+bn_anchor_share, recipe+reset_forgetting, recipe+bn_conditions, recipe-noguard, lifelong "
                    "[default: all; "
-                   "--quick: none,bn,dense,recipe,lifelong]. Levers need a warmup with source memory.")
+                   "--quick: none,bn,conditions,dense,recipe,lifelong]. Levers need a warmup with source memory.")
 @click.option("--lever", "levers", multiple=True, metavar="KEY=VALUE",
               help="Strength of a lever in its row and in lifelong: ewc, replay, bn_anchor_share, "
                    "reset_forgetting, bn_conditions [1, 0.5, 0.5, 10, 4; lifelong: ewc 0.1] (repeatable).")
@@ -372,7 +372,7 @@ def stream_cmd(dataset, scenarios, activations, families, frames, order, epochs,
               help="Epochs of the clean warmup the bench makes when --checkpoint is not given [8; --quick: 4].")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, mps or auto.")
 @common_options(seeds_help="Seeds 0..K-1, paired across methods [5; --quick: 2].",
-                quick_help="A smoke run on digits: 3 nights, 2 seeds, 5 methods, 150 images a night, 1 epoch, "
+                quick_help="A smoke run on digits: 3 nights, 2 seeds, 6 methods, 150 images a night, 1 epoch, "
                            "its own warmup.")
 def lifelong_cmd(dataset, schedule, shifts, method_names, levers, epochs, lr, test_subset, val_subset, pretrain_epochs,
                  device,

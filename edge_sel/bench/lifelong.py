@@ -113,7 +113,7 @@ def life_methods(levers: dict | None = None) -> list[LifeMethod]:
     return out
 
 
-QUICK_METHODS = ("none", "bn", "dense", "recipe", "lifelong")
+QUICK_METHODS = ("none", "bn", "conditions", "dense", "recipe", "lifelong")
 
 
 def parse_conditions(items: tuple[str, ...], base: dict) -> dict:
