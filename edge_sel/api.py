@@ -137,7 +137,7 @@ def finetune(checkpoint, data="digits", *, out, test=None, class_names=None, qui
     """Fine-tune `checkpoint` (a checkpoint directory, a RunResult, or a model: a model that was
     not pretrained here is first written as a checkpoint, OUT-start/, with the data's
     normalisation) on `data` into `out`; same options as `edge-sel finetune` (`epochs` required)."""
-    from edge_sel.cli import build_config, build_energy
+    from edge_sel.cli import FINETUNE_FIELDS, build_config, build_energy
     from edge_sel.engine.run import finetune as run_finetune
     from edge_sel.profiles.apply import torch_threads
     from edge_sel.methods.options import method_option_names
@@ -156,7 +156,7 @@ def finetune(checkpoint, data="digits", *, out, test=None, class_names=None, qui
     data_options, splits = _data(data, test, kw, class_names)
     energy = build_energy(kw)
     method = {name: kw.pop(name) for name in method_option_names()}
-    extra = {k: kw.pop(k) for k in ("strategy", "sparsity", "backend", "bn_mode", "keep", "bn_adapt")}
+    extra = {k: kw.pop(k) for k in FINETUNE_FIELDS}
     artifacts = kw.pop("artifacts")
     cfg = build_config(kw, **extra, artifacts=str(artifacts) if artifacts else None, method=method,
                        explicit=_explicit(given, method_option_names()))

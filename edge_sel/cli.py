@@ -131,12 +131,17 @@ def finetune_cmd(checkpoint, resume_dir, **kw):
     report_end(summary, kw["quiet"])
 
 
+# A fine-tune's options that are TrainConfig fields of the same name (the command line's and the
+# Python API's: one list, so that neither drops a lever).
+FINETUNE_FIELDS = ("strategy", "sparsity", "backend", "bn_mode", "bn_adapt", "keep", "max_forgetting", "ewc", "replay",
+                   "bn_anchor_share", "reset_forgetting", "bn_conditions", "bn_condition_images",
+                   "bn_condition_radius")
+
+
 def build_finetune_config(kw: dict) -> TrainConfig:
     """A fine-tune's configuration from its options (finetune's and a night's: one place, so that
     the two commands cannot drift apart)."""
-    fields = ("strategy", "sparsity", "backend", "bn_mode", "bn_adapt", "keep", "max_forgetting", "ewc", "replay",
-              "bn_anchor_share", "reset_forgetting", "bn_conditions", "bn_condition_images", "bn_condition_radius")
-    chosen = {name: kw.pop(name) for name in fields}
+    chosen = {name: kw.pop(name) for name in FINETUNE_FIELDS}
     artifacts = kw.pop("artifacts")
     method = {name: kw.pop(name) for name in method_option_names()}
     return build_config(kw, artifacts=str(artifacts) if artifacts else None, method=method, **chosen)

@@ -181,3 +181,15 @@ def test_refusals_are_one_line(warm, tmp_path, capsys, extra, says):
                           *LOW_CONTRAST], capsys)
     assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_python_api_passes_every_lever_through(warm, tmp_path):
+    """edge_sel.finetune takes the levers and the guard by name, as the command line does (they
+    were once dropped without a word)."""
+    from edge_sel import api
+    api.finetune(warm, "digits", out=tmp_path / "api", epochs=1, shard="1/2", shift="corrupt=contrast:4",
+                 bn_conditions=2, max_forgetting=50, ewc=0.5, replay=0.25, seed=3)
+    s = summary(tmp_path / "api")
+    assert {k: s["config"][k] for k in ("bn_conditions", "max_forgetting", "ewc", "replay")} == \
+        {"bn_conditions": 2, "max_forgetting": 50.0, "ewc": 0.5, "replay": 0.25}
+    assert s["bn_bank"]["written"] and s["totals"]["replay_samples"] > 0 and s["totals"]["flops_penalty"] > 0
