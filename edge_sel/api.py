@@ -166,6 +166,18 @@ def finetune(checkpoint, data="digits", *, out, test=None, class_names=None, qui
     return _result(summary)
 
 
+def load_model(checkpoint):
+    """The model of a checkpoint or run directory (or a RunResult), in eval mode, ready to predict
+    on images normalised with `card.mean` and `card.std`; with the BatchNorm statistics it keeps
+    per condition (--bn-conditions), each batch chooses its own. Returns (model, card)."""
+    from edge_sel.engine.bn_bank import attach_saved_bank
+    from edge_sel.models import load_checkpoint
+    directory = Path(checkpoint.checkpoint if isinstance(checkpoint, RunResult) else checkpoint)
+    model, card = load_checkpoint(directory)
+    attach_saved_bank(model.eval(), directory, list(card.input_shape))
+    return model, card
+
+
 def resume(run_dir, quiet: bool = True) -> RunResult:
     """Continue an interrupted run (of a named dataset) with the options it was started with."""
     from edge_sel.engine.run import resume as run_resume

@@ -193,3 +193,14 @@ def test_the_python_api_passes_every_lever_through(warm, tmp_path):
     assert {k: s["config"][k] for k in ("bn_conditions", "max_forgetting", "ewc", "replay")} == \
         {"bn_conditions": 2, "max_forgetting": 50.0, "ewc": 0.5, "replay": 0.25}
     assert s["bn_bank"]["written"] and s["totals"]["replay_samples"] > 0 and s["totals"]["flops_penalty"] > 0
+
+
+def test_load_model_brings_the_bank(adapted):
+    import edge_sel
+    model, card = edge_sel.load_model(adapted)
+    clean, dark = digits().test, digits("corrupt=contrast:4").test
+    plain, _ = load_checkpoint(adapted)
+    on_clean = accuracy(predict_dataset(model, clean, card.mean, card.std, 256), clean.labels)
+    on_dark = accuracy(predict_dataset(model, dark, card.mean, card.std, 256), dark.labels)
+    assert on_clean > accuracy(predict_dataset(plain.eval(), clean, card.mean, card.std, 256), clean.labels) + 0.1
+    assert on_dark > 0.8 and not model.training
