@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 from click_option_group import OptionGroup
 
-from edge_sel.config import EVAL_TEST, MEMORY_FORMATS, OPTIMIZERS, PRECISIONS, SCHEDULES
+from edge_sel.config import EVAL_TEST, MEMORY_FORMATS, NIGHT_BN_CONDITIONS, OPTIMIZERS, PRECISIONS, SCHEDULES
 from edge_sel.energy import METER_NAMES
 from edge_sel.methods import STRATEGIES
 from edge_sel.methods.options import OptionSpec, RegistryChoice, option
@@ -197,6 +197,13 @@ NIGHT_DEFAULTS = {
                       help="Tonight's local data: digits | cifar10 | synthetic | folder:PATH [default: folder:HOME/data]."),
     "--epochs": dict(default=5, show_default=True, envvar="EDGE_SEL_EPOCHS", show_envvar=True,
                      help="Epochs to train tonight."),
+    # Measured over six CIFAR-10 nights (docs/lifelong.md): statistics per condition kept the clean
+    # test and a noisy camera's accuracy where one set of statistics could keep only one of them.
+    "--bn-conditions": dict(default=None, show_default=False, envvar="EDGE_SEL_BN_CONDITIONS", show_envvar=True,
+                            help="BatchNorm statistics kept for up to K conditions, each batch normalised with "
+                                 "those of the condition its pixels are nearest to (0: off) [default for a night: "
+                                 f"{NIGHT_BN_CONDITIONS} when the start checkpoint ships its anchors and has "
+                                 "BatchNorm layers, else 0]."),
 }
 
 

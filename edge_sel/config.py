@@ -8,6 +8,10 @@ from dataclasses import asdict, dataclass, field
 
 from edge_sel.errors import InputError
 
+# `--bn-conditions` of an `edge-sel night` that does not say, when its start checkpoint can keep
+# statistics per condition (engine/life.py decides).
+NIGHT_BN_CONDITIONS = 4
+
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "constant", "step", "linear")
 KEEP_CHOICES = ("best", "last")

@@ -204,3 +204,19 @@ def test_load_model_brings_the_bank(adapted):
     on_dark = accuracy(predict_dataset(model, dark, card.mean, card.std, 256), dark.labels)
     assert on_clean > accuracy(predict_dataset(plain.eval(), clean, card.mean, card.std, 256), clean.labels) + 0.1
     assert on_dark > 0.8 and not model.training
+
+
+def test_a_night_keeps_conditions_by_default_where_it_can(warm, tmp_path):
+    """`edge-sel night` without --bn-conditions: 4 for a start that ships its anchors, none for one
+    without them (an old checkpoint's nights still run), and what the user says otherwise."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("model.json", "model.safetensors"):
+        shutil.copy(warm / name, bare)
+    for start, extra, expected in ((warm, [], 4), (bare, [], 0), (warm, ["--bn-conditions", "0"], 0)):
+        home = tmp_path / f"home-{start.name}-{len(extra)}"
+        home.mkdir()
+        shutil.copytree(start, home / "warmup")
+        s, _ = night(home, "--epochs", "1", *extra, *CLEAN)
+        assert s["config"]["bn_conditions"] == expected
+        assert ("bn_bank" in s) == bool(expected)

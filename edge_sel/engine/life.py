@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from edge_sel.config import TrainConfig
+from edge_sel.config import NIGHT_BN_CONDITIONS, TrainConfig
 from edge_sel.engine.deployed_swap import recover
 from edge_sel.engine.energy_setup import EnergyOptions
 from edge_sel.engine.promote import Decision, promote, validate_deployed
@@ -111,6 +111,8 @@ def night(home: Home, data: DataOptions, cfg: TrainConfig, energy: EnergyOptions
     if summary is None:
         repair_deployed(home.deployed)
         start = home.start_checkpoint()
+        if cfg.bn_conditions is None:       # the night's default: statistics per condition where they can be kept
+            cfg.bn_conditions = conditions_for(start, cfg.backend)
         run_dir = home.runs / (run_name or new_run_name(home.runs))
         say(f"edge-sel nightly: new run {run_dir} from {start}")
         summary = finetune(start, data, cfg, run_dir, quiet=quiet, energy=energy, profile=profile)
@@ -121,6 +123,18 @@ def night(home: Home, data: DataOptions, cfg: TrainConfig, energy: EnergyOptions
         return NightResult(run_dir, summary, None, status, resumed, start, abandoned, night_cost(summary, None))
     decision = promote(run_dir, home.deployed, evaluate=metered_validation(energy))
     return NightResult(run_dir, summary, decision, 0, resumed, start, abandoned, night_cost(summary, decision))
+
+
+def conditions_for(start: Path, backend: str) -> int:
+    """How many conditions a night keeps BatchNorm statistics for when not told: NIGHT_BN_CONDITIONS
+    for a start checkpoint with its source memory (the source's condition is estimated on its
+    anchors) and BatchNorm layers, trained by the torch backend; else none."""
+    from edge_sel.core.source_memory import has_source_memory
+    from edge_sel.engine.bn_bank import named_batchnorm
+    from edge_sel.models import load_checkpoint
+    if backend != "torch" or not has_source_memory(start):
+        return 0
+    return NIGHT_BN_CONDITIONS if named_batchnorm(load_checkpoint(start)[0]) else 0
 
 
 def repair_deployed(deployed: Path) -> None:
