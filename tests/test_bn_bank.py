@@ -94,10 +94,13 @@ def test_every_pass_of_the_bank_is_counted(warm, adapted):
     base, *epochs = records(adapted, baseline=True)
     chosen = fingerprint_flops(list(card.input_shape))
     evaluated = lambda r: r["val_samples_evaluated"] + r["test_samples_evaluated"] + r["anchor_samples_evaluated"]
-    # The baseline: the bank re-estimated (100 anchors + 256 of tonight's images), every evaluated
-    # image fingerprinted, and tonight's draw and the source's anchors fingerprinted to match them.
-    assert base["bn_bank_samples"] == 356
-    assert base["flops_bn_bank"] == 356 * per_image + evaluated(base) * chosen + 356 * chosen
+    # The baseline: the start's weights are the source's, so the source keeps its own statistics and
+    # only tonight's 256 images are re-estimated; every evaluated image is fingerprinted, and so are
+    # tonight's draw and the source's 100 replay anchors (to match them).
+    assert base["bn_bank_samples"] == 256
+    assert base["flops_bn_bank"] == 256 * per_image + evaluated(base) * chosen + 356 * chosen
+    # Once the weights moved, the source's condition is re-estimated on its anchors too.
+    assert all(r["bn_bank_samples"] == 356 for r in epochs)
     for r in epochs:
         assert r["flops_bn_bank"] == r["bn_bank_samples"] * per_image + evaluated(r) * chosen
     totals = summary(adapted)["totals"]
@@ -140,6 +143,18 @@ def night(home, *args):
     run_cli("night", "--home", home, "--warmup", home / "warmup", *args)
     runs = sorted(p for p in (home / "runs").iterdir())
     return summary(runs[-1]), json.loads((runs[-1] / "promote.json").read_text())
+
+
+def test_the_source_keeps_its_own_statistics_while_its_weights_are_unchanged(warm, tmp_path):
+    run_cli("finetune", "--checkpoint", warm, "--epochs", "0", "--out", tmp_path / "stats", "--bn-conditions", "2",
+            *LOW_CONTRAST)
+    source, tonight = read_bank(tmp_path / "stats", [1, 8, 8])
+    model, _ = load_checkpoint(warm)
+    for name, m in model.named_modules():
+        if name in source.stats:
+            assert torch.equal(source.stats[name][0], m.running_mean)
+            assert torch.equal(source.stats[name][1], m.running_var)
+            assert not torch.equal(tonight.stats[name][1], m.running_var)
 
 
 def test_nights_keep_conditions_and_promote_deploys_them_with_the_weights(warm, tmp_path):

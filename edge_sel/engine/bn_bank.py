@@ -2,9 +2,9 @@
 
 One set of running statistics cannot serve a clean and a noisy camera at once: every night pulls it
 to tonight's condition, and the clean images pay. The weights stay shared; the statistics are kept
-per condition the device has seen (the source's first, estimated on the replay anchors), each with
-a few of that condition's unlabelled images so that it can be re-estimated whenever the weights
-change. Which condition a batch is in is read from the batch itself, before the first layer: per
+per condition the device has seen, each with a few of that condition's unlabelled images so that
+it can be re-estimated whenever the weights change. The source's comes first: the statistics it
+was trained with while the weights are the source's, else estimated on the replay anchors. Which condition a batch is in is read from the batch itself, before the first layer: per
 colour channel the mean and variance of the pixels and of a 3 x 3 Laplacian of them (noise, blur,
 contrast and fog move these; which classes are in view barely does), against each condition's.
 Measured on CIFAR-10 (shard 1/2 draws, 256 images each): clean draws, a four-class draw and a
@@ -85,11 +85,13 @@ def images_fingerprint(images: torch.Tensor, mean, std) -> tuple[torch.Tensor, t
     return fingerprint((images.float() / 255 - m) / s)
 
 
-def weights_key(model: nn.Module) -> str:
-    """Which weights statistics were estimated for (BatchNorm buffers excluded)."""
+def weights_key(model: nn.Module, state: dict | None = None) -> str:
+    """Which weights statistics were estimated for (BatchNorm buffers excluded): the model's
+    parameters, or those of `state` (a state dict of the same model) in the model's order."""
     h = hashlib.sha1()
-    for p in model.parameters():
-        h.update(p.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    for name, p in model.named_parameters():
+        t = p if state is None else state[name]
+        h.update(t.detach().float().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -104,8 +106,12 @@ class Condition:
 
 
 class ConditionBank:
-    def __init__(self, conditions: list[Condition], mean, std, radius: float, match: dict):
+    def __init__(self, conditions: list[Condition], mean, std, radius: float, match: dict,
+                 source: tuple[str, dict] | None = None):
         self.conditions = conditions
+        # The source weights' key and their own running statistics: while the weights are the
+        # source's, its condition keeps the statistics it was trained with (nothing to estimate).
+        self.source = source
         self.mean, self.std = mean, std
         self.radius = radius
         self.match = match                 # how tonight was matched (for the summary)
@@ -125,7 +131,11 @@ class ConditionBank:
         samples, counted = 0, 0
         try:
             device = next(model.parameters()).device
+            key = weights_key(model)
             for c in self.conditions:
+                if c.name == SOURCE and self.source is not None and self.source[0] == key:
+                    c.stats = {name: (mean.clone(), var.clone()) for name, (mean, var) in self.source[1].items()}
+                    continue
                 n = len(c.images)
                 ds = IndexedDataset(c.images.to(device), torch.zeros(n, dtype=torch.long, device=device),
                                     torch.arange(n, device=device), [], name=c.name)
@@ -137,7 +147,7 @@ class ConditionBank:
                 counted += sum(flops.eval_batch(s) for s in sizes)
         finally:
             load_buffers(model, own)
-        self.refreshed_for = weights_key(model)
+        self.refreshed_for = key
         return {"samples": samples, "flops": counted}
 
     def fingerprints(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,7 +225,7 @@ def check_bank_model(model: nn.Module) -> None:
 
 def build_bank(start: Path, model: nn.Module, input_shape: list[int], mean, std, train: IndexedDataset,
                replay: IndexedDataset, keep: int, images: int, radius: float, seed: int,
-               run: str) -> tuple[ConditionBank, dict]:
+               run: str, source_state: dict | None = None) -> tuple[ConditionBank, dict]:
     """The run's bank: the start checkpoint's conditions (the source alone, on the replay anchors,
     when it has none) with tonight's images matched or added (see the module's docstring). Their
     statistics are estimated at the run's first evaluation. Returns the bank and the matching's
@@ -257,7 +267,12 @@ def build_bank(start: Path, model: nn.Module, input_shape: list[int], mean, std,
             oldest = min(conditions[1:], key=lambda c: c.info.get("last_seen", 0))
             conditions.remove(oldest)
             match.setdefault("dropped", []).append(oldest.name)
-    bank = ConditionBank(conditions, mean, std, radius, match)
+    source = None
+    if source_state is not None:
+        source = (weights_key(model, source_state),
+                  {n: (source_state[f"{n}.running_mean"], source_state[f"{n}.running_var"])
+                   for n, _ in named_batchnorm(model)})
+    bank = ConditionBank(conditions, mean, std, radius, match, source)
     return bank, {"samples": fingerprinted, "flops": fingerprinted * fingerprint_flops(input_shape)}
 
 
@@ -287,4 +302,5 @@ def make_bank(cfg, start: Path, model: nn.Module, card, train: IndexedDataset, m
     if not cfg.bn_conditions:
         return None, None
     return build_bank(Path(start), model, list(card.input_shape), card.mean, card.std, train, memory.replay,
-                      cfg.bn_conditions, cfg.bn_condition_images, cfg.bn_condition_radius, cfg.seed, run)
+                      cfg.bn_conditions, cfg.bn_condition_images, cfg.bn_condition_radius, cfg.seed, run,
+                      memory.source)
