@@ -235,3 +235,14 @@ def test_a_night_keeps_conditions_by_default_where_it_can(warm, tmp_path):
         s, _ = night(home, "--epochs", "1", *extra, *CLEAN)
         assert s["config"]["bn_conditions"] == expected
         assert ("bn_bank" in s) == bool(expected)
+
+
+def test_the_closing_lines_say_what_the_bank_did(warm, tmp_path):
+    result = run_cli("finetune", "--checkpoint", warm, "--epochs", "0", "--out", tmp_path / "said", "--bn-conditions",
+                     "2", *[a for a in LOW_CONTRAST if a != "--quiet"])
+    assert "the output model is the starting checkpoint (its weights, with the statistics below)" in result.output
+    assert "tonight's images are the new condition condition-1" in result.output
+    assert "kept: source (1 night), condition-1 (1 night) [bn_bank.safetensors" in result.output
+    # A run of no epoch states its baseline's meter.
+    totals = summary(tmp_path / "said")["totals"]
+    assert totals["energy_method"] is not None and totals["energy_all_j"] is not None

@@ -149,7 +149,9 @@ def summarize(records: list[dict], extra: dict, baseline: dict | None = None, ke
             **{k: total(k, evaluated) for k in ("flops_bn_bank", "bn_bank_samples") if total(k, evaluated) is not None},
             "train_wall_s": total("wall_s"), "eval_wall_s": total("eval_wall_s", evaluated),
             "energy_j": total("energy_j"), "eval_energy_j": total("eval_energy_j", evaluated),
-            "energy_source": last.get("energy_source"), "energy_method": last.get("energy_method"),
+            # The meter of the last record; a run of no epoch (statistics only) has its baseline's.
+            "energy_source": (last or (baseline or {})).get("energy_source"),
+            "energy_method": (last or (baseline or {})).get("energy_method"),
             # All in: training (scoring, calibration, rolled-back steps included), every evaluation
             # (the starting model, each epoch, the output model's test), and the layout probe's FLOPs.
             "flops_all": (total("flops_train") or 0) + (total("flops_eval", evaluated) or 0) + probe_flops,

@@ -110,11 +110,20 @@ def print_summary(summary: dict, quiet: bool = False) -> None:
     if summary.get("source_memory") and not quiet:
         click.echo(shipped_line(summary["source_memory"]))
     kept = summary.get("kept")
+    bank = summary.get("bn_bank") if (summary.get("bn_bank") or {}).get("written") else None
     if summary.get("stop_reason") == "interrupted":
         pass            # nothing is concluded about an unfinished run (the resume hint follows)
     elif kept:
         if kept["kept"] == "warmup":
-            click.echo(f"NOTE: {kept['reason']}.")
+            click.echo(f"NOTE: {kept['reason']}" + (" (its weights, with the statistics below)." if bank else "."))
         else:
             click.echo(f"output model: {kept['reason']}")
+    if bank:
+        tonight = bank["tonight"]
+        click.echo(f"BatchNorm statistics per condition: tonight's images {'are the new' if tonight['new'] else 'join'} "
+                   f"condition {tonight['condition']} (distance to the nearest kept one "
+                   f"{min(tonight['distances'].values()):.3f}, radius {bank['radius']:g}); kept: "
+                   + ", ".join(f"{c['name']} ({c['nights']} night{'s' if c['nights'] != 1 else ''})"
+                               for c in bank["conditions"])
+                   + f" [{bank['file']}, {bank['bytes'] / 1e6:.2f} MB]")
     click.echo(f"run directory: {run_dir}")
