@@ -135,10 +135,17 @@ class SundewGate(Gate):
             else:
                 tau, k, p, s, novelty = self._novel_window(s, prints[lo: lo + window], draws[lo: lo + window],
                                                            target)
-            floor = math.ceil(cfg.min_activation * len(s))
+            # The floor never asks for more than the target's share: at a target at or below
+            # --min-activation a rounded-up floor kept more than the target in every window.
+            floor = min(math.ceil(cfg.min_activation * len(s)), math.floor(target * len(s)))
             if int(k.sum()) < floor:
-                # Minimum-activation fallback: the most significant samples of the window.
-                k[torch.topk(s, floor).indices] = True
+                if prints is None:
+                    # Minimum-activation fallback: the most significant samples of the window.
+                    k[torch.topk(s, floor).indices] = True
+                else:
+                    # ... and with novelty, one at a time, each against what is kept: the top
+                    # samples alone would be frames of one hard scene.
+                    k = self._top_up(sig[lo: lo + window], k, floor)
             keep[lo: lo + window], prob[lo: lo + window] = k, p.clamp_min(1e-6)
             if prints is not None:
                 self.memory.remember(prints[lo: lo + window][k])
@@ -148,6 +155,22 @@ class SundewGate(Gate):
         if prints is not None:
             self.novelty_kept_mean = torch.cat(kept_novelty).mean().item() if keep.any() else None
         return keep, prob, thresholds
+
+    def _top_up(self, sig: torch.Tensor, keep: torch.Tensor, count: int) -> torch.Tensor:
+        """`keep` with the window's most significant candidates added until `count` are kept, their
+        novelty updated after each from the similarities the window's decisions computed."""
+        near, cos = self._window
+        keep = keep.clone()
+        best = near.clone()
+        for i in keep.nonzero().squeeze(1).tolist():
+            best = torch.maximum(best, cos[i])
+        while int(keep.sum()) < count:
+            novelty = ((1 - best) / self.cfg.novelty_radius).clamp(0, 1)
+            score = (sig * self._factor(novelty)).masked_fill(keep, -math.inf)
+            j = int(torch.argmax(score))
+            keep[j] = True
+            best = torch.maximum(best, cos[j])
+        return keep
 
     def _factor(self, novelty: torch.Tensor) -> torch.Tensor:
         return (1 - self.cfg.novelty) + self.cfg.novelty * novelty
@@ -162,6 +185,7 @@ class SundewGate(Gate):
         near, flops = self.memory.nearest(prints)
         cos = prints @ prints.T
         self.novelty_flops += flops + 2 * len(prints) * len(prints) * prints.shape[1]
+        self._window = (near, cos)          # a top-up reuses them
         near_np, cos_np = near.numpy().astype(np.float64), cos.numpy().astype(np.float64)
         s_np, d_np = sig.numpy().astype(np.float64), draws.numpy()
         ctl = self.controller
