@@ -111,7 +111,8 @@ GATING = [
     option("--gate-temperature", type=float, default=None,
                  help="Sundew: softness of the threshold; 0 is a hard threshold. [default: 0.05]"),
     option("--min-activation", type=float, default=None,
-                 help="Sundew: least share kept per window (most significant first). [default: 0.05]"),
+                 help="Sundew: least share kept per window (most significant first; with --novelty, one at a "
+                      "time against what is kept), never more than the target's share. [default: 0.05]"),
     option("--unbiased/--no-unbiased", default=None,
                  help="Sundew: keep low scorers at random too and weight losses by 1/keep-probability."),
     option("--keep-floor", type=float, default=None,
