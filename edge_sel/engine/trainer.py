@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -358,13 +359,11 @@ class Trainer:
             validate = test = False
         self.meter.begin("eval")
         t0 = time.perf_counter()
-        if self.bank is not None and (validate or test):
-            refreshed = self.bank.refresh(self.model, self.flops, self.eval_batch_size, self.memory_format)
-            with self.bank.selecting(self.model):
-                out = self.eval_sets.accuracies(self._predict_selected, validate, test)
+        with (self._bank_selecting() if validate or test else nullcontext()) as refreshed:
+            predict = self.backend.predict if refreshed is None else self._predict_selected
+            out = self.eval_sets.accuracies(predict, validate, test)
+        if refreshed is not None:
             self._charge_bank(out, refreshed)
-        else:
-            out = self.eval_sets.accuracies(self.backend.predict, validate, test)
         out["eval_wall_s"] = time.perf_counter() - t0
         self._eval_energy = self.meter.end("eval")
         out["eval_energy_j"] = self._eval_energy.get("energy_j")
@@ -374,6 +373,37 @@ class Trainer:
         self.budget.reserve_evaluation(out["eval_energy_j"], images,
                                        self.eval_sets.final_images() + kept_test)
         return out
+
+    @contextmanager
+    def _bank_selecting(self):
+        """Under --bn-conditions, an evaluation's setting: the bank re-estimated for the model's
+        current weights, each batch normalised with its nearest condition's statistics. Yields the
+        re-estimation's cost (None without a bank)."""
+        if self.bank is None:
+            yield None
+            return
+        refreshed = self.bank.refresh(self.model, self.flops, self.eval_batch_size, self.memory_format)
+        with self.bank.selecting(self.model):
+            yield refreshed
+
+    @contextmanager
+    def _holding(self, state: dict | None):
+        """The model with `state` loaded for the block (unchanged when None), then as it was."""
+        if state is None:
+            yield
+            return
+        current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(state)
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(current)
+
+    @staticmethod
+    def _add_evaluation_time(record: dict, wall: float, joules: float | None) -> None:
+        record["eval_wall_s"] = (record.get("eval_wall_s") or 0) + wall
+        if joules is not None:
+            record["eval_energy_j"] = (record.get("eval_energy_j") or 0) + joules
 
     def _predict_selected(self, x: torch.Tensor) -> torch.Tensor:
         """The torch model itself, whose input hook chooses the condition (a compiled graph or an
@@ -426,10 +456,7 @@ class Trainer:
         others (charged to the last record); True when it ran."""
         if self.bank is None:
             return False
-        current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        if kept is not None:
-            self.model.load_state_dict(kept)
-        try:
+        with self._holding(kept):
             if self.bank.refreshed_for == weights_key(self.model):
                 return False
             self.meter.begin("eval")
@@ -437,41 +464,28 @@ class Trainer:
             refreshed = self.bank.refresh(self.model, self.flops, self.eval_batch_size, self.memory_format)
             wall = time.perf_counter() - t0
             joules = self.meter.end("eval").get("energy_j")
-        finally:
-            self.model.load_state_dict(current)
         self._charge_bank(last, refreshed)
-        last["eval_wall_s"] = (last.get("eval_wall_s") or 0) + wall
-        if joules is not None:
-            last["eval_energy_j"] = (last.get("eval_energy_j") or 0) + joules
+        self._add_evaluation_time(last, wall, joules)
         return True
 
     def _test_kept_weights(self, kept: dict, last: dict) -> None:
         """The output model's test accuracy when it is not the last epoch's: an evaluation pass
         like any other, charged to the last record (FLOPs, seconds, joules)."""
-        current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.model.load_state_dict(kept)
-        self.meter.begin("eval")
-        t0 = time.perf_counter()
-        # The torch model, not backend.predict: an ORT session still holds the last weights.
-        refreshed = None
-        if self.bank is not None:
-            refreshed = self.bank.refresh(self.model, self.flops, self.eval_batch_size, self.memory_format)
-            with self.bank.selecting(self.model):
+        with self._holding(kept):
+            self.meter.begin("eval")
+            t0 = time.perf_counter()
+            # The torch model, not backend.predict: an ORT session still holds the last weights.
+            with self._bank_selecting() as refreshed:
                 logits = self.eval_sets.logits(self._predict_selected, self.test_ds)
-        else:
-            logits = self.eval_sets.logits(self._predict_selected, self.test_ds)
-        wall = time.perf_counter() - t0
-        joules = self.meter.end("eval").get("energy_j")
+            wall = time.perf_counter() - t0
+            joules = self.meter.end("eval").get("energy_j")
         self.choice.test_acc = accuracy(logits, self.test_ds.labels)
-        self.model.load_state_dict(current)
         flops = evaluation_flops(self.flops, len(self.test_ds), self.eval_batch_size)
         last["kept_test_flops"], last["kept_test_energy_j"] = flops, joules
         last["flops_eval"] = (last.get("flops_eval") or 0) + flops
         if refreshed is not None:
             self._charge_bank(last, refreshed)
-        last["eval_wall_s"] = (last.get("eval_wall_s") or 0) + wall
-        if joules is not None:
-            last["eval_energy_j"] = (last.get("eval_energy_j") or 0) + joules
+        self._add_evaluation_time(last, wall, joules)
         self.log.evaluation(f"the output model (epoch {self.choice.epoch})", self.choice.test_acc, wall, joules)
 
     def baseline_record(self) -> dict:
@@ -491,16 +505,14 @@ class Trainer:
         when it does not."""
         if self.memory.source_guard_acc is not None:
             return self.memory.source_guard_acc, {}
-        current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.model.load_state_dict(self.memory.source)
-        self.meter.begin("eval")
-        t0 = time.perf_counter()
-        out = self.eval_sets.anchor_accuracy(self.backend.predict)
-        cost = {"flops_eval": out["flops_anchor"], "flops_anchor": out["flops_anchor"],
-                "eval_wall_s": time.perf_counter() - t0,
-                "eval_energy_j": self.meter.end("eval").get("energy_j"),
-                "anchor_samples_evaluated": out["anchor_samples_evaluated"]}
-        self.model.load_state_dict(current)
+        with self._holding(self.memory.source):
+            self.meter.begin("eval")
+            t0 = time.perf_counter()
+            out = self.eval_sets.anchor_accuracy(self.backend.predict)
+            cost = {"flops_eval": out["flops_anchor"], "flops_anchor": out["flops_anchor"],
+                    "eval_wall_s": time.perf_counter() - t0,
+                    "eval_energy_j": self.meter.end("eval").get("energy_j"),
+                    "anchor_samples_evaluated": out["anchor_samples_evaluated"]}
         return out["anchor_acc"], cost
 
     def _reset_if_forgotten(self, baseline: dict) -> dict:
