@@ -9,8 +9,7 @@ import shutil
 import pytest
 import torch
 
-from helpers import records, run_cli, run_main, stable, summary
-from edge_sel.config import TrainConfig
+from helpers import digits_warmup_with_memory, records, run_cli, run_main, stable, summary, without_memory
 from edge_sel.core.bn_bank import BANK_FILE, read_bank
 from edge_sel.core.flops import FlopCounter
 from edge_sel.engine import faults
@@ -19,7 +18,7 @@ from edge_sel.engine.bn_bank import (DEFAULT_RADIUS, ConditionBank, Condition, a
                                      images_fingerprint)
 from edge_sel.engine.evaluate import accuracy, predict_dataset
 from edge_sel.engine.life import Home
-from edge_sel.engine.run import DataOptions, pretrain
+from edge_sel.engine.run import DataOptions
 from edge_sel.models import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -32,10 +31,7 @@ CLEAN = ["--dataset", "digits", "--shard", "1/2", *FIXED]
 
 @pytest.fixture(scope="module")
 def warm(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bank") / "warm"
-    pretrain("edgecnn", DataOptions("digits", shard="0/2"),
-             TrainConfig(epochs=2, batch_size=64, seed=0, anchors_per_class=20, fisher_samples=256), out, quiet=True)
-    return out
+    return digits_warmup_with_memory(tmp_path_factory.mktemp("bank") / "warm")
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +49,8 @@ def test_the_fingerprint_sees_the_condition_not_the_classes(warm):
     _, card = load_checkpoint(warm)
     clean, dark = digits().train, digits("corrupt=contrast:4").train
     zeros_and_ones = clean.images[clean.labels <= 1]
-    bank = ConditionBank([Condition("clean", clean.images[:200]), Condition("dark", dark.images[:200])],
+    bank = ConditionBank([Condition(name, images, fingerprint=images_fingerprint(images, card.mean, card.std))
+                          for name, images in (("clean", clean.images[:200]), ("dark", dark.images[:200]))],
                          card.mean, card.std, DEFAULT_RADIUS, {})
     same = bank.distances(*images_fingerprint(clean.images[200:400], card.mean, card.std))
     two_classes = bank.distances(*images_fingerprint(zeros_and_ones, card.mean, card.std))
@@ -188,10 +185,7 @@ def test_nights_keep_conditions_and_promote_deploys_them_with_the_weights(warm, 
     (["--bn-conditions", "3", "--backend", "ort"], "--bn-conditions: needs --backend torch"),
 ])
 def test_refusals_are_one_line(warm, tmp_path, capsys, extra, says):
-    bare = tmp_path / "bare"
-    bare.mkdir()
-    for name in ("model.json", "model.safetensors"):
-        shutil.copy(warm / name, bare)
+    bare = without_memory(warm, tmp_path / "bare")
     code, err = run_main(["finetune", "--checkpoint", bare, "--epochs", "1", "--out", tmp_path / "run", *extra,
                           *LOW_CONTRAST], capsys)
     assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
@@ -224,10 +218,7 @@ def test_load_model_brings_the_bank(adapted):
 def test_a_night_keeps_conditions_by_default_where_it_can(warm, tmp_path):
     """`edge-sel night` without --bn-conditions: 4 for a start that ships its anchors, none for one
     without them (an old checkpoint's nights still run), and what the user says otherwise."""
-    bare = tmp_path / "bare"
-    bare.mkdir()
-    for name in ("model.json", "model.safetensors"):
-        shutil.copy(warm / name, bare)
+    bare = without_memory(warm, tmp_path / "bare")
     for start, extra, expected in ((warm, [], 4), (bare, [], 0), (warm, ["--bn-conditions", "0"], 0)):
         home = tmp_path / f"home-{start.name}-{len(extra)}"
         home.mkdir()

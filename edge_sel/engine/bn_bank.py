@@ -4,8 +4,10 @@ One set of running statistics cannot serve a clean and a noisy camera at once: e
 to tonight's condition, and the clean images pay. The weights stay shared; the statistics are kept
 per condition the device has seen, each with a few of that condition's unlabelled images so that
 it can be re-estimated whenever the weights change. The source's comes first: the statistics it
-was trained with while the weights are the source's, else estimated on the replay anchors. Which condition a batch is in is read from the batch itself, before the first layer: per
-colour channel the mean and variance of the pixels and of a 3 x 3 Laplacian of them (noise, blur,
+was trained with while the weights are the source's, else estimated on the replay anchors.
+
+Which condition a batch is in is read from the batch itself, before the first layer: per colour
+channel the mean and variance of the pixels and of a 3 x 3 Laplacian of them (noise, blur,
 contrast and fog move these; which classes are in view barely does), against each condition's.
 Measured on CIFAR-10 (shard 1/2 draws, 256 images each): clean draws, a four-class draw and a
 label-noise draw lie within 0.03 of each other and of the source's anchors; Gaussian noise,
@@ -35,6 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edge_sel.config import TrainConfig
 from edge_sel.core.bn_bank import BANK_FILE, SavedCondition, read_bank, write_bank
 from edge_sel.data import IndexedDataset
 from edge_sel.engine.bn_adapt import batchnorm_layers, reestimate_bn
@@ -48,7 +51,8 @@ def named_batchnorm(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._B
     return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
-DEFAULT_RADIUS = 0.25      # between 0.03 (same condition) and 0.9 (another), measured as above
+# Between 0.03 (same condition) and 0.9 (another), measured as above; --bn-condition-radius.
+DEFAULT_RADIUS = TrainConfig.bn_condition_radius
 
 
 def distance(mean: torch.Tensor, var: torch.Tensor, ref_mean: torch.Tensor, ref_var: torch.Tensor) -> torch.Tensor:
@@ -102,7 +106,7 @@ class Condition:
     stats: dict = field(default_factory=dict)       # layer -> (mean, var)
     nights: int = 1
     info: dict = field(default_factory=dict)
-    fingerprint: tuple | None = None                 # its images' fingerprint (mean, var)
+    fingerprint: tuple | None = None                 # its images' fingerprint (mean, var): what a batch is matched with
 
 
 class ConditionBank:
@@ -117,9 +121,6 @@ class ConditionBank:
         self.match = match                 # how tonight was matched (for the summary)
         self.refreshed_for: str | None = None
         self.chosen: list[int] = [0] * len(conditions)   # images normalised with each, since the last count
-        for c in conditions:
-            if c.fingerprint is None:
-                c.fingerprint = images_fingerprint(c.images, mean, std)
 
     # -- statistics -------------------------------------------------------------------------------
     def refresh(self, model: nn.Module, flops, batch_size: int = 256,
@@ -150,13 +151,8 @@ class ConditionBank:
         self.refreshed_for = key
         return {"samples": samples, "flops": counted}
 
-    def fingerprints(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return (torch.stack([c.fingerprint[0] for c in self.conditions]),
-                torch.stack([c.fingerprint[1] for c in self.conditions]))
-
     def distances(self, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-        ref_mean, ref_var = self.fingerprints()
-        return distance(mean, var, ref_mean.to(mean.device), ref_var.to(mean.device))
+        return distances(self.conditions, mean, var)
 
     def nearest(self, x: torch.Tensor) -> int:
         return int(torch.argmin(self.distances(*fingerprint(x))))
@@ -203,6 +199,13 @@ class ConditionBank:
                 "tonight": self.match, "radius": self.radius, "file": BANK_FILE}
 
 
+def distances(conditions: list[Condition], mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """How far a fingerprint (mean, var) is from each condition's."""
+    ref_mean = torch.stack([c.fingerprint[0] for c in conditions]).to(mean.device)
+    ref_var = torch.stack([c.fingerprint[1] for c in conditions]).to(mean.device)
+    return distance(mean, var, ref_mean, ref_var)
+
+
 def save_buffers(model: nn.Module) -> list[dict[str, torch.Tensor]]:
     """Every BatchNorm layer's buffers (running statistics and batch count)."""
     return [{k: b.detach().clone() for k, b in m.named_buffers(recurse=False) if b is not None}
@@ -236,14 +239,15 @@ def build_bank(start: Path, model: nn.Module, input_shape: list[int], mean, std,
     picked = torch.randperm(len(train), generator=draw)[:images]
     tonight = train.images[picked.to(train.images.device)].cpu()
     if saved is None:
-        conditions = [Condition(SOURCE, replay.images.cpu(), nights=1, info={"first_run": "source", "last_seen": 0})]
+        anchors = replay.images.cpu()
+        conditions = [Condition(SOURCE, anchors, nights=1, info={"first_run": "source", "last_seen": 0},
+                                fingerprint=images_fingerprint(anchors, mean, std))]
     else:
         conditions = [Condition(s.name, s.images, dict(s.stats), s.nights, dict(s.info), s.fingerprint)
                       for s in saved]
     fingerprinted = len(tonight) + (len(conditions[0].images) if saved is None else 0)
-    bank = ConditionBank(conditions, mean, std, radius, {})
     tonight_print = images_fingerprint(tonight, mean, std)
-    dist = bank.distances(*tonight_print)
+    dist = distances(conditions, *tonight_print)
     k = int(torch.argmin(dist))
     generation = 1 + max(int(c.info.get("last_seen", 0)) for c in conditions)
     match = {"distances": {c.name: round(float(d), 4) for c, d in zip(conditions, dist)},
@@ -272,8 +276,7 @@ def build_bank(start: Path, model: nn.Module, input_shape: list[int], mean, std,
         source = (weights_key(model, source_state),
                   {n: (source_state[f"{n}.running_mean"], source_state[f"{n}.running_var"])
                    for n, _ in named_batchnorm(model)})
-    bank = ConditionBank(conditions, mean, std, radius, match, source)
-    return bank, {"samples": fingerprinted, "flops": fingerprinted * fingerprint_flops(input_shape)}
+    return ConditionBank(conditions, mean, std, radius, match, source), {"samples": fingerprinted, "flops": fingerprinted * fingerprint_flops(input_shape)}
 
 
 def write_bank_for(bank: ConditionBank | None, model: nn.Module, out: Path) -> int | None:
