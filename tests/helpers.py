@@ -45,3 +45,22 @@ def stable(recs: list[dict]) -> list[dict]:
 
 def summary(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / "summary.json").read_text())
+
+
+def digits_warmup_with_memory(out: Path) -> Path:
+    """A small digits warmup on shard 0/2 that ships its source memory (20 anchors a class: 100
+    replayed, 100 held out; the Fisher; the source weights)."""
+    from edge_sel.config import TrainConfig
+    from edge_sel.engine.run import DataOptions, pretrain
+    pretrain("edgecnn", DataOptions("digits", shard="0/2"),
+             TrainConfig(epochs=2, batch_size=64, seed=0, anchors_per_class=20, fisher_samples=256), out, quiet=True)
+    return out
+
+
+def without_memory(checkpoint: Path, out: Path) -> Path:
+    """A copy of a checkpoint's weights and card alone, as a checkpoint from before source memory."""
+    import shutil
+    out.mkdir()
+    for name in ("model.json", "model.safetensors"):
+        shutil.copy(Path(checkpoint) / name, out)
+    return out

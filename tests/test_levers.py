@@ -7,14 +7,12 @@ import shutil
 import pytest
 import torch
 
-from helpers import records, run_cli, run_main, stable, summary
-from edge_sel.config import TrainConfig
+from helpers import digits_warmup_with_memory, records, run_cli, run_main, stable, summary, without_memory
 from edge_sel.core.checkpoint import save_checkpoint
 from edge_sel.core.flops import FlopCounter
 from edge_sel.core.source_memory import GUARD
 from edge_sel.engine import faults
 from edge_sel.engine.bn_adapt import batchnorm_layers
-from edge_sel.engine.run import DataOptions, pretrain
 from edge_sel.methods.base import Strategy
 from edge_sel.methods.objective import PENALTY_BACKWARD_FLOPS_PER_ENTRY, PENALTY_FORWARD_FLOPS_PER_ENTRY
 from edge_sel.models import load_checkpoint
@@ -30,11 +28,7 @@ LOCAL = ["--dataset", "digits", "--shard", "1/2", "--shift", "corrupt=contrast:4
 
 @pytest.fixture(scope="module")
 def warm(tmp_path_factory):
-    out = tmp_path_factory.mktemp("levers") / "warm"
-    # Pretrain ships the anchors (20 a class: 100 replayed, 100 held out), the Fisher and the source weights.
-    pretrain("edgecnn", DataOptions("digits", shard="0/2"),
-             TrainConfig(epochs=2, batch_size=64, seed=0, anchors_per_class=20, fisher_samples=256), out, quiet=True)
-    return out
+    return digits_warmup_with_memory(tmp_path_factory.mktemp("levers") / "warm")
 
 
 @pytest.fixture(scope="module")
@@ -194,10 +188,7 @@ def test_reset_restores_a_damaged_start_and_leaves_a_healthy_one(warm, tmp_path)
      "--reset-forgetting: not with --sparsity lottery"),
 ])
 def test_refusals_are_one_line(warm, tmp_path, capsys, extra, says):
-    bare = tmp_path / "bare"
-    bare.mkdir()
-    for name in ("model.json", "model.safetensors"):
-        shutil.copy(warm / name, bare)
+    bare = without_memory(warm, tmp_path / "bare")
     code, err = run_main(["finetune", "--checkpoint", bare, "--epochs", "1", "--out", tmp_path / "run", *extra,
                           *LOCAL], capsys)
     assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
