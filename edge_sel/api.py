@@ -174,7 +174,7 @@ def load_model(checkpoint):
     from edge_sel.models import load_checkpoint
     directory = Path(checkpoint.checkpoint if isinstance(checkpoint, RunResult) else checkpoint)
     model, card = load_checkpoint(directory)
-    attach_saved_bank(model.eval(), directory, list(card.input_shape))
+    attach_saved_bank(model.eval(), directory, card)
     return model, card
 
 

@@ -53,7 +53,7 @@ def output_accuracy(run_dir: Path, test_sets) -> list[float]:
     from edge_sel.engine.evaluate import accuracy, predict_dataset
     from edge_sel.models import load_checkpoint
     model, card = load_checkpoint(run_dir)
-    attach_saved_bank(model, run_dir, list(card.input_shape))      # statistics per condition, when it keeps them
+    attach_saved_bank(model, run_dir, card)      # statistics per condition, when it keeps them
     with torch.inference_mode():
         return [accuracy(predict_dataset(model.eval(), ds, card.mean, card.std, 256), ds.labels) for ds in test_sets]
 

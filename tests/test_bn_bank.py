@@ -20,6 +20,7 @@ from edge_sel.engine.evaluate import accuracy, predict_dataset
 from edge_sel.engine.life import Home
 from edge_sel.engine.run import DataOptions
 from edge_sel.models import load_checkpoint
+from edge_sel.predict.conditions import feature_flops
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -71,7 +72,7 @@ def test_a_new_condition_is_kept_and_each_batch_gets_its_own(warm, adapted):
     assert bank["bytes"] == (adapted / BANK_FILE).stat().st_size
     # The deployed model's bank: clean batches take the source's statistics, dark ones tonight's.
     model, card = load_checkpoint(adapted)
-    attached = attach_saved_bank(model.eval(), adapted, list(card.input_shape))
+    attached = attach_saved_bank(model.eval(), adapted, card)
     for shift, k in ((None, 0), ("corrupt=contrast:4", 1)):
         test = digits(shift).test
         attached.chosen = [0, 0]
@@ -89,13 +90,18 @@ def test_every_pass_of_the_bank_is_counted(warm, adapted):
     model, card = load_checkpoint(warm)
     per_image = FlopCounter(model, list(card.input_shape)).eval_batch(1)
     base, *epochs = records(adapted, baseline=True)
-    chosen = fingerprint_flops(list(card.input_shape))
+    shape = list(card.input_shape)
+    matched = fingerprint_flops(shape)
+    # Choosing per image: its features and its Mahalanobis distances to both conditions (3C = 3 numbers).
+    chosen = feature_flops(shape) + 2 * (2 * 3 * 3 + 3 * 3)
     evaluated = lambda r: r["val_samples_evaluated"] + r["test_samples_evaluated"] + r["anchor_samples_evaluated"]
     # The baseline: the start's weights are the source's, so the source keeps its own statistics and
-    # only tonight's 256 images are re-estimated; every evaluated image is fingerprinted, and so are
-    # tonight's draw and the source's 100 replay anchors (to match them).
+    # only tonight's 256 images are re-estimated; every evaluated image chooses its condition;
+    # tonight's draw and the source's 100 replay anchors are fingerprinted (to match them), and
+    # both conditions' images are described once (to choose per image).
     assert base["bn_bank_samples"] == 256
-    assert base["flops_bn_bank"] == 256 * per_image + evaluated(base) * chosen + 356 * chosen
+    assert base["flops_bn_bank"] == (256 * per_image + evaluated(base) * chosen + 356 * matched
+                                     + 356 * feature_flops(shape))
     # Once the weights moved, the source's condition is re-estimated on its anchors too.
     assert all(r["bn_bank_samples"] == 356 for r in epochs)
     for r in epochs:

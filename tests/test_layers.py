@@ -17,6 +17,7 @@ LAYERS = [
     ("bench, report, export, fleet, profiles", ["edge_sel.bench", "edge_sel.report", "edge_sel.export",
                                                 "edge_sel.fleet", "edge_sel.profiles"]),
     ("engine", ["edge_sel.engine"]),
+    ("predict", ["edge_sel.predict"]),
     ("backends", ["edge_sel.backends"]),
     ("methods", ["edge_sel.methods"]),
     ("data, models, energy", ["edge_sel.data", "edge_sel.models", "edge_sel.energy"]),

@@ -195,7 +195,7 @@ class EvaluationSets:
         """Accuracy of a checkpoint on every set, and the counted FLOPs of the passes."""
         model, card = load_checkpoint(checkpoint)
         model.eval()
-        attach_saved_bank(model, checkpoint, list(card.input_shape))    # a device's statistics per condition
+        attach_saved_bank(model, checkpoint, card)    # a device's statistics per condition
         counter = FlopCounter(model, list(card.input_shape))
         acc, flops = {}, 0
         for name, ds in self.sets.items():

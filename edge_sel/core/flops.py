@@ -41,6 +41,9 @@ class FlopCounter:
 
     def _twin(self) -> nn.Module:
         twin = copy.deepcopy(self.model).to("meta")
+        # A forward set on the instance (a BatchNorm bank routing images to their conditions) would
+        # still call the live model; the plain forward counts the same FLOPs (one pass per image).
+        twin.__dict__.pop("forward", None)
         for p_twin, p in zip(twin.parameters(), self.model.parameters()):
             p_twin.requires_grad_(p.requires_grad)
         return twin

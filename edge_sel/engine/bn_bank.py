@@ -42,6 +42,9 @@ from edge_sel.core.bn_bank import BANK_FILE, SavedCondition, read_bank, write_ba
 from edge_sel.data import IndexedDataset
 from edge_sel.engine.bn_adapt import batchnorm_layers, reestimate_bn
 from edge_sel.errors import InputError
+from edge_sel.predict.conditions import (FEATURES_PER_CHANNEL, ConditionChooser, distance_flops, feature_flops,
+                                         image_features)
+from edge_sel.predict.statistics import StatisticsSwitch, stats_on
 
 SOURCE = "source"
 EPS = 1e-5
@@ -121,6 +124,7 @@ class ConditionBank:
         self.match = match                 # how tonight was matched (for the summary)
         self.refreshed_for: str | None = None
         self.chosen: list[int] = [0] * len(conditions)   # images normalised with each, since the last count
+        self._chooser: ConditionChooser | None = None
 
     # -- statistics -------------------------------------------------------------------------------
     def refresh(self, model: nn.Module, flops, batch_size: int = 256,
@@ -152,42 +156,47 @@ class ConditionBank:
         return {"samples": samples, "flops": counted}
 
     def distances(self, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+        """How far a set of images' fingerprint is from each condition's (matching a night's draw)."""
         return distances(self.conditions, mean, var)
 
-    def nearest(self, x: torch.Tensor) -> int:
-        return int(torch.argmin(self.distances(*fingerprint(x))))
+    def chooser(self) -> ConditionChooser:
+        """Which condition each image takes (edge_sel/predict/conditions.py), fitted on the
+        conditions' kept images; made once, when first asked for."""
+        if self._chooser is None:
+            self._chooser = ConditionChooser.from_images([c.name for c in self.conditions],
+                                                         [c.images for c in self.conditions], self.mean, self.std)
+        return self._chooser
+
+    def choose(self, x: torch.Tensor) -> torch.Tensor:
+        """Each image's condition in a batch of normalised images, the batch taken as a set."""
+        choice = self.chooser().choose_batch(image_features(x))
+        for k in choice.tolist():
+            self.chosen[k] += 1
+        return choice
 
     def take_selected(self) -> int:
-        """Images whose condition was chosen since the last call (their fingerprints are counted FLOPs)."""
+        """Images whose condition was chosen since the last call (their features are counted FLOPs)."""
         n, self.chosen = sum(self.chosen), [0] * len(self.conditions)
         return n
 
+    def choice_flops(self, input_shape) -> int:
+        """One image's share of choosing: its features and its distances to every condition."""
+        return feature_flops(input_shape) + distance_flops(len(self.conditions), FEATURES_PER_CHANNEL * input_shape[0])
+
     @contextmanager
     def selecting(self, model: nn.Module):
-        """Inside: in eval mode, each batch is normalised with its nearest condition's statistics."""
-        own = save_buffers(model)
+        """Inside: in eval mode, each image is normalised with its own condition's statistics."""
         handle = self.attach(model)
         try:
             yield self
         finally:
             handle.remove()
-            load_buffers(model, own)
 
-    def attach(self, model: nn.Module):
-        """Select from now on (a deployed model's bank); returns the hook's handle."""
-        layers = named_batchnorm(model)
-
-        def choose(module, args):
-            x = args[0]
-            if module.training or x.device.type == "meta":     # training, or a FLOP count's shape-only pass
-                return
-            k = self.nearest(x)
-            self.chosen[k] += len(x)
-            for name, m in layers:
-                mean, var = self.conditions[k].stats[name]
-                m.running_mean.copy_(mean)
-                m.running_var.copy_(var)
-        return model.register_forward_pre_hook(choose)
+    def attach(self, model: nn.Module) -> "Attached":
+        """Route from now on (a deployed model's bank): in eval mode the model's forward normalises
+        each image with its condition's statistics, lent for the pass (the model's own buffers and
+        state dict stay its own). Returns a handle whose remove() restores the plain forward."""
+        return Attached(model, self)
 
     # -- records ----------------------------------------------------------------------------------
     def to_saved(self) -> list[SavedCondition]:
@@ -197,6 +206,29 @@ class ConditionBank:
         return {"conditions": [{"name": c.name, "images": len(c.images), "nights": c.nights, **c.info}
                                for c in self.conditions],
                 "tonight": self.match, "radius": self.radius, "file": BANK_FILE}
+
+
+class Attached:
+    """A model whose eval-mode forward routes each image to its condition's statistics."""
+
+    def __init__(self, model: nn.Module, bank: ConditionBank):
+        self.model, self.bank = model, bank
+        switch = StatisticsSwitch(model)
+        plain = type(model).forward.__get__(model)
+        on_device: dict = {}
+
+        def routed(*args, **kwargs):
+            x = args[0] if args else next(iter(kwargs.values()))
+            if model.training or x.device.type == "meta":     # training, or a FLOP count's shape-only pass
+                return plain(*args, **kwargs)
+            key = (x.device, next(iter(model.buffers())).dtype)
+            if key not in on_device:
+                on_device[key] = [stats_on(c.stats, *key) for c in bank.conditions]
+            return switch.forward(lambda xs: plain(xs), x, bank.choose(x), on_device[key])
+        model.forward = routed
+
+    def remove(self) -> None:
+        self.model.__dict__.pop("forward", None)
 
 
 def distances(conditions: list[Condition], mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
@@ -276,7 +308,11 @@ def build_bank(start: Path, model: nn.Module, input_shape: list[int], mean, std,
         source = (weights_key(model, source_state),
                   {n: (source_state[f"{n}.running_mean"], source_state[f"{n}.running_var"])
                    for n, _ in named_batchnorm(model)})
-    return ConditionBank(conditions, mean, std, radius, match, source), {"samples": fingerprinted, "flops": fingerprinted * fingerprint_flops(input_shape)}
+    bank = ConditionBank(conditions, mean, std, radius, match, source)
+    bank.chooser()                            # described once, here, where its cost is charged
+    described = sum(len(c.images) for c in conditions)
+    return bank, {"samples": fingerprinted + described,
+                  "flops": fingerprinted * fingerprint_flops(input_shape) + described * feature_flops(input_shape)}
 
 
 def write_bank_for(bank: ConditionBank | None, model: nn.Module, out: Path) -> int | None:
@@ -287,14 +323,14 @@ def write_bank_for(bank: ConditionBank | None, model: nn.Module, out: Path) -> i
     return write_bank(Path(out) / BANK_FILE, bank.to_saved())
 
 
-def attach_saved_bank(model: nn.Module, directory: Path, input_shape: list[int]) -> ConditionBank | None:
+def attach_saved_bank(model: nn.Module, directory: Path, card) -> ConditionBank | None:
     """A deployed model's bank, selecting in eval mode from now on (promote, benchmarks, inference):
     the statistics as saved, for the weights saved beside them. None when the checkpoint has none."""
-    saved = read_bank(directory, input_shape)
+    saved = read_bank(directory, list(card.input_shape))
     if saved is None:
         return None
     conditions = [Condition(s.name, s.images, dict(s.stats), s.nights, dict(s.info), s.fingerprint) for s in saved]
-    bank = ConditionBank(conditions, None, None, 0.0, {})
+    bank = ConditionBank(conditions, card.mean, card.std, 0.0, {})
     bank.attach(model)
     return bank
 

@@ -178,7 +178,7 @@ def validate_deployed(config: dict, deployed: Path, run_dir: Path | None = None)
     splits = data.load()
     model, card = load_checkpoint(deployed)
     check_compatible(card, splits, deployed)
-    attach_saved_bank(model, deployed, list(card.input_shape))     # its statistics per condition, if it keeps them
+    attach_saved_bank(model, deployed, card)     # its statistics per condition, if it keeps them
     val = validation_subset(splits.val, config.get("val_subset") or 0)
     memory = None if run_dir is None else load_memory(Path(run_dir), card, splits.train)
     batch = config.get("eval_batch_size") or 256

@@ -22,7 +22,7 @@ from edge_sel.data import BatchLoader, Splits
 from edge_sel.device_caps import amp_dtype
 from edge_sel.engine import epoch_record, faults
 from edge_sel.engine.bn_adapt import not_applicable, reestimate_bn, with_anchors
-from edge_sel.engine.bn_bank import fingerprint_flops, weights_key
+from edge_sel.engine.bn_bank import weights_key
 from edge_sel.engine.budget import EnergyBudget
 from edge_sel.engine.checkpointing import Checkpoints, Rollback, restore
 from edge_sel.engine.evaluate import (EmbarrassmentMeter, EvaluationSets, accuracy, evaluation_flops,
@@ -406,15 +406,15 @@ class Trainer:
             record["eval_energy_j"] = (record.get("eval_energy_j") or 0) + joules
 
     def _predict_selected(self, x: torch.Tensor) -> torch.Tensor:
-        """The torch model itself, whose input hook chooses the condition (a compiled graph or an
-        ORT session would not run it)."""
+        """The torch model itself, whose forward chooses each image's condition (a compiled graph
+        or an ORT session would not)."""
         with self._eval_autocast():
             return self.model.eval()(x).float()
 
     def _charge_bank(self, record: dict, refreshed: dict) -> None:
-        """The bank's re-estimation passes and the fingerprints of the images it chose for, into a
-        record's evaluation FLOPs."""
-        flops = refreshed["flops"] + self.bank.take_selected() * fingerprint_flops(self.train_ds.input_shape)
+        """The bank's re-estimation passes and choosing a condition for every evaluated image, into
+        a record's evaluation FLOPs."""
+        flops = refreshed["flops"] + self.bank.take_selected() * self.bank.choice_flops(self.train_ds.input_shape)
         record["flops_bn_bank"] = (record.get("flops_bn_bank") or 0) + flops
         record["bn_bank_samples"] = (record.get("bn_bank_samples") or 0) + refreshed["samples"]
         record["flops_eval"] = (record.get("flops_eval") or 0) + flops
