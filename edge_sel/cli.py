@@ -29,6 +29,7 @@ from edge_sel.export.cli import export_cmd
 from edge_sel.fleet.cli import fleet_group
 from edge_sel.methods.options import METHOD_OPTIONS, method_option_names
 from edge_sel.methods.presets import default_lr
+from edge_sel.predict.cli import predict_cmd
 from edge_sel.models.spec import parse_model_args
 from edge_sel.profiles.apply import profile_option, threads_for_command
 from edge_sel.profiles.cli import profiles_group
@@ -386,7 +387,7 @@ def models_cmd(measure, as_json):
 
 
 # The commands of other modules, registered here and nowhere else.
-for command in (bench_group, demo_cmd, export_cmd, fleet_group, monitor, profiles_group, report_cmd):
+for command in (bench_group, demo_cmd, export_cmd, fleet_group, monitor, predict_cmd, profiles_group, report_cmd):
     cli.add_command(command)
 
 

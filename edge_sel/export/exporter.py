@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import time
 from pathlib import Path
+
+import torch
 
 from edge_sel.backends.ort_env import require_ort, versions
 from edge_sel.backends.ort_manifest import (FORMAT, sha256_file, tensor_shapes, weights_digest,
@@ -80,6 +83,37 @@ class refusing_unsupported:
                          f"{self.what} cannot be made (replace that layer, or train with --backend torch)") from None
 
 
+def export_bank(model, card, checkpoint: Path, out: Path) -> dict | None:
+    """A checkpoint's BatchNorm bank for ONNX Runtime: one inference graph per condition with its
+    statistics in the BatchNorm nodes, and conditions.json holding the chooser (its Gaussians over
+    image features; no image leaves the checkpoint). None when the checkpoint keeps no bank."""
+    import copy
+
+    from edge_sel.core.bn_bank import read_bank
+    from edge_sel.export.onnx_graph import export_inference
+    from edge_sel.predict.conditions import ConditionChooser
+    from edge_sel.predict.ort_session import EXPORT_FILE
+    from edge_sel.predict.statistics import named_batchnorm
+
+    saved = read_bank(checkpoint, list(card.input_shape))
+    if not saved:
+        return None
+    chooser = ConditionChooser.from_images([c.name for c in saved], [c.images for c in saved], card.mean, card.std)
+    (out / "conditions").mkdir()
+    files, worst = [], 0.0
+    for i, c in enumerate(saved):
+        twin = copy.deepcopy(model)
+        with torch.no_grad():
+            for name, m in named_batchnorm(twin):
+                m.running_mean.copy_(c.stats[name][0])
+                m.running_var.copy_(c.stats[name][1])
+        files.append(f"conditions/{i}.onnx")
+        worst = max(worst, export_inference(twin, card.input_shape, out / files[-1]))
+    (out / EXPORT_FILE).write_text(json.dumps({"chooser": chooser.to_dict(), "files": files}, indent=1) + "\n")
+    return {"file": EXPORT_FILE, "names": chooser.names, "graphs": files, "max_abs_diff_vs_torch": worst,
+            "note": "one inference graph per condition; edge-sel predict --backend ort chooses per image"}
+
+
 def export_artifacts(checkpoint: Path, out: Path, schemes=DEFAULT_SCHEMES, *, bn_mode: str = "eval",
                      optimizer: str = "sgd", weight_decay: float | None = None, ort_format: bool = False,
                      overwrite: bool = False, option: str = "edge-sel export") -> dict:
@@ -105,6 +139,7 @@ def export_artifacts(checkpoint: Path, out: Path, schemes=DEFAULT_SCHEMES, *, bn
 
     with refusing_unsupported(out, card.architecture, "the inference model"):
         max_diff = export_inference(model, card.input_shape, out / "model.onnx")
+        bank = export_bank(model, card, Path(checkpoint), out)
         forward_path = out / ".forward.onnx"
         forward = export_training_forward(model, card.input_shape, forward_path, bn_mode)
     initializers = [t.name for t in forward.graph.initializer]
@@ -145,6 +180,7 @@ def export_artifacts(checkpoint: Path, out: Path, schemes=DEFAULT_SCHEMES, *, bn
         "inference_model": {"file": "model.onnx", "opset": OPSET, "outputs": ["logits"],
                             "max_abs_diff_vs_torch": max_diff, "tolerance": INFERENCE_TOLERANCE,
                             "checked_batch_sizes": [8, 3], "sha256": sha256_file(out / "model.onnx")},
+        **({"conditions": bank} if bank else {}),
         "training": {
             "inputs": {"input": "float32 [batch, C, H, W]", "labels": "int64 [batch]",
                        "sample_weight": "float32 [batch]"},

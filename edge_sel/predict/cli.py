@@ -1,0 +1,108 @@
+"""`edge-sel predict`: a checkpoint or deployed model answers for images, frame by frame by default."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from edge_sel.errors import InputError
+from edge_sel.predict.conditions import DEFAULT_WINDOW
+
+
+@click.command("predict")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True,
+              help="A checkpoint, run or deployed directory (--backend torch), or an export directory (--backend ort).")
+@click.option("--backend", type=click.Choice(["torch", "ort"]), default="torch", show_default=True,
+              help="torch, or ONNX Runtime on what `edge-sel export` wrote (one graph per condition of the bank).")
+@click.option("--batch-size", type=int, default=1, show_default=True,
+              help="Images per call: 1 is a camera's stream (each frame's condition read with the frames before "
+                   "it); more are sets (each image its own condition within the batch's mixture).")
+@click.option("--window", type=int, default=DEFAULT_WINDOW, show_default=True,
+              help="Frames a condition is expected to last: a switch needs about ln(W) nats of evidence.")
+@click.option("--no-bank", is_flag=True, help="Predict with the model's own statistics, ignoring a bank it keeps.")
+@click.option("--resize", is_flag=True, help="Scale images of another size to the model's input (else refused).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="JSON lines file (path, class, label, condition, latency_ms) [default: stdout].")
+@click.option("--summary", "summary_path", type=click.Path(path_type=Path), default=None,
+              help="Also write the closing summary as JSON to this file.")
+@click.option("--device", default="cpu", show_default=True, help="cpu | cuda (torch backend).")
+@click.option("--threads", type=int, default=None, help="Intra-op threads (torch and ORT) [default: torch's].")
+@click.option("--progress-every", type=int, default=1000, show_default=True,
+              help="Without a terminal, a progress line on stderr every N images.")
+@click.option("--quiet", is_flag=True, help="No progress and no summary lines on stderr.")
+def predict_cmd(paths, checkpoint, backend, batch_size, window, no_bank, resize, out, summary_path, device,
+                threads, progress_every, quiet):
+    """Predict images (files, or directories taken in file-name order = arrival order) with a model and
+    the BatchNorm statistics it keeps per condition; one JSON line per image, then a summary."""
+    import torch
+
+    from edge_sel.energy import open_meter
+    from edge_sel.predict.predictor import Predictor
+    from edge_sel.predict.run import open_output, predict_files
+    for option, value in (("--batch-size", batch_size), ("--window", window - 1), ("--progress-every", progress_every),
+                          ("--threads", threads)):
+        if value is not None and value <= 0:
+            raise InputError(f"{option} must be > {1 if option == '--window' else 0}, got "
+                             f"{window if option == '--window' else value}")
+    if summary_path is not None and summary_path.is_dir():
+        raise InputError(f"--summary {summary_path}: is a directory")
+    if threads:
+        torch.set_num_threads(threads)
+    predictor = Predictor(checkpoint, backend=backend, window=window, use_bank=not no_bank, device=device,
+                          threads=threads)
+    if summary_path is not None:
+        _writable(summary_path, "--summary")
+    fd = open_output(out)
+    bar = None
+    progress = None
+    if not quiet:
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+            bar = tqdm(unit="img", file=sys.stderr, leave=False)
+
+            def progress(done, total):
+                bar.total = total
+                bar.update(done - bar.n)
+        else:
+            def progress(done, total):
+                if done % progress_every < batch_size or done == total:
+                    print(f"predict: {done}/{total} images", file=sys.stderr, flush=True)
+    meter = open_meter()
+    meter.start()
+    try:
+        summary = predict_files(predictor, list(paths), fd, batch_size, resize, meter, progress)
+    finally:
+        meter.close()
+        if bar is not None:
+            bar.close()
+        if out is not None and str(out) != "-":
+            os.close(fd)
+    summary["checkpoint"] = str(checkpoint)
+    if summary_path is not None:
+        summary_path.write_text(json.dumps(summary, indent=1) + "\n")
+    if not quiet:
+        for line in summary_lines(summary):
+            print(line, file=sys.stderr)
+
+
+def _writable(path: Path, option: str) -> None:
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as e:
+        raise InputError(f"{option} {path}: cannot write ({e.strerror})") from None
+
+
+def summary_lines(s: dict) -> list[str]:
+    joules = ("-" if s["joules_per_1000"] is None
+              else f"{s['joules_per_1000']:.2f} J per 1,000 images ({s['energy_source']}, {s['energy_method']})")
+    chosen = ", ".join(f"{k} {v}" for k, v in s["chosen"].items())
+    return [f"predicted {s['images']} images ({s['backend']}, batch {s['batch_size']}): {s['images_per_s']} images/s; "
+            f"latency p50 {s['latency_ms_p50']:.2f} ms, p95 {s['latency_ms_p95']:.2f} ms",
+            f"energy {joules}; peak resident memory {s['peak_rss_mb']:.0f} MB",
+            f"conditions chosen: {chosen}"]

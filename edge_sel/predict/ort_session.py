@@ -1,0 +1,46 @@
+"""ONNX Runtime sessions for an export directory: the plain inference model, or, when the export
+carries a bank (`conditions.json`), one graph per condition with that condition's BatchNorm
+statistics folded in, and the chooser that picks between them (its Gaussians over image features;
+the bank's images themselves never leave the device's checkpoint)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edge_sel.errors import InputError
+
+EXPORT_FILE = "conditions.json"
+
+
+def session(path: Path, threads: int | None):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise InputError("--backend ort: onnxruntime is not installed (pip install 'edge-sel[ort]')") from None
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    if not path.is_file():
+        raise InputError(f"{path}: missing from the export")
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:      # onnxruntime raises its own exception types for a damaged graph
+        raise InputError(f"{path}: ONNX Runtime cannot load it ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
+
+
+def load_sessions(directory: Path, use_bank: bool, threads: int | None):
+    """(condition names, one session per condition, the chooser's dict) — or the plain model's
+    single session and no chooser when the export has no bank or `use_bank` is off."""
+    bank = directory / EXPORT_FILE
+    if use_bank and bank.is_file():
+        try:
+            d = json.loads(bank.read_text())
+            names, files, chooser = list(d["chooser"]["names"]), list(d["files"]), d["chooser"]
+            if len(files) != len(names) or not names:
+                raise ValueError("one graph per condition expected")
+        except (ValueError, KeyError, TypeError) as e:
+            raise InputError(f"{bank}: unreadable or corrupt ({e.__class__.__name__}: {e})") from None
+        return names, [session(directory / f, threads) for f in files], chooser
+    return ["own"], [session(directory / "model.onnx", threads)], None

@@ -1,0 +1,173 @@
+"""A deployed model that predicts as a device does: `Predictor` keeps the stream's state between calls.
+
+    predictor = Predictor("checkpoints/deployed")            # or an export directory, backend="ort"
+    out = predictor.predict(frame)                            # uint8 C x H x W or N x C x H x W
+    out.classes, out.labels, out.conditions, out.logits
+
+One image per call is a frame of a stream: its condition is chosen with the frames before it
+(edge_sel/predict/conditions.py). Several images per call are a set: each takes its own condition
+within the batch's mixture. A checkpoint without a bank predicts with its own statistics, and says
+so (`conditions` is "own").
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from edge_sel.core.bn_bank import BANK_FILE, read_bank
+from edge_sel.core.checkpoint import read_card
+from edge_sel.errors import InputError
+from edge_sel.models import load_checkpoint
+from edge_sel.predict.conditions import (DEFAULT_WINDOW, FEATURES_PER_CHANNEL, ConditionChooser, distance_flops,
+                                         feature_flops, image_features, normalised)
+from edge_sel.predict.statistics import StatisticsSwitch, stats_on
+
+OWN = "own"                        # the condition name reported when a model keeps no bank
+BACKENDS = ("torch", "ort")
+
+
+@dataclass
+class Prediction:
+    classes: list[int]
+    labels: list[str]
+    conditions: list[str]
+    logits: torch.Tensor
+
+
+class Predictor:
+    def __init__(self, checkpoint, backend: str = "torch", window: int = DEFAULT_WINDOW, use_bank: bool = True,
+                 device: str = "cpu", threads: int | None = None):
+        if backend not in BACKENDS:
+            raise InputError(f"--backend: choose one of {', '.join(BACKENDS)}, got {backend!r}")
+        self.path = Path(checkpoint)
+        if not self.path.is_dir():
+            raise InputError(f"{self.path}: no such checkpoint directory")
+        self.backend = backend
+        self.chooser: ConditionChooser | None = None
+        self.images_chosen = 0
+        if backend == "torch":
+            self._load_torch(use_bank, window, device)
+        else:
+            self._load_ort(use_bank, window, threads)
+        self.num_conditions = len(self.chooser.names) if self.chooser else 0
+
+    # -- loading ----------------------------------------------------------------------------------
+    def _load_torch(self, use_bank: bool, window: int, device: str) -> None:
+        self.model, card = load_checkpoint(self.path)
+        self.device = torch.device(device)
+        self.model.eval().to(self.device)
+        self.card = card
+        saved = read_bank(self.path, list(card.input_shape)) if use_bank else None
+        self.switch = None
+        if saved:
+            self.chooser = ConditionChooser.from_images([c.name for c in saved], [c.images for c in saved],
+                                                        card.mean, card.std, window)
+            dtype = next(self.model.parameters()).dtype
+            self.stats = [stats_on(c.stats, self.device, dtype) for c in saved]
+            self.switch = StatisticsSwitch(self.model)
+            missing = {n for n, _ in self.switch.layers} - set(saved[0].stats)
+            if missing:
+                raise InputError(f"{self.path / BANK_FILE}: no statistics for BatchNorm layer {sorted(missing)[0]}")
+        self.described = sum(len(c.images) for c in saved) if saved else 0
+
+    def _load_ort(self, use_bank: bool, window: int, threads: int | None) -> None:
+        from edge_sel.predict.ort_session import load_sessions
+        self.card = read_card_of_export(self.path)
+        names, sessions, chooser = load_sessions(self.path, use_bank, threads)
+        self.sessions = sessions
+        if chooser is not None:
+            self.chooser = ConditionChooser.from_dict(chooser, window)
+        self.condition_names = names
+        self.described = 0
+
+    # -- predicting -------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """A new stream: forget which condition the last frames were in."""
+        if self.chooser is not None:
+            self.chooser.reset()
+
+    def choose(self, x: torch.Tensor) -> torch.Tensor:
+        """Each normalised image's condition: a frame of the stream, or a set when several."""
+        features = image_features(x)
+        self.images_chosen += len(x)
+        if len(x) == 1:
+            return self.chooser.choose_stream(features)
+        return self.chooser.choose_batch(features)
+
+    @torch.inference_mode()
+    def predict(self, images: torch.Tensor) -> Prediction:
+        """uint8 images (C x H x W or N x C x H x W), in arrival order."""
+        if images.dim() == 3:
+            images = images.unsqueeze(0)
+        if list(images.shape[1:]) != list(self.card.input_shape):
+            raise InputError(f"images of shape {list(images.shape[1:])}: the model takes {list(self.card.input_shape)}")
+        x = normalised(images, self.card.mean, self.card.std)
+        choice = self.choose(x) if self.chooser is not None else torch.zeros(len(x), dtype=torch.long)
+        if self.backend == "torch":
+            x = x.to(self.device)
+            if self.switch is None:
+                logits = self.model(x)
+            else:
+                logits = self.switch.forward(self.model, x, choice, self.stats)
+            logits = logits.float().cpu()
+        else:
+            logits = self._ort_logits(x, choice)
+        classes = logits.argmax(1).tolist()
+        names = self.chooser.names if self.chooser is not None else [OWN]
+        return Prediction(classes, [self.card.class_names[c] for c in classes],
+                          [names[k] for k in choice.tolist()], logits)
+
+    def _ort_logits(self, x: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(len(x), self.card.num_classes)
+        arr = x.numpy()
+        for k in torch.unique(choice).tolist():
+            rows = (choice == k).nonzero().view(-1)
+            session = self.sessions[k]
+            got = session.run(None, {session.get_inputs()[0].name: arr[rows.numpy()]})[0]
+            out[rows] = torch.from_numpy(got).float()
+        return out
+
+    # -- accounting -------------------------------------------------------------------------------
+    def flops_per_image(self) -> dict:
+        """Counted FLOPs of one image: the forward pass, and choosing its condition."""
+        from edge_sel.core.flops import FlopCounter
+        if self.backend == "torch":
+            forward = FlopCounter(self.model, list(self.card.input_shape)).eval_batch(1)
+        else:
+            model, _ = load_checkpoint_for_flops(self.path, self.card)
+            forward = FlopCounter(model, list(self.card.input_shape)).eval_batch(1) if model is not None else None
+        choose = 0
+        if self.chooser is not None:
+            choose = feature_flops(self.card.input_shape) + distance_flops(
+                self.num_conditions, FEATURES_PER_CHANNEL * self.card.input_shape[0])
+        return {"forward": forward, "choice": choose}
+
+
+def read_card_of_export(path: Path):
+    """The model card an export carries in its manifest (class names, input shape, normalisation)."""
+    from edge_sel.core.checkpoint import ModelCard
+    manifest = path / "manifest.json"
+    if not manifest.is_file():
+        raise InputError(f"{path}: not an export directory (no manifest.json); run edge-sel export first")
+    try:
+        m = json.loads(manifest.read_text())
+        norm = m["input"]["normalization"]
+        shape = [int(v) for v in m["input"]["shape"][1:]]
+        return ModelCard(m["checkpoint"]["architecture"], int(m["checkpoint"]["num_classes"]), list(m["class_names"]),
+                         shape, list(norm["mean"]), list(norm["std"]), {}, {})
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise InputError(f"{manifest}: unreadable or corrupt ({e.__class__.__name__}: {e})") from None
+
+
+def load_checkpoint_for_flops(path: Path, card):
+    """The torch model an export came from, where its checkpoint is still at hand (for counting)."""
+    try:
+        source = Path(json.loads((path / "manifest.json").read_text())["checkpoint"]["path"])
+        read_card(source)
+        return load_checkpoint(source)
+    except (OSError, ValueError, KeyError, InputError):
+        return None, None
