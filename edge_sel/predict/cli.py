@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -43,7 +42,7 @@ def predict_cmd(paths, checkpoint, backend, batch_size, window, no_bank, resize,
 
     from edge_sel.energy import open_meter
     from edge_sel.predict.predictor import Predictor
-    from edge_sel.predict.run import open_output, predict_files
+    from edge_sel.predict.run import LineSink, predict_files, read_inputs
     for option, value in (("--batch-size", batch_size), ("--window", window - 1), ("--progress-every", progress_every),
                           ("--threads", threads)):
         if value is not None and value <= 0:
@@ -55,9 +54,10 @@ def predict_cmd(paths, checkpoint, backend, batch_size, window, no_bank, resize,
         torch.set_num_threads(threads)
     predictor = Predictor(checkpoint, backend=backend, window=window, use_bank=not no_bank, device=device,
                           threads=threads)
+    files, images = read_inputs(list(paths), predictor.card.input_shape, resize)
     if summary_path is not None:
         _writable(summary_path, "--summary")
-    fd = open_output(out)
+    sink = LineSink(out)
     bar = None
     progress = None
     if not quiet:
@@ -75,13 +75,12 @@ def predict_cmd(paths, checkpoint, backend, batch_size, window, no_bank, resize,
     meter = open_meter()
     meter.start()
     try:
-        summary = predict_files(predictor, list(paths), fd, batch_size, resize, meter, progress)
+        summary = predict_files(predictor, files, images, sink, batch_size, meter, progress)
     finally:
         meter.close()
+        sink.close()
         if bar is not None:
             bar.close()
-        if out is not None and str(out) != "-":
-            os.close(fd)
     summary["checkpoint"] = str(checkpoint)
     if summary_path is not None:
         summary_path.write_text(json.dumps(summary, indent=1) + "\n")

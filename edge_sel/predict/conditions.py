@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 # The filter's persistence: a condition is expected to last about this many frames.
@@ -42,15 +43,15 @@ EM_STEPS = 10
 FEATURES_PER_CHANNEL = 3
 
 
-def image_features(x: torch.Tensor) -> torch.Tensor:
-    """N x 3C features of a normalised N x C x H x W batch (see the module's docstring)."""
-    x = x.float()
-    c = x.shape[1]
-    kernel = torch.tensor([[0., 1., 0.], [1., -4., 1.], [0., 1., 0.]], device=x.device).expand(c, 1, 3, 3)
-    edges = torch.nn.functional.conv2d(x, kernel, groups=c)
-    return torch.cat([x.mean((2, 3)),
-                      torch.log(x.var((2, 3), unbiased=False) + 1e-5),
-                      torch.log(edges.var((2, 3), unbiased=False) + 1e-5)], dim=1).double().cpu()
+def image_features(x) -> np.ndarray:
+    """N x 3C features of a normalised N x C x H x W batch (see the module's docstring). Plain numpy:
+    a frame's features must not wait for a thread pool that other work keeps busy."""
+    x = np.asarray(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
+    edges = (x[:, :, :-2, 1:-1] + x[:, :, 2:, 1:-1] + x[:, :, 1:-1, :-2] + x[:, :, 1:-1, 2:]
+             - 4 * x[:, :, 1:-1, 1:-1])
+    flat, flat_edges = x.reshape(*x.shape[:2], -1), edges.reshape(*edges.shape[:2], -1)
+    return np.concatenate([flat.mean(2), np.log(flat.var(2) + 1e-5), np.log(flat_edges.var(2) + 1e-5)],
+                          axis=1).astype(np.float64)
 
 
 def feature_flops(input_shape) -> int:
@@ -68,34 +69,40 @@ def distance_flops(conditions: int, dims: int) -> int:
 
 
 def normalised(images: torch.Tensor, mean, std) -> torch.Tensor:
-    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    return (images.float().cpu() / 255 - m) / s
+    """uint8 images as the model takes them, (pixels / 255 - mean[c]) / std[c], float32 on the CPU."""
+    m = np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
+    s = np.asarray(std, dtype=np.float32).reshape(1, -1, 1, 1)
+    return torch.from_numpy((images.cpu().numpy().astype(np.float32) / 255 - m) / s)
+
+
+def _logsumexp(a: np.ndarray, axis: int = 0) -> np.ndarray:
+    top = a.max(axis=axis, keepdims=True)
+    return (top + np.log(np.exp(a - top).sum(axis=axis, keepdims=True))).squeeze(axis)
 
 
 @dataclass
 class ConditionModel:
     """A Gaussian over image features, and how far its own images lie from it."""
-    mean: torch.Tensor          # F
-    precision: torch.Tensor     # F x F
+    mean: np.ndarray            # F
+    precision: np.ndarray       # F x F
     logdet: float
     reach: float                # the largest squared Mahalanobis distance of its own images
 
     @classmethod
-    def fit(cls, features: torch.Tensor) -> "ConditionModel":
-        f = features.double()
+    def fit(cls, features: np.ndarray) -> "ConditionModel":
+        f = np.asarray(features, dtype=np.float64)
         if len(f) < 2:
             raise ValueError("a condition needs at least 2 images to describe")
         mu = f.mean(0)
-        cov = torch.cov(f.T).reshape(len(mu), len(mu))
-        cov = cov + SHRINK * torch.eye(len(mu), dtype=torch.float64) * cov.diagonal().mean().clamp(min=1e-8)
-        precision = torch.linalg.inv(cov)
+        cov = np.atleast_2d(np.cov(f.T))
+        cov = cov + SHRINK * np.eye(len(mu)) * max(float(np.diag(cov).mean()), 1e-8)
+        precision = np.linalg.inv(cov)
         d = f - mu
         reach = float(((d @ precision) * d).sum(1).max())
-        return cls(mu, precision, float(torch.logdet(cov)), reach)
+        return cls(mu, precision, float(np.linalg.slogdet(cov)[1]), reach)
 
-    def squared_distance(self, features: torch.Tensor) -> torch.Tensor:
-        d = features.double() - self.mean
+    def squared_distance(self, features: np.ndarray) -> np.ndarray:
+        d = features - self.mean
         return ((d @ self.precision) * d).sum(1)
 
     def to_dict(self) -> dict:
@@ -104,13 +111,14 @@ class ConditionModel:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ConditionModel":
-        mean = torch.tensor(d["mean"], dtype=torch.float64)
-        precision = torch.tensor(d["precision"], dtype=torch.float64)
-        if mean.dim() != 1 or precision.shape != (len(mean), len(mean)):
+        mean = np.asarray(d["mean"], dtype=np.float64)
+        precision = np.asarray(d["precision"], dtype=np.float64)
+        if mean.ndim != 1 or precision.shape != (len(mean), len(mean)):
             raise ValueError("mean and precision disagree in size")
-        if not (torch.isfinite(mean).all() and torch.isfinite(precision).all()):
-            raise ValueError("non-finite mean or precision")
-        return cls(mean, precision, float(d["logdet"]), float(d["reach"]))
+        logdet, reach = float(d["logdet"]), float(d["reach"])
+        if not (np.isfinite(mean).all() and np.isfinite(precision).all() and np.isfinite([logdet, reach]).all()):
+            raise ValueError("non-finite mean, precision, log-determinant or reach")
+        return cls(mean, precision, logdet, reach)
 
 
 class ConditionChooser:
@@ -125,9 +133,11 @@ class ConditionChooser:
         k = len(names)
         stay = 1.0 - 1.0 / window
         move = (1.0 - stay) / (k - 1) if k > 1 else 0.0
-        t = torch.full((k, k), move, dtype=torch.float64)
-        t.fill_diagonal_(stay if k > 1 else 1.0)
-        self._log_transition = torch.log(t.clamp(min=1e-300))
+        t = np.full((k, k), move)
+        np.fill_diagonal(t, stay if k > 1 else 1.0)
+        self._log_transition = np.log(np.clip(t, 1e-300, None))
+        self._logdet = np.array([m.logdet for m in models])
+        self._reach = np.array([m.reach for m in models])
         self.reset()
 
     @classmethod
@@ -138,47 +148,46 @@ class ConditionChooser:
     def reset(self) -> None:
         """Forget the stream: the next frame starts from no belief about its condition."""
         k = len(self.names)
-        self._belief = torch.full((k,), -math.log(k), dtype=torch.float64)
+        self._belief = np.full(k, -math.log(k))
 
     @property
-    def belief(self) -> torch.Tensor:
-        return self._belief.exp()
+    def belief(self) -> np.ndarray:
+        return np.exp(self._belief)
 
-    def evidence(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def evidence(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Capped log-likelihoods (N x K, the best condition at 0) and whether each image lies
         within reach of some condition."""
-        d2 = torch.stack([m.squared_distance(features) for m in self.models], dim=1)
-        logdet = torch.tensor([m.logdet for m in self.models], dtype=torch.float64)
-        ll = -0.5 * (d2 + logdet)
-        ll = (ll - ll.max(1, keepdim=True).values).clamp(min=-EVIDENCE_CAP)
-        reach = torch.tensor([m.reach for m in self.models], dtype=torch.float64)
-        known = (d2 <= OUTLIER_MARGIN * reach).any(1)
+        d2 = np.stack([m.squared_distance(features) for m in self.models], axis=1)
+        ll = -0.5 * (d2 + self._logdet)
+        ll = np.maximum(ll - ll.max(1, keepdims=True), -EVIDENCE_CAP)
+        known = (d2 <= OUTLIER_MARGIN * self._reach).any(1)
         return ll, known
 
-    def choose_batch(self, features: torch.Tensor) -> torch.Tensor:
+    def choose_batch(self, features: np.ndarray) -> torch.Tensor:
         """A set of images: the batch's mixture by EM, then each image's most probable condition."""
         ll, known = self.evidence(features)
         k = len(self.names)
-        weights = torch.full((k,), 1.0 / k, dtype=torch.float64)
+        weights = np.full(k, 1.0 / k)
         for _ in range(EM_STEPS if known.any() else 0):
-            post = torch.softmax(ll[known] + weights.log(), dim=1)
+            post = ll[known] + np.log(weights)
+            post = np.exp(post - _logsumexp(post, 1)[:, None])
             weights = (post.sum(0) + 1e-3) / (len(post) + k * 1e-3)
-        choice = (ll + weights.log()).argmax(1)
-        return torch.where(known, choice, torch.zeros_like(choice))
+        choice = np.where(known, (ll + np.log(weights)).argmax(1), 0)
+        return torch.from_numpy(choice.astype(np.int64))
 
-    def choose_stream(self, features: torch.Tensor) -> torch.Tensor:
+    def choose_stream(self, features: np.ndarray) -> torch.Tensor:
         """Frames in arrival order: each one's condition given every frame before it and itself."""
         ll, known = self.evidence(features)
-        out = torch.zeros(len(features), dtype=torch.long)
+        out = np.zeros(len(features), dtype=np.int64)
         belief = self._belief
         for i in range(len(features)):
-            belief = torch.logsumexp(belief[:, None] + self._log_transition, dim=0)
+            belief = _logsumexp(belief[:, None] + self._log_transition, 0)
             if known[i]:
                 belief = belief + ll[i]
-                belief = belief - torch.logsumexp(belief, 0)
+                belief = belief - _logsumexp(belief, 0)
                 out[i] = int(belief.argmax())
         self._belief = belief
-        return out
+        return torch.from_numpy(out)
 
     def to_dict(self) -> dict:
         return {"names": self.names, "window": self.window, "models": [m.to_dict() for m in self.models]}

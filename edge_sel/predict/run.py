@@ -17,20 +17,33 @@ from pathlib import Path
 
 import torch
 
+from edge_sel.errors import InputError
 from edge_sel.predict.images import list_images, read_image
 from edge_sel.predict.predictor import Predictor
 
 
-def open_output(out: Path | None) -> int:
-    """A file descriptor for the JSON lines: the file (created or truncated), or stdout."""
-    if out is None or str(out) == "-":
-        sys.stdout.flush()
-        return sys.stdout.fileno()
-    from edge_sel.errors import InputError
-    try:
-        return os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    except OSError as e:
-        raise InputError(f"--out {out}: cannot write ({e.strerror})") from None
+class LineSink:
+    """Where the JSON lines go: a file (created or truncated; each batch's lines in one system
+    call) or stdout."""
+
+    def __init__(self, out: Path | None):
+        self.fd = None
+        if out is not None and str(out) != "-":
+            try:
+                self.fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            except OSError as e:
+                raise InputError(f"--out {out}: cannot write ({e.strerror})") from None
+
+    def write(self, text: str) -> None:
+        if self.fd is None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        else:
+            os.write(self.fd, text.encode())
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -39,14 +52,16 @@ def percentile(values: list[float], q: float) -> float | None:
     return float(torch.quantile(torch.tensor(values, dtype=torch.float64), q))
 
 
-def predict_files(predictor: Predictor, paths: list[Path], fd: int, batch_size: int = 1, resize: bool = False,
-                  meter=None, progress=None) -> dict:
-    """Predict every image under `paths`, writing a JSON line each to `fd`; returns the summary."""
+def read_inputs(paths: list[Path], input_shape, resize: bool) -> tuple[list[Path], list[torch.Tensor]]:
+    """Every image under `paths`, decoded and checked before the first prediction: a bad one stops
+    the run before it has written anything."""
     files = list_images(paths)
-    shape = list(predictor.card.input_shape)
-    # Every file is decoded and checked before the first prediction: a bad one stops the run
-    # before it has written anything.
-    images = [read_image(f, shape, resize) for f in files]
+    return files, [read_image(f, list(input_shape), resize) for f in files]
+
+
+def predict_files(predictor: Predictor, files: list[Path], images: list[torch.Tensor], sink: LineSink,
+                  batch_size: int = 1, meter=None, progress=None) -> dict:
+    """Predict the images in order, writing a JSON line each to `sink`; returns the summary."""
     latencies: list[float] = []
     counts: dict[str, int] = {}
     if meter is not None:
@@ -64,7 +79,7 @@ def predict_files(predictor: Predictor, paths: list[Path], fd: int, batch_size: 
             lines.append(json.dumps({"path": str(path), "class": out.classes[i], "label": out.labels[i],
                                      "condition": out.conditions[i], "latency_ms": round(ms, 3)}))
             latencies.append(ms)
-        os.write(fd, ("\n".join(lines) + "\n").encode())
+        sink.write("\n".join(lines) + "\n")
         done += len(batch)
         if progress is not None:
             progress(done, len(files))
