@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from helpers import digits_warmup_with_memory, run_cli, run_main
-from edge_sel.core.bn_bank import BANK_FILE, SavedCondition, write_bank
+from edge_sel.core.bn_bank import BANK_FILE, SavedCondition, read_bank, write_bank
 from edge_sel.data.camera import apply_condition, camera_stream
 from edge_sel.engine.bn_bank import images_fingerprint
 from edge_sel.engine.run import DataOptions
@@ -235,3 +235,39 @@ def test_sigint_mid_stream_exits_130_and_leaves_whole_lines(banked, test_split, 
     text = out.read_text()
     assert text.endswith("\n") and 0 < len(text.splitlines()) < len(images)
     assert all(json.loads(line)["path"] for line in text.splitlines())
+
+
+def test_load_model_routes_per_image_keeps_its_own_buffers_and_is_safe_between_threads(banked, test_split):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edge_sel import load_model
+    model, card = load_model(banked)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    clean = normalised(test_split.images[:32], card.mean, card.std)
+    dark = normalised(apply_condition(test_split, torch.arange(32), DARK, 0), card.mean, card.std)
+    with torch.inference_mode():
+        alone = [model(clean), model(x=dark)]            # a keyword input works too
+        with ThreadPoolExecutor(4) as pool:
+            shared = list(pool.map(lambda i: model([clean, dark][i % 2]), range(16)))
+    assert all(torch.equal(y, alone[i % 2]) for i, y in enumerate(shared))
+    assert torch.equal(alone[0], Predictor(banked).predict(test_split.images[:32]).logits)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_promote_counts_choosing_the_deployed_models_conditions(banked, tmp_path):
+    from edge_sel.engine.promote import validate_deployed
+    from edge_sel.predict.conditions import distance_flops, feature_flops
+    config = json.loads((banked / "config.json").read_text())
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for f in banked.iterdir():
+        if f.is_file() and f.name != BANK_FILE:
+            (plain / f.name).write_bytes(f.read_bytes())
+    _, _, with_bank = validate_deployed(config, banked)
+    _, _, without = validate_deployed(config, plain)
+    shape = [1, 8, 8]
+    kept = sum(len(c.images) for c in read_bank(banked, shape))     # the conditions' images, described once
+    per_image = feature_flops(shape) + distance_flops(2, 3)        # each judged image's features and distances
+    assert with_bank["flops_bank_choice"] == kept * feature_flops(shape)
+    assert with_bank["flops"] - without["flops"] == kept * feature_flops(shape) + with_bank["samples"] * per_image

@@ -174,11 +174,12 @@ def validate_deployed(config: dict, deployed: Path, run_dir: Path | None = None)
     from edge_sel.engine.evaluate import accuracy, evaluation_flops, predict_dataset, validation_subset
     from edge_sel.engine.run import DataOptions, check_compatible
     from edge_sel.models import load_checkpoint
+    from edge_sel.predict.conditions import feature_flops
     data = DataOptions(**{**config["data"], "data_dir": config["data"].get("data_dir")})
     splits = data.load()
     model, card = load_checkpoint(deployed)
     check_compatible(card, splits, deployed)
-    attach_saved_bank(model, deployed, card)     # its statistics per condition, if it keeps them
+    bank = attach_saved_bank(model, deployed, card)     # its statistics per condition, if it keeps them
     val = validation_subset(splits.val, config.get("val_subset") or 0)
     memory = None if run_dir is None else load_memory(Path(run_dir), card, splits.train)
     batch = config.get("eval_batch_size") or 256
@@ -188,9 +189,15 @@ def validate_deployed(config: dict, deployed: Path, run_dir: Path | None = None)
         t0 = time.perf_counter()
         with torch.inference_mode():
             logits = predict_dataset(lambda x: model.eval()(x).float(), ds, card.mean, card.std, batch)
-        return accuracy(logits, ds.labels), time.perf_counter() - t0, evaluation_flops(counter, len(ds), batch)
+        flops = evaluation_flops(counter, len(ds), batch)
+        if bank is not None:        # choosing each image's condition: its features and distances
+            flops += bank.take_selected() * bank.choice_flops(list(splits.val.input_shape))
+        return accuracy(logits, ds.labels), time.perf_counter() - t0, flops
+    described = 0 if bank is None else sum(len(c.images) for c in bank.conditions) * feature_flops(splits.val.input_shape)
     val_acc, wall, flops = judge(val)
-    cost = {"samples": len(val), "flops": flops, "wall_s": wall, "device": "cpu", "energy": "not measured"}
+    flops += described          # the bank's conditions described once, to choose between them
+    cost = {"samples": len(val), "flops": flops, "wall_s": wall, "device": "cpu", "energy": "not measured",
+            **({"flops_bank_choice": described} if bank is not None else {})}
     anchor_acc = None
     if memory is not None:
         anchor_acc, anchor_wall, anchor_flops = judge(memory.guard)
