@@ -96,8 +96,17 @@ def gpu_uuids(device: torch.device) -> list[str] | None:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MiB. ru_maxrss is KiB on Linux and bytes on macOS;
-    Windows has no `resource` module, psutil gives its peak working set."""
+    """Peak resident memory of this process in MiB. On Linux /proc's VmHWM (ru_maxrss keeps the peak
+    of the process that started this one across exec: a benchmark's children all reported their
+    parent's); ru_maxrss elsewhere (KiB on Linux, bytes on macOS); Windows has no `resource`
+    module, psutil gives its peak working set."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import resource
     except ImportError:

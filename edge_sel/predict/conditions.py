@@ -43,15 +43,39 @@ EM_STEPS = 10
 FEATURES_PER_CHANNEL = 3
 
 
+def _features(s1, s2, e1, e2, pixels: int, inner: int, offset, scale) -> np.ndarray:
+    """Features from per-channel sums of pixels and Laplacian outputs (and of their squares) of
+    images in some units; `offset` and `scale` map those units to normalised ones."""
+    mean = s1 / pixels
+    var = np.maximum(s2 / pixels - mean * mean, 0.0) * scale ** 2
+    edge_mean = e1 / inner
+    edge_var = np.maximum(e2 / inner - edge_mean * edge_mean, 0.0) * scale ** 2
+    return np.concatenate([mean * scale + offset, np.log(var + 1e-5), np.log(edge_var + 1e-5)], axis=1)
+
+
+def _sums(x: np.ndarray) -> tuple:
+    """Per image and channel: the sums of pixels, of their squares, of the 3 x 3 Laplacian's outputs
+    and of their squares, and how many of each."""
+    n, c = x.shape[:2]
+    e = x[:, :, :-2, 1:-1] + x[:, :, 2:, 1:-1] + x[:, :, 1:-1, :-2] + x[:, :, 1:-1, 2:] - 4 * x[:, :, 1:-1, 1:-1]
+    flat, edges = x.reshape(n, c, -1), e.reshape(n, c, -1)
+    return (flat.sum(2), np.einsum("ncp,ncp->nc", flat, flat), edges.sum(2), np.einsum("ncp,ncp->nc", edges, edges),
+            flat.shape[2], edges.shape[2])
+
+
 def image_features(x) -> np.ndarray:
-    """N x 3C features of a normalised N x C x H x W batch (see the module's docstring). Plain numpy:
-    a frame's features must not wait for a thread pool that other work keeps busy."""
-    x = np.asarray(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
-    edges = (x[:, :, :-2, 1:-1] + x[:, :, 2:, 1:-1] + x[:, :, 1:-1, :-2] + x[:, :, 1:-1, 2:]
-             - 4 * x[:, :, 1:-1, 1:-1])
-    flat, flat_edges = x.reshape(*x.shape[:2], -1), edges.reshape(*edges.shape[:2], -1)
-    return np.concatenate([flat.mean(2), np.log(flat.var(2) + 1e-5), np.log(flat_edges.var(2) + 1e-5)],
-                          axis=1).astype(np.float64)
+    """N x 3C features of a normalised N x C x H x W batch (see the module's docstring). Plain numpy
+    in float64: a frame's features must not wait for a thread pool that other work keeps busy."""
+    x = np.asarray(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
+    return _features(*_sums(x), 0.0, 1.0)
+
+
+def pixel_features(images: torch.Tensor, mean, std) -> np.ndarray:
+    """The same features straight from uint8 images (exact integer sums, then the normalisation
+    applied to them): what a device computes per frame, without normalising every pixel first."""
+    std = np.asarray(std, dtype=np.float64)
+    return _features(*_sums(images.cpu().numpy().astype(np.float64)), -np.asarray(mean, dtype=np.float64) / std,
+                     1.0 / (255.0 * std))
 
 
 def feature_flops(input_shape) -> int:
@@ -135,29 +159,32 @@ class ConditionChooser:
         move = (1.0 - stay) / (k - 1) if k > 1 else 0.0
         t = np.full((k, k), move)
         np.fill_diagonal(t, stay if k > 1 else 1.0)
-        self._log_transition = np.log(np.clip(t, 1e-300, None))
+        self._transition = t
         self._logdet = np.array([m.logdet for m in models])
         self._reach = np.array([m.reach for m in models])
+        self._means = np.stack([m.mean for m in models])            # K x F
+        self._precisions = np.stack([m.precision for m in models])  # K x F x F
         self.reset()
 
     @classmethod
     def from_images(cls, names: list[str], images: list[torch.Tensor], mean, std,
                     window: int = DEFAULT_WINDOW) -> "ConditionChooser":
-        return cls(names, [ConditionModel.fit(image_features(normalised(im, mean, std))) for im in images], window)
+        return cls(names, [ConditionModel.fit(pixel_features(im, mean, std)) for im in images], window)
 
     def reset(self) -> None:
         """Forget the stream: the next frame starts from no belief about its condition."""
         k = len(self.names)
-        self._belief = np.full(k, -math.log(k))
+        self._belief = np.full(k, 1.0 / k)
 
     @property
     def belief(self) -> np.ndarray:
-        return np.exp(self._belief)
+        return self._belief.copy()
 
     def evidence(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Capped log-likelihoods (N x K, the best condition at 0) and whether each image lies
         within reach of some condition."""
-        d2 = np.stack([m.squared_distance(features) for m in self.models], axis=1)
+        d = features[:, None, :] - self._means[None]                # N x K x F
+        d2 = np.einsum("nkf,kfg,nkg->nk", d, self._precisions, d, optimize=False)
         ll = -0.5 * (d2 + self._logdet)
         ll = np.maximum(ll - ll.max(1, keepdims=True), -EVIDENCE_CAP)
         known = (d2 <= OUTLIER_MARGIN * self._reach).any(1)
@@ -181,12 +208,12 @@ class ConditionChooser:
         out = np.zeros(len(features), dtype=np.int64)
         belief = self._belief
         for i in range(len(features)):
-            belief = _logsumexp(belief[:, None] + self._log_transition, 0)
+            belief = belief @ self._transition               # a condition persists or switches
             if known[i]:
-                belief = belief + ll[i]
-                belief = belief - _logsumexp(belief, 0)
+                belief = belief * np.exp(ll[i])              # capped evidence: never all zero
+                belief = belief / belief.sum()
                 out[i] = int(belief.argmax())
-        self._belief = belief
+        self._belief = np.maximum(belief, 1e-300)
         return torch.from_numpy(out)
 
     def to_dict(self) -> dict:

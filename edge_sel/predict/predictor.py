@@ -23,7 +23,7 @@ from edge_sel.core.checkpoint import read_card
 from edge_sel.errors import InputError
 from edge_sel.models import load_checkpoint
 from edge_sel.predict.conditions import (DEFAULT_WINDOW, FEATURES_PER_CHANNEL, ConditionChooser, distance_flops,
-                                         feature_flops, image_features, normalised)
+                                         feature_flops, normalised, pixel_features)
 from edge_sel.predict.statistics import StatisticsSwitch, stats_on
 
 OWN = "own"                        # the condition name reported when a model keeps no bank
@@ -90,11 +90,11 @@ class Predictor:
         if self.chooser is not None:
             self.chooser.reset()
 
-    def choose(self, x: torch.Tensor) -> torch.Tensor:
-        """Each normalised image's condition: a frame of the stream, or a set when several."""
-        features = image_features(x)
-        self.images_chosen += len(x)
-        if len(x) == 1:
+    def choose(self, images: torch.Tensor) -> torch.Tensor:
+        """Each uint8 image's condition: a frame of the stream, or a set when several."""
+        features = pixel_features(images, self.card.mean, self.card.std)
+        self.images_chosen += len(images)
+        if len(images) == 1:
             return self.chooser.choose_stream(features)
         return self.chooser.choose_batch(features)
 
@@ -106,7 +106,7 @@ class Predictor:
         if list(images.shape[1:]) != list(self.card.input_shape):
             raise InputError(f"images of shape {list(images.shape[1:])}: the model takes {list(self.card.input_shape)}")
         x = normalised(images, self.card.mean, self.card.std)
-        choice = self.choose(x) if self.chooser is not None else torch.zeros(len(x), dtype=torch.long)
+        choice = self.choose(images) if self.chooser is not None else torch.zeros(len(x), dtype=torch.long)
         if self.backend == "torch":
             x = x.to(self.device)
             if self.switch is None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from edge_sel.device_caps import peak_rss_mb
 from edge_sel.errors import InputError
 from edge_sel.predict.images import list_images, read_image
 from edge_sel.predict.predictor import Predictor
@@ -96,6 +96,6 @@ def predict_files(predictor: Predictor, files: list[Path], images: list[torch.Te
         "latency_note": "per batch: choosing each image's condition and the forward pass (file decoding excluded)",
         "energy_j": joules, "joules_per_1000": (joules / done * 1000) if joules is not None and done else None,
         "energy_source": energy.get("energy_source"), "energy_method": energy.get("energy_method"),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
         "flops_forward_per_image": flops["forward"], "flops_choice_per_image": flops["choice"],
     }

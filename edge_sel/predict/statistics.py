@@ -24,23 +24,27 @@ class StatisticsSwitch:
 
     def __init__(self, model: nn.Module):
         self.layers = named_batchnorm(model)
+        self.names = [n for n, _ in self.layers]
+        self.buffers = [m._buffers for _, m in self.layers]
         self.lock = threading.RLock()
 
     @contextmanager
     def lent(self, stats: dict[str, tuple[torch.Tensor, torch.Tensor]]):
+        # The layers' buffer dictionaries are written directly: Module.__setattr__ costs microseconds
+        # per call, which over every layer was a fifth of a small model's forward at batch 1.
         with self.lock:
-            own = [(m.running_mean, m.running_var) for _, m in self.layers]
+            own = [(b["running_mean"], b["running_var"]) for b in self.buffers]
             try:
-                for name, m in self.layers:
-                    m.running_mean, m.running_var = stats[name]
+                for name, b in zip(self.names, self.buffers):
+                    b["running_mean"], b["running_var"] = stats[name]
                 yield
             finally:
-                for (_, m), (mean, var) in zip(self.layers, own):
-                    m.running_mean, m.running_var = mean, var
+                for b, (mean, var) in zip(self.buffers, own):
+                    b["running_mean"], b["running_var"] = mean, var
 
     def forward(self, forward, x: torch.Tensor, choice: torch.Tensor, stats: list[dict]) -> torch.Tensor:
         """`forward(x)` with image i normalised by `stats[choice[i]]`: one pass per condition present."""
-        present = torch.unique(choice).tolist()
+        present = sorted(set(choice.tolist()))
         if len(present) == 1:
             with self.lent(stats[present[0]]):
                 return forward(x)
