@@ -280,6 +280,7 @@ def trigger_cmd(checkpoint, dataset, data_dir, shard, subset, spec, shift_seed, 
     under a budget, and reports the scenes they cover against a random choice of the same size."""
     from edge_sel.engine.energy_setup import EnergyOptions
     from edge_sel.engine.run import DataOptions, check_out_dir, start_out_dir
+    from edge_sel.engine.bn_bank import attach_saved_bank
     from edge_sel.engine.trigger import run_trigger
     from edge_sel.models import load_checkpoint
     for option, value in (("--budget-frames", budget_frames), ("--budget-joules", budget_joules),
@@ -300,11 +301,12 @@ def trigger_cmd(checkpoint, dataset, data_dir, shard, subset, spec, shift_seed, 
                          shift_seed=shift_seed).load()
     if splits.train.input_shape != list(card.input_shape):
         raise InputError(f"--dataset: images are {splits.train.input_shape}, the checkpoint expects {card.input_shape}")
+    bank = attach_saved_bank(model.eval(), checkpoint, card)     # the deployed model as it predicts
     start_out_dir(out)
     meter = EnergyOptions().open()
     try:
         result = run_trigger(model, card.mean, card.std, splits.train, budget_frames, budget_joules, significance,
-                             novelty, batch_size, seed, meter, out)
+                             novelty, batch_size, seed, meter, out, bank)
     finally:
         meter.close()
     r, c = result["random_same_size"], result["cost"]

@@ -140,6 +140,10 @@ class TrainConfig:
             raise InputError("--compile: needs --backend torch (ORT runs its own graph optimisations)")
         if self.precision not in ("auto", "fp32") and self.backend != "torch":
             raise InputError(f"--precision {self.precision}: needs --backend torch (ORT artifacts train in fp32)")
+        if self.bn_adapt and self.bn_conditions:
+            raise InputError(f"--bn-adapt {self.bn_adapt} with --bn-conditions {self.bn_conditions}: the bank "
+                             "re-estimates every condition's statistics itself, so one set re-estimated first "
+                             "would be overridden; choose one (--preset adapt sets --bn-adapt 500)")
         if self.bn_adapt and self.backend != "torch":
             raise InputError("--bn-adapt: needs --backend torch (ORT artifacts carry their own BatchNorm statistics)")
         if not isinstance(self.device, str) or not (self.device in ("auto", "cpu", "cuda", "mps")

@@ -234,6 +234,29 @@ def test_a_night_keeps_conditions_by_default_where_it_can(warm, tmp_path):
         assert ("bn_bank" in s) == bool(expected)
 
 
+def test_bn_adapt_beside_a_bank_is_refused_and_a_nights_default_bank_yields_to_it(warm, tmp_path, capsys):
+    """The bank re-estimates every condition itself, so --bn-adapt beside it would be silently
+    overridden: refused in one line; a night whose bank is only its default turns the bank off for
+    a --bn-adapt the user asked for and says so; --preset adapt beside a bank re-estimates no single
+    set (the bank does it per condition)."""
+    code, err = run_main(["finetune", "--checkpoint", warm, "--epochs", "1", "--out", tmp_path / "both",
+                          "--bn-adapt", "100", "--bn-conditions", "2", *LOW_CONTRAST], capsys)
+    assert code == 2 and "--bn-adapt 100 with --bn-conditions 2" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "both").exists()
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copytree(warm, home / "warmup")
+    result = run_cli("night", "--home", home, "--warmup", home / "warmup", "--epochs", "1", "--bn-adapt", "100",
+                     *[a for a in LOW_CONTRAST if a != "--quiet"])
+    assert "BatchNorm statistics per condition are off tonight: --bn-adapt 100" in result.output
+    s = summary(sorted((home / "runs").iterdir())[-1])
+    assert s["config"]["bn_conditions"] == 0 and s["config"]["bn_adapt"] == 100 and "bn_bank" not in s
+    run_cli("finetune", "--checkpoint", warm, "--epochs", "1", "--out", tmp_path / "recipe", "--preset", "adapt",
+            "--bn-conditions", "2", *LOW_CONTRAST)
+    config = summary(tmp_path / "recipe")["config"]
+    assert config["bn_adapt"] == 0 and config["bn_conditions"] == 2
+
+
 def test_the_closing_lines_say_what_the_bank_did(warm, tmp_path):
     result = run_cli("finetune", "--checkpoint", warm, "--epochs", "0", "--out", tmp_path / "said", "--bn-conditions",
                      "2", *[a for a in LOW_CONTRAST if a != "--quiet"])

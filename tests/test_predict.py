@@ -271,3 +271,27 @@ def test_promote_counts_choosing_the_deployed_models_conditions(banked, tmp_path
     per_image = feature_flops(shape) + distance_flops(2, 3)        # each judged image's features and distances
     assert with_bank["flops_bank_choice"] == kept * feature_flops(shape)
     assert with_bank["flops"] - without["flops"] == kept * feature_flops(shape) + with_bank["samples"] * per_image
+
+
+def test_the_trigger_judges_frames_with_the_deployed_models_bank(banked, tmp_path):
+    import csv
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for f in banked.iterdir():
+        if f.is_file() and f.name != BANK_FILE:
+            (plain / f.name).write_bytes(f.read_bytes())
+    args = ["--dataset", "digits", "--shard", "1/2", "--shift", "corrupt=contrast:4;frames=3", "--subset", "120",
+            "--budget-frames", "60", "--significance", "entropy"]
+    run_cli("trigger", "--checkpoint", banked, *args, "--out", tmp_path / "banked")
+    run_cli("trigger", "--checkpoint", plain, *args, "--out", tmp_path / "plain-out")
+    with_bank = json.loads((tmp_path / "banked" / "trigger.json").read_text())
+    without = json.loads((tmp_path / "plain-out" / "trigger.json").read_text())
+    assert with_bank["bn_bank"]["conditions"] == ["source", "condition-1"] and without["bn_bank"]["conditions"] is None
+    # The significance is the bank's model's entropy: the same frames, other scores.
+    sig = lambda d: {r["frame_id"]: r["significance"] for r in csv.DictReader(open(tmp_path / d / "kept.csv"))}
+    a, b = sig("banked"), sig("plain-out")
+    assert any(a[k] != b[k] for k in set(a) & set(b)) or set(a) != set(b)
+    kept = sum(len(c.images) for c in read_bank(banked, [1, 8, 8]))
+    from edge_sel.predict.conditions import distance_flops, feature_flops
+    assert with_bank["cost"]["flops_forward"] - without["cost"]["flops_forward"] == \
+        kept * feature_flops([1, 8, 8]) + with_bank["frames_seen"] * (feature_flops([1, 8, 8]) + distance_flops(2, 3))

@@ -64,7 +64,8 @@ LEVERS = {"ewc": 1.0, "replay": 0.5, "bn_anchor_share": 0.5, "reset_forgetting":
 WHOLE = ("bn_conditions",)       # levers that count things
 # "lifelong": every lever, the penalty lighter: on the demo's digits, replay with anchor BatchNorm
 # statistics adapted while keeping the clean digits, and a penalty of 1 or more only held it back.
-LIFELONG = {**LEVERS, "ewc": 0.1}
+# No --bn-anchor-share: it shapes --bn-adapt's single set, which the bank (--bn-conditions) replaces.
+LIFELONG = {k: v for k, v in {**LEVERS, "ewc": 0.1}.items() if k != "bn_anchor_share"}
 GUARD_OFF = 100.0       # --max-forgetting 100: no candidate forgets more than every point
 
 

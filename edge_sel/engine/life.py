@@ -113,6 +113,10 @@ def night(home: Home, data: DataOptions, cfg: TrainConfig, energy: EnergyOptions
         start = home.start_checkpoint()
         if cfg.bn_conditions is None:       # the night's default: statistics per condition where they can be kept
             cfg.bn_conditions = conditions_for(start, cfg.backend)
+            if cfg.bn_conditions and cfg.bn_adapt:      # asked for: one set re-estimated, not the bank
+                cfg.bn_conditions = 0
+                say(f"edge-sel nightly: BatchNorm statistics per condition are off tonight: --bn-adapt "
+                    f"{cfg.bn_adapt} re-estimates one set instead")
         run_dir = home.runs / (run_name or new_run_name(home.runs))
         say(f"edge-sel nightly: new run {run_dir} from {start}")
         summary = finetune(start, data, cfg, run_dir, quiet=quiet, energy=energy, profile=profile)

@@ -30,6 +30,7 @@ from edge_sel.errors import InputError
 from edge_sel.methods.base import RunContext
 from edge_sel.methods.select.gating_config import gating_config
 from edge_sel.methods.select.novelty import fingerprint_flops, fingerprints
+from edge_sel.predict.conditions import feature_flops
 from edge_sel.methods.select.sundew import SundewGate
 
 SIGNIFICANCES = ("entropy", "none")
@@ -52,7 +53,10 @@ def random_coverage(scenes: torch.Tensor, size: int, seed: int, draws: int = RAN
 
 
 def run_trigger(model: torch.nn.Module, mean, std, stream, budget_frames: int | None, budget_j: float | None,
-                significance: str, novelty: float, batch_size: int, seed: int, meter, out: Path) -> dict:
+                significance: str, novelty: float, batch_size: int, seed: int, meter, out: Path,
+                bank=None) -> dict:
+    """`bank`: the BatchNorm statistics the deployed model keeps per condition, attached to `model`
+    (engine/bn_bank.py attach_saved_bank): the entropy significance is then the deployed model's own."""
     if (budget_frames is None) == (budget_j is None):
         raise InputError("trigger: give one budget, --budget-frames N or --budget-joules J")
     if budget_j is not None and significance == "none":
@@ -70,6 +74,9 @@ def run_trigger(model: torch.nn.Module, mean, std, stream, budget_frames: int | 
             logits = predict_dataset(lambda x: model(x).float(), frames, mean, std, batch_size)
         full, rest = divmod(n, batch_size)
         forward_flops = full * flops.eval_batch(batch_size) + (flops.eval_batch(rest) if rest else 0)
+        if bank is not None:        # the conditions described once, then each frame's features and distances
+            forward_flops += (sum(len(c.images) for c in bank.conditions) * feature_flops(stream.input_shape)
+                              + bank.take_selected() * bank.choice_flops(stream.input_shape))
         sig = entropy_significance(logits)
     else:
         sig = torch.ones(n)
@@ -115,6 +122,11 @@ def run_trigger(model: torch.nn.Module, mean, std, stream, budget_frames: int | 
                  "energy_j": energy_j, "energy_source": window.get("energy_source"),
                  "energy_method": window.get("energy_method")},
         "train_flops_per_frame": train_flops_per_frame,
+        "bn_bank": ({"conditions": [c.name for c in bank.conditions],
+                     "note": "the entropy significance normalised each frame with its own condition's statistics"}
+                    if bank is not None and significance == "entropy" else
+                    {"conditions": None, "note": "no forward pass (--significance none)" if significance == "none"
+                     else "the checkpoint keeps no BatchNorm statistics per condition"}),
     }
     (out / "trigger.json").write_text(json.dumps(result, indent=2))
     return result

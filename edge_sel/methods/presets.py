@@ -122,8 +122,10 @@ def preset_adapt(cfg, prefer) -> None:
     """The adaptation recipe, cheapest lever first: BatchNorm statistics from 500 unlabelled local
     images, then fine-tuning of a random 20% of the samples per epoch in which only the blocks with a
     large gradient-to-weight ratio learn, each at its own rate; validation on as many samples as cost
-    at most a fifth of the run's compute. Options the user gave win."""
-    if cfg.bn_adapt == 0:
+    at most a fifth of the run's compute. Options the user gave win; with BatchNorm statistics kept
+    per condition (--bn-conditions) the bank re-estimates every condition itself, so the recipe
+    re-estimates no single set."""
+    if cfg.bn_adapt == 0 and not cfg.bn_conditions:
         cfg.bn_adapt = 500
     if cfg.strategy == "dense":
         cfg.strategy = "random"
