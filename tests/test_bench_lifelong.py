@@ -79,6 +79,20 @@ def test_statistics_per_condition_adapt_without_forgetting(bench):
         totals["flops_all"] / results["summary"]["dense"]["totals"]["flops_all"])
 
 
+def test_the_deployed_model_is_also_measured_as_a_camera_asks_it(bench):
+    """Beside whole batches, every deployed model predicts the domains' images as a stream, one frame
+    a call: a model without a bank gives the same figures either way (BatchNorm in eval mode treats
+    each image alone), the bank's model stays within a few points of its whole batches on every
+    domain, and the table shows both."""
+    out, results = bench
+    final = {name: s["final"] for name, s in results["summary"].items()}
+    for domain, acc in final["none"]["acc_frames"].items():
+        assert acc == pytest.approx(final["none"]["acc"][domain], abs=1e-9)
+    for domain, acc in final["conditions"]["acc_frames"].items():
+        assert abs(acc - final["conditions"]["acc"][domain]) <= 3
+    assert "as a device asks it" in (out / "table.md").read_text()
+
+
 def test_single_night_references_and_paired_differences(bench):
     _, results = bench
     refs = results["references"]

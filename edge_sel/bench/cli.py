@@ -371,11 +371,14 @@ def stream_cmd(dataset, scenarios, activations, families, frames, order, epochs,
 @click.option("--pretrain-epochs", type=int, default=None,
               help="Epochs of the clean warmup the bench makes when --checkpoint is not given [8; --quick: 4].")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, mps or auto.")
+@click.option("--predict-batch", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Besides whole batches, the deployed model predicts the domains' images as a camera's stream "
+                   "(segments cycling the domains, classes in runs of 30), N images a call; 0: whole batches only.")
 @common_options(seeds_help="Seeds 0..K-1, paired across methods [5; --quick: 2].",
                 quick_help="A smoke run on digits: 3 nights, 2 seeds, 6 methods, 150 images a night, 1 epoch, "
                            "its own warmup.")
 def lifelong_cmd(dataset, schedule, shifts, method_names, levers, epochs, lr, test_subset, val_subset, pretrain_epochs,
-                 device,
+                 device, predict_batch,
                  data_dir, checkpoint, seeds, systems, subset, out, overwrite, quick, quiet):
     """A device's life: a schedule of nights (fine-tune from the deployed model on tonight's data, then
     promote), one device per method and seed; the deployed model's accuracy on every domain after
@@ -406,11 +409,13 @@ def lifelong_cmd(dataset, schedule, shifts, method_names, levers, epochs, lr, te
         click.echo(f"bench lifelong: skipping {name}: {why}", err=True)
     settings = lifelong.LifeSettings(ds, data_dir, Path(start), nights, conditions, methods, list(range(count)), n, e,
                                      lr, device, target, None if quick and test_subset is None else test_subset or 2000,
-                                     val_subset=val_subset, skipped=skipped)
+                                     val_subset=val_subset, skipped=skipped, predict_batch=predict_batch)
     result = lifelong.play(settings, _progress(quiet))
+    result["predict_batch"] = predict_batch
     record = {"suite": "lifelong", "dataset": ds, "checkpoint": str(start), "schedule": nights,
               "conditions": {c: conditions[c] for c in dict.fromkeys(nights)}, "subset": n, "epochs": e, "lr": lr,
               "seeds": list(range(count)), "test_subset": settings.test_subset, "val_subset": val_subset,
+              "predict_batch": predict_batch,
               "levers": {**lifelong.LEVERS, **strengths},
               "methods": [dataclasses.asdict(m) for m in methods], "skipped": skipped}
     written = lifelong_report.write_outputs(result, record, target)

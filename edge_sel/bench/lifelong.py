@@ -29,11 +29,16 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
 from edge_sel.config import TrainConfig
 from edge_sel.core.flops import FlopCounter
 from edge_sel.core.source_memory import has_source_memory
 from edge_sel.data.shift import corrupted, parse_shift
 from edge_sel.data.split import stratified_take
+import torch
+
+from edge_sel.data.camera import class_runs
 from edge_sel.engine.evaluate import accuracy, evaluation_flops, predict_dataset
 from edge_sel.engine import life
 from edge_sel.engine.bn_bank import attach_saved_bank
@@ -41,6 +46,8 @@ from edge_sel.engine.life import Home
 from edge_sel.engine.run import DataOptions
 from edge_sel.errors import InputError
 from edge_sel.models import load_checkpoint
+from edge_sel.predict.conditions import feature_flops
+from edge_sel.predict.predictor import Predictor
 
 CONDITIONS = {
     "day": "",                                   # the camera as the server's data: clean images
@@ -66,7 +73,8 @@ WHOLE = ("bn_conditions",)       # levers that count things
 # statistics adapted while keeping the clean digits, and a penalty of 1 or more only held it back.
 # No --bn-anchor-share: it shapes --bn-adapt's single set, which the bank (--bn-conditions) replaces.
 LIFELONG = {k: v for k, v in {**LEVERS, "ewc": 0.1}.items() if k != "bn_anchor_share"}
-GUARD_OFF = 100.0       # --max-forgetting 100: no candidate forgets more than every point
+GUARD_OFF = 100.0
+STREAM_SEGMENT, STREAM_RUN = 250, 30     # the frame-by-frame pass: frames per condition segment, class runs       # --max-forgetting 100: no candidate forgets more than every point
 
 
 @dataclass
@@ -192,18 +200,62 @@ class EvaluationSets:
         sets[SERVER] = test
         return cls(sets, {k: len(v) for k, v in sets.items()})
 
-    def evaluate(self, checkpoint: Path, batch_size: int = 256) -> dict:
-        """Accuracy of a checkpoint on every set, and the counted FLOPs of the passes."""
+    def evaluate(self, checkpoint: Path, batch_size: int = 256, predict_batch: int = 1) -> dict:
+        """Accuracy of a checkpoint on every set in whole batches and, with `predict_batch`, as a
+        device predicts (`frames`: a camera's stream, `predict_batch` images a call), and the counted
+        FLOPs of both."""
         model, card = load_checkpoint(checkpoint)
         model.eval()
-        attach_saved_bank(model, checkpoint, card)    # a device's statistics per condition
+        bank = attach_saved_bank(model, checkpoint, card)    # a device's statistics per condition
         counter = FlopCounter(model, list(card.input_shape))
         acc, flops = {}, 0
         for name, ds in self.sets.items():
             logits = predict_dataset(lambda x: model(x).float(), ds, card.mean, card.std, batch_size)
             acc[name] = accuracy(logits, ds.labels)
             flops += evaluation_flops(counter, len(ds), batch_size)
-        return {"acc": acc, "flops": flops}
+        if bank is not None:        # the conditions described once, each evaluated image's choice
+            shape = list(card.input_shape)
+            flops += (sum(len(c.images) for c in bank.conditions) * feature_flops(shape)
+                      + bank.take_selected() * bank.choice_flops(shape))
+        out = {"acc": acc, "flops": flops}
+        if predict_batch:
+            out.update(self.frames(checkpoint, predict_batch))
+            out["flops"] += out.pop("frame_flops")
+        return out
+
+    def stream(self) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """The domains' images as a camera sees them: segments of STREAM_SEGMENT frames cycling
+        through the domains (the server's whole split aside), classes in runs of STREAM_RUN; the
+        same order for every checkpoint."""
+        g = torch.Generator().manual_seed(0)
+        domains = [d for d in self.sets if d != SERVER]
+        ordered = {d: class_runs(self.sets[d].labels.cpu(), torch.arange(len(self.sets[d])), STREAM_RUN, g)
+                   for d in domains}
+        images, labels, names = [], [], []
+        for start in range(0, max(len(v) for v in ordered.values()), STREAM_SEGMENT):
+            for d in domains:
+                rows = ordered[d][start:start + STREAM_SEGMENT]
+                if len(rows):
+                    images.append(self.sets[d].images[rows].cpu())
+                    labels.append(self.sets[d].labels[rows].cpu())
+                    names += [d] * len(rows)
+        return torch.cat(images), torch.cat(labels), names
+
+    def frames(self, checkpoint: Path, predict_batch: int) -> dict:
+        """Per domain, the accuracy of `Predictor` on the stream, `predict_batch` images a call."""
+        images, labels, names = self.stream()
+        predictor = Predictor(checkpoint)
+        classes = torch.tensor([c for s in range(0, len(images), predict_batch)
+                                for c in predictor.predict(images[s:s + predict_batch]).classes])
+        per = predictor.flops_per_image()
+        frame_acc = {d: float((classes[rows] == labels[rows]).float().mean())
+                     for d in dict.fromkeys(names) for rows in [torch.tensor([i for i, n in enumerate(names) if n == d])]}
+        full, rest = divmod(len(images), predict_batch)
+        forward = FlopCounter(predictor.model, list(predictor.card.input_shape))
+        return {"acc_frames": frame_acc, "predict_batch": predict_batch,
+                "frame_flops": (full * forward.eval_batch(predict_batch) + (forward.eval_batch(rest) if rest else 0)
+                                + len(images) * per["choice"] + predictor.described * feature_flops(
+                                    list(predictor.card.input_shape)))}
 
 
 def night_data(dataset: str, data_dir, spec: str, subset: int | None, seed: int, night: int,
@@ -280,6 +332,7 @@ class LifeSettings:
     val_subset: int = 0              # 0: each method's own validation size (the recipe sizes its own)
     reference_methods: tuple[str, ...] = REFERENCE_METHODS
     skipped: dict = field(default_factory=dict)      # method -> why it did not run
+    predict_batch: int = 1           # the deployed model also predicts a camera's stream, N images a call (0: not)
 
 
 def play(s: LifeSettings, log=print) -> dict:
@@ -287,13 +340,13 @@ def play(s: LifeSettings, log=print) -> dict:
     t0 = time.perf_counter()
     image_domains = domains(s.schedule, s.conditions)
     evalsets = EvaluationSets.build(s.dataset, s.data_dir, image_domains, s.test_subset)
-    start = evalsets.evaluate(s.warmup)
+    start = evalsets.evaluate(s.warmup, predict_batch=s.predict_batch)
     bench_eval_flops = start["flops"]
     lives: dict = {m.name: [] for m in s.methods}
     for seed in s.seeds:
         devices = {m.name: Device(s.out / "homes" / m.name / f"seed{seed}", s.warmup) for m in s.methods}
         history = {m.name: [{"night": 0, "condition": "start", "acc": start["acc"], "forgetting": {},
-                             **NO_COST}] for m in s.methods}
+                             "acc_frames": start.get("acc_frames"), **NO_COST}] for m in s.methods}
         for i, condition in enumerate(s.schedule, 1):
             data = night_data(s.dataset, s.data_dir, s.conditions[condition], s.subset, seed, i, s.test_subset)
             for m in s.methods:
@@ -311,10 +364,12 @@ def play(s: LifeSettings, log=print) -> dict:
                 else:
                     row.update(NO_COST, rule="no-adaptation", promoted=False, kept=None)
                 if row["promoted"]:
-                    measured = evalsets.evaluate(dev.current())
+                    measured = evalsets.evaluate(dev.current(), predict_batch=s.predict_batch)
                     row["acc"], bench_eval_flops = measured["acc"], bench_eval_flops + measured["flops"]
+                    row["acc_frames"] = measured.get("acc_frames")
                 else:
                     row["acc"] = past[-1]["acc"]       # the same deployed weights: the same accuracies
+                    row["acc_frames"] = past[-1].get("acc_frames")
                 past.append(row)
                 row["forgetting"] = forgetting(past)
                 row["average"] = average(row["acc"], image_domains)
@@ -362,7 +417,7 @@ def single_night_references(s: LifeSettings, evalsets: EvaluationSets, image_dom
                 cfg = by_name[name].config(s.epochs, s.lr, seed, s.device, s.val_subset)
                 cfg.max_forgetting = GUARD_OFF
                 night = dev.night(f"night{i:02d}-{condition}", data, cfg)
-                measured = evalsets.evaluate(dev.current())
+                measured = evalsets.evaluate(dev.current(), predict_batch=0)
                 flops += measured["flops"]
                 rows.append({"seed": seed, "acc": measured["acc"][d], "rule": night["promote"]["rule"],
                              **night_costs(night)})

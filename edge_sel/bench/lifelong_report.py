@@ -28,6 +28,8 @@ def night_means(lives: list[dict], night: int, keys: list[str]) -> dict:
            "forgetting": {d: _mean(r["forgetting"].get(d) for r in rows) for d in keys} if night else {},
            "average": 100 * _mean(r["average"] for r in rows),
            "promoted": sum(1 for r in rows if r.get("promoted")), "seeds": len(rows)}
+    if all(r.get("acc_frames") for r in rows):      # the same images as a camera's stream
+        out["acc_frames"] = {d: 100 * _mean(r["acc_frames"][d] for r in rows) for d in rows[0]["acc_frames"]}
     for k in ("flops_train", "flops_all", "energy_j"):
         out[k] = _mean(r.get(k) for r in rows)
     return out
@@ -139,6 +141,18 @@ def tables(result: dict, summary: dict, refs: dict, aim: dict, pairs: list[dict]
                      + " | ".join(_pts(f['forgetting'].get(d)) for d in keys)
                      + f" | {_gflop(t['flops_train'])} | {ratio} | {_gflop(t['flops_all'])} | "
                      f"{joules(t['energy_j'])} |")
+    framed = [name for name in names if summary[name]["final"].get("acc_frames")]
+    if framed:
+        batch = result.get("predict_batch", 1)
+        lines += ["", f"### The deployed model at the end, as a device asks it (mean over seeds): whole batches "
+                      f"against a camera's stream, {batch} image{'s' if batch != 1 else ''} a call "
+                      "(segments of 250 frames cycling the domains, classes in runs of 30)", "",
+                  "| method | " + " | ".join(f"{d} batches % | {d} stream %" for d in doms) + " |",
+                  "|" + "---|" * (1 + 2 * len(doms))]
+        for name in framed:
+            f = summary[name]["final"]
+            lines.append(f"| {name} | " + " | ".join(f"{_pts(f['acc'][d])} | {_pts(f['acc_frames'].get(d))}"
+                                                     for d in doms) + " |")
     if refs:
         methods = list(next(iter(refs.values()))["methods"])
         lines += ["", "### Single-night references: the warmup adapted once to the domain alone", "",
