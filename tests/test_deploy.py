@@ -235,6 +235,7 @@ def make_device_runs(device: Path) -> None:
         (d / "metrics.jsonl").write_text('{"epoch": 0}\n')
         (d / "config.json").write_text("{}")
         (d / "model.safetensors").write_bytes(b"weights")
+        (d / "bn_bank.safetensors").write_bytes(b"the camera's own images")
         if finished:
             (d / "summary.json").write_text('{"epochs_run": 1}')
 
@@ -265,6 +266,8 @@ def test_push_and_pull_with_a_local_directory(tmp_path):
         ["config.json", "metrics.jsonl", "summary.json"]                 # records, not the model
     push("pull", f"local:{device}", "--into", back, "--with-models")
     assert (back / "20250102T023000Z" / "model.safetensors").read_bytes() == b"weights"
+    # A bank keeps the device's own camera images: it never leaves the device, models or not.
+    assert not any(p.name == "bn_bank.safetensors" for p in back.rglob("*"))
 
 
 def test_push_and_pull_through_the_ssh_command(tmp_path):

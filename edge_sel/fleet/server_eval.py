@@ -28,6 +28,9 @@ def held_out_set(settings: ServerSettings, card: ModelCard) -> IndexedDataset:
 
 
 def global_accuracy(model: torch.nn.Module, card: ModelCard, test: IndexedDataset) -> float | None:
+    """The global model with its own BatchNorm statistics: a device's bank of statistics per
+    condition (--bn-conditions) belongs to that device's weights and images, never leaves it, and
+    would not fit the round's averaged weights."""
     model.eval()
     logits = predict_dataset(model, test, card.mean, card.std, batch_size=500)
     return accuracy(logits, test.labels)
