@@ -40,7 +40,8 @@ from edge_sel.methods import make_strategy, make_updater
 from edge_sel.methods.options import check_options_used
 from edge_sel.methods.presets import apply_preset, default_lr
 from edge_sel.models import build_model, count_parameters, load_checkpoint
-from edge_sel.models.spec import ModelSpec, factory, load_init_weights, make_spec, spec_of_object
+from edge_sel.models.spec import (ModelSpec, check_card_spec, factory, load_init_weights, make_spec,
+                                  spec_of_object)
 
 
 @dataclass
@@ -545,6 +546,7 @@ def resume(run_dir: Path, quiet: bool = False, phase: str | None = None) -> dict
             spec = ModelSpec.from_json(saved["model"])
         except ValueError as e:
             raise InputError(f"{config_file}: {e}") from None
+        check_card_spec(spec, config_file)
         model, card = new_model(spec, splits, data, cfg.seed, saved.get("init_weights"))
         memory, bank = None, (None, None)
     return train_model(phase, model, card, splits, cfg, run_dir, quiet, energy, source_info, resume_state=state,

@@ -16,7 +16,7 @@ from edge_sel.models.groupnorm import GroupNormCNN
 from edge_sel.models.mobilenet import MobileNetV2
 from edge_sel.models.registry import MODELS
 from edge_sel.models.resnet import ResNet18Cifar
-from edge_sel.models.spec import ModelSpec, build_from_spec, make_spec
+from edge_sel.models.spec import ModelSpec, build_from_spec, check_card_spec, make_spec
 
 __all__ = ["MODELS", "EdgeCNN", "GroupNormCNN", "MobileNetV2", "ResNet18Cifar", "ModelSpec", "build_model",
            "card_spec", "model_for_card", "count_parameters", "model_table", "load_checkpoint", "untrained_twin"]
@@ -39,9 +39,12 @@ def card_spec(card: ModelCard) -> ModelSpec:
         raise InputError(f"model card: {e}") from None
 
 
-def model_for_card(card: ModelCard) -> nn.Module:
-    """An untrained model of the architecture a card describes, ready for its weights."""
-    return build_model(card_spec(card), card.num_classes, card.input_shape[0], card.input_shape)
+def model_for_card(card: ModelCard, where="model card") -> nn.Module:
+    """An untrained model of the architecture a card describes, ready for its weights; a card that
+    asks to run code the user did not choose is refused (models.spec.check_card_spec)."""
+    spec = card_spec(card)
+    check_card_spec(spec, where)
+    return build_model(spec, card.num_classes, card.input_shape[0], card.input_shape)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -57,7 +60,7 @@ def load_checkpoint(directory: Path) -> tuple[nn.Module, ModelCard]:
     directory = Path(directory)
     card = read_card(directory)
     weights = required_file(directory, "model.safetensors", "--checkpoint")     # before building the model
-    model = model_for_card(card)
+    model = model_for_card(card, directory / "model.json")
     state = read_weights(directory)
     try:
         model.load_state_dict(state)

@@ -7,6 +7,12 @@ A spec's `name` is one of
   - `torchvision:NAME` or `timm:NAME`, where those libraries import (never with hub weights).
 A factory is called with `num_classes=`, `in_channels=` when its signature accepts it, and the
 spec's keyword arguments (`--model-arg key=value`).
+
+A checkpoint's card is data that may come from elsewhere: rebuilding its model never runs code the
+user did not choose (`check_card_spec`). Registered names always build; a file factory only while
+the file's SHA-256 is the one the card recorded; an import, torchvision or timm spec only when the
+user trusts model code (`edge-sel --trust-model-code` or EDGE_SEL_TRUST_MODEL_CODE=1, as
+`trust_remote_code` works in the Hugging Face libraries) or chose that spec in this process.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import importlib
 import importlib.util
 import inspect
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +33,37 @@ from torch import nn
 from edge_sel.errors import InputError
 
 HUB_PREFIXES = ("torchvision:", "timm:")
+TRUST_ENV = "EDGE_SEL_TRUST_MODEL_CODE"
+_CHOSEN: set[str] = set()       # specs this process's user gave (make_spec, spec_of_object)
+
+
+def trusts_model_code() -> bool:
+    return os.environ.get(TRUST_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def chosen_by_user(spec: "ModelSpec") -> "ModelSpec":
+    _CHOSEN.add(spec.name)
+    return spec
+
+
+def file_digest(file: Path) -> str:
+    return hashlib.sha256(file.read_bytes()).hexdigest()
+
+
+def check_card_spec(spec: "ModelSpec", where) -> None:
+    """Refuse, in one line, to rebuild a card's model by running code the user did not choose."""
+    if spec.kind == "registry" or spec.name in _CHOSEN or (spec.kind != "file" and trusts_model_code()):
+        return
+    if spec.kind == "file":
+        if not spec.file_sha256:
+            if trusts_model_code():
+                return
+            raise InputError(f"{where}: the model is the file factory {spec.name} with no SHA-256 recorded; "
+                             f"edge-sel imports it only with --trust-model-code or {TRUST_ENV}=1")
+        return      # the digest is compared when the file is read (_load_file)
+    raise InputError(f"{where}: the model is built by {spec.kind} code {spec.name!r}, which edge-sel runs only "
+                     f"when you trust it: edge-sel --trust-model-code COMMAND, or {TRUST_ENV}=1 "
+                     f"(docs/models.md, 'What a checkpoint can run')")
 
 
 @dataclass
@@ -65,7 +103,7 @@ def spec_of_object(model: nn.Module) -> ModelSpec:
         raise InputError(f"model: {cls.__qualname__} is defined inside a function, so it cannot be rebuilt "
                          f"from the checkpoint; define it at module level, or pass 'module:factory' or "
                          f"'path/file.py:factory'")
-    return ModelSpec(f"{cls.__module__}:{cls.__qualname__}")
+    return chosen_by_user(ModelSpec(f"{cls.__module__}:{cls.__qualname__}"))
 
 
 def parse_model_args(pairs) -> dict:
@@ -93,8 +131,8 @@ def make_spec(name: str, kwargs: dict | None = None) -> ModelSpec:
         file = Path(path).expanduser().resolve()
         if not file.is_file():
             raise InputError(f"--model {name}: no such file {file}")
-        spec = ModelSpec(f"{file}:{attr}", spec.kwargs, hashlib.sha256(file.read_bytes()).hexdigest())
-    return spec
+        spec = ModelSpec(f"{file}:{attr}", spec.kwargs, file_digest(file))
+    return chosen_by_user(spec)
 
 
 def _load_file(spec: ModelSpec):
@@ -102,7 +140,11 @@ def _load_file(spec: ModelSpec):
     file = Path(path)
     if not file.is_file():
         raise InputError(f"--model {spec.name}: no such file {file}")
-    digest = hashlib.sha256(file.read_bytes()).hexdigest()
+    digest = file_digest(file)
+    if spec.file_sha256 and digest != spec.file_sha256:
+        raise InputError(f"--model {spec.name}: {file} has changed since the checkpoint was made (SHA-256 "
+                         f"{digest}, recorded {spec.file_sha256}); refusing to import it: restore the file "
+                         f"or pretrain again")
     module_name = f"edge_sel_user_model_{digest[:16]}"
     module = sys.modules.get(module_name)
     if module is None:
