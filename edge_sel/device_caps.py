@@ -95,13 +95,16 @@ def gpu_uuids(device: torch.device) -> list[str] | None:
     return [uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"]
 
 
+PROC_STATUS = "/proc/self/status"
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process in MiB. On Linux /proc's VmHWM (ru_maxrss keeps the peak
     of the process that started this one across exec: a benchmark's children all reported their
     parent's); ru_maxrss elsewhere (KiB on Linux, bytes on macOS); Windows has no `resource`
     module, psutil gives its peak working set."""
     try:
-        with open("/proc/self/status") as f:
+        with open(PROC_STATUS) as f:
             for line in f:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024

@@ -91,10 +91,15 @@ def test_grad_scaler_falls_back_before_torch_2_3(monkeypatch):
     assert isinstance(device_caps.grad_scaler(), OldScaler)
 
 
-def test_peak_memory_units_per_platform(monkeypatch):
+def test_peak_memory_units_per_platform(monkeypatch, tmp_path):
     import types
 
     from edge_sel import device_caps
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nVmPeak:\t 9999 kB\nVmHWM:\t  204800 kB\nVmRSS:\t 1 kB\n")
+    monkeypatch.setattr(device_caps, "PROC_STATUS", str(status))     # Linux: this process image's own peak
+    assert device_caps.peak_rss_mb() == 200
+    monkeypatch.setattr(device_caps, "PROC_STATUS", str(tmp_path / "none"))
     fake = types.SimpleNamespace(RUSAGE_SELF=0, getrusage=lambda who: types.SimpleNamespace(ru_maxrss=2**30))
     monkeypatch.setitem(sys.modules, "resource", fake)
     monkeypatch.setattr(sys, "platform", "darwin")        # bytes

@@ -4,6 +4,7 @@ keeps the source's statistics and the low-contrast ones)."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -295,3 +296,56 @@ def test_the_trigger_judges_frames_with_the_deployed_models_bank(banked, tmp_pat
     from edge_sel.predict.conditions import distance_flops, feature_flops
     assert with_bank["cost"]["flops_forward"] - without["cost"]["flops_forward"] == \
         kept * feature_flops([1, 8, 8]) + with_bank["frames_seen"] * (feature_flops([1, 8, 8]) + distance_flops(2, 3))
+
+
+def damaged_copy(banked: Path, where: Path, edit) -> Path:
+    """A copy of `banked` whose bank is rewritten with `edit(conditions)` applied."""
+    shutil.copytree(banked, where, ignore=shutil.ignore_patterns("state"))
+    conditions = read_bank(banked, [1, 8, 8])
+    edit(conditions)
+    import safetensors.torch
+    tensors, meta = {}, []
+    for i, c in enumerate(conditions):
+        tensors[f"{i}.images"] = c.images
+        tensors[f"{i}.fingerprint_mean"], tensors[f"{i}.fingerprint_var"] = c.fingerprint
+        for layer, (mean, var) in c.stats.items():
+            tensors[f"{i}.mean.{layer}"], tensors[f"{i}.var.{layer}"] = mean, var
+        meta.append({"name": c.name, "nights": c.nights, "layers": list(c.stats), **c.info})
+    safetensors.torch.save_file(tensors, str(where / BANK_FILE), metadata={"conditions": json.dumps(meta)})
+    return where
+
+
+def test_every_field_of_a_damaged_bank_is_refused_in_one_line(banked, test_split, tmp_path, capsys):
+    """Before: an empty bank gave a RuntimeError at the first prediction, a missing layer a KeyError,
+    a non-integer `nights` a ValueError every night, a NaN fingerprint silently captured batches."""
+    folder = write_frames(test_split.images[:2], tmp_path / "frames")
+    first_layer = lambda cs: next(iter(cs[0].stats))        # noqa: E731
+
+    def nan_fingerprint(cs):
+        cs[1].fingerprint[0][0] = float("nan")
+
+    def negative_variance(cs):
+        cs[0].stats[first_layer(cs)][1][0] = -1.0
+
+    def fractional_nights(cs):
+        cs[1].nights = 1.5
+
+    def missing_layer(cs):
+        layer = first_layer(cs)
+        for c in cs:
+            c.stats.pop(layer)
+
+    def wrong_size(cs):
+        layer = first_layer(cs)
+        for c in cs:
+            c.stats[layer] = (c.stats[layer][0][:-1].clone(), c.stats[layer][1][:-1].clone())
+
+    cases = {"empty": (lambda cs: cs.clear(), "no condition"), "nan": (nan_fingerprint, "non-finite fingerprint"),
+             "negative": (negative_variance, "negative"), "nights": (fractional_nights, "nights"),
+             "missing": (missing_layer, "do not fit"), "size": (wrong_size, "do not fit")}
+    for name, (edit, said) in cases.items():
+        damaged = damaged_copy(banked, tmp_path / name, edit)
+        for argv in (["predict", "--checkpoint", damaged, folder], ["export", "--checkpoint", damaged,
+                                                                    "--out", tmp_path / f"art-{name}"]):
+            err = one_line_exit_2(capsys, argv)
+            assert BANK_FILE in err and said in err, (name, err)

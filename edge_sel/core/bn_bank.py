@@ -49,9 +49,13 @@ def write_bank(path: Path, conditions: list[SavedCondition]) -> int:
     return Path(path).stat().st_size
 
 
-def read_bank(directory: Path, input_shape: list[int]) -> list[SavedCondition] | None:
-    """The checkpoint's bank, or None when it has none; a damaged file, or images of another shape,
-    is refused with one line naming it."""
+def read_bank(directory: Path, input_shape: list[int], model: torch.nn.Module | None = None
+              ) -> list[SavedCondition] | None:
+    """The checkpoint's bank, or None when it has none. Every field is checked before use (a device
+    reads banks it did not write): at least one condition, each with the same layers, 1-D finite
+    means and non-negative finite variances of one size per layer, finite fingerprints, a whole
+    number of nights, uint8 images of the model's input shape. A damaged file is refused with one
+    line naming it; with `model`, the bank must fit its BatchNorm layers (check_bank_layers)."""
     path = Path(directory) / BANK_FILE
     if not path.is_file():
         return None
@@ -59,16 +63,56 @@ def read_bank(directory: Path, input_shape: list[int]) -> list[SavedCondition] |
         with safe_open(str(path), "pt") as f:
             meta = json.loads((f.metadata() or {})["conditions"])
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-        out = []
-        for i, m in enumerate(meta):
-            images = tensors[f"{i}.images"]
-            if images.dtype != torch.uint8 or list(images.shape[1:]) != list(input_shape):
-                raise InputError(f"{path}: condition {m['name']!r} holds {images.dtype} {list(images.shape[1:])} "
-                                 f"images, the model takes {list(input_shape)}")
-            stats = {layer: (tensors[f"{i}.mean.{layer}"], tensors[f"{i}.var.{layer}"]) for layer in m["layers"]}
-            info = {k: v for k, v in m.items() if k not in ("name", "nights", "layers")}
-            out.append(SavedCondition(m["name"], images, stats, int(m["nights"]), info,
-                                      (tensors[f"{i}.fingerprint_mean"], tensors[f"{i}.fingerprint_var"])))
-    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
+        if not isinstance(meta, list) or not meta:
+            raise ValueError("it keeps no condition")
+        out = [_condition(i, m, tensors, input_shape) for i, m in enumerate(meta)]
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError) as e:
         raise InputError(f"{path}: unreadable or corrupt ({e.__class__.__name__}: {e})") from None
+    layers = {n: v[0].shape for n, v in out[0].stats.items()}
+    for c in out[1:]:
+        if {n: v[0].shape for n, v in c.stats.items()} != layers:
+            raise InputError(f"{path}: condition {c.name!r} keeps other BatchNorm layers than {out[0].name!r}")
+    if model is not None:
+        check_bank_layers(out, model, Path(directory))
     return out
+
+
+def _condition(i: int, m: dict, tensors: dict, input_shape: list[int]) -> SavedCondition:
+    if not isinstance(m, dict) or not isinstance(m.get("name"), str) or not isinstance(m.get("layers"), list):
+        raise InputError(f"condition {i}: no name or layer list")
+    name, nights = m["name"], m.get("nights")
+    if isinstance(nights, bool) or not isinstance(nights, int) or nights < 1:
+        raise InputError(f"condition {name!r}: nights must be a whole number >= 1, got {nights!r}")
+    images = tensors[f"{i}.images"]
+    if images.dtype != torch.uint8 or list(images.shape[1:]) != list(input_shape) or len(images) < 2:
+        raise InputError(f"condition {name!r} holds {len(images)} {images.dtype} {list(images.shape[1:])} images, "
+                         f"the model takes uint8 {list(input_shape)} (at least 2)")
+    stats = {}
+    for layer in m["layers"]:
+        mean, var = tensors[f"{i}.mean.{layer}"], tensors[f"{i}.var.{layer}"]
+        if mean.dim() != 1 or mean.shape != var.shape:
+            raise InputError(f"condition {name!r}, layer {layer}: mean {list(mean.shape)} and variance "
+                             f"{list(var.shape)} are not one vector each of one size")
+        if not (torch.isfinite(mean).all() and torch.isfinite(var).all()) or bool((var < 0).any()):
+            raise InputError(f"condition {name!r}, layer {layer}: non-finite or negative statistics")
+        stats[layer] = (mean, var)
+    if not stats:
+        raise InputError(f"condition {name!r} keeps no BatchNorm layer")
+    fingerprint = (tensors[f"{i}.fingerprint_mean"], tensors[f"{i}.fingerprint_var"])
+    if not all(torch.isfinite(t).all() for t in fingerprint):
+        raise InputError(f"condition {name!r}: non-finite fingerprint")
+    info = {k: v for k, v in m.items() if k not in ("name", "nights", "layers")}
+    return SavedCondition(name, images, stats, nights, info, fingerprint)
+
+
+def check_bank_layers(saved: list[SavedCondition], model: torch.nn.Module, where: Path) -> None:
+    """A read bank fits the model: its layers are the model's BatchNorm layers, of the same sizes."""
+    sizes = {n: m.num_features for n, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+    kept = {n: int(mean.shape[0]) for n, (mean, _) in saved[0].stats.items()}
+    if kept != sizes:
+        missing = sorted(set(sizes) - set(kept)) or sorted(set(kept) - set(sizes))
+        which = missing[0] if missing else next(n for n in kept if kept[n] != sizes[n])
+        raise InputError(f"{Path(where) / BANK_FILE}: its BatchNorm statistics do not fit the model "
+                         f"(layer {which}: bank {kept.get(which)}, model {sizes.get(which)} features)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,12 +47,37 @@ class ModelCard:
     @classmethod
     def from_json(cls, d: dict, where: Path) -> "ModelCard":
         try:
-            return cls(d["architecture"], int(d["num_classes"]), list(d["class_names"]),
-                       [int(v) for v in d["input_shape"]], list(d["normalization"]["mean"]),
-                       list(d["normalization"]["std"]), d.get("dataset", {}), d.get("training", {}),
+            card = cls(d["architecture"], int(d["num_classes"]), list(d["class_names"]),
+                       [int(v) for v in d["input_shape"]], [float(v) for v in d["normalization"]["mean"]],
+                       [float(v) for v in d["normalization"]["std"]], d.get("dataset", {}), d.get("training", {}),
                        d.get("model"), d.get("source_memory"))
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise InputError(f"{where}: not an edge-sel model card (missing or bad field {e})") from None
+        problem = card.problem()
+        if problem:
+            raise InputError(f"{where}: not an edge-sel model card ({problem})")
+        return card
+
+    def problem(self) -> str | None:
+        """What makes a card read from a file unusable, or None (a device reads cards it did not write)."""
+        channels = self.input_shape[0] if self.input_shape else 0
+        if not isinstance(self.architecture, str) or not self.architecture:
+            return "architecture must be a name"
+        if not 1 <= self.num_classes <= 1_000_000 or len(self.class_names) != self.num_classes \
+                or not all(isinstance(c, str) for c in self.class_names):
+            return "num_classes must be >= 1 and class_names one name per class"
+        if len(self.input_shape) != 3 or not all(1 <= v <= 65536 for v in self.input_shape):
+            return "input_shape must be three positive sizes (channels, height, width)"
+        if len(self.mean) != channels or len(self.std) != channels or not all(
+                math.isfinite(v) for v in self.mean + self.std) or not all(v > 0 for v in self.std):
+            return "normalization needs a finite mean and a positive std per channel"
+        if not isinstance(self.dataset, dict) or not isinstance(self.training, dict):
+            return "dataset and training must be mappings"
+        if self.model is not None and not isinstance(self.model, (dict, str)):
+            return "model must be a spec"
+        if self.source_memory is not None and not isinstance(self.source_memory, dict):
+            return "source_memory must be a mapping"
+        return None
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -98,7 +124,7 @@ def read_card(directory: Path) -> ModelCard:
     meta = required_file(directory, "model.json", "--checkpoint", "checkpoint")
     try:
         d = json.loads(meta.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:          # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise InputError(f"{meta}: unreadable ({e.__class__.__name__}: {e})") from None
     if not isinstance(d, dict):
         raise InputError(f"{meta}: not an edge-sel model card")

@@ -266,7 +266,7 @@ def build_bank(start: Path, model: nn.Module, input_shape: list[int], mean, std,
     statistics are estimated at the run's first evaluation. Returns the bank and the matching's
     counted cost (the fingerprints of tonight's images and of conditions new to the bank)."""
     check_bank_model(model)
-    saved = read_bank(start, input_shape)
+    saved = read_bank(start, input_shape, model)
     draw = torch.Generator().manual_seed(seed + 15485863)       # its own stream: the run's stays as it was
     picked = torch.randperm(len(train), generator=draw)[:images]
     tonight = train.images[picked.to(train.images.device)].cpu()
@@ -326,7 +326,7 @@ def write_bank_for(bank: ConditionBank | None, model: nn.Module, out: Path) -> i
 def attach_saved_bank(model: nn.Module, directory: Path, card) -> ConditionBank | None:
     """A deployed model's bank, selecting in eval mode from now on (promote, benchmarks, inference):
     the statistics as saved, for the weights saved beside them. None when the checkpoint has none."""
-    saved = read_bank(directory, list(card.input_shape))
+    saved = read_bank(directory, list(card.input_shape), model)
     if saved is None:
         return None
     conditions = [Condition(s.name, s.images, dict(s.stats), s.nights, dict(s.info), s.fingerprint) for s in saved]

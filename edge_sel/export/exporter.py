@@ -95,7 +95,7 @@ def export_bank(model, card, checkpoint: Path, out: Path) -> dict | None:
     from edge_sel.predict.ort_session import EXPORT_FILE
     from edge_sel.predict.statistics import named_batchnorm
 
-    saved = read_bank(checkpoint, list(card.input_shape))
+    saved = read_bank(checkpoint, list(card.input_shape), model)
     if not saved:
         return None
     chooser = ConditionChooser.from_images([c.name for c in saved], [c.images for c in saved], card.mean, card.std)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from edge_sel.core.bn_bank import BANK_FILE, read_bank
+from edge_sel.core.bn_bank import read_bank
 from edge_sel.core.checkpoint import read_card
 from edge_sel.errors import InputError
 from edge_sel.models import load_checkpoint
@@ -61,7 +61,7 @@ class Predictor:
         self.device = torch.device(device)
         self.model.eval().to(self.device)
         self.card = card
-        saved = read_bank(self.path, list(card.input_shape)) if use_bank else None
+        saved = read_bank(self.path, list(card.input_shape), self.model) if use_bank else None
         self.switch = None
         if saved:
             self.chooser = ConditionChooser.from_images([c.name for c in saved], [c.images for c in saved],
@@ -69,9 +69,6 @@ class Predictor:
             dtype = next(self.model.parameters()).dtype
             self.stats = [stats_on(c.stats, self.device, dtype) for c in saved]
             self.switch = StatisticsSwitch(self.model)
-            missing = {n for n, _ in self.switch.layers} - set(saved[0].stats)
-            if missing:
-                raise InputError(f"{self.path / BANK_FILE}: no statistics for BatchNorm layer {sorted(missing)[0]}")
         self.described = sum(len(c.images) for c in saved) if saved else 0
 
     def _load_ort(self, use_bank: bool, window: int, threads: int | None) -> None:
