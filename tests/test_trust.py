@@ -60,3 +60,25 @@ def test_a_model_file_changed_since_pretraining_is_not_imported(tmp_path, capsys
     code, err = run_main(["finetune", "--checkpoint", tmp_path / "ckpt", "--out", tmp_path / "run", *FINETUNE], capsys)
     assert code == 2 and str(factory) in err and recorded in err and "changed" in err, err
     assert not marker.exists()
+
+
+def test_a_night_keeps_no_bank_for_batchnorm_without_running_statistics(tmp_path, capsys, monkeypatch):
+    """Before: the night turned the bank on for any model with BatchNorm layers and then refused
+    layers that keep no running statistics: every night failed (exit 2) for a bank nobody asked for."""
+    monkeypatch.setenv(TRUST_ENV, "0")
+    factory = tmp_path / "stateless.py"
+    factory.write_text("from torch import nn\n\n"
+                       "def build(num_classes, in_channels=1):\n"
+                       "    return nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1),\n"
+                       "                         nn.BatchNorm2d(8, track_running_stats=False), nn.ReLU(),\n"
+                       "                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))\n")
+    home = tmp_path / "home"
+    code, err = run_main(["pretrain", "--model", f"{factory}:build", "--dataset", "digits", "--shard", "0/2",
+                          "--epochs", "1", "--out", home / "warmup", "--quiet", "--anchors-per-class", "10",
+                          "--fisher-samples", "50"], capsys)
+    assert code == 0, err
+    code, err = run_main(["night", "--home", home, "--warmup", home / "warmup", "--dataset", "digits",
+                          "--shard", "1/2", "--epochs", "1", "--quiet"], capsys)
+    assert code == 0, err
+    run = next((home / "runs").iterdir())
+    assert json.loads((run / "summary.json").read_text())["config"]["bn_conditions"] == 0

@@ -138,7 +138,9 @@ def conditions_for(start: Path, backend: str) -> int:
     from edge_sel.models import load_checkpoint
     if backend != "torch" or not has_source_memory(start):
         return 0
-    return NIGHT_BN_CONDITIONS if named_batchnorm(load_checkpoint(start)[0]) else 0
+    layers = named_batchnorm(load_checkpoint(start)[0])
+    # Layers that keep no running statistics (track_running_stats=False) have none to keep per condition.
+    return NIGHT_BN_CONDITIONS if layers and all(m.running_mean is not None for _, m in layers) else 0
 
 
 def repair_deployed(deployed: Path) -> None:
