@@ -82,3 +82,45 @@ def test_a_night_keeps_no_bank_for_batchnorm_without_running_statistics(tmp_path
     assert code == 0, err
     run = next((home / "runs").iterdir())
     assert json.loads((run / "summary.json").read_text())["config"]["bn_conditions"] == 0
+
+
+def fake_run(path, tag: str):
+    path.mkdir(parents=True)
+    (path / "model.safetensors").write_text(tag)
+    (path / "model.json").write_text("{}")
+    return path
+
+
+def test_the_model_deployed_before_survives_a_version_never_deployed_and_a_clock_jump(tmp_path):
+    """Before: the prune kept the newest other version by modification time, so a version written
+    but never deployed (a crash at promote-versioned) or a clock that jumped pushed out the model
+    that was deployed before."""
+    import os
+    from edge_sel.engine import deployed_swap
+    deployed = tmp_path / "deployed"
+    v1 = deployed_swap.swap_in(fake_run(tmp_path / "r1", "one"), deployed)
+    v2 = deployed_swap.swap_in(fake_run(tmp_path / "r2", "two"), deployed)
+    os.utime(v1, (4e9, 4e9))                           # the clock jumped: v1 looks newest
+    v3 = deployed_swap.swap_in(fake_run(tmp_path / "r3", "three"), deployed)
+    kept = sorted(p.name for p in v3.parent.iterdir())
+    assert kept == sorted([v2.name, v3.name]) and (deployed / "model.safetensors").read_text() == "three"
+
+
+def test_a_failure_after_the_flip_is_reported_as_deployed_and_recorded(tmp_path, monkeypatch, capsys):
+    """Before: an error after the link flip was reported as 'cannot replace the deployed model ...;
+    it is unchanged' while the link named the new model, and promote.json was not written."""
+    from edge_sel.engine import deployed_swap, promote as promote_mod
+    deployed = tmp_path / "deployed"
+    deployed_swap.swap_in(fake_run(tmp_path / "r1", "one"), deployed)
+    run = fake_run(tmp_path / "r2", "two")
+
+    def failing_prune(versions, keep):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(deployed_swap, "_prune", failing_prune)
+    monkeypatch.setattr(promote_mod, "decide", lambda *a, **k: promote_mod.Decision(
+        True, "better", "beats it"))
+    decision = promote_mod.promote(run, deployed)
+    assert decision.promote and (deployed / "model.safetensors").read_text() == "two"
+    record = json.loads((run / "promote.json").read_text())
+    assert "No space left" in record["after_swap_error"] and record["version"]
+    assert "now holds the run's model" in capsys.readouterr().err

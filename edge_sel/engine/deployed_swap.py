@@ -71,13 +71,28 @@ def swap_in(run_dir: Path, deployed: Path) -> Path:
     os.replace(staging, version)
     fsync_dir(versions)
     faults.point("promote-versioned")
+    previous = deployed.resolve() if deployed.is_symlink() else None
     if deployed.is_dir() and not deployed.is_symlink():
         _migrate(deployed, version)
     else:
         _point_link(deployed, version)
     faults.point("promote-flipped")
-    _prune(versions, keep=version)
+    # From here the new model is deployed: a failure to make that durable or to tidy up is reported
+    # as what it is, not as a swap that did not happen.
+    try:
+        fsync_dir(deployed.parent)
+        _prune(versions, keep={version, previous})
+    except OSError as e:
+        raise AfterSwapError(version, e) from None
     return version
+
+
+class AfterSwapError(OSError):
+    """The deployed link already names the new version; a step after the flip failed."""
+
+    def __init__(self, version: Path, cause: OSError):
+        super().__init__(f"{cause.strerror or cause}")
+        self.version = version
 
 
 def files_from_run(run_dir: Path) -> tuple[str, ...]:
@@ -113,8 +128,7 @@ def _point_link(deployed: Path, version: Path) -> None:
     if link_tmp.is_symlink() or link_tmp.exists():
         link_tmp.unlink()
     os.symlink(os.path.relpath(version, deployed.parent), link_tmp)
-    os.replace(link_tmp, deployed)          # atomic: the old link or the new one
-    fsync_dir(deployed.parent)
+    os.replace(link_tmp, deployed)          # atomic: the old link or the new one (made durable by swap_in)
 
 
 def _migrate(deployed: Path, version: Path) -> None:
@@ -154,11 +168,16 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-def _prune(versions: Path, keep: Path) -> None:
+def _prune(versions: Path, keep: set) -> None:
+    """Keep the new version and the one deployed before it (by the link, not by modification time:
+    a version written but never deployed, or a clock that jumped, must not push the previous model
+    out), then the newest others up to KEEP_VERSIONS."""
+    keep = {Path(v).resolve() for v in keep if v is not None}
     complete = sorted((v for v in versions.iterdir() if v.is_dir() and not v.name.endswith(".tmp")),
                       key=lambda v: v.stat().st_mtime)
-    old = [v for v in complete if v != keep][:-(KEEP_VERSIONS - 1) or None]
-    for v in old:
+    others = [v for v in complete if v.resolve() not in keep]
+    room = max(0, KEEP_VERSIONS - len(keep))
+    for v in others[:len(others) - room] if room else others:
         shutil.rmtree(v, ignore_errors=True)
 
 

@@ -14,12 +14,13 @@ engine/deployed_swap.py and writes RUN/promote.json."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edge_sel.core.checkpoint import atomic_write_bytes, weights_digest
-from edge_sel.engine.deployed_swap import MODEL_FILES, recover, swap_in
+from edge_sel.engine.deployed_swap import MODEL_FILES, AfterSwapError, recover, swap_in
 from edge_sel.engine.evaluate import forgetting_points
 from edge_sel.errors import InputError, WriteError, existing_dir, required_file
 
@@ -220,6 +221,12 @@ def promote(run_dir: Path, deployed: Path, force: bool = False, evaluate=None,
     if decision.promote:
         try:
             version = swap_in(run_dir, deployed)
+        except AfterSwapError as e:          # deployed all the same: say what failed after, keep the record
+            version = e.version
+            record["after_swap_error"] = str(e)
+            print(f"edge-sel: warning: --deployed {deployed} now holds the run's model ({version.name}), but a "
+                  f"step after the swap failed ({e}); the previous version may not have been pruned",
+                  file=sys.stderr, flush=True)
         except OSError as e:
             raise WriteError(f"--deployed {deployed}: cannot replace the deployed model ({e.strerror or e}); "
                              f"it is unchanged") from None
