@@ -251,3 +251,25 @@ def test_a_swap_cut_off_between_its_renames_is_repaired_before_the_start_is_chos
     with pytest.raises(InputError, match="stop here"):
         night(home, TONIGHT, TrainConfig(epochs=1), quiet=True)
     assert started == [home.deployed] and home.deployed.is_symlink()
+
+
+def test_a_run_that_fails_to_resume_the_same_way_is_set_aside_after_three_nights(warmup, tmp_path, monkeypatch):
+    """Before: only bad input set a run aside; any other deterministic failure while resuming
+    retried the same run every night, forever, with no training and no promote."""
+    from edge_sel.engine import life
+    home = a_home(tmp_path, warmup)
+    stuck = home.runs / "20000101T000000Z"
+    (stuck / "state").mkdir(parents=True)
+
+    def broken(run, quiet, phase):
+        raise RuntimeError("the run's state cannot be applied")
+    monkeypatch.setattr(life, "resume", broken)
+    for n in (1, 2):
+        lines = []
+        with pytest.raises(RuntimeError):
+            night(home, TONIGHT, TrainConfig(epochs=1, **FAST), say=lines.append)
+        assert stuck.is_dir() and f"try {n} of 3" in lines[-1]
+    lines = []
+    third = night(home, TONIGHT, TrainConfig(epochs=1, **FAST), say=lines.append)
+    assert third.abandoned == stuck.with_name(stuck.name + ".abandoned") and not stuck.exists()
+    assert "failed 3 nights running" in lines[1] and third.exit_status == 0 and third.run_dir != stuck

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from edge_sel.config import NIGHT_BN_CONDITIONS, TrainConfig
+from edge_sel.core.checkpoint import atomic_write_bytes
 from edge_sel.engine.deployed_swap import recover
 from edge_sel.engine.energy_setup import EnergyOptions
 from edge_sel.engine.promote import Decision, promote, validate_deployed
@@ -108,6 +109,17 @@ def night(home: Home, data: DataOptions, cfg: TrainConfig, energy: EnergyOptions
         except InputError as e:
             abandoned = set_aside(latest)
             say(f"edge-sel nightly: {latest} cannot be resumed ({e}); kept as {abandoned}, starting a new run")
+        except WriteError:
+            raise                   # a full or read-only disk: the run itself is fine, tomorrow may be too
+        except Exception as e:      # anything else may be the run's own fault: N strikes, then set aside
+            tries = count_failed_resume(latest, e)
+            if tries < RESUME_TRIES:
+                say(f"edge-sel nightly: resuming {latest} failed ({e.__class__.__name__}: {e}); "
+                    f"try {tries} of {RESUME_TRIES}, the next night tries again")
+                raise
+            abandoned = set_aside(latest)
+            say(f"edge-sel nightly: resuming {latest} failed {tries} nights running ({e.__class__.__name__}: {e}); "
+                f"kept as {abandoned}, starting a new run")
     if summary is None:
         repair_deployed(home.deployed)
         start = home.start_checkpoint()
@@ -173,6 +185,27 @@ def unfinished(run: Path) -> bool:
     except (OSError, ValueError):
         return True         # a torn summary: the resume decides (and refuses it as bad input if it must)
     return summary.get("stop_reason") == "interrupted"
+
+
+RESUME_TRIES = 3                        # nights a run may fail to resume the same way before it is set aside
+RESUME_FAILURES = "resume-failures.json"
+
+
+def count_failed_resume(run: Path, error: Exception) -> int:
+    """Nights in a row this run failed to resume with the same kind of error, this one included
+    (kept in the run directory; a different error starts the count again)."""
+    path = run / RESUME_FAILURES
+    kind = f"{error.__class__.__name__}: {str(error)[:200]}"
+    try:
+        seen = json.loads(path.read_text())
+        count = int(seen["count"]) if seen.get("error") == kind else 0
+    except (OSError, ValueError, KeyError, TypeError):
+        count = 0
+    try:
+        atomic_write_bytes(path, json.dumps({"error": kind, "count": count + 1}).encode())
+    except OSError:
+        pass                # unwritable: the count cannot grow, the run is kept
+    return count + 1
 
 
 def set_aside(run: Path) -> Path:
