@@ -124,3 +124,18 @@ def test_a_failure_after_the_flip_is_reported_as_deployed_and_recorded(tmp_path,
     record = json.loads((run / "promote.json").read_text())
     assert "No space left" in record["after_swap_error"] and record["version"]
     assert "now holds the run's model" in capsys.readouterr().err
+
+
+def test_a_damaged_bank_at_the_start_is_set_aside_and_the_night_goes_on(warm, tmp_path, capsys, monkeypatch):
+    """Before: a corrupt bn_bank.safetensors beside the deployed weights was refused every night."""
+    from edge_sel.core.bn_bank import BANK_FILE
+    monkeypatch.setenv(TRUST_ENV, "0")
+    home = tmp_path / "home"
+    shutil.copytree(warm, home / "warmup")
+    (home / "warmup" / BANK_FILE).write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
+    from helpers import run_cli
+    journal = run_cli("night", "--home", home, "--warmup", home / "warmup", *FINETUNE).output
+    assert f"set aside as {BANK_FILE}.damaged" in journal
+    assert (home / "warmup" / (BANK_FILE + ".damaged")).is_file() and not (home / "warmup" / BANK_FILE).exists()
+    run = next((home / "runs").iterdir())
+    assert json.loads((run / "summary.json").read_text())["bn_bank"]["written"]

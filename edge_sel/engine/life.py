@@ -123,6 +123,7 @@ def night(home: Home, data: DataOptions, cfg: TrainConfig, energy: EnergyOptions
     if summary is None:
         repair_deployed(home.deployed)
         start = home.start_checkpoint()
+        set_aside_damaged_bank(start, say)
         if cfg.bn_conditions is None:       # the night's default: statistics per condition where they can be kept
             cfg.bn_conditions = conditions_for(start, cfg.backend)
             if cfg.bn_conditions and cfg.bn_adapt:      # asked for: one set re-estimated, not the bank
@@ -139,6 +140,24 @@ def night(home: Home, data: DataOptions, cfg: TrainConfig, energy: EnergyOptions
         return NightResult(run_dir, summary, None, status, resumed, start, abandoned, night_cost(summary, None))
     decision = promote(run_dir, home.deployed, evaluate=metered_validation(energy))
     return NightResult(run_dir, summary, decision, 0, resumed, start, abandoned, night_cost(summary, decision))
+
+
+def set_aside_damaged_bank(start: Path, say) -> None:
+    """A damaged bank beside the start's weights would stop every night: it is renamed
+    BANK.damaged (kept for a look), the model serves with its own statistics, and tonight's run
+    starts a new bank."""
+    from edge_sel.core.bn_bank import BANK_FILE, read_bank
+    from edge_sel.models import load_checkpoint
+    if not (start / BANK_FILE).is_file():
+        return
+    model, card = load_checkpoint(start)
+    try:
+        read_bank(start, list(card.input_shape), model)
+    except InputError as e:
+        kept = start / (BANK_FILE + ".damaged")
+        (start / BANK_FILE).replace(kept)
+        say(f"edge-sel nightly: {e}; set aside as {kept.name}: the model serves with its own statistics "
+            f"and tonight starts a new bank")
 
 
 def conditions_for(start: Path, backend: str) -> int:
