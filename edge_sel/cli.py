@@ -10,6 +10,10 @@ from edge_sel.cli_interrupts import quiet_start_up_interrupts
 
 quiet_start_up_interrupts()     # before click, torch and the rest are imported
 
+from edge_sel.threads import passive_waiting  # noqa: E402
+
+passive_waiting()               # before torch loads OpenMP, which reads the policy once
+
 import click  # noqa: E402
 
 from edge_sel import __version__  # noqa: E402

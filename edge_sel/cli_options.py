@@ -84,9 +84,9 @@ SPEED = [
            help="Steps between host reads of loss sums (0: 1 on CPU, 32 on a GPU)."),
     option("--compile", "compile_model", is_flag=True,
            help="torch.compile the model; compile time is counted in the first epoch."),
-    option("--threads", type=click.IntRange(min=1), default=None,
-           help="torch's CPU threads (ORT uses as many) [default: torch's, one per core]. The energy "
-                "estimate counts threads that spin while they wait: --threads 1 gives the steadiest figures."),
+    option("--threads", type=click.IntRange(min=1), default=None, envvar="EDGE_SEL_THREADS", show_envvar=True,
+           help="torch's CPU threads (ORT uses as many) [default: the CPUs other work leaves free at the start, "
+                "at least 1; threads wait passively unless OMP_WAIT_POLICY says otherwise]."),
 ]
 
 ENERGY = [

@@ -7,6 +7,12 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 CIFAR_JPEG = SHARED / "data" / "cifar10-jpeg"
 
 
+# One intra-op thread for every command a test runs, unless the test says otherwise: the automatic
+# choice (edge_sel/threads.py) follows the machine's load, and a test comparing two runs bit for bit
+# must not see two thread counts.
+os.environ.setdefault("EDGE_SEL_THREADS", "1")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
     # Decoded image-folder caches and measured layouts go to a per-session temp dir, except the

@@ -21,7 +21,8 @@ LAYERS = [
     ("backends", ["edge_sel.backends"]),
     ("methods", ["edge_sel.methods"]),
     ("data, models, energy", ["edge_sel.data", "edge_sel.models", "edge_sel.energy"]),
-    ("core", ["edge_sel", "edge_sel.core", "edge_sel.config", "edge_sel.errors", "edge_sel.device_caps"]),
+    ("core", ["edge_sel", "edge_sel.core", "edge_sel.config", "edge_sel.errors", "edge_sel.device_caps",
+              "edge_sel.threads"]),
 ]
 
 

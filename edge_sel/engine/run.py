@@ -35,6 +35,7 @@ from edge_sel.engine.signals import StopSignals
 from edge_sel.engine.source_pass import add_to_totals, check_memory_options, write_pretrain_memory
 from edge_sel.engine.state import NoValidState, StateWriteError, load_state
 from edge_sel.engine.trainer import Trainer
+from edge_sel import threads
 from edge_sel.errors import InputError, existing_dir, required_file, writing
 from edge_sel.methods import make_strategy, make_updater
 from edge_sel.methods.options import check_options_used
@@ -240,7 +241,8 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
             start_out_dir(out)
             if memory is not None:      # the output model, once deployed, keeps where it came from
                 carry_memory(memory.directory, out)
-            write_config(out, {"phase": phase, **cfg.to_json(), "energy": energy.to_json(), **source_info})
+            write_config(out, {"phase": phase, **cfg.to_json(), "energy": energy.to_json(), "threads": threads.describe(),
+                               **source_info})
         writer = RecordWriter(out) if writes else None
         if resume_state is not None and writes:     # drops a record written after the checkpoint
             baseline = resume_state.get("baseline")
@@ -297,6 +299,7 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
         "idle_power_w": getattr(meter, "idle_power_w", None),
         # Measured before the first epoch, outside its time, joules and FLOPs (probe_* say how much).
         "layout": trainer.layout.to_json(), "precision": trainer.precision.to_json(), "sync_every": trainer.sync_every,
+        "threads": threads.describe(),
         **({"validation_size": trainer.val_size_choice} if trainer.val_size_choice else {}),
         **({"world_size": world.size, "distributed": ranks.describe()} if ranks else {}),
     }, baseline=trainer.baseline, kept=kept)

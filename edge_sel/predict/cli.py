@@ -30,7 +30,8 @@ from edge_sel.predict.conditions import DEFAULT_WINDOW
 @click.option("--summary", "summary_path", type=click.Path(path_type=Path), default=None,
               help="Also write the closing summary as JSON to this file.")
 @click.option("--device", default="cpu", show_default=True, help="cpu | cuda (torch backend).")
-@click.option("--threads", type=int, default=None, help="Intra-op threads (torch and ORT) [default: torch's].")
+@click.option("--threads", type=int, default=None, envvar="EDGE_SEL_THREADS", show_envvar=True,
+              help="Intra-op threads (torch and ORT) [default: the CPUs other work leaves free at the start].")
 @click.option("--progress-every", type=int, default=1000, show_default=True,
               help="Without a terminal, a progress line on stderr every N images.")
 @click.option("--quiet", is_flag=True, help="No progress and no summary lines on stderr.")
@@ -38,8 +39,6 @@ def predict_cmd(paths, checkpoint, backend, batch_size, window, no_bank, resize,
                 threads, progress_every, quiet):
     """Predict images (files, or directories taken in file-name order = arrival order) with a model and
     the BatchNorm statistics it keeps per condition; one JSON line per image, then a summary."""
-    import torch
-
     from edge_sel.energy import open_meter
     from edge_sel.predict.predictor import Predictor
     from edge_sel.predict.run import LineSink, predict_files, read_inputs
@@ -50,10 +49,10 @@ def predict_cmd(paths, checkpoint, backend, batch_size, window, no_bank, resize,
                              f"{window if option == '--window' else value}")
     if summary_path is not None and summary_path.is_dir():
         raise InputError(f"--summary {summary_path}: is a directory")
-    if threads:
-        torch.set_num_threads(threads)
+    from edge_sel.threads import apply_threads
+    chosen = apply_threads(threads)
     predictor = Predictor(checkpoint, backend=backend, window=window, use_bank=not no_bank, device=device,
-                          threads=threads)
+                          threads=chosen["count"])
     files, images = read_inputs(list(paths), predictor.card.input_shape, resize)
     if summary_path is not None:
         _writable(summary_path, "--summary")
@@ -82,6 +81,7 @@ def predict_cmd(paths, checkpoint, backend, batch_size, window, no_bank, resize,
         if bar is not None:
             bar.close()
     summary["checkpoint"] = str(checkpoint)
+    summary["threads"] = chosen
     if summary_path is not None:
         summary_path.write_text(json.dumps(summary, indent=1) + "\n")
     if not quiet:

@@ -80,12 +80,13 @@ def apply_profile(profile: Profile, params: dict, ctx: click.Context) -> tuple[d
 
 
 def threads_for_command(count: int | None) -> None:
-    """torch's intra-op threads for the running click command, restored when it ends."""
-    if count is None:
-        return
+    """torch's intra-op threads for the running click command (`count`, or what the CPU has free:
+    edge_sel/threads.py), restored when it ends."""
     import torch
+
+    from edge_sel.threads import apply_threads
     before = torch.get_num_threads()
-    torch.set_num_threads(count)
+    apply_threads(count, source="--threads (or the profile's cpu_threads)")
     click.get_current_context().call_on_close(lambda: torch.set_num_threads(before))
 
 

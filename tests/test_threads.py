@@ -1,0 +1,51 @@
+"""Threads and waiting chosen for a CPU that other work shares (edge_sel/threads.py)."""
+
+import json
+
+import pytest
+
+from helpers import run_cli
+from edge_sel.threads import WAIT_ENV, choose_threads, passive_waiting
+
+
+def test_threads_are_what_other_work_leaves_free_and_an_explicit_count_wins():
+    assert choose_threads(cpus=4, load=0.1)[0] == 4
+    assert choose_threads(cpus=4, load=2.0)[0] == 2
+    count, why = choose_threads(cpus=2, load=3.9)          # two busy processes and more: still one thread
+    assert count == 1 and "load average 3.90" in why
+    assert choose_threads(3, cpus=2, load=5.0) == (3, "--threads 3")
+
+
+def test_waiting_is_passive_unless_the_user_chose():
+    env = {}
+    assert passive_waiting(env) == "PASSIVE" and env[WAIT_ENV] == "PASSIVE"
+    env = {WAIT_ENV: "ACTIVE"}
+    assert passive_waiting(env) == "ACTIVE"
+
+
+def test_a_runs_config_and_summary_state_the_threads_and_the_policy(tmp_path, monkeypatch):
+    from edge_sel import threads
+    monkeypatch.delenv("EDGE_SEL_THREADS", raising=False)
+    monkeypatch.setattr(threads, "other_load", lambda: 7.5)      # a busy machine: one thread
+    out = tmp_path / "run"
+    run_cli("pretrain", "--model", "edgecnn", "--dataset", "digits", "--epochs", "1", "--subset", "200",
+            "--out", out, "--quiet", "--anchors-per-class", "0")
+    for name in ("config.json", "summary.json"):
+        stated = json.loads((out / name).read_text())["threads"]
+        assert stated["count"] == 1 and "load average 7.50" in stated["why"] and stated["wait_policy"]
+    run_cli("pretrain", "--model", "edgecnn", "--dataset", "digits", "--epochs", "1", "--subset", "200",
+            "--out", tmp_path / "two", "--quiet", "--anchors-per-class", "0", "--threads", "2")
+    stated = json.loads((tmp_path / "two" / "summary.json").read_text())["threads"]
+    assert stated["count"] == 2 and stated["why"].startswith("--threads")
+
+
+def test_the_command_line_waits_passively(tmp_path):
+    import subprocess
+    import sys
+    probe = "import os, edge_sel.cli; print(os.environ.get('OMP_WAIT_POLICY'))"
+    env = {k: v for k, v in __import__("os").environ.items() if k != WAIT_ENV}
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
+                          check=True).stdout.strip() == "PASSIVE"
+    env[WAIT_ENV] = "ACTIVE"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
+                          check=True).stdout.strip() == "ACTIVE"
