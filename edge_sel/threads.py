@@ -8,8 +8,9 @@ cores the other work needs, the work they wait for is descheduled, and a digits 
 - waiting is passive (`OMP_WAIT_POLICY=PASSIVE`) unless the user set the variable: set by the
   command line before torch is imported, since OpenMP reads it once, when it loads;
 - the number of intra-op threads is what the CPU has free when the command starts: the CPUs this
-  process may run on, less the load other work puts on them (the 1-minute load average), at least
-  one; `--threads` and a device profile's `cpu_threads` win.
+  process may run on, less what other work keeps busy (the machine's CPU use over a quarter of a
+  second while this process waits; the load average lags by a minute and counted a run that had
+  just ended), at least one; `--threads` and a device profile's `cpu_threads` win.
 
 What was chosen and why is stated in every run's config.json and summary.json (`threads`).
 """
@@ -36,11 +37,13 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+SAMPLE_S = 0.25
+
+
 def other_load() -> float:
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):     # Windows
-        return 0.0
+    """CPUs kept busy by other work now: the machine's busy share over SAMPLE_S seconds, in CPUs."""
+    import psutil
+    return psutil.cpu_percent(interval=SAMPLE_S) / 100 * (os.cpu_count() or 1)
 
 
 def choose_threads(requested: int | None = None, cpus: int | None = None, load: float | None = None,
@@ -51,7 +54,7 @@ def choose_threads(requested: int | None = None, cpus: int | None = None, load: 
         return int(requested), f"{source} {requested}"
     load = other_load() if load is None else load
     free = max(1, min(cpus, int(cpus - load + 0.5)))
-    return free, f"{cpus} CPUs, load average {load:.2f} from other work at the start: {free} free"
+    return free, f"{cpus} CPUs, {load:.2f} busy with other work at the start: {free} free"
 
 
 def apply_threads(requested: int | None = None, source: str = "--threads", **probe) -> dict:

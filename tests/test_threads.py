@@ -12,7 +12,7 @@ def test_threads_are_what_other_work_leaves_free_and_an_explicit_count_wins():
     assert choose_threads(cpus=4, load=0.1)[0] == 4
     assert choose_threads(cpus=4, load=2.0)[0] == 2
     count, why = choose_threads(cpus=2, load=3.9)          # two busy processes and more: still one thread
-    assert count == 1 and "load average 3.90" in why
+    assert count == 1 and "3.90 busy" in why
     assert choose_threads(3, cpus=2, load=5.0) == (3, "--threads 3")
 
 
@@ -32,7 +32,7 @@ def test_a_runs_config_and_summary_state_the_threads_and_the_policy(tmp_path, mo
             "--out", out, "--quiet", "--anchors-per-class", "0")
     for name in ("config.json", "summary.json"):
         stated = json.loads((out / name).read_text())["threads"]
-        assert stated["count"] == 1 and "load average 7.50" in stated["why"] and stated["wait_policy"]
+        assert stated["count"] == 1 and "7.50 busy" in stated["why"] and stated["wait_policy"]
     run_cli("pretrain", "--model", "edgecnn", "--dataset", "digits", "--epochs", "1", "--subset", "200",
             "--out", tmp_path / "two", "--quiet", "--anchors-per-class", "0", "--threads", "2")
     stated = json.loads((tmp_path / "two" / "summary.json").read_text())["threads"]

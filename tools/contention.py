@@ -22,7 +22,7 @@ LOOP = "while True: pass"
 
 @contextlib.contextmanager
 def busy(n: int, nice: int = 0):
-    procs = [subprocess.Popen([sys.executable, "-c", f"import os; os.nice({nice}); {LOOP}"],
+    procs = [subprocess.Popen([sys.executable, "-c", f"import os\nos.nice({nice})\n{LOOP}"],
                               start_new_session=True) for _ in range(n)]
     try:
         yield procs
