@@ -11,8 +11,12 @@ from edge_sel.report.runs import RunData, totals
 # (key, heading, format) ; format: "pct" accuracy in percent, "g" FLOPs in 1e9, or a format spec.
 RUN_COLUMNS = [
     ("run", "run", ""),
+    # What the run hands back comes first: a last epoch the guard or keep-best refused is not it.
+    ("output_model", "output model (rule)", ""),
+    ("output_test_acc", "output test acc %", "pct"),
+    ("output_clean_test_acc", "output clean test acc %", "pct"),
     ("epochs", "epochs", "d"),
-    ("final_test_acc", "final test acc %", "pct"),
+    ("final_test_acc", "last epoch test acc %", "pct"),
     ("best_val_acc", "best val acc %", "pct"),
     ("best_val_epoch", "best val epoch", "d"),
     ("flops_forward", "fwd GFLOP", "g"),
@@ -23,7 +27,7 @@ RUN_COLUMNS = [
     ("energy_j", "train energy J", ".1f"),
     ("energy_per_epoch_j", "J / epoch", ".1f"),
     ("energy_label", "energy source", ""),
-    ("activation", "activation", ".3f"),
+    ("activation", "activation (records)", ".3f"),
     ("samples_trained", "samples trained", ",d"),
 ]
 
