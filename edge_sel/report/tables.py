@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 
@@ -60,10 +61,15 @@ def markdown(rows: list[dict], columns=RUN_COLUMNS) -> str:
     return "\n".join(lines)
 
 
-def write_csv(rows: list[dict], path: Path, columns=RUN_COLUMNS) -> None:
+def csv_text(rows: list[dict], columns=RUN_COLUMNS) -> str:
     """Raw numbers (no rounding, FLOPs in FLOPs, accuracy as a fraction) under the column keys."""
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow([k for k, _, _ in columns])
-        for row in rows:
-            w.writerow(["" if row.get(k) is None else row.get(k) for k, _, _ in columns])
+    f = io.StringIO(newline="")
+    w = csv.writer(f)
+    w.writerow([k for k, _, _ in columns])
+    for row in rows:
+        w.writerow(["" if row.get(k) is None else row.get(k) for k, _, _ in columns])
+    return f.getvalue()
+
+
+def write_csv(rows: list[dict], path: Path, columns=RUN_COLUMNS) -> None:
+    Path(path).write_text(csv_text(rows, columns), newline="")
