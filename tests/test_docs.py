@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 
@@ -68,3 +70,39 @@ def test_every_page_in_the_navigation_once_and_present():
     listed = list(pages(yaml.safe_load((REPO / "mkdocs.yml").read_text())["nav"]))
     assert sorted(set(listed)) == sorted(listed), f"listed twice: {sorted(p for p in set(listed) if listed.count(p) > 1)}"
     assert all((REPO / "docs" / p).is_file() for p in listed)
+
+
+def _tour_commands() -> list[str]:
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        from run_doc_commands import bash_blocks, commands
+    finally:
+        sys.path.remove(str(REPO / "tools"))
+    tour = next(b for b in bash_blocks(README.read_text()) if "edge-sel pretrain" in b)
+    return [c for c, _ in commands(tour)]
+
+
+@pytest.mark.slow
+def test_readme_tour_runs_in_order_from_a_fresh_directory_and_leaves_a_deployed_model(tmp_path):
+    """The tour's story is that the device ends with an adapted model deployed: its commands, as
+    written, from an empty directory, with the installed `edge-sel`, each exit 0 and the last
+    leaves deployed/ holding a model that scores on the device's shifted digits."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    outputs = []
+    for command in _tour_commands():
+        done = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, f"{command}\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
+        outputs.append(done.stdout)
+    assert "promote" in _tour_commands()[-1]
+    assert outputs[-1].startswith("promoted (first)")
+    deployed = tmp_path / "deployed"
+    assert (deployed / "model.safetensors").is_file() and (deployed / "model.json").is_file()
+    from edge_sel.demo import output_accuracy
+    from edge_sel.engine.run import DataOptions
+    splits = DataOptions("digits", shard="1/2", shift="corrupt=contrast:4").load()
+    shifted, clean = output_accuracy(deployed, (splits.test, splits.test_clean))
+    assert shifted > 0.8 and clean > 0.8, (shifted, clean)       # adapted, and nothing forgotten
+    # The report the tour writes is there, with the runs it names.
+    assert (tmp_path / "report" / "report.html").is_file()
+    assert len((tmp_path / "report" / "runs.csv").read_text().splitlines()) == 6

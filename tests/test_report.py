@@ -108,3 +108,46 @@ def test_bad_input_is_one_line_exit_2(runs, tmp_path, monkeypatch, capsys):
     assert code == 2 and len(lines) == 1 and lines[0].startswith("edge-sel: error: --out")
     code, lines = run_main(["report", "--out", tmp_path / "r"], monkeypatch, capsys)
     assert code == 2 and len(lines) == 1
+
+
+@pytest.fixture(scope="module")
+def refused_run(tmp_path_factory):
+    """A digits run the guard refuses (the adaptation recipe on low-contrast digits forgets the
+    clean ones), with replayed source digits in its batches (--replay 0.5)."""
+    from helpers import digits_warmup_with_memory
+    root = tmp_path_factory.mktemp("report-guard")
+    warm = digits_warmup_with_memory(root / "warm")
+    run_cli("finetune", "--checkpoint", warm, "--dataset", "digits", "--shard", "1/2", "--epochs", 2,
+            "--shift", "corrupt=contrast:4", "--preset", "adapt", "--replay", 0.5, "--batch-size", 64,
+            "--lr", 0.05, "--meter", "estimate", "--quiet", "--out", root / "adapt")
+    return root / "adapt"
+
+
+@pytest.mark.slow
+def test_report_states_the_model_a_run_hands_back_before_its_last_epoch(refused_run, tmp_path):
+    import json
+    summary = json.loads((refused_run / "summary.json").read_text())
+    recs = [json.loads(line) for line in (refused_run / "metrics.jsonl").read_text().splitlines()]
+    baseline, epochs = recs[0], recs[1:]
+    assert summary["kept"]["kept"] == "warmup" and summary["kept"]["rule"] == "forgets"
+    assert epochs[-1]["test_acc"] > summary["output_model"]["test_acc"] + 0.1     # the last epoch overstates
+    out = tmp_path / "report"
+    run_cli("report", refused_run, "--out", out)
+    row = next(csv.DictReader(open(out / "runs.csv")))
+    header = next(csv.reader(open(out / "runs.csv")))
+    # What the run hands back comes before any last-epoch figure, in csv, md and html.
+    assert header.index("output_test_acc") < header.index("final_test_acc")
+    assert float(row["output_test_acc"]) == pytest.approx(summary["output_model"]["test_acc"])
+    assert float(row["output_clean_test_acc"]) == pytest.approx(baseline["clean_test_acc"])
+    assert row["output_model"] == "start (guard refused the rest)"
+    md = (out / "runs.md").read_text().splitlines()
+    cells = [c.strip() for c in md[2].split("|")]
+    heads = [c.strip() for c in md[0].split("|")]
+    assert cells[heads.index("output test acc %")] == f"{100 * summary['output_model']['test_acc']:.2f}"
+    assert heads.index("output test acc %") < heads.index("last epoch test acc %")
+    text = (out / "report.html").read_text()
+    assert text.index("output test acc %") < text.index("last epoch test acc %")
+    # Activation as the records say it (replayed source images are not local samples).
+    share = sum(r["activation"] * r["samples_available"] for r in epochs) / sum(r["samples_available"] for r in epochs)
+    assert float(row["activation"]) == pytest.approx(share)
+    assert sum(r["backward_samples"] for r in epochs) / sum(r["samples_available"] for r in epochs) > share + 0.05

@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,6 +82,9 @@ class ModelCard:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """`data` whole under `path`, or `path` as it was: written to a temporary name, then renamed (a
+    full disk leaves no truncated file under the name a later command reads). Raises OSError."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
@@ -89,13 +93,34 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass        # the error that matters is the write's
 
 
 def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
     """Atomically, with the permissions the umask gives every other file (safetensors' own
-    save_file creates its file 0600, which a service account could not read)."""
-    atomic_write_bytes(path, save(tensors, metadata=metadata))
+    save_file creates its file 0600, which a service account could not read). A failed write is a
+    WriteError naming the file (one line), never a truncated file."""
+    with writing(path):
+        atomic_write_bytes(Path(path), save(tensors, metadata=metadata))
+
+
+def copy_atomically(source: Path, target: Path) -> None:
+    """A copy of `source` whole under `target`, or a WriteError naming `target`."""
+    with writing(target):
+        tmp = Path(target).with_name(f".{Path(target).name}.tmp{os.getpid()}")
+        try:
+            shutil.copy2(source, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        finally:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
 
 
 def fsync_dir(directory: Path) -> None:

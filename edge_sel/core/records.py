@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -58,20 +59,32 @@ class RecordWriter:
         self.records = [{k: _clean(v) for k, v in r.items()} for r in records]
         tmp = self.jsonl.with_name(".metrics.jsonl.tmp")
         with writing(self.jsonl):
-            with open(tmp, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in self.records)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.jsonl)
+            try:
+                with open(tmp, "w") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in self.records)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self.jsonl)
+            finally:
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)
         self.write_csv()
 
     def append(self, record: dict) -> None:
         record = {k: _clean(v) for k, v in record.items()}
         self.records.append(record)
         with writing(self.jsonl), open(self.jsonl, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+            size = f.tell()
+            try:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError:
+                # A full disk mid-line: cut the part-line off, so a later append starts a line of its own.
+                self.records.pop()
+                with contextlib.suppress(OSError):
+                    f.truncate(size)
+                raise
         self.write_csv()
 
     def write_csv(self) -> None:
@@ -80,9 +93,13 @@ class RecordWriter:
             keys += [k for k in r if k not in keys]
         tmp = self.csv.with_name(".metrics.csv.tmp")
         with writing(self.csv):
-            with open(tmp, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-                w.writeheader()
-                for r in self.records:
-                    w.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()})
-            os.replace(tmp, self.csv)
+            try:
+                with open(tmp, "w", newline="") as f:
+                    w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+                    w.writeheader()
+                    for r in self.records:
+                        w.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()})
+                os.replace(tmp, self.csv)
+            finally:
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)

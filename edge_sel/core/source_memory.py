@@ -16,7 +16,6 @@ them are refused with one line, the guard does not apply.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,8 +23,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from edge_sel.core.checkpoint import fsync_dir, write_safetensors
-from edge_sel.errors import InputError
+from edge_sel.core.checkpoint import copy_atomically, fsync_dir, write_safetensors
+from edge_sel.errors import InputError, writing
 
 ANCHORS_FILE, FISHER_FILE, SOURCE_FILE = "anchors.safetensors", "fisher.safetensors", "source.safetensors"
 SOURCE_FILES = (ANCHORS_FILE, FISHER_FILE, SOURCE_FILE)
@@ -75,7 +74,8 @@ def write_source_memory(directory: Path, anchors: Anchors, fisher: dict[str, tor
         "index": anchors.index.cpu().contiguous(), "role": anchors.role.to(torch.uint8).cpu().contiguous()})
     write_safetensors(directory / FISHER_FILE, {k: v.detach().float().cpu().contiguous() for k, v in fisher.items()})
     write_safetensors(directory / SOURCE_FILE, {k: v.detach().cpu().contiguous() for k, v in source_state.items()})
-    fsync_dir(directory)
+    with writing(directory):
+        fsync_dir(directory)
     sizes = {name: (directory / name).stat().st_size for name in SOURCE_FILES}
     n, n_guard = len(anchors.labels), int((anchors.role == GUARD).sum())
     return {**info, "anchors": {**info.get("anchors", {}), "file": ANCHORS_FILE, "samples": n,
@@ -118,6 +118,7 @@ def copy_source_memory(source_dir: Path, target_dir: Path) -> bool:
     if not has_source_memory(source_dir):
         return False
     for name in SOURCE_FILES:
-        shutil.copy2(Path(source_dir) / name, Path(target_dir) / name)
-    fsync_dir(Path(target_dir))
+        copy_atomically(Path(source_dir) / name, Path(target_dir) / name)
+    with writing(Path(target_dir)):
+        fsync_dir(Path(target_dir))
     return True

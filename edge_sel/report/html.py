@@ -50,6 +50,11 @@ def page(title: str, rows: list[dict], figures: list[tuple[str, Path, str]], not
         parts.append(f"<h2>{esc(heading)}</h2>{block}")
     parts.append("<h2>Runs</h2>")
     parts.append(table_html(RUN_COLUMNS, rows))
+    parts.append("<p>The output model is the model a run hands back (what <code>promote</code> would deploy), and the "
+                 "rule that chose it: its test accuracy on the run's (device's) test data, and on the server's clean "
+                 "test data where the run's data were shifted. The last epoch's test accuracy comes after it: a "
+                 "last epoch that keep-best or the guard refused is not what the run delivers. Activation is the "
+                 "share of local samples trained on, as the records state it.</p>")
     parts.append("<p>FLOPs are counted with torch.utils.flop_counter for the passes actually run (training, "
                  "scoring and calibration passes; evaluation excluded). Tables beside this page: "
                  "<a href=\"runs.md\">runs.md</a>, <a href=\"runs.csv\">runs.csv</a>.</p>")

@@ -67,6 +67,12 @@ def describe(config: dict, records: list[dict]) -> str:
         parts.append(str(sparsity))
     if method.get("target_activation") is not None and not method.get("preset"):
         parts.append(f"a={method['target_activation']:g}")
+    if config.get("epochs") == 0:
+        parts[0] = "no training"
+    if config.get("bn_adapt") and not method.get("preset"):
+        parts.append(f"bn-adapt {config['bn_adapt']}")
+    if config.get("bn_conditions"):
+        parts.append(f"bn-conditions {config['bn_conditions']}")
     return " ".join(parts)
 
 
@@ -135,25 +141,64 @@ def totals(run: RunData) -> dict:
         gate_activation = sum(r["gate_activation"] * (r.get("samples_available") or 0) for r in gate_rows) / weight \
             if weight else None
     source, kind = energy_kind(recs)
+    act_rows = [r for r in recs if isinstance(r.get("activation"), (int, float))]
+    act_weight = sum(r.get("samples_available") or 0 for r in act_rows)
+    # As the records say it: a record's activation is its share of the local data trained on
+    # (replayed source images are not local samples, so backward_samples can exceed it).
+    activation = (sum(r["activation"] * (r.get("samples_available") or 0) for r in act_rows) / act_weight
+                  if act_weight else (trained / available if available else None))
     best = max(recs, key=lambda r: r.get("val_acc") if r.get("val_acc") is not None else -1)
     energy = _sum(recs, "energy_j")
+    trained_epochs = [r for r in recs if r.get("phase") != "baseline"]     # a run of --epochs 0 has only its baseline
+    last = trained_epochs[-1] if trained_epochs else {}
     return {
-        "epochs": len(recs),
-        "final_test_acc": recs[-1].get("test_acc"), "final_val_acc": recs[-1].get("val_acc"),
+        **output_model(run),
+        "epochs": len(trained_epochs),
+        "final_test_acc": last.get("test_acc"), "final_val_acc": last.get("val_acc"),
         "best_val_acc": best.get("val_acc"), "best_val_epoch": best.get("epoch"),
         "test_at_best_val": best.get("test_acc"),
-        "samples_trained": trained, "activation": trained / available if available else None,
+        "samples_trained": trained, "activation": activation,
         "gate_activation": gate_activation,
         "flops_forward": _sum(recs, "flops_forward"), "flops_backward": _sum(recs, "flops_backward"),
         "flops_scoring": (_sum(recs, "flops_scoring") or 0) + (_sum(recs, "flops_calibration") or 0),
         "flops_train": _sum(recs, "flops_train"),
         "flops_eval": _sum(recs + ([run.baseline] if run.baseline else []), "flops_eval"),
         "train_wall_s": _sum(recs, "wall_s"), "eval_wall_s": _sum(recs, "eval_wall_s"),
-        "energy_j": energy, "energy_per_epoch_j": energy / len(recs) if energy is not None else None,
+        "energy_j": energy, "energy_per_epoch_j": energy / len(trained_epochs) if energy is not None and trained_epochs
+        else None,
         "eval_energy_j": _sum(recs + ([run.baseline] if run.baseline else []), "eval_energy_j"),
         "energy_source": source, "energy_kind": kind,
         **run.extra.get("totals", {}),
     }
+
+
+# summary.json's kept.rule, as the report's column says it.
+RULE_WORDS = {"best": "best validation", "warmup": "nothing beat the start", "forgets": "guard refused the rest",
+              "bn_adapt": "best validation", "last": "--keep last", "no_validation": "no validation data",
+              "interrupted": "interrupted"}
+
+
+def output_model(run: RunData) -> dict:
+    """The model the run hands back (what promote would deploy), as summary.json states it: which
+    weights, the rule that chose them, its accuracy on the device's test data and, where the run's
+    data were shifted, on the server's clean test data (the record of the epoch it is, or the
+    baseline's for the starting checkpoint)."""
+    out = run.summary.get("output_model") or {}
+    kept = run.summary.get("kept") or {}
+    if not out:
+        return {"output_model": None, "output_test_acc": None, "output_clean_test_acc": None, "output_rule": None}
+    weights, epoch = out.get("weights"), out.get("epoch")
+    which = {"best": f"epoch {epoch}", "last": f"epoch {epoch} (last)", "warmup": "start",
+             "bn_adapt": "start, BatchNorm re-estimated"}.get(weights, str(weights))
+    if (run.summary.get("bn_bank") or {}).get("written"):
+        which += " + statistics per condition"
+    rule = RULE_WORDS.get(kept.get("rule"), kept.get("rule"))
+    baselines = [run.baseline] if run.baseline else [r for r in run.records if r.get("phase") == "baseline"]
+    source = baselines if weights == "warmup" else \
+        [r for r in run.records if r.get("epoch") == epoch and r.get("phase") != "baseline"]
+    clean = source[-1].get("clean_test_acc") if source else None
+    return {"output_model": which + (f" ({rule})" if rule else ""), "output_test_acc": out.get("test_acc"),
+            "output_clean_test_acc": clean, "output_rule": rule}
 
 
 def energy_axis_label(runs: list[RunData], what: str = "energy") -> str:

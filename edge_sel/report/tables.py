@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 
@@ -11,8 +12,12 @@ from edge_sel.report.runs import RunData, totals
 # (key, heading, format) ; format: "pct" accuracy in percent, "g" FLOPs in 1e9, or a format spec.
 RUN_COLUMNS = [
     ("run", "run", ""),
+    # What the run hands back comes first: a last epoch the guard or keep-best refused is not it.
+    ("output_model", "output model (rule)", ""),
+    ("output_test_acc", "output test acc %", "pct"),
+    ("output_clean_test_acc", "output clean test acc %", "pct"),
     ("epochs", "epochs", "d"),
-    ("final_test_acc", "final test acc %", "pct"),
+    ("final_test_acc", "last epoch test acc %", "pct"),
     ("best_val_acc", "best val acc %", "pct"),
     ("best_val_epoch", "best val epoch", "d"),
     ("flops_forward", "fwd GFLOP", "g"),
@@ -23,7 +28,7 @@ RUN_COLUMNS = [
     ("energy_j", "train energy J", ".1f"),
     ("energy_per_epoch_j", "J / epoch", ".1f"),
     ("energy_label", "energy source", ""),
-    ("activation", "activation", ".3f"),
+    ("activation", "activation (records)", ".3f"),
     ("samples_trained", "samples trained", ",d"),
 ]
 
@@ -56,10 +61,15 @@ def markdown(rows: list[dict], columns=RUN_COLUMNS) -> str:
     return "\n".join(lines)
 
 
-def write_csv(rows: list[dict], path: Path, columns=RUN_COLUMNS) -> None:
+def csv_text(rows: list[dict], columns=RUN_COLUMNS) -> str:
     """Raw numbers (no rounding, FLOPs in FLOPs, accuracy as a fraction) under the column keys."""
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow([k for k, _, _ in columns])
-        for row in rows:
-            w.writerow(["" if row.get(k) is None else row.get(k) for k, _, _ in columns])
+    f = io.StringIO(newline="")
+    w = csv.writer(f)
+    w.writerow([k for k, _, _ in columns])
+    for row in rows:
+        w.writerow(["" if row.get(k) is None else row.get(k) for k, _, _ in columns])
+    return f.getvalue()
+
+
+def write_csv(rows: list[dict], path: Path, columns=RUN_COLUMNS) -> None:
+    Path(path).write_text(csv_text(rows, columns), newline="")

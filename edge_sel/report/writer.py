@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge_sel.errors import InputError
+from edge_sel.core.checkpoint import atomic_write_bytes
+from edge_sel.errors import InputError, writing
 from edge_sel.report import fleet_plots, html, plots, tables
 from edge_sel.report.runs import RunData, energy_kind, unique_labels
 
@@ -45,14 +46,20 @@ def write_report(runs: list[RunData], out: Path, title: str = "edge-sel report",
     if baseline is None:
         baseline = shared_start(runs)
     rows = [tables.run_row(r) for r in runs]
-    (out / "runs.md").write_text(tables.markdown(rows) + "\n")
-    tables.write_csv(rows, out / "runs.csv")
+    write_whole(out / "runs.md", tables.markdown(rows) + "\n")
+    write_whole(out / "runs.csv", tables.csv_text(rows))
     figures = plots.write_all(runs, out, baseline) + fleet_plots.fleet_figures(runs, out)
     info = [(r.label, [str(p) for p in r.paths]) for r in runs]
     page = html.page(title, rows, figures, [*energy_notes(runs), *notes], sections, info)
     path = out / "report.html"
-    path.write_text(page, encoding="utf-8")
+    write_whole(path, page)
     return path
+
+
+def write_whole(path: Path, text: str) -> None:
+    """The file whole or not at all (a full disk is one line naming it)."""
+    with writing(path):
+        atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def shared_start(runs: list[RunData]) -> tuple[str, float] | None:
