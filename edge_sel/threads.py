@@ -5,8 +5,14 @@ microseconds off each parallel region; beside other busy processes the spinning 
 cores the other work needs, the work they wait for is descheduled, and a digits fine-tune here ran
 7-70 times its quiet time while its CPU-time estimate grew with the contention. So:
 
-- waiting is passive (`OMP_WAIT_POLICY=PASSIVE`) unless the user set the variable: set by the
-  command line before torch is imported, since OpenMP reads it once, when it loads;
+- waiting is passive (`OMP_WAIT_POLICY=PASSIVE`) when other work keeps at least half a CPU busy
+  as the command starts, and OpenMP's own policy otherwise, unless the user set the variable: set
+  by the command line before torch is imported, since OpenMP reads it once, when it loads.
+  Measured on a 2-core CPU, the same digits fine-tune (2 threads): quiet 0.56 s spinning against
+  1.03 s passive (waking sleeping threads costs more than these small layers' work), beside one
+  busy process 10.5 s spinning against 0.72 s passive. So a quiet start keeps spinning and load
+  that arrives later is not seen; where the CPU is always shared (a device's nightly service), set
+  OMP_WAIT_POLICY=PASSIVE in its environment (deploy/systemd/finetune.env.example does);
 - the number of intra-op threads is what the CPU has free when the command starts: the CPUs this
   process may run on, less what other work keeps busy (the machine's CPU use over a quarter of a
   second while this process waits; the load average lags by a minute and counted a run that had
@@ -23,11 +29,17 @@ WAIT_ENV = "OMP_WAIT_POLICY"
 _chosen: dict = {}
 
 
-def passive_waiting(environ=None) -> str:
-    """OMP_WAIT_POLICY=PASSIVE unless already set; returns the policy in force."""
+BUSY_FOR_PASSIVE = 0.5     # CPUs of other work at the start that make waiting passive
+_sampled: list[float] = []
+
+
+def passive_waiting(environ=None, load: float | None = None) -> str:
+    """OMP_WAIT_POLICY=PASSIVE when other work keeps the CPU busy now (unless the variable is set);
+    returns the policy in force, or "default" for OpenMP's own."""
     environ = os.environ if environ is None else environ
-    environ.setdefault(WAIT_ENV, "PASSIVE")
-    return environ[WAIT_ENV]
+    if WAIT_ENV not in environ and (other_load() if load is None else load) >= BUSY_FOR_PASSIVE:
+        environ[WAIT_ENV] = "PASSIVE"
+    return environ.get(WAIT_ENV, "default")
 
 
 def usable_cpus() -> int:
@@ -41,9 +53,12 @@ SAMPLE_S = 0.25
 
 
 def other_load() -> float:
-    """CPUs kept busy by other work now: the machine's busy share over SAMPLE_S seconds, in CPUs."""
-    import psutil
-    return psutil.cpu_percent(interval=SAMPLE_S) / 100 * (os.cpu_count() or 1)
+    """CPUs kept busy by other work as this process starts: the machine's busy share over SAMPLE_S
+    seconds, in CPUs, sampled once per process (the waiting policy and the thread count share it)."""
+    if not _sampled:
+        import psutil
+        _sampled.append(psutil.cpu_percent(interval=SAMPLE_S) / 100 * (os.cpu_count() or 1))
+    return _sampled[0]
 
 
 def choose_threads(requested: int | None = None, cpus: int | None = None, load: float | None = None,
@@ -64,7 +79,7 @@ def apply_threads(requested: int | None = None, source: str = "--threads", **pro
     count, why = choose_threads(requested, source=source, **probe)
     torch.set_num_threads(count)
     _chosen.clear()
-    _chosen.update({"count": count, "why": why, "wait_policy": os.environ.get(WAIT_ENV, "(OpenMP's default)")})
+    _chosen.update({"count": count, "why": why, "wait_policy": os.environ.get(WAIT_ENV, "OpenMP's default (spinning)")})
     return dict(_chosen)
 
 
@@ -74,4 +89,4 @@ def describe() -> dict:
         return dict(_chosen)
     torch = __import__("sys").modules.get("torch")
     return {"count": torch.get_num_threads() if torch else None, "why": "torch's default (not chosen here)",
-            "wait_policy": os.environ.get(WAIT_ENV, "(OpenMP's default)")}
+            "wait_policy": os.environ.get(WAIT_ENV, "OpenMP's default (spinning)")}

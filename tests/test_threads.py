@@ -16,11 +16,13 @@ def test_threads_are_what_other_work_leaves_free_and_an_explicit_count_wins():
     assert choose_threads(3, cpus=2, load=5.0) == (3, "--threads 3")
 
 
-def test_waiting_is_passive_unless_the_user_chose():
+def test_waiting_is_passive_when_other_work_is_busy_unless_the_user_chose():
     env = {}
-    assert passive_waiting(env) == "PASSIVE" and env[WAIT_ENV] == "PASSIVE"
+    assert passive_waiting(env, load=1.2) == "PASSIVE" and env[WAIT_ENV] == "PASSIVE"
+    env = {}
+    assert passive_waiting(env, load=0.1) == "default" and WAIT_ENV not in env     # a quiet CPU: OpenMP's own
     env = {WAIT_ENV: "ACTIVE"}
-    assert passive_waiting(env) == "ACTIVE"
+    assert passive_waiting(env, load=1.9) == "ACTIVE"
 
 
 def test_a_runs_config_and_summary_state_the_threads_and_the_policy(tmp_path, monkeypatch):
@@ -39,13 +41,16 @@ def test_a_runs_config_and_summary_state_the_threads_and_the_policy(tmp_path, mo
     assert stated["count"] == 2 and stated["why"].startswith("--threads")
 
 
-def test_the_command_line_waits_passively(tmp_path):
+def test_the_command_line_waits_passively_beside_a_busy_process(tmp_path):
     import subprocess
     import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "tools"))
+    from contention import busy
     probe = "import os, edge_sel.cli; print(os.environ.get('OMP_WAIT_POLICY'))"
     env = {k: v for k, v in __import__("os").environ.items() if k != WAIT_ENV}
-    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
-                          check=True).stdout.strip() == "PASSIVE"
+    with busy(2):
+        assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
+                              check=True).stdout.strip() == "PASSIVE"
     env[WAIT_ENV] = "ACTIVE"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
                           check=True).stdout.strip() == "ACTIVE"
