@@ -182,7 +182,8 @@ def test_mismatched_class_count_and_corrupt_weights(synthetic_warmup, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(synthetic_warmup, broken)
     card = json.loads((broken / "model.json").read_text())
-    card["num_classes"] = 5
+    # A card consistent in itself (5 classes, 5 names) whose weights have another number of outputs.
+    card["num_classes"], card["class_names"] = 5, [f"c{i}" for i in range(5)]
     (broken / "model.json").write_text(json.dumps(card))
     result = run_cli("finetune", "--checkpoint", broken, "--dataset", "synthetic", "--epochs", 1,
                      "--out", tmp_path / "o", "--quiet", expect=2)
