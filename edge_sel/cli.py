@@ -10,9 +10,14 @@ from edge_sel.cli_interrupts import quiet_start_up_interrupts
 
 quiet_start_up_interrupts()     # before click, torch and the rest are imported
 
+from edge_sel.errors import InputError  # noqa: E402
 from edge_sel.threads import passive_waiting  # noqa: E402
 
-passive_waiting()               # before torch loads OpenMP, which reads the policy once
+try:
+    passive_waiting()           # before torch loads OpenMP, which reads the policy once
+except InputError as e:
+    print(f"edge-sel: error: {e}", file=sys.stderr)
+    sys.exit(2)
 
 import click  # noqa: E402
 

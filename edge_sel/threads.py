@@ -18,6 +18,10 @@ cores the other work needs, the work they wait for is descheduled, and a digits 
   second while this process waits; the load average lags by a minute and counted a run that had
   just ended), at least one; `--threads` and a device profile's `cpu_threads` win.
 
+A device that knows what its other work takes (a camera pipeline on one core) can say so in
+EDGE_SEL_OTHER_LOAD (CPUs, e.g. 1 or 0.5): no sampling then, and every choice that depends on the
+load (waiting, threads, whether a probe's result is kept as final) follows the stated figure.
+
 What was chosen and why is stated in every run's config.json and summary.json (`threads`).
 """
 
@@ -50,11 +54,32 @@ def usable_cpus() -> int:
 
 
 SAMPLE_S = 0.25
+LOAD_ENV = "EDGE_SEL_OTHER_LOAD"
+
+
+def stated_load(environ=None) -> float | None:
+    """EDGE_SEL_OTHER_LOAD: the CPUs other work keeps busy, as the device's settings state it."""
+    text = (os.environ if environ is None else environ).get(LOAD_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1e6:
+        from edge_sel.errors import InputError
+        raise InputError(f"environment variable {LOAD_ENV}={text!r}: give the CPUs other work keeps busy, "
+                         "a number >= 0 (e.g. 0, 0.5 or 1)")
+    return value
 
 
 def other_load() -> float:
-    """CPUs kept busy by other work as this process starts: the machine's busy share over SAMPLE_S
-    seconds, in CPUs, sampled once per process (the waiting policy and the thread count share it)."""
+    """CPUs kept busy by other work as this process starts: EDGE_SEL_OTHER_LOAD where set, else the
+    machine's busy share over SAMPLE_S seconds, in CPUs, sampled once per process (the waiting
+    policy and the thread count share it)."""
+    stated = stated_load()
+    if stated is not None:
+        return stated
     if not _sampled:
         import psutil
         _sampled.append(psutil.cpu_percent(interval=SAMPLE_S) / 100 * (os.cpu_count() or 1))
@@ -67,9 +92,11 @@ def choose_threads(requested: int | None = None, cpus: int | None = None, load: 
     cpus = usable_cpus() if cpus is None else cpus
     if requested:
         return int(requested), f"{source} {requested}"
+    stated = load is None and stated_load() is not None
     load = other_load() if load is None else load
     free = max(1, min(cpus, int(cpus - load + 0.5)))
-    return free, f"{cpus} CPUs, {load:.2f} busy with other work at the start: {free} free"
+    where = f"stated in {LOAD_ENV}" if stated else "at the start"
+    return free, f"{cpus} CPUs, {load:.2f} busy with other work {where}: {free} free"
 
 
 def apply_threads(requested: int | None = None, source: str = "--threads", **probe) -> dict:

@@ -11,6 +11,9 @@ CIFAR_JPEG = SHARED / "data" / "cifar10-jpeg"
 # choice (edge_sel/threads.py) follows the machine's load, and a test comparing two runs bit for bit
 # must not see two thread counts.
 os.environ.setdefault("EDGE_SEL_THREADS", "1")
+# And no other work stated for the same reason: a probe's result kept as final, never provisional
+# because a neighbouring test was busy, and no quarter-second load sample in every command.
+os.environ.setdefault("EDGE_SEL_OTHER_LOAD", "0")
 
 
 @pytest.fixture(autouse=True, scope="session")

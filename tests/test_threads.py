@@ -47,10 +47,26 @@ def test_the_command_line_waits_passively_beside_a_busy_process(tmp_path):
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "tools"))
     from contention import busy
     probe = "import os, edge_sel.cli; print(os.environ.get('OMP_WAIT_POLICY'))"
-    env = {k: v for k, v in __import__("os").environ.items() if k != WAIT_ENV}
+    # The load sampled, not stated (the suite states 0 for its own runs).
+    env = {k: v for k, v in __import__("os").environ.items() if k not in (WAIT_ENV, "EDGE_SEL_OTHER_LOAD")}
     with busy(2):
         assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
                               check=True).stdout.strip() == "PASSIVE"
     env[WAIT_ENV] = "ACTIVE"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
                           check=True).stdout.strip() == "ACTIVE"
+
+
+def test_a_stated_load_replaces_the_sample_and_a_bad_one_is_one_line(monkeypatch):
+    import subprocess
+    import sys
+    from edge_sel import threads
+    monkeypatch.setenv("EDGE_SEL_OTHER_LOAD", "1.5")
+    assert threads.other_load() == 1.5
+    count, why = choose_threads(cpus=2)
+    assert count == 1 and "1.50 busy" in why and "EDGE_SEL_OTHER_LOAD" in why
+    env = {k: v for k, v in __import__("os").environ.items() if k != WAIT_ENV}
+    env["EDGE_SEL_OTHER_LOAD"] = "lots"
+    bad = subprocess.run([sys.executable, "-m", "edge_sel", "--help"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.count("\n") == 1 and "EDGE_SEL_OTHER_LOAD='lots'" in bad.stderr
