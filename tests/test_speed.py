@@ -9,6 +9,7 @@ import torch
 from edge_sel.config import TrainConfig
 from edge_sel.data import load_source, make_splits
 from edge_sel.engine.device import seed_everything
+from edge_sel.engine import layout
 from edge_sel.engine.layout import choose_layout, has_conv
 from edge_sel.engine.trainer import Trainer
 from edge_sel.methods import Strategy, Updater
@@ -105,8 +106,11 @@ def test_auto_layout_is_measured_on_a_copy_and_recorded():
     choice = choose_layout(model, (3, 32, 32), 10, torch.device("cpu"), 32, max_eval_batch=300)
     assert choice.source == "measured" and choice.memory_format in ("channels_last", "contiguous")
     assert set(choice.train_s_per_step) == {"channels_last", "contiguous"}
-    # The faster layout, the fastest evaluation batch among those that fit the largest set.
-    assert choice.memory_format == min(choice.train_s_per_step, key=choice.train_s_per_step.get)
+    # channels_last where it is clearly faster (MARGIN), the fastest evaluation batch among those
+    # that fit the largest set.
+    t = choice.train_s_per_step
+    assert choice.memory_format == ("channels_last" if t["channels_last"] < layout.MARGIN * t["contiguous"]
+                                    else "contiguous")
     assert set(choice.eval_images_per_s) == {128, 256}
     assert choice.eval_batch_size == max(choice.eval_images_per_s, key=choice.eval_images_per_s.get)
     assert choice.probe_flops > 0 and choice.probe_wall_s > 0

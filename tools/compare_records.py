@@ -27,7 +27,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MEASURED_SUFFIXES = ("_s", "_j", "_w", "_c", "_mb")
-MEASURED_KEYS = {"energy_coverage", "energy_by_component", "energy_samples", "samples_per_s"}
+MEASURED_KEYS = {"energy_coverage", "energy_by_component", "energy_samples", "samples_per_s", "probe_check",
+                 "other_load_cpus", "provisional", "ratio"}
 COMMON = ["--dataset", "digits", "--seed", "3", "--batch-size", "64", "--quiet",
           "--memory-format", "contiguous", "--eval-batch-size", "256", "--meter", "estimate"]
 

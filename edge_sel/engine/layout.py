@@ -4,31 +4,28 @@ Convolutions on CPU (oneDNN) and on CUDA (cuDNN, tensor cores) often run faster 
 in channels_last (NHWC) order, but not always: it depends on the model, the batch and the kernels
 this torch build has. So "auto" times a few training steps in both layouts on a throwaway copy of
 the model and keeps the faster one, and then times inference at a few batch sizes in that layout.
-The timings go into the run's records; nothing is chosen silently.
+The timings go into the run's records; nothing is chosen silently. What is kept for later runs,
+and when it is measured again, is engine/probe_cache.py's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
-import platform
 import statistics
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from edge_sel.core.checkpoint import atomic_write_bytes
 from edge_sel.core.flops import FlopCounter
-from edge_sel.data.folder import cache_dir
+from edge_sel.engine import probe_cache
 
 FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 EVAL_BATCH_CANDIDATES = (128, 256, 512, 1024)
-PROBE_STEPS = 3        # timed steps per layout, after one untimed warm-up step
+PROBE_STEPS = 5        # timed steps per layout, the layouts taking turns, after one untimed warm-up each
+EVAL_ROUNDS = 3        # timed passes per evaluation batch size, the sizes taking turns, after one untimed each
 PROBE_BYTES = 64 * 2**20   # largest probe input batch: the measurement must not crowd a small device
 # channels_last must win clearly: near a tie, timing noise would flip the choice from run to run
 # (and with it the float rounding of otherwise identical seeded runs).
@@ -45,6 +42,9 @@ class LayoutChoice:
     eval_images_per_s: dict = field(default_factory=dict)    # batch size -> images/s
     probe_wall_s: float = 0.0
     probe_flops: int = 0                 # compute the measurement itself ran (outside every epoch)
+    other_load_cpus: float | None = None     # CPUs other work kept busy while it was measured
+    provisional: bool = False            # measured under load: a quiet start measures again
+    cache_key: str = ""
 
     @property
     def format(self) -> torch.memory_format:
@@ -70,41 +70,49 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time_train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fmt, steps: int) -> float:
-    model = model.to(memory_format=fmt).train()
-    x = to_layout(x, fmt)
-    times = []
+def _time_train_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> dict:
+    """Median seconds of a training step in each layout, the layouts taking turns step by step so
+    that a burst of other work falls on both alike."""
+    times: dict = {name: [] for name in FORMATS}
     for i in range(steps + 1):
-        t0 = time.perf_counter()
-        loss = nn.functional.cross_entropy(model(x).float(), y)
-        loss.backward()
-        model.zero_grad(set_to_none=True)
-        _sync(x.device)
-        if i:                            # the first step pays one-off kernel selection
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fmt in FORMATS.items():
+            model.to(memory_format=fmt).train()
+            xf = to_layout(x, fmt)
+            t0 = time.perf_counter()
+            loss = nn.functional.cross_entropy(model(xf).float(), y)
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+            _sync(x.device)
+            if i:                            # the first step pays one-off kernel selection
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 @torch.inference_mode()
-def _eval_rate(model: nn.Module, x: torch.Tensor, batch_size: int, autocast) -> float:
+def _eval_rates(model: nn.Module, x: torch.Tensor, candidates: list, autocast, rounds: int = EVAL_ROUNDS) -> dict:
+    """Images/s of an evaluation batch at each candidate size: the median of `rounds` timed passes,
+    the sizes taking turns, after one untimed pass each."""
     model.eval()
-    xb = x[:batch_size]
-    times = []
-    for i in range(3):
-        t0 = time.perf_counter()
-        with autocast():
-            model(xb)
-        _sync(x.device)
-        if i:
-            times.append(time.perf_counter() - t0)
-    return len(xb) / statistics.median(times)
+    times: dict = {b: [] for b in candidates}
+    for i in range(rounds + 1):
+        for b in candidates:
+            t0 = time.perf_counter()
+            with autocast():
+                model(x[:b])
+            _sync(x.device)
+            if i:
+                times[b].append(time.perf_counter() - t0)
+    return {b: min(b, len(x)) / statistics.median(t) for b, t in times.items()}
 
 
 def choose_layout(model: nn.Module, input_shape: tuple, num_classes: int, device: torch.device,
                   batch_size: int, memory_format: str = "auto", eval_batch_size: int = 0,
-                  max_eval_batch: int | None = None, autocast=None) -> LayoutChoice:
+                  max_eval_batch: int | None = None, autocast=None, trains: str = "dense",
+                  load_now=None) -> LayoutChoice:
     """Measure (on a copy: the model's weights and BatchNorm statistics stay untouched) what
-    `memory_format="auto"` and `eval_batch_size=0` leave open; values given are kept as given."""
+    `memory_format="auto"` and `eval_batch_size=0` leave open; values given are kept as given.
+    `trains` names what trains (the update method); `load_now()` the CPUs other work keeps busy now
+    (asked only when a provisional measurement could be reused)."""
     autocast = autocast or contextlib.nullcontext
     conv = has_conv(model)
     if not conv:
@@ -120,76 +128,48 @@ def choose_layout(model: nn.Module, input_shape: tuple, num_classes: int, device
     fits = [b for b in EVAL_BATCH_CANDIDATES if b * per_image <= PROBE_BYTES] or [EVAL_BATCH_CANDIDATES[0]]
     cap = max_eval_batch or max(fits)
     candidates = [b for b in fits if b <= cap] or [max(1, cap)]
-    key = "|".join(map(str, (type(model).__name__, sum(p.numel() for p in model.parameters()), tuple(input_shape),
-                             device_name(device), batch_size, fmt, eval_batch_size, candidates, torch.__version__)))
-    cached = cache_entry(CACHE_FILE, key)
-    if cached is not None:                # measured once per device and configuration, then kept
+    key = "|".join(map(str, (probe_cache.machine_key(device), probe_cache.model_key(model, trains),
+                             tuple(input_shape), batch_size, fmt, eval_batch_size, candidates)))
+    cached = probe_cache.usable_entry(CACHE_FILE, key, load_now)
+    if cached is not None:
         return LayoutChoice(cached["memory_format"], cached["eval_batch_size"], "measured earlier",
-                            cached["train_s_per_step"], {int(k): v for k, v in cached["eval_images_per_s"].items()})
+                            cached["train_s_per_step"], {int(k): v for k, v in cached["eval_images_per_s"].items()},
+                            other_load_cpus=cached.get("other_load_cpus"),
+                            provisional=bool(cached.get("provisional")), cache_key=key)
     t0 = time.perf_counter()
+    with probe_cache.OtherLoad() as load:
+        fmt, timings, chosen_eval, rates, flops = _measure(model, input_shape, num_classes, device, batch_size, fmt,
+                                                           eval_batch_size, candidates, autocast)
+    choice = LayoutChoice(fmt, chosen_eval, source, timings, rates, time.perf_counter() - t0, flops)
+    kept = probe_cache.keep(CACHE_FILE, key, {k: v for k, v in choice.to_json().items()
+                                              if k not in ("other_load_cpus", "provisional", "cache_key")}, load.cpus)
+    if kept["memory_format"] != fmt or kept["eval_batch_size"] != chosen_eval:   # another run's came first
+        choice.memory_format, choice.eval_batch_size = kept["memory_format"], kept["eval_batch_size"]
+    choice.other_load_cpus, choice.provisional, choice.cache_key = kept["other_load_cpus"], kept["provisional"], key
+    return choice
+
+
+def _measure(model, input_shape, num_classes, device, batch_size, fmt, eval_batch_size, candidates, autocast):
+    """The probe itself, on a copy of the model: (layout, step timings, evaluation batch, rates, FLOPs)."""
     probe = copy.deepcopy(model).to(device)
     counter = FlopCounter(model, input_shape)
     gen = torch.Generator().manual_seed(0)     # leaves the run's random streams alone
-    biggest = max(candidates)
     batch_size = max(batch_size, 2)            # BatchNorm cannot train on one sample
-    x = torch.randn(max(batch_size, biggest), *input_shape, generator=gen).to(device)
+    x = torch.randn(max(batch_size, max(candidates)), *input_shape, generator=gen).to(device)
     y = torch.randint(0, num_classes, (batch_size,), generator=gen).to(device)
     timings: dict = {}
     flops = 0
     if fmt == "auto":
-        for name in ("contiguous", "channels_last"):
-            with autocast():
-                timings[name] = _time_train_step(probe, x[:batch_size], y, FORMATS[name], PROBE_STEPS)
-            f, b = counter.train_step(batch_size)
-            flops += (PROBE_STEPS + 1) * (f + b)
+        with autocast():
+            timings = _time_train_steps(probe, x[:batch_size], y, PROBE_STEPS)
+        f, b = counter.train_step(batch_size)
+        flops += len(FORMATS) * (PROBE_STEPS + 1) * (f + b)
         fmt = "channels_last" if timings["channels_last"] < MARGIN * timings["contiguous"] else "contiguous"
     rates: dict = {}
     chosen_eval = eval_batch_size
     if not chosen_eval:
         probe = probe.to(memory_format=FORMATS[fmt])
-        xf = to_layout(x, FORMATS[fmt])
-        for b in candidates:
-            rates[b] = _eval_rate(probe, xf, b, autocast)
-            flops += 3 * counter.eval_batch(min(b, len(xf)))
+        rates = _eval_rates(probe, to_layout(x, FORMATS[fmt]), candidates, autocast)
+        flops += (EVAL_ROUNDS + 1) * sum(counter.eval_batch(min(b, len(x))) for b in candidates)
         chosen_eval = max(rates, key=rates.get)
-    choice = LayoutChoice(fmt, chosen_eval, source, timings, rates, time.perf_counter() - t0, flops)
-    keep_in_cache(CACHE_FILE, key, choice.to_json())
-    return choice
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda:{torch.cuda.get_device_name(device)}"
-    return f"{device.type}:{platform.machine()}:{platform.processor()}:{torch.get_num_threads()} threads"
-
-
-def _cache_path(name: str) -> Path:
-    return cache_dir() / name
-
-
-def _read_cache(name: str) -> dict:
-    try:
-        return json.loads(_cache_path(name).read_text())
-    except (OSError, ValueError):
-        return {}                          # none yet, or unreadable: measure again
-
-
-def cache_entry(name: str, key: str) -> dict | None:
-    """What was measured earlier for `key` in the cache file `name`, if anything."""
-    return _read_cache(name).get(key)
-
-
-def keep_in_cache(name: str, key: str, entry: dict) -> dict:
-    """Keeps `entry` for `key` and returns it; an entry another process kept meanwhile wins, so
-    that runs started together on one device go on with one choice."""
-    entries = _read_cache(name)
-    if key in entries:
-        return entries[key]
-    entries[key] = entry
-    path = _cache_path(name)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, json.dumps(entries, indent=1).encode())
-    except OSError as e:                   # a read-only home must not stop a run
-        warnings.warn(f"could not keep the measurement in {path}: {e}")
-    return entry
+    return fmt, timings, chosen_eval, rates, flops

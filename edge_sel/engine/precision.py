@@ -3,7 +3,8 @@
 bf16 autocast halves the bytes every convolution moves and, on CPUs with bf16 instructions
 (AVX512-BF16, AMX, Arm BF16), runs oneDNN's bf16 kernels: often about twice as fast. Where the
 CPU lacks them oneDNN emulates bf16 and is slower than fp32, so "auto" never picks bf16 there, and
-elsewhere only where a short measurement finds it clearly faster. Losses, embarrassment statistics
+elsewhere only where a short measurement finds it clearly faster (kept for later runs, and measured
+again when it was taken under load, by engine/probe_cache.py's rules). Losses, embarrassment statistics
 and every accumulator stay fp32 (the backend casts logits to fp32 before any loss).
 
 Forward-only passes (evaluation, scoring passes, BatchNorm re-estimation) get their own decision:
@@ -26,7 +27,8 @@ from edge_sel.core.flops import FlopCounter
 from edge_sel.data import IndexedDataset
 from edge_sel.device_caps import PRECISION_DTYPES, native_bf16
 from edge_sel.engine.evaluate import accuracy, predict_dataset
-from edge_sel.engine.layout import cache_entry, device_name, keep_in_cache, to_layout
+from edge_sel.engine import probe_cache
+from edge_sel.engine.layout import to_layout
 
 DTYPES = PRECISION_DTYPES
 PROBE_STEPS = 5           # timed steps per precision, interleaved, after one untimed warm-up each
@@ -49,6 +51,9 @@ class PrecisionChoice:
     eval_check: dict = field(default_factory=dict)             # images, accuracy per precision, agreement
     probe_wall_s: float = 0.0
     probe_flops: int = 0                    # compute the measurement ran (outside every epoch)
+    other_load_cpus: float | None = None    # CPUs other work kept busy while it was measured
+    provisional: bool = False               # measured under load: a quiet start measures again
+    cache_key: str = ""
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -149,9 +154,11 @@ def accuracy_unchanged(check: dict) -> bool:
 def choose_precision(model: nn.Module, input_shape: tuple, num_classes: int, device: torch.device,
                      batch_size: int, memory_format: torch.memory_format, eval_batch_size: int,
                      precision: str = "auto", eval_precision: str = "auto", check_ds: IndexedDataset | None = None,
-                     mean=None, std=None) -> PrecisionChoice:
+                     mean=None, std=None, trains: str = "dense", load_now=None) -> PrecisionChoice:
     """`precision` as given, or (auto) decided for this device; `eval_precision` likewise for the
-    forward-only passes (auto: the given `precision`, or decided with it)."""
+    forward-only passes (auto: the given `precision`, or decided with it). `trains` names what trains
+    (the update method); `load_now()` the CPUs other work keeps busy now (asked only when a
+    provisional measurement could be reused)."""
     device = torch.device(device)
     if precision != "auto":
         return PrecisionChoice(precision, eval_precision if eval_precision != "auto" else precision, "given",
@@ -165,18 +172,20 @@ def choose_precision(model: nn.Module, input_shape: tuple, num_classes: int, dev
                                f"{device.type}: no bf16 instructions (avx512_bf16, amx_bf16 or Arm bf16), "
                                "so bf16 would be emulated and slower")
     t0 = time.perf_counter()
-    key = "|".join(map(str, (type(model).__name__, sum(p.numel() for p in model.parameters()), tuple(input_shape),
-                             device_name(device), batch_size, memory_format, eval_batch_size, torch.__version__)))
-    cached = cache_entry(CACHE_FILE, key)
+    key = "|".join(map(str, (probe_cache.machine_key(device), probe_cache.model_key(model, trains),
+                             tuple(input_shape), batch_size, memory_format, eval_batch_size)))
+    kept = probe_cache.usable_entry(CACHE_FILE, key, load_now)
     flops = 0
-    if cached is not None:           # measured once per device and configuration, then kept
-        source, train_s, eval_rates = "measured earlier", cached["train_s_per_step"], cached["eval_images_per_s"]
+    if kept is not None:
+        source = "measured earlier"
     else:
         source = "measured"
-        train_s, eval_rates, flops = measure(model, input_shape, num_classes, device, batch_size, memory_format,
-                                             eval_batch_size)
-        kept = keep_in_cache(CACHE_FILE, key, {"train_s_per_step": train_s, "eval_images_per_s": eval_rates})
-        train_s, eval_rates = kept["train_s_per_step"], kept["eval_images_per_s"]
+        with probe_cache.OtherLoad() as load:
+            train_s, eval_rates, flops = measure(model, input_shape, num_classes, device, batch_size, memory_format,
+                                                 eval_batch_size)
+        kept = probe_cache.keep(CACHE_FILE, key, {"train_s_per_step": train_s, "eval_images_per_s": eval_rates},
+                                load.cpus)
+    train_s, eval_rates = kept["train_s_per_step"], kept["eval_images_per_s"]
     train = faster(train_s)
     eval_fast = faster({p: 1 / r for p, r in eval_rates.items()})
     check: dict = {}
@@ -193,5 +202,8 @@ def choose_precision(model: nn.Module, input_shape: tuple, num_classes: int, dev
             "no validation images to check its accuracy" if not check else
             f"accuracy on {check['images']} validation images {check['accuracy']['fp32']:.4f} in fp32, "
             f"{check['accuracy']['bf16']:.4f} in bf16")
+    if kept.get("provisional"):
+        reason += f"; measured with {kept['other_load_cpus']:.2f} CPUs of other work: measured again on a quiet start"
     return PrecisionChoice(train, evaluation, source, reason, train_s, eval_rates, check,
-                           time.perf_counter() - t0, flops)
+                           time.perf_counter() - t0, flops, kept.get("other_load_cpus"),
+                           bool(kept.get("provisional")), key)

@@ -26,7 +26,7 @@ from edge_sel.device_caps import gpu_uuids
 from edge_sel.engine.ddp import RankSync, is_restart_of, launch_info
 from edge_sel.engine.device import pick_device, seed_everything
 from edge_sel.engine.distributed import detect_world
-from edge_sel.engine import faults
+from edge_sel.engine import faults, probe_cache
 from edge_sel.engine.anchors import Memory, carry_memory, load_memory
 from edge_sel.engine.bn_bank import make_bank, write_bank_for
 from edge_sel.engine.energy_setup import EnergyOptions
@@ -300,6 +300,7 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
         # Measured before the first epoch, outside its time, joules and FLOPs (probe_* say how much).
         "layout": trainer.layout.to_json(), "precision": trainer.precision.to_json(), "sync_every": trainer.sync_every,
         "threads": threads.describe(),
+        "probe_check": probe_cache.check_choices(records, cfg.batch_size, trainer.layout, trainer.precision),
         **({"validation_size": trainer.val_size_choice} if trainer.val_size_choice else {}),
         **({"world_size": world.size, "distributed": ranks.describe()} if ranks else {}),
     }, baseline=trainer.baseline, kept=kept)
