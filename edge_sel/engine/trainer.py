@@ -157,7 +157,8 @@ class Trainer:
             dtype = amp_dtype(self.device) if cfg.precision == "auto" else DTYPES[cfg.precision]
             autocast = lambda: torch.autocast("cuda", dtype=dtype)      # noqa: E731 -- as training runs
         return choose_layout(self.model, self.train_ds.input_shape, self.train_ds.num_classes, self.device,
-                             cfg.batch_size, cfg.memory_format, cfg.eval_batch_size, largest, autocast)
+                             cfg.batch_size, cfg.memory_format, cfg.eval_batch_size, largest, autocast,
+                             trains=self._trains())
 
     def _choose_precision(self) -> PrecisionChoice:
         """fp32 or bf16 autocast for the training step and for forward-only passes: as given, or
@@ -170,7 +171,12 @@ class Trainer:
                              f"{self.device.type} use bf16 or auto")
         return choose_precision(self.model, self.train_ds.input_shape, self.train_ds.num_classes, self.device,
                                 cfg.batch_size, self.memory_format, self.eval_batch_size, cfg.precision,
-                                cfg.eval_precision, self.val_eval_ds, self.mean, self.std)
+                                cfg.eval_precision, self.val_eval_ds, self.mean, self.std, trains=self._trains())
+
+    def _trains(self) -> str:
+        """What trains, for the probes' cache key: the update method (the probes run before it
+        attaches, so the parameters' own flags do not yet say it) and its options."""
+        return f"{self.updater.name}|{self.config.sparsity}|{sorted(self.config.method.items())}"
 
     def _eval_autocast(self):
         return autocast(self.device, self.precision.eval)
@@ -382,9 +388,15 @@ class Trainer:
         if self.bank is None:
             yield None
             return
-        refreshed = self.bank.refresh(self.model, self.flops, self.eval_batch_size, self.memory_format)
+        refreshed = self._refresh_bank()
         with self.bank.selecting(self.model):
             yield refreshed
+
+    def _refresh_bank(self) -> dict:
+        """The bank re-estimated for the current weights, in the forward-only passes' precision
+        (as the run's own BatchNorm re-estimation; the statistics themselves are kept in fp32)."""
+        with self._eval_autocast():
+            return self.bank.refresh(self.model, self.flops, self.eval_batch_size, self.memory_format)
 
     @contextmanager
     def _holding(self, state: dict | None):
@@ -461,7 +473,7 @@ class Trainer:
                 return False
             self.meter.begin("eval")
             t0 = time.perf_counter()
-            refreshed = self.bank.refresh(self.model, self.flops, self.eval_batch_size, self.memory_format)
+            refreshed = self._refresh_bank()
             wall = time.perf_counter() - t0
             joules = self.meter.end("eval").get("energy_j")
         self._charge_bank(last, refreshed)
