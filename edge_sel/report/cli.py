@@ -10,7 +10,6 @@ from edge_sel.cli_base import Command
 from edge_sel.engine.run import check_out_dir, start_out_dir
 from edge_sel.errors import InputError
 from edge_sel.report.runs import load_run
-from edge_sel.report.writer import prepare_out, write_report
 
 
 @click.command("report", cls=Command)
@@ -28,5 +27,7 @@ def report_cmd(runs: tuple[Path, ...], out: Path, title: str, overwrite: bool):
     if inside and out.exists():
         raise InputError(f"--out {out}: holds the run {inside[0]}; write the report elsewhere")
     start_out_dir(out)
+    # matplotlib is imported here, not when the command line starts: every command would pay for it.
+    from edge_sel.report.writer import prepare_out, write_report
     prepare_out(out)
     click.echo(f"report: {write_report(loaded, out, title)}")
