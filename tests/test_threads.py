@@ -70,3 +70,17 @@ def test_a_stated_load_replaces_the_sample_and_a_bad_one_is_one_line(monkeypatch
     bad = subprocess.run([sys.executable, "-m", "edge_sel", "--help"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.count("\n") == 1 and "EDGE_SEL_OTHER_LOAD='lots'" in bad.stderr
+
+
+def test_supernodes_sharing_a_host_each_train_on_their_share_waiting_passively(tmp_path, monkeypatch):
+    from edge_sel.fleet import launch
+    monkeypatch.delenv("EDGE_SEL_THREADS", raising=False)
+    monkeypatch.delenv(WAIT_ENV, raising=False)
+    monkeypatch.setattr(launch, "usable_cpus", lambda: 8)
+    env = launch.flower_env(tmp_path, nodes_here=3)
+    assert (env["EDGE_SEL_THREADS"], env[WAIT_ENV]) == ("2", "PASSIVE")
+    assert "EDGE_SEL_THREADS" not in launch.flower_env(tmp_path, nodes_here=1)     # a node alone: its own choice
+    monkeypatch.setenv("EDGE_SEL_THREADS", "4")
+    monkeypatch.setenv(WAIT_ENV, "ACTIVE")
+    env = launch.flower_env(tmp_path, nodes_here=3)                                   # the user's settings win
+    assert (env["EDGE_SEL_THREADS"], env[WAIT_ENV]) == ("4", "ACTIVE")

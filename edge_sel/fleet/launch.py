@@ -19,6 +19,7 @@ import psutil
 
 from edge_sel.errors import InputError
 from edge_sel.fleet.settings import ServerSettings
+from edge_sel.threads import usable_cpus
 
 LOOPBACK = "127.0.0.1"
 APP_COMPONENTS = {"serverapp": "edge_sel.fleet.server_app:app", "clientapp": "edge_sel.fleet.client_app:app"}
@@ -75,10 +76,14 @@ def write_connection(flwr_home: Path, address: str, root_certificates: str | Non
         f'[superlink]\ndefault = "edge"\n\n[superlink.edge]\naddress = "{address}"\n{tls}\n')
 
 
-def flower_env(flwr_home: Path) -> dict:
+def flower_env(flwr_home: Path, nodes_here: int = 1) -> dict:
     """No telemetry, no update checks, no dependency installs; the Flower commands (which start
-    `flower-superexec` by name) found next to this Python."""
+    `flower-superexec` by name) found next to this Python. SuperNodes sharing this host share its
+    CPUs: each trains on its share of them, waiting passively (unless the user set either)."""
     env = dict(os.environ)
+    if nodes_here > 1:
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        env.setdefault("EDGE_SEL_THREADS", str(max(1, usable_cpus() // nodes_here)))
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
     env.update({"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
@@ -138,7 +143,7 @@ class LoopbackFleet:
         self.node_configs = node_configs
         self.startup_timeout = startup_timeout
         self.flwr_home = self.work / "flwr-home"
-        self.env = flower_env(self.flwr_home)
+        self.env = flower_env(self.flwr_home, len(node_configs))
         self.procs: list[subprocess.Popen] = []
         self.seen: dict[int, int] = {}          # pid -> process group of every process seen
         self.port = None

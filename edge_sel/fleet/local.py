@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from edge_sel.methods.options import check_options_used
 from edge_sel.methods.presets import apply_preset, default_lr
 from edge_sel.methods.registry import make_strategy, make_updater
 from edge_sel.models import model_for_card
+from edge_sel.threads import apply_threads
 
 
 @dataclass
@@ -177,8 +179,10 @@ def train_round(weights: dict[str, torch.Tensor], card: ModelCard, node: NodeSet
     out.parent.mkdir(parents=True, exist_ok=True)
     source = {"data": vars_of(node.data), "fleet": {"round": plan.fleet_round, **node.describe()}}
     before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
+    # The profile's threads, else the node's environment's (a host of several SuperNodes gives each
+    # its share), else the CPUs other work leaves free as the round starts.
+    apply_threads(threads or int(os.environ.get("EDGE_SEL_THREADS") or 0) or None,
+                  source="the node's cpu_threads or EDGE_SEL_THREADS")
     try:
         with proximal_pull(model, plan.proximal_mu):
             summary = train_model("finetune", model, card, splits, cfg, out, True, energy, source)
