@@ -84,3 +84,14 @@ def test_supernodes_sharing_a_host_each_train_on_their_share_waiting_passively(t
     monkeypatch.setenv(WAIT_ENV, "ACTIVE")
     env = launch.flower_env(tmp_path, nodes_here=3)                                   # the user's settings win
     assert (env["EDGE_SEL_THREADS"], env[WAIT_ENV]) == ("4", "ACTIVE")
+
+
+def test_the_contention_harness_keeps_cpus_busy_for_its_block_only():
+    import psutil
+    from edge_sel.bench.contention import busy, describe
+    with busy(2, nice=5) as procs:
+        psutil.cpu_percent(interval=None)
+        assert psutil.cpu_percent(interval=0.5) >= 100 * 1.5 / psutil.cpu_count()   # 1.5 CPUs busy or more
+        assert all(p.poll() is None and psutil.Process(p.pid).nice() == 5 for p in procs)
+    assert all(p.poll() is not None for p in procs)
+    assert describe(2, 5) == "beside 2 busy processes (nice 5)" and describe(0, 0) == "no other work started"

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edge_sel.bench import contention
 from edge_sel.config import TrainConfig
 from edge_sel.data import load_source, make_splits
 from edge_sel.data.augment import augment_batch, normalize
@@ -205,6 +206,8 @@ def main():
     ap.add_argument("--parts", default="ABC", help="Which parts to run, e.g. A or BC.")
     ap.add_argument("--arms", type=lambda v: [a.strip() for a in v.split(",")], default=None,
                     help="Part A: only these contenders (comma-separated names as printed; the plain loop always runs).")
+    ap.add_argument("--busy", type=int, default=0, help="Busy processes started beside every part (figures under load).")
+    ap.add_argument("--busy-nice", type=int, default=0, help="Their nice level.")
     args = ap.parse_args()
 
     train_full, test = load_source(args.dataset)
@@ -214,10 +217,12 @@ def main():
     meter = EnergyOptions().open()
     print(f"edgecnn, {torch.get_num_threads()} threads, torch {torch.__version__}, {args.dataset}, "
           f"CPU bf16 instructions: {native_bf16(torch.device('cpu'))}")
+    print(f"other work on the CPU: {contention.describe(args.busy, args.busy_nice)}")
     try:
-        for part, fn in (("A", part_a), ("B", part_b), ("C", part_c)):
-            if part in args.parts.upper():
-                fn(args, splits, mean, std, meter)
+        with contention.busy(args.busy, args.busy_nice):
+            for part, fn in (("A", part_a), ("B", part_b), ("C", part_c)):
+                if part in args.parts.upper():
+                    fn(args, splits, mean, std, meter)
     finally:
         meter.close()
 

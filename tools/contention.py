@@ -11,26 +11,12 @@ command ends, Ctrl-C included.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import signal
 import subprocess
 import sys
+from pathlib import Path
 
-LOOP = "while True: pass"
-
-
-@contextlib.contextmanager
-def busy(n: int, nice: int = 0):
-    procs = [subprocess.Popen([sys.executable, "-c", f"import os\nos.nice({nice})\n{LOOP}"],
-                              start_new_session=True) for _ in range(n)]
-    try:
-        yield procs
-    finally:
-        for p in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from edge_sel.bench.contention import busy  # noqa: E402,F401  (tests and tools import it from here)
 
 
 def main() -> int:

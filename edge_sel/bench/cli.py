@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from edge_sel.bench import suites
+from edge_sel.bench import contention, suites
 from edge_sel.bench.published import PUBLISHED
 from edge_sel.bench.runner import BenchData, SuiteSettings, run_suite
 from edge_sel.cli_base import Group
@@ -151,9 +151,13 @@ def bench_group():
 @click.option("--pretrain-epochs", type=int, default=None,
               help="Epochs of the warmup the bench makes when --checkpoint is not given [4; --quick: 2].")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, mps or auto.")
+@click.option("--busy", type=click.IntRange(0, 64), default=0, show_default=True,
+              help="Busy processes (a Python loop each) started beside every system: figures under load, on purpose.")
+@click.option("--busy-nice", type=click.IntRange(0, 19), default=0, show_default=True,
+              help="Nice level of the --busy processes.")
 @common_options
-def edge_cmd(dataset, epochs, val_cap, pretrain_epochs, device, data_dir, checkpoint, seeds, systems, subset, out,
-             overwrite, quick, quiet):
+def edge_cmd(dataset, epochs, val_cap, pretrain_epochs, device, busy, busy_nice, data_dir, checkpoint, seeds, systems,
+             subset, out, overwrite, quick, quiet):
     """Edge-sized comparison: edgecnn from a warmup checkpoint on a CIFAR-10 subset, 2-core CPU."""
     ds = dataset_or_shared_cifar(dataset)
     n = subset or (400 if quick else 8000)
@@ -183,9 +187,11 @@ def edge_cmd(dataset, epochs, val_cap, pretrain_epochs, device, data_dir, checkp
     else:
         notes.append(f"Warmup checkpoint: {start}.")
     count = seeds or 1
+    notes.append(f"Other work on the CPU: {contention.describe(busy, busy_nice)} (the warmup made without it).")
     settings = SuiteSettings("edge", chosen, data, dict(suites.EDGE_COMMON), list(range(count)),
                              {k: Path(start) for k in range(count)}, target, device, quiet, notes)
-    _execute(settings, None)
+    with contention.busy(busy, busy_nice):
+        _execute(settings, None)
 
 
 @bench_group.command("reference")
