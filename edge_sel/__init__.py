@@ -5,7 +5,7 @@
 as reading the version.
 """
 
-__version__ = "0.1.0"
+from edge_sel.version import __version__
 
 __all__ = ["pretrain", "finetune", "resume", "load_model", "Predictor", "RunResult", "__version__"]
 

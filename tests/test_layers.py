@@ -22,7 +22,7 @@ LAYERS = [
     ("methods", ["edge_sel.methods"]),
     ("data, models, energy", ["edge_sel.data", "edge_sel.models", "edge_sel.energy"]),
     ("core", ["edge_sel", "edge_sel.core", "edge_sel.config", "edge_sel.errors", "edge_sel.device_caps",
-              "edge_sel.threads"]),
+              "edge_sel.threads", "edge_sel.version"]),
 ]
 
 
@@ -86,3 +86,11 @@ def test_imports_run_one_way_and_in_no_circle():
     for m in graph:
         visit(m, [])
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_nothing_below_the_command_line_imports_the_package_face():
+    """edge_sel/__init__.py hands out the Python API; the version lives in edge_sel/version.py."""
+    known = modules()
+    found = sorted(f"{known[m].relative_to(PACKAGE.parent)}:{line}" for m, p in known.items() if layer(m) > 0
+                   for target, line in imports(m, p, known) if target == "edge_sel")
+    assert found == []

@@ -44,6 +44,6 @@ def versions() -> dict:
     import onnxruntime
     import torch
 
-    from edge_sel import __version__
+    from edge_sel.version import __version__
     return {"edge_sel": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__}

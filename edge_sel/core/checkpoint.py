@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from edge_sel import __version__
+from edge_sel.version import __version__
 from edge_sel.errors import InputError, existing_dir, required_file, writing
 
 FORMAT = "edge-sel-checkpoint/1"

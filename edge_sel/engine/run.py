@@ -15,7 +15,7 @@ from pathlib import Path
 
 from torch import nn
 
-from edge_sel import __version__
+from edge_sel.version import __version__
 from edge_sel.config import TrainConfig
 from edge_sel.core.checkpoint import ModelCard, atomic_write_bytes, save_checkpoint, weights_digest
 from edge_sel.core.records import RecordWriter

@@ -47,7 +47,7 @@ def node_config_arg(config: dict) -> str:
 def write_app(directory: Path, defaults: ServerSettings | None = None) -> Path:
     """The Flower app: a pyproject naming edge-sel's ServerApp and ClientApp and every run-config key
     (installed edge-sel provides the code; nothing is installed at run time)."""
-    from edge_sel import __version__
+    from edge_sel.version import __version__
     directory.mkdir(parents=True, exist_ok=True)
     run_config = (defaults or ServerSettings()).to_run_config()
     lines = ["[build-system]", 'requires = ["hatchling"]', 'build-backend = "hatchling.build"', "",

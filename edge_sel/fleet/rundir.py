@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from edge_sel import __version__
+from edge_sel.version import __version__
 from edge_sel.core.checkpoint import ModelCard, atomic_write_bytes, read_card, read_weights, save_checkpoint
 from edge_sel.core.records import RecordWriter, read_records
 from edge_sel.core.source_memory import copy_source_memory, has_source_memory
