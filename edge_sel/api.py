@@ -132,6 +132,11 @@ def pretrain(model="edgecnn", data="digits", *, out, test=None, class_names=None
     return _result(summary)
 
 
+# What picks a run's data, beside the dataset itself (cli_options.DATA).
+DATA_OPTION_NAMES = ("data_dir", "val_fraction", "shard", "subset", "test_subset", "per_class_cap", "split_seed",
+                     "image_size", "shift", "shift_seed")
+
+
 def finetune(checkpoint, data="digits", *, out, test=None, class_names=None, quiet: bool = True,
              **options) -> RunResult:
     """Fine-tune `checkpoint` (a checkpoint directory, a RunResult, or a model: a model that was
@@ -149,10 +154,11 @@ def finetune(checkpoint, data="digits", *, out, test=None, class_names=None, qui
     if not isinstance(checkpoint, (str, Path)):         # a model (object, name or factory spec)
         start = Path(f"{out}-start")
         # No source memory: its anchors would be drawn from the very data this fine-tune trains on.
+        # The same data options, so the normalisation is that of the data this fine-tune trains on.
+        same_data = {name: kw[name] for name in DATA_OPTION_NAMES}
         checkpoint = pretrain(checkpoint, data, out=start, test=test, class_names=class_names, epochs=0,
-                              anchors_per_class=0,
-                              overwrite=kw["overwrite"], quiet=True, seed=kw["seed"],
-                              val_fraction=kw["val_fraction"], split_seed=kw["split_seed"]).checkpoint
+                              anchors_per_class=0, overwrite=kw["overwrite"], quiet=True, seed=kw["seed"],
+                              **same_data).checkpoint
     data_options, splits = _data(data, test, kw, class_names)
     energy = build_energy(kw)
     method = {name: kw.pop(name) for name in method_option_names()}

@@ -266,3 +266,18 @@ def test_the_closing_lines_say_what_the_bank_did(warm, tmp_path):
     # A run of no epoch states its baseline's meter.
     totals = summary(tmp_path / "said")["totals"]
     assert totals["energy_method"] is not None and totals["energy_all_j"] is not None
+
+
+def test_a_lowered_k_trims_the_bank_also_when_tonight_matches_a_kept_condition(adapted, tmp_path):
+    """Before: K was enforced only when tonight was a new condition, so lowering --bn-conditions
+    never shrank a bank whose conditions kept matching."""
+    three = tmp_path / "three"
+    run_cli("finetune", "--checkpoint", adapted, "--epochs", "0", "--out", three, "--bn-conditions", "3",
+            "--dataset", "digits", "--shard", "1/2", "--shift", "corrupt=fog:3", *FIXED)
+    assert [c.name for c in read_bank(three, [1, 8, 8])] == ["source", "condition-1", "condition-2"]
+    # Tonight is clean (the source's condition) and K is now 2: the least recently seen goes.
+    two = tmp_path / "two"
+    run_cli("finetune", "--checkpoint", three, "--epochs", "0", "--out", two, "--bn-conditions", "2", *CLEAN)
+    tonight = summary(two)["bn_bank"]["tonight"]
+    assert tonight["condition"] == "source" and not tonight["new"] and tonight["dropped"] == ["condition-1"]
+    assert [c.name for c in read_bank(two, [1, 8, 8])] == ["source", "condition-2"]

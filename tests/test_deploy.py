@@ -141,6 +141,18 @@ def test_run_script_hands_the_night_to_edge_sel_night_with_its_settings(tmp_path
                                [str(tmp_path / "home"), "digits", "3"]]     # no --quiet: the journal gets the lines
 
 
+def test_run_script_passes_extra_options_that_look_like_globs_unchanged(tmp_path):
+    """Before: the split globbed, so a value like [8,16] became the name of a file it matched."""
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    for name in ("windows=8", "x1", "notes.txt"):
+        (workdir / name).write_text("")
+    extra = "--method-option windows=[8,16] --tag x? --note *.txt"
+    env = {**fake_edge_sel(tmp_path), "EDGE_SEL_EXTRA_ARGS": extra}
+    subprocess.run(["sh", str(SYSTEMD / "run-finetune.sh")], env=env, cwd=workdir, check=True)
+    assert calls(tmp_path)[0] == ["night", *extra.split()]
+
+
 @pytest.mark.parametrize("night_exit", [0, 1, 2, 130, 143])
 def test_run_script_exits_as_the_night_did(tmp_path, night_exit):
     result = subprocess.run(["sh", str(SYSTEMD / "run-finetune.sh")], env=fake_edge_sel(tmp_path, night_exit))

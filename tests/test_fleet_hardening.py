@@ -284,3 +284,70 @@ def test_sigterm_to_simulate_stops_every_flower_process(tmp_path, warm):
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert err.count("\n") == 1 and "stopped by SIGTERM" in err and "--resume" in err, err
     assert len(seen) >= 4 and running(seen) == [], {p: seen[p] for p in running(seen)}
+
+
+def test_resume_with_a_torn_config_json_is_one_line_naming_it(tmp_path, warm, no_launch):
+    """Before: a config.json cut by a power loss printed a JSONDecodeError traceback."""
+    out = saved_run(tmp_path, warm)
+    torn = (out / "config.json").read_bytes()
+    (out / "config.json").write_bytes(torn[:len(torn) // 2])
+    one_line_exit_2(simulate("--resume", "--out", out), str(out / "config.json"), "unreadable")
+    (out / "config.json").write_text("[1, 2]")
+    one_line_exit_2(simulate("--resume", "--out", out), str(out / "config.json"))
+    assert no_launch == []
+
+
+def fleet_run(tmp_path, warm):
+    from edge_sel.cli import cli
+    return CliRunner().invoke(cli, ["fleet", "run", "--superlink", "127.0.0.1:9", "--insecure",
+                                    "--checkpoint", str(warm), "--eval-dataset", "digits",
+                                    "--out", str(tmp_path / "remote-run")])
+
+
+def test_a_superlink_that_does_not_answer_the_submit_is_one_line(tmp_path, warm, monkeypatch):
+    """Before: `flwr run` timing out let subprocess.TimeoutExpired escape as a traceback."""
+    pytest.importorskip("flwr")
+    from edge_sel.fleet import remote
+
+    def silent(args, **kw):
+        raise subprocess.TimeoutExpired(args, kw.get("timeout"))
+    monkeypatch.setattr(remote.subprocess, "run", silent)
+    one_line_exit_2(fleet_run(tmp_path, warm), "--superlink", "the run was not started", "did not answer")
+
+
+def test_a_silent_superlink_after_the_run_is_one_line_exit_1(tmp_path, warm, monkeypatch):
+    pytest.importorskip("flwr")
+    from edge_sel.fleet import remote
+    monkeypatch.setattr(remote, "submit", lambda *a: 7)
+    monkeypatch.setattr(remote, "follow", lambda *a: None)
+
+    def silent(args, **kw):
+        raise subprocess.TimeoutExpired(args, kw.get("timeout"))
+    monkeypatch.setattr(remote.subprocess, "run", silent)
+    result = fleet_run(tmp_path, warm)
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.output
+    assert "fleet run 7 unknown" in result.stderr and "did not answer" in result.stderr and "--resume" in result.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_submitting_is_a_clean_stop(tmp_path, warm, monkeypatch, signum):
+    """Before: a SIGTERM during submit ended the process without a word (no stop_on_signals yet), a
+    Ctrl-C printed the generic line without saying the run may have been taken."""
+    pytest.importorskip("flwr")
+    from edge_sel.fleet import remote
+
+    def signalled(args, **kw):
+        os.kill(os.getpid(), signum)
+        time.sleep(5)                       # the handler interrupts this
+        raise AssertionError("the signal was not turned into a stop")
+    monkeypatch.setattr(remote.subprocess, "run", signalled)
+
+    def not_handled(*_):                    # a SIGTERM the command does not handle must not end pytest
+        raise RuntimeError("the signal reached the default handler")
+    previous = signal.signal(signal.SIGTERM, not_handled)
+    try:
+        result = fleet_run(tmp_path, warm)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert result.exit_code == 128 + signum, result.output
+    assert result.stderr.count("\n") == 1 and "while submitting" in result.stderr and "flwr ls" in result.stderr

@@ -114,16 +114,51 @@ def test_novelty_gate_keeps_one_frame_of_each_duplicated_scene_and_counts_its_co
     # Four scenes, each four exact duplicates in a row; never trained, so loss significance is 1 for all.
     ds = IndexedDataset(stripes().repeat_interleave(4, 0), torch.zeros(16, dtype=torch.long), torch.arange(16), ["a", "b"])
     gate, charged = gate_on(ds, target=0.25)
+    passes = decision_passes(gate)
     plan = gate.select(0, Plan(torch.arange(16)))
     assert sorted((plan.positions // 4).tolist()) == [0, 1, 2, 3]       # one frame per scene
-    # Charged as scoring work: the fingerprints plus the memory and in-window comparisons.
+    # Charged as scoring work: the fingerprints, the memory and in-window comparisons, and every
+    # pass of the window's decisions (the threshold's bisection reruns them: 2 x 16 + 1).
     d = 2 * 4 * 4
-    expected = fingerprint_flops(16, [3, 8, 8]) + 2 * 16 * 16 * d
+    assert len(passes) == 33
+    expected = fingerprint_flops(16, [3, 8, 8]) + 2 * 16 * 16 * d + decided(gate, passes)
     assert charged == [(0, expected)] and plan.info["novelty_flops"] == expected
     # The next epoch compares with the remembered frames: every candidate is now a duplicate.
+    passes.clear()
     plan = gate.select(1, Plan(torch.arange(16)))
-    assert charged[1][1] == expected + 2 * 16 * 4 * d
+    assert charged[1][1] == fingerprint_flops(16, [3, 8, 8]) + 2 * 16 * 16 * d + 2 * 16 * 4 * d + decided(gate, passes)
     assert len(plan.positions) == 0 and plan.info["novelty_kept_mean"] is None
+
+
+def decision_passes(gate) -> list[tuple[int, int]]:
+    """(candidates, kept) of every pass of a window's decisions the gate makes from now on."""
+    passes, decide = [], gate._decide
+
+    def counted(sig, *args):
+        keep, novelty, p = decide(sig, *args)
+        passes.append((len(sig), int(keep.sum())))
+        return keep, novelty, p
+    gate._decide = counted
+    return passes
+
+
+def decided(gate, passes) -> int:
+    from edge_sel.methods.select.sundew import decision_flops
+    return sum(decision_flops(n, k, gate.cfg.gate_temperature, gate.cfg.unbiased) for n, k in passes)
+
+
+def test_a_novelty_top_up_counts_its_comparisons():
+    """Before: the top-up's novelty and scores, one pass per frame added, were not counted."""
+    from edge_sel.methods.select.sundew import top_up_flops
+    ds = IndexedDataset(stripes().repeat_interleave(4, 0), torch.zeros(16, dtype=torch.long), torch.arange(16), ["a", "b"])
+    gate, charged = gate_on(ds, target=0.5, min_activation=0.5)
+    passes = decision_passes(gate)
+    plan = gate.select(0, Plan(torch.arange(16)))
+    kept_by_decisions = passes[-1][1]
+    assert len(plan.positions) == 8 > kept_by_decisions            # four scenes, so four frames topped up
+    d = 2 * 4 * 4
+    assert charged[0][1] == (fingerprint_flops(16, [3, 8, 8]) + 2 * 16 * 16 * d + decided(gate, passes)
+                             + top_up_flops(16, kept_by_decisions, 8 - kept_by_decisions))
 
 
 def test_novelty_gate_holds_its_activation_target_on_a_redundant_stream():

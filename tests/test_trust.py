@@ -139,3 +139,38 @@ def test_a_damaged_bank_at_the_start_is_set_aside_and_the_night_goes_on(warm, tm
     assert (home / "warmup" / (BANK_FILE + ".damaged")).is_file() and not (home / "warmup" / BANK_FILE).exists()
     run = next((home / "runs").iterdir())
     assert json.loads((run / "summary.json").read_text())["bn_bank"]["written"]
+
+
+def test_a_deployed_model_that_no_longer_loads_is_rolled_back_to_the_version_before(warm, tmp_path, monkeypatch):
+    """Before: a damaged deployed card failed every night (exit 2) and left nothing that loads."""
+    from edge_sel.engine import deployed_swap
+    from edge_sel.engine.life import Home
+    from edge_sel.models import load_checkpoint
+    from helpers import run_cli
+    monkeypatch.setenv(TRUST_ENV, "0")
+    home = Home.at(tmp_path / "home")
+    shutil.copytree(warm, home.warmup)
+    before = deployed_swap.swap_in(shutil.copytree(warm, tmp_path / "r1"), home.deployed)
+    damaged = deployed_swap.swap_in(shutil.copytree(warm, tmp_path / "r2"), home.deployed)
+    card = home.deployed / "model.json"
+    card.write_bytes(card.read_bytes()[:40])
+    journal = run_cli("night", "--home", home.runs.parent, *FINETUNE).output
+    assert "the deployed model does not load" in journal and f"deployed again ({before.name})" in journal
+    assert damaged.with_name(damaged.name + ".damaged").is_dir()
+    load_checkpoint(home.deployed)
+    run = next(home.runs.iterdir())
+    assert json.loads((run / "config.json").read_text())["checkpoint"] == str(home.deployed)
+
+
+def test_a_promotion_is_recorded_before_the_swap(tmp_path, monkeypatch):
+    """Before: a crash after the link flipped left a deployed model no promote.json accepted."""
+    from edge_sel.engine import deployed_swap, faults, promote as promote_mod
+    deployed = tmp_path / "deployed"
+    run = fake_run(tmp_path / "r1", "one")
+    monkeypatch.setattr(promote_mod, "decide", lambda *a, **k: promote_mod.Decision(True, "first", "nothing"))
+    monkeypatch.setattr(faults, "crash_by_raising", True)
+    monkeypatch.setenv(faults.KILL_ENV, "promote-flipped")
+    with pytest.raises(faults.InjectedCrash):
+        promote_mod.promote(run, deployed)
+    assert (deployed / "model.safetensors").read_text() == "one"
+    assert json.loads((run / "promote.json").read_text())["promote"] is True

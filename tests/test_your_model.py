@@ -227,3 +227,15 @@ def test_the_python_api_example_runs(tmp_path, monkeypatch):
     assert script.tuned.records[-1]["strategy"] == "sundew" and script.tuned.records[-1]["sparsity_kind"] == "structured"
     trained = [r for r in mine.records if r["phase"] == "finetune"]
     assert len(trained) == 1 and trained[0]["backward_samples"] > 0
+
+
+def test_a_model_object_starts_with_the_normalisation_of_the_fine_tunes_own_data(tmp_path):
+    """Before: the start checkpoint (OUT-start) was written from the whole dataset, without the
+    call's shard, subset, shift or data_dir, so its normalisation came from other data."""
+    import edge_sel
+    data = dict(shard="1/2", subset=120, shift="corrupt=contrast:4")
+    edge_sel.finetune(make_plain(10), "digits", out=tmp_path / "run", epochs=1, **FAST, **data)
+    card = read_card(tmp_path / "run-start")
+    mean, std = DataOptions("digits", **data).load().train.channel_stats()
+    assert card.mean == pytest.approx(list(mean)) and card.std == pytest.approx(list(std))
+    assert card.dataset["shard"] == "1/2"

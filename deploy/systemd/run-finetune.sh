@@ -16,5 +16,8 @@
 set -eu
 
 # EDGE_SEL_EXTRA_ARGS is split on spaces on purpose: extra finetune options, e.g. "--strategy dihcl".
+# Without globbing: a value such as "[8,16]" or "*" would otherwise be replaced by the names of
+# files in the working directory that it happens to match.
+set -f
 # shellcheck disable=SC2086
 exec "${EDGE_SEL_BIN:-edge-sel}" night ${EDGE_SEL_EXTRA_ARGS:-}

@@ -16,7 +16,8 @@ fog and clean lie 0.9-3.6 apart; one batch of 64 clean images lies 0.04-0.09 fro
 A run (engine/trainer.py calls this module):
 1. at its start, tonight's images are matched against the start model's conditions: the nearest
    within `--bn-condition-radius` takes tonight's images (the source keeps its anchors), otherwise
-   tonight is a new condition (the least recently matched one makes room when K are kept);
+   tonight is a new condition; then the least recently matched ones make room until K are kept
+   (never the source), also after a match, so a lowered K trims a bank kept under a larger one;
 2. before every evaluation, every condition's statistics are re-estimated for the current weights
    on its images (forward passes, counted in `flops_eval` as `flops_bn_bank`), and each evaluation
    batch is normalised with the statistics of the condition it is nearest to;
@@ -299,10 +300,11 @@ def build_bank(start: Path, model: nn.Module, input_shape: list[int], mean, std,
         conditions.append(Condition(f"condition-{n}", tonight, nights=1,
                                     info={"first_run": run, "last_seen": generation}, fingerprint=tonight_print))
         match.update(condition=f"condition-{n}", new=True)
-        while len(conditions) > keep:         # the least recently matched makes room (never the source)
-            oldest = min(conditions[1:], key=lambda c: c.info.get("last_seen", 0))
-            conditions.remove(oldest)
-            match.setdefault("dropped", []).append(oldest.name)
+    # K holds on a match too: a bank kept under a larger K shrinks when K is lowered.
+    while len(conditions) > keep:             # the least recently matched makes room (never the source)
+        oldest = min(conditions[1:], key=lambda c: c.info.get("last_seen", 0))
+        conditions.remove(oldest)
+        match.setdefault("dropped", []).append(oldest.name)
     source = None
     if source_state is not None:
         source = (weights_key(model, source_state),

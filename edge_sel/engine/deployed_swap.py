@@ -28,6 +28,7 @@ from edge_sel.engine import faults
 
 MODEL_FILES = ("model.safetensors", "model.json")
 KEEP_VERSIONS = 2            # the deployed one and the one before it
+DAMAGED = ".damaged"         # a version that no longer loaded, set aside by roll_back
 
 
 def versions_dir(deployed: Path) -> Path:
@@ -48,9 +49,33 @@ def recover(deployed: Path) -> None:
     elif link_tmp.is_dir():         # the old plain directory, exchanged out just before a crash
         os.replace(link_tmp, versions / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.migrated-from-plain")
     if not os.path.lexists(deployed):
-        complete = sorted(v for v in versions.iterdir() if (v / "model.safetensors").is_file())
+        complete = sorted(v for v in versions.iterdir()
+                          if (v / "model.safetensors").is_file() and not v.name.endswith(DAMAGED))
         if complete:
             _point_link(deployed, complete[-1])
+
+
+def other_versions(deployed: Path) -> list[Path]:
+    """The complete versions besides the deployed one, newest name first."""
+    versions, current = versions_dir(deployed), Path(deployed).resolve()
+    if not versions.is_dir():
+        return []
+    return sorted((v for v in versions.iterdir() if v.is_dir() and v != current and not v.name.endswith(".tmp")
+                   and not v.name.endswith(DAMAGED)), reverse=True)
+
+
+def roll_back(deployed: Path, back: Path | None) -> None:
+    """Set the deployed version aside as VERSION.damaged (kept for a look) and point the link to
+    `back`, or remove the link when None (the warmup serves)."""
+    deployed = Path(deployed)
+    damaged = deployed.resolve()
+    if back is not None:
+        _point_link(deployed, back)
+    else:
+        deployed.unlink()
+    if damaged.parent == versions_dir(deployed).resolve():
+        os.replace(damaged, damaged.with_name(damaged.name + DAMAGED))
+    fsync_dir(deployed.parent)
 
 
 def swap_in(run_dir: Path, deployed: Path) -> Path:
@@ -173,7 +198,8 @@ def _prune(versions: Path, keep: set) -> None:
     a version written but never deployed, or a clock that jumped, must not push the previous model
     out), then the newest others up to KEEP_VERSIONS."""
     keep = {Path(v).resolve() for v in keep if v is not None}
-    complete = sorted((v for v in versions.iterdir() if v.is_dir() and not v.name.endswith(".tmp")),
+    complete = sorted((v for v in versions.iterdir()       # a version set aside as damaged is kept for a look
+                       if v.is_dir() and not v.name.endswith(".tmp") and not v.name.endswith(DAMAGED)),
                       key=lambda v: v.stat().st_mtime)
     others = [v for v in complete if v.resolve() not in keep]
     room = max(0, KEEP_VERSIONS - len(keep))

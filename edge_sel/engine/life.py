@@ -1,6 +1,8 @@
 """One night of a device's life, the one place that says what a night does (`edge-sel night`, the
 systemd script through it, and `bench lifelong` all call `night`):
 
+0. a deployed model that no longer loads is set aside and the version before it deployed again
+   (the warmup serves when none loads);
 1. the latest run under RUNS, when it was cut off (a state checkpoint and no summary, or a summary
    that says `interrupted`), is resumed; a resume refused as bad input (its starting checkpoint
    changed, its files no longer fit) would fail the same way every night, so that run is set aside
@@ -100,6 +102,9 @@ def night(home: Home, data: DataOptions, cfg: TrainConfig, energy: EnergyOptions
     if run_name is not None and (not run_name or Path(run_name).name != run_name or run_name.endswith(ABANDONED)):
         raise InputError(f"run name {run_name!r}: must be a plain directory name")
     summary, run_dir, resumed, abandoned, start = None, None, False, None, None
+    # What serves is settled first: a resumed run is judged against it too.
+    repair_deployed(home.deployed)
+    roll_back_damaged_deployed(home, say)
     latest = latest_run(home.runs)
     if latest is not None and unfinished(latest):
         say(f"edge-sel nightly: resuming {latest}")
@@ -121,7 +126,6 @@ def night(home: Home, data: DataOptions, cfg: TrainConfig, energy: EnergyOptions
             say(f"edge-sel nightly: resuming {latest} failed {tries} nights running ({e.__class__.__name__}: {e}); "
                 f"kept as {abandoned}, starting a new run")
     if summary is None:
-        repair_deployed(home.deployed)
         start = home.start_checkpoint()
         set_aside_damaged_bank(start, say)
         if cfg.bn_conditions is None:       # the night's default: statistics per condition where they can be kept
@@ -140,6 +144,39 @@ def night(home: Home, data: DataOptions, cfg: TrainConfig, energy: EnergyOptions
         return NightResult(run_dir, summary, None, status, resumed, start, abandoned, night_cost(summary, None))
     decision = promote(run_dir, home.deployed, evaluate=metered_validation(energy))
     return NightResult(run_dir, summary, decision, 0, resumed, start, abandoned, night_cost(summary, decision))
+
+
+def roll_back_damaged_deployed(home: Home, say) -> None:
+    """A deployed model that no longer loads (its card or weights damaged) would fail every night
+    and leave the device nothing to serve: the version before it is deployed again, or, with none
+    that loads, the warmup serves. When nothing else loads either, the fault is not the version's
+    (an untrusted model spec, a missing factory file) and nothing is changed."""
+    from edge_sel.engine.deployed_swap import other_versions, roll_back
+    deployed = home.deployed
+    if not deployed.is_symlink() or not deployed.exists():
+        return
+    why = load_error(deployed)
+    if why is None:
+        return
+    back = next((v for v in other_versions(deployed) if load_error(v) is None), None)
+    if back is None and load_error(home.warmup) is not None:
+        return
+    try:
+        roll_back(deployed, back)
+    except OSError as e:
+        raise WriteError(f"--deployed {deployed}: cannot roll back a damaged model ({e.strerror or e})") from None
+    say(f"edge-sel nightly: the deployed model does not load ({why}); set aside, "
+        + (f"the version before it is deployed again ({back.name})" if back else "the warmup serves"))
+
+
+def load_error(checkpoint: Path) -> str | None:
+    """Why `checkpoint` does not load, or None when it does."""
+    from edge_sel.models import load_checkpoint
+    try:
+        load_checkpoint(checkpoint)
+    except InputError as e:
+        return str(e)
+    return None
 
 
 def set_aside_damaged_bank(start: Path, say) -> None:

@@ -219,6 +219,10 @@ def promote(run_dir: Path, deployed: Path, force: bool = False, evaluate=None,
     record = {**asdict(decision), "run": str(run_dir), "deployed": str(deployed), "force": force,
               "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if decision.promote:
+        # The decision is recorded before the swap: a crash after the link flips must not leave a
+        # deployed model whose acceptance no record holds (the record without "version" means the
+        # swap may or may not have happened).
+        _record(run_dir, record)
         try:
             version = swap_in(run_dir, deployed)
         except AfterSwapError as e:          # deployed all the same: say what failed after, keep the record
@@ -228,14 +232,19 @@ def promote(run_dir: Path, deployed: Path, force: bool = False, evaluate=None,
                   f"step after the swap failed ({e}); the previous version may not have been pruned",
                   file=sys.stderr, flush=True)
         except OSError as e:
+            _record(run_dir, {**record, "swap_error": str(e)})
             raise WriteError(f"--deployed {deployed}: cannot replace the deployed model ({e.strerror or e}); "
                              f"it is unchanged") from None
         record["version"] = str(version)
+    _record(run_dir, record)
+    return decision
+
+
+def _record(run_dir: Path, record: dict) -> None:
     try:
         atomic_write_bytes(run_dir / "promote.json", json.dumps(record, indent=2).encode())
     except OSError:
         pass        # the decision stands (and is printed); a read-only run directory keeps no record of it
-    return decision
 
 
 def new_condition(summary: dict) -> bool:

@@ -249,7 +249,8 @@ def run_cmd(superlink, root_certificates, insecure, **kw):
         write_connection(home, superlink, str(Path(root_certificates).resolve()) if root_certificates else None)
         env = flower_env(home)
         app = write_app(Path(work) / "app")
-        run_id = remote.submit(app, write_run_config(Path(work) / "run-config.toml", settings), env)
+        run_id = submit_or_stop(remote, app, write_run_config(Path(work) / "run-config.toml", settings), env,
+                                superlink)
         click.echo(f"fleet run {run_id} started on {superlink}; its records and summary.json go to "
                    f"{settings.out} on the SuperLink's machine")
         stopped = None
@@ -273,6 +274,22 @@ def run_cmd(superlink, root_certificates, insecure, **kw):
                    f"continue with --resume --out {settings.out}", err=True)
         sys.exit(1)
     click.echo(f"fleet run {run_id} completed; records and summary.json in {settings.out} on the SuperLink's machine")
+
+
+def submit_or_stop(remote, app: Path, run_config: Path, env: dict, superlink: str) -> int:
+    """remote.submit; a SIGTERM, SIGHUP or Ctrl-C meanwhile ends the command with one line and the
+    signal's exit status (the `flwr run` child is killed with it, so whether the SuperLink took the
+    run is not known here: `flwr ls` says)."""
+    from edge_sel.engine.signals import exit_code_for
+    from edge_sel.fleet.launch import Stopped, stop_on_signals
+    try:
+        with stop_on_signals():
+            return remote.submit(app, run_config, env)
+    except (Stopped, KeyboardInterrupt) as e:
+        why, code = (str(e), e.exit_code) if isinstance(e, Stopped) else ("interrupted", exit_code_for(None))
+    click.echo(f"edge-sel: error: {why} while submitting the fleet run to {superlink}; if the SuperLink "
+               f"took it, `flwr ls` lists it and `flwr stop` stops it", err=True)
+    sys.exit(code)
 
 
 def finish(settings, code, logs: Path | None, exit_code: int = 1) -> None:

@@ -13,10 +13,11 @@ from click.core import ParameterSource
 
 from edge_sel.core.checkpoint import ModelCard, read_card
 from edge_sel.engine.run import check_compatible
-from edge_sel.errors import InputError, required_file
+from edge_sel.errors import InputError
 from edge_sel.fleet.local import round_plan, round_train_config
 from edge_sel.fleet.node import parse_node_config
 from edge_sel.fleet.partition import partition
+from edge_sel.fleet.rundir import saved_config
 from edge_sel.fleet.server_eval import held_out_set
 from edge_sel.fleet.settings import ServerSettings
 
@@ -97,7 +98,7 @@ def comparable(name: str, value):
 def resumed_settings(ctx: click.Context, out: Path) -> ServerSettings:
     """The saved run's settings; an option given today that differs from them is one line naming it
     (the server continues with the saved settings, and the clients' data must be dealt as before)."""
-    saved = json.loads(required_file(out, "config.json", "--resume", "fleet run directory").read_text())
+    saved = saved_config(out)
     settings = ServerSettings.from_run_config({**saved, "resume": True, "out": str(Path(out).resolve())})
     before = saved_flags(settings)
     given = [n for n in ctx.params if n not in NOT_THE_RUN

@@ -14,9 +14,16 @@ from edge_sel.fleet.launch import flower_command
 CONNECTION = "edge"         # the connection write_connection names in the private FLWR_HOME
 
 
+class NoAnswer(Exception):
+    """The SuperLink did not answer a `flwr` command in time (a host that is down or hung)."""
+
+
 def _flwr(args: list[str], env: dict, timeout: float = 120.0) -> subprocess.CompletedProcess:
-    return subprocess.run([flower_command("flwr"), *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    try:
+        return subprocess.run([flower_command("flwr"), *args], env=env, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise NoAnswer(f"the SuperLink did not answer `flwr {args[0]}` within {timeout:.0f} s") from None
 
 
 def _json_in(text: str) -> dict:
@@ -33,8 +40,12 @@ def _last_line(p: subprocess.CompletedProcess) -> str:
 
 
 def submit(app: Path, run_config: Path, env: dict) -> int:
-    """Start the run on the SuperLink; its run id."""
-    p = _flwr(["run", str(app), CONNECTION, "--run-config", str(run_config), "--format", "json"], env)
+    """Start the run on the SuperLink; its run id. A SuperLink that cannot be reached or does not
+    answer is the --superlink given: one line, exit 2, as for any other refusal to start."""
+    try:
+        p = _flwr(["run", str(app), CONNECTION, "--run-config", str(run_config), "--format", "json"], env)
+    except NoAnswer as e:
+        raise InputError(f"--superlink: the run was not started ({e})") from None
     try:
         reply = _json_in(p.stdout)
         if p.returncode == 0 and reply.get("success") and reply.get("run-id"):
@@ -63,14 +74,17 @@ def stop(run_id: int, env: dict) -> str:
     """Ask the SuperLink to stop the run (its ServerApp and the clients' work); Flower's answer."""
     try:
         return _last_line(_flwr(["stop", str(run_id), CONNECTION], env, timeout=60))
-    except subprocess.TimeoutExpired:
-        return "the SuperLink did not answer the stop request within 60 s"
+    except NoAnswer as e:
+        return str(e)
 
 
 def describe(run_id: int, env: dict) -> dict:
     """The run as `flwr ls --format json` lists it ("status", "status-details", "running-at", ...);
     {"status": "unknown", "status-details": why} when the SuperLink does not say."""
-    p = _flwr(["ls", "--run-id", str(run_id), CONNECTION, "--format", "json"], env)
+    try:
+        p = _flwr(["ls", "--run-id", str(run_id), CONNECTION, "--format", "json"], env)
+    except NoAnswer as e:
+        return {"status": "unknown", "status-details": str(e)}
     try:
         runs = _json_in(p.stdout).get("runs") or []
     except ValueError:

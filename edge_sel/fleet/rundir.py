@@ -27,6 +27,19 @@ def round_dir(out: Path, fleet_round: int) -> Path:
     return Path(out) / "rounds" / f"round-{fleet_round:03d}"
 
 
+def saved_config(out: Path) -> dict:
+    """The settings a fleet run in `out` was started with (its config.json); a torn or foreign file
+    (a power loss mid-write, another tool's) is one line naming it."""
+    path = required_file(out, "config.json", "--resume", "fleet run directory")
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:          # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise InputError(f"{path}: unreadable fleet run configuration ({e.__class__.__name__}: {e})") from None
+    if not isinstance(saved, dict):
+        raise InputError(f"{path}: not a fleet run configuration (a JSON {type(saved).__name__})")
+    return saved
+
+
 class FleetRun:
     """Open a new run directory (refusing a non-empty one unless overwrite), or resume one."""
 
@@ -35,7 +48,7 @@ class FleetRun:
         self.config = {"phase": "fleet", **config}
         if resume:
             self.records = self._records_to_resume()
-            self.config = json.loads((self.out / "config.json").read_text())    # it keeps its settings
+            self.config = saved_config(self.out)    # it keeps its settings
         else:
             check_out_dir(self.out, overwrite)
             start_out_dir(self.out)

@@ -17,10 +17,9 @@ from flwr.common.logger import log  # noqa: E402
 from flwr.serverapp import Grid, ServerApp  # noqa: E402
 from flwr.serverapp.strategy import FedAvg, FedProx  # noqa: E402
 
-from edge_sel.errors import required_file  # noqa: E402
 from edge_sel.fleet.aggregate import flower_sum_aggregation  # noqa: E402
 from edge_sel.fleet.local import round_plan  # noqa: E402
-from edge_sel.fleet.rundir import FleetRun, read_model, round_line  # noqa: E402
+from edge_sel.fleet.rundir import FleetRun, read_model, round_line, saved_config  # noqa: E402
 from edge_sel.fleet.server_eval import global_accuracy, held_out_set  # noqa: E402
 from edge_sel.fleet.settings import ServerSettings  # noqa: E402
 
@@ -86,7 +85,7 @@ def client_report(message) -> dict:
 
 def serve(grid: Grid, settings: ServerSettings) -> dict:
     if settings.resume:      # the run continues with the settings it was started with
-        saved = json.loads(required_file(settings.out_dir, "config.json", "--resume", "fleet run directory").read_text())
+        saved = saved_config(settings.out_dir)
         settings = ServerSettings.from_run_config({**saved, "resume": True, "out": settings.out})
     # the warmup is read before a new run clears --out
     warm = None if settings.resume else read_model(settings.checkpoint)

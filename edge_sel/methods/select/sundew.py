@@ -13,7 +13,8 @@ With `--novelty W` the significance is multiplied by (1 - W) + W x novelty (edge
 novelty): how unlike the frames kept recently a candidate is. Novelty depends on what was kept just
 before, so inside a window candidates are decided one after another, each against the memory of kept
 frames and the frames kept earlier in its window; the controller holds its target over this combined
-significance. The fingerprints and every comparison are counted as scoring FLOPs.
+significance. The fingerprints, every comparison and every pass of a window's decisions (the
+threshold's bisection reruns them) are counted as scoring FLOPs.
 
 The threshold's feed-forward part is set per epoch to the tau whose expected activation over the
 epoch's candidates equals the target (ties and the keep floor included); the PI terms correct what
@@ -46,6 +47,23 @@ def trace_summary(thresholds: list[float], kept: int, candidates: int, ema: floa
             "threshold_min": min(thresholds), "threshold_max": max(thresholds),
             "activation_ema": ema, "gate_activation": kept / candidates if candidates else None,
             "gate_windows": len(thresholds)}
+
+
+def decision_flops(candidates: int, kept: int, temperature: float, unbiased: bool) -> int:
+    """One pass of a window's sequential decisions: per candidate its novelty (subtract, divide, two
+    clips), its combined significance (multiply, add, multiply), its keep probability (subtract,
+    divide, exp, add, divide with a temperature; one comparison without; a max with the floor when
+    unbiased) and the comparison with its draw; per frame kept, the window's nearest similarities
+    raised to its own (one comparison each)."""
+    per_candidate = 4 + 3 + (5 if temperature > 0 else 1) + (1 if unbiased else 0) + 1
+    return candidates * per_candidate + kept * candidates
+
+
+def top_up_flops(candidates: int, kept_before: int, added: int) -> int:
+    """A window's top-up: the nearest similarities raised to each frame kept before (one comparison
+    each), then per frame added every candidate's novelty (4) and score (3), the argmax (1) and the
+    raise to the added frame (1)."""
+    return kept_before * candidates + added * candidates * (4 + 3 + 1 + 1)
 
 
 class SundewGate(Gate):
@@ -162,6 +180,7 @@ class SundewGate(Gate):
         near, cos = self._window
         keep = keep.clone()
         best = near.clone()
+        self.novelty_flops += top_up_flops(len(sig), int(keep.sum()), count - int(keep.sum()))
         for i in keep.nonzero().squeeze(1).tolist():
             best = torch.maximum(best, cos[i])
         while int(keep.sum()) < count:
@@ -220,6 +239,8 @@ class SundewGate(Gate):
             if draws[i] < p[i]:
                 keep[i] = True
                 np.maximum(best, cos[i], out=best)
+        # Every pass is counted: the bisection runs about 33 of them per window.
+        self.novelty_flops += decision_flops(w, int(keep.sum()), self.cfg.gate_temperature, self.cfg.unbiased)
         return keep, novelty, p
 
     def _probability_scalar(self, s: float, tau: float) -> float:
