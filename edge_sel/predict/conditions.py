@@ -28,6 +28,7 @@ images whose classes come in runs of 30, 99.6 / 100 / 98.5% with W = 1000.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -73,9 +74,15 @@ def image_features(x) -> np.ndarray:
 def pixel_features(images: torch.Tensor, mean, std) -> np.ndarray:
     """The same features straight from uint8 images (exact integer sums, then the normalisation
     applied to them): what a device computes per frame, without normalising every pixel first."""
-    std = np.asarray(std, dtype=np.float64)
-    return _features(*_sums(images.cpu().numpy().astype(np.float64)), -np.asarray(mean, dtype=np.float64) / std,
-                     1.0 / (255.0 * std))
+    offset, scale = _pixel_units(tuple(mean), tuple(std))
+    return _features(*_sums(images.cpu().numpy().astype(np.float64)), offset, scale)
+
+
+@functools.lru_cache(maxsize=8)
+def _pixel_units(mean: tuple, std: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Offset and scale from uint8 pixel units to normalised ones (made once per normalisation)."""
+    std_ = np.asarray(std, dtype=np.float64)
+    return -np.asarray(mean, dtype=np.float64) / std_, 1.0 / (255.0 * std_)
 
 
 def feature_flops(input_shape) -> int:

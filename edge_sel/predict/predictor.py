@@ -76,6 +76,7 @@ class Predictor:
         self.card = read_card_of_export(self.path)
         names, sessions, chooser = load_sessions(self.path, use_bank, threads)
         self.sessions = sessions
+        self._input_names = [sess.get_inputs()[0].name for sess in sessions]   # asked once, not per frame
         if chooser is not None:
             self.chooser = ConditionChooser.from_dict(chooser, window)
         self.condition_names = names
@@ -119,12 +120,16 @@ class Predictor:
                           [names[k] for k in choice.tolist()], logits)
 
     def _ort_logits(self, x: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
-        out = torch.empty(len(x), self.card.num_classes)
         arr = x.numpy()
+        first = int(choice[0])
+        if len(x) == 1 or bool((choice == first).all()):      # a frame, or a batch of one condition
+            session = self.sessions[first]
+            return torch.from_numpy(session.run(None, {self._input_names[first]: arr})[0]).float()
+        out = torch.empty(len(x), self.card.num_classes)
         for k in torch.unique(choice).tolist():
             rows = (choice == k).nonzero().view(-1)
             session = self.sessions[k]
-            got = session.run(None, {session.get_inputs()[0].name: arr[rows.numpy()]})[0]
+            got = session.run(None, {self._input_names[k]: arr[rows.numpy()]})[0]
             out[rows] = torch.from_numpy(got).float()
         return out
 
