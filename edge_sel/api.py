@@ -102,9 +102,10 @@ def _result(summary: dict) -> RunResult:
     return RunResult(run_dir, summary, records)
 
 
-def _explicit(kw_names: list[str], method_names: list[str]) -> list[str]:
-    from edge_sel.cli import PRESET_FIELDS
-    return [n for n in kw_names if n in PRESET_FIELDS or n in method_names]
+def _explicit(kw_names: list[str], command: str) -> list[str]:
+    from edge_sel.cli import explicit_names
+    names = explicit_names(command)
+    return [n for n in kw_names if n in names]
 
 
 def pretrain(model="edgecnn", data="digits", *, out, test=None, class_names=None, model_args: dict | None = None,
@@ -125,7 +126,7 @@ def pretrain(model="edgecnn", data="digits", *, out, test=None, class_names=None
     kw.pop("model_name")
     energy = build_energy(kw)
     cfg = build_config(kw, anchors_per_class=kw.pop("anchors_per_class"), fisher_samples=kw.pop("fisher_samples"),
-                       explicit=_explicit(given, []))
+                       explicit=_explicit(given, "pretrain"))
     with torch_threads(kw.pop("threads", None)):
         summary = run_pretrain(model, data_options, cfg, Path(out), kw["overwrite"], kw["quiet"], energy,
                                model_args=args, init_weights=kw["init_weights"], splits=splits)
@@ -159,7 +160,7 @@ def finetune(checkpoint, data="digits", *, out, test=None, class_names=None, qui
     extra = {k: kw.pop(k) for k in FINETUNE_FIELDS}
     artifacts = kw.pop("artifacts")
     cfg = build_config(kw, **extra, artifacts=str(artifacts) if artifacts else None, method=method,
-                       explicit=_explicit(given, method_option_names()))
+                       explicit=_explicit(given, "finetune"))
     with torch_threads(kw.pop("threads", None)):
         summary = run_finetune(Path(checkpoint), data_options, cfg, Path(out), kw["overwrite"], kw["quiet"],
                                energy, splits=splits)

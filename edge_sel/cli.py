@@ -54,6 +54,15 @@ def build_energy(kw: dict) -> EnergyOptions:
 
 PRESET_FIELDS = ("optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_epochs", "label_smoothing",
                  "batch_size")
+# What a fine-tune's recipe (--preset adapt) also chooses: typed, the user's choice wins over it.
+RECIPE_FIELDS = ("strategy", "sparsity", "bn_adapt", "val_subset")
+
+
+def explicit_names(command: str) -> list[str]:
+    """The options whose typed value a preset must keep, for `command`."""
+    if command in ("finetune", "night"):
+        return [*PRESET_FIELDS, *RECIPE_FIELDS, *method_option_names()]
+    return list(PRESET_FIELDS)
 
 
 def given_on_command_line() -> list[str]:
@@ -62,8 +71,8 @@ def given_on_command_line() -> list[str]:
     ctx = click.get_current_context(silent=True)
     if ctx is None:
         return []
-    names = [*PRESET_FIELDS, *(method_option_names() if ctx.command.name in ("finetune", "night") else [])]
-    return [name for name in names if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+    return [name for name in explicit_names(ctx.command.name)
+            if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
 
 
 def build_config(kw: dict, **extra) -> TrainConfig:
