@@ -191,7 +191,7 @@ def night_cmd(home, runs, deployed, warmup, **kw):
     quiet = kw["quiet"]
     energy = build_energy(kw)
     cfg = build_finetune_config(kw)
-    result = night(Home.at(home, runs, deployed, warmup), build_data(kw), cfg, energy,
+    result = night(Home.at(home, runs, deployed, warmup, said=places_said()), build_data(kw), cfg, energy,
                    profile=kw.pop("profile_record", None), quiet=quiet, say=click.echo,
                    trained=lambda summary: print_summary(summary, quiet=quiet))
     summary = result.summary
@@ -206,6 +206,23 @@ def night_cmd(home, runs, deployed, warmup, **kw):
         f"{cost['energy_all_j']:.1f} J {energy_label(cost['energy_method'])}"
     click.echo(f"edge-sel nightly: the night all in: {cost['flops_all'] / 1e9:.2f} GFLOP, {joules}, "
                f"{cost['wall_all_s']:.1f} s (the run's totals and promote's validation)")
+
+
+def places_said() -> dict:
+    """How each of a night's places was set: its option, its environment variable, or under --home
+    (by the option or EDGE_SEL_HOME), for errors to name what the user wrote."""
+    ctx = click.get_current_context()
+    params = {p.name: p for p in ctx.command.params}
+    sources = click.core.ParameterSource
+
+    def said(name: str) -> str:
+        source = ctx.get_parameter_source(name)
+        if source == sources.ENVIRONMENT:
+            return params[name].envvar
+        if source == sources.COMMANDLINE:
+            return params[name].opts[0]
+        return f"{said('home')}/{name}" if name != "home" else "--home"
+    return {name: said(name) for name in ("runs", "deployed", "warmup")}
 
 
 def refuse_with_resume() -> None:

@@ -187,7 +187,7 @@ def test_nights_keep_conditions_and_promote_deploys_them_with_the_weights(warm, 
 
 @pytest.mark.parametrize("extra, says", [
     (["--bn-conditions", "3"], "--bn-conditions: the checkpoint"),
-    (["--bn-conditions", "1"], "--bn-conditions must be >= 2"),
+    (["--bn-conditions", "1"], "'--bn-conditions': 1 is neither 0 (off) nor >= 2"),
     (["--bn-conditions", "3", "--backend", "ort"], "--bn-conditions: needs --backend torch"),
 ])
 def test_refusals_are_one_line(warm, tmp_path, capsys, extra, says):

@@ -19,6 +19,7 @@ import copy
 import dataclasses
 import datetime
 import json
+import os
 import re
 import signal
 from dataclasses import dataclass, field
@@ -44,22 +45,37 @@ class Home:
     runs: Path
     deployed: Path      # the model in use: a link to a versioned directory (engine/deployed_swap.py)
     warmup: Path        # the server's checkpoint, the start while nothing is deployed
+    # How the user set each place ("--runs", "EDGE_SEL_RUNS", "--home"), so an error names that.
+    said: dict = field(default_factory=dict, compare=False)
 
     @classmethod
     def at(cls, home: Path, runs: Path | None = None, deployed: Path | None = None,
-           warmup: Path | None = None) -> "Home":
+           warmup: Path | None = None, said: dict | None = None) -> "Home":
         home = Path(home)
         return cls(Path(runs) if runs else home / "runs",
                    Path(deployed) if deployed else home / "checkpoints" / "deployed",
-                   Path(warmup) if warmup else home / "checkpoints" / "warmup")
+                   Path(warmup) if warmup else home / "checkpoints" / "warmup", dict(said or {}))
+
+    def named(self, place: str) -> str:
+        return self.said.get(place, f"--{place}")
+
+    def check_runs_writable(self) -> None:
+        """Tonight's run directory goes under RUNS: a place that cannot take it is named as the
+        user set it (not as the run's --out, which they never typed)."""
+        try:
+            self.runs.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"{self.named('runs')} {self.runs}: cannot create ({e.strerror or e})") from None
+        if not os.access(self.runs, os.W_OK):
+            raise InputError(f"{self.named('runs')} {self.runs}: cannot write there (read-only or not permitted)")
 
     def start_checkpoint(self) -> Path:
         """The model a new run fine-tunes: the deployed one, else the warmup."""
         if (self.deployed / "model.safetensors").is_file():
             return self.deployed
         if not (self.warmup / "model.safetensors").is_file():
-            raise InputError(f"--warmup {self.warmup}: no checkpoint there (model.safetensors is missing), and "
-                             f"nothing is deployed at --deployed {self.deployed}")
+            raise InputError(f"{self.named('warmup')} {self.warmup}: no checkpoint there (model.safetensors is "
+                             f"missing), and nothing is deployed at {self.named('deployed')} {self.deployed}")
         return self.warmup
 
 
@@ -121,6 +137,7 @@ def night(home: Home, data: DataOptions, cfg: TrainConfig, energy: EnergyOptions
             say(f"edge-sel nightly: resuming {latest} failed {tries} nights running ({e.__class__.__name__}: {e}); "
                 f"kept as {abandoned}, starting a new run")
     if summary is None:
+        home.check_runs_writable()
         repair_deployed(home.deployed)
         start = home.start_checkpoint()
         set_aside_damaged_bank(start, say)

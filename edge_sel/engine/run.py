@@ -70,6 +70,7 @@ class DataOptions:
         self._source = (train_full, test)        # for warmup_train_ids, without reading it again
         splits = make_splits(train_full, test, self.val_fraction, parse_shard(self.shard), self.subset,
                              self.per_class_cap, self.split_seed, self.subset_seed, self.test_subset)
+        warn_short_subsets(splits, self.subset, self.test_subset)
         return apply_shift(splits, parse_shift(self.shift), self.shift_seed)
 
     def warmup_train_ids(self, trained: dict):
@@ -79,6 +80,16 @@ class DataOptions:
                            trained.get("subset"), trained.get("per_class_cap"), trained["split_seed"],
                            trained.get("subset_seed"))
         return warm.train.index
+
+
+def warn_short_subsets(splits: Splits, subset: int | None, test_subset: int | None) -> None:
+    """A subset larger than the data is all of it: said, so a number typed is never silently not
+    what ran."""
+    for option, asked, got, what in (("--subset", subset, len(splits.train), "training samples (after the "
+                                      "validation split, shard and cap)"),
+                                     ("--test-subset", test_subset, len(splits.test), "test images")):
+        if asked is not None and asked > got:
+            warnings.warn(f"{option} {asked}: there are only {got} {what}; all {got} are used")
 
 
 def check_out_dir(out: Path, overwrite: bool) -> Path:
