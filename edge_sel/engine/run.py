@@ -296,8 +296,17 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
         return {"run_dir": str(out), "rank": world.rank, "epochs_run": len(records)}
     if phase != "pretrain" and memory is None:
         card.source_memory = None       # the card states files the run directory holds, no others
-    save_checkpoint(out, model.cpu(), card)
-    bank_written = write_bank_for(trainer.bank, model, out)
+    # A pretrain stopped before its last epoch is no warmup: writing its weights as a checkpoint
+    # would let a fine-tune start from a half-trained model without a word (and without the source
+    # memory a finished pretrain ships). Its state is kept for --resume; a checkpoint's files are not.
+    unfinished_pretrain = phase == "pretrain" and interrupted
+    if unfinished_pretrain:
+        for name in ("model.json", "model.safetensors"):
+            (out / name).unlink(missing_ok=True)
+        bank_written = None
+    else:
+        save_checkpoint(out, model.cpu(), card)
+        bank_written = write_bank_for(trainer.bank, model, out)
     faults.point("model-written")
     # source_info first: a pretrain's names its model by a string, which the card's dict replaces here.
     summary = summarize(records, {
@@ -314,6 +323,9 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
         **({"validation_size": trainer.val_size_choice} if trainer.val_size_choice else {}),
         **({"world_size": world.size, "distributed": ranks.describe()} if ranks else {}),
     }, baseline=trainer.baseline, kept=kept)
+    if unfinished_pretrain:
+        summary["output_model"] = None
+        summary["epochs_planned"] = cfg.epochs
     if trainer.bank is not None:
         summary["bn_bank"] = {**trainer.bank.describe(), "bytes": bank_written,
                               "written": bank_written is not None}
