@@ -8,7 +8,6 @@ Dataset; a model a registered name, a factory spec or an nn.Module.
 
 from __future__ import annotations
 
-import difflib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import click
 
 from edge_sel.errors import InputError
+from edge_sel.option_names import closest
 
 # Options that only make sense on a command line (the API has its own way to say them).
 NOT_IN_API = {"profile", "resume_dir", "export_artifacts"}
@@ -61,7 +61,7 @@ def resolve_options(command: str, given: dict) -> tuple[dict, list[str]]:
     values = option_defaults(command)
     for name, value in given.items():
         if name not in params:
-            close = difflib.get_close_matches(name, list(params), n=3)
+            close = closest(name, list(params))
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise TypeError(f"edge_sel.{command}() got an unknown option {name!r}{hint}")
         param = params[name]

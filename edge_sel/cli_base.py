@@ -56,9 +56,22 @@ def _from_environment(e: click.UsageError) -> str | None:
     return next((name for name in names if name in os.environ), names[0] if names else None)
 
 
+def _suggest(e: click.NoSuchOption) -> str:
+    """click's message with our suggestion (click offers the closest spelling only: --gate for
+    --lr-rate)."""
+    from edge_sel.option_names import closest
+    command = e.ctx.command if e.ctx is not None else None
+    flags = [flag for p in (command.params if command else []) for flag in (*p.opts, *p.secondary_opts)
+             if flag.startswith("--")]
+    meant = closest(e.option_name, flags)
+    return e.message + (f" Did you mean {', '.join(meant)}?" if meant else "")
+
+
 def _one_line(e: click.UsageError) -> click.ClickException:
     if isinstance(e, NO_ARGS_IS_HELP):
         return e
+    if isinstance(e, click.NoSuchOption) and e.option_name.startswith("--"):
+        return OneLineUsageError(_suggest(e))
     variable = _from_environment(e)
     if variable is not None:
         e.param_hint = f"{variable}={os.environ.get(variable, '')!r} (the environment's {e.param.opts[0]})"

@@ -62,12 +62,14 @@ class Home:
     def check_runs_writable(self) -> None:
         """Tonight's run directory goes under RUNS: a place that cannot take it is named as the
         user set it (not as the run's --out, which they never typed)."""
-        try:
-            self.runs.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise InputError(f"{self.named('runs')} {self.runs}: cannot create ({e.strerror or e})") from None
-        if not os.access(self.runs, os.W_OK):
-            raise InputError(f"{self.named('runs')} {self.runs}: cannot write there (read-only or not permitted)")
+        nearest = self.runs      # checked, not created: a night refused later must leave nothing behind
+        while not nearest.exists() and nearest != nearest.parent:
+            nearest = nearest.parent
+        if not nearest.is_dir():
+            raise InputError(f"{self.named('runs')} {self.runs}: cannot create ({nearest} is not a directory)")
+        if not os.access(nearest, os.W_OK | os.X_OK):
+            raise InputError(f"{self.named('runs')} {self.runs}: cannot write in {nearest} (read-only or not "
+                             f"permitted)")
 
     def start_checkpoint(self) -> Path:
         """The model a new run fine-tunes: the deployed one, else the warmup."""
@@ -118,7 +120,8 @@ def night(home: Home, data: DataOptions, cfg: TrainConfig, energy: EnergyOptions
     summary, run_dir, resumed, abandoned, start = None, None, False, None, None
     latest = latest_run(home.runs)
     if latest is not None and unfinished(latest):
-        say(f"edge-sel nightly: resuming {latest}")
+        say(f"edge-sel nightly: resuming {latest} with the options and data it started with (its config.json); "
+            f"tonight's are set aside{set_aside_said(latest, cfg, data)}")
         try:
             summary = resume(latest, quiet, phase="finetune")
             run_dir, resumed = latest, True
@@ -157,6 +160,29 @@ def night(home: Home, data: DataOptions, cfg: TrainConfig, energy: EnergyOptions
         return NightResult(run_dir, summary, None, status, resumed, start, abandoned, night_cost(summary, None))
     decision = promote(run_dir, home.deployed, evaluate=metered_validation(energy))
     return NightResult(run_dir, summary, decision, 0, resumed, start, abandoned, night_cost(summary, decision))
+
+
+def set_aside_said(run_dir: Path, cfg: TrainConfig, data: DataOptions) -> str:
+    """Which of tonight's settings differ from those the resumed run keeps: ' (--epochs 3, not 5)'."""
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(saved, dict):
+        return ""
+    tonight = {**cfg.to_json(), "data": dataclasses.asdict(data)}
+    differ = []
+    for key, value in tonight.items():
+        if key in ("explicit", "method", "bn_conditions") or key not in saved:
+            continue     # bookkeeping, or decided by the night itself
+        kept = saved[key]
+        pairs = value.items() if key == "data" and isinstance(kept, dict) else [(key, value)]
+        for name, now in pairs:
+            before = kept.get(name) if key == "data" else kept
+            # "auto" is resolved by the run itself (and written back); a night draws its own subset
+            if name != "subset_seed" and now != "auto" and str(now) != str(before):
+                differ.append(f"--{name.replace('_', '-')} {now}, not {before}")
+    return f" ({'; '.join(differ)})" if differ else ""
 
 
 def set_aside_damaged_bank(start: Path, say) -> None:

@@ -82,9 +82,14 @@ def shipped_line(block: dict) -> str:
     a, f, s = block["anchors"], block["fisher"], block["source"]
     guard = "-" if a.get("guard_acc") is None else f"{100 * a['guard_acc']:.1f}%"
     return (f"shipped with the checkpoint: {a['samples']:,} anchors ({megabytes(a['bytes'])}: {a['replay']:,} replay, "
-            f"{a['guard']:,} guard, source accuracy on the guard {guard}), Fisher of {f['parameters'] / 1e6:.2f} M "
-            f"parameters on {f['samples']:,} samples ({megabytes(f['bytes'])}), source weights ({megabytes(s['bytes'])}); "
+            f"{a['guard']:,} guard, source accuracy on the guard {guard}), Fisher of {parameters(f['parameters'])} "
+            f"on {f['samples']:,} samples ({megabytes(f['bytes'])}), source weights ({megabytes(s['bytes'])}); "
             f"{block['flops'] / 1e9:.2f} GFLOP, {block['wall_s']:.1f} s")
+
+
+def parameters(n: int) -> str:
+    """'2,290 parameters' for a small model, '0.39 M parameters' for a larger one (never '0.00 M')."""
+    return f"{n:,} parameters" if n < 100_000 else f"{n / 1e6:.2f} M parameters"
 
 
 def megabytes(n: int) -> str:
