@@ -8,7 +8,6 @@ Dataset; a model a registered name, a factory spec or an nn.Module.
 
 from __future__ import annotations
 
-import difflib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import click
 
 from edge_sel.errors import InputError
+from edge_sel.option_names import closest
 
 # Options that only make sense on a command line (the API has its own way to say them).
 NOT_IN_API = {"profile", "resume_dir", "export_artifacts"}
@@ -61,7 +61,7 @@ def resolve_options(command: str, given: dict) -> tuple[dict, list[str]]:
     values = option_defaults(command)
     for name, value in given.items():
         if name not in params:
-            close = difflib.get_close_matches(name, list(params), n=3)
+            close = closest(name, list(params))
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise TypeError(f"edge_sel.{command}() got an unknown option {name!r}{hint}")
         param = params[name]
@@ -102,9 +102,10 @@ def _result(summary: dict) -> RunResult:
     return RunResult(run_dir, summary, records)
 
 
-def _explicit(kw_names: list[str], method_names: list[str]) -> list[str]:
-    from edge_sel.cli import PRESET_FIELDS
-    return [n for n in kw_names if n in PRESET_FIELDS or n in method_names]
+def _explicit(kw_names: list[str], command: str) -> list[str]:
+    from edge_sel.cli import explicit_names
+    names = explicit_names(command)
+    return [n for n in kw_names if n in names]
 
 
 def pretrain(model="edgecnn", data="digits", *, out, test=None, class_names=None, model_args: dict | None = None,
@@ -125,7 +126,7 @@ def pretrain(model="edgecnn", data="digits", *, out, test=None, class_names=None
     kw.pop("model_name")
     energy = build_energy(kw)
     cfg = build_config(kw, anchors_per_class=kw.pop("anchors_per_class"), fisher_samples=kw.pop("fisher_samples"),
-                       explicit=_explicit(given, []))
+                       explicit=_explicit(given, "pretrain"))
     with torch_threads(kw.pop("threads", None)):
         summary = run_pretrain(model, data_options, cfg, Path(out), kw["overwrite"], kw["quiet"], energy,
                                model_args=args, init_weights=kw["init_weights"], splits=splits)
@@ -165,7 +166,7 @@ def finetune(checkpoint, data="digits", *, out, test=None, class_names=None, qui
     extra = {k: kw.pop(k) for k in FINETUNE_FIELDS}
     artifacts = kw.pop("artifacts")
     cfg = build_config(kw, **extra, artifacts=str(artifacts) if artifacts else None, method=method,
-                       explicit=_explicit(given, method_option_names()))
+                       explicit=_explicit(given, "finetune"))
     with torch_threads(kw.pop("threads", None)):
         summary = run_finetune(Path(checkpoint), data_options, cfg, Path(out), kw["overwrite"], kw["quiet"],
                                energy, splits=splits)

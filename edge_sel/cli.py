@@ -59,6 +59,15 @@ def build_energy(kw: dict) -> EnergyOptions:
 
 PRESET_FIELDS = ("optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_epochs", "label_smoothing",
                  "batch_size")
+# What a fine-tune's recipe (--preset adapt) also chooses: typed, the user's choice wins over it.
+RECIPE_FIELDS = ("strategy", "sparsity", "bn_adapt", "val_subset")
+
+
+def explicit_names(command: str) -> list[str]:
+    """The options whose typed value a preset must keep, for `command`."""
+    if command in ("finetune", "night"):
+        return [*PRESET_FIELDS, *RECIPE_FIELDS, *method_option_names()]
+    return list(PRESET_FIELDS)
 
 
 def given_on_command_line() -> list[str]:
@@ -67,8 +76,8 @@ def given_on_command_line() -> list[str]:
     ctx = click.get_current_context(silent=True)
     if ctx is None:
         return []
-    names = [*PRESET_FIELDS, *(method_option_names() if ctx.command.name in ("finetune", "night") else [])]
-    return [name for name in names if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+    return [name for name in explicit_names(ctx.command.name)
+            if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
 
 
 def build_config(kw: dict, **extra) -> TrainConfig:
@@ -187,7 +196,7 @@ def night_cmd(home, runs, deployed, warmup, **kw):
     quiet = kw["quiet"]
     energy = build_energy(kw)
     cfg = build_finetune_config(kw)
-    result = night(Home.at(home, runs, deployed, warmup), build_data(kw), cfg, energy,
+    result = night(Home.at(home, runs, deployed, warmup, said=places_said()), build_data(kw), cfg, energy,
                    profile=kw.pop("profile_record", None), quiet=quiet, say=click.echo,
                    trained=lambda summary: print_summary(summary, quiet=quiet))
     summary = result.summary
@@ -202,6 +211,23 @@ def night_cmd(home, runs, deployed, warmup, **kw):
         f"{cost['energy_all_j']:.1f} J {energy_label(cost['energy_method'])}"
     click.echo(f"edge-sel nightly: the night all in: {cost['flops_all'] / 1e9:.2f} GFLOP, {joules}, "
                f"{cost['wall_all_s']:.1f} s (the run's totals and promote's validation)")
+
+
+def places_said() -> dict:
+    """How each of a night's places was set: its option, its environment variable, or under --home
+    (by the option or EDGE_SEL_HOME), for errors to name what the user wrote."""
+    ctx = click.get_current_context()
+    params = {p.name: p for p in ctx.command.params}
+    sources = click.core.ParameterSource
+
+    def said(name: str) -> str:
+        source = ctx.get_parameter_source(name)
+        if source == sources.ENVIRONMENT:
+            return params[name].envvar
+        if source == sources.COMMANDLINE:
+            return params[name].opts[0]
+        return f"{said('home')}/{name}" if name != "home" else "--home"
+    return {name: said(name) for name in ("runs", "deployed", "warmup")}
 
 
 def refuse_with_resume() -> None:

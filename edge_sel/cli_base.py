@@ -12,6 +12,7 @@ handled exactly like a top-level one:
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 
@@ -43,8 +44,38 @@ class OneLineUsageError(click.ClickException):
     exit_code = 2
 
 
+def _from_environment(e: click.UsageError) -> str | None:
+    """The variable a bad value came from, when it came from the environment: the user typed no
+    option, so an error naming only the option would send them looking in the wrong place."""
+    param, ctx = getattr(e, "param", None), e.ctx
+    if param is None or ctx is None or not param.name:
+        return None
+    if ctx.get_parameter_source(param.name) != click.core.ParameterSource.ENVIRONMENT:
+        return None
+    names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or ())
+    return next((name for name in names if name in os.environ), names[0] if names else None)
+
+
+def _suggest(e: click.NoSuchOption) -> str:
+    """click's message with our suggestion (click offers the closest spelling only: --gate for
+    --lr-rate)."""
+    from edge_sel.option_names import closest
+    command = e.ctx.command if e.ctx is not None else None
+    flags = [flag for p in (command.params if command else []) for flag in (*p.opts, *p.secondary_opts)
+             if flag.startswith("--")]
+    meant = closest(e.option_name, flags)
+    return e.message + (f" Did you mean {', '.join(meant)}?" if meant else "")
+
+
 def _one_line(e: click.UsageError) -> click.ClickException:
-    return e if isinstance(e, NO_ARGS_IS_HELP) else OneLineUsageError(e.format_message())
+    if isinstance(e, NO_ARGS_IS_HELP):
+        return e
+    if isinstance(e, click.NoSuchOption) and e.option_name.startswith("--"):
+        return OneLineUsageError(_suggest(e))
+    variable = _from_environment(e)
+    if variable is not None:
+        e.param_hint = f"{variable}={os.environ.get(variable, '')!r} (the environment's {e.param.opts[0]})"
+    return OneLineUsageError(e.format_message())
 
 
 def _invoke_handled(invoke, ctx: click.Context):

@@ -13,26 +13,48 @@ from pathlib import Path
 import click
 from click_option_group import OptionGroup
 
-from edge_sel.config import EVAL_TEST, MEMORY_FORMATS, NIGHT_BN_CONDITIONS, OPTIMIZERS, PRECISIONS, SCHEDULES
+from edge_sel.config import (EVAL_TEST, MAX_EPOCHS, MAX_IMAGE_SIZE, GUARD_TEMP_C, MEMORY_FORMATS, NIGHT_BN_CONDITIONS,
+                             OPTIMIZERS, PRECISIONS, SCHEDULES)
 from edge_sel.energy import METER_NAMES
 from edge_sel.methods import STRATEGIES
 from edge_sel.methods.options import OptionSpec, RegistryChoice, option
+
+
+class OffOrAtLeast(click.ParamType):
+    """A whole number that is 0 (off) or at least `least`: one bank of statistics kept per
+    condition needs two conditions at least, the source's and one more."""
+    name = "integer"
+
+    def __init__(self, least: int):
+        self.least = least
+
+    def convert(self, value, param, ctx):
+        number = click.INT.convert(value, param, ctx)
+        if number != 0 and number < self.least:
+            self.fail(f"{number} is neither 0 (off) nor >= {self.least}", param, ctx)
+        return number
+
+
+POSITIVE = click.IntRange(min=1)
+COUNT = click.IntRange(min=0)
 
 DATA = [
     option("--dataset", default="digits", show_default=True,
            help="digits | cifar10 | synthetic | folder:PATH"),
     option("--data-dir", type=click.Path(path_type=Path), default=None,
            help="Where the CIFAR-10 archive lives (cifar-10-batches-py)."),
-    option("--val-fraction", type=float, default=0.1, show_default=True,
+    option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
            help="Stratified share of the training part held out for validation."),
     option("--shard", default=None, help="Use stratified shard K/N of the training part, e.g. 0/2."),
-    option("--subset", type=int, default=None, help="Class-balanced subset of N training samples."),
-    option("--test-subset", type=int, default=None,
+    option("--subset", type=POSITIVE, default=None,
+           help="Class-balanced subset of N training samples (more than there are: all of them, with a warning)."),
+    option("--test-subset", type=POSITIVE, default=None,
            help="Evaluate on a class-balanced N of the test split (a device's small labelled test set) [default: all]."),
-    option("--per-class-cap", type=int, default=None, help="At most N training samples per class."),
+    option("--per-class-cap", type=POSITIVE, default=None, help="At most N training samples per class."),
     option("--split-seed", type=int, default=0, show_default=True,
            help="Seed of the validation split and shards (a fine-tune must use its pretrain's)."),
-    option("--image-size", type=int, default=None, help="Resize folder images to S x S."),
+    option("--image-size", type=click.IntRange(1, MAX_IMAGE_SIZE), default=None,
+           help="Resize folder images to S x S (folder datasets only)."),
     option("--shift", default=None,
            help="Shift the local data: corrupt=NAME:SEV; label-noise=RATE[:val]; imbalance=longtail:RATIO; "
                 "classes=A,B (items joined by ';'). Records then add clean_test_acc."),
@@ -41,8 +63,8 @@ DATA = [
 ]
 
 TRAIN = [
-    option("--epochs", type=int, default=None, help="Epochs to train (required)."),
-    option("--batch-size", type=int, default=128, show_default=True, help="Training batch size."),
+    option("--epochs", type=click.IntRange(0, MAX_EPOCHS), default=None, help="Epochs to train (required)."),
+    option("--batch-size", type=POSITIVE, default=128, show_default=True, help="Training batch size."),
     option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True,
            help="Optimizer (sgd with Nesterov momentum, adam, adamw)."),
     option("--lr", type=float, default=None, help="Base learning rate [0.05 sgd, 1e-3 adam]."),
@@ -63,7 +85,7 @@ TRAIN = [
                 "instructions and a short probe finds it faster, evaluation too only where its accuracy is "
                 "unchanged; CUDA: bf16, or fp16 with loss scaling before Ampere), or fp32, bf16, fp16 for every pass."),
     option("--out", type=click.Path(path_type=Path), default=None, help="Run directory to create (required)."),
-    option("--checkpoint-every", type=int, default=200, show_default=True,
+    option("--checkpoint-every", type=COUNT, default=200, show_default=True,
            help="Steps between full-state checkpoints inside an epoch (0: epoch ends only)."),
     option("--overwrite", is_flag=True, help="Replace an existing --out directory."),
     option("--quiet", is_flag=True, help="No progress bars or summary table."),
@@ -72,15 +94,15 @@ TRAIN = [
 SPEED = [
     option("--memory-format", type=click.Choice(MEMORY_FORMATS), default="auto", show_default=True,
            help="Activation layout of conv models; auto times both on this device first."),
-    option("--eval-batch-size", type=int, default=0, show_default=True,
+    option("--eval-batch-size", type=COUNT, default=0, show_default=True,
            help="Evaluation batch size (0: the fastest of a few, measured on this device)."),
-    option("--eval-every", type=int, default=1, show_default=True,
+    option("--eval-every", type=POSITIVE, default=1, show_default=True,
            help="Validate every K epochs (the last epoch always)."),
     option("--eval-test", type=click.Choice(EVAL_TEST), default="end", show_default=True,
            help="Test set after the last epoch only, or after every validation."),
-    option("--val-subset", type=int, default=0, show_default=True,
+    option("--val-subset", type=COUNT, default=0, show_default=True,
            help="Validate on N samples of the validation split (0: all of it)."),
-    option("--sync-every", type=int, default=0, show_default=True,
+    option("--sync-every", type=COUNT, default=0, show_default=True,
            help="Steps between host reads of loss sums (0: 1 on CPU, 32 on a GPU)."),
     option("--compile", "compile_model", is_flag=True,
            help="torch.compile the model; compile time is counted in the first epoch."),
@@ -92,15 +114,15 @@ SPEED = [
 ENERGY = [
     option("--meter", "meters", multiple=True, type=click.Choice(METER_NAMES),
            help="Energy meter to use (repeatable). Default: automatic."),
-    option("--watts-per-core", type=float, default=None,
+    option("--watts-per-core", type=click.FloatRange(min=0, min_open=True), default=None,
            help="Watts per busy core for the labelled estimate (no sensor)."),
-    option("--idle-baseline", type=float, default=0.0, show_default=True,
+    option("--idle-baseline", type=click.FloatRange(min=0), default=0.0, show_default=True,
            help="Measure idle power for S seconds first; records then add net-of-idle joules."),
-    option("--energy-budget", type=float, default=None,
+    option("--energy-budget", type=click.FloatRange(min=0, min_open=True), default=None,
            help="Stop cleanly (records and checkpoint written) before the measured total passes J joules."),
-    option("--max-temp", type=float, default=None,
-           help="Thermal guard: pause between steps above this temperature (C)."),
-    option("--max-pause", type=float, default=600.0, show_default=True,
+    option("--max-temp", type=click.FloatRange(*GUARD_TEMP_C), default=None,
+           help="Thermal guard: pause between steps above this temperature (C), 30 to 120."),
+    option("--max-pause", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
            help="Longest single thermal pause in seconds; then training resumes (a stuck sensor "
                 "must not stall the run) and the record counts it in thermal_pauses_capped."),
 ]
@@ -140,7 +162,7 @@ FINETUNE = [
     option("--bn-mode", type=click.Choice(["train", "eval"]), default=None,
            help="BatchNorm while training: train (batch stats) or eval (frozen stats) [default: train; "
                 "ort: the artifacts' mode]."),
-    option("--bn-adapt", type=int, default=0, show_default=True,
+    option("--bn-adapt", type=COUNT, default=0, show_default=True,
            help="First re-estimate BatchNorm statistics on N unlabelled local training images (forward passes "
                 "only; with --epochs 0, the whole adaptation)."),
     option("--keep", type=click.Choice(["best", "last"]), default="best", show_default=True,
@@ -162,12 +184,12 @@ FINETUNE = [
     option("--reset-forgetting", type=float, default=None,
            help="Before training, reset to the source model when the starting model's guard-anchor accuracy is "
                 "more than P points below the source's (RDumb); the check costs one evaluation of the anchors."),
-    option("--bn-conditions", type=int, default=0, show_default=True,
+    option("--bn-conditions", type=OffOrAtLeast(2), default=0, show_default=True,
            help="Keep BatchNorm statistics for up to K conditions (the source's included), each batch normalised "
                 "with those of the condition its pixel statistics are nearest to; tonight's images join the "
                 "nearest condition or become a new one. Every evaluation first re-estimates each condition on its "
                 "kept images (counted forward passes). Written with the model as bn_bank.safetensors."),
-    option("--bn-condition-images", type=int, default=256, show_default=True,
+    option("--bn-condition-images", type=POSITIVE, default=256, show_default=True,
            help="Unlabelled images kept per condition (the source's: the replay anchors)."),
     option("--bn-condition-radius", type=float, default=0.25, show_default=True,
            help="Fingerprint distance within which tonight's images count as a condition already kept "

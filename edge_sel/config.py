@@ -12,6 +12,13 @@ from edge_sel.errors import InputError
 # statistics per condition (engine/life.py decides).
 NIGHT_BN_CONDITIONS = 4
 
+# Bounds past which a value cannot be meant: a run of more epochs never ends on any device, an
+# image side beyond it does not fit in memory; a thermal guard below the range pauses at room
+# temperature (every step), above it is past any chip's own shutdown (a profile's range too).
+MAX_EPOCHS = 100_000
+MAX_IMAGE_SIZE = 4096
+GUARD_TEMP_C = (30.0, 120.0)
+
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "constant", "step", "linear")
 KEEP_CHOICES = ("best", "last")
@@ -34,10 +41,10 @@ def check_points(option: str, value) -> None:
     _number(option, value, lo=0, hi=100)
 
 
-def _integer(option: str, value, lo=None) -> None:
+def _integer(option: str, value, lo=None, hi=None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InputError(f"{option} must be a whole number, got {value!r}")
-    _number(option, value, lo=lo)
+    _number(option, value, lo=lo, hi=hi)
 
 
 def _choice(option: str, value, choices) -> None:
@@ -99,7 +106,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Types and ranges of every field; values may come from a hand-edited config.json."""
-        _integer("--epochs", self.epochs, lo=0)
+        _integer("--epochs", self.epochs, lo=0, hi=MAX_EPOCHS)
         _integer("--batch-size", self.batch_size, lo=1)
         _integer("--checkpoint-every", self.checkpoint_every, lo=0)
         _number("--lr", self.lr, lo=0, lo_open=True)
@@ -122,8 +129,10 @@ class TrainConfig:
         if self.reset_forgetting is not None:
             _number("--reset-forgetting", self.reset_forgetting, lo=0, hi=100)
         _number("--max-forgetting", self.max_forgetting, lo=0, hi=100)
-        if self.bn_conditions:
-            _integer("--bn-conditions", self.bn_conditions, lo=2)
+        if self.bn_conditions is not None:
+            _integer("--bn-conditions", self.bn_conditions, lo=0)
+            if self.bn_conditions == 1:
+                raise InputError("--bn-conditions must be 0 (off) or >= 2, got 1")
         _integer("--bn-condition-images", self.bn_condition_images, lo=1)
         _number("--bn-condition-radius", self.bn_condition_radius, lo=0, lo_open=True)
         _integer("--eval-every", self.eval_every, lo=1)

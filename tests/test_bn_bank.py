@@ -185,9 +185,35 @@ def test_nights_keep_conditions_and_promote_deploys_them_with_the_weights(warm, 
     assert not (deployed / BANK_FILE).exists() and (deployed / "anchors.safetensors").is_file()
 
 
+def test_promote_judges_the_deployed_model_as_the_run_judged_its_start(warm, tmp_path):
+    """A fog night: the run's start (the deployed weights, fog estimated in its bank) and promote's
+    figure for the deployed model are one number, said with what it was judged with."""
+    home = tmp_path / "device"
+    home.mkdir()
+    shutil.copytree(warm, home / "warmup")
+    night(home, "--epochs", "1", "--bn-conditions", "3", *CLEAN)                       # deployed: a clean night
+    s, p = night(home, "--epochs", "2", "--bn-conditions", "3", "--dataset", "digits", "--shard", "1/2",
+                 "--shift", "corrupt=fog:3", *FIXED)
+    assert s["bn_bank"]["tonight"]["new"] and p["rule"] in ("better", "not-better")
+    start = records(s["run_dir"], baseline=True)[0]
+    assert start["phase"] == "baseline" and p["deployed_val_acc"] == start["val_acc"]
+    assert "as the run judged its start" in p["why"] and p["evaluation"]["bn_bank"] == "the run's"
+    assert p["evaluation"]["flops_bank_estimate"] > 0           # re-estimating tonight's condition is counted
+
+
+def test_statistics_alone_for_a_new_condition_are_deployed_as_such(warm, tmp_path):
+    home = tmp_path / "device"
+    home.mkdir()
+    shutil.copytree(warm, home / "warmup")
+    night(home, "--epochs", "1", "--bn-conditions", "3", *CLEAN)
+    s, p = night(home, "--epochs", "0", "--bn-conditions", "3", *LOW_CONTRAST)
+    assert s["kept"]["kept"] == "warmup" and s["bn_bank"]["tonight"]["new"]
+    assert p["rule"] == "new-condition" and p["promote"] and "condition-1" in p["why"]
+
+
 @pytest.mark.parametrize("extra, says", [
     (["--bn-conditions", "3"], "--bn-conditions: the checkpoint"),
-    (["--bn-conditions", "1"], "--bn-conditions must be >= 2"),
+    (["--bn-conditions", "1"], "'--bn-conditions': 1 is neither 0 (off) nor >= 2"),
     (["--bn-conditions", "3", "--backend", "ort"], "--bn-conditions: needs --backend torch"),
 ])
 def test_refusals_are_one_line(warm, tmp_path, capsys, extra, says):

@@ -135,7 +135,7 @@ def test_existing_out_is_never_overwritten_silently(synthetic_warmup, tmp_path):
 
 BAD_INPUTS = [
     (["--checkpoint", "{missing}"], "no such directory"),
-    (["--epochs", "-1"], "--epochs must be >= 0"),
+    (["--epochs", "-1"], "'--epochs': -1 is not in the range 0<=x<=100000"),
     (["--dataset", "digits"], "model expects inputs [3, 16, 16]"),
     (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
     (["--dataset", "folder:{missing}"], "no such directory"),

@@ -106,3 +106,16 @@ def test_readme_tour_runs_in_order_from_a_fresh_directory_and_leaves_a_deployed_
     # The report the tour writes is there, with the runs it names.
     assert (tmp_path / "report" / "report.html").is_file()
     assert len((tmp_path / "report" / "runs.csv").read_text().splitlines()) == 6
+
+
+def test_docs_state_what_the_code_does():
+    """Sentences a user acts on: the exit status of a stopped run, what the export step needs."""
+    crash = " ".join((REPO / "docs" / "crash-safety-and-distributed.md").read_text().split())
+    assert "exit 0 with the resume command" not in crash
+    assert "exit 130 (SIGINT) or 143 (SIGTERM)" in crash
+    models = (REPO / "docs" / "models.md").read_text()
+    tour = models[models.index("## Bring your own: a complete example"):]
+    before_export = tour[:tour.index("edge-sel export --checkpoint ckpt/tiny")]
+    assert "`ort` extra" in before_export
+    section = models[models.index("## ONNX export and ORT training"):]
+    assert "pip install 'edge-sel[ort]'" in section[:600]

@@ -317,3 +317,18 @@ def test_pretrain_resumes_and_a_run_killed_before_its_first_checkpoint_starts_ag
     run_cli("pretrain", "--resume", out, "--quiet")
     assert stable(records(out)) == stable(records(reference))
     assert (out / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
+
+
+def test_a_typed_strategy_wins_over_the_adapt_recipe(tiny_warm, tmp_path):
+    out = tmp_path / "run"
+    run_cli("finetune", "--checkpoint", tiny_warm, "--dataset", "synthetic", "--epochs", "0", "--preset", "adapt",
+            "--strategy", "dense", "--bn-adapt", "0", "--out", out, "--quiet")
+    config = json.loads((out / "config.json").read_text())
+    assert (config["strategy"], config["bn_adapt"]) == ("dense", 0)
+    assert "kept strategy=dense (preset: random)" in config["method"]["preset_notes"]
+
+
+def test_a_typed_strategy_a_recipe_cannot_run_is_refused(tiny_warm, tmp_path):
+    result = run_cli("finetune", "--checkpoint", tiny_warm, "--dataset", "synthetic", "--epochs", "0",
+                     "--preset", "ast-prod", "--strategy", "dense", "--out", tmp_path / "run", expect=2)
+    assert "--preset ast-prod: needs --strategy sundew, got 'dense'" in result.output

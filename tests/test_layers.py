@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "edge_sel"
 # line here); every `cli` module (edge_sel/*/cli.py) is command line.
 LAYERS = [
     ("command line", ["edge_sel.cli", "edge_sel.cli_base", "edge_sel.cli_options", "edge_sel.cli_interrupts",
-                      "edge_sel.__main__", "edge_sel.api",
+                      "edge_sel.__main__", "edge_sel.api", "edge_sel.option_names",
                       "edge_sel.demo", "edge_sel.energy.monitor_cli"]),
     ("bench, report, export, fleet, profiles", ["edge_sel.bench", "edge_sel.report", "edge_sel.export",
                                                 "edge_sel.fleet", "edge_sel.profiles"]),

@@ -3,6 +3,7 @@ digits, a run cut off at its end finished without training, a run that can no lo
 set aside, a stop signal's exit status, the night's all-in cost; `edge-sel night`'s settings and
 refusals; and the systemd script running a real night through it."""
 
+import dataclasses
 import json
 import os
 import re
@@ -58,7 +59,7 @@ def test_night_after_night_through_the_module(warmup, tmp_path, monkeypatch):
     assert not stuck.exists() and first.start == home.warmup and not first.resumed
     assert first.exit_status == 0 and first.rule == "first" and first.promoted
     assert home.deployed.is_symlink() and weights_digest(home.deployed) == weights_digest(first.run_dir)
-    assert lines[0] == f"edge-sel nightly: resuming {stuck}" and "cannot be resumed" in lines[1]
+    assert lines[0].startswith(f"edge-sel nightly: resuming {stuck} with the options") and "cannot be resumed" in lines[1]
     assert lines[2] == f"edge-sel nightly: new run {first.run_dir} from {home.warmup}"
     assert closing == [first.summary] and first.summary["output_model"]["weights"] != "warmup"
     # Nothing was deployed, so promote validated nothing: the night costs what the run did.
@@ -81,8 +82,11 @@ def test_night_after_night_through_the_module(warmup, tmp_path, monkeypatch):
     def no_epoch(*a, **k):
         raise AssertionError("an epoch was trained again")
     monkeypatch.setattr(Trainer, "train_epoch", no_epoch)
-    third = night(home, TONIGHT, useless, quiet=True)
+    journal = []       # tonight asks for 3 epochs: the resumed run keeps its own 2, and the journal says so
+    third = night(home, TONIGHT, dataclasses.replace(useless, epochs=3), quiet=True, say=journal.append)
     monkeypatch.undo()
+    assert journal[0] == (f"edge-sel nightly: resuming {second} with the options and data it started with (its "
+                          f"config.json); tonight's are set aside (--epochs 3, not 2)"), journal
     assert third.resumed and third.run_dir == second and third.start is None
     assert third.exit_status == 0 and third.rule == "not-better" and not third.promoted
     assert summary(second)["epochs_run"] == 2 and len(records(second)) == 2
@@ -205,7 +209,7 @@ SCRIPT = REPO / "deploy" / "systemd" / "run-finetune.sh"
 
 
 def epoch_lines(text: str) -> list[str]:
-    return [m.group(1) for m in re.finditer(r"^(epoch \d+/\d+): loss", text, re.M)]
+    return [m.group(1) for m in re.finditer(r"^(epoch \d+ \(\d+ of \d+\)): loss", text, re.M)]
 
 
 def test_the_systemd_script_runs_a_real_night(warmup, tmp_path):
@@ -225,13 +229,13 @@ def test_the_systemd_script_runs_a_real_night(warmup, tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     seen = [proc.stdout.readline() for _ in range(3)]
     assert seen[0].startswith("edge-sel nightly: new run ") and seen[1].startswith("start: the starting checkpoint")
-    assert seen[2].startswith("epoch 0/1: loss "), seen
+    assert seen[2].startswith("epoch 0 (1 of 2): loss "), seen
     [run1] = sorted(home.runs.iterdir())
     assert proc.poll() is None and len(records(run1)) == 1 and not (run1 / "summary.json").exists()
     rest, _ = proc.communicate(timeout=600)
     out = "".join(seen) + rest
     assert proc.returncode == 0
-    assert epoch_lines(out) == ["epoch 0/1", "epoch 1/1"]        # the journal's lines
+    assert epoch_lines(out) == ["epoch 0 (1 of 2)", "epoch 1 (2 of 2)"]        # the journal's lines
     assert f"promoted (first): {run1}" in out and "edge-sel nightly: the night all in: " in out
     assert home.deployed.is_symlink() and weights_digest(home.deployed) == weights_digest(run1)
     assert json.loads((run1 / "promote.json").read_text())["rule"] == "first"

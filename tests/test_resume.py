@@ -282,3 +282,27 @@ def test_ort_backend_resumes_to_the_same_records(tiny_warm, tmp_path, optimizer)
     (tmp_path / "cut" / "summary.json").unlink()       # such a run never wrote its summary
     run_cli("finetune", "--resume", tmp_path / "cut", "--quiet")
     assert stable(records(tmp_path / "cut")) == stable(records(tmp_path / "ref"))
+
+
+def test_a_pretrain_stopped_in_its_first_epoch_is_no_checkpoint_and_says_so(tmp_path, monkeypatch, capsys):
+    from edge_sel.engine.faults import SIGNAL_ENV
+    from helpers import run_main
+    out = tmp_path / "warm"
+    monkeypatch.setenv(SIGNAL_ENV, "step-2:SIGINT")         # a Ctrl-C at the second step of the first epoch
+    result = run_cli("pretrain", "--dataset", "synthetic", "--epochs", "3", "--batch-size", "16", "--out", out,
+                     expect=130)
+    monkeypatch.delenv(SIGNAL_ENV)
+    assert "best val - (epoch None)" not in result.output and "0.00 G" not in result.output
+    assert "stopped before its first epoch of 3 epochs finished" in result.output
+    assert "no checkpoint written" in result.output and f"edge-sel pretrain --resume {out}" in result.output
+    assert not (out / "model.safetensors").exists() and not (out / "model.json").exists()
+    code, err = run_main(["finetune", "--checkpoint", out, "--dataset", "synthetic", "--epochs", "1",
+                          "--out", tmp_path / "ft"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"--checkpoint {out}: a pretrain that stopped after 0 of 3 epochs, not a checkpoint; finish it with: " \
+           f"edge-sel pretrain --resume {out}" in err
+    assert not (tmp_path / "ft").exists()
+    run_cli("pretrain", "--resume", out, "--quiet")          # finished, it is a checkpoint with its source memory
+    assert (out / "model.safetensors").is_file() and (out / "anchors.safetensors").is_file()
+    run_cli("finetune", "--checkpoint", out, "--dataset", "synthetic", "--epochs", "1", "--out", tmp_path / "ft",
+            "--quiet")

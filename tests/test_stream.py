@@ -227,6 +227,28 @@ def test_bench_stream_quick_run(tmp_path):
     names = [(c["a"], c["b"]) for c in bench["comparisons"]["noise"]]
     assert ("sundew-novelty@0.1", "random@0.1") in names and ("one-per-scene@0.1", "random@0.1") in names
     assert (out / "stream.png").stat().st_size > 1000 and "scene coverage" in (out / "table.md").read_text()
+    page = (out / "report.html").read_text()
+    assert "<pre>" not in page and "|---|" not in page and page.count("<table>") == 2     # results, paired
+    assert "<th>method</th>" in page and "<img src=\"stream.png\"" in page
+
+
+def test_bench_stream_help_says_what_it_runs():
+    text = " ".join(run_cli("bench", "stream", "--help").output.split())
+    assert "--systems" not in text and "[10; --quick: 2]" in text and "2 seeds" in text
+    assert "number of scenes" in text and "fine-tuning samples" not in text
+    assert "No such option" in run_cli("bench", "stream", "--systems", "x", expect=2).output
+
+
+def test_bench_stream_accuracy_axis_stays_within_0_and_100(tmp_path, monkeypatch):
+    import matplotlib.figure
+    from edge_sel.bench import stream
+    limits = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, *a, **k: limits.extend(ax.get_ylim() for ax in fig.axes))
+    # Two seeds far apart: the 95% interval of their mean reaches far below 0.
+    rows = [{"test_acc": 0.02, "coverage": 0.5}, {"test_acc": 0.6, "coverage": 0.5}]
+    stream.plot({"results": {"noise": {"random@0.1": rows}}, "activations": [0.1]}, tmp_path)
+    assert limits and all(low >= 0 and high <= 100 for low, high in limits)
 
 
 def test_bench_stream_refuses_an_unknown_method(tmp_path):

@@ -214,11 +214,8 @@ def write_outputs(bench: dict, out: Path) -> dict:
     (out / "table.md").write_text(text)
     (out / "bench.json").write_text(json.dumps(bench, indent=2, default=str))
     figures = plot(bench, out)
-    from edge_sel.report.html import esc
-    body = "".join(f"<pre>{esc(md)}</pre>") + "".join(f'<p><img src="{p.name}"></p>' for p in figures) + \
-        "<ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>"
-    (out / "report.html").write_text(f"<!doctype html><meta charset='utf-8'><title>edge-sel bench adapt</title>"
-                                     f"<h1>edge-sel bench adapt</h1>{body}")
+    from edge_sel.report.markdown import bench_page
+    (out / "report.html").write_text(bench_page("edge-sel bench adapt", md, [p.name for p in figures], notes))
     return {"table": text, "figures": figures}
 
 

@@ -115,18 +115,25 @@ QUICK_HELP = "A smoke run: tiny subset, 1-2 epochs per phase."
 SEEDS_HELP = "Seeds 0..K-1 [edge: 1, reference: 3, --quick: 1]."
 
 
-def common_options(fn=None, *, seeds_help: str = SEEDS_HELP, quick_help: str = QUICK_HELP):
-    """The options every suite has; a suite whose seeds or --quick differ says so in their help."""
+SUBSET_HELP = "Class-balanced subset of N fine-tuning samples."
+
+
+def common_options(fn=None, *, seeds_help: str = SEEDS_HELP, quick_help: str = QUICK_HELP,
+                   subset_help: str = SUBSET_HELP, systems: bool = True):
+    """The options every suite has; a suite whose seeds, --quick or --subset differ says so in their
+    help, and one that picks methods rather than systems has no --systems."""
     if fn is None:
-        return lambda f: common_options(f, seeds_help=seeds_help, quick_help=quick_help)
+        return lambda f: common_options(f, seeds_help=seeds_help, quick_help=quick_help, subset_help=subset_help,
+                                        systems=systems)
     options = [
         click.option("--data-dir", type=click.Path(path_type=Path), default=None,
                      help="Where the CIFAR-10 archive lives (--dataset cifar10)."),
         click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
                      help="Starting checkpoint for every system (default: the suite makes its own)."),
         click.option("--seeds", type=int, default=None, help=seeds_help),
-        click.option("--systems", default=None, help="Comma-separated subset of the suite's systems."),
-        click.option("--subset", type=int, default=None, help="Class-balanced subset of N fine-tuning samples."),
+        *([click.option("--systems", default=None, help="Comma-separated subset of the suite's systems.")]
+          if systems else []),
+        click.option("--subset", type=int, default=None, help=subset_help),
         click.option("--out", type=click.Path(path_type=Path), default=None, help="Output directory."),
         click.option("--overwrite", is_flag=True, help="Replace an existing --out directory."),
         click.option("--quick", is_flag=True, help=quick_help),
@@ -250,15 +257,14 @@ def reference_cmd(dataset, model_name, device, data_dir, checkpoint, seeds, syst
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, mps or auto.")
 @common_options(seeds_help="Seeds 0..K-1, paired across methods [5; --quick: 2].",
                 quick_help="A smoke run: 300 images, 1 warmup and 1 fine-tune epoch, activation 0.3, 2 seeds "
-                           "(paired differences need two).")
+                           "(paired differences need two).",
+                subset_help="Class-balanced subset of N fine-tuning samples [10000; --quick: 300].", systems=False)
 def adapt_cmd(dataset, scenarios, activations, method_names, epochs, lr, pretrain_epochs, device, data_dir,
-              checkpoint, seeds, systems, subset, out, overwrite, quick, quiet):
+              checkpoint, seeds, subset, out, overwrite, quick, quiet):
     """Adaptation to shifted local data: no adaptation, BatchNorm re-estimation, dense, random and
     sundew gates at equal activation, InfoBatch and the recipe, over paired seeds."""
     from edge_sel.bench import adapt
     ds = dataset_or_shared_cifar(dataset)
-    if systems is not None:
-        raise InputError("--systems: not used by bench adapt; pick with --methods")
     n = subset or (300 if quick else 10000)
     e = epochs or (1 if quick else 2)
     count = seeds or (2 if quick else 5)
@@ -306,15 +312,17 @@ def adapt_cmd(dataset, scenarios, activations, method_names, epochs, lr, pretrai
 @click.option("--pretrain-epochs", type=int, default=None,
               help="Epochs of the clean warmup the bench makes when --checkpoint is not given [8; --quick: 2].")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, mps or auto.")
-@common_options
+@common_options(seeds_help="Seeds 0..K-1, paired across methods [10; --quick: 2].",
+                quick_help="A smoke run on digits: 150 scenes of 5 frames, activation 0.1, a 2-epoch warmup, "
+                           "1 fine-tune epoch, 2 seeds (paired differences need two).",
+                subset_help="Class-balanced number of scenes in the stream, each seen as --frames frames "
+                            "[1000; --quick: 150].", systems=False)
 def stream_cmd(dataset, scenarios, activations, families, frames, order, epochs, lr, pretrain_epochs, device,
-               data_dir, checkpoint, seeds, systems, subset, out, overwrite, quick, quiet):
+               data_dir, checkpoint, seeds, subset, out, overwrite, quick, quiet):
     """Gates on a camera's stream of near-duplicate frames: random, sundew, sundew with novelty and one
     frame per scene, at equal activation over paired seeds (--subset: number of scenes)."""
     from edge_sel.bench import stream
     ds = dataset or ("digits" if quick else dataset_or_shared_cifar(None))
-    if systems is not None:
-        raise InputError("--systems: not used by bench stream; pick with --methods")
     n = subset or (150 if quick else 1000)
     f = frames or (5 if quick else 10)
     e = epochs or (1 if quick else 3)
@@ -382,18 +390,18 @@ def stream_cmd(dataset, scenarios, activations, families, frames, order, epochs,
                    "(segments cycling the domains, classes in runs of 30), N images a call; 0: whole batches only.")
 @common_options(seeds_help="Seeds 0..K-1, paired across methods [5; --quick: 2].",
                 quick_help="A smoke run on digits: 3 nights, 2 seeds, 6 methods, 150 images a night, 1 epoch, "
-                           "its own warmup.")
+                           "its own warmup.",
+                subset_help="Images a night, class-balanced, drawn anew each night [1000; --quick: 150].",
+                systems=False)
 def lifelong_cmd(dataset, schedule, shifts, method_names, levers, epochs, lr, test_subset, val_subset, pretrain_epochs,
                  device, predict_batch,
-                 data_dir, checkpoint, seeds, systems, subset, out, overwrite, quick, quiet):
+                 data_dir, checkpoint, seeds, subset, out, overwrite, quick, quiet):
     """A device's life: a schedule of nights (fine-tune from the deployed model on tonight's data, then
     promote), one device per method and seed; the deployed model's accuracy on every domain after
     every night, forgetting, counted FLOPs and joules all in, single-night references and the aims
     (--subset: images a night, drawn anew each night)."""
     from edge_sel.bench import lifelong, lifelong_report
     ds = dataset or ("digits" if quick else dataset_or_shared_cifar(None))
-    if systems is not None:
-        raise InputError("--systems: not used by bench lifelong; pick with --methods")
     n = subset or (150 if quick else 1000)
     e = epochs or (1 if quick else 2)
     count = seeds or (2 if quick else 5)

@@ -160,6 +160,8 @@ def plot(bench: dict, out: Path) -> Path:
         axes[0][col].set_title(f"{scenario} stream", fontsize=9)
         axes[0][col].set_ylabel("test accuracy % (95% CI over seeds)")
         axes[1][col].set_ylabel("scene coverage per epoch %")
+        clip_to_percent(axes[0][col])      # a wide interval over few seeds must not draw accuracy below 0
+        clip_to_percent(axes[1][col])
         for ax in axes[:, col]:
             ax.set_xlabel("target activation")
             ax.grid(alpha=0.3)
@@ -169,6 +171,11 @@ def plot(bench: dict, out: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def clip_to_percent(ax) -> None:
+    low, high = ax.get_ylim()
+    ax.set_ylim(max(low, 0.0), min(high, 100.0))
 
 
 def _scenes(bench: dict) -> str:
@@ -195,11 +202,8 @@ def write_outputs(bench: dict, out: Path) -> dict:
     (out / "table.md").write_text(text)
     (out / "bench.json").write_text(json.dumps(bench, indent=2, default=str))
     figure = plot(bench, out)
-    from edge_sel.report.html import esc
-    body = f"<pre>{esc(md)}</pre><p><img src='{figure.name}'></p><ul>" + \
-        "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>"
-    (out / "report.html").write_text("<!doctype html><meta charset='utf-8'><title>edge-sel bench stream</title>"
-                                     f"<h1>edge-sel bench stream</h1>{body}")
+    from edge_sel.report.markdown import bench_page
+    (out / "report.html").write_text(bench_page("edge-sel bench stream", md, [figure.name], notes))
     return {"table": text, "figure": figure}
 
 

@@ -144,8 +144,30 @@ def save_checkpoint(directory: Path, model: torch.nn.Module, card: ModelCard) ->
         fsync_dir(directory)
 
 
+def refuse_unfinished_pretrain(directory: Path) -> None:
+    """A pretrain's run directory that a stop signal ended before its last epoch holds no
+    checkpoint (older versions wrote one): said in one line with the way to finish it, rather than
+    'model.json is missing' or, worse, a fine-tune from half-trained weights."""
+    try:
+        config = json.loads((directory / "config.json").read_text())
+        summary = json.loads((directory / "summary.json").read_text()) if (directory / "summary.json").is_file() \
+            else {}
+    except (OSError, ValueError):
+        return
+    if not isinstance(config, dict) or config.get("phase") != "pretrain" or not isinstance(summary, dict):
+        return
+    stopped = summary.get("stop_reason") == "interrupted"
+    if stopped or not (directory / "model.json").is_file():
+        done = summary.get("epochs_run")
+        said = f"stopped after {done} of {config.get('epochs')} epochs" if stopped and done is not None else \
+            "did not finish"
+        raise InputError(f"--checkpoint {directory}: a pretrain that {said}, not a checkpoint; finish it with: "
+                         f"edge-sel pretrain --resume {directory}")
+
+
 def read_card(directory: Path) -> ModelCard:
     directory = existing_dir(directory, "--checkpoint")
+    refuse_unfinished_pretrain(directory)
     meta = required_file(directory, "model.json", "--checkpoint", "checkpoint")
     try:
         d = json.loads(meta.read_text())

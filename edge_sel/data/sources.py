@@ -124,6 +124,8 @@ def load_folder(path: Path, image_size: int | None = None) -> tuple[IndexedDatas
 
 def load_source(spec: str, data_dir: Path | None = None,
                 image_size: int | None = None) -> tuple[IndexedDataset, IndexedDataset]:
+    if image_size is not None and spec in DATASET_NAMES:
+        raise InputError(f"--image-size {image_size}: resizes folder images only; --dataset {spec} has its own size")
     if spec == "digits":
         return load_digits()
     if spec == "synthetic":

@@ -305,12 +305,7 @@ def build_bank(start: Path, model: nn.Module, input_shape: list[int], mean, std,
         oldest = min(conditions[1:], key=lambda c: c.info.get("last_seen", 0))
         conditions.remove(oldest)
         match.setdefault("dropped", []).append(oldest.name)
-    source = None
-    if source_state is not None:
-        source = (weights_key(model, source_state),
-                  {n: (source_state[f"{n}.running_mean"], source_state[f"{n}.running_var"])
-                   for n, _ in named_batchnorm(model)})
-    bank = ConditionBank(conditions, mean, std, radius, match, source)
+    bank = ConditionBank(conditions, mean, std, radius, match, source_statistics(model, source_state))
     bank.chooser()                            # described once, here, where its cost is charged
     described = sum(len(c.images) for c in conditions)
     return bank, {"samples": fingerprinted + described,
@@ -335,6 +330,27 @@ def attach_saved_bank(model: nn.Module, directory: Path, card) -> ConditionBank 
     bank = ConditionBank(conditions, card.mean, card.std, 0.0, {})
     bank.attach(model)
     return bank
+
+
+def run_bank_for(model: nn.Module, run_dir: Path, card, source_state: dict | None = None) -> ConditionBank | None:
+    """A run's bank (its conditions and their images, as written beside its output model) to be
+    re-estimated for other weights: how promote judges the deployed model the way the run judged
+    its start (the same conditions, tonight's included, each estimated for those weights on the
+    same images). `source_state`: the source weights, whose condition then keeps their own
+    statistics, as in the run. None when the run wrote no bank."""
+    saved = read_bank(run_dir, list(card.input_shape), model)
+    if saved is None:
+        return None
+    conditions = [Condition(s.name, s.images, {}, s.nights, dict(s.info), s.fingerprint) for s in saved]
+    return ConditionBank(conditions, card.mean, card.std, 0.0, {}, source_statistics(model, source_state))
+
+
+def source_statistics(model: nn.Module, source_state: dict | None) -> tuple[str, dict] | None:
+    """The source weights' key and their own running statistics (ConditionBank.source)."""
+    if source_state is None:
+        return None
+    return (weights_key(model, source_state),
+            {n: (source_state[f"{n}.running_mean"], source_state[f"{n}.running_var"]) for n, _ in named_batchnorm(model)})
 
 
 def make_bank(cfg, start: Path, model: nn.Module, card, train: IndexedDataset, memory,

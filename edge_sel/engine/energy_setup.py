@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from edge_sel.config import GUARD_TEMP_C
 from edge_sel.errors import InputError
 
 
@@ -26,6 +27,11 @@ class EnergyOptions:
             raise InputError(f"--energy-budget must be > 0 joules, got {self.budget_j}")
         if not self.max_pause_s > 0:
             raise InputError(f"--max-pause must be > 0 seconds, got {self.max_pause_s}")
+        low, high = GUARD_TEMP_C
+        if self.max_temp_c is not None and not low <= self.max_temp_c <= high:
+            raise InputError(f"--max-temp must be between {low:g} and {high:g} C, got {self.max_temp_c}")
+        if self.watts_per_core is not None and not self.watts_per_core > 0:
+            raise InputError(f"--watts-per-core must be > 0, got {self.watts_per_core}")
         if self.hysteresis_c < 0:
             raise InputError(f"thermal hysteresis must be >= 0, got {self.hysteresis_c}")
         return self

@@ -21,6 +21,7 @@ import copy
 import dataclasses
 import datetime
 import json
+import os
 import re
 import signal
 from dataclasses import dataclass, field
@@ -46,22 +47,39 @@ class Home:
     runs: Path
     deployed: Path      # the model in use: a link to a versioned directory (engine/deployed_swap.py)
     warmup: Path        # the server's checkpoint, the start while nothing is deployed
+    # How the user set each place ("--runs", "EDGE_SEL_RUNS", "--home"), so an error names that.
+    said: dict = field(default_factory=dict, compare=False)
 
     @classmethod
     def at(cls, home: Path, runs: Path | None = None, deployed: Path | None = None,
-           warmup: Path | None = None) -> "Home":
+           warmup: Path | None = None, said: dict | None = None) -> "Home":
         home = Path(home)
         return cls(Path(runs) if runs else home / "runs",
                    Path(deployed) if deployed else home / "checkpoints" / "deployed",
-                   Path(warmup) if warmup else home / "checkpoints" / "warmup")
+                   Path(warmup) if warmup else home / "checkpoints" / "warmup", dict(said or {}))
+
+    def named(self, place: str) -> str:
+        return self.said.get(place, f"--{place}")
+
+    def check_runs_writable(self) -> None:
+        """Tonight's run directory goes under RUNS: a place that cannot take it is named as the
+        user set it (not as the run's --out, which they never typed)."""
+        nearest = self.runs      # checked, not created: a night refused later must leave nothing behind
+        while not nearest.exists() and nearest != nearest.parent:
+            nearest = nearest.parent
+        if not nearest.is_dir():
+            raise InputError(f"{self.named('runs')} {self.runs}: cannot create ({nearest} is not a directory)")
+        if not os.access(nearest, os.W_OK | os.X_OK):
+            raise InputError(f"{self.named('runs')} {self.runs}: cannot write in {nearest} (read-only or not "
+                             f"permitted)")
 
     def start_checkpoint(self) -> Path:
         """The model a new run fine-tunes: the deployed one, else the warmup."""
         if (self.deployed / "model.safetensors").is_file():
             return self.deployed
         if not (self.warmup / "model.safetensors").is_file():
-            raise InputError(f"--warmup {self.warmup}: no checkpoint there (model.safetensors is missing), and "
-                             f"nothing is deployed at --deployed {self.deployed}")
+            raise InputError(f"{self.named('warmup')} {self.warmup}: no checkpoint there (model.safetensors is "
+                             f"missing), and nothing is deployed at {self.named('deployed')} {self.deployed}")
         return self.warmup
 
 
@@ -107,7 +125,8 @@ def night(home: Home, data: DataOptions, cfg: TrainConfig, energy: EnergyOptions
     roll_back_damaged_deployed(home, say)
     latest = latest_run(home.runs)
     if latest is not None and unfinished(latest):
-        say(f"edge-sel nightly: resuming {latest}")
+        say(f"edge-sel nightly: resuming {latest} with the options and data it started with (its config.json); "
+            f"tonight's are set aside{set_aside_said(latest, cfg, data)}")
         try:
             summary = resume(latest, quiet, phase="finetune")
             run_dir, resumed = latest, True
@@ -126,6 +145,7 @@ def night(home: Home, data: DataOptions, cfg: TrainConfig, energy: EnergyOptions
             say(f"edge-sel nightly: resuming {latest} failed {tries} nights running ({e.__class__.__name__}: {e}); "
                 f"kept as {abandoned}, starting a new run")
     if summary is None:
+        home.check_runs_writable()
         start = home.start_checkpoint()
         set_aside_damaged_bank(start, say)
         if cfg.bn_conditions is None:       # the night's default: statistics per condition where they can be kept
@@ -177,6 +197,29 @@ def load_error(checkpoint: Path) -> str | None:
     except InputError as e:
         return str(e)
     return None
+
+
+def set_aside_said(run_dir: Path, cfg: TrainConfig, data: DataOptions) -> str:
+    """Which of tonight's settings differ from those the resumed run keeps: ' (--epochs 3, not 5)'."""
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(saved, dict):
+        return ""
+    tonight = {**cfg.to_json(), "data": dataclasses.asdict(data)}
+    differ = []
+    for key, value in tonight.items():
+        if key in ("explicit", "method", "bn_conditions") or key not in saved:
+            continue     # bookkeeping, or decided by the night itself
+        kept = saved[key]
+        pairs = value.items() if key == "data" and isinstance(kept, dict) else [(key, value)]
+        for name, now in pairs:
+            before = kept.get(name) if key == "data" else kept
+            # "auto" is resolved by the run itself (and written back); a night draws its own subset
+            if name != "subset_seed" and now != "auto" and str(now) != str(before):
+                differ.append(f"--{name.replace('_', '-')} {now}, not {before}")
+    return f" ({'; '.join(differ)})" if differ else ""
 
 
 def set_aside_damaged_bank(start: Path, say) -> None:

@@ -35,10 +35,16 @@ class ProgressLog:
         r = record
         energy = (f", {_f(r.get('energy_j'), '.1f')} J {r.get('energy_source')}/{r.get('energy_method')}"
                   if r.get("energy_j") is not None else "")
-        self.line(f"epoch {r.get('epoch')}/{self.epochs - 1}: loss {_f(r.get('train_loss'))} train "
+        self.line(f"{self.epoch_said(r.get('epoch'))}: loss {_f(r.get('train_loss'))} train "
                    f"{_f(r.get('train_acc'))} val {_f(r.get('val_acc'))}{self.anchors(r)} test {_f(r.get('test_acc'))} active "
                    f"{_f(r.get('activation'), '.2f')}, {(r.get('flops_train') or 0) / 1e9:.2f} GFLOP, "
                    f"{_f(r.get('wall_s'), '.1f')} s{energy}; evaluation {_f(r.get('eval_wall_s'), '.1f')} s")
+
+    def epoch_said(self, epoch) -> str:
+        """Records count epochs from 0: 'epoch 7 (8 of 8)', never 'epoch 7/7' for a run of 8."""
+        if not isinstance(epoch, int) or not self.epochs:
+            return f"epoch {epoch}"
+        return f"epoch {epoch} ({epoch + 1} of {self.epochs})"
 
     @staticmethod
     def anchors(record: dict) -> str:

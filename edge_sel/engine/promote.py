@@ -31,7 +31,7 @@ NOT_PROMOTED_EXIT = 3       # a run judged and not deployed: not a failure (the 
 class Decision:
     promote: bool
     # interrupted | pretrain | other-start | no-validation | forgets | restores | not-better | no-gain
-    # | better | first | forced-first
+    # | better | new-condition | first | forced-first
     rule: str
     why: str
     candidate_val_acc: float | None = None
@@ -97,6 +97,13 @@ def decide(run_dir: Path, deployed: Path, force: bool = False, evaluate=None,
                                               f"model deployed now; --force judges it against it anyway", candidate)
     if candidate is None:
         return Decision(False, "no-validation", "the run has no validation accuracy to compare", candidate)
+    if (summary.get("kept") or {}).get("kept") == "warmup" and new_condition(summary):
+        # The deployed weights, judged with the run's statistics, are the candidate itself: what
+        # changes is the bank, which now keeps tonight's condition.
+        return Decision(True, "new-condition", f"the run's weights are the deployed model's, and its BatchNorm "
+                                               f"statistics add tonight's condition "
+                                               f"({summary['bn_bank']['tonight'].get('condition')}), which the "
+                                               f"deployed model does not keep", candidate)
     deployed_acc, deployed_anchor, cost = (evaluate or validate_deployed)(config, deployed, run_dir)
     limit = max_forgetting if max_forgetting is not None else config.get("max_forgetting")
     guard = Guard(out.get("anchor_acc"), deployed_anchor, source_anchor_acc(run_dir), limit)
@@ -107,11 +114,18 @@ def decide(run_dir: Path, deployed: Path, force: bool = False, evaluate=None,
         return Decision(False, "forgets", guard.forgets_why(), **numbers)
     if guard.restores():
         return Decision(True, "restores", guard.restores_why(candidate, deployed_acc), **numbers)
+    judged = JUDGED_WITH_RUN_BANK if (cost or {}).get("bn_bank") == "the run's" else ""
     if deployed_acc is not None and candidate <= deployed_acc:
         return Decision(False, "not-better", f"validation accuracy {_pct(candidate)} does not beat the deployed "
-                                             f"model's {_pct(deployed_acc)}", **numbers)
+                                             f"model's {_pct(deployed_acc)}{judged}", **numbers)
     return Decision(True, "better", f"validation accuracy {_pct(candidate)} beats the deployed model's "
-                                    f"{_pct(deployed_acc)}", **numbers)
+                                    f"{_pct(deployed_acc)}{judged}", **numbers)
+
+
+# Said beside the deployed model's figure when it was judged with the run's bank, so that a reader
+# finds it equal to the run's starting figure and knows why it is not what the model scores alone.
+JUDGED_WITH_RUN_BANK = (" (its weights with the run's BatchNorm statistics per condition, tonight's included, as "
+                        "the run judged its start)")
 
 
 @dataclass
@@ -171,7 +185,7 @@ def validate_deployed(config: dict, deployed: Path, run_dir: Path | None = None)
 
     from edge_sel.core.flops import FlopCounter
     from edge_sel.engine.anchors import load_memory
-    from edge_sel.engine.bn_bank import attach_saved_bank
+    from edge_sel.engine.bn_bank import attach_saved_bank, run_bank_for
     from edge_sel.engine.evaluate import accuracy, evaluation_flops, predict_dataset, validation_subset
     from edge_sel.engine.run import DataOptions, check_compatible
     from edge_sel.models import load_checkpoint
@@ -180,11 +194,22 @@ def validate_deployed(config: dict, deployed: Path, run_dir: Path | None = None)
     splits = data.load()
     model, card = load_checkpoint(deployed)
     check_compatible(card, splits, deployed)
-    bank = attach_saved_bank(model, deployed, card)     # its statistics per condition, if it keeps them
     val = validation_subset(splits.val, config.get("val_subset") or 0)
     memory = None if run_dir is None else load_memory(Path(run_dir), card, splits.train)
-    batch = config.get("eval_batch_size") or 256
+    batch = config.get("eval_batch_size") or run_eval_batch(run_dir) or 256
     counter = FlopCounter(model, list(splits.val.input_shape))
+    # Judged as the run judged its start: with the run's bank (tonight's condition included), each
+    # condition re-estimated for the deployed weights; without one, with the deployed model's own.
+    bank = None if run_dir is None else run_bank_for(model, Path(run_dir), card,
+                                                     memory.source if memory is not None else None)
+    refreshed = {"flops": 0, "samples": 0}
+    if bank is not None:
+        refreshed = bank.refresh(model, counter, batch)
+        bank.attach(model)
+        judged_with = "the run's"
+    else:
+        bank = attach_saved_bank(model, deployed, card)     # its statistics per condition, if it keeps them
+        judged_with = "its own" if bank is not None else None
 
     def judge(ds) -> tuple[float | None, float, int]:
         t0 = time.perf_counter()
@@ -196,15 +221,25 @@ def validate_deployed(config: dict, deployed: Path, run_dir: Path | None = None)
         return accuracy(logits, ds.labels), time.perf_counter() - t0, flops
     described = 0 if bank is None else sum(len(c.images) for c in bank.conditions) * feature_flops(splits.val.input_shape)
     val_acc, wall, flops = judge(val)
-    flops += described          # the bank's conditions described once, to choose between them
+    flops += described + refreshed["flops"]     # the conditions described once to choose between them; re-estimated
     cost = {"samples": len(val), "flops": flops, "wall_s": wall, "device": "cpu", "energy": "not measured",
-            **({"flops_bank_choice": described} if bank is not None else {})}
+            **({"flops_bank_choice": described, "bn_bank": judged_with} if bank is not None else {}),
+            **({"flops_bank_estimate": refreshed["flops"]} if refreshed["flops"] else {})}
     anchor_acc = None
     if memory is not None:
         anchor_acc, anchor_wall, anchor_flops = judge(memory.guard)
         cost.update(flops=flops + anchor_flops, wall_s=wall + anchor_wall, anchor_samples=len(memory.guard),
                     anchor_flops=anchor_flops, anchor_wall_s=anchor_wall)
     return val_acc, anchor_acc, cost
+
+
+def run_eval_batch(run_dir: Path | None) -> int | None:
+    """The evaluation batch the run chose (its layout), so the deployed model's statistics are
+    re-estimated in the same batches as the run's start was."""
+    try:
+        return json.loads((Path(run_dir) / "summary.json").read_text())["layout"]["eval_batch_size"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def promote(run_dir: Path, deployed: Path, force: bool = False, evaluate=None,

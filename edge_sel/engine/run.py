@@ -70,6 +70,7 @@ class DataOptions:
         self._source = (train_full, test)        # for warmup_train_ids, without reading it again
         splits = make_splits(train_full, test, self.val_fraction, parse_shard(self.shard), self.subset,
                              self.per_class_cap, self.split_seed, self.subset_seed, self.test_subset)
+        warn_short_subsets(splits, self.subset, self.test_subset)
         return apply_shift(splits, parse_shift(self.shift), self.shift_seed)
 
     def warmup_train_ids(self, trained: dict):
@@ -79,6 +80,16 @@ class DataOptions:
                            trained.get("subset"), trained.get("per_class_cap"), trained["split_seed"],
                            trained.get("subset_seed"))
         return warm.train.index
+
+
+def warn_short_subsets(splits: Splits, subset: int | None, test_subset: int | None) -> None:
+    """A subset larger than the data is all of it: said, so a number typed is never silently not
+    what ran."""
+    for option, asked, got, what in (("--subset", subset, len(splits.train), "training samples (after the "
+                                      "validation split, shard and cap)"),
+                                     ("--test-subset", test_subset, len(splits.test), "test images")):
+        if asked is not None and asked > got:
+            warnings.warn(f"{option} {asked}: there are only {got} {what}; all {got} are used")
 
 
 def check_out_dir(out: Path, overwrite: bool) -> Path:
@@ -285,8 +296,17 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
         return {"run_dir": str(out), "rank": world.rank, "epochs_run": len(records)}
     if phase != "pretrain" and memory is None:
         card.source_memory = None       # the card states files the run directory holds, no others
-    save_checkpoint(out, model.cpu(), card)
-    bank_written = write_bank_for(trainer.bank, model, out)
+    # A pretrain stopped before its last epoch is no warmup: writing its weights as a checkpoint
+    # would let a fine-tune start from a half-trained model without a word (and without the source
+    # memory a finished pretrain ships). Its state is kept for --resume; a checkpoint's files are not.
+    unfinished_pretrain = phase == "pretrain" and interrupted
+    if unfinished_pretrain:
+        for name in ("model.json", "model.safetensors"):
+            (out / name).unlink(missing_ok=True)
+        bank_written = None
+    else:
+        save_checkpoint(out, model.cpu(), card)
+        bank_written = write_bank_for(trainer.bank, model, out)
     faults.point("model-written")
     # source_info first: a pretrain's names its model by a string, which the card's dict replaces here.
     summary = summarize(records, {
@@ -304,6 +324,9 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
         **({"validation_size": trainer.val_size_choice} if trainer.val_size_choice else {}),
         **({"world_size": world.size, "distributed": ranks.describe()} if ranks else {}),
     }, baseline=trainer.baseline, kept=kept)
+    if unfinished_pretrain:
+        summary["output_model"] = None
+        summary["epochs_planned"] = cfg.epochs
     if trainer.bank is not None:
         summary["bn_bank"] = {**trainer.bank.describe(), "bytes": bank_written,
                               "written": bank_written is not None}

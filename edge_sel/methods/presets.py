@@ -1,7 +1,8 @@
 """Named configurations that reproduce a published recipe exactly (for the reference benchmark),
 all of them here: the SEL seed's (sel-95, warmup-sel, sel-v3), the AST seed's (ast-prod, ast-two)
 and the adaptation recipe (adapt). A preset may set the strategy, updater, optimizer and method
-options; explicit CLI values that differ from the defaults are kept and noted."""
+options; an option the user typed is kept (noted where the preset would have changed it), and a
+strategy the recipe cannot run is refused."""
 
 from __future__ import annotations
 
@@ -18,6 +19,21 @@ DEFAULT_SPARSITY: dict = {}
 
 def default_lr(optimizer: str) -> float:
     return 0.05 if optimizer == "sgd" else 1e-3   # the CLI's default for each optimizer
+
+
+def typed(cfg: TrainConfig, field: str) -> bool:
+    """True when the user chose `field` (typed it, or, without that record, set it off its default)."""
+    if cfg.explicit is not None:
+        return field in cfg.explicit
+    return getattr(cfg, field) != getattr(TrainConfig(), field)
+
+
+def needs_strategy(cfg: TrainConfig, name: str, strategy: str) -> None:
+    """A recipe that is a strategy runs it: another strategy the user typed (dense included) is
+    refused rather than replaced."""
+    if cfg.strategy != strategy and (cfg.strategy != "dense" or typed(cfg, "strategy")):
+        raise InputError(f"--preset {name}: needs --strategy {strategy}, got {cfg.strategy!r}")
+    cfg.strategy = strategy
 
 
 def preference(cfg: TrainConfig):
@@ -67,9 +83,7 @@ def _method(cfg: TrainConfig, **values) -> None:
 def _seed_recipe(cfg: TrainConfig, prefer, name: str, percentile: float, decay: float) -> None:
     """The seed's SEL: untrained-model sorting and calibration, gates printed but not enforced,
     the guilt mask with Adam, lr = 1e-3 * (1 + 2 * batch loss), batch 64, cap 2000 per class."""
-    if cfg.strategy not in ("dense", "sel"):
-        raise InputError(f"--preset {name}: needs --strategy sel, got {cfg.strategy!r}")
-    cfg.strategy = "sel"
+    needs_strategy(cfg, name, "sel")
     if cfg.sparsity is None:
         cfg.sparsity = "mask"
     for field, value in (("optimizer", "adam"), ("lr", 1e-3), ("schedule", "constant"), ("weight_decay", 0.0),
@@ -97,9 +111,7 @@ def preset_sel_v3(cfg: TrainConfig, prefer) -> None:
 # -- the AST seed ----------------------------------------------------------------------------------
 def _ast_preset(name: str, training: dict):
     def apply(cfg: TrainConfig, prefer) -> None:
-        if cfg.strategy not in ("dense", "sundew"):
-            raise InputError(f"--preset {name}: needs --strategy sundew, got {cfg.strategy!r}")
-        cfg.strategy = "sundew"
+        needs_strategy(cfg, name, "sundew")
         cfg.method["sundew_profile"] = name
         if cfg.method.get("target_activation") is None:
             cfg.method["target_activation"] = SEED_PROFILES[name]["target"]
@@ -125,15 +137,18 @@ def preset_adapt(cfg, prefer) -> None:
     at most a fifth of the run's compute. Options the user gave win; with BatchNorm statistics kept
     per condition (--bn-conditions) the bank re-estimates every condition itself, so the recipe
     re-estimates no single set."""
-    if cfg.bn_adapt == 0 and not cfg.bn_conditions:
+    if not typed(cfg, "bn_adapt") and cfg.bn_adapt == 0 and not cfg.bn_conditions:
         cfg.bn_adapt = 500
-    if cfg.strategy == "dense":
+    if typed(cfg, "strategy"):
+        if cfg.strategy != "random":
+            cfg.method.setdefault("preset_notes", []).append(f"kept strategy={cfg.strategy} (preset: random)")
+    elif cfg.strategy == "dense":
         cfg.strategy = "random"
     if cfg.strategy in ("random", "sundew") and cfg.method.get("target_activation") is None:
         cfg.method["target_activation"] = 0.2
     if cfg.sparsity is None:
         cfg.sparsity = "rgn"
-    if cfg.val_subset == 0 and not cfg.val_share:
+    if not typed(cfg, "val_subset") and cfg.val_subset == 0 and not cfg.val_share:
         cfg.val_share = 0.2     # validation sized for a device (engine/val_size.py)
 
 

@@ -156,14 +156,15 @@ def _load_file(spec: ModelSpec):
         except Exception as e:
             del sys.modules[module_name]
             raise InputError(f"--model {spec.name}: {file.name} fails to import ({e.__class__.__name__}: {e})") from None
-    return _attribute(module, attr, spec.name)
+    return _attribute(module, attr, spec.name, str(file))
 
 
-def _attribute(module, attr: str, label: str):
+def _attribute(module, attr: str, label: str, where: str | None = None):
+    """`where`: what the user calls the module (a file's path; an importable module's name)."""
     target = module
     for part in attr.split("."):
         if not hasattr(target, part):
-            raise InputError(f"--model {label}: {module.__name__} has no attribute {attr!r}")
+            raise InputError(f"--model {label}: {where or module.__name__} has no attribute {attr!r}")
         target = getattr(target, part)
     if not callable(target):
         raise InputError(f"--model {label}: {attr!r} is not callable")

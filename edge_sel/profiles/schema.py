@@ -11,6 +11,7 @@ import json
 import re
 from typing import Any, Callable
 
+from edge_sel.config import GUARD_TEMP_C
 from edge_sel.errors import InputError
 
 METERS = ("nvml", "rapl", "jetson", "battery", "estimate")   # edge_sel.energy.METER_NAMES
@@ -133,7 +134,7 @@ SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
         "budget_per_epoch_j": number(0, 1e9, lo_open=True),
     },
     "thermal": {
-        "max_temp_c": number(30, 120),
+        "max_temp_c": number(*GUARD_TEMP_C),
         "hysteresis_c": number(0, 30),
     },
 }

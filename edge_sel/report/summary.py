@@ -82,13 +82,33 @@ def shipped_line(block: dict) -> str:
     a, f, s = block["anchors"], block["fisher"], block["source"]
     guard = "-" if a.get("guard_acc") is None else f"{100 * a['guard_acc']:.1f}%"
     return (f"shipped with the checkpoint: {a['samples']:,} anchors ({megabytes(a['bytes'])}: {a['replay']:,} replay, "
-            f"{a['guard']:,} guard, source accuracy on the guard {guard}), Fisher of {f['parameters'] / 1e6:.2f} M "
-            f"parameters on {f['samples']:,} samples ({megabytes(f['bytes'])}), source weights ({megabytes(s['bytes'])}); "
+            f"{a['guard']:,} guard, source accuracy on the guard {guard}), Fisher of {parameters(f['parameters'])} "
+            f"on {f['samples']:,} samples ({megabytes(f['bytes'])}), source weights ({megabytes(s['bytes'])}); "
             f"{block['flops'] / 1e9:.2f} GFLOP, {block['wall_s']:.1f} s")
+
+
+def parameters(n: int) -> str:
+    """'2,290 parameters' for a small model, '0.39 M parameters' for a larger one (never '0.00 M')."""
+    return f"{n:,} parameters" if n < 100_000 else f"{n / 1e6:.2f} M parameters"
 
 
 def megabytes(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def results_said(summary: dict) -> str:
+    """Epochs run and the accuracies they reached; a run stopped before an epoch finished says so
+    rather than printing a best epoch of None."""
+    run, planned = summary["epochs_run"], summary.get("epochs_planned") or summary.get("config", {}).get("epochs")
+    stopped = summary.get("stop_reason") == "interrupted"
+    epochs = f"stopped after {run} of {plural(planned, 'epoch')}" if stopped and planned else plural(run, 'epoch')
+    if not run:
+        planned_said = f" of {plural(planned, 'epoch')}" if planned else ""
+        return (f"stopped before its first epoch{planned_said} finished: no epoch's accuracy or counted FLOPs yet "
+                f"(the state to resume from is kept)" if stopped else "no epoch run")
+    best = summary["best_val"]
+    return (f"{epochs}, final test acc {_fmt(summary['final']['test_acc'])}, "
+            f"best val {_fmt(best['val_acc'])} (epoch {best['epoch']})")
 
 
 def print_summary(summary: dict, quiet: bool = False) -> None:
@@ -98,15 +118,17 @@ def print_summary(summary: dict, quiet: bool = False) -> None:
         click.echo(epoch_table(records))
         t = summary["totals"]
         click.echo(f"\n{summary['phase']}: {summary['model']['architecture']} on {summary['dataset'].get('name')}, "
-                   f"{plural(summary['epochs_run'], 'epoch')}, final test acc {_fmt(summary['final']['test_acc'])}, "
-                   f"best val {_fmt(summary['best_val']['val_acc'])} (epoch {summary['best_val']['epoch']})")
-        click.echo(f"counted training FLOPs {flops_split(t)}, train time {_fmt(t['train_wall_s'], '.1f')} s")
+                   + results_said(summary))
+        if summary["epochs_run"]:
+            click.echo(f"counted training FLOPs {flops_split(t)}, train time {_fmt(t['train_wall_s'], '.1f')} s")
         if t.get("energy_j") is not None:
             kind = energy_label(t.get("energy_method"))
             click.echo(f"energy {t['energy_j']:.1f} J ({kind}, source {t['energy_source']}, "
                        f"method {t['energy_method']})")
     if summary.get("output_model"):     # a torchrun rank other than 0 writes no model: no totals to show
         click.echo(all_in_line(summary))
+    elif summary.get("phase") == "pretrain" and summary.get("stop_reason") == "interrupted":
+        click.echo("no checkpoint written: a pretrain that did not finish is no warmup for a fine-tune")
     if summary.get("source_memory") and not quiet:
         click.echo(shipped_line(summary["source_memory"]))
     kept = summary.get("kept")

@@ -1,0 +1,78 @@
+"""Numeric options bounded where a value cannot make sense: refused in one line that names the
+option (or the environment variable it came from), before any data is read or any file written."""
+
+import sys
+import warnings
+
+import pytest
+from helpers import run_main
+
+QUICK = ["--dataset", "digits", "--anchors-per-class", "0", "--quiet"]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--image-size", "0"], "'--image-size': 0 is not in the range 1<=x<=4096"),
+    (["--image-size", "16"], "--image-size 16: resizes folder images only; --dataset digits has its own size"),
+    (["--max-temp", "-40"], "'--max-temp': -40.0 is not in the range 30.0<=x<=120.0"),
+    (["--epochs", "1000000000000"], "'--epochs': 1000000000000 is not in the range 0<=x<=100000"),
+    (["--subset", "0"], "'--subset': 0 is not in the range x>=1"),
+    (["--val-fraction", "1"], "'--val-fraction': 1.0 is not in the range 0<=x<1"),
+    (["--energy-budget", "0"], "'--energy-budget': 0.0 is not in the range x>0"),
+])
+def test_a_value_that_cannot_make_sense_is_one_line_exit_2(tmp_path, capsys, args, says):
+    base = ["pretrain", *QUICK, "--out", tmp_path / "run"]
+    if "--epochs" not in args:
+        base += ["--epochs", "0"]
+    code, err = run_main([*base, *args], capsys)
+    assert code == 2 and says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_image_size_0_on_a_folder_names_the_option_not_an_image(tmp_path, capsys):
+    from PIL import Image
+    for name in ("a", "b"):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (12, 12), (40 * i, 0, 0)).save(tmp_path / "images" / name / f"{i}.png")
+    code, err = run_main(["pretrain", "--dataset", f"folder:{tmp_path / 'images'}", "--image-size", "0",
+                          "--epochs", "0", "--out", tmp_path / "run", "--quiet"], capsys)
+    assert code == 2 and "'--image-size'" in err and ".png" not in err
+
+
+def test_a_subset_larger_than_the_data_says_all_of_it_is_used(tmp_path, capsys):
+    with warnings.catch_warnings():
+        # Printed to stderr as the command prints it, not recorded by pytest.
+        warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: \
+            sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+        warnings.simplefilter("always")
+        code, err = run_main(["pretrain", *QUICK, "--epochs", "0", "--fisher-samples", "0", "--subset", "10000000",
+                              "--out", tmp_path / "run"], capsys)
+    assert code == 0
+    assert "edge-sel: warning: --subset 10000000: there are only 1295 training samples" in err
+    assert "all 1295 are used" in err
+
+
+@pytest.mark.parametrize("variable, value, says", [
+    ("EDGE_SEL_BN_CONDITIONS", "1", "EDGE_SEL_BN_CONDITIONS='1' (the environment's --bn-conditions): "
+                                    "1 is neither 0 (off) nor >= 2"),
+    ("EDGE_SEL_EPOCHS", "-3", "EDGE_SEL_EPOCHS='-3' (the environment's --epochs)"),
+])
+def test_a_bad_value_from_the_environment_names_the_variable(tmp_path, capsys, monkeypatch, variable, value, says):
+    monkeypatch.setenv(variable, value)
+    code, err = run_main(["night", "--home", tmp_path, "--profile", "generic"], capsys)
+    assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_bn_conditions_0_is_off_and_1_is_refused_saying_so(tmp_path, capsys):
+    code, err = run_main(["finetune", "--checkpoint", tmp_path, "--epochs", "1", "--bn-conditions", "1",
+                          "--out", tmp_path / "run"], capsys)
+    assert code == 2 and "'--bn-conditions': 1 is neither 0 (off) nor >= 2" in err
+
+
+def test_a_runs_directory_that_cannot_be_made_is_named_as_the_user_set_it(tmp_path, capsys, monkeypatch):
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("EDGE_SEL_RUNS", str(tmp_path / "a-file" / "runs"))
+    code, err = run_main(["night", "--home", tmp_path, "--warmup", tmp_path, "--dataset", "digits",
+                          "--profile", "generic", "--epochs", "1"], capsys)
+    assert code == 2 and f"EDGE_SEL_RUNS {tmp_path / 'a-file' / 'runs'}: cannot create" in err, err
+    assert "--out" not in err
