@@ -38,10 +38,14 @@ def test_frames_of_a_scene_never_cross_splits():
     assert len(splits.train) == 6 * len(train_scenes)           # every frame of every training scene
     assert train_scenes.isdisjoint(scene_of(splits.val).tolist())
     assert train_scenes.isdisjoint(scene_of(splits.test).tolist())
-    # Validation and test: one frame per scene, each scene's label kept.
+    # Validation and test: one frame per scene, each scene's label kept (the test split checked as well:
+    # a test split holding every frame of its scenes passed when only validation was).
     assert len(splits.val) == len(set(scene_of(splits.val).tolist())) == 40
+    assert len(splits.test) == 40 and sorted(scene_of(splits.test).tolist()) == test.index.tolist()
     by_id = dict(zip(full.index.tolist(), full.labels.tolist()))
     assert all(by_id[s] == y for s, y in zip(scene_of(splits.train).tolist(), splits.train.labels.tolist()))
+    test_by_id = dict(zip(test.index.tolist(), test.labels.tolist()))
+    assert all(test_by_id[s] == y for s, y in zip(scene_of(splits.test).tolist(), splits.test.labels.tolist()))
     dedup = apply_shift(make_splits(full, test, val_fraction=0.25, shard_kn=(1, 2)), parse_shift("frames=6:dedup"), 3)
     assert sorted(scene_of(dedup.train).tolist()) == sorted(train_scenes)
 
