@@ -16,7 +16,7 @@ from edge_sel.engine import faults
 from edge_sel.engine.deployed_swap import swap_in
 from edge_sel.engine.bn_bank import (DEFAULT_RADIUS, ConditionBank, Condition, attach_saved_bank, fingerprint_flops,
                                      images_fingerprint)
-from edge_sel.engine.evaluate import accuracy, predict_dataset
+from edge_sel.engine.evaluate import accuracy, evaluation_flops, predict_dataset
 from edge_sel.engine.life import Home
 from edge_sel.engine.run import DataOptions
 from edge_sel.models import load_checkpoint
@@ -128,6 +128,13 @@ def test_every_pass_of_the_bank_is_counted(warm, adapted):
         assert r["flops_bn_bank"] == r["bn_bank_samples"] * per_image + evaluated(r) * chosen
     totals = summary(adapted)["totals"]
     assert totals["flops_eval"] == sum(r["flops_eval"] for r in [base, *epochs])
+    # ... and into each record's evaluation FLOPs, beside the passes over the evaluated sets (the
+    # totals alone passed with the bank's FLOPs left out of flops_eval).
+    passes = lambda n: evaluation_flops(FlopCounter(model, shape), n, 256)
+    for r in [base, *epochs]:
+        assert r["flops_anchor"] == passes(r["anchor_samples_evaluated"])
+        assert r["flops_eval"] == (passes(r["val_samples_evaluated"]) + passes(r["test_samples_evaluated"])
+                                   + r["flops_anchor"] + r["flops_bn_bank"])
 
 
 def test_training_is_what_it_was_without_the_bank(warm, tmp_path):
