@@ -11,11 +11,12 @@ import torch
 
 from helpers import digits_warmup_with_memory, records, run_cli, run_main, stable, summary, without_memory
 from edge_sel.core.bn_bank import BANK_FILE, read_bank
+from edge_sel.core.source_memory import read_source_memory
 from edge_sel.core.flops import FlopCounter
 from edge_sel.engine import faults
 from edge_sel.engine.deployed_swap import swap_in
 from edge_sel.engine.bn_bank import (DEFAULT_RADIUS, ConditionBank, Condition, attach_saved_bank, fingerprint_flops,
-                                     images_fingerprint)
+                                     images_fingerprint, named_batchnorm, weights_key)
 from edge_sel.engine.evaluate import accuracy, evaluation_flops, predict_dataset
 from edge_sel.engine.life import Home
 from edge_sel.engine.run import DataOptions
@@ -82,8 +83,26 @@ def test_each_image_is_told_noise_and_blur_by_its_laplacian(warm):
     assert matched[0] > 0.75 and matched[1] > 0.7 and matched[2] > 0.95, matched
 
 
+def assert_the_bank_is_its_models(out):
+    """Every saved condition's statistics are what the output model's weights give on its images,
+    re-estimated here (the source's: its own running statistics while the weights are the source's)."""
+    model, card = load_checkpoint(out)
+    shape = list(card.input_shape)
+    saved = read_bank(out, shape)
+    state = read_source_memory(out, shape).source
+    source = (weights_key(model, state), {n: (state[f"{n}.running_mean"], state[f"{n}.running_var"])
+                                         for n, _ in named_batchnorm(model)})
+    bank = ConditionBank([Condition(c.name, c.images) for c in saved], card.mean, card.std, DEFAULT_RADIUS, {}, source)
+    bank.refresh(model, FlopCounter(model, shape), 256)
+    for fresh, kept in zip(bank.conditions, saved):
+        for layer, (mean, var) in fresh.stats.items():
+            assert torch.allclose(kept.stats[layer][0], mean, atol=1e-5), (kept.name, layer)
+            assert torch.allclose(kept.stats[layer][1], var, atol=1e-5), (kept.name, layer)
+
+
 def test_a_new_condition_is_kept_and_each_batch_gets_its_own(warm, adapted):
     bank = summary(adapted)["bn_bank"]
+    assert_the_bank_is_its_models(adapted)
     assert bank["tonight"]["new"] and bank["tonight"]["condition"] == "condition-1"
     assert bank["tonight"]["distances"]["source"] > DEFAULT_RADIUS and bank["written"]
     assert [c["name"] for c in bank["conditions"]] == ["source", "condition-1"]
@@ -167,6 +186,24 @@ def test_a_cut_run_with_a_bank_resumes_to_the_unbroken_records(warm, tmp_path, m
     for a, b in zip(cut, whole):
         assert torch.equal(a.images, b.images)
         assert all(torch.equal(x, y) for layer in a.stats for x, y in zip(a.stats[layer], b.stats[layer]))
+    assert_the_bank_is_its_models(tmp_path / "whole")
+
+
+def test_a_saved_bank_is_its_output_models(warm, tmp_path, monkeypatch):
+    """Mutations this catches: the end's re-estimation for kept weights other than the last evaluated
+    skipped while the bank is marked refreshed, and a stopped run's stale statistics written."""
+    # A learning rate that ruins the epoch: the output model is the start's weights, evaluated
+    # before the epoch's; the bank is re-estimated for them at the end.
+    run_cli("finetune", "--checkpoint", warm, "--epochs", "1", "--lr", "5", "--out", tmp_path / "worse",
+            "--bn-conditions", "2", *LOW_CONTRAST)
+    assert summary(tmp_path / "worse")["kept"]["kept"] == "warmup"
+    assert_the_bank_is_its_models(tmp_path / "worse")
+    # Stopped mid-epoch with the last weights kept: no statistics were estimated for them.
+    monkeypatch.setenv(faults.SIGNAL_ENV, "step-5:SIGINT")
+    run_cli("finetune", "--checkpoint", warm, "--epochs", "1", "--keep", "last", "--out", tmp_path / "stopped",
+            "--bn-conditions", "2", *LOW_CONTRAST, expect=130)
+    assert summary(tmp_path / "stopped")["bn_bank"]["written"] is False
+    assert not (tmp_path / "stopped" / BANK_FILE).exists()
 
 
 def night(home, *args):
