@@ -10,13 +10,14 @@ import pytest
 import torch
 
 from helpers import digits_warmup_with_memory, records, run_cli, run_main, stable, summary, without_memory
-from edge_sel.core.bn_bank import BANK_FILE, read_bank
-from edge_sel.core.source_memory import read_source_memory
+from edge_sel.core.bn_bank import BANK_FILE, read_bank, write_bank
 from edge_sel.core.flops import FlopCounter
+from edge_sel.core.source_memory import read_source_memory
 from edge_sel.engine import faults
+from edge_sel.engine.anchors import load_memory
 from edge_sel.engine.deployed_swap import swap_in
-from edge_sel.engine.bn_bank import (DEFAULT_RADIUS, ConditionBank, Condition, attach_saved_bank, fingerprint_flops,
-                                     images_fingerprint, named_batchnorm, weights_key)
+from edge_sel.engine.bn_bank import (DEFAULT_RADIUS, ConditionBank, Condition, attach_saved_bank, build_bank,
+                                     fingerprint_flops, images_fingerprint, named_batchnorm, weights_key)
 from edge_sel.engine.evaluate import accuracy, evaluation_flops, predict_dataset
 from edge_sel.engine.life import Home
 from edge_sel.engine.run import DataOptions
@@ -236,6 +237,9 @@ def test_nights_keep_conditions_and_promote_deploys_them_with_the_weights(warm, 
     # A clean night is the source's condition; the source keeps its anchors.
     s, p = night(home, "--epochs", "1", "--bn-conditions", "2", *CLEAN)
     assert s["bn_bank"]["tonight"] == {**s["bn_bank"]["tonight"], "condition": "source", "new": False}
+    _, card = load_checkpoint(warm)
+    source = read_bank(sorted((home / "runs").iterdir())[-1], [1, 8, 8])[0]
+    assert torch.equal(source.images, load_memory(warm, card, digits().train).replay.images.cpu())
     # A third condition with room for two: the least recently seen (not the source) makes room.
     s, _ = night(home, "--epochs", "1", "--bn-conditions", "2", "--dataset", "digits", "--shard", "1/2",
                  "--shift", "corrupt=fog:3", *FIXED)
@@ -247,6 +251,38 @@ def test_nights_keep_conditions_and_promote_deploys_them_with_the_weights(warm, 
     run_cli("finetune", "--checkpoint", deployed, "--epochs", "1", "--out", tmp_path / "plain", *CLEAN)
     swap_in(tmp_path / "plain", deployed)
     assert not (deployed / BANK_FILE).exists() and (deployed / "anchors.safetensors").is_file()
+
+
+def test_a_bank_over_nights_keeps_the_source_anchors_refreshes_a_match_and_drops_the_least_recent(warm, tmp_path):
+    """The bank's rules night after night (build_bank, without training): the source keeps its replay
+    anchors when a night matches it, a matched condition takes tonight's images, and the condition
+    matched least recently makes room, not the oldest. Mutations this catches: the source taking
+    tonight's images, a matched condition keeping its old ones, first-in-first-out eviction."""
+    model, card = load_checkpoint(warm)
+    shape = list(card.input_shape)
+    anchors = load_memory(warm, card, digits().train)
+    start, banks = warm, []
+    for i, (shift, shard) in enumerate([(None, "1/2"), ("corrupt=contrast:4", "1/2"), ("corrupt=fog:3", "1/2"),
+                                        ("corrupt=contrast:4", "0/2"), ("corrupt=gaussian_blur:5", "1/2")]):
+        tonight = DataOptions("digits", shard=shard, shift=shift).load().train
+        bank, _ = build_bank(start, model, shape, card.mean, card.std, tonight, anchors.replay, 3, 256,
+                             DEFAULT_RADIUS, 3, f"night-{i}", anchors.source)
+        bank.refresh(model, FlopCounter(model, shape))
+        start = tmp_path / f"night-{i}"
+        start.mkdir()
+        write_bank(start / BANK_FILE, bank.to_saved())
+        banks.append(bank)
+        assert torch.equal(bank.conditions[0].images, anchors.replay.images.cpu())     # every night
+    assert banks[0].match["condition"] == "source" and not banks[0].match["new"]
+    assert [c.name for c in banks[2].conditions] == ["source", "condition-1", "condition-2"]
+    # Night 3: contrast again, from the other shard: condition-1 is matched and takes tonight's images.
+    assert banks[3].match["condition"] == "condition-1" and not banks[3].match["new"]
+    before, after = banks[2].conditions[1], banks[3].conditions[1]
+    assert len(after.images) == 256 and not torch.equal(before.images, after.images)
+    assert not torch.equal(before.fingerprint[0], after.fingerprint[0])
+    # Night 4: blur is new; condition-1 (seen on night 3) stays, condition-2 (night 2) makes room.
+    assert banks[4].match["new"] and banks[4].match["dropped"] == ["condition-2"]
+    assert [c.name for c in banks[4].conditions] == ["source", "condition-1", "condition-3"]
 
 
 @pytest.mark.parametrize("extra, says", [
