@@ -357,12 +357,14 @@ def test_bn_adapt_beside_a_bank_is_refused_and_a_nights_default_bank_yields_to_i
     assert config["bn_adapt"] == 0 and config["bn_conditions"] == 2
 
 
-def test_the_closing_lines_say_what_the_bank_did(warm, tmp_path):
+def test_the_closing_lines_say_what_the_bank_did(warm, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGE_SEL_SYSFS_ROOT", str(tmp_path / "no-sensors"))     # one known meter: the estimate
     result = run_cli("finetune", "--checkpoint", warm, "--epochs", "0", "--out", tmp_path / "said", "--bn-conditions",
                      "2", *[a for a in LOW_CONTRAST if a != "--quiet"])
     assert "the output model is the starting checkpoint (its weights, with the statistics below)" in result.output
     assert "tonight's images are the new condition condition-1" in result.output
     assert "kept: source (1 night), condition-1 (1 night) [bn_bank.safetensors" in result.output
-    # A run of no epoch states its baseline's meter.
+    # A run of no epoch states its baseline's meter, by name (`is not None` passed any meter).
     totals = summary(tmp_path / "said")["totals"]
-    assert totals["energy_method"] is not None and totals["energy_all_j"] is not None
+    (baseline,) = records(tmp_path / "said", baseline=True)
+    assert totals["energy_method"] == baseline["energy_method"] == "estimated" and totals["energy_all_j"] > 0
