@@ -10,17 +10,19 @@ import pytest
 import torch
 
 from helpers import digits_warmup_with_memory, records, run_cli, run_main, stable, summary, without_memory
-from edge_sel.core.bn_bank import BANK_FILE, read_bank
+from edge_sel.core.bn_bank import BANK_FILE, read_bank, write_bank
 from edge_sel.core.flops import FlopCounter
+from edge_sel.core.source_memory import read_source_memory
 from edge_sel.engine import faults
+from edge_sel.engine.anchors import load_memory
 from edge_sel.engine.deployed_swap import swap_in
-from edge_sel.engine.bn_bank import (DEFAULT_RADIUS, ConditionBank, Condition, attach_saved_bank, fingerprint_flops,
-                                     images_fingerprint)
-from edge_sel.engine.evaluate import accuracy, predict_dataset
+from edge_sel.engine.bn_bank import (DEFAULT_RADIUS, ConditionBank, Condition, attach_saved_bank, build_bank,
+                                     fingerprint_flops, images_fingerprint, named_batchnorm, weights_key)
+from edge_sel.engine.evaluate import accuracy, evaluation_flops, predict_dataset
 from edge_sel.engine.life import Home
 from edge_sel.engine.run import DataOptions
 from edge_sel.models import load_checkpoint
-from edge_sel.predict.conditions import feature_flops
+from edge_sel.predict.conditions import ConditionChooser, feature_flops, pixel_features
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -60,10 +62,48 @@ def test_the_fingerprint_sees_the_condition_not_the_classes(warm):
     assert two_classes[0] < DEFAULT_RADIUS < two_classes[1]
     assert other[1] < DEFAULT_RADIUS < other[0]
     assert float(bank.distances(*bank.conditions[0].fingerprint)[0]) == 0.0
+    # Blur leaves the pixels' mean and spread nearly as they were: the Laplacian's variance sees it
+    # (0.53 here; without the Laplacian term 0.11, inside the radius: that mutation passed before).
+    blurred = digits("corrupt=gaussian_blur:5").train.images[:200]
+    assert bank.distances(*images_fingerprint(blurred, card.mean, card.std))[0] > 2 * DEFAULT_RADIUS
+
+
+def test_each_image_is_told_noise_and_blur_by_its_laplacian(warm):
+    """One image at a time (a camera's frame), the chooser's per-image features: without their
+    Laplacian term a blurred digit was matched 80% of the time instead of 100%, a noisy one 62%
+    instead of 74% (8 x 8 digits carry little noise; as a batch both are matched either way)."""
+    _, card = load_checkpoint(warm)
+    shifts = [None, "corrupt=gaussian_noise:5", "corrupt=gaussian_blur:5"]
+    chooser = ConditionChooser.from_images(["source", "noise", "blur"], [digits(s).train.images[:256] for s in shifts],
+                                           card.mean, card.std)
+    matched = []
+    for k, shift in enumerate(shifts):
+        features = pixel_features(digits(shift).test.images[:300], card.mean, card.std)
+        alone = torch.cat([chooser.choose_batch(features[i:i + 1]) for i in range(len(features))])
+        matched.append((alone == k).float().mean().item())
+    assert matched[0] > 0.75 and matched[1] > 0.7 and matched[2] > 0.95, matched
+
+
+def assert_the_bank_is_its_models(out):
+    """Every saved condition's statistics are what the output model's weights give on its images,
+    re-estimated here (the source's: its own running statistics while the weights are the source's)."""
+    model, card = load_checkpoint(out)
+    shape = list(card.input_shape)
+    saved = read_bank(out, shape)
+    state = read_source_memory(out, shape).source
+    source = (weights_key(model, state), {n: (state[f"{n}.running_mean"], state[f"{n}.running_var"])
+                                         for n, _ in named_batchnorm(model)})
+    bank = ConditionBank([Condition(c.name, c.images) for c in saved], card.mean, card.std, DEFAULT_RADIUS, {}, source)
+    bank.refresh(model, FlopCounter(model, shape), 256)
+    for fresh, kept in zip(bank.conditions, saved):
+        for layer, (mean, var) in fresh.stats.items():
+            assert torch.allclose(kept.stats[layer][0], mean, atol=1e-5), (kept.name, layer)
+            assert torch.allclose(kept.stats[layer][1], var, atol=1e-5), (kept.name, layer)
 
 
 def test_a_new_condition_is_kept_and_each_batch_gets_its_own(warm, adapted):
     bank = summary(adapted)["bn_bank"]
+    assert_the_bank_is_its_models(adapted)
     assert bank["tonight"]["new"] and bank["tonight"]["condition"] == "condition-1"
     assert bank["tonight"]["distances"]["source"] > DEFAULT_RADIUS and bank["written"]
     assert [c["name"] for c in bank["conditions"]] == ["source", "condition-1"]
@@ -108,6 +148,13 @@ def test_every_pass_of_the_bank_is_counted(warm, adapted):
         assert r["flops_bn_bank"] == r["bn_bank_samples"] * per_image + evaluated(r) * chosen
     totals = summary(adapted)["totals"]
     assert totals["flops_eval"] == sum(r["flops_eval"] for r in [base, *epochs])
+    # ... and into each record's evaluation FLOPs, beside the passes over the evaluated sets (the
+    # totals alone passed with the bank's FLOPs left out of flops_eval).
+    passes = lambda n: evaluation_flops(FlopCounter(model, shape), n, 256)
+    for r in [base, *epochs]:
+        assert r["flops_anchor"] == passes(r["anchor_samples_evaluated"])
+        assert r["flops_eval"] == (passes(r["val_samples_evaluated"]) + passes(r["test_samples_evaluated"])
+                                   + r["flops_anchor"] + r["flops_bn_bank"])
 
 
 def test_training_is_what_it_was_without_the_bank(warm, tmp_path):
@@ -140,6 +187,24 @@ def test_a_cut_run_with_a_bank_resumes_to_the_unbroken_records(warm, tmp_path, m
     for a, b in zip(cut, whole):
         assert torch.equal(a.images, b.images)
         assert all(torch.equal(x, y) for layer in a.stats for x, y in zip(a.stats[layer], b.stats[layer]))
+    assert_the_bank_is_its_models(tmp_path / "whole")
+
+
+def test_a_saved_bank_is_its_output_models(warm, tmp_path, monkeypatch):
+    """Mutations this catches: the end's re-estimation for kept weights other than the last evaluated
+    skipped while the bank is marked refreshed, and a stopped run's stale statistics written."""
+    # A learning rate that ruins the epoch: the output model is the start's weights, evaluated
+    # before the epoch's; the bank is re-estimated for them at the end.
+    run_cli("finetune", "--checkpoint", warm, "--epochs", "1", "--lr", "5", "--out", tmp_path / "worse",
+            "--bn-conditions", "2", *LOW_CONTRAST)
+    assert summary(tmp_path / "worse")["kept"]["kept"] == "warmup"
+    assert_the_bank_is_its_models(tmp_path / "worse")
+    # Stopped mid-epoch with the last weights kept: no statistics were estimated for them.
+    monkeypatch.setenv(faults.SIGNAL_ENV, "step-5:SIGINT")
+    run_cli("finetune", "--checkpoint", warm, "--epochs", "1", "--keep", "last", "--out", tmp_path / "stopped",
+            "--bn-conditions", "2", *LOW_CONTRAST, expect=130)
+    assert summary(tmp_path / "stopped")["bn_bank"]["written"] is False
+    assert not (tmp_path / "stopped" / BANK_FILE).exists()
 
 
 def night(home, *args):
@@ -172,6 +237,9 @@ def test_nights_keep_conditions_and_promote_deploys_them_with_the_weights(warm, 
     # A clean night is the source's condition; the source keeps its anchors.
     s, p = night(home, "--epochs", "1", "--bn-conditions", "2", *CLEAN)
     assert s["bn_bank"]["tonight"] == {**s["bn_bank"]["tonight"], "condition": "source", "new": False}
+    _, card = load_checkpoint(warm)
+    source = read_bank(sorted((home / "runs").iterdir())[-1], [1, 8, 8])[0]
+    assert torch.equal(source.images, load_memory(warm, card, digits().train).replay.images.cpu())
     # A third condition with room for two: the least recently seen (not the source) makes room.
     s, _ = night(home, "--epochs", "1", "--bn-conditions", "2", "--dataset", "digits", "--shard", "1/2",
                  "--shift", "corrupt=fog:3", *FIXED)
@@ -209,6 +277,38 @@ def test_statistics_alone_for_a_new_condition_are_deployed_as_such(warm, tmp_pat
     s, p = night(home, "--epochs", "0", "--bn-conditions", "3", *LOW_CONTRAST)
     assert s["kept"]["kept"] == "warmup" and s["bn_bank"]["tonight"]["new"]
     assert p["rule"] == "new-condition" and p["promote"] and "condition-1" in p["why"]
+
+
+def test_a_bank_over_nights_keeps_the_source_anchors_refreshes_a_match_and_drops_the_least_recent(warm, tmp_path):
+    """The bank's rules night after night (build_bank, without training): the source keeps its replay
+    anchors when a night matches it, a matched condition takes tonight's images, and the condition
+    matched least recently makes room, not the oldest. Mutations this catches: the source taking
+    tonight's images, a matched condition keeping its old ones, first-in-first-out eviction."""
+    model, card = load_checkpoint(warm)
+    shape = list(card.input_shape)
+    anchors = load_memory(warm, card, digits().train)
+    start, banks = warm, []
+    for i, (shift, shard) in enumerate([(None, "1/2"), ("corrupt=contrast:4", "1/2"), ("corrupt=fog:3", "1/2"),
+                                        ("corrupt=contrast:4", "0/2"), ("corrupt=gaussian_blur:5", "1/2")]):
+        tonight = DataOptions("digits", shard=shard, shift=shift).load().train
+        bank, _ = build_bank(start, model, shape, card.mean, card.std, tonight, anchors.replay, 3, 256,
+                             DEFAULT_RADIUS, 3, f"night-{i}", anchors.source)
+        bank.refresh(model, FlopCounter(model, shape))
+        start = tmp_path / f"night-{i}"
+        start.mkdir()
+        write_bank(start / BANK_FILE, bank.to_saved())
+        banks.append(bank)
+        assert torch.equal(bank.conditions[0].images, anchors.replay.images.cpu())     # every night
+    assert banks[0].match["condition"] == "source" and not banks[0].match["new"]
+    assert [c.name for c in banks[2].conditions] == ["source", "condition-1", "condition-2"]
+    # Night 3: contrast again, from the other shard: condition-1 is matched and takes tonight's images.
+    assert banks[3].match["condition"] == "condition-1" and not banks[3].match["new"]
+    before, after = banks[2].conditions[1], banks[3].conditions[1]
+    assert len(after.images) == 256 and not torch.equal(before.images, after.images)
+    assert not torch.equal(before.fingerprint[0], after.fingerprint[0])
+    # Night 4: blur is new; condition-1 (seen on night 3) stays, condition-2 (night 2) makes room.
+    assert banks[4].match["new"] and banks[4].match["dropped"] == ["condition-2"]
+    assert [c.name for c in banks[4].conditions] == ["source", "condition-1", "condition-3"]
 
 
 @pytest.mark.parametrize("extra, says", [
@@ -283,15 +383,17 @@ def test_bn_adapt_beside_a_bank_is_refused_and_a_nights_default_bank_yields_to_i
     assert config["bn_adapt"] == 0 and config["bn_conditions"] == 2
 
 
-def test_the_closing_lines_say_what_the_bank_did(warm, tmp_path):
+def test_the_closing_lines_say_what_the_bank_did(warm, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGE_SEL_SYSFS_ROOT", str(tmp_path / "no-sensors"))     # one known meter: the estimate
     result = run_cli("finetune", "--checkpoint", warm, "--epochs", "0", "--out", tmp_path / "said", "--bn-conditions",
                      "2", *[a for a in LOW_CONTRAST if a != "--quiet"])
     assert "the output model is the starting checkpoint (its weights, with the statistics below)" in result.output
     assert "tonight's images are the new condition condition-1" in result.output
     assert "kept: source (1 night), condition-1 (1 night) [bn_bank.safetensors" in result.output
-    # A run of no epoch states its baseline's meter.
+    # A run of no epoch states its baseline's meter, by name (`is not None` passed any meter).
     totals = summary(tmp_path / "said")["totals"]
-    assert totals["energy_method"] is not None and totals["energy_all_j"] is not None
+    (baseline,) = records(tmp_path / "said", baseline=True)
+    assert totals["energy_method"] == baseline["energy_method"] == "estimated" and totals["energy_all_j"] > 0
 
 
 def test_a_lowered_k_trims_the_bank_also_when_tonight_matches_a_kept_condition(adapted, tmp_path):

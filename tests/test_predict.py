@@ -272,6 +272,11 @@ def test_promote_counts_choosing_the_deployed_models_conditions(banked, tmp_path
     per_image = feature_flops(shape) + distance_flops(2, 3)        # each judged image's features and distances
     assert with_bank["flops_bank_choice"] == kept * feature_flops(shape)
     assert with_bank["flops"] - without["flops"] == kept * feature_flops(shape) + with_bank["samples"] * per_image
+    # Judged with its bank: clean validation images take the source's statistics (a model judged
+    # without them, its bank still counted, passed: the FLOPs above are all that was checked).
+    clean = {**config, "data": {**config["data"], "shift": None}}
+    with_bank, without = validate_deployed(clean, banked)[0], validate_deployed(clean, plain)[0]
+    assert with_bank > without + 0.1
 
 
 def test_the_trigger_judges_frames_with_the_deployed_models_bank(banked, tmp_path):

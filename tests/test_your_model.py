@@ -126,9 +126,13 @@ def test_the_unregistered_model_exports_and_trains_in_the_ort_backend(warm, tmp_
     assert manifest["schemes"]["classifier"]["trainable"] == ["head.weight", "head.bias"]   # the discovered head
     run_cli("finetune", "--checkpoint", warm, "--backend", "ort", "--artifacts", tmp_path / "art" / "full",
             "--momentum", 0, "--weight-decay", 0, "--dataset", "digits", "--shard", "1/2", "--subset", 64, "--epochs", 1,
-            "--out", tmp_path / "ort", *FAST_CLI)
+            "--keep", "last", "--out", tmp_path / "ort", *FAST_CLI)
     rec = records(tmp_path / "ort")[-1]
     assert rec["backward_samples"] == 64 and 0 < rec["train_loss"] < 10
+    # The steps moved every trainable weight (a backend that never stepped its optimizer passed).
+    before, after = read_weights(warm), read_weights(tmp_path / "ort")
+    trainable = manifest["schemes"]["full"]["trainable"]
+    assert trainable and all(not torch.equal(before[name], after[name]) for name in trainable)
 
 
 def test_an_operator_ort_cannot_train_is_refused_by_name(tmp_path, capsys):
