@@ -45,7 +45,7 @@ TASKS = {
 }
 
 
-def edge_sel(*args, env=None, timeout=1800) -> None:
+def edge_sel(*args, env=None, timeout=None) -> None:
     subprocess.run([sys.executable, "-m", "edge_sel", *map(str, args)], check=True, env=env, timeout=timeout,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -67,6 +67,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--busy", default="0,1,2")
     ap.add_argument("--predict-frames", type=int, default=0, help="cifar only: frames predicted at batch 1")
+    ap.add_argument("--timeout", type=float, default=900,
+                    help="seconds a fine-tune may take before it is stopped and reported as longer (old defaults "
+                         "under load ran 7-70x their quiet time)")
     a = ap.parse_args()
     levels = [int(b) for b in a.busy.split(",")]
     pretrain_args, finetune_args = TASKS[a.task]
@@ -83,8 +86,14 @@ def main() -> None:
                     out = tmp / f"run-{r}-{n}-{len(extra)}"
                     load = os.getloadavg()[0]
                     with busy(n):
-                        edge_sel("finetune", "--checkpoint", tmp / "warm", *finetune_args, "--out", out, "--quiet",
-                                 env={**base, **extra})
+                        try:
+                            edge_sel("finetune", "--checkpoint", tmp / "warm", *finetune_args, "--out", out,
+                                     "--quiet", env={**base, **extra}, timeout=a.timeout)
+                        except subprocess.TimeoutExpired:
+                            print(f"repeat {r} busy {n} {name}: stopped after {a.timeout:.0f} s", flush=True)
+                            rows.setdefault((name, n), []).append((float("inf"), float("inf"), load, None, None,
+                                                                   None, None))
+                            continue
                         if images is not None:
                             edge_sel("predict", "--checkpoint", out, images, "--out", out / "p.jsonl",
                                      "--summary", out / "p.json", "--quiet", env={**base, **extra})
@@ -107,7 +116,7 @@ def main() -> None:
             got = rows[(name, n)]
             w, j = statistics.median(x[0] for x in got), statistics.median(x[1] for x in got)
             line = (f"  {name:26s} busy {n}: {w:7.2f} s ({w / quiet:5.2f}x)  {j:7.1f} J ({j / quiet_j:5.2f}x)  "
-                    f"threads {got[0][3]}")
+                    f"threads {got[0][3]}")    # inf: stopped at --timeout
             if got[0][5] is not None:
                 line += (f"  predict p50 {statistics.median(x[5] for x in got):6.2f} ms"
                          f"  p95 {statistics.median(x[6] for x in got):6.2f} ms")
