@@ -100,6 +100,10 @@ def test_promote_judges_against_the_deployed_model_and_refuses_what_it_must(tiny
     assert judged["deployed_val_acc"] == pytest.approx(summary(run)["kept"]["baseline_val_acc"], abs=1e-6)
     assert judged["evaluation"]["flops"] > 0 and judged["evaluation"]["samples"] == summary(run)["dataset"]["val_samples"]
     assert weights_digest(deployed) == start and not deployed.is_symlink()
+    # A tie is not better: equal validation accuracy keeps the deployed model (a `>=` would swap).
+    tie = with_summary(run, tmp_path / "tie", output_model={"val_acc": judged["deployed_val_acc"]})
+    assert "not promoted (not-better)" in run_cli("promote", tie, "--deployed", deployed, expect=3).output
+    assert weights_digest(deployed) == start and not deployed.is_symlink()
     # Better (the real run): swapped in; the directory becomes a link to a version holding the
     # site's files too.
     better = run

@@ -110,6 +110,43 @@ def test_evaluation_goes_bf16_only_where_faster_and_accuracy_is_unchanged(tmp_pa
     assert 0 <= result["agreement"] <= 1
 
 
+def test_the_accuracy_check_runs_each_precision_and_allows_a_tenth_of_a_point():
+    """Mutations this catches: check_eval running both passes in fp32, and a looser tolerance
+    (0.02) in accuracy_unchanged."""
+    ds = check_set()
+    small = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 10))
+    seen: list = []
+    small[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    precision.check_eval(small, ds, [0.5] * 3, [0.25] * 3, torch.device("cpu"), 16, torch.contiguous_format)
+    assert set(seen) == {torch.float32, torch.bfloat16}           # one pass in each
+    check = lambda fp32, bf16: {"images": 1000, "accuracy": {"fp32": fp32, "bf16": bf16}}   # noqa: E731
+    assert precision.accuracy_unchanged(check(0.900, 0.899))      # one image in 1,000
+    assert not precision.accuracy_unchanged(check(0.900, 0.890))  # ten images: not "unchanged"
+    assert not precision.accuracy_unchanged(check(0.900, 0.910))
+
+
+def test_the_probe_measures_a_copy_and_leaves_the_model_as_it_was():
+    """measure() is replaced by fixed timings in the choice tests; here it runs for real."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 10)).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_s, rates, flops = precision.measure(model, (3, 8, 8), 10, torch.device("cpu"), 8, torch.contiguous_format, 16)
+    assert set(train_s) == set(rates) == {"fp32", "bf16"} and all(v > 0 for v in [*train_s.values(), *rates.values()])
+    assert flops > 0 and model.training and all(p.grad is None for p in model.parameters())
+    for k, v in model.state_dict().items():                       # BatchNorm statistics included
+        assert torch.equal(v, before[k]), k
+
+
+def test_the_summary_states_the_precision_that_ran(tiny_warm, tmp_path):
+    run_cli("finetune", "--checkpoint", tiny_warm, "--dataset", "synthetic", "--epochs", "1", "--precision", "bf16",
+            "--out", tmp_path / "run", "--quiet")
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (s["precision"]["train"], s["precision"]["eval"], s["precision"]["source"]) == ("bf16", "bf16", "given")
+    assert config["precision"] == config["eval_precision"] == "bf16"
+
+
 def test_given_precision_skips_the_probe_and_fp16_needs_cuda(tiny_warm, tmp_path):
     choice = choose(build_model("edgecnn", 10, 3), precision="bf16")
     assert (choice.train, choice.eval, choice.source, choice.probe_flops) == ("bf16", "bf16", "given", 0)
