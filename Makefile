@@ -1,8 +1,8 @@
-# The two commands of the README's quick start. Each one sets up, then runs.
+# demo and test are the two commands of the README's quick start; each one sets up, then runs.
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip install --quiet --disable-pip-version-check -c constraints/dev.txt
 
-.PHONY: demo test
+.PHONY: demo test mutants
 
 demo:
 	$(PIP) -e .
@@ -11,3 +11,9 @@ demo:
 test:
 	$(PIP) -e ".[dev,ort,fleet]"
 	$(PYTHON) -m pytest -q
+
+# Mutation testing of the device-side modules (not part of `make test`): tools/mutants.py, one
+# module at a time with its tests; MODULES="deployed_swap promote" to choose (default: all).
+mutants:
+	$(PIP) -e ".[dev,ort,mutants]"
+	$(PYTHON) tools/mutants.py $(MODULES)

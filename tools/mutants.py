@@ -1,0 +1,136 @@
+"""Mutation testing of the device-side modules with mutmut: each module with the test files that
+cover it, so one module's run fits in minutes on 2 cores.
+
+    python tools/mutants.py deployed_swap             # one module (names below)
+    python tools/mutants.py --list                    # the modules and their tests
+    make mutants                                      # every module, one after another (long)
+
+Each run works in a scratch copy of the repository (mutmut writes its mutated tree under
+`mutants/` there), so the checkout is never touched. Commands the tests start as subprocesses
+(`python -m edge_sel ...`) import the mutated tree too (PYTHONPATH), so a mutant that only a
+command-line test sees is still seen. The result goes to tools/mutation-results/MODULE.txt: killed / total,
+then every surviving mutant with its diff, to be killed by a stronger test or listed in
+tools/mutation-results/equivalent.txt with the reason it cannot change behaviour.
+
+How to read it: "killed" mutants made a test fail; "survived" ones did not (a line no test
+checks); "timeout" counts as killed (the mutant looped); "no tests" means no test of the selection
+ran the mutated function at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "tools" / "mutation-results"
+
+# module (edge_sel/...) -> the test files that cover it
+MODULES = {
+    "deployed_swap": ("edge_sel/engine/deployed_swap.py", ["tests/test_trust.py", "tests/test_deploy.py"]),
+    "promote": ("edge_sel/engine/promote.py", ["tests/test_nightly.py", "tests/test_predict.py"]),
+    "bn_bank": ("edge_sel/engine/bn_bank.py", ["tests/test_bn_bank.py"]),
+    "bank_file": ("edge_sel/core/bn_bank.py", ["tests/test_bn_bank.py", "tests/test_fuzz_readers.py"]),
+    "life": ("edge_sel/engine/life.py", ["tests/test_life.py", "tests/test_trust.py"]),
+    "precision": ("edge_sel/engine/precision.py", ["tests/test_precision.py"]),
+    "probe_cache": ("edge_sel/engine/probe_cache.py", ["tests/test_probes.py"]),
+    "threads": ("edge_sel/threads.py", ["tests/test_threads.py"]),
+    "sundew": ("edge_sel/methods/select/sundew.py", ["tests/test_gating_control.py", "tests/test_gating_gates.py"]),
+    "novelty": ("edge_sel/methods/select/novelty.py", ["tests/test_stream.py"]),
+    "levers": ("edge_sel/engine/levers.py", ["tests/test_levers.py"]),
+    "spec": ("edge_sel/models/spec.py", ["tests/test_trust.py", "tests/test_your_model.py"]),
+    "conditions": ("edge_sel/predict/conditions.py", ["tests/test_predict.py"]),
+    "predictor": ("edge_sel/predict/predictor.py", ["tests/test_predict.py"]),
+}
+COPIED = ["edge_sel", "tests", "tools", "profiles", "deploy", "docs", "README.md", "mkdocs.yml", "pyproject.toml",
+          "setup.py", "constraints"]
+
+
+def setup_cfg(module: str, tests: list[str]) -> str:
+    lines = ["[mutmut]", "source_paths=edge_sel", f"only_mutate={module}",
+             "also_copy=\n    tools\n    profiles\n    deploy\n    docs\n    README.md\n    mkdocs.yml\n    constraints",
+             "pytest_add_cli_args_test_selection=\n" + "\n".join(f"    {t}" for t in tests),
+             "pytest_add_cli_args=\n    -p\n    no:cacheprovider\n    -q"]
+    return "\n".join(lines) + "\n"
+
+
+def run(name: str, workers: int) -> Path:
+    module, tests = MODULES[name]
+    missing = [p for p in [module, *tests] if not (ROOT / p).is_file()]
+    if missing:
+        sys.exit(f"mutants: {name}: missing {', '.join(missing)}")
+    work = Path(tempfile.mkdtemp(prefix=f"mutants-{name}-"))
+    try:
+        for item in COPIED:
+            src = ROOT / item
+            if src.is_dir():
+                shutil.copytree(src, work / item, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            elif src.is_file():
+                shutil.copy2(src, work / item)
+        (work / "setup.cfg").write_text(setup_cfg(module, tests))
+        env = {**os.environ, "PYTHONPATH": f"{work / 'mutants'}{os.pathsep}{work}"}
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(workers)], cwd=work, env=env,
+                       check=False, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        wall = time.perf_counter() - t0
+        results = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work, env=env,
+                                 capture_output=True, text=True).stdout
+        report = summarise(name, module, tests, results, wall, work, env)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    OUT.mkdir(exist_ok=True)
+    path = OUT / f"{name}.txt"
+    path.write_text(report)
+    print(report.split("\n\n")[0])
+    return path
+
+
+def summarise(name, module, tests, results: str, wall: float, work: Path, env) -> str:
+    status = {}
+    for line in results.splitlines():
+        m = re.match(r"\s*(\S+): (.+)$", line)
+        if m:
+            status[m.group(1)] = m.group(2).strip()
+    counts: dict = {}
+    for s in status.values():
+        counts[s] = counts.get(s, 0) + 1
+    killed = counts.get("killed", 0) + counts.get("timeout", 0)
+    total = len(status)
+    head = (f"{name}: {module}, tests {' '.join(tests)}\n"
+            f"killed {killed} / {total} ({100 * killed / max(total, 1):.0f}%), "
+            + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f"; {wall:.0f} s")
+    survivors = [m for m, s in status.items() if s not in ("killed", "timeout")]
+    diffs = []
+    for m in survivors:
+        diff = subprocess.run([sys.executable, "-m", "mutmut", "show", m], cwd=work, env=env,
+                              capture_output=True, text=True).stdout.strip()
+        diffs.append(f"## {m} ({status[m]})\n{diff}")
+    return head + "\n\n" + "\n\n".join(diffs) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("modules", nargs="*", help="names from --list (default: all)")
+    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    a = ap.parse_args()
+    if a.list:
+        for name, (module, tests) in MODULES.items():
+            print(f"{name:14s} {module}  <- {' '.join(tests)}")
+        return
+    unknown = [m for m in a.modules if m not in MODULES]
+    if unknown:
+        sys.exit(f"mutants: unknown module {', '.join(unknown)} (see --list)")
+    for name in a.modules or MODULES:
+        run(name, a.workers)
+
+
+if __name__ == "__main__":
+    main()
