@@ -34,7 +34,7 @@ OUT = ROOT / "tools" / "mutation-results"
 
 # module (edge_sel/...) -> the test files that cover it
 MODULES = {
-    "deployed_swap": ("edge_sel/engine/deployed_swap.py", ["tests/test_trust.py", "tests/test_deploy.py"]),
+    "deployed_swap": ("edge_sel/engine/deployed_swap.py", ["tests/test_trust.py", "tests/test_nightly.py"]),
     "promote": ("edge_sel/engine/promote.py", ["tests/test_nightly.py", "tests/test_predict.py"]),
     "bn_bank": ("edge_sel/engine/bn_bank.py", ["tests/test_bn_bank.py"]),
     "bank_file": ("edge_sel/core/bn_bank.py", ["tests/test_bn_bank.py", "tests/test_fuzz_readers.py"]),
@@ -49,13 +49,18 @@ MODULES = {
     "conditions": ("edge_sel/predict/conditions.py", ["tests/test_predict.py"]),
     "predictor": ("edge_sel/predict/predictor.py", ["tests/test_predict.py"]),
 }
-COPIED = ["edge_sel", "tests", "tools", "profiles", "deploy", "docs", "README.md", "mkdocs.yml", "pyproject.toml",
-          "setup.py", "constraints"]
+
+
+def tracked_top_level() -> list[str]:
+    """The repository's top-level files and folders (tests read some: the Dockerfile's sources, docs)."""
+    names = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    return sorted({n.split("/")[0] for n in names})
 
 
 def setup_cfg(module: str, tests: list[str]) -> str:
+    others = [n for n in tracked_top_level() if n not in ("edge_sel", "tests", "setup.cfg", "pyproject.toml")]
     lines = ["[mutmut]", "source_paths=edge_sel", f"only_mutate={module}",
-             "also_copy=\n    tools\n    profiles\n    deploy\n    docs\n    README.md\n    mkdocs.yml\n    constraints",
+             "also_copy=\n" + "\n".join(f"    {n}" for n in others),
              "pytest_add_cli_args_test_selection=\n" + "\n".join(f"    {t}" for t in tests),
              "pytest_add_cli_args=\n    -p\n    no:cacheprovider\n    -q"]
     return "\n".join(lines) + "\n"
@@ -68,14 +73,17 @@ def run(name: str, workers: int) -> Path:
         sys.exit(f"mutants: {name}: missing {', '.join(missing)}")
     work = Path(tempfile.mkdtemp(prefix=f"mutants-{name}-"))
     try:
-        for item in COPIED:
+        for item in tracked_top_level():
             src = ROOT / item
             if src.is_dir():
                 shutil.copytree(src, work / item, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
             elif src.is_file():
                 shutil.copy2(src, work / item)
         (work / "setup.cfg").write_text(setup_cfg(module, tests))
-        env = {**os.environ, "PYTHONPATH": f"{work / 'mutants'}{os.pathsep}{work}"}
+        # The mutated tree must exist before Python starts: a path entry missing at start-up is
+        # remembered as missing, and the tests would import the checkout instead.
+        (work / "mutants").mkdir()
+        env = {**os.environ, "PYTHONPATH": str(work / "mutants")}
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(workers)], cwd=work, env=env,
                        check=False, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
