@@ -168,6 +168,29 @@ def test_cifar10_archive_layout(tmp_path):
     assert train.class_names[0] == "airplane"
 
 
+class _RunsCode:
+    """What a hostile pickle holds: unpickling it calls a function of its choosing."""
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_cifar10_batch_that_would_run_code_is_refused_and_never_runs(tmp_path):
+    folder = _write_cifar_archive(tmp_path)
+    for protocol in (2, pickle.HIGHEST_PROTOCOL):     # the archive's own protocol and today's load alike
+        with open(folder / "data_batch_1", "wb") as f:
+            pickle.dump({b"data": np.zeros((20, 3072), np.uint8), b"labels": [0] * 20}, f, protocol=protocol)
+        assert load_source("cifar10", data_dir=tmp_path)[0].images.shape == (100, 3, 32, 32)
+    marker = tmp_path / "ran"
+    with open(folder / "data_batch_2", "wb") as f:
+        pickle.dump({b"data": _RunsCode(marker), b"labels": [0] * 20}, f)
+    with pytest.raises(InputError, match=r"data_batch_2: not a readable CIFAR-10 batch \(it names (builtins|io)\.open, "):
+        load_source("cifar10", data_dir=tmp_path)
+    assert not marker.exists()
+
+
 def test_cifar10_missing_archive_says_where_to_put_it(tmp_path):
     with pytest.raises(InputError, match="cifar-10-batches-py"):
         load_source("cifar10", data_dir=tmp_path)

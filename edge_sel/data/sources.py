@@ -57,12 +57,31 @@ def load_synthetic(num_classes: int = 4, per_class: int = 200, size: int = 16,
     return _carve_test(ds)
 
 
+# What a CIFAR-10 python batch may name: numpy arrays and their dtypes (numpy 1's module path and
+# numpy 2's), and the codec protocol 2 writes bytes with. Anything else in a pickle is code a data
+# directory could run, so it is refused.
+ARRAY_GLOBALS = ({(f"{core}.multiarray", name) for core in ("numpy.core", "numpy._core")
+                  for name in ("_reconstruct", "scalar")}
+                 | {(f"{core}.numeric", "_frombuffer") for core in ("numpy.core", "numpy._core")}
+                 | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")})
+
+
+class ArraysOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) not in ARRAY_GLOBALS:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR-10 batch never does; "
+                                         "not loaded, since unpickling it could run code")
+        return super().find_class(module, name)
+
+
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
+            d = ArraysOnlyUnpickler(f, encoding="bytes").load()
         return np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(d[b"labels"])
-    except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as e:
+    except pickle.UnpicklingError as e:
+        raise InputError(f"{path}: not a readable CIFAR-10 batch ({e})") from None
+    except (OSError, KeyError, ValueError, EOFError, TypeError, AttributeError, IndexError) as e:
         raise InputError(f"{path}: not a readable CIFAR-10 batch ({e.__class__.__name__})") from None
 
 
