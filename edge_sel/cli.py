@@ -232,8 +232,8 @@ def places_said() -> dict:
 
 def refuse_with_resume() -> None:
     """A resumed run continues with the options it was started with: others given now would be
-    silently ignored, so they are refused (--quiet only changes what is printed, --threads only how
-    fast it runs)."""
+    silently ignored, so they are refused (--quiet only changes what is printed; --threads how fast
+    it runs, and its float sums where it differs from the count the run recorded and keeps)."""
     ctx = click.get_current_context()
     given = [p.opts[0] for p in ctx.command.params
              if p.name not in ("resume_dir", "quiet", "profile", "threads")

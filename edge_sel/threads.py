@@ -22,7 +22,9 @@ A device that knows what its other work takes (a camera pipeline on one core) ca
 EDGE_SEL_OTHER_LOAD (CPUs, e.g. 1 or 0.5): no sampling then, and every choice that depends on the
 load (waiting, threads, whether a probe's result is kept as final) follows the stated figure.
 
-What was chosen and why is stated in every run's config.json and summary.json (`threads`).
+What was chosen and why is stated in every run's config.json and summary.json (`threads`). A
+resumed run keeps the count its config.json records unless this command was given one: a CPU's
+float sums depend on how work is split between threads, so only the same count resumes exactly.
 """
 
 from __future__ import annotations
@@ -107,7 +109,28 @@ def apply_threads(requested: int | None = None, source: str = "--threads", **pro
     torch.set_num_threads(count)
     _chosen.clear()
     _chosen.update({"count": count, "why": why, "wait_policy": os.environ.get(WAIT_ENV, "OpenMP's default (spinning)")})
+    _requested[:] = [bool(requested)]
     return dict(_chosen)
+
+
+_requested: list[bool] = []
+
+
+def keep_recorded(recorded) -> int | None:
+    """A resumed run's threads: the count its config.json recorded (`recorded`: that `threads`
+    record), unless this process was given a count (--threads, a profile's cpu_threads); returns
+    torch's count before, for the caller to restore, or None when nothing changed."""
+    import torch
+    count = recorded.get("count") if isinstance(recorded, dict) else None
+    if any(_requested) or not isinstance(count, int) or isinstance(count, bool) or count < 1 \
+            or count == torch.get_num_threads():
+        return None
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    _chosen.update({"count": count, "why": f"kept from the run's start ({recorded.get('why')}): a resumed run "
+                    "sums as an unbroken one only on the same thread count",
+                    "wait_policy": os.environ.get(WAIT_ENV, "OpenMP's default (spinning)")})
+    return before
 
 
 def describe() -> dict:

@@ -38,6 +38,12 @@ def records(run_dir: Path, baseline: bool = False) -> list[dict]:
     return recs if baseline else [r for r in recs if r.get("phase") != "baseline"]
 
 
+# The choices the layout and precision probes would measure, fixed: two starts compared bit for bit
+# must not depend on timings (a probe taken while other tests load the CPU may choose differently,
+# and a run whose step time strays from its probe's measures again at the next start).
+SAME_CHOICES = ["--memory-format", "contiguous", "--eval-batch-size", "256", "--precision", "fp32"]
+
+
 def stable(recs: list[dict]) -> list[dict]:
     """Records without the fields that measure time, memory or energy."""
     return [{k: v for k, v in r.items() if k not in VOLATILE_FIELDS} for r in recs]

@@ -5,7 +5,7 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
-from helpers import records, run_cli, stable, summary
+from helpers import SAME_CHOICES, records, run_cli, stable, summary
 from edge_sel.cli import main
 from edge_sel.core.records import RECORD_FIELDS
 from edge_sel.models import load_checkpoint
@@ -96,9 +96,9 @@ def test_finetune_records_every_field(synthetic_warmup, tmp_path):
 
 
 def test_same_seed_gives_identical_records(synthetic_warmup, tmp_path):
-    finetune(synthetic_warmup, tmp_path / "a", "--seed", "3")
-    finetune(synthetic_warmup, tmp_path / "b", "--seed", "3")
-    finetune(synthetic_warmup, tmp_path / "c", "--seed", "4")
+    finetune(synthetic_warmup, tmp_path / "a", "--seed", "3", *SAME_CHOICES)
+    finetune(synthetic_warmup, tmp_path / "b", "--seed", "3", *SAME_CHOICES)
+    finetune(synthetic_warmup, tmp_path / "c", "--seed", "4", *SAME_CHOICES)
     a, b, c = (stable(records(tmp_path / n)) for n in "abc")
     assert a == b
     assert a != c

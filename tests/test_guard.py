@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from helpers import records, run_cli, stable, summary
+from helpers import SAME_CHOICES, records, run_cli, stable, summary
 from edge_sel.config import TrainConfig
 from edge_sel.engine.evaluate import accuracy, predict_dataset
 from edge_sel.engine.run import DataOptions, finetune
@@ -116,7 +116,8 @@ def test_a_bad_keep_value_is_one_line_exit_2(tiny_warm, tmp_path):
 
 @pytest.mark.slow
 def test_a_resumed_run_makes_the_same_choice(tiny_warm, tmp_path):
-    args = ["finetune", "--checkpoint", str(tiny_warm), "--epochs", "4", "--checkpoint-every", "3", *RUN]
+    args = ["finetune", "--checkpoint", str(tiny_warm), "--epochs", "4", "--checkpoint-every", "3", *RUN,
+            *SAME_CHOICES]
     reference = tmp_path / "reference"      # a subprocess like the killed run: same thread count
     subprocess.run([sys.executable, "-m", "edge_sel", *args, "--out", str(reference)], check=True)
     out = tmp_path / "run"

@@ -303,8 +303,8 @@ def test_resume_refuses_options_it_would_ignore(tiny_warm, tmp_path):
 
 
 def test_pretrain_resumes_and_a_run_killed_before_its_first_checkpoint_starts_again(tmp_path):
-    from helpers import records, stable
-    args = ["pretrain", "--dataset", "synthetic", "--epochs", "2", "--batch-size", "32", "--quiet"]
+    from helpers import SAME_CHOICES, records, stable
+    args = ["pretrain", "--dataset", "synthetic", "--epochs", "2", "--batch-size", "32", "--quiet", *SAME_CHOICES]
     reference = tmp_path / "reference"
     run_cli(*args, "--out", reference)
     # Everything a start writes before its first checkpoint: the directory and its config.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import records, run_cli, run_main, stable, summary
+from helpers import SAME_CHOICES, records, run_cli, run_main, stable, summary
 from edge_sel.core.checkpoint import weights_digest
 from edge_sel.engine import deployed_swap, faults
 from edge_sel.engine.evaluate import evaluation_flops
@@ -23,7 +23,7 @@ from edge_sel.models import load_checkpoint
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parents[1]
-RUN = ["--dataset", "synthetic", "--batch-size", "16", "--lr", "0.02", "--seed", "5", "--subset", "400"]
+RUN = ["--dataset", "synthetic", "--batch-size", "16", "--lr", "0.02", "--seed", "5", "--subset", "400", *SAME_CHOICES]
 
 
 def finetune(start, out, *extra, expect=0):

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from helpers import records, run_cli, stable
+from helpers import SAME_CHOICES, records, run_cli, stable
 from edge_sel.data.dataset import IndexedDataset
 from edge_sel.data.frames import render_frames, scene_of, stream_positions
 from edge_sel.data.shift import apply_shift, parse_shift
@@ -210,7 +210,7 @@ def test_novelty_floor_tops_up_one_frame_of_each_scene():
 
 STREAM = ["--dataset", "synthetic", "--subset", "40", "--shift", "frames=4", "--strategy", "sundew",
           "--novelty", "1", "--target-activation", "0.3", "--epochs", "3", "--batch-size", "16",
-          "--checkpoint-every", "2", "--lr", "0.02", "--quiet", "--seed", "5"]
+          "--checkpoint-every", "2", "--lr", "0.02", "--quiet", "--seed", "5", *SAME_CHOICES]
 
 
 # One torch thread, as the reference run in this process has (the same floating-point sums).

@@ -41,6 +41,43 @@ def test_a_runs_config_and_summary_state_the_threads_and_the_policy(tmp_path, mo
     assert stated["count"] == 2 and stated["why"].startswith("--threads")
 
 
+def test_a_resumed_run_keeps_the_thread_count_it_started_with_unless_told(tmp_path, monkeypatch):
+    """Float sums depend on how work is split between threads: a run resumed on another count would
+    not end as the unbroken run. A count given at the resume wins, and is said."""
+    import torch
+
+    from edge_sel import threads
+    from edge_sel.engine import trainer as trainer_mod
+    monkeypatch.delenv("EDGE_SEL_THREADS", raising=False)
+    monkeypatch.setattr(threads, "other_load", lambda: 7.5)      # busy at the start: one thread
+    args = ["pretrain", "--model", "edgecnn", "--dataset", "digits", "--epochs", "2", "--subset", "200",
+            "--quiet", "--anchors-per-class", "0"]
+    out = tmp_path / "run"
+    run_cli(*args, "--out", out)
+
+    def mark_interrupted():     # as a run stopped by a signal after its last checkpoint leaves it
+        (out / "summary.json").write_text(json.dumps({**json.loads((out / "summary.json").read_text()),
+                                                      "stop_reason": "interrupted"}))
+    mark_interrupted()
+    seen = []
+    original = trainer_mod.Trainer.run
+
+    def run(self, *a, **k):
+        seen.append(torch.get_num_threads())
+        return original(self, *a, **k)
+    monkeypatch.setattr(trainer_mod.Trainer, "run", run)
+    monkeypatch.setattr(threads, "other_load", lambda: 0.0)      # quiet now: two would be free
+    before = torch.get_num_threads()
+    run_cli("pretrain", "--resume", out, "--quiet")
+    assert seen == [1] and torch.get_num_threads() == before
+    stated = json.loads((out / "summary.json").read_text())["threads"]
+    assert stated["count"] == 1 and stated["why"].startswith("kept from the run's start") and "7.50 busy" in stated["why"]
+    mark_interrupted()
+    run_cli("pretrain", "--resume", out, "--quiet", "--threads", "2")
+    assert seen == [1, 2]
+    assert json.loads((out / "summary.json").read_text())["threads"]["why"] == "--threads (or the profile's cpu_threads) 2"
+
+
 def test_the_command_line_waits_passively_beside_a_busy_process(tmp_path):
     import subprocess
     import sys

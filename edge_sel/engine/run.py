@@ -576,8 +576,14 @@ def resume(run_dir: Path, quiet: bool = False, phase: str | None = None) -> dict
         check_card_spec(spec, config_file)
         model, card = new_model(spec, splits, data, cfg.seed, saved.get("init_weights"))
         memory, bank = None, (None, None)
-    return train_model(phase, model, card, splits, cfg, run_dir, quiet, energy, source_info, resume_state=state,
-                       memory=memory, bank=bank)
+    before = threads.keep_recorded(saved.get("threads"))
+    try:
+        return train_model(phase, model, card, splits, cfg, run_dir, quiet, energy, source_info, resume_state=state,
+                           memory=memory, bank=bank)
+    finally:
+        if before is not None:
+            import torch
+            torch.set_num_threads(before)
 
 
 def refuse_finished(run_dir: Path, epochs: int) -> None:
