@@ -1,6 +1,8 @@
-"""Run the README tour's and every docs page's `bash` command blocks, as written, in order, in one
-fresh temporary directory (the tour first: the pages build on its ckpt/digits and runs/), and print
-each command's exit status and time, then pages passed/failed.
+"""Run the README tour's and every docs page's `bash` command blocks, as written, in order, and print
+each command's exit status and time, then pages passed/failed. The tour runs first, in a fresh
+temporary directory; each page then runs in a copy of what the tour left (the pages build on its
+ckpt/digits and runs/, and one page's outputs never stand in another's way), except a page that
+pretrains the tour's warmup itself (it is a tour: it starts from an empty directory).
 
 Commands that cannot run on a fresh clone of a laptop are skipped with the reason: CIFAR-10 or an
 image folder that is not there, a placeholder (`...`, `WARMUP`, `[--option]`), a download or an
@@ -33,6 +35,8 @@ SKIP_RULES = [
     (r"\bbench reference\b", "needs a desktop GPU (resnet18_cifar on CIFAR-10)"),
     (r"\bfleet run\b", "needs a real SuperLink and devices"),
     (r"\.\.\.|\[--|\bWARMUP\b|\bPATH/|folder:data/|folder:/srv", "a placeholder, not a command to run as written"),
+    (r"\bedge-sel monitor\b(?!.*--samples)", "a live monitor: it runs until Ctrl-C"),
+    (r"/var/lib/edge-sel|/etc/edge-sel|\bsystemctl\b", "a device's installed service (deploy/), not a fresh clone"),
     (r"\bnice -n \d+ python tools/|python3? tools/", "a benchmark script of tools/ (minutes to hours)"),
     (r"\btorchrun\b|torch\.distributed\.run", "two processes of distributed pretraining (minutes on 2 cores)"),
 ]
@@ -68,6 +72,12 @@ def skip_reason(command: str, needs: str | None) -> str | None:
 
 def page_commands(path: Path) -> list[tuple[str, str | None]]:
     return [c for block in bash_blocks(path.read_text()) for c in commands(block)]
+
+
+def is_tour(path: Path) -> bool:
+    """A page that pretrains the tour's warmup itself (its first command to run does)."""
+    runnable = [c for c, needs in page_commands(path) if not skip_reason(c, needs)]
+    return bool(runnable) and "--out ckpt/digits" in runnable[0]
 
 
 def run_page(path: Path, workdir: Path, env: dict, timeout: float) -> tuple[int, int, int]:
@@ -108,12 +118,24 @@ def main(argv: list[str] | None = None) -> int:
     # The interpreter's own scripts (edge-sel) come first, as in the virtual environment it runs in.
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     with tempfile.TemporaryDirectory(prefix="edge-sel-docs-") as tmp:
-        workdir = Path(tmp)
+        root = Path(tmp)
         if args.keep:
             shutil.rmtree(args.keep, ignore_errors=True)
             args.keep.mkdir(parents=True)
-            workdir = args.keep
-        results = {p: run_page(p, workdir, env, args.timeout) for p in pages if bash_blocks(p.read_text())}
+            root = args.keep
+        tour = root / "README"
+        tour.mkdir()
+        results = {}
+        for page in (p for p in pages if bash_blocks(p.read_text())):
+            if page == REPO / "README.md":
+                workdir = tour
+            else:
+                workdir = root / page.stem
+                if is_tour(page):
+                    workdir.mkdir()
+                else:
+                    shutil.copytree(tour, workdir, symlinks=True)
+            results[page] = run_page(page, workdir, env, args.timeout)
     print("\npage                                   passed failed skipped")
     for page, (ok, bad, skip) in results.items():
         print(f"{str(page.relative_to(REPO)):38s} {ok:6d} {bad:6d} {skip:7d}  {'FAILED' if bad else 'passed'}")
