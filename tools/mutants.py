@@ -34,7 +34,7 @@ OUT = ROOT / "tools" / "mutation-results"
 
 # module (edge_sel/...) -> the test files that cover it
 MODULES = {
-    "deployed_swap": ("edge_sel/engine/deployed_swap.py", ["tests/test_trust.py", "tests/test_nightly.py"]),
+    "deployed_swap": ("edge_sel/engine/deployed_swap.py", ["tests/test_deployed_swap.py", "tests/test_trust.py"]),
     "promote": ("edge_sel/engine/promote.py", ["tests/test_nightly.py", "tests/test_predict.py"]),
     "bn_bank": ("edge_sel/engine/bn_bank.py", ["tests/test_bn_bank.py"]),
     "bank_file": ("edge_sel/core/bn_bank.py", ["tests/test_bn_bank.py", "tests/test_fuzz_readers.py"]),
