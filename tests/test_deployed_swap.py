@@ -108,7 +108,7 @@ def test_recover_repairs_what_a_crash_inside_a_swap_leaves(tmp_path):
     versions = tmp_path / ".deployed.versions"
     swap.recover(deployed)                                      # nothing ever deployed: nothing to do
     assert not versions.exists() and not os.path.lexists(deployed)
-    for name, weights in (("20260101T000000Z-a", "a"), ("20260201T000000Z-b", "b")):
+    for name, weights in (("20260101T000000Z-a", "a"), ("20260115T000000Z-a2", "a2"), ("20260201T000000Z-b", "b")):
         run_dir(versions / name, weights)
     (versions / "20260301T000000Z-c").mkdir()                   # no weights: not complete
     run_dir(versions / ("20260401T000000Z-d" + DAMAGED), "d")   # set aside: never deployed again
@@ -147,3 +147,93 @@ def test_a_link_tmp_in_the_way_is_replaced_not_an_error(tmp_path):
     swap._point_link(deployed, swap.swap_in(run_dir(tmp_path / "r2", "two"), deployed))
     assert (deployed / "model.safetensors").read_text() == "two"
     assert not os.path.lexists(tmp_path / ".deployed.link-tmp")
+
+
+NIGHT = time.struct_time((2026, 11, 23, 2, 30, 0, 0, 327, 0))
+
+
+@pytest.mark.parametrize("point, exchange, after_crash, after_recover", [
+    ("promote-staged", True, "old", "old"),
+    ("promote-versioned", True, "old", "old"),
+    ("promote-exchanged", True, "new", "new"),
+    ("promote-exchanged", False, None, "old"),      # between the two renames: no deployed path at all
+    ("promote-flipped", True, "new", "new"),
+])
+def test_a_crash_at_each_step_leaves_the_old_model_or_the_new_and_recover_tidies_up(
+        tmp_path, monkeypatch, point, exchange, after_crash, after_recover):
+    from edge_sel.engine import faults
+    monkeypatch.setattr(time, "gmtime", lambda *a: NIGHT)
+    monkeypatch.setattr(faults, "crash_by_raising", True)
+    monkeypatch.setenv(faults.KILL_ENV, point)
+    if not exchange:
+        monkeypatch.setenv("EDGE_SEL_NO_RENAME_EXCHANGE", "1")
+    deployed = plain_deployed(tmp_path / "deployed")
+    versions = tmp_path / ".deployed.versions"
+    with pytest.raises(faults.InjectedCrash, match=point):
+        swap.swap_in(run_dir(tmp_path / "run", "new"), deployed)
+    held = (deployed / "model.safetensors").read_text() if os.path.lexists(deployed) else None
+    assert held == after_crash
+    left = sorted(p.name for p in versions.iterdir())
+    assert left == {"promote-staged": ["20261123T023000Z-run.tmp"],
+                    "promote-exchanged": ["20261123T023000Z-run"] + (
+                        [] if exchange else ["20261123T023000Z-run.migrated-from-plain"])
+                    }.get(point, ["20261123T023000Z-run"] + (["20261123T023000Z-run.migrated-from-plain"]
+                                                            if point == "promote-flipped" else []))
+
+    monkeypatch.delenv(faults.KILL_ENV)
+    swap.recover(deployed)
+    assert (deployed / "model.safetensors").read_text() == after_recover
+    assert not os.path.lexists(tmp_path / ".deployed.link-tmp")
+    assert not [p for p in versions.iterdir() if p.name.endswith(".tmp")]
+    if point == "promote-exchanged" and exchange:      # the old plain directory, kept under the time of the repair
+        assert contents(versions / "20261123T023000Z.migrated-from-plain")["model.safetensors"] == "old"
+
+
+def test_the_exchange_swaps_two_paths_in_one_call_and_a_real_error_is_raised(tmp_path, monkeypatch):
+    """renameat2(RENAME_EXCHANGE) on Linux: both names stay, their targets trade places; an error
+    that is not 'unsupported here' (a missing path) is not hidden behind the two-rename fallback.
+    Relative paths, as a home given relatively has them: they resolve from the working directory."""
+    import errno
+    from pathlib import Path
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "f").write_text("plain")
+    (tmp_path / "link").symlink_to("elsewhere")
+    assert swap._exchange(Path("plain"), Path("link")) is True
+    assert os.readlink(tmp_path / "plain") == "elsewhere" and (tmp_path / "link" / "f").read_text() == "plain"
+    with pytest.raises(OSError) as raised:
+        swap._exchange(Path("missing"), Path("link"))
+    assert (raised.value.errno, raised.value.strerror, raised.value.filename) == \
+        (errno.ENOENT, os.strerror(errno.ENOENT), "link")
+    # EINVAL (here: a directory into its own subdirectory) is among the answers of a filesystem that
+    # cannot exchange, so the caller falls back to two renames.
+    (tmp_path / "link" / "inner").mkdir()
+    assert swap._exchange(tmp_path / "link", tmp_path / "link" / "inner") is False
+
+
+def test_stray_files_where_a_swap_works_do_not_stop_it_and_links_a_site_keeps_stay_links(tmp_path):
+    deployed = plain_deployed(tmp_path / "deployed")
+    (deployed / "current-lens.json").symlink_to("calibration/lens.json")
+    (deployed / "calibration" / "latest").symlink_to("lens.json")
+    (tmp_path / ".deployed.link-tmp").write_text("a stray file")
+    (tmp_path / ".deployed.versions").mkdir()
+    (tmp_path / ".deployed.versions" / "stray.tmp").write_text("a stray file")
+    swap.swap_in(run_dir(tmp_path / "run", "new"), deployed)
+    assert os.readlink(deployed / "current-lens.json") == "calibration/lens.json"
+    assert os.readlink(deployed / "calibration" / "latest") == "lens.json"
+    assert (deployed / "model.safetensors").read_text() == "new"
+
+
+def test_an_error_after_the_flip_says_what_failed_in_the_systems_words():
+    error = swap.AfterSwapError("v1", OSError(28, "No space left on device"))
+    assert str(error) == "No space left on device" and error.version == "v1"
+    assert str(swap.AfterSwapError("v1", OSError("disk gone"))) == "disk gone"
+
+
+def test_a_version_the_prune_cannot_remove_does_not_make_the_swap_an_error(tmp_path):
+    deployed = tmp_path / "deployed"
+    swap.swap_in(run_dir(tmp_path / "r1", "one"), deployed)
+    elsewhere = run_dir(tmp_path / "kept-by-the-site", "site")
+    (tmp_path / ".deployed.versions" / "00000000T000000Z-site").symlink_to(elsewhere)   # rmtree refuses links
+    swap.swap_in(run_dir(tmp_path / "r2", "two"), deployed)
+    assert (deployed / "model.safetensors").read_text() == "two" and (elsewhere / "model.safetensors").exists()

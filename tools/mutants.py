@@ -13,7 +13,8 @@ then every surviving mutant with its diff, to be killed by a stronger test or li
 tools/mutation-results/equivalent.txt with the reason it cannot change behaviour.
 
 How to read it: "killed" mutants made a test fail; "survived" ones did not (a line no test
-checks); "timeout" counts as killed (the mutant looped); "no tests" means no test of the selection
+checks); "timeout" (the mutant looped) and "segfault" (the test process died of a signal: a
+mutated fault point that SIGKILLs) count as killed; "no tests" means no test of the selection
 ran the mutated function at all.
 """
 
@@ -109,12 +110,13 @@ def summarise(name, module, tests, results: str, wall: float, work: Path, env) -
     counts: dict = {}
     for s in status.values():
         counts[s] = counts.get(s, 0) + 1
-    killed = counts.get("killed", 0) + counts.get("timeout", 0)
+    caught = ("killed", "timeout", "segfault")
+    killed = sum(counts.get(k, 0) for k in caught)
     total = len(status)
     head = (f"{name}: {module}, tests {' '.join(tests)}\n"
             f"killed {killed} / {total} ({100 * killed / max(total, 1):.0f}%), "
             + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f"; {wall:.0f} s")
-    survivors = [m for m, s in status.items() if s not in ("killed", "timeout")]
+    survivors = [m for m, s in status.items() if s not in caught]
     diffs = []
     for m in survivors:
         diff = subprocess.run([sys.executable, "-m", "mutmut", "show", m], cwd=work, env=env,
