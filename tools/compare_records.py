@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -56,7 +57,19 @@ RUNS = {
     "sparsity-rgn": ["--strategy", "dense", "--sparsity", "rgn"],
     "bn-adapt+shift": ["--strategy", "dense", "--bn-adapt", "200", "--shift", "label-noise=0.2"],
     "epochs0-bn-adapt": ["--strategy", "dense", "--bn-adapt", "200", "--epochs", "0"],
+    # The life's levers and the bank: anchors replayed, the Fisher penalty, the guard and the reset,
+    # statistics per condition on a shifted camera, a stream of frames gated with novelty.
+    "levers": ["--strategy", "dense", "--replay", "0.2", "--ewc", "10", "--max-forgetting", "3",
+               "--reset-forgetting", "5", "--bn-adapt", "100", "--bn-anchor-share", "0.5"],
+    "bank": ["--strategy", "dense", "--bn-conditions", "2", "--shift", "corrupt=contrast:3"],
+    "stream": ["--strategy", "sundew", "--target-activation", "0.2", "--novelty", "0.5", "--shift", "frames=4"],
 }
+# Two nights of a device (`edge-sel night`): a shifted camera, then a clean one; each night's
+# records and promote's decision are compared.
+NIGHTS = [["--shift", "corrupt=contrast:3", "--shard", "1/2", "--subset", "400"],
+          ["--shard", "0/2", "--subset", "400"]]
+NIGHT_COMMON = ["--dataset", "digits", "--seed", "3", "--batch-size", "64", "--quiet", "--epochs", "2",
+                "--memory-format", "contiguous", "--eval-batch-size", "256", "--meter", "estimate"]
 EPOCHS = ["--epochs", "3"]
 
 
@@ -114,12 +127,12 @@ def main() -> int:
     parser.add_argument("--before", required=True, help="git revision or source directory")
     parser.add_argument("--after", default=str(ROOT), help="git revision or source directory [this checkout]")
     parser.add_argument("--out", type=Path, required=True, help="where the runs go (created)")
-    parser.add_argument("--only", default="", help="comma-separated run names (default: all)")
+    parser.add_argument("--only", default="", help="comma-separated run names, `night` among them (default: all)")
     args = parser.parse_args()
-    names = [n for n in args.only.split(",") if n] or list(RUNS)
-    unknown = sorted(set(names) - set(RUNS))
+    names = [n for n in args.only.split(",") if n] or [*RUNS, "night"]
+    unknown = sorted(set(names) - set(RUNS) - {"night"})
     if unknown:
-        parser.error(f"--only: unknown run(s) {', '.join(unknown)}; known: {', '.join(RUNS)}")
+        parser.error(f"--only: unknown run(s) {', '.join(unknown)}; known: {', '.join(RUNS)}, night")
     if args.out.exists():
         parser.error(f"--out {args.out}: already exists")
     args.out.mkdir(parents=True)
@@ -154,6 +167,9 @@ def compare(trees: dict, names: list[str], out: Path) -> int:
         print("    " + line)
 
     for name in names:
+        if name == "night":
+            failed += compare_nights(trees, warm["after"], out)
+            continue
         runs = {}
         for side, tree in trees.items():
             runs[side] = out / side / name
@@ -173,6 +189,42 @@ def compare(trees: dict, names: list[str], out: Path) -> int:
             continue
         failed += 1
     return failed
+
+
+def flat(decision: dict) -> dict:
+    """promote.json without where and when, its evaluation's fields at the top (measured ones drop)."""
+    out = {k: v for k, v in decision.items() if k not in ("run", "deployed", "when", "version", "evaluation")}
+    out.update({f"evaluation.{k}": v for k, v in (decision.get("evaluation") or {}).items()})
+    return out
+
+
+def compare_nights(trees: dict, warmup: Path, out: Path) -> int:
+    """1 when the nights differ or one failed: each tree lives two nights in a home of its own that
+    starts from the same warmup; runs are taken in the order they were made."""
+    nights = {}
+    for side, tree in trees.items():
+        home = out / side / "home"
+        (home / "checkpoints").mkdir(parents=True)
+        shutil.copytree(warmup, home / "checkpoints" / "warmup")
+        for i, night in enumerate(NIGHTS):
+            done = edge_sel(tree, ["night", "--home", str(home), *NIGHT_COMMON, *night], out / side / "cache")
+            if done.returncode:
+                print(f"{'night ' + str(i):22s} {side} failed (exit {done.returncode}): {done.stderr.strip()[-500:]}")
+                return 1
+        nights[side] = sorted(p for p in (home / "runs").iterdir() if (p / "metrics.jsonl").is_file())
+    failed = 0
+    for i, (before, after) in enumerate(zip(nights["before"], nights["after"])):
+        found = differences(records(before), records(after))
+        decisions = [flat(json.loads((run / "promote.json").read_text())) for run in (before, after)]
+        found += [f"promote.json: {line}" for line in differences(decisions[:1], decisions[1:])]
+        print(f"{'night ' + str(i):22s} {'same' if not found else 'DIFFERENT'} ({len(records(after))} records)")
+        for line in found:
+            print("    " + line)
+        failed += bool(found)
+    if len(nights["before"]) != len(NIGHTS) or len(nights["after"]) != len(NIGHTS):
+        print(f"nights: {len(nights['before'])} runs before, {len(nights['after'])} after")
+        failed += 1
+    return int(failed > 0)
 
 
 if __name__ == "__main__":
