@@ -115,7 +115,7 @@ def pretrain(model="edgecnn", data="digits", *, out, test=None, class_names=None
     nn.Module (its class must be importable, so later runs can rebuild it; its weights are the
     starting weights)."""
     from edge_sel.cli import build_config, build_energy
-    from edge_sel.engine.run import pretrain as run_pretrain
+    from edge_sel.engine.runs.run import pretrain as run_pretrain
     from edge_sel.profiles.apply import torch_threads
     from edge_sel.models.spec import parse_model_args
     kw, given = resolve_options("pretrain", {**options, "out": out, "quiet": quiet})
@@ -144,7 +144,7 @@ def finetune(checkpoint, data="digits", *, out, test=None, class_names=None, qui
     not pretrained here is first written as a checkpoint, OUT-start/, with the data's
     normalisation) on `data` into `out`; same options as `edge-sel finetune` (`epochs` required)."""
     from edge_sel.cli import FINETUNE_FIELDS, build_config, build_energy
-    from edge_sel.engine.run import finetune as run_finetune
+    from edge_sel.engine.runs.run import finetune as run_finetune
     from edge_sel.profiles.apply import torch_threads
     from edge_sel.methods.options import method_option_names
     kw, given = resolve_options("finetune", {**options, "out": out, "quiet": quiet})
@@ -177,7 +177,7 @@ def load_model(checkpoint):
     """The model of a checkpoint or run directory (or a RunResult), in eval mode, ready to predict
     on images normalised with `card.mean` and `card.std`; with the BatchNorm statistics it keeps
     per condition (--bn-conditions), each batch chooses its own. Returns (model, card)."""
-    from edge_sel.engine.bn_bank import attach_saved_bank
+    from edge_sel.engine.evaluation.bn_bank import attach_saved_bank
     from edge_sel.models import load_checkpoint
     directory = Path(checkpoint.checkpoint if isinstance(checkpoint, RunResult) else checkpoint)
     model, card = load_checkpoint(directory)
@@ -187,5 +187,5 @@ def load_model(checkpoint):
 
 def resume(run_dir, quiet: bool = True) -> RunResult:
     """Continue an interrupted run (of a named dataset) with the options it was started with."""
-    from edge_sel.engine.run import resume as run_resume
+    from edge_sel.engine.runs.run import resume as run_resume
     return _result(run_resume(Path(run_dir), quiet))

@@ -1,4 +1,4 @@
-"""The `edge-sel` command line: thin click wrappers over edge_sel.engine.run."""
+"""The `edge-sel` command line: thin click wrappers over edge_sel.engine.runs.run."""
 
 from __future__ import annotations
 
@@ -29,10 +29,10 @@ from edge_sel.cli_options import (DATA, ENERGY, FINETUNE, FINETUNE_SECTIONS, HOM
 from edge_sel.config import TrainConfig
 from edge_sel.demo import demo_cmd
 from edge_sel.energy.monitor_cli import monitor
-from edge_sel.engine.distributed import detect_world, under_torchrun
-from edge_sel.engine.energy_setup import EnergyOptions
-from edge_sel.engine.run import DataOptions, finetune, pretrain, resume
-from edge_sel.engine.signals import exit_code_for
+from edge_sel.engine.machine.distributed import detect_world, under_torchrun
+from edge_sel.engine.machine.energy_setup import EnergyOptions
+from edge_sel.engine.runs.run import DataOptions, finetune, pretrain, resume
+from edge_sel.engine.runs.signals import exit_code_for
 from edge_sel.errors import InputError
 from edge_sel.export.cli import export_cmd
 from edge_sel.fleet.cli import fleet_group
@@ -187,7 +187,7 @@ def night_cmd(home, runs, deployed, warmup, **kw):
     Exit 0: the night's work is done (promoted, or judged and not promoted); 130/143: stopped by
     SIGINT/SIGTERM and checkpointed (the next night resumes it); 2: bad options or input; 1: anything
     else. stdout is the journal: one line per step, epoch and phase."""
-    from edge_sel.engine.life import Home, night
+    from edge_sel.engine.night.life import Home, night
     if under_torchrun():
         raise InputError("night is single-device: run it without torchrun")
     threads_for_command(kw.pop("threads"))
@@ -277,7 +277,7 @@ def shift_cmd(dataset, data_dir, spec, shift_seed, split, limit, out, overwrite)
     from edge_sel.data import load_source, make_splits
     from edge_sel.data.shift import apply_shift, parse_shift
     from edge_sel.data.write_folder import contact_sheet, write_image_folder
-    from edge_sel.engine.run import check_out_dir, start_out_dir
+    from edge_sel.engine.runs.run import check_out_dir, start_out_dir
     shift = parse_shift(spec)
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be a positive number of images, got {limit}")
@@ -322,10 +322,10 @@ def trigger_cmd(checkpoint, dataset, data_dir, shard, subset, spec, shift_seed, 
                 significance, novelty, batch_size, seed, out, overwrite):
     """The attention trigger: the Sundew gate with novelty chooses which frames of a stream to keep
     under a budget, and reports the scenes they cover against a random choice of the same size."""
-    from edge_sel.engine.energy_setup import EnergyOptions
-    from edge_sel.engine.run import DataOptions, check_out_dir, start_out_dir
-    from edge_sel.engine.bn_bank import attach_saved_bank
-    from edge_sel.engine.trigger import run_trigger
+    from edge_sel.engine.machine.energy_setup import EnergyOptions
+    from edge_sel.engine.runs.run import DataOptions, check_out_dir, start_out_dir
+    from edge_sel.engine.evaluation.bn_bank import attach_saved_bank
+    from edge_sel.engine.night.trigger import run_trigger
     from edge_sel.models import load_checkpoint
     for option, value in (("--budget-frames", budget_frames), ("--budget-joules", budget_joules),
                           ("--batch-size", batch_size)):
@@ -381,7 +381,7 @@ def promote_cmd(run_dir, deployed, force, max_forgetting):
     Exit 0: promoted; 3: judged and not promoted (not a failure); 2: bad input; 1: the swap failed
     (the deployed model is unchanged)."""
     from edge_sel.config import check_points
-    from edge_sel.engine.promote import NOT_PROMOTED_EXIT, promote
+    from edge_sel.engine.night.promote import NOT_PROMOTED_EXIT, promote
     if max_forgetting is not None:
         check_points("--max-forgetting", max_forgetting)
     decision = promote(run_dir, deployed, force, max_forgetting=max_forgetting)

@@ -18,7 +18,7 @@ import warnings
 
 import click
 
-from edge_sel.engine.checkpointing import TrainingDiverged
+from edge_sel.engine.loop.checkpointing import TrainingDiverged
 from edge_sel.errors import InputError, WriteError
 
 

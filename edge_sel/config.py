@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from edge_sel.errors import InputError
 
 # `--bn-conditions` of an `edge-sel night` that does not say, when its start checkpoint can keep
-# statistics per condition (engine/life.py decides).
+# statistics per condition (engine/night/life.py decides).
 NIGHT_BN_CONDITIONS = 4
 
 # Bounds past which a value cannot be meant: a run of more epochs never ends on any device, an
@@ -95,7 +95,7 @@ class TrainConfig:
     bn_anchor_share: float = 0.0      # share of the BatchNorm re-estimation images that are anchors
     reset_forgetting: float | None = None   # points of guard-anchor accuracy lost before a reset to the source
     max_forgetting: float = 3.0       # points of guard-anchor accuracy a kept or deployed model may lose
-    # BatchNorm statistics kept per condition (engine/bn_bank.py): how many conditions, the images
+    # BatchNorm statistics kept per condition (engine/evaluation/bn_bank.py): how many conditions, the images
     # kept of each, and how near tonight's fingerprint must be to one to count as it.
     bn_conditions: int = 0
     bn_condition_images: int = 256

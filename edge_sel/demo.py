@@ -25,7 +25,7 @@ from edge_sel.cli_base import Command
 from edge_sel.config import TrainConfig
 from edge_sel.core.source_memory import has_source_memory
 from edge_sel.core.words import plural
-from edge_sel.engine.run import DataOptions, finetune, pretrain
+from edge_sel.engine.runs.run import DataOptions, finetune, pretrain
 from edge_sel.report.summary import print_summary
 
 DEVICE_SHIFT = "corrupt=contrast:4"
@@ -49,8 +49,8 @@ def output_accuracy(run_dir: Path, test_sets) -> list[float]:
     """The run's output model (what promote would deploy: the best epoch, or the start) on each set."""
     import torch
 
-    from edge_sel.engine.bn_bank import attach_saved_bank
-    from edge_sel.engine.evaluate import accuracy, predict_dataset
+    from edge_sel.engine.evaluation.bn_bank import attach_saved_bank
+    from edge_sel.engine.evaluation.evaluate import accuracy, predict_dataset
     from edge_sel.models import load_checkpoint
     model, card = load_checkpoint(run_dir)
     attach_saved_bank(model, run_dir, card)      # statistics per condition, when it keeps them
@@ -76,7 +76,7 @@ def _row(name: str, summary: dict, run_dir: Path, test_sets, warmup_clean: float
 @click.option("--quiet", is_flag=True, help="No progress bars or tables.")
 def demo_cmd(out: Path, epochs: int, overwrite: bool, quiet: bool):
     """Pretrain on clean digits, adapt on a device whose digits are shifted, compare the levers."""
-    from edge_sel.engine.run import check_out_dir
+    from edge_sel.engine.runs.run import check_out_dir
     check_out_dir(out, overwrite)
     import torch
     threads = torch.get_num_threads()

@@ -5,12 +5,12 @@ import torch
 
 from helpers import records, run_cli, summary
 from edge_sel.core.flops import FlopCounter
-from edge_sel.engine.bn_adapt import batchnorm_layers, reestimate_bn
+from edge_sel.engine.evaluation.bn_adapt import batchnorm_layers, reestimate_bn
 from edge_sel.models import load_checkpoint
 
 
 def test_only_running_statistics_change(tiny_warm):
-    from edge_sel.engine.run import DataOptions
+    from edge_sel.engine.runs.run import DataOptions
     model, card = load_checkpoint(tiny_warm)
     splits = DataOptions("synthetic", shift="corrupt=contrast:5").load()
     before = {k: v.clone() for k, v in model.state_dict().items()}

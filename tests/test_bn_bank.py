@@ -14,13 +14,13 @@ from edge_sel.core.bn_bank import BANK_FILE, read_bank, write_bank
 from edge_sel.core.flops import FlopCounter
 from edge_sel.core.source_memory import read_source_memory
 from edge_sel.engine import faults
-from edge_sel.engine.anchors import load_memory
-from edge_sel.engine.deployed_swap import swap_in
-from edge_sel.engine.bn_bank import (DEFAULT_RADIUS, ConditionBank, Condition, attach_saved_bank, build_bank,
+from edge_sel.engine.levers.anchors import load_memory
+from edge_sel.engine.night.deployed_swap import swap_in
+from edge_sel.engine.evaluation.bn_bank import (DEFAULT_RADIUS, ConditionBank, Condition, attach_saved_bank, build_bank,
                                      fingerprint_flops, images_fingerprint, named_batchnorm, weights_key)
-from edge_sel.engine.evaluate import accuracy, evaluation_flops, predict_dataset
-from edge_sel.engine.life import Home
-from edge_sel.engine.run import DataOptions
+from edge_sel.engine.evaluation.evaluate import accuracy, evaluation_flops, predict_dataset
+from edge_sel.engine.night.life import Home
+from edge_sel.engine.runs.run import DataOptions
 from edge_sel.models import load_checkpoint
 from edge_sel.predict.conditions import ConditionChooser, feature_flops, pixel_features
 

@@ -30,12 +30,12 @@ from helpers import digits_warmup_with_memory
 from edge_sel.cli import cli
 from edge_sel.core.bn_bank import BANK_FILE
 from edge_sel.core.checkpoint import weights_digest
-from edge_sel.engine import life
-from edge_sel.engine.anchors import load_memory
-from edge_sel.engine.deployed_swap import versions_dir
-from edge_sel.engine.evaluate import accuracy, forgetting_points, predict_dataset
+from edge_sel.engine.night import life
+from edge_sel.engine.levers.anchors import load_memory
+from edge_sel.engine.night.deployed_swap import versions_dir
+from edge_sel.engine.evaluation.evaluate import accuracy, forgetting_points, predict_dataset
 from edge_sel.engine.faults import KILL_ENV
-from edge_sel.engine.life import Home
+from edge_sel.engine.night.life import Home
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -162,7 +162,7 @@ def guard_points_lost(home: Home, source_acc: float) -> tuple[float, Path]:
     import edge_sel
     serving = home.deployed if (home.deployed / "model.safetensors").is_file() else home.warmup
     model, card = edge_sel.load_model(serving)
-    from edge_sel.engine.run import DataOptions
+    from edge_sel.engine.runs.run import DataOptions
     memory = load_memory(home.warmup, card, DataOptions("digits", shard="1/2", subset=200).load().train)
     logits = predict_dataset(model, memory.guard, card.mean, card.std, 256)
     return forgetting_points(source_acc, accuracy(logits, memory.guard.labels)), serving

@@ -240,7 +240,7 @@ def test_flops_split_names_scoring_and_calibration():
 
 
 def test_a_full_disk_before_any_checkpoint_does_not_claim_one(tmp_path, monkeypatch):
-    from edge_sel.engine import state as state_mod
+    from edge_sel.engine.loop import state as state_mod
 
     def full(path, mode="r", *a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")

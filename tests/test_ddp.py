@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from edge_sel.config import TrainConfig
-from edge_sel.engine.ddp import (ShardedPlans, combine_energy, fault_kill_step, is_restart_of, rank_meter_names,
+from edge_sel.engine.runs.ddp import (ShardedPlans, combine_energy, fault_kill_step, is_restart_of, rank_meter_names,
                                  sum_counts)
 from edge_sel.data import BatchLoader
-from edge_sel.engine.distributed import World, shard_positions
-from edge_sel.engine.run import DataOptions, pretrain
+from edge_sel.engine.machine.distributed import World, shard_positions
+from edge_sel.engine.runs.run import DataOptions, pretrain
 from edge_sel.methods import Strategy
 from helpers import run_cli
 

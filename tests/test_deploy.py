@@ -133,7 +133,7 @@ def calls(tmp_path: Path) -> list[list[str]]:
 
 
 def test_run_script_hands_the_night_to_edge_sel_night_with_its_settings(tmp_path):
-    """What a night does is edge-sel night's (engine/life.py, tests/test_life.py); the script passes
+    """What a night does is edge-sel night's (engine/night/life.py, tests/test_life.py); the script passes
     the environment on and splits the extra options on spaces."""
     env = {**fake_edge_sel(tmp_path), "EDGE_SEL_EXTRA_ARGS": "--strategy dihcl --seed 4"}
     subprocess.run(["sh", str(SYSTEMD / "run-finetune.sh")], env=env, check=True)

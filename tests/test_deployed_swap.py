@@ -1,4 +1,4 @@
-"""The deployed model's link and versions (edge_sel/engine/deployed_swap.py), file by file: what a
+"""The deployed model's link and versions (edge_sel/engine/night/deployed_swap.py), file by file: what a
 version holds, how a plain directory becomes a link, what is kept, and how a crash is repaired.
 No model is loaded: a version is only files, so these run in milliseconds."""
 
@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from edge_sel.engine import deployed_swap as swap
-from edge_sel.engine.deployed_swap import DAMAGED, KEEP_VERSIONS
+from edge_sel.engine.night import deployed_swap as swap
+from edge_sel.engine.night.deployed_swap import DAMAGED, KEEP_VERSIONS
 
 
 def run_dir(path, weights, *extra):

@@ -3,7 +3,7 @@ import sys
 
 import torch
 
-from edge_sel.engine.distributed import World, detect_world, shard_positions, sum_across
+from edge_sel.engine.machine.distributed import World, detect_world, shard_positions, sum_across
 
 
 def test_plain_process_is_rank_zero_of_one():

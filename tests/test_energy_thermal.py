@@ -88,7 +88,7 @@ def test_sigterm_while_cooling_stops_with_a_checkpoint(tmp_path):
     import sys
     import time
 
-    from edge_sel.engine.state import load_state
+    from edge_sel.engine.loop.state import load_state
     from helpers import run_cli
     thermal_zone(tmp_path / "root", 0, "cpu-thermal", 95000)
     warm = tmp_path / "warm"

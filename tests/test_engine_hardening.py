@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from edge_sel.core.flops import FlopCounter
-from edge_sel.engine.ledger import ComputeLedger
-from edge_sel.engine.scoring import ScoringPasses
+from edge_sel.engine.loop.ledger import ComputeLedger
+from edge_sel.engine.loop.scoring import ScoringPasses
 from edge_sel.models import build_model
 from helpers import run_cli, run_main
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from helpers import digits_warmup_with_memory, run_cli
 from edge_sel.core.bn_bank import BANK_FILE, read_bank
 from edge_sel.core.source_memory import ANCHORS_FILE, read_source_memory
-from edge_sel.engine.state import load_state
+from edge_sel.engine.loop.state import load_state
 from edge_sel.errors import InputError
 from edge_sel.models import load_checkpoint
 

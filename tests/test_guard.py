@@ -15,9 +15,9 @@ import torch
 
 from helpers import SAME_CHOICES, records, run_cli, stable, summary
 from edge_sel.config import TrainConfig
-from edge_sel.engine.evaluate import accuracy, predict_dataset
-from edge_sel.engine.run import DataOptions, finetune
-from edge_sel.engine.state import load_state
+from edge_sel.engine.evaluation.evaluate import accuracy, predict_dataset
+from edge_sel.engine.runs.run import DataOptions, finetune
+from edge_sel.engine.loop.state import load_state
 from edge_sel.models import load_checkpoint
 
 RUN = ["--dataset", "synthetic", "--batch-size", "16", "--lr", "0.02", "--quiet", "--seed", "3"]
@@ -144,10 +144,10 @@ import shutil                                                           # noqa: 
 from helpers import run_main                                            # noqa: E402
 from edge_sel.core.flops import FlopCounter                             # noqa: E402
 from edge_sel.core.source_memory import SOURCE_FILES                  # noqa: E402
-from edge_sel.engine.evaluate import evaluation_flops                   # noqa: E402
-from edge_sel.engine.keep import BN_ADAPT_EPOCH, WARMUP_EPOCH, ModelChoice  # noqa: E402
-from edge_sel.engine.progress_log import ProgressLog                    # noqa: E402
-from edge_sel.engine.promote import decide                              # noqa: E402
+from edge_sel.engine.evaluation.evaluate import evaluation_flops                   # noqa: E402
+from edge_sel.engine.evaluation.keep import BN_ADAPT_EPOCH, WARMUP_EPOCH, ModelChoice  # noqa: E402
+from edge_sel.engine.loop.progress_log import ProgressLog                    # noqa: E402
+from edge_sel.engine.night.promote import decide                              # noqa: E402
 
 SERVER, DEVICE = DataOptions("digits", shard="0/2"), DataOptions("digits", shard="1/2", shift="corrupt=contrast:5")
 EVAL_BATCH = 128
@@ -163,7 +163,7 @@ def digits_source(tmp_path_factory):
     guard), and its twin without (same weights, as a checkpoint from before the memory existed)."""
     root = tmp_path_factory.mktemp("digits-source")
     warm, bare = root / "warm", root / "bare"
-    from edge_sel.engine.run import pretrain
+    from edge_sel.engine.runs.run import pretrain
     pretrain("edgecnn", SERVER, TrainConfig(epochs=4, **{**FIXED, "batch_size": 64}, anchors_per_class=20,
                                             fisher_samples=64), warm, quiet=True)
     shutil.copytree(warm, bare)
@@ -367,7 +367,7 @@ def test_the_journal_line_shows_the_guard_anchors():
 
 def test_a_device_sized_validation_makes_room_for_the_guard_anchors():
     """The guard anchors are part of every validation pass: they come out of the affordable samples."""
-    from edge_sel.engine.val_size import device_val_size
+    from edge_sel.engine.loop.val_size import device_val_size
     from edge_sel.methods.presets import apply_preset
     from edge_sel.models import build_model
     cfg = apply_preset(TrainConfig(epochs=3, batch_size=64, bn_adapt=500, method={"preset": "adapt"},

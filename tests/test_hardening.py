@@ -58,7 +58,7 @@ def test_the_python_api_keeps_non_default_values_and_takes_the_preset_otherwise(
 
 def test_accumulators_avoid_float64_where_the_device_has_none(monkeypatch, tiny_warm, tmp_path):
     from edge_sel import device_caps
-    from edge_sel.engine.evaluate import EmbarrassmentMeter
+    from edge_sel.engine.evaluation.evaluate import EmbarrassmentMeter
     from edge_sel.methods.select.hardness import HardnessStore
     assert device_caps.accumulator_dtype(torch.device("mps")) == torch.float32
     assert device_caps.accumulator_dtype(torch.device("cpu")) == torch.float64
@@ -120,7 +120,7 @@ def test_a_state_file_with_pickled_objects_is_refused(tmp_path):
     import hashlib
     import io
 
-    from edge_sel.engine import state as state_mod
+    from edge_sel.engine.loop import state as state_mod
     buf = io.BytesIO()
     torch.save({"format": "edge-sel-train-state/1", "x": Payload()}, buf)
     payload = buf.getvalue()
@@ -135,7 +135,7 @@ def test_a_state_file_with_pickled_objects_is_refused(tmp_path):
 def test_numpy_values_in_a_state_come_back_as_tensors_and_numbers(tmp_path):
     import numpy as np
 
-    from edge_sel.engine import state as state_mod
+    from edge_sel.engine.loop import state as state_mod
     state = {"rng": np.random.get_state(), "n": np.int64(3), "a": np.arange(4)}
     back = state_mod.decode(state_mod.encode(state))
     assert back["n"] == 3 and torch.equal(back["a"], torch.arange(4))
@@ -267,8 +267,8 @@ def test_a_full_disk_while_writing_run_files_is_one_line_exit_1(tiny_warm, tmp_p
     import builtins
 
     from edge_sel.core import checkpoint, records
-    from edge_sel.engine import run
-    from edge_sel.engine.state import load_state
+    from edge_sel.engine.runs import run
+    from edge_sel.engine.loop.state import load_state
     if target == "records":
         real_open = builtins.open
         monkeypatch.setattr(records, "open", lambda p, mode="r", *a, **k: _full_disk() if str(p).endswith(name)

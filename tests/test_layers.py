@@ -16,7 +16,15 @@ LAYERS = [
                       "edge_sel.demo", "edge_sel.energy.monitor_cli"]),
     ("bench, report, export, fleet, profiles", ["edge_sel.bench", "edge_sel.report", "edge_sel.export",
                                                 "edge_sel.fleet", "edge_sel.profiles"]),
-    ("engine", ["edge_sel.engine"]),
+    # The engine's rooms, highest first: a device's nights, runs started and resumed, the training
+    # loop, the machine it runs on, the levers against forgetting, evaluation; fault points under all.
+    ("engine: night", ["edge_sel.engine.night"]),
+    ("engine: runs", ["edge_sel.engine.runs"]),
+    ("engine: loop", ["edge_sel.engine.loop"]),
+    ("engine: machine", ["edge_sel.engine.machine"]),
+    ("engine: levers", ["edge_sel.engine.levers"]),
+    ("engine: evaluation", ["edge_sel.engine.evaluation"]),
+    ("engine: fault points", ["edge_sel.engine"]),
     ("predict", ["edge_sel.predict"]),
     ("backends", ["edge_sel.backends"]),
     ("methods", ["edge_sel.methods"]),

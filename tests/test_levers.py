@@ -12,7 +12,7 @@ from edge_sel.core.checkpoint import save_checkpoint
 from edge_sel.core.flops import FlopCounter
 from edge_sel.core.source_memory import GUARD
 from edge_sel.engine import faults
-from edge_sel.engine.bn_adapt import batchnorm_layers
+from edge_sel.engine.evaluation.bn_adapt import batchnorm_layers
 from edge_sel.methods.base import Strategy
 from edge_sel.methods.objective import PENALTY_BACKWARD_FLOPS_PER_ENTRY, PENALTY_FORWARD_FLOPS_PER_ENTRY
 from edge_sel.models import load_checkpoint

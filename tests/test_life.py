@@ -1,4 +1,4 @@
-"""A device's night as one module (engine/life.py): night after night in a temporary home on
+"""A device's night as one module (engine/night/life.py): night after night in a temporary home on
 digits, a run cut off at its end finished without training, a run that can no longer be resumed
 set aside, a stop signal's exit status, the night's all-in cost; `edge-sel night`'s settings and
 refusals; and the systemd script running a real night through it."""
@@ -18,9 +18,9 @@ from helpers import records, run_cli, run_main, summary
 from edge_sel.config import TrainConfig
 from edge_sel.core.checkpoint import weights_digest
 from edge_sel.engine import faults
-from edge_sel.engine.life import Home, latest_run, new_run_name, night, set_aside, unfinished
-from edge_sel.engine.run import DataOptions, pretrain
-from edge_sel.engine.trainer import Trainer
+from edge_sel.engine.night.life import Home, latest_run, new_run_name, night, set_aside, unfinished
+from edge_sel.engine.runs.run import DataOptions, pretrain
+from edge_sel.engine.loop.trainer import Trainer
 from edge_sel.errors import InputError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -182,7 +182,7 @@ def test_night_takes_the_settings_of_the_units_environment(tmp_path, monkeypatch
     from click.testing import CliRunner
 
     from edge_sel.cli import cli
-    from edge_sel.engine import life
+    from edge_sel.engine.night import life
     seen = {}
 
     def fake_night(home, data, cfg, energy, profile=None, **kw):
@@ -242,7 +242,7 @@ def test_the_systemd_script_runs_a_real_night(warmup, tmp_path):
 
 
 def test_a_swap_cut_off_between_its_renames_is_repaired_before_the_start_is_chosen(warmup, tmp_path, monkeypatch):
-    from edge_sel.engine import deployed_swap, life
+    from edge_sel.engine.night import deployed_swap, life
     home = a_home(tmp_path, warmup)
     deployed_swap.swap_in(home.warmup, home.deployed)       # a model deployed (a link to a version)
     home.deployed.unlink()                                 # the instant between the two renames
@@ -260,7 +260,7 @@ def test_a_swap_cut_off_between_its_renames_is_repaired_before_the_start_is_chos
 def test_a_run_that_fails_to_resume_the_same_way_is_set_aside_after_three_nights(warmup, tmp_path, monkeypatch):
     """Before: only bad input set a run aside; any other deterministic failure while resuming
     retried the same run every night, forever, with no training and no promote."""
-    from edge_sel.engine import life
+    from edge_sel.engine.night import life
     home = a_home(tmp_path, warmup)
     stuck = home.runs / "20000101T000000Z"
     (stuck / "state").mkdir(parents=True)

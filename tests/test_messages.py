@@ -9,7 +9,7 @@ from helpers import run_main
 from safetensors.torch import load_file, save_file
 
 import edge_sel
-from edge_sel.engine.progress_log import ProgressLog
+from edge_sel.engine.loop.progress_log import ProgressLog
 from edge_sel.errors import InputError
 from edge_sel.report.summary import shipped_line
 

@@ -15,9 +15,10 @@ import pytest
 
 from helpers import SAME_CHOICES, records, run_cli, run_main, stable, summary
 from edge_sel.core.checkpoint import weights_digest
-from edge_sel.engine import deployed_swap, faults
-from edge_sel.engine.evaluate import evaluation_flops
-from edge_sel.engine.trainer import Trainer
+from edge_sel.engine.night import deployed_swap
+from edge_sel.engine import faults
+from edge_sel.engine.evaluation.evaluate import evaluation_flops
+from edge_sel.engine.loop.trainer import Trainer
 from edge_sel.models import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -283,7 +284,7 @@ def evaluation_flops_of(checkpoint, n, batch):
 def test_validation_is_sized_to_at_most_a_fifth_of_the_counted_compute():
     from edge_sel.config import TrainConfig
     from edge_sel.core.flops import FlopCounter
-    from edge_sel.engine.val_size import MIN_SAMPLES, device_val_size
+    from edge_sel.engine.loop.val_size import MIN_SAMPLES, device_val_size
     from edge_sel.methods.presets import apply_preset
     from edge_sel.models import build_model
     cfg = apply_preset(TrainConfig(epochs=3, batch_size=64, bn_adapt=500, method={"preset": "adapt"},

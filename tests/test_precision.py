@@ -12,10 +12,10 @@ import torch
 from edge_sel import device_caps
 from edge_sel.config import TrainConfig
 from edge_sel.data import load_source, make_splits
-from edge_sel.engine import precision
-from edge_sel.engine.bn_adapt import batchnorm_layers
-from edge_sel.engine.device import seed_everything
-from edge_sel.engine.trainer import Trainer
+from edge_sel.engine.machine import precision
+from edge_sel.engine.evaluation.bn_adapt import batchnorm_layers
+from edge_sel.engine.machine.device import seed_everything
+from edge_sel.engine.loop.trainer import Trainer
 from edge_sel.methods import Strategy, Updater
 from edge_sel.models import build_model
 from helpers import run_cli

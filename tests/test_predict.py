@@ -18,8 +18,8 @@ from PIL import Image
 from helpers import digits_warmup_with_memory, run_cli, run_main
 from edge_sel.core.bn_bank import BANK_FILE, SavedCondition, read_bank, write_bank
 from edge_sel.data.camera import apply_condition, camera_stream
-from edge_sel.engine.bn_bank import images_fingerprint
-from edge_sel.engine.run import DataOptions
+from edge_sel.engine.evaluation.bn_bank import images_fingerprint
+from edge_sel.engine.runs.run import DataOptions
 from edge_sel.models import load_checkpoint
 from edge_sel.predict.conditions import normalised
 from edge_sel.predict.predictor import Predictor
@@ -257,7 +257,7 @@ def test_load_model_routes_per_image_keeps_its_own_buffers_and_is_safe_between_t
 
 
 def test_promote_counts_choosing_the_deployed_models_conditions(banked, tmp_path):
-    from edge_sel.engine.promote import validate_deployed
+    from edge_sel.engine.night.promote import validate_deployed
     from edge_sel.predict.conditions import distance_flops, feature_flops
     config = json.loads((banked / "config.json").read_text())
     plain = tmp_path / "plain"

@@ -1,4 +1,4 @@
-"""The layout and precision probes on a shared CPU (edge_sel/engine/probe_cache.py): kept per CPU
+"""The layout and precision probes on a shared CPU (edge_sel/engine/machine/probe_cache.py): kept per CPU
 model and model structure, provisional when measured under load, measured again on a quiet start,
 dropped when a run's steps disagree with them."""
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from edge_sel.engine import layout, precision, probe_cache
+from edge_sel.engine.machine import layout, precision, probe_cache
 from edge_sel.models import build_model
 
 X86_BF16 = "model name\t: {}\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_bf16\n"

@@ -111,7 +111,7 @@ def test_a_preset_keeps_its_recipe_over_the_profile(warm, tmp_path, jetson_root)
 
 
 def test_the_profile_threads_apply_during_the_run_only(warm, tmp_path, jetson_root, monkeypatch):
-    import edge_sel.engine.run as run_module
+    import edge_sel.engine.runs.run as run_module
     seen = []
     real = run_module.finetune
     monkeypatch.setattr("edge_sel.cli.finetune",

@@ -17,8 +17,8 @@ import torch
 
 from fake_sysfs import orin_nano
 from helpers import SAME_CHOICES, records, run_cli, stable
-from edge_sel.engine import state as state_mod
-from edge_sel.engine.state import load_state, save_state
+from edge_sel.engine.loop import state as state_mod
+from edge_sel.engine.loop.state import load_state, save_state
 
 FINETUNE = ["--dataset", "synthetic", "--epochs", "3", "--batch-size", "16", "--checkpoint-every", "4",
             "--lr", "0.02", "--quiet", "--seed", "7", *SAME_CHOICES]

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from edge_sel.engine.evaluate import EmbarrassmentMeter
+from edge_sel.engine.evaluation.evaluate import EmbarrassmentMeter
 from edge_sel.methods.base import Plan, RunContext, Strategy
 from edge_sel.methods.select.embarrassment import ClassFocus, class_shares, quotas, take
 from sel_helpers import tiny_context

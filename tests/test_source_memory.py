@@ -16,8 +16,8 @@ from edge_sel.config import TrainConfig
 from edge_sel.core.flops import FlopCounter
 from edge_sel.core.source_memory import ANCHORS_FILE, GUARD, REPLAY, SOURCE_FILES
 from edge_sel.data import IndexedDataset
-from edge_sel.engine.fisher import diagonal_fisher
-from edge_sel.engine.run import DataOptions, finetune, pretrain
+from edge_sel.engine.levers.fisher import diagonal_fisher
+from edge_sel.engine.runs.run import DataOptions, finetune, pretrain
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -181,7 +181,7 @@ def test_fisher_samples_zero_is_refused_in_one_line(tmp_path, capsys):
 
 
 def test_finetune_carries_the_files_and_the_deployed_model_keeps_them(warm, tmp_path):
-    from edge_sel.engine.deployed_swap import swap_in
+    from edge_sel.engine.night.deployed_swap import swap_in
     out, _ = warm
     run = tmp_path / "run"
     cfg = TrainConfig(epochs=1, batch_size=64, seed=1, **FIXED)

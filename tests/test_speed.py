@@ -8,10 +8,10 @@ import torch
 
 from edge_sel.config import TrainConfig
 from edge_sel.data import load_source, make_splits
-from edge_sel.engine.device import seed_everything
-from edge_sel.engine import layout
-from edge_sel.engine.layout import choose_layout, has_conv
-from edge_sel.engine.trainer import Trainer
+from edge_sel.engine.machine.device import seed_everything
+from edge_sel.engine.machine import layout
+from edge_sel.engine.machine.layout import choose_layout, has_conv
+from edge_sel.engine.loop.trainer import Trainer
 from edge_sel.methods import Strategy, Updater
 from edge_sel.models import build_model
 from helpers import records, run_cli

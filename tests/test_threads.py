@@ -47,7 +47,7 @@ def test_a_resumed_run_keeps_the_thread_count_it_started_with_unless_told(tmp_pa
     import torch
 
     from edge_sel import threads
-    from edge_sel.engine import trainer as trainer_mod
+    from edge_sel.engine.loop import trainer as trainer_mod
     monkeypatch.delenv("EDGE_SEL_THREADS", raising=False)
     monkeypatch.setattr(threads, "other_load", lambda: 7.5)      # busy at the start: one thread
     args = ["pretrain", "--model", "edgecnn", "--dataset", "digits", "--epochs", "2", "--subset", "200",

@@ -96,7 +96,7 @@ def test_the_model_deployed_before_survives_a_version_never_deployed_and_a_clock
     but never deployed (a crash at promote-versioned) or a clock that jumped pushed out the model
     that was deployed before."""
     import os
-    from edge_sel.engine import deployed_swap
+    from edge_sel.engine.night import deployed_swap
     deployed = tmp_path / "deployed"
     v1 = deployed_swap.swap_in(fake_run(tmp_path / "r1", "one"), deployed)
     v2 = deployed_swap.swap_in(fake_run(tmp_path / "r2", "two"), deployed)
@@ -109,7 +109,7 @@ def test_the_model_deployed_before_survives_a_version_never_deployed_and_a_clock
 def test_a_failure_after_the_flip_is_reported_as_deployed_and_recorded(tmp_path, monkeypatch, capsys):
     """Before: an error after the link flip was reported as 'cannot replace the deployed model ...;
     it is unchanged' while the link named the new model, and promote.json was not written."""
-    from edge_sel.engine import deployed_swap, promote as promote_mod
+    from edge_sel.engine.night import deployed_swap, promote as promote_mod
     deployed = tmp_path / "deployed"
     deployed_swap.swap_in(fake_run(tmp_path / "r1", "one"), deployed)
     run = fake_run(tmp_path / "r2", "two")
@@ -143,8 +143,8 @@ def test_a_damaged_bank_at_the_start_is_set_aside_and_the_night_goes_on(warm, tm
 
 def test_a_deployed_model_that_no_longer_loads_is_rolled_back_to_the_version_before(warm, tmp_path, monkeypatch):
     """Before: a damaged deployed card failed every night (exit 2) and left nothing that loads."""
-    from edge_sel.engine import deployed_swap
-    from edge_sel.engine.life import Home
+    from edge_sel.engine.night import deployed_swap
+    from edge_sel.engine.night.life import Home
     from edge_sel.models import load_checkpoint
     from helpers import run_cli
     monkeypatch.setenv(TRUST_ENV, "0")
@@ -164,7 +164,8 @@ def test_a_deployed_model_that_no_longer_loads_is_rolled_back_to_the_version_bef
 
 def test_a_promotion_is_recorded_before_the_swap(tmp_path, monkeypatch):
     """Before: a crash after the link flipped left a deployed model no promote.json accepted."""
-    from edge_sel.engine import deployed_swap, faults, promote as promote_mod
+    from edge_sel.engine.night import deployed_swap, promote as promote_mod
+    from edge_sel.engine import faults
     deployed = tmp_path / "deployed"
     run = fake_run(tmp_path / "r1", "one")
     monkeypatch.setattr(promote_mod, "decide", lambda *a, **k: promote_mod.Decision(True, "first", "nothing"))

@@ -29,9 +29,9 @@ import torch
 from edge_sel.config import TrainConfig
 from edge_sel.data import Splits
 from edge_sel.data.split import stratified_take
-from edge_sel.engine.device import seed_everything
-from edge_sel.engine.run import DataOptions
-from edge_sel.engine.trainer import NullMeter, Trainer
+from edge_sel.engine.machine.device import seed_everything
+from edge_sel.engine.runs.run import DataOptions
+from edge_sel.engine.loop.trainer import NullMeter, Trainer
 from edge_sel.methods import make_strategy, make_updater
 from edge_sel.models import load_checkpoint
 
@@ -42,7 +42,7 @@ CHECKPOINT = Path("/work/bench-ckpt/cifar-edgecnn-warmup")
 def open_energy_meter():
     """The run's usual meter (a sensor, or the labelled estimate); none if the energy package is absent."""
     try:
-        from edge_sel.engine.energy_setup import EnergyOptions
+        from edge_sel.engine.machine.energy_setup import EnergyOptions
         return EnergyOptions().validate().open()
     except Exception as e:  # the benchmark measures compute first; energy is reported if available
         print(f"(no energy meter: {e!r})", file=sys.stderr)

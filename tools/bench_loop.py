@@ -36,11 +36,11 @@ from edge_sel.config import TrainConfig
 from edge_sel.data import load_source, make_splits
 from edge_sel.data.augment import augment_batch, normalize
 from edge_sel.device_caps import native_bf16
-from edge_sel.engine.device import seed_everything
-from edge_sel.engine.energy_setup import EnergyOptions
-from edge_sel.engine.evaluate import predict_dataset
-from edge_sel.engine.precision import autocast
-from edge_sel.engine.trainer import Trainer
+from edge_sel.engine.machine.device import seed_everything
+from edge_sel.engine.machine.energy_setup import EnergyOptions
+from edge_sel.engine.evaluation.evaluate import predict_dataset
+from edge_sel.engine.machine.precision import autocast
+from edge_sel.engine.loop.trainer import Trainer
 from edge_sel.methods import Strategy, Updater, make_strategy
 from edge_sel.models import build_model
 

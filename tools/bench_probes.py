@@ -23,7 +23,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from edge_sel.bench.contention import busy  # noqa: E402
-from edge_sel.engine import layout, precision  # noqa: E402
+from edge_sel.engine.machine import layout
+from edge_sel.engine import precision  # noqa: E402
 from edge_sel.models import build_model  # noqa: E402
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from edge_sel.config import TrainConfig
 from edge_sel.core.records import read_records
-from edge_sel.engine.run import DataOptions, finetune
+from edge_sel.engine.runs.run import DataOptions, finetune
 
 SCENARIOS = {
     "noise": "corrupt=gaussian_noise:3",

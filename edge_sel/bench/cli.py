@@ -23,7 +23,7 @@ from edge_sel.cli_base import Group
 from edge_sel.config import TrainConfig
 from edge_sel.core.checkpoint import read_card
 from edge_sel.core.words import plural
-from edge_sel.engine.run import DataOptions, check_out_dir, pretrain
+from edge_sel.engine.runs.run import DataOptions, check_out_dir, pretrain
 from edge_sel.errors import InputError
 
 REPO = Path(__file__).resolve().parents[2]

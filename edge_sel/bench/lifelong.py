@@ -39,11 +39,11 @@ from edge_sel.data.split import stratified_take
 import torch
 
 from edge_sel.data.camera import class_runs
-from edge_sel.engine.evaluate import accuracy, evaluation_flops, predict_dataset
-from edge_sel.engine import life
-from edge_sel.engine.bn_bank import attach_saved_bank
-from edge_sel.engine.life import Home
-from edge_sel.engine.run import DataOptions
+from edge_sel.engine.evaluation.evaluate import accuracy, evaluation_flops, predict_dataset
+from edge_sel.engine.night import life
+from edge_sel.engine.evaluation.bn_bank import attach_saved_bank
+from edge_sel.engine.night.life import Home
+from edge_sel.engine.runs.run import DataOptions
 from edge_sel.errors import InputError
 from edge_sel.models import load_checkpoint
 from edge_sel.predict.conditions import feature_flops

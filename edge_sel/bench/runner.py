@@ -1,4 +1,4 @@
-"""Runs a suite: every system over every seed through `engine.run.finetune`, in one process, then
+"""Runs a suite: every system over every seed through `engine.runs.run.finetune`, in one process, then
 the final full-test evaluation, the random controls at the realised activation, and the results.
 
 Data: the fine-tuning split of `BenchData`. Per epoch the engine evaluates on a validation split
@@ -26,9 +26,9 @@ from edge_sel.config import TrainConfig
 from edge_sel.core.words import plural
 from edge_sel.data import Splits
 from edge_sel.data.split import stratified_take
-from edge_sel.engine.device import pick_device
-from edge_sel.engine.evaluate import accuracy, predict_dataset
-from edge_sel.engine.run import DataOptions, finetune
+from edge_sel.engine.machine.device import pick_device
+from edge_sel.engine.evaluation.evaluate import accuracy, predict_dataset
+from edge_sel.engine.runs.run import DataOptions, finetune
 from edge_sel.methods.presets import apply_preset
 from edge_sel.methods.update import lottery
 from edge_sel.models import load_checkpoint

@@ -1,4 +1,4 @@
-"""The file of a model's BatchNorm statistics kept per condition (engine/bn_bank.py computes them):
+"""The file of a model's BatchNorm statistics kept per condition (engine/evaluation/bn_bank.py computes them):
 
     bn_bank.safetensors   per condition the device has seen (the source's first): a few of its
                           unlabelled images (uint8, as stored) and the running mean and variance of

@@ -45,7 +45,7 @@ class Anchors:
 
 @dataclass
 class SourceMemory:
-    anchors: Anchors                  # engine/anchors.py makes datasets of them (replay, guard)
+    anchors: Anchors                  # engine/levers/anchors.py makes datasets of them (replay, guard)
     fisher: dict[str, torch.Tensor]   # parameter name -> diagonal Fisher information (fp32)
     source: dict[str, torch.Tensor]   # the source model's state dict (parameters and buffers)
     info: dict = field(default_factory=dict)   # the card's source_memory section

@@ -4,7 +4,7 @@ a power cut (SIGKILL, nothing flushed or cleaned up) when it reaches the point c
 
 Points: `last-state` (the last epoch's state is written), `tested` (the end-of-run test pass is
 done), `model-written` (model.safetensors is written, summary.json not yet), and the promote swap's
-steps (`promote-*`, see engine/promote.py). Unset, every point is a no-op."""
+steps (`promote-*`, see engine/night/promote.py). Unset, every point is a no-op."""
 
 from __future__ import annotations
 

@@ -111,7 +111,7 @@ def settings_from(kw: dict, eval_dataset: str | None, clients: int | None, simul
             from edge_sel.core.checkpoint import read_card
             read_card(checkpoint)
         if not kw["resume"]:
-            from edge_sel.engine.run import check_out_dir
+            from edge_sel.engine.runs.run import check_out_dir
             check_out_dir(kw["out"], kw["overwrite"])
         else:
             required_file(kw["out"], "config.json", "--resume", "fleet run directory")
@@ -280,7 +280,7 @@ def submit_or_stop(remote, app: Path, run_config: Path, env: dict, superlink: st
     """remote.submit; a SIGTERM, SIGHUP or Ctrl-C meanwhile ends the command with one line and the
     signal's exit status (the `flwr run` child is killed with it, so whether the SuperLink took the
     run is not known here: `flwr ls` says)."""
-    from edge_sel.engine.signals import exit_code_for
+    from edge_sel.engine.runs.signals import exit_code_for
     from edge_sel.fleet.launch import Stopped, stop_on_signals
     try:
         with stop_on_signals():

@@ -16,8 +16,8 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from edge_sel.config import TrainConfig
 from edge_sel.core.checkpoint import ModelCard
 from edge_sel.data import Splits
-from edge_sel.engine.energy_setup import EnergyOptions
-from edge_sel.engine.run import check_compatible, dataset_card, train_model, vars_of
+from edge_sel.engine.machine.energy_setup import EnergyOptions
+from edge_sel.engine.runs.run import check_compatible, dataset_card, train_model, vars_of
 from edge_sel.errors import InputError
 from edge_sel.fleet.node import NodeSettings
 from edge_sel.fleet.partition import partition

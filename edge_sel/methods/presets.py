@@ -149,7 +149,7 @@ def preset_adapt(cfg, prefer) -> None:
     if cfg.sparsity is None:
         cfg.sparsity = "rgn"
     if not typed(cfg, "val_subset") and cfg.val_subset == 0 and not cfg.val_share:
-        cfg.val_share = 0.2     # validation sized for a device (engine/val_size.py)
+        cfg.val_share = 0.2     # validation sized for a device (engine/loop/val_size.py)
 
 
 # name -> function(cfg, prefer) that edits cfg in place.

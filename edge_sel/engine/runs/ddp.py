@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from edge_sel.engine.distributed import World, barrier, init, shard_positions, shutdown, untrained_tail
-from edge_sel.engine.state import decode, encode
+from edge_sel.engine.machine.distributed import World, barrier, init, shard_positions, shutdown, untrained_tail
+from edge_sel.engine.loop.state import decode, encode
 from edge_sel.errors import InputError
 from edge_sel.methods import Plan
 

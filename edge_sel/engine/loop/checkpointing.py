@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge_sel.engine.ledger import ROLLED_BACK_ZERO
-from edge_sel.engine.progress import EpochProgress
-from edge_sel.engine.state import load_state, save_state
-from edge_sel.engine.totals import StepTotals
+from edge_sel.engine.loop.ledger import ROLLED_BACK_ZERO
+from edge_sel.engine.loop.progress import EpochProgress
+from edge_sel.engine.loop.state import load_state, save_state
+from edge_sel.engine.loop.totals import StepTotals
 
 MAX_NONFINITE_IN_A_ROW = 3
 STATE_FORMAT = "edge-sel-train-state/1"

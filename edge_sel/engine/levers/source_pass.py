@@ -12,8 +12,8 @@ import torch
 
 from edge_sel.core.source_memory import ANCHORS_FILE, FISHER_FILE, GUARD, REPLAY, SOURCE_FILE, Anchors, \
     draw_anchors, write_source_memory
-from edge_sel.engine.evaluate import accuracy, evaluation_flops
-from edge_sel.engine.fisher import diagonal_fisher, fisher_positions
+from edge_sel.engine.evaluation.evaluate import accuracy, evaluation_flops
+from edge_sel.engine.levers.fisher import diagonal_fisher, fisher_positions
 from edge_sel.errors import InputError
 
 WHAT = {ANCHORS_FILE: "labelled training images of the source (uint8): replay ones mixed into a fine-tune's batches, "

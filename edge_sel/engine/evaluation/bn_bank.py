@@ -13,7 +13,7 @@ Measured on CIFAR-10 (shard 1/2 draws, 256 images each): clean draws, a four-cla
 label-noise draw lie within 0.03 of each other and of the source's anchors; Gaussian noise,
 fog and clean lie 0.9-3.6 apart; one batch of 64 clean images lies 0.04-0.09 from the clean ones.
 
-A run (engine/trainer.py calls this module):
+A run (engine/loop/trainer.py calls this module):
 1. at its start, tonight's images are matched against the start model's conditions: the nearest
    within `--bn-condition-radius` takes tonight's images (the source keeps its anchors), otherwise
    tonight is a new condition; then the least recently matched ones make room until K are kept
@@ -41,7 +41,7 @@ from torch import nn
 from edge_sel.config import TrainConfig
 from edge_sel.core.bn_bank import BANK_FILE, SavedCondition, read_bank, write_bank
 from edge_sel.data import IndexedDataset
-from edge_sel.engine.bn_adapt import batchnorm_layers, reestimate_bn
+from edge_sel.engine.evaluation.bn_adapt import batchnorm_layers, reestimate_bn
 from edge_sel.errors import InputError
 from edge_sel.predict.conditions import (FEATURES_PER_CHANNEL, ConditionChooser, distance_flops, feature_flops,
                                          image_features)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from edge_sel.data import Batch
-from edge_sel.engine.evaluate import EmbarrassmentMeter
+from edge_sel.engine.evaluation.evaluate import EmbarrassmentMeter
 from edge_sel.methods import Plan
 
 

@@ -2,14 +2,14 @@
 model itself on the run's local validation data and does not forget where it came from.
 
 The guard (`--max-forgetting P`, the run's own value unless promote is given one) looks at the
-guard anchors the run carries (engine/anchors.py): a candidate more than P points below the source
+guard anchors the run carries (engine/levers/anchors.py): a candidate more than P points below the source
 model there, and below the deployed model, is not deployed however well it does tonight; and a
 deployed model that has itself drifted more than P points is replaced by a candidate within P even
 when the candidate's local validation accuracy is not higher (keeping the drifted model is what the
 guard forbids; a reset to the source weights produces such candidates).
 
 `decide` returns which rule decided; `promote` acts on it with the atomic swap of
-engine/deployed_swap.py and writes RUN/promote.json."""
+engine/night/deployed_swap.py and writes RUN/promote.json."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edge_sel.core.checkpoint import atomic_write_bytes, weights_digest
-from edge_sel.engine.deployed_swap import MODEL_FILES, AfterSwapError, recover, swap_in
-from edge_sel.engine.evaluate import forgetting_points
+from edge_sel.engine.night.deployed_swap import MODEL_FILES, AfterSwapError, recover, swap_in
+from edge_sel.engine.evaluation.evaluate import forgetting_points
 from edge_sel.errors import InputError, WriteError, existing_dir, required_file
 
 NOT_PROMOTED_EXIT = 3       # a run judged and not deployed: not a failure (the nightly script exits 0)
@@ -184,10 +184,10 @@ def validate_deployed(config: dict, deployed: Path, run_dir: Path | None = None)
     import torch
 
     from edge_sel.core.flops import FlopCounter
-    from edge_sel.engine.anchors import load_memory
-    from edge_sel.engine.bn_bank import attach_saved_bank, run_bank_for
-    from edge_sel.engine.evaluate import accuracy, evaluation_flops, predict_dataset, validation_subset
-    from edge_sel.engine.run import DataOptions, check_compatible
+    from edge_sel.engine.levers.anchors import load_memory
+    from edge_sel.engine.evaluation.bn_bank import attach_saved_bank, run_bank_for
+    from edge_sel.engine.evaluation.evaluate import accuracy, evaluation_flops, predict_dataset, validation_subset
+    from edge_sel.engine.runs.run import DataOptions, check_compatible
     from edge_sel.models import load_checkpoint
     from edge_sel.predict.conditions import feature_flops
     data = DataOptions(**{**config["data"], "data_dir": config["data"].get("data_dir")})

@@ -4,7 +4,7 @@ bf16 autocast halves the bytes every convolution moves and, on CPUs with bf16 in
 (AVX512-BF16, AMX, Arm BF16), runs oneDNN's bf16 kernels: often about twice as fast. Where the
 CPU lacks them oneDNN emulates bf16 and is slower than fp32, so "auto" never picks bf16 there, and
 elsewhere only where a short measurement finds it clearly faster (kept for later runs, and measured
-again when it was taken under load, by engine/probe_cache.py's rules). Losses, embarrassment statistics
+again when it was taken under load, by engine/machine/probe_cache.py's rules). Losses, embarrassment statistics
 and every accumulator stay fp32 (the backend casts logits to fp32 before any loss).
 
 Forward-only passes (evaluation, scoring passes, BatchNorm re-estimation) get their own decision:
@@ -26,9 +26,9 @@ from torch import nn
 from edge_sel.core.flops import FlopCounter
 from edge_sel.data import IndexedDataset
 from edge_sel.device_caps import PRECISION_DTYPES, native_bf16
-from edge_sel.engine.evaluate import accuracy, predict_dataset
-from edge_sel.engine import probe_cache
-from edge_sel.engine.layout import to_layout
+from edge_sel.engine.evaluation.evaluate import accuracy, predict_dataset
+from edge_sel.engine.machine import probe_cache
+from edge_sel.engine.machine.layout import to_layout
 
 DTYPES = PRECISION_DTYPES
 PROBE_STEPS = 5           # timed steps per precision, interleaved, after one untimed warm-up each

@@ -10,8 +10,8 @@ import torch
 from edge_sel.backends.torch_backend import freeze_batchnorm_stats
 from edge_sel.core.flops import FlopCounter
 from edge_sel.data import IndexedDataset
-from edge_sel.engine.evaluate import evaluation_flops, predict_dataset
-from edge_sel.engine.ledger import ComputeLedger
+from edge_sel.engine.evaluation.evaluate import evaluation_flops, predict_dataset
+from edge_sel.engine.loop.ledger import ComputeLedger
 
 
 class ScoringPasses:

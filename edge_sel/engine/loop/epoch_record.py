@@ -2,7 +2,7 @@
 
 Every cost is counted from passes actually run: training steps, scoring passes a strategy asked
 for, an updater's or BatchNorm re-estimation's forward passes, and steps a rollback threw away.
-The evaluation's fields come between the cost and the closing fields (engine/trainer.py).
+The evaluation's fields come between the cost and the closing fields (engine/loop/trainer.py).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import torch
 
 from edge_sel.data.frames import scene_of
 from edge_sel.device_caps import peak_rss_mb
-from edge_sel.engine.evaluate import EmbarrassmentMeter
-from edge_sel.engine.keep import WARMUP_EPOCH
-from edge_sel.engine.progress import EpochProgress
+from edge_sel.engine.evaluation.evaluate import EmbarrassmentMeter
+from edge_sel.engine.evaluation.keep import WARMUP_EPOCH
+from edge_sel.engine.loop.progress import EpochProgress
 
 
 def training_fields(epoch: int, phase: str, strategy: str, samples_available: int, progress: EpochProgress,

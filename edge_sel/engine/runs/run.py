@@ -23,18 +23,19 @@ from edge_sel.core.words import plural
 from edge_sel.data import Splits, load_source, make_splits, parse_shard
 from edge_sel.data.shift import apply_shift, parse_shift
 from edge_sel.device_caps import gpu_uuids
-from edge_sel.engine.ddp import RankSync, is_restart_of, launch_info
-from edge_sel.engine.device import pick_device, seed_everything
-from edge_sel.engine.distributed import detect_world
-from edge_sel.engine import faults, probe_cache
-from edge_sel.engine.anchors import Memory, carry_memory, load_memory
-from edge_sel.engine.bn_bank import make_bank, write_bank_for
-from edge_sel.engine.energy_setup import EnergyOptions
-from edge_sel.engine.levers import check_lever_options, check_levers_memory
-from edge_sel.engine.signals import StopSignals
-from edge_sel.engine.source_pass import add_to_totals, check_memory_options, write_pretrain_memory
-from edge_sel.engine.state import NoValidState, StateWriteError, load_state
-from edge_sel.engine.trainer import Trainer
+from edge_sel.engine.runs.ddp import RankSync, is_restart_of, launch_info
+from edge_sel.engine.machine.device import pick_device, seed_everything
+from edge_sel.engine.machine.distributed import detect_world
+from edge_sel.engine import faults
+from edge_sel.engine.machine import probe_cache
+from edge_sel.engine.levers.anchors import Memory, carry_memory, load_memory
+from edge_sel.engine.evaluation.bn_bank import make_bank, write_bank_for
+from edge_sel.engine.machine.energy_setup import EnergyOptions
+from edge_sel.engine.levers.levers import check_lever_options, check_levers_memory
+from edge_sel.engine.runs.signals import StopSignals
+from edge_sel.engine.levers.source_pass import add_to_totals, check_memory_options, write_pretrain_memory
+from edge_sel.engine.loop.state import NoValidState, StateWriteError, load_state
+from edge_sel.engine.loop.trainer import Trainer
 from edge_sel import threads
 from edge_sel.errors import InputError, existing_dir, required_file, writing
 from edge_sel.methods import make_strategy, make_updater
@@ -203,10 +204,10 @@ def train_model(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainCo
     """Train a built model on prepared splits into the run directory `out` (config, records,
     summary, output model, state) and return the summary: what pretrain, finetune and resume do
     once they have checked their inputs, and what a fleet client runs each round. A stop signal
-    is deferred from the trainer's start until the summary is written (engine/signals.py).
-    `memory`: the starting checkpoint's source memory (engine/anchors.py), carried into `out`.
+    is deferred from the trainer's start until the summary is written (engine/runs/signals.py).
+    `memory`: the starting checkpoint's source memory (engine/levers/anchors.py), carried into `out`.
     `bank`: the run's BatchNorm statistics per condition and what matching tonight cost
-    (engine/bn_bank.py), written beside the output model."""
+    (engine/evaluation/bn_bank.py), written beside the output model."""
     with StopSignals() as signals:
         return _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_info, meter,
                             resume_state, signals, memory, bank)

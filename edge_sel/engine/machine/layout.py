@@ -5,7 +5,7 @@ in channels_last (NHWC) order, but not always: it depends on the model, the batc
 this torch build has. So "auto" times a few training steps in both layouts on a throwaway copy of
 the model and keeps the faster one, and then times inference at a few batch sizes in that layout.
 The timings go into the run's records; nothing is chosen silently. What is kept for later runs,
-and when it is measured again, is engine/probe_cache.py's.
+and when it is measured again, is engine/machine/probe_cache.py's.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from edge_sel.core.flops import FlopCounter
-from edge_sel.engine import probe_cache
+from edge_sel.engine.machine import probe_cache
 
 FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 EVAL_BATCH_CANDIDATES = (128, 256, 512, 1024)

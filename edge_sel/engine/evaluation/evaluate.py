@@ -91,7 +91,7 @@ class EvaluationSets:
     memory_format: torch.memory_format
     flops: FlopCounter          # the live model's
     class_names: list[str]
-    anchors: IndexedDataset | None = None      # the guard anchors (engine/anchors.py), never trained on
+    anchors: IndexedDataset | None = None      # the guard anchors (engine/levers/anchors.py), never trained on
     source_anchor_acc: float | None = None     # the source model's accuracy on them (the reference)
 
     def final_images(self) -> int:

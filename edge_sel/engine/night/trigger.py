@@ -25,7 +25,7 @@ import torch
 
 from edge_sel.core.flops import FlopCounter
 from edge_sel.data.frames import scene_of, stream_positions
-from edge_sel.engine.evaluate import predict_dataset
+from edge_sel.engine.evaluation.evaluate import predict_dataset
 from edge_sel.errors import InputError
 from edge_sel.methods.base import RunContext
 from edge_sel.methods.select.gating_config import gating_config
@@ -56,7 +56,7 @@ def run_trigger(model: torch.nn.Module, mean, std, stream, budget_frames: int | 
                 significance: str, novelty: float, batch_size: int, seed: int, meter, out: Path,
                 bank=None) -> dict:
     """`bank`: the BatchNorm statistics the deployed model keeps per condition, attached to `model`
-    (engine/bn_bank.py attach_saved_bank): the entropy significance is then the deployed model's own."""
+    (engine/evaluation/bn_bank.py attach_saved_bank): the entropy significance is then the deployed model's own."""
     if (budget_frames is None) == (budget_j is None):
         raise InputError("trigger: give one budget, --budget-frames N or --budget-joules J")
     if budget_j is not None and significance == "none":

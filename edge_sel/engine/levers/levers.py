@@ -1,14 +1,14 @@
 """The levers against forgetting of a fine-tune: which ones a run turned on, the one-line refusals
 when one cannot apply, and what they build from the checkpoint's source memory (the objective's
-Fisher penalty, anchor replay, the reset decision). The loop (engine/trainer.py) only calls them."""
+Fisher penalty, anchor replay, the reset decision). The loop (engine/loop/trainer.py) only calls them."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from edge_sel.config import TrainConfig
-from edge_sel.engine.anchors import Memory, require_memory
-from edge_sel.engine.replay import AnchorReplay
+from edge_sel.engine.levers.anchors import Memory, require_memory
+from edge_sel.engine.levers.replay import AnchorReplay
 from edge_sel.errors import InputError
 from edge_sel.methods.objective import FisherPenalty, Objective
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from edge_sel.engine.evaluate import forgetting_points
+from edge_sel.engine.evaluation.evaluate import forgetting_points
 
 WARMUP_EPOCH = -1       # the starting checkpoint, evaluated before the first step
 BN_ADAPT_EPOCH = "bn_adapt"   # the starting checkpoint after BatchNorm re-estimation, before training

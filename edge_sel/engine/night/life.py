@@ -30,11 +30,11 @@ from typing import Callable
 
 from edge_sel.config import NIGHT_BN_CONDITIONS, TrainConfig
 from edge_sel.core.checkpoint import atomic_write_bytes
-from edge_sel.engine.deployed_swap import recover
-from edge_sel.engine.energy_setup import EnergyOptions
-from edge_sel.engine.promote import Decision, promote, validate_deployed
-from edge_sel.engine.run import DataOptions, finetune, prepare_finetune_config, resume
-from edge_sel.engine.signals import exit_code_for
+from edge_sel.engine.night.deployed_swap import recover
+from edge_sel.engine.machine.energy_setup import EnergyOptions
+from edge_sel.engine.night.promote import Decision, promote, validate_deployed
+from edge_sel.engine.runs.run import DataOptions, finetune, prepare_finetune_config, resume
+from edge_sel.engine.runs.signals import exit_code_for
 from edge_sel.errors import InputError, WriteError
 
 RUN_NAME = re.compile(r"\d{8}T\d{6}Z")       # a run named by its UTC start time
@@ -45,7 +45,7 @@ ABANDONED = ".abandoned"
 class Home:
     """Where a device keeps its runs and models."""
     runs: Path
-    deployed: Path      # the model in use: a link to a versioned directory (engine/deployed_swap.py)
+    deployed: Path      # the model in use: a link to a versioned directory (engine/night/deployed_swap.py)
     warmup: Path        # the server's checkpoint, the start while nothing is deployed
     # How the user set each place ("--runs", "EDGE_SEL_RUNS", "--home"), so an error names that.
     said: dict = field(default_factory=dict, compare=False)
@@ -171,7 +171,7 @@ def roll_back_damaged_deployed(home: Home, say) -> None:
     and leave the device nothing to serve: the version before it is deployed again, or, with none
     that loads, the warmup serves. When nothing else loads either, the fault is not the version's
     (an untrusted model spec, a missing factory file) and nothing is changed."""
-    from edge_sel.engine.deployed_swap import other_versions, roll_back
+    from edge_sel.engine.night.deployed_swap import other_versions, roll_back
     deployed = home.deployed
     if not deployed.is_symlink() or not deployed.exists():
         return
@@ -245,7 +245,7 @@ def conditions_for(start: Path, backend: str) -> int:
     for a start checkpoint with its source memory (the source's condition is estimated on its
     anchors) and BatchNorm layers, trained by the torch backend; else none."""
     from edge_sel.core.source_memory import has_source_memory
-    from edge_sel.engine.bn_bank import named_batchnorm
+    from edge_sel.engine.evaluation.bn_bank import named_batchnorm
     from edge_sel.models import load_checkpoint
     if backend != "torch" or not has_source_memory(start):
         return 0

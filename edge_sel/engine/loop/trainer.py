@@ -20,24 +20,25 @@ from edge_sel.core.flops import FlopCounter
 from edge_sel.core.records import RecordWriter
 from edge_sel.data import BatchLoader, Splits
 from edge_sel.device_caps import amp_dtype
-from edge_sel.engine import epoch_record, faults
-from edge_sel.engine.bn_adapt import not_applicable, reestimate_bn, with_anchors
-from edge_sel.engine.bn_bank import weights_key
-from edge_sel.engine.budget import EnergyBudget
-from edge_sel.engine.checkpointing import Checkpoints, Rollback, restore
-from edge_sel.engine.evaluate import (EmbarrassmentMeter, EvaluationSets, accuracy, evaluation_flops,
+from edge_sel.engine.loop import epoch_record
+from edge_sel.engine import faults
+from edge_sel.engine.evaluation.bn_adapt import not_applicable, reestimate_bn, with_anchors
+from edge_sel.engine.evaluation.bn_bank import weights_key
+from edge_sel.engine.loop.budget import EnergyBudget
+from edge_sel.engine.loop.checkpointing import Checkpoints, Rollback, restore
+from edge_sel.engine.evaluation.evaluate import (EmbarrassmentMeter, EvaluationSets, accuracy, evaluation_flops,
                                      validation_subset)
-from edge_sel.engine.keep import BN_ADAPT_EPOCH, WARMUP_EPOCH, ModelChoice
-from edge_sel.engine.levers import forgot_too_much, make_objective, make_replay
-from edge_sel.engine.layout import LayoutChoice, choose_layout
-from edge_sel.engine.precision import DTYPES, PrecisionChoice, autocast, choose_precision
-from edge_sel.engine.ledger import ComputeLedger
-from edge_sel.engine.progress import EpochProgress, changed_fraction, snapshot_params
-from edge_sel.engine.progress_log import ProgressLog
-from edge_sel.engine.schedule import lr_factor
-from edge_sel.engine.scoring import ScoringPasses
-from edge_sel.engine.totals import StepTotals
-from edge_sel.engine.val_size import device_val_size
+from edge_sel.engine.evaluation.keep import BN_ADAPT_EPOCH, WARMUP_EPOCH, ModelChoice
+from edge_sel.engine.levers.levers import forgot_too_much, make_objective, make_replay
+from edge_sel.engine.machine.layout import LayoutChoice, choose_layout
+from edge_sel.engine.machine.precision import DTYPES, PrecisionChoice, autocast, choose_precision
+from edge_sel.engine.loop.ledger import ComputeLedger
+from edge_sel.engine.loop.progress import EpochProgress, changed_fraction, snapshot_params
+from edge_sel.engine.loop.progress_log import ProgressLog
+from edge_sel.engine.loop.schedule import lr_factor
+from edge_sel.engine.loop.scoring import ScoringPasses
+from edge_sel.engine.loop.totals import StepTotals
+from edge_sel.engine.loop.val_size import device_val_size
 from edge_sel.errors import InputError
 from edge_sel.methods import RunContext, Strategy, Updater
 
@@ -76,9 +77,9 @@ class Trainer:
     state_dir: Path | None = None        # where full-state checkpoints go (None: none are written)
     checkpoint_every: int = 0            # steps between mid-epoch checkpoints (0: epoch ends only)
     baseline: dict | None = None         # the starting checkpoint evaluated before the first step (finetune)
-    ranks: object = None                 # engine.ddp.RankSync under torchrun; None in a single process
-    memory: object = None                # engine.anchors.Memory: the checkpoint's anchors, Fisher, source weights
-    bank: object = None                  # engine.bn_bank.ConditionBank under --bn-conditions
+    ranks: object = None                 # engine.runs.ddp.RankSync under torchrun; None in a single process
+    memory: object = None                # engine.levers.anchors.Memory: the checkpoint's anchors, Fisher, source weights
+    bank: object = None                  # engine.evaluation.bn_bank.ConditionBank under --bn-conditions
     bank_setup: dict | None = None       # what matching tonight's images to the bank cost (charged to the baseline)
 
     def __post_init__(self):
@@ -335,7 +336,7 @@ class Trainer:
 
     def _epoch_record(self, epoch: int, progress: EpochProgress, energy: dict) -> dict:
         """What the epoch trained and cost (the ledger's charges taken), its evaluation, its closing
-        counters; the fields themselves are engine/epoch_record.py's."""
+        counters; the fields themselves are engine/loop/epoch_record.py's."""
         scoring = self.ledger.take_scoring()
         record = epoch_record.training_fields(epoch, self.phase, self.strategy.name, len(self.train_ds),
                                               progress, scoring)
@@ -357,7 +358,7 @@ class Trainer:
         return record
 
     def evaluate(self, validate: bool = True, test: bool = True) -> dict:
-        """The evaluation sets' accuracies (engine/evaluate.py) with the pass's wall time and joules;
+        """The evaluation sets' accuracies (engine/evaluation/evaluate.py) with the pass's wall time and joules;
         the energy budget reserves the final evaluation from what this one cost. Under
         --bn-conditions the bank's statistics are first re-estimated for the current weights and each
         batch is normalised with its condition's (both counted in flops_eval)."""
