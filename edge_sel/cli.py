@@ -31,7 +31,8 @@ from edge_sel.demo import demo_cmd
 from edge_sel.energy.monitor_cli import monitor
 from edge_sel.engine.machine.distributed import detect_world, under_torchrun
 from edge_sel.engine.machine.energy_setup import EnergyOptions
-from edge_sel.engine.runs.run import DataOptions, finetune, pretrain, resume
+from edge_sel.engine.runs.data_options import DataOptions
+from edge_sel.engine.runs.run import finetune, pretrain, resume
 from edge_sel.engine.runs.signals import exit_code_for
 from edge_sel.errors import InputError
 from edge_sel.export.cli import export_cmd
@@ -277,7 +278,7 @@ def shift_cmd(dataset, data_dir, spec, shift_seed, split, limit, out, overwrite)
     from edge_sel.data import load_source, make_splits
     from edge_sel.data.shift import apply_shift, parse_shift
     from edge_sel.data.write_folder import contact_sheet, write_image_folder
-    from edge_sel.engine.runs.run import check_out_dir, start_out_dir
+    from edge_sel.engine.runs.out_dir import check_out_dir, start_out_dir
     shift = parse_shift(spec)
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be a positive number of images, got {limit}")
@@ -323,7 +324,8 @@ def trigger_cmd(checkpoint, dataset, data_dir, shard, subset, spec, shift_seed, 
     """The attention trigger: the Sundew gate with novelty chooses which frames of a stream to keep
     under a budget, and reports the scenes they cover against a random choice of the same size."""
     from edge_sel.engine.machine.energy_setup import EnergyOptions
-    from edge_sel.engine.runs.run import DataOptions, check_out_dir, start_out_dir
+    from edge_sel.engine.runs.data_options import DataOptions
+    from edge_sel.engine.runs.out_dir import check_out_dir, start_out_dir
     from edge_sel.engine.evaluation.bn_bank import attach_saved_bank
     from edge_sel.engine.night.trigger import run_trigger
     from edge_sel.models import load_checkpoint

@@ -25,7 +25,8 @@ from edge_sel.cli_base import Command
 from edge_sel.config import TrainConfig
 from edge_sel.core.source_memory import has_source_memory
 from edge_sel.core.words import plural
-from edge_sel.engine.runs.run import DataOptions, finetune, pretrain
+from edge_sel.engine.runs.data_options import DataOptions
+from edge_sel.engine.runs.run import finetune, pretrain
 from edge_sel.report.summary import print_summary
 
 DEVICE_SHIFT = "corrupt=contrast:4"
@@ -76,7 +77,7 @@ def _row(name: str, summary: dict, run_dir: Path, test_sets, warmup_clean: float
 @click.option("--quiet", is_flag=True, help="No progress bars or tables.")
 def demo_cmd(out: Path, epochs: int, overwrite: bool, quiet: bool):
     """Pretrain on clean digits, adapt on a device whose digits are shifted, compare the levers."""
-    from edge_sel.engine.runs.run import check_out_dir
+    from edge_sel.engine.runs.out_dir import check_out_dir
     check_out_dir(out, overwrite)
     import torch
     threads = torch.get_num_threads()

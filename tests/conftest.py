@@ -50,7 +50,8 @@ def needs_cifar():
 def tiny_warm(tmp_path_factory):
     """An edgecnn warmup checkpoint on synthetic data, made once per test session."""
     from edge_sel.config import TrainConfig
-    from edge_sel.engine.runs.run import DataOptions, pretrain
+    from edge_sel.engine.runs.data_options import DataOptions
+    from edge_sel.engine.runs.run import pretrain
     out = tmp_path_factory.mktemp("tiny-warm") / "ckpt"
     pretrain("edgecnn", DataOptions("synthetic"), TrainConfig(epochs=1, batch_size=64), out, quiet=True)
     return out

@@ -57,7 +57,8 @@ def digits_warmup_with_memory(out: Path) -> Path:
     """A small digits warmup on shard 0/2 that ships its source memory (20 anchors a class: 100
     replayed, 100 held out; the Fisher; the source weights)."""
     from edge_sel.config import TrainConfig
-    from edge_sel.engine.runs.run import DataOptions, pretrain
+    from edge_sel.engine.runs.data_options import DataOptions
+    from edge_sel.engine.runs.run import pretrain
     pretrain("edgecnn", DataOptions("digits", shard="0/2"),
              TrainConfig(epochs=2, batch_size=64, seed=0, anchors_per_class=20, fisher_samples=256), out, quiet=True)
     return out

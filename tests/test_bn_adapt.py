@@ -10,7 +10,7 @@ from edge_sel.models import load_checkpoint
 
 
 def test_only_running_statistics_change(tiny_warm):
-    from edge_sel.engine.runs.run import DataOptions
+    from edge_sel.engine.runs.data_options import DataOptions
     model, card = load_checkpoint(tiny_warm)
     splits = DataOptions("synthetic", shift="corrupt=contrast:5").load()
     before = {k: v.clone() for k, v in model.state_dict().items()}

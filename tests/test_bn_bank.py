@@ -20,7 +20,7 @@ from edge_sel.engine.evaluation.bn_bank import (DEFAULT_RADIUS, ConditionBank, C
                                      fingerprint_flops, images_fingerprint, named_batchnorm, weights_key)
 from edge_sel.engine.evaluation.evaluate import accuracy, evaluation_flops, predict_dataset
 from edge_sel.engine.night.life import Home
-from edge_sel.engine.runs.run import DataOptions
+from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.models import load_checkpoint
 from edge_sel.predict.conditions import ConditionChooser, feature_flops, pixel_features
 

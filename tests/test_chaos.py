@@ -162,7 +162,7 @@ def guard_points_lost(home: Home, source_acc: float) -> tuple[float, Path]:
     import edge_sel
     serving = home.deployed if (home.deployed / "model.safetensors").is_file() else home.warmup
     model, card = edge_sel.load_model(serving)
-    from edge_sel.engine.runs.run import DataOptions
+    from edge_sel.engine.runs.data_options import DataOptions
     memory = load_memory(home.warmup, card, DataOptions("digits", shard="1/2", subset=200).load().train)
     logits = predict_dataset(model, memory.guard, card.mean, card.std, 256)
     return forgetting_points(source_acc, accuracy(logits, memory.guard.labels)), serving

@@ -15,7 +15,8 @@ from edge_sel.engine.runs.ddp import (ShardedPlans, combine_energy, fault_kill_s
                                  sum_counts)
 from edge_sel.data import BatchLoader
 from edge_sel.engine.machine.distributed import World, shard_positions
-from edge_sel.engine.runs.run import DataOptions, pretrain
+from edge_sel.engine.runs.data_options import DataOptions
+from edge_sel.engine.runs.run import pretrain
 from edge_sel.methods import Strategy
 from helpers import run_cli
 

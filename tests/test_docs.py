@@ -99,7 +99,7 @@ def test_readme_tour_runs_in_order_from_a_fresh_directory_and_leaves_a_deployed_
     deployed = tmp_path / "deployed"
     assert (deployed / "model.safetensors").is_file() and (deployed / "model.json").is_file()
     from edge_sel.demo import output_accuracy
-    from edge_sel.engine.runs.run import DataOptions
+    from edge_sel.engine.runs.data_options import DataOptions
     splits = DataOptions("digits", shard="1/2", shift="corrupt=contrast:4").load()
     shifted, clean = output_accuracy(deployed, (splits.test, splits.test_clean))
     assert shifted > 0.8 and clean > 0.8, (shifted, clean)       # adapted, and nothing forgotten

@@ -133,7 +133,8 @@ def test_missing_flower_names_the_extra(monkeypatch):
 def test_a_real_fleet_of_two_supernodes_improves_the_warmup_and_sums_their_joules(tmp_path):
     pytest.importorskip("flwr")
     from edge_sel.config import TrainConfig
-    from edge_sel.engine.runs.run import DataOptions, pretrain
+    from edge_sel.engine.runs.data_options import DataOptions
+    from edge_sel.engine.runs.run import pretrain
     from edge_sel.fleet.launch import LoopbackFleet
     from edge_sel.fleet.settings import ServerSettings
     warm = tmp_path / "warm"

@@ -16,7 +16,8 @@ import torch
 from helpers import SAME_CHOICES, records, run_cli, stable, summary
 from edge_sel.config import TrainConfig
 from edge_sel.engine.evaluation.evaluate import accuracy, predict_dataset
-from edge_sel.engine.runs.run import DataOptions, finetune
+from edge_sel.engine.runs.data_options import DataOptions
+from edge_sel.engine.runs.run import finetune
 from edge_sel.engine.loop.state import load_state
 from edge_sel.models import load_checkpoint
 

@@ -267,7 +267,7 @@ def test_a_full_disk_while_writing_run_files_is_one_line_exit_1(tiny_warm, tmp_p
     import builtins
 
     from edge_sel.core import checkpoint, records
-    from edge_sel.engine.runs import run
+    from edge_sel.engine.runs import training as run
     from edge_sel.engine.loop.state import load_state
     if target == "records":
         real_open = builtins.open

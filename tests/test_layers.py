@@ -102,3 +102,25 @@ def test_nothing_below_the_command_line_imports_the_package_face():
     found = sorted(f"{known[m].relative_to(PACKAGE.parent)}:{line}" for m, p in known.items() if layer(m) > 0
                    for target, line in imports(m, p, known) if target == "edge_sel")
     assert found == []
+
+
+def rooms() -> list[tuple[str, int, int, str, int, int]]:
+    """Per layer: (name, files, lines, largest module, its lines, imports from a higher layer)."""
+    known = modules()
+    rows = []
+    for rank, (name, _) in enumerate(LAYERS):
+        members = {m: p for m, p in known.items() if layer(m) == rank}
+        if not members:
+            continue
+        sizes = {m: len(p.read_text().splitlines()) for m, p in members.items()}
+        largest = max(sizes, key=sizes.get)
+        upward = sum(1 for m, p in members.items() for target, _ in imports(m, p, known)
+                     if rank > 0 and layer(target) < rank)
+        rows.append((name, len(members), sum(sizes.values()), largest, sizes[largest], upward))
+    return rows
+
+
+if __name__ == "__main__":      # python tests/test_layers.py: the rooms, their size and their imports upward
+    print(f"{'layer':40s} {'files':>5s} {'lines':>6s}  largest module")
+    for name, files, lines, largest, size, upward in rooms():
+        print(f"{name:40s} {files:5d} {lines:6d}  {largest} ({size}){f'  {upward} upward' if upward else ''}")

@@ -19,7 +19,8 @@ from edge_sel.config import TrainConfig
 from edge_sel.core.checkpoint import weights_digest
 from edge_sel.engine import faults
 from edge_sel.engine.night.life import Home, latest_run, new_run_name, night, set_aside, unfinished
-from edge_sel.engine.runs.run import DataOptions, pretrain
+from edge_sel.engine.runs.data_options import DataOptions
+from edge_sel.engine.runs.run import pretrain
 from edge_sel.engine.loop.trainer import Trainer
 from edge_sel.errors import InputError
 

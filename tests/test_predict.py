@@ -19,7 +19,7 @@ from helpers import digits_warmup_with_memory, run_cli, run_main
 from edge_sel.core.bn_bank import BANK_FILE, SavedCondition, read_bank, write_bank
 from edge_sel.data.camera import apply_condition, camera_stream
 from edge_sel.engine.evaluation.bn_bank import images_fingerprint
-from edge_sel.engine.runs.run import DataOptions
+from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.models import load_checkpoint
 from edge_sel.predict.conditions import normalised
 from edge_sel.predict.predictor import Predictor

@@ -115,7 +115,8 @@ from pathlib import Path
 import edge_sel.bench  # registers the lottery updater
 from edge_sel.cli import build_config  # noqa: F401  (the CLI's registries)
 from edge_sel.config import TrainConfig
-from edge_sel.engine.runs.run import DataOptions, finetune
+from edge_sel.engine.runs.data_options import DataOptions
+from edge_sel.engine.runs.run import finetune
 warm, mask, out = sys.argv[1:4]
 cfg = TrainConfig(epochs=3, batch_size=16, checkpoint_every=3, seed=11, sparsity="lottery",
                   method={"lottery_mask": mask})

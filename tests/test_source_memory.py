@@ -17,7 +17,8 @@ from edge_sel.core.flops import FlopCounter
 from edge_sel.core.source_memory import ANCHORS_FILE, GUARD, REPLAY, SOURCE_FILES
 from edge_sel.data import IndexedDataset
 from edge_sel.engine.levers.fisher import diagonal_fisher
-from edge_sel.engine.runs.run import DataOptions, finetune, pretrain
+from edge_sel.engine.runs.data_options import DataOptions
+from edge_sel.engine.runs.run import finetune, pretrain
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

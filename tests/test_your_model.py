@@ -18,7 +18,8 @@ from torch import nn
 
 from edge_sel.config import TrainConfig
 from edge_sel.core.checkpoint import read_card, read_weights
-from edge_sel.engine.runs.run import DataOptions, finetune, pretrain
+from edge_sel.engine.runs.data_options import DataOptions
+from edge_sel.engine.runs.run import finetune, pretrain
 from edge_sel.errors import InputError
 from helpers import records, run_cli, run_main, stable
 

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from edge_sel.data.camera import camera_stream
-from edge_sel.engine.runs.run import DataOptions
+from edge_sel.engine.runs.data_options import DataOptions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from predict_stream import write_frames  # noqa: E402

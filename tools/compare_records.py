@@ -145,7 +145,8 @@ def main() -> int:
         for tree in trees.values():
             if tree.parent == scratch:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
-    print(f"{len(names) + 1 - failed} of {len(names) + 1} the same")
+    compared = len(names) + 1 + (len(NIGHTS) - 1 if "night" in names else 0)
+    print(f"{compared - failed} of {compared} the same")
     return 1 if failed else 0
 
 
@@ -199,7 +200,7 @@ def flat(decision: dict) -> dict:
 
 
 def compare_nights(trees: dict, warmup: Path, out: Path) -> int:
-    """1 when the nights differ or one failed: each tree lives two nights in a home of its own that
+    """How many nights differ (all when one failed): each tree lives two nights in a home of its own that
     starts from the same warmup; runs are taken in the order they were made."""
     nights = {}
     for side, tree in trees.items():
@@ -210,7 +211,7 @@ def compare_nights(trees: dict, warmup: Path, out: Path) -> int:
             done = edge_sel(tree, ["night", "--home", str(home), *NIGHT_COMMON, *night], out / side / "cache")
             if done.returncode:
                 print(f"{'night ' + str(i):22s} {side} failed (exit {done.returncode}): {done.stderr.strip()[-500:]}")
-                return 1
+                return len(NIGHTS)
         nights[side] = sorted(p for p in (home / "runs").iterdir() if (p / "metrics.jsonl").is_file())
     failed = 0
     for i, (before, after) in enumerate(zip(nights["before"], nights["after"])):
@@ -223,8 +224,8 @@ def compare_nights(trees: dict, warmup: Path, out: Path) -> int:
         failed += bool(found)
     if len(nights["before"]) != len(NIGHTS) or len(nights["after"]) != len(NIGHTS):
         print(f"nights: {len(nights['before'])} runs before, {len(nights['after'])} after")
-        failed += 1
-    return int(failed > 0)
+        failed = len(NIGHTS)
+    return failed
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from edge_sel.data.camera import apply_condition, camera_stream
-from edge_sel.engine.runs.run import DataOptions
+from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.predict.predictor import Predictor
 
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from edge_sel.config import TrainConfig
 from edge_sel.core.records import read_records
-from edge_sel.engine.runs.run import DataOptions, finetune
+from edge_sel.engine.runs.data_options import DataOptions
+from edge_sel.engine.runs.run import finetune
 
 SCENARIOS = {
     "noise": "corrupt=gaussian_noise:3",

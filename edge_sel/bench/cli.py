@@ -23,7 +23,9 @@ from edge_sel.cli_base import Group
 from edge_sel.config import TrainConfig
 from edge_sel.core.checkpoint import read_card
 from edge_sel.core.words import plural
-from edge_sel.engine.runs.run import DataOptions, check_out_dir, pretrain
+from edge_sel.engine.runs.data_options import DataOptions
+from edge_sel.engine.runs.out_dir import check_out_dir
+from edge_sel.engine.runs.run import pretrain
 from edge_sel.errors import InputError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -36,14 +36,12 @@ from edge_sel.core.flops import FlopCounter
 from edge_sel.core.source_memory import has_source_memory
 from edge_sel.data.shift import corrupted, parse_shift
 from edge_sel.data.split import stratified_take
-import torch
-
 from edge_sel.data.camera import class_runs
 from edge_sel.engine.evaluation.evaluate import accuracy, evaluation_flops, predict_dataset
 from edge_sel.engine.night import life
 from edge_sel.engine.evaluation.bn_bank import attach_saved_bank
 from edge_sel.engine.night.life import Home
-from edge_sel.engine.runs.run import DataOptions
+from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.errors import InputError
 from edge_sel.models import load_checkpoint
 from edge_sel.predict.conditions import feature_flops

@@ -28,7 +28,8 @@ from edge_sel.data import Splits
 from edge_sel.data.split import stratified_take
 from edge_sel.engine.machine.device import pick_device
 from edge_sel.engine.evaluation.evaluate import accuracy, predict_dataset
-from edge_sel.engine.runs.run import DataOptions, finetune
+from edge_sel.engine.runs.data_options import DataOptions
+from edge_sel.engine.runs.run import finetune
 from edge_sel.methods.presets import apply_preset
 from edge_sel.methods.update import lottery
 from edge_sel.models import load_checkpoint

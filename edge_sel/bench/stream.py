@@ -23,7 +23,8 @@ from pathlib import Path
 from edge_sel.bench.adapt import ci95, mean_of, outcome, paired, paired_table
 from edge_sel.config import TrainConfig
 from edge_sel.core.records import read_records
-from edge_sel.engine.runs.run import DataOptions, finetune
+from edge_sel.engine.runs.data_options import DataOptions
+from edge_sel.engine.runs.run import finetune
 
 SCENARIOS = {"clean": "", "noise": "corrupt=gaussian_noise:3"}
 ACTIVATIONS = (0.05, 0.1, 0.2)

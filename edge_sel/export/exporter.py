@@ -14,7 +14,7 @@ from edge_sel.backends.ort_env import require_ort, versions
 from edge_sel.backends.ort_manifest import (FORMAT, sha256_file, tensor_shapes, weights_digest,
                                             write_manifest)
 from edge_sel.backends.ort_schemes import SCHEME_NOTES, SCHEMES, trainable_names
-from edge_sel.engine.runs.run import check_out_dir, start_out_dir
+from edge_sel.engine.runs.out_dir import check_out_dir, start_out_dir
 from edge_sel.errors import InputError
 from edge_sel.models import load_checkpoint
 

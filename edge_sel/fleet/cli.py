@@ -111,7 +111,7 @@ def settings_from(kw: dict, eval_dataset: str | None, clients: int | None, simul
             from edge_sel.core.checkpoint import read_card
             read_card(checkpoint)
         if not kw["resume"]:
-            from edge_sel.engine.runs.run import check_out_dir
+            from edge_sel.engine.runs.out_dir import check_out_dir
             check_out_dir(kw["out"], kw["overwrite"])
         else:
             required_file(kw["out"], "config.json", "--resume", "fleet run directory")

@@ -17,7 +17,8 @@ from edge_sel.config import TrainConfig
 from edge_sel.core.checkpoint import ModelCard
 from edge_sel.data import Splits
 from edge_sel.engine.machine.energy_setup import EnergyOptions
-from edge_sel.engine.runs.run import check_compatible, dataset_card, train_model, vars_of
+from edge_sel.engine.runs.data_options import check_compatible, dataset_card, vars_of
+from edge_sel.engine.runs.training import train_model
 from edge_sel.errors import InputError
 from edge_sel.fleet.node import NodeSettings
 from edge_sel.fleet.partition import partition

@@ -12,7 +12,7 @@ import click
 from click.core import ParameterSource
 
 from edge_sel.core.checkpoint import ModelCard, read_card
-from edge_sel.engine.runs.run import check_compatible
+from edge_sel.engine.runs.data_options import check_compatible
 from edge_sel.errors import InputError
 from edge_sel.fleet.local import round_plan, round_train_config
 from edge_sel.fleet.node import parse_node_config

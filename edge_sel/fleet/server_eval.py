@@ -8,7 +8,7 @@ from edge_sel.core.checkpoint import ModelCard
 from edge_sel.data import IndexedDataset
 from edge_sel.data.split import stratified_take
 from edge_sel.engine.evaluation.evaluate import accuracy, predict_dataset
-from edge_sel.engine.runs.run import DataOptions, check_compatible
+from edge_sel.engine.runs.data_options import DataOptions, check_compatible
 from edge_sel.errors import InputError
 from edge_sel.fleet.settings import ServerSettings
 from edge_sel.models import model_for_card

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from edge_sel.cli_base import Command
-from edge_sel.engine.runs.run import check_out_dir, start_out_dir
+from edge_sel.engine.runs.out_dir import check_out_dir, start_out_dir
 from edge_sel.errors import InputError
 from edge_sel.report.runs import load_run
 

@@ -6,8 +6,9 @@ import os
 import signal
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -19,27 +20,26 @@ from edge_sel.config import TrainConfig
 from edge_sel.core.flops import FlopCounter
 from edge_sel.core.records import RecordWriter
 from edge_sel.data import BatchLoader, Splits
-from edge_sel.device_caps import amp_dtype
-from edge_sel.engine.loop import epoch_record
 from edge_sel.engine import faults
-from edge_sel.engine.evaluation.bn_adapt import not_applicable, reestimate_bn, with_anchors
-from edge_sel.engine.evaluation.bn_bank import weights_key
+from edge_sel.engine.evaluation.evaluate import EmbarrassmentMeter, EvaluationSets, validation_subset
+from edge_sel.engine.evaluation.keep import WARMUP_EPOCH, ModelChoice
+from edge_sel.engine.levers.levers import make_objective, make_replay
+from edge_sel.engine.loop import epoch_record
+from edge_sel.engine.loop.bank_passes import bank_selecting, charge_bank, predict_selected
+from edge_sel.engine.loop.bn_adapt_epoch import adapt_bn, bn_adapt_record, consider_bn_adapted
 from edge_sel.engine.loop.budget import EnergyBudget
 from edge_sel.engine.loop.checkpointing import Checkpoints, Rollback, restore
-from edge_sel.engine.evaluation.evaluate import (EmbarrassmentMeter, EvaluationSets, accuracy, evaluation_flops,
-                                     validation_subset)
-from edge_sel.engine.evaluation.keep import BN_ADAPT_EPOCH, WARMUP_EPOCH, ModelChoice
-from edge_sel.engine.levers.levers import forgot_too_much, make_objective, make_replay
-from edge_sel.engine.machine.layout import LayoutChoice, choose_layout
-from edge_sel.engine.machine.precision import DTYPES, PrecisionChoice, autocast, choose_precision
+from edge_sel.engine.loop.end_of_run import evaluate_at_the_end
 from edge_sel.engine.loop.ledger import ComputeLedger
 from edge_sel.engine.loop.progress import EpochProgress, changed_fraction, snapshot_params
 from edge_sel.engine.loop.progress_log import ProgressLog
 from edge_sel.engine.loop.schedule import lr_factor
 from edge_sel.engine.loop.scoring import ScoringPasses
+from edge_sel.engine.loop.start import baseline_record, reset_if_forgotten
 from edge_sel.engine.loop.totals import StepTotals
 from edge_sel.engine.loop.val_size import device_val_size
-from edge_sel.errors import InputError
+from edge_sel.engine.machine.precision import autocast
+from edge_sel.engine.machine.run_choices import run_layout, run_precision
 from edge_sel.methods import RunContext, Strategy, Updater
 
 NULL_ENERGY = {"energy_j": None, "energy_source": None, "energy_method": None, "energy_coverage": None,
@@ -91,13 +91,15 @@ class Trainer:
         self.test_ds = self.splits.test.to(self.device)
         clean = self.splits.test_clean
         self.clean_test_ds = None if clean is None else clean.to(self.device)
-        self.layout = self._choose_layout()
+        self.layout = run_layout(cfg, self.model, self.train_ds, max(len(self.val_eval_ds), len(self.test_ds), 1),
+                                 self.device, self._trains())
         self.memory_format = self.layout.format
         self.eval_batch_size = self.layout.eval_batch_size
         # The config says what ran (config.json, a resume, a rerun): measured choices become given.
         cfg.memory_format, cfg.eval_batch_size = self.layout.memory_format, self.eval_batch_size
         self.model.to(memory_format=self.memory_format)
-        self.precision = self._choose_precision()
+        self.precision = run_precision(cfg, self.model, self.train_ds, self.val_eval_ds, self.mean, self.std,
+                                       self.device, self.memory_format, self.eval_batch_size, self._trains())
         cfg.precision, cfg.eval_precision = self.precision.train, self.precision.eval
         self.sync_every = cfg.sync_every or (1 if self.device.type == "cpu" else 32)
         self.totals = StepTotals(self.device)
@@ -107,7 +109,7 @@ class Trainer:
         self.ledger = ComputeLedger()       # scoring passes and rolled-back steps not yet in a record
         self.scoring = ScoringPasses(self.model, self.train_ds, self.mean, self.std, self.device,
                                      self.eval_batch_size, self.memory_format, self.flops, self.ledger,
-                                     cfg.bn_mode, self._eval_autocast)
+                                     cfg.bn_mode, self.eval_autocast)
         # With the checkpoint's source memory, every validation also measures forgetting on the guard anchors.
         self.eval_sets = EvaluationSets(self.val_eval_ds, self.test_ds, self.clean_test_ds, self.mean, self.std,
                                         self.eval_batch_size, self.memory_format, self.flops,
@@ -136,7 +138,7 @@ class Trainer:
         self.bn_adapt_pending: dict | None = None   # re-estimation not yet charged to a record
         self._kill_at_step = int(os.environ.get("EDGE_SEL_FAULT_KILL_AT_STEP", "0") or 0) or None
         self.progress: EpochProgress | None = None   # the epoch under way (saved by mid-epoch checkpoints)
-        self._eval_energy: dict = {}
+        self.last_eval_energy: dict = {}
         if self.guard is not None:
             self.guard.should_stop = lambda: self.stop_requested
         # Pretraining starts from random weights: only a fine-tune has a starting model worth keeping.
@@ -147,39 +149,12 @@ class Trainer:
         self.class_names = self.train_ds.class_names
         self.log = ProgressLog(self.quiet or (self.ranks is not None and not self.ranks.evaluates), cfg.epochs)
 
-    def _choose_layout(self) -> LayoutChoice:
-        """Channels-last or not, and the evaluation batch size: as given, or measured here."""
-        cfg = self.config
-        if cfg.backend != "torch":       # ORT runs its own graph in its own layout
-            return LayoutChoice("contiguous", cfg.eval_batch_size or 256, f"{cfg.backend} backend")
-        largest = max(len(self.val_eval_ds), len(self.test_ds), 1)
-        autocast = None
-        if self.device.type == "cuda" and cfg.precision != "fp32":
-            dtype = amp_dtype(self.device) if cfg.precision == "auto" else DTYPES[cfg.precision]
-            autocast = lambda: torch.autocast("cuda", dtype=dtype)      # noqa: E731 -- as training runs
-        return choose_layout(self.model, self.train_ds.input_shape, self.train_ds.num_classes, self.device,
-                             cfg.batch_size, cfg.memory_format, cfg.eval_batch_size, largest, autocast,
-                             trains=self._trains())
-
-    def _choose_precision(self) -> PrecisionChoice:
-        """fp32 or bf16 autocast for the training step and for forward-only passes: as given, or
-        measured here (after the layout, in it)."""
-        cfg = self.config
-        if cfg.backend != "torch":
-            return PrecisionChoice("fp32", "fp32", f"{cfg.backend} backend", "ORT artifacts train in fp32")
-        if "fp16" in (cfg.precision, cfg.eval_precision) and self.device.type != "cuda":
-            raise InputError(f"--precision fp16: needs a CUDA device (its loss scaling is CUDA's); on "
-                             f"{self.device.type} use bf16 or auto")
-        return choose_precision(self.model, self.train_ds.input_shape, self.train_ds.num_classes, self.device,
-                                cfg.batch_size, self.memory_format, self.eval_batch_size, cfg.precision,
-                                cfg.eval_precision, self.val_eval_ds, self.mean, self.std, trains=self._trains())
-
     def _trains(self) -> str:
         """What trains, for the probes' cache key: the update method (the probes run before it
         attaches, so the parameters' own flags do not yet say it) and its options."""
         return f"{self.updater.name}|{self.config.sparsity}|{sorted(self.config.method.items())}"
 
-    def _eval_autocast(self):
+    def eval_autocast(self):
         return autocast(self.device, self.precision.eval)
 
     def _validation_subset(self):
@@ -214,9 +189,9 @@ class Trainer:
         j0 = self.meter.total_j
         if progress is None:
             if cfg.bn_adapt and not self.bn_adapt_done:
-                self._adapt_bn()            # inside the first epoch's window, before it plans
+                adapt_bn(self)              # inside the first epoch's window, before it plans
                 if self.phase == "finetune" and self.choice.mode == "best":
-                    t0 += self._consider_bn_adapted()   # its evaluation is not training time
+                    t0 += consider_bn_adapted(self)   # its evaluation is not training time
             progress = self._begin_epoch(epoch)
         self.progress = progress
         self.loader.epoch = epoch       # augmentation is drawn per (seed, epoch, sample)
@@ -366,14 +341,14 @@ class Trainer:
             validate = test = False
         self.meter.begin("eval")
         t0 = time.perf_counter()
-        with (self._bank_selecting() if validate or test else nullcontext()) as refreshed:
-            predict = self.backend.predict if refreshed is None else self._predict_selected
+        with (bank_selecting(self) if validate or test else nullcontext()) as refreshed:
+            predict = self.backend.predict if refreshed is None else partial(predict_selected, self)
             out = self.eval_sets.accuracies(predict, validate, test)
         if refreshed is not None:
-            self._charge_bank(out, refreshed)
+            charge_bank(self, out, refreshed)
         out["eval_wall_s"] = time.perf_counter() - t0
-        self._eval_energy = self.meter.end("eval")
-        out["eval_energy_j"] = self._eval_energy.get("energy_j")
+        self.last_eval_energy = self.meter.end("eval")
+        out["eval_energy_j"] = self.last_eval_energy.get("energy_j")
         # The end also tests the kept weights when they are not the last epoch's: reserved too.
         kept_test = len(self.test_ds) if self.phase == "finetune" and self.choice.mode == "best" else 0
         images = out["val_samples_evaluated"] + out["test_samples_evaluated"] + out.get("anchor_samples_evaluated", 0)
@@ -381,229 +356,7 @@ class Trainer:
                                        self.eval_sets.final_images() + kept_test)
         return out
 
-    @contextmanager
-    def _bank_selecting(self):
-        """Under --bn-conditions, an evaluation's setting: the bank re-estimated for the model's
-        current weights, each batch normalised with its nearest condition's statistics. Yields the
-        re-estimation's cost (None without a bank)."""
-        if self.bank is None:
-            yield None
-            return
-        refreshed = self._refresh_bank()
-        with self.bank.selecting(self.model):
-            yield refreshed
-
-    def _refresh_bank(self) -> dict:
-        """The bank re-estimated for the current weights, in the forward-only passes' precision
-        (as the run's own BatchNorm re-estimation; the statistics themselves are kept in fp32)."""
-        with self._eval_autocast():
-            return self.bank.refresh(self.model, self.flops, self.eval_batch_size, self.memory_format)
-
-    @contextmanager
-    def _holding(self, state: dict | None):
-        """The model with `state` loaded for the block (unchanged when None), then as it was."""
-        if state is None:
-            yield
-            return
-        current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.model.load_state_dict(state)
-        try:
-            yield
-        finally:
-            self.model.load_state_dict(current)
-
-    @staticmethod
-    def _add_evaluation_time(record: dict, wall: float, joules: float | None) -> None:
-        record["eval_wall_s"] = (record.get("eval_wall_s") or 0) + wall
-        if joules is not None:
-            record["eval_energy_j"] = (record.get("eval_energy_j") or 0) + joules
-
-    def _predict_selected(self, x: torch.Tensor) -> torch.Tensor:
-        """The torch model itself, whose forward chooses each image's condition (a compiled graph
-        or an ORT session would not)."""
-        with self._eval_autocast():
-            return self.model.eval()(x).float()
-
-    def _charge_bank(self, record: dict, refreshed: dict) -> None:
-        """The bank's re-estimation passes and choosing a condition for every evaluated image, into
-        a record's evaluation FLOPs."""
-        flops = refreshed["flops"] + self.bank.take_selected() * self.bank.choice_flops(self.train_ds.input_shape)
-        record["flops_bn_bank"] = (record.get("flops_bn_bank") or 0) + flops
-        record["bn_bank_samples"] = (record.get("bn_bank_samples") or 0) + refreshed["samples"]
-        record["flops_eval"] = (record.get("flops_eval") or 0) + flops
-
-    def _test_at_the_end(self, writer: RecordWriter | None) -> None:
-        """The test set runs once the last epoch is known: a run stopped by its strategy after an
-        epoch that skipped it gets it now (its record is rewritten), and kept weights other than the
-        last are tested too, so the summary states the output model's test accuracy."""
-        if not self.records:
-            return
-        last = self.records[-1]
-        changed = False
-        if last.get("test_acc") is None and last.get("phase") != "baseline":
-            extra = self.evaluate(validate=last.get("val_acc") is None, test=True)
-            for key in ("flops_eval", "eval_wall_s", "eval_energy_j", "val_samples_evaluated",
-                        *(("anchor_samples_evaluated", "flops_anchor") if "flops_anchor" in extra else ()),
-                        *(("flops_bn_bank", "bn_bank_samples") if "flops_bn_bank" in extra else ())):
-                extra[key] = (extra.get(key) or 0) + (last.get(key) or 0)
-            if last.get("val_acc") is not None:
-                extra.pop("val_acc")
-                extra.pop("anchor_acc", None)          # measured with the validation, kept
-                extra.pop("anchor_forgetting", None)
-                extra["evaluated"] = "val+test"
-            last.update(extra)
-            self._keep_choice(last["epoch"], last)
-            self.log.evaluation(f"epoch {last['epoch']} (the last)", last.get("test_acc"), extra.get("eval_wall_s"),
-                                extra.get("eval_energy_j"))
-            changed = True
-        kept = self.choice.weights_to_load()
-        if kept is not None and self.choice.test_acc is None:
-            self._test_kept_weights(kept, last)
-            changed = True
-        changed = self._bank_for_output(kept, last) or changed
-        if changed and writer is not None:
-            writer.reset(([self.baseline] if self.baseline else []) + self.records)
-
-    def _bank_for_output(self, kept: dict | None, last: dict) -> bool:
-        """The bank re-estimated for the output model's weights when its last estimate was for
-        others (charged to the last record); True when it ran."""
-        if self.bank is None:
-            return False
-        with self._holding(kept):
-            if self.bank.refreshed_for == weights_key(self.model):
-                return False
-            self.meter.begin("eval")
-            t0 = time.perf_counter()
-            refreshed = self._refresh_bank()
-            wall = time.perf_counter() - t0
-            joules = self.meter.end("eval").get("energy_j")
-        self._charge_bank(last, refreshed)
-        self._add_evaluation_time(last, wall, joules)
-        return True
-
-    def _test_kept_weights(self, kept: dict, last: dict) -> None:
-        """The output model's test accuracy when it is not the last epoch's: an evaluation pass
-        like any other, charged to the last record (FLOPs, seconds, joules)."""
-        with self._holding(kept):
-            self.meter.begin("eval")
-            t0 = time.perf_counter()
-            # The torch model, not backend.predict: an ORT session still holds the last weights.
-            with self._bank_selecting() as refreshed:
-                logits = self.eval_sets.logits(self._predict_selected, self.test_ds)
-            wall = time.perf_counter() - t0
-            joules = self.meter.end("eval").get("energy_j")
-        self.choice.test_acc = accuracy(logits, self.test_ds.labels)
-        flops = evaluation_flops(self.flops, len(self.test_ds), self.eval_batch_size)
-        last["kept_test_flops"], last["kept_test_energy_j"] = flops, joules
-        last["flops_eval"] = (last.get("flops_eval") or 0) + flops
-        if refreshed is not None:
-            self._charge_bank(last, refreshed)
-        self._add_evaluation_time(last, wall, joules)
-        self.log.evaluation(f"the output model (epoch {self.choice.epoch})", self.choice.test_acc, wall, joules)
-
-    def baseline_record(self) -> dict:
-        """The starting checkpoint on the local validation and test splits before any step: the bar
-        a fine-tune must clear. It costs evaluation only (its FLOPs and joules are recorded)."""
-        record = epoch_record.baseline_fields(self.strategy.name, len(self.train_ds))
-        record.update(self.evaluate())
-        record.update({k: self._eval_energy.get(k) for k in ("energy_source", "energy_method")})
-        if self.bank_setup:             # matching tonight's images to the bank: once, before any step
-            setup, self.bank_setup = self.bank_setup, None
-            record["flops_bn_bank"] = (record.get("flops_bn_bank") or 0) + setup["flops"]
-            record["flops_eval"] = (record.get("flops_eval") or 0) + setup["flops"]
-        return record
-
-    def _source_guard_acc(self) -> tuple[float, dict]:
-        """The source model's guard-anchor accuracy: as the card states it, or measured here (counted)
-        when it does not."""
-        if self.memory.source_guard_acc is not None:
-            return self.memory.source_guard_acc, {}
-        with self._holding(self.memory.source):
-            self.meter.begin("eval")
-            t0 = time.perf_counter()
-            out = self.eval_sets.anchor_accuracy(self.backend.predict)
-            cost = {"flops_eval": out["flops_anchor"], "flops_anchor": out["flops_anchor"],
-                    "eval_wall_s": time.perf_counter() - t0,
-                    "eval_energy_j": self.meter.end("eval").get("energy_j"),
-                    "anchor_samples_evaluated": out["anchor_samples_evaluated"]}
-        return out["anchor_acc"], cost
-
-    def _reset_if_forgotten(self, baseline: dict) -> dict:
-        """`--reset-forgetting P` (RDumb): the starting model's guard-anchor accuracy (measured by the
-        baseline evaluation) more than P points below the source model's, and the run continues from
-        the source weights instead; the baseline is then the source weights' evaluation, with the
-        start's evaluation added to its cost. The run's start digest stays the deployed model's."""
-        start_acc = baseline["anchor_acc"]
-        source_acc, cost = self._source_guard_acc()
-        reset = forgot_too_much(start_acc, source_acc, self.config.reset_forgetting)
-        self.log.line(f"reset: the starting model's guard-anchor accuracy {start_acc:.3f}, the source's "
-                      f"{source_acc:.3f} (allowed {self.config.reset_forgetting:g} points below): "
-                      + ("reset to the source weights" if reset else "kept"))
-        if reset:
-            self.model.load_state_dict(self.memory.source)
-            cost = epoch_record.evaluation_cost(baseline, cost)
-            baseline = self.baseline_record()
-        epoch_record.add_reset(baseline, {"start_guard_acc": start_acc, "source_guard_acc": source_acc,
-                                          "reset": reset, "max_points": self.config.reset_forgetting}, cost)
-        return baseline
-
-    def _adapt_bn(self) -> None:
-        """BatchNorm statistics from `--bn-adapt` unlabelled local training images (a seeded draw
-        that leaves the run's own random stream alone); counted as forward FLOPs."""
-        self.bn_adapt_pending = not_applicable(self.model)
-        if self.bn_adapt_pending is not None:
-            self.bn_adapt_done = True
-            return
-        cfg = self.config
-        # --bn-anchor-share: round(N x S) of the N images are replay anchors, the rest local.
-        anchors = min(round(cfg.bn_adapt * cfg.bn_anchor_share), len(self.memory.replay)) if cfg.bn_anchor_share else 0
-        n = min(cfg.bn_adapt - anchors, len(self.train_ds))
-        draw = torch.Generator().manual_seed(cfg.seed + 7919)
-        positions = torch.randperm(len(self.train_ds), generator=draw)[:n].to(self.device)
-        images = self.train_ds
-        if anchors:
-            images, positions = with_anchors(self.train_ds, positions, self.memory.replay, anchors, draw)
-        with self._eval_autocast():
-            sizes = reestimate_bn(self.model, images, positions, self.mean, self.std,
-                                  memory_format=self.memory_format)
-        self.bn_adapt_pending = {"bn_adapt_samples": n + anchors,
-                                 "flops_bn_adapt": sum(self.flops.eval_batch(s) for s in sizes)}
-        if cfg.bn_anchor_share:
-            self.bn_adapt_pending["bn_adapt_anchor_samples"] = anchors
-        self.log.bn_adapt(n, self.bn_adapt_pending["flops_bn_adapt"], anchors)
-        self.bn_adapt_done = True
-
-    def _consider_bn_adapted(self) -> float:
-        """With training to follow, the re-estimated model is validated and becomes a keep-best
-        candidate of its own: on wrong labels a fine-tune can end below re-estimation alone.
-        Returns the evaluation's seconds (taken out of the epoch's training time)."""
-        if "bn_adapt" in self.bn_adapt_pending:      # not applicable: the model did not change
-            return 0.0
-        ev = self.evaluate(validate=True, test=False)
-        self.choice.consider(BN_ADAPT_EPOCH, ev["val_acc"], None, self.model, ev.get("anchor_acc"))
-        self.bn_adapt_pending["bn_adapt_val_acc"] = ev["val_acc"]
-        if "anchor_acc" in ev:
-            self.bn_adapt_pending["bn_adapt_anchor_acc"] = ev["anchor_acc"]
-        self.log.line(f"evaluation: the BatchNorm-adapted model: val {ev['val_acc']:.3f}"
-                      f"{self.log.anchors(ev)} ({ev['eval_wall_s']:.1f} s)")
-        self.bn_adapt_pending["candidate_eval"] = {k: ev[k] for k in ("flops_eval", "eval_wall_s", "eval_energy_j",
-                                                                "val_samples_evaluated", "anchor_samples_evaluated",
-                                                                "flops_anchor") if k in ev}
-        return ev["eval_wall_s"]
-
-    def bn_adapt_record(self) -> dict:
-        """`--epochs 0 --bn-adapt N`: the re-estimation alone, measured and evaluated as epoch 0."""
-        self.meter.begin("train")
-        t0 = time.perf_counter()
-        self._adapt_bn()
-        wall = time.perf_counter() - t0
-        energy = self.meter.end("train")
-        info, self.bn_adapt_pending = self.bn_adapt_pending, None
-        record = epoch_record.bn_adapt_fields(self.strategy.name, len(self.train_ds), info, wall, energy)
-        record.update(self.evaluate())
-        return record
-
-    def _keep_choice(self, epoch: int, record: dict) -> None:
+    def keep_choice(self, epoch: int, record: dict) -> None:
         if record.get("evaluated") == "none" and len(self.val_eval_ds):
             return          # not validated this epoch (--eval-every): nothing to choose by
         self.choice.consider(epoch, record.get("val_acc"), record.get("test_acc"), self.model,
@@ -618,18 +371,18 @@ class Trainer:
             restore(self, resume)
         else:
             if self.phase == "finetune":
-                self.baseline = self.baseline_record()
+                self.baseline = baseline_record(self)
                 if self.config.reset_forgetting is not None:
-                    self.baseline = self._reset_if_forgotten(self.baseline)
-                self._keep_choice(WARMUP_EPOCH, self.baseline)
+                    self.baseline = reset_if_forgotten(self, self.baseline)
+                self.keep_choice(WARMUP_EPOCH, self.baseline)
             self.checkpoints.save(self)        # a rollback target before the first step
             if self.baseline is not None:
                 self.log.baseline(self.baseline)
             if writer is not None and self.baseline is not None:
                 writer.append(self.baseline)
             if self.config.bn_adapt and self.config.epochs == 0:
-                record = self.bn_adapt_record()
-                self._keep_choice(0, record)
+                record = bn_adapt_record(self)
+                self.keep_choice(0, record)
                 self.records.append(record)
                 self.checkpoints.save(self)
                 if writer is not None:
@@ -648,7 +401,7 @@ class Trainer:
             if record is None:       # interrupted mid-epoch, state saved
                 break
             record.update(self.strategy.end_epoch(epoch, record))
-            self._keep_choice(epoch, record)
+            self.keep_choice(epoch, record)
             self.records.append(record)
             self.next_epoch = epoch + 1
             self.checkpoints.save(self)        # before the record is appended: a resume rewrites the records
@@ -664,6 +417,6 @@ class Trainer:
                 break
         bar.close()
         if self.progress is None:        # not stopped mid-epoch (a resume finishes that epoch)
-            self._test_at_the_end(writer)
+            evaluate_at_the_end(self, writer)
             faults.point("tested")
         return self.records

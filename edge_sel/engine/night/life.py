@@ -33,7 +33,8 @@ from edge_sel.core.checkpoint import atomic_write_bytes
 from edge_sel.engine.night.deployed_swap import recover
 from edge_sel.engine.machine.energy_setup import EnergyOptions
 from edge_sel.engine.night.promote import Decision, promote, validate_deployed
-from edge_sel.engine.runs.run import DataOptions, finetune, prepare_finetune_config, resume
+from edge_sel.engine.runs.data_options import DataOptions
+from edge_sel.engine.runs.run import finetune, prepare_finetune_config, resume
 from edge_sel.engine.runs.signals import exit_code_for
 from edge_sel.errors import InputError, WriteError
 

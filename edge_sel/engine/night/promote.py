@@ -187,7 +187,7 @@ def validate_deployed(config: dict, deployed: Path, run_dir: Path | None = None)
     from edge_sel.engine.levers.anchors import load_memory
     from edge_sel.engine.evaluation.bn_bank import attach_saved_bank, run_bank_for
     from edge_sel.engine.evaluation.evaluate import accuracy, evaluation_flops, predict_dataset, validation_subset
-    from edge_sel.engine.runs.run import DataOptions, check_compatible
+    from edge_sel.engine.runs.data_options import DataOptions, check_compatible
     from edge_sel.models import load_checkpoint
     from edge_sel.predict.conditions import feature_flops
     data = DataOptions(**{**config["data"], "data_dir": config["data"].get("data_dir")})

@@ -1,0 +1,86 @@
+"""The end of a run: the test set once the last epoch is known, the output model's own test when
+the kept weights are not the last epoch's, the bank re-estimated for the weights handed back;
+each pass charged to the last record like any evaluation."""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+
+from edge_sel.core.records import RecordWriter
+from edge_sel.engine.evaluation.bn_bank import weights_key
+from edge_sel.engine.evaluation.evaluate import accuracy, evaluation_flops
+from edge_sel.engine.loop.bank_passes import (add_evaluation_time, bank_selecting, charge_bank, holding,
+                                              predict_selected, refresh_bank)
+
+
+def evaluate_at_the_end(trainer, writer: RecordWriter | None) -> None:
+    """The test set runs once the last epoch is known: a run stopped by its strategy after an
+    epoch that skipped it gets it now (its record is rewritten), and kept weights other than the
+    last are tested too, so the summary states the output model's test accuracy."""
+    if not trainer.records:
+        return
+    last = trainer.records[-1]
+    changed = False
+    if last.get("test_acc") is None and last.get("phase") != "baseline":
+        extra = trainer.evaluate(validate=last.get("val_acc") is None, test=True)
+        for key in ("flops_eval", "eval_wall_s", "eval_energy_j", "val_samples_evaluated",
+                    *(("anchor_samples_evaluated", "flops_anchor") if "flops_anchor" in extra else ()),
+                    *(("flops_bn_bank", "bn_bank_samples") if "flops_bn_bank" in extra else ())):
+            extra[key] = (extra.get(key) or 0) + (last.get(key) or 0)
+        if last.get("val_acc") is not None:
+            extra.pop("val_acc")
+            extra.pop("anchor_acc", None)          # measured with the validation, kept
+            extra.pop("anchor_forgetting", None)
+            extra["evaluated"] = "val+test"
+        last.update(extra)
+        trainer.keep_choice(last["epoch"], last)
+        trainer.log.evaluation(f"epoch {last['epoch']} (the last)", last.get("test_acc"), extra.get("eval_wall_s"),
+                               extra.get("eval_energy_j"))
+        changed = True
+    kept = trainer.choice.weights_to_load()
+    if kept is not None and trainer.choice.test_acc is None:
+        kept_model_test(trainer, kept, last)
+        changed = True
+    changed = bank_for_output(trainer, kept, last) or changed
+    if changed and writer is not None:
+        writer.reset(([trainer.baseline] if trainer.baseline else []) + trainer.records)
+
+
+def bank_for_output(trainer, kept: dict | None, last: dict) -> bool:
+    """The bank re-estimated for the output model's weights when its last estimate was for
+    others (charged to the last record); True when it ran."""
+    if trainer.bank is None:
+        return False
+    with holding(trainer.model, kept):
+        if trainer.bank.refreshed_for == weights_key(trainer.model):
+            return False
+        trainer.meter.begin("eval")
+        t0 = time.perf_counter()
+        refreshed = refresh_bank(trainer)
+        wall = time.perf_counter() - t0
+        joules = trainer.meter.end("eval").get("energy_j")
+    charge_bank(trainer, last, refreshed)
+    add_evaluation_time(last, wall, joules)
+    return True
+
+
+def kept_model_test(trainer, kept: dict, last: dict) -> None:
+    """The output model's test accuracy when it is not the last epoch's: an evaluation pass
+    like any other, charged to the last record (FLOPs, seconds, joules)."""
+    with holding(trainer.model, kept):
+        trainer.meter.begin("eval")
+        t0 = time.perf_counter()
+        # The torch model, not backend.predict: an ORT session still holds the last weights.
+        with bank_selecting(trainer) as refreshed:
+            logits = trainer.eval_sets.logits(partial(predict_selected, trainer), trainer.test_ds)
+        wall = time.perf_counter() - t0
+        joules = trainer.meter.end("eval").get("energy_j")
+    trainer.choice.test_acc = accuracy(logits, trainer.test_ds.labels)
+    flops = evaluation_flops(trainer.flops, len(trainer.test_ds), trainer.eval_batch_size)
+    last["kept_test_flops"], last["kept_test_energy_j"] = flops, joules
+    last["flops_eval"] = (last.get("flops_eval") or 0) + flops
+    if refreshed is not None:
+        charge_bank(trainer, last, refreshed)
+    add_evaluation_time(last, wall, joules)
+    trainer.log.evaluation(f"the output model (epoch {trainer.choice.epoch})", trainer.choice.test_acc, wall, joules)

@@ -1,0 +1,59 @@
+"""The start of a fine-tune: the starting checkpoint evaluated before any step (the bar the run
+must clear) and, under --reset-forgetting, the choice to start from the source weights instead."""
+
+from __future__ import annotations
+
+import time
+
+from edge_sel.engine.levers.levers import forgot_too_much
+from edge_sel.engine.loop import epoch_record
+from edge_sel.engine.loop.bank_passes import holding
+
+
+def baseline_record(trainer) -> dict:
+    """The starting checkpoint on the local validation and test splits before any step: the bar
+    a fine-tune must clear. It costs evaluation only (its FLOPs and joules are recorded)."""
+    record = epoch_record.baseline_fields(trainer.strategy.name, len(trainer.train_ds))
+    record.update(trainer.evaluate())
+    record.update({k: trainer.last_eval_energy.get(k) for k in ("energy_source", "energy_method")})
+    if trainer.bank_setup:             # matching tonight's images to the bank: once, before any step
+        setup, trainer.bank_setup = trainer.bank_setup, None
+        record["flops_bn_bank"] = (record.get("flops_bn_bank") or 0) + setup["flops"]
+        record["flops_eval"] = (record.get("flops_eval") or 0) + setup["flops"]
+    return record
+
+
+def source_guard_acc(trainer) -> tuple[float, dict]:
+    """The source model's guard-anchor accuracy: as the card states it, or measured here (counted)
+    when it does not."""
+    if trainer.memory.source_guard_acc is not None:
+        return trainer.memory.source_guard_acc, {}
+    with holding(trainer.model, trainer.memory.source):
+        trainer.meter.begin("eval")
+        t0 = time.perf_counter()
+        out = trainer.eval_sets.anchor_accuracy(trainer.backend.predict)
+        cost = {"flops_eval": out["flops_anchor"], "flops_anchor": out["flops_anchor"],
+                "eval_wall_s": time.perf_counter() - t0,
+                "eval_energy_j": trainer.meter.end("eval").get("energy_j"),
+                "anchor_samples_evaluated": out["anchor_samples_evaluated"]}
+    return out["anchor_acc"], cost
+
+
+def reset_if_forgotten(trainer, baseline: dict) -> dict:
+    """`--reset-forgetting P` (RDumb): the starting model's guard-anchor accuracy (measured by the
+    baseline evaluation) more than P points below the source model's, and the run continues from
+    the source weights instead; the baseline is then the source weights' evaluation, with the
+    start's evaluation added to its cost. The run's start digest stays the deployed model's."""
+    start_acc = baseline["anchor_acc"]
+    source_acc, cost = source_guard_acc(trainer)
+    reset = forgot_too_much(start_acc, source_acc, trainer.config.reset_forgetting)
+    trainer.log.line(f"reset: the starting model's guard-anchor accuracy {start_acc:.3f}, the source's "
+                     f"{source_acc:.3f} (allowed {trainer.config.reset_forgetting:g} points below): "
+                     + ("reset to the source weights" if reset else "kept"))
+    if reset:
+        trainer.model.load_state_dict(trainer.memory.source)
+        cost = epoch_record.evaluation_cost(baseline, cost)
+        baseline = baseline_record(trainer)
+    epoch_record.add_reset(baseline, {"start_guard_acc": start_acc, "source_guard_acc": source_acc,
+                                      "reset": reset, "max_points": trainer.config.reset_forgetting}, cost)
+    return baseline

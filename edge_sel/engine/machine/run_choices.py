@@ -1,0 +1,42 @@
+"""What a run's config leaves open about the machine, decided before its first step: the memory
+layout and evaluation batch size, then the precision of the training step and of forward-only
+passes (measured in that layout). Values the config gives are kept as given."""
+
+from __future__ import annotations
+
+import torch
+
+from edge_sel.config import TrainConfig
+from edge_sel.data import IndexedDataset
+from edge_sel.device_caps import amp_dtype
+from edge_sel.engine.machine.layout import LayoutChoice, choose_layout
+from edge_sel.engine.machine.precision import DTYPES, PrecisionChoice, choose_precision
+from edge_sel.errors import InputError
+
+
+def run_layout(cfg: TrainConfig, model: torch.nn.Module, train_ds: IndexedDataset, largest_eval: int,
+               device: torch.device, trains: str) -> LayoutChoice:
+    """Channels-last or not, and the evaluation batch size: as given, or measured here."""
+    if cfg.backend != "torch":       # ORT runs its own graph in its own layout
+        return LayoutChoice("contiguous", cfg.eval_batch_size or 256, f"{cfg.backend} backend")
+    autocast = None
+    if device.type == "cuda" and cfg.precision != "fp32":
+        dtype = amp_dtype(device) if cfg.precision == "auto" else DTYPES[cfg.precision]
+        autocast = lambda: torch.autocast("cuda", dtype=dtype)      # noqa: E731 -- as training runs
+    return choose_layout(model, train_ds.input_shape, train_ds.num_classes, device, cfg.batch_size,
+                         cfg.memory_format, cfg.eval_batch_size, largest_eval, autocast, trains=trains)
+
+
+def run_precision(cfg: TrainConfig, model: torch.nn.Module, train_ds: IndexedDataset, check_ds: IndexedDataset,
+                  mean, std, device: torch.device, memory_format: torch.memory_format, eval_batch_size: int,
+                  trains: str) -> PrecisionChoice:
+    """fp32 or bf16 autocast for the training step and for forward-only passes: as given, or
+    measured here (after the layout, in it)."""
+    if cfg.backend != "torch":
+        return PrecisionChoice("fp32", "fp32", f"{cfg.backend} backend", "ORT artifacts train in fp32")
+    if "fp16" in (cfg.precision, cfg.eval_precision) and device.type != "cuda":
+        raise InputError(f"--precision fp16: needs a CUDA device (its loss scaling is CUDA's); on "
+                         f"{device.type} use bf16 or auto")
+    return choose_precision(model, train_ds.input_shape, train_ds.num_classes, device, cfg.batch_size,
+                            memory_format, eval_batch_size, cfg.precision, cfg.eval_precision, check_ds,
+                            mean, std, trains=trains)
