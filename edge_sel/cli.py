@@ -21,14 +21,14 @@ except InputError as e:
 
 import click  # noqa: E402
 
-from edge_sel import __version__  # noqa: E402
+from edge_sel.version import __version__  # noqa: E402
 from edge_sel.bench.cli import bench_group
 from edge_sel.cli_base import NO_ARGS_IS_HELP, Group, one_line_warnings
 from edge_sel.cli_options import (DATA, ENERGY, FINETUNE, FINETUNE_SECTIONS, HOME, NIGHT_SECTIONS, PRETRAIN,
                                   PRETRAIN_SECTIONS, SPEED, TRAIN, for_a_night, in_sections)
 from edge_sel.config import TrainConfig
 from edge_sel.demo import demo_cmd
-from edge_sel.energy.monitor_cli import monitor
+from edge_sel.cli_monitor import monitor
 from edge_sel.engine.machine.distributed import detect_world, under_torchrun
 from edge_sel.engine.machine.energy_setup import EnergyOptions
 from edge_sel.engine.runs.data_options import DataOptions

@@ -18,8 +18,7 @@ import warnings
 
 import click
 
-from edge_sel.engine.loop.checkpointing import TrainingDiverged
-from edge_sel.errors import InputError, WriteError
+from edge_sel.errors import InputError, TrainingDiverged, WriteError
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

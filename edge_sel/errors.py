@@ -1,5 +1,5 @@
-"""Errors a user can fix. The CLI prints them as one line and exits 2 (bad input) or 1 (a write
-that failed), without a traceback."""
+"""Errors a user can fix, and a run that failed. The CLI prints them as one line and exits 2 (bad
+input) or 1 (a write that failed, a run that diverged), without a traceback."""
 
 import contextlib
 from pathlib import Path
@@ -15,6 +15,10 @@ class InputError(Exception):
 class WriteError(Exception):
     """Writing a run's output failed (a full disk, an unwritable directory). The CLI prints one line
     and exits 1; what was written before stays intact."""
+
+
+class TrainingDiverged(Exception):
+    """Non-finite losses kept coming back after rolling back and halving the learning rate."""
 
 
 @contextlib.contextmanager

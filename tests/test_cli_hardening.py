@@ -61,7 +61,7 @@ def test_the_estimate_never_exceeds_cores_times_watts_per_core(tmp_path):
 
 def test_monitor_with_the_estimate_shows_the_whole_machine(monkeypatch):
     from edge_sel.energy import estimate
-    from edge_sel.energy.monitor_cli import monitor
+    from edge_sel.cli_monitor import monitor
     busy = {"s": 0.0}
 
     def machine():                 # every other process keeps one core busy

@@ -6,7 +6,7 @@ from click.testing import CliRunner
 from fake_sysfs import orin_nano
 
 from edge_sel.energy import ROOT_ENV
-from edge_sel.energy.monitor_cli import monitor
+from edge_sel.cli_monitor import monitor
 
 
 def test_json_samples_report_the_tree_rails_and_temperatures(tmp_path):

@@ -6,6 +6,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "edge_sel"
+MAX_LINES = 400
 
 # Highest first. A module takes the layer of the longest name listed that it is, or lies under
 # (the package itself, "edge_sel", covers only edge_sel/__init__.py: a new top-level module needs a
@@ -13,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "edge_sel"
 LAYERS = [
     ("command line", ["edge_sel.cli", "edge_sel.cli_base", "edge_sel.cli_options", "edge_sel.cli_interrupts",
                       "edge_sel.__main__", "edge_sel.api", "edge_sel.option_names",
-                      "edge_sel.demo", "edge_sel.energy.monitor_cli"]),
+                      "edge_sel.demo", "edge_sel.cli_monitor"]),
     ("bench, report, export, fleet, profiles", ["edge_sel.bench", "edge_sel.report", "edge_sel.export",
                                                 "edge_sel.fleet", "edge_sel.profiles"]),
     # The engine's rooms, highest first: a device's nights, runs started and resumed, the training
@@ -102,6 +103,15 @@ def test_nothing_below_the_command_line_imports_the_package_face():
     found = sorted(f"{known[m].relative_to(PACKAGE.parent)}:{line}" for m, p in known.items() if layer(m) > 0
                    for target, line in imports(m, p, known) if target == "edge_sel")
     assert found == []
+
+
+def test_engine_modules_hold_one_job_each():
+    """An engine module is at most MAX_LINES lines, or its docstring says why it is longer ("longer
+    than ...: ..."), so a room's files stay readable one at a time."""
+    long = [f"{p.relative_to(PACKAGE.parent)}: {n} lines" for m, p in modules().items() if m.startswith("edge_sel.engine")
+            and (n := len(p.read_text().splitlines())) > MAX_LINES
+            and "longer than" not in (ast.get_docstring(ast.parse(p.read_text())) or "").lower()]
+    assert long == [], "split these, or say at the top why they are long:\n" + "\n".join(long)
 
 
 def rooms() -> list[tuple[str, int, int, str, int, int]]:

@@ -11,7 +11,7 @@ from helpers import records, run_cli, summary
 
 import edge_sel.energy
 from edge_sel.cli import cli
-from edge_sel.energy.monitor_cli import monitor
+from edge_sel.cli_monitor import monitor
 
 
 @pytest.fixture(scope="module")

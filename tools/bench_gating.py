@@ -30,8 +30,9 @@ from edge_sel.config import TrainConfig
 from edge_sel.data import Splits
 from edge_sel.data.split import stratified_take
 from edge_sel.engine.machine.device import seed_everything
+from edge_sel.engine.loop.trainer import Trainer
 from edge_sel.engine.runs.data_options import DataOptions
-from edge_sel.engine.loop.trainer import NullMeter, Trainer
+from edge_sel.energy.base import NullMeter
 from edge_sel.methods import make_strategy, make_updater
 from edge_sel.models import load_checkpoint
 

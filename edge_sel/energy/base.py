@@ -83,3 +83,19 @@ class Meter:
             "also_shown": [c.name for c in self.components if not c.counted],
             "detail": self.detail,
         }
+
+
+NULL_ENERGY = {"energy_j": None, "energy_source": None, "energy_method": None, "energy_coverage": None,
+               "avg_power_w": None, "max_temp_c": None}
+
+
+class NullMeter:
+    """Used when energy is not measured at all (tests and benchmarks of the loop itself): every window
+    has no joules and no source."""
+    total_j = 0.0
+
+    def begin(self, name: str) -> None:
+        pass
+
+    def end(self, name: str) -> dict:
+        return dict(NULL_ENERGY)

@@ -8,8 +8,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
 from edge_sel.core.source_memory import ANCHORS_FILE, FISHER_FILE, GUARD, REPLAY, SOURCE_FILE, Anchors, \
     draw_anchors, write_source_memory
 from edge_sel.engine.evaluation.evaluate import accuracy, evaluation_flops

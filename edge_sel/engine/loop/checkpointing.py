@@ -21,13 +21,10 @@ from edge_sel.engine.loop.ledger import ROLLED_BACK_ZERO
 from edge_sel.engine.loop.progress import EpochProgress
 from edge_sel.engine.loop.state import load_state, save_state
 from edge_sel.engine.loop.totals import StepTotals
+from edge_sel.errors import TrainingDiverged
 
 MAX_NONFINITE_IN_A_ROW = 3
 STATE_FORMAT = "edge-sel-train-state/1"
-
-
-class TrainingDiverged(Exception):
-    """Non-finite losses kept coming back after rolling back and halving the learning rate."""
 
 
 class Rollback(Exception):

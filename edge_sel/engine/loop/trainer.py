@@ -20,8 +20,9 @@ from edge_sel.config import TrainConfig
 from edge_sel.core.flops import FlopCounter
 from edge_sel.core.records import RecordWriter
 from edge_sel.data import BatchLoader, Splits
+from edge_sel.energy.base import NullMeter
 from edge_sel.engine import faults
-from edge_sel.engine.evaluation.evaluate import EmbarrassmentMeter, EvaluationSets, validation_subset
+from edge_sel.engine.evaluation.evaluate import EmbarrassmentMeter, EvaluationSets
 from edge_sel.engine.evaluation.keep import WARMUP_EPOCH, ModelChoice
 from edge_sel.engine.levers.levers import make_objective, make_replay
 from edge_sel.engine.loop import epoch_record
@@ -37,25 +38,10 @@ from edge_sel.engine.loop.schedule import lr_factor
 from edge_sel.engine.loop.scoring import ScoringPasses
 from edge_sel.engine.loop.start import baseline_record, reset_if_forgotten
 from edge_sel.engine.loop.totals import StepTotals
-from edge_sel.engine.loop.val_size import device_val_size
+from edge_sel.engine.loop.val_size import validation_set
 from edge_sel.engine.machine.precision import autocast
 from edge_sel.engine.machine.run_choices import run_layout, run_precision
 from edge_sel.methods import RunContext, Strategy, Updater
-
-NULL_ENERGY = {"energy_j": None, "energy_source": None, "energy_method": None, "energy_coverage": None,
-               "avg_power_w": None, "max_temp_c": None}
-
-
-class NullMeter:
-    """Used when energy is not measured at all (tests of the loop itself)."""
-    total_j = 0.0
-
-    def begin(self, name: str) -> None:
-        pass
-
-    def end(self, name: str) -> dict:
-        return dict(NULL_ENERGY)
-
 
 @dataclass
 class Trainer:
@@ -87,7 +73,9 @@ class Trainer:
         self.model.to(self.device)
         self.train_ds = self.splits.train.to(self.device)
         self.val_ds = self.splits.val.to(self.device)
-        self.val_eval_ds = self._validation_subset()
+        # --val-subset N, or N sized for a device (val_share): kept in the config, as what ran.
+        self.val_eval_ds, self.val_size_choice = validation_set(cfg, self.phase, self.train_ds, self.val_ds, self.model,
+                                                                self.memory)
         self.test_ds = self.splits.test.to(self.device)
         clean = self.splits.test_clean
         self.clean_test_ds = None if clean is None else clean.to(self.device)
@@ -156,18 +144,6 @@ class Trainer:
 
     def eval_autocast(self):
         return autocast(self.device, self.precision.eval)
-
-    def _validation_subset(self):
-        """`--val-subset N`: a fixed draw of N validation samples for per-epoch decisions; with
-        `val_share`, N is sized for a device here and kept in the config (what ran)."""
-        cfg = self.config
-        self.val_size_choice = None
-        if cfg.val_subset == 0 and cfg.val_share:
-            self.val_size_choice = device_val_size(cfg, self.phase, len(self.train_ds), len(self.val_ds),
-                                                   FlopCounter(self.model, self.train_ds.input_shape),
-                                                   0 if self.memory is None else len(self.memory.guard))
-            cfg.val_subset = self.val_size_choice["val_subset"]
-        return validation_subset(self.val_ds, cfg.val_subset)
 
     def _bar(self, total, desc, leave):
         return tqdm(total=total, desc=desc, leave=leave, unit="batch" if not leave else "epoch",

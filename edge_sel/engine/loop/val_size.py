@@ -13,6 +13,7 @@ import math
 
 from edge_sel.config import TrainConfig
 from edge_sel.core.flops import FlopCounter
+from edge_sel.engine.evaluation.evaluate import validation_subset
 
 MIN_SAMPLES = 300
 
@@ -41,3 +42,16 @@ def device_val_size(cfg: TrainConfig, phase: str, train_size: int, val_size: int
             "guard_anchors_per_pass": guard_anchors, "expected_training_flops": int(training),
             "expected_validation_flops": int(passes * (size + guard_anchors) * per_image_eval),
             "floor": MIN_SAMPLES, "rule": "counted FLOPs of the planned training and validation passes"}
+
+
+def validation_set(cfg: TrainConfig, phase: str, train_ds, val_ds, model, memory) -> tuple:
+    """The validation samples per-epoch decisions use and how their number was reached: `--val-subset
+    N` as given (a fixed draw), or with `val_share` N sized for a device here and written into the
+    config (what ran). `memory`: the checkpoint's source memory, whose guard anchors every validation
+    also evaluates."""
+    choice = None
+    if cfg.val_subset == 0 and cfg.val_share:
+        choice = device_val_size(cfg, phase, len(train_ds), len(val_ds), FlopCounter(model, train_ds.input_shape),
+                                 0 if memory is None else len(memory.guard))
+        cfg.val_subset = choice["val_subset"]
+    return validation_subset(val_ds, cfg.val_subset), choice
