@@ -16,7 +16,8 @@ cores the other work needs, the work they wait for is descheduled, and a digits 
 - the number of intra-op threads is what the CPU has free when the command starts: the CPUs this
   process may run on, less what other work keeps busy (the machine's CPU use over a quarter of a
   second while this process waits; the load average lags by a minute and counted a run that had
-  just ended), at least one; `--threads` and a device profile's `cpu_threads` win.
+  just ended), at least one; `--threads` and a device profile's `cpu_threads` win, and so does
+  `OMP_NUM_THREADS` where it is set (the user's or a launcher's count: torchrun gives each rank one).
 
 A device that knows what its other work takes (a camera pipeline on one core) can say so in
 EDGE_SEL_OTHER_LOAD (CPUs, e.g. 1 or 0.5): no sampling then, and every choice that depends on the
@@ -88,12 +89,24 @@ def other_load() -> float:
     return _sampled[0]
 
 
+OMP_THREADS_ENV = "OMP_NUM_THREADS"
+
+
+def omp_threads(environ=None) -> int | None:
+    """OMP_NUM_THREADS as a count when it is a positive integer (OpenMP and torch ignore other values)."""
+    text = (os.environ if environ is None else environ).get(OMP_THREADS_ENV, "").strip()
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
 def choose_threads(requested: int | None = None, cpus: int | None = None, load: float | None = None,
                    source: str = "--threads") -> tuple[int, str]:
-    """(threads, why): `requested` when given, else the CPUs free of other work, at least one."""
+    """(threads, why): `requested` when given, else OMP_NUM_THREADS where set, else the CPUs free of
+    other work, at least one."""
     cpus = usable_cpus() if cpus is None else cpus
     if requested:
         return int(requested), f"{source} {requested}"
+    if omp_threads() is not None:
+        return omp_threads(), f"{OMP_THREADS_ENV} {omp_threads()}"
     stated = load is None and stated_load() is not None
     load = other_load() if load is None else load
     free = max(1, min(cpus, int(cpus - load + 0.5)))
@@ -109,7 +122,7 @@ def apply_threads(requested: int | None = None, source: str = "--threads", **pro
     torch.set_num_threads(count)
     _chosen.clear()
     _chosen.update({"count": count, "why": why, "wait_policy": os.environ.get(WAIT_ENV, "OpenMP's default (spinning)")})
-    _requested[:] = [bool(requested)]
+    _requested[:] = [bool(requested) or omp_threads() is not None]
     return dict(_chosen)
 
 
@@ -118,7 +131,8 @@ _requested: list[bool] = []
 
 def keep_recorded(recorded) -> int | None:
     """A resumed run's threads: the count its config.json recorded (`recorded`: that `threads`
-    record), unless this process was given a count (--threads, a profile's cpu_threads); returns
+    record), unless this process was given a count (--threads, a profile's cpu_threads,
+    OMP_NUM_THREADS); returns
     torch's count before, for the caller to restore, or None when nothing changed."""
     import torch
     count = recorded.get("count") if isinstance(recorded, dict) else None

@@ -16,6 +16,18 @@ def test_threads_are_what_other_work_leaves_free_and_an_explicit_count_wins():
     assert choose_threads(3, cpus=2, load=5.0) == (3, "--threads 3")
 
 
+def test_omp_num_threads_is_a_given_count(monkeypatch):
+    """A launcher's or the user's OMP_NUM_THREADS is kept (torchrun gives each rank one; a count
+    chosen over it would put every rank on every free CPU); --threads still wins, and a value OpenMP
+    would ignore is ignored."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert choose_threads(cpus=4, load=0.0) == (1, "OMP_NUM_THREADS 1")
+    assert choose_threads(3, cpus=4, load=0.0) == (3, "--threads 3")
+    for ignored in ("0", "two", ""):
+        monkeypatch.setenv("OMP_NUM_THREADS", ignored)
+        assert choose_threads(cpus=4, load=1.0)[0] == 3
+
+
 def test_waiting_is_passive_when_other_work_is_busy_unless_the_user_chose():
     env = {}
     assert passive_waiting(env, load=1.2) == "PASSIVE" and env[WAIT_ENV] == "PASSIVE"

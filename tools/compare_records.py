@@ -5,8 +5,9 @@ preset and updater, made by two source trees of edge-sel, their records compared
 
 `--before`/`--after` are git revisions (checked out as temporary worktrees) or source directories;
 `--after` defaults to this checkout. Each tree runs `python -m edge_sel` with PYTHONPATH set to it,
-one thread, its own layout cache, contiguous layout, a fixed evaluation batch and fp32 where the
-tree has --precision (so no timing decides anything). The after tree pretrains one warmup checkpoint on digits; both trees pretrain
+one thread (OMP_NUM_THREADS and EDGE_SEL_THREADS: trees that count the free CPUs would otherwise
+choose by the load), its own layout cache, contiguous layout, a fixed evaluation batch and fp32 where
+the tree has --precision (so no timing decides anything). The after tree pretrains one warmup checkpoint on digits; both trees pretrain
 too (their records are compared) and every fine-tune of both starts from the after tree's warmup.
 
 Measured fields (wall time, joules, power, temperature, memory) differ between any two runs and are
@@ -90,7 +91,7 @@ def fixed_precision(tree: Path) -> list[str]:
 
 
 def edge_sel(tree: Path, args: list[str], cache: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1", EDGE_SEL_CACHE=str(cache))
+    env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1", EDGE_SEL_THREADS="1", EDGE_SEL_CACHE=str(cache))
     return subprocess.run([sys.executable, "-m", "edge_sel", *args, *fixed_precision(tree)], env=env,
                           capture_output=True, text=True, cwd=tree)
 
