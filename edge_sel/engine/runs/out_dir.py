@@ -1,0 +1,69 @@
+"""A run's directory: refused when it holds another run (unless --overwrite), replaced only once
+the inputs are valid, its config.json, and whether a resume finds it finished or restarted by torchrun."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from edge_sel.core.checkpoint import atomic_write_bytes
+from edge_sel.engine.loop.state import StateWriteError
+from edge_sel.engine.runs.ddp import is_restart_of
+from edge_sel.errors import InputError
+
+
+def check_out_dir(out: Path, overwrite: bool) -> Path:
+    """Refuse to touch an existing non-empty --out unless --overwrite (checked before any work)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise InputError(f"--out {out}: already exists and is not empty; pass --overwrite to replace it")
+    return out
+
+
+def start_out_dir(out: Path) -> Path:
+    """Called once inputs are validated, so a bad input never destroys an earlier run."""
+    if out.is_dir():
+        shutil.rmtree(out)
+    try:
+        out.mkdir(parents=True)
+    except OSError as e:
+        raise InputError(f"--out {out}: cannot create ({e.strerror})") from None
+    return out
+
+
+def write_config(out: Path, config: dict) -> None:
+    try:
+        atomic_write_bytes(out / "config.json", json.dumps(config, indent=2, default=str).encode())
+    except OSError as e:
+        raise StateWriteError(f"{out / 'config.json'}: cannot write ({e.strerror or e})") from None
+
+
+def restarted_here(out: Path) -> bool:
+    """True when torchrun restarted the job whose run --out holds (same torchrun run id): its
+    workers resume from the last checkpoint. A plain rerun still needs --overwrite or --resume."""
+    try:
+        config = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return config.get("phase") == "pretrain" and is_restart_of(config)
+
+
+def refuse_finished(run_dir: Path, epochs: int) -> None:
+    """A run is finished once its summary.json says so (all epochs, its strategy's end, or its
+    energy budget). A run killed after its last state write but before its summary is not: its
+    resume writes the outputs without training again."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return
+    reason = summary.get("stop_reason")
+    if reason == "interrupted":
+        return
+    if reason == "energy_budget":
+        raise InputError(f"--resume {run_dir}: the run stopped on its energy budget and is finished; start a "
+                         f"new run to train more")
+    raise InputError(f"--resume {run_dir}: the run already finished ({summary.get('epochs_run', epochs)} of "
+                     f"{epochs} epochs)")

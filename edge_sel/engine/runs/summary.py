@@ -1,0 +1,74 @@
+"""summary.json's totals over a run's records, and which weights the run hands back."""
+
+from __future__ import annotations
+
+
+def summarize(records: list[dict], extra: dict, baseline: dict | None = None, kept: dict | None = None) -> dict:
+    """Totals over the epoch records; the baseline evaluation (when a fine-tune made one) adds its
+    evaluation FLOPs and joules, and `kept` says which weights the run directory holds and why."""
+    last = records[-1] if records else {}
+    best = max(records, key=lambda r: r.get("val_acc") or -1) if records else {}
+    evaluated = ([baseline] if baseline else []) + records
+
+    def total(key, over=records):
+        vals = [r.get(key) for r in over if r.get(key) is not None]
+        return sum(vals) if vals else None
+
+    train_j, eval_j = total("energy_j"), total("eval_energy_j", evaluated)
+    probe_flops = (extra.get("layout") or {}).get("probe_flops") or 0
+    return {
+        **extra,
+        "epochs_run": len(records),
+        # The weights the run directory holds (the best epoch, the start, or the last) on the test set.
+        "output_model": output_model(last, kept),
+        "final": {k: last.get(k) for k in ("val_acc", "test_acc", "train_loss", "train_acc")},
+        "best_val": {"epoch": best.get("epoch"), "val_acc": best.get("val_acc"), "test_acc": best.get("test_acc")},
+        "totals": {
+            "samples_trained": total("backward_samples"),
+            "forward_samples": total("forward_samples"),
+            "flops_forward": total("flops_forward"), "flops_backward": total("flops_backward"),
+            "flops_scoring": total("flops_scoring"), "flops_calibration": total("flops_calibration"),
+            "flops_train": total("flops_train"),
+            # Levers against forgetting, when they ran: the penalty's counted FLOPs (in flops_train) and
+            # the replayed anchors (in samples_trained).
+            **{k: total(k) for k in ("flops_penalty", "replay_samples") if total(k) is not None},
+            "rolled_back_flops": total("rolled_back_flops"), "rolled_back_samples": total("rolled_back_samples"),
+            "rolled_back_s": total("rolled_back_s"), "rolled_back_j": total("rolled_back_j"),
+            "flops_eval": total("flops_eval", evaluated),
+            # --bn-conditions: the bank's re-estimations and fingerprints (in flops_eval).
+            **{k: total(k, evaluated) for k in ("flops_bn_bank", "bn_bank_samples") if total(k, evaluated) is not None},
+            "train_wall_s": total("wall_s"), "eval_wall_s": total("eval_wall_s", evaluated),
+            "energy_j": total("energy_j"), "eval_energy_j": total("eval_energy_j", evaluated),
+            # The meter of the last record; a run of no epoch (statistics only) has its baseline's.
+            "energy_source": (last or (baseline or {})).get("energy_source"),
+            "energy_method": (last or (baseline or {})).get("energy_method"),
+            # All in: training (scoring, calibration, rolled-back steps included), every evaluation
+            # (the starting model, each epoch, the output model's test), and the layout probe's FLOPs.
+            "flops_all": (total("flops_train") or 0) + (total("flops_eval", evaluated) or 0) + probe_flops,
+            "energy_all_j": None if train_j is None and eval_j is None else (train_j or 0) + (eval_j or 0),
+            "eval_energy_share": None if not train_j or eval_j is None else eval_j / (train_j + eval_j),
+            "wall_all_s": (total("wall_s") or 0) + (total("eval_wall_s", evaluated) or 0),
+        },
+        "totals_note": ("flops_all adds the layout probe's counted FLOPs; energy_all_j is the metered training "
+                        "and evaluation windows (the probe, run before the meter's first window, is not in it)"),
+        "flops_note": "counted with torch.utils.flop_counter for the passes actually run",
+        **({"baseline": {k: baseline.get(k) for k in ("val_acc", "test_acc", "flops_eval", "eval_energy_j")}}
+           if baseline else {}),
+        **({"kept": kept} if kept else {}),
+        **({"reset": baseline["reset"]} if baseline and "reset" in baseline else {}),
+    }
+
+
+def output_model(last: dict, kept: dict | None) -> dict:
+    """Which weights the run hands back and their accuracies (a pretrain's, and a --keep last
+    run's, are the last epoch's); `anchor_acc` on the guard anchors when the run has them (promote's
+    guard reads it)."""
+    if kept is None or kept.get("kept") == "last":
+        out = {"weights": "last", "epoch": last.get("epoch"), "val_acc": last.get("val_acc"),
+               "test_acc": last.get("test_acc")}
+        anchor_acc = last.get("anchor_acc")
+    else:
+        out = {"weights": kept["kept"], "epoch": kept.get("kept_epoch"), "val_acc": kept.get("kept_val_acc"),
+               "test_acc": kept.get("kept_test_acc")}
+        anchor_acc = kept.get("kept_anchor_acc")
+    return {**out, **({"anchor_acc": anchor_acc} if "anchor_acc" in last or anchor_acc is not None else {})}

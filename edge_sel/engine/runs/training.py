@@ -1,0 +1,177 @@
+"""Train a built model on prepared splits into a run directory: what pretrain, finetune, resume and
+a fleet client's round share once their inputs are checked."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+from edge_sel import threads
+from edge_sel.config import TrainConfig
+from edge_sel.core.checkpoint import ModelCard, atomic_write_bytes, save_checkpoint
+from edge_sel.core.records import RecordWriter
+from edge_sel.data import Splits
+from edge_sel.device_caps import gpu_uuids
+from edge_sel.engine import faults
+from edge_sel.engine.evaluation.bn_bank import write_bank_for
+from edge_sel.engine.levers.anchors import Memory, carry_memory
+from edge_sel.engine.levers.source_pass import add_to_totals, write_pretrain_memory
+from edge_sel.engine.loop.trainer import Trainer
+from edge_sel.engine.machine import probe_cache
+from edge_sel.engine.machine.device import pick_device, seed_everything
+from edge_sel.engine.machine.distributed import detect_world
+from edge_sel.engine.machine.energy_setup import EnergyOptions
+from edge_sel.engine.runs.ddp import RankSync, launch_info
+from edge_sel.engine.runs.out_dir import start_out_dir, write_config
+from edge_sel.engine.runs.signals import StopSignals
+from edge_sel.engine.runs.summary import summarize
+from edge_sel.errors import writing
+from edge_sel.methods import make_strategy, make_updater
+from edge_sel.models import count_parameters
+from edge_sel.version import __version__
+
+
+def train_model(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainConfig, out: Path,
+                quiet: bool, energy: EnergyOptions | None, source_info: dict, meter=None,
+                resume_state: dict | None = None, memory: Memory | None = None, bank: tuple = (None, None)) -> dict:
+    """Train a built model on prepared splits into the run directory `out` (config, records,
+    summary, output model, state) and return the summary: what pretrain, finetune and resume do
+    once they have checked their inputs, and what a fleet client runs each round. A stop signal
+    is deferred from the trainer's start until the summary is written (engine/runs/signals.py).
+    `memory`: the starting checkpoint's source memory (engine/levers/anchors.py), carried into `out`.
+    `bank`: the run's BatchNorm statistics per condition and what matching tonight cost
+    (engine/evaluation/bn_bank.py), written beside the output model."""
+    with StopSignals() as signals:
+        return _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_info, meter,
+                            resume_state, signals, memory, bank)
+
+
+def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_info, meter, resume_state,
+                 signals: StopSignals, memory: Memory | None = None, bank: tuple = (None, None)) -> dict:
+    world = detect_world()
+    ranks = None
+    if world.distributed:       # under torchrun (pretrain only): see engine.ddp
+        RankSync.refuse_unsupported(cfg, energy, resume_state)
+        ranks = RankSync.join(world, cfg.device)
+        ranks.resumed_from_epoch = None if resume_state is None else resume_state["next_epoch"]
+        source_info = {**source_info, "torchrun": launch_info(world)}
+    device = ranks.device if ranks else pick_device(cfg.device)
+    generator = seed_everything(cfg.seed)
+    strategy = make_strategy(cfg.strategy, cfg.method)
+    if ranks:
+        strategy = ranks.shard(strategy, cfg.seed)
+    updater = make_updater(cfg.sparsity, cfg.method)
+    energy = (energy or EnergyOptions()).validate()
+    own_meter = meter is None
+    # A bad meter name fails before --out is touched; NVML reads the training GPU only.
+    if own_meter:
+        meter = ranks.open_meter(energy, gpu_uuids(device)) if ranks else energy.open(gpu_uuids(device))
+    writes = world.is_main      # under torchrun only rank 0 writes the run directory
+    try:
+        guard = None
+        if energy.max_temp_c is not None:
+            from edge_sel.energy import ThermalGuard
+            guard = ThermalGuard(meter, energy.max_temp_c, energy.hysteresis_c, max_pause_s=energy.max_pause_s)
+        # Building the trainer validates what needs the data and the model (ORT artifacts, class
+        # focus, lottery masks, ...): all of it before an existing --out is replaced.
+        def build() -> Trainer:
+            return Trainer(cfg, splits, model, card.mean, card.std, device, generator, strategy, updater,
+                           phase=phase, meter=meter, guard=guard, budget_j=energy.budget_j, quiet=quiet,
+                           state_dir=out / "state" if writes else None,
+                           # a mid-epoch state would hold rank 0's share of the epoch only
+                           checkpoint_every=0 if ranks else cfg.checkpoint_every, ranks=ranks, memory=memory,
+                           bank=bank[0], bank_setup=bank[1])
+        trainer = ranks.build_trainer(build, cfg) if ranks else build()
+        if resume_state is None and writes:
+            start_out_dir(out)
+            if memory is not None:      # the output model, once deployed, keeps where it came from
+                carry_memory(memory.directory, out)
+            write_config(out, {"phase": phase, **cfg.to_json(), "energy": energy.to_json(), "threads": threads.describe(),
+                               **source_info})
+        writer = RecordWriter(out) if writes else None
+        if resume_state is not None and writes:     # drops a record written after the checkpoint
+            baseline = resume_state.get("baseline")
+            writer.reset(([baseline] if baseline else []) + resume_state["records"])
+        t0 = time.perf_counter()
+        # Under torchrun a signal ends the worker at once: torchrun restarts every rank from the
+        # last epoch checkpoint, which a rank stopping alone mid-epoch would only delay.
+        if not ranks:
+            signals.attach(trainer)
+        records = trainer.run(writer, resume=resume_state)
+        shipped = None
+        # Rank 0 alone, from the final weights (a pretrain keeps its last epoch's), in the meter's window.
+        if phase == "pretrain" and writes and cfg.anchors_per_class > 0 and trainer.stop_reason != "interrupted":
+            shipped = write_pretrain_memory(trainer, out)
+            card.source_memory = shipped["card"]
+        meter_info = meter.describe() if hasattr(meter, "describe") else {}
+    finally:
+        if own_meter:
+            meter.close()
+    kept_weights = trainer.choice.weights_to_load()
+    if kept_weights is not None:       # the output model is the best epoch's (or the starting) weights
+        model.load_state_dict(kept_weights)
+        push = getattr(trainer.backend, "load_state_dict", None)   # ort: into the session it exports from
+        if push is not None:
+            push({})
+    interrupted = trainer.stop_reason == "interrupted"
+    kept = trainer.choice.describe(interrupted) if phase == "finetune" else None
+    finish_run = getattr(trainer.backend, "finish_run", None)   # ort: its checkpoint and model.onnx
+    if finish_run is not None:
+        finish_run(out)
+    started = {k: card.training[k] for k in ("init_weights",) if k in card.training and phase == "pretrain"}
+    card.training = {**started, "phase": phase, "epochs": len(records), "strategy": cfg.strategy,
+                     "final_val_acc": records[-1]["val_acc"] if records else None,
+                     "final_test_acc": records[-1]["test_acc"] if records else None, "seed": cfg.seed}
+    if kept is not None:
+        card.training.update({k: kept[k] for k in ("kept", "rule", "kept_epoch", "kept_val_acc", "kept_test_acc",
+                                                   "baseline_val_acc")})
+    if not writes:
+        ranks.finish()
+        return {"run_dir": str(out), "rank": world.rank, "epochs_run": len(records)}
+    if phase != "pretrain" and memory is None:
+        card.source_memory = None       # the card states files the run directory holds, no others
+    # A pretrain stopped before its last epoch is no warmup: writing its weights as a checkpoint
+    # would let a fine-tune start from a half-trained model without a word (and without the source
+    # memory a finished pretrain ships). Its state is kept for --resume; a checkpoint's files are not.
+    unfinished_pretrain = phase == "pretrain" and interrupted
+    if unfinished_pretrain:
+        for name in ("model.json", "model.safetensors"):
+            (out / name).unlink(missing_ok=True)
+        bank_written = None
+    else:
+        save_checkpoint(out, model.cpu(), card)
+        bank_written = write_bank_for(trainer.bank, model, out)
+    faults.point("model-written")
+    # source_info first: a pretrain's names its model by a string, which the card's dict replaces here.
+    summary = summarize(records, {
+        **source_info, "phase": phase, "edge_sel_version": __version__, "device": str(device),
+        "model": {"architecture": card.architecture, "parameters": count_parameters(model)},
+        "dataset": card.dataset, "config": cfg.to_json(),
+        "total_wall_s": time.perf_counter() - t0, "run_dir": str(out),
+        "energy_meter": meter_info, "stop_reason": trainer.stop_reason,
+        **({"stop_signal": signal.Signals(signals.received or signal.SIGINT).name} if interrupted else {}),
+        "idle_power_w": getattr(meter, "idle_power_w", None),
+        # Measured before the first epoch, outside its time, joules and FLOPs (probe_* say how much).
+        "layout": trainer.layout.to_json(), "precision": trainer.precision.to_json(), "sync_every": trainer.sync_every,
+        "threads": threads.describe(),
+        "probe_check": probe_cache.check_choices(records, cfg.batch_size, trainer.layout, trainer.precision),
+        **({"validation_size": trainer.val_size_choice} if trainer.val_size_choice else {}),
+        **({"world_size": world.size, "distributed": ranks.describe()} if ranks else {}),
+    }, baseline=trainer.baseline, kept=kept)
+    if unfinished_pretrain:
+        summary["output_model"] = None
+        summary["epochs_planned"] = cfg.epochs
+    if trainer.bank is not None:
+        summary["bn_bank"] = {**trainer.bank.describe(), "bytes": bank_written,
+                              "written": bank_written is not None}
+    if shipped is not None:
+        summary["source_memory"] = {k: v for k, v in shipped.items() if k != "card"} | {
+            k: shipped["card"][k] for k in ("anchors", "fisher", "source")}
+        add_to_totals(summary, shipped)
+    with writing(out / "summary.json"):
+        atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2, default=str).encode())
+    if ranks:
+        ranks.finish()
+    return summary
