@@ -44,10 +44,12 @@ def load_memory(checkpoint: Path, card: ModelCard, reference: IndexedDataset) ->
                   Path(checkpoint))
 
 
-def require_memory(memory: Memory | None, option: str, checkpoint: Path) -> Memory:
-    """A lever that needs the source memory, asked of a checkpoint without it: one line."""
+def require_memory(memory: Memory | None, option: str, checkpoint: Path | None = None) -> Memory:
+    """A lever that needs the source memory, asked of a checkpoint without it: one line (naming the
+    checkpoint where the caller knows it)."""
     if memory is None:
-        raise InputError(f"{option}: the checkpoint {checkpoint} has no anchor set, Fisher information or source "
+        where = "the starting checkpoint" if checkpoint is None else f"the checkpoint {checkpoint}"
+        raise InputError(f"{option}: {where} has no anchor set, Fisher information or source "
                          f"weights (pretrain writes them unless --anchors-per-class 0; checkpoints from before "
                          f"they existed have none)")
     return memory

@@ -54,7 +54,7 @@ def make_objective(cfg: TrainConfig, model, memory: Memory | None) -> Objective:
     """Cross-entropy with the run's label smoothing, plus the Fisher penalty under `--ewc`."""
     penalties = []
     if cfg.ewc:
-        memory = require_memory(memory, "--ewc", memory.directory if memory else Path("?"))
+        memory = require_memory(memory, "--ewc")      # finetune and resume checked it, naming the file
         # One SGD step at the base rate must not carry an entry past the source weight.
         penalties.append(FisherPenalty(model, memory.fisher, memory.source, cfg.ewc, max_weight=1 / cfg.lr))
     return Objective(cfg.label_smoothing, penalties)
@@ -70,6 +70,6 @@ def make_replay(cfg: TrainConfig, memory: Memory | None, device, mean, std, memo
     """Anchor replay under `--replay` (None without it)."""
     if not cfg.replay:
         return None
-    memory = require_memory(memory, "--replay", memory.directory if memory else Path("?"))
+    memory = require_memory(memory, "--replay")
     return AnchorReplay(memory.replay.to(device), cfg.replay, cfg.batch_size, cfg.seed, mean, std, cfg.augment,
                         memory_format)
