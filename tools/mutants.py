@@ -41,7 +41,7 @@ MODULES = {
     "bank_file": ("edge_sel/core/bn_bank.py", ["tests/test_bn_bank.py", "tests/test_fuzz_readers.py"]),
     "life": ("edge_sel/engine/night/life.py", ["tests/test_life.py", "tests/test_trust.py"]),
     "precision": ("edge_sel/engine/machine/precision.py", ["tests/test_precision.py"]),
-    "probe_cache": ("edge_sel/engine/machine/probe_cache.py", ["tests/test_probes.py"]),
+    "probe_cache": ("edge_sel/engine/machine/probe_cache.py", ["tests/test_probe_cache_rules.py", "tests/test_probes.py"]),
     "threads": ("edge_sel/threads.py", ["tests/test_threads.py"]),
     "sundew": ("edge_sel/methods/select/sundew.py", ["tests/test_gating_control.py", "tests/test_gating_gates.py"]),
     "novelty": ("edge_sel/methods/select/novelty.py", ["tests/test_stream.py"]),
