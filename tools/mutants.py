@@ -46,7 +46,7 @@ MODULES = {
     "sundew": ("edge_sel/methods/select/sundew.py", ["tests/test_gating_control.py", "tests/test_gating_gates.py"]),
     "novelty": ("edge_sel/methods/select/novelty.py", ["tests/test_stream.py"]),
     "levers": ("edge_sel/engine/levers/levers.py", ["tests/test_levers.py"]),
-    "spec": ("edge_sel/models/spec.py", ["tests/test_trust.py", "tests/test_your_model.py"]),
+    "spec": ("edge_sel/models/spec.py", ["tests/test_model_spec.py"]),
     "conditions": ("edge_sel/predict/conditions.py", ["tests/test_predict.py"]),
     "predictor": ("edge_sel/predict/predictor.py", ["tests/test_predict.py"]),
 }
