@@ -48,7 +48,7 @@ MODULES = {
     "levers": ("edge_sel/engine/levers/levers.py", ["tests/test_levers.py"]),
     "spec": ("edge_sel/models/spec.py", ["tests/test_model_spec.py"]),
     "conditions": ("edge_sel/predict/conditions.py", ["tests/test_condition_chooser.py"]),
-    "predictor": ("edge_sel/predict/predictor.py", ["tests/test_predict.py"]),
+    "predictor": ("edge_sel/predict/predictor.py", ["tests/test_predictor_device.py"]),
 }
 
 
