@@ -38,7 +38,7 @@ MODULES = {
     "deployed_swap": ("edge_sel/engine/night/deployed_swap.py", ["tests/test_deployed_swap.py", "tests/test_trust.py"]),
     "promote": ("edge_sel/engine/night/promote.py", ["tests/test_nightly.py", "tests/test_predict.py"]),
     "bn_bank": ("edge_sel/engine/evaluation/bn_bank.py", ["tests/test_bn_bank.py"]),
-    "bank_file": ("edge_sel/core/bn_bank.py", ["tests/test_bn_bank.py", "tests/test_fuzz_readers.py"]),
+    "bank_file": ("edge_sel/core/bn_bank.py", ["tests/test_bank_file.py"]),
     "life": ("edge_sel/engine/night/life.py", ["tests/test_life.py", "tests/test_trust.py"]),
     "precision": ("edge_sel/engine/machine/precision.py", ["tests/test_precision.py"]),
     "probe_cache": ("edge_sel/engine/machine/probe_cache.py", ["tests/test_probes.py"]),
