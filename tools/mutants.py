@@ -44,7 +44,7 @@ MODULES = {
     "probe_cache": ("edge_sel/engine/machine/probe_cache.py", ["tests/test_probes.py"]),
     "threads": ("edge_sel/threads.py", ["tests/test_threads.py"]),
     "sundew": ("edge_sel/methods/select/sundew.py", ["tests/test_gating_control.py", "tests/test_gating_gates.py"]),
-    "novelty": ("edge_sel/methods/select/novelty.py", ["tests/test_stream.py"]),
+    "novelty": ("edge_sel/methods/select/novelty.py", ["tests/test_novelty_prints.py"]),
     "levers": ("edge_sel/engine/levers/levers.py", ["tests/test_levers.py"]),
     "spec": ("edge_sel/models/spec.py", ["tests/test_model_spec.py"]),
     "conditions": ("edge_sel/predict/conditions.py", ["tests/test_condition_chooser.py"]),
