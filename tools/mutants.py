@@ -42,7 +42,7 @@ MODULES = {
     "life": ("edge_sel/engine/night/life.py", ["tests/test_life.py", "tests/test_trust.py"]),
     "precision": ("edge_sel/engine/machine/precision.py", ["tests/test_precision.py"]),
     "probe_cache": ("edge_sel/engine/machine/probe_cache.py", ["tests/test_probes.py"]),
-    "threads": ("edge_sel/threads.py", ["tests/test_threads.py"]),
+    "threads": ("edge_sel/threads.py", ["tests/test_thread_choice.py"]),
     "sundew": ("edge_sel/methods/select/sundew.py", ["tests/test_gating_control.py", "tests/test_gating_gates.py"]),
     "novelty": ("edge_sel/methods/select/novelty.py", ["tests/test_novelty_prints.py"]),
     "levers": ("edge_sel/engine/levers/levers.py", ["tests/test_levers.py"]),
