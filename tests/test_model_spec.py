@@ -19,6 +19,7 @@ from edge_sel.models.spec import (TRUST_ENV, ModelSpec, build_from_spec, check_c
                                   file_digest, load_init_weights, make_spec, parse_model_args, spec_of_object,
                                   trusts_model_code)
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 FACTORY_FILE = """
 import torch
 from torch import nn
