@@ -11,6 +11,10 @@ from edge_sel.methods.select.gating_config import GatingConfig
 from edge_sel.methods.select.sundew import SundewGate
 from edge_sel.methods.select.threshold_control import PositionalPI, SeedVelocityPI
 
+# One torch thread: mutmut runs these in forked workers, where a thread pool started before the
+# fork spins until the worker's CPU limit and a mutant would be scored a timeout.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 EPOCHS, N, BATCH = 30, 5000, 128
 
 

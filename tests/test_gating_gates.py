@@ -16,6 +16,10 @@ from edge_sel.methods.select.significance import seed_significance
 
 from gating_helpers import fake_ctx, hardness_of, make_gate, plan_of, train_epoch
 
+# One torch thread: mutmut runs these in forked workers, where a thread pool started before the
+# fork spins until the worker's CPU limit and a mutant would be scored a timeout.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def is_subsequence(small: torch.Tensor, big: torch.Tensor) -> bool:
     where = {int(p): i for i, p in enumerate(big)}
