@@ -17,14 +17,36 @@ from edge_sel.threads import LOAD_ENV, WAIT_ENV, choose_threads, passive_waiting
 
 @pytest.fixture(autouse=True)
 def fresh(monkeypatch):
-    """No stated load, no sample, no choice made, and torch's count put back afterwards."""
+    """No stated load, no OMP_NUM_THREADS, no sample, no choice made, and torch's count put back
+    afterwards."""
     monkeypatch.delenv(LOAD_ENV, raising=False)
+    monkeypatch.delenv(threads.OMP_THREADS_ENV, raising=False)
     monkeypatch.setattr(threads, "_sampled", [])
     monkeypatch.setattr(threads, "_chosen", {})
     monkeypatch.setattr(threads, "_requested", [])
     count = torch.get_num_threads()
     yield
     torch.set_num_threads(count)
+
+
+@pytest.mark.parametrize("text, count", [("1", 1), (" 4 ", 4), ("0", None), ("-2", None), ("two", None),
+                                         ("", None), ("1.5", None)])
+def test_omp_num_threads_counts_only_as_a_positive_integer(text, count):
+    """Mutants: > 0 as >= 0 or > 1, the value or the test dropped, another default than empty."""
+    assert threads.omp_threads({"OMP_NUM_THREADS": text}) == count
+    assert threads.omp_threads({}) is None
+
+
+def test_omp_num_threads_is_read_from_the_process_and_counts_as_given(monkeypatch):
+    """Mutants: the process environment not read, OMP_NUM_THREADS not marking the count as given
+    (a resume would then replace it by the recorded one)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert threads.omp_threads({"OMP_NUM_THREADS": "1"}) == 1       # a given mapping wins over the process's
+    assert threads.omp_threads() == 3
+    assert choose_threads(cpus=8, load=0.0) == (3, "OMP_NUM_THREADS 3")
+    assert threads.apply_threads()["count"] == 3 and torch.get_num_threads() == 3
+    assert threads._requested == [True]
+    assert threads.keep_recorded({"count": 1, "why": "start"}) is None and torch.get_num_threads() == 3
 
 
 def test_waiting_turns_passive_at_half_a_busy_cpu_unless_the_variable_is_set(monkeypatch):
