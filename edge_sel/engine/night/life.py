@@ -214,9 +214,9 @@ def set_aside_said(run_dir: Path, cfg: TrainConfig, data: DataOptions) -> str:
         if key in ("explicit", "method", "bn_conditions") or key not in saved:
             continue     # bookkeeping, or decided by the night itself
         kept = saved[key]
-        pairs = value.items() if key == "data" and isinstance(kept, dict) else [(key, value)]
-        for name, now in pairs:
-            before = kept.get(name) if key == "data" else kept
+        nested = key == "data" and isinstance(kept, dict)
+        for name, now in value.items() if nested else [(key, value)]:
+            before = kept.get(name) if nested else kept
             # "auto" is resolved by the run itself (and written back); a night draws its own subset
             if name != "subset_seed" and now != "auto" and str(now) != str(before):
                 differ.append(f"--{name.replace('_', '-')} {now}, not {before}")
