@@ -36,11 +36,11 @@ OUT = ROOT / "tools" / "mutation-results"
 # module (edge_sel/...) -> the test files that cover it
 MODULES = {
     "deployed_swap": ("edge_sel/engine/night/deployed_swap.py", ["tests/test_deployed_swap.py", "tests/test_trust.py"]),
-    "promote": ("edge_sel/engine/night/promote.py", ["tests/test_nightly.py", "tests/test_predict.py"]),
-    "bn_bank": ("edge_sel/engine/evaluation/bn_bank.py", ["tests/test_bn_bank.py"]),
+    "promote": ("edge_sel/engine/night/promote.py", ["tests/test_promote_rules.py"]),
+    "bn_bank": ("edge_sel/engine/evaluation/bn_bank.py", ["tests/test_bank_rules.py"]),
     "bank_file": ("edge_sel/core/bn_bank.py", ["tests/test_bank_file.py"]),
-    "life": ("edge_sel/engine/night/life.py", ["tests/test_life.py", "tests/test_trust.py"]),
-    "precision": ("edge_sel/engine/machine/precision.py", ["tests/test_precision.py"]),
+    "life": ("edge_sel/engine/night/life.py", ["tests/test_life_rules.py"]),
+    "precision": ("edge_sel/engine/machine/precision.py", ["tests/test_precision_rules.py"]),
     "probe_cache": ("edge_sel/engine/machine/probe_cache.py", ["tests/test_probe_cache_rules.py", "tests/test_probes.py"]),
     "threads": ("edge_sel/threads.py", ["tests/test_thread_choice.py"]),
     "sundew": ("edge_sel/methods/select/sundew.py", ["tests/test_gating_control.py", "tests/test_gating_gates.py",
