@@ -4,9 +4,13 @@ refuses them in one line (InputError), never another exception, never code run.
 Mutations: a truncation at a random length, a random byte flipped, and for JSON files a random
 field replaced by a value of another type. Each reader runs on a copy of a real digits checkpoint
 or run; hypothesis draws the mutations (its database replays a failing one first).
+
+Under CI (CI set) the draws are derandomized, so a run there is repeatable; elsewhere each run draws
+anew. EDGE_SEL_FUZZ_EXAMPLES sets the examples per reader (default 30) for a longer search.
 """
 
 import json
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -23,7 +27,8 @@ from edge_sel.errors import InputError
 from edge_sel.models import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-FUZZ = settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+FUZZ = settings(max_examples=int(os.environ.get("EDGE_SEL_FUZZ_EXAMPLES", "30")), deadline=None,
+                derandomize=bool(os.environ.get("CI")), suppress_health_check=list(HealthCheck))
 
 
 @pytest.fixture(scope="module")
