@@ -118,8 +118,11 @@ from edge_sel.config import TrainConfig
 from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.engine.runs.run import finetune
 warm, mask, out = sys.argv[1:4]
+# Layout, evaluation batch and precision fixed, as COMMON fixes them for the command line: a
+# reference run and its killed twin that each probed their own could choose differently.
 cfg = TrainConfig(epochs=3, batch_size=16, checkpoint_every=3, seed=11, sparsity="lottery",
-                  method={"lottery_mask": mask})
+                  method={"lottery_mask": mask}, memory_format="channels_last", eval_batch_size=64,
+                  precision="fp32", eval_precision="fp32")
 finetune(Path(warm), DataOptions("synthetic", subset=128), cfg, Path(out), quiet=True)
 """
 
