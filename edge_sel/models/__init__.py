@@ -39,12 +39,15 @@ def card_spec(card: ModelCard) -> ModelSpec:
         raise InputError(f"model card: {e}") from None
 
 
-def model_for_card(card: ModelCard, where="model card") -> nn.Module:
+def model_for_card(card: ModelCard, where="model card", check_output: bool = True) -> nn.Module:
     """An untrained model of the architecture a card describes, ready for its weights; a card that
-    asks to run code the user did not choose is refused (models.spec.check_card_spec)."""
+    asks to run code the user did not choose is refused (models.spec.check_card_spec).
+    `check_output=False` skips the meta-device forward, for a caller that loads weights next: the
+    first meta forward of a process costs about 1.5 s (torch's meta kernels load), and every command
+    that reads a checkpoint paid it."""
     spec = card_spec(card)
     check_card_spec(spec, where)
-    return build_model(spec, card.num_classes, card.input_shape[0], card.input_shape)
+    return build_model(spec, card.num_classes, card.input_shape[0], card.input_shape if check_output else None)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -60,7 +63,9 @@ def load_checkpoint(directory: Path) -> tuple[nn.Module, ModelCard]:
     directory = Path(directory)
     card = read_card(directory)
     weights = required_file(directory, "model.safetensors", "--checkpoint")     # before building the model
-    model = model_for_card(card, directory / "model.json")
+    # The weights fix every tensor's shape (a strict load below), and the checkpoint's model had its
+    # output checked when it was made: no meta-device forward here.
+    model = model_for_card(card, directory / "model.json", check_output=False)
     state = read_weights(directory)
     try:
         model.load_state_dict(state)
