@@ -8,9 +8,11 @@ demo:
 	$(PIP) -e .
 	$(PYTHON) -m edge_sel demo --overwrite
 
+# Two workers, a test file each at a time (pytest-xdist): most tests run one torch thread or start
+# commands that do, so one worker left a core of two idle; a file's fixtures stay in one worker.
 test:
 	$(PIP) -e ".[dev,ort,fleet]"
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n 2 --dist loadfile
 
 # Mutation testing of the device-side modules (not part of `make test`): tools/mutants.py, one
 # module at a time with its tests; MODULES="deployed_swap promote" to choose (default: all).
