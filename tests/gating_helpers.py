@@ -52,3 +52,39 @@ def train_epoch(gate, ctx: RunContext, epoch: int, base: Plan | None = None) -> 
         gate.observe(*fake_batch(ctx, plan.positions[lo: lo + ctx.batch_size]))
     gate.end_epoch(epoch, {"energy_j": None, "backward_samples": len(plan.positions)})
     return plan
+
+
+def stripes() -> torch.Tensor:
+    """Four scenes with different spectra: horizontal and vertical stripes of periods 8 and 4."""
+    x, r = torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.arange(8)
+    x[0][:, r % 8 < 4, :] = 200
+    x[1][:, :, r % 8 < 4] = 200
+    x[2][:, r % 4 < 2, :] = 200
+    x[3][:, :, r % 4 < 2] = 200
+    return x
+
+
+def duplicated_scenes() -> IndexedDataset:
+    """The four stripe scenes, each as four exact duplicates in a row (16 frames)."""
+    return IndexedDataset(stripes().repeat_interleave(4, 0), torch.zeros(16, dtype=torch.long), torch.arange(16),
+                          ["a", "b"])
+
+
+def novelty_gate(**options):
+    """A Sundew gate with novelty on, no temperature and no floor unless `options` say otherwise."""
+    from edge_sel.methods.select.gating_config import gating_config
+    from edge_sel.methods.select.sundew import SundewGate
+    return SundewGate(gating_config({"target_activation": 0.5, "gate_temperature": 0.0, "min_activation": 0.0,
+                                     "novelty": 1.0, **options}))
+
+
+def novelty_gate_on(target: float, ds: IndexedDataset | None = None, **options):
+    """`novelty_gate` set up on `ds` (the duplicated scenes by default) for 3 epochs; returns the
+    gate and the (samples, FLOPs) it charged."""
+    ds = duplicated_scenes() if ds is None else ds
+    gate = novelty_gate(target_activation=target, **options)
+    charged = []
+    ctx = RunContext(ds, ds, None, 3, torch.Generator().manual_seed(0), torch.device("cpu"), [0.5], [0.25], 16,
+                     charge_fn=lambda samples, flops: charged.append((samples, flops)))
+    gate.setup(ctx)
+    return gate, charged

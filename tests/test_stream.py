@@ -9,16 +9,15 @@ import sys
 import pytest
 import torch
 
+from gating_helpers import novelty_gate_on, stripes
 from helpers import SAME_CHOICES, records, run_cli, stable
 from edge_sel.data.dataset import IndexedDataset
 from edge_sel.data.frames import render_frames, scene_of, stream_positions
 from edge_sel.data.shift import apply_shift, parse_shift
 from edge_sel.data.split import make_splits
 from edge_sel.errors import InputError
-from edge_sel.methods.base import Plan, RunContext
-from edge_sel.methods.select.gating_config import gating_config
+from edge_sel.methods.base import Plan
 from edge_sel.methods.select.novelty import NoveltyMemory, fingerprint_flops, fingerprints, to_novelty
-from edge_sel.methods.select.sundew import SundewGate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -82,16 +81,6 @@ def test_scene_order_keeps_a_scenes_frames_together():
     assert sum(a // 4 == b // 4 for a, b in zip(ids, ids[1:])) < 10
 
 
-def stripes() -> torch.Tensor:
-    """Four scenes with different spectra: horizontal and vertical stripes of periods 8 and 4."""
-    x, r = torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.arange(8)
-    x[0][:, r % 8 < 4, :] = 200
-    x[1][:, :, r % 8 < 4] = 200
-    x[2][:, r % 4 < 2, :] = 200
-    x[3][:, :, r % 4 < 2] = 200
-    return x
-
-
 def test_novelty_scores_a_duplicate_redundant_and_a_new_scene_novel():
     scenes = stripes()
     x = torch.stack([scenes[0], scenes[0], scenes[1]])      # a scene, its exact duplicate, another scene
@@ -104,20 +93,9 @@ def test_novelty_scores_a_duplicate_redundant_and_a_new_scene_novel():
     assert flops == 2 * 2 * 1 * prints.shape[1]
 
 
-def gate_on(ds, target, **options):
-    gate = SundewGate(gating_config({"target_activation": target, "gate_temperature": 0.0, "min_activation": 0.0,
-                                     "novelty": 1.0, **options}))
-    charged = []
-    ctx = RunContext(ds, ds, None, 3, torch.Generator().manual_seed(0), torch.device("cpu"), [0.5], [0.25], 16,
-                     charge_fn=lambda samples, flops: charged.append((samples, flops)))
-    gate.setup(ctx)
-    return gate, charged
-
-
 def test_novelty_gate_keeps_one_frame_of_each_duplicated_scene_and_counts_its_cost():
     # Four scenes, each four exact duplicates in a row; never trained, so loss significance is 1 for all.
-    ds = IndexedDataset(stripes().repeat_interleave(4, 0), torch.zeros(16, dtype=torch.long), torch.arange(16), ["a", "b"])
-    gate, charged = gate_on(ds, target=0.25)
+    gate, charged = novelty_gate_on(0.25)
     passes = decision_passes(gate)
     plan = gate.select(0, Plan(torch.arange(16)))
     assert sorted((plan.positions // 4).tolist()) == [0, 1, 2, 3]       # one frame per scene
@@ -154,8 +132,7 @@ def decided(gate, passes) -> int:
 def test_a_novelty_top_up_counts_its_comparisons():
     """Before: the top-up's novelty and scores, one pass per frame added, were not counted."""
     from edge_sel.methods.select.sundew import top_up_flops
-    ds = IndexedDataset(stripes().repeat_interleave(4, 0), torch.zeros(16, dtype=torch.long), torch.arange(16), ["a", "b"])
-    gate, charged = gate_on(ds, target=0.5, min_activation=0.5)
+    gate, charged = novelty_gate_on(0.5, min_activation=0.5)
     passes = decision_passes(gate)
     plan = gate.select(0, Plan(torch.arange(16)))
     kept_by_decisions = passes[-1][1]
@@ -167,7 +144,7 @@ def test_a_novelty_top_up_counts_its_comparisons():
 
 def test_novelty_gate_holds_its_activation_target_on_a_redundant_stream():
     ds = apply_shift(make_splits(toy(400), toy(4, seed=1), val_fraction=0.0), parse_shift("frames=10"), 0).train
-    gate, _ = gate_on(ds, target=0.1, gate_temperature=0.05, min_activation=0.05)
+    gate, _ = novelty_gate_on(ds=ds, target=0.1, gate_temperature=0.05, min_activation=0.05)
     order = stream_positions(ds, torch.Generator().manual_seed(0))
     rates = [len(gate.select(e, Plan(order)).positions) / len(ds) for e in range(2)]
     assert all(abs(r - 0.1) < 0.02 for r in rates), rates
@@ -179,7 +156,7 @@ def test_novelty_gate_at_or_below_its_floor_holds_the_target_across_scenes(targe
     every window (0.067 at 0.05 on CIFAR-10 frames). Both bounds: a gate that keeps nothing passed an
     upper bound alone. (Windows of 16 here ask no floor; the top-up is tested below.)"""
     ds = apply_shift(make_splits(toy(400), toy(4, seed=1), val_fraction=0.0), parse_shift("frames=10"), 0).train
-    gate, _ = gate_on(ds, target=target, gate_temperature=0.05, min_activation=0.05)
+    gate, _ = novelty_gate_on(ds=ds, target=target, gate_temperature=0.05, min_activation=0.05)
     order = stream_positions(ds, torch.Generator().manual_seed(0))
     for e in range(2):
         kept = gate.select(e, Plan(order)).positions
@@ -202,7 +179,7 @@ def test_novelty_floor_tops_up_one_frame_of_each_scene():
     window's significance (it took frames of scenes 4 and 5 twice: scene-mates tie with each other)."""
     scenes = gratings([(1, 0), (0, 1), (1, 1), (2, 0), (0, 2), (2, 1), (1, 2), (3, 0)])
     ds = IndexedDataset(scenes.repeat_interleave(4, 0), torch.arange(32) % 2, torch.arange(32), ["a", "b"])
-    gate, _ = gate_on(ds, target=0.2, min_activation=0.2, gate_window=2)       # one window of 32
+    gate, _ = novelty_gate_on(ds=ds, target=0.2, min_activation=0.2, gate_window=2)       # one window of 32
     plan = gate.select(0, Plan(torch.arange(32)))
     assert plan.info["threshold_start"] > 1.0                # the gate's own decisions keep nothing ...
     assert plan.positions.tolist() == [0, 4, 8, 12, 16, 20]  # ... the top-up: the first frame of six scenes

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from edge_sel.data.dataset import IndexedDataset
+from gating_helpers import duplicated_scenes, novelty_gate, novelty_gate_on
 from edge_sel.methods.base import Plan, RunContext
-from edge_sel.methods.select.gating_config import gating_config
 from edge_sel.methods.select.novelty import fingerprint_flops
-from edge_sel.methods.select.sundew import SundewGate, decision_flops, top_up_flops
+from edge_sel.methods.select.sundew import decision_flops, top_up_flops
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,28 +32,23 @@ def test_a_top_up_costs_the_raise_to_each_kept_frame_and_nine_per_candidate_per_
     assert top_up_flops(*args) == flops
 
 
-def gate(**options):
-    return SundewGate(gating_config({"target_activation": 0.5, "gate_temperature": 0.0, "min_activation": 0.0,
-                                     "novelty": 1.0, **options}))
-
-
 def test_one_candidates_keep_probability():
     """Mutants: the sigmoid, the temperature's division, the cut-off below -60, the hard threshold
     (strictly above tau), the floor when unbiased."""
-    soft = gate(gate_temperature=0.05)
+    soft = novelty_gate(gate_temperature=0.05)
     assert soft._probability_scalar(0.6, 0.5) == pytest.approx(1 / (1 + math.exp(-2.0)), rel=1e-12)
     assert soft._probability_scalar(0.4, 0.5) == pytest.approx(1 / (1 + math.exp(2.0)), rel=1e-12)
     assert soft._probability_scalar(0.5 - 0.05 * 60, 0.5) == 0.0                  # z = -60 exactly
     assert soft._probability_scalar(0.5 - 0.05 * 59.9, 0.5) == pytest.approx(1 / (1 + math.exp(59.9)), rel=1e-6)
-    hard = gate()
+    hard = novelty_gate()
     assert hard._probability_scalar(0.6, 0.5) == 1.0 and hard._probability_scalar(0.5, 0.5) == 0.0
-    floored = gate(unbiased=True, keep_floor=0.2)
+    floored = novelty_gate(unbiased=True, keep_floor=0.2)
     assert floored._probability_scalar(0.1, 0.5) == 0.2 and floored._probability_scalar(0.9, 0.5) == 1.0
-    assert gate(unbiased=True, gate_temperature=0.1, keep_floor=0.3)._probability_scalar(0.5, 0.5) == 0.5
+    assert novelty_gate(unbiased=True, gate_temperature=0.1, keep_floor=0.3)._probability_scalar(0.5, 0.5) == 0.5
 
 
 def test_the_novelty_factor_weighs_novelty_by_the_option():
-    g = gate(novelty=0.25)
+    g = novelty_gate(novelty=0.25)
     torch.testing.assert_close(g._factor(torch.tensor([0.0, 0.5, 1.0])), torch.tensor([0.75, 0.875, 1.0]))
 
 
@@ -89,7 +83,7 @@ def window():
 def test_a_windows_decisions_are_sequential_and_counted(options):
     """Mutants: novelty from the best cosine so far and its clip, the combined score, a kept frame
     raising its scene-mates' cosine, the draw's comparison, the pass's FLOPs."""
-    g = gate(**options)
+    g = novelty_gate(**options)
     g.novelty_flops = 7
     sig, near, cos, draws = window()
     keep, novelty, p = g._decide(sig, near, cos, draws, 0.3)
@@ -106,7 +100,7 @@ def test_a_windows_decisions_are_sequential_and_counted(options):
 
 
 def test_the_hard_threshold_window_keeps_one_frame_of_a_scene():
-    g = gate()
+    g = novelty_gate()
     g.novelty_flops = 0
     sig, near, cos, draws = window()
     keep, novelty, _ = g._decide(sig, near, cos, draws, 0.4)
@@ -117,7 +111,7 @@ def test_the_hard_threshold_window_keeps_one_frame_of_a_scene():
 def test_a_top_up_adds_the_most_significant_novel_candidates_one_at_a_time():
     """Mutants: the best cosine raised to the frames kept before and to each one added, the novelty
     and score of what is left, kept ones masked, the count reached, the FLOPs charged."""
-    g = gate(novelty=1.0, novelty_radius=0.1)
+    g = novelty_gate(novelty=1.0, novelty_radius=0.1)
     sig, near, cos, _ = window()
     g._window = (torch.tensor(near, dtype=torch.float32), torch.tensor(cos, dtype=torch.float32))
     g.novelty_flops = 5
@@ -130,28 +124,8 @@ def test_a_top_up_adds_the_most_significant_novel_candidates_one_at_a_time():
     assert g.novelty_flops == 5 + top_up_flops(5, 1, 2)
 
 
-def stripes() -> torch.Tensor:
-    x, r = torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.arange(8)
-    x[0][:, r % 8 < 4, :] = 200
-    x[1][:, :, r % 8 < 4] = 200
-    x[2][:, r % 4 < 2, :] = 200
-    x[3][:, :, r % 4 < 2] = 200
-    return x
-
-
-def gate_on(target, **options):
-    ds = IndexedDataset(stripes().repeat_interleave(4, 0), torch.zeros(16, dtype=torch.long), torch.arange(16),
-                        ["a", "b"])
-    g = gate(target_activation=target, **options)
-    charged = []
-    ctx = RunContext(ds, ds, None, 3, torch.Generator().manual_seed(0), torch.device("cpu"), [0.5], [0.25], 16,
-                     charge_fn=lambda samples, flops: charged.append((samples, flops)))
-    g.setup(ctx)
-    return g, charged
-
-
 def test_the_gate_keeps_one_frame_per_scene_and_charges_every_pass():
-    g, charged = gate_on(0.25)
+    g, charged = novelty_gate_on(0.25)
     passes = []
     decide = g._decide
 
@@ -172,23 +146,23 @@ def test_the_gate_keeps_one_frame_per_scene_and_charges_every_pass():
 
 
 def test_the_gates_state_carries_its_memory_of_kept_frames():
-    g, _ = gate_on(0.25)
+    g, _ = novelty_gate_on(0.25)
     g.select(0, Plan(torch.arange(16)))
     state = g.state_dict()
     assert set(state) == {"store", "controller", "target", "candidates", "novelty_memory"}
     assert state["candidates"] == 16 and int(state["novelty_memory"]["count"]) == 4
-    other, _ = gate_on(0.25)
+    other, _ = novelty_gate_on(0.25)
     other.load_state_dict(state)
     assert other.candidates == 16 and other.memory.count == 4
     assert torch.equal(other.memory.bank, g.memory.bank)
     assert other.controller.state_dict() == g.controller.state_dict()
-    plain, _ = gate_on(0.25, novelty=0.0)
+    plain, _ = novelty_gate_on(0.25, novelty=0.0)
     assert plain.memory is None and "novelty_memory" not in plain.state_dict()
     plain.load_state_dict({k: v for k, v in plain.state_dict().items()})
-    fresh, _ = gate_on(0.25)
+    fresh, _ = novelty_gate_on(0.25)
     fresh.load_state_dict({k: v for k, v in state.items() if k != "novelty_memory"})      # an older checkpoint
     assert fresh.memory.count == 0
-    older, _ = gate_on(0.25)
+    older, _ = novelty_gate_on(0.25)
     older.load_state_dict({k: v for k, v in state.items() if k != "candidates"})
     assert older.candidates == 0 and older.memory.count == 4
 
@@ -205,33 +179,33 @@ def test_the_epochs_trace_summary():
 
 
 def test_setup_sizes_the_memory_and_the_hardness_store_from_the_options():
-    g, _ = gate_on(0.25, novelty_memory=7, dih_gamma=0.8)
+    g, _ = novelty_gate_on(0.25, novelty_memory=7, dih_gamma=0.8)
     assert g.memory.bank.shape == (7, 32) and g.store.gamma == 0.8 and g.store.num_classes == 2
     assert torch.equal(g.store.index, torch.arange(16)) and g.anneal_from == 3
-    annealed, _ = gate_on(0.25, anneal=0.34)
+    annealed, _ = novelty_gate_on(0.25, anneal=0.34)
     assert annealed.anneal_from == 1
     assert g.controller.target == 0.25 and g.controller.tau == pytest.approx(0.75)
     assert g.candidates == 0 and g.target.value == 0.25
 
 
 def test_nothing_is_gated_in_the_annealed_tail_for_no_candidates_or_at_a_target_of_one():
-    g, charged = gate_on(0.25, anneal=0.34)
+    g, charged = novelty_gate_on(0.25, anneal=0.34)
     plan = g.select(1, Plan(torch.arange(16)))              # the tail's first epoch
     assert plan.positions.tolist() == list(range(16))
     assert plan.info == {"target_activation": 0.25, "gate_activation": 1.0, "annealing": True} and charged == []
     empty = g.select(0, Plan(torch.arange(0)))
     assert empty.info == {"target_activation": 0.25, "gate_activation": None, "annealing": False}
     assert g.candidates == 0
-    full, _ = gate_on(1.0)
+    full, _ = novelty_gate_on(1.0)
     assert full.select(0, Plan(torch.arange(16))).info == {"target_activation": 1.0, "gate_activation": 1.0,
                                                            "annealing": False}
-    one, _ = gate_on(0.25)
+    one, _ = novelty_gate_on(0.25)
     assert "unseen_share" in one.select(0, Plan(torch.arange(1))).info         # one candidate is gated
 
 
 def test_a_plain_epochs_plan_records_what_the_gate_did():
     """Mutants: the record's fields (target, unseen share, trace), the candidates counted."""
-    g, charged = gate_on(0.5, novelty=0.0, gate_temperature=0.05)
+    g, charged = novelty_gate_on(0.5, novelty=0.0, gate_temperature=0.05)
     plan = g.select(0, Plan(torch.arange(16)))
     n = len(plan.positions)
     assert g.candidates == 16 and charged == []
@@ -243,7 +217,7 @@ def test_a_plain_epochs_plan_records_what_the_gate_did():
 
 
 def test_observe_passes_the_batch_and_the_runs_epoch_and_learning_rate_to_the_store():
-    g, _ = gate_on(0.25)
+    g, _ = novelty_gate_on(0.25)
     seen = []
     g.store.observe = lambda *args: seen.append(args)
     batch = type("B", (), {"index": torch.tensor([1, 2]), "y": torch.tensor([0, 1])})()
@@ -259,7 +233,7 @@ def test_observe_passes_the_batch_and_the_runs_epoch_and_learning_rate_to_the_st
 
 def test_unbiased_weights_are_inverse_keep_probabilities_scaled_to_mean_one():
     """Never-trained samples all score 1: one keep probability, so every weight is 1."""
-    g, _ = gate_on(0.5, novelty=0.0, gate_temperature=0.05, unbiased=True, keep_floor=0.2)
+    g, _ = novelty_gate_on(0.5, novelty=0.0, gate_temperature=0.05, unbiased=True, keep_floor=0.2)
     plan = g.select(0, Plan(torch.arange(16)))
     assert plan.weights is not None and len(plan.weights) == len(plan.positions) > 0
     torch.testing.assert_close(plan.weights, torch.ones(len(plan.positions)))
@@ -269,7 +243,7 @@ def test_unbiased_weights_are_inverse_keep_probabilities_scaled_to_mean_one():
 def test_a_never_trained_sample_scores_one_or_the_seen_samples_mean(unseen):
     """Mutants: the seen mask inverted, the neutral option's name and condition, the mean taken
     over the unseen instead of the seen, the unseen share recorded."""
-    g, _ = gate_on(0.5, novelty=0.0, unseen=unseen)
+    g, _ = novelty_gate_on(0.5, novelty=0.0, unseen=unseen)
     ids = torch.tensor([0, 1, 2, 3])
     logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 1.0], [3.0, 0.0]])
     g.store.observe(ids, torch.tensor([0.2, 2.1, 0.7, 0.05]), logits, torch.zeros(4, dtype=torch.long), 0, 0.1)
@@ -288,9 +262,9 @@ def test_a_never_trained_sample_scores_one_or_the_seen_samples_mean(unseen):
 
 def test_the_hard_threshold_keeps_only_what_lies_strictly_above_it():
     """Mutants: the sigmoid used at temperature 0 (0/0 at a tie), >= for >."""
-    p = gate().keep_probability(torch.tensor([0.5, 0.6, 0.4]), 0.5)
+    p = novelty_gate().keep_probability(torch.tensor([0.5, 0.6, 0.4]), 0.5)
     assert p.tolist() == [0.0, 1.0, 0.0]
-    soft = gate(gate_temperature=0.1).keep_probability(torch.tensor([0.5, 0.7]), 0.5)
+    soft = novelty_gate(gate_temperature=0.1).keep_probability(torch.tensor([0.5, 0.7]), 0.5)
     torch.testing.assert_close(soft, torch.tensor([0.5, 1 / (1 + math.exp(-2.0))]))
 
 
@@ -298,34 +272,33 @@ def test_the_floor_tops_a_window_up_to_its_share_of_the_minimum_activation():
     """Mutants: the floor's size (min_activation x candidates, capped at the target's share), < for
     <=, the top candidates added; with novelty, the top-up's arguments. The activation a run
     reports depends on it."""
-    ds = IndexedDataset(stripes().repeat_interleave(4, 0), torch.zeros(16, dtype=torch.long), torch.arange(16),
-                        ["a", "b"])
+    ds = duplicated_scenes()
     sizes = []
     for seed in range(8):
-        g = gate(target_activation=0.5, min_activation=0.5, novelty=0.0, gate_temperature=0.5)
+        g = novelty_gate(target_activation=0.5, min_activation=0.5, novelty=0.0, gate_temperature=0.5)
         g.setup(RunContext(ds, ds, None, 3, torch.Generator().manual_seed(seed), torch.device("cpu"), [0.5], [0.25],
                            16))
         sizes.append(len(g.select(0, Plan(torch.arange(16))).positions))
     assert min(sizes) == 8 and max(sizes) > 8             # never below the floor, reached from below
-    novel, _ = gate_on(0.5, min_activation=0.5)
+    novel, _ = novelty_gate_on(0.5, min_activation=0.5)
     plan = novel.select(0, Plan(torch.arange(16)))
     # the frames the seeded decisions keep, then the top-up's, eight in all, every scene present
     assert sorted(plan.positions.tolist()) == [0, 1, 4, 8, 12, 13, 14, 15]
-    capped, _ = gate_on(0.25, min_activation=0.5)
+    capped, _ = novelty_gate_on(0.25, min_activation=0.5)
     assert len(capped.select(0, Plan(torch.arange(16))).positions) == 4        # the target's share wins
 
 
 def test_the_draws_come_from_the_runs_generator():
     plans = []
     for noise in (1, 2):
-        g, _ = gate_on(0.5, novelty=0.0, gate_temperature=0.5)
+        g, _ = novelty_gate_on(0.5, novelty=0.0, gate_temperature=0.5)
         torch.manual_seed(noise)
         plans.append(g.select(0, Plan(torch.arange(16))).positions.tolist())
     assert plans[0] == plans[1]
 
 
 def test_an_epoch_that_keeps_nothing_records_no_novelty_mean():
-    g, _ = gate_on(0.25)
+    g, _ = novelty_gate_on(0.25)
     g.select(0, Plan(torch.arange(16)))
     again = g.select(1, Plan(torch.arange(16)))          # every candidate is now a remembered duplicate
     assert len(again.positions) == 0 and again.info["novelty_kept_mean"] is None
@@ -338,7 +311,7 @@ def test_an_epoch_that_keeps_nothing_records_no_novelty_mean():
 ])
 def test_a_top_ups_novelty_is_clipped_to_zero_and_one(sig, near, expect):
     """Mutants: either bound of the clip dropped or moved, the radius multiplied."""
-    g = gate(novelty=1.0, novelty_radius=0.1)
+    g = novelty_gate(novelty=1.0, novelty_radius=0.1)
     g._window = (torch.tensor(near), torch.eye(2))
     g.novelty_flops = 0
     got = g._top_up(torch.tensor(sig), torch.zeros(2, dtype=torch.bool), 1)
@@ -348,7 +321,7 @@ def test_a_top_ups_novelty_is_clipped_to_zero_and_one(sig, near, expect):
 def test_the_novelty_windows_threshold_is_the_middle_of_those_that_keep_the_target_share():
     """Mutants: the bisection's halving and step count, the two edges (<= and < the target), their
     mean: the threshold the record states at the epoch's start."""
-    g, _ = gate_on(0.25)
+    g, _ = novelty_gate_on(0.25)
     seen = []
     decide = g._decide
 
