@@ -121,6 +121,19 @@ def test_a_checkpoint_without_a_bank_predicts_with_its_own_statistics(checkpoint
     p.reset()                      # nothing to forget, and no error
 
 
+def test_loading_a_checkpoint_runs_no_meta_device_check_and_a_new_model_still_does(checkpoint, monkeypatch):
+    """The strict weight load fixes every tensor's shape, so a device's start skips the meta-device
+    forward (its first call in a process loads torch's meta kernels: about 1.5 s of every predict);
+    a model built from a spec, with nothing loaded into it, is still checked."""
+    from edge_sel.models import build_model, load_checkpoint, spec
+    checked = []
+    monkeypatch.setattr(spec, "check_output", lambda *args: checked.append(args[1:]))
+    model, card = load_checkpoint(checkpoint)
+    assert checked == [] and card.input_shape == SHAPE
+    build_model(ModelSpec("edgecnn", {"widths": WIDTHS}), 10, SHAPE[0], SHAPE)
+    assert checked == [("edgecnn", 10, SHAPE)]
+
+
 def test_one_frame_is_a_step_of_the_stream_with_its_conditions_statistics(banked):
     """Mutants: the bank not read, the chooser's names, window or images, the statistics lent,
     choose_stream for one image, the count of images chosen."""

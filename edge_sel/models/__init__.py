@@ -47,7 +47,7 @@ def model_for_card(card: ModelCard, where="model card", check_output: bool = Tru
     that reads a checkpoint paid it."""
     spec = card_spec(card)
     check_card_spec(spec, where)
-    return build_model(spec, card.num_classes, card.input_shape[0], card.input_shape if check_output else None)
+    return build_from_spec(spec, card.num_classes, list(card.input_shape), check=check_output)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
