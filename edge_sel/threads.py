@@ -105,8 +105,9 @@ def choose_threads(requested: int | None = None, cpus: int | None = None, load: 
     cpus = usable_cpus() if cpus is None else cpus
     if requested:
         return int(requested), f"{source} {requested}"
-    if omp_threads() is not None:
-        return omp_threads(), f"{OMP_THREADS_ENV} {omp_threads()}"
+    omp = omp_threads()
+    if omp is not None:
+        return omp, f"{OMP_THREADS_ENV} {omp}"
     stated = load is None and stated_load() is not None
     load = other_load() if load is None else load
     free = max(1, min(cpus, int(cpus - load + 0.5)))
