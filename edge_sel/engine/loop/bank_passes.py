@@ -4,6 +4,7 @@ a record's evaluation FLOPs. Training never sees the bank (engine/evaluation/bn_
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 
 import torch
@@ -57,6 +58,18 @@ def holding(model: torch.nn.Module, state: dict | None):
         yield
     finally:
         model.load_state_dict(current)
+
+
+@contextmanager
+def metered(trainer):
+    """An evaluation pass's window on the run's meter: yields a dict that holds, once the block
+    ends, its wall seconds (`wall`) and the meter's reading (`energy`)."""
+    took = {}
+    trainer.meter.begin("eval")
+    t0 = time.perf_counter()
+    yield took
+    took["wall"] = time.perf_counter() - t0
+    took["energy"] = trainer.meter.end("eval")
 
 
 def add_evaluation_time(record: dict, wall: float, joules: float | None) -> None:

@@ -4,13 +4,12 @@ each pass charged to the last record like any evaluation."""
 
 from __future__ import annotations
 
-import time
 from functools import partial
 
 from edge_sel.core.records import RecordWriter
 from edge_sel.engine.evaluation.bn_bank import weights_key
 from edge_sel.engine.evaluation.evaluate import accuracy, evaluation_flops
-from edge_sel.engine.loop.bank_passes import (add_evaluation_time, bank_selecting, charge_bank, holding,
+from edge_sel.engine.loop.bank_passes import (add_evaluation_time, bank_selecting, charge_bank, holding, metered,
                                               predict_selected, refresh_bank)
 
 
@@ -55,27 +54,20 @@ def bank_for_output(trainer, kept: dict | None, last: dict) -> bool:
     with holding(trainer.model, kept):
         if trainer.bank.refreshed_for == weights_key(trainer.model):
             return False
-        trainer.meter.begin("eval")
-        t0 = time.perf_counter()
-        refreshed = refresh_bank(trainer)
-        wall = time.perf_counter() - t0
-        joules = trainer.meter.end("eval").get("energy_j")
+        with metered(trainer) as took:
+            refreshed = refresh_bank(trainer)
     charge_bank(trainer, last, refreshed)
-    add_evaluation_time(last, wall, joules)
+    add_evaluation_time(last, took["wall"], took["energy"].get("energy_j"))
     return True
 
 
 def kept_model_test(trainer, kept: dict, last: dict) -> None:
     """The output model's test accuracy when it is not the last epoch's: an evaluation pass
     like any other, charged to the last record (FLOPs, seconds, joules)."""
-    with holding(trainer.model, kept):
-        trainer.meter.begin("eval")
-        t0 = time.perf_counter()
-        # The torch model, not backend.predict: an ORT session still holds the last weights.
-        with bank_selecting(trainer) as refreshed:
-            logits = trainer.eval_sets.logits(partial(predict_selected, trainer), trainer.test_ds)
-        wall = time.perf_counter() - t0
-        joules = trainer.meter.end("eval").get("energy_j")
+    # The torch model, not backend.predict: an ORT session still holds the last weights.
+    with holding(trainer.model, kept), metered(trainer) as took, bank_selecting(trainer) as refreshed:
+        logits = trainer.eval_sets.logits(partial(predict_selected, trainer), trainer.test_ds)
+    wall, joules = took["wall"], took["energy"].get("energy_j")
     trainer.choice.test_acc = accuracy(logits, trainer.test_ds.labels)
     flops = evaluation_flops(trainer.flops, len(trainer.test_ds), trainer.eval_batch_size)
     last["kept_test_flops"], last["kept_test_energy_j"] = flops, joules

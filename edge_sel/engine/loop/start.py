@@ -3,11 +3,9 @@ must clear) and, under --reset-forgetting, the choice to start from the source w
 
 from __future__ import annotations
 
-import time
-
 from edge_sel.engine.levers.levers import forgot_too_much
 from edge_sel.engine.loop import epoch_record
-from edge_sel.engine.loop.bank_passes import holding
+from edge_sel.engine.loop.bank_passes import holding, metered
 
 
 def baseline_record(trainer) -> dict:
@@ -28,14 +26,10 @@ def source_guard_acc(trainer) -> tuple[float, dict]:
     when it does not."""
     if trainer.memory.source_guard_acc is not None:
         return trainer.memory.source_guard_acc, {}
-    with holding(trainer.model, trainer.memory.source):
-        trainer.meter.begin("eval")
-        t0 = time.perf_counter()
+    with holding(trainer.model, trainer.memory.source), metered(trainer) as took:
         out = trainer.eval_sets.anchor_accuracy(trainer.backend.predict)
-        cost = {"flops_eval": out["flops_anchor"], "flops_anchor": out["flops_anchor"],
-                "eval_wall_s": time.perf_counter() - t0,
-                "eval_energy_j": trainer.meter.end("eval").get("energy_j"),
-                "anchor_samples_evaluated": out["anchor_samples_evaluated"]}
+    cost = {"flops_eval": out["flops_anchor"], "flops_anchor": out["flops_anchor"], "eval_wall_s": took["wall"],
+            "eval_energy_j": took["energy"].get("energy_j"), "anchor_samples_evaluated": out["anchor_samples_evaluated"]}
     return out["anchor_acc"], cost
 
 

@@ -26,7 +26,7 @@ from edge_sel.engine.evaluation.evaluate import EmbarrassmentMeter, EvaluationSe
 from edge_sel.engine.evaluation.keep import WARMUP_EPOCH, ModelChoice
 from edge_sel.engine.levers.levers import make_objective, make_replay
 from edge_sel.engine.loop import epoch_record
-from edge_sel.engine.loop.bank_passes import bank_selecting, charge_bank, predict_selected
+from edge_sel.engine.loop.bank_passes import bank_selecting, charge_bank, metered, predict_selected
 from edge_sel.engine.loop.bn_adapt_epoch import adapt_bn, bn_adapt_record, consider_bn_adapted
 from edge_sel.engine.loop.budget import EnergyBudget
 from edge_sel.engine.loop.checkpointing import Checkpoints, Rollback, restore
@@ -315,15 +315,14 @@ class Trainer:
         batch is normalised with its condition's (both counted in flops_eval)."""
         if self.ranks is not None and not self.ranks.evaluates:    # DDP: rank 0 evaluates (and writes)
             validate = test = False
-        self.meter.begin("eval")
-        t0 = time.perf_counter()
-        with (bank_selecting(self) if validate or test else nullcontext()) as refreshed:
-            predict = self.backend.predict if refreshed is None else partial(predict_selected, self)
-            out = self.eval_sets.accuracies(predict, validate, test)
-        if refreshed is not None:
-            charge_bank(self, out, refreshed)
-        out["eval_wall_s"] = time.perf_counter() - t0
-        self.last_eval_energy = self.meter.end("eval")
+        with metered(self) as took:
+            with (bank_selecting(self) if validate or test else nullcontext()) as refreshed:
+                predict = self.backend.predict if refreshed is None else partial(predict_selected, self)
+                out = self.eval_sets.accuracies(predict, validate, test)
+            if refreshed is not None:
+                charge_bank(self, out, refreshed)
+        out["eval_wall_s"] = took["wall"]
+        self.last_eval_energy = took["energy"]
         out["eval_energy_j"] = self.last_eval_energy.get("energy_j")
         # The end also tests the kept weights when they are not the last epoch's: reserved too.
         kept_test = len(self.test_ds) if self.phase == "finetune" and self.choice.mode == "best" else 0
