@@ -11,10 +11,11 @@ from edge_sel.cli_interrupts import quiet_start_up_interrupts
 quiet_start_up_interrupts()     # before click, torch and the rest are imported
 
 from edge_sel.errors import InputError  # noqa: E402
-from edge_sel.threads import passive_waiting  # noqa: E402
+from edge_sel.threads import omp_threads, passive_waiting  # noqa: E402
 
 try:
     passive_waiting()           # before torch loads OpenMP, which reads the policy once
+    omp_threads()               # and its count, which it refuses in a line of its own when unreadable
 except InputError as e:
     print(f"edge-sel: error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -14,6 +14,8 @@ from edge_sel import threads
 from edge_sel.errors import InputError
 from edge_sel.threads import LOAD_ENV, WAIT_ENV, choose_threads, passive_waiting, stated_load
 
+read_quota = threads.cgroup_cpu_quota
+
 
 @pytest.fixture(autouse=True)
 def fresh(monkeypatch):
@@ -24,6 +26,7 @@ def fresh(monkeypatch):
     monkeypatch.setattr(threads, "_sampled", [])
     monkeypatch.setattr(threads, "_chosen", {})
     monkeypatch.setattr(threads, "_requested", [])
+    monkeypatch.setattr(threads, "cgroup_cpu_quota", lambda: None)       # this machine's own quota left out
     count = torch.get_num_threads()
     yield
     torch.set_num_threads(count)
@@ -103,21 +106,113 @@ def test_no_stated_load_is_none_and_the_process_environment_is_read(monkeypatch)
     assert stated_load() == 2.5
 
 
-def test_the_load_is_the_stated_one_or_one_sample_of_the_machine(monkeypatch):
-    """Mutants: the sample's interval, percent to CPUs (/ 100 x the CPU count), sampled once."""
+def test_the_load_is_the_stated_one_or_one_sample_of_this_process_cpus(monkeypatch):
+    """Mutants: the sample's interval, percent to CPUs, sampled once, the CPUs outside this
+    process's affinity set counted (busy CPUs it cannot run on took nothing from it)."""
     calls = []
     psutil = types.ModuleType("psutil")
-    psutil.cpu_percent = lambda interval: calls.append(interval) or 37.5
+    psutil.cpu_percent = lambda interval, percpu: calls.append((interval, percpu)) or [90.0, 10.0, 50.0, 100.0]
     monkeypatch.setitem(sys.modules, "psutil", psutil)
-    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {1, 2, 7})      # 7: a CPU the sample lacks
     monkeypatch.setenv(LOAD_ENV, "0.25")
     assert threads.other_load() == 0.25 and calls == []
     monkeypatch.delenv(LOAD_ENV)
-    assert threads.other_load() == 1.5 and calls == [0.25]
-    assert threads.other_load() == 1.5 and calls == [0.25]           # once per process
+    assert threads.other_load() == pytest.approx(0.6) and calls == [(0.25, True)]
+    assert threads.other_load() == pytest.approx(0.6) and calls == [(0.25, True)]      # once per process
     monkeypatch.setattr(threads, "_sampled", [])
-    monkeypatch.setattr(os, "cpu_count", lambda: None)
-    assert threads.other_load() == 0.375
+    monkeypatch.delattr(os, "sched_getaffinity")                    # no affinity call: every CPU
+    assert threads.other_load() == pytest.approx(2.5)
+
+
+def cgroup(tmp_path, membership, files):
+    root = tmp_path / "cgroup"
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    (tmp_path / "self").write_text(membership)
+    return read_quota(root, tmp_path / "self")
+
+
+def test_a_cgroup_v2_quota_is_the_tightest_cpu_max_of_the_cgroup_and_those_above(tmp_path):
+    """Mutants: quota over period, "max" as no limit, the parents not walked, the cgroup root's
+    parent walked into, the least instead of the tightest."""
+    files = {"a/b/cpu.max": "150000 100000\n", "a/cpu.max": "300000 100000\n", "cpu.max": "max 100000\n"}
+    assert cgroup(tmp_path, "0::/a/b\n", files) == 1.5
+    assert cgroup(tmp_path, "0::/a/b\n", {**files, "a/cpu.max": "50000 100000"}) == 0.5
+    assert cgroup(tmp_path, "0::/a/b\n", {**files, "a/b/cpu.max": "max 100000", "a/cpu.max": "max 100000"}) is None
+    assert cgroup(tmp_path, "0::/\n", {"cpu.max": "200000 100000"}) == 2.0        # a container's namespace
+    (tmp_path / "cgroup" / "cpu.max").write_text("torn")
+    assert read_quota(tmp_path / "cgroup", tmp_path / "self") is None
+    (tmp_path / "cpu.max").write_text("10000 100000")                             # above the cgroup root
+    assert read_quota(tmp_path / "cgroup", tmp_path / "self") is None
+    assert read_quota(tmp_path / "cgroup", tmp_path / "none") is None             # no membership to read
+
+
+def test_a_cgroup_v1_quota_is_the_cfs_quota_over_its_period(tmp_path):
+    files = {"cpu,cpuacct/docker/x/cpu.cfs_quota_us": "50000\n", "cpu,cpuacct/docker/x/cpu.cfs_period_us": "100000\n",
+             "cpu,cpuacct/cpu.cfs_quota_us": "-1\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}
+    assert cgroup(tmp_path, "4:memory:/docker/x\n3:cpu,cpuacct:/docker/x\n0::/\n", files) == 0.5
+    assert cgroup(tmp_path, "3:cpuacct:/docker/x\n", files) is None              # not the cpu controller
+    files = {"cpu/cpu.cfs_quota_us": "250000", "cpu/cpu.cfs_period_us": "100000"}
+    assert cgroup(tmp_path, "1:cpu:/\n", files) == 2.5
+    assert cgroup(tmp_path, "1:cpu:/\n", {**files, "cpu/cpu.cfs_period_us": "0"}) is None
+
+
+@pytest.mark.parametrize("quota, count, said", [(None, 8, ""), (16.0, 8, ""), (8.0, 8, ""), (2.4, 2, ", 2 within"),
+                                                (1.5, 2, ", 2 within"), (0.3, 1, ", 1 within")])
+def test_the_count_stays_within_a_cgroup_cpu_quota(quota, count, said):
+    got, why = choose_threads(cpus=8, load=0.0, quota=quota)
+    assert got == count
+    assert why == f"8 CPUs, 0.00 busy with other work at the start: 8 free" + (
+        f"{said} the cgroup's CPU quota of {quota:g}" if said else "")
+
+
+def test_the_quota_is_read_when_not_given(monkeypatch):
+    monkeypatch.setattr(threads, "cgroup_cpu_quota", lambda: 1.0)
+    assert choose_threads(cpus=4, load=0.0) == (1, "4 CPUs, 0.00 busy with other work at the start: 4 free, 1 within "
+                                                   "the cgroup's CPU quota of 1")
+
+
+@pytest.mark.parametrize("text", ["\u00b2", "\u0663", "1\u00b2"])
+def test_omp_num_threads_in_digits_openmp_cannot_read_is_refused_in_one_line(text):
+    with pytest.raises(InputError) as e:
+        threads.omp_threads({"OMP_NUM_THREADS": text})
+    assert str(e.value) == (f"environment variable OMP_NUM_THREADS={text!r}: OpenMP reads a count in ASCII digits "
+                            f"(e.g. 4); set one or unset the variable")
+
+
+def test_onnx_runtime_threads_stop_spinning_where_waiting_is_passive(monkeypatch):
+    import onnxruntime as ort
+    for policy in ("PASSIVE", " passive "):
+        monkeypatch.setenv(WAIT_ENV, policy)
+        options = ort.SessionOptions()
+        assert threads.ort_waits_like_openmp(options) is options
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    for policy in ("ACTIVE", None):
+        if policy is None:
+            monkeypatch.delenv(WAIT_ENV)
+        else:
+            monkeypatch.setenv(WAIT_ENV, policy)
+        with pytest.raises(RuntimeError, match="does not have configuration"):       # ORT's own default
+            threads.ort_waits_like_openmp(ort.SessionOptions()).get_session_config_entry(
+                "session.intra_op.allow_spinning")
+    assert threads.waiting_is_passive({WAIT_ENV: "PASSIVE"}) and not threads.waiting_is_passive({})
+
+
+def test_both_backends_sessions_take_the_waiting_policy(monkeypatch, tmp_path):
+    """Training (backends/ort_backend.py) and predicting (predict/ort_session.py) build their options
+    through ort_waits_like_openmp."""
+    import onnxruntime as ort
+
+    from edge_sel.backends.ort_backend import session_options
+    from edge_sel.predict import ort_session
+    monkeypatch.setenv(WAIT_ENV, "PASSIVE")
+    assert session_options().get_session_config_entry(threads.ORT_SPINNING) == "0"
+    seen = []
+    monkeypatch.setattr(ort, "InferenceSession", lambda path, options, providers: seen.append(options) or "s")
+    (tmp_path / "model.onnx").write_bytes(b"")
+    assert ort_session.session(tmp_path / "model.onnx", 2) == "s"
+    assert seen[0].get_session_config_entry(threads.ORT_SPINNING) == "0" and seen[0].intra_op_num_threads == 2
 
 
 @pytest.mark.parametrize("cpus, load, free", [(4, 0.1, 4), (4, 0.5, 4), (4, 0.51, 3), (4, 2.0, 2), (2, 1.5, 1),

@@ -9,8 +9,8 @@ from edge_sel.threads import WAIT_ENV, choose_threads, passive_waiting
 
 
 def test_threads_are_what_other_work_leaves_free_and_an_explicit_count_wins():
-    assert choose_threads(cpus=4, load=0.1)[0] == 4
-    assert choose_threads(cpus=4, load=2.0)[0] == 2
+    assert choose_threads(cpus=4, load=0.1, quota=None)[0] == 4
+    assert choose_threads(cpus=4, load=2.0, quota=None)[0] == 2
     count, why = choose_threads(cpus=2, load=3.9)          # two busy processes and more: still one thread
     assert count == 1 and "3.90 busy" in why
     assert choose_threads(3, cpus=2, load=5.0) == (3, "--threads 3")
@@ -25,7 +25,7 @@ def test_omp_num_threads_is_a_given_count(monkeypatch):
     assert choose_threads(3, cpus=4, load=0.0) == (3, "--threads 3")
     for ignored in ("0", "two", ""):
         monkeypatch.setenv("OMP_NUM_THREADS", ignored)
-        assert choose_threads(cpus=4, load=1.0)[0] == 3
+        assert choose_threads(cpus=4, load=1.0, quota=None)[0] == 3
 
 
 def test_waiting_is_passive_when_other_work_is_busy_unless_the_user_chose():
@@ -95,15 +95,25 @@ def test_the_command_line_waits_passively_beside_a_busy_process(tmp_path):
     import sys
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "tools"))
     from contention import busy
-    probe = "import os, edge_sel.cli; print(os.environ.get('OMP_WAIT_POLICY'))"
+    # The policy is printed with whether torch (and so OpenMP, which reads it once) was loaded when
+    # the command line set it: a policy set after that would be printed and never used.
+    probe = ("import os, sys, edge_sel.threads as t\n"
+             "chosen = t.passive_waiting\n"
+             "def spy(*a, **k):\n"
+             "    policy = chosen(*a, **k)\n"
+             "    print('torch' in sys.modules, policy)\n"
+             "    return policy\n"
+             "t.passive_waiting = spy\n"
+             "import edge_sel.cli\n"
+             "print('torch' in sys.modules, os.environ.get('OMP_WAIT_POLICY'))")
     # The load sampled, not stated (the suite states 0 for its own runs).
     env = {k: v for k, v in __import__("os").environ.items() if k not in (WAIT_ENV, "EDGE_SEL_OTHER_LOAD")}
     with busy(2):
         assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
-                              check=True).stdout.strip() == "PASSIVE"
+                              check=True).stdout.split("\n") == ["False PASSIVE", "True PASSIVE", ""]
     env[WAIT_ENV] = "ACTIVE"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
-                          check=True).stdout.strip() == "ACTIVE"
+                          check=True).stdout.split("\n") == ["False ACTIVE", "True ACTIVE", ""]
 
 
 def test_a_stated_load_replaces_the_sample_and_a_bad_one_is_one_line(monkeypatch):
@@ -119,6 +129,12 @@ def test_a_stated_load_replaces_the_sample_and_a_bad_one_is_one_line(monkeypatch
     bad = subprocess.run([sys.executable, "-m", "edge_sel", "--help"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.count("\n") == 1 and "EDGE_SEL_OTHER_LOAD='lots'" in bad.stderr
+    del env["EDGE_SEL_OTHER_LOAD"]
+    env["OMP_NUM_THREADS"] = "\u00b2"            # a digit to Python, not to OpenMP (torch's loading would warn)
+    bad = subprocess.run([sys.executable, "-m", "edge_sel", "--help"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr == ("edge-sel: error: environment variable OMP_NUM_THREADS='\u00b2': OpenMP reads a count in "
+                          "ASCII digits (e.g. 4); set one or unset the variable\n")
 
 
 def test_supernodes_sharing_a_host_each_train_on_their_share_waiting_passively(tmp_path, monkeypatch):

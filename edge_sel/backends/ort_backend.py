@@ -37,10 +37,12 @@ def session_options():
     """As many intra-op threads as torch uses, so the two backends compare on equal terms. ORT's
     worker threads keep spinning for a moment after each run (its default): turning that off to
     leave the cores to the torch ops between steps measured slower on a 2-core CPU, both for the
-    bare step (tools/bench_ort.py) and for a whole epoch."""
+    bare step (tools/bench_ort.py) and for a whole epoch. Where waiting is passive (other work shares
+    the CPU: edge_sel/threads.py), ORT's threads do not spin either."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
+    from edge_sel.threads import ort_waits_like_openmp
+    options = ort_waits_like_openmp(ort.SessionOptions())
     options.intra_op_num_threads = torch.get_num_threads()
     return options
 

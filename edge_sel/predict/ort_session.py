@@ -18,7 +18,8 @@ def session(path: Path, threads: int | None):
         import onnxruntime as ort
     except ImportError:
         raise InputError("--backend ort: onnxruntime is not installed (pip install 'edge-sel[ort]')") from None
-    options = ort.SessionOptions()
+    from edge_sel.threads import ort_waits_like_openmp
+    options = ort_waits_like_openmp(ort.SessionOptions())
     if threads:
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
