@@ -1,0 +1,218 @@
+"""Counted training memory: what one step keeps, counted on a meta-device twin (nothing allocated).
+
+Like FLOPs (core/flops.py), a step's memory is counted, not modelled: a twin of the model on the
+`meta` device runs the real step (forward, loss, backward, the optimizer's own step) while a dispatch
+mode follows every storage the step creates until autograd or Python frees it. The high-water mark
+of those live bytes, over what exists before the step (weights, optimizer state, the batch), is the
+step's counted peak. Its parts at that instant:
+
+- activations: tensors autograd saved for backward (saved_tensors_hooks; distinct storages, not the
+  parameters, not the batch) still held;
+- gradients: parameter gradients already written;
+- transient: everything else then alive (outputs not saved, gradients of activations in flight).
+
+What it cannot see: buffers a kernel allocates for itself (oneDNN/cuDNN workspaces), the
+allocator's rounding and caching, and the process's own code and libraries; the measured peak
+(engine side) is the independent check. Counted for fp32 tensors; on CUDA the optimizer's
+multi-tensor path allocates more than the per-tensor loop counted here.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from edge_sel.core.recompute import set_recomputed
+
+MiB = 2 ** 20
+
+
+@dataclass(frozen=True)
+class StepShape:
+    """How a step of `batch_size` samples runs: in micro-batches of `micro_batch` (gradients
+    accumulated), with the named blocks recomputed in backward, BatchNorm statistics trained or frozen."""
+    batch_size: int
+    micro_batch: int = 0                     # 0: the whole batch at once
+    recompute: tuple[str, ...] = ()
+    bn_statistics: str = "train"             # "train" or "frozen" (running statistics, eval mode)
+
+    @property
+    def chunk(self) -> int:
+        return min(self.micro_batch or self.batch_size, self.batch_size)
+
+    @property
+    def chunks(self) -> int:
+        return -(-self.batch_size // self.chunk)
+
+
+@dataclass(frozen=True)
+class MemoryCount:
+    """Bytes of one training step; `peak` = weights + optimizer + batch + activations + gradients + transient."""
+    weights: int            # parameters and buffers
+    optimizer: int          # optimizer state of what trains (after its first step)
+    batch: int              # the step's inputs and labels
+    activations: int        # saved for backward, alive at the peak
+    gradients: int          # parameter gradients alive at the peak
+    transient: int          # anything else alive at the peak
+    saved: int              # everything autograd saved for backward over the step (not parameters or batch)
+    peak: int
+
+    def mib(self) -> dict:
+        return {f"{k}_mb": round(v / MiB, 3) for k, v in asdict(self).items()}
+
+
+def nbytes(tensors) -> int:
+    seen, total = set(), 0
+    for t in tensors:
+        ref = StorageWeakRef(t.untyped_storage())
+        if ref.cdata not in seen:
+            seen.add(ref.cdata)
+            total += t.untyped_storage().nbytes()
+    return total
+
+
+class _LiveBytes(TorchDispatchMode):
+    """The bytes of storages created under the mode and still alive, after every operation;
+    storages that existed before (`outside`: weights, optimizer state, the batch) are not counted.
+    Each storage gets a serial number when first seen: an address can be reused once it is freed."""
+
+    def __init__(self, outside: set[int]):
+        super().__init__()
+        self.outside = outside
+        self.live: dict[int, tuple[StorageWeakRef, int, int]] = {}
+        self.serials = 0
+        self.peak = 0
+        self.at_peak: dict[int, int] = {}        # serial -> bytes, at the high-water mark
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self._sweep()
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self.serial(t)
+        now = sum(n for _, n, _ in self.live.values())
+        if now > self.peak:
+            self.peak, self.at_peak = now, {serial: n for _, n, serial in self.live.values()}
+        return out
+
+    def serial(self, t: torch.Tensor) -> int | None:
+        """The serial number of a tensor's storage (None: it existed before the step)."""
+        storage = t.untyped_storage()
+        ref = StorageWeakRef(storage)
+        if ref.cdata in self.outside:
+            return None
+        if ref.cdata not in self.live:
+            self.serials += 1
+            self.live[ref.cdata] = (ref, storage.nbytes(), self.serials)
+        return self.live[ref.cdata][2]
+
+    def _sweep(self) -> None:
+        for key in [k for k, (ref, _, _) in self.live.items() if ref.expired()]:
+            del self.live[key]
+
+
+def storage_key(t: torch.Tensor) -> int:
+    return StorageWeakRef(t.untyped_storage()).cdata
+
+
+class MemoryCounter:
+    """Counts steps of a live model's current trainable set; one meta twin per counter, counts cached
+    by (trainable set, step shape)."""
+
+    def __init__(self, model: nn.Module, input_shape: list[int], optimizer_factory, loss_fn=None):
+        self.model = model
+        self.input_shape = list(input_shape)
+        self.optimizer_factory = optimizer_factory      # params -> torch.optim.Optimizer
+        self.loss_fn = loss_fn or (lambda logits, y: nn.functional.cross_entropy(logits, y, reduction="none"))
+        self._twin: nn.Module | None = None
+        self._cache: dict[tuple, MemoryCount] = {}
+
+    def twin(self) -> nn.Module:
+        if self._twin is None:
+            twin = copy.deepcopy(self.model).to("meta")
+            twin.__dict__.pop("forward", None)          # a bank's routing forward calls the live model
+            self._twin = twin
+        return self._twin
+
+    def signature(self, trainable: set[str] | None = None) -> tuple:
+        names = [n for n, _ in self.model.named_parameters()]
+        if trainable is None:
+            trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        return tuple(n in trainable for n in names)
+
+    def count(self, shape: StepShape, trainable: set[str] | None = None) -> MemoryCount:
+        """The counted memory of one step of `shape` training `trainable` (parameter names; default:
+        what the live model trains now)."""
+        signature = self.signature(trainable)
+        key = (signature, shape)
+        if key not in self._cache:
+            self._cache[key] = self._count(signature, shape)
+        return self._cache[key]
+
+    def _count(self, signature: tuple, shape: StepShape) -> MemoryCount:
+        twin = self.twin()
+        params = list(twin.parameters())
+        for p, trains in zip(params, signature):
+            p.requires_grad_(trains)
+            p.grad = None
+        set_recomputed(twin, shape.recompute)
+        twin.train()
+        if shape.bn_statistics == "frozen":
+            for m in twin.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        trained = [p for p in params if p.requires_grad]
+        weights = nbytes([*twin.parameters(), *twin.buffers()])
+        optimizer = None
+        if trained:
+            # The optimizer's state as it is from the second step on: one step on zero gradients.
+            optimizer = self.optimizer_factory(trained)
+            for p in trained:
+                p.grad = torch.zeros_like(p)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        state = [v for s in (optimizer.state.values() if optimizer else ()) for v in s.values()
+                 if isinstance(v, torch.Tensor)]
+        optimizer_bytes = nbytes(state) if state else 0
+        x = torch.zeros(shape.batch_size, *self.input_shape, device="meta")
+        y = torch.zeros(shape.batch_size, dtype=torch.long, device="meta")
+        batch = nbytes([x, y])
+        outside = {storage_key(t) for t in [*twin.parameters(), *twin.buffers(), *state, x, y]}
+        mode = _LiveBytes(outside)
+        saved: dict[int, int] = {}          # serial -> bytes of every storage autograd saved
+        gradients: set[int] = set()
+
+        def keep(t):
+            serial = mode.serial(t)
+            if serial is not None:
+                saved[serial] = t.untyped_storage().nbytes()
+            return t
+
+        with mode:
+            # Two micro-batches are enough: the second meets the gradients the first accumulated.
+            for start in range(0, min(shape.chunks, 2) * shape.chunk, shape.chunk):
+                xs, ys = x[start:start + shape.chunk], y[start:start + shape.chunk]
+                with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+                    losses = self.loss_fn(twin(xs), ys)
+                loss = losses.sum() / shape.batch_size
+                if loss.requires_grad:
+                    loss.backward()
+                del losses, loss
+                gradients |= {mode.serial(p.grad) for p in trained if p.grad is not None}
+            if optimizer is not None:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        set_recomputed(twin, ())
+        at_peak = mode.at_peak
+        activations = sum(n for k, n in at_peak.items() if k in saved)
+        grads = sum(n for k, n in at_peak.items() if k in gradients and k not in saved)
+        transient = mode.peak - activations - grads
+        return MemoryCount(weights, optimizer_bytes, batch, activations, grads, transient,
+                           sum(saved.values()),
+                           weights + optimizer_bytes + batch + mode.peak)

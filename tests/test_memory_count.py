@@ -1,0 +1,90 @@
+"""Counted training memory (core/memory.py) and recomputed blocks (core/recompute.py)."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from edge_sel.core.memory import MiB, MemoryCounter, StepShape
+from edge_sel.core.recompute import recomputed, set_recomputed
+from edge_sel.models import build_model
+from edge_sel.models.blocks import named_blocks
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def sgd(params):
+    return torch.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+
+def counter(name="edgecnn", size=32):
+    model = build_model(name, num_classes=10, input_shape=[3, size, size])
+    return model, MemoryCounter(model, [3, size, size], sgd)
+
+
+def test_a_full_step_keeps_what_autograd_saves_and_its_parts_add_up():
+    model, c = counter()
+    count = c.count(StepShape(64))
+    weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    assert count.weights == weights
+    assert count.optimizer == sum(p.numel() * 4 for p in model.parameters())      # one momentum buffer each
+    assert count.batch == 64 * 3 * 32 * 32 * 4 + 64 * 8
+    # Every activation the step keeps, counted by hand from the forward's own outputs: what autograd
+    # saved, less the weights and the batch, is what a hook over a real CPU step sees.
+    real = copy.deepcopy(model).train()
+    seen = {}
+
+    def keep(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        x, y = torch.zeros(64, 3, 32, 32), torch.zeros(64, dtype=torch.long)
+        loss = nn.functional.cross_entropy(real(x), y)
+    params = {t.untyped_storage().data_ptr() for t in [*real.parameters(), *real.buffers(), x, y]}
+    assert count.saved == sum(n for k, n in seen.items() if k not in params)
+    del loss
+    parts = count.weights + count.optimizer + count.batch + count.activations + count.gradients + count.transient
+    assert parts == count.peak
+    assert 40 * MiB < count.activations <= count.saved
+
+
+def test_what_is_frozen_decides_not_how_many_parameters():
+    model, c = counter()
+    names = [n for n, _ in model.named_parameters()]
+    head = {n for n in names if n.startswith(named_blocks(model)[-1][0])}
+    full, classifier = c.count(StepShape(64)), c.count(StepShape(64), head)
+    biases = c.count(StepShape(64), {n for n, p in model.named_parameters() if p.dim() == 1})
+    assert classifier.activations == 0 and classifier.saved < 0.1 * MiB
+    assert biases.saved > 0.95 * full.saved        # the input gradient flows through every layer
+    assert classifier.peak < 0.5 * full.peak
+
+
+def test_micro_batches_and_recomputed_blocks_keep_less():
+    model, c = counter("mobilenetv2", 32)
+    full = c.count(StepShape(32))
+    micro = c.count(StepShape(32, micro_batch=8))
+    blocks = tuple(name for name, _ in named_blocks(model)[:-1])
+    again = c.count(StepShape(32, recompute=blocks))
+    assert micro.activations < 0.3 * full.activations
+    assert micro.gradients > 0            # the first micro-batch's gradients wait for the second
+    assert again.peak < 0.5 * full.peak
+    assert recomputed(c.twin()) == []     # counting leaves the twin as it was
+
+
+def test_a_recomputed_block_gives_the_same_gradients_and_statistics():
+    torch.manual_seed(0)
+    plain = build_model("mobilenetv2", num_classes=10, input_shape=[3, 16, 16]).train()
+    again = copy.deepcopy(plain)
+    set_recomputed(again, [name for name, _ in named_blocks(again)[:-1]])
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
+    for model in (plain, again):
+        torch.manual_seed(1)          # the same dropout mask
+        nn.functional.cross_entropy(model(x), y).backward()
+    for (name, p), q in zip(plain.named_parameters(), again.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-6, msg=name)
+    for (name, a), b in zip(plain.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), name        # running statistics updated once, not twice
+    set_recomputed(again, [])
+    assert recomputed(again) == [] and "forward" not in again.stem.__dict__
