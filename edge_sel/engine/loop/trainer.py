@@ -18,6 +18,7 @@ from edge_sel.backends import make_backend
 from edge_sel.backends.torch_backend import make_optimizer
 from edge_sel.config import TrainConfig
 from edge_sel.core.flops import FlopCounter
+from edge_sel.core.memory import MemoryCounter, StepShape
 from edge_sel.core.records import RecordWriter
 from edge_sel.data import BatchLoader, Splits
 from edge_sel.energy.base import NullMeter
@@ -94,6 +95,11 @@ class Trainer:
         self.optimizer = make_optimizer(cfg.optimizer, self.model.parameters(), cfg.lr, cfg.momentum,
                                         cfg.weight_decay)
         self.flops = FlopCounter(self.model, self.train_ds.input_shape)
+        # Counted memory of the steps as they run (core/memory.py), on a meta twin with the run's optimizer.
+        self.memory_counter = MemoryCounter(self.model, self.train_ds.input_shape,
+                                            partial(make_optimizer, cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,
+                                                    weight_decay=cfg.weight_decay))
+        self.step_shape = StepShape(cfg.batch_size, bn_statistics="frozen" if cfg.bn_mode == "eval" else "train")
         self.ledger = ComputeLedger()       # scoring passes and rolled-back steps not yet in a record
         self.scoring = ScoringPasses(self.model, self.train_ds, self.mean, self.std, self.device,
                                      self.eval_batch_size, self.memory_format, self.flops, self.ledger,
