@@ -18,7 +18,6 @@ from edge_sel.backends import make_backend
 from edge_sel.backends.torch_backend import make_optimizer
 from edge_sel.config import TrainConfig
 from edge_sel.core.flops import FlopCounter
-from edge_sel.core.memory import MemoryCounter, StepShape
 from edge_sel.core.records import RecordWriter
 from edge_sel.data import BatchLoader, Splits
 from edge_sel.energy.base import NullMeter
@@ -37,6 +36,7 @@ from edge_sel.engine.loop.progress import EpochProgress, changed_fraction, snaps
 from edge_sel.engine.loop.progress_log import ProgressLog
 from edge_sel.engine.loop.schedule import lr_factor
 from edge_sel.engine.loop.scoring import ScoringPasses
+from edge_sel.engine.loop.step_memory import memory_counter
 from edge_sel.engine.loop.start import baseline_record, reset_if_forgotten
 from edge_sel.engine.loop.totals import StepTotals
 from edge_sel.engine.loop.val_size import validation_set
@@ -95,11 +95,7 @@ class Trainer:
         self.optimizer = make_optimizer(cfg.optimizer, self.model.parameters(), cfg.lr, cfg.momentum,
                                         cfg.weight_decay)
         self.flops = FlopCounter(self.model, self.train_ds.input_shape)
-        # Counted memory of the steps as they run (core/memory.py), on a meta twin with the run's optimizer.
-        self.memory_counter = MemoryCounter(self.model, self.train_ds.input_shape,
-                                            partial(make_optimizer, cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,
-                                                    weight_decay=cfg.weight_decay))
-        self.step_shape = StepShape(cfg.batch_size, bn_statistics="frozen" if cfg.bn_mode == "eval" else "train")
+        self.memory_counter, self.step_shape = memory_counter(cfg, self.model, self.train_ds.input_shape)
         self.ledger = ComputeLedger()       # scoring passes and rolled-back steps not yet in a record
         self.scoring = ScoringPasses(self.model, self.train_ds, self.mean, self.std, self.device,
                                      self.eval_batch_size, self.memory_format, self.flops, self.ledger,
