@@ -104,9 +104,9 @@ def build_data(kw: dict) -> DataOptions:
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="edge-sel")
 @click.option("--trust-model-code", is_flag=True,
-              help="Let checkpoints rebuild models by importing code (a factory module, torchvision, timm); "
-                   "without it only built-in models and file factories whose SHA-256 matches build "
-                   "[env var: EDGE_SEL_TRUST_MODEL_CODE=1].")
+              help="Let checkpoints rebuild models by importing code (a factory module, a model file from "
+                   "elsewhere, torchvision, timm); without it only built-in models and model files a pretrain "
+                   "on this machine named build [env var: EDGE_SEL_TRUST_MODEL_CODE=1].")
 def cli(trust_model_code):
     """On-device fine-tuning whose savings are counted and measured."""
     one_line_warnings()

@@ -30,6 +30,15 @@ def _isolated_cache(tmp_path_factory):
     del os.environ["EDGE_SEL_CACHE"]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_trust_file(tmp_path_factory):
+    # The model files a pretrain trusts are recorded in a per-session list, never the user's own
+    # (models/trusted_files.py); subprocesses the tests start read the same one.
+    os.environ["EDGE_SEL_TRUST_FILE"] = str(tmp_path_factory.getbasetemp() / "trusted-model-files.json")
+    yield
+    del os.environ["EDGE_SEL_TRUST_FILE"]
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a whole module (`pytestmark = pytest.mark.usefixtures("one_thread")`):

@@ -4,6 +4,7 @@ found and called, the checks on what it builds, and starting weights from a file
 and no training, so these run in well under a second."""
 
 import hashlib
+import json
 import importlib
 import sys
 import types
@@ -14,6 +15,7 @@ from torch import nn
 
 from edge_sel.errors import InputError
 from edge_sel.models import spec as spec_mod
+from edge_sel.models import trusted_files
 from edge_sel.models.registry import MODELS
 from edge_sel.models.spec import (TRUST_ENV, ModelSpec, build_from_spec, check_card_spec, check_output, factory,
                                   file_digest, load_init_weights, make_spec, parse_model_args, spec_of_object,
@@ -21,8 +23,11 @@ from edge_sel.models.spec import (TRUST_ENV, ModelSpec, build_from_spec, check_c
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FACTORY_FILE = """
+import functools
+
 import torch
 from torch import nn
+from torch.hub import load as hub_load
 
 def make(num_classes, in_channels=1, width=4):
     return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 4, num_classes))
@@ -36,14 +41,16 @@ class Outer:
         return nn.Linear(4, num_classes)
 
 VALUE = 3
+partial_make = functools.partial(make, width=2)
 """
 
 
 @pytest.fixture(autouse=True)
-def fresh(monkeypatch):
-    """No trust and no spec chosen in this process, whatever ran before."""
+def fresh(monkeypatch, tmp_path):
+    """No trust, no spec chosen in this process and an empty list of trusted files, whatever ran before."""
     monkeypatch.delenv(TRUST_ENV, raising=False)
     monkeypatch.setattr(spec_mod, "_CHOSEN", set())
+    monkeypatch.setenv(trusted_files.TRUST_FILE_ENV, str(tmp_path / "trust" / "files.json"))
 
 
 def factory_file(tmp_path, text=FACTORY_FILE, name="m.py"):
@@ -127,15 +134,66 @@ def test_code_the_user_did_not_choose_is_refused_in_one_line_unless_trusted(monk
     check_card_spec(ModelSpec("torchvision:resnet18"), "card")
 
 
-def test_a_file_factory_without_a_digest_needs_trust_and_one_with_a_digest_is_checked_on_reading(monkeypatch):
-    """Mutants: the file branch's trust shortcut, `not spec.file_sha256`, the message."""
-    with pytest.raises(InputError) as e:
-        check_card_spec(ModelSpec("/x/m.py:make"), "ckpt/model.json")
-    assert message(e) == ("ckpt/model.json: the model is the file factory /x/m.py:make with no SHA-256 recorded; "
-                          "edge-sel imports it only with --trust-model-code or EDGE_SEL_TRUST_MODEL_CODE=1")
-    check_card_spec(ModelSpec("/x/m.py:make", {}, "ab" * 32), "card")       # no trust needed
+def refusal_of(name: str, where: str = "ckpt/model.json") -> str:
+    return (f"{where}: the model is the file factory {name}, which was not named on this machine; edge-sel imports "
+            f"a model file only when you named it here (pretrain --model, recorded in {trusted_files.trust_file()}) "
+            f"or trust it: edge-sel --trust-model-code COMMAND (docs/models.md, 'What a checkpoint can run')")
+
+
+def test_a_card_file_factory_builds_only_when_this_machine_trusts_it_never_by_its_own_digest(tmp_path, monkeypatch):
+    """Before: a card's file factory was imported whenever the file matched the card's own digest,
+    which whoever wrote the card computed. Mutants: the allow-list test, its path or digest, the
+    trust shortcut, the digest required, the message."""
+    file = factory_file(tmp_path)
+    digest = file_digest(file)
+    spec = ModelSpec(f"{file}:make", {}, digest)
+    for unpinned_or_pinned in (ModelSpec(f"{file}:make"), spec):
+        with pytest.raises(InputError) as e:
+            check_card_spec(unpinned_or_pinned, "ckpt/model.json")
+        assert message(e) == refusal_of(f"{file}:make")
+    trusted_files.remember(str(file), "cd" * 32)          # another content of the same path
+    trusted_files.remember(str(tmp_path / "other.py"), digest)     # the same content elsewhere
+    with pytest.raises(InputError):
+        check_card_spec(spec, "card")
+    trusted_files.remember(str(file), digest)
+    check_card_spec(spec, "card")
+    with pytest.raises(InputError):             # the list holds a digest: a card without one is not it
+        check_card_spec(ModelSpec(f"{file}:make"), "card")
     monkeypatch.setenv(TRUST_ENV, "yes")
-    check_card_spec(ModelSpec("/x/m.py:make"), "card")
+    check_card_spec(ModelSpec(f"{file}:make"), "card")
+    check_card_spec(ModelSpec("/elsewhere/m.py:make", {}, "ef" * 32), "card")
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_a_card_file_factory_by_a_relative_path_or_a_dotted_name_is_refused_even_when_trusted(
+        tmp_path, monkeypatch, trusted):
+    """A relative path would be found from wherever the command runs; a dotted name walks to what
+    the file imports (`mine.py:torch.hub.load`)."""
+    if trusted:
+        monkeypatch.setenv(TRUST_ENV, "1")
+    with pytest.raises(InputError) as e:
+        check_card_spec(ModelSpec("helper.py:make", {}, "ab" * 32), "ckpt/model.json")
+    assert message(e) == ("ckpt/model.json: the model file 'helper.py' is not an absolute path; edge-sel follows "
+                          "no path a card gives relative to where a command runs")
+    with pytest.raises(InputError, match="not an absolute path"):
+        check_card_spec(ModelSpec("../ckpt/helper.py:make"), "c")
+    file = factory_file(tmp_path)
+    trusted_files.remember(str(file), file_digest(file))
+    for attr in ("torch.hub.load", "Outer.make", "", "1x"):
+        with pytest.raises(InputError) as e:
+            check_card_spec(ModelSpec(f"{file}:{attr}", {}, file_digest(file)), "c")
+        assert message(e) == (f"--model {file}:{attr}: {attr!r} is not a plain name; name a function or class "
+                              f"defined in the file")
+
+
+def test_a_pretrains_file_factory_is_recorded_with_its_digest_and_nothing_else_is(tmp_path):
+    file = factory_file(tmp_path)
+    spec_mod.trust_named_file(make_spec(f"{file}:make"))
+    spec_mod.trust_named_file(make_spec("edgecnn"))
+    spec_mod.trust_named_file(ModelSpec(f"{file}:make"))       # no digest: nothing to trust
+    spec_mod.trust_named_file(make_spec(f"{file}:make_plain"))  # the same file again: one entry
+    assert trusted_files.trusted_entries() == [{"path": str(file), "sha256": file_digest(file)}]
+    assert trusted_files.is_trusted(str(file), file_digest(file))
 
 
 def test_chosen_by_user_marks_the_spec_and_returns_it():
@@ -223,8 +281,7 @@ def test_make_spec_pins_a_file_factory_to_its_absolute_path_and_content(tmp_path
 
 
 def test_a_file_factory_is_imported_once_under_a_name_from_its_digest(tmp_path):
-    """Mutants: the module name, the sys.modules cache (a second import makes other functions),
-    a dotted attribute not followed."""
+    """Mutants: the module name, the sys.modules cache (a second import makes other functions)."""
     file = factory_file(tmp_path)
     spec = make_spec(f"{file}:make")
     digest = file_digest(file)
@@ -233,7 +290,7 @@ def test_a_file_factory_is_imported_once_under_a_name_from_its_digest(tmp_path):
         module = sys.modules[f"edge_sel_user_model_{digest[:16]}"]
         assert make is module.make and factory(spec) is make
         assert module.__file__ == str(file)
-        assert factory(make_spec(f"{file}:Outer.make")) is module.Outer.make
+        assert factory(make_spec(f"{file}:Outer")) is module.Outer
     finally:
         sys.modules.pop(f"edge_sel_user_model_{digest[:16]}", None)
 
@@ -270,8 +327,13 @@ def test_an_attribute_missing_or_not_callable_is_named(tmp_path):
     digest = file_digest(file)
     try:
         for attr, text in [("nope", f"{file} has no attribute 'nope'"),
-                           ("Outer.nope", f"{file} has no attribute 'Outer.nope'"),
-                           ("VALUE", "'VALUE' is not callable")]:
+                           ("Outer.make", "'Outer.make' is not a plain name; name a function or class defined "
+                                          "in the file"),
+                           ("VALUE", "'VALUE' is not callable"),
+                           ("hub_load", "'hub_load' is not a function or class defined in m.py (one it imports "
+                                        "is not called)"),
+                           ("partial_make", "'partial_make' is not a function or class defined in m.py (one it "
+                                            "imports is not called)")]:
             with pytest.raises(InputError) as e:
                 factory(make_spec(f"{file}:{attr}"))
             assert message(e) == f"--model {file}:{attr}: {text}"
@@ -545,3 +607,26 @@ def test_starting_weights_that_are_missing_unreadable_or_do_not_fit_are_one_line
     with pytest.raises(InputError) as e:
         load_init_weights(OwnLoader(2, 3), tmp_path / "fits.pt")
     assert message(e) == f"--init-weights {tmp_path / 'fits.pt'}: does not fit the model (refused by the model )"
+
+
+def test_the_list_of_trusted_files_lives_in_the_users_config_and_a_damaged_one_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.delenv(trusted_files.TRUST_FILE_ENV)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    assert trusted_files.trust_file() == tmp_path / "xdg" / "edge-sel" / "trusted-model-files.json"
+    monkeypatch.setenv("XDG_CONFIG_HOME", "")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert trusted_files.trust_file() == tmp_path / "home" / ".config" / "edge-sel" / "trusted-model-files.json"
+    listed = tmp_path / "list.json"
+    monkeypatch.setenv(trusted_files.TRUST_FILE_ENV, str(listed))
+    assert trusted_files.trusted_entries() == [] and not listed.exists()
+    trusted_files.remember("/a.py", "ab")
+    assert json.loads(listed.read_text()) == {"format": "edge-sel-trusted-model-files/1",
+                                              "files": [{"path": "/a.py", "sha256": "ab"}]}
+    assert listed.stat().st_mode & 0o077 == 0 and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    for text in ("{", "[]", '{"format": "other", "files": []}',
+                 '{"format": "edge-sel-trusted-model-files/1", "files": [{"path": 1, "sha256": "ab"}]}'):
+        listed.write_text(text)
+        with pytest.raises(InputError) as e:
+            trusted_files.is_trusted("/a.py", "ab")
+        assert message(e).startswith(f"{listed}: the list of trusted model files is unreadable (")
+        assert message(e).endswith("); remove it (pretrain with --model records it again)")

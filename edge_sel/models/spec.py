@@ -9,10 +9,14 @@ A factory is called with `num_classes=`, `in_channels=` when its signature accep
 spec's keyword arguments (`--model-arg key=value`).
 
 A checkpoint's card is data that may come from elsewhere: rebuilding its model never runs code the
-user did not choose (`check_card_spec`). Registered names always build; a file factory only while
-the file's SHA-256 is the one the card recorded; an import, torchvision or timm spec only when the
-user trusts model code (`edge-sel --trust-model-code` or EDGE_SEL_TRUST_MODEL_CODE=1, as
-`trust_remote_code` works in the Hugging Face libraries) or chose that spec in this process.
+user did not choose (`check_card_spec`). Registered names always build. A file factory builds when
+the user named it on this machine: in this process (`--model`), or in a pretrain here that recorded
+its path and SHA-256 (models.trusted_files); a card's own digest proves nothing, since whoever wrote
+the card computed it. Only a function or class defined in that file, named plainly (no dotted
+walk to what the file imports), is called. An import, torchvision or timm spec, and a file factory
+from elsewhere, build only when the user trusts model code (`edge-sel --trust-model-code` or
+EDGE_SEL_TRUST_MODEL_CODE=1, as `trust_remote_code` works in the Hugging Face libraries) or chose
+that spec in this process.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import torch
 from torch import nn
 
 from edge_sel.errors import InputError
+from edge_sel.models.trusted_files import is_trusted, remember, trust_file
 
 HUB_PREFIXES = ("torchvision:", "timm:")
 TRUST_ENV = "EDGE_SEL_TRUST_MODEL_CODE"
@@ -52,18 +57,42 @@ def file_digest(file: Path) -> str:
 
 def check_card_spec(spec: "ModelSpec", where) -> None:
     """Refuse, in one line, to rebuild a card's model by running code the user did not choose."""
-    if spec.kind == "registry" or spec.name in _CHOSEN or (spec.kind != "file" and trusts_model_code()):
+    if spec.kind == "registry" or spec.name in _CHOSEN:
         return
     if spec.kind == "file":
-        if not spec.file_sha256:
-            if trusts_model_code():
-                return
-            raise InputError(f"{where}: the model is the file factory {spec.name} with no SHA-256 recorded; "
-                             f"edge-sel imports it only with --trust-model-code or {TRUST_ENV}=1")
-        return      # the digest is compared when the file is read (_load_file)
+        return _check_card_file(spec, where)
+    if trusts_model_code():
+        return
     raise InputError(f"{where}: the model is built by {spec.kind} code {spec.name!r}, which edge-sel runs only "
                      f"when you trust it: edge-sel --trust-model-code COMMAND, or {TRUST_ENV}=1 "
                      f"(docs/models.md, 'What a checkpoint can run')")
+
+
+def _check_card_file(spec: "ModelSpec", where) -> None:
+    """A card's file factory: an absolute path (edge-sel writes no other), and a file the user
+    trusts, by this machine's list or by --trust-model-code. The content is compared with the
+    card's digest when the file is read (_load_file), so what runs is what was trusted."""
+    path, _, attr = spec.name.rpartition(":")
+    if not Path(path).is_absolute():
+        raise InputError(f"{where}: the model file {path!r} is not an absolute path; edge-sel follows no path "
+                         f"a card gives relative to where a command runs")
+    plain_name(attr, spec.name)
+    if trusts_model_code():
+        return
+    if spec.file_sha256 and is_trusted(path, spec.file_sha256):
+        return
+    raise InputError(f"{where}: the model is the file factory {spec.name}, which was not named on this machine; "
+                     f"edge-sel imports a model file only when you named it here (pretrain --model, recorded in "
+                     f"{trust_file()}) or trust it: edge-sel --trust-model-code COMMAND "
+                     f"(docs/models.md, 'What a checkpoint can run')")
+
+
+def plain_name(attr: str, label: str) -> None:
+    """A file factory's callable is named by one Python name: a dotted walk would reach whatever the
+    file imports (`mine.py:torch.hub.load`)."""
+    if not attr.isidentifier():
+        raise InputError(f"--model {label}: {attr!r} is not a plain name; name a function or class defined "
+                         f"in the file")
 
 
 @dataclass
@@ -135,12 +164,21 @@ def make_spec(name: str, kwargs: dict | None = None) -> ModelSpec:
     return chosen_by_user(spec)
 
 
+def trust_named_file(spec: ModelSpec) -> None:
+    """A pretrain's own file factory, recorded as trusted on this machine, so its checkpoints and
+    their fine-tunes rebuild here without --trust-model-code."""
+    if spec.kind == "file" and spec.file_sha256:
+        remember(spec.name.rpartition(":")[0], spec.file_sha256)
+
+
 def _load_file(spec: ModelSpec):
     path, _, attr = spec.name.rpartition(":")
+    plain_name(attr, spec.name)
     file = Path(path)
     if not file.is_file():
         raise InputError(f"--model {spec.name}: no such file {file}")
-    digest = file_digest(file)
+    source = file.read_bytes()         # read once: the bytes compared are the bytes run
+    digest = hashlib.sha256(source).hexdigest()
     if spec.file_sha256 and digest != spec.file_sha256:
         raise InputError(f"--model {spec.name}: {file} has changed since the checkpoint was made (SHA-256 "
                          f"{digest}, recorded {spec.file_sha256}); refusing to import it: restore the file "
@@ -152,15 +190,20 @@ def _load_file(spec: ModelSpec):
         module = importlib.util.module_from_spec(loader_spec)
         sys.modules[module_name] = module      # classes defined there must pickle and deepcopy
         try:
-            loader_spec.loader.exec_module(module)
+            exec(compile(source, str(file), "exec", dont_inherit=True), module.__dict__)
         except Exception as e:
             del sys.modules[module_name]
             raise InputError(f"--model {spec.name}: {file.name} fails to import ({e.__class__.__name__}: {e})") from None
-    return _attribute(module, attr, spec.name, str(file))
+    target = _attribute(module, attr, spec.name, str(file))
+    if not (inspect.isfunction(target) or inspect.isclass(target)) or target.__module__ != module_name:
+        raise InputError(f"--model {spec.name}: {attr!r} is not a function or class defined in {file.name} "
+                         f"(one it imports is not called)")
+    return target
 
 
 def _attribute(module, attr: str, label: str, where: str | None = None):
-    """`where`: what the user calls the module (a file's path; an importable module's name)."""
+    """`where`: what the user calls the module (a file's path; an importable module's name). An
+    importable module's attribute may be dotted (a class's static method)."""
     target = module
     for part in attr.split("."):
         if not hasattr(target, part):

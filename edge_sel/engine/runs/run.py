@@ -30,7 +30,8 @@ from edge_sel.errors import InputError, existing_dir, required_file
 from edge_sel.methods.options import check_options_used
 from edge_sel.methods.presets import apply_preset, default_lr
 from edge_sel.models import build_model, load_checkpoint
-from edge_sel.models.spec import ModelSpec, check_card_spec, factory, load_init_weights, make_spec, spec_of_object
+from edge_sel.models.spec import (ModelSpec, check_card_spec, factory, load_init_weights, make_spec, spec_of_object,
+                                  trust_named_file)
 
 
 def pretrain(model_name, data: DataOptions, cfg: TrainConfig, out: Path, overwrite: bool = False,
@@ -54,6 +55,7 @@ def pretrain(model_name, data: DataOptions, cfg: TrainConfig, out: Path, overwri
     if model_args:
         spec = ModelSpec(spec.name, {**spec.kwargs, **model_args}, spec.file_sha256)
     factory(spec)                # an unknown name or unimportable factory fails before --out or the data
+    trust_named_file(spec)       # the user named it here: its checkpoints rebuild here without asking again
     out = check_out_dir(out, overwrite) if world.is_main else Path(out)
     splits = splits if splits is not None else data.load()
     present = splits.train.labels.unique()
