@@ -49,3 +49,20 @@ def required_file(directory: Path, name: str, label: str, kind: str | None = Non
     if not path.is_file():
         raise InputError(f"{label} {directory}: {name} is missing" + (f" (not an edge-sel {kind})" if kind else ""))
     return path
+
+
+def named_inside(directory, name, label: str) -> Path:
+    """`directory/name` for a file name that a received file gives (a manifest, conditions.json): a
+    string naming a path inside `directory`, neither absolute, nor out of it by `..`, nor by a link
+    that leads out; else an InputError naming `label`."""
+    if not isinstance(name, str) or not name:
+        raise InputError(f"{label}: expected the name of a file in {directory}, got {name!r}")
+    path = Path(directory) / name
+    try:
+        outside = Path(name).is_absolute() or not path.resolve().is_relative_to(Path(directory).resolve())
+    except (OSError, RuntimeError, ValueError):      # a link loop, a NUL byte
+        outside = True
+    if outside:
+        raise InputError(f"{label}: {name!r} lies outside {directory}; edge-sel follows no path out of a "
+                         f"directory it received")
+    return path

@@ -19,7 +19,7 @@ from edge_sel.models.spec import ModelSpec
 from edge_sel.predict import ort_session
 from edge_sel.predict import predictor as predictor_mod
 from edge_sel.predict.conditions import ConditionChooser, normalised, pixel_features
-from edge_sel.predict.predictor import OWN, Predictor, load_checkpoint_for_flops, read_card_of_export
+from edge_sel.predict.predictor import OWN, Predictor, read_card_of_export
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SHAPE = [1, 8, 8]
@@ -231,41 +231,63 @@ def test_the_flops_of_one_image_are_the_forward_pass_and_the_choice(banked, chec
     assert type(flops["forward"]) is int and type(flops["choice"]) is int
 
 
-def write_export(directory, checkpoint_path, manifest=None):
+def write_export(directory, checkpoint_path, manifest=None, flops=FORWARD_FLOPS):
     directory.mkdir(parents=True, exist_ok=True)
     m = manifest or {"checkpoint": {"architecture": "edgecnn", "num_classes": 10, "path": str(checkpoint_path)},
                      "class_names": CLASSES, "input": {"shape": [1, *SHAPE], "normalization": {"mean": MEAN,
-                                                                                                 "std": STD}}}
+                                                                                                 "std": STD}},
+                     "inference_model": {"file": "model.onnx", **({"flops_forward_per_image": flops}
+                                                                  if flops is not None else {})}}
     (directory / "manifest.json").write_text(json.dumps(m))
     return directory
 
 
 def test_an_exports_card_comes_from_its_manifest(tmp_path, checkpoint):
     export = write_export(tmp_path / "export", checkpoint)
-    card = read_card_of_export(export)
+    card, flops = read_card_of_export(export)
     assert (card.architecture, card.num_classes, card.class_names, card.input_shape, card.mean, card.std,
             card.dataset, card.training) == ("edgecnn", 10, CLASSES, [1, 8, 8], MEAN, STD, {}, {})
+    assert flops == FORWARD_FLOPS
     with pytest.raises(InputError) as e:
         read_card_of_export(tmp_path)
     assert str(e.value) == f"{tmp_path}: not an export directory (no manifest.json); run edge-sel export first"
     for text, error in [("{", "JSONDecodeError"), ('{"input": {}}', "KeyError"), ("[1]", "TypeError"),
                         ('{"checkpoint": {"architecture": "a", "num_classes": "x"}, "class_names": [], '
-                         '"input": {"normalization": {}, "shape": [1, 1]}}', "ValueError")]:
+                         '"input": {"normalization": {}, "shape": [1, 1]}}', "ValueError"),
+                        ('{"checkpoint": {"architecture": "a", "num_classes": 2}, "class_names": [], '
+                         '"input": {"normalization": {"mean": [], "std": []}, "shape": [1, 1]}, '
+                         '"inference_model": []}', "AttributeError")]:
         (export / "manifest.json").write_text(text)
         with pytest.raises(InputError) as e:
             read_card_of_export(export)
         assert str(e.value).startswith(f"{export / 'manifest.json'}: unreadable or corrupt ({error}: ")
 
 
-def test_an_exports_source_checkpoint_is_loaded_for_counting_when_it_is_still_there(tmp_path, checkpoint):
-    export = write_export(tmp_path / "export", checkpoint)
-    model, card = load_checkpoint_for_flops(export, None)
-    assert isinstance(model, EdgeCNN) and card.class_names == CLASSES
-    assert load_checkpoint_for_flops(write_export(tmp_path / "gone", tmp_path / "nothing"), None) == (None, None)
-    (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / "manifest.json").write_text("{}")
-    assert load_checkpoint_for_flops(tmp_path / "bad", None) == (None, None)
-    assert load_checkpoint_for_flops(tmp_path / "none", None) == (None, None)
+@pytest.mark.parametrize("flops", [-1, 1.5, "10736", True, [1], {"n": 1}])
+def test_an_exports_forward_flops_that_are_not_a_count_are_refused_in_one_line(tmp_path, checkpoint, flops):
+    export = write_export(tmp_path / "export", checkpoint, flops=flops)
+    with pytest.raises(InputError) as e:
+        read_card_of_export(export)
+    assert str(e.value) == (f"{export / 'manifest.json'}: inference_model.flops_forward_per_image is {flops!r}, "
+                            f"not a count of FLOPs")
+
+
+def test_an_exports_flops_come_from_its_manifest_and_the_checkpoint_it_names_is_never_opened(tmp_path, checkpoint):
+    """Before: predict --backend ort loaded the torch checkpoint at manifest.json's checkpoint.path
+    (any path, a relative one against the working directory) to count FLOPs."""
+    assert read_card_of_export(write_export(tmp_path / "e0", checkpoint, flops=0))[1] == 0
+    assert read_card_of_export(write_export(tmp_path / "old", checkpoint, flops=None))[1] is None
+    for named in (checkpoint, tmp_path / "nothing", "../ckpt", 5, None, ["x"]):
+        export = write_export(tmp_path / "export", named, flops=777)
+        assert read_card_of_export(export)[1] == 777
+    outside = tmp_path / "outside.json"
+    outside.write_text((export / "manifest.json").read_text())
+    (export / "manifest.json").unlink()
+    (export / "manifest.json").symlink_to(outside)
+    with pytest.raises(InputError) as e:
+        read_card_of_export(export)
+    assert str(e.value) == (f"{export}: 'manifest.json' lies outside {export}; edge-sel follows no path out of a "
+                            f"directory it received")
 
 
 class Session:
@@ -335,9 +357,9 @@ def test_the_ort_backend_without_a_bank_runs_the_plain_graph(tmp_path, checkpoin
     assert p.flops_per_image() == {"forward": FORWARD_FLOPS, "choice": 0}
 
 
-def test_the_ort_backend_counts_flops_from_the_source_checkpoint_or_says_it_cannot(tmp_path, checkpoint,
-                                                                                   monkeypatch):
+def test_the_ort_backend_counts_flops_from_the_exports_manifest_or_says_it_cannot(tmp_path, checkpoint,
+                                                                                    monkeypatch):
     p, _ = ort_predictor(tmp_path, checkpoint, monkeypatch)
     assert p.flops_per_image() == {"forward": FORWARD_FLOPS, "choice": CHOICE_FLOPS}
-    monkeypatch.setattr(predictor_mod, "load_checkpoint_for_flops", lambda path, card: (None, None))
+    p.export_flops = None                   # an export made before they were recorded
     assert p.flops_per_image() == {"forward": None, "choice": CHOICE_FLOPS}

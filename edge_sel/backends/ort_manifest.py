@@ -9,11 +9,14 @@ from pathlib import Path
 
 import torch
 
-from edge_sel.errors import InputError, existing_dir
+from edge_sel.backends.onnx_files import self_contained_graph
+from edge_sel.errors import InputError, existing_dir, named_inside
 from edge_sel.models.blocks import head
 
 FORMAT = "edge-sel-ort-artifacts/1"
 MANIFEST = "manifest.json"
+TRAINING_GRAPHS = ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx")
+EXPORT_CHECKPOINT = "checkpoint"      # the ORT checkpoint state an export starts from
 
 
 def sha256_file(path: Path) -> str:
@@ -44,7 +47,7 @@ def write_manifest(root: Path, manifest: dict) -> None:
 
 
 def read_manifest(root: Path, option: str = "--artifacts") -> dict:
-    path = root / MANIFEST
+    path = named_inside(root, MANIFEST, f"{option} {root}")
     try:
         manifest = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -80,13 +83,24 @@ def resolve(path: Path, option: str = "--artifacts") -> tuple[Path, str, dict, s
     else:
         raise InputError(f"{option} {path}: no {MANIFEST} here or in the parent; make artifacts with "
                          f"`edge-sel export --checkpoint DIR --out ART`")
-    directory = root / manifest["schemes"][scheme]["dir"]
-    for name, digest in manifest["schemes"][scheme].get("files", {}).items():
-        f = directory / name
+    entry = manifest["schemes"][scheme]
+    where = f"{option} {root / MANIFEST}"
+    files = entry.get("files", {}) if isinstance(entry, dict) else None
+    if not isinstance(files, dict):
+        raise InputError(f"{where}: scheme {scheme!r} is not a mapping with a mapping of files")
+    directory = named_inside(root, entry.get("dir"), where)
+    for name, digest in files.items():
+        f = named_inside(directory, name, where)
         if not f.is_file():
             raise InputError(f"{option} {path}: {f} is missing")
         if sha256_file(f) != digest:
             raise InputError(f"{option} {path}: {f} differs from the file the manifest describes (sha256)")
+    # What ONNX Runtime training opens, listed in the manifest or not: inside the export, and each
+    # graph holding its own data (backends/onnx_files.py).
+    for name in (*TRAINING_GRAPHS, EXPORT_CHECKPOINT):
+        f = named_inside(directory, name, where)
+        if name in TRAINING_GRAPHS and f.is_file():
+            self_contained_graph(f)
     return directory, scheme, manifest, note
 
 

@@ -14,6 +14,7 @@ from edge_sel.backends.ort_env import require_ort, versions
 from edge_sel.backends.ort_manifest import (FORMAT, sha256_file, tensor_shapes, weights_digest,
                                             write_manifest)
 from edge_sel.backends.ort_schemes import SCHEME_NOTES, SCHEMES, trainable_names
+from edge_sel.core.flops import FlopCounter
 from edge_sel.engine.runs.out_dir import check_out_dir, start_out_dir
 from edge_sel.errors import InputError
 from edge_sel.models import load_checkpoint
@@ -179,7 +180,12 @@ def export_artifacts(checkpoint: Path, out: Path, schemes=DEFAULT_SCHEMES, *, bn
                   "preprocess": "x = (pixels / 255 - mean[c]) / std[c], NCHW float32"},
         "inference_model": {"file": "model.onnx", "opset": OPSET, "outputs": ["logits"],
                             "max_abs_diff_vs_torch": max_diff, "tolerance": INFERENCE_TOLERANCE,
-                            "checked_batch_sizes": [8, 3], "sha256": sha256_file(out / "model.onnx")},
+                            "checked_batch_sizes": [8, 3], "sha256": sha256_file(out / "model.onnx"),
+                            # what predict reports per image: counted here, from the torch model
+                            # exported, so the device never looks for a checkpoint
+                            "flops_forward_per_image": FlopCounter(model, list(card.input_shape)).eval_batch(1),
+                            "flops_note": "counted FLOPs of one image's forward pass (torch's FLOP counter "
+                                          "on the exported model, at export)"},
         **({"conditions": bank} if bank else {}),
         "training": {
             "inputs": {"input": "float32 [batch, C, H, W]", "labels": "int64 [batch]",

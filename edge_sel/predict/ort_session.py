@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edge_sel.errors import InputError
+from edge_sel.backends.onnx_files import self_contained_graph
+from edge_sel.errors import InputError, named_inside
 
 EXPORT_FILE = "conditions.json"
 
@@ -25,8 +26,9 @@ def session(path: Path, threads: int | None):
         options.inter_op_num_threads = 1
     if not path.is_file():
         raise InputError(f"{path}: missing from the export")
+    graph = self_contained_graph(path)       # checked before ONNX Runtime reads any file it names
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
     except Exception as e:      # onnxruntime raises its own exception types for a damaged graph
         raise InputError(f"{path}: ONNX Runtime cannot load it ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
 
@@ -34,7 +36,7 @@ def session(path: Path, threads: int | None):
 def load_sessions(directory: Path, use_bank: bool, threads: int | None):
     """(condition names, one session per condition, the chooser's dict) — or the plain model's
     single session and no chooser when the export has no bank or `use_bank` is off."""
-    bank = directory / EXPORT_FILE
+    bank = named_inside(directory, EXPORT_FILE, str(directory))
     if use_bank and bank.is_file():
         try:
             d = json.loads(bank.read_text())
@@ -43,5 +45,5 @@ def load_sessions(directory: Path, use_bank: bool, threads: int | None):
                 raise ValueError("one graph per condition expected")
         except (ValueError, KeyError, TypeError) as e:
             raise InputError(f"{bank}: unreadable or corrupt ({e.__class__.__name__}: {e})") from None
-        return names, [session(directory / f, threads) for f in files], chooser
-    return ["own"], [session(directory / "model.onnx", threads)], None
+        return names, [session(named_inside(directory, f, str(bank)), threads) for f in files], chooser
+    return ["own"], [session(named_inside(directory, "model.onnx", str(directory)), threads)], None

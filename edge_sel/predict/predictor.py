@@ -19,8 +19,7 @@ from pathlib import Path
 import torch
 
 from edge_sel.core.bn_bank import read_bank
-from edge_sel.core.checkpoint import read_card
-from edge_sel.errors import InputError
+from edge_sel.errors import InputError, named_inside
 from edge_sel.models import load_checkpoint
 from edge_sel.predict.conditions import (DEFAULT_WINDOW, FEATURES_PER_CHANNEL, ConditionChooser, distance_flops,
                                          feature_flops, normalised, pixel_features)
@@ -73,7 +72,7 @@ class Predictor:
 
     def _load_ort(self, use_bank: bool, window: int, threads: int | None) -> None:
         from edge_sel.predict.ort_session import load_sessions
-        self.card = read_card_of_export(self.path)
+        self.card, self.export_flops = read_card_of_export(self.path)
         names, sessions, chooser = load_sessions(self.path, use_bank, threads)
         self.sessions = sessions
         self._input_names = [sess.get_inputs()[0].name for sess in sessions]   # asked once, not per frame
@@ -140,8 +139,7 @@ class Predictor:
         if self.backend == "torch":
             forward = FlopCounter(self.model, list(self.card.input_shape)).eval_batch(1)
         else:
-            model, _ = load_checkpoint_for_flops(self.path, self.card)
-            forward = FlopCounter(model, list(self.card.input_shape)).eval_batch(1) if model is not None else None
+            forward = self.export_flops       # counted at export: no checkpoint is looked for here
         choose = 0
         if self.chooser is not None:
             choose = feature_flops(self.card.input_shape) + distance_flops(
@@ -150,26 +148,22 @@ class Predictor:
 
 
 def read_card_of_export(path: Path):
-    """The model card an export carries in its manifest (class names, input shape, normalisation)."""
+    """The model card an export carries in its manifest (class names, input shape, normalisation),
+    and the forward FLOPs of one image it counted at export (None for an export made before they
+    were recorded). Nothing the manifest names is opened: it describes the export, from inside it."""
     from edge_sel.core.checkpoint import ModelCard
-    manifest = path / "manifest.json"
+    manifest = named_inside(path, "manifest.json", str(path))
     if not manifest.is_file():
         raise InputError(f"{path}: not an export directory (no manifest.json); run edge-sel export first")
     try:
         m = json.loads(manifest.read_text())
         norm = m["input"]["normalization"]
         shape = [int(v) for v in m["input"]["shape"][1:]]
-        return ModelCard(m["checkpoint"]["architecture"], int(m["checkpoint"]["num_classes"]), list(m["class_names"]),
+        card = ModelCard(m["checkpoint"]["architecture"], int(m["checkpoint"]["num_classes"]), list(m["class_names"]),
                          shape, list(norm["mean"]), list(norm["std"]), {}, {})
-    except (ValueError, KeyError, TypeError, IndexError) as e:
+        flops = m["inference_model"].get("flops_forward_per_image")
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
         raise InputError(f"{manifest}: unreadable or corrupt ({e.__class__.__name__}: {e})") from None
-
-
-def load_checkpoint_for_flops(path: Path, card):
-    """The torch model an export came from, where its checkpoint is still at hand (for counting)."""
-    try:
-        source = Path(json.loads((path / "manifest.json").read_text())["checkpoint"]["path"])
-        read_card(source)
-        return load_checkpoint(source)
-    except (OSError, ValueError, KeyError, InputError):
-        return None, None
+    if flops is not None and (type(flops) is not int or flops < 0):
+        raise InputError(f"{manifest}: inference_model.flops_forward_per_image is {flops!r}, not a count of FLOPs")
+    return card, flops
