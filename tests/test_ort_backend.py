@@ -1,6 +1,7 @@
 """`finetune --backend ort`: the same loop on ORT artifacts, in step with the torch backend."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -156,6 +157,6 @@ def test_mismatches_are_one_line_errors(warm, tmp_path):
     manifest["checkpoint"]["num_classes"] = 4
     manifest["checkpoint"]["tensors"]["fc.weight"] = [4, 256]
     (other / "manifest.json").write_text(json.dumps(manifest))
-    (other / "full").symlink_to(art)
+    shutil.copytree(art, other / "full")      # a copy: a link out of the export is refused
     r = finetune(warm, tmp_path / "runx", "--backend", "ort", "--artifacts", other / "full", epochs=1, expect=2)
     assert "4 classes" in r.output
