@@ -2,13 +2,23 @@
 refuses them in one line (InputError), never another exception, never code run.
 
 Mutations: a truncation at a random length, a random byte flipped, and for JSON files a random
-field replaced by a value of another type. Each reader runs on a copy of a real digits checkpoint
-or run; hypothesis draws the mutations (its database replays a failing one first).
+field replaced by a value of another type. Each reader runs on a copy of a real digits checkpoint,
+run or export; hypothesis draws the mutations (its database replays a failing one first). The files:
+the card, the bank, the anchors, a run's state, an export's manifest.json, conditions.json and ONNX
+graphs, and an image.
+
+A second class of mutations tries to run code or to read outside: a card's model spec drawn from
+a file the checkpoint ships (with its own digest, none or another), named by an absolute, relative
+or `..` path or through a link, by a plain, dotted or imported name, and import specs; an export's
+conditions.json naming a graph by `..`, an absolute path, a link or not a string, and graphs whose
+tensor data lives in another file. None of them may load: each is refused in one line, with no code
+run (the shipped code would write a marker) and no file outside read.
 
 Under CI (CI set) the draws are derandomized, so a run there is repeatable; elsewhere each run draws
 anew. EDGE_SEL_FUZZ_EXAMPLES sets the examples per reader (default 30) for a longer search.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -20,11 +30,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import digits_warmup_with_memory, run_cli
+from edge_sel.backends.ort_manifest import resolve
 from edge_sel.core.bn_bank import BANK_FILE, read_bank
 from edge_sel.core.source_memory import ANCHORS_FILE, read_source_memory
 from edge_sel.engine.loop.state import load_state
 from edge_sel.errors import InputError
 from edge_sel.models import load_checkpoint
+from edge_sel.models import spec as spec_mod
+from edge_sel.models.spec import TRUST_ENV
+from edge_sel.predict.images import read_image
+from edge_sel.predict.predictor import Predictor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FUZZ = settings(max_examples=int(os.environ.get("EDGE_SEL_FUZZ_EXAMPLES", "30")), deadline=None,
@@ -40,6 +55,22 @@ def banked(tmp_path_factory):
             "--dataset", "digits", "--shard", "1/2", "--shift", "corrupt=contrast:4", "--quiet",
             "--batch-size", "64", "--checkpoint-every", "0")
     return out
+
+
+@pytest.fixture(scope="module")
+def exported(banked, tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    art = tmp_path_factory.mktemp("fuzz-export") / "art"
+    run_cli("export", "--checkpoint", banked, "--out", art, "--scheme", "classifier", "--quiet")
+    return art
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    from PIL import Image
+    folder = tmp_path_factory.mktemp("fuzz-image")
+    Image.effect_noise((8, 8), 60).save(folder / "frame.png")
+    return folder
 
 
 mutation = st.tuples(st.sampled_from(["truncate", "flip", "json"]), st.floats(0, 1, exclude_max=True),
@@ -127,3 +158,117 @@ def test_run_state(banked, tmp_path_factory, how):
     name = sorted(p.name for p in state.iterdir() if p.is_file())[0]
     copy = damaged(state, name, how, tmp_path_factory.mktemp("s"))
     loads_or_refuses(lambda: load_state(copy))
+
+
+@FUZZ
+@given(how=mutation)
+def test_export_manifest(exported, tmp_path_factory, how):
+    copy = damaged(exported, "manifest.json", how, tmp_path_factory.mktemp("e"))
+    loads_or_refuses(lambda: Predictor(copy, backend="ort"))
+    loads_or_refuses(lambda: resolve(copy / "classifier"))
+
+
+@FUZZ
+@given(how=mutation, graph=st.sampled_from(["model.onnx", "conditions/0.onnx", "classifier/eval_model.onnx"]))
+def test_export_graphs(exported, tmp_path_factory, how, graph):
+    copy = damaged(exported, graph, how, tmp_path_factory.mktemp("g"))
+    loads_or_refuses(lambda: Predictor(copy, backend="ort"))
+    loads_or_refuses(lambda: Predictor(copy, backend="ort", use_bank=False))
+    loads_or_refuses(lambda: resolve(copy / "classifier"))
+
+
+@FUZZ
+@given(how=mutation)
+def test_image(image, tmp_path_factory, how):
+    copy = damaged(image, "frame.png", how, tmp_path_factory.mktemp("i"))
+    loads_or_refuses(lambda: read_image(copy / "frame.png", [1, 8, 8], resize=True))
+
+
+# -- mutations that try to run code or read outside: never loaded
+
+SECRET = b"OUTSIDE-SECRET"
+
+
+def refused(read, marker: Path) -> None:
+    with pytest.raises(InputError) as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            read()
+    assert "\n" not in str(e.value).strip() and SECRET.decode() not in str(e.value)
+    assert not marker.exists()
+
+
+code_spec = st.tuples(st.sampled_from(["absolute", "relative", "dotdot", "link"]),
+                      st.sampled_from(["build", "Outer.build", "os.system", "hub_load", "torch.hub.load"]),
+                      st.sampled_from(["own", "none", "other"]))
+
+
+@FUZZ
+@given(spec=code_spec, import_name=st.sampled_from([None, "torch.hub:load", "os:system", "torchvision:resnet18"]))
+def test_a_card_naming_code_is_never_loaded(banked, tmp_path_factory, monkeypatch, spec, import_name):
+    """A file the checkpoint ships, named however a card can, or code to import: none is trusted on
+    this machine (no pretrain here named it, no --trust-model-code), so none loads."""
+    monkeypatch.setenv(TRUST_ENV, "0")
+    monkeypatch.setattr(spec_mod, "_CHOSEN", set())
+    tmp = tmp_path_factory.mktemp("code")
+    copy = tmp / "copy"
+    shutil.copytree(banked, copy, ignore=shutil.ignore_patterns("state"))
+    marker = tmp / "ran"
+    helper = copy / "helper.py"
+    helper.write_text(f"open({str(marker)!r}, 'w').write('ran')\nfrom torch.hub import load as hub_load\n"
+                      "from edge_sel.models import EdgeCNN\n\nclass Outer:\n    build = staticmethod(lambda **k: None)\n\n"
+                      "def build(num_classes, in_channels=1):\n    return EdgeCNN(num_classes, in_channels)\n")
+    form, attr, digest = spec
+    (tmp / "link.py").symlink_to(helper)
+    path = {"absolute": str(helper), "relative": "helper.py", "dotdot": "../copy/helper.py",
+            "link": str(tmp / "link.py")}[form]
+    monkeypatch.chdir(copy)          # where a relative path would find the shipped file
+    sha = {"own": hashlib.sha256(helper.read_bytes()).hexdigest(), "none": None, "other": "ab" * 32}[digest]
+    model = {"name": f"{path}:{attr}", "kind": "file", "kwargs": {}, **({"file_sha256": sha} if sha else {})}
+    if import_name is not None:
+        model = {"name": import_name, "kind": "import", "kwargs": {}}
+    card = json.loads((copy / "model.json").read_text())
+    card["model"] = model
+    (copy / "model.json").write_text(json.dumps(card))
+    refused(lambda: load_checkpoint(copy), marker)
+
+
+outside_graph = st.sampled_from(["dotdot", "absolute", "link", "number", "external-outside", "external-absolute",
+                                 "external-inside"])
+
+
+def external(graph: Path, location: str) -> None:
+    import onnx
+    model = onnx.load(str(graph))
+    tensor = model.graph.initializer[0]
+    size = len(tensor.raw_data)
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", str(size))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    graph.write_bytes(model.SerializeToString())
+
+
+@FUZZ
+@given(how=outside_graph, which=st.integers(0, 1), bank=st.booleans())
+def test_an_export_reaching_outside_is_never_loaded(exported, tmp_path_factory, how, which, bank):
+    tmp = tmp_path_factory.mktemp("out")
+    copy = tmp / "copy"
+    shutil.copytree(exported, copy)
+    (tmp / "secret.bin").write_bytes(SECRET * 4096)
+    shutil.copy(copy / "model.onnx", tmp / "elsewhere.onnx")
+    conditions = json.loads((copy / "conditions.json").read_text())
+    if how.startswith("external"):
+        graph = copy / (conditions["files"][which] if bank else "model.onnx")
+        location = {"external-outside": "../" * (graph.parent != copy) + "../secret.bin",
+                    "external-absolute": str(tmp / "secret.bin"), "external-inside": "weights.bin"}[how]
+        shutil.copy(tmp / "secret.bin", graph.parent / "weights.bin")
+        external(graph, location)
+    else:
+        bank = True
+        (copy / "link.onnx").symlink_to(tmp / "elsewhere.onnx")
+        conditions["files"][which] = {"dotdot": "../elsewhere.onnx", "absolute": str(tmp / "elsewhere.onnx"),
+                                      "link": "link.onnx", "number": 7}[how]
+        (copy / "conditions.json").write_text(json.dumps(conditions))
+    refused(lambda: Predictor(copy, backend="ort", use_bank=bank), tmp / "never")

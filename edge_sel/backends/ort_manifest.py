@@ -50,10 +50,12 @@ def read_manifest(root: Path, option: str = "--artifacts") -> dict:
     path = named_inside(root, MANIFEST, f"{option} {root}")
     try:
         manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:      # ValueError: not JSON, or not UTF-8
         raise InputError(f"{option} {root}: {MANIFEST} is unreadable ({e.__class__.__name__})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise InputError(f"{option} {root}: {MANIFEST} is not an edge-sel artifact manifest ({FORMAT})")
+    if not isinstance(manifest.get("schemes", {}), dict):
+        raise InputError(f"{option} {root}: {MANIFEST}'s schemes are not a mapping")
     return manifest
 
 
