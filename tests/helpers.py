@@ -71,3 +71,23 @@ def without_memory(checkpoint: Path, out: Path) -> Path:
     for name in ("model.json", "model.safetensors"):
         shutil.copy(Path(checkpoint) / name, out)
     return out
+
+
+def with_external_data(graph: Path, location: str, constant: bool = False) -> None:
+    """The graph's first initializer (or a Constant node's tensor) keeps its bytes in `location`, as
+    ONNX external data: a crafted export that would have ONNX Runtime read that file."""
+    import onnx
+    model = onnx.load(str(graph))
+    if constant:
+        init = model.graph.initializer[0]
+        model.graph.node.insert(0, onnx.helper.make_node("Constant", [], [init.name + "_c"], value=init))
+        tensor = model.graph.node[0].attribute[0].t        # the graph's copy of the node
+    else:
+        tensor = model.graph.initializer[0]
+    size = len(tensor.raw_data)
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", str(size))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    graph.write_bytes(model.SerializeToString())

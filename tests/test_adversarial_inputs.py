@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import run_cli, run_main
+from helpers import run_cli, run_main, with_external_data
 from edge_sel.core.checkpoint import ModelCard, save_checkpoint
 from edge_sel.models import EdgeCNN
 from edge_sel.models import spec as spec_mod
@@ -187,25 +187,6 @@ def import_spec(ck, o, marker, tmp):
 
 def predict_ort(art, tmp):
     return ["predict", "--checkpoint", art, "--backend", "ort", tmp / "frames", "--out", tmp / "preds.jsonl"]
-
-
-def with_external_data(graph: Path, location: str, constant: bool = False) -> None:
-    """The graph's first initializer (or a Constant node's tensor) keeps its bytes in `location`."""
-    import onnx
-    model = onnx.load(str(graph))
-    if constant:
-        init = model.graph.initializer[0]
-        model.graph.node.insert(0, onnx.helper.make_node("Constant", [], [init.name + "_c"], value=init))
-        tensor = model.graph.node[0].attribute[0].t        # the graph's copy of the node
-    else:
-        tensor = model.graph.initializer[0]
-    size = len(tensor.raw_data)
-    tensor.ClearField("raw_data")
-    tensor.data_location = onnx.TensorProto.EXTERNAL
-    for key, value in (("location", location), ("offset", "0"), ("length", str(size))):
-        entry = tensor.external_data.add()
-        entry.key, entry.value = key, value
-    graph.write_bytes(model.SerializeToString())
 
 
 def rewrite_manifest(art: Path, change) -> None:

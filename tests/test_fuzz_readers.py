@@ -29,7 +29,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import digits_warmup_with_memory, run_cli
+from helpers import digits_warmup_with_memory, run_cli, with_external_data
 from edge_sel.backends.ort_manifest import resolve
 from edge_sel.core.bn_bank import BANK_FILE, read_bank
 from edge_sel.core.source_memory import ANCHORS_FILE, read_source_memory
@@ -237,19 +237,6 @@ outside_graph = st.sampled_from(["dotdot", "absolute", "link", "number", "extern
                                  "external-inside"])
 
 
-def external(graph: Path, location: str) -> None:
-    import onnx
-    model = onnx.load(str(graph))
-    tensor = model.graph.initializer[0]
-    size = len(tensor.raw_data)
-    tensor.ClearField("raw_data")
-    tensor.data_location = onnx.TensorProto.EXTERNAL
-    for key, value in (("location", location), ("offset", "0"), ("length", str(size))):
-        entry = tensor.external_data.add()
-        entry.key, entry.value = key, value
-    graph.write_bytes(model.SerializeToString())
-
-
 @FUZZ
 @given(how=outside_graph, which=st.integers(0, 1), bank=st.booleans())
 def test_an_export_reaching_outside_is_never_loaded(exported, tmp_path_factory, how, which, bank):
@@ -264,7 +251,7 @@ def test_an_export_reaching_outside_is_never_loaded(exported, tmp_path_factory, 
         location = {"external-outside": "../" * (graph.parent != copy) + "../secret.bin",
                     "external-absolute": str(tmp / "secret.bin"), "external-inside": "weights.bin"}[how]
         shutil.copy(tmp / "secret.bin", graph.parent / "weights.bin")
-        external(graph, location)
+        with_external_data(graph, location)
     else:
         bank = True
         (copy / "link.onnx").symlink_to(tmp / "elsewhere.onnx")
