@@ -278,22 +278,23 @@ def shift_cmd(dataset, data_dir, spec, shift_seed, split, limit, out, overwrite)
     """Write a shifted copy of a dataset as an image folder (readable as --dataset folder:OUT)."""
     from edge_sel.data import load_source, make_splits
     from edge_sel.data.shift import apply_shift, parse_shift
+    from edge_sel.data.sources import source_paths
     from edge_sel.data.write_folder import contact_sheet, write_image_folder
-    from edge_sel.engine.runs.out_dir import check_out_dir, start_out_dir
+    from edge_sel.core.outputs import check_out_dir, staged_out_dir
     shift = parse_shift(spec)
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be a positive number of images, got {limit}")
-    out = check_out_dir(out, overwrite)
+    out = check_out_dir(out, overwrite, "shift", source_paths(dataset, data_dir))
     train_full, test = load_source(dataset, data_dir)
     # The whole training part (no validation held out) shifted as a fine-tune would see it.
     shifted = apply_shift(make_splits(train_full, test, val_fraction=0.0), shift, shift_seed)
-    start_out_dir(out)
     counts = {}
-    if split in ("train", "all"):
-        counts["train"] = write_image_folder(shifted.train, out / "train", limit)
-    if split in ("test", "all"):
-        counts["test"] = write_image_folder(shifted.test, out / "test", limit)
-    contact_sheet(train_full, out / "contact_sheet.png", seed=shift_seed)
+    with staged_out_dir(out, "shift") as staging:
+        if split in ("train", "all"):
+            counts["train"] = write_image_folder(shifted.train, staging / "train", limit)
+        if split in ("test", "all"):
+            counts["test"] = write_image_folder(shifted.test, staging / "test", limit)
+        contact_sheet(train_full, staging / "contact_sheet.png", seed=shift_seed)
     click.echo(f"wrote {', '.join(f'{n} {k} images' for k, n in counts.items())} to {out} "
                f"(and contact_sheet.png: every corruption at severities 1-5)")
 
@@ -326,7 +327,8 @@ def trigger_cmd(checkpoint, dataset, data_dir, shard, subset, spec, shift_seed, 
     under a budget, and reports the scenes they cover against a random choice of the same size."""
     from edge_sel.engine.machine.energy_setup import EnergyOptions
     from edge_sel.engine.runs.data_options import DataOptions
-    from edge_sel.engine.runs.out_dir import check_out_dir, start_out_dir
+    from edge_sel.core.outputs import check_out_dir, start_out_dir
+    from edge_sel.data.sources import source_paths
     from edge_sel.engine.evaluation.bn_bank import attach_saved_bank
     from edge_sel.engine.night.trigger import run_trigger
     from edge_sel.models import load_checkpoint
@@ -341,7 +343,7 @@ def trigger_cmd(checkpoint, dataset, data_dir, shard, subset, spec, shift_seed, 
     if budget_joules is not None and significance == "none":
         raise InputError("--budget-joules: needs --significance entropy (joules per FLOP are measured over its "
                          "forward passes)")
-    out = check_out_dir(out, overwrite)
+    out = check_out_dir(out, overwrite, "trigger", [("--checkpoint", checkpoint), *source_paths(dataset, data_dir)])
     model, card = load_checkpoint(checkpoint)
     # The stream is the whole training part (or its shard): nothing is held out for validation.
     splits = DataOptions(dataset, data_dir, val_fraction=0.0, shard=shard, subset=subset, shift=spec,
@@ -349,7 +351,7 @@ def trigger_cmd(checkpoint, dataset, data_dir, shard, subset, spec, shift_seed, 
     if splits.train.input_shape != list(card.input_shape):
         raise InputError(f"--dataset: images are {splits.train.input_shape}, the checkpoint expects {card.input_shape}")
     bank = attach_saved_bank(model.eval(), checkpoint, card)     # the deployed model as it predicts
-    start_out_dir(out)
+    start_out_dir(out, "trigger")
     meter = EnergyOptions().open()
     try:
         result = run_trigger(model, card.mean, card.std, splits.train, budget_frames, budget_joules, significance,

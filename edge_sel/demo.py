@@ -77,8 +77,9 @@ def _row(name: str, summary: dict, run_dir: Path, test_sets, warmup_clean: float
 @click.option("--quiet", is_flag=True, help="No progress bars or tables.")
 def demo_cmd(out: Path, epochs: int, overwrite: bool, quiet: bool):
     """Pretrain on clean digits, adapt on a device whose digits are shifted, compare the levers."""
-    from edge_sel.engine.runs.out_dir import check_out_dir
-    check_out_dir(out, overwrite)
+    from edge_sel.core.outputs import check_out_dir, start_out_dir
+    check_out_dir(out, overwrite, "demo")
+    start_out_dir(out, "demo")          # its runs are new directories inside it
     import torch
     threads = torch.get_num_threads()
     torch.set_num_threads(THREADS)

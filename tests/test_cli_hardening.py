@@ -115,10 +115,19 @@ def test_report_out_follows_the_overwrite_rule(one_epoch, tmp_path, capsys):
     code, err = run_main(["report", run, "--out", out], capsys)
     assert code == 2 and err.strip().splitlines() == [
         f"edge-sel: error: --out {out}: already exists and is not empty; pass --overwrite to replace it"]
+    # --overwrite replaces an earlier report only, recognised by its marker: not a folder of the user's.
+    code, err = run_main(["report", run, "--out", out, "--overwrite"], capsys)
+    assert code == 2 and err.strip().splitlines() == [
+        f"edge-sel: error: --out {out}: not an earlier output of edge-sel report (it holds no .edge-sel-output "
+        f"file); --overwrite replaces only that: remove it yourself or choose another --out"]
+    assert (out / "stale.png").read_bytes() == b"old"
+    (out / "stale.png").unlink()
+    run_cli("report", run, "--out", out)
+    (out / "stale.png").write_bytes(b"old")
     run_cli("report", run, "--out", out, "--overwrite")
     assert not (out / "stale.png").exists() and (out / "report.html").is_file()
     code, err = run_main(["report", run, "--out", run.parent, "--overwrite"], capsys)
-    assert code == 2 and "holds the run" in err and (run / "metrics.jsonl").is_file()
+    assert code == 2 and f"holds RUN {run}" in err and (run / "metrics.jsonl").is_file()
 
 
 def test_model_weights_follow_the_umask(tmp_path):

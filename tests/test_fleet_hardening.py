@@ -100,9 +100,9 @@ def test_a_checkpoint_inside_out_is_refused_before_out_is_cleared(tmp_path, warm
     save_checkpoint(out / "rounds" / "round-002", build_model("edgecnn", 10, 1),
                     ModelCard("edgecnn", 10, DIGITS, [1, 8, 8], [0.3], [0.4]))
     result = simulate("--checkpoint", out / "rounds" / "round-002", "--out", out, "--overwrite")
-    one_line_exit_2(result, "--checkpoint", "inside --out")
+    one_line_exit_2(result, f"--out {out}: holds --checkpoint", "never replaces an input")
     assert (out / "rounds" / "round-002" / "model.json").is_file()
-    with pytest.raises(InputError, match="inside --out"):        # the ServerApp's own check (fleet run)
+    with pytest.raises(InputError, match="holds --checkpoint"):        # the ServerApp's own check (fleet run)
         ServerSettings(out=str(out), checkpoint=str(out / "rounds" / "round-002"), overwrite=True,
                        eval_dataset="digits").validate()
 

@@ -205,11 +205,13 @@ def test_bad_input_to_predict_is_one_line_and_exit_2(banked, test_split, tmp_pat
         if f.is_file():
             (damaged / f.name).write_bytes(f.read_bytes())
     (damaged / BANK_FILE).write_bytes((banked / BANK_FILE).read_bytes()[:500])
-    assert BANK_FILE in one_line_exit_2(capsys, ["predict", "--checkpoint", damaged, folder, "--out", out])
+    assert BANK_FILE in one_line_exit_2(capsys, ["predict", "--checkpoint", damaged, folder, "--out", out,
+                                                 "--overwrite"])
     (damaged / BANK_FILE).unlink()
     (damaged / "model.safetensors").write_bytes(b"\0" * 64)
-    assert "model.safetensors" in one_line_exit_2(capsys, ["predict", "--checkpoint", damaged, folder, "--out", out])
-    assert out.read_text() == "kept\n"          # nothing already written is lost to a refused run
+    assert "model.safetensors" in one_line_exit_2(capsys, ["predict", "--checkpoint", damaged, folder, "--out", out,
+                                                           "--overwrite"])
+    assert out.read_text() == "kept\n"          # nothing already written is lost to a refused run, --overwrite or not
     readonly = tmp_path / "readonly"
     readonly.mkdir()
     readonly.chmod(0o500)

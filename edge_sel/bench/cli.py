@@ -10,7 +10,6 @@ reference  the seeds' CIFAR-10 table on a desktop GPU: resnet18_cifar from a fre
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import time
 from pathlib import Path
 
@@ -24,7 +23,8 @@ from edge_sel.config import TrainConfig
 from edge_sel.core.checkpoint import read_card
 from edge_sel.core.words import plural
 from edge_sel.engine.runs.data_options import DataOptions
-from edge_sel.engine.runs.out_dir import check_out_dir
+from edge_sel.core.outputs import check_out_dir, start_out_dir
+from edge_sel.data.sources import source_paths
 from edge_sel.engine.runs.run import pretrain
 from edge_sel.errors import InputError
 
@@ -32,15 +32,13 @@ REPO = Path(__file__).resolve().parents[2]
 SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpeg"
 
 
-def _fresh_out(out: Path, overwrite: bool) -> Path:
-    out = check_out_dir(out, overwrite)
-    try:
-        if out.is_dir():
-            shutil.rmtree(out)
-        out.mkdir(parents=True)
-    except OSError as e:
-        raise InputError(f"--out {out}: cannot create ({e.strerror or e})") from None
-    return out
+def _fresh_out(out: Path, overwrite: bool, suite: str, checkpoint: Path | None, dataset: str | None,
+               data_dir: Path | None) -> Path:
+    """A new --out for `suite` (bench SUITE's own earlier output replaced with --overwrite), never
+    onto the checkpoint or the data it reads."""
+    command = f"bench {suite}"
+    check_out_dir(out, overwrite, command, [("--checkpoint", checkpoint), *source_paths(dataset, data_dir)])
+    return start_out_dir(out, command)
 
 
 def dataset_or_shared_cifar(dataset: str | None) -> str:
@@ -177,7 +175,7 @@ def edge_cmd(dataset, epochs, val_cap, pretrain_epochs, device, busy, busy_nice,
             raise InputError(f"{option} must be >= 1, got {value}")
     chosen = suites.select(suites.edge_systems(e), systems)
     _check_checkpoint(checkpoint)
-    target = _fresh_out(out or Path("runs/bench-edge"), overwrite)
+    target = _fresh_out(out or Path("runs/bench-edge"), overwrite, "edge", checkpoint, ds, data_dir)
     data = BenchData(ds, data_dir, shard="1/2", subset=n, val_cap=val_cap or (300 if quick else 2000),
                      epoch_test_per_class=100)
     start = checkpoint
@@ -220,7 +218,7 @@ def reference_cmd(dataset, model_name, device, data_dir, checkpoint, seeds, syst
             raise InputError(f"{option} must be >= 1, got {value}")
     chosen = suites.select(suites.reference_systems(quick), systems)
     _check_checkpoint(checkpoint)
-    target = _fresh_out(out or Path("runs/bench-reference"), overwrite)
+    target = _fresh_out(out or Path("runs/bench-reference"), overwrite, "reference", checkpoint, dataset, data_dir)
     count = seeds or (1 if quick else 3)
     data = BenchData(dataset, data_dir, subset=n)
     notes = [f"{'--quick smoke run: ' if quick else ''}{model} on {dataset}"
@@ -282,7 +280,7 @@ def adapt_cmd(dataset, scenarios, activations, method_names, epochs, lr, pretrai
                              f"{', '.join(m.name for m in methods)}")
         methods = [m for m in methods if m.name in wanted]
     _check_checkpoint(checkpoint)
-    target = _fresh_out(out or Path("runs/bench-adapt"), overwrite)
+    target = _fresh_out(out or Path("runs/bench-adapt"), overwrite, "adapt", checkpoint, ds, data_dir)
     start = _warmup("adapt", checkpoint, ds, data_dir, pretrain_epochs or (1 if quick else 8), n if quick else None,
                     device, target)
     log = _progress(quiet)
@@ -340,7 +338,7 @@ def stream_cmd(dataset, scenarios, activations, families, frames, order, epochs,
         raise InputError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(stream.FAMILIES)}")
     methods = stream.stream_methods(acts, f, wanted)
     _check_checkpoint(checkpoint)
-    target = _fresh_out(out or Path("runs/bench-stream"), overwrite)
+    target = _fresh_out(out or Path("runs/bench-stream"), overwrite, "stream", checkpoint, ds, data_dir)
     start = _warmup("stream", checkpoint, ds, data_dir, pretrain_epochs or (2 if quick else 8), n if quick else None,
                     device, target)
     log = _progress(quiet)
@@ -416,7 +414,7 @@ def lifelong_cmd(dataset, schedule, shifts, method_names, levers, epochs, lr, te
     if quick and checkpoint is not None:
         raise InputError("--checkpoint: --quick always pretrains its own digits warmup")
     _check_checkpoint(checkpoint)
-    target = _fresh_out(out or Path("runs/bench-lifelong"), overwrite)
+    target = _fresh_out(out or Path("runs/bench-lifelong"), overwrite, "lifelong", checkpoint, ds, data_dir)
     # pretrain ships the source memory the levers and the guard need
     start = _warmup("lifelong", checkpoint, ds, data_dir, pretrain_epochs or (4 if quick else 8), None, device, target)
     methods, skipped = lifelong.select_methods(lifelong.life_methods(strengths), method_names, Path(start),

@@ -141,6 +141,17 @@ def load_folder(path: Path, image_size: int | None = None) -> tuple[IndexedDatas
     return _carve_test(ds)
 
 
+def source_paths(spec: str | None, data_dir: Path | None = None) -> list[tuple[str, Path]]:
+    """The places on disk a data set is read from, as the user named them (for the rule that an
+    output never lands on an input: core/outputs.py)."""
+    paths = []
+    if spec and spec.startswith("folder:") and len(spec) > len("folder:"):
+        paths.append(("--dataset", Path(spec[len("folder:"):]).expanduser()))
+    if data_dir is not None and spec == "cifar10":
+        paths.append(("--data-dir", Path(data_dir)))
+    return paths
+
+
 def load_source(spec: str, data_dir: Path | None = None,
                 image_size: int | None = None) -> tuple[IndexedDataset, IndexedDataset]:
     if image_size is not None and spec in DATASET_NAMES:

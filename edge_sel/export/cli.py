@@ -55,6 +55,6 @@ def export_after_pretrain(out: Path, quiet: bool) -> None:
     """`pretrain --export-artifacts`: the default schemes into OUT/artifacts."""
     from edge_sel.export.exporter import export_artifacts
     manifest = export_artifacts(out, Path(out) / "artifacts", DEFAULT_SCHEMES, overwrite=True,
-                                option="--export-artifacts")
+                                option="--export-artifacts", own_checkpoint=True)
     if not quiet:
         print_export(manifest, Path(out) / "artifacts")

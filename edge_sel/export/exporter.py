@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from edge_sel.backends.ort_manifest import (FORMAT, sha256_file, tensor_shapes, 
                                             write_manifest)
 from edge_sel.backends.ort_schemes import SCHEME_NOTES, SCHEMES, trainable_names
 from edge_sel.core.flops import FlopCounter
-from edge_sel.engine.runs.out_dir import check_out_dir, start_out_dir
+from edge_sel.core.outputs import check_out_dir, staged_out_dir
 from edge_sel.errors import InputError
 from edge_sel.models import load_checkpoint
 
@@ -62,8 +61,8 @@ def unsupported_operator(message: str) -> tuple[str, str | None] | None:
 
 
 class refusing_unsupported:
-    """An operator that ONNX export or ORT training cannot handle becomes one line naming it (and
-    the half-written artifact directory is removed); other failures pass through."""
+    """An operator that ONNX export or ORT training cannot handle becomes one line naming it (the
+    half-written artifact directory is removed with its staging); other failures pass through."""
 
     def __init__(self, out: Path, architecture: str, what: str):
         self.out, self.architecture, self.what = out, architecture, what
@@ -76,7 +75,6 @@ class refusing_unsupported:
         if found is None:
             return False
         op, node = found
-        shutil.rmtree(self.out, ignore_errors=True)
         where = f" (node {node})" if node else ""
         which = ("ONNX Runtime training cannot differentiate" if "gradient" in str(error)
                  else "ONNX export does not support")
@@ -117,11 +115,10 @@ def export_bank(model, card, checkpoint: Path, out: Path) -> dict | None:
 
 def export_artifacts(checkpoint: Path, out: Path, schemes=DEFAULT_SCHEMES, *, bn_mode: str = "eval",
                      optimizer: str = "sgd", weight_decay: float | None = None, ort_format: bool = False,
-                     overwrite: bool = False, option: str = "edge-sel export") -> dict:
-    """Write model.onnx, <scheme>/ artifact sets and manifest.json under `out`; return the manifest."""
+                     overwrite: bool = False, option: str = "edge-sel export", own_checkpoint: bool = False) -> dict:
+    """Write model.onnx, <scheme>/ artifact sets and manifest.json under `out`; return the manifest.
+    `own_checkpoint`: `out` lies inside the checkpoint because the same command wrote both."""
     require_ort(option)
-    from edge_sel.export.artifacts import FILES, generate_scheme
-    from edge_sel.export.onnx_graph import INFERENCE_TOLERANCE, OPSET, export_inference, export_training_forward
 
     if bn_mode not in BN_MODES:
         raise InputError(f"--bn-mode: choose one of {', '.join(BN_MODES)}, got {bn_mode!r}")
@@ -132,16 +129,29 @@ def export_artifacts(checkpoint: Path, out: Path, schemes=DEFAULT_SCHEMES, *, bn
     for s in schemes:
         if s not in SCHEMES:
             raise InputError(f"--scheme: unknown scheme {s!r}; choose from {', '.join(SCHEMES)}")
-    out = check_out_dir(Path(out), overwrite)
+    out = Path(out)
+    # pretrain --export-artifacts writes into the checkpoint it has just made: its own output.
+    inputs = [] if own_checkpoint else [("--checkpoint", checkpoint)]
+    check_out_dir(out, overwrite, "export", inputs)
     model, card = load_checkpoint(Path(checkpoint))
     model.eval()
-    start_out_dir(out)
+    # Built whole beside --out and renamed into place: a torn bank or an operator ONNX cannot take
+    # keeps an earlier export as it was.
+    with staged_out_dir(out, "export") as staging:
+        manifest = _export(model, card, Path(checkpoint), out, staging, schemes, bn_mode, opt, ort_format)
+    return manifest
+
+
+def _export(model, card, checkpoint: Path, out: Path, staging: Path, schemes, bn_mode, opt, ort_format) -> dict:
+    """The export's files under `staging` (messages name `out`, where they will be)."""
+    from edge_sel.export.artifacts import FILES, generate_scheme
+    from edge_sel.export.onnx_graph import INFERENCE_TOLERANCE, OPSET, export_inference, export_training_forward
     t0 = time.perf_counter()
 
     with refusing_unsupported(out, card.architecture, "the inference model"):
-        max_diff = export_inference(model, card.input_shape, out / "model.onnx")
-        bank = export_bank(model, card, Path(checkpoint), out)
-        forward_path = out / ".forward.onnx"
+        max_diff = export_inference(model, card.input_shape, staging / "model.onnx")
+        bank = export_bank(model, card, checkpoint, staging)
+        forward_path = staging / ".forward.onnx"
         forward = export_training_forward(model, card.input_shape, forward_path, bn_mode)
     initializers = [t.name for t in forward.graph.initializer]
     numel = {name: p.numel() for name, p in model.named_parameters()}
@@ -150,16 +160,16 @@ def export_artifacts(checkpoint: Path, out: Path, schemes=DEFAULT_SCHEMES, *, bn
         trainable = trainable_names(model, scheme)
         frozen = [n for n in initializers if n not in set(trainable)]
         with refusing_unsupported(out, card.architecture, f"the {scheme!r} training artifacts"):
-            stats = generate_scheme(forward, out / scheme, trainable, frozen, opt["name"], opt["weight_decay"],
+            stats = generate_scheme(forward, staging / scheme, trainable, frozen, opt["name"], opt["weight_decay"],
                                     bn_mode, ort_format)
-        files = sorted(p.name for p in (out / scheme).iterdir() if p.is_file())
+        files = sorted(p.name for p in (staging / scheme).iterdir() if p.is_file())
         sets[scheme] = {
             "dir": scheme, "note": SCHEME_NOTES[scheme],
             "trainable": trainable, "trainable_tensors": len(trainable),
             "trainable_entries": sum(numel[n] for n in trainable),
             "frozen_tensors": len(frozen), "parameter_entries": sum(numel.values()),
             "backward": stats,
-            "files": {name: sha256_file(out / scheme / name) for name in files},
+            "files": {name: sha256_file(staging / scheme / name) for name in files},
             "required_files": list(FILES),
         }
     forward_path.unlink()
@@ -180,7 +190,7 @@ def export_artifacts(checkpoint: Path, out: Path, schemes=DEFAULT_SCHEMES, *, bn
                   "preprocess": "x = (pixels / 255 - mean[c]) / std[c], NCHW float32"},
         "inference_model": {"file": "model.onnx", "opset": OPSET, "outputs": ["logits"],
                             "max_abs_diff_vs_torch": max_diff, "tolerance": INFERENCE_TOLERANCE,
-                            "checked_batch_sizes": [8, 3], "sha256": sha256_file(out / "model.onnx"),
+                            "checked_batch_sizes": [8, 3], "sha256": sha256_file(staging / "model.onnx"),
                             # what predict reports per image: counted here, from the torch model
                             # exported, so the device never looks for a checkpoint
                             "flops_forward_per_image": FlopCounter(model, list(card.input_shape)).eval_batch(1),
@@ -199,5 +209,5 @@ def export_artifacts(checkpoint: Path, out: Path, schemes=DEFAULT_SCHEMES, *, bn
         "schemes": sets,
         "export_wall_s": round(time.perf_counter() - t0, 3),
     }
-    write_manifest(out, manifest)
+    write_manifest(staging, manifest)
     return manifest

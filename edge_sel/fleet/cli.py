@@ -111,8 +111,8 @@ def settings_from(kw: dict, eval_dataset: str | None, clients: int | None, simul
             from edge_sel.core.checkpoint import read_card
             read_card(checkpoint)
         if not kw["resume"]:
-            from edge_sel.engine.runs.out_dir import check_out_dir
-            check_out_dir(kw["out"], kw["overwrite"])
+            from edge_sel.core.outputs import check_out_dir
+            check_out_dir(kw["out"], kw["overwrite"], "fleet", [("--checkpoint", checkpoint)])
         else:
             required_file(kw["out"], "config.json", "--resume", "fleet run directory")
     min_clients = kw.pop("min_clients") or clients or 2
@@ -309,9 +309,13 @@ def finish(settings, code, logs: Path | None, exit_code: int = 1) -> None:
 
 @fleet_group.command("app")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory to write the Flower app to.")
-def app_cmd(out):
+@click.option("--overwrite", is_flag=True, help="Replace an app this command wrote before in --out.")
+def app_cmd(out, overwrite):
     """Write the Flower app (a pyproject naming edge-sel's ServerApp and ClientApp) for `flwr run`."""
+    from edge_sel.core.outputs import check_out_dir, staged_out_dir
     from edge_sel.fleet.launch import write_app
-    write_app(Path(out))
+    check_out_dir(out, overwrite, "fleet app")      # never over a project's own pyproject.toml
+    with staged_out_dir(out, "fleet app") as staging:
+        write_app(staging)
     click.echo(f"Flower app written to {out}: flwr run {out} <connection> --run-config \"out='...' "
                f"checkpoint='...' eval-dataset='...' rounds=5\"")

@@ -14,7 +14,7 @@ from edge_sel.version import __version__
 from edge_sel.core.checkpoint import ModelCard, atomic_write_bytes, read_card, read_weights, save_checkpoint
 from edge_sel.core.records import RecordWriter, read_records
 from edge_sel.core.source_memory import copy_source_memory, has_source_memory
-from edge_sel.engine.runs.out_dir import check_out_dir, start_out_dir
+from edge_sel.core.outputs import check_out_dir, start_out_dir
 from edge_sel.errors import InputError, required_file, writing
 from edge_sel.fleet.aggregate import combine
 from edge_sel.models import model_for_card
@@ -50,8 +50,8 @@ class FleetRun:
             self.records = self._records_to_resume()
             self.config = saved_config(self.out)    # it keeps its settings
         else:
-            check_out_dir(self.out, overwrite)
-            start_out_dir(self.out)
+            check_out_dir(self.out, overwrite, "fleet")
+            start_out_dir(self.out, "fleet")
             with writing(self.out / "config.json"):
                 atomic_write_bytes(self.out / "config.json", json.dumps(self.config, indent=2, default=str).encode())
             self.records = []

@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from edge_sel.core.outputs import refuse_onto_inputs
 from edge_sel.errors import InputError
 
 FLEET_STRATEGIES = ("fedavg", "fedprox")
@@ -96,16 +97,11 @@ class ServerSettings:
         return self
 
     def _check_checkpoint_outside_out(self) -> None:
-        """A new run clears --out first: a checkpoint inside it (an earlier fleet's rounds/round-K)
-        would be gone before it is read."""
+        """A new run replaces --out: a checkpoint inside it (an earlier fleet's rounds/round-K), or
+        holding it, is refused (core/outputs.py)."""
         if self.resume or not self.checkpoint or not self.out:
             return
-        out = self.out_dir.resolve()
-        checkpoint = Path(self.checkpoint).expanduser().resolve()
-        if (checkpoint == out or out in checkpoint.parents) and self.overwrite:
-            raise InputError(f"--checkpoint {self.checkpoint}: lies inside --out {self.out}, which --overwrite "
-                             f"would delete before it is read; copy the checkpoint elsewhere or choose "
-                             f"another --out")
+        refuse_onto_inputs(self.out_dir, [("--checkpoint", Path(self.checkpoint).expanduser())])
 
     @property
     def method_options(self) -> dict:

@@ -29,14 +29,16 @@ from edge_sel.predict.conditions import DEFAULT_WINDOW
               help="JSON lines file (path, class, label, condition, latency_ms) [default: stdout].")
 @click.option("--summary", "summary_path", type=click.Path(path_type=Path), default=None,
               help="Also write the closing summary as JSON to this file.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing --out or --summary file (never an input image or the checkpoint's files).")
 @click.option("--device", default="cpu", show_default=True, help="cpu | cuda (torch backend).")
 @click.option("--threads", type=int, default=None, envvar="EDGE_SEL_THREADS", show_envvar=True,
               help="Intra-op threads (torch and ORT) [default: the CPUs other work leaves free at the start].")
 @click.option("--progress-every", type=int, default=1000, show_default=True,
               help="Without a terminal, a progress line on stderr every N images.")
 @click.option("--quiet", is_flag=True, help="No progress and no summary lines on stderr.")
-def predict_cmd(paths, checkpoint, backend, batch_size, window, no_bank, resize, out, summary_path, device,
-                threads, progress_every, quiet):
+def predict_cmd(paths, checkpoint, backend, batch_size, window, no_bank, resize, out, summary_path, overwrite,
+                device, threads, progress_every, quiet):
     """Predict images (files, or directories taken in file-name order = arrival order) with a model and
     the BatchNorm statistics it keeps per condition; one JSON line per image, then a summary."""
     from edge_sel.energy import open_meter
@@ -47,8 +49,7 @@ def predict_cmd(paths, checkpoint, backend, batch_size, window, no_bank, resize,
         if value is not None and value <= 0:
             raise InputError(f"{option} must be > {1 if option == '--window' else 0}, got "
                              f"{window if option == '--window' else value}")
-    if summary_path is not None and summary_path.is_dir():
-        raise InputError(f"--summary {summary_path}: is a directory")
+    check_outputs(out, summary_path, overwrite, checkpoint, paths)
     from edge_sel.threads import apply_threads
     chosen = apply_threads(threads)
     predictor = Predictor(checkpoint, backend=backend, window=window, use_bank=not no_bank, device=device,
@@ -87,6 +88,18 @@ def predict_cmd(paths, checkpoint, backend, batch_size, window, no_bank, resize,
     if not quiet:
         for line in summary_lines(summary):
             print(line, file=sys.stderr)
+
+
+def check_outputs(out: Path | None, summary_path: Path | None, overwrite: bool, checkpoint: Path, paths) -> None:
+    """--out and --summary: never onto the checkpoint, an input image or folder, or each other; an
+    existing file replaced only with --overwrite (core/outputs.py)."""
+    from edge_sel.core.outputs import check_out_file
+    inputs = [("--checkpoint", checkpoint), *(("the input", p) for p in paths)]
+    if out is not None and str(out) != "-":
+        check_out_file(out, overwrite, inputs, "--out")
+        inputs.append(("--out", out))
+    if summary_path is not None:
+        check_out_file(summary_path, overwrite, inputs, "--summary")
 
 
 def _writable(path: Path, option: str) -> None:

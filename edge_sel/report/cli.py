@@ -7,8 +7,7 @@ from pathlib import Path
 import click
 
 from edge_sel.cli_base import Command
-from edge_sel.engine.runs.out_dir import check_out_dir, start_out_dir
-from edge_sel.errors import InputError
+from edge_sel.core.outputs import check_out_dir, staged_out_dir
 from edge_sel.report.runs import load_run
 
 
@@ -22,12 +21,9 @@ def report_cmd(runs: tuple[Path, ...], out: Path, title: str, overwrite: bool):
     """Plots and tables for one or more run directories, as a self-contained HTML page."""
     loaded = [load_run(p) for p in runs]       # every RUN checked before anything is written
     # A new report beside an old one's PNGs would mix the two: the --overwrite rule of every command.
-    out = check_out_dir(out, overwrite)
-    inside = [p for p in runs if Path(p).resolve().is_relative_to(out.resolve())]
-    if inside and out.exists():
-        raise InputError(f"--out {out}: holds the run {inside[0]}; write the report elsewhere")
-    start_out_dir(out)
+    out = check_out_dir(out, overwrite, "report", [("RUN", p) for p in runs])
     # matplotlib is imported here, not when the command line starts: every command would pay for it.
-    from edge_sel.report.writer import prepare_out, write_report
-    prepare_out(out)
-    click.echo(f"report: {write_report(loaded, out, title)}")
+    from edge_sel.report.writer import write_report
+    with staged_out_dir(out, "report") as staging:
+        write_report(loaded, staging, title)
+    click.echo(f"report: {out / 'report.html'}")

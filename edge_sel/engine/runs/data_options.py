@@ -11,6 +11,7 @@ from pathlib import Path
 
 from edge_sel.core.checkpoint import ModelCard
 from edge_sel.data import Splits, load_source, make_splits, parse_shard
+from edge_sel.data.sources import source_paths
 from edge_sel.data.shift import apply_shift, parse_shift
 from edge_sel.errors import InputError
 
@@ -34,6 +35,10 @@ class DataOptions:
         parse_shard(self.shard)
         parse_shift(self.shift)                  # a bad spec fails before any data is read
         return self.split(*load_source(self.dataset, self.data_dir, self.image_size))
+
+    def input_paths(self) -> list[tuple[str, Path]]:
+        """Where the data is read from, as the options name it (no output may land there)."""
+        return source_paths(self.dataset, self.data_dir)
 
     def split(self, train_full, test) -> Splits:
         """The splits of a loaded source (or of data handed over as objects, by the Python API)."""

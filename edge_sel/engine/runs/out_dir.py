@@ -1,37 +1,15 @@
-"""A run's directory: refused when it holds another run (unless --overwrite), replaced only once
-the inputs are valid, its config.json, and whether a resume finds it finished or restarted by torchrun."""
+"""A run's directory: its config.json, and whether a resume finds it finished or restarted by
+torchrun. Where it may be written, and when an earlier one is replaced: core/outputs.py."""
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from edge_sel.core.checkpoint import atomic_write_bytes
 from edge_sel.engine.loop.state import StateWriteError
 from edge_sel.engine.runs.ddp import is_restart_of
 from edge_sel.errors import InputError
-
-
-def check_out_dir(out: Path, overwrite: bool) -> Path:
-    """Refuse to touch an existing non-empty --out unless --overwrite (checked before any work)."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise InputError(f"--out {out}: already exists and is not empty; pass --overwrite to replace it")
-    return out
-
-
-def start_out_dir(out: Path) -> Path:
-    """Called once inputs are validated, so a bad input never destroys an earlier run."""
-    if out.is_dir():
-        shutil.rmtree(out)
-    try:
-        out.mkdir(parents=True)
-    except OSError as e:
-        raise InputError(f"--out {out}: cannot create ({e.strerror})") from None
-    return out
 
 
 def write_config(out: Path, config: dict) -> None:

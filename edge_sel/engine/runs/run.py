@@ -24,7 +24,8 @@ from edge_sel.engine.machine.distributed import detect_world
 from edge_sel.engine.machine.energy_setup import EnergyOptions
 from edge_sel.engine.runs.data_options import (DataOptions, check_compatible, check_same_split, dataset_card,
                                                vars_of, warn_if_trained_on)
-from edge_sel.engine.runs.out_dir import check_out_dir, refuse_finished, restarted_here
+from edge_sel.core.outputs import check_out_dir
+from edge_sel.engine.runs.out_dir import refuse_finished, restarted_here
 from edge_sel.engine.runs.training import train_model
 from edge_sel.errors import InputError, existing_dir, required_file
 from edge_sel.methods.options import check_options_used
@@ -56,7 +57,8 @@ def pretrain(model_name, data: DataOptions, cfg: TrainConfig, out: Path, overwri
         spec = ModelSpec(spec.name, {**spec.kwargs, **model_args}, spec.file_sha256)
     factory(spec)                # an unknown name or unimportable factory fails before --out or the data
     trust_named_file(spec)       # the user named it here: its checkpoints rebuild here without asking again
-    out = check_out_dir(out, overwrite) if world.is_main else Path(out)
+    inputs = [*data.input_paths(), ("--init-weights", init_weights)]
+    out = check_out_dir(out, overwrite, "pretrain", inputs) if world.is_main else Path(out)
     splits = splits if splits is not None else data.load()
     present = splits.train.labels.unique()
     if len(present) < 2:
@@ -127,7 +129,8 @@ def finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, out: Path, o
     """`profile`: what a device profile applied (edge_sel.profiles.apply), kept in config and summary.
     `splits`: data already loaded (the Python API's tensors), used instead of `data.load()`."""
     prepare_finetune_config(cfg, quiet)
-    out = check_out_dir(out, overwrite)
+    out = check_out_dir(out, overwrite, "finetune", [("--checkpoint", checkpoint), *data.input_paths(),
+                                                     ("--artifacts", cfg.artifacts)])
     model, card = load_checkpoint(Path(checkpoint))
     splits = splits if splits is not None else data.load()
     check_compatible(card, splits, Path(checkpoint))

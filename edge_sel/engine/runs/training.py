@@ -24,7 +24,8 @@ from edge_sel.engine.machine.device import pick_device, seed_everything
 from edge_sel.engine.machine.distributed import detect_world
 from edge_sel.engine.machine.energy_setup import EnergyOptions
 from edge_sel.engine.runs.ddp import RankSync, launch_info
-from edge_sel.engine.runs.out_dir import start_out_dir, write_config
+from edge_sel.core.outputs import start_out_dir
+from edge_sel.engine.runs.out_dir import write_config
 from edge_sel.engine.runs.signals import StopSignals
 from edge_sel.engine.runs.summary import summarize
 from edge_sel.errors import writing
@@ -85,7 +86,7 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
                            bank=bank[0], bank_setup=bank[1])
         trainer = ranks.build_trainer(build, cfg) if ranks else build()
         if resume_state is None and writes:
-            start_out_dir(out)
+            start_out_dir(out, phase)
             if memory is not None:      # the output model, once deployed, keeps where it came from
                 carry_memory(memory.directory, out)
             write_config(out, {"phase": phase, **cfg.to_json(), "energy": energy.to_json(), "threads": threads.describe(),

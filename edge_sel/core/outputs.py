@@ -1,0 +1,152 @@
+"""Where a command writes: never onto what it was given, and over an earlier output only when it is one.
+
+One rule for every command that writes (pretrain, finetune, night, export, predict, report, shift,
+promote, fleet, bench, trigger, demo):
+
+- an output that is, holds or lies inside one of the command's inputs (a checkpoint, a deployed
+  directory, a run, a data set folder, an image) is refused, whatever --overwrite says;
+- a file where a directory is expected, and the reverse, is refused;
+- an existing non-empty output directory is replaced only with --overwrite, and only when it is an
+  earlier output of the same command, recognised by the marker file that command left in it;
+- the new directory is made in a temporary sibling and renamed into place once every input is
+  valid (`start_out_dir`), or built there whole first (`staged_out_dir`), so a refused or failed
+  command leaves the earlier output as it was.
+
+Each refusal is an InputError: one line naming the option and the path at fault.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+from typing import Iterable
+
+from edge_sel.errors import InputError
+
+MARKER = ".edge-sel-output"       # "edge-sel COMMAND": which command wrote the directory it is in
+
+# (how the user named an input, its path); a None path is skipped.
+Inputs = Iterable[tuple[str, "Path | str | None"]]
+
+
+def clash(out: Path, given: Path) -> str | None:
+    """How `out` would overlap `given` ("is", "lies inside", "holds"), or None. Compared after
+    resolving links (a link to a checkpoint is the checkpoint) and by inode (a hard link)."""
+    o, g = Path(out).resolve(), Path(given).resolve()
+    if o == g or (os.path.exists(out) and os.path.exists(given) and os.path.samefile(out, given)):
+        return "is"
+    if o.is_relative_to(g):
+        return "lies inside"
+    if g.is_relative_to(o):
+        return "holds"
+    return None
+
+
+def refuse_onto_inputs(out: Path, inputs: Inputs, option: str = "--out") -> None:
+    """An output that is, holds or lies inside an input is refused before anything is written."""
+    for name, given in inputs:
+        if given is None or str(given) == "":
+            continue
+        how = clash(Path(out), Path(given))
+        if how is not None:
+            raise InputError(f"{option} {out}: {how} {name} {given}, which this command reads; an output never "
+                             f"replaces an input: choose another {option}")
+
+
+def written_by(directory: Path) -> str | None:
+    """The command whose output `directory` is ("export"), or None without a readable marker."""
+    try:
+        text = (Path(directory) / MARKER).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text.removeprefix("edge-sel ") or None
+
+
+def check_out_dir(out: Path, overwrite: bool, command: str, inputs: Inputs = (), option: str = "--out") -> Path:
+    """Refuse `out` before any work: onto an input, a file, or a non-empty directory that is not an
+    earlier output of `command` (--overwrite or not)."""
+    out = Path(out)
+    refuse_onto_inputs(out, inputs, option)
+    if os.path.lexists(out) and not out.is_dir():
+        raise InputError(f"{option} {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise InputError(f"{option} {out}: already exists and is not empty; pass --overwrite to replace it")
+        made_by = written_by(out)
+        if made_by != command:
+            why = f"it holds no {MARKER} file" if made_by is None else f"edge-sel {made_by} wrote it"
+            raise InputError(f"{option} {out}: not an earlier output of edge-sel {command} ({why}); --overwrite "
+                             f"replaces only that: remove it yourself or choose another {option}")
+    return out
+
+
+def check_out_file(out: Path, overwrite: bool, inputs: Inputs = (), option: str = "--out") -> Path:
+    """Refuse the file `out` before any work: onto an input, a directory, or an existing regular
+    file without --overwrite. Devices and pipes are written, never replaced."""
+    out = Path(out)
+    refuse_onto_inputs(out, inputs, option)
+    if out.is_dir():
+        raise InputError(f"{option} {out}: is a directory; a file is expected")
+    if out.is_file() and not overwrite:
+        raise InputError(f"{option} {out}: already exists; pass --overwrite to replace it")
+    return out
+
+
+def start_out_dir(out: Path, command: str, option: str = "--out") -> Path:
+    """Called once every input is valid: an empty `out` holding `command`'s marker, made in a
+    temporary sibling and renamed over an earlier output, which is removed only then."""
+    out = Path(out)
+    new = _fresh_sibling(out, command, option)
+    _put_in_place(new, out, option)
+    return out
+
+
+@contextlib.contextmanager
+def staged_out_dir(out: Path, command: str, option: str = "--out"):
+    """Build the whole output in a temporary sibling (yielded); renamed into place only when the
+    block ends without error, so a failure keeps an earlier output as it was."""
+    out = Path(out)
+    new = _fresh_sibling(out, command, option)
+    try:
+        yield new
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    _put_in_place(new, out, option)
+
+
+def _sibling(out: Path, what: str) -> Path:
+    out = Path(os.path.abspath(out))
+    return out.with_name(f".{out.name}.{what}-{os.getpid()}")
+
+
+def _fresh_sibling(out: Path, command: str, option: str) -> Path:
+    new = _sibling(out, "new")
+    try:
+        if os.path.lexists(new):
+            shutil.rmtree(new)
+        new.mkdir(parents=True)
+        (new / MARKER).write_text(f"edge-sel {command}\n")
+    except OSError as e:
+        raise InputError(f"{option} {out}: cannot create ({e.strerror or e})") from None
+    return new
+
+
+def _put_in_place(new: Path, out: Path, option: str) -> None:
+    """`new` renamed to `out`; an earlier `out` moved aside first and removed once `new` is there."""
+    old = _sibling(out, "old") if out.is_dir() and not out.is_symlink() and any(out.iterdir()) else None
+    try:
+        if old is not None:
+            os.replace(out, old)
+        elif out.is_dir() and not out.is_symlink():
+            out.rmdir()                 # empty: nothing to keep
+        os.replace(new, out)
+    except OSError as e:
+        if old is not None and not os.path.lexists(out):
+            os.replace(old, out)        # the earlier output back under its name
+        shutil.rmtree(new, ignore_errors=True)
+        raise InputError(f"{option} {out}: cannot create ({e.strerror or e})") from None
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
