@@ -205,6 +205,8 @@ def test_the_latest_run_is_the_newest_directory_named_by_its_start_time(tmp_path
     ("file", None, False),                                  # a file named state is none either
     (True, None, True),                                     # cut off before its summary
     (True, '{"stop_reason": "interrupt', True),             # a torn summary: the resume decides
+    (True, "[1]", True),                                    # JSON but no summary: the resume refuses it
+    (True, '"done"', True),
     (True, {"stop_reason": "interrupted"}, True),
     (True, {"stop_reason": "energy_budget"}, False),
     (True, {"stop_reason": None}, False),

@@ -284,6 +284,8 @@ def unfinished(run: Path) -> bool:
         return True
     except (OSError, ValueError):
         return True         # a torn summary: the resume decides (and refuses it as bad input if it must)
+    if not isinstance(summary, dict):
+        return True         # JSON but no summary ([], "x"): the resume refuses it and the night sets the run aside
     return summary.get("stop_reason") == "interrupted"
 
 

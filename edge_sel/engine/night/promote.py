@@ -56,6 +56,9 @@ def read_run(run_dir: Path) -> tuple[dict, dict]:
         config = json.loads((run_dir / "config.json").read_text())
     except (OSError, ValueError) as e:
         raise InputError(f"RUN {run_dir}: unreadable summary.json or config.json ({e.__class__.__name__})") from None
+    for name, d in (("summary.json", summary), ("config.json", config)):
+        if not isinstance(d, dict):
+            raise InputError(f"RUN {run_dir}: {name} is not a run's record (JSON, but not a mapping)")
     return summary, config
 
 
@@ -237,9 +240,10 @@ def run_eval_batch(run_dir: Path | None) -> int | None:
     """The evaluation batch the run chose (its layout), so the deployed model's statistics are
     re-estimated in the same batches as the run's start was."""
     try:
-        return json.loads((Path(run_dir) / "summary.json").read_text())["layout"]["eval_batch_size"]
+        batch = json.loads((Path(run_dir) / "summary.json").read_text())["layout"]["eval_batch_size"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    return batch if isinstance(batch, int) and not isinstance(batch, bool) and batch > 0 else None
 
 
 def promote(run_dir: Path, deployed: Path, force: bool = False, evaluate=None,

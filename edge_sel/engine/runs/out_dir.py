@@ -37,6 +37,8 @@ def refuse_finished(run_dir: Path, epochs: int) -> None:
         summary = json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError):
         return
+    if not isinstance(summary, dict):
+        raise InputError(f"--resume {run_dir}: summary.json is not a run's summary (JSON, but not a mapping)")
     reason = summary.get("stop_reason")
     if reason == "interrupted":
         return
