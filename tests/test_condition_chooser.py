@@ -68,7 +68,8 @@ def test_features_from_uint8_pixels_are_those_of_the_normalised_images():
         / torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1)
     np.testing.assert_allclose(pixel_features(images, mean, std), reference_features(exact), rtol=1e-10, atol=1e-10)
     offset, scale = cond._pixel_units((0.5,), (0.25,))
-    np.testing.assert_allclose(offset, [-2.0]) and np.testing.assert_allclose(scale, [1 / 63.75])
+    np.testing.assert_allclose(offset, [-2.0])
+    np.testing.assert_allclose(scale, [1 / 63.75])
 
 
 def test_normalised_is_pixels_over_255_less_the_mean_over_the_std_in_float32():
@@ -355,6 +356,7 @@ def test_a_chooser_from_kept_images_fits_each_conditions_pixel_features():
     assert chooser.names == ["dark", "bright"] and chooser.window == 9
     for m, images in zip(chooser.models, (dark, bright)):
         ref = ConditionModel.fit(pixel_features(images, [0.5], [0.25]))
-        np.testing.assert_allclose(m.mean, ref.mean) and np.testing.assert_allclose(m.precision, ref.precision)
+        np.testing.assert_allclose(m.mean, ref.mean)
+        np.testing.assert_allclose(m.precision, ref.precision)
     assert ConditionChooser.from_images(["d"], [dark], [0.5], [0.25]).window == 1000
     assert chooser.choose_batch(pixel_features(torch.cat([bright[:2], dark[:1]]), [0.5], [0.25])).tolist() == [1, 1, 0]
