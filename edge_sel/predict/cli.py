@@ -84,7 +84,10 @@ def predict_cmd(paths, checkpoint, backend, batch_size, window, no_bank, resize,
     summary["checkpoint"] = str(checkpoint)
     summary["threads"] = chosen
     if summary_path is not None:
-        summary_path.write_text(json.dumps(summary, indent=1) + "\n")
+        from edge_sel.core.checkpoint import atomic_write_bytes
+        from edge_sel.errors import writing
+        with writing(summary_path):     # whole or as it was: a full disk leaves no torn summary
+            atomic_write_bytes(summary_path, (json.dumps(summary, indent=1) + "\n").encode())
     if not quiet:
         for line in summary_lines(summary):
             print(line, file=sys.stderr)

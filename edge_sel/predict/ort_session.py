@@ -41,8 +41,8 @@ def load_sessions(directory: Path, use_bank: bool, threads: int | None):
         try:
             d = json.loads(bank.read_text())
             names, files, chooser = list(d["chooser"]["names"]), list(d["files"]), d["chooser"]
-            if len(files) != len(names) or not names:
-                raise ValueError("one graph per condition expected")
+            if len(files) != len(names) or not names or not all(isinstance(f, str) for f in files):
+                raise ValueError("one graph file name per condition expected")
         except (ValueError, KeyError, TypeError) as e:
             raise InputError(f"{bank}: unreadable or corrupt ({e.__class__.__name__}: {e})") from None
         return names, [session(named_inside(directory, f, str(bank)), threads) for f in files], chooser

@@ -3,16 +3,20 @@
     predictor = Predictor("checkpoints/deployed")            # or an export directory, backend="ort"
     out = predictor.predict(frame)                            # uint8 C x H x W or N x C x H x W
     out.classes, out.labels, out.conditions, out.logits
+    predictor.predict(image_in_0_1, scale=255)                # floats are pixels only with a scale
+    predictor.predict(["a.png", "b.png"])                     # files, PIL images and numpy arrays too
 
 One image per call is a frame of a stream: its condition is chosen with the frames before it
 (edge_sel/predict/conditions.py). Several images per call are a set: each takes its own condition
 within the batch's mixture. A checkpoint without a bank predicts with its own statistics, and says
-so (`conditions` is "own").
+so (`conditions` is "own"). The stream's state is guarded by a lock: threads may share a predictor
+(their frames then form one stream, in the order the lock admits them).
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +27,8 @@ from edge_sel.errors import InputError, named_inside
 from edge_sel.models import load_checkpoint
 from edge_sel.predict.conditions import (DEFAULT_WINDOW, FEATURES_PER_CHANNEL, ConditionChooser, distance_flops,
                                          feature_flops, normalised, pixel_features)
-from edge_sel.predict.statistics import StatisticsSwitch, stats_on
+from edge_sel.predict.images import as_pixels
+from edge_sel.predict.statistics import StatisticsSwitch, floating_dtype, stats_on
 
 OWN = "own"                        # the condition name reported when a model keeps no bank
 BACKENDS = ("torch", "ort")
@@ -42,12 +47,19 @@ class Predictor:
                  device: str = "cpu", threads: int | None = None):
         if backend not in BACKENDS:
             raise InputError(f"--backend: choose one of {', '.join(BACKENDS)}, got {backend!r}")
+        for option, value, least in (("--window", window, 2), ("--threads", threads, 1)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                raise InputError(f"{option} must be > {least - 1}, got {value!r}")
+        if backend == "ort" and str(device) != "cpu":
+            raise InputError(f"--device {device}: --backend ort runs on the CPU (leave --device out)")
+        device = torch_device(device) if backend == "torch" else None
         self.path = Path(checkpoint)
         if not self.path.is_dir():
             raise InputError(f"{self.path}: no such checkpoint directory")
         self.backend = backend
         self.chooser: ConditionChooser | None = None
         self.images_chosen = 0
+        self._stream = threading.Lock()      # the chooser's belief and the count move together
         if backend == "torch":
             self._load_torch(use_bank, window, device)
         else:
@@ -57,7 +69,7 @@ class Predictor:
     # -- loading ----------------------------------------------------------------------------------
     def _load_torch(self, use_bank: bool, window: int, device: str) -> None:
         self.model, card = load_checkpoint(self.path)
-        self.device = torch.device(device)
+        self.device = device
         self.model.eval().to(self.device)
         self.card = card
         saved = read_bank(self.path, list(card.input_shape), self.model) if use_bank else None
@@ -65,8 +77,7 @@ class Predictor:
         if saved:
             self.chooser = ConditionChooser.from_images([c.name for c in saved], [c.images for c in saved],
                                                         card.mean, card.std, window)
-            dtype = next(self.model.parameters()).dtype
-            self.stats = [stats_on(c.stats, self.device, dtype) for c in saved]
+            self.stats = [stats_on(c.stats, self.device, floating_dtype(self.model)) for c in saved]
             self.switch = StatisticsSwitch(self.model)
         self.described = sum(len(c.images) for c in saved) if saved else 0
 
@@ -77,7 +88,7 @@ class Predictor:
         self.sessions = sessions
         self._input_names = [sess.get_inputs()[0].name for sess in sessions]   # asked once, not per frame
         if chooser is not None:
-            self.chooser = ConditionChooser.from_dict(chooser, window)
+            self.chooser = chooser_of_export(self.path, chooser, window, self.card.input_shape[0])
         self.condition_names = names
         self.described = 0
 
@@ -85,23 +96,24 @@ class Predictor:
     def reset(self) -> None:
         """A new stream: forget which condition the last frames were in."""
         if self.chooser is not None:
-            self.chooser.reset()
+            with self._stream:
+                self.chooser.reset()
 
     def choose(self, images: torch.Tensor) -> torch.Tensor:
-        """Each uint8 image's condition: a frame of the stream, or a set when several."""
+        """Each image's condition (pixels 0-255): a frame of the stream, or a set when several."""
         features = pixel_features(images, self.card.mean, self.card.std)
-        self.images_chosen += len(images)
-        if len(images) == 1:
-            return self.chooser.choose_stream(features)
-        return self.chooser.choose_batch(features)
+        with self._stream:
+            self.images_chosen += len(images)
+            if len(images) == 1:
+                return self.chooser.choose_stream(features)
+            return self.chooser.choose_batch(features)
 
     @torch.inference_mode()
-    def predict(self, images: torch.Tensor) -> Prediction:
-        """uint8 images (C x H x W or N x C x H x W), in arrival order."""
-        if images.dim() == 3:
-            images = images.unsqueeze(0)
-        if list(images.shape[1:]) != list(self.card.input_shape):
-            raise InputError(f"images of shape {list(images.shape[1:])}: the model takes {list(self.card.input_shape)}")
+    def predict(self, images, scale: float | None = None) -> Prediction:
+        """Images in arrival order: uint8 pixels (C x H x W or N x C x H x W, a tensor or a numpy
+        array), PIL images or image files; floats with the `scale` that makes them pixels of 0-255
+        (255 for images in 0-1), else refused (images/as_pixels)."""
+        images = as_pixels(images, self.card.input_shape, scale)
         x = normalised(images, self.card.mean, self.card.std)
         choice = self.choose(images) if self.chooser is not None else torch.zeros(len(x), dtype=torch.long)
         if self.backend == "torch":
@@ -160,10 +172,39 @@ def read_card_of_export(path: Path):
         norm = m["input"]["normalization"]
         shape = [int(v) for v in m["input"]["shape"][1:]]
         card = ModelCard(m["checkpoint"]["architecture"], int(m["checkpoint"]["num_classes"]), list(m["class_names"]),
-                         shape, list(norm["mean"]), list(norm["std"]), {}, {})
+                         shape, [float(v) for v in norm["mean"]], [float(v) for v in norm["std"]], {}, {})
         flops = m["inference_model"].get("flops_forward_per_image")
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError) as e:
         raise InputError(f"{manifest}: unreadable or corrupt ({e.__class__.__name__}: {e})") from None
+    problem = card.problem()        # too few class names, a std of 0 (every feature NaN), ...
+    if problem:
+        raise InputError(f"{manifest}: unreadable or corrupt ({problem})")
     if flops is not None and (type(flops) is not int or flops < 0):
         raise InputError(f"{manifest}: inference_model.flops_forward_per_image is {flops!r}, not a count of FLOPs")
     return card, flops
+
+
+def chooser_of_export(path: Path, d, window: int, channels: int) -> ConditionChooser:
+    """The chooser an export's conditions.json describes, each Gaussian over the features of images of
+    `channels` channels; one line naming the file otherwise."""
+    where = path / "conditions.json"
+    try:
+        chooser = ConditionChooser.from_dict(d, window)
+    except (ValueError, KeyError, TypeError, OverflowError) as e:
+        raise InputError(f"{where}: unreadable or corrupt ({e.__class__.__name__}: {e})") from None
+    dims = FEATURES_PER_CHANNEL * channels
+    if not all(isinstance(n, str) for n in chooser.names) or any(len(m.mean) != dims for m in chooser.models):
+        raise InputError(f"{where}: unreadable or corrupt (one name and a Gaussian over {dims} features per "
+                         f"condition expected)")
+    return chooser
+
+
+def torch_device(name) -> torch.device:
+    """A device torch can put the model on here (cpu, cuda, cuda:N, mps), or one line naming --device."""
+    try:
+        device = torch.device(name)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, TypeError, ValueError) as e:     # no CUDA: AssertionError
+        said = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise InputError(f"--device {name}: torch cannot use it on this machine ({said})") from None
+    return device

@@ -2,8 +2,10 @@
 closing summary measured like a training step (latency p50/p95, images/s, joules per 1,000 images
 with the meter that measured them, peak resident memory).
 
-Each batch's lines are written with one system call once the batch is predicted, so a run stopped
-at any instant leaves whole lines only: the images answered so far.
+Each batch's lines are written once the batch is predicted, every byte of them (a write may take
+only part), so a run stopped at any instant leaves whole lines only: the images answered so far. A
+write that fails (a full disk, a file-size limit) cuts the file back to its last whole line and
+stops the command with one line.
 """
 
 from __future__ import annotations
@@ -17,17 +19,19 @@ from pathlib import Path
 import torch
 
 from edge_sel.device_caps import peak_rss_mb
-from edge_sel.errors import InputError
+from edge_sel.errors import InputError, WriteError
 from edge_sel.predict.images import list_images, read_image
 from edge_sel.predict.predictor import Predictor
 
 
 class LineSink:
-    """Where the JSON lines go: a file (created or truncated; each batch's lines in one system
-    call) or stdout."""
+    """Where the JSON lines go: a file (created or truncated; each batch's lines written whole, or
+    cut back to the lines before them) or stdout."""
 
     def __init__(self, out: Path | None):
         self.fd = None
+        self.out = out
+        self.whole = 0          # bytes of whole lines in the file
         if out is not None and str(out) != "-":
             try:
                 self.fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -39,7 +43,24 @@ class LineSink:
             sys.stdout.write(text)
             sys.stdout.flush()
         else:
-            os.write(self.fd, text.encode())
+            self.write_whole(text.encode())
+
+    def write_whole(self, data: bytes) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.write(self.fd, view)
+                if written <= 0:
+                    raise OSError(0, "the system wrote nothing")
+                view = view[written:]
+        except OSError as e:
+            try:
+                os.ftruncate(self.fd, self.whole)
+            except OSError:
+                pass            # the error to report is the write's
+            raise WriteError(f"--out {self.out}: cannot write ({e.strerror or e}); it keeps the whole lines "
+                             f"written before ({self.whole} bytes)") from None
+        self.whole += len(data)
 
     def close(self) -> None:
         if self.fd is not None:

@@ -59,5 +59,12 @@ class StatisticsSwitch:
         return out
 
 
+def floating_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype a model computes in (its first floating parameter's, else buffer's): what
+    lent statistics are cast to. An integer buffer (a counter, an index) says nothing about it."""
+    return next((t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()),
+                torch.get_default_dtype())
+
+
 def stats_on(stats: dict, device: torch.device, dtype=None) -> dict:
     return {n: (m.to(device, dtype or m.dtype), v.to(device, dtype or v.dtype)) for n, (m, v) in stats.items()}

@@ -45,7 +45,7 @@ from edge_sel.engine.evaluation.bn_adapt import batchnorm_layers, reestimate_bn
 from edge_sel.errors import InputError
 from edge_sel.predict.conditions import (FEATURES_PER_CHANNEL, ConditionChooser, distance_flops, feature_flops,
                                          image_features)
-from edge_sel.predict.statistics import StatisticsSwitch, stats_on
+from edge_sel.predict.statistics import StatisticsSwitch, floating_dtype, stats_on
 
 SOURCE = "source"
 EPS = 1e-5
@@ -222,7 +222,7 @@ class Attached:
             x = args[0] if args else next(iter(kwargs.values()))
             if model.training or x.device.type == "meta":     # training, or a FLOP count's shape-only pass
                 return plain(*args, **kwargs)
-            key = (x.device, next(iter(model.buffers())).dtype)
+            key = (x.device, floating_dtype(model))
             if key not in on_device:
                 on_device[key] = [stats_on(c.stats, *key) for c in bank.conditions]
             return switch.forward(lambda xs: plain(xs), x, bank.choose(x), on_device[key])
