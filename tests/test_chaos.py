@@ -1,8 +1,10 @@
 """A device's life under faults: digits nights, each with one fault drawn from a fixed seed at a
-random point (a SIGKILL at a documented fault point, a damaged bank, card or run state, a full disk
-at a write, a clock that jumps back). After every night the deployed model loads, is one that
-promote accepted (or nothing is deployed and the warmup serves), and has not lost more than
---max-forgetting points on the guard anchors against the warmup.
+random point (a SIGKILL at a documented fault point the night is sure to reach, a damaged bank,
+card or run state, a disk that fills after a drawn number of bytes, a clock that jumps back). After
+every night the model the deployed link points at (or the warmup, while nothing is deployed) is
+loaded and evaluated: it has not lost more than --max-forgetting points on the guard anchors against
+the warmup, and it is either a model that served before or the output of this night's run, which
+promote swapped in (the link names the run's version and the weights are the run's).
 
 Nights that need a kill run as `python -m edge_sel night` processes; the others run in this process.
 Each kind of fault comes three times, two more are drawn, and the seed orders them; the seed and
@@ -13,6 +15,7 @@ from __future__ import annotations
 import builtins
 import datetime
 import errno
+import io
 import json
 import os
 import random
@@ -48,7 +51,14 @@ KINDS = ("kill", "bank", "card", "state", "full-disk", "clock")
 # directory's migration, which a device that starts with nothing deployed never makes).
 KILL_POINTS = ("step-2", "last-state", "tested", "model-written", "promote-staged", "promote-versioned",
                "promote-flipped")
-REAL_OPEN = builtins.open
+# A night that resumes a cut run may start past the run's steps and its test pass; it still writes
+# the model (and promotes or not).
+RESUME_KILL_POINTS = ("model-written", "promote-staged", "promote-versioned", "promote-flipped")
+PROMOTE_POINTS = ("promote-staged", "promote-versioned", "promote-flipped")
+# Bytes a full disk still takes: from none to more than a night writes (about 5 MB: state, model, bank)
+DISK_ROOM = (0, 100, 1_000, 10_000, 50_000, 200_000, 500_000, 1_000_000, 2_000_000, 8_000_000)
+REAL_OPEN, REAL_OS_OPEN, REAL_OS_WRITE, REAL_OS_CLOSE, REAL_SENDFILE = builtins.open, os.open, os.write, os.close, \
+    os.sendfile
 
 
 def night_args(home: Path, n: int) -> list[str]:
@@ -114,20 +124,80 @@ class Clock:
         monkeypatch.setattr(life, "datetime", fake)
 
 
-def full_disk_at(monkeypatch, nth: int) -> list[str]:
-    """The nth file opened for writing, and every one after it, fails with ENOSPC: a disk that fills
-    during the night. Returns the names that failed."""
-    opened, failed = [0], []
+class FullDisk:
+    """A disk that fills after `room` more bytes, on every path the code writes by: builtins.open
+    and io.open (Path.write_text and write_bytes), os.open with os.write, and the sendfile that
+    shutil's copies use. A write that does not fit puts what fits, then fails with ENOSPC, as a real
+    full disk does. `failed`: the files whose writes failed."""
 
-    def fake_open(file, mode="r", *args, **kwargs):
-        if isinstance(mode, str) and any(c in mode for c in "wax"):
-            opened[0] += 1
-            if opened[0] >= nth:
-                failed.append(str(file))
-                raise OSError(errno.ENOSPC, "No space left on device", str(file))
-        return REAL_OPEN(file, mode, *args, **kwargs)
-    monkeypatch.setattr(builtins, "open", fake_open)
-    return failed
+    def __init__(self, monkeypatch, room: int):
+        self.room, self.failed, self.fds = room, [], {}
+        disk = self
+
+        class Writing:
+            """A file opened for writing whose writes take room on the disk."""
+
+            def __init__(self, f, name):
+                self._f, self._name = f, name
+
+            def write(self, data):
+                return disk.put(self._name, data, self._f.write)
+
+            def writelines(self, lines):
+                for line in lines:
+                    self.write(line)
+
+            def __getattr__(self, name):          # flush, fileno, close, seek, ...: the file's own
+                return getattr(self._f, name)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self._f.close()
+
+        def fake_open(file, mode="r", *args, **kwargs):
+            f = REAL_OPEN(file, mode, *args, **kwargs)
+            return Writing(f, str(file)) if isinstance(mode, str) and any(c in mode for c in "wax+") else f
+
+        def fake_os_open(path, flags, *args, **kwargs):
+            fd = REAL_OS_OPEN(path, flags, *args, **kwargs)
+            if flags & (os.O_WRONLY | os.O_RDWR):
+                self.fds[fd] = str(path)
+            return fd
+
+        def fake_os_write(fd, data):
+            if fd not in self.fds:
+                return REAL_OS_WRITE(fd, data)
+            return disk.put(self.fds[fd], data, lambda d: REAL_OS_WRITE(fd, d))
+
+        def fake_os_close(fd):
+            self.fds.pop(fd, None)
+            REAL_OS_CLOSE(fd)
+
+        def fake_sendfile(out_fd, in_fd, offset, count):
+            if self.room == 0:                  # shutil asks for whole blocks and copies what is sent
+                self.failed.append(self.fds.get(out_fd, f"file descriptor {out_fd}"))
+                raise OSError(errno.ENOSPC, "No space left on device")
+            sent = REAL_SENDFILE(out_fd, in_fd, offset, min(count, self.room))
+            self.room -= sent
+            return sent
+        monkeypatch.setattr(builtins, "open", fake_open)
+        monkeypatch.setattr(io, "open", fake_open)
+        monkeypatch.setattr(os, "open", fake_os_open)
+        monkeypatch.setattr(os, "write", fake_os_write)
+        monkeypatch.setattr(os, "sendfile", fake_sendfile)
+        monkeypatch.setattr(os, "close", fake_os_close)
+
+    def put(self, name, data, write):
+        if len(data) <= self.room:
+            self.room -= len(data)
+            return write(data)
+        if self.room:
+            write(data[:self.room])
+            self.room = 0
+        self.failed.append(name)
+        raise OSError(errno.ENOSPC, "No space left on device", name)
 
 
 def in_process(args: list[str]) -> tuple[int, str]:
@@ -144,28 +214,33 @@ def killed_night(args: list[str], point: str) -> tuple[int, str]:
     return p.returncode, p.stderr
 
 
-def accepted(home: Home, warmup_digest: str) -> set[str]:
-    """The weights promote accepted in any run (set aside ones included), and the warmup's."""
-    digests = {warmup_digest}
+def serving(home: Home) -> Path:
+    """What the device serves: the version the deployed link points at, else the warmup."""
+    if os.path.lexists(home.deployed):
+        target = home.deployed.resolve()
+        assert (target / "model.safetensors").is_file(), f"the deployed link points at {target}, no model"
+        return target
+    return home.warmup
+
+
+def swapped_in_by(home: Home, version: Path) -> Path | None:
+    """The run whose output a version was built from (its name ends with the run's), or None."""
     for run in home.runs.iterdir() if home.runs.is_dir() else ():
-        try:
-            record = json.loads((run / "promote.json").read_text())
-        except (OSError, ValueError):
-            continue
-        if record.get("promote") and (run / "model.safetensors").is_file():
-            digests.add(weights_digest(run))
-    return digests
+        name = run.name.split(".abandoned")[0]
+        if version.name.split(".")[0].endswith("-" + name) and (run / "model.safetensors").is_file():
+            return run
+    return None
 
 
-def guard_points_lost(home: Home, source_acc: float) -> tuple[float, Path]:
-    """What the model a device serves now has lost on the guard anchors against the warmup."""
+def guard_points_lost(home: Home, served: Path, source_acc: float) -> float:
+    """What the model served now has lost on the guard anchors against the warmup: loaded and
+    evaluated from where the link points."""
     import edge_sel
-    serving = home.deployed if (home.deployed / "model.safetensors").is_file() else home.warmup
-    model, card = edge_sel.load_model(serving)
+    model, card = edge_sel.load_model(served)
     from edge_sel.engine.runs.data_options import DataOptions
     memory = load_memory(home.warmup, card, DataOptions("digits", shard="1/2", subset=200).load().train)
     logits = predict_dataset(model, memory.guard, card.mean, card.std, 256)
-    return forgetting_points(source_acc, accuracy(logits, memory.guard.labels)), serving
+    return forgetting_points(source_acc, accuracy(logits, memory.guard.labels))
 
 
 @pytest.fixture(scope="module")
@@ -178,19 +253,26 @@ def test_twenty_nights_each_with_a_fault(warm, tmp_path, monkeypatch):
     home = Home.at(tmp_path / "device")
     home.warmup.parent.mkdir(parents=True)
     shutil.copytree(warm, home.warmup)
-    warmup_digest = weights_digest(home.warmup)
     source_acc = json.loads((home.warmup / "model.json").read_text())["source_memory"]["anchors"]["guard_acc"]
     # Every kind three times, two more drawn, in an order drawn from the seed.
     schedule = [*KINDS * 3, *(rng.choice(KINDS) for _ in range(NIGHTS - 3 * len(KINDS)))]
     rng.shuffle(schedule)
     drawn, log = Counter(schedule), []
+    served_before = {weights_digest(home.warmup)}
     for n, kind in enumerate(schedule):
         args = night_args(home.runs.parent, n)
+        before = weights_digest(serving(home))
         with monkeypatch.context() as m:
             if kind == "kill":
+                latest = life.latest_run(home.runs)
+                resumes = latest is not None and life.unfinished(latest)
                 what = rng.choice(KILL_POINTS)
+                if resumes and what not in RESUME_KILL_POINTS:
+                    what = "model-written"
                 code, err = killed_night(args, what)
-                allowed = {0, -9}
+                # Killed at the point, or the night never swapped a model in and so never reached a
+                # promote point: a point a night passes without dying is a test that tested nothing.
+                allowed = {-9} | ({0} if what in PROMOTE_POINTS else set())
             elif kind in ("bank", "card", "state"):
                 what = damage_a_file(kind, home, rng)
                 code, err = in_process(args)
@@ -198,12 +280,12 @@ def test_twenty_nights_each_with_a_fault(warm, tmp_path, monkeypatch):
                 if kind == "card" and what.endswith("model.json"):       # rolled back, kept for a look
                     assert any(v.name.endswith(".damaged") for v in versions_dir(home.deployed).iterdir())
             elif kind == "full-disk":
-                nth = rng.randint(1, 10)
-                failed = full_disk_at(m, nth)
+                room = DISK_ROOM[rng.randint(1, len(DISK_ROOM)) - 1]
+                disk = FullDisk(m, room)
                 code, err = in_process(args)
                 m.undo()
-                what = f"write {nth}: {Path(failed[0]).name if failed else 'not reached'}"
-                allowed = {0, 1} if failed else {0}
+                what = f"full after {room} bytes: {Path(disk.failed[0]).name if disk.failed else 'not reached'}"
+                allowed = {0, 1} if disk.failed else {0}
             else:
                 back = rng.choice([3600.0, 86400.0, 400 * 86400.0])
                 Clock(m, back)
@@ -215,8 +297,15 @@ def test_twenty_nights_each_with_a_fault(warm, tmp_path, monkeypatch):
         if code not in (0, -9):
             lines = [line for line in err.splitlines() if line.strip()]
             assert len(lines) == 1 and "Traceback" not in err, (log[-1], err)
-        # The device still serves a model promote accepted, within the guard.
-        lost, serving = guard_points_lost(home, source_acc)
-        assert weights_digest(serving) in accepted(home, warmup_digest), log[-1]
-        assert lost <= MAX_FORGETTING, (log[-1], lost)
+        # The device serves a model that served before, or this night's output swapped in by promote.
+        served = serving(home)
+        digest = weights_digest(served)
+        if digest not in served_before:
+            run = swapped_in_by(home, served)
+            assert run is not None and weights_digest(run) == digest, (log[-1], served)
+            served_before.add(digest)
+        if kind == "kill" and code == 0:             # a promote point not reached: nothing was swapped in
+            assert digest == before, log[-1]
+        lost = guard_points_lost(home, served, source_acc)
+        assert lost <= MAX_FORGETTING, ("\n".join(log), served, lost)
     print(f"\nchaos seed {SEED}: {NIGHTS} nights, faults drawn {dict(drawn)}\n" + "\n".join(log))
