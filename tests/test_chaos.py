@@ -177,7 +177,7 @@ class FullDisk:
 
         def fake_sendfile(out_fd, in_fd, offset, count):
             if self.room == 0:                  # shutil asks for whole blocks and copies what is sent
-                self.failed.append(self.fds.get(out_fd, f"file descriptor {out_fd}"))
+                self.failed.append(os.readlink(f"/proc/self/fd/{out_fd}"))      # a file shutil copies to
                 raise OSError(errno.ENOSPC, "No space left on device")
             sent = REAL_SENDFILE(out_fd, in_fd, offset, min(count, self.room))
             self.room -= sent
