@@ -49,7 +49,11 @@ MODULES = {
     "levers": ("edge_sel/engine/levers/levers.py", ["tests/test_lever_rules.py"]),
     "spec": ("edge_sel/models/spec.py", ["tests/test_model_spec.py"]),
     "conditions": ("edge_sel/predict/conditions.py", ["tests/test_condition_chooser.py"]),
-    "predictor": ("edge_sel/predict/predictor.py", ["tests/test_predictor_device.py"]),
+    "predictor": ("edge_sel/predict/predictor.py", ["tests/test_predictor_device.py", "tests/test_device_inputs.py"]),
+    "images": ("edge_sel/predict/images.py", ["tests/test_device_inputs.py", "tests/test_predictor_device.py"]),
+    "predict_run": ("edge_sel/predict/run.py", ["tests/test_device_inputs.py"]),
+    "ort_session": ("edge_sel/predict/ort_session.py", ["tests/test_device_inputs.py", "tests/test_thread_choice.py"]),
+    "statistics": ("edge_sel/predict/statistics.py", ["tests/test_predictor_device.py", "tests/test_device_inputs.py"]),
 }
 
 
