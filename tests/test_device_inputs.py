@@ -429,3 +429,71 @@ def test_a_runs_evaluation_batch_that_is_no_count_is_not_used(tmp_path, batch):
     from edge_sel.engine.night.promote import run_eval_batch
     (tmp_path / "summary.json").write_text('{"layout": {"eval_batch_size": %s}}' % batch)
     assert run_eval_batch(tmp_path) is None
+
+
+# ---- images.py function by function (what test_predict.py covers through trained models) --------
+
+def test_a_directory_lists_its_images_by_relative_path_and_an_empty_one_or_none_is_refused(tmp_path):
+    """Mutants: the sort key (a Path orders "a/b.png" before "a-b/x.png", the text the other way),
+    the refusals' messages."""
+    from edge_sel.predict.images import list_images
+    for name in ("a-b/x.png", "a/b.png", "c.PNG", "notes.txt"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    assert list_images([tmp_path]) == [tmp_path / "a-b/x.png", tmp_path / "a/b.png", tmp_path / "c.PNG"]
+    with pytest.raises(InputError) as e:
+        list_images([])
+    assert str(e.value) == "predict: name at least one image file or directory"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError) as e:
+        list_images([tmp_path / "empty"])
+    assert str(e.value) == f"{tmp_path / 'empty'}: no image files in this directory"
+
+
+def test_pixels_are_read_channel_by_channel_and_scaled_only_when_asked(tmp_path):
+    """Mutants: the channel order (transpose), the grey conversion, the bilinear resize, the channels
+    a file can give, a file of another size resized without --resize."""
+    from edge_sel.predict.images import pil_pixels, read_image
+    rgb = np.zeros((8, 9, 3), dtype=np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, np.arange(9, dtype=np.uint8)[None, :] * 20, 7
+    path = tmp_path / "wide.png"
+    Image.fromarray(rgb).save(path)
+    with pytest.raises(InputError) as e:
+        read_image(path, [3, 8, 8], False)
+    assert str(e.value) == f"{path}: image is 9x8, the model takes 8x8 (--resize to scale it)"
+    resized = read_image(path, [3, 8, 8], True)
+    expect = np.asarray(Image.fromarray(rgb).resize((8, 8), Image.BILINEAR)).transpose(2, 0, 1)
+    assert resized.dtype == torch.uint8 and torch.equal(resized, torch.from_numpy(np.ascontiguousarray(expect)))
+    grey = read_image(path, [1, 8, 8], True)
+    assert grey.shape == (1, 8, 8) and torch.equal(grey[0], torch.from_numpy(np.array(
+        Image.fromarray(rgb).convert("L").resize((8, 8), Image.BILINEAR))))
+    square = Image.fromarray(rgb[:, :8])
+    assert torch.equal(pil_pixels(square, [3, 8, 8], False, "x"),
+                       torch.from_numpy(np.ascontiguousarray(rgb[:, :8].transpose(2, 0, 1))))
+    for channels in (2, 4):
+        with pytest.raises(InputError) as e:
+            pil_pixels(square, [channels, 8, 8], False, "frame")
+        assert str(e.value) == (f"frame: the model takes {channels}-channel images; only 1 and 3 can be read "
+                                f"from files")
+    from edge_sel.predict.images import as_pixels
+    with pytest.raises(InputError, match="image is 9x8"):                  # files given to the API: never resized
+        as_pixels([path], [3, 8, 8])
+
+
+def test_the_pixel_range_is_0_to_255_within_rounding_and_never_nan(tmp_path):
+    """Mutants: the slack's bounds (< and >, 255), NaN let through, a scale applied to uint8 images."""
+    from edge_sel.predict.images import PIXEL_SLACK, as_pixels
+    shape = [1, 1, 2]
+    edge = torch.tensor([[[-PIXEL_SLACK, 255 + PIXEL_SLACK]]], dtype=torch.float64)
+    assert torch.equal(as_pixels(edge, shape, scale=1), torch.tensor([[[[0.0, 255.0]]]]))
+    for bad, said in ((torch.tensor([[[0.0, 255.5]]]), "span 0 to 255.5 after scale=1"),
+                      (torch.tensor([[[-0.01, 1.0]]]), "span -0.01 to 1 after scale=1"),
+                      (torch.tensor([[[float("nan"), 1.0]]]), "span nan to nan after scale=1")):
+        with pytest.raises(InputError) as e:
+            as_pixels(bad, shape, scale=1)
+        assert str(e.value) == f"images of dtype float32 {said}: pixels are 0-255"
+    half = as_pixels(torch.tensor([[[200, 100]]], dtype=torch.uint8), shape, scale=0.5)
+    assert half.dtype == torch.float32 and half.tolist() == [[[[100.0, 50.0]]]]
+    with pytest.raises(InputError) as e:
+        as_pixels([torch.zeros(1, 1, 2), torch.zeros(1, 1, 3)], shape)
+    assert str(e.value).startswith("images of different shapes: stack expects each tensor to be equal size")
