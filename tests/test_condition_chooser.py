@@ -1,6 +1,6 @@
 """The condition chooser (edge_sel/predict/conditions.py) on numbers worked out here another way:
 an image's features against torch's own mean, variance and a Laplacian convolution; the FLOPs
-of a frame's features and distances; a condition's Gaussian, its reach and its saved form; the
+of a frame's features and distances against the arithmetic its code runs; a condition's Gaussian, its reach and its saved form; the
 batch's mixture (EM) and the stream's forward filter against plain loops. No model and no data set,
 so these run in milliseconds."""
 
@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from edge_sel.errors import InputError
 from edge_sel.predict import conditions as cond
 from edge_sel.predict.conditions import (DEFAULT_WINDOW, EVIDENCE_CAP, ConditionChooser, ConditionModel,
                                          distance_flops, feature_flops, image_features, normalised, pixel_features)
@@ -79,16 +80,81 @@ def test_normalised_is_pixels_over_255_less_the_mean_over_the_std_in_float32():
     assert torch.allclose(x, torch.tensor([[[[-2.0, 2.0]], [[0.0, 2.0]]]]), atol=1e-6)
 
 
-@pytest.mark.parametrize("shape, flops", [((3, 32, 32), 65916), ((1, 5, 7), 420), ((2, 3, 3), 2 * 18 + 3 * (18 + 2))])
-def test_the_flops_of_one_images_features(shape, flops):
-    """18 per Laplacian output (9 multiply-adds), 3 per pixel and per output: a figure the
-    predictor reports."""
-    assert feature_flops(shape) == flops
+class Counted(np.ndarray):
+    """An array that counts the arithmetic numpy does on it: one FLOP per output element of an
+    elementwise operation, one per element summed by a reduction, two per multiply-add of a matrix
+    product or of an einsum's summed products."""
+    flops = 0
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        plain = [i.view(np.ndarray) if isinstance(i, Counted) else i for i in inputs]
+        out = getattr(ufunc, method)(*plain, **kwargs)
+        if ufunc is np.matmul:
+            Counted.flops += 2 * np.size(out) * np.shape(plain[0])[-1]
+        elif method == "reduce":
+            Counted.flops += np.size(plain[0])
+        else:
+            Counted.flops += np.size(out)
+        return out.view(Counted) if isinstance(out, np.ndarray) else out
+
+    def __array_function__(self, func, types, args, kwargs):
+        plain = [_plain(a) for a in args]
+        if func is np.einsum:
+            assert plain[0] == "ncp,ncp->nc"                     # products summed over p
+            Counted.flops += 2 * plain[1].size
+            return np.einsum(*plain, **kwargs).view(Counted)
+        out = func(*plain, **kwargs)
+        return out.view(Counted) if isinstance(out, np.ndarray) else out
+
+
+def _plain(a):
+    if isinstance(a, (list, tuple)):
+        return type(a)(_plain(b) for b in a)
+    return a.view(np.ndarray) if isinstance(a, Counted) else a
+
+
+def executed_flops(run, *arrays) -> int:
+    Counted.flops = 0
+    run(*(np.asarray(a, dtype=np.float64).view(Counted) for a in arrays))
+    return Counted.flops
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 32), (1, 5, 7), (2, 3, 3), (1, 8, 8)])
+def test_the_flops_charged_for_an_images_features_are_those_its_code_runs(shape):
+    """Counted while `pixel_features` computes them (its sums and the per-channel arithmetic on
+    them): a stencil, a feature or a sum added or dropped changes both or fails here."""
+    images = torch.randint(0, 256, (1, *shape), generator=torch.Generator().manual_seed(0))
+    offset, scale = cond._pixel_units((0.5,) * shape[0], (0.25,) * shape[0])
+    features = lambda x, o, s: cond._features(*cond._sums(x), o, s)     # noqa: E731
+    assert executed_flops(features, images, offset, scale) == feature_flops(shape)
+
+
+def test_the_laplacian_is_the_five_point_stencil_and_costs_five_flops_an_output():
+    """The same outputs as a convolution with the 3 x 3 Laplacian kernel, in numpy and in torch
+    (the bank's fingerprints), for 4 adds and 1 multiply an output, not the kernel's 9
+    multiply-adds: 3 x 32 x 32 has 2,700 outputs."""
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    by_conv = torch.nn.functional.conv2d(x.reshape(6, 1, 32, 32), LAPLACIAN[None, None]).reshape(2, 3, 30, 30)
+    assert torch.allclose(cond.laplacian(x), by_conv) and np.allclose(cond.laplacian(x.numpy()), by_conv.numpy())
+    assert executed_flops(cond.laplacian, x[:1]) == 5 * 2700 == cond.laplacian_flops_per_output() * 2700
+    # 3 x 32 x 32: the stencil, 3 per pixel and per output, 20 per channel on the sums.
+    assert feature_flops([3, 32, 32]) == 5 * 2700 + 3 * (3072 + 2700) + 20 * 3 == 30876
 
 
 @pytest.mark.parametrize("k, dims, flops", [(3, 9, 567), (1, 3, 27), (4, 1, 20)])
 def test_the_flops_of_one_images_distances(k, dims, flops):
     assert distance_flops(k, dims) == flops
+    model = ConditionModel(np.zeros(dims), np.eye(dims), 0.0, 1.0)
+    assert executed_flops(lambda f: [model.squared_distance(f) for _ in range(k)], np.ones((1, dims))) == flops
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 32), (1, 32, 2), (1, 1, 1)])
+def test_images_too_small_for_the_stencil_are_refused_in_one_line(shape):
+    with pytest.raises(InputError, match=r"too small for BatchNorm statistics per condition \(--bn-conditions\)") as e:
+        feature_flops(shape)
+    assert "\n" not in str(e.value)
+    with pytest.raises(InputError):
+        pixel_features(torch.zeros(1, *shape, dtype=torch.uint8), (0.5,) * shape[0], (0.25,) * shape[0])
 
 
 def test_logsumexp_is_exact_and_does_not_overflow():

@@ -457,7 +457,7 @@ class Bank:
 # 6 of 8 validation images right, 2 of 4 guard anchors.
 VAL = ([True, True, True, True, False, False, False, False], [0, 0, 0, 1, 1, 1, 1, 0])
 GUARD = ([True, False, True, False], [0, 0, 1, 1])
-FEATURES = 132          # feature_flops of a 1 x 4 x 4 image: 18 * 4 + 3 * (16 + 4)
+FEATURES = 100          # feature_flops of a 1 x 4 x 4 image: 5 * 4 + 3 * (16 + 4) + 20 * 1
 
 
 @pytest.fixture
@@ -514,7 +514,7 @@ def deployed_parts(monkeypatch):
 
 def test_the_deployed_model_with_the_runs_bank_and_anchors_counts_every_pass(tmp_path, deployed_parts):
     """Validation (8 images in batches of 3: 9 + 9 + 4 FLOPs, 8 choices at 11), the bank's
-    conditions described once (8 images at 132), its re-estimate (500), and the anchors (4 images,
+    conditions described once (8 images at 100), its re-estimate (500), and the anchors (4 images,
     counted as batches of 3 and 1 though the loader runs them as one: 9 + 1, 4 choices at 11).
     Mutants in any of these sums passed before."""
     parts = deployed_parts
@@ -530,7 +530,7 @@ def test_the_deployed_model_with_the_runs_bank_and_anchors_counts_every_pass(tmp
                     "device": "cpu", "energy": "not measured", "flops_bank_choice": 8 * FEATURES,
                     "bn_bank": "the run's", "flops_bank_estimate": 500, "anchor_samples": 4,
                     "anchor_flops": anchor_flops, "anchor_wall_s": 8.0}
-    assert cost["flops"] == 1720
+    assert cost["flops"] == 1464
     assert parts.model.batches == [3, 3, 2, 4] and parts.model.modes == [False] * 4
     assert parts.counter.model is parts.model and parts.counter.input_shape == [1, 4, 4]
     assert parts.calls == [("data", "synthetic", None, 40), ("checkpoint", deployed),

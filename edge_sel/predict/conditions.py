@@ -36,6 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from edge_sel.errors import InputError
+
 # The filter's persistence: a condition is expected to last about this many frames.
 DEFAULT_WINDOW = 1000
 EVIDENCE_CAP = 20.0     # nats: no single image's evidence counts for more
@@ -43,6 +45,35 @@ SHRINK = 1e-3           # covariance shrinkage towards its mean variance
 OUTLIER_MARGIN = 2.0    # "far": beyond this times a condition's own largest distance
 EM_STEPS = 10
 FEATURES_PER_CHANNEL = 3
+# The 3 x 3 Laplacian as the 5-point stencil it is: (row offset, column offset) -> weight. The
+# features, the bank's fingerprints and the FLOPs charged for them all follow it.
+LAPLACIAN = {(-1, 0): 1.0, (1, 0): 1.0, (0, -1): 1.0, (0, 1): 1.0, (0, 0): -4.0}
+# Per channel, the arithmetic of `_features` on the sums (divisions, squares, logs, the units).
+FEATURE_FLOPS_PER_CHANNEL = 20
+
+
+def check_image_size(h: int, w: int) -> None:
+    if h < 3 or w < 3:
+        raise InputError(f"images of {h} x {w} pixels are too small for BatchNorm statistics per condition "
+                         f"(--bn-conditions): the condition is read from a 3 x 3 Laplacian, which needs at least "
+                         f"3 x 3 pixels")
+
+
+def laplacian(x):
+    """The stencil's outputs on the interior of an N x C x H x W batch (numpy or torch): an add per
+    term after the first and a multiply per weight other than 1."""
+    h, w = x.shape[-2:]
+    check_image_size(h, w)
+    out = None
+    for (dy, dx), weight in LAPLACIAN.items():
+        term = x[..., 1 + dy:h - 1 + dy, 1 + dx:w - 1 + dx]
+        term = term if weight == 1 else weight * term
+        out = term if out is None else out + term
+    return out
+
+
+def laplacian_flops_per_output() -> int:
+    return len(LAPLACIAN) - 1 + sum(weight != 1 for weight in LAPLACIAN.values())
 
 
 def _features(s1, s2, e1, e2, pixels: int, inner: int, offset, scale) -> np.ndarray:
@@ -59,8 +90,7 @@ def _sums(x: np.ndarray) -> tuple:
     """Per image and channel: the sums of pixels, of their squares, of the 3 x 3 Laplacian's outputs
     and of their squares, and how many of each."""
     n, c = x.shape[:2]
-    e = x[:, :, :-2, 1:-1] + x[:, :, 2:, 1:-1] + x[:, :, 1:-1, :-2] + x[:, :, 1:-1, 2:] - 4 * x[:, :, 1:-1, 1:-1]
-    flat, edges = x.reshape(n, c, -1), e.reshape(n, c, -1)
+    flat, edges = x.reshape(n, c, -1), laplacian(x).reshape(n, c, -1)
     return (flat.sum(2), np.einsum("ncp,ncp->nc", flat, flat), edges.sum(2), np.einsum("ncp,ncp->nc", edges, edges),
             flat.shape[2], edges.shape[2])
 
@@ -87,12 +117,14 @@ def _pixel_units(mean: tuple, std: tuple) -> tuple[np.ndarray, np.ndarray]:
 
 
 def feature_flops(input_shape) -> int:
-    """FLOPs of one image's features: the depthwise Laplacian (9 multiply-adds per output), a sum, a
-    square and a sum of squares per pixel and per Laplacian output, and the distances to K
+    """FLOPs of one image's features as `pixel_features` computes them: the Laplacian's stencil per
+    output, a sum, a square and a sum of squares per pixel and per Laplacian output (a sum counted
+    one per element summed), and the per-channel arithmetic on the sums. The distances to K
     conditions are counted by `distance_flops`."""
     c, h, w = input_shape
+    check_image_size(h, w)
     inner = c * (h - 2) * (w - 2)
-    return 18 * inner + 3 * (c * h * w + inner)
+    return laplacian_flops_per_output() * inner + 3 * (c * h * w + inner) + FEATURE_FLOPS_PER_CHANNEL * c
 
 
 def distance_flops(conditions: int, dims: int) -> int:

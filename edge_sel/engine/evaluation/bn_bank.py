@@ -43,8 +43,8 @@ from edge_sel.core.bn_bank import BANK_FILE, SavedCondition, read_bank, write_ba
 from edge_sel.data import IndexedDataset
 from edge_sel.engine.evaluation.bn_adapt import batchnorm_layers, reestimate_bn
 from edge_sel.errors import InputError
-from edge_sel.predict.conditions import (FEATURES_PER_CHANNEL, ConditionChooser, distance_flops, feature_flops,
-                                         image_features)
+from edge_sel.predict.conditions import (FEATURES_PER_CHANNEL, ConditionChooser, check_image_size, distance_flops,
+                                         feature_flops, image_features, laplacian, laplacian_flops_per_output)
 from edge_sel.predict.statistics import StatisticsSwitch, floating_dtype, stats_on
 
 SOURCE = "source"
@@ -72,19 +72,19 @@ def fingerprint(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per channel of a normalised image batch, the mean and variance of its pixels and of their
     3 x 3 Laplacian (2C numbers each)."""
     x = x.float()
-    c = x.shape[1]
-    kernel = torch.tensor([[0., 1., 0.], [1., -4., 1.], [0., 1., 0.]], device=x.device).expand(c, 1, 3, 3)
-    edges = torch.nn.functional.conv2d(x, kernel, groups=c)
+    edges = laplacian(x)
     return (torch.cat([x.mean((0, 2, 3)), edges.mean((0, 2, 3))]),
             torch.cat([x.var((0, 2, 3), unbiased=False), edges.var((0, 2, 3), unbiased=False)]))
 
 
 def fingerprint_flops(input_shape: list[int]) -> int:
-    """FLOPs of one image's part of a fingerprint: the depthwise Laplacian (9 multiply-adds per
-    output) and, for pixels and Laplacian, a sum, a square and a sum of squares per element."""
+    """FLOPs of one image's part of a fingerprint: the Laplacian's stencil per output and, for
+    pixels and Laplacian outputs, a mean and a variance counted as a sum, a square and a sum of
+    squares per element."""
     c, h, w = input_shape
+    check_image_size(h, w)
     inner = c * (h - 2) * (w - 2)
-    return 18 * inner + 3 * (c * h * w + inner)
+    return laplacian_flops_per_output() * inner + 3 * (c * h * w + inner)
 
 
 def images_fingerprint(images: torch.Tensor, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
@@ -267,6 +267,7 @@ def build_bank(start: Path, model: nn.Module, input_shape: list[int], mean, std,
     statistics are estimated at the run's first evaluation. Returns the bank and the matching's
     counted cost (the fingerprints of tonight's images and of conditions new to the bank)."""
     check_bank_model(model)
+    check_image_size(*input_shape[-2:])
     saved = read_bank(start, input_shape, model)
     draw = torch.Generator().manual_seed(seed + 15485863)       # its own stream: the run's stays as it was
     picked = torch.randperm(len(train), generator=draw)[:images]
