@@ -48,6 +48,8 @@ MODULES = {
     "novelty": ("edge_sel/methods/select/novelty.py", ["tests/test_novelty_prints.py"]),
     "levers": ("edge_sel/engine/levers/levers.py", ["tests/test_lever_rules.py"]),
     "spec": ("edge_sel/models/spec.py", ["tests/test_model_spec.py"]),
+    "trusted_files": ("edge_sel/models/trusted_files.py", ["tests/test_model_spec.py"]),
+    "onnx_files": ("edge_sel/backends/onnx_files.py", ["tests/test_received_files.py"]),
     "conditions": ("edge_sel/predict/conditions.py", ["tests/test_condition_chooser.py"]),
     "predictor": ("edge_sel/predict/predictor.py", ["tests/test_predictor_device.py", "tests/test_device_inputs.py"]),
     "images": ("edge_sel/predict/images.py", ["tests/test_device_inputs.py", "tests/test_predictor_device.py"]),
