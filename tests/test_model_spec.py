@@ -630,3 +630,33 @@ def test_the_list_of_trusted_files_lives_in_the_users_config_and_a_damaged_one_i
             trusted_files.is_trusted("/a.py", "ab")
         assert message(e).startswith(f"{listed}: the list of trusted model files is unreadable (")
         assert message(e).endswith("); remove it (pretrain with --model records it again)")
+
+
+def test_a_card_file_spec_path_ends_at_its_last_colon_as_when_it_is_read(tmp_path):
+    """As _load_file reads `/x/m.py:make:x` (the file `/x/m.py:make`, the name `x`), so do the trust
+    check and the record. Mutants: rpartition as partition in either."""
+    file = factory_file(tmp_path)
+    with pytest.raises(InputError) as e:
+        check_card_spec(ModelSpec(f"{file}:make:x", {}, file_digest(file)), "ckpt/model.json")
+    assert message(e) == refusal_of(f"{file}:make:x")
+    spec_mod.trust_named_file(ModelSpec(f"{file}:make:x", {}, "ab" * 32))
+    assert trusted_files.trusted_entries() == [{"path": f"{file}:make", "sha256": "ab" * 32}]
+
+
+def test_a_file_factory_is_compiled_as_its_own_module_under_its_own_name(tmp_path):
+    """Mutants: dont_inherit dropped or False (the file would inherit this module's `from __future__
+    import annotations`, and its annotations would turn into strings), the file name in the code
+    objects (tracebacks name the user's file)."""
+    file = factory_file(tmp_path, "def make(num_classes: int):\n    return num_classes\n")
+    make = factory(make_spec(f"{file}:make"))
+    try:
+        assert make.__annotations__ == {"num_classes": int}
+        assert make.__code__.co_filename == str(file)
+    finally:
+        sys.modules.pop(f"edge_sel_user_model_{file_digest(file)[:16]}", None)
+
+
+def test_an_import_specs_attribute_may_be_dotted():
+    """A class's method of an importable module (the user's own choice, or trusted): mutants of the
+    split on dots."""
+    assert factory(ModelSpec("json:JSONDecoder.decode")) is json.JSONDecoder.decode
