@@ -8,6 +8,7 @@ import json
 import importlib
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -660,3 +661,60 @@ def test_an_import_specs_attribute_may_be_dotted():
     """A class's method of an importable module (the user's own choice, or trusted): mutants of the
     split on dots."""
     assert factory(ModelSpec("json:JSONDecoder.decode")) is json.JSONDecoder.decode
+
+
+def test_with_no_config_folder_set_the_list_is_under_home(tmp_path, monkeypatch):
+    """Mutants: XDG_CONFIG_HOME's default when unset (None, or a word taken for a folder)."""
+    monkeypatch.delenv(trusted_files.TRUST_FILE_ENV)
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert trusted_files.trust_file() == tmp_path / ".config" / "edge-sel" / "trusted-model-files.json"
+
+
+def test_the_list_is_written_whole_into_new_folders_through_a_hidden_temporary_sibling(tmp_path, monkeypatch):
+    """Mutants: mkdir without parents, the temporary file elsewhere or not hidden, the indentation."""
+    listed = tmp_path / "a" / "b" / "list.json"
+    monkeypatch.setenv(trusted_files.TRUST_FILE_ENV, str(listed))
+    moves = []
+    real = trusted_files.os.replace
+
+    def replace(src, dst):
+        moves.append((Path(src).parent, Path(src).name, Path(dst)))
+        real(src, dst)
+    monkeypatch.setattr(trusted_files.os, "replace", replace)
+    trusted_files.remember("/a.py", "ab")
+    assert [(parent, name.startswith(".trusted-"), dst) for parent, name, dst in moves] == [
+        (listed.parent, True, listed)]
+    assert listed.read_text() == json.dumps({"format": "edge-sel-trusted-model-files/1",
+                                             "files": [{"path": "/a.py", "sha256": "ab"}]}, indent=1) + "\n"
+    trusted_files.remember("/a.py", "ab")           # already there: not written again
+    assert len(moves) == 1
+
+
+def test_a_list_that_cannot_be_written_is_one_line_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import errno
+    listed = tmp_path / "list.json"
+    monkeypatch.setenv(trusted_files.TRUST_FILE_ENV, str(listed))
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(trusted_files.os, "replace", full)
+    with pytest.raises(InputError) as e:
+        trusted_files.remember("/a.py", "ab")
+    assert message(e) == (f"{listed}: cannot record the trusted model file /a.py (No space left on device); set "
+                          f"EDGE_SEL_TRUST_FILE to a writable place")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "file").write_text("")                   # a folder that is a file: mkdir fails first
+    monkeypatch.setenv(trusted_files.TRUST_FILE_ENV, str(tmp_path / "file" / "list.json"))
+    with pytest.raises(InputError, match="cannot record the trusted model file /a.py"):
+        trusted_files.remember("/a.py", "ab")
+
+
+def test_a_list_of_another_shape_says_what_it_should_be(tmp_path, monkeypatch):
+    listed = tmp_path / "list.json"
+    monkeypatch.setenv(trusted_files.TRUST_FILE_ENV, str(listed))
+    listed.write_text("[]")
+    with pytest.raises(InputError) as e:
+        trusted_files.trusted_entries()
+    assert message(e) == (f"{listed}: the list of trusted model files is unreadable (ValueError: not a "
+                          f"edge-sel-trusted-model-files/1 list); remove it (pretrain with --model records it again)")
