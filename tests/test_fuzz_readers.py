@@ -169,6 +169,13 @@ def test_export_manifest(exported, tmp_path_factory, how):
 
 
 @FUZZ
+@given(how=mutation)
+def test_export_conditions(exported, tmp_path_factory, how):
+    copy = damaged(exported, "conditions.json", how, tmp_path_factory.mktemp("c"))
+    loads_or_refuses(lambda: Predictor(copy, backend="ort"))
+
+
+@FUZZ
 @given(how=mutation, graph=st.sampled_from(["model.onnx", "conditions/0.onnx", "classifier/eval_model.onnx"]))
 def test_export_graphs(exported, tmp_path_factory, how, graph):
     copy = damaged(exported, graph, how, tmp_path_factory.mktemp("g"))
