@@ -7,13 +7,24 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 CIFAR_JPEG = SHARED / "data" / "cifar10-jpeg"
 
 
-# One intra-op thread for every command a test runs, unless the test says otherwise: the automatic
-# choice (edge_sel/threads.py) follows the machine's load, and a test comparing two runs bit for bit
-# must not see two thread counts.
-os.environ.setdefault("EDGE_SEL_THREADS", "1")
+# One intra-op thread for every training a test runs, whatever the caller's environment, unless the
+# test says otherwise (the thread-choice tests set their own): the automatic choice
+# (edge_sel/threads.py) follows OMP_NUM_THREADS or the machine's load, a CPU's float sums depend on
+# how work is split between threads, and an assertion about a training outcome must not become a
+# coin that the load tosses. EDGE_SEL_THREADS pins every command (--threads); OMP_NUM_THREADS, read
+# when torch loads, pins in-process trainings (the Python API chooses nothing) and the subprocesses.
+os.environ["EDGE_SEL_THREADS"] = "1"
+os.environ["OMP_NUM_THREADS"] = "1"
 # And no other work stated for the same reason: a probe's result kept as final, never provisional
 # because a neighbouring test was busy, and no quarter-second load sample in every command.
 os.environ.setdefault("EDGE_SEL_OTHER_LOAD", "0")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """OMP_NUM_THREADS above comes too late where torch was imported before this file (a plugin)."""
+    import torch
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -61,6 +72,7 @@ def tiny_warm(tmp_path_factory):
     from edge_sel.config import TrainConfig
     from edge_sel.engine.runs.data_options import DataOptions
     from edge_sel.engine.runs.run import pretrain
+    from helpers import PINNED_CHOICES
     out = tmp_path_factory.mktemp("tiny-warm") / "ckpt"
-    pretrain("edgecnn", DataOptions("synthetic"), TrainConfig(epochs=1, batch_size=64), out, quiet=True)
+    pretrain("edgecnn", DataOptions("synthetic"), TrainConfig(epochs=1, batch_size=64, **PINNED_CHOICES), out, quiet=True)
     return out
