@@ -155,6 +155,24 @@ class MemoryCounter:
             self._cache[key] = self._count(signature, shape)
         return self._cache[key]
 
+    def count_forward(self, batch_size: int, train_mode: bool = False) -> MemoryCount:
+        """The counted memory of a forward-only pass (no gradients) of `batch_size` inputs: an
+        evaluation or scoring pass (eval mode), or a BatchNorm re-estimation (train mode: each layer
+        normalises with the batch's statistics). Nothing is saved for backward: its peak over the
+        weights and the batch is all transient."""
+        key = ("forward", batch_size, train_mode)
+        if key not in self._cache:
+            twin = self.twin()
+            twin.train(train_mode)
+            weights = nbytes([*twin.parameters(), *twin.buffers()])
+            x = torch.zeros(batch_size, *self.input_shape, device="meta")
+            mode = _LiveBytes({storage_key(t) for t in [*twin.parameters(), *twin.buffers(), x]})
+            with mode, torch.no_grad():
+                twin(x)
+            batch = nbytes([x])
+            self._cache[key] = MemoryCount(weights, 0, batch, 0, 0, mode.peak, 0, weights + batch + mode.peak)
+        return self._cache[key]
+
     def _count(self, signature: tuple, shape: StepShape) -> MemoryCount:
         twin = self.twin()
         params = list(twin.parameters())

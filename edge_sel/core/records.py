@@ -23,7 +23,8 @@ RECORD_FIELDS = [
 VOLATILE_FIELDS = {"wall_s", "eval_wall_s", "peak_rss_mb", "energy_j", "energy_net_j", "avg_power_w",
                    "peak_power_w", "max_temp_c", "throttled_s", "energy_coverage", "energy_by_component",
                    "idle_power_w", "eval_energy_j", "samples_per_s", "energy_window_s", "energy_samples",
-                   "throttle_reasons", "joules_per_sample", "kept_test_energy_j"}
+                   "throttle_reasons", "joules_per_sample", "kept_test_energy_j", "memory_measured_mb",
+                   "memory_eval_measured_mb"}
 
 
 def _clean(v):

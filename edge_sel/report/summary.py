@@ -111,6 +111,26 @@ def results_said(summary: dict) -> str:
             f"best val {_fmt(best['val_acc'])} (epoch {best['epoch']})")
 
 
+def memory_line(memory: dict) -> str:
+    """Counted and measured peak memory in one line (summary.json's `memory`)."""
+    said = []
+    if memory.get("counted_mb") is not None:
+        parts = memory.get("counted_parts_mb") or {}
+        said.append(f"a training step counted {memory['counted_mb']:,.1f} MiB (activations "
+                    f"{_fmt(parts.get('activations'), ',.1f')}, gradients {_fmt(parts.get('gradients'), ',.1f')}, "
+                    f"optimizer {_fmt(parts.get('optimizer'), ',.1f')}, weights {_fmt(parts.get('weights'), ',.1f')})")
+    if memory.get("eval_counted_mb") is not None:
+        said.append(f"an evaluation pass {memory['eval_counted_mb']:,.1f} MiB")
+    method = memory.get("measure_method")
+    if method in (None, "unavailable"):
+        measured = "not measured here"
+    else:
+        measured = (f"measured {_fmt(memory.get('measured_mb'), ',.1f')} MiB training, "
+                    f"{_fmt(memory.get('eval_measured_mb'), ',.1f')} MiB evaluating, over the level before "
+                    f"training ({method})")
+    return "memory: " + "; ".join(said) + "; " + measured
+
+
 def print_summary(summary: dict, quiet: bool = False) -> None:
     run_dir = summary.get("run_dir")
     if not quiet:
@@ -125,6 +145,8 @@ def print_summary(summary: dict, quiet: bool = False) -> None:
             kind = energy_label(t.get("energy_method"))
             click.echo(f"energy {t['energy_j']:.1f} J ({kind}, source {t['energy_source']}, "
                        f"method {t['energy_method']})")
+        if summary.get("memory"):
+            click.echo(memory_line(summary["memory"]))
     if summary.get("output_model"):     # a torchrun rank other than 0 writes no model: no totals to show
         click.echo(all_in_line(summary))
     elif summary.get("phase") == "pretrain" and summary.get("stop_reason") == "interrupted":

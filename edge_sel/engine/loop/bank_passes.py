@@ -63,12 +63,15 @@ def holding(model: torch.nn.Module, state: dict | None):
 @contextmanager
 def metered(trainer):
     """An evaluation pass's window on the run's meter: yields a dict that holds, once the block
-    ends, its wall seconds (`wall`) and the meter's reading (`energy`)."""
+    ends, its wall seconds (`wall`), the meter's reading (`energy`) and its measured peak memory
+    in MiB (`memory_mb`, engine/machine/peak_memory.py)."""
     took = {}
     trainer.meter.begin("eval")
+    window = trainer.run_memory.meter.begin(trainer.run_memory.base)
     t0 = time.perf_counter()
     yield took
     took["wall"] = time.perf_counter() - t0
+    took["memory_mb"] = trainer.run_memory.meter.end(window)
     took["energy"] = trainer.meter.end("eval")
 
 

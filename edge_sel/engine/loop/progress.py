@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -46,6 +46,8 @@ class EpochProgress:
     last_loss_t: torch.Tensor | None = None   # the last step's mean loss, still on the device
     replay_samples: int = 0      # anchor rows trained beside the local ones (--replay)
     flops_penalty: int = 0       # the objective's penalties, counted per weight entry (--ewc)
+    # Each trainable set the steps had (one 0/1 per parameter tensor) -> its largest step's rows.
+    memory_steps: dict = field(default_factory=dict)
 
     def to_state(self) -> dict:
         return {"epoch": self.epoch, "plan": {"positions": self.plan.positions.cpu(),
@@ -57,7 +59,7 @@ class EpochProgress:
                 **{k: getattr(self, k) for k in ("next_batch", "n_trained", "loss_sum", "correct", "flops_f",
                                                  "flops_b", "throttled", "wall_s", "energy_j", "last_loss",
                                                  "singles_dropped", "thermal_capped", "steps", "replay_samples",
-                                                 "flops_penalty")}}
+                                                 "flops_penalty", "memory_steps")}}
 
     @classmethod
     def from_state(cls, d: dict, temperature: float, device) -> "EpochProgress":
@@ -72,4 +74,4 @@ class EpochProgress:
         return cls(d["epoch"], plan, [b.to(device) for b in d["before"]], emb, **rest, carry=carry,
                    singles_dropped=d.get("singles_dropped", 0), thermal_capped=d.get("thermal_capped", 0),
                    steps=d.get("steps", 0), replay_samples=d.get("replay_samples", 0),
-                   flops_penalty=d.get("flops_penalty", 0))
+                   flops_penalty=d.get("flops_penalty", 0), memory_steps=dict(d.get("memory_steps", {})))

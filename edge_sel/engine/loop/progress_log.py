@@ -6,6 +6,14 @@ from __future__ import annotations
 
 import sys
 
+from tqdm import tqdm
+
+
+def progress_bar(total: int, desc: str, leave: bool, quiet: bool) -> tqdm:
+    """An epoch's bar (batches) or the run's (epochs), on a terminal only."""
+    return tqdm(total=total, desc=desc, leave=leave, unit="batch" if not leave else "epoch",
+                disable=quiet or not sys.stderr.isatty(), dynamic_ncols=True)
+
 
 def _f(v, spec=".3f") -> str:
     return "-" if v is None else format(v, spec)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -12,7 +11,6 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from edge_sel.backends import make_backend
 from edge_sel.backends.torch_backend import make_optimizer
@@ -33,7 +31,8 @@ from edge_sel.engine.loop.checkpointing import Checkpoints, Rollback, restore
 from edge_sel.engine.loop.end_of_run import evaluate_at_the_end
 from edge_sel.engine.loop.ledger import ComputeLedger
 from edge_sel.engine.loop.progress import EpochProgress, changed_fraction, snapshot_params
-from edge_sel.engine.loop.progress_log import ProgressLog
+from edge_sel.engine.loop.memory_records import RunMemory
+from edge_sel.engine.loop.progress_log import ProgressLog, progress_bar
 from edge_sel.engine.loop.schedule import lr_factor
 from edge_sel.engine.loop.scoring import ScoringPasses
 from edge_sel.engine.loop.step_memory import memory_counter
@@ -96,6 +95,7 @@ class Trainer:
                                         cfg.weight_decay)
         self.flops = FlopCounter(self.model, self.train_ds.input_shape)
         self.memory_counter, self.step_shape = memory_counter(cfg, self.model, self.train_ds.input_shape)
+        self.run_memory = RunMemory(self)       # counted and measured memory in the records
         self.ledger = ComputeLedger()       # scoring passes and rolled-back steps not yet in a record
         self.scoring = ScoringPasses(self.model, self.train_ds, self.mean, self.std, self.device,
                                      self.eval_batch_size, self.memory_format, self.flops, self.ledger,
@@ -147,10 +147,6 @@ class Trainer:
     def eval_autocast(self):
         return autocast(self.device, self.precision.eval)
 
-    def _bar(self, total, desc, leave):
-        return tqdm(total=total, desc=desc, leave=leave, unit="batch" if not leave else "epoch",
-                    disable=self.quiet or not sys.stderr.isatty(), dynamic_ncols=True)
-
     # -- one epoch ---------------------------------------------------------------------------
     def _begin_epoch(self, epoch: int) -> EpochProgress:
         plan = self.strategy.plan(epoch)
@@ -163,6 +159,7 @@ class Trainer:
         cfg = self.config
         # The epoch's time and energy include planning: selection overhead is part of the cost.
         self.meter.begin("train")
+        self.run_memory.begin_epoch()
         t0 = time.perf_counter()
         j0 = self.meter.total_j
         if progress is None:
@@ -175,7 +172,7 @@ class Trainer:
         self.loader.epoch = epoch       # augmentation is drawn per (seed, epoch, sample)
         plan = progress.plan
         nb = self.loader.num_batches(len(plan.positions))
-        bar = self._bar(nb, f"epoch {epoch}", leave=False)
+        bar = progress_bar(nb, f"epoch {epoch}", False, self.quiet)
         bar.update(progress.next_batch)
         start = progress.next_batch * cfg.batch_size
         first = progress.next_batch
@@ -253,6 +250,7 @@ class Trainer:
         if self.replay is not None:
             batch = self.replay.append(local, epoch, self.step)
         self.updater.before_step(self.step, batch)
+        self.run_memory.observe(progress, len(batch.y))
         f, b = self.flops.train_step(len(batch.y))
         p = self.objective.penalty_flops()      # after before_step: only what trains is penalised
         losses, logits = self.backend.train_step(self.step, batch)
@@ -302,6 +300,7 @@ class Trainer:
         epoch_record.add_costs(record, progress, scoring, bn_adapt, self.ledger.take_rolled_back(), energy,
                                lr_end=group["lr"] / group.get("lr_scale", 1.0))
         record.update(epoch_record.lever_fields(progress, self.replay is not None, bool(self.objective.penalties)))
+        record.update(self.run_memory.epoch_fields(progress, record))
         final = epoch == self.config.epochs - 1 or self.stop_reason is not None
         validate = final or (epoch + 1) % self.config.eval_every == 0
         record.update(self.evaluate(validate=validate, test=final or (validate and self.config.eval_test == "every")))
@@ -329,6 +328,7 @@ class Trainer:
         # The end also tests the kept weights when they are not the last epoch's: reserved too.
         kept_test = len(self.test_ds) if self.phase == "finetune" and self.choice.mode == "best" else 0
         images = out["val_samples_evaluated"] + out["test_samples_evaluated"] + out.get("anchor_samples_evaluated", 0)
+        out.update(self.run_memory.evaluation_fields(took["memory_mb"], out))
         self.budget.reserve_evaluation(out["eval_energy_j"], images,
                                        self.eval_sets.final_images() + kept_test)
         return out
@@ -364,7 +364,7 @@ class Trainer:
                 self.checkpoints.save(self)
                 if writer is not None:
                     writer.append(record)
-        bar = self._bar(self.config.epochs, self.phase, leave=True)
+        bar = progress_bar(self.config.epochs, self.phase, True, self.quiet)
         bar.update(self.next_epoch)
         # A run restored after its energy-budget stop has no epoch left: it only writes its outputs.
         while self.next_epoch < self.config.epochs and not self.strategy.finished() \

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from edge_sel.engine.runs.memory_summary import memory_block
+
 
 def summarize(records: list[dict], extra: dict, baseline: dict | None = None, kept: dict | None = None) -> dict:
     """Totals over the epoch records; the baseline evaluation (when a fine-tune made one) adds its
@@ -52,6 +54,7 @@ def summarize(records: list[dict], extra: dict, baseline: dict | None = None, ke
         "totals_note": ("flops_all adds the layout probe's counted FLOPs; energy_all_j is the metered training "
                         "and evaluation windows (the probe, run before the meter's first window, is not in it)"),
         "flops_note": "counted with torch.utils.flop_counter for the passes actually run",
+        "memory": memory_block(records, baseline),
         **({"baseline": {k: baseline.get(k) for k in ("val_acc", "test_acc", "flops_eval", "eval_energy_j")}}
            if baseline else {}),
         **({"kept": kept} if kept else {}),

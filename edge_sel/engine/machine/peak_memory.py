@@ -1,0 +1,117 @@
+"""Measured peak memory of a window of the run, by a method independent of the count (core/memory.py).
+
+- `cuda-allocated`: torch.cuda.reset_peak_memory_stats at the window's start, then
+  max_memory_allocated over memory_allocated then: the bytes of tensors the caching allocator handed
+  out on the training device. Not in it: the allocator's reserved but unused cache, the CUDA
+  context, and what cuDNN or cuBLAS allocate outside torch's allocator.
+- `rss-hwm`: on Linux the process's resident high-water mark, reset to the current resident size by
+  writing 5 to /proc/self/clear_refs, read as VmHWM from /proc/self/status, over VmRSS at the
+  window's start. In it: every page the process touched in the window (tensors, oneDNN's buffers,
+  the allocator's own overhead, code and libraries loaded in the window). Not in it: pages the
+  allocator kept from before the window (they are in the start's level).
+- `rss-hwm-lifetime`: where clear_refs cannot be written, VmHWM is the process's high-water mark
+  since it started: its growth over the window's start is an upper bound of the window's.
+- `unavailable`: no /proc (macOS, Windows): no figure.
+
+A window's peak may be measured over a level taken earlier (the run's, just before training).
+Windows may nest (an evaluation inside an epoch's training window): the high-water mark is folded
+into every open window before it is reset, so an outer window keeps its inner ones' peaks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from edge_sel import device_caps
+
+MiB = 2 ** 20
+CLEAR_REFS = "/proc/self/clear_refs"
+METHODS = ("cuda-allocated", "rss-hwm", "rss-hwm-lifetime", "unavailable")
+
+
+@dataclass(eq=False)
+class Window:
+    start: int          # bytes at the window's start
+    high: int           # the highest bytes seen in it so far
+
+
+def proc_status_bytes(field: str, status: str | None = None) -> int | None:
+    """A `VmRSS:`/`VmHWM:` line of /proc/self/status in bytes (None where there is none)."""
+    try:
+        with open(status or device_caps.PROC_STATUS) as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+class PeakMeter:
+    """Measured peaks of windows on `device`; `cuda` and the /proc paths are injectable (tests)."""
+
+    def __init__(self, device, cuda=None, clear_refs: str = CLEAR_REFS, status: str | None = None):
+        self.device = torch.device(device)
+        self.cuda = cuda or torch.cuda
+        self.clear_refs, self.status = clear_refs, status
+        self.open: list[Window] = []
+        if self.device.type == "cuda":
+            self.method = "cuda-allocated"
+        elif proc_status_bytes("VmHWM", status) is None:
+            self.method = "unavailable"
+        else:
+            self.method = "rss-hwm"
+            if not self._reset():
+                self.method = "rss-hwm-lifetime"
+
+    def _reset(self) -> bool:
+        if self.method == "cuda-allocated":
+            self.cuda.reset_peak_memory_stats(self.device)
+            return True
+        try:
+            with open(self.clear_refs, "w") as f:
+                f.write("5")
+            return True
+        except OSError:
+            return False
+
+    def level(self) -> int | None:
+        """Bytes now: resident (CPU) or allocated (CUDA); None where nothing is measured."""
+        return None if self.method == "unavailable" else self._now()
+
+    def _now(self) -> int:
+        if self.method == "cuda-allocated":
+            return self.cuda.memory_allocated(self.device)
+        return proc_status_bytes("VmRSS", self.status) or 0
+
+    def _high(self) -> int:
+        if self.method == "cuda-allocated":
+            return self.cuda.max_memory_allocated(self.device)
+        return proc_status_bytes("VmHWM", self.status) or 0
+
+    def _fold(self) -> None:
+        high = self._high()
+        for w in self.open:
+            w.high = max(w.high, high)
+
+    def begin(self, start: int | None = None) -> Window | None:
+        """A window whose peak is measured over `start` bytes (default: the level now)."""
+        if self.method == "unavailable":
+            return None
+        self._fold()
+        if self.method != "rss-hwm-lifetime":
+            self._reset()
+        now = self._now()
+        window = Window(now if start is None else start, now)
+        self.open.append(window)
+        return window
+
+    def end(self, window: Window | None) -> float | None:
+        """The window's peak over its start, in MiB (None: not measured here)."""
+        if window is None or window not in self.open:
+            return None
+        self._fold()
+        self.open.remove(window)
+        return round(max(0, window.high - window.start) / MiB, 3)

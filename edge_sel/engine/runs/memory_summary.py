@@ -1,0 +1,49 @@
+"""summary.json's `memory` block: the counted peak of the run's largest step and its parts, the
+counted forward-only passes, and the peaks measured beside them (engine/loop/memory_records.py)."""
+
+from __future__ import annotations
+
+from edge_sel.engine.loop.memory_records import PARTS
+
+INCLUDES = {
+    "counted_mb": "one training step of the run's largest counted trainable set and rows, counted on the meta "
+                  "device: weights and buffers, optimizer state, the batch, and at the step's high-water mark the "
+                  "activations saved for backward, the parameter gradients and the transient tensors; not kernel "
+                  "workspaces, the allocator's overhead, the datasets, or the process itself",
+    "eval_counted_mb": "one forward-only evaluation pass (eval mode, no gradients) at the evaluation batch size: "
+                       "weights, the batch, the transient tensors",
+    "bn_adapt_counted_mb": "one BatchNorm re-estimation pass (train mode, no gradients, up to 256 images a batch)",
+    "data_mb": "the datasets the run holds on its device (uint8 images, labels and ids of every split)",
+    "measured_mb": "the largest growth over the level just before training, over the epochs' training windows "
+                   "(steps, scoring and re-estimation passes); rss-hwm: the resident high-water mark (every page "
+                   "the process touched: tensors, kernel workspaces, the allocator's kept pages, code loaded by the "
+                   "first step); cuda-allocated: torch's max_memory_allocated on the training device",
+    "eval_measured_mb": "the same for the evaluation passes",
+}
+
+
+def largest(records: list[dict], key: str) -> dict | None:
+    found = [r for r in records if r.get(key) is not None]
+    return max(found, key=lambda r: r[key]) if found else None
+
+
+def memory_block(records: list[dict], baseline: dict | None = None) -> dict | None:
+    """None for a run that neither trained nor evaluated."""
+    evaluated = ([baseline] if baseline else []) + records
+    step = largest(records, "memory_counted_mb")
+    figures = {key: (largest(over, f"memory_{key}") or {}).get(f"memory_{key}")
+               for key, over in (("eval_counted_mb", evaluated), ("bn_adapt_counted_mb", records),
+                                 ("measured_mb", records), ("eval_measured_mb", evaluated))}
+    if step is None and figures["eval_counted_mb"] is None:
+        return None
+    method = next((r["memory_measure_method"] for r in records if r.get("memory_measure_method")), None)
+    return {
+        "counted_mb": None if step is None else step["memory_counted_mb"],
+        "counted_parts_mb": None if step is None else {k: step.get(f"memory_{k}_mb") for k in PARTS},
+        "counted_epoch": None if step is None else step["epoch"],
+        "step_samples": None if step is None else step.get("memory_step_samples"),
+        **{k: v for k, v in figures.items() if v is not None or k != "bn_adapt_counted_mb"},
+        "data_mb": next((r["memory_data_mb"] for r in evaluated if r.get("memory_data_mb") is not None), None),
+        "measure_method": method,
+        "includes": INCLUDES,
+    }

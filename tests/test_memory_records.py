@@ -1,0 +1,184 @@
+"""A run's memory in its records and summary: counted as core/memory.py counts the steps the run
+took, measured by engine/machine/peak_memory.py (the resident high-water mark on a CPU, torch's
+allocated bytes on CUDA, here through an injected fake)."""
+
+import json
+
+import pytest
+import torch
+
+from edge_sel.config import TrainConfig
+from edge_sel.core.memory import MiB, StepShape
+from edge_sel.engine.loop.memory_records import count_fields
+from edge_sel.engine.loop.step_memory import memory_counter
+from edge_sel.engine.machine.peak_memory import PeakMeter
+from edge_sel.engine.runs.data_options import DataOptions
+from edge_sel.engine.runs.memory_summary import memory_block
+from edge_sel.engine.runs.run import finetune
+from edge_sel.models import load_checkpoint
+from edge_sel.models.blocks import model_blocks
+from edge_sel.report.summary import memory_line
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def layers_run(tiny_warm, tmp_path_factory):
+    """An epoch of `--sparsity layers`: a dense probe step, then steps with frozen blocks."""
+    out = tmp_path_factory.mktemp("memory") / "run"
+    cfg = TrainConfig(epochs=1, batch_size=32, sparsity="layers")
+    summary = finetune(tiny_warm, DataOptions("synthetic"), cfg, out, quiet=True)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return out, cfg, summary, records
+
+
+def mib(n):
+    return round(n / MiB, 3)
+
+
+def test_an_epoch_whose_trainable_set_changes_carries_its_largest_step(layers_run):
+    out, cfg, summary, records = layers_run
+    model, card = load_checkpoint(out)
+    counter, shape = memory_counter(cfg, model, card.input_shape)
+    assert shape == StepShape(32)
+    first = records[1]
+    assert first["epoch"] == 0 and first["memory_step_sets"] == 2 and first["memory_step_samples"] == 32
+    dense = counter.count(shape, {n for n, _ in model.named_parameters()})
+    blocks = model_blocks(model)
+    frozen_ids = {id(p) for i in first["frozen_blocks"] for p in blocks[i].parameters()}
+    frozen = counter.count(shape, {n for n, p in model.named_parameters() if id(p) not in frozen_ids})
+    assert frozen.peak < dense.peak
+    assert {k: first[k] for k in count_fields(dense)} == count_fields(dense)
+    assert first["memory_counted_mb"] == mib(dense.peak) and first["memory_activations_mb"] == mib(dense.activations)
+    # Evaluation: one forward-only pass at the run's evaluation batch size (or the set, where smaller).
+    images = max(first[f"{k}_samples_evaluated"] for k in ("val", "test", "anchor"))
+    forward = counter.count_forward(min(json.loads((out / "config.json").read_text())["eval_batch_size"], images))
+    assert first["memory_eval_counted_mb"] == mib(forward.peak)
+    assert records[0]["phase"] == "baseline" and records[0]["memory_eval_counted_mb"] is not None
+    splits = DataOptions("synthetic").load()
+    held = sum(t.numel() * t.element_size() for ds in (splits.train, splits.val, splits.test)
+               for t in (ds.images, ds.labels, ds.index))
+    assert first["memory_data_mb"] == mib(held)
+
+
+def test_the_measured_peak_on_this_cpu_and_the_summary_block(layers_run):
+    out, _, summary, records = layers_run
+    trained = records[1:]
+    method = trained[0]["memory_measure_method"]
+    assert method in ("rss-hwm", "rss-hwm-lifetime")
+    assert all(r["memory_measured_mb"] >= 0 and r["memory_eval_measured_mb"] >= 0 for r in trained)
+    memory = json.loads((out / "summary.json").read_text())["memory"]
+    largest = max(trained, key=lambda r: r["memory_counted_mb"])
+    assert memory["counted_mb"] == largest["memory_counted_mb"]
+    assert memory["counted_parts_mb"]["activations"] == largest["memory_activations_mb"]
+    assert memory["measured_mb"] == max(r["memory_measured_mb"] for r in trained)
+    assert memory["eval_counted_mb"] == max(r["memory_eval_counted_mb"] for r in records)
+    assert memory["measure_method"] == method and set(memory["includes"]) >= {"counted_mb", "measured_mb"}
+    line = memory_line(memory)
+    assert f"counted {memory['counted_mb']:,.1f} MiB" in line and f"({method})" in line
+
+
+def test_a_resumed_epoch_keeps_the_trainable_sets_its_steps_had():
+    from edge_sel.engine.evaluation.evaluate import EmbarrassmentMeter
+    from edge_sel.engine.loop.progress import EpochProgress
+    from edge_sel.methods import Plan
+    progress = EpochProgress(0, Plan(torch.arange(4), None, {}), [], EmbarrassmentMeter(2, 1.5, "cpu"))
+    progress.memory_steps = {"110": 32, "111": 33}
+    again = EpochProgress.from_state(progress.to_state(), 1.5, "cpu")
+    assert again.memory_steps == {"110": 32, "111": 33}
+
+
+def test_resident_peaks_nest_and_say_their_method(tmp_path):
+    meter = PeakMeter("cpu")
+    assert meter.method == "rss-hwm"       # Linux with a writable clear_refs
+    outer = meter.begin()
+    inner = meter.begin()
+    block = torch.ones(48 * MiB // 4)
+    block.add_(1)                         # every page touched
+    del block
+    assert 44 < meter.end(inner) < 60
+    assert 44 < meter.end(outer) < 60     # the inner window's reset did not lose the outer's peak
+    assert meter.end(outer) is None       # closed
+    unwritable = tmp_path / "no-such-dir" / "clear_refs"
+    assert PeakMeter("cpu", clear_refs=str(unwritable)).method == "rss-hwm-lifetime"
+    none = PeakMeter("cpu", status=str(tmp_path / "none"))
+    assert none.method == "unavailable" and none.begin() is None and none.end(None) is None
+
+
+class FakeCuda:
+    """torch.cuda's peak-memory statistics for one device."""
+
+    def __init__(self):
+        self.allocated = self.peak = 0
+        self.resets = []
+
+    def memory_allocated(self, device):
+        return self.allocated
+
+    def max_memory_allocated(self, device):
+        return self.peak
+
+    def reset_peak_memory_stats(self, device):
+        self.resets.append(device)
+        self.peak = self.allocated
+
+    def alloc(self, n):
+        self.allocated += n
+        self.peak = max(self.peak, self.allocated)
+
+
+def test_on_cuda_the_peak_is_torchs_allocated_bytes_over_the_level_before_training():
+    cuda = FakeCuda()
+    cuda.alloc(100 * MiB)                 # weights and data on the device
+    meter = PeakMeter("cuda:0", cuda=cuda)
+    assert meter.method == "cuda-allocated"
+    base = meter.level()
+    cuda.alloc(500 * MiB)                 # an earlier epoch's peak: not this window's
+    cuda.alloc(-500 * MiB)
+    window = meter.begin(base)
+    assert cuda.resets == [torch.device("cuda:0")]
+    cuda.alloc(30 * MiB)
+    evaluation = meter.begin(base)
+    cuda.alloc(70 * MiB)
+    cuda.alloc(-90 * MiB)
+    assert meter.end(evaluation) == 100
+    cuda.alloc(20 * MiB)
+    assert meter.end(window) == 100       # the evaluation inside it is its peak too
+    assert meter.begin(base) is not None and meter.level() == base + 30 * MiB
+
+
+def test_the_summary_block_and_line_of_a_run_that_only_evaluated():
+    baseline = {"epoch": -1, "memory_eval_counted_mb": 3.5, "memory_eval_measured_mb": 20.0}
+    block = memory_block([], baseline)
+    assert block["counted_mb"] is None and block["eval_counted_mb"] == 3.5 and "bn_adapt_counted_mb" not in block
+    assert memory_line(block) == "memory: an evaluation pass 3.5 MiB; not measured here"
+    assert memory_block([], None) is None
+
+
+def allocated_peak(fn) -> int:
+    """The peak of live CPU tensor bytes while `fn` runs, from torch.profiler's allocation events."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    live = peak = 0
+    for e in sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns()):
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def test_a_forward_only_pass_is_counted_as_torchs_allocator_sees_a_real_one():
+    from edge_sel.core.memory import MemoryCounter
+    from edge_sel.models import build_model
+    model = build_model("edgecnn", num_classes=10, input_shape=[3, 32, 32]).eval()
+    counter = MemoryCounter(model, [3, 32, 32], None)
+    count = counter.count_forward(64)
+    assert count.optimizer == count.activations == count.gradients == count.saved == 0
+    assert count.batch == 64 * 3 * 32 * 32 * 4 and count.peak == count.weights + count.batch + count.transient
+    x = torch.randn(64, 3, 32, 32)
+    with torch.no_grad():
+        model(x)                                    # kernels and their tables loaded outside the count
+        real = allocated_peak(lambda: model(x))
+    assert real == pytest.approx(count.transient, rel=0.05)
+    assert counter.count_forward(64) is count       # cached
