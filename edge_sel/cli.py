@@ -30,6 +30,7 @@ from edge_sel.cli_options import (DATA, ENERGY, FINETUNE, FINETUNE_SECTIONS, HOM
 from edge_sel.config import TrainConfig
 from edge_sel.demo import demo_cmd
 from edge_sel.cli_monitor import monitor
+from edge_sel.cli_deployed import deployed_group
 from edge_sel.engine.machine.distributed import detect_world, under_torchrun
 from edge_sel.engine.machine.energy_setup import EnergyOptions
 from edge_sel.engine.runs.data_options import DataOptions
@@ -383,15 +384,16 @@ def promote_cmd(run_dir, deployed, force, max_forgetting):
     and does not forget more than --max-forgetting points on the guard anchors (a deployed model that
     has forgotten more is replaced by a run's model within the limit).
 
-    Exit 0: promoted; 3: judged and not promoted (not a failure); 2: bad input; 1: the swap failed
-    (the deployed model is unchanged)."""
+    Exit 0: promoted, or already deployed (nothing written); 3: judged and not promoted (not a
+    failure); 2: bad input; 1: the swap failed (the deployed model is unchanged). Every decision is
+    appended to the deployed model's history: `edge-sel deployed history`."""
     from edge_sel.config import check_points
     from edge_sel.engine.night.promote import NOT_PROMOTED_EXIT, promote
     if max_forgetting is not None:
         check_points("--max-forgetting", max_forgetting)
     decision = promote(run_dir, deployed, force, max_forgetting=max_forgetting)
     click.echo(decision_line(decision, run_dir))
-    if not decision.promote:
+    if not decision.promote and decision.rule != "already-deployed":
         sys.exit(NOT_PROMOTED_EXIT)
 
 
@@ -404,6 +406,8 @@ def decision_line(decision, run_dir) -> str:
                f"{cost['wall_s']:.1f} s{joules}]" if cost else "")
     if decision.promote:
         return f"promoted ({decision.rule}): {run_dir}: {decision.why}{checked}"
+    if decision.rule == "already-deployed":
+        return f"already deployed: {run_dir}: {decision.why}"
     return f"not promoted ({decision.rule}): {run_dir}: {decision.why}; the deployed model stays{checked}"
 
 
@@ -438,7 +442,8 @@ def models_cmd(measure, as_json):
 
 
 # The commands of other modules, registered here and nowhere else.
-for command in (bench_group, demo_cmd, export_cmd, fleet_group, monitor, predict_cmd, profiles_group, report_cmd):
+for command in (bench_group, demo_cmd, deployed_group, export_cmd, fleet_group, monitor, predict_cmd, profiles_group,
+                report_cmd):
     cli.add_command(command)
 
 

@@ -44,9 +44,9 @@ def test_a_plain_deployed_directory_becomes_a_link_and_the_old_one_is_kept(tmp_p
 
     assert deployed.is_symlink() and not os.path.isabs(os.readlink(deployed))     # relative: the home can move
     assert deployed.resolve() == version and version.parent == tmp_path / ".deployed.versions"
-    # The run's weights and card; the site's files carried over; the old bank is the old weights'.
-    assert contents(deployed) == {"calibration/lens.json": "{}", "model.json": '{"card": "new"}',
-                                  "model.safetensors": "new", "notes.txt": "site notes"}
+    # The run's weights and card, nothing else: the old bank is the old weights', and files that are
+    # no part of a checkpoint (a site's notes, an output written there) stay with the old version.
+    assert contents(deployed) == {"model.json": '{"card": "new"}', "model.safetensors": "new"}
     kept = version.parent / f"{version.name}.migrated-from-plain"
     assert contents(kept) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [".deployed.versions", "deployed", "run-a"]   # no link-tmp
@@ -113,19 +113,40 @@ def test_recover_repairs_what_a_crash_inside_a_swap_leaves(tmp_path):
     (versions / "20260301T000000Z-c").mkdir()                   # no weights: not complete
     run_dir(versions / ("20260401T000000Z-d" + DAMAGED), "d")   # set aside: never deployed again
     run_dir(versions / "20260501T000000Z-e.tmp", "e")           # an unfinished build
-    swap.recover(deployed)                                      # the link lost between two renames
-    assert deployed.resolve() == (versions / "20260201T000000Z-b").resolve()
-    assert not (versions / "20260501T000000Z-e.tmp").exists()
+    # No deployed path and no swap under way: a roll back left the warmup serving, and it still does.
+    swap.recover(deployed)
+    assert not os.path.lexists(deployed) and not (versions / "20260501T000000Z-e.tmp").exists()
+    # Cut off between the two renames: the new link waits beside, the old plain directory is kept
+    # as NEW.migrated-from-plain; the model deployed before serves again.
+    run_dir(versions / "20260201T000000Z-b.migrated-from-plain", "old")
+    (tmp_path / ".deployed.link-tmp").symlink_to(".deployed.versions/20260201T000000Z-b")
+    swap.recover(deployed)
+    assert (deployed / "model.safetensors").read_text() == "old"
+    assert not os.path.lexists(tmp_path / ".deployed.link-tmp")
     plain = plain_deployed(tmp_path / ".deployed.link-tmp")     # the old plain directory, exchanged out
     swap.recover(deployed)
-    assert not os.path.lexists(plain) and deployed.resolve() == (versions / "20260201T000000Z-b").resolve()
-    migrated = [v for v in versions.iterdir() if v.name.endswith(".migrated-from-plain")]
+    assert not os.path.lexists(plain) and (deployed / "model.safetensors").read_text() == "old"
+    migrated = [v for v in versions.iterdir() if v.name.endswith("Z.migrated-from-plain")]
     assert len(migrated) == 1 and contents(migrated[0])["model.safetensors"] == "old"
     # A dangling new link left by a crash is removed; a deployed link in place is left as it is.
     (tmp_path / ".deployed.link-tmp").symlink_to("nowhere")
     swap.recover(deployed)
     assert not os.path.lexists(tmp_path / ".deployed.link-tmp")
-    assert deployed.resolve() == (versions / "20260201T000000Z-b").resolve()
+    assert (deployed / "model.safetensors").read_text() == "old"
+
+
+def test_recover_never_deploys_a_version_set_aside_or_when_the_warmup_serves(tmp_path):
+    """Issue 45, item 9: after a roll back left the warmup serving, the next night's recover()
+    pointed the link at a version known not to load."""
+    deployed = tmp_path / "deployed"
+    versions = tmp_path / ".deployed.versions"
+    run_dir(versions / ("20260101T000000Z-a" + DAMAGED), "a")
+    run_dir(versions / "20260102T000000Z-b", "b")
+    swap.recover(deployed)
+    assert not os.path.lexists(deployed)
+    (tmp_path / ".deployed.link-tmp").symlink_to(".deployed.versions/20260101T000000Z-a")   # no old one beside it
+    swap.recover(deployed)
+    assert not os.path.lexists(deployed) and not os.path.lexists(tmp_path / ".deployed.link-tmp")
 
 
 def test_roll_back_sets_the_deployed_version_aside_and_points_to_the_one_given_or_to_none(tmp_path):
@@ -211,17 +232,25 @@ def test_the_exchange_swaps_two_paths_in_one_call_and_a_real_error_is_raised(tmp
     assert swap._exchange(tmp_path / "link", tmp_path / "link" / "inner") is False
 
 
-def test_stray_files_where_a_swap_works_do_not_stop_it_and_links_a_site_keeps_stay_links(tmp_path):
+def test_stray_files_where_a_swap_works_do_not_stop_it_and_only_checkpoint_files_are_carried(tmp_path):
+    """Issue 45, item 7: a prediction file or a damaged bank beside the deployed model was copied
+    into the next version."""
     deployed = plain_deployed(tmp_path / "deployed")
     (deployed / "current-lens.json").symlink_to("calibration/lens.json")
-    (deployed / "calibration" / "latest").symlink_to("lens.json")
+    (deployed / "preds.jsonl").write_text("{}\n")
+    (deployed / "bn_bank.safetensors.damaged").write_text("torn")
+    for name in ("anchors.safetensors", "fisher.safetensors", "source.safetensors"):
+        (deployed / name).write_text(f"{name} of old")
     (tmp_path / ".deployed.link-tmp").write_text("a stray file")
     (tmp_path / ".deployed.versions").mkdir()
     (tmp_path / ".deployed.versions" / "stray.tmp").write_text("a stray file")
-    swap.swap_in(run_dir(tmp_path / "run", "new"), deployed)
-    assert os.readlink(deployed / "current-lens.json") == "calibration/lens.json"
-    assert os.readlink(deployed / "calibration" / "latest") == "lens.json"
+    swap.swap_in(run_dir(tmp_path / "run", "new", "notes.txt"), deployed)
+    assert sorted(os.listdir(deployed)) == ["anchors.safetensors", "fisher.safetensors", "model.json",
+                                            "model.safetensors", "source.safetensors"]
     assert (deployed / "model.safetensors").read_text() == "new"
+    assert (deployed / "anchors.safetensors").read_text() == "anchors.safetensors of old"     # the source memory stays
+    old = next(v for v in (tmp_path / ".deployed.versions").iterdir() if v.name.endswith("migrated-from-plain"))
+    assert os.readlink(old / "current-lens.json") == "calibration/lens.json" and (old / "preds.jsonl").is_file()
 
 
 def test_an_error_after_the_flip_says_what_failed_in_the_systems_words():
@@ -237,3 +266,46 @@ def test_a_version_the_prune_cannot_remove_does_not_make_the_swap_an_error(tmp_p
     (tmp_path / ".deployed.versions" / "00000000T000000Z-site").symlink_to(elsewhere)   # rmtree refuses links
     swap.swap_in(run_dir(tmp_path / "r2", "two"), deployed)
     assert (deployed / "model.safetensors").read_text() == "two" and (elsewhere / "model.safetensors").exists()
+
+
+def test_promote_manages_only_its_link_a_checkpoint_directory_or_nothing(tmp_path):
+    """Issue 45, item 6: `promote --force` onto a user's file replaced it by a link."""
+    from edge_sel.errors import InputError
+    deployed = tmp_path / "deployed"
+    swap.check_deployed_place(deployed)                                   # nothing yet
+    deployed.mkdir()
+    swap.check_deployed_place(deployed)                                   # empty
+    (deployed / "model.safetensors").write_text("w")
+    swap.check_deployed_place(deployed)                                   # a plain checkpoint (older installs)
+    swap.swap_in(run_dir(tmp_path / "run", "new"), deployed)
+    swap.check_deployed_place(deployed)                                   # its own link
+    users = tmp_path / "notes.txt"
+    users.write_text("mine")
+    with pytest.raises(InputError) as e:
+        swap.check_deployed_place(users, "--place")
+    assert str(e.value) == (f"--place {users}: exists and is not a deployed model (a file, not a directory or a "
+                            f"link to a version); promote never replaces it")
+    (tmp_path / "elsewhere").symlink_to("run")
+    with pytest.raises(InputError) as e:
+        swap.check_deployed_place(tmp_path / "elsewhere")
+    assert str(e.value) == (f"--deployed {tmp_path / 'elsewhere'}: a link to run, not to a version under "
+                            f".elsewhere.versions/; promote replaces only a deployed model it manages")
+    (tmp_path / ".elsewhere.versions" / "v" / "inner").mkdir(parents=True)
+    (tmp_path / "deeper").symlink_to(".elsewhere.versions/v/inner")        # not a version: inside one
+    (tmp_path / ".deeper.versions").symlink_to(".elsewhere.versions")
+    with pytest.raises(InputError, match="not to a version under"):
+        swap.check_deployed_place(tmp_path / "deeper")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.png").write_text("")
+    with pytest.raises(InputError) as e:
+        swap.check_deployed_place(photos)
+    assert str(e.value) == (f"--deployed {photos}: a directory that holds no model (model.safetensors is missing); "
+                            f"promote replaces only a deployed model")
+    assert users.read_text() == "mine" and (photos / "a.png").is_file()
+
+
+def test_a_version_set_aside_is_renamed_beside_the_others(tmp_path):
+    version = run_dir(tmp_path / ".deployed.versions" / "20260101T000000Z-a", "a")
+    assert swap.mark_damaged(version) == version.with_name("20260101T000000Z-a" + DAMAGED)
+    assert not version.exists() and (tmp_path / ".deployed.versions" / ("20260101T000000Z-a" + DAMAGED)).is_dir()

@@ -245,8 +245,14 @@ def test_the_systemd_script_runs_a_real_night(warmup, tmp_path):
 def test_a_swap_cut_off_between_its_renames_is_repaired_before_the_start_is_chosen(warmup, tmp_path, monkeypatch):
     from edge_sel.engine.night import deployed_swap, life
     home = a_home(tmp_path, warmup)
-    deployed_swap.swap_in(home.warmup, home.deployed)       # a model deployed (a link to a version)
-    home.deployed.unlink()                                 # the instant between the two renames
+    shutil.copytree(home.warmup, home.deployed)             # a plain deployed directory, as older installs have it
+    monkeypatch.setenv("EDGE_SEL_NO_RENAME_EXCHANGE", "1")
+    monkeypatch.setattr(faults, "crash_by_raising", True)
+    monkeypatch.setenv(faults.KILL_ENV, "promote-exchanged")
+    with pytest.raises(faults.InjectedCrash):              # the instant between the two renames
+        deployed_swap.swap_in(home.warmup, home.deployed)
+    monkeypatch.delenv(faults.KILL_ENV)
+    assert not os.path.lexists(home.deployed)
     started = []
 
     def no_training(start, *a, **k):

@@ -19,7 +19,7 @@ from torch import nn
 from edge_sel.config import NIGHT_BN_CONDITIONS, TrainConfig
 from edge_sel.core.source_memory import SOURCE_FILES
 from edge_sel.engine.machine.energy_setup import EnergyOptions
-from edge_sel.engine.night import deployed_swap, life
+from edge_sel.engine.night import deployed_swap, journal, life
 from edge_sel.engine.night.life import Home, NightResult
 from edge_sel.engine.night.promote import Decision
 from edge_sel.engine.runs.data_options import DataOptions
@@ -401,9 +401,15 @@ def test_with_no_version_that_loads_the_warmup_serves(tmp_path, monkeypatch):
     asked = loads_except(monkeypatch, *made)
     lines = []
     life.roll_back_damaged_deployed(home, lines.append)
-    assert not os.path.lexists(deployed) and not made[0].exists() and made[1].is_dir()
+    # Every version found not to load is set aside: no later repair deploys it again (issue 45, item 9).
+    assert not os.path.lexists(deployed) and not made[0].exists() and not made[1].exists()
+    assert all(v.with_name(v.name + deployed_swap.DAMAGED).is_dir() for v in made)
     assert asked == [deployed, made[1], home.warmup]
     assert lines == [f"{NIGHTLY}the deployed model does not load (deployed: damaged); set aside, the warmup serves"]
+    deployed_swap.recover(deployed)                     # the next night's repair, and promote's
+    assert not os.path.lexists(deployed)
+    (line,) = journal.read(deployed)
+    assert (line["event"], line["version"], line["previous"], line["by"]) == ("rolled-back", None, str(made[0]), "night")
 
 
 def test_when_nothing_loads_the_fault_is_not_the_versions_and_nothing_changes(tmp_path, monkeypatch):

@@ -70,6 +70,13 @@ def other_files_intact(deployed: Path) -> bool:
         (deployed / "extra" / "fisher.bin").read_bytes() == b"\x00" * 16
 
 
+def checkpoint_files_only(deployed: Path) -> bool:
+    """A promoted version holds the files a checkpoint consists of, never a site's other files
+    (they stay with the version before it)."""
+    names = set(os.listdir(deployed))
+    return {"model.safetensors", "model.json"} <= names and not names & {"anchor-notes.txt", "extra"}
+
+
 def with_summary(run: Path, out: Path, **changes) -> Path:
     """A copy of a run directory whose summary says something else (e.g. another outcome)."""
     shutil.copytree(run, out, ignore=shutil.ignore_patterns("state"))
@@ -106,16 +113,26 @@ def test_promote_judges_against_the_deployed_model_and_refuses_what_it_must(tiny
     assert "not promoted (not-better)" in run_cli("promote", tie, "--deployed", deployed, expect=3).output
     assert weights_digest(deployed) == start and not deployed.is_symlink()
     # Better (the real run): swapped in; the directory becomes a link to a version holding the
-    # site's files too.
+    # checkpoint's files; the site's other files stay with the old directory, kept as a version.
     better = run
     assert "promoted (better)" in run_cli("promote", better, "--deployed", deployed).output
     assert deployed.is_symlink() and weights_digest(deployed) == weights_digest(run)
-    assert other_files_intact(deployed)
+    assert checkpoint_files_only(deployed)
+    (old,) = deployed_swap.versions_dir(deployed).glob("*.migrated-from-plain")
+    assert other_files_intact(old)
     load_checkpoint(deployed)
-    # The deployed model is now the run's output: a run from the old start is refused without --force.
-    result = run_cli("promote", better, "--deployed", deployed, expect=3)
+    # The deployed model is now the run's output: promoting it again says so and writes nothing.
+    record = (better / "promote.json").read_bytes()
+    result = run_cli("promote", better, "--deployed", deployed)
+    assert result.output.startswith(f"already deployed: {better}: its model is the one deployed now")
+    assert (better / "promote.json").read_bytes() == record
+    # A run from the old start is refused without --force.
+    other = with_summary(run, tmp_path / "other", output_model={"val_acc": 0.99})
+    (other / "model.json").write_text(json.dumps({**json.loads((other / "model.json").read_text()), "note": "other"}))
+    result = run_cli("promote", other, "--deployed", deployed, expect=3)
     assert "not promoted (other-start)" in result.output
-    assert "not promoted (not-better)" in run_cli("promote", worse, "--deployed", deployed, "--force",
+    (other / "summary.json").write_text((worse / "summary.json").read_text())
+    assert "not promoted (not-better)" in run_cli("promote", other, "--deployed", deployed, "--force",
                                                   expect=3).output
     (run / "promote.json").unlink(missing_ok=True)
     # Not a run directory: one line, exit 2.
@@ -156,7 +173,7 @@ def test_a_read_only_target_is_one_line_and_the_deployed_model_stays(weak_start,
     with read_only(deployed.parent):
         code, err = run_main(["promote", run, "--deployed", deployed], capsys)
     assert code == 1 and len(err.strip().splitlines()) == 1, err
-    assert f"--deployed {deployed}: cannot replace the deployed model" in err
+    assert f"--deployed {deployed}: cannot write its history" in err and "the deployed model is unchanged" in err
     assert weights_digest(deployed) == weights_digest(weak_start) and other_files_intact(deployed)
     (run / "promote.json").unlink(missing_ok=True)
 
@@ -186,9 +203,10 @@ def test_a_crash_at_every_step_of_the_swap_leaves_a_loadable_deployed_model(weak
             deployed_swap.recover(deployed)
         assert weights_digest(deployed) in (old, new), step
         load_checkpoint(deployed)
-        assert other_files_intact(deployed), step
+        plain_old = weights_digest(deployed) == old and layout != "link"
+        assert other_files_intact(deployed) if plain_old else checkpoint_files_only(deployed), step
         deployed_swap.swap_in(run, deployed)                   # the next promote completes
-        assert weights_digest(deployed) == new and other_files_intact(deployed)
+        assert weights_digest(deployed) == new and checkpoint_files_only(deployed)
         versions = deployed_swap.versions_dir(deployed)
         assert not list(versions.glob("*.tmp")) and len(list(versions.iterdir())) <= 2
 

@@ -19,7 +19,9 @@ from edge_sel.core.bn_bank import BANK_FILE
 from edge_sel.core.outputs import MARKER
 from edge_sel.data.sources import load_synthetic
 from edge_sel.data.write_folder import write_image_folder
+from edge_sel.engine.night import journal
 from edge_sel.engine.night.deployed_swap import swap_in
+from edge_sel.engine.night.promote import promote
 from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.engine.runs.run import finetune
 from edge_sel.cli import main
@@ -143,6 +145,17 @@ CASES = [
      "not an earlier output of edge-sel fleet app"),
     ("bench-onto-its-checkpoint", "bench edge --checkpoint {w}/ckpt --dataset synthetic --quick --out {w}/ckpt "
      "--overwrite", "is --checkpoint"),
+    ("promote-inside-its-run", "promote {w}/run --deployed {w}/run/deployed --force", "lies inside RUN"),
+    ("promote-a-deployed-version-onto-itself", "promote {w}/home/checkpoints/deployed "
+     "--deployed {w}/home/checkpoints/deployed --force", "is RUN"),
+    ("promote-over-a-users-file", "promote {w}/run --deployed {w}/notes.txt --force", "is not a deployed model"),
+    ("promote-over-a-link-elsewhere", "promote {w}/run --deployed {w}/elsewhere --force",
+     "not to a version under .elsewhere.versions/"),
+    ("promote-over-a-users-folder", "promote {w}/run --deployed {w}/images --force", "holds no model"),
+    ("night-runs-inside-the-deployed-model", "night --home {w}/home --dataset synthetic --profile generic --quiet "
+     "--runs {w}/home/checkpoints/deployed/runs", "lies inside --home/deployed"),
+    ("night-runs-inside-the-warmup", "night --home {w}/home --dataset synthetic --profile generic --quiet "
+     "--runs {w}/home/checkpoints/warmup", "lies inside --home/warmup"),
 ]
 
 
@@ -159,8 +172,8 @@ def test_an_output_onto_an_input_is_refused_in_one_line_and_nothing_changes(worl
     assert tree(world) == before
 
 
-def test_the_set_is_at_least_fifteen_cases_over_eight_commands():
-    assert len(CASES) >= 15 and len({c[1].split()[0] for c in CASES}) >= 8
+def test_the_set_is_at_least_fifteen_cases_over_ten_commands():
+    assert len(CASES) >= 15 and len({c[1].split()[0] for c in CASES}) >= 10
 
 
 # ---- item 4: export --overwrite -------------------------------------------------------------
@@ -206,3 +219,62 @@ def test_predict_replaces_an_existing_out_only_with_overwrite(world, tmp_path, c
     assert code == 0, err
     lines = out.read_text().splitlines()
     assert len(lines) == len(list((world / "images").rglob("*.png"))) and json.loads(lines[0])["path"]
+
+
+# ---- items 6-8: promote's place and journal --------------------------------------------------
+
+def test_promote_force_onto_a_users_file_keeps_it(world, tmp_path, capsys):
+    """Issue 45, item 6: "promoted (first)", the file replaced by a link, its content gone."""
+    users = tmp_path / "deployed"
+    users.write_text("my own file\n")
+    code, err = run_main(["promote", world / "run", "--deployed", users, "--force"], capsys)
+    assert code == 2 and err.strip() == (f"edge-sel: error: --deployed {users}: exists and is not a deployed model "
+                                         f"(a file, not a directory or a link to a version); promote never "
+                                         f"replaces it")
+    assert users.read_text() == "my own file\n" and sorted(os.listdir(tmp_path)) == ["deployed"]
+
+
+def evaluated(acc):
+    return lambda config, deployed, run_dir: (acc, None, {"samples": 1, "flops": 0, "wall_s": 0.0})
+
+
+def test_promote_keeps_a_journal_says_already_deployed_plainly_and_rolls_back(world, tmp_path, capsys):
+    """Issue 45, item 8: promoting the deployed run said "started from X, not from X" and rewrote
+    its promote.json; the record of that deployment was lost. Now every decision and deployment is
+    a journal line never rewritten, `deployed history` shows them, and `deployed roll-back` deploys
+    the version before again."""
+    deployed = tmp_path / "checkpoints" / "deployed"
+    first = model_run(tmp_path / "runs" / "first", world / "ckpt")
+    assert promote(first, deployed).rule == "first"
+    v1 = deployed.resolve()
+    second = model_run(tmp_path / "runs" / "second", world / "ckpt", val_acc=0.95)
+    (second / "model.json").write_text((second / "model.json").read_text().replace("{", '{"note": "second", ', 1))
+    config = json.loads((second / "config.json").read_text())
+    (second / "config.json").write_text(json.dumps({**config, "checkpoint": str(deployed)}))
+    assert promote(second, deployed, force=True, evaluate=evaluated(0.9)).rule == "better"
+    v2 = deployed.resolve()
+    record, lines = (second / "promote.json").read_bytes(), journal.journal_path(deployed).read_bytes()
+
+    code, out, err = run(["promote", second, "--deployed", deployed], capsys)
+    assert (code, err) == (0, "")
+    assert out == f"already deployed: {second}: its model is the one deployed now ({v2.name}); nothing to do\n"
+    assert (second / "promote.json").read_bytes() == record and journal.journal_path(deployed).read_bytes() == lines
+    events = [(line["event"], Path(line.get("run", "")).name) for line in journal.read(deployed)]
+    assert events == [("decision", "first"), ("deployed", "first"), ("decision", "second"), ("deployed", "second")]
+
+    code, out, err = run(["deployed", "history", "--deployed", deployed], capsys)
+    assert code == 0, err
+    shown = out.splitlines()
+    assert shown[0] == f"serving now: {v2.name}; before it: {v1.name} (kept)" and len(shown) == 5
+    assert shown[1].endswith(f"deployed {v2.name} from {second} (better), after {v1.name}")
+    assert shown[2].endswith(f"promoted (better): {second}: validation accuracy 95.00% beats the deployed model's "
+                             f"90.00%")
+    assert shown[4].endswith(f"promoted (first): {first}: nothing was deployed")
+    code, out, err = run(["deployed", "roll-back", "--deployed", deployed], capsys)
+    assert code == 0, err
+    assert out == f"rolled back: {deployed} -> {v1.name} (was {v2.name})\n"
+    assert deployed.resolve() == v1 and v2.is_dir()
+    last = journal.read(deployed)[-1]
+    assert (last["event"], last["version"], last["previous"], last["by"]) == ("rolled-back", str(v1), str(v2), "user")
+    code, err = run_main(["deployed", "roll-back", "--deployed", deployed, "--to", "nowhere"], capsys)
+    assert code == 2 and "--to nowhere: not a version kept" in err and deployed.resolve() == v1

@@ -18,7 +18,7 @@ from torch import nn
 
 from edge_sel.data import IndexedDataset
 from edge_sel.engine.night import promote as pr
-from edge_sel.engine.night.deployed_swap import AfterSwapError
+from edge_sel.engine.night.deployed_swap import DAMAGED, AfterSwapError
 from edge_sel.errors import InputError, WriteError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -766,3 +766,15 @@ def test_the_after_swap_warning_is_flushed_at_once(tmp_path, fixed_time, monkeyp
     pr.promote(run, tmp_path / "deployed")
     assert stream.events[-1] == ("flush",)
     assert "".join(e[1] for e in stream.events if e[0] == "write").startswith("edge-sel: warning: --deployed ")
+
+
+def test_promote_with_the_warmup_serving_judges_against_no_version_set_aside(tmp_path, fixed_time):
+    """Issue 45, item 9: with every version set aside and the warmup serving, promote's repair
+    pointed the link at another version before deciding, and judged the run against it."""
+    versions = tmp_path / ".deployed.versions"
+    for name in ("20260101T000000Z-a" + DAMAGED, "20260102T000000Z-b"):
+        make_deployed(versions / name)
+    run = make_run(tmp_path / "run", {"output_model": {"val_acc": 0.7}})
+    d = pr.promote(run, tmp_path / "deployed", evaluate=lambda *a: pytest.fail("judged against a version"))
+    assert (d.promote, d.rule) == (True, "first")
+    assert (tmp_path / "deployed" / "model.safetensors").read_bytes() == b"candidate weights"

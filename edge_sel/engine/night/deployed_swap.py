@@ -3,14 +3,16 @@
     checkpoints/deployed -> .deployed.versions/20261123T023000Z-20261123T020000Z/
     checkpoints/.deployed.versions/<older version>/      (the previous one is kept)
 
-A new version is a full copy of the deployed directory's files (notes, anything a site put there)
-with the run's model files in place of the old ones, and the run's source memory (anchors, Fisher,
-source weights: core/source_memory.py) in place of the old when the run has it. It is built under a temporary
+A new version holds the files a checkpoint consists of and nothing else (a stray output or a
+damaged bank beside the deployed model is never carried on): the run's model files and BatchNorm
+bank, and the run's source memory (anchors, Fisher, source weights: core/source_memory.py), or
+the deployed one's when the run has none. It is built under a temporary
 name, renamed into the versions directory, and the symlink is flipped by renaming a new link over
 it: a reader, or a crash at any instant, sees the old model or the new one, never none. A deployed
 directory that is still a plain directory is migrated by exchanging it with the link in one
 renameat2(RENAME_EXCHANGE) call (Linux); where the filesystem lacks that, by two renames, and a
-crash between them is repaired by the next promote (`recover`).
+crash between them is repaired by the next promote (`recover`). A deployed path that is missing
+with no swap under way is left missing: the warmup serves (a roll back found no version that loads).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from edge_sel.core.bn_bank import BANK_FILE
 from edge_sel.core.checkpoint import fsync_dir
 from edge_sel.core.source_memory import SOURCE_FILES, has_source_memory
 from edge_sel.engine import faults
+from edge_sel.errors import InputError
 
 MODEL_FILES = ("model.safetensors", "model.json")
 KEEP_VERSIONS = 2            # the deployed one and the one before it
@@ -36,23 +39,46 @@ def versions_dir(deployed: Path) -> Path:
 
 
 def recover(deployed: Path) -> None:
-    """A deployed path left missing (a crash inside the two-rename fallback) points again to the
-    newest complete version; leftovers of interrupted swaps are removed."""
+    """A deployed path left missing by a crash inside the two-rename fallback (the new link still
+    waiting beside it) points again to the model deployed before, kept as VERSION.migrated-from-plain;
+    leftovers of interrupted swaps are removed. A deployed path missing for any other reason (a roll
+    back found no version that loads: the warmup serves) is left missing, and a version set aside
+    as damaged is never deployed again."""
+    deployed = Path(deployed)
     versions = versions_dir(deployed)
     if not versions.is_dir():
         return
     for leftover in versions.glob("*.tmp"):
         shutil.rmtree(leftover, ignore_errors=True)
     link_tmp = deployed.parent / f".{deployed.name}.link-tmp"
+    waiting = None
     if link_tmp.is_symlink():
+        waiting = (deployed.parent / os.readlink(link_tmp)).name
         link_tmp.unlink()
     elif link_tmp.is_dir():         # the old plain directory, exchanged out just before a crash
         os.replace(link_tmp, versions / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.migrated-from-plain")
-    if not os.path.lexists(deployed):
-        complete = sorted(v for v in versions.iterdir()
-                          if (v / "model.safetensors").is_file() and not v.name.endswith(DAMAGED))
-        if complete:
-            _point_link(deployed, complete[-1])
+    if waiting is not None and not os.path.lexists(deployed):
+        before = versions / f"{waiting}.migrated-from-plain"
+        if (before / "model.safetensors").is_file():
+            _point_link(deployed, before)
+
+
+def check_deployed_place(deployed: Path, option: str = "--deployed") -> None:
+    """`deployed` must be what promote manages: a link to one of its versions, a plain checkpoint
+    directory (an older install, migrated), an empty directory, or nothing yet. Anything else (a
+    user's file, a link elsewhere, a folder that holds no model) would be replaced: refused."""
+    deployed = Path(deployed)
+    if deployed.is_symlink():
+        target = Path(os.path.normpath(deployed.parent / os.readlink(deployed)))
+        if target.parent.resolve() != versions_dir(deployed).resolve():
+            raise InputError(f"{option} {deployed}: a link to {os.readlink(deployed)}, not to a version under "
+                             f"{versions_dir(deployed).name}/; promote replaces only a deployed model it manages")
+    elif os.path.lexists(deployed) and not deployed.is_dir():
+        raise InputError(f"{option} {deployed}: exists and is not a deployed model (a file, not a directory or "
+                         f"a link to a version); promote never replaces it")
+    elif deployed.is_dir() and any(deployed.iterdir()) and not (deployed / "model.safetensors").is_file():
+        raise InputError(f"{option} {deployed}: a directory that holds no model (model.safetensors is missing); "
+                         f"promote replaces only a deployed model")
 
 
 def other_versions(deployed: Path) -> list[Path]:
@@ -74,8 +100,16 @@ def roll_back(deployed: Path, back: Path | None) -> None:
     else:
         deployed.unlink()
     if damaged.parent == versions_dir(deployed).resolve():
-        os.replace(damaged, damaged.with_name(damaged.name + DAMAGED))
+        mark_damaged(damaged)
     fsync_dir(deployed.parent)
+
+
+def mark_damaged(version: Path) -> Path:
+    """Set a version that does not load aside as VERSION.damaged (kept for a look, never deployed again)."""
+    version = Path(version)
+    target = version.with_name(version.name + DAMAGED)
+    os.replace(version, target)
+    return target
 
 
 def swap_in(run_dir: Path, deployed: Path) -> Path:
@@ -129,22 +163,15 @@ def files_from_run(run_dir: Path) -> tuple[str, ...]:
 
 
 def _build_version(run_dir: Path, deployed: Path, staging: Path) -> None:
-    """The deployed directory's other files, then the run's (weights before card)."""
+    """The deployed model's source memory when the run brings none, then the run's files (weights
+    before card): the files a checkpoint consists of, nothing else."""
     staging.mkdir()
     taken = files_from_run(run_dir)
-    if deployed.is_dir():
-        for item in deployed.iterdir():
-            if item.name in taken or item.name == BANK_FILE:
-                continue
-            target = staging / item.name
-            if item.is_dir():
-                shutil.copytree(item, target, symlinks=True)
-            else:
-                shutil.copy2(item, target, follow_symlinks=False)
-                _fsync_file(target)
-    for name in taken:
-        shutil.copy2(run_dir / name, staging / name)
-        _fsync_file(staging / name)
+    kept = () if set(SOURCE_FILES) <= set(taken) or not has_source_memory(deployed) else SOURCE_FILES
+    for source, names in ((deployed, kept), (run_dir, taken)):
+        for name in names:
+            shutil.copy2(source / name, staging / name)
+            _fsync_file(staging / name)
     fsync_dir(staging)
 
 

@@ -30,7 +30,9 @@ from typing import Callable
 
 from edge_sel.config import NIGHT_BN_CONDITIONS, TrainConfig
 from edge_sel.core.checkpoint import atomic_write_bytes
-from edge_sel.engine.night.deployed_swap import recover
+from edge_sel.core.outputs import refuse_onto_inputs
+from edge_sel.engine.night import journal
+from edge_sel.engine.night.deployed_swap import recover, versions_dir
 from edge_sel.engine.machine.energy_setup import EnergyOptions
 from edge_sel.engine.night.promote import Decision, promote, validate_deployed
 from edge_sel.engine.runs.data_options import DataOptions
@@ -156,6 +158,9 @@ def night(home: Home, data: DataOptions, cfg: TrainConfig, energy: EnergyOptions
                 say(f"edge-sel nightly: BatchNorm statistics per condition are off tonight: --bn-adapt "
                     f"{cfg.bn_adapt} re-estimates one set instead")
         run_dir = home.runs / (run_name or new_run_name(home.runs))
+        refuse_onto_inputs(run_dir, [(home.named("deployed"), home.deployed),
+                                     (home.named("deployed"), versions_dir(home.deployed)),
+                                     (home.named("warmup"), home.warmup)], home.named("runs"))
         say(f"edge-sel nightly: new run {run_dir} from {start}")
         summary = finetune(start, data, cfg, run_dir, quiet=quiet, energy=energy, profile=profile)
     if trained is not None:
@@ -170,22 +175,37 @@ def night(home: Home, data: DataOptions, cfg: TrainConfig, energy: EnergyOptions
 def roll_back_damaged_deployed(home: Home, say) -> None:
     """A deployed model that no longer loads (its card or weights damaged) would fail every night
     and leave the device nothing to serve: the version before it is deployed again, or, with none
-    that loads, the warmup serves. When nothing else loads either, the fault is not the version's
-    (an untrusted model spec, a missing factory file) and nothing is changed."""
-    from edge_sel.engine.night.deployed_swap import other_versions, roll_back
+    that loads, the warmup serves. Every version found not to load is set aside as damaged, so no
+    later repair deploys it again. When the warmup does not load either, the fault is not the
+    versions' (an untrusted model spec, a missing factory file) and nothing is changed."""
+    from edge_sel.engine.night.deployed_swap import mark_damaged, other_versions, roll_back
     deployed = home.deployed
     if not deployed.is_symlink() or not deployed.exists():
         return
     why = load_error(deployed)
     if why is None:
         return
-    back = next((v for v in other_versions(deployed) if load_error(v) is None), None)
+    failed, back = [], None
+    for version in other_versions(deployed):
+        if load_error(version) is None:
+            back = version
+            break
+        failed.append(version)
     if back is None and load_error(home.warmup) is not None:
         return
+    was = deployed.resolve()
     try:
         roll_back(deployed, back)
+        for version in failed:
+            mark_damaged(version)
     except OSError as e:
         raise WriteError(f"--deployed {deployed}: cannot roll back a damaged model ({e.strerror or e})") from None
+    try:
+        journal.append(deployed, "rolled-back", version=None if back is None else str(back), previous=str(was),
+                       why=f"does not load: {why}", by="night",
+                       set_aside=[str(v) for v in failed])
+    except OSError:
+        pass                    # the roll back stands; the journal on a read-only disk cannot say so
     say(f"edge-sel nightly: the deployed model does not load ({why}); set aside, "
         + (f"the version before it is deployed again ({back.name})" if back else "the warmup serves"))
 

@@ -9,7 +9,9 @@ when the candidate's local validation accuracy is not higher (keeping the drifte
 guard forbids; a reset to the source weights produces such candidates).
 
 `decide` returns which rule decided; `promote` acts on it with the atomic swap of
-engine/night/deployed_swap.py and writes RUN/promote.json."""
+engine/night/deployed_swap.py, appends the decision and the deployment to the deployed model's
+history (DEPLOYED.history.jsonl, engine/night/journal.py: never rewritten) and writes
+RUN/promote.json (the run's latest decision). A run whose model is already the deployed one is said to be so, and nothing is written."""
 
 from __future__ import annotations
 
@@ -20,7 +22,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edge_sel.core.checkpoint import atomic_write_bytes, weights_digest
-from edge_sel.engine.night.deployed_swap import MODEL_FILES, AfterSwapError, recover, swap_in
+from edge_sel.core.outputs import refuse_onto_inputs
+from edge_sel.engine.night import journal
+from edge_sel.engine.night.deployed_swap import (MODEL_FILES, AfterSwapError, check_deployed_place, files_from_run,
+                                                 recover, swap_in, versions_dir)
 from edge_sel.engine.evaluation.evaluate import forgetting_points
 from edge_sel.errors import InputError, WriteError, existing_dir, required_file
 
@@ -30,8 +35,8 @@ NOT_PROMOTED_EXIT = 3       # a run judged and not deployed: not a failure (the 
 @dataclass
 class Decision:
     promote: bool
-    # interrupted | pretrain | other-start | no-validation | forgets | restores | not-better | no-gain
-    # | better | new-condition | first | forced-first
+    # interrupted | already-deployed | pretrain | other-start | no-validation | forgets | restores
+    # | not-better | no-gain | better | new-condition | first | forced-first
     rule: str
     why: str
     candidate_val_acc: float | None = None
@@ -72,6 +77,22 @@ def started_from(config: dict, deployed: Path) -> bool:
     return start is not None and Path(start).resolve() == deployed.resolve()
 
 
+def already_deployed(run_dir: Path, deployed: Path) -> bool:
+    """Whether the deployed model is this run's own: every file the run would deploy (weights,
+    card, bank, source memory) is there byte for byte. A run whose output is its start still
+    differs by its card."""
+    if not (Path(deployed) / "model.safetensors").is_file():
+        return False
+    return all(_same_bytes(Path(run_dir) / name, Path(deployed) / name) for name in files_from_run(run_dir))
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    try:
+        return a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
+    except OSError:
+        return False
+
+
 def decide(run_dir: Path, deployed: Path, force: bool = False, evaluate=None,
            max_forgetting: float | None = None) -> Decision:
     """The promote decision and the rule that made it. `evaluate(run_config, deployed, run_dir)`
@@ -84,6 +105,9 @@ def decide(run_dir: Path, deployed: Path, force: bool = False, evaluate=None,
     candidate = out.get("val_acc", (summary.get("kept") or {}).get("kept_val_acc"))
     if summary.get("stop_reason") == "interrupted":
         return Decision(False, "interrupted", "the run was interrupted before its last epoch; resume it first")
+    if already_deployed(run_dir, deployed):
+        return Decision(False, "already-deployed", f"its model is the one deployed now "
+                                                   f"({Path(deployed).resolve().name}); nothing to do", candidate)
     if summary.get("phase") == "pretrain" and not force:
         return Decision(False, "pretrain", "a pretrain directory, not a fine-tune of the deployed model; "
                                            "--force deploys it after the comparison")
@@ -96,8 +120,12 @@ def decide(run_dir: Path, deployed: Path, force: bool = False, evaluate=None,
         return Decision(True, "forced-first" if summary.get("phase") == "pretrain" else "first",
                         "nothing was deployed", candidate)
     if not force and not started_from(config, deployed):
-        return Decision(False, "other-start", f"the run started from {config.get('checkpoint')}, not from the "
-                                              f"model deployed now; --force judges it against it anyway", candidate)
+        start = config.get("checkpoint")
+        said = (f"the run started from the model deployed at {start} then, and another has been deployed since"
+                if start is not None and Path(start).absolute() == deployed.absolute()
+                else f"the run started from {start}, not from the model deployed now")
+        return Decision(False, "other-start", f"{said}; --force judges it against it anyway",
+                        candidate)
     if candidate is None:
         return Decision(False, "no-validation", "the run has no validation accuracy to compare", candidate)
     if (summary.get("kept") or {}).get("kept") == "warmup" and new_condition(summary):
@@ -248,35 +276,71 @@ def run_eval_batch(run_dir: Path | None) -> int | None:
 
 def promote(run_dir: Path, deployed: Path, force: bool = False, evaluate=None,
             max_forgetting: float | None = None) -> Decision:
-    """Decide, swap when promoted, and record the decision in RUN/promote.json."""
+    """Decide, swap when promoted, and record the decision: a line in the deployed model's journal
+    (before the swap, and the deployment after it) and RUN/promote.json."""
     run_dir, deployed = Path(run_dir), Path(deployed)
+    check_deployed_place(deployed)
+    # The deployed link and its versions are promote's outputs: never the run it reads, nor inside it.
+    refuse_onto_inputs(deployed, [("RUN", run_dir)], "--deployed")
+    refuse_onto_inputs(versions_dir(deployed), [("RUN", run_dir)], "--deployed")
     try:
         recover(deployed)
     except OSError as e:
         raise WriteError(f"--deployed {deployed}: cannot repair an interrupted swap ({e.strerror or e})") from None
     decision = decide(run_dir, deployed, force, evaluate, max_forgetting)
+    if decision.rule == "already-deployed":
+        return decision         # nothing changes, so nothing is written
     record = {**asdict(decision), "run": str(run_dir), "deployed": str(deployed), "force": force,
               "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    if decision.promote:
-        # The decision is recorded before the swap: a crash after the link flips must not leave a
-        # deployed model whose acceptance no record holds (the record without "version" means the
-        # swap may or may not have happened).
+    if not decision.promote:
+        _journal(deployed, "decision", record)
         _record(run_dir, record)
-        try:
-            version = swap_in(run_dir, deployed)
-        except AfterSwapError as e:          # deployed all the same: say what failed after, keep the record
-            version = e.version
-            record["after_swap_error"] = str(e)
-            print(f"edge-sel: warning: --deployed {deployed} now holds the run's model ({version.name}), but a "
-                  f"step after the swap failed ({e}); the previous version may not have been pruned",
-                  file=sys.stderr, flush=True)
-        except OSError as e:
-            _record(run_dir, {**record, "swap_error": str(e)})
-            raise WriteError(f"--deployed {deployed}: cannot replace the deployed model ({e.strerror or e}); "
-                             f"it is unchanged") from None
-        record["version"] = str(version)
+        return decision
+    # The decision is recorded before the swap: a crash after the link flips must not leave a
+    # deployed model whose acceptance no record holds (a decision without a `deployed` line after it
+    # means the swap may or may not have happened).
+    try:
+        deployed.parent.mkdir(parents=True, exist_ok=True)
+        journal.append(deployed, "decision", **_fields(record))
+    except OSError as e:
+        raise WriteError(f"--deployed {deployed}: cannot write its history {journal.journal_path(deployed)} "
+                         f"({e.strerror or e}); the deployed model is unchanged") from None
+    _record(run_dir, record)
+    previous = deployed.resolve() if deployed.is_symlink() else None
+    try:
+        version = swap_in(run_dir, deployed)
+    except AfterSwapError as e:          # deployed all the same: say what failed after, keep the record
+        version = e.version
+        record["after_swap_error"] = str(e)
+        print(f"edge-sel: warning: --deployed {deployed} now holds the run's model ({version.name}), but a "
+              f"step after the swap failed ({e}); the previous version may not have been pruned",
+              file=sys.stderr, flush=True)
+    except OSError as e:
+        _journal(deployed, "swap-failed", {"run": str(run_dir), "error": str(e)})
+        _record(run_dir, {**record, "swap_error": str(e)})
+        raise WriteError(f"--deployed {deployed}: cannot replace the deployed model ({e.strerror or e}); "
+                         f"it is unchanged") from None
+    record["version"] = str(version)
+    _journal(deployed, "deployed", {"run": str(run_dir), "version": str(version), "rule": decision.rule,
+                                    "previous": None if previous is None else str(previous),
+                                    **({"after_swap_error": record["after_swap_error"]}
+                                       if "after_swap_error" in record else {})})
     _record(run_dir, record)
     return decision
+
+
+def _fields(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in ("when", "deployed")}     # the journal is the deployed place's
+
+
+def _journal(deployed: Path, event: str, record: dict) -> None:
+    if not deployed.parent.is_dir():
+        return                  # nothing was ever deployed there, and a decision not to changes nothing
+    try:
+        journal.append(deployed, event, **_fields(record))
+    except OSError as e:
+        print(f"edge-sel: warning: {journal.journal_path(deployed)}: cannot write ({e.strerror or e}); this "
+              f"{event} is not in the deployed model's history", file=sys.stderr, flush=True)
 
 
 def _record(run_dir: Path, record: dict) -> None:
