@@ -143,3 +143,17 @@ def test_a_bad_schedule_is_one_line_and_exit_2(tmp_path):
     result = run_cli("bench", "lifelong", "--quick", "--schedule", "day,moon", "--out", tmp_path / "b", expect=2)
     assert "--schedule" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "b").exists()
+
+
+def test_methods_that_score_alike_do_not_hide_one_another(tmp_path, monkeypatch):
+    """Two methods with the same accuracy every night draw two lines apart, each its own marker."""
+    from edge_sel.bench import lifelong_report
+    figures = []
+    monkeypatch.setattr("matplotlib.figure.Figure.savefig", lambda fig, *a, **k: figures.append(fig))
+    nights = [{"condition": c, "acc": {"clean": 90.0, lifelong.SERVER: 95.0}} for c in ("clean", "fog")]
+    summary = {"lifelong": {"nights": nights}, "conditions": {"nights": nights}}
+    lifelong_report.plot({"domains": ["clean"]}, summary, tmp_path / "lifelong.png")
+    lines = figures[0].axes[0].get_lines()
+    assert [line.get_label() for line in lines] == ["lifelong", "conditions"]
+    assert list(lines[0].get_xdata()) != list(lines[1].get_xdata())
+    assert lines[0].get_marker() != lines[1].get_marker()

@@ -219,6 +219,15 @@ def test_demo_runs_and_says_where_the_run_is(tmp_path):
     # Statistics kept per condition adapt like re-estimation and keep the clean digits.
     shifted, _, forgot = rows["statistics per condition (--bn-conditions 4)"][:3]
     assert float(shifted.rstrip("%")) > 80 and float(forgot) < 3
+    # The report shows every row of the table (no adaptation too), at the accuracies the table printed.
+    import csv
+    report = {r["run"]: r for r in csv.DictReader(open(tmp_path / "demo" / "report" / "runs.csv"))}
+    for label, name in (("dense fine-tune, 2 epochs", "finetune"), ("no adaptation (the warmup)", "none"),
+                        ("BatchNorm re-estimation (500 images)", "bn-adapt"), ("recipe (--preset adapt)", "recipe"),
+                        ("statistics per condition (--bn-conditions 4)", "conditions")):
+        printed = rows[label][:2]
+        shown = [f"{100 * float(report[name][key]):.1f}%" for key in ("output_test_acc", "output_clean_test_acc")]
+        assert shown == printed, (label, shown, printed)
     again = run_cli("demo", "--out", tmp_path / "demo", "--epochs", 1, expect=2)
     assert "--overwrite" in again.output
     assert len(records(tmp_path / "demo" / "finetune")) == 2     # the earlier demo is untouched

@@ -301,6 +301,25 @@ def test_gate_plot_title_matches_what_is_drawn(tmp_path, monkeypatch):
     assert "significance in [0, 1])" not in title and "tau may pass" in title
     assert any(list(line.get_ydata()) == [1.0, 1.0] for line in ax_t.get_lines())     # the dotted 1
     assert list(ax_t.get_lines()[0].get_xdata()) == [0, 1, 2]
+    # The two panels' titles side by side do not run into each other.
+    drawn[0].canvas.draw()
+    renderer = drawn[0].canvas.get_renderer()
+    left, right = (ax.title.get_window_extent(renderer) for ax in drawn[0].axes[:2])
+    assert left.x1 < right.x0, (left, right)
+
+
+def test_a_class_line_joins_only_epochs_that_ran_the_test_set():
+    from edge_sel.report.plots import START_X, per_class_figure
+    from edge_sel.report.runs import RunData
+    epochs = [{"epoch": i, "acc_0": None, "E_0": 0.5} for i in range(3)]
+    epochs[-1]["acc_0"] = 0.9
+    run = RunData("r", epochs, baseline={"phase": "baseline", "acc_0": 0.4})
+    xs, ys = (list(v) for v in per_class_figure(run).axes[0].get_lines()[0].get_data())
+    assert (xs[0], ys[0], xs[-1], ys[-1]) == (START_X, 40, 2, 90)
+    # A segment joins two measured points only where they are adjacent epochs: none from the start
+    # across epochs 0 and 1, which ran no test.
+    segments = [(a, b) for a, b, ya, yb in zip(xs, xs[1:], ys, ys[1:]) if not (np.isnan(ya) or np.isnan(yb))]
+    assert segments == []
 
 
 def test_shift_contact_sheet_is_large_and_labelled_for_digits(tmp_path):

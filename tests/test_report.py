@@ -151,3 +151,45 @@ def test_report_states_the_model_a_run_hands_back_before_its_last_epoch(refused_
     share = sum(r["activation"] * r["samples_available"] for r in epochs) / sum(r["samples_available"] for r in epochs)
     assert float(row["activation"]) == pytest.approx(share)
     assert sum(r["backward_samples"] for r in epochs) / sum(r["samples_available"] for r in epochs) > share + 0.05
+
+
+def test_cut_records_and_a_torn_or_missing_summary_are_warned(runs, tmp_path):
+    """A metrics.jsonl cut mid-record and a summary.json torn or missing load with a warning each;
+    best validation stays the whole run's where the summary states it."""
+    import json
+    import shutil
+
+    from edge_sel.report.runs import load_run
+    from edge_sel.report.writer import warnings
+    cut = tmp_path / "cut"
+    shutil.copytree(runs[0], cut)
+    lines = (cut / "metrics.jsonl").read_text().splitlines()
+    (cut / "metrics.jsonl").write_text("\n".join(lines[:-1] + [lines[-1][:40]]) + "\n")
+    summary = json.loads((cut / "summary.json").read_text())
+    run = load_run(cut)
+    assert run.label == "cut" and len(run.warnings) == 2
+    assert "1 of" in run.warnings[0] and "lines unreadable" in run.warnings[0]
+    assert f"holds 1 of the {summary['epochs_run']} epochs" in run.warnings[1]
+    t = totals(run)
+    assert (t["best_val_acc"], t["best_val_epoch"]) == (summary["best_val"]["val_acc"], summary["best_val"]["epoch"])
+    (cut / "summary.json").write_text("{")
+    assert "summary.json unreadable" in load_run(cut).warnings[-1]
+    (cut / "summary.json").unlink()
+    assert "summary.json missing" in warnings([load_run(cut)])[-1]
+
+
+def test_a_run_of_no_epoch_has_its_best_validation_at_the_start(runs, tmp_path):
+    from edge_sel.report.runs import load_run
+    run_cli("finetune", "--checkpoint", runs[0].parent / "warm", "--dataset", "synthetic", "--shard", "1/2",
+            "--epochs", 0, "--batch-size", 48, "--quiet", "--out", tmp_path / "none")
+    t = totals(load_run(tmp_path / "none"))
+    assert t["best_val_epoch"] == "start" and t["epochs"] == 0 and t["output_test_acc"] is not None
+
+
+def test_scoring_and_calibration_flops_have_a_column_each():
+    from edge_sel.report.tables import RUN_COLUMNS, run_row
+    run = RunData("r", [{"epoch": 0, "flops_scoring": 2e9, "flops_calibration": 5e9, "flops_train": 9e9}])
+    row = run_row(run)
+    assert (row["flops_scoring"], row["flops_calibration"]) == (2e9, 5e9)
+    heads = {key: head for key, head, _ in RUN_COLUMNS}
+    assert heads["flops_scoring"] == "scoring GFLOP" and heads["flops_calibration"] == "calibration GFLOP"

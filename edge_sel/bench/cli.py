@@ -435,4 +435,5 @@ def lifelong_cmd(dataset, schedule, shifts, method_names, levers, epochs, lr, te
     written = lifelong_report.write_outputs(result, record, target)
     click.echo(written["table"])
     click.echo(f"bench lifelong: {len(methods)} methods x {plural(len(nights), 'night')} x {plural(count, 'seed')} in "
-               f"{result['wall_s']:.0f} s; wrote {target / 'table.md'}, {written['results']}, {written['figure']}")
+               f"{result['wall_s']:.0f} s; wrote {target / 'table.md'}, {written['results']}, {written['figure']}, "
+               f"{target / 'report.html'}")

@@ -1,5 +1,6 @@
 """What `bench lifelong` leaves in OUT: table.md (per night, at the end, the single-night references,
-the aims, paired differences), results.json and lifelong.png (accuracy per domain across nights)."""
+the aims, paired differences), results.json, lifelong.png (accuracy per domain across nights) and
+report.html (the tables and the figure as one page)."""
 
 from __future__ import annotations
 
@@ -192,11 +193,18 @@ def plot(result: dict, summary: dict, path: Path) -> Path:
     axes = fig.subplots(1, len(keys), sharey=True, squeeze=False)[0]
     names = list(summary)
     ticks = [n["condition"] if i else "start" for i, n in enumerate(summary[names[0]]["nights"])] if names else []
+    # Methods often score alike (two that kept the warmup on a night draw one line): each is shifted a
+    # little along x and has its own marker and dash, so none hides under another.
+    markers, dashes = "osD^vPX*", ["-", "--", "-.", ":"]
+    width = 0.3
     for ax, d in zip(axes, keys):
         for k, name in enumerate(names):
             ys = [n["acc"][d] for n in summary[name]["nights"]]
-            ax.plot(range(len(ys)), ys, marker="o", markersize=3, color=PALETTE[k % len(PALETTE)], label=name,
-                    linewidth=2.2 if name == "lifelong" else 1.2)
+            dodge = (k - (len(names) - 1) / 2) * width / max(len(names) - 1, 1)
+            ax.plot([i + dodge for i in range(len(ys))], ys, marker=markers[k % len(markers)], markersize=4,
+                    linestyle=dashes[k % len(dashes)], color=PALETTE[k % len(PALETTE)], label=name,
+                    linewidth=2.2 if name == "lifelong" else 1.2, mfc="none" if k % 2 else None,
+                    zorder=3 + len(names) - k)
         ax.set_title("server clean test" if d == SERVER else d, fontsize=9)
         ax.set_xticks(range(len(ticks)), ticks, rotation=45, fontsize=7)
         ax.grid(alpha=0.3)
@@ -241,6 +249,9 @@ def write_outputs(result: dict, settings: dict, out: Path) -> dict:
     text = md + "\n\n" + "\n".join(f"- {n}" for n in notes(result, settings)) + "\n"
     (out / "table.md").write_text(text)
     figure = plot(result, summary, out / "lifelong.png")
+    from edge_sel.report.markdown import bench_page
+    (out / "report.html").write_text(bench_page("edge-sel bench lifelong", md, [figure.name],
+                                                notes(result, settings)))
     record = {**settings, **result, "summary": summary, "reference_means": refs, "aims": aim, "comparisons": pairs}
     (out / "results.json").write_text(json.dumps(record, indent=2, default=str))
     return {"table": text, "figure": figure, "results": out / "results.json", "aims": aim}

@@ -23,7 +23,9 @@ def report_cmd(runs: tuple[Path, ...], out: Path, title: str, overwrite: bool):
     # A new report beside an old one's PNGs would mix the two: the --overwrite rule of every command.
     out = check_out_dir(out, overwrite, "report", [("RUN", p) for p in runs])
     # matplotlib is imported here, not when the command line starts: every command would pay for it.
-    from edge_sel.report.writer import write_report
+    from edge_sel.report.writer import distinct, warnings, write_report
+    for line in warnings(*distinct(loaded)):
+        click.echo(f"edge-sel report: {line}", err=True)
     with staged_out_dir(out, "report") as staging:
         write_report(loaded, staging, title)
     click.echo(f"report: {out / 'report.html'}")

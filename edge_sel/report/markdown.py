@@ -30,8 +30,8 @@ def table(lines: list[str]) -> str:
     numeric = re.compile(r"[-+−]?[\d.,]+%?|\[[-+\d., ]+\]|-")
     rows = "".join("<tr>" + "".join(f"<td class=\"{'num' if numeric.fullmatch(c) else ''}\">{inline(c)}</td>"
                                      for c in row) + "</tr>" for row in body)
-    return (f"<table><thead><tr>{''.join(f'<th>{inline(h)}</th>' for h in head)}</tr></thead>"
-            f"<tbody>{rows}</tbody></table>")
+    return (f"<div class=\"wide\"><table><thead><tr>{''.join(f'<th>{inline(h)}</th>' for h in head)}</tr></thead>"
+            f"<tbody>{rows}</tbody></table></div>")
 
 
 def markdown_html(text: str) -> str:

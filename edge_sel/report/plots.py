@@ -5,6 +5,7 @@ runs hold nothing that figure shows (e.g. no gated run, no SEL stages)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -12,7 +13,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from edge_sel.report.runs import RunData, energy_axis_label, energy_kind, totals
+from edge_sel.report.runs import (RunData, adaptation_flops, energy_axis_label, energy_kind, handed_back_acc,
+                                  totals)
 
 DPI = 110
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -91,13 +93,22 @@ def _epochs(run: RunData) -> list[int]:
     return xs
 
 
-def _series(run: RunData, key: str, scale: float = 1.0) -> tuple[list[int], list[float]]:
+def _series(run: RunData, key: str, scale: float = 1.0, gaps: bool = False) -> tuple[list[int], list[float]]:
+    """The epochs that recorded `key` and its values; with `gaps`, the epochs between that did not
+    (the test set runs only at the last epoch by default) hold NaN, so a line does not join
+    measurements across epochs where none was made."""
     xs, ys = [], []
     for x, r in zip(_epochs(run), run.records):
         v = r.get(key)
         if isinstance(v, (int, float)):
             xs.append(x)
             ys.append(v * scale)
+        elif gaps:
+            xs.append(x)
+            ys.append(math.nan)
+    if gaps:        # no NaN before the first value or after the last: the axis range stays the values'
+        kept = [i for i, y in enumerate(ys) if not math.isnan(y)]
+        xs, ys = (xs[kept[0]:kept[-1] + 1], ys[kept[0]:kept[-1] + 1]) if kept else ([], [])
     return xs, ys
 
 
@@ -127,56 +138,93 @@ def _place_labels(ax, points: list[tuple[float, float, str]]) -> None:
         label.set_in_layout(False)     # or the layout shrinks the axes and the positions above go stale
 
 
+def pareto_points(runs: list[RunData]) -> list[dict]:
+    """What the accuracy-against-cost figure draws, one entry per run: the accuracy the run hands
+    back (its output model's; the last epoch's only where it states no output model, `output`
+    False), the last epoch's beside it, training energy and counted adaptation FLOPs."""
+    points = []
+    for r in runs:
+        t = totals(r)
+        acc, output = handed_back_acc(t)
+        points.append({"run": r.label, "name": _name(r), "acc": acc, "output": output, "last_acc": t["final_test_acc"],
+                       "energy_j": t["energy_j"], "flops": adaptation_flops(t)})
+    return points
+
+
+def _front(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
+    """Runs no other run beats on both axes (less cost and higher accuracy), by cost."""
+    return sorted((p for p in points if not any(q[0] <= p[0] and q[1] > p[1] or q[0] < p[0] and q[1] >= p[1]
+                                                for q in points)), key=lambda p: p[0])
+
+
 def pareto(runs: list[RunData], path: Path, baseline: tuple[str, float] | None = None) -> Path:
-    """Final test accuracy against training energy and against counted training FLOPs; `baseline`
-    (name, accuracy) draws a horizontal reference, e.g. the starting checkpoint's accuracy."""
+    """The accuracy each run hands back (its output model's) against training energy and against
+    counted adaptation FLOPs; a last epoch that differs is drawn hollow beside it. `baseline` (name,
+    accuracy) draws a horizontal reference, e.g. the starting checkpoint's accuracy."""
     colors = _colors(runs)
     fig = _figure(13, 5)
     ax_e, ax_f = fig.subplots(1, 2)
-    have_energy = any(totals(r)["energy_j"] is not None for r in runs)
-    labelled = []
+    drawn = pareto_points(runs)
+    have_energy = any(d["energy_j"] is not None for d in drawn)
+    labelled, any_last, any_stand_in = [], False, False
     for ax, key, scale, xlabel in ((ax_e, "energy_j", 1.0, energy_axis_label(runs, "training energy")),
-                                   (ax_f, "flops_train", 1e-9, "counted training FLOPs (GFLOP)")):
+                                   (ax_f, "flops", 1e-9, "counted adaptation FLOPs (GFLOP): training and a bank's "
+                                                         "re-estimation")):
         points = []
-        groups: dict[str, list[tuple[float, float]]] = {}
-        for r in runs:
-            t = totals(r)
-            acc = t["final_test_acc"]
-            if t[key] is None or acc is None:
-                continue
-            groups.setdefault(_name(r), []).append((t[key] * scale, 100 * acc))
-        for name, pts in groups.items():
-            xs, ys = zip(*pts)
-            if len(pts) > 1:      # several seeds: each seed faint, the mean with its spread
+        groups: dict[str, list[dict]] = {}
+        for d in drawn:
+            if d[key] is not None and d["acc"] is not None:
+                groups.setdefault(d["name"], []).append(d)
+        for name, ds in groups.items():
+            xs, ys = [d[key] * scale for d in ds], [100 * d["acc"] for d in ds]
+            hollow = not all(d["output"] for d in ds)       # no output model stated: the last epoch stands in
+            any_stand_in = any_stand_in or hollow
+            face = "white" if hollow else colors[name]
+            if len(ds) > 1:      # several seeds: each seed faint, the mean with its spread
                 ax.scatter(xs, ys, color=colors[name], alpha=0.35, s=18)
                 mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
                 sx = (sum((x - mx) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
                 sy = (sum((y - my) ** 2 for y in ys) / (len(ys) - 1)) ** 0.5
-                ax.errorbar([mx], [my], xerr=[sx], yerr=[sy], fmt="o", color=colors[name], capsize=3)
+                ax.errorbar([mx], [my], xerr=[sx], yerr=[sy], fmt="o", color=colors[name], mfc=face, capsize=3)
                 points.append((mx, my, name))
-            else:
-                ax.scatter(xs, ys, color=colors[name], s=40, zorder=3)
-                points.append((xs[0], ys[0], name))
-        # Runs no other run beats on both axes (less cost and higher accuracy).
-        front = sorted((p for p in points if not any(q[0] <= p[0] and q[1] > p[1] or q[0] < p[0] and q[1] >= p[1]
-                                                     for q in points)), key=lambda p: p[0])
-        if len(front) > 1:
-            ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="#555555", linewidth=1)
+                continue
+            ax.scatter(xs, ys, facecolors=face, edgecolors=colors[name], s=40, zorder=3)
+            points.append((xs[0], ys[0], name))
+            last = ds[0]["last_acc"]
+            if ds[0]["output"] and last is not None and abs(100 * last - ys[0]) >= 0.005:
+                # The last epoch, which the run did not hand back: hollow, joined to what it did.
+                ax.plot([xs[0], xs[0]], [ys[0], 100 * last], ":", color=colors[name], linewidth=1)
+                ax.scatter([xs[0]], [100 * last], facecolors="none", edgecolors=colors[name], marker="D", s=28,
+                           zorder=3)
+                any_last = True
+        front = _front(points)
+        if front:
+            lo, hi = ax.get_xlim()
+            # A staircase: each front run's accuracy holds until a costlier one beats it.
+            ax.step([p[0] for p in front] + [hi], [p[1] for p in front] + [front[-1][1]], where="post",
+                    linestyle="--", color="#555555", linewidth=1, zorder=1)
+            ax.set_xlim(lo, hi)
         if baseline is not None:
             ax.axhline(100 * baseline[1], color="#999999", linestyle=":", linewidth=1.2)
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("final test accuracy (%)")
+        ax.set_ylabel("test accuracy of the model the run hands back (%)")
         ax.grid(alpha=0.3)
         lo, hi = ax.get_xlim()
         ax.set_xlim(lo, hi + 0.22 * (hi - lo))     # room for the labels of the rightmost points
         labelled.append((ax, points))
     seeds = max((len([r for r in runs if _name(r) == _name(q)]) for q in runs), default=1)
     spread = f"; mean ± std over {seeds} seeds, faint dots: single seeds" if seeds > 1 else ""
-    ax_e.set_title(("Accuracy against training energy (evaluation excluded)" if have_energy
-                    else "No energy recorded by these runs") + spread, fontsize=10)
-    ax_f.set_title("Accuracy against counted training FLOPs (dashed: Pareto front)", fontsize=10)
+    ax_e.set_title(("Output model's accuracy against training energy\n(evaluation excluded; dashed: Pareto front)"
+                    if have_energy else "No energy recorded by these runs") + spread, fontsize=10)
+    ax_f.set_title("Output model's accuracy against counted adaptation FLOPs\n(dashed: Pareto front)", fontsize=10)
     extra = [] if baseline is None else \
         [(Line2D([], [], color="#999999", linestyle=":"), f"{baseline[0]}:\n{100 * baseline[1]:.2f}%")]
+    if any_last:
+        extra.append((Line2D([], [], color="#555555", marker="D", mfc="none", linestyle=":"),
+                      "last epoch's test accuracy\n(not handed back)"))
+    if any_stand_in:
+        extra.append((Line2D([], [], color="#555555", marker="o", mfc="white", linestyle=""),
+                      "hollow dot: no output model\nstated, last epoch shown"))
     _system_legend(fig, _one_per_group(runs), colors, extra=extra)
     for ax, points in labelled:       # last: the layout (legend included) decides the pixel positions
         _place_labels(ax, points)
@@ -191,7 +239,7 @@ def per_epoch(runs: list[RunData], path: Path) -> Path:
     ax_a, ax_e = fig.subplots(1, 2)
     for r in runs:
         c = colors[_name(r)]
-        ax_a.plot(*_series(r, "test_acc", 100), "-o", color=c, markersize=3)
+        ax_a.plot(*_series(r, "test_acc", 100, gaps=True), "-o", color=c, markersize=3)
         ax_a.plot(*_series(r, "val_acc", 100), "--", color=c, linewidth=1)
         if r.baseline is not None and r.baseline.get("test_acc") is not None:
             # The starting checkpoint's accuracy on the same data: the bar the epochs must clear.
@@ -237,10 +285,12 @@ def power(runs: list[RunData], path: Path) -> Path | None:
 def _class_accuracy(run: RunData, name: str) -> tuple[list[int], list[float]]:
     """A class's test accuracy at the start (the starting checkpoint) and at every epoch that ran
     the test set (by default only the last)."""
-    xs, ys = _series(run, f"acc_{name}", 100)
+    xs, ys = _series(run, f"acc_{name}", 100, gaps=True)
     start = (run.baseline or {}).get(f"acc_{name}")
     if isinstance(start, (int, float)):
-        xs, ys = [START_X, *xs], [100 * start, *ys]
+        # Joined to epoch 0 only when epoch 0 ran the test set.
+        xs, ys = [START_X, *([0] if xs and xs[0] != 0 else []), *xs], \
+            [100 * start, *([math.nan] if xs and xs[0] != 0 else []), *ys]
     return xs, ys
 
 
@@ -305,7 +355,8 @@ def gating(runs: list[RunData], path: Path) -> Path | None:
         if target[1]:
             ax_a.plot(*target, ":", color=c, linewidth=1.5)
     ax_a.set(xlabel="epoch", ylabel="share of available training samples", ylim=(0, 1.05))
-    ax_a.set_title("Activation. Solid: computed (forward + backward); dashed: loss counted\n"
+    # Short lines: the two panels' titles sit side by side and must not run into each other.
+    ax_a.set_title("Activation per epoch. Solid: computed\n(forward + backward); dashed: loss counted\n"
                    "(gates that compute every sample); dotted: target", fontsize=10)
     last = max((len(r.records) - 1 for r in runs), default=0)
     _epoch_axis(ax_a, [0, last])
@@ -324,8 +375,8 @@ def gating(runs: list[RunData], path: Path) -> Path | None:
             ax_t.axhline(1.0, color="#999999", linestyle=":", linewidth=1)
         # sundew keeps a sample with probability sigmoid((s - tau) / T): its controller may move tau
         # past the largest significance, so the title must not promise a [0, 1] axis.
-        ax_t.set_title("Gate threshold tau per epoch: mean, shaded from min to max. ast-prod: raw 0.7 CE +\n"
-                       "0.3 entropy; sundew: significances lie in [0, 1] (dotted: 1), tau may pass them", fontsize=10)
+        ax_t.set_title("Gate threshold tau per epoch: mean, shaded min to max.\nast-prod: raw 0.7 CE + 0.3 entropy; "
+                       "sundew:\nsignificances lie in [0, 1] (dotted: 1), tau may pass them", fontsize=10)
         _epoch_axis(ax_t, [0, max(len(r.records) - 1 for r in gated)])
     _system_legend(fig, runs, colors)
     return _save(fig, path)
@@ -373,9 +424,11 @@ def write_all(runs: list[RunData], out: Path, baseline: tuple[str, float] | None
     out = Path(out)
     figures = [
         ("Accuracy against energy and counted FLOPs", pareto(runs, out / "pareto.png", baseline),
-         "Each point is a run's final test accuracy against the training energy it used (evaluation passes "
-         "excluded) and against its counted training FLOPs; the dashed line joins the runs no other run beats "
-         "on both axes."),
+         "Each point is the test accuracy of the model a run hands back (its output model: what promote would "
+         "deploy) against the training energy it used (evaluation passes excluded) and against its counted "
+         "adaptation FLOPs (training, and a --bn-conditions bank's re-estimation passes); where the last epoch "
+         "scored otherwise, a hollow diamond below or above it shows the last epoch. The dashed staircase is the "
+         "Pareto front: the runs no other run beats on both axes. The values drawn are in the table below."),
         ("Accuracy and energy per epoch", per_epoch(runs, out / "epochs.png"),
          "Validation accuracy selects; test accuracy reports. Energy is per training epoch. Dotted vertical "
          "lines mark a change of phase (e.g. the lottery's prune and rewind)."),

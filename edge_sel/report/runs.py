@@ -23,6 +23,7 @@ class RunData:
     group: str | None = None          # runs of one system over several seeds share a group
     extra: dict = field(default_factory=dict)   # e.g. full-test accuracy measured after the run
     baseline: dict | None = None      # the starting checkpoint's evaluation before any step (fine-tunes)
+    warnings: list[str] = field(default_factory=list)   # files found cut or missing, said on the page
 
     @property
     def class_names(self) -> list[str]:
@@ -30,28 +31,64 @@ class RunData:
         return [k[len("acc_"):] for k in first if k.startswith("acc_")]
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path) -> tuple[dict, str | None]:
+    """The object in a JSON file and, when it is missing or unreadable, what is wrong with it."""
     try:
         data = json.loads(path.read_text())
-        return data if isinstance(data, dict) else {}
+    except FileNotFoundError:
+        return {}, "missing"
     except (OSError, json.JSONDecodeError):
-        return {}
+        return {}, "unreadable (cut off mid-write?)"
+    return (data, None) if isinstance(data, dict) else ({}, "not a JSON object")
 
 
 def load_run(path: Path, label: str | None = None) -> RunData:
-    """One run directory; a missing or empty metrics.jsonl is a usage error naming the directory."""
+    """One run directory; a missing or empty metrics.jsonl is a usage error naming the directory.
+    A metrics.jsonl cut mid-record, or a missing or torn summary.json, loads with a warning."""
     path = existing_dir(path, "RUN")
     metrics = required_file(path, "metrics.jsonl", "RUN", "run directory")
     records = read_records(metrics)
     if not records:
         raise InputError(f"RUN {path}: metrics.jsonl holds no complete records")
-    config = _read_json(path / "config.json")
+    config, _ = _read_json(path / "config.json")
+    summary, summary_problem = _read_json(path / "summary.json")
     baseline = next((r for r in records if r.get("phase") == "baseline"), None)
     epochs = [r for r in records if r.get("phase") != "baseline"]
     if config.get("phase") == "fleet":
         label = label or describe_fleet(config)
-    return RunData(label or describe(config, records), epochs or records, config, _read_json(path / "summary.json"),
-                   [path], baseline=baseline if epochs else None)
+    run = RunData(label or path.name, epochs or records, config, summary, [path],
+                  baseline=baseline if epochs else None)
+    run.warnings = file_warnings(metrics, records, summary, summary_problem)
+    return run
+
+
+def name_shifts(runs: list[RunData]) -> None:
+    """A run is named by its folder (what the user named it, what a reader finds on disk); where the
+    runs' data were shifted differently (a device's nights), each name says its shift."""
+    shifts = [(r.config.get("data") or {}).get("shift") for r in runs]
+    if len(set(shifts)) > 1:
+        for r, shift in zip(runs, shifts):
+            if r.group is None and r.paths and r.label == r.paths[-1].name:
+                r.label = f"{r.label} ({shift or 'no shift'})"
+
+
+def file_warnings(metrics: Path, records: list[dict], summary: dict, summary_problem: str | None) -> list[str]:
+    """What the report cannot vouch for: lines of metrics.jsonl that did not parse, epochs the
+    summary states that the records lack, a summary.json that is missing or torn."""
+    out = []
+    lines = [line for line in metrics.read_text(errors="replace").splitlines() if line.strip()]
+    if len(lines) > len(records):
+        out.append(f"metrics.jsonl: {len(lines) - len(records)} of {len(lines)} lines unreadable (cut off "
+                   f"mid-write?); the per-epoch figures show the {len(records)} complete records only")
+    trained = len([r for r in records if r.get("phase") != "baseline"])
+    stated = summary.get("epochs_run")
+    if isinstance(stated, int) and stated > trained:
+        out.append(f"metrics.jsonl holds {trained} of the {stated} epochs summary.json states; the per-epoch "
+                   "figures stop early")
+    if summary_problem is not None:
+        out.append(f"summary.json {summary_problem}: the model this run hands back is unknown, so its figures "
+                   "show the last epoch's accuracy, and best validation comes from the records that remain")
+    return out
 
 
 def describe(config: dict, records: list[dict]) -> str:
@@ -90,13 +127,13 @@ def describe_fleet(config: dict) -> str:
 
 
 def unique_labels(runs: list[RunData]) -> None:
-    """Runs with the same label (and no group) get their directory name appended."""
+    """Runs with the same label (and no group) get their parent directory's name before it."""
     seen: dict[str, int] = {}
     for r in runs:
         seen[r.label] = seen.get(r.label, 0) + 1
     for r in runs:
         if seen[r.label] > 1 and r.group is None and r.paths:
-            r.label = f"{r.label} ({r.paths[-1].name})"
+            r.label = f"{r.paths[-1].parent.name}/{r.label}"
 
 
 def combine_phases(phases: list[RunData], label: str, group: str | None = None) -> RunData:
@@ -148,20 +185,28 @@ def totals(run: RunData) -> dict:
     activation = (sum(r["activation"] * (r.get("samples_available") or 0) for r in act_rows) / act_weight
                   if act_weight else (trained / available if available else None))
     best = max(recs, key=lambda r: r.get("val_acc") if r.get("val_acc") is not None else -1)
+    stated_best = run.summary.get("best_val") or {}
+    if stated_best.get("val_acc") is not None:     # the whole run's, also where metrics.jsonl was cut
+        best = stated_best
     energy = _sum(recs, "energy_j")
     trained_epochs = [r for r in recs if r.get("phase") != "baseline"]     # a run of --epochs 0 has only its baseline
     last = trained_epochs[-1] if trained_epochs else {}
     return {
         **output_model(run),
+        "method": describe_fleet(run.config) if run.config.get("phase") == "fleet" else describe(run.config, recs),
         "epochs": len(trained_epochs),
         "final_test_acc": last.get("test_acc"), "final_val_acc": last.get("val_acc"),
-        "best_val_acc": best.get("val_acc"), "best_val_epoch": best.get("epoch"),
+        "best_val_acc": best.get("val_acc"),
+        # A run of no epoch has only its start's validation (epoch -1 in the records).
+        "best_val_epoch": "start" if best.get("epoch") == -1 else best.get("epoch"),
         "test_at_best_val": best.get("test_acc"),
         "samples_trained": trained, "activation": activation,
         "gate_activation": gate_activation,
         "flops_forward": _sum(recs, "flops_forward"), "flops_backward": _sum(recs, "flops_backward"),
-        "flops_scoring": (_sum(recs, "flops_scoring") or 0) + (_sum(recs, "flops_calibration") or 0),
+        "flops_scoring": _sum(recs, "flops_scoring") or 0, "flops_calibration": _sum(recs, "flops_calibration") or 0,
         "flops_train": _sum(recs, "flops_train"),
+        # --bn-conditions: the bank's re-estimation passes (in flops_eval): how such a run adapts.
+        "flops_bn_bank": _sum(recs + ([run.baseline] if run.baseline else []), "flops_bn_bank"),
         "flops_eval": _sum(recs + ([run.baseline] if run.baseline else []), "flops_eval"),
         "train_wall_s": _sum(recs, "wall_s"), "eval_wall_s": _sum(recs, "eval_wall_s"),
         "energy_j": energy, "energy_per_epoch_j": energy / len(trained_epochs) if energy is not None and trained_epochs
@@ -170,6 +215,22 @@ def totals(run: RunData) -> dict:
         "energy_source": source, "energy_kind": kind,
         **run.extra.get("totals", {}),
     }
+
+
+def handed_back_acc(t: dict) -> tuple[float | None, bool]:
+    """The test accuracy a run's figures show, from its totals: the output model's (True), or the
+    last epoch's where the run states no output model (False: said so beside the figure)."""
+    if t.get("output_test_acc") is not None:
+        return t["output_test_acc"], True
+    return t.get("final_test_acc"), False
+
+
+def adaptation_flops(t: dict) -> float | None:
+    """Counted FLOPs spent adapting: training, and a bank's re-estimation passes (a --bn-conditions
+    run of no epoch adapts by those alone)."""
+    if t.get("flops_train") is None and t.get("flops_bn_bank") is None:
+        return None
+    return (t.get("flops_train") or 0) + (t.get("flops_bn_bank") or 0)
 
 
 # summary.json's kept.rule, as the report's column says it.
@@ -196,7 +257,7 @@ def output_model(run: RunData) -> dict:
     baselines = [run.baseline] if run.baseline else [r for r in run.records if r.get("phase") == "baseline"]
     source = baselines if weights == "warmup" else \
         [r for r in run.records if r.get("epoch") == epoch and r.get("phase") != "baseline"]
-    clean = source[-1].get("clean_test_acc") if source else None
+    clean = out.get("clean_test_acc", source[-1].get("clean_test_acc") if source else None)
     return {"output_model": which + (f" ({rule})" if rule else ""), "output_test_acc": out.get("test_acc"),
             "output_clean_test_acc": clean, "output_rule": rule}
 

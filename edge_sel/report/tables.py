@@ -12,6 +12,7 @@ from edge_sel.report.runs import RunData, totals
 # (key, heading, format) ; format: "pct" accuracy in percent, "g" FLOPs in 1e9, or a format spec.
 RUN_COLUMNS = [
     ("run", "run", ""),
+    ("method", "method", ""),
     # What the run hands back comes first: a last epoch the guard or keep-best refused is not it.
     ("output_model", "output model (rule)", ""),
     ("output_test_acc", "output test acc %", "pct"),
@@ -23,7 +24,9 @@ RUN_COLUMNS = [
     ("flops_forward", "fwd GFLOP", "g"),
     ("flops_backward", "bwd GFLOP", "g"),
     ("flops_scoring", "scoring GFLOP", "g"),
+    ("flops_calibration", "calibration GFLOP", "g"),
     ("flops_train", "train GFLOP", "g"),
+    ("flops_bn_bank", "bank re-estimation GFLOP", "g"),
     ("train_wall_s", "train wall s", ".1f"),
     ("energy_j", "train energy J", ".1f"),
     ("energy_per_epoch_j", "J / epoch", ".1f"),
@@ -42,6 +45,8 @@ def run_row(run: RunData) -> dict:
 def fmt(value, spec: str) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
+    if isinstance(value, str):          # e.g. "start" for the epoch of a run that trained none
+        return value
     if spec == "pct":
         return f"{100 * value:.2f}"
     if spec == "g":

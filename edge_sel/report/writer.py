@@ -7,7 +7,7 @@ from pathlib import Path
 from edge_sel.core.checkpoint import atomic_write_bytes
 from edge_sel.errors import InputError, writing
 from edge_sel.report import fleet_plots, html, plots, tables
-from edge_sel.report.runs import RunData, energy_kind, unique_labels
+from edge_sel.report.runs import RunData, energy_kind, name_shifts, unique_labels
 
 
 def prepare_out(out: Path) -> Path:
@@ -42,18 +42,43 @@ def write_report(runs: list[RunData], out: Path, title: str = "edge-sel report",
     """Figures, tables and the page for `runs`; returns the path of report.html. `baseline`: a
     (name, test accuracy) reference line in the accuracy figures."""
     out = prepare_out(out)
+    runs, repeated = distinct(runs)
+    name_shifts(runs)
     unique_labels(runs)
+    notes = [*warnings(runs, repeated), *notes]
     if baseline is None:
         baseline = shared_start(runs)
     rows = [tables.run_row(r) for r in runs]
     write_whole(out / "runs.md", tables.markdown(rows) + "\n")
     write_whole(out / "runs.csv", tables.csv_text(rows))
     figures = plots.write_all(runs, out, baseline) + fleet_plots.fleet_figures(runs, out)
+    figures = [(*f, html.drawn_table(plots.pareto_points(runs))) if Path(f[1]).name == "pareto.png" else f
+               for f in figures]
     info = [(r.label, [str(p) for p in r.paths]) for r in runs]
     page = html.page(title, rows, figures, [*energy_notes(runs), *notes], sections, info)
     path = out / "report.html"
     write_whole(path, page)
     return path
+
+
+def distinct(runs: list[RunData]) -> tuple[list[RunData], list[str]]:
+    """Each run directory once, in the order first named; and a line for each named again."""
+    seen: dict[tuple, int] = {}
+    kept, repeated = [], []
+    for r in runs:
+        key = tuple(p.resolve() for p in r.paths) or (id(r),)
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] == 1:
+            kept.append(r)
+        elif seen[key] == 2:
+            repeated.append(f"{r.paths[-1]} was named more than once; it is shown once")
+    return kept, repeated
+
+
+def warnings(runs: list[RunData], repeated: list[str] = ()) -> list[str]:
+    """Files found cut or missing, runs named twice: said at the top of the page."""
+    return [*(f"Warning: {r.label} ({r.paths[-1]}): {w}." for r in runs for w in r.warnings),
+            *(f"Note: {line}." for line in repeated)]
 
 
 def write_whole(path: Path, text: str) -> None:

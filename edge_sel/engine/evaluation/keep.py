@@ -27,6 +27,7 @@ class ModelChoice:
         self.epoch: int | None = None          # epoch of the kept weights (-1: the starting checkpoint)
         self.val_acc: float | None = None
         self.test_acc: float | None = None
+        self.clean_test_acc: float | None = None   # under a shift, when the end of the run tested the kept weights
         self.baseline_val_acc: float | None = None
         self.baseline_test_acc: float | None = None
         self.last_epoch: int | None = None
@@ -127,7 +128,9 @@ class ModelChoice:
         helped = None if base is None or self.val_acc is None or interrupted else \
             (which != "warmup" and self.val_acc > base)
         return {"keep": self.mode, "kept": which, "kept_epoch": self.epoch, "kept_val_acc": self.val_acc,
-                "kept_test_acc": self.test_acc, "baseline_val_acc": base, "baseline_test_acc": self.baseline_test_acc,
+                "kept_test_acc": self.test_acc,
+                **({"kept_clean_test_acc": self.clean_test_acc} if self.clean_test_acc is not None else {}),
+                "baseline_val_acc": base, "baseline_test_acc": self.baseline_test_acc,
                 "fine_tuning_helped": helped, "reason": reason, "rule": rule,
                 "kept_anchor_acc": self.anchor_acc, "baseline_anchor_acc": self.baseline_anchor_acc,
                 "guard": self._guard(), "refused": list(self.refused)}

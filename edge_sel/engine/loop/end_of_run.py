@@ -65,11 +65,17 @@ def kept_model_test(trainer, kept: dict, last: dict) -> None:
     """The output model's test accuracy when it is not the last epoch's: an evaluation pass
     like any other, charged to the last record (FLOPs, seconds, joules)."""
     # The torch model, not backend.predict: an ORT session still holds the last weights.
+    # Under a shift, the server's clean test set too: what the handed-back model forgot.
+    clean = trainer.eval_sets.clean_test
     with holding(trainer.model, kept), metered(trainer) as took, bank_selecting(trainer) as refreshed:
         logits = trainer.eval_sets.logits(partial(predict_selected, trainer), trainer.test_ds)
+        clean_logits = None if clean is None else trainer.eval_sets.logits(partial(predict_selected, trainer), clean)
     wall, joules = took["wall"], took["energy"].get("energy_j")
     trainer.choice.test_acc = accuracy(logits, trainer.test_ds.labels)
     flops = evaluation_flops(trainer.flops, len(trainer.test_ds), trainer.eval_batch_size)
+    if clean is not None:
+        trainer.choice.clean_test_acc = accuracy(clean_logits, clean.labels)
+        flops += evaluation_flops(trainer.flops, len(clean), trainer.eval_batch_size)
     last["kept_test_flops"], last["kept_test_energy_j"] = flops, joules
     last["flops_eval"] = (last.get("flops_eval") or 0) + flops
     if refreshed is not None:

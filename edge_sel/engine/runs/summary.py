@@ -22,7 +22,7 @@ def summarize(records: list[dict], extra: dict, baseline: dict | None = None, ke
         **extra,
         "epochs_run": len(records),
         # The weights the run directory holds (the best epoch, the start, or the last) on the test set.
-        "output_model": output_model(last, kept),
+        "output_model": output_model(last, kept, records, baseline),
         "final": {k: last.get(k) for k in ("val_acc", "test_acc", "train_loss", "train_acc")},
         "best_val": {"epoch": best.get("epoch"), "val_acc": best.get("val_acc"), "test_acc": best.get("test_acc")},
         "totals": {
@@ -62,10 +62,24 @@ def summarize(records: list[dict], extra: dict, baseline: dict | None = None, ke
     }
 
 
-def output_model(last: dict, kept: dict | None) -> dict:
+def output_model(last: dict, kept: dict | None, records: list[dict] = (), baseline: dict | None = None) -> dict:
     """Which weights the run hands back and their accuracies (a pretrain's, and a --keep last
     run's, are the last epoch's); `anchor_acc` on the guard anchors when the run has them (promote's
-    guard reads it)."""
+    guard reads it); under a shift `clean_test_acc` on the server's clean test set."""
+    out = _output_model(last, kept)
+    if "clean_test_acc" not in last and "clean_test_acc" not in (baseline or {}):
+        return out
+    if out["weights"] == "warmup":
+        clean = (baseline or {}).get("clean_test_acc")
+    elif out["weights"] == "last":
+        clean = last.get("clean_test_acc")
+    else:       # measured at the end of the run when the kept epoch did not run the test set
+        tested = [r.get("clean_test_acc") for r in records if r.get("epoch") == out["epoch"]]
+        clean = (kept or {}).get("kept_clean_test_acc", tested[-1] if tested else None)
+    return {**out, "clean_test_acc": clean}
+
+
+def _output_model(last: dict, kept: dict | None) -> dict:
     if kept is None or kept.get("kept") == "last":
         out = {"weights": "last", "epoch": last.get("epoch"), "val_acc": last.get("val_acc"),
                "test_acc": last.get("test_acc")}
