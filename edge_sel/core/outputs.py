@@ -69,6 +69,8 @@ def check_out_dir(out: Path, overwrite: bool, command: str, inputs: Inputs = (),
     earlier output of `command` (--overwrite or not)."""
     out = Path(out)
     refuse_onto_inputs(out, inputs, option)
+    if out.is_symlink() and out.is_dir():       # a rename would replace the link, not what it names
+        raise InputError(f"{option} {out}: a link to {os.readlink(out)}; name the directory itself")
     if os.path.lexists(out) and not out.is_dir():
         raise InputError(f"{option} {out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()):
@@ -140,9 +142,7 @@ def _put_in_place(new: Path, out: Path, option: str) -> None:
     try:
         if old is not None:
             os.replace(out, old)
-        elif out.is_dir() and not out.is_symlink():
-            out.rmdir()                 # empty: nothing to keep
-        os.replace(new, out)
+        os.replace(new, out)            # over an empty directory too
     except OSError as e:
         if old is not None and not os.path.lexists(out):
             os.replace(old, out)        # the earlier output back under its name
