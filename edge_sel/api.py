@@ -143,7 +143,7 @@ def finetune(checkpoint, data="digits", *, out, test=None, class_names=None, qui
     """Fine-tune `checkpoint` (a checkpoint directory, a RunResult, or a model: a model that was
     not pretrained here is first written as a checkpoint, OUT-start/, with the data's
     normalisation) on `data` into `out`; same options as `edge-sel finetune` (`epochs` required)."""
-    from edge_sel.cli import FINETUNE_FIELDS, build_config, build_energy
+    from edge_sel.cli import FINETUNE_FIELDS, RENAMED_FIELDS, build_config, build_energy
     from edge_sel.engine.runs.run import finetune as run_finetune
     from edge_sel.profiles.apply import torch_threads
     from edge_sel.methods.options import method_option_names
@@ -164,6 +164,7 @@ def finetune(checkpoint, data="digits", *, out, test=None, class_names=None, qui
     energy = build_energy(kw)
     method = {name: kw.pop(name) for name in method_option_names()}
     extra = {k: kw.pop(k) for k in FINETUNE_FIELDS}
+    extra.update({field: kw.pop(option) for option, field in RENAMED_FIELDS.items()})
     artifacts = kw.pop("artifacts")
     cfg = build_config(kw, **extra, artifacts=str(artifacts) if artifacts else None, method=method,
                        explicit=_explicit(given, "finetune"))

@@ -155,7 +155,13 @@ FINETUNE = [
     option("--sparsity", default=None,
            help="Which parameters change: none | mask (guilt threshold on gradients) | layers (frozen blocks between "
                 "probes) | bn-affine (BatchNorm scales and shifts and the head) | rgn (blocks by gradient-to-weight "
-                "ratio) | lottery (a fixed pruning mask, as bench reference runs it) [default: the strategy's (sel: layers), else none]."),
+                "ratio) | lottery (a fixed pruning mask, as bench reference runs it) | classifier | last-k (--last-k K blocks) | "
+                "bias-norm (biases, norms and the head) | budget (what each byte buys, under --memory-budget) "
+                "[default: budget with --memory-budget; the strategy's (sel: layers); else none]."),
+    option("--memory-budget", type=click.FloatRange(min=0, min_open=True), default=None,
+           help="MB the training step may keep (weights, optimizer state, batch, activations, gradients; the "
+                "datasets come on top): the step is planned to fit, by counting (micro-batches, recomputed "
+                "blocks, and with --sparsity budget, the default then, what trains). Off by default."),
     option("--backend", type=click.Choice(["torch", "ort"]), default="torch", show_default=True,
            help="What runs the training step: PyTorch, or ONNX Runtime training artifacts (--artifacts)."),
     option("--artifacts", type=click.Path(path_type=Path), default=None, help="ORT training artifacts (--backend ort)."),
@@ -257,7 +263,7 @@ PRETRAIN_SECTIONS = [
 FINETUNE_SECTIONS = [
     ("Checkpoint and output", ["--checkpoint", *RUN, "--keep", "--max-forgetting"]),
     DATA_SECTION,
-    ("Training", [*TRAINING, "--bn-mode", "--bn-adapt", "--backend", "--artifacts"]),
+    ("Training", [*TRAINING, "--bn-mode", "--bn-adapt", "--backend", "--artifacts", "--memory-budget"]),
     ("Against forgetting (need the checkpoint's anchors)", ["--ewc", "--replay", "--bn-anchor-share",
                                                             "--reset-forgetting", "--bn-conditions",
                                                             "--bn-condition-images", "--bn-condition-radius"]),
@@ -271,7 +277,7 @@ FINETUNE_SECTIONS = [
       "--lr-loss-scale", "--easy-warmup-epochs", "--easy-warmup-size"]),
     ("Sparse update (which parameters change)",
      ["--sparsity", "--guilt-percentile", "--guilt-decay", "--guilt-samples", "--guilt-model", "--probe-every",
-      "--layer-sparsity", "--blocks", "--rgn-floor"]),
+      "--layer-sparsity", "--blocks", "--rgn-floor", "--last-k"]),
     ENERGY_SECTION,
     SPEED_SECTION,
 ]

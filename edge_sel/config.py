@@ -100,6 +100,10 @@ class TrainConfig:
     bn_conditions: int = 0
     bn_condition_images: int = 256
     bn_condition_radius: float = 0.25
+    # --memory-budget: the training step's counted peak in MB (engine/machine/memory_plan.py); the plan
+    # that fits it is kept here once made, so a resumed run runs the same step.
+    memory_budget_mb: float | None = None
+    memory_plan: dict | None = None
     # Training options the user gave on the command line (a preset never overrides those); None when
     # unknown (the Python API), then a value other than the default counts as the user's choice.
     explicit: list | None = None
@@ -135,6 +139,14 @@ class TrainConfig:
                 raise InputError("--bn-conditions must be 0 (off) or >= 2, got 1")
         _integer("--bn-condition-images", self.bn_condition_images, lo=1)
         _number("--bn-condition-radius", self.bn_condition_radius, lo=0, lo_open=True)
+        if self.memory_budget_mb is not None:
+            _number("--memory-budget", self.memory_budget_mb, lo=0, lo_open=True)
+            if self.backend != "torch":
+                raise InputError("--memory-budget: needs --backend torch (ORT artifacts fix what trains when exported)")
+        if self.memory_plan is not None and not isinstance(self.memory_plan, dict):
+            raise InputError(f"memory_plan must be a mapping, got {self.memory_plan!r}")
+        if self.sparsity == "budget" and self.memory_budget_mb is None:
+            raise InputError("--sparsity budget: chooses what trains under --memory-budget MB; give one")
         _integer("--eval-every", self.eval_every, lo=1)
         _integer("--val-subset", self.val_subset, lo=0)
         _number("val_share", self.val_share, lo=0, hi=1, hi_open=True)

@@ -57,6 +57,7 @@ class TorchBackend:
             self.eval_dtype = self.amp_dtype
         # fp16 needs loss scaling; bf16 has fp32's range and does not.
         self.scaler = grad_scaler() if self.amp_dtype == torch.float16 else None
+        self.micro_batch = 0        # a memory plan's micro-batch (engine/machine/memory_plan.py); 0: whole batches
 
     def _autocast(self, dtype: torch.dtype | None = None):
         if dtype is None:
@@ -68,24 +69,30 @@ class TorchBackend:
             group["lr"] = lr * group.get("lr_scale", 1.0)     # per-block rates (Auto-RGN)
 
     def train_step(self, step: int, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """One step on the batch; returns detached per-sample losses and logits."""
+        """One step on the batch; returns detached per-sample losses and logits. With `micro_batch`
+        set below the batch's size, the batch runs in slices whose gradients add up to the whole
+        batch's (each slice's loss is its share of the batch mean) before the one optimizer step."""
         self.model.train()
         if self.bn_mode == "eval":
             freeze_batchnorm_stats(self.model)
-        with self._autocast(self.amp_dtype):
-            logits = self.forward(batch.x)
-            losses = self.objective.losses(logits.float(), batch.y)
-        loss = (losses * batch.weight).mean() if batch.weight is not None else losses.mean()
-        penalty = self.objective.penalty()      # on the weights, in fp32: no forward pass over data
-        if penalty is not None:
-            loss = loss + penalty
         self.optimizer.zero_grad(set_to_none=True)
-        if loss.requires_grad:
+        n = len(batch.y)
+        if not self.micro_batch or self.micro_batch >= n:
+            losses, logits, loss = self._forward(batch.x, batch.y, batch.weight, n, whole=True)
+            stepped = self._backward(loss)
+        else:
+            parts, stepped = [], False
+            for lo in range(0, n, self.micro_batch):
+                rows = slice(lo, lo + self.micro_batch)
+                weight = None if batch.weight is None else batch.weight[rows]
+                part_losses, part_logits, loss = self._forward(batch.x[rows], batch.y[rows], weight, n,
+                                                               whole=lo == 0)
+                stepped = self._backward(loss) or stepped
+                parts.append((part_losses.detach(), part_logits.detach()))
+            losses, logits = (torch.cat(t) for t in zip(*parts))
+        if stepped:
             if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-                self.scaler.unscale_(self.optimizer)
-            else:
-                loss.backward()
+                self.scaler.unscale_(self.optimizer)      # once, after every slice's backward
             self.updater.after_backward(step)
             if self.scaler is not None:
                 self.scaler.step(self.optimizer)
@@ -94,6 +101,26 @@ class TorchBackend:
                 self.optimizer.step()
             self.updater.after_step(step)
         return losses.detach(), logits.detach().float()
+
+    def _forward(self, x, y, weight, n: int, whole: bool):
+        """Per-sample losses, logits and the loss to differentiate: the batch mean when `x` is the
+        whole batch, else this slice's sum over the batch's size `n`; the penalty on the weights
+        once per step (with the first slice)."""
+        with self._autocast(self.amp_dtype):
+            logits = self.forward(x)
+            losses = self.objective.losses(logits.float(), y)
+        weighted = losses * weight if weight is not None else losses
+        loss = weighted.mean() if len(y) == n else weighted.sum() / n
+        penalty = self.objective.penalty() if whole else None   # on the weights, in fp32
+        if penalty is not None:
+            loss = loss + penalty
+        return losses, logits, loss
+
+    def _backward(self, loss: torch.Tensor) -> bool:
+        if not loss.requires_grad:
+            return False
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+        return True
 
     @torch.inference_mode()
     def predict(self, x: torch.Tensor) -> torch.Tensor:

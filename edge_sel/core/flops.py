@@ -51,9 +51,17 @@ class FlopCounter:
     def _signature(self) -> tuple:
         return tuple(p.requires_grad for p in self.model.parameters())
 
-    def train_step(self, batch_size: int) -> tuple[int, int]:
-        """(forward, backward) FLOPs of one training step on `batch_size` samples."""
-        return self._gradient_step(batch_size, train_mode=True)
+    def train_step(self, batch_size: int, micro_batch: int = 0) -> tuple[int, int]:
+        """(forward, backward) FLOPs of one training step on `batch_size` samples, run in slices of
+        `micro_batch` (0: at once); blocks recomputed in backward count their second forward there."""
+        if not micro_batch or micro_batch >= batch_size:
+            return self._gradient_step(batch_size, train_mode=True)
+        whole, rest = divmod(batch_size, micro_batch)
+        f, b = (whole * n for n in self._gradient_step(micro_batch, train_mode=True))
+        if rest:
+            f_rest, b_rest = self._gradient_step(rest, train_mode=True)
+            f, b = f + f_rest, b + b_rest
+        return f, b
 
     def eval_gradient(self, batch_size: int = 1) -> tuple[int, int]:
         """(forward, backward) FLOPs of the loss gradient on `batch_size` samples with the model in

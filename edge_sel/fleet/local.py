@@ -100,6 +100,15 @@ def local_splits(node: NodeSettings) -> Splits:
     return splits
 
 
+def node_memory_budget(node: NodeSettings) -> float | None:
+    """The device's memory budget: its node config's, else its profile's (never the server's: the
+    server does not know what else runs on the device)."""
+    if node.memory_budget_mb is not None or not node.profile:
+        return node.memory_budget_mb
+    from edge_sel.profiles import load_profile
+    return load_profile(node.profile).memory_budget_mb
+
+
 def node_energy(node: NodeSettings) -> tuple[EnergyOptions, str | None, int | None]:
     """Meters from the node config, else from its device profile; the profile's device and threads."""
     energy = EnergyOptions(meters=list(node.meters), watts_per_core=node.watts_per_core)
@@ -170,6 +179,10 @@ def train_round(weights: dict[str, torch.Tensor], card: ModelCard, node: NodeSet
     """Fine-tune the global weights locally. Returns (new weights, numeric metrics, text info)."""
     energy, device, threads = node_energy(node)
     cfg = round_train_config(plan, node.partition_id, device)
+    cfg.memory_budget_mb = node_memory_budget(node)
+    if cfg.memory_budget_mb is not None:
+        cfg.precision = "fp32" if cfg.precision == "auto" else cfg.precision    # what the plan counts
+        cfg.validate()
     splits = splits if splits is not None else local_splits(node)
     where = Path(f"fleet-round-{plan.fleet_round}")
     check_compatible(card, splits, where)

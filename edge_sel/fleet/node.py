@@ -17,7 +17,7 @@ KEYS = {
     "dataset": str, "data-dir": str, "shard": str, "subset": int, "val-fraction": float, "split-seed": int,
     "image-size": int, "partition-id": int, "num-partitions": int, "partition": str, "alpha": float,
     "partition-seed": int, "profile": str, "device": str, "meters": str, "watts-per-core": float,
-    "work-dir": str,
+    "work-dir": str, "memory-budget": float,
 }
 
 
@@ -34,6 +34,7 @@ class NodeSettings:
     meters: list[str] = field(default_factory=list)
     watts_per_core: float | None = None
     work_dir: Path | None = None            # where each round's local run directory is written
+    memory_budget_mb: float | None = None   # this device's --memory-budget (else its profile's)
 
     def describe(self) -> dict:
         return {"data": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.data).items()},
@@ -102,7 +103,9 @@ def parse_node_config(config: dict) -> NodeSettings:
                         given.get("partition", "iid"), given.get("alpha", 0.5), given.get("partition-seed", 0),
                         given.get("profile"), given.get("device"),
                         [m for m in given.get("meters", "").split(",") if m], given.get("watts-per-core"),
-                        Path(given["work-dir"]) if "work-dir" in given else None)
+                        Path(given["work-dir"]) if "work-dir" in given else None, given.get("memory-budget"))
+    if node.memory_budget_mb is not None and not node.memory_budget_mb > 0:
+        raise InputError(f"node config memory-budget: must be > 0 MB, got {node.memory_budget_mb}")
     if (node.partition_id is None) != (node.num_partitions is None):
         raise InputError("node config: partition-id and num-partitions go together")
     if node.num_partitions is not None and not 0 <= node.partition_id < node.num_partitions:

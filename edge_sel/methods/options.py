@@ -91,6 +91,8 @@ SEL = [
     option("--blocks", default=None,
                  help="--sparsity layers|rgn: the blocks to freeze or train, as comma-separated module names "
                       "(input to output) [default: the model's blocks() or the discovery rule of docs/models.md]."),
+    option("--last-k", type=int, default=None,
+                 help="--sparsity last-k: how many of the model's last blocks train. [default: 1]"),
     option("--rgn-floor", type=float, default=None,
                  help="--sparsity rgn: blocks whose gradient-to-weight ratio is below this share of the "
                       "largest are frozen; the others learn at lr x their share. [default: 0.3]"),
@@ -174,7 +176,7 @@ USED_BY = {
     "guilt_percentile": (None, None, {"mask"}), "guilt_decay": (None, None, {"mask"}),
     "guilt_samples": (None, None, {"mask"}), "guilt_model": (None, None, {"mask"}),
     "probe_every": (None, None, {"layers", "rgn"}), "rgn_floor": (None, None, {"rgn"}), "layer_sparsity": (None, None, {"layers"}),
-    "blocks": (None, None, {"layers", "rgn"}),
+    "blocks": (None, None, {"layers", "rgn"}), "last_k": (None, None, {"last-k"}),
     "significance": _SUNDEW, "unseen": _SUNDEW, "gate_window": _SUNDEW, "gate_temperature": _SUNDEW,
     "min_activation": _SUNDEW,
     "unbiased": _SUNDEW, "keep_floor": _SUNDEW,

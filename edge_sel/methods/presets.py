@@ -68,8 +68,8 @@ def apply_preset(cfg: TrainConfig) -> TrainConfig:
         if not cfg.method.get("preset_applied"):      # a resumed run's config already holds the recipe
             PRESETS[name](cfg, preference(cfg))
             cfg.method["preset_applied"] = True
-    if cfg.sparsity is None:   # not chosen by the user or the preset: the strategy's default
-        cfg.sparsity = DEFAULT_SPARSITY.get(cfg.strategy, "none")
+    if cfg.sparsity is None:   # not chosen by the user or the preset: a memory budget's, or the strategy's default
+        cfg.sparsity = "budget" if cfg.memory_budget_mb is not None else DEFAULT_SPARSITY.get(cfg.strategy, "none")
     return cfg
 
 

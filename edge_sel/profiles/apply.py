@@ -28,6 +28,7 @@ OPTIONS = {
     "budget_per_epoch_j": ("energy_budget_per_epoch", float),
     "max_temp_c": ("max_temp", float),
     "cpu_threads": ("threads", int),
+    "memory_budget_mb": ("memory_budget", float),
 }
 # Settings without a command-line option: handed to the command as extra keyword arguments.
 PASSED = {"rails": "rails", "hysteresis_c": "hysteresis"}

@@ -120,6 +120,7 @@ SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
         "precision": choice(PRECISIONS),
         "batch_size": integer(1, 65536),
         "cpu_threads": integer(1, 1024),
+        "memory_budget_mb": number(0, 1e7, lo_open=True),
     },
     "method": {
         "strategy": registry("strategy"),

@@ -35,7 +35,7 @@ from edge_sel.engine.loop.memory_records import RunMemory
 from edge_sel.engine.loop.progress_log import ProgressLog, progress_bar
 from edge_sel.engine.loop.schedule import lr_factor
 from edge_sel.engine.loop.scoring import ScoringPasses
-from edge_sel.engine.loop.step_memory import memory_counter
+from edge_sel.engine.loop.step_memory import memory_counter, plan_run_memory
 from edge_sel.engine.loop.start import baseline_record, reset_if_forgotten
 from edge_sel.engine.loop.totals import StepTotals
 from edge_sel.engine.loop.val_size import validation_set
@@ -134,6 +134,7 @@ class Trainer:
         # Pretraining starts from random weights: only a fine-tune has a starting model worth keeping.
         self.choice = ModelChoice(cfg.keep if self.phase == "finetune" else "last", cfg.max_forgetting,
                                   self.memory is not None, self.eval_sets.source_anchor_acc)
+        self.memory_plan = plan_run_memory(self)       # under --memory-budget: before what trains is fixed
         self.strategy.setup(self.ctx)
         self.updater.attach(self.model, self.optimizer, self.ctx)
         self.class_names = self.train_ds.class_names
@@ -251,7 +252,7 @@ class Trainer:
             batch = self.replay.append(local, epoch, self.step)
         self.updater.before_step(self.step, batch)
         self.run_memory.observe(progress, len(batch.y))
-        f, b = self.flops.train_step(len(batch.y))
+        f, b = self.flops.train_step(len(batch.y), self.step_shape.micro_batch)
         p = self.objective.penalty_flops()      # after before_step: only what trains is penalised
         losses, logits = self.backend.train_step(self.step, batch)
         self.ledger.add_step(len(batch.y), f + b + p)

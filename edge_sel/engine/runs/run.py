@@ -114,6 +114,8 @@ def prepare_finetune_config(cfg: TrainConfig, quiet: bool = False) -> TrainConfi
     """A fine-tune's options made whole (the preset's recipe, ORT artifacts' optimizer) and checked,
     before any file is touched. Applying it again changes nothing."""
     apply_preset(cfg)
+    if cfg.memory_budget_mb is not None and cfg.precision == "auto":
+        cfg.precision = "fp32"      # memory is counted for fp32 tensors: a budget runs the step it counted
     if cfg.backend == "ort" and cfg.artifacts and cfg.explicit is not None:
         take_artifact_optimizer(cfg, quiet)
     cfg.validate()

@@ -1,0 +1,205 @@
+"""A training step that fits a memory budget, planned before the first step by counting on the meta
+device (core/memory.py): nothing is allocated, nothing is killed.
+
+The budget bounds the training step's counted peak: weights, optimizer state, the batch, and what the
+step keeps (activations, gradients, transients). The datasets a run holds come on top and are stated
+beside it. In order, the plan tries:
+
+1. the step as asked;
+2. blocks recomputed in backward (torch.utils.checkpoint), the earliest first: one more forward of a
+   block for the activations it would keep (counted in the step's FLOPs);
+3. micro-batches with gradient accumulation (halving), without and then with every block recomputed:
+   the update is the whole batch's; BatchNorm layers that train their statistics see micro-batch
+   statistics, and below MIN_STATISTICS images their statistics are frozen instead (said in the plan).
+
+For `--sparsity budget` the plan first chooses what trains (choose_trainable): for each depth (the
+earliest block that learns anything) the biases and norms from there on, then the weight tensors of
+those blocks by gain per byte until the budget is spent; the depth with the most gain wins, and a set
+that trains everything with recomputed blocks wins where it fits. A budget nothing fits is one line
+naming the smallest budget that does: the classifier alone at a micro-batch of one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+from edge_sel.core.memory import MiB, MemoryCount, MemoryCounter, StepShape
+from edge_sel.errors import InputError
+from edge_sel.methods.update.fixed_sets import bias_norm_names, classifier_names
+from edge_sel.models.blocks import named_blocks
+
+MIN_STATISTICS = 8          # images per micro-batch below which training BatchNorm statistics is noise
+
+
+@dataclass
+class MemoryPlan:
+    budget_mb: float
+    batch_size: int
+    micro_batch: int
+    recompute: list[str]
+    bn_statistics: str
+    counted: dict                         # MemoryCount.mib() of the planned step
+    asked_mb: float                       # the step as asked, counted
+    trainable: list[str] | None = None    # names chosen for --sparsity budget (None: the updater's own)
+    notes: list[str] = field(default_factory=list)
+    gains: dict | None = None             # where --sparsity budget's gains came from, and what that cost
+
+    def shape(self) -> StepShape:
+        return StepShape(self.batch_size, self.micro_batch if self.micro_batch < self.batch_size else 0,
+                         tuple(self.recompute), self.bn_statistics)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "MemoryPlan":
+        try:
+            return cls(**data)
+        except TypeError as e:
+            raise InputError(f"memory_plan in config.json: {e}") from None
+
+    def line(self) -> str:
+        parts = [f"counted peak {self.counted['peak_mb']:.1f} MB of {self.budget_mb:g} MB"]
+        if self.micro_batch < self.batch_size:
+            parts.append(f"micro-batches of {self.micro_batch} (batch {self.batch_size} accumulated)")
+        if self.recompute:
+            parts.append(f"{len(self.recompute)} blocks recomputed")
+        if self.trainable is not None:
+            parts.append(f"{len(self.trainable)} tensors chosen to train")
+        return "memory plan: " + ", ".join(parts) + f" (as asked: {self.asked_mb:.1f} MB)"
+
+
+def _fits(counter: MemoryCounter, shape: StepShape, trainable, budget: int) -> MemoryCount | None:
+    count = counter.count(shape, trainable)
+    return count if count.peak <= budget else None
+
+
+def smallest_budget(counter: MemoryCounter, model, trainable=None, batch_size: int = 1) -> float:
+    """MB of the cheapest step of `batch_size` images training `trainable` (None: the cheapest step
+    there is, the classifier alone): one image at a time, with or without every block recomputed."""
+    blocks = tuple(name for name, _ in named_blocks(model)[:-1])
+    trainable = classifier_names(model) if trainable is None else trainable
+    return min(counter.count(StepShape(batch_size, 1, recompute, "frozen"), trainable).peak
+               for recompute in ((), blocks)) / MiB
+
+
+def fit_shape(counter: MemoryCounter, model, batch_size: int, budget: int, trainable=None,
+              bn_statistics: str = "train") -> tuple[StepShape, MemoryCount, list[str]] | None:
+    """The cheapest-to-run shape of a step of `batch_size` training `trainable` that fits."""
+    base = StepShape(batch_size, bn_statistics=bn_statistics)
+    count = _fits(counter, base, trainable, budget)
+    if count is not None:
+        return base, count, []
+    blocks = [name for name, _ in named_blocks(model)[:-1]]
+    # Recomputing the first k blocks (the earliest keep the largest activations): the fewest that fit,
+    # by bisection (more blocks recomputed keep less, nearly always).
+    found, lo, hi = None, 1, len(blocks)
+    while lo <= hi:
+        k = (lo + hi) // 2
+        shape = replace(base, recompute=tuple(blocks[:k]))
+        count = _fits(counter, shape, trainable, budget)
+        if count is None:
+            lo = k + 1
+        else:
+            found, hi = (shape, count, [f"{k} of {len(blocks)} blocks recomputed in backward"]), k - 1
+    if found is not None:
+        return found
+    micro = batch_size
+    while micro > 1:
+        micro = (micro + 1) // 2
+        frozen = bn_statistics == "frozen" or micro < MIN_STATISTICS
+        for recompute in ((), tuple(blocks)):
+            shape = StepShape(batch_size, micro, recompute, "frozen" if frozen else "train")
+            count = _fits(counter, shape, trainable, budget)
+            if count is not None:
+                notes = [f"micro-batches of {micro}, gradients accumulated over the batch of {batch_size}"]
+                if recompute:
+                    notes.append(f"every block ({len(blocks)}) recomputed in backward")
+                if frozen and bn_statistics != "frozen":
+                    notes.append(f"BatchNorm statistics frozen (fewer than {MIN_STATISTICS} images a micro-batch)")
+                elif micro < batch_size:
+                    notes.append(f"BatchNorm layers that train see statistics of {micro} images, not {batch_size}")
+                return shape, count, notes
+    return None
+
+
+def plan_memory(counter: MemoryCounter, model, batch_size: int, budget_mb: float, trainable=None,
+                bn_statistics: str = "train", gains: dict | None = None, gains_source: dict | None = None
+                ) -> MemoryPlan:
+    """The plan for `budget_mb`; `gains` (parameter name -> expected gain) makes it choose what
+    trains (--sparsity budget), else `trainable` (names, None: every parameter) is kept."""
+    budget = int(budget_mb * MiB)
+    asked = counter.count(StepShape(batch_size, bn_statistics=bn_statistics), trainable).peak / MiB
+    chosen = None
+    notes: list[str] = []
+    if gains is not None:
+        trainable, notes = choose_trainable(counter, model, batch_size, budget, gains, bn_statistics)
+        if trainable is None:
+            trainable = classifier_names(model)
+            notes = ["the classifier alone: nothing more fits a whole batch"]
+        chosen = sorted(trainable)
+    fitted = fit_shape(counter, model, batch_size, budget, trainable, bn_statistics)
+    if fitted is None:
+        lowest = smallest_budget(counter, model, None, batch_size)
+        if gains is not None:
+            raise InputError(f"--memory-budget {budget_mb:g}: no step fits; the smallest that does is "
+                             f"{lowest:.1f} MB (the classifier alone, one image at a time)")
+        own = smallest_budget(counter, model, trainable or {n for n, _ in model.named_parameters()}, batch_size)
+        raise InputError(f"--memory-budget {budget_mb:g}: no step of what this run trains fits; the smallest that "
+                         f"does is {own:.1f} MB (one image at a time); --sparsity budget "
+                         f"fits down to {lowest:.1f} MB (the classifier alone)")
+    shape, count, shape_notes = fitted
+    return MemoryPlan(budget_mb, batch_size, shape.chunk, list(shape.recompute), shape.bn_statistics, count.mib(),
+                      round(asked, 3), chosen, notes + shape_notes, gains_source)
+
+
+def choose_trainable(counter: MemoryCounter, model, batch_size: int, budget: int, gains: dict,
+                     bn_statistics: str) -> tuple[set[str] | None, list[str]]:
+    """What trains under the budget, by expected gain per byte (see the module's docstring)."""
+    names = [n for n, _ in model.named_parameters()]
+    everything = set(names)
+    if fit_shape(counter, model, batch_size, budget, everything, bn_statistics) is not None:
+        shape = fit_shape(counter, model, batch_size, budget, everything, bn_statistics)[0]
+        if shape.chunk >= MIN_STATISTICS or bn_statistics == "frozen":
+            return everything, ["everything trains: it fits with recomputed blocks or micro-batches"]
+    blocks = named_blocks(model)
+    owner = {}
+    for i, (_, block) in enumerate(blocks):
+        for p in block.parameters():
+            owner[id(p)] = i
+    params = dict(model.named_parameters())
+    block_of = {n: owner.get(id(p), 0) for n, p in params.items()}
+    small = bias_norm_names(model)
+    head = classifier_names(model)
+    best, best_gain, best_notes = None, -1.0, []
+    for depth in range(len(blocks) - 1, -1, -1):
+        base = head | {n for n in small if block_of[n] >= depth}
+        count = _fits(counter, StepShape(batch_size, bn_statistics=bn_statistics), base, budget)
+        if count is None:
+            break                   # an earlier depth keeps at least as much
+        left = budget - count.peak
+        # A weight tensor adds its gradient and optimizer state (about twice its size and more with Adam);
+        # the exact count below decides.
+        per_byte = count.optimizer / max(1, sum(params[n].numel() * params[n].element_size() for n in base))
+        candidates = sorted((n for n in names if n not in base and block_of[n] >= depth),
+                            key=lambda n: gains.get(n, 0.0) / (params[n].numel() * params[n].element_size()),
+                            reverse=True)
+        chosen = set(base)
+        for n in candidates:
+            cost = params[n].numel() * params[n].element_size() * (2 + per_byte)
+            if cost <= left:
+                chosen.add(n)
+                left -= cost
+        while _fits(counter, StepShape(batch_size, bn_statistics=bn_statistics), chosen, budget) is None:
+            extra = [n for n in chosen - base]
+            if not extra:
+                break
+            chosen.discard(min(extra, key=lambda n: gains.get(n, 0.0)))
+        gain = sum(gains.get(n, 0.0) for n in chosen)
+        if gain > best_gain:
+            best, best_gain = chosen, gain
+            best_notes = [f"trains from block {depth} ({blocks[depth][0]}) on: {len(chosen)} of {len(names)} "
+                          f"tensors, {sum(params[n].numel() for n in chosen):,} parameters"]
+    if best is None:
+        return None, []
+    return best, best_notes

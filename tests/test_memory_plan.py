@@ -1,0 +1,125 @@
+"""--memory-budget: a step planned to fit by counting (engine/machine/memory_plan.py), micro-batches
+that update as the whole batch does, the plan kept by a resume, a budget nothing fits, a profile's."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import HealthCheck, Phase, given, settings, strategies as st
+
+from helpers import SAME_CHOICES, records, run_main, stable, summary
+from edge_sel.backends.torch_backend import TorchBackend
+from edge_sel.core.memory import MiB, MemoryCounter, StepShape
+from edge_sel.data import Batch
+from edge_sel.engine.machine.memory_plan import plan_memory, smallest_budget
+from edge_sel.errors import InputError
+from edge_sel.methods import Updater
+from edge_sel.models import build_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+COUNTERS = {}
+
+
+def counter(name, size):
+    if (name, size) not in COUNTERS:
+        model = build_model(name, num_classes=10, input_shape=[3, size, size])
+        COUNTERS[name, size] = model, MemoryCounter(model, [3, size, size], lambda ps: torch.optim.SGD(
+            ps, lr=0.1, momentum=0.9, weight_decay=5e-4))
+    return COUNTERS[name, size]
+
+
+@settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck),
+          phases=[Phase.explicit, Phase.generate])
+@given(st.sampled_from([("edgecnn", 16), ("edgecnn", 32), ("mobilenetv2", 16)]), st.integers(2, 64),
+       st.floats(0.01, 1.2), st.booleans())
+def test_no_plan_keeps_more_than_its_budget(model_size, batch, share, choose):
+    model, c = counter(*model_size)
+    full = c.count(StepShape(batch)).peak / MiB
+    budget = full * share
+    gains = {n: float(p.numel() % 7 + 1) for n, p in model.named_parameters()} if choose else None
+    try:
+        plan = plan_memory(c, model, batch, budget, gains=gains)
+    except InputError as e:
+        smallest = smallest_budget(c, model, None if choose else {n for n, _ in model.named_parameters()}, batch)
+        assert smallest > budget and f"the smallest that does is {smallest:.1f} MB" in str(e)
+        plan_memory(c, model, batch, smallest * 1.001, gains=gains)     # the budget it names fits
+        return
+    trainable = set(plan.trainable) if plan.trainable is not None else None
+    counted = c.count(plan.shape(), trainable)
+    assert counted.peak <= budget * MiB and counted.mib() == plan.counted
+    if share >= 1:          # what was asked fits: it runs as asked
+        assert plan.micro_batch == batch and plan.recompute == []
+
+
+def test_micro_batches_update_as_the_whole_batch_where_no_batchnorm_trains():
+    torch.manual_seed(0)
+    x, y, w = torch.randn(10, 3, 16, 16), torch.randint(0, 10, (10,)), torch.rand(10)
+    batch = Batch(torch.arange(10), torch.arange(10), x, y, w)
+    outcomes = []
+    for micro in (0, 4, 3):
+        torch.manual_seed(1)
+        model = build_model("groupnorm_cnn", num_classes=10, input_shape=[3, 16, 16])
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        backend = TorchBackend(model, optimizer, Updater(), torch.device("cpu"), precision=("fp32", "fp32"))
+        backend.updater.attach(model, optimizer, None)
+        backend.micro_batch = micro
+        for step in range(2):
+            losses, logits = backend.train_step(step, batch)
+        outcomes.append((losses, logits, [p.detach().clone() for p in model.parameters()]))
+    for losses, logits, params in outcomes[1:]:
+        torch.testing.assert_close(losses, outcomes[0][0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(logits, outcomes[0][1], rtol=1e-5, atol=1e-6)
+        for p, q in zip(params, outcomes[0][2]):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+FINETUNE = ["--dataset", "synthetic", "--epochs", "2", "--batch-size", "32", "--checkpoint-every", "3",
+            "--lr", "0.02", "--quiet", "--seed", "3", *SAME_CHOICES]
+
+
+def test_a_budgeted_run_plans_records_and_resumes_with_its_plan(tiny_warm, tmp_path, capsys):
+    argv = ["finetune", "--checkpoint", tiny_warm, *FINETUNE, "--memory-budget", "6"]
+    code, _ = run_main([*argv, "--out", tmp_path / "whole"], capsys)
+    assert code == 0
+    plan = json.loads((tmp_path / "whole" / "config.json").read_text())["memory_plan"]
+    assert plan["budget_mb"] == 6 and plan["counted"]["peak_mb"] <= 6 < plan["asked_mb"]
+    assert summary(tmp_path / "whole")["config"]["sparsity"] == "budget"
+    # The same run killed after its third step and resumed: the plan in its config is the one it runs.
+    out = tmp_path / "cut"
+    killed = subprocess.run([sys.executable, "-m", "edge_sel", *map(str, argv), "--out", str(out)],
+                            env={**__import__("os").environ, "EDGE_SEL_FAULT_KILL_AT_STEP": "3"},
+                            capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    config = json.loads((out / "config.json").read_text())
+    timed = lambda p: {**p, "gains": {k: v for k, v in p["gains"].items() if k != "wall_s"}}
+    assert timed(config["memory_plan"]) == timed(plan)
+    config["memory_plan"]["notes"] = ["kept from the run's start"]
+    (out / "config.json").write_text(json.dumps(config))
+    code, _ = run_main(["finetune", "--resume", out, "--quiet"], capsys)
+    assert code == 0
+    assert summary(out)["config"]["memory_plan"]["notes"] == ["kept from the run's start"]
+    assert stable(records(out)) == stable(records(tmp_path / "whole"))
+
+
+def test_a_budget_nothing_fits_is_one_line_naming_the_smallest(tiny_warm, tmp_path, capsys):
+    code, err = run_main(["finetune", "--checkpoint", tiny_warm, *FINETUNE, "--memory-budget", "0.5",
+                          "--out", tmp_path / "x"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--memory-budget 0.5: no step fits; the smallest that does is 1.7 MB (the classifier alone" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_profiles_budget_reaches_the_night(tiny_warm, tmp_path, capsys):
+    profile = tmp_path / "board.toml"
+    profile.write_text('name = "board"\n[train]\ndevice = "cpu"\nmemory_budget_mb = 7.5\n')
+    home = tmp_path / "home"
+    code, err = run_main(["night", "--home", home, "--warmup", tiny_warm, "--dataset", "synthetic", "--epochs", "1",
+                          "--batch-size", "32", "--quiet", "--profile", profile, "--bn-conditions", "0",
+                          *SAME_CHOICES], capsys)
+    assert code == 0, err
+    run = next((home / "runs").iterdir())
+    config = json.loads((run / "config.json").read_text())
+    assert config["memory_budget_mb"] == 7.5 and config["memory_plan"]["counted"]["peak_mb"] <= 7.5
