@@ -116,7 +116,7 @@ def pretrain(model="edgecnn", data="digits", *, out, test=None, class_names=None
     starting weights)."""
     from edge_sel.cli import build_config, build_energy
     from edge_sel.engine.runs.run import pretrain as run_pretrain
-    from edge_sel.profiles.apply import torch_threads
+    from edge_sel.threads import torch_threads
     from edge_sel.models.spec import parse_model_args
     kw, given = resolve_options("pretrain", {**options, "out": out, "quiet": quiet})
     if kw["epochs"] is None:
@@ -145,7 +145,7 @@ def finetune(checkpoint, data="digits", *, out, test=None, class_names=None, qui
     normalisation) on `data` into `out`; same options as `edge-sel finetune` (`epochs` required)."""
     from edge_sel.cli import FINETUNE_FIELDS, RENAMED_FIELDS, build_config, build_energy
     from edge_sel.engine.runs.run import finetune as run_finetune
-    from edge_sel.profiles.apply import torch_threads
+    from edge_sel.threads import torch_threads
     from edge_sel.methods.options import method_option_names
     kw, given = resolve_options("finetune", {**options, "out": out, "quiet": quiet})
     if kw["epochs"] is None:

@@ -216,7 +216,7 @@ def night_cmd(home, runs, deployed, warmup, **kw):
     joules = "energy not measured" if cost["energy_all_j"] is None else \
         f"{cost['energy_all_j']:.1f} J {energy_label(cost['energy_method'])}"
     click.echo(f"edge-sel nightly: the night all in: {cost['flops_all'] / 1e9:.2f} GFLOP, {joules}, "
-               f"{cost['wall_all_s']:.1f} s (the run's totals and promote's validation)")
+               f"{cost['wall_all_s']:.1f} s (the run's totals and promote's whole check)")
 
 
 def places_said() -> dict:
@@ -403,10 +403,15 @@ def promote_cmd(run_dir, deployed, force, max_forgetting):
 def decision_line(decision, run_dir) -> str:
     """promote's verdict in one line: the rule, why, and what validating the deployed model cost."""
     cost = decision.evaluation
-    joules = f", {cost['energy_j']:.1f} J" if cost and cost.get("energy_j") is not None else ""
     anchors = f" and {cost['anchor_samples']} guard anchors" if cost and cost.get("anchor_samples") else ""
+    # The validation passes apart from the rest of the check (reading and shifting the data, loading
+    # the model, re-estimating a bank): a meter's joules cover the whole check, not the passes alone.
+    whole = "" if not cost or cost.get("total_s") is None else \
+        (f"; the whole check {cost['total_s']:.1f} s with reading and shifting the data and loading the model"
+         + (", re-estimating the bank" if cost.get("flops_bank_estimate") else "")
+         + (f", {cost['energy_j']:.1f} J" if cost.get("energy_j") is not None else ""))
     checked = (f" [deployed model validated on {cost['samples']} samples{anchors}, {cost['flops'] / 1e9:.2f} GFLOP, "
-               f"{cost['wall_s']:.1f} s{joules}]" if cost else "")
+               f"validation passes {cost['wall_s']:.1f} s{whole}]" if cost else "")
     if decision.promote:
         return f"promoted ({decision.rule}): {run_dir}: {decision.why}{checked}"
     if decision.rule == "already-deployed":

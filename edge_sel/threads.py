@@ -32,6 +32,7 @@ float sums depend on how work is split between threads, so only the same count r
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -246,3 +247,19 @@ def describe() -> dict:
     torch = __import__("sys").modules.get("torch")
     return {"count": torch.get_num_threads() if torch else None, "why": "torch's default (not chosen here)",
             "wait_policy": os.environ.get(WAIT_ENV, "OpenMP's default (spinning)")}
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None):
+    """torch's intra-op threads set to `count` for the block, restored afterwards (unchanged when
+    None)."""
+    if count is None:
+        yield
+        return
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -260,11 +260,17 @@ def test_promote_judges_the_deployed_model_as_the_run_judged_its_start(warm, tmp
     home.mkdir()
     shutil.copytree(warm, home / "warmup")
     night(home, "--epochs", "1", "--bn-conditions", "3", *CLEAN)                       # deployed: a clean night
+    # Tonight evaluates in bf16, channels_last, batches of 64: promote judges in the run's settings
+    # (it judged in fp32, contiguous, and the last digits differed).
+    tonight = [*FIXED[:5], "--memory-format", "channels_last", "--eval-batch-size", "64", "--precision", "bf16"]
     s, p = night(home, "--epochs", "2", "--bn-conditions", "3", "--dataset", "digits", "--shard", "1/2",
-                 "--shift", "corrupt=fog:3", *FIXED)
+                 "--shift", "corrupt=fog:3", *tonight)
     assert s["bn_bank"]["tonight"]["new"] and p["rule"] in ("better", "not-better")
     start = records(s["run_dir"], baseline=True)[0]
     assert start["phase"] == "baseline" and p["deployed_val_acc"] == start["val_acc"]
+    assert p["deployed_anchor_acc"] == start["anchor_acc"]
+    assert p["evaluation"]["judged_as"] == {"precision": "bf16", "memory_format": "channels_last",
+                                            "eval_batch_size": 64, "threads": s["threads"]["count"]}
     assert "as the run judged its start" in p["why"] and p["evaluation"]["bn_bank"] == "the run's"
     assert p["evaluation"]["flops_bank_estimate"] > 0           # re-estimating tonight's condition is counted
 

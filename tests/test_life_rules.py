@@ -579,6 +579,11 @@ def test_the_nights_cost_is_the_runs_totals_plus_the_deployed_models_validation(
         "promote": {"samples": 64, "flops": 50, "wall_s": 1.5, "energy_j": 0.75},
         "energy_source": "rapl", "energy_method": "measured", "note": NOTE,
     }
+    # promote's joules were metered over the whole check (data read and shifted, model loaded), so
+    # the night's seconds take its whole time, not the validation passes' alone.
+    checked = Decision(False, "not-better", "", evaluation={**judged, "total_s": 6.0})
+    whole = life.night_cost({"totals": totals}, checked)
+    assert whole["wall_all_s"] == 36.0 and whole["promote"]["total_s"] == 6.0 and whole["promote"]["wall_s"] == 1.5
 
 
 def test_a_night_not_judged_costs_what_its_run_did():

@@ -439,8 +439,9 @@ class Bank:
         self.refresh_flops = refresh_flops
         self.calls = []
 
-    def refresh(self, model, counter, batch):
+    def refresh(self, model, counter, batch, memory_format=torch.contiguous_format):
         self.calls.append(("refresh", model, counter, batch))
+        self.memory_format = memory_format
         return {"flops": self.refresh_flops, "samples": 8}
 
     def attach(self, model):
@@ -512,6 +513,15 @@ def deployed_parts(monkeypatch):
     return parts
 
 
+def checked(cost: dict, batch: int) -> dict:
+    """The cost without what every judgement states: the run's settings it was judged in (a run
+    that states none: fp32, contiguous, this process's threads) and the whole check's seconds."""
+    assert cost.pop("judged_as") == {"precision": "fp32", "memory_format": "contiguous", "eval_batch_size": batch,
+                                     "threads": None}
+    assert cost.pop("total_s") >= 0
+    return cost
+
+
 def test_the_deployed_model_with_the_runs_bank_and_anchors_counts_every_pass(tmp_path, deployed_parts):
     """Validation (8 images in batches of 3: 9 + 9 + 4 FLOPs, 8 choices at 11), the bank's
     conditions described once (8 images at 100), its re-estimate (500), and the anchors (4 images,
@@ -526,7 +536,8 @@ def test_the_deployed_model_with_the_runs_bank_and_anchors_counts_every_pass(tmp
     assert val_acc == 0.75 and anchor_acc == 0.5
     val_flops = 9 + 9 + 4 + 8 * 11
     anchor_flops = 9 + 1 + 4 * 11
-    assert cost == {"samples": 8, "flops": val_flops + 8 * FEATURES + 500 + anchor_flops, "wall_s": 2.0 + 8.0,
+    assert checked(cost, 3) == {"samples": 8, "flops": val_flops + 8 * FEATURES + 500 + anchor_flops,
+                                "wall_s": 2.0 + 8.0,
                     "device": "cpu", "energy": "not measured", "flops_bank_choice": 8 * FEATURES,
                     "bn_bank": "the run's", "flops_bank_estimate": 500, "anchor_samples": 4,
                     "anchor_flops": anchor_flops, "anchor_wall_s": 8.0}
@@ -547,7 +558,7 @@ def test_without_the_runs_bank_the_deployed_model_keeps_its_own(tmp_path, deploy
     config = {"data": {"dataset": "cifar10", "data_dir": "/data/cifar"}, "eval_batch_size": 3}
     val_acc, anchor_acc, cost = pr.validate_deployed(config, tmp_path / "deployed", tmp_path / "run")
     assert val_acc == 0.75 and anchor_acc is None
-    assert cost == {"samples": 8, "flops": 22 + 8 * 11 + 8 * FEATURES, "wall_s": 2.0, "device": "cpu",
+    assert checked(cost, 3) == {"samples": 8, "flops": 22 + 8 * 11 + 8 * FEATURES, "wall_s": 2.0, "device": "cpu",
                     "energy": "not measured", "flops_bank_choice": 8 * FEATURES, "bn_bank": "its own"}
     assert parts.calls[0] == ("data", "cifar10", "/data/cifar", None)
     assert parts.calls[-2:] == [("run bank", parts.model, tmp_path / "run", parts.card, None),
@@ -560,7 +571,7 @@ def test_a_run_bank_that_re_estimated_nothing_states_no_estimate(tmp_path, deplo
     parts.run_bank = Bank([8], refresh_flops=0)
     _, _, cost = pr.validate_deployed({"data": {"dataset": "synthetic"}, "eval_batch_size": 3},
                                       tmp_path / "deployed", tmp_path / "run")
-    assert cost == {"samples": 8, "flops": 22 + 8 * 11 + 8 * FEATURES, "wall_s": 2.0, "device": "cpu",
+    assert checked(cost, 3) == {"samples": 8, "flops": 22 + 8 * 11 + 8 * FEATURES, "wall_s": 2.0, "device": "cpu",
                     "energy": "not measured", "flops_bank_choice": 8 * FEATURES, "bn_bank": "the run's"}
 
 
@@ -570,7 +581,8 @@ def test_anchors_without_a_bank_count_only_the_forward_passes(tmp_path, deployed
     val_acc, anchor_acc, cost = pr.validate_deployed({"data": {"dataset": "synthetic"}, "eval_batch_size": 3},
                                                      tmp_path / "deployed", tmp_path / "run")
     assert (val_acc, anchor_acc) == (0.75, 0.5)
-    assert cost == {"samples": 8, "flops": 22 + 10, "wall_s": 10.0, "device": "cpu", "energy": "not measured",
+    assert checked(cost, 3) == {"samples": 8, "flops": 22 + 10, "wall_s": 10.0, "device": "cpu",
+                                "energy": "not measured",
                     "anchor_samples": 4, "anchor_flops": 10, "anchor_wall_s": 8.0}
 
 
@@ -580,7 +592,7 @@ def test_the_evaluation_batch_is_the_configs_else_the_runs_layout_else_256(tmp_p
     parts = deployed_parts
     parts.val = dataset([True] * 300, [0] * 299 + [1])
     _, _, cost = pr.validate_deployed({"data": {"dataset": "synthetic"}}, tmp_path / "deployed")
-    assert cost == {"samples": 300, "flops": 256 ** 2 + 44 ** 2, "wall_s": 2.0, "device": "cpu",
+    assert checked(cost, 256) == {"samples": 300, "flops": 256 ** 2 + 44 ** 2, "wall_s": 2.0, "device": "cpu",
                     "energy": "not measured"}
     assert parts.model.batches == [256, 44]
     assert [c[0] for c in parts.calls] == ["data", "checkpoint", "compatible", "saved bank"]   # no run: no memory
@@ -778,3 +790,28 @@ def test_promote_with_the_warmup_serving_judges_against_no_version_set_aside(tmp
     d = pr.promote(run, tmp_path / "deployed", evaluate=lambda *a: pytest.fail("judged against a version"))
     assert (d.promote, d.rule) == (True, "first")
     assert (tmp_path / "deployed" / "model.safetensors").read_bytes() == b"candidate weights"
+
+
+def test_promotes_line_gives_the_passes_apart_from_the_whole_check_it_metered():
+    """The joules of a night's promote cover reading and shifting the data and loading the model
+    too: the line says so, with the passes' seconds apart."""
+    from edge_sel.cli import decision_line
+    cost = {"samples": 1000, "anchor_samples": 200, "flops": 2.5e9, "wall_s": 0.4, "total_s": 9.7, "energy_j": 280.2,
+            "flops_bank_estimate": 1e8}
+    line = decision_line(pr.Decision(False, "not-better", "why", evaluation=cost), "RUN")
+    assert line.endswith("[deployed model validated on 1000 samples and 200 guard anchors, 2.50 GFLOP, validation "
+                         "passes 0.4 s; the whole check 9.7 s with reading and shifting the data and loading the "
+                         "model, re-estimating the bank, 280.2 J]")
+    plain = decision_line(pr.Decision(True, "better", "why", evaluation={"samples": 8, "flops": 1e9, "wall_s": 0.1}),
+                          "RUN")
+    assert plain.endswith("[deployed model validated on 8 samples, 1.00 GFLOP, validation passes 0.1 s]")
+
+
+def test_the_deployed_model_is_judged_in_the_runs_own_evaluation_settings(tmp_path):
+    assert pr.run_evaluation(tmp_path) == {"eval": "fp32", "memory_format": "contiguous", "threads": None}
+    (tmp_path / "summary.json").write_text(json.dumps({"precision": {"train": "bf16", "eval": "bf16"},
+                                                       "layout": {"memory_format": "channels_last"},
+                                                       "threads": {"count": 2}}))
+    assert pr.run_evaluation(tmp_path) == {"eval": "bf16", "memory_format": "channels_last", "threads": 2}
+    (tmp_path / "summary.json").write_text(json.dumps({"precision": "bf16", "layout": {"memory_format": "nhwc"}}))
+    assert pr.run_evaluation(tmp_path) == {"eval": "fp32", "memory_format": "contiguous", "threads": None}

@@ -5,7 +5,6 @@ not give. An option given on the command line always wins; so does a `--preset` 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import click
@@ -13,6 +12,7 @@ from click.core import ParameterSource
 
 from edge_sel.errors import InputError
 from edge_sel.profiles import Profile, load_profile
+from edge_sel.threads import torch_threads
 
 # profile field -> (click parameter name, profile value -> option value)
 OPTIONS = {
@@ -89,21 +89,6 @@ def threads_for_command(count: int | None) -> None:
     before = torch.get_num_threads()
     apply_threads(count, source="--threads (or the profile's cpu_threads)")
     click.get_current_context().call_on_close(lambda: torch.set_num_threads(before))
-
-
-@contextlib.contextmanager
-def torch_threads(count: int | None):
-    """torch's intra-op threads for the command, restored afterwards."""
-    if count is None:
-        yield
-        return
-    import torch
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def profile_option(fn=None, *, default: str | None = None, envvar: str | None = None):

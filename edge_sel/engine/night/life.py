@@ -374,9 +374,11 @@ def night_cost(summary: dict, decision: Decision | None) -> dict:
     return {
         "flops_all": (totals.get("flops_all") or 0) + (judged.get("flops") or 0),
         "energy_all_j": None if run_j is None and judge_j is None else (run_j or 0) + (judge_j or 0),
-        "wall_all_s": (totals.get("wall_all_s") or 0) + (judged.get("wall_s") or 0),
+        # The whole check (data read and shifted, model loaded): what promote's joules were metered over.
+        "wall_all_s": (totals.get("wall_all_s") or 0) + (judged.get("total_s", judged.get("wall_s")) or 0),
         "run": {k: totals.get(k) for k in ("flops_all", "energy_all_j", "wall_all_s", "flops_train", "flops_eval")},
-        "promote": {k: judged.get(k) for k in ("samples", "flops", "wall_s", "energy_j")},
+        "promote": {k: judged.get(k) for k in ("samples", "flops", "wall_s", "energy_j")}
+        | ({"total_s": judged["total_s"]} if "total_s" in judged else {}),
         "energy_source": totals.get("energy_source"), "energy_method": totals.get("energy_method"),
         "note": "counted FLOPs of the passes run; joules from the run's meter windows and promote's own window",
     }

@@ -211,16 +211,22 @@ def source_anchor_acc(run_dir: Path) -> float | None:
 def validate_deployed(config: dict, deployed: Path, run_dir: Path | None = None) -> tuple[float | None, float | None, dict]:
     """The deployed model on the run's validation samples (the same draw of `--val-subset`) and on
     the guard anchors the run carries (when it has them), with the passes' counted FLOPs and wall
-    time (`flops` and `wall_s` include the anchors; `anchor_*` is their part)."""
+    time (`flops` and `wall_s` include the anchors; `anchor_*` is their part). `wall_s` is the
+    validation passes alone; `total_s` adds reading and shifting the data, loading the model and
+    re-estimating the run's bank, all of which a meter window around this call also holds."""
+    started = time.monotonic()
     import torch
 
     from edge_sel.core.flops import FlopCounter
     from edge_sel.engine.levers.anchors import load_memory
+    from edge_sel.engine.machine.layout import FORMATS
+    from edge_sel.engine.machine.precision import autocast
     from edge_sel.engine.evaluation.bn_bank import attach_saved_bank, run_bank_for
     from edge_sel.engine.evaluation.evaluate import accuracy, evaluation_flops, predict_dataset, validation_subset
     from edge_sel.engine.runs.data_options import DataOptions, check_compatible
     from edge_sel.models import load_checkpoint
     from edge_sel.predict.conditions import feature_flops
+    from edge_sel.threads import torch_threads
     data = DataOptions(**{**config["data"], "data_dir": config["data"].get("data_dir")})
     splits = data.load()
     model, card = load_checkpoint(deployed)
@@ -228,6 +234,11 @@ def validate_deployed(config: dict, deployed: Path, run_dir: Path | None = None)
     val = validation_subset(splits.val, config.get("val_subset") or 0)
     memory = None if run_dir is None else load_memory(Path(run_dir), card, splits.train)
     batch = config.get("eval_batch_size") or run_eval_batch(run_dir) or 256
+    # The run's evaluation settings: a float sum changes with the precision, the layout's kernels
+    # and the threads that split it, and with it the last digit of the start's figures.
+    settings = run_evaluation(run_dir)
+    memory_format = FORMATS[settings["memory_format"]]
+    model = model.to(memory_format=memory_format)
     counter = FlopCounter(model, list(splits.val.input_shape))
     # Judged as the run judged its start: with the run's bank (tonight's condition included), each
     # condition re-estimated for the deployed weights; without one, with the deployed model's own.
@@ -235,7 +246,8 @@ def validate_deployed(config: dict, deployed: Path, run_dir: Path | None = None)
                                                      memory.source if memory is not None else None)
     refreshed = {"flops": 0, "samples": 0}
     if bank is not None:
-        refreshed = bank.refresh(model, counter, batch)
+        with torch_threads(settings["threads"]), autocast(torch.device("cpu"), settings["eval"]):
+            refreshed = bank.refresh(model, counter, batch, memory_format)
         bank.attach(model)
         judged_with = "the run's"
     else:
@@ -244,8 +256,10 @@ def validate_deployed(config: dict, deployed: Path, run_dir: Path | None = None)
 
     def judge(ds) -> tuple[float | None, float, int]:
         t0 = time.perf_counter()
-        with torch.inference_mode():
-            logits = predict_dataset(lambda x: model.eval()(x).float(), ds, card.mean, card.std, batch)
+        with torch.inference_mode(), torch_threads(settings["threads"]), \
+                autocast(torch.device("cpu"), settings["eval"]):
+            logits = predict_dataset(lambda x: model.eval()(x).float(), ds, card.mean, card.std, batch,
+                                     memory_format)
         flops = evaluation_flops(counter, len(ds), batch)
         if bank is not None:        # choosing each image's condition: its features and distances
             flops += bank.take_selected() * bank.choice_flops(list(splits.val.input_shape))
@@ -254,6 +268,8 @@ def validate_deployed(config: dict, deployed: Path, run_dir: Path | None = None)
     val_acc, wall, flops = judge(val)
     flops += described + refreshed["flops"]     # the conditions described once to choose between them; re-estimated
     cost = {"samples": len(val), "flops": flops, "wall_s": wall, "device": "cpu", "energy": "not measured",
+            "judged_as": {"precision": settings["eval"], "memory_format": settings["memory_format"],
+                          "eval_batch_size": batch, "threads": settings["threads"]},
             **({"flops_bank_choice": described, "bn_bank": judged_with} if bank is not None else {}),
             **({"flops_bank_estimate": refreshed["flops"]} if refreshed["flops"] else {})}
     anchor_acc = None
@@ -261,7 +277,25 @@ def validate_deployed(config: dict, deployed: Path, run_dir: Path | None = None)
         anchor_acc, anchor_wall, anchor_flops = judge(memory.guard)
         cost.update(flops=flops + anchor_flops, wall_s=wall + anchor_wall, anchor_samples=len(memory.guard),
                     anchor_flops=anchor_flops, anchor_wall_s=anchor_wall)
+    cost["total_s"] = time.monotonic() - started
     return val_acc, anchor_acc, cost
+
+
+def run_evaluation(run_dir: Path | None) -> dict:
+    """How the run evaluated (its summary's choices): the forward passes' precision, the memory
+    layout and torch's threads; fp32, contiguous and this process's threads where it does not say."""
+    try:
+        summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    except (OSError, ValueError, TypeError):
+        summary = {}
+    summary = summary if isinstance(summary, dict) else {}
+
+    def stated(block: str, key: str, allowed) -> object:
+        value = (summary.get(block) or {}).get(key) if isinstance(summary.get(block), dict) else None
+        return value if value in allowed else None
+    return {"eval": stated("precision", "eval", ("fp32", "bf16")) or "fp32",
+            "memory_format": stated("layout", "memory_format", ("channels_last", "contiguous")) or "contiguous",
+            "threads": stated("threads", "count", range(1, 1025))}
 
 
 def run_eval_batch(run_dir: Path | None) -> int | None:
