@@ -87,6 +87,16 @@ def test_a_budgeted_run_plans_records_and_resumes_with_its_plan(tiny_warm, tmp_p
     plan = json.loads((tmp_path / "whole" / "config.json").read_text())["memory_plan"]
     assert plan["budget_mb"] == 6 and plan["counted"]["peak_mb"] <= 6 < plan["asked_mb"]
     assert summary(tmp_path / "whole")["config"]["sparsity"] == "budget"
+    # What the plan chose, exported as an ONNX Runtime artifact scheme.
+    pytest.importorskip("onnxruntime.training")
+    code, err = run_main(["export", "--checkpoint", tmp_path / "whole", "--out", tmp_path / "art", "--scheme",
+                          "planned", "--quiet"], capsys)
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
+    assert sorted(manifest["schemes"]["planned"]["trainable"]) == plan["trainable"]
+    code, err = run_main(["export", "--checkpoint", tiny_warm, "--out", tmp_path / "art2", "--scheme", "planned"],
+                         capsys)
+    assert code == 2 and "holds no memory plan that chose what trains" in err
     # The same run killed after its third step and resumed: the plan in its config is the one it runs.
     out = tmp_path / "cut"
     killed = subprocess.run([sys.executable, "-m", "edge_sel", *map(str, argv), "--out", str(out)],

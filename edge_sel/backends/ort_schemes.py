@@ -9,6 +9,9 @@ from edge_sel.errors import InputError
 from edge_sel.models.blocks import model_blocks
 
 SCHEMES = ("full", "last-block", "classifier", "bias")
+# What a --memory-budget run's plan chose to train (`--sparsity budget`), from that run's config.json;
+# named explicitly, never part of `all`.
+PLANNED = "planned"
 
 SCHEME_NOTES = {
     "full": "every weight and bias",
@@ -17,6 +20,7 @@ SCHEME_NOTES = {
     "classifier": "the head only; no backward through the feature blocks",
     "bias": "biases and BatchNorm shifts only; saves optimizer and gradient memory but little "
             "compute, because the input gradient still flows back through every layer",
+    PLANNED: "what the run's memory plan chose to train under its --memory-budget (config.json memory_plan)",
 }
 
 
@@ -25,10 +29,13 @@ def _names_in(model: nn.Module, modules: list[nn.Module]) -> set[str]:
     return {name for name, p in model.named_parameters() if id(p) in ids}
 
 
-def trainable_names(model: nn.Module, scheme: str) -> list[str]:
-    """Parameter names (state_dict order) that `scheme` trains on `model`."""
+def trainable_names(model: nn.Module, scheme: str, planned: list[str] | None = None) -> list[str]:
+    """Parameter names (state_dict order) that `scheme` trains on `model` (`planned`: the names a
+    memory plan chose, for the `planned` scheme)."""
     names = [name for name, _ in model.named_parameters()]
-    if scheme == "full":
+    if scheme == PLANNED and planned is not None:
+        chosen = set(planned)
+    elif scheme == "full":
         chosen = set(names)
     elif scheme == "last-block":
         chosen = _names_in(model, model_blocks(model)[-2:])
@@ -59,7 +66,7 @@ def parse_schemes(values) -> list[str]:
                 continue
             if part == "all":
                 out.extend(SCHEMES)
-            elif part in SCHEMES:
+            elif part in SCHEMES or part == PLANNED:
                 out.append(part)
             else:
                 raise InputError(f"--scheme: unknown scheme {part!r}; choose from {', '.join(SCHEMES)} or all")

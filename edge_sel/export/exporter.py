@@ -12,7 +12,7 @@ import torch
 from edge_sel.backends.ort_env import require_ort, versions
 from edge_sel.backends.ort_manifest import (FORMAT, sha256_file, tensor_shapes, weights_digest,
                                             write_manifest)
-from edge_sel.backends.ort_schemes import SCHEME_NOTES, SCHEMES, trainable_names
+from edge_sel.backends.ort_schemes import PLANNED, SCHEME_NOTES, SCHEMES, trainable_names
 from edge_sel.core.flops import FlopCounter
 from edge_sel.core.outputs import check_out_dir, staged_out_dir
 from edge_sel.errors import InputError
@@ -127,7 +127,7 @@ def export_artifacts(checkpoint: Path, out: Path, schemes=DEFAULT_SCHEMES, *, bn
     if not schemes:
         raise InputError("--scheme: name at least one scheme")
     for s in schemes:
-        if s not in SCHEMES:
+        if s not in SCHEMES and s != PLANNED:
             raise InputError(f"--scheme: unknown scheme {s!r}; choose from {', '.join(SCHEMES)}")
     out = Path(out)
     # pretrain --export-artifacts writes into the checkpoint it has just made: its own output.
@@ -140,6 +140,20 @@ def export_artifacts(checkpoint: Path, out: Path, schemes=DEFAULT_SCHEMES, *, bn
     with staged_out_dir(out, "export") as staging:
         manifest = _export(model, card, Path(checkpoint), out, staging, schemes, bn_mode, opt, ort_format)
     return manifest
+
+
+def planned_names(checkpoint: Path, parameters: dict) -> list[str]:
+    """The tensors a --memory-budget run's plan chose to train, from the run's own config.json."""
+    config = Path(checkpoint) / "config.json"
+    try:
+        plan = json.loads(config.read_text()).get("memory_plan") or {}
+    except (OSError, ValueError, AttributeError):
+        plan = {}
+    names = plan.get("trainable") if isinstance(plan, dict) else None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n in parameters for n in names):
+        raise InputError(f"--scheme {PLANNED}: {config} holds no memory plan that chose what trains "
+                         f"(a run of --memory-budget with --sparsity budget)")
+    return names
 
 
 def _export(model, card, checkpoint: Path, out: Path, staging: Path, schemes, bn_mode, opt, ort_format) -> dict:
@@ -155,9 +169,10 @@ def _export(model, card, checkpoint: Path, out: Path, staging: Path, schemes, bn
         forward = export_training_forward(model, card.input_shape, forward_path, bn_mode)
     initializers = [t.name for t in forward.graph.initializer]
     numel = {name: p.numel() for name, p in model.named_parameters()}
+    planned = planned_names(checkpoint, numel) if PLANNED in schemes else None
     sets = {}
     for scheme in schemes:
-        trainable = trainable_names(model, scheme)
+        trainable = trainable_names(model, scheme, planned)
         frozen = [n for n in initializers if n not in set(trainable)]
         with refusing_unsupported(out, card.architecture, f"the {scheme!r} training artifacts"):
             stats = generate_scheme(forward, staging / scheme, trainable, frozen, opt["name"], opt["weight_decay"],
