@@ -133,3 +133,33 @@ def test_a_profiles_budget_reaches_the_night(tiny_warm, tmp_path, capsys):
     run = next((home / "runs").iterdir())
     config = json.loads((run / "config.json").read_text())
     assert config["memory_budget_mb"] == 7.5 and config["memory_plan"]["counted"]["peak_mb"] <= 7.5
+
+
+def test_a_run_in_micro_batches_keeps_the_records_of_whole_batches(tmp_path):
+    """A run whose plan slices each batch in three (no BatchNorm: a GroupNorm model) ends with the
+    records of whole batches: the same losses, accuracies, samples and counted FLOPs."""
+    from edge_sel.config import TrainConfig
+    from edge_sel.engine.runs.data_options import DataOptions
+    from edge_sel.engine.runs.run import finetune, pretrain
+    from helpers import PINNED_CHOICES
+    warm = tmp_path / "warm"
+    pretrain("groupnorm_cnn", DataOptions("synthetic"), TrainConfig(epochs=1, batch_size=32, anchors_per_class=0,
+                                                                     **PINNED_CHOICES), warm, quiet=True)
+    runs = {}
+    for name, micro in (("whole", 0), ("sliced", 11)):
+        plan = None if not micro else {"budget_mb": 1000.0, "batch_size": 32, "micro_batch": micro, "recompute": [],
+                                       "bn_statistics": "train", "counted": {}, "asked_mb": 0.0}
+        cfg = TrainConfig(epochs=2, batch_size=32, seed=5, sparsity="none", memory_budget_mb=1000.0 if micro else None,
+                          memory_plan=plan, **PINNED_CHOICES)
+        finetune(warm, DataOptions("synthetic"), cfg, tmp_path / name, quiet=True)
+        runs[name] = [{k: v for k, v in r.items() if not k.startswith("memory_")} for r in stable(records(tmp_path / name))]
+    whole, sliced = runs["whole"], runs["sliced"]
+    assert summary(tmp_path / "sliced")["config"]["memory_plan"]["micro_batch"] == 11
+    assert len(whole) == len(sliced) == 2
+    for a, b in zip(whole, sliced):
+        assert a.keys() == b.keys()
+        for key in a:
+            if isinstance(a[key], float):
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), key
+            else:
+                assert b[key] == a[key], key
