@@ -481,7 +481,8 @@ def test_pixels_are_read_channel_by_channel_and_scaled_only_when_asked(tmp_path)
 
 
 def test_the_pixel_range_is_0_to_255_within_rounding_and_never_nan(tmp_path):
-    """Mutants: the slack's bounds (< and >, 255), NaN let through, a scale applied to uint8 images."""
+    """Mutants: the slack's bounds (< and >, 255), NaN let through, a scale applied to uint8 images,
+    integer pixels left in their own dtype."""
     from edge_sel.predict.images import PIXEL_SLACK, as_pixels
     shape = [1, 1, 2]
     edge = torch.tensor([[[-PIXEL_SLACK, 255 + PIXEL_SLACK]]], dtype=torch.float64)
@@ -492,6 +493,8 @@ def test_the_pixel_range_is_0_to_255_within_rounding_and_never_nan(tmp_path):
         with pytest.raises(InputError) as e:
             as_pixels(bad, shape, scale=1)
         assert str(e.value) == f"images of dtype float32 {said}: pixels are 0-255"
+    wide = as_pixels(torch.tensor([[[200, 100]]], dtype=torch.int64), shape)          # integers: the uint8 pixels
+    assert wide.dtype == torch.uint8 and wide.tolist() == [[[[200, 100]]]]
     half = as_pixels(torch.tensor([[[200, 100]]], dtype=torch.uint8), shape, scale=0.5)
     assert half.dtype == torch.float32 and half.tolist() == [[[[100.0, 50.0]]]]
     with pytest.raises(InputError) as e:
