@@ -34,7 +34,8 @@ from edge_sel.cli_deployed import deployed_group
 from edge_sel.engine.machine.distributed import detect_world, under_torchrun
 from edge_sel.engine.machine.energy_setup import EnergyOptions
 from edge_sel.engine.runs.data_options import DataOptions
-from edge_sel.engine.runs.run import finetune, pretrain, resume
+from edge_sel.engine.machine.device import pick_device
+from edge_sel.engine.runs.run import finetune, prepare_finetune_config, pretrain, resume
 from edge_sel.engine.runs.signals import exit_code_for
 from edge_sel.errors import InputError
 from edge_sel.export.cli import export_cmd
@@ -43,7 +44,8 @@ from edge_sel.methods.options import METHOD_OPTIONS, method_option_names
 from edge_sel.methods.presets import default_lr
 from edge_sel.predict.cli import predict_cmd
 from edge_sel.models.spec import parse_model_args
-from edge_sel.profiles.apply import profile_option, threads_for_command
+from edge_sel.profiles.apply import OPTIONS as PROFILE_OPTIONS
+from edge_sel.profiles.apply import announce_profile, given, profile_option, threads_for_command
 from edge_sel.profiles.cli import profiles_group
 from edge_sel.report.cli import report_cmd
 from edge_sel.report.summary import energy_label, print_summary
@@ -156,8 +158,11 @@ def finetune_cmd(checkpoint, resume_dir, **kw):
         return report_end(summary, kw["quiet"])
     require(checkpoint=checkpoint, epochs=kw["epochs"], out=kw["out"])
     energy = build_energy(kw)
-    cfg = build_finetune_config(kw)
-    summary = finetune(checkpoint, build_data(kw), cfg, kw["out"], kw["overwrite"], kw["quiet"], energy,
+    cfg = prepare_finetune_config(build_finetune_config(kw), kw["quiet"])
+    data = build_data(kw).check()
+    pick_device(cfg.device)
+    announce_profile()          # options checked: a bad one has printed its error alone
+    summary = finetune(checkpoint, data, cfg, kw["out"], kw["overwrite"], kw["quiet"], energy,
                        profile=kw.pop("profile_record", None))
     report_end(summary, kw["quiet"])
 
@@ -202,9 +207,14 @@ def night_cmd(home, runs, deployed, warmup, **kw):
     quiet = kw["quiet"]
     energy = build_energy(kw)
     cfg = build_finetune_config(kw)
+
+    def say(line: str) -> None:     # the night checks its options before it first says anything
+        announce_profile()
+        click.echo(line)
+    profile = kw.pop("profile_record", None)
     result = night(Home.at(home, runs, deployed, warmup, said=places_said()), build_data(kw), cfg, energy,
-                   profile=kw.pop("profile_record", None), quiet=quiet, say=click.echo,
-                   trained=lambda summary: print_summary(summary, quiet=quiet))
+                   profile=profile, quiet=quiet, say=say, trained=lambda summary: print_summary(summary, quiet=quiet),
+                   given=settings_given(profile))
     summary = result.summary
     if result.decision is None:
         click.echo(f"interrupted: state checkpointed; the next night resumes {result.run_dir}")
@@ -217,6 +227,18 @@ def night_cmd(home, runs, deployed, warmup, **kw):
         f"{cost['energy_all_j']:.1f} J {energy_label(cost['energy_method'])}"
     click.echo(f"edge-sel nightly: the night all in: {cost['flops_all'] / 1e9:.2f} GFLOP, {joules}, "
                f"{cost['wall_all_s']:.1f} s (the run's totals and promote's whole check)")
+
+
+# Options whose TrainConfig field has another name.
+FIELD_OF_OPTION = {"no_augment": "augment", "compile_model": "compile"}
+
+
+def settings_given(profile: dict | None) -> set[str]:
+    """The settings the user set: options typed or from the environment, and a profile's."""
+    ctx = click.get_current_context()
+    names = {p.name for p in ctx.command.params if given(ctx, p.name)}
+    names |= {PROFILE_OPTIONS[field][0] for field in (profile or {}).get("applied", {}) if field in PROFILE_OPTIONS}
+    return {FIELD_OF_OPTION.get(name, name) for name in names}
 
 
 def places_said() -> dict:
@@ -283,6 +305,7 @@ def shift_cmd(dataset, data_dir, spec, shift_seed, split, limit, out, overwrite)
     from edge_sel.data import load_source, make_splits
     from edge_sel.data.shift import apply_shift, parse_shift
     from edge_sel.data.sources import source_paths
+    from edge_sel.data.folder import CONTACT_SHEET
     from edge_sel.data.write_folder import contact_sheet, write_image_folder
     from edge_sel.core.outputs import check_out_dir, staged_out_dir
     shift = parse_shift(spec)
@@ -298,7 +321,7 @@ def shift_cmd(dataset, data_dir, spec, shift_seed, split, limit, out, overwrite)
             counts["train"] = write_image_folder(shifted.train, staging / "train", limit)
         if split in ("test", "all"):
             counts["test"] = write_image_folder(shifted.test, staging / "test", limit)
-        contact_sheet(train_full, staging / "contact_sheet.png", seed=shift_seed)
+        contact_sheet(train_full, staging / CONTACT_SHEET, seed=shift_seed)
     click.echo(f"wrote {', '.join(f'{n} {k} images' for k, n in counts.items())} to {out} "
                f"(and contact_sheet.png: every corruption at severities 1-5)")
 

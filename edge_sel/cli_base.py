@@ -74,6 +74,10 @@ def _one_line(e: click.UsageError) -> click.ClickException:
     variable = _from_environment(e)
     if variable is not None:
         e.param_hint = f"{variable}={os.environ.get(variable, '')!r} (the environment's {e.param.opts[0]})"
+    elif isinstance(getattr(e, "param", None), click.Option) and e.param_hint is None:
+        # click names an option's variable beside it ("(env var: 'EDGE_SEL_EPOCHS')") wherever the
+        # value came from; a value typed on the command line is named as the option alone.
+        e.param_hint = click.Parameter.get_error_hint(e.param, e.ctx)
     return OneLineUsageError(e.format_message())
 
 

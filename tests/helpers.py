@@ -21,6 +21,12 @@ def run_cli(*args, expect: int = 0):
 
 def run_main(argv, capsys) -> tuple[int, str]:
     """`edge-sel ARGV` through main(), its one-line error handling included: exit code and stderr."""
+    code, _, err = run_main_said(argv, capsys)
+    return code, err
+
+
+def run_main_said(argv, capsys) -> tuple[int, str, str]:
+    """As run_main: exit code, stdout and stderr."""
     old = sys.argv
     sys.argv = ["edge-sel", *map(str, argv)]
     try:
@@ -29,7 +35,8 @@ def run_main(argv, capsys) -> tuple[int, str]:
             raise SystemExit(0)
     finally:
         sys.argv = old
-    return exit_info.value.code or 0, capsys.readouterr().err
+    said = capsys.readouterr()
+    return exit_info.value.code or 0, said.out, said.err
 
 
 def records(run_dir: Path, baseline: bool = False) -> list[dict]:

@@ -254,3 +254,21 @@ def test_test_subset_is_a_class_balanced_draw_shared_by_every_shard():
     assert len(make_splits(train, test, 0.1).test) == len(test)
     with pytest.raises(InputError, match="--test-subset 5"):
         make_splits(train, test, 0.1, test_subset=5)
+
+
+def test_a_long_first_decode_says_its_progress_on_stderr(tmp_path, monkeypatch, capsys):
+    """CIFAR-10's 60,000 JPEGs took a minute with nothing said: without a terminal, flushed lines
+    as the decode starts and at each tenth; on a terminal, a bar; a decoded copy read back, nothing."""
+    write_tree(tmp_path / "d", per_class=4)
+    monkeypatch.setattr(folder_mod, "PROGRESS_FROM", 12)
+    load_source(f"folder:{tmp_path / 'd'}")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == f"edge-sel: decoding 12 images of {tmp_path / 'd'} once (kept decoded in {folder_mod.cache_dir()})"
+    assert lines[1:] == [f"edge-sel: decoded {n} of 12 images of {tmp_path / 'd'}" for n in (2, 4, 6, 8, 10, 12)]
+    load_source(f"folder:{tmp_path / 'd'}")
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(folder_mod.sys.stderr, "isatty", lambda: True)
+    with folder_mod.decoding_progress(tmp_path, 12) as advance:
+        assert [advance(i) for i in range(12)] == list(range(12))
+    bar = capsys.readouterr().err
+    assert f"decoding {tmp_path}:   0%|" in bar and "0/12" in bar and "edge-sel: decod" not in bar, bar

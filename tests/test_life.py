@@ -187,7 +187,7 @@ def test_night_takes_the_settings_of_the_units_environment(tmp_path, monkeypatch
     seen = {}
 
     def fake_night(home, data, cfg, energy, profile=None, **kw):
-        seen.update(home=home, data=data, cfg=cfg, profile=profile)
+        seen.update(home=home, data=data, cfg=cfg, profile=profile, given=kw["given"])
         raise SystemExit(0)
     monkeypatch.setattr(life, "night", fake_night)
     env = {"EDGE_SEL_HOME": str(tmp_path / "h"), "EDGE_SEL_DEPLOYED": str(tmp_path / "d"),
@@ -198,6 +198,10 @@ def test_night_takes_the_settings_of_the_units_environment(tmp_path, monkeypatch
     assert seen["home"] == life.Home(tmp_path / "h" / "runs", tmp_path / "d", tmp_path / "w")
     assert seen["data"].dataset == f"folder:{tmp_path / 'h' / 'data'}" and seen["cfg"].epochs == 7
     assert seen["cfg"].strategy == "sundew" and seen["cfg"].seed == 3 and seen["profile"]["name"] == "generic"
+    # What a resumed night may name as set aside: the settings given, by option or environment (a
+    # night said '--eval-batch-size 0, not 128' where nobody had set it).
+    assert {"epochs", "strategy", "seed", "home"} <= seen["given"]
+    assert not {"eval_batch_size", "lr", "batch_size", "dataset"} & seen["given"], seen["given"]
     result = CliRunner(env=env).invoke(cli, ["night", "--epochs", "2", "--dataset", "digits", "--runs", tmp_path / "r"])
     assert result.exit_code == 0 and seen["cfg"].epochs == 2 and seen["data"].dataset == "digits"
     assert seen["home"].runs == tmp_path / "r"
@@ -228,9 +232,10 @@ def test_the_systemd_script_runs_a_real_night(warmup, tmp_path):
     # (each state write is slowed by 0.5 s, so that window is certain).
     proc = subprocess.Popen(["sh", str(SCRIPT)], text=True, env={**env, "EDGE_SEL_FAULT_SLOW_STATE_WRITE": "0.5"},
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    seen = [proc.stdout.readline() for _ in range(3)]
-    assert seen[0].startswith("edge-sel nightly: new run ") and seen[1].startswith("start: the starting checkpoint")
-    assert seen[2].startswith("epoch 0 (1 of 2): loss "), seen
+    seen = [proc.stdout.readline() for _ in range(4)]
+    assert seen[0].startswith("edge-sel nightly: new run ") and seen[2].startswith("start: the starting checkpoint")
+    assert seen[1].startswith("start: evaluating the starting checkpoint on ") and seen[1].endswith(" test)\n")
+    assert seen[3].startswith("epoch 0 (1 of 2): loss "), seen
     [run1] = sorted(home.runs.iterdir())
     assert proc.poll() is None and len(records(run1)) == 1 and not (run1 / "summary.json").exists()
     rest, _ = proc.communicate(timeout=600)

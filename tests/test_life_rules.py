@@ -348,6 +348,18 @@ def test_auto_is_the_runs_own_choice_and_never_named(tmp_path):
     assert said == " (--precision fp32, not bf16; --eval-batch-size 256, not 128)"
 
 
+def test_only_the_settings_given_are_named_and_a_measured_batch_never(tmp_path):
+    """The command line passes the settings the user gave: defaults nobody chose are not 'set aside'
+    (a resumed night said '--eval-batch-size 0, not 128' where neither had been set); 0, 'measure
+    it', is the run's own choice like 'auto'."""
+    run = a_run(tmp_path, "20260101T000000Z", config=saved_config(epochs=2, batch_size=64, eval_batch_size=128))
+    assert life.set_aside_said(run, TrainConfig(), TONIGHT) == " (--epochs 5, not 2; --batch-size 128, not 64)"
+    assert life.set_aside_said(run, TrainConfig(), TONIGHT, given={"epochs"}) == " (--epochs 5, not 2)"
+    assert life.set_aside_said(run, TrainConfig(epochs=2), TONIGHT, given={"epochs", "subset"}) == ""
+    assert life.set_aside_said(run, TrainConfig(eval_batch_size=256), TONIGHT, given={"eval_batch_size"}) == \
+        " (--eval-batch-size 256, not 128)"
+
+
 def test_the_data_compared_whole_when_the_saved_data_is_not_a_mapping(tmp_path):
     """A config.json whose data is not a mapping (damaged by hand): the night says so and goes on
     to the resume, which refuses it as bad input; it used to stop every night on AttributeError."""

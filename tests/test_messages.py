@@ -2,6 +2,7 @@
 from, the tensor that does not fit, and the option a slip of the keyboard meant."""
 
 import shutil
+import sys
 
 import pytest
 import torch
@@ -20,6 +21,34 @@ def test_the_last_of_8_epochs_is_labelled_8_of_8():
     log.enabled, log.line = True, lines.append
     log.epoch({"epoch": 7, "train_loss": 0.5})
     assert lines[0].startswith("epoch 7 (8 of 8): loss 0.500")
+
+
+def test_the_starting_evaluation_says_it_has_begun_and_on_a_terminal_counts_its_images(monkeypatch, capsys):
+    """The starting evaluation of a large test set ran with nothing said (CIFAR-10: 15,000 images):
+    the journal says what it evaluates before it begins; a terminal's bar counts predicted images."""
+    import types
+
+    from edge_sel.engine.loop.progress_log import image_bar
+    lines = []
+    log = ProgressLog(quiet=False, epochs=2)
+    log.enabled, log.line = True, lines.append
+    sets = types.SimpleNamespace(val=range(5000), anchors=None, test=range(10000), clean_test=range(10000),
+                                 final_images=lambda: 25000)
+    log.evaluating_start(sets)
+    assert lines == ["start: evaluating the starting checkpoint on 25,000 images (5,000 validation, 10,000 test, "
+                     "10,000 clean test)"]
+    predict = lambda x: x * 2                                                   # noqa: E731
+    with image_bar("start: evaluating", 6, quiet=False) as counted:          # no terminal: the predictor as it is
+        assert counted(predict) is predict
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    with image_bar("start: evaluating", 6, quiet=True) as counted:           # --quiet: nothing
+        assert counted(predict) is predict
+    with image_bar("start: evaluating", 6, quiet=False) as counted:
+        counted_predict = counted(predict)
+        assert torch.equal(counted_predict(torch.ones(4)), torch.full((4,), 2.0))
+        counted_predict(torch.ones(2))
+    bar = capsys.readouterr().err
+    assert "start: evaluating:   0%|" in bar and "0/6 " in bar, bar
 
 
 def test_a_small_fisher_is_counted_in_parameters_not_0_00_m():

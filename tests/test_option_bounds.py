@@ -5,7 +5,8 @@ import sys
 import warnings
 
 import pytest
-from helpers import run_main
+import torch
+from helpers import run_main, run_main_said
 
 QUICK = ["--dataset", "digits", "--anchors-per-class", "0", "--quiet"]
 
@@ -61,6 +62,27 @@ def test_a_bad_value_from_the_environment_names_the_variable(tmp_path, capsys, m
     monkeypatch.setenv(variable, value)
     code, err = run_main(["night", "--home", tmp_path, "--profile", "generic"], capsys)
     assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--dataset", "nosuch"], "--dataset: unknown dataset 'nosuch'; choose one of digits, cifar10"),
+    (["--dataset", "folder:{tmp}/missing"], "--dataset folder:{tmp}/missing: no such directory"),
+    (["--dataset", "cifar10", "--data-dir", "{tmp}/missing"], "--data-dir: {tmp}/missing/cifar-10-batches-py does "
+                                                               "not hold the CIFAR-10 archive"),
+    (["--dataset", "digits", "--shift", "corrupt=nosuch:3"], "--shift: unknown corruption 'nosuch'"),
+    pytest.param(["--dataset", "digits", "--device", "cuda"], "--device cuda: CUDA is not available on this machine",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+    (["--epochs", "-1"], "Invalid value for '--epochs': -1 is not in the range"),
+])
+def test_a_night_refused_for_a_bad_option_says_its_one_line_alone(tmp_path, capsys, args, says):
+    """Before any run or profile is announced (the run's directory and the profile line printed
+    first used to lead the error); a value typed on the command line is not said to come from the
+    option's environment variable (click's '(env var: EDGE_SEL_EPOCHS)')."""
+    args = [str(a).format(tmp=tmp_path) for a in args]
+    code, out, err = run_main_said(["night", "--home", tmp_path / "home", *args], capsys)
+    assert code == 2 and out == "" and err == f"edge-sel: error: {err.split('error: ', 1)[1]}", (out, err)
+    assert len(err.splitlines()) == 1 and says.format(tmp=tmp_path) in err and "env var" not in err, err
+    assert not (tmp_path / "home").exists()
 
 
 def test_bn_conditions_0_is_off_and_1_is_refused_saying_so(tmp_path, capsys):

@@ -133,13 +133,32 @@ def test_a_shifted_fine_tune_records_accuracy_on_the_clean_test_too(tiny_warm, t
 
 def test_the_shift_command_writes_a_folder_that_loads_back(tmp_path):
     from edge_sel.data import load_source
+    from edge_sel.predict.images import list_images
     out = tmp_path / "shifted"
     result = run_cli("shift", "--dataset", "digits", "--shift", "corrupt=gaussian_noise:5;label-noise=0.2",
                      "--limit", "5", "--out", out)
     assert "wrote 50 train images, 50 test images" in result.output
     assert (out / "contact_sheet.png").read_bytes()[:4] == b"\x89PNG"
-    train, test = load_source(f"folder:{out}")
+    # Files a folder picks up that are not its images: a hidden one, macOS's resource fork (an image
+    # suffix, no image), in a hidden folder. They and the contact sheet used to stop predict.
+    (out / "train" / "3" / ".hidden.jpg").write_bytes(b"not an image")
+    (out / "test" / "7" / "._000007.png").write_bytes(b"\x00\x05\x16\x07resource fork")
+    (out / ".thumbnails").mkdir()
+    (out / ".thumbnails" / "a.png").write_bytes((out / "contact_sheet.png").read_bytes())
+    with pytest.warns(UserWarning) as said:
+        train, test = load_source(f"folder:{out}")
+    assert [str(w.message) for w in said] == [f"{out / 'train'}: 1 file skipped, not input images: 1 hidden "
+                                              "(3/.hidden.jpg)",
+                                              f"{out / 'test'}: 1 file skipped, not input images: 1 hidden "
+                                              "(7/._000007.png)"]
     assert len(train) == 50 and len(test) == 50 and train.class_names == [str(d) for d in range(10)]
     assert train.class_counts() == [5] * 10
+    with pytest.warns(UserWarning) as said:
+        images = list_images([out])
+    assert len(images) == 100 and not any(p.name.startswith(".") or p.name == "contact_sheet.png" for p in images)
+    assert str(said[0].message) == (f"{out}: 4 files skipped, not input images: 3 hidden (.thumbnails/a.png, "
+                                    "test/7/._000007.png, train/3/.hidden.jpg); 1 edge-sel's own output "
+                                    "(contact_sheet.png)")
+    assert list_images([out / "contact_sheet.png"]) == [out / "contact_sheet.png"]     # named: read
     run_cli("shift", "--dataset", "digits", "--shift", "corrupt=snow:1", "--out", tmp_path / "bad", expect=2)
     assert not (tmp_path / "bad").exists()

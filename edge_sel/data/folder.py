@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
+import warnings
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,30 @@ from edge_sel.data.dataset import IndexedDataset
 from edge_sel.errors import InputError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+CONTACT_SHEET = "contact_sheet.png"     # `edge-sel shift` writes it beside the image folder it makes
+OWN_OUTPUTS = {CONTACT_SHEET}
+
+
+def not_an_input(name: str) -> str | None:
+    """Why a file in an image folder is not one of its images: a hidden file (macOS's `._*`
+    resource forks among them, which carry an image suffix and no image) or edge-sel's own output."""
+    if name.startswith("."):
+        return "hidden"
+    return "edge-sel's own output" if name in OWN_OUTPUTS else None
+
+
+def skipped_note(where: Path, skipped: list[str]) -> str | None:
+    """One line that counts the files skipped under `where` (paths relative to it) and names a
+    few of each kind, or None when none was."""
+    if not skipped:
+        return None
+    kinds: dict[str, list[str]] = {}
+    for rel in skipped:
+        kind = next(k for k in map(not_an_input, rel.split("/")) if k)
+        kinds.setdefault(kind, []).append(rel)
+    said = "; ".join(f"{len(rels)} {kind} ({', '.join(rels[:3])}{', ...' if len(rels) > 3 else ''})"
+                     for kind, rels in kinds.items())
+    return f"{where}: {len(skipped)} file{'s' if len(skipped) > 1 else ''} skipped, not input images: {said}"
 
 
 def cache_dir() -> Path:
@@ -27,13 +54,17 @@ def list_class_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     if not classes:
         raise InputError(f"{root}: no class subfolders found (expected {root}/<class>/<image>.jpg)")
-    files = []
+    files, skipped = [], []
     for label, name in enumerate(classes):
-        names = sorted(n for n in os.listdir(root / name)
-                       if os.path.splitext(n)[1].lower() in IMAGE_SUFFIXES)
+        images = sorted(n for n in os.listdir(root / name) if os.path.splitext(n)[1].lower() in IMAGE_SUFFIXES)
+        skipped += [f"{name}/{n}" for n in images if not_an_input(n)]
+        names = [n for n in images if not not_an_input(n)]
         if not names:
             raise InputError(f"{root / name}: class folder has no images (.jpg/.png)")
         files += [(f"{name}/{n}", label) for n in names]
+    note = skipped_note(root, skipped)
+    if note:
+        warnings.warn(note)
     return classes, files
 
 
@@ -66,11 +97,12 @@ def _decode_all(root: Path, files: list[tuple[str, int]], image_size) -> np.ndar
         resize = tuple(image_size) if isinstance(image_size, (tuple, list)) else (image_size, image_size)
         size = resize
     jobs = [(str(root / rel), resize, mode) for rel, _ in files]
-    if len(jobs) < 2000 or (os.cpu_count() or 1) < 2:
-        decoded = [_decode(j) for j in jobs]
-    else:
-        with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
-            decoded = list(pool.map(_decode, jobs, chunksize=512))
+    with decoding_progress(root, len(jobs)) as advance:
+        if len(jobs) < 2000 or (os.cpu_count() or 1) < 2:
+            decoded = [advance(_decode(j)) for j in jobs]
+        else:
+            with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
+                decoded = [advance(arr) for arr in pool.map(_decode, jobs, chunksize=512)]
     for arr, (rel, _) in zip(decoded, files):
         if isinstance(arr, str):
             raise InputError(arr)
@@ -78,6 +110,39 @@ def _decode_all(root: Path, files: list[tuple[str, int]], image_size) -> np.ndar
             raise InputError(f"{root / rel}: image is {arr.shape[1]}x{arr.shape[0]}, the folder's first "
                              f"image is {size[0]}x{size[1]}; pass --image-size to resize all images")
     return np.ascontiguousarray(np.stack(decoded).transpose(0, 3, 1, 2))
+
+
+PROGRESS_FROM = 2000      # images: a folder this large takes seconds to decode (CIFAR-10's 60,000: a minute)
+PROGRESS_LINES = 10       # without a terminal: a line at each tenth
+
+
+@contextmanager
+def decoding_progress(root: Path, total: int):
+    """Progress of a folder's first decode, on stderr: a bar on a terminal, else a flushed line as
+    it starts and at each tenth (a journal would otherwise show nothing for a minute). Yields a
+    function that counts one decoded image and passes it through."""
+    if total < PROGRESS_FROM:
+        yield lambda image: image
+        return
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+        bar = tqdm(total=total, desc=f"decoding {root}", unit="img", leave=False, dynamic_ncols=True)
+        try:
+            yield lambda image: (bar.update(1), image)[1]
+        finally:
+            bar.close()
+        return
+    print(f"edge-sel: decoding {total:,} images of {root} once (kept decoded in {cache_dir()})",
+          file=sys.stderr, flush=True)
+    done = [0]
+    step = -(-total // PROGRESS_LINES)
+
+    def advance(image):
+        done[0] += 1
+        if done[0] % step == 0 or done[0] == total:
+            print(f"edge-sel: decoded {done[0]:,} of {total:,} images of {root}", file=sys.stderr, flush=True)
+        return image
+    yield advance
 
 
 def _cache_key(root: Path, files: list[tuple[str, int]], image_size) -> str:

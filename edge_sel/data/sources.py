@@ -85,11 +85,15 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise InputError(f"{path}: not a readable CIFAR-10 batch ({e.__class__.__name__})") from None
 
 
-def load_cifar10(data_dir: Path | None, download: bool = True) -> tuple[IndexedDataset, IndexedDataset]:
-    """The official python archive (`cifar-10-batches-py`) under --data-dir."""
-    data_dir = Path(data_dir or Path.home() / ".cache" / "edge-sel" / "cifar10")
+def cifar10_dir(data_dir: Path | None) -> Path:
+    return Path(data_dir or Path.home() / ".cache" / "edge-sel" / "cifar10")
+
+
+def check_cifar10(data_dir: Path | None) -> None:
+    """The archive is there, or torchvision can download it."""
+    data_dir = cifar10_dir(data_dir)
     folder = data_dir / "cifar-10-batches-py"
-    if not (folder / "test_batch").exists() and download:
+    if not (folder / "test_batch").exists():
         try:
             import torchvision  # noqa: F401  (imports only where a matching build is installed)
         except Exception:
@@ -98,6 +102,14 @@ def load_cifar10(data_dir: Path | None, download: bool = True) -> tuple[IndexedD
                 f"usable here to download it; put the extracted cifar-10-python.tar.gz "
                 f"(folder cifar-10-batches-py) under {data_dir}, or use folder:PATH for image folders"
             ) from None
+
+
+def load_cifar10(data_dir: Path | None, download: bool = True) -> tuple[IndexedDataset, IndexedDataset]:
+    """The official python archive (`cifar-10-batches-py`) under --data-dir."""
+    data_dir = cifar10_dir(data_dir)
+    folder = data_dir / "cifar-10-batches-py"
+    if not (folder / "test_batch").exists() and download:
+        check_cifar10(data_dir)
         from torchvision.datasets import CIFAR10
         CIFAR10(str(data_dir), train=True, download=True)
     if not (folder / "test_batch").exists():
@@ -118,8 +130,7 @@ def load_folder(path: Path, image_size: int | None = None) -> tuple[IndexedDatas
     """folder:PATH — PATH/train and PATH/test (the layout of CIFAR-10 as JPEG folders), or PATH
     holding the class folders directly (then a fixed 20% stratified test split is held out)."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"--dataset folder:{path}: no such directory")
+    check_folder(path)
     name = f"folder:{path.name}"
     augment = {"crop_pad": 4, "flip": True}
     if (path / "train").is_dir():
@@ -145,23 +156,43 @@ def source_paths(spec: str | None, data_dir: Path | None = None) -> list[tuple[s
     """The places on disk a data set is read from, as the user named them (for the rule that an
     output never lands on an input: core/outputs.py)."""
     paths = []
-    if spec and spec.startswith("folder:") and len(spec) > len("folder:"):
-        paths.append(("--dataset", Path(spec[len("folder:"):]).expanduser()))
+    if spec and folder_path(spec) is not None:
+        paths.append(("--dataset", folder_path(spec)))
     if data_dir is not None and spec == "cifar10":
         paths.append(("--data-dir", Path(data_dir)))
     return paths
 
 
-def load_source(spec: str, data_dir: Path | None = None,
-                image_size: int | None = None) -> tuple[IndexedDataset, IndexedDataset]:
+def check_folder(path: Path) -> None:
+    if not path.is_dir():
+        raise InputError(f"--dataset folder:{path}: " + ("not a directory" if path.exists() else "no such directory"))
+
+
+def folder_path(spec: str) -> Path | None:
+    return Path(spec[len("folder:"):]).expanduser() if spec.startswith("folder:") and len(spec) > len("folder:") \
+        else None
+
+
+def check_source(spec: str, data_dir: Path | None = None, image_size: int | None = None) -> None:
+    """What can be told of a source without reading it: a known name, a folder that is there, the
+    CIFAR-10 archive or a way to download it (a night refuses a bad one before it starts a run)."""
     if image_size is not None and spec in DATASET_NAMES:
         raise InputError(f"--image-size {image_size}: resizes folder images only; --dataset {spec} has its own size")
+    if spec == "cifar10":
+        check_cifar10(data_dir)
+    elif folder_path(spec) is not None:
+        check_folder(folder_path(spec))
+    elif spec not in ("digits", "synthetic"):
+        raise InputError(f"--dataset: unknown dataset {spec!r}; choose one of {', '.join(DATASET_NAMES)}")
+
+
+def load_source(spec: str, data_dir: Path | None = None,
+                image_size: int | None = None) -> tuple[IndexedDataset, IndexedDataset]:
+    check_source(spec, data_dir, image_size)
     if spec == "digits":
         return load_digits()
     if spec == "synthetic":
         return load_synthetic()
     if spec == "cifar10":
         return load_cifar10(data_dir)
-    if spec.startswith("folder:") and len(spec) > len("folder:"):
-        return load_folder(Path(spec[len("folder:"):]).expanduser(), image_size)
-    raise InputError(f"--dataset: unknown dataset {spec!r}; choose one of {', '.join(DATASET_NAMES)}")
+    return load_folder(folder_path(spec), image_size)

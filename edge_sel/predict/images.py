@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from edge_sel.data.folder import not_an_input, skipped_note
 from edge_sel.errors import InputError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".tif", ".tiff", ".webp"}
@@ -26,6 +28,13 @@ def list_images(paths: list[Path]) -> list[Path]:
         if p.is_dir():
             found = sorted((f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES),
                            key=lambda f: f.relative_to(p).as_posix())
+            # A file named on the command line is read whatever its name; one found in a directory
+            # is skipped when hidden (in a hidden folder too) or edge-sel's own output.
+            skipped = [f for f in found if any(not_an_input(part) for part in f.relative_to(p).parts)]
+            found = [f for f in found if f not in skipped]
+            note = skipped_note(p, [f.relative_to(p).as_posix() for f in skipped])
+            if note:
+                warnings.warn(note)
             if not found:
                 raise InputError(f"{p}: no image files in this directory")
             out.extend(found)

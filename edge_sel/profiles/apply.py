@@ -91,6 +91,17 @@ def threads_for_command(count: int | None) -> None:
     click.get_current_context().call_on_close(lambda: torch.set_num_threads(before))
 
 
+PROFILE_LINE = "edge_sel.profile_line"
+
+
+def announce_profile() -> None:
+    """The line that says which profile the command applied, printed once, when the command has
+    checked its options: a command refused for a bad option prints its one-line error alone."""
+    line = click.get_current_context().meta.pop(PROFILE_LINE, None)
+    if line is not None:
+        click.echo(line, err=True)
+
+
 def profile_option(fn=None, *, default: str | None = None, envvar: str | None = None):
     """Adds `--profile` to a command. The command receives the filled-in options, plus `rails`,
     `hysteresis` (when the profile sets them) and `profile_record` (for the run's records).
@@ -103,11 +114,12 @@ def profile_option(fn=None, *, default: str | None = None, envvar: str | None = 
         if profile is None:
             return fn(*args, **kwargs)
         loaded = load_profile(profile)
-        kwargs, record = apply_profile(loaded, kwargs, click.get_current_context())
+        ctx = click.get_current_context()
+        kwargs, record = apply_profile(loaded, kwargs, ctx)
         if not kwargs.get("quiet"):
             why = f" (auto: {loaded.detected})" if loaded.detected else ""
             settings = ", ".join(f"{k}={v}" for k, v in record["applied"].items())
-            click.echo(f"edge-sel: profile {loaded.name}{why}: {settings or 'no settings'}", err=True)
+            ctx.meta[PROFILE_LINE] = f"edge-sel: profile {loaded.name}{why}: {settings or 'no settings'}"
         # A command with --threads sets them itself (the profile filled the option in).
         with torch_threads(None if "threads" in kwargs else loaded.cpu_threads):
             return fn(*args, profile_record=record, **kwargs)

@@ -1,10 +1,12 @@
 """Progress for a log nobody watches live (the systemd journal, nohup, tee): when stdout is not a
 terminal, one flushed line per epoch and per phase (baseline, bn-adapt, the final evaluation),
-written as it happens. On a terminal the progress bars (stderr) show it instead."""
+written as it happens, and one as a long phase starts (the starting evaluation). On a terminal the
+progress bars (stderr) show it instead."""
 
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 
 from tqdm import tqdm
 
@@ -29,6 +31,13 @@ class ProgressLog:
     def line(self, text: str) -> None:
         if self.enabled:
             print(text, file=self.stream, flush=True)
+
+    def evaluating_start(self, sets) -> None:
+        """Before the starting evaluation, which on a large test set runs a while with nothing else said."""
+        parts = [(len(sets.val), "validation"), (len(sets.anchors or ()), "guard anchors"), (len(sets.test), "test"),
+                 (len(sets.clean_test or ()), "clean test")]
+        self.line(f"start: evaluating the starting checkpoint on {sets.final_images():,} images ("
+                  + ", ".join(f"{n:,} {what}" for n, what in parts if n) + ")")
 
     def baseline(self, record: dict) -> None:
         self.line(f"start: the starting checkpoint: val {_f(record.get('val_acc'))}{self.anchors(record)} "
@@ -64,3 +73,24 @@ class ProgressLog:
 
     def evaluation(self, what: str, test_acc: float | None, wall_s: float | None, joules: float | None) -> None:
         self.line(f"evaluation: {what}: test {_f(test_acc)} ({_f(wall_s, '.1f')} s, {_f(joules, '.1f')} J)")
+
+
+@contextmanager
+def image_bar(desc: str | None, total: int, quiet: bool):
+    """On a terminal, a bar of `total` images labelled `desc`: yields a function that wraps a batch
+    predictor so that each batch it predicts advances the bar (elsewhere, the predictor as it is)."""
+    if desc is None or quiet or not sys.stderr.isatty():
+        yield lambda predict: predict
+        return
+    bar = tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True)
+
+    def counted(predict):
+        def advancing(x):
+            logits = predict(x)
+            bar.update(len(x))
+            return logits
+        return advancing
+    try:
+        yield counted
+    finally:
+        bar.close()

@@ -32,7 +32,7 @@ from edge_sel.engine.loop.end_of_run import evaluate_at_the_end
 from edge_sel.engine.loop.ledger import ComputeLedger
 from edge_sel.engine.loop.progress import EpochProgress, changed_fraction, snapshot_params
 from edge_sel.engine.loop.memory_records import RunMemory
-from edge_sel.engine.loop.progress_log import ProgressLog, progress_bar
+from edge_sel.engine.loop.progress_log import ProgressLog, image_bar, progress_bar
 from edge_sel.engine.loop.schedule import lr_factor
 from edge_sel.engine.loop.scoring import ScoringPasses
 from edge_sel.engine.loop.step_memory import memory_counter, plan_run_memory
@@ -310,17 +310,17 @@ class Trainer:
                                                   self.stop_reason))
         return record
 
-    def evaluate(self, validate: bool = True, test: bool = True) -> dict:
+    def evaluate(self, validate: bool = True, test: bool = True, bar: str | None = None) -> dict:
         """The evaluation sets' accuracies (engine/evaluation/evaluate.py) with the pass's wall time and joules;
         the energy budget reserves the final evaluation from what this one cost. Under
         --bn-conditions the bank's statistics are first re-estimated for the current weights and each
-        batch is normalised with its condition's (both counted in flops_eval)."""
+        batch is normalised with its condition's (both counted in flops_eval). `bar`: a terminal's bar."""
         if self.ranks is not None and not self.ranks.evaluates:    # DDP: rank 0 evaluates (and writes)
             validate = test = False
-        with metered(self) as took:
+        with metered(self) as took, image_bar(bar if validate or test else None, self.eval_sets.final_images(), self.quiet) as counted:
             with (bank_selecting(self) if validate or test else nullcontext()) as refreshed:
                 predict = self.backend.predict if refreshed is None else partial(predict_selected, self)
-                out = self.eval_sets.accuracies(predict, validate, test)
+                out = self.eval_sets.accuracies(counted(predict), validate, test)
             if refreshed is not None:
                 charge_bank(self, out, refreshed)
         out["eval_wall_s"] = took["wall"]

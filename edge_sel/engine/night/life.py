@@ -26,13 +26,14 @@ import re
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 from edge_sel.config import NIGHT_BN_CONDITIONS, TrainConfig
 from edge_sel.core.checkpoint import atomic_write_bytes
 from edge_sel.core.outputs import refuse_onto_inputs
 from edge_sel.engine.night import journal
 from edge_sel.engine.night.deployed_swap import recover, versions_dir
+from edge_sel.engine.machine.device import pick_device
 from edge_sel.engine.machine.energy_setup import EnergyOptions
 from edge_sel.engine.night.promote import Decision, promote, validate_deployed
 from edge_sel.engine.runs.data_options import DataOptions
@@ -111,12 +112,13 @@ class NightResult:
 def night(home: Home, data: DataOptions, cfg: TrainConfig, energy: EnergyOptions | None = None,
           profile: dict | None = None, *, run_name: str | None = None, quiet: bool = False,
           say: Callable[[str], None] | None = None,
-          trained: Callable[[dict], None] | None = None) -> NightResult:
+          trained: Callable[[dict], None] | None = None, given: Collection[str] | None = None) -> NightResult:
     """One night (see the module's docstring). `cfg`, `energy`: tonight's fine-tune options (copied,
     never changed); `profile`: what a device profile applied; `run_name`: the new run's directory
     name instead of the UTC start time (a benchmark's own); `say`: the journal's lines (default:
     stdout, flushed, unless `quiet`); `trained(summary)`: called once the fine-tune or resume has
-    returned, before promote (the command line prints the run's closing lines there)."""
+    returned, before promote (the command line prints the run's closing lines there); `given`: the
+    fields the user set (options, environment, profile), the only ones a resume names (None: all)."""
     say = say or (_silent if quiet else _print)
     cfg = prepare_finetune_config(copy.deepcopy(cfg), quiet)      # bad options fail before anything is touched
     energy = copy.deepcopy(energy or EnergyOptions()).validate()
@@ -129,7 +131,7 @@ def night(home: Home, data: DataOptions, cfg: TrainConfig, energy: EnergyOptions
     latest = latest_run(home.runs)
     if latest is not None and unfinished(latest):
         say(f"edge-sel nightly: resuming {latest} with the options and data it started with (its config.json); "
-            f"tonight's are set aside{set_aside_said(latest, cfg, data)}")
+            f"tonight's are set aside{set_aside_said(latest, cfg, data, given)}")
         try:
             summary = resume(latest, quiet, phase="finetune")
             run_dir, resumed = latest, True
@@ -148,6 +150,8 @@ def night(home: Home, data: DataOptions, cfg: TrainConfig, energy: EnergyOptions
             say(f"edge-sel nightly: resuming {latest} failed {tries} nights running ({e.__class__.__name__}: {e}); "
                 f"kept as {abandoned}, starting a new run")
     if summary is None:
+        data.check()                # tonight's data and device: refused before a run is announced
+        pick_device(cfg.device)
         home.check_runs_writable()
         start = home.start_checkpoint()
         set_aside_damaged_bank(start, say)
@@ -220,8 +224,12 @@ def load_error(checkpoint: Path) -> str | None:
     return None
 
 
-def set_aside_said(run_dir: Path, cfg: TrainConfig, data: DataOptions) -> str:
-    """Which of tonight's settings differ from those the resumed run keeps: ' (--epochs 3, not 5)'."""
+RUN_CHOOSES = {"eval_batch_size": 0}    # like "auto": the run's own choice (measured), never set aside
+
+
+def set_aside_said(run_dir: Path, cfg: TrainConfig, data: DataOptions, given: Collection[str] | None = None) -> str:
+    """Which of tonight's settings differ from those the resumed run keeps: ' (--epochs 3, not 5)';
+    with `given`, only those fields are tonight's settings (the rest are defaults nobody chose)."""
     try:
         saved = json.loads((run_dir / "config.json").read_text())
     except (OSError, ValueError):
@@ -237,8 +245,8 @@ def set_aside_said(run_dir: Path, cfg: TrainConfig, data: DataOptions) -> str:
         nested = key == "data" and isinstance(kept, dict)
         for name, now in value.items() if nested else [(key, value)]:
             before = kept.get(name) if nested else kept
-            # "auto" is resolved by the run itself (and written back); a night draws its own subset
-            if name != "subset_seed" and now != "auto" and str(now) != str(before):
+            chosen_by_run = name == "subset_seed" or now == "auto" or RUN_CHOOSES.get(name, "auto") == now
+            if (given is None or name in given) and not chosen_by_run and str(now) != str(before):
                 differ.append(f"--{name.replace('_', '-')} {now}, not {before}")
     return f" ({'; '.join(differ)})" if differ else ""
 

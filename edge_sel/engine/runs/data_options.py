@@ -13,6 +13,7 @@ from edge_sel.core.checkpoint import ModelCard
 from edge_sel.data import Splits, load_source, make_splits, parse_shard
 from edge_sel.data.sources import source_paths
 from edge_sel.data.shift import apply_shift, parse_shift
+from edge_sel.data.sources import check_source
 from edge_sel.errors import InputError
 
 
@@ -31,9 +32,15 @@ class DataOptions:
     subset_seed: int | None = None    # another draw of --subset from the same shard (a night's new images)
     test_subset: int | None = None    # a class-balanced draw of N test images (a device's small labelled test set)
 
-    def load(self) -> Splits:
+    def check(self) -> "DataOptions":
+        """Every option that can be checked without reading the data."""
         parse_shard(self.shard)
-        parse_shift(self.shift)                  # a bad spec fails before any data is read
+        parse_shift(self.shift)
+        check_source(self.dataset, self.data_dir, self.image_size)
+        return self
+
+    def load(self) -> Splits:
+        self.check()                             # a bad option fails before any data is read
         return self.split(*load_source(self.dataset, self.data_dir, self.image_size))
 
     def input_paths(self) -> list[tuple[str, Path]]:
