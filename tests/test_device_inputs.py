@@ -500,3 +500,69 @@ def test_the_pixel_range_is_0_to_255_within_rounding_and_never_nan(tmp_path):
     with pytest.raises(InputError) as e:
         as_pixels([torch.zeros(1, 1, 2), torch.zeros(1, 1, 3)], shape)
     assert str(e.value).startswith("images of different shapes: stack expects each tensor to be equal size")
+
+
+class StandIn:
+    """A predictor that answers class i % 10 and the condition "dark" for odd i, where i counts the
+    images it was asked about; it records each batch's size."""
+    backend = "torch"
+
+    def __init__(self):
+        self.seen, self.batches = 0, []
+        self.chooser = type("Chooser", (), {"names": ["clean", "dark"], "window": 7})()
+
+    def predict(self, batch):
+        from edge_sel.predict.predictor import Prediction
+        idx = list(range(self.seen, self.seen + len(batch)))
+        self.seen += len(batch)
+        self.batches.append(len(batch))
+        return Prediction([i % 10 for i in idx], [CLASSES[i % 10] for i in idx],
+                          ["dark" if i % 2 else "clean" for i in idx], torch.zeros(len(batch), 10))
+
+    def flops_per_image(self):
+        return {"forward": 123, "choice": 45}
+
+
+def test_the_lines_and_the_summary_of_a_prediction_run(tmp_path, monkeypatch):
+    """predict_files with a stand-in predictor and clock: each line's fields, the latency of its
+    batch, the counts per condition, the summary's figures (mutants that only test_predict.py's
+    trained models saw)."""
+    from edge_sel.predict import run
+    files = [tmp_path / f"{i}.png" for i in range(5)]
+    images = [torch.zeros(1, 8, 8, dtype=torch.uint8)] * 5
+    clock = iter([0.0, 1.0, 1.0001234567, 2.0, 2.25, 3.0, 3.125, 4.0])
+    monkeypatch.setattr(run.time, "perf_counter", lambda: next(clock))
+    meter = type("Meter", (), {"begin": lambda self, what: None,
+                               "end": lambda self, what: {"energy_j": 2.0, "energy_source": "rapl",
+                                                          "energy_method": "measured"}})()
+    progress = []
+    sink = LineSink(tmp_path / "preds.jsonl")
+    p = StandIn()
+    summary = run.predict_files(p, files, images, sink, 2, meter, lambda done, total: progress.append((done, total)))
+    sink.close()
+    assert p.batches == [2, 2, 1] and progress == [(2, 5), (4, 5), (5, 5)]
+    lines = (tmp_path / "preds.jsonl").read_text().splitlines()
+    latency = [0.123, 0.123, 250.0, 250.0, 125.0]
+    assert [json.loads(line) for line in lines] == [
+        {"path": str(f), "class": i, "label": CLASSES[i], "condition": "dark" if i % 2 else "clean",
+         "latency_ms": latency[i]} for i, f in enumerate(files)]
+    rss = summary.pop("peak_rss_mb")
+    assert isinstance(rss, float) and rss > 0
+    assert summary == {
+        "images": 5, "batch_size": 2, "backend": "torch", "conditions": ["clean", "dark"],
+        "chosen": {"clean": 3, "dark": 2}, "window": 7, "wall_s": 4.0, "images_per_s": 1.25,
+        "latency_ms_p50": pytest.approx(125.0), "latency_ms_p95": pytest.approx(250.0),
+        "latency_note": "per batch: choosing each image's condition and the forward pass (file decoding excluded)",
+        "energy_j": 2.0, "joules_per_1000": 400.0, "energy_source": "rapl", "energy_method": "measured",
+        "flops_forward_per_image": 123, "flops_choice_per_image": 45}
+    one = StandIn()
+    clock = iter([0.0] * 6)
+    run.predict_files(one, files[:2], images[:2], LineSink(None))           # a frame at a time by default
+    assert one.batches == [1, 1]
+
+
+def test_a_percentile_is_torchs_in_double_precision_and_none_of_nothing():
+    from edge_sel.predict.run import percentile
+    assert percentile([], 0.5) is None
+    assert percentile([0.1, 0.2], 0.5) == 0.1 + 0.5 * (0.2 - 0.1)
+    assert percentile([3.0], 0.95) == 3.0
