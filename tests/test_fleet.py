@@ -118,6 +118,7 @@ def test_bad_node_config_is_a_clear_error(config, message):
 
 
 def test_command_line_errors_are_one_line_exit_2(tmp_path):
+    pytest.importorskip("flwr")         # without Flower the command says that first (the fleet extra)
     cmd = [sys.executable, "-m", "edge_sel", "fleet", "simulate", "--dataset", "digits", "--out", str(tmp_path / "r")]
     p = subprocess.run(cmd + ["--checkpoint", str(tmp_path / "nope")], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "nope" in p.stderr and "Traceback" not in p.stderr
