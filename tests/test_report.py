@@ -114,12 +114,12 @@ def test_bad_input_is_one_line_exit_2(runs, tmp_path, monkeypatch, capsys):
 def refused_run(tmp_path_factory):
     """A digits run the guard refuses (the adaptation recipe on low-contrast digits forgets the
     clean ones), with replayed source digits in its batches (--replay 0.5)."""
-    from helpers import digits_warmup_with_memory
+    from helpers import SAME_CHOICES, digits_warmup_with_memory
     root = tmp_path_factory.mktemp("report-guard")
     warm = digits_warmup_with_memory(root / "warm")
     run_cli("finetune", "--checkpoint", warm, "--dataset", "digits", "--shard", "1/2", "--epochs", 2,
             "--shift", "corrupt=contrast:4", "--preset", "adapt", "--replay", 0.5, "--batch-size", 64,
-            "--lr", 0.05, "--meter", "estimate", "--quiet", "--out", root / "adapt")
+            "--lr", 0.05, "--meter", "estimate", "--quiet", "--out", root / "adapt", *SAME_CHOICES)
     return root / "adapt"
 
 
