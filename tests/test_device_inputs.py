@@ -254,8 +254,9 @@ def test_a_short_write_is_written_on_and_a_failed_one_cut_back_to_the_last_whole
                             f"written before (18 bytes)")
     assert out.read_text() == '{"a": 1}\n{"b": 2}\n'
     monkeypatch.setattr(os, "write", lambda fd, data: 0)
-    with pytest.raises(WriteError, match="the system wrote nothing"):
+    with pytest.raises(WriteError) as e:
         sink.write("x\n")
+    assert str(e.value).startswith(f"--out {out}: cannot write (the system wrote nothing); ")
     sink.close()
     assert out.read_text() == '{"a": 1}\n{"b": 2}\n'
 
@@ -566,3 +567,57 @@ def test_a_percentile_is_torchs_in_double_precision_and_none_of_nothing():
     assert percentile([], 0.5) is None
     assert percentile([0.1, 0.2], 0.5) == 0.1 + 0.5 * (0.2 - 0.1)
     assert percentile([3.0], 0.95) == 3.0
+
+
+def test_a_line_sink_opens_writes_and_closes_as_it_says(tmp_path, monkeypatch):
+    """Mutants of LineSink: "-" is stdout, the file's mode, the refusal's words, a one-byte write
+    taken for none, the whole-line count over several writes, the descriptor closed."""
+    from edge_sel.predict.run import read_inputs
+    assert LineSink(None).fd is None and LineSink(tmp_path / "-").fd is not None
+    assert LineSink(__import__("pathlib").Path("-")).fd is None
+    mask = os.umask(0)
+    try:
+        sink = LineSink(tmp_path / "p.jsonl")
+    finally:
+        os.umask(mask)
+    assert os.stat(tmp_path / "p.jsonl").st_mode & 0o777 == 0o644
+    with pytest.raises(InputError) as e:
+        LineSink(tmp_path / "none" / "p.jsonl")
+    assert str(e.value) == f"--out {tmp_path / 'none' / 'p.jsonl'}: cannot write (No such file or directory)"
+    real = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real(fd, bytes(data[:1])))        # a byte a call
+    sink.write("a\n")
+    sink.write("bc\n")
+    assert sink.whole == 5
+    monkeypatch.setattr(os, "write", lambda fd, data: 0)
+    with pytest.raises(WriteError) as e:
+        sink.write("d\n")
+    assert str(e.value) == (f"--out {tmp_path / 'p.jsonl'}: cannot write (the system wrote nothing); it keeps the "
+                            f"whole lines written before (5 bytes)")
+    fd = sink.fd
+    sink.close()
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    big = tmp_path / "big.png"
+    Image.new("L", (16, 16)).save(big)
+    files, images = read_inputs([big], [1, 8, 8], True)                 # --resize reaches the reader
+    assert files == [big] and images[0].shape == (1, 8, 8)
+
+
+def test_a_summary_without_a_bank_and_its_rounded_figures(tmp_path, monkeypatch):
+    """Mutants: the wall time's sign and rounding, images/s's rounding and its zero test, the
+    conditions and window of a predictor without a bank, peak memory to 0.1 MB."""
+    from edge_sel.predict import run
+    p = StandIn()
+    p.chooser = None
+    clock = iter([10.0, 10.5, 10.6, 10.123456 + 0.5])
+    monkeypatch.setattr(run.time, "perf_counter", lambda: next(clock))
+    s = run.predict_files(p, [tmp_path / "a.png"], [torch.zeros(1, 8, 8, dtype=torch.uint8)], LineSink(None))
+    assert (s["conditions"], s["window"], s["chosen"]) == (None, None, {"clean": 1})
+    assert s["wall_s"] == 0.6235 and s["images_per_s"] == 1.6 and s["peak_rss_mb"] == round(s["peak_rss_mb"], 1)
+    clock = iter([0.0, 0.0, 0.0, 0.0])
+    assert run.predict_files(StandIn(), [tmp_path / "a.png"], [torch.zeros(1, 8, 8, dtype=torch.uint8)],
+                             LineSink(None))["images_per_s"] is None
+    clock = iter([0.0, 0.0, 0.0, 3.0])
+    assert run.predict_files(StandIn(), [tmp_path / "a.png"] * 4, [torch.zeros(1, 8, 8, dtype=torch.uint8)] * 4,
+                             LineSink(None), 4)["images_per_s"] == 1.33
