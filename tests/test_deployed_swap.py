@@ -147,6 +147,13 @@ def test_recover_never_deploys_a_version_set_aside_or_when_the_warmup_serves(tmp
     (tmp_path / ".deployed.link-tmp").symlink_to(".deployed.versions/20260101T000000Z-a")   # no old one beside it
     swap.recover(deployed)
     assert not os.path.lexists(deployed) and not os.path.lexists(tmp_path / ".deployed.link-tmp")
+    # A new link left beside a deployed link in place (a crash inside _point_link) changes nothing,
+    # even with an old version beside the one it names.
+    deployed.symlink_to(".deployed.versions/20260102T000000Z-b")
+    run_dir(versions / "20260102T000000Z-b.migrated-from-plain", "old")
+    (tmp_path / ".deployed.link-tmp").symlink_to(".deployed.versions/20260102T000000Z-b")
+    swap.recover(deployed)
+    assert (deployed / "model.safetensors").read_text() == "b"
 
 
 def test_roll_back_sets_the_deployed_version_aside_and_points_to_the_one_given_or_to_none(tmp_path):
