@@ -1,0 +1,360 @@
+"""`edge-sel bench memory`: adapting a warmup to a device's shifted data under memory budgets.
+
+Budgets are fractions of full fine-tuning's counted peak (core/memory.py: weights, optimizer state,
+the batch, and at the high-water mark the saved activations, gradients and transients; the datasets
+come on top), counted on the meta device for the warmup's model, input size, batch size and optimizer.
+At each budget: full fine-tuning planned to fit (recomputed blocks, micro-batches), the classifier
+alone, the last k blocks (the largest k whose step fits at the whole batch), biases and norms,
+`layers`, `rgn` and the planner (`--sparsity budget`); unbudgeted full fine-tuning is the reference.
+A method that cannot fit a budget is not run: its row says so, with the smallest budget it needs.
+Seeds pair as in bench adapt (same warmup, split, shift, data order and augmentation per seed).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from pathlib import Path
+
+from edge_sel.bench.adapt import SCENARIOS, joules, mean_of, outcome, paired
+from edge_sel.config import TrainConfig
+from edge_sel.core.memory import MiB, StepShape
+from edge_sel.core.records import read_records
+from edge_sel.engine.loop.step_memory import memory_counter
+from edge_sel.engine.machine.memory_plan import fit_shape, smallest_budget
+from edge_sel.engine.runs.data_options import DataOptions
+from edge_sel.engine.runs.run import finetune
+from edge_sel.errors import InputError
+from edge_sel.methods.update.fixed_sets import bias_norm_names, classifier_names
+from edge_sel.models import load_checkpoint
+from edge_sel.models.blocks import named_blocks
+
+FRACTIONS = ("1/2", "1/4", "1/10", "1/30")
+REFERENCE = "full FT"
+# Method name -> the --sparsity it runs with under a budget.
+METHODS = {"full FT planned": "none", "classifier": "classifier", "last-k": "last-k", "bias-norm": "bias-norm",
+           "layers": "layers", "rgn": "rgn", "planner": "budget"}
+
+
+def parse_fractions(text: str | None, option: str = "--budgets") -> list[str]:
+    if text is None:
+        return list(FRACTIONS)
+    out = []
+    for part in text.split(","):
+        try:
+            value = Fraction(part.strip())
+        except (ValueError, ZeroDivisionError):
+            raise InputError(f"{option}: {part.strip()!r} is not a fraction such as 1/10") from None
+        if not 0 < value <= 1:
+            raise InputError(f"{option}: {part.strip()} must be in (0, 1]")
+        out.append(str(value))
+    return out
+
+
+def parse_methods(text: str | None) -> list[str]:
+    if text is None:
+        return list(METHODS)
+    wanted = [w.strip() for w in text.split(",")]
+    unknown = [w for w in wanted if w not in METHODS]
+    if unknown:
+        raise InputError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    return wanted
+
+
+@dataclass
+class Fit:
+    """Whether a method fits a budget, and how: its trainable set (None: the updater's own or the
+    planner's), `--last-k`, the counted peak of its planned step, or the smallest budget it needs."""
+    fits: bool
+    trainable: set | None = None
+    last_k: int | None = None
+    counted_mb: float | None = None
+    needs_mb: float | None = None
+
+
+class MemoryModel:
+    """The warmup's model with a counter for the runs' optimizer and step shape."""
+
+    def __init__(self, checkpoint: Path, cfg: TrainConfig):
+        self.model, card = load_checkpoint(checkpoint)
+        self.input_shape = list(card.input_shape)
+        self.counter, self.shape = memory_counter(cfg, self.model, self.input_shape)
+        self.everything = {n for n, _ in self.model.named_parameters()}
+        self.batch = cfg.batch_size
+        self.blocks = tuple(name for name, _ in named_blocks(self.model)[:-1])
+        self._needs: dict = {}
+        self._shapes: dict = {}
+        self.full_mb = self.counter.count(self.shape, self.everything).peak / MiB
+
+    def needs(self, trainable) -> float:
+        """The smallest budget a step training `trainable` fits (one image at a time), once per set."""
+        key = frozenset(trainable)
+        if key not in self._needs:
+            self._needs[key] = smallest_budget(self.counter, self.model, trainable, self.batch)
+        return self._needs[key]
+
+    def _planned(self, trainable, budget: int, whole_batch: bool = False) -> float | None:
+        if self.needs(trainable) * MiB > budget:       # below the smallest step: no shape to search
+            return None
+        key = (frozenset(trainable), budget)
+        if key not in self._shapes:     # full FT planned, layers and rgn plan the same set
+            self._shapes[key] = fit_shape(self.counter, self.model, self.batch, budget, trainable,
+                                          self.shape.bn_statistics)
+        fitted = self._shapes[key]
+        if fitted is None or (whole_batch and fitted[0].chunk < self.batch):
+            return None
+        return fitted[1].peak / MiB
+
+    def largest_last_k(self, budget: int) -> tuple[int, float] | None:
+        """The most last blocks whose step fits at the whole batch (recomputed blocks allowed, no
+        micro-batches: with them every k fits down to the classifier's smallest budget, and the
+        largest k is full fine-tuning), and its counted peak: by bisection, as fewer blocks never
+        keep more."""
+        found, lo, hi = None, 1, len(named_blocks(self.model))
+        while lo <= hi:
+            k = (lo + hi) // 2
+            counted = self._planned(classifier_names(self.model, k), budget, whole_batch=True)
+            if counted is None:
+                hi = k - 1
+            else:
+                found, lo = (k, counted), k + 1
+        return found
+
+    def fit(self, method: str, budget_mb: float) -> Fit:
+        budget = int(budget_mb * MiB)
+        if method == "last-k":
+            found = self.largest_last_k(budget)
+            if found is None:       # the classifier's step at the whole batch, its blocks recomputed or not
+                head = classifier_names(self.model)
+                return Fit(False, needs_mb=min(self.counter.count(replace(self.shape, recompute=r), head).peak
+                                               for r in ((), self.blocks)) / MiB)
+            return Fit(True, classifier_names(self.model, found[0]), found[0], found[1])
+        if method == "planner":
+            lowest = self.needs(classifier_names(self.model))
+            return Fit(True) if lowest <= budget_mb else Fit(False, needs_mb=lowest)
+        trainable = {"classifier": classifier_names(self.model),
+                     "bias-norm": bias_norm_names(self.model)}.get(method, self.everything)
+        counted = self._planned(trainable, budget)
+        if counted is None:
+            return Fit(False, trainable, needs_mb=self.needs(trainable))
+        return Fit(True, trainable, counted_mb=counted)
+
+
+def run_memory_fields(run_dir: Path) -> dict:
+    """Counted and measured peaks a run left: the records' (where the run states them), else the
+    plan's counted peak in config.json."""
+    recs = [r for r in read_records(run_dir / "metrics.jsonl") if r.get("phase") != "baseline"]
+    config = json.loads((run_dir / "config.json").read_text())
+    plan = config.get("memory_plan") or {}
+    counted = [r["memory_counted_mb"] for r in recs if isinstance(r.get("memory_counted_mb"), (int, float))]
+    measured = [r["memory_measured_mb"] for r in recs if isinstance(r.get("memory_measured_mb"), (int, float))]
+    method = next((r["memory_measure_method"] for r in recs if r.get("memory_measure_method")), None)
+    return {"counted_peak_mb": max(counted) if counted else (plan.get("counted") or {}).get("peak_mb"),
+            "counted_source": "records" if counted else ("plan" if plan else None),
+            "measured_peak_mb": max(measured) if measured else None, "measure_method": method,
+            "micro_batch": plan.get("micro_batch"), "recompute": len(plan.get("recompute") or []),
+            "trained_tensors": len(plan["trainable"]) if plan.get("trainable") else None}
+
+
+def warmup_clean(run_dir: Path) -> float | None:
+    """The warmup's clean test accuracy (the run's baseline evaluation)."""
+    base = [r for r in read_records(run_dir / "metrics.jsonl") if r.get("phase") == "baseline"]
+    return base[0].get("clean_test_acc") if base else None
+
+
+@dataclass
+class MemorySettings:
+    checkpoint: Path
+    data: DataOptions            # shift and shift_seed are set per scenario and seed
+    epochs: int
+    lr: float
+    batch_size: int
+    val_subset: int
+    device: str
+    fractions: list[str]
+    methods: list[str]
+    planner_only: list[str]      # budgets at which the planner alone runs
+    scenario: str
+    seeds: list[int]
+    out: Path
+
+
+def row_key(method: str, fraction: str | None) -> str:
+    return method if fraction is None else f"{method}@{fraction}"
+
+
+def run_bench(s: MemorySettings, log=print) -> dict:
+    """Every (method, budget) that fits, per seed; the rows that do not fit, with what they need."""
+    base_cfg = TrainConfig(epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, device=s.device)
+    mm = MemoryModel(s.checkpoint, base_cfg)
+    budgets = {f: round(float(Fraction(f)) * mm.full_mb, 3) for f in s.fractions + s.planner_only}
+    fits = {row_key(m, f): mm.fit(m, budgets[f]) for f in s.fractions for m in s.methods}
+    fits.update({row_key("planner", f): mm.fit("planner", budgets[f]) for f in s.planner_only})
+    runs = [(REFERENCE, None, "none", None)] + [(m, f, METHODS[m], budgets[f]) for f in s.fractions + s.planner_only
+                                                 for m in s.methods if fits.get(row_key(m, f), Fit(False)).fits]
+    results: dict = {row_key(m, f): [] for m, f, _, _ in runs}
+    t0 = time.perf_counter()
+    for seed in s.seeds:
+        data = DataOptions(**{**vars(s.data), "shift": SCENARIOS[s.scenario], "shift_seed": seed})
+        data.__dict__.pop("_source", None)
+        for method, fraction, sparsity, budget in runs:
+            fit = fits.get(row_key(method, fraction))
+            cfg = TrainConfig(epochs=s.epochs, lr=s.lr, seed=seed, device=s.device, batch_size=s.batch_size,
+                              val_subset=s.val_subset, sparsity=sparsity, memory_budget_mb=budget, keep="last",
+                              checkpoint_every=0,
+                              method={"last_k": fit.last_k} if fit is not None and fit.last_k else {})
+            name = row_key(method, fraction).replace("@", "-at-").replace("/", "-").replace(" ", "-")
+            run_dir = s.out / "runs" / name / f"seed{seed}"
+            finetune(s.checkpoint, data, cfg, run_dir, overwrite=True, quiet=True)
+            result = {"seed": seed, **outcome(run_dir), **run_memory_fields(run_dir), "run_dir": str(run_dir)}
+            if result["counted_peak_mb"] is None:      # unbudgeted: the bench's count of the same step
+                result["counted_peak_mb"], result["counted_source"] = round(mm.full_mb, 3), "bench counter"
+            warm = warmup_clean(run_dir)
+            result["forgetting_pts"] = None if warm is None or result["clean_test_acc"] is None else \
+                100 * (warm - result["clean_test_acc"])
+            results[row_key(method, fraction)].append(result)
+            log(f"  seed {seed} {row_key(method, fraction):22s} test {result['test_acc']:.4f} "
+                f"clean {result['clean_test_acc'] or 0:.4f} counted {result['counted_peak_mb']:.1f} MB")
+    methods_used = sorted({r.get("energy_method") for rows in results.values() for r in rows} - {None})
+    return {"full_ft_counted_mb": round(mm.full_mb, 3), "budgets_mb": budgets, "input_shape": mm.input_shape,
+            "fits": {k: {"fits": f.fits, "last_k": f.last_k, "counted_mb": f.counted_mb, "needs_mb": f.needs_mb}
+                     for k, f in fits.items()},
+            "results": results, "wall_s": time.perf_counter() - t0, "energy_methods": methods_used}
+
+
+def _pts(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def _num(value: float | None, fmt: str = ".1f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def rows_of(bench: dict) -> list[dict]:
+    """One row per (method, budget): means over seeds, the paired difference against full FT, or
+    'does not fit' with the smallest budget the method needs."""
+    results, out = bench["results"], []
+    keys = [REFERENCE] + [row_key(m, f) for f in bench["fractions"] for m in bench["methods"]]
+    keys += [row_key("planner", f) for f in bench.get("planner_only", [])]
+    for key in keys:
+        method, _, fraction = key.partition("@")
+        fit = bench["fits"].get(key, {"fits": True})
+        row = {"key": key, "method": method, "fraction": fraction or None,
+               "budget_mb": bench["budgets_mb"].get(fraction), "fits": fit["fits"], "last_k": fit.get("last_k"),
+               "needs_mb": fit.get("needs_mb")}
+        rs = results.get(key, [])
+        if rs:
+            diff = paired(results, key, REFERENCE) if key != REFERENCE else None
+            row.update({"seeds": len(rs), "test_acc": mean_of(rs, "test_acc"),
+                        "clean_test_acc": mean_of(rs, "clean_test_acc"),
+                        "forgetting_pts": mean_of(rs, "forgetting_pts"),
+                        "counted_peak_mb": max(r["counted_peak_mb"] for r in rs),
+                        "measured_peak_mb": mean_of(rs, "measured_peak_mb"),
+                        "flops_train": mean_of(rs, "flops_train"), "energy_j": mean_of(rs, "energy_j"),
+                        "micro_batch": rs[0].get("micro_batch"), "recompute": rs[0].get("recompute"),
+                        "vs_full": diff})
+        out.append(row)
+    return out
+
+
+def table(bench: dict) -> str:
+    lines = [f"full fine-tuning's counted peak: {bench['full_ft_counted_mb']:.1f} MB (batch {bench['batch_size']}, "
+             f"input {'x'.join(map(str, bench['input_shape']))}); scenario {bench['scenario']}: "
+             f"`--shift {SCENARIOS[bench['scenario']]}`", "",
+             "| method | budget | budget MB | counted peak MB | measured peak MB | shifted test % | "
+             "− full FT (points, 95% CI) | clean test % | forgetting (points) | train GFLOP | joules | plan |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in bench["rows"]:
+        budget = r["fraction"] or "none"
+        if not r["fits"]:
+            lines.append(f"| {r['method']} | {budget} | {_num(r['budget_mb'])} | does not fit "
+                         f"(needs {_num(r['needs_mb'])} MB) | - | - | - | - | - | - | - | - |")
+            continue
+        if "test_acc" not in r:
+            continue
+        d = r["vs_full"]
+        diff = "reference" if r["key"] == REFERENCE else (
+            "-" if d is None else f"{d['diff_pts']:+.2f} " + (f"[{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]"
+                                                               if d["n"] > 1 else "(1 seed: no interval)"))
+        plan = []
+        if r.get("last_k"):
+            plan.append(f"k={r['last_k']}")
+        if r.get("micro_batch") and r["micro_batch"] < bench["batch_size"]:
+            plan.append(f"micro-batch {r['micro_batch']}")
+        if r.get("recompute"):
+            plan.append(f"{r['recompute']} blocks recomputed")
+        lines.append(f"| {r['method']} | {budget} | {_num(r['budget_mb'])} | {_num(r['counted_peak_mb'])} | "
+                     f"{_num(r['measured_peak_mb'])} | {_pts(r['test_acc'])} | {diff} | {_pts(r['clean_test_acc'])} | "
+                     f"{_num(r['forgetting_pts'], '+.2f')} | {_num((r['flops_train'] or 0) / 1e9)} | "
+                     f"{joules(r['energy_j'])} | {', '.join(plan) or '-'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(bench: dict, out: Path) -> Path:
+    """Shifted test accuracy against counted peak memory (log x), one marker per method."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    by_method: dict = {}
+    for r in bench["rows"]:
+        if r.get("test_acc") is not None:
+            by_method.setdefault(r["method"], []).append((r["counted_peak_mb"], 100 * r["test_acc"]))
+    for method, points in by_method.items():
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], "*-" if method == "planner" else "o-",
+                label=method, markersize=9 if method in ("planner", REFERENCE) else 5)
+    for fraction, mb in bench["budgets_mb"].items():
+        ax.axvline(mb, color="grey", alpha=0.3, linestyle=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("counted training peak, MB (log)")
+    ax.set_ylabel("shifted test accuracy % (mean over seeds)")
+    ax.set_title(f"{bench['model']} {bench['input_shape'][-1]} px, {bench['scenario']}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    path = out / "accuracy-memory.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(bench: dict, out: Path) -> dict:
+    bench["rows"] = rows_of(bench)
+    md = table(bench)
+    notes = [f"{len(bench['seeds'])} paired seeds {bench['seeds']}: per seed every method starts from the same "
+             "warmup, split, shifted images and data order (as in bench adapt).",
+             "Budgets are fractions of full fine-tuning's counted peak (weights, optimizer state, batch, saved "
+             "activations, gradients, transients; the datasets come on top). Counted peak: the run's records "
+             "where they state it, else its memory plan's; unbudgeted full FT: the same counter's count.",
+             "last-k: the largest k whose step fits the budget at the whole batch (recomputed blocks allowed, no "
+             "micro-batches). A row that does not fit "
+             "was not run; it names the smallest budget the method needs (one image at a time).",
+             "Measured peak: " + ("the runs' records (" + ", ".join(sorted(
+                 {r.get("measure_method") for rs in bench["results"].values() for r in rs} - {None})) + ")"
+                                  if any(r.get("measured_peak_mb") is not None for r in bench["rows"])
+                                  else "not in these runs' records (-)."),
+             "Forgetting: the warmup's clean test accuracy minus the run's. FLOPs are counted "
+             "(torch.utils.flop_counter), recomputation and the planner's probe included.",
+             f"Joules: training phase, {', '.join(bench['energy_methods']) or 'not measured'}"
+             + (" (an estimate from CPU time, not a measurement)." if "estimated" in bench["energy_methods"] else ".")]
+    text = md + "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    (out / "table.md").write_text(text)
+    (out / "bench.json").write_text(json.dumps(bench, indent=2, default=str))
+    figure = plot(bench, out)
+    from edge_sel.report.markdown import bench_page
+    (out / "report.html").write_text(bench_page("edge-sel bench memory", md, [figure.name], notes))
+    return {"table": text, "figure": figure}
+
+
+def summary_line(bench: dict) -> str:
+    """The planner at 1/10 against full FT, for the closing line."""
+    row = next((r for r in bench["rows"] if r["key"] == "planner@1/10" and r.get("vs_full")), None)
+    if row is None:
+        return ""
+    d = row["vs_full"]
+    return (f"planner at 1/10 − full FT: {d['diff_pts']:+.2f} points [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}] "
+            f"over {d['n']} seeds")
+
