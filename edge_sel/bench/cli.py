@@ -489,7 +489,7 @@ def memory_cmd(dataset, model_name, image_size, scenario, budgets, planner_only,
     planner_fractions = [f for f in planner_fractions if f not in fractions]
     methods = memory.parse_methods(method_names)
     _check_checkpoint(checkpoint)
-    target = _fresh_out(out or Path("runs/bench-memory"), overwrite)
+    target = _fresh_out(out or Path("runs/bench-memory"), overwrite, "memory", checkpoint, ds, data_dir)
     data = DataOptions(ds, data_dir, shard="1/2", subset=n, image_size=image_size, test_subset=tests)
     if checkpoint is None:
         warm = pretrain_epochs or (2 if quick else 8)

@@ -331,7 +331,8 @@ def write_outputs(bench: dict, out: Path) -> dict:
              "where they state it, else its memory plan's; unbudgeted full FT: the same counter's count.",
              "last-k: the largest k whose step fits the budget at the whole batch (recomputed blocks allowed, no "
              "micro-batches). A row that does not fit "
-             "was not run; it names the smallest budget the method needs (one image at a time).",
+             "was not run; it names the smallest budget the method needs (one image at a time; last-k: the "
+             "classifier alone at the whole batch).",
              "Measured peak: " + ("the runs' records (" + ", ".join(sorted(
                  {r.get("measure_method") for rs in bench["results"].values() for r in rs} - {None})) + ")"
                                   if any(r.get("measured_peak_mb") is not None for r in bench["rows"])
