@@ -15,7 +15,8 @@ from edge_sel.backends.torch_backend import freeze_batchnorm_stats, make_optimiz
 from edge_sel.config import TrainConfig
 from edge_sel.core.memory import MiB, MemoryCounter, StepShape
 from edge_sel.core.recompute import set_recomputed
-from edge_sel.engine.machine.memory_plan import MemoryPlan, fit_shape, plan_memory
+from edge_sel.engine.machine.memory_plan import MemoryPlan, fit_shape, plan_memory, usable
+from edge_sel.engine.machine.peak_memory import return_freed_memory
 from edge_sel.errors import InputError
 
 PROBE_SAMPLES = 64          # local images whose gradients estimate what each tensor would gain
@@ -94,13 +95,13 @@ def plan_run_memory(trainer) -> MemoryPlan | None:
         counter = trainer.memory_counter
         everything = {n for n, _ in model.named_parameters()}
         if updater.name == "budget" and counter.count(StepShape(cfg.batch_size, bn_statistics=bn), everything).peak \
-                <= cfg.memory_budget_mb * MiB:
+                <= usable(cfg.memory_budget_mb):
             plan = plan_memory(counter, model, cfg.batch_size, cfg.memory_budget_mb, everything, bn)
             plan.trainable = sorted(everything)
             plan.notes.insert(0, "everything trains: the whole step fits the budget")
         elif updater.name == "budget":
             # The probe steps no optimizer: its state is not part of what the probe keeps.
-            room = int(cfg.memory_budget_mb * MiB) + counter.count(StepShape(2, bn_statistics="frozen"), everything).optimizer
+            room = usable(cfg.memory_budget_mb) + counter.count(StepShape(2, bn_statistics="frozen"), everything).optimizer
             probe = fit_shape(counter, model, cfg.batch_size, room, everything, bn)
             if probe is None:
                 gains, source = shipped_gains(model, trainer.memory)
@@ -115,6 +116,8 @@ def plan_run_memory(trainer) -> MemoryPlan | None:
             trainable = updater.trainable(model) if hasattr(updater, "trainable") else None
             plan = plan_memory(counter, model, cfg.batch_size, cfg.memory_budget_mb, trainable, bn)
         cfg.memory_plan = plan.to_json()
+    if trainer.device.type == "cpu":
+        return_freed_memory()
     if plan.trainable is not None:
         updater.choose = lambda _model: set(plan.trainable)
     trainer.step_shape = plan.shape()

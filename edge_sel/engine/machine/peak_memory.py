@@ -115,3 +115,24 @@ class PeakMeter:
         self._fold()
         self.open.remove(window)
         return round(max(0, window.high - window.start) / MiB, 3)
+
+
+# glibc's mallopt parameter for the size from which blocks are mmapped (and unmapped when freed).
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 64 * 1024
+
+
+def return_freed_memory() -> bool:
+    """Make glibc hand blocks of 64 KiB and more back to the system when they are freed, so the
+    resident memory of a budgeted run follows what its steps keep. By default glibc raises this
+    threshold as large blocks are freed and then keeps freed pages resident: a step that recomputes
+    blocks measured up to twice its count. Setting it explicitly turns that adjustment off. Returns
+    whether it was set (False on another C library)."""
+    import ctypes
+    import ctypes.util
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    except (OSError, AttributeError, TypeError):
+        return False
