@@ -73,7 +73,7 @@ def test_two_ranks_train_each_sample_once_and_rank_zero_alone_writes(ddp_run):
         assert r["energy_j"] > 0 and r["energy_method"] == "estimated"
     assert summary["world_size"] == 2 and summary["distributed"]["backend"] == "gloo"
     assert summary["totals"]["samples_trained"] == 2 * train_n
-    assert sorted(p.name for p in out.iterdir()) == ["anchors.safetensors", "config.json", "fisher.safetensors",
+    assert sorted(p.name for p in out.iterdir()) == [".edge-sel-output", "anchors.safetensors", "config.json", "fisher.safetensors",
                                                      "metrics.csv", "metrics.jsonl", "model.json", "model.safetensors",
                                                      "source.safetensors", "state", "summary.json"]
     # rank 0 wrote the source memory once, from the final weights, with the whole training split's anchors

@@ -28,7 +28,10 @@ def estimate_meter(tmp_path, **kwargs):
     return meter, cpu, clock
 
 
-def test_estimate_is_cpu_time_times_watts_per_core(tmp_path):
+def test_estimate_is_cpu_time_times_watts_per_core(tmp_path, monkeypatch):
+    # Two cores the process may use, two threads: 1.5 busy cores are under the cap (tests run one thread).
+    monkeypatch.setattr("edge_sel.energy.estimate.usable_cpus", lambda: 2)
+    monkeypatch.setattr("torch.get_num_threads", lambda: 2)
     meter, cpu, clock = estimate_meter(tmp_path, watts_per_core=10.0)
     assert meter.source == "estimate"
     meter.begin("train")
