@@ -169,7 +169,7 @@ def test_night_refuses_bad_options_in_one_line_and_creates_nothing(warmup, tmp_p
     for argv, says in ((["--lr", "-1"], "--lr"), (["--epochs", "many"], "--epochs"),
                        (["--bogus"], "--bogus"), (["--replay", "2"], "--replay"),
                        (["--dataset", "folder:" + str(tmp_path / "none")], str(tmp_path / "none")),
-                       (["--warmup", tmp_path / "none"], "--warmup"),
+                       (["--warmup", tmp_path / "none", "--dataset", "synthetic"], "--warmup"),
                        (["--profile", "no-such-device"], "no-such-device")):
         code, err = run_main(["night", "--home", tmp_path / "home", "--profile", "generic", "--epochs", "1",
                               "--quiet", *argv], capsys)

@@ -11,7 +11,7 @@ from edge_sel.config import TrainConfig
 from edge_sel.core.memory import MiB, StepShape
 from edge_sel.engine.loop.memory_records import count_fields
 from edge_sel.engine.loop.step_memory import memory_counter
-from edge_sel.engine.machine.peak_memory import PeakMeter
+from edge_sel.engine.machine.peak_memory import return_freed_memory, PeakMeter
 from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.engine.runs.memory_summary import memory_block
 from edge_sel.engine.runs.run import finetune
@@ -91,6 +91,8 @@ def test_a_resumed_epoch_keeps_the_trainable_sets_its_steps_had():
 def test_resident_peaks_nest_and_say_their_method(tmp_path):
     meter = PeakMeter("cpu")
     assert meter.method == "rss-hwm"       # Linux with a writable clear_refs
+    # A block of 48 MiB taken from fresh pages: not from pages glibc kept resident after earlier tests.
+    assert return_freed_memory()
     outer = meter.begin()
     inner = meter.begin()
     block = torch.ones(48 * MiB // 4)

@@ -309,8 +309,6 @@ def adapt_cmd(dataset, scenarios, activations, method_names, epochs, lr, pretrai
               help="The order the device sees its frames in.")
 @click.option("--epochs", type=int, default=None, help="Fine-tune epochs [3; --quick: 1].")
 @click.option("--lr", type=float, default=0.01, show_default=True, help="Learning rate of every method.")
-@click.option("--val-subset", type=click.IntRange(0), default=0, show_default=True,
-              help="Validate on N images a epoch (0: the whole validation split); keep is last either way.")
 @click.option("--pretrain-epochs", type=int, default=None,
               help="Epochs of the clean warmup the bench makes when --checkpoint is not given [8; --quick: 2].")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, mps or auto.")

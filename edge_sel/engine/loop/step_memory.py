@@ -118,6 +118,11 @@ def plan_run_memory(trainer) -> MemoryPlan | None:
         cfg.memory_plan = plan.to_json()
     if trainer.device.type == "cpu":
         return_freed_memory()
+    # Forward-only passes (evaluation, scoring) in batches that fit beside nothing else.
+    while trainer.eval_batch_size > 1 and \
+            trainer.memory_counter.count_forward(trainer.eval_batch_size).peak > usable(cfg.memory_budget_mb):
+        trainer.eval_batch_size = max(1, trainer.eval_batch_size // 2)
+    cfg.eval_batch_size = trainer.eval_sets.batch_size = trainer.scoring.batch_size = trainer.eval_batch_size
     if plan.trainable is not None:
         updater.choose = lambda _model: set(plan.trainable)
     trainer.step_shape = plan.shape()
