@@ -2,6 +2,7 @@
 took, measured by engine/machine/peak_memory.py (the resident high-water mark on a CPU, torch's
 allocated bytes on CUDA, here through an injected fake)."""
 
+import mmap
 import json
 
 import pytest
@@ -11,7 +12,7 @@ from edge_sel.config import TrainConfig
 from edge_sel.core.memory import MiB, StepShape
 from edge_sel.engine.loop.memory_records import count_fields
 from edge_sel.engine.loop.step_memory import memory_counter
-from edge_sel.engine.machine.peak_memory import return_freed_memory, PeakMeter
+from edge_sel.engine.machine.peak_memory import PeakMeter
 from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.engine.runs.memory_summary import memory_block
 from edge_sel.engine.runs.run import finetune
@@ -91,13 +92,15 @@ def test_a_resumed_epoch_keeps_the_trainable_sets_its_steps_had():
 def test_resident_peaks_nest_and_say_their_method(tmp_path):
     meter = PeakMeter("cpu")
     assert meter.method == "rss-hwm"       # Linux with a writable clear_refs
-    # A block of 48 MiB taken from fresh pages: not from pages glibc kept resident after earlier tests.
-    assert return_freed_memory()
     outer = meter.begin()
     inner = meter.begin()
-    block = torch.ones(48 * MiB // 4)
-    block.add_(1)                         # every page touched
-    del block
+    # 48 MiB of fresh anonymous pages, every one touched: what the allocator kept from earlier tests
+    # in this process cannot stand in for them.
+    block = mmap.mmap(-1, 48 * MiB)
+    page = b"\x01" * MiB
+    for _ in range(48):
+        block.write(page)
+    block.close()
     assert 44 < meter.end(inner) < 60
     assert 44 < meter.end(outer) < 60     # the inner window's reset did not lose the outer's peak
     assert meter.end(outer) is None       # closed
