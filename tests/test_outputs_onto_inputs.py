@@ -24,28 +24,12 @@ from edge_sel.engine.night.deployed_swap import swap_in
 from edge_sel.engine.night.promote import promote
 from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.engine.runs.run import finetune
-from edge_sel.cli import main
+from helpers import run_main, run_main_said
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def run_main(argv, capsys) -> tuple[int, str]:
-    code, _, err = run(argv, capsys)
-    return code, err
-
-
-def run(argv, capsys) -> tuple[int, str, str]:
-    """`edge-sel ARGV` through main(): exit code, stdout, stderr."""
-    import sys
-    old, sys.argv = sys.argv, ["edge-sel", *map(str, argv)]
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            main()
-            raise SystemExit(0)
-    finally:
-        sys.argv = old
-    captured = capsys.readouterr()
-    return exit_info.value.code or 0, captured.out, captured.err
+run = run_main_said      # `edge-sel ARGV` through main(): exit code, stdout, stderr
 
 
 def tree(root: Path) -> dict:
