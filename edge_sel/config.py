@@ -108,6 +108,18 @@ class TrainConfig:
     # unknown (the Python API), then a value other than the default counts as the user's choice.
     explicit: list | None = None
 
+    def pin_for_memory_budget(self) -> "TrainConfig":
+        """Under a memory budget the step runs as it was counted: memory is counted for fp32 tensors
+        in the contiguous layout, and the layout and precision probes would time whole unplanned
+        steps; evaluation takes at most a training batch at a time (fewer where the plan needs:
+        engine/loop/step_memory.py). Choices the user made stay; without a budget nothing changes."""
+        if self.memory_budget_mb is not None:
+            self.precision = "fp32" if self.precision == "auto" else self.precision
+            self.eval_precision = "fp32" if self.eval_precision == "auto" else self.eval_precision
+            self.memory_format = "contiguous" if self.memory_format == "auto" else self.memory_format
+            self.eval_batch_size = self.eval_batch_size or self.batch_size
+        return self
+
     def validate(self) -> "TrainConfig":
         """Types and ranges of every field; values may come from a hand-edited config.json."""
         _integer("--epochs", self.epochs, lo=0, hi=MAX_EPOCHS)

@@ -114,14 +114,7 @@ def prepare_finetune_config(cfg: TrainConfig, quiet: bool = False) -> TrainConfi
     """A fine-tune's options made whole (the preset's recipe, ORT artifacts' optimizer) and checked,
     before any file is touched. Applying it again changes nothing."""
     apply_preset(cfg)
-    if cfg.memory_budget_mb is not None:
-        # Memory is counted for fp32 tensors, and the layout and precision probes would time whole
-        # unplanned steps: a budget runs the step it counted, in the layout it was counted in, and
-        # evaluates at most a training batch at a time (fewer where the plan needs: step_memory.py).
-        cfg.precision = "fp32" if cfg.precision == "auto" else cfg.precision
-        cfg.eval_precision = "fp32" if cfg.eval_precision == "auto" else cfg.eval_precision
-        cfg.memory_format = "contiguous" if cfg.memory_format == "auto" else cfg.memory_format
-        cfg.eval_batch_size = cfg.eval_batch_size or cfg.batch_size
+    cfg.pin_for_memory_budget()
     if cfg.backend == "ort" and cfg.artifacts and cfg.explicit is not None:
         take_artifact_optimizer(cfg, quiet)
     cfg.validate()
