@@ -38,6 +38,12 @@ METHODS = {"full FT planned": "none", "classifier": "classifier", "last-k": "las
            "layers": "layers", "rgn": "rgn", "planner": "budget"}
 
 
+# Every run trains and evaluates in fp32 and the contiguous layout, as a budgeted run does (memory is
+# counted for fp32): left to measure its own precision, the unbudgeted reference trained in bf16 on a
+# CPU with bf16 kernels, and the paired differences then mixed precision with memory.
+SAME_NUMERICS = {"precision": "fp32", "eval_precision": "fp32", "memory_format": "contiguous"}
+
+
 def parse_fractions(text: str | None, option: str = "--budgets") -> list[str]:
     if text is None:
         return list(FRACTIONS)
@@ -203,7 +209,7 @@ def run_bench(s: MemorySettings, log=print) -> dict:
             fit = fits.get(row_key(method, fraction))
             cfg = TrainConfig(epochs=s.epochs, lr=s.lr, seed=seed, device=s.device, batch_size=s.batch_size,
                               val_subset=s.val_subset, sparsity=sparsity, memory_budget_mb=budget, keep="last",
-                              checkpoint_every=0,
+                              checkpoint_every=0, **SAME_NUMERICS,
                               method={"last_k": fit.last_k} if fit is not None and fit.last_k else {})
             name = row_key(method, fraction).replace("@", "-at-").replace("/", "-").replace(" ", "-")
             run_dir = s.out / "runs" / name / f"seed{seed}"
