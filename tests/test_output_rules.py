@@ -9,7 +9,7 @@ import pytest
 from edge_sel.core import outputs
 from edge_sel.core.outputs import (MARKER, check_out_dir, check_out_file, clash, refuse_onto_inputs, staged_out_dir,
                                    start_out_dir, written_by)
-from edge_sel.errors import InputError
+from edge_sel.errors import InputError, WriteError
 
 
 def made(path, *files):
@@ -154,6 +154,12 @@ def test_a_new_out_that_cannot_be_made_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(InputError) as e:
         start_out_dir(tmp_path / "out", "export")
     assert str(e.value) == f"--out {tmp_path / 'out'}: cannot create (no errno)"
+    # A disk that fills while the marker is written is a failed write (exit 1), not bad input.
+    monkeypatch.undo()
+    monkeypatch.setattr(outputs.Path, "write_text", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space")))
+    with pytest.raises(WriteError) as e:
+        start_out_dir(tmp_path / "full", "export")
+    assert str(e.value) == f"--out {tmp_path / 'full'}: cannot create (No space)"
 
 
 def test_an_out_that_is_a_link_to_a_directory_is_refused_naming_its_target(tmp_path):
@@ -175,7 +181,7 @@ def test_a_failed_rename_puts_the_earlier_output_back(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         return real(a, b)
     monkeypatch.setattr(outputs.os, "replace", second_fails)
-    with pytest.raises(InputError) as e:
+    with pytest.raises(WriteError) as e:        # a full disk is no fault of the input: exit 1
         start_out_dir(out, "export")
     assert str(e.value) == f"--out {out}: cannot create (No space left on device)"
     monkeypatch.undo()
@@ -209,7 +215,7 @@ def test_a_leftover_that_cannot_be_removed_does_not_change_the_outcome(tmp_path,
                 raise OSError(28, "No space left on device")
             return real_replace(a, b)
         monkeypatch.setattr(outputs.os, "replace", second_fails)
-        with pytest.raises(InputError, match="No space left on device"):
+        with pytest.raises(WriteError, match="No space left on device"):
             start_out_dir(out, "export")
     else:
         assert start_out_dir(out, "export") == out and os.listdir(out) == [MARKER]

@@ -12,18 +12,20 @@ promote, fleet, bench, trigger, demo):
   valid (`start_out_dir`), or built there whole first (`staged_out_dir`), so a refused or failed
   command leaves the earlier output as it was.
 
-Each refusal is an InputError: one line naming the option and the path at fault.
+Each refusal is an InputError: one line naming the option and the path at fault. A disk that
+is full or failing is no fault of the input: a WriteError (exit 1), in one line too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 from pathlib import Path
 from typing import Iterable
 
-from edge_sel.errors import InputError
+from edge_sel.errors import InputError, WriteError
 
 MARKER = ".edge-sel-output"       # "edge-sel COMMAND": which command wrote the directory it is in
 
@@ -119,6 +121,15 @@ def staged_out_dir(out: Path, command: str, option: str = "--out"):
     _put_in_place(new, out, option)
 
 
+# A disk that is full or failing: the write failed, not the user's choice of place.
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
+
+
+def cannot_create(option: str, out: Path, e: OSError) -> Exception:
+    said = f"{option} {out}: cannot create ({e.strerror or e})"
+    return WriteError(said) if e.errno in DISK_ERRORS else InputError(said)
+
+
 def _sibling(out: Path, what: str) -> Path:
     out = Path(os.path.abspath(out))
     return out.with_name(f".{out.name}.{what}-{os.getpid()}")
@@ -132,7 +143,7 @@ def _fresh_sibling(out: Path, command: str, option: str) -> Path:
         new.mkdir(parents=True)
         (new / MARKER).write_text(f"edge-sel {command}\n")
     except OSError as e:
-        raise InputError(f"{option} {out}: cannot create ({e.strerror or e})") from None
+        raise cannot_create(option, out, e) from None
     return new
 
 
@@ -147,6 +158,6 @@ def _put_in_place(new: Path, out: Path, option: str) -> None:
         if old is not None and not os.path.lexists(out):
             os.replace(old, out)        # the earlier output back under its name
         shutil.rmtree(new, ignore_errors=True)
-        raise InputError(f"{option} {out}: cannot create ({e.strerror or e})") from None
+        raise cannot_create(option, out, e) from None
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
