@@ -52,15 +52,43 @@ def test_a_plain_deployed_directory_becomes_a_link_and_the_old_one_is_kept(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == [".deployed.versions", "deployed", "run-a"]   # no link-tmp
 
 
-def test_a_version_is_named_by_the_utc_time_and_the_run_and_never_overwrites_one(tmp_path, monkeypatch):
+def test_a_version_is_named_by_its_number_the_utc_time_and_the_run_and_never_overwrites_one(tmp_path, monkeypatch):
     monkeypatch.setattr(time, "gmtime", lambda *a: time.struct_time((2026, 11, 23, 2, 30, 0, 0, 327, 0)))
     deployed = tmp_path / "deployed"
     first = swap.swap_in(run_dir(tmp_path / "night", "one"), deployed)
     (tmp_path / "night" / "model.safetensors").write_text("two")
     second = swap.swap_in(tmp_path / "night", deployed)
-    assert first.name == "20261123T023000Z-night" and second.name == "20261123T023000Z-night.2"
+    assert first.name == "000001-20261123T023000Z-night" and second.name == "000002-20261123T023000Z-night"
     assert (first / "model.safetensors").read_text() == "one"
     assert (deployed / "model.safetensors").read_text() == "two"
+    # The next number is one more than any version's there, a version set aside included; names
+    # from before numbering count as none.
+    swap.mark_damaged(second.with_name("000002-20261123T023000Z-night"))
+    (first.parent / "20991231T000000Z-legacy").mkdir()
+    assert swap.swap_in(tmp_path / "night", deployed).name == "000003-20261123T023000Z-night"
+
+
+def test_a_clock_set_back_never_makes_a_newer_version_look_older(tmp_path, monkeypatch):
+    """A night with the clock a year back named its version by that time: by name it sorted before
+    the versions it followed, so a roll back chose an older model than the one deployed before, and
+    the prune could remove the previous one. The order is the versions' numbers."""
+    deployed = tmp_path / "deployed"
+    made = []
+    for i, year in enumerate((2026, 2025, 2026)):       # the second night's clock is a year back
+        monkeypatch.setattr(time, "gmtime", lambda *a, y=year, d=i: time.struct_time((y, 11, 23 + d, 2, 30, 0, 0, 327, 0)))
+        made.append(swap.swap_in(run_dir(tmp_path / f"r{i}", str(i)), deployed))
+        made[-1].touch()
+    assert [v.name for v in made] == ["000001-20261123T023000Z-r0", "000002-20251124T023000Z-r1",
+                                      "000003-20261125T023000Z-r2"]
+    assert swap.other_versions(deployed) == [made[1]]           # the one before: kept, and the newest other
+    os.utime(made[1], (0, 0))                                   # a modification time that says nothing either
+    (made[0].parent / "000000-20300101T000000Z-early").mkdir()   # stray but older by number
+    (made[0].parent / "000000-20300101T000000Z-early" / "model.safetensors").write_text("e")
+    swap.roll_back(deployed, made[1])
+    assert [v.name for v in swap.other_versions(deployed)] == ["000000-20300101T000000Z-early"]
+    assert swap.made_order(made[0].with_name("000004-x.migrated-from-plain")) < swap.made_order(
+        made[0].with_name("000004-x")) < swap.made_order(made[0].with_name("000005-a"))
+    assert swap.made_order(made[0].with_name("20991231T000000Z-legacy"))[0] == -1
 
 
 def test_the_run_brings_its_bank_and_source_memory_and_a_run_without_them_leaves_no_stale_bank(tmp_path):
@@ -90,17 +118,27 @@ def test_versions_kept_are_the_deployed_one_and_the_one_before_damaged_ones_stay
     names = sorted(p.name for p in made[-1].parent.iterdir())
     assert names == sorted([made[3].name, made[4].name, set_aside.name])      # the swap's recover removed x.tmp
     assert swap.other_versions(deployed) == [made[3]]
+    # Nothing deployed before a swap (a roll back left the warmup serving): the newest other by
+    # number is kept beside the new one, whatever the modification times say.
+    deployed.unlink()
+    os.utime(made[3], (0, 0))
+    (made[3].parent / "000000-z").mkdir()
+    (made[3].parent / "000000-z" / "model.safetensors").write_text("z")
+    newest = swap.swap_in(run_dir(tmp_path / "r5", "5"), deployed)
+    assert sorted(p.name for p in newest.parent.iterdir()) == sorted([made[4].name, newest.name, set_aside.name])
 
 
-def test_other_versions_are_complete_ones_besides_the_deployed_newest_name_first(tmp_path):
+def test_other_versions_are_complete_ones_besides_the_deployed_newest_number_first(tmp_path):
     deployed = tmp_path / "deployed"
     versions = tmp_path / ".deployed.versions"
     assert swap.other_versions(deployed) == []                  # nothing deployed yet
-    for name in ("20260101T000000Z-a", "20260301T000000Z-c", "20260201T000000Z-b", "x.tmp", "y" + DAMAGED):
+    for name in ("000009-20260101T000000Z-a", "000010-20250301T000000Z-c", "000002-20260201T000000Z-b",
+                 "20270101T000000Z-legacy", "000011-x.tmp", "000012-y" + DAMAGED):
         (versions / name).mkdir(parents=True)
     (versions / "a-file").write_text("")
-    deployed.symlink_to(".deployed.versions/20260201T000000Z-b")
-    assert [v.name for v in swap.other_versions(deployed)] == ["20260301T000000Z-c", "20260101T000000Z-a"]
+    deployed.symlink_to(".deployed.versions/000002-20260201T000000Z-b")
+    assert [v.name for v in swap.other_versions(deployed)] == ["000010-20250301T000000Z-c", "000009-20260101T000000Z-a",
+                                                               "20270101T000000Z-legacy"]
 
 
 def test_recover_repairs_what_a_crash_inside_a_swap_leaves(tmp_path):
@@ -202,11 +240,10 @@ def test_a_crash_at_each_step_leaves_the_old_model_or_the_new_and_recover_tidies
     held = (deployed / "model.safetensors").read_text() if os.path.lexists(deployed) else None
     assert held == after_crash
     left = sorted(p.name for p in versions.iterdir())
-    assert left == {"promote-staged": ["20261123T023000Z-run.tmp"],
-                    "promote-exchanged": ["20261123T023000Z-run"] + (
-                        [] if exchange else ["20261123T023000Z-run.migrated-from-plain"])
-                    }.get(point, ["20261123T023000Z-run"] + (["20261123T023000Z-run.migrated-from-plain"]
-                                                            if point == "promote-flipped" else []))
+    new = "000001-20261123T023000Z-run"
+    assert left == {"promote-staged": [new + ".tmp"],
+                    "promote-exchanged": [new] + ([] if exchange else [new + ".migrated-from-plain"]),
+                    }.get(point, [new] + ([new + ".migrated-from-plain"] if point == "promote-flipped" else []))
 
     monkeypatch.delenv(faults.KILL_ENV)
     swap.recover(deployed)

@@ -386,8 +386,8 @@ def loads_except(monkeypatch, *bad: Path):
     """load_error as a stand-in: the directories in `bad` do not load."""
     asked = []
 
-    def load_error(path):
-        asked.append(Path(path))
+    def load_error(path, with_bank=True):
+        asked.append(Path(path) if with_bank else ("model only", Path(path)))
         return f"{Path(path).name}: damaged" if Path(path).resolve() in [b.resolve() for b in bad] else None
     monkeypatch.setattr(life, "load_error", load_error)
     return asked
@@ -416,7 +416,7 @@ def test_with_no_version_that_loads_the_warmup_serves(tmp_path, monkeypatch):
     # Every version found not to load is set aside: no later repair deploys it again (issue 45, item 9).
     assert not os.path.lexists(deployed) and not made[0].exists() and not made[1].exists()
     assert all(v.with_name(v.name + deployed_swap.DAMAGED).is_dir() for v in made)
-    assert asked == [deployed, made[1], home.warmup]
+    assert asked == [deployed, made[1], ("model only", home.warmup)]     # its bank is set aside when it starts
     assert lines == [f"{NIGHTLY}the deployed model does not load (deployed: damaged); set aside, the warmup serves"]
     deployed_swap.recover(deployed)                     # the next night's repair, and promote's
     assert not os.path.lexists(deployed)
@@ -431,7 +431,7 @@ def test_when_nothing_loads_the_fault_is_not_the_versions_and_nothing_changes(tm
     lines = []
     life.roll_back_damaged_deployed(home, lines.append)
     assert deployed.resolve() == made[0] and made[1].is_dir() and lines == []
-    assert asked == [deployed, made[1], home.warmup]
+    assert asked == [deployed, made[1], ("model only", home.warmup)]
 
 
 def test_a_deployed_model_that_loads_or_is_no_link_is_left_alone(tmp_path, monkeypatch):
@@ -466,22 +466,35 @@ def test_a_roll_back_that_cannot_be_written_is_a_write_error(tmp_path, monkeypat
 
 
 def test_a_checkpoint_that_does_not_load_says_why(tmp_path, monkeypatch):
+    import edge_sel.core.bn_bank as bank
     import edge_sel.models
-    seen = []
+    seen, banks = [], []
+    model, card = object(), SimpleNamespace(input_shape=(1, 8, 8))
 
     def load(path):
         seen.append(path)
-        if path.name == "bad":
+        if Path(path).name == "bad":
             raise InputError("bad/model.json: unreadable")
-        if path.name == "broken":
+        if Path(path).name == "broken":
             raise RuntimeError("not bad input")
-        return object(), object()
+        return model, card
+
+    def read_bank(directory, input_shape, m):
+        banks.append((directory, input_shape, m))
+        if directory.name == "torn-bank":
+            raise InputError("torn-bank/bn_bank.safetensors: unreadable or corrupt")
     monkeypatch.setattr(edge_sel.models, "load_checkpoint", load)
+    monkeypatch.setattr(bank, "read_bank", read_bank)
     assert life.load_error(tmp_path / "bad") == "bad/model.json: unreadable"
     assert life.load_error(tmp_path / "good") is None
     with pytest.raises(RuntimeError):
         life.load_error(tmp_path / "broken")
-    assert seen == [tmp_path / "bad", tmp_path / "good", tmp_path / "broken"]
+    assert seen[:3] == [tmp_path / "bad", tmp_path / "good", tmp_path / "broken"]
+    assert banks == [(tmp_path / "good", [1, 8, 8], model)]
+    # A model whose bank does not read serves as another model than the one judged: it does not load.
+    assert life.load_error(str(tmp_path / "torn-bank")) == "torn-bank/bn_bank.safetensors: unreadable or corrupt"
+    assert life.load_error(tmp_path / "torn-bank", with_bank=False) is None
+    assert banks[1:] == [(tmp_path / "torn-bank", [1, 8, 8], model)]
 
 
 def fake_checkpoint(monkeypatch, model=None):

@@ -1,7 +1,11 @@
 """The deployed model as a symlink to a versioned directory, replaced by one atomic rename.
 
-    checkpoints/deployed -> .deployed.versions/20261123T023000Z-20261123T020000Z/
+    checkpoints/deployed -> .deployed.versions/000007-20261123T023000Z-20261123T020000Z/
     checkpoints/.deployed.versions/<older version>/      (the previous one is kept)
+
+A version's name begins with its number, one more than any version's before it: the order versions
+were made in is that number's, never the UTC time after it (a clock set back names a newer version
+earlier) nor a directory's modification time.
 
 A new version holds the files a checkpoint consists of and nothing else (a stray output or a
 damaged bank beside the deployed model is never carried on): the run's model files and BatchNorm
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -32,6 +37,8 @@ from edge_sel.errors import InputError
 MODEL_FILES = ("model.safetensors", "model.json")
 KEEP_VERSIONS = 2            # the deployed one and the one before it
 DAMAGED = ".damaged"         # a version that no longer loaded, set aside by roll_back
+MIGRATED = ".migrated-from-plain"   # a plain deployed directory from before versions, kept as one
+NUMBER = re.compile(r"(\d+)-")
 
 
 def versions_dir(deployed: Path) -> Path:
@@ -56,9 +63,9 @@ def recover(deployed: Path) -> None:
         waiting = (deployed.parent / os.readlink(link_tmp)).name
         link_tmp.unlink()
     elif link_tmp.is_dir():         # the old plain directory, exchanged out just before a crash
-        os.replace(link_tmp, versions / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.migrated-from-plain")
+        os.replace(link_tmp, versions / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}{MIGRATED}")
     if waiting is not None and not os.path.lexists(deployed):
-        before = versions / f"{waiting}.migrated-from-plain"
+        before = versions / f"{waiting}{MIGRATED}"
         if (before / "model.safetensors").is_file():
             _point_link(deployed, before)
 
@@ -81,13 +88,22 @@ def check_deployed_place(deployed: Path, option: str = "--deployed") -> None:
                          f"promote replaces only a deployed model")
 
 
+def made_order(version: Path) -> tuple[int, int, str]:
+    """Where a version stands among the others, oldest first: its number (a version named before
+    numbering: -1, older than any numbered one), and a plain directory migrated aside by a swap
+    just before the version of the same number."""
+    name = Path(version).name
+    number = NUMBER.match(name)
+    return int(number.group(1)) if number else -1, 0 if name.endswith(MIGRATED) else 1, name
+
+
 def other_versions(deployed: Path) -> list[Path]:
-    """The complete versions besides the deployed one, newest name first."""
+    """The complete versions besides the deployed one, newest (by number) first."""
     versions, current = versions_dir(deployed), Path(deployed).resolve()
     if not versions.is_dir():
         return []
     return sorted((v for v in versions.iterdir() if v.is_dir() and v != current and not v.name.endswith(".tmp")
-                   and not v.name.endswith(DAMAGED)), reverse=True)
+                   and not v.name.endswith(DAMAGED)), key=made_order, reverse=True)
 
 
 def roll_back(deployed: Path, back: Path | None) -> None:
@@ -118,12 +134,8 @@ def swap_in(run_dir: Path, deployed: Path) -> Path:
     recover(deployed)
     versions = versions_dir(deployed)
     versions.mkdir(parents=True, exist_ok=True)
-    name = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{Path(run_dir).name}"
-    version = versions / name
-    n = 1
-    while version.exists():
-        n += 1
-        version = versions / f"{name}.{n}"
+    number = 1 + max([0, *(made_order(v)[0] for v in versions.iterdir())])      # set-aside ones count too
+    version = versions / f"{number:06d}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{Path(run_dir).name}"
     staging = version.with_name(version.name + ".tmp")
     _build_version(Path(run_dir), deployed, staging)
     faults.point("promote-staged")
@@ -190,7 +202,7 @@ def _migrate(deployed: Path, version: Path) -> None:
     if link_tmp.is_symlink() or link_tmp.exists():
         link_tmp.unlink()
     os.symlink(os.path.relpath(version, deployed.parent), link_tmp)
-    old = version.parent / f"{version.name}.migrated-from-plain"
+    old = version.parent / f"{version.name}{MIGRATED}"
     if _exchange(link_tmp, deployed):
         fsync_dir(deployed.parent)
         faults.point("promote-exchanged")
@@ -221,13 +233,13 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 def _prune(versions: Path, keep: set) -> None:
-    """Keep the new version and the one deployed before it (by the link, not by modification time:
-    a version written but never deployed, or a clock that jumped, must not push the previous model
-    out), then the newest others up to KEEP_VERSIONS."""
+    """Keep the new version and the one deployed before it (by the link, not by number: a version
+    written but never deployed must not push the previous model out), then the newest others (by
+    number, never by time) up to KEEP_VERSIONS."""
     keep = {Path(v).resolve() for v in keep if v is not None}
     complete = sorted((v for v in versions.iterdir()       # a version set aside as damaged is kept for a look
                        if v.is_dir() and not v.name.endswith(".tmp") and not v.name.endswith(DAMAGED)),
-                      key=lambda v: v.stat().st_mtime)
+                      key=made_order)
     others = [v for v in complete if v.resolve() not in keep]
     room = max(0, KEEP_VERSIONS - len(keep))
     for v in others[:len(others) - room] if room else others:

@@ -1,8 +1,8 @@
 """One night of a device's life, the one place that says what a night does (`edge-sel night`, the
 systemd script through it, and `bench lifelong` all call `night`):
 
-0. a deployed model that no longer loads is set aside and the version before it deployed again
-   (the warmup serves when none loads);
+0. a deployed model that no longer loads (weights, card or bank damaged) is set aside and the
+   version before it deployed again (the warmup serves when none loads);
 1. the latest run under RUNS, when it was cut off (a state checkpoint and no summary, or a summary
    that says `interrupted`), is resumed; a resume refused as bad input (its starting checkpoint
    changed, its files no longer fit) would fail the same way every night, so that run is set aside
@@ -177,11 +177,9 @@ def night(home: Home, data: DataOptions, cfg: TrainConfig, energy: EnergyOptions
 
 
 def roll_back_damaged_deployed(home: Home, say) -> None:
-    """A deployed model that no longer loads (its card or weights damaged) would fail every night
-    and leave the device nothing to serve: the version before it is deployed again, or, with none
-    that loads, the warmup serves. Every version found not to load is set aside as damaged, so no
-    later repair deploys it again. When the warmup does not load either, the fault is not the
-    versions' (an untrusted model spec, a missing factory file) and nothing is changed."""
+    """A deployed model that no longer loads (card, weights or bank damaged): the version before it (by
+    number) serves again, or the warmup; each version found not to load is set aside whole, never changed in
+    place. When the warmup's model does not load either, the fault is not the versions': no change."""
     from edge_sel.engine.night.deployed_swap import mark_damaged, other_versions, roll_back
     deployed = home.deployed
     if not deployed.is_symlink() or not deployed.exists():
@@ -195,7 +193,7 @@ def roll_back_damaged_deployed(home: Home, say) -> None:
             back = version
             break
         failed.append(version)
-    if back is None and load_error(home.warmup) is not None:
+    if back is None and load_error(home.warmup, with_bank=False) is not None:
         return
     was = deployed.resolve()
     try:
@@ -214,11 +212,14 @@ def roll_back_damaged_deployed(home: Home, say) -> None:
         + (f"the version before it is deployed again ({back.name})" if back else "the warmup serves"))
 
 
-def load_error(checkpoint: Path) -> str | None:
-    """Why `checkpoint` does not load, or None when it does."""
+def load_error(checkpoint: Path, with_bank: bool = True) -> str | None:
+    """Why `checkpoint` does not load as it serves (weights, card, and the bank it keeps), or None."""
+    from edge_sel.core.bn_bank import read_bank
     from edge_sel.models import load_checkpoint
     try:
-        load_checkpoint(checkpoint)
+        model, card = load_checkpoint(checkpoint)
+        if with_bank:
+            read_bank(Path(checkpoint), list(card.input_shape), model)
     except InputError as e:
         return str(e)
     return None
@@ -252,9 +253,8 @@ def set_aside_said(run_dir: Path, cfg: TrainConfig, data: DataOptions, given: Co
 
 
 def set_aside_damaged_bank(start: Path, say) -> None:
-    """A damaged bank beside the start's weights would stop every night: it is renamed
-    BANK.damaged (kept for a look), the model serves with its own statistics, and tonight's run
-    starts a new bank."""
+    """A damaged bank beside the start's weights (the warmup's; a deployed version's only when nothing
+    else loads) would stop every night: renamed BANK.damaged, the model serves with its own statistics."""
     from edge_sel.core.bn_bank import BANK_FILE, read_bank
     from edge_sel.models import load_checkpoint
     if not (start / BANK_FILE).is_file():
