@@ -7,6 +7,7 @@ import json
 import pytest
 
 from edge_sel.bench import lifelong
+from edge_sel.engine.night import journal
 from edge_sel.errors import InputError
 from helpers import run_cli
 
@@ -122,8 +123,8 @@ def test_outputs_round_trip_and_the_figure_is_a_png(bench):
     assert "Aims" in table and "not a measurement" in table
     # Every night ran the nightly path: a run directory with its summary, judged by promote.
     run = results["lives"]["dense"][0]["nights"][1]["run"]
-    assert json.loads((out / "homes" / "dense" / "seed0" / "runs" / run.rsplit("/", 1)[1] / "promote.json")
-                      .read_text())["rule"] == results["lives"]["dense"][0]["nights"][1]["rule"]
+    assert journal.last_decision(out / "homes" / "dense" / "seed0" / "runs" / run.rsplit("/", 1)[1])["rule"] == \
+        results["lives"]["dense"][0]["nights"][1]["rule"]
 
 
 def test_conditions_and_schedule_are_checked():

@@ -23,6 +23,7 @@ from edge_sel.engine.night.life import Home
 from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.models import load_checkpoint
 from edge_sel.predict.conditions import ConditionChooser, feature_flops, pixel_features
+from edge_sel.engine.night import journal
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -210,7 +211,7 @@ def test_a_saved_bank_is_its_output_models(warm, tmp_path, monkeypatch):
 def night(home, *args):
     run_cli("night", "--home", home, "--warmup", home / "warmup", *args)
     runs = sorted(p for p in (home / "runs").iterdir())
-    return summary(runs[-1]), json.loads((runs[-1] / "promote.json").read_text())
+    return summary(runs[-1]), journal.last_decision(runs[-1])
 
 
 def test_the_source_keeps_its_own_statistics_while_its_weights_are_unchanged(warm, tmp_path):

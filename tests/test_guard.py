@@ -16,6 +16,7 @@ import torch
 from helpers import SAME_CHOICES, records, run_cli, stable, summary
 from edge_sel.config import TrainConfig
 from edge_sel.engine.evaluation.evaluate import accuracy, predict_dataset
+from edge_sel.engine.night import journal
 from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.engine.runs.run import finetune
 from edge_sel.engine.loop.state import load_state
@@ -277,7 +278,7 @@ def test_promote_refuses_a_candidate_that_forgets_and_names_the_rule(lenient_run
                            f"{100 * out['anchor_acc']:.2f}% is ")
     assert f"below the source model's {100 * source:.2f}% (--max-forgetting 3) and below the deployed model's " \
            f"{100 * source:.2f}%" in line and "100 guard anchors" in line
-    record = json.loads((lenient_run / "promote.json").read_text())
+    record = journal.last_decision(lenient_run)
     model, _ = load_checkpoint(deployed)
     assert record["rule"] == "forgets" and record["promote"] is False and record["max_forgetting"] == 3
     assert record["evaluation"]["anchor_flops"] == evaluation_flops(FlopCounter(model, [1, 8, 8]), 100, EVAL_BATCH)

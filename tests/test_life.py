@@ -23,6 +23,7 @@ from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.engine.runs.run import pretrain
 from edge_sel.engine.loop.trainer import Trainer
 from edge_sel.errors import InputError
+from edge_sel.engine.night.journal import last_decision
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -91,7 +92,7 @@ def test_night_after_night_through_the_module(warmup, tmp_path, monkeypatch):
     assert third.resumed and third.run_dir == second and third.start is None
     assert third.exit_status == 0 and third.rule == "not-better" and not third.promoted
     assert summary(second)["epochs_run"] == 2 and len(records(second)) == 2
-    assert json.loads((second / "promote.json").read_text())["rule"] == "not-better"
+    assert last_decision(second)["rule"] == "not-better"
     assert weights_digest(home.deployed) == weights_digest(first.run_dir)
     # All in: the run's totals and promote's validation of the deployed model (its FLOPs counted,
     # its joules from a meter window of its own).
@@ -109,7 +110,7 @@ def test_night_after_night_through_the_module(warmup, tmp_path, monkeypatch):
                      "--eval-batch-size", 256, "--precision", "fp32", "--seed", 1, "--quiet", expect=143).output
     fourth = latest_run(home.runs)
     assert fourth != second and unfinished(fourth)
-    assert summary(fourth)["stop_signal"] == "SIGTERM" and not (fourth / "promote.json").exists()
+    assert summary(fourth)["stop_signal"] == "SIGTERM" and last_decision(fourth) is None
     assert f"interrupted: state checkpointed; the next night resumes {fourth}" in output
 
 
@@ -244,7 +245,7 @@ def test_the_systemd_script_runs_a_real_night(warmup, tmp_path):
     assert epoch_lines(out) == ["epoch 0 (1 of 2)", "epoch 1 (2 of 2)"]        # the journal's lines
     assert f"promoted (first): {run1}" in out and "edge-sel nightly: the night all in: " in out
     assert home.deployed.is_symlink() and weights_digest(home.deployed) == weights_digest(run1)
-    assert json.loads((run1 / "promote.json").read_text())["rule"] == "first"
+    assert last_decision(run1)["rule"] == "first"
 
 
 def test_a_swap_cut_off_between_its_renames_is_repaired_before_the_start_is_chosen(warmup, tmp_path, monkeypatch):

@@ -20,6 +20,7 @@ from edge_sel.engine import faults
 from edge_sel.engine.evaluation.evaluate import evaluation_flops
 from edge_sel.engine.loop.trainer import Trainer
 from edge_sel.models import load_checkpoint
+from edge_sel.engine.night import journal
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -104,7 +105,7 @@ def test_promote_judges_against_the_deployed_model_and_refuses_what_it_must(tiny
     worse = with_summary(run, tmp_path / "worse", output_model={"val_acc": 0.0})
     result = run_cli("promote", worse, "--deployed", deployed, expect=3)
     assert "not promoted (not-better)" in result.output and "deployed model validated on" in result.output
-    judged = json.loads((worse / "promote.json").read_text())
+    judged = journal.last_decision(worse)
     assert judged["deployed_val_acc"] == pytest.approx(summary(run)["kept"]["baseline_val_acc"], abs=1e-6)
     assert judged["evaluation"]["flops"] > 0 and judged["evaluation"]["samples"] == summary(run)["dataset"]["val_samples"]
     assert weights_digest(deployed) == start and not deployed.is_symlink()
@@ -122,10 +123,10 @@ def test_promote_judges_against_the_deployed_model_and_refuses_what_it_must(tiny
     assert other_files_intact(old)
     load_checkpoint(deployed)
     # The deployed model is now the run's output: promoting it again says so and writes nothing.
-    record = (better / "promote.json").read_bytes()
+    record = journal.run_path(better).read_bytes()
     result = run_cli("promote", better, "--deployed", deployed)
     assert result.output.startswith(f"already deployed: {better}: its model is the one deployed now")
-    assert (better / "promote.json").read_bytes() == record
+    assert journal.run_path(better).read_bytes() == record
     # A run from the old start is refused without --force.
     other = with_summary(run, tmp_path / "other", output_model={"val_acc": 0.99})
     (other / "model.json").write_text(json.dumps({**json.loads((other / "model.json").read_text()), "note": "other"}))
@@ -134,7 +135,7 @@ def test_promote_judges_against_the_deployed_model_and_refuses_what_it_must(tiny
     (other / "summary.json").write_text((worse / "summary.json").read_text())
     assert "not promoted (not-better)" in run_cli("promote", other, "--deployed", deployed, "--force",
                                                   expect=3).output
-    (run / "promote.json").unlink(missing_ok=True)
+    journal.run_path(run).unlink(missing_ok=True)
     # Not a run directory: one line, exit 2.
     code, err = run_main(["promote", tmp_path / "nothing", "--deployed", deployed], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "RUN" in err
@@ -175,7 +176,7 @@ def test_a_read_only_target_is_one_line_and_the_deployed_model_stays(weak_start,
     assert code == 1 and len(err.strip().splitlines()) == 1, err
     assert f"--deployed {deployed}: cannot write its history" in err and "the deployed model is unchanged" in err
     assert weights_digest(deployed) == weights_digest(weak_start) and other_files_intact(deployed)
-    (run / "promote.json").unlink(missing_ok=True)
+    journal.run_path(run).unlink(missing_ok=True)
 
 
 @pytest.mark.parametrize("layout", ["plain", "link", "plain-two-renames"])

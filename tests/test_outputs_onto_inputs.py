@@ -225,7 +225,7 @@ def evaluated(acc):
 def test_promote_keeps_a_journal_says_already_deployed_plainly_and_rolls_back(world, tmp_path, capsys):
     """Issue 45, item 8: promoting the deployed run said "started from X, not from X" and rewrote
     its promote.json; the record of that deployment was lost. Now every decision and deployment is
-    a journal line never rewritten, `deployed history` shows them, and `deployed roll-back` deploys
+    a journal line never rewritten (the deployed model's and the run's own), `deployed history` shows them, and `deployed roll-back` deploys
     the version before again."""
     deployed = tmp_path / "checkpoints" / "deployed"
     first = model_run(tmp_path / "runs" / "first", world / "ckpt")
@@ -237,12 +237,12 @@ def test_promote_keeps_a_journal_says_already_deployed_plainly_and_rolls_back(wo
     (second / "config.json").write_text(json.dumps({**config, "checkpoint": str(deployed)}))
     assert promote(second, deployed, force=True, evaluate=evaluated(0.9)).rule == "better"
     v2 = deployed.resolve()
-    record, lines = (second / "promote.json").read_bytes(), journal.journal_path(deployed).read_bytes()
+    record, lines = journal.run_path(second).read_bytes(), journal.journal_path(deployed).read_bytes()
 
     code, out, err = run(["promote", second, "--deployed", deployed], capsys)
     assert (code, err) == (0, "")
     assert out == f"already deployed: {second}: its model is the one deployed now ({v2.name}); nothing to do\n"
-    assert (second / "promote.json").read_bytes() == record and journal.journal_path(deployed).read_bytes() == lines
+    assert journal.run_path(second).read_bytes() == record and journal.journal_path(deployed).read_bytes() == lines
     events = [(line["event"], Path(line.get("run", "")).name) for line in journal.read(deployed)]
     assert events == [("decision", "first"), ("deployed", "first"), ("decision", "second"), ("deployed", "second")]
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from edge_sel.data import IndexedDataset
+from edge_sel.engine.night import journal
 from edge_sel.engine.night import promote as pr
 from edge_sel.engine.night.deployed_swap import DAMAGED, AfterSwapError
 from edge_sel.errors import InputError, WriteError
@@ -648,8 +649,14 @@ def test_a_first_model_is_swapped_in_and_recorded_with_its_version(tmp_path, fix
     record = {"promote": True, "rule": "first", "why": "nothing was deployed", "candidate_val_acc": 0.7,
               "deployed_val_acc": None, "evaluation": {}, "candidate_anchor_acc": None, "deployed_anchor_acc": None,
               "source_anchor_acc": None, "max_forgetting": None, "guard": None, "run": str(run),
-              "deployed": str(deployed), "force": False, "when": "2026-11-23T02:30:05Z", "version": str(version)}
-    assert (run / "promote.json").read_text() == json.dumps(record, indent=2)
+              "deployed": str(deployed), "force": False, "when": "2026-11-23T02:30:05Z"}
+    # The run's journal: the decision, then the deployment, each a line of its own.
+    assert journal.read_from(run / "promote.jsonl") == [
+        {"event": "decision", **record},
+        {"event": "deployed", "when": "2026-11-23T02:30:05Z", "run": str(run), "version": str(version),
+         "rule": "first", "previous": None}]
+    assert journal.run_decisions(run) == [{**record, "version": str(version)}]
+    assert not (run / "promote.json").exists()
 
 
 def test_a_run_not_promoted_is_recorded_and_nothing_is_swapped(tmp_path, fixed_time, monkeypatch):
@@ -659,10 +666,15 @@ def test_a_run_not_promoted_is_recorded_and_nothing_is_swapped(tmp_path, fixed_t
     evaluate = evaluating(0.625, None, {"samples": 8})
     d = pr.promote(run, deployed, force=True, evaluate=evaluate, max_forgetting=3.0)
     assert (d.promote, d.rule, d.max_forgetting) == (False, "not-better", 3.0)
-    record = json.loads((run / "promote.json").read_text())
+    record = journal.last_decision(run)
     assert record["force"] is True and record["rule"] == "not-better" and "version" not in record
     assert record["evaluation"] == {"samples": 8} and record["when"] == "2026-11-23T02:30:05Z"
     assert (deployed / "model.safetensors").read_bytes() == DEPLOYED_WEIGHTS
+    # Judged again: a second line; the first is kept as it was.
+    first = (run / "promote.jsonl").read_bytes()
+    assert pr.promote(run, deployed, evaluate=evaluate).rule == "not-better"
+    assert (run / "promote.jsonl").read_bytes().startswith(first) and len(first) > 100
+    assert [(r["rule"], r["force"]) for r in journal.run_decisions(run)] == [("not-better", True), ("not-better", False)]
 
 
 def test_the_decision_is_recorded_before_the_swap(tmp_path, fixed_time, monkeypatch):
@@ -672,12 +684,12 @@ def test_the_decision_is_recorded_before_the_swap(tmp_path, fixed_time, monkeypa
     seen = []
 
     def swap_in(run_dir, deployed):
-        seen.append(json.loads((run_dir / "promote.json").read_text()))
+        seen.append(journal.last_decision(run_dir))
         return tmp_path / "v1"
     monkeypatch.setattr(pr, "swap_in", swap_in)
     pr.promote(run, tmp_path / "deployed")
     assert len(seen) == 1 and seen[0]["rule"] == "first" and "version" not in seen[0]
-    assert json.loads((run / "promote.json").read_text())["version"] == str(tmp_path / "v1")
+    assert journal.last_decision(run)["version"] == str(tmp_path / "v1")
 
 
 def test_a_failure_after_the_swap_is_a_warning_and_the_record_keeps_the_version(tmp_path, fixed_time, monkeypatch,
@@ -690,7 +702,7 @@ def test_a_failure_after_the_swap_is_a_warning_and_the_record_keeps_the_version(
     monkeypatch.setattr(pr, "swap_in", swap_in)
     d = pr.promote(run, tmp_path / "deployed")
     assert d.promote is True
-    record = json.loads((run / "promote.json").read_text())
+    record = journal.last_decision(run)
     assert record["version"] == str(version) and record["after_swap_error"] == "Input/output error"
     assert capsys.readouterr().err == (
         f"edge-sel: warning: --deployed {tmp_path / 'deployed'} now holds the run's model (20261123T023005Z-run), "
@@ -708,13 +720,15 @@ def test_a_failed_swap_is_one_line_and_recorded_without_a_version(tmp_path, fixe
         pr.promote(run, deployed)
     assert str(e.value) == (f"--deployed {deployed}: cannot replace the deployed model (No space left on device); "
                             f"it is unchanged")
-    record = json.loads((run / "promote.json").read_text())
+    record = journal.last_decision(run)
     assert record["swap_error"] == "[Errno 28] No space left on device" and "version" not in record
     assert record["rule"] == "first"
     monkeypatch.setattr(pr, "swap_in", lambda *a: (_ for _ in ()).throw(OSError("no errno")))
     with pytest.raises(WriteError) as e:
         pr.promote(run, deployed)
     assert str(e.value) == f"--deployed {deployed}: cannot replace the deployed model (no errno); it is unchanged"
+    assert [(r["rule"], r["swap_error"]) for r in journal.run_decisions(run)] == [
+        ("first", "[Errno 28] No space left on device"), ("first", "no errno")]
 
 
 def test_an_interrupted_swap_is_repaired_first_or_promote_stops(tmp_path, fixed_time, monkeypatch):
@@ -727,11 +741,11 @@ def test_an_interrupted_swap_is_repaired_first_or_promote_stops(tmp_path, fixed_
     def broken(deployed):
         raise OSError(errno.EACCES, "Permission denied")
     monkeypatch.setattr(pr, "recover", broken)
-    (run / "promote.json").unlink()
+    (run / "promote.jsonl").unlink()
     with pytest.raises(WriteError) as e:
         pr.promote(run, tmp_path / "deployed")
     assert str(e.value) == f"--deployed {tmp_path / 'deployed'}: cannot repair an interrupted swap (Permission denied)"
-    assert not (run / "promote.json").exists()
+    assert not (run / "promote.jsonl").exists()
     monkeypatch.setattr(pr, "recover", lambda deployed: (_ for _ in ()).throw(OSError("plain")))
     with pytest.raises(WriteError) as e:
         pr.promote(run, tmp_path / "deployed")
@@ -741,15 +755,18 @@ def test_an_interrupted_swap_is_repaired_first_or_promote_stops(tmp_path, fixed_
 def test_a_run_directory_that_cannot_be_written_keeps_no_record_and_the_decision_stands(tmp_path, fixed_time,
                                                                                          monkeypatch):
     run = make_run(tmp_path / "run", {"output_model": {"val_acc": 0.7}})
-    writes = []
+    writes, real = [], journal.append_to
 
-    def refuse(path, data):
-        writes.append(path)
-        raise OSError(errno.EROFS, "Read-only file system")
-    monkeypatch.setattr(pr, "atomic_write_bytes", refuse)
+    def refuse(path, event, **fields):
+        writes.append((path, event))
+        if path.parent == run:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(path, event, **fields)
+    monkeypatch.setattr(journal, "append_to", refuse)
     d = pr.promote(run, tmp_path / "deployed")
     assert d.promote is True and (tmp_path / "deployed" / "model.safetensors").is_file()
-    assert writes == [run / "promote.json"] * 2 and not (run / "promote.json").exists()
+    assert writes[1::2] == [(run / "promote.jsonl", "decision"), (run / "promote.jsonl", "deployed")]
+    assert not (run / "promote.jsonl").exists() and len(journal.read(tmp_path / "deployed")) == 2
 
 
 def test_not_promoted_exits_three():

@@ -122,7 +122,7 @@ def test_a_failure_after_the_flip_is_reported_as_deployed_and_recorded(tmp_path,
         True, "better", "beats it"))
     decision = promote_mod.promote(run, deployed)
     assert decision.promote and (deployed / "model.safetensors").read_text() == "two"
-    record = json.loads((run / "promote.json").read_text())
+    record = journal.last_decision(run)
     assert "No space left" in record["after_swap_error"] and record["version"]
     assert "now holds the run's model" in capsys.readouterr().err
 
@@ -205,4 +205,4 @@ def test_a_promotion_is_recorded_before_the_swap(tmp_path, monkeypatch):
     with pytest.raises(faults.InjectedCrash):
         promote_mod.promote(run, deployed)
     assert (deployed / "model.safetensors").read_text() == "one"
-    assert json.loads((run / "promote.json").read_text())["promote"] is True
+    assert journal.last_decision(run)["promote"] is True

@@ -27,6 +27,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from edge_sel.engine.night.journal import last_decision
+
 ROOT = Path(__file__).resolve().parents[1]
 MEASURED_SUFFIXES = ("_s", "_j", "_w", "_c", "_mb")
 MEASURED_KEYS = {"energy_coverage", "energy_by_component", "energy_samples", "samples_per_s", "probe_check",
@@ -194,7 +196,8 @@ def compare(trees: dict, names: list[str], out: Path) -> int:
 
 
 def flat(decision: dict) -> dict:
-    """promote.json without where and when, its evaluation's fields at the top (measured ones drop)."""
+    """promote's decision about a run without where and when, its evaluation's fields at the top
+    (measured ones drop)."""
     out = {k: v for k, v in decision.items() if k not in ("run", "deployed", "when", "version", "evaluation")}
     out.update({f"evaluation.{k}": v for k, v in (decision.get("evaluation") or {}).items()})
     return out
@@ -217,8 +220,8 @@ def compare_nights(trees: dict, warmup: Path, out: Path) -> int:
     failed = 0
     for i, (before, after) in enumerate(zip(nights["before"], nights["after"])):
         found = differences(records(before), records(after))
-        decisions = [flat(json.loads((run / "promote.json").read_text())) for run in (before, after)]
-        found += [f"promote.json: {line}" for line in differences(decisions[:1], decisions[1:])]
+        decisions = [flat(last_decision(run) or {}) for run in (before, after)]
+        found += [f"promote's decision: {line}" for line in differences(decisions[:1], decisions[1:])]
         print(f"{'night ' + str(i):22s} {'same' if not found else 'DIFFERENT'} ({len(records(after))} records)")
         for line in found:
             print("    " + line)

@@ -15,7 +15,7 @@ After every night the bench evaluates the deployed model on every image domain o
 whole clean test split. That evaluation is the bench's measurement, not the device's: its FLOPs
 are reported apart and are in no method's totals. A method's totals are what its device spent:
 every night's training, validation and test passes (the run's `totals`) and promote's check of the
-deployed model (promote.json).
+deployed model (the decision in the run's promote.jsonl).
 
 A single-night reference per corrupted domain, the warmup adapted once to that domain alone (the
 same night's data, each of REFERENCE_METHODS with the guard off, the best per seed), is the bar for

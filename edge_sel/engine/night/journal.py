@@ -15,7 +15,13 @@ One JSON object a line, each with `event` and `when` (UTC):
 Lines are written whole with one O_APPEND write each, then fsynced; a line torn by a power loss is
 skipped when read (`read`), and the next line starts on its own. `edge-sel deployed history`
 shows what serves now and what served before; `edge-sel deployed roll-back` deploys an earlier
-version again."""
+version again.
+
+A run keeps its own part of that history in the same way, never rewritten either:
+
+    RUN/promote.jsonl       decision, then deployed or swap-failed, for each time promote judged it
+
+(`run_decisions` reads it back, each decision with what came of it.)"""
 
 from __future__ import annotations
 
@@ -30,11 +36,23 @@ def journal_path(deployed: Path) -> Path:
     return deployed.parent / f"{deployed.name}.history.jsonl"
 
 
+RUN_FILE = "promote.jsonl"
+
+
+def run_path(run_dir: Path) -> Path:
+    return Path(run_dir) / RUN_FILE
+
+
 def append(deployed: Path, event: str, **fields) -> dict:
-    """Add one line; returns it. Raises OSError (the caller says what failing to record means)."""
+    """Add one line to the deployed model's journal; returns it. Raises OSError (the caller says
+    what failing to record means)."""
+    return append_to(journal_path(deployed), event, **fields)
+
+
+def append_to(path: Path, event: str, **fields) -> dict:
+    """Add one line to the journal at `path` (created when missing); returns it."""
     line = {"event": event, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields}
     data = (json.dumps(line, default=str) + "\n").encode()
-    path = journal_path(deployed)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         if os.fstat(fd).st_size and not _ends_a_line(path):
@@ -54,9 +72,42 @@ def _ends_a_line(path: Path) -> bool:
 
 
 def read(deployed: Path) -> list[dict]:
-    """The journal's lines, oldest first; torn or foreign lines are skipped."""
+    """The deployed model's journal, oldest first; torn or foreign lines are skipped."""
+    return read_from(journal_path(deployed))
+
+
+def run_decisions(run_dir: Path) -> list[dict]:
+    """Every decision promote made about a run, oldest first, each with what came of it: `version`
+    once the run's model served (and `after_swap_error` when a step after the flip failed), or
+    `swap_error`. A run judged before this journal existed: the one decision of its promote.json."""
+    decisions = []
+    for line in read_from(run_path(run_dir)):
+        event = line.pop("event")
+        if event == "decision":
+            decisions.append(line)
+        elif decisions and event == "deployed":
+            decisions[-1].update({k: line[k] for k in ("version", "after_swap_error") if k in line})
+        elif decisions and event == "swap-failed":
+            decisions[-1]["swap_error"] = line.get("error")
+    if not decisions:
+        try:
+            old = json.loads((Path(run_dir) / "promote.json").read_text())
+        except (OSError, ValueError):
+            return []
+        decisions = [old] if isinstance(old, dict) else []
+    return decisions
+
+
+def last_decision(run_dir: Path) -> dict | None:
+    """The newest of `run_decisions`, or None when promote never judged the run."""
+    decisions = run_decisions(run_dir)
+    return decisions[-1] if decisions else None
+
+
+def read_from(path: Path) -> list[dict]:
+    """A journal's lines, oldest first; torn or foreign lines are skipped."""
     try:
-        text = journal_path(deployed).read_bytes().decode("utf-8", errors="replace")
+        text = Path(path).read_bytes().decode("utf-8", errors="replace")
     except FileNotFoundError:
         return []
     lines = []

@@ -9,9 +9,10 @@ when the candidate's local validation accuracy is not higher (keeping the drifte
 guard forbids; a reset to the source weights produces such candidates).
 
 `decide` returns which rule decided; `promote` acts on it with the atomic swap of
-engine/night/deployed_swap.py, appends the decision and the deployment to the deployed model's
-history (DEPLOYED.history.jsonl, engine/night/journal.py: never rewritten) and writes
-RUN/promote.json (the run's latest decision). A run whose model is already the deployed one is said to be so, and nothing is written."""
+engine/night/deployed_swap.py, and appends the decision and the deployment to the deployed
+model's history (DEPLOYED.history.jsonl) and to the run's own (RUN/promote.jsonl), both journals
+of engine/night/journal.py: appended, never rewritten. A run whose model is already the deployed
+one is said to be so, and nothing is written."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edge_sel.core.checkpoint import atomic_write_bytes, weights_digest
+from edge_sel.core.checkpoint import weights_digest
 from edge_sel.core.outputs import refuse_onto_inputs
 from edge_sel.engine.night import journal
 from edge_sel.engine.night.deployed_swap import (MODEL_FILES, AfterSwapError, check_deployed_place, files_from_run,
@@ -311,7 +312,7 @@ def run_eval_batch(run_dir: Path | None) -> int | None:
 def promote(run_dir: Path, deployed: Path, force: bool = False, evaluate=None,
             max_forgetting: float | None = None) -> Decision:
     """Decide, swap when promoted, and record the decision: a line in the deployed model's journal
-    (before the swap, and the deployment after it) and RUN/promote.json."""
+    and in the run's (before the swap), then what came of it (deployed, or swap-failed)."""
     run_dir, deployed = Path(run_dir), Path(deployed)
     check_deployed_place(deployed)
     # The deployed link and its versions are promote's outputs: never the run it reads, nor inside it.
@@ -328,7 +329,7 @@ def promote(run_dir: Path, deployed: Path, force: bool = False, evaluate=None,
               "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if not decision.promote:
         _journal(deployed, "decision", record)
-        _record(run_dir, record)
+        _record(run_dir, "decision", record)
         return decision
     # The decision is recorded before the swap: a crash after the link flips must not leave a
     # deployed model whose acceptance no record holds (a decision without a `deployed` line after it
@@ -339,27 +340,27 @@ def promote(run_dir: Path, deployed: Path, force: bool = False, evaluate=None,
     except OSError as e:
         raise WriteError(f"--deployed {deployed}: cannot write its history {journal.journal_path(deployed)} "
                          f"({e.strerror or e}); the deployed model is unchanged") from None
-    _record(run_dir, record)
+    _record(run_dir, "decision", record)
     previous = deployed.resolve() if deployed.is_symlink() else None
+    after = {}
     try:
         version = swap_in(run_dir, deployed)
     except AfterSwapError as e:          # deployed all the same: say what failed after, keep the record
         version = e.version
-        record["after_swap_error"] = str(e)
+        after = {"after_swap_error": str(e)}
         print(f"edge-sel: warning: --deployed {deployed} now holds the run's model ({version.name}), but a "
               f"step after the swap failed ({e}); the previous version may not have been pruned",
               file=sys.stderr, flush=True)
     except OSError as e:
-        _journal(deployed, "swap-failed", {"run": str(run_dir), "error": str(e)})
-        _record(run_dir, {**record, "swap_error": str(e)})
+        failed = {"run": str(run_dir), "error": str(e)}
+        _journal(deployed, "swap-failed", failed)
+        _record(run_dir, "swap-failed", failed)
         raise WriteError(f"--deployed {deployed}: cannot replace the deployed model ({e.strerror or e}); "
                          f"it is unchanged") from None
-    record["version"] = str(version)
-    _journal(deployed, "deployed", {"run": str(run_dir), "version": str(version), "rule": decision.rule,
-                                    "previous": None if previous is None else str(previous),
-                                    **({"after_swap_error": record["after_swap_error"]}
-                                       if "after_swap_error" in record else {})})
-    _record(run_dir, record)
+    done = {"run": str(run_dir), "version": str(version), "rule": decision.rule,
+            "previous": None if previous is None else str(previous), **after}
+    _journal(deployed, "deployed", done)
+    _record(run_dir, "deployed", done)
     return decision
 
 
@@ -377,9 +378,11 @@ def _journal(deployed: Path, event: str, record: dict) -> None:
               f"{event} is not in the deployed model's history", file=sys.stderr, flush=True)
 
 
-def _record(run_dir: Path, record: dict) -> None:
+def _record(run_dir: Path, event: str, record: dict) -> None:
+    """A line in the run's own journal (RUN/promote.jsonl), appended: an earlier decision about the
+    run, or its deployment, is never rewritten."""
     try:
-        atomic_write_bytes(run_dir / "promote.json", json.dumps(record, indent=2).encode())
+        journal.append_to(journal.run_path(run_dir), event, **{k: v for k, v in record.items() if k != "when"})
     except OSError:
         pass        # the decision stands (and is printed); a read-only run directory keeps no record of it
 
