@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from edge_sel.core.kernel_workspace import convolution_workspace, uses_onednn
 from edge_sel.core.memory import MiB, MemoryCounter, StepShape
 from edge_sel.core.recompute import recomputed, set_recomputed
 from edge_sel.models import build_model
@@ -46,7 +47,7 @@ def test_a_full_step_keeps_what_autograd_saves_and_its_parts_add_up():
     assert count.saved == sum(n for k, n in seen.items() if k not in params)
     del loss
     parts = count.weights + count.optimizer + count.batch + count.activations + count.gradients + count.transient
-    assert parts == count.peak
+    assert count.workspace == 0 and parts == count.peak          # no kernel rule asked for
     assert 40 * MiB < count.activations <= count.saved
 
 
@@ -88,3 +89,47 @@ def test_a_recomputed_block_gives_the_same_gradients_and_statistics():
         assert torch.equal(a, b), name        # running statistics updated once, not twice
     set_recomputed(again, [])
     assert recomputed(again) == [] and "forward" not in again.stem.__dict__
+
+
+@pytest.mark.parametrize("batch,channels,kernel,stride,groups,threads", [
+    (8, 16, 1, 1, 1, 1),        # 1 x 1, unstrided, few images, one thread: ATen's own GEMM
+    (8, 16, 1, 1, 1, 2),        # the same on two threads: oneDNN
+    (16, 16, 1, 1, 1, 1),       # sixteen images: oneDNN
+    (8, 16, 1, 2, 1, 1),        # strided: oneDNN
+    (8, 16, 3, 1, 16, 1),       # depthwise: oneDNN
+    (1, 2, 3, 1, 1, 1),         # one tiny image: ATen's own
+])
+def test_the_rule_knows_which_kernel_aten_runs(batch, channels, kernel, stride, groups, threads):
+    x, w = torch.randn(batch, channels, 12, 12), torch.randn(16, channels // groups, kernel, kernel)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            nn.functional.conv2d(x, w, stride=stride, padding=kernel // 2, groups=groups)
+    finally:
+        torch.set_num_threads(previous)
+    ran = any(e.name == "aten::mkldnn_convolution" for e in prof.events())
+    assert uses_onednn(x, w, (stride, stride), (1, 1), groups, threads) == ran
+
+
+def test_a_cpu_count_adds_the_running_convolutions_blocked_copies():
+    aten = torch.ops.aten
+    x, w = torch.zeros(32, 3, 20, 20, device="meta"), torch.zeros(8, 3, 3, 3, device="meta")
+    out = torch.zeros(32, 8, 10, 10, device="meta")
+    args = (x, w, None, [2, 2], [1, 1], [1, 1], False, [0, 0], 1)
+    # forward: the larger of the input, its 3 channels padded to 16, and the output
+    assert convolution_workspace(aten.convolution.default, args, out, 1) == 32 * 16 * 20 * 20 * 4
+    grad = (out, x, w, None, [2, 2], [1, 1], [1, 1], False, [0, 0], 1, [True, True, False])
+    # backward of a strided dense convolution with the input's gradient: two padded inputs
+    assert convolution_workspace(aten.convolution_backward.default, grad, None, 1) == 2 * 32 * 16 * 20 * 20 * 4
+    weight_only = grad[:-1] + ([False, True, False],)
+    assert convolution_workspace(aten.convolution_backward.default, weight_only, None, 1) == \
+        32 * 16 * 20 * 20 * 4 + out.numel() * 4
+    assert convolution_workspace(aten.convolution.default, (x.to(memory_format=torch.channels_last), *args[1:]),
+                                 out, 1) == 0
+    assert convolution_workspace(aten.relu.default, (out,), out, 1) == 0
+    model = build_model("mobilenetv2", num_classes=10, input_shape=[3, 32, 32])
+    plain, cpu = MemoryCounter(model, [3, 32, 32], sgd), MemoryCounter(model, [3, 32, 32], sgd, kernels="cpu")
+    for a, b in ((plain.count_forward(32), cpu.count_forward(32)), (plain.count(StepShape(16)), cpu.count(StepShape(16)))):
+        assert a.workspace == 0 and b.workspace > 0 and b.peak > a.peak
+        assert b.weights + b.optimizer + b.batch + b.activations + b.gradients + b.transient + b.workspace == b.peak

@@ -27,7 +27,7 @@ def counter(name, size):
     if (name, size) not in COUNTERS:
         model = build_model(name, num_classes=10, input_shape=[3, size, size])
         COUNTERS[name, size] = model, MemoryCounter(model, [3, size, size], lambda ps: torch.optim.SGD(
-            ps, lr=0.1, momentum=0.9, weight_decay=5e-4))
+            ps, lr=0.1, momentum=0.9, weight_decay=5e-4), kernels="cpu")
     return COUNTERS[name, size]
 
 

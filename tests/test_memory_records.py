@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def layers_run(tiny_warm, tmp_path_factory):
     """An epoch of `--sparsity layers`: a dense probe step, then steps with frozen blocks."""
     out = tmp_path_factory.mktemp("memory") / "run"
-    cfg = TrainConfig(epochs=1, batch_size=32, sparsity="layers")
+    cfg = TrainConfig(epochs=1, batch_size=32, sparsity="layers", memory_format="contiguous")
     summary = finetune(tiny_warm, DataOptions("synthetic"), cfg, out, quiet=True)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return out, cfg, summary, records
@@ -40,7 +40,7 @@ def mib(n):
 def test_an_epoch_whose_trainable_set_changes_carries_its_largest_step(layers_run):
     out, cfg, summary, records = layers_run
     model, card = load_checkpoint(out)
-    counter, shape = memory_counter(cfg, model, card.input_shape)
+    counter, shape = memory_counter(cfg, model, card.input_shape, torch.device("cpu"))
     assert shape == StepShape(32)
     first = records[1]
     assert first["epoch"] == 0 and first["memory_step_sets"] == 2 and first["memory_step_samples"] == 32

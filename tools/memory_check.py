@@ -10,7 +10,8 @@ freed so that later ones come from a heap that keeps freed pages resident, and w
 MALLOC_MMAP_THRESHOLD_=65536 (every block of 64 KiB or more mapped and unmapped when freed: the
 resident size follows the bytes alive); their difference is the allocator's share. The counted figure is core/memory.py's for the same step: its high-water mark over what
 exists before the step (weights, optimizer state, the batch), i.e. activations + gradients +
-transient at the peak. A whole-batch step is the runtime's own (backends/torch_backend.py); a
+transient + the running CPU convolution's own buffers (core/kernel_workspace.py) at the peak;
+shape `eval` is a forward-only pass (evaluation, scoring). A whole-batch step is the runtime's own (backends/torch_backend.py); a
 micro-batched one accumulates gradients by hand as the counter counts it.
 
     nice -n 5 env EDGE_SEL_THREADS=1 python tools/memory_check.py            # the whole table
@@ -28,7 +29,7 @@ import os
 import subprocess
 import sys
 
-SHAPES = ("full", "classifier", "half-frozen", "recompute-half", "micro-4")
+SHAPES = ("full", "classifier", "half-frozen", "recompute-half", "micro-4", "eval")
 BATCHES = {32: (32, 64), 96: (16, 32)}
 LIMIT = 0.15
 
@@ -83,6 +84,10 @@ def measure(model_name: str, size: int, batch: int, shape: str, profile: bool) -
     rows = Batch(torch.arange(batch), torch.arange(batch), x, y)
 
     def step():
+        if shape == "eval":                     # a forward-only pass: evaluation, scoring
+            model.eval()
+            with torch.no_grad():
+                return model(x)
         if not micro:
             return backend.train_step(0, rows)
         optimizer.zero_grad(set_to_none=True)
@@ -105,9 +110,10 @@ def measure(model_name: str, size: int, batch: int, shape: str, profile: bool) -
            "rss_before_mb": round(before / MiB, 1), "measured_mb": measured}
     if profile:
         out["profiler_mb"] = profiler_peak(step)
-    count = MemoryCounter(model, [3, size, size], optimizer_for).count(step_shape, trains)
+    counter = MemoryCounter(model, [3, size, size], optimizer_for, kernels="cpu")
+    count = counter.count_forward(batch) if shape == "eval" else counter.count(step_shape, trains)
     out.update(count.mib())
-    out["counted_mb"] = round((count.activations + count.gradients + count.transient) / MiB, 3)
+    out["counted_mb"] = round((count.activations + count.gradients + count.transient + count.workspace) / MiB, 3)
     return out
 
 
@@ -155,7 +161,7 @@ def main() -> None:
         return
     rows = []
     print(f"{'model':<12}{'px':>4}{'batch':>6}  {'shape':<15}{'counted':>9}{'measured':>10}{'diff':>7}"
-          f"{'mmap>=64K':>10}{'diff':>7}{'act':>9}{'grad':>7}{'trans':>8}{'rss0':>7}"
+          f"{'mmap>=64K':>10}{'diff':>7}{'act':>9}{'grad':>7}{'trans':>8}{'kernel':>8}{'rss0':>7}"
           + ("  profiler" if args.profile else ""))
     first = True
     for model in args.models.split(","):
@@ -180,9 +186,11 @@ def main() -> None:
                     print(f"{model:<12}{size:>4}{batch:>6}  {shape:<15}{row['counted_mb']:>9.1f}"
                           f"{row['measured_mb']:>10.1f}{row['diff']:>+7.0%}{row.get('measured_mmap_mb', float('nan')):>10.1f}"
                           f"{row['diff_mmap']:>+7.0%}{row['activations_mb']:>9.1f}"
-                          f"{row['gradients_mb']:>7.2f}{row['transient_mb']:>8.1f}{row['rss_before_mb']:>7.0f}"
+                          f"{row['gradients_mb']:>7.2f}{row['transient_mb']:>8.1f}{row['workspace_mb']:>8.1f}{row['rss_before_mb']:>7.0f}"
                           + (f"  {row['profiler_mb']:.1f}" if "profiler_mb" in row else "") + flag, flush=True)
-    print(f"\ncounted: activations + gradients + transient at the counted step's high-water mark (core/memory.py); "
+    print(f"\ncounted: activations + gradients + transient + the running convolution's own buffers (kernel, "
+          f"by core/kernel_workspace.py's rule) at the counted step's high-water mark (core/memory.py); eval: a "
+          f"forward-only pass (eval mode, no gradients); "
           f"measured: {rows[0].get('method', '?')} growth over the resident size before the step, under glibc's "
           f"default allocator and with MALLOC_MMAP_THRESHOLD_=65536 (mmap>=64K); profiler: torch.profiler's "
           f"allocation events over the step; * the mmap>=64K figure beyond {LIMIT:.0%} of the count")

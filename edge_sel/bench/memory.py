@@ -23,6 +23,7 @@ from edge_sel.config import TrainConfig
 from edge_sel.core.memory import MiB, StepShape
 from edge_sel.core.records import read_records
 from edge_sel.engine.loop.step_memory import memory_counter
+from edge_sel.engine.machine.device import pick_device
 from edge_sel.engine.machine.memory_plan import fit_shape, smallest_budget
 from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.engine.runs.run import finetune
@@ -86,7 +87,7 @@ class MemoryModel:
     def __init__(self, checkpoint: Path, cfg: TrainConfig):
         self.model, card = load_checkpoint(checkpoint)
         self.input_shape = list(card.input_shape)
-        self.counter, self.shape = memory_counter(cfg, self.model, self.input_shape)
+        self.counter, self.shape = memory_counter(cfg, self.model, self.input_shape, pick_device(cfg.device))
         self.everything = {n for n, _ in self.model.named_parameters()}
         self.batch = cfg.batch_size
         self.blocks = tuple(name for name, _ in named_blocks(self.model)[:-1])
@@ -193,7 +194,7 @@ def row_key(method: str, fraction: str | None) -> str:
 
 def run_bench(s: MemorySettings, log=print) -> dict:
     """Every (method, budget) that fits, per seed; the rows that do not fit, with what they need."""
-    base_cfg = TrainConfig(epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, device=s.device)
+    base_cfg = TrainConfig(epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, device=s.device, **SAME_NUMERICS)
     mm = MemoryModel(s.checkpoint, base_cfg)
     budgets = {f: round(float(Fraction(f)) * mm.full_mb, 3) for f in s.fractions + s.planner_only}
     fits = {row_key(m, f): mm.fit(m, budgets[f]) for f in s.fractions for m in s.methods}

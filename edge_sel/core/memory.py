@@ -9,11 +9,12 @@ step's counted peak. Its parts at that instant:
 - activations: tensors autograd saved for backward (saved_tensors_hooks; distinct storages, not the
   parameters, not the batch) still held;
 - gradients: parameter gradients already written;
-- transient: everything else then alive (outputs not saved, gradients of activations in flight).
+- transient: everything else then alive (outputs not saved, gradients of activations in flight);
+- workspace: what the running kernel holds for itself, which no dispatcher sees: for CPU
+  convolutions estimated by core/kernel_workspace.py's measured rule (`kernels="cpu"`), else 0.
 
-What it cannot see: buffers a kernel allocates for itself (oneDNN/cuDNN workspaces), the
-allocator's rounding and caching, and the process's own code and libraries; the measured peak
-(engine side) is the independent check. Counted for fp32 tensors; on CUDA the optimizer's
+What it cannot see: other kernels' own buffers (cuDNN's), the allocator's rounding and caching,
+and the process's own code and libraries; the measured peak (engine side) is the independent check. Counted for fp32 tensors; on CUDA the optimizer's
 multi-tensor path allocates more than the per-tensor loop counted here.
 """
 
@@ -28,6 +29,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from edge_sel.core.kernel_workspace import convolution_workspace
 from edge_sel.core.recompute import set_recomputed
 
 MiB = 2 ** 20
@@ -53,13 +55,15 @@ class StepShape:
 
 @dataclass(frozen=True)
 class MemoryCount:
-    """Bytes of one training step; `peak` = weights + optimizer + batch + activations + gradients + transient."""
+    """Bytes of one training step; `peak` = weights + optimizer + batch + activations + gradients +
+    transient + workspace."""
     weights: int            # parameters and buffers
     optimizer: int          # optimizer state of what trains (after its first step)
     batch: int              # the step's inputs and labels
     activations: int        # saved for backward, alive at the peak
     gradients: int          # parameter gradients alive at the peak
     transient: int          # anything else alive at the peak
+    workspace: int          # the running kernel's own buffers at the peak (estimated by rule)
     saved: int              # everything autograd saved for backward over the step (not parameters or batch)
     peak: int
 
@@ -80,11 +84,15 @@ def nbytes(tensors) -> int:
 class _LiveBytes(TorchDispatchMode):
     """The bytes of storages created under the mode and still alive, after every operation;
     storages that existed before (`outside`: weights, optimizer state, the batch) are not counted.
-    Each storage gets a serial number when first seen: an address can be reused once it is freed."""
+    Each storage gets a serial number when first seen: an address can be reused once it is freed.
+    With `kernels="cpu"` each CPU convolution's own buffers are added while it runs (`threads`: the
+    torch threads the real step will run on, which decide some kernels)."""
 
-    def __init__(self, outside: set[int]):
+    def __init__(self, outside: set[int], kernels: str = "none", threads: int = 1):
         super().__init__()
         self.outside = outside
+        self.kernels, self.threads = kernels, threads
+        self.workspace = 0                      # the kernel's own bytes at the high-water mark
         self.live: dict[int, tuple[StorageWeakRef, int, int]] = {}
         self.serials = 0
         self.peak = 0
@@ -96,9 +104,11 @@ class _LiveBytes(TorchDispatchMode):
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
                 self.serial(t)
-        now = sum(n for _, n, _ in self.live.values())
+        own = convolution_workspace(func, args, out, self.threads) if self.kernels == "cpu" else 0
+        now = sum(n for _, n, _ in self.live.values()) + own
         if now > self.peak:
-            self.peak, self.at_peak = now, {serial: n for _, n, serial in self.live.values()}
+            self.peak, self.workspace = now, own
+            self.at_peak = {serial: n for _, n, serial in self.live.values()}
         return out
 
     def serial(self, t: torch.Tensor) -> int | None:
@@ -125,8 +135,10 @@ class MemoryCounter:
     """Counts steps of a live model's current trainable set; one meta twin per counter, counts cached
     by (trainable set, step shape)."""
 
-    def __init__(self, model: nn.Module, input_shape: list[int], optimizer_factory, loss_fn=None):
+    def __init__(self, model: nn.Module, input_shape: list[int], optimizer_factory, loss_fn=None,
+                 kernels: str = "none"):
         self.model = model
+        self.kernels = kernels          # "cpu": add CPU convolutions' own buffers (core/kernel_workspace.py)
         self.input_shape = list(input_shape)
         self.optimizer_factory = optimizer_factory      # params -> torch.optim.Optimizer
         self.loss_fn = loss_fn or (lambda logits, y: nn.functional.cross_entropy(logits, y, reduction="none"))
@@ -166,11 +178,13 @@ class MemoryCounter:
             twin.train(train_mode)
             weights = nbytes([*twin.parameters(), *twin.buffers()])
             x = torch.zeros(batch_size, *self.input_shape, device="meta")
-            mode = _LiveBytes({storage_key(t) for t in [*twin.parameters(), *twin.buffers(), x]})
+            mode = _LiveBytes({storage_key(t) for t in [*twin.parameters(), *twin.buffers(), x]},
+                              self.kernels, torch.get_num_threads())
             with mode, torch.no_grad():
                 twin(x)
             batch = nbytes([x])
-            self._cache[key] = MemoryCount(weights, 0, batch, 0, 0, mode.peak, 0, weights + batch + mode.peak)
+            self._cache[key] = MemoryCount(weights, 0, batch, 0, 0, mode.peak - mode.workspace, mode.workspace, 0,
+                                           weights + batch + mode.peak)
         return self._cache[key]
 
     def _count(self, signature: tuple, shape: StepShape) -> MemoryCount:
@@ -202,7 +216,7 @@ class MemoryCounter:
         y = torch.zeros(shape.batch_size, dtype=torch.long, device="meta")
         batch = nbytes([x, y])
         outside = {storage_key(t) for t in [*twin.parameters(), *twin.buffers(), *state, x, y]}
-        mode = _LiveBytes(outside)
+        mode = _LiveBytes(outside, self.kernels, torch.get_num_threads())
         saved: dict[int, int] = {}          # serial -> bytes of every storage autograd saved
         gradients: set[int] = set()
 
@@ -230,7 +244,7 @@ class MemoryCounter:
         at_peak = mode.at_peak
         activations = sum(n for k, n in at_peak.items() if k in saved)
         grads = sum(n for k, n in at_peak.items() if k in gradients and k not in saved)
-        transient = mode.peak - activations - grads
-        return MemoryCount(weights, optimizer_bytes, batch, activations, grads, transient,
+        transient = mode.peak - mode.workspace - activations - grads
+        return MemoryCount(weights, optimizer_bytes, batch, activations, grads, transient, mode.workspace,
                            sum(saved.values()),
                            weights + optimizer_bytes + batch + mode.peak)

@@ -11,7 +11,7 @@ from edge_sel.core.memory import MiB, MemoryCount, nbytes
 from edge_sel.engine.machine.peak_memory import PeakMeter
 
 # MemoryCount's parts, as record fields.
-PARTS = ("weights", "optimizer", "batch", "activations", "gradients", "transient", "saved")
+PARTS = ("weights", "optimizer", "batch", "activations", "gradients", "transient", "workspace", "saved")
 
 
 def mib(n: int) -> float:

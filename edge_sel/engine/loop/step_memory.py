@@ -22,10 +22,12 @@ from edge_sel.errors import InputError
 PROBE_SAMPLES = 64          # local images whose gradients estimate what each tensor would gain
 
 
-def memory_counter(cfg: TrainConfig, model, input_shape) -> tuple[MemoryCounter, StepShape]:
+def memory_counter(cfg: TrainConfig, model, input_shape, device: torch.device) -> tuple[MemoryCounter, StepShape]:
+    """A counter of the run's steps on `device` (on a CPU with its convolutions' own buffers)."""
     optimizer = partial(make_optimizer, cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     shape = StepShape(cfg.batch_size, bn_statistics="frozen" if cfg.bn_mode == "eval" else "train")
-    return MemoryCounter(model, input_shape, optimizer), shape
+    kernels = "cpu" if torch.device(device).type == "cpu" else "none"
+    return MemoryCounter(model, input_shape, optimizer, kernels=kernels), shape
 
 
 def gain_probe(model, ds, mean, std, shape: StepShape, samples: int, objective_losses, flops) -> tuple[dict, dict]:

@@ -94,7 +94,7 @@ class Trainer:
         self.optimizer = make_optimizer(cfg.optimizer, self.model.parameters(), cfg.lr, cfg.momentum,
                                         cfg.weight_decay)
         self.flops = FlopCounter(self.model, self.train_ds.input_shape)
-        self.memory_counter, self.step_shape = memory_counter(cfg, self.model, self.train_ds.input_shape)
+        self.memory_counter, self.step_shape = memory_counter(cfg, self.model, self.train_ds.input_shape, self.device)
         self.run_memory = RunMemory(self)       # counted and measured memory in the records
         self.ledger = ComputeLedger()       # scoring passes and rolled-back steps not yet in a record
         self.scoring = ScoringPasses(self.model, self.train_ds, self.mean, self.std, self.device,

@@ -8,10 +8,11 @@ from edge_sel.engine.loop.memory_records import PARTS
 INCLUDES = {
     "counted_mb": "one training step of the run's largest counted trainable set and rows, counted on the meta "
                   "device: weights and buffers, optimizer state, the batch, and at the step's high-water mark the "
-                  "activations saved for backward, the parameter gradients and the transient tensors; not kernel "
+                  "activations saved for backward, the parameter gradients, the transient tensors and, on a CPU, the "
+                  "running convolution's own blocked copies (estimated by a measured rule); not other kernels' "
                   "workspaces, the allocator's overhead, the datasets, or the process itself",
     "eval_counted_mb": "one forward-only evaluation pass (eval mode, no gradients) at the evaluation batch size: "
-                       "weights, the batch, the transient tensors",
+                       "weights, the batch, the transient tensors, a CPU convolution's own blocked copies",
     "bn_adapt_counted_mb": "one BatchNorm re-estimation pass (train mode, no gradients, up to 256 images a batch)",
     "data_mb": "the datasets the run holds on its device (uint8 images, labels and ids of every split)",
     "measured_mb": "the largest growth over the level just before training, over the epochs' training windows "
