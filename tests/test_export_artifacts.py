@@ -125,27 +125,6 @@ def test_artifacts_train_without_edge_sel(warm, manifest, tmp_path):
     assert imports and not any("edge_sel" in ln or "torch" in ln for ln in imports)
 
 
-def test_train_mode_batchnorm_gets_a_loadable_eval_model(warm, tmp_path):
-    art = tmp_path / "art"
-    run_cli("export", "--checkpoint", warm, "--out", art, "--scheme", "classifier", "--bn-mode", "train",
-            "--optimizer", "adamw", "--weight-decay", "0.01", "--quiet")
-    m = json.loads((art / "manifest.json").read_text())
-    assert m["training"]["bn_mode"] == "train"
-    assert m["training"]["optimizer"]["name"] == "adamw" and m["training"]["optimizer"]["weight_decay"] == 0.01
-    assert m["schemes"]["classifier"]["backward"]["eval_batchnorm_nodes_repaired"] == 4
-    bn = [n for n in onnx.load(str(art / "classifier" / "eval_model.onnx")).graph.node
-          if n.op_type == "BatchNormalization"]
-    assert len(bn) == 4 and all(len(n.output) == 1 for n in bn)
-    from onnxruntime.training import api
-    state = api.CheckpointState.load_checkpoint(str(art / "classifier" / "checkpoint"))
-    module = api.Module(str(art / "classifier" / "training_model.onnx"), state,
-                        str(art / "classifier" / "eval_model.onnx"))
-    x = np.random.default_rng(0).standard_normal((4, 1, 8, 8)).astype(np.float32)
-    module.eval()
-    _, logits = module(x, np.zeros(4, np.int64), np.ones(4, np.float32))
-    assert logits.shape == (4, 10)
-
-
 def test_export_refuses_an_existing_out_and_unknown_schemes(warm, tmp_path):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "f").write_text("x")
