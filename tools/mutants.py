@@ -57,7 +57,7 @@ MODULES = {
     "predict_run": ("edge_sel/predict/run.py", ["tests/test_device_inputs.py"]),
     "ort_session": ("edge_sel/predict/ort_session.py", ["tests/test_device_inputs.py", "tests/test_thread_choice.py"]),
     "statistics": ("edge_sel/predict/statistics.py", ["tests/test_predictor_device.py", "tests/test_device_inputs.py"]),
-    "predict_cli": ("edge_sel/predict/cli.py", ["tests/test_device_inputs.py", "tests/test_predictor_device.py"]),
+    "predict_cli": ("edge_sel/predict/cli.py", ["tests/test_predict_cli.py", "tests/test_device_inputs.py"]),
     "export_artifacts": ("edge_sel/export/artifacts.py", ["tests/test_export_rules.py"]),
     "export_cli": ("edge_sel/export/cli.py", ["tests/test_export_rules.py"]),
     "exporter": ("edge_sel/export/exporter.py", ["tests/test_export_rules.py"]),
