@@ -365,3 +365,33 @@ def test_the_ort_backend_counts_flops_from_the_exports_manifest_or_says_it_canno
     assert p.flops_per_image() == {"forward": FORWARD_FLOPS, "choice": CHOICE_FLOPS}
     p.export_flops = None                   # an export made before they were recorded
     assert p.flops_per_image() == {"forward": None, "choice": CHOICE_FLOPS}
+
+
+def test_a_model_without_floating_tensors_computes_in_the_default_dtype():
+    """Lent statistics are cast to the model's floating dtype; a model that has none (a counter as
+    its only buffer) takes torch's default, not None (no cast) nor an error."""
+    from edge_sel.predict.statistics import floating_dtype
+    counter = torch.nn.Module()
+    counter.register_buffer("seen", torch.zeros(1, dtype=torch.long))
+    assert floating_dtype(counter) == torch.float32
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert floating_dtype(counter) == torch.float64
+    finally:
+        torch.set_default_dtype(default)
+    counter.register_buffer("scale", torch.ones(1, dtype=torch.float16))
+    assert floating_dtype(counter) == torch.float16
+
+
+def test_a_mixed_batch_on_another_device_than_its_choice_is_put_together_there():
+    """The choice is made on the CPU (the decoded frames) while the model may sit on another
+    device: each condition's rows are moved to the images' device before they index them. The
+    meta device stands in for an accelerator this machine lacks."""
+    from edge_sel.predict.statistics import StatisticsSwitch
+    layer = torch.nn.BatchNorm2d(2).to("meta")
+    switch = StatisticsSwitch(torch.nn.Sequential(layer))
+    stats = [{"0": (torch.zeros(2, device="meta"), torch.ones(2, device="meta"))} for _ in range(2)]
+    x = torch.zeros(4, 2, 1, 1, device="meta")
+    out = switch.forward(lambda xs: xs * 2, x, torch.tensor([0, 1, 1, 0]), stats)
+    assert out.device.type == "meta" and out.shape == (4, 2, 1, 1)
