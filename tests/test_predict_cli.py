@@ -58,13 +58,16 @@ def test_a_stream_writes_its_lines_its_progress_and_its_summary(banked, tmp_path
     assert len(out.read_text().splitlines()) == 5
 
 
-def test_quiet_says_nothing_and_lines_go_to_stdout_by_default(banked, tmp_path, capsys):  # noqa: F811
+def test_quiet_says_nothing_and_lines_go_to_stdout_by_default(banked, tmp_path, capsys, monkeypatch):  # noqa: F811
     images = frames(tmp_path / "in", 2)
     code, printed, err = run_main_said(["predict", "--checkpoint", banked, images, "--quiet"], capsys)
     assert (code, err) == (0, "")
     assert [json.loads(line)["path"] for line in printed.splitlines()] == [str(images / "00.png"), str(images / "01.png")]
+    # "-" is stdout, never a file of that name, even one that exists here.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "-").write_text("mine")
     code, printed, err = run_main_said(["predict", "--checkpoint", banked, images, "--quiet", "--out", "-"], capsys)
-    assert (code, err) == (0, "") and len(printed.splitlines()) == 2
+    assert (code, err) == (0, "") and len(printed.splitlines()) == 2 and (tmp_path / "-").read_text() == "mine"
 
 
 def test_outputs_never_land_on_an_input_or_each_other_and_replace_only_when_asked(banked, tmp_path,  # noqa: F811
@@ -72,13 +75,16 @@ def test_outputs_never_land_on_an_input_or_each_other_and_replace_only_when_aske
     images = frames(tmp_path / "in", 1)
     image = images / "00.png"
     before = image.read_bytes()
-    for args, said in (
-            (["--out", image], f"--out {image}: "),
-            (["--summary", image], f"--summary {image}: "),
-            (["--out", tmp_path / "p.jsonl", "--summary", tmp_path / "p.jsonl"], f"--summary {tmp_path / 'p.jsonl'}: "),
-            (["--out", banked / "model.json", "--overwrite"], f"--out {banked / 'model.json'}: ")):
+    preds = tmp_path / "p.jsonl"
+    for args, option, what in (
+            (["--out", image], "--out", f"lies inside the input {images}"),
+            (["--summary", image], "--summary", f"lies inside the input {images}"),
+            (["--out", preds, "--summary", preds], "--summary", f"is --out {preds}"),
+            (["--out", banked / "model.json", "--overwrite"], "--out", f"lies inside --checkpoint {banked}")):
         code, err = run_main(["predict", "--checkpoint", banked, images, "--quiet", *args], capsys)
-        assert code == 2 and err.startswith(f"edge-sel: error: {said}") and len(err.splitlines()) == 1, err
+        out = args[args.index(option) + 1]
+        assert (code, err) == (2, f"edge-sel: error: {option} {out}: {what}, which this command reads; an output "
+                                  f"never replaces an input: choose another {option}\n")
     assert image.read_bytes() == before and not (tmp_path / "p.jsonl").exists()
     (tmp_path / "s.json").write_text("mine")
     code, err = run_main(["predict", "--checkpoint", banked, images, "--quiet", "--summary", tmp_path / "s.json"],

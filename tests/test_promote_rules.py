@@ -729,6 +729,35 @@ def test_a_failed_swap_is_one_line_and_recorded_without_a_version(tmp_path, fixe
     assert str(e.value) == f"--deployed {deployed}: cannot replace the deployed model (no errno); it is unchanged"
     assert [(r["rule"], r["swap_error"]) for r in journal.run_decisions(run)] == [
         ("first", "[Errno 28] No space left on device"), ("first", "no errno")]
+    assert [line["event"] for line in journal.read(deployed)] == ["decision", "swap-failed"] * 2
+
+
+def test_a_failed_swap_whose_history_cannot_record_it_either_is_still_one_line(tmp_path, fixed_time, monkeypatch,
+                                                                                 capsys):
+    """A full disk failed the swap and then the history's swap-failed line: a warning and the
+    error made two lines (the chaos nights, a disk full after 2 MB)."""
+    run = make_run(tmp_path / "run", {"output_model": {"val_acc": 0.7}})
+    deployed = tmp_path / "deployed"
+    real = journal.append_to
+
+    def history_fills(path, event, **fields):
+        if event == "swap-failed":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, event, **fields)
+    monkeypatch.setattr(journal, "append_to", history_fills)
+    monkeypatch.setattr(pr, "swap_in", lambda *a: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left")))
+    with pytest.raises(WriteError) as e:
+        pr.promote(run, deployed)
+    assert str(e.value) == (f"--deployed {deployed}: cannot replace the deployed model (No space left); it is "
+                            f"unchanged, and deployed.history.jsonl cannot record that")
+    assert capsys.readouterr().err == ""
+    assert [line["event"] for line in journal.read(deployed)] == ["decision"]
+    # A decision not to promote whose line cannot be written is a warning (the decision stands).
+    monkeypatch.setattr(journal, "append_to", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EIO, "I/O")))
+    assert pr._journal(deployed, "decision", {"run": "r"}) is False
+    assert capsys.readouterr().err == (f"edge-sel: warning: {deployed.parent / 'deployed.history.jsonl'}: cannot "
+                                       f"write (I/O); this decision is not in the deployed model's history\n")
+    assert pr._journal(tmp_path / "nowhere" / "deployed", "decision", {}) is True      # nothing deployed there
 
 
 def test_an_interrupted_swap_is_repaired_first_or_promote_stops(tmp_path, fixed_time, monkeypatch):

@@ -353,10 +353,11 @@ def promote(run_dir: Path, deployed: Path, force: bool = False, evaluate=None,
               file=sys.stderr, flush=True)
     except OSError as e:
         failed = {"run": str(run_dir), "error": str(e)}
-        _journal(deployed, "swap-failed", failed)
+        recorded = _journal(deployed, "swap-failed", failed, warn=False)     # one line says both (a full disk)
         _record(run_dir, "swap-failed", failed)
         raise WriteError(f"--deployed {deployed}: cannot replace the deployed model ({e.strerror or e}); "
-                         f"it is unchanged") from None
+                         f"it is unchanged" + ("" if recorded else f", and {journal.journal_path(deployed).name} "
+                                                                    f"cannot record that")) from None
     done = {"run": str(run_dir), "version": str(version), "rule": decision.rule,
             "previous": None if previous is None else str(previous), **after}
     _journal(deployed, "deployed", done)
@@ -368,14 +369,19 @@ def _fields(record: dict) -> dict:
     return {k: v for k, v in record.items() if k not in ("when", "deployed")}     # the journal is the deployed place's
 
 
-def _journal(deployed: Path, event: str, record: dict) -> None:
+def _journal(deployed: Path, event: str, record: dict, warn: bool = True) -> bool:
+    """A line in the deployed model's history; False when it could not be written (said on stderr
+    with `warn`)."""
     if not deployed.parent.is_dir():
-        return                  # nothing was ever deployed there, and a decision not to changes nothing
+        return True             # nothing was ever deployed there, and a decision not to changes nothing
     try:
         journal.append(deployed, event, **_fields(record))
     except OSError as e:
-        print(f"edge-sel: warning: {journal.journal_path(deployed)}: cannot write ({e.strerror or e}); this "
-              f"{event} is not in the deployed model's history", file=sys.stderr, flush=True)
+        if warn:
+            print(f"edge-sel: warning: {journal.journal_path(deployed)}: cannot write ({e.strerror or e}); this "
+                  f"{event} is not in the deployed model's history", file=sys.stderr, flush=True)
+        return False
+    return True
 
 
 def _record(run_dir: Path, event: str, record: dict) -> None:
