@@ -65,17 +65,6 @@ def ckpt(tmp_path_factory):
     return tiny_checkpoint(tmp_path_factory.mktemp("export") / "ckpt", bank=True)
 
 
-@pytest.fixture(scope="module")
-def exported(ckpt, tmp_path_factory):
-    """classifier and bias sets, BatchNorm frozen, plain SGD; and the classifier set with train-mode
-    BatchNorm, AdamW and .ort files."""
-    root = tmp_path_factory.mktemp("exported")
-    eval_mode = exporter.export_artifacts(ckpt, root / "eval", ["classifier", "bias"])
-    train_mode = exporter.export_artifacts(ckpt, root / "train", ["classifier"], bn_mode="train", optimizer="adamw",
-                                           weight_decay=0.01, ort_format=True)
-    return (root / "eval", eval_mode), (root / "train", train_mode)
-
-
 # ---- options refused before anything is written ------------------------------------------------
 
 def test_the_optimizer_options_resolve_to_what_ort_builds():
@@ -172,8 +161,28 @@ def test_a_planned_scheme_takes_the_runs_memory_plan_or_is_refused(tmp_path):
 
 # ---- what an export holds ---------------------------------------------------------------------
 
-def test_the_manifest_states_the_files_and_figures_it_was_made_with(ckpt, exported):
-    (art, manifest), _ = exported
+def test_an_export_with_frozen_batchnorm_and_plain_sgd(ckpt, tmp_path):
+    """The classifier and bias sets; each check below reads this one export (a test that makes
+    what it checks, so a mutation testing tool links the two)."""
+    art = tmp_path / "eval"
+    manifest = exporter.export_artifacts(ckpt, art, ["classifier", "bias"])
+    for check in (check_the_manifest_states_the_files_and_figures_it_was_made_with,
+                  check_each_scheme_states_what_trains_and_its_files, check_the_backward_counts_are_the_graphs,
+                  check_each_condition_is_a_graph_with_its_statistics_and_the_chooser,
+                  check_the_inference_model_is_the_checkpoints_with_its_own_statistics,
+                  check_the_training_graphs_weigh_each_sample_and_name_their_outputs, check_sgd_is_ort_own_optimizer):
+        check(ckpt, art, manifest)
+
+
+def test_an_export_with_train_mode_batchnorm_adamw_and_ort_files(ckpt, tmp_path):
+    art = tmp_path / "train"
+    manifest = exporter.export_artifacts(ckpt, art, ["classifier"], bn_mode="train", optimizer="adamw",
+                                         weight_decay=0.01, ort_format=True)
+    check_train_mode_batchnorm_adamw_and_ort_files(ckpt, art, manifest)
+    check_the_print_has_no_bias_note_without_the_bias_scheme(ckpt, art, manifest)
+
+
+def check_the_manifest_states_the_files_and_figures_it_was_made_with(ckpt, art, manifest):
     model, card = load_checkpoint(ckpt)
     assert json.loads((art / "manifest.json").read_text())["schemes"] == manifest["schemes"]
     assert manifest["format"] == "edge-sel-ort-artifacts/1" and manifest["class_names"] == card.class_names
@@ -199,8 +208,7 @@ def test_the_manifest_states_the_files_and_figures_it_was_made_with(ckpt, export
                                                      "conditions.json", "manifest.json", "model.onnx"]
 
 
-def test_each_scheme_states_what_trains_and_its_files(ckpt, exported):
-    (art, manifest), _ = exported
+def check_each_scheme_states_what_trains_and_its_files(ckpt, art, manifest):
     model, _ = load_checkpoint(ckpt)
     numel = {n: p.numel() for n, p in model.named_parameters()}
     initializers = len(onnx.load(str(art / "classifier" / "training_model.onnx")).graph.initializer)
@@ -217,8 +225,7 @@ def test_each_scheme_states_what_trains_and_its_files(ckpt, exported):
     assert initializers > 0
 
 
-def test_the_backward_counts_are_the_graphs(exported):
-    (art, manifest), _ = exported
+def check_the_backward_counts_are_the_graphs(ckpt, art, manifest):
     train = onnx.load(str(art / "bias" / "training_model.onnx")).graph
     stats = manifest["schemes"]["bias"]["backward"]
     backward = [n for n in train.node if "_Grad/" in n.name]
@@ -235,9 +242,8 @@ def test_the_backward_counts_are_the_graphs(exported):
     assert set(full_like) < set(stats)
 
 
-def test_each_condition_is_a_graph_with_its_statistics_and_the_chooser(ckpt, exported):
+def check_each_condition_is_a_graph_with_its_statistics_and_the_chooser(ckpt, art, manifest):
     from edge_sel.core.bn_bank import read_bank
-    (art, manifest), _ = exported
     model, card = load_checkpoint(ckpt)
     saved = read_bank(ckpt, SHAPE, model)
     bank = manifest["conditions"]
@@ -267,8 +273,7 @@ def test_a_checkpoint_without_a_bank_exports_no_conditions(tmp_path):
     assert not (tmp_path / "art" / "conditions.json").exists()
 
 
-def test_the_inference_model_is_the_checkpoints_with_its_own_statistics(ckpt, exported):
-    (art, _), _ = exported
+def check_the_inference_model_is_the_checkpoints_with_its_own_statistics(ckpt, art, manifest):
     model, _ = load_checkpoint(ckpt)
     session = ort.InferenceSession(str(art / "model.onnx"), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["input"] and [o.name for o in session.get_outputs()] == ["logits"]
@@ -279,10 +284,9 @@ def test_the_inference_model_is_the_checkpoints_with_its_own_statistics(ckpt, ex
     assert onnx.load(str(art / "model.onnx")).opset_import[0].version == 17
 
 
-def test_the_training_graphs_weigh_each_sample_and_name_their_outputs(ckpt, exported):
+def check_the_training_graphs_weigh_each_sample_and_name_their_outputs(ckpt, art, manifest):
     """loss = mean(w * CE): ORT's training step with two weights against torch on the same batch."""
     from onnxruntime.training import api
-    (art, _), _ = exported
     model, _ = load_checkpoint(ckpt)
     for name in artifacts.FILES[:2]:
         graph = onnx.load(str(art / "classifier" / name)).graph
@@ -303,8 +307,7 @@ def test_the_training_graphs_weigh_each_sample_and_name_their_outputs(ckpt, expo
     assert np.asarray(loss).size == 1 and np.asarray(loss).item() == pytest.approx(float(expected), abs=1e-5)
 
 
-def test_train_mode_batchnorm_adamw_and_ort_files(ckpt, exported):
-    _, (art, manifest) = exported
+def check_train_mode_batchnorm_adamw_and_ort_files(ckpt, art, manifest):
     s = manifest["schemes"]["classifier"]
     evaluation = onnx.load(str(art / "classifier" / "eval_model.onnx")).graph
     bn = [n for n in evaluation.node if n.op_type == "BatchNormalization"]
@@ -329,10 +332,9 @@ def test_train_mode_batchnorm_adamw_and_ort_files(ckpt, exported):
     assert manifest["training"]["optimizer"] == exporter.resolve_optimizer("adamw", 0.01)
 
 
-def test_sgd_is_ort_own_optimizer(exported):
+def check_sgd_is_ort_own_optimizer(ckpt, art, manifest):
     from onnxruntime.training import artifacts as ort_artifacts
     assert artifacts.optimizer_block("sgd", 0.0) is ort_artifacts.OptimType.SGD
-    (art, _), _ = exported
     ops = {n.op_type for n in onnx.load(str(art / "bias" / "optimizer_model.onnx")).graph.node}
     assert "SGDOptimizerV2" in ops and "AdamWOptimizer" not in ops
 
@@ -422,27 +424,55 @@ def test_the_training_forward_keeps_the_checkpoints_statistics_and_takes_only_th
         assert onnx.load(str(tmp_path / f"{mode}.onnx")) == proto
         bn_nodes = [n for n in proto.graph.node if n.op_type == "BatchNormalization"]
         assert (len(bn_nodes) > 0) == (mode == "train")       # eval: spelled out as scale and shift
+        # train: batch statistics, the running ones as outputs ORT updates
+        assert all(len(n.output) == 3 and [a.i for a in n.attribute if a.name == "training_mode"] == [1]
+                   for n in bn_nodes)
+        assert_batch_axes(proto)
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())        # the model is untouched
+
+
+def assert_batch_axes(proto):
+    """The image and the logits have a batch axis named `batch`, the manifest's word for it."""
+    (image,), logits = proto.graph.input, proto.graph.output[0]
+    assert [d.dim_param or d.dim_value for d in image.type.tensor_type.shape.dim] == ["batch", *SHAPE]
+    assert [d.dim_param or d.dim_value for d in logits.type.tensor_type.shape.dim] == ["batch", 10]
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_equal_parameters_stay_tensors_of_their_own(tmp_path, mode):
+    """A fresh model's BatchNorm weights are all ones: exported as plain initializers the exporter
+    would merge them, and the training artifacts could not name each one."""
+    model = build_model("edgecnn", 10, in_channels=1, input_shape=SHAPE)
+    proto = onnx_graph.export_training_forward(model, SHAPE, tmp_path / "f.onnx", mode)
+    assert {n for n, _ in model.named_parameters()} <= {t.name for t in proto.graph.initializer}
 
 
 def test_a_parameter_the_graph_lacks_is_refused(tmp_path):
     class Unused(nn.Module):
         def __init__(self):
             super().__init__()
-            self.used, self.spare = nn.Linear(4, 2), nn.Linear(4, 2)
+            self.used, self.spare, self.other = nn.Linear(4, 2), nn.Linear(4, 2), nn.Linear(4, 2)
 
         def forward(self, x):
             return self.used(x.flatten(1))
     with pytest.raises(onnx_graph.ExportError) as e:
         onnx_graph.export_training_forward(Unused(), [1, 2, 2], tmp_path / "f.onnx", "eval")
-    assert str(e.value) == "exported graph lacks parameters ['spare.weight', 'spare.bias']; cannot build artifacts"
+    assert str(e.value) == ("exported graph lacks parameters ['spare.weight', 'spare.bias', 'other.weight']; cannot "
+                            "build artifacts")
 
 
 def test_an_inference_graph_that_differs_from_torch_is_refused(ckpt, tmp_path, monkeypatch):
     model, _ = load_checkpoint(ckpt)
+    model.train()
     worst = onnx_graph.export_inference(model, SHAPE, tmp_path / "a.onnx")
     assert 0 <= worst <= onnx_graph.INFERENCE_TOLERANCE and worst == onnx_graph.export_inference(
         model, SHAPE, tmp_path / "b.onnx", seed=0)
+    assert all(m.training for m in model.modules())           # exported from a copy: the model's mode is its own
+    proto = onnx.load(str(tmp_path / "a.onnx"))
+    assert_batch_axes(proto)                                  # the image its only input: weights are constants,
+    assert not [n for n in proto.graph.node if n.op_type == "BatchNormalization"]     # BatchNorm folded into them
+    monkeypatch.setattr(onnx_graph, "INFERENCE_TOLERANCE", worst)         # at the tolerance exactly: accepted
+    assert onnx_graph.export_inference(model, SHAPE, tmp_path / "d.onnx") == worst
     monkeypatch.setattr(onnx_graph, "INFERENCE_TOLERANCE", -1.0)
     with pytest.raises(onnx_graph.ExportError) as e:
         onnx_graph.export_inference(model, SHAPE, tmp_path / "c.onnx")
@@ -452,7 +482,7 @@ def test_an_inference_graph_that_differs_from_torch_is_refused(ckpt, tmp_path, m
 
 # ---- the command ------------------------------------------------------------------------------
 
-def test_the_command_prints_each_scheme_and_the_bias_note(ckpt, exported, tmp_path, capsys):
+def test_the_command_prints_each_scheme_and_the_bias_note(ckpt, tmp_path, capsys):
     code, out, err = run_main_said(["export", "--checkpoint", ckpt, "--out", tmp_path / "art", "--scheme", "bias",
                                     "--optimizer", "adamw", "--weight-decay", "0.02", "--bn-mode", "train"], capsys)
     assert (code, err) == (0, "")
@@ -479,10 +509,13 @@ def test_the_command_prints_each_scheme_and_the_bias_note(ckpt, exported, tmp_pa
     assert code == 2 and "pass --overwrite" in err
 
 
-def test_the_print_has_no_bias_note_without_the_bias_scheme(exported, tmp_path, capsys):
-    _, (art, manifest) = exported
-    cli.print_export(manifest, art)
-    out = capsys.readouterr().out
+def check_the_print_has_no_bias_note_without_the_bias_scheme(ckpt, art, manifest):
+    import contextlib
+    import io
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        cli.print_export(manifest, art)
+    out = printed.getvalue()
     assert "training artifacts (adamw, BatchNorm train mode):" in out and "bias saves" not in out
     assert out.count("\n") == 4
 
