@@ -5,6 +5,7 @@ or graph refused in one line. Milliseconds each."""
 
 import json
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -64,6 +65,21 @@ def test_a_bank_gives_one_session_per_condition_in_its_order_and_the_chooser(tmp
     names, sessions, chooser = ort_session.load_sessions(banked, True, 2)
     assert names == ["source", "fog"] and chooser == CHOOSER
     assert [answer(s) for s in sessions] == [11.0, 10.0]
+    assert [s.get_session_options().intra_op_num_threads for s in sessions] == [2, 2]      # each its threads
+    _, (plain,), _ = ort_session.load_sessions(banked, False, 3)
+    assert plain.get_session_options().intra_op_num_threads == 3
+
+
+@pytest.mark.parametrize("name", ["conditions.json", "model.onnx"])
+def test_a_file_the_export_names_by_a_link_out_of_it_is_refused_naming_the_export(tmp_path, name):
+    banked = export(tmp_path / "banked", GOOD)
+    outside = tmp_path / f"outside-{name}"
+    (banked / name).rename(outside)
+    (banked / name).symlink_to(outside)
+    with pytest.raises(InputError) as e:
+        ort_session.load_sessions(banked, name == "conditions.json", None)
+    assert str(e.value) == (f"{banked}: {name!r} lies outside {banked}; edge-sel follows no path out of a directory "
+                            f"it received")
 
 
 @pytest.mark.parametrize("text, why", [
@@ -116,7 +132,9 @@ def test_a_graph_onnx_runtime_cannot_load_is_one_line(tmp_path):
 
 def test_the_threads_asked_for_and_the_waiting_policy_reach_the_session(tmp_path, monkeypatch):
     path = graph(tmp_path / "m.onnx", 1.0)
-    s = ort_session.session(path, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # a provider name ORT does not know is only a warning
+        s = ort_session.session(path, 3)
     options = s.get_session_options()
     assert (options.intra_op_num_threads, options.inter_op_num_threads) == (3, 1)
     assert s.get_providers() == ["CPUExecutionProvider"] and answer(s) == 1.0
