@@ -9,10 +9,9 @@ when the candidate's local validation accuracy is not higher (keeping the drifte
 guard forbids; a reset to the source weights produces such candidates).
 
 `decide` returns which rule decided; `promote` acts on it with the atomic swap of
-engine/night/deployed_swap.py, and appends the decision and the deployment to the deployed
-model's history (DEPLOYED.history.jsonl) and to the run's own (RUN/promote.jsonl), both journals
-of engine/night/journal.py: appended, never rewritten. A run whose model is already the deployed
-one is said to be so, and nothing is written."""
+engine/night/deployed_swap.py, and appends the decision and the deployment to the deployed model's
+history (DEPLOYED.history.jsonl) and the run's (RUN/promote.jsonl), journals never rewritten
+(engine/night/journal.py). A run whose model is already deployed is said to be so; nothing is written."""
 
 from __future__ import annotations
 
@@ -342,7 +341,7 @@ def promote(run_dir: Path, deployed: Path, force: bool = False, evaluate=None,
                          f"({e.strerror or e}); the deployed model is unchanged") from None
     _record(run_dir, "decision", record)
     previous = deployed.resolve() if deployed.is_symlink() else None
-    after = {}
+    after = {}                  # what failed after the flip, if anything
     try:
         version = swap_in(run_dir, deployed)
     except AfterSwapError as e:          # deployed all the same: say what failed after, keep the record
@@ -353,11 +352,11 @@ def promote(run_dir: Path, deployed: Path, force: bool = False, evaluate=None,
               file=sys.stderr, flush=True)
     except OSError as e:
         failed = {"run": str(run_dir), "error": str(e)}
-        recorded = _journal(deployed, "swap-failed", failed, warn=False)     # one line says both (a full disk)
+        unsaid = "" if _journal(deployed, "swap-failed", failed, warn=False) else \
+            f", and {journal.journal_path(deployed).name} cannot record that"        # one line says both
         _record(run_dir, "swap-failed", failed)
         raise WriteError(f"--deployed {deployed}: cannot replace the deployed model ({e.strerror or e}); "
-                         f"it is unchanged" + ("" if recorded else f", and {journal.journal_path(deployed).name} "
-                                                                    f"cannot record that")) from None
+                         f"it is unchanged{unsaid}") from None
     done = {"run": str(run_dir), "version": str(version), "rule": decision.rule,
             "previous": None if previous is None else str(previous), **after}
     _journal(deployed, "deployed", done)
@@ -370,23 +369,21 @@ def _fields(record: dict) -> dict:
 
 
 def _journal(deployed: Path, event: str, record: dict, warn: bool = True) -> bool:
-    """A line in the deployed model's history; False when it could not be written (said on stderr
-    with `warn`)."""
+    """A line in the deployed model's history; False when it cannot be written (said with `warn`)."""
     if not deployed.parent.is_dir():
         return True             # nothing was ever deployed there, and a decision not to changes nothing
     try:
         journal.append(deployed, event, **_fields(record))
+        return True
     except OSError as e:
         if warn:
             print(f"edge-sel: warning: {journal.journal_path(deployed)}: cannot write ({e.strerror or e}); this "
                   f"{event} is not in the deployed model's history", file=sys.stderr, flush=True)
         return False
-    return True
 
 
 def _record(run_dir: Path, event: str, record: dict) -> None:
-    """A line in the run's own journal (RUN/promote.jsonl), appended: an earlier decision about the
-    run, or its deployment, is never rewritten."""
+    """A line appended to the run's own journal (RUN/promote.jsonl): nothing earlier is rewritten."""
     try:
         journal.append_to(journal.run_path(run_dir), event, **{k: v for k, v in record.items() if k != "when"})
     except OSError:
