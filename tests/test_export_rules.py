@@ -471,6 +471,15 @@ def test_an_inference_graph_that_differs_from_torch_is_refused(ckpt, tmp_path, m
     proto = onnx.load(str(tmp_path / "a.onnx"))
     assert_batch_axes(proto)                                  # the image its only input: weights are constants,
     assert not [n for n in proto.graph.node if n.op_type == "BatchNormalization"]     # BatchNorm folded into them
+    # The figure is the largest difference over a batch of 8, then of 3, drawn from the seed.
+    g, diffs = torch.Generator().manual_seed(0), []
+    session = ort.InferenceSession(str(tmp_path / "a.onnx"), providers=["CPUExecutionProvider"])
+    for batch in (8, 3):
+        x = torch.randn(batch, *SHAPE, generator=g)
+        with torch.no_grad():
+            diffs.append(float(np.abs(session.run(None, {"input": x.numpy()})[0] - model.eval()(x).numpy()).max()))
+    model.train()
+    assert worst == max(diffs)
     monkeypatch.setattr(onnx_graph, "INFERENCE_TOLERANCE", worst)         # at the tolerance exactly: accepted
     assert onnx_graph.export_inference(model, SHAPE, tmp_path / "d.onnx") == worst
     monkeypatch.setattr(onnx_graph, "INFERENCE_TOLERANCE", -1.0)
