@@ -292,6 +292,7 @@ def check_the_training_graphs_weigh_each_sample_and_name_their_outputs(ckpt, art
         graph = onnx.load(str(art / "classifier" / name)).graph
         assert [o.name for o in graph.output][:2] == ["loss", "logits"]
         assert [i.name for i in graph.input][:3] == ["input", "labels", "sample_weight"]
+        assert [d.dim_param for d in graph.input[2].type.tensor_type.shape.dim] == ["batch"]
     state = api.CheckpointState.load_checkpoint(str(art / "classifier" / "checkpoint"))
     module = api.Module(str(art / "classifier" / "training_model.onnx"), state,
                         str(art / "classifier" / "eval_model.onnx"))
@@ -327,6 +328,7 @@ def check_train_mode_batchnorm_adamw_and_ort_files(ckpt, art, manifest):
     (opt,) = [n for n in onnx.load(str(art / "classifier" / "optimizer_model.onnx")).graph.node
               if n.op_type == "AdamWOptimizer"]
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in opt.attribute}
+    assert "adamw.updated_flag" in opt.output[0] and "loss" not in opt.output
     assert attrs == pytest.approx({"alpha": 0.9, "beta": 0.999, "epsilon": 1e-8, "weight_decay": 0.01,
                                    "correct_bias": 1, "adam_mode": 0})
     assert manifest["training"]["optimizer"] == exporter.resolve_optimizer("adamw", 0.01)
@@ -335,8 +337,16 @@ def check_train_mode_batchnorm_adamw_and_ort_files(ckpt, art, manifest):
 def check_sgd_is_ort_own_optimizer(ckpt, art, manifest):
     from onnxruntime.training import artifacts as ort_artifacts
     assert artifacts.optimizer_block("sgd", 0.0) is ort_artifacts.OptimType.SGD
-    ops = {n.op_type for n in onnx.load(str(art / "bias" / "optimizer_model.onnx")).graph.node}
-    assert "SGDOptimizerV2" in ops and "AdamWOptimizer" not in ops
+    optimizer = onnx.load(str(art / "bias" / "optimizer_model.onnx")).graph
+    assert "SGDOptimizerV2" in {n.op_type for n in optimizer.node} and "AdamWOptimizer" not in {n.op_type for n in optimizer.node}
+    assert "update_completed" in optimizer.output[0].name          # only the training and eval graphs' loss is renamed
+    # The checkpoint holds every tensor, trainable or frozen, each marked as such.
+    from onnxruntime.training import api
+    for scheme in ("classifier", "bias"):
+        state = api.CheckpointState.load_checkpoint(str(art / scheme / "checkpoint"))
+        marked = {name: p.requires_grad for name, p in state.parameters}
+        assert sorted(n for n, grad in marked.items() if grad) == sorted(manifest["schemes"][scheme]["trainable"])
+        assert sum(not grad for grad in marked.values()) == manifest["schemes"][scheme]["frozen_tensors"]
 
 
 def test_a_loss_already_named_loss_is_left_and_another_name_is_replaced_everywhere(tmp_path):
@@ -364,15 +374,35 @@ def test_the_eval_batchnorm_repair_keeps_one_output_and_eval_mode(tmp_path):
     inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 1, 1, 1] if n == "x" else [1]) for n in names]
     bn = helper.make_node("BatchNormalization", names, ["y", "rm", "rv"], training_mode=1, epsilon=1e-5)
     single = helper.make_node("BatchNormalization", names, ["z"], epsilon=1e-5)
-    graph = helper.make_graph([bn, single], "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    two = helper.make_node("BatchNormalization", names, ["w", "rm2"], training_mode=1)
+    graph = helper.make_graph([bn, single, two], "g", inputs,
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
     path = tmp_path / "eval.onnx"
     onnx.save(helper.make_model(graph), str(path))
-    assert artifacts.repair_eval_batchnorm(path) == 1
+    assert artifacts.repair_eval_batchnorm(path) == 2
     nodes = onnx.load(str(path)).graph.node
+    assert list(nodes[2].output) == ["w"]
     assert list(nodes[0].output) == ["y"] and {a.name: a.i for a in nodes[0].attribute if a.type == 2} == \
         {"training_mode": 0}
     assert [a.f for a in nodes[0].attribute if a.name == "epsilon"] == [pytest.approx(1e-5)]
     assert list(nodes[1].output) == ["z"]
+
+
+def test_the_backward_counts_read_each_kind_of_node(tmp_path):
+    """On graphs made by hand: a ConvGrad computes dW when its second output is named (two or three
+    outputs, the second empty when the weight is frozen)."""
+    from onnx import helper
+    nodes = [helper.make_node("ConvGrad", ["g", "x", "w"], ["dx", "dw"], name="conv1_Grad/ConvGrad_0"),
+             helper.make_node("ConvGrad", ["g", "x", "w"], ["dx2", "", "db"], name="conv2_Grad/ConvGrad_0"),
+             helper.make_node("ConvGrad", ["g", "x", "w"], ["dx3"], name="conv3_Grad/ConvGrad_0"),
+             helper.make_node("ReluGrad", ["g", "x"], ["dr"], name="relu_Grad/ReluGrad_0"),
+             helper.make_node("InPlaceAccumulatorV2", ["a", "dw"], ["acc"], name="acc"),
+             helper.make_node("Relu", ["x"], ["r"], name="relu")]
+    for name, graph_nodes in (("training_model.onnx", nodes), ("eval_model.onnx", nodes[-1:])):
+        onnx.save(helper.make_model(helper.make_graph(graph_nodes, "g", [], [])), str(tmp_path / name))
+    assert artifacts.backward_stats(tmp_path) == {
+        "training_nodes": 6, "eval_nodes": 1, "grad_nodes": 4, "grad_op_nodes": 4, "conv_grad_nodes": 3,
+        "conv_weight_grad_nodes": 1, "gradient_accumulators": 1, "grad_ops": {"ConvGrad": 3, "ReluGrad": 1}}
 
 
 def test_the_native_stderr_is_silenced_and_restored(capfd):
