@@ -149,7 +149,8 @@ def test_a_planned_scheme_takes_the_runs_memory_plan_or_is_refused(tmp_path):
             f"with --sparsity budget)")
     for text in (None, "not json", "[]", '{"memory_plan": null}', '{"memory_plan": []}',
                  '{"memory_plan": {"trainable": []}}', '{"memory_plan": {"trainable": "a.weight"}}',
-                 '{"memory_plan": {"trainable": ["a.weight", 3]}}', '{"memory_plan": {"trainable": ["c.weight"]}}'):
+                 '{"memory_plan": {"trainable": ["a.weight", 3]}}', '{"memory_plan": {"trainable": ["c.weight"]}}',
+                 '{"memory_plan": "budget"}'):
         if text is not None:
             config.write_text(text)
         with pytest.raises(InputError) as e:
@@ -249,8 +250,11 @@ def check_each_condition_is_a_graph_with_its_statistics_and_the_chooser(ckpt, ar
     bank = manifest["conditions"]
     assert bank["file"] == "conditions.json" and bank["names"] == ["source", "fog"]
     assert bank["graphs"] == ["conditions/0.onnx", "conditions/1.onnx"] and 0 <= bank["max_abs_diff_vs_torch"] <= 1e-4
-    written = json.loads((art / "conditions.json").read_text())
+    text = (art / "conditions.json").read_text()
+    written = json.loads(text)
+    assert text == json.dumps(written, indent=1) + "\n"
     assert written["files"] == bank["graphs"] and written["chooser"]["names"] == ["source", "fog"]
+    assert bank["note"] == "one inference graph per condition; edge-sel predict --backend ort chooses per image"
     x = torch.randn(5, *SHAPE, generator=torch.Generator().manual_seed(3))
     outs = []
     for c, graph in zip(saved, bank["graphs"]):
@@ -264,6 +268,31 @@ def check_each_condition_is_a_graph_with_its_statistics_and_the_chooser(ckpt, ar
         np.testing.assert_allclose(got, expected, atol=1e-4)
         outs.append(got)
     assert np.abs(outs[0] - outs[1]).max() > 0.1                   # each graph its own statistics
+
+
+def test_a_planned_scheme_trains_what_the_runs_memory_plan_chose(ckpt, tmp_path, monkeypatch):
+    import shutil
+    import time
+    run = shutil.copytree(ckpt, tmp_path / "run")
+    (run / "config.json").write_text(json.dumps({"memory_plan": {"trainable": ["fc.bias", "features.0.1.weight"]}}))
+    monkeypatch.setattr(time, "gmtime", lambda *a: time.struct_time((2026, 11, 23, 2, 30, 5, 0, 327, 0)))
+    manifest = exporter.export_artifacts(run, tmp_path / "art", ["planned"])
+    planned = manifest["schemes"]["planned"]
+    assert planned["trainable"] == ["features.0.1.weight", "fc.bias"] and planned["note"] == SCHEME_NOTES["planned"]
+    assert manifest["created_utc"] == "2026-11-23T02:30:05Z"
+
+
+def test_a_bank_that_does_not_fit_the_models_layers_is_refused_and_nothing_is_left(ckpt, tmp_path):
+    import shutil
+    from edge_sel.core.bn_bank import read_bank
+    other = shutil.copytree(ckpt, tmp_path / "other")
+    saved = read_bank(other, SHAPE)
+    for c in saved:
+        c.stats = {f"renamed.{k}": v for k, v in c.stats.items()}
+    write_bank(other / BANK_FILE, saved)
+    with pytest.raises(InputError, match="BatchNorm"):
+        exporter.export_artifacts(other, tmp_path / "art", ["classifier"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other"]
 
 
 def test_a_checkpoint_without_a_bank_exports_no_conditions(tmp_path):
