@@ -9,8 +9,27 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from edge_sel.backends.ort_env import require_ort
 from edge_sel.cli import cli, main
 from edge_sel.core.records import VOLATILE_FIELDS, read_records
+from edge_sel.errors import InputError
+
+
+def _ort_missing() -> str | None:
+    """Why the `ort` extra cannot run here (the command's own words), or None where it can.
+    onnxruntime-training has no wheels for CPython 3.13 or for aarch64, so there it never installs."""
+    try:
+        require_ort("the ort extra")
+    except InputError as e:
+        return (f"{e} (onnxruntime-training 1.19.2, its last release, has wheels for CPython up to 3.12 on "
+                f"x86_64 only; this is Python {sys.version_info.major}.{sys.version_info.minor})")
+    return None
+
+
+ORT_MISSING = _ort_missing()
+# For a test, a parametrized case (pytest.param(..., marks=needs_ort)) or a module (pytestmark) that
+# needs onnx and onnxruntime-training: skipped with the reason where they cannot be imported.
+needs_ort = pytest.mark.skipif(ORT_MISSING is not None, reason=ORT_MISSING or "")
 
 
 def run_cli(*args, expect: int = 0):

@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import run_cli, run_main
+from helpers import needs_ort, run_cli, run_main
 from test_predictor_device import CLASSES, MEAN, STD, banked, by_hand, checkpoint, condition_images, tiny_model  # noqa: F401
 from edge_sel.errors import InputError, WriteError
 from edge_sel.predict.conditions import image_features, normalised
@@ -339,6 +339,7 @@ CRAFTED_EXPORTS = {
 }
 
 
+@needs_ort
 @pytest.mark.parametrize("name", sorted(CRAFTED_EXPORTS))
 def test_a_damaged_export_is_refused_in_one_line_and_left_as_it_was(export, tmp_path, capsys, name):
     import shutil
@@ -356,6 +357,7 @@ def test_a_damaged_export_is_refused_in_one_line_and_left_as_it_was(export, tmp_
     assert tree(crafted, image) == before
 
 
+@needs_ort
 def test_the_export_as_written_predicts_as_its_checkpoint(export, tmp_path, capsys):
     images = tmp_path / "images"
     images.mkdir()

@@ -24,7 +24,7 @@ from edge_sel.engine.night.deployed_swap import swap_in
 from edge_sel.engine.night.promote import promote
 from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.engine.runs.run import finetune
-from helpers import run_main, run_main_said
+from helpers import needs_ort, run_main, run_main_said
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -162,6 +162,7 @@ def test_the_set_is_at_least_fifteen_cases_over_ten_commands():
 
 # ---- item 4: export --overwrite -------------------------------------------------------------
 
+@needs_ort
 def test_export_overwrite_replaces_only_its_own_and_keeps_a_good_export_when_the_bank_is_torn(world, tmp_path,
                                                                                               capsys):
     """Issue 45, item 4: `export --overwrite` deleted a good earlier export before finding the

@@ -13,6 +13,7 @@ import torch
 from edge_sel import threads
 from edge_sel.errors import InputError
 from edge_sel.threads import LOAD_ENV, WAIT_ENV, choose_threads, passive_waiting, stated_load
+from helpers import needs_ort
 
 read_quota = threads.cgroup_cpu_quota
 
@@ -181,6 +182,7 @@ def test_omp_num_threads_in_digits_openmp_cannot_read_is_refused_in_one_line(tex
                             f"(e.g. 4); set one or unset the variable")
 
 
+@needs_ort
 def test_onnx_runtime_threads_stop_spinning_where_waiting_is_passive(monkeypatch):
     import onnxruntime as ort
     for policy in ("PASSIVE", " passive "):
@@ -199,6 +201,7 @@ def test_onnx_runtime_threads_stop_spinning_where_waiting_is_passive(monkeypatch
     assert threads.waiting_is_passive({WAIT_ENV: "PASSIVE"}) and not threads.waiting_is_passive({})
 
 
+@needs_ort
 def test_both_backends_sessions_take_the_waiting_policy(monkeypatch, tmp_path):
     """Training (backends/ort_backend.py) and predicting (predict/ort_session.py) build their options
     through ort_waits_like_openmp."""
