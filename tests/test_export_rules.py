@@ -602,11 +602,15 @@ def test_pretrain_export_writes_its_own_artifacts_and_replaces_them(ckpt, tmp_pa
 
 
 def test_without_the_ort_extra_each_way_in_names_its_own_option(ckpt, tmp_path, monkeypatch, capsys):
+    import shutil
+
     from test_export_errors import plain_onnxruntime
     plain_onnxruntime(monkeypatch)
+    own = shutil.copytree(ckpt, tmp_path / "own")     # the extra is said after the checkpoint is read
     with pytest.raises(InputError) as e:
-        cli.export_after_pretrain(tmp_path / "ckpt", quiet=True)
+        cli.export_after_pretrain(own, quiet=True)
     assert str(e.value).startswith("--export-artifacts: onnxruntime 1.20.1 has no training API")
+    assert not (own / "artifacts").exists()
     code, err = run_main(["export", "--checkpoint", ckpt, "--out", tmp_path / "art"], capsys)
     assert code == 2 and err.startswith("edge-sel: error: export: onnxruntime 1.20.1 has no training API")
     assert not (tmp_path / "art").exists()

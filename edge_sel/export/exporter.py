@@ -82,19 +82,18 @@ class refusing_unsupported:
                          f"{self.what} cannot be made (replace that layer, or train with --backend torch)") from None
 
 
-def export_bank(model, card, checkpoint: Path, out: Path) -> dict | None:
-    """A checkpoint's BatchNorm bank for ONNX Runtime: one inference graph per condition with its
-    statistics in the BatchNorm nodes, and conditions.json holding the chooser (its Gaussians over
-    image features; no image leaves the checkpoint). None when the checkpoint keeps no bank."""
+def export_bank(model, card, saved, out: Path) -> dict | None:
+    """A checkpoint's BatchNorm bank (`saved`, as read_bank read it) for ONNX Runtime: one inference
+    graph per condition with its statistics in the BatchNorm nodes, and conditions.json holding the
+    chooser (its Gaussians over image features; no image leaves the checkpoint). None when the
+    checkpoint keeps no bank."""
     import copy
 
-    from edge_sel.core.bn_bank import read_bank
     from edge_sel.export.onnx_graph import export_inference
     from edge_sel.predict.conditions import ConditionChooser
     from edge_sel.predict.ort_session import EXPORT_FILE
     from edge_sel.predict.statistics import named_batchnorm
 
-    saved = read_bank(checkpoint, list(card.input_shape), model)
     if not saved:
         return None
     chooser = ConditionChooser.from_images([c.name for c in saved], [c.images for c in saved], card.mean, card.std)
@@ -117,8 +116,10 @@ def export_artifacts(checkpoint: Path, out: Path, schemes=DEFAULT_SCHEMES, *, bn
                      optimizer: str = "sgd", weight_decay: float | None = None, ort_format: bool = False,
                      overwrite: bool = False, option: str = "edge-sel export", own_checkpoint: bool = False) -> dict:
     """Write model.onnx, <scheme>/ artifact sets and manifest.json under `out`; return the manifest.
-    `own_checkpoint`: `out` lies inside the checkpoint because the same command wrote both."""
-    require_ort(option)
+    `own_checkpoint`: `out` lies inside the checkpoint because the same command wrote both.
+    The options, --out and the checkpoint (its bank too) are checked before the `ort` extra, so that
+    where the extra cannot install (CPython 3.13) a bad input is still what the user hears first."""
+    from edge_sel.core.bn_bank import read_bank
 
     if bn_mode not in BN_MODES:
         raise InputError(f"--bn-mode: choose one of {', '.join(BN_MODES)}, got {bn_mode!r}")
@@ -135,10 +136,12 @@ def export_artifacts(checkpoint: Path, out: Path, schemes=DEFAULT_SCHEMES, *, bn
     check_out_dir(out, overwrite, "export", inputs)
     model, card = load_checkpoint(Path(checkpoint))
     model.eval()
+    bank = read_bank(Path(checkpoint), list(card.input_shape), model)
+    require_ort(option)
     # Built whole beside --out and renamed into place: a torn bank or an operator ONNX cannot take
     # keeps an earlier export as it was.
     with staged_out_dir(out, "export") as staging:
-        manifest = _export(model, card, Path(checkpoint), out, staging, schemes, bn_mode, opt, ort_format)
+        manifest = _export(model, card, Path(checkpoint), bank, out, staging, schemes, bn_mode, opt, ort_format)
     return manifest
 
 
@@ -156,7 +159,8 @@ def planned_names(checkpoint: Path, parameters: dict) -> list[str]:
     return names
 
 
-def _export(model, card, checkpoint: Path, out: Path, staging: Path, schemes, bn_mode, opt, ort_format) -> dict:
+def _export(model, card, checkpoint: Path, saved_bank, out: Path, staging: Path, schemes, bn_mode, opt,
+            ort_format) -> dict:
     """The export's files under `staging` (messages name `out`, where they will be)."""
     from edge_sel.export.artifacts import FILES, generate_scheme
     from edge_sel.export.onnx_graph import INFERENCE_TOLERANCE, OPSET, export_inference, export_training_forward
@@ -164,7 +168,7 @@ def _export(model, card, checkpoint: Path, out: Path, staging: Path, schemes, bn
 
     with refusing_unsupported(out, card.architecture, "the inference model"):
         max_diff = export_inference(model, card.input_shape, staging / "model.onnx")
-        bank = export_bank(model, card, checkpoint, staging)
+        bank = export_bank(model, card, saved_bank, staging)
         forward_path = staging / ".forward.onnx"
         forward = export_training_forward(model, card.input_shape, forward_path, bn_mode)
     initializers = [t.name for t in forward.graph.initializer]

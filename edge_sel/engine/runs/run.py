@@ -96,7 +96,8 @@ def take_artifact_optimizer(cfg: TrainConfig, quiet: bool) -> None:
     contradict); typed ones are still checked against it by the backend."""
     from edge_sel.backends.ort_env import require_ort
     from edge_sel.backends.ort_manifest import optimizer_defaults
-    require_ort("--backend ort")          # a missing or shadowed ORT is the first thing to say
+    existing_dir(cfg.artifacts, "--artifacts")   # a mistyped folder is said first, with ORT or without
+    require_ort("--backend ort")          # then a missing or shadowed ORT, before the manifest is read
     taken = {}
     for field, value in optimizer_defaults(Path(cfg.artifacts)).items():
         if field not in cfg.explicit and getattr(cfg, field) != value:
