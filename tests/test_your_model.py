@@ -21,13 +21,15 @@ from edge_sel.core.checkpoint import read_card, read_weights
 from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.engine.runs.run import finetune, pretrain
 from edge_sel.errors import InputError
-from helpers import records, run_cli, run_main, stable
+from helpers import PINNED_CHOICES, SAME_CHOICES, records, run_cli, run_main, stable
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
-# No layout measurement: it would time both layouts for every new model (a few seconds each).
-FAST = dict(memory_format="contiguous", eval_batch_size=256, batch_size=32, checkpoint_every=0)
-FAST_CLI = ["--memory-format", "contiguous", "--eval-batch-size", "256", "--quiet"]
+# No layout or precision measurement: it would time both layouts for every new model (a few seconds
+# each), and a probe that chose bf16 in one process and fp32 in another (a loaded CPU's step time
+# drops the cached choice) made the in-process reference and the resumed subprocess two different runs.
+FAST = dict(**PINNED_CHOICES, batch_size=32, checkpoint_every=0)
+FAST_CLI = [*SAME_CHOICES, "--quiet"]
 
 
 class PlainNet(nn.Module):
