@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import digits_warmup_with_memory, run_cli, run_main
+from helpers import digits_warmup_with_memory, needs_ort, run_cli, run_main
 from edge_sel.core.bn_bank import BANK_FILE, SavedCondition, read_bank, write_bank
 from edge_sel.data.camera import apply_condition, camera_stream
 from edge_sel.engine.evaluation.bn_bank import images_fingerprint
@@ -163,8 +163,8 @@ def test_predict_writes_a_line_per_image_in_file_name_order_and_a_summary(banked
     assert "latency p50" in err and "per 1,000 images" in err
 
 
+@needs_ort      # the export needs onnx and the training build, not only an onnxruntime
 def test_ort_predicts_the_same_classes_and_logits_as_torch(banked, test_split, tmp_path, capsys):
-    pytest.importorskip("onnxruntime")
     art = tmp_path / "art"
     run_cli("export", "--checkpoint", banked, "--out", art, "--scheme", "classifier")
     manifest = json.loads((art / "manifest.json").read_text())

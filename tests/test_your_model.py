@@ -21,7 +21,7 @@ from edge_sel.core.checkpoint import read_card, read_weights
 from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.engine.runs.run import finetune, pretrain
 from edge_sel.errors import InputError
-from helpers import PINNED_CHOICES, SAME_CHOICES, records, run_cli, run_main, stable
+from helpers import PINNED_CHOICES, SAME_CHOICES, needs_ort, records, run_cli, run_main, stable
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,8 +122,8 @@ def test_pretrain_of_the_unregistered_model_resumes_exactly_after_sigkill(tmp_pa
         assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
 
 
+@needs_ort
 def test_the_unregistered_model_exports_and_trains_in_the_ort_backend(warm, tmp_path):
-    pytest.importorskip("onnxruntime.training")
     from edge_sel.export.exporter import export_artifacts
     manifest = export_artifacts(warm, tmp_path / "art", schemes=["full", "classifier"])
     assert manifest["schemes"]["classifier"]["trainable"] == ["head.weight", "head.bias"]   # the discovered head
@@ -138,8 +138,8 @@ def test_the_unregistered_model_exports_and_trains_in_the_ort_backend(warm, tmp_
     assert trainable and all(not torch.equal(before[name], after[name]) for name in trainable)
 
 
+@needs_ort
 def test_an_operator_ort_cannot_train_is_refused_by_name(tmp_path, capsys):
-    pytest.importorskip("onnxruntime.training")
     pretrain(f"{__file__}:make_hardswish", DataOptions("digits", subset=40), TrainConfig(epochs=0, **FAST),
              tmp_path / "hs", quiet=True)
     code, err = run_main(["export", "--checkpoint", tmp_path / "hs", "--out", tmp_path / "art"], capsys)
