@@ -216,8 +216,9 @@ def in_process(args: list[str]) -> tuple[int, str]:
 
 def killed_night(args: list[str], point: str) -> tuple[int, str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), KILL_ENV: point}
+    # A wedged night never ends; a starved one (a shared 2-core machine, niced) took over 120 s.
     p = subprocess.run([sys.executable, "-m", "edge_sel", *args], env=env, capture_output=True, text=True,
-                       timeout=120)
+                       timeout=600)
     return p.returncode, p.stderr
 
 
