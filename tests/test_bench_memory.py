@@ -7,15 +7,26 @@ from pathlib import Path
 
 import pytest
 
+from edge_sel.bench.memory import MIN_LAST_K_CHUNK, SAME_NUMERICS, MemoryModel
+from edge_sel.config import TrainConfig
+from edge_sel.methods.update.fixed_sets import bias_norm_names, classifier_names
+from edge_sel.models.blocks import named_blocks
 from helpers import run_cli
 
 METHODS = ("full FT planned", "classifier", "last-k", "bias-norm", "layers", "rgn", "planner")
 
 
-def test_bench_memory_quick_run(tmp_path):
-    out = tmp_path / "bench"
+@pytest.fixture(scope="module")
+def quick_bench(tmp_path_factory):
+    """Every method at 1/2 and 1/30 in one process, on a warmup the bench makes."""
+    out = tmp_path_factory.mktemp("quick") / "bench"
     run_cli("bench", "memory", "--dataset", "synthetic", "--quick", "--quiet", "--subset", "64", "--test-subset", "32",
-            "--batch-size", "32", "--pretrain-epochs", "1", "--budgets", "1/2,1/30", "--out", out)
+            "--batch-size", "32", "--pretrain-epochs", "1", "--budgets", "1/2,1/30", "--one-process", "--out", out)
+    return out
+
+
+def test_bench_memory_quick_run(quick_bench):
+    out = quick_bench
     bench = json.loads((out / "bench.json").read_text())
     rows = {r["key"]: r for r in bench["rows"]}
     assert set(rows) == {"full FT"} | {f"{m}@{f}" for m in METHODS for f in ("1/2", "1/30")}
@@ -38,6 +49,38 @@ def test_bench_memory_quick_run(tmp_path):
     table = (out / "table.md").read_text()
     assert table.count("| does not fit") == len(refused)
     assert (out / "accuracy-memory.png").stat().st_size > 1000
+    # In one process a run reuses what earlier runs freed: no measured peak is shown, and the notes say why.
+    assert all(r.get("measured_peak_mb") is None for r in ran) and "--one-process" in table
+    # Each run planned the shape the bench fitted it to (the same budget less the same reserve).
+    mm = MemoryModel(out / "warmup", TrainConfig(epochs=1, batch_size=32, **SAME_NUMERICS))
+    budget = bench["budgets_mb"]["1/2"]
+    sets = {"full FT planned": mm.everything, "classifier": classifier_names(mm.model),
+            "bias-norm": bias_norm_names(mm.model), "last-k": classifier_names(mm.model, rows["last-k@1/2"]["last_k"])}
+    for method, trainable in sets.items():
+        fitted = mm.shape_for(trainable, budget)
+        assert rows[f"{method}@1/2"]["fits"] == (fitted is not None), method
+        assert fitted is None or rows[f"{method}@1/2"]["micro_batch"] == fitted[0].chunk, method
+    # last-k: the most blocks that fit in micro-batches of 8 or more (or the classifier's, where fewer).
+    k, blocks = rows["last-k@1/2"]["last_k"], len(named_blocks(mm.model))
+    floor = min(MIN_LAST_K_CHUNK, mm.shape_for(classifier_names(mm.model), budget)[0].chunk)
+    assert rows["last-k@1/2"]["micro_batch"] >= floor
+    more = mm.shape_for(classifier_names(mm.model, k + 1), budget) if k < blocks else None
+    assert more is None or more[0].chunk < floor
+
+
+def test_bench_memory_measures_each_run_in_a_process_of_its_own(quick_bench, tmp_path):
+    """Measured peaks of runs in fresh processes: each run's own growth over its level before training,
+    never the next to nothing a run measures in a process whose earlier runs left their pages free."""
+    out = tmp_path / "bench"
+    run_cli("bench", "memory", "--dataset", "synthetic", "--quick", "--quiet", "--subset", "64", "--test-subset", "32",
+            "--batch-size", "32", "--checkpoint", quick_bench / "warmup", "--budgets", "1/2", "--methods", "planner",
+            "--out", out)
+    bench = json.loads((out / "bench.json").read_text())
+    runs = [r for rs in bench["results"].values() for r in rs]
+    assert len(runs) == 2 and all(r["measure_method"].startswith("rss-hwm") for r in runs)
+    # Each counted step is a few MB; a process's first step also loads kernels and autograd's engine.
+    assert all(r["measured_peak_mb"] > 1 for r in runs)
+    assert "each run in a process of its own" in (out / "table.md").read_text()
 
 
 def test_bench_memory_refuses_a_budget_that_is_not_a_fraction(tmp_path):

@@ -4,27 +4,32 @@ Budgets are fractions of full fine-tuning's counted peak (core/memory.py: weight
 the batch, and at the high-water mark the saved activations, gradients and transients; the datasets
 come on top), counted on the meta device for the warmup's model, input size, batch size and optimizer.
 At each budget: full fine-tuning planned to fit (recomputed blocks, micro-batches), the classifier
-alone, the last k blocks (the largest k whose step fits at the whole batch), biases and norms,
-`layers`, `rgn` and the planner (`--sparsity budget`); unbudgeted full fine-tuning is the reference.
-A method that cannot fit a budget is not run: its row says so, with the smallest budget it needs.
-Seeds pair as in bench adapt (same warmup, split, shift, data order and augmentation per seed).
+alone, the last k blocks (the most that fit in micro-batches of 8 or more), biases and norms, `layers`, `rgn` and the planner (`--sparsity budget`); unbudgeted full fine-tuning is the
+reference. A method that cannot fit a budget is not run: its row says so, with the smallest budget it
+needs. Seeds pair as in bench adapt (same warmup, split, shift, data order and augmentation per seed).
+
+Each run trains in a process of its own (spawned), so that its measured peak, the growth of the
+resident high-water mark over the level before training, is its own: in one process a run reuses the
+pages earlier runs freed and measures next to nothing.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import time
-from dataclasses import dataclass, replace
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from edge_sel.bench.adapt import SCENARIOS, joules, mean_of, outcome, paired
+from edge_sel.bench.adapt import SCENARIOS, joules, mean_of, outcome, paired, paired_table
 from edge_sel.config import TrainConfig
-from edge_sel.core.memory import MiB, StepShape
+from edge_sel.core.memory import MiB
 from edge_sel.core.records import read_records
 from edge_sel.engine.loop.step_memory import memory_counter
 from edge_sel.engine.machine.device import pick_device
-from edge_sel.engine.machine.memory_plan import fit_shape, smallest_budget
+from edge_sel.engine.machine.memory_plan import MIN_CHUNK_FOR_EVERYTHING, fit_shape, smallest_budget, usable
 from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.engine.runs.run import finetune
 from edge_sel.errors import InputError
@@ -33,6 +38,9 @@ from edge_sel.models import load_checkpoint
 from edge_sel.models.blocks import named_blocks
 
 FRACTIONS = ("1/2", "1/4", "1/10", "1/30")
+# last-k trains the most blocks that fit in micro-batches of this many images or more: the planner's own
+# floor for training everything.
+MIN_LAST_K_CHUNK = MIN_CHUNK_FOR_EVERYTHING
 REFERENCE = "full FT"
 # Method name -> the --sparsity it runs with under a budget.
 METHODS = {"full FT planned": "none", "classifier": "classifier", "last-k": "last-k", "bias-norm": "bias-norm",
@@ -92,7 +100,6 @@ class MemoryModel:
         self.counter, self.shape = memory_counter(cfg, self.model, self.input_shape, pick_device(cfg.device))
         self.everything = {n for n, _ in self.model.named_parameters()}
         self.batch = cfg.batch_size
-        self.blocks = tuple(name for name, _ in named_blocks(self.model)[:-1])
         self._needs: dict = {}
         self._shapes: dict = {}
         self.full_mb = self.counter.count(self.shape, self.everything).peak / MiB
@@ -104,62 +111,65 @@ class MemoryModel:
             self._needs[key] = smallest_budget(self.counter, self.model, trainable, self.batch)
         return self._needs[key]
 
-    def _planned(self, trainable, budget: int, whole_batch: bool = False) -> float | None:
-        if self.needs(trainable) * MiB > budget:       # below the smallest step: no shape to search
+    def shape_for(self, trainable, budget_mb: float):
+        """The shape and count a run's plan gives a step training `trainable` under the budget (the
+        reserve held back, as the run holds it), or None: nothing fits."""
+        if self.needs(trainable) > budget_mb:       # below the smallest step: no shape to search
             return None
-        key = (frozenset(trainable), budget)
+        key = (frozenset(trainable), budget_mb)
         if key not in self._shapes:     # full FT planned, layers and rgn plan the same set
-            self._shapes[key] = fit_shape(self.counter, self.model, self.batch, budget, trainable,
+            self._shapes[key] = fit_shape(self.counter, self.model, self.batch, usable(budget_mb), trainable,
                                           self.shape.bn_statistics)
-        fitted = self._shapes[key]
-        if fitted is None or (whole_batch and fitted[0].chunk < self.batch):
-            return None
-        return fitted[1].peak / MiB
+        return self._shapes[key]
 
-    def largest_last_k(self, budget: int) -> tuple[int, float] | None:
-        """The most last blocks whose step fits at the whole batch (recomputed blocks allowed, no
-        micro-batches: with them every k fits down to the classifier's smallest budget, and the
-        largest k is full fine-tuning), and its counted peak: by bisection, as fewer blocks never
-        keep more."""
-        found, lo, hi = None, 1, len(named_blocks(self.model))
+    def largest_last_k(self, budget_mb: float) -> tuple[int, float] | None:
+        """The most last blocks whose step fits in micro-batches of at least MIN_LAST_K_CHUNK images
+        (recomputed blocks allowed), or of as many as the classifier alone fits where that is fewer,
+        and its counted peak: by bisection, as more blocks never keep less. Without a floor every k
+        would fit in smaller micro-batches, down to the classifier's smallest budget."""
+        head = self.shape_for(classifier_names(self.model), budget_mb)
+        if head is None:
+            return None
+        floor, found, lo, hi = min(MIN_LAST_K_CHUNK, head[0].chunk), None, 1, len(named_blocks(self.model))
         while lo <= hi:
             k = (lo + hi) // 2
-            counted = self._planned(classifier_names(self.model, k), budget, whole_batch=True)
-            if counted is None:
+            fitted = self.shape_for(classifier_names(self.model, k), budget_mb)
+            if fitted is None or fitted[0].chunk < floor:
                 hi = k - 1
             else:
-                found, lo = (k, counted), k + 1
+                found, lo = (k, fitted[1].peak / MiB), k + 1
         return found
 
     def fit(self, method: str, budget_mb: float) -> Fit:
-        budget = int(budget_mb * MiB)
         if method == "last-k":
-            found = self.largest_last_k(budget)
-            if found is None:       # the classifier's step at the whole batch, its blocks recomputed or not
-                head = classifier_names(self.model)
-                return Fit(False, needs_mb=min(self.counter.count(replace(self.shape, recompute=r), head).peak
-                                               for r in ((), self.blocks)) / MiB)
+            found = self.largest_last_k(budget_mb)
+            if found is None:       # not even the classifier, one image at a time
+                return Fit(False, needs_mb=self.needs(classifier_names(self.model)))
             return Fit(True, classifier_names(self.model, found[0]), found[0], found[1])
         if method == "planner":
             lowest = self.needs(classifier_names(self.model))
             return Fit(True) if lowest <= budget_mb else Fit(False, needs_mb=lowest)
         trainable = {"classifier": classifier_names(self.model),
                      "bias-norm": bias_norm_names(self.model)}.get(method, self.everything)
-        counted = self._planned(trainable, budget)
+        fitted = self.shape_for(trainable, budget_mb)
+        counted = None if fitted is None else fitted[1].peak / MiB
         if counted is None:
             return Fit(False, trainable, needs_mb=self.needs(trainable))
         return Fit(True, trainable, counted_mb=counted)
 
 
-def run_memory_fields(run_dir: Path) -> dict:
+def run_memory_fields(run_dir: Path, measured_alone: bool = True) -> dict:
     """Counted and measured peaks a run left: the records' (where the run states them), else the
-    plan's counted peak in config.json."""
+    plan's counted peak in config.json. `measured_alone`: the run had a process of its own; else its
+    measured peak is left out (it reused pages earlier runs freed)."""
     recs = [r for r in read_records(run_dir / "metrics.jsonl") if r.get("phase") != "baseline"]
     config = json.loads((run_dir / "config.json").read_text())
     plan = config.get("memory_plan") or {}
     counted = [r["memory_counted_mb"] for r in recs if isinstance(r.get("memory_counted_mb"), (int, float))]
-    measured = [r["memory_measured_mb"] for r in recs if isinstance(r.get("memory_measured_mb"), (int, float))]
-    method = next((r["memory_measure_method"] for r in recs if r.get("memory_measure_method")), None)
+    measured = [r["memory_measured_mb"] for r in recs
+                if measured_alone and isinstance(r.get("memory_measured_mb"), (int, float))]
+    method = next((r["memory_measure_method"] for r in recs if r.get("memory_measure_method")), None) \
+        if measured_alone else None
     return {"counted_peak_mb": max(counted) if counted else (plan.get("counted") or {}).get("peak_mb"),
             "counted_source": "records" if counted else ("plan" if plan else None),
             "measured_peak_mb": max(measured) if measured else None, "measure_method": method,
@@ -188,6 +198,22 @@ class MemorySettings:
     scenario: str
     seeds: list[int]
     out: Path
+    own_process: bool = True     # each run in a spawned process of its own (see the module's docstring)
+
+
+def _finetune_with_threads(checkpoint: Path, data: DataOptions, cfg: TrainConfig, run_dir: Path,
+                           threads: int) -> None:
+    import torch
+    torch.set_num_threads(threads)
+    finetune(checkpoint, data, cfg, run_dir, overwrite=True, quiet=True)
+
+
+def finetune_alone(checkpoint: Path, data: DataOptions, cfg: TrainConfig, run_dir: Path) -> None:
+    """Fine-tune in a spawned process (nothing inherited but the arguments and the environment) on
+    this process's torch threads; an error in it is raised here."""
+    import torch
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool.submit(_finetune_with_threads, checkpoint, data, cfg, run_dir, torch.get_num_threads()).result()
 
 
 def row_key(method: str, fraction: str | None) -> str:
@@ -216,8 +242,12 @@ def run_bench(s: MemorySettings, log=print) -> dict:
                               method={"last_k": fit.last_k} if fit is not None and fit.last_k else {})
             name = row_key(method, fraction).replace("@", "-at-").replace("/", "-").replace(" ", "-")
             run_dir = s.out / "runs" / name / f"seed{seed}"
-            finetune(s.checkpoint, data, cfg, run_dir, overwrite=True, quiet=True)
-            result = {"seed": seed, **outcome(run_dir), **run_memory_fields(run_dir), "run_dir": str(run_dir)}
+            if s.own_process:
+                finetune_alone(s.checkpoint, data, cfg, run_dir)
+            else:
+                finetune(s.checkpoint, data, cfg, run_dir, overwrite=True, quiet=True)
+            result = {"seed": seed, **outcome(run_dir), **run_memory_fields(run_dir, s.own_process),
+                      "run_dir": str(run_dir)}
             if result["counted_peak_mb"] is None:      # unbudgeted: the bench's count of the same step
                 result["counted_peak_mb"], result["counted_source"] = round(mm.full_mb, 3), "bench counter"
             warm = warmup_clean(run_dir)
@@ -230,7 +260,8 @@ def run_bench(s: MemorySettings, log=print) -> dict:
     return {"full_ft_counted_mb": round(mm.full_mb, 3), "budgets_mb": budgets, "input_shape": mm.input_shape,
             "fits": {k: {"fits": f.fits, "last_k": f.last_k, "counted_mb": f.counted_mb, "needs_mb": f.needs_mb}
                      for k, f in fits.items()},
-            "results": results, "wall_s": time.perf_counter() - t0, "energy_methods": methods_used}
+            "results": results, "wall_s": time.perf_counter() - t0, "energy_methods": methods_used,
+            "own_process": s.own_process}
 
 
 def _pts(value: float | None) -> str:
@@ -268,6 +299,18 @@ def rows_of(bench: dict) -> list[dict]:
     return out
 
 
+def planner_pairs(bench: dict) -> list[dict]:
+    """The planner minus each other method run at the same budget, paired by seed."""
+    results, pairs = bench["results"], []
+    for fraction in bench["fractions"]:
+        planner = row_key("planner", fraction)
+        for method in bench["methods"]:
+            other = row_key(method, fraction)
+            if method != "planner" and results.get(planner) and results.get(other):
+                pairs.append(paired(results, planner, other))
+    return [p for p in pairs if p is not None]
+
+
 def table(bench: dict) -> str:
     lines = [f"full fine-tuning's counted peak: {bench['full_ft_counted_mb']:.1f} MB (batch {bench['batch_size']}, "
              f"input {'x'.join(map(str, bench['input_shape']))}); scenario {bench['scenario']}: "
@@ -298,6 +341,9 @@ def table(bench: dict) -> str:
                      f"{_num(r['measured_peak_mb'])} | {_pts(r['test_acc'])} | {diff} | {_pts(r['clean_test_acc'])} | "
                      f"{_num(r['forgetting_pts'], '+.2f')} | {_num((r['flops_train'] or 0) / 1e9)} | "
                      f"{joules(r['energy_j'])} | {', '.join(plan) or '-'} |")
+    pairs = planner_pairs(bench)
+    if pairs:
+        lines += paired_table(pairs)
     return "\n".join(lines) + "\n"
 
 
@@ -338,14 +384,19 @@ def write_outputs(bench: dict, out: Path) -> dict:
              "Budgets are fractions of full fine-tuning's counted peak (weights, optimizer state, batch, saved "
              "activations, gradients, transients; the datasets come on top). Counted peak: the run's records "
              "where they state it, else its memory plan's; unbudgeted full FT: the same counter's count.",
-             "last-k: the largest k whose step fits the budget at the whole batch (recomputed blocks allowed, no "
-             "micro-batches). A row that does not fit "
-             "was not run; it names the smallest budget the method needs (one image at a time; last-k: the "
-             "classifier alone at the whole batch).",
-             "Measured peak: " + ("the runs' records (" + ", ".join(sorted(
-                 {r.get("measure_method") for rs in bench["results"].values() for r in rs} - {None})) + ")"
+             f"last-k: the largest k whose step fits the budget in micro-batches of {MIN_LAST_K_CHUNK} images or more "
+             "(recomputed blocks allowed), or as the classifier alone fits where that is fewer. A row that does not fit was not run; "
+             "it names the smallest budget the method needs (one image at a time).",
+             "Measured peak: " + (("the runs' records (" + ", ".join(sorted(
+                 {r.get("measure_method") for rs in bench["results"].values() for r in rs} - {None})) +
+                 "): each run in a process of its own, its resident high-water mark's growth over the level "
+                 "just before training (mean over seeds)")
                                   if any(r.get("measured_peak_mb") is not None for r in bench["rows"])
-                                  else "not in these runs' records (-)."),
+                                  else "not measured (-)" + ("" if bench.get("own_process", True) else
+                                                             ": every run in one process (--one-process), "
+                                                             "where a run reuses pages earlier runs freed") + "."),
+             "Paired differences below the table: the planner minus each method run at the same budget, "
+             "in shifted test accuracy points.",
              "Forgetting: the warmup's clean test accuracy minus the run's. FLOPs are counted "
              "(torch.utils.flop_counter), recomputation and the planner's probe included.",
              f"Joules: training phase, {', '.join(bench['energy_methods']) or 'not measured'}"

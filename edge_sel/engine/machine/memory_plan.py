@@ -37,6 +37,9 @@ MIN_STATISTICS = 2
 # (convolution and BatchNorm backward; measured up to a fifth of a recomputing step's count) and the
 # allocator's slack. The plan fits the counted peak in the rest.
 RESERVE = 0.2
+# Micro-batches of fewer images than this do not train everything where a choice can train less at the
+# whole batch: BatchNorm statistics of a few images are noisy.
+MIN_CHUNK_FOR_EVERYTHING = 8
 
 
 def usable(budget_mb: float) -> int:
@@ -173,9 +176,9 @@ def choose_trainable(counter: MemoryCounter, model, batch_size: int, budget: int
     """What trains under the budget, by expected gain per byte (see the module's docstring)."""
     names = [n for n, _ in model.named_parameters()]
     everything = set(names)
-    if fit_shape(counter, model, batch_size, budget, everything, bn_statistics) is not None:
-        shape = fit_shape(counter, model, batch_size, budget, everything, bn_statistics)[0]
-        if shape.chunk >= 8 or bn_statistics == "frozen":
+    fitted = fit_shape(counter, model, batch_size, budget, everything, bn_statistics)
+    if fitted is not None:
+        if fitted[0].chunk >= MIN_CHUNK_FOR_EVERYTHING or bn_statistics == "frozen":
             return everything, ["everything trains: it fits with recomputed blocks or micro-batches"]
     blocks = named_blocks(model)
     owner = {}
