@@ -13,11 +13,14 @@ beside it. In order, the plan tries:
    statistics (said in the plan); only a micro-batch of one image freezes them (one image has no batch
    statistics at a 1 x 1 map). Freezing them on shifted data cost far more than small batches did.
 
-For `--sparsity budget` the plan first chooses what trains (choose_trainable): for each depth (the
-earliest block that learns anything) the biases and norms from there on, then the weight tensors of
-those blocks by gain per byte until the budget is spent; the depth with the most gain wins, and a set
-that trains everything with recomputed blocks wins where it fits. A budget nothing fits is one line
-naming the smallest budget that does: the classifier alone at a micro-batch of one.
+For `--sparsity budget` the plan first chooses what trains (choose_trainable): everything where it
+fits in micro-batches of 8 images or more; else, in each of the shapes other methods may take (the
+whole batch, every block recomputed, micro-batches down to 8 images), for each depth (the earliest
+block that learns anything) the biases and norms from there on, then the weight tensors of those
+blocks by gain per byte until the budget is spent; the depth with the most gain wins, and a slower
+shape wins only for 5% more gain. Where not even the classifier fits in micro-batches of 8, the
+classifier alone trains in the micro-batch it fits. A budget nothing fits is one line naming the
+smallest budget that does: the classifier alone at a micro-batch of one.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ RESERVE = 0.2
 # Micro-batches of fewer images than this do not train everything where a choice can train less at the
 # whole batch: BatchNorm statistics of a few images are noisy.
 MIN_CHUNK_FOR_EVERYTHING = 8
+# A choice that recomputes blocks or takes smaller micro-batches (slower steps, noisier BatchNorm
+# statistics) wins over one before it only where it is expected to gain this share more.
+MORE_GAIN = 0.05
 
 
 def usable(budget_mb: float) -> int:
@@ -154,7 +160,7 @@ def plan_memory(counter: MemoryCounter, model, batch_size: int, budget_mb: float
         trainable, notes = choose_trainable(counter, model, batch_size, budget, gains, bn_statistics)
         if trainable is None:
             trainable = classifier_names(model)
-            notes = ["the classifier alone: nothing more fits a whole batch"]
+            notes = [f"the classifier alone: nothing more fits micro-batches of {MIN_CHUNK_FOR_EVERYTHING} images"]
         chosen = sorted(trainable)
     fitted = fit_shape(counter, model, batch_size, budget, trainable, bn_statistics)
     if fitted is None:
@@ -171,15 +177,43 @@ def plan_memory(counter: MemoryCounter, model, batch_size: int, budget_mb: float
                       round(asked, 3), chosen, notes + shape_notes, gains_source)
 
 
+def choice_shapes(model, batch_size: int, bn_statistics: str) -> list[StepShape]:
+    """The shapes a choice may train in, the cheapest to run first: the whole batch, the whole batch
+    with every block recomputed, then micro-batches (halved as fit_shape halves them) of at least
+    MIN_CHUNK_FOR_EVERYTHING images with every block recomputed."""
+    blocks = tuple(name for name, _ in named_blocks(model)[:-1])
+    shapes = [StepShape(batch_size, bn_statistics=bn_statistics), StepShape(batch_size, 0, blocks, bn_statistics)]
+    micro = batch_size
+    while (micro + 1) // 2 >= MIN_CHUNK_FOR_EVERYTHING and micro > 1:
+        micro = (micro + 1) // 2
+        shapes.append(StepShape(batch_size, micro, blocks, bn_statistics))
+    return shapes
+
+
 def choose_trainable(counter: MemoryCounter, model, batch_size: int, budget: int, gains: dict,
                      bn_statistics: str) -> tuple[set[str] | None, list[str]]:
-    """What trains under the budget, by expected gain per byte (see the module's docstring)."""
-    names = [n for n, _ in model.named_parameters()]
-    everything = set(names)
+    """What trains under the budget, by expected gain per byte (see the module's docstring). Each of
+    choice_shapes is tried; a later shape (recomputing, or smaller micro-batches) wins only where its
+    choice is expected to gain MORE_GAIN more than the best before it."""
+    everything = {n for n, _ in model.named_parameters()}
     fitted = fit_shape(counter, model, batch_size, budget, everything, bn_statistics)
     if fitted is not None:
         if fitted[0].chunk >= MIN_CHUNK_FOR_EVERYTHING or bn_statistics == "frozen":
             return everything, ["everything trains: it fits with recomputed blocks or micro-batches"]
+    best, best_gain, best_notes = None, 0.0, []
+    for shape in choice_shapes(model, batch_size, bn_statistics):
+        chosen, gain, notes = choose_at(counter, model, shape, budget, gains)
+        if chosen is not None and (best is None or gain > best_gain * (1 + MORE_GAIN)):
+            best, best_gain, best_notes = chosen, gain, notes
+    return best, best_notes
+
+
+def choose_at(counter: MemoryCounter, model, shape: StepShape, budget: int, gains: dict
+              ) -> tuple[set[str] | None, float, list[str]]:
+    """The best set a step of `shape` can train under the budget, its expected gain and a note: for
+    each depth, the biases and norms from there on and the classifier, then weight tensors of those
+    blocks by gain per byte, checked by exact count; the depth with the most gain wins."""
+    names = [n for n, _ in model.named_parameters()]
     blocks = named_blocks(model)
     owner = {}
     for i, (_, block) in enumerate(blocks):
@@ -192,7 +226,7 @@ def choose_trainable(counter: MemoryCounter, model, batch_size: int, budget: int
     best, best_gain, best_notes = None, -1.0, []
     for depth in range(len(blocks) - 1, -1, -1):
         base = head | {n for n in small if block_of[n] >= depth}
-        count = _fits(counter, StepShape(batch_size, bn_statistics=bn_statistics), base, budget)
+        count = _fits(counter, shape, base, budget)
         if count is None:
             break                   # an earlier depth keeps at least as much
         left = budget - count.peak
@@ -208,7 +242,7 @@ def choose_trainable(counter: MemoryCounter, model, batch_size: int, budget: int
             if cost <= left:
                 chosen.add(n)
                 left -= cost
-        while _fits(counter, StepShape(batch_size, bn_statistics=bn_statistics), chosen, budget) is None:
+        while _fits(counter, shape, chosen, budget) is None:
             extra = [n for n in chosen - base]
             if not extra:
                 break
@@ -218,6 +252,4 @@ def choose_trainable(counter: MemoryCounter, model, batch_size: int, budget: int
             best, best_gain = chosen, gain
             best_notes = [f"trains from block {depth} ({blocks[depth][0]}) on: {len(chosen)} of {len(names)} "
                           f"tensors, {sum(params[n].numel() for n in chosen):,} parameters"]
-    if best is None:
-        return None, []
-    return best, best_notes
+    return best, best_gain, best_notes
