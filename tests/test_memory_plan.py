@@ -13,7 +13,8 @@ from helpers import SAME_CHOICES, records, run_main, stable, summary
 from edge_sel.backends.torch_backend import TorchBackend
 from edge_sel.core.memory import MiB, MemoryCounter, StepShape
 from edge_sel.data import Batch
-from edge_sel.engine.machine.memory_plan import RESERVE, plan_memory, smallest_budget
+from edge_sel.engine.machine.memory_plan import MIN_CHUNK_FOR_EVERYTHING, RESERVE, plan_memory, smallest_budget, usable
+from edge_sel.methods.update.fixed_sets import bias_norm_names, classifier_names
 from edge_sel.errors import InputError
 from edge_sel.methods import Updater
 from edge_sel.models import build_model
@@ -52,6 +53,18 @@ def test_no_plan_keeps_more_than_its_budget(model_size, batch, share, choose):
     assert counted.peak <= budget * MiB * (1 - RESERVE) and counted.mib() == plan.counted
     if share * (1 - RESERVE) >= 1:      # what was asked fits beside the reserve: it runs as asked
         assert plan.micro_batch == batch and plan.recompute == []
+
+
+def test_the_choice_is_made_in_the_shapes_other_methods_may_take():
+    """Where not even the classifier's step fits a whole batch, the planner still trains what fits in
+    micro-batches of 8 (it trained the classifier alone, while last-k fitted more blocks there)."""
+    model, c = counter("edgecnn", 32)
+    budget = c.count(StepShape(128)).peak / MiB / 10
+    head = classifier_names(model)
+    assert c.count(StepShape(128), head).peak > usable(budget)
+    plan = plan_memory(c, model, 128, budget, gains={n: float(p.numel()) for n, p in model.named_parameters()})
+    assert plan.micro_batch >= MIN_CHUNK_FOR_EVERYTHING and set(plan.trainable) - head - bias_norm_names(model)
+    assert c.count(plan.shape(), set(plan.trainable)).peak <= usable(budget)
 
 
 def test_micro_batches_update_as_the_whole_batch_where_no_batchnorm_trains():
