@@ -13,6 +13,7 @@ from helpers import SAME_CHOICES, records, run_main, stable, summary
 from edge_sel.backends.torch_backend import TorchBackend
 from edge_sel.core.memory import MiB, MemoryCounter, StepShape
 from edge_sel.data import Batch
+from edge_sel.engine.loop import step_memory
 from edge_sel.engine.machine.memory_plan import MIN_CHUNK_FOR_EVERYTHING, RESERVE, plan_memory, smallest_budget, usable
 from edge_sel.methods.update.fixed_sets import bias_norm_names, classifier_names
 from edge_sel.errors import InputError
@@ -93,12 +94,18 @@ FINETUNE = ["--dataset", "synthetic", "--epochs", "2", "--batch-size", "32", "--
             "--lr", "0.02", "--quiet", "--seed", "3", *SAME_CHOICES]
 
 
-def test_a_budgeted_run_plans_records_and_resumes_with_its_plan(tiny_warm, tmp_path, capsys):
-    argv = ["finetune", "--checkpoint", tiny_warm, *FINETUNE, "--memory-budget", "6"]
+def test_a_budgeted_run_plans_records_and_resumes_with_its_plan(tiny_warm, tmp_path, capsys, monkeypatch):
+    argv = ["finetune", "--checkpoint", tiny_warm, *FINETUNE, "--memory-budget", "7"]
+    calls, free, probe = [], step_memory.return_freed_memory, step_memory.gain_probe
+    monkeypatch.setattr(step_memory, "return_freed_memory", lambda: calls.append("free") or free())
+    monkeypatch.setattr(step_memory, "gain_probe", lambda *a, **k: calls.append("probe") or probe(*a, **k))
     code, _ = run_main([*argv, "--out", tmp_path / "whole"], capsys)
     assert code == 0
+    # glibc hands freed blocks back before the gain probe runs: the probe's stayed resident otherwise.
+    assert calls == ["free", "probe"]
     plan = json.loads((tmp_path / "whole" / "config.json").read_text())["memory_plan"]
-    assert plan["budget_mb"] == 6 and plan["counted"]["peak_mb"] <= 6 < plan["asked_mb"]
+    assert plan["budget_mb"] == 7 and plan["counted"]["peak_mb"] <= 7 < plan["asked_mb"]
+    assert plan["gains"]["source"].startswith("probe")
     assert summary(tmp_path / "whole")["config"]["sparsity"] == "budget"
     # What the plan chose, exported as an ONNX Runtime artifact scheme.
     pytest.importorskip("onnxruntime.training")
