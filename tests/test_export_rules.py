@@ -353,8 +353,13 @@ def test_a_bank_that_does_not_fit_the_models_layers_is_refused_and_nothing_is_le
 
 
 def test_a_checkpoint_without_a_bank_exports_no_conditions(tmp_path):
+    """Also a scheme named twice to the Python API (the command drops repeats): one set, made again
+    into its own directory (mutated: that directory's mkdir without exist_ok)."""
     plain = tiny_checkpoint(tmp_path / "plain", bank=False)
-    manifest = exporter.export_artifacts(plain, tmp_path / "art", ["classifier"])
+    manifest = exporter.export_artifacts(plain, tmp_path / "art", ["classifier", "classifier"])
+    assert list(manifest["schemes"]) == ["classifier"]
+    assert manifest["schemes"]["classifier"]["files"] == {
+        name: sha256_file(tmp_path / "art" / "classifier" / name) for name in sorted(artifacts.FILES)}
     assert "conditions" not in manifest and not (tmp_path / "art" / "conditions").exists()
     assert not (tmp_path / "art" / "conditions.json").exists()
 
