@@ -119,13 +119,33 @@ def test_versions_kept_are_the_deployed_one_and_the_one_before_damaged_ones_stay
     assert names == sorted([made[3].name, made[4].name, set_aside.name])      # the swap's recover removed x.tmp
     assert swap.other_versions(deployed) == [made[3]]
     # Nothing deployed before a swap (a roll back left the warmup serving): the newest other by
-    # number is kept beside the new one, whatever the modification times say.
+    # number is kept beside the new one, whatever the modification times or the names say (a version
+    # named before numbering is older than any numbered one, though its name sorts after theirs).
     deployed.unlink()
     os.utime(made[3], (0, 0))
-    (made[3].parent / "000000-z").mkdir()
-    (made[3].parent / "000000-z" / "model.safetensors").write_text("z")
+    for name in ("000000-z", "20991231T000000Z-legacy"):
+        (made[3].parent / name).mkdir()
+        (made[3].parent / name / "model.safetensors").write_text("z")
     newest = swap.swap_in(run_dir(tmp_path / "r5", "5"), deployed)
     assert sorted(p.name for p in newest.parent.iterdir()) == sorted([made[4].name, newest.name, set_aside.name])
+
+
+def test_a_version_written_but_never_deployed_does_not_push_the_previous_model_out(tmp_path, monkeypatch):
+    """A crash after a version is renamed into place but before the link flips leaves a version
+    newer by number than the deployed one: the next swap keeps the model deployed before it (by the
+    link, mutated: previous None), not that never-deployed one."""
+    from edge_sel.engine import faults
+    deployed = tmp_path / "deployed"
+    made = [swap.swap_in(run_dir(tmp_path / f"r{i}", str(i)), deployed) for i in range(2)]
+    monkeypatch.setattr(faults, "crash_by_raising", True)
+    monkeypatch.setenv(faults.KILL_ENV, "promote-versioned")
+    with pytest.raises(faults.InjectedCrash):
+        swap.swap_in(run_dir(tmp_path / "r2", "2"), deployed)
+    monkeypatch.delenv(faults.KILL_ENV)
+    assert deployed.resolve() == made[1] and len(list(made[1].parent.iterdir())) == 3
+    newest = swap.swap_in(run_dir(tmp_path / "r3", "3"), deployed)
+    assert sorted(made[1].parent.iterdir()) == [made[1], newest]
+    assert swap.other_versions(deployed) == [made[1]]
 
 
 def test_other_versions_are_complete_ones_besides_the_deployed_newest_number_first(tmp_path):

@@ -20,6 +20,7 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 from helpers import run_main, run_main_said  # noqa: E402
+from edge_sel.backends.ort_env import versions  # noqa: E402
 from edge_sel.backends.ort_manifest import sha256_file, weights_digest  # noqa: E402
 from edge_sel.backends.ort_schemes import SCHEME_NOTES, trainable_names  # noqa: E402
 from edge_sel.core.bn_bank import BANK_FILE, SavedCondition, write_bank  # noqa: E402
@@ -96,13 +97,27 @@ def test_bad_options_are_refused_before_the_output_is_made(ckpt, tmp_path, kwarg
 
 
 def test_an_output_inside_the_checkpoint_is_refused_unless_the_same_command_wrote_both(ckpt, tmp_path):
+    """The refusal names the checkpoint by its option, --checkpoint (mutated: "XX--checkpointXX")."""
     import shutil
     own = shutil.copytree(ckpt, tmp_path / "own")
-    with pytest.raises(InputError, match="which this command reads"):
+    with pytest.raises(InputError) as e:
         exporter.export_artifacts(own, own / "artifacts", ["classifier"])
+    assert str(e.value) == (f"--out {own / 'artifacts'}: lies inside --checkpoint {own}, which this command reads; "
+                            f"an output never replaces an input: choose another --out")
     assert not (own / "artifacts").exists()
     manifest = exporter.export_artifacts(own, own / "artifacts", ["classifier"], own_checkpoint=True)
     assert (own / "artifacts" / "manifest.json").is_file() and list(manifest["schemes"]) == ["classifier"]
+
+
+def test_the_python_api_replaces_no_existing_output_unless_told_to(ckpt, tmp_path):
+    """export_artifacts' overwrite defaults to False (mutated: True) for a caller that leaves it out."""
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("mine")
+    with pytest.raises(InputError) as e:
+        exporter.export_artifacts(ckpt, taken, ["classifier"])
+    assert str(e.value) == f"--out {taken}: already exists and is not empty; pass --overwrite to replace it"
+    assert [p.name for p in taken.iterdir()] == ["keep.txt"]
 
 
 @pytest.mark.parametrize("message, op, node", [
@@ -140,6 +155,34 @@ def test_an_unsupported_operator_becomes_one_line_naming_it_and_other_errors_pas
     with exporter.refusing_unsupported(out, "mynet", "x") as guard:
         assert guard.out == out
     assert guard.__exit__(None, None, None) is False
+
+
+def test_an_export_that_meets_an_unsupported_operator_names_it_its_model_and_the_files_and_leaves_nothing(
+        ckpt, tmp_path, monkeypatch):
+    """The export's own guards say --out, the checkpoint's architecture and what could not be made
+    (mutated: any of the three None or reworded, or _export given no --out)."""
+    out = tmp_path / "art"
+
+    def unsupported(*args, **kwargs):
+        raise RuntimeError("Exporting the operator 'aten::unique' to ONNX opset version 17 is not supported")
+    with monkeypatch.context() as m:
+        m.setattr(onnx_graph, "export_inference", unsupported)
+        with pytest.raises(InputError) as e:
+            exporter.export_artifacts(ckpt, out, ["classifier"])
+    assert str(e.value) == (f"export {out}: model edgecnn uses operator aten::unique, which ONNX export does not "
+                            f"support; the inference model cannot be made (replace that layer, or train with "
+                            f"--backend torch)")
+    assert os.listdir(tmp_path) == []
+
+    def no_gradient(*args, **kwargs):
+        raise RuntimeError("gradient builder has not been registered: Einsum for node einsum_7")
+    monkeypatch.setattr(artifacts, "generate_scheme", no_gradient)
+    with pytest.raises(InputError) as e:
+        exporter.export_artifacts(ckpt, out, ["bias"])
+    assert str(e.value) == (f"export {out}: model edgecnn uses operator Einsum (node einsum_7), which ONNX Runtime "
+                            f"training cannot differentiate; the 'bias' training artifacts cannot be made (replace "
+                            f"that layer, or train with --backend torch)")
+    assert os.listdir(tmp_path) == []
 
 
 def test_a_planned_scheme_takes_the_runs_memory_plan_or_is_refused(tmp_path):
@@ -199,11 +242,18 @@ def check_the_manifest_states_the_files_and_figures_it_was_made_with(ckpt, art, 
     assert inf["sha256"] == sha256_file(art / "model.onnx") and inf["checked_batch_sizes"] == [8, 3]
     assert 0 <= inf["max_abs_diff_vs_torch"] <= inf["tolerance"] == 1e-4
     assert inf["flops_forward_per_image"] == FlopCounter(model, SHAPE).eval_batch(1) > 0
-    assert "at export" in inf["flops_note"]
+    assert inf["flops_note"] == ("counted FLOPs of one image's forward pass (torch's FLOP counter on the exported "
+                                 "model, at export)")
+    assert manifest["versions"] == versions()
     training = manifest["training"]
+    # what a device's training loop feeds and gets: the manifest is its only description
+    assert training["inputs"] == {"input": "float32 [batch, C, H, W]", "labels": "int64 [batch]",
+                                  "sample_weight": "float32 [batch]"}
+    assert training["loss"] == ("mean over the batch of sample_weight * cross_entropy(logits, labels); ones for "
+                                "sample_weight give the plain mean")
     assert training["optimizer"] == exporter.resolve_optimizer("sgd", None) and training["bn_mode"] == "eval"
     assert training["bn_note"] == exporter.BN_NOTES["eval"] and training["ort_format"] is False
-    assert training["outputs"] == ["loss", "logits"] and "sample_weight" in training["inputs"]
+    assert training["outputs"] == ["loss", "logits"]
     assert manifest["export_wall_s"] > 0 and manifest["created_utc"].endswith("Z")
     assert sorted(p.name for p in art.iterdir()) == [".edge-sel-output", "bias", "classifier", "conditions",
                                                      "conditions.json", "manifest.json", "model.onnx"]
@@ -271,15 +321,22 @@ def check_each_condition_is_a_graph_with_its_statistics_and_the_chooser(ckpt, ar
 
 
 def test_a_planned_scheme_trains_what_the_runs_memory_plan_chose(ckpt, tmp_path, monkeypatch):
+    """Also the manifest's clock: created_utc is the UTC time, export_wall_s the export's own
+    perf_counter interval in seconds to the millisecond (mutated: round(3), no digits, 4 digits, + t0)."""
     import shutil
     import time
+    import types
     run = shutil.copytree(ckpt, tmp_path / "run")
     (run / "config.json").write_text(json.dumps({"memory_plan": {"trainable": ["fc.bias", "features.0.1.weight"]}}))
-    monkeypatch.setattr(time, "gmtime", lambda *a: time.struct_time((2026, 11, 23, 2, 30, 5, 0, 327, 0)))
+    clock = iter([100.0, 101.23456])
+    monkeypatch.setattr(exporter, "time", types.SimpleNamespace(
+        perf_counter=lambda: next(clock), strftime=time.strftime,
+        gmtime=lambda *a: time.struct_time((2026, 11, 23, 2, 30, 5, 0, 327, 0))))
     manifest = exporter.export_artifacts(run, tmp_path / "art", ["planned"])
     planned = manifest["schemes"]["planned"]
     assert planned["trainable"] == ["features.0.1.weight", "fc.bias"] and planned["note"] == SCHEME_NOTES["planned"]
     assert manifest["created_utc"] == "2026-11-23T02:30:05Z"
+    assert manifest["export_wall_s"] == 1.235 and type(manifest["export_wall_s"]) is float
 
 
 def test_a_bank_that_does_not_fit_the_models_layers_is_refused_and_nothing_is_left(ckpt, tmp_path):
@@ -296,8 +353,13 @@ def test_a_bank_that_does_not_fit_the_models_layers_is_refused_and_nothing_is_le
 
 
 def test_a_checkpoint_without_a_bank_exports_no_conditions(tmp_path):
+    """Also a scheme named twice to the Python API (the command drops repeats): one set, made again
+    into its own directory (mutated: that directory's mkdir without exist_ok)."""
     plain = tiny_checkpoint(tmp_path / "plain", bank=False)
-    manifest = exporter.export_artifacts(plain, tmp_path / "art", ["classifier"])
+    manifest = exporter.export_artifacts(plain, tmp_path / "art", ["classifier", "classifier"])
+    assert list(manifest["schemes"]) == ["classifier"]
+    assert manifest["schemes"]["classifier"]["files"] == {
+        name: sha256_file(tmp_path / "art" / "classifier" / name) for name in sorted(artifacts.FILES)}
     assert "conditions" not in manifest and not (tmp_path / "art" / "conditions").exists()
     assert not (tmp_path / "art" / "conditions.json").exists()
 
@@ -521,11 +583,22 @@ def test_a_parameter_the_graph_lacks_is_refused(tmp_path):
 
 
 def test_an_inference_graph_that_differs_from_torch_is_refused(ckpt, tmp_path, monkeypatch):
+    """The batches ONNX Runtime is given are the manifest's checked_batch_sizes, 8 then 3 (mutated:
+    9 or 4), counted as they are fed: the largest difference may lie in the first 8 images either way."""
     model, _ = load_checkpoint(ckpt)
     model.train()
     worst = onnx_graph.export_inference(model, SHAPE, tmp_path / "a.onnx")
-    assert 0 <= worst <= onnx_graph.INFERENCE_TOLERANCE and worst == onnx_graph.export_inference(
-        model, SHAPE, tmp_path / "b.onnx", seed=0)
+    fed = []
+
+    class Counting(ort.InferenceSession):
+        def run(self, names, feed, *args, **kwargs):
+            fed.append(len(feed["input"]))
+            return super().run(names, feed, *args, **kwargs)
+    with monkeypatch.context() as m:
+        m.setattr(ort, "InferenceSession", Counting)
+        assert 0 <= worst <= onnx_graph.INFERENCE_TOLERANCE and worst == onnx_graph.export_inference(
+            model, SHAPE, tmp_path / "b.onnx", seed=0)
+    assert fed == [8, 3]
     assert all(m.training for m in model.modules())           # exported from a copy: the model's mode is its own
     proto = onnx.load(str(tmp_path / "a.onnx"))
     assert_batch_axes(proto)                                  # the image its only input: weights are constants,
@@ -614,3 +687,7 @@ def test_without_the_ort_extra_each_way_in_names_its_own_option(ckpt, tmp_path, 
     code, err = run_main(["export", "--checkpoint", ckpt, "--out", tmp_path / "art"], capsys)
     assert code == 2 and err.startswith("edge-sel: error: export: onnxruntime 1.20.1 has no training API")
     assert not (tmp_path / "art").exists()
+    # the Python API, named as the command it serves (mutated: another default option)
+    with pytest.raises(InputError) as e:
+        exporter.export_artifacts(ckpt, tmp_path / "api")
+    assert str(e.value).startswith("edge-sel export: onnxruntime 1.20.1 has no training API")
