@@ -74,8 +74,9 @@ def test_bench_memory_measures_each_run_in_a_process_of_its_own(quick_bench, tmp
     out = tmp_path / "bench"
     run_cli("bench", "memory", "--dataset", "synthetic", "--quick", "--quiet", "--subset", "64", "--test-subset", "32",
             "--batch-size", "32", "--checkpoint", quick_bench / "warmup", "--budgets", "1/2", "--methods", "planner",
-            "--out", out)
+            "--first-seed", "3", "--out", out)
     bench = json.loads((out / "bench.json").read_text())
+    assert bench["seeds"] == [3] and (out / "runs" / "planner-at-1-2" / "seed3" / "summary.json").is_file()
     runs = [r for rs in bench["results"].values() for r in rs]
     assert len(runs) == 2 and all(r["measure_method"].startswith("rss-hwm") for r in runs)
     # Each counted step is a few MB; a process's first step also loads kernels and autograd's engine.
@@ -87,3 +88,33 @@ def test_bench_memory_refuses_a_budget_that_is_not_a_fraction(tmp_path):
     result = run_cli("bench", "memory", "--dataset", "synthetic", "--quick", "--budgets", "1/0",
                      "--out", tmp_path / "b", expect=2)
     assert "--budgets" in result.output and "Traceback" not in result.output and not (tmp_path / "b").exists()
+
+
+def test_benches_of_other_seeds_merge_into_one(quick_bench, tmp_path, monkeypatch):
+    """tools/merge_bench_memory.py: seeds run apart pair as one bench's; a bench stopped before its
+    bench.json gives the runs it finished; a seed in two benches, or other settings, are refused."""
+    import shutil
+    import sys
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "tools"))
+    from merge_bench_memory import main, merge
+    for first in ("1", "2"):
+        run_cli("bench", "memory", "--dataset", "synthetic", "--quick", "--quiet", "--subset", "64", "--test-subset",
+                "32", "--batch-size", "32", "--checkpoint", quick_bench / "warmup", "--budgets", "1/2", "--methods",
+                "planner", "--one-process", "--first-seed", first, "--out", tmp_path / f"b{first}")
+    stopped = tmp_path / "stopped"
+    shutil.copytree(tmp_path / "b2", stopped)
+    (stopped / "bench.json").unlink()
+    alone = json.loads((tmp_path / "b2" / "bench.json").read_text())["results"]["planner@1/2"][0]
+    rows_of_runs = lambda bench: {k: [{f: v for f, v in r.items() if f != "run_dir"} for r in rows]
+                                  for k, rows in bench["results"].items()}
+    assert rows_of_runs(merge([tmp_path / "b1", stopped])) == rows_of_runs(merge([tmp_path / "b1", tmp_path / "b2"]))
+    monkeypatch.setattr(sys, "argv", ["merge", str(tmp_path / "b1"), str(stopped), "--out", str(tmp_path / "m")])
+    main()
+    merged = json.loads((tmp_path / "m" / "bench.json").read_text())
+    rows = {r["key"]: r for r in merged["rows"]}
+    assert merged["seeds"] == [1, 2] and rows["planner@1/2"]["vs_full"]["n"] == 2
+    assert merged["results"]["planner@1/2"][1]["test_acc"] == alone["test_acc"]
+    with pytest.raises(SystemExit, match="seed 1 of full FT is in more than one bench"):
+        merge([tmp_path / "b1", tmp_path / "b1"])
+    with pytest.raises(SystemExit, match="differ in"):
+        merge([tmp_path / "b1", quick_bench])

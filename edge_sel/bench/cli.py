@@ -464,6 +464,9 @@ def lifelong_cmd(dataset, schedule, shifts, method_names, levers, epochs, lr, te
 @click.option("--pretrain-epochs", type=int, default=None,
               help="Epochs of the clean warmup the bench makes when --checkpoint is not given [8; --quick: 2].")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, mps or auto.")
+@click.option("--first-seed", type=click.IntRange(0), default=0, show_default=True,
+              help="Seeds run are FIRST..FIRST+K-1 (K: --seeds): benches of other seeds can be merged "
+                   "(tools/merge_bench_memory.py).")
 @click.option("--one-process", is_flag=True,
               help="Run every fine-tune in this process (faster to start; no measured peaks: a run would reuse "
                    "pages earlier runs freed) instead of each in a process of its own.")
@@ -472,8 +475,8 @@ def lifelong_cmd(dataset, schedule, shifts, method_names, levers, epochs, lr, te
                            "budgets 1/4 and 1/30, 1 seed.",
                 subset_help="Class-balanced subset of N fine-tuning samples [10000; --quick: 300].", systems=False)
 def memory_cmd(dataset, model_name, image_size, scenario, budgets, planner_only, method_names, epochs, lr,
-               batch_size, test_subset, val_subset, pretrain_epochs, device, one_process, data_dir, checkpoint, seeds,
-               subset, out, overwrite, quick, quiet):
+               batch_size, test_subset, val_subset, pretrain_epochs, device, first_seed, one_process, data_dir, checkpoint,
+               seeds, subset, out, overwrite, quick, quiet):
     """Fine-tuning under memory budgets (fractions of full fine-tuning's counted peak): full FT planned to
     fit, classifier, last-k, biases and norms, layers, rgn and the planner, against unbudgeted full FT."""
     from edge_sel.bench import adapt, memory
@@ -501,13 +504,19 @@ def memory_cmd(dataset, model_name, image_size, scenario, budgets, planner_only,
                  target / "warmup", quiet=True)
         checkpoint = target / "warmup"
     settings = memory.MemorySettings(Path(checkpoint), data, e, lr, batch_size, val_subset, device, fractions,
-                                     methods, planner_fractions, scenario, list(range(count)), target,
-                                     own_process=not one_process)
-    result = memory.run_bench(settings, _progress(quiet))
-    bench = {"suite": "memory", "dataset": ds, "checkpoint": str(checkpoint),
-             "model": read_card(Path(checkpoint)).architecture, "subset": n, "test_subset": tests, "epochs": e, "lr": lr, "batch_size": batch_size,
-             "val_subset": val_subset, "seeds": settings.seeds, "scenario": scenario, "fractions": fractions,
-             "planner_only": planner_fractions, "methods": methods, **result}
+                                     methods, planner_fractions, scenario, list(range(first_seed, first_seed + count)),
+                                     target, own_process=not one_process)
+    settings_fields = {"suite": "memory", "dataset": ds, "checkpoint": str(checkpoint),
+                       "model": read_card(Path(checkpoint)).architecture, "subset": n, "test_subset": tests, "epochs": e,
+                       "lr": lr, "batch_size": batch_size, "val_subset": val_subset, "scenario": scenario,
+                       "fractions": fractions, "planner_only": planner_fractions, "methods": methods}
+
+    def partial(state: dict) -> None:      # the seeds done so far, written as a whole bench of them
+        done = sorted({r["seed"] for rs in state["results"].values() for r in rs})
+        memory.write_outputs({**settings_fields, "seeds": done, "partial": True, **state}, target)
+
+    result = memory.run_bench(settings, _progress(quiet), partial)
+    bench = {**settings_fields, "seeds": settings.seeds, **result}
     written = memory.write_outputs(bench, target)
     click.echo(written["table"])
     line = memory.summary_line(bench)

@@ -220,8 +220,25 @@ def row_key(method: str, fraction: str | None) -> str:
     return method if fraction is None else f"{method}@{fraction}"
 
 
-def run_bench(s: MemorySettings, log=print) -> dict:
-    """Every (method, budget) that fits, per seed; the rows that do not fit, with what they need."""
+def run_name(key: str) -> str:
+    """A row's folder under runs/."""
+    return key.replace("@", "-at-").replace("/", "-").replace(" ", "-")
+
+
+def run_result(run_dir: Path, seed: int, full_mb: float, measured_alone: bool = True) -> dict:
+    """One finished run's row: accuracies, FLOPs, joules, counted and measured peaks, forgetting."""
+    result = {"seed": seed, **outcome(run_dir), **run_memory_fields(run_dir, measured_alone), "run_dir": str(run_dir)}
+    if result["counted_peak_mb"] is None:      # unbudgeted: the bench's count of the same step
+        result["counted_peak_mb"], result["counted_source"] = round(full_mb, 3), "bench counter"
+    warm = warmup_clean(run_dir)
+    result["forgetting_pts"] = None if warm is None or result["clean_test_acc"] is None else \
+        100 * (warm - result["clean_test_acc"])
+    return result
+
+
+def run_bench(s: MemorySettings, log=print, after_seed=None) -> dict:
+    """Every (method, budget) that fits, per seed; the rows that do not fit, with what they need.
+    `after_seed` is called with the results so far after each seed (a bench stopped later keeps them)."""
     base_cfg = TrainConfig(epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, device=s.device, **SAME_NUMERICS)
     mm = MemoryModel(s.checkpoint, base_cfg)
     budgets = {f: round(float(Fraction(f)) * mm.full_mb, 3) for f in s.fractions + s.planner_only}
@@ -240,28 +257,27 @@ def run_bench(s: MemorySettings, log=print) -> dict:
                               val_subset=s.val_subset, sparsity=sparsity, memory_budget_mb=budget, keep="last",
                               checkpoint_every=0, eval_batch_size=s.batch_size, **SAME_NUMERICS,
                               method={"last_k": fit.last_k} if fit is not None and fit.last_k else {})
-            name = row_key(method, fraction).replace("@", "-at-").replace("/", "-").replace(" ", "-")
-            run_dir = s.out / "runs" / name / f"seed{seed}"
+            run_dir = s.out / "runs" / run_name(row_key(method, fraction)) / f"seed{seed}"
             if s.own_process:
                 finetune_alone(s.checkpoint, data, cfg, run_dir)
             else:
                 finetune(s.checkpoint, data, cfg, run_dir, overwrite=True, quiet=True)
-            result = {"seed": seed, **outcome(run_dir), **run_memory_fields(run_dir, s.own_process),
-                      "run_dir": str(run_dir)}
-            if result["counted_peak_mb"] is None:      # unbudgeted: the bench's count of the same step
-                result["counted_peak_mb"], result["counted_source"] = round(mm.full_mb, 3), "bench counter"
-            warm = warmup_clean(run_dir)
-            result["forgetting_pts"] = None if warm is None or result["clean_test_acc"] is None else \
-                100 * (warm - result["clean_test_acc"])
+            result = run_result(run_dir, seed, mm.full_mb, s.own_process)
             results[row_key(method, fraction)].append(result)
             log(f"  seed {seed} {row_key(method, fraction):22s} test {result['test_acc']:.4f} "
                 f"clean {result['clean_test_acc'] or 0:.4f} counted {result['counted_peak_mb']:.1f} MB")
+        if after_seed is not None:
+            after_seed(bench_state(mm, budgets, fits, results, time.perf_counter() - t0, s.own_process))
+    return bench_state(mm, budgets, fits, results, time.perf_counter() - t0, s.own_process)
+
+
+def bench_state(mm: MemoryModel, budgets: dict, fits: dict, results: dict, wall_s: float, own_process: bool) -> dict:
     methods_used = sorted({r.get("energy_method") for rows in results.values() for r in rows} - {None})
     return {"full_ft_counted_mb": round(mm.full_mb, 3), "budgets_mb": budgets, "input_shape": mm.input_shape,
             "fits": {k: {"fits": f.fits, "last_k": f.last_k, "counted_mb": f.counted_mb, "needs_mb": f.needs_mb}
                      for k, f in fits.items()},
-            "results": results, "wall_s": time.perf_counter() - t0, "energy_methods": methods_used,
-            "own_process": s.own_process}
+            "results": {k: list(v) for k, v in results.items()}, "wall_s": wall_s, "energy_methods": methods_used,
+            "own_process": own_process}
 
 
 def _pts(value: float | None) -> str:
@@ -380,7 +396,8 @@ def write_outputs(bench: dict, out: Path) -> dict:
     bench["rows"] = rows_of(bench)
     md = table(bench)
     notes = [f"{len(bench['seeds'])} paired seeds {bench['seeds']}: per seed every method starts from the same "
-             "warmup, split, shifted images and data order (as in bench adapt).",
+             "warmup, split, shifted images and data order (as in bench adapt)."
+             + (" Written after each seed while the bench ran: the seeds done so far." if bench.get("partial") else ""),
              "Budgets are fractions of full fine-tuning's counted peak (weights, optimizer state, batch, saved "
              "activations, gradients, transients; the datasets come on top). Counted peak: the run's records "
              "where they state it, else its memory plan's; unbudgeted full FT: the same counter's count.",
