@@ -13,7 +13,10 @@ from helpers import SAME_CHOICES, records, run_main, stable, summary
 from edge_sel.backends.torch_backend import TorchBackend
 from edge_sel.core.memory import MiB, MemoryCounter, StepShape
 from edge_sel.data import Batch
+from edge_sel.config import TrainConfig
 from edge_sel.engine.loop import step_memory
+from edge_sel.engine.loop.step_memory import forward_batch_that_fits, memory_counter
+from edge_sel.models import load_checkpoint
 from edge_sel.engine.machine.memory_plan import MIN_CHUNK_FOR_EVERYTHING, RESERVE, plan_memory, smallest_budget, usable
 from edge_sel.methods.update.fixed_sets import bias_norm_names, classifier_names
 from edge_sel.errors import InputError
@@ -68,6 +71,14 @@ def test_the_choice_is_made_in_the_shapes_other_methods_may_take():
     assert c.count(plan.shape(), set(plan.trainable)).peak <= usable(budget)
 
 
+def test_forward_passes_fit_beside_what_training_keeps():
+    model, c = counter("edgecnn", 32)
+    kept = c.count(StepShape(32)).optimizer * 2          # momentum buffers and gradients of every tensor
+    budget = (c.count_forward(64).peak + kept / 2) / MiB / (1 - RESERVE)
+    assert forward_batch_that_fits(c, 256, budget, 0) == 64
+    assert forward_batch_that_fits(c, 256, budget, kept) == 32
+
+
 def test_micro_batches_update_as_the_whole_batch_where_no_batchnorm_trains():
     torch.manual_seed(0)
     x, y, w = torch.randn(10, 3, 16, 16), torch.randint(0, 10, (10,)), torch.rand(10)
@@ -106,6 +117,12 @@ def test_a_budgeted_run_plans_records_and_resumes_with_its_plan(tiny_warm, tmp_p
     plan = json.loads((tmp_path / "whole" / "config.json").read_text())["memory_plan"]
     assert plan["budget_mb"] == 7 and plan["counted"]["peak_mb"] <= 7 < plan["asked_mb"]
     assert plan["gains"]["source"].startswith("probe")
+    # Evaluation batches fit beside what training keeps alive between steps (optimizer state, gradients).
+    model, card = load_checkpoint(tiny_warm)
+    c, _ = memory_counter(TrainConfig(batch_size=32), model, list(card.input_shape), torch.device("cpu"))
+    kept = (plan["counted"]["optimizer_mb"] + plan["counted"]["gradients_mb"]) * MiB
+    batch = json.loads((tmp_path / "whole" / "config.json").read_text())["eval_batch_size"]
+    assert c.count_forward(batch).peak + kept <= usable(7) < c.count_forward(2 * batch).peak + kept
     assert summary(tmp_path / "whole")["config"]["sparsity"] == "budget"
     # What the plan chose, exported as an ONNX Runtime artifact scheme.
     pytest.importorskip("onnxruntime.training")
