@@ -37,9 +37,12 @@ def test_bench_memory_quick_run(quick_bench):
     assert ran and all(0 < r["counted_peak_mb"] <= r["budget_mb"] for r in ran)
     assert all(len(bench["results"][r["key"]]) == 1 for r in ran)
     # The reference trains and evaluates as the budgeted runs do: differences are memory's, not precision's.
-    numerics = {(c["precision"], c["eval_precision"], c["memory_format"], c["eval_batch_size"]) for c in (
-        json.loads((Path(r["run_dir"]) / "config.json").read_text()) for rs in bench["results"].values() for r in rs)}
-    assert numerics == {("fp32", "fp32", "contiguous", 32)}
+    # Evaluation runs a training batch at a time, or fewer where a budget leaves less beside training.
+    configs = {key: json.loads((Path(rs[0]["run_dir"]) / "config.json").read_text())
+               for key, rs in bench["results"].items()}
+    assert {(c["precision"], c["eval_precision"], c["memory_format"]) for c in configs.values()} == \
+        {("fp32", "fp32", "contiguous")}
+    assert configs["full FT"]["eval_batch_size"] == 32 and all(c["eval_batch_size"] <= 32 for c in configs.values())
     assert rows["last-k@1/2"]["fits"] and rows["last-k@1/2"]["last_k"] >= 1
     # At 1/30 of full fine-tuning's peak nothing fits (the weights alone are more): not run, and the
     # smallest budget each needs is above the one given.
