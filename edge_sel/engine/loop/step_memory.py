@@ -48,23 +48,27 @@ def gain_probe(model, ds, mean, std, shape: StepShape, samples: int, objective_l
         freeze_batchnorm_stats(model)
     set_recomputed(model, shape.recompute)
     total = 0
-    try:
-        for p in params.values():
-            p.requires_grad_(True)
-        for lo in range(0, len(y), shape.chunk):
+    # Dropout draws from torch's own stream: the probe runs on a fork of it, so that the run's steps
+    # draw the masks an unprobed run would.
+    cuda = [images.device.index or 0] if images.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        try:
+            for p in params.values():
+                p.requires_grad_(True)
+            for lo in range(0, len(y), shape.chunk):
+                model.zero_grad(set_to_none=True)
+                objective_losses(model(x[lo:lo + shape.chunk]), y[lo:lo + shape.chunk]).mean().backward()
+                for n, p in params.items():
+                    if p.grad is not None:
+                        gains[n] += float(p.grad.pow(2).sum())
+                f, b = flops.train_step(len(y[lo:lo + shape.chunk]))
+                total += f + b
+        finally:
             model.zero_grad(set_to_none=True)
-            objective_losses(model(x[lo:lo + shape.chunk]), y[lo:lo + shape.chunk]).mean().backward()
+            set_recomputed(model, ())
             for n, p in params.items():
-                if p.grad is not None:
-                    gains[n] += float(p.grad.pow(2).sum())
-            f, b = flops.train_step(len(y[lo:lo + shape.chunk]))
-            total += f + b
-    finally:
-        model.zero_grad(set_to_none=True)
-        set_recomputed(model, ())
-        for n, p in params.items():
-            p.requires_grad_(flags[n])
-        model.load_state_dict(state)
+                p.requires_grad_(flags[n])
+            model.load_state_dict(state)
     return gains, {"source": "probe: squared gradients on local images", "samples": int(len(y)),
                    "flops": int(total), "wall_s": round(time.perf_counter() - t0, 3)}
 
