@@ -27,6 +27,7 @@ def machine(tmp_path, monkeypatch):
 
 def timings(calls: list, train: dict, rates: dict):
     def measure(*args):
+        torch.rand(1)                      # a training-mode forward's dropout draws from torch's stream
         calls.append(dict(train))
         return dict(train), dict(rates), 7
     return measure
@@ -58,7 +59,9 @@ def test_a_probe_under_load_is_provisional_and_a_quiet_start_measures_again(mach
     # Under load bf16 looked 3x slower (the disturbed figure this machine once kept).
     monkeypatch.setenv("EDGE_SEL_OTHER_LOAD", "2")
     monkeypatch.setattr(precision, "measure", timings(calls, {"fp32": 1.0, "bf16": 3.0}, {"fp32": 1.0, "bf16": 1.0}))
+    stream = torch.get_rng_state()
     loaded = choose(model)
+    assert torch.equal(torch.get_rng_state(), stream)      # the run's dropout masks are not the probe's
     assert (loaded.train, loaded.source, loaded.provisional, loaded.other_load_cpus) == ("fp32", "measured", True, 2)
     assert "measured again on a quiet start" in loaded.reason
     again = choose(model)                          # still under load: the provisional figure serves
@@ -80,6 +83,7 @@ def test_the_layout_probe_follows_the_same_rules(machine, monkeypatch):
 
     def measure(model, input_shape, num_classes, device, batch_size, fmt, eval_batch_size, candidates, autocast):
         calls.append(fmt)
+        torch.rand(1)                      # a training-mode forward's dropout draws from torch's stream
         slow_last = len(calls) == 1            # under load channels_last looked slower, and batch 128 best
         train = {"contiguous": 1.0, "channels_last": 2.0 if slow_last else 0.5}
         chosen = "contiguous" if slow_last else "channels_last"
@@ -87,7 +91,9 @@ def test_the_layout_probe_follows_the_same_rules(machine, monkeypatch):
         return chosen, train, max(rates, key=rates.get), rates, 5
     monkeypatch.setattr(layout, "_measure", measure)
     monkeypatch.setenv("EDGE_SEL_OTHER_LOAD", "1.5")
+    stream = torch.get_rng_state()
     first = layout.choose_layout(model, (3, 32, 32), 10, torch.device("cpu"), 32, max_eval_batch=300)
+    assert torch.equal(torch.get_rng_state(), stream)      # the run's dropout masks are not the probe's
     assert (first.memory_format, first.eval_batch_size, first.provisional) == ("contiguous", 128, True)
     monkeypatch.setenv("EDGE_SEL_OTHER_LOAD", "0")
     second = layout.choose_layout(model, (3, 32, 32), 10, torch.device("cpu"), 32, max_eval_batch=300)

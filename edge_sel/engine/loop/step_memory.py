@@ -15,6 +15,7 @@ from edge_sel.backends.torch_backend import freeze_batchnorm_stats, make_optimiz
 from edge_sel.config import TrainConfig
 from edge_sel.core.memory import MiB, MemoryCounter, StepShape
 from edge_sel.core.recompute import set_recomputed
+from edge_sel.engine.machine.device import random_streams_kept
 from edge_sel.engine.machine.memory_plan import MemoryPlan, fit_shape, plan_memory, usable
 from edge_sel.engine.machine.peak_memory import return_freed_memory
 from edge_sel.errors import InputError
@@ -48,10 +49,7 @@ def gain_probe(model, ds, mean, std, shape: StepShape, samples: int, objective_l
         freeze_batchnorm_stats(model)
     set_recomputed(model, shape.recompute)
     total = 0
-    # Dropout draws from torch's own stream: the probe runs on a fork of it, so that the run's steps
-    # draw the masks an unprobed run would.
-    cuda = [images.device.index or 0] if images.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
+    with random_streams_kept(images.device):
         try:
             for p in params.values():
                 p.requires_grad_(True)

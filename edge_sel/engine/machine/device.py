@@ -24,6 +24,15 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def random_streams_kept(device: torch.device):
+    """A fork of torch's random streams (the CPU's, and the device's on CUDA) for a probe that runs
+    the model in training mode: its dropout would otherwise draw the run's masks, so a run that probed
+    would train with other masks than the same run whose choice was pinned or cached."""
+    device = torch.device(device)
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    return torch.random.fork_rng(devices=cuda)
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed python, numpy and torch; return the generator that orders and augments the data."""
     random.seed(seed)

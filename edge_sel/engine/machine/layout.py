@@ -21,6 +21,7 @@ from torch import nn
 
 from edge_sel.core.flops import FlopCounter
 from edge_sel.engine.machine import probe_cache
+from edge_sel.engine.machine.device import random_streams_kept
 
 FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 EVAL_BATCH_CANDIDATES = (128, 256, 512, 1024)
@@ -137,7 +138,7 @@ def choose_layout(model: nn.Module, input_shape: tuple, num_classes: int, device
                             other_load_cpus=cached.get("other_load_cpus"),
                             provisional=bool(cached.get("provisional")), cache_key=key)
     t0 = time.perf_counter()
-    with probe_cache.OtherLoad() as load:
+    with probe_cache.OtherLoad() as load, random_streams_kept(device):
         fmt, timings, chosen_eval, rates, flops = _measure(model, input_shape, num_classes, device, batch_size, fmt,
                                                            eval_batch_size, candidates, autocast)
     choice = LayoutChoice(fmt, chosen_eval, source, timings, rates, time.perf_counter() - t0, flops)

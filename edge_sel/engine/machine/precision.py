@@ -28,6 +28,7 @@ from edge_sel.data import IndexedDataset
 from edge_sel.device_caps import PRECISION_DTYPES, native_bf16
 from edge_sel.engine.evaluation.evaluate import accuracy, predict_dataset
 from edge_sel.engine.machine import probe_cache
+from edge_sel.engine.machine.device import random_streams_kept
 from edge_sel.engine.machine.layout import to_layout
 
 DTYPES = PRECISION_DTYPES
@@ -180,7 +181,7 @@ def choose_precision(model: nn.Module, input_shape: tuple, num_classes: int, dev
         source = "measured earlier"
     else:
         source = "measured"
-        with probe_cache.OtherLoad() as load:
+        with probe_cache.OtherLoad() as load, random_streams_kept(device):
             train_s, eval_rates, flops = measure(model, input_shape, num_classes, device, batch_size, memory_format,
                                                  eval_batch_size)
         kept = probe_cache.keep(CACHE_FILE, key, {"train_s_per_step": train_s, "eval_images_per_s": eval_rates},
