@@ -16,12 +16,11 @@ from edge_sel.data import Batch
 from edge_sel.config import TrainConfig
 from edge_sel.engine.loop import step_memory
 from edge_sel.engine.loop.step_memory import forward_batch_that_fits, memory_counter
-from edge_sel.models import load_checkpoint
 from edge_sel.engine.machine.memory_plan import MIN_CHUNK_FOR_EVERYTHING, RESERVE, plan_memory, smallest_budget, usable
 from edge_sel.methods.update.fixed_sets import bias_norm_names, classifier_names
 from edge_sel.errors import InputError
 from edge_sel.methods import Updater
-from edge_sel.models import build_model
+from edge_sel.models import build_model, load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -132,14 +131,15 @@ def test_a_budgeted_run_plans_records_and_resumes_with_its_plan(tiny_warm, tmp_p
     assert code == 0
     # glibc hands freed blocks back before the gain probe runs: the probe's stayed resident otherwise.
     assert calls == ["free", "probe"]
-    plan = json.loads((tmp_path / "whole" / "config.json").read_text())["memory_plan"]
+    whole = json.loads((tmp_path / "whole" / "config.json").read_text())
+    plan = whole["memory_plan"]
     assert plan["budget_mb"] == 7 and plan["counted"]["peak_mb"] <= 7 < plan["asked_mb"]
     assert plan["gains"]["source"].startswith("probe")
     # Evaluation batches fit beside what training keeps alive between steps (optimizer state, gradients).
     model, card = load_checkpoint(tiny_warm)
     c, _ = memory_counter(TrainConfig(batch_size=32), model, list(card.input_shape), torch.device("cpu"))
     kept = (plan["counted"]["optimizer_mb"] + plan["counted"]["gradients_mb"]) * MiB
-    batch = json.loads((tmp_path / "whole" / "config.json").read_text())["eval_batch_size"]
+    batch = whole["eval_batch_size"]
     assert c.count_forward(batch).peak + kept <= usable(7) < c.count_forward(2 * batch).peak + kept
     assert summary(tmp_path / "whole")["config"]["sparsity"] == "budget"
     # What the plan chose, exported as an ONNX Runtime artifact scheme.
