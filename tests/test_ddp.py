@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,16 +54,22 @@ def read_records(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+EXIT_THREADS = Path(__file__).parent / "exit_threads"     # its sitecustomize lists each rank's threads at exit
+
+
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp") / "run"
-    rc, stdout, stderr = torchrun(out)
+    threads_dir = tmp_path_factory.mktemp("exit-threads")
+    rc, stdout, stderr = torchrun(out, env_extra={
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(EXIT_THREADS), os.environ.get("PYTHONPATH")])),
+        "EDGE_SEL_TEST_EXIT_THREADS": str(threads_dir)})
     assert rc == 0, stderr[-3000:]
-    return out, stdout
+    return out, stdout, threads_dir
 
 
 def test_two_ranks_train_each_sample_once_and_rank_zero_alone_writes(ddp_run):
-    out, stdout = ddp_run
+    out, stdout, _ = ddp_run
     recs = read_records(out)
     summary = json.loads((out / "summary.json").read_text())
     assert [r["epoch"] for r in recs] == [0, 1]             # one writer: no record twice
@@ -89,7 +96,7 @@ def test_two_ranks_train_each_sample_once_and_rank_zero_alone_writes(ddp_run):
 
 
 def test_flops_equal_a_single_process_run_of_the_same_samples(ddp_run, tmp_path, one_thread):
-    out, _ = ddp_run
+    out, *_ = ddp_run
     single = tmp_path / "single"
     cfg = TrainConfig(epochs=1, batch_size=32, memory_format="contiguous", eval_batch_size=256)
     pretrain("edgecnn", DataOptions("digits", subset=600), cfg, single, quiet=True)
@@ -100,7 +107,7 @@ def test_flops_equal_a_single_process_run_of_the_same_samples(ddp_run, tmp_path,
 
 
 def test_ddp_checkpoint_loads_in_a_normal_finetune(ddp_run, tmp_path, one_thread):
-    out, _ = ddp_run
+    out, *_ = ddp_run
     ft = tmp_path / "ft"
     pre = json.loads((out / "summary.json").read_text())
     # Evaluated in the precision rank 0 evaluated in (a probe under load may choose another).
@@ -113,9 +120,18 @@ def test_ddp_checkpoint_loads_in_a_normal_finetune(ddp_run, tmp_path, one_thread
 
 
 def test_a_plain_rerun_under_torchrun_still_refuses_an_existing_out(ddp_run):
-    out, _ = ddp_run
+    out, *_ = ddp_run
     rc, _, stderr = torchrun(out)
     assert rc != 0 and "already exists and is not empty" in stderr
+
+
+def test_every_rank_has_joined_the_process_groups_threads_before_its_interpreter_exits(ddp_run):
+    # Torn down during the interpreter's exit instead, gloo's threads could abort a rank (SIGABRT)
+    # after the run was written, and torchrun then reported the finished job failed.
+    *_, threads_dir = ddp_run
+    for rank in (0, 1):
+        names = (threads_dir / f"rank{rank}.txt").read_text().split()
+        assert names and not [n for n in names if "gloo" in n or "tcpstore" in n], (rank, names)
 
 
 # -- pure logic -------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ each rank's own process and NVML each rank's own GPU, so those are summed over r
 
 from __future__ import annotations
 
+import gc
 import inspect
 import os
 from dataclasses import dataclass, field
@@ -295,7 +296,16 @@ class RankSync:
                 "checkpoints": "epoch ends only, written by rank 0",
                 "evaluation": "rank 0 only", "per_rank_batch_size": True}
 
-    def finish(self) -> None:
-        """Every rank waits until rank 0 has written the run, then leaves the process group."""
+    def finish(self, trainer) -> None:
+        """Every rank waits until rank 0 has written the run, then leaves the process group.
+
+        DDP holds the process group: while it lives, gloo's threads outlive destroy_process_group
+        and are torn down as the interpreter exits, where a rank could abort (SIGABRT) after the
+        run was written, and torchrun reported the finished job failed. So DDP is dropped first
+        (the collector run for any cycle that still holds it) and the group's threads end here."""
         barrier(self.world)
+        if isinstance(trainer.backend.forward, _TrainThroughDDP):
+            trainer.backend.forward = trainer.backend.forward.plain
+        self.ddp = None
+        gc.collect()
         shutdown(self.world)

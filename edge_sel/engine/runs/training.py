@@ -129,7 +129,7 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
         card.training.update({k: kept[k] for k in ("kept", "rule", "kept_epoch", "kept_val_acc", "kept_test_acc",
                                                    "baseline_val_acc")})
     if not writes:
-        ranks.finish()
+        ranks.finish(trainer)
         return {"run_dir": str(out), "rank": world.rank, "epochs_run": len(records)}
     if phase != "pretrain" and memory is None:
         card.source_memory = None       # the card states files the run directory holds, no others
@@ -174,5 +174,5 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
     with writing(out / "summary.json"):
         atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2, default=str).encode())
     if ranks:
-        ranks.finish()
+        ranks.finish(trainer)
     return summary
