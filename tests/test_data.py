@@ -1,4 +1,5 @@
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,6 +102,12 @@ def test_image_folder_with_train_and_test(tmp_path):
     assert np.array_equal(train.images[0].permute(1, 2, 0).numpy(), first)
 
 
+def _key_args(train_root):
+    """What the training folder's cache key is made of."""
+    _, files = folder_mod.list_class_folder(train_root)
+    return train_root, files, None
+
+
 def test_image_folder_cache_makes_second_load_skip_decoding(tmp_path, monkeypatch):
     write_tree(tmp_path / "data", per_class=4)
     first, _ = load_source(f"folder:{tmp_path / 'data'}")
@@ -110,6 +117,19 @@ def test_image_folder_cache_makes_second_load_skip_decoding(tmp_path, monkeypatc
     monkeypatch.setattr(folder_mod, "_decode_all", no_decoding)
     second, _ = load_source(f"folder:{tmp_path / 'data'}")
     assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
+    # The cache is mapped, not read whole, and copy-on-write: a write into the images stays in this process.
+    root = tmp_path / "data"
+    mapped = folder_mod.load_class_folder(root, "d")
+    cached = folder_mod.cache_dir() / f"folder-{folder_mod._cache_key(*_key_args(root))}.npy"
+    assert str(cached) in Path("/proc/self/maps").read_text()
+    on_disk = cached.read_bytes()
+    mapped.images[0].fill_(7)
+    assert cached.read_bytes() == on_disk and folder_mod.load_class_folder(root, "d").images[0].ne(7).any()
+    monkeypatch.undo()
+    cached.write_bytes(on_disk[: len(on_disk) // 2])      # a torn cache is decoded again, not trusted
+    assert torch.equal(folder_mod.load_class_folder(root, "d").images, torch.from_numpy(np.load(cached)))
+    assert cached.read_bytes() == on_disk
+    monkeypatch.setattr(folder_mod, "_decode_all", no_decoding)
     # Adding a file changes the key, so the stale cache is not used.
     Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(tmp_path / "data" / "cat" / "999.png")
     with pytest.raises(AssertionError, match="decoded again"):

@@ -164,7 +164,9 @@ def load_class_folder(root: Path, name: str, image_size=None,
     images = None
     if use_cache and cached.exists():
         try:
-            images = np.load(cached)
+            # Mapped, not read: only the images a run selects become resident (copy-on-write, so
+            # the array is writable and the cache file is never written through it).
+            images = np.load(cached, mmap_mode="c")
             if images.shape[0] != len(files):
                 images = None
         except (OSError, ValueError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from edge_sel.data.dataset import IndexedDataset, Splits
@@ -66,6 +68,55 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return k, n
 
 
+@dataclass(frozen=True)
+class _Pool:
+    """The labels of a selection of a dataset's samples: what the stratified draws read, so that
+    the shard and the subset are chosen without copying any image."""
+    labels: torch.Tensor
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class SplitPositions:
+    """Positions into the training source (train, val) and into the test source (test)."""
+    train: torch.Tensor
+    val: torch.Tensor
+    test: torch.Tensor
+
+
+def split_positions(train_labels: torch.Tensor, test_labels: torch.Tensor, num_classes: int,
+                    val_fraction: float = 0.1, shard_kn: tuple[int, int] | None = None, subset: int | None = None,
+                    per_class_cap: int | None = None, split_seed: int = 0, subset_seed: int | None = None,
+                    test_subset: int | None = None) -> SplitPositions:
+    """make_splits' selections from the labels alone (see there)."""
+    if not 0 <= val_fraction < 1:
+        raise InputError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    train_labels, test_labels = train_labels.cpu(), test_labels.cpu()
+    train, val = stratified_split(_Pool(train_labels, num_classes), val_fraction, split_seed)
+    if shard_kn is not None:
+        train = train[shard(_Pool(train_labels[train], num_classes), *shard_kn, seed=split_seed + 1)]
+    if subset is not None or per_class_cap is not None:
+        if subset is not None and subset < 1:
+            raise InputError(f"--subset must be a positive number of samples, got {subset}")
+        if subset is not None and subset < num_classes:
+            raise InputError(f"--subset {subset}: fewer samples than the {num_classes} classes; a "
+                             f"class-balanced subset needs one of each at least (--subset {num_classes} "
+                             f"or more)")
+        if per_class_cap is not None and per_class_cap < 1:
+            raise InputError(f"--per-class-cap must be positive, got {per_class_cap}")
+        draw = split_seed + 2 if subset_seed is None else subset_seed
+        train = train[stratified_take(_Pool(train_labels[train], num_classes), subset, per_class_cap, seed=draw)]
+    if len(train) == 0:
+        raise InputError("the training split is empty after --shard/--subset; use more data")
+    test = torch.arange(len(test_labels))
+    if test_subset is not None:
+        if test_subset < num_classes:
+            raise InputError(f"--test-subset {test_subset}: fewer images than the {num_classes} classes; a "
+                             f"class-balanced test subset needs one of each at least")
+        test = stratified_take(_Pool(test_labels, num_classes), test_subset, None, seed=split_seed + 3)
+    return SplitPositions(train, val, test)
+
+
 def make_splits(train_full: IndexedDataset, test: IndexedDataset, val_fraction: float = 0.1,
                 shard_kn: tuple[int, int] | None = None, subset: int | None = None,
                 per_class_cap: int | None = None, split_seed: int = 0, subset_seed: int | None = None,
@@ -77,29 +128,11 @@ def make_splits(train_full: IndexedDataset, test: IndexedDataset, val_fraction: 
 
     The validation split is taken before sharding, so a pretrain on shard 0/2 and a fine-tune on
     shard 1/2 share one validation set and never see each other's training samples.
+
+    The selections are made on the labels and each split's images copied once: a fine-tune of 512
+    images of a 50,000-image source copies 512, not the source's shard and then its subset.
     """
-    if not 0 <= val_fraction < 1:
-        raise InputError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    rest, val = stratified_split(train_full, val_fraction, split_seed)
-    train = train_full.subset(rest, train_full.name)
-    if shard_kn is not None:
-        train = train.subset(shard(train, *shard_kn, seed=split_seed + 1))
-    if subset is not None or per_class_cap is not None:
-        if subset is not None and subset < 1:
-            raise InputError(f"--subset must be a positive number of samples, got {subset}")
-        if subset is not None and subset < train.num_classes:
-            raise InputError(f"--subset {subset}: fewer samples than the {train.num_classes} classes; a "
-                             f"class-balanced subset needs one of each at least (--subset {train.num_classes} "
-                             f"or more)")
-        if per_class_cap is not None and per_class_cap < 1:
-            raise InputError(f"--per-class-cap must be positive, got {per_class_cap}")
-        draw = split_seed + 2 if subset_seed is None else subset_seed
-        train = train.subset(stratified_take(train, subset, per_class_cap, seed=draw))
-    if len(train) == 0:
-        raise InputError("the training split is empty after --shard/--subset; use more data")
-    if test_subset is not None:
-        if test_subset < test.num_classes:
-            raise InputError(f"--test-subset {test_subset}: fewer images than the {test.num_classes} classes; a "
-                             f"class-balanced test subset needs one of each at least")
-        test = test.subset(stratified_take(test, test_subset, None, seed=split_seed + 3))
-    return Splits(train=train, val=train_full.subset(val), test=test)
+    at = split_positions(train_full.labels, test.labels, train_full.num_classes, val_fraction, shard_kn, subset,
+                         per_class_cap, split_seed, subset_seed, test_subset)
+    test = test if test_subset is None else test.subset(at.test)
+    return Splits(train=train_full.subset(at.train, train_full.name), val=train_full.subset(at.val), test=test)

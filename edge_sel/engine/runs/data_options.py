@@ -11,6 +11,7 @@ from pathlib import Path
 
 from edge_sel.core.checkpoint import ModelCard
 from edge_sel.data import Splits, load_source, make_splits, parse_shard
+from edge_sel.data.split import split_positions
 from edge_sel.data.sources import source_paths
 from edge_sel.data.shift import apply_shift, parse_shift
 from edge_sel.data.sources import check_source
@@ -49,7 +50,9 @@ class DataOptions:
 
     def split(self, train_full, test) -> Splits:
         """The splits of a loaded source (or of data handed over as objects, by the Python API)."""
-        self._source = (train_full, test)        # for warmup_train_ids, without reading it again
+        # For warmup_train_ids without reading the source again: its labels and ids, not its images
+        # (a run would otherwise keep every image of the source resident to its end).
+        self._source = (train_full.labels, train_full.index, test.labels, train_full.num_classes)
         splits = make_splits(train_full, test, self.val_fraction, parse_shard(self.shard), self.subset,
                              self.per_class_cap, self.split_seed, self.subset_seed, self.test_subset)
         warn_short_subsets(splits, self.subset, self.test_subset)
@@ -57,11 +60,11 @@ class DataOptions:
 
     def warmup_train_ids(self, trained: dict):
         """Sample ids a pretrain described by its model card's dataset (same source) trained on."""
-        train_full, test = self._source
-        warm = make_splits(train_full, test, trained["val_fraction"], parse_shard(trained.get("shard")),
-                           trained.get("subset"), trained.get("per_class_cap"), trained["split_seed"],
-                           trained.get("subset_seed"))
-        return warm.train.index
+        train_labels, train_ids, test_labels, num_classes = self._source
+        warm = split_positions(train_labels, test_labels, num_classes, trained["val_fraction"],
+                               parse_shard(trained.get("shard")), trained.get("subset"), trained.get("per_class_cap"),
+                               trained["split_seed"], trained.get("subset_seed"))
+        return train_ids[warm.train.to(train_ids.device)]
 
 
 def warn_short_subsets(splits: Splits, subset: int | None, test_subset: int | None) -> None:
