@@ -41,7 +41,9 @@ def test_energy_budget_stops_cleanly_before_the_limit(tiny_warm, tmp_path, monke
     finetune(tiny_warm, tmp_path / "full", "--epochs", 3)
     full = records(tmp_path / "full")
     spent = sum(r["energy_j"] + (r["eval_energy_j"] or 0) for r in full)
-    budget = spent * 0.25
+    # Half: a run's first step carries the epoch's fixed costs (one step measured 6.6 J of a 28 J run
+    # on a loaded machine), so a quarter could be spent before the first check.
+    budget = spent * 0.5
     finetune(tiny_warm, tmp_path / "cut", "--epochs", 3, "--energy-budget", budget)
     cut = records(tmp_path / "cut")
     s = summary(tmp_path / "cut")
