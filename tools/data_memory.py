@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import argparse
 
+from edge_sel.core.memory import MiB, nbytes
+from edge_sel.engine.machine.peak_memory import CLEAR_REFS, proc_status_bytes
 from edge_sel.engine.runs.data_options import DataOptions
 
 FIELDS = ("VmRSS", "RssAnon", "RssFile", "VmHWM")
 
 
 def status_mib() -> dict[str, float]:
-    with open("/proc/self/status") as f:
-        return {line.split(":")[0]: int(line.split()[1]) / 1024 for line in f if line.split(":")[0] in FIELDS}
+    return {field: proc_status_bytes(field) / MiB for field in FIELDS}
 
 
 def main() -> None:
@@ -35,15 +36,13 @@ def main() -> None:
     args = parser.parse_args()
     data = DataOptions(dataset=args.dataset, image_size=args.image_size, shard=args.shard, subset=args.subset,
                        test_subset=args.test_subset, shift=args.shift, shift_seed=args.shift_seed)
-    data.check()
-    data.input_paths()
     before = status_mib()
-    with open("/proc/self/clear_refs", "w") as f:     # the high-water mark from here
+    with open(CLEAR_REFS, "w") as f:     # the high-water mark from here
         f.write("5")
     splits = data.load()
     after = status_mib()
-    held = sum(t.numel() * t.element_size() for ds in (splits.train, splits.val, splits.test, splits.test_clean)
-               if ds is not None for t in (ds.images, ds.labels, ds.index)) / 2 ** 20
+    sets = (splits.train, splits.val, splits.test, splits.test_clean)
+    held = nbytes([t for ds in sets if ds is not None for t in (ds.images, ds.labels, ds.index)]) / MiB
     print(f"splits: train {len(splits.train)}, validation {len(splits.val)}, test {len(splits.test)}; "
           f"their tensors {held:,.1f} MiB")
     print(f"resident before {before['VmRSS']:,.1f} MiB (anonymous {before['RssAnon']:,.1f}), "
