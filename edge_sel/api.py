@@ -77,7 +77,7 @@ def resolve_options(command: str, given: dict) -> tuple[dict, list[str]]:
 def _data(data, test, kw: dict, class_names):
     """The run's DataOptions, and None for a dataset spec (the engine loads it) or else the splits
     of the given objects, made the way the engine splits a named dataset."""
-    from edge_sel.cli import build_data
+    from edge_sel.cli_config import build_data
     if isinstance(data, (str, Path)):
         if test is not None:
             raise InputError("test: a named dataset brings its own test split")
@@ -103,7 +103,7 @@ def _result(summary: dict) -> RunResult:
 
 
 def _explicit(kw_names: list[str], command: str) -> list[str]:
-    from edge_sel.cli import explicit_names
+    from edge_sel.cli_config import explicit_names
     names = explicit_names(command)
     return [n for n in kw_names if n in names]
 
@@ -114,7 +114,7 @@ def pretrain(model="edgecnn", data="digits", *, out, test=None, class_names=None
     `edge-sel pretrain` (`epochs` is required). `model`: a registered name, a factory spec or an
     nn.Module (its class must be importable, so later runs can rebuild it; its weights are the
     starting weights)."""
-    from edge_sel.cli import build_config, build_energy
+    from edge_sel.cli_config import build_config, build_energy
     from edge_sel.engine.runs.run import pretrain as run_pretrain
     from edge_sel.threads import torch_threads
     from edge_sel.models.spec import parse_model_args
@@ -143,7 +143,7 @@ def finetune(checkpoint, data="digits", *, out, test=None, class_names=None, qui
     """Fine-tune `checkpoint` (a checkpoint directory, a RunResult, or a model: a model that was
     not pretrained here is first written as a checkpoint, OUT-start/, with the data's
     normalisation) on `data` into `out`; same options as `edge-sel finetune` (`epochs` required)."""
-    from edge_sel.cli import FINETUNE_FIELDS, RENAMED_FIELDS, build_config, build_energy
+    from edge_sel.cli_config import FINETUNE_FIELDS, RENAMED_FIELDS, build_config, build_energy
     from edge_sel.engine.runs.run import finetune as run_finetune
     from edge_sel.threads import torch_threads
     from edge_sel.methods.options import method_option_names

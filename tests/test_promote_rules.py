@@ -841,7 +841,7 @@ def test_promote_with_the_warmup_serving_judges_against_no_version_set_aside(tmp
 def test_promotes_line_gives_the_passes_apart_from_the_whole_check_it_metered():
     """The joules of a night's promote cover reading and shifting the data and loading the model
     too: the line says so, with the passes' seconds apart."""
-    from edge_sel.cli import decision_line
+    from edge_sel.cli_promote import decision_line
     cost = {"samples": 1000, "anchor_samples": 200, "flops": 2.5e9, "wall_s": 0.4, "total_s": 9.7, "energy_j": 280.2,
             "flops_bank_estimate": 1e8}
     line = decision_line(pr.Decision(False, "not-better", "why", evaluation=cost), "RUN")

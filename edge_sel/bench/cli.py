@@ -9,95 +9,24 @@ reference  the seeds' CIFAR-10 table on a desktop GPU: resnet18_cifar from a fre
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
 import click
 
 from edge_sel.bench import contention, suites
+from edge_sel.bench.cli_common import (at_least_one, check_checkpoint, common_options, dataset_or_shared_cifar,
+                                       fresh_out, parse_activations, parse_scenarios, progress, warmup)
+from edge_sel.bench.cli_lifelong import lifelong_cmd
+from edge_sel.bench.cli_memory import memory_cmd
 from edge_sel.bench.published import PUBLISHED
 from edge_sel.bench.runner import BenchData, SuiteSettings, run_suite
 from edge_sel.cli_base import Group
 from edge_sel.config import TrainConfig
-from edge_sel.core.checkpoint import read_card
 from edge_sel.core.words import plural
 from edge_sel.engine.runs.data_options import DataOptions
-from edge_sel.core.outputs import check_out_dir, start_out_dir
-from edge_sel.data.sources import source_paths
 from edge_sel.engine.runs.run import pretrain
 from edge_sel.errors import InputError
-
-REPO = Path(__file__).resolve().parents[2]
-SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpeg"
-
-
-def _fresh_out(out: Path, overwrite: bool, suite: str, checkpoint: Path | None, dataset: str | None,
-               data_dir: Path | None) -> Path:
-    """A new --out for `suite` (bench SUITE's own earlier output replaced with --overwrite), never
-    onto the checkpoint or the data it reads."""
-    command = f"bench {suite}"
-    check_out_dir(out, overwrite, command, [("--checkpoint", checkpoint), *source_paths(dataset, data_dir)])
-    return start_out_dir(out, command)
-
-
-def dataset_or_shared_cifar(dataset: str | None) -> str:
-    """The --dataset given, else the CIFAR-10 image folders beside the repository."""
-    if dataset is not None:
-        return dataset
-    if not SHARED_CIFAR.is_dir():
-        raise InputError(f"--dataset: required here ({SHARED_CIFAR} does not exist)")
-    return f"folder:{SHARED_CIFAR}"
-
-
-def _check_checkpoint(path: Path | None) -> None:
-    if path is not None:
-        read_card(path)     # one-line error when it is not a checkpoint, before any training
-
-
-def _at_least_one(epochs, subset, seeds, pretrain_epochs) -> None:
-    for option, value in (("--epochs", epochs), ("--subset", subset), ("--seeds", seeds),
-                          ("--pretrain-epochs", pretrain_epochs)):
-        if value is not None and value < 1:
-            raise InputError(f"{option} must be >= 1, got {value}")
-
-
-def _warmup(suite: str, checkpoint: Path | None, ds: str, data_dir, epochs: int, subset: int | None, device: str,
-            target: Path) -> Path:
-    """The --checkpoint given, else a clean edgecnn warmup pretrained on shard 0/2 into OUT/warmup."""
-    if checkpoint is not None:
-        return Path(checkpoint)
-    click.echo(f"bench {suite}: pretraining a clean warmup ({plural(epochs, 'epoch')}, shard 0/2)", err=True)
-    pretrain("edgecnn", DataOptions(ds, data_dir, shard="0/2", subset=subset),
-             TrainConfig(epochs=epochs, seed=0, device=device), target / "warmup", quiet=True)
-    return target / "warmup"
-
-
-def _progress(quiet: bool):
-    """Where a suite's progress lines go: stderr, or nowhere with --quiet."""
-    return (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
-
-
-def _activations(text: str | None, default: str) -> tuple[float, ...]:
-    try:
-        acts = tuple(float(a) for a in (text or default).split(","))
-    except ValueError:
-        raise InputError(f"--activations: comma-separated numbers, got {text!r}") from None
-    if not all(0 < a <= 1 for a in acts):
-        raise InputError(f"--activations: each must be in (0, 1], got {text!r}")
-    return acts
-
-
-def _scenarios(text: str | None, known: dict) -> dict:
-    """The named scenarios of `known` (all of them when none is named), in the order given."""
-    if text is None:
-        return known
-    chosen = {}
-    for name in text.split(","):
-        if name not in known:
-            raise InputError(f"--scenarios: unknown {name!r}; choose from {', '.join(known)}")
-        chosen[name] = known[name]
-    return chosen
 
 
 def _execute(settings: SuiteSettings, published: dict | None) -> None:
@@ -109,39 +38,6 @@ def _execute(settings: SuiteSettings, published: dict | None) -> None:
                f"{result['wall_s']:.0f} s on {result['device']}")
     click.echo(f"wrote {settings.out / 'bench.json'}, {settings.out / 'table.md'}, {settings.out / 'table.csv'}")
     click.echo(f"report: {written['report']}")
-
-
-QUICK_HELP = "A smoke run: tiny subset, 1-2 epochs per phase."
-SEEDS_HELP = "Seeds 0..K-1 [edge: 1, reference: 3, --quick: 1]."
-
-
-SUBSET_HELP = "Class-balanced subset of N fine-tuning samples."
-
-
-def common_options(fn=None, *, seeds_help: str = SEEDS_HELP, quick_help: str = QUICK_HELP,
-                   subset_help: str = SUBSET_HELP, systems: bool = True):
-    """The options every suite has; a suite whose seeds, --quick or --subset differ says so in their
-    help, and one that picks methods rather than systems has no --systems."""
-    if fn is None:
-        return lambda f: common_options(f, seeds_help=seeds_help, quick_help=quick_help, subset_help=subset_help,
-                                        systems=systems)
-    options = [
-        click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-                     help="Where the CIFAR-10 archive lives (--dataset cifar10)."),
-        click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
-                     help="Starting checkpoint for every system (default: the suite makes its own)."),
-        click.option("--seeds", type=int, default=None, help=seeds_help),
-        *([click.option("--systems", default=None, help="Comma-separated subset of the suite's systems.")]
-          if systems else []),
-        click.option("--subset", type=int, default=None, help=subset_help),
-        click.option("--out", type=click.Path(path_type=Path), default=None, help="Output directory."),
-        click.option("--overwrite", is_flag=True, help="Replace an existing --out directory."),
-        click.option("--quick", is_flag=True, help=quick_help),
-        click.option("--quiet", is_flag=True, help="No progress lines."),
-    ]
-    for opt in reversed(options):
-        fn = opt(fn)
-    return fn
 
 
 @click.group("bench", cls=Group)
@@ -174,8 +70,8 @@ def edge_cmd(dataset, epochs, val_cap, pretrain_epochs, device, busy, busy_nice,
         if value is not None and value < 1:
             raise InputError(f"{option} must be >= 1, got {value}")
     chosen = suites.select(suites.edge_systems(e), systems)
-    _check_checkpoint(checkpoint)
-    target = _fresh_out(out or Path("runs/bench-edge"), overwrite, "edge", checkpoint, ds, data_dir)
+    check_checkpoint(checkpoint)
+    target = fresh_out(out or Path("runs/bench-edge"), overwrite, "edge", checkpoint, ds, data_dir)
     data = BenchData(ds, data_dir, shard="1/2", subset=n, val_cap=val_cap or (300 if quick else 2000),
                      epoch_test_per_class=100)
     start = checkpoint
@@ -217,8 +113,8 @@ def reference_cmd(dataset, model_name, device, data_dir, checkpoint, seeds, syst
         if value is not None and value < 1:
             raise InputError(f"{option} must be >= 1, got {value}")
     chosen = suites.select(suites.reference_systems(quick), systems)
-    _check_checkpoint(checkpoint)
-    target = _fresh_out(out or Path("runs/bench-reference"), overwrite, "reference", checkpoint, dataset, data_dir)
+    check_checkpoint(checkpoint)
+    target = fresh_out(out or Path("runs/bench-reference"), overwrite, "reference", checkpoint, dataset, data_dir)
     count = seeds or (1 if quick else 3)
     data = BenchData(dataset, data_dir, subset=n)
     notes = [f"{'--quick smoke run: ' if quick else ''}{model} on {dataset}"
@@ -268,9 +164,9 @@ def adapt_cmd(dataset, scenarios, activations, method_names, epochs, lr, pretrai
     n = subset or (300 if quick else 10000)
     e = epochs or (1 if quick else 2)
     count = seeds or (2 if quick else 5)
-    _at_least_one(e, n, count, pretrain_epochs)
-    acts = _activations(activations, "0.3" if quick else "0.2,0.3,0.5")
-    chosen_scenarios = _scenarios(scenarios, adapt.SCENARIOS)
+    at_least_one(e, n, count, pretrain_epochs)
+    acts = parse_activations(activations, "0.3" if quick else "0.2,0.3,0.5")
+    chosen_scenarios = parse_scenarios(scenarios, adapt.SCENARIOS)
     methods = adapt.adapt_methods(acts)
     if method_names is not None:
         wanted = method_names.split(",")
@@ -279,11 +175,11 @@ def adapt_cmd(dataset, scenarios, activations, method_names, epochs, lr, pretrai
             raise InputError(f"--methods: unknown {', '.join(unknown)}; choose from "
                              f"{', '.join(m.name for m in methods)}")
         methods = [m for m in methods if m.name in wanted]
-    _check_checkpoint(checkpoint)
-    target = _fresh_out(out or Path("runs/bench-adapt"), overwrite, "adapt", checkpoint, ds, data_dir)
-    start = _warmup("adapt", checkpoint, ds, data_dir, pretrain_epochs or (1 if quick else 8), n if quick else None,
+    check_checkpoint(checkpoint)
+    target = fresh_out(out or Path("runs/bench-adapt"), overwrite, "adapt", checkpoint, ds, data_dir)
+    start = warmup("adapt", checkpoint, ds, data_dir, pretrain_epochs or (1 if quick else 8), n if quick else None,
                     device, target)
-    log = _progress(quiet)
+    log = progress(quiet)
     result = adapt.run_adapt(Path(start), ds, data_dir, n, e, list(range(count)), chosen_scenarios, methods,
                              target, lr, device, log)
     bench = adapt.bench_record({"suite": "adapt", "dataset": ds, "checkpoint": str(start), "subset": n,
@@ -327,21 +223,21 @@ def stream_cmd(dataset, scenarios, activations, families, frames, order, epochs,
     f = frames or (5 if quick else 10)
     e = epochs or (1 if quick else 3)
     count = seeds or (2 if quick else 10)
-    _at_least_one(e, n, count, pretrain_epochs)
+    at_least_one(e, n, count, pretrain_epochs)
     if f < 2:
         raise InputError(f"--frames must be >= 2, got {f}")
-    acts = _activations(activations, "0.1" if quick else "0.05,0.1,0.2")
-    chosen = _scenarios(scenarios, stream.SCENARIOS)
+    acts = parse_activations(activations, "0.1" if quick else "0.05,0.1,0.2")
+    chosen = parse_scenarios(scenarios, stream.SCENARIOS)
     wanted = stream.FAMILIES if families is None else tuple(families.split(","))
     unknown = [w for w in wanted if w not in stream.FAMILIES]
     if unknown:
         raise InputError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(stream.FAMILIES)}")
     methods = stream.stream_methods(acts, f, wanted)
-    _check_checkpoint(checkpoint)
-    target = _fresh_out(out or Path("runs/bench-stream"), overwrite, "stream", checkpoint, ds, data_dir)
-    start = _warmup("stream", checkpoint, ds, data_dir, pretrain_epochs or (2 if quick else 8), n if quick else None,
+    check_checkpoint(checkpoint)
+    target = fresh_out(out or Path("runs/bench-stream"), overwrite, "stream", checkpoint, ds, data_dir)
+    start = warmup("stream", checkpoint, ds, data_dir, pretrain_epochs or (2 if quick else 8), n if quick else None,
                     device, target)
-    log = _progress(quiet)
+    log = progress(quiet)
     result = stream.run_stream(Path(start), ds, data_dir, n, f, order, e, list(range(count)), chosen, methods,
                                target, lr, device, log)
     bench = stream.bench_record({"suite": "stream", "dataset": ds, "checkpoint": str(start), "scenes": n,
@@ -354,172 +250,6 @@ def stream_cmd(dataset, scenarios, activations, families, frames, order, epochs,
                f"{written['figure']}, {target / 'report.html'}")
 
 
-@bench_group.command("lifelong")
-@click.option("--dataset", default=None,
-              help="Dataset [default: folder:../shared/data/cifar10-jpeg beside the repository, if present; "
-                   "--quick: digits].")
-@click.option("--schedule", default=None,
-              help="Comma-separated conditions, one a night [day,night,day,few,night,labels,fog,day; "
-                   "--quick: night,few,day].")
-@click.option("--shift", "shifts", multiple=True, metavar="NAME=SPEC",
-              help="Add or redefine a condition: NAME=a --shift spec, e.g. night=corrupt=gaussian_noise:3 or "
-                   "rain=corrupt=gaussian_blur:2 (repeatable). Built in: day (clean), night "
-                   "(corrupt=gaussian_noise:3; digits: contrast:4), fog (corrupt=fog:3), few (classes=0,1,8,9; "
-                   "digits: 0,1,2,3), labels (label-noise=0.3:val), longtail (imbalance=longtail:10).")
-@click.option("--methods", "method_names", default=None,
-              help="Comma-separated methods: none, bn, conditions, dense, recipe, recipe+ewc, recipe+replay, "
-                   "recipe+bn_anchor_share, recipe+reset_forgetting, recipe+bn_conditions, recipe-noguard, lifelong "
-                   "[default: all; "
-                   "--quick: none,bn,conditions,dense,recipe,lifelong]. Levers need a warmup with source memory.")
-@click.option("--lever", "levers", multiple=True, metavar="KEY=VALUE",
-              help="Strength of a lever in its row and in lifelong: ewc, replay, bn_anchor_share, "
-                   "reset_forgetting, bn_conditions [1, 0.5, 0.5, 10, 4; lifelong: ewc 0.1] (repeatable).")
-@click.option("--epochs", type=int, default=None, help="Fine-tune epochs a night [2; --quick: 1].")
-@click.option("--lr", type=float, default=0.01, show_default=True, help="Learning rate of every training method.")
-@click.option("--test-subset", type=int, default=None,
-              help="Test images per domain the bench evaluates the deployed model on, class-balanced "
-                   "[2000; --quick: all]; the server's clean test split is always whole.")
-@click.option("--val-subset", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Validation images every method's nights decide by (keep-best, promote); 0: each method's own "
-                   "(the whole validation split; the recipe sizes its own).")
-@click.option("--pretrain-epochs", type=int, default=None,
-              help="Epochs of the clean warmup the bench makes when --checkpoint is not given [8; --quick: 4].")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, mps or auto.")
-@click.option("--predict-batch", type=click.IntRange(min=0), default=1, show_default=True,
-              help="Besides whole batches, the deployed model predicts the domains' images as a camera's stream "
-                   "(segments cycling the domains, classes in runs of 30), N images a call; 0: whole batches only.")
-@common_options(seeds_help="Seeds 0..K-1, paired across methods [5; --quick: 2].",
-                quick_help="A smoke run on digits: 3 nights, 2 seeds, 6 methods, 150 images a night, 1 epoch, "
-                           "its own warmup.",
-                subset_help="Images a night, class-balanced, drawn anew each night [1000; --quick: 150].",
-                systems=False)
-def lifelong_cmd(dataset, schedule, shifts, method_names, levers, epochs, lr, test_subset, val_subset, pretrain_epochs,
-                 device, predict_batch,
-                 data_dir, checkpoint, seeds, subset, out, overwrite, quick, quiet):
-    """A device's life: a schedule of nights (fine-tune from the deployed model on tonight's data, then
-    promote), one device per method and seed; the deployed model's accuracy on every domain after
-    every night, forgetting, counted FLOPs and joules all in, single-night references and the aims
-    (--subset: images a night, drawn anew each night)."""
-    from edge_sel.bench import lifelong, lifelong_report
-    ds = dataset or ("digits" if quick else dataset_or_shared_cifar(None))
-    n = subset or (150 if quick else 1000)
-    e = epochs or (1 if quick else 2)
-    count = seeds or (2 if quick else 5)
-    _at_least_one(e, n, count, pretrain_epochs)
-    if test_subset is not None and test_subset < 1:
-        raise InputError(f"--test-subset must be >= 1, got {test_subset}")
-    conditions = lifelong.parse_conditions(shifts, lifelong.QUICK_CONDITIONS if ds == "digits" else lifelong.CONDITIONS)
-    nights = lifelong.parse_schedule(schedule, conditions, lifelong.QUICK_SCHEDULE if quick else lifelong.SCHEDULE)
-    strengths = lifelong.parse_levers(levers)
-    if quick and checkpoint is not None:
-        raise InputError("--checkpoint: --quick always pretrains its own digits warmup")
-    _check_checkpoint(checkpoint)
-    target = _fresh_out(out or Path("runs/bench-lifelong"), overwrite, "lifelong", checkpoint, ds, data_dir)
-    # pretrain ships the source memory the levers and the guard need
-    start = _warmup("lifelong", checkpoint, ds, data_dir, pretrain_epochs or (4 if quick else 8), None, device, target)
-    methods, skipped = lifelong.select_methods(lifelong.life_methods(strengths), method_names, Path(start),
-                                               lifelong.QUICK_METHODS if quick else None)
-    for name, why in skipped.items():
-        click.echo(f"bench lifelong: skipping {name}: {why}", err=True)
-    settings = lifelong.LifeSettings(ds, data_dir, Path(start), nights, conditions, methods, list(range(count)), n, e,
-                                     lr, device, target, None if quick and test_subset is None else test_subset or 2000,
-                                     val_subset=val_subset, skipped=skipped, predict_batch=predict_batch)
-    result = lifelong.play(settings, _progress(quiet))
-    result["predict_batch"] = predict_batch
-    record = {"suite": "lifelong", "dataset": ds, "checkpoint": str(start), "schedule": nights,
-              "conditions": {c: conditions[c] for c in dict.fromkeys(nights)}, "subset": n, "epochs": e, "lr": lr,
-              "seeds": list(range(count)), "test_subset": settings.test_subset, "val_subset": val_subset,
-              "predict_batch": predict_batch,
-              "levers": {**lifelong.LEVERS, **strengths},
-              "methods": [dataclasses.asdict(m) for m in methods], "skipped": skipped}
-    written = lifelong_report.write_outputs(result, record, target)
-    click.echo(written["table"])
-    click.echo(f"bench lifelong: {len(methods)} methods x {plural(len(nights), 'night')} x {plural(count, 'seed')} in "
-               f"{result['wall_s']:.0f} s; wrote {target / 'table.md'}, {written['results']}, {written['figure']}, "
-               f"{target / 'report.html'}")
-
-
-@bench_group.command("memory")
-@click.option("--dataset", default=None,
-              help="Dataset [default: folder:../shared/data/cifar10-jpeg beside the repository, if present].")
-@click.option("--model", "model_name", default="edgecnn", show_default=True,
-              help="Model of the warmup the bench makes when --checkpoint is not given (edgecnn, mobilenetv2).")
-@click.option("--image-size", type=click.IntRange(8, 512), default=None,
-              help="Resize folder images to S x S [default: as stored, 32 for CIFAR-10].")
-@click.option("--scenario", default="noise", show_default=True, help="The shift scenario (noise, noise+labels).")
-@click.option("--budgets", default=None,
-              help="Budgets as fractions of full fine-tuning's counted peak [1/2,1/4,1/10,1/30; --quick: 1/4,1/30].")
-@click.option("--planner-only", default=None,
-              help="More budgets (fractions) at which the planner alone runs, e.g. 1/2,1/4,1/30 beside --budgets 1/10.")
-@click.option("--methods", "method_names", default=None,
-              help="Comma-separated subset of: full FT planned, classifier, last-k, bias-norm, layers, rgn, planner "
-                   "(unbudgeted full FT always runs).")
-@click.option("--epochs", type=int, default=None, help="Fine-tune epochs [2; --quick: 1].")
-@click.option("--lr", type=float, default=0.01, show_default=True, help="Learning rate of every method.")
-@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True, help="Training batch size.")
-@click.option("--test-subset", type=click.IntRange(1), default=None,
-              help="Class-balanced N test images (shifted and clean) [all; --quick: 200].")
-@click.option("--val-subset", type=click.IntRange(0), default=0, show_default=True,
-              help="Validate on N images a epoch (0: the whole validation split); keep is last either way.")
-@click.option("--pretrain-epochs", type=int, default=None,
-              help="Epochs of the clean warmup the bench makes when --checkpoint is not given [8; --quick: 2].")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, mps or auto.")
-@click.option("--first-seed", type=click.IntRange(0), default=0, show_default=True,
-              help="Seeds run are FIRST..FIRST+K-1 (K: --seeds): benches of other seeds can be merged "
-                   "(tools/merge_bench_memory.py).")
-@click.option("--one-process", is_flag=True,
-              help="Run every fine-tune in this process (faster to start; no measured peaks: a run would reuse "
-                   "pages earlier runs freed) instead of each in a process of its own.")
-@common_options(seeds_help="Seeds 0..K-1, paired across methods [5; --quick: 1].",
-                quick_help="A smoke run: 300 images, 200 test images, a 2-epoch warmup, 1 fine-tune epoch, "
-                           "budgets 1/4 and 1/30, 1 seed.",
-                subset_help="Class-balanced subset of N fine-tuning samples [10000; --quick: 300].", systems=False)
-def memory_cmd(dataset, model_name, image_size, scenario, budgets, planner_only, method_names, epochs, lr,
-               batch_size, test_subset, val_subset, pretrain_epochs, device, first_seed, one_process, data_dir, checkpoint,
-               seeds, subset, out, overwrite, quick, quiet):
-    """Fine-tuning under memory budgets (fractions of full fine-tuning's counted peak): full FT planned to
-    fit, classifier, last-k, biases and norms, layers, rgn and the planner, against unbudgeted full FT."""
-    from edge_sel.bench import adapt, memory
-    ds = dataset_or_shared_cifar(dataset)
-    n = subset or (300 if quick else 10000)
-    e = epochs or (1 if quick else 2)
-    count = seeds or (1 if quick else 5)
-    tests = test_subset or (200 if quick else None)
-    _at_least_one(e, n, count, pretrain_epochs)
-    if scenario not in adapt.SCENARIOS:
-        raise InputError(f"--scenario: unknown {scenario}; choose from {', '.join(adapt.SCENARIOS)}")
-    fractions = memory.parse_fractions(budgets if budgets is not None or not quick else "1/4,1/30")
-    planner_fractions = [] if planner_only is None else memory.parse_fractions(planner_only, "--planner-only")
-    planner_fractions = [f for f in planner_fractions if f not in fractions]
-    methods = memory.parse_methods(method_names)
-    _check_checkpoint(checkpoint)
-    target = _fresh_out(out or Path("runs/bench-memory"), overwrite, "memory", checkpoint, ds, data_dir)
-    data = DataOptions(ds, data_dir, shard="1/2", subset=n, image_size=image_size, test_subset=tests)
-    if checkpoint is None:
-        warm = pretrain_epochs or (2 if quick else 8)
-        click.echo(f"bench memory: pretraining a clean {model_name} warmup ({plural(warm, 'epoch')}, shard 0/2)",
-                   err=True)
-        pretrain(model_name, dataclasses.replace(data, shard="0/2", subset=n if quick else None),
-                 TrainConfig(epochs=warm, seed=0, device=device, batch_size=batch_size, val_subset=val_subset),
-                 target / "warmup", quiet=True)
-        checkpoint = target / "warmup"
-    settings = memory.MemorySettings(Path(checkpoint), data, e, lr, batch_size, val_subset, device, fractions,
-                                     methods, planner_fractions, scenario, list(range(first_seed, first_seed + count)),
-                                     target, own_process=not one_process)
-    settings_fields = {"suite": "memory", "dataset": ds, "checkpoint": str(checkpoint),
-                       "model": read_card(Path(checkpoint)).architecture, "subset": n, "test_subset": tests, "epochs": e,
-                       "lr": lr, "batch_size": batch_size, "val_subset": val_subset, "scenario": scenario,
-                       "fractions": fractions, "planner_only": planner_fractions, "methods": methods}
-
-    def partial(state: dict) -> None:      # the seeds done so far, written as a whole bench of them
-        done = sorted({r["seed"] for rs in state["results"].values() for r in rs})
-        memory.write_outputs({**settings_fields, "seeds": done, "partial": True, **state}, target)
-
-    result = memory.run_bench(settings, _progress(quiet), partial)
-    bench = {**settings_fields, "seeds": settings.seeds, **result}
-    written = memory.write_outputs(bench, target)
-    click.echo(written["table"])
-    line = memory.summary_line(bench)
-    click.echo(f"bench memory: {len(methods)} methods x {plural(len(fractions), 'budget')} x {plural(count, 'seed')} "
-               f"in {result['wall_s']:.0f} s{'; ' + line if line else ''}; wrote {target / 'table.md'}, "
-               f"{target / 'bench.json'}, {written['figure']}, {target / 'report.html'}")
+# The suites of other modules, registered here and nowhere else.
+for command in (lifelong_cmd, memory_cmd):
+    bench_group.add_command(command)
