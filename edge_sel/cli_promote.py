@@ -44,6 +44,9 @@ def decision_line(decision, run_dir) -> str:
     """promote's verdict in one line: the rule, why, and what validating the deployed model cost."""
     cost = decision.evaluation
     anchors = f" and {cost['anchor_samples']} guard anchors" if cost and cost.get("anchor_samples") else ""
+    served = [c for c in ((cost or {}).get("served") or {}).get("conditions", []) if c.get("candidate_acc") is not None]
+    anchors += (f", both models on {sum(c['samples'] for c in served)} images of its {len(served)} conditions"
+                if served else "")
     # The validation passes apart from the rest of the check (reading and shifting the data, loading
     # the model, re-estimating a bank): a meter's joules cover the whole check, not the passes alone.
     whole = "" if not cost or cost.get("total_s") is None else \

@@ -276,6 +276,52 @@ def test_promote_judges_the_deployed_model_as_the_run_judged_its_start(warm, tmp
     assert p["evaluation"]["flops_bank_estimate"] > 0           # re-estimating tonight's condition is counted
 
 
+def test_a_run_without_a_bank_is_judged_on_the_deployed_models_conditions(adapted, tmp_path, monkeypatch):
+    """Issue [hardening], item 7: a run fine-tuned on clean digits replaced a deployed model that
+    served low-contrast digits with its own statistics (94.2% there) by one scoring 10.0% there,
+    judged on the run's clean validation alone, and nothing said the conditions were dropped. Now
+    both models are judged on every condition the deployed bank keeps, each as it would serve."""
+    from edge_sel.cli_promote import decision_line
+    from edge_sel.engine.night import promote as pr
+    deployed = tmp_path / "deployed"
+    swap_in(adapted, deployed)
+    run_cli("finetune", "--checkpoint", deployed, "--epochs", "1", "--out", tmp_path / "clean", *CLEAN)
+    assert not (tmp_path / "clean" / BANK_FILE).exists()
+    validate = pr.validate_deployed
+    judged = {}
+
+    def clean_figure_beaten(config, where, run_dir):     # the device's case: the run wins on clean validation
+        judged["val"], anchors, cost = validate(config, where, run_dir)
+        return 0.0, anchors, cost
+    monkeypatch.setattr(pr, "validate_deployed", clean_figure_beaten)
+    decision = pr.promote(tmp_path / "clean", deployed)
+    assert (decision.rule, decision.promote) == ("loses-condition", False)
+    assert deployed.resolve().parent.name == ".deployed.versions" and (deployed / BANK_FILE).is_file()
+    # The deployed model on clean validation with its own bank: what predicting with it gives.
+    model, card = load_checkpoint(deployed)
+    attach_saved_bank(model.eval(), deployed, card)
+    val = digits().val
+    with torch.inference_mode():
+        assert judged["val"] == accuracy(predict_dataset(model, val, card.mean, card.std, 256), val.labels)
+    assert decision.evaluation["bn_bank"] == "its own"
+    served = {c["name"]: c for c in decision.evaluation["served"]["conditions"]}
+    assert list(served) == ["source", "condition-1"] and served["condition-1"]["samples"] == 256
+    # Low-contrast digits: the deployed model with its statistics for them, the run's with tonight's.
+    saved = read_bank(deployed, [1, 8, 8])[1]
+    low = digits("corrupt=contrast:4").train
+    assert saved.labels is not None and len(saved.labels) == 256
+    with torch.inference_mode():
+        from edge_sel.data import IndexedDataset
+        ds = IndexedDataset(saved.images, saved.labels, torch.arange(256), low.class_names)
+        assert served["condition-1"]["deployed_acc"] == accuracy(
+            predict_dataset(model, ds, card.mean, card.std, 256), saved.labels)
+    assert served["condition-1"]["deployed_acc"] > 0.9 and served["condition-1"]["candidate_acc"] < 0.5
+    line = decision_line(decision, tmp_path / "clean")
+    assert "condition 'condition-1' (256 images) the run's model scores" in line
+    assert "the deployed model's 2 conditions' statistics would be dropped (the run keeps none)" in line
+    assert "both models on 356 images of its 2 conditions" in line
+
+
 def test_statistics_alone_for_a_new_condition_are_deployed_as_such(warm, tmp_path):
     home = tmp_path / "device"
     home.mkdir()

@@ -263,3 +263,31 @@ def test_promote_keeps_a_journal_says_already_deployed_plainly_and_rolls_back(wo
     assert (last["event"], last["version"], last["previous"], last["by"]) == ("rolled-back", str(v1), str(v2), "user")
     code, err = run_main(["deployed", "roll-back", "--deployed", deployed, "--to", "nowhere"], capsys)
     assert code == 2 and "--to nowhere: not a version kept" in err and deployed.resolve() == v1
+
+
+def test_a_migrated_plain_directory_is_the_version_before_and_rolls_back_by_a_relative_path(world, tmp_path, capsys,
+                                                                                            monkeypatch):
+    """Issue [hardening], item 7: once a plain deployed directory was migrated, `deployed roll-back`
+    without --to failed with "--to V: already the deployed version" (a relative --deployed named its
+    versions relative, so the deployed one was taken for another), and the history said "after the
+    warmup" where the old directory is kept as the version before."""
+    monkeypatch.chdir(tmp_path)
+    deployed = Path("checkpoints") / "deployed"
+    deployed.mkdir(parents=True)
+    for name in ("model.safetensors", "model.json"):
+        shutil.copy2(world / "ckpt" / name, deployed / name)
+    night = model_run(tmp_path / "runs" / "night", world / "ckpt")
+    (night / "model.json").write_text((night / "model.json").read_text().replace("{", '{"note": "night", ', 1))
+    assert promote(night, deployed, force=True, evaluate=evaluated(0.5)).rule == "better"
+    new = deployed.resolve()
+    old = new.with_name(new.name + ".migrated-from-plain")
+    assert journal.read(deployed)[-1]["previous"] == str(old.relative_to(tmp_path))
+    code, out, err = run(["deployed", "history", "--deployed", deployed], capsys)
+    assert code == 0, err
+    shown = out.splitlines()
+    assert shown[0] == f"serving now: {new.name}; before it: {old.name} (kept)"
+    assert shown[1].endswith(f"deployed {new.name} from {night} (better), after {old.name}")
+    code, out, err = run(["deployed", "roll-back", "--deployed", deployed], capsys)
+    assert (code, err) == (0, "")
+    assert out == f"rolled back: {deployed} -> {old.name} (was {new.name})\n"
+    assert deployed.resolve() == old

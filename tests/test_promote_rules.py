@@ -363,10 +363,10 @@ def test_the_guards_sentences_give_points_to_two_places_and_the_limit_as_written
 
 
 def test_percentages_have_two_places_and_none_is_not_available():
-    assert pr._pct(None) == "n/a"
-    assert pr._pct(0.0) == "0.00%"
-    assert pr._pct(0.1234) == "12.34%"
-    assert pr._pct(1) == "100.00%"
+    assert pr.pct(None) == "n/a"
+    assert pr.pct(0.0) == "0.00%"
+    assert pr.pct(0.1234) == "12.34%"
+    assert pr.pct(1) == "100.00%"
 
 
 def test_the_source_anchor_accuracy_is_the_cards_else_none(tmp_path):

@@ -1,8 +1,9 @@
 """The file of a model's BatchNorm statistics kept per condition (engine/evaluation/bn_bank.py computes them):
 
     bn_bank.safetensors   per condition the device has seen (the source's first): a few of its
-                          unlabelled images (uint8, as stored) and the running mean and variance of
-                          every BatchNorm layer for the weights saved beside it
+                          images (uint8, as stored) with their labels (banks written before labels
+                          were kept have none), and the running mean and variance of every
+                          BatchNorm layer for the weights saved beside it
 
 It belongs to the weights it was computed for: a run writes it with its output model, promote
 deploys the two together, and a model deployed without one leaves none behind. Its metadata names
@@ -32,6 +33,7 @@ class SavedCondition:
     nights: int = 1                                   # runs whose data matched it (its creation included)
     info: dict = field(default_factory=dict)          # where it came from (the run that created it, ...)
     fingerprint: tuple[torch.Tensor, torch.Tensor] | None = None   # what a batch's is compared with
+    labels: torch.Tensor | None = None                # int64 N: what promote judges a condition by
 
 
 def write_bank(path: Path, conditions: list[SavedCondition]) -> int:
@@ -39,6 +41,8 @@ def write_bank(path: Path, conditions: list[SavedCondition]) -> int:
     tensors, meta = {}, []
     for i, c in enumerate(conditions):
         tensors[f"{i}.images"] = c.images.cpu().contiguous()
+        if c.labels is not None:
+            tensors[f"{i}.labels"] = c.labels.long().cpu().contiguous()
         tensors[f"{i}.fingerprint_mean"] = c.fingerprint[0].float().cpu().contiguous()
         tensors[f"{i}.fingerprint_var"] = c.fingerprint[1].float().cpu().contiguous()
         for layer, (mean, var) in c.stats.items():
@@ -103,8 +107,24 @@ def _condition(i: int, m: dict, tensors: dict, input_shape: list[int]) -> SavedC
     fingerprint = (tensors[f"{i}.fingerprint_mean"], tensors[f"{i}.fingerprint_var"])
     if not all(torch.isfinite(t).all() for t in fingerprint):
         raise InputError(f"condition {name!r}: non-finite fingerprint")
+    labels = tensors.get(f"{i}.labels")
+    if labels is not None and (labels.dtype != torch.int64 or list(labels.shape) != [len(images)]
+                               or bool((labels < 0).any())):
+        raise InputError(f"condition {name!r}: its labels are not one whole number >= 0 per image")
     info = {k: v for k, v in m.items() if k not in ("name", "nights", "layers")}
-    return SavedCondition(name, images, stats, nights, info, fingerprint)
+    return SavedCondition(name, images, stats, nights, info, fingerprint, labels)
+
+
+def condition_names(directory: Path) -> list[str] | None:
+    """The names of a checkpoint's bank's conditions (its metadata alone), None without a bank."""
+    path = Path(directory) / BANK_FILE
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), "pt") as f:
+            return [c["name"] for c in json.loads((f.metadata() or {})["conditions"])]
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{path}: unreadable or corrupt ({e.__class__.__name__}: {e})") from None
 
 
 def check_bank_layers(saved: list[SavedCondition], model: torch.nn.Module, where: Path) -> None:

@@ -2,8 +2,9 @@
 
 One set of running statistics cannot serve a clean and a noisy camera at once: every night pulls it
 to tonight's condition, and the clean images pay. The weights stay shared; the statistics are kept
-per condition the device has seen, each with a few of that condition's unlabelled images so that
-it can be re-estimated whenever the weights change. The source's comes first: the statistics it
+per condition the device has seen, each with a few of that condition's images so that it can be
+re-estimated whenever the weights change (no label is used for that; the labels are kept for promote
+to judge a candidate on what the deployed model serves). The source's comes first: the statistics it
 was trained with while the weights are the source's, else estimated on the replay anchors.
 
 Which condition a batch is in is read from the batch itself, before the first layer: per colour
@@ -111,6 +112,7 @@ class Condition:
     nights: int = 1
     info: dict = field(default_factory=dict)
     fingerprint: tuple | None = None                 # its images' fingerprint (mean, var): what a batch is matched with
+    labels: torch.Tensor | None = None               # int64 N: its images' labels, what promote judges it by
 
 
 class ConditionBank:
@@ -201,7 +203,8 @@ class ConditionBank:
 
     # -- records ----------------------------------------------------------------------------------
     def to_saved(self) -> list[SavedCondition]:
-        return [SavedCondition(c.name, c.images.cpu(), c.stats, c.nights, c.info, c.fingerprint) for c in self.conditions]
+        return [SavedCondition(c.name, c.images.cpu(), c.stats, c.nights, c.info, c.fingerprint,
+                               None if c.labels is None else c.labels.cpu()) for c in self.conditions]
 
     def describe(self) -> dict:
         return {"conditions": [{"name": c.name, "images": len(c.images), "nights": c.nights, **c.info}
@@ -272,12 +275,13 @@ def build_bank(start: Path, model: nn.Module, input_shape: list[int], mean, std,
     draw = torch.Generator().manual_seed(seed + 15485863)       # its own stream: the run's stays as it was
     picked = torch.randperm(len(train), generator=draw)[:images]
     tonight = train.images[picked.to(train.images.device)].cpu()
+    tonight_labels = train.labels[picked.to(train.labels.device)].cpu()
     if saved is None:
         anchors = replay.images.cpu()
         conditions = [Condition(SOURCE, anchors, nights=1, info={"first_run": "source", "last_seen": 0},
-                                fingerprint=images_fingerprint(anchors, mean, std))]
+                                fingerprint=images_fingerprint(anchors, mean, std), labels=replay.labels.cpu())]
     else:
-        conditions = [Condition(s.name, s.images, dict(s.stats), s.nights, dict(s.info), s.fingerprint)
+        conditions = [Condition(s.name, s.images, dict(s.stats), s.nights, dict(s.info), s.fingerprint, s.labels)
                       for s in saved]
     fingerprinted = len(tonight) + (len(conditions[0].images) if saved is None else 0)
     tonight_print = images_fingerprint(tonight, mean, std)
@@ -289,7 +293,7 @@ def build_bank(start: Path, model: nn.Module, input_shape: list[int], mean, std,
     if float(dist[k]) <= radius:
         c = conditions[k]
         if c.name != SOURCE:                  # the source keeps its anchors; another takes tonight's newest images
-            c.images, c.fingerprint = tonight, tonight_print
+            c.images, c.fingerprint, c.labels = tonight, tonight_print, tonight_labels
         c.nights += 1
         c.info["last_seen"] = generation
         match.update(condition=c.name, new=False)
@@ -299,7 +303,8 @@ def build_bank(start: Path, model: nn.Module, input_shape: list[int], mean, std,
         while f"condition-{n}" in taken:
             n += 1
         conditions.append(Condition(f"condition-{n}", tonight, nights=1,
-                                    info={"first_run": run, "last_seen": generation}, fingerprint=tonight_print))
+                                    info={"first_run": run, "last_seen": generation}, fingerprint=tonight_print,
+                                    labels=tonight_labels))
         match.update(condition=f"condition-{n}", new=True)
     # K holds on a match too: a bank kept under a larger K shrinks when K is lowered.
     while len(conditions) > keep:             # the least recently matched makes room (never the source)
@@ -327,7 +332,8 @@ def attach_saved_bank(model: nn.Module, directory: Path, card) -> ConditionBank 
     saved = read_bank(directory, list(card.input_shape), model)
     if saved is None:
         return None
-    conditions = [Condition(s.name, s.images, dict(s.stats), s.nights, dict(s.info), s.fingerprint) for s in saved]
+    conditions = [Condition(s.name, s.images, dict(s.stats), s.nights, dict(s.info), s.fingerprint, s.labels)
+                  for s in saved]
     bank = ConditionBank(conditions, card.mean, card.std, 0.0, {})
     bank.attach(model)
     return bank
@@ -342,7 +348,7 @@ def run_bank_for(model: nn.Module, run_dir: Path, card, source_state: dict | Non
     saved = read_bank(run_dir, list(card.input_shape), model)
     if saved is None:
         return None
-    conditions = [Condition(s.name, s.images, {}, s.nights, dict(s.info), s.fingerprint) for s in saved]
+    conditions = [Condition(s.name, s.images, {}, s.nights, dict(s.info), s.fingerprint, s.labels) for s in saved]
     return ConditionBank(conditions, card.mean, card.std, 0.0, {}, source_statistics(model, source_state))
 
 

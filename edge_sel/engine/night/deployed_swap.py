@@ -102,7 +102,8 @@ def other_versions(deployed: Path) -> list[Path]:
     versions, current = versions_dir(deployed), Path(deployed).resolve()
     if not versions.is_dir():
         return []
-    return sorted((v for v in versions.iterdir() if v.is_dir() and v != current and not v.name.endswith(".tmp")
+    # Compared resolved: a relative --deployed names its versions relative too.
+    return sorted((v for v in versions.iterdir() if v.is_dir() and v.resolve() != current and not v.name.endswith(".tmp")
                    and not v.name.endswith(DAMAGED)), key=made_order, reverse=True)
 
 
@@ -202,7 +203,7 @@ def _migrate(deployed: Path, version: Path) -> None:
     if link_tmp.is_symlink() or link_tmp.exists():
         link_tmp.unlink()
     os.symlink(os.path.relpath(version, deployed.parent), link_tmp)
-    old = version.parent / f"{version.name}{MIGRATED}"
+    old = migrated_from_plain(version)
     if _exchange(link_tmp, deployed):
         fsync_dir(deployed.parent)
         faults.point("promote-exchanged")
@@ -212,6 +213,11 @@ def _migrate(deployed: Path, version: Path) -> None:
         faults.point("promote-exchanged")
         os.replace(link_tmp, deployed)
     fsync_dir(deployed.parent)
+
+
+def migrated_from_plain(version: Path) -> Path:
+    """Where a swap that made `version` keeps the plain deployed directory it replaced."""
+    return Path(version).parent / f"{Path(version).name}{MIGRATED}"
 
 
 def _exchange(a: Path, b: Path) -> bool:

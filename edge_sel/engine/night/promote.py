@@ -1,5 +1,8 @@
 """Replace a device's deployed model with a run's output model, only when it beats the deployed
-model itself on the run's local validation data and does not forget where it came from.
+model itself on the run's local validation data, does not forget where it came from, and does not
+lose what the deployed model serves: on every condition its BatchNorm bank keeps, the run's model
+may fall at most `--max-forgetting` points below it (engine/night/served.py), and a decision says
+which conditions' statistics a swap drops.
 
 The guard (`--max-forgetting P`, the run's own value unless promote is given one) looks at the
 guard anchors the run carries (engine/levers/anchors.py): a candidate more than P points below the source
@@ -25,8 +28,9 @@ from edge_sel.core.checkpoint import weights_digest
 from edge_sel.core.outputs import refuse_onto_inputs
 from edge_sel.engine.night import journal
 from edge_sel.engine.night.deployed_swap import (MODEL_FILES, AfterSwapError, check_deployed_place, files_from_run,
-                                                 recover, swap_in, versions_dir)
-from edge_sel.engine.evaluation.evaluate import forgetting_points
+                                                 migrated_from_plain, recover, swap_in, versions_dir)
+from edge_sel.engine.night.promote_guard import Guard, pct, source_anchor_acc
+from edge_sel.engine.night.served import dropped_words, judge_served, loses_why, unjudged_words, worst_loss
 from edge_sel.errors import InputError, WriteError, existing_dir, required_file
 
 NOT_PROMOTED_EXIT = 3       # a run judged and not deployed: not a failure (the nightly script exits 0)
@@ -36,7 +40,7 @@ NOT_PROMOTED_EXIT = 3       # a run judged and not deployed: not a failure (the 
 class Decision:
     promote: bool
     # interrupted | already-deployed | pretrain | other-start | no-validation | forgets | restores
-    # | not-better | no-gain | better | new-condition | first | forced-first
+    # | loses-condition | not-better | no-gain | better | new-condition | first | forced-first
     rule: str
     why: str
     candidate_val_acc: float | None = None
@@ -141,71 +145,30 @@ def decide(run_dir: Path, deployed: Path, force: bool = False, evaluate=None,
     numbers = dict(candidate_val_acc=candidate, deployed_val_acc=deployed_acc, evaluation=cost,
                    candidate_anchor_acc=guard.candidate, deployed_anchor_acc=guard.deployed,
                    source_anchor_acc=guard.source, max_forgetting=limit, guard=guard.not_applied())
+    served = (cost or {}).get("served")     # what the deployed model serves: its bank's conditions
+
+    def said(promoted: bool) -> str:
+        return dropped_words(served, promoted) + unjudged_words(served)
     if guard.forgets():
-        return Decision(False, "forgets", guard.forgets_why(), **numbers)
+        return Decision(False, "forgets", guard.forgets_why() + said(False), **numbers)
     if guard.restores():
-        return Decision(True, "restores", guard.restores_why(candidate, deployed_acc), **numbers)
+        return Decision(True, "restores", guard.restores_why(candidate, deployed_acc) + said(True), **numbers)
+    loses = worst_loss(served, limit)
+    if loses is not None:
+        return Decision(False, "loses-condition", f"{loses_why(loses, limit)}; validation accuracy {pct(candidate)}, "
+                                                  f"the deployed model's {pct(deployed_acc)}{said(False)}", **numbers)
     judged = JUDGED_WITH_RUN_BANK if (cost or {}).get("bn_bank") == "the run's" else ""
     if deployed_acc is not None and candidate <= deployed_acc:
-        return Decision(False, "not-better", f"validation accuracy {_pct(candidate)} does not beat the deployed "
-                                             f"model's {_pct(deployed_acc)}{judged}", **numbers)
-    return Decision(True, "better", f"validation accuracy {_pct(candidate)} beats the deployed model's "
-                                    f"{_pct(deployed_acc)}{judged}", **numbers)
+        return Decision(False, "not-better", f"validation accuracy {pct(candidate)} does not beat the deployed "
+                                             f"model's {pct(deployed_acc)}{judged}{said(False)}", **numbers)
+    return Decision(True, "better", f"validation accuracy {pct(candidate)} beats the deployed model's "
+                                    f"{pct(deployed_acc)}{judged}{said(True)}", **numbers)
 
 
 # Said beside the deployed model's figure when it was judged with the run's bank, so that a reader
 # finds it equal to the run's starting figure and knows why it is not what the model scores alone.
 JUDGED_WITH_RUN_BANK = (" (its weights with the run's BatchNorm statistics per condition, tonight's included, as "
                         "the run judged its start)")
-
-
-@dataclass
-class Guard:
-    """The anchor-set rules: accuracies on the run's guard anchors and the limit in points."""
-    candidate: float | None
-    deployed: float | None
-    source: float | None
-    limit: float | None
-
-    def not_applied(self) -> str | None:
-        if self.deployed is None:
-            return "no anchor set"
-        if self.source is None:
-            return "the run's card states no source accuracy on the guard anchors"
-        if self.candidate is None:
-            return "the run's summary states no guard-anchor accuracy for its output model"
-        if self.limit is None:
-            return "no --max-forgetting"
-        return None
-
-    def lost(self, acc: float) -> float:
-        return forgetting_points(self.source, acc)
-
-    def forgets(self) -> bool:
-        return self.not_applied() is None and self.lost(self.candidate) > self.limit and self.candidate < self.deployed
-
-    def restores(self) -> bool:
-        return self.not_applied() is None and self.lost(self.deployed) > self.limit >= self.lost(self.candidate)
-
-    def forgets_why(self) -> str:
-        return (f"guard-anchor accuracy {_pct(self.candidate)} is {self.lost(self.candidate):.2f} points below the "
-                f"source model's {_pct(self.source)} (--max-forgetting {self.limit:g}) and below the deployed "
-                f"model's {_pct(self.deployed)}")
-
-    def restores_why(self, candidate_val: float | None, deployed_val: float | None) -> str:
-        return (f"the deployed model has forgotten: guard-anchor accuracy {_pct(self.deployed)}, "
-                f"{self.lost(self.deployed):.2f} points below the source model's {_pct(self.source)} "
-                f"(--max-forgetting {self.limit:g}); the run's model is within it ({_pct(self.candidate)}), "
-                f"so it replaces the drifted one (validation {_pct(candidate_val)}, deployed {_pct(deployed_val)})")
-
-
-def source_anchor_acc(run_dir: Path) -> float | None:
-    """The source model's guard-anchor accuracy, as the run's card carries it from pretrain."""
-    try:
-        card = json.loads((Path(run_dir) / "model.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return ((card.get("source_memory") or {}).get("anchors") or {}).get("guard_acc")
 
 
 def validate_deployed(config: dict, deployed: Path, run_dir: Path | None = None) -> tuple[float | None, float | None, dict]:
@@ -277,6 +240,9 @@ def validate_deployed(config: dict, deployed: Path, run_dir: Path | None = None)
         anchor_acc, anchor_wall, anchor_flops = judge(memory.guard)
         cost.update(flops=flops + anchor_flops, wall_s=wall + anchor_wall, anchor_samples=len(memory.guard),
                     anchor_flops=anchor_flops, anchor_wall_s=anchor_wall)
+    served = None if run_dir is None else judge_served(deployed, Path(run_dir), settings, batch)
+    if served is not None:      # the deployed bank's conditions, both models judged on each
+        cost.update(flops=cost["flops"] + served.flops, served=served.record())
     cost["total_s"] = time.monotonic() - started
     return val_acc, anchor_acc, cost
 
@@ -341,6 +307,7 @@ def promote(run_dir: Path, deployed: Path, force: bool = False, evaluate=None,
                          f"({e.strerror or e}); the deployed model is unchanged") from None
     _record(run_dir, "decision", record)
     previous = deployed.resolve() if deployed.is_symlink() else None
+    plain = previous is None and (deployed / "model.safetensors").is_file()     # migrated by the swap, kept
     after = {}                  # what failed after the flip, if anything
     try:
         version = swap_in(run_dir, deployed)
@@ -357,6 +324,8 @@ def promote(run_dir: Path, deployed: Path, force: bool = False, evaluate=None,
         _record(run_dir, "swap-failed", failed)
         raise WriteError(f"--deployed {deployed}: cannot replace the deployed model ({e.strerror or e}); "
                          f"it is unchanged{unsaid}") from None
+    if plain:
+        previous = migrated_from_plain(version)
     done = {"run": str(run_dir), "version": str(version), "rule": decision.rule,
             "previous": None if previous is None else str(previous), **after}
     _journal(deployed, "deployed", done)
@@ -394,7 +363,3 @@ def new_condition(summary: dict) -> bool:
     """Whether the run's BatchNorm bank (--bn-conditions) added tonight as a condition."""
     bank = summary.get("bn_bank") or {}
     return bool(bank.get("written") and (bank.get("tonight") or {}).get("new"))
-
-
-def _pct(v: float | None) -> str:
-    return "n/a" if v is None else f"{100 * v:.2f}%"
