@@ -70,6 +70,23 @@ def test_pretrain_writes_the_three_files_with_their_sizes_in_the_card(warm):
     assert f"source memory {block['flops'] / 1e9:.2f}" in all_in_line(summary)
 
 
+def test_the_all_in_lines_parts_add_up_to_its_total(warm):
+    """Issue [hardening], item 9: pretrain's "all in" read 262.47 GFLOP against 174.45 in its
+    brackets: the layout probe's 88.02, in the total, was not shown."""
+    import re
+    from edge_sel.report.summary import all_in_line
+    summary = json.loads((warm[0] / "summary.json").read_text())
+    probed = {**summary, "layout": {**summary.get("layout", {}), "probe_flops": 88.02e9},
+              "totals": {**summary["totals"], "flops_all": summary["totals"]["flops_all"]
+                         - (summary.get("layout") or {}).get("probe_flops", 0) + 88.02e9}}
+    for s in (summary, probed):
+        line = all_in_line(s)
+        total, parts = re.search(r"all in: ([\d.]+) GFLOP \(([^)]*)\)", line).groups()
+        numbers = [float(p.rsplit(" ", 1)[1]) for p in parts.split(", ")]
+        assert float(total) == pytest.approx(sum(numbers), abs=0.005 * len(numbers)), line
+    assert "layout probe 88.02" in all_in_line(probed)
+
+
 def test_anchors_are_training_samples_half_replay_half_guard_per_class(warm):
     out, _ = warm
     splits = DataOptions("digits", **WARM).load()
@@ -212,6 +229,11 @@ def test_a_checkpoint_without_the_files_still_finetunes(warm, tmp_path):
     shutil.copytree(out, old)
     for name in SOURCE_FILES:
         (old / name).unlink()
+    # As a checkpoint from before the memory existed, whose card says nothing of it (one that lists
+    # the files and lacks them is refused: tests/test_guard.py).
+    meta = json.loads((old / "model.json").read_text())
+    meta.pop("source_memory")
+    (old / "model.json").write_text(json.dumps(meta))
     summary = finetune(old, DataOptions("digits", **LOCAL), TrainConfig(epochs=1, batch_size=64, **FIXED), tmp_path / "run",
                        quiet=True)
     assert summary["epochs_run"] == 1

@@ -63,9 +63,11 @@ def all_in_line(summary: dict) -> str:
     which = {"best": f"epoch {out.get('epoch')}", "last": "last epoch", "warmup": "the starting checkpoint",
              "bn_adapt": "BatchNorm re-estimated"}.get(out.get("weights"), out.get("weights"))
     shipped = summary.get("source_memory")
+    probe = (summary.get("layout") or {}).get("probe_flops") or 0      # in flops_all (engine/runs/summary.py)
     flops = (f"{(t.get('flops_all') or 0) / 1e9:.2f} GFLOP (training {(t.get('flops_train') or 0) / 1e9:.2f}, "
              f"evaluation {(t.get('flops_eval') or 0) / 1e9:.2f}"
-             + (f", source memory {shipped['flops'] / 1e9:.2f}" if shipped else "") + ")")
+             + (f", source memory {shipped['flops'] / 1e9:.2f}" if shipped else "")
+             + (f", layout probe {probe / 1e9:.2f}" if probe else "") + ")")
     if t.get("energy_all_j") is None:
         joules = "energy not measured"
     else:
