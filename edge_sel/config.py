@@ -18,6 +18,7 @@ NIGHT_BN_CONDITIONS = 4
 MAX_EPOCHS = 100_000
 MAX_IMAGE_SIZE = 4096
 GUARD_TEMP_C = (30.0, 120.0)
+MAX_MEMORY_BUDGET_MB = 1e7    # 10 TB: a larger budget is a typo, wherever it is given (option or profile)
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "constant", "step", "linear")
@@ -152,7 +153,7 @@ class TrainConfig:
         _integer("--bn-condition-images", self.bn_condition_images, lo=1)
         _number("--bn-condition-radius", self.bn_condition_radius, lo=0, lo_open=True)
         if self.memory_budget_mb is not None:
-            _number("--memory-budget", self.memory_budget_mb, lo=0, lo_open=True)
+            _number("--memory-budget", self.memory_budget_mb, lo=0, lo_open=True, hi=MAX_MEMORY_BUDGET_MB)
             if self.backend != "torch":
                 raise InputError("--memory-budget: needs --backend torch (ORT artifacts fix what trains when exported)")
         if self.memory_plan is not None and not isinstance(self.memory_plan, dict):

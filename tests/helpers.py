@@ -95,11 +95,15 @@ def digits_warmup_with_memory(out: Path) -> Path:
 
 
 def without_memory(checkpoint: Path, out: Path) -> Path:
-    """A copy of a checkpoint's weights and card alone, as a checkpoint from before source memory."""
+    """A copy of a checkpoint's weights and card alone, as a checkpoint from before source memory
+    (whose card says nothing of it)."""
+    import json
     import shutil
     out.mkdir()
-    for name in ("model.json", "model.safetensors"):
-        shutil.copy(Path(checkpoint) / name, out)
+    shutil.copy(Path(checkpoint) / "model.safetensors", out)
+    card = json.loads((Path(checkpoint) / "model.json").read_text())
+    card.pop("source_memory", None)
+    (out / "model.json").write_text(json.dumps(card))
     return out
 
 

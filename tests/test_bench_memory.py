@@ -93,6 +93,17 @@ def test_bench_memory_refuses_a_budget_that_is_not_a_fraction(tmp_path):
     assert "--budgets" in result.output and "Traceback" not in result.output and not (tmp_path / "b").exists()
 
 
+@pytest.mark.parametrize("args, said", [(["--budgets", "1/4,1/4"], "--budgets: 1/4 is given twice (as 1/4)"),
+                                        (["--budgets", "1/4,2/8"], "--budgets: 2/8 is given twice (as 1/4)"),
+                                        (["--seeds", "0"], "--seeds must be >= 1, got 0"),
+                                        (["--subset", "0"], "--subset must be >= 1, got 0")])
+def test_bench_memory_refuses_a_budget_given_twice_and_zero_seeds(tmp_path, args, said):
+    """Issue [hardening], item 8: `--budgets 1/4,1/4` ran one budget twice and printed a zero-width
+    interval as two seeds; `--seeds 0` ran one (0 read as "not given")."""
+    result = run_cli("bench", "memory", "--dataset", "synthetic", "--quick", *args, "--out", tmp_path / "b", expect=2)
+    assert f"edge-sel: error: {said}\n" in result.output and not (tmp_path / "b").exists()
+
+
 def test_benches_of_other_seeds_merge_into_one(quick_bench, tmp_path, monkeypatch):
     """tools/merge_bench_memory.py: seeds run apart pair as one bench's; a bench stopped before its
     bench.json gives the runs it finished; a seed in two benches, or other settings, are refused."""

@@ -467,9 +467,17 @@ def test_pixels_are_read_channel_by_channel_and_scaled_only_when_asked(tmp_path)
     resized = read_image(path, [3, 8, 8], True)
     expect = np.asarray(Image.fromarray(rgb).resize((8, 8), Image.BILINEAR)).transpose(2, 0, 1)
     assert resized.dtype == torch.uint8 and torch.equal(resized, torch.from_numpy(np.ascontiguousarray(expect)))
-    grey = read_image(path, [1, 8, 8], True)
+    # Issue [hardening], item 8: a colour image was made grey for a one-channel model without a
+    # word (finetune refuses the same mismatch); a grey image stored as RGB is read as grey.
+    with pytest.raises(InputError) as e:
+        read_image(path, [1, 8, 8], True)
+    assert str(e.value) == (f"{path}: a colour image, the model takes 1-channel (grey) images (convert it to grey "
+                            f"first: which grey is yours to choose)")
+    grey_rgb = np.repeat(rgb[..., 1:2], 3, axis=2)
+    Image.fromarray(grey_rgb).save(tmp_path / "grey.png")
+    grey = read_image(tmp_path / "grey.png", [1, 8, 8], True)
     assert grey.shape == (1, 8, 8) and torch.equal(grey[0], torch.from_numpy(np.array(
-        Image.fromarray(rgb).convert("L").resize((8, 8), Image.BILINEAR))))
+        Image.fromarray(grey_rgb).convert("L").resize((8, 8), Image.BILINEAR))))
     square = Image.fromarray(rgb[:, :8])
     assert torch.equal(pil_pixels(square, [3, 8, 8], False, "x"),
                        torch.from_numpy(np.ascontiguousarray(rgb[:, :8].transpose(2, 0, 1))))

@@ -306,6 +306,24 @@ def test_promote_replaces_a_drifted_deployed_model_with_one_within_the_limit(for
     assert all(torch.equal(a, b) for a, b in zip(tensors(deployed).values(), tensors(forgetting_run).values()))
 
 
+@pytest.mark.parametrize("missing", [["anchors.safetensors"], list(SOURCE_FILES)], ids=["anchors", "all"])
+def test_a_checkpoint_missing_its_source_memory_is_refused_not_run_without_the_guard(digits_source, tmp_path, capsys,
+                                                                                    missing):
+    """Issue [hardening], item 8: with anchors.safetensors missing the guard was silently off (a
+    truncated one was refused); so with all three files gone from a card that lists them."""
+    from helpers import run_main
+    copy = tmp_path / "warm"
+    shutil.copytree(digits_source[0], copy)
+    for name in missing:
+        (copy / name).unlink()
+    code, err = run_main(["finetune", "--checkpoint", copy, "--dataset", "digits", "--shard", "1/2", "--epochs", "1",
+                          "--out", tmp_path / "run"], capsys)
+    assert code == 2 and err == (f"edge-sel: error: {copy / missing[0]}: missing, though the checkpoint ships its "
+                                 f"source memory (anchor set, Fisher, source weights: the guard and the levers need "
+                                 f"it); restore {', '.join(missing)} from where the checkpoint came from\n")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_bad_promote_limit_is_one_line_exit_2(tmp_path, capsys):
     code, err = run_main(["promote", tmp_path, "--deployed", tmp_path / "d", "--max-forgetting", "150"], capsys)
     assert code == 2 and err.strip() == "edge-sel: error: --max-forgetting must be <= 100, got 150.0"

@@ -29,6 +29,15 @@ def test_a_value_that_cannot_make_sense_is_one_line_exit_2(tmp_path, capsys, arg
     assert not (tmp_path / "run").exists()
 
 
+def test_a_memory_budget_above_a_profiles_cap_is_refused(tiny_warm, tmp_path, capsys):
+    """Issue [hardening], item 8: the command line took --memory-budget 1e9 where a profile's
+    memory_budget_mb is capped at 1e7."""
+    code, err = run_main(["finetune", "--checkpoint", tiny_warm, "--dataset", "synthetic", "--epochs", "1",
+                          "--out", tmp_path / "run", "--memory-budget", "1e9"], capsys)
+    assert (code, err) == (2, "edge-sel: error: --memory-budget must be <= 10000000.0, got 1000000000.0\n")
+    assert not (tmp_path / "run").exists()
+
+
 def test_image_size_0_on_a_folder_names_the_option_not_an_image(tmp_path, capsys):
     from PIL import Image
     for name in ("a", "b"):
@@ -38,6 +47,23 @@ def test_image_size_0_on_a_folder_names_the_option_not_an_image(tmp_path, capsys
     code, err = run_main(["pretrain", "--dataset", f"folder:{tmp_path / 'images'}", "--image-size", "0",
                           "--epochs", "0", "--out", tmp_path / "run", "--quiet"], capsys)
     assert code == 2 and "'--image-size'" in err and ".png" not in err
+
+
+def test_a_folder_of_another_size_than_the_checkpoint_names_image_size_before_decoding(tiny_warm, tmp_path, capsys,
+                                                                                       monkeypatch):
+    """Issue [hardening], item 8: forgetting --image-size decoded the whole folder before saying
+    the sizes differ, without naming the option."""
+    from PIL import Image
+    for name in ("a", "b", "c", "d"):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (12, 12), (40 * i, 0, 0)).save(tmp_path / "images" / name / f"{i}.png")
+    monkeypatch.setenv("EDGE_SEL_CACHE", str(tmp_path / "cache"))
+    code, err = run_main(["finetune", "--checkpoint", tiny_warm, "--dataset", f"folder:{tmp_path / 'images'}",
+                          "--epochs", "1", "--out", tmp_path / "run", "--quiet"], capsys)
+    assert (code, err) == (2, f"edge-sel: error: --image-size: the checkpoint {tiny_warm} takes 16x16 images, the "
+                              f"folder's are 12x12; pass --image-size 16\n")
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()      # nothing decoded
 
 
 def test_a_subset_larger_than_the_data_says_all_of_it_is_used(tmp_path, capsys):

@@ -193,6 +193,25 @@ def test_profiles_list_and_show():
     assert shown["meters"] == ["battery", "rapl", "estimate"] and shown["budget_j"] == 20000.0
 
 
+def test_a_profiles_budget_is_shown_with_its_source_and_nan_is_refused_naming_the_profile(tmp_path, capsys):
+    """Issue [hardening], item 8: a profile's `memory_budget_mb = nan` blamed --memory-budget, which
+    the user never gave, and `profiles show` printed it and exited 0, without the budget's source
+    comments the docs promise (the extended profile's too)."""
+    from helpers import run_main
+    path = _write(tmp_path, 'extends = "jetson-nano"\nname = "lab-nano"\n[train]\nmemory_budget_mb = nan\n')
+    said = f"{path}: train.memory_budget_mb: must be a number greater than 0 and at most 1e+07, got NaN"
+    result = _invoke("profiles", "show", path)
+    assert (result.exit_code, result.output.strip()) == (2, f"edge-sel: error: {said}")
+    code, err = run_main(["finetune", "--checkpoint", tmp_path, "--dataset", "digits", "--epochs", "1",
+                          "--out", tmp_path / "run", "--profile", path], capsys)
+    assert (code, err) == (2, f"edge-sel: error: --profile {said}\n") or (code, err) == (2, f"edge-sel: error: {said}\n")
+    path.write_text('extends = "jetson-nano"\nname = "lab-nano"\n[train]\nbatch_size = 16    # smaller images\n')
+    shown = _invoke("profiles", "show", path).output.splitlines()
+    budget = shown.index("memory_budget_mb = 1024.0")
+    assert shown[budget - 3].startswith("# memory_budget_mb: of the 4 GB shared by CPU and GPU")
+    assert shown[shown.index("batch_size = 16") - 1] == "# smaller images"
+
+
 def test_profiles_detect_and_show_auto(tmp_path):
     orin_nano(tmp_path)
     write(tmp_path, "proc/device-tree/model", "NVIDIA Jetson Orin Nano Developer Kit\0")

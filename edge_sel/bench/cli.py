@@ -65,8 +65,8 @@ def edge_cmd(dataset, epochs, val_cap, pretrain_epochs, device, busy, busy_nice,
     ds = dataset_or_shared_cifar(dataset)
     n = subset or (400 if quick else 8000)
     e = epochs or (2 if quick else 6)
-    for option, value in (("--epochs", e), ("--subset", n), ("--seeds", seeds), ("--val-cap", val_cap),
-                          ("--pretrain-epochs", pretrain_epochs)):
+    for option, value in (("--epochs", epochs), ("--subset", subset), ("--seeds", seeds), ("--val-cap", val_cap),
+                          ("--pretrain-epochs", pretrain_epochs)):        # as given: 0 is no default
         if value is not None and value < 1:
             raise InputError(f"{option} must be >= 1, got {value}")
     chosen = suites.select(suites.edge_systems(e), systems)
@@ -109,7 +109,7 @@ def reference_cmd(dataset, model_name, device, data_dir, checkpoint, seeds, syst
     """The seeds' CIFAR-10 reference table on a desktop GPU, with their published numbers beside ours."""
     n = subset or (1000 if quick else None)
     model = model_name or ("edgecnn" if quick else "resnet18_cifar")
-    for option, value in (("--subset", n), ("--seeds", seeds)):
+    for option, value in (("--subset", subset), ("--seeds", seeds)):
         if value is not None and value < 1:
             raise InputError(f"{option} must be >= 1, got {value}")
     chosen = suites.select(suites.reference_systems(quick), systems)
@@ -164,7 +164,7 @@ def adapt_cmd(dataset, scenarios, activations, method_names, epochs, lr, pretrai
     n = subset or (300 if quick else 10000)
     e = epochs or (1 if quick else 2)
     count = seeds or (2 if quick else 5)
-    at_least_one(e, n, count, pretrain_epochs)
+    at_least_one(epochs, subset, seeds, pretrain_epochs)    # as given: 0 is no default
     acts = parse_activations(activations, "0.3" if quick else "0.2,0.3,0.5")
     chosen_scenarios = parse_scenarios(scenarios, adapt.SCENARIOS)
     methods = adapt.adapt_methods(acts)
@@ -223,7 +223,7 @@ def stream_cmd(dataset, scenarios, activations, families, frames, order, epochs,
     f = frames or (5 if quick else 10)
     e = epochs or (1 if quick else 3)
     count = seeds or (2 if quick else 10)
-    at_least_one(e, n, count, pretrain_epochs)
+    at_least_one(epochs, subset, seeds, pretrain_epochs)    # as given: 0 is no default
     if f < 2:
         raise InputError(f"--frames must be >= 2, got {f}")
     acts = parse_activations(activations, "0.1" if quick else "0.05,0.1,0.2")

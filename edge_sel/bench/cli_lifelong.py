@@ -65,7 +65,7 @@ def lifelong_cmd(dataset, schedule, shifts, method_names, levers, epochs, lr, te
     n = subset or (150 if quick else 1000)
     e = epochs or (1 if quick else 2)
     count = seeds or (2 if quick else 5)
-    at_least_one(e, n, count, pretrain_epochs)
+    at_least_one(epochs, subset, seeds, pretrain_epochs)    # as given: 0 is no default
     if test_subset is not None and test_subset < 1:
         raise InputError(f"--test-subset must be >= 1, got {test_subset}")
     conditions = lifelong.parse_conditions(shifts, lifelong.QUICK_CONDITIONS if ds == "digits" else lifelong.CONDITIONS)

@@ -65,7 +65,7 @@ def memory_cmd(dataset, model_name, image_size, scenario, budgets, planner_only,
     e = epochs or (1 if quick else 2)
     count = seeds or (1 if quick else 5)
     tests = test_subset or (200 if quick else None)
-    at_least_one(e, n, count, pretrain_epochs)
+    at_least_one(epochs, subset, seeds, pretrain_epochs)    # as given: 0 is no default
     if scenario not in adapt.SCENARIOS:
         raise InputError(f"--scenario: unknown {scenario}; choose from {', '.join(adapt.SCENARIOS)}")
     fractions = memory.parse_fractions(budgets if budgets is not None or not quick else "1/4,1/30")

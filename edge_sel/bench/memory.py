@@ -66,6 +66,8 @@ def parse_fractions(text: str | None, option: str = "--budgets") -> list[str]:
             raise InputError(f"{option}: {part.strip()!r} is not a fraction such as 1/10") from None
         if not 0 < value <= 1:
             raise InputError(f"{option}: {part.strip()} must be in (0, 1]")
+        if str(value) in out:       # run twice, one budget's two runs would be read as two seeds
+            raise InputError(f"{option}: {part.strip()} is given twice (as {value})")
         out.append(str(value))
     return out
 

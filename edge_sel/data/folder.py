@@ -68,6 +68,19 @@ def list_class_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
     return classes, files
 
 
+def first_image_size(root: Path) -> tuple[int, int]:
+    """(width, height) of a class folder's first image, the size the folder is decoded at without
+    --image-size: read alone, before the whole folder is decoded."""
+    from PIL import Image
+    _, files = list_class_folder(root)
+    first = root / files[0][0]
+    try:
+        with Image.open(first) as im:
+            return im.size
+    except OSError as e:
+        raise InputError(f"{first}: cannot decode image ({e})") from None
+
+
 def _decode(args: tuple[str, tuple[int, int] | None, str]) -> np.ndarray | str:
     path, size, mode = args   # size: (width, height) to resize to, or None to keep
     from PIL import Image, UnidentifiedImageError

@@ -15,6 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from edge_sel.data.folder import not_an_input, skipped_note
 from edge_sel.errors import InputError
 
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")     # PIL modes of one grey channel
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".tif", ".tiff", ".webp"}
 
 
@@ -61,6 +62,12 @@ def pil_pixels(im: Image.Image, input_shape: list[int], resize: bool, where: str
     c, h, w = input_shape
     if c not in (1, 3):
         raise InputError(f"{where}: the model takes {c}-channel images; only 1 and 3 can be read from files")
+    if c == 1 and im.mode not in GREY_MODES:
+        rgb = np.asarray(im.convert("RGB"))
+        if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()):
+            # finetune refuses colour images for a grey model; predicting must not quietly differ
+            raise InputError(f"{where}: a colour image, the model takes 1-channel (grey) images (convert it to "
+                             f"grey first: which grey is yours to choose)")
     im = im.convert("L" if c == 1 else "RGB")
     if im.size != (w, h):
         if not resize:

@@ -18,6 +18,36 @@ def _toml_value(value) -> str:
     return json.dumps(value)
 
 
+def source_comments(file: str) -> dict[tuple[str, str], list[str]]:
+    """Per (table, key) of a profile file and the shipped profiles it extends: the comment lines
+    just above the key and the one after its value, where the profiles cite their sources."""
+    import tomllib
+    from pathlib import Path
+
+    from edge_sel.profiles import _shipped_dir
+    found: dict[tuple[str, str], list[str]] = {}
+    path: Path | None = Path(file)
+    while path is not None and path.is_file():
+        text = path.read_text(encoding="utf-8")
+        table, above = "", []
+        for line in text.splitlines():
+            stripped = line.strip()
+            if stripped.startswith("#"):
+                above.append(stripped)
+            elif stripped.startswith("[") and stripped.endswith("]"):
+                table, above = stripped[1:-1].strip(), []
+            elif "=" in stripped:
+                key = stripped.split("=", 1)[0].strip()
+                inline = stripped.split("#", 1)[1].strip() if "#" in stripped.split("=", 1)[1] else ""
+                found.setdefault((table, key), above + ([f"# {inline}"] if inline else []))
+                above = []
+            else:
+                above = []
+        base = tomllib.loads(text).get("extends")
+        path = _shipped_dir() / f"{base}.toml" if isinstance(base, str) else None
+    return found
+
+
 @click.group("profiles", cls=Group)
 def profiles_group():
     """Device profiles: per-device defaults for finetune and monitor (--profile)."""
@@ -44,11 +74,14 @@ def show_cmd(name, as_json):
     if profile.detected:
         click.echo(f"# auto: {profile.detected}")
     settings = profile.settings()
+    comments = source_comments(profile.file) if profile.file else {}
     for section, keys in SCHEMA.items():
         present = [k for k in keys if k in settings]
         if section and present:
             click.echo(f"\n[{section}]")
             for key in present:
+                for line in comments.get((section, key), []):      # the value's source, as the file says it
+                    click.echo(line)
                 click.echo(f"{key} = {_toml_value(settings[key])}")
 
 

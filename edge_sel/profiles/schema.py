@@ -8,10 +8,11 @@ otherwise be ignored silently).
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any, Callable
 
-from edge_sel.config import GUARD_TEMP_C
+from edge_sel.config import GUARD_TEMP_C, MAX_MEMORY_BUDGET_MB
 from edge_sel.errors import InputError
 
 METERS = ("nvml", "rapl", "jetson", "battery", "estimate")   # edge_sel.energy.METER_NAMES
@@ -40,7 +41,7 @@ def number(lo: float, hi: float, lo_open: bool = False) -> Callable[[Any], float
     span = f"greater than {lo:g} and at most {hi:g}" if lo_open else f"between {lo:g} and {hi:g}"
 
     def check(value):
-        if not _is_number(value) or value > hi or value < lo or (lo_open and value == lo):
+        if not _is_number(value) or not math.isfinite(value) or value > hi or value < lo or (lo_open and value == lo):
             raise Bad(f"must be a number {span}, got {show(value)}")
         return float(value)
     return check
@@ -120,7 +121,7 @@ SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
         "precision": choice(PRECISIONS),
         "batch_size": integer(1, 65536),
         "cpu_threads": integer(1, 1024),
-        "memory_budget_mb": number(0, 1e7, lo_open=True),
+        "memory_budget_mb": number(0, MAX_MEMORY_BUDGET_MB, lo_open=True),
     },
     "method": {
         "strategy": registry("strategy"),

@@ -90,6 +90,22 @@ def check_compatible(card: ModelCard, splits: Splits, where: Path) -> None:
                          f"dataset's {splits.train.class_names[:4]}...")
 
 
+def check_image_size(card: ModelCard, data: DataOptions, where: Path) -> None:
+    """An image folder of another size than the checkpoint takes, without --image-size: refused
+    naming the option, before the folder is decoded (a minute for CIFAR-10's 60,000 images)."""
+    from edge_sel.data.folder import first_image_size
+    from edge_sel.data.sources import folder_path
+    root = folder_path(data.dataset)
+    if data.image_size is not None or root is None or not root.is_dir():
+        return
+    w, h = first_image_size(root / "train" if (root / "train").is_dir() else root)
+    height, width = card.input_shape[-2:]
+    if (w, h) != (width, height):
+        size = f"--image-size {height}" if height == width else "images of that size"
+        raise InputError(f"--image-size: the checkpoint {where} takes {width}x{height} images, the folder's are "
+                         f"{w}x{h}; pass {size}")
+
+
 def dataset_card(splits: Splits, data: DataOptions) -> dict:
     """What the model was trained on, including how the validation split was drawn: a fine-tune of
     the same dataset must hold out the same validation samples, or it would train on some of them."""

@@ -22,8 +22,8 @@ from edge_sel.engine.loop.state import NoValidState, load_state
 from edge_sel.engine.machine.device import pick_device, seed_everything
 from edge_sel.engine.machine.distributed import detect_world
 from edge_sel.engine.machine.energy_setup import EnergyOptions
-from edge_sel.engine.runs.data_options import (DataOptions, check_compatible, check_same_split, dataset_card,
-                                               vars_of, warn_if_trained_on)
+from edge_sel.engine.runs.data_options import (DataOptions, check_compatible, check_image_size, check_same_split,
+                                               dataset_card, vars_of, warn_if_trained_on)
 from edge_sel.core.outputs import check_out_dir
 from edge_sel.engine.runs.out_dir import refuse_finished, restarted_here
 from edge_sel.engine.runs.training import train_model
@@ -134,6 +134,8 @@ def finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, out: Path, o
     out = check_out_dir(out, overwrite, "finetune", [("--checkpoint", checkpoint), *data.input_paths(),
                                                      ("--artifacts", cfg.artifacts)])
     model, card = load_checkpoint(Path(checkpoint))
+    if splits is None:
+        check_image_size(card, data, Path(checkpoint))
     splits = splits if splits is not None else data.load()
     check_compatible(card, splits, Path(checkpoint))
     check_same_split(card, splits, data, Path(checkpoint))
