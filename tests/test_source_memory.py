@@ -229,8 +229,8 @@ def test_a_checkpoint_without_the_files_still_finetunes(warm, tmp_path):
     shutil.copytree(out, old)
     for name in SOURCE_FILES:
         (old / name).unlink()
-    # As a checkpoint from before the memory existed, whose card says nothing of it (one that lists
-    # the files and lacks them is refused: tests/test_guard.py).
+    # As a checkpoint from before the memory existed, whose card says nothing of it (one that lacks
+    # some of the files and keeps others is refused: tests/test_guard.py).
     meta = json.loads((old / "model.json").read_text())
     meta.pop("source_memory")
     (old / "model.json").write_text(json.dumps(meta))

@@ -92,12 +92,11 @@ def has_source_memory(directory: Path) -> bool:
 def read_source_memory(directory: Path, input_shape: list[int], info: dict | None = None) -> SourceMemory | None:
     """The checkpoint's source memory, or None when the directory has none. A damaged file, or
     anchors of another image shape, is refused with one line naming it; so is a missing one where
-    the others are there or the card (`info`) says the checkpoint ships them: read as "no memory",
-    the guard and the levers would be silently off."""
+    the others are there: read as "no memory", the guard and the levers would be silently off."""
     directory = Path(directory)
     if not has_source_memory(directory):
         missing = [name for name in SOURCE_FILES if not (directory / name).is_file()]
-        if len(missing) < len(SOURCE_FILES) or (info or {}).get("anchors"):
+        if len(missing) < len(SOURCE_FILES):
             raise InputError(f"{directory / missing[0]}: missing, though the checkpoint ships its source memory "
                              f"(anchor set, Fisher, source weights: the guard and the levers need it); restore "
                              f"{', '.join(missing)} from where the checkpoint came from")
