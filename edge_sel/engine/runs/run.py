@@ -80,7 +80,8 @@ def pretrain(model_name, data: DataOptions, cfg: TrainConfig, out: Path, overwri
                              f"take the given model's weights ({str(e).splitlines()[0]})") from None
     source = {"data": vars_of(data), "model": spec.to_json(),
               **({"init_weights": card.training["init_weights"]["file"]} if init_weights else {}),
-              **({"pretrained": pretrained} if pretrained else {}), **({"input_norm": input_norm} if input_norm else {})}
+              **({"pretrained": pretrained} if pretrained else {}),
+              **({"input_norm": input_norm} if input_norm else {})}
     return train_model("pretrain", model, card, splits, cfg, out, quiet, energy, source, meter)
 
 

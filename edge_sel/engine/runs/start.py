@@ -54,7 +54,8 @@ def check_start(spec: ModelSpec, init_weights: Path | None, pretrained: str | No
         raise InputError(f"{PRETRAINED_OPTION} {pretrained} and --init-weights {init_weights}: give one start")
     config = pretrained_config(spec, pretrained)
     if config is not None:
-        state, label = imagenet_weights(spec.name, f"{PRETRAINED_OPTION} {pretrained}")[0], f"{PRETRAINED_OPTION} {pretrained}"
+        label = f"{PRETRAINED_OPTION} {pretrained}"
+        state = imagenet_weights(spec.name, label)[0]
     elif init_weights is not None:
         state, label = read_state_file(init_weights, "--init-weights"), f"--init-weights {init_weights}"
     else:
