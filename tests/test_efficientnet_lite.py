@@ -111,7 +111,7 @@ def test_timm_gives_the_same_logits_where_it_imports(lite0):
     try:
         timm = importlib.import_module("timm")
     except Exception as e:          # timm imports torchvision, whose wheel here may not import
-        pytest.skip(f"timm does not import here ({e.__class__.__name__})")
+        pytest.skip(f"timm does not import here ({e.__class__.__name__}: {(str(e).splitlines() or [''])[0]})")
     reference = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
     ours = lite0.state_dict()
     assert [tuple(v.shape) for v in reference.state_dict().values()] == [tuple(v.shape) for v in ours.values()]

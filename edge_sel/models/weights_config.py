@@ -22,8 +22,3 @@ class WeightsConfig:
     imagenet_top1: float         # ImageNet top-1 (%) as the weights' authors report it
     rename: Callable[[str], str]     # a tensor's name in the file -> its name in edge-sel's model
     origin: str                  # what the weights are, in words
-
-    def to_json(self) -> dict:
-        return {"package": self.package, "file": self.file, "licence": self.licence,
-                "native_size": self.native_size, "mean": list(self.mean), "std": list(self.std),
-                "classifier": list(self.classifier), "imagenet_top1": self.imagenet_top1, "origin": self.origin}
