@@ -27,7 +27,7 @@ from edge_sel.engine.runs.data_options import (DataOptions, check_compatible, ch
 from edge_sel.core.outputs import check_out_dir
 from edge_sel.engine.runs.input_norm import choose_norm, parse_input_norm
 from edge_sel.engine.runs.out_dir import refuse_finished, restarted_here
-from edge_sel.engine.runs.start import check_start, pretrained_config, start_weights
+from edge_sel.engine.runs.start import apply_start, check_start, pretrained_config
 from edge_sel.engine.runs.training import train_model
 from edge_sel.errors import InputError, existing_dir, required_file
 from edge_sel.methods.options import check_options_used
@@ -91,7 +91,7 @@ def new_model(spec: ModelSpec, splits: Splits, data: DataOptions, seed: int, ini
     the tensors made anew and a normalisation other than the weights' are said in one line each."""
     seed_everything(seed)   # same initial weights for the same seed
     model = build_model(spec, splits.train.num_classes, splits.train.input_shape[0], splits.train.input_shape)
-    started, line = start_weights(model, spec, splits.train.num_classes, init_weights, pretrained)
+    started, line = apply_start(model, spec, splits.train.num_classes, init_weights, pretrained)
     mean, std, origin, note = choose_norm(input_norm, pretrained_config(spec, pretrained), splits.train)
     card = ModelCard(spec.name, splits.train.num_classes, splits.train.class_names,
                      splits.train.input_shape, mean, std, dataset_card(splits, data), model=spec.to_json(),

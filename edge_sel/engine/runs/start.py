@@ -66,7 +66,7 @@ def check_start(spec: ModelSpec, init_weights: Path | None, pretrained: str | No
         refuse_misfit(model.state_dict(), state, classifier, label)
 
 
-def start_weights(model: nn.Module, spec: ModelSpec, num_classes: int, init_weights: Path | None,
+def apply_start(model: nn.Module, spec: ModelSpec, num_classes: int, init_weights: Path | None,
                   pretrained: str | None) -> tuple[dict, str | None]:
     """The start loaded into `model`: (the card's record of it, a line naming the tensors made anew)."""
     config = pretrained_config(spec, pretrained)
