@@ -67,7 +67,7 @@ def cli(trust_model_code):
 
 @cli.command("pretrain")
 @in_sections(PRETRAIN_SECTIONS, PRETRAIN, DATA, TRAIN, SPEED, ENERGY)
-def pretrain_cmd(model_name, model_args, init_weights, export_artifacts, anchors_per_class, fisher_samples, resume_dir,
+def pretrain_cmd(model_name, model_args, init_weights, pretrained, input_norm, export_artifacts, anchors_per_class, fisher_samples, resume_dir,
                  **kw):
     """Train a model densely and write a warmup checkpoint (under torchrun: data-parallel, rank 0 writes)."""
     kw["quiet"] = kw["quiet"] or not detect_world().is_main     # one report, from rank 0
@@ -82,7 +82,8 @@ def pretrain_cmd(model_name, model_args, init_weights, export_artifacts, anchors
     energy = build_energy(kw)
     cfg = build_config(kw, anchors_per_class=anchors_per_class, fisher_samples=fisher_samples)
     summary = pretrain(model_name, build_data(kw), cfg, kw["out"], kw["overwrite"], kw["quiet"],
-                       energy, model_args=parse_model_args(model_args), init_weights=init_weights)
+                       energy, model_args=parse_model_args(model_args), init_weights=init_weights,
+                       pretrained=pretrained, input_norm=input_norm)
     report_end(summary, kw["quiet"])
     if export_artifacts and detect_world().is_main:
         from edge_sel.export.cli import export_after_pretrain
@@ -197,7 +198,7 @@ def models_cmd(measure, as_json):
     from edge_sel.bench.model_speed import counted, measured
     from edge_sel.models import MODELS
     if not as_json:
-        click.echo(f"{'model':16s} {'parameters':>12s} {'MFLOPs fwd':>11s} {'MFLOPs step':>12s}"
+        click.echo(f"{'model':18s} {'parameters':>12s} {'MFLOPs fwd':>11s} {'MFLOPs step':>12s}"
                    + (f" {'train img/s':>12s} {'eval img/s':>11s}" if measure else ""))
     for name in MODELS:
         row = counted(name)
@@ -206,7 +207,7 @@ def models_cmd(measure, as_json):
         if as_json:
             click.echo(json.dumps(row))
             continue
-        line = (f"{name:16s} {row['parameters']:>12,d} {row['flops_forward'] / 1e6:>11.1f} "
+        line = (f"{name:18s} {row['parameters']:>12,d} {row['flops_forward'] / 1e6:>11.1f} "
                 f"{row['flops_train_step'] / 1e6:>12.1f}")
         if measure:
             line += f" {row['train_images_per_s']:>12.0f} {row['eval_images_per_s']:>11.0f}"
