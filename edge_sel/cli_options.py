@@ -65,7 +65,7 @@ DATA = [
     option("--split-seed", type=int, default=0, show_default=True,
            help="Seed of the validation split and shards (a fine-tune must use its pretrain's)."),
     option("--image-size", type=click.IntRange(1, MAX_IMAGE_SIZE), default=None,
-           help="Resize folder images to S x S (folder datasets only)."),
+           help="Give the model folder images at S x S, each batch resized (the folder is held at its own size; folder datasets only)."),
     option("--shift", default=None,
            help="Shift the local data: corrupt=NAME:SEV; label-noise=RATE[:val]; imbalance=longtail:RATIO; "
                 "classes=A,B (items joined by ';'). Records then add clean_test_acc."),

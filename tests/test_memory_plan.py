@@ -13,6 +13,7 @@ from helpers import SAME_CHOICES, records, run_main, stable, summary
 from edge_sel.backends.torch_backend import TorchBackend
 from edge_sel.core.memory import MiB, MemoryCounter, StepShape
 from edge_sel.data import Batch
+from edge_sel.data.dataset import IndexedDataset
 from edge_sel.config import TrainConfig
 from edge_sel.engine.loop import step_memory
 from edge_sel.engine.loop.step_memory import forward_batch_that_fits, memory_counter
@@ -106,8 +107,8 @@ def test_the_gain_probe_leaves_the_model_and_torchs_random_stream_as_it_found_th
     as full fine-tuning, ended 3.5 points from it on 200 test images)."""
     model = build_model("mobilenetv2", num_classes=10, input_shape=[3, 16, 16])
     assert any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
-    ds = type("Local", (), {"images": torch.randint(0, 256, (12, 3, 16, 16), dtype=torch.uint8),
-                            "labels": torch.randint(0, 10, (12,))})()
+    ds = IndexedDataset(torch.randint(0, 256, (12, 3, 16, 16), dtype=torch.uint8), torch.randint(0, 10, (12,)),
+                        torch.arange(12), [str(c) for c in range(10)])
     flops = type("Flops", (), {"train_step": staticmethod(lambda n: (n, 2 * n))})()
     losses = lambda logits, y: torch.nn.functional.cross_entropy(logits, y, reduction="none")
     before, stream = {k: v.clone() for k, v in model.state_dict().items()}, torch.get_rng_state()

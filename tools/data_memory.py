@@ -3,7 +3,8 @@
 
 Prints the process's resident size (and its anonymous part) before and after, and its resident
 high-water mark while the data was prepared. Anonymous pages are the process's own; file pages are
-the mapped cache of a folder dataset, clean page cache the kernel may reclaim.
+the mapped cache of a folder dataset, clean page cache the kernel may reclaim. A folder is held at
+its own size and each batch resized to --image-size; the sizes held and given are printed.
 
     python tools/data_memory.py --dataset folder:../shared/data/cifar10-jpeg --image-size 96 \\
         --shard 1/2 --subset 512 --test-subset 200 --shift corrupt=gaussian_noise:3
@@ -45,6 +46,8 @@ def main() -> None:
     held = nbytes([t for ds in sets if ds is not None for t in (ds.images, ds.labels, ds.index)]) / MiB
     print(f"splits: train {len(splits.train)}, validation {len(splits.val)}, test {len(splits.test)}; "
           f"their tensors {held:,.1f} MiB")
+    held_at, given_at = ("x".join(map(str, shape)) for shape in (splits.train.images.shape[1:], splits.train.input_shape))
+    print(f"images held at {held_at}, given to the model at {given_at}; crop padding {data.crop_pad} px")
     print(f"resident before {before['VmRSS']:,.1f} MiB (anonymous {before['RssAnon']:,.1f}), "
           f"after {after['VmRSS']:,.1f} MiB (anonymous {after['RssAnon']:,.1f}, file {after['RssFile']:,.1f}); "
           f"high-water mark while preparing {after['VmHWM']:,.1f} MiB")
