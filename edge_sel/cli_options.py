@@ -143,6 +143,14 @@ PRETRAIN = [
            help="Training samples the diagonal Fisher information is estimated on."),
     option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None,
            help="Continue the interrupted pretrain in this directory with the options it was started with."),
+    option("--head-epochs", type=click.IntRange(min=0), default=0, show_default=True,
+           help="First train the new classifier alone for N epochs (a linear probe: backbone frozen, BatchNorm "
+                "statistics kept), then --epochs of everything."),
+    option("--head-lr", type=click.FloatRange(min=0, min_open=True), default=None,
+           help="Learning rate of the --head-epochs stage [default: --lr]."),
+    option("--bn-momentum", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
+           help="Every BatchNorm layer's momentum while training [default: 0.1 from --init-weights, else the "
+                "model's own; weights converted from TensorFlow carry 0.01]."),
 ]
 
 FINETUNE = [
@@ -254,6 +262,7 @@ ENERGY_SECTION = ("Energy and temperature", [o.flag for o in ENERGY])
 PRETRAIN_SECTIONS = [
     ("Model and output", ["--model", "--model-arg", "--init-weights", "--export-artifacts", *RUN]),
     ("What devices get with the checkpoint", ["--anchors-per-class", "--fisher-samples"]),
+    ("From pretrained weights", ["--head-epochs", "--head-lr", "--bn-momentum"]),
     DATA_SECTION,
     ("Training", TRAINING),
     ENERGY_SECTION,

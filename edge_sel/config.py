@@ -104,6 +104,12 @@ class TrainConfig:
     # that fits it is kept here once made, so a resumed run runs the same step.
     memory_budget_mb: float | None = None
     memory_plan: dict | None = None
+    # A pretrain from pretrained weights (engine/runs/head_first.py): the new head trains alone first for
+    # head_epochs at head_lr (None: lr), backbone frozen and BatchNorm in eval mode; bn_momentum is every
+    # BatchNorm layer's momentum while the rest trains (None: the model's own).
+    head_epochs: int = 0
+    head_lr: float | None = None
+    bn_momentum: float | None = None
     # Training options the user gave on the command line (a preset never overrides those); None when
     # unknown (the Python API), then a value other than the default counts as the user's choice.
     explicit: list | None = None
@@ -159,6 +165,11 @@ class TrainConfig:
             raise InputError(f"memory_plan must be a mapping, got {self.memory_plan!r}")
         if self.sparsity == "budget" and self.memory_budget_mb is None:
             raise InputError("--sparsity budget: chooses what trains under --memory-budget MB; give one")
+        _integer("--head-epochs", self.head_epochs, lo=0, hi=MAX_EPOCHS)
+        if self.head_lr is not None:
+            _number("--head-lr", self.head_lr, lo=0, lo_open=True)
+        if self.bn_momentum is not None:
+            _number("--bn-momentum", self.bn_momentum, lo=0, hi=1, lo_open=True)
         _integer("--eval-every", self.eval_every, lo=1)
         _integer("--val-subset", self.val_subset, lo=0)
         _number("val_share", self.val_share, lo=0, hi=1, hi_open=True)
