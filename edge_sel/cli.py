@@ -24,6 +24,7 @@ import click  # noqa: E402
 
 from edge_sel.version import __version__  # noqa: E402
 from edge_sel.bench.cli import bench_group
+from edge_sel.bench.cli_transfer import transfer_cmd
 from edge_sel.cli_base import NO_ARGS_IS_HELP, Group, one_line_warnings
 from edge_sel.cli_options import (DATA, ENERGY, FINETUNE, FINETUNE_SECTIONS, HOME, NIGHT_SECTIONS, PRETRAIN,
                                   PRETRAIN_SECTIONS, SPEED, TRAIN, for_a_night, in_sections)
@@ -477,6 +478,7 @@ def models_cmd(measure, as_json):
 for command in (bench_group, demo_cmd, deployed_group, export_cmd, fleet_group, monitor, predict_cmd, profiles_group,
                 report_cmd):
     cli.add_command(command)
+bench_group.add_command(transfer_cmd)
 
 
 def main():

@@ -110,6 +110,8 @@ class TrainConfig:
     head_epochs: int = 0
     head_lr: float | None = None
     bn_momentum: float | None = None
+    # False: a fine-tune does not evaluate its starting model (a bench evaluates it once for all its runs).
+    evaluate_start: bool = True
     # Training options the user gave on the command line (a preset never overrides those); None when
     # unknown (the Python API), then a value other than the default counts as the user's choice.
     explicit: list | None = None
@@ -170,6 +172,11 @@ class TrainConfig:
             _number("--head-lr", self.head_lr, lo=0, lo_open=True)
         if self.bn_momentum is not None:
             _number("--bn-momentum", self.bn_momentum, lo=0, hi=1, lo_open=True)
+        if not isinstance(self.evaluate_start, bool):
+            raise InputError(f"evaluate_start must be true or false, got {self.evaluate_start!r}")
+        if not self.evaluate_start and (self.keep == "best" or self.reset_forgetting is not None):
+            raise InputError("evaluate_start false: --keep best and --reset-forgetting judge the starting model; "
+                             "it must be evaluated")
         _integer("--eval-every", self.eval_every, lo=1)
         _integer("--val-subset", self.val_subset, lo=0)
         _number("val_share", self.val_share, lo=0, hi=1, hi_open=True)

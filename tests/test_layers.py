@@ -14,7 +14,8 @@ MAX_LINES = 400
 LAYERS = [
     ("command line", ["edge_sel.cli", "edge_sel.cli_base", "edge_sel.cli_options", "edge_sel.cli_interrupts",
                       "edge_sel.__main__", "edge_sel.api", "edge_sel.option_names",
-                      "edge_sel.demo", "edge_sel.cli_monitor", "edge_sel.cli_deployed"]),
+                      "edge_sel.demo", "edge_sel.cli_monitor", "edge_sel.cli_deployed",
+                      "edge_sel.bench.cli_transfer"]),
     ("bench, report, export, fleet, profiles", ["edge_sel.bench", "edge_sel.report", "edge_sel.export",
                                                 "edge_sel.fleet", "edge_sel.profiles"]),
     # The engine's rooms, highest first: a device's nights, runs started and resumed, the training
