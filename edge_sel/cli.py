@@ -455,7 +455,7 @@ def models_cmd(measure, as_json):
     from edge_sel.bench.model_speed import counted, measured
     from edge_sel.models import MODELS
     if not as_json:
-        click.echo(f"{'model':16s} {'parameters':>12s} {'MFLOPs fwd':>11s} {'MFLOPs step':>12s}"
+        click.echo(f"{'model':18s} {'parameters':>12s} {'MFLOPs fwd':>11s} {'MFLOPs step':>12s}"
                    + (f" {'train img/s':>12s} {'eval img/s':>11s}" if measure else ""))
     for name in MODELS:
         row = counted(name)
@@ -464,7 +464,7 @@ def models_cmd(measure, as_json):
         if as_json:
             click.echo(json.dumps(row))
             continue
-        line = (f"{name:16s} {row['parameters']:>12,d} {row['flops_forward'] / 1e6:>11.1f} "
+        line = (f"{name:18s} {row['parameters']:>12,d} {row['flops_forward'] / 1e6:>11.1f} "
                 f"{row['flops_train_step'] / 1e6:>12.1f}")
         if measure:
             line += f" {row['train_images_per_s']:>12.0f} {row['eval_images_per_s']:>11.0f}"

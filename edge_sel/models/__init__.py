@@ -17,6 +17,7 @@ from edge_sel.models.mobilenet import MobileNetV2
 from edge_sel.models.registry import MODELS
 from edge_sel.models.resnet import ResNet18Cifar
 from edge_sel.models.spec import ModelSpec, build_from_spec, check_card_spec, make_spec
+from edge_sel.models.start_weights import first_mismatch
 
 __all__ = ["MODELS", "EdgeCNN", "GroupNormCNN", "MobileNetV2", "ResNet18Cifar", "ModelSpec", "build_model",
            "card_spec", "model_for_card", "count_parameters", "model_table", "load_checkpoint", "untrained_twin"]
@@ -73,18 +74,6 @@ def load_checkpoint(directory: Path) -> tuple[nn.Module, ModelCard]:
         raise InputError(f"{weights}: does not match architecture {card.architecture!r} "
                          f"({first_mismatch(model.state_dict(), state) or str(e).splitlines()[0]})") from None
     return model, card
-
-
-def first_mismatch(expected: dict, given: dict) -> str | None:
-    """The first tensor that keeps weights from loading, with both shapes (torch's own message
-    begins with a heading that names none)."""
-    for name, tensor in expected.items():
-        if name not in given:
-            return f"{name} {tuple(tensor.shape)} is missing from the weights"
-        if tuple(given[name].shape) != tuple(tensor.shape):
-            return f"{name}: the weights hold {tuple(given[name].shape)}, the model has {tuple(tensor.shape)}"
-    extra = [name for name in given if name not in expected]
-    return f"{extra[0]} {tuple(given[extra[0]].shape)} is in the weights but not in the model" if extra else None
 
 
 def untrained_twin(model: nn.Module, seed: int) -> nn.Module:

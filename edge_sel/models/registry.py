@@ -1,5 +1,7 @@
-"""The built-in models by name (what `--model NAME` and `edge-sel models` list)."""
+"""The built-in models by name (what `--model NAME` and `edge-sel models` list), and the published
+weights some of them start from (`--pretrained imagenet`)."""
 
+from edge_sel.models import efficientnet_lite
 from edge_sel.models.edgecnn import EdgeCNN
 from edge_sel.models.groupnorm import GroupNormCNN
 from edge_sel.models.mobilenet import MobileNetV2
@@ -10,4 +12,10 @@ MODELS = {
     "edgecnn": EdgeCNN,
     "mobilenetv2": MobileNetV2,
     "groupnorm_cnn": GroupNormCNN,
+    "efficientnet_lite0": efficientnet_lite.efficientnet_lite0,
+    "efficientnet_lite1": efficientnet_lite.efficientnet_lite1,
+    "efficientnet_lite2": efficientnet_lite.efficientnet_lite2,
 }
+
+# ImageNet weights by model name (models.weights_config.WeightsConfig).
+PRETRAINED = dict(efficientnet_lite.WEIGHTS)

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from edge_sel.errors import InputError
+from edge_sel.models.start_weights import fit_state, read_state_file
 from edge_sel.models.trusted_files import is_trusted, remember, trust_file
 
 HUB_PREFIXES = ("torchvision:", "timm:")
@@ -305,26 +306,13 @@ def check_output(model: nn.Module, label: str, num_classes: int, input_shape: li
 
 def load_init_weights(model: nn.Module, path, label: str = "--init-weights") -> dict:
     """Starting weights from a local file (safetensors, or a torch state dict read with
-    weights_only=True): every tensor must fit. Returns what was loaded, for the card."""
+    weights_only=True): every tensor must fit, except a classifier trained for other classes or
+    missing, which is made anew (models.start_weights). Returns what was loaded, for the card."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{label} {path}: no such file")
+    state = read_state_file(path, label)
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise InputError(f"{label} {path}: unreadable ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]          # a training-script checkpoint around the weights
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise InputError(f"{label} {path}: not a state dict of tensors")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise InputError(f"{label} {path}: does not fit the model ({str(e).splitlines()[0]} "
-                         f"{str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else ''})") from None
+        anew = fit_state(model, state, f"{label} {path}")
+    except RuntimeError as e:       # a model's own load_state_dict refusing
+        raise InputError(f"{label} {path}: does not fit the model ({str(e).splitlines()[0]})") from None
     return {"file": str(path.resolve()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-            "tensors": len(state)}
+            "tensors": len(state), **({"made_anew": anew} if anew else {})}
