@@ -234,7 +234,7 @@ class EvaluationSets:
             for d in domains:
                 rows = ordered[d][start:start + STREAM_SEGMENT]
                 if len(rows):
-                    images.append(self.sets[d].images[rows].cpu())
+                    images.append(self.sets[d].pixels(rows).cpu())
                     labels.append(self.sets[d].labels[rows].cpu())
                     names += [d] * len(rows)
         return torch.cat(images), torch.cat(labels), names

@@ -21,7 +21,7 @@ class CameraStream:
 
 
 def apply_condition(ds: IndexedDataset, rows: torch.Tensor, condition: str, seed: int) -> torch.Tensor:
-    images = ds.images[rows].cpu()
+    images = ds.pixels(rows).cpu()
     if condition == "clean":
         return images
     name, _, severity = condition.partition(":")

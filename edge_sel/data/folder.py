@@ -82,8 +82,12 @@ def _decode(args: tuple[str, tuple[int, int] | None, str]) -> np.ndarray | str:
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
+class MixedSizes(Exception):
+    """A folder's images are not all of one size (the first mismatch, as a refusal's words)."""
+
+
 def _decode_all(root: Path, files: list[tuple[str, int]], image_size) -> np.ndarray:
-    """image_size: None (all images must share the first one's size), S, or (width, height)."""
+    """image_size: None (all images must share the first one's size, else MixedSizes), S, or (width, height)."""
     from PIL import Image
     first = root / files[0][0]
     try:
@@ -107,7 +111,7 @@ def _decode_all(root: Path, files: list[tuple[str, int]], image_size) -> np.ndar
         if isinstance(arr, str):
             raise InputError(arr)
         if arr.shape[:2] != (size[1], size[0]):
-            raise InputError(f"{root / rel}: image is {arr.shape[1]}x{arr.shape[0]}, the folder's first "
+            raise MixedSizes(f"{root / rel}: image is {arr.shape[1]}x{arr.shape[0]}, the folder's first "
                              f"image is {size[0]}x{size[1]}; pass --image-size to resize all images")
     return np.ascontiguousarray(np.stack(decoded).transpose(0, 3, 1, 2))
 
@@ -156,31 +160,47 @@ def _cache_key(root: Path, files: list[tuple[str, int]], image_size) -> str:
     return h.hexdigest()[:24]
 
 
-def load_class_folder(root: Path, name: str, image_size=None,
-                      use_cache: bool = True) -> IndexedDataset:
+def _from_cache(cached: Path, count: int) -> np.ndarray | None:
+    if not cached.exists():
+        return None
+    try:
+        # Mapped, not read: only the images a run selects become resident (copy-on-write, so the
+        # array is writable and the cache file is never written through it).
+        images = np.load(cached, mmap_mode="c")
+        return images if images.shape[0] == count else None
+    except (OSError, ValueError):
+        return None     # a torn cache file is rebuilt, not trusted
+
+
+def _to_cache(cached: Path, images: np.ndarray) -> None:
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".tmp{os.getpid()}.npy")
+        np.save(tmp, images)
+        os.replace(tmp, cached)
+    except OSError:
+        pass    # a read-only home only costs a re-decode next time
+
+
+def load_class_folder(root: Path, name: str, image_size=None, use_cache: bool = True) -> IndexedDataset:
+    """A class folder decoded once at its own size and cached so; the caller gives a model the
+    images at its size (IndexedDataset.at_size), a batch at a time. A folder of mixed sizes, which
+    no single array holds at their own sizes, is decoded at `image_size` (S or (width, height))
+    instead, under a cache key of its own, and refused without one."""
     classes, files = list_class_folder(root)
-    key = _cache_key(root, files, image_size)
-    cached = cache_dir() / f"folder-{key}.npy"
-    images = None
-    if use_cache and cached.exists():
-        try:
-            # Mapped, not read: only the images a run selects become resident (copy-on-write, so
-            # the array is writable and the cache file is never written through it).
-            images = np.load(cached, mmap_mode="c")
-            if images.shape[0] != len(files):
-                images = None
-        except (OSError, ValueError):
-            images = None   # a torn cache file is rebuilt, not trusted
+    own = cache_dir() / f"folder-{_cache_key(root, files, None)}.npy"
+    mixed = cache_dir() / f"folder-{_cache_key(root, files, ('mixed sizes', image_size))}.npy"
+    images = _from_cache(own, len(files)) if use_cache else None
+    if images is None and use_cache and image_size is not None:
+        images = _from_cache(mixed, len(files))
     if images is None:
-        images = _decode_all(root, files, image_size)
+        try:
+            images, cached = _decode_all(root, files, None), own
+        except MixedSizes as e:
+            if image_size is None:
+                raise InputError(str(e)) from None
+            images, cached = _decode_all(root, files, image_size), mixed
         if use_cache:
-            try:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cached.with_suffix(f".tmp{os.getpid()}.npy")
-                np.save(tmp, images)
-                os.replace(tmp, cached)
-            except OSError:
-                pass    # a read-only home only costs a re-decode next time
+            _to_cache(cached, images)
     labels = torch.tensor([label for _, label in files], dtype=torch.long)
-    return IndexedDataset(torch.from_numpy(images), labels,
-                          torch.arange(len(files), dtype=torch.long), classes, name)
+    return IndexedDataset(torch.from_numpy(images), labels, torch.arange(len(files), dtype=torch.long), classes, name)

@@ -60,7 +60,7 @@ class BatchLoader:
             if lo < start:
                 continue
             pos = positions[lo: hi]
-            x = normalize(self.ds.images[pos], self.mean, self.std)
+            x = normalize(self.ds.pixels(pos), self.mean, self.std)
             if self.augment and self.augment_seed is not None:
                 x = augment_by_sample(x, self.ds.augment, self.ds.index[pos], self.augment_seed, self.epoch)
             elif self.augment:

@@ -163,6 +163,11 @@ def apply_shift(splits: Splits, shift: Shift, seed: int = 0) -> Splits:
         train = flip_labels(train, shift.label_noise, seed)
         if shift.noisy_val:
             val = flip_labels(val, shift.label_noise, seed)
+    if shift.frames > 1 or shift.corruption:
+        # A camera's condition exists at the camera's resolution: frames and corruptions act on the
+        # pixels a model is given (the run's size), as when the folder was decoded at that size,
+        # and the corruptions' published parameters keep their meaning relative to that image.
+        train, val, test = (d.at_run_size() for d in (train, val, test))
     if shift.frames > 1:
         train = to_frames(train, shift.frames, seed, every_frame=shift.order != "dedup", order=shift.order)
         val, test = (to_frames(d, shift.frames, seed, every_frame=False, order=shift.order) for d in (val, test))

@@ -128,28 +128,29 @@ def load_cifar10(data_dir: Path | None, download: bool = True) -> tuple[IndexedD
 
 def load_folder(path: Path, image_size: int | None = None) -> tuple[IndexedDataset, IndexedDataset]:
     """folder:PATH — PATH/train and PATH/test (the layout of CIFAR-10 as JPEG folders), or PATH
-    holding the class folders directly (then a fixed 20% stratified test split is held out)."""
+    holding the class folders directly (then a fixed 20% stratified test split is held out).
+    Images are held at the folder's own size; with `image_size` a model is given them at that size,
+    each batch resized (the crop padding, 4 px at the folder's size, scaled with it)."""
     path = Path(path)
     check_folder(path)
     name = f"folder:{path.name}"
-    augment = {"crop_pad": 4, "flip": True}
+
+    def load(root: Path) -> IndexedDataset:
+        ds = load_class_folder(root, name, image_size)
+        ds.augment = {"crop_pad": 4, "flip": True}
+        return ds if image_size is None else ds.at_size(image_size, image_size)
     if (path / "train").is_dir():
-        train = load_class_folder(path / "train", name, image_size)
-        train.augment = augment
+        train = load(path / "train")
         if (path / "test").is_dir():
-            h, w = train.images.shape[-2:]
-            test = load_class_folder(path / "test", name, (w, h) if image_size else None)
+            test = load(path / "test")
             if test.class_names != train.class_names:
                 raise InputError(f"{path / 'test'}: class folders differ from {path / 'train'}")
             if test.input_shape != train.input_shape:
                 raise InputError(f"{path / 'test'}: images are {test.input_shape}, train images are "
                                  f"{train.input_shape}; pass --image-size to resize both")
-            test.augment = augment
             return train, test
         return _carve_test(train)
-    ds = load_class_folder(path, name, image_size)
-    ds.augment = augment
-    return _carve_test(ds)
+    return _carve_test(load(path))
 
 
 def source_paths(spec: str | None, data_dir: Path | None = None) -> list[tuple[str, Path]]:

@@ -27,7 +27,7 @@ def write_image_folder(ds: IndexedDataset, root: Path, limit: int | None = None)
         folder.mkdir(parents=True, exist_ok=True)
         positions = (ds.labels.cpu() == c).nonzero().squeeze(1)
         for p in positions[:limit] if limit else positions:
-            _pil(ds.images[p]).save(folder / f"{int(ds.index[p]):06d}.png")
+            _pil(ds.pixels(p[None])[0]).save(folder / f"{int(ds.index[p]):06d}.png")
             written += 1
     return written
 
@@ -42,7 +42,7 @@ def contact_sheet(ds: IndexedDataset, path: Path, samples: int = 4, seed: int = 
     labels = ds.labels.cpu()
     # One sample of each of the first classes: the first few samples are often all of one class.
     picks = torch.stack([(labels == c).nonzero()[0, 0] for c in labels.unique()[:samples]])
-    clean = ds.images[picks].cpu()
+    clean = ds.pixels(picks).cpu()
     rows = [[clean] * 5]
     for name in CORRUPTIONS:
         rows.append([corrupt(clean, ds.index[picks].cpu(), name, s, seed) for s in range(1, 6)])
@@ -74,4 +74,4 @@ def corruption_names_for_sheet() -> list[str]:
 
 
 def as_array(ds: IndexedDataset) -> np.ndarray:
-    return ds.images.cpu().numpy()
+    return ds.pixels().cpu().numpy()

@@ -13,6 +13,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from edge_sel.data.folder import not_an_input, skipped_note
+from edge_sel.data.resize import resize_pixels
 from edge_sel.errors import InputError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".tif", ".tiff", ".webp"}
@@ -66,10 +67,10 @@ def pil_pixels(im: Image.Image, input_shape: list[int], resize: bool, where: str
         if not resize:
             raise InputError(f"{where}: image is {im.size[0]}x{im.size[1]}, the model takes {w}x{h} "
                              f"(--resize to scale it)")
-        im = im.resize((w, h), Image.BILINEAR)
     a = np.array(im, dtype=np.uint8)
     a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
-    return torch.from_numpy(np.ascontiguousarray(a))
+    # The resize a run gives its batches (data/resize.py), so a model sees a file as it trained.
+    return resize_pixels(torch.from_numpy(np.ascontiguousarray(a))[None], (h, w))[0]
 
 
 PIXEL_SLACK = 1e-3      # rounding of a float image in 0-1 times 255 (float32 k/255 x 255 is k within 3e-5)

@@ -64,7 +64,7 @@ def with_anchors(local: IndexedDataset, positions: torch.Tensor, anchors: Indexe
     the cumulative average). Returns the set and the positions to run, all of it."""
     device = local.images.device
     picked = torch.randperm(len(anchors), generator=draw)[:count]
-    mixed = IndexedDataset(torch.cat([local.images[positions.to(device)], anchors.images[picked].to(device)]),
+    mixed = IndexedDataset(torch.cat([local.pixels(positions.to(device)), anchors.images[picked].to(device)]),
                            torch.cat([local.labels[positions.to(device)], anchors.labels[picked].to(device)]),
                            torch.cat([local.index[positions.to(device)], anchors.index[picked].to(device)]),
                            list(local.class_names), name=f"{local.name} + anchors", augment=dict(local.augment))

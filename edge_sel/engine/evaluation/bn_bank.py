@@ -271,7 +271,7 @@ def build_bank(start: Path, model: nn.Module, input_shape: list[int], mean, std,
     saved = read_bank(start, input_shape, model)
     draw = torch.Generator().manual_seed(seed + 15485863)       # its own stream: the run's stays as it was
     picked = torch.randperm(len(train), generator=draw)[:images]
-    tonight = train.images[picked.to(train.images.device)].cpu()
+    tonight = train.pixels(picked.to(train.images.device)).cpu()
     if saved is None:
         anchors = replay.images.cpu()
         conditions = [Condition(SOURCE, anchors, nights=1, info={"first_run": "source", "last_seen": 0},

@@ -43,7 +43,7 @@ class AnchorReplay:
         if self.rows == 0:
             return None
         pos = self.positions(epoch, step)
-        x = normalize(self.anchors.images[pos], self.mean, self.std)
+        x = normalize(self.anchors.pixels(pos), self.mean, self.std)
         if self.augment:
             # Per (seed, step, anchor id): an anchor replayed twice in an epoch is cropped anew.
             x = augment_by_sample(x, self.anchors.augment, self.anchors.index[pos], self.seed, step)

@@ -36,7 +36,7 @@ def write_pretrain_memory(trainer, out: Path) -> dict:
     t0 = time.perf_counter()
     positions, roles = draw_anchors(train.labels, train.num_classes, cfg.anchors_per_class, cfg.seed)
     positions = positions.to(train.images.device)
-    anchors = Anchors(train.images[positions].cpu(), train.labels[positions].cpu(), train.index[positions].cpu(), roles)
+    anchors = Anchors(train.pixels(positions).cpu(), train.labels[positions].cpu(), train.index[positions].cpu(), roles)
     fisher = diagonal_fisher(trainer.model, train, fisher_positions(len(train), cfg.fisher_samples, cfg.seed),
                              trainer.mean, trainer.std, trainer.flops, trainer.memory_format)
     t_eval = time.perf_counter()

@@ -35,7 +35,7 @@ def gain_probe(model, ds, mean, std, shape: StepShape, samples: int, objective_l
     """Each parameter's expected gain: its squared gradient summed over micro-batches of the first
     `samples` local images (an empirical Fisher information on the device's own data), run in the
     planned shape of a step that trains everything. Returns the gains and what the probe cost."""
-    images = ds.images[:samples].float().div_(255)
+    images = ds.pixels(torch.arange(min(samples, len(ds)), device=ds.images.device)).float().div_(255)
     mean_t = torch.as_tensor(mean, device=images.device).view(1, -1, 1, 1)
     std_t = torch.as_tensor(std, device=images.device).view(1, -1, 1, 1)
     x, y = (images - mean_t) / std_t, ds.labels[:samples]

@@ -246,7 +246,7 @@ def set_aside_said(run_dir: Path, cfg: TrainConfig, data: DataOptions, given: Co
         nested = key == "data" and isinstance(kept, dict)
         for name, now in value.items() if nested else [(key, value)]:
             before = kept.get(name) if nested else kept
-            chosen_by_run = name == "subset_seed" or now == "auto" or RUN_CHOOSES.get(name, "auto") == now
+            chosen_by_run = name in ("subset_seed", "crop_pad") or now == "auto" or RUN_CHOOSES.get(name, "auto") == now
             if (given is None or name in given) and not chosen_by_run and str(now) != str(before):
                 differ.append(f"--{name.replace('_', '-')} {now}, not {before}")
     return f" ({'; '.join(differ)})" if differ else ""

@@ -97,7 +97,7 @@ def run_trigger(model: torch.nn.Module, mean, std, stream, budget_frames: int | 
     gate = SundewGate(gating_config({"target_activation": target, "novelty": novelty, "min_activation": 0.0}))
     gate.setup(RunContext(frames, frames, model, 1, torch.Generator().manual_seed(seed), torch.device("cpu"),
                           mean, std, batch_size))
-    prints = fingerprints(frames.images)
+    prints = fingerprints(frames.pixels())
     gate.novelty_flops = fingerprint_flops(n, frames.input_shape) if novelty > 0 else 0
     keep, _, _ = gate._gate(sig, target, prints if novelty > 0 else None)
     kept = keep.nonzero().squeeze(1)[:budget_frames]        # the camera stops keeping when the budget is full

@@ -32,6 +32,9 @@ class DataOptions:
     shift_seed: int = 0
     subset_seed: int | None = None    # another draw of --subset from the same shard (a night's new images)
     test_subset: int | None = None    # a class-balanced draw of N test images (a device's small labelled test set)
+    # Random-crop padding in pixels at the run's size. None: the source's, scaled with --image-size
+    # (CIFAR's 4 px at 32 px is 16 at 128); filled in when the data is loaded, so config.json says it.
+    crop_pad: int | None = None
 
     def check(self) -> "DataOptions":
         """Every option that can be checked without reading the data."""
@@ -53,6 +56,12 @@ class DataOptions:
         # For warmup_train_ids without reading the source again: its labels and ids, not its images
         # (a run would otherwise keep every image of the source resident to its end).
         self._source = (train_full.labels, train_full.index, test.labels, train_full.num_classes)
+        if self.crop_pad is not None:
+            if self.crop_pad < 0:
+                raise InputError(f"crop_pad must be 0 or more pixels, got {self.crop_pad}")
+            train_full, test = (dataclasses.replace(d, augment={**d.augment, "crop_pad": self.crop_pad})
+                                for d in (train_full, test))
+        self.crop_pad = int(train_full.augment.get("crop_pad", 0))
         splits = make_splits(train_full, test, self.val_fraction, parse_shard(self.shard), self.subset,
                              self.per_class_cap, self.split_seed, self.subset_seed, self.test_subset)
         warn_short_subsets(splits, self.subset, self.test_subset)

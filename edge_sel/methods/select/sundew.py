@@ -98,7 +98,7 @@ class SundewGate(Gate):
             sig[never] = sig[~never].mean()
         prints, info = None, {}
         if self.memory is not None:
-            prints = fingerprints(self.ctx.train.images[cands.to(self.ctx.train.images.device)])
+            prints = fingerprints(self.ctx.train.pixels(cands.to(self.ctx.train.images.device)))
             self.novelty_flops = fingerprint_flops(n, self.ctx.train.input_shape)
         keep, prob, thresholds = self._gate(sig, target, prints)
         kept = keep.nonzero().squeeze(1)
