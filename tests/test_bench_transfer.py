@@ -66,9 +66,11 @@ def test_the_sparse_update_trains_the_chosen_set(bench):
     assert 0 < result["results"]["sparse"][0]["counted_peak_mb"] < result["full_ft_counted_mb"]
 
 
-def test_an_unknown_method_is_one_line(bench, tmp_path, capsys):
+@pytest.mark.parametrize("option, said", [(("--methods", "fullft"), "--methods: unknown fullft"),
+                                           (("--from-imagenet", "edgecnn"), "--from-imagenet: the model 'edgecnn'")])
+def test_a_bad_option_is_one_line(bench, tmp_path, capsys, option, said):
     warm, _ = bench
-    code, err = run_main(["bench", "transfer", "--checkpoint", warm, "--dataset", "digits", "--methods", "fullft",
-                          "--out", tmp_path / "b"], capsys)
-    assert code == 2 and "--methods: unknown fullft" in err and len(err.strip().splitlines()) == 1
+    start = ["--checkpoint", warm] if option[0] != "--from-imagenet" else []
+    code, err = run_main(["bench", "transfer", *start, "--dataset", "digits", *option, "--out", tmp_path / "b"], capsys)
+    assert code == 2 and said in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "b").exists()

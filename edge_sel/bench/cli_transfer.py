@@ -18,6 +18,9 @@ from edge_sel.errors import InputError
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="The warmup every method starts from (edge-sel pretrain; from ImageNet weights with "
                    "--head-epochs for the field's protocol).")
+@click.option("--from-imagenet", "imagenet_model", default=None, metavar="MODEL",
+              help="Start instead from MODEL's ImageNet weights with a fresh head (a model that has them, "
+                   "e.g. efficientnet_lite0).")
 @click.option("--dataset", default=None,
               help="Dataset [default: folder:../shared/data/cifar10-jpeg beside the repository, if present]; "
                    "the device's data is its shard 1/2.")
@@ -49,31 +52,36 @@ from edge_sel.errors import InputError
 @click.option("--quick", is_flag=True, help="A smoke run: 96 px (a folder), 500 images, 300 test images, 1 epoch, "
                                             "2 seeds.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
-def transfer_cmd(checkpoint, dataset, scenario, image_size, method_names, last_k, epochs, lr, batch_size, bn_momentum,
+def transfer_cmd(checkpoint, imagenet_model, dataset, scenario, image_size, method_names, last_k, epochs, lr, batch_size, bn_momentum,
                  subset, test_subset, val_subset, seeds, device, one_process, out, overwrite, quick, quiet):
     """The field's transfer protocol on the device's shard: full fine-tuning, classifier, BatchNorm,
     biases, last-k, a sparse update, the planner at 1/4, 1/10, 1/30 of full fine-tuning's counted peak,
     Sundew against random and SEL against its control, over paired seeds, beside TinyTL's and
     MCUNetV3's published rows."""
     from edge_sel.bench import transfer, transfer_report
-    if checkpoint is None:
-        raise InputError("--checkpoint: required (a warmup from edge-sel pretrain)")
+    if (checkpoint is None) == (imagenet_model is None):
+        raise InputError("--checkpoint: give a warmup checkpoint or --from-imagenet MODEL, one of them")
     if scenario not in transfer.CONDITIONS:
         raise InputError(f"--scenario: unknown {scenario}; choose from {', '.join(transfer.CONDITIONS)}")
     methods = transfer.parse_methods(method_names, transfer.transfer_methods(last_k))
+    if imagenet_model is not None:
+        from edge_sel.models.pretrained import weights_config, weights_file
+        weights_file(weights_config(imagenet_model, "--from-imagenet"), "--from-imagenet")  # before any work
     _check_checkpoint(checkpoint)
     ds = dataset_or_shared_cifar(dataset)
-    side = read_card(Path(checkpoint)).input_shape[-1]
+    side = (96 if quick else 128) if checkpoint is None else read_card(Path(checkpoint)).input_shape[-1]
     if image_size is not None and ds in DATASET_NAMES:
         raise InputError(f"--image-size {image_size}: resizes folder images only; --dataset {ds} has its own size")
-    if image_size is not None and image_size != side:
+    if checkpoint is not None and image_size is not None and image_size != side:
         raise InputError(f"--image-size {image_size}: the checkpoint {checkpoint} takes {side} px images; "
                          f"pretrain at {image_size} px or leave it out")
-    size = None if ds in DATASET_NAMES else side
+    size = None if ds in DATASET_NAMES else image_size or side
     n = subset or (500 if quick else 2000)
     count = seeds or (2 if quick else 5)
     target = _fresh_out(out or Path("runs/bench-transfer"), overwrite, "transfer", checkpoint, ds, None)
     data = DataOptions(ds, None, shard="1/2", subset=n, image_size=size, test_subset=test_subset or (300 if quick else 1000))
+    if checkpoint is None:
+        checkpoint = transfer.imagenet_start(imagenet_model, data, target, device)
     settings = transfer.TransferSettings(Path(checkpoint), data, scenario, methods, list(range(count)),
                                          epochs or (1 if quick else 3), lr, batch_size, val_subset, bn_momentum, device,
                                          target, own_process=not one_process)

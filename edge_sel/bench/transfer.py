@@ -30,7 +30,7 @@ from edge_sel.core.memory import MiB
 from edge_sel.core.source_memory import read_source_memory
 from edge_sel.engine.machine.memory_plan import RESERVE, plan_memory
 from edge_sel.engine.runs.data_options import DataOptions
-from edge_sel.engine.runs.run import finetune
+from edge_sel.engine.runs.run import finetune, pretrain
 from edge_sel.errors import InputError
 from edge_sel.methods.update.fixed_sets import sparse_names
 
@@ -128,6 +128,25 @@ def sparse_plan(mm: MemoryModel, checkpoint: Path, batch_size: int) -> tuple[dic
               "share": sum(params[n].numel() for n in names) / sum(p.numel() for p in params.values()),
               "gains": source}
     return plan.to_json(), budget_mb, chosen
+
+
+def imagenet_start(model_name: str, data: DataOptions, out: Path, device: str) -> Path:
+    """The model's ImageNet weights with a fresh head for the data's classes, as a checkpoint in
+    OUT/start: a pretrain of no epoch on shard 0/2 (its normalisation statistics; no source memory)."""
+    import torch
+
+    from edge_sel.models.pretrained import imagenet_weights
+    state, _ = imagenet_weights(model_name, "--from-imagenet")
+    out.mkdir(parents=True, exist_ok=True)
+    weights = out / "imagenet-weights.pt"
+    torch.save(state, weights)
+    try:
+        pretrain(model_name, dataclasses.replace(data, shard="0/2", shift=None), TrainConfig(
+            epochs=0, device=device, anchors_per_class=0, **SAME_NUMERICS), out / "start", quiet=True,
+            init_weights=weights)
+    finally:
+        weights.unlink()
+    return out / "start"
 
 
 def _finetune(s: TransferSettings, data: DataOptions, cfg: TrainConfig, run_dir: Path) -> None:
