@@ -148,6 +148,8 @@ PRETRAIN = [
                 "statistics kept), then --epochs of everything."),
     option("--head-lr", type=click.FloatRange(min=0, min_open=True), default=None,
            help="Learning rate of the --head-epochs stage [default: --lr]."),
+    option("--backbone-lr-scale", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True,
+           help="After --head-epochs, train all but the classifier at this fraction of --lr."),
     option("--bn-momentum", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
            help="Every BatchNorm layer's momentum while training [default: 0.1 from --init-weights, else the "
                 "model's own; weights converted from TensorFlow carry 0.01]."),
@@ -262,7 +264,7 @@ ENERGY_SECTION = ("Energy and temperature", [o.flag for o in ENERGY])
 PRETRAIN_SECTIONS = [
     ("Model and output", ["--model", "--model-arg", "--init-weights", "--export-artifacts", *RUN]),
     ("What devices get with the checkpoint", ["--anchors-per-class", "--fisher-samples"]),
-    ("From pretrained weights", ["--head-epochs", "--head-lr", "--bn-momentum"]),
+    ("From pretrained weights", ["--head-epochs", "--head-lr", "--backbone-lr-scale", "--bn-momentum"]),
     DATA_SECTION,
     ("Training", TRAINING),
     ENERGY_SECTION,

@@ -44,7 +44,8 @@ def test_the_head_stage_moves_the_classifier_alone(tmp_path, start_weights):
 
 
 def test_records_show_both_stages_and_the_totals_hold_both(tmp_path, start_weights):
-    summary = _pretrain(tmp_path / "run", start_weights, 1, anchors_per_class=5, fisher_samples=64)
+    summary = _pretrain(tmp_path / "run", start_weights, 1, anchors_per_class=5, fisher_samples=64,
+                        backbone_lr_scale=0.5)
     records = read_records(tmp_path / "run" / "metrics.jsonl")
     assert [(r["stage"], r["epoch"]) for r in records] == [("head", 0), ("fine-tune", 0)]
     head, tune = records
@@ -55,10 +56,23 @@ def test_records_show_both_stages_and_the_totals_hold_both(tmp_path, start_weigh
         assert summary["totals"][total] == pytest.approx(head[key] + tune[key])
     assert head["test_acc"] is not None and tune["test_acc"] is not None
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert (config["head_epochs"], config["head_lr"], config["bn_momentum"]) == (1, 0.1, 0.1)
+    assert (config["head_epochs"], config["head_lr"], config["bn_momentum"], config["backbone_lr_scale"]) == \
+        (1, 0.1, 0.1, 0.5)
     card = json.loads((tmp_path / "run" / "model.json").read_text())
     assert card["training"]["head_epochs"] == 1 and card["training"]["epochs"] == 2
     assert card["source_memory"]["fisher"]       # what a warmup ships, as without a head stage
+
+
+def test_the_backbone_trains_at_a_fraction_of_the_rate():
+    from edge_sel.backends.torch_backend import make_optimizer
+    from edge_sel.engine.runs.head_first import scale_backbone_lr
+    model = build_model("edgecnn", 10, 1)
+    optimizer = make_optimizer("sgd", model.parameters(), 0.01, 0.9, 5e-4)
+    scale_backbone_lr(optimizer, model, 0.1)
+    head, backbone = optimizer.param_groups
+    assert [p is model.fc.weight or p is model.fc.bias for p in head["params"]] == [True, True]
+    assert len(backbone["params"]) == len(list(model.parameters())) - 2 and backbone["lr_scale"] == 0.1
+    assert (backbone["momentum"], backbone["weight_decay"]) == (0.9, 5e-4)
 
 
 def test_a_bad_head_option_is_one_line(tmp_path, capsys):

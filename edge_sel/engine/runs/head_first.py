@@ -13,6 +13,7 @@ records say `"stage": "fine-tune"` and the summary's totals hold both.
 from TensorFlow carry its 0.99 decay (momentum 0.01), which keeps ImageNet's statistics for hundreds
 of steps after the weights have moved away from them, so evaluation normalises with statistics the
 weights no longer match. A pretrain from pretrained weights takes 0.1 unless told otherwise.
+`--backbone-lr-scale` trains the backbone at a fraction of the head's rate in that stage.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch import nn
 
 from edge_sel.config import TrainConfig
 from edge_sel.core.records import read_records
+from edge_sel.methods.update.fixed_sets import classifier_names
 
 HEAD, FINE_TUNE = "head", "fine-tune"
 # BatchNorm momentum of a pretrain from pretrained weights when --bn-momentum is not given: torch's own.
@@ -52,6 +54,20 @@ def unfreeze(model: nn.Module) -> None:
     """Every parameter trainable again: the fine-tuning stage's updater chooses from all of them."""
     for p in model.parameters():
         p.requires_grad_(True)
+
+
+def scale_backbone_lr(optimizer, model: nn.Module, scale: float) -> None:
+    """The fine-tuning stage's backbone at `scale` times the learning rate, the classifier at it: a
+    second parameter group (the backend multiplies each group's rate by its lr_scale), made before any
+    step, so no optimizer state is split; a resume makes it again before loading its state."""
+    if scale == 1.0:
+        return
+    head = {id(p) for n, p in model.named_parameters() if n in classifier_names(model)}
+    group = optimizer.param_groups[0]
+    everything = group["params"]
+    group["params"] = [p for p in everything if id(p) in head]
+    optimizer.add_param_group({**{k: v for k, v in group.items() if k != "params"}, "lr_scale": scale,
+                               "params": [p for p in everything if id(p) not in head]})
 
 
 def earlier_head_records(out) -> list[dict]:

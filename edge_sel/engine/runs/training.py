@@ -25,7 +25,7 @@ from edge_sel.engine.machine.distributed import detect_world
 from edge_sel.engine.machine.energy_setup import EnergyOptions
 from edge_sel.engine.runs.ddp import RankSync, launch_info
 from edge_sel.engine.runs.head_first import (FINE_TUNE, HEAD, StageWriter, earlier_head_records, head_config,
-                                             set_bn_momentum, unfreeze)
+                                             scale_backbone_lr, set_bn_momentum, unfreeze)
 from edge_sel.core.outputs import start_out_dir
 from edge_sel.engine.runs.out_dir import write_config
 from edge_sel.engine.runs.signals import StopSignals
@@ -117,6 +117,8 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
         if trainer is not head:
             if not ranks:
                 signals.attach(trainer)
+            if staged:
+                scale_backbone_lr(trainer.optimizer, model, cfg.backbone_lr_scale)
             staged_writer = StageWriter(writer, FINE_TUNE, before) if staged and writer is not None else writer
             records = before + [r | {"stage": FINE_TUNE} if staged else r
                                 for r in trainer.run(staged_writer, resume=resume_state)]
