@@ -49,8 +49,8 @@ from edge_sel.errors import InputError
               help="Every fine-tune in this process (no measured peaks: a run would reuse pages earlier runs freed).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output directory [runs/bench-transfer].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out directory.")
-@click.option("--quick", is_flag=True, help="A smoke run: 96 px (a folder), 500 images, 300 test images, 1 epoch, "
-                                            "2 seeds.")
+@click.option("--quick", is_flag=True, help="A smoke run: 500 images, 300 test images, 1 epoch, 2 seeds (and 96 px "
+                                            "with --from-imagenet).")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def transfer_cmd(checkpoint, imagenet_model, dataset, scenario, image_size, method_names, last_k, epochs, lr, batch_size, bn_momentum,
                  subset, test_subset, val_subset, seeds, device, one_process, out, overwrite, quick, quiet):
