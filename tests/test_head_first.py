@@ -55,6 +55,8 @@ def test_records_show_both_stages_and_the_totals_hold_both(tmp_path, start_weigh
     for total, key in (("flops_train", "flops_train"), ("train_wall_s", "wall_s"), ("energy_j", "energy_j")):
         assert summary["totals"][total] == pytest.approx(head[key] + tune[key])
     assert head["test_acc"] is not None and tune["test_acc"] is not None
+    best = max(records, key=lambda r: r["val_acc"])
+    assert (summary["best_val"]["epoch"], summary["best_val"]["stage"]) == (0, best["stage"])
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (config["head_epochs"], config["head_lr"], config["bn_momentum"], config["backbone_lr_scale"]) == \
         (1, 0.1, 0.1, 0.5)
