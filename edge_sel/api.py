@@ -129,7 +129,8 @@ def pretrain(model="edgecnn", data="digits", *, out, test=None, class_names=None
                        explicit=_explicit(given, "pretrain"))
     with torch_threads(kw.pop("threads", None)):
         summary = run_pretrain(model, data_options, cfg, Path(out), kw["overwrite"], kw["quiet"], energy,
-                               model_args=args, init_weights=kw["init_weights"], splits=splits)
+                               model_args=args, init_weights=kw["init_weights"], splits=splits,
+                               pretrained=kw.get("pretrained"), input_norm=kw.get("input_norm"))
     return _result(summary)
 
 

@@ -123,8 +123,8 @@ def cli(trust_model_code):
 
 @cli.command("pretrain")
 @in_sections(PRETRAIN_SECTIONS, PRETRAIN, DATA, TRAIN, SPEED, ENERGY)
-def pretrain_cmd(model_name, model_args, init_weights, export_artifacts, anchors_per_class, fisher_samples, resume_dir,
-                 head_epochs, head_lr, backbone_lr_scale, bn_momentum, **kw):
+def pretrain_cmd(model_name, model_args, init_weights, pretrained, input_norm, export_artifacts, anchors_per_class,
+                 fisher_samples, resume_dir, head_epochs, head_lr, backbone_lr_scale, bn_momentum, **kw):
     """Train a model densely and write a warmup checkpoint (under torchrun: data-parallel, rank 0 writes)."""
     kw["quiet"] = kw["quiet"] or not detect_world().is_main     # one report, from rank 0
     threads_for_command(kw.pop("threads"))
@@ -140,7 +140,8 @@ def pretrain_cmd(model_name, model_args, init_weights, export_artifacts, anchors
                        head_epochs=head_epochs, head_lr=head_lr, backbone_lr_scale=backbone_lr_scale,
                        bn_momentum=bn_momentum)
     summary = pretrain(model_name, build_data(kw), cfg, kw["out"], kw["overwrite"], kw["quiet"],
-                       energy, model_args=parse_model_args(model_args), init_weights=init_weights)
+                       energy, model_args=parse_model_args(model_args), init_weights=init_weights,
+                       pretrained=pretrained, input_norm=input_norm)
     report_end(summary, kw["quiet"])
     if export_artifacts and detect_world().is_main:
         from edge_sel.export.cli import export_after_pretrain

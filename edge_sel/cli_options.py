@@ -35,6 +35,17 @@ class OffOrAtLeast(click.ParamType):
         return number
 
 
+def input_norm_option(ctx, param, value):
+    """--input-norm checked as it is read: a typo fails before the data loads."""
+    from edge_sel.engine.runs.input_norm import parse_input_norm
+    from edge_sel.errors import InputError
+    try:
+        parse_input_norm(value)
+    except InputError as e:
+        raise click.BadParameter(str(e).partition(": ")[2], ctx, param) from None
+    return value
+
+
 POSITIVE = click.IntRange(min=1)
 COUNT = click.IntRange(min=0)
 
@@ -134,7 +145,15 @@ PRETRAIN = [
     option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
            help="Keyword argument of the model's factory (repeatable), e.g. width_mult=0.5."),
     option("--init-weights", type=click.Path(path_type=Path), default=None,
-           help="Starting weights: a .safetensors file or a torch state dict (read with weights_only=True)."),
+           help="Starting weights: a .safetensors file or a torch state dict (read with weights_only=True); a "
+                "classifier of another shape, or none, is made anew for the data's classes."),
+    option("--pretrained", type=click.Choice(["imagenet"]), default=None,
+           help="Start from the model's published ImageNet weights (efficientnet_lite0/1/2, from the installed "
+                "'pretrained' extra; nothing is downloaded), the classifier made anew for the data's classes."),
+    option("--input-norm", default=None, metavar="dataset|imagenet|unit|M1,M2,M3/S1,S2,S3", callback=input_norm_option,
+           help="Input normalisation, kept in the card for every later command: the training split's statistics, "
+                "ImageNet's, [-1, 1] (mean = std = 0.5), or explicit [default: the weights' with --pretrained, "
+                "else dataset]."),
     option("--export-artifacts", is_flag=True, help="Then export model.onnx and ORT training artifacts to OUT/artifacts."),
     option("--anchors-per-class", type=click.IntRange(min=0), default=100, show_default=True,
            help="Ship with the checkpoint up to N training images per class (half replayed by devices, half held "
@@ -151,7 +170,7 @@ PRETRAIN = [
     option("--backbone-lr-scale", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True,
            help="After --head-epochs, train all but the classifier at this fraction of --lr."),
     option("--bn-momentum", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
-           help="Every BatchNorm layer's momentum while training [default: 0.1 from --init-weights, else the "
+           help="Every BatchNorm layer's momentum while training [default: 0.1 from --init-weights or --pretrained, else the "
                 "model's own; weights converted from TensorFlow carry 0.01]."),
 ]
 
@@ -262,7 +281,8 @@ SPEED_SECTION = ("Speed", [o.flag for o in SPEED])
 ENERGY_SECTION = ("Energy and temperature", [o.flag for o in ENERGY])
 
 PRETRAIN_SECTIONS = [
-    ("Model and output", ["--model", "--model-arg", "--init-weights", "--export-artifacts", *RUN]),
+    ("Model and output", ["--model", "--model-arg", "--init-weights", "--pretrained", "--input-norm",
+                          "--export-artifacts", *RUN]),
     ("What devices get with the checkpoint", ["--anchors-per-class", "--fisher-samples"]),
     ("From pretrained weights", ["--head-epochs", "--head-lr", "--backbone-lr-scale", "--bn-momentum"]),
     DATA_SECTION,

@@ -235,7 +235,7 @@ def check_the_manifest_states_the_files_and_figures_it_was_made_with(ckpt, art, 
         "weights_sha256": sha256_file(ckpt / "model.safetensors"), "weights_digest": weights_digest(model),
         "tensors": {k: list(v.shape) for k, v in model.state_dict().items()}, "training": {}}
     assert manifest["input"] == {"name": "input", "shape": ["batch", 1, 8, 8], "dtype": "float32",
-                                 "normalization": {"mean": [0.5], "std": [0.25]},
+                                 "normalization": {"mean": [0.5], "std": [0.25], "source": "dataset"},
                                  "preprocess": "x = (pixels / 255 - mean[c]) / std[c], NCHW float32"}
     inf = manifest["inference_model"]
     assert inf["file"] == "model.onnx" and inf["opset"] == 17 and inf["outputs"] == ["logits"]

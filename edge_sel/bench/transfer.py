@@ -132,20 +132,11 @@ def sparse_plan(mm: MemoryModel, checkpoint: Path, batch_size: int) -> tuple[dic
 
 def imagenet_start(model_name: str, data: DataOptions, out: Path, device: str) -> Path:
     """The model's ImageNet weights with a fresh head for the data's classes, as a checkpoint in
-    OUT/start: a pretrain of no epoch on shard 0/2 (its normalisation statistics; no source memory)."""
-    import torch
-
-    from edge_sel.models.pretrained import imagenet_weights
-    state, _ = imagenet_weights(model_name, "--from-imagenet")
-    out.mkdir(parents=True, exist_ok=True)
-    weights = out / "imagenet-weights.pt"
-    torch.save(state, weights)
-    try:
-        pretrain(model_name, dataclasses.replace(data, shard="0/2", shift=None), TrainConfig(
-            epochs=0, device=device, anchors_per_class=0, **SAME_NUMERICS), out / "start", quiet=True,
-            init_weights=weights)
-    finally:
-        weights.unlink()
+    OUT/start: a pretrain of no epoch on shard 0/2 (`--pretrained imagenet`: the weights' own input
+    normalisation; no source memory)."""
+    pretrain(model_name, dataclasses.replace(data, shard="0/2", shift=None), TrainConfig(
+        epochs=0, device=device, anchors_per_class=0, **SAME_NUMERICS), out / "start", quiet=True,
+        pretrained="imagenet")
     return out / "start"
 
 

@@ -34,13 +34,16 @@ class ModelCard:
     model: dict | None = None
     # What the server shipped for the device's life (core/source_memory.py): files and sizes; None: none.
     source_memory: dict | None = None
+    # Where mean and std came from (engine/runs/input_norm.py): {"source": "dataset" | "weights" |
+    # "option", ...}; a card written before it was recorded used the training split's statistics.
+    normalization_origin: dict = field(default_factory=lambda: {"source": "dataset"})
 
     def to_json(self) -> dict:
         return {
             "format": FORMAT, "architecture": self.architecture,
             **({"model": self.model} if self.model else {}), "num_classes": self.num_classes,
             "class_names": self.class_names, "input_shape": self.input_shape,
-            "normalization": {"mean": self.mean, "std": self.std},
+            "normalization": {"mean": self.mean, "std": self.std, **self.normalization_origin},
             "dataset": self.dataset, "training": self.training,
             **({"source_memory": self.source_memory} if self.source_memory else {}), "edge_sel_version": __version__,
         }
@@ -51,7 +54,8 @@ class ModelCard:
             card = cls(d["architecture"], int(d["num_classes"]), list(d["class_names"]),
                        [int(v) for v in d["input_shape"]], [float(v) for v in d["normalization"]["mean"]],
                        [float(v) for v in d["normalization"]["std"]], d.get("dataset", {}), d.get("training", {}),
-                       d.get("model"), d.get("source_memory"))
+                       d.get("model"), d.get("source_memory"),
+                       {k: v for k, v in d["normalization"].items() if k not in ("mean", "std")} or {"source": "dataset"})
         except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise InputError(f"{where}: not an edge-sel model card (missing or bad field {e})") from None
         problem = card.problem()
@@ -76,6 +80,8 @@ class ModelCard:
             return "dataset and training must be mappings"
         if self.model is not None and not isinstance(self.model, (dict, str)):
             return "model must be a spec"
+        if not isinstance(self.normalization_origin, dict):
+            return "normalization must be a mapping"
         if self.source_memory is not None and not isinstance(self.source_memory, dict):
             return "source_memory must be a mapping"
         return None

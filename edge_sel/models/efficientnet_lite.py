@@ -34,9 +34,12 @@ STEM, HEAD = 32, 1280
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TensorFlow's "SAME" padding along one axis: (before, after), the odd pixel after."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + kernel - size, 0)
+    """TensorFlow's "SAME" padding along one axis: (before, after), the odd pixel after. Integer
+    division of non-negative numbers only: the ONNX export traces this arithmetic, and ONNX's
+    integer Div truncates where Python's // floors (ceil as -(-a // b) became 0 for a size of 1).
+    Never negative for kernel >= stride (SameConv2d's), so no max(), which tracing would fix."""
+    out = (size + stride - 1) // stride
+    total = (out - 1) * stride + kernel - size
     return total // 2, total - total // 2
 
 
@@ -44,6 +47,8 @@ class SameConv2d(nn.Conv2d):
     """A bias-free convolution padded as TensorFlow's "SAME" at any input size."""
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1):
+        if kernel < stride:
+            raise ValueError(f"SameConv2d: kernel {kernel} < stride {stride}")
         super().__init__(cin, cout, kernel, stride, padding=kernel // 2 if stride == 1 else 0, groups=groups,
                          bias=False)
 

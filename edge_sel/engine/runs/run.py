@@ -26,21 +26,25 @@ from edge_sel.engine.runs.data_options import (DataOptions, check_compatible, ch
                                                vars_of, warn_if_trained_on)
 from edge_sel.core.outputs import check_out_dir
 from edge_sel.engine.runs.head_first import PRETRAINED_BN_MOMENTUM
+from edge_sel.engine.runs.input_norm import choose_norm, parse_input_norm
 from edge_sel.engine.runs.out_dir import refuse_finished, restarted_here
+from edge_sel.engine.runs.start import check_start, pretrained_config, start_weights
 from edge_sel.engine.runs.training import train_model
 from edge_sel.errors import InputError, existing_dir, required_file
 from edge_sel.methods.options import check_options_used
 from edge_sel.methods.presets import apply_preset, default_lr
 from edge_sel.models import build_model, load_checkpoint
-from edge_sel.models.spec import (ModelSpec, check_card_spec, factory, load_init_weights, make_spec, spec_of_object,
-                                  trust_named_file)
+from edge_sel.models.spec import ModelSpec, check_card_spec, factory, make_spec, spec_of_object, trust_named_file
 
 
 def pretrain(model_name, data: DataOptions, cfg: TrainConfig, out: Path, overwrite: bool = False,
              quiet: bool = False, energy: EnergyOptions | None = None, meter=None, model_args: dict | None = None,
-             init_weights: Path | None = None, splits: Splits | None = None) -> dict:
+             init_weights: Path | None = None, splits: Splits | None = None, pretrained: str | None = None,
+             input_norm: str | None = None) -> dict:
     """`model_name`: a registered name, a factory spec (models.spec) or a ModelSpec; `model_args`
-    its keyword arguments; `init_weights` a local file of starting weights. `splits`: data already
+    its keyword arguments; `init_weights` a local file of starting weights, `pretrained` a model's
+    published weights ("imagenet"); `input_norm` the normalisation (engine/runs/input_norm.py,
+    default: the weights' for a pretrained model, else the data's). `splits`: data already
     loaded (the Python API's tensors), used instead of `data.load()`.
     Under torchrun every rank calls this: rank 0 owns --out, and after a worker failure
     torchrun's restarted workers continue the run their job started (see restarted_here)."""
@@ -59,6 +63,8 @@ def pretrain(model_name, data: DataOptions, cfg: TrainConfig, out: Path, overwri
     if model_args:
         spec = ModelSpec(spec.name, {**spec.kwargs, **model_args}, spec.file_sha256)
     factory(spec)                # an unknown name or unimportable factory fails before --out or the data
+    parse_input_norm(input_norm)
+    check_start(spec, init_weights, pretrained)
     trust_named_file(spec)       # the user named it here: its checkpoints rebuild here without asking again
     inputs = [*data.input_paths(), ("--init-weights", init_weights)]
     out = check_out_dir(out, overwrite, "pretrain", inputs) if world.is_main else Path(out)
@@ -68,8 +74,8 @@ def pretrain(model_name, data: DataOptions, cfg: TrainConfig, out: Path, overwri
         name = splits.train.class_names[int(present[0])] if len(present) else "none"
         raise InputError(f"--dataset {data.dataset}: the training data holds one class ({name}); a classifier "
                          f"needs samples of at least two classes")
-    model, card = new_model(spec, splits, data, cfg.seed, init_weights)
-    if cfg.bn_momentum is None and init_weights is not None:
+    model, card = new_model(spec, splits, data, cfg.seed, init_weights, pretrained, input_norm, quiet)
+    if cfg.bn_momentum is None and (init_weights is not None or pretrained is not None):
         cfg.bn_momentum = PRETRAINED_BN_MOMENTUM     # config.json says what ran (engine/runs/head_first.py)
     if start_weights is not None:
         try:
@@ -78,20 +84,27 @@ def pretrain(model_name, data: DataOptions, cfg: TrainConfig, out: Path, overwri
             raise InputError(f"model: {spec.name} rebuilt with num_classes={splits.train.num_classes} does not "
                              f"take the given model's weights ({str(e).splitlines()[0]})") from None
     source = {"data": vars_of(data), "model": spec.to_json(),
-              **({"init_weights": card.training["init_weights"]["file"]} if init_weights else {})}
+              **({"init_weights": card.training["init_weights"]["file"]} if init_weights else {}),
+              **({"pretrained": pretrained} if pretrained else {}),
+              **({"input_norm": input_norm} if input_norm else {})}
     return train_model("pretrain", model, card, splits, cfg, out, quiet, energy, source, meter)
 
 
-def new_model(spec: ModelSpec, splits: Splits, data: DataOptions, seed: int, init_weights: Path | None = None):
-    """A pretrain's model (the seed's initial weights, or `init_weights`) and its card."""
+def new_model(spec: ModelSpec, splits: Splits, data: DataOptions, seed: int, init_weights: Path | None = None,
+              pretrained: str | None = None, input_norm: str | None = None, quiet: bool = True):
+    """A pretrain's model (the seed's initial weights, `init_weights` or `pretrained`) and its card;
+    the tensors made anew and a normalisation other than the weights' are said in one line each."""
     seed_everything(seed)   # same initial weights for the same seed
     model = build_model(spec, splits.train.num_classes, splits.train.input_shape[0], splits.train.input_shape)
-    loaded = load_init_weights(model, init_weights) if init_weights is not None else None
-    mean, std = splits.train.channel_stats()
+    started, line = start_weights(model, spec, splits.train.num_classes, init_weights, pretrained)
+    mean, std, origin, note = choose_norm(input_norm, pretrained_config(spec, pretrained), splits.train)
     card = ModelCard(spec.name, splits.train.num_classes, splits.train.class_names,
-                     splits.train.input_shape, mean, std, dataset_card(splits, data), model=spec.to_json())
-    if loaded:
-        card.training = {"init_weights": loaded}
+                     splits.train.input_shape, mean, std, dataset_card(splits, data), model=spec.to_json(),
+                     normalization_origin=origin)
+    card.training = started
+    for said in (line, note):
+        if said and not quiet:
+            print(f"edge-sel: note: {said}", file=sys.stderr)
     return model, card
 
 
@@ -189,7 +202,7 @@ def resume(run_dir: Path, quiet: bool = False, phase: str | None = None) -> dict
     refuse_finished(run_dir, cfg.epochs)
     splits = data.load()
     source_info = {k: saved[k] for k in ("data", "checkpoint", "warmup", "profile", "model", "init_weights",
-                                         "checkpoint_sha256")
+                                         "pretrained", "input_norm", "checkpoint_sha256")
                    if k in saved}
     if phase == "finetune":
         model, card = load_checkpoint(Path(saved["checkpoint"]))
@@ -211,7 +224,8 @@ def resume(run_dir: Path, quiet: bool = False, phase: str | None = None) -> dict
         except ValueError as e:
             raise InputError(f"{config_file}: {e}") from None
         check_card_spec(spec, config_file)
-        model, card = new_model(spec, splits, data, cfg.seed, saved.get("init_weights"))
+        model, card = new_model(spec, splits, data, cfg.seed, saved.get("init_weights"), saved.get("pretrained"),
+                                saved.get("input_norm"))
         memory, bank = None, (None, None)
     before = threads.keep_recorded(saved.get("threads"))
     try:

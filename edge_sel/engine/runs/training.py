@@ -144,7 +144,9 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
     finish_run = getattr(trainer.backend, "finish_run", None)   # ort: its checkpoint and model.onnx
     if finish_run is not None:
         finish_run(out)
-    started = {k: card.training[k] for k in ("init_weights",) if k in card.training and phase == "pretrain"}
+    # Where the weights started; published weights stay named through every fine-tune (their licence).
+    started = {k: card.training[k] for k in ("init_weights", "pretrained")
+               if k in card.training and (phase == "pretrain" or k == "pretrained")}
     card.training = {**started, "phase": phase, "epochs": len(records), "strategy": cfg.strategy,
                      "final_val_acc": records[-1]["val_acc"] if records else None,
                      "final_test_acc": records[-1]["test_acc"] if records else None, "seed": cfg.seed,
