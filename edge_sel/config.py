@@ -110,6 +110,7 @@ class TrainConfig:
     head_epochs: int = 0
     head_lr: float | None = None
     bn_momentum: float | None = None
+    head_bn_adapt: int = 0            # BatchNorm statistics re-estimated on N training images before the head stage
     backbone_lr_scale: float = 1.0    # the fine-tuning stage's learning rate for all but the classifier, times lr
     # False: a fine-tune does not evaluate its starting model (a bench evaluates it once for all its runs).
     evaluate_start: bool = True
@@ -171,6 +172,9 @@ class TrainConfig:
         _integer("--head-epochs", self.head_epochs, lo=0, hi=MAX_EPOCHS)
         if self.head_lr is not None:
             _number("--head-lr", self.head_lr, lo=0, lo_open=True)
+        _integer("--head-bn-adapt", self.head_bn_adapt, lo=0)
+        if self.head_bn_adapt and not self.head_epochs:
+            raise InputError(f"--head-bn-adapt {self.head_bn_adapt}: runs before the head stage; give --head-epochs")
         _number("--backbone-lr-scale", self.backbone_lr_scale, lo=0, hi=1, lo_open=True)
         if self.backbone_lr_scale != 1.0 and not self.head_epochs:
             raise InputError(f"--backbone-lr-scale {self.backbone_lr_scale}: scales the fine-tuning stage after "

@@ -43,6 +43,17 @@ def test_the_head_stage_moves_the_classifier_alone(tmp_path, start_weights):
     assert [r["stage"] for r in records] == ["head"]
 
 
+def test_head_bn_adapt_re_estimates_the_statistics_and_nothing_else_but_the_head(tmp_path, start_weights):
+    _pretrain(tmp_path / "run", start_weights, 0, anchors_per_class=0, head_bn_adapt=100)
+    before = torch.load(start_weights, weights_only=True)
+    after = load_checkpoint(tmp_path / "run")[0].state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    statistics = {k for k in before if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+    assert changed - statistics == {"fc.bias", "fc.weight"} and {k for k in changed if "running_var" in k}
+    head = read_records(tmp_path / "run" / "metrics.jsonl")[0]
+    assert head["bn_adapt_samples"] == 100 and head["flops_bn_adapt"] > 0
+
+
 def test_records_show_both_stages_and_the_totals_hold_both(tmp_path, start_weights):
     summary = _pretrain(tmp_path / "run", start_weights, 1, anchors_per_class=5, fisher_samples=64,
                         backbone_lr_scale=0.5)

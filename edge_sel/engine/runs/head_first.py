@@ -14,6 +14,12 @@ from TensorFlow carry its 0.99 decay (momentum 0.01), which keeps ImageNet's sta
 of steps after the weights have moved away from them, so evaluation normalises with statistics the
 weights no longer match. A pretrain from pretrained weights takes 0.1 unless told otherwise.
 `--backbone-lr-scale` trains the backbone at a fraction of the head's rate in that stage.
+
+`--head-bn-adapt N` re-estimates the BatchNorm statistics on N training images before the head stage
+(counted forward passes, in its first record), so the probe learns on features normalised as the
+fine-tuning stage's train-mode BatchNorm will normalise them (with the data's statistics, not
+ImageNet's). EfficientNet-Lite0 at 96 px on 2,000 CIFAR-10 images: after a 66.3% probe on ImageNet's
+statistics, one epoch of everything (lr 0.003, backbone at 0.1 of it) ended at 43.0% (300 test images).
 """
 
 from __future__ import annotations
@@ -32,10 +38,12 @@ PRETRAINED_BN_MOMENTUM = 0.1
 
 
 def head_config(cfg: TrainConfig) -> TrainConfig:
-    """The head stage's options: the classifier alone, BatchNorm statistics frozen, at --head-lr,
-    dense, no memory budget; the rest (batch size, optimizer, augmentation, precision) as the run's."""
+    """The head stage's options: the classifier alone, BatchNorm statistics frozen (re-estimated on
+    --head-bn-adapt training images first, where given), at --head-lr, dense, no memory budget; the
+    rest (batch size, optimizer, augmentation, precision) as the run's."""
     return dataclasses.replace(cfg, epochs=cfg.head_epochs, lr=cfg.head_lr or cfg.lr, sparsity="classifier",
-                               bn_mode="eval", strategy="dense", method={}, warmup_epochs=0.0, bn_adapt=0,
+                               bn_mode="eval", strategy="dense", method={}, warmup_epochs=0.0,
+                               bn_adapt=cfg.head_bn_adapt, bn_anchor_share=0.0,
                                memory_budget_mb=None, memory_plan=None, checkpoint_every=0, head_epochs=0,
                                explicit=None)
 
