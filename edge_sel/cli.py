@@ -24,6 +24,7 @@ import click  # noqa: E402
 
 from edge_sel.version import __version__  # noqa: E402
 from edge_sel.bench.cli import bench_group
+from edge_sel.bench.cli_transfer import transfer_cmd
 from edge_sel.cli_base import NO_ARGS_IS_HELP, Group, one_line_warnings
 from edge_sel.cli_config import (build_config, build_data, build_energy, build_finetune_config, places_said,
                                  settings_given)
@@ -67,7 +68,8 @@ def cli(trust_model_code):
 
 @cli.command("pretrain")
 @in_sections(PRETRAIN_SECTIONS, PRETRAIN, DATA, TRAIN, SPEED, ENERGY)
-def pretrain_cmd(model_name, model_args, init_weights, pretrained, input_norm, export_artifacts, anchors_per_class, fisher_samples, resume_dir,
+def pretrain_cmd(model_name, model_args, init_weights, pretrained, input_norm, export_artifacts, anchors_per_class,
+                 fisher_samples, resume_dir, head_epochs, head_lr, head_bn_adapt, backbone_lr_scale, bn_momentum,
                  **kw):
     """Train a model densely and write a warmup checkpoint (under torchrun: data-parallel, rank 0 writes)."""
     kw["quiet"] = kw["quiet"] or not detect_world().is_main     # one report, from rank 0
@@ -80,7 +82,10 @@ def pretrain_cmd(model_name, model_args, init_weights, pretrained, input_norm, e
         require_ort("--export-artifacts")   # before training, not after
     require(epochs=kw["epochs"], out=kw["out"])
     energy = build_energy(kw)
-    cfg = build_config(kw, anchors_per_class=anchors_per_class, fisher_samples=fisher_samples)
+    cfg = build_config(kw, anchors_per_class=anchors_per_class, fisher_samples=fisher_samples,
+                       head_epochs=head_epochs, head_lr=head_lr, head_bn_adapt=head_bn_adapt,
+                       backbone_lr_scale=backbone_lr_scale,
+                       bn_momentum=bn_momentum)
     summary = pretrain(model_name, build_data(kw), cfg, kw["out"], kw["overwrite"], kw["quiet"],
                        energy, model_args=parse_model_args(model_args), init_weights=init_weights,
                        pretrained=pretrained, input_norm=input_norm)
@@ -221,6 +226,7 @@ def models_cmd(measure, as_json):
 for command in (bench_group, demo_cmd, deployed_group, export_cmd, fleet_group, monitor, predict_cmd, profiles_group,
                 promote_cmd, report_cmd, shift_cmd, trigger_cmd):
     cli.add_command(command)
+bench_group.add_command(transfer_cmd)
 
 
 def main():

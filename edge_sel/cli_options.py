@@ -162,6 +162,19 @@ PRETRAIN = [
            help="Training samples the diagonal Fisher information is estimated on."),
     option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None,
            help="Continue the interrupted pretrain in this directory with the options it was started with."),
+    option("--head-epochs", type=click.IntRange(min=0), default=0, show_default=True,
+           help="First train the new classifier alone for N epochs (a linear probe: backbone frozen, BatchNorm "
+                "statistics kept), then --epochs of everything."),
+    option("--head-lr", type=click.FloatRange(min=0, min_open=True), default=None,
+           help="Learning rate of the --head-epochs stage [default: --lr]."),
+    option("--head-bn-adapt", type=click.IntRange(min=0), default=0, show_default=True,
+           help="Before --head-epochs, re-estimate BatchNorm statistics on N training images, so the head learns "
+                "on features normalised with the data's statistics (0: the start's own)."),
+    option("--backbone-lr-scale", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True,
+           help="After --head-epochs, train all but the classifier at this fraction of --lr."),
+    option("--bn-momentum", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
+           help="Every BatchNorm layer's momentum while training [default: 0.1 from --init-weights or --pretrained, else the "
+                "model's own; weights converted from TensorFlow carry 0.01]."),
 ]
 
 FINETUNE = [
@@ -274,6 +287,8 @@ PRETRAIN_SECTIONS = [
     ("Model and output", ["--model", "--model-arg", "--init-weights", "--pretrained", "--input-norm",
                           "--export-artifacts", *RUN]),
     ("What devices get with the checkpoint", ["--anchors-per-class", "--fisher-samples"]),
+    ("From pretrained weights", ["--head-epochs", "--head-lr", "--head-bn-adapt", "--backbone-lr-scale",
+                                  "--bn-momentum"]),
     DATA_SECTION,
     ("Training", TRAINING),
     ENERGY_SECTION,

@@ -105,6 +105,16 @@ class TrainConfig:
     # that fits it is kept here once made, so a resumed run runs the same step.
     memory_budget_mb: float | None = None
     memory_plan: dict | None = None
+    # A pretrain from pretrained weights (engine/runs/head_first.py): the new head trains alone first for
+    # head_epochs at head_lr (None: lr), backbone frozen and BatchNorm in eval mode; bn_momentum is every
+    # BatchNorm layer's momentum while the rest trains (None: the model's own).
+    head_epochs: int = 0
+    head_lr: float | None = None
+    bn_momentum: float | None = None
+    head_bn_adapt: int = 0            # BatchNorm statistics re-estimated on N training images before the head stage
+    backbone_lr_scale: float = 1.0    # the fine-tuning stage's learning rate for all but the classifier, times lr
+    # False: a fine-tune does not evaluate its starting model (a bench evaluates it once for all its runs).
+    evaluate_start: bool = True
     # Training options the user gave on the command line (a preset never overrides those); None when
     # unknown (the Python API), then a value other than the default counts as the user's choice.
     explicit: list | None = None
@@ -160,6 +170,23 @@ class TrainConfig:
             raise InputError(f"memory_plan must be a mapping, got {self.memory_plan!r}")
         if self.sparsity == "budget" and self.memory_budget_mb is None:
             raise InputError("--sparsity budget: chooses what trains under --memory-budget MB; give one")
+        _integer("--head-epochs", self.head_epochs, lo=0, hi=MAX_EPOCHS)
+        if self.head_lr is not None:
+            _number("--head-lr", self.head_lr, lo=0, lo_open=True)
+        _integer("--head-bn-adapt", self.head_bn_adapt, lo=0)
+        if self.head_bn_adapt and not self.head_epochs:
+            raise InputError(f"--head-bn-adapt {self.head_bn_adapt}: runs before the head stage; give --head-epochs")
+        _number("--backbone-lr-scale", self.backbone_lr_scale, lo=0, hi=1, lo_open=True)
+        if self.backbone_lr_scale != 1.0 and not self.head_epochs:
+            raise InputError(f"--backbone-lr-scale {self.backbone_lr_scale}: scales the fine-tuning stage after "
+                             "--head-epochs; give those too")
+        if self.bn_momentum is not None:
+            _number("--bn-momentum", self.bn_momentum, lo=0, hi=1, lo_open=True)
+        if not isinstance(self.evaluate_start, bool):
+            raise InputError(f"evaluate_start must be true or false, got {self.evaluate_start!r}")
+        if not self.evaluate_start and (self.keep == "best" or self.reset_forgetting is not None):
+            raise InputError("evaluate_start false: --keep best and --reset-forgetting judge the starting model; "
+                             "it must be evaluated")
         _integer("--eval-every", self.eval_every, lo=1)
         _integer("--val-subset", self.val_subset, lo=0)
         _number("val_share", self.val_share, lo=0, hi=1, hi_open=True)

@@ -11,7 +11,7 @@ from edge_sel.cli import cli
 FINETUNE_HEADINGS = ["Checkpoint and output", "Data", "Training", "Against forgetting", "Method (which samples)",
                      "Gate (", "SEL curriculum", "Sparse update", "Energy and temperature", "Speed"]
 NIGHT_HEADINGS = ["Home", "Output and judging", *FINETUNE_HEADINGS[1:]]
-PRETRAIN_HEADINGS = ["Model and output", "What devices get with the checkpoint", "Data", "Training", "Energy and temperature", "Speed"]
+PRETRAIN_HEADINGS = ["Model and output", "What devices get with the checkpoint", "From pretrained weights", "Data", "Training", "Energy and temperature", "Speed"]
 
 
 @pytest.mark.parametrize("command, headings", [("finetune", FINETUNE_HEADINGS), ("pretrain", PRETRAIN_HEADINGS),

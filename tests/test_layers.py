@@ -16,7 +16,7 @@ LAYERS = [
                       "edge_sel.__main__", "edge_sel.api", "edge_sel.option_names",
                       "edge_sel.demo", "edge_sel.cli_monitor", "edge_sel.cli_deployed", "edge_sel.cli_config",
                       "edge_sel.cli_data", "edge_sel.cli_promote", "edge_sel.bench.cli_common",
-                      "edge_sel.bench.cli_lifelong", "edge_sel.bench.cli_memory"]),
+                      "edge_sel.bench.cli_lifelong", "edge_sel.bench.cli_memory", "edge_sel.bench.cli_transfer"]),
     ("bench, report, export, fleet, profiles", ["edge_sel.bench", "edge_sel.report", "edge_sel.export",
                                                 "edge_sel.fleet", "edge_sel.profiles"]),
     # The engine's rooms, highest first: a device's nights, runs started and resumed, the training

@@ -26,3 +26,29 @@ PUBLISHED = {
                         "setup": "the seeds publish no random control at matched activation",
                         "source": "AST repository (no random baseline in its experiments)"},
 }
+
+TINYTL = "TinyTL (Cai et al., NeurIPS 2020), Table 2"
+MCUNETV3 = "On-Device Training Under 256KB Memory (Lin et al., NeurIPS 2022)"
+TINYTL_SETUP = {"backbone": "ProxylessNAS-Mobile (ImageNet)", "resolution": 224, "epochs": 50,
+                "data": "all 50,000 CIFAR-10 training images", "memory_kind": "calculated: batch 8, 8-bit frozen weights"}
+MCUNETV3_SETUP = {"resolution": 128, "epochs": 50, "data": "all 50,000 CIFAR-10 training images",
+                  "memory_kind": "int8 graphs on a microcontroller"}
+
+# CIFAR-10 transfer rows beside bench transfer's table (reference/transfer-anchors.md): each paper
+# counts memory its own way, so memory compares within a paper, never with ours.
+TRANSFER_PUBLISHED = [
+    {"method": "classifier", "as": "FT-Last", "acc": 85.9, "memory": "31 MB", "source": TINYTL, **TINYTL_SETUP},
+    {"method": "bias+bn+classifier", "as": "TinyTL-B (biases)", "acc": 93.7, "memory": "32 MB", "source": TINYTL,
+     **TINYTL_SETUP},
+    {"method": "-", "as": "TinyTL-L (lite residual)", "acc": 96.1, "memory": "37 MB", "source": TINYTL, **TINYTL_SETUP},
+    {"method": "-", "as": "TinyTL-L+B", "acc": 95.9, "memory": "37 MB", "source": TINYTL, **TINYTL_SETUP},
+    {"method": "bn+classifier", "as": "FT-Norm+Last", "acc": 94.8, "memory": "192 MB", "source": TINYTL,
+     **TINYTL_SETUP},
+    {"method": "full FT", "as": "full fine-tuning", "acc": 97.1, "memory": "391 MB", "source": TINYTL, **TINYTL_SETUP},
+    {"method": "last-k", "as": "last 2 blocks, fp32", "acc": 86.0, "memory": "-", "source": MCUNETV3,
+     **MCUNETV3_SETUP, "backbone": "MCUNet-5FPS (ImageNet int8 54.1%)"},
+    {"method": "last-k", "as": "last 2 blocks, int8 with quantization-aware scaling", "acc": 86.9, "memory": "-",
+     "source": MCUNETV3, **MCUNETV3_SETUP, "backbone": "MCUNet-5FPS (ImageNet int8 54.1%)"},
+    {"method": "sparse", "as": "sparse update searched under 100 KB (± 0.17)", "acc": 86.99, "memory": "100 KB extra",
+     "source": MCUNETV3, **MCUNETV3_SETUP, "backbone": "MobileNetV2-w0.35 (ImageNet int8 45.7%)"},
+]

@@ -446,3 +446,19 @@ def write_all(runs: list[RunData], out: Path, baseline: tuple[str, float] | None
                         per_class(r, out / f"classes_{i + 1}.png"),
                         "Per-class test accuracy and E_c (temperature 1.5) from the training forward pass."))
     return [(title, p, caption) for title, p, caption in figures if p is not None]
+
+
+def accuracy_memory(points: list[tuple[float, float, str]], path: Path, title: str, xlabel: str,
+                    ylabel: str) -> Path:
+    """Accuracy against memory (log x), one labelled point per method: (MB, accuracy %, name)."""
+    fig = _figure(6.4, 4.2)
+    ax = fig.add_subplot()
+    for i, (x, y, _) in enumerate(points):
+        ax.plot([x], [y], "o", color=PALETTE[i % len(PALETTE)], markersize=6)
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    _place_labels(ax, points)
+    return _save(fig, path)

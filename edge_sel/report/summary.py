@@ -109,8 +109,9 @@ def results_said(summary: dict) -> str:
         return (f"stopped before its first epoch{planned_said} finished: no epoch's accuracy or counted FLOPs yet "
                 f"(the state to resume from is kept)" if stopped else "no epoch run")
     best = summary["best_val"]
+    stage = f" of the {best['stage']} stage" if best.get("stage") else ""
     return (f"{epochs}, final test acc {_fmt(summary['final']['test_acc'])}, "
-            f"best val {_fmt(best['val_acc'])} (epoch {best['epoch']})")
+            f"best val {_fmt(best['val_acc'])} (epoch {best['epoch']}{stage})")
 
 
 def memory_line(memory: dict) -> str:

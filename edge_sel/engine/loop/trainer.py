@@ -348,7 +348,7 @@ class Trainer:
         if resume is not None:
             restore(self, resume)
         else:
-            if self.phase == "finetune":
+            if self.phase == "finetune" and self.config.evaluate_start:
                 self.baseline = baseline_record(self)
                 if self.config.reset_forgetting is not None:
                     self.baseline = reset_if_forgotten(self, self.baseline)

@@ -25,6 +25,7 @@ from edge_sel.engine.machine.energy_setup import EnergyOptions
 from edge_sel.engine.runs.data_options import (DataOptions, check_compatible, check_image_size, check_same_split,
                                                dataset_card, vars_of, warn_if_trained_on)
 from edge_sel.core.outputs import check_out_dir
+from edge_sel.engine.runs.head_first import PRETRAINED_BN_MOMENTUM
 from edge_sel.engine.runs.input_norm import choose_norm, parse_input_norm
 from edge_sel.engine.runs.out_dir import refuse_finished, restarted_here
 from edge_sel.engine.runs.start import apply_start, check_start, pretrained_config
@@ -50,6 +51,8 @@ def pretrain(model_name, data: DataOptions, cfg: TrainConfig, out: Path, overwri
     cfg.validate()
     check_memory_options(cfg.anchors_per_class, cfg.fisher_samples)
     world = detect_world()
+    if world.distributed and cfg.head_epochs:
+        raise InputError("--head-epochs: a head stage runs in one process; pretrain without torchrun")
     if world.distributed and restarted_here(Path(out)):
         return resume(out, quiet, phase="pretrain")
     start_weights = None
@@ -72,6 +75,8 @@ def pretrain(model_name, data: DataOptions, cfg: TrainConfig, out: Path, overwri
         raise InputError(f"--dataset {data.dataset}: the training data holds one class ({name}); a classifier "
                          f"needs samples of at least two classes")
     model, card = new_model(spec, splits, data, cfg.seed, init_weights, pretrained, input_norm, quiet)
+    if cfg.bn_momentum is None and (init_weights is not None or pretrained is not None):
+        cfg.bn_momentum = PRETRAINED_BN_MOMENTUM     # config.json says what ran (engine/runs/head_first.py)
     if start_weights is not None:
         try:
             model.load_state_dict(start_weights)

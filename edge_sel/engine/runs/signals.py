@@ -28,7 +28,8 @@ class StopSignals:
         if threading.current_thread() is not threading.main_thread():
             return
         self.trainer = trainer
-        self._old = {sig: signal.signal(sig, self._request_stop) for sig in STOP_SIGNALS}
+        if not self._old:       # a second trainer of the run (a head stage's successor) keeps the first's
+            self._old = {sig: signal.signal(sig, self._request_stop) for sig in STOP_SIGNALS}
 
     def _request_stop(self, signum, frame):
         if self.trainer.stop_requested and signum == signal.SIGINT:

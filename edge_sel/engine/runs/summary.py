@@ -24,7 +24,8 @@ def summarize(records: list[dict], extra: dict, baseline: dict | None = None, ke
         # The weights the run directory holds (the best epoch, the start, or the last) on the test set.
         "output_model": output_model(last, kept, records, baseline),
         "final": {k: last.get(k) for k in ("val_acc", "test_acc", "train_loss", "train_acc")},
-        "best_val": {"epoch": best.get("epoch"), "val_acc": best.get("val_acc"), "test_acc": best.get("test_acc")},
+        "best_val": {"epoch": best.get("epoch"), "val_acc": best.get("val_acc"), "test_acc": best.get("test_acc"),
+                     **({"stage": best["stage"]} if best.get("stage") else {})},     # a pretrain's head or fine-tune
         "totals": {
             "samples_trained": total("backward_samples"),
             "forward_samples": total("forward_samples"),

@@ -24,6 +24,8 @@ from edge_sel.engine.machine.device import pick_device, seed_everything
 from edge_sel.engine.machine.distributed import detect_world
 from edge_sel.engine.machine.energy_setup import EnergyOptions
 from edge_sel.engine.runs.ddp import RankSync, launch_info
+from edge_sel.engine.runs.head_first import (FINE_TUNE, HEAD, StageWriter, earlier_head_records, head_config,
+                                             scale_backbone_lr, set_bn_momentum, unfreeze)
 from edge_sel.core.outputs import start_out_dir
 from edge_sel.engine.runs.out_dir import write_config
 from edge_sel.engine.runs.signals import StopSignals
@@ -77,14 +79,20 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
             guard = ThermalGuard(meter, energy.max_temp_c, energy.hysteresis_c, max_pause_s=energy.max_pause_s)
         # Building the trainer validates what needs the data and the model (ORT artifacts, class
         # focus, lottery masks, ...): all of it before an existing --out is replaced.
-        def build() -> Trainer:
-            return Trainer(cfg, splits, model, card.mean, card.std, device, generator, strategy, updater,
-                           phase=phase, meter=meter, guard=guard, budget_j=energy.budget_j, quiet=quiet,
-                           state_dir=out / "state" if writes else None,
+        def build(c=cfg, s=strategy, u=updater, budget_j=energy.budget_j, states=True) -> Trainer:
+            return Trainer(c, splits, model, card.mean, card.std, device, generator, s, u,
+                           phase=phase, meter=meter, guard=guard, budget_j=budget_j, quiet=quiet,
+                           state_dir=out / "state" if writes and states else None,
                            # a mid-epoch state would hold rank 0's share of the epoch only
-                           checkpoint_every=0 if ranks else cfg.checkpoint_every, ranks=ranks, memory=memory,
+                           checkpoint_every=0 if ranks else c.checkpoint_every, ranks=ranks, memory=memory,
                            bank=bank[0], bank_setup=bank[1])
-        trainer = ranks.build_trainer(build, cfg) if ranks else build()
+        set_bn_momentum(model, cfg.bn_momentum)     # BatchNorm runs in eval mode in a head stage
+        # --head-epochs: the classifier alone first (head_first.py); the head stage keeps no state, so a
+        # run stopped in it starts again, and the fine-tuning stage's trainer is built once it is done.
+        staged = phase == "pretrain" and cfg.head_epochs > 0
+        head = build(head_config(cfg), make_strategy("dense", {}), make_updater("classifier", {}), states=False) \
+            if staged and resume_state is None else None
+        trainer = head or (ranks.build_trainer(build, cfg) if ranks else build())
         if resume_state is None and writes:
             start_out_dir(out, phase)
             if memory is not None:      # the output model, once deployed, keeps where it came from
@@ -92,15 +100,30 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
             write_config(out, {"phase": phase, **cfg.to_json(), "energy": energy.to_json(), "threads": threads.describe(),
                                **source_info})
         writer = RecordWriter(out) if writes else None
+        before = earlier_head_records(out) if staged and resume_state is not None and writes else []
         if resume_state is not None and writes:     # drops a record written after the checkpoint
             baseline = resume_state.get("baseline")
-            writer.reset(([baseline] if baseline else []) + resume_state["records"])
+            writer.reset(before + ([baseline] if baseline else []) + resume_state["records"])
         t0 = time.perf_counter()
         # Under torchrun a signal ends the worker at once: torchrun restarts every rank from the
         # last epoch checkpoint, which a rank stopping alone mid-epoch would only delay.
-        if not ranks:
-            signals.attach(trainer)
-        records = trainer.run(writer, resume=resume_state)
+        if head is not None:
+            signals.attach(head)
+            before = head.run(StageWriter(writer, HEAD) if writer is not None else None)
+            if head.stop_reason is None:        # else the run ends in its head stage (stopped, or its budget spent)
+                unfreeze(model)
+                spent = sum((r.get("energy_j") or 0) + (r.get("eval_energy_j") or 0) for r in before)
+                trainer = build(budget_j=None if energy.budget_j is None else max(0.0, energy.budget_j - spent))
+        if trainer is not head:
+            if not ranks:
+                signals.attach(trainer)
+            if staged:
+                scale_backbone_lr(trainer.optimizer, model, cfg.backbone_lr_scale)
+            staged_writer = StageWriter(writer, FINE_TUNE, before) if staged and writer is not None else writer
+            records = before + [r | {"stage": FINE_TUNE} if staged else r
+                                for r in trainer.run(staged_writer, resume=resume_state)]
+        else:
+            records = before
         shipped = None
         # Rank 0 alone, from the final weights (a pretrain keeps its last epoch's), in the meter's window.
         if phase == "pretrain" and writes and cfg.anchors_per_class > 0 and trainer.stop_reason != "interrupted":
@@ -126,7 +149,8 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
                if k in card.training and (phase == "pretrain" or k == "pretrained")}
     card.training = {**started, "phase": phase, "epochs": len(records), "strategy": cfg.strategy,
                      "final_val_acc": records[-1]["val_acc"] if records else None,
-                     "final_test_acc": records[-1]["test_acc"] if records else None, "seed": cfg.seed}
+                     "final_test_acc": records[-1]["test_acc"] if records else None, "seed": cfg.seed,
+                     **({"head_epochs": cfg.head_epochs, "bn_momentum": cfg.bn_momentum} if staged else {})}
     if kept is not None:
         card.training.update({k: kept[k] for k in ("kept", "rule", "kept_epoch", "kept_val_acc", "kept_test_acc",
                                                    "baseline_val_acc")})
@@ -159,7 +183,7 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
         # Measured before the first epoch, outside its time, joules and FLOPs (probe_* say how much).
         "layout": trainer.layout.to_json(), "precision": trainer.precision.to_json(), "sync_every": trainer.sync_every,
         "threads": threads.describe(),
-        "probe_check": probe_cache.check_choices(records, cfg.batch_size, trainer.layout, trainer.precision),
+        "probe_check": probe_cache.check_choices(trainer.records, cfg.batch_size, trainer.layout, trainer.precision),
         **({"validation_size": trainer.val_size_choice} if trainer.val_size_choice else {}),
         **({"world_size": world.size, "distributed": ranks.describe()} if ranks else {}),
     }, baseline=trainer.baseline, kept=kept)

@@ -37,6 +37,31 @@ def bias_norm_names(model: nn.Module) -> set[str]:
     return names
 
 
+def sparse_names(model: nn.Module, gains: dict[str, float], share: float) -> set[str]:
+    """MCUNetV3's sparse update in shape: every bias and norm and the classifier, then the weight
+    tensors of whole blocks, the blocks whose gain per parameter is highest first (`gains`: parameter
+    name -> expected gain, such as the warmup's Fisher information summed), while their weights hold at
+    most `share` of the model's parameters. Ties go to the later block."""
+    chosen = bias_norm_names(model)
+    params = dict(model.named_parameters())
+    owner = {id(p): i for i, (_, block) in enumerate(named_blocks(model)) for p in block.parameters()}
+    by_block: dict[int, list[str]] = {}
+    for n, p in params.items():
+        if n not in chosen and id(p) in owner:
+            by_block.setdefault(owner[id(p)], []).append(n)
+
+    def size(names):
+        return sum(params[n].numel() for n in names)
+    ranked = sorted(by_block.items(), key=lambda item: (sum(gains.get(n, 0.0) for n in item[1]) / max(1, size(item[1])),
+                                                        item[0]), reverse=True)
+    room = share * size(params)
+    for _, names in ranked:
+        if size(names) <= room:
+            chosen |= set(names)
+            room -= size(names)
+    return chosen
+
+
 class FixedSet(Updater):
     saves_compute = True
 

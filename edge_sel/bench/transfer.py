@@ -1,0 +1,219 @@
+"""`edge-sel bench transfer`: the field's transfer protocol (reference/transfer-anchors.md) on the
+device's side: from a warmup (or ImageNet weights with a fresh head) to the device's shard of the data
+at device resolution, under one condition (clean, or a corruption of bench adapt's scenarios).
+
+Per seed the start is evaluated once (a fine-tune of no epoch: its accuracy on the device's condition
+and on clean data), then every method fine-tunes from it, each in a process of its own as bench
+memory runs them (the measured peak is the run's own), without evaluating the start again. The
+methods: full fine-tuning; the classifier; BatchNorm and the classifier; biases, BatchNorm and the
+classifier; the last k blocks; a sparse update in MCUNetV3's shape (every bias and norm and the
+classifier, and the weights of the blocks the warmup's Fisher information rates highest per parameter,
+up to a tenth of the parameters; methods/update/fixed_sets.py's sparse_names, run as a memory plan
+that trains that set); the planner (`--sparsity budget`) at 1/4, 1/10 and 1/30 of full fine-tuning's
+counted peak; Sundew and random gating at activation 0.4; the SEL curriculum and its random-difficulty
+control. Seeds pair as in bench adapt: the same start, split, corrupted images and data order per seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+from edge_sel.bench.adapt import SCENARIOS, outcome
+from edge_sel.bench.memory import SAME_NUMERICS, MemoryModel, finetune_alone, run_memory_fields, run_name
+from edge_sel.config import TrainConfig
+from edge_sel.core.checkpoint import read_card
+from edge_sel.core.memory import MiB
+from edge_sel.core.source_memory import read_source_memory
+from edge_sel.engine.machine.memory_plan import RESERVE, plan_memory
+from edge_sel.engine.runs.data_options import DataOptions
+from edge_sel.engine.runs.run import finetune, pretrain
+from edge_sel.errors import InputError
+from edge_sel.methods.update.fixed_sets import sparse_names
+
+CONDITIONS = {"clean": None, **SCENARIOS}
+FRACTIONS = ("1/4", "1/10", "1/30")
+ACTIVATION = 0.4
+# The sparse update's weights hold at most this share of the parameters (MCUNetV3 searched its set
+# under a memory budget; here the set is fixed by the warmup's Fisher information, before any run).
+SPARSE_SHARE = 0.1
+REFERENCE = "full FT"
+START = "start"
+
+
+@dataclass
+class TransferMethod:
+    name: str
+    sparsity: str = "none"
+    strategy: str = "dense"
+    method: dict = field(default_factory=dict)
+    fraction: str | None = None       # the planner's budget, a fraction of full fine-tuning's counted peak
+    note: str = ""
+
+
+def transfer_methods(last_k: int = 2) -> list[TransferMethod]:
+    gate = {"target_activation": ACTIVATION}
+    return [TransferMethod(REFERENCE, note="every parameter, every sample"),
+            TransferMethod("classifier", "classifier", note="the classifier alone (TinyTL's FT-Last)"),
+            TransferMethod("bn+classifier", "bn-affine", note="BatchNorm scales and shifts, the classifier"),
+            TransferMethod("bias+bn+classifier", "bias-norm", note="every bias and norm, the classifier"),
+            TransferMethod("last-k", "last-k", method={"last_k": last_k}, note=f"the last {last_k} blocks"),
+            TransferMethod("sparse", "budget", note=f"MCUNetV3's shape: biases and norms everywhere, the classifier, "
+                                                    f"the weights of the blocks the warmup's Fisher information "
+                                                    f"rates highest per parameter, up to {SPARSE_SHARE:.0%} of them"),
+            *[TransferMethod(f"planner@{f}", "budget", fraction=f, note=f"--sparsity budget at {f} of full FT's "
+                                                                       "counted peak") for f in FRACTIONS],
+            TransferMethod(f"sundew@{ACTIVATION}", strategy="sundew", method=dict(gate), note="Sundew gate"),
+            TransferMethod(f"random@{ACTIVATION}", strategy="random", method=dict(gate), note="random gate"),
+            TransferMethod("sel", strategy="sel", note="the SEL curriculum (easy first, by the start's loss)"),
+            TransferMethod("sel-control", strategy="sel", method={"difficulty": "random"},
+                           note="the SEL curriculum with random difficulty")]
+
+
+def named_pairs(names: list[str]) -> list[tuple[str, str]]:
+    """The differences the bench states besides each method's against full FT, where both ran."""
+    pairs = [(f"planner@{f}", other) for f in FRACTIONS for other in ("last-k", "bias+bn+classifier")]
+    pairs += [(f"sundew@{ACTIVATION}", f"random@{ACTIVATION}"), (f"sundew@{ACTIVATION}", REFERENCE),
+              ("sel", "sel-control")]
+    return [(a, b) for a, b in pairs if a in names and b in names]
+
+
+def parse_methods(text: str | None, known: list[TransferMethod]) -> list[TransferMethod]:
+    """The methods named (full FT always runs: every difference is taken against it)."""
+    if text is None:
+        return known
+    wanted = [w.strip() for w in text.split(",") if w.strip()]
+    unknown = [w for w in wanted if w not in {m.name for m in known}]
+    if unknown or not wanted:
+        raise InputError(f"--methods: unknown {', '.join(unknown) or 'nothing'}; choose from "
+                         f"{', '.join(m.name for m in known)}")
+    return [m for m in known if m.name == REFERENCE or m.name in wanted]
+
+
+@dataclass
+class TransferSettings:
+    checkpoint: Path
+    data: DataOptions                 # shift and shift_seed are set per seed
+    condition: str
+    methods: list[TransferMethod]
+    seeds: list[int]
+    epochs: int
+    lr: float
+    batch_size: int
+    val_subset: int
+    bn_momentum: float | None
+    device: str
+    out: Path
+    own_process: bool = True
+
+
+def sparse_plan(mm: MemoryModel, checkpoint: Path, batch_size: int) -> tuple[dict, float, dict]:
+    """The sparse update's memory plan (what trains, counted), the budget it fits at the whole batch,
+    and what chose it."""
+    card = read_card(checkpoint)
+    memory = read_source_memory(checkpoint, card.input_shape, card.source_memory)
+    params = dict(mm.model.named_parameters())
+    if memory is not None and all(n in memory.fisher for n in params):
+        gains, source = {n: float(memory.fisher[n].sum()) for n in params}, "the warmup's Fisher information"
+    else:           # equal gain per parameter: the later blocks first
+        gains, source = {n: float(p.numel()) for n, p in params.items()}, "none shipped: the last blocks first"
+    names = sparse_names(mm.model, gains, SPARSE_SHARE)
+    budget_mb = mm.counter.count(mm.shape, names).peak / MiB / (1 - RESERVE) * 1.001
+    plan = plan_memory(mm.counter, mm.model, batch_size, budget_mb, names, mm.shape.bn_statistics)
+    plan.trainable = sorted(names)
+    chosen = {"tensors": len(names), "parameters": sum(params[n].numel() for n in names),
+              "share": sum(params[n].numel() for n in names) / sum(p.numel() for p in params.values()),
+              "gains": source}
+    return plan.to_json(), budget_mb, chosen
+
+
+def imagenet_start(model_name: str, data: DataOptions, out: Path, device: str) -> Path:
+    """The model's ImageNet weights with a fresh head for the data's classes, as a checkpoint in
+    OUT/start: a pretrain of no epoch on shard 0/2 (`--pretrained imagenet`: the weights' own input
+    normalisation; no source memory)."""
+    pretrain(model_name, dataclasses.replace(data, shard="0/2", shift=None), TrainConfig(
+        epochs=0, device=device, anchors_per_class=0, **SAME_NUMERICS), out / "start", quiet=True,
+        pretrained="imagenet")
+    return out / "start"
+
+
+def _finetune(s: TransferSettings, data: DataOptions, cfg: TrainConfig, run_dir: Path) -> None:
+    if s.own_process:
+        finetune_alone(s.checkpoint, data, cfg, run_dir)
+    else:
+        finetune(s.checkpoint, data, cfg, run_dir, overwrite=True, quiet=True)
+
+
+def start_row(run_dir: Path, seed: int) -> dict:
+    out = outcome(run_dir)
+    clean = out["test_acc"] if out["clean_test_acc"] is None else out["clean_test_acc"]
+    return {"seed": seed, "test_acc": out["test_acc"], "clean_test_acc": clean, "run_dir": str(run_dir)}
+
+
+def method_row(run_dir: Path, seed: int, start: dict, full_mb: float, measured_alone: bool) -> dict:
+    row = {"seed": seed, **outcome(run_dir), **run_memory_fields(run_dir, measured_alone), "run_dir": str(run_dir)}
+    if row["clean_test_acc"] is None:         # a clean condition: its test set is the clean one
+        row["clean_test_acc"] = row["test_acc"]
+    if row["counted_peak_mb"] is None:
+        row["counted_peak_mb"], row["counted_source"] = round(full_mb, 3), "bench counter"
+    row["forgetting_pts"] = 100 * (start["clean_test_acc"] - row["clean_test_acc"])
+    return row
+
+
+def run_bench(s: TransferSettings, log=print, after_seed=None) -> dict:
+    """Per seed: the start once, then every method that fits; `after_seed` gets the state so far."""
+    base = TrainConfig(epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, device=s.device, **SAME_NUMERICS)
+    mm = MemoryModel(s.checkpoint, base)
+    budgets = {m.name: round(float(Fraction(m.fraction)) * mm.full_mb, 3) for m in s.methods if m.fraction}
+    fits = {name: mm.fit("planner", mb) for name, mb in budgets.items()}
+    plans, sparse = {}, None
+    if any(m.name == "sparse" for m in s.methods):
+        plans["sparse"], budgets["sparse"], sparse = sparse_plan(mm, s.checkpoint, s.batch_size)
+    runnable = [m for m in s.methods if m.name not in fits or fits[m.name].fits]
+    results: dict = {START: [], **{m.name: [] for m in runnable}}
+    t0 = time.perf_counter()
+    for seed in s.seeds:
+        data = DataOptions(**{**vars(s.data), "shift": CONDITIONS[s.condition], "shift_seed": seed})
+        data.__dict__.pop("_source", None)
+        common = dict(epochs=s.epochs, lr=s.lr, seed=seed, device=s.device, batch_size=s.batch_size,
+                      val_subset=s.val_subset, keep="last", checkpoint_every=0, eval_batch_size=s.batch_size,
+                      bn_momentum=s.bn_momentum, **SAME_NUMERICS)
+        start_dir = s.out / "runs" / START / f"seed{seed}"
+        _finetune(s, data, TrainConfig(**{**common, "epochs": 0}), start_dir)
+        start = start_row(start_dir, seed)
+        results[START].append(start)
+        log(f"  seed {seed} {START:20s} test {start['test_acc']:.4f} clean {start['clean_test_acc']:.4f}")
+        for m in runnable:
+            cfg = TrainConfig(**common, strategy=m.strategy, sparsity=m.sparsity, method=dict(m.method),
+                              evaluate_start=False, memory_budget_mb=budgets.get(m.name),
+                              memory_plan=plans.get(m.name))
+            run_dir = s.out / "runs" / run_name(m.name) / f"seed{seed}"
+            _finetune(s, data, cfg, run_dir)
+            row = method_row(run_dir, seed, start, mm.full_mb, s.own_process)
+            results[m.name].append(row)
+            log(f"  seed {seed} {m.name:20s} test {row['test_acc']:.4f} clean {row['clean_test_acc']:.4f} "
+                f"counted {row['counted_peak_mb']:.1f} MB")
+        if after_seed is not None:
+            after_seed(state(mm, budgets, fits, sparse, results, time.perf_counter() - t0, s.own_process))
+    return state(mm, budgets, fits, sparse, results, time.perf_counter() - t0, s.own_process)
+
+
+def state(mm: MemoryModel, budgets: dict, fits: dict, sparse: dict | None, results: dict, wall_s: float,
+          own_process: bool) -> dict:
+    methods_used = sorted({r.get("energy_method") for rows in results.values() for r in rows} - {None})
+    return {"full_ft_counted_mb": round(mm.full_mb, 3), "budgets_mb": budgets, "input_shape": mm.input_shape,
+            "fits": {k: {"fits": f.fits, "needs_mb": f.needs_mb} for k, f in fits.items()}, "sparse": sparse,
+            "results": {k: list(v) for k, v in results.items()}, "wall_s": wall_s, "energy_methods": methods_used,
+            "own_process": own_process}
+
+
+def settings_record(s: TransferSettings, **more) -> dict:
+    """What the bench ran with, for results.json."""
+    return {"suite": "transfer", "checkpoint": str(s.checkpoint), "condition": s.condition,
+            "shift": CONDITIONS[s.condition], "data": {k: v for k, v in vars(s.data).items() if not k.startswith("_")},
+            "methods": [dataclasses.asdict(m) for m in s.methods], "epochs": s.epochs, "lr": s.lr,
+            "batch_size": s.batch_size, "val_subset": s.val_subset, "bn_momentum": s.bn_momentum,
+            "model": read_card(s.checkpoint).architecture, **more}

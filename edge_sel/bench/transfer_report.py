@@ -1,0 +1,144 @@
+"""bench transfer's table, paired differences, figure and published rows: table.md, results.json and
+report.html in the bench's --out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edge_sel.bench.adapt import joules, mean_of, paired, paired_table
+from edge_sel.bench.published import TRANSFER_PUBLISHED
+from edge_sel.bench.transfer import CONDITIONS, REFERENCE, START, named_pairs
+
+
+def _pts(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def _num(value: float | None, fmt: str = ".1f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _diff(d: dict | None) -> str:
+    if d is None:
+        return "-"
+    return f"{d['diff_pts']:+.2f} " + (f"[{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]" if d["n"] > 1
+                                       else "(1 seed: no interval)")
+
+
+def rows_of(bench: dict) -> list[dict]:
+    """One row per method (the start first): means over seeds and the paired difference against full FT."""
+    results, out = bench["results"], []
+    for m in [{"name": START, "note": "the checkpoint, evaluated once per seed"}, *bench["methods"]]:
+        name = m["name"]
+        fit = bench["fits"].get(name, {"fits": True})
+        rs = results.get(name, [])
+        row = {"method": name, "note": m.get("note", ""), "fits": fit["fits"], "needs_mb": fit.get("needs_mb"),
+               "budget_mb": bench["budgets_mb"].get(name), "seeds": len(rs)}
+        if rs:
+            row.update({"test_acc": mean_of(rs, "test_acc"), "clean_test_acc": mean_of(rs, "clean_test_acc"),
+                        "forgetting_pts": mean_of(rs, "forgetting_pts"),
+                        "counted_peak_mb": max((r["counted_peak_mb"] for r in rs if r.get("counted_peak_mb")),
+                                               default=None),
+                        "measured_peak_mb": mean_of(rs, "measured_peak_mb"), "flops_train": mean_of(rs, "flops_train"),
+                        "energy_j": mean_of(rs, "energy_j"), "train_wall_s": mean_of(rs, "train_wall_s"),
+                        "vs_full": paired(results, name, REFERENCE) if name not in (REFERENCE, START) else None})
+        out.append(row)
+    return out
+
+
+def pairs_of(bench: dict) -> list[dict]:
+    names = [n for n, rs in bench["results"].items() if rs]
+    found = [paired(bench["results"], a, b) for a, b in named_pairs(names)]
+    return [p for p in found if p is not None]
+
+
+def table(bench: dict) -> str:
+    lines = [f"{bench['model']} at {'x'.join(map(str, bench['input_shape']))}, condition {bench['condition']}"
+             + (f" (`--shift {CONDITIONS[bench['condition']]}`)" if CONDITIONS[bench["condition"]] else "")
+             + f"; full fine-tuning's counted peak {bench['full_ft_counted_mb']:.1f} MB (batch {bench['batch_size']})",
+             "", "| method | device test % | − full FT (points, 95% CI) | clean test % | forgetting (points) | "
+             "counted peak MB | measured peak MB | train GFLOP | joules | train s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in bench["rows"]:
+        if not r["fits"]:
+            lines.append(f"| {r['method']} | does not fit {_num(r['budget_mb'])} MB (needs {_num(r['needs_mb'])} MB) "
+                         "| - | - | - | - | - | - | - | - |")
+            continue
+        if "test_acc" not in r:
+            continue
+        if r["method"] == START:
+            lines.append(f"| {START} | {_pts(r['test_acc'])} | - | {_pts(r['clean_test_acc'])} | reference | - | - | "
+                         "- | - | - |")
+            continue
+        diff = "reference" if r["method"] == REFERENCE else _diff(r["vs_full"])
+        lines.append(f"| {r['method']} | {_pts(r['test_acc'])} | {diff} | {_pts(r['clean_test_acc'])} | "
+                     f"{_num(r['forgetting_pts'], '+.2f')} | {_num(r['counted_peak_mb'])} | "
+                     f"{_num(r['measured_peak_mb'])} | {_num((r['flops_train'] or 0) / 1e9)} | "
+                     f"{joules(r['energy_j'])} | {_num(r['train_wall_s'])} |")
+    pairs = bench["pairs"]
+    if pairs:
+        lines += paired_table(pairs)
+    return "\n".join(lines) + "\n"
+
+
+def published_table(bench: dict) -> str:
+    """The field's CIFAR-10 rows, and what differs from this bench's."""
+    ours = (f"{bench['model']}, {bench['input_shape'][-1]} px, {bench['epochs']} epoch(s), "
+            f"{bench['data'].get('subset') or 'all'} images of shard {bench['data'].get('shard')}")
+    lines = ["", "Published CIFAR-10 transfer rows (memory counted as each paper counts it: compare memory within a "
+             f"paper, not with ours). This bench: {ours}.", "",
+             "| ours | published method | CIFAR-10 % | memory | backbone | px | epochs | data | source |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for p in TRANSFER_PUBLISHED:
+        lines.append(f"| {p['method']} | {p['as']} | {p['acc']} | {p['memory']} ({p['memory_kind']}) | {p['backbone']} | "
+                     f"{p['resolution']} | {p['epochs']} | {p['data']} | {p['source']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(bench: dict, out: Path) -> Path:
+    from edge_sel.report.plots import accuracy_memory
+    points = [(r["counted_peak_mb"], 100 * r["test_acc"], r["method"]) for r in bench["rows"]
+              if r.get("test_acc") is not None and r.get("counted_peak_mb")]
+    return accuracy_memory(points, out / "accuracy-memory.png",
+                           f"{bench['model']} {bench['input_shape'][-1]} px, {bench['condition']}",
+                           "counted training peak, MB (log)", "device test accuracy % (mean over seeds)")
+
+
+def notes_of(bench: dict) -> list[str]:
+    measured = sorted({r.get("measure_method") for rs in bench["results"].values() for r in rs} - {None})
+    sparse = bench.get("sparse")
+    return [
+        f"{len(bench['seeds'])} paired seeds {bench['seeds']}: per seed every method starts from the same checkpoint, "
+        "split, corrupted images and data order. The start is evaluated once per seed (a fine-tune of no epoch); "
+        "no method evaluates it again." + (" Written after each seed while the bench ran: the seeds done so far."
+                                           if bench.get("partial") else ""),
+        "Device test: the device shard's test images under the condition; clean test: the same images without it. "
+        "Forgetting: the start's clean test accuracy minus the method's (points), per seed, averaged.",
+        "Counted peak: the runs' records (core/memory.py on the meta device: weights, optimizer state, batch, saved "
+        "activations, gradients, transients; the datasets come on top). Measured peak: " +
+        (f"each run in a process of its own, its resident high-water mark's growth over the level before training "
+         f"({', '.join(measured)})." if measured else "not measured (-): every run in one process."),
+        "FLOPs are counted (torch.utils.flop_counter) for every training pass run; evaluation is not in them. "
+        f"Joules: training, {', '.join(bench['energy_methods']) or 'not measured'}"
+        + (" (an estimate from CPU time, not a measurement)." if "estimated" in bench["energy_methods"] else "."),
+        f"BatchNorm momentum while fine-tuning: {bench['bn_momentum'] if bench['bn_momentum'] is not None else 'the model’s own'}. "
+        "Every run trains and evaluates in fp32 in the contiguous layout (memory is counted for them).",
+        *([f"sparse: {sparse['tensors']} tensors, {sparse['parameters']:,} parameters ({sparse['share']:.1%}); "
+           f"blocks ranked by {sparse['gains']}."] if sparse else []),
+        *[f"{m['name']}: {m['note']}" for m in bench["methods"] if m.get("note")],
+    ]
+
+
+def write_outputs(bench: dict, out: Path) -> dict:
+    bench["rows"] = rows_of(bench)
+    bench["pairs"] = pairs_of(bench)
+    md = table(bench) + published_table(bench)
+    notes = notes_of(bench)
+    text = md + "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    (out / "table.md").write_text(text)
+    (out / "results.json").write_text(json.dumps(bench, indent=2, default=str))
+    figure = plot(bench, out)
+    from edge_sel.report.markdown import bench_page
+    (out / "report.html").write_text(bench_page("edge-sel bench transfer", md, [figure.name], notes))
+    return {"table": text, "figure": figure}
