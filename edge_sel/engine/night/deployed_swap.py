@@ -29,10 +29,10 @@ import time
 from pathlib import Path
 
 from edge_sel.core.bn_bank import BANK_FILE
-from edge_sel.core.checkpoint import fsync_dir
+from edge_sel.core.checkpoint import copy_atomically, fsync_dir
 from edge_sel.core.source_memory import SOURCE_FILES, has_source_memory
 from edge_sel.engine import faults
-from edge_sel.errors import InputError
+from edge_sel.errors import InputError, inside_file
 
 MODEL_FILES = ("model.safetensors", "model.json")
 KEEP_VERSIONS = 2            # the deployed one and the one before it
@@ -170,21 +170,24 @@ def files_from_run(run_dir: Path) -> tuple[str, ...]:
     """The model files, and the source memory when the run holds it (carried from its checkpoint):
     a run without it leaves the deployed directory's in place. A BatchNorm bank belongs to the
     weights beside it: the run's is deployed, and a run without one leaves none behind."""
-    bank = (BANK_FILE,) if (Path(run_dir) / BANK_FILE).is_file() else ()
+    bank = (BANK_FILE,) if inside_file(run_dir, BANK_FILE, "RUN") else ()
     return (SOURCE_FILES if has_source_memory(run_dir) else ()) + bank + MODEL_FILES     # the card last
 
 
 def _build_version(run_dir: Path, deployed: Path, staging: Path) -> None:
     """The deployed model's source memory when the run brings none, then the run's files (weights
     before card): the files a checkpoint consists of, nothing else."""
-    staging.mkdir()
     taken = files_from_run(run_dir)
     kept = () if set(SOURCE_FILES) <= set(taken) or not has_source_memory(deployed) else SOURCE_FILES
-    for source, names in ((deployed, kept), (run_dir, taken)):
-        for name in names:
-            shutil.copy2(source / name, staging / name)
-            _fsync_file(staging / name)
-    fsync_dir(staging)
+    staging.mkdir()
+    try:
+        for source, names in ((deployed, kept), (run_dir, taken)):
+            for name in names:         # read without following a link (refused), fsynced
+                copy_atomically(source / name, staging / name, "RUN" if source == run_dir else "--deployed")
+        fsync_dir(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def _point_link(deployed: Path, version: Path) -> None:
@@ -245,7 +248,3 @@ def _prune(versions: Path, keep: set) -> None:
     for v in others[:len(others) - room] if room else others:
         shutil.rmtree(v, ignore_errors=True)
 
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
