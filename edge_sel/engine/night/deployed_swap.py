@@ -17,22 +17,32 @@ directory that is still a plain directory is migrated by exchanging it with the 
 renameat2(RENAME_EXCHANGE) call (Linux); where the filesystem lacks that, by two renames, and a
 crash between them is repaired by the next promote (`recover`). A deployed path that is missing
 with no swap under way is left missing: the warmup serves (a roll back found no version that loads).
+
+Every change of the link or its versions (a swap and its prune, a repair, a roll back, promote from
+its judging to its record) holds an exclusive lock, `.deployed.lock` beside the link while held
+(deployed_lock): a manual promote or roll back beside a night waits for it, instead of pointing the
+link at a version the other's prune removed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import functools
 import os
 import re
 import shutil
+import sys
+import threading
 import time
 from pathlib import Path
 
+from edge_sel.core import lock_file
 from edge_sel.core.bn_bank import BANK_FILE
 from edge_sel.core.checkpoint import copy_atomically, fsync_dir
 from edge_sel.core.source_memory import SOURCE_FILES, has_source_memory
 from edge_sel.engine import faults
-from edge_sel.errors import InputError, inside_file
+from edge_sel.errors import InputError, WriteError, inside_file
 
 MODEL_FILES = ("model.safetensors", "model.json")
 KEEP_VERSIONS = 2            # the deployed one and the one before it
@@ -45,6 +55,58 @@ def versions_dir(deployed: Path) -> Path:
     return deployed.parent / f".{deployed.name}.versions"
 
 
+_held = threading.local()       # lock path -> how many nested holders in this thread
+
+
+@contextlib.contextmanager
+def deployed_lock(deployed: Path, create: bool = False):
+    """Hold the exclusive lock beside `deployed` (core/lock_file.py: `.NAME.lock`, there only while
+    held; the kernel drops it when its holder dies). Nested holds in one thread take it once; another
+    thread or process waits, said in one line. Without `create`, a missing parent directory means
+    nothing was ever deployed there, and there is nothing to lock."""
+    deployed = Path(deployed)
+    path = os.path.abspath(deployed.parent / f".{deployed.name}.lock")
+    depth = getattr(_held, "paths", None) or {}
+    _held.paths = depth
+    if depth.get(path):
+        depth[path] += 1
+        try:
+            yield
+        finally:
+            depth[path] -= 1
+        return
+    try:
+        if create:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = lock_file.acquire(path, wait=False)
+        if fd is None:
+            print(f"edge-sel: waiting for another command changing --deployed {deployed} (it holds {path})",
+                  file=sys.stderr, flush=True)
+            fd = lock_file.acquire(path, wait=True)
+    except FileNotFoundError:
+        if create:
+            raise WriteError(f"--deployed {deployed}: cannot create its lock {path}") from None
+        yield
+        return
+    except OSError as e:
+        raise WriteError(f"--deployed {deployed}: cannot lock it with {path} ({e.strerror or e})") from None
+    depth[path] = 1
+    try:
+        yield
+    finally:
+        del depth[path]
+        lock_file.release(path, fd)
+
+
+def holding_deployed_lock(fn):
+    """`fn(run_dir, deployed, ...)` run holding deployed_lock(deployed), given both as Paths."""
+    @functools.wraps(fn)
+    def locked(run_dir, deployed, *args, **kwargs):
+        with deployed_lock(deployed):
+            return fn(Path(run_dir), Path(deployed), *args, **kwargs)
+    return locked
+
+
 def recover(deployed: Path) -> None:
     """A deployed path left missing by a crash inside the two-rename fallback (the new link still
     waiting beside it) points again to the model deployed before, kept as VERSION.migrated-from-plain;
@@ -55,6 +117,11 @@ def recover(deployed: Path) -> None:
     versions = versions_dir(deployed)
     if not versions.is_dir():
         return
+    with deployed_lock(deployed):
+        _recover(deployed, versions)
+
+
+def _recover(deployed: Path, versions: Path) -> None:
     for leftover in versions.glob("*.tmp"):
         shutil.rmtree(leftover, ignore_errors=True)
     link_tmp = deployed.parent / f".{deployed.name}.link-tmp"
@@ -109,7 +176,11 @@ def other_versions(deployed: Path) -> list[Path]:
 def roll_back(deployed: Path, back: Path | None) -> None:
     """Set the deployed version aside as VERSION.damaged (kept for a look) and point the link to
     `back`, or remove the link when None (the warmup serves)."""
-    deployed = Path(deployed)
+    with deployed_lock(deployed):
+        _roll_back(Path(deployed), back)
+
+
+def _roll_back(deployed: Path, back: Path | None) -> None:
     damaged = deployed.resolve()
     if back is not None:
         _point_link(deployed, back)
@@ -131,6 +202,11 @@ def mark_damaged(version: Path) -> Path:
 def swap_in(run_dir: Path, deployed: Path) -> Path:
     """Make `run_dir`'s model files the deployed model; returns the new version directory."""
     deployed = Path(deployed)
+    with deployed_lock(deployed, create=True):
+        return _swap_in(Path(run_dir), deployed)
+
+
+def _swap_in(run_dir: Path, deployed: Path) -> Path:
     recover(deployed)
     versions = versions_dir(deployed)
     versions.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ from edge_sel.config import NIGHT_BN_CONDITIONS, TrainConfig
 from edge_sel.core.checkpoint import atomic_write_bytes
 from edge_sel.core.outputs import refuse_onto_inputs
 from edge_sel.engine.night import journal
-from edge_sel.engine.night.deployed_swap import recover, versions_dir
+from edge_sel.engine.night.deployed_swap import deployed_lock, recover, versions_dir
 from edge_sel.engine.machine.device import pick_device
 from edge_sel.engine.machine.energy_setup import EnergyOptions
 from edge_sel.engine.night.promote import Decision, promote, validate_deployed
@@ -127,7 +127,8 @@ def night(home: Home, data: DataOptions, cfg: TrainConfig, energy: EnergyOptions
     summary, run_dir, resumed, abandoned, start = None, None, False, None, None
     # What serves is settled first: a resumed run is judged against it too.
     repair_deployed(home.deployed)
-    roll_back_damaged_deployed(home, say)
+    with deployed_lock(home.deployed):
+        roll_back_damaged_deployed(home, say)
     latest = latest_run(home.runs)
     if latest is not None and unfinished(latest):
         say(f"edge-sel nightly: resuming {latest} with the options and data it started with (its config.json); "
@@ -204,8 +205,7 @@ def roll_back_damaged_deployed(home: Home, say) -> None:
         raise WriteError(f"--deployed {deployed}: cannot roll back a damaged model ({e.strerror or e})") from None
     try:
         journal.append(deployed, "rolled-back", version=None if back is None else str(back), previous=str(was),
-                       why=f"does not load: {why}", by="night",
-                       set_aside=[str(v) for v in failed])
+                       why=f"does not load: {why}", by="night", set_aside=[str(v) for v in failed])
     except OSError:
         pass                    # the roll back stands; the journal on a read-only disk cannot say so
     say(f"edge-sel nightly: the deployed model does not load ({why}); set aside, "

@@ -25,7 +25,7 @@ from edge_sel.core.checkpoint import weights_digest
 from edge_sel.core.outputs import refuse_onto_inputs
 from edge_sel.engine.night import journal
 from edge_sel.engine.night.deployed_swap import (MODEL_FILES, AfterSwapError, check_deployed_place, files_from_run,
-                                                 recover, swap_in, versions_dir)
+                                                 holding_deployed_lock, recover, swap_in, versions_dir)
 from edge_sel.engine.evaluation.evaluate import forgetting_points
 from edge_sel.errors import InputError, WriteError, existing_dir, required_file
 
@@ -308,11 +308,11 @@ def run_eval_batch(run_dir: Path | None) -> int | None:
     return batch if isinstance(batch, int) and not isinstance(batch, bool) and batch > 0 else None
 
 
+@holding_deployed_lock          # judged and swapped with no other change of the deployed link between
 def promote(run_dir: Path, deployed: Path, force: bool = False, evaluate=None,
             max_forgetting: float | None = None) -> Decision:
     """Decide, swap when promoted, and record the decision: a line in the deployed model's journal
     and in the run's (before the swap), then what came of it (deployed, or swap-failed)."""
-    run_dir, deployed = Path(run_dir), Path(deployed)
     check_deployed_place(deployed)
     # The deployed link and its versions are promote's outputs: never the run it reads, nor inside it.
     refuse_onto_inputs(deployed, [("RUN", run_dir)], "--deployed")
