@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import os
 import sys
 import warnings
@@ -14,7 +16,7 @@ import numpy as np
 import torch
 
 from edge_sel.data.dataset import IndexedDataset
-from edge_sel.errors import InputError
+from edge_sel.errors import InputError, parse_json
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 CONTACT_SHEET = "contact_sheet.png"     # `edge-sel shift` writes it beside the image folder it makes
@@ -146,39 +148,88 @@ def decoding_progress(root: Path, total: int):
 
 
 def _cache_key(root: Path, files: list[tuple[str, int]], image_size) -> str:
-    # File names and folder mtimes: cheap to gather (no per-file stat), and any added, removed or
-    # renamed file changes them. An image edited in place needs `rm -r ~/.cache/edge-sel`.
+    # Each file's name, label, size and modification time (ns): an image edited in place changes its
+    # own, as any added, removed or renamed one changes the list (one stat per file, no read).
     h = hashlib.sha256(str(root.resolve()).encode())
     h.update(f"{image_size}\n".encode())
-    h.update("\n".join(rel for rel, _ in files).encode())
-    for d in sorted({rel.split("/", 1)[0] for rel, _ in files}):
-        h.update(str(os.stat(root / d).st_mtime_ns).encode())
+    for rel, label in files:
+        st = os.stat(root / rel)
+        h.update(f"{rel}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:24]
+
+
+def cache_file(root: Path, files: list[tuple[str, int]], image_size) -> Path:
+    return cache_dir() / f"folder-{_cache_key(root, files, image_size)}.images"
+
+
+# A cache file: one header block (this line, then JSON with the images' shape and the SHA-256 of
+# the bytes after the block), then the decoded images, uint8, N x C x H x W.
+CACHE_FORMAT = b"edge-sel decoded images 1\n"
+HEADER_BYTES = 4096
+
+
+def write_cache(path: Path, images: np.ndarray) -> None:
+    """Written under a temporary name, fsynced, then renamed: a crash leaves the old file or none,
+    and a file torn all the same (a disk that lies) fails its digest."""
+    images = np.ascontiguousarray(images, dtype=np.uint8)
+    payload = memoryview(images.reshape(-1))
+    meta = {"shape": list(images.shape), "sha256": hashlib.sha256(payload).hexdigest()}
+    head = CACHE_FORMAT + json.dumps(meta).encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(head.ljust(HEADER_BYTES - 1) + b"\n")
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_cache(path: Path, count: int) -> np.ndarray:
+    """The `count` images kept at `path`, mapped copy-on-write (only what a run selects becomes
+    resident; a write into them stays in this process). Raises FileNotFoundError when there is
+    none, ValueError or OSError when it is not whole: another format, another size, or bytes that
+    do not match its digest (read once, streamed, to check)."""
+    with open(path, "rb") as f:
+        head = f.read(HEADER_BYTES)
+        if len(head) != HEADER_BYTES or not head.startswith(CACHE_FORMAT):
+            raise ValueError("not a decoded-image cache of this version")
+        meta = parse_json(head[len(CACHE_FORMAT):])
+        shape = tuple(int(v) for v in meta["shape"])
+        if len(shape) != 4 or shape[0] != count:
+            raise ValueError(f"holds {shape[0] if shape else 0} images, the folder {count}")
+        size = os.fstat(f.fileno()).st_size - HEADER_BYTES
+        if size != math.prod(shape):
+            raise ValueError(f"{size:,} bytes of images, {math.prod(shape):,} expected")
+        digest = hashlib.sha256()
+        for chunk in iter(lambda: f.read(8 << 20), b""):
+            digest.update(chunk)
+        if digest.hexdigest() != meta["sha256"]:
+            raise ValueError("its images do not match its digest")
+    return np.memmap(path, dtype=np.uint8, mode="c", offset=HEADER_BYTES, shape=shape)
 
 
 def load_class_folder(root: Path, name: str, image_size=None,
                       use_cache: bool = True) -> IndexedDataset:
     classes, files = list_class_folder(root)
-    key = _cache_key(root, files, image_size)
-    cached = cache_dir() / f"folder-{key}.npy"
+    cached = cache_file(root, files, image_size)
     images = None
-    if use_cache and cached.exists():
+    if use_cache:
         try:
-            # Mapped, not read: only the images a run selects become resident (copy-on-write, so
-            # the array is writable and the cache file is never written through it).
-            images = np.load(cached, mmap_mode="c")
-            if images.shape[0] != len(files):
-                images = None
-        except (OSError, ValueError):
-            images = None   # a torn cache file is rebuilt, not trusted
+            images = read_cache(cached, len(files))
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError) as e:     # torn or damaged: rebuilt, not trusted
+            print(f"edge-sel: {cached}: damaged decoded-image cache ({e}); decoding {root} again",
+                  file=sys.stderr, flush=True)
     if images is None:
         images = _decode_all(root, files, image_size)
         if use_cache:
             try:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cached.with_suffix(f".tmp{os.getpid()}.npy")
-                np.save(tmp, images)
-                os.replace(tmp, cached)
+                write_cache(cached, images)
             except OSError:
                 pass    # a read-only home only costs a re-decode next time
     labels = torch.tensor([label for _, label in files], dtype=torch.long)
