@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import math
 import os
+import stat
 from pathlib import Path
 
 from edge_sel.errors import writing
@@ -25,6 +27,23 @@ VOLATILE_FIELDS = {"wall_s", "eval_wall_s", "peak_rss_mb", "energy_j", "energy_n
                    "idle_power_w", "eval_energy_j", "samples_per_s", "energy_window_s", "energy_samples",
                    "throttle_reasons", "joules_per_sample", "kept_test_energy_j", "memory_measured_mb",
                    "memory_eval_measured_mb"}
+
+
+def open_to_append(path) -> int:
+    """A descriptor appending to (and reading) the regular file `path`, created when missing, never
+    through a link: a log a run or a deployed place keeps (metrics.jsonl, promote.jsonl, the deployed
+    history) that was replaced by a link to another file is refused (OSError), not written through."""
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "a link; edge-sel appends through no link", str(path)) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return fd
 
 
 def _clean(v):
@@ -74,7 +93,7 @@ class RecordWriter:
     def append(self, record: dict) -> None:
         record = {k: _clean(v) for k, v in record.items()}
         self.records.append(record)
-        with writing(self.jsonl), open(self.jsonl, "a") as f:
+        with writing(self.jsonl), os.fdopen(open_to_append(self.jsonl), "a") as f:
             size = f.tell()
             try:
                 f.write(json.dumps(record) + "\n")

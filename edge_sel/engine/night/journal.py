@@ -30,6 +30,8 @@ import os
 import time
 from pathlib import Path
 
+from edge_sel.core.records import open_to_append
+
 
 def journal_path(deployed: Path) -> Path:
     deployed = Path(deployed)
@@ -53,9 +55,10 @@ def append_to(path: Path, event: str, **fields) -> dict:
     """Add one line to the journal at `path` (created when missing); returns it."""
     line = {"event": event, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields}
     data = (json.dumps(line, default=str) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = open_to_append(path)           # never through a link
     try:
-        if os.fstat(fd).st_size and not _ends_a_line(path):
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
             data = b"\n" + data         # a line torn by a power loss is closed, not continued
         while data:
             data = data[os.write(fd, data):]
@@ -63,12 +66,6 @@ def append_to(path: Path, event: str, **fields) -> dict:
     finally:
         os.close(fd)
     return line
-
-
-def _ends_a_line(path: Path) -> bool:
-    with open(path, "rb") as f:
-        f.seek(-1, os.SEEK_END)
-        return f.read(1) == b"\n"
 
 
 def read(deployed: Path) -> list[dict]:
