@@ -62,9 +62,9 @@ def read_bank(directory: Path, input_shape: list[int], model: torch.nn.Module | 
         return None
     try:
         data = read_inside(directory, BANK_FILE, "--checkpoint") or b""
+        tensors = load(data)        # safetensors checks the header first; its metadata is read from it then
         header = parse_json(data[8:8 + int.from_bytes(data[:8], "little")])
         meta = parse_json((header.get("__metadata__") or {})["conditions"])
-        tensors = load(data)
         if not isinstance(meta, list) or not meta:
             raise ValueError("it keeps no condition")
         out = [_condition(i, m, tensors, input_shape) for i, m in enumerate(meta)]
