@@ -66,9 +66,10 @@ def required_file(directory: Path, name: str, label: str, kind: str | None = Non
 # `cp -al` or `rsync --link-dest`. So they are read like any file (docs/threat-model.md).
 
 def _refuse_not_plain(path: Path, label: str, mode: int | None) -> None:
+    where = f"{label} {path}" if label else str(path)
     if mode is None or stat.S_ISLNK(mode):
-        raise InputError(f"{label} {path}: a link; edge-sel follows no link inside a directory it received")
-    raise InputError(f"{label} {path}: not a regular file")
+        raise InputError(f"{where}: a link; edge-sel follows no link inside a directory it received")
+    raise InputError(f"{where}: not a regular file")
 
 
 def open_inside(directory, name: str, label: str) -> int | None:
@@ -129,12 +130,28 @@ JSON_LIMIT = 64 << 20       # bytes: a model card naming a million classes holds
 
 
 def parse_json(data: bytes | str):
-    """json.loads, with nesting too deep for the parser (a RecursionError) said as the ValueError
-    every reader already turns into one line."""
+    """json.loads, with nesting too deep for the parser (a RecursionError, and a traceback where
+    nothing caught it) raised as the JSONDecodeError, a ValueError, that every reader already turns
+    into one line."""
     try:
         return json.loads(data)
     except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
+        raise json.JSONDecodeError("nested too deeply", "", 0) from None
+
+
+def read_json(path):
+    """The JSON value in the file `path`, read as read_inside reads a file of its directory (no
+    link: InputError). OSError when it cannot be read (FileNotFoundError: missing); ValueError when
+    it is larger than JSON_LIMIT, not UTF-8 JSON or nested too deeply."""
+    path = Path(path)
+    fd = open_inside(path.parent, path.name, "")
+    if fd is None:
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
+    with os.fdopen(fd, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > JSON_LIMIT:
+            raise ValueError(f"{size:,} bytes, more than the {JSON_LIMIT:,} a JSON file edge-sel reads may hold")
+        return parse_json(f.read())
 
 
 def read_json_inside(directory, name: str, label: str):

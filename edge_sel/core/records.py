@@ -11,7 +11,7 @@ import os
 import stat
 from pathlib import Path
 
-from edge_sel.errors import writing
+from edge_sel.errors import parse_json, writing
 
 # The record fields, in the order of the record table in docs/records.md; per-class fields (acc_/E_/C_<class>) follow them.
 RECORD_FIELDS = [
@@ -61,7 +61,7 @@ def read_records(path: Path) -> list[dict]:
         return out
     for line in lines:
         try:
-            out.append(json.loads(line))
+            out.append(parse_json(line))
         except json.JSONDecodeError:
             continue
     return out

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from edge_sel.core.records import open_to_append
+from edge_sel.errors import parse_json, read_json
 
 
 def journal_path(deployed: Path) -> Path:
@@ -88,7 +89,7 @@ def run_decisions(run_dir: Path) -> list[dict]:
             decisions[-1]["swap_error"] = line.get("error")
     if not decisions:
         try:
-            old = json.loads((Path(run_dir) / "promote.json").read_text())
+            old = read_json(Path(run_dir) / "promote.json")
         except (OSError, ValueError):
             return []
         decisions = [old] if isinstance(old, dict) else []
@@ -110,7 +111,7 @@ def read_from(path: Path) -> list[dict]:
     lines = []
     for raw in text.splitlines():
         try:
-            line = json.loads(raw)
+            line = parse_json(raw)
         except ValueError:
             continue
         if isinstance(line, dict) and isinstance(line.get("event"), str):

@@ -39,7 +39,7 @@ from edge_sel.engine.night.promote import Decision, promote, validate_deployed
 from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.engine.runs.run import finetune, prepare_finetune_config, resume
 from edge_sel.engine.runs.signals import exit_code_for
-from edge_sel.errors import InputError, WriteError
+from edge_sel.errors import InputError, WriteError, read_json
 
 RUN_NAME = re.compile(r"\d{8}T\d{6}Z")       # a run named by its UTC start time
 ABANDONED = ".abandoned"
@@ -232,7 +232,7 @@ def set_aside_said(run_dir: Path, cfg: TrainConfig, data: DataOptions, given: Co
     """Which of tonight's settings differ from those the resumed run keeps: ' (--epochs 3, not 5)';
     with `given`, only those fields are tonight's settings (the rest are defaults nobody chose)."""
     try:
-        saved = json.loads((run_dir / "config.json").read_text())
+        saved = read_json(run_dir / "config.json")
     except (OSError, ValueError):
         return ""
     if not isinstance(saved, dict):
@@ -307,7 +307,7 @@ def unfinished(run: Path) -> bool:
     if not (run / "state").is_dir():
         return False
     try:
-        summary = json.loads((run / "summary.json").read_text())
+        summary = read_json(run / "summary.json")
     except FileNotFoundError:
         return True
     except (OSError, ValueError):
@@ -327,7 +327,7 @@ def count_failed_resume(run: Path, error: Exception) -> int:
     path = run / RESUME_FAILURES
     kind = f"{error.__class__.__name__}: {str(error)[:200]}"
     try:
-        seen = json.loads(path.read_text())
+        seen = read_json(path)
         count = int(seen["count"]) if seen.get("error") == kind else 0
     except (OSError, ValueError, KeyError, TypeError):
         count = 0

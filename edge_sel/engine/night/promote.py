@@ -27,7 +27,7 @@ from edge_sel.engine.night import journal
 from edge_sel.engine.night.deployed_swap import (MODEL_FILES, AfterSwapError, check_deployed_place, files_from_run,
                                                  holding_deployed_lock, recover, swap_in, versions_dir)
 from edge_sel.engine.evaluation.evaluate import forgetting_points
-from edge_sel.errors import InputError, WriteError, existing_dir, required_file
+from edge_sel.errors import InputError, WriteError, existing_dir, read_json, required_file
 
 NOT_PROMOTED_EXIT = 3       # a run judged and not deployed: not a failure (the nightly script exits 0)
 
@@ -57,8 +57,8 @@ def read_run(run_dir: Path) -> tuple[dict, dict]:
     for name in MODEL_FILES:
         required_file(run_dir, name, "RUN")
     try:
-        summary = json.loads(summary_file.read_text())
-        config = json.loads((run_dir / "config.json").read_text())
+        summary = read_json(summary_file)
+        config = read_json(run_dir / "config.json")
     except (OSError, ValueError) as e:
         raise InputError(f"RUN {run_dir}: unreadable summary.json or config.json ({e.__class__.__name__})") from None
     for name, d in (("summary.json", summary), ("config.json", config)):
