@@ -152,9 +152,11 @@ def _cache_key(root: Path, files: list[tuple[str, int]], image_size) -> str:
     # own, as any added, removed or renamed one changes the list (one stat per file, no read).
     h = hashlib.sha256(str(root.resolve()).encode())
     h.update(f"{image_size}\n".encode())
-    for rel, label in files:
-        st = os.stat(root / rel)
-        h.update(f"{rel}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    base, lines = str(root), []
+    for rel, label in files:            # strings, not Paths: 50,000 files in about the time of their stats
+        st = os.stat(os.path.join(base, rel))
+        lines.append(f"{rel}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n")
+    h.update("".join(lines).encode())
     return h.hexdigest()[:24]
 
 
