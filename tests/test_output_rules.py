@@ -323,3 +323,9 @@ def test_an_output_another_command_writes_into_is_refused_even_with_overwrite(tm
     finish()
     check_out_dir(out, True, "export")
     assert start_out_dir(out, "export") == out and os.listdir(out) == [MARKER]
+
+
+def test_a_staged_output_in_folders_not_made_yet_makes_them(tmp_path):
+    with staged_out_dir(tmp_path / "new" / "deeper" / "art", "export") as staging:
+        (staging / "model.onnx").write_text("")
+    assert sorted(os.listdir(tmp_path / "new" / "deeper")) == ["art"]

@@ -157,6 +157,7 @@ def _claimed(out: Path, option: str):
     refuse an `out` that another command is writing or wrote since check_out_dir looked."""
     path = str(_sibling(out, "claim", pid=False))
     try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)      # as the temporary sibling would be
         fd = lock_file.acquire(path, wait=False)
     except OSError as e:
         raise cannot_create(option, out, e) from None
