@@ -29,13 +29,13 @@ VOLATILE_FIELDS = {"wall_s", "eval_wall_s", "peak_rss_mb", "energy_j", "energy_n
                    "memory_eval_measured_mb"}
 
 
-def open_to_append(path) -> int:
+def open_to_append(path, flags: int = os.O_RDWR | os.O_APPEND | os.O_CREAT) -> int:
     """A descriptor appending to (and reading) the regular file `path`, created when missing, never
     through a link: a log a run or a deployed place keeps (metrics.jsonl, promote.jsonl, the deployed
-    history) that was replaced by a link to another file is refused (OSError), not written through."""
-    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    history) that was replaced by a link to another file is refused (OSError), not written through.
+    Also an opener for open(path, "a", opener=open_to_append)."""
     try:
-        fd = os.open(path, flags, 0o644)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise OSError(errno.ELOOP, "a link; edge-sel appends through no link", str(path)) from None
@@ -93,7 +93,7 @@ class RecordWriter:
     def append(self, record: dict) -> None:
         record = {k: _clean(v) for k, v in record.items()}
         self.records.append(record)
-        with writing(self.jsonl), os.fdopen(open_to_append(self.jsonl), "a") as f:
+        with writing(self.jsonl), open(self.jsonl, "a", opener=open_to_append) as f:
             size = f.tell()
             try:
                 f.write(json.dumps(record) + "\n")

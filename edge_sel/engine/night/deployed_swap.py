@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import functools
 import os
 import re
@@ -75,6 +76,7 @@ def deployed_lock(deployed: Path, create: bool = False):
         finally:
             depth[path] -= 1
         return
+    fd = None
     try:
         if create:
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -83,13 +85,17 @@ def deployed_lock(deployed: Path, create: bool = False):
             print(f"edge-sel: waiting for another command changing --deployed {deployed} (it holds {path})",
                   file=sys.stderr, flush=True)
             fd = lock_file.acquire(path, wait=True)
-    except FileNotFoundError:
-        if create:
+    except (FileNotFoundError, PermissionError) as e:
+        # Nothing deployed there yet, or a place this user cannot change: no change of ours to keep
+        # apart from another's, and the write that follows says what failed in its own words.
+        if create and isinstance(e, FileNotFoundError):
             raise WriteError(f"--deployed {deployed}: cannot create its lock {path}") from None
+    except OSError as e:
+        if e.errno != errno.EROFS:          # a read-only filesystem: as a place this user cannot change
+            raise WriteError(f"--deployed {deployed}: cannot lock it with {path} ({e.strerror or e})") from None
+    if fd is None:
         yield
         return
-    except OSError as e:
-        raise WriteError(f"--deployed {deployed}: cannot lock it with {path} ({e.strerror or e})") from None
     depth[path] = 1
     try:
         yield
