@@ -65,16 +65,15 @@ def required_file(directory: Path, name: str, label: str, kind: str | None = Non
 # from elsewhere holds none to files outside it; refusing them would refuse backups made with
 # `cp -al` or `rsync --link-dest`. So they are read like any file (docs/threat-model.md).
 
-def _refuse_not_plain(path: Path, label: str, mode: int | None) -> None:
+def _refuse_link(path: Path, label: str) -> None:
     where = f"{label} {path}" if label else str(path)
-    if mode is None or stat.S_ISLNK(mode):
-        raise InputError(f"{where}: a link; edge-sel follows no link inside a directory it received")
-    raise InputError(f"{where}: not a regular file")
+    raise InputError(f"{where}: a link; edge-sel follows no link inside a directory it received")
 
 
 def open_inside(directory, name: str, label: str) -> int | None:
     """A read-only descriptor of the regular file `name` in `directory`, or None when there is none;
-    an InputError naming `label` for a link or anything but a regular file. The caller closes it."""
+    an InputError naming `label` for a link, an OSError for anything else but a regular file. The
+    caller closes it."""
     path = Path(directory) / name
     try:
         folder = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -86,14 +85,16 @@ def open_inside(directory, name: str, label: str) -> int | None:
         return None
     except OSError as e:
         if e.errno == errno.ELOOP:
-            _refuse_not_plain(path, label, None)
+            _refuse_link(path, label)
         raise
     finally:
         os.close(folder)
     mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
+    if not stat.S_ISREG(mode):          # a directory or a device: unreadable as a file, as open() says
         os.close(fd)
-        _refuse_not_plain(path, label, mode)
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
     return fd
 
 
@@ -105,7 +106,7 @@ def inside_file(directory, name: str, label: str) -> bool:
     except (FileNotFoundError, NotADirectoryError):
         return False
     if stat.S_ISLNK(mode):
-        _refuse_not_plain(Path(directory) / name, label, mode)
+        _refuse_link(Path(directory) / name, label)
     return stat.S_ISREG(mode)
 
 
