@@ -48,8 +48,8 @@ def existing_dir(path, label: str) -> Path:
 
 def required_file(directory: Path, name: str, label: str, kind: str | None = None) -> Path:
     """`directory/name`; an InputError naming `label` and the missing file when it is not there
-    (`kind`: what the directory should have been, e.g. "run directory"), or when it is a link or
-    not a regular file (see inside_file)."""
+    (`kind`: what the directory should have been, e.g. "run directory") or not a regular file; a
+    link under that name is refused as one (inside_file)."""
     if not inside_file(directory, name, label):
         raise InputError(f"{label} {directory}: {name} is missing" + (f" (not an edge-sel {kind})" if kind else ""))
     return Path(directory) / name
