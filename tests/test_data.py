@@ -1,3 +1,4 @@
+import os
 import pickle
 from pathlib import Path
 
@@ -125,20 +126,56 @@ def test_image_folder_cache_makes_second_load_skip_decoding(tmp_path, monkeypatc
     # The cache is mapped, not read whole, and copy-on-write: a write into the images stays in this process.
     root = tmp_path / "data"
     mapped = folder_mod.load_class_folder(root, "d")
-    cached = folder_mod.cache_dir() / f"folder-{folder_mod._cache_key(*_key_args(root))}.npy"
+    cached = folder_mod.cache_file(*_key_args(root))
     assert str(cached) in Path("/proc/self/maps").read_text()
     on_disk = cached.read_bytes()
     mapped.images[0].fill_(7)
     assert cached.read_bytes() == on_disk and folder_mod.load_class_folder(root, "d").images[0].ne(7).any()
     monkeypatch.undo()
     cached.write_bytes(on_disk[: len(on_disk) // 2])      # a torn cache is decoded again, not trusted
-    assert torch.equal(folder_mod.load_class_folder(root, "d").images, torch.from_numpy(np.load(cached)))
+    assert torch.equal(folder_mod.load_class_folder(root, "d").images,
+                       torch.from_numpy(np.array(folder_mod.read_cache(cached, 12))))
     assert cached.read_bytes() == on_disk
     monkeypatch.setattr(folder_mod, "_decode_all", no_decoding)
     # Adding a file changes the key, so the stale cache is not used.
     Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(tmp_path / "data" / "cat" / "999.png")
     with pytest.raises(AssertionError, match="decoded again"):
         load_source(f"folder:{tmp_path / 'data'}")
+
+
+def test_an_image_edited_in_place_is_decoded_again(tmp_path):
+    """The old key (names and folder mtimes) missed an image rewritten in place: its folder's mtime
+    does not change, and the run trained on the old pixels."""
+    write_tree(tmp_path / "d", per_class=2)
+    root = tmp_path / "d"
+    first = folder_mod.load_class_folder(root, "d")
+    folder_time = os.stat(root / "cat").st_mtime_ns
+    Image.fromarray(np.full((10, 12, 3), 201, np.uint8)).save(root / "cat" / "000.png")     # same name
+    os.utime(root / "cat", ns=(folder_time, folder_time))
+    again = folder_mod.load_class_folder(root, "d")
+    assert int(again.images[0].min()) == int(again.images[0].max()) == 201
+    assert not torch.equal(first.images[0], again.images[0]) and torch.equal(first.images[1:], again.images[1:])
+
+
+def test_a_cache_whose_second_half_is_zeroed_is_rebuilt_with_one_line(tmp_path, capsys):
+    """A rename without an fsync before it leaves, after a power loss, a file of the right size whose
+    end is zeros: the old cache loaded it as valid ("last image max pixel: 0")."""
+    write_tree(tmp_path / "d", per_class=2)
+    root = tmp_path / "d"
+    before = set(folder_mod.cache_dir().glob("folder-*"))
+    first = folder_mod.load_class_folder(root, "d")
+    [cached] = set(folder_mod.cache_dir().glob("folder-*")) - before
+    data = bytearray(cached.read_bytes())
+    half = len(data) - first.images.numel() // 2            # the images' second half: the file's end
+    data[half:] = bytes(len(data) - half)
+    cached.write_bytes(bytes(data))
+    capsys.readouterr()
+    again = folder_mod.load_class_folder(root, "d")
+    assert torch.equal(again.images, first.images) and int(again.images[-1].max()) > 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"edge-sel: {cached}: damaged decoded-image cache (its images do not match its digest); "
+                   f"decoding {root} again"]
+    assert folder_mod.read_cache(cached, len(first.labels)).tobytes() == first.images.numpy().tobytes()   # rewritten whole
 
 
 def test_empty_class_folder_names_the_folder(tmp_path):

@@ -373,3 +373,58 @@ def test_a_version_set_aside_is_renamed_beside_the_others(tmp_path):
     version = run_dir(tmp_path / ".deployed.versions" / "20260101T000000Z-a", "a")
     assert swap.mark_damaged(version) == version.with_name("20260101T000000Z-a" + DAMAGED)
     assert not version.exists() and (tmp_path / ".deployed.versions" / ("20260101T000000Z-a" + DAMAGED)).is_dir()
+
+
+def test_a_swap_beside_one_paused_at_its_flip_waits_and_no_deployed_model_is_lost(tmp_path, monkeypatch):
+    """Two swaps at once (a night's promote and a manual one): swap A pauses at its fault point
+    `promote-versioned` while swap B runs. Without the lock beside the link, B completed and pruned
+    A's new version, A then pointed the link at it (gone) and pruned the version before: nothing
+    deployed. With it, B waits for A, and the link names B's version with A's kept before it."""
+    import threading
+    from edge_sel.engine import faults
+    deployed = tmp_path / "deployed"
+    swap.swap_in(run_dir(tmp_path / "first", "first"), deployed)
+    paused, go_on = threading.Event(), threading.Event()
+    point = faults.point
+
+    def pause_a(name):
+        if name == "promote-versioned" and threading.current_thread().name == "swap-a":
+            paused.set()
+            go_on.wait(30)
+        point(name)
+    monkeypatch.setattr(faults, "point", pause_a)
+    done = {}
+    a = threading.Thread(target=lambda: done.update(a=swap.swap_in(run_dir(tmp_path / "a", "a"), deployed)),
+                         name="swap-a")
+    a.start()
+    assert paused.wait(30)
+    b = threading.Thread(target=lambda: done.update(b=swap.swap_in(run_dir(tmp_path / "b", "b"), deployed)))
+    b.start()
+    b.join(2)                   # the old code's B finishes here; with the lock it waits for A
+    go_on.set()
+    a.join(30)
+    b.join(30)
+    assert set(done) == {"a", "b"}
+    assert deployed.resolve() == done["b"] and contents(deployed)["model.safetensors"] == "b"
+    kept = sorted(p.name for p in (tmp_path / ".deployed.versions").iterdir())
+    assert kept == [done["a"].name, done["b"].name]
+    assert not os.path.lexists(tmp_path / ".deployed.lock")     # there only while held
+
+
+def test_the_deployed_lock_is_taken_once_per_thread_and_waited_for_by_another(tmp_path, capsys):
+    import threading
+    deployed = tmp_path / "deployed"
+    order = []
+
+    def other_thread():
+        with swap.deployed_lock(deployed):
+            order.append("other")
+    with swap.deployed_lock(deployed, create=True):
+        with swap.deployed_lock(deployed):          # nested: no wait on itself
+            other = threading.Thread(target=other_thread)
+            other.start()
+            other.join(1)
+            order.append("first")
+    other.join(10)
+    assert order == ["first", "other"]
+    assert "waiting for another command changing --deployed" in capsys.readouterr().err

@@ -39,7 +39,7 @@ from edge_sel.models import load_checkpoint
 from edge_sel.models import spec as spec_mod
 from edge_sel.models.spec import TRUST_ENV
 from edge_sel.predict.images import read_image
-from edge_sel.predict.predictor import Predictor
+from edge_sel.predict.predictor import Predictor, read_card_of_export
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FUZZ = settings(max_examples=int(os.environ.get("EDGE_SEL_FUZZ_EXAMPLES", "30")), deadline=None,
@@ -266,3 +266,57 @@ def test_an_export_reaching_outside_is_never_loaded(exported, tmp_path_factory, 
                                       "link": "link.onnx", "number": 7}[how]
         (copy / "conditions.json").write_text(json.dumps(conditions))
     refused(lambda: Predictor(copy, backend="ort", use_bank=bank), tmp / "never")
+
+
+# ---- JSON nested past the parser's recursion limit, and JSON too large -------------------------
+
+NESTED = {"arrays": b"[" * 100_000, "objects": b'{"a":' * 100_000, "closed": b"[" * 5_000 + b"]" * 5_000}
+
+
+def nested_readers(tmp: Path, data: bytes):
+    """(reader, file it reads) for every JSON a device reads from a directory it did not write."""
+    from edge_sel.backends.ort_manifest import read_manifest
+    from edge_sel.core.checkpoint import read_card
+    from edge_sel.engine.night.promote import read_run
+    from edge_sel.engine.runs.run import resume
+    from edge_sel.fleet.rundir import saved_config
+    from edge_sel.methods.select.stages import parse_stages
+    from edge_sel.models.trusted_files import trusted_entries
+    from edge_sel.profiles import load_profile
+    (tmp / "run").mkdir()
+    for name in ("model.json", "config.json", "summary.json", "manifest.json", "trusted.json", "stages.json"):
+        (tmp / name).write_bytes(data)
+    for name in ("summary.json", "config.json", "model.json", "model.safetensors"):
+        (tmp / "run" / name).write_bytes(data)
+    (tmp / "profile.toml").write_bytes(b"a = " + data.replace(b"{", b"[").replace(b'"a":', b""))
+    os.environ["EDGE_SEL_TRUST_FILE"] = str(tmp / "trusted.json")
+    return [(lambda: read_card(tmp), "model.json"), (lambda: resume(tmp), "config.json"),
+            (lambda: read_manifest(tmp), "manifest.json"), (lambda: read_card_of_export(tmp), "manifest.json"),
+            (lambda: saved_config(tmp), "config.json"), (lambda: read_run(tmp / "run"), "summary.json"),
+            (trusted_entries, "trusted.json"), (lambda: parse_stages(str(tmp / "stages.json")), "stages.json"),
+            (lambda: load_profile(str(tmp / "profile.toml")), "profile.toml")]
+
+
+@pytest.mark.parametrize("nesting", NESTED, ids=list(NESTED))
+def test_json_nested_deeper_than_the_parser_goes_is_one_line(tmp_path, monkeypatch, nesting):
+    """100,000 `[` in model.json exited 1 with a 55-line traceback (a RecursionError no reader
+    caught); every reader now refuses it as the malformed file it is, naming the file."""
+    monkeypatch.setenv("EDGE_SEL_TRUST_FILE", "")
+    for read, name in nested_readers(tmp_path, NESTED[nesting]):
+        try:
+            read()
+        except InputError as e:
+            assert "\n" not in str(e) and (name in str(e) or str(tmp_path) in str(e)), (name, str(e))
+        else:
+            assert nesting == "closed", name      # 5,000 levels closed: within the parser's reach or refused
+
+
+def test_a_json_file_larger_than_the_limit_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    from edge_sel import errors
+    from edge_sel.core.checkpoint import read_card
+    monkeypatch.setattr(errors, "JSON_LIMIT", 1000)
+    (tmp_path / "model.json").write_bytes(b" " * 1001 + b"{}")
+    with pytest.raises(InputError) as e:
+        read_card(tmp_path)
+    assert str(e.value) == (f"--checkpoint {tmp_path / 'model.json'}: 1,003 bytes, more than the 1,000 such a file "
+                            f"may hold")

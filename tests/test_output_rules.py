@@ -239,3 +239,93 @@ def test_a_staging_left_by_an_earlier_crash_is_cleared(tmp_path):
     leftover = made(tmp_path / f".out.new-{os.getpid()}", "stale")
     start_out_dir(tmp_path / "out", "export")
     assert not leftover.exists() and os.listdir(tmp_path / "out") == [MARKER]
+
+
+# ---- two commands naming one output at once ----------------------------------------------------
+
+ANOTHER_COMMAND = """
+import sys, time
+from pathlib import Path
+from edge_sel.core.outputs import check_out_dir, staged_out_dir, start_out_dir
+out, ready, go_on, how = *map(Path, sys.argv[1:4]), sys.argv[4]
+check_out_dir(out, False, "export")
+if how == "run":                    # a run: its output in place, written into as it trains
+    start_out_dir(out, "export")
+    (out / "result").write_text("the other command's")
+    ready.touch()
+    while not go_on.exists():
+        time.sleep(0.02)
+else:
+    with staged_out_dir(out, "export") as staging:
+        (staging / "result").write_text("the other command's")
+        ready.touch()
+        while not go_on.exists():       # building its output, as an export takes seconds to
+            time.sleep(0.02)
+"""
+
+
+def another_command(tmp_path, out, how="staged"):
+    """An export in another process, paused while it builds `out` in its temporary sibling (or,
+    `how` "run", while it writes into `out` in place)."""
+    import subprocess
+    import sys
+    import time
+    ready, go_on = tmp_path / "ready", tmp_path / "go-on"
+    proc = subprocess.Popen([sys.executable, "-c", ANOTHER_COMMAND, str(out), str(ready), str(go_on), how])
+    deadline = time.monotonic() + 60
+    while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert ready.exists()
+
+    def finish():
+        go_on.touch()
+        assert proc.wait(60) == 0
+    return finish
+
+
+def test_a_second_command_on_an_output_another_is_writing_is_refused_and_removes_nothing(tmp_path):
+    """Both commands checked --out while it was free. The old code let the second build its output
+    and put it in place, then the first put its own over it: both exited 0 and one's work vanished
+    (or, for a run, one run's config ended beside the other's records)."""
+    out = tmp_path / "art"
+    check_out_dir(out, False, "export")
+    finish = another_command(tmp_path, out)
+    with pytest.raises(InputError) as e:
+        with staged_out_dir(out, "export") as staging:
+            (staging / "result").write_text("this command's")
+    assert str(e.value) == (f"--out {out}: another edge-sel command is writing it now; wait for it to end or "
+                            f"choose another --out")
+    finish()
+    assert (out / "result").read_text() == "the other command's"
+    assert siblings(tmp_path) == ["art", "go-on", "ready"]          # no claim, no temporary left
+
+
+def test_an_output_written_by_another_after_this_command_checked_it_is_never_replaced(tmp_path):
+    out = tmp_path / "run"
+    check_out_dir(out, True, "export")          # free when checked, --overwrite given
+    another_command(tmp_path, out)()            # another export puts its output there meanwhile
+    with pytest.raises(InputError) as e:
+        start_out_dir(out, "export")
+    assert str(e.value) == f"--out {out}: another command wrote it after this one checked it; nothing of it is replaced"
+    assert (out / "result").read_text() == "the other command's"
+    assert siblings(tmp_path) == ["go-on", "ready", "run"]
+
+
+def test_an_output_another_command_writes_into_is_refused_even_with_overwrite(tmp_path):
+    """A run in place (start_out_dir) keeps its marker locked until it ends: --overwrite of the same
+    command's output is refused while it runs, and accepted once it has ended."""
+    out = tmp_path / "run"
+    finish = another_command(tmp_path, out, "run")
+    for attempt in (lambda: check_out_dir(out, True, "export"), lambda: start_out_dir(out, "export")):
+        with pytest.raises(InputError, match="another edge-sel command is writing it now"):
+            attempt()
+        assert (out / "result").read_text() == "the other command's"
+    finish()
+    check_out_dir(out, True, "export")
+    assert start_out_dir(out, "export") == out and os.listdir(out) == [MARKER]
+
+
+def test_a_staged_output_in_folders_not_made_yet_makes_them(tmp_path):
+    with staged_out_dir(tmp_path / "new" / "deeper" / "art", "export") as staging:
+        (staging / "model.onnx").write_text("")
+    assert sorted(os.listdir(tmp_path / "new" / "deeper")) == ["art"]

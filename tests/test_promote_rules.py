@@ -8,6 +8,7 @@ tests/test_life.py run promote on real fine-tunes."""
 import errno
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -861,3 +862,27 @@ def test_the_deployed_model_is_judged_in_the_runs_own_evaluation_settings(tmp_pa
     assert pr.run_evaluation(tmp_path) == {"eval": "bf16", "memory_format": "channels_last", "threads": 2}
     (tmp_path / "summary.json").write_text(json.dumps({"precision": "bf16", "layout": {"memory_format": "nhwc"}}))
     assert pr.run_evaluation(tmp_path) == {"eval": "fp32", "memory_format": "contiguous", "threads": None}
+
+
+def test_a_journal_replaced_by_a_link_is_never_written_through(tmp_path, fixed_time):
+    """promote.jsonl (or the deployed history, or metrics.jsonl) as a link to another file: the old
+    code appended its decision line to that file; now nothing is written through the link."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's own file\n")
+    deployed = tmp_path / "deployed"
+    journal.journal_path(deployed).symlink_to(victim)       # the history: promote refuses to swap unrecorded
+    run = make_run(tmp_path / "run", {"output_model": {"val_acc": 0.7}})
+    with pytest.raises(WriteError, match="a link; edge-sel appends through no link"):
+        pr.promote(run, deployed)
+    assert not os.path.lexists(deployed)
+    journal.journal_path(deployed).unlink()
+    (run / "promote.jsonl").symlink_to(victim)              # the run's: the decision stands, unrecorded there
+    assert pr.promote(run, deployed).rule == "first" and (deployed / "model.safetensors").is_file()
+    with pytest.raises(OSError, match="appends through no link"):
+        journal.append_to(run / "promote.jsonl", "decision")
+    from edge_sel.core.records import RecordWriter
+    (tmp_path / "records").mkdir()
+    (tmp_path / "records" / "metrics.jsonl").symlink_to(victim)
+    with pytest.raises(WriteError, match="appends through no link"):
+        RecordWriter(tmp_path / "records").append({"epoch": 0})
+    assert victim.read_text() == "the user's own file\n"

@@ -3,7 +3,9 @@ information and the source weights, their sizes in the model card; a fine-tune c
 its run, the deployed model keeps them, and checkpoints without them still work."""
 
 import json
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -265,3 +267,73 @@ def test_fleet_rounds_carry_the_warmups_source_memory(warm, tmp_path):
             assert (where / name).read_bytes() == (out / name).read_bytes(), (where, name)
     # a resumed server starts from, and carries, the last round's copy
     assert FleetRun(tmp_path / "fleet", {"rounds": 3}, resume=True).start_dir(out) == round_dir(tmp_path / "fleet", 1)
+
+
+def linked_out(checkpoint, tmp_path, names):
+    """`names` moved to a folder beside the checkpoint and linked back: a received directory whose
+    files are links to files elsewhere on the device."""
+    secret = tmp_path / "secret"
+    secret.mkdir(exist_ok=True)
+    for name in names:
+        os.replace(checkpoint / name, secret / name)
+        (checkpoint / name).symlink_to(Path("..") / "secret" / name)
+    return secret
+
+
+def test_a_checkpoint_whose_files_link_out_of_it_is_refused_before_anything_is_read(warm, tmp_path, capsys):
+    """model.safetensors and anchors.safetensors as links to ../secret/: refused in one line naming
+    the link, no run written (the old code fine-tuned with exit 0 and copied the outside bytes)."""
+    out, _ = warm
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(out, ckpt)
+    linked_out(ckpt, tmp_path, ["model.safetensors", ANCHORS_FILE])
+    code, err = run_main(["finetune", "--checkpoint", ckpt, "--dataset", "digits", "--shard", "1/2", "--subset", "200",
+                          "--epochs", "1", "--out", tmp_path / "run", "--quiet"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{ckpt / 'model.safetensors'}: a link; edge-sel follows no link" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", [ANCHORS_FILE, "model.safetensors", "model.json", "bn_bank.safetensors"])
+def test_every_reader_and_the_deployed_swap_refuse_a_link_in_the_directory(warm, tmp_path, name):
+    from edge_sel.core.bn_bank import read_bank
+    from edge_sel.core.checkpoint import read_card, read_weights, weights_digest
+    from edge_sel.core.source_memory import copy_source_memory, read_source_memory
+    from edge_sel.engine.night.deployed_swap import swap_in
+    from edge_sel.errors import InputError
+    out, _ = warm
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(out, ckpt)
+    if name == "bn_bank.safetensors":
+        (tmp_path / "secret").mkdir()
+        (tmp_path / "secret" / name).write_bytes(b"\x00" * 64)
+        (ckpt / name).symlink_to(Path("..") / "secret" / name)
+    else:
+        linked_out(ckpt, tmp_path, [name])
+    (tmp_path / "target").mkdir()
+    readers = {ANCHORS_FILE: [lambda: read_source_memory(ckpt, [1, 8, 8]),
+                              lambda: copy_source_memory(ckpt, tmp_path / "target")],
+               "model.safetensors": [lambda: read_weights(ckpt), lambda: weights_digest(ckpt)],
+               "model.json": [lambda: read_card(ckpt)],
+               "bn_bank.safetensors": [lambda: read_bank(ckpt, [1, 8, 8])]}[name]
+    for read in readers + [lambda: swap_in(ckpt, tmp_path / "deployed")]:
+        with pytest.raises(InputError, match="a link; edge-sel follows no link"):
+            read()
+    assert not os.listdir(tmp_path / "target")
+    assert not os.path.lexists(tmp_path / "deployed") and not os.listdir(tmp_path / ".deployed.versions")
+
+
+def test_a_hard_link_is_read_as_the_file_it_is(warm, tmp_path):
+    """A hard link names the file itself (made on this device by someone who can read it): read,
+    and copied as bytes into what is written, never as a link (docs/threat-model.md)."""
+    from edge_sel.core.source_memory import copy_source_memory
+    out, _ = warm
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    for name in SOURCE_FILES:
+        os.link(out / name, ckpt / name)
+    (tmp_path / "target").mkdir()
+    assert copy_source_memory(ckpt, tmp_path / "target")
+    for name in SOURCE_FILES:
+        copied = tmp_path / "target" / name
+        assert copied.read_bytes() == (out / name).read_bytes() and copied.stat().st_nlink == 1

@@ -185,7 +185,7 @@ def test_a_deployed_version_whose_bank_is_damaged_is_set_aside_whole_never_serve
     set_aside = damaged.with_name(damaged.name + deployed_swap.DAMAGED)
     assert (set_aside / BANK_FILE).read_bytes() == (banked / BANK_FILE).read_bytes()       # kept whole for a look
     assert said == [f"edge-sel nightly: the deployed model does not load ({home.deployed / BANK_FILE}: unreadable or "
-                    f"corrupt (SafetensorError: Error while deserializing header: invalid JSON in header: trailing "
+                    f"corrupt (SafetensorError: Error while deserializing: invalid JSON in header: trailing "
                     f"characters at line 1 column 3)); set aside, the version before it is deployed again "
                     f"({before.name})"]
     life.set_aside_damaged_bank(home.start_checkpoint(), said.append)       # the night's next step: nothing to do

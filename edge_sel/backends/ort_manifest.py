@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from edge_sel.backends.onnx_files import self_contained_graph
-from edge_sel.errors import InputError, existing_dir, named_inside
+from edge_sel.errors import InputError, existing_dir, named_inside, read_json
 from edge_sel.models.blocks import head
 
 FORMAT = "edge-sel-ort-artifacts/1"
@@ -49,7 +49,7 @@ def write_manifest(root: Path, manifest: dict) -> None:
 def read_manifest(root: Path, option: str = "--artifacts") -> dict:
     path = named_inside(root, MANIFEST, f"{option} {root}")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = read_json(path)
     except (OSError, ValueError) as e:      # ValueError: not JSON, or not UTF-8
         raise InputError(f"{option} {root}: {MANIFEST} is unreadable ({e.__class__.__name__})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:

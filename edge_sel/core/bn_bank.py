@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
+from safetensors.torch import load
 
 from edge_sel.core.checkpoint import write_safetensors
-from edge_sel.errors import InputError
+from edge_sel.errors import InputError, inside_file, parse_json, read_inside
 
 BANK_FILE = "bn_bank.safetensors"
 
@@ -61,12 +62,13 @@ def read_bank(directory: Path, input_shape: list[int], model: torch.nn.Module | 
     number of nights, uint8 images of the model's input shape. A damaged file is refused with one
     line naming it; with `model`, the bank must fit its BatchNorm layers (check_bank_layers)."""
     path = Path(directory) / BANK_FILE
-    if not path.is_file():
+    if not inside_file(directory, BANK_FILE, "--checkpoint"):        # a link is refused
         return None
     try:
-        with safe_open(str(path), "pt") as f:
-            meta = json.loads((f.metadata() or {})["conditions"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        data = read_inside(directory, BANK_FILE, "--checkpoint") or b""
+        tensors = load(data)        # safetensors checks the header first; its metadata is read from it then
+        header = parse_json(data[8:8 + int.from_bytes(data[:8], "little")])
+        meta = parse_json((header.get("__metadata__") or {})["conditions"])
         if not isinstance(meta, list) or not meta:
             raise ValueError("it keeps no condition")
         out = [_condition(i, m, tensors, input_shape) for i, m in enumerate(meta)]

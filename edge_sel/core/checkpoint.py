@@ -12,10 +12,11 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import load, save
 
 from edge_sel.version import __version__
-from edge_sel.errors import InputError, existing_dir, required_file, writing
+from edge_sel.errors import (InputError, existing_dir, open_inside, parse_json, read_inside, read_json_inside,
+                             required_file, writing)
 
 FORMAT = "edge-sel-checkpoint/1"
 
@@ -113,13 +114,19 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: di
         atomic_write_bytes(Path(path), save(tensors, metadata=metadata))
 
 
-def copy_atomically(source: Path, target: Path) -> None:
-    """A copy of `source` whole under `target`, or a WriteError naming `target`."""
-    with writing(target):
+def copy_atomically(source: Path, target: Path, label: str = "--checkpoint") -> None:
+    """A copy of the regular file `source` whole under `target`, or a WriteError naming `target`.
+    `source` is opened as a received file (errors.open_inside: a link is refused naming `label`)."""
+    source = Path(source)
+    fd = open_inside(source.parent, source.name, label)
+    if fd is None:
+        raise InputError(f"{label} {source.parent}: {source.name} is missing")
+    with os.fdopen(fd, "rb") as src, writing(target):
         tmp = Path(target).with_name(f".{Path(target).name}.tmp{os.getpid()}")
         try:
-            shutil.copy2(source, tmp)
-            with open(tmp, "rb+") as f:
+            with open(tmp, "wb") as f:
+                shutil.copyfileobj(src, f, 1 << 20)
+                f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, target)
         finally:
@@ -155,9 +162,8 @@ def refuse_unfinished_pretrain(directory: Path) -> None:
     checkpoint (older versions wrote one): said in one line with the way to finish it, rather than
     'model.json is missing' or, worse, a fine-tune from half-trained weights."""
     try:
-        config = json.loads((directory / "config.json").read_text())
-        summary = json.loads((directory / "summary.json").read_text()) if (directory / "summary.json").is_file() \
-            else {}
+        config = parse_json(read_inside(directory, "config.json", "--checkpoint") or b"null")
+        summary = parse_json(read_inside(directory, "summary.json", "--checkpoint") or b"{}")
     except (OSError, ValueError):
         return
     if not isinstance(config, dict) or config.get("phase") != "pretrain" or not isinstance(summary, dict):
@@ -176,8 +182,8 @@ def read_card(directory: Path) -> ModelCard:
     refuse_unfinished_pretrain(directory)
     meta = required_file(directory, "model.json", "--checkpoint", "checkpoint")
     try:
-        d = json.loads(meta.read_text())
-    except (OSError, ValueError) as e:          # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        d = read_json_inside(directory, "model.json", "--checkpoint")
+    except OSError as e:
         raise InputError(f"{meta}: unreadable ({e.__class__.__name__}: {e})") from None
     if not isinstance(d, dict):
         raise InputError(f"{meta}: not an edge-sel model card")
@@ -188,11 +194,20 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors by name (building the model they fit is models.load_checkpoint's job)."""
     weights = required_file(directory, "model.safetensors", "--checkpoint")
     try:
-        tensors = load_file(str(weights))
+        tensors = load_inside(directory, "model.safetensors", "--checkpoint")
     except (SafetensorError, OSError, ValueError) as e:
         raise InputError(f"{weights}: unreadable or corrupt ({e})") from None
     refuse_non_finite(tensors, weights)
     return tensors
+
+
+def load_inside(directory: Path, name: str, label: str) -> dict[str, torch.Tensor]:
+    """The tensors of a received safetensors file, read once through errors.read_inside (no link
+    followed); OSError (missing too), SafetensorError or ValueError when it cannot be read."""
+    data = read_inside(directory, name, label)
+    if data is None:
+        raise FileNotFoundError(f"{name} is missing")
+    return load(data)
 
 
 def refuse_non_finite(tensors: dict[str, torch.Tensor], where: Path) -> None:
@@ -209,7 +224,10 @@ def refuse_non_finite(tensors: dict[str, torch.Tensor], where: Path) -> None:
 def weights_digest(directory: Path) -> str:
     """SHA-256 of a checkpoint's model.safetensors: which weights a run started from, by content."""
     h = hashlib.sha256()
-    with open(Path(directory) / "model.safetensors", "rb") as f:
+    fd = open_inside(directory, "model.safetensors", "--checkpoint")
+    if fd is None:
+        raise FileNotFoundError(f"{Path(directory) / 'model.safetensors'}: missing")
+    with os.fdopen(fd, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()

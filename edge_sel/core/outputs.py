@@ -10,7 +10,13 @@ promote, fleet, bench, trigger, demo):
   earlier output of the same command, recognised by the marker file that command left in it;
 - the new directory is made in a temporary sibling and renamed into place once every input is
   valid (`start_out_dir`), or built there whole first (`staged_out_dir`), so a refused or failed
-  command leaves the earlier output as it was.
+  command leaves the earlier output as it was;
+- one command at a time writes an output: while it builds its temporary sibling and renames it
+  into place, it holds `.NAME.claim` beside it (an exclusive lock, there only while held:
+  core/lock_file.py), and from then on until it is complete (a run: its end), the output's own
+  marker file locked; a command naming an output another is writing is refused, and one that finds,
+  under the claim, something else there than check_out_dir saw is refused too: another command's
+  output is never removed.
 
 Each refusal is an InputError: one line naming the option and the path at fault. A disk that
 is full or failing is no fault of the input: a WriteError (exit 1), in one line too.
@@ -18,13 +24,16 @@ is full or failing is no fault of the input: a WriteError (exit 1), in one line 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
+import fcntl
 import os
 import shutil
 from pathlib import Path
 from typing import Iterable
 
+from edge_sel.core import lock_file
 from edge_sel.errors import InputError, WriteError
 
 MARKER = ".edge-sel-output"       # "edge-sel COMMAND": which command wrote the directory it is in
@@ -71,6 +80,7 @@ def check_out_dir(out: Path, overwrite: bool, command: str, inputs: Inputs = (),
     earlier output of `command` (--overwrite or not)."""
     out = Path(out)
     refuse_onto_inputs(out, inputs, option)
+    _refuse_in_use(out, option)
     if out.is_symlink() and out.is_dir():       # a rename would replace the link, not what it names
         raise InputError(f"{option} {out}: a link to {os.readlink(out)}; name the directory itself")
     if os.path.lexists(out) and not out.is_dir():
@@ -83,7 +93,85 @@ def check_out_dir(out: Path, overwrite: bool, command: str, inputs: Inputs = (),
             why = f"it holds no {MARKER} file" if made_by is None else f"edge-sel {made_by} wrote it"
             raise InputError(f"{option} {out}: not an earlier output of edge-sel {command} ({why}); --overwrite "
                              f"replaces only that: remove it yourself or choose another {option}")
+    _seen[_key(out)] = _identity(out)
     return out
+
+
+# Per output this process writes (by absolute path): the locked descriptor of its marker, held
+# until it is complete; and what the output held when check_out_dir looked.
+_writing: dict[str, int] = {}
+_seen: dict[str, tuple | None] = {}
+
+
+def _key(out: Path) -> str:
+    return os.path.abspath(out)
+
+
+def _identity(out: Path) -> tuple | None:
+    """Which directory `out` is when it holds anything (device and inode), else None."""
+    try:
+        if out.is_dir() and not out.is_symlink() and any(out.iterdir()):
+            st = out.stat()
+            return st.st_dev, st.st_ino
+    except OSError:
+        pass
+    return None
+
+
+def _refuse_in_use(out: Path, option: str) -> None:
+    """Refused when another process holds `out`'s marker locked: a command writing it now."""
+    try:
+        fd = os.open(Path(out) / MARKER, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        st = os.fstat(fd)
+        if any(os.fstat(mine)[1:3] == st[1:3] for mine in _writing.values()):
+            return              # this process's own
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"{option} {out}: another edge-sel command is writing it now; wait for it to end "
+                             f"or choose another {option}") from None
+    finally:
+        os.close(fd)
+
+
+def release_claim(out: Path) -> None:
+    """The output is complete: another command may replace it."""
+    fd = _writing.pop(_key(out), None)
+    if fd is not None:
+        os.close(fd)
+    _seen.pop(_key(out), None)
+
+
+@atexit.register
+def _release_all() -> None:
+    for key in list(_writing):
+        release_claim(Path(key))
+
+
+@contextlib.contextmanager
+def _claimed(out: Path, option: str):
+    """Hold `.NAME.claim` beside `out` (refused in one line when another command holds it), and
+    refuse an `out` that another command is writing or wrote since check_out_dir looked."""
+    path = str(_sibling(out, "claim", pid=False))
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)      # as the temporary sibling would be
+        fd = lock_file.acquire(path, wait=False)
+    except OSError as e:
+        raise cannot_create(option, out, e) from None
+    if fd is None:
+        raise InputError(f"{option} {out}: another edge-sel command is writing it now; wait for it to end or "
+                         f"choose another {option}")
+    try:
+        _refuse_in_use(out, option)
+        if _key(out) in _seen and _identity(out) != _seen[_key(out)]:
+            raise InputError(f"{option} {out}: another command wrote it after this one checked it; nothing "
+                             f"of it is replaced")
+        yield
+    finally:
+        lock_file.release(path, fd)
 
 
 def check_out_file(out: Path, overwrite: bool, inputs: Inputs = (), option: str = "--out") -> Path:
@@ -100,10 +188,17 @@ def check_out_file(out: Path, overwrite: bool, inputs: Inputs = (), option: str 
 
 def start_out_dir(out: Path, command: str, option: str = "--out") -> Path:
     """Called once every input is valid: an empty `out` holding `command`'s marker, made in a
-    temporary sibling and renamed over an earlier output, which is removed only then."""
+    temporary sibling and renamed over an earlier output, which is removed only then. The marker
+    stays locked (the output is being written) until release_claim or this process's end."""
     out = Path(out)
     new = _fresh_sibling(out, command, option)
-    _put_in_place(new, out, option)
+    try:
+        with _claimed(out, option):
+            _put_in_place(new, out, option)
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        release_claim(out)
+        raise
     return out
 
 
@@ -112,13 +207,16 @@ def staged_out_dir(out: Path, command: str, option: str = "--out"):
     """Build the whole output in a temporary sibling (yielded); renamed into place only when the
     block ends without error, so a failure keeps an earlier output as it was."""
     out = Path(out)
-    new = _fresh_sibling(out, command, option)
-    try:
-        yield new
-    except BaseException:
-        shutil.rmtree(new, ignore_errors=True)
-        raise
-    _put_in_place(new, out, option)
+    with _claimed(out, option):
+        new = _fresh_sibling(out, command, option)
+        try:
+            yield new
+        except BaseException:
+            shutil.rmtree(new, ignore_errors=True)
+            release_claim(out)
+            raise
+        _put_in_place(new, out, option)
+    release_claim(out)
 
 
 # A disk that is full or failing: the write failed, not the user's choice of place.
@@ -130,20 +228,27 @@ def cannot_create(option: str, out: Path, e: OSError) -> Exception:
     return WriteError(said) if e.errno in DISK_ERRORS else InputError(said)
 
 
-def _sibling(out: Path, what: str) -> Path:
+def _sibling(out: Path, what: str, pid: bool = True) -> Path:
     out = Path(os.path.abspath(out))
-    return out.with_name(f".{out.name}.{what}-{os.getpid()}")
+    return out.with_name(f".{out.name}.{what}-{os.getpid()}" if pid else f".{out.name}.{what}")
 
 
 def _fresh_sibling(out: Path, command: str, option: str) -> Path:
+    """The temporary sibling, empty but for the marker, which this process holds locked."""
     new = _sibling(out, "new")
     try:
         if os.path.lexists(new):
             shutil.rmtree(new)
         new.mkdir(parents=True)
         (new / MARKER).write_text(f"edge-sel {command}\n")
+        fd = os.open(new / MARKER, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as e:
         raise cannot_create(option, out, e) from None
+    fcntl.flock(fd, fcntl.LOCK_EX)          # a new file: no one else holds it
+    earlier = _writing.pop(_key(out), None)     # an earlier output of this process's, replaced now
+    if earlier is not None:
+        os.close(earlier)
+    _writing[_key(out)] = fd
     return new
 
 
@@ -158,6 +263,8 @@ def _put_in_place(new: Path, out: Path, option: str) -> None:
         if old is not None and not os.path.lexists(out):
             os.replace(old, out)        # the earlier output back under its name
         shutil.rmtree(new, ignore_errors=True)
+        release_claim(out)
         raise cannot_create(option, out, e) from None
+    _seen.pop(_key(out), None)          # what is there now is this command's
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

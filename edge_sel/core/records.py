@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import math
 import os
+import stat
 from pathlib import Path
 
-from edge_sel.errors import writing
+from edge_sel.errors import parse_json, writing
 
 # The record fields, in the order of the record table in docs/records.md; per-class fields (acc_/E_/C_<class>) follow them.
 RECORD_FIELDS = [
@@ -27,6 +29,23 @@ VOLATILE_FIELDS = {"wall_s", "eval_wall_s", "peak_rss_mb", "energy_j", "energy_n
                    "memory_eval_measured_mb"}
 
 
+def open_to_append(path, flags: int = os.O_RDWR | os.O_APPEND | os.O_CREAT) -> int:
+    """A descriptor appending to (and reading) the regular file `path`, created when missing, never
+    through a link: a log a run or a deployed place keeps (metrics.jsonl, promote.jsonl, the deployed
+    history) that was replaced by a link to another file is refused (OSError), not written through.
+    Also an opener for open(path, "a", opener=open_to_append)."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "a link; edge-sel appends through no link", str(path)) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return fd
+
+
 def _clean(v):
     if isinstance(v, float) and not math.isfinite(v):
         return None
@@ -42,7 +61,7 @@ def read_records(path: Path) -> list[dict]:
         return out
     for line in lines:
         try:
-            out.append(json.loads(line))
+            out.append(parse_json(line))
         except json.JSONDecodeError:
             continue
     return out
@@ -74,7 +93,7 @@ class RecordWriter:
     def append(self, record: dict) -> None:
         record = {k: _clean(v) for k, v in record.items()}
         self.records.append(record)
-        with writing(self.jsonl), open(self.jsonl, "a") as f:
+        with writing(self.jsonl), open(self.jsonl, "a", opener=open_to_append) as f:
             size = f.tell()
             try:
                 f.write(json.dumps(record) + "\n")

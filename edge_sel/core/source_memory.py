@@ -21,10 +21,9 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
 
-from edge_sel.core.checkpoint import copy_atomically, fsync_dir, write_safetensors
-from edge_sel.errors import InputError, writing
+from edge_sel.core.checkpoint import copy_atomically, fsync_dir, load_inside, write_safetensors
+from edge_sel.errors import InputError, inside_file, writing
 
 ANCHORS_FILE, FISHER_FILE, SOURCE_FILE = "anchors.safetensors", "fisher.safetensors", "source.safetensors"
 SOURCE_FILES = (ANCHORS_FILE, FISHER_FILE, SOURCE_FILE)
@@ -86,7 +85,8 @@ def write_source_memory(directory: Path, anchors: Anchors, fisher: dict[str, tor
 
 
 def has_source_memory(directory: Path) -> bool:
-    return all((Path(directory) / name).is_file() for name in SOURCE_FILES)
+    """All three files are there (regular files: one that is a link is refused, errors.inside_file)."""
+    return all([inside_file(directory, name, "--checkpoint") for name in SOURCE_FILES])
 
 
 def read_source_memory(directory: Path, input_shape: list[int], info: dict | None = None) -> SourceMemory | None:
@@ -104,7 +104,7 @@ def read_source_memory(directory: Path, input_shape: list[int], info: dict | Non
     tensors = {}
     for name in SOURCE_FILES:
         try:
-            tensors[name] = load_file(str(directory / name))
+            tensors[name] = load_inside(directory, name, "--checkpoint")
         except (SafetensorError, OSError, ValueError) as e:
             raise InputError(f"{directory / name}: unreadable or corrupt ({e})") from None
     a = tensors[ANCHORS_FILE]

@@ -15,7 +15,7 @@ from edge_sel.backends.ort_manifest import (FORMAT, sha256_file, tensor_shapes, 
 from edge_sel.backends.ort_schemes import PLANNED, SCHEME_NOTES, SCHEMES, trainable_names
 from edge_sel.core.flops import FlopCounter
 from edge_sel.core.outputs import check_out_dir, staged_out_dir
-from edge_sel.errors import InputError
+from edge_sel.errors import InputError, parse_json
 from edge_sel.models import load_checkpoint
 
 DEFAULT_SCHEMES = SCHEMES   # cheap to make; the device picks the set it trains
@@ -149,7 +149,7 @@ def planned_names(checkpoint: Path, parameters: dict) -> list[str]:
     """The tensors a --memory-budget run's plan chose to train, from the run's own config.json."""
     config = Path(checkpoint) / "config.json"
     try:
-        plan = json.loads(config.read_text()).get("memory_plan") or {}
+        plan = parse_json(config.read_text()).get("memory_plan") or {}
     except (OSError, ValueError, AttributeError):
         plan = {}
     names = plan.get("trainable") if isinstance(plan, dict) else None

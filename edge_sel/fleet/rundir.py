@@ -15,7 +15,7 @@ from edge_sel.core.checkpoint import ModelCard, atomic_write_bytes, read_card, r
 from edge_sel.core.records import RecordWriter, read_records
 from edge_sel.core.source_memory import copy_source_memory, has_source_memory
 from edge_sel.core.outputs import check_out_dir, start_out_dir
-from edge_sel.errors import InputError, required_file, writing
+from edge_sel.errors import InputError, read_json, required_file, writing
 from edge_sel.fleet.aggregate import combine
 from edge_sel.models import model_for_card
 
@@ -32,7 +32,7 @@ def saved_config(out: Path) -> dict:
     (a power loss mid-write, another tool's) is one line naming it."""
     path = required_file(out, "config.json", "--resume", "fleet run directory")
     try:
-        saved = json.loads(path.read_text())
+        saved = read_json(path)
     except (OSError, ValueError) as e:          # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise InputError(f"{path}: unreadable fleet run configuration ({e.__class__.__name__}: {e})") from None
     if not isinstance(saved, dict):

@@ -14,7 +14,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from edge_sel.errors import InputError
+from edge_sel.errors import InputError, read_json
 
 TRUST_FILE_ENV = "EDGE_SEL_TRUST_FILE"
 FORMAT = "edge-sel-trusted-model-files/1"
@@ -34,7 +34,7 @@ def trusted_entries() -> list[dict]:
     if not path.exists():
         return []
     try:
-        doc = json.loads(path.read_text())
+        doc = read_json(path)
         entries = doc["files"] if isinstance(doc, dict) and doc.get("format") == FORMAT else None
         if not isinstance(entries, list) or not all(
                 isinstance(e, dict) and isinstance(e.get("path"), str) and isinstance(e.get("sha256"), str)

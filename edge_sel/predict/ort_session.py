@@ -5,11 +5,10 @@ the bank's images themselves never leave the device's checkpoint)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from edge_sel.backends.onnx_files import self_contained_graph
-from edge_sel.errors import InputError, named_inside
+from edge_sel.errors import InputError, named_inside, read_json
 
 EXPORT_FILE = "conditions.json"
 
@@ -39,7 +38,7 @@ def load_sessions(directory: Path, use_bank: bool, threads: int | None):
     bank = named_inside(directory, EXPORT_FILE, str(directory))
     if use_bank and bank.is_file():
         try:
-            d = json.loads(bank.read_text())
+            d = read_json(bank)
             names, files, chooser = list(d["chooser"]["names"]), list(d["files"]), d["chooser"]
             if len(files) != len(names) or not names or not all(isinstance(f, str) for f in files):
                 raise ValueError("one graph file name per condition expected")

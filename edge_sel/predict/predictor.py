@@ -15,7 +15,6 @@ so (`conditions` is "own"). The stream's state is guarded by a lock: threads may
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 
 from edge_sel.core.bn_bank import read_bank
-from edge_sel.errors import InputError, named_inside
+from edge_sel.errors import InputError, named_inside, read_json
 from edge_sel.models import load_checkpoint
 from edge_sel.predict.conditions import (DEFAULT_WINDOW, FEATURES_PER_CHANNEL, ConditionChooser, distance_flops,
                                          feature_flops, normalised, pixel_features)
@@ -168,7 +167,7 @@ def read_card_of_export(path: Path):
     if not manifest.is_file():
         raise InputError(f"{path}: not an export directory (no manifest.json); run edge-sel export first")
     try:
-        m = json.loads(manifest.read_text())
+        m = read_json(manifest)
         norm = m["input"]["normalization"]
         shape = [int(v) for v in m["input"]["shape"][1:]]
         card = ModelCard(m["checkpoint"]["architecture"], int(m["checkpoint"]["num_classes"]), list(m["class_names"]),

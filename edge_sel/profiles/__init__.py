@@ -83,6 +83,8 @@ def _parse(text: str, where: str) -> dict:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise InputError(f"{where}: not valid TOML ({e})") from None
+    except RecursionError:
+        raise InputError(f"{where}: not valid TOML (nested too deeply)") from None
 
 
 def near_miss(name: str, names: list[str]) -> str | None:

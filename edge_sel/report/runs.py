@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_sel.core.records import read_records
-from edge_sel.errors import InputError, existing_dir, required_file
+from edge_sel.errors import InputError, existing_dir, read_json, required_file
 
 MEASURED_METHODS = ("counter", "integrated")
 
@@ -34,10 +34,10 @@ class RunData:
 def _read_json(path: Path) -> tuple[dict, str | None]:
     """The object in a JSON file and, when it is missing or unreadable, what is wrong with it."""
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path)          # never through a link (refused); nested too deeply: unreadable
     except FileNotFoundError:
         return {}, "missing"
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):
         return {}, "unreadable (cut off mid-write?)"
     return (data, None) if isinstance(data, dict) else ({}, "not a JSON object")
 

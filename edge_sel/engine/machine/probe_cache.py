@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from edge_sel.core.checkpoint import atomic_write_bytes
+from edge_sel.errors import parse_json
 from edge_sel.data.folder import cache_dir
 from edge_sel.threads import other_load, stated_load
 
@@ -120,7 +121,7 @@ def _path(name: str) -> Path:
 
 def _read(name: str) -> dict:
     try:
-        entries = json.loads(_path(name).read_text())
+        entries = parse_json(_path(name).read_text())
         return entries if isinstance(entries, dict) else {}
     except (OSError, ValueError):
         return {}                          # none yet, or unreadable: measure again

@@ -17,22 +17,33 @@ directory that is still a plain directory is migrated by exchanging it with the 
 renameat2(RENAME_EXCHANGE) call (Linux); where the filesystem lacks that, by two renames, and a
 crash between them is repaired by the next promote (`recover`). A deployed path that is missing
 with no swap under way is left missing: the warmup serves (a roll back found no version that loads).
+
+Every change of the link or its versions (a swap and its prune, a repair, a roll back, promote from
+its judging to its record) holds an exclusive lock, `.deployed.lock` beside the link while held
+(deployed_lock): a manual promote or roll back beside a night waits for it, instead of pointing the
+link at a version the other's prune removed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import errno
+import functools
 import os
 import re
 import shutil
+import sys
+import threading
 import time
 from pathlib import Path
 
+from edge_sel.core import lock_file
 from edge_sel.core.bn_bank import BANK_FILE
-from edge_sel.core.checkpoint import fsync_dir
+from edge_sel.core.checkpoint import copy_atomically, fsync_dir
 from edge_sel.core.source_memory import SOURCE_FILES, has_source_memory
 from edge_sel.engine import faults
-from edge_sel.errors import InputError
+from edge_sel.errors import InputError, WriteError, inside_file
 
 MODEL_FILES = ("model.safetensors", "model.json")
 KEEP_VERSIONS = 2            # the deployed one and the one before it
@@ -45,6 +56,63 @@ def versions_dir(deployed: Path) -> Path:
     return deployed.parent / f".{deployed.name}.versions"
 
 
+_held = threading.local()       # lock path -> how many nested holders in this thread
+
+
+@contextlib.contextmanager
+def deployed_lock(deployed: Path, create: bool = False):
+    """Hold the exclusive lock beside `deployed` (core/lock_file.py: `.NAME.lock`, there only while
+    held; the kernel drops it when its holder dies). Nested holds in one thread take it once; another
+    thread or process waits, said in one line. Without `create`, a missing parent directory means
+    nothing was ever deployed there, and there is nothing to lock."""
+    deployed = Path(deployed)
+    path = os.path.abspath(deployed.parent / f".{deployed.name}.lock")
+    depth = getattr(_held, "paths", None) or {}
+    _held.paths = depth
+    if depth.get(path):
+        depth[path] += 1
+        try:
+            yield
+        finally:
+            depth[path] -= 1
+        return
+    fd = None
+    try:
+        if create:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = lock_file.acquire(path, wait=False)
+        if fd is None:
+            print(f"edge-sel: waiting for another command changing --deployed {deployed} (it holds {path})",
+                  file=sys.stderr, flush=True)
+            fd = lock_file.acquire(path, wait=True)
+    except (FileNotFoundError, PermissionError) as e:
+        # Nothing deployed there yet, or a place this user cannot change: no change of ours to keep
+        # apart from another's, and the write that follows says what failed in its own words.
+        if create and isinstance(e, FileNotFoundError):
+            raise WriteError(f"--deployed {deployed}: cannot create its lock {path}") from None
+    except OSError as e:
+        if e.errno != errno.EROFS:          # a read-only filesystem: as a place this user cannot change
+            raise WriteError(f"--deployed {deployed}: cannot lock it with {path} ({e.strerror or e})") from None
+    if fd is None:
+        yield
+        return
+    depth[path] = 1
+    try:
+        yield
+    finally:
+        del depth[path]
+        lock_file.release(path, fd)
+
+
+def holding_deployed_lock(fn):
+    """`fn(run_dir, deployed, ...)` run holding deployed_lock(deployed), given both as Paths."""
+    @functools.wraps(fn)
+    def locked(run_dir, deployed, *args, **kwargs):
+        with deployed_lock(deployed):
+            return fn(Path(run_dir), Path(deployed), *args, **kwargs)
+    return locked
+
+
 def recover(deployed: Path) -> None:
     """A deployed path left missing by a crash inside the two-rename fallback (the new link still
     waiting beside it) points again to the model deployed before, kept as VERSION.migrated-from-plain;
@@ -55,6 +123,11 @@ def recover(deployed: Path) -> None:
     versions = versions_dir(deployed)
     if not versions.is_dir():
         return
+    with deployed_lock(deployed):
+        _recover(deployed, versions)
+
+
+def _recover(deployed: Path, versions: Path) -> None:
     for leftover in versions.glob("*.tmp"):
         shutil.rmtree(leftover, ignore_errors=True)
     link_tmp = deployed.parent / f".{deployed.name}.link-tmp"
@@ -110,7 +183,11 @@ def other_versions(deployed: Path) -> list[Path]:
 def roll_back(deployed: Path, back: Path | None) -> None:
     """Set the deployed version aside as VERSION.damaged (kept for a look) and point the link to
     `back`, or remove the link when None (the warmup serves)."""
-    deployed = Path(deployed)
+    with deployed_lock(deployed):
+        _roll_back(Path(deployed), back)
+
+
+def _roll_back(deployed: Path, back: Path | None) -> None:
     damaged = deployed.resolve()
     if back is not None:
         _point_link(deployed, back)
@@ -132,6 +209,11 @@ def mark_damaged(version: Path) -> Path:
 def swap_in(run_dir: Path, deployed: Path) -> Path:
     """Make `run_dir`'s model files the deployed model; returns the new version directory."""
     deployed = Path(deployed)
+    with deployed_lock(deployed, create=True):
+        return _swap_in(Path(run_dir), deployed)
+
+
+def _swap_in(run_dir: Path, deployed: Path) -> Path:
     recover(deployed)
     versions = versions_dir(deployed)
     versions.mkdir(parents=True, exist_ok=True)
@@ -171,21 +253,24 @@ def files_from_run(run_dir: Path) -> tuple[str, ...]:
     """The model files, and the source memory when the run holds it (carried from its checkpoint):
     a run without it leaves the deployed directory's in place. A BatchNorm bank belongs to the
     weights beside it: the run's is deployed, and a run without one leaves none behind."""
-    bank = (BANK_FILE,) if (Path(run_dir) / BANK_FILE).is_file() else ()
+    bank = (BANK_FILE,) if inside_file(run_dir, BANK_FILE, "RUN") else ()
     return (SOURCE_FILES if has_source_memory(run_dir) else ()) + bank + MODEL_FILES     # the card last
 
 
 def _build_version(run_dir: Path, deployed: Path, staging: Path) -> None:
     """The deployed model's source memory when the run brings none, then the run's files (weights
     before card): the files a checkpoint consists of, nothing else."""
-    staging.mkdir()
     taken = files_from_run(run_dir)
     kept = () if set(SOURCE_FILES) <= set(taken) or not has_source_memory(deployed) else SOURCE_FILES
-    for source, names in ((deployed, kept), (run_dir, taken)):
-        for name in names:
-            shutil.copy2(source / name, staging / name)
-            _fsync_file(staging / name)
-    fsync_dir(staging)
+    staging.mkdir()
+    try:
+        for source, names in ((deployed, kept), (run_dir, taken)):
+            for name in names:         # read without following a link (refused), fsynced
+                copy_atomically(source / name, staging / name, "RUN" if source == run_dir else "--deployed")
+        fsync_dir(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def _point_link(deployed: Path, version: Path) -> None:
@@ -251,7 +336,3 @@ def _prune(versions: Path, keep: set) -> None:
     for v in others[:len(others) - room] if room else others:
         shutil.rmtree(v, ignore_errors=True)
 
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())

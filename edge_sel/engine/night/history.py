@@ -8,7 +8,8 @@ from pathlib import Path
 
 from edge_sel.core.checkpoint import fsync_dir
 from edge_sel.engine.night import journal
-from edge_sel.engine.night.deployed_swap import DAMAGED, _point_link, check_deployed_place, other_versions, versions_dir
+from edge_sel.engine.night.deployed_swap import (DAMAGED, _point_link, check_deployed_place, deployed_lock,
+                                                 other_versions, versions_dir)
 from edge_sel.errors import InputError, WriteError
 
 
@@ -74,7 +75,11 @@ def roll_back_to(deployed: Path, to: str | None, load_error) -> tuple[str | None
     """Deploy an earlier version again (`to`: its name; None: the one that served before the
     current one, else the newest other version kept). It must load (`load_error(path)` is None).
     Returns (the version that served, the one that serves now)."""
-    deployed = Path(deployed)
+    with deployed_lock(deployed):           # chosen and pointed to with no other change between
+        return _roll_back_to(Path(deployed), to, load_error)
+
+
+def _roll_back_to(deployed: Path, to: str | None, load_error) -> tuple[str | None, Path]:
     check_deployed_place(deployed)
     if not deployed.is_symlink():
         raise InputError(f"--deployed {deployed}: no version is deployed there (a plain directory or nothing); "

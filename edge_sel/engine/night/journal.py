@@ -30,6 +30,9 @@ import os
 import time
 from pathlib import Path
 
+from edge_sel.core.records import open_to_append
+from edge_sel.errors import parse_json, read_json
+
 
 def journal_path(deployed: Path) -> Path:
     deployed = Path(deployed)
@@ -53,9 +56,10 @@ def append_to(path: Path, event: str, **fields) -> dict:
     """Add one line to the journal at `path` (created when missing); returns it."""
     line = {"event": event, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields}
     data = (json.dumps(line, default=str) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = open_to_append(path)           # never through a link
     try:
-        if os.fstat(fd).st_size and not _ends_a_line(path):
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
             data = b"\n" + data         # a line torn by a power loss is closed, not continued
         while data:
             data = data[os.write(fd, data):]
@@ -63,12 +67,6 @@ def append_to(path: Path, event: str, **fields) -> dict:
     finally:
         os.close(fd)
     return line
-
-
-def _ends_a_line(path: Path) -> bool:
-    with open(path, "rb") as f:
-        f.seek(-1, os.SEEK_END)
-        return f.read(1) == b"\n"
 
 
 def read(deployed: Path) -> list[dict]:
@@ -91,7 +89,7 @@ def run_decisions(run_dir: Path) -> list[dict]:
             decisions[-1]["swap_error"] = line.get("error")
     if not decisions:
         try:
-            old = json.loads((Path(run_dir) / "promote.json").read_text())
+            old = read_json(Path(run_dir) / "promote.json")
         except (OSError, ValueError):
             return []
         decisions = [old] if isinstance(old, dict) else []
@@ -113,7 +111,7 @@ def read_from(path: Path) -> list[dict]:
     lines = []
     for raw in text.splitlines():
         try:
-            line = json.loads(raw)
+            line = parse_json(raw)
         except ValueError:
             continue
         if isinstance(line, dict) and isinstance(line.get("event"), str):

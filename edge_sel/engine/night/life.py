@@ -32,14 +32,14 @@ from edge_sel.config import NIGHT_BN_CONDITIONS, TrainConfig
 from edge_sel.core.checkpoint import atomic_write_bytes
 from edge_sel.core.outputs import refuse_onto_inputs
 from edge_sel.engine.night import journal
-from edge_sel.engine.night.deployed_swap import recover, versions_dir
+from edge_sel.engine.night.deployed_swap import deployed_lock, recover, versions_dir
 from edge_sel.engine.machine.device import pick_device
 from edge_sel.engine.machine.energy_setup import EnergyOptions
 from edge_sel.engine.night.promote import Decision, promote, validate_deployed
 from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.engine.runs.run import finetune, prepare_finetune_config, resume
 from edge_sel.engine.runs.signals import exit_code_for
-from edge_sel.errors import InputError, WriteError
+from edge_sel.errors import InputError, WriteError, read_json
 
 RUN_NAME = re.compile(r"\d{8}T\d{6}Z")       # a run named by its UTC start time
 ABANDONED = ".abandoned"
@@ -127,7 +127,8 @@ def night(home: Home, data: DataOptions, cfg: TrainConfig, energy: EnergyOptions
     summary, run_dir, resumed, abandoned, start = None, None, False, None, None
     # What serves is settled first: a resumed run is judged against it too.
     repair_deployed(home.deployed)
-    roll_back_damaged_deployed(home, say)
+    with deployed_lock(home.deployed):
+        roll_back_damaged_deployed(home, say)
     latest = latest_run(home.runs)
     if latest is not None and unfinished(latest):
         say(f"edge-sel nightly: resuming {latest} with the options and data it started with (its config.json); "
@@ -204,8 +205,7 @@ def roll_back_damaged_deployed(home: Home, say) -> None:
         raise WriteError(f"--deployed {deployed}: cannot roll back a damaged model ({e.strerror or e})") from None
     try:
         journal.append(deployed, "rolled-back", version=None if back is None else str(back), previous=str(was),
-                       why=f"does not load: {why}", by="night",
-                       set_aside=[str(v) for v in failed])
+                       why=f"does not load: {why}", by="night", set_aside=[str(v) for v in failed])
     except OSError:
         pass                    # the roll back stands; the journal on a read-only disk cannot say so
     say(f"edge-sel nightly: the deployed model does not load ({why}); set aside, "
@@ -232,7 +232,7 @@ def set_aside_said(run_dir: Path, cfg: TrainConfig, data: DataOptions, given: Co
     """Which of tonight's settings differ from those the resumed run keeps: ' (--epochs 3, not 5)';
     with `given`, only those fields are tonight's settings (the rest are defaults nobody chose)."""
     try:
-        saved = json.loads((run_dir / "config.json").read_text())
+        saved = read_json(run_dir / "config.json")
     except (OSError, ValueError):
         return ""
     if not isinstance(saved, dict):
@@ -307,7 +307,7 @@ def unfinished(run: Path) -> bool:
     if not (run / "state").is_dir():
         return False
     try:
-        summary = json.loads((run / "summary.json").read_text())
+        summary = read_json(run / "summary.json")
     except FileNotFoundError:
         return True
     except (OSError, ValueError):
@@ -327,7 +327,7 @@ def count_failed_resume(run: Path, error: Exception) -> int:
     path = run / RESUME_FAILURES
     kind = f"{error.__class__.__name__}: {str(error)[:200]}"
     try:
-        seen = json.loads(path.read_text())
+        seen = read_json(path)
         count = int(seen["count"]) if seen.get("error") == kind else 0
     except (OSError, ValueError, KeyError, TypeError):
         count = 0

@@ -28,10 +28,11 @@ from edge_sel.core.checkpoint import weights_digest
 from edge_sel.core.outputs import refuse_onto_inputs
 from edge_sel.engine.night import journal
 from edge_sel.engine.night.deployed_swap import (MODEL_FILES, AfterSwapError, check_deployed_place, files_from_run,
-                                                 migrated_from_plain, recover, swap_in, versions_dir)
+                                                 holding_deployed_lock, migrated_from_plain, recover, swap_in,
+                                                 versions_dir)
 from edge_sel.engine.night.promote_guard import Guard, pct, source_anchor_acc
 from edge_sel.engine.night.served import dropped_words, judge_served, loses_why, unjudged_words, worst_loss
-from edge_sel.errors import InputError, WriteError, existing_dir, required_file
+from edge_sel.errors import InputError, WriteError, existing_dir, read_json, required_file
 
 NOT_PROMOTED_EXIT = 3       # a run judged and not deployed: not a failure (the nightly script exits 0)
 
@@ -61,8 +62,8 @@ def read_run(run_dir: Path) -> tuple[dict, dict]:
     for name in MODEL_FILES:
         required_file(run_dir, name, "RUN")
     try:
-        summary = json.loads(summary_file.read_text())
-        config = json.loads((run_dir / "config.json").read_text())
+        summary = read_json(summary_file)
+        config = read_json(run_dir / "config.json")
     except (OSError, ValueError) as e:
         raise InputError(f"RUN {run_dir}: unreadable summary.json or config.json ({e.__class__.__name__})") from None
     for name, d in (("summary.json", summary), ("config.json", config)):
@@ -274,11 +275,11 @@ def run_eval_batch(run_dir: Path | None) -> int | None:
     return batch if isinstance(batch, int) and not isinstance(batch, bool) and batch > 0 else None
 
 
+@holding_deployed_lock          # judged and swapped with no other change of the deployed link between
 def promote(run_dir: Path, deployed: Path, force: bool = False, evaluate=None,
             max_forgetting: float | None = None) -> Decision:
     """Decide, swap when promoted, and record the decision: a line in the deployed model's journal
     and in the run's (before the swap), then what came of it (deployed, or swap-failed)."""
-    run_dir, deployed = Path(run_dir), Path(deployed)
     check_deployed_place(deployed)
     # The deployed link and its versions are promote's outputs: never the run it reads, nor inside it.
     refuse_onto_inputs(deployed, [("RUN", run_dir)], "--deployed")

@@ -9,7 +9,7 @@ from pathlib import Path
 from edge_sel.core.checkpoint import atomic_write_bytes
 from edge_sel.engine.loop.state import StateWriteError
 from edge_sel.engine.runs.ddp import is_restart_of
-from edge_sel.errors import InputError
+from edge_sel.errors import InputError, read_json
 
 
 def write_config(out: Path, config: dict) -> None:
@@ -23,7 +23,7 @@ def restarted_here(out: Path) -> bool:
     """True when torchrun restarted the job whose run --out holds (same torchrun run id): its
     workers resume from the last checkpoint. A plain rerun still needs --overwrite or --resume."""
     try:
-        config = json.loads((out / "config.json").read_text())
+        config = read_json(out / "config.json")
     except (OSError, ValueError):
         return False
     return config.get("phase") == "pretrain" and is_restart_of(config)
@@ -34,7 +34,7 @@ def refuse_finished(run_dir: Path, epochs: int) -> None:
     energy budget). A run killed after its last state write but before its summary is not: its
     resume writes the outputs without training again."""
     try:
-        summary = json.loads((run_dir / "summary.json").read_text())
+        summary = read_json(run_dir / "summary.json")
     except (OSError, ValueError):
         return
     if not isinstance(summary, dict):

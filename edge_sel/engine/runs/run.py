@@ -4,7 +4,6 @@ The CLI, the demo and the benchmarks all go through here."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from edge_sel.engine.runs.input_norm import choose_norm, parse_input_norm
 from edge_sel.engine.runs.out_dir import refuse_finished, restarted_here
 from edge_sel.engine.runs.start import apply_start, check_start, pretrained_config
 from edge_sel.engine.runs.training import train_model
-from edge_sel.errors import InputError, existing_dir, required_file
+from edge_sel.errors import InputError, existing_dir, read_json, required_file
 from edge_sel.methods.options import check_options_used
 from edge_sel.methods.presets import apply_preset, default_lr
 from edge_sel.models import build_model, load_checkpoint
@@ -178,7 +177,7 @@ def resume(run_dir: Path, quiet: bool = False, phase: str | None = None) -> dict
     run_dir = existing_dir(run_dir, "--resume")
     config_file = required_file(run_dir, "config.json", "--resume", "run directory")
     try:
-        saved = json.loads(config_file.read_text())
+        saved = read_json(config_file)
         cfg = TrainConfig(**{f.name: saved[f.name] for f in dataclasses.fields(TrainConfig) if f.name in saved})
         if "precision" not in saved:    # written before --precision: mixed precision ran on CUDA only
             cfg.precision = "auto" if saved.get("amp", True) and saved.get("device", "auto") != "cpu" \
@@ -186,7 +185,7 @@ def resume(run_dir: Path, quiet: bool = False, phase: str | None = None) -> dict
         data = DataOptions(**{**saved["data"], "data_dir": saved["data"].get("data_dir")})
         energy = EnergyOptions(**saved.get("energy", {}))
         saved_phase = saved["phase"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise InputError(f"{config_file}: unreadable run configuration ({e.__class__.__name__}: {e})") from None
     if phase is not None and saved_phase != phase:
         raise InputError(f"--resume {run_dir}: a {saved_phase} run; resume it with edge-sel {saved_phase} --resume")

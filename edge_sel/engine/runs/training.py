@@ -26,7 +26,7 @@ from edge_sel.engine.machine.energy_setup import EnergyOptions
 from edge_sel.engine.runs.ddp import RankSync, launch_info
 from edge_sel.engine.runs.head_first import (FINE_TUNE, HEAD, StageWriter, earlier_head_records, head_config,
                                              scale_backbone_lr, set_bn_momentum, unfreeze)
-from edge_sel.core.outputs import start_out_dir
+from edge_sel.core.outputs import release_claim, start_out_dir
 from edge_sel.engine.runs.out_dir import write_config
 from edge_sel.engine.runs.signals import StopSignals
 from edge_sel.engine.runs.summary import summarize
@@ -201,4 +201,5 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
         atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2, default=str).encode())
     if ranks:
         ranks.finish(trainer)
+    release_claim(out)          # complete: another command may now replace it
     return summary

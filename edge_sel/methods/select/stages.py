@@ -13,13 +13,12 @@ epochs = 10, cap = 2000}, ...]` (JSON: {"stages": [...]} or a bare list).
 
 from __future__ import annotations
 
-import json
 import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_sel.errors import InputError
+from edge_sel.errors import InputError, parse_json
 
 
 @dataclass(frozen=True)
@@ -91,10 +90,10 @@ def _from_mapping(item, where: str) -> StageSpec:
 def _parse_file(path: Path) -> list[StageSpec]:
     try:
         text = path.read_text()
-        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        data = tomllib.loads(text) if path.suffix == ".toml" else parse_json(text)
     except OSError as e:
         raise InputError(f"--stages {path}: cannot read ({e.strerror})") from None
-    except (ValueError, tomllib.TOMLDecodeError) as e:
+    except (ValueError, tomllib.TOMLDecodeError, RecursionError) as e:    # nesting too deep for the parser
         raise InputError(f"--stages {path}: not valid {path.suffix.lstrip('.') or 'JSON'} ({e})") from None
     items = data.get("stages") if isinstance(data, dict) else data
     if not isinstance(items, list) or not items:
