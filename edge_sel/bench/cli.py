@@ -203,7 +203,7 @@ def edge_cmd(dataset, epochs, val_cap, pretrain_epochs, device, busy, busy_nice,
 
 @bench_group.command("reference")
 @click.option("--dataset", default="cifar10", show_default=True,
-              help="cifar10 (archive under --data-dir, or a torchvision download where it imports) | folder:PATH")
+              help="cifar10 (archive under --data-dir, or a torchvision download where it imports) | folder:PATH | pack:PATH")
 @click.option("--model", "model_name", default=None,
               help="Model for the fresh initialisation [resnet18_cifar; --quick: edgecnn].")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, mps or auto.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import sys
 import warnings
@@ -68,46 +69,54 @@ def list_class_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
     return classes, files
 
 
-def _decode(args: tuple[str, tuple[int, int] | None, str]) -> np.ndarray | str:
-    path, size, mode = args   # size: (width, height) to resize to, or None to keep
+def _decode(args: tuple[str | tuple[str, bytes], tuple[int, int] | None, str]) -> np.ndarray | str:
+    source, size, mode = args   # a file, or (name, encoded bytes) from a pack; size: (width, height) or None
     from PIL import Image, UnidentifiedImageError
+    name, opened = (source[0], io.BytesIO(source[1])) if isinstance(source, tuple) else (source, source)
     try:
-        with Image.open(path) as im:
+        with Image.open(opened) as im:
             im = im.convert(mode)
             if size is not None and im.size != size:
                 im = im.resize(size, Image.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
     except (OSError, UnidentifiedImageError, ValueError) as e:
-        return f"{path}: cannot decode image ({e.__class__.__name__}: {e})"
+        return f"{name}: cannot decode image ({e.__class__.__name__}: {e})"
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
 def _decode_all(root: Path, files: list[tuple[str, int]], image_size) -> np.ndarray:
-    """image_size: None (all images must share the first one's size), S, or (width, height)."""
+    return decode_sources(root, [str(root / rel) for rel, _ in files], image_size)
+
+
+def decode_sources(where, sources: list, image_size) -> np.ndarray:
+    """N x C x H x W uint8 from image files or (name, encoded bytes) pairs. image_size: None (all
+    images must share the first one's size), S, or (width, height)."""
     from PIL import Image
-    first = root / files[0][0]
+    first = sources[0]
+    first_name = first[0] if isinstance(first, tuple) else first
     try:
-        with Image.open(first) as im:
+        with Image.open(io.BytesIO(first[1]) if isinstance(first, tuple) else first) as im:
             mode = "L" if im.mode in ("L", "1", "I;16") else "RGB"
             size = im.size
     except OSError as e:
-        raise InputError(f"{first}: cannot decode image ({e})") from None
+        raise InputError(f"{first_name}: cannot decode image ({e})") from None
     resize = None
     if image_size is not None:
         resize = tuple(image_size) if isinstance(image_size, (tuple, list)) else (image_size, image_size)
         size = resize
-    jobs = [(str(root / rel), resize, mode) for rel, _ in files]
-    with decoding_progress(root, len(jobs)) as advance:
+    jobs = [(source, resize, mode) for source in sources]
+    with decoding_progress(where, len(jobs)) as advance:
         if len(jobs) < 2000 or (os.cpu_count() or 1) < 2:
             decoded = [advance(_decode(j)) for j in jobs]
         else:
             with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
                 decoded = [advance(arr) for arr in pool.map(_decode, jobs, chunksize=512)]
-    for arr, (rel, _) in zip(decoded, files):
+    for arr, source in zip(decoded, sources):
         if isinstance(arr, str):
             raise InputError(arr)
         if arr.shape[:2] != (size[1], size[0]):
-            raise InputError(f"{root / rel}: image is {arr.shape[1]}x{arr.shape[0]}, the folder's first "
+            name = source[0] if isinstance(source, tuple) else source
+            raise InputError(f"{name}: image is {arr.shape[1]}x{arr.shape[0]}, the first "
                              f"image is {size[0]}x{size[1]}; pass --image-size to resize all images")
     return np.ascontiguousarray(np.stack(decoded).transpose(0, 3, 1, 2))
 
@@ -156,31 +165,35 @@ def _cache_key(root: Path, files: list[tuple[str, int]], image_size) -> str:
     return h.hexdigest()[:24]
 
 
-def load_class_folder(root: Path, name: str, image_size=None,
-                      use_cache: bool = True) -> IndexedDataset:
-    classes, files = list_class_folder(root)
-    key = _cache_key(root, files, image_size)
-    cached = cache_dir() / f"folder-{key}.npy"
-    images = None
+def cached_images(key: str, count: int, build, use_cache: bool = True) -> np.ndarray:
+    """`build()`'s images, kept decoded in the cache under `key` (a file of `count` images)."""
+    cached = cache_dir() / f"{key}.npy"
     if use_cache and cached.exists():
         try:
             # Mapped, not read: only the images a run selects become resident (copy-on-write, so
             # the array is writable and the cache file is never written through it).
             images = np.load(cached, mmap_mode="c")
-            if images.shape[0] != len(files):
-                images = None
+            if images.shape[0] == count:
+                return images
         except (OSError, ValueError):
-            images = None   # a torn cache file is rebuilt, not trusted
-    if images is None:
-        images = _decode_all(root, files, image_size)
-        if use_cache:
-            try:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cached.with_suffix(f".tmp{os.getpid()}.npy")
-                np.save(tmp, images)
-                os.replace(tmp, cached)
-            except OSError:
-                pass    # a read-only home only costs a re-decode next time
+            pass    # a torn cache file is rebuilt, not trusted
+    images = build()
+    if use_cache:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(f".tmp{os.getpid()}.npy")
+            np.save(tmp, images)
+            os.replace(tmp, cached)
+        except OSError:
+            pass    # a read-only home only costs a re-decode next time
+    return images
+
+
+def load_class_folder(root: Path, name: str, image_size=None,
+                      use_cache: bool = True) -> IndexedDataset:
+    classes, files = list_class_folder(root)
+    key = _cache_key(root, files, image_size)
+    images = cached_images(f"folder-{key}", len(files), lambda: _decode_all(root, files, image_size), use_cache)
     labels = torch.tensor([label for _, label in files], dtype=torch.long)
     return IndexedDataset(torch.from_numpy(images), labels,
                           torch.arange(len(files), dtype=torch.long), classes, name)
