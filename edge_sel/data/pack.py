@@ -135,8 +135,8 @@ class Pack:
     def dataset(self, split: str, name: str, image_size=None) -> IndexedDataset:
         """One split decoded, as `folder:` decodes the same folder (kept decoded in the cache)."""
         labels = self.index["splits"][split]["labels"]
-        key = f"pack-{self.digest[:24]}-{split}-" + ("x".join(map(str, image_size)) if isinstance(image_size, (tuple, list))
-                                                   else str(image_size))
+        size = "x".join(map(str, image_size)) if isinstance(image_size, (tuple, list)) else str(image_size)
+        key = f"pack-{self.digest[:24]}-{split}-{size}"
         images = cached_images(key, len(labels),
                                lambda: decode_sources(f"{self.path}:{split}", self.encoded(split), image_size))
         return IndexedDataset(torch.from_numpy(np.asarray(images)), torch.tensor(labels, dtype=torch.long),
