@@ -35,8 +35,10 @@ def test_the_smoke_run_writes_every_stage_into_a_folder_that_travels_back(smoke)
     files = sorted(p.name for p in (base / "out").iterdir())
     assert files == ["cuda-tests.txt", "gpu-check.json", "run.log", "summary.json", "table.md"]
     assert all((base / "out" / f).stat().st_size < 16 * 2**20 for f in files)
-    assert {n: s["status"]["result"] for n, s in summary["stages"].items()} == dict.fromkeys(
-        ["install", "check", "cuda-tests", "data", "sel", "sundew", "lite0", "dense"], "ok")
+    skipped = "skipped (run.log says why)"
+    assert {n: s["status"]["result"] for n, s in summary["stages"].items()} == {
+        "install": skipped, "check": "ok", "cuda-tests": skipped, "data": "ok", "sel": "ok", "sundew": "ok",
+        "lite0": skipped, "dense": "ok"}
     assert summary["machine"]["device"] == "cpu" and summary["machine"]["nvml_present"] is False
     rows = {s["name"]: s for stage in summary["stages"].values() for s in stage.get("systems", [])}
     assert list(rows) == SYSTEMS

