@@ -12,7 +12,7 @@ from edge_sel.errors import InputError
 
 
 @click.command("shift", cls=Command)
-@click.option("--dataset", default="digits", show_default=True, help="digits | cifar10 | synthetic | folder:PATH")
+@click.option("--dataset", default="digits", show_default=True, help="digits | cifar10 | synthetic | folder:PATH | pack:PATH")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Where the CIFAR-10 archive lives.")
 @click.option("--shift", "spec", required=True, help="The shift to apply (same grammar as finetune --shift).")
 @click.option("--shift-seed", type=int, default=0, show_default=True, help="Seed of the shift.")
@@ -50,7 +50,7 @@ def shift_cmd(dataset, data_dir, spec, shift_seed, split, limit, out, overwrite)
 
 @click.command("trigger", cls=Command)
 @click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="The deployed model.")
-@click.option("--dataset", default="digits", show_default=True, help="digits | cifar10 | synthetic | folder:PATH")
+@click.option("--dataset", default="digits", show_default=True, help="digits | cifar10 | synthetic | folder:PATH | pack:PATH")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Where the CIFAR-10 archive lives.")
 @click.option("--shard", default=None, help="Stratified shard K/N of the training part, e.g. 1/2.")
 @click.option("--subset", type=int, default=None, help="Class-balanced subset of N scenes.")

@@ -51,7 +51,7 @@ COUNT = click.IntRange(min=0)
 
 DATA = [
     option("--dataset", default="digits", show_default=True,
-           help="digits | cifar10 | synthetic | folder:PATH"),
+           help="digits | cifar10 | synthetic | folder:PATH | pack:PATH"),
     option("--data-dir", type=click.Path(path_type=Path), default=None,
            help="Where the CIFAR-10 archive lives (cifar-10-batches-py)."),
     option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,

@@ -131,18 +131,6 @@ def test_first_per_class_takes_the_first_k_of_each_class_in_index_order():
     assert sorted(ds.index[pos].tolist()) == [0, 1, 2, 3, 5]   # class 1: ids 0 and 3; class 0: 2, 5; class 2: 1
 
 
-def test_reference_quick_puts_published_numbers_beside_ours(tmp_path):
-    out = tmp_path / "ref"
-    run_cli("bench", "reference", "--quick", "--dataset", "digits", "--subset", 150, "--systems", "dense,lottery",
-            "--out", out, "--quiet")
-    bench = json.loads((out / "bench.json").read_text())
-    assert [s["name"] for s in bench["systems"]] == ["dense", "lottery"]
-    assert bench["systems"][0]["published"]["test_full"] == 92.52
-    table = (out / "table.md").read_text()
-    assert "published test %" in table and "SEL benchmark repository" in table
-    assert (out / "init" / "seed0" / "model.safetensors").is_file()
-
-
 def test_bad_input_exits_2(tmp_path):
     result = run_cli("bench", "edge", "--quick", "--dataset", "digits", "--systems", "nope", "--out", tmp_path / "o",
                      expect=2)

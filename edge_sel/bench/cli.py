@@ -22,7 +22,7 @@ from edge_sel.bench.cli_memory import memory_cmd
 from edge_sel.bench.published import PUBLISHED
 from edge_sel.bench.runner import BenchData, SuiteSettings, run_suite
 from edge_sel.cli_base import Group
-from edge_sel.config import TrainConfig
+from edge_sel.config import MEMORY_FORMATS, PRECISIONS, TrainConfig
 from edge_sel.core.words import plural
 from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.engine.runs.run import pretrain
@@ -37,7 +37,8 @@ def _execute(settings: SuiteSettings, published: dict | None) -> None:
     click.echo(f"\nbench {settings.name}: {len(settings.systems)} systems x {len(settings.seeds)} seed(s) in "
                f"{result['wall_s']:.0f} s on {result['device']}")
     click.echo(f"wrote {settings.out / 'bench.json'}, {settings.out / 'table.md'}, {settings.out / 'table.csv'}")
-    click.echo(f"report: {written['report']}")
+    if written["report"]:
+        click.echo(f"report: {written['report']}")
 
 
 @click.group("bench", cls=Group)
@@ -97,28 +98,52 @@ def edge_cmd(dataset, epochs, val_cap, pretrain_epochs, device, busy, busy_nice,
         _execute(settings, None)
 
 
+def _capped(system, cap: int) -> bool:
+    """Whether the seeds' own epochs of `system` exceed `cap`."""
+    seeds = {s.name: s for s in suites.reference_systems()}
+    own = seeds[system.control_of or system.name]
+    return any(p.epochs > cap for p in own.phases)
+
+
 @bench_group.command("reference")
 @click.option("--dataset", default="cifar10", show_default=True,
-              help="cifar10 (archive under --data-dir, or a torchvision download where it imports) | folder:PATH")
+              help="cifar10 (archive under --data-dir, or a torchvision download where it imports) | folder:PATH | pack:PATH")
 @click.option("--model", "model_name", default=None,
               help="Model for the fresh initialisation [resnet18_cifar; --quick: edgecnn].")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, mps or auto.")
+@click.option("--image-size", type=int, default=None,
+              help="Resize folder and pack images to S x S (EfficientNet-Lite0 at 224, say).")
+@click.option("--max-epochs", type=int, default=None,
+              help="Cap every phase at N epochs (a time-boxed run; the table says so) [the seeds' epochs; --quick: 2].")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+              help="Every pass of every run in this precision (auto: as each run chooses, measured on a CPU).")
+@click.option("--memory-format", type=click.Choice(MEMORY_FORMATS), default="auto", show_default=True,
+              help="Every run's activation layout (auto: measured by each run).")
+@click.option("--no-report", is_flag=True, help="bench.json and the tables only (no report.html and its plots).")
 @common_options
-def reference_cmd(dataset, model_name, device, data_dir, checkpoint, seeds, systems, subset, out, overwrite,
-                  quick, quiet):
+def reference_cmd(dataset, model_name, device, image_size, max_epochs, precision, memory_format, no_report, data_dir,
+                  checkpoint, seeds, systems, subset, out, overwrite, quick, quiet):
     """The seeds' CIFAR-10 reference table on a desktop GPU, with their published numbers beside ours."""
     n = subset or (1000 if quick else None)
     model = model_name or ("edgecnn" if quick else "resnet18_cifar")
-    for option, value in (("--subset", subset), ("--seeds", seeds)):
+    cap = max_epochs or (2 if quick else None)
+    for option, value in (("--subset", subset), ("--seeds", seeds), ("--max-epochs", max_epochs),
+                          ("--image-size", image_size)):
         if value is not None and value < 1:
             raise InputError(f"{option} must be >= 1, got {value}")
-    chosen = suites.select(suites.reference_systems(quick), systems)
+    chosen = suites.select(suites.reference_systems(cap), systems)
+    pinned = {k: v for k, v in (("precision", precision), ("eval_precision", precision),
+                                ("memory_format", memory_format)) if v != "auto"}
     check_checkpoint(checkpoint)
     target = fresh_out(out or Path("runs/bench-reference"), overwrite, "reference", checkpoint, dataset, data_dir)
     count = seeds or (1 if quick else 3)
-    data = BenchData(dataset, data_dir, subset=n)
-    notes = [f"{'--quick smoke run: ' if quick else ''}{model} on {dataset}"
+    data = BenchData(dataset, data_dir, subset=n, image_size=image_size)
+    px = f" at {image_size} px" if image_size else ""
+    notes = [f"{'--quick smoke run: ' if quick else ''}{model} on {dataset}{px}"
              f"{f' ({n:,}-sample subset)' if n else ''}; every system of a seed starts from the same weights."]
+    capped = [s.name for s in chosen if cap and _capped(s, cap)]
+    if capped:
+        notes.append(f"Every phase capped at {plural(cap, 'epoch')}, fewer than the seeds ran for {', '.join(capped)}.")
     if checkpoint is not None:
         start = {k: Path(checkpoint) for k in range(count)}
         notes.append(f"Starting checkpoint: {checkpoint}.")
@@ -129,12 +154,14 @@ def reference_cmd(dataset, model_name, device, data_dir, checkpoint, seeds, syst
         for k in range(count):
             start[k] = target / "init" / f"seed{k}"
             # A fresh initialisation ships no source memory: a Fisher of random weights says nothing.
-            pretrain(model, DataOptions(dataset, data_dir, subset=n),
-                     TrainConfig(epochs=0, seed=k, device=device, anchors_per_class=0), start[k], quiet=True)
+            pretrain(model, DataOptions(dataset, data_dir, subset=n, image_size=image_size),
+                     TrainConfig(epochs=0, seed=k, device=device, anchors_per_class=0, **pinned), start[k], quiet=True)
         notes.append("Starting weights: a fresh initialisation per seed (no ImageNet weights, unlike the "
                      "seed's partly pretrained ResNet-18), so absolute accuracies differ from the published ones.")
+    if pinned:
+        notes.append("Given for every run: " + ", ".join(f"{k} {v}" for k, v in pinned.items()) + ".")
     settings = SuiteSettings("reference", chosen, data, dict(suites.REFERENCE_COMMON), list(range(count)),
-                             start, target, device, quiet, notes)
+                             start, target, device, quiet, notes, pinned, not no_report)
     _execute(settings, PUBLISHED)
 
 

@@ -63,6 +63,8 @@ def write_outputs(s: SuiteSettings, result: dict, published: dict | None) -> dic
                      "published": (published or {}).get(sys_.name)} for sys_ in s.systems],
     }
     (s.out / "bench.json").write_text(json.dumps(bench, indent=2, default=str))
+    if not s.report:
+        return {"table": md, "report": None, "aggregate": agg}
     from edge_sel.report.html import table_html
     section = table_html([(k, h, "") for k, h in cols], rows) + "<ul>" + "".join(
         f"<li>{esc(n)}</li>" for n in notes) + "</ul>"

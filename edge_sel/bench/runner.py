@@ -75,14 +75,17 @@ class SuiteSettings:
     device: str = "auto"
     quiet: bool = False
     notes: list[str] = field(default_factory=list)
+    pinned: dict = field(default_factory=dict)     # TrainConfig fields every phase takes as given (no probe)
+    report: bool = True                             # report/report.html with its plots
 
 
 def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-def make_config(phase: Phase, common: dict, seed: int, device: str) -> TrainConfig:
+def make_config(phase: Phase, common: dict, seed: int, device: str, pinned: dict | None = None) -> TrainConfig:
     training = dict(common) if phase.training is None else dict(phase.training)
+    training.update(pinned or {})
     # checkpoint_every=0: full state saved at epoch ends only; the bench times training, not disk writes.
     # keep="last": a system is measured by what its training produced (and a phase hands its trained
     # weights to the next one), not by the keep-best guard a device run applies on top.
@@ -152,7 +155,7 @@ def run_system(system: System, seed: int, s: SuiteSettings, steps: list) -> RunD
             lottery.prune_and_rewind(previous, start, rewound, step.prune_frac)   # writes lottery.json there
             previous = rewound
             continue
-        cfg = make_config(step, s.common, seed, s.device)
+        cfg = make_config(step, s.common, seed, s.device, s.pinned)
         if step.sparsity == "lottery":
             cfg.method["lottery_mask"] = str(Path(previous) / lottery.MASK_FILE)
         run_dir = base / slug(step.name)

@@ -93,9 +93,10 @@ AST_WARMUP = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1
               "warmup_epochs": 2.0, "label_smoothing": 0.1}
 
 
-def reference_systems(quick: bool = False) -> list[System]:
-    """The seeds' CIFAR-10 table plus DIHCL, the random controls and ours. Epochs as the seeds ran them; --quick caps every phase at 2 epochs."""
-    cap = (lambda n: min(n, 2)) if quick else (lambda n: n)
+def reference_systems(max_epochs: int | None = None) -> list[System]:
+    """The seeds' CIFAR-10 table plus DIHCL, the random controls and ours. Epochs as the seeds ran
+    them, each phase capped at `max_epochs` where given (--quick: 2; --max-epochs: a time-boxed run)."""
+    cap = (lambda n: min(n, max_epochs)) if max_epochs else (lambda n: n)
     warm = dict(AST_WARMUP, warmup_epochs=min(AST_WARMUP["warmup_epochs"], cap(10)))
     return [
         System("dense", [Phase("train", cap(30))], "seed baseline: 30 epochs, Adam 1e-3 constant, batch 64"),

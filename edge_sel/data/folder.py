@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import io
 import os
 import sys
 import warnings
@@ -83,17 +84,18 @@ def first_image_size(root: Path) -> tuple[int, int]:
         raise InputError(f"{first}: cannot decode image ({e})") from None
 
 
-def _decode(args: tuple[str, tuple[int, int] | None, str]) -> np.ndarray | str:
-    path, size, mode = args   # size: (width, height) to resize to, or None to keep
+def _decode(args: tuple[str | tuple[str, bytes], tuple[int, int] | None, str]) -> np.ndarray | str:
+    source, size, mode = args   # a file, or (name, encoded bytes) from a pack; size: (width, height) or None
     from PIL import Image, UnidentifiedImageError
+    name, opened = (source[0], io.BytesIO(source[1])) if isinstance(source, tuple) else (source, source)
     try:
-        with Image.open(path) as im:
+        with Image.open(opened) as im:
             im = im.convert(mode)
             if size is not None and im.size != size:
                 im = im.resize(size, Image.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
     except (OSError, UnidentifiedImageError, ValueError) as e:
-        return f"{path}: cannot decode image ({e.__class__.__name__}: {e})"
+        return f"{name}: cannot decode image ({e.__class__.__name__}: {e})"
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
@@ -102,31 +104,38 @@ class MixedSizes(Exception):
 
 
 def _decode_all(root: Path, files: list[tuple[str, int]], image_size) -> np.ndarray:
-    """image_size: None (all images must share the first one's size, else MixedSizes), S, or (width, height)."""
+    return decode_sources(root, [str(root / rel) for rel, _ in files], image_size)
+
+
+def decode_sources(where, sources: list, image_size) -> np.ndarray:
+    """N x C x H x W uint8 from image files or (name, encoded bytes) pairs. image_size: None (all
+    images must share the first one's size), S, or (width, height)."""
     from PIL import Image
-    first = root / files[0][0]
+    first = sources[0]
+    first_name = first[0] if isinstance(first, tuple) else first
     try:
-        with Image.open(first) as im:
+        with Image.open(io.BytesIO(first[1]) if isinstance(first, tuple) else first) as im:
             mode = "L" if im.mode in ("L", "1", "I;16") else "RGB"
             size = im.size
     except OSError as e:
-        raise InputError(f"{first}: cannot decode image ({e})") from None
+        raise InputError(f"{first_name}: cannot decode image ({e})") from None
     resize = None
     if image_size is not None:
         resize = tuple(image_size) if isinstance(image_size, (tuple, list)) else (image_size, image_size)
         size = resize
-    jobs = [(str(root / rel), resize, mode) for rel, _ in files]
-    with decoding_progress(root, len(jobs)) as advance:
+    jobs = [(source, resize, mode) for source in sources]
+    with decoding_progress(where, len(jobs)) as advance:
         if len(jobs) < 2000 or (os.cpu_count() or 1) < 2:
             decoded = [advance(_decode(j)) for j in jobs]
         else:
             with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
                 decoded = [advance(arr) for arr in pool.map(_decode, jobs, chunksize=512)]
-    for arr, (rel, _) in zip(decoded, files):
+    for arr, source in zip(decoded, sources):
         if isinstance(arr, str):
             raise InputError(arr)
         if arr.shape[:2] != (size[1], size[0]):
-            raise MixedSizes(f"{root / rel}: image is {arr.shape[1]}x{arr.shape[0]}, the folder's first "
+            name = source[0] if isinstance(source, tuple) else source
+            raise MixedSizes(f"{name}: image is {arr.shape[1]}x{arr.shape[0]}, the first "
                              f"image is {size[0]}x{size[1]}; pass --image-size to resize all images")
     return np.ascontiguousarray(np.stack(decoded).transpose(0, 3, 1, 2))
 
@@ -231,39 +240,48 @@ def read_cache(path: Path, count: int) -> np.ndarray:
     return np.memmap(path, dtype=np.uint8, mode="c", offset=HEADER_BYTES, shape=shape)
 
 
-def _cached(path: Path, count: int) -> np.ndarray | None:
+def cached_images(key: str, count: int, build, use_cache: bool = True, where=None) -> np.ndarray:
+    """`build()`'s images, kept decoded in the cache under `key` (a file of `count` images, checked
+    by its digest: a torn or damaged one is said in one line and rebuilt)."""
+    cached = cache_dir() / f"{key}.images"
+    if use_cache:
+        try:
+            return read_cache(cached, count)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError) as e:     # torn or damaged: rebuilt, not trusted
+            print(f"edge-sel: {cached}: damaged decoded-image cache ({e}); decoding {where or key} again",
+                  file=sys.stderr, flush=True)
+    images = build()
+    if use_cache:
+        try:
+            write_cache(cached, images)
+        except OSError:
+            pass    # a read-only home only costs a re-decode next time
+    return images
+
+
+def decode_own_size(where, decode, image_size, key_of, count: int, use_cache: bool = True) -> np.ndarray:
+    """Images decoded once at their own size (`decode(None)`) and cached so; a source of mixed
+    sizes, which no single array holds at their own sizes, is decoded at `image_size` (S or (width,
+    height)) instead, under a cache key of its own (`key_of(image_size)`), and refused without one."""
+    own, mixed = key_of(None), key_of(("mixed sizes", image_size))
+    if use_cache and image_size is not None and (cache_dir() / f"{mixed}.images").exists():
+        return cached_images(mixed, count, lambda: decode(image_size), use_cache, where)
     try:
-        return read_cache(path, count)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError) as e:     # torn or damaged: rebuilt, not trusted
-        print(f"edge-sel: {path}: damaged decoded-image cache ({e}); decoding the folder again",
-              file=sys.stderr, flush=True)
-        return None
+        return cached_images(own, count, lambda: decode(None), use_cache, where)
+    except MixedSizes as e:
+        if image_size is None:
+            raise InputError(str(e)) from None
+        return cached_images(mixed, count, lambda: decode(image_size), use_cache, where)
 
 
 def load_class_folder(root: Path, name: str, image_size=None, use_cache: bool = True) -> IndexedDataset:
     """A class folder decoded once at its own size and cached so; the caller gives a model the
-    images at its size (IndexedDataset.at_size), a batch at a time. A folder of mixed sizes, which
-    no single array holds at their own sizes, is decoded at `image_size` (S or (width, height))
-    instead, under a cache key of its own, and refused without one."""
+    images at its size (IndexedDataset.at_size), a batch at a time (decode_own_size: a folder of
+    mixed sizes is decoded at `image_size`)."""
     classes, files = list_class_folder(root)
-    own = cache_file(root, files, None)
-    mixed = cache_file(root, files, ("mixed sizes", image_size))
-    images = _cached(own, len(files)) if use_cache else None
-    if images is None and use_cache and image_size is not None and mixed.exists():
-        images = _cached(mixed, len(files))
-    if images is None:
-        try:
-            images, cached = _decode_all(root, files, None), own
-        except MixedSizes as e:
-            if image_size is None:
-                raise InputError(str(e)) from None
-            images, cached = _decode_all(root, files, image_size), mixed
-        if use_cache:
-            try:
-                write_cache(cached, images)
-            except OSError:
-                pass    # a read-only home only costs a re-decode next time
+    images = decode_own_size(root, lambda size: _decode_all(root, files, size), image_size,
+                             lambda size: f"folder-{_cache_key(root, files, size)}", len(files), use_cache)
     labels = torch.tensor([label for _, label in files], dtype=torch.long)
     return IndexedDataset(torch.from_numpy(images), labels, torch.arange(len(files), dtype=torch.long), classes, name)

@@ -20,7 +20,7 @@ CIFAR_AUGMENT = {"crop_pad": 4, "flip": True}
 HELD_OUT_TEST_FRACTION = 0.2
 HELD_OUT_SEED = 1234
 
-DATASET_NAMES = ("digits", "cifar10", "synthetic", "folder:PATH")
+DATASET_NAMES = ("digits", "cifar10", "synthetic", "folder:PATH", "pack:PATH")
 
 
 def _carve_test(ds: IndexedDataset) -> tuple[IndexedDataset, IndexedDataset]:
@@ -153,12 +153,37 @@ def load_folder(path: Path, image_size: int | None = None) -> tuple[IndexedDatas
     return _carve_test(load(path))
 
 
+def load_pack(path: Path, image_size: int | None = None) -> tuple[IndexedDataset, IndexedDataset]:
+    """pack:PATH — an image folder packed by tools/pack_folder.py, split and decoded as folder:
+    splits and decodes the folder it was made from."""
+    from edge_sel.data.pack import Pack
+    pack = Pack(path)
+    name = f"pack:{Path(path).name}"
+
+    def load(split: str) -> IndexedDataset:
+        ds = pack.dataset(split, name, image_size)
+        ds.augment = {"crop_pad": 4, "flip": True}
+        return ds if image_size is None else ds.at_size(image_size, image_size)
+    if "all" in pack.splits:
+        return _carve_test(load("all"))
+    train = load("train")
+    if "test" not in pack.splits:
+        return _carve_test(train)
+    test = load("test")
+    if test.input_shape != train.input_shape:
+        raise InputError(f"--dataset pack:{path}: test images are {test.input_shape}, train images are "
+                         f"{train.input_shape}; pass --image-size to resize both")
+    return train, test
+
+
 def source_paths(spec: str | None, data_dir: Path | None = None) -> list[tuple[str, Path]]:
     """The places on disk a data set is read from, as the user named them (for the rule that an
     output never lands on an input: core/outputs.py)."""
     paths = []
     if spec and folder_path(spec) is not None:
         paths.append(("--dataset", folder_path(spec)))
+    if spec and pack_path(spec) is not None:
+        paths.append(("--dataset", pack_path(spec)))
     if data_dir is not None and spec == "cifar10":
         paths.append(("--data-dir", Path(data_dir)))
     return paths
@@ -174,6 +199,10 @@ def folder_path(spec: str) -> Path | None:
         else None
 
 
+def pack_path(spec: str) -> Path | None:
+    return Path(spec[len("pack:"):]).expanduser() if spec.startswith("pack:") and len(spec) > len("pack:") else None
+
+
 def check_source(spec: str, data_dir: Path | None = None, image_size: int | None = None) -> None:
     """What can be told of a source without reading it: a known name, a folder that is there, the
     CIFAR-10 archive or a way to download it (a night refuses a bad one before it starts a run)."""
@@ -183,6 +212,9 @@ def check_source(spec: str, data_dir: Path | None = None, image_size: int | None
         check_cifar10(data_dir)
     elif folder_path(spec) is not None:
         check_folder(folder_path(spec))
+    elif pack_path(spec) is not None:
+        if not pack_path(spec).is_file():
+            raise InputError(f"--dataset {spec}: " + ("not a file" if pack_path(spec).exists() else "no such file"))
     elif spec not in ("digits", "synthetic"):
         raise InputError(f"--dataset: unknown dataset {spec!r}; choose one of {', '.join(DATASET_NAMES)}")
 
@@ -196,4 +228,6 @@ def load_source(spec: str, data_dir: Path | None = None,
         return load_synthetic()
     if spec == "cifar10":
         return load_cifar10(data_dir)
+    if pack_path(spec) is not None:
+        return load_pack(pack_path(spec), image_size)
     return load_folder(folder_path(spec), image_size)
