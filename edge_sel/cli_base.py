@@ -43,13 +43,26 @@ class OneLineUsageError(click.ClickException):
     exit_code = 2
 
 
-def _from_environment(e: click.UsageError) -> str | None:
+def _typed(param: click.Parameter, given: list[str]) -> bool:
+    """Whether the command line `given` names `param` (--opt VALUE, --opt=VALUE, -oVALUE)."""
+    flags = [*param.opts, *param.secondary_opts]
+    return any(arg == flag or arg.startswith(flag + "=") or (len(flag) == 2 and arg.startswith(flag))
+               for arg in given for flag in flags)
+
+
+def _from_environment(e: click.UsageError, given: list[str] | None = None) -> str | None:
     """The variable a bad value came from, when it came from the environment: the user typed no
     option, so an error naming only the option would send them looking in the wrong place."""
     param, ctx = getattr(e, "param", None), e.ctx
     if param is None or ctx is None or not param.name:
         return None
-    if ctx.get_parameter_source(param.name) != click.core.ParameterSource.ENVIRONMENT:
+    source = ctx.get_parameter_source(param.name)
+    if source is None and given is not None:
+        # click 8.4 records where a value came from only once it has converted: a value that
+        # failed has no source yet, so the command line decides.
+        if _typed(param, given) or param.resolve_envvar_value(ctx) is None:
+            return None
+    elif source != click.core.ParameterSource.ENVIRONMENT:
         return None
     names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or ())
     return next((name for name in names if name in os.environ), names[0] if names else None)
@@ -66,12 +79,12 @@ def _suggest(e: click.NoSuchOption) -> str:
     return e.message + (f" Did you mean {', '.join(meant)}?" if meant else "")
 
 
-def _one_line(e: click.UsageError) -> click.ClickException:
+def _one_line(e: click.UsageError, given: list[str] | None = None) -> click.ClickException:
     if isinstance(e, NO_ARGS_IS_HELP):
         return e
     if isinstance(e, click.NoSuchOption) and e.option_name.startswith("--"):
         return OneLineUsageError(_suggest(e))
-    variable = _from_environment(e)
+    variable = _from_environment(e, given)
     if variable is not None:
         e.param_hint = f"{variable}={os.environ.get(variable, '')!r} (the environment's {e.param.opts[0]})"
     elif isinstance(getattr(e, "param", None), click.Option) and e.param_hint is None:
@@ -98,10 +111,11 @@ def _invoke_handled(invoke, ctx: click.Context):
 
 
 def _make_context_one_line(make_context, info_name, args, parent, extra):
+    given = list(args)      # click's parser consumes `args`
     try:
         return make_context(info_name, args, parent=parent, **extra)
     except click.UsageError as e:
-        raise _one_line(e) from None
+        raise _one_line(e, given) from None
 
 
 class Command(click.Command):
