@@ -118,14 +118,16 @@ def _condition(i: int, m: dict, tensors: dict, input_shape: list[int]) -> SavedC
 
 
 def condition_names(directory: Path) -> list[str] | None:
-    """The names of a checkpoint's bank's conditions (its metadata alone), None without a bank."""
+    """The names of a checkpoint's bank's conditions (its metadata alone), None without a bank; the
+    file is read as read_bank reads it, a link refused."""
     path = Path(directory) / BANK_FILE
-    if not path.is_file():
+    if not inside_file(directory, BANK_FILE, "--checkpoint"):
         return None
     try:
-        with safe_open(str(path), "pt") as f:
-            return [c["name"] for c in json.loads((f.metadata() or {})["conditions"])]
-    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
+        data = read_inside(directory, BANK_FILE, "--checkpoint") or b""
+        header = parse_json(data[8:8 + int.from_bytes(data[:8], "little")])
+        return [c["name"] for c in parse_json((header.get("__metadata__") or {})["conditions"])]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise InputError(f"{path}: unreadable or corrupt ({e.__class__.__name__}: {e})") from None
 
 
