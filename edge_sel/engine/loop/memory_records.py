@@ -11,7 +11,7 @@ from edge_sel.core.memory import MiB, MemoryCount, nbytes
 from edge_sel.engine.machine.peak_memory import PeakMeter
 
 # MemoryCount's parts, as record fields.
-PARTS = ("weights", "optimizer", "batch", "activations", "gradients", "transient", "workspace", "saved")
+PARTS = ("weights", "optimizer", "batch", "kept", "activations", "gradients", "transient", "workspace", "saved")
 
 
 def mib(n: int) -> float:
@@ -70,11 +70,13 @@ class RunMemory:
         out = {**count_fields(count), "memory_step_samples": rows or None,
                "memory_step_sets": len(progress.memory_steps),
                "memory_measured_mb": measured, "memory_measure_method": self.meter.method,
+               "memory_process_peak_mb": self.meter.process_peak(),
                "memory_data_mb": mib(self.data_bytes)}
+        out.update(self.trainer.__dict__.pop("memory_plan_cost", None) or {})     # the first epoch's: its planning
         if self.trainer.config.backend != "torch":
             out["memory_counted_for"] = "the same step in torch (ONNX Runtime's own graph is not counted)"
-        if record.get("bn_adapt_samples"):      # BatchNorm re-estimation: train mode, no gradients, 256 a batch
-            batch = min(256, record["bn_adapt_samples"])
+        if record.get("bn_adapt_samples"):      # BatchNorm re-estimation: train mode, no gradients, its planned batch
+            batch = min(getattr(self.trainer, "bn_adapt_batch", 256), record["bn_adapt_samples"])
             out["memory_bn_adapt_counted_mb"] = mib(self.trainer.memory_counter.count_forward(batch, True).peak)
         return out
 
@@ -86,4 +88,5 @@ class RunMemory:
             return {"memory_eval_counted_mb": None, "memory_eval_measured_mb": None}
         batch = min(self.trainer.eval_batch_size, largest)
         count = self.trainer.memory_counter.count_forward(batch)
-        return {"memory_eval_counted_mb": mib(count.peak), "memory_eval_measured_mb": measured}
+        return {"memory_eval_counted_mb": mib(count.peak), "memory_eval_measured_mb": measured,
+                "memory_process_peak_mb": self.meter.process_peak()}

@@ -84,6 +84,7 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
                            # a mid-epoch state would hold rank 0's share of the epoch only
                            checkpoint_every=0 if ranks else cfg.checkpoint_every, ranks=ranks, memory=memory,
                            bank=bank[0], bank_setup=bank[1])
+        t0 = time.perf_counter()        # from the trainer's start: its layout probes and memory plan are the run's too
         trainer = ranks.build_trainer(build, cfg) if ranks else build()
         if resume_state is None and writes:
             start_out_dir(out, phase)
@@ -95,7 +96,6 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
         if resume_state is not None and writes:     # drops a record written after the checkpoint
             baseline = resume_state.get("baseline")
             writer.reset(([baseline] if baseline else []) + resume_state["records"])
-        t0 = time.perf_counter()
         # Under torchrun a signal ends the worker at once: torchrun restarts every rank from the
         # last epoch checkpoint, which a rank stopping alone mid-epoch would only delay.
         if not ranks:
