@@ -146,6 +146,9 @@ def budget_line(memory: dict) -> str | None:
     said = []
     if memory.get("counted_mb") is not None:
         said.append(f"the training step counted {against_budget(memory['counted_mb'], budget)}")
+    if memory.get("eval_counted_mb") is not None and memory.get("eval_beside_mb") is not None:
+        said.append(f"an evaluation pass counted {memory['eval_counted_mb']:,.1f} MiB beside the "
+                    f"{memory['eval_beside_mb']:,.1f} MiB training keeps")
     measured = [(what, memory.get(key)) for what, key in (("training", "measured_mb"), ("evaluating", "eval_measured_mb"))
                 if memory.get(key) is not None]
     if measured:

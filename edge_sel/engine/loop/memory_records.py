@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import torch
+
 from edge_sel.core.memory import MiB, MemoryCount, nbytes
 from edge_sel.engine.machine.peak_memory import PeakMeter
 
@@ -37,6 +39,7 @@ class RunMemory:
         # window's peak is measured over this level.
         self.base = self.meter.level()
         self.window = None
+        self.snapshot = None
         sets = [trainer.train_ds, trainer.val_ds, trainer.val_eval_ds, trainer.test_ds, trainer.clean_test_ds]
         self.data_bytes = nbytes([t for ds in sets if ds is not None for t in (ds.images, ds.labels, ds.index)])
 
@@ -66,6 +69,7 @@ class RunMemory:
         """The epoch's measured peak (its window closes: the evaluation is measured on its own),
         then its counted steps, the re-estimation pass it ran, and the datasets on the device."""
         measured, self.window = self.meter.end(self.window), None
+        self.snapshot = progress.before         # alive through the epoch's evaluation
         count, rows = self.largest_step(progress.memory_steps)
         out = {**count_fields(count), "memory_step_samples": rows or None,
                "memory_step_sets": len(progress.memory_steps),
@@ -88,5 +92,11 @@ class RunMemory:
             return {"memory_eval_counted_mb": None, "memory_eval_measured_mb": None}
         batch = min(self.trainer.eval_batch_size, largest)
         count = self.trainer.memory_counter.count_forward(batch)
-        return {"memory_eval_counted_mb": mib(count.peak), "memory_eval_measured_mb": measured,
-                "memory_process_peak_mb": self.meter.process_peak()}
+        # What training keeps alive beside this pass (its bytes counted from the live tensors): the
+        # optimizer's state, the last step's gradients, the epoch's parameter copy.
+        model, optimizer = self.trainer.model, self.trainer.optimizer
+        beside = [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+        beside += [p.grad for p in model.parameters() if p.grad is not None] + list(self.snapshot or [])
+        self.snapshot = None
+        return {"memory_eval_counted_mb": mib(count.peak), "memory_eval_beside_mb": mib(nbytes(beside)),
+                "memory_eval_measured_mb": measured, "memory_process_peak_mb": self.meter.process_peak()}
