@@ -100,6 +100,11 @@ class _LiveBytes(TorchDispatchMode):
         self.serials = 0
         self.peak = 0
         self.at_peak: dict[int, int] = {}        # serial -> bytes, at the high-water mark
+        self.recent = 0                          # the high-water mark since it was last set (a part of the step)
+
+    def alive(self) -> int:
+        self._sweep()
+        return sum(n for _, n, _ in self.live.values())
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -109,6 +114,7 @@ class _LiveBytes(TorchDispatchMode):
                 self.serial(t)
         own = convolution_workspace(func, args, out, self.threads) if self.kernels == "cpu" else 0
         now = sum(n for _, n, _ in self.live.values()) + own
+        self.recent = max(self.recent, now)
         if now > self.peak:
             self.peak, self.workspace = now, own
             self.at_peak = {serial: n for _, n, serial in self.live.values()}
@@ -153,6 +159,7 @@ class MemoryCounter:
         self._twin: nn.Module | None = None
         self._cache: dict[tuple, MemoryCount] = {}
         self._optimizers: dict[tuple, torch.optim.Optimizer] = {}     # trainable set -> the twin's optimizer, its state made
+        self._optimizer_extra: dict[tuple, int] = {}     # trainable set -> bytes its optimizer's step allocates
 
     def twin(self) -> nn.Module:
         if self._twin is None:
@@ -201,6 +208,25 @@ class MemoryCounter:
                                            weights + batch + mode.peak)
         return self._cache[key]
 
+    def _optimizer_step_counted(self, optimizer, signature: tuple, mode: _LiveBytes) -> None:
+        """The optimizer's step, counted once per trainable set: what it allocates over what is alive when
+        it starts depends on the set alone, so later shapes of the set count an allocation of those bytes
+        instead of running it again (it was a third of a count's time on the meta device)."""
+        extra = self._optimizer_extra.get(signature)
+        real = optimizer.step
+        if extra is None:
+            def step(*args, **kwargs):
+                start = mode.alive()
+                mode.recent = start
+                out = real(*args, **kwargs)
+                self._optimizer_extra[signature] = max(0, mode.recent - start)
+                return out
+        else:
+            def step(*args, **kwargs):
+                if extra:
+                    torch.empty(extra, dtype=torch.uint8, device="meta")
+        optimizer.step = step
+
     def _count(self, signature: tuple, shape: StepShape) -> MemoryCount:
         twin = self.twin()
         params = list(twin.parameters())
@@ -247,12 +273,15 @@ class MemoryCounter:
                 saved[serial] = (t.untyped_storage().nbytes(), max(chunk[0], 0))
             return t
 
+        if optimizer is not None:
+            self._optimizer_step_counted(optimizer, signature, mode)
         try:
             with mode, torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
                 run(x[:rows], y[:rows], shape.chunk if shape.chunk < rows else 0)
                 gradients = {mode.serial(p.grad) for p in trained if p.grad is not None}
         finally:
             counting.remove()
+        optimizer.__dict__.pop("step", None) if optimizer is not None else None
         for p in params:
             p.grad = None
         by_chunk = [sum(n for n, c in saved.values() if c == k) for k in range(max(chunk[0], 0) + 1)]

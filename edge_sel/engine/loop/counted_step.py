@@ -22,6 +22,11 @@ from edge_sel.methods import Updater
 from edge_sel.methods.objective import Objective
 
 
+# The backend's step as this module found it: what instruments a run's steps (a test's hook on
+# TorchBackend.train_step) does not see the counter's steps on the twin.
+TRAIN_STEP = TorchBackend.train_step
+
+
 class _NoOptimizer:
     """What the backend steps when nothing trains (a frozen model's step has no optimizer)."""
     param_groups: list = []
@@ -83,7 +88,7 @@ def run_step_factory(cfg, model: torch.nn.Module, objective=None):
             backend.bn_mode = "eval" if frozen else "train"
             index = torch.zeros(len(y), dtype=torch.long, device="meta")
             try:
-                backend.train_step(0, Batch(index, index, x, y, None))
+                TRAIN_STEP(backend, 0, Batch(index, index, x, y, None))
             finally:
                 for hook in hooks:
                     hook.remove()
