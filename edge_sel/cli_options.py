@@ -191,9 +191,10 @@ FINETUNE = [
                 "bias-norm (biases, norms and the head) | budget (what each byte buys, under --memory-budget) "
                 "[default: budget with --memory-budget; the strategy's (sel: layers); else none]."),
     option("--memory-budget", type=click.FloatRange(min=0, min_open=True), default=None,
-           help="MB the training step may keep (weights, optimizer state, batch, activations, gradients; the "
-                "datasets come on top): the step is planned to fit, by counting (micro-batches, recomputed "
-                "blocks, and with --sparsity budget, the default then, what trains). Off by default."),
+           help="MiB (2^20 bytes) the training step may keep (weights, optimizer state, batch, activations, "
+                "gradients; the process itself and the datasets come on top): the step is planned to fit, by "
+                "counting (micro-batches, recomputed blocks, and with --sparsity budget, the default then, what "
+                "trains); the run's last lines compare what it measured with it. Off by default."),
     option("--backend", type=click.Choice(["torch", "ort"]), default="torch", show_default=True,
            help="What runs the training step: PyTorch, or ONNX Runtime training artifacts (--artifacts)."),
     option("--artifacts", type=click.Path(path_type=Path), default=None, help="ORT training artifacts (--backend ort)."),

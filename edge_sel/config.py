@@ -101,7 +101,7 @@ class TrainConfig:
     bn_conditions: int = 0
     bn_condition_images: int = 256
     bn_condition_radius: float = 0.25
-    # --memory-budget: the training step's counted peak in MB (engine/machine/memory_plan.py); the plan
+    # --memory-budget: the training step's counted peak in MiB (engine/machine/memory_plan.py); the plan
     # that fits it is kept here once made, so a resumed run runs the same step.
     memory_budget_mb: float | None = None
     memory_plan: dict | None = None
@@ -115,6 +115,9 @@ class TrainConfig:
     backbone_lr_scale: float = 1.0    # the fine-tuning stage's learning rate for all but the classifier, times lr
     # False: a fine-tune does not evaluate its starting model (a bench evaluates it once for all its runs).
     evaluate_start: bool = True
+    # FedProx's pull towards the round's weights (a fleet client's round sets it): its copy of the
+    # weights and the pull are counted under a memory budget.
+    proximal_mu: float = 0.0
     # Training options the user gave on the command line (a preset never overrides those); None when
     # unknown (the Python API), then a value other than the default counts as the user's choice.
     explicit: list | None = None
@@ -151,6 +154,7 @@ class TrainConfig:
         _integer("--anchors-per-class", self.anchors_per_class, lo=0)
         _integer("--fisher-samples", self.fisher_samples, lo=0)
         _number("--ewc", self.ewc, lo=0)
+        _number("proximal_mu", self.proximal_mu, lo=0)
         _number("--replay", self.replay, lo=0, hi=0.9)
         _number("--bn-anchor-share", self.bn_anchor_share, lo=0, hi=1, hi_open=True)
         if self.reset_forgetting is not None:
@@ -166,10 +170,14 @@ class TrainConfig:
             _number("--memory-budget", self.memory_budget_mb, lo=0, lo_open=True, hi=MAX_MEMORY_BUDGET_MB)
             if self.backend != "torch":
                 raise InputError("--memory-budget: needs --backend torch (ORT artifacts fix what trains when exported)")
+            if self.sparsity == "mask":
+                raise InputError("--sparsity mask: its guilt mask copies every trained weight and its optimizer state "
+                                 "each step, which a --memory-budget plan cannot count; use --sparsity budget (the "
+                                 "default with a budget), classifier, last-k, bias-norm or none")
         if self.memory_plan is not None and not isinstance(self.memory_plan, dict):
             raise InputError(f"memory_plan must be a mapping, got {self.memory_plan!r}")
         if self.sparsity == "budget" and self.memory_budget_mb is None:
-            raise InputError("--sparsity budget: chooses what trains under --memory-budget MB; give one")
+            raise InputError("--sparsity budget: chooses what trains under --memory-budget MiB; give one")
         _integer("--head-epochs", self.head_epochs, lo=0, hi=MAX_EPOCHS)
         if self.head_lr is not None:
             _number("--head-lr", self.head_lr, lo=0, lo_open=True)

@@ -223,24 +223,29 @@ def test_keep_best_reports_the_validation_accuracy_of_the_weights_sent():
 
 def test_a_real_client_round_reports_its_full_training_flops_and_kept_accuracy(tmp_path):
     """One client's round on digits with the SEL mask (its guilt threshold is a calibration pass)
-    and --keep best, under the node's memory budget: the round runs the step its plan counted, as
+    and --keep best; under the node's memory budget a round runs the step its plan counted, as
     finetune does (fp32, the contiguous layout, evaluation at most a training batch), probing nothing
     although the server left the layout and the evaluation batch to the device."""
     from edge_sel.fleet.local import RoundPlan, train_round
-    node = parse_node_config({"dataset": "digits", "subset": 200, "work-dir": str(tmp_path), "meters": "estimate",
-                              "memory-budget": 64})
     torch.manual_seed(0)
     model = build_model("edgecnn", 10, 1)
     card = ModelCard("edgecnn", 10, DIGITS, [1, 8, 8], [0.3], [0.4])
-    plan = RoundPlan(1, epochs=2, batch_size=32, sparsity="mask", keep="best", run_id="r", memory_format="auto")
-    _, metrics, info = train_round(model.state_dict(), card, node, plan, node_id="5")
-    summary = json.loads((tmp_path / "run-r" / "node-5" / "round-001" / "summary.json").read_text())
-    config = json.loads((tmp_path / "run-r" / "node-5" / "round-001" / "config.json").read_text())
+    # Under a budget (the SEL mask is refused there: its per-step copies are not counted), a plain round.
+    node = parse_node_config({"dataset": "digits", "subset": 200, "work-dir": str(tmp_path / "budget"),
+                              "meters": "estimate", "memory-budget": 64})
+    plan = RoundPlan(1, epochs=1, batch_size=32, sparsity="none", keep="best", run_id="r", memory_format="auto")
+    train_round(model.state_dict(), card, node, plan, node_id="5")
+    summary = json.loads((tmp_path / "budget" / "run-r" / "node-5" / "round-001" / "summary.json").read_text())
+    config = json.loads((tmp_path / "budget" / "run-r" / "node-5" / "round-001" / "config.json").read_text())
     assert (config["memory_budget_mb"], config["precision"], config["eval_precision"], config["memory_format"],
             config["eval_batch_size"]) == (64, "fp32", "fp32", "contiguous", 32)
     assert config["memory_plan"]["budget_mb"] == 64
     for probe in ("layout", "precision"):
         assert summary[probe]["source"] == "given" and summary[probe]["probe_flops"] == 0
+    node = parse_node_config({"dataset": "digits", "subset": 200, "work-dir": str(tmp_path), "meters": "estimate"})
+    plan = RoundPlan(1, epochs=2, batch_size=32, sparsity="mask", keep="best", run_id="r", memory_format="auto")
+    _, metrics, info = train_round(model.state_dict(), card, node, plan, node_id="5")
+    summary = json.loads((tmp_path / "run-r" / "node-5" / "round-001" / "summary.json").read_text())
     t = summary["totals"]
     assert metrics["flops_train"] == t["flops_train"] > metrics["flops_forward"] + metrics["flops_backward"]
     assert metrics["flops_calibration"] == t["flops_calibration"] > 0

@@ -200,3 +200,17 @@ def test_a_forward_only_pass_is_counted_as_torchs_allocator_sees_a_real_one():
         real = allocated_peak(lambda: model(x))
     assert real == pytest.approx(count.transient, rel=0.05)
     assert counter.count_forward(64) is count       # cached
+
+
+def test_a_budgeted_runs_closing_line_puts_each_figure_against_the_budget_in_words():
+    """The plan's 'counted peak 30.8 MB of 40 MB' read as a promise; the run then measured 81.3 MiB and
+    said nothing. Now each figure is within the budget or over it by so much."""
+    from edge_sel.report.summary import budget_line
+    said = budget_line({"budget_mb": 40.0, "counted_mb": 30.8, "measured_mb": 81.3, "eval_measured_mb": 35.0,
+                        "process_peak_mb": 412.0, "eval_counted_mb": 9.5, "eval_beside_mb": 20.25})
+    assert "an evaluation pass counted 9.5 MiB beside the 20.2 MiB training keeps" in said
+    assert said.startswith("memory budget 40 MiB")
+    assert "counted 30.8 MiB, within it" in said
+    assert "training 81.3 MiB, over it by 41.3 MiB (2.03x)" in said and "evaluating 35.0 MiB, within it" in said
+    assert "peaked at 412.0 MiB resident, over it by 372.0 MiB" in said
+    assert budget_line({"counted_mb": 30.8}) is None

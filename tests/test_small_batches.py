@@ -87,3 +87,27 @@ def test_any_run_ends_with_records_or_one_line_exit_2(digits_warm, tiny_warm, tm
         assert recs, "a run that exits 0 writes its records"
         for r in recs:
             assert r["backward_samples"] <= r["samples_available"]
+
+
+@pytest.mark.parametrize("budget", [[], ["--memory-budget", "2.5"]])
+def test_batches_of_one_with_batchnorm_statistics_training_are_refused_in_one_line(digits_warm, tmp_path, capsys,
+                                                                                    budget):
+    """Every batch of one used to overwrite the row waiting from the last: 3 of 644 samples trained and
+    nothing said; under a budget the counter's BatchNorm raised a traceback."""
+    out = tmp_path / "run"
+    code, err = run_main(["finetune", "--checkpoint", digits_warm, "--dataset", "digits", "--subset", "40",
+                          "--batch-size", "1", "--epochs", "1", "--out", out, "--quiet", *budget], capsys)
+    assert code == 2 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edge-sel: error: --batch-size 1:") and "--bn-mode eval" in lines[0]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("budget", [[], ["--memory-budget", "5"]])
+def test_batches_of_one_train_every_sample_where_batchnorm_statistics_are_frozen(digits_warm, tmp_path, budget):
+    out = tmp_path / "run"
+    run_cli("finetune", "--checkpoint", digits_warm, "--dataset", "digits", "--subset", "40", "--batch-size", "1",
+            "--bn-mode", "eval", "--epochs", "1", "--out", out, "--quiet", *budget)
+    (r,) = records(out)
+    assert r["backward_samples"] == r["samples_available"] == r["forward_samples"]
+    assert r["single_samples_untrained"] == 0 and r["optimizer_steps"] >= r["samples_available"] - 1

@@ -72,6 +72,10 @@ class FlopCounter:
         key = (batch_size, self._signature(), train_mode)
         if key not in self._train:
             twin = self._twin().train(train_mode)
+            if batch_size == 1:     # a step of one row runs BatchNorm on its running statistics (engine/loop/single_rows.py)
+                for m in twin.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()
             x = torch.zeros(batch_size, *self.input_shape, device="meta")
             y = torch.zeros(batch_size, dtype=torch.long, device="meta")
             with counting() as fwd:

@@ -21,7 +21,9 @@ multi-tensor path allocates more than the per-tensor loop counted here.
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -55,8 +57,8 @@ class StepShape:
 
 @dataclass(frozen=True)
 class MemoryCount:
-    """Bytes of one training step; `peak` = weights + optimizer + batch + activations + gradients +
-    transient + workspace."""
+    """Bytes of one training step; `peak` = weights + optimizer + batch + kept + activations +
+    gradients + transient + workspace."""
     weights: int            # parameters and buffers
     optimizer: int          # optimizer state of what trains (after its first step)
     batch: int              # the step's inputs and labels
@@ -64,8 +66,9 @@ class MemoryCount:
     gradients: int          # parameter gradients alive at the peak
     transient: int          # anything else alive at the peak
     workspace: int          # the running kernel's own buffers at the peak (estimated by rule)
-    saved: int              # everything autograd saved for backward over the step (not parameters or batch)
+    saved: int              # everything autograd saved for backward over the whole step (not parameters or batch)
     peak: int
+    kept: int = 0           # copies the run keeps beside the model while it trains (the epoch's snapshot, penalties' anchors)
 
     def mib(self) -> dict:
         return {f"{k}_mb": round(v / MiB, 3) for k, v in asdict(self).items()}
@@ -97,6 +100,11 @@ class _LiveBytes(TorchDispatchMode):
         self.serials = 0
         self.peak = 0
         self.at_peak: dict[int, int] = {}        # serial -> bytes, at the high-water mark
+        self.recent = 0                          # the high-water mark since it was last set (a part of the step)
+
+    def alive(self) -> int:
+        self._sweep()
+        return sum(n for _, n, _ in self.live.values())
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -106,6 +114,7 @@ class _LiveBytes(TorchDispatchMode):
                 self.serial(t)
         own = convolution_workspace(func, args, out, self.threads) if self.kernels == "cpu" else 0
         now = sum(n for _, n, _ in self.live.values()) + own
+        self.recent = max(self.recent, now)
         if now > self.peak:
             self.peak, self.workspace = now, own
             self.at_peak = {serial: n for _, n, serial in self.live.values()}
@@ -136,14 +145,21 @@ class MemoryCounter:
     by (trainable set, step shape)."""
 
     def __init__(self, model: nn.Module, input_shape: list[int], optimizer_factory, loss_fn=None,
-                 kernels: str = "none"):
+                 kernels: str = "none", step=None):
         self.model = model
         self.kernels = kernels          # "cpu": add CPU convolutions' own buffers (core/kernel_workspace.py)
         self.input_shape = list(input_shape)
         self.optimizer_factory = optimizer_factory      # params -> torch.optim.Optimizer
         self.loss_fn = loss_fn or (lambda logits, y: nn.functional.cross_entropy(logits, y, reduction="none"))
+        # step(twin, optimizer) -> (run(x, y, micro_batch), kept tensors): the run's own step bound to the
+        # twin (engine/loop/step_memory.py), and what the run keeps beside the model; None: plain_step.
+        self.step = step
+        self.on_count = None            # called with (counts made, seconds spent) after each new count
+        self.counts_made, self.seconds = 0, 0.0
         self._twin: nn.Module | None = None
         self._cache: dict[tuple, MemoryCount] = {}
+        self._optimizers: dict[tuple, torch.optim.Optimizer] = {}     # trainable set -> the twin's optimizer, its state made
+        self._optimizer_extra: dict[tuple, int] = {}     # trainable set -> bytes its optimizer's step allocates
 
     def twin(self) -> nn.Module:
         if self._twin is None:
@@ -164,7 +180,12 @@ class MemoryCounter:
         signature = self.signature(trainable)
         key = (signature, shape)
         if key not in self._cache:
+            t0 = time.perf_counter()
             self._cache[key] = self._count(signature, shape)
+            self.counts_made += 1
+            self.seconds += time.perf_counter() - t0
+            if self.on_count is not None:
+                self.on_count(self.counts_made, self.seconds)
         return self._cache[key]
 
     def count_forward(self, batch_size: int, train_mode: bool = False) -> MemoryCount:
@@ -187,6 +208,25 @@ class MemoryCounter:
                                            weights + batch + mode.peak)
         return self._cache[key]
 
+    def _optimizer_step_counted(self, optimizer, signature: tuple, mode: _LiveBytes) -> None:
+        """The optimizer's step, counted once per trainable set: what it allocates over what is alive when
+        it starts depends on the set alone, so later shapes of the set count an allocation of those bytes
+        instead of running it again (it was a third of a count's time on the meta device)."""
+        extra = self._optimizer_extra.get(signature)
+        real = optimizer.step
+        if extra is None:
+            def step(*args, **kwargs):
+                start = mode.alive()
+                mode.recent = start
+                out = real(*args, **kwargs)
+                self._optimizer_extra[signature] = max(0, mode.recent - start)
+                return out
+        else:
+            def step(*args, **kwargs):
+                if extra:
+                    torch.empty(extra, dtype=torch.uint8, device="meta")
+        optimizer.step = step
+
     def _count(self, signature: tuple, shape: StepShape) -> MemoryCount:
         twin = self.twin()
         params = list(twin.parameters())
@@ -201,10 +241,11 @@ class MemoryCounter:
                     m.eval()
         trained = [p for p in params if p.requires_grad]
         weights = nbytes([*twin.parameters(), *twin.buffers()])
-        optimizer = None
-        if trained:
-            # The optimizer's state as it is from the second step on: one step on zero gradients.
-            optimizer = self.optimizer_factory(trained)
+        optimizer = self._optimizers.get(signature)
+        if trained and optimizer is None:
+            # The optimizer's state as it is from the second step on: one step on zero gradients (once per
+            # trainable set: every shape of the set steps the same optimizer).
+            optimizer = self._optimizers[signature] = self.optimizer_factory(trained)
             for p in trained:
                 p.grad = torch.zeros_like(p)
             optimizer.step()
@@ -212,39 +253,60 @@ class MemoryCounter:
         state = [v for s in (optimizer.state.values() if optimizer else ()) for v in s.values()
                  if isinstance(v, torch.Tensor)]
         optimizer_bytes = nbytes(state) if state else 0
+        run, kept = (self.step or partial(plain_step, loss_fn=self.loss_fn))(twin, optimizer)
+        kept_bytes = nbytes(kept) if kept else 0
         x = torch.zeros(shape.batch_size, *self.input_shape, device="meta")
         y = torch.zeros(shape.batch_size, dtype=torch.long, device="meta")
         batch = nbytes([x, y])
-        outside = {storage_key(t) for t in [*twin.parameters(), *twin.buffers(), *state, x, y]}
+        # Two micro-batches meet everything the step keeps (the second meets the gradients the first
+        # accumulated); the ones after repeat the second: their saved bytes are added, not run.
+        rows = min(shape.batch_size, 2 * shape.chunk)
+        outside = {storage_key(t) for t in [*twin.parameters(), *twin.buffers(), *state, *kept, x, y]}
         mode = _LiveBytes(outside, self.kernels, torch.get_num_threads())
-        saved: dict[int, int] = {}          # serial -> bytes of every storage autograd saved
-        gradients: set[int] = set()
+        saved: dict[int, tuple[int, int]] = {}      # serial -> (bytes, micro-batch) of every storage autograd saved
+        chunk = [-1]
+        counting = twin.register_forward_pre_hook(lambda *_: chunk.__setitem__(0, chunk[0] + 1))
 
         def keep(t):
             serial = mode.serial(t)
-            if serial is not None:
-                saved[serial] = t.untyped_storage().nbytes()
+            if serial is not None and serial not in saved:
+                saved[serial] = (t.untyped_storage().nbytes(), max(chunk[0], 0))
             return t
 
-        with mode:
-            # Two micro-batches are enough: the second meets the gradients the first accumulated.
-            for start in range(0, min(shape.chunks, 2) * shape.chunk, shape.chunk):
-                xs, ys = x[start:start + shape.chunk], y[start:start + shape.chunk]
-                with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
-                    losses = self.loss_fn(twin(xs), ys)
-                loss = losses.sum() / shape.batch_size
-                if loss.requires_grad:
-                    loss.backward()
-                del losses, loss
-                gradients |= {mode.serial(p.grad) for p in trained if p.grad is not None}
-            if optimizer is not None:
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+        if optimizer is not None:
+            self._optimizer_step_counted(optimizer, signature, mode)
+        try:
+            with mode, torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+                run(x[:rows], y[:rows], shape.chunk if shape.chunk < rows else 0)
+                gradients = {mode.serial(p.grad) for p in trained if p.grad is not None}
+        finally:
+            counting.remove()
+        optimizer.__dict__.pop("step", None) if optimizer is not None else None
+        for p in params:
+            p.grad = None
+        by_chunk = [sum(n for n, c in saved.values() if c == k) for k in range(max(chunk[0], 0) + 1)]
+        saved_total = sum(by_chunk)
+        if rows < shape.batch_size:
+            saved_total += round(by_chunk[-1] * (shape.batch_size - rows) / shape.chunk)
         set_recomputed(twin, ())
         at_peak = mode.at_peak
         activations = sum(n for k, n in at_peak.items() if k in saved)
         grads = sum(n for k, n in at_peak.items() if k in gradients and k not in saved)
         transient = mode.peak - mode.workspace - activations - grads
         return MemoryCount(weights, optimizer_bytes, batch, activations, grads, transient, mode.workspace,
-                           sum(saved.values()),
-                           weights + optimizer_bytes + batch + mode.peak)
+                           saved_total, weights + optimizer_bytes + batch + kept_bytes + mode.peak, kept_bytes)
+
+
+def plain_step(twin: nn.Module, optimizer, loss_fn):
+    """A step of per-sample losses, their batch mean, backward and the optimizer's step: a run's step
+    without penalties, replay or an updater's own tensors (engine/loop/step_memory.py counts those)."""
+    def run(x, y, micro_batch: int):
+        chunk = micro_batch or len(y)
+        for start in range(0, len(y), chunk):
+            loss = loss_fn(twin(x[start:start + chunk]), y[start:start + chunk]).sum() / len(y)
+            if loss.requires_grad:
+                loss.backward()
+            del loss
+        if optimizer is not None:
+            optimizer.step()
+    return run, []

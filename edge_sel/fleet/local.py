@@ -180,6 +180,7 @@ def train_round(weights: dict[str, torch.Tensor], card: ModelCard, node: NodeSet
     energy, device, threads = node_energy(node)
     cfg = round_train_config(plan, node.partition_id, device)
     cfg.memory_budget_mb = node_memory_budget(node)
+    cfg.proximal_mu = float(plan.proximal_mu)        # proximal_pull's copy of the weights, counted under the budget
     cfg.pin_for_memory_budget().validate()          # the step the plan counts, as finetune and night run it
     splits = splits if splits is not None else local_splits(node)
     where = Path(f"fleet-round-{plan.fleet_round}")

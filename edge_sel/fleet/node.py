@@ -105,7 +105,7 @@ def parse_node_config(config: dict) -> NodeSettings:
                         [m for m in given.get("meters", "").split(",") if m], given.get("watts-per-core"),
                         Path(given["work-dir"]) if "work-dir" in given else None, given.get("memory-budget"))
     if node.memory_budget_mb is not None and not node.memory_budget_mb > 0:
-        raise InputError(f"node config memory-budget: must be > 0 MB, got {node.memory_budget_mb}")
+        raise InputError(f"node config memory-budget: must be > 0 MiB, got {node.memory_budget_mb}")
     if (node.partition_id is None) != (node.num_partitions is None):
         raise InputError("node config: partition-id and num-partitions go together")
     if node.num_partitions is not None and not 0 <= node.partition_id < node.num_partitions:

@@ -41,7 +41,7 @@ class Profile:
     precision: str | None = None             # auto | fp32 | bf16 | fp16 (--precision; "mixed" = auto)
     batch_size: int | None = None
     cpu_threads: int | None = None           # torch intra-op threads
-    memory_budget_mb: float | None = None    # --memory-budget: what a training step may keep (MB)
+    memory_budget_mb: float | None = None    # --memory-budget: what a training step may keep (MiB)
     # [method]
     strategy: str | None = None
     target_activation: float | None = None

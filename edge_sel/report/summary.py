@@ -134,6 +134,35 @@ def memory_line(memory: dict) -> str:
     return "memory: " + "; ".join(said) + "; " + measured
 
 
+def against_budget(mib: float, budget: float) -> str:
+    if mib <= budget:
+        return f"{mib:,.1f} MiB, within it"
+    return f"{mib:,.1f} MiB, over it by {mib - budget:,.1f} MiB ({mib / budget:.2f}x)"
+
+
+def budget_line(memory: dict) -> str | None:
+    """A --memory-budget run's closing words: the count the plan fitted and what was measured, each
+    against the budget (None without a budget)."""
+    budget = memory.get("budget_mb")
+    if budget is None:
+        return None
+    said = []
+    if memory.get("counted_mb") is not None:
+        said.append(f"the training step counted {against_budget(memory['counted_mb'], budget)}")
+    if memory.get("eval_counted_mb") is not None and memory.get("eval_beside_mb") is not None:
+        said.append(f"an evaluation pass counted {memory['eval_counted_mb']:,.1f} MiB beside the "
+                    f"{memory['eval_beside_mb']:,.1f} MiB training keeps")
+    measured = [(what, memory.get(key)) for what, key in (("training", "measured_mb"), ("evaluating", "eval_measured_mb"))
+                if memory.get(key) is not None]
+    if measured:
+        said.append("measured over the level before training: " + ", ".join(f"{what} {against_budget(v, budget)}"
+                                                                              for what, v in measured))
+    if memory.get("process_peak_mb") is not None:
+        said.append("the whole process (Python, torch, the data) peaked at "
+                    + against_budget(memory["process_peak_mb"], budget).replace(" MiB,", " MiB resident,", 1))
+    return f"memory budget {budget:g} MiB (what the plan fits the training step's count in): " + "; ".join(said)
+
+
 def print_summary(summary: dict, quiet: bool = False) -> None:
     run_dir = summary.get("run_dir")
     if not quiet:
@@ -150,6 +179,9 @@ def print_summary(summary: dict, quiet: bool = False) -> None:
                        f"method {t['energy_method']})")
         if summary.get("memory"):
             click.echo(memory_line(summary["memory"]))
+    said = budget_line(summary.get("memory") or {})
+    if said:
+        click.echo(said)
     if summary.get("output_model"):     # a torchrun rank other than 0 writes no model: no totals to show
         click.echo(all_in_line(summary))
     elif summary.get("phase") == "pretrain" and summary.get("stop_reason") == "interrupted":

@@ -31,7 +31,7 @@ def adapt_bn(trainer) -> None:
         images, positions = with_anchors(trainer.train_ds, positions, trainer.memory.replay, anchors, draw)
     with trainer.eval_autocast():
         sizes = reestimate_bn(trainer.model, images, positions, trainer.mean, trainer.std,
-                              memory_format=trainer.memory_format)
+                              batch_size=getattr(trainer, "bn_adapt_batch", 256), memory_format=trainer.memory_format)
     trainer.bn_adapt_pending = {"bn_adapt_samples": n + anchors,
                                 "flops_bn_adapt": sum(trainer.flops.eval_batch(s) for s in sizes)}
     if cfg.bn_anchor_share:

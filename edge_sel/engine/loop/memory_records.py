@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import torch
+
 from edge_sel.core.memory import MiB, MemoryCount, nbytes
 from edge_sel.engine.machine.peak_memory import PeakMeter
 
 # MemoryCount's parts, as record fields.
-PARTS = ("weights", "optimizer", "batch", "activations", "gradients", "transient", "workspace", "saved")
+PARTS = ("weights", "optimizer", "batch", "kept", "activations", "gradients", "transient", "workspace", "saved")
 
 
 def mib(n: int) -> float:
@@ -37,6 +39,7 @@ class RunMemory:
         # window's peak is measured over this level.
         self.base = self.meter.level()
         self.window = None
+        self.snapshot = None
         sets = [trainer.train_ds, trainer.val_ds, trainer.val_eval_ds, trainer.test_ds, trainer.clean_test_ds]
         self.data_bytes = nbytes([t for ds in sets if ds is not None for t in (ds.images, ds.labels, ds.index)])
 
@@ -66,15 +69,18 @@ class RunMemory:
         """The epoch's measured peak (its window closes: the evaluation is measured on its own),
         then its counted steps, the re-estimation pass it ran, and the datasets on the device."""
         measured, self.window = self.meter.end(self.window), None
+        self.snapshot = progress.before         # alive through the epoch's evaluation
         count, rows = self.largest_step(progress.memory_steps)
         out = {**count_fields(count), "memory_step_samples": rows or None,
                "memory_step_sets": len(progress.memory_steps),
                "memory_measured_mb": measured, "memory_measure_method": self.meter.method,
+               "memory_process_peak_mb": self.meter.process_peak(),
                "memory_data_mb": mib(self.data_bytes)}
+        out.update(self.trainer.__dict__.pop("memory_plan_cost", None) or {})     # the first epoch's: its planning
         if self.trainer.config.backend != "torch":
             out["memory_counted_for"] = "the same step in torch (ONNX Runtime's own graph is not counted)"
-        if record.get("bn_adapt_samples"):      # BatchNorm re-estimation: train mode, no gradients, 256 a batch
-            batch = min(256, record["bn_adapt_samples"])
+        if record.get("bn_adapt_samples"):      # BatchNorm re-estimation: train mode, no gradients, its planned batch
+            batch = min(getattr(self.trainer, "bn_adapt_batch", 256), record["bn_adapt_samples"])
             out["memory_bn_adapt_counted_mb"] = mib(self.trainer.memory_counter.count_forward(batch, True).peak)
         return out
 
@@ -86,4 +92,11 @@ class RunMemory:
             return {"memory_eval_counted_mb": None, "memory_eval_measured_mb": None}
         batch = min(self.trainer.eval_batch_size, largest)
         count = self.trainer.memory_counter.count_forward(batch)
-        return {"memory_eval_counted_mb": mib(count.peak), "memory_eval_measured_mb": measured}
+        # What training keeps alive beside this pass (its bytes counted from the live tensors): the
+        # optimizer's state, the last step's gradients, the epoch's parameter copy.
+        model, optimizer = self.trainer.model, self.trainer.optimizer
+        beside = [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+        beside += [p.grad for p in model.parameters() if p.grad is not None] + list(self.snapshot or [])
+        self.snapshot = None
+        return {"memory_eval_counted_mb": mib(count.peak), "memory_eval_beside_mb": mib(nbytes(beside)),
+                "memory_eval_measured_mb": measured, "memory_process_peak_mb": self.meter.process_peak()}

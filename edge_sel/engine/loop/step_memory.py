@@ -13,13 +13,16 @@ import torch
 
 from edge_sel.backends.torch_backend import freeze_batchnorm_stats, make_optimizer
 from edge_sel.config import TrainConfig
-from edge_sel.core.memory import MiB, MemoryCounter, StepShape
+from edge_sel.core.memory import MiB, MemoryCounter, StepShape, nbytes
 from edge_sel.core.recompute import set_recomputed
+from edge_sel.engine.loop.counted_step import run_step_factory
 from edge_sel.engine.machine.device import random_streams_kept
 from edge_sel.engine.machine.memory_plan import MemoryPlan, fit_shape, plan_memory, usable
 from edge_sel.engine.machine.peak_memory import return_freed_memory
 from edge_sel.errors import InputError
 
+BN_ADAPT_BATCH = 256       # images a BatchNorm re-estimation batch holds without a budget (evaluation/bn_adapt.py)
+PROGRESS_S = 10.0           # seconds between the lines a plan's search prints
 PROBE_SAMPLES = 64          # local images whose gradients estimate what each tensor would gain
 
 
@@ -28,7 +31,7 @@ def memory_counter(cfg: TrainConfig, model, input_shape, device: torch.device) -
     optimizer = partial(make_optimizer, cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     shape = StepShape(cfg.batch_size, bn_statistics="frozen" if cfg.bn_mode == "eval" else "train")
     kernels = "cpu" if torch.device(device).type == "cpu" else "none"
-    return MemoryCounter(model, input_shape, optimizer, kernels=kernels), shape
+    return MemoryCounter(model, input_shape, optimizer, kernels=kernels, step=run_step_factory(cfg, model)), shape
 
 
 def gain_probe(model, ds, mean, std, shape: StepShape, samples: int, objective_losses, flops) -> tuple[dict, dict]:
@@ -83,13 +86,15 @@ def shipped_gains(model, memory) -> tuple[dict, dict]:
             {"source": "parameter counts: no probe step fits the budget and the checkpoint ships no Fisher"})
 
 
-def forward_batch_that_fits(counter: MemoryCounter, batch: int, budget_mb: float, kept: int) -> int:
+def forward_batch_that_fits(counter: MemoryCounter, batch: int, budget_mb: float, kept: int,
+                            train_mode: bool = False) -> int:
     """The batch of forward-only passes (evaluation, scoring), halved from `batch` until its count fits
     the budget beside the `kept` bytes training keeps alive between its steps: the optimizer's state
-    and the last step's gradients (counted alone, a 200 MB plan's evaluation at batch 16 fitted, and
+    and the last step's gradients (counted alone, a 200 MiB plan's evaluation at batch 16 fitted, and
     measured 224 MiB after an epoch)."""
-    while batch > 1 and counter.count_forward(batch).peak + kept > usable(budget_mb):
-        batch = max(1, batch // 2)
+    lowest = 2 if train_mode else 1         # BatchNorm in train mode needs two images
+    while batch > lowest and counter.count_forward(batch, train_mode).peak + kept > usable(budget_mb):
+        batch = max(lowest, batch // 2)
     return batch
 
 
@@ -97,54 +102,123 @@ def plan_run_memory(trainer) -> MemoryPlan | None:
     """The run's memory plan under --memory-budget (a resume keeps the one in its config), applied:
     the step's shape, the backend's micro-batch, recomputed blocks, frozen statistics, what trains."""
     cfg = trainer.config
+    # Every count of this run (the plan's and the records') runs the run's own step on the twin.
+    trainer.memory_counter.step = run_step_factory(cfg, trainer.model, trainer.objective)
     if cfg.memory_budget_mb is None:
         return None
     if cfg.backend != "torch":
         raise InputError("--memory-budget: needs --backend torch (ORT artifacts fix what trains when exported)")
     model, updater = trainer.model, trainer.updater
     bn = "frozen" if cfg.bn_mode == "eval" else "train"
+    # The step's rows: the batch and the anchors replayed beside it (--replay).
+    rows = cfg.batch_size + (trainer.replay.rows if trainer.replay is not None else 0)
     if trainer.device.type == "cpu":
         # Before the gain probe too: under glibc's own threshold the probe's freed blocks stayed in the
-        # heap, resident for the rest of the run (a 200 MB plan measured 222 MiB training, 294 evaluating).
+        # heap, resident for the rest of the run (a 200 MiB plan measured 222 MiB training, 294 evaluating).
         return_freed_memory()
     if cfg.memory_plan is not None:
         plan = MemoryPlan.from_json(cfg.memory_plan)
     else:
-        counter = trainer.memory_counter
-        everything = {n for n, _ in model.named_parameters()}
-        if updater.name == "budget" and counter.count(StepShape(cfg.batch_size, bn_statistics=bn), everything).peak \
-                <= usable(cfg.memory_budget_mb):
-            plan = plan_memory(counter, model, cfg.batch_size, cfg.memory_budget_mb, everything, bn)
-            plan.trainable = sorted(everything)
-            plan.notes.insert(0, "everything trains: the whole step fits the budget")
-        elif updater.name == "budget":
-            # The probe steps no optimizer: its state is not part of what the probe keeps.
-            room = usable(cfg.memory_budget_mb) + counter.count(StepShape(2, bn_statistics="frozen"), everything).optimizer
-            probe = fit_shape(counter, model, cfg.batch_size, room, everything, bn)
-            if probe is None:
-                gains, source = shipped_gains(model, trainer.memory)
-            else:
-                gains, source = gain_probe(model, trainer.train_ds, trainer.mean, trainer.std, probe[0],
-                                           min(PROBE_SAMPLES, len(trainer.train_ds)),
-                                           trainer.objective.losses, trainer.flops)
-                trainer.ledger.add_scoring(source["samples"], source["flops"])
-            plan = plan_memory(counter, model, cfg.batch_size, cfg.memory_budget_mb, bn_statistics=bn,
-                               gains=gains, gains_source=source)
-        else:
-            trainable = updater.trainable(model) if hasattr(updater, "trainable") else None
-            plan = plan_memory(counter, model, cfg.batch_size, cfg.memory_budget_mb, trainable, bn)
+        plan = planned_in_the_open(trainer, partial(_plan, trainer, rows, bn))
         cfg.memory_plan = plan.to_json()
-    kept = int((plan.counted.get("optimizer_mb", 0) + plan.counted.get("gradients_mb", 0)) * MiB)
-    trainer.eval_batch_size = forward_batch_that_fits(trainer.memory_counter, trainer.eval_batch_size,
-                                                      cfg.memory_budget_mb, kept)
+    return apply_plan(trainer, plan)
+
+
+def planned_in_the_open(trainer, make_plan) -> MemoryPlan:
+    """The plan, with a line every PROGRESS_S seconds while it is searched, and its time and joules
+    (a metered window of its own) kept for the first epoch's record and the run's totals."""
+    counter, last = trainer.memory_counter, [0.0]
+
+    def progress(counts: int, seconds: float) -> None:
+        if seconds - last[0] >= PROGRESS_S:
+            last[0] = seconds
+            print(f"edge-sel: memory plan: {counts} steps counted so far ({seconds:.0f} s)", file=sys.stderr, flush=True)
+
+    counter.on_count = None if trainer.quiet else progress
+    counts, t0 = counter.counts_made, time.perf_counter()
+    trainer.meter.begin("memory-plan")
+    try:
+        plan = make_plan()
+    finally:
+        energy = trainer.meter.end("memory-plan") or {}
+        counter.on_count = None
+    wall = time.perf_counter() - t0
+    trainer.memory_plan_cost = {"memory_plan_wall_s": round(wall, 3), "memory_plan_energy_j": energy.get("energy_j"),
+                                "memory_plan_counts": counter.counts_made - counts}
+    return plan
+
+
+def _plan(trainer, rows: int, bn: str) -> MemoryPlan:
+    """The plan for `rows` a step: under --sparsity budget what trains too (everything where the whole
+    step fits, else by the gains a probe measured), else the updater's own set."""
+    cfg, model, updater = trainer.config, trainer.model, trainer.updater
+    counter = trainer.memory_counter
+    everything = {n for n, _ in model.named_parameters()}
+    if updater.name == "budget" and counter.count(StepShape(rows, bn_statistics=bn), everything).peak \
+            <= usable(cfg.memory_budget_mb):
+        plan = plan_memory(counter, model, rows, cfg.memory_budget_mb, everything, bn)
+        plan.trainable = sorted(everything)
+        plan.notes.insert(0, "everything trains: the whole step fits the budget")
+    elif updater.name == "budget":
+        # The probe runs before training: it steps no optimizer and the run's kept copies do not exist yet;
+        # it keeps a copy of the weights to restore and its images in floats, twice (scaled, normalised).
+        samples = min(PROBE_SAMPLES, len(trainer.train_ds))
+        own = nbytes([*model.parameters(), *model.buffers()]) + 2 * 4 * samples * trainer.train_ds.images[0].numel()
+        step = counter.count(StepShape(2, bn_statistics="frozen"), everything)
+        room = usable(cfg.memory_budget_mb) + step.optimizer + step.kept - own
+        probe = fit_shape(counter, model, rows, room, everything, bn)
+        if probe is None:
+            gains, source = shipped_gains(model, trainer.memory)
+        else:
+            gains, source = gain_probe(model, trainer.train_ds, trainer.mean, trainer.std, probe[0], samples,
+                                       trainer.objective.losses, trainer.flops)
+            trainer.ledger.add_scoring(source["samples"], source["flops"])
+        plan = plan_memory(counter, model, rows, cfg.memory_budget_mb, bn_statistics=bn,
+                           gains=gains, gains_source=source)
+    else:
+        trainable = updater.trainable(model) if hasattr(updater, "trainable") else None
+        plan = plan_memory(counter, model, rows, cfg.memory_budget_mb, trainable, bn)
+    return plan
+
+
+def apply_plan(trainer, plan: MemoryPlan) -> MemoryPlan:
+    """The plan applied to the run: forward-only batches that fit beside it, the step's shape, the
+    backend's micro-batch, recomputed blocks, frozen statistics, what trains."""
+    cfg, model, updater = trainer.config, trainer.model, trainer.updater
+    # Between steps training keeps its optimizer state, every trained tensor's gradient and its kept copies.
+    trains = set(plan.trainable) if plan.trainable is not None else (
+        updater.trainable(model) if hasattr(updater, "trainable") else {n for n, _ in model.named_parameters()})
+    grads = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if n in trains)
+    kept = int((plan.counted.get("optimizer_mb", 0) + plan.counted.get("kept_mb", 0)) * MiB) + grads
+    asked = trainer.eval_batch_size
+    trainer.eval_batch_size = forward_batch_that_fits(trainer.memory_counter, asked, cfg.memory_budget_mb, kept)
+    if trainer.eval_batch_size < asked:
+        counted = trainer.memory_counter.count_forward(trainer.eval_batch_size).peak / MiB
+        plan.notes.append(f"evaluation and scoring in batches of {trainer.eval_batch_size}, not {asked}: "
+                          f"{trainer.eval_batch_size} counts {counted:.1f} MiB beside the {kept / MiB:.1f} MiB "
+                          f"training keeps between its steps")
     cfg.eval_batch_size = trainer.eval_sets.batch_size = trainer.scoring.batch_size = trainer.eval_batch_size
+    if cfg.bn_adapt:        # BatchNorm re-estimation runs before the first step: the model and its batch alone
+        trainer.bn_adapt_batch = forward_batch_that_fits(trainer.memory_counter, min(BN_ADAPT_BATCH, cfg.bn_adapt),
+                                                         cfg.memory_budget_mb, 0, train_mode=True)
+        if trainer.bn_adapt_batch < min(BN_ADAPT_BATCH, cfg.bn_adapt):
+            counted = trainer.memory_counter.count_forward(trainer.bn_adapt_batch, True).peak / MiB
+            plan.notes.append(f"BatchNorm re-estimation in batches of {trainer.bn_adapt_batch}, not "
+                              f"{min(BN_ADAPT_BATCH, cfg.bn_adapt)} ({counted:.1f} MiB counted)")
     if plan.trainable is not None:
         updater.choose = lambda _model: set(plan.trainable)
     trainer.step_shape = plan.shape()
     set_recomputed(model, plan.recompute)
-    trainer.backend.micro_batch = plan.micro_batch if plan.micro_batch < cfg.batch_size else 0
+    trainer.backend.micro_batch = plan.micro_batch if plan.micro_batch < plan.batch_size else 0
     if plan.bn_statistics == "frozen":
         trainer.backend.bn_mode = "eval"
     if not trainer.quiet:
-        print(f"edge-sel: {plan.line()}" + "".join(f"; {n}" for n in plan.notes), file=sys.stderr, flush=True)
+        level = trainer.run_memory.meter.level()
+        now = "" if level is None else (f"; the process holds {level / MiB:,.1f} MiB resident before training "
+                                        f"(measured: Python, torch, the model, the data), the step's memory comes on top")
+        cost = getattr(trainer, "memory_plan_cost", None)
+        took = "" if cost is None else (f"; planned in {cost['memory_plan_wall_s']:.1f} s "
+                                        f"({cost['memory_plan_counts']} steps counted)")
+        print(f"edge-sel: {plan.line()}" + "".join(f"; {n}" for n in plan.notes) + now + took, file=sys.stderr,
+              flush=True)
     return plan

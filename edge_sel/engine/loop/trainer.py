@@ -35,6 +35,7 @@ from edge_sel.engine.loop.memory_records import RunMemory
 from edge_sel.engine.loop.progress_log import ProgressLog, image_bar, progress_bar
 from edge_sel.engine.loop.schedule import lr_factor
 from edge_sel.engine.loop.scoring import ScoringPasses
+from edge_sel.engine.loop.single_rows import refuse_batches_of_one, rows_to_train, trains_batchnorm_statistics
 from edge_sel.engine.loop.step_memory import memory_counter, plan_run_memory
 from edge_sel.engine.loop.start import baseline_record, reset_if_forgotten
 from edge_sel.engine.loop.totals import StepTotals
@@ -70,6 +71,7 @@ class Trainer:
 
     def __post_init__(self):
         cfg = self.config
+        refuse_batches_of_one(cfg.batch_size, self.model, cfg.bn_mode)
         self.model.to(self.device)
         self.train_ds = self.splits.train.to(self.device)
         self.val_ds = self.splits.val.to(self.device)
@@ -135,6 +137,7 @@ class Trainer:
         self.choice = ModelChoice(cfg.keep if self.phase == "finetune" else "last", cfg.max_forgetting,
                                   self.memory is not None, self.eval_sets.source_anchor_acc)
         self.memory_plan = plan_run_memory(self)       # under --memory-budget: before what trains is fixed
+        self.single_rows_train = not trains_batchnorm_statistics(self.model, self.backend.bn_mode)
         self.strategy.setup(self.ctx)
         self.updater.attach(self.model, self.optimizer, self.ctx)
         self.class_names = self.train_ds.class_names
@@ -169,6 +172,9 @@ class Trainer:
                 if self.phase == "finetune" and self.choice.mode == "best":
                     t0 += consider_bn_adapted(self)   # its evaluation is not training time
             progress = self._begin_epoch(epoch)
+            cost = getattr(self, "memory_plan_cost", None) or {}     # planning is part of the first epoch's cost
+            progress.wall_s += cost.get("memory_plan_wall_s") or 0.0
+            progress.energy_j += cost.get("memory_plan_energy_j") or 0.0
         self.progress = progress
         self.loader.epoch = epoch       # augmentation is drawn per (seed, epoch, sample)
         plan = progress.plan
@@ -188,21 +194,10 @@ class Trainer:
             if self.budget.exceeded_by_next_step(self.meter, j0, i - first):
                 self.stop_reason = "energy_budget"
                 break
-            stepped = False
-            if len(batch) == 1:      # only a plan of one sample gives a one-row batch (see batch_starts)
-                progress.carry = batch
-                batch = None
-            else:
-                # Online gates may drop rows of a planned batch before its step (counted, see filter_batch).
-                batch = self.strategy.filter_batch(batch)
-            if batch is not None and len(batch) > 0:
-                if progress.carry is not None:
-                    batch, progress.carry = progress.carry.join(batch), None
-                if len(batch) == 1:  # BatchNorm cannot train on one sample: it joins the next step
-                    progress.carry = batch
-                else:
-                    self._train_step(epoch, i, nb, batch, progress)
-                    stepped = True
+            batch = rows_to_train(progress, batch, self.strategy.filter_batch, self.single_rows_train)
+            stepped = batch is not None
+            if stepped:
+                self._train_step(epoch, i, nb, batch, progress)
             progress.next_batch = i + 1
             bar.update(1)
             if self.stop_requested:

@@ -81,15 +81,16 @@ class MemoryPlan:
             raise InputError(f"memory_plan in config.json: {e}") from None
 
     def line(self) -> str:
-        parts = [f"counted peak {self.counted['peak_mb']:.1f} MB of {self.budget_mb:g} MB "
-                 f"({RESERVE:.0%} held back for kernels' own buffers)"]
+        parts = [f"the training step counted {self.counted['peak_mb']:.1f} MiB of the {self.budget_mb:g} MiB budget "
+                 f"({RESERVE:.0%} held back for kernels' own buffers); the budget bounds this count, not the "
+                 f"process (Python, torch and the data come on top; measured at the end of the run)"]
         if self.micro_batch < self.batch_size:
             parts.append(f"micro-batches of {self.micro_batch} (batch {self.batch_size} accumulated)")
         if self.recompute:
             parts.append(f"{len(self.recompute)} blocks recomputed")
         if self.trainable is not None:
             parts.append(f"{len(self.trainable)} tensors chosen to train")
-        return "memory plan: " + ", ".join(parts) + f" (as asked: {self.asked_mb:.1f} MB)"
+        return "memory plan: " + ", ".join(parts) + f" (as asked: {self.asked_mb:.1f} MiB)"
 
 
 def _fits(counter: MemoryCounter, shape: StepShape, trainable, budget: int) -> MemoryCount | None:
@@ -98,7 +99,7 @@ def _fits(counter: MemoryCounter, shape: StepShape, trainable, budget: int) -> M
 
 
 def smallest_budget(counter: MemoryCounter, model, trainable=None, batch_size: int = 1) -> float:
-    """MB of the budget of the cheapest step of `batch_size` images training `trainable` (None: the
+    """MiB of the budget of the cheapest step of `batch_size` images training `trainable` (None: the
     cheapest step there is, the classifier alone): one image at a time, with or without every block
     recomputed, and the reserve."""
     blocks = tuple(name for name, _ in named_blocks(model)[:-1])
@@ -167,11 +168,11 @@ def plan_memory(counter: MemoryCounter, model, batch_size: int, budget_mb: float
         lowest = smallest_budget(counter, model, None, batch_size)
         if gains is not None:
             raise InputError(f"--memory-budget {budget_mb:g}: no step fits; the smallest that does is "
-                             f"{lowest:.1f} MB (the classifier alone, one image at a time)")
+                             f"{lowest:.1f} MiB (the classifier alone, one image at a time)")
         own = smallest_budget(counter, model, trainable or {n for n, _ in model.named_parameters()}, batch_size)
         raise InputError(f"--memory-budget {budget_mb:g}: no step of what this run trains fits; the smallest that "
-                         f"does is {own:.1f} MB (one image at a time); --sparsity budget "
-                         f"fits down to {lowest:.1f} MB (the classifier alone)")
+                         f"does is {own:.1f} MiB (one image at a time); --sparsity budget "
+                         f"fits down to {lowest:.1f} MiB (the classifier alone)")
     shape, count, shape_notes = fitted
     return MemoryPlan(budget_mb, batch_size, shape.chunk, list(shape.recompute), shape.bn_statistics, count.mib(),
                       round(asked, 3), chosen, notes + shape_notes, gains_source)

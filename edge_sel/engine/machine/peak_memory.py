@@ -57,12 +57,14 @@ class PeakMeter:
         self.cuda = cuda or torch.cuda
         self.clear_refs, self.status = clear_refs, status
         self.open: list[Window] = []
+        self.highest = 0        # the highest level seen by any window, or before the first (bytes)
         if self.device.type == "cuda":
             self.method = "cuda-allocated"
         elif proc_status_bytes("VmHWM", status) is None:
             self.method = "unavailable"
         else:
             self.method = "rss-hwm"
+            self.highest = self._high()       # the process's high-water mark so far (data loading included)
             if not self._reset():
                 self.method = "rss-hwm-lifetime"
 
@@ -93,6 +95,7 @@ class PeakMeter:
 
     def _fold(self) -> None:
         high = self._high()
+        self.highest = max(self.highest, high)
         for w in self.open:
             w.high = max(w.high, high)
 
@@ -107,6 +110,14 @@ class PeakMeter:
         window = Window(now if start is None else start, now)
         self.open.append(window)
         return window
+
+    def process_peak(self) -> float | None:
+        """MiB: the highest resident level of the process measured so far, from its start (rss-hwm:
+        over every window, and before the first); on CUDA the most bytes allocated on the device."""
+        if self.method == "unavailable":
+            return None
+        self._fold()
+        return round(self.highest / MiB, 3)
 
     def end(self, window: Window | None) -> float | None:
         """The window's peak over its start, in MiB (None: not measured here)."""

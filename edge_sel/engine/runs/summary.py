@@ -55,7 +55,7 @@ def summarize(records: list[dict], extra: dict, baseline: dict | None = None, ke
         "totals_note": ("flops_all adds the layout probe's counted FLOPs; energy_all_j is the metered training "
                         "and evaluation windows (the probe, run before the meter's first window, is not in it)"),
         "flops_note": "counted with torch.utils.flop_counter for the passes actually run",
-        "memory": memory_block(records, baseline),
+        "memory": memory_block(records, baseline, (extra.get("config") or {}).get("memory_budget_mb")),
         **({"baseline": {k: baseline.get(k) for k in ("val_acc", "test_acc", "flops_eval", "eval_energy_j")}}
            if baseline else {}),
         **({"kept": kept} if kept else {}),

@@ -86,6 +86,7 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
                            # a mid-epoch state would hold rank 0's share of the epoch only
                            checkpoint_every=0 if ranks else c.checkpoint_every, ranks=ranks, memory=memory,
                            bank=bank[0], bank_setup=bank[1])
+        t0 = time.perf_counter()        # from the trainer's start: its layout probes and memory plan are the run's too
         set_bn_momentum(model, cfg.bn_momentum)     # BatchNorm runs in eval mode in a head stage
         # --head-epochs: the classifier alone first (head_first.py); the head stage keeps no state, so a
         # run stopped in it starts again, and the fine-tuning stage's trainer is built once it is done.
@@ -104,7 +105,6 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
         if resume_state is not None and writes:     # drops a record written after the checkpoint
             baseline = resume_state.get("baseline")
             writer.reset(before + ([baseline] if baseline else []) + resume_state["records"])
-        t0 = time.perf_counter()
         # Under torchrun a signal ends the worker at once: torchrun restarts every rank from the
         # last epoch checkpoint, which a rank stopping alone mid-epoch would only delay.
         if head is not None:

@@ -1,0 +1,101 @@
+"""The step a budgeted run counts is the step it runs: for each kind of step (plain, with the EWC
+penalty, with replayed anchors, in micro-batches, under FedProx), what saved-tensor hooks see over a
+real step of the run equals what the counter says autograd saves, the plan counts the rows the run
+trains, and the copies the run keeps beside its model (the epoch's snapshot, the penalty's Fisher
+weights and anchors, FedProx's copy of the weights) are counted."""
+
+import json
+
+import pytest
+import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+
+from helpers import PINNED_CHOICES, digits_warmup_with_memory
+from edge_sel.backends.torch_backend import TorchBackend
+from edge_sel.config import TrainConfig
+from edge_sel.core.memory import MiB
+from edge_sel.engine.runs import run as run_module
+from edge_sel.engine.runs.data_options import DataOptions
+from edge_sel.fleet.local import proximal_pull
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory):
+    return digits_warmup_with_memory(tmp_path_factory.mktemp("counted") / "warm")
+
+
+def hooked_steps(monkeypatch) -> list[tuple[int, int]]:
+    """(rows, bytes autograd saved) of every real step: distinct storages packed by saved-tensor
+    hooks over the whole step, less the parameters, buffers, the batch and the penalties' own tensors
+    (they exist before the step, as the counter's weights, batch and kept copies do)."""
+    steps, real = [], TorchBackend.train_step
+
+    def train_step(self, step, batch):
+        if self.device.type == "meta":      # the counter's own step on its twin
+            return real(self, step, batch)
+        before = [*self.model.parameters(), *self.model.buffers(), batch.x, batch.y]
+        before += [t for p in self.objective.penalties for _, *rest in getattr(p, "terms", ()) for t in rest]
+        outside = {StorageWeakRef(t.untyped_storage()).cdata for t in before}
+        held = {}       # storages held until the step ends: no address is reused within it
+
+        def pack(t):
+            storage = t.untyped_storage()
+            key = StorageWeakRef(storage).cdata
+            if key not in outside:
+                held[key] = storage
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = real(self, step, batch)
+        steps.append((len(batch.y), sum(s.nbytes() for s in held.values())))
+        return out
+
+    monkeypatch.setattr(TorchBackend, "train_step", train_step)
+    return steps
+
+
+def run(warm, out, monkeypatch, proximal_mu=0.0, **options):
+    steps = hooked_steps(monkeypatch)
+    if proximal_mu:     # FedProx's pull as a fleet round runs it, around the whole fine-tune
+        real = run_module.train_model
+
+        def train_model(phase, model, *args, **kwargs):
+            with proximal_pull(model, proximal_mu):
+                return real(phase, model, *args, **kwargs)
+        monkeypatch.setattr(run_module, "train_model", train_model)
+    fedprox = {"proximal_mu": proximal_mu} if proximal_mu else {}
+    cfg = TrainConfig(epochs=1, batch_size=32, sparsity="none", seed=1, memory_budget_mb=1000.0,
+                      **{**PINNED_CHOICES, **options, **fedprox})
+    run_module.finetune(warm, DataOptions("digits", shard="1/2", subset=96), cfg, out, quiet=True)
+    (record,) = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r.get("epoch") == 0]
+    return steps, record, json.loads((out / "config.json").read_text())
+
+
+MICRO = {"budget_mb": 1000.0, "batch_size": 32, "micro_batch": 8, "recompute": [], "bn_statistics": "train",
+         "counted": {}, "asked_mb": 0.0}
+
+
+@pytest.mark.parametrize("kind,options", [("plain", {}), ("ewc", {"ewc": 1.0}), ("replay", {"replay": 0.5}),
+                                          ("micro-batches", {"memory_plan": MICRO}),
+                                          ("fedprox", {"proximal_mu": 0.1})])
+def test_a_budgeted_step_counts_what_saved_tensor_hooks_see_over_the_real_step(warm, tmp_path, monkeypatch,
+                                                                                kind, options):
+    """On the old counter: the EWC penalty's saved differences and the micro-batches after the second
+    went uncounted (edgecnn on digits: micro-batches of 8 counted half of the step's saved bytes), the
+    plan counted 32 rows where replay trained 48, and nothing the run keeps beside its model counted."""
+    steps, record, config = run(warm, tmp_path / kind, monkeypatch, **options)
+    rows, saved = max(steps)
+    assert record["memory_step_samples"] == rows == (48 if kind == "replay" else 32)
+    assert record["memory_saved_mb"] == pytest.approx(saved / MiB, rel=0.01, abs=0.002)
+    plan = config["memory_plan"]
+    if kind != "micro-batches":        # planned, not given: the plan counts the step the run took
+        assert plan["batch_size"] == rows and plan["counted"]["peak_mb"] == record["memory_counted_mb"]
+    weights = record["memory_weights_mb"]         # edgecnn's parameters and (few) buffers
+    copies = {"plain": 1, "replay": 1, "micro-batches": 1, "fedprox": 2, "ewc": 3}[kind]
+    assert record["memory_kept_mb"] == pytest.approx(copies * weights, rel=0.02)
+    if kind != "micro-batches":     # planning is part of the first epoch's cost
+        assert record["memory_plan_counts"] >= 1 and record["wall_s"] >= record["memory_plan_wall_s"] > 0
+    if kind == "plain":     # beside the evaluation: momentum, the last gradients and the epoch's copy, all trained
+        assert record["memory_eval_beside_mb"] == pytest.approx(3 * record["memory_kept_mb"], rel=0.01)
