@@ -173,21 +173,30 @@ def decoding_progress(root: Path, total: int):
     yield advance
 
 
-def _cache_key(root: Path, files: list[tuple[str, int]], image_size) -> str:
+def _listing(root: Path, files: list[tuple[str, int]]) -> bytes:
     # Each file's name, label, size and modification time (ns): an image edited in place changes its
     # own, as any added, removed or renamed one changes the list (one stat per file, no read).
-    h = hashlib.sha256(str(root.resolve()).encode())
-    h.update(f"{image_size}\n".encode())
     base, lines = str(root), []
     for rel, label in files:            # strings, not Paths: 50,000 files in about the time of their stats
         st = os.stat(os.path.join(base, rel))
         lines.append(f"{rel}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n")
-    h.update("".join(lines).encode())
+    return "".join(lines).encode()
+
+
+def _cache_key(root: Path, files: list[tuple[str, int]], image_size, listing: bytes | None = None) -> str:
+    """The folder's key at `image_size`; `listing` (_listing's, when the caller has it) saves the stats."""
+    h = hashlib.sha256(str(root.resolve()).encode())
+    h.update(f"{image_size}\n".encode())
+    h.update(_listing(root, files) if listing is None else listing)
     return h.hexdigest()[:24]
 
 
+def cache_path(key: str) -> Path:
+    return cache_dir() / f"{key}.images"
+
+
 def cache_file(root: Path, files: list[tuple[str, int]], image_size) -> Path:
-    return cache_dir() / f"folder-{_cache_key(root, files, image_size)}.images"
+    return cache_path(f"folder-{_cache_key(root, files, image_size)}")
 
 
 # A cache file: one header block (this line, then JSON with the images' shape and the SHA-256 of
@@ -243,7 +252,7 @@ def read_cache(path: Path, count: int) -> np.ndarray:
 def cached_images(key: str, count: int, build, use_cache: bool = True, where=None) -> np.ndarray:
     """`build()`'s images, kept decoded in the cache under `key` (a file of `count` images, checked
     by its digest: a torn or damaged one is said in one line and rebuilt)."""
-    cached = cache_dir() / f"{key}.images"
+    cached = cache_path(key)
     if use_cache:
         try:
             return read_cache(cached, count)
@@ -266,7 +275,7 @@ def decode_own_size(where, decode, image_size, key_of, count: int, use_cache: bo
     sizes, which no single array holds at their own sizes, is decoded at `image_size` (S or (width,
     height)) instead, under a cache key of its own (`key_of(image_size)`), and refused without one."""
     own, mixed = key_of(None), key_of(("mixed sizes", image_size))
-    if use_cache and image_size is not None and (cache_dir() / f"{mixed}.images").exists():
+    if use_cache and image_size is not None and cache_path(mixed).exists():
         return cached_images(mixed, count, lambda: decode(image_size), use_cache, where)
     try:
         return cached_images(own, count, lambda: decode(None), use_cache, where)
@@ -281,7 +290,8 @@ def load_class_folder(root: Path, name: str, image_size=None, use_cache: bool = 
     images at its size (IndexedDataset.at_size), a batch at a time (decode_own_size: a folder of
     mixed sizes is decoded at `image_size`)."""
     classes, files = list_class_folder(root)
+    listing = _listing(root, files)         # stat every file once, for both keys
     images = decode_own_size(root, lambda size: _decode_all(root, files, size), image_size,
-                             lambda size: f"folder-{_cache_key(root, files, size)}", len(files), use_cache)
+                             lambda size: f"folder-{_cache_key(root, files, size, listing)}", len(files), use_cache)
     labels = torch.tensor([label for _, label in files], dtype=torch.long)
     return IndexedDataset(torch.from_numpy(images), labels, torch.arange(len(files), dtype=torch.long), classes, name)
