@@ -54,6 +54,12 @@ def write_bank(path: Path, conditions: list[SavedCondition]) -> int:
     return Path(path).stat().st_size
 
 
+def _conditions_meta(data: bytes):
+    """The conditions' metadata a bank file's safetensors header holds (its first 8 bytes: the header's length)."""
+    header = parse_json(data[8:8 + int.from_bytes(data[:8], "little")])
+    return parse_json((header.get("__metadata__") or {})["conditions"])
+
+
 def read_bank(directory: Path, input_shape: list[int], model: torch.nn.Module | None = None
               ) -> list[SavedCondition] | None:
     """The checkpoint's bank, or None when it has none. Every field is checked before use (a device
@@ -67,8 +73,7 @@ def read_bank(directory: Path, input_shape: list[int], model: torch.nn.Module | 
     try:
         data = read_inside(directory, BANK_FILE, "--checkpoint") or b""
         tensors = load(data)        # safetensors checks the header first; its metadata is read from it then
-        header = parse_json(data[8:8 + int.from_bytes(data[:8], "little")])
-        meta = parse_json((header.get("__metadata__") or {})["conditions"])
+        meta = _conditions_meta(data)
         if not isinstance(meta, list) or not meta:
             raise ValueError("it keeps no condition")
         out = [_condition(i, m, tensors, input_shape) for i, m in enumerate(meta)]
@@ -125,8 +130,7 @@ def condition_names(directory: Path) -> list[str] | None:
         return None
     try:
         data = read_inside(directory, BANK_FILE, "--checkpoint") or b""
-        header = parse_json(data[8:8 + int.from_bytes(data[:8], "little")])
-        return [c["name"] for c in parse_json((header.get("__metadata__") or {})["conditions"])]
+        return [c["name"] for c in _conditions_meta(data)]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise InputError(f"{path}: unreadable or corrupt ({e.__class__.__name__}: {e})") from None
 
