@@ -24,6 +24,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from edge_sel.bench.adapt import SCENARIOS, joules, mean_of, outcome, paired, paired_table
+from edge_sel.bench.outputs import write_bench_files
 from edge_sel.config import TrainConfig
 from edge_sel.core.memory import MiB
 from edge_sel.core.records import read_records
@@ -420,13 +421,7 @@ def write_outputs(bench: dict, out: Path) -> dict:
              "(torch.utils.flop_counter), recomputation and the planner's probe included.",
              f"Joules: training phase, {', '.join(bench['energy_methods']) or 'not measured'}"
              + (" (an estimate from CPU time, not a measurement)." if "estimated" in bench["energy_methods"] else ".")]
-    text = md + "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
-    (out / "table.md").write_text(text)
-    (out / "bench.json").write_text(json.dumps(bench, indent=2, default=str))
-    figure = plot(bench, out)
-    from edge_sel.report.markdown import bench_page
-    (out / "report.html").write_text(bench_page("edge-sel bench memory", md, [figure.name], notes))
-    return {"table": text, "figure": figure}
+    return write_bench_files(out, "memory", md, notes, bench, lambda: plot(bench, out))
 
 
 def summary_line(bench: dict) -> str:

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edge_sel.bench.adapt import ci95, mean_of, outcome, paired, paired_table
+from edge_sel.bench.outputs import write_bench_files
 from edge_sel.config import TrainConfig
 from edge_sel.core.records import read_records
 from edge_sel.engine.runs.data_options import DataOptions
@@ -199,13 +200,7 @@ def write_outputs(bench: dict, out: Path) -> dict:
              f"Joules: training phase, {', '.join(sorted(bench['energy_methods'])) or 'not measured'}"
              + (" (an estimate from CPU time, not a measurement)." if "estimated" in bench["energy_methods"] else "."),
              "Scene coverage: distinct scenes an epoch's plan trains on, of all training scenes, mean over epochs."]
-    text = md + "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
-    (out / "table.md").write_text(text)
-    (out / "bench.json").write_text(json.dumps(bench, indent=2, default=str))
-    figure = plot(bench, out)
-    from edge_sel.report.markdown import bench_page
-    (out / "report.html").write_text(bench_page("edge-sel bench stream", md, [figure.name], notes))
-    return {"table": text, "figure": figure}
+    return write_bench_files(out, "stream", md, notes, bench, lambda: plot(bench, out))
 
 
 def bench_record(args: dict, run: dict, methods: list[StreamMethod]) -> dict:

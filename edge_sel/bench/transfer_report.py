@@ -3,10 +3,10 @@ report.html in the bench's --out."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from edge_sel.bench.adapt import joules, mean_of, paired, paired_table
+from edge_sel.bench.outputs import write_bench_files
 from edge_sel.bench.published import TRANSFER_PUBLISHED
 from edge_sel.bench.transfer import CONDITIONS, REFERENCE, START, named_pairs
 
@@ -135,10 +135,4 @@ def write_outputs(bench: dict, out: Path) -> dict:
     bench["pairs"] = pairs_of(bench)
     md = table(bench) + published_table(bench)
     notes = notes_of(bench)
-    text = md + "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
-    (out / "table.md").write_text(text)
-    (out / "results.json").write_text(json.dumps(bench, indent=2, default=str))
-    figure = plot(bench, out)
-    from edge_sel.report.markdown import bench_page
-    (out / "report.html").write_text(bench_page("edge-sel bench transfer", md, [figure.name], notes))
-    return {"table": text, "figure": figure}
+    return write_bench_files(out, "transfer", md, notes, bench, lambda: plot(bench, out), json_name="results.json")
