@@ -74,3 +74,39 @@ def test_a_bad_option_is_one_line(bench, tmp_path, capsys, option, said):
     code, err = run_main(["bench", "transfer", *start, "--dataset", "digits", *option, "--out", tmp_path / "b"], capsys)
     assert code == 2 and said in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "b").exists()
+
+
+def test_benches_of_other_seeds_merge_into_one(bench, tmp_path, monkeypatch):
+    """tools/merge_bench_transfer.py: a bench of another seed pairs with this one's (the paired
+    differences then over two seeds); a seed in two benches, or other settings, are refused."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "tools"))
+    from merge_bench_transfer import merge
+    _, out = bench
+    first = json.loads((out / "results.json").read_text())
+    second = json.loads(json.dumps(first))
+    for rows in second["results"].values():
+        for r in rows:
+            r["seed"], r["test_acc"] = 1, r["test_acc"] - 0.01 * (r is rows[0])
+    merged = merge([first, second])
+    assert merged["seeds"] == [0, 1] and merged["merged_from"] == 2
+    with pytest.raises(SystemExit, match="a seed is in more than one bench"):
+        merge([first, first])
+    with pytest.raises(SystemExit, match="differ in epochs"):
+        merge([first, {**second, "epochs": first["epochs"] + 1}])
+    from edge_sel.bench.transfer_report import write_outputs
+    write_outputs(merged, tmp_path)
+    pairs = {(p["a"], p["b"]): p for p in merged["pairs"]}
+    assert len(pairs[("sundew@0.4", "random@0.4")]["per_seed"]) == 2
+    assert "Merged from 2 benches" in (tmp_path / "table.md").read_text()
+
+
+def test_a_cuda_measured_peak_is_kept_when_runs_share_a_process(tmp_path):
+    """torch resets the CUDA allocator's peak for each window, so a run's figure is its own even in
+    one process; a resident high-water mark is not (pages earlier runs freed are reused)."""
+    from edge_sel.bench.memory import run_memory_fields
+    (tmp_path / "config.json").write_text("{}")
+    for method, kept in (("cuda-allocated", 12.5), ("rss-hwm", None)):
+        (tmp_path / "metrics.jsonl").write_text(json.dumps(
+            {"epoch": 0, "memory_counted_mb": 10.0, "memory_measured_mb": 12.5, "memory_measure_method": method}) + "\n")
+        fields = run_memory_fields(tmp_path, measured_alone=False)
+        assert fields["measured_peak_mb"] == kept and fields["counted_peak_mb"] == 10.0

@@ -4,7 +4,7 @@ Three parts, each in one run with rounds interleaved (every contender once per r
 background load hits all of them alike; medians are printed with ratios.
 
 A. Dense training throughput (samples/s, evaluation excluded): the plain loop a PyTorch user would
-   write (edgecnn, SGD Nesterov, same augmentation ops) in fp32 and with bf16 autocast, edge-sel as
+   write (--model, edgecnn by default; SGD Nesterov, same augmentation ops) in fp32 and with bf16 autocast, edge-sel as
    it ran before the layout choice (contiguous, fp32), before the precision choice (measured
    layout, fp32), edge-sel's default (layout and precision measured on this device), bf16 forced,
    channels_last forced and --compile.
@@ -45,17 +45,20 @@ from edge_sel.methods import Strategy, Updater, make_strategy
 from edge_sel.models import build_model
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
+MODEL = "edgecnn"
 BEFORE = {"memory_format": "contiguous", "eval_batch_size": 1000, "precision": "fp32"}   # before the layout choice
 
 
-def plain_epoch(model, images, labels, mean, std, spec, batch_size, optimizer, generator, bf16=False) -> float:
-    """The loop a PyTorch user would write by hand (bf16: with the autocast line added); returns seconds."""
+def plain_epoch(model, dataset, mean, std, spec, batch_size, optimizer, generator, bf16=False) -> float:
+    """The loop a PyTorch user would write by hand (bf16: with the autocast line added), each batch
+    resized to the run's size where it has one (dataset.pixels); returns seconds."""
     model.train()
     t0 = time.perf_counter()
+    labels = dataset.labels
     perm = torch.randperm(len(labels), generator=generator)
     for lo in range(0, len(perm), batch_size):
         idx = perm[lo: lo + batch_size]
-        x = augment_batch(normalize(images[idx], mean, std), spec, generator)
+        x = augment_batch(normalize(dataset.pixels(idx), mean, std), spec, generator)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = model(x)
         loss = nn.functional.cross_entropy(logits.float(), labels[idx])
@@ -92,7 +95,7 @@ def wanted(args, name: str) -> bool:
 
 def make_trainer(splits, mean, std, meter, gate=None, **cfg) -> Trainer:
     config = TrainConfig(**{"epochs": 1000, "batch_size": 128, "lr": 0.05, "seed": 0, **cfg})
-    model = build_model("edgecnn", splits.train.num_classes, splits.train.input_shape[0])
+    model = build_model(MODEL, splits.train.num_classes, splits.train.input_shape[0])
     return Trainer(config, splits, model, mean, std, torch.device("cpu"), seed_everything(0),
                    gate or Strategy(), Updater(), meter=meter, quiet=True)
 
@@ -121,10 +124,9 @@ def part_a(args, splits, mean, std, meter):
     m, s, gen = torch.tensor(mean), torch.tensor(std), torch.Generator().manual_seed(0)
 
     def plain(bf16):
-        model = build_model("edgecnn", splits.train.num_classes, splits.train.input_shape[0])
+        model = build_model(MODEL, splits.train.num_classes, splits.train.input_shape[0])
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
-        return lambda r: n / plain_epoch(model, splits.train.images, splits.train.labels, m, s, splits.train.augment,
-                                         args.batch_size, opt, gen, bf16)
+        return lambda r: n / plain_epoch(model, splits.train, m, s, splits.train.augment, args.batch_size, opt, gen, bf16)
 
     def ours(trainer):
         def run(r):
@@ -201,6 +203,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default=f"folder:{CIFAR}" if (CIFAR / "train").is_dir() else "synthetic")
     ap.add_argument("--subset", type=int, default=10000)
+    ap.add_argument("--model", default="edgecnn", help="A built-in model (part A; parts B and C build it too).")
+    ap.add_argument("--image-size", type=int, default=None, help="Folder images resized to S x S a batch at a time.")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--parts", default="ABC", help="Which parts to run, e.g. A or BC.")
@@ -210,12 +214,15 @@ def main():
     ap.add_argument("--busy-nice", type=int, default=0, help="Their nice level.")
     args = ap.parse_args()
 
-    train_full, test = load_source(args.dataset)
+    global MODEL
+    MODEL = args.model
+    train_full, test = load_source(args.dataset, image_size=args.image_size)
     # 5% of the training part as validation: 2,500 images on CIFAR-10, as a fine-tune on a shard sees.
     splits = make_splits(train_full, test, subset=min(args.subset, len(train_full) - 1), val_fraction=0.05)
     mean, std = splits.train.channel_stats()
     meter = EnergyOptions().open()
-    print(f"edgecnn, {torch.get_num_threads()} threads, torch {torch.__version__}, {args.dataset}, "
+    print(f"{MODEL} at {splits.train.input_shape[-1]} px, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}, {args.dataset}, "
           f"CPU bf16 instructions: {native_bf16(torch.device('cpu'))}")
     print(f"other work on the CPU: {contention.describe(args.busy, args.busy_nice)}")
     try:

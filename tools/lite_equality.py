@@ -6,6 +6,7 @@ costs: the figures docs/models.md quotes.
 - Other sizes: against that package's model built for the size (its static "SAME" paddings are then
   TensorFlow's for that size), and against edge-sel's model with torch's symmetric padding instead
   (what a wrong padding costs).
+- Every size, where timm imports: against timm's tf_efficientnet_lite* given the same tensors in order.
 - Parameters, and the eval-mode forward time of a batch (median of --repeats, one thread).
 
     python tools/lite_equality.py                       # Lite0; 224 / 96 / 97 / 128 px; batch 32 at 128 px
@@ -38,6 +39,19 @@ def package_model(name: str, size: int):
     return model
 
 
+def timm_twin(model):
+    """timm's TensorFlow-ported model of the same name with our tensors, or None where timm does not import."""
+    try:
+        timm = importlib.import_module("timm")
+    except Exception:               # timm imports torchvision, whose wheel may not import against this torch
+        return None
+    twin = timm.create_model("tf_" + ARGS.model, pretrained=False).eval()
+    ours = model.state_dict()
+    assert [tuple(v.shape) for v in twin.state_dict().values()] == [tuple(v.shape) for v in ours.values()]
+    twin.load_state_dict(dict(zip(twin.state_dict(), ours.values())))
+    return twin
+
+
 def symmetric_twin(model):
     """The same weights with torch's symmetric padding on the strided convolutions."""
     twin = MODELS[ARGS.model](1000).eval()
@@ -67,12 +81,16 @@ def main():
     native = weights_config(ARGS.model).native_size
     print(f"{ARGS.model}: {count_parameters(model):,} parameters (1000-class head), native {native} px")
     reference_native = package_model(ARGS.model, native)
+    timm_model = timm_twin(model)
+    print("timm: " + ("imports; compared at every size" if timm_model is not None else "does not import here"))
     for size in [int(s) for s in ARGS.sizes.split(",")]:
         x = image(size, ARGS.image)
         ours = model(x)
         rows = [("package model built for %d px" % native, reference_native(x))]
         if size != native:
             rows.append((f"package model built for {size} px (TF SAME padding)", package_model(ARGS.model, size)(x)))
+        if timm_model is not None:
+            rows.append((f"timm tf_{ARGS.model}", timm_model(x)))
         rows.append(("ours with symmetric padding", symmetric_twin(model)(x)))
         for label, logits in rows:
             print(f"{size:4d} px  max |logit diff| vs {label}: {(ours - logits).abs().max().item():.3g}"
@@ -91,7 +109,7 @@ def main():
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="efficientnet_lite0", choices=sorted(MODELS))
-    parser.add_argument("--sizes", default="224,96,97,128")
+    parser.add_argument("--sizes", default="224,96,97,128,160")
     parser.add_argument("--image", default=None, help="an image file (else uniform noise in [-1, 1])")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--time-size", type=int, default=128)

@@ -44,6 +44,9 @@ from edge_sel.errors import InputError
 @click.option("--val-subset", type=click.IntRange(0), default=200, show_default=True,
               help="Validation images evaluated each epoch (every method keeps its last epoch).")
 @click.option("--seeds", type=click.IntRange(1), default=None, help="Seeds 0..K-1, paired across methods [5; --quick: 2].")
+@click.option("--first-seed", type=click.IntRange(0), default=0, show_default=True,
+              help="Seeds FIRST..FIRST+K-1 instead (benches of other seeds run at once merge with "
+                   "tools/merge_bench_transfer.py).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, mps or auto.")
 @click.option("--one-process", is_flag=True,
               help="Every fine-tune in this process (no measured peaks: a run would reuse pages earlier runs freed).")
@@ -53,7 +56,7 @@ from edge_sel.errors import InputError
                                             "with --from-imagenet).")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def transfer_cmd(checkpoint, imagenet_model, dataset, scenario, image_size, method_names, last_k, epochs, lr, batch_size, bn_momentum,
-                 subset, test_subset, val_subset, seeds, device, one_process, out, overwrite, quick, quiet):
+                 subset, test_subset, val_subset, seeds, first_seed, device, one_process, out, overwrite, quick, quiet):
     """The field's transfer protocol on the device's shard: full fine-tuning, classifier, BatchNorm,
     biases, last-k, a sparse update, the planner at 1/4, 1/10, 1/30 of full fine-tuning's counted peak,
     Sundew against random and SEL against its control, over paired seeds, beside TinyTL's and
@@ -82,7 +85,7 @@ def transfer_cmd(checkpoint, imagenet_model, dataset, scenario, image_size, meth
     data = DataOptions(ds, None, shard="1/2", subset=n, image_size=size, test_subset=test_subset or (300 if quick else 1000))
     if checkpoint is None:
         checkpoint = transfer.imagenet_start(imagenet_model, data, target, device)
-    settings = transfer.TransferSettings(Path(checkpoint), data, scenario, methods, list(range(count)),
+    settings = transfer.TransferSettings(Path(checkpoint), data, scenario, methods, list(range(first_seed, first_seed + count)),
                                          epochs or (1 if quick else 3), lr, batch_size, val_subset, bn_momentum, device,
                                          target, own_process=not one_process)
     record = transfer.settings_record(settings)

@@ -164,10 +164,12 @@ class MemoryModel:
 def run_memory_fields(run_dir: Path, measured_alone: bool = True) -> dict:
     """Counted and measured peaks a run left: the records' (where the run states them), else the
     plan's counted peak in config.json. `measured_alone`: the run had a process of its own; else its
-    measured peak is left out (it reused pages earlier runs freed)."""
+    measured peak is left out (it reused pages earlier runs freed), unless torch's CUDA allocator
+    measured it: its peak is reset at each window's start, so earlier runs leave nothing in it."""
     recs = [r for r in read_records(run_dir / "metrics.jsonl") if r.get("phase") != "baseline"]
     config = json.loads((run_dir / "config.json").read_text())
     plan = config.get("memory_plan") or {}
+    measured_alone = measured_alone or any(r.get("memory_measure_method") == "cuda-allocated" for r in recs)
     counted = [r["memory_counted_mb"] for r in recs if isinstance(r.get("memory_counted_mb"), (int, float))]
     measured = [r["memory_measured_mb"] for r in recs
                 if measured_alone and isinstance(r.get("memory_measured_mb"), (int, float))]
@@ -178,6 +180,17 @@ def run_memory_fields(run_dir: Path, measured_alone: bool = True) -> dict:
             "measured_peak_mb": max(measured) if measured else None, "measure_method": method,
             "micro_batch": plan.get("micro_batch"), "recompute": len(plan.get("recompute") or []),
             "trained_tensors": len(plan["trainable"]) if plan.get("trainable") else None}
+
+
+def measured_peak_words(methods: list[str]) -> str:
+    """How a bench's measured peaks were taken, for its notes."""
+    words = []
+    if "cuda-allocated" in methods:
+        words.append("cuda-allocated: torch's CUDA allocator peak over its level before training, reset for each run")
+    if set(methods) - {"cuda-allocated"}:
+        words.append(f"{', '.join(sorted(set(methods) - {'cuda-allocated'}))}: each run in a process of its own, "
+                     "its resident high-water mark's growth over the level just before training")
+    return "; ".join(words)
 
 
 def warmup_clean(run_dir: Path) -> float | None:
@@ -407,10 +420,9 @@ def write_outputs(bench: dict, out: Path) -> dict:
              f"last-k: the largest k whose step fits the budget in micro-batches of {MIN_LAST_K_CHUNK} images or more "
              "(recomputed blocks allowed), or as the classifier alone fits where that is fewer. A row that does not fit was not run; "
              "it names the smallest budget the method needs (one image at a time).",
-             "Measured peak: " + (("the runs' records (" + ", ".join(sorted(
+             "Measured peak: " + ("the runs' records (" + measured_peak_words(sorted(
                  {r.get("measure_method") for rs in bench["results"].values() for r in rs} - {None})) +
-                 "): each run in a process of its own, its resident high-water mark's growth over the level "
-                 "just before training (mean over seeds)")
+                 "; mean over seeds)"
                                   if any(r.get("measured_peak_mb") is not None for r in bench["rows"])
                                   else "not measured (-)" + ("" if bench.get("own_process", True) else
                                                              ": every run in one process (--one-process), "

