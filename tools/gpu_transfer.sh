@@ -52,13 +52,13 @@ else
     BENCH=(--subset 2000 --test-subset 1000 --epochs ${BENCH_EPOCHS:-3})
     SEEDS=5
     LIMIT_INSTALL=${LIMIT_INSTALL:-60}; LIMIT_EQUALITY=${LIMIT_EQUALITY:-60}; LIMIT_DATA=${LIMIT_DATA:-60}
-    LIMIT_WARM=${LIMIT_WARM:-170}; LIMIT_BENCH=${LIMIT_BENCH:-280}
+    LIMIT_WARM=${LIMIT_WARM:-180}; LIMIT_BENCH=${LIMIT_BENCH:-400}
 fi
 # The two recipes at 128 px: everything trained from the start with a fresh head (train-mode
 # BatchNorm from the first step), and the head first on features normalised with the data's own
 # statistics, then everything. The 96 px warmup takes the first.
-RECIPE_A=(--optimizer sgd --lr 0.02 --warmup-epochs 0.5 --label-smoothing 0.1 --weight-decay 5e-5)
-RECIPE_B=(--optimizer sgd --lr 0.02 --warmup-epochs 0.5 --label-smoothing 0.1 --weight-decay 5e-5
+RECIPE_A=(--optimizer sgd --lr 0.03 --warmup-epochs 0.5 --label-smoothing 0.1 --weight-decay 5e-5)
+RECIPE_B=(--optimizer sgd --lr 0.03 --warmup-epochs 0.5 --label-smoothing 0.1 --weight-decay 5e-5
           --head-epochs 1 --head-lr 0.1 --head-bn-adapt 2000 --backbone-lr-scale 0.5)
 
 log() { echo "$*" | tee -a "$LOG"; }

@@ -90,7 +90,7 @@ def transfer_cmd(checkpoint, imagenet_model, dataset, scenario, image_size, meth
                                          target, own_process=not one_process)
     record = transfer.settings_record(settings)
 
-    def partial(state: dict) -> None:      # the seeds done so far, written as a whole bench of them
+    def partial(state: dict) -> None:      # the runs done so far, written as a whole bench of them
         done = sorted({r["seed"] for r in state["results"][transfer.START]})
         transfer_report.write_outputs({**record, "seeds": done, "partial": True, **state}, target)
 

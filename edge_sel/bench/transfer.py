@@ -163,8 +163,8 @@ def method_row(run_dir: Path, seed: int, start: dict, full_mb: float, measured_a
     return row
 
 
-def run_bench(s: TransferSettings, log=print, after_seed=None) -> dict:
-    """Per seed: the start once, then every method that fits; `after_seed` gets the state so far."""
+def run_bench(s: TransferSettings, log=print, after_run=None) -> dict:
+    """Per seed: the start once, then every method that fits; `after_run` gets the state so far."""
     base = TrainConfig(epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, device=s.device, **SAME_NUMERICS)
     mm = MemoryModel(s.checkpoint, base)
     budgets = {m.name: round(float(Fraction(m.fraction)) * mm.full_mb, 3) for m in s.methods if m.fraction}
@@ -196,8 +196,8 @@ def run_bench(s: TransferSettings, log=print, after_seed=None) -> dict:
             results[m.name].append(row)
             log(f"  seed {seed} {m.name:20s} test {row['test_acc']:.4f} clean {row['clean_test_acc']:.4f} "
                 f"counted {row['counted_peak_mb']:.1f} MB")
-        if after_seed is not None:
-            after_seed(state(mm, budgets, fits, sparse, results, time.perf_counter() - t0, s.own_process))
+            if after_run is not None:       # a bench stopped by a time limit keeps every run it finished
+                after_run(state(mm, budgets, fits, sparse, results, time.perf_counter() - t0, s.own_process))
     return state(mm, budgets, fits, sparse, results, time.perf_counter() - t0, s.own_process)
 
 

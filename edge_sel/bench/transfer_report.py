@@ -73,7 +73,8 @@ def table(bench: dict) -> str:
                          "- | - | - |")
             continue
         diff = "reference" if r["method"] == REFERENCE else _diff(r["vs_full"])
-        lines.append(f"| {r['method']} | {_pts(r['test_acc'])} | {diff} | {_pts(r['clean_test_acc'])} | "
+        fewer = f" ({r['seeds']} of {len(bench['seeds'])} seeds)" if r["seeds"] < len(bench["seeds"]) else ""
+        lines.append(f"| {r['method']}{fewer} | {_pts(r['test_acc'])} | {diff} | {_pts(r['clean_test_acc'])} | "
                      f"{_num(r['forgetting_pts'], '+.2f')} | {_num(r['counted_peak_mb'])} | "
                      f"{_num(r['measured_peak_mb'])} | {_num((r['flops_train'] or 0) / 1e9)} | "
                      f"{joules(r['energy_j'])} | {_num(r['train_wall_s'])} |")
@@ -112,8 +113,8 @@ def notes_of(bench: dict) -> list[str]:
     return [
         f"{len(bench['seeds'])} paired seeds {bench['seeds']}: per seed every method starts from the same checkpoint, "
         "split, corrupted images and data order. The start is evaluated once per seed (a fine-tune of no epoch); "
-        "no method evaluates it again." + (" Written after each seed while the bench ran: the seeds done so far."
-                                           if bench.get("partial") else ""),
+        "no method evaluates it again." + (" Written after each run while the bench ran: the runs done so far (a "
+                                           "row with fewer seeds says how many)." if bench.get("partial") else ""),
         "Device test: the device shard's test images under the condition; clean test: the same images without it. "
         "Forgetting: the start's clean test accuracy minus the method's (points), per seed, averaged.",
         "Counted peak: the runs' records (core/memory.py on the meta device: weights, optimizer state, batch, saved "
