@@ -99,14 +99,3 @@ def test_benches_of_other_seeds_merge_into_one(bench, tmp_path, monkeypatch):
     assert len(pairs[("sundew@0.4", "random@0.4")]["per_seed"]) == 2
     assert "Merged from 2 benches" in (tmp_path / "table.md").read_text()
 
-
-def test_a_cuda_measured_peak_is_kept_when_runs_share_a_process(tmp_path):
-    """torch resets the CUDA allocator's peak for each window, so a run's figure is its own even in
-    one process; a resident high-water mark is not (pages earlier runs freed are reused)."""
-    from edge_sel.bench.memory import run_memory_fields
-    (tmp_path / "config.json").write_text("{}")
-    for method, kept in (("cuda-allocated", 12.5), ("rss-hwm", None)):
-        (tmp_path / "metrics.jsonl").write_text(json.dumps(
-            {"epoch": 0, "memory_counted_mb": 10.0, "memory_measured_mb": 12.5, "memory_measure_method": method}) + "\n")
-        fields = run_memory_fields(tmp_path, measured_alone=False)
-        assert fields["measured_peak_mb"] == kept and fields["counted_peak_mb"] == 10.0

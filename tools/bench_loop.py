@@ -18,6 +18,8 @@ C. A gated epoch (sundew, activation 0.3) including its evaluation: the previous
     python tools/bench_loop.py                     # CIFAR-10 JPEG folders when present, else synthetic
     python tools/bench_loop.py --rounds 5 --parts A
     python tools/bench_loop.py --parts A --arms "plain loop,edge-sel fp32,edge-sel default"
+    python tools/bench_loop.py --parts A --model efficientnet_lite0 --image-size 128 --subset 500 \
+        --batch-size 32 --rounds 3 --arms "edge-sel fp32,plain loop bf16,edge-sel bf16"
 """
 
 from __future__ import annotations

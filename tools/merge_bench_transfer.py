@@ -21,10 +21,17 @@ SETTINGS = ("suite", "checkpoint", "condition", "shift", "data", "methods", "epo
 DERIVED = ("rows", "pairs")       # written again from the merged results
 
 
+def _setting(bench: dict, key: str):
+    """A bench started with --from-imagenet made its start in its own OUT/start, the same weights in
+    every bench (the ImageNet weights and a head drawn from seed 0): those starts are one setting."""
+    value = bench.get(key)
+    return "its own OUT/start" if key == "checkpoint" and Path(value).name == "start" else value
+
+
 def merge(benches: list[dict]) -> dict:
     first = benches[0]
     for other in benches[1:]:
-        differ = [k for k in SETTINGS if other.get(k) != first.get(k)]
+        differ = [k for k in SETTINGS if _setting(other, k) != _setting(first, k)]
         if differ:
             raise SystemExit(f"merge_bench_transfer: the benches differ in {', '.join(differ)}")
     merged = {k: v for k, v in first.items() if k not in DERIVED}

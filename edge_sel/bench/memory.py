@@ -164,12 +164,11 @@ class MemoryModel:
 def run_memory_fields(run_dir: Path, measured_alone: bool = True) -> dict:
     """Counted and measured peaks a run left: the records' (where the run states them), else the
     plan's counted peak in config.json. `measured_alone`: the run had a process of its own; else its
-    measured peak is left out (it reused pages earlier runs freed), unless torch's CUDA allocator
-    measured it: its peak is reset at each window's start, so earlier runs leave nothing in it."""
+    measured peak is left out: it reused pages earlier runs freed, and on a GPU their tensors, freed
+    while it ran, lower the allocator's level under the run's own growth (0 MiB seen)."""
     recs = [r for r in read_records(run_dir / "metrics.jsonl") if r.get("phase") != "baseline"]
     config = json.loads((run_dir / "config.json").read_text())
     plan = config.get("memory_plan") or {}
-    measured_alone = measured_alone or any(r.get("memory_measure_method") == "cuda-allocated" for r in recs)
     counted = [r["memory_counted_mb"] for r in recs if isinstance(r.get("memory_counted_mb"), (int, float))]
     measured = [r["memory_measured_mb"] for r in recs
                 if measured_alone and isinstance(r.get("memory_measured_mb"), (int, float))]
@@ -186,7 +185,8 @@ def measured_peak_words(methods: list[str]) -> str:
     """How a bench's measured peaks were taken, for its notes."""
     words = []
     if "cuda-allocated" in methods:
-        words.append("cuda-allocated: torch's CUDA allocator peak over its level before training, reset for each run")
+        words.append("cuda-allocated: each run in a process of its own, torch's CUDA allocator peak over its level "
+                     "before training")
     if set(methods) - {"cuda-allocated"}:
         words.append(f"{', '.join(sorted(set(methods) - {'cuda-allocated'}))}: each run in a process of its own, "
                      "its resident high-water mark's growth over the level just before training")
