@@ -18,7 +18,7 @@ from edge_sel.core.recompute import set_recomputed
 from edge_sel.engine.loop.counted_step import run_step_factory
 from edge_sel.engine.machine.device import random_streams_kept
 from edge_sel.engine.machine.memory_plan import MemoryPlan, fit_shape, plan_memory, usable
-from edge_sel.engine.machine.peak_memory import return_freed_memory
+from edge_sel.engine.machine import peak_memory
 from edge_sel.errors import InputError
 
 BN_ADAPT_BATCH = 256       # images a BatchNorm re-estimation batch holds without a budget (evaluation/bn_adapt.py)
@@ -113,9 +113,7 @@ def plan_run_memory(trainer) -> MemoryPlan | None:
     # The step's rows: the batch and the anchors replayed beside it (--replay).
     rows = cfg.batch_size + (trainer.replay.rows if trainer.replay is not None else 0)
     if trainer.device.type == "cpu":
-        # Before the gain probe too: under glibc's own threshold the probe's freed blocks stayed in the
-        # heap, resident for the rest of the run (a 200 MiB plan measured 222 MiB training, 294 evaluating).
-        return_freed_memory()
+        peak_memory.allocator_for_budget()      # before the gain probe: its freed blocks are not kept
     if cfg.memory_plan is not None:
         plan = MemoryPlan.from_json(cfg.memory_plan)
     else:
@@ -205,6 +203,16 @@ def apply_plan(trainer, plan: MemoryPlan) -> MemoryPlan:
             counted = trainer.memory_counter.count_forward(trainer.bn_adapt_batch, True).peak / MiB
             plan.notes.append(f"BatchNorm re-estimation in batches of {trainer.bn_adapt_batch}, not "
                               f"{min(BN_ADAPT_BATCH, cfg.bn_adapt)} ({counted:.1f} MiB counted)")
+    allocator = []          # said with the plan, not kept in it: a resumed run decides again
+    if trainer.device.type == "cpu":
+        counted = plan.counted.get("peak_mb")
+        heap = counted is not None and peak_memory.heap_fits(counted, cfg.memory_budget_mb)
+        peak_memory.allocator_for_training(heap)
+        allocator.append(
+            f"glibc's heap kept while training: the count fits the budget {peak_memory.HEAP_SLACK:g} times over"
+            if heap else f"freed blocks of 64 KiB and more go back to the system while training, so the resident "
+            f"size follows the count (slower steps; the heap is kept where the count fits the budget "
+            f"{peak_memory.HEAP_SLACK:g} times over)")
     if plan.trainable is not None:
         updater.choose = lambda _model: set(plan.trainable)
     trainer.step_shape = plan.shape()
@@ -219,6 +227,6 @@ def apply_plan(trainer, plan: MemoryPlan) -> MemoryPlan:
         cost = getattr(trainer, "memory_plan_cost", None)
         took = "" if cost is None else (f"; planned in {cost['memory_plan_wall_s']:.1f} s "
                                         f"({cost['memory_plan_counts']} steps counted)")
-        print(f"edge-sel: {plan.line()}" + "".join(f"; {n}" for n in plan.notes) + now + took, file=sys.stderr,
-              flush=True)
+        print(f"edge-sel: {plan.line()}" + "".join(f"; {n}" for n in [*plan.notes, *allocator]) + now + took,
+              file=sys.stderr, flush=True)
     return plan
