@@ -103,7 +103,9 @@ def plan_run_memory(trainer) -> MemoryPlan | None:
     the step's shape, the backend's micro-batch, recomputed blocks, frozen statistics, what trains."""
     cfg = trainer.config
     # Every count of this run (the plan's and the records') runs the run's own step on the twin.
-    trainer.memory_counter.step = run_step_factory(cfg, trainer.model, trainer.objective)
+    replaying = trainer.replay is not None and trainer.replay.rows > 0
+    local = (cfg.batch_size, *trainer.memory_counter.input_shape) if replaying else None
+    trainer.memory_counter.step = run_step_factory(cfg, trainer.model, trainer.objective, local)
     if cfg.memory_budget_mb is None:
         return None
     if cfg.backend != "torch":
