@@ -204,14 +204,22 @@ def choice_shapes(model, batch_size: int, bn_statistics: str) -> list[StepShape]
     return shapes
 
 
+def everything_fits(counter: MemoryCounter, model, batch_size: int, budget: int, bn_statistics: str) -> bool:
+    """Whether a step training everything fits with recomputed blocks or in micro-batches of at least
+    MIN_CHUNK_FOR_EVERYTHING images (of any size where BatchNorm statistics are frozen): then
+    everything trains, whatever each tensor's gain."""
+    smallest = 1 if bn_statistics == "frozen" else MIN_CHUNK_FOR_EVERYTHING
+    everything = {n for n, _ in model.named_parameters()}
+    return fit_shape(counter, model, batch_size, budget, everything, bn_statistics, smallest) is not None
+
+
 def choose_trainable(counter: MemoryCounter, model, batch_size: int, budget: int, gains: dict,
                      bn_statistics: str) -> tuple[set[str] | None, list[str]]:
     """What trains under the budget, by expected gain per byte (see the module's docstring). Each of
     choice_shapes is tried; a later shape (recomputing, or smaller micro-batches) wins only where its
     choice is expected to gain MORE_GAIN more than the best before it."""
     everything = {n for n, _ in model.named_parameters()}
-    smallest = 1 if bn_statistics == "frozen" else MIN_CHUNK_FOR_EVERYTHING
-    if fit_shape(counter, model, batch_size, budget, everything, bn_statistics, smallest) is not None:
+    if everything_fits(counter, model, batch_size, budget, bn_statistics):
         return everything, ["everything trains: it fits with recomputed blocks or micro-batches"]
     best, best_gain, best_notes = None, 0.0, []
     for shape in choice_shapes(model, batch_size, bn_statistics):
