@@ -301,3 +301,15 @@ def test_no_gain_probe_runs_where_everything_trains_in_micro_batches(tiny_warm, 
     plan = json.loads((tmp_path / "run" / "config.json").read_text())["memory_plan"]
     assert code == 0 and probes == [] and plan["micro_batch"] < 32
     assert len(plan["trainable"]) == len(list(model.parameters())) and plan["gains"] is None
+
+
+def test_a_run_that_kept_the_heap_hands_it_back_when_it_ends(tiny_warm, tmp_path, capsys, monkeypatch):
+    """Where the count fits the budget twice over the run trains with glibc's heap kept, and hands it
+    back when it ends: a later unbudgeted run in the same process measured 0.0 MiB of training growth."""
+    calls = []
+    for name in ("allocator_for_training", "allocator_after_training"):
+        monkeypatch.setattr(peak_memory, name, lambda *a, real=getattr(peak_memory, name), name=name:
+                            calls.append((name, *a)) or real(*a))
+    code, _ = run_main(["finetune", "--checkpoint", tiny_warm, *FINETUNE, "--epochs", "1", "--memory-budget",
+                          "1000", "--out", tmp_path / "run"], capsys)
+    assert code == 0 and calls == [("allocator_for_training", True), ("allocator_after_training",)]

@@ -4,6 +4,7 @@ fits a --memory-budget (engine/machine/memory_plan.py) applied to the run."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
 import time
@@ -210,8 +211,7 @@ def apply_plan(trainer, plan: MemoryPlan) -> MemoryPlan:
     allocator = []          # said with the plan, not kept in it: a resumed run decides again
     if trainer.device.type == "cpu":
         counted = plan.counted.get("peak_mb")
-        heap = counted is not None and peak_memory.heap_fits(counted, cfg.memory_budget_mb)
-        peak_memory.allocator_for_training(heap)
+        heap = trainer.keep_heap = counted is not None and peak_memory.heap_fits(counted, cfg.memory_budget_mb)
         allocator.append(
             f"glibc's heap kept while training: the count fits the budget {peak_memory.HEAP_SLACK:g} times over"
             if heap else f"freed blocks of 64 KiB and more go back to the system while training, so the resident "
@@ -234,3 +234,20 @@ def apply_plan(trainer, plan: MemoryPlan) -> MemoryPlan:
         print(f"edge-sel: {plan.line()}" + "".join(f"; {n}" for n in [*plan.notes, *allocator]) + now + took,
               file=sys.stderr, flush=True)
     return plan
+
+
+@contextlib.contextmanager
+def allocator_while_training(trainer):
+    """glibc's allocator as the plan chose it while the run trains and evaluates (a budgeted CPU run),
+    and afterwards as budgeted runs plan under again, whatever ends the run: a later run in the same
+    process (the Python API, a test) then measures its own growth, not pages the heap kept for it."""
+    keep = getattr(trainer, "keep_heap", None)
+    if keep is None:
+        yield
+        return
+    kept = peak_memory.allocator_for_training(keep)
+    try:
+        yield
+    finally:
+        if kept:
+            peak_memory.allocator_after_training()
