@@ -313,3 +313,16 @@ def test_a_run_that_kept_the_heap_hands_it_back_when_it_ends(tiny_warm, tmp_path
     code, _ = run_main(["finetune", "--checkpoint", tiny_warm, *FINETUNE, "--epochs", "1", "--memory-budget",
                           "1000", "--out", tmp_path / "run"], capsys)
     assert code == 0 and calls == [("allocator_for_training", True), ("allocator_after_training",)]
+
+
+def test_a_run_of_no_epoch_counts_its_plans_time_and_joules(tiny_warm, tmp_path, capsys):
+    """--epochs 0 under a budget plans, and no epoch record carried the plan's cost: its joules were
+    in no total (mobilenetv2 at 32 px under 40 MiB: 54 s of planning, recorded nowhere)."""
+    code, _ = run_main(["finetune", "--checkpoint", tiny_warm, *FINETUNE, "--epochs", "0", "--memory-budget", "9",
+                        "--out", tmp_path / "run"], capsys)
+    (start,) = records(tmp_path / "run", baseline=True)
+    totals = summary(tmp_path / "run")["totals"]
+    assert code == 0 and start["memory_plan_counts"] >= 1 and start["memory_plan_wall_s"] > 0
+    assert totals["wall_all_s"] >= start["memory_plan_wall_s"] + start["eval_wall_s"]
+    if start["memory_plan_energy_j"] is not None:
+        assert totals["energy_all_j"] == pytest.approx(start["eval_energy_j"] + start["memory_plan_energy_j"])
