@@ -144,6 +144,14 @@ def test_resume_deals_the_clients_data_as_the_saved_run_did(tmp_path, warm, no_l
     assert all(c["partition"] == "dirichlet" and c["alpha"] == 0.3 and c["partition-seed"] == 4 for c in configs)
 
 
+def test_simulated_clients_get_their_memory_budget_in_their_node_config(tmp_path, warm, no_launch):
+    result = simulate("--checkpoint", warm, "--out", tmp_path / "run", "--memory-budget", "12.5")
+    assert isinstance(result.exception, Launched), result.output
+    (configs,) = no_launch
+    assert [c["memory-budget"] for c in configs] == [12.5, 12.5]
+    one_line_exit_2(simulate("--checkpoint", warm, "--out", tmp_path / "run", "--memory-budget", "0"),
+                    "--memory-budget")
+
 def test_fedprox_pull_is_right_under_a_grad_scaler():
     """A loss scale multiplies the loss gradient only; the proximal gradient mu * (w - w_global) must
     reach the optimizer step unscaled, with or without a scaler."""

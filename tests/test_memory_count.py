@@ -133,3 +133,19 @@ def test_a_cpu_count_adds_the_running_convolutions_blocked_copies():
     for a, b in ((plain.count_forward(32), cpu.count_forward(32)), (plain.count(StepShape(16)), cpu.count(StepShape(16)))):
         assert a.workspace == 0 and b.workspace > 0 and b.peak > a.peak
         assert b.weights + b.optimizer + b.batch + b.activations + b.gradients + b.transient + b.workspace == b.peak
+
+
+def test_reused_meta_outputs_count_what_running_every_kernel_counts():
+    """The counter makes the outputs of a meta kernel it ran before on the same shapes again instead of
+    running it (torch computes BatchNorm's and hardtanh's in Python: two thirds of a count's time);
+    every count stays what running each kernel counts."""
+    model, reusing = counter("mobilenetv2", 16)
+    running = MemoryCounter(model, [3, 16, 16], sgd)
+    running.outputs = None
+    blocks = tuple(name for name, _ in named_blocks(model)[:-1])
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [(StepShape(8), None), (StepShape(8, 4, blocks), set(names[20:])), (StepShape(8, 2), set(names[-4:]))]
+    for shape, trainable in shapes:
+        assert reusing.count(shape, trainable) == running.count(shape, trainable)
+    assert reusing.count_forward(8, True) == running.count_forward(8, True)
+    assert reusing.outputs.reused > 100

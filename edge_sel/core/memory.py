@@ -32,6 +32,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from edge_sel.core.kernel_workspace import convolution_workspace
+from edge_sel.core.meta_outputs import MetaOutputs
 from edge_sel.core.recompute import set_recomputed
 
 MiB = 2 ** 20
@@ -91,12 +92,14 @@ class _LiveBytes(TorchDispatchMode):
     With `kernels="cpu"` each CPU convolution's own buffers are added while it runs (`threads`: the
     torch threads the real step will run on, which decide some kernels)."""
 
-    def __init__(self, outside: set[int], kernels: str = "none", threads: int = 1):
+    def __init__(self, outside: set[int], kernels: str = "none", threads: int = 1, outputs: MetaOutputs | None = None):
         super().__init__()
         self.outside = outside
         self.kernels, self.threads = kernels, threads
+        self.outputs = outputs                   # meta outputs reused across counts (None: every op runs)
         self.workspace = 0                      # the kernel's own bytes at the high-water mark
         self.live: dict[int, tuple[StorageWeakRef, int, int]] = {}
+        self.total = 0                           # bytes in `live`, freed storages included until swept
         self.serials = 0
         self.peak = 0
         self.at_peak: dict[int, int] = {}        # serial -> bytes, at the high-water mark
@@ -104,16 +107,19 @@ class _LiveBytes(TorchDispatchMode):
 
     def alive(self) -> int:
         self._sweep()
-        return sum(n for _, n, _ in self.live.values())
+        return self.total
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        self._sweep()
+        out = self.outputs(func, args, kwargs or {}) if self.outputs is not None else func(*args, **(kwargs or {}))
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
                 self.serial(t)
         own = convolution_workspace(func, args, out, self.threads) if self.kernels == "cpu" else 0
-        now = sum(n for _, n, _ in self.live.values()) + own
+        # `total` counts storages freed since the last sweep too: only a level above both marks needs
+        # the sweep that finds what is still alive (sweeping after every op was a tenth of a count).
+        if self.total + own > min(self.recent, self.peak):
+            self._sweep()
+        now = self.total + own
         self.recent = max(self.recent, now)
         if now > self.peak:
             self.peak, self.workspace = now, own
@@ -126,14 +132,19 @@ class _LiveBytes(TorchDispatchMode):
         ref = StorageWeakRef(storage)
         if ref.cdata in self.outside:
             return None
-        if ref.cdata not in self.live:
+        entry = self.live.get(ref.cdata)
+        if entry is not None and entry[0].expired():       # a freed storage's address, reused
+            self.total -= entry[1]
+            entry = None
+        if entry is None:
             self.serials += 1
-            self.live[ref.cdata] = (ref, storage.nbytes(), self.serials)
-        return self.live[ref.cdata][2]
+            entry = self.live[ref.cdata] = (StorageWeakRef(storage), storage.nbytes(), self.serials)
+            self.total += entry[1]
+        return entry[2]
 
     def _sweep(self) -> None:
         for key in [k for k, (ref, _, _) in self.live.items() if ref.expired()]:
-            del self.live[key]
+            self.total -= self.live.pop(key)[1]
 
 
 def storage_key(t: torch.Tensor) -> int:
@@ -160,6 +171,7 @@ class MemoryCounter:
         self._cache: dict[tuple, MemoryCount] = {}
         self._optimizers: dict[tuple, torch.optim.Optimizer] = {}     # trainable set -> the twin's optimizer, its state made
         self._optimizer_extra: dict[tuple, int] = {}     # trainable set -> bytes its optimizer's step allocates
+        self.outputs: MetaOutputs | None = MetaOutputs()  # meta outputs of the twin's ops, reused across counts
 
     def twin(self) -> nn.Module:
         if self._twin is None:
@@ -200,7 +212,7 @@ class MemoryCounter:
             weights = nbytes([*twin.parameters(), *twin.buffers()])
             x = torch.zeros(batch_size, *self.input_shape, device="meta")
             mode = _LiveBytes({storage_key(t) for t in [*twin.parameters(), *twin.buffers(), x]},
-                              self.kernels, torch.get_num_threads())
+                              self.kernels, torch.get_num_threads(), self.outputs)
             with mode, torch.no_grad():
                 twin(x)
             batch = nbytes([x])
@@ -262,7 +274,7 @@ class MemoryCounter:
         # accumulated); the ones after repeat the second: their saved bytes are added, not run.
         rows = min(shape.batch_size, 2 * shape.chunk)
         outside = {storage_key(t) for t in [*twin.parameters(), *twin.buffers(), *state, *kept, x, y]}
-        mode = _LiveBytes(outside, self.kernels, torch.get_num_threads())
+        mode = _LiveBytes(outside, self.kernels, torch.get_num_threads(), self.outputs)
         saved: dict[int, tuple[int, int]] = {}      # serial -> (bytes, micro-batch) of every storage autograd saved
         chunk = [-1]
         counting = twin.register_forward_pre_hook(lambda *_: chunk.__setitem__(0, chunk[0] + 1))

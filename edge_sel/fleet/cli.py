@@ -158,12 +158,14 @@ def fleet_group():
 @click.option("--shard", default=None, help="K/N: the clients split only this shard of the training split.")
 @click.option("--subset", type=int, default=None, help="...and only this many samples of it (class-balanced).")
 @click.option("--meters", default=None, help="Clients' energy meters (comma-separated) [default: automatic].")
+@click.option("--memory-budget", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="MiB: every client's own --memory-budget (its node config's memory-budget) [default: none].")
 @click.option("--keep-logs", type=click.Path(path_type=Path), default=None,
               help="Keep the Flower logs and client run directories here [default: a temporary folder].")
 @with_options(STRATEGY_OPTIONS)
 @click.pass_context
 def simulate_cmd(ctx, dataset, data_dir, clients, partition, alpha, partition_seed, shard, subset, meters,
-                 keep_logs, **kw):
+                 memory_budget, keep_logs, **kw):
     """A fleet on this machine: a SuperLink and --clients SuperNodes on 127.0.0.1, each client with
     its part of one dataset."""
     from edge_sel.fleet import require_flwr
@@ -175,7 +177,7 @@ def simulate_cmd(ctx, dataset, data_dir, clients, partition, alpha, partition_se
     timeout = kw.pop("timeout")
     simulation = {"dataset": dataset, "data_dir": str(data_dir) if data_dir else None, "clients": clients,
                   "partition": partition, "alpha": alpha, "partition_seed": partition_seed, "shard": shard,
-                  "subset": subset, "meters": meters}
+                  "subset": subset, "meters": meters, "memory_budget": memory_budget}
     if kw["resume"]:
         settings = resumed_settings(ctx, kw["out"])
         simulation.update(json.loads(settings.simulation))      # the clients' data dealt as before
@@ -208,7 +210,8 @@ def node_configs(simulation: dict, work: Path | None) -> list[dict]:
                   "partition-seed": simulation["partition_seed"], "split-seed": 0}
         if work is not None:
             config["work-dir"] = str((work / f"client-{i}").resolve())
-        config.update({key.replace("_", "-"): simulation[key] for key in ("data_dir", "shard", "subset", "meters")
+        config.update({key.replace("_", "-"): simulation[key]
+                       for key in ("data_dir", "shard", "subset", "meters", "memory_budget")
                        if simulation.get(key) is not None})
         configs.append(config)
     return configs

@@ -4,7 +4,8 @@ with its label smoothing and every penalty on the twin's weights), its BatchNorm
 micro-batches, and FedProx's pull before the optimizer's step; beside it, what the run keeps while
 it trains: the epoch's parameter snapshot (params_updated_frac), the penalties' Fisher weights and
 source anchors (every parameter that has them, frozen ones too), FedProx's copy of the round's
-weights. The rows are the step's: the batch and its replayed anchors (engine/loop/step_memory.py).
+weights. The rows are the step's: the batch and its replayed anchors (engine/loop/step_memory.py), and
+beside them the local batch the trainer keeps for its strategy.
 
 An updater's own per-step tensors are not run on the twin: the updaters a budget allows keep none
 (`--sparsity mask`, whose guilt mask copies weights and optimizer state every step, is refused under a
@@ -54,9 +55,10 @@ def twin_objective(objective, model: torch.nn.Module, twin: torch.nn.Module):
     return twin_obj
 
 
-def run_step_factory(cfg, model: torch.nn.Module, objective=None):
+def run_step_factory(cfg, model: torch.nn.Module, objective=None, local_rows: tuple | None = None):
     """counter.step for a run of `cfg` on `model` minimising `objective` (None: cross-entropy with the
-    run's label smoothing): (twin, optimizer) -> (run(x, y, micro_batch), kept tensors)."""
+    run's label smoothing): (twin, optimizer) -> (run(x, y, micro_batch), kept tensors). `local_rows`:
+    the shape of the local batch's images, alive beside a step whose rows are joined with replayed ones."""
     mu = float(cfg.proximal_mu or 0.0)
     objective = objective or Objective(cfg.label_smoothing)
 
@@ -64,6 +66,8 @@ def run_step_factory(cfg, model: torch.nn.Module, objective=None):
         twin_obj = twin_objective(objective, model, twin)
         params = list(twin.parameters())
         kept = [torch.empty_like(p) for p in params]            # the epoch's snapshot (engine/loop/progress.py)
+        if local_rows is not None:          # the trainer's local batch, kept for its strategy beside the joined one
+            kept.append(torch.empty(local_rows, device="meta"))
         for penalty in twin_obj.penalties:
             kept += [t for _, *rest in getattr(penalty, "terms", ()) for t in rest]
         step_optimizer = optimizer if optimizer is not None else _NoOptimizer()

@@ -15,6 +15,8 @@ def baseline_record(trainer) -> dict:
     trainer.log.evaluating_start(trainer.eval_sets)
     record.update(trainer.evaluate(bar="start: evaluating"))
     record.update({k: trainer.last_eval_energy.get(k) for k in ("energy_source", "energy_method")})
+    if trainer.config.epochs == 0:      # no epoch record will carry the plan's time and joules: this one does
+        record.update(trainer.__dict__.pop("memory_plan_cost", None) or {})
     if trainer.bank_setup:             # matching tonight's images to the bank: once, before any step
         setup, trainer.bank_setup = trainer.bank_setup, None
         record["flops_bn_bank"] = (record.get("flops_bn_bank") or 0) + setup["flops"]

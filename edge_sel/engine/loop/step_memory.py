@@ -4,6 +4,7 @@ fits a --memory-budget (engine/machine/memory_plan.py) applied to the run."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
 import time
@@ -17,8 +18,8 @@ from edge_sel.core.memory import MiB, MemoryCounter, StepShape, nbytes
 from edge_sel.core.recompute import set_recomputed
 from edge_sel.engine.loop.counted_step import run_step_factory
 from edge_sel.engine.machine.device import random_streams_kept
-from edge_sel.engine.machine.memory_plan import MemoryPlan, fit_shape, plan_memory, usable
-from edge_sel.engine.machine.peak_memory import return_freed_memory
+from edge_sel.engine.machine.memory_plan import MemoryPlan, everything_fits, fit_shape, plan_memory, usable
+from edge_sel.engine.machine import peak_memory
 from edge_sel.errors import InputError
 
 BN_ADAPT_BATCH = 256       # images a BatchNorm re-estimation batch holds without a budget (evaluation/bn_adapt.py)
@@ -103,7 +104,9 @@ def plan_run_memory(trainer) -> MemoryPlan | None:
     the step's shape, the backend's micro-batch, recomputed blocks, frozen statistics, what trains."""
     cfg = trainer.config
     # Every count of this run (the plan's and the records') runs the run's own step on the twin.
-    trainer.memory_counter.step = run_step_factory(cfg, trainer.model, trainer.objective)
+    replaying = trainer.replay is not None and trainer.replay.rows > 0
+    local = (cfg.batch_size, *trainer.memory_counter.input_shape) if replaying else None
+    trainer.memory_counter.step = run_step_factory(cfg, trainer.model, trainer.objective, local)
     if cfg.memory_budget_mb is None:
         return None
     if cfg.backend != "torch":
@@ -113,9 +116,7 @@ def plan_run_memory(trainer) -> MemoryPlan | None:
     # The step's rows: the batch and the anchors replayed beside it (--replay).
     rows = cfg.batch_size + (trainer.replay.rows if trainer.replay is not None else 0)
     if trainer.device.type == "cpu":
-        # Before the gain probe too: under glibc's own threshold the probe's freed blocks stayed in the
-        # heap, resident for the rest of the run (a 200 MiB plan measured 222 MiB training, 294 evaluating).
-        return_freed_memory()
+        peak_memory.allocator_for_budget()      # before the gain probe: its freed blocks are not kept
     if cfg.memory_plan is not None:
         plan = MemoryPlan.from_json(cfg.memory_plan)
     else:
@@ -154,11 +155,13 @@ def _plan(trainer, rows: int, bn: str) -> MemoryPlan:
     cfg, model, updater = trainer.config, trainer.model, trainer.updater
     counter = trainer.memory_counter
     everything = {n for n, _ in model.named_parameters()}
-    if updater.name == "budget" and counter.count(StepShape(rows, bn_statistics=bn), everything).peak \
-            <= usable(cfg.memory_budget_mb):
+    whole = counter.count(StepShape(rows, bn_statistics=bn), everything).peak <= usable(cfg.memory_budget_mb)
+    # Where everything trains whatever the gains, no probe runs (at 96 px it was 36 of a plan's 43 s).
+    if updater.name == "budget" and (whole or everything_fits(counter, model, rows, usable(cfg.memory_budget_mb), bn)):
         plan = plan_memory(counter, model, rows, cfg.memory_budget_mb, everything, bn)
         plan.trainable = sorted(everything)
-        plan.notes.insert(0, "everything trains: the whole step fits the budget")
+        plan.notes.insert(0, "everything trains: the whole step fits the budget" if whole else
+                          "everything trains: it fits with recomputed blocks or micro-batches")
     elif updater.name == "budget":
         # The probe runs before training: it steps no optimizer and the run's kept copies do not exist yet;
         # it keeps a copy of the weights to restore and its images in floats, twice (scaled, normalised).
@@ -205,6 +208,15 @@ def apply_plan(trainer, plan: MemoryPlan) -> MemoryPlan:
             counted = trainer.memory_counter.count_forward(trainer.bn_adapt_batch, True).peak / MiB
             plan.notes.append(f"BatchNorm re-estimation in batches of {trainer.bn_adapt_batch}, not "
                               f"{min(BN_ADAPT_BATCH, cfg.bn_adapt)} ({counted:.1f} MiB counted)")
+    allocator = []          # said with the plan, not kept in it: a resumed run decides again
+    if trainer.device.type == "cpu":
+        counted = plan.counted.get("peak_mb")
+        heap = trainer.keep_heap = counted is not None and peak_memory.heap_fits(counted, cfg.memory_budget_mb)
+        allocator.append(
+            f"glibc's heap kept while training: the count fits the budget {peak_memory.HEAP_SLACK:g} times over"
+            if heap else f"freed blocks of 64 KiB and more go back to the system while training, so the resident "
+            f"size follows the count (slower steps; the heap is kept where the count fits the budget "
+            f"{peak_memory.HEAP_SLACK:g} times over)")
     if plan.trainable is not None:
         updater.choose = lambda _model: set(plan.trainable)
     trainer.step_shape = plan.shape()
@@ -219,6 +231,23 @@ def apply_plan(trainer, plan: MemoryPlan) -> MemoryPlan:
         cost = getattr(trainer, "memory_plan_cost", None)
         took = "" if cost is None else (f"; planned in {cost['memory_plan_wall_s']:.1f} s "
                                         f"({cost['memory_plan_counts']} steps counted)")
-        print(f"edge-sel: {plan.line()}" + "".join(f"; {n}" for n in plan.notes) + now + took, file=sys.stderr,
-              flush=True)
+        print(f"edge-sel: {plan.line()}" + "".join(f"; {n}" for n in [*plan.notes, *allocator]) + now + took,
+              file=sys.stderr, flush=True)
     return plan
+
+
+@contextlib.contextmanager
+def allocator_while_training(trainer):
+    """glibc's allocator as the plan chose it while the run trains and evaluates (a budgeted CPU run),
+    and afterwards as budgeted runs plan under again, whatever ends the run: a later run in the same
+    process (the Python API, a test) then measures its own growth, not pages the heap kept for it."""
+    keep = getattr(trainer, "keep_heap", None)
+    if keep is None:
+        yield
+        return
+    kept = peak_memory.allocator_for_training(keep)
+    try:
+        yield
+    finally:
+        if kept:
+            peak_memory.allocator_after_training()

@@ -36,7 +36,7 @@ from edge_sel.engine.loop.progress_log import ProgressLog, image_bar, progress_b
 from edge_sel.engine.loop.schedule import lr_factor
 from edge_sel.engine.loop.scoring import ScoringPasses
 from edge_sel.engine.loop.single_rows import refuse_batches_of_one, rows_to_train, trains_batchnorm_statistics
-from edge_sel.engine.loop.step_memory import memory_counter, plan_run_memory
+from edge_sel.engine.loop.step_memory import allocator_while_training, memory_counter, plan_run_memory
 from edge_sel.engine.loop.start import baseline_record, reset_if_forgotten
 from edge_sel.engine.loop.totals import StepTotals
 from edge_sel.engine.loop.val_size import validation_set
@@ -339,6 +339,10 @@ class Trainer:
 
     def run(self, writer: RecordWriter | None = None, resume: dict | None = None) -> list[dict]:
         """Train to the end (or a stop); `resume` is a saved state to continue from."""
+        with allocator_while_training(self):
+            return self._run(writer, resume)
+
+    def _run(self, writer: RecordWriter | None, resume: dict | None) -> list[dict]:
         self.next_epoch = 0
         if resume is not None:
             restore(self, resume)

@@ -109,42 +109,55 @@ def smallest_budget(counter: MemoryCounter, model, trainable=None, batch_size: i
 
 
 def fit_shape(counter: MemoryCounter, model, batch_size: int, budget: int, trainable=None,
-              bn_statistics: str = "train") -> tuple[StepShape, MemoryCount, list[str]] | None:
-    """The cheapest-to-run shape of a step of `batch_size` training `trainable` that fits."""
+              bn_statistics: str = "train", smallest_micro: int = 1
+              ) -> tuple[StepShape, MemoryCount, list[str]] | None:
+    """The cheapest-to-run shape of a step of `batch_size` training `trainable` that fits, in
+    micro-batches of at least `smallest_micro` images. More blocks recomputed keep less (nearly
+    always): where every block recomputed does not fit, fewer are not counted."""
     base = StepShape(batch_size, bn_statistics=bn_statistics)
     count = _fits(counter, base, trainable, budget)
     if count is not None:
         return base, count, []
     blocks = [name for name, _ in named_blocks(model)[:-1]]
     # Recomputing the first k blocks (the earliest keep the largest activations): the fewest that fit,
-    # by bisection (more blocks recomputed keep less, nearly always).
-    found, lo, hi = None, 1, len(blocks)
-    while lo <= hi:
-        k = (lo + hi) // 2
-        shape = replace(base, recompute=tuple(blocks[:k]))
-        count = _fits(counter, shape, trainable, budget)
-        if count is None:
-            lo = k + 1
-        else:
-            found, hi = (shape, count, [f"{k} of {len(blocks)} blocks recomputed in backward"]), k - 1
-    if found is not None:
+    # by bisection, where all of them fit.
+    every = replace(base, recompute=tuple(blocks))
+    count = _fits(counter, every, trainable, budget) if blocks else None
+    if count is not None:
+        found = every, count, [f"{len(blocks)} of {len(blocks)} blocks recomputed in backward"]
+        lo, hi = 1, len(blocks) - 1
+        while lo <= hi:
+            k = (lo + hi) // 2
+            shape = replace(base, recompute=tuple(blocks[:k]))
+            count = _fits(counter, shape, trainable, budget)
+            if count is None:
+                lo = k + 1
+            else:
+                found, hi = (shape, count, [f"{k} of {len(blocks)} blocks recomputed in backward"]), k - 1
         return found
     micro = batch_size
-    while micro > 1:
+    while micro > 1 and (micro + 1) // 2 >= smallest_micro:
         micro = (micro + 1) // 2
         frozen = bn_statistics == "frozen" or micro < MIN_STATISTICS
-        for recompute in ((), tuple(blocks)):
-            shape = StepShape(batch_size, micro, recompute, "frozen" if frozen else "train")
+        statistics = "frozen" if frozen else "train"
+        # Every block recomputed first: where that does not fit, the same micro-batch without does not.
+        fitted = None
+        for recompute in ((tuple(blocks), ()) if blocks else ((),)):
+            shape = StepShape(batch_size, micro, recompute, statistics)
             count = _fits(counter, shape, trainable, budget)
-            if count is not None:
-                notes = [f"micro-batches of {micro}, gradients accumulated over the batch of {batch_size}"]
-                if recompute:
-                    notes.append(f"every block ({len(blocks)}) recomputed in backward")
-                if frozen and bn_statistics != "frozen":
-                    notes.append("BatchNorm statistics frozen (one image a micro-batch)")
-                elif micro < batch_size:
-                    notes.append(f"BatchNorm layers that train see statistics of {micro} images, not {batch_size}")
-                return shape, count, notes
+            if count is None:
+                break
+            fitted = shape, count
+        if fitted is not None:
+            shape, count = fitted
+            notes = [f"micro-batches of {micro}, gradients accumulated over the batch of {batch_size}"]
+            if shape.recompute:
+                notes.append(f"every block ({len(blocks)}) recomputed in backward")
+            if frozen and bn_statistics != "frozen":
+                notes.append("BatchNorm statistics frozen (one image a micro-batch)")
+            elif micro < batch_size:
+                notes.append(f"BatchNorm layers that train see statistics of {micro} images, not {batch_size}")
+            return shape, count, notes
     return None
 
 
@@ -191,29 +204,39 @@ def choice_shapes(model, batch_size: int, bn_statistics: str) -> list[StepShape]
     return shapes
 
 
+def everything_fits(counter: MemoryCounter, model, batch_size: int, budget: int, bn_statistics: str) -> bool:
+    """Whether a step training everything fits with recomputed blocks or in micro-batches of at least
+    MIN_CHUNK_FOR_EVERYTHING images (of any size where BatchNorm statistics are frozen): then
+    everything trains, whatever each tensor's gain."""
+    smallest = 1 if bn_statistics == "frozen" else MIN_CHUNK_FOR_EVERYTHING
+    everything = {n for n, _ in model.named_parameters()}
+    return fit_shape(counter, model, batch_size, budget, everything, bn_statistics, smallest) is not None
+
+
 def choose_trainable(counter: MemoryCounter, model, batch_size: int, budget: int, gains: dict,
                      bn_statistics: str) -> tuple[set[str] | None, list[str]]:
     """What trains under the budget, by expected gain per byte (see the module's docstring). Each of
     choice_shapes is tried; a later shape (recomputing, or smaller micro-batches) wins only where its
     choice is expected to gain MORE_GAIN more than the best before it."""
     everything = {n for n, _ in model.named_parameters()}
-    fitted = fit_shape(counter, model, batch_size, budget, everything, bn_statistics)
-    if fitted is not None:
-        if fitted[0].chunk >= MIN_CHUNK_FOR_EVERYTHING or bn_statistics == "frozen":
-            return everything, ["everything trains: it fits with recomputed blocks or micro-batches"]
+    if everything_fits(counter, model, batch_size, budget, bn_statistics):
+        return everything, ["everything trains: it fits with recomputed blocks or micro-batches"]
     best, best_gain, best_notes = None, 0.0, []
     for shape in choice_shapes(model, batch_size, bn_statistics):
-        chosen, gain, notes = choose_at(counter, model, shape, budget, gains)
+        # A later shape's choice must gain MORE_GAIN more: depths that cannot are not counted.
+        floor = -1.0 if best is None else best_gain * (1 + MORE_GAIN)
+        chosen, gain, notes = choose_at(counter, model, shape, budget, gains, floor)
         if chosen is not None and (best is None or gain > best_gain * (1 + MORE_GAIN)):
             best, best_gain, best_notes = chosen, gain, notes
     return best, best_notes
 
 
-def choose_at(counter: MemoryCounter, model, shape: StepShape, budget: int, gains: dict
+def choose_at(counter: MemoryCounter, model, shape: StepShape, budget: int, gains: dict, floor: float = -1.0
               ) -> tuple[set[str] | None, float, list[str]]:
     """The best set a step of `shape` can train under the budget, its expected gain and a note: for
     each depth, the biases and norms from there on and the classifier, then weight tensors of those
-    blocks by gain per byte, checked by exact count; the depth with the most gain wins."""
+    blocks by gain per byte, checked by exact count; the depth with the most gain wins. Only sets
+    expected to gain more than `floor` are checked (the exact count can only drop tensors)."""
     names = [n for n, _ in model.named_parameters()]
     blocks = named_blocks(model)
     owner = {}
@@ -224,7 +247,7 @@ def choose_at(counter: MemoryCounter, model, shape: StepShape, budget: int, gain
     block_of = {n: owner.get(id(p), 0) for n, p in params.items()}
     small = bias_norm_names(model)
     head = classifier_names(model)
-    best, best_gain, best_notes = None, -1.0, []
+    best, best_gain, best_notes = None, floor, []
     for depth in range(len(blocks) - 1, -1, -1):
         base = head | {n for n in small if block_of[n] >= depth}
         count = _fits(counter, shape, base, budget)
@@ -243,12 +266,13 @@ def choose_at(counter: MemoryCounter, model, shape: StepShape, budget: int, gain
             if cost <= left:
                 chosen.add(n)
                 left -= cost
-        while _fits(counter, shape, chosen, budget) is None:
+        gain = sum(gains.get(n, 0.0) for n in chosen)
+        while gain > best_gain and _fits(counter, shape, chosen, budget) is None:
             extra = [n for n in chosen - base]
             if not extra:
                 break
             chosen.discard(min(extra, key=lambda n: gains.get(n, 0.0)))
-        gain = sum(gains.get(n, 0.0) for n in chosen)
+            gain = sum(gains.get(n, 0.0) for n in chosen)
         if gain > best_gain:
             best, best_gain = chosen, gain
             best_notes = [f"trains from block {depth} ({blocks[depth][0]}) on: {len(chosen)} of {len(names)} "

@@ -128,22 +128,79 @@ class PeakMeter:
         return round(max(0, window.high - window.start) / MiB, 3)
 
 
-# glibc's mallopt parameter for the size from which blocks are mmapped (and unmapped when freed).
+# glibc's mallopt parameters: the size from which blocks are mmapped (and unmapped when freed), and
+# the free top of the heap above which it is handed back.
 M_MMAP_THRESHOLD = -3
+M_TRIM_THRESHOLD = -1
 MMAP_THRESHOLD = 64 * 1024
+TRIM_THRESHOLD = 128 * 1024         # glibc's own
+# While training with room to spare: blocks up to glibc's own ceiling for its dynamic threshold come
+# from the heap, and its top is kept, so a step reuses the pages the step before freed.
+TRAINING_MMAP_THRESHOLD = 32 * 2 ** 20
+TRAINING_TRIM_THRESHOLD = 64 * 2 ** 20
+# How far above a step's count glibc's heap measures: up to 1.9x in docs/memory.md's per-step table
+# (edgecnn in micro-batches of 4: +90%; recomputing half the blocks: up to +88%).
+HEAP_SLACK = 2.0
 
 
-def return_freed_memory() -> bool:
-    """Make glibc hand blocks of 64 KiB and more back to the system when they are freed, so the
-    resident memory of a budgeted run follows what its steps keep. By default glibc raises this
-    threshold as large blocks are freed and then keeps freed pages resident: a step that recomputes
-    blocks measured up to twice its count. Setting it explicitly turns that adjustment off. Returns
-    whether it was set (False on another C library)."""
+def _libc():
     import ctypes
     import ctypes.util
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name)
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
-    except (OSError, AttributeError, TypeError):
+        return ctypes.CDLL(ctypes.util.find_library("c"))
+    except (OSError, TypeError):
+        return None
+
+
+def set_mmap_threshold(size: int, trim: int | None = None) -> bool:
+    """glibc's mmap threshold set to `size` bytes (which also turns its dynamic adjustment off), and
+    its trim threshold to `trim`. Returns whether it was set (False on another C library)."""
+    libc = _libc()
+    try:
+        done = bool(libc.mallopt(M_MMAP_THRESHOLD, size))
+        return done and (trim is None or bool(libc.mallopt(M_TRIM_THRESHOLD, trim)))
+    except AttributeError:
         return False
+
+
+def allocator_for_budget() -> bool:
+    """Before a budgeted run plans (and probes gains): blocks of 64 KiB and more go back to the system
+    when freed, so what planning and the gain probe allocated is not kept for the run (under glibc's own
+    threshold the probe's freed blocks stayed in the heap: a 200 MiB plan measured 222 MiB training,
+    294 evaluating). Returns whether it was set (False on another C library)."""
+    return set_mmap_threshold(MMAP_THRESHOLD)
+
+
+def heap_fits(counted_mb: float, budget_mb: float) -> bool:
+    """Whether a step counted `counted_mb` fits `budget_mb` with glibc's heap kept while training."""
+    return counted_mb * HEAP_SLACK <= budget_mb
+
+
+def allocator_for_training(keep_heap: bool) -> bool:
+    """Once planned. With `keep_heap` (the budget holds the count with the heap's slack), what planning
+    freed goes back to the system (malloc_trim) and the heap then serves blocks up to 32 MiB and keeps
+    its free top: steps run as fast as without a budget. Else blocks of 64 KiB and more stay mapped on
+    their own, so the resident size follows the count, and every step faults their pages in afresh:
+    mobilenetv2 at 32 px, batch 32, the whole step (222.0 MiB counted) trained in 11.5 s against 4.1
+    with the heap, and measured 255 MiB against 313-327 (tools/bench_budget_time.py). Returns
+    whether the heap is kept."""
+    libc = _libc()
+    if not keep_heap or libc is None:
+        return False
+    try:
+        libc.malloc_trim(0)
+    except AttributeError:
+        return False
+    return set_mmap_threshold(TRAINING_MMAP_THRESHOLD, TRAINING_TRIM_THRESHOLD)
+
+
+def allocator_after_training() -> bool:
+    """After a run that kept the heap: what it keeps goes back to the system and the process returns
+    to the setting budgeted runs plan under (a later unbudgeted run in the same process measured
+    0.0 MiB of training growth in pages the heap had kept)."""
+    libc = _libc()
+    try:
+        libc.malloc_trim(0)
+    except AttributeError:
+        return False
+    return set_mmap_threshold(MMAP_THRESHOLD, TRIM_THRESHOLD)

@@ -17,6 +17,9 @@ def summarize(records: list[dict], extra: dict, baseline: dict | None = None, ke
         return sum(vals) if vals else None
 
     train_j, eval_j = total("energy_j"), total("eval_energy_j", evaluated)
+    # A run of no epoch that planned under --memory-budget: its baseline carries the plan's cost.
+    plan_s, plan_j = (total(k, [baseline] if baseline else []) for k in ("memory_plan_wall_s", "memory_plan_energy_j"))
+    train_j = train_j if plan_j is None else (train_j or 0) + plan_j
     probe_flops = (extra.get("layout") or {}).get("probe_flops") or 0
     return {
         **extra,
@@ -50,7 +53,7 @@ def summarize(records: list[dict], extra: dict, baseline: dict | None = None, ke
             "flops_all": (total("flops_train") or 0) + (total("flops_eval", evaluated) or 0) + probe_flops,
             "energy_all_j": None if train_j is None and eval_j is None else (train_j or 0) + (eval_j or 0),
             "eval_energy_share": None if not train_j or eval_j is None else eval_j / (train_j + eval_j),
-            "wall_all_s": (total("wall_s") or 0) + (total("eval_wall_s", evaluated) or 0),
+            "wall_all_s": (total("wall_s") or 0) + (total("eval_wall_s", evaluated) or 0) + (plan_s or 0),
         },
         "totals_note": ("flops_all adds the layout probe's counted FLOPs; energy_all_j is the metered training "
                         "and evaluation windows (the probe, run before the meter's first window, is not in it)"),
