@@ -195,7 +195,7 @@ def run_bench(s: TransferSettings, log=print, after_run=None) -> dict:
             row = method_row(run_dir, seed, start, mm.full_mb, s.own_process)
             results[m.name].append(row)
             log(f"  seed {seed} {m.name:20s} test {row['test_acc']:.4f} clean {row['clean_test_acc']:.4f} "
-                f"counted {row['counted_peak_mb']:.1f} MB")
+                f"counted {row['counted_peak_mb']:.1f} MiB")
             if after_run is not None:       # a bench stopped by a time limit keeps every run it finished
                 after_run(state(mm, budgets, fits, sparse, results, time.perf_counter() - t0, s.own_process))
     return state(mm, budgets, fits, sparse, results, time.perf_counter() - t0, s.own_process)

@@ -57,13 +57,13 @@ def pairs_of(bench: dict) -> list[dict]:
 def table(bench: dict) -> str:
     lines = [f"{bench['model']} at {'x'.join(map(str, bench['input_shape']))}, condition {bench['condition']}"
              + (f" (`--shift {CONDITIONS[bench['condition']]}`)" if CONDITIONS[bench["condition"]] else "")
-             + f"; full fine-tuning's counted peak {bench['full_ft_counted_mb']:.1f} MB (batch {bench['batch_size']})",
+             + f"; full fine-tuning's counted peak {bench['full_ft_counted_mb']:.1f} MiB (batch {bench['batch_size']})",
              "", "| method | device test % | − full FT (points, 95% CI) | clean test % | forgetting (points) | "
-             "counted peak MB | measured peak MB | train GFLOP | joules | train s |",
+             "counted peak MiB | measured peak MiB | train GFLOP | joules | train s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in bench["rows"]:
         if not r["fits"]:
-            lines.append(f"| {r['method']} | does not fit {_num(r['budget_mb'])} MB (needs {_num(r['needs_mb'])} MB) "
+            lines.append(f"| {r['method']} | does not fit {_num(r['budget_mb'])} MiB (needs {_num(r['needs_mb'])} MiB) "
                          "| - | - | - | - | - | - | - | - |")
             continue
         if "test_acc" not in r:
@@ -104,7 +104,7 @@ def plot(bench: dict, out: Path) -> Path:
               if r.get("test_acc") is not None and r.get("counted_peak_mb")]
     return accuracy_memory(points, out / "accuracy-memory.png",
                            f"{bench['model']} {bench['input_shape'][-1]} px, {bench['condition']}",
-                           "counted training peak, MB (log)", "device test accuracy % (mean over seeds)")
+                           "counted training peak, MiB (log)", "device test accuracy % (mean over seeds)")
 
 
 def notes_of(bench: dict) -> list[str]:
