@@ -40,7 +40,7 @@ if [ "$SMOKE" = 1 ]; then
     SIZE=32; SIZE_SMALL=24
     BENCH=(--subset 60 --test-subset 30 --val-subset 10 --epochs 1)
     SEEDS=2
-    LIMIT_INSTALL=5; LIMIT_EQUALITY=120; LIMIT_DATA=60; LIMIT_WARM=240; LIMIT_BENCH=900
+    LIMIT_INSTALL=5; LIMIT_EQUALITY=120; LIMIT_DATA=60; LIMIT_WARM=240; LIMIT_BENCH=${LIMIT_BENCH:-900}
     [ -f "$PACK" ] || "$PY" tools/gpu_reference.py smoke-pack "$PACK" >>"$LOG" 2>&1
 else
     # An H100 or H200: the whole shard 0/2 (22,500 training images, 2,500 for validation), batch 128,
@@ -63,6 +63,13 @@ RECIPE_B=(--optimizer sgd --lr 0.03 --warmup-epochs 0.5 --label-smoothing 0.1 --
 
 log() { echo "$*" | tee -a "$LOG"; }
 left() { echo $(( ${TOTAL_S:-540} - ($(date +%s) - START) )); }
+stop() {   # stop SIGNAL PID: its process group where it leads one, else it and every descendant
+    # (a stage started from a background subshell, as the concurrent ones are, shares that subshell's group)
+    kill -"$1" -- -"$2" 2>/dev/null && return
+    local child
+    for child in $(pgrep -P "$2"); do stop "$1" "$child"; done
+    kill -"$1" "$2" 2>/dev/null
+}
 limited() {   # limited LIMIT_S NAME COMMAND...: run within LIMIT_S (and the time left), say how it ended
     local limit=$1 name=$2; shift 2
     [ "$limit" -gt "$(left)" ] && limit=$(left)
@@ -72,8 +79,7 @@ limited() {   # limited LIMIT_S NAME COMMAND...: run within LIMIT_S (and the tim
     # The stage in a process group of its own (set -m), so the watchdog stops all of it.
     "$@" </dev/null >>"$WORK/$name.log" 2>&1 &
     pid=$!
-    ( sleep "$limit"; touch "$WORK/$name.stopped"; kill -TERM -- -"$pid"; sleep 10; kill -KILL -- -"$pid" ) \
-        >/dev/null 2>&1 &
+    ( sleep "$limit"; touch "$WORK/$name.stopped"; stop TERM "$pid"; sleep 10; stop KILL "$pid" ) >/dev/null 2>&1 &
     dog=$!
     disown "$dog"
     wait "$pid" 2>/dev/null
