@@ -12,19 +12,10 @@ import json
 import sys
 from pathlib import Path
 
+from gpu_reference import _records     # tools/ is on the path when this runs as a script
+
 EPOCH_KEYS = ("epoch", "stage", "train_acc", "val_acc", "test_acc", "wall_s", "samples_per_s", "flops_train",
               "energy_j", "energy_method", "memory_counted_mb", "memory_measured_mb", "memory_measure_method")
-
-
-def _records(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    out = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            break                                       # a line cut by the stage's time limit
-    return [r for r in out if r.get("phase") != "baseline"]
 
 
 def warmup(run_dir: Path) -> dict:
