@@ -11,22 +11,9 @@
 # within TOTAL_S, so one slow stage cannot eat the others; after each one summary.json and table.md
 # are rewritten with what has finished (a stage stopped by its limit keeps the epochs it recorded).
 set -u -m
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-cd "$REPO"
-SMOKE=${SMOKE:-0}
-CARRY=${CARRY:-$REPO/gpu-carry}
-PY=${PYTHON:-python3}
-OUT=${OUT:-$REPO/runs/gpu-reference}
-WORK=${WORK:-$(mktemp -d /tmp/edge-sel-gpu.XXXXXX)}
-TOTAL_S=${TOTAL_S:-480}
-# This tree runs, installed or not; decoded data is cached in the scratch folder.
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-export EDGE_SEL_CACHE=${EDGE_SEL_CACHE:-$WORK/cache}
-mkdir -p "$OUT" "$WORK"
-LOG="$OUT/run.log"
-: >"$LOG"
+source "$(dirname "$0")/gpu_common.sh"
+gpu_setup gpu-reference gpu 480
 : >"$WORK/stages.jsonl"
-START=$(date +%s)
 
 if [ "$SMOKE" = 1 ]; then
     # A CPU: digits packed (30 images a class), edgecnn, one epoch a system, no install, no CUDA
@@ -55,29 +42,20 @@ else
 fi
 
 SKIP=75     # a stage's exit status when it has nothing to run here (its line in run.log says why)
-log() { echo "$*" | tee -a "$LOG"; }
 
 stage() {   # stage NAME LIMIT_S IS_BENCH COMMAND...: run it within its limit and the time left, then summarize
     local name=$1 limit=$2 bench=$3; shift 3
-    local left=$((TOTAL_S - ($(date +%s) - START))) t0 rc result
+    local left t0 rc result
+    left=$(seconds_left)
     [ "$limit" -gt "$left" ] && limit=$left
     if [ "$limit" -lt 5 ]; then
         result="skipped: no time left"; rc=0; t0=$(date +%s)
     else
         log "== $name (limit ${limit} s): $*"
         t0=$(date +%s)
-        rm -f "$WORK/stopped"
-        # Each job in its own process group (set -m), so the watchdog stops the whole stage.
-        "$@" </dev/null >>"$LOG" 2>&1 &
-        local pid=$!
-        ( sleep "$limit"; touch "$WORK/stopped"; kill -TERM -- -"$pid"; sleep 10; kill -KILL -- -"$pid" ) \
-            >/dev/null 2>&1 &
-        local dog=$!
-        disown "$dog"
-        wait "$pid" 2>/dev/null      # the shell's own line about a stopped job: the log says it
+        run_within "$limit" "$name" "$LOG" "$@"
         rc=$?
-        kill -- -"$dog" 2>/dev/null
-        if [ -e "$WORK/stopped" ]; then result="stopped at its ${limit} s limit"
+        if [ "$STOPPED" = 1 ]; then result="stopped at its ${limit} s limit"
         elif [ $rc = 0 ]; then result=ok
         elif [ $rc = "$SKIP" ]; then result="skipped (run.log says why)"; rc=0
         else result="failed (exit $rc)"; fi

@@ -20,20 +20,9 @@
 # 110 s, each bench process 270 s (clean) to 430 s (noise); leave the call 50 s beyond TOTAL_S for
 # the merges.
 set -u -m
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-cd "$REPO"
-SMOKE=${SMOKE:-0}
-CARRY=${CARRY:-$REPO/gpu-carry}
-PY=${PYTHON:-python3}
-OUT=${OUT:-$REPO/runs/gpu-transfer}
-WORK=${WORK:-$(mktemp -d /tmp/edge-sel-transfer.XXXXXX)}
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-export EDGE_SEL_CACHE=${EDGE_SEL_CACHE:-$WORK/cache}
+source "$(dirname "$0")/gpu_common.sh"
+gpu_setup gpu-transfer transfer 540
 export PYTHONUNBUFFERED=1
-mkdir -p "$OUT" "$WORK"
-LOG="$OUT/run.log"
-: >"$LOG"
-START=$(date +%s)
 
 if [ "$SMOKE" = 1 ]; then
     DEVICE=cpu; PACK=${PACK:-$WORK/smoke.pack}
@@ -63,31 +52,14 @@ RECIPE_A=(--optimizer sgd --lr 0.03 --warmup-epochs 0.5 --label-smoothing 0.1 --
 RECIPE_B=(--optimizer sgd --lr 0.03 --warmup-epochs 0.5 --label-smoothing 0.1 --weight-decay 5e-5
           --head-epochs 1 --head-lr 0.1 --head-bn-adapt 2000 --backbone-lr-scale 0.5)
 
-log() { echo "$*" | tee -a "$LOG"; }
-left() { echo $(( ${TOTAL_S:-540} - ($(date +%s) - START) )); }
-stop() {   # stop SIGNAL PID: its process group where it leads one, else it and every descendant
-    # (a stage started from a background subshell, as the concurrent ones are, shares that subshell's group)
-    kill -"$1" -- -"$2" 2>/dev/null && return
-    local child
-    for child in $(pgrep -P "$2"); do stop "$1" "$child"; done
-    kill -"$1" "$2" 2>/dev/null
-}
 limited() {   # limited LIMIT_S NAME COMMAND...: run within LIMIT_S (and the time left), say how it ended
-    local limit=$1 name=$2; shift 2
-    [ "$limit" -gt "$(left)" ] && limit=$(left)
+    local limit=$1 name=$2 t0 rc; shift 2
+    [ "$limit" -gt "$(seconds_left)" ] && limit=$(seconds_left)
     if [ "$limit" -lt 5 ]; then log "== $name: skipped, no time left"; return 1; fi
-    local t0=$(date +%s) rc pid dog
-    rm -f "$WORK/$name.stopped"
-    # The stage in a process group of its own (set -m), so the watchdog stops all of it.
-    "$@" </dev/null >>"$WORK/$name.log" 2>&1 &
-    pid=$!
-    ( sleep "$limit"; touch "$WORK/$name.stopped"; stop TERM "$pid"; sleep 10; stop KILL "$pid" ) >/dev/null 2>&1 &
-    dog=$!
-    disown "$dog"
-    wait "$pid" 2>/dev/null
+    t0=$(date +%s)
+    run_within "$limit" "$name" "$WORK/$name.log" "$@"
     rc=$?
-    kill -- -"$dog" 2>/dev/null
-    [ -e "$WORK/$name.stopped" ] && rc=124
+    [ "$STOPPED" = 1 ] && rc=124
     log "== $name: $( [ $rc = 0 ] && echo ok || { [ $rc = 124 ] && echo "stopped at its ${limit} s limit" || echo "failed (exit $rc)"; } ) after $(( $(date +%s) - t0 )) s"
     tail -n 3 "$WORK/$name.log" | sed "s/^/   $name | /" >>"$LOG"
     return $rc
