@@ -47,7 +47,6 @@ from edge_sel.methods import Strategy, Updater, make_strategy
 from edge_sel.models import build_model
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
-MODEL = "edgecnn"
 BEFORE = {"memory_format": "contiguous", "eval_batch_size": 1000, "precision": "fp32"}   # before the layout choice
 
 
@@ -95,9 +94,9 @@ def wanted(args, name: str) -> bool:
     return not args.arms or name in args.arms
 
 
-def make_trainer(splits, mean, std, meter, gate=None, **cfg) -> Trainer:
+def make_trainer(splits, mean, std, meter, model_name, gate=None, **cfg) -> Trainer:
     config = TrainConfig(**{"epochs": 1000, "batch_size": 128, "lr": 0.05, "seed": 0, **cfg})
-    model = build_model(MODEL, splits.train.num_classes, splits.train.input_shape[0])
+    model = build_model(model_name, splits.train.num_classes, splits.train.input_shape[0])
     return Trainer(config, splits, model, mean, std, torch.device("cpu"), seed_everything(0),
                    gate or Strategy(), Updater(), meter=meter, quiet=True)
 
@@ -116,7 +115,7 @@ def part_a(args, splits, mean, std, meter):
         "edge-sel channels_last": {"memory_format": "channels_last"},
         "edge-sel --compile": {"compile": True},
     }
-    trainers = {name: make_trainer(no_eval, mean, std, meter, batch_size=args.batch_size, **cfg)
+    trainers = {name: make_trainer(no_eval, mean, std, meter, args.model, batch_size=args.batch_size, **cfg)
                 for name, cfg in arms.items()
                 if wanted(args, name)}
     if "edge-sel default" in trainers:
@@ -126,7 +125,7 @@ def part_a(args, splits, mean, std, meter):
     m, s, gen = torch.tensor(mean), torch.tensor(std), torch.Generator().manual_seed(0)
 
     def plain(bf16):
-        model = build_model(MODEL, splits.train.num_classes, splits.train.input_shape[0])
+        model = build_model(args.model, splits.train.num_classes, splits.train.input_shape[0])
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
         return lambda r: n / plain_epoch(model, splits.train, m, s, splits.train.augment, args.batch_size, opt, gen, bf16)
 
@@ -148,7 +147,7 @@ def part_a(args, splits, mean, std, meter):
 def part_b(args, splits, mean, std, meter):
     ds = splits.test
     print(f"\nB. evaluation over {len(ds)} test images: images/s")
-    default = make_trainer(splits, mean, std, meter)
+    default = make_trainer(splits, mean, std, meter, args.model)
     model = default.model.eval()
     before = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     fmt, bs = default.memory_format, default.eval_batch_size
@@ -178,9 +177,9 @@ def part_c(args, splits, mean, std, meter):
     print(f"\nC. a sundew epoch at activation 0.3 including its evaluation ({len(splits.train)} candidates, "
           f"{len(splits.val)} validation, {len(splits.test)} test images): seconds")
     method = {"target_activation": 0.3}
-    before = make_trainer(splits, mean, std, meter, make_strategy("sundew", method), strategy="sundew",
+    before = make_trainer(splits, mean, std, meter, args.model, make_strategy("sundew", method), strategy="sundew",
                           eval_test="every", **BEFORE)
-    after = make_trainer(splits, mean, std, meter, make_strategy("sundew", method), strategy="sundew")
+    after = make_trainer(splits, mean, std, meter, args.model, make_strategy("sundew", method), strategy="sundew")
 
     def epoch(trainer):
         def run(r):
@@ -216,14 +215,12 @@ def main():
     ap.add_argument("--busy-nice", type=int, default=0, help="Their nice level.")
     args = ap.parse_args()
 
-    global MODEL
-    MODEL = args.model
     train_full, test = load_source(args.dataset, image_size=args.image_size)
     # 5% of the training part as validation: 2,500 images on CIFAR-10, as a fine-tune on a shard sees.
     splits = make_splits(train_full, test, subset=min(args.subset, len(train_full) - 1), val_fraction=0.05)
     mean, std = splits.train.channel_stats()
     meter = EnergyOptions().open()
-    print(f"{MODEL} at {splits.train.input_shape[-1]} px, {torch.get_num_threads()} threads, "
+    print(f"{args.model} at {splits.train.input_shape[-1]} px, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, {args.dataset}, "
           f"CPU bf16 instructions: {native_bf16(torch.device('cpu'))}")
     print(f"other work on the CPU: {contention.describe(args.busy, args.busy_nice)}")

@@ -1,7 +1,7 @@
 """Merge `edge-sel bench transfer` outputs of the same settings run for other seeds at the same time
 (say `--first-seed 0 --seeds 1` ... `--first-seed 4 --seeds 1`, one process each on one GPU) into one
 bench: its table, paired differences, plot, results.json and report, written by the bench's own
-functions. A bench stopped early gives the seeds its results.json holds (written after each seed).
+functions. A bench stopped early gives the runs its results.json holds (written after every run).
 
     python tools/merge_bench_transfer.py --out runs/bench-transfer runs/bt-seed0 runs/bt-seed1 ...
 """

@@ -92,7 +92,9 @@ def transfer_cmd(checkpoint, imagenet_model, dataset, scenario, image_size, meth
 
     def partial(state: dict) -> None:      # the runs done so far, written as a whole bench of them
         done = sorted({r["seed"] for r in state["results"][transfer.START]})
-        transfer_report.write_outputs({**record, "seeds": done, "partial": True, **state}, target)
+        seed_ended = all(len(rows) == len(done) for rows in state["results"].values())
+        transfer_report.write_outputs({**record, "seeds": done, "partial": True, **state}, target,
+                                      figure=seed_ended)     # the figure and report once a seed, not every run
 
     result = transfer.run_bench(settings, progress(quiet), partial)
     bench = {**record, "seeds": settings.seeds, **result}

@@ -80,11 +80,14 @@ def write_outputs(s: SuiteSettings, result: dict, published: dict | None) -> dic
 def write_bench_files(out: Path, name: str, md: str, notes: list[str], bench: dict, make_figure,
                       json_name: str = "bench.json") -> dict:
     """A bench's table.md (its table and notes), its record as JSON, then its figure
-    (`make_figure()`) and report.html: what bench memory, stream and transfer each write."""
+    (`make_figure()`) and report.html: what bench memory, stream and transfer each write. Without
+    `make_figure` (a bench's record between its runs) the figure and report are left as they are."""
     from edge_sel.report.markdown import bench_page
     text = md + "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     (out / "table.md").write_text(text)
     (out / json_name).write_text(json.dumps(bench, indent=2, default=str))
+    if make_figure is None:
+        return {"table": text, "figure": None}
     figure = make_figure()
     (out / "report.html").write_text(bench_page(f"edge-sel bench {name}", md, [figure.name], notes))
     return {"table": text, "figure": figure}

@@ -135,9 +135,11 @@ def notes_of(bench: dict) -> list[str]:
     ]
 
 
-def write_outputs(bench: dict, out: Path) -> dict:
+def write_outputs(bench: dict, out: Path, figure: bool = True) -> dict:
+    """table.md and results.json, then (with `figure`) the accuracy-memory figure and report.html."""
     bench["rows"] = rows_of(bench)
     bench["pairs"] = pairs_of(bench)
     md = table(bench) + published_table(bench)
     notes = notes_of(bench)
-    return write_bench_files(out, "transfer", md, notes, bench, lambda: plot(bench, out), json_name="results.json")
+    return write_bench_files(out, "transfer", md, notes, bench, (lambda: plot(bench, out)) if figure else None,
+                             json_name="results.json")
