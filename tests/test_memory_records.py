@@ -79,8 +79,12 @@ def test_the_measured_peak_on_this_cpu_and_the_summary_block(layers_run):
     # process: what it measured above its level before training is positive and below its peak.
     import resource
     process_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # The pages the C allocator kept free from earlier work in this process (the warmup, other
+    # tests) go back before the base is taken: reusing them, training measured 0.0-0.5 MiB of growth
+    # against 4.8 MiB of counted activations alone.
     for r in trained:
-        assert 0 < r["memory_measured_mb"] < process_peak_mb and 0 < r["memory_eval_measured_mb"] < process_peak_mb
+        assert r["memory_activations_mb"] < r["memory_measured_mb"] < process_peak_mb
+        assert r["memory_activations_mb"] < r["memory_eval_measured_mb"] < process_peak_mb
     memory = json.loads((out / "summary.json").read_text())["memory"]
     largest = max(trained, key=lambda r: r["memory_counted_mb"])
     assert memory["counted_mb"] == largest["memory_counted_mb"]

@@ -10,7 +10,7 @@ from dataclasses import replace
 import torch
 
 from edge_sel.core.memory import MiB, MemoryCount, nbytes
-from edge_sel.engine.machine.peak_memory import PeakMeter
+from edge_sel.engine.machine.peak_memory import PeakMeter, release_free_heap
 
 # MemoryCount's parts, as record fields.
 PARTS = ("weights", "optimizer", "batch", "kept", "activations", "gradients", "transient", "workspace", "saved")
@@ -35,6 +35,10 @@ class RunMemory:
     def __init__(self, trainer):
         self.trainer = trainer
         self.meter = PeakMeter(trainer.device)
+        if self.meter.method.startswith("rss"):
+            # Free pages the C allocator kept from earlier work in this process (another run, a
+            # probe) go back first: training reusing them would measure no growth over the base.
+            release_free_heap()
         # Just before training (the model, its data and the probes' leftovers in place): every
         # window's peak is measured over this level.
         self.base = self.meter.level()
