@@ -85,7 +85,8 @@ def test_every_client_option_is_checked_before_anything_is_launched(tmp_path, wa
     assert no_launch == [] and not (tmp_path / "run").exists()
 
 
-def test_keep_logs_that_is_a_file_or_holds_another_run_is_refused(tmp_path, warm, no_launch):
+def test_keep_logs_that_is_a_file_or_holds_another_run_is_refused_and_a_relative_one_is_kept(tmp_path, warm, no_launch,
+                                                                                          monkeypatch):
     (tmp_path / "file").write_text("x")
     one_line_exit_2(simulate("--checkpoint", warm, "--out", tmp_path / "a", "--keep-logs", tmp_path / "file"),
                     "--keep-logs", "not a directory")
@@ -93,6 +94,20 @@ def test_keep_logs_that_is_a_file_or_holds_another_run_is_refused(tmp_path, warm
     one_line_exit_2(simulate("--checkpoint", warm, "--out", tmp_path / "a", "--keep-logs", tmp_path / "old"),
                     "--keep-logs", "not empty")
     assert no_launch == []
+    # A relative folder is the one under the current directory: flwr, run inside it, looked for its
+    # app in logs/logs/app and every round failed.
+    from edge_sel.fleet.launch import LoopbackFleet
+    monkeypatch.chdir(tmp_path)
+    fleets = []
+
+    def keep(self):
+        fleets.append(self)
+        raise Launched
+    monkeypatch.setattr(LoopbackFleet, "__enter__", keep)
+    simulate("--checkpoint", warm, "--out", tmp_path / "a", "--keep-logs", "logs")
+    (fleet,) = fleets
+    assert fleet.work == tmp_path / "logs" and fleet.flwr_home == tmp_path / "logs" / "flwr-home"
+    assert {c["work-dir"] for c in fleet.node_configs} == {str(tmp_path / "logs" / f"client-{i}") for i in range(2)}
 
 
 def test_a_checkpoint_inside_out_is_refused_before_out_is_cleared(tmp_path, warm, no_launch):

@@ -139,7 +139,7 @@ class LoopbackFleet:
     """`with LoopbackFleet(work, node_configs) as fleet: fleet.run(settings)`."""
 
     def __init__(self, work: Path, node_configs: list[dict], startup_timeout: float = 60.0):
-        self.work = Path(work)
+        self.work = Path(work).absolute()         # flwr runs inside it: a relative path would name logs/logs
         self.node_configs = node_configs
         self.startup_timeout = startup_timeout
         self.flwr_home = self.work / "flwr-home"
