@@ -167,17 +167,20 @@ def test_simulated_clients_get_their_memory_budget_in_their_node_config(tmp_path
     one_line_exit_2(simulate("--checkpoint", warm, "--out", tmp_path / "run", "--memory-budget", "0"),
                     "--memory-budget")
 
-def test_fedprox_pull_is_right_under_a_grad_scaler():
+def test_fedprox_pull_is_right_under_a_grad_scaler_and_copies_the_weights_at_the_first_step():
     """A loss scale multiplies the loss gradient only; the proximal gradient mu * (w - w_global) must
-    reach the optimizer step unscaled, with or without a scaler."""
+    reach the optimizer step unscaled, with or without a scaler. The round's weights are copied at the
+    model's first optimizer step, inside the run's measured window (a weight changed before it is the
+    one pulled towards), and another model's optimizer (the counter's meta twin) neither copies nor
+    pulls."""
     for scaler in (None, torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)):
         layer = torch.nn.Linear(3, 1, bias=False)
-        start = layer.weight.detach().clone()
         opt = torch.optim.SGD(layer.parameters(), lr=1.0)
-        with proximal_pull(layer, mu=0.5):
-            with torch.no_grad():
-                layer.weight.add_(1.0)                   # as if a few steps had moved it
-            loss = layer(torch.zeros(1, 3)).sum()        # the loss itself has zero gradient here
+        twin = torch.nn.Linear(3, 1, bias=False, device="meta")
+        twin_opt = torch.optim.SGD(twin.parameters(), lr=1.0)
+
+        def step(x):
+            loss = layer(x).sum()        # zero input: the loss itself has zero gradient
             if scaler is None:
                 loss.backward()
                 opt.step()
@@ -186,11 +189,22 @@ def test_fedprox_pull_is_right_under_a_grad_scaler():
                 scaler.unscale_(opt)
                 scaler.step(opt)
                 scaler.update()
+            opt.zero_grad()
+
+        with proximal_pull(layer, mu=0.5):
+            twin(torch.zeros(1, 3, device="meta")).sum().backward()
+            twin_opt.step()
+            with torch.no_grad():
+                layer.weight.add_(2.0)                   # before the first step: part of the round's weights
+            start = layer.weight.detach().clone()
+            step(torch.zeros(1, 3))                      # copies w0; pulls by 0
+            assert torch.equal(layer.weight.detach(), start), scaler
+            with torch.no_grad():
+                layer.weight.add_(1.0)                   # as if a few steps had moved it
+            step(torch.zeros(1, 3))
         # w <- w - lr * mu * (w - w0) with w = w0 + 1
         assert torch.allclose(layer.weight.detach(), start + 0.5), scaler
-        opt.zero_grad()
-        layer(torch.zeros(1, 3)).sum().backward()
-        opt.step()                                       # the pull is gone after the round
+        step(torch.zeros(1, 3))                          # the pull is gone after the round
         assert torch.allclose(layer.weight.detach(), start + 0.5)
 
 
