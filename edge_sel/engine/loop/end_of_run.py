@@ -21,12 +21,18 @@ def evaluate_at_the_end(trainer, writer: RecordWriter | None) -> None:
         return
     last = trainer.records[-1]
     changed = False
-    if last.get("test_acc") is None and last.get("phase") != "baseline":
+    # Without a test set (a fleet client's) there is nothing to test: a pass over no images rewrote
+    # the record's evaluation memory with its own nulls.
+    has_test = trainer.test_ds is not None and len(trainer.test_ds) > 0
+    if last.get("test_acc") is None and last.get("phase") != "baseline" and (has_test or last.get("val_acc") is None):
         extra = trainer.evaluate(validate=last.get("val_acc") is None, test=True)
         for key in ("flops_eval", "eval_wall_s", "eval_energy_j", "val_samples_evaluated",
                     *(("anchor_samples_evaluated", "flops_anchor") if "flops_anchor" in extra else ()),
                     *(("flops_bn_bank", "bn_bank_samples") if "flops_bn_bank" in extra else ())):
             extra[key] = (extra.get(key) or 0) + (last.get(key) or 0)
+        for key in ("memory_eval_counted_mb", "memory_eval_measured_mb", "memory_eval_beside_mb"):
+            seen = [v for v in (extra.get(key), last.get(key)) if v is not None]     # the larger pass's
+            extra[key] = max(seen) if seen else None
         if last.get("val_acc") is not None:
             extra.pop("val_acc")
             extra.pop("anchor_acc", None)          # measured with the validation, kept
