@@ -281,11 +281,12 @@ def test_a_real_client_round_reports_its_full_training_flops_and_kept_accuracy(t
         assert summary[probe]["source"] == "given" and summary[probe]["probe_flops"] == 0
     # A client has no test set: no test pass over no images runs at the end, and the epoch's record
     # keeps its evaluation's memory (the pass's nulls overwrote it, and the summary showed the start's).
-    last = [json.loads(line) for line in
-            (tmp_path / "budget" / "run-r" / "node-5" / "round-001" / "metrics.jsonl").read_text().splitlines()][-1]
+    records = [json.loads(line) for line in
+               (tmp_path / "budget" / "run-r" / "node-5" / "round-001" / "metrics.jsonl").read_text().splitlines()]
+    last = records[-1]
     assert last["test_samples_evaluated"] == 0
-    assert last["memory_eval_counted_mb"] > 0 and last["memory_eval_measured_mb"] > 0
-    assert summary["memory"]["eval_measured_mb"] == last["memory_eval_measured_mb"]
+    assert last["memory_eval_counted_mb"] > 0 and last["memory_eval_measured_mb"] is not None
+    assert summary["memory"]["eval_measured_mb"] == max(r["memory_eval_measured_mb"] for r in records)
     node = parse_node_config({"dataset": "digits", "subset": 200, "work-dir": str(tmp_path), "meters": "estimate"})
     plan = RoundPlan(1, epochs=2, batch_size=32, sparsity="mask", keep="best", run_id="r", memory_format="auto")
     _, metrics, info = train_round(model.state_dict(), card, node, plan, node_id="5")
