@@ -178,24 +178,6 @@ def heap_fits(counted_mb: float, budget_mb: float) -> bool:
     return counted_mb * HEAP_SLACK <= budget_mb
 
 
-def allocator_for_training(keep_heap: bool) -> bool:
-    """Once planned. With `keep_heap` (the budget holds the count with the heap's slack), what planning
-    freed goes back to the system (malloc_trim) and the heap then serves blocks up to 32 MiB and keeps
-    its free top: steps run as fast as without a budget. Else blocks of 64 KiB and more stay mapped on
-    their own, so the resident size follows the count, and every step faults their pages in afresh:
-    mobilenetv2 at 32 px, batch 32, the whole step (222.0 MiB counted) trained in 11.5 s against 4.1
-    with the heap, and measured 255 MiB against 313-327 (tools/bench_budget_time.py). Returns
-    whether the heap is kept."""
-    libc = _libc()
-    if not keep_heap or libc is None:
-        return False
-    try:
-        libc.malloc_trim(0)
-    except AttributeError:
-        return False
-    return set_mmap_threshold(TRAINING_MMAP_THRESHOLD, TRAINING_TRIM_THRESHOLD)
-
-
 def release_free_heap() -> bool:
     """glibc's free pages handed back to the system (malloc_trim); False on another C library."""
     libc = _libc()
@@ -206,13 +188,20 @@ def release_free_heap() -> bool:
     return True
 
 
+def allocator_for_training(keep_heap: bool) -> bool:
+    """Once planned. With `keep_heap` (the budget holds the count with the heap's slack), what planning
+    freed goes back to the system (malloc_trim) and the heap then serves blocks up to 32 MiB and keeps
+    its free top: steps run as fast as without a budget. Else blocks of 64 KiB and more stay mapped on
+    their own, so the resident size follows the count, and every step faults their pages in afresh:
+    mobilenetv2 at 32 px, batch 32, the whole step (222.0 MiB counted) trained in 11.5 s against 4.1
+    with the heap, and measured 255 MiB against 313-327 (tools/bench_budget_time.py). Returns
+    whether the heap is kept."""
+    return keep_heap and release_free_heap() and set_mmap_threshold(TRAINING_MMAP_THRESHOLD,
+                                                                     TRAINING_TRIM_THRESHOLD)
+
+
 def allocator_after_training() -> bool:
     """After a run that kept the heap: what it keeps goes back to the system and the process returns
     to the setting budgeted runs plan under (a later unbudgeted run in the same process measured
     0.0 MiB of training growth in pages the heap had kept)."""
-    libc = _libc()
-    try:
-        libc.malloc_trim(0)
-    except AttributeError:
-        return False
-    return set_mmap_threshold(MMAP_THRESHOLD, TRIM_THRESHOLD)
+    return release_free_heap() and set_mmap_threshold(MMAP_THRESHOLD, TRIM_THRESHOLD)
