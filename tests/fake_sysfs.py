@@ -186,7 +186,7 @@ class FakeGpu:
     a callable is called for each read; an int code in `errors` raises that code."""
 
     def __init__(self, name="Fake GPU", energy_mj=None, power_mw=None, temp_c=None,
-                 event_reasons=None, errors=None, uuid=None):
+                 event_reasons=None, errors=None, uuid=None, pids=()):
         self.name = name
         self.uuid = uuid or f"GPU-{abs(hash((name, id(self)))) % 10**12:012d}-fake"
         self.energy_mj = energy_mj
@@ -194,6 +194,15 @@ class FakeGpu:
         self.temp_c = temp_c
         self.event_reasons = event_reasons
         self.errors = dict(errors or {})
+        self.pids = pids        # the compute processes on the card (a list, or a callable giving one)
+
+
+class FakeProcess:
+    """What nvmlDeviceGetComputeRunningProcesses lists: a pid and the GPU memory it holds."""
+
+    def __init__(self, pid: int, used_gpu_memory: int = 2**30):
+        self.pid = pid
+        self.usedGpuMemory = used_gpu_memory
 
 
 class FakeNvml:
@@ -254,6 +263,10 @@ class FakeNvml:
 
     def nvmlDeviceGetCurrentClocksEventReasons(self, gpu):
         return self._answer("nvmlDeviceGetCurrentClocksEventReasons", gpu, gpu.event_reasons)
+
+    def nvmlDeviceGetComputeRunningProcesses(self, gpu):
+        pids = self._answer("nvmlDeviceGetComputeRunningProcesses", gpu, gpu.pids)
+        return [FakeProcess(pid) for pid in pids]
 
     def nvmlDeviceGetCurrentClocksThrottleReasons(self, gpu):
         return self._answer("nvmlDeviceGetCurrentClocksThrottleReasons", gpu, gpu.event_reasons)

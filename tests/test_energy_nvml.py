@@ -2,6 +2,7 @@
 contract test against the installed nvidia-ml-py."""
 
 import inspect
+import os
 import re
 from pathlib import Path
 
@@ -229,3 +230,83 @@ def test_only_the_training_gpu_is_metered(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: Props())
     assert device_caps.gpu_uuids(torch.device("cuda")) == ["GPU-bbbb"]
     assert device_caps.gpu_uuids(torch.device("cpu")) is None
+
+
+# ---- a card shared with other processes ---------------------------------------------------
+
+def shared_meter(tmp_path, pids, **kwargs):
+    energy, clock = Counter(0), FakeClock()
+    gpu = FakeGpu(energy_mj=energy, power_mw=100_000, pids=pids)
+    meter = open_meter(["nvml"], root=tmp_path, clock=clock, sleep=clock.sleep, nvml=FakeNvml([gpu]), **kwargs)
+    return meter, energy, clock
+
+
+def test_a_run_alone_on_the_card_says_so(tmp_path):
+    meter, energy, clock = shared_meter(tmp_path, [os.getpid()])
+    meter.begin("epoch")
+    clock.advance(2.0)
+    energy.value = 300_000
+    fields = meter.end("epoch")
+    assert fields["energy_method"] == "counter" and fields["energy_j"] == 300.0
+    assert fields["energy_shared_with"] == 0 and fields["energy_gpu_processes"] == 1
+
+
+def test_other_processes_on_the_card_make_the_window_shared(tmp_path):
+    """NVML's counter is the whole card's: a window during which two other processes computed on it
+    says so, in its method too, whenever in the window they came."""
+    pids = [os.getpid()]
+    meter, energy, clock = shared_meter(tmp_path, lambda: list(pids))
+    meter.begin("epoch")
+    clock.advance(1.5)
+    pids += [4242, 4343]
+    meter.sample_once(read_temperatures=True)
+    pids[1:] = []           # gone again before the window ends
+    clock.advance(1.5)
+    energy.value = 900_000
+    fields = meter.end("epoch")
+    assert fields["energy_shared_with"] == 2 and fields["energy_gpu_processes"] == 3
+    assert fields["energy_method"] == "counter+shared"
+    meter.begin("next")
+    assert meter.end("next")["energy_method"] == "counter"      # alone again
+
+
+def test_a_run_on_the_gpu_that_nvml_lists_under_another_pid_counts_one_as_its_own(tmp_path):
+    gpu = FakeGpu(energy_mj=Counter(0), power_mw=1000, pids=[7, 8], uuid="GPU-ours")
+    assert NvmlMeter(nvml=FakeNvml([gpu]), gpu_uuids=["GPU-ours"]).processes() == (1, 2)
+    assert NvmlMeter(nvml=FakeNvml([gpu])).processes() == (2, 2)    # not training there: both are others
+
+
+def test_a_card_that_cannot_list_its_processes_says_nothing_of_sharing(tmp_path):
+    gpu = FakeGpu(energy_mj=Counter(0), power_mw=1000, pids=None)       # NotSupported
+    meter = open_meter(["nvml"], root=tmp_path, clock=FakeClock(), nvml=FakeNvml([gpu]))
+    meter.begin("w")
+    fields = meter.end("w")
+    assert fields["energy_shared_with"] is None and fields["energy_method"] == "counter"
+
+
+def test_idle_power_measured_with_others_on_the_card_says_so(tmp_path):
+    meter, energy, clock = shared_meter(tmp_path, [os.getpid(), 99])
+    clock.on_sleep = lambda t: setattr(energy, "value", int(t * 60_000))     # 60 W
+    assert meter.idle_baseline(2.0) == pytest.approx(60.0)
+    assert meter.idle_shared_with == 1 and meter.describe()["idle_shared_with"] == 1
+    meter.begin("epoch")
+    clock.advance(1.0)
+    energy.value += 100_000
+    fields = meter.end("epoch")
+    assert fields["idle_power_w"] == pytest.approx(60.0) and fields["energy_net_j"] == pytest.approx(40.0)
+
+
+def test_shared_joules_are_not_shown_as_the_runs_own():
+    from edge_sel.engine.runs.summary import summarize
+    from edge_sel.report.runs import energy_kind
+    from edge_sel.report.summary import energy_label
+    alone = {"energy_j": 10.0, "energy_source": "nvml", "energy_method": "counter", "energy_shared_with": 0}
+    shared = dict(alone, energy_method="counter+shared", energy_shared_with=3)
+    assert energy_kind([alone, alone]) == ("nvml", "measured: nvml")
+    source, kind = energy_kind([alone, shared])
+    assert kind.startswith("shared:") and "3 other process(es)" in kind
+    totals = summarize([shared, alone], {})["totals"]
+    assert totals["energy_method"] == "counter+shared" and totals["energy_shared_with"] == 3
+    assert "not this run's own" in energy_label(totals["energy_method"])
+    assert energy_label(summarize([alone], {})["totals"]["energy_method"]) == "measured"
+    assert "energy_shared_with" not in summarize([{"energy_j": 1.0, "energy_method": "counter"}], {})["totals"]

@@ -15,6 +15,9 @@ COUNTER = "counter"        # hardware energy counter, read as a difference
 INTEGRATED = "integrated"  # power samples integrated over time by the sampler
 ESTIMATED = "estimated"    # not a measurement: a model of the energy
 METHOD_ORDER = (COUNTER, INTEGRATED, ESTIMATED)
+# Appended to a window's method where other processes computed on the metered GPU during it: the
+# joules are the card's, theirs included, not the run's own.
+SHARED = "shared"
 
 
 class EnergyWarning(UserWarning):
@@ -71,6 +74,15 @@ class Meter:
 
     def throttle_reasons(self) -> list[str]:
         return []
+
+    def processes(self) -> tuple[int, int] | None:
+        """(other processes, all processes) computing on what this meter reads, where the meter reads a
+        device that others may share (a GPU: NVML reads the whole card); None where it cannot say."""
+        return None
+
+    # True for a meter whose `processes()` can answer: its windows then say with how many others
+    # the device was shared.
+    counts_processes = False
 
     def close(self) -> None:
         pass

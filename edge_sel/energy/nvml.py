@@ -32,6 +32,7 @@ NVML_NAMES = (
     "nvmlDeviceGetTemperature",
     "nvmlDeviceGetCurrentClocksEventReasons",
     "nvmlDeviceGetCurrentClocksThrottleReasons",
+    "nvmlDeviceGetComputeRunningProcesses",
 )
 
 # Clock-event bits that mean the clocks were held down by power or heat (NVML
@@ -74,6 +75,7 @@ class NvmlMeter(Meter):
         super().__init__()
         self.gpus: list[_Gpu] = []
         self._initialised = False
+        self._trains_here = gpu_uuids is not None     # the run computes on these GPUs
         try:
             self.nvml = nvml if nvml is not None else _load_pynvml()
         except ImportError:
@@ -217,6 +219,26 @@ class NvmlMeter(Meter):
                 continue
             reasons += [f"{gpu.component}:{name}" for bit, name in THROTTLE_BITS.items() if mask & bit]
         return reasons
+
+    counts_processes = True
+
+    def processes(self) -> tuple[int, int] | None:
+        """(others, all): the compute processes on the metered GPUs other than this one, and all of
+        them. NVML's counter is the whole card's, so a window with others in it holds their joules
+        too. A run on these GPUs that does not find its own pid in the list (a PID namespace numbers it
+        otherwise) counts one of the listed as its own. None: NVML cannot list them here."""
+        listed: set[int] = set()
+        for gpu in self.gpus:
+            try:
+                listed.update(int(p.pid) for p in self.nvml.nvmlDeviceGetComputeRunningProcesses(gpu.handle))
+            except self.nvml.NVMLError:
+                return None
+        own = os.getpid()
+        if own in listed or not self._trains_here:
+            others = len(listed - {own})
+        else:
+            others = max(len(listed) - 1, 0)
+        return others, len(listed)
 
     def close(self) -> None:
         if self._initialised:

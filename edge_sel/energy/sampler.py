@@ -48,6 +48,7 @@ class EnergyMeter:
         self.skipped = dict(skipped or {})
         self.sysfs_root = sysfs_root
         self.idle_power_w: float | None = None
+        self.idle_shared_with: int | None = None     # others on the GPU while idle power was measured
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.RLock()
@@ -59,6 +60,7 @@ class EnergyMeter:
         self._last_sample: dict | None = None
         self._temps: dict[str, float] = {}
         self._temps_t: float | None = None
+        self._processes: tuple[int, int] | None = None
         self._total_j = 0.0
         self._warned: set[str] = set()
         for meter in meters:
@@ -99,7 +101,12 @@ class EnergyMeter:
             "interval_s": self.interval_s,
             "sysfs_root": self.sysfs_root,
             "idle_power_w": self.idle_power_w,
+            **({"idle_shared_with": self.idle_shared_with} if self.counts_processes else {}),
         }
+
+    @property
+    def counts_processes(self) -> bool:
+        return any(m.counts_processes for m in self.meters)
 
     # ---- sampling ----------------------------------------------------------------------
 
@@ -144,8 +151,9 @@ class EnergyMeter:
                     pass
             if read_temperatures is None:
                 read_temperatures = self._temps_t is None or t - self._temps_t >= TEMPERATURE_PERIOD_S
-            if read_temperatures:
+            if read_temperatures:       # the processes on a GPU, as seldom as its temperature
                 self._temps, self._temps_t = self._read_temperatures(), t
+                self._processes = self._read_processes()
             temps = self._temps
             dt = None if self._last_t is None else t - self._last_t
 
@@ -167,12 +175,14 @@ class EnergyMeter:
                 for key in joules:
                     window.add_interval(key, joules[key], covered[key])
                 window.add_sample(power, max_temp, reasons)
+                window.add_processes(self._processes)
             self._last_sample = {
                 "t": t,
                 "power_w": power,
                 "components": {s.key: s.power_w for s in self._states if s.power_w is not None},
                 "temperatures": dict(temps),
                 "throttle_reasons": sorted(set(reasons)),
+                "processes": self._processes,
             }
             return self._last_sample
 
@@ -218,6 +228,20 @@ class EnergyMeter:
                 pass
         return temps
 
+    def _read_processes(self) -> tuple[int, int] | None:
+        """(others, all) over the meters that can count the processes on their device."""
+        counted = None
+        for meter in self.meters:
+            if not meter.counts_processes:
+                continue
+            try:
+                found = meter.processes()
+            except Exception:
+                found = None
+            if found is not None:
+                counted = found if counted is None else (counted[0] + found[0], counted[1] + found[1])
+        return counted
+
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
@@ -235,6 +259,7 @@ class EnergyMeter:
                 max_temp_c=max(sample["temperatures"].values(), default=None),
                 throttle_reasons=set(sample["throttle_reasons"]),
             )
+            self._windows[name].add_processes(sample["processes"])
 
     def end(self, name: str) -> dict:
         """Close the window and return its record fields (see Window.fields)."""
@@ -245,7 +270,7 @@ class EnergyMeter:
             window = self._windows.pop(name)
             readable = {s.key for s in self._states if s.ok}
             idle = None if name == IDLE_WINDOW else self.idle_power_w
-            return window.fields(sample["t"], self.counted, readable, idle)
+            return window.fields(sample["t"], self.counted, readable, idle, self.counts_processes)
 
     @contextmanager
     def window(self, name: str) -> Iterator[dict]:
@@ -279,6 +304,7 @@ class EnergyMeter:
         finally:
             fields = self.end(IDLE_WINDOW)
         self.idle_power_w = fields["avg_power_w"] or 0.0
+        self.idle_shared_with = fields.get("energy_shared_with")   # others computing: not idle
         return self.idle_power_w
 
     # ---- instantaneous -------------------------------------------------------------------

@@ -162,6 +162,10 @@ def energy_kind(records: list[dict]) -> tuple[str | None, str | None]:
     source = "+".join(sources)
     if all(m == "estimated" for m in methods):
         return source, "estimated"
+    shared = max((r["energy_shared_with"] for r in records if r.get("energy_shared_with")), default=0)
+    if shared or any(m.endswith("+shared") for m in methods):
+        # NVML reads the whole card: with other processes on it the joules are theirs too.
+        return source, f"shared: {source}, the whole card's joules with {shared or 'other'} other process(es)"
     if all(any(part in MEASURED_METHODS for part in m.split("+")) and "estimated" not in m for m in methods):
         return source, f"measured: {source}"
     return source, "mixed"

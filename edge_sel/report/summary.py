@@ -17,6 +17,8 @@ def _fmt(v, spec=".3f"):
 def energy_label(method: str | None) -> str:
     """'measured' only when every part came from a sensor; any estimate in it is said."""
     parts = set((method or "").split("+")) - {""}
+    if "shared" in parts:
+        return "measured on a GPU other processes shared (the card's joules, not this run's own)"
     if not parts or parts == {"estimated"}:
         return "estimated"
     return "partly estimated" if "estimated" in parts else "measured"

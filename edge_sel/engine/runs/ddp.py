@@ -117,6 +117,11 @@ def combine_energy(windows: list[dict], world_size: int) -> dict:
     base["energy_by_component"] = components
     base["energy_source"] = "+".join(dict.fromkeys(p for w in read for p in w["energy_source"].split("+")))
     base["energy_coverage"] = min(w.get("energy_coverage") or 0.0 for w in read)
+    shared = [w["energy_shared_with"] for w in read if w.get("energy_shared_with") is not None]
+    if shared:      # a rank's GPU with others on it (its own ranks included) makes the total shared
+        base["energy_shared_with"] = max(shared)
+        if max(shared) and not base["energy_method"].endswith("+shared"):
+            base["energy_method"] += "+shared"
     duration = base.get("energy_window_s")
     base["avg_power_w"] = base["energy_j"] / duration if duration else None
     if len(read) > 1:

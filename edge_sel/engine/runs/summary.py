@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from edge_sel.energy.base import SHARED
 from edge_sel.engine.runs.memory_summary import memory_block
 
 
@@ -21,6 +22,9 @@ def summarize(records: list[dict], extra: dict, baseline: dict | None = None, ke
     plan_s, plan_j = (total(k, [baseline] if baseline else []) for k in ("memory_plan_wall_s", "memory_plan_energy_j"))
     train_j = train_j if plan_j is None else (train_j or 0) + plan_j
     probe_flops = (extra.get("layout") or {}).get("probe_flops") or 0
+    counted_sharing = any("energy_shared_with" in r for r in evaluated)
+    shared_with = max((r["energy_shared_with"] for r in evaluated if r.get("energy_shared_with") is not None),
+                      default=None)
     return {
         **extra,
         "epochs_run": len(records),
@@ -47,7 +51,10 @@ def summarize(records: list[dict], extra: dict, baseline: dict | None = None, ke
             "energy_j": total("energy_j"), "eval_energy_j": total("eval_energy_j", evaluated),
             # The meter of the last record; a run of no epoch (statistics only) has its baseline's.
             "energy_source": (last or (baseline or {})).get("energy_source"),
-            "energy_method": (last or (baseline or {})).get("energy_method"),
+            "energy_method": shared_method((last or (baseline or {})).get("energy_method"), shared_with),
+            # The most other processes seen on the metered GPU in any window: its joules are then the
+            # card's, not the run's own (absent where no meter counts them).
+            **({"energy_shared_with": shared_with} if counted_sharing else {}),
             # All in: training (scoring, calibration, rolled-back steps included), every evaluation
             # (the starting model, each epoch, the output model's test), and the layout probe's FLOPs.
             "flops_all": (total("flops_train") or 0) + (total("flops_eval", evaluated) or 0) + probe_flops,
@@ -64,6 +71,13 @@ def summarize(records: list[dict], extra: dict, baseline: dict | None = None, ke
         **({"kept": kept} if kept else {}),
         **({"reset": baseline["reset"]} if baseline and "reset" in baseline else {}),
     }
+
+
+def shared_method(method: str | None, shared_with: int | None) -> str | None:
+    """A run's method with "+shared" where any of its windows shared the GPU with others."""
+    if not shared_with or method is None or method.endswith("+" + SHARED):
+        return method
+    return f"{method}+{SHARED}"
 
 
 def output_model(last: dict, kept: dict | None, records: list[dict] = (), baseline: dict | None = None) -> dict:
