@@ -310,3 +310,12 @@ def test_shared_joules_are_not_shown_as_the_runs_own():
     assert "not this run's own" in energy_label(totals["energy_method"])
     assert energy_label(summarize([alone], {})["totals"]["energy_method"]) == "measured"
     assert "energy_shared_with" not in summarize([{"energy_j": 1.0, "energy_method": "counter"}], {})["totals"]
+
+
+def test_ranks_whose_meter_saw_others_make_the_worlds_joules_shared():
+    from edge_sel.engine.runs.ddp import combine_energy
+    alone = {"energy_j": 5.0, "energy_source": "nvml", "energy_method": "counter", "energy_coverage": 1.0,
+             "energy_window_s": 1.0, "energy_shared_with": 0}
+    assert combine_energy([alone, dict(alone)], 2)["energy_method"] == "counter"
+    both = combine_energy([alone, dict(alone, energy_method="counter+shared", energy_shared_with=1)], 2)
+    assert both["energy_method"] == "counter+shared" and both["energy_shared_with"] == 1
