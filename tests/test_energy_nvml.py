@@ -319,3 +319,10 @@ def test_ranks_whose_meter_saw_others_make_the_worlds_joules_shared():
     assert combine_energy([alone, dict(alone)], 2)["energy_method"] == "counter"
     both = combine_energy([alone, dict(alone, energy_method="counter+shared", energy_shared_with=1)], 2)
     assert both["energy_method"] == "counter+shared" and both["energy_shared_with"] == 1
+
+
+def test_a_run_on_the_gpu_that_nvml_shows_no_process_claims_nothing():
+    """A sandbox that hides processes lists none, the run's own neither: no 'alone' is claimed."""
+    gpu = FakeGpu(energy_mj=Counter(0), power_mw=1000, pids=[], uuid="GPU-ours")
+    assert NvmlMeter(nvml=FakeNvml([gpu]), gpu_uuids=["GPU-ours"]).processes() is None
+    assert NvmlMeter(nvml=FakeNvml([gpu])).processes() == (0, 0)

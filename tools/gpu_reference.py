@@ -197,8 +197,9 @@ def summarize(work: Path, out: Path) -> int:
             "'J / epoch' column says (NVML where present: measured), memory counted for one training step "
             "beside the peak measured by the method named.",
             *([f"Idle power of the card, measured by `check` before the stages: {idle_w:.1f} W over 2 s (NVML"
-               + (", the card to itself)" if machine.get("idle_shared_with") == 0 else
-                  f", {machine.get('idle_shared_with')} other process(es) on the card: not idle)")
+               + {0: ", the card to itself)", None: "; whether other processes were on the card, NVML could not "
+                  "say)"}.get(machine.get("idle_shared_with"),
+                              f", {machine.get('idle_shared_with')} other process(es) on the card: not idle)")
                + "; 'less idle' subtracts it over each epoch's seconds. NVML reads the whole card: the stages "
                "run one at a time, and a run whose meter saw other processes says 'shared'."]
               if idle_w is not None else []), "", *lines, ""]

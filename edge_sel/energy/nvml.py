@@ -226,7 +226,8 @@ class NvmlMeter(Meter):
         """(others, all): the compute processes on the metered GPUs other than this one, and all of
         them. NVML's counter is the whole card's, so a window with others in it holds their joules
         too. A run on these GPUs that does not find its own pid in the list (a PID namespace numbers it
-        otherwise) counts one of the listed as its own. None: NVML cannot list them here."""
+        otherwise) counts one of the listed as its own. None: NVML cannot list them here, or lists
+        none while the run computes on the GPU (a sandbox that hides processes)."""
         listed: set[int] = set()
         for gpu in self.gpus:
             try:
@@ -234,6 +235,8 @@ class NvmlMeter(Meter):
             except self.nvml.NVMLError:
                 return None
         own = os.getpid()
+        if self._trains_here and not listed:
+            return None     # NVML sees no process, this run's own neither: it cannot say who else is there
         if own in listed or not self._trains_here:
             others = len(listed - {own})
         else:
