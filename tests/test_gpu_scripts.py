@@ -102,3 +102,18 @@ def test_a_summary_with_a_stopped_stage_starts_partial(tmp_path):
     assert gpu_reference.summarize(tmp_path, tmp_path) == 0
     assert json.loads((tmp_path / "summary.json").read_text())["partial"] == ["dense"]
     assert "**PARTIAL**: dense did not finish" in (tmp_path / "table.md").read_text()
+
+
+def test_alone_runs_one_bench_with_nothing_beside_it(tmp_path):
+    warmup = tmp_path / "warm128-a"
+    result, _ = run_script(tmp_path, "gpu_transfer.sh", SMOKE="1", ALONE="1", CHOSEN=str(warmup),
+                           PACK=str(tmp_path / "pack"))
+    assert result.returncode == 2 and "ALONE=1 needs CHOSEN=a finished warmup" in result.stdout
+    warmup.mkdir()
+    (warmup / "model.json").write_text("{}")
+    result, calls = run_script(tmp_path, "gpu_transfer.sh", SMOKE="1", ALONE="1", CHOSEN=str(warmup),
+                               PACK=str(tmp_path / "pack"))
+    assert result.returncode == 0, result.stdout
+    trains = [c for c in calls if "edge_sel" in c and ("pretrain" in c or "transfer" in c)]
+    assert len(trains) == 1 and "clean" in trains[0] and str(warmup) in trains[0]
+    assert (tmp_path / "out" / "alone-table.md").is_file()

@@ -115,7 +115,7 @@ bench() {   # bench CONDITION SEED: one seed of bench transfer from the chosen w
 }
 
 log "edge-sel transfer on $DEVICE: $( [ "$SMOKE" = 1 ] && echo smoke || echo full ) run, pack $PACK, out $OUT, scratch $WORK"
-log "NVML reads the whole card: the warmups run two at once and the benches ten at once, so their records say the meter was shared (energy_shared_with) and their joules are not any run's own; ALONE=1 runs one bench alone on the card for per-method joules"
+[ "${ALONE:-0}" = 1 ] || log "NVML reads the whole card: the warmups run two at once and the benches ten at once, so their records say the meter was shared (energy_shared_with) and their joules are not any run's own; ALONE=1 runs one bench alone on the card for per-method joules"
 limited "$LIMIT_INSTALL" install install || { log "install failed"; cat "$WORK/install.log" >>"$LOG"; exit 1; }
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), \
 torch.cuda.get_device_name() if torch.cuda.is_available() else '')" 2>&1 | tee -a "$LOG"
