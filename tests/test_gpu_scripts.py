@@ -117,3 +117,18 @@ def test_alone_runs_one_bench_with_nothing_beside_it(tmp_path):
     trains = [c for c in calls if "edge_sel" in c and ("pretrain" in c or "transfer" in c)]
     assert len(trains) == 1 and "clean" in trains[0] and str(warmup) in trains[0]
     assert (tmp_path / "out" / "alone-table.md").is_file()
+
+
+def test_warmups_that_shared_the_card_say_their_joules_are_not_their_own(tmp_path, capsys):
+    import json
+
+    import gpu_transfer
+    for name, shared in (("warm128-a", 1), ("warm128-b", 0)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text(json.dumps(
+            {"epoch": 0, "val_acc": 0.5, "energy_j": 10.0, "energy_method": "counter+shared" if shared else "counter",
+             "energy_shared_with": shared}) + "\n")
+    assert gpu_transfer.warmups(tmp_path, tmp_path / "warmups.json") == 0
+    a, b = capsys.readouterr().out.splitlines()
+    assert "shared with 1 other process(es) on the card: not its own" in a and "shared" not in b
+    assert json.loads((tmp_path / "warmups.json").read_text())[0]["epochs"][0]["energy_shared_with"] == 1

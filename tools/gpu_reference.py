@@ -98,6 +98,8 @@ def _run_facts(run_dir: Path) -> dict:
         facts.update(last_val_acc=recs[-1].get("val_acc"),
                      train_wall_s=round(sum(r.get("wall_s") or 0 for r in recs), 2),
                      energy_per_epoch_j=[round(e, 1) for e in energy], energy_kind=recs[-1].get("energy_method"),
+                     energy_shared_with=max((r["energy_shared_with"] for r in recs
+                                             if r.get("energy_shared_with") is not None), default=None),
                      memory_measured_mb=max((r.get("memory_measured_mb") or 0 for r in recs), default=None),
                      memory_measure_method=recs[-1].get("memory_measure_method"),
                      memory_counted_mb=max((r.get("memory_counted_mb") or 0 for r in recs), default=None),

@@ -15,7 +15,7 @@ from pathlib import Path
 from gpu_reference import _records     # tools/ is on the path when this runs as a script
 
 EPOCH_KEYS = ("epoch", "stage", "train_acc", "val_acc", "test_acc", "wall_s", "samples_per_s", "flops_train",
-              "energy_j", "energy_method", "memory_counted_mb", "memory_measured_mb", "memory_measure_method")
+              "energy_j", "energy_method", "energy_shared_with", "memory_counted_mb", "memory_measured_mb", "memory_measure_method")
 
 
 def warmup(run_dir: Path) -> dict:
@@ -43,7 +43,9 @@ def warmups(work: Path, dest: Path) -> int:
     for w in found:
         last = w["epochs"][-1] if w["epochs"] else {}
         print(f"{w['run']}: {'finished' if w['finished'] else 'NOT finished'}, {len(w['epochs'])} epochs recorded, "
-              f"last val {last.get('val_acc')}, test {last.get('test_acc')}, wall {w.get('total_wall_s')}")
+              f"last val {last.get('val_acc')}, test {last.get('test_acc')}, wall {w.get('total_wall_s')}"
+              + (f", joules shared with {last['energy_shared_with']} other process(es) on the card: not its own"
+                 if last.get("energy_shared_with") else ""))
     return 0
 
 
