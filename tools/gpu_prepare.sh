@@ -25,7 +25,7 @@ fi
 # the image has, cover every import of edge_sel and of the tests and tools the GPU scripts run.
 source tools/gpu_common.sh
 PIP=("$PY" -m pip download --disable-pip-version-check --quiet --only-binary=:all: -d "$CARRY")
-"${PIP[@]}" --no-deps "${GPU_WHEELS[@]}"
+"${PIP[@]}" --no-deps "${GPU_WHEELS[@]%%;*}"     # every one, whatever Python the markers name
 "${PIP[@]}" pytest
 "$PY" tools/gpu_needs.py --wheels "$CARRY"
 
