@@ -18,7 +18,6 @@ history (DEPLOYED.history.jsonl) and the run's (RUN/promote.jsonl), journals nev
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
