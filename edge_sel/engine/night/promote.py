@@ -278,6 +278,16 @@ def run_eval_batch(summary: dict) -> int | None:
     return batch if isinstance(batch, int) and not isinstance(batch, bool) and batch > 0 else None
 
 
+def repair_deployed(deployed: Path) -> None:
+    """A swap cut off between its two renames (filesystems without an atomic exchange) leaves no
+    deployed path for an instant: repaired before anything reads it (the night before it chooses its
+    start, promote before it judges), or a WriteError in one line."""
+    try:
+        recover(deployed)
+    except OSError as e:
+        raise WriteError(f"--deployed {deployed}: cannot repair an interrupted swap ({e.strerror or e})") from None
+
+
 @holding_deployed_lock          # judged and swapped with no other change of the deployed link between
 def promote(run_dir: Path, deployed: Path, force: bool = False, evaluate=None,
             max_forgetting: float | None = None) -> Decision:
@@ -287,10 +297,7 @@ def promote(run_dir: Path, deployed: Path, force: bool = False, evaluate=None,
     # The deployed link and its versions are promote's outputs: never the run it reads, nor inside it.
     refuse_onto_inputs(deployed, [("RUN", run_dir)], "--deployed")
     refuse_onto_inputs(versions_dir(deployed), [("RUN", run_dir)], "--deployed")
-    try:
-        recover(deployed)
-    except OSError as e:
-        raise WriteError(f"--deployed {deployed}: cannot repair an interrupted swap ({e.strerror or e})") from None
+    repair_deployed(deployed)
     decision = decide(run_dir, deployed, force, evaluate, max_forgetting)
     if decision.rule == "already-deployed":
         return decision         # nothing changes, so nothing is written
