@@ -139,13 +139,15 @@ def test_a_crafted_pack_index_is_refused_in_one_line(packed, tmp_path, case):
     assert "\n" not in str(e.value)
 
 
-def test_unpack_writes_nothing_outside_its_folder_and_says_why_in_one_line(packed, tmp_path):
+def test_unpack_writes_nothing_outside_its_folder_and_says_why_in_one_line(packed, tmp_path, monkeypatch, capsys):
+    import runpy
+    tool = runpy.run_path(str(REPO / "tools" / "pack_folder.py"))         # in process: no second interpreter
     bad = crafted(packed[1], tmp_path / "bad.pack", INDEXES["split_outside"][0])
     (tmp_path / "out").mkdir()
-    result = subprocess.run([sys.executable, str(REPO / "tools" / "pack_folder.py"), "--unpack", str(bad),
-                             str(tmp_path / "out" / "folder")], capture_output=True, text=True)
-    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
-    assert "bad pack index" in result.stderr and "Traceback" not in result.stderr
+    monkeypatch.setattr(sys, "argv", ["pack_folder.py", "--unpack", str(bad), str(tmp_path / "out" / "folder")])
+    assert tool["main"]() == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "bad pack index" in err and "Traceback" not in err, err
     assert list((tmp_path / "out").iterdir()) == []
 
 
