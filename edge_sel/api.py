@@ -8,13 +8,12 @@ Dataset; a model a registered name, a factory spec or an nn.Module.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
-from edge_sel.errors import InputError
+from edge_sel.errors import InputError, parse_json
 from edge_sel.option_names import closest
 
 # Options that only make sense on a command line (the API has its own way to say them).
@@ -98,7 +97,7 @@ def _data(data, test, kw: dict, class_names):
 def _result(summary: dict) -> RunResult:
     run_dir = Path(summary["run_dir"])
     path = run_dir / "metrics.jsonl"
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    records = [parse_json(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
     return RunResult(run_dir, summary, records)
 
 

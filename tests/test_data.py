@@ -1,5 +1,6 @@
 import os
 import pickle
+import time
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +155,33 @@ def test_an_image_edited_in_place_is_decoded_again(tmp_path):
     os.utime(root / "cat", ns=(folder_time, folder_time))
     again = folder_mod.load_class_folder(root, "d")
     assert int(again.images[0].min()) == int(again.images[0].max()) == 201
+    assert not torch.equal(first.images[0], again.images[0]) and torch.equal(first.images[1:], again.images[1:])
+
+
+@pytest.mark.parametrize("how", ["in_place", "replaced"])
+def test_an_image_rewritten_at_its_size_with_its_old_mtime_is_decoded_again(tmp_path, how):
+    """cp -p, rsync -t and tar x write new bytes and set the old modification time back: a BMP of
+    the same size and mtime loaded its stale pixels from a key of names, sizes and mtimes. In place
+    (cp -p) the inode stays and the change time moves; replaced (tar x, rsync) the inode changes."""
+    root = write_tree(tmp_path / "d", classes=("cat", "dog"), per_class=2, fmt="bmp")
+    image = root / "cat" / "000.bmp"
+    first = folder_mod.load_class_folder(root, "d")
+    old = os.stat(image)
+    new = tmp_path / "new.bmp"
+    Image.fromarray(np.full((10, 12, 3), 77, np.uint8)).save(new)
+    if how == "in_place":
+        with open(image, "r+b") as f:
+            f.write(new.read_bytes())
+    else:
+        os.replace(new, image)
+    os.utime(image, ns=(old.st_atime_ns, old.st_mtime_ns))
+    while os.stat(image).st_ctime_ns == old.st_ctime_ns:       # a clock coarser than the rewrite: tick it
+        time.sleep(0.01)
+        os.utime(image, ns=(old.st_atime_ns, old.st_mtime_ns))
+    now = os.stat(image)
+    assert (now.st_size, now.st_mtime_ns) == (old.st_size, old.st_mtime_ns)
+    again = folder_mod.load_class_folder(root, "d")
+    assert int(again.images[0].min()) == int(again.images[0].max()) == 77
     assert not torch.equal(first.images[0], again.images[0]) and torch.equal(first.images[1:], again.images[1:])
 
 

@@ -405,7 +405,7 @@ def test_a_checkpoint_card_with_a_std_of_zero_is_refused(banked, tmp_path, capsy
 @pytest.mark.parametrize("text", ["[]", '"summary"', "3", "null"])
 def test_a_runs_summary_that_is_json_but_no_mapping_is_refused_or_set_aside(tmp_path, text, capsys):
     from edge_sel.engine.night import life
-    from edge_sel.engine.night.promote import read_run, run_eval_batch
+    from edge_sel.engine.night.promote import read_run, run_eval_batch, run_summary
     from edge_sel.engine.runs.out_dir import refuse_finished
     run = tmp_path / "20260101T000000Z"
     (run / "state").mkdir(parents=True)
@@ -421,7 +421,7 @@ def test_a_runs_summary_that_is_json_but_no_mapping_is_refused_or_set_aside(tmp_
     with pytest.raises(InputError) as e:
         read_run(run)
     assert str(e.value) == f"RUN {run}: summary.json is not a run's record (JSON, but not a mapping)"
-    assert run_eval_batch(run) is None
+    assert run_eval_batch(run_summary(run)) is None
     code, err = run_main(["promote", run, "--deployed", tmp_path / "deployed"], capsys)
     one_line(code, err, f"RUN {run}: summary.json is not a run's record")
     assert tree(run) == before
@@ -429,9 +429,9 @@ def test_a_runs_summary_that_is_json_but_no_mapping_is_refused_or_set_aside(tmp_
 
 @pytest.mark.parametrize("batch", ['"64"', "0", "-8", "true", "2.5"])
 def test_a_runs_evaluation_batch_that_is_no_count_is_not_used(tmp_path, batch):
-    from edge_sel.engine.night.promote import run_eval_batch
+    from edge_sel.engine.night.promote import run_eval_batch, run_summary
     (tmp_path / "summary.json").write_text('{"layout": {"eval_batch_size": %s}}' % batch)
-    assert run_eval_batch(tmp_path) is None
+    assert run_eval_batch(run_summary(tmp_path)) is None
 
 
 # ---- images.py function by function (what test_predict.py covers through trained models) --------

@@ -278,6 +278,7 @@ def nested_readers(tmp: Path, data: bytes):
     from edge_sel.backends.ort_manifest import read_manifest
     from edge_sel.core.checkpoint import read_card
     from edge_sel.engine.night.promote import read_run
+    from edge_sel.engine.night.promote_guard import source_anchor_acc
     from edge_sel.engine.runs.run import resume
     from edge_sel.fleet.rundir import saved_config
     from edge_sel.methods.select.stages import parse_stages
@@ -293,6 +294,7 @@ def nested_readers(tmp: Path, data: bytes):
     return [(lambda: read_card(tmp), "model.json"), (lambda: resume(tmp), "config.json"),
             (lambda: read_manifest(tmp), "manifest.json"), (lambda: read_card_of_export(tmp), "manifest.json"),
             (lambda: saved_config(tmp), "config.json"), (lambda: read_run(tmp / "run"), "summary.json"),
+            (lambda: source_anchor_acc(tmp / "run"), "model.json"),
             (trusted_entries, "trusted.json"), (lambda: parse_stages(str(tmp / "stages.json")), "stages.json"),
             (lambda: load_profile(str(tmp / "profile.toml")), "profile.toml")]
 
@@ -309,6 +311,21 @@ def test_json_nested_deeper_than_the_parser_goes_is_one_line(tmp_path, monkeypat
             assert "\n" not in str(e) and (name in str(e) or str(tmp_path) in str(e)), (name, str(e))
         else:
             assert nesting == "closed", name      # 5,000 levels closed: within the parser's reach or refused
+
+
+def test_json_nested_too_deeply_inside_a_received_value_is_no_recursion_error():
+    """JSON carried as a string inside a received record (a fleet run's method, the server's model
+    card and round plan) or given as an option's value went to json.loads: a RecursionError."""
+    from edge_sel.fleet.local import RoundPlan
+    from edge_sel.models.spec import parse_model_args
+    from edge_sel.report.runs import describe_fleet
+    deep = "[" * 100_000
+    assert describe_fleet({"method": deep}) == describe_fleet({"method": "[]"}) == "fleet dense"
+    assert parse_model_args([f"widths={deep}"]) == {"widths": deep}          # not JSON: kept as the text
+    plan = {"fleet-round": 1, "epochs": 1, "batch-size": 8, "optimizer": "sgd", "lr": 0.1, "strategy": "dense",
+            "sparsity": "none", "backend": "torch", "method": deep, "keep": "last", "seed": 0}
+    with pytest.raises(InputError, match="fleet round configuration: missing or bad field"):
+        RoundPlan.from_config(plan)
 
 
 def test_a_json_file_larger_than_the_limit_is_refused_before_it_is_read(tmp_path, monkeypatch):

@@ -211,6 +211,35 @@ def test_a_hostile_input_is_refused_in_one_line_or_handled_and_every_input_is_un
     assert SECRET.decode() not in err
 
 
+def _card_widened(run: Path) -> None:
+    card = json.loads((run / "model.json").read_text())
+    card["model"]["kwargs"]["widths"] = [8, 8, 8, 8]
+    (run / "model.json").write_text(json.dumps(card))
+
+
+@pytest.mark.parametrize("craft, deployed_before, words", [
+    ("nested", False, "nested too deeply"), ("nested", True, "nested too deeply"),
+    ("wider", False, "does not match architecture")])
+def test_promote_deploys_no_model_it_cannot_load_first_deployment_included(base, tmp_path, capsys, craft,
+                                                                          deployed_before, words):
+    """A card nested 200,000 deep was deployed as the first model (exit 0; predict then failed on
+    it) and gave a RecursionError traceback against a deployed model; a card naming a model the
+    weights do not fit was deployed too."""
+    run, deployed = tmp_path / "run", tmp_path / "deployed"
+    shutil.copytree(base / "run", run)
+    if deployed_before:
+        shutil.copytree(base / "ckpt", deployed)
+        (run / "config.json").write_text(json.dumps({"phase": "finetune", "checkpoint": str(deployed)}))
+    if craft == "nested":
+        (run / "model.json").write_bytes(b"[" * 200_000)
+    else:
+        _card_widened(run)
+    before = tree_digest(tmp_path)
+    code, err = run_main(["promote", run, "--deployed", deployed], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err and words in err, err
+    assert tree_digest(tmp_path) == before          # nothing deployed, no history, no record in the run
+
+
 def test_an_output_another_command_is_writing_is_refused_even_with_overwrite(base, tmp_path, capsys):
     """A fine-tune naming the --out of a run still writing it (another process): refused before a
     byte is written, the other run's files untouched."""

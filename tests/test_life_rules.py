@@ -20,6 +20,7 @@ from edge_sel.config import NIGHT_BN_CONDITIONS, TrainConfig
 from edge_sel.core.source_memory import SOURCE_FILES
 from edge_sel.engine.machine.energy_setup import EnergyOptions
 from edge_sel.engine.night import deployed_swap, journal, life
+from edge_sel.engine.night import promote as pr
 from edge_sel.engine.night.life import Home, NightResult
 from edge_sel.engine.night.promote import Decision
 from edge_sel.engine.runs.data_options import DataOptions
@@ -575,13 +576,13 @@ def test_statistics_per_condition_need_every_batchnorm_layer_to_keep_running_one
 
 def test_an_interrupted_swap_is_repaired_and_a_failed_repair_is_a_write_error(tmp_path, monkeypatch):
     repaired = []
-    monkeypatch.setattr(life, "recover", repaired.append)
+    monkeypatch.setattr(pr, "recover", repaired.append)
     life.repair_deployed(tmp_path / "deployed")
     assert repaired == [tmp_path / "deployed"]
     for error, why in ((OSError(13, "Permission denied"), "Permission denied"), (OSError("busy"), "busy")):
         def refuse(path, error=error):
             raise error
-        monkeypatch.setattr(life, "recover", refuse)
+        monkeypatch.setattr(pr, "recover", refuse)
         with pytest.raises(WriteError) as e:
             life.repair_deployed(tmp_path / "deployed")
         assert str(e.value) == f"--deployed {tmp_path / 'deployed'}: cannot repair an interrupted swap ({why})"

@@ -17,11 +17,14 @@ import pytest
 import torch
 from torch import nn
 
+from edge_sel.core.checkpoint import ModelCard, save_checkpoint
 from edge_sel.data import IndexedDataset
 from edge_sel.engine.night import journal
 from edge_sel.engine.night import promote as pr
 from edge_sel.engine.night.deployed_swap import DAMAGED, AfterSwapError
 from edge_sel.errors import InputError, WriteError
+from edge_sel.models import EdgeCNN
+from edge_sel.models.spec import ModelSpec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -30,12 +33,18 @@ DEPLOYED_SHA = hashlib.sha256(DEPLOYED_WEIGHTS).hexdigest()
 
 
 def make_run(path: Path, summary: dict | None = None, config: dict | None = None, card: dict | None = None) -> Path:
-    """A run directory as promote reads it: summary, config, weights and card."""
-    path.mkdir(parents=True)
+    """A run directory as promote reads it: summary, config, weights and card; without `card`, a
+    model promote can load and deploy (a tiny EdgeCNN), else that card beside stand-in weights."""
+    if card is None:
+        save_checkpoint(path, EdgeCNN(2, 1, [2, 2, 2, 2]),
+                        ModelCard("edgecnn", 2, ["a", "b"], [1, 8, 8], [0.5], [0.25],
+                                  model=ModelSpec("edgecnn", {"widths": [2, 2, 2, 2]}).to_json()))
+    else:
+        path.mkdir(parents=True)
+        (path / "model.safetensors").write_bytes(b"candidate weights")
+        (path / "model.json").write_text(json.dumps(card))
     (path / "summary.json").write_text(json.dumps(summary if summary is not None else {}))
     (path / "config.json").write_text(json.dumps(config if config is not None else {}))
-    (path / "model.safetensors").write_bytes(b"candidate weights")
-    (path / "model.json").write_text(json.dumps(card if card is not None else {}))
     return path
 
 
@@ -372,24 +381,27 @@ def test_percentages_have_two_places_and_none_is_not_available():
 
 def test_the_source_anchor_accuracy_is_the_cards_else_none(tmp_path):
     assert pr.source_anchor_acc(tmp_path) is None                                  # no card
-    (tmp_path / "model.json").write_text("{broken")
-    assert pr.source_anchor_acc(tmp_path) is None
+    (tmp_path / "model.json").write_text("{broken")                               # refused, not ignored
+    with pytest.raises(InputError, match="model.json: unreadable"):
+        pr.source_anchor_acc(tmp_path)
     for card in ({}, {"source_memory": None}, {"source_memory": {}}, {"source_memory": {"anchors": None}},
                  {"source_memory": {"anchors": {}}}):
         (tmp_path / "model.json").write_text(json.dumps(card))
         assert pr.source_anchor_acc(str(tmp_path)) is None
     (tmp_path / "model.json").write_text(json.dumps(guarded_card(0.875)))
     assert pr.source_anchor_acc(str(tmp_path)) == 0.875
+    (tmp_path / "model.json").write_text(json.dumps(guarded_card("0.875")))       # no figure
+    assert pr.source_anchor_acc(tmp_path) is None
 
 
 def test_the_runs_evaluation_batch_is_its_layouts_else_none(tmp_path):
-    assert pr.run_eval_batch(None) is None
-    assert pr.run_eval_batch(tmp_path) is None                                     # no summary
+    assert pr.run_eval_batch(pr.run_summary(None)) is None
+    assert pr.run_eval_batch(pr.run_summary(tmp_path)) is None                     # no summary
     for text in ("{broken", "[]", "{}", '{"layout": null}', '{"layout": {}}'):
         (tmp_path / "summary.json").write_text(text)
-        assert pr.run_eval_batch(tmp_path) is None
+        assert pr.run_eval_batch(pr.run_summary(tmp_path)) is None
     (tmp_path / "summary.json").write_text('{"layout": {"eval_batch_size": 48}}')
-    assert pr.run_eval_batch(str(tmp_path)) == 48
+    assert pr.run_eval_batch(pr.run_summary(str(tmp_path))) == 48
 
 
 # ---- validate_deployed: the deployed model's figures ------------------------------------------
@@ -646,7 +658,7 @@ def test_a_first_model_is_swapped_in_and_recorded_with_its_version(tmp_path, fix
     assert d == pr.Decision(True, "first", "nothing was deployed", 0.7)
     version = deployed.resolve()
     assert version.parent == tmp_path / ".deployed.versions"
-    assert (deployed / "model.safetensors").read_bytes() == b"candidate weights"
+    assert (deployed / "model.safetensors").read_bytes() == (run / "model.safetensors").read_bytes()
     record = {"promote": True, "rule": "first", "why": "nothing was deployed", "candidate_val_acc": 0.7,
               "deployed_val_acc": None, "evaluation": {}, "candidate_anchor_acc": None, "deployed_anchor_acc": None,
               "source_anchor_acc": None, "max_forgetting": None, "guard": None, "run": str(run),
@@ -836,7 +848,7 @@ def test_promote_with_the_warmup_serving_judges_against_no_version_set_aside(tmp
     run = make_run(tmp_path / "run", {"output_model": {"val_acc": 0.7}})
     d = pr.promote(run, tmp_path / "deployed", evaluate=lambda *a: pytest.fail("judged against a version"))
     assert (d.promote, d.rule) == (True, "first")
-    assert (tmp_path / "deployed" / "model.safetensors").read_bytes() == b"candidate weights"
+    assert (tmp_path / "deployed" / "model.safetensors").read_bytes() == (run / "model.safetensors").read_bytes()
 
 
 def test_promotes_line_gives_the_passes_apart_from_the_whole_check_it_metered():
@@ -855,13 +867,15 @@ def test_promotes_line_gives_the_passes_apart_from_the_whole_check_it_metered():
 
 
 def test_the_deployed_model_is_judged_in_the_runs_own_evaluation_settings(tmp_path):
-    assert pr.run_evaluation(tmp_path) == {"eval": "fp32", "memory_format": "contiguous", "threads": None}
+    def settings(run_dir):
+        return pr.run_evaluation(pr.run_summary(run_dir))
+    assert settings(tmp_path) == {"eval": "fp32", "memory_format": "contiguous", "threads": None}
     (tmp_path / "summary.json").write_text(json.dumps({"precision": {"train": "bf16", "eval": "bf16"},
                                                        "layout": {"memory_format": "channels_last"},
                                                        "threads": {"count": 2}}))
-    assert pr.run_evaluation(tmp_path) == {"eval": "bf16", "memory_format": "channels_last", "threads": 2}
+    assert settings(tmp_path) == {"eval": "bf16", "memory_format": "channels_last", "threads": 2}
     (tmp_path / "summary.json").write_text(json.dumps({"precision": "bf16", "layout": {"memory_format": "nhwc"}}))
-    assert pr.run_evaluation(tmp_path) == {"eval": "fp32", "memory_format": "contiguous", "threads": None}
+    assert settings(tmp_path) == {"eval": "fp32", "memory_format": "contiguous", "threads": None}
 
 
 def test_a_journal_replaced_by_a_link_is_never_written_through(tmp_path, fixed_time):

@@ -120,6 +120,7 @@ def test_a_failure_after_the_flip_is_reported_as_deployed_and_recorded(tmp_path,
     monkeypatch.setattr(deployed_swap, "_prune", failing_prune)
     monkeypatch.setattr(promote_mod, "decide", lambda *a, **k: promote_mod.Decision(
         True, "better", "beats it"))
+    monkeypatch.setattr(promote_mod, "check_candidate", lambda run_dir: None)     # stand-in weights: the swap is tested
     decision = promote_mod.promote(run, deployed)
     assert decision.promote and (deployed / "model.safetensors").read_text() == "two"
     record = journal.last_decision(run)
@@ -200,6 +201,7 @@ def test_a_promotion_is_recorded_before_the_swap(tmp_path, monkeypatch):
     deployed = tmp_path / "deployed"
     run = fake_run(tmp_path / "r1", "one")
     monkeypatch.setattr(promote_mod, "decide", lambda *a, **k: promote_mod.Decision(True, "first", "nothing"))
+    monkeypatch.setattr(promote_mod, "check_candidate", lambda run_dir: None)     # stand-in weights: the swap is tested
     monkeypatch.setattr(faults, "crash_by_raising", True)
     monkeypatch.setenv(faults.KILL_ENV, "promote-flipped")
     with pytest.raises(faults.InjectedCrash):

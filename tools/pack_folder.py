@@ -35,6 +35,9 @@ def main() -> int:
     except InputError as e:
         print(f"pack_folder: {e}", file=sys.stderr)
         return 2
+    except OSError as e:             # a full disk, a folder that cannot be written: the file it stopped at
+        print(f"pack_folder: {e.filename or args.out}: cannot write ({e.strerror or e})", file=sys.stderr)
+        return 1
     print(f"packed {info['images']:,} images ({', '.join(f'{k} {v:,}' for k, v in info['splits'].items())}) of "
           f"{args.source} into {args.out}: {info['bytes']:,} bytes ({info['bytes'] / 2**20:.1f} MiB) from "
           f"{info['encoded_bytes']:,} bytes of image files, {info['common_prefix']} bytes shared by every file "

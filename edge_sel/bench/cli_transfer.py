@@ -66,7 +66,7 @@ def transfer_cmd(checkpoint, imagenet_model, dataset, scenario, image_size, meth
         raise InputError("--checkpoint: give a warmup checkpoint or --from-imagenet MODEL, one of them")
     if scenario not in transfer.CONDITIONS:
         raise InputError(f"--scenario: unknown {scenario}; choose from {', '.join(transfer.CONDITIONS)}")
-    methods = transfer.parse_methods(method_names, transfer.transfer_methods(last_k))
+    methods = transfer.chosen_methods(method_names, transfer.transfer_methods(last_k))
     if imagenet_model is not None:
         from edge_sel.models.pretrained import weights_config, weights_file
         weights_file(weights_config(imagenet_model, "--from-imagenet"), "--from-imagenet")  # before any work

@@ -73,13 +73,15 @@ def parse_fractions(text: str | None, option: str = "--budgets") -> list[str]:
     return out
 
 
-def parse_methods(text: str | None) -> list[str]:
+def parse_methods(text: str | None, known=METHODS) -> list[str]:
+    """The names `--methods` gives, each one of `known` (all of `known` without the option); the
+    memory and transfer benches' parser."""
     if text is None:
-        return list(METHODS)
-    wanted = [w.strip() for w in text.split(",")]
-    unknown = [w for w in wanted if w not in METHODS]
-    if unknown:
-        raise InputError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+        return list(known)
+    wanted = [w.strip() for w in text.split(",") if w.strip()]
+    unknown = [w for w in wanted if w not in known]
+    if unknown or not wanted:
+        raise InputError(f"--methods: unknown {', '.join(unknown) or 'nothing'}; choose from {', '.join(known)}")
     return wanted
 
 

@@ -23,7 +23,8 @@ from fractions import Fraction
 from pathlib import Path
 
 from edge_sel.bench.adapt import SCENARIOS, outcome
-from edge_sel.bench.memory import SAME_NUMERICS, MemoryModel, finetune_alone, run_memory_fields, run_name
+from edge_sel.bench.memory import (SAME_NUMERICS, MemoryModel, finetune_alone, parse_methods, run_memory_fields,
+                                   run_name)
 from edge_sel.config import TrainConfig
 from edge_sel.core.checkpoint import read_card
 from edge_sel.core.memory import MiB
@@ -31,7 +32,6 @@ from edge_sel.core.source_memory import read_source_memory
 from edge_sel.engine.machine.memory_plan import RESERVE, plan_memory
 from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.engine.runs.run import finetune, pretrain
-from edge_sel.errors import InputError
 from edge_sel.methods.update.fixed_sets import sparse_names
 
 CONDITIONS = {"clean": None, **SCENARIOS}
@@ -81,15 +81,9 @@ def named_pairs(names: list[str]) -> list[tuple[str, str]]:
     return [(a, b) for a, b in pairs if a in names and b in names]
 
 
-def parse_methods(text: str | None, known: list[TransferMethod]) -> list[TransferMethod]:
-    """The methods named (full FT always runs: every difference is taken against it)."""
-    if text is None:
-        return known
-    wanted = [w.strip() for w in text.split(",") if w.strip()]
-    unknown = [w for w in wanted if w not in {m.name for m in known}]
-    if unknown or not wanted:
-        raise InputError(f"--methods: unknown {', '.join(unknown) or 'nothing'}; choose from "
-                         f"{', '.join(m.name for m in known)}")
+def chosen_methods(text: str | None, known: list[TransferMethod]) -> list[TransferMethod]:
+    """The methods `--methods` names (full FT always runs: every difference is taken against it)."""
+    wanted = parse_methods(text, [m.name for m in known])
     return [m for m in known if m.name == REFERENCE or m.name in wanted]
 
 

@@ -174,12 +174,14 @@ def decoding_progress(root: Path, total: int):
 
 
 def _listing(root: Path, files: list[tuple[str, int]]) -> bytes:
-    # Each file's name, label, size and modification time (ns): an image edited in place changes its
-    # own, as any added, removed or renamed one changes the list (one stat per file, no read).
+    # Each file's name, label, size, modification time, inode and change time (ns): cp -p, rsync -t
+    # and tar x write new bytes and set the old mtime back, but a rewrite in place moves the change
+    # time (which no program sets) and a replaced file is a new inode; any added, removed or renamed
+    # file changes the list (one stat per file, no read).
     base, lines = str(root), []
     for rel, label in files:            # strings, not Paths: 50,000 files in about the time of their stats
         st = os.stat(os.path.join(base, rel))
-        lines.append(f"{rel}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n")
+        lines.append(f"{rel}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0{st.st_ctime_ns}\n")
     return "".join(lines).encode()
 
 

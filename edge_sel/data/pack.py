@@ -26,12 +26,14 @@ import torch
 
 from edge_sel.data.dataset import IndexedDataset
 from edge_sel.data.folder import decode_own_size, decode_sources, list_class_folder
-from edge_sel.errors import InputError
+from edge_sel.errors import JSON_LIMIT, InputError, parse_json
 
 MAGIC = b"EDGESELPACK\n"
 VERSION = 1
 HEADER = struct.Struct("<12sHQQ32s")      # magic, version, index bytes, blob bytes, sha256(index + blob)
 SPLITS = ("train", "test")                # a folder's own splits; a folder of class folders packs as "all"
+LISTS = ("names", "labels", "lengths")    # per split, one entry per image
+INDEX_LIMIT = JSON_LIMIT                  # decompressed index bytes: ImageNet's 1.3M names take about 60 MB
 
 
 def folder_splits(root: Path) -> dict[str, Path]:
@@ -102,10 +104,7 @@ class Pack:
         if hashlib.sha256(body).digest() != digest:
             raise InputError(f"{where}: altered pack: its contents do not match the SHA-256 in its header")
         self.digest = digest.hex()
-        try:
-            self.index = json.loads(zlib.decompress(body[:index_len]))
-        except (zlib.error, ValueError) as e:
-            raise InputError(f"{where}: unreadable pack index ({e})") from None
+        self.index = read_index(body[:index_len], blob_len, where)
         self._blob = bytes(body[index_len:])
 
     @property
@@ -146,14 +145,71 @@ class Pack:
                               torch.arange(len(labels), dtype=torch.long), self.classes, name)
 
     def unpack(self, dest: Path) -> int:
-        """Write the packed folder back out under `dest`, file for file; returns the images written."""
+        """Write the packed folder back out under `dest`, file for file; returns the images written.
+        Every name was checked by read_index to be a class folder and a file name in it."""
         count = 0
         for split in self.splits:
             base = Path(dest) if split == "all" else Path(dest) / split
-            for (name, data), rel in zip(self.encoded(split), self.index["splits"][split]["names"]):
-                if Path(rel).is_absolute() or ".." in Path(rel).parts:
-                    raise InputError(f"{self.path}: the pack names {rel!r}, outside the folder; not unpacked")
+            for (_, data), rel in zip(self.encoded(split), self.index["splits"][split]["names"]):
                 (base / rel).parent.mkdir(parents=True, exist_ok=True)
                 (base / rel).write_bytes(data)
                 count += 1
         return count
+
+
+def read_index(compressed, blob_len: int, where: str) -> dict:
+    """The pack's index, decompressed (at most INDEX_LIMIT bytes), parsed and checked against the
+    blob it describes: every name a class folder and a file name in it, labels within the classes,
+    the lengths adding up to the blob; else an InputError in one line."""
+    inflate = zlib.decompressobj()
+    try:
+        text = inflate.decompress(compressed, INDEX_LIMIT)
+        if inflate.unconsumed_tail:
+            raise InputError(f"{where}: pack index larger than the {INDEX_LIMIT:,} bytes a pack index may hold")
+        index = parse_json(text)
+    except (zlib.error, ValueError) as e:
+        raise InputError(f"{where}: unreadable pack index ({e})") from None
+
+    def bad(what: str):
+        return InputError(f"{where}: bad pack index: {what}")
+    if not isinstance(index, dict) or not isinstance(index.get("splits"), dict) or not index["splits"]:
+        raise bad("no splits")
+    classes = index.get("classes")
+    if not isinstance(classes, list) or not classes or not all(_plain(c) for c in classes) \
+            or len(set(classes)) != len(classes):
+        raise bad("classes must be distinct plain folder names")
+    ends = [index.get("prefix"), index.get("suffix")]
+    if not all(_count(n) for n in ends):
+        raise bad("prefix and suffix must be byte counts")
+    splits = index["splits"]
+    if not (set(splits) <= set(SPLITS) and "train" in splits or set(splits) == {"all"}):
+        raise bad(f"splits {sorted(map(str, splits))}; a pack holds train (and test), or all")
+    total = sum(ends)
+    for split, entry in splits.items():
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), list) for k in LISTS):
+            raise bad(f"split {split!r} needs lists of names, labels and lengths")
+        names, labels, lengths = entry["names"], entry["labels"], entry["lengths"]
+        if not len(names) == len(labels) == len(lengths) or not names:
+            raise bad(f"split {split!r}: {len(names)} names, {len(labels)} labels, {len(lengths)} lengths")
+        for name, label, length in zip(names, labels, lengths):
+            if not (_count(label) and label < len(classes) and _count(length)):
+                raise bad(f"split {split!r}: {name!r} has label {label!r} and length {length!r}")
+            folder, _, file = name.partition("/") if isinstance(name, str) else ("", "", "")
+            if folder != classes[label] or not _plain(file):
+                raise bad(f"split {split!r}: {name!r} is not a file in its class folder {classes[label]!r}")
+        if len(set(names)) != len(names):
+            raise bad(f"split {split!r} names a file twice")
+        total += sum(lengths)
+    if total != blob_len:
+        raise bad(f"its lengths add up to {total:,} bytes, the pack holds {blob_len:,}")
+    return index
+
+
+def _plain(name) -> bool:
+    """A name that is one path component: no separator, not `.` or `..`, no NUL, not hidden."""
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\0" not in name \
+        and not name.startswith(".")
+
+
+def _count(n) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and n >= 0

@@ -134,23 +134,9 @@ def load_folder(path: Path, image_size: int | None = None) -> tuple[IndexedDatas
     path = Path(path)
     check_folder(path)
     name = f"folder:{path.name}"
-
-    def load(root: Path) -> IndexedDataset:
-        ds = load_class_folder(root, name, image_size)
-        ds.augment = {"crop_pad": 4, "flip": True}
-        return ds if image_size is None else ds.at_size(image_size, image_size)
-    if (path / "train").is_dir():
-        train = load(path / "train")
-        if (path / "test").is_dir():
-            test = load(path / "test")
-            if test.class_names != train.class_names:
-                raise InputError(f"{path / 'test'}: class folders differ from {path / 'train'}")
-            if test.input_shape != train.input_shape:
-                raise InputError(f"{path / 'test'}: images are {test.input_shape}, train images are "
-                                 f"{train.input_shape}; pass --image-size to resize both")
-            return train, test
-        return _carve_test(train)
-    return _carve_test(load(path))
+    splits = ["train", "test"] if (path / "train").is_dir() else ["all"]
+    return _train_test(lambda split: load_class_folder(path if split == "all" else path / split, name, image_size),
+                       [s for s in splits if s == "all" or (path / s).is_dir()], image_size, f"--dataset folder:{path}")
 
 
 def load_pack(path: Path, image_size: int | None = None) -> tuple[IndexedDataset, IndexedDataset]:
@@ -158,21 +144,28 @@ def load_pack(path: Path, image_size: int | None = None) -> tuple[IndexedDataset
     splits and decodes the folder it was made from."""
     from edge_sel.data.pack import Pack
     pack = Pack(path)
-    name = f"pack:{Path(path).name}"
+    return _train_test(lambda split: pack.dataset(split, f"pack:{Path(path).name}", image_size), pack.splits,
+                       image_size, f"--dataset pack:{path}")
 
-    def load(split: str) -> IndexedDataset:
-        ds = pack.dataset(split, name, image_size)
+
+def _train_test(load, splits: list[str], image_size: int | None, where) -> tuple[IndexedDataset, IndexedDataset]:
+    """An image folder's (or its pack's) train and test sets from `load(split)` of its splits:
+    train and test, train alone, or all of it (a test share then held out of it alone)."""
+    def prepared(split: str) -> IndexedDataset:
+        ds = load(split)
         ds.augment = {"crop_pad": 4, "flip": True}
         return ds if image_size is None else ds.at_size(image_size, image_size)
-    if "all" in pack.splits:
-        return _carve_test(load("all"))
-    train = load("train")
-    if "test" not in pack.splits:
+    if "all" in splits:
+        return _carve_test(prepared("all"))
+    train = prepared("train")
+    if "test" not in splits:
         return _carve_test(train)
-    test = load("test")
+    test = prepared("test")
+    if test.class_names != train.class_names:
+        raise InputError(f"{where}: the class folders of test differ from those of train")
     if test.input_shape != train.input_shape:
-        raise InputError(f"--dataset pack:{path}: test images are {test.input_shape}, train images are "
-                         f"{train.input_shape}; pass --image-size to resize both")
+        raise InputError(f"{where}: test images are {test.input_shape}, train images are {train.input_shape}; "
+                         f"pass --image-size to resize both")
     return train, test
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
@@ -71,7 +70,3 @@ def contact_sheet(ds: IndexedDataset, path: Path, samples: int = 4, seed: int = 
 
 def corruption_names_for_sheet() -> list[str]:
     return ["clean", *CORRUPTIONS]
-
-
-def as_array(ds: IndexedDataset) -> np.ndarray:
-    return ds.pixels().cpu().numpy()

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from edge_sel.cli_base import Group
-from edge_sel.errors import InputError, required_file
+from edge_sel.errors import InputError, parse_json, read_json, required_file
 
 STRATEGY_OPTIONS = [
     click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
@@ -76,7 +76,7 @@ def method_dict(kw: dict) -> dict:
             raise InputError(f"--method-option {item!r}: expected KEY=VALUE")
         key = key.strip().replace("-", "_")
         try:
-            value = json.loads(value)
+            value = parse_json(value)
         except json.JSONDecodeError:
             pass
         method[key] = method_option_value(item, key, value)
@@ -137,7 +137,7 @@ def print_rounds(out: Path) -> dict:
     from edge_sel.fleet.rundir import round_line
     for r in read_records(out / "metrics.jsonl"):
         click.echo(round_line(r))
-    return json.loads(summary_file.read_text())
+    return read_json(summary_file)
 
 
 @click.group("fleet", cls=Group)
@@ -180,7 +180,7 @@ def simulate_cmd(ctx, dataset, data_dir, clients, partition, alpha, partition_se
                   "subset": subset, "meters": meters, "memory_budget": memory_budget}
     if kw["resume"]:
         settings = resumed_settings(ctx, kw["out"])
-        simulation.update(json.loads(settings.simulation))      # the clients' data dealt as before
+        simulation.update(parse_json(settings.simulation))      # the clients' data dealt as before
     else:
         settings = settings_from(kw, kw.pop("eval_dataset") or dataset, clients, simulation)
     check_clients(settings, node_configs(simulation, None))

@@ -19,7 +19,7 @@ from edge_sel.data import Splits
 from edge_sel.engine.machine.energy_setup import EnergyOptions
 from edge_sel.engine.runs.data_options import check_compatible, dataset_card, vars_of
 from edge_sel.engine.runs.training import train_model
-from edge_sel.errors import InputError
+from edge_sel.errors import InputError, parse_json
 from edge_sel.fleet.node import NodeSettings
 from edge_sel.fleet.partition import partition
 from edge_sel.methods.options import check_options_used
@@ -65,7 +65,7 @@ class RoundPlan:
             lr = float(c["lr"])
             return cls(int(c["fleet-round"]), int(c["epochs"]), int(c["batch-size"]), str(c["optimizer"]),
                        None if lr < 0 else lr, str(c["strategy"]), str(c["sparsity"]), str(c["backend"]),
-                       json.loads(c["method"]), str(c["keep"]), int(c["seed"]),
+                       parse_json(c["method"]), str(c["keep"]), int(c["seed"]),
                        float(c.get("proximal-mu", 0.0)), str(c.get("run-id", "")),
                        str(c.get("memory-format", "auto")), int(c.get("eval-batch-size", 0)),
                        int(c.get("val-subset", 0)))

@@ -13,7 +13,7 @@ from click.core import ParameterSource
 
 from edge_sel.core.checkpoint import ModelCard, read_card
 from edge_sel.engine.runs.data_options import check_compatible
-from edge_sel.errors import InputError
+from edge_sel.errors import InputError, parse_json
 from edge_sel.fleet.local import round_plan, round_train_config
 from edge_sel.fleet.node import parse_node_config
 from edge_sel.fleet.partition import partition
@@ -86,7 +86,7 @@ def saved_flags(settings: ServerSettings) -> dict:
     method = settings.method_options
     flags.update({"lr": None if settings.lr < 0 else settings.lr, "checkpoint": settings.checkpoint,
                   "eval_dataset": settings.eval_dataset, **{k: method.get(k) for k in METHOD_FLAGS}})
-    return {**flags, **json.loads(settings.simulation)}
+    return {**flags, **parse_json(settings.simulation)}
 
 
 def comparable(name: str, value):
@@ -123,6 +123,6 @@ def resumed_settings(ctx: click.Context, out: Path) -> ServerSettings:
 
 def _json_or_text(value: str):
     try:
-        return json.loads(value)
+        return parse_json(value)
     except json.JSONDecodeError:
         return value

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from edge_sel.core.outputs import refuse_onto_inputs
-from edge_sel.errors import InputError
+from edge_sel.errors import InputError, parse_json
 
 FLEET_STRATEGIES = ("fedavg", "fedprox")
 
@@ -89,7 +89,7 @@ class ServerSettings:
         for key in ("method", "simulation"):
             text = getattr(self, key)
             try:
-                value = json.loads(text)
+                value = parse_json(text)
             except json.JSONDecodeError as e:
                 raise InputError(f"fleet run config {key}: not JSON ({e})") from None
             if not isinstance(value, dict):
@@ -105,7 +105,7 @@ class ServerSettings:
 
     @property
     def method_options(self) -> dict:
-        return json.loads(self.method)
+        return parse_json(self.method)
 
     @property
     def out_dir(self) -> Path:

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edge_sel.errors import InputError
+from edge_sel.errors import InputError, parse_json
 from edge_sel.models.start_weights import fit_state, read_state_file
 from edge_sel.models.trusted_files import is_trusted, remember, trust_file
 
@@ -145,7 +145,7 @@ def parse_model_args(pairs) -> dict:
         if not sep or not key.strip().isidentifier():
             raise InputError(f"--model-arg {pair!r}: expected KEY=VALUE with KEY a Python name")
         try:
-            out[key.strip()] = json.loads(value)
+            out[key.strip()] = parse_json(value)
         except json.JSONDecodeError:
             out[key.strip()] = value
     return out

@@ -3,12 +3,11 @@ computed from the records (so runs made of several phases add up the same way)."
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_sel.core.records import read_records
-from edge_sel.errors import InputError, existing_dir, read_json, required_file
+from edge_sel.errors import InputError, existing_dir, parse_json, read_json, required_file
 
 MEASURED_METHODS = ("counter", "integrated")
 
@@ -115,9 +114,10 @@ def describe(config: dict, records: list[dict]) -> str:
 
 def describe_fleet(config: dict) -> str:
     try:
-        method = json.loads(config.get("method") or "{}")
+        method = parse_json(config.get("method") or "{}")
     except (TypeError, ValueError):
         method = {}
+    method = method if isinstance(method, dict) else {}
     name = f"{config.get('fleet-strategy', 'fleet')} {config.get('strategy', 'dense')}"
     if method.get("gate"):
         name += f"+{method['gate']}"

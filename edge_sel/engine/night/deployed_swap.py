@@ -273,21 +273,24 @@ def _build_version(run_dir: Path, deployed: Path, staging: Path) -> None:
         raise
 
 
-def _point_link(deployed: Path, version: Path) -> None:
+def _new_link(deployed: Path, version: Path) -> Path:
+    """A link to `version` beside `deployed`, under the one temporary name a swap uses (a leftover
+    of an interrupted swap replaced), to be renamed over or exchanged with `deployed`."""
     link_tmp = deployed.parent / f".{deployed.name}.link-tmp"
     if link_tmp.is_symlink() or link_tmp.exists():
         link_tmp.unlink()
     os.symlink(os.path.relpath(version, deployed.parent), link_tmp)
-    os.replace(link_tmp, deployed)          # atomic: the old link or the new one (made durable by swap_in)
+    return link_tmp
+
+
+def _point_link(deployed: Path, version: Path) -> None:
+    os.replace(_new_link(deployed, version), deployed)  # atomic: the old link or the new one (made durable by swap_in)
 
 
 def _migrate(deployed: Path, version: Path) -> None:
     """A plain deployed directory becomes a link to `version`; the old directory is kept as a
     version (the previous model)."""
-    link_tmp = deployed.parent / f".{deployed.name}.link-tmp"
-    if link_tmp.is_symlink() or link_tmp.exists():
-        link_tmp.unlink()
-    os.symlink(os.path.relpath(version, deployed.parent), link_tmp)
+    link_tmp = _new_link(deployed, version)
     old = migrated_from_plain(version)
     if _exchange(link_tmp, deployed):
         fsync_dir(deployed.parent)

@@ -32,10 +32,10 @@ from edge_sel.config import NIGHT_BN_CONDITIONS, TrainConfig
 from edge_sel.core.checkpoint import atomic_write_bytes
 from edge_sel.core.outputs import refuse_onto_inputs
 from edge_sel.engine.night import journal
-from edge_sel.engine.night.deployed_swap import deployed_lock, recover, versions_dir
+from edge_sel.engine.night.deployed_swap import deployed_lock, versions_dir
 from edge_sel.engine.machine.device import pick_device
 from edge_sel.engine.machine.energy_setup import EnergyOptions
-from edge_sel.engine.night.promote import Decision, promote, validate_deployed
+from edge_sel.engine.night.promote import Decision, promote, repair_deployed, validate_deployed
 from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.engine.runs.run import finetune, prepare_finetune_config, resume
 from edge_sel.engine.runs.signals import exit_code_for
@@ -281,16 +281,6 @@ def conditions_for(start: Path, backend: str) -> int:
     layers = named_batchnorm(load_checkpoint(start)[0])
     # Layers that keep no running statistics (track_running_stats=False) have none to keep per condition.
     return NIGHT_BN_CONDITIONS if layers and all(m.running_mean is not None for _, m in layers) else 0
-
-
-def repair_deployed(deployed: Path) -> None:
-    """A swap cut off between its two renames (filesystems without an atomic exchange) leaves no
-    deployed path for an instant: repaired before the start is chosen, or the night would fine-tune
-    the warmup and promote would then refuse the run as started from another model."""
-    try:
-        recover(deployed)
-    except OSError as e:
-        raise WriteError(f"--deployed {deployed}: cannot repair an interrupted swap ({e.strerror or e})") from None
 
 
 def latest_run(runs: Path) -> Path | None:

@@ -18,7 +18,6 @@ history (DEPLOYED.history.jsonl) and the run's (RUN/promote.jsonl), journals nev
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -106,6 +105,7 @@ def decide(run_dir: Path, deployed: Path, force: bool = False, evaluate=None,
     limit in points (default: the run's `--max-forgetting`)."""
     run_dir, deployed = Path(run_dir), Path(deployed)
     summary, config = read_run(run_dir)
+    source_acc = source_anchor_acc(run_dir)     # the card read first: one that is not JSON stops here
     out = summary.get("output_model") or {}
     candidate = out.get("val_acc", (summary.get("kept") or {}).get("kept_val_acc"))
     if summary.get("stop_reason") == "interrupted":
@@ -142,7 +142,7 @@ def decide(run_dir: Path, deployed: Path, force: bool = False, evaluate=None,
                                                f"deployed model does not keep", candidate)
     deployed_acc, deployed_anchor, cost = (evaluate or validate_deployed)(config, deployed, run_dir)
     limit = max_forgetting if max_forgetting is not None else config.get("max_forgetting")
-    guard = Guard(out.get("anchor_acc"), deployed_anchor, source_anchor_acc(run_dir), limit)
+    guard = Guard(out.get("anchor_acc"), deployed_anchor, source_acc, limit)
     numbers = dict(candidate_val_acc=candidate, deployed_val_acc=deployed_acc, evaluation=cost,
                    candidate_anchor_acc=guard.candidate, deployed_anchor_acc=guard.deployed,
                    source_anchor_acc=guard.source, max_forgetting=limit, guard=guard.not_applied())
@@ -197,10 +197,11 @@ def validate_deployed(config: dict, deployed: Path, run_dir: Path | None = None)
     check_compatible(card, splits, deployed)
     val = validation_subset(splits.val, config.get("val_subset") or 0)
     memory = None if run_dir is None else load_memory(Path(run_dir), card, splits.train)
-    batch = config.get("eval_batch_size") or run_eval_batch(run_dir) or 256
+    summary = run_summary(run_dir)          # read once: the batch and the settings below
+    batch = config.get("eval_batch_size") or run_eval_batch(summary) or 256
     # The run's evaluation settings: a float sum changes with the precision, the layout's kernels
     # and the threads that split it, and with it the last digit of the start's figures.
-    settings = run_evaluation(run_dir)
+    settings = run_evaluation(summary)
     memory_format = FORMATS[settings["memory_format"]]
     model = model.to(memory_format=memory_format)
     counter = FlopCounter(model, list(splits.val.input_shape))
@@ -248,15 +249,19 @@ def validate_deployed(config: dict, deployed: Path, run_dir: Path | None = None)
     return val_acc, anchor_acc, cost
 
 
-def run_evaluation(run_dir: Path | None) -> dict:
+def run_summary(run_dir: Path | None) -> dict:
+    """The run's summary.json as the deployed model's judge reads its choices from it: {} where it
+    is missing, unreadable or not a mapping (its settings then fall back to the defaults)."""
+    try:
+        summary = read_json(Path(run_dir) / "summary.json")
+    except (OSError, ValueError, TypeError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def run_evaluation(summary: dict) -> dict:
     """How the run evaluated (its summary's choices): the forward passes' precision, the memory
     layout and torch's threads; fp32, contiguous and this process's threads where it does not say."""
-    try:
-        summary = json.loads((Path(run_dir) / "summary.json").read_text())
-    except (OSError, ValueError, TypeError):
-        summary = {}
-    summary = summary if isinstance(summary, dict) else {}
-
     def stated(block: str, key: str, allowed) -> object:
         value = (summary.get(block) or {}).get(key) if isinstance(summary.get(block), dict) else None
         return value if value in allowed else None
@@ -265,14 +270,22 @@ def run_evaluation(run_dir: Path | None) -> dict:
             "threads": stated("threads", "count", range(1, 1025))}
 
 
-def run_eval_batch(run_dir: Path | None) -> int | None:
+def run_eval_batch(summary: dict) -> int | None:
     """The evaluation batch the run chose (its layout), so the deployed model's statistics are
     re-estimated in the same batches as the run's start was."""
-    try:
-        batch = json.loads((Path(run_dir) / "summary.json").read_text())["layout"]["eval_batch_size"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    layout = summary.get("layout")
+    batch = layout.get("eval_batch_size") if isinstance(layout, dict) else None
     return batch if isinstance(batch, int) and not isinstance(batch, bool) and batch > 0 else None
+
+
+def repair_deployed(deployed: Path) -> None:
+    """A swap cut off between its two renames (filesystems without an atomic exchange) leaves no
+    deployed path for an instant: repaired before anything reads it (the night before it chooses its
+    start, promote before it judges), or a WriteError in one line."""
+    try:
+        recover(deployed)
+    except OSError as e:
+        raise WriteError(f"--deployed {deployed}: cannot repair an interrupted swap ({e.strerror or e})") from None
 
 
 @holding_deployed_lock          # judged and swapped with no other change of the deployed link between
@@ -284,16 +297,15 @@ def promote(run_dir: Path, deployed: Path, force: bool = False, evaluate=None,
     # The deployed link and its versions are promote's outputs: never the run it reads, nor inside it.
     refuse_onto_inputs(deployed, [("RUN", run_dir)], "--deployed")
     refuse_onto_inputs(versions_dir(deployed), [("RUN", run_dir)], "--deployed")
-    try:
-        recover(deployed)
-    except OSError as e:
-        raise WriteError(f"--deployed {deployed}: cannot repair an interrupted swap ({e.strerror or e})") from None
+    repair_deployed(deployed)
     decision = decide(run_dir, deployed, force, evaluate, max_forgetting)
     if decision.rule == "already-deployed":
         return decision         # nothing changes, so nothing is written
     record = {**asdict(decision), "run": str(run_dir), "deployed": str(deployed), "force": force,
               "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    if not decision.promote:
+    if decision.promote:
+        check_candidate(run_dir)        # before anything is written: a model predict cannot load is not deployed
+    else:
         _journal(deployed, "decision", record)
         _record(run_dir, "decision", record)
         return decision
@@ -332,6 +344,17 @@ def promote(run_dir: Path, deployed: Path, force: bool = False, evaluate=None,
     _journal(deployed, "deployed", done)
     _record(run_dir, "deployed", done)
     return decision
+
+
+def check_candidate(run_dir: Path) -> None:
+    """The run's model loaded as predict and the next run will load it (its card parsed, its
+    weights loaded into the model the card describes), first deployment included; an InputError
+    naming the file at fault."""
+    from edge_sel.models import load_checkpoint
+    try:
+        load_checkpoint(Path(run_dir))
+    except InputError as e:
+        raise InputError(f"RUN {run_dir}: its model cannot be deployed: {e}") from None
 
 
 def _fields(record: dict) -> dict:

@@ -4,11 +4,11 @@ it, and a deployed model that has drifted further is replaced by a candidate wit
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge_sel.engine.evaluation.evaluate import forgetting_points
+from edge_sel.errors import read_json_inside
 
 
 @dataclass
@@ -52,12 +52,16 @@ class Guard:
 
 
 def source_anchor_acc(run_dir: Path) -> float | None:
-    """The source model's guard-anchor accuracy, as the run's card carries it from pretrain."""
-    try:
-        card = json.loads((Path(run_dir) / "model.json").read_text())
-    except (OSError, ValueError):
+    """The source model's guard-anchor accuracy, as the run's card carries it from pretrain; None
+    without a card or without the figure, an InputError for a card that is not JSON (nested too
+    deeply included) or that is a link."""
+    card = read_json_inside(run_dir, "model.json", "RUN")
+    if not isinstance(card, dict):
         return None
-    return ((card.get("source_memory") or {}).get("anchors") or {}).get("guard_acc")
+    memory = card.get("source_memory")
+    anchors = memory.get("anchors") if isinstance(memory, dict) else None
+    acc = anchors.get("guard_acc") if isinstance(anchors, dict) else None
+    return acc if isinstance(acc, (int, float)) and not isinstance(acc, bool) else None
 
 
 def pct(v: float | None) -> str:
