@@ -99,3 +99,25 @@ def test_benches_of_other_seeds_merge_into_one(bench, tmp_path, monkeypatch):
     assert len(pairs[("sundew@0.4", "random@0.4")]["per_seed"]) == 2
     assert "Merged from 2 benches" in (tmp_path / "table.md").read_text()
 
+
+
+def test_a_stopped_bench_names_its_stopped_run_and_exits_128_plus_the_signal(bench, tmp_path, monkeypatch):
+    """A SIGTERM at the end of full FT's first epoch of two (injected: the run's own stop signal at
+    its 7th step, the epoch's last of 200 images in batches of 32): the run stops after 1 epoch with
+    its test pass, which made an ordinary row before. It is named as stopped, is in no mean or paired
+    difference, the classifier never starts, and the bench exits 143 with results.json partial."""
+    warm, _ = bench
+    monkeypatch.setenv("EDGE_SEL_FAULT_SIGNAL_AT", "step-7:SIGTERM")
+    out = tmp_path / "stopped"
+    result = run_cli("bench", "transfer", "--checkpoint", warm, "--dataset", "digits", "--scenario", "clean",
+                     "--methods", "classifier", "--seeds", "1", "--epochs", "2", "--subset", "200", "--test-subset",
+                     "50", "--val-subset", "50", "--one-process", "--quiet", "--out", out, expect=143)
+    bench_json = json.loads((out / "results.json").read_text())
+    assert bench_json["partial"] is True and bench_json["stopped"]["signal"] == "SIGTERM"
+    [stopped] = bench_json["stopped"]["runs"]
+    assert (stopped["method"], stopped["seed"], stopped["epochs_run"], stopped["epochs_planned"]) == ("full FT", 0, 1, 2)
+    assert bench_json["results"]["full FT"] == [] and bench_json["pairs"] == []
+    assert not (out / "runs" / "classifier").exists()
+    assert "stopped early, left out of every mean and paired difference: full FT seed 0 (1 of 2 epochs)" in \
+        (out / "table.md").read_text()
+    assert "stopped by SIGTERM" in result.output
