@@ -4,6 +4,8 @@ differences, and the sparse update's set as its run trained it."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -121,3 +123,22 @@ def test_a_stopped_bench_names_its_stopped_run_and_exits_128_plus_the_signal(ben
     assert "stopped early, left out of every mean and paired difference: full FT seed 0 (1 of 2 epochs)" in \
         (out / "table.md").read_text()
     assert "stopped by SIGTERM" in result.output
+
+
+def test_results_json_is_written_whole_or_left_as_it_was(tmp_path):
+    """Issue [hardening], item 9: results.json is rewritten after every run; a write that fails
+    midway (a file-size limit standing in for a full disk) left a torn file that the merge could not
+    read. Now it is written to a temporary name and renamed: the earlier results.json stays whole."""
+    out = tmp_path / "bench"
+    out.mkdir()
+    (out / "results.json").write_text('{"earlier": true}')
+    script = ("import resource, signal, sys\nfrom pathlib import Path\n"
+              "from edge_sel.bench.outputs import write_bench_files\n"
+              "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
+              "try:\n    write_bench_files(Path(sys.argv[1]), 'transfer', 'table', [], {'rows': ['x' * 100] * 100}, None,"
+              " json_name='results.json')\nexcept OSError as e:\n    print('failed:', e.strerror)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True, timeout=120)
+    assert "failed: File too large" in done.stdout, done.stdout + done.stderr
+    assert json.loads((out / "results.json").read_text()) == {"earlier": True}
+    assert sorted(p.name for p in out.iterdir()) == ["results.json", "table.md"]      # no temporary file left

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from edge_sel.bench.stopping import BenchStop, stopped_lines
 from edge_sel.config import TrainConfig
+from edge_sel.core.checkpoint import atomic_write_bytes
 from edge_sel.core.records import read_records
 from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.engine.runs.run import finetune
@@ -221,7 +222,7 @@ def write_outputs(bench: dict, out: Path) -> dict:
              "test set (forgetting)."]
     text = md + "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     (out / "table.md").write_text(text)
-    (out / "bench.json").write_text(json.dumps(bench, indent=2, default=str))
+    atomic_write_bytes(out / "bench.json", json.dumps(bench, indent=2, default=str).encode())   # whole or none
     figures = plot(bench, out)
     from edge_sel.report.markdown import bench_page
     (out / "report.html").write_text(bench_page("edge-sel bench adapt", md, [p.name for p in figures], notes))
