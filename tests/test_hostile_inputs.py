@@ -248,5 +248,26 @@ def test_an_output_another_command_is_writing_is_refused_even_with_overwrite(bas
         other.wait(60)
 
 
+@pytest.mark.parametrize("option", ["--out", "--summary"])
+def test_a_file_output_another_command_is_writing_is_refused(base, tmp_path, capsys, option):
+    """Issue [hardening], item 9: only directory outputs were claimed; predict's --out and --summary
+    files now take the same claim (`.NAME.claim` held while written), and a predict naming a file
+    another command holds is refused before a byte is written. The claim goes with the command."""
+    from edge_sel.core import lock_file
+    target = tmp_path / "written.json"
+    other = [option, target] if option == "--out" else ["--out", tmp_path / "out.jsonl", option, target]
+    argv = ["predict", "--checkpoint", base / "ckpt", base / "frames", *other, "--quiet"]
+    held = lock_file.acquire(str(tmp_path / ".written.json.claim"), wait=False)
+    try:
+        code, err = run_main(argv, capsys)
+    finally:
+        lock_file.release(str(tmp_path / ".written.json.claim"), held)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{option} {target}: another edge-sel command is writing it now" in err and not target.exists()
+    code, err = run_main(argv, capsys)
+    assert code == 0 and target.is_file(), err
+    assert not list(tmp_path.glob(".*.claim"))         # released at the command's end
+
+
 def test_the_hostile_set_is_a_set():
     assert len({c.name for c in CASES}) == len(CASES) >= 30
