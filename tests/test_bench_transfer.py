@@ -142,3 +142,35 @@ def test_results_json_is_written_whole_or_left_as_it_was(tmp_path):
     assert "failed: File too large" in done.stdout, done.stdout + done.stderr
     assert json.loads((out / "results.json").read_text()) == {"earlier": True}
     assert sorted(p.name for p in out.iterdir()) == ["results.json", "table.md"]      # no temporary file left
+
+
+def test_the_merge_leaves_out_a_torn_results_json_in_one_line_and_claims_its_out(bench, tmp_path, monkeypatch, capsys):
+    """Issue [hardening], item 9: a torn results.json made the merge a traceback; its --out took no
+    claim (written into whatever was there, beside another writer)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "tools"))
+    from edge_sel.core import lock_file
+    from merge_bench_transfer import main
+    _, out = bench
+    torn = tmp_path / "torn"
+    torn.mkdir()
+    (torn / "results.json").write_text((out / "results.json").read_text()[:300])
+
+    def merged(*argv):
+        monkeypatch.setattr(sys, "argv", ["merge_bench_transfer.py", *map(str, argv)])
+        try:
+            code = main()
+        except SystemExit as e:
+            code = e.code
+        return code, capsys.readouterr().err
+    code, err = merged("--out", tmp_path / "merged", out, torn)
+    assert code == 0 and err == f"merge_bench_transfer: {torn / 'results.json'}: cannot be read (JSONDecodeError): left out\n"
+    assert json.loads((tmp_path / "merged" / "results.json").read_text())["merged_from"] == 1
+    code, err = merged("--out", tmp_path / "merged", out)
+    assert "already exists and is not empty; pass --overwrite" in code and err == ""
+    held = lock_file.acquire(str(tmp_path / ".merged.claim"), wait=False)
+    try:
+        code, _ = merged("--out", tmp_path / "merged", "--overwrite", out)
+    finally:
+        lock_file.release(str(tmp_path / ".merged.claim"), held)
+    assert "another edge-sel command is writing it now" in code
+    assert merged("--out", tmp_path / "merged", "--overwrite", out)[0] == 0
