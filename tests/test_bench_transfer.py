@@ -4,6 +4,8 @@ differences, and the sparse update's set as its run trained it."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,3 +101,76 @@ def test_benches_of_other_seeds_merge_into_one(bench, tmp_path, monkeypatch):
     assert len(pairs[("sundew@0.4", "random@0.4")]["per_seed"]) == 2
     assert "Merged from 2 benches" in (tmp_path / "table.md").read_text()
 
+
+
+def test_a_stopped_bench_names_its_stopped_run_and_exits_128_plus_the_signal(bench, tmp_path, monkeypatch):
+    """A SIGTERM at the end of full FT's first epoch of two (injected: the run's own stop signal at
+    its 7th step, the epoch's last of 200 images in batches of 32): the run stops after 1 epoch with
+    its test pass, which made an ordinary row before. It is named as stopped, is in no mean or paired
+    difference, the classifier never starts, and the bench exits 143 with results.json partial."""
+    warm, _ = bench
+    monkeypatch.setenv("EDGE_SEL_FAULT_SIGNAL_AT", "step-7:SIGTERM")
+    out = tmp_path / "stopped"
+    result = run_cli("bench", "transfer", "--checkpoint", warm, "--dataset", "digits", "--scenario", "clean",
+                     "--methods", "classifier", "--seeds", "1", "--epochs", "2", "--subset", "200", "--test-subset",
+                     "50", "--val-subset", "50", "--one-process", "--quiet", "--out", out, expect=143)
+    bench_json = json.loads((out / "results.json").read_text())
+    assert bench_json["partial"] is True and bench_json["stopped"]["signal"] == "SIGTERM"
+    [stopped] = bench_json["stopped"]["runs"]
+    assert (stopped["method"], stopped["seed"], stopped["epochs_run"], stopped["epochs_planned"]) == ("full FT", 0, 1, 2)
+    assert bench_json["results"]["full FT"] == [] and bench_json["pairs"] == []
+    assert not (out / "runs" / "classifier").exists()
+    assert "stopped early, left out of every mean and paired difference: full FT seed 0 (1 of 2 epochs)" in \
+        (out / "table.md").read_text()
+    assert "stopped by SIGTERM" in result.output
+
+
+def test_results_json_is_written_whole_or_left_as_it_was(tmp_path):
+    """Issue [hardening], item 9: results.json is rewritten after every run; a write that fails
+    midway (a file-size limit standing in for a full disk) left a torn file that the merge could not
+    read. Now it is written to a temporary name and renamed: the earlier results.json stays whole."""
+    out = tmp_path / "bench"
+    out.mkdir()
+    (out / "results.json").write_text('{"earlier": true}')
+    script = ("import resource, signal, sys\nfrom pathlib import Path\n"
+              "from edge_sel.bench.outputs import write_bench_files\n"
+              "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
+              "try:\n    write_bench_files(Path(sys.argv[1]), 'transfer', 'table', [], {'rows': ['x' * 100] * 100}, None,"
+              " json_name='results.json')\nexcept OSError as e:\n    print('failed:', e.strerror)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True, timeout=120)
+    assert "failed: File too large" in done.stdout, done.stdout + done.stderr
+    assert json.loads((out / "results.json").read_text()) == {"earlier": True}
+    assert sorted(p.name for p in out.iterdir()) == ["results.json", "table.md"]      # no temporary file left
+
+
+def test_the_merge_leaves_out_a_torn_results_json_in_one_line_and_claims_its_out(bench, tmp_path, monkeypatch, capsys):
+    """Issue [hardening], item 9: a torn results.json made the merge a traceback; its --out took no
+    claim (written into whatever was there, beside another writer)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "tools"))
+    from edge_sel.core import lock_file
+    from merge_bench_transfer import main
+    _, out = bench
+    torn = tmp_path / "torn"
+    torn.mkdir()
+    (torn / "results.json").write_text((out / "results.json").read_text()[:300])
+
+    def merged(*argv):
+        monkeypatch.setattr(sys, "argv", ["merge_bench_transfer.py", *map(str, argv)])
+        try:
+            code = main()
+        except SystemExit as e:
+            code = e.code
+        return code, capsys.readouterr().err
+    code, err = merged("--out", tmp_path / "merged", out, torn)
+    assert code == 0 and err == f"merge_bench_transfer: {torn / 'results.json'}: cannot be read (JSONDecodeError): left out\n"
+    assert json.loads((tmp_path / "merged" / "results.json").read_text())["merged_from"] == 1
+    code, err = merged("--out", tmp_path / "merged", out)
+    assert "already exists and is not empty; pass --overwrite" in code and err == ""
+    held = lock_file.acquire(str(tmp_path / ".merged.claim"), wait=False)
+    try:
+        code, _ = merged("--out", tmp_path / "merged", "--overwrite", out)
+    finally:
+        lock_file.release(str(tmp_path / ".merged.claim"), held)
+    assert "another edge-sel command is writing it now" in code
+    assert merged("--out", tmp_path / "merged", "--overwrite", out)[0] == 0

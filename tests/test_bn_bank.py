@@ -256,7 +256,9 @@ def test_nights_keep_conditions_and_promote_deploys_them_with_the_weights(warm, 
 
 def test_promote_judges_the_deployed_model_as_the_run_judged_its_start(warm, tmp_path):
     """A fog night: the run's start (the deployed weights, fog estimated in its bank) and promote's
-    figure for the deployed model are one number, said with what it was judged with."""
+    figure for the deployed model are one number, said with what it was judged with. Whether the
+    candidate wins is this CPU's kernels' outcome (on a CPU with bf16 kernels of its own it lost the
+    clean condition): asserted is only that the deployed model was judged, and judged as the start."""
     home = tmp_path / "device"
     home.mkdir()
     shutil.copytree(warm, home / "warmup")
@@ -266,13 +268,17 @@ def test_promote_judges_the_deployed_model_as_the_run_judged_its_start(warm, tmp
     tonight = [*FIXED[:5], "--memory-format", "channels_last", "--eval-batch-size", "64", "--precision", "bf16"]
     s, p = night(home, "--epochs", "2", "--bn-conditions", "3", "--dataset", "digits", "--shard", "1/2",
                  "--shift", "corrupt=fog:3", *tonight)
-    assert s["bn_bank"]["tonight"]["new"] and p["rule"] in ("better", "not-better")
+    # Every rule that judges the deployed model (not one decided before judging it).
+    assert s["bn_bank"]["tonight"]["new"] and p["rule"] in ("better", "not-better", "loses-condition", "forgets",
+                                                              "restores")
     start = records(s["run_dir"], baseline=True)[0]
     assert start["phase"] == "baseline" and p["deployed_val_acc"] == start["val_acc"]
     assert p["deployed_anchor_acc"] == start["anchor_acc"]
     assert p["evaluation"]["judged_as"] == {"precision": "bf16", "memory_format": "channels_last",
                                             "eval_batch_size": 64, "threads": s["threads"]["count"]}
-    assert "as the run judged its start" in p["why"] and p["evaluation"]["bn_bank"] == "the run's"
+    assert p["evaluation"]["bn_bank"] == "the run's"
+    if p["rule"] in ("better", "not-better"):       # the words said beside a comparison of the two figures
+        assert "as the run judged its start" in p["why"]
     assert p["evaluation"]["flops_bank_estimate"] > 0           # re-estimating tonight's condition is counted
 
 

@@ -4,6 +4,7 @@ No model is loaded: a version is only files, so these run in milliseconds."""
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -428,3 +429,32 @@ def test_the_deployed_lock_is_taken_once_per_thread_and_waited_for_by_another(tm
     other.join(10)
     assert order == ["first", "other"]
     assert "waiting for another command changing --deployed" in capsys.readouterr().err
+
+
+def test_two_first_promotes_where_the_deployed_folder_is_not_yet_made_deploy_one(tmp_path, monkeypatch):
+    """Issue [hardening], item 9: with no parent folder there was no lock to take, so two first
+    promotes at once both judged "first" and both deployed. Both judge before either swaps here (a
+    barrier); the one that swaps second must find the other's model deployed and not deploy."""
+    import threading
+    from edge_sel.engine.night import promote as pr
+    deployed = tmp_path / "device" / "deployed"
+    runs = [run_dir(tmp_path / f"run{i}", f"w{i}") for i in range(2)]
+    both_judged = threading.Barrier(2)
+    judged: dict = {}
+
+    def decide(run, place, *args):      # promote's rules as far as this needs them
+        if judged.setdefault(threading.get_ident(), 0) == 0:
+            both_judged.wait(30)
+        judged[threading.get_ident()] += 1
+        if (Path(place) / "model.safetensors").is_file():
+            return pr.Decision(False, "other-start", "another model is deployed now")
+        return pr.Decision(True, "first", "nothing was deployed")
+    monkeypatch.setattr(pr, "decide", decide)
+    rules = {}
+    threads = [threading.Thread(target=lambda r=r: rules.update({r.name: pr.promote(r, deployed).rule})) for r in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(rules.values()) == ["first", "other-start"], rules
+    assert len(list(swap.versions_dir(deployed).iterdir())) == 1

@@ -10,6 +10,7 @@ channels wide on the digits' 1 x 8 x 8 images, not trained), two frames, and a r
 by hand (promote, report and resume read them before anything else)."""
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -100,13 +101,23 @@ def promote(t):
 LINK = "a link; edge-sel follows no link"
 
 
-def case(name, code, words):
+def case(name, code, words, needs=None):
     """A crafted input: `craft(t, o, mp)` changes the inputs under t (o: a folder outside them),
-    returns the command's argv; the command must exit `code` saying `words` (one line), or 0."""
+    returns the command's argv; the command must exit `code` saying `words` (one line), or 0.
+    `needs`: a package the command needs before it reads the input (skipped without it)."""
     def wrap(craft):
-        craft.name, craft.code, craft.words = name, code, words
+        craft.name, craft.code, craft.words, craft.needs = name, code, words, needs
         return craft
     return wrap
+
+
+def missing(package: str | None) -> bool:
+    if package is None:
+        return False
+    try:
+        return importlib.util.find_spec(package) is None
+    except ImportError:
+        return True
 
 
 CASES = [
@@ -170,9 +181,9 @@ CASES = [
         promote(t))[-1]),
     case("report_records_linked_out", 2, LINK)(lambda t, o, mp: (link_out(t / "run/metrics.jsonl", o),
                                                                   ["report", t / "run", "--out", t / "outreport"])[1]),
-    case("fleet_config_nested", 2, "nested too deeply")(lambda t, o, mp: (
+    case("fleet_config_nested", 2, "nested too deeply", needs="flwr")(lambda t, o, mp: (
         (t / "fleet/config.json").write_bytes(NESTED), ["fleet", "simulate", "--resume", "--out", t / "fleet", "--dataset", "digits"])[1]),
-    case("fleet_config_linked_out", 2, LINK)(lambda t, o, mp: (
+    case("fleet_config_linked_out", 2, LINK, needs="flwr")(lambda t, o, mp: (
         link_out(t / "fleet/config.json", o), ["fleet", "simulate", "--resume", "--out", t / "fleet", "--dataset", "digits"])[1]),
     case("profile_nested", 2, "nested too deeply")(lambda t, o, mp: (
         (t / "deep.toml").write_bytes(b"a = " + NESTED[:50_000] + b"]" * 50_000),
@@ -191,7 +202,10 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("craft", CASES, ids=[c.name for c in CASES])
+@pytest.mark.parametrize("craft", [
+    pytest.param(c, id=c.name, marks=pytest.mark.skipif(missing(c.needs), reason=f"{c.needs} is not installed "
+                                                        "(edge-sel fleet says so before it reads its input)"))
+    for c in CASES])
 def test_a_hostile_input_is_refused_in_one_line_or_handled_and_every_input_is_unchanged(
         base, tmp_path, capsys, monkeypatch, craft):
     monkeypatch.setenv(TRUST_ENV, "0")
@@ -261,6 +275,27 @@ def test_an_output_another_command_is_writing_is_refused_even_with_overwrite(bas
     finally:
         go_on.touch()
         other.wait(60)
+
+
+@pytest.mark.parametrize("option", ["--out", "--summary"])
+def test_a_file_output_another_command_is_writing_is_refused(base, tmp_path, capsys, option):
+    """Issue [hardening], item 9: only directory outputs were claimed; predict's --out and --summary
+    files now take the same claim (`.NAME.claim` held while written), and a predict naming a file
+    another command holds is refused before a byte is written. The claim goes with the command."""
+    from edge_sel.core import lock_file
+    target = tmp_path / "written.json"
+    other = [option, target] if option == "--out" else ["--out", tmp_path / "out.jsonl", option, target]
+    argv = ["predict", "--checkpoint", base / "ckpt", base / "frames", *other, "--quiet"]
+    held = lock_file.acquire(str(tmp_path / ".written.json.claim"), wait=False)
+    try:
+        code, err = run_main(argv, capsys)
+    finally:
+        lock_file.release(str(tmp_path / ".written.json.claim"), held)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{option} {target}: another edge-sel command is writing it now" in err and not target.exists()
+    code, err = run_main(argv, capsys)
+    assert code == 0 and target.is_file(), err
+    assert not list(tmp_path.glob(".*.claim"))         # released at the command's end
 
 
 def test_the_hostile_set_is_a_set():

@@ -18,7 +18,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from edge_sel.bench.stopping import BenchStop, stopped_lines
 from edge_sel.config import TrainConfig
+from edge_sel.core.checkpoint import atomic_write_bytes
 from edge_sel.core.records import read_records
 from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.engine.runs.run import finetune
@@ -86,23 +88,29 @@ def outcome(run_dir: Path) -> dict:
 
 def run_adapt(checkpoint: Path, dataset: str, data_dir, subset: int, epochs: int, seeds: list[int],
               scenarios: dict[str, str], methods: list[AdaptMethod], out: Path, lr: float, device: str,
-              log=print) -> dict:
+              log=print, stop: BenchStop | None = None) -> dict:
+    """A run stopped early (bench/stopping.py) ends the bench: it is named in "stopped", not a row."""
     results: dict = {name: {m.name: [] for m in methods} for name in scenarios}
+    stop = stop or BenchStop()
     t0 = time.perf_counter()
     for scenario, spec in scenarios.items():
         for seed in seeds:
+            if stop.stopped:
+                break
             data = DataOptions(dataset, data_dir, shard="1/2", subset=subset, shift=spec, shift_seed=seed)
             for m in methods:
                 cfg = TrainConfig(epochs=epochs if m.epochs is None else m.epochs, lr=lr, seed=seed, device=device,
                                   strategy=m.strategy, sparsity=m.sparsity, method=dict(m.method),
                                   bn_adapt=m.bn_adapt, keep="last", checkpoint_every=0)
                 run_dir = out / "runs" / scenario / m.name.replace("@", "-at-").replace(" ", "-") / f"seed{seed}"
-                finetune(checkpoint, data, cfg, run_dir, overwrite=True, quiet=True)
+                if not stop.ran(lambda: finetune(checkpoint, data, cfg, run_dir, overwrite=True, quiet=True),
+                                run_dir, f"{scenario} {m.name}", seed, cfg.epochs):
+                    break
                 result = {"seed": seed, **outcome(run_dir), "run_dir": str(run_dir)}
                 results[scenario][m.name].append(result)
                 log(f"  {scenario} seed {seed} {m.name:18s} test {result['test_acc']:.4f} "
                     f"clean {result['clean_test_acc'] or 0:.4f} {result['flops_train'] / 1e9:8.1f} GFLOP")
-    return {"results": results, "wall_s": time.perf_counter() - t0}
+    return {"results": results, "wall_s": time.perf_counter() - t0, "stopped": stop.describe()}
 
 
 def paired(results: dict, a: str, b: str) -> dict | None:
@@ -168,6 +176,7 @@ def tables(bench: dict) -> str:
                          f"{flops / dense:.3f} | {joules(mean_of(rows, 'energy_j'))} |")
         lines += paired_table(bench["comparisons"][scenario])
         lines.append("")
+    lines += stopped_lines(bench.get("stopped"))
     return "\n".join(lines)
 
 
@@ -213,7 +222,7 @@ def write_outputs(bench: dict, out: Path) -> dict:
              "test set (forgetting)."]
     text = md + "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     (out / "table.md").write_text(text)
-    (out / "bench.json").write_text(json.dumps(bench, indent=2, default=str))
+    atomic_write_bytes(out / "bench.json", json.dumps(bench, indent=2, default=str).encode())   # whole or none
     figures = plot(bench, out)
     from edge_sel.report.markdown import bench_page
     (out / "report.html").write_text(bench_page("edge-sel bench adapt", md, [p.name for p in figures], notes))
@@ -224,4 +233,5 @@ def bench_record(args: dict, run: dict, methods: list[AdaptMethod]) -> dict:
     methods_used = {r.get("energy_method") for rows in run["results"].values() for rs in rows.values()
                     for r in rs} - {None}
     return {**args, "methods": [asdict(m) for m in methods], "results": run["results"], "wall_s": run["wall_s"],
-            "energy_methods": sorted(methods_used)}
+            "energy_methods": sorted(methods_used), **({"partial": True, "stopped": run["stopped"]}
+                                                       if run.get("stopped") else {})}

@@ -9,6 +9,7 @@ reference  the seeds' CIFAR-10 table on a desktop GPU: resnet18_cifar from a fre
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from edge_sel.bench.cli_lifelong import lifelong_cmd
 from edge_sel.bench.cli_memory import memory_cmd
 from edge_sel.bench.published import PUBLISHED
 from edge_sel.bench.runner import BenchData, SuiteSettings, run_suite
+from edge_sel.bench.stopping import BenchStop, stop_words
 from edge_sel.cli_base import Group
 from edge_sel.config import MEMORY_FORMATS, PRECISIONS, TrainConfig
 from edge_sel.core.words import plural
@@ -207,12 +209,16 @@ def adapt_cmd(dataset, scenarios, activations, method_names, epochs, lr, pretrai
     start = warmup("adapt", checkpoint, ds, data_dir, pretrain_epochs or (1 if quick else 8), n if quick else None,
                     device, target)
     log = progress(quiet)
-    result = adapt.run_adapt(Path(start), ds, data_dir, n, e, list(range(count)), chosen_scenarios, methods,
-                             target, lr, device, log)
+    with BenchStop() as stop:
+        result = adapt.run_adapt(Path(start), ds, data_dir, n, e, list(range(count)), chosen_scenarios, methods,
+                                 target, lr, device, log, stop)
     bench = adapt.bench_record({"suite": "adapt", "dataset": ds, "checkpoint": str(start), "subset": n,
                                 "epochs": e, "lr": lr, "seeds": list(range(count)),
                                 "scenarios": chosen_scenarios, "activations": list(acts)}, result, methods)
     written = adapt.write_outputs(bench, target)
+    if stop.stopped:        # the runs finished before the stop, written as a partial bench
+        click.echo(f"bench adapt: {stop_words(result['stopped'])}; wrote {target / 'bench.json'} (partial)", err=True)
+        sys.exit(stop.exit_code())
     click.echo(written["table"])
     click.echo(f"bench adapt: {len(methods)} methods x {len(chosen_scenarios)} scenarios x {plural(count, 'seed')} in "
                f"{result['wall_s']:.0f} s; wrote {target / 'table.md'}, {target / 'bench.json'}, "

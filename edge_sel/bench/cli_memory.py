@@ -4,12 +4,14 @@ fine-tuning."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
 import click
 
 from edge_sel.bench.cli_common import (at_least_one, check_checkpoint, common_options, dataset_or_shared_cifar,
                                        fresh_out, progress)
+from edge_sel.bench.stopping import BenchStop, stop_words
 from edge_sel.cli_base import Command
 from edge_sel.config import TrainConfig
 from edge_sel.core.checkpoint import read_card
@@ -95,8 +97,14 @@ def memory_cmd(dataset, model_name, image_size, scenario, budgets, planner_only,
         done = sorted({r["seed"] for rs in state["results"].values() for r in rs})
         memory.write_outputs({**settings_fields, "seeds": done, "partial": True, **state}, target)
 
-    result = memory.run_bench(settings, progress(quiet), partial)
+    with BenchStop() as stop:
+        result = memory.run_bench(settings, progress(quiet), partial, stop)
     bench = {**settings_fields, "seeds": settings.seeds, **result}
+    if stop.stopped:        # the runs finished before the stop, as a partial bench
+        done = sorted({r["seed"] for rs in result["results"].values() for r in rs})
+        memory.write_outputs({**bench, "seeds": done, "partial": True}, target)
+        click.echo(f"bench memory: {stop_words(result['stopped'])}; wrote {target / 'bench.json'} (partial)", err=True)
+        sys.exit(stop.exit_code())
     written = memory.write_outputs(bench, target)
     click.echo(written["table"])
     line = memory.summary_line(bench)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
 from edge_sel.bench.cli_common import check_checkpoint, dataset_or_shared_cifar, fresh_out, progress
+from edge_sel.bench.stopping import BenchStop, stop_words
 from edge_sel.core.checkpoint import read_card
 from edge_sel.core.words import plural
 from edge_sel.data.sources import DATASET_NAMES
@@ -96,8 +98,15 @@ def transfer_cmd(checkpoint, imagenet_model, dataset, scenario, image_size, meth
         transfer_report.write_outputs({**record, "seeds": done, "partial": True, **state}, target,
                                       figure=seed_ended)     # the figure and report once a seed, not every run
 
-    result = transfer.run_bench(settings, progress(quiet), partial)
+    with BenchStop() as stop:
+        result = transfer.run_bench(settings, progress(quiet), partial, stop)
     bench = {**record, "seeds": settings.seeds, **result}
+    if stop.stopped:        # the runs finished before the stop, as a partial bench; no figure of them
+        done = sorted({r["seed"] for r in result["results"][transfer.START]})
+        transfer_report.write_outputs({**bench, "seeds": done, "partial": True}, target, figure=False)
+        click.echo(f"bench transfer: {stop_words(result['stopped'])}; wrote {target / 'results.json'} (partial)",
+                   err=True)
+        sys.exit(stop.exit_code())
     written = transfer_report.write_outputs(bench, target)
     click.echo(written["table"])
     click.echo(f"bench transfer: {plural(len(methods), 'method')} x {plural(count, 'seed')} in {result['wall_s']:.0f} s; "

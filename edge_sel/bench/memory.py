@@ -25,6 +25,7 @@ from pathlib import Path
 
 from edge_sel.bench.adapt import SCENARIOS, joules, mean_of, outcome, paired, paired_table
 from edge_sel.bench.outputs import write_bench_files
+from edge_sel.bench.stopping import BenchStop, stopped_lines
 from edge_sel.config import TrainConfig
 from edge_sel.core.memory import MiB
 from edge_sel.core.records import read_records
@@ -254,9 +255,11 @@ def run_result(run_dir: Path, seed: int, full_mb: float, measured_alone: bool = 
     return result
 
 
-def run_bench(s: MemorySettings, log=print, after_seed=None) -> dict:
+def run_bench(s: MemorySettings, log=print, after_seed=None, stop: BenchStop | None = None) -> dict:
     """Every (method, budget) that fits, per seed; the rows that do not fit, with what they need.
-    `after_seed` is called with the results so far after each seed (a bench stopped later keeps them)."""
+    `after_seed` is called with the results so far after each seed (a bench stopped later keeps them).
+    A run stopped early (bench/stopping.py) ends the bench: it is named in "stopped", not a row."""
+    stop = stop or BenchStop()
     base_cfg = TrainConfig(epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, device=s.device, **SAME_NUMERICS)
     mm = MemoryModel(s.checkpoint, base_cfg)
     budgets = {f: round(float(Fraction(f)) * mm.full_mb, 3) for f in s.fractions + s.planner_only}
@@ -276,17 +279,20 @@ def run_bench(s: MemorySettings, log=print, after_seed=None) -> dict:
                               checkpoint_every=0, eval_batch_size=s.batch_size, **SAME_NUMERICS,
                               method={"last_k": fit.last_k} if fit is not None and fit.last_k else {})
             run_dir = s.out / "runs" / run_name(row_key(method, fraction)) / f"seed{seed}"
-            if s.own_process:
-                finetune_alone(s.checkpoint, data, cfg, run_dir)
-            else:
-                finetune(s.checkpoint, data, cfg, run_dir, overwrite=True, quiet=True)
+            if not stop.ran(lambda: finetune_alone(s.checkpoint, data, cfg, run_dir) if s.own_process else
+                            finetune(s.checkpoint, data, cfg, run_dir, overwrite=True, quiet=True),
+                            run_dir, row_key(method, fraction), seed, cfg.epochs):
+                break
             result = run_result(run_dir, seed, mm.full_mb, s.own_process)
             results[row_key(method, fraction)].append(result)
             log(f"  seed {seed} {row_key(method, fraction):22s} test {result['test_acc']:.4f} "
                 f"clean {result['clean_test_acc'] or 0:.4f} counted {result['counted_peak_mb']:.1f} MB")
+        if stop.stopped:
+            break
         if after_seed is not None:
             after_seed(bench_state(mm, budgets, fits, results, time.perf_counter() - t0, s.own_process))
-    return bench_state(mm, budgets, fits, results, time.perf_counter() - t0, s.own_process)
+    return {**bench_state(mm, budgets, fits, results, time.perf_counter() - t0, s.own_process),
+            "stopped": stop.describe()}
 
 
 def bench_state(mm: MemoryModel, budgets: dict, fits: dict, results: dict, wall_s: float, own_process: bool) -> dict:
@@ -378,6 +384,7 @@ def table(bench: dict) -> str:
     pairs = planner_pairs(bench)
     if pairs:
         lines += paired_table(pairs)
+    lines += stopped_lines(bench.get("stopped"))
     return "\n".join(lines) + "\n"
 
 

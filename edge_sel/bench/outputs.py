@@ -8,6 +8,7 @@ from pathlib import Path
 
 from edge_sel.bench import table
 from edge_sel.bench.runner import SuiteSettings, aggregate
+from edge_sel.core.checkpoint import atomic_write_bytes
 from edge_sel.report.html import esc
 from edge_sel.report.writer import write_report
 
@@ -84,8 +85,10 @@ def write_bench_files(out: Path, name: str, md: str, notes: list[str], bench: di
     `make_figure` (a bench's record between its runs) the figure and report are left as they are."""
     from edge_sel.report.markdown import bench_page
     text = md + "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
-    (out / "table.md").write_text(text)
-    (out / json_name).write_text(json.dumps(bench, indent=2, default=str))
+    # Rewritten after every run while a bench runs: whole or as before (a bench stopped or a disk
+    # full mid-write left a torn results.json, which a merge then could not read).
+    atomic_write_bytes(out / "table.md", text.encode())
+    atomic_write_bytes(out / json_name, json.dumps(bench, indent=2, default=str).encode())
     if make_figure is None:
         return {"table": text, "figure": None}
     figure = make_figure()

@@ -25,6 +25,7 @@ from pathlib import Path
 from edge_sel.bench.adapt import SCENARIOS, outcome
 from edge_sel.bench.memory import (SAME_NUMERICS, MemoryModel, finetune_alone, parse_methods, run_memory_fields,
                                    run_name)
+from edge_sel.bench.stopping import BenchStop
 from edge_sel.config import TrainConfig
 from edge_sel.core.checkpoint import read_card
 from edge_sel.core.memory import MiB
@@ -157,8 +158,11 @@ def method_row(run_dir: Path, seed: int, start: dict, full_mb: float, measured_a
     return row
 
 
-def run_bench(s: TransferSettings, log=print, after_run=None) -> dict:
-    """Per seed: the start once, then every method that fits; `after_run` gets the state so far."""
+def run_bench(s: TransferSettings, log=print, after_run=None, stop: BenchStop | None = None) -> dict:
+    """Per seed: the start once, then every method that fits; `after_run` gets the state so far. A run
+    stopped early (a stop signal, `stop`'s handlers where entered) ends the bench: it is named in
+    "stopped", not a row."""
+    stop = stop or BenchStop()
     base = TrainConfig(epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, device=s.device, **SAME_NUMERICS)
     mm = MemoryModel(s.checkpoint, base)
     budgets = {m.name: round(float(Fraction(m.fraction)) * mm.full_mb, 3) for m in s.methods if m.fraction}
@@ -176,7 +180,8 @@ def run_bench(s: TransferSettings, log=print, after_run=None) -> dict:
                       val_subset=s.val_subset, keep="last", checkpoint_every=0, eval_batch_size=s.batch_size,
                       bn_momentum=s.bn_momentum, **SAME_NUMERICS)
         start_dir = s.out / "runs" / START / f"seed{seed}"
-        _finetune(s, data, TrainConfig(**{**common, "epochs": 0}), start_dir)
+        if not _ran(stop, s, data, TrainConfig(**{**common, "epochs": 0}), start_dir, START, seed):
+            break
         start = start_row(start_dir, seed)
         results[START].append(start)
         log(f"  seed {seed} {START:20s} test {start['test_acc']:.4f} clean {start['clean_test_acc']:.4f}")
@@ -185,14 +190,25 @@ def run_bench(s: TransferSettings, log=print, after_run=None) -> dict:
                               evaluate_start=False, memory_budget_mb=budgets.get(m.name),
                               memory_plan=plans.get(m.name))
             run_dir = s.out / "runs" / run_name(m.name) / f"seed{seed}"
-            _finetune(s, data, cfg, run_dir)
+            if not _ran(stop, s, data, cfg, run_dir, m.name, seed):
+                break
             row = method_row(run_dir, seed, start, mm.full_mb, s.own_process)
             results[m.name].append(row)
             log(f"  seed {seed} {m.name:20s} test {row['test_acc']:.4f} clean {row['clean_test_acc']:.4f} "
                 f"counted {row['counted_peak_mb']:.1f} MiB")
             if after_run is not None:       # a bench stopped by a time limit keeps every run it finished
                 after_run(state(mm, budgets, fits, sparse, results, time.perf_counter() - t0, s.own_process))
-    return state(mm, budgets, fits, sparse, results, time.perf_counter() - t0, s.own_process)
+        if stop.stopped:
+            break
+    return {**state(mm, budgets, fits, sparse, results, time.perf_counter() - t0, s.own_process),
+            "stopped": stop.describe()}
+
+
+def _ran(stop: BenchStop, s: TransferSettings, data: DataOptions, cfg: TrainConfig, run_dir: Path, name: str,
+         seed: int) -> bool:
+    """Runs one fine-tune unless the bench was told to stop; False where it did not run to its end
+    (then named in `stop.runs`)."""
+    return stop.ran(lambda: _finetune(s, data, cfg, run_dir), run_dir, name, seed, cfg.epochs)
 
 
 def state(mm: MemoryModel, budgets: dict, fits: dict, sparse: dict | None, results: dict, wall_s: float,

@@ -9,6 +9,7 @@ from edge_sel.bench.adapt import joules, mean_of, paired, paired_table
 from edge_sel.bench.memory import measured_peak_words
 from edge_sel.bench.outputs import write_bench_files
 from edge_sel.bench.published import TRANSFER_PUBLISHED
+from edge_sel.bench.stopping import stopped_lines
 from edge_sel.bench.transfer import CONDITIONS, REFERENCE, START, named_pairs
 
 
@@ -81,6 +82,7 @@ def table(bench: dict) -> str:
     pairs = bench["pairs"]
     if pairs:
         lines += paired_table(pairs)
+    lines += stopped_lines(bench.get("stopped"))
     return "\n".join(lines) + "\n"
 
 

@@ -268,3 +268,34 @@ def _put_in_place(new: Path, out: Path, option: str) -> None:
     _seen.pop(_key(out), None)          # what is there now is this command's
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+# Per file output this process writes (by absolute path): its held claim (path, descriptor).
+_file_claims: dict[str, tuple[str, int]] = {}
+
+
+def claim_out_file(out: Path, option: str = "--out") -> None:
+    """Hold `.NAME.claim` beside the file `out` until it is complete (release_file_claim, or this
+    process's end), the claim a directory output holds while it is put in place: a command naming a
+    file another command is writing is refused in one line. A device or a pipe is not claimed (it is
+    written, never replaced); neither is stdout ("-")."""
+    out = Path(out)
+    if str(out) == "-" or _key(out) in _file_claims or (os.path.lexists(out) and not out.is_file()):
+        return
+    path = str(_sibling(out, "claim", pid=False))
+    try:
+        fd = lock_file.acquire(path, wait=False)
+    except OSError as e:        # where the file itself could not be written either
+        said = f"{option} {out}: cannot write ({e.strerror or e})"
+        raise (WriteError(said) if e.errno in DISK_ERRORS else InputError(said)) from None
+    if fd is None:
+        raise InputError(f"{option} {out}: another edge-sel command is writing it now; wait for it to end or "
+                         f"choose another {option}")
+    _file_claims[_key(out)] = (path, fd)
+
+
+@atexit.register
+def release_file_claims() -> None:
+    for key in list(_file_claims):
+        path, fd = _file_claims.pop(key)
+        lock_file.release(path, fd)

@@ -96,13 +96,18 @@ def predict_cmd(paths, checkpoint, backend, batch_size, window, no_bank, resize,
 def check_outputs(out: Path | None, summary_path: Path | None, overwrite: bool, checkpoint: Path, paths) -> None:
     """--out and --summary: never onto the checkpoint, an input image or folder, or each other; an
     existing file replaced only with --overwrite (core/outputs.py)."""
-    from edge_sel.core.outputs import check_out_file
+    from edge_sel.core.outputs import check_out_file, claim_out_file, release_file_claims
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:     # the claims end with the command (else with the process)
+        ctx.call_on_close(release_file_claims)
     inputs = [("--checkpoint", checkpoint), *(("the input", p) for p in paths)]
     if out is not None and str(out) != "-":
         check_out_file(out, overwrite, inputs, "--out")
+        claim_out_file(out, "--out")        # held until this process ends: one writer at a time
         inputs.append(("--out", out))
     if summary_path is not None:
         check_out_file(summary_path, overwrite, inputs, "--summary")
+        claim_out_file(summary_path, "--summary")
 
 
 def _writable(path: Path, option: str) -> None:

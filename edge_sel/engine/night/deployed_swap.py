@@ -104,6 +104,13 @@ def deployed_lock(deployed: Path, create: bool = False):
         lock_file.release(path, fd)
 
 
+def holds_deployed_lock(deployed: Path) -> bool:
+    """Whether this thread holds deployed_lock(deployed) (without `create`, none is taken where the
+    parent folder does not exist)."""
+    path = os.path.abspath(Path(deployed).parent / f".{Path(deployed).name}.lock")
+    return bool((getattr(_held, "paths", None) or {}).get(path))
+
+
 def holding_deployed_lock(fn):
     """`fn(run_dir, deployed, ...)` run holding deployed_lock(deployed), given both as Paths."""
     @functools.wraps(fn)

@@ -26,9 +26,9 @@ from pathlib import Path
 from edge_sel.core.checkpoint import weights_digest
 from edge_sel.core.outputs import refuse_onto_inputs
 from edge_sel.engine.night import journal
-from edge_sel.engine.night.deployed_swap import (MODEL_FILES, AfterSwapError, check_deployed_place, files_from_run,
-                                                 holding_deployed_lock, migrated_from_plain, recover, swap_in,
-                                                 versions_dir)
+from edge_sel.engine.night.deployed_swap import (MODEL_FILES, AfterSwapError, check_deployed_place, deployed_lock,
+                                                 files_from_run, holding_deployed_lock, holds_deployed_lock,
+                                                 migrated_from_plain, recover, swap_in, versions_dir)
 from edge_sel.engine.night.promote_guard import Guard, pct, source_anchor_acc
 from edge_sel.engine.night.served import dropped_words, judge_served, loses_why, unjudged_words, worst_loss
 from edge_sel.errors import InputError, WriteError, existing_dir, read_json, required_file
@@ -290,7 +290,7 @@ def repair_deployed(deployed: Path) -> None:
 
 @holding_deployed_lock          # judged and swapped with no other change of the deployed link between
 def promote(run_dir: Path, deployed: Path, force: bool = False, evaluate=None,
-            max_forgetting: float | None = None) -> Decision:
+            max_forgetting: float | None = None, _again: bool = False) -> Decision:
     """Decide, swap when promoted, and record the decision: a line in the deployed model's journal
     and in the run's (before the swap), then what came of it (deployed, or swap-failed)."""
     check_deployed_place(deployed)
@@ -309,6 +309,17 @@ def promote(run_dir: Path, deployed: Path, force: bool = False, evaluate=None,
         _journal(deployed, "decision", record)
         _record(run_dir, "decision", record)
         return decision
+    if not holds_deployed_lock(deployed) and not _again:
+        # Nothing was ever deployed here: the lock's folder did not exist, so none was held while
+        # judging. Made now, the lock is taken and the run judged again under it: of two first
+        # promotes at once, the second then finds the first's model deployed.
+        try:
+            deployed.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise WriteError(f"--deployed {deployed}: cannot create {deployed.parent} ({e.strerror or e}); "
+                             f"nothing is deployed") from None
+        with deployed_lock(deployed, create=True):
+            return promote(run_dir, deployed, force, evaluate, max_forgetting, _again=True)
     # The decision is recorded before the swap: a crash after the link flips must not leave a
     # deployed model whose acceptance no record holds (a decision without a `deployed` line after it
     # means the swap may or may not have happened).
