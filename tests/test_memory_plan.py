@@ -143,6 +143,9 @@ def test_a_budgeted_run_plans_records_and_resumes_with_its_plan(tiny_warm, tmp_p
     plan = whole["memory_plan"]
     assert plan["budget_mb"] == 9 and plan["counted"]["peak_mb"] <= 9 < plan["asked_mb"]
     assert plan["gains"]["source"].startswith("probe")
+    # Each record says what BatchNorm layers normalised with, as the plan chose.
+    statistics = "frozen" if plan["bn_statistics"] == "frozen" else "trained"
+    assert all(r["memory_bn_statistics"].startswith(statistics) for r in records(tmp_path / "whole") if r["epoch"] >= 0)
     # Evaluation batches fit beside what training keeps alive between steps (optimizer state, gradients).
     model, card = load_checkpoint(tiny_warm)
     c, _ = memory_counter(TrainConfig(batch_size=32), model, list(card.input_shape), torch.device("cpu"))
@@ -274,15 +277,16 @@ def test_a_shape_is_searched_without_counting_shapes_that_cannot_fit():
     model = build_model("edgecnn", num_classes=10, input_shape=[3, 32, 32])
     c = MemoryCounter(model, [3, 32, 32], lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9), kernels="cpu")
     blocks = tuple(name for name, _ in named_blocks(model)[:-1])
-    every = StepShape(64, 8, blocks)
-    budget = (c.count(every).peak + c.count(StepShape(64, 8)).peak) // 2 / MiB / (1 - RESERVE)
+    # Micro-batches of 8 split steps of 9 rows into 4 and 5 images: their BatchNorm statistics are frozen.
+    every = StepShape(64, 8, blocks, "frozen")
+    budget = (c.count(every).peak + c.count(StepShape(64, 8, (), "frozen")).peak) // 2 / MiB / (1 - RESERVE)
     fresh = MemoryCounter(model, [3, 32, 32], c.optimizer_factory, kernels="cpu")
     plan = plan_memory(fresh, model, 64, budget)
     assert plan.shape() == every
     # The whole batch, it with every block recomputed, micro-batches of 32 and 16 with every block
     # recomputed, then 8 with and without: the old search counted 10 (each prefix of recomputed blocks too).
     assert fresh.counts_made == 6
-    for shape in (StepShape(64), StepShape(64, 16), StepShape(64, 0, blocks[:1]), StepShape(64, 8)):
+    for shape in (StepShape(64), StepShape(64, 16), StepShape(64, 0, blocks[:1]), StepShape(64, 8, (), "frozen")):
         assert c.count(shape).peak > usable(budget)
 
 

@@ -15,6 +15,7 @@ import torch
 from edge_sel.backends.torch_backend import freeze_batchnorm_stats, make_optimizer
 from edge_sel.config import TrainConfig
 from edge_sel.core.memory import MiB, MemoryCounter, StepShape, nbytes
+from edge_sel.core.micro_batches import bounds
 from edge_sel.core.recompute import set_recomputed
 from edge_sel.engine.loop.counted_step import run_step_factory
 from edge_sel.engine.machine.device import random_streams_kept
@@ -57,13 +58,13 @@ def gain_probe(model, ds, mean, std, shape: StepShape, samples: int, objective_l
         try:
             for p in params.values():
                 p.requires_grad_(True)
-            for lo in range(0, len(y), shape.chunk):
+            for lo, hi in bounds(len(y), shape.chunk):
                 model.zero_grad(set_to_none=True)
-                objective_losses(model(x[lo:lo + shape.chunk]), y[lo:lo + shape.chunk]).mean().backward()
+                objective_losses(model(x[lo:hi]), y[lo:hi]).mean().backward()
                 for n, p in params.items():
                     if p.grad is not None:
                         gains[n] += float(p.grad.pow(2).sum())
-                f, b = flops.train_step(len(y[lo:lo + shape.chunk]))
+                f, b = flops.train_step(hi - lo)
                 total += f + b
         finally:
             model.zero_grad(set_to_none=True)
@@ -99,6 +100,15 @@ def forward_batch_that_fits(counter: MemoryCounter, batch: int, budget_mb: float
     return batch
 
 
+def most_rows(trainer) -> int:
+    """The most rows a step of the run can carry: the batch, a trailing sample the loader merges into
+    the batch before it (data/loader.py batch_starts), a row a gate left waiting for the next step
+    (single_rows.py), no more than the epoch holds, and the anchors replayed beside them (--replay)."""
+    cfg = trainer.config
+    local = min(cfg.batch_size + 2, max(cfg.batch_size, len(trainer.train_ds)))
+    return local + (trainer.replay.rows if trainer.replay is not None else 0)
+
+
 def plan_run_memory(trainer) -> MemoryPlan | None:
     """The run's memory plan under --memory-budget (a resume keeps the one in its config), applied:
     the step's shape, the backend's micro-batch, recomputed blocks, frozen statistics, what trains."""
@@ -113,8 +123,7 @@ def plan_run_memory(trainer) -> MemoryPlan | None:
         raise InputError("--memory-budget: needs --backend torch (ORT artifacts fix what trains when exported)")
     model, updater = trainer.model, trainer.updater
     bn = "frozen" if cfg.bn_mode == "eval" else "train"
-    # The step's rows: the batch and the anchors replayed beside it (--replay).
-    rows = cfg.batch_size + (trainer.replay.rows if trainer.replay is not None else 0)
+    rows = most_rows(trainer)
     if trainer.device.type == "cpu":
         peak_memory.allocator_for_budget()      # before the gain probe: its freed blocks are not kept
     if cfg.memory_plan is not None:
