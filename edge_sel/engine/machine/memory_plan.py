@@ -1,9 +1,10 @@
 """A training step that fits a memory budget, planned before the first step by counting on the meta
 device (core/memory.py): nothing is allocated, nothing is killed.
 
-The budget bounds the training step's counted peak: weights, optimizer state, the batch, and what the
-step keeps (activations, gradients, transients). The datasets a run holds come on top and are stated
-beside it. In order, the plan tries:
+The budget bounds what the run adds to the process: the training step's counted peak (weights,
+optimizer state, the batch, and what the step keeps: activations, gradients, transients) beside what
+the process grew by before the first step, measured (`spent_mb`: kernels loaded on first use,
+planning; engine/loop/first_use.py). The datasets a run holds come on top and are stated beside it. In order, the plan tries:
 
 1. the step as asked;
 2. blocks recomputed in backward (torch.utils.checkpoint), the earliest first: one more forward of a
@@ -55,9 +56,10 @@ MIN_CHUNK_FOR_EVERYTHING = 8
 MORE_GAIN = 0.05
 
 
-def usable(budget_mb: float) -> int:
-    """Bytes of a budget a plan may fill with what it counts."""
-    return int(budget_mb * MiB * (1 - RESERVE))
+def usable(budget_mb: float, spent_mb: float = 0.0) -> int:
+    """Bytes of a budget a plan may fill with what it counts, where the process already grew by
+    `spent_mb` (measured: kernels loaded on first use, planning)."""
+    return int((budget_mb * (1 - RESERVE) - spent_mb) * MiB)
 
 
 @dataclass
@@ -72,6 +74,7 @@ class MemoryPlan:
     trainable: list[str] | None = None    # names chosen for --sparsity budget (None: the updater's own)
     notes: list[str] = field(default_factory=list)
     gains: dict | None = None             # where --sparsity budget's gains came from, and what that cost
+    spent_mb: float = 0.0                 # the process's growth before the first step, measured (first_use.py)
 
     def shape(self) -> StepShape:
         return StepShape(self.batch_size, self.micro_batch if self.micro_batch < self.batch_size else 0,
@@ -98,8 +101,11 @@ class MemoryPlan:
 
     def line(self) -> str:
         parts = [f"the training step counted {self.counted['peak_mb']:.1f} MiB of the {self.budget_mb:g} MiB budget "
-                 f"({RESERVE:.0%} held back for kernels' own buffers); the budget bounds this count, not the "
-                 f"process (Python, torch and the data come on top; measured at the end of the run)"]
+                 f"({RESERVE:.0%} held back for kernels' own buffers"
+                 + (f", {self.spent_mb:.1f} MiB for what the process grew by before the first step: torch's "
+                    f"kernels loaded on first use and planning, measured" if self.spent_mb else "")
+                 + "); the budget bounds what the run adds to the process, not the process (Python, torch and "
+                   "the data come on top; measured at the end of the run)"]
         if self.micro_batch < self.batch_size:
             parts.append(f"micro-batches of at most {self.micro_batch} (steps of up to {self.batch_size} rows "
                          f"accumulated), BatchNorm statistics {self.statistics()}")
@@ -115,14 +121,14 @@ def _fits(counter: MemoryCounter, shape: StepShape, trainable, budget: int) -> M
     return count if count.peak <= budget else None
 
 
-def smallest_budget(counter: MemoryCounter, model, trainable=None, batch_size: int = 1) -> float:
+def smallest_budget(counter: MemoryCounter, model, trainable=None, batch_size: int = 1, spent_mb: float = 0.0) -> float:
     """MiB of the budget of the cheapest step of `batch_size` images training `trainable` (None: the
     cheapest step there is, the classifier alone): one image at a time, with or without every block
     recomputed, and the reserve."""
     blocks = tuple(name for name, _ in named_blocks(model)[:-1])
     trainable = classifier_names(model) if trainable is None else trainable
     return min(counter.count(StepShape(batch_size, 1, recompute, "frozen"), trainable).peak
-               for recompute in ((), blocks)) / MiB / (1 - RESERVE)
+               for recompute in ((), blocks)) / MiB / (1 - RESERVE) + spent_mb / (1 - RESERVE)
 
 
 def fit_shape(counter: MemoryCounter, model, batch_size: int, budget: int, trainable=None,
@@ -182,11 +188,12 @@ def fit_shape(counter: MemoryCounter, model, batch_size: int, budget: int, train
 
 
 def plan_memory(counter: MemoryCounter, model, batch_size: int, budget_mb: float, trainable=None,
-                bn_statistics: str = "train", gains: dict | None = None, gains_source: dict | None = None
-                ) -> MemoryPlan:
-    """The plan for `budget_mb`; `gains` (parameter name -> expected gain) makes it choose what
-    trains (--sparsity budget), else `trainable` (names, None: every parameter) is kept."""
-    budget = usable(budget_mb)
+                bn_statistics: str = "train", gains: dict | None = None, gains_source: dict | None = None,
+                spent_mb: float = 0.0) -> MemoryPlan:
+    """The plan for `budget_mb`, of which `spent_mb` the process already grew by (measured); `gains`
+    (parameter name -> expected gain) makes it choose what trains (--sparsity budget), else `trainable`
+    (names, None: every parameter) is kept."""
+    budget = usable(budget_mb, spent_mb)
     asked = counter.count(StepShape(batch_size, bn_statistics=bn_statistics), trainable).peak / MiB
     chosen = None
     notes: list[str] = []
@@ -198,17 +205,20 @@ def plan_memory(counter: MemoryCounter, model, batch_size: int, budget_mb: float
         chosen = sorted(trainable)
     fitted = fit_shape(counter, model, batch_size, budget, trainable, bn_statistics)
     if fitted is None:
-        lowest = smallest_budget(counter, model, None, batch_size)
+        lowest = smallest_budget(counter, model, None, batch_size, spent_mb)
+        spent = (f" ({spent_mb:.1f} MiB of it what the process grew by before the first step: torch's kernels "
+                 f"loaded on first use and planning, measured)" if spent_mb else "")
         if gains is not None:
             raise InputError(f"--memory-budget {budget_mb:g}: no step fits; the smallest that does is "
-                             f"{lowest:.1f} MiB (the classifier alone, one image at a time)")
-        own = smallest_budget(counter, model, trainable or {n for n, _ in model.named_parameters()}, batch_size)
+                             f"{lowest:.1f} MiB (the classifier alone, one image at a time){spent}")
+        own = smallest_budget(counter, model, trainable or {n for n, _ in model.named_parameters()}, batch_size,
+                              spent_mb)
         raise InputError(f"--memory-budget {budget_mb:g}: no step of what this run trains fits; the smallest that "
                          f"does is {own:.1f} MiB (one image at a time); --sparsity budget "
-                         f"fits down to {lowest:.1f} MiB (the classifier alone)")
+                         f"fits down to {lowest:.1f} MiB (the classifier alone){spent}")
     shape, count, shape_notes = fitted
     return MemoryPlan(budget_mb, batch_size, shape.chunk, list(shape.recompute), shape.bn_statistics, count.mib(),
-                      round(asked, 3), chosen, notes + shape_notes, gains_source)
+                      round(asked, 3), chosen, notes + shape_notes, gains_source, round(spent_mb, 3))
 
 
 def choice_shapes(model, batch_size: int, bn_statistics: str) -> list[StepShape]:
