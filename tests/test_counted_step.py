@@ -91,8 +91,9 @@ def test_a_budgeted_step_counts_what_saved_tensor_hooks_see_over_the_real_step(w
     assert record["memory_step_samples"] == rows == (48 if kind == "replay" else 32)
     assert record["memory_saved_mb"] == pytest.approx(saved / MiB, rel=0.01, abs=0.002)
     plan = config["memory_plan"]
-    if kind != "micro-batches":        # planned, not given: the plan counts the step the run took
-        assert plan["batch_size"] == rows and plan["counted"]["peak_mb"] == record["memory_counted_mb"]
+    if kind != "micro-batches":        # planned, not given: the plan counts the most rows a step can carry
+        # (a trailing sample the loader merges, a row a gate left waiting), at least the step the run took
+        assert plan["batch_size"] == rows + 2 and plan["counted"]["peak_mb"] >= record["memory_counted_mb"]
     weights = record["memory_weights_mb"]         # edgecnn's parameters and (few) buffers
     params = sum(p.numel() * p.element_size() for p in load_checkpoint(warm)[0].parameters()) / MiB
     copies = {"plain": 1, "replay": 1, "micro-batches": 1, "fedprox": 2, "ewc": 3}[kind]

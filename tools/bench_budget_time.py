@@ -8,7 +8,8 @@ A budgeted CPU run sets glibc's allocator (engine/machine/peak_memory.py): block
 more unmapped when freed while it plans, and while it trains too unless the count fits the budget
 HEAP_SLACK times over (then the heap is kept). A setting here replaces the training one in the child:
 "heap" (kept), "64K", "1M" (blocks of that size and more mapped on their own and unmapped when freed,
-every step then faulting their pages in afresh), "glibc" (glibc's own dynamic threshold throughout).
+every step then faulting their pages in afresh; 64K was a budgeted run's own setting below twice its
+count before the heap's pool), "glibc" (glibc's own dynamic threshold throughout).
 
     nice -n 5 python tools/bench_budget_time.py --checkpoint CKPT --dataset folder:DIR --image-size 32 \\
         --subset 512 --budget 40       # what a budget costs, the planner choosing what trains
@@ -36,11 +37,11 @@ setting = sys.argv[1]
 real = pm.allocator_for_training
 if setting == "glibc":
     pm.allocator_for_budget = lambda: False
-    pm.allocator_for_training = lambda keep_heap: False
+    pm.allocator_for_training = lambda keep_heap, pool=0: False
 elif setting == "heap":
-    pm.allocator_for_training = lambda keep_heap: real(True)
+    pm.allocator_for_training = lambda keep_heap, pool=0: real(True)
 elif setting != "run":
-    pm.allocator_for_training = lambda keep_heap: pm.set_mmap_threshold(int(setting))
+    pm.allocator_for_training = lambda keep_heap, pool=0: pm.set_mmap_threshold(int(setting))
 names = os.environ.get("BENCH_TRAINABLE")
 if names:
     from edge_sel.methods import UPDATERS
@@ -72,8 +73,11 @@ def figures(out: Path) -> dict:
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     memory = summary.get("memory") or {}
     plan = max((r.get("memory_plan_wall_s") or 0.0 for r in records), default=0.0)
-    return {"plan_wall_s": round(plan, 1), "train_wall_s": round(summary["totals"]["train_wall_s"] - plan, 1),
-            "measured_mb": memory.get("measured_mb"), "counted_mb": memory.get("counted_mb")}
+    totals = summary["totals"]
+    return {"plan_wall_s": round(plan, 1), "train_wall_s": round(totals["train_wall_s"] - plan, 1),
+            "energy_all_j": totals.get("energy_all_j"), "energy_method": totals.get("energy_method"),
+            "measured_mb": memory.get("measured_mb"), "eval_measured_mb": memory.get("eval_measured_mb"),
+            "counted_mb": memory.get("counted_mb")}
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ import contextlib
 import torch
 from torch import nn
 
+from edge_sel.core.micro_batches import bounds
 from edge_sel.data import Batch
 from edge_sel.device_caps import PRECISION_DTYPES, amp_dtype, grad_scaler
 from edge_sel.methods import Updater
@@ -70,8 +71,9 @@ class TorchBackend:
 
     def train_step(self, step: int, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """One step on the batch; returns detached per-sample losses and logits. With `micro_batch`
-        set below the batch's size, the batch runs in slices whose gradients add up to the whole
-        batch's (each slice's loss is its share of the batch mean) before the one optimizer step."""
+        set below the batch's size, the batch runs in near-even slices of at most that many rows whose
+        gradients add up to the whole batch's (each slice's loss is its share of the batch mean) before
+        the one optimizer step."""
         self.model.train()
         if self.bn_mode == "eval":
             freeze_batchnorm_stats(self.model)
@@ -82,8 +84,8 @@ class TorchBackend:
             stepped = self._backward(loss)
         else:
             parts, stepped = [], False
-            for lo in range(0, n, self.micro_batch):
-                rows = slice(lo, lo + self.micro_batch)
+            for lo, hi in bounds(n, self.micro_batch):
+                rows = slice(lo, hi)
                 weight = None if batch.weight is None else batch.weight[rows]
                 part_losses, part_logits, loss = self._forward(batch.x[rows], batch.y[rows], weight, n,
                                                                whole=lo == 0)

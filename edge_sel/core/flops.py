@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
+from edge_sel.core.micro_batches import sizes
+
 
 def conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
                        _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
@@ -56,11 +58,10 @@ class FlopCounter:
         `micro_batch` (0: at once); blocks recomputed in backward count their second forward there."""
         if not micro_batch or micro_batch >= batch_size:
             return self._gradient_step(batch_size, train_mode=True)
-        whole, rest = divmod(batch_size, micro_batch)
-        f, b = (whole * n for n in self._gradient_step(micro_batch, train_mode=True))
-        if rest:
-            f_rest, b_rest = self._gradient_step(rest, train_mode=True)
-            f, b = f + f_rest, b + b_rest
+        f = b = 0
+        for rows in sizes(batch_size, micro_batch):
+            f_rows, b_rows = self._gradient_step(rows, train_mode=True)
+            f, b = f + f_rows, b + b_rows
         return f, b
 
     def eval_gradient(self, batch_size: int = 1) -> tuple[int, int]:

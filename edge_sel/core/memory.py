@@ -33,6 +33,7 @@ from torch.utils._pytree import tree_flatten
 
 from edge_sel.core.kernel_workspace import convolution_workspace
 from edge_sel.core.meta_outputs import MetaOutputs
+from edge_sel.core.micro_batches import bounds
 from edge_sel.core.recompute import set_recomputed
 
 MiB = 2 ** 20
@@ -313,9 +314,8 @@ def plain_step(twin: nn.Module, optimizer, loss_fn):
     """A step of per-sample losses, their batch mean, backward and the optimizer's step: a run's step
     without penalties, replay or an updater's own tensors (engine/loop/step_memory.py counts those)."""
     def run(x, y, micro_batch: int):
-        chunk = micro_batch or len(y)
-        for start in range(0, len(y), chunk):
-            loss = loss_fn(twin(x[start:start + chunk]), y[start:start + chunk]).sum() / len(y)
+        for start, end in bounds(len(y), micro_batch):
+            loss = loss_fn(twin(x[start:end]), y[start:end]).sum() / len(y)
             if loss.requires_grad:
                 loss.backward()
             del loss

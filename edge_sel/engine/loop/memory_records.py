@@ -10,6 +10,7 @@ from dataclasses import replace
 import torch
 
 from edge_sel.core.memory import MiB, MemoryCount, nbytes
+from edge_sel.engine.machine.memory_plan import MemoryPlan
 from edge_sel.engine.machine.peak_memory import PeakMeter, release_free_heap
 
 # MemoryCount's parts, as record fields.
@@ -80,6 +81,8 @@ class RunMemory:
                "memory_measured_mb": measured, "memory_measure_method": self.meter.method,
                "memory_process_peak_mb": self.meter.process_peak(),
                "memory_data_mb": mib(self.data_bytes)}
+        if self.trainer.config.memory_plan:      # what BatchNorm layers normalised with, as the plan chose
+            out["memory_bn_statistics"] = MemoryPlan.from_json(self.trainer.config.memory_plan).statistics()
         out.update(self.trainer.__dict__.pop("memory_plan_cost", None) or {})     # the first epoch's: its planning
         if self.trainer.config.backend != "torch":
             out["memory_counted_for"] = "the same step in torch (ONNX Runtime's own graph is not counted)"

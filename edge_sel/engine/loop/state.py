@@ -59,6 +59,39 @@ def encode(state: dict) -> bytes:
     return MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
 
 
+class _Hashed:
+    """A file that hashes what is written to it: torch.save streams each record through `write`, so
+    the payload is never held whole in memory (built in bytes first, a save kept three copies of the
+    state: the buffer, its value and the file's blob)."""
+
+    def __init__(self, f):
+        self.f, self.sha = f, hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _write_streamed(f, state: dict) -> None:
+    """MAGIC, the payload's SHA-256 and the payload, as encode() lays them out: the hash's place is
+    written last, once the payload has streamed past it."""
+    f.write(MAGIC)
+    at = f.tell()
+    f.write(b"0" * 64 + b"\n")
+    hashed = _Hashed(f)
+    torch.save(plain(state), hashed)
+    pause = float(os.environ.get("EDGE_SEL_FAULT_SLOW_STATE_WRITE", "0") or 0)
+    if pause:   # fault injection for crash tests: a window in which the file is not complete
+        f.flush()
+        print("edge-sel: state write in progress", file=__import__("sys").stderr, flush=True)
+        time.sleep(pause)
+    f.seek(at)
+    f.write(hashed.sha.hexdigest().encode())
+
+
 def decode(blob: bytes) -> dict:
     if not blob.startswith(MAGIC):
         raise ValueError("not an edge-sel state file")
@@ -74,19 +107,11 @@ def decode(blob: bytes) -> dict:
 
 def save_state(directory: Path, state: dict) -> Path:
     directory = Path(directory)
-    blob = encode(state)
     tmp = directory / f".state.tmp{os.getpid()}"
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            half = len(blob) // 2
-            f.write(blob[:half])
-            pause = float(os.environ.get("EDGE_SEL_FAULT_SLOW_STATE_WRITE", "0") or 0)
-            if pause:   # fault injection for crash tests: a window in which the file is half written
-                f.flush()
-                print("edge-sel: state write in progress", file=__import__("sys").stderr, flush=True)
-                time.sleep(pause)
-            f.write(blob[half:])
+            _write_streamed(f, state)
             f.flush()
             os.fsync(f.fileno())
         current = directory / CURRENT

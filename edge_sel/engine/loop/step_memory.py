@@ -15,15 +15,18 @@ import torch
 from edge_sel.backends.torch_backend import freeze_batchnorm_stats, make_optimizer
 from edge_sel.config import TrainConfig
 from edge_sel.core.memory import MiB, MemoryCounter, StepShape, nbytes
+from edge_sel.core.micro_batches import bounds
 from edge_sel.core.recompute import set_recomputed
 from edge_sel.engine.loop.counted_step import run_step_factory
 from edge_sel.engine.machine.device import random_streams_kept
-from edge_sel.engine.machine.memory_plan import MemoryPlan, everything_fits, fit_shape, plan_memory, usable
+from edge_sel.engine.loop.first_use import grown_mb, warm_kernels
+from edge_sel.engine.machine.memory_plan import RESERVE, MemoryPlan, everything_fits, fit_shape, plan_memory, usable
 from edge_sel.engine.machine import peak_memory
 from edge_sel.errors import InputError
 
 BN_ADAPT_BATCH = 256       # images a BatchNorm re-estimation batch holds without a budget (evaluation/bn_adapt.py)
 PROGRESS_S = 10.0           # seconds between the lines a plan's search prints
+REPLANS = 2                 # plans made again where planning's own growth left the first one over the budget
 PROBE_SAMPLES = 64          # local images whose gradients estimate what each tensor would gain
 
 
@@ -57,13 +60,13 @@ def gain_probe(model, ds, mean, std, shape: StepShape, samples: int, objective_l
         try:
             for p in params.values():
                 p.requires_grad_(True)
-            for lo in range(0, len(y), shape.chunk):
+            for lo, hi in bounds(len(y), shape.chunk):
                 model.zero_grad(set_to_none=True)
-                objective_losses(model(x[lo:lo + shape.chunk]), y[lo:lo + shape.chunk]).mean().backward()
+                objective_losses(model(x[lo:hi]), y[lo:hi]).mean().backward()
                 for n, p in params.items():
                     if p.grad is not None:
                         gains[n] += float(p.grad.pow(2).sum())
-                f, b = flops.train_step(len(y[lo:lo + shape.chunk]))
+                f, b = flops.train_step(hi - lo)
                 total += f + b
         finally:
             model.zero_grad(set_to_none=True)
@@ -88,15 +91,24 @@ def shipped_gains(model, memory) -> tuple[dict, dict]:
 
 
 def forward_batch_that_fits(counter: MemoryCounter, batch: int, budget_mb: float, kept: int,
-                            train_mode: bool = False) -> int:
+                            train_mode: bool = False, spent_mb: float = 0.0) -> int:
     """The batch of forward-only passes (evaluation, scoring), halved from `batch` until its count fits
     the budget beside the `kept` bytes training keeps alive between its steps: the optimizer's state
     and the last step's gradients (counted alone, a 200 MiB plan's evaluation at batch 16 fitted, and
     measured 224 MiB after an epoch)."""
     lowest = 2 if train_mode else 1         # BatchNorm in train mode needs two images
-    while batch > lowest and counter.count_forward(batch, train_mode).peak + kept > usable(budget_mb):
+    while batch > lowest and counter.count_forward(batch, train_mode).peak + kept > usable(budget_mb, spent_mb):
         batch = max(lowest, batch // 2)
     return batch
+
+
+def most_rows(trainer) -> int:
+    """The most rows a step of the run can carry: the batch, a trailing sample the loader merges into
+    the batch before it (data/loader.py batch_starts), a row a gate left waiting for the next step
+    (single_rows.py), no more than the epoch holds, and the anchors replayed beside them (--replay)."""
+    cfg = trainer.config
+    local = min(cfg.batch_size + 2, max(cfg.batch_size, len(trainer.train_ds)))
+    return local + (trainer.replay.rows if trainer.replay is not None else 0)
 
 
 def plan_run_memory(trainer) -> MemoryPlan | None:
@@ -113,16 +125,45 @@ def plan_run_memory(trainer) -> MemoryPlan | None:
         raise InputError("--memory-budget: needs --backend torch (ORT artifacts fix what trains when exported)")
     model, updater = trainer.model, trainer.updater
     bn = "frozen" if cfg.bn_mode == "eval" else "train"
-    # The step's rows: the batch and the anchors replayed beside it (--replay).
-    rows = cfg.batch_size + (trainer.replay.rows if trainer.replay is not None else 0)
+    rows = most_rows(trainer)
     if trainer.device.type == "cpu":
         peak_memory.allocator_for_budget()      # before the gain probe: its freed blocks are not kept
     if cfg.memory_plan is not None:
         plan = MemoryPlan.from_json(cfg.memory_plan)
     else:
-        plan = planned_in_the_open(trainer, partial(_plan, trainer, rows, bn))
+        def first_plan() -> MemoryPlan:
+            # The kernels' first use and what the process grew by so far, measured: the plan fits in the
+            # rest (in planning's metered window: its time and joules are planning's).
+            warm_kernels(trainer)
+            # A first count loads the meta device's machinery (a few MiB of Python modules, once a process).
+            trainer.memory_counter.count(StepShape(min(rows, 2), bn_statistics=bn))
+            trainer.memory_spent_mb = grown_mb(trainer)
+            return _plan(trainer, rows, bn)
+        plan = planned_in_the_open(trainer, first_plan)
+        for _ in range(REPLANS):        # planning's own growth (its caches), measured: planned again beside it
+            grown = grown_mb(trainer)
+            if plan.counted["peak_mb"] * MiB <= usable(cfg.memory_budget_mb, grown):
+                break
+            trainer.memory_spent_mb = grown
+            plan = planned_in_the_open(trainer, partial(_plan, trainer, rows, bn))
+        refuse_what_cannot_hold(trainer, plan)
         cfg.memory_plan = plan.to_json()
     return apply_plan(trainer, plan)
+
+
+def refuse_what_cannot_hold(trainer, plan: MemoryPlan) -> None:
+    """Planning itself (the counter's twin and caches, the gain probe) leaves the process larger: where
+    that growth, measured, and the planned step's count no longer fit the budget, one line naming the
+    smallest budget that holds them."""
+    budget_mb = trainer.config.memory_budget_mb
+    grown = grown_mb(trainer)
+    if grown <= plan.spent_mb or plan.counted["peak_mb"] * MiB <= usable(budget_mb, grown):
+        return
+    holds = (plan.counted["peak_mb"] + grown) / (1 - RESERVE)
+    raise InputError(f"--memory-budget {budget_mb:g}: the process grew {grown:.1f} MiB before the first step "
+                     f"(torch's kernels loaded on first use and planning, measured) beside a step counted "
+                     f"{plan.counted['peak_mb']:.1f} MiB: the smallest budget that holds this plan is about "
+                     f"{holds:.1f} MiB")
 
 
 def planned_in_the_open(trainer, make_plan) -> MemoryPlan:
@@ -155,10 +196,12 @@ def _plan(trainer, rows: int, bn: str) -> MemoryPlan:
     cfg, model, updater = trainer.config, trainer.model, trainer.updater
     counter = trainer.memory_counter
     everything = {n for n, _ in model.named_parameters()}
-    whole = counter.count(StepShape(rows, bn_statistics=bn), everything).peak <= usable(cfg.memory_budget_mb)
+    spent = getattr(trainer, "memory_spent_mb", 0.0)
+    room = usable(cfg.memory_budget_mb, spent)
+    whole = counter.count(StepShape(rows, bn_statistics=bn), everything).peak <= room
     # Where everything trains whatever the gains, no probe runs (at 96 px it was 36 of a plan's 43 s).
-    if updater.name == "budget" and (whole or everything_fits(counter, model, rows, usable(cfg.memory_budget_mb), bn)):
-        plan = plan_memory(counter, model, rows, cfg.memory_budget_mb, everything, bn)
+    if updater.name == "budget" and (whole or everything_fits(counter, model, rows, room, bn)):
+        plan = plan_memory(counter, model, rows, cfg.memory_budget_mb, everything, bn, spent_mb=spent)
         plan.trainable = sorted(everything)
         plan.notes.insert(0, "everything trains: the whole step fits the budget" if whole else
                           "everything trains: it fits with recomputed blocks or micro-batches")
@@ -168,8 +211,7 @@ def _plan(trainer, rows: int, bn: str) -> MemoryPlan:
         samples = min(PROBE_SAMPLES, len(trainer.train_ds))
         own = nbytes([*model.parameters(), *model.buffers()]) + 2 * 4 * samples * trainer.train_ds.images[0].numel()
         step = counter.count(StepShape(2, bn_statistics="frozen"), everything)
-        room = usable(cfg.memory_budget_mb) + step.optimizer + step.kept - own
-        probe = fit_shape(counter, model, rows, room, everything, bn)
+        probe = fit_shape(counter, model, rows, room + step.optimizer + step.kept - own, everything, bn)
         if probe is None:
             gains, source = shipped_gains(model, trainer.memory)
         else:
@@ -177,10 +219,10 @@ def _plan(trainer, rows: int, bn: str) -> MemoryPlan:
                                        trainer.objective.losses, trainer.flops)
             trainer.ledger.add_scoring(source["samples"], source["flops"])
         plan = plan_memory(counter, model, rows, cfg.memory_budget_mb, bn_statistics=bn,
-                           gains=gains, gains_source=source)
+                           gains=gains, gains_source=source, spent_mb=spent)
     else:
         trainable = updater.trainable(model) if hasattr(updater, "trainable") else None
-        plan = plan_memory(counter, model, rows, cfg.memory_budget_mb, trainable, bn)
+        plan = plan_memory(counter, model, rows, cfg.memory_budget_mb, trainable, bn, spent_mb=spent)
     return plan
 
 
@@ -194,7 +236,8 @@ def apply_plan(trainer, plan: MemoryPlan) -> MemoryPlan:
     grads = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if n in trains)
     kept = int((plan.counted.get("optimizer_mb", 0) + plan.counted.get("kept_mb", 0)) * MiB) + grads
     asked = trainer.eval_batch_size
-    trainer.eval_batch_size = forward_batch_that_fits(trainer.memory_counter, asked, cfg.memory_budget_mb, kept)
+    trainer.eval_batch_size = forward_batch_that_fits(trainer.memory_counter, asked, cfg.memory_budget_mb, kept,
+                                                      spent_mb=plan.spent_mb)
     if trainer.eval_batch_size < asked:
         counted = trainer.memory_counter.count_forward(trainer.eval_batch_size).peak / MiB
         plan.notes.append(f"evaluation and scoring in batches of {trainer.eval_batch_size}, not {asked}: "
@@ -203,7 +246,8 @@ def apply_plan(trainer, plan: MemoryPlan) -> MemoryPlan:
     cfg.eval_batch_size = trainer.eval_sets.batch_size = trainer.scoring.batch_size = trainer.eval_batch_size
     if cfg.bn_adapt:        # BatchNorm re-estimation runs before the first step: the model and its batch alone
         trainer.bn_adapt_batch = forward_batch_that_fits(trainer.memory_counter, min(BN_ADAPT_BATCH, cfg.bn_adapt),
-                                                         cfg.memory_budget_mb, 0, train_mode=True)
+                                                         cfg.memory_budget_mb, 0, train_mode=True,
+                                                         spent_mb=plan.spent_mb)
         if trainer.bn_adapt_batch < min(BN_ADAPT_BATCH, cfg.bn_adapt):
             counted = trainer.memory_counter.count_forward(trainer.bn_adapt_batch, True).peak / MiB
             plan.notes.append(f"BatchNorm re-estimation in batches of {trainer.bn_adapt_batch}, not "
@@ -211,12 +255,16 @@ def apply_plan(trainer, plan: MemoryPlan) -> MemoryPlan:
     allocator = []          # said with the plan, not kept in it: a resumed run decides again
     if trainer.device.type == "cpu":
         counted = plan.counted.get("peak_mb")
-        heap = trainer.keep_heap = counted is not None and peak_memory.heap_fits(counted, cfg.memory_budget_mb)
+        heap = trainer.keep_heap = counted is not None and peak_memory.heap_fits(counted, cfg.memory_budget_mb - plan.spent_mb)
+        # The heap keeps freed pages up to the budget's room beside the count and the process's growth.
+        room = max(0.0, cfg.memory_budget_mb - plan.spent_mb - (counted or 0.0))
+        trainer.heap_pool = int(room * MiB) if heap else 0
         allocator.append(
-            f"glibc's heap kept while training: the count fits the budget {peak_memory.HEAP_SLACK:g} times over"
-            if heap else f"freed blocks of 64 KiB and more go back to the system while training, so the resident "
-            f"size follows the count (slower steps; the heap is kept where the count fits the budget "
-            f"{peak_memory.HEAP_SLACK:g} times over)")
+            f"glibc's heap kept while training, with at most {room:.1f} MiB of freed pages at its top: the count "
+            f"fits the budget {peak_memory.HEAP_SLACK:g} times over" if heap else
+            f"freed blocks of 64 KiB and more go back to the system while training, so the resident size follows "
+            f"the count (slower steps; the heap is kept where the count fits the budget "
+            f"{peak_memory.HEAP_SLACK:g} times over, beside the process's growth)")
     if plan.trainable is not None:
         updater.choose = lambda _model: set(plan.trainable)
     trainer.step_shape = plan.shape()
@@ -245,7 +293,7 @@ def allocator_while_training(trainer):
     if keep is None:
         yield
         return
-    kept = peak_memory.allocator_for_training(keep)
+    kept = peak_memory.allocator_for_training(keep, getattr(trainer, "heap_pool", 0))
     try:
         yield
     finally:

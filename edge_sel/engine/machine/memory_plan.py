@@ -1,17 +1,23 @@
 """A training step that fits a memory budget, planned before the first step by counting on the meta
 device (core/memory.py): nothing is allocated, nothing is killed.
 
-The budget bounds the training step's counted peak: weights, optimizer state, the batch, and what the
-step keeps (activations, gradients, transients). The datasets a run holds come on top and are stated
-beside it. In order, the plan tries:
+The budget bounds what the run adds to the process: the training step's counted peak (weights,
+optimizer state, the batch, and what the step keeps: activations, gradients, transients) beside what
+the process grew by before the first step, measured (`spent_mb`: kernels loaded on first use,
+planning; engine/loop/first_use.py). The datasets a run holds come on top and are stated beside it. In order, the plan tries:
 
 1. the step as asked;
 2. blocks recomputed in backward (torch.utils.checkpoint), the earliest first: one more forward of a
    block for the activations it would keep (counted in the step's FLOPs);
 3. micro-batches with gradient accumulation (halving), without and then with every block recomputed:
-   the update is the whole batch's; BatchNorm layers that train their statistics see micro-batch
-   statistics (said in the plan); only a micro-batch of one image freezes them (one image has no batch
-   statistics at a 1 x 1 map). Freezing them on shifted data cost far more than small batches did.
+   the update is the whole batch's; a step's rows split near-evenly (core/micro_batches.py). BatchNorm
+   layers train their statistics on a micro-batch only where every micro-batch of every step holds
+   at least MIN_STATISTICS images; else the plan freezes them (the running statistics normalise, the
+   scale and shift still train) and says so in its line and in each record (`memory_bn_statistics`).
+
+The plan counts a step at the most rows one can carry (most_rows): the batch, a trailing sample the
+loader merges into the batch before it, a row a gate left waiting for the next step, and the rows
+replayed beside them.
 
 For `--sparsity budget` the plan first chooses what trains (choose_trainable): everything where it
 fits in micro-batches of 8 images or more; else, in each of the shapes other methods may take (the
@@ -28,14 +34,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 from edge_sel.core.memory import MiB, MemoryCount, MemoryCounter, StepShape
+from edge_sel.core.micro_batches import fewest_images
 from edge_sel.errors import InputError
 from edge_sel.methods.update.fixed_sets import bias_norm_names, classifier_names
 from edge_sel.models.blocks import named_blocks
 
-# Images per micro-batch below which BatchNorm statistics are frozen. Measured on low-contrast digits
-# (edgecnn, batch 64, 2 epochs): micro-batches of 4 that train their statistics ended at a training
-# loss of 0.87, the same slices with the source's statistics frozen at 2.03 (whole batches: 0.38).
-MIN_STATISTICS = 2
+# Images a micro-batch must hold for BatchNorm layers to train their statistics on it; below, the plan
+# freezes them. Micro-batches of 2-4 that trained their statistics were noisy on digits (edgecnn, batch
+# 64: micro-batches of 4 ended at a training loss of 0.87, whole batches at 0.38) and one image fails
+# where a map is 1 x 1.
+MIN_STATISTICS = 8
 # Share of the budget held back for what counting cannot see: buffers kernels allocate for themselves
 # (convolution and BatchNorm backward; measured up to a fifth of a recomputing step's count) and the
 # allocator's slack. The plan fits the counted peak in the rest.
@@ -48,9 +56,10 @@ MIN_CHUNK_FOR_EVERYTHING = 8
 MORE_GAIN = 0.05
 
 
-def usable(budget_mb: float) -> int:
-    """Bytes of a budget a plan may fill with what it counts."""
-    return int(budget_mb * MiB * (1 - RESERVE))
+def usable(budget_mb: float, spent_mb: float = 0.0) -> int:
+    """Bytes of a budget a plan may fill with what it counts, where the process already grew by
+    `spent_mb` (measured: kernels loaded on first use, planning)."""
+    return int((budget_mb * (1 - RESERVE) - spent_mb) * MiB)
 
 
 @dataclass
@@ -65,10 +74,20 @@ class MemoryPlan:
     trainable: list[str] | None = None    # names chosen for --sparsity budget (None: the updater's own)
     notes: list[str] = field(default_factory=list)
     gains: dict | None = None             # where --sparsity budget's gains came from, and what that cost
+    spent_mb: float = 0.0                 # the process's growth before the first step, measured (first_use.py)
 
     def shape(self) -> StepShape:
         return StepShape(self.batch_size, self.micro_batch if self.micro_batch < self.batch_size else 0,
                          tuple(self.recompute), self.bn_statistics)
+
+    def statistics(self) -> str:
+        """What BatchNorm layers normalise with while the plan trains, in words (the record's
+        `memory_bn_statistics`)."""
+        if self.bn_statistics == "frozen":
+            return "frozen"
+        if self.micro_batch >= self.batch_size:
+            return "trained on each step's rows"
+        return f"trained on micro-batches of at least {fewest_images(self.micro_batch, self.batch_size)} images"
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -82,10 +101,14 @@ class MemoryPlan:
 
     def line(self) -> str:
         parts = [f"the training step counted {self.counted['peak_mb']:.1f} MiB of the {self.budget_mb:g} MiB budget "
-                 f"({RESERVE:.0%} held back for kernels' own buffers); the budget bounds this count, not the "
-                 f"process (Python, torch and the data come on top; measured at the end of the run)"]
+                 f"({RESERVE:.0%} held back for kernels' own buffers"
+                 + (f", {self.spent_mb:.1f} MiB for what the process grew by before the first step: torch's "
+                    f"kernels loaded on first use and planning, measured" if self.spent_mb else "")
+                 + "); the budget bounds what the run adds to the process, not the process (Python, torch and "
+                   "the data come on top; measured at the end of the run)"]
         if self.micro_batch < self.batch_size:
-            parts.append(f"micro-batches of {self.micro_batch} (batch {self.batch_size} accumulated)")
+            parts.append(f"micro-batches of at most {self.micro_batch} (steps of up to {self.batch_size} rows "
+                         f"accumulated), BatchNorm statistics {self.statistics()}")
         if self.recompute:
             parts.append(f"{len(self.recompute)} blocks recomputed")
         if self.trainable is not None:
@@ -98,14 +121,14 @@ def _fits(counter: MemoryCounter, shape: StepShape, trainable, budget: int) -> M
     return count if count.peak <= budget else None
 
 
-def smallest_budget(counter: MemoryCounter, model, trainable=None, batch_size: int = 1) -> float:
+def smallest_budget(counter: MemoryCounter, model, trainable=None, batch_size: int = 1, spent_mb: float = 0.0) -> float:
     """MiB of the budget of the cheapest step of `batch_size` images training `trainable` (None: the
     cheapest step there is, the classifier alone): one image at a time, with or without every block
     recomputed, and the reserve."""
     blocks = tuple(name for name, _ in named_blocks(model)[:-1])
     trainable = classifier_names(model) if trainable is None else trainable
     return min(counter.count(StepShape(batch_size, 1, recompute, "frozen"), trainable).peak
-               for recompute in ((), blocks)) / MiB / (1 - RESERVE)
+               for recompute in ((), blocks)) / MiB / (1 - RESERVE) + spent_mb / (1 - RESERVE)
 
 
 def fit_shape(counter: MemoryCounter, model, batch_size: int, budget: int, trainable=None,
@@ -138,7 +161,8 @@ def fit_shape(counter: MemoryCounter, model, batch_size: int, budget: int, train
     micro = batch_size
     while micro > 1 and (micro + 1) // 2 >= smallest_micro:
         micro = (micro + 1) // 2
-        frozen = bn_statistics == "frozen" or micro < MIN_STATISTICS
+        fewest = fewest_images(micro, batch_size)
+        frozen = bn_statistics == "frozen" or fewest < MIN_STATISTICS
         statistics = "frozen" if frozen else "train"
         # Every block recomputed first: where that does not fit, the same micro-batch without does not.
         fitted = None
@@ -154,19 +178,22 @@ def fit_shape(counter: MemoryCounter, model, batch_size: int, budget: int, train
             if shape.recompute:
                 notes.append(f"every block ({len(blocks)}) recomputed in backward")
             if frozen and bn_statistics != "frozen":
-                notes.append("BatchNorm statistics frozen (one image a micro-batch)")
-            elif micro < batch_size:
-                notes.append(f"BatchNorm layers that train see statistics of {micro} images, not {batch_size}")
+                notes.append(f"BatchNorm statistics frozen: a micro-batch holds as few as {fewest} images, "
+                             f"fewer than {MIN_STATISTICS} (the running statistics normalise; scale and shift train)")
+            elif not frozen:
+                notes.append(f"BatchNorm layers train their statistics on micro-batches of {fewest}-{micro} "
+                             f"images, not the whole batch")
             return shape, count, notes
     return None
 
 
 def plan_memory(counter: MemoryCounter, model, batch_size: int, budget_mb: float, trainable=None,
-                bn_statistics: str = "train", gains: dict | None = None, gains_source: dict | None = None
-                ) -> MemoryPlan:
-    """The plan for `budget_mb`; `gains` (parameter name -> expected gain) makes it choose what
-    trains (--sparsity budget), else `trainable` (names, None: every parameter) is kept."""
-    budget = usable(budget_mb)
+                bn_statistics: str = "train", gains: dict | None = None, gains_source: dict | None = None,
+                spent_mb: float = 0.0) -> MemoryPlan:
+    """The plan for `budget_mb`, of which `spent_mb` the process already grew by (measured); `gains`
+    (parameter name -> expected gain) makes it choose what trains (--sparsity budget), else `trainable`
+    (names, None: every parameter) is kept."""
+    budget = usable(budget_mb, spent_mb)
     asked = counter.count(StepShape(batch_size, bn_statistics=bn_statistics), trainable).peak / MiB
     chosen = None
     notes: list[str] = []
@@ -178,17 +205,20 @@ def plan_memory(counter: MemoryCounter, model, batch_size: int, budget_mb: float
         chosen = sorted(trainable)
     fitted = fit_shape(counter, model, batch_size, budget, trainable, bn_statistics)
     if fitted is None:
-        lowest = smallest_budget(counter, model, None, batch_size)
+        lowest = smallest_budget(counter, model, None, batch_size, spent_mb)
+        spent = (f" ({spent_mb:.1f} MiB of it what the process grew by before the first step: torch's kernels "
+                 f"loaded on first use and planning, measured)" if spent_mb else "")
         if gains is not None:
             raise InputError(f"--memory-budget {budget_mb:g}: no step fits; the smallest that does is "
-                             f"{lowest:.1f} MiB (the classifier alone, one image at a time)")
-        own = smallest_budget(counter, model, trainable or {n for n, _ in model.named_parameters()}, batch_size)
+                             f"{lowest:.1f} MiB (the classifier alone, one image at a time){spent}")
+        own = smallest_budget(counter, model, trainable or {n for n, _ in model.named_parameters()}, batch_size,
+                              spent_mb)
         raise InputError(f"--memory-budget {budget_mb:g}: no step of what this run trains fits; the smallest that "
                          f"does is {own:.1f} MiB (one image at a time); --sparsity budget "
-                         f"fits down to {lowest:.1f} MiB (the classifier alone)")
+                         f"fits down to {lowest:.1f} MiB (the classifier alone){spent}")
     shape, count, shape_notes = fitted
     return MemoryPlan(budget_mb, batch_size, shape.chunk, list(shape.recompute), shape.bn_statistics, count.mib(),
-                      round(asked, 3), chosen, notes + shape_notes, gains_source)
+                      round(asked, 3), chosen, notes + shape_notes, gains_source, round(spent_mb, 3))
 
 
 def choice_shapes(model, batch_size: int, bn_statistics: str) -> list[StepShape]:
@@ -200,7 +230,8 @@ def choice_shapes(model, batch_size: int, bn_statistics: str) -> list[StepShape]
     micro = batch_size
     while (micro + 1) // 2 >= MIN_CHUNK_FOR_EVERYTHING and micro > 1:
         micro = (micro + 1) // 2
-        shapes.append(StepShape(batch_size, micro, blocks, bn_statistics))
+        statistics = "frozen" if fewest_images(micro, batch_size) < MIN_STATISTICS else bn_statistics
+        shapes.append(StepShape(batch_size, micro, blocks, statistics))
     return shapes
 
 
