@@ -364,3 +364,28 @@ def test_a_run_written_in_place_again_is_claimed_as_a_new_one_is(tmp_path):
     claim_in_place(legacy, "--run")
     assert locked(legacy / MARKER) and (legacy / MARKER).read_text() == "" and written_by(legacy) is None
     release_claim(legacy)
+
+
+def test_a_run_claimed_in_place_is_refused_in_one_line_while_claimed_and_never_through_a_link(tmp_path):
+    from edge_sel.core import lock_file
+    out = made(tmp_path / "run", "config.json")
+    claim = tmp_path / ".run.claim"                 # another command putting a new output there
+    fd = lock_file.acquire(claim, wait=False)
+    with pytest.raises(InUseError) as e:
+        claim_in_place(out)
+    lock_file.release(claim, fd)
+    assert str(e.value) == (f"--resume {out}: another edge-sel command is writing it now; wait for it to end or "
+                            f"choose another --resume")
+    (tmp_path / "victim").write_text("the user's")
+    (out / MARKER).symlink_to(tmp_path / "victim")
+    with pytest.raises(InputError) as e:
+        claim_in_place(out)
+    assert str(e.value) == f"--resume {out}: cannot create (Too many levels of symbolic links)"
+    (out / MARKER).unlink()
+    before = os.umask(0)
+    try:
+        claim_in_place(out)
+    finally:
+        os.umask(before)
+    assert (out / MARKER).stat().st_mode & 0o777 == 0o644 and (tmp_path / "victim").read_text() == "the user's"
+    release_claim(out)
