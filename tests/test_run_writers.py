@@ -162,3 +162,22 @@ def test_a_link_planted_at_a_temporary_name_is_never_written_through(killed, tmp
     assert all(link.is_symlink() for link in links)
     assert summary["epochs_run"] == 2 and load_file(run / "model.safetensors")
     assert sorted(p.name for p in run.iterdir() if ".tmp" in p.name) == sorted(l.name for l in links[:-1])
+
+
+def test_a_run_that_failed_in_a_process_that_lives_on_is_free_to_resume(tiny_warm, tmp_path, monkeypatch):
+    """A night or the Python API runs in a process that outlives a failed run: the run's claim ends
+    with the failure, as a command's ends with its process (the claim had held it until the end of
+    that process, and every resume from elsewhere was refused)."""
+    from edge_sel.engine.runs import training
+    from edge_sel.errors import WriteError
+
+    def full_disk(*args, **kwargs):
+        raise WriteError("summary.json: cannot write (No space left on device)")
+    monkeypatch.setattr(training, "summarize", full_disk)
+    out = tmp_path / "run"
+    with pytest.raises(WriteError):
+        run_module.finetune(tiny_warm, DataOptions("synthetic", subset=64),
+                            TrainConfig(epochs=1, batch_size=32, seed=1, **PINNED_CHOICES), out, quiet=True)
+    free = subprocess.run([sys.executable, "-c", "import fcntl, os, sys; fcntl.flock(os.open(sys.argv[1], os.O_RDONLY), "
+                           "fcntl.LOCK_EX | fcntl.LOCK_NB)", out / MARKER], capture_output=True, text=True)
+    assert free.returncode == 0, free.stderr
