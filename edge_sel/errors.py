@@ -16,6 +16,11 @@ class InputError(Exception):
     """
 
 
+class InUseError(InputError):
+    """Another edge-sel process is writing the output or run named: nothing is wrong with it, and
+    it is never set aside or replaced for that."""
+
+
 class WriteError(Exception):
     """Writing a run's output failed (a full disk, an unwritable directory). The CLI prints one line
     and exits 1; what was written before stays intact."""

@@ -249,11 +249,12 @@ def test_flops_split_names_scoring_and_calibration():
 
 
 def test_a_full_disk_before_any_checkpoint_does_not_claim_one(tmp_path, monkeypatch):
+    from edge_sel.core import temp_file
     from edge_sel.engine.loop import state as state_mod
 
     def full(path, mode="r", *a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(state_mod, "open", full, raising=False)
+    monkeypatch.setattr(temp_file, "open", full, raising=False)      # where the state's file is made
     with pytest.raises(state_mod.StateWriteError) as info:
         state_mod.save_state(tmp_path / "state", {"step": 1})
     assert "no earlier checkpoint of this run exists" in str(info.value)

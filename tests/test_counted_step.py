@@ -104,3 +104,25 @@ def test_a_budgeted_step_counts_what_saved_tensor_hooks_see_over_the_real_step(w
         assert record["memory_plan_counts"] >= 1 and record["wall_s"] >= record["memory_plan_wall_s"] > 0
     if kind == "plain":     # beside the evaluation: momentum, the last gradients and the epoch's copy, all trained
         assert record["memory_eval_beside_mb"] == pytest.approx(3 * record["memory_kept_mb"], rel=0.01)
+
+
+def test_fedprox_pull_is_counted_where_the_optimizer_steps():
+    """Killed the mutant that leaves FedProx's pull out of the counted step (its copy of the round's
+    weights still counted as kept): the pull's difference w - w_global, one parameter's size, is alive
+    at the optimizer's step, which is the peak of a step whose parameters outweigh its activations."""
+    from types import SimpleNamespace
+
+    from edge_sel.core.memory import MemoryCounter, StepShape
+    from edge_sel.engine.loop.counted_step import run_step_factory
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 1024), torch.nn.Linear(1024, 10))
+    largest = max(p.numel() * p.element_size() for p in model.parameters())
+    step_alone = {}
+    for mu in (0.0, 0.5):
+        cfg = SimpleNamespace(proximal_mu=mu, label_smoothing=0.0)
+        counter = MemoryCounter(model, [1, 8, 8], lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9),
+                                step=run_step_factory(cfg, model))
+        count = counter.count(StepShape(batch_size=2))
+        step_alone[mu] = count.peak - count.kept
+    # About one parameter more (the optimizer's own temporaries, counted in both, overlap part of it);
+    # without the pull, nothing more.
+    assert step_alone[0.5] - step_alone[0.0] >= largest // 2

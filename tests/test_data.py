@@ -185,6 +185,25 @@ def test_an_image_rewritten_at_its_size_with_its_old_mtime_is_decoded_again(tmp_
     assert not torch.equal(first.images[0], again.images[0]) and torch.equal(first.images[1:], again.images[1:])
 
 
+def test_an_image_rewritten_at_the_same_size_is_decoded_again(tmp_path):
+    """Killed the mutant that keys the cache without the files' modification times: the edit above
+    also changes the file's size, which the key holds too. A BMP keeps its size whatever its pixels;
+    the rewrite keeps the file (its inode) and its folder's times, and moves its own mtime on by a
+    second (as any later write does, where a clock's tick could otherwise give the same time)."""
+    write_tree(tmp_path / "d", per_class=2, fmt="bmp")
+    root, image = tmp_path / "d", tmp_path / "d" / "cat" / "000.bmp"
+    first = folder_mod.load_class_folder(root, "d")
+    before, folder_time = os.stat(image), os.stat(root / "cat").st_mtime_ns
+    Image.fromarray(np.full((10, 12, 3), 201, np.uint8)).save(image)          # in place: same name, same file
+    os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+    os.utime(root / "cat", ns=(folder_time, folder_time))
+    after = os.stat(image)
+    assert (after.st_size, after.st_ino) == (before.st_size, before.st_ino)
+    again = folder_mod.load_class_folder(root, "d")
+    assert int(again.images[0].min()) == int(again.images[0].max()) == 201
+    assert not torch.equal(first.images[0], again.images[0]) and torch.equal(first.images[1:], again.images[1:])
+
+
 def test_a_cache_whose_second_half_is_zeroed_is_rebuilt_with_one_line(tmp_path, capsys):
     """A rename without an fsync before it leaves, after a power loss, a file of the right size whose
     end is zeros: the old cache loaded it as valid ("last image max pixel: 0")."""

@@ -7,9 +7,9 @@ import os
 import pytest
 
 from edge_sel.core import outputs
-from edge_sel.core.outputs import (MARKER, check_out_dir, check_out_file, clash, refuse_onto_inputs, staged_out_dir,
-                                   start_out_dir, written_by)
-from edge_sel.errors import InputError, WriteError
+from edge_sel.core.outputs import (MARKER, check_out_dir, check_out_file, claim_in_place, clash, refuse_onto_inputs,
+                                   release_claim, staged_out_dir, start_out_dir, written_by)
+from edge_sel.errors import InputError, InUseError, WriteError
 
 
 def made(path, *files):
@@ -329,3 +329,63 @@ def test_a_staged_output_in_folders_not_made_yet_makes_them(tmp_path):
     with staged_out_dir(tmp_path / "new" / "deeper" / "art", "export") as staging:
         (staging / "model.onnx").write_text("")
     assert sorted(os.listdir(tmp_path / "new" / "deeper")) == ["art"]
+
+
+def locked(path) -> bool:
+    """Whether some open file holds `path` locked (another open file of this process counts too)."""
+    import fcntl
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def test_a_run_written_in_place_again_is_claimed_as_a_new_one_is(tmp_path):
+    """A resume writes into its run where it is: it holds the run's marker locked until it ends, and
+    is refused in one line while another process holds it (the old resume took no claim at all)."""
+    out = tmp_path / "run"
+    finish = another_command(tmp_path, out, "run")
+    with pytest.raises(InUseError) as e:
+        claim_in_place(out)
+    assert str(e.value) == (f"--resume {out}: another edge-sel process is writing this run now (it holds {MARKER} "
+                            f"locked); wait for it to end")
+    finish()
+    assert not locked(out / MARKER)
+    claim_in_place(out)
+    assert locked(out / MARKER) and written_by(out) == "export"
+    claim_in_place(out)         # again in this process: its own claim taken over, not refused
+    release_claim(out)
+    assert not locked(out / MARKER) and siblings(tmp_path) == ["go-on", "ready", "run"]
+    legacy = made(tmp_path / "legacy", "config.json")       # a run from before markers gets an empty one
+    claim_in_place(legacy, "--run")
+    assert locked(legacy / MARKER) and (legacy / MARKER).read_text() == "" and written_by(legacy) is None
+    release_claim(legacy)
+
+
+def test_a_run_claimed_in_place_is_refused_in_one_line_while_claimed_and_never_through_a_link(tmp_path):
+    from edge_sel.core import lock_file
+    out = made(tmp_path / "run", "config.json")
+    claim = tmp_path / ".run.claim"                 # another command putting a new output there
+    fd = lock_file.acquire(claim, wait=False)
+    with pytest.raises(InUseError) as e:
+        claim_in_place(out)
+    lock_file.release(claim, fd)
+    assert str(e.value) == (f"--resume {out}: another edge-sel command is writing it now; wait for it to end or "
+                            f"choose another --resume")
+    (tmp_path / "victim").write_text("the user's")
+    (out / MARKER).symlink_to(tmp_path / "victim")
+    with pytest.raises(InputError) as e:
+        claim_in_place(out)
+    assert str(e.value) == f"--resume {out}: cannot create (Too many levels of symbolic links)"
+    (out / MARKER).unlink()
+    before = os.umask(0)
+    try:
+        claim_in_place(out)
+    finally:
+        os.umask(before)
+    assert (out / MARKER).stat().st_mode & 0o777 == 0o644 and (tmp_path / "victim").read_text() == "the user's"
+    release_claim(out)

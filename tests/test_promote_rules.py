@@ -900,3 +900,21 @@ def test_a_journal_replaced_by_a_link_is_never_written_through(tmp_path, fixed_t
     with pytest.raises(WriteError, match="appends through no link"):
         RecordWriter(tmp_path / "records").append({"epoch": 0})
     assert victim.read_text() == "the user's own file\n"
+
+
+def test_promote_judges_holding_the_deployed_lock(tmp_path):
+    """Killed the mutant that judges without the deployed lock (only the swap took it): a roll back or
+    another promote could then change the deployed model between its judging and the swap."""
+    from edge_sel.core import lock_file
+    deployed = make_deployed(tmp_path / "deployed")
+    run = judged_run(tmp_path, 0.75)
+    held = []
+
+    def evaluate(config, judged, run_dir):
+        fd = lock_file.acquire(tmp_path / ".deployed.lock", wait=False)      # as another command would
+        held.append(fd is None)
+        if fd is not None:
+            lock_file.release(tmp_path / ".deployed.lock", fd)
+        return 0.8, None, None
+    assert pr.promote(run, deployed, evaluate=evaluate).rule == "not-better"
+    assert held == [True]

@@ -17,6 +17,7 @@ import torch
 
 from fake_sysfs import orin_nano
 from helpers import SAME_CHOICES, records, run_cli, stable
+from edge_sel.core import temp_file
 from edge_sel.engine.loop import state as state_mod
 from edge_sel.engine.loop.state import load_state, save_state
 
@@ -244,7 +245,7 @@ def test_full_disk_is_a_clear_error_and_the_last_checkpoint_survives(tiny_warm, 
             if writes["n"] >= 4:
                 return FullDisk(f)
         return f
-    monkeypatch.setattr(state_mod, "open", fake_open, raising=False)
+    monkeypatch.setattr(temp_file, "open", fake_open, raising=False)      # where the state's file is made
     result = run_cli("finetune", "--checkpoint", tiny_warm, "--out", tmp_path / "run", *FINETUNE, expect=1)
     assert "No space left on device" in result.output and "last good checkpoint is intact" in result.output
     assert len(result.output.strip().splitlines()) == 1

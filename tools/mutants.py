@@ -38,6 +38,8 @@ MODULES = {
     "deployed_swap": ("edge_sel/engine/night/deployed_swap.py", ["tests/test_deployed_swap.py", "tests/test_trust.py"]),
     "promote": ("edge_sel/engine/night/promote.py", ["tests/test_promote_rules.py"]),
     "outputs": ("edge_sel/core/outputs.py", ["tests/test_output_rules.py"]),
+    "lock_file": ("edge_sel/core/lock_file.py", ["tests/test_lock_file.py", "tests/test_deployed_swap.py",
+                                                 "tests/test_output_rules.py"]),
     "bn_bank": ("edge_sel/engine/evaluation/bn_bank.py", ["tests/test_bank_rules.py"]),
     "bank_file": ("edge_sel/core/bn_bank.py", ["tests/test_bank_file.py"]),
     "life": ("edge_sel/engine/night/life.py", ["tests/test_life_rules.py"]),

@@ -14,6 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
+from edge_sel.core.temp_file import replacing
 from edge_sel.version import __version__
 from edge_sel.errors import (InputError, existing_dir, open_inside, parse_json, read_inside, read_json_inside,
                              required_file, writing)
@@ -91,19 +92,8 @@ class ModelCard:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """`data` whole under `path`, or `path` as it was: written to a temporary name, then renamed (a
     full disk leaves no truncated file under the name a later command reads). Raises OSError."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass        # the error that matters is the write's
+    with replacing(Path(path)) as f:
+        f.write(data)
 
 
 def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
@@ -121,19 +111,8 @@ def copy_atomically(source: Path, target: Path, label: str = "--checkpoint") -> 
     fd = open_inside(source.parent, source.name, label)
     if fd is None:
         raise InputError(f"{label} {source.parent}: {source.name} is missing")
-    with os.fdopen(fd, "rb") as src, writing(target):
-        tmp = Path(target).with_name(f".{Path(target).name}.tmp{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                shutil.copyfileobj(src, f, 1 << 20)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        finally:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
+    with os.fdopen(fd, "rb") as src, writing(target), replacing(Path(target)) as f:
+        shutil.copyfileobj(src, f, 1 << 20)
 
 
 def fsync_dir(directory: Path) -> None:
@@ -219,6 +198,14 @@ def refuse_non_finite(tensors: dict[str, torch.Tensor], where: Path) -> None:
             kinds = "/".join(k for k, hit in (("NaN", t.isnan().any()), ("Inf", t.isinf().any())) if hit)
             raise InputError(f"{where}: tensor {name!r} holds {bad} {kinds} value(s) of {t.numel()}; "
                              f"a checkpoint with non-finite weights cannot be trained or deployed")
+
+
+def pinned(directory: Path) -> Path:
+    """The directory a checkpoint path names now: a link (the deployed model, which promote flips to
+    a new version) read once, so that the card, weights, digest, source memory and bank a run starts
+    from are all one version's. A path that is no link is returned as given."""
+    directory = Path(directory)
+    return Path(os.path.realpath(directory)) if directory.is_symlink() else directory
 
 
 def weights_digest(directory: Path) -> str:

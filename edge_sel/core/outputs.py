@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Iterable
 
 from edge_sel.core import lock_file
-from edge_sel.errors import InputError, WriteError
+from edge_sel.errors import InputError, InUseError, WriteError
 
 MARKER = ".edge-sel-output"       # "edge-sel COMMAND": which command wrote the directory it is in
 
@@ -131,7 +131,7 @@ def _refuse_in_use(out: Path, option: str) -> None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise InputError(f"{option} {out}: another edge-sel command is writing it now; wait for it to end "
+            raise InUseError(f"{option} {out}: another edge-sel command is writing it now; wait for it to end "
                              f"or choose another {option}") from None
     finally:
         os.close(fd)
@@ -152,9 +152,10 @@ def _release_all() -> None:
 
 
 @contextlib.contextmanager
-def _claimed(out: Path, option: str):
+def _claimed(out: Path, option: str, in_place: bool = False):
     """Hold `.NAME.claim` beside `out` (refused in one line when another command holds it), and
-    refuse an `out` that another command is writing or wrote since check_out_dir looked."""
+    refuse an `out` that another command is writing or wrote since check_out_dir looked (`in_place`:
+    the caller locks the marker of the `out` it writes into itself)."""
     path = str(_sibling(out, "claim", pid=False))
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)      # as the temporary sibling would be
@@ -162,16 +163,40 @@ def _claimed(out: Path, option: str):
     except OSError as e:
         raise cannot_create(option, out, e) from None
     if fd is None:
-        raise InputError(f"{option} {out}: another edge-sel command is writing it now; wait for it to end or "
+        raise InUseError(f"{option} {out}: another edge-sel command is writing it now; wait for it to end or "
                          f"choose another {option}")
     try:
-        _refuse_in_use(out, option)
+        if not in_place:
+            _refuse_in_use(out, option)
         if _key(out) in _seen and _identity(out) != _seen[_key(out)]:
             raise InputError(f"{option} {out}: another command wrote it after this one checked it; nothing "
                              f"of it is replaced")
         yield
     finally:
         lock_file.release(path, fd)
+
+
+def claim_in_place(out: Path, option: str = "--resume") -> None:
+    """Hold an existing output that this command writes into where it is (a run resumed) as its one
+    writer until release_claim or this process's end: its marker locked, as a new output's is. Refused
+    in one line when another process holds it (a run still running, another resume, another night)."""
+    out = Path(out)
+    earlier = _writing.pop(_key(out), None)         # this process's own, from a run it left unfinished
+    if earlier is not None:
+        os.close(earlier)
+    with _claimed(out, option, in_place=True):      # apart from a command putting a new output in its place
+        try:
+            # O_CREAT: a run from before markers gets an empty one (it names no command), to be claimed
+            fd = os.open(out / MARKER, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise cannot_create(option, out, e) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise InUseError(f"{option} {out}: another edge-sel process is writing this run now (it holds "
+                             f"{MARKER} locked); wait for it to end") from None
+        _writing[_key(out)] = fd
 
 
 def check_out_file(out: Path, overwrite: bool, inputs: Inputs = (), option: str = "--out") -> Path:

@@ -11,6 +11,7 @@ import os
 import stat
 from pathlib import Path
 
+from edge_sel.core.temp_file import replacing
 from edge_sel.errors import parse_json, writing
 
 # The record fields, in the order of the record table in docs/records.md; per-class fields (acc_/E_/C_<class>) follow them.
@@ -78,17 +79,8 @@ class RecordWriter:
     def reset(self, records: list[dict]) -> None:
         """Make the files hold exactly `records` (a resume rewrites what its checkpoint knows)."""
         self.records = [{k: _clean(v) for k, v in r.items()} for r in records]
-        tmp = self.jsonl.with_name(".metrics.jsonl.tmp")
-        with writing(self.jsonl):
-            try:
-                with open(tmp, "w") as f:
-                    f.writelines(json.dumps(r) + "\n" for r in self.records)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, self.jsonl)
-            finally:
-                with contextlib.suppress(OSError):
-                    tmp.unlink(missing_ok=True)
+        with writing(self.jsonl), replacing(self.jsonl, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in self.records)
         self.write_csv()
 
     def append(self, record: dict) -> None:
@@ -112,15 +104,8 @@ class RecordWriter:
         keys = list(RECORD_FIELDS)
         for r in self.records:
             keys += [k for k in r if k not in keys]
-        tmp = self.csv.with_name(".metrics.csv.tmp")
-        with writing(self.csv):
-            try:
-                with open(tmp, "w", newline="") as f:
-                    w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-                    w.writeheader()
-                    for r in self.records:
-                        w.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()})
-                os.replace(tmp, self.csv)
-            finally:
-                with contextlib.suppress(OSError):
-                    tmp.unlink(missing_ok=True)
+        with writing(self.csv), replacing(self.csv, "w", sync=False, newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+            w.writeheader()
+            for r in self.records:
+                w.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()})

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edge_sel.core.temp_file import replacing
 from edge_sel.data.dataset import IndexedDataset
 from edge_sel.errors import InputError, parse_json
 
@@ -215,16 +216,9 @@ def write_cache(path: Path, images: np.ndarray) -> None:
     meta = {"shape": list(images.shape), "sha256": hashlib.sha256(payload).hexdigest()}
     head = CACHE_FORMAT + json.dumps(meta).encode()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(head.ljust(HEADER_BYTES - 1) + b"\n")
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with replacing(path) as f:          # never through a name planted in a shared cache folder
+        f.write(head.ljust(HEADER_BYTES - 1) + b"\n")
+        f.write(payload)
 
 
 def read_cache(path: Path, count: int) -> np.ndarray:

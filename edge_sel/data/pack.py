@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edge_sel.core.temp_file import replacing
 from edge_sel.data.dataset import IndexedDataset
 from edge_sel.data.folder import decode_own_size, decode_sources, list_class_folder
 from edge_sel.errors import JSON_LIMIT, InputError, parse_json
@@ -71,13 +72,11 @@ def write_pack(root: Path, out: Path) -> dict:
                                       "splits": splits}).encode(), 9)
     blob = b"".join([head, tail, *(b[prefix:len(b) - suffix] for b in every)])
     digest = hashlib.sha256(index + blob).digest()
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "wb") as f:
+    with replacing(out) as f:
         f.write(HEADER.pack(MAGIC, VERSION, len(index), len(blob), digest))
         f.write(index)
         f.write(blob)
-    os.replace(tmp, out)
     return {"images": len(every), "bytes": out.stat().st_size, "encoded_bytes": sum(map(len, every)),
             "common_prefix": prefix, "splits": {k: len(v["names"]) for k, v in splits.items()}}
 

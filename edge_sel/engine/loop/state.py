@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from edge_sel.core.checkpoint import fsync_dir
+from edge_sel.core.temp_file import open_new
 from edge_sel.errors import WriteError
 
 MAGIC = b"edge-sel-state/1\n"
@@ -107,10 +108,11 @@ def decode(blob: bytes) -> dict:
 
 def save_state(directory: Path, state: dict) -> Path:
     directory = Path(directory)
-    tmp = directory / f".state.tmp{os.getpid()}"
+    tmp = None
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
+        f, tmp = open_new(directory / CURRENT, prefix=".state.tmp")     # never through a name planted there
+        with f:
             _write_streamed(f, state)
             f.flush()
             os.fsync(f.fileno())
@@ -118,10 +120,12 @@ def save_state(directory: Path, state: dict) -> Path:
         if current.exists():
             os.replace(current, directory / PREVIOUS)
         os.replace(tmp, current)
+        tmp = None
         fsync_dir(directory)
     except OSError as e:
         try:
-            tmp.unlink(missing_ok=True)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
         except OSError:
             pass
         kept = [name for name in (CURRENT, PREVIOUS) if (directory / name).is_file()]

@@ -39,7 +39,7 @@ from edge_sel.engine.night.promote import Decision, promote, repair_deployed, va
 from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.engine.runs.run import finetune, prepare_finetune_config, resume
 from edge_sel.engine.runs.signals import exit_code_for
-from edge_sel.errors import InputError, WriteError, read_json
+from edge_sel.errors import InputError, InUseError, WriteError, read_json
 
 RUN_NAME = re.compile(r"\d{8}T\d{6}Z")       # a run named by its UTC start time
 ABANDONED = ".abandoned"
@@ -136,11 +136,11 @@ def night(home: Home, data: DataOptions, cfg: TrainConfig, energy: EnergyOptions
         try:
             summary = resume(latest, quiet, phase="finetune")
             run_dir, resumed = latest, True
+        except (InUseError, WriteError):
+            raise       # another night writing it (theirs), or a full disk: the run itself is fine
         except InputError as e:
             abandoned = set_aside(latest)
             say(f"edge-sel nightly: {latest} cannot be resumed ({e}); kept as {abandoned}, starting a new run")
-        except WriteError:
-            raise                   # a full or read-only disk: the run itself is fine, tomorrow may be too
         except Exception as e:      # anything else may be the run's own fault: N strikes, then set aside
             tries = count_failed_resume(latest, e)
             if tries < RESUME_TRIES:

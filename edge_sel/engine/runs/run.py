@@ -11,7 +11,7 @@ from torch import nn
 
 from edge_sel import threads
 from edge_sel.config import TrainConfig
-from edge_sel.core.checkpoint import ModelCard, weights_digest
+from edge_sel.core.checkpoint import ModelCard, pinned, weights_digest
 from edge_sel.data import Splits
 from edge_sel.engine.evaluation.bn_bank import make_bank
 from edge_sel.engine.levers.anchors import load_memory
@@ -23,7 +23,7 @@ from edge_sel.engine.machine.distributed import detect_world
 from edge_sel.engine.machine.energy_setup import EnergyOptions
 from edge_sel.engine.runs.data_options import (DataOptions, check_compatible, check_image_size, check_same_split,
                                                dataset_card, vars_of, warn_if_trained_on)
-from edge_sel.core.outputs import check_out_dir
+from edge_sel.core.outputs import check_out_dir, claim_in_place, release_claim
 from edge_sel.engine.runs.head_first import PRETRAINED_BN_MOMENTUM
 from edge_sel.engine.runs.input_norm import choose_norm, parse_input_norm
 from edge_sel.engine.runs.out_dir import refuse_finished, restarted_here
@@ -150,7 +150,9 @@ def finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, out: Path, o
     prepare_finetune_config(cfg, quiet)
     out = check_out_dir(out, overwrite, "finetune", [("--checkpoint", checkpoint), *data.input_paths(),
                                                      ("--artifacts", cfg.artifacts)])
-    model, card = load_checkpoint(Path(checkpoint))
+    checkpoint = Path(checkpoint)
+    opened = pinned(checkpoint)         # every file below and the digest from one version (a deployed link)
+    model, card = load_checkpoint(opened)
     if splits is None:
         check_image_size(card, data, Path(checkpoint))
     splits = splits if splits is not None else data.load()
@@ -161,12 +163,12 @@ def finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, out: Path, o
     card.dataset = dataset_card(splits, data)     # normalisation stays the pretrainer's
     # The starting weights by content: promote checks the run started from the model deployed now.
     source_info = {"data": vars_of(data), "checkpoint": str(checkpoint), "warmup": warm,
-                   "checkpoint_sha256": weights_digest(checkpoint)}
+                   "checkpoint_sha256": weights_digest(opened)}
     if profile is not None:
         source_info["profile"] = profile
-    memory = load_memory(Path(checkpoint), card, splits.train)
-    check_levers_memory(cfg, memory, Path(checkpoint))
-    bank = make_bank(cfg, Path(checkpoint), model, card, splits.train, memory, out.name)
+    memory = load_memory(opened, card, splits.train)
+    check_levers_memory(cfg, memory, checkpoint)
+    bank = make_bank(cfg, opened, model, card, splits.train, memory, out.name)
     return train_model("finetune", model, card, splits, cfg, out, quiet, energy, source_info, meter, memory=memory,
                        bank=bank)
 
@@ -176,6 +178,18 @@ def resume(run_dir: Path, quiet: bool = False, phase: str | None = None) -> dict
     was started with (RUN/config.json). `phase`: the command resuming it, which must match."""
     run_dir = existing_dir(run_dir, "--resume")
     config_file = required_file(run_dir, "config.json", "--resume", "run directory")
+    # One writer per run: a resume holds it as a fresh run does (core/outputs.py), before it reads
+    # what another writer could be changing. Under torchrun rank 0 writes it.
+    if detect_world().is_main:
+        claim_in_place(run_dir)
+    try:
+        return _read_and_resume(run_dir, config_file, quiet, phase)
+    except BaseException:
+        release_claim(run_dir)
+        raise
+
+
+def _read_and_resume(run_dir: Path, config_file: Path, quiet: bool, phase: str | None) -> dict:
     try:
         saved = read_json(config_file)
         cfg = TrainConfig(**{f.name: saved[f.name] for f in dataclasses.fields(TrainConfig) if f.name in saved})
@@ -190,6 +204,11 @@ def resume(run_dir: Path, quiet: bool = False, phase: str | None = None) -> dict
     if phase is not None and saved_phase != phase:
         raise InputError(f"--resume {run_dir}: a {saved_phase} run; resume it with edge-sel {saved_phase} --resume")
     phase = saved_phase
+    return _resume(run_dir, quiet, phase, saved, cfg, data, energy, config_file)
+
+
+def _resume(run_dir: Path, quiet: bool, phase: str, saved: dict, cfg: TrainConfig, data: DataOptions,
+            energy: EnergyOptions, config_file: Path) -> dict:
     state_dir = run_dir / "state"
     if not state_dir.is_dir() or not any(state_dir.iterdir()):
         # Killed before its first checkpoint: nothing was trained, so it starts again from the
@@ -206,9 +225,10 @@ def resume(run_dir: Path, quiet: bool = False, phase: str | None = None) -> dict
                                          "pretrained", "input_norm", "checkpoint_sha256")
                    if k in saved}
     if phase == "finetune":
-        model, card = load_checkpoint(Path(saved["checkpoint"]))
+        opened = pinned(saved["checkpoint"])        # weights, digest and bank from one version
+        model, card = load_checkpoint(opened)
         digest = saved.get("checkpoint_sha256")
-        if digest is not None and digest != weights_digest(saved["checkpoint"]):
+        if digest is not None and digest != weights_digest(opened):
             raise InputError(f"--resume {run_dir}: its starting checkpoint {saved['checkpoint']} has changed since "
                              f"the run started (another model was deployed); start a new run")
         check_compatible(card, splits, Path(saved["checkpoint"]))
@@ -218,7 +238,7 @@ def resume(run_dir: Path, quiet: bool = False, phase: str | None = None) -> dict
         check_levers_memory(cfg, memory, run_dir)
         # The same bank as at the start: the start's conditions (unchanged with its weights) and
         # tonight's seeded draw.
-        bank = make_bank(cfg, Path(saved["checkpoint"]), model, card, splits.train, memory, run_dir.name)
+        bank = make_bank(cfg, opened, model, card, splits.train, memory, run_dir.name)
     else:       # the same initial weights as the run's first start
         try:
             spec = ModelSpec.from_json(saved["model"])

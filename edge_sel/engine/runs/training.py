@@ -47,8 +47,12 @@ def train_model(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainCo
     `bank`: the run's BatchNorm statistics per condition and what matching tonight cost
     (engine/evaluation/bn_bank.py), written beside the output model."""
     with StopSignals() as signals:
-        return _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_info, meter,
-                            resume_state, signals, memory, bank)
+        try:
+            return _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_info, meter,
+                                resume_state, signals, memory, bank)
+        except BaseException:
+            release_claim(out)      # no longer written: a resume may take it (a process's end would do the same)
+            raise
 
 
 def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_info, meter, resume_state,
