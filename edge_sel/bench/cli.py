@@ -207,6 +207,7 @@ def adapt_cmd(dataset, scenarios, activations, method_names, epochs, lr, pretrai
     start = warmup("adapt", checkpoint, ds, data_dir, pretrain_epochs or (1 if quick else 8), n if quick else None,
                     device, target)
     log = progress(quiet)
+    methods = adapt.with_source_memory(methods, Path(start), log)
     result = adapt.run_adapt(Path(start), ds, data_dir, n, e, list(range(count)), chosen_scenarios, methods,
                              target, lr, device, log)
     bench = adapt.bench_record({"suite": "adapt", "dataset": ds, "checkpoint": str(start), "subset": n,

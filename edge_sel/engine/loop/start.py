@@ -3,22 +3,15 @@ must clear) and, under --reset-forgetting, the choice to start from the source w
 
 from __future__ import annotations
 
-from edge_sel.core import bn_stats
 from edge_sel.engine.levers.levers import forgot_too_much
 from edge_sel.engine.loop import epoch_record
 from edge_sel.engine.loop.bank_passes import holding, metered
 
 
-def bn_fields(trainer) -> dict:
-    """The statistics lever as this trainer runs it (ORT: the artifacts' mode), for every record."""
-    mode = bn_stats.mode_of(trainer.backend.bn_mode, trainer.config.bn_conditions)
-    return bn_stats.fields(mode, bn_stats.momentum_of(trainer.model, mode, trainer.config.bn_momentum))
-
-
 def baseline_record(trainer) -> dict:
     """The starting checkpoint on the local validation and test splits before any step: the bar
     a fine-tune must clear. It costs evaluation only (its FLOPs and joules are recorded)."""
-    record = {**epoch_record.baseline_fields(trainer.strategy.name, len(trainer.train_ds)), **bn_fields(trainer)}
+    record = {**epoch_record.baseline_fields(trainer.strategy.name, len(trainer.train_ds)), **epoch_record.bn_fields(trainer)}
     trainer.log.evaluating_start(trainer.eval_sets)
     record.update(trainer.evaluate(bar="start: evaluating"))
     record.update({k: trainer.last_eval_energy.get(k) for k in ("energy_source", "energy_method")})

@@ -37,7 +37,7 @@ from edge_sel.engine.loop.schedule import lr_factor
 from edge_sel.engine.loop.scoring import ScoringPasses
 from edge_sel.engine.loop.single_rows import refuse_batches_of_one, rows_to_train, trains_batchnorm_statistics
 from edge_sel.engine.loop.step_memory import allocator_while_training, memory_counter, plan_run_memory
-from edge_sel.engine.loop.start import baseline_record, bn_fields, reset_if_forgotten
+from edge_sel.engine.loop.start import baseline_record, reset_if_forgotten
 from edge_sel.engine.loop.totals import StepTotals
 from edge_sel.engine.loop.val_size import validation_set
 from edge_sel.engine.machine.precision import autocast
@@ -289,7 +289,7 @@ class Trainer:
                                               progress, scoring)
         record.update(epoch_record.stream_fields(self.train_ds, progress.plan.positions))
         record.update(self.updater.end_epoch())
-        record.update(params_updated_frac=changed_fraction(self.model, progress.before), **bn_fields(self))
+        record.update(params_updated_frac=changed_fraction(self.model, progress.before), **epoch_record.bn_fields(self))
         bn_adapt, self.bn_adapt_pending = self.bn_adapt_pending, None
         candidate_eval = None if bn_adapt is None else bn_adapt.pop("candidate_eval", None)
         group = self.optimizer.param_groups[0]
