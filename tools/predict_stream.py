@@ -119,7 +119,8 @@ def main() -> None:
         g = torch.Generator().manual_seed(seed)
         for c in shifted:
             pick = torch.randperm(len(test), generator=g)[:10 * a.batch // 2]
-            clean, other = test.images[pick], apply_condition(test, pick, c, 0)
+            # through apply_condition both: a folder dataset keeps its images at their own size until then
+            clean, other = apply_condition(test, pick, "clean", 0), apply_condition(test, pick, c, 0)
             both, y = torch.cat([clean, other]), torch.cat([test.labels[pick]] * 2)
             order = torch.randperm(len(both), generator=g)
             is_other = order >= len(pick)
