@@ -71,7 +71,7 @@ def build_data(kw: dict) -> DataOptions:
 # Python API's: one list, so that neither drops a lever).
 FINETUNE_FIELDS = ("strategy", "sparsity", "backend", "bn_mode", "bn_adapt", "keep", "max_forgetting", "ewc", "replay",
                    "bn_anchor_share", "reset_forgetting", "bn_conditions", "bn_condition_images",
-                   "bn_condition_radius")
+                   "bn_condition_radius", "bn_stats", "bn_momentum")
 # Options whose config field has another name.
 RENAMED_FIELDS = {"memory_budget": "memory_budget_mb"}
 

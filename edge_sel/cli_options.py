@@ -15,6 +15,7 @@ from click_option_group import OptionGroup
 
 from edge_sel.config import (EVAL_TEST, MAX_EPOCHS, MAX_IMAGE_SIZE, GUARD_TEMP_C, MEMORY_FORMATS, NIGHT_BN_CONDITIONS,
                              OPTIMIZERS, PRECISIONS, SCHEDULES)
+from edge_sel.core.bn_stats import BN_STATS
 from edge_sel.energy import METER_NAMES
 from edge_sel.methods import STRATEGIES
 from edge_sel.methods.options import OptionSpec, RegistryChoice, option
@@ -172,6 +173,9 @@ PRETRAIN = [
                 "on features normalised with the data's statistics (0: the start's own)."),
     option("--backbone-lr-scale", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True,
            help="After --head-epochs, train all but the classifier at this fraction of --lr."),
+    option("--bn-stats", type=click.Choice(BN_STATS[:2]), default=None,
+           help="BatchNorm running statistics while training: frozen (used, never changed) or reestimate (moving "
+                "at --bn-momentum) [default: reestimate; a --head-epochs stage keeps them frozen]."),
     option("--bn-momentum", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
            help="Every BatchNorm layer's momentum while training [default: 0.1 from --init-weights or --pretrained, else the "
                 "model's own; weights converted from TensorFlow carry 0.01]."),
@@ -201,6 +205,14 @@ FINETUNE = [
     option("--bn-mode", type=click.Choice(["train", "eval"]), default=None,
            help="BatchNorm while training: train (batch stats) or eval (frozen stats) [default: train; "
                 "ort: the artifacts' mode]."),
+    option("--bn-stats", type=click.Choice(BN_STATS), default=None,
+           help="BatchNorm running statistics while training, apart from what trains: frozen (used, never "
+                "changed), reestimate (batch statistics; the running ones move at --bn-momentum) or per-condition "
+                "(kept per condition, as --bn-conditions; default 4) [default: --bn-mode's or --bn-conditions' "
+                "choice; else reestimate; ort: the artifacts' mode]."),
+    option("--bn-momentum", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
+           help="Momentum of the running statistics under --bn-stats reestimate or per-condition [default: the "
+                "model's own, 0.1 for every model built here]; stated in config.json, the card and every record."),
     option("--bn-adapt", type=COUNT, default=0, show_default=True,
            help="First re-estimate BatchNorm statistics on N unlabelled local training images (forward passes "
                 "only; with --epochs 0, the whole adaptation)."),
@@ -289,7 +301,7 @@ PRETRAIN_SECTIONS = [
                           "--export-artifacts", *RUN]),
     ("What devices get with the checkpoint", ["--anchors-per-class", "--fisher-samples"]),
     ("From pretrained weights", ["--head-epochs", "--head-lr", "--head-bn-adapt", "--backbone-lr-scale",
-                                  "--bn-momentum"]),
+                                  "--bn-momentum", "--bn-stats"]),
     DATA_SECTION,
     ("Training", TRAINING),
     ENERGY_SECTION,
@@ -299,7 +311,7 @@ PRETRAIN_SECTIONS = [
 FINETUNE_SECTIONS = [
     ("Checkpoint and output", ["--checkpoint", *RUN, "--keep", "--max-forgetting"]),
     DATA_SECTION,
-    ("Training", [*TRAINING, "--bn-mode", "--bn-adapt", "--backend", "--artifacts", "--memory-budget"]),
+    ("Training", [*TRAINING, "--bn-stats", "--bn-momentum", "--bn-mode", "--bn-adapt", "--backend", "--artifacts", "--memory-budget"]),
     ("Against forgetting (need the checkpoint's anchors)", ["--ewc", "--replay", "--bn-anchor-share",
                                                             "--reset-forgetting", "--bn-conditions",
                                                             "--bn-condition-images", "--bn-condition-radius"]),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from edge_sel.core.bn_stats import BN_STATS
 from edge_sel.errors import InputError
 
 # `--bn-conditions` of an `edge-sel night` that does not say, when its start checkpoint can keep
@@ -84,6 +85,9 @@ class TrainConfig:
     backend: str = "torch"
     artifacts: str | None = None      # ORT training artifacts directory (backend "ort")
     bn_mode: str | None = None        # "eval": BatchNorm keeps frozen running stats while training
+    # --bn-stats frozen|reestimate|per-condition (core/bn_stats.py): the one lever that bn_mode and
+    # bn_conditions are older names of; None: those decide.
+    bn_stats: str | None = None
     method: dict = field(default_factory=dict)   # strategy/updater options (target activation, ...)
     keep: str = "best"                # output model: best by local validation (warmup included) or last
     bn_adapt: int = 0                 # re-estimate BatchNorm statistics on this many local images first
@@ -148,6 +152,7 @@ class TrainConfig:
         _choice("--optimizer", self.optimizer, OPTIMIZERS)
         _choice("--schedule", self.schedule, SCHEDULES)
         _choice("--bn-mode", self.bn_mode, (None, "train", "eval"))
+        _choice("--bn-stats", self.bn_stats, (None, *BN_STATS))
         _choice("--keep", self.keep, KEEP_CHOICES)
         _integer("--bn-adapt", self.bn_adapt, lo=0)
         _integer("--eval-batch-size", self.eval_batch_size, lo=0)

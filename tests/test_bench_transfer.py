@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from edge_sel.core.records import read_records
 from edge_sel.core.source_memory import read_source_memory
@@ -23,7 +24,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def bench(tmp_path_factory):
     root = tmp_path_factory.mktemp("transfer")
     warm = digits_warmup_with_memory(root / "warm")
-    run_cli("bench", "transfer", "--checkpoint", warm, "--dataset", "digits", "--methods", "sparse,sundew@0.4,random@0.4",
+    run_cli("bench", "transfer", "--checkpoint", warm, "--dataset", "digits", "--methods",
+            "sparse,adabn,classifier/per-condition,sundew@0.4,random@0.4",
             "--seeds", "1", "--epochs", "1", "--subset", "200", "--test-subset", "100", "--val-subset", "50",
             "--one-process", "--quiet", "--out", root / "bench")
     return warm, root / "bench"
@@ -33,25 +35,53 @@ def test_rows_pairs_and_one_start_evaluation_per_seed(bench):
     warm, out = bench
     result = json.loads((out / "results.json").read_text())
     rows = {r["method"]: r for r in result["rows"]}
-    assert list(rows) == ["start", "full FT", "sparse", "sundew@0.4", "random@0.4"]
+    assert list(rows) == ["start", "full FT", "sparse", "adabn", "classifier/per-condition", "sundew@0.4", "random@0.4"]
     table = (out / "table.md").read_text()
-    assert all(f"\n| {name} | " in table for name in rows) and "TinyTL-B (biases)" in table
+    assert all(f"\n| {name} | {r['bn_stats'] or '-'} | " in table for name, r in rows.items())
+    assert "TinyTL-B (biases)" in table
     # The start is evaluated once per seed, by its own run; no method evaluates it again.
     runs = {name: Path(rs[0]["run_dir"]) for name, rs in result["results"].items()}
     baselines = {name: sum(r.get("phase") == "baseline" for r in read_records(d / "metrics.jsonl"))
                  for name, d in runs.items()}
-    assert baselines == {"start": 1, "full FT": 0, "sparse": 0, "sundew@0.4": 0, "random@0.4": 0}
+    # AdaBN trains nothing: its one record is its start's, the statistics re-estimated first.
+    assert baselines == {"start": 1, "full FT": 0, "sparse": 0, "adabn": 1, "classifier/per-condition": 0,
+                         "sundew@0.4": 0, "random@0.4": 0}
     start = result["results"]["start"][0]
     for name in ("full FT", "sparse", "sundew@0.4", "random@0.4"):
         r = result["results"][name][0]
         assert r["forgetting_pts"] == pytest.approx(100 * (start["clean_test_acc"] - r["clean_test_acc"]))
     # Paired by seed: Sundew against random at the same activation, and against full fine-tuning.
     pairs = {(p["a"], p["b"]): p for p in result["pairs"]}
-    assert set(pairs) == {("sundew@0.4", "random@0.4"), ("sundew@0.4", "full FT")}
+    assert set(pairs) == {("sundew@0.4", "random@0.4"), ("sundew@0.4", "full FT"),
+                          ("classifier/per-condition", "adabn")}
     acc = {name: rs[0]["test_acc"] for name, rs in result["results"].items()}
     assert pairs[("sundew@0.4", "random@0.4")]["per_seed"] == pytest.approx([100 * (acc["sundew@0.4"] - acc["random@0.4"])])
     assert rows["sparse"]["vs_full"]["diff_pts"] == pytest.approx(100 * (acc["sparse"] - acc["full FT"]))
     assert (out / "accuracy-memory.png").stat().st_size > 1000 and (out / "report.html").exists()
+
+
+def test_every_row_runs_and_states_its_statistics_mode(bench):
+    """The field's sets run with frozen statistics (byte for byte the start's afterwards), AdaBN
+    re-estimates them with no training, the classifier keeps a bank per condition; each run's
+    records and summary say the mode its row names."""
+    warm, out = bench
+    result = json.loads((out / "results.json").read_text())
+    rows = {r["method"]: r["bn_stats"] for r in result["rows"]}
+    assert rows == {"start": None, "full FT": "reestimate", "sparse": "frozen", "adabn": "reestimate",
+                    "classifier/per-condition": "per-condition", "sundew@0.4": "reestimate", "random@0.4": "reestimate"}
+    runs = {name: Path(rs[0]["run_dir"]) for name, rs in result["results"].items() if name != "start"}
+    for name, run in runs.items():
+        said = {r["bn_stats"] for r in read_records(run / "metrics.jsonl")}
+        assert said == {rows[name]} and json.loads((run / "summary.json").read_text())["bn_stats"] == rows[name]
+
+    def statistics(directory):
+        model, _ = load_checkpoint(directory)
+        return {k: v for k, v in model.state_dict().items() if k.rsplit(".", 1)[-1] in
+                ("running_mean", "running_var", "num_batches_tracked")}
+    start, frozen, adabn = statistics(warm), statistics(runs["sparse"]), statistics(runs["adabn"])
+    assert start and all(frozen[k].numpy().tobytes() == v.numpy().tobytes() for k, v in start.items())
+    assert any(not torch.equal(adabn[k], v) for k, v in start.items())
+    assert (runs["classifier/per-condition"] / "bn_bank.safetensors").exists()
 
 
 def test_the_sparse_update_trains_the_chosen_set(bench):

@@ -3,6 +3,8 @@ frames in whole batches of one condition, in batches that mix two conditions, an
 
     python tools/predict_stream.py --deployed HOME/checkpoints/deployed --warmup HOME/checkpoints/warmup \\
         --dataset folder:../shared/data/cifar10-jpeg --conditions clean,gaussian_noise:3,clean,fog:3 --seeds 5
+    python tools/predict_stream.py --deployed RUN --warmup CKPT --image-size 96 --test-subset 2000 \\
+        --conditions clean,gaussian_noise:3 --segment 100 --frames 2000 --seeds 3
 
 Per seed a stream of test images (segments of --segment frames cycling through --conditions, classes
 in runs of --run) is written as PNG files and predicted by the real command line one frame at a time
@@ -70,10 +72,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64, help="whole and mixed batch size")
     ap.add_argument("--ort", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--image-size", type=int, default=None, help="folder images resized to S x S (the model's side)")
+    ap.add_argument("--test-subset", type=int, default=None,
+                    help="class-balanced test images the streams draw from [all]; the training split is not decoded")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    test = DataOptions(a.dataset).load().test
+    # Only the test split is used: a small training subset keeps a folder dataset from decoding all of it.
+    test = DataOptions(a.dataset, shard="1/2", subset=20, image_size=a.image_size, test_subset=a.test_subset).load().test
     conditions = a.conditions.split(",")
     distinct = list(dict.fromkeys(conditions))
     shifted = [c for c in distinct if c != "clean"]
@@ -113,7 +119,8 @@ def main() -> None:
         g = torch.Generator().manual_seed(seed)
         for c in shifted:
             pick = torch.randperm(len(test), generator=g)[:10 * a.batch // 2]
-            clean, other = test.images[pick], apply_condition(test, pick, c, 0)
+            # through apply_condition both: a folder dataset keeps its images at their own size until then
+            clean, other = apply_condition(test, pick, "clean", 0), apply_condition(test, pick, c, 0)
             both, y = torch.cat([clean, other]), torch.cat([test.labels[pick]] * 2)
             order = torch.randperm(len(both), generator=g)
             is_other = order >= len(pick)

@@ -46,6 +46,7 @@ class AdaptMethod:
     method: dict = field(default_factory=dict)
     bn_adapt: int = 0
     note: str = ""
+    bn_stats: str | None = None           # the BatchNorm statistics lever (core/bn_stats.py); None: the default
 
 
 def adapt_methods(activations=ACTIVATIONS) -> list[AdaptMethod]:
@@ -60,7 +61,26 @@ def adapt_methods(activations=ACTIVATIONS) -> list[AdaptMethod]:
                                note="sundew scoring likely-mislabelled samples 0, unseen samples neutral"))
     out.append(AdaptMethod("infobatch", strategy="infobatch", note="InfoBatch pruning with rescaled losses"))
     out.append(AdaptMethod("recipe", method={"preset": "adapt"}, note="--preset adapt"))
+    out.append(AdaptMethod("classifier frozen", sparsity="classifier", bn_stats="frozen",
+                           note="the classifier alone, BatchNorm statistics frozen"))
+    out.append(AdaptMethod("classifier per-condition", sparsity="classifier", bn_stats="per-condition",
+                           note="the classifier alone, BatchNorm statistics per condition (the source's kept)"))
+    out.append(AdaptMethod("per-condition", bn_stats="per-condition",
+                           note="every sample, every parameter, BatchNorm statistics per condition"))
     return out
+
+
+def with_source_memory(methods: list, checkpoint: Path, log=print) -> list:
+    """The rows the checkpoint can run: statistics per condition need its anchors (the source's
+    condition is estimated on them); without them those rows are left out, said in one line."""
+    from edge_sel.core.checkpoint import read_card
+    if read_card(checkpoint).source_memory is not None:
+        return methods
+    left = [m.name for m in methods if m.bn_stats == "per-condition"]
+    if left:
+        log(f"  {', '.join(left)}: left out, the start {checkpoint} ships no anchors (pretrain with "
+            "--anchors-per-class)")
+    return [m for m in methods if m.bn_stats != "per-condition"]
 
 
 def ci95(values: list[float]) -> tuple[float, float, float]:
@@ -101,7 +121,7 @@ def run_adapt(checkpoint: Path, dataset: str, data_dir, subset: int, epochs: int
             for m in methods:
                 cfg = TrainConfig(epochs=epochs if m.epochs is None else m.epochs, lr=lr, seed=seed, device=device,
                                   strategy=m.strategy, sparsity=m.sparsity, method=dict(m.method),
-                                  bn_adapt=m.bn_adapt, keep="last", checkpoint_every=0)
+                                  bn_adapt=m.bn_adapt, keep="last", checkpoint_every=0, bn_stats=m.bn_stats)
                 run_dir = out / "runs" / scenario / m.name.replace("@", "-at-").replace(" ", "-") / f"seed{seed}"
                 if not stop.ran(lambda: finetune(checkpoint, data, cfg, run_dir, overwrite=True, quiet=True),
                                 run_dir, f"{scenario} {m.name}", seed, cfg.epochs):

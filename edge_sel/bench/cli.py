@@ -209,6 +209,7 @@ def adapt_cmd(dataset, scenarios, activations, method_names, epochs, lr, pretrai
     start = warmup("adapt", checkpoint, ds, data_dir, pretrain_epochs or (1 if quick else 8), n if quick else None,
                     device, target)
     log = progress(quiet)
+    methods = adapt.with_source_memory(methods, Path(start), log)
     with BenchStop() as stop:
         result = adapt.run_adapt(Path(start), ds, data_dir, n, e, list(range(count)), chosen_scenarios, methods,
                                  target, lr, device, log, stop)

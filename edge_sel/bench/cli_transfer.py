@@ -60,15 +60,17 @@ from edge_sel.errors import InputError
 def transfer_cmd(checkpoint, imagenet_model, dataset, scenario, image_size, method_names, last_k, epochs, lr, batch_size, bn_momentum,
                  subset, test_subset, val_subset, seeds, first_seed, device, one_process, out, overwrite, quick, quiet):
     """The field's transfer protocol on the device's shard: full fine-tuning, classifier, BatchNorm,
-    biases, last-k, a sparse update, the planner at 1/4, 1/10, 1/30 of full fine-tuning's counted peak,
+    biases, last-k, a sparse update (each with BatchNorm statistics frozen, and re-estimated), AdaBN,
+    the classifier with statistics per condition, the planner at 1/4, 1/10, 1/30 of full fine-tuning's counted peak,
     Sundew against random and SEL against its control, over paired seeds, beside TinyTL's and
     MCUNetV3's published rows."""
-    from edge_sel.bench import transfer, transfer_report
+    from edge_sel.bench import adapt, transfer, transfer_report
     if (checkpoint is None) == (imagenet_model is None):
         raise InputError("--checkpoint: give a warmup checkpoint or --from-imagenet MODEL, one of them")
     if scenario not in transfer.CONDITIONS:
         raise InputError(f"--scenario: unknown {scenario}; choose from {', '.join(transfer.CONDITIONS)}")
-    methods = transfer.chosen_methods(method_names, transfer.transfer_methods(last_k))
+    n = subset or (500 if quick else 2000)
+    methods = transfer.chosen_methods(method_names, transfer.transfer_methods(last_k, n))
     if imagenet_model is not None:
         from edge_sel.models.pretrained import weights_config, weights_file
         weights_file(weights_config(imagenet_model, "--from-imagenet"), "--from-imagenet")  # before any work
@@ -81,12 +83,13 @@ def transfer_cmd(checkpoint, imagenet_model, dataset, scenario, image_size, meth
         raise InputError(f"--image-size {image_size}: the checkpoint {checkpoint} takes {side} px images; "
                          f"pretrain at {image_size} px or leave it out")
     size = None if ds in DATASET_NAMES else image_size or side
-    n = subset or (500 if quick else 2000)
     count = seeds or (2 if quick else 5)
     target = fresh_out(out or Path("runs/bench-transfer"), overwrite, "transfer", checkpoint, ds, None)
     data = DataOptions(ds, None, shard="1/2", subset=n, image_size=size, test_subset=test_subset or (300 if quick else 1000))
     if checkpoint is None:
         checkpoint = transfer.imagenet_start(imagenet_model, data, target, device)
+    methods = adapt.with_source_memory(methods, Path(checkpoint), progress(quiet))
+    transfer.name_what_trains(methods, Path(checkpoint))
     settings = transfer.TransferSettings(Path(checkpoint), data, scenario, methods, list(range(first_seed, first_seed + count)),
                                          epochs or (1 if quick else 3), lr, batch_size, val_subset, bn_momentum, device,
                                          target, own_process=not one_process)

@@ -12,6 +12,12 @@ up to a tenth of the parameters; methods/update/fixed_sets.py's sparse_names, ru
 that trains that set); the planner (`--sparsity budget`) at 1/4, 1/10 and 1/30 of full fine-tuning's
 counted peak; Sundew and random gating at activation 0.4; the SEL curriculum and its random-difficulty
 control. Seeds pair as in bench adapt: the same start, split, corrupted images and data order per seed.
+
+Every row names what it does with the BatchNorm running statistics (core/bn_stats.py): the trained
+sets run as the field defines them, with the statistics frozen (TinyTL's FT-Last and FT-Norm+Last move
+none), and again with them re-estimated (`SET/reestimate`); AdaBN re-estimates the statistics alone
+with no training; the cheapest trained set (the classifier) runs with statistics per condition; full
+fine-tuning, the planner, the gates and the curricula re-estimate them as they always have.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from edge_sel.bench.memory import (SAME_NUMERICS, MemoryModel, finetune_alone, p
                                    run_name)
 from edge_sel.bench.stopping import BenchStop
 from edge_sel.config import TrainConfig
+from edge_sel.core import bn_stats
 from edge_sel.core.checkpoint import read_card
 from edge_sel.core.memory import MiB
 from edge_sel.core.source_memory import read_source_memory
@@ -43,6 +50,10 @@ ACTIVATION = 0.4
 SPARSE_SHARE = 0.1
 REFERENCE = "full FT"
 START = "start"
+FROZEN, REESTIMATE, PER_CONDITION = bn_stats.BN_STATS
+ADABN = "adabn"
+# The trained sets the field runs with frozen statistics; each also runs as SET/reestimate.
+FROZEN_SETS = ("classifier", "bn+classifier", "bias+bn+classifier", "last-k", "sparse")
 
 
 @dataclass
@@ -53,18 +64,42 @@ class TransferMethod:
     method: dict = field(default_factory=dict)
     fraction: str | None = None       # the planner's budget, a fraction of full fine-tuning's counted peak
     note: str = ""
+    bn_stats: str = REESTIMATE        # what the run does with the BatchNorm running statistics
+    config: dict = field(default_factory=dict)   # other TrainConfig fields of the row (AdaBN: no epoch)
+
+    @property
+    def trained_set(self) -> str:
+        """The row's name without its statistics mode: the set its memory plan is made for."""
+        return self.name.rsplit("/", 1)[0]
 
 
-def transfer_methods(last_k: int = 2) -> list[TransferMethod]:
+def with_statistics(m: TransferMethod, mode: str) -> TransferMethod:
+    """The same trained set under another statistics mode, named SET/MODE."""
+    return dataclasses.replace(m, name=f"{m.name}/{mode}", bn_stats=mode, method=dict(m.method),
+                               note=f"{m.note}; statistics {mode}")
+
+
+def transfer_methods(last_k: int = 2, adabn_images: int = 2000) -> list[TransferMethod]:
+    """Every row; `adabn_images`: the device images AdaBN re-estimates the statistics on (all of them)."""
     gate = {"target_activation": ACTIVATION}
+    frozen = [TransferMethod("classifier", "classifier", note="the classifier alone (TinyTL's FT-Last)",
+                             bn_stats=FROZEN),
+              TransferMethod("bn+classifier", "bn-affine", note="BatchNorm scales and shifts, the classifier "
+                                                                "(TinyTL's FT-Norm+Last)", bn_stats=FROZEN),
+              TransferMethod("bias+bn+classifier", "bias-norm", note="every bias and norm, the classifier",
+                             bn_stats=FROZEN),
+              TransferMethod("last-k", "last-k", method={"last_k": last_k}, bn_stats=FROZEN,
+                             note=f"the model's last {last_k} blocks (the classifier counts as one)"),
+              TransferMethod("sparse", "budget", bn_stats=FROZEN,
+                             note=f"MCUNetV3's shape: biases and norms everywhere, the classifier, the weights of the "
+                                  f"blocks the warmup's Fisher information rates highest per parameter, up to "
+                                  f"{SPARSE_SHARE:.0%} of them")]
     return [TransferMethod(REFERENCE, note="every parameter, every sample"),
-            TransferMethod("classifier", "classifier", note="the classifier alone (TinyTL's FT-Last)"),
-            TransferMethod("bn+classifier", "bn-affine", note="BatchNorm scales and shifts, the classifier"),
-            TransferMethod("bias+bn+classifier", "bias-norm", note="every bias and norm, the classifier"),
-            TransferMethod("last-k", "last-k", method={"last_k": last_k}, note=f"the last {last_k} blocks"),
-            TransferMethod("sparse", "budget", note=f"MCUNetV3's shape: biases and norms everywhere, the classifier, "
-                                                    f"the weights of the blocks the warmup's Fisher information "
-                                                    f"rates highest per parameter, up to {SPARSE_SHARE:.0%} of them"),
+            *frozen, *[with_statistics(m, REESTIMATE) for m in frozen],
+            TransferMethod(ADABN, "classifier", config={"epochs": 0, "bn_adapt": adabn_images, "evaluate_start": True},
+                           note=f"AdaBN: the statistics alone, re-estimated on the device's {adabn_images} images "
+                                "(cumulative average), no training"),
+            with_statistics(frozen[0], PER_CONDITION),
             *[TransferMethod(f"planner@{f}", "budget", fraction=f, note=f"--sparsity budget at {f} of full FT's "
                                                                        "counted peak") for f in FRACTIONS],
             TransferMethod(f"sundew@{ACTIVATION}", strategy="sundew", method=dict(gate), note="Sundew gate"),
@@ -79,6 +114,8 @@ def named_pairs(names: list[str]) -> list[tuple[str, str]]:
     pairs = [(f"planner@{f}", other) for f in FRACTIONS for other in ("last-k", "bias+bn+classifier")]
     pairs += [(f"sundew@{ACTIVATION}", f"random@{ACTIVATION}"), (f"sundew@{ACTIVATION}", REFERENCE),
               ("sel", "sel-control")]
+    pairs += [(f"{s}/{REESTIMATE}", s) for s in FROZEN_SETS]        # what moving the statistics is worth
+    pairs += [(f"classifier/{PER_CONDITION}", other) for other in ("classifier", f"classifier/{REESTIMATE}", ADABN)]
     return [(a, b) for a, b in pairs if a in names and b in names]
 
 
@@ -158,6 +195,31 @@ def method_row(run_dir: Path, seed: int, start: dict, full_mb: float, measured_a
     return row
 
 
+def method_config(m: TransferMethod, common: dict, budgets: dict, plans: dict) -> TrainConfig:
+    """One row's fine-tune: the seed's common settings, the row's set, statistics and own fields."""
+    return TrainConfig(**{**common, "evaluate_start": False, **m.config}, strategy=m.strategy, sparsity=m.sparsity,
+                       method=dict(m.method), bn_stats=m.bn_stats,
+                       memory_budget_mb=budgets.get(m.name, budgets.get(m.trained_set)),
+                       memory_plan=plans.get(m.name, plans.get(m.trained_set)))
+
+
+def last_k_blocks(checkpoint: Path, k: int) -> list[str]:
+    """The blocks `--sparsity last-k` trains on the checkpoint's model (edge_sel.models.blocks)."""
+    from edge_sel.models import load_checkpoint
+    from edge_sel.models.blocks import named_blocks
+    model, _ = load_checkpoint(checkpoint)
+    return [name for name, _ in named_blocks(model)[-k:]]
+
+
+def name_what_trains(methods: list[TransferMethod], checkpoint: Path) -> None:
+    """last-k rows name the blocks they train on this model (Lite0's last two are its 1x1 head
+    convolution and the classifier, not two MBConv blocks)."""
+    for m in methods:
+        if m.sparsity == "last-k":
+            blocks = last_k_blocks(checkpoint, m.method["last_k"])
+            m.note = f"{m.note.split(';')[0]}: {', '.join(blocks)}" + m.note[len(m.note.split(';')[0]):]
+
+
 def run_bench(s: TransferSettings, log=print, after_run=None, stop: BenchStop | None = None) -> dict:
     """Per seed: the start once, then every method that fits; `after_run` gets the state so far. A run
     stopped early (a stop signal, `stop`'s handlers where entered) ends the bench: it is named in
@@ -168,7 +230,7 @@ def run_bench(s: TransferSettings, log=print, after_run=None, stop: BenchStop | 
     budgets = {m.name: round(float(Fraction(m.fraction)) * mm.full_mb, 3) for m in s.methods if m.fraction}
     fits = {name: mm.fit("planner", mb) for name, mb in budgets.items()}
     plans, sparse = {}, None
-    if any(m.name == "sparse" for m in s.methods):
+    if any(m.trained_set == "sparse" for m in s.methods):
         plans["sparse"], budgets["sparse"], sparse = sparse_plan(mm, s.checkpoint, s.batch_size)
     runnable = [m for m in s.methods if m.name not in fits or fits[m.name].fits]
     results: dict = {START: [], **{m.name: [] for m in runnable}}
@@ -186,9 +248,7 @@ def run_bench(s: TransferSettings, log=print, after_run=None, stop: BenchStop | 
         results[START].append(start)
         log(f"  seed {seed} {START:20s} test {start['test_acc']:.4f} clean {start['clean_test_acc']:.4f}")
         for m in runnable:
-            cfg = TrainConfig(**common, strategy=m.strategy, sparsity=m.sparsity, method=dict(m.method),
-                              evaluate_start=False, memory_budget_mb=budgets.get(m.name),
-                              memory_plan=plans.get(m.name))
+            cfg = method_config(m, common, budgets, plans)
             run_dir = s.out / "runs" / run_name(m.name) / f"seed{seed}"
             if not _ran(stop, s, data, cfg, run_dir, m.name, seed):
                 break

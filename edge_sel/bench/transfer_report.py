@@ -35,7 +35,7 @@ def rows_of(bench: dict) -> list[dict]:
         name = m["name"]
         fit = bench["fits"].get(name, {"fits": True})
         rs = results.get(name, [])
-        row = {"method": name, "note": m.get("note", ""), "fits": fit["fits"], "needs_mb": fit.get("needs_mb"),
+        row = {"method": name, "bn_stats": m.get("bn_stats"), "note": m.get("note", ""), "fits": fit["fits"], "needs_mb": fit.get("needs_mb"),
                "budget_mb": bench["budgets_mb"].get(name), "seeds": len(rs)}
         if rs:
             row.update({"test_acc": mean_of(rs, "test_acc"), "clean_test_acc": mean_of(rs, "clean_test_acc"),
@@ -59,23 +59,23 @@ def table(bench: dict) -> str:
     lines = [f"{bench['model']} at {'x'.join(map(str, bench['input_shape']))}, condition {bench['condition']}"
              + (f" (`--shift {CONDITIONS[bench['condition']]}`)" if CONDITIONS[bench["condition"]] else "")
              + f"; full fine-tuning's counted peak {bench['full_ft_counted_mb']:.1f} MiB (batch {bench['batch_size']})",
-             "", "| method | device test % | − full FT (points, 95% CI) | clean test % | forgetting (points) | "
+             "", "| method | BN statistics | device test % | − full FT (points, 95% CI) | clean test % | forgetting (points) | "
              "counted peak MiB | measured peak MiB | train GFLOP | joules | train s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in bench["rows"]:
         if not r["fits"]:
-            lines.append(f"| {r['method']} | does not fit {_num(r['budget_mb'])} MiB (needs {_num(r['needs_mb'])} MiB) "
-                         "| - | - | - | - | - | - | - | - |")
+            lines.append(f"| {r['method']} | {r['bn_stats']} | does not fit {_num(r['budget_mb'])} MiB (needs "
+                         f"{_num(r['needs_mb'])} MiB) | - | - | - | - | - | - | - | - |")
             continue
         if "test_acc" not in r:
             continue
         if r["method"] == START:
-            lines.append(f"| {START} | {_pts(r['test_acc'])} | - | {_pts(r['clean_test_acc'])} | reference | - | - | "
+            lines.append(f"| {START} | - | {_pts(r['test_acc'])} | - | {_pts(r['clean_test_acc'])} | reference | - | - | "
                          "- | - | - |")
             continue
         diff = "reference" if r["method"] == REFERENCE else _diff(r["vs_full"])
         fewer = f" ({r['seeds']} of {len(bench['seeds'])} seeds)" if r["seeds"] < len(bench["seeds"]) else ""
-        lines.append(f"| {r['method']}{fewer} | {_pts(r['test_acc'])} | {diff} | {_pts(r['clean_test_acc'])} | "
+        lines.append(f"| {r['method']}{fewer} | {r['bn_stats']} | {_pts(r['test_acc'])} | {diff} | {_pts(r['clean_test_acc'])} | "
                      f"{_num(r['forgetting_pts'], '+.2f')} | {_num(r['counted_peak_mb'])} | "
                      f"{_num(r['measured_peak_mb'])} | {_num((r['flops_train'] or 0) / 1e9)} | "
                      f"{joules(r['energy_j'])} | {_num(r['train_wall_s'])} |")
@@ -92,11 +92,15 @@ def published_table(bench: dict) -> str:
             f"{bench['data'].get('subset') or 'all'} images of shard {bench['data'].get('shard')}")
     lines = ["", "Published CIFAR-10 transfer rows (memory counted as each paper counts it: compare memory within a "
              f"paper, not with ours). This bench: {ours}.", "",
-             "| ours | published method | CIFAR-10 % | memory | backbone | px | epochs | data | source |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| ours | published method | CIFAR-10 % | memory | backbone | px | epochs | data | source | "
+             "matches ours in | differs from ours in |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    notes = {m["name"]: m.get("note", "") for m in bench["methods"]}
     for p in TRANSFER_PUBLISHED:
+        differs = p["differs"] + (f"; ours trains {notes['last-k'].split(': ', 1)[-1]}"
+                                  if p["method"] == "last-k" and "last-k" in notes else "")
         lines.append(f"| {p['method']} | {p['as']} | {p['acc']} | {p['memory']} ({p['memory_kind']}) | {p['backbone']} | "
-                     f"{p['resolution']} | {p['epochs']} | {p['data']} | {p['source']} |")
+                     f"{p['resolution']} | {p['epochs']} | {p['data']} | {p['source']} | {p['matches']} | {differs} |")
     return "\n".join(lines) + "\n"
 
 
@@ -125,7 +129,10 @@ def notes_of(bench: dict) -> list[str]:
         "FLOPs are counted (torch.utils.flop_counter) for every training pass run; evaluation is not in them. "
         f"Joules: training, {', '.join(bench['energy_methods']) or 'not measured'}"
         + (" (an estimate from CPU time, not a measurement)." if "estimated" in bench["energy_methods"] else "."),
-        f"BatchNorm momentum while fine-tuning: {bench['bn_momentum'] if bench['bn_momentum'] is not None else 'the model’s own'}. "
+        "BN statistics: frozen (running statistics used, never written: TinyTL's FT-Last and FT-Norm+Last move "
+        "none), reestimate (batch statistics; the running ones move at the momentum below), per-condition (a bank "
+        "per condition, each test batch normalised with its nearest condition's). "
+        f"Momentum of re-estimated statistics: {bench['bn_momentum'] if bench['bn_momentum'] is not None else 'the model’s own'}. "
         "Every run trains and evaluates in fp32 in the contiguous layout (memory is counted for them).",
         *([f"Merged from {bench['merged_from']} benches of other seeds run at the same time on one machine "
            "(tools/merge_bench_transfer.py): each run's wall time and joules were taken while the others ran (a GPU's "

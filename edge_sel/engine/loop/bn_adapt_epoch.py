@@ -67,6 +67,7 @@ def bn_adapt_record(trainer) -> dict:
     wall = time.perf_counter() - t0
     energy = trainer.meter.end("train")
     info, trainer.bn_adapt_pending = trainer.bn_adapt_pending, None
-    record = epoch_record.bn_adapt_fields(trainer.strategy.name, len(trainer.train_ds), info, wall, energy)
+    record = {**epoch_record.bn_adapt_fields(trainer.strategy.name, len(trainer.train_ds), info, wall, energy),
+              **epoch_record.bn_fields(trainer)}
     record.update(trainer.evaluate())
     return record

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from edge_sel.core import bn_stats
 from edge_sel.data.frames import scene_of
 from edge_sel.device_caps import peak_rss_mb
 from edge_sel.engine.evaluation.evaluate import EmbarrassmentMeter
@@ -132,3 +133,9 @@ def add_reset(baseline: dict, reset: dict, cost: dict) -> None:
     baseline["reset"] = reset
     for key, value in cost.items():
         baseline[key] = (baseline.get(key) or 0) + value
+
+
+def bn_fields(trainer) -> dict:
+    """The statistics lever as this trainer runs it (ORT: the artifacts' mode), for every record."""
+    mode = bn_stats.mode_of(trainer.backend.bn_mode, trainer.config.bn_conditions)
+    return bn_stats.fields(mode, bn_stats.momentum_of(trainer.model, mode, trainer.config.bn_momentum))

@@ -11,7 +11,7 @@ from edge_sel.engine.loop.bank_passes import holding, metered
 def baseline_record(trainer) -> dict:
     """The starting checkpoint on the local validation and test splits before any step: the bar
     a fine-tune must clear. It costs evaluation only (its FLOPs and joules are recorded)."""
-    record = epoch_record.baseline_fields(trainer.strategy.name, len(trainer.train_ds))
+    record = {**epoch_record.baseline_fields(trainer.strategy.name, len(trainer.train_ds)), **epoch_record.bn_fields(trainer)}
     trainer.log.evaluating_start(trainer.eval_sets)
     record.update(trainer.evaluate(bar="start: evaluating"))
     record.update({k: trainer.last_eval_energy.get(k) for k in ("energy_source", "energy_method")})

@@ -289,7 +289,7 @@ class Trainer:
                                               progress, scoring)
         record.update(epoch_record.stream_fields(self.train_ds, progress.plan.positions))
         record.update(self.updater.end_epoch())
-        record["params_updated_frac"] = changed_fraction(self.model, progress.before)
+        record.update(params_updated_frac=changed_fraction(self.model, progress.before), **epoch_record.bn_fields(self))
         bn_adapt, self.bn_adapt_pending = self.bn_adapt_pending, None
         candidate_eval = None if bn_adapt is None else bn_adapt.pop("candidate_eval", None)
         group = self.optimizer.param_groups[0]

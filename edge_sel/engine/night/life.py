@@ -157,7 +157,7 @@ def night(home: Home, data: DataOptions, cfg: TrainConfig, energy: EnergyOptions
         start = home.start_checkpoint()
         set_aside_damaged_bank(start, say)
         if cfg.bn_conditions is None:       # the night's default: statistics per condition where they can be kept
-            cfg.bn_conditions = conditions_for(start, cfg.backend)
+            cfg.bn_conditions = 0 if cfg.bn_stats in ("frozen", "reestimate") else conditions_for(start, cfg.backend)
             if cfg.bn_conditions and cfg.bn_adapt:      # asked for: one set re-estimated, not the bank
                 cfg.bn_conditions = 0
                 say(f"edge-sel nightly: BatchNorm statistics per condition are off tonight: --bn-adapt "
@@ -225,7 +225,7 @@ def load_error(checkpoint: Path, with_bank: bool = True) -> str | None:
     return None
 
 
-RUN_CHOOSES = {"eval_batch_size": 0}    # like "auto": the run's own choice (measured), never set aside
+RUN_CHOOSES = {"eval_batch_size": 0, "bn_stats": None, "bn_momentum": None}    # like "auto": the run's own choice (measured), never set aside
 
 
 def set_aside_said(run_dir: Path, cfg: TrainConfig, data: DataOptions, given: Collection[str] | None = None) -> str:

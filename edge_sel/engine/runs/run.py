@@ -11,6 +11,7 @@ from torch import nn
 
 from edge_sel import threads
 from edge_sel.config import TrainConfig
+from edge_sel.core import bn_stats
 from edge_sel.core.checkpoint import ModelCard, pinned, weights_digest
 from edge_sel.data import Splits
 from edge_sel.engine.evaluation.bn_bank import make_bank
@@ -48,6 +49,10 @@ def pretrain(model_name, data: DataOptions, cfg: TrainConfig, out: Path, overwri
     Under torchrun every rank calls this: rank 0 owns --out, and after a worker failure
     torchrun's restarted workers continue the run their job started (see restarted_here)."""
     cfg.validate()
+    if cfg.bn_stats == bn_stats.PER_CONDITION or cfg.bn_conditions:
+        raise InputError("--bn-stats per-condition: a fine-tune's choice (its conditions are the device's); "
+                         "pretrain with frozen or reestimate")
+    bn_stats.resolve(cfg)
     check_memory_options(cfg.anchors_per_class, cfg.fisher_samples)
     world = detect_world()
     if world.distributed and cfg.head_epochs:
@@ -136,6 +141,7 @@ def prepare_finetune_config(cfg: TrainConfig, quiet: bool = False) -> TrainConfi
     if cfg.backend == "ort" and cfg.artifacts and cfg.explicit is not None:
         take_artifact_optimizer(cfg, quiet)
     cfg.validate()
+    bn_stats.resolve(cfg)
     given = cfg.method if cfg.explicit is None else {k: v for k, v in cfg.method.items() if k in cfg.explicit}
     check_options_used(cfg.strategy, cfg.method.get("gate"), cfg.sparsity, given)
     check_lever_options(cfg)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from edge_sel import threads
 from edge_sel.config import TrainConfig
+from edge_sel.core import bn_stats
 from edge_sel.core.checkpoint import ModelCard, atomic_write_bytes, save_checkpoint
 from edge_sel.core.records import RecordWriter
 from edge_sel.data import Splits
@@ -98,11 +99,15 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
         head = build(head_config(cfg), make_strategy("dense", {}), make_updater("classifier", {}), states=False) \
             if staged and resume_state is None else None
         trainer = head or (ranks.build_trainer(build, cfg) if ranks else build())
+        # The run's statistics lever (a head stage's frozen statistics are its own records'; ORT: the artifacts').
+        bn_mode = cfg.bn_mode if staged or cfg.bn_mode else trainer.backend.bn_mode
+        mode = bn_stats.mode_of(bn_mode, cfg.bn_conditions)
+        bn_run = bn_stats.fields(mode, bn_stats.momentum_of(model, mode, cfg.bn_momentum))
         if resume_state is None and writes:
             start_out_dir(out, phase)
             if memory is not None:      # the output model, once deployed, keeps where it came from
                 carry_memory(memory.directory, out)
-            write_config(out, {"phase": phase, **cfg.to_json(), "energy": energy.to_json(), "threads": threads.describe(),
+            write_config(out, {"phase": phase, **cfg.to_json(), **bn_run, "energy": energy.to_json(), "threads": threads.describe(),
                                **source_info})
         writer = RecordWriter(out) if writes else None
         before = earlier_head_records(out) if staged and resume_state is not None and writes else []
@@ -153,7 +158,7 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
                if k in card.training and (phase == "pretrain" or k == "pretrained")}
     card.training = {**started, "phase": phase, "epochs": len(records), "strategy": cfg.strategy,
                      "final_val_acc": records[-1]["val_acc"] if records else None,
-                     "final_test_acc": records[-1]["test_acc"] if records else None, "seed": cfg.seed,
+                     "final_test_acc": records[-1]["test_acc"] if records else None, "seed": cfg.seed, **bn_run,
                      **({"head_epochs": cfg.head_epochs, "bn_momentum": cfg.bn_momentum} if staged else {})}
     if kept is not None:
         card.training.update({k: kept[k] for k in ("kept", "rule", "kept_epoch", "kept_val_acc", "kept_test_acc",
@@ -179,7 +184,7 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
     summary = summarize(records, {
         **source_info, "phase": phase, "edge_sel_version": __version__, "device": str(device),
         "model": {"architecture": card.architecture, "parameters": count_parameters(model)},
-        "dataset": card.dataset, "config": cfg.to_json(),
+        "dataset": card.dataset, "config": {**cfg.to_json(), **bn_run}, **bn_run,
         "total_wall_s": time.perf_counter() - t0, "run_dir": str(out),
         "energy_meter": meter_info, "stop_reason": trainer.stop_reason,
         **({"stop_signal": signal.Signals(signals.received or signal.SIGINT).name} if interrupted else {}),
