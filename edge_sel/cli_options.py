@@ -162,6 +162,10 @@ PRETRAIN = [
            help="Training samples the diagonal Fisher information is estimated on."),
     option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None,
            help="Continue the interrupted pretrain in this directory with the options it was started with."),
+    option("--recipe", type=click.Choice(["auto", "full", "lp-ft"]), default="auto", show_default=True,
+           help="From pretrained weights: lp-ft trains the new head alone first (a linear probe, BatchNorm statistics "
+                "frozen), then everything at a tenth of --lr for the backbone, within --epochs; full trains everything "
+                "from the first step; auto: lp-ft below 10,000 training images, else full (docs/transfer.md)."),
     option("--head-epochs", type=click.IntRange(min=0), default=0, show_default=True,
            help="First train the new classifier alone for N epochs (a linear probe: backbone frozen, BatchNorm "
                 "statistics kept), then --epochs of everything."),
@@ -288,7 +292,7 @@ PRETRAIN_SECTIONS = [
     ("Model and output", ["--model", "--model-arg", "--init-weights", "--pretrained", "--input-norm",
                           "--export-artifacts", *RUN]),
     ("What devices get with the checkpoint", ["--anchors-per-class", "--fisher-samples"]),
-    ("From pretrained weights", ["--head-epochs", "--head-lr", "--head-bn-adapt", "--backbone-lr-scale",
+    ("From pretrained weights", ["--recipe", "--head-epochs", "--head-lr", "--head-bn-adapt", "--backbone-lr-scale",
                                   "--bn-momentum"]),
     DATA_SECTION,
     ("Training", TRAINING),

@@ -113,6 +113,8 @@ class TrainConfig:
     bn_momentum: float | None = None
     head_bn_adapt: int = 0            # BatchNorm statistics re-estimated on N training images before the head stage
     backbone_lr_scale: float = 1.0    # the fine-tuning stage's learning rate for all but the classifier, times lr
+    # A pretrain's recipe (engine/runs/recipe.py): "auto" chooses by the data; once chosen, what ran.
+    recipe: str = "auto"
     # False: a fine-tune does not evaluate its starting model (a bench evaluates it once for all its runs).
     evaluate_start: bool = True
     # FedProx's pull towards the round's weights (a fleet client's round sets it): its copy of the

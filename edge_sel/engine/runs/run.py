@@ -27,6 +27,7 @@ from edge_sel.core.outputs import check_out_dir
 from edge_sel.engine.runs.head_first import PRETRAINED_BN_MOMENTUM
 from edge_sel.engine.runs.input_norm import choose_norm, parse_input_norm
 from edge_sel.engine.runs.out_dir import refuse_finished, restarted_here
+from edge_sel.engine.runs.recipe import choose_recipe
 from edge_sel.engine.runs.start import apply_start, check_start, pretrained_config
 from edge_sel.engine.runs.training import train_model
 from edge_sel.errors import InputError, existing_dir, read_json, required_file
@@ -73,6 +74,11 @@ def pretrain(model_name, data: DataOptions, cfg: TrainConfig, out: Path, overwri
         name = splits.train.class_names[int(present[0])] if len(present) else "none"
         raise InputError(f"--dataset {data.dataset}: the training data holds one class ({name}); a classifier "
                          f"needs samples of at least two classes")
+    recipe, line = choose_recipe(cfg, len(splits.train), init_weights is not None or pretrained is not None,
+                                 world.distributed)
+    if line and not quiet:
+        print(f"edge-sel: {line}", file=sys.stderr)
+    cfg.validate()
     model, card = new_model(spec, splits, data, cfg.seed, init_weights, pretrained, input_norm, quiet)
     if cfg.bn_momentum is None and (init_weights is not None or pretrained is not None):
         cfg.bn_momentum = PRETRAINED_BN_MOMENTUM     # config.json says what ran (engine/runs/head_first.py)
@@ -85,7 +91,7 @@ def pretrain(model_name, data: DataOptions, cfg: TrainConfig, out: Path, overwri
     source = {"data": vars_of(data), "model": spec.to_json(),
               **({"init_weights": card.training["init_weights"]["file"]} if init_weights else {}),
               **({"pretrained": pretrained} if pretrained else {}),
-              **({"input_norm": input_norm} if input_norm else {})}
+              **({"input_norm": input_norm} if input_norm else {}), "recipe": recipe}
     return train_model("pretrain", model, card, splits, cfg, out, quiet, energy, source, meter)
 
 
@@ -203,7 +209,7 @@ def resume(run_dir: Path, quiet: bool = False, phase: str | None = None) -> dict
     refuse_finished(run_dir, cfg.epochs)
     splits = data.load()
     source_info = {k: saved[k] for k in ("data", "checkpoint", "warmup", "profile", "model", "init_weights",
-                                         "pretrained", "input_norm", "checkpoint_sha256")
+                                         "pretrained", "input_norm", "checkpoint_sha256", "recipe")
                    if k in saved}
     if phase == "finetune":
         model, card = load_checkpoint(Path(saved["checkpoint"]))

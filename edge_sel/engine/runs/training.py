@@ -150,7 +150,8 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
     card.training = {**started, "phase": phase, "epochs": len(records), "strategy": cfg.strategy,
                      "final_val_acc": records[-1]["val_acc"] if records else None,
                      "final_test_acc": records[-1]["test_acc"] if records else None, "seed": cfg.seed,
-                     **({"head_epochs": cfg.head_epochs, "bn_momentum": cfg.bn_momentum} if staged else {})}
+                     **({"head_epochs": cfg.head_epochs, "bn_momentum": cfg.bn_momentum} if staged else {}),
+                     **({"recipe": cfg.recipe} if phase == "pretrain" else {})}
     if kept is not None:
         card.training.update({k: kept[k] for k in ("kept", "rule", "kept_epoch", "kept_val_acc", "kept_test_acc",
                                                    "baseline_val_acc")})
