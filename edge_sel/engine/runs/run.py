@@ -34,6 +34,7 @@ from edge_sel.errors import InputError, existing_dir, read_json, required_file
 from edge_sel.methods.options import check_options_used
 from edge_sel.methods.presets import apply_preset, default_lr
 from edge_sel.models import build_model, load_checkpoint
+from edge_sel.models.input_size import fit_to_size
 from edge_sel.models.spec import ModelSpec, check_card_spec, factory, make_spec, spec_of_object, trust_named_file
 
 
@@ -159,6 +160,7 @@ def finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, out: Path, o
     model, card = load_checkpoint(Path(checkpoint))
     if splits is None:
         check_image_size(card, data, Path(checkpoint))
+        fit_to_size(model, card, data.image_size, str(checkpoint))     # before decoding: a size it cannot take
     splits = splits if splits is not None else data.load()
     check_compatible(card, splits, Path(checkpoint))
     check_same_split(card, splits, data, Path(checkpoint))
@@ -217,6 +219,7 @@ def resume(run_dir: Path, quiet: bool = False, phase: str | None = None) -> dict
         if digest is not None and digest != weights_digest(saved["checkpoint"]):
             raise InputError(f"--resume {run_dir}: its starting checkpoint {saved['checkpoint']} has changed since "
                              f"the run started (another model was deployed); start a new run")
+        fit_to_size(model, card, data.image_size, saved["checkpoint"])
         check_compatible(card, splits, Path(saved["checkpoint"]))
         card.dataset = dataset_card(splits, data)
         # The run's own copy: the starting checkpoint may have been replaced since (a deployed link).

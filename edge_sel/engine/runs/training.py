@@ -33,6 +33,7 @@ from edge_sel.engine.runs.summary import summarize
 from edge_sel.errors import writing
 from edge_sel.methods import make_strategy, make_updater
 from edge_sel.models import count_parameters
+from edge_sel.models.input_size import input_sizes
 from edge_sel.version import __version__
 
 
@@ -151,7 +152,8 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
                      "final_val_acc": records[-1]["val_acc"] if records else None,
                      "final_test_acc": records[-1]["test_acc"] if records else None, "seed": cfg.seed,
                      **({"head_epochs": cfg.head_epochs, "bn_momentum": cfg.bn_momentum} if staged else {}),
-                     **({"recipe": cfg.recipe} if phase == "pretrain" else {})}
+                     **({"recipe": cfg.recipe} if phase == "pretrain" else {}),
+                     "input_sizes": input_sizes(model, card)}
     if kept is not None:
         card.training.update({k: kept[k] for k in ("kept", "rule", "kept_epoch", "kept_val_acc", "kept_test_acc",
                                                    "baseline_val_acc")})
