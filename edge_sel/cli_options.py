@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 from click_option_group import OptionGroup
 
-from edge_sel.config import (EVAL_TEST, MAX_EPOCHS, MAX_IMAGE_SIZE, GUARD_TEMP_C, MEMORY_FORMATS, NIGHT_BN_CONDITIONS,
+from edge_sel.config import (EVAL_TEST, MAX_EPOCHS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, GUARD_TEMP_C, MEMORY_FORMATS, NIGHT_BN_CONDITIONS,
                              OPTIMIZERS, PRECISIONS, SCHEDULES)
 from edge_sel.energy import METER_NAMES
 from edge_sel.methods import STRATEGIES
@@ -64,7 +64,7 @@ DATA = [
     option("--per-class-cap", type=POSITIVE, default=None, help="At most N training samples per class."),
     option("--split-seed", type=int, default=0, show_default=True,
            help="Seed of the validation split and shards (a fine-tune must use its pretrain's)."),
-    option("--image-size", type=click.IntRange(1, MAX_IMAGE_SIZE), default=None,
+    option("--image-size", type=click.IntRange(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE), default=None,
            help="Give the model folder images at S x S, each batch resized (the folder is held at its own size; folder datasets only)."),
     option("--shift", default=None,
            help="Shift the local data: corrupt=NAME:SEV; label-noise=RATE[:val]; imbalance=longtail:RATIO; "
@@ -147,7 +147,7 @@ PRETRAIN = [
     option("--init-weights", type=click.Path(path_type=Path), default=None,
            help="Starting weights: a .safetensors file or a torch state dict (read with weights_only=True); a "
                 "classifier of another shape, or none, is made anew for the data's classes."),
-    option("--pretrained", type=click.Choice(["imagenet"]), default=None,
+    option("--pretrained", type=click.Choice(["imagenet"]), default=None, metavar="imagenet",
            help="Start from the model's published ImageNet weights (efficientnet_lite0/1/2, from the installed "
                 "'pretrained' extra; nothing is downloaded), the classifier made anew for the data's classes."),
     option("--input-norm", default=None, metavar="dataset|imagenet|unit|M1,M2,M3/S1,S2,S3", callback=input_norm_option,

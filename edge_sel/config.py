@@ -16,7 +16,7 @@ NIGHT_BN_CONDITIONS = 4
 # image side beyond it does not fit in memory; a thermal guard below the range pauses at room
 # temperature (every step), above it is past any chip's own shutdown (a profile's range too).
 MAX_EPOCHS = 100_000
-MAX_IMAGE_SIZE = 4096
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024     # --image-size in every command
 GUARD_TEMP_C = (30.0, 120.0)
 MAX_MEMORY_BUDGET_MB = 1e7    # 10 TB: a larger budget is a typo, wherever it is given (option or profile)
 

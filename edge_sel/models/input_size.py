@@ -6,13 +6,13 @@ size the model cannot take is refused before any image is decoded."""
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 from torch import nn
 
+from edge_sel.config import MAX_IMAGE_SIZE as LARGEST, MIN_IMAGE_SIZE as SMALLEST
 from edge_sel.errors import InputError
-
-SMALLEST, LARGEST = 8, 1024        # --image-size's range in every command
 
 
 def _output_at(model: nn.Module, channels: int, size: int, probe: list | None = None):
@@ -81,10 +81,13 @@ def fit_to_size(model: nn.Module, card, size: int | None, where: str) -> bool:
     return True
 
 
-def warn_below_use(model: nn.Module, channels: int, size: int, label: str) -> str | None:
-    """A line where `size` is below what the model can use (its last feature map under a pixel)."""
-    fold = reduction(model, channels)
+def warn_below_use(model: nn.Module, size: int | None, label: str) -> None:
+    """A warning where --image-size is below what the model can use (its last feature map under a
+    pixel of the image: the rest is padding)."""
+    if size is None:
+        return
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    fold = reduction(model, first.in_channels if first is not None else 3)
     if fold and size < fold:
-        return (f"--image-size {size}: {label} shrinks its input {fold}-fold before pooling; below {fold} px its "
-                f"last feature map is padding, not the image")
-    return None
+        warnings.warn(f"--image-size {size}: {label} shrinks its input {fold}-fold before pooling; below {fold} px "
+                      f"its last feature map is padding, not the image")

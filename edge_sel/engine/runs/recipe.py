@@ -63,9 +63,10 @@ def choose_recipe(cfg: TrainConfig, train_images: int, transfer: bool,
     cfg.recipe, cfg.head_epochs, cfg.epochs = "lp-ft", head, cfg.epochs - head
     cfg.head_lr, cfg.backbone_lr_scale, cfg.bn_mode = LP_HEAD_LR, LP_BACKBONE_SCALE, "eval"
     cfg.warmup_epochs = min(cfg.warmup_epochs, float(cfg.epochs))
+    then = (f", then everything for {cfg.epochs} with the backbone at {LP_BACKBONE_SCALE:g} x lr and the statistics "
+            f"still frozen" if cfg.epochs else "; one epoch leaves none to fine-tune")
     line = (f"recipe: LP-FT ({why}): a linear probe for {head} of the {head + cfg.epochs} epochs (head lr "
-            f"{LP_HEAD_LR:g}, BatchNorm statistics frozen), then everything for {cfg.epochs} with the backbone at "
-            f"{LP_BACKBONE_SCALE:g} x lr and the statistics still frozen; --recipe full trains everything from the "
-            f"first step (docs/transfer.md)")
+            f"{LP_HEAD_LR:g}, BatchNorm statistics frozen){then}; --recipe full trains everything from the first "
+            f"step (docs/transfer.md)")
     return {"name": "lp-ft", "why": why, "head_epochs": head, "epochs": cfg.epochs, "head_lr": LP_HEAD_LR,
             "backbone_lr_scale": LP_BACKBONE_SCALE, "bn_mode": "eval"}, line

@@ -34,7 +34,7 @@ from edge_sel.errors import InputError, existing_dir, read_json, required_file
 from edge_sel.methods.options import check_options_used
 from edge_sel.methods.presets import apply_preset, default_lr
 from edge_sel.models import build_model, load_checkpoint
-from edge_sel.models.input_size import fit_to_size
+from edge_sel.models.input_size import fit_to_size, warn_below_use
 from edge_sel.models.spec import ModelSpec, check_card_spec, factory, make_spec, spec_of_object, trust_named_file
 
 
@@ -81,6 +81,7 @@ def pretrain(model_name, data: DataOptions, cfg: TrainConfig, out: Path, overwri
         print(f"edge-sel: {line}", file=sys.stderr)
     cfg.validate()
     model, card = new_model(spec, splits, data, cfg.seed, init_weights, pretrained, input_norm, quiet)
+    warn_below_use(model, data.image_size, spec.name)
     if cfg.bn_momentum is None and (init_weights is not None or pretrained is not None):
         cfg.bn_momentum = PRETRAINED_BN_MOMENTUM     # config.json says what ran (engine/runs/head_first.py)
     if start_weights is not None:
@@ -161,6 +162,7 @@ def finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, out: Path, o
     if splits is None:
         check_image_size(card, data, Path(checkpoint))
         fit_to_size(model, card, data.image_size, str(checkpoint))     # before decoding: a size it cannot take
+        warn_below_use(model, data.image_size, card.architecture)
     splits = splits if splits is not None else data.load()
     check_compatible(card, splits, Path(checkpoint))
     check_same_split(card, splits, data, Path(checkpoint))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+import warnings
 from pathlib import Path
 
 from edge_sel import threads
@@ -50,6 +51,22 @@ def train_model(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainCo
     with StopSignals() as signals:
         return _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_info, meter,
                             resume_state, signals, memory, bank)
+
+
+def flag_random_head(shipped: dict, card: ModelCard, cfg: TrainConfig) -> None:
+    """Guard anchors scored by a classifier no epoch trained (made anew, or a random model's): their
+    source accuracy is chance, so the guard and forgetting measured against it mean nothing. Said
+    in one line and recorded with the anchors."""
+    started = {k: card.training.get(k) for k in ("pretrained", "init_weights") if card.training.get(k)}
+    anew = not started or any(v.get("made_anew") for v in started.values())
+    if cfg.epochs or cfg.head_epochs or not anew:
+        return
+    anchors = shipped["card"]["anchors"]
+    anchors["random_head"] = True
+    acc = anchors.get("guard_acc")
+    warnings.warn(f"--epochs 0: the classifier was never trained, so the guard anchors' source accuracy "
+                  f"({'-' if acc is None else f'{100 * acc:.1f}%'}) is a random head's and the guard and forgetting "
+                  f"measured against it mean nothing; train at least one epoch before devices use this checkpoint")
 
 
 def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_info, meter, resume_state,
@@ -129,6 +146,7 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
         # Rank 0 alone, from the final weights (a pretrain keeps its last epoch's), in the meter's window.
         if phase == "pretrain" and writes and cfg.anchors_per_class > 0 and trainer.stop_reason != "interrupted":
             shipped = write_pretrain_memory(trainer, out)
+            flag_random_head(shipped, card, cfg)
             card.source_memory = shipped["card"]
         meter_info = meter.describe() if hasattr(meter, "describe") else {}
     finally:
