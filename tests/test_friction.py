@@ -79,3 +79,19 @@ def test_a_pretrain_of_no_epoch_probes_no_layout_and_flags_its_random_head(tmp_p
     assert summary["source_memory"]["anchors"]["random_head"] is True
     card = json.loads((tmp_path / "run" / "model.json").read_text())
     assert card["source_memory"]["anchors"]["random_head"] is True
+
+
+def test_the_layout_probe_runs_only_where_it_can_pay_back():
+    from edge_sel.data.sources import load_synthetic
+    from edge_sel.engine.machine.run_choices import probe_samples, run_layout
+    from edge_sel.models import build_model
+    train, _ = load_synthetic()             # a few hundred training images
+    model = build_model("edgecnn", 4, 3)
+    short = run_layout(TrainConfig(epochs=1, batch_size=64, eval_batch_size=64), model, train, 100,
+                       torch.device("cpu"), "dense")
+    assert probe_samples(64) > 0.1 * len(train)
+    assert (short.memory_format, short.probe_flops) == ("contiguous", 0)
+    assert short.source.startswith("not measured: the probe's 768 training samples are over a tenth")
+    given = run_layout(TrainConfig(epochs=1, batch_size=64, eval_batch_size=64, memory_format="channels_last"),
+                       model, train, 100, torch.device("cpu"), "dense")
+    assert (given.memory_format, given.source) == ("channels_last", "given")
