@@ -104,7 +104,8 @@ TRAIN = [
 
 SPEED = [
     option("--memory-format", type=click.Choice(MEMORY_FORMATS), default="auto", show_default=True,
-           help="Activation layout of conv models; auto times both on this device first."),
+           help="Activation layout of conv models; auto times both on this device first, where the run trains at "
+                "least ten times the probe's samples (else contiguous)."),
     option("--eval-batch-size", type=COUNT, default=0, show_default=True,
            help="Evaluation batch size (0: the fastest of a few, measured on this device)."),
     option("--eval-every", type=POSITIVE, default=1, show_default=True,
