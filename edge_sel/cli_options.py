@@ -163,10 +163,10 @@ PRETRAIN = [
            help="Training samples the diagonal Fisher information is estimated on."),
     option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None,
            help="Continue the interrupted pretrain in this directory with the options it was started with."),
-    option("--recipe", type=click.Choice(["auto", "full", "lp-ft"]), default="auto", show_default=True,
-           help="From pretrained weights: lp-ft trains the new head alone first (a linear probe, BatchNorm statistics "
-                "frozen), then everything at a tenth of --lr for the backbone, within --epochs; full trains everything "
-                "from the first step; auto: lp-ft below 10,000 training images, else full (docs/transfer.md)."),
+    option("--recipe", type=click.Choice(["auto", "full", "probe"]), default="auto", show_default=True,
+           help="From pretrained weights: probe trains the new head alone for all --epochs (a linear probe, the "
+                "backbone and its BatchNorm statistics frozen); full trains everything from the first step; auto: "
+                "probe below 10,000 training images, else full (docs/transfer.md)."),
     option("--head-epochs", type=click.IntRange(min=0), default=0, show_default=True,
            help="First train the new classifier alone for N epochs (a linear probe: backbone frozen, BatchNorm "
                 "statistics kept), then --epochs of everything."),

@@ -1,6 +1,6 @@
 """A pretrain from pretrained weights chooses its recipe by the data (engine/runs/recipe.py): on few
-images a linear probe first and then everything with the statistics frozen (LP-FT), within the same
-epoch budget; on many, everything from the first step; what was chosen is said and recorded."""
+images a linear probe for the whole epoch budget; on many, everything from the first step; what was
+chosen is said and recorded."""
 
 import json
 
@@ -27,22 +27,20 @@ def start_weights(tmp_path_factory):
     return path
 
 
-def test_few_images_probe_first_within_the_epoch_budget_and_keep_the_statistics(tmp_path, start_weights, capsys):
+def test_few_images_are_a_linear_probe_for_the_epoch_budget(tmp_path, start_weights, capsys):
     cfg = TrainConfig(epochs=2, batch_size=64, lr=0.01, anchors_per_class=0, **PINNED_CHOICES)
-    summary = pretrain("edgecnn", DataOptions("digits", subset=300, test_subset=100), cfg, tmp_path / "run", init_weights=start_weights)
-    assert "recipe: LP-FT (300 training images, fewer than" in capsys.readouterr().err
+    summary = pretrain("edgecnn", DataOptions("digits", subset=300, test_subset=100), cfg, tmp_path / "run",
+                       init_weights=start_weights)
+    assert "recipe: a linear probe (300 training images, fewer than" in capsys.readouterr().err
     records = read_records(tmp_path / "run" / "metrics.jsonl")
-    assert [r["stage"] for r in records] == ["head", "fine-tune"]      # 2 epochs in all, as asked
+    assert [r["stage"] for r in records] == ["head", "head"]            # 2 epochs in all, as asked
     before = torch.load(start_weights, weights_only=True)
     after = load_checkpoint(tmp_path / "run")[0].state_dict()
-    statistics = [k for k in before if k.endswith(("running_mean", "running_var"))]
-    assert statistics and all(torch.equal(before[k], after[k]) for k in statistics)
-    backbone = [k for k in before if k.endswith("weight") and not k.startswith("fc.")]
-    assert any(not torch.equal(before[k], after[k]) for k in backbone)          # the backbone trained
+    assert sorted(k for k in before if not torch.equal(before[k], after[k])) == ["fc.bias", "fc.weight"]
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["recipe"]["name"] == "lp-ft" and summary["config"]["recipe"] == "lp-ft"
-    assert (config["head_epochs"], config["epochs"], config["bn_mode"]) == (1, 1, "eval")
-    assert json.loads((tmp_path / "run" / "model.json").read_text())["training"]["recipe"] == "lp-ft"
+    assert config["recipe"]["name"] == "probe" and summary["config"]["recipe"] == "probe"
+    assert (config["head_epochs"], config["epochs"], config["head_lr"]) == (2, 0, 0.1)
+    assert json.loads((tmp_path / "run" / "model.json").read_text())["training"]["recipe"] == "probe"
 
 
 def test_many_images_or_full_or_options_typed_train_everything_from_the_start():
@@ -54,5 +52,5 @@ def test_many_images_or_full_or_options_typed_train_everything_from_the_start():
     assert choose_recipe(cfg, 100, transfer=True)[0]["name"] == "given" and cfg.epochs == 3
     assert choose_recipe(TrainConfig(epochs=3), 100, transfer=False)[0]["name"] == "full"
     assert choose_recipe(TrainConfig(epochs=3), 100, transfer=True, distributed=True)[0]["name"] == "full"
-    with pytest.raises(InputError, match="--recipe lp-ft: a linear probe needs pretrained"):
-        choose_recipe(TrainConfig(epochs=3, recipe="lp-ft"), 100, transfer=False)
+    with pytest.raises(InputError, match="--recipe probe: a linear probe needs pretrained"):
+        choose_recipe(TrainConfig(epochs=3, recipe="probe"), 100, transfer=False)
