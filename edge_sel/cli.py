@@ -69,8 +69,8 @@ def cli(trust_model_code):
 @cli.command("pretrain")
 @in_sections(PRETRAIN_SECTIONS, PRETRAIN, DATA, TRAIN, SPEED, ENERGY)
 def pretrain_cmd(model_name, model_args, init_weights, pretrained, input_norm, export_artifacts, anchors_per_class,
-                 fisher_samples, resume_dir, head_epochs, head_lr, head_bn_adapt, backbone_lr_scale, bn_momentum,
-                 bn_stats, **kw):
+                 fisher_samples, resume_dir, recipe, head_epochs, head_lr, head_bn_adapt, backbone_lr_scale,
+                 bn_momentum, bn_stats, **kw):
     """Train a model densely and write a warmup checkpoint (under torchrun: data-parallel, rank 0 writes)."""
     kw["quiet"] = kw["quiet"] or not detect_world().is_main     # one report, from rank 0
     threads_for_command(kw.pop("threads"))
@@ -84,7 +84,7 @@ def pretrain_cmd(model_name, model_args, init_weights, pretrained, input_norm, e
     energy = build_energy(kw)
     cfg = build_config(kw, anchors_per_class=anchors_per_class, fisher_samples=fisher_samples,
                        head_epochs=head_epochs, head_lr=head_lr, head_bn_adapt=head_bn_adapt,
-                       backbone_lr_scale=backbone_lr_scale,
+                       backbone_lr_scale=backbone_lr_scale, recipe=recipe,
                        bn_momentum=bn_momentum, bn_stats=bn_stats)
     summary = pretrain(model_name, build_data(kw), cfg, kw["out"], kw["overwrite"], kw["quiet"],
                        energy, model_args=parse_model_args(model_args), init_weights=init_weights,

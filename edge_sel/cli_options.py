@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 from click_option_group import OptionGroup
 
-from edge_sel.config import (EVAL_TEST, MAX_EPOCHS, MAX_IMAGE_SIZE, GUARD_TEMP_C, MEMORY_FORMATS, NIGHT_BN_CONDITIONS,
+from edge_sel.config import (EVAL_TEST, MAX_EPOCHS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, GUARD_TEMP_C, MEMORY_FORMATS, NIGHT_BN_CONDITIONS,
                              OPTIMIZERS, PRECISIONS, SCHEDULES)
 from edge_sel.core.bn_stats import BN_STATS
 from edge_sel.energy import METER_NAMES
@@ -65,7 +65,7 @@ DATA = [
     option("--per-class-cap", type=POSITIVE, default=None, help="At most N training samples per class."),
     option("--split-seed", type=int, default=0, show_default=True,
            help="Seed of the validation split and shards (a fine-tune must use its pretrain's)."),
-    option("--image-size", type=click.IntRange(1, MAX_IMAGE_SIZE), default=None,
+    option("--image-size", type=click.IntRange(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE), default=None,
            help="Give the model folder images at S x S, each batch resized (the folder is held at its own size; folder datasets only)."),
     option("--shift", default=None,
            help="Shift the local data: corrupt=NAME:SEV; label-noise=RATE[:val]; imbalance=longtail:RATIO; "
@@ -105,7 +105,8 @@ TRAIN = [
 
 SPEED = [
     option("--memory-format", type=click.Choice(MEMORY_FORMATS), default="auto", show_default=True,
-           help="Activation layout of conv models; auto times both on this device first."),
+           help="Activation layout of conv models; auto times both on this device first, where the run trains at "
+                "least ten times the probe's samples (else contiguous)."),
     option("--eval-batch-size", type=COUNT, default=0, show_default=True,
            help="Evaluation batch size (0: the fastest of a few, measured on this device)."),
     option("--eval-every", type=POSITIVE, default=1, show_default=True,
@@ -148,7 +149,7 @@ PRETRAIN = [
     option("--init-weights", type=click.Path(path_type=Path), default=None,
            help="Starting weights: a .safetensors file or a torch state dict (read with weights_only=True); a "
                 "classifier of another shape, or none, is made anew for the data's classes."),
-    option("--pretrained", type=click.Choice(["imagenet"]), default=None,
+    option("--pretrained", type=click.Choice(["imagenet"]), default=None, metavar="imagenet",
            help="Start from the model's published ImageNet weights (efficientnet_lite0/1/2, from the installed "
                 "'pretrained' extra; nothing is downloaded), the classifier made anew for the data's classes."),
     option("--input-norm", default=None, metavar="dataset|imagenet|unit|M1,M2,M3/S1,S2,S3", callback=input_norm_option,
@@ -163,6 +164,10 @@ PRETRAIN = [
            help="Training samples the diagonal Fisher information is estimated on."),
     option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None,
            help="Continue the interrupted pretrain in this directory with the options it was started with."),
+    option("--recipe", type=click.Choice(["auto", "full", "probe"]), default="auto", show_default=True,
+           help="From pretrained weights: probe trains the new head alone for all --epochs (a linear probe, the "
+                "backbone and its BatchNorm statistics frozen); full trains everything from the first step; auto: "
+                "probe below 10,000 training images, else full (docs/transfer.md)."),
     option("--head-epochs", type=click.IntRange(min=0), default=0, show_default=True,
            help="First train the new classifier alone for N epochs (a linear probe: backbone frozen, BatchNorm "
                 "statistics kept), then --epochs of everything."),
@@ -300,7 +305,7 @@ PRETRAIN_SECTIONS = [
     ("Model and output", ["--model", "--model-arg", "--init-weights", "--pretrained", "--input-norm",
                           "--export-artifacts", *RUN]),
     ("What devices get with the checkpoint", ["--anchors-per-class", "--fisher-samples"]),
-    ("From pretrained weights", ["--head-epochs", "--head-lr", "--head-bn-adapt", "--backbone-lr-scale",
+    ("From pretrained weights", ["--recipe", "--head-epochs", "--head-lr", "--head-bn-adapt", "--backbone-lr-scale",
                                   "--bn-momentum", "--bn-stats"]),
     DATA_SECTION,
     ("Training", TRAINING),

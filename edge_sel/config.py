@@ -17,7 +17,7 @@ NIGHT_BN_CONDITIONS = 4
 # image side beyond it does not fit in memory; a thermal guard below the range pauses at room
 # temperature (every step), above it is past any chip's own shutdown (a profile's range too).
 MAX_EPOCHS = 100_000
-MAX_IMAGE_SIZE = 4096
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024     # --image-size in every command
 GUARD_TEMP_C = (30.0, 120.0)
 MAX_MEMORY_BUDGET_MB = 1e7    # 10 TB: a larger budget is a typo, wherever it is given (option or profile)
 
@@ -117,6 +117,8 @@ class TrainConfig:
     bn_momentum: float | None = None
     head_bn_adapt: int = 0            # BatchNorm statistics re-estimated on N training images before the head stage
     backbone_lr_scale: float = 1.0    # the fine-tuning stage's learning rate for all but the classifier, times lr
+    # A pretrain's recipe (engine/runs/recipe.py): "auto" chooses by the data; once chosen, what ran.
+    recipe: str = "auto"
     # False: a fine-tune does not evaluate its starting model (a bench evaluates it once for all its runs).
     evaluate_start: bool = True
     # FedProx's pull towards the round's weights (a fleet client's round sets it): its copy of the

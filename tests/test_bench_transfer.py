@@ -27,7 +27,7 @@ def bench(tmp_path_factory):
     run_cli("bench", "transfer", "--checkpoint", warm, "--dataset", "digits", "--methods",
             "sparse,adabn,classifier/per-condition,sundew@0.4,random@0.4",
             "--seeds", "1", "--epochs", "1", "--subset", "200", "--test-subset", "100", "--val-subset", "50",
-            "--one-process", "--quiet", "--out", root / "bench")
+            "--one-process", "--threads", "1", "--quiet", "--out", root / "bench")
     return warm, root / "bench"
 
 
@@ -39,6 +39,9 @@ def test_rows_pairs_and_one_start_evaluation_per_seed(bench):
     table = (out / "table.md").read_text()
     assert all(f"\n| {name} | {r['bn_stats'] or '-'} | " in table for name, r in rows.items())
     assert "TinyTL-B (biases)" in table
+    # One seed: no interval, said in words (not [+nan, +nan]); a planned row's budget and plan in the table.
+    assert "nan" not in table and "| n/a (1 seed) |" in table
+    assert f"| {rows['sparse']['budget_mb']:.1f} ({rows['sparse']['trained_tensors']} tensors" in table
     # The start is evaluated once per seed, by its own run; no method evaluates it again.
     runs = {name: Path(rs[0]["run_dir"]) for name, rs in result["results"].items()}
     baselines = {name: sum(r.get("phase") == "baseline" for r in read_records(d / "metrics.jsonl"))

@@ -235,7 +235,7 @@ def test_bench_adapt_help_and_joules_column():
 
 def test_one_epoch_is_singular_and_the_flops_split_adds_up(one_epoch):
     out, output = one_epoch
-    assert ", 1 epoch, final test acc" in output and "1 epochs" not in output
+    assert ", 1 epoch, output model's test acc" in output and "1 epochs" not in output
     line = next(line for line in output.splitlines() if line.startswith("counted training FLOPs"))
     total, *parts = (float(x) for x in re.findall(r"(\d+\.\d+) G", line))
     assert total == pytest.approx(sum(parts), abs=0.011)

@@ -278,8 +278,10 @@ def test_console_and_summary_give_the_output_models_test_accuracy_and_all_in_cos
     s, recs = summary(out), records(out, baseline=True)
     t, kept = s["totals"], s["kept"]
     assert kept["kept"] == "best" and kept["kept_epoch"] < recs[-1]["epoch"]
+    # Chosen on 64 validation images: too few to tell epochs apart, and said so.
     assert s["output_model"] == {"weights": "best", "epoch": kept["kept_epoch"], "val_acc": kept["kept_val_acc"],
-                                 "test_acc": kept["kept_test_acc"]}
+                                 "test_acc": kept["kept_test_acc"], "chosen_on_val_images": 64,
+                                 "too_few_to_choose": True}
     assert kept["kept_test_acc"] is not None
     last = recs[-1]
     test_size = s["dataset"]["test_samples"]

@@ -12,7 +12,7 @@ QUICK = ["--dataset", "digits", "--anchors-per-class", "0", "--quiet"]
 
 
 @pytest.mark.parametrize("args, says", [
-    (["--image-size", "0"], "'--image-size': 0 is not in the range 1<=x<=4096"),
+    (["--image-size", "0"], "'--image-size': 0 is not in the range 8<=x<=1024"),
     (["--image-size", "16"], "--image-size 16: resizes folder images only; --dataset digits has its own size"),
     (["--max-temp", "-40"], "'--max-temp': -40.0 is not in the range 30.0<=x<=120.0"),
     (["--epochs", "1000000000000"], "'--epochs': 1000000000000 is not in the range 0<=x<=100000"),

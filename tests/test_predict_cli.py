@@ -113,7 +113,7 @@ def test_the_closing_lines_say_each_figure():
          "peak_rss_mb": 321.6, "chosen": {"clean": 9, "fog": 3}}
     assert cli.summary_lines(s) == [
         "predicted 12 images (ort, batch 4): 250.5 images/s; latency p50 1.23 ms, p95 9.88 ms",
-        "energy -; peak resident memory 322 MB",
+        "energy -; peak resident memory 322 MiB",
         "conditions chosen: clean 9, fog 3"]
     s.update(joules_per_1000=12.345, energy_source="rapl", energy_method="measured")
-    assert cli.summary_lines(s)[1] == "energy 12.35 J per 1,000 images (rapl, measured); peak resident memory 322 MB"
+    assert cli.summary_lines(s)[1] == "energy 12.35 J per 1,000 images (rapl, measured); peak resident memory 322 MiB"

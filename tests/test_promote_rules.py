@@ -179,8 +179,9 @@ def test_a_run_from_another_start_is_judged_only_when_forced(tmp_path):
                    {"checkpoint": "/ckpt/old", "checkpoint_sha256": "0" * 64})
     evaluate = evaluating(0.7, cost={"samples": 10})
     d = pr.decide(run, deployed, evaluate=evaluate)
-    assert d == pr.Decision(False, "other-start", "the run started from /ckpt/old, not from the model deployed "
-                                                  "now; --force judges it against it anyway", 0.8)
+    assert d == pr.Decision(False, "other-start", f"the run started from /ckpt/old (weights 000000000000), not from "
+                                                  f"the model deployed now, {deployed.resolve()} (weights "
+                                                  f"{DEPLOYED_SHA[:12]}); --force judges it against it anyway", 0.8)
     assert evaluate.calls == []
     d = pr.decide(run, deployed, force=True, evaluate=evaluate)
     assert (d.promote, d.rule, d.candidate_val_acc, d.deployed_val_acc) == (True, "better", 0.8, 0.7)

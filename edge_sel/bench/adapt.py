@@ -171,9 +171,10 @@ def paired_table(pairs: list[dict]) -> list[str]:
     lines = ["", "| paired difference (points) | seeds | mean | 95% CI | excludes 0 | FLOPs ratio |",
              "|---|---|---|---|---|---|"]
     for p in pairs:
-        lines.append(f"| {p['a']} − {p['b']} | {p['n']} | {p['diff_pts']:+.2f} | "
-                     f"[{p['ci_low']:+.2f}, {p['ci_high']:+.2f}] | {'yes' if p['excludes_zero'] else 'no'} | "
-                     f"{p['flops_ratio']:.3f} |")
+        one = p["n"] < 2 or p["ci_low"] != p["ci_low"]       # one seed: no interval (its bounds are nan)
+        interval = "n/a (1 seed)" if one else f"[{p['ci_low']:+.2f}, {p['ci_high']:+.2f}]"
+        lines.append(f"| {p['a']} − {p['b']} | {p['n']} | {p['diff_pts']:+.2f} | {interval} | "
+                     f"{'-' if one else 'yes' if p['excludes_zero'] else 'no'} | {p['flops_ratio']:.3f} |")
     return lines
 
 

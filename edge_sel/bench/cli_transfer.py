@@ -9,11 +9,18 @@ import click
 
 from edge_sel.bench.cli_common import check_checkpoint, dataset_or_shared_cifar, fresh_out, progress
 from edge_sel.bench.stopping import BenchStop, stop_words
+from edge_sel.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from edge_sel.core.checkpoint import read_card
 from edge_sel.core.words import plural
 from edge_sel.data.sources import DATASET_NAMES
 from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.errors import InputError
+
+
+def use_threads(count: int | None) -> None:
+    """Every run's torch threads: a run in a process of its own takes this process's (bench/memory.py)."""
+    from edge_sel.profiles.apply import threads_for_command
+    threads_for_command(count)
 
 
 @click.command("transfer")
@@ -28,7 +35,7 @@ from edge_sel.errors import InputError
                    "the device's data is its shard 1/2.")
 @click.option("--scenario", default="noise", show_default=True,
               help="The device's condition: clean, or a corruption of bench adapt's (noise, noise+labels).")
-@click.option("--image-size", type=click.IntRange(8, 512), default=None,
+@click.option("--image-size", type=click.IntRange(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE), default=None,
               help="Folder images resized to S x S: the device's resolution [the checkpoint's; it must match].")
 @click.option("--methods", "method_names", default=None,
               help="Comma-separated subset of the methods (full FT always runs) [default: all].")
@@ -56,9 +63,12 @@ from edge_sel.errors import InputError
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out directory.")
 @click.option("--quick", is_flag=True, help="A smoke run: 500 images, 300 test images, 1 epoch, 2 seeds (and 96 px "
                                             "with --from-imagenet).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, envvar="EDGE_SEL_THREADS", show_envvar=True,
+              help="torch's CPU threads of every run [default: the CPUs other work leaves free at the start].")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def transfer_cmd(checkpoint, imagenet_model, dataset, scenario, image_size, method_names, last_k, epochs, lr, batch_size, bn_momentum,
-                 subset, test_subset, val_subset, seeds, first_seed, device, one_process, out, overwrite, quick, quiet):
+                 subset, test_subset, val_subset, seeds, first_seed, device, one_process, out, overwrite, quick, threads,
+                 quiet):
     """The field's transfer protocol on the device's shard: full fine-tuning, classifier, BatchNorm,
     biases, last-k, a sparse update (each with BatchNorm statistics frozen, and re-estimated), AdaBN,
     the classifier with statistics per condition, the planner at 1/4, 1/10, 1/30 of full fine-tuning's counted peak,
@@ -83,6 +93,11 @@ def transfer_cmd(checkpoint, imagenet_model, dataset, scenario, image_size, meth
         raise InputError(f"--image-size {image_size}: the checkpoint {checkpoint} takes {side} px images; "
                          f"pretrain at {image_size} px or leave it out")
     size = None if ds in DATASET_NAMES else image_size or side
+    use_threads(threads)
+    if device == "cpu" and not quick and not quiet and (seeds is None or subset is None):
+        click.echo(f"bench transfer: the defaults are sized for a GPU ({plural(len(methods), 'method')} x "
+                   f"{seeds or 5} seeds x {subset or 2000:,} images at {size or side} px); on a CPU they take hours: "
+                   f"--quick, or fewer --seeds, --methods and --subset", err=True)
     count = seeds or (2 if quick else 5)
     target = fresh_out(out or Path("runs/bench-transfer"), overwrite, "transfer", checkpoint, ds, None)
     data = DataOptions(ds, None, shard="1/2", subset=n, image_size=size, test_subset=test_subset or (300 if quick else 1000))

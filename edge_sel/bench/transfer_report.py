@@ -28,6 +28,16 @@ def _diff(d: dict | None) -> str:
                                        else "(1 seed: no interval)")
 
 
+def _budget(r: dict) -> str:
+    """A planned row's budget and what its plan runs: the tensors it trains, the micro-batch."""
+    if r.get("budget_mb") is None:
+        return "-"
+    plan = [f"{r['trained_tensors']} tensors" if r.get("trained_tensors") else None,
+            f"micro-batch {r['micro_batch']}" if r.get("micro_batch") else None]
+    said = ", ".join(p for p in plan if p)
+    return f"{r['budget_mb']:.1f}" + (f" ({said})" if said else "")
+
+
 def rows_of(bench: dict) -> list[dict]:
     """One row per method (the start first): means over seeds and the paired difference against full FT."""
     results, out = bench["results"], []
@@ -44,7 +54,8 @@ def rows_of(bench: dict) -> list[dict]:
                                                default=None),
                         "measured_peak_mb": mean_of(rs, "measured_peak_mb"), "flops_train": mean_of(rs, "flops_train"),
                         "energy_j": mean_of(rs, "energy_j"), "train_wall_s": mean_of(rs, "train_wall_s"),
-                        "vs_full": paired(results, name, REFERENCE) if name not in (REFERENCE, START) else None})
+                        "vs_full": paired(results, name, REFERENCE) if name not in (REFERENCE, START) else None,
+                        "micro_batch": rs[0].get("micro_batch"), "trained_tensors": rs[0].get("trained_tensors")})
         out.append(row)
     return out
 
@@ -60,23 +71,23 @@ def table(bench: dict) -> str:
              + (f" (`--shift {CONDITIONS[bench['condition']]}`)" if CONDITIONS[bench["condition"]] else "")
              + f"; full fine-tuning's counted peak {bench['full_ft_counted_mb']:.1f} MiB (batch {bench['batch_size']})",
              "", "| method | BN statistics | device test % | − full FT (points, 95% CI) | clean test % | forgetting (points) | "
-             "counted peak MiB | measured peak MiB | train GFLOP | joules | train s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "budget MiB (plan) | counted peak MiB | measured peak MiB | train GFLOP | joules | train s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in bench["rows"]:
         if not r["fits"]:
             lines.append(f"| {r['method']} | {r['bn_stats']} | does not fit {_num(r['budget_mb'])} MiB (needs "
-                         f"{_num(r['needs_mb'])} MiB) | - | - | - | - | - | - | - | - |")
+                         f"{_num(r['needs_mb'])} MiB) | - | - | - | - | - | - | - | - | - |")
             continue
         if "test_acc" not in r:
             continue
         if r["method"] == START:
             lines.append(f"| {START} | - | {_pts(r['test_acc'])} | - | {_pts(r['clean_test_acc'])} | reference | - | - | "
-                         "- | - | - |")
+                         "- | - | - | - |")
             continue
         diff = "reference" if r["method"] == REFERENCE else _diff(r["vs_full"])
         fewer = f" ({r['seeds']} of {len(bench['seeds'])} seeds)" if r["seeds"] < len(bench["seeds"]) else ""
         lines.append(f"| {r['method']}{fewer} | {r['bn_stats']} | {_pts(r['test_acc'])} | {diff} | {_pts(r['clean_test_acc'])} | "
-                     f"{_num(r['forgetting_pts'], '+.2f')} | {_num(r['counted_peak_mb'])} | "
+                     f"{_num(r['forgetting_pts'], '+.2f')} | {_budget(r)} | {_num(r['counted_peak_mb'])} | "
                      f"{_num(r['measured_peak_mb'])} | {_num((r['flops_train'] or 0) / 1e9)} | "
                      f"{joules(r['energy_j'])} | {_num(r['train_wall_s'])} |")
     pairs = bench["pairs"]

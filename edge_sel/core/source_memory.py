@@ -89,10 +89,13 @@ def has_source_memory(directory: Path) -> bool:
     return all([inside_file(directory, name, "--checkpoint") for name in SOURCE_FILES])
 
 
-def read_source_memory(directory: Path, input_shape: list[int], info: dict | None = None) -> SourceMemory | None:
+def read_source_memory(directory: Path, input_shape: list[int], info: dict | None = None,
+                       any_size: bool = False) -> SourceMemory | None:
     """The checkpoint's source memory, or None when the directory has none. A damaged file, or
     anchors of another image shape, is refused with one line naming it; so is a missing one where
-    the others are there: read as "no memory", the guard and the levers would be silently off."""
+    the others are there: read as "no memory", the guard and the levers would be silently off.
+    `any_size`: the model runs at other sizes, so only the anchors' channels must match (the caller
+    resizes them)."""
     directory = Path(directory)
     if not has_source_memory(directory):
         missing = [name for name in SOURCE_FILES if not (directory / name).is_file()]
@@ -112,7 +115,8 @@ def read_source_memory(directory: Path, input_shape: list[int], info: dict | Non
         images, labels, index, role = a["images"], a["labels"].long(), a["index"].long(), a["role"].long()
     except KeyError as e:
         raise InputError(f"{directory / ANCHORS_FILE}: missing tensor {e}") from None
-    if images.dtype != torch.uint8 or list(images.shape[1:]) != list(input_shape):
+    taken = list(images.shape[1:2]) if any_size else list(images.shape[1:])
+    if images.dtype != torch.uint8 or taken != list(input_shape)[:len(taken)]:
         raise InputError(f"{directory / ANCHORS_FILE}: anchor images are {images.dtype} {list(images.shape[1:])}, "
                          f"the model takes {list(input_shape)}")
     return SourceMemory(Anchors(images, labels, index, role), tensors[FISHER_FILE], tensors[SOURCE_FILE],

@@ -17,6 +17,9 @@ def read_state_file(path, label: str) -> dict[str, torch.Tensor]:
     """A safetensors file or a torch state dict (weights_only=True), or the state dict a
     training-script checkpoint wraps under "state_dict"."""
     path = Path(path)
+    if path.is_dir():
+        hint = f"; its weights are {path / 'model.safetensors'}" if (path / "model.safetensors").is_file() else ""
+        raise InputError(f"{label} {path}: a directory, not a weights file{hint}")
     if not path.is_file():
         raise InputError(f"{label} {path}: no such file")
     try:

@@ -124,5 +124,5 @@ def summary_lines(s: dict) -> list[str]:
     chosen = ", ".join(f"{k} {v}" for k, v in s["chosen"].items())
     return [f"predicted {s['images']} images ({s['backend']}, batch {s['batch_size']}): {s['images_per_s']} images/s; "
             f"latency p50 {s['latency_ms_p50']:.2f} ms, p95 {s['latency_ms_p95']:.2f} ms",
-            f"energy {joules}; peak resident memory {s['peak_rss_mb']:.0f} MB",
+            f"energy {joules}; peak resident memory {s['peak_rss_mb']:.0f} MiB",
             f"conditions chosen: {chosen}"]

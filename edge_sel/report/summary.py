@@ -74,9 +74,12 @@ def all_in_line(summary: dict) -> str:
         joules = "energy not measured"
     else:
         share = t.get("eval_energy_share")
+        shipped_j = (shipped or {}).get("energy_j")
         joules = (f"{t['energy_all_j']:.1f} J {energy_label(t.get('energy_method'))} (training "
                   f"{_fmt(t.get('energy_j'), '.1f')}, evaluation {_fmt(t.get('eval_energy_j'), '.1f')}"
-                  + (f", {100 * share:.0f}% of it" if share is not None else "") + ")")
+                  + (f", {100 * share:.0f}% of it" if share is not None else "")
+                  # the anchors and Fisher written for devices: a pretrain's largest cost on few images
+                  + (f", source memory {shipped_j:.1f}" if shipped_j is not None else "") + ")")
     anchors = f", guard anchors {_fmt(out['anchor_acc'])}" if out.get("anchor_acc") is not None else ""
     return f"output model ({which}): test acc {_fmt(out.get('test_acc'))}{anchors}; all in: {flops}, {joules}"
 
@@ -112,8 +115,23 @@ def results_said(summary: dict) -> str:
                 f"(the state to resume from is kept)" if stopped else "no epoch run")
     best = summary["best_val"]
     stage = f" of the {best['stage']} stage" if best.get("stage") else ""
-    return (f"{epochs}, final test acc {_fmt(summary['final']['test_acc'])}, "
-            f"best val {_fmt(best['val_acc'])} (epoch {best['epoch']}{stage})")
+    out = summary.get("output_model") or {}
+    last = summary["final"]["test_acc"]
+    if out.get("weights") not in (None, "last") and out.get("test_acc") != last:
+        # The headline is the model handed back; the last epoch's figure beside it, named as such.
+        which = f"epoch {out['epoch']}" if out.get("weights") == "best" else out["weights"]
+        headline = f"output model's test acc {_fmt(out.get('test_acc'))} ({which}; last epoch's {_fmt(last)})"
+    else:
+        headline = f"output model's test acc {_fmt(last)}"
+    return f"{epochs}, {headline}, best val {_fmt(best['val_acc'])} (epoch {best['epoch']}{stage})"
+
+
+def small_validation_line(summary: dict) -> str | None:
+    out = summary.get("output_model") or {}
+    if not out.get("too_few_to_choose"):
+        return None
+    return (f"warning: the output model was chosen on {out['chosen_on_val_images']} validation images, too few to "
+            f"tell epochs apart (a few points are noise below 300); keep the last epoch (--keep last) or validate on more")
 
 
 def memory_line(memory: dict) -> str:
@@ -186,6 +204,8 @@ def print_summary(summary: dict, quiet: bool = False) -> None:
         click.echo(said)
     if summary.get("output_model"):     # a torchrun rank other than 0 writes no model: no totals to show
         click.echo(all_in_line(summary))
+        if small_validation_line(summary):
+            click.echo(small_validation_line(summary))
     elif summary.get("phase") == "pretrain" and summary.get("stop_reason") == "interrupted":
         click.echo("no checkpoint written: a pretrain that did not finish is no warmup for a fine-tune")
     if summary.get("source_memory") and not quiet:

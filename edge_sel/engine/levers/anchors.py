@@ -12,6 +12,7 @@ import torch
 from edge_sel.core.checkpoint import ModelCard
 from edge_sel.core.source_memory import GUARD, REPLAY, SourceMemory, copy_source_memory, read_source_memory
 from edge_sel.data.dataset import IndexedDataset
+from edge_sel.data.resize import resize_pixels
 from edge_sel.errors import InputError
 
 
@@ -32,9 +33,13 @@ class Memory:
 
 def load_memory(checkpoint: Path, card: ModelCard, reference: IndexedDataset) -> Memory | None:
     """The checkpoint's source memory, or None when it has none."""
-    memory: SourceMemory | None = read_source_memory(Path(checkpoint), reference.input_shape, card.source_memory)
+    # A pooled model fine-tuned at another size (models/input_size.py) sees its anchors at that size too.
+    any_size = bool((card.training or {}).get("input_sizes", {}).get("any_size"))
+    memory: SourceMemory | None = read_source_memory(Path(checkpoint), reference.input_shape, card.source_memory,
+                                                     any_size)
     if memory is None:
         return None
+    memory.anchors.images = resize_pixels(memory.anchors.images, tuple(reference.input_shape[-2:]))
 
     def dataset(role: int, name: str) -> IndexedDataset:
         images, labels, index = memory.anchors.part(role)

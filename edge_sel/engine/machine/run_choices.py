@@ -9,9 +9,11 @@ import torch
 from edge_sel.config import TrainConfig
 from edge_sel.data import IndexedDataset
 from edge_sel.device_caps import amp_dtype
-from edge_sel.engine.machine.layout import LayoutChoice, choose_layout
+from edge_sel.engine.machine.layout import FORMATS, PROBE_STEPS, LayoutChoice, choose_layout
 from edge_sel.engine.machine.precision import DTYPES, PrecisionChoice, choose_precision
 from edge_sel.errors import InputError
+
+PROBE_SHARE = 0.1   # the layout probe runs where its training steps are at most this share of the run's
 
 
 def run_layout(cfg: TrainConfig, model: torch.nn.Module, train_ds: IndexedDataset, largest_eval: int,
@@ -19,12 +21,30 @@ def run_layout(cfg: TrainConfig, model: torch.nn.Module, train_ds: IndexedDatase
     """Channels-last or not, and the evaluation batch size: as given, or measured here."""
     if cfg.backend != "torch":       # ORT runs its own graph in its own layout
         return LayoutChoice("contiguous", cfg.eval_batch_size or 256, f"{cfg.backend} backend")
+    if cfg.epochs == 0 and (cfg.memory_format == "auto" or not cfg.eval_batch_size):
+        # No training step will run: a probe that times training steps costs more than the passes it
+        # would speed up (a pretrain of 0 epochs from ImageNet: 302 of its 360 GFLOP).
+        fmt = "contiguous" if cfg.memory_format == "auto" else cfg.memory_format
+        return LayoutChoice(fmt, cfg.eval_batch_size or cfg.batch_size, "no training step: not measured")
+    probe, trained = probe_samples(cfg.batch_size), cfg.epochs * len(train_ds)
+    fmt = cfg.memory_format
+    if fmt == "auto" and probe > PROBE_SHARE * trained:
+        fmt = "contiguous"      # the layout saves a share of the training; a probe above that share cannot pay back
     autocast = None
     if device.type == "cuda" and cfg.precision != "fp32":
         dtype = amp_dtype(device) if cfg.precision == "auto" else DTYPES[cfg.precision]
         autocast = lambda: torch.autocast("cuda", dtype=dtype)      # noqa: E731 -- as training runs
-    return choose_layout(model, train_ds.input_shape, train_ds.num_classes, device, cfg.batch_size,
-                         cfg.memory_format, cfg.eval_batch_size, largest_eval, autocast, trains=trains)
+    choice = choose_layout(model, train_ds.input_shape, train_ds.num_classes, device, cfg.batch_size,
+                           fmt, cfg.eval_batch_size, largest_eval, autocast, trains=trains)
+    if fmt != cfg.memory_format and choice.source == "given":
+        choice.source = (f"not measured: the probe's {probe:,} training samples are over a tenth of the run's "
+                         f"{trained:,}")
+    return choice
+
+
+def probe_samples(batch_size: int) -> int:
+    """Samples the layout probe trains on: each layout's timed steps and its warm-up."""
+    return len(FORMATS) * (PROBE_STEPS + 1) * max(batch_size, 2)
 
 
 def run_precision(cfg: TrainConfig, model: torch.nn.Module, train_ds: IndexedDataset, check_ds: IndexedDataset,

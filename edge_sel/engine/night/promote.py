@@ -125,10 +125,13 @@ def decide(run_dir: Path, deployed: Path, force: bool = False, evaluate=None,
         return Decision(True, "forced-first" if summary.get("phase") == "pretrain" else "first",
                         "nothing was deployed", candidate)
     if not force and not started_from(config, deployed):
-        start = config.get("checkpoint")
-        said = (f"the run started from the model deployed at {start} then, and another has been deployed since"
-                if start is not None and Path(start).absolute() == deployed.absolute()
-                else f"the run started from {start}, not from the model deployed now")
+        start, digest = config.get("checkpoint"), config.get("checkpoint_sha256")
+        # Both versions named, by weights where the run recorded them: one path may hold either.
+        was = f" (weights {digest[:12]})" if digest else ""
+        now = f"{deployed.resolve()} (weights {weights_digest(deployed)[:12]})"
+        said = (f"the run started from the model deployed at {start} then{was}, and another has been deployed "
+                f"since: {now}" if start is not None and Path(start).absolute() == deployed.absolute()
+                else f"the run started from {start}{was}, not from the model deployed now, {now}")
         return Decision(False, "other-start", f"{said}; --force judges it against it anyway",
                         candidate)
     if candidate is None:

@@ -29,6 +29,9 @@ def parse_input_norm(text: str | None) -> str | tuple[tuple[float, ...], tuple[f
         raise InputError(f"--input-norm {text!r}: expected one of {', '.join(CHOICES)}, or "
                          f"MEAN1,MEAN2,MEAN3/STD1,STD2,STD3 "
                          f"(one finite mean and one positive std per channel)")
+    if not all(0 <= v <= 1 for v in pair[0]):     # pixels are scaled to [0, 1] before normalising
+        raise InputError(f"--input-norm {text!r}: a mean outside the pixel range [0, 1] (pixels are scaled to "
+                         f"[0, 1] first; ImageNet's means are 0.485,0.456,0.406)")
     return pair
 
 

@@ -28,12 +28,14 @@ from edge_sel.core.outputs import check_out_dir, claim_in_place, release_claim
 from edge_sel.engine.runs.head_first import PRETRAINED_BN_MOMENTUM
 from edge_sel.engine.runs.input_norm import choose_norm, parse_input_norm
 from edge_sel.engine.runs.out_dir import refuse_finished, restarted_here
+from edge_sel.engine.runs.recipe import choose_recipe
 from edge_sel.engine.runs.start import apply_start, check_start, pretrained_config
 from edge_sel.engine.runs.training import train_model
 from edge_sel.errors import InputError, existing_dir, read_json, required_file
 from edge_sel.methods.options import check_options_used
 from edge_sel.methods.presets import apply_preset, default_lr
 from edge_sel.models import build_model, load_checkpoint
+from edge_sel.models.input_size import fit_to_size, warn_below_use
 from edge_sel.models.spec import ModelSpec, check_card_spec, factory, make_spec, spec_of_object, trust_named_file
 
 
@@ -78,7 +80,13 @@ def pretrain(model_name, data: DataOptions, cfg: TrainConfig, out: Path, overwri
         name = splits.train.class_names[int(present[0])] if len(present) else "none"
         raise InputError(f"--dataset {data.dataset}: the training data holds one class ({name}); a classifier "
                          f"needs samples of at least two classes")
+    recipe, line = choose_recipe(cfg, len(splits.train), init_weights is not None or pretrained is not None,
+                                 world.distributed)
+    if line and not quiet:
+        print(f"edge-sel: {line}", file=sys.stderr)
+    cfg.validate()
     model, card = new_model(spec, splits, data, cfg.seed, init_weights, pretrained, input_norm, quiet)
+    warn_below_use(model, data.image_size, spec.name)
     if cfg.bn_momentum is None and (init_weights is not None or pretrained is not None):
         cfg.bn_momentum = PRETRAINED_BN_MOMENTUM     # config.json says what ran (engine/runs/head_first.py)
     if start_weights is not None:
@@ -90,7 +98,7 @@ def pretrain(model_name, data: DataOptions, cfg: TrainConfig, out: Path, overwri
     source = {"data": vars_of(data), "model": spec.to_json(),
               **({"init_weights": card.training["init_weights"]["file"]} if init_weights else {}),
               **({"pretrained": pretrained} if pretrained else {}),
-              **({"input_norm": input_norm} if input_norm else {})}
+              **({"input_norm": input_norm} if input_norm else {}), "recipe": recipe}
     return train_model("pretrain", model, card, splits, cfg, out, quiet, energy, source, meter)
 
 
@@ -161,6 +169,8 @@ def finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, out: Path, o
     model, card = load_checkpoint(opened)
     if splits is None:
         check_image_size(card, data, Path(checkpoint))
+        fit_to_size(model, card, data.image_size, str(checkpoint))     # before decoding: a size it cannot take
+        warn_below_use(model, data.image_size, card.architecture)
     splits = splits if splits is not None else data.load()
     check_compatible(card, splits, Path(checkpoint))
     check_same_split(card, splits, data, Path(checkpoint))
@@ -228,7 +238,7 @@ def _resume(run_dir: Path, quiet: bool, phase: str, saved: dict, cfg: TrainConfi
     refuse_finished(run_dir, cfg.epochs)
     splits = data.load()
     source_info = {k: saved[k] for k in ("data", "checkpoint", "warmup", "profile", "model", "init_weights",
-                                         "pretrained", "input_norm", "checkpoint_sha256")
+                                         "pretrained", "input_norm", "checkpoint_sha256", "recipe")
                    if k in saved}
     if phase == "finetune":
         opened = pinned(saved["checkpoint"])        # weights, digest and bank from one version
@@ -237,6 +247,7 @@ def _resume(run_dir: Path, quiet: bool, phase: str, saved: dict, cfg: TrainConfi
         if digest is not None and digest != weights_digest(opened):
             raise InputError(f"--resume {run_dir}: its starting checkpoint {saved['checkpoint']} has changed since "
                              f"the run started (another model was deployed); start a new run")
+        fit_to_size(model, card, data.image_size, saved["checkpoint"])
         check_compatible(card, splits, Path(saved["checkpoint"]))
         card.dataset = dataset_card(splits, data)
         # The run's own copy: the starting checkpoint may have been replaced since (a deployed link).

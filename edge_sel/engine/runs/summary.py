@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from edge_sel.energy.base import SHARED
+from edge_sel.engine.loop.val_size import MIN_SAMPLES
 from edge_sel.engine.runs.memory_summary import memory_block
 
 
@@ -29,7 +30,7 @@ def summarize(records: list[dict], extra: dict, baseline: dict | None = None, ke
         **extra,
         "epochs_run": len(records),
         # The weights the run directory holds (the best epoch, the start, or the last) on the test set.
-        "output_model": output_model(last, kept, records, baseline),
+        "output_model": flag_small_validation(output_model(last, kept, records, baseline), kept, extra),
         "final": {k: last.get(k) for k in ("val_acc", "test_acc", "train_loss", "train_acc")},
         "best_val": {"epoch": best.get("epoch"), "val_acc": best.get("val_acc"), "test_acc": best.get("test_acc"),
                      **({"stage": best["stage"]} if best.get("stage") else {})},     # a pretrain's head or fine-tune
@@ -78,6 +79,19 @@ def shared_method(method: str | None, shared_with: int | None) -> str | None:
     if not shared_with or method is None or method.endswith("+" + SHARED):
         return method
     return f"{method}+{SHARED}"
+
+
+def flag_small_validation(out: dict, kept: dict | None, extra: dict) -> dict:
+    """An output model chosen by validation accuracy among candidates, on fewer than MIN_SAMPLES
+    validation images (where a few points are noise), says so: the choice may be chance."""
+    if not kept or kept.get("kept") == "last":
+        return out
+    held = (extra.get("dataset") or {}).get("val_samples")
+    subset = (extra.get("config") or {}).get("val_subset") or 0
+    used = min(subset, held) if subset and held is not None else held
+    if used is None or used >= MIN_SAMPLES:
+        return out
+    return {**out, "chosen_on_val_images": used, "too_few_to_choose": True}
 
 
 def output_model(last: dict, kept: dict | None, records: list[dict] = (), baseline: dict | None = None) -> dict:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+import warnings
 from pathlib import Path
 
 from edge_sel import threads
@@ -34,6 +35,7 @@ from edge_sel.engine.runs.summary import summarize
 from edge_sel.errors import writing
 from edge_sel.methods import make_strategy, make_updater
 from edge_sel.models import count_parameters
+from edge_sel.models.input_size import input_sizes
 from edge_sel.version import __version__
 
 
@@ -54,6 +56,22 @@ def train_model(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainCo
         except BaseException:
             release_claim(out)      # no longer written: a resume may take it (a process's end would do the same)
             raise
+
+
+def flag_random_head(shipped: dict, card: ModelCard, cfg: TrainConfig) -> None:
+    """Guard anchors scored by a classifier no epoch trained (made anew, or a random model's): their
+    source accuracy is chance, so the guard and forgetting measured against it mean nothing. Said
+    in one line and recorded with the anchors."""
+    started = {k: card.training.get(k) for k in ("pretrained", "init_weights") if card.training.get(k)}
+    anew = not started or any(v.get("made_anew") for v in started.values())
+    if cfg.epochs or cfg.head_epochs or not anew:
+        return
+    anchors = shipped["card"]["anchors"]
+    anchors["random_head"] = True
+    acc = anchors.get("guard_acc")
+    warnings.warn(f"--epochs 0: the classifier was never trained, so the guard anchors' source accuracy "
+                  f"({'-' if acc is None else f'{100 * acc:.1f}%'}) is a random head's and the guard and forgetting "
+                  f"measured against it mean nothing; train at least one epoch before devices use this checkpoint")
 
 
 def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_info, meter, resume_state,
@@ -137,6 +155,7 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
         # Rank 0 alone, from the final weights (a pretrain keeps its last epoch's), in the meter's window.
         if phase == "pretrain" and writes and cfg.anchors_per_class > 0 and trainer.stop_reason != "interrupted":
             shipped = write_pretrain_memory(trainer, out)
+            flag_random_head(shipped, card, cfg)
             card.source_memory = shipped["card"]
         meter_info = meter.describe() if hasattr(meter, "describe") else {}
     finally:
@@ -159,7 +178,9 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
     card.training = {**started, "phase": phase, "epochs": len(records), "strategy": cfg.strategy,
                      "final_val_acc": records[-1]["val_acc"] if records else None,
                      "final_test_acc": records[-1]["test_acc"] if records else None, "seed": cfg.seed, **bn_run,
-                     **({"head_epochs": cfg.head_epochs, "bn_momentum": cfg.bn_momentum} if staged else {})}
+                     **({"head_epochs": cfg.head_epochs, "bn_momentum": cfg.bn_momentum} if staged else {}),
+                     **({"recipe": cfg.recipe} if phase == "pretrain" else {}),
+                     "input_sizes": input_sizes(model, card)}
     if kept is not None:
         card.training.update({k: kept[k] for k in ("kept", "rule", "kept_epoch", "kept_val_acc", "kept_test_acc",
                                                    "baseline_val_acc")})
