@@ -188,7 +188,8 @@ FINETUNE = [
            help="Which parameters change: none | mask (guilt threshold on gradients) | layers (frozen blocks between "
                 "probes) | bn-affine (BatchNorm scales and shifts and the head) | rgn (blocks by gradient-to-weight "
                 "ratio) | lottery (a fixed pruning mask, as bench reference runs it) | classifier | last-k (--last-k K blocks) | "
-                "bias-norm (biases, norms and the head) | budget (what each byte buys, under --memory-budget) "
+                "bias-norm (biases, norms and the head) | lite-residual (TinyTL's small branches beside frozen blocks, with "
+                "the biases and the head) | budget (what each byte buys, under --memory-budget) "
                 "[default: budget with --memory-budget; the strategy's (sel: layers); else none]."),
     option("--memory-budget", type=click.FloatRange(min=0, min_open=True), default=None,
            help="MiB (2^20 bytes) the training step may keep (weights, optimizer state, batch, activations, "
