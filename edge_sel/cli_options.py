@@ -196,6 +196,9 @@ FINETUNE = [
                 "gradients; the process itself and the datasets come on top): the step is planned to fit, by "
                 "counting (micro-batches, recomputed blocks, and with --sparsity budget, the default then, what "
                 "trains); the run's last lines compare what it measured with it. Off by default."),
+    option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None,
+           help="Seconds of training --sparsity budget's plan may be estimated to take: what trains is chosen "
+                "among the sets that fit the memory budget and this (and --energy-budget's joules). Off by default."),
     option("--backend", type=click.Choice(["torch", "ort"]), default="torch", show_default=True,
            help="What runs the training step: PyTorch, or ONNX Runtime training artifacts (--artifacts)."),
     option("--artifacts", type=click.Path(path_type=Path), default=None, help="ORT training artifacts (--backend ort)."),
@@ -300,7 +303,7 @@ PRETRAIN_SECTIONS = [
 FINETUNE_SECTIONS = [
     ("Checkpoint and output", ["--checkpoint", *RUN, "--keep", "--max-forgetting"]),
     DATA_SECTION,
-    ("Training", [*TRAINING, "--bn-mode", "--bn-adapt", "--backend", "--artifacts", "--memory-budget"]),
+    ("Training", [*TRAINING, "--bn-mode", "--bn-adapt", "--backend", "--artifacts", "--memory-budget", "--time-budget"]),
     ("Against forgetting (need the checkpoint's anchors)", ["--ewc", "--replay", "--bn-anchor-share",
                                                             "--reset-forgetting", "--bn-conditions",
                                                             "--bn-condition-images", "--bn-condition-radius"]),

@@ -20,6 +20,7 @@ from edge_sel.models.blocks import named_blocks
 NAME = "lite_residual"
 KERNEL = 5          # TinyTL's default kernel and groups
 GROUPS = 2
+SEED = 0
 
 
 class LiteResidual(nn.Module):
@@ -87,12 +88,25 @@ def add_residuals(model: nn.Module, input_shape) -> list[str]:
             h.remove()
     device = next(model.parameters()).device
     added = []
-    for name, block in blocks:
-        shape_in, shape_out = shapes.get(name, ((), ()))
-        if len(shape_in) == 4 and len(shape_out) == 4:
-            _wire(block, LiteResidual(shape_in[1], shape_out[1]).to(device))
-            added.append(name)
+    # Drawn from a stream of their own: the same branches whenever they are made, and the run's streams untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        for name, block in blocks:
+            shape_in, shape_out = shapes.get(name, ((), ()))
+            if len(shape_in) == 4 and len(shape_out) == 4:
+                _wire(block, LiteResidual(shape_in[1], shape_out[1]).to(device))
+                added.append(name)
     return added
+
+
+def remove_residuals(model: nn.Module) -> None:
+    """The model as it was before add_residuals."""
+    for block in list(model.modules()):
+        if HOST in block.__dict__:
+            delattr(block.get_submodule(block.__dict__.pop(HOST)), NAME)
+            for key, hook in list(block._forward_hooks.items()):
+                if hook is _add_residual:
+                    del block._forward_hooks[key]
 
 
 def residuals_from_weights(model: nn.Module, state: dict) -> None:
