@@ -97,6 +97,8 @@ def transfer_cmd(checkpoint, imagenet_model, dataset, scenario, image_size, meth
                                       figure=seed_ended)     # the figure and report once a seed, not every run
 
     result = transfer.run_bench(settings, progress(quiet), partial)
+    from edge_sel.bench import transfer_front     # per planner budget, the best fixed set that fits it, under it
+    result = transfer_front.run_best_fixed(settings, result, last_k, progress(quiet))
     bench = {**record, "seeds": settings.seeds, **result}
     written = transfer_report.write_outputs(bench, target)
     click.echo(written["table"])

@@ -41,7 +41,7 @@ TRANSFER_PUBLISHED = [
     {"method": "bias+bn+classifier", "as": "TinyTL-B (biases)", "acc": 93.7, "memory": "32 MB", "source": TINYTL,
      **TINYTL_SETUP},
     {"method": "-", "as": "TinyTL-L (lite residual)", "acc": 96.1, "memory": "37 MB", "source": TINYTL, **TINYTL_SETUP},
-    {"method": "-", "as": "TinyTL-L+B", "acc": 95.9, "memory": "37 MB", "source": TINYTL, **TINYTL_SETUP},
+    {"method": "lite-residual", "as": "TinyTL-L+B", "acc": 95.9, "memory": "37 MB", "source": TINYTL, **TINYTL_SETUP},
     {"method": "bn+classifier", "as": "FT-Norm+Last", "acc": 94.8, "memory": "192 MB", "source": TINYTL,
      **TINYTL_SETUP},
     {"method": "full FT", "as": "full fine-tuning", "acc": 97.1, "memory": "391 MB", "source": TINYTL, **TINYTL_SETUP},

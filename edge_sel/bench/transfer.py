@@ -61,6 +61,8 @@ def transfer_methods(last_k: int = 2) -> list[TransferMethod]:
             TransferMethod("bn+classifier", "bn-affine", note="BatchNorm scales and shifts, the classifier"),
             TransferMethod("bias+bn+classifier", "bias-norm", note="every bias and norm, the classifier"),
             TransferMethod("last-k", "last-k", method={"last_k": last_k}, note=f"the last {last_k} blocks"),
+            TransferMethod("lite-residual", "lite-residual", note="TinyTL's lite residual branches beside the frozen "
+                                                                  "blocks, with every bias and the classifier"),
             TransferMethod("sparse", "budget", note=f"MCUNetV3's shape: biases and norms everywhere, the classifier, "
                                                     f"the weights of the blocks the warmup's Fisher information "
                                                     f"rates highest per parameter, up to {SPARSE_SHARE:.0%} of them"),
