@@ -110,3 +110,24 @@ def test_the_gain_proxy_ranks_sets_as_their_training_does():
         with torch.no_grad():
             removed.append(before - float(loss()))
     assert spearmanr(proxy, removed).statistic >= 0.8
+
+
+def test_a_plan_that_chooses_lite_residuals_trains_them_and_its_checkpoint_keeps_them(tiny_warm, tmp_path, capsys,
+                                                                                       monkeypatch):
+    """Branches exist on the model only while planned, unless chosen: then the optimizer, the counter
+    and the checkpoint have them."""
+    from edge_sel.engine.machine import joule_plan
+    from edge_sel.models import load_checkpoint
+    from edge_sel.models.lite_residual import has_residuals
+    real = joule_plan.choose
+    monkeypatch.setattr(joule_plan, "choose", lambda cands, *a: (next(c for c in cands if c.name.startswith("lite")),
+                                                                 "chosen by the test") if real(cands, *a) else None)
+    code, _ = run_main(["finetune", "--checkpoint", tiny_warm, "--dataset", "synthetic", "--epochs", "1",
+                        "--batch-size", "32", "--seed", "3", *SAME_CHOICES, "--memory-budget", "16", "--quiet",
+                        "--keep", "last", "--out", tmp_path / "lite"], capsys)
+    assert code == 0
+    plan = json.loads((tmp_path / "lite" / "config.json").read_text())["memory_plan"]
+    assert plan["gains"]["chosen"].startswith("lite") and any("lite_residual." in n for n in plan["trainable"])
+    model, _ = load_checkpoint(tmp_path / "lite")
+    assert has_residuals(model) and any(p.abs().sum() > 0 for n, p in model.named_parameters()
+                                        if n.endswith("lite_residual.project.weight"))
