@@ -64,28 +64,58 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
     x, y = probe_batch(trainer.train_ds, trainer.mean, trainer.std, rows)
     losses = trainer.objective.losses
     steps = max(1, cfg.epochs) * math.ceil(len(trainer.train_ds) / cfg.batch_size)
-    # With the branches: their counter (a twin of the model with them), gains, and the candidate's cost.
+    limits = trainer.budget_j is not None or cfg.time_budget_s is not None
+    # The branches' gains come from the probe with them on the model; everything else is counted without them.
     add_residuals(model, counter.input_shape)
     try:
         gains, source = gains_for(model)
-        lite_counter = MemoryCounter(model, counter.input_shape, counter.optimizer_factory, counter.loss_fn,
-                                     kernels=counter.kernels, step=counter.step)
-        lite = fitted(lite_counter, model, rows, budget, bn, "lite-residual+bias", residual_names(model), gains)
-        probe = joule_plan.measure_costs([lite], model, x, y, losses, trainer.device, steps, trainer.meter)
+        lite_names = residual_names(model)
     finally:
         remove_residuals(model)
-    candidates = [fitted(counter, model, rows, budget, bn, name, names, gains) for name, names in fixed_sets(model, gains)]
+    lite_gain = sum(gains.get(n, 0.0) for n in lite_names)
+    candidates: list[Candidate] = []
     chosen, notes = choose_trainable(counter, model, rows, budget, gains, bn)
-    if chosen is not None and all(set(chosen) != c.trainable for c in candidates):
-        candidates.append(fitted(counter, model, rows, budget, bn, "fisher", chosen, gains))
-    candidates.append(lite)
+    top = None
+    fixed = fixed_sets(model, gains)
+    if chosen is not None:          # by a fixed set's name where it is one
+        same = next((name for name, names in fixed if set(names) == set(chosen)), "fisher")
+        candidates.append(fitted(counter, model, rows, budget, bn, same, chosen, gains))
+        top = candidates[0].gain if candidates[0].count is not None else None
+    rest = [(name, set(names), sum(gains.get(n, 0.0) for n in names)) for name, names in fixed
+            if chosen is None or set(names) != set(chosen)]
+    rest.append(("lite-residual+bias", None, lite_gain))
+    lite, probe = None, None
+    # Highest expected gain first: one below NEAR_BEST of the best that fits cannot win, so it is neither
+    # counted nor timed (where a joule or time limit may rule the best out, every one is).
+    for name, names, gain in sorted(rest, key=lambda r: -r[2]):
+        if not limits and top is not None and gain < joule_plan.NEAR_BEST * top:
+            candidates.append(Candidate(name, names if names is not None else set(), gain,
+                                        out=f"expected gain under {joule_plan.NEAR_BEST:.0%} of the best that fits: "
+                                            "not counted"))
+            continue
+        if names is None:           # the branches: counted and timed while they are on the model
+            add_residuals(model, counter.input_shape)
+            try:
+                lite_counter = MemoryCounter(model, counter.input_shape, counter.optimizer_factory, counter.loss_fn,
+                                             kernels=counter.kernels, step=counter.step)
+                lite = fitted(lite_counter, model, rows, budget, bn, name, residual_names(model), gains)
+                probe = joule_plan.measure_costs([lite], model, x, y, losses, trainer.device, steps, trainer.meter)
+            finally:
+                remove_residuals(model)
+            candidates.append(lite)
+            c = lite
+        else:
+            c = fitted(counter, model, rows, budget, bn, name, names, gains)
+            candidates.append(c)
+        if c.count is not None:
+            top = c.gain if top is None else max(top, c.gain)
     if all(c.count is None for c in candidates):
         lowest = smallest_budget(counter, model, None, rows)
         raise InputError(f"--memory-budget {cfg.memory_budget_mb:g}: no step fits; the smallest that does is "
                          f"{lowest:.1f} MiB (the classifier alone, one image at a time)")
     cost = joule_plan.measure_costs([c for c in candidates if c is not lite], model, x, y, losses, trainer.device,
                                     steps, trainer.meter)
-    if lite.step_s is not None and lite.joules is None and cost["watts"]:
+    if lite is not None and lite.step_s is not None and lite.joules is None and cost["watts"]:
         lite.joules = lite.seconds * cost["watts"]
     winner, reason = joule_plan.choose(candidates, trainer.budget_j, cfg.time_budget_s)
     total = max(c.gain for c in candidates)
@@ -96,7 +126,8 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
         adopt_residuals(trainer)
     return MemoryPlan(cfg.memory_budget_mb, rows, winner.shape.chunk, list(winner.shape.recompute),
                       winner.shape.bn_statistics, winner.count.mib(), round(asked, 3), sorted(winner.trainable),
-                      [words, *(notes if winner.name == "fisher" else []), *winner.shape_notes], source)
+                      [words, *(notes if candidates and winner is candidates[0] and chosen is not None else []),
+                       *winner.shape_notes], source)
 
 
 def adopt_residuals(trainer) -> None:
