@@ -73,14 +73,14 @@ FINETUNE_FIELDS = ("strategy", "sparsity", "backend", "bn_mode", "bn_adapt", "ke
                    "bn_anchor_share", "reset_forgetting", "bn_conditions", "bn_condition_images",
                    "bn_condition_radius", "bn_stats", "bn_momentum")
 # Options whose config field has another name.
-RENAMED_FIELDS = {"memory_budget": "memory_budget_mb"}
+RENAMED_FIELDS = {"memory_budget": "memory_budget_mb", "time_budget": "time_budget_s"}
 
 
 def build_finetune_config(kw: dict) -> TrainConfig:
     """A fine-tune's configuration from its options (finetune's and a night's: one place, so that
     the two commands cannot drift apart)."""
     chosen = {name: kw.pop(name) for name in FINETUNE_FIELDS}
-    chosen.update({field: kw.pop(option) for option, field in RENAMED_FIELDS.items()})
+    chosen.update({field: kw.pop(option, None) for option, field in RENAMED_FIELDS.items()})
     artifacts = kw.pop("artifacts")
     method = {name: kw.pop(name) for name in method_option_names()}
     return build_config(kw, artifacts=str(artifacts) if artifacts else None, method=method, **chosen)

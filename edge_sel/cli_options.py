@@ -197,13 +197,17 @@ FINETUNE = [
            help="Which parameters change: none | mask (guilt threshold on gradients) | layers (frozen blocks between "
                 "probes) | bn-affine (BatchNorm scales and shifts and the head) | rgn (blocks by gradient-to-weight "
                 "ratio) | lottery (a fixed pruning mask, as bench reference runs it) | classifier | last-k (--last-k K blocks) | "
-                "bias-norm (biases, norms and the head) | budget (what each byte buys, under --memory-budget) "
+                "bias-norm (biases, norms and the head) | lite-residual (TinyTL's small branches beside frozen blocks, with "
+                "the biases and the head) | budget (what each byte buys, under --memory-budget) "
                 "[default: budget with --memory-budget; the strategy's (sel: layers); else none]."),
     option("--memory-budget", type=click.FloatRange(min=0, min_open=True), default=None,
            help="MiB (2^20 bytes) the training step may keep (weights, optimizer state, batch, activations, "
                 "gradients; the process itself and the datasets come on top): the step is planned to fit, by "
                 "counting (micro-batches, recomputed blocks, and with --sparsity budget, the default then, what "
                 "trains); the run's last lines compare what it measured with it. Off by default."),
+    option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None,
+           help="Seconds of training --sparsity budget's plan may be estimated to take: what trains is chosen "
+                "among the sets that fit the memory budget and this (and --energy-budget's joules). Off by default."),
     option("--backend", type=click.Choice(["torch", "ort"]), default="torch", show_default=True,
            help="What runs the training step: PyTorch, or ONNX Runtime training artifacts (--artifacts)."),
     option("--artifacts", type=click.Path(path_type=Path), default=None, help="ORT training artifacts (--backend ort)."),
@@ -316,7 +320,8 @@ PRETRAIN_SECTIONS = [
 FINETUNE_SECTIONS = [
     ("Checkpoint and output", ["--checkpoint", *RUN, "--keep", "--max-forgetting"]),
     DATA_SECTION,
-    ("Training", [*TRAINING, "--bn-stats", "--bn-momentum", "--bn-mode", "--bn-adapt", "--backend", "--artifacts", "--memory-budget"]),
+    ("Training", [*TRAINING, "--bn-stats", "--bn-momentum", "--bn-mode", "--bn-adapt", "--backend", "--artifacts",
+                  "--memory-budget", "--time-budget"]),
     ("Against forgetting (need the checkpoint's anchors)", ["--ewc", "--replay", "--bn-anchor-share",
                                                             "--reset-forgetting", "--bn-conditions",
                                                             "--bn-condition-images", "--bn-condition-radius"]),

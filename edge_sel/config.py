@@ -109,6 +109,9 @@ class TrainConfig:
     # that fits it is kept here once made, so a resumed run runs the same step.
     memory_budget_mb: float | None = None
     memory_plan: dict | None = None
+    # --time-budget: seconds of training a --sparsity budget plan may be estimated to take (its choice of
+    # what trains; engine/machine/joule_plan.py); --energy-budget bounds its joules the same way.
+    time_budget_s: float | None = None
     # A pretrain from pretrained weights (engine/runs/head_first.py): the new head trains alone first for
     # head_epochs at head_lr (None: lr), backbone frozen and BatchNorm in eval mode; bn_momentum is every
     # BatchNorm layer's momentum while the rest trains (None: the model's own).
@@ -181,6 +184,8 @@ class TrainConfig:
                 raise InputError("--sparsity mask: its guilt mask copies every trained weight and its optimizer state "
                                  "each step, which a --memory-budget plan cannot count; use --sparsity budget (the "
                                  "default with a budget), classifier, last-k, bias-norm or none")
+        if self.time_budget_s is not None:
+            _number("--time-budget", self.time_budget_s, lo=0, lo_open=True)
         if self.memory_plan is not None and not isinstance(self.memory_plan, dict):
             raise InputError(f"memory_plan must be a mapping, got {self.memory_plan!r}")
         if self.sparsity == "budget" and self.memory_budget_mb is None:

@@ -118,6 +118,9 @@ def transfer_cmd(checkpoint, imagenet_model, dataset, scenario, image_size, meth
 
     with BenchStop() as stop:
         result = transfer.run_bench(settings, progress(quiet), partial, stop)
+    if not result.get("partial"):        # per planner budget, the best fixed set that fits it, under it
+        from edge_sel.bench import transfer_front
+        result = transfer_front.run_best_fixed(settings, result, last_k, progress(quiet))
     bench = {**record, "seeds": settings.seeds, **result}
     if stop.stopped:        # the runs finished before the stop, as a partial bench; no figure of them
         done = sorted({r["seed"] for r in result["results"][transfer.START]})

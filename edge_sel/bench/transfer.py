@@ -90,6 +90,9 @@ def transfer_methods(last_k: int = 2, adabn_images: int = 2000) -> list[Transfer
                              bn_stats=FROZEN),
               TransferMethod("last-k", "last-k", method={"last_k": last_k}, bn_stats=FROZEN,
                              note=f"the model's last {last_k} blocks (the classifier counts as one)"),
+              TransferMethod("lite-residual", "lite-residual", bn_stats=FROZEN,
+                             note="TinyTL's lite residual branches beside the frozen blocks, with every bias and the "
+                                  "classifier"),
               TransferMethod("sparse", "budget", bn_stats=FROZEN,
                              note=f"MCUNetV3's shape: biases and norms everywhere, the classifier, the weights of the "
                                   f"blocks the warmup's Fisher information rates highest per parameter, up to "

@@ -11,6 +11,7 @@ from edge_sel.bench.outputs import write_bench_files
 from edge_sel.bench.published import TRANSFER_PUBLISHED
 from edge_sel.bench.stopping import stopped_lines
 from edge_sel.bench.transfer import CONDITIONS, REFERENCE, START, named_pairs
+from edge_sel.bench.transfer_front import front_lines
 
 
 def _pts(value: float | None) -> str:
@@ -159,7 +160,7 @@ def write_outputs(bench: dict, out: Path, figure: bool = True) -> dict:
     """table.md and results.json, then (with `figure`) the accuracy-memory figure and report.html."""
     bench["rows"] = rows_of(bench)
     bench["pairs"] = pairs_of(bench)
-    md = table(bench) + published_table(bench)
+    md = table(bench) + "\n".join(front_lines(bench)) + "\n" + published_table(bench)
     notes = notes_of(bench)
     return write_bench_files(out, "transfer", md, notes, bench, (lambda: plot(bench, out)) if figure else None,
                              json_name="results.json")

@@ -10,7 +10,7 @@ from edge_sel.methods import sel
 from edge_sel.methods.base import Gate, GatedStrategy, Plan, RunContext, Strategy, Updater
 from edge_sel.methods.registry import GATES, STRATEGIES, UPDATERS, make_strategy, make_updater
 from edge_sel.methods.select import gating_registry
-from edge_sel.methods.update import bn_affine, fixed_sets, lottery, surgical
+from edge_sel.methods.update import bn_affine, fixed_sets, lite_residual, lottery, surgical
 
 __all__ = ["Gate", "GatedStrategy", "Plan", "RunContext", "Strategy", "Updater", "STRATEGIES", "GATES",
            "UPDATERS", "make_strategy", "make_updater"]
@@ -21,3 +21,4 @@ bn_affine.register()         # BatchNorm-affine training
 surgical.register()          # Auto-RGN block choice and the adapt preset
 lottery.register()           # lottery ticket retraining with a fixed mask
 fixed_sets.register()        # one set for the run: classifier, last-k, bias-norm, a memory plan's budget
+lite_residual.register()     # TinyTL's lite residual branches beside frozen blocks, trained with the biases

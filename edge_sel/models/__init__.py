@@ -17,6 +17,7 @@ from edge_sel.models.mobilenet import MobileNetV2
 from edge_sel.models.registry import MODELS
 from edge_sel.models.resnet import ResNet18Cifar
 from edge_sel.models.spec import ModelSpec, build_from_spec, check_card_spec, make_spec
+from edge_sel.models.lite_residual import residuals_from_weights
 from edge_sel.models.start_weights import first_mismatch
 
 __all__ = ["MODELS", "EdgeCNN", "GroupNormCNN", "MobileNetV2", "ResNet18Cifar", "ModelSpec", "build_model",
@@ -68,6 +69,7 @@ def load_checkpoint(directory: Path) -> tuple[nn.Module, ModelCard]:
     # output checked when it was made: no meta-device forward here.
     model = model_for_card(card, directory / "model.json", check_output=False)
     state = read_weights(directory)
+    residuals_from_weights(model, state)        # a lite-residual fine-tune's branches (methods/update/lite_residual.py)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

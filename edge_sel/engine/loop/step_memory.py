@@ -20,7 +20,8 @@ from edge_sel.core.recompute import set_recomputed
 from edge_sel.engine.loop.counted_step import run_step_factory
 from edge_sel.engine.machine.device import random_streams_kept
 from edge_sel.engine.loop.first_use import grown_mb, warm_kernels
-from edge_sel.engine.machine.memory_plan import RESERVE, MemoryPlan, everything_fits, fit_shape, plan_memory, usable
+from edge_sel.engine.loop.joule_choice import adopt_residuals, plan_by_joules, plan_trains_residuals
+from edge_sel.engine.machine.memory_plan import RESERVE, MemoryPlan, fit_shape, plan_memory, usable
 from edge_sel.engine.machine import peak_memory
 from edge_sel.errors import InputError
 
@@ -82,9 +83,10 @@ def shipped_gains(model, memory) -> tuple[dict, dict]:
     """Gains from the Fisher information the warmup ships (source data), where no probe fits; else
     each tensor's size."""
     fisher = getattr(memory, "fisher", None) or {}
-    names = [n for n, _ in model.named_parameters()]
+    # Lite residual branches (added while planning) have none: their gain counts as none.
+    names = [n for n, _ in model.named_parameters() if "lite_residual." not in n]
     if fisher and all(n in fisher for n in names):
-        return ({n: float(fisher[n].sum()) for n in names},
+        return ({n: float(fisher[n].sum()) if n in fisher else 0.0 for n, _ in model.named_parameters()},
                 {"source": "the checkpoint's Fisher information (source data): no probe step fits the budget"})
     return ({n: float(p.numel()) for n, p in model.named_parameters()},
             {"source": "parameter counts: no probe step fits the budget and the checkpoint ships no Fisher"})
@@ -123,13 +125,14 @@ def plan_run_memory(trainer) -> MemoryPlan | None:
         return None
     if cfg.backend != "torch":
         raise InputError("--memory-budget: needs --backend torch (ORT artifacts fix what trains when exported)")
-    model, updater = trainer.model, trainer.updater
     bn = "frozen" if cfg.bn_mode == "eval" else "train"
     rows = most_rows(trainer)
     if trainer.device.type == "cpu":
         peak_memory.allocator_for_budget()      # before the gain probe: its freed blocks are not kept
     if cfg.memory_plan is not None:
         plan = MemoryPlan.from_json(cfg.memory_plan)
+        if plan_trains_residuals(plan):         # a resumed run whose plan chose lite residual branches
+            adopt_residuals(trainer)
     else:
         def first_plan() -> MemoryPlan:
             # The kernels' first use and what the process grew by so far, measured: the plan fits in the
@@ -191,39 +194,39 @@ def planned_in_the_open(trainer, make_plan) -> MemoryPlan:
 
 
 def _plan(trainer, rows: int, bn: str) -> MemoryPlan:
-    """The plan for `rows` a step: under --sparsity budget what trains too (everything where the whole
-    step fits, else by the gains a probe measured), else the updater's own set."""
+    """The plan for `rows` a step: under --sparsity budget what trains too, by expected gain and joules
+    among the candidates that fit (engine/loop/joule_choice.py), else the updater's own set."""
     cfg, model, updater = trainer.config, trainer.model, trainer.updater
     counter = trainer.memory_counter
+    if updater.name == "budget":
+        return plan_by_joules(trainer, rows, bn, gains_for(trainer, rows, bn))
+    trainable = updater.trainable(model) if hasattr(updater, "trainable") else None
+    return plan_memory(counter, model, rows, cfg.memory_budget_mb, trainable, bn,
+                       spent_mb=getattr(trainer, "memory_spent_mb", 0.0))
+
+
+def gains_for(trainer, rows: int, bn: str):
+    """model -> each tensor's expected gain: a probe on local images where its step fits the budget,
+    else the warmup's Fisher information (else each tensor's size). Whether the probe fits is counted
+    here, on the model as the run's counter knows it; the gains are taken later, on the model given."""
+    cfg, counter, model = trainer.config, trainer.memory_counter, trainer.model
     everything = {n for n, _ in model.named_parameters()}
-    spent = getattr(trainer, "memory_spent_mb", 0.0)
-    room = usable(cfg.memory_budget_mb, spent)
-    whole = counter.count(StepShape(rows, bn_statistics=bn), everything).peak <= room
-    # Where everything trains whatever the gains, no probe runs (at 96 px it was 36 of a plan's 43 s).
-    if updater.name == "budget" and (whole or everything_fits(counter, model, rows, room, bn)):
-        plan = plan_memory(counter, model, rows, cfg.memory_budget_mb, everything, bn, spent_mb=spent)
-        plan.trainable = sorted(everything)
-        plan.notes.insert(0, "everything trains: the whole step fits the budget" if whole else
-                          "everything trains: it fits with recomputed blocks or micro-batches")
-    elif updater.name == "budget":
-        # The probe runs before training: it steps no optimizer and the run's kept copies do not exist yet;
-        # it keeps a copy of the weights to restore and its images in floats, twice (scaled, normalised).
-        samples = min(PROBE_SAMPLES, len(trainer.train_ds))
-        own = nbytes([*model.parameters(), *model.buffers()]) + 2 * 4 * samples * trainer.train_ds.images[0].numel()
-        step = counter.count(StepShape(2, bn_statistics="frozen"), everything)
-        probe = fit_shape(counter, model, rows, room + step.optimizer + step.kept - own, everything, bn)
+    # The probe runs before training: it steps no optimizer and the run's kept copies do not exist yet;
+    # it keeps a copy of the weights to restore and its images in floats, twice (scaled, normalised).
+    samples = min(PROBE_SAMPLES, len(trainer.train_ds))
+    own = nbytes([*model.parameters(), *model.buffers()]) + 2 * 4 * samples * trainer.train_ds.images[0].numel()
+    step = counter.count(StepShape(2, bn_statistics="frozen"), everything)
+    room = usable(cfg.memory_budget_mb, getattr(trainer, "memory_spent_mb", 0.0)) + step.optimizer + step.kept - own
+    probe = fit_shape(counter, model, rows, room, everything, bn)
+
+    def gains(model) -> tuple[dict, dict]:
         if probe is None:
-            gains, source = shipped_gains(model, trainer.memory)
-        else:
-            gains, source = gain_probe(model, trainer.train_ds, trainer.mean, trainer.std, probe[0], samples,
-                                       trainer.objective.losses, trainer.flops)
-            trainer.ledger.add_scoring(source["samples"], source["flops"])
-        plan = plan_memory(counter, model, rows, cfg.memory_budget_mb, bn_statistics=bn,
-                           gains=gains, gains_source=source, spent_mb=spent)
-    else:
-        trainable = updater.trainable(model) if hasattr(updater, "trainable") else None
-        plan = plan_memory(counter, model, rows, cfg.memory_budget_mb, trainable, bn, spent_mb=spent)
-    return plan
+            return shipped_gains(model, trainer.memory)
+        found, source = gain_probe(model, trainer.train_ds, trainer.mean, trainer.std, probe[0], samples,
+                                   trainer.objective.losses, trainer.flops)
+        trainer.ledger.add_scoring(source["samples"], source["flops"])
+        return found, source
+    return gains
 
 
 def apply_plan(trainer, plan: MemoryPlan) -> MemoryPlan:

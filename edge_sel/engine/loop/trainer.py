@@ -72,6 +72,7 @@ class Trainer:
     def __post_init__(self):
         cfg = self.config
         refuse_batches_of_one(cfg.batch_size, self.model, cfg.bn_mode)
+        getattr(self.updater, "prepare", lambda *_: None)(self.model, self.splits.train.input_shape)  # lite residuals
         self.model.to(self.device)
         self.train_ds = self.splits.train.to(self.device)
         self.val_ds = self.splits.val.to(self.device)

@@ -1,0 +1,152 @@
+"""`--sparsity budget`'s choice of what trains, run for the trainer: the candidates of
+engine/machine/joule_plan.py counted under the memory budget, their steps timed on the run's images,
+their expected gains from the gain probe (or the warmup's Fisher information), and the winner made the
+run's memory plan. Lite residual branches exist on the model only while they are counted, timed and
+probed, and stay only where they win (then the optimizer takes them as a group of their own)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from edge_sel.core.memory import MiB, MemoryCounter, StepShape
+from edge_sel.engine.machine import joule_plan
+from edge_sel.engine.machine.joule_plan import Candidate
+from edge_sel.engine.machine.memory_plan import (MemoryPlan, choose_trainable, fit_shape, smallest_budget, usable)
+from edge_sel.errors import InputError
+from edge_sel.methods.update.fixed_sets import bias_norm_names, classifier_names, sparse_names
+from edge_sel.methods.update.lite_residual import residual_names
+from edge_sel.models.lite_residual import NAME, add_residuals, has_residuals, remove_residuals
+
+LAST_K = 2               # the transfer bench's last-k
+SPARSE_SHARE = 0.1       # the transfer bench's sparse update (MCUNetV3's shape)
+
+
+def fixed_sets(model, gains: dict) -> list[tuple[str, set[str]]]:
+    """The fixed sets the transfer bench runs, by its names (bench/transfer.py)."""
+    head = classifier_names(model)
+    norms = {f"{m}.{n}" if m else n for m, module in model.named_modules()
+             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.affine
+             for n, _ in module.named_parameters(recurse=False)}
+    return [("classifier", head), ("bn+classifier", head | norms), ("bias+bn+classifier", bias_norm_names(model)),
+            (f"last-{LAST_K}", classifier_names(model, LAST_K)), ("sparse", sparse_names(model, gains, SPARSE_SHARE)),
+            ("full FT", {n for n, _ in model.named_parameters()})]
+
+
+def fitted(counter, model, rows: int, budget: int, bn: str, name: str, trainable: set[str], gains: dict) -> Candidate:
+    c = Candidate(name, set(trainable), sum(gains.get(n, 0.0) for n in trainable))
+    found = fit_shape(counter, model, rows, budget, c.trainable, bn)
+    if found is None:
+        c.out = "does not fit"
+    else:
+        c.shape, c.count, c.shape_notes = found
+    return c
+
+
+def probe_batch(ds, mean, std, rows: int):
+    """`rows` of the run's images (repeated where it has fewer), normalised as training sees them."""
+    index = torch.arange(rows, device=ds.images.device) % max(1, len(ds))
+    images = ds.pixels(index).float().div_(255)
+    mean_t = torch.as_tensor(mean, device=images.device).view(1, -1, 1, 1)
+    std_t = torch.as_tensor(std, device=images.device).view(1, -1, 1, 1)
+    return (images - mean_t) / std_t, ds.labels[index]
+
+
+def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
+    """The plan of the winning candidate. `gains_for(model)` -> (gains, source): called with the
+    branches on the model, so a probe rates them too (the warmup's Fisher information has no entry for
+    them: their gain then counts as none)."""
+    cfg, model, counter = trainer.config, trainer.model, trainer.memory_counter
+    spent = getattr(trainer, "memory_spent_mb", 0.0)     # what the process grew by before the first step, measured
+    budget = usable(cfg.memory_budget_mb, spent)
+    everything = {n for n, _ in model.named_parameters()}
+    asked = counter.count(StepShape(rows, bn_statistics=bn), everything).peak / MiB    # before any branch
+    x, y = probe_batch(trainer.train_ds, trainer.mean, trainer.std, rows)
+    losses = trainer.objective.losses
+    steps = max(1, cfg.epochs) * math.ceil(len(trainer.train_ds) / cfg.batch_size)
+    limits = trainer.budget_j is not None or cfg.time_budget_s is not None
+    # The branches' gains come from the probe with them on the model; everything else is counted without them.
+    add_residuals(model, counter.input_shape)
+    try:
+        gains, source = gains_for(model)
+        lite_names = residual_names(model)
+    finally:
+        remove_residuals(model)
+    lite_gain = sum(gains.get(n, 0.0) for n in lite_names)
+    candidates: list[Candidate] = []
+    chosen, notes = choose_trainable(counter, model, rows, budget, gains, bn)
+    top = None
+    fixed = fixed_sets(model, gains)
+    if chosen is not None:          # by a fixed set's name where it is one
+        same = next((name for name, names in fixed if set(names) == set(chosen)), "fisher")
+        candidates.append(fitted(counter, model, rows, budget, bn, same, chosen, gains))
+        top = candidates[0].gain if candidates[0].count is not None else None
+    rest = [(name, set(names), sum(gains.get(n, 0.0) for n in names)) for name, names in fixed
+            if chosen is None or set(names) != set(chosen)]
+    rest.append(("lite-residual+bias", None, lite_gain))
+    lite, probe = None, None
+    # Highest expected gain first: one below NEAR_BEST of the best that fits cannot win, so it is neither
+    # counted nor timed (where a joule or time limit may rule the best out, every one is).
+    for name, names, gain in sorted(rest, key=lambda r: -r[2]):
+        if not limits and top is not None and gain < joule_plan.NEAR_BEST * top:
+            candidates.append(Candidate(name, names if names is not None else set(), gain,
+                                        out=f"expected gain under {joule_plan.NEAR_BEST:.0%} of the best that fits: "
+                                            "not counted"))
+            continue
+        if names is None:           # the branches: counted and timed while they are on the model
+            add_residuals(model, counter.input_shape)
+            try:
+                lite_counter = MemoryCounter(model, counter.input_shape, counter.optimizer_factory, counter.loss_fn,
+                                             kernels=counter.kernels, step=counter.step)
+                lite = fitted(lite_counter, model, rows, budget, bn, name, residual_names(model), gains)
+                probe = joule_plan.measure_costs([lite], model, x, y, losses, trainer.device, steps, trainer.meter)
+            finally:
+                remove_residuals(model)
+            candidates.append(lite)
+            c = lite
+        else:
+            c = fitted(counter, model, rows, budget, bn, name, names, gains)
+            candidates.append(c)
+        if c.count is not None:
+            top = c.gain if top is None else max(top, c.gain)
+    if all(c.count is None for c in candidates):
+        lowest = smallest_budget(counter, model, None, rows, spent)
+        raise InputError(f"--memory-budget {cfg.memory_budget_mb:g}: no step fits; the smallest that does is "
+                         f"{lowest:.1f} MiB (the classifier alone, one image at a time)")
+    cost = joule_plan.measure_costs([c for c in candidates if c is not lite], model, x, y, losses, trainer.device,
+                                    steps, trainer.meter)
+    if lite is not None and lite.step_s is not None and lite.joules is None and cost["watts"]:
+        lite.joules = lite.seconds * cost["watts"]
+    winner, reason = joule_plan.choose(candidates, trainer.budget_j, cfg.time_budget_s)
+    total = max(c.gain for c in candidates)
+    words = joule_plan.plan_words(candidates, winner, reason)
+    source = {**(source or {}), "candidates": [c.summary(total) for c in candidates], "chosen": winner.name,
+              "reason": reason, "steps": steps, "cost_probe": {"lite": probe, "others": cost}}
+    if winner is lite:
+        adopt_residuals(trainer)
+    return MemoryPlan(cfg.memory_budget_mb, rows, winner.shape.chunk, list(winner.shape.recompute),
+                      winner.shape.bn_statistics, winner.count.mib(), round(asked, 3), sorted(winner.trainable),
+                      [words, *(notes if candidates and winner is candidates[0] and chosen is not None else []),
+                       *winner.shape_notes], source, round(spent, 3))
+
+
+def adopt_residuals(trainer) -> None:
+    """Branches on the live model for the run: the optimizer's own group, a counter and FLOP counts
+    that see them (a resumed run whose plan trains them comes here too, before its state loads)."""
+    model = trainer.model
+    if has_residuals(model):
+        return
+    add_residuals(model, trainer.memory_counter.input_shape)
+    branches = [p for n, p in model.named_parameters() if f"{NAME}." in n]
+    trainer.optimizer.add_param_group({"params": branches})
+    old = trainer.memory_counter
+    trainer.memory_counter = MemoryCounter(model, old.input_shape, old.optimizer_factory, old.loss_fn,
+                                           kernels=old.kernels, step=old.step)
+    trainer.flops._train.clear()
+    trainer.flops._eval.clear()
+
+
+def plan_trains_residuals(plan: MemoryPlan) -> bool:
+    return plan.trainable is not None and any(f"{NAME}." in n for n in plan.trainable)
+

@@ -1,0 +1,195 @@
+"""What trains under a memory budget, chosen by expected gain and the joules it costs on this device.
+
+`--sparsity budget` compares candidates, each a trainable set with the cheapest-to-run step shape that
+fits the budget (memory_plan.fit_shape: the whole batch, recomputed blocks, micro-batches):
+
+- the sets the transfer bench runs as fixed methods: the classifier, BatchNorm and the classifier,
+  biases and norms and the classifier, the last k blocks, MCUNetV3's sparse update, everything;
+- TinyTL's lite residual branches with the biases (models/lite_residual.py);
+- the set memory_plan.choose_trainable picks by gain per byte (Fisher-chosen tensors).
+
+Each candidate carries three figures:
+- counted MiB: the meta-device count of its real step (core/memory.py);
+- estimated joules: the run's training steps x seconds per step x watts. Seconds per step are measured,
+  a few real forward and backward passes of the candidate's shape (recomputation and micro-batches
+  included) on the run's own images, kept per machine, model and shape in the probe cache
+  (engine/machine/probe_cache.py) so a later start reads them; watts are what the run's meter measured
+  (or estimated) over those passes. The optimizer's own step is not timed (it is the same order for
+  every set and small beside backward);
+- expected gain: the sum, over the tensors it trains, of each tensor's squared gradient on the device's
+  images (a probe, engine/loop/step_memory.py's gain_probe) or the warmup's Fisher information: the
+  first-order loss decrease a step of that set promises.
+
+The rule: candidates over an --energy-budget or --time-budget (the estimate of training alone) are out;
+of the rest, the one with the fewest joules among those expected to gain at least NEAR_BEST of the most
+any gains wins. It is never dominated: a candidate with more gain and fewer joules would be in the same
+band and cheaper. Every candidate's figures and the reason go in the plan line and the plan's record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from edge_sel.backends.torch_backend import freeze_batchnorm_stats
+from edge_sel.core.memory import MiB, MemoryCount, StepShape
+from edge_sel.core.recompute import set_recomputed
+from edge_sel.engine.machine import probe_cache
+from edge_sel.engine.machine.device import random_streams_kept
+
+# A candidate expected to gain at least this share of the best candidate's gain is as good: the
+# cheapest of those in joules wins.
+NEAR_BEST = 0.9
+CACHE_FILE = "step-costs.json"
+TIMED_STEPS = 2          # timed passes per candidate (the fastest counts), after one untimed pass overall
+
+
+@dataclass
+class Candidate:
+    name: str
+    trainable: set[str]
+    gain: float = 0.0
+    shape: StepShape | None = None
+    count: MemoryCount | None = None
+    shape_notes: list[str] = field(default_factory=list)
+    step_s: float | None = None
+    joules: float | None = None          # estimated, the run's training steps
+    seconds: float | None = None         # estimated, the run's training steps
+    out: str = ""                        # why it cannot be chosen ("" where it can)
+
+    def summary(self, total_gain: float) -> dict:
+        return {"name": self.name, "tensors": len(self.trainable),
+                "counted_mb": None if self.count is None else round(self.count.peak / MiB, 1),
+                "micro_batch": None if self.shape is None else self.shape.chunk,
+                "recomputed_blocks": None if self.shape is None else len(self.shape.recompute),
+                "step_s": None if self.step_s is None else round(self.step_s, 4),
+                "estimated_j": None if self.joules is None else round(self.joules, 1),
+                "estimated_s": None if self.seconds is None else round(self.seconds, 1),
+                "expected_gain": round(self.gain / total_gain, 4) if total_gain > 0 else 0.0,
+                "out": self.out or None}
+
+    def words(self, total_gain: float) -> str:
+        s = self.summary(total_gain)
+        if self.count is None:
+            return f"{self.name} ({self.out})"
+        how = f"micro-batch {s['micro_batch']}" + (f", {s['recomputed_blocks']} recomputed" if s["recomputed_blocks"] else "")
+        joules = "?" if s["estimated_j"] is None else f"{s['estimated_j']:,.0f} J"
+        return (f"{self.name} {s['counted_mb']:.1f} MiB ({how}) {joules} gain {s['expected_gain']:.2f}"
+                + (f" [{self.out}]" if self.out else ""))
+
+
+def choose(candidates: list[Candidate], energy_j: float | None = None, time_s: float | None = None
+           ) -> tuple[Candidate, str]:
+    """The winner among candidates that fit (count not None) and its reason (see the module's rule)."""
+    fitting = [c for c in candidates if c.count is not None]
+    if not fitting:
+        raise ValueError("no candidate fits")
+    for c in fitting:
+        if energy_j is not None and c.joules is not None and c.joules > energy_j:
+            c.out = f"over the {energy_j:,.0f} J budget"
+        elif time_s is not None and c.seconds is not None and c.seconds > time_s:
+            c.out = f"over the {time_s:,.0f} s budget"
+    within = [c for c in fitting if not c.out]
+    if not within:          # no candidate meets the limit: the cheapest comes nearest
+        best = min(fitting, key=_cost)
+        return best, f"no candidate fits the limit; {best.name} costs the fewest joules"
+    top = max(c.gain for c in within)
+    near = [c for c in within if c.gain >= NEAR_BEST * top]
+    best = min(near, key=lambda c: (_cost(c), -c.gain))
+    leader = max(within, key=lambda c: c.gain)
+    if best is leader:
+        return best, "the most expected gain, and none within " f"{NEAR_BEST:.0%} of it costs fewer joules"
+    return best, (f"expected to gain {best.gain / top:.0%} of the most ({leader.name}) at the fewest joules of "
+                  f"those within {NEAR_BEST:.0%}")
+
+
+def _cost(c: Candidate) -> float:
+    return c.joules if c.joules is not None else (c.seconds if c.seconds is not None else math.inf)
+
+
+def shape_key(model, input_shape, shape: StepShape, trainable: set[str], device) -> str:
+    names = sorted(trainable)
+    digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:12]
+    return "|".join(map(str, (probe_cache.machine_key(device), probe_cache.model_key(model, "plan"),
+                              tuple(input_shape), shape.batch_size, shape.chunk, len(shape.recompute),
+                              shape.bn_statistics, digest)))
+
+
+def time_step(model, x: torch.Tensor, y: torch.Tensor, shape: StepShape, trainable: set[str], losses) -> None:
+    """One forward and backward of a step of `shape` training `trainable` (no optimizer step)."""
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in trainable)
+    set_recomputed(model, shape.recompute)
+    model.train()
+    if shape.bn_statistics == "frozen":
+        freeze_batchnorm_stats(model)
+    try:
+        for lo in range(0, len(y), shape.chunk):
+            losses(model(x[lo:lo + shape.chunk]), y[lo:lo + shape.chunk]).mean().backward()
+    finally:
+        model.zero_grad(set_to_none=True)
+        set_recomputed(model, ())
+
+
+def measure_costs(candidates: list[Candidate], model, x, y, losses, device, steps: int, meter=None) -> dict:
+    """Each fitting candidate's seconds per step (from the cache, else timed) and its run's estimated
+    joules and seconds; returns what the probe cost and the watts it used."""
+    todo, entries = [], {}
+    for c in candidates:
+        if c.count is None:
+            continue
+        key = shape_key(model, x.shape[1:], c.shape, c.trainable, device)
+        entry = probe_cache.usable_entry(CACHE_FILE, key)
+        if entry is not None:
+            entries[c.name] = entry
+        else:
+            todo.append((c, key))
+    wall, energy = 0.0, None
+    if todo:
+        flags = {n: p.requires_grad for n, p in model.named_parameters()}
+        state = {k: v.clone() for k, v in model.state_dict().items()}     # BatchNorm statistics move in train mode
+        if meter is not None:
+            meter.begin("plan-probe")
+        t0 = time.perf_counter()
+        try:
+            with random_streams_kept(x.device), probe_cache.OtherLoad() as load:
+                time_step(model, x, y, todo[0][0].shape, todo[0][0].trainable, losses)     # untimed: first-call costs
+                timed = {}
+                for c, key in todo:
+                    runs = []
+                    for _ in range(TIMED_STEPS):
+                        t = time.perf_counter()
+                        time_step(model, x, y, c.shape, c.trainable, losses)
+                        runs.append(time.perf_counter() - t)
+                    timed[c.name] = (key, min(runs))
+        finally:
+            wall = time.perf_counter() - t0
+            if meter is not None:
+                energy = (meter.end("plan-probe") or {}).get("energy_j")
+            for n, p in model.named_parameters():
+                p.requires_grad_(flags[n])
+            model.load_state_dict(state)
+        watts = energy / wall if energy and wall > 0 else None
+        for name, (key, step_s) in timed.items():
+            entries[name] = probe_cache.keep(CACHE_FILE, key, {"step_s": step_s, "watts": watts}, load.cpus)
+    watts_seen = [e.get("watts") for e in entries.values() if e.get("watts")]
+    watts = max(watts_seen) if watts_seen else None
+    for c in candidates:
+        entry = entries.get(c.name)
+        if entry is None:
+            continue
+        c.step_s = float(entry["step_s"])
+        c.seconds = c.step_s * steps
+        c.joules = None if watts is None else c.seconds * watts
+    return {"probe_wall_s": round(wall, 3), "probe_energy_j": energy, "watts": watts,
+            "timed": len(todo), "cached": len(entries) - len(todo)}
+
+
+def plan_words(candidates: list[Candidate], winner: Candidate, reason: str) -> str:
+    total = max((c.gain for c in candidates), default=0.0)
+    return (f"chose {winner.name}: {reason}; candidates (counted MiB, estimated training joules, expected gain "
+            f"as a share of the most): " + "; ".join(c.words(total) for c in candidates))

@@ -1,0 +1,149 @@
+"""--sparsity budget's choice by expected gain and joules (engine/machine/joule_plan.py): the rule
+never picks a dominated candidate and keeps to its limits, a run's plan says every candidate's figures,
+step timings are read back from the probe cache, and the gain proxy ranks sets as training does."""
+
+import json
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
+from scipy.stats import spearmanr
+
+from helpers import SAME_CHOICES, run_main
+from edge_sel.core.memory import StepShape
+from edge_sel.engine.machine.joule_plan import NEAR_BEST, Candidate, choose
+from edge_sel.methods.update.fixed_sets import bias_norm_names, classifier_names
+from edge_sel.models import build_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def candidate(name, gain, joules, seconds=None, fits=True):
+    c = Candidate(name, {name}, gain, joules=joules, seconds=seconds if seconds is not None else joules)
+    if fits:
+        c.shape, c.count = StepShape(8), object()        # choose reads only whether it fits
+    return c
+
+
+def dominated(winner, others):
+    return any(o.gain > winner.gain and o.joules < winner.joules for o in others)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.tuples(st.floats(0.01, 10), st.floats(1, 1000), st.booleans()), min_size=1, max_size=8))
+def test_the_winner_is_never_dominated_and_is_the_cheapest_near_the_best(specs):
+    cands = [candidate(f"c{i}", g, j, fits=f) for i, (g, j, f) in enumerate(specs)]
+    if not any(f for *_, f in specs):
+        with pytest.raises(ValueError):
+            choose(cands)
+        return
+    winner, reason = choose(cands)
+    fitting = [c for c in cands if c.count is not None]
+    assert winner in fitting and not dominated(winner, fitting) and reason
+    top = max(c.gain for c in fitting)
+    assert winner.gain >= NEAR_BEST * top
+    assert all(c.joules >= winner.joules for c in fitting if c.gain >= NEAR_BEST * top)
+
+
+def test_energy_and_time_limits_rule_candidates_out():
+    big, small = candidate("big", 10.0, 500.0, seconds=50.0), candidate("small", 5.0, 100.0, seconds=10.0)
+    assert choose([big, small])[0] is big
+    assert choose([big, small], energy_j=200)[0] is small and "200 J" in big.out
+    big.out = ""
+    assert choose([big, small], time_s=20)[0] is small and "20 s" in big.out
+    # Where nothing meets the limit the cheapest comes nearest, and says so.
+    winner, reason = choose([big, small], energy_j=1)
+    assert winner is small and "no candidate fits the limit" in reason
+
+
+def test_a_budgeted_run_says_every_candidate_and_reads_timings_back(tiny_warm, tmp_path, capsys):
+    argv = ["finetune", "--checkpoint", tiny_warm, "--dataset", "synthetic", "--epochs", "0", "--batch-size", "32",
+            "--seed", "3", *SAME_CHOICES, "--memory-budget", "9", "--quiet"]
+    code, _ = run_main([*argv, "--out", tmp_path / "a"], capsys)
+    assert code == 0
+    plan = json.loads((tmp_path / "a" / "config.json").read_text())["memory_plan"]
+    gains = plan["gains"]
+    names = [c["name"] for c in gains["candidates"]]
+    assert {"classifier", "bias+bn+classifier", "last-2", "sparse", "full FT", "lite-residual+bias"} <= set(names)
+    assert gains["chosen"] in names and gains["reason"] and any(gains["chosen"] in n for n in plan["notes"][:1])
+    fitting = [c for c in gains["candidates"] if c["counted_mb"] is not None]
+    chosen = next(c for c in fitting if c["name"] == gains["chosen"])
+    assert all(c["estimated_j"] is not None and c["counted_mb"] <= 9 * 0.8 for c in fitting)
+    # No fixed set the bench runs fits with more expected gain at fewer joules.
+    assert not any(c["expected_gain"] > chosen["expected_gain"] and c["estimated_j"] < chosen["estimated_j"]
+                   for c in fitting)
+    others = gains["cost_probe"]["others"]       # timed here, or by an earlier test on the same cache
+    assert others["timed"] + others["cached"] == len([c for c in fitting if not c["name"].startswith("lite")])
+    # A second start on this machine reads every step's timing from the probe cache.
+    code, _ = run_main([*argv, "--out", tmp_path / "b"], capsys)
+    again = json.loads((tmp_path / "b" / "config.json").read_text())["memory_plan"]["gains"]["cost_probe"]
+    assert code == 0 and again["others"]["timed"] == 0 and again["others"]["cached"] >= 1
+
+
+def test_the_gain_proxy_ranks_sets_as_their_training_does():
+    """On a deterministic small problem (edgecnn at 16 px, 64 fixed images labelled by a random linear
+    teacher, BatchNorm statistics frozen), four sets with clear gaps are ranked by the proxy (summed
+    squared gradients, as the gain probe takes them) and by the loss that 10 SGD steps on them removed.
+    Measured here: Spearman 1.0 (the same order: classifier < biases+norms < last-2 < everything); the
+    assertion allows one neighbouring swap (0.8), the proxy's rule and not one CPU's rounding."""
+    torch.manual_seed(0)
+    model = build_model("edgecnn", num_classes=10, input_shape=[3, 16, 16])
+    x = torch.randn(64, 3, 16, 16)
+    y = (x.flatten(1) @ torch.randn(3 * 16 * 16, 10)).argmax(1)
+    sets = {"classifier": classifier_names(model), "bias+bn+classifier": bias_norm_names(model),
+            "last-2": classifier_names(model, 2), "full": {n for n, _ in model.named_parameters()}}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.eval()
+    loss = lambda: torch.nn.functional.cross_entropy(model(x), y)
+    loss().backward()
+    squared = {n: float(p.grad.pow(2).sum()) for n, p in model.named_parameters()}
+    proxy = [sum(squared[n] for n in names) for names in sets.values()]
+    removed = []
+    for names in sets.values():
+        model.load_state_dict(state)
+        optimizer = torch.optim.SGD([p for n, p in model.named_parameters() if n in names], lr=0.05)
+        with torch.no_grad():
+            before = float(loss())
+        for _ in range(10):
+            optimizer.zero_grad()
+            loss().backward()
+            optimizer.step()
+        with torch.no_grad():
+            removed.append(before - float(loss()))
+    assert spearmanr(proxy, removed).statistic >= 0.8
+
+
+def test_a_plan_that_chooses_lite_residuals_trains_them_and_its_checkpoint_keeps_them(tiny_warm, tmp_path, capsys,
+                                                                                       monkeypatch):
+    """Branches exist on the model only while planned, unless chosen: then the optimizer, the counter
+    and the checkpoint have them."""
+    from edge_sel.engine.machine import joule_plan
+    from edge_sel.models import load_checkpoint
+    from edge_sel.models.lite_residual import has_residuals
+    real = joule_plan.choose
+    monkeypatch.setattr(joule_plan, "choose", lambda cands, *a: (next(c for c in cands if c.name.startswith("lite")),
+                                                                 "chosen by the test") if real(cands, *a) else None)
+    code, _ = run_main(["finetune", "--checkpoint", tiny_warm, "--dataset", "synthetic", "--epochs", "1",
+                        "--batch-size", "32", "--seed", "3", *SAME_CHOICES, "--memory-budget", "16", "--quiet",
+                        "--time-budget", "1e9",        # a limit: every candidate is counted and timed
+                        "--keep", "last", "--out", tmp_path / "lite"], capsys)
+    assert code == 0
+    plan = json.loads((tmp_path / "lite" / "config.json").read_text())["memory_plan"]
+    assert plan["gains"]["chosen"].startswith("lite") and any("lite_residual." in n for n in plan["trainable"])
+    model, _ = load_checkpoint(tmp_path / "lite")
+    assert has_residuals(model) and any(p.abs().sum() > 0 for n, p in model.named_parameters()
+                                        if n.endswith("lite_residual.project.weight"))
+
+
+def test_a_candidate_that_cannot_win_is_neither_counted_nor_timed(tiny_warm, tmp_path, capsys):
+    """Counting and timing every candidate was most of a plan's joules (mobilenetv2 at 32 px: 416 of a
+    run's 634 J): one expected to gain under NEAR_BEST of the best that fits cannot win, so it is not."""
+    code, _ = run_main(["finetune", "--checkpoint", tiny_warm, "--dataset", "synthetic", "--epochs", "0",
+                        "--batch-size", "32", "--seed", "3", *SAME_CHOICES, "--memory-budget", "9", "--quiet",
+                        "--out", tmp_path / "run"], capsys)
+    assert code == 0
+    cands = json.loads((tmp_path / "run" / "config.json").read_text())["memory_plan"]["gains"]["candidates"]
+    counted = [c for c in cands if c["counted_mb"] is not None]
+    top = max(c["expected_gain"] for c in counted)
+    skipped = [c for c in cands if c["out"] and "not counted" in c["out"]]
+    assert skipped and all(c["expected_gain"] < NEAR_BEST * top and c["estimated_j"] is None for c in skipped)
