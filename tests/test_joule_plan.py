@@ -18,6 +18,12 @@ from edge_sel.models import build_model
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.fixture(autouse=True)
+def _no_process_growth(monkeypatch):
+    """These plans are about candidates and sets: the process's growth before the first step (measured,
+    and so dependent on what ran before in the process) is given as none."""
+    monkeypatch.setenv("EDGE_SEL_PROCESS_GROWTH_MB", "0")
+
 def candidate(name, gain, joules, seconds=None, fits=True):
     c = Candidate(name, {name}, gain, joules=joules, seconds=seconds if seconds is not None else joules)
     if fits:

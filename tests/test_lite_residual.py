@@ -19,6 +19,12 @@ from edge_sel.models.lite_residual import add_residuals, has_residuals
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.fixture(autouse=True)
+def _no_process_growth(monkeypatch):
+    """These plans are about candidates and sets: the process's growth before the first step (measured,
+    and so dependent on what ran before in the process) is given as none."""
+    monkeypatch.setenv("EDGE_SEL_PROCESS_GROWTH_MB", "0")
+
 def model_with_residuals(name="mobilenetv2", size=16):
     torch.manual_seed(0)
     model = build_model(name, num_classes=10, input_shape=[3, size, size])

@@ -30,6 +30,7 @@ from edge_sel.engine.night.deployed_swap import (MODEL_FILES, AfterSwapError, ch
                                                  files_from_run, holding_deployed_lock, holds_deployed_lock,
                                                  migrated_from_plain, recover, swap_in, versions_dir)
 from edge_sel.engine.night.promote_guard import Guard, pct, source_anchor_acc
+from edge_sel.engine.night.run_settings import run_eval_batch, run_evaluation, run_summary
 from edge_sel.engine.night.served import dropped_words, judge_served, loses_why, unjudged_words, worst_loss
 from edge_sel.errors import InputError, WriteError, existing_dir, read_json, required_file
 
@@ -250,35 +251,6 @@ def validate_deployed(config: dict, deployed: Path, run_dir: Path | None = None)
         cost.update(flops=cost["flops"] + served.flops, served=served.record())
     cost["total_s"] = time.monotonic() - started
     return val_acc, anchor_acc, cost
-
-
-def run_summary(run_dir: Path | None) -> dict:
-    """The run's summary.json as the deployed model's judge reads its choices from it: {} where it
-    is missing, unreadable or not a mapping (its settings then fall back to the defaults)."""
-    try:
-        summary = read_json(Path(run_dir) / "summary.json")
-    except (OSError, ValueError, TypeError):
-        return {}
-    return summary if isinstance(summary, dict) else {}
-
-
-def run_evaluation(summary: dict) -> dict:
-    """How the run evaluated (its summary's choices): the forward passes' precision, the memory
-    layout and torch's threads; fp32, contiguous and this process's threads where it does not say."""
-    def stated(block: str, key: str, allowed) -> object:
-        value = (summary.get(block) or {}).get(key) if isinstance(summary.get(block), dict) else None
-        return value if value in allowed else None
-    return {"eval": stated("precision", "eval", ("fp32", "bf16")) or "fp32",
-            "memory_format": stated("layout", "memory_format", ("channels_last", "contiguous")) or "contiguous",
-            "threads": stated("threads", "count", range(1, 1025))}
-
-
-def run_eval_batch(summary: dict) -> int | None:
-    """The evaluation batch the run chose (its layout), so the deployed model's statistics are
-    re-estimated in the same batches as the run's start was."""
-    layout = summary.get("layout")
-    batch = layout.get("eval_batch_size") if isinstance(layout, dict) else None
-    return batch if isinstance(batch, int) and not isinstance(batch, bool) and batch > 0 else None
 
 
 def repair_deployed(deployed: Path) -> None:
