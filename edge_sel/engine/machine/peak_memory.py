@@ -194,7 +194,7 @@ def allocator_for_training(keep_heap: bool) -> bool:
     its free top: steps run as fast as without a budget. Else blocks of 64 KiB and more stay mapped on
     their own, so the resident size follows the count, and every step faults their pages in afresh:
     mobilenetv2 at 32 px, batch 32, the whole step (222.0 MiB counted) trained in 11.5 s against 4.1
-    with the heap, and measured 255 MiB against 313-327 (tools/bench_budget_time.py). Returns
+    with the heap, and measured 255 MiB against 313-327 (benchmarks/bench_budget_time.py). Returns
     whether the heap is kept."""
     return keep_heap and release_free_heap() and set_mmap_threshold(TRAINING_MMAP_THRESHOLD,
                                                                      TRAINING_TRIM_THRESHOLD)
