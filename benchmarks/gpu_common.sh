@@ -12,6 +12,9 @@
 #   ended NAME LIMIT_S RC                     RESULT: how a stage ended; a stage its limit stopped, or
 #                                             that a signal ended (exit 128+n), is partial: marked in
 #                                             WORK/NAME.partial (concurrent stages run in subshells)
+#   timed NAME LIMIT_S FILE COMMAND...        a stage: run_within its limit and the time left, ended,
+#                                             "== NAME: RESULT after N s" in run.log; sets RESULT,
+#                                             LIMIT (the limit it ran under) and WALL_S
 #   partial_stages                            the names of the partial stages, one a line
 #   finish                                    the last line of run.log: exit 0, or 3 where a stage was
 #                                             partial (the line names them)
@@ -101,6 +104,28 @@ ended() {
     elif [ "$rc" = 0 ]; then RESULT=ok
     else RESULT="failed (exit $rc)"; fi
     case $RESULT in partial*) echo "$RESULT" >"$WORK/$name.partial" ;; esac
+}
+
+SKIP=75     # a stage's exit status when it has nothing to run here (its output says why)
+
+timed() {
+    local name=$1 file=$3 t0 rc
+    LIMIT=$2; shift 3
+    [ "$LIMIT" -gt "$(seconds_left)" ] && LIMIT=$(seconds_left)
+    t0=$(date +%s)
+    if [ "$LIMIT" -lt 5 ]; then
+        RESULT="skipped: no time left"; rc=0
+        echo "$RESULT" >"$WORK/$name.partial"      # the run as a whole lacks it
+    else
+        [ "$file" = "$LOG" ] && log "== $name (limit ${LIMIT} s): $*"     # the header of its output there
+        run_within "$LIMIT" "$name" "$file" "$@"
+        rc=$?
+        ended "$name" "$LIMIT" $rc
+        [ $rc = "$SKIP" ] && [ "$STOPPED" = 0 ] && { RESULT="skipped ($(basename "$file") says why)"; rc=0; }
+    fi
+    WALL_S=$(( $(date +%s) - t0 ))
+    log "== $name: $RESULT after $WALL_S s"
+    return $rc
 }
 
 partial_stages() {

@@ -52,28 +52,12 @@ else
     PACK=${PACK:-$CARRY/cifar10.pack}
 fi
 
-SKIP=75     # a stage's exit status when it has nothing to run here (its line in run.log says why)
-
-stage() {   # stage NAME LIMIT_S IS_BENCH COMMAND...: run it within its limit and the time left, then summarize
-    local name=$1 limit=$2 bench=$3; shift 3
-    local left t0 rc result
-    left=$(seconds_left)
-    [ "$limit" -gt "$left" ] && limit=$left
-    if [ "$limit" -lt 5 ]; then
-        result="skipped: no time left"; rc=0; t0=$(date +%s)
-        echo "$result" >"$WORK/$name.partial"      # the run as a whole lacks it
-    else
-        log "== $name (limit ${limit} s): $*"
-        t0=$(date +%s)
-        run_within "$limit" "$name" "$LOG" "$@"
-        rc=$?
-        ended "$name" "$limit" $rc
-        result=$RESULT
-        [ $rc = "$SKIP" ] && [ "$STOPPED" = 0 ] && { result="skipped (run.log says why)"; rc=0; }
-    fi
-    log "== $name: $result after $(( $(date +%s) - t0 )) s"
-    printf '{"stage": "%s", "result": "%s", "wall_s": %d, "limit_s": %d, "bench": %s}\n' "$name" "$result" \
-        "$(( $(date +%s) - t0 ))" "$limit" "$bench" >>"$WORK/stages.jsonl"
+stage() {   # stage NAME LIMIT_S IS_BENCH COMMAND...: timed, its output in run.log; then recorded and summarized
+    local name=$1 limit=$2 bench=$3 rc; shift 3
+    timed "$name" "$limit" "$LOG" "$@"
+    rc=$?
+    printf '{"stage": "%s", "result": "%s", "wall_s": %d, "limit_s": %d, "bench": %s}\n' "$name" "$RESULT" \
+        "$WALL_S" "$LIMIT" "$bench" >>"$WORK/stages.jsonl"
     "$PY" benchmarks/gpu_reference.py summarize "$WORK" "$OUT" >>"$LOG" 2>&1
     return $rc
 }

@@ -65,20 +65,11 @@ RECIPE_A=(--optimizer sgd --lr 0.03 --warmup-epochs 0.5 --label-smoothing 0.1 --
 RECIPE_B=(--optimizer sgd --lr 0.03 --warmup-epochs 0.5 --label-smoothing 0.1 --weight-decay 5e-5
           --head-epochs 1 --head-lr 0.1 --head-bn-adapt 2000 --backbone-lr-scale 0.5)
 
-limited() {   # limited LIMIT_S NAME COMMAND...: run within LIMIT_S (and the time left), say how it ended
-    local limit=$1 name=$2 t0 rc; shift 2
-    [ "$limit" -gt "$(seconds_left)" ] && limit=$(seconds_left)
-    if [ "$limit" -lt 5 ]; then
-        log "== $name: skipped, no time left"
-        echo "skipped: no time left" >"$WORK/$name.partial"     # the run as a whole lacks it
-        return 1
-    fi
-    t0=$(date +%s)
-    run_within "$limit" "$name" "$WORK/$name.log" "$@"
+limited() {   # limited LIMIT_S NAME COMMAND...: timed, its output in WORK/NAME.log, whose last lines run.log shows
+    local limit=$1 name=$2 rc; shift 2
+    timed "$name" "$limit" "$WORK/$name.log" "$@"
     rc=$?
-    ended "$name" "$limit" $rc
-    log "== $name: $RESULT after $(( $(date +%s) - t0 )) s"
-    tail -n 3 "$WORK/$name.log" | sed "s/^/   $name | /" >>"$LOG"
+    [ -f "$WORK/$name.log" ] && tail -n 3 "$WORK/$name.log" | sed "s/^/   $name | /" >>"$LOG"
     return $rc
 }
 
