@@ -105,11 +105,11 @@ def test_bench_memory_refuses_a_budget_given_twice_and_zero_seeds(tmp_path, args
 
 
 def test_benches_of_other_seeds_merge_into_one(quick_bench, tmp_path, monkeypatch):
-    """tools/merge_bench_memory.py: seeds run apart pair as one bench's; a bench stopped before its
+    """benchmarks/merge_bench_memory.py: seeds run apart pair as one bench's; a bench stopped before its
     bench.json gives the runs it finished; a seed in two benches, or other settings, are refused."""
     import shutil
     import sys
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "tools"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from merge_bench_memory import main, merge
     for first in ("1", "2"):
         run_cli("bench", "memory", "--dataset", "synthetic", "--quick", "--quiet", "--subset", "64", "--test-subset",

@@ -112,9 +112,9 @@ def test_a_bad_option_is_one_line(bench, tmp_path, capsys, option, said):
 
 
 def test_benches_of_other_seeds_merge_into_one(bench, tmp_path, monkeypatch):
-    """tools/merge_bench_transfer.py: a bench of another seed pairs with this one's (the paired
+    """benchmarks/merge_bench_transfer.py: a bench of another seed pairs with this one's (the paired
     differences then over two seeds); a seed in two benches, or other settings, are refused."""
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "tools"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from merge_bench_transfer import merge
     _, out = bench
     first = json.loads((out / "results.json").read_text())
@@ -180,7 +180,7 @@ def test_results_json_is_written_whole_or_left_as_it_was(tmp_path):
 def test_the_merge_leaves_out_a_torn_results_json_in_one_line_and_claims_its_out(bench, tmp_path, monkeypatch, capsys):
     """Issue [hardening], item 9: a torn results.json made the merge a traceback; its --out took no
     claim (written into whatever was there, beside another writer)."""
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "tools"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from edge_sel.core import lock_file
     from merge_bench_transfer import main
     _, out = bench

@@ -11,7 +11,7 @@ import torch
 from conftest import CIFAR_JPEG, needs_cifar
 from edge_sel.data.corruptions import SEVERITY, plasma, sample_generator
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from corruption_fidelity import REFERENCE, SEVERITIES, measure, reference_images  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,5 +1,5 @@
-"""tools/gpu_reference.sh's smoke run: every stage of the GPU reference, tiny, on this CPU, into an
-output folder the device machine can send back (at most 8 files of at most 16 MiB), with the
+"""benchmarks/gpu_reference.sh's smoke run: every stage of the GPU reference, tiny, on this CPU, into
+an output folder the device machine can send back (at most 8 files of at most 16 MiB), with the
 seeds' published numbers beside ours; and a stage stopped by its time limit keeps what its runs
 recorded."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 import gpu_reference  # noqa: E402
 
 SYSTEMS = ["sel-95", "warmup-sel", "sundew+layers (ours)", "random@ours", "dense"]
@@ -27,7 +27,7 @@ def smoke(tmp_path_factory):
     # stopped by its limit is the next test's, injected.
     env = dict(os.environ, SMOKE="1", OUT=str(base / "out"), WORK=str(base / "work"), SMOKE_LIMIT_S="3600",
                TOTAL_S="36000", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    result = subprocess.run(["bash", str(REPO / "tools" / "gpu_reference.sh")], cwd=REPO, env=env,
+    result = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_reference.sh")], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=3600)
     assert result.returncode == 0, result.stdout + result.stderr + (base / "out" / "run.log").read_text()
     return base, json.loads((base / "out" / "summary.json").read_text())

@@ -1,7 +1,8 @@
-"""tools/gpu_reference.sh and tools/gpu_transfer.sh without training: what their install stage
-installs covers every module edge_sel (and the tests and tools they run) imports, and a stage that
-its limit stops is reported partial, never as a finished result. Each script runs here with a
-stand-in for python that records its arguments and answers at once (or sleeps, to be stopped)."""
+"""benchmarks/gpu_reference.sh and benchmarks/gpu_transfer.sh without training: what their install
+stage installs covers every module edge_sel (and the tests and benchmark scripts they run) imports,
+and a stage that its limit stops is reported partial, never as a finished result. Each script runs
+here with a stand-in for python that records its arguments and answers at once (or sleeps, to be
+stopped)."""
 
 import os
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 import gpu_needs  # noqa: E402
 
 # Records each call's arguments (one a line, a blank line after each call); sleeps where they
@@ -34,7 +35,7 @@ def run_script(tmp_path, script, sleep_on="never-matches", **env):
     calls = tmp_path / "calls.txt"
     full = dict(os.environ, PYTHON=str(stand_in), CALLS=str(calls), SLEEP_ON=sleep_on, OUT=str(tmp_path / "out"),
                 WORK=str(tmp_path / "work"), CARRY=str(tmp_path / "carry"), **env)
-    result = subprocess.run(["bash", str(REPO / "tools" / script)], cwd=REPO, env=full, capture_output=True,
+    result = subprocess.run(["bash", str(REPO / "benchmarks" / script)], cwd=REPO, env=full, capture_output=True,
                             text=True, timeout=120)
     text = calls.read_text() if calls.exists() else ""
     return result, [c.splitlines() for c in text.split("\n\n") if c.strip()]

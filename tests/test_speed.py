@@ -1,5 +1,5 @@
 """The fast paths change speed, never results: deferred host reads, memory layout, evaluation
-schedule. Speed itself is measured side by side in tools/bench_loop.py, not here."""
+schedule. Speed itself is measured side by side in benchmarks/bench_loop.py, not here."""
 
 from __future__ import annotations
 

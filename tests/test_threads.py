@@ -99,7 +99,7 @@ def test_a_resumed_run_keeps_the_thread_count_it_started_with_unless_told(tmp_pa
 def test_the_command_line_waits_passively_beside_a_busy_process(tmp_path):
     import subprocess
     import sys
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "tools"))
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "benchmarks"))
     from contention import busy
     # The policy is printed with whether torch (and so OpenMP, which reads it once) was loaded when
     # the command line set it: a policy set after that would be printed and never used.

@@ -37,7 +37,8 @@ SKIP_RULES = [
     (r"\.\.\.|\[--|\bWARMUP\b|\bPATH/|folder:data/|folder:/srv", "a placeholder, not a command to run as written"),
     (r"\bedge-sel monitor\b(?!.*--samples)", "a live monitor: it runs until Ctrl-C"),
     (r"/var/lib/edge-sel|/etc/edge-sel|\bsystemctl\b", "a device's installed service (deploy/), not a fresh clone"),
-    (r"\bnice -n \d+ python tools/|python3? tools/", "a benchmark script of tools/ (minutes to hours)"),
+    (r"\bnice -n \d+ python benchmarks/|python3? benchmarks/", "a benchmark script of benchmarks/ (minutes to hours)"),
+    (r"\bbash benchmarks/gpu_", "a GPU script of benchmarks/: the GPU machine, with gpu-carry/ built"),
     (r"\btorchrun\b|torch\.distributed\.run", "two processes of distributed pretraining (minutes on 2 cores)"),
 ]
 

@@ -37,7 +37,7 @@ def session_options():
     """As many intra-op threads as torch uses, so the two backends compare on equal terms. ORT's
     worker threads keep spinning for a moment after each run (its default): turning that off to
     leave the cores to the torch ops between steps measured slower on a 2-core CPU, both for the
-    bare step (tools/bench_ort.py) and for a whole epoch. Where waiting is passive (other work shares
+    bare step (benchmarks/bench_ort.py) and for a whole epoch. Where waiting is passive (other work shares
     the CPU: edge_sel/threads.py), ORT's threads do not spin either."""
     import onnxruntime as ort
 

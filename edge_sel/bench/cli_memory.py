@@ -48,7 +48,7 @@ from edge_sel.errors import InputError
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, mps or auto.")
 @click.option("--first-seed", type=click.IntRange(0), default=0, show_default=True,
               help="Seeds run are FIRST..FIRST+K-1 (K: --seeds): benches of other seeds can be merged "
-                   "(tools/merge_bench_memory.py).")
+                   "(benchmarks/merge_bench_memory.py).")
 @click.option("--one-process", is_flag=True,
               help="Run every fine-tune in this process (faster to start; no measured peaks: a run would reuse "
                    "pages earlier runs freed) instead of each in a process of its own.")

@@ -55,7 +55,7 @@ def use_threads(count: int | None) -> None:
 @click.option("--seeds", type=click.IntRange(1), default=None, help="Seeds 0..K-1, paired across methods [5; --quick: 2].")
 @click.option("--first-seed", type=click.IntRange(0), default=0, show_default=True,
               help="Seeds FIRST..FIRST+K-1 instead (benches of other seeds run at once merge with "
-                   "tools/merge_bench_transfer.py).")
+                   "benchmarks/merge_bench_transfer.py).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, mps or auto.")
 @click.option("--one-process", is_flag=True,
               help="Every fine-tune in this process (no measured peaks: a run would reuse pages earlier runs freed).")

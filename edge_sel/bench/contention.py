@@ -1,6 +1,6 @@
 """Other work on the CPU, on purpose: N busy processes (a pure-Python loop each) at a nice level,
 beside any measurement, so that "under load" figures are made the same way every time and can be
-compared (`edge-sel bench edge --busy N`, `tools/bench_loop.py --busy N`, `tools/contention.py`).
+compared (`edge-sel bench edge --busy N`, `benchmarks/bench_loop.py --busy N`, `benchmarks/contention.py`).
 
 The processes start in their own process groups and are killed with them when the block ends,
 Ctrl-C and errors included.

@@ -244,14 +244,18 @@ def run_name(key: str) -> str:
     return key.replace("@", "-at-").replace("/", "-").replace(" ", "-")
 
 
-def run_result(run_dir: Path, seed: int, full_mb: float, measured_alone: bool = True) -> dict:
-    """One finished run's row: accuracies, FLOPs, joules, counted and measured peaks, forgetting."""
+def run_result(run_dir: Path, seed: int, full_mb: float, measured_alone: bool = True,
+               start_clean: float | None = None) -> dict:
+    """One finished run's row: accuracies, FLOPs, joules, counted and measured peaks, forgetting (the
+    clean test accuracy lost since `start_clean`, by default the run's own evaluation of its warmup)."""
     result = {"seed": seed, **outcome(run_dir), **run_memory_fields(run_dir, measured_alone), "run_dir": str(run_dir)}
+    if result["clean_test_acc"] is None:       # no shift: the test set is the clean one
+        result["clean_test_acc"] = result["test_acc"]
     if result["counted_peak_mb"] is None:      # unbudgeted: the bench's count of the same step
         result["counted_peak_mb"], result["counted_source"] = round(full_mb, 3), "bench counter"
-    warm = warmup_clean(run_dir)
-    result["forgetting_pts"] = None if warm is None or result["clean_test_acc"] is None else \
-        100 * (warm - result["clean_test_acc"])
+    start = warmup_clean(run_dir) if start_clean is None else start_clean
+    result["forgetting_pts"] = None if start is None or result["clean_test_acc"] is None else \
+        100 * (start - result["clean_test_acc"])
     return result
 
 

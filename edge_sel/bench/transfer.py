@@ -29,8 +29,8 @@ from fractions import Fraction
 from pathlib import Path
 
 from edge_sel.bench.adapt import SCENARIOS, outcome
-from edge_sel.bench.memory import (SAME_NUMERICS, MemoryModel, finetune_alone, parse_methods, run_memory_fields,
-                                   run_name)
+from edge_sel.bench.memory import (SAME_NUMERICS, MemoryModel, finetune_alone, parse_methods, run_name,
+                                   run_result)
 from edge_sel.bench.stopping import BenchStop
 from edge_sel.config import TrainConfig
 from edge_sel.core import bn_stats
@@ -189,13 +189,8 @@ def start_row(run_dir: Path, seed: int) -> dict:
 
 
 def method_row(run_dir: Path, seed: int, start: dict, full_mb: float, measured_alone: bool) -> dict:
-    row = {"seed": seed, **outcome(run_dir), **run_memory_fields(run_dir, measured_alone), "run_dir": str(run_dir)}
-    if row["clean_test_acc"] is None:         # a clean condition: its test set is the clean one
-        row["clean_test_acc"] = row["test_acc"]
-    if row["counted_peak_mb"] is None:
-        row["counted_peak_mb"], row["counted_source"] = round(full_mb, 3), "bench counter"
-    row["forgetting_pts"] = 100 * (start["clean_test_acc"] - row["clean_test_acc"])
-    return row
+    """A method's row: forgetting counted from the seed's start evaluation, not the run's own."""
+    return run_result(run_dir, seed, full_mb, measured_alone, start_clean=start["clean_test_acc"])
 
 
 def method_config(m: TransferMethod, common: dict, budgets: dict, plans: dict) -> TrainConfig:

@@ -147,7 +147,7 @@ def notes_of(bench: dict) -> list[str]:
         f"Momentum of re-estimated statistics: {bench['bn_momentum'] if bench['bn_momentum'] is not None else 'the model’s own'}. "
         "Every run trains and evaluates in fp32 in the contiguous layout (memory is counted for them).",
         *([f"Merged from {bench['merged_from']} benches of other seeds run at the same time on one machine "
-           "(tools/merge_bench_transfer.py): each run's wall time and joules were taken while the others ran (a GPU's "
+           "(benchmarks/merge_bench_transfer.py): each run's wall time and joules were taken while the others ran (a GPU's "
            "meter reads the whole card), so they compare poorly across rows; accuracy, counted memory and FLOPs are "
            "each run's own."] if bench.get("merged_from", 1) > 1 else []),
         *([f"sparse: {sparse['tensors']} tensors, {sparse['parameters']:,} parameters ({sparse['share']:.1%}); "

@@ -12,7 +12,7 @@ channel the mean and variance of the pixels and of a 3 x 3 Laplacian of them (no
 contrast and fog move these; which classes are in view barely does), against each condition's.
 Measured on CIFAR-10 (shard 1/2 draws, 256 images each): clean draws, a four-class draw and a
 label-noise draw lie within 0.03 of each other and of the source's anchors; Gaussian noise,
-fog and clean lie 1.0-3.8 apart (tools/condition_distances.py); one batch of 64 clean images lies 0.04-0.09 from the clean ones.
+fog and clean lie 1.0-3.8 apart (benchmarks/condition_distances.py); one batch of 64 clean images lies 0.04-0.09 from the clean ones.
 
 A run (engine/loop/trainer.py calls this module):
 1. at its start, tonight's images are matched against the start model's conditions: the nearest

@@ -197,7 +197,7 @@ def allocator_for_training(keep_heap: bool, pool: int = 0) -> bool:
     pages the step before freed and run as fast as without a budget. Else blocks of 64 KiB and more stay
     mapped on their own, so the resident size follows the count, and every step faults their pages in
     afresh: mobilenetv2 at 32 px, batch 32, the whole step (222.0 MiB counted) trained in 11.5 s against
-    4.1 with the heap, and measured 255 MiB against 313-327 (tools/bench_budget_time.py). A heap
+    4.1 with the heap, and measured 255 MiB against 313-327 (benchmarks/bench_budget_time.py). A heap
     bounded only by its free top, where the count does not fit HEAP_SLACK times, measured over its
     budget (digits' edgecnn under 40 MiB: 42.0 MiB; unmapped 36.9). Returns whether the heap is kept."""
     trim = max(pool, TRIM_THRESHOLD) if pool else TRAINING_TRIM_THRESHOLD
