@@ -450,6 +450,7 @@ def test_two_first_promotes_where_the_deployed_folder_is_not_yet_made_deploy_one
             return pr.Decision(False, "other-start", "another model is deployed now")
         return pr.Decision(True, "first", "nothing was deployed")
     monkeypatch.setattr(pr, "decide", decide)
+    monkeypatch.setattr(pr, "check_candidate", lambda run_dir: None)     # stand-in weights: the lock is tested
     rules = {}
     threads = [threading.Thread(target=lambda r=r: rules.update({r.name: pr.promote(r, deployed).rule})) for r in runs]
     for t in threads:

@@ -29,7 +29,7 @@ from edge_sel.bench.stopping import BenchStop, stopped_lines
 from edge_sel.config import TrainConfig
 from edge_sel.core.memory import MiB
 from edge_sel.core.records import read_records
-from edge_sel.engine.loop.step_memory import memory_counter
+from edge_sel.engine.loop.step_memory import memory_counter, rows_a_step_carries
 from edge_sel.engine.machine.device import pick_device
 from edge_sel.engine.machine.memory_plan import MIN_CHUNK_FOR_EVERYTHING, fit_shape, smallest_budget, usable
 from edge_sel.engine.runs.data_options import DataOptions
@@ -105,7 +105,7 @@ class MemoryModel:
         self.input_shape = list(card.input_shape)
         self.counter, self.shape = memory_counter(cfg, self.model, self.input_shape, pick_device(cfg.device))
         self.everything = {n for n, _ in self.model.named_parameters()}
-        self.batch = cfg.batch_size
+        self.batch = rows_a_step_carries(cfg.batch_size)     # the rows a run plans its steps for
         self._needs: dict = {}
         self._shapes: dict = {}
         self.full_mb = self.counter.count(self.shape, self.everything).peak / MiB

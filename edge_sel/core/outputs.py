@@ -101,6 +101,7 @@ def check_out_dir(out: Path, overwrite: bool, command: str, inputs: Inputs = (),
 # until it is complete; and what the output held when check_out_dir looked.
 _writing: dict[str, int] = {}
 _seen: dict[str, tuple | None] = {}
+_made_marker: dict[str, bool] = {}     # claim_in_place made the marker (a run from before markers)
 
 
 def _key(out: Path) -> str:
@@ -137,11 +138,16 @@ def _refuse_in_use(out: Path, option: str) -> None:
         os.close(fd)
 
 
-def release_claim(out: Path) -> None:
-    """The output is complete: another command may replace it."""
+def release_claim(out: Path, failed: bool = False) -> None:
+    """The output is complete: another command may replace it. `failed`: the command ended without
+    writing it, so an empty marker its claim_in_place made (a run from before markers) goes again:
+    a refused resume leaves the run as it found it."""
     fd = _writing.pop(_key(out), None)
     if fd is not None:
         os.close(fd)
+    if _made_marker.pop(_key(out), False) and failed:
+        with contextlib.suppress(OSError):
+            os.unlink(Path(out) / MARKER)
     _seen.pop(_key(out), None)
 
 
@@ -185,9 +191,13 @@ def claim_in_place(out: Path, option: str = "--resume") -> None:
     if earlier is not None:
         os.close(earlier)
     with _claimed(out, option, in_place=True):      # apart from a command putting a new output in its place
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        made = False
         try:
-            # O_CREAT: a run from before markers gets an empty one (it names no command), to be claimed
-            fd = os.open(out / MARKER, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            try:        # a run from before markers gets an empty one (it names no command), to be claimed
+                fd, made = os.open(out / MARKER, flags | os.O_CREAT | os.O_EXCL, 0o644), True
+            except FileExistsError:
+                fd = os.open(out / MARKER, flags)
         except OSError as e:
             raise cannot_create(option, out, e) from None
         try:
@@ -197,6 +207,7 @@ def claim_in_place(out: Path, option: str = "--resume") -> None:
             raise InUseError(f"{option} {out}: another edge-sel process is writing this run now (it holds "
                              f"{MARKER} locked); wait for it to end") from None
         _writing[_key(out)] = fd
+        _made_marker[_key(out)] = made
 
 
 def check_out_file(out: Path, overwrite: bool, inputs: Inputs = (), option: str = "--out") -> Path:

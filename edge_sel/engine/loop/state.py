@@ -66,11 +66,15 @@ class _Hashed:
     state: the buffer, its value and the file's blob)."""
 
     def __init__(self, f):
-        self.f, self.sha = f, hashlib.sha256()
+        self.f, self.sha, self.error = f, hashlib.sha256(), None
 
     def write(self, data) -> int:
         self.sha.update(data)
-        return self.f.write(data)
+        try:
+            return self.f.write(data)
+        except OSError as e:    # torch.save reports a failed write as a RuntimeError: kept to raise as it was
+            self.error = e
+            raise
 
     def flush(self) -> None:
         self.f.flush()
@@ -83,7 +87,12 @@ def _write_streamed(f, state: dict) -> None:
     at = f.tell()
     f.write(b"0" * 64 + b"\n")
     hashed = _Hashed(f)
-    torch.save(plain(state), hashed)
+    try:
+        torch.save(plain(state), hashed)
+    except RuntimeError:
+        if hashed.error is not None:        # a full disk or an I/O error: the caller's one-line message
+            raise hashed.error from None
+        raise
     pause = float(os.environ.get("EDGE_SEL_FAULT_SLOW_STATE_WRITE", "0") or 0)
     if pause:   # fault injection for crash tests: a window in which the file is not complete
         f.flush()

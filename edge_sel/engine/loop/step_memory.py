@@ -104,13 +104,18 @@ def forward_batch_that_fits(counter: MemoryCounter, batch: int, budget_mb: float
     return batch
 
 
-def most_rows(trainer) -> int:
-    """The most rows a step of the run can carry: the batch, a trailing sample the loader merges into
-    the batch before it (data/loader.py batch_starts), a row a gate left waiting for the next step
+def rows_a_step_carries(batch_size: int, epoch_size: int | None = None, replayed: int = 0) -> int:
+    """The most rows a step can carry: the batch, a trailing sample the loader merges into the batch
+    before it (data/loader.py batch_starts), a row a gate left waiting for the next step
     (single_rows.py), no more than the epoch holds, and the anchors replayed beside them (--replay)."""
-    cfg = trainer.config
-    local = min(cfg.batch_size + 2, max(cfg.batch_size, len(trainer.train_ds)))
-    return local + (trainer.replay.rows if trainer.replay is not None else 0)
+    local = batch_size + 2 if epoch_size is None else min(batch_size + 2, max(batch_size, epoch_size))
+    return local + replayed
+
+
+def most_rows(trainer) -> int:
+    """rows_a_step_carries for the run."""
+    return rows_a_step_carries(trainer.config.batch_size, len(trainer.train_ds),
+                               trainer.replay.rows if trainer.replay is not None else 0)
 
 
 def plan_run_memory(trainer) -> MemoryPlan | None:

@@ -201,7 +201,7 @@ def resume(run_dir: Path, quiet: bool = False, phase: str | None = None) -> dict
     try:
         return _read_and_resume(run_dir, config_file, quiet, phase)
     except BaseException:
-        release_claim(run_dir)
+        release_claim(run_dir, failed=True)
         raise
 
 
