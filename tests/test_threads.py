@@ -68,6 +68,9 @@ def test_a_resumed_run_keeps_the_thread_count_it_started_with_unless_told(tmp_pa
     from edge_sel.engine.loop import trainer as trainer_mod
     monkeypatch.delenv("EDGE_SEL_THREADS", raising=False)
     monkeypatch.setattr(threads, "other_load", lambda: 7.5)      # busy at the start: one thread
+    # Two CPUs, whatever this process may run on: on one (taskset -c 0) the quiet resume would choose
+    # one thread too, and nothing would be kept.
+    monkeypatch.setattr(threads, "usable_cpus", lambda: 2)
     args = ["pretrain", "--model", "edgecnn", "--dataset", "digits", "--epochs", "2", "--subset", "200",
             "--quiet", "--anchors-per-class", "0"]
     out = tmp_path / "run"
