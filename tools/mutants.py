@@ -35,7 +35,8 @@ OUT = ROOT / "tools" / "mutation-results"
 
 # module (edge_sel/...) -> the test files that cover it
 MODULES = {
-    "deployed_swap": ("edge_sel/engine/night/deployed_swap.py", ["tests/test_deployed_swap.py", "tests/test_trust.py"]),
+    "deployed_swap": ("edge_sel/engine/night/deployed_swap.py", ["tests/test_deployed_swap.py", "tests/test_trust.py",
+                                                                 "tests/test_promote_rules.py"]),
     "promote": ("edge_sel/engine/night/promote.py", ["tests/test_promote_rules.py"]),
     "outputs": ("edge_sel/core/outputs.py", ["tests/test_output_rules.py"]),
     "lock_file": ("edge_sel/core/lock_file.py", ["tests/test_lock_file.py", "tests/test_deployed_swap.py",
