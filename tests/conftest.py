@@ -76,3 +76,16 @@ def tiny_warm(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny-warm") / "ckpt"
     pretrain("edgecnn", DataOptions("synthetic"), TrainConfig(epochs=1, batch_size=64, **PINNED_CHOICES), out, quiet=True)
     return out
+
+
+@pytest.fixture(scope="module")
+def start_weights(tmp_path_factory):
+    """Weights a pretrain starts from, as a pretrained backbone's file would be: a digits edgecnn's
+    (test_head_first, test_recipe)."""
+    import torch
+
+    from edge_sel.models import build_model
+    torch.manual_seed(5)
+    path = tmp_path_factory.mktemp("start") / "weights.pt"
+    torch.save(build_model("edgecnn", 10, 1).state_dict(), path)
+    return path

@@ -17,15 +17,6 @@ from helpers import PINNED_CHOICES, run_main
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def start_weights(tmp_path_factory):
-    """Weights a pretrain starts from, as a pretrained backbone's file would be: a digits edgecnn's."""
-    torch.manual_seed(5)
-    path = tmp_path_factory.mktemp("start") / "weights.pt"
-    torch.save(build_model("edgecnn", 10, 1).state_dict(), path)
-    return path
-
-
 def _pretrain(out, weights, epochs, **extra):
     cfg = TrainConfig(epochs=epochs, head_epochs=1, head_lr=0.1, batch_size=64, lr=0.01, **PINNED_CHOICES, **extra)
     return pretrain("edgecnn", DataOptions("digits"), cfg, out, quiet=True, init_weights=weights)

@@ -13,18 +13,10 @@ from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.engine.runs.recipe import SMALL_DATA, choose_recipe
 from edge_sel.engine.runs.run import pretrain
 from edge_sel.errors import InputError
-from edge_sel.models import build_model, load_checkpoint
+from edge_sel.models import load_checkpoint
 from helpers import PINNED_CHOICES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def start_weights(tmp_path_factory):
-    torch.manual_seed(5)
-    path = tmp_path_factory.mktemp("start") / "weights.pt"
-    torch.save(build_model("edgecnn", 10, 1).state_dict(), path)
-    return path
 
 
 def test_few_images_are_a_linear_probe_for_the_epoch_budget(tmp_path, start_weights, capsys):
