@@ -16,10 +16,15 @@
 #   CHOSEN=WORK/warm128-a WORK=... bash benchmarks/gpu_transfer.sh          the benches only, from that warmup
 #   ALONE=1 CHOSEN=WORK/warm128-a WORK=... bash benchmarks/gpu_transfer.sh  one clean bench alone on the card:
 #                                                                      each method's NVML joules its own
+#   PLAN=1 bash benchmarks/gpu_transfer.sh       from ImageNet (no warmup, no equality stage): full FT, the
+#                                                fixed sets (statistics frozen), the classifier re-estimating
+#                                                them, the planner at 1/4, 1/10, 1/30 and the best fixed set
+#                                                under each budget; SEEDS processes at once, clean, at SIZE px
 #
 # Writes into $OUT (else runs/gpu-transfer) at most 8 files: run.log, lite-equality.txt,
 # warmups.json, clean-table.md, clean-results.json, noise-table.md, noise-results.json, stages.txt
-# (ALONE=1: run.log, alone-table.md, alone-results.json, stages.txt).
+# (ALONE=1: run.log, alone-table.md, alone-results.json, stages.txt; PLAN=1: run.log, plan-table.md,
+# plan-results.json, stages.txt).
 # Every stage runs under its own time limit; the benches write their results after every run, so a
 # bench stopped by its limit keeps the runs it finished. Measured on an H200: the warmups took about
 # 110 s, each bench process 270 s (clean) to 430 s (noise); leave the call 50 s beyond TOTAL_S for
@@ -105,14 +110,42 @@ bench() {   # bench CONDITION SEED: one seed of bench transfer from the chosen w
         --out "$WORK/bench-$1-$2" --overwrite --quiet
 }
 
+plan_bench() {   # plan_bench SEED: one seed of bench transfer from ImageNet, the planner's rows and what they meet
+    EDGE_SEL_THREADS=1 OMP_NUM_THREADS=1 "$PY" -m edge_sel bench transfer --from-imagenet efficientnet_lite0 \
+        --image-size "$SIZE" --dataset "pack:$PACK" --scenario clean --first-seed "$1" --seeds 1 --device "$DEVICE" \
+        --methods "$PLAN_METHODS" "${BENCH[@]}" --out "$WORK/bench-plan-$1" --overwrite --quiet
+}
+PLAN_METHODS=classifier,bn+classifier,bias+bn+classifier,last-k,lite-residual,sparse,classifier/reestimate,planner@1/4,planner@1/10,planner@1/30
+
 log "edge-sel transfer on $DEVICE: $( [ "$SMOKE" = 1 ] && echo smoke || echo full ) run, pack $PACK, out $OUT, scratch $WORK"
 [ "${ALONE:-0}" = 1 ] || log "NVML reads the whole card: the warmups run two at once and the benches ten at once, so their records say the meter was shared (energy_shared_with) and their joules are not any run's own; ALONE=1 runs one bench alone on the card for per-method joules"
 limited "$LIMIT_INSTALL" install install || { log "install failed"; cat "$WORK/install.log" >>"$LOG"; exit 1; }
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), \
 torch.cuda.get_device_name() if torch.cuda.is_available() else '')" 2>&1 | tee -a "$LOG"
-limited "$LIMIT_EQUALITY" equality equality
-cp "$WORK/equality.log" "$OUT/lite-equality.txt"
-limited "$LIMIT_DATA" data "$PY" benchmarks/gpu_reference.py data "$PACK"
+if [ "${PLAN:-0}" != 1 ]; then
+    limited "$LIMIT_EQUALITY" equality equality
+    cp "$WORK/equality.log" "$OUT/lite-equality.txt"
+    limited "$LIMIT_DATA" data "$PY" benchmarks/gpu_reference.py data "$PACK"
+fi
+pids=()
+
+if [ "${PLAN:-0}" = 1 ]; then
+    # From ImageNet (no warmup): full FT, the fixed sets with statistics frozen, AdaBN, the classifier
+    # with statistics per condition, and the planner at 1/4, 1/10, 1/30 with the best fixed set that fits
+    # each budget run under it; SEEDS processes at once, clean (the field's protocol) at SIZE px.
+    log "from ImageNet at $SIZE px: the planner's budgets beside the fixed sets, $SEEDS seeds at once"
+    for ((seed = 0; seed < SEEDS; seed++)); do
+        limited "$LIMIT_BENCH" "bench-plan-$seed" plan_bench "$seed" &
+        pids+=($!)
+    done
+    wait "${pids[@]}"
+    "$PY" benchmarks/merge_bench_transfer.py --out "$WORK/merged-plan" "$WORK"/bench-plan-*/ >>"$LOG" 2>&1 \
+        && cp "$WORK/merged-plan/table.md" "$OUT/plan-table.md" \
+        && cp "$WORK/merged-plan/results.json" "$OUT/plan-results.json"
+    mark_partial plan
+    grep "^== " "$LOG" >"$OUT/stages.txt"
+    finish
+fi
 
 if [ "${ALONE:-0}" = 1 ]; then
     # One seed of the clean bench with nothing else on the card: every method's NVML joules its own
