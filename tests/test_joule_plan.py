@@ -11,7 +11,9 @@ from scipy.stats import spearmanr
 
 from helpers import SAME_CHOICES, run_main
 from edge_sel.core.memory import StepShape
+from edge_sel.core.micro_batches import fewest_images
 from edge_sel.engine.machine.joule_plan import NEAR_BEST, Candidate, choose
+from edge_sel.engine.machine.memory_plan import MIN_STATISTICS
 from edge_sel.methods.update.fixed_sets import bias_norm_names, classifier_names
 from edge_sel.models import build_model
 
@@ -78,12 +80,29 @@ def test_a_budgeted_run_says_every_candidate_and_reads_timings_back(tiny_warm, t
     # No fixed set the bench runs fits with more expected gain at fewer joules.
     assert not any(c["expected_gain"] > chosen["expected_gain"] and c["estimated_j"] < chosen["estimated_j"]
                    for c in fitting)
+    # Statistics per candidate where the run named none: frozen for a set that trains no weight before
+    # the last two blocks, re-estimated for one that does and never frozen for it (no micro-batch of
+    # fewer than 8 images).
+    # (sparse's blocks come from the probe's gains: either mode, by the same rule).
+    for c in fitting:
+        if c["name"] == "full FT":
+            assert c["bn_statistics"] == "train", c
+        elif c["name"] not in ("sparse", "fisher"):
+            assert c["bn_statistics"] == "frozen", c
+        if c["bn_statistics"] == "train" and c["micro_batch"] < plan["batch_size"]:
+            assert fewest_images(c["micro_batch"], plan["batch_size"]) >= MIN_STATISTICS
+    assert plan["bn_statistics"] == next(c["bn_statistics"] for c in fitting if c["name"] == gains["chosen"])
     others = gains["cost_probe"]["others"]       # timed here, or by an earlier test on the same cache
     assert others["timed"] + others["cached"] == len([c for c in fitting if not c["name"].startswith("lite")])
     # A second start on this machine reads every step's timing from the probe cache.
     code, _ = run_main([*argv, "--out", tmp_path / "b"], capsys)
     again = json.loads((tmp_path / "b" / "config.json").read_text())["memory_plan"]["gains"]["cost_probe"]
     assert code == 0 and again["others"]["timed"] == 0 and again["others"]["cached"] >= 1
+    # A run that names its statistics gets them in every candidate.
+    code, _ = run_main([*argv, "--bn-stats", "reestimate", "--out", tmp_path / "c"], capsys)
+    named = json.loads((tmp_path / "c" / "config.json").read_text())["memory_plan"]["gains"]["candidates"]
+    assert code == 0 and {c["bn_statistics"] for c in named if c["counted_mb"] is not None} <= {"train", "frozen"}
+    assert all(c["bn_statistics"] == "train" for c in named if c["micro_batch"] == plan["batch_size"])
 
 
 def test_the_gain_proxy_ranks_sets_as_their_training_does():

@@ -103,7 +103,7 @@ def outcome(run_dir: Path) -> dict:
     return {"test_acc": final.get("test_acc"), "clean_test_acc": final.get("clean_test_acc"),
             "flops_train": t.get("flops_train") or 0, "energy_j": t.get("energy_j"),
             "energy_method": t.get("energy_method"), "train_wall_s": t.get("train_wall_s") or 0.0,
-            "samples_trained": t.get("samples_trained") or 0}
+            "samples_trained": t.get("samples_trained") or 0, "bn_stats": final.get("bn_stats")}
 
 
 def run_adapt(checkpoint: Path, dataset: str, data_dir, subset: int, epochs: int, seeds: list[int],

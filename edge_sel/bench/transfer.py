@@ -64,7 +64,7 @@ class TransferMethod:
     method: dict = field(default_factory=dict)
     fraction: str | None = None       # the planner's budget, a fraction of full fine-tuning's counted peak
     note: str = ""
-    bn_stats: str = REESTIMATE        # what the run does with the BatchNorm running statistics
+    bn_stats: str | None = REESTIMATE  # what the run does with the BatchNorm running statistics (None: its plan's)
     config: dict = field(default_factory=dict)   # other TrainConfig fields of the row (AdaBN: no epoch)
 
     @property
@@ -103,8 +103,9 @@ def transfer_methods(last_k: int = 2, adabn_images: int = 2000) -> list[Transfer
                            note=f"AdaBN: the statistics alone, re-estimated on the device's {adabn_images} images "
                                 "(cumulative average), no training"),
             with_statistics(frozen[0], PER_CONDITION),
-            *[TransferMethod(f"planner@{f}", "budget", fraction=f, note=f"--sparsity budget at {f} of full FT's "
-                                                                       "counted peak") for f in FRACTIONS],
+            *[TransferMethod(f"planner@{f}", "budget", fraction=f, bn_stats=None,
+                             note=f"--sparsity budget at {f} of full FT's counted peak; statistics as the plan "
+                                  "chooses them per candidate") for f in FRACTIONS],
             TransferMethod(f"sundew@{ACTIVATION}", strategy="sundew", method=dict(gate), note="Sundew gate"),
             TransferMethod(f"random@{ACTIVATION}", strategy="random", method=dict(gate), note="random gate"),
             TransferMethod("sel", strategy="sel", note="the SEL curriculum (easy first, by the start's loss)"),

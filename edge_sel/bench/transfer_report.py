@@ -39,6 +39,12 @@ def _budget(r: dict) -> str:
     return f"{r['budget_mb']:.1f}" + (f" ({said})" if said else "")
 
 
+def ran_statistics(rows: list[dict]) -> str | None:
+    """A row that leaves the statistics to its runs (the planner's): the modes they ran in, as chosen."""
+    modes = sorted({r["bn_stats"] for r in rows if r.get("bn_stats")})
+    return f"{'/'.join(modes)} (plan)" if modes else None
+
+
 def rows_of(bench: dict) -> list[dict]:
     """One row per method (the start first): means over seeds and the paired difference against full FT."""
     results, out = bench["results"], []
@@ -46,7 +52,7 @@ def rows_of(bench: dict) -> list[dict]:
         name = m["name"]
         fit = bench["fits"].get(name, {"fits": True})
         rs = results.get(name, [])
-        row = {"method": name, "bn_stats": m.get("bn_stats"), "note": m.get("note", ""), "fits": fit["fits"], "needs_mb": fit.get("needs_mb"),
+        row = {"method": name, "bn_stats": m.get("bn_stats") or ran_statistics(rs), "note": m.get("note", ""), "fits": fit["fits"], "needs_mb": fit.get("needs_mb"),
                "budget_mb": bench["budgets_mb"].get(name), "seeds": len(rs)}
         if rs:
             row.update({"test_acc": mean_of(rs, "test_acc"), "clean_test_acc": mean_of(rs, "clean_test_acc"),

@@ -34,9 +34,32 @@ def fixed_sets(model, gains: dict) -> list[tuple[str, set[str]]]:
             ("full FT", {n for n, _ in model.named_parameters()})]
 
 
-def fitted(counter, model, rows: int, budget: int, bn: str, name: str, trainable: set[str], gains: dict) -> Candidate:
+def run_chose_statistics(cfg) -> bool:
+    """Whether the run named its BatchNorm statistics (--bn-stats, --bn-mode, --bn-conditions): then
+    every candidate trains in that mode."""
+    return cfg.bn_stats is not None or cfg.bn_mode is not None or bool(cfg.bn_conditions)
+
+
+def candidate_statistics(model, bn: str, chosen_by_run: bool, trainable: set[str]) -> tuple[str, bool]:
+    """The statistics mode a candidate trains in, and whether its plan may freeze them below
+    MIN_STATISTICS images a micro-batch. The run's own where it chose one; else, as measured
+    (docs/transfer.md), frozen where the set trains no weight before the last LAST_K blocks (biases,
+    norms, the head, lite residual branches: Lite0's classifier from ImageNet weights at 128 px 74.2%
+    frozen, 55.5% re-estimated, 5 paired seeds; last-2 at 64 px 54.0% against 29.3%), and re-estimated,
+    never frozen, where it trains earlier weights (under frozen statistics at lr 0.01 full fine-tuning
+    and a sparse set of early blocks' weights learned nothing at 64 px: 10-11% against 36.7%)."""
+    if chosen_by_run:
+        return bn, True
+    late = classifier_names(model, LAST_K)
+    params = dict(model.named_parameters())
+    early = [n for n in trainable if n in params and params[n].dim() > 1 and n not in late and f"{NAME}." not in n]
+    return ("train", False) if early else ("frozen", True)
+
+
+def fitted(counter, model, rows: int, budget: int, bn: str, name: str, trainable: set[str], gains: dict,
+           may_freeze: bool = True) -> Candidate:
     c = Candidate(name, set(trainable), sum(gains.get(n, 0.0) for n in trainable))
-    found = fit_shape(counter, model, rows, budget, c.trainable, bn)
+    found = fit_shape(counter, model, rows, budget, c.trainable, bn, may_freeze=may_freeze)
     if found is None:
         c.out = "does not fit"
     else:
@@ -75,12 +98,18 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
         remove_residuals(model)
     lite_gain = sum(gains.get(n, 0.0) for n in lite_names)
     candidates: list[Candidate] = []
+    by_run = run_chose_statistics(cfg)
+
+    def fit(name, names, count_with=counter):
+        mode, may_freeze = candidate_statistics(model, bn, by_run, names)
+        return fitted(count_with, model, rows, budget, mode, name, names, gains, may_freeze)
+
     chosen, notes = choose_trainable(counter, model, rows, budget, gains, bn)
     top = None
     fixed = fixed_sets(model, gains)
     if chosen is not None:          # by a fixed set's name where it is one
         same = next((name for name, names in fixed if set(names) == set(chosen)), "fisher")
-        candidates.append(fitted(counter, model, rows, budget, bn, same, chosen, gains))
+        candidates.append(fit(same, chosen))
         top = candidates[0].gain if candidates[0].count is not None else None
     rest = [(name, set(names), sum(gains.get(n, 0.0) for n in names)) for name, names in fixed
             if chosen is None or set(names) != set(chosen)]
@@ -99,14 +128,14 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
             try:
                 lite_counter = MemoryCounter(model, counter.input_shape, counter.optimizer_factory, counter.loss_fn,
                                              kernels=counter.kernels, step=counter.step)
-                lite = fitted(lite_counter, model, rows, budget, bn, name, residual_names(model), gains)
+                lite = fit(name, residual_names(model), lite_counter)
                 probe = joule_plan.measure_costs([lite], model, x, y, losses, trainer.device, steps, trainer.meter)
             finally:
                 remove_residuals(model)
             candidates.append(lite)
             c = lite
         else:
-            c = fitted(counter, model, rows, budget, bn, name, names, gains)
+            c = fit(name, names)
             candidates.append(c)
         if c.count is not None:
             top = c.gain if top is None else max(top, c.gain)

@@ -66,6 +66,7 @@ class Candidate:
                 "counted_mb": None if self.count is None else round(self.count.peak / MiB, 1),
                 "micro_batch": None if self.shape is None else self.shape.chunk,
                 "recomputed_blocks": None if self.shape is None else len(self.shape.recompute),
+                "bn_statistics": None if self.shape is None else self.shape.bn_statistics,
                 "step_s": None if self.step_s is None else round(self.step_s, 4),
                 "estimated_j": None if self.joules is None else round(self.joules, 1),
                 "estimated_s": None if self.seconds is None else round(self.seconds, 1),
@@ -76,7 +77,8 @@ class Candidate:
         s = self.summary(total_gain)
         if self.count is None:
             return f"{self.name} ({self.out})"
-        how = f"micro-batch {s['micro_batch']}" + (f", {s['recomputed_blocks']} recomputed" if s["recomputed_blocks"] else "")
+        how = (f"micro-batch {s['micro_batch']}" + (f", {s['recomputed_blocks']} recomputed" if s["recomputed_blocks"] else "")
+               + (", statistics frozen" if s["bn_statistics"] == "frozen" else ", statistics re-estimated"))
         joules = "?" if s["estimated_j"] is None else f"{s['estimated_j']:,.0f} J"
         return (f"{self.name} {s['counted_mb']:.1f} MiB ({how}) {joules} gain {s['expected_gain']:.2f}"
                 + (f" [{self.out}]" if self.out else ""))

@@ -132,11 +132,13 @@ def smallest_budget(counter: MemoryCounter, model, trainable=None, batch_size: i
 
 
 def fit_shape(counter: MemoryCounter, model, batch_size: int, budget: int, trainable=None,
-              bn_statistics: str = "train", smallest_micro: int = 1
+              bn_statistics: str = "train", smallest_micro: int = 1, may_freeze: bool = True
               ) -> tuple[StepShape, MemoryCount, list[str]] | None:
     """The cheapest-to-run shape of a step of `batch_size` training `trainable` that fits, in
     micro-batches of at least `smallest_micro` images. More blocks recomputed keep less (nearly
-    always): where every block recomputed does not fit, fewer are not counted."""
+    always): where every block recomputed does not fit, fewer are not counted. `may_freeze` False:
+    statistics that train stay trained, so no micro-batch of fewer than MIN_STATISTICS images is
+    taken (None where only such fit)."""
     base = StepShape(batch_size, bn_statistics=bn_statistics)
     count = _fits(counter, base, trainable, budget)
     if count is not None:
@@ -162,6 +164,8 @@ def fit_shape(counter: MemoryCounter, model, batch_size: int, budget: int, train
     while micro > 1 and (micro + 1) // 2 >= smallest_micro:
         micro = (micro + 1) // 2
         fewest = fewest_images(micro, batch_size)
+        if not may_freeze and bn_statistics != "frozen" and fewest < MIN_STATISTICS:
+            return None             # smaller micro-batches hold fewer images still
         frozen = bn_statistics == "frozen" or fewest < MIN_STATISTICS
         statistics = "frozen" if frozen else "train"
         # Every block recomputed first: where that does not fit, the same micro-batch without does not.
