@@ -181,7 +181,7 @@ def test_a_budgeted_run_plans_records_and_resumes_with_its_plan(tiny_warm, tmp_p
                             capture_output=True, text=True)
     assert killed.returncode == -9, killed.stderr
     config = json.loads((out / "config.json").read_text())
-    timed = lambda p: {**p, "gains": {k: v for k, v in p["gains"].items() if k not in ("wall_s", "cost_probe")}}
+    timed = lambda p: {**p, "gains": {k: v for k, v in p["gains"].items() if k not in ("wall_s", "cost_probe", "trial")}}
     assert timed(config["memory_plan"]) == timed(plan)
     config["memory_plan"]["notes"] = ["kept from the run's start"]
     (out / "config.json").write_text(json.dumps(config))

@@ -13,6 +13,7 @@ import torch
 from edge_sel.core.memory import MiB, MemoryCounter, StepShape
 from edge_sel.engine.machine import joule_plan
 from edge_sel.engine.machine.joule_plan import Candidate
+from edge_sel.engine.loop.trial_gain import TRIAL_STEPS, run_trials, trial_images
 from edge_sel.engine.machine.memory_plan import (MemoryPlan, choose_trainable, fit_shape, smallest_budget, usable)
 from edge_sel.errors import InputError
 from edge_sel.methods.update.fixed_sets import bias_norm_names, classifier_names, sparse_names
@@ -88,7 +89,6 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
     x, y = probe_batch(trainer.train_ds, trainer.mean, trainer.std, rows)
     losses = trainer.objective.losses
     steps = max(1, cfg.epochs) * math.ceil(len(trainer.train_ds) / cfg.batch_size)
-    limits = trainer.budget_j is not None or cfg.time_budget_s is not None
     # The branches' gains come from the probe with them on the model; everything else is counted without them.
     add_residuals(model, counter.input_shape)
     try:
@@ -105,40 +105,33 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
         return fitted(count_with, model, rows, budget, mode, name, names, gains, may_freeze)
 
     chosen, notes = choose_trainable(counter, model, rows, budget, gains, bn)
-    top = None
     fixed = fixed_sets(model, gains)
     if chosen is not None:          # by a fixed set's name where it is one
         same = next((name for name, names in fixed if set(names) == set(chosen)), "fisher")
         candidates.append(fit(same, chosen))
-        top = candidates[0].gain if candidates[0].count is not None else None
     rest = [(name, set(names), sum(gains.get(n, 0.0) for n in names)) for name, names in fixed
             if chosen is None or set(names) != set(chosen)]
     rest.append(("lite-residual+bias", None, lite_gain))
-    lite, probe = None, None
-    # Highest expected gain first: one below NEAR_BEST of the best that fits cannot win, so it is neither
-    # counted nor timed (where a joule or time limit may rule the best out, every one is).
+    lite, probe, lite_trial = None, None, None
+    trial_steps = min(TRIAL_STEPS, steps)
+    images = trial_images(trainer.train_ds, trainer.mean, trainer.std, cfg.batch_size, trial_steps, cfg.seed)
+    # Every candidate is counted and tried: the squared gradients rank the larger sets first whatever
+    # they end at (engine/loop/trial_gain.py), so none is left out by them.
     for name, names, gain in sorted(rest, key=lambda r: -r[2]):
-        if not limits and top is not None and gain < joule_plan.NEAR_BEST * top:
-            candidates.append(Candidate(name, names if names is not None else set(), gain,
-                                        out=f"expected gain under {joule_plan.NEAR_BEST:.0%} of the best that fits: "
-                                            "not counted"))
-            continue
-        if names is None:           # the branches: counted and timed while they are on the model
+        if names is None:           # the branches: counted, timed and tried while they are on the model
             add_residuals(model, counter.input_shape)
             try:
                 lite_counter = MemoryCounter(model, counter.input_shape, counter.optimizer_factory, counter.loss_fn,
                                              kernels=counter.kernels, step=counter.step)
                 lite = fit(name, residual_names(model), lite_counter)
                 probe = joule_plan.measure_costs([lite], model, x, y, losses, trainer.device, steps, trainer.meter)
+                if lite.count is not None:
+                    lite_trial = tried(trainer, [lite], images, trial_steps)
             finally:
                 remove_residuals(model)
             candidates.append(lite)
-            c = lite
         else:
-            c = fit(name, names)
-            candidates.append(c)
-        if c.count is not None:
-            top = c.gain if top is None else max(top, c.gain)
+            candidates.append(fit(name, names))
     if all(c.count is None for c in candidates):
         lowest = smallest_budget(counter, model, None, rows, spent)
         raise InputError(f"--memory-budget {cfg.memory_budget_mb:g}: no step fits; the smallest that does is "
@@ -147,17 +140,37 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
                                     steps, trainer.meter)
     if lite is not None and lite.step_s is not None and lite.joules is None and cost["watts"]:
         lite.joules = lite.seconds * cost["watts"]
+    trial = tried(trainer, [c for c in candidates if c is not lite and c.count is not None], images, trial_steps)
+    for c in candidates:
+        if c.trial is None:         # not tried (it does not fit): no expected gain beside the trials'
+            c.gain = 0.0
     winner, reason = joule_plan.choose(candidates, trainer.budget_j, cfg.time_budget_s)
     total = max(c.gain for c in candidates)
     words = joule_plan.plan_words(candidates, winner, reason)
     source = {**(source or {}), "candidates": [c.summary(total) for c in candidates], "chosen": winner.name,
-              "reason": reason, "steps": steps, "cost_probe": {"lite": probe, "others": cost}}
+              "reason": reason, "steps": steps, "cost_probe": {"lite": probe, "others": cost},
+              "expected_gain": "held-out accuracy after a short trial of each candidate (engine/loop/trial_gain.py)",
+              "trial": {"lite": lite_trial, "others": trial}}
     if winner is lite:
         adopt_residuals(trainer)
     return MemoryPlan(cfg.memory_budget_mb, rows, winner.shape.chunk, list(winner.shape.recompute),
                       winner.shape.bn_statistics, winner.count.mib(), round(asked, 3), sorted(winner.trainable),
                       [words, *(notes if candidates and winner is candidates[0] and chosen is not None else []),
                        *winner.shape_notes], source, round(spent, 3))
+
+
+def tried(trainer, candidates: list[Candidate], images, steps: int) -> dict:
+    """The candidates' trials, their joules measured by the run's meter (planning's, the run's own)."""
+    if not candidates:
+        return {}
+    trainer.meter.begin("plan-trial")
+    try:
+        cost = run_trials(trainer.model, candidates, images, trainer.memory_counter.optimizer_factory,
+                          trainer.objective.losses, trainer.config.batch_size, steps)
+    finally:
+        energy = trainer.meter.end("plan-trial") or {}
+    trainer.ledger.add_scoring(cost["trial_images_trained"] + cost["held_out_images"] * len(candidates), 0)
+    return {**cost, "trial_energy_j": energy.get("energy_j")}
 
 
 def adopt_residuals(trainer) -> None:

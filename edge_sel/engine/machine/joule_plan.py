@@ -16,9 +16,9 @@ Each candidate carries three figures:
   (engine/machine/probe_cache.py) so a later start reads them; watts are what the run's meter measured
   (or estimated) over those passes. The optimizer's own step is not timed (it is the same order for
   every set and small beside backward);
-- expected gain: the sum, over the tensors it trains, of each tensor's squared gradient on the device's
-  images (a probe, engine/loop/step_memory.py's gain_probe) or the warmup's Fisher information: the
-  first-order loss decrease a step of that set promises.
+- expected gain: the candidate's accuracy on held-out local images after a short trial of its own
+  step (engine/loop/trial_gain.py); the squared gradients on the device's images (or the warmup's
+  Fisher information) still choose the tensors of the gain-per-byte set and of the sparse update.
 
 The rule: candidates over an --energy-budget or --time-budget (the estimate of training alone) are out;
 of the rest, the one with the fewest joules among those expected to gain at least NEAR_BEST of the most
@@ -60,6 +60,7 @@ class Candidate:
     joules: float | None = None          # estimated, the run's training steps
     seconds: float | None = None         # estimated, the run's training steps
     out: str = ""                        # why it cannot be chosen ("" where it can)
+    trial: dict | None = None            # its short trial's held-out figures (engine/loop/trial_gain.py)
 
     def summary(self, total_gain: float) -> dict:
         return {"name": self.name, "tensors": len(self.trainable),
@@ -71,7 +72,7 @@ class Candidate:
                 "estimated_j": None if self.joules is None else round(self.joules, 1),
                 "estimated_s": None if self.seconds is None else round(self.seconds, 1),
                 "expected_gain": round(self.gain / total_gain, 4) if total_gain > 0 else 0.0,
-                "out": self.out or None}
+                "trial": self.trial, "out": self.out or None}
 
     def words(self, total_gain: float) -> str:
         s = self.summary(total_gain)
@@ -105,7 +106,7 @@ def choose(candidates: list[Candidate], energy_j: float | None = None, time_s: f
     leader = max(within, key=lambda c: c.gain)
     if best is leader:
         return best, "the most expected gain, and none within " f"{NEAR_BEST:.0%} of it costs fewer joules"
-    return best, (f"expected to gain {best.gain / top:.0%} of the most ({leader.name}) at the fewest joules of "
+    return best, (f"expected to gain {best.gain / top if top > 0 else 1:.0%} of the most ({leader.name}) at the fewest joules of "
                   f"those within {NEAR_BEST:.0%}")
 
 

@@ -1,0 +1,89 @@
+"""The planner's expected gain from a short trial: each candidate that fits trains TRIAL_STEPS steps
+from the run's start, in its own step shape (micro-batches, recomputed blocks) and BatchNorm statistics
+mode, with the run's optimizer, on the run's images; then its accuracy on local images the trial did
+not train on (evaluation mode, the statistics its steps left) is its expected gain.
+
+Why not the summed squared gradients alone: that sum only grows as a set grows, so everything always
+ranked first, and it cannot see what training the statistics or early weights does. On Lite0 from its
+ImageNet weights at 64 px (500 images, 2 epochs, lr 0.01) the sets ended at: the classifier 54.0%, biases
+and norms 46.7%, everything re-estimating 36.7%, the classifier re-estimating 29.3%, everything frozen
+10.7%; the squared gradients ranked them the other way round, and 16 trial steps ranked them
+biases and norms 49.6, classifier 46.1, everything re-estimating 23.4, frozen 9.8 (Spearman 0.8 with the
+finals; docs/memory-budget.md)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from edge_sel.backends.torch_backend import freeze_batchnorm_stats
+from edge_sel.core.micro_batches import bounds
+from edge_sel.core.recompute import set_recomputed
+from edge_sel.engine.machine.device import random_streams_kept
+
+TRIAL_STEPS = 8          # steps each candidate trains for its trial
+HELD_OUT = 128           # local images its accuracy is taken on (none of them trained on in the trial)
+
+
+def trial_images(ds, mean, std, rows: int, steps: int, seed: int = 0):
+    """(train x, train y, held-out x, held-out y), drawn by a seeded permutation (a run's images may
+    be ordered by class): HELD_OUT images held out (a quarter where the run has fewer than twice
+    that), the trial's steps cycling through the others."""
+    n = len(ds)
+    held = min(HELD_OUT, max(1, n // 4)) if n < 2 * HELD_OUT else HELD_OUT
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(ds.images.device)
+    held_pos, rest = order[:held], order[held:] if n > held else order
+    train_pos = rest[torch.arange(rows * steps, device=order.device) % len(rest)]
+    mean_t = torch.as_tensor(mean, device=ds.images.device).view(1, -1, 1, 1)
+    std_t = torch.as_tensor(std, device=ds.images.device).view(1, -1, 1, 1)
+
+    def normalised(pos):
+        return (ds.pixels(pos).float().div_(255) - mean_t) / std_t, ds.labels[pos]
+    return (*normalised(train_pos), *normalised(held_pos))
+
+
+def run_trials(model, candidates, images, optimizer_factory, losses, rows: int, steps: int) -> dict:
+    """Each candidate's trial (its `gain` set to the held-out accuracy, `trial` to the figures); the
+    model's weights, statistics and flags as they were after. Returns what the trials cost."""
+    x, y, xh, yh = images
+    params = dict(model.named_parameters())
+    flags = {n: p.requires_grad for n, p in params.items()}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    t0, trained = time.perf_counter(), 0
+    with random_streams_kept(x.device):
+        try:
+            for c in candidates:
+                model.load_state_dict(state)
+                for n, p in params.items():
+                    p.requires_grad_(n in c.trainable)
+                optimizer = optimizer_factory([p for n, p in params.items() if n in c.trainable])
+                set_recomputed(model, c.shape.recompute)
+                for k in range(steps):
+                    model.train()
+                    if c.shape.bn_statistics == "frozen":
+                        freeze_batchnorm_stats(model)
+                    xb, yb = x[k * rows:(k + 1) * rows], y[k * rows:(k + 1) * rows]
+                    optimizer.zero_grad(set_to_none=True)
+                    for lo, hi in bounds(len(yb), c.shape.chunk):      # each slice its share of the batch mean
+                        (losses(model(xb[lo:hi]), yb[lo:hi]).sum() / len(yb)).backward()
+                    optimizer.step()
+                    trained += len(yb)
+                set_recomputed(model, ())
+                model.eval()
+                right, loss = 0, 0.0
+                with torch.no_grad():
+                    for lo, hi in bounds(len(yh), rows):
+                        out = model(xh[lo:hi]).float()
+                        right += int((out.argmax(1) == yh[lo:hi]).sum())
+                        loss += float(losses(out, yh[lo:hi]).sum())
+                c.trial = {"held_out_acc": round(right / len(yh), 4), "held_out_loss": round(loss / len(yh), 4)}
+                c.gain = right / len(yh)
+        finally:
+            set_recomputed(model, ())
+            model.zero_grad(set_to_none=True)
+            model.load_state_dict(state)
+            for n, p in params.items():
+                p.requires_grad_(flags[n])
+    return {"trial_steps": steps, "trial_images_trained": trained, "held_out_images": int(len(yh)),
+            "trial_wall_s": round(time.perf_counter() - t0, 3)}
