@@ -46,7 +46,7 @@ def candidate_statistics(model, bn: str, chosen_by_run: bool, trainable: set[str
     MIN_STATISTICS images a micro-batch. The run's own where it chose one; else, as measured
     (docs/transfer.md), frozen where the set trains no weight before the last LAST_K blocks (biases,
     norms, the head, lite residual branches: Lite0's classifier from ImageNet weights at 128 px 74.2%
-    frozen, 55.5% re-estimated, 5 paired seeds; last-2 at 64 px 54.0% against 29.3%), and re-estimated,
+    frozen, 55.5% re-estimated, 5 paired seeds; the classifier at 64 px 54.0% against 29.3%), and re-estimated,
     never frozen, where it trains earlier weights (under frozen statistics at lr 0.01 full fine-tuning
     and a sparse set of early blocks' weights learned nothing at 64 px: 10-11% against 36.7%)."""
     if chosen_by_run:
