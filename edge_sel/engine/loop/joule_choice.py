@@ -169,7 +169,7 @@ def tried(trainer, candidates: list[Candidate], images, steps: int) -> dict:
                           trainer.objective.losses, trainer.config.batch_size, steps)
     finally:
         energy = trainer.meter.end("plan-trial") or {}
-    trainer.ledger.add_scoring(cost["trial_images_trained"] + cost["held_out_images"] * len(candidates), 0)
+    # Its images are in the plan's record (`trial`), not the run's sample counts: no sample of the run trained.
     return {**cost, "trial_energy_j": energy.get("energy_j")}
 
 
