@@ -50,6 +50,9 @@ def merge(benches: list[dict]) -> dict:
     merged["wall_s"] = max(b["wall_s"] for b in benches)          # they ran at the same time
     merged["energy_methods"] = sorted({m for b in benches for m in b.get("energy_methods", [])})
     merged["merged_from"] = len(benches)
+    refused = {name: sorted((r for b in benches for r in (b.get("refused") or {}).get(name, [])), key=lambda r: r["seed"])
+               for name in dict.fromkeys(n for b in benches for n in b.get("refused") or {})}
+    merged["refused"] = refused
     stopped = [b["stopped"] for b in benches if b.get("stopped")]
     merged["stopped"] = {"signal": ", ".join(dict.fromkeys(s["signal"] for s in stopped)),
                          "runs": [r for s in stopped for r in s["runs"]]} if stopped else None

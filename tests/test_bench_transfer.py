@@ -113,7 +113,9 @@ def test_a_bad_option_is_one_line(bench, tmp_path, capsys, option, said):
 
 def test_benches_of_other_seeds_merge_into_one(bench, tmp_path, monkeypatch):
     """benchmarks/merge_bench_transfer.py: a bench of another seed pairs with this one's (the paired
-    differences then over two seeds); a seed in two benches, or other settings, are refused."""
+    differences then over two seeds); a seed in two benches, or other settings, are refused. A run that
+    refused its budget in one of them stays named, and its row's means and differences are over the
+    seed it ran."""
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from merge_bench_transfer import merge
     _, out = bench
@@ -122,7 +124,12 @@ def test_benches_of_other_seeds_merge_into_one(bench, tmp_path, monkeypatch):
     for rows in second["results"].values():
         for r in rows:
             r["seed"], r["test_acc"] = 1, r["test_acc"] - 0.01 * (r is rows[0])
+    reason = "--memory-budget 4.2: the process grew 9.0 MiB before the first step: the smallest budget that holds " \
+             "this plan is about 12.5 MiB"
+    second["results"]["sparse"] = []
+    second["refused"] = {"sparse": [{"seed": 1, "budget_mb": 4.2, "needs_mb": 12.5, "reason": reason, "run_dir": "-"}]}
     merged = merge([first, second])
+    assert merged["refused"] == second["refused"]
     assert merged["seeds"] == [0, 1] and merged["merged_from"] == 2
     with pytest.raises(SystemExit, match="a seed is in more than one bench"):
         merge([first, first])
@@ -132,7 +139,12 @@ def test_benches_of_other_seeds_merge_into_one(bench, tmp_path, monkeypatch):
     write_outputs(merged, tmp_path)
     pairs = {(p["a"], p["b"]): p for p in merged["pairs"]}
     assert len(pairs[("sundew@0.4", "random@0.4")]["per_seed"]) == 2
-    assert "Merged from 2 benches" in (tmp_path / "table.md").read_text()
+    table = (tmp_path / "table.md").read_text()
+    assert "Merged from 2 benches" in table
+    sparse = {r["method"]: r for r in merged["rows"]}["sparse"]
+    assert sparse["vs_full"]["n"] == 1 and sparse["test_acc"] == first["results"]["sparse"][0]["test_acc"]
+    assert "\n| sparse (1 of 2 seeds; 1 refused its budget) | frozen | " in table
+    assert f"- sparse seed 1 under 4.2 MiB, needs 12.5 MiB: {reason}\n" in table
 
 
 
@@ -156,6 +168,84 @@ def test_a_stopped_bench_names_its_stopped_run_and_exits_128_plus_the_signal(ben
     assert "stopped early, left out of every mean and paired difference: full FT seed 0 (1 of 2 epochs)" in \
         (out / "table.md").read_text()
     assert "stopped by SIGTERM" in result.output
+
+
+# Batch 256: the planner at 1/4 of full FT's counted peak (4.0 MiB) fits by the bench's count on digits.
+PLANNED = ("--dataset", "digits", "--scenario", "clean", "--seeds", "1", "--batch-size", "256", "--subset", "200",
+           "--test-subset", "50", "--val-subset", "50", "--one-process", "--quiet")
+
+
+def test_a_run_that_refuses_its_budget_is_a_row_that_does_not_fit_and_the_bench_goes_on(bench, tmp_path, monkeypatch):
+    """The bench's count says planner@1/4 fits its 4.0 MiB; its run also counts what the process grew by
+    before the first step (given here: 500 MiB) and refuses. That refusal ended the whole bench (exit 2,
+    no results); now it is that seed's row, marked as not fitting with the run's own line and the
+    smallest budget it names, in no mean or paired difference, and the bench ends as usual."""
+    warm, _ = bench
+    monkeypatch.setenv("EDGE_SEL_PROCESS_GROWTH_MB", "500")
+    out = tmp_path / "refused"
+    run_cli("bench", "transfer", "--checkpoint", warm, *PLANNED, "--methods", "planner@1/4", "--epochs", "1", "--out", out)
+    result = json.loads((out / "results.json").read_text())
+    assert result["fits"]["planner@1/4"]["fits"] is True and not result.get("partial")
+    [refused] = result["refused"]["planner@1/4"]
+    assert refused["seed"] == 0 and refused["reason"].startswith(f"--memory-budget {result['budgets_mb']['planner@1/4']:g}: ")
+    assert refused["needs_mb"] > 500 and f"{refused['needs_mb']} MiB" in refused["reason"]
+    assert result["results"]["planner@1/4"] == [] and len(result["results"]["full FT"]) == 1 and result["pairs"] == []
+    row = {r["method"]: r for r in result["rows"]}["planner@1/4"]
+    assert (row["fits"], row["needs_mb"], row["refused_seeds"]) == (False, refused["needs_mb"], [0])
+    table = (out / "table.md").read_text()
+    assert (f"| planner@1/4 | per the plan | does not fit {refused['budget_mb']:.1f} MiB (needs {refused['needs_mb']:.1f} "
+            "MiB): the run refused its budget | - |") in table
+    assert f"- planner@1/4 seed 0 under {refused['budget_mb']:.1f} MiB, needs {refused['needs_mb']:.1f} MiB: " \
+           f"{refused['reason']}" in table
+
+
+def test_a_signal_during_a_best_fixed_run_stops_the_bench_and_names_the_run(bench, tmp_path, monkeypatch):
+    """The best fixed set under the planner's budget ran outside the bench's stop: a SIGTERM in it (here
+    at its first step of two epochs) became an ordinary row of a run cut short, or ended the bench with
+    no results.json marked partial. Now it stops as run_bench's runs do."""
+    from edge_sel.bench import transfer_front
+    warm, _ = bench
+    monkeypatch.setenv("EDGE_SEL_PROCESS_GROWTH_MB", "0")
+    best_fixed = transfer_front.run_best_fixed
+
+    def signalled(*args, **kwargs):     # the signal in the best fixed set's runs only
+        monkeypatch.setenv("EDGE_SEL_FAULT_SIGNAL_AT", "step-1:SIGTERM")
+        return best_fixed(*args, **kwargs)
+    monkeypatch.setattr(transfer_front, "run_best_fixed", signalled)
+    out = tmp_path / "stopped"
+    said = run_cli("bench", "transfer", "--checkpoint", warm, *PLANNED, "--methods", "classifier,planner@1/4",
+                   "--epochs", "2", "--out", out, expect=143)
+    result = json.loads((out / "results.json").read_text())
+    assert result["partial"] is True and result["best_fixed"]["1/4"]["method"] == "classifier"
+    [stopped] = result["stopped"]["runs"]
+    assert (stopped["method"], stopped["seed"], stopped["epochs_run"], stopped["epochs_planned"]) == \
+        ("best fixed@1/4", 0, 1, 2)
+    # The best fixed set runs again in its row's statistics mode (the classifier's frozen), not the default.
+    assert json.loads((Path(stopped["run_dir"]) / "config.json").read_text())["bn_stats"] == "frozen"
+    assert result["results"]["best fixed@1/4"] == [] and len(result["results"]["planner@1/4"]) == 1
+    assert "stopped early, left out of every mean and paired difference: best fixed@1/4 seed 0 (1 of 2 epochs)" in \
+        (out / "table.md").read_text()
+    assert "stopped by SIGTERM" in said.output
+
+
+def test_a_best_fixed_run_that_refuses_its_budget_is_named_and_the_others_go_on(bench, tmp_path, monkeypatch):
+    """The best fixed set run under the planner's budget refuses it as a planner run can: named with
+    its line, not a row, and the next seed still runs (here both refuse: the process grew 500 MiB)."""
+    from edge_sel.bench.transfer import TransferSettings, chosen_methods, transfer_methods
+    from edge_sel.bench.transfer_front import run_best_fixed
+    from edge_sel.engine.runs.data_options import DataOptions
+    warm, _ = bench
+    monkeypatch.setenv("EDGE_SEL_PROCESS_GROWTH_MB", "500")
+    s = TransferSettings(warm, DataOptions("digits", shard="1/2", subset=200, test_subset=50), "clean",
+                         chosen_methods("classifier,planner@1/4", transfer_methods()), [0, 1], 1, 0.01, 256, 50, 0.1,
+                         "cpu", tmp_path, own_process=False)
+    ran = [{"seed": seed, "test_acc": 0.5, "clean_test_acc": 0.5} for seed in (0, 1)]
+    state = run_best_fixed(s, {"results": {"start": ran, "classifier": ran, "planner@1/4": ran},
+                               "budgets_mb": {"planner@1/4": 4.017}, "refused": {}}, log=lambda *_: None)
+    assert state["best_fixed"]["1/4"]["method"] == "classifier" and state["results"]["best fixed@1/4"] == []
+    assert [(r["seed"], r["budget_mb"]) for r in state["refused"]["best fixed@1/4"]] == [(0, 4.017), (1, 4.017)]
+    assert state["refused"]["best fixed@1/4"][0]["reason"].startswith("--memory-budget 4.017: ")
+    assert state["stopped"] is None
 
 
 def test_results_json_is_written_whole_or_left_as_it_was(tmp_path):

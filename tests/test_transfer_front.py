@@ -28,11 +28,13 @@ def test_the_front_marks_undominated_points_and_the_planners_choice(tmp_path):
                          "bias+bn+classifier": rows([0.58, 0.60], 20, counted=30),      # dominated by classifier
                          "planner@1/4": rows([0.85, 0.87], 10, str(run), counted=9),
                          "best fixed@1/4": rows([0.84, 0.85], 12, counted=9)},
-             "best_fixed": {"1/4": {"budget_mb": 10.0, "fitting": ["classifier", "last-k"], "method": "last-k"}}}
+             "best_fixed": {"1/4": {"budget_mb": 10.0, "fitting": ["classifier", "last-k"], "method": "last-k"}},
+             "refused": {"best fixed@1/4": [{"seed": 2, "budget_mb": 10.0, "needs_mb": 11.0, "reason": "-"}]}}
     text = "\n".join(front_lines(bench))
     line = {ln.split(" | ")[0][2:]: ln for ln in text.splitlines() if ln.startswith("| ") and " | " in ln}
     assert "| yes |" in line["classifier"] and "| yes |" in line["full FT"] and "| yes |" in line["planner@1/4"]
     assert "| yes |" not in line["bias+bn+classifier"] and "start" not in line
     assert line["planner@1/4"].rstrip().endswith("| last-2 |") and "| 9.0 | 10.0 |" in line["planner@1/4"]
     # Planner minus the best fixed set under the same budget: +1.5 points over two seeds, 10/12 of its joules.
-    assert "| 1/4 | 10.0 | classifier, last-k | last-k | +1.50 [" in text and "| 0.83x |" in text
+    assert "| 1/4 | 10.0 | classifier, last-k | last-k (refused its budget on 1 seed) | +1.50 [" in text
+    assert "| 0.83x |" in text

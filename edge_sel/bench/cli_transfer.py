@@ -112,15 +112,16 @@ def transfer_cmd(checkpoint, imagenet_model, dataset, scenario, image_size, meth
 
     def partial(state: dict) -> None:      # the runs done so far, written as a whole bench of them
         done = sorted({r["seed"] for r in state["results"][transfer.START]})
-        seed_ended = all(len(rows) == len(done) for rows in state["results"].values())
+        refused = state.get("refused", {})
+        seed_ended = all(len(rows) + len(refused.get(name, [])) == len(done) for name, rows in state["results"].items())
         transfer_report.write_outputs({**record, "seeds": done, "partial": True, **state}, target,
                                       figure=seed_ended)     # the figure and report once a seed, not every run
 
     with BenchStop() as stop:
         result = transfer.run_bench(settings, progress(quiet), partial, stop)
-    if not result.get("partial"):        # per planner budget, the best fixed set that fits it, under it
-        from edge_sel.bench import transfer_front
-        result = transfer_front.run_best_fixed(settings, result, last_k, progress(quiet))
+        if not stop.stopped:        # per planner budget, the best fixed set that fits it, under it
+            from edge_sel.bench import transfer_front
+            result = transfer_front.run_best_fixed(settings, result, last_k, progress(quiet), stop, partial)
     bench = {**record, "seeds": settings.seeds, **result}
     if stop.stopped:        # the runs finished before the stop, as a partial bench; no figure of them
         done = sorted({r["seed"] for r in result["results"][transfer.START]})

@@ -18,11 +18,16 @@ sets run as the field defines them, with the statistics frozen (TinyTL's FT-Last
 none), and again with them re-estimated (`SET/reestimate`); AdaBN re-estimates the statistics alone
 with no training; the cheapest trained set (the classifier) runs with statistics per condition; full
 fine-tuning, the planner, the gates and the curricula re-estimate them as they always have.
+
+A budgeted run that refuses its budget before its first step (it also counts what the process grew by
+before that step, which the bench's count cannot) is named under "refused", not a row, and the bench
+goes on; any other failure of a run ends the bench.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -40,6 +45,7 @@ from edge_sel.core.source_memory import read_source_memory
 from edge_sel.engine.machine.memory_plan import RESERVE, plan_memory
 from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.engine.runs.run import finetune, pretrain
+from edge_sel.errors import InputError
 from edge_sel.methods.update.fixed_sets import sparse_names
 
 CONDITIONS = {"clean": None, **SCENARIOS}
@@ -54,6 +60,11 @@ FROZEN, REESTIMATE, PER_CONDITION = bn_stats.BN_STATS
 ADABN = "adabn"
 # The trained sets the field runs with frozen statistics; each also runs as SET/reestimate.
 FROZEN_SETS = ("classifier", "bn+classifier", "bias+bn+classifier", "last-k", "sparse")
+# A run's refusal of its --memory-budget (memory_plan.py, joule_choice.py, step_memory.py), and the smallest
+# budget it names.
+REFUSAL = re.compile(r"--memory-budget [0-9.e+-]+: ")
+NEEDS = re.compile(r"the smallest[^;]*? is (?:about )?([0-9.]+) MiB")
+RAN, STOPPED, REFUSED = "ran", "stopped", "refused"
 
 
 @dataclass
@@ -176,11 +187,32 @@ def imagenet_start(model_name: str, data: DataOptions, out: Path, device: str) -
     return out / "start"
 
 
+class RunRefused(Exception):
+    """A budgeted run refused its budget before its first step (the bench's count said it fits; the run
+    also counts what the process grew by before that step): a row that does not fit, not a failure."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        needs = NEEDS.search(reason)
+        self.reason, self.needs_mb = reason, float(needs.group(1)) if needs else None
+
+    def row(self, seed: int, run_dir: Path, budget_mb: float) -> dict:
+        return {"seed": seed, "budget_mb": budget_mb, "needs_mb": self.needs_mb, "reason": self.reason,
+                "run_dir": str(run_dir)}
+
+
 def _finetune(s: TransferSettings, data: DataOptions, cfg: TrainConfig, run_dir: Path) -> None:
-    if s.own_process:
-        finetune_alone(s.checkpoint, data, cfg, run_dir)
-    else:
-        finetune(s.checkpoint, data, cfg, run_dir, overwrite=True, quiet=True)
+    """One fine-tune (in a process of its own, whose errors are raised here); RunRefused where a budgeted
+    run refused its budget."""
+    try:
+        if s.own_process:
+            finetune_alone(s.checkpoint, data, cfg, run_dir)
+        else:
+            finetune(s.checkpoint, data, cfg, run_dir, overwrite=True, quiet=True)
+    except InputError as e:
+        if cfg.memory_budget_mb is None or not REFUSAL.match(str(e)):
+            raise
+        raise RunRefused(str(e)) from None
 
 
 def start_row(run_dir: Path, seed: int) -> dict:
@@ -222,7 +254,8 @@ def name_what_trains(methods: list[TransferMethod], checkpoint: Path) -> None:
 def run_bench(s: TransferSettings, log=print, after_run=None, stop: BenchStop | None = None) -> dict:
     """Per seed: the start once, then every method that fits; `after_run` gets the state so far. A run
     stopped early (a stop signal, `stop`'s handlers where entered) ends the bench: it is named in
-    "stopped", not a row."""
+    "stopped", not a row. A run that refuses its budget is named in "refused", not a row, and the bench
+    goes on."""
     stop = stop or BenchStop()
     base = TrainConfig(epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, device=s.device, **SAME_NUMERICS)
     mm = MemoryModel(s.checkpoint, base)
@@ -233,6 +266,7 @@ def run_bench(s: TransferSettings, log=print, after_run=None, stop: BenchStop | 
         plans["sparse"], budgets["sparse"], sparse = sparse_plan(mm, s.checkpoint, s.batch_size)
     runnable = [m for m in s.methods if m.name not in fits or fits[m.name].fits]
     results: dict = {START: [], **{m.name: [] for m in runnable}}
+    refused: dict = {}
     t0 = time.perf_counter()
     for seed in s.seeds:
         data = DataOptions(**{**vars(s.data), "shift": CONDITIONS[s.condition], "shift_seed": seed})
@@ -241,7 +275,7 @@ def run_bench(s: TransferSettings, log=print, after_run=None, stop: BenchStop | 
                       val_subset=s.val_subset, keep="last", checkpoint_every=0, eval_batch_size=s.batch_size,
                       bn_momentum=s.bn_momentum, **SAME_NUMERICS)
         start_dir = s.out / "runs" / START / f"seed{seed}"
-        if not _ran(stop, s, data, TrainConfig(**{**common, "epochs": 0}), start_dir, START, seed):
+        if _ran(stop, s, data, TrainConfig(**{**common, "epochs": 0}), start_dir, START, seed, refused) != RAN:
             break
         start = start_row(start_dir, seed)
         results[START].append(start)
@@ -249,34 +283,41 @@ def run_bench(s: TransferSettings, log=print, after_run=None, stop: BenchStop | 
         for m in runnable:
             cfg = method_config(m, common, budgets, plans)
             run_dir = s.out / "runs" / run_name(m.name) / f"seed{seed}"
-            if not _ran(stop, s, data, cfg, run_dir, m.name, seed):
+            done = _ran(stop, s, data, cfg, run_dir, m.name, seed, refused, log)
+            if done == STOPPED:
                 break
-            row = method_row(run_dir, seed, start, mm.full_mb, s.own_process)
-            results[m.name].append(row)
-            log(f"  seed {seed} {m.name:20s} test {row['test_acc']:.4f} clean {row['clean_test_acc']:.4f} "
-                f"counted {row['counted_peak_mb']:.1f} MiB")
+            if done == RAN:
+                row = method_row(run_dir, seed, start, mm.full_mb, s.own_process)
+                results[m.name].append(row)
+                log(f"  seed {seed} {m.name:20s} test {row['test_acc']:.4f} clean {row['clean_test_acc']:.4f} "
+                    f"counted {row['counted_peak_mb']:.1f} MiB")
             if after_run is not None:       # a bench stopped by a time limit keeps every run it finished
-                after_run(state(mm, budgets, fits, sparse, results, time.perf_counter() - t0, s.own_process))
+                after_run(state(mm, budgets, fits, sparse, results, time.perf_counter() - t0, s.own_process, refused))
         if stop.stopped:
             break
-    return {**state(mm, budgets, fits, sparse, results, time.perf_counter() - t0, s.own_process),
+    return {**state(mm, budgets, fits, sparse, results, time.perf_counter() - t0, s.own_process, refused),
             "stopped": stop.describe()}
 
 
 def _ran(stop: BenchStop, s: TransferSettings, data: DataOptions, cfg: TrainConfig, run_dir: Path, name: str,
-         seed: int) -> bool:
-    """Runs one fine-tune unless the bench was told to stop; False where it did not run to its end
-    (then named in `stop.runs`)."""
-    return stop.ran(lambda: _finetune(s, data, cfg, run_dir), run_dir, name, seed, cfg.epochs)
+         seed: int, refused: dict, log=print) -> str:
+    """Runs one fine-tune unless the bench was told to stop: RAN where it ran to its end, STOPPED where it
+    did not (then named in `stop.runs`), REFUSED where it refused its budget (then added to `refused`)."""
+    try:
+        return RAN if stop.ran(lambda: _finetune(s, data, cfg, run_dir), run_dir, name, seed, cfg.epochs) else STOPPED
+    except RunRefused as e:
+        refused.setdefault(name, []).append(e.row(seed, run_dir, cfg.memory_budget_mb))
+        log(f"  seed {seed} {name:20s} refused its budget: {e.reason}")
+        return REFUSED
 
 
 def state(mm: MemoryModel, budgets: dict, fits: dict, sparse: dict | None, results: dict, wall_s: float,
-          own_process: bool) -> dict:
+          own_process: bool, refused: dict) -> dict:
     methods_used = sorted({r.get("energy_method") for rows in results.values() for r in rows} - {None})
     return {"full_ft_counted_mb": round(mm.full_mb, 3), "budgets_mb": budgets, "input_shape": mm.input_shape,
             "fits": {k: {"fits": f.fits, "needs_mb": f.needs_mb} for k, f in fits.items()}, "sparse": sparse,
             "results": {k: list(v) for k, v in results.items()}, "wall_s": wall_s, "energy_methods": methods_used,
-            "own_process": own_process}
+            "own_process": own_process, "refused": {k: list(v) for k, v in refused.items()}}
 
 
 def settings_record(s: TransferSettings, **more) -> dict:

@@ -14,10 +14,12 @@ import torch
 
 from edge_sel.bench.adapt import mean_of, paired
 from edge_sel.bench.memory import SAME_NUMERICS, MemoryModel
-from edge_sel.bench.transfer import (CONDITIONS, FRACTIONS, REFERENCE, TransferSettings, _finetune, method_row,
+from edge_sel.bench.stopping import BenchStop
+from edge_sel.bench.transfer import (CONDITIONS, FRACTIONS, RAN, REFERENCE, STOPPED, TransferSettings, _ran, method_row,
                                      sparse_plan)
 from edge_sel.config import TrainConfig
 from edge_sel.core.memory import MemoryCounter
+from edge_sel.core.words import plural
 from edge_sel.engine.machine.memory_plan import fit_shape, plan_memory, usable
 from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.methods.update.fixed_sets import bias_norm_names, classifier_names
@@ -51,11 +53,15 @@ def best_fixed(results: dict, fitting: list[str]) -> str | None:
     return max(ran, key=lambda n: mean_of(results[n], "test_acc")) if ran else None
 
 
-def run_best_fixed(s: TransferSettings, state: dict, last_k: int = 2, log=print) -> dict:
+def run_best_fixed(s: TransferSettings, state: dict, last_k: int = 2, log=print, stop: BenchStop | None = None,
+                   after_run=None) -> dict:
     """Per planner budget, the best fixed set that fits it run under that budget, every seed; adds
-    `best fixed@<f>` results and `best_fixed` (what fitted, what was chosen) to the bench's state."""
+    `best fixed@<f>` results and `best_fixed` (what fitted, what was chosen) to the bench's state. Runs
+    stop and refuse their budget as run_bench's do (named in "stopped" and "refused", not rows);
+    `after_run` gets the state after each run."""
+    stop = stop or BenchStop()
     planners = [f for f in FRACTIONS if state["results"].get(f"planner@{f}")]
-    if not planners:
+    if not planners or stop.stopped:
         return state
     base = TrainConfig(epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, device=s.device, **SAME_NUMERICS)
     mm = MemoryModel(s.checkpoint, base)
@@ -71,7 +77,8 @@ def run_best_fixed(s: TransferSettings, state: dict, last_k: int = 2, log=print)
         state["best_fixed"][f] = {"budget_mb": budget, "fitting": fitting, "method": chosen}
         if chosen is None:
             continue
-        m, rows = by_name[chosen], []
+        m, rows, name = by_name[chosen], [], f"{BEST}@{f}"
+        state["results"][name] = rows
         plan = None
         if m.sparsity == "budget":        # the sparse update: its set, planned under this budget
             plan = plan_memory(mm.counter, mm.model, s.batch_size, budget, sets[chosen], mm.shape.bn_statistics)
@@ -84,14 +91,21 @@ def run_best_fixed(s: TransferSettings, state: dict, last_k: int = 2, log=print)
             cfg = TrainConfig(epochs=s.epochs, lr=s.lr, seed=seed, device=s.device, batch_size=s.batch_size,
                               val_subset=s.val_subset, keep="last", checkpoint_every=0, eval_batch_size=s.batch_size,
                               bn_momentum=s.bn_momentum, strategy=m.strategy, sparsity=m.sparsity,
-                              method=dict(m.method), evaluate_start=False, memory_budget_mb=budget, memory_plan=plan,
+                              bn_stats=m.bn_stats, method=dict(m.method), evaluate_start=False, memory_budget_mb=budget, memory_plan=plan,
                               **SAME_NUMERICS)
             run_dir = s.out / "runs" / f"best-fixed-{f.replace('/', '-')}" / f"seed{seed}"
-            _finetune(s, data, cfg, run_dir)
-            row = method_row(run_dir, seed, start, mm.full_mb, s.own_process)
-            rows.append(row)
-            log(f"  seed {seed} {BEST}@{f} ({chosen}) test {row['test_acc']:.4f} under {budget:.1f} MiB")
-        state["results"][f"{BEST}@{f}"] = rows
+            done = _ran(stop, s, data, cfg, run_dir, name, seed, state.setdefault("refused", {}), log)
+            if done == STOPPED:
+                break
+            if done == RAN:
+                row = method_row(run_dir, seed, start, mm.full_mb, s.own_process)
+                rows.append(row)
+                log(f"  seed {seed} {name} ({chosen}) test {row['test_acc']:.4f} under {budget:.1f} MiB")
+            if after_run is not None:
+                after_run(state)
+        if stop.stopped:
+            break
+    state["stopped"] = stop.describe()
     return state
 
 
@@ -145,7 +159,9 @@ def front_lines(bench: dict) -> list[str]:
             diff = "-" if d is None else (f"{d['diff_pts']:+.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]" if d["n"] > 1
                                           else f"{d['diff_pts']:+.2f} (1 seed)")
             ratio = f"{ja / jb:.2f}x" if ja and jb else "-"
-            lines.append(f"| {f} | {b['budget_mb']:.1f} | {', '.join(b['fitting']) or 'none'} | {b['method'] or '-'} | "
+            refused = len((bench.get("refused") or {}).get(f"{BEST}@{f}", []))
+            chosen = (b["method"] or "-") + (f" (refused its budget on {plural(refused, 'seed')})" if refused else "")
+            lines.append(f"| {f} | {b['budget_mb']:.1f} | {', '.join(b['fitting']) or 'none'} | {chosen} | "
                          f"{diff} | {ratio} |")
     return lines
 

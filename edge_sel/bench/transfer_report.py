@@ -45,15 +45,25 @@ def ran_statistics(rows: list[dict]) -> str | None:
     return f"{'/'.join(modes)} (plan)" if modes else None
 
 
+def statistics_of(method: dict, rows: list[dict]) -> str | None:
+    """A row's statistics mode: its own, or where its plan chooses them (the planner's), what its runs ran."""
+    if method.get("bn_stats") or not method.get("fraction"):
+        return method.get("bn_stats")
+    return ran_statistics(rows) or "per the plan"
+
+
 def rows_of(bench: dict) -> list[dict]:
     """One row per method (the start first): means over seeds and the paired difference against full FT."""
     results, out = bench["results"], []
     for m in [{"name": START, "note": "the checkpoint, evaluated once per seed"}, *bench["methods"]]:
         name = m["name"]
         fit = bench["fits"].get(name, {"fits": True})
-        rs = results.get(name, [])
-        row = {"method": name, "bn_stats": m.get("bn_stats") or ran_statistics(rs), "note": m.get("note", ""), "fits": fit["fits"], "needs_mb": fit.get("needs_mb"),
-               "budget_mb": bench["budgets_mb"].get(name), "seeds": len(rs)}
+        rs, refused = results.get(name, []), (bench.get("refused") or {}).get(name, [])
+        if refused and not rs:      # its runs refused the budget the bench's count said fits: it does not fit
+            needs = [r["needs_mb"] for r in refused if r.get("needs_mb") is not None]
+            fit = {"fits": False, "needs_mb": max(needs, default=None)}
+        row = {"method": name, "bn_stats": statistics_of(m, rs), "note": m.get("note", ""), "fits": fit["fits"], "needs_mb": fit.get("needs_mb"),
+               "budget_mb": bench["budgets_mb"].get(name), "seeds": len(rs), "refused_seeds": [r["seed"] for r in refused]}
         if rs:
             row.update({"test_acc": mean_of(rs, "test_acc"), "clean_test_acc": mean_of(rs, "clean_test_acc"),
                         "forgetting_pts": mean_of(rs, "forgetting_pts"),
@@ -82,8 +92,9 @@ def table(bench: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in bench["rows"]:
         if not r["fits"]:
+            said = ": the run refused its budget" if r["refused_seeds"] else ""
             lines.append(f"| {r['method']} | {r['bn_stats']} | does not fit {_num(r['budget_mb'])} MiB (needs "
-                         f"{_num(r['needs_mb'])} MiB) | - | - | - | - | - | - | - | - | - |")
+                         f"{_num(r['needs_mb'])} MiB){said} | - | - | - | - | - | - | - | - | - |")
             continue
         if "test_acc" not in r:
             continue
@@ -92,7 +103,8 @@ def table(bench: dict) -> str:
                          "- | - | - | - |")
             continue
         diff = "reference" if r["method"] == REFERENCE else _diff(r["vs_full"])
-        fewer = f" ({r['seeds']} of {len(bench['seeds'])} seeds)" if r["seeds"] < len(bench["seeds"]) else ""
+        refused = f"; {len(r['refused_seeds'])} refused its budget" if r["refused_seeds"] else ""
+        fewer = f" ({r['seeds']} of {len(bench['seeds'])} seeds{refused})" if r["seeds"] < len(bench["seeds"]) else ""
         lines.append(f"| {r['method']}{fewer} | {r['bn_stats']} | {_pts(r['test_acc'])} | {diff} | {_pts(r['clean_test_acc'])} | "
                      f"{_num(r['forgetting_pts'], '+.2f')} | {_budget(r)} | {_num(r['counted_peak_mb'])} | "
                      f"{_num(r['measured_peak_mb'])} | {_num((r['flops_train'] or 0) / 1e9)} | "
@@ -100,8 +112,20 @@ def table(bench: dict) -> str:
     pairs = bench["pairs"]
     if pairs:
         lines += paired_table(pairs)
+    lines += refused_lines(bench.get("refused"))
     lines += stopped_lines(bench.get("stopped"))
     return "\n".join(lines) + "\n"
+
+
+def refused_lines(refused: dict | None) -> list[str]:
+    """Each run that refused its budget, in the run's own words (none: no lines)."""
+    runs = [(name, r) for name, rs in (refused or {}).items() for r in rs]
+    if not runs:
+        return []
+    return ["", "Does not fit: the run refused its budget (before its first step; in no mean or paired difference):", "",
+            *[f"- {name} seed {r['seed']} under {_num(r['budget_mb'])} MiB"
+              + (f", needs {_num(r['needs_mb'])} MiB" if r.get("needs_mb") is not None else "") + f": {r['reason']}"
+              for name, r in runs]]
 
 
 def published_table(bench: dict) -> str:
