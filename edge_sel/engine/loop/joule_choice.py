@@ -1,8 +1,8 @@
 """`--sparsity budget`'s choice of what trains, run for the trainer: the candidates of
 engine/machine/joule_plan.py counted under the memory budget, their steps timed on the run's images,
-their expected gains from the gain probe (or the warmup's Fisher information), and the winner made the
+their expected gains from a short trial of each (engine/loop/trial_gain.py), and the winner made the
 run's memory plan. Lite residual branches exist on the model only while they are counted, timed and
-probed, and stay only where they win (then the optimizer takes them as a group of their own)."""
+tried, and stay only where they win (then the optimizer takes them as a group of their own)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from edge_sel.core.memory import MiB, MemoryCounter, StepShape
 from edge_sel.engine.machine import joule_plan
 from edge_sel.engine.machine.joule_plan import Candidate
-from edge_sel.engine.loop.trial_gain import TRIAL_STEPS, run_trials, trial_images
+from edge_sel.engine.loop.trial_gain import TRIAL_STEPS, normalised, run_trials, trial_images
 from edge_sel.engine.machine.memory_plan import (MemoryPlan, choose_trainable, fit_shape, smallest_budget, usable)
 from edge_sel.errors import InputError
 from edge_sel.methods.update.fixed_sets import bias_norm_names, classifier_names, sparse_names
@@ -57,9 +57,9 @@ def candidate_statistics(model, bn: str, chosen_by_run: bool, trainable: set[str
     return ("train", False) if early else ("frozen", True)
 
 
-def fitted(counter, model, rows: int, budget: int, bn: str, name: str, trainable: set[str], gains: dict,
+def fitted(counter, model, rows: int, budget: int, bn: str, name: str, trainable: set[str],
            may_freeze: bool = True) -> Candidate:
-    c = Candidate(name, set(trainable), sum(gains.get(n, 0.0) for n in trainable))
+    c = Candidate(name, set(trainable))     # its gain: its trial's (none until tried)
     found = fit_shape(counter, model, rows, budget, c.trainable, bn, may_freeze=may_freeze)
     if found is None:
         c.out = "does not fit"
@@ -70,17 +70,13 @@ def fitted(counter, model, rows: int, budget: int, bn: str, name: str, trainable
 
 def probe_batch(ds, mean, std, rows: int):
     """`rows` of the run's images (repeated where it has fewer), normalised as training sees them."""
-    index = torch.arange(rows, device=ds.images.device) % max(1, len(ds))
-    images = ds.pixels(index).float().div_(255)
-    mean_t = torch.as_tensor(mean, device=images.device).view(1, -1, 1, 1)
-    std_t = torch.as_tensor(std, device=images.device).view(1, -1, 1, 1)
-    return (images - mean_t) / std_t, ds.labels[index]
+    return normalised(ds, mean, std, torch.arange(rows, device=ds.images.device) % max(1, len(ds)))
 
 
 def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
-    """The plan of the winning candidate. `gains_for(model)` -> (gains, source): called with the
-    branches on the model, so a probe rates them too (the warmup's Fisher information has no entry for
-    them: their gain then counts as none)."""
+    """The plan of the winning candidate, by the candidates' trials. `gains_for(model)` -> (gains,
+    source): each tensor's squared gradient (or the warmup's Fisher information), which chooses the
+    tensors of the gain-per-byte set and of the sparse update."""
     cfg, model, counter = trainer.config, trainer.model, trainer.memory_counter
     spent = getattr(trainer, "memory_spent_mb", 0.0)     # what the process grew by before the first step, measured
     budget = usable(cfg.memory_budget_mb, spent)
@@ -89,35 +85,27 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
     x, y = probe_batch(trainer.train_ds, trainer.mean, trainer.std, rows)
     losses = trainer.objective.losses
     steps = max(1, cfg.epochs) * math.ceil(len(trainer.train_ds) / cfg.batch_size)
-    # The branches' gains come from the probe with them on the model; everything else is counted without them.
-    add_residuals(model, counter.input_shape)
-    try:
-        gains, source = gains_for(model)
-        lite_names = residual_names(model)
-    finally:
-        remove_residuals(model)
-    lite_gain = sum(gains.get(n, 0.0) for n in lite_names)
+    gains, source = gains_for(model)
     candidates: list[Candidate] = []
     by_run = run_chose_statistics(cfg)
 
     def fit(name, names, count_with=counter):
         mode, may_freeze = candidate_statistics(model, bn, by_run, names)
-        return fitted(count_with, model, rows, budget, mode, name, names, gains, may_freeze)
+        return fitted(count_with, model, rows, budget, mode, name, names, may_freeze)
 
     chosen, notes = choose_trainable(counter, model, rows, budget, gains, bn)
     fixed = fixed_sets(model, gains)
     if chosen is not None:          # by a fixed set's name where it is one
         same = next((name for name, names in fixed if set(names) == set(chosen)), "fisher")
         candidates.append(fit(same, chosen))
-    rest = [(name, set(names), sum(gains.get(n, 0.0) for n in names)) for name, names in fixed
-            if chosen is None or set(names) != set(chosen)]
-    rest.append(("lite-residual+bias", None, lite_gain))
+    rest = [(name, set(names)) for name, names in fixed if chosen is None or set(names) != set(chosen)]
+    rest.append(("lite-residual+bias", None))
     lite, probe, lite_trial = None, None, None
     trial_steps = min(TRIAL_STEPS, steps)
     images = trial_images(trainer.train_ds, trainer.mean, trainer.std, cfg.batch_size, trial_steps, cfg.seed)
     # Every candidate is counted and tried: the squared gradients rank the larger sets first whatever
-    # they end at (engine/loop/trial_gain.py), so none is left out by them.
-    for name, names, gain in sorted(rest, key=lambda r: -r[2]):
+    # they end at (engine/loop/trial_gain.py), so none is left out by them; one not tried gains nothing.
+    for name, names in rest:
         if names is None:           # the branches: counted, timed and tried while they are on the model
             add_residuals(model, counter.input_shape)
             try:
@@ -141,9 +129,6 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
     if lite is not None and lite.step_s is not None and lite.joules is None and cost["watts"]:
         lite.joules = lite.seconds * cost["watts"]
     trial = tried(trainer, [c for c in candidates if c is not lite and c.count is not None], images, trial_steps)
-    for c in candidates:
-        if c.trial is None:         # not tried (it does not fit): no expected gain beside the trials'
-            c.gain = 0.0
     winner, reason = joule_plan.choose(candidates, trainer.budget_j, cfg.time_budget_s)
     total = max(c.gain for c in candidates)
     words = joule_plan.plan_words(candidates, winner, reason)

@@ -20,6 +20,7 @@ from edge_sel.core.recompute import set_recomputed
 from edge_sel.engine.loop.counted_step import run_step_factory
 from edge_sel.engine.machine.device import random_streams_kept
 from edge_sel.engine.loop.first_use import grown_mb, warm_kernels
+from edge_sel.engine.loop.trial_gain import normalised
 from edge_sel.engine.loop.joule_choice import adopt_residuals, plan_by_joules, plan_trains_residuals
 from edge_sel.engine.machine.memory_plan import RESERVE, MemoryPlan, fit_shape, plan_memory, usable
 from edge_sel.engine.machine import peak_memory
@@ -43,10 +44,7 @@ def gain_probe(model, ds, mean, std, shape: StepShape, samples: int, objective_l
     """Each parameter's expected gain: its squared gradient summed over micro-batches of the first
     `samples` local images (an empirical Fisher information on the device's own data), run in the
     planned shape of a step that trains everything. Returns the gains and what the probe cost."""
-    images = ds.pixels(torch.arange(min(samples, len(ds)), device=ds.images.device)).float().div_(255)
-    mean_t = torch.as_tensor(mean, device=images.device).view(1, -1, 1, 1)
-    std_t = torch.as_tensor(std, device=images.device).view(1, -1, 1, 1)
-    x, y = (images - mean_t) / std_t, ds.labels[:samples]
+    x, y = normalised(ds, mean, std, torch.arange(min(samples, len(ds)), device=ds.images.device))
     params = dict(model.named_parameters())
     flags = {n: p.requires_grad for n, p in params.items()}
     state = copy.deepcopy(model.state_dict())          # the probe leaves weights and statistics as they were
@@ -57,7 +55,7 @@ def gain_probe(model, ds, mean, std, shape: StepShape, samples: int, objective_l
         freeze_batchnorm_stats(model)
     set_recomputed(model, shape.recompute)
     total = 0
-    with random_streams_kept(images.device):
+    with random_streams_kept(x.device):
         try:
             for p in params.values():
                 p.requires_grad_(True)

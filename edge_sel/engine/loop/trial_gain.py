@@ -20,6 +20,7 @@ import torch
 from edge_sel.backends.torch_backend import freeze_batchnorm_stats
 from edge_sel.core.micro_batches import bounds
 from edge_sel.core.recompute import set_recomputed
+from edge_sel.data.augment import normalize
 from edge_sel.engine.machine.device import random_streams_kept
 
 TRIAL_STEPS = 8          # steps each candidate trains for its trial
@@ -35,12 +36,14 @@ def trial_images(ds, mean, std, rows: int, steps: int, seed: int = 0):
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(ds.images.device)
     held_pos, rest = order[:held], order[held:] if n > held else order
     train_pos = rest[torch.arange(rows * steps, device=order.device) % len(rest)]
-    mean_t = torch.as_tensor(mean, device=ds.images.device).view(1, -1, 1, 1)
-    std_t = torch.as_tensor(std, device=ds.images.device).view(1, -1, 1, 1)
+    return (*normalised(ds, mean, std, train_pos), *normalised(ds, mean, std, held_pos))
 
-    def normalised(pos):
-        return (ds.pixels(pos).float().div_(255) - mean_t) / std_t, ds.labels[pos]
-    return (*normalised(train_pos), *normalised(held_pos))
+
+def normalised(ds, mean, std, positions: torch.Tensor):
+    """The run's images at `positions` as training sees them (before augmentation), and their labels."""
+    device = ds.images.device
+    return (normalize(ds.pixels(positions), torch.as_tensor(mean, device=device), torch.as_tensor(std, device=device)),
+            ds.labels[positions])
 
 
 def run_trials(model, candidates, images, optimizer_factory, losses, rows: int, steps: int) -> dict:
