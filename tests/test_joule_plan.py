@@ -177,3 +177,19 @@ def test_every_candidate_is_tried_and_planning_leaves_the_start_as_it_was(tiny_w
     assert gains["trial"]["others"]["trial_images_trained"] > 0
     start, after = load_file(Path(tiny_warm) / "model.safetensors"), load_file(tmp_path / "run" / "model.safetensors")
     assert all(torch.equal(start[k], after[k]) for k in start)
+
+
+def test_each_candidate_trains_in_the_statistics_mode_its_weights_call_for():
+    """The rule itself (a budget where everything fits is not needed): a set that trains no weight
+    before the last two blocks keeps the statistics frozen and may be frozen in small micro-batches; one
+    that trains an earlier weight re-estimates them and never freezes; a mode the run named holds for all."""
+    from edge_sel.engine.loop.joule_choice import candidate_statistics
+    model = build_model("edgecnn", num_classes=10, input_shape=[3, 16, 16])
+    params = dict(model.named_parameters())
+    early = next(n for n in params if params[n].dim() > 1 and n not in classifier_names(model, 2))
+    assert candidate_statistics(model, "train", False, classifier_names(model, 2)) == ("frozen", True)
+    assert candidate_statistics(model, "train", False, bias_norm_names(model)) == ("frozen", True)
+    assert candidate_statistics(model, "train", False, set(params)) == ("train", False)
+    assert candidate_statistics(model, "train", False, classifier_names(model) | {early}) == ("train", False)
+    assert candidate_statistics(model, "train", True, set(params)) == ("train", True)
+    assert candidate_statistics(model, "frozen", True, classifier_names(model)) == ("frozen", True)
