@@ -93,6 +93,9 @@ def test_a_budgeted_run_says_every_candidate_and_reads_timings_back(tiny_warm, t
         if c["bn_statistics"] == "train" and c["micro_batch"] < plan["batch_size"]:
             assert fewest_images(c["micro_batch"], plan["batch_size"]) >= MIN_STATISTICS
     assert plan["bn_statistics"] == next(c["bn_statistics"] for c in fitting if c["name"] == gains["chosen"])
+    # 18 steps: no two trials pay back (15% of the cheapest run), so none ran and the cheapest fitting won.
+    assert gains["trial"]["sizing"]["tried"] == 0 and all(c["trial"] is None for c in fitting)
+    assert chosen["estimated_j"] == min(c["estimated_j"] for c in fitting) and "no trial pays back" in gains["reason"]
     others = gains["cost_probe"]["others"]       # timed here, or by an earlier test on the same cache
     assert others["timed"] + others["cached"] == len([c for c in fitting if not c["name"].startswith("lite")])
     # A second start on this machine reads every step's timing from the probe cache.
@@ -161,11 +164,34 @@ def test_a_plan_that_chooses_lite_residuals_trains_them_and_its_checkpoint_keeps
                                         if n.endswith("lite_residual.project.weight"))
 
 
-def test_every_candidate_is_tried_and_planning_leaves_the_start_as_it_was(tiny_warm, tmp_path, capsys):
+def test_trials_go_to_the_cheapest_candidates_as_far_as_the_run_pays_them_back():
+    from edge_sel.engine.loop.trial_gain import TRIAL_SHARE, affordable
+    cands = [candidate(n, 0.0, 1.0) for n in ("dear", "cheap", "mid", "unfit")]
+    cands[3].count = None
+    for c, step_s in zip(cands, (4.0, 1.0, 2.0, 0.1)):
+        c.step_s = step_s
+    def sized(run_steps):
+        for c in cands:
+            c.seconds = c.step_s * run_steps
+        return affordable(cands, steps=8, rows=32, held_out=128)
+    # Each trial: 8 steps at its own seconds a step + 4 batches of held-out at the cheapest's (4 s).
+    allowance = lambda run_steps: TRIAL_SHARE * run_steps * 1.0
+    for run_steps in (10, 100, 200, 300, 1000):
+        chosen, how = sized(run_steps)
+        cost = [8 * c.step_s + 4.0 for c in sorted(cands[:3], key=lambda c: c.step_s)]
+        k = max((i for i in range(4) if sum(cost[:i]) <= allowance(run_steps)), default=0)
+        assert [c.name for c in chosen] == ["cheap", "mid", "dear"][:k if k >= 2 else 0], run_steps
+        assert how["tried"] == len(chosen) and how["estimated_s"] <= how["allowance_s"] + 1e-9
+
+
+def test_every_candidate_is_tried_and_planning_leaves_the_start_as_it_was(tiny_warm, tmp_path, capsys, monkeypatch):
     """The squared gradients ranked everything first whatever it ended at (Lite0 from ImageNet weights:
-    chance): every candidate that fits is tried for a few steps, judged by its held-out accuracy, and the
-    model trains from the start's weights and statistics, not a trial's."""
+    chance): every candidate that fits is tried for a few steps (the allowance made large: this run is
+    too short to pay a trial back), judged by its held-out accuracy, and the model trains from the
+    start's weights and statistics, not a trial's."""
     from safetensors.torch import load_file
+    from edge_sel.engine.loop import trial_gain
+    monkeypatch.setattr(trial_gain, "TRIAL_SHARE", 1e6)
     code, _ = run_main(["finetune", "--checkpoint", tiny_warm, "--dataset", "synthetic", "--epochs", "0",
                         "--batch-size", "32", "--seed", "3", *SAME_CHOICES, "--memory-budget", "9", "--quiet",
                         "--keep", "last", "--out", tmp_path / "run"], capsys)

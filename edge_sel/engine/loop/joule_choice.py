@@ -13,7 +13,7 @@ import torch
 from edge_sel.core.memory import MiB, MemoryCounter, StepShape
 from edge_sel.engine.machine import joule_plan
 from edge_sel.engine.machine.joule_plan import Candidate
-from edge_sel.engine.loop.trial_gain import TRIAL_STEPS, normalised, run_trials, trial_images
+from edge_sel.engine.loop.trial_gain import TRIAL_STEPS, affordable, normalised, run_trials, trial_images
 from edge_sel.engine.machine.memory_plan import (MemoryPlan, choose_trainable, fit_shape, smallest_budget, usable)
 from edge_sel.errors import InputError
 from edge_sel.methods.update.fixed_sets import bias_norm_names, classifier_names, sparse_names
@@ -100,42 +100,48 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
         candidates.append(fit(same, chosen))
     rest = [(name, set(names)) for name, names in fixed if chosen is None or set(names) != set(chosen)]
     rest.append(("lite-residual+bias", None))
-    lite, probe, lite_trial = None, None, None
+    lite, probe, lite_trial, trial = None, None, None, {}
     trial_steps = min(TRIAL_STEPS, steps)
     images = trial_images(trainer.train_ds, trainer.mean, trainer.std, cfg.batch_size, trial_steps, cfg.seed)
-    # Every candidate is counted and tried: the squared gradients rank the larger sets first whatever
-    # they end at (engine/loop/trial_gain.py), so none is left out by them; one not tried gains nothing.
-    for name, names in rest:
-        if names is None:           # the branches: counted, timed and tried while they are on the model
-            add_residuals(model, counter.input_shape)
-            try:
-                lite_counter = MemoryCounter(model, counter.input_shape, counter.optimizer_factory, counter.loss_fn,
-                                             kernels=counter.kernels, step=counter.step)
-                lite = fit(name, residual_names(model), lite_counter)
-                probe = joule_plan.measure_costs([lite], model, x, y, losses, trainer.device, steps, trainer.meter)
-                if lite.count is not None:
-                    lite_trial = tried(trainer, [lite], images, trial_steps)
-            finally:
-                remove_residuals(model)
+    # Every candidate is counted and timed; the trials, cheapest first, only as far as the run can pay
+    # them back (trial_gain.affordable): one not tried cannot be chosen over one that was.
+    candidates += [fit(name, names) for name, names in rest if names is not None]
+    cost = joule_plan.measure_costs(candidates, model, x, y, losses, trainer.device, steps, trainer.meter)
+    if any(names is None for _, names in rest):     # the branches: counted, timed and tried while on the model
+        add_residuals(model, counter.input_shape)
+        try:
+            lite_counter = MemoryCounter(model, counter.input_shape, counter.optimizer_factory, counter.loss_fn,
+                                         kernels=counter.kernels, step=counter.step)
+            lite = fit("lite-residual+bias", residual_names(model), lite_counter)
+            probe = joule_plan.measure_costs([lite], model, x, y, losses, trainer.device, steps, trainer.meter)
+            if lite.step_s is not None and lite.joules is None and cost["watts"]:
+                lite.joules = lite.seconds * cost["watts"]
             candidates.append(lite)
-        else:
-            candidates.append(fit(name, names))
+            to_try, sizing = affordable(candidates, trial_steps, cfg.batch_size, len(images[3]))
+            if lite in to_try:
+                lite_trial = tried(trainer, [lite], images, trial_steps)
+        finally:
+            remove_residuals(model)
+    else:
+        to_try, sizing = affordable(candidates, trial_steps, cfg.batch_size, len(images[3]))
     if all(c.count is None for c in candidates):
         lowest = smallest_budget(counter, model, None, rows, spent)
         raise InputError(f"--memory-budget {cfg.memory_budget_mb:g}: no step fits; the smallest that does is "
                          f"{lowest:.1f} MiB (the classifier alone, one image at a time)")
-    cost = joule_plan.measure_costs([c for c in candidates if c is not lite], model, x, y, losses, trainer.device,
-                                    steps, trainer.meter)
-    if lite is not None and lite.step_s is not None and lite.joules is None and cost["watts"]:
-        lite.joules = lite.seconds * cost["watts"]
-    trial = tried(trainer, [c for c in candidates if c is not lite and c.count is not None], images, trial_steps)
+    trial = tried(trainer, [c for c in to_try if c is not lite], images, trial_steps)
+    for c in candidates:
+        if to_try and c.count is not None and c not in to_try:
+            c.out = "not tried: its trial would cost more than this run pays back"
     winner, reason = joule_plan.choose(candidates, trainer.budget_j, cfg.time_budget_s)
+    if not to_try:          # no gain known: the cheapest that fits (and meets a limit, where one does)
+        limit = reason if reason.startswith("no candidate fits the limit") else f"{winner.name} costs the fewest joules"
+        reason = f"no trial pays back in this run ({sizing['words']}): {limit}"
     total = max(c.gain for c in candidates)
     words = joule_plan.plan_words(candidates, winner, reason)
     source = {**(source or {}), "candidates": [c.summary(total) for c in candidates], "chosen": winner.name,
               "reason": reason, "steps": steps, "cost_probe": {"lite": probe, "others": cost},
               "expected_gain": "held-out accuracy after a short trial of each candidate (engine/loop/trial_gain.py)",
-              "trial": {"lite": lite_trial, "others": trial}}
+              "trial": {"lite": lite_trial, "others": trial, "sizing": sizing}}
     if winner is lite:
         adopt_residuals(trainer)
     return MemoryPlan(cfg.memory_budget_mb, rows, winner.shape.chunk, list(winner.shape.recompute),

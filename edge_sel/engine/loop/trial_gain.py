@@ -13,6 +13,7 @@ finals; docs/memory-budget.md)."""
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -25,6 +26,9 @@ from edge_sel.engine.machine.device import random_streams_kept
 
 TRIAL_STEPS = 8          # steps each candidate trains for its trial
 HELD_OUT = 128           # local images its accuracy is taken on (none of them trained on in the trial)
+# What the trials may cost in all, as a share of the cheapest candidate's estimated training: the
+# planner's aim is at most 1.2x the joules of the best fixed set that fits, planning included.
+TRIAL_SHARE = 0.15
 
 
 def trial_images(ds, mean, std, rows: int, steps: int, seed: int = 0):
@@ -90,3 +94,31 @@ def run_trials(model, candidates, images, optimizer_factory, losses, rows: int, 
                 p.requires_grad_(flags[n])
     return {"trial_steps": steps, "trial_images_trained": trained, "held_out_images": int(len(yh)),
             "trial_wall_s": round(time.perf_counter() - t0, 3)}
+
+
+def affordable(candidates, steps: int, rows: int, held_out: int) -> tuple[list, dict]:
+    """The candidates whose trials the run pays back, and how that was sized: cheapest first (timed
+    seconds a step), as many as cost in all at most TRIAL_SHARE of the cheapest candidate's estimated
+    training; none where fewer than two are (one trial chooses nothing). A trial's estimate: `steps` at
+    the candidate's timed seconds a step (its own micro-batches and recomputation), and its held-out
+    evaluation at the cheapest step's seconds a batch of `rows`."""
+    timed = sorted((c for c in candidates if c.count is not None and c.step_s is not None), key=lambda c: c.step_s)
+    if len(timed) < 2:
+        return [], {"allowance_s": None, "estimated_s": 0.0, "tried": 0, "words": "fewer than two candidates timed"}
+    allowance = TRIAL_SHARE * timed[0].seconds
+    evaluation = timed[0].step_s * math.ceil(held_out / max(1, rows))
+    chosen, spent = [], 0.0
+    for c in timed:
+        cost = steps * c.step_s + evaluation
+        if spent + cost > allowance:
+            break
+        chosen.append(c)
+        spent += cost
+    if len(chosen) < 2:
+        chosen, spent = [], 0.0
+    first_two = 2 * (steps * timed[0].step_s + evaluation)
+    words = (f"trials of the {len(chosen)} cheapest, estimated {spent:.1f} s" if chosen else
+             f"two trials estimated {first_two:.1f} s against the {allowance:.1f} s allowed, "
+             f"{TRIAL_SHARE:.0%} of the cheapest candidate's training")
+    return chosen, {"allowance_s": round(allowance, 3), "estimated_s": round(spent, 3), "tried": len(chosen),
+                    "share": TRIAL_SHARE, "words": words}
