@@ -6,7 +6,7 @@ differences, plot, `bench.json` and report, written by the bench's own functions
 
 A bench stopped before it wrote `bench.json` still gives the runs it finished: its folder's
 `runs/ROW/seedK/` with a `summary.json` are read as the bench reads them (the settings then come
-from the other benches given).
+from the other benches given). Runs that refused their budget stay named under "refused".
 """
 
 from __future__ import annotations
@@ -43,11 +43,14 @@ def merge(folders: list[Path]) -> dict:
         if differ:
             raise SystemExit(f"merge_bench_memory: the benches differ in {', '.join(differ)}")
     results: dict = {k: [] for k in first["results"]}
+    refused: dict = {}
     wall = 0.0
     for folder in folders:
         if (folder / "bench.json").is_file():
             bench = json.loads((folder / "bench.json").read_text())
             part, wall = bench["results"], wall + bench["wall_s"]
+            for key, rows in (bench.get("refused") or {}).items():
+                refused.setdefault(key, []).extend(rows)
         else:
             part = finished_runs(folder, list(first["results"]), first["full_ft_counted_mb"], first["own_process"])
         for key, rows in part.items():
@@ -56,12 +59,13 @@ def merge(folders: list[Path]) -> dict:
             if clash:
                 raise SystemExit(f"merge_bench_memory: seed {clash[0]} of {key} is in more than one bench")
             results[key] += rows
-    # Only seeds every row ran are paired.
-    seeds = sorted(set.intersection(*({r["seed"] for r in rows} for rows in results.values())))
+    # Only seeds every row ran are paired: a run that refused its budget counts as run (it is in no mean).
+    seeds = sorted(set.intersection(*({r["seed"] for r in rows + refused.get(k, [])} for k, rows in results.items())))
     results = {k: sorted((r for r in rows if r["seed"] in seeds), key=lambda r: r["seed"]) for k, rows in results.items()}
+    refused = {k: sorted((r for r in rows if r["seed"] in seeds), key=lambda r: r["seed"]) for k, rows in refused.items()}
     energy = sorted({r.get("energy_method") for rows in results.values() for r in rows} - {None})
-    return {**{k: first[k] for k in SETTINGS if k in first}, "seeds": seeds, "results": results, "wall_s": wall,
-            "energy_methods": energy, "merged_from": [str(f) for f in folders]}
+    return {**{k: first[k] for k in SETTINGS if k in first}, "seeds": seeds, "results": results, "refused": refused,
+            "wall_s": wall, "energy_methods": energy, "merged_from": [str(f) for f in folders]}
 
 
 def main() -> None:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_sel.bench.memory import MIN_LAST_K_CHUNK, SAME_NUMERICS, MemoryModel
+from edge_sel.bench.memory import MIN_LAST_K_CHUNK, SAME_NUMERICS, MemoryModel, summary_line
 from edge_sel.config import TrainConfig
+from edge_sel.engine.machine.memory_plan import RESERVE
 from edge_sel.methods.update.fixed_sets import bias_norm_names, classifier_names
 from edge_sel.models.blocks import named_blocks
 from helpers import run_cli
@@ -81,20 +82,51 @@ def test_bench_memory_quick_run(quick_bench):
     assert more is None or more[0].chunk < floor
 
 
-def test_bench_memory_measures_each_run_in_a_process_of_its_own(quick_bench, tmp_path):
+def test_bench_memory_measures_each_run_in_a_process_of_its_own_and_a_refused_budget_is_a_row(quick_bench, tmp_path,
+                                                                                                monkeypatch):
     """Measured peaks of runs in fresh processes: each run's own growth over its level before training,
-    never the next to nothing a run measures in a process whose earlier runs left their pages free."""
+    never the next to nothing a run measures in a process whose earlier runs left their pages free.
+    The process is given a growth before the first step of all the 1/2 budget leaves a plan: the
+    bench's count says the planner fits 1/2, its run there has nothing left and refuses, and under the
+    whole of full FT's count what is left holds the step the count fitted at 1/2. That refusal ended
+    the whole bench (exit 2, no results); now its row does not fit, naming the budget, the smallest
+    budget the run named and the run's line, and the other rows run."""
+    mm = MemoryModel(quick_bench / "warmup", TrainConfig(epochs=1, batch_size=32, **SAME_NUMERICS))
+    half = round(mm.full_mb / 2, 3)
+    monkeypatch.setenv("EDGE_SEL_PROCESS_GROWTH_MB", str(half * (1 - RESERVE)))
     out = tmp_path / "bench"
-    run_cli("bench", "memory", "--dataset", "synthetic", "--quick", "--quiet", "--subset", "64", "--test-subset", "32",
-            "--batch-size", "32", "--checkpoint", quick_bench / "warmup", "--budgets", "1/2", "--methods", "planner",
-            "--first-seed", "3", "--out", out)
+    said = run_cli("bench", "memory", "--dataset", "synthetic", "--quick", "--quiet", "--subset", "64", "--test-subset",
+                   "32", "--batch-size", "32", "--checkpoint", quick_bench / "warmup", "--budgets", "1/2,1",
+                   "--methods", "planner", "--first-seed", "3", "--out", out)
     bench = json.loads((out / "bench.json").read_text())
-    assert bench["seeds"] == [3] and (out / "runs" / "planner-at-1-2" / "seed3" / "summary.json").is_file()
+    assert bench["seeds"] == [3] and (out / "runs" / "planner-at-1" / "seed3" / "summary.json").is_file()
     runs = [r for rs in bench["results"].values() for r in rs]
     assert len(runs) == 2 and all(r["measure_method"].startswith("rss-hwm") for r in runs)
     # Each counted step is a few MB; a process's first step also loads kernels and autograd's engine.
     assert all(r["measured_peak_mb"] > 1 for r in runs)
-    assert "each run in a process of its own" in (out / "table.md").read_text()
+    table = (out / "table.md").read_text()
+    assert "each run in a process of its own" in table
+    assert bench["budgets_mb"]["1/2"] == half and bench["fits"]["planner@1/2"]["fits"] is True
+    [refused] = bench["refused"]["planner@1/2"]
+    assert (refused["seed"], refused["budget_mb"]) == (3, half) and refused["needs_mb"] > half
+    assert refused["reason"].startswith(f"--memory-budget {half:g}: ") and f"{refused['needs_mb']} MiB" in refused["reason"]
+    rows = {r["key"]: r for r in bench["rows"]}
+    assert bench["results"]["planner@1/2"] == [] and "test_acc" not in rows["planner@1/2"]
+    assert {k: rows["planner@1/2"][k] for k in ("fits", "budget_mb", "needs_mb", "refused_seeds", "refused_reasons")} \
+        == {"fits": False, "budget_mb": half, "needs_mb": refused["needs_mb"], "refused_seeds": [3],
+            "refused_reasons": [refused["reason"]]}
+    assert rows["planner@1"]["seeds"] == 1 and rows["full FT"]["seeds"] == 1
+    assert (f"| planner | 1/2 | {half:.1f} | does not fit (needs {refused['needs_mb']:.1f} MB): the run refused its "
+            "budget | - |") in table
+    assert f"- planner@1/2 seed 3 under {half:.1f} MiB, needs {refused['needs_mb']:.1f} MiB: {refused['reason']}" in table
+    assert "bench memory: 1 methods x 2 budgets x 1 seed" in said.output
+    # The closing line's claim (the planner at 1/10 against full FT) leaves its refused runs out, and says so.
+    planner = {"key": "planner@1/10", "fits": False, "budget_mb": 1.0, "needs_mb": 2.5, "refused_seeds": [3]}
+    assert summary_line({"rows": [planner]}) == ("planner at 1/10 refused its budget (1.0 MiB; needs 2.5 MiB): "
+                                                 "no difference from full FT")
+    pair = {"diff_pts": 1.0, "ci_low": -1.0, "ci_high": 3.0, "n": 2}
+    assert summary_line({"rows": [{**planner, "fits": True, "vs_full": pair}]}).endswith(
+        "over 2 seeds; 1 seed refused its budget, left out")
 
 
 def test_bench_memory_refuses_a_budget_that_is_not_a_fraction(tmp_path):
@@ -116,7 +148,8 @@ def test_bench_memory_refuses_a_budget_given_twice_and_zero_seeds(tmp_path, args
 
 def test_benches_of_other_seeds_merge_into_one(quick_bench, tmp_path, monkeypatch):
     """benchmarks/merge_bench_memory.py: seeds run apart pair as one bench's; a bench stopped before its
-    bench.json gives the runs it finished; a seed in two benches, or other settings, are refused."""
+    bench.json gives the runs it finished; a seed in two benches, or other settings, are refused; runs
+    that refused their budget are kept."""
     import shutil
     import sys
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -142,3 +175,15 @@ def test_benches_of_other_seeds_merge_into_one(quick_bench, tmp_path, monkeypatc
         merge([tmp_path / "b1", tmp_path / "b1"])
     with pytest.raises(SystemExit, match="differ in"):
         merge([tmp_path / "b1", quick_bench])
+    # A run that refused its budget stays named, and its seed still pairs the rows that ran.
+    refusing = tmp_path / "refusing"
+    refusing.mkdir()
+    second = json.loads((tmp_path / "b2" / "bench.json").read_text())
+    reason = "--memory-budget 2.7: no step fits; the smallest that does is 9.4 MiB (the classifier alone)"
+    second["results"]["planner@1/2"] = []
+    second["refused"] = {"planner@1/2": [{"seed": 2, "budget_mb": 2.7, "needs_mb": 9.4, "reason": reason, "run_dir": "-"}]}
+    (refusing / "bench.json").write_text(json.dumps(second))
+    merged = merge([tmp_path / "b1", refusing])
+    assert merged["seeds"] == [1, 2] and merged["refused"] == second["refused"]
+    assert [r["seed"] for r in merged["results"]["full FT"]] == [1, 2]
+    assert [r["seed"] for r in merged["results"]["planner@1/2"]] == [1]

@@ -6,7 +6,8 @@ come on top), counted on the meta device for the warmup's model, input size, bat
 At each budget: full fine-tuning planned to fit (recomputed blocks, micro-batches), the classifier
 alone, the last k blocks (the most that fit in micro-batches of 8 or more), biases and norms, `layers`, `rgn` and the planner (`--sparsity budget`); unbudgeted full fine-tuning is the
 reference. A method that cannot fit a budget is not run: its row says so, with the smallest budget it
-needs. Seeds pair as in bench adapt (same warmup, split, shift, data order and augmentation per seed).
+needs; so does a row whose runs refused their budget (bench/bench_run.py), and the bench goes on.
+Seeds pair as in bench adapt (same warmup, split, shift, data order and augmentation per seed).
 
 Each run trains in a process of its own (spawned), so that its measured peak, the growth of the
 resident high-water mark over the level before training, is its own: in one process a run reuses the
@@ -16,24 +17,23 @@ pages earlier runs freed and measures next to nothing.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 from edge_sel.bench.adapt import SCENARIOS, joules, mean_of, outcome, paired, paired_table
+from edge_sel.bench.bench_run import RAN, STOPPED, refused_fit, refused_lines, run_one
 from edge_sel.bench.outputs import write_bench_files
 from edge_sel.bench.stopping import BenchStop, stopped_lines
 from edge_sel.config import TrainConfig
 from edge_sel.core.memory import MiB
 from edge_sel.core.records import read_records
+from edge_sel.core.words import plural
 from edge_sel.engine.loop.step_memory import memory_counter, rows_a_step_carries
 from edge_sel.engine.machine.device import pick_device
 from edge_sel.engine.machine.memory_plan import MIN_CHUNK_FOR_EVERYTHING, fit_shape, smallest_budget, usable
 from edge_sel.engine.runs.data_options import DataOptions
-from edge_sel.engine.runs.run import finetune
 from edge_sel.errors import InputError
 from edge_sel.methods.update.fixed_sets import bias_norm_names, classifier_names
 from edge_sel.models import load_checkpoint
@@ -220,21 +220,6 @@ class MemorySettings:
     own_process: bool = True     # each run in a spawned process of its own (see the module's docstring)
 
 
-def _finetune_with_threads(checkpoint: Path, data: DataOptions, cfg: TrainConfig, run_dir: Path,
-                           threads: int) -> None:
-    import torch
-    torch.set_num_threads(threads)
-    finetune(checkpoint, data, cfg, run_dir, overwrite=True, quiet=True)
-
-
-def finetune_alone(checkpoint: Path, data: DataOptions, cfg: TrainConfig, run_dir: Path) -> None:
-    """Fine-tune in a spawned process (nothing inherited but the arguments and the environment) on
-    this process's torch threads; an error in it is raised here."""
-    import torch
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pool.submit(_finetune_with_threads, checkpoint, data, cfg, run_dir, torch.get_num_threads()).result()
-
-
 def row_key(method: str, fraction: str | None) -> str:
     return method if fraction is None else f"{method}@{fraction}"
 
@@ -262,7 +247,8 @@ def run_result(run_dir: Path, seed: int, full_mb: float, measured_alone: bool = 
 def run_bench(s: MemorySettings, log=print, after_seed=None, stop: BenchStop | None = None) -> dict:
     """Every (method, budget) that fits, per seed; the rows that do not fit, with what they need.
     `after_seed` is called with the results so far after each seed (a bench stopped later keeps them).
-    A run stopped early (bench/stopping.py) ends the bench: it is named in "stopped", not a row."""
+    A run stopped early (bench/stopping.py) ends the bench: it is named in "stopped", not a row. A run
+    that refuses its budget (bench/bench_run.py) is named in "refused", not a row, and the bench goes on."""
     stop = stop or BenchStop()
     base_cfg = TrainConfig(epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, device=s.device, **SAME_NUMERICS)
     mm = MemoryModel(s.checkpoint, base_cfg)
@@ -272,40 +258,42 @@ def run_bench(s: MemorySettings, log=print, after_seed=None, stop: BenchStop | N
     runs = [(REFERENCE, None, "none", None)] + [(m, f, METHODS[m], budgets[f]) for f in s.fractions + s.planner_only
                                                  for m in s.methods if fits.get(row_key(m, f), Fit(False)).fits]
     results: dict = {row_key(m, f): [] for m, f, _, _ in runs}
+    refused: dict = {}
     t0 = time.perf_counter()
     for seed in s.seeds:
         data = DataOptions(**{**vars(s.data), "shift": SCENARIOS[s.scenario], "shift_seed": seed})
         data.__dict__.pop("_source", None)
         for method, fraction, sparsity, budget in runs:
-            fit = fits.get(row_key(method, fraction))
+            key, fit = row_key(method, fraction), fits.get(row_key(method, fraction))
             cfg = TrainConfig(epochs=s.epochs, lr=s.lr, seed=seed, device=s.device, batch_size=s.batch_size,
                               val_subset=s.val_subset, sparsity=sparsity, memory_budget_mb=budget, keep="last",
                               checkpoint_every=0, eval_batch_size=s.batch_size, **SAME_NUMERICS,
                               method={"last_k": fit.last_k} if fit is not None and fit.last_k else {})
-            run_dir = s.out / "runs" / run_name(row_key(method, fraction)) / f"seed{seed}"
-            if not stop.ran(lambda: finetune_alone(s.checkpoint, data, cfg, run_dir) if s.own_process else
-                            finetune(s.checkpoint, data, cfg, run_dir, overwrite=True, quiet=True),
-                            run_dir, row_key(method, fraction), seed, cfg.epochs):
+            run_dir = s.out / "runs" / run_name(key) / f"seed{seed}"
+            done = run_one(stop, s.checkpoint, data, cfg, run_dir, s.own_process, key, seed, refused, log)
+            if done == STOPPED:
                 break
-            result = run_result(run_dir, seed, mm.full_mb, s.own_process)
-            results[row_key(method, fraction)].append(result)
-            log(f"  seed {seed} {row_key(method, fraction):22s} test {result['test_acc']:.4f} "
-                f"clean {result['clean_test_acc'] or 0:.4f} counted {result['counted_peak_mb']:.1f} MB")
+            if done == RAN:
+                result = run_result(run_dir, seed, mm.full_mb, s.own_process)
+                results[key].append(result)
+                log(f"  seed {seed} {key:22s} test {result['test_acc']:.4f} "
+                    f"clean {result['clean_test_acc'] or 0:.4f} counted {result['counted_peak_mb']:.1f} MB")
         if stop.stopped:
             break
         if after_seed is not None:
-            after_seed(bench_state(mm, budgets, fits, results, time.perf_counter() - t0, s.own_process))
-    return {**bench_state(mm, budgets, fits, results, time.perf_counter() - t0, s.own_process),
+            after_seed(bench_state(mm, budgets, fits, results, time.perf_counter() - t0, s.own_process, refused))
+    return {**bench_state(mm, budgets, fits, results, time.perf_counter() - t0, s.own_process, refused),
             "stopped": stop.describe()}
 
 
-def bench_state(mm: MemoryModel, budgets: dict, fits: dict, results: dict, wall_s: float, own_process: bool) -> dict:
+def bench_state(mm: MemoryModel, budgets: dict, fits: dict, results: dict, wall_s: float, own_process: bool,
+                refused: dict) -> dict:
     methods_used = sorted({r.get("energy_method") for rows in results.values() for r in rows} - {None})
     return {"full_ft_counted_mb": round(mm.full_mb, 3), "budgets_mb": budgets, "input_shape": mm.input_shape,
             "fits": {k: {"fits": f.fits, "last_k": f.last_k, "counted_mb": f.counted_mb, "needs_mb": f.needs_mb}
                      for k, f in fits.items()},
             "results": {k: list(v) for k, v in results.items()}, "wall_s": wall_s, "energy_methods": methods_used,
-            "own_process": own_process}
+            "own_process": own_process, "refused": {k: list(v) for k, v in refused.items()}}
 
 
 def _pts(value: float | None) -> str:
@@ -318,17 +306,20 @@ def _num(value: float | None, fmt: str = ".1f") -> str:
 
 def rows_of(bench: dict) -> list[dict]:
     """One row per (method, budget): means over seeds, the paired difference against full FT, or
-    'does not fit' with the smallest budget the method needs."""
+    'does not fit' with the smallest budget the method needs (by the bench's count, or as every run of
+    the row named it in refusing its budget; those runs' seeds and lines in refused_seeds and
+    refused_reasons)."""
     results, out = bench["results"], []
     keys = [REFERENCE] + [row_key(m, f) for f in bench["fractions"] for m in bench["methods"]]
     keys += [row_key("planner", f) for f in bench.get("planner_only", [])]
     for key in keys:
         method, _, fraction = key.partition("@")
-        fit = bench["fits"].get(key, {"fits": True})
+        rs, refused = results.get(key, []), (bench.get("refused") or {}).get(key, [])
+        fit = refused_fit(bench["fits"].get(key, {"fits": True}), rs, refused)
         row = {"key": key, "method": method, "fraction": fraction or None,
                "budget_mb": bench["budgets_mb"].get(fraction), "fits": fit["fits"], "last_k": fit.get("last_k"),
-               "needs_mb": fit.get("needs_mb")}
-        rs = results.get(key, [])
+               "needs_mb": fit.get("needs_mb"), "refused_seeds": [r["seed"] for r in refused],
+               "refused_reasons": [r["reason"] for r in refused]}
         if rs:
             diff = paired(results, key, REFERENCE) if key != REFERENCE else None
             row.update({"seeds": len(rs), "test_acc": mean_of(rs, "test_acc"),
@@ -365,8 +356,9 @@ def table(bench: dict) -> str:
     for r in bench["rows"]:
         budget = r["fraction"] or "none"
         if not r["fits"]:
+            said = ": the run refused its budget" if r.get("refused_seeds") else ""
             lines.append(f"| {r['method']} | {budget} | {_num(r['budget_mb'])} | does not fit "
-                         f"(needs {_num(r['needs_mb'])} MB) | - | - | - | - | - | - | - | - |")
+                         f"(needs {_num(r['needs_mb'])} MB){said} | - | - | - | - | - | - | - | - |")
             continue
         if "test_acc" not in r:
             continue
@@ -381,13 +373,16 @@ def table(bench: dict) -> str:
             plan.append(f"micro-batch {r['micro_batch']}")
         if r.get("recompute"):
             plan.append(f"{r['recompute']} blocks recomputed")
-        lines.append(f"| {r['method']} | {budget} | {_num(r['budget_mb'])} | {_num(r['counted_peak_mb'])} | "
+        refused = f" ({r['seeds']} of {len(bench['seeds'])} seeds; {len(r['refused_seeds'])} refused its budget)" \
+            if r.get("refused_seeds") else ""
+        lines.append(f"| {r['method']}{refused} | {budget} | {_num(r['budget_mb'])} | {_num(r['counted_peak_mb'])} | "
                      f"{_num(r['measured_peak_mb'])} | {_pts(r['test_acc'])} | {diff} | {_pts(r['clean_test_acc'])} | "
                      f"{_num(r['forgetting_pts'], '+.2f')} | {_num((r['flops_train'] or 0) / 1e9)} | "
                      f"{joules(r['energy_j'])} | {', '.join(plan) or '-'} |")
     pairs = planner_pairs(bench)
     if pairs:
         lines += paired_table(pairs)
+    lines += refused_lines(bench.get("refused"))
     lines += stopped_lines(bench.get("stopped"))
     return "\n".join(lines) + "\n"
 
@@ -432,7 +427,11 @@ def write_outputs(bench: dict, out: Path) -> dict:
              "where they state it, else its memory plan's; unbudgeted full FT: the same counter's count.",
              f"last-k: the largest k whose step fits the budget in micro-batches of {MIN_LAST_K_CHUNK} images or more "
              "(recomputed blocks allowed), or as the classifier alone fits where that is fewer. A row that does not fit was not run; "
-             "it names the smallest budget the method needs (one image at a time).",
+             "it names the smallest budget the method needs (one image at a time)."
+             + (" A run that refused its budget (it also counts what its process grew by before its first step, "
+                "which the bench's count cannot) is in no mean or paired difference; where every run of a row "
+                "refused, the row does not fit and names the smallest budget its runs named."
+                if any((bench.get("refused") or {}).values()) else ""),
              "Measured peak: " + ("the runs' records (" + measured_peak_words(sorted(
                  {r.get("measure_method") for rs in bench["results"].values() for r in rs} - {None})) +
                  "; mean over seeds)"
@@ -450,11 +449,18 @@ def write_outputs(bench: dict, out: Path) -> dict:
 
 
 def summary_line(bench: dict) -> str:
-    """The planner at 1/10 against full FT, for the closing line."""
-    row = next((r for r in bench["rows"] if r["key"] == "planner@1/10" and r.get("vs_full")), None)
+    """The planner at 1/10 against full FT, for the closing line; its runs that refused their budget are
+    in no difference, and said."""
+    row = next((r for r in bench["rows"] if r["key"] == "planner@1/10"), None)
     if row is None:
         return ""
-    d = row["vs_full"]
+    refused = len(row.get("refused_seeds") or [])
+    if not row["fits"] and refused:
+        return (f"planner at 1/10 refused its budget ({_num(row['budget_mb'])} MiB; needs {_num(row['needs_mb'])} "
+                f"MiB): no difference from full FT")
+    d = row.get("vs_full")
+    if d is None:
+        return ""
     return (f"planner at 1/10 − full FT: {d['diff_pts']:+.2f} points [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}] "
-            f"over {d['n']} seeds")
+            f"over {d['n']} seeds" + (f"; {plural(refused, 'seed')} refused its budget, left out" if refused else ""))
 

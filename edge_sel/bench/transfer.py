@@ -27,15 +27,14 @@ goes on; any other failure of a run ends the bench.
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
 from edge_sel.bench.adapt import SCENARIOS, outcome
-from edge_sel.bench.memory import (SAME_NUMERICS, MemoryModel, finetune_alone, parse_methods, run_name,
-                                   run_result)
+from edge_sel.bench.bench_run import RAN, STOPPED, run_one
+from edge_sel.bench.memory import SAME_NUMERICS, MemoryModel, parse_methods, run_name, run_result
 from edge_sel.bench.stopping import BenchStop
 from edge_sel.config import TrainConfig
 from edge_sel.core import bn_stats
@@ -44,8 +43,7 @@ from edge_sel.core.memory import MiB
 from edge_sel.core.source_memory import read_source_memory
 from edge_sel.engine.machine.memory_plan import RESERVE, plan_memory
 from edge_sel.engine.runs.data_options import DataOptions
-from edge_sel.engine.runs.run import finetune, pretrain
-from edge_sel.errors import InputError
+from edge_sel.engine.runs.run import pretrain
 from edge_sel.methods.update.fixed_sets import sparse_names
 
 CONDITIONS = {"clean": None, **SCENARIOS}
@@ -60,11 +58,6 @@ FROZEN, REESTIMATE, PER_CONDITION = bn_stats.BN_STATS
 ADABN = "adabn"
 # The trained sets the field runs with frozen statistics; each also runs as SET/reestimate.
 FROZEN_SETS = ("classifier", "bn+classifier", "bias+bn+classifier", "last-k", "sparse")
-# A run's refusal of its --memory-budget (memory_plan.py, joule_choice.py, step_memory.py), and the smallest
-# budget it names.
-REFUSAL = re.compile(r"--memory-budget [0-9.e+-]+: ")
-NEEDS = re.compile(r"the smallest[^;]*? is (?:about )?([0-9.]+) MiB")
-RAN, STOPPED, REFUSED = "ran", "stopped", "refused"
 
 
 @dataclass
@@ -187,34 +180,6 @@ def imagenet_start(model_name: str, data: DataOptions, out: Path, device: str) -
     return out / "start"
 
 
-class RunRefused(Exception):
-    """A budgeted run refused its budget before its first step (the bench's count said it fits; the run
-    also counts what the process grew by before that step): a row that does not fit, not a failure."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        needs = NEEDS.search(reason)
-        self.reason, self.needs_mb = reason, float(needs.group(1)) if needs else None
-
-    def row(self, seed: int, run_dir: Path, budget_mb: float) -> dict:
-        return {"seed": seed, "budget_mb": budget_mb, "needs_mb": self.needs_mb, "reason": self.reason,
-                "run_dir": str(run_dir)}
-
-
-def _finetune(s: TransferSettings, data: DataOptions, cfg: TrainConfig, run_dir: Path) -> None:
-    """One fine-tune (in a process of its own, whose errors are raised here); RunRefused where a budgeted
-    run refused its budget."""
-    try:
-        if s.own_process:
-            finetune_alone(s.checkpoint, data, cfg, run_dir)
-        else:
-            finetune(s.checkpoint, data, cfg, run_dir, overwrite=True, quiet=True)
-    except InputError as e:
-        if cfg.memory_budget_mb is None or not REFUSAL.match(str(e)):
-            raise
-        raise RunRefused(str(e)) from None
-
-
 def start_row(run_dir: Path, seed: int) -> dict:
     out = outcome(run_dir)
     clean = out["test_acc"] if out["clean_test_acc"] is None else out["clean_test_acc"]
@@ -301,14 +266,8 @@ def run_bench(s: TransferSettings, log=print, after_run=None, stop: BenchStop | 
 
 def _ran(stop: BenchStop, s: TransferSettings, data: DataOptions, cfg: TrainConfig, run_dir: Path, name: str,
          seed: int, refused: dict, log=print) -> str:
-    """Runs one fine-tune unless the bench was told to stop: RAN where it ran to its end, STOPPED where it
-    did not (then named in `stop.runs`), REFUSED where it refused its budget (then added to `refused`)."""
-    try:
-        return RAN if stop.ran(lambda: _finetune(s, data, cfg, run_dir), run_dir, name, seed, cfg.epochs) else STOPPED
-    except RunRefused as e:
-        refused.setdefault(name, []).append(e.row(seed, run_dir, cfg.memory_budget_mb))
-        log(f"  seed {seed} {name:20s} refused its budget: {e.reason}")
-        return REFUSED
+    """One fine-tune of the bench: RAN, STOPPED or REFUSED (bench_run.run_one)."""
+    return run_one(stop, s.checkpoint, data, cfg, run_dir, s.own_process, name, seed, refused, log)
 
 
 def state(mm: MemoryModel, budgets: dict, fits: dict, sparse: dict | None, results: dict, wall_s: float,

@@ -15,7 +15,8 @@ import torch
 from edge_sel.bench.adapt import mean_of, paired
 from edge_sel.bench.memory import SAME_NUMERICS, MemoryModel
 from edge_sel.bench.stopping import BenchStop
-from edge_sel.bench.transfer import (CONDITIONS, FRACTIONS, RAN, REFERENCE, STOPPED, TransferSettings, _ran, method_row,
+from edge_sel.bench.bench_run import RAN, STOPPED
+from edge_sel.bench.transfer import (CONDITIONS, FRACTIONS, REFERENCE, TransferSettings, _ran, method_row,
                                      sparse_plan)
 from edge_sel.config import TrainConfig
 from edge_sel.core.memory import MemoryCounter

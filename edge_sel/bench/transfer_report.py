@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edge_sel.bench.adapt import joules, mean_of, paired, paired_table
+from edge_sel.bench.bench_run import refused_fit, refused_lines
 from edge_sel.bench.memory import measured_peak_words
 from edge_sel.bench.outputs import write_bench_files
 from edge_sel.bench.published import TRANSFER_PUBLISHED
@@ -59,9 +60,7 @@ def rows_of(bench: dict) -> list[dict]:
         name = m["name"]
         fit = bench["fits"].get(name, {"fits": True})
         rs, refused = results.get(name, []), (bench.get("refused") or {}).get(name, [])
-        if refused and not rs:      # its runs refused the budget the bench's count said fits: it does not fit
-            needs = [r["needs_mb"] for r in refused if r.get("needs_mb") is not None]
-            fit = {"fits": False, "needs_mb": max(needs, default=None)}
+        fit = refused_fit(fit, rs, refused)     # its runs refused the budget the bench's count said fits
         row = {"method": name, "bn_stats": statistics_of(m, rs), "note": m.get("note", ""), "fits": fit["fits"], "needs_mb": fit.get("needs_mb"),
                "budget_mb": bench["budgets_mb"].get(name), "seeds": len(rs), "refused_seeds": [r["seed"] for r in refused]}
         if rs:
@@ -115,17 +114,6 @@ def table(bench: dict) -> str:
     lines += refused_lines(bench.get("refused"))
     lines += stopped_lines(bench.get("stopped"))
     return "\n".join(lines) + "\n"
-
-
-def refused_lines(refused: dict | None) -> list[str]:
-    """Each run that refused its budget, in the run's own words (none: no lines)."""
-    runs = [(name, r) for name, rs in (refused or {}).items() for r in rs]
-    if not runs:
-        return []
-    return ["", "Does not fit: the run refused its budget (before its first step; in no mean or paired difference):", "",
-            *[f"- {name} seed {r['seed']} under {_num(r['budget_mb'])} MiB"
-              + (f", needs {_num(r['needs_mb'])} MiB" if r.get("needs_mb") is not None else "") + f": {r['reason']}"
-              for name, r in runs]]
 
 
 def published_table(bench: dict) -> str:
