@@ -142,14 +142,15 @@ def test_a_budgeted_run_plans_records_and_resumes_with_its_plan(tiny_warm, tmp_p
     monkeypatch.setattr(step_memory, "gain_probe", lambda *a, **k: calls.append("probe") or probe(*a, **k))
     code, _ = run_main([*argv, "--out", tmp_path / "whole"], capsys)
     assert code == 0
-    # glibc hands freed blocks back before the gain probe runs (the probe's stayed resident otherwise);
-    # once planned it keeps its heap only where the count fits the budget twice over (unmapping every
+    # glibc hands freed blocks back before planning (a gain probe's stayed resident otherwise; this run's
+    # 36 steps pay back no trial, so no probe ran: tests/test_joule_plan.py has one that does); once
+    # planned it keeps its heap only where the count fits the budget twice over (unmapping every
     # step's blocks made training ~2.8x slower, keeping the heap measured up to 1.9x the count).
-    assert calls[:2] == [("allocator_for_budget",), "probe"] and calls[2][:2] == ("allocator_for_training", False)
+    assert calls[:1] == [("allocator_for_budget",)] and calls[1][:2] == ("allocator_for_training", False)
     whole = json.loads((tmp_path / "whole" / "config.json").read_text())
     plan = whole["memory_plan"]
     assert plan["budget_mb"] == 9 and plan["counted"]["peak_mb"] <= 9 < plan["asked_mb"]
-    assert plan["gains"]["source"].startswith("probe")
+    assert plan["gains"]["source"].startswith("none")
     # Each record says what BatchNorm layers normalised with, as the plan chose.
     statistics = "frozen" if plan["bn_statistics"] == "frozen" else "trained"
     assert all(r["memory_bn_statistics"].startswith(statistics) for r in records(tmp_path / "whole") if r["epoch"] >= 0)

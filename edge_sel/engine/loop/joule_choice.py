@@ -13,7 +13,8 @@ import torch
 from edge_sel.core.memory import MiB, MemoryCounter, StepShape
 from edge_sel.engine.machine import joule_plan
 from edge_sel.engine.machine.joule_plan import Candidate
-from edge_sel.engine.loop.trial_gain import TRIAL_STEPS, affordable, normalised, run_trials, trial_images
+from edge_sel.engine.loop.trial_gain import (TRIAL_STEPS, affordable, fewest_steps_for_trials, held_out_count,
+                                             normalised, run_trials, trial_images)
 from edge_sel.engine.machine.memory_plan import (MemoryPlan, choose_trainable, fit_shape, smallest_budget, usable)
 from edge_sel.errors import InputError
 from edge_sel.methods.update.fixed_sets import bias_norm_names, classifier_names, sparse_names
@@ -25,13 +26,15 @@ SPARSE_SHARE = 0.1       # the transfer bench's sparse update (MCUNetV3's shape)
 
 
 def fixed_sets(model, gains: dict) -> list[tuple[str, set[str]]]:
-    """The fixed sets the transfer bench runs, by its names (bench/transfer.py)."""
+    """The fixed sets the transfer bench runs, by its names (bench/transfer.py); sparse's is None
+    without `gains` (its tensors are chosen by them)."""
     head = classifier_names(model)
     norms = {f"{m}.{n}" if m else n for m, module in model.named_modules()
              if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.affine
              for n, _ in module.named_parameters(recurse=False)}
     return [("classifier", head), ("bn+classifier", head | norms), ("bias+bn+classifier", bias_norm_names(model)),
-            (f"last-{LAST_K}", classifier_names(model, LAST_K)), ("sparse", sparse_names(model, gains, SPARSE_SHARE)),
+            (f"last-{LAST_K}", classifier_names(model, LAST_K)),
+            ("sparse", None if gains is None else sparse_names(model, gains, SPARSE_SHARE)),
             ("full FT", {n for n, _ in model.named_parameters()})]
 
 
@@ -85,7 +88,16 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
     x, y = probe_batch(trainer.train_ds, trainer.mean, trainer.std, rows)
     losses = trainer.objective.losses
     steps = max(1, cfg.epochs) * math.ceil(len(trainer.train_ds) / cfg.batch_size)
-    gains, source = gains_for(model)
+    trial_steps = min(TRIAL_STEPS, steps)
+    # A run too short for two trials to pay back chooses the cheapest set that fits: the gain probe
+    # (it only picks the tensors of the sparse and gain-per-byte sets, which are never the cheapest)
+    # and those two candidates are skipped.
+    too_short = steps < fewest_steps_for_trials(trial_steps, cfg.batch_size, held_out_count(len(trainer.train_ds)))
+    if too_short:
+        gains, source = None, {"source": f"none: {steps} steps, fewer than two trials pay back in "
+                                         f"(engine/loop/trial_gain.py); the sparse and gain-per-byte sets not planned"}
+    else:
+        gains, source = gains_for(model)
     candidates: list[Candidate] = []
     by_run = run_chose_statistics(cfg)
 
@@ -93,16 +105,17 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
         mode, may_freeze = candidate_statistics(model, bn, by_run, names)
         return fitted(count_with, model, rows, budget, mode, name, names, may_freeze)
 
-    chosen, notes = choose_trainable(counter, model, rows, budget, gains, bn)
-    fixed = fixed_sets(model, gains)
+    chosen, notes = (None, []) if too_short else choose_trainable(counter, model, rows, budget, gains, bn)
+    fixed = [(name, names) for name, names in fixed_sets(model, gains) if names is not None]
     if chosen is not None:          # by a fixed set's name where it is one
         same = next((name for name, names in fixed if set(names) == set(chosen)), "fisher")
         candidates.append(fit(same, chosen))
     rest = [(name, set(names)) for name, names in fixed if chosen is None or set(names) != set(chosen)]
     rest.append(("lite-residual+bias", None))
     lite, probe, lite_trial, trial = None, None, None, {}
-    trial_steps = min(TRIAL_STEPS, steps)
-    images = trial_images(trainer.train_ds, trainer.mean, trainer.std, cfg.batch_size, trial_steps, cfg.seed)
+    images = None if too_short else trial_images(trainer.train_ds, trainer.mean, trainer.std, cfg.batch_size,
+                                                 trial_steps, cfg.seed)
+    held_out = held_out_count(len(trainer.train_ds))
     # Every candidate is counted and timed; the trials, cheapest first, only as far as the run can pay
     # them back (trial_gain.affordable): one not tried cannot be chosen over one that was.
     candidates += [fit(name, names) for name, names in rest if names is not None]
@@ -117,13 +130,15 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
             if lite.step_s is not None and lite.joules is None and cost["watts"]:
                 lite.joules = lite.seconds * cost["watts"]
             candidates.append(lite)
-            to_try, sizing = affordable(candidates, trial_steps, cfg.batch_size, len(images[3]))
+            to_try, sizing = affordable(candidates, trial_steps, cfg.batch_size, held_out)
+            to_try = [] if images is None else to_try
             if lite in to_try:
                 lite_trial = tried(trainer, [lite], images, trial_steps)
         finally:
             remove_residuals(model)
     else:
-        to_try, sizing = affordable(candidates, trial_steps, cfg.batch_size, len(images[3]))
+        to_try, sizing = affordable(candidates, trial_steps, cfg.batch_size, held_out)
+        to_try = [] if images is None else to_try
     if all(c.count is None for c in candidates):
         lowest = smallest_budget(counter, model, None, rows, spent)
         raise InputError(f"--memory-budget {cfg.memory_budget_mb:g}: no step fits; the smallest that does is "

@@ -36,7 +36,7 @@ def trial_images(ds, mean, std, rows: int, steps: int, seed: int = 0):
     be ordered by class): HELD_OUT images held out (a quarter where the run has fewer than twice
     that), the trial's steps cycling through the others."""
     n = len(ds)
-    held = min(HELD_OUT, max(1, n // 4)) if n < 2 * HELD_OUT else HELD_OUT
+    held = held_out_count(n)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(ds.images.device)
     held_pos, rest = order[:held], order[held:] if n > held else order
     train_pos = rest[torch.arange(rows * steps, device=order.device) % len(rest)]
@@ -94,6 +94,19 @@ def run_trials(model, candidates, images, optimizer_factory, losses, rows: int, 
                 p.requires_grad_(flags[n])
     return {"trial_steps": steps, "trial_images_trained": trained, "held_out_images": int(len(yh)),
             "trial_wall_s": round(time.perf_counter() - t0, 3)}
+
+
+def fewest_steps_for_trials(steps: int, rows: int, held_out: int) -> int:
+    """The fewest training steps a run needs before two trials can pay back (`affordable`): each trial
+    costs at least `steps` and its held-out batches at the cheapest candidate's seconds a step, and
+    the allowance is TRIAL_SHARE of that candidate's training. Below it no trial runs, whatever the
+    timings, so nothing is spent on what only a trial would use."""
+    return math.ceil(2 * (steps + math.ceil(held_out / max(1, rows))) / TRIAL_SHARE)
+
+
+def held_out_count(n: int) -> int:
+    """The held-out images of `trial_images` for a run of `n` images."""
+    return min(HELD_OUT, max(1, n // 4)) if n < 2 * HELD_OUT else HELD_OUT
 
 
 def affordable(candidates, steps: int, rows: int, held_out: int) -> tuple[list, dict]:
