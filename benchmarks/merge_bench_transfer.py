@@ -53,9 +53,29 @@ def merge(benches: list[dict]) -> dict:
     refused = {name: sorted((r for b in benches for r in (b.get("refused") or {}).get(name, [])), key=lambda r: r["seed"])
                for name in dict.fromkeys(n for b in benches for n in b.get("refused") or {})}
     merged["refused"] = refused
+    merged["best_fixed"] = best_fixed_agreed(benches, merged["results"])
     stopped = [b["stopped"] for b in benches if b.get("stopped")]
     merged["stopped"] = {"signal": ", ".join(dict.fromkeys(s["signal"] for s in stopped)),
                          "runs": [r for s in stopped for r in s["runs"]]} if stopped else None
+    return merged
+
+
+def best_fixed_agreed(benches: list[dict], results: dict) -> dict | None:
+    """Each budget's best fixed set, where every bench chose the same one. Each bench chose by its own
+    seeds' means, so benches may differ: then no set ran on every seed, its rows are left out of the
+    merge (with the sets each chose, said in one line) and no planner difference is stated."""
+    chosen = [b["best_fixed"] for b in benches if b.get("best_fixed")]
+    if not chosen:
+        return None
+    merged = {}
+    for f, first in chosen[0].items():
+        methods = [c.get(f, {}).get("method") for c in chosen]
+        merged[f] = dict(first)
+        if len(set(methods)) > 1:
+            merged[f].update(method=None, split=methods)
+            results.pop(f"best fixed@{f}", None)
+            print(f"merge_bench_transfer: the best fixed set at {f} differs between the benches ({', '.join(map(str, methods))}):"
+                  f" left out; run the seeds in one bench to compare the planner with it", file=sys.stderr)
     return merged
 
 

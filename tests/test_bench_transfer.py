@@ -128,6 +128,22 @@ def test_benches_of_other_seeds_merge_into_one(bench, tmp_path, monkeypatch):
              "this plan is about 12.5 MiB"
     second["results"]["sparse"] = []
     second["refused"] = {"sparse": [{"seed": 1, "budget_mb": 4.2, "needs_mb": 12.5, "reason": reason, "run_dir": "-"}]}
+    # Each bench chose its best fixed set at 1/4 by its own seeds: where they differ, no set ran on every
+    # seed, so its rows are left out and no planner difference is stated.
+    first["best_fixed"] = {"1/4": {"budget_mb": 4.2, "fitting": ["classifier", "last-k"], "method": "classifier"}}
+    second["best_fixed"] = {"1/4": {"budget_mb": 4.2, "fitting": ["classifier", "last-k"], "method": "last-k"}}
+    first["results"]["best fixed@1/4"] = [dict(first["results"]["adabn"][0])]
+    second["results"]["best fixed@1/4"] = [dict(second["results"]["adabn"][0])]
+    split = merge([first, second])
+    assert "best fixed@1/4" not in split["results"] and split["best_fixed"]["1/4"]["split"] == ["classifier", "last-k"]
+    from edge_sel.bench.transfer_report import write_outputs
+    (tmp_path / "split").mkdir()
+    write_outputs(split, tmp_path / "split")
+    assert "| differs between the benches merged (classifier, last-k) | - | - |" in (tmp_path / "split" / "table.md").read_text()
+    second["best_fixed"]["1/4"]["method"] = "classifier"
+    assert len(merge([first, second])["results"]["best fixed@1/4"]) == 2
+    for b in (first, second):
+        del b["best_fixed"], b["results"]["best fixed@1/4"]
     merged = merge([first, second])
     assert merged["refused"] == second["refused"]
     assert merged["seeds"] == [0, 1] and merged["merged_from"] == 2

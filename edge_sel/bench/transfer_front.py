@@ -161,7 +161,9 @@ def front_lines(bench: dict) -> list[str]:
                                           else f"{d['diff_pts']:+.2f} (1 seed)")
             ratio = f"{ja / jb:.2f}x" if ja and jb else "-"
             refused = len((bench.get("refused") or {}).get(f"{BEST}@{f}", []))
-            chosen = (b["method"] or "-") + (f" (refused its budget on {plural(refused, 'seed')})" if refused else "")
+            chosen = (b["method"] or (f"differs between the benches merged ({', '.join(map(str, b['split']))})"
+                                      if b.get("split") else "-")) \
+                + (f" (refused its budget on {plural(refused, 'seed')})" if refused else "")
             lines.append(f"| {f} | {b['budget_mb']:.1f} | {', '.join(b['fitting']) or 'none'} | {chosen} | "
                          f"{diff} | {ratio} |")
     return lines
