@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from edge_sel.core.micro_batches import sizes
+from edge_sel.core.recompute import recomputed
 
 
 def conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
@@ -51,7 +52,9 @@ class FlopCounter:
         return twin
 
     def _signature(self) -> tuple:
-        return tuple(p.requires_grad for p in self.model.parameters())
+        # Recomputed blocks run their forward again in backward: the planner's trials and its gain
+        # probe count one trainable set in several shapes, so a shape's count is its own.
+        return tuple(p.requires_grad for p in self.model.parameters()), tuple(recomputed(self.model))
 
     def train_step(self, batch_size: int, micro_batch: int = 0) -> tuple[int, int]:
         """(forward, backward) FLOPs of one training step on `batch_size` samples, run in slices of

@@ -53,8 +53,11 @@ def add_costs(record: dict, progress: EpochProgress, scoring: dict, bn_adapt: di
         record["flops_calibration"] = (record.get("flops_calibration") or 0) + bn_adapt["flops_bn_adapt"]
     # Steps a rollback threw away were computed all the same: their cost stays in the totals.
     record.update({f"rolled_back_{k}": v for k, v in rolled_back.items()})
+    # Planning's trials are the first epoch's training compute, as planning's time and joules are its.
+    if progress.flops_plan:
+        record["memory_plan_trial_flops"] = progress.flops_plan
     record["flops_train"] = progress.flops_f + progress.flops_b + progress.flops_penalty + scoring["flops"] + \
-        (record.get("flops_calibration") or 0) + rolled_back["flops"]
+        (record.get("flops_calibration") or 0) + rolled_back["flops"] + progress.flops_plan
     wall = progress.wall_s + rolled_back["s"]
     if energy.get("energy_j") is not None:
         energy["energy_j"] += rolled_back["j"]

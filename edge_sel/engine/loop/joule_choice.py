@@ -10,6 +10,7 @@ import math
 
 import torch
 
+from edge_sel.core.flops import FlopCounter
 from edge_sel.core.memory import MiB, MemoryCounter, StepShape
 from edge_sel.engine.machine import joule_plan
 from edge_sel.engine.machine.joule_plan import Candidate
@@ -132,8 +133,8 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
             candidates.append(lite)
             to_try, sizing = affordable(candidates, trial_steps, cfg.batch_size, held_out)
             to_try = [] if images is None else to_try
-            if lite in to_try:
-                lite_trial = tried(trainer, [lite], images, trial_steps)
+            if lite in to_try:      # counted apart: the run's counter keeps no branch's counts
+                lite_trial = tried(trainer, [lite], images, trial_steps, FlopCounter(model, trainer.flops.input_shape))
         finally:
             remove_residuals(model)
     else:
@@ -156,7 +157,9 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
     source = {**(source or {}), "candidates": [c.summary(total) for c in candidates], "chosen": winner.name,
               "reason": reason, "steps": steps, "cost_probe": {"lite": probe, "others": cost},
               "expected_gain": "held-out accuracy after a short trial of each candidate (engine/loop/trial_gain.py)",
-              "trial": {"lite": lite_trial, "others": trial, "sizing": sizing}}
+              "trial": {"lite": lite_trial, "others": trial, "sizing": sizing},
+              # Counted: every trial's steps and held-out evaluation (planning's; in the run's totals).
+              "trial_flops": sum((t or {}).get("trial_flops", 0) for t in (lite_trial, trial))}
     if winner is lite:
         adopt_residuals(trainer)
     return MemoryPlan(cfg.memory_budget_mb, rows, winner.shape.chunk, list(winner.shape.recompute),
@@ -165,14 +168,15 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
                        *winner.shape_notes], source, round(spent, 3))
 
 
-def tried(trainer, candidates: list[Candidate], images, steps: int) -> dict:
-    """The candidates' trials, their joules measured by the run's meter (planning's, the run's own)."""
+def tried(trainer, candidates: list[Candidate], images, steps: int, flops: FlopCounter | None = None) -> dict:
+    """The candidates' trials, their joules measured by the run's meter (planning's, the run's own) and
+    their FLOPs counted by the run's counter (`flops`: one for the model as it is, where it has branches)."""
     if not candidates:
         return {}
     trainer.meter.begin("plan-trial")
     try:
         cost = run_trials(trainer.model, candidates, images, trainer.memory_counter.optimizer_factory,
-                          trainer.objective.losses, trainer.config.batch_size, steps)
+                          trainer.objective.losses, trainer.config.batch_size, steps, flops or trainer.flops)
     finally:
         energy = trainer.meter.end("plan-trial") or {}
     # Its images are in the plan's record (`trial`), not the run's sample counts: no sample of the run trained.

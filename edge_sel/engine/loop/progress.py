@@ -46,8 +46,16 @@ class EpochProgress:
     last_loss_t: torch.Tensor | None = None   # the last step's mean loss, still on the device
     replay_samples: int = 0      # anchor rows trained beside the local ones (--replay)
     flops_penalty: int = 0       # the objective's penalties, counted per weight entry (--ewc)
+    flops_plan: int = 0          # the planner's trials before the first step (--sparsity budget), counted
     # Each trainable set the steps had (one 0/1 per parameter tensor) -> its largest step's rows.
     memory_steps: dict = field(default_factory=dict)
+
+    def add_planning(self, cost: dict | None) -> None:
+        """A memory plan's measured time and joules and its trials' counted FLOPs (step_memory.py)."""
+        cost = cost or {}
+        self.wall_s += cost.get("memory_plan_wall_s") or 0.0
+        self.energy_j += cost.get("memory_plan_energy_j") or 0.0
+        self.flops_plan += cost.get("memory_plan_trial_flops") or 0
 
     def to_state(self) -> dict:
         return {"epoch": self.epoch, "plan": {"positions": self.plan.positions.cpu(),
@@ -59,7 +67,7 @@ class EpochProgress:
                 **{k: getattr(self, k) for k in ("next_batch", "n_trained", "loss_sum", "correct", "flops_f",
                                                  "flops_b", "throttled", "wall_s", "energy_j", "last_loss",
                                                  "singles_dropped", "thermal_capped", "steps", "replay_samples",
-                                                 "flops_penalty", "memory_steps")}}
+                                                 "flops_penalty", "flops_plan", "memory_steps")}}
 
     @classmethod
     def from_state(cls, d: dict, temperature: float, device) -> "EpochProgress":
@@ -74,4 +82,5 @@ class EpochProgress:
         return cls(d["epoch"], plan, [b.to(device) for b in d["before"]], emb, **rest, carry=carry,
                    singles_dropped=d.get("singles_dropped", 0), thermal_capped=d.get("thermal_capped", 0),
                    steps=d.get("steps", 0), replay_samples=d.get("replay_samples", 0),
-                   flops_penalty=d.get("flops_penalty", 0), memory_steps=dict(d.get("memory_steps", {})))
+                   flops_penalty=d.get("flops_penalty", 0), flops_plan=d.get("flops_plan", 0),
+                   memory_steps=dict(d.get("memory_steps", {})))

@@ -191,8 +191,15 @@ def planned_in_the_open(trainer, make_plan) -> MemoryPlan:
         energy = trainer.meter.end("memory-plan") or {}
         counter.on_count = None
     wall = time.perf_counter() - t0
-    trainer.memory_plan_cost = {"memory_plan_wall_s": round(wall, 3), "memory_plan_energy_j": energy.get("energy_j"),
-                                "memory_plan_counts": counter.counts_made - counts}
+    cost = {"memory_plan_wall_s": wall, "memory_plan_energy_j": energy.get("energy_j"),
+            "memory_plan_counts": counter.counts_made - counts}
+    if (plan.gains or {}).get("trial_flops"):       # --sparsity budget's trials, counted
+        cost["memory_plan_trial_flops"] = plan.gains["trial_flops"]
+    # A plan made again (REPLANS) adds its cost to the first's: both ran.
+    before = getattr(trainer, "memory_plan_cost", None) or {}
+    summed = {k: [v for v in (before.get(k), cost.get(k)) if v is not None] for k in {**before, **cost}}
+    trainer.memory_plan_cost = {k: sum(v) if v else None for k, v in summed.items()}
+    trainer.memory_plan_cost["memory_plan_wall_s"] = round(trainer.memory_plan_cost["memory_plan_wall_s"], 3)
     return plan
 
 

@@ -173,9 +173,7 @@ class Trainer:
                 if self.phase == "finetune" and self.choice.mode == "best":
                     t0 += consider_bn_adapted(self)   # its evaluation is not training time
             progress = self._begin_epoch(epoch)
-            cost = getattr(self, "memory_plan_cost", None) or {}     # planning is part of the first epoch's cost
-            progress.wall_s += cost.get("memory_plan_wall_s") or 0.0
-            progress.energy_j += cost.get("memory_plan_energy_j") or 0.0
+            progress.add_planning(getattr(self, "memory_plan_cost", None))     # part of the first epoch's cost
         self.progress = progress
         self.loader.epoch = epoch       # augmentation is drawn per (seed, epoch, sample)
         plan = progress.plan

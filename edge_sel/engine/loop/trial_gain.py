@@ -1,7 +1,8 @@
 """The planner's expected gain from a short trial: each candidate that fits trains TRIAL_STEPS steps
 from the run's start, in its own step shape (micro-batches, recomputed blocks) and BatchNorm statistics
 mode, with the run's optimizer, on the run's images; then its accuracy on local images the trial did
-not train on (evaluation mode, the statistics its steps left) is its expected gain.
+not train on (evaluation mode, the statistics its steps left) is its expected gain. Its steps and its
+held-out evaluation are counted by the run's FLOP counter (core/flops.py) as the run counts its own.
 
 Why not the summed squared gradients alone: that sum only grows as a set grows, so everything always
 ranked first, and it cannot see what training the statistics or early weights does. On Lite0 from its
@@ -50,14 +51,15 @@ def normalised(ds, mean, std, positions: torch.Tensor):
             ds.labels[positions])
 
 
-def run_trials(model, candidates, images, optimizer_factory, losses, rows: int, steps: int) -> dict:
-    """Each candidate's trial (its `gain` set to the held-out accuracy, `trial` to the figures); the
-    model's weights, statistics and flags as they were after. Returns what the trials cost."""
+def run_trials(model, candidates, images, optimizer_factory, losses, rows: int, steps: int, flops) -> dict:
+    """Each candidate's trial (its `gain` set to the held-out accuracy, `trial` to the figures and the
+    counted FLOPs of its steps and evaluation); the model's weights, statistics and flags as they were
+    after. `flops`: the run's FlopCounter for `model`. Returns what the trials cost."""
     x, y, xh, yh = images
     params = dict(model.named_parameters())
     flags = {n: p.requires_grad for n, p in params.items()}
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    t0, trained = time.perf_counter(), 0
+    t0, trained, counted = time.perf_counter(), 0, 0
     with random_streams_kept(x.device):
         try:
             for c in candidates:
@@ -66,6 +68,7 @@ def run_trials(model, candidates, images, optimizer_factory, losses, rows: int, 
                     p.requires_grad_(n in c.trainable)
                 optimizer = optimizer_factory([p for n, p in params.items() if n in c.trainable])
                 set_recomputed(model, c.shape.recompute)
+                train_flops = 0
                 for k in range(steps):
                     model.train()
                     if c.shape.bn_statistics == "frozen":
@@ -76,16 +79,21 @@ def run_trials(model, candidates, images, optimizer_factory, losses, rows: int, 
                         (losses(model(xb[lo:hi]), yb[lo:hi]).sum() / len(yb)).backward()
                     optimizer.step()
                     trained += len(yb)
+                    # The step as it ran: its set, micro-batches and recomputed blocks (the trainer's count).
+                    train_flops += sum(flops.train_step(len(yb), c.shape.chunk))
                 set_recomputed(model, ())
                 model.eval()
-                right, loss = 0, 0.0
+                right, loss, eval_flops = 0, 0.0, 0
                 with torch.no_grad():
                     for lo, hi in bounds(len(yh), rows):
                         out = model(xh[lo:hi]).float()
                         right += int((out.argmax(1) == yh[lo:hi]).sum())
                         loss += float(losses(out, yh[lo:hi]).sum())
-                c.trial = {"held_out_acc": round(right / len(yh), 4), "held_out_loss": round(loss / len(yh), 4)}
+                        eval_flops += flops.eval_batch(hi - lo)
+                c.trial = {"held_out_acc": round(right / len(yh), 4), "held_out_loss": round(loss / len(yh), 4),
+                           "flops_train": train_flops, "flops_eval": eval_flops}
                 c.gain = right / len(yh)
+                counted += train_flops + eval_flops
         finally:
             set_recomputed(model, ())
             model.zero_grad(set_to_none=True)
@@ -93,7 +101,7 @@ def run_trials(model, candidates, images, optimizer_factory, losses, rows: int, 
             for n, p in params.items():
                 p.requires_grad_(flags[n])
     return {"trial_steps": steps, "trial_images_trained": trained, "held_out_images": int(len(yh)),
-            "trial_wall_s": round(time.perf_counter() - t0, 3)}
+            "trial_flops": counted, "trial_wall_s": round(time.perf_counter() - t0, 3)}
 
 
 def fewest_steps_for_trials(steps: int, rows: int, held_out: int) -> int:

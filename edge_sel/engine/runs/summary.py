@@ -20,7 +20,8 @@ def summarize(records: list[dict], extra: dict, baseline: dict | None = None, ke
 
     train_j, eval_j = total("energy_j"), total("eval_energy_j", evaluated)
     # A run of no epoch that planned under --memory-budget: its baseline carries the plan's cost.
-    plan_s, plan_j = (total(k, [baseline] if baseline else []) for k in ("memory_plan_wall_s", "memory_plan_energy_j"))
+    plan_s, plan_j, plan_flops = (total(k, [baseline] if baseline else []) for k in
+                                  ("memory_plan_wall_s", "memory_plan_energy_j", "memory_plan_trial_flops"))
     train_j = train_j if plan_j is None else (train_j or 0) + plan_j
     probe_flops = (extra.get("layout") or {}).get("probe_flops") or 0
     counted_sharing = any("energy_shared_with" in r for r in evaluated)
@@ -46,6 +47,9 @@ def summarize(records: list[dict], extra: dict, baseline: dict | None = None, ke
             "rolled_back_flops": total("rolled_back_flops"), "rolled_back_samples": total("rolled_back_samples"),
             "rolled_back_s": total("rolled_back_s"), "rolled_back_j": total("rolled_back_j"),
             "flops_eval": total("flops_eval", evaluated),
+            # --sparsity budget's trials (in the first epoch's flops_train; a run of no epoch: its start's).
+            **({"memory_plan_trial_flops": total("memory_plan_trial_flops", evaluated)}
+               if total("memory_plan_trial_flops", evaluated) is not None else {}),
             # --bn-conditions: the bank's re-estimations and fingerprints (in flops_eval).
             **{k: total(k, evaluated) for k in ("flops_bn_bank", "bn_bank_samples") if total(k, evaluated) is not None},
             "train_wall_s": total("wall_s"), "eval_wall_s": total("eval_wall_s", evaluated),
@@ -56,9 +60,11 @@ def summarize(records: list[dict], extra: dict, baseline: dict | None = None, ke
             # The most other processes seen on the metered GPU in any window: its joules are then the
             # card's, not the run's own (absent where no meter counts them).
             **({"energy_shared_with": shared_with} if counted_sharing else {}),
-            # All in: training (scoring, calibration, rolled-back steps included), every evaluation
-            # (the starting model, each epoch, the output model's test), and the layout probe's FLOPs.
-            "flops_all": (total("flops_train") or 0) + (total("flops_eval", evaluated) or 0) + probe_flops,
+            # All in: training (scoring, calibration, rolled-back steps and the planner's trials
+            # included), every evaluation (the starting model, each epoch, the output model's test), and
+            # the layout probe's FLOPs.
+            "flops_all": (total("flops_train") or 0) + (total("flops_eval", evaluated) or 0) + probe_flops
+            + (plan_flops or 0),
             "energy_all_j": None if train_j is None and eval_j is None else (train_j or 0) + (eval_j or 0),
             "eval_energy_share": None if not train_j or eval_j is None else eval_j / (train_j + eval_j),
             "wall_all_s": (total("wall_s") or 0) + (total("eval_wall_s", evaluated) or 0) + (plan_s or 0),
