@@ -48,7 +48,7 @@ from edge_sel.models.spec import parse_model_args
 from edge_sel.profiles.apply import announce_profile, profile_option, threads_for_command
 from edge_sel.profiles.cli import profiles_group
 from edge_sel.report.cli import report_cmd
-from edge_sel.report.summary import energy_label, print_summary
+from edge_sel.report.summary import budget_stop_line, energy_label, print_summary
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="edge-sel")
@@ -151,8 +151,8 @@ def night_cmd(home, runs, deployed, warmup, **kw):
     if result.decision is None:
         click.echo(f"interrupted: state checkpointed; the next night resumes {result.run_dir}")
         sys.exit(result.exit_status)
-    if summary.get("stop_reason") == "energy_budget":
-        click.echo("stopped before the energy budget would be exceeded; records and checkpoint are written")
+    if budget_stop_line(summary):
+        click.echo(budget_stop_line(summary))
     click.echo(decision_line(result.decision, result.run_dir))
     cost = result.cost
     joules = "energy not measured" if cost["energy_all_j"] is None else \
@@ -188,8 +188,8 @@ def report_end(summary: dict, quiet: bool) -> None:
         click.echo(f"interrupted: state checkpointed; continue with: edge-sel {summary['phase']} --resume "
                    f"{summary['run_dir']}")
         sys.exit(exit_code_for(getattr(signal, summary.get("stop_signal") or "SIGINT")))
-    elif summary.get("stop_reason") == "energy_budget":
-        click.echo("stopped before the energy budget would be exceeded; records and checkpoint are written")
+    elif budget_stop_line(summary):
+        click.echo(budget_stop_line(summary))
 
 
 @cli.command("models")

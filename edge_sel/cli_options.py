@@ -132,7 +132,9 @@ ENERGY = [
     option("--idle-baseline", type=click.FloatRange(min=0), default=0.0, show_default=True,
            help="Measure idle power for S seconds first; records then add net-of-idle joules."),
     option("--energy-budget", type=click.FloatRange(min=0, min_open=True), default=None,
-           help="Stop cleanly (records and checkpoint written) before the measured total passes J joules."),
+           help="Stop cleanly (records and checkpoint written) before the measured total would pass J joules "
+                "with one more step and the final evaluation (estimated); with --time-budget, the first to bind "
+                "stops the run."),
     option("--max-temp", type=click.FloatRange(*GUARD_TEMP_C), default=None,
            help="Thermal guard: pause between steps above this temperature (C), 30 to 120."),
     option("--max-pause", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
@@ -206,8 +208,10 @@ FINETUNE = [
                 "counting (micro-batches, recomputed blocks, and with --sparsity budget, the default then, what "
                 "trains); the run's last lines compare what it measured with it. Off by default."),
     option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None,
-           help="Seconds of training --sparsity budget's plan may be estimated to take: what trains is chosen "
-                "among the sets that fit the memory budget and this (and --energy-budget's joules). Off by default."),
+           help="Stop cleanly (records and checkpoint written) before the run's wall time (from its start: "
+                "probes, planning and evaluations included) would pass S seconds with one more step and the final "
+                "evaluation (estimated); with --energy-budget, the first to bind stops the run. --sparsity budget's "
+                "plan also chooses what trains among the sets estimated to train within it. Off by default."),
     option("--backend", type=click.Choice(["torch", "ort"]), default="torch", show_default=True,
            help="What runs the training step: PyTorch, or ONNX Runtime training artifacts (--artifacts)."),
     option("--artifacts", type=click.Path(path_type=Path), default=None, help="ORT training artifacts (--backend ort)."),

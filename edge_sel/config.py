@@ -109,8 +109,8 @@ class TrainConfig:
     # that fits it is kept here once made, so a resumed run runs the same step.
     memory_budget_mb: float | None = None
     memory_plan: dict | None = None
-    # --time-budget: seconds of training a --sparsity budget plan may be estimated to take (its choice of
-    # what trains; engine/machine/joule_plan.py); --energy-budget bounds its joules the same way.
+    # --time-budget: the run's wall seconds; it stops cleanly before they would be passed (engine/loop/budget.py,
+    # as --energy-budget's joules), and a --sparsity budget plan chooses what trains within it (joule_plan.py).
     time_budget_s: float | None = None
     # A pretrain from pretrained weights (engine/runs/head_first.py): the new head trains alone first for
     # head_epochs at head_lr (None: lr), backbone frozen and BatchNorm in eval mode; bn_momentum is every

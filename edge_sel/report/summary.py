@@ -6,6 +6,7 @@ import click
 
 from edge_sel.core.records import read_records
 from edge_sel.core.words import plural
+from edge_sel.engine.loop.budget import STOPS, TIME
 
 
 def _fmt(v, spec=".3f"):
@@ -181,6 +182,24 @@ def budget_line(memory: dict) -> str | None:
         said.append("the whole process (Python, torch, the data) peaked at "
                     + against_budget(memory["process_peak_mb"], budget).replace(" MiB,", " MiB resident,", 1))
     return f"memory budget {budget:g} MiB (what the plan fits the training step's count in): " + "; ".join(said)
+
+
+def budget_stop_line(summary: dict) -> str | None:
+    """The closing line of a run its --energy-budget or --time-budget stopped (None for any other):
+    what it spent against the limit, and what one more step and the final evaluation were estimated at."""
+    reason = summary.get("stop_reason")
+    if reason not in STOPS:
+        return None
+    line = f"stopped before the {reason.replace('_', ' ')} would be exceeded"
+    stop = summary.get("budget_stop") or {}
+    unit = "s" if reason == TIME else "j"
+    if stop.get(f"limit_{unit}") is not None:
+        spent = "measured" if unit == "s" else energy_label((summary.get("totals") or {}).get("energy_method"))
+        need = stop[f"next_step_{unit}_estimated"] + stop[f"final_evaluation_{unit}_estimated"]
+        said = "J" if unit == "j" else "s"
+        line += (f" ({stop[f'spent_{unit}']:,.1f} of {stop[f'limit_{unit}']:,.6g} {said} spent, {spent}; "
+                 f"one more step and the final evaluation estimated at {need:,.1f} {said})")
+    return line + "; records and checkpoint are written"
 
 
 def print_summary(summary: dict, quiet: bool = False) -> None:

@@ -2,9 +2,9 @@
 
 A checkpoint holds what a resumed run needs to end with the records of a run that was never
 interrupted: weights, optimizer, RNGs, the half-done epoch, strategy and updater state, records,
-the compute ledger, the energy budget's position and the keep-best choice. A non-finite loss rolls
-the run back to the last checkpoint with the learning rate halved; the steps thrown away stay
-counted in the next record.
+the compute ledger, the run budget's position (joules and seconds so far) and the keep-best choice.
+A non-finite loss rolls the run back to the last checkpoint with the learning rate halved; the steps
+thrown away stay counted in the next record.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edge_sel.engine.loop.budget import STOPS
 from edge_sel.engine.loop.ledger import ROLLED_BACK_ZERO
 from edge_sel.engine.loop.progress import EpochProgress
 from edge_sel.engine.loop.state import load_state, save_state
@@ -48,14 +49,17 @@ def capture(trainer) -> dict:
         "rng": rng, "records": list(trainer.records), "scoring": dict(trainer.ledger.scoring),
         "eval_j": trainer.budget.eval_j, "lr_mult": trainer.lr_mult, "nonfinite_events": trainer.nonfinite_events,
         "energy_total_j": trainer.budget.total_j(trainer.meter),
+        "eval_s": trainer.budget.eval_s, "wall_total_s": trainer.budget.total_s(),
+        "step_j": trainer.budget.step_j, "step_s": trainer.budget.step_s,     # a resumed epoch's first check
         "baseline": trainer.baseline, "choice": trainer.choice.state_dict(),
         "rolled_back": dict(trainer.ledger.rolled_back),
         # What strategies told updaters through the context (e.g. the curriculum stage that sets
         # the guilt threshold): a resumed epoch does not plan again, so it must come back too.
         "context": dict(trainer.ctx.state),
         "bn_adapt": {"done": trainer.bn_adapt_done, "pending": trainer.bn_adapt_pending},
-        # An energy-budget stop ends the run: a resume after it writes the outputs and trains no more.
-        "stop_reason": trainer.stop_reason if trainer.stop_reason == "energy_budget" else None,
+        # An energy- or time-budget stop ends the run: a resume after it writes the outputs and trains no more.
+        "stop_reason": trainer.stop_reason if trainer.stop_reason in STOPS else None,
+        "budget_stop": trainer.budget.stopped,
     }
 
 
@@ -78,8 +82,12 @@ def restore(trainer, state: dict) -> None:
     trainer.progress = None if state["progress"] is None else \
         EpochProgress.from_state(state["progress"], trainer.config.temperature, trainer.device)
     trainer.records = list(state["records"])
-    trainer.budget.eval_j = state["eval_j"]
-    trainer.budget.offset_j = state["energy_total_j"] - trainer.meter.total_j
+    budget = trainer.budget
+    budget.eval_j = state["eval_j"]
+    budget.offset_j = state["energy_total_j"] - trainer.meter.total_j
+    budget.eval_s, budget.step_j, budget.step_s = (state.get(k, 0.0) for k in ("eval_s", "step_j", "step_s"))
+    budget.offset_s = state.get("wall_total_s", 0.0)     # the earlier part's seconds (a rollback keeps its own)
+    budget.stopped = state.get("budget_stop")
     trainer.lr_mult = state["lr_mult"]
     trainer.nonfinite_events = state["nonfinite_events"]
     trainer.baseline = state.get("baseline")
@@ -149,7 +157,9 @@ class Checkpoints:
         if self.ranks is not None:
             lost = self.ranks.world_rolled_back(lost)
         scoring_flops, rolled = ledger.scoring["flops"], dict(ledger.rolled_back)
+        offset_s = trainer.budget.offset_s
         restore(trainer, self._last_state())
+        trainer.budget.offset_s = offset_s      # wall seconds pass whatever is thrown away
         lost["flops"] += max(0, scoring_flops - ledger.scoring["flops"])   # scoring passes since the checkpoint
         ledger.rolled_back = {k: rolled[k] + lost[k] for k in rolled}
         trainer.budget.offset_j += lost["j"]      # the budget counts joules of steps thrown away

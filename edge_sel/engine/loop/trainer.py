@@ -26,7 +26,7 @@ from edge_sel.engine.levers.levers import make_objective, make_replay
 from edge_sel.engine.loop import epoch_record
 from edge_sel.engine.loop.bank_passes import bank_selecting, charge_bank, metered, predict_selected
 from edge_sel.engine.loop.bn_adapt_epoch import adapt_bn, bn_adapt_record, consider_bn_adapted
-from edge_sel.engine.loop.budget import EnergyBudget
+from edge_sel.engine.loop.budget import STOPS, RunBudget
 from edge_sel.engine.loop.checkpointing import Checkpoints, Rollback, restore
 from edge_sel.engine.loop.end_of_run import evaluate_at_the_end
 from edge_sel.engine.loop.ledger import ComputeLedger
@@ -71,6 +71,7 @@ class Trainer:
 
     def __post_init__(self):
         cfg = self.config
+        self.budget = RunBudget(self.budget_j, cfg.time_budget_s)     # the probes and plan below are the run's time
         refuse_batches_of_one(cfg.batch_size, self.model, cfg.bn_mode)
         getattr(self.updater, "prepare", lambda *_: None)(self.model, self.splits.train.input_shape)  # lite residuals
         self.model.to(self.device)
@@ -119,7 +120,6 @@ class Trainer:
         self.backend = make_backend(cfg, self.model, self.optimizer, self.updater, self.device, self.objective)
         self.loader = BatchLoader(self.train_ds, self.mean, self.std, cfg.batch_size, cfg.augment,
                                   self.generator, self.memory_format, augment_seed=cfg.seed)
-        self.budget = EnergyBudget(self.budget_j)
         self.checkpoints = Checkpoints(self.state_dir, self.ranks)
         self.step = 0
         self.next_epoch = 0
@@ -166,7 +166,7 @@ class Trainer:
         self.meter.begin("train")
         self.run_memory.begin_epoch()
         t0 = time.perf_counter()
-        j0 = self.meter.total_j
+        j0, s0 = self.meter.total_j, self.budget.clock()
         if progress is None:
             if cfg.bn_adapt and not self.bn_adapt_done:
                 adapt_bn(self)              # inside the first epoch's window, before it plans
@@ -190,8 +190,8 @@ class Trainer:
                 if self.stop_requested:          # SIGTERM while cooling down
                     self.stop_reason = "interrupted"
                     break
-            if self.budget.exceeded_by_next_step(self.meter, j0, i - first):
-                self.stop_reason = "energy_budget"
+            if passed := self.budget.passed_by_next_step(self.meter, j0, s0, i - first):
+                self.stop_reason = passed
                 break
             batch = rows_to_train(progress, batch, self.strategy.filter_batch, self.single_rows_train)
             stepped = batch is not None
@@ -306,7 +306,7 @@ class Trainer:
 
     def evaluate(self, validate: bool = True, test: bool = True, bar: str | None = None) -> dict:
         """The evaluation sets' accuracies (engine/evaluation/evaluate.py) with the pass's wall time and joules;
-        the energy budget reserves the final evaluation from what this one cost. Under
+        the run's budget reserves the final evaluation from what this one cost. Under
         --bn-conditions the bank's statistics are first re-estimated for the current weights and each
         batch is normalised with its condition's (both counted in flops_eval). `bar`: a terminal's bar."""
         if self.ranks is not None and not self.ranks.evaluates:    # DDP: rank 0 evaluates (and writes)
@@ -324,7 +324,7 @@ class Trainer:
         kept_test = len(self.test_ds) if self.phase == "finetune" and self.choice.mode == "best" else 0
         images = out["val_samples_evaluated"] + out["test_samples_evaluated"] + out.get("anchor_samples_evaluated", 0)
         out.update(self.run_memory.evaluation_fields(took["memory_mb"], out))
-        self.budget.reserve_evaluation(out["eval_energy_j"], images,
+        self.budget.reserve_evaluation(out["eval_energy_j"], out["eval_wall_s"], images,
                                        self.eval_sets.final_images() + kept_test)
         return out
 
@@ -365,9 +365,9 @@ class Trainer:
                     writer.append(record)
         bar = progress_bar(self.config.epochs, self.phase, True, self.quiet)
         bar.update(self.next_epoch)
-        # A run restored after its energy-budget stop has no epoch left: it only writes its outputs.
+        # A run restored after its energy- or time-budget stop has no epoch left: it only writes its outputs.
         while self.next_epoch < self.config.epochs and not self.strategy.finished() \
-                and self.stop_reason != "energy_budget":
+                and self.stop_reason not in STOPS:
             epoch = self.next_epoch
             try:
                 record = self.train_epoch(epoch, self.progress)

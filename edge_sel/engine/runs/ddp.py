@@ -205,6 +205,8 @@ class RankSync:
             raise InputError("torchrun: only dense training with the torch backend is distributed")
         if energy is not None and energy.budget_j is not None:
             raise InputError("--energy-budget: not supported under torchrun (each rank would stop at its own step)")
+        if cfg.time_budget_s is not None:
+            raise InputError("--time-budget: not supported under torchrun (each rank would stop at its own step)")
         if resume_state is not None and resume_state.get("progress") is not None:
             raise InputError("--resume: this run stopped inside an epoch; finish that epoch without torchrun first "
                              "(distributed runs checkpoint at epoch ends only)")

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from edge_sel.core.checkpoint import atomic_write_bytes
+from edge_sel.engine.loop.budget import STOPS
 from edge_sel.engine.loop.state import StateWriteError
 from edge_sel.engine.runs.ddp import is_restart_of
 from edge_sel.errors import InputError, read_json
@@ -31,8 +32,8 @@ def restarted_here(out: Path) -> bool:
 
 def refuse_finished(run_dir: Path, epochs: int) -> None:
     """A run is finished once its summary.json says so (all epochs, its strategy's end, or its
-    energy budget). A run killed after its last state write but before its summary is not: its
-    resume writes the outputs without training again."""
+    energy or time budget). A run killed after its last state write but before its summary is not:
+    its resume writes the outputs without training again."""
     try:
         summary = read_json(run_dir / "summary.json")
     except (OSError, ValueError):
@@ -42,8 +43,8 @@ def refuse_finished(run_dir: Path, epochs: int) -> None:
     reason = summary.get("stop_reason")
     if reason == "interrupted":
         return
-    if reason == "energy_budget":
-        raise InputError(f"--resume {run_dir}: the run stopped on its energy budget and is finished; start a "
-                         f"new run to train more")
+    if reason in STOPS:
+        raise InputError(f"--resume {run_dir}: the run stopped on its {reason.replace('_', ' ')} and is finished; "
+                         f"start a new run to train more")
     raise InputError(f"--resume {run_dir}: the run already finished ({summary.get('epochs_run', epochs)} of "
                      f"{epochs} epochs)")

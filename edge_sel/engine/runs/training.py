@@ -141,6 +141,7 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
                 unfreeze(model)
                 spent = sum((r.get("energy_j") or 0) + (r.get("eval_energy_j") or 0) for r in before)
                 trainer = build(budget_j=None if energy.budget_j is None else max(0.0, energy.budget_j - spent))
+                trainer.budget.started_s = head.budget.started_s    # the head stage's seconds are the run's
         if trainer is not head:
             if not ranks:
                 signals.attach(trainer)
@@ -208,6 +209,7 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
         "dataset": card.dataset, "config": {**cfg.to_json(), **bn_run}, **bn_run,
         "total_wall_s": time.perf_counter() - t0, "run_dir": str(out),
         "energy_meter": meter_info, "stop_reason": trainer.stop_reason,
+        **({"budget_stop": trainer.budget.stopped} if trainer.budget.stopped else {}),
         **({"stop_signal": signal.Signals(signals.received or signal.SIGINT).name} if interrupted else {}),
         "idle_power_w": getattr(meter, "idle_power_w", None),
         # Measured before the first epoch, outside its time, joules and FLOPs (probe_* say how much).
