@@ -90,7 +90,9 @@ def run_trials(model, candidates, images, optimizer_factory, losses, rows: int, 
                         right += int((out.argmax(1) == yh[lo:hi]).sum())
                         loss += float(losses(out, yh[lo:hi]).sum())
                         eval_flops += flops.eval_batch(hi - lo)
-                c.trial = {"held_out_acc": round(right / len(yh), 4), "held_out_loss": round(loss / len(yh), 4),
+                # A collapsed trial's loss is not finite: None keeps the plan's record strict JSON.
+                c.trial = {"held_out_acc": round(right / len(yh), 4),
+                           "held_out_loss": round(loss / len(yh), 4) if math.isfinite(loss) else None,
                            "flops_train": train_flops, "flops_eval": eval_flops}
                 c.gain = right / len(yh)
                 counted += train_flops + eval_flops
