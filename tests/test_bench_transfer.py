@@ -246,21 +246,27 @@ def test_a_signal_during_a_best_fixed_run_stops_the_bench_and_names_the_run(benc
 
 def test_a_best_fixed_run_that_refuses_its_budget_is_named_and_the_others_go_on(bench, tmp_path, monkeypatch):
     """The best fixed set run under the planner's budget refuses it as a planner run can: named with
-    its line, not a row, and the next seed still runs (here both refuse: the process grew 500 MiB)."""
+    its line, not a row, and the next seed still runs; where every seed refused, the next most accurate
+    set that fits runs instead (here every run refuses: the process grew 500 MiB)."""
     from edge_sel.bench.transfer import TransferSettings, chosen_methods, transfer_methods
     from edge_sel.bench.transfer_front import run_best_fixed
     from edge_sel.engine.runs.data_options import DataOptions
     warm, _ = bench
     monkeypatch.setenv("EDGE_SEL_PROCESS_GROWTH_MB", "500")
     s = TransferSettings(warm, DataOptions("digits", shard="1/2", subset=200, test_subset=50), "clean",
-                         chosen_methods("classifier,planner@1/4", transfer_methods()), [0, 1], 1, 0.01, 256, 50, 0.1,
-                         "cpu", tmp_path, own_process=False)
-    ran = [{"seed": seed, "test_acc": 0.5, "clean_test_acc": 0.5} for seed in (0, 1)]
-    state = run_best_fixed(s, {"results": {"start": ran, "classifier": ran, "planner@1/4": ran},
-                               "budgets_mb": {"planner@1/4": 4.017}, "refused": {}}, log=lambda *_: None)
-    assert state["best_fixed"]["1/4"]["method"] == "classifier" and state["results"]["best fixed@1/4"] == []
-    assert [(r["seed"], r["budget_mb"]) for r in state["refused"]["best fixed@1/4"]] == [(0, 4.017), (1, 4.017)]
-    assert state["refused"]["best fixed@1/4"][0]["reason"].startswith("--memory-budget 4.017: ")
+                         chosen_methods("classifier,bn+classifier,planner@1/4", transfer_methods()), [0, 1], 1, 0.01, 256, 50,
+                         0.1, "cpu", tmp_path, own_process=False)
+    ran = lambda acc: [{"seed": seed, "test_acc": acc, "clean_test_acc": acc} for seed in (0, 1)]
+    state = run_best_fixed(s, {"results": {"start": ran(0.1), "classifier": ran(0.5), "bn+classifier": ran(0.6),
+                                           "planner@1/4": ran(0.5)},
+                               "budgets_mb": {"planner@1/4": 8.0}, "refused": {}}, log=lambda *_: None)
+    best = state["best_fixed"]["1/4"]
+    assert best["method"] is None and best["refused_sets"] == ["bn+classifier", "classifier"]
+    assert state["results"]["best fixed@1/4"] == []
+    for tried in ("bn+classifier", "classifier"):
+        refused = state["refused"][f"best fixed@1/4 ({tried})"]
+        assert [(r["seed"], r["budget_mb"]) for r in refused] == [(0, 8.0), (1, 8.0)]
+        assert refused[0]["reason"].startswith("--memory-budget 8: ")
     assert state["stopped"] is None
 
 

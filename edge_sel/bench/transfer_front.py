@@ -50,16 +50,23 @@ def lite_fits(mm: MemoryModel, budget_mb: float) -> bool:
 
 
 def best_fixed(results: dict, fitting: list[str]) -> str | None:
-    ran = [n for n in fitting if results.get(n)]
-    return max(ran, key=lambda n: mean_of(results[n], "test_acc")) if ran else None
+    ranked = fixed_by_accuracy(results, fitting)
+    return ranked[0] if ranked else None
+
+
+def fixed_by_accuracy(results: dict, fitting: list[str]) -> list[str]:
+    """The fitting sets that ran, the most accurate (mean over seeds) first."""
+    return sorted((n for n in fitting if results.get(n)), key=lambda n: -mean_of(results[n], "test_acc"))
 
 
 def run_best_fixed(s: TransferSettings, state: dict, last_k: int = 2, log=print, stop: BenchStop | None = None,
                    after_run=None) -> dict:
     """Per planner budget, the best fixed set that fits it run under that budget, every seed; adds
     `best fixed@<f>` results and `best_fixed` (what fitted, what was chosen) to the bench's state. Runs
-    stop and refuse their budget as run_bench's do (named in "stopped" and "refused", not rows);
-    `after_run` gets the state after each run."""
+    stop and refuse their budget as run_bench's do (named in "stopped" and "refused", not rows); a set
+    whose every run refused the budget (the bench's count fitted it, the process's growth did not) is
+    named in `refused_sets` and the next most accurate set runs instead. `after_run` gets the state
+    after each run."""
     stop = stop or BenchStop()
     planners = [f for f in FRACTIONS if state["results"].get(f"planner@{f}")]
     if not planners or stop.stopped:
@@ -74,40 +81,50 @@ def run_best_fixed(s: TransferSettings, state: dict, last_k: int = 2, log=print,
         fitting = [n for n, names in sets.items() if mm.shape_for(names, budget) is not None]
         if "lite-residual" in state["results"] and lite_fits(mm, budget):
             fitting.append("lite-residual")
-        chosen = best_fixed(state["results"], [n for n in fitting if n in by_name])
-        state["best_fixed"][f] = {"budget_mb": budget, "fitting": fitting, "method": chosen}
-        if chosen is None:
-            continue
-        m, rows, name = by_name[chosen], [], f"{BEST}@{f}"
-        state["results"][name] = rows
-        plan = None
-        if m.sparsity == "budget":        # the sparse update: its set, planned under this budget
-            plan = plan_memory(mm.counter, mm.model, s.batch_size, budget, sets[chosen], mm.shape.bn_statistics)
-            plan.trainable = sorted(sets[chosen])
-            plan = plan.to_json()
-        for start in state["results"]["start"]:
-            seed = start["seed"]
-            data = DataOptions(**{**vars(s.data), "shift": CONDITIONS[s.condition], "shift_seed": seed})
-            data.__dict__.pop("_source", None)
-            cfg = TrainConfig(epochs=s.epochs, lr=s.lr, seed=seed, device=s.device, batch_size=s.batch_size,
-                              val_subset=s.val_subset, keep="last", checkpoint_every=0, eval_batch_size=s.batch_size,
-                              bn_momentum=s.bn_momentum, strategy=m.strategy, sparsity=m.sparsity,
-                              bn_stats=m.bn_stats, method=dict(m.method), evaluate_start=False, memory_budget_mb=budget, memory_plan=plan,
-                              **SAME_NUMERICS)
-            run_dir = s.out / "runs" / f"best-fixed-{f.replace('/', '-')}" / f"seed{seed}"
-            done = _ran(stop, s, data, cfg, run_dir, name, seed, state.setdefault("refused", {}), log)
-            if done == STOPPED:
+        entry = state["best_fixed"][f] = {"budget_mb": budget, "fitting": fitting, "method": None}
+        name = f"{BEST}@{f}"
+        for chosen in fixed_by_accuracy(state["results"], [n for n in fitting if n in by_name]):
+            entry["method"] = chosen
+            rows = state["results"][name] = []
+            _run_fixed(s, state, mm, sets, by_name[chosen], f, budget, rows, stop, log, after_run)
+            if rows or stop.stopped:
                 break
-            if done == RAN:
-                row = method_row(run_dir, seed, start, mm.full_mb, s.own_process)
-                rows.append(row)
-                log(f"  seed {seed} {name} ({chosen}) test {row['test_acc']:.4f} under {budget:.1f} MiB")
-            if after_run is not None:
-                after_run(state)
+            # Every run refused: its refusals are kept under the set's name, and the next set runs.
+            entry.setdefault("refused_sets", []).append(chosen)
+            state["refused"][f"{name} ({chosen})"] = state["refused"].pop(name, [])
+            entry["method"] = None
         if stop.stopped:
             break
     state["stopped"] = stop.describe()
     return state
+
+
+def _run_fixed(s, state, mm, sets, m, f: str, budget: float, rows: list, stop: BenchStop, log, after_run) -> None:
+    """Set `m` run under `budget` on every seed of the bench, its rows appended to `rows`."""
+    name, plan = f"{BEST}@{f}", None
+    if m.sparsity == "budget":        # the sparse update: its set, planned under this budget
+        plan = plan_memory(mm.counter, mm.model, s.batch_size, budget, sets[m.name], mm.shape.bn_statistics)
+        plan.trainable = sorted(sets[m.name])
+        plan = plan.to_json()
+    for start in state["results"]["start"]:
+        seed = start["seed"]
+        data = DataOptions(**{**vars(s.data), "shift": CONDITIONS[s.condition], "shift_seed": seed})
+        data.__dict__.pop("_source", None)
+        cfg = TrainConfig(epochs=s.epochs, lr=s.lr, seed=seed, device=s.device, batch_size=s.batch_size,
+                          val_subset=s.val_subset, keep="last", checkpoint_every=0, eval_batch_size=s.batch_size,
+                          bn_momentum=s.bn_momentum, strategy=m.strategy, sparsity=m.sparsity,
+                          bn_stats=m.bn_stats, method=dict(m.method), evaluate_start=False, memory_budget_mb=budget,
+                          memory_plan=plan, **SAME_NUMERICS)
+        run_dir = s.out / "runs" / f"best-fixed-{f.replace('/', '-')}-{m.name.replace('+', '-')}" / f"seed{seed}"
+        done = _ran(stop, s, data, cfg, run_dir, name, seed, state.setdefault("refused", {}), log)
+        if done == STOPPED:
+            break
+        if done == RAN:
+            row = method_row(run_dir, seed, start, mm.full_mb, s.own_process)
+            rows.append(row)
+            log(f"  seed {seed} {name} ({m.name}) test {row['test_acc']:.4f} under {budget:.1f} MiB")
+        if after_run is not None:
+            after_run(state)
 
 
 def planner_choice(rows: list[dict]) -> str | None:
@@ -163,7 +180,8 @@ def front_lines(bench: dict) -> list[str]:
             refused = len((bench.get("refused") or {}).get(f"{BEST}@{f}", []))
             chosen = (b["method"] or (f"differs between the benches merged ({', '.join(map(str, b['split']))})"
                                       if b.get("split") else "-")) \
-                + (f" (refused its budget on {plural(refused, 'seed')})" if refused else "")
+                + (f" (refused its budget on {plural(refused, 'seed')})" if refused else "") \
+                + "".join(f"; {r} refused its budget on every seed" for r in b.get("refused_sets", []))
             lines.append(f"| {f} | {b['budget_mb']:.1f} | {', '.join(b['fitting']) or 'none'} | {chosen} | "
                          f"{diff} | {ratio} |")
     return lines
