@@ -82,6 +82,16 @@ def summary(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / "summary.json").read_text())
 
 
+def synthetic_folder(root: Path, size: int = 12, per_class: int = 8) -> Path:
+    """The synthetic data's four classes as an image folder, at another size than its 16 px."""
+    from PIL import Image
+    for c in range(4):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (size, size), (60 * c, 25 * i, 90)).save(root / f"class{c}" / f"{i}.png")
+    return root
+
+
 def digits_warmup_with_memory(out: Path) -> Path:
     """A small digits warmup on shard 0/2 that ships its source memory (20 anchors a class: 100
     replayed, 100 held out; the Fisher; the source weights)."""

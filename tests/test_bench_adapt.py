@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from edge_sel.bench.adapt import ci95, paired
 from edge_sel.methods.presets import apply_preset
 from edge_sel.config import TrainConfig
-from helpers import run_cli
+from helpers import run_cli, synthetic_folder
 
 
 def test_ci95_is_the_student_t_interval():
@@ -57,3 +58,15 @@ def test_bench_adapt_refuses_an_unknown_method(tmp_path):
     result = run_cli("bench", "adapt", "--dataset", "synthetic", "--quick", "--methods", "magic",
                      "--out", tmp_path / "b", expect=2)
     assert "--methods" in result.output and "Traceback" not in result.output
+
+
+def test_bench_adapt_gives_a_folder_at_the_checkpoints_size(tiny_warm, tmp_path):
+    """A 16 px warmup on a 12 px image folder: the runs fine-tune at the checkpoint's size."""
+    images = synthetic_folder(tmp_path / "images")
+    run_cli("bench", "adapt", "--checkpoint", tiny_warm, "--dataset", f"folder:{images}", "--scenarios", "noise",
+            "--methods", "no adaptation,bn re-estimation", "--seeds", "1", "--subset", "8", "--quiet",
+            "--out", tmp_path / "bench")
+    bench = json.loads((tmp_path / "bench" / "bench.json").read_text())
+    assert bench["image_size"] == 16
+    for rows in bench["results"]["noise"].values():
+        assert json.loads((Path(rows[0]["run_dir"]) / "config.json").read_text())["data"]["image_size"] == 16

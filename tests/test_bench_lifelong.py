@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from edge_sel.bench import lifelong
 from edge_sel.engine.night import journal
 from edge_sel.errors import InputError
-from helpers import run_cli
+from helpers import run_cli, synthetic_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -158,3 +159,30 @@ def test_methods_that_score_alike_do_not_hide_one_another(tmp_path, monkeypatch)
     assert [line.get_label() for line in lines] == ["lifelong", "conditions"]
     assert list(lines[0].get_xdata()) != list(lines[1].get_xdata())
     assert lines[0].get_marker() != lines[1].get_marker()
+
+
+def test_a_warmup_at_another_size_than_the_folder_lives_at_its_own(tiny_warm, tmp_path, monkeypatch):
+    """A 16 px warmup on a 12 px image folder: every night fine-tunes, and the bench evaluates every
+    domain and the stream, at the checkpoint's size; another --image-size is refused before any image
+    is decoded."""
+    from edge_sel.engine.runs.data_options import DataOptions
+    images = synthetic_folder(tmp_path / "images")
+    args = ["bench", "lifelong", "--checkpoint", tiny_warm, "--dataset", f"folder:{images}", "--schedule", "night",
+            "--methods", "none,bn,conditions", "--epochs", "1", "--seeds", "1", "--subset", "8", "--test-subset", "8",
+            "--predict-batch", "2", "--quiet"]
+    run_cli(*args, "--out", tmp_path / "bench")
+    results = json.loads((tmp_path / "bench" / "results.json").read_text())
+    assert results["image_size"] == 16
+    for name in ("bn", "conditions"):
+        for night in results["lives"][name][0]["nights"][1:]:
+            config = json.loads((Path(night["run"]) / "config.json").read_text())
+            assert config["data"]["image_size"] == 16, (name, night["night"])
+    assert set(results["summary"]["conditions"]["final"]["acc_frames"]) == {"clean", "gaussian_noise:3"}
+
+    def never(*a, **k):
+        raise AssertionError("the data were loaded")
+    monkeypatch.setattr(DataOptions, "load", never)
+    result = run_cli(*args, "--image-size", "24", "--out", tmp_path / "refused", expect=2)
+    assert result.output == (f"edge-sel: error: --image-size 24: the checkpoint {tiny_warm} takes 16 px images; "
+                             "pretrain at 24 px or leave it out\n")
+    assert not (tmp_path / "refused").exists()

@@ -54,7 +54,9 @@ def test_a_mean_outside_the_pixel_range_and_a_directory_as_weights_are_one_line(
 def test_image_size_has_one_range_and_pretrained_reads_as_a_value(tmp_path, capsys):
     for argv in (["pretrain", *QUICK, "--epochs", "0", "--out", tmp_path / "run"],
                  ["bench", "transfer", "--dataset", "digits", "--from-imagenet", "efficientnet_lite0",
-                  "--out", tmp_path / "run"]):
+                  "--out", tmp_path / "run"],
+                 ["bench", "lifelong", "--dataset", "digits", "--out", tmp_path / "run"],
+                 ["bench", "adapt", "--dataset", "digits", "--out", tmp_path / "run"]):
         code, err = run_main([*argv, "--image-size", "4"], capsys)
         assert code == 2 and "4 is not in the range 8<=x<=1024" in err, err
     text = run_cli("pretrain", "--help").output

@@ -17,14 +17,15 @@ import click
 
 from edge_sel.bench import contention, suites
 from edge_sel.bench.cli_common import (at_least_one, check_checkpoint, common_options, dataset_or_shared_cifar,
-                                       fresh_out, parse_activations, parse_scenarios, progress, warmup)
+                                       device_image_size, fresh_out, parse_activations, parse_scenarios, progress,
+                                       warmup)
 from edge_sel.bench.cli_lifelong import lifelong_cmd
 from edge_sel.bench.cli_memory import memory_cmd
 from edge_sel.bench.published import PUBLISHED
 from edge_sel.bench.runner import BenchData, SuiteSettings, run_suite
 from edge_sel.bench.stopping import BenchStop, stop_words
 from edge_sel.cli_base import Group
-from edge_sel.config import MEMORY_FORMATS, PRECISIONS, TrainConfig
+from edge_sel.config import MAX_IMAGE_SIZE, MEMORY_FORMATS, MIN_IMAGE_SIZE, PRECISIONS, TrainConfig
 from edge_sel.core.words import plural
 from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.engine.runs.run import pretrain
@@ -179,12 +180,15 @@ def reference_cmd(dataset, model_name, device, image_size, max_epochs, precision
 @click.option("--lr", type=float, default=0.01, show_default=True, help="Learning rate of every training method.")
 @click.option("--pretrain-epochs", type=int, default=None,
               help="Epochs of the clean warmup the bench makes when --checkpoint is not given [8; --quick: 1].")
+@click.option("--image-size", type=click.IntRange(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE), default=None,
+              help="Folder images resized to S x S: the device's resolution [the checkpoint's; it must match].")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, mps or auto.")
 @common_options(seeds_help="Seeds 0..K-1, paired across methods [5; --quick: 2].",
                 quick_help="A smoke run: 300 images, 1 warmup and 1 fine-tune epoch, activation 0.3, 2 seeds "
                            "(paired differences need two).",
                 subset_help="Class-balanced subset of N fine-tuning samples [10000; --quick: 300].", systems=False)
-def adapt_cmd(dataset, scenarios, activations, method_names, epochs, lr, pretrain_epochs, device, data_dir,
+def adapt_cmd(dataset, scenarios, activations, method_names, epochs, lr, pretrain_epochs, image_size, device,
+              data_dir,
               checkpoint, seeds, subset, out, overwrite, quick, quiet):
     """Adaptation to shifted local data: no adaptation, BatchNorm re-estimation, dense, random and
     sundew gates at equal activation, InfoBatch and the recipe, over paired seeds."""
@@ -205,16 +209,17 @@ def adapt_cmd(dataset, scenarios, activations, method_names, epochs, lr, pretrai
                              f"{', '.join(m.name for m in methods)}")
         methods = [m for m in methods if m.name in wanted]
     check_checkpoint(checkpoint)
+    size = device_image_size(ds, image_size, checkpoint)      # before any image is decoded
     target = fresh_out(out or Path("runs/bench-adapt"), overwrite, "adapt", checkpoint, ds, data_dir)
     start = warmup("adapt", checkpoint, ds, data_dir, pretrain_epochs or (1 if quick else 8), n if quick else None,
-                    device, target)
+                    device, target, size)
     log = progress(quiet)
     methods = adapt.with_source_memory(methods, Path(start), log)
     with BenchStop() as stop:
         result = adapt.run_adapt(Path(start), ds, data_dir, n, e, list(range(count)), chosen_scenarios, methods,
-                                 target, lr, device, log, stop)
+                                 target, lr, device, log, stop, size)
     bench = adapt.bench_record({"suite": "adapt", "dataset": ds, "checkpoint": str(start), "subset": n,
-                                "epochs": e, "lr": lr, "seeds": list(range(count)),
+                                "epochs": e, "lr": lr, "seeds": list(range(count)), "image_size": size,
                                 "scenarios": chosen_scenarios, "activations": list(acts)}, result, methods)
     written = adapt.write_outputs(bench, target)
     if stop.stopped:        # the runs finished before the stop, written as a partial bench

@@ -11,7 +11,7 @@ from edge_sel.config import TrainConfig
 from edge_sel.core.checkpoint import read_card
 from edge_sel.core.outputs import check_out_dir, start_out_dir
 from edge_sel.core.words import plural
-from edge_sel.data.sources import source_paths
+from edge_sel.data.sources import DATASET_NAMES, source_paths
 from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.engine.runs.run import pretrain
 from edge_sel.errors import InputError
@@ -43,6 +43,24 @@ def check_checkpoint(path: Path | None) -> None:
         read_card(path)     # one-line error when it is not a checkpoint, before any training
 
 
+def device_image_size(ds: str, image_size: int | None, checkpoint: Path | None,
+                      side: int | None = None) -> int | None:
+    """The size a bench gives folder (and pack) images at: --image-size, else the checkpoint's (the
+    device's resolution, what its warmup trained at; `side` where the bench makes its own start).
+    Refused in one line before any image is decoded: a size for a dataset that has its own, a size
+    other than the checkpoint's. None: the images as they are."""
+    if image_size is not None and ds in DATASET_NAMES:
+        raise InputError(f"--image-size {image_size}: resizes folder images only; --dataset {ds} has its own size")
+    if checkpoint is not None:
+        height, side = read_card(Path(checkpoint)).input_shape[-2:]
+        if height != side:          # not square: the folder must be at that size (finetune says so)
+            side = None
+        elif image_size is not None and image_size != side:
+            raise InputError(f"--image-size {image_size}: the checkpoint {checkpoint} takes {side} px images; "
+                             f"pretrain at {image_size} px or leave it out")
+    return None if ds in DATASET_NAMES else image_size or side
+
+
 def at_least_one(epochs, subset, seeds, pretrain_epochs) -> None:
     for option, value in (("--epochs", epochs), ("--subset", subset), ("--seeds", seeds),
                           ("--pretrain-epochs", pretrain_epochs)):
@@ -51,12 +69,13 @@ def at_least_one(epochs, subset, seeds, pretrain_epochs) -> None:
 
 
 def warmup(suite: str, checkpoint: Path | None, ds: str, data_dir, epochs: int, subset: int | None, device: str,
-            target: Path) -> Path:
-    """The --checkpoint given, else a clean edgecnn warmup pretrained on shard 0/2 into OUT/warmup."""
+            target: Path, image_size: int | None = None) -> Path:
+    """The --checkpoint given, else a clean edgecnn warmup pretrained on shard 0/2 into OUT/warmup
+    (at `image_size`: folder images resized)."""
     if checkpoint is not None:
         return Path(checkpoint)
     click.echo(f"bench {suite}: pretraining a clean warmup ({plural(epochs, 'epoch')}, shard 0/2)", err=True)
-    pretrain("edgecnn", DataOptions(ds, data_dir, shard="0/2", subset=subset),
+    pretrain("edgecnn", DataOptions(ds, data_dir, shard="0/2", subset=subset, image_size=image_size),
              TrainConfig(epochs=epochs, seed=0, device=device), target / "warmup", quiet=True)
     return target / "warmup"
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import click
 
 from edge_sel.bench.cli_common import (at_least_one, check_checkpoint, common_options, dataset_or_shared_cifar,
-                                       fresh_out, progress, warmup)
+                                       device_image_size, fresh_out, progress, warmup)
 from edge_sel.cli_base import Command
+from edge_sel.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from edge_sel.core.words import plural
 from edge_sel.errors import InputError
 
@@ -44,6 +45,9 @@ from edge_sel.errors import InputError
                    "(the whole validation split; the recipe sizes its own).")
 @click.option("--pretrain-epochs", type=int, default=None,
               help="Epochs of the clean warmup the bench makes when --checkpoint is not given [8; --quick: 4].")
+@click.option("--image-size", type=click.IntRange(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE), default=None,
+              help="Folder images resized to S x S, every night, every evaluation and the stream: the device's "
+                   "resolution [the checkpoint's; it must match].")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, mps or auto.")
 @click.option("--predict-batch", type=click.IntRange(min=0), default=1, show_default=True,
               help="Besides whole batches, the deployed model predicts the domains' images as a camera's stream "
@@ -54,7 +58,7 @@ from edge_sel.errors import InputError
                 subset_help="Images a night, class-balanced, drawn anew each night [1000; --quick: 150].",
                 systems=False)
 def lifelong_cmd(dataset, schedule, shifts, method_names, levers, epochs, lr, test_subset, val_subset, pretrain_epochs,
-                 device, predict_batch,
+                 image_size, device, predict_batch,
                  data_dir, checkpoint, seeds, subset, out, overwrite, quick, quiet):
     """A device's life: a schedule of nights (fine-tune from the deployed model on tonight's data, then
     promote), one device per method and seed; the deployed model's accuracy on every domain after
@@ -74,22 +78,25 @@ def lifelong_cmd(dataset, schedule, shifts, method_names, levers, epochs, lr, te
     if quick and checkpoint is not None:
         raise InputError("--checkpoint: --quick always pretrains its own digits warmup")
     check_checkpoint(checkpoint)
+    size = device_image_size(ds, image_size, checkpoint)      # before any image is decoded
     target = fresh_out(out or Path("runs/bench-lifelong"), overwrite, "lifelong", checkpoint, ds, data_dir)
     # pretrain ships the source memory the levers and the guard need
-    start = warmup("lifelong", checkpoint, ds, data_dir, pretrain_epochs or (4 if quick else 8), None, device, target)
+    start = warmup("lifelong", checkpoint, ds, data_dir, pretrain_epochs or (4 if quick else 8), None, device, target,
+                   size)
     methods, skipped = lifelong.select_methods(lifelong.life_methods(strengths), method_names, Path(start),
                                                lifelong.QUICK_METHODS if quick else None)
     for name, why in skipped.items():
         click.echo(f"bench lifelong: skipping {name}: {why}", err=True)
     settings = lifelong.LifeSettings(ds, data_dir, Path(start), nights, conditions, methods, list(range(count)), n, e,
                                      lr, device, target, None if quick and test_subset is None else test_subset or 2000,
-                                     val_subset=val_subset, skipped=skipped, predict_batch=predict_batch)
+                                     val_subset=val_subset, skipped=skipped, predict_batch=predict_batch,
+                                     image_size=size)
     result = lifelong.play(settings, progress(quiet))
     result["predict_batch"] = predict_batch
     record = {"suite": "lifelong", "dataset": ds, "checkpoint": str(start), "schedule": nights,
               "conditions": {c: conditions[c] for c in dict.fromkeys(nights)}, "subset": n, "epochs": e, "lr": lr,
               "seeds": list(range(count)), "test_subset": settings.test_subset, "val_subset": val_subset,
-              "predict_batch": predict_batch,
+              "image_size": size, "predict_batch": predict_batch,
               "levers": {**lifelong.LEVERS, **strengths},
               "methods": [dataclasses.asdict(m) for m in methods], "skipped": skipped}
     written = lifelong_report.write_outputs(result, record, target)

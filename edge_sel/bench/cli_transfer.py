@@ -7,12 +7,12 @@ from pathlib import Path
 
 import click
 
-from edge_sel.bench.cli_common import check_checkpoint, dataset_or_shared_cifar, fresh_out, progress
+from edge_sel.bench.cli_common import (check_checkpoint, dataset_or_shared_cifar, device_image_size, fresh_out,
+                                       progress)
 from edge_sel.bench.stopping import BenchStop, stop_words
 from edge_sel.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from edge_sel.core.checkpoint import read_card
 from edge_sel.core.words import plural
-from edge_sel.data.sources import DATASET_NAMES
 from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.errors import InputError
 
@@ -87,12 +87,7 @@ def transfer_cmd(checkpoint, imagenet_model, dataset, scenario, image_size, meth
     check_checkpoint(checkpoint)
     ds = dataset_or_shared_cifar(dataset)
     side = (96 if quick else 128) if checkpoint is None else read_card(Path(checkpoint)).input_shape[-1]
-    if image_size is not None and ds in DATASET_NAMES:
-        raise InputError(f"--image-size {image_size}: resizes folder images only; --dataset {ds} has its own size")
-    if checkpoint is not None and image_size is not None and image_size != side:
-        raise InputError(f"--image-size {image_size}: the checkpoint {checkpoint} takes {side} px images; "
-                         f"pretrain at {image_size} px or leave it out")
-    size = None if ds in DATASET_NAMES else image_size or side
+    size = device_image_size(ds, image_size, checkpoint, side)
     use_threads(threads)
     if device == "cpu" and not quick and not quiet and (seeds is None or subset is None):
         click.echo(f"bench transfer: the defaults are sized for a GPU ({plural(len(methods), 'method')} x "

@@ -183,8 +183,9 @@ class EvaluationSets:
     sizes: dict
 
     @classmethod
-    def build(cls, dataset: str, data_dir, domain_names: list[str], per_domain: int | None) -> "EvaluationSets":
-        splits = DataOptions(dataset, data_dir).load()
+    def build(cls, dataset: str, data_dir, domain_names: list[str], per_domain: int | None,
+              image_size: int | None = None) -> "EvaluationSets":
+        splits = DataOptions(dataset, data_dir, image_size=image_size).load()
         test = splits.test
         picked = test if per_domain is None or per_domain >= len(test) else \
             test.subset(stratified_take(test, per_domain, seed=0))
@@ -192,9 +193,9 @@ class EvaluationSets:
         for d in domain_names:
             if d == CLEAN:
                 sets[d] = picked
-            else:
+            else:       # corrupted at the size the model is given, as a night's data is (data/shift.py)
                 name, severity = d.split(":")
-                sets[d] = corrupted(picked, name, int(severity), seed=0, pool="test")
+                sets[d] = corrupted(picked.at_run_size(), name, int(severity), seed=0, pool="test")
         sets[SERVER] = test
         return cls(sets, {k: len(v) for k, v in sets.items()})
 
@@ -203,6 +204,10 @@ class EvaluationSets:
         device predicts (`frames`: a camera's stream, `predict_batch` images a call), and the counted
         FLOPs of both."""
         model, card = load_checkpoint(checkpoint)
+        shape = self.sets[SERVER].input_shape
+        if list(card.input_shape) != list(shape):   # a pooled model would run, at a size it was not trained at
+            raise InputError(f"--image-size: the checkpoint {checkpoint} takes {card.input_shape[1:]} images, the "
+                             f"bench's test images are {shape[1:]}")
         model.eval()
         bank = attach_saved_bank(model, checkpoint, card)    # a device's statistics per condition
         counter = FlopCounter(model, list(card.input_shape))
@@ -257,13 +262,14 @@ class EvaluationSets:
 
 
 def night_data(dataset: str, data_dir, spec: str, subset: int | None, seed: int, night: int,
-               test_subset: int | None = None) -> DataOptions:
-    """Tonight's local data: shard 1/2 under tonight's condition, a new draw per (seed, night). The
-    device's own labelled test set is `test_subset` images (the bench measures the deployed model
-    itself; a device's test passes only add cost)."""
+               test_subset: int | None = None, image_size: int | None = None) -> DataOptions:
+    """Tonight's local data: shard 1/2 under tonight's condition, a new draw per (seed, night), at
+    the device's resolution (`image_size`: folder images resized). The device's own labelled test
+    set is `test_subset` images (the bench measures the deployed model itself; a device's test
+    passes only add cost)."""
     return DataOptions(dataset, data_dir, shard="1/2", subset=subset, shift=spec or None, shift_seed=seed,
                        subset_seed=None if subset is None else 7919 * seed + 101 * night + 17,
-                       test_subset=test_subset)
+                       test_subset=test_subset, image_size=image_size)
 
 
 class Device:
@@ -331,13 +337,14 @@ class LifeSettings:
     reference_methods: tuple[str, ...] = REFERENCE_METHODS
     skipped: dict = field(default_factory=dict)      # method -> why it did not run
     predict_batch: int = 1           # the deployed model also predicts a camera's stream, N images a call (0: not)
+    image_size: int | None = None    # folder images resized to the device's resolution (None: as they are)
 
 
 def play(s: LifeSettings, log=print) -> dict:
     """Every method's life for every seed, night by night, and the single-night references."""
     t0 = time.perf_counter()
     image_domains = domains(s.schedule, s.conditions)
-    evalsets = EvaluationSets.build(s.dataset, s.data_dir, image_domains, s.test_subset)
+    evalsets = EvaluationSets.build(s.dataset, s.data_dir, image_domains, s.test_subset, s.image_size)
     start = evalsets.evaluate(s.warmup, predict_batch=s.predict_batch)
     bench_eval_flops = start["flops"]
     lives: dict = {m.name: [] for m in s.methods}
@@ -346,7 +353,8 @@ def play(s: LifeSettings, log=print) -> dict:
         history = {m.name: [{"night": 0, "condition": "start", "acc": start["acc"], "forgetting": {},
                              "acc_frames": start.get("acc_frames"), **NO_COST}] for m in s.methods}
         for i, condition in enumerate(s.schedule, 1):
-            data = night_data(s.dataset, s.data_dir, s.conditions[condition], s.subset, seed, i, s.test_subset)
+            data = night_data(s.dataset, s.data_dir, s.conditions[condition], s.subset, seed, i, s.test_subset,
+                              s.image_size)
             for m in s.methods:
                 dev, past = devices[m.name], history[m.name]
                 row = {"night": i, "condition": condition, "shift": s.conditions[condition]}
@@ -411,7 +419,8 @@ def single_night_references(s: LifeSettings, evalsets: EvaluationSets, image_dom
             rows = []
             for seed in s.seeds:
                 dev = Device(s.out / "references" / d.replace(":", "-") / name / f"seed{seed}", s.warmup)
-                data = night_data(s.dataset, s.data_dir, s.conditions[condition], s.subset, seed, i, s.test_subset)
+                data = night_data(s.dataset, s.data_dir, s.conditions[condition], s.subset, seed, i, s.test_subset,
+                                  s.image_size)
                 cfg = by_name[name].config(s.epochs, s.lr, seed, s.device, s.val_subset)
                 cfg.max_forgetting = GUARD_OFF
                 night = dev.night(f"night{i:02d}-{condition}", data, cfg)
