@@ -93,7 +93,8 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
     # A run too short for two trials to pay back chooses the cheapest set that fits: the gain probe
     # (it only picks the tensors of the sparse and gain-per-byte sets, which are never the cheapest)
     # and those two candidates are skipped.
-    too_short = steps < fewest_steps_for_trials(trial_steps, cfg.batch_size, held_out_count(len(trainer.train_ds)))
+    held_out = held_out_count(len(trainer.train_ds))
+    too_short = steps < fewest_steps_for_trials(trial_steps, cfg.batch_size, held_out)
     if too_short:
         gains, source = None, {"source": f"none: {steps} steps, fewer than two trials pay back in "
                                          f"(engine/loop/trial_gain.py); the sparse and gain-per-byte sets not planned"}
@@ -111,35 +112,28 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
     if chosen is not None:          # by a fixed set's name where it is one
         same = next((name for name, names in fixed if set(names) == set(chosen)), "fisher")
         candidates.append(fit(same, chosen))
-    rest = [(name, set(names)) for name, names in fixed if chosen is None or set(names) != set(chosen)]
-    rest.append(("lite-residual+bias", None))
-    lite, probe, lite_trial, trial = None, None, None, {}
+    candidates += [fit(name, set(names)) for name, names in fixed if chosen is None or set(names) != set(chosen)]
+    lite_trial = None
     images = None if too_short else trial_images(trainer.train_ds, trainer.mean, trainer.std, cfg.batch_size,
                                                  trial_steps, cfg.seed)
-    held_out = held_out_count(len(trainer.train_ds))
     # Every candidate is counted and timed; the trials, cheapest first, only as far as the run can pay
     # them back (trial_gain.affordable): one not tried cannot be chosen over one that was.
-    candidates += [fit(name, names) for name, names in rest if names is not None]
     cost = joule_plan.measure_costs(candidates, model, x, y, losses, trainer.device, steps, trainer.meter)
-    if any(names is None for _, names in rest):     # the branches: counted, timed and tried while on the model
-        add_residuals(model, counter.input_shape)
-        try:
-            lite_counter = MemoryCounter(model, counter.input_shape, counter.optimizer_factory, counter.loss_fn,
-                                         kernels=counter.kernels, step=counter.step)
-            lite = fit("lite-residual+bias", residual_names(model), lite_counter)
-            probe = joule_plan.measure_costs([lite], model, x, y, losses, trainer.device, steps, trainer.meter)
-            if lite.step_s is not None and lite.joules is None and cost["watts"]:
-                lite.joules = lite.seconds * cost["watts"]
-            candidates.append(lite)
-            to_try, sizing = affordable(candidates, trial_steps, cfg.batch_size, held_out)
-            to_try = [] if images is None else to_try
-            if lite in to_try:      # counted apart: the run's counter keeps no branch's counts
-                lite_trial = tried(trainer, [lite], images, trial_steps, FlopCounter(model, trainer.flops.input_shape))
-        finally:
-            remove_residuals(model)
-    else:
+    add_residuals(model, counter.input_shape)       # the branches: counted, timed and tried while on the model
+    try:
+        lite_counter = MemoryCounter(model, counter.input_shape, counter.optimizer_factory, counter.loss_fn,
+                                     kernels=counter.kernels, step=counter.step)
+        lite = fit("lite-residual+bias", residual_names(model), lite_counter)
+        probe = joule_plan.measure_costs([lite], model, x, y, losses, trainer.device, steps, trainer.meter)
+        if lite.step_s is not None and lite.joules is None and cost["watts"]:
+            lite.joules = lite.seconds * cost["watts"]
+        candidates.append(lite)
         to_try, sizing = affordable(candidates, trial_steps, cfg.batch_size, held_out)
         to_try = [] if images is None else to_try
+        if lite in to_try:      # counted apart: the run's counter keeps no branch's counts
+            lite_trial = tried(trainer, [lite], images, trial_steps, FlopCounter(model, trainer.flops.input_shape))
+    finally:
+        remove_residuals(model)
     if all(c.count is None for c in candidates):
         lowest = smallest_budget(counter, model, None, rows, spent)
         raise InputError(f"--memory-budget {cfg.memory_budget_mb:g}: no step fits; the smallest that does is "
