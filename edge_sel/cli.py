@@ -151,8 +151,8 @@ def night_cmd(home, runs, deployed, warmup, **kw):
     if result.decision is None:
         click.echo(f"interrupted: state checkpointed; the next night resumes {result.run_dir}")
         sys.exit(result.exit_status)
-    if budget_stop_line(summary):
-        click.echo(budget_stop_line(summary))
+    if line := budget_stop_line(summary):
+        click.echo(line)
     click.echo(decision_line(result.decision, result.run_dir))
     cost = result.cost
     joules = "energy not measured" if cost["energy_all_j"] is None else \
@@ -188,8 +188,8 @@ def report_end(summary: dict, quiet: bool) -> None:
         click.echo(f"interrupted: state checkpointed; continue with: edge-sel {summary['phase']} --resume "
                    f"{summary['run_dir']}")
         sys.exit(exit_code_for(getattr(signal, summary.get("stop_signal") or "SIGINT")))
-    elif budget_stop_line(summary):
-        click.echo(budget_stop_line(summary))
+    elif line := budget_stop_line(summary):
+        click.echo(line)
 
 
 @cli.command("models")

@@ -4,7 +4,7 @@ difference against the best fixed set run under its budget."""
 
 import json
 
-from edge_sel.bench.transfer_front import best_fixed, front_lines
+from edge_sel.bench.transfer_front import fixed_by_accuracy, front_lines
 
 
 def rows(accs, joules, run_dir="-", counted=10.0):
@@ -14,9 +14,9 @@ def rows(accs, joules, run_dir="-", counted=10.0):
 
 def test_the_best_fixed_set_is_the_most_accurate_of_those_that_fit():
     results = {"classifier": rows([0.5, 0.6], 1), "last-k": rows([0.7, 0.8], 2), "full FT": rows([0.9, 0.9], 5)}
-    assert best_fixed(results, ["classifier", "last-k"]) == "last-k"
-    assert best_fixed(results, ["classifier", "sparse"]) == "classifier"       # sparse did not run
-    assert best_fixed(results, []) is None
+    assert fixed_by_accuracy(results, ["classifier", "last-k"]) == ["last-k", "classifier"]
+    assert fixed_by_accuracy(results, ["classifier", "sparse"]) == ["classifier"]       # sparse did not run
+    assert fixed_by_accuracy(results, []) == []
 
 
 def test_the_front_marks_undominated_points_and_the_planners_choice(tmp_path):

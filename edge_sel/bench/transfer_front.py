@@ -49,11 +49,6 @@ def lite_fits(mm: MemoryModel, budget_mb: float) -> bool:
     return fit_shape(counter, twin, mm.batch, usable(budget_mb), residual_names(twin), mm.shape.bn_statistics) is not None
 
 
-def best_fixed(results: dict, fitting: list[str]) -> str | None:
-    ranked = fixed_by_accuracy(results, fitting)
-    return ranked[0] if ranked else None
-
-
 def fixed_by_accuracy(results: dict, fitting: list[str]) -> list[str]:
     """The fitting sets that ran, the most accurate (mean over seeds) first."""
     return sorted((n for n in fitting if results.get(n)), key=lambda n: -mean_of(results[n], "test_acc"))

@@ -47,11 +47,10 @@ def summarize(records: list[dict], extra: dict, baseline: dict | None = None, ke
             "rolled_back_flops": total("rolled_back_flops"), "rolled_back_samples": total("rolled_back_samples"),
             "rolled_back_s": total("rolled_back_s"), "rolled_back_j": total("rolled_back_j"),
             "flops_eval": total("flops_eval", evaluated),
-            # --sparsity budget's trials (in the first epoch's flops_train; a run of no epoch: its start's).
-            **({"memory_plan_trial_flops": total("memory_plan_trial_flops", evaluated)}
-               if total("memory_plan_trial_flops", evaluated) is not None else {}),
+            # --sparsity budget's trials (in the first epoch's flops_train; a run of no epoch: its start's);
             # --bn-conditions: the bank's re-estimations and fingerprints (in flops_eval).
-            **{k: total(k, evaluated) for k in ("flops_bn_bank", "bn_bank_samples") if total(k, evaluated) is not None},
+            **{k: total(k, evaluated) for k in ("memory_plan_trial_flops", "flops_bn_bank", "bn_bank_samples")
+               if total(k, evaluated) is not None},
             "train_wall_s": total("wall_s"), "eval_wall_s": total("eval_wall_s", evaluated),
             "energy_j": total("energy_j"), "eval_energy_j": total("eval_energy_j", evaluated),
             # The meter of the last record; a run of no epoch (statistics only) has its baseline's.
