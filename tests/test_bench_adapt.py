@@ -61,12 +61,14 @@ def test_bench_adapt_refuses_an_unknown_method(tmp_path):
 
 
 def test_bench_adapt_gives_a_folder_at_the_checkpoints_size(tiny_warm, tmp_path):
-    """A 16 px warmup on a 12 px image folder: the runs fine-tune at the checkpoint's size."""
+    """A 16 px warmup on a 12 px image folder: the runs fine-tune at the checkpoint's size, test on
+    the class-balanced draw asked for, with the threads asked for."""
     images = synthetic_folder(tmp_path / "images")
     run_cli("bench", "adapt", "--checkpoint", tiny_warm, "--dataset", f"folder:{images}", "--scenarios", "noise",
             "--methods", "no adaptation,bn re-estimation", "--seeds", "1", "--subset", "8", "--quiet",
-            "--out", tmp_path / "bench")
+            "--test-subset", "4", "--threads", "1", "--out", tmp_path / "bench")
     bench = json.loads((tmp_path / "bench" / "bench.json").read_text())
-    assert bench["image_size"] == 16
+    assert (bench["image_size"], bench["test_subset"], bench["threads"]) == (16, 4, 1)
     for rows in bench["results"]["noise"].values():
-        assert json.loads((Path(rows[0]["run_dir"]) / "config.json").read_text())["data"]["image_size"] == 16
+        data = json.loads((Path(rows[0]["run_dir"]) / "config.json").read_text())["data"]
+        assert (data["image_size"], data["test_subset"]) == (16, 4)

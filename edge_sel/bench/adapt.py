@@ -108,9 +108,11 @@ def outcome(run_dir: Path) -> dict:
 
 def run_adapt(checkpoint: Path, dataset: str, data_dir, subset: int, epochs: int, seeds: list[int],
               scenarios: dict[str, str], methods: list[AdaptMethod], out: Path, lr: float, device: str,
-              log=print, stop: BenchStop | None = None, image_size: int | None = None) -> dict:
+              log=print, stop: BenchStop | None = None, image_size: int | None = None,
+              test_subset: int | None = None) -> dict:
     """A run stopped early (bench/stopping.py) ends the bench: it is named in "stopped", not a row.
-    `image_size`: folder images resized to the device's resolution (None: as they are)."""
+    `image_size`: folder images resized to the device's resolution (None: as they are); `test_subset`:
+    a class-balanced draw of the shard's test images (None: all of them)."""
     results: dict = {name: {m.name: [] for m in methods} for name in scenarios}
     stop = stop or BenchStop()
     t0 = time.perf_counter()
@@ -119,7 +121,7 @@ def run_adapt(checkpoint: Path, dataset: str, data_dir, subset: int, epochs: int
             if stop.stopped:
                 break
             data = DataOptions(dataset, data_dir, shard="1/2", subset=subset, shift=spec, shift_seed=seed,
-                               image_size=image_size)
+                               image_size=image_size, test_subset=test_subset)
             for m in methods:
                 cfg = TrainConfig(epochs=epochs if m.epochs is None else m.epochs, lr=lr, seed=seed, device=device,
                                   strategy=m.strategy, sparsity=m.sparsity, method=dict(m.method),

@@ -183,16 +183,23 @@ def reference_cmd(dataset, model_name, device, image_size, max_epochs, precision
 @click.option("--image-size", type=click.IntRange(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE), default=None,
               help="Folder images resized to S x S: the device's resolution [the checkpoint's; it must match].")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, mps or auto.")
+@click.option("--test-subset", type=click.IntRange(min=1), default=None,
+              help="A class-balanced draw of N test images, noisy and clean [every test image of the shard].")
+@click.option("--threads", type=click.IntRange(min=1), default=None, envvar="EDGE_SEL_THREADS", show_envvar=True,
+              help="torch's CPU threads of every run [default: the CPUs other work leaves free at the start].")
 @common_options(seeds_help="Seeds 0..K-1, paired across methods [5; --quick: 2].",
                 quick_help="A smoke run: 300 images, 1 warmup and 1 fine-tune epoch, activation 0.3, 2 seeds "
                            "(paired differences need two).",
                 subset_help="Class-balanced subset of N fine-tuning samples [10000; --quick: 300].", systems=False)
 def adapt_cmd(dataset, scenarios, activations, method_names, epochs, lr, pretrain_epochs, image_size, device,
-              data_dir,
+              test_subset, threads, data_dir,
               checkpoint, seeds, subset, out, overwrite, quick, quiet):
     """Adaptation to shifted local data: no adaptation, BatchNorm re-estimation, dense, random and
     sundew gates at equal activation, InfoBatch and the recipe, over paired seeds."""
+    import torch
+
     from edge_sel.bench import adapt
+    from edge_sel.bench.cli_transfer import use_threads
     ds = dataset_or_shared_cifar(dataset)
     n = subset or (300 if quick else 10000)
     e = epochs or (1 if quick else 2)
@@ -210,6 +217,7 @@ def adapt_cmd(dataset, scenarios, activations, method_names, epochs, lr, pretrai
         methods = [m for m in methods if m.name in wanted]
     check_checkpoint(checkpoint)
     size = device_image_size(ds, image_size, checkpoint)      # before any image is decoded
+    use_threads(threads)
     target = fresh_out(out or Path("runs/bench-adapt"), overwrite, "adapt", checkpoint, ds, data_dir)
     start = warmup("adapt", checkpoint, ds, data_dir, pretrain_epochs or (1 if quick else 8), n if quick else None,
                     device, target, size)
@@ -217,8 +225,9 @@ def adapt_cmd(dataset, scenarios, activations, method_names, epochs, lr, pretrai
     methods = adapt.with_source_memory(methods, Path(start), log)
     with BenchStop() as stop:
         result = adapt.run_adapt(Path(start), ds, data_dir, n, e, list(range(count)), chosen_scenarios, methods,
-                                 target, lr, device, log, stop, size)
+                                 target, lr, device, log, stop, size, test_subset)
     bench = adapt.bench_record({"suite": "adapt", "dataset": ds, "checkpoint": str(start), "subset": n,
+                                "test_subset": test_subset, "threads": torch.get_num_threads(),
                                 "epochs": e, "lr": lr, "seeds": list(range(count)), "image_size": size,
                                 "scenarios": chosen_scenarios, "activations": list(acts)}, result, methods)
     written = adapt.write_outputs(bench, target)
