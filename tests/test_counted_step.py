@@ -101,7 +101,8 @@ def test_a_budgeted_step_counts_what_saved_tensor_hooks_see_over_the_real_step(w
     local = 32 * 8 * 8 * 4 / MiB if kind == "replay" else 0.0
     assert record["memory_kept_mb"] == pytest.approx(copies * params + local, abs=0.001)
     if kind != "micro-batches":     # planning is part of the first epoch's cost
-        assert record["memory_plan_counts"] >= 1 and record["wall_s"] >= record["memory_plan_wall_s"] > 0
+        assert record["memory_plan_counts"] + record["memory_plan_counts_read"] >= 1
+        assert record["wall_s"] >= record["memory_plan_wall_s"] > 0
     if kind == "plain":     # beside the evaluation: momentum, the last gradients and the epoch's copy, all trained
         assert record["memory_eval_beside_mb"] == pytest.approx(3 * record["memory_kept_mb"], rel=0.01)
 

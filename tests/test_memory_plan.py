@@ -261,7 +261,7 @@ def test_the_plan_says_mib_what_it_bounds_and_a_cut_evaluation_batch(tiny_warm, 
     (line,) = [x for x in err.splitlines() if x.startswith("edge-sel: memory plan: the training step counted")]
     assert " MB" not in line and "of the 7 MiB budget" in line and "not the process" in line
     assert "evaluation and scoring in batches of " in line and ", not 256:" in line
-    assert "MiB resident before training (measured" in line and " steps counted)" in line
+    assert "MiB resident before training (measured" in line and " steps counted" in line
     (closing,) = [x for x in out.splitlines() if x.startswith("memory budget 7 MiB")]
     assert "the training step counted" in closing and "within it" in closing and "peaked at" in closing
 
@@ -330,14 +330,24 @@ def test_a_run_that_kept_the_heap_hands_it_back_when_it_ends(tiny_warm, tmp_path
     assert 0 < calls[0][2] == int((1000 - plan["counted"]["peak_mb"]) * MiB)
 
 
-def test_a_run_of_no_epoch_counts_its_plans_time_and_joules(tiny_warm, tmp_path, capsys):
+def test_a_run_of_no_epoch_counts_its_plans_time_and_joules(tiny_warm, tmp_path, capsys, monkeypatch):
     """--epochs 0 under a budget plans, and no epoch record carried the plan's cost: its joules were
-    in no total (mobilenetv2 at 32 px under 40 MiB: 54 s of planning, recorded nowhere)."""
-    code, _ = run_main(["finetune", "--checkpoint", tiny_warm, *FINETUNE, "--epochs", "0", "--memory-budget", "9",
-                        "--out", tmp_path / "run"], capsys)
+    in no total (mobilenetv2 at 32 px under 40 MiB: 54 s of planning, recorded nowhere). The same run
+    again on the device reads every count its plan needs from the first's and plans the same step."""
+    monkeypatch.setenv("EDGE_SEL_CACHE", str(tmp_path / "cache"))      # no count kept by another test
+    plans = []
+    for out in ("run", "again"):
+        code, _ = run_main(["finetune", "--checkpoint", tiny_warm, *FINETUNE, "--epochs", "0", "--memory-budget", "9",
+                            "--out", tmp_path / out], capsys)
+        assert code == 0
+        plans.append(json.loads((tmp_path / out / "config.json").read_text())["memory_plan"])
     (start,) = records(tmp_path / "run", baseline=True)
     totals = summary(tmp_path / "run")["totals"]
-    assert code == 0 and start["memory_plan_counts"] >= 1 and start["memory_plan_wall_s"] > 0
+    assert start["memory_plan_counts"] >= 1 and start["memory_plan_counts_read"] == 0 and start["memory_plan_wall_s"] > 0
     assert totals["wall_all_s"] >= start["memory_plan_wall_s"] + start["eval_wall_s"]
     if start["memory_plan_energy_j"] is not None:
         assert totals["energy_all_j"] == pytest.approx(start["eval_energy_j"] + start["memory_plan_energy_j"])
+    (again,) = records(tmp_path / "again", baseline=True)
+    assert (again["memory_plan_counts"], again["memory_plan_counts_read"]) == (0, start["memory_plan_counts"])
+    same = [{k: v for k, v in plan.items() if k != "gains"} for plan in plans]     # gains: timed costs
+    assert same[1] == same[0] and same[0]["counted"]["peak_mb"] > 0

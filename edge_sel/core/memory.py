@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from functools import partial
 
 import torch
@@ -31,6 +31,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from edge_sel.core.count_keys import count_key, optimizer_key, structure_key
 from edge_sel.core.kernel_workspace import convolution_workspace
 from edge_sel.core.meta_outputs import MetaOutputs
 from edge_sel.core.micro_batches import bounds
@@ -157,7 +158,7 @@ class MemoryCounter:
     by (trainable set, step shape)."""
 
     def __init__(self, model: nn.Module, input_shape: list[int], optimizer_factory, loss_fn=None,
-                 kernels: str = "none", step=None):
+                 kernels: str = "none", step=None, store=None):
         self.model = model
         self.kernels = kernels          # "cpu": add CPU convolutions' own buffers (core/kernel_workspace.py)
         self.input_shape = list(input_shape)
@@ -166,8 +167,12 @@ class MemoryCounter:
         # step(twin, optimizer) -> (run(x, y, micro_batch), kept tensors): the run's own step bound to the
         # twin (engine/loop/step_memory.py), and what the run keeps beside the model; None: plain_step.
         self.step = step
+        # store.get(key) -> dict | None, store.put(key, dict): counts kept across runs on this device
+        # (engine/machine/count_store.py), used where a step's key says what it depends on (core/count_keys.py).
+        self.store = store
         self.on_count = None            # called with (counts made, seconds spent) after each new count
-        self.counts_made, self.seconds = 0, 0.0
+        self.counts_made, self.counts_read, self.seconds = 0, 0, 0.0
+        self._structure: str | None = None
         self._twin: nn.Module | None = None
         self._cache: dict[tuple, MemoryCount] = {}
         self._optimizers: dict[tuple, torch.optim.Optimizer] = {}     # trainable set -> the twin's optimizer, its state made
@@ -194,12 +199,31 @@ class MemoryCounter:
         key = (signature, shape)
         if key not in self._cache:
             t0 = time.perf_counter()
-            self._cache[key] = self._count(signature, shape)
-            self.counts_made += 1
+            kept_as = self.stored_key(signature, shape)
+            found = self.store.get(kept_as) if kept_as is not None else None
+            if found is not None and set(found) == {f.name for f in fields(MemoryCount)}:
+                self._cache[key] = MemoryCount(**found)
+                self.counts_read += 1
+            else:
+                self._cache[key] = self._count(signature, shape)
+                self.counts_made += 1
+                if kept_as is not None:
+                    self.store.put(kept_as, asdict(self._cache[key]))
             self.seconds += time.perf_counter() - t0
             if self.on_count is not None:
                 self.on_count(self.counts_made, self.seconds)
         return self._cache[key]
+
+    def stored_key(self, signature: tuple, shape: StepShape) -> str | None:
+        """The key a count of this step is kept under on the device, or None where the step or the
+        optimizer cannot name what they depend on (then it is always counted)."""
+        step_key = getattr(self.step, "key", None)
+        optimizer = optimizer_key(self.optimizer_factory)
+        if self.store is None or step_key is None or optimizer is None:
+            return None
+        if self._structure is None:
+            self._structure = structure_key(self.twin())
+        return count_key(self._structure, self.input_shape, optimizer, step_key, self.kernels, signature, shape)
 
     def count_forward(self, batch_size: int, train_mode: bool = False) -> MemoryCount:
         """The counted memory of a forward-only pass (no gradients) of `batch_size` inputs: an

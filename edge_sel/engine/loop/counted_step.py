@@ -18,6 +18,7 @@ import copy
 import torch
 
 from edge_sel.backends.torch_backend import TorchBackend
+from edge_sel.core.count_keys import digest, source_digest
 from edge_sel.data import Batch
 from edge_sel.methods import Updater
 from edge_sel.methods.objective import Objective
@@ -97,4 +98,18 @@ def run_step_factory(cfg, model: torch.nn.Module, objective=None, local_rows: tu
                 for hook in hooks:
                     hook.remove()
         return run, kept
+    make.key = step_key(objective, model, mu > 0, local_rows)
     return make
+
+
+def step_key(objective, model: torch.nn.Module, proximal: bool, local_rows: tuple | None) -> str:
+    """What the counted step's bytes depend on besides the model and the shape (core/count_keys.py):
+    this step's code, the objective's kind and each penalty's tensors, FedProx's copy, the local batch."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    penalties = [(f"{type(p).__module__}.{type(p).__qualname__}",
+                  [(names.get(id(q)), *((tuple(t.shape), t.dtype, t.stride()) for t in rest))
+                   for q, *rest in getattr(p, "terms", ())]) for p in objective.penalties]
+    modules = {__name__, TorchBackend.__module__, Updater.__module__, Batch.__module__, type(objective).__module__,
+               *(type(p).__module__ for p in objective.penalties)}
+    return digest(source_digest(modules), type(objective).__qualname__, getattr(objective, "label_smoothing", None),
+                  proximal, local_rows, penalties)

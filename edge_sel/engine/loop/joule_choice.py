@@ -122,7 +122,7 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
     add_residuals(model, counter.input_shape)       # the branches: counted, timed and tried while on the model
     try:
         lite_counter = MemoryCounter(model, counter.input_shape, counter.optimizer_factory, counter.loss_fn,
-                                     kernels=counter.kernels, step=counter.step)
+                                     kernels=counter.kernels, step=counter.step, store=counter.store)
         lite = fit("lite-residual+bias", residual_names(model), lite_counter)
         probe = joule_plan.measure_costs([lite], model, x, y, losses, trainer.device, steps, trainer.meter)
         if lite.step_s is not None and lite.joules is None and cost["watts"]:
@@ -188,7 +188,7 @@ def adopt_residuals(trainer) -> None:
     trainer.optimizer.add_param_group({"params": branches})
     old = trainer.memory_counter
     trainer.memory_counter = MemoryCounter(model, old.input_shape, old.optimizer_factory, old.loss_fn,
-                                           kernels=old.kernels, step=old.step)
+                                           kernels=old.kernels, step=old.step, store=old.store)
     trainer.flops._train.clear()
     trainer.flops._eval.clear()
 

@@ -24,6 +24,7 @@ from edge_sel.engine.loop.trial_gain import normalised
 from edge_sel.engine.loop.joule_choice import adopt_residuals, plan_by_joules, plan_trains_residuals
 from edge_sel.engine.machine.memory_plan import RESERVE, MemoryPlan, fit_shape, plan_memory, usable
 from edge_sel.engine.machine import peak_memory
+from edge_sel.engine.machine.count_store import CountStore
 from edge_sel.errors import InputError
 
 BN_ADAPT_BATCH = 256       # images a BatchNorm re-estimation batch holds without a budget (evaluation/bn_adapt.py)
@@ -37,7 +38,8 @@ def memory_counter(cfg: TrainConfig, model, input_shape, device: torch.device) -
     optimizer = partial(make_optimizer, cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     shape = StepShape(cfg.batch_size, bn_statistics="frozen" if cfg.bn_mode == "eval" else "train")
     kernels = "cpu" if torch.device(device).type == "cpu" else "none"
-    return MemoryCounter(model, input_shape, optimizer, kernels=kernels, step=run_step_factory(cfg, model)), shape
+    return MemoryCounter(model, input_shape, optimizer, kernels=kernels, step=run_step_factory(cfg, model),
+                         store=CountStore()), shape
 
 
 def gain_probe(model, ds, mean, std, shape: StepShape, samples: int, objective_losses, flops) -> tuple[dict, dict]:
@@ -183,7 +185,7 @@ def planned_in_the_open(trainer, make_plan) -> MemoryPlan:
             print(f"edge-sel: memory plan: {counts} steps counted so far ({seconds:.0f} s)", file=sys.stderr, flush=True)
 
     counter.on_count = None if trainer.quiet else progress
-    counts, t0 = counter.counts_made, time.perf_counter()
+    counts, read, t0 = counter.counts_made, counter.counts_read, time.perf_counter()
     trainer.meter.begin("memory-plan")
     try:
         plan = make_plan()
@@ -192,7 +194,8 @@ def planned_in_the_open(trainer, make_plan) -> MemoryPlan:
         counter.on_count = None
     wall = time.perf_counter() - t0
     cost = {"memory_plan_wall_s": wall, "memory_plan_energy_j": energy.get("energy_j"),
-            "memory_plan_counts": counter.counts_made - counts}
+            "memory_plan_counts": counter.counts_made - counts,
+            "memory_plan_counts_read": counter.counts_read - read}
     if (plan.gains or {}).get("trial_flops"):       # --sparsity budget's trials, counted
         cost["memory_plan_trial_flops"] = plan.gains["trial_flops"]
     # A plan made again (REPLANS) adds its cost to the first's: both ran.
@@ -290,8 +293,10 @@ def apply_plan(trainer, plan: MemoryPlan) -> MemoryPlan:
         now = "" if level is None else (f"; the process holds {level / MiB:,.1f} MiB resident before training "
                                         f"(measured: Python, torch, the model, the data), the step's memory comes on top")
         cost = getattr(trainer, "memory_plan_cost", None)
+        read = (cost or {}).get("memory_plan_counts_read")
         took = "" if cost is None else (f"; planned in {cost['memory_plan_wall_s']:.1f} s "
-                                        f"({cost['memory_plan_counts']} steps counted)")
+                                        f"({cost['memory_plan_counts']} steps counted"
+                                        + (f", {read} read from this device's earlier counts" if read else "") + ")")
         print(f"edge-sel: {plan.line()}" + "".join(f"; {n}" for n in [*plan.notes, *allocator]) + now + took,
               file=sys.stderr, flush=True)
     return plan

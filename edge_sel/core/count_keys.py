@@ -1,0 +1,69 @@
+"""What a counted step's bytes depend on, as a digest: a count read back from a device's cache
+(engine/machine/count_store.py) must be the count the counter would make now.
+
+A count is a function of the meta twin's structure (every module's type and name, every parameter's
+and buffer's shape and dtype), the code that runs it (the twin's module classes outside torch, the
+counter and the step's own files), the input's shape, the optimizer's kind and settings, the
+kernels' rule and its thread count, and torch's version. Anything not named here that could change a
+count (a factory that is not a `functools.partial`, a step without a key) gives no key: the count is
+made, not read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import sys
+from functools import lru_cache, partial
+
+import torch
+from torch import nn
+
+# The counter's own code: a change to any of these changes every count.
+COUNTER_MODULES = ("edge_sel.core.memory", "edge_sel.core.kernel_workspace", "edge_sel.core.meta_outputs",
+                   "edge_sel.core.micro_batches", "edge_sel.core.recompute", "edge_sel.core.count_keys")
+
+
+def digest(*parts) -> str:
+    return hashlib.sha256("\n".join(map(str, parts)).encode()).hexdigest()[:24]
+
+
+@lru_cache(maxsize=None)
+def file_digest(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()[:16]
+    except OSError:
+        return "unreadable"
+
+
+def source_digest(modules) -> str:
+    """The source files of the named (imported) modules, as one digest."""
+    files = sorted({inspect.getsourcefile(sys.modules[m]) or m for m in modules if m in sys.modules})
+    return digest(*(f"{f}:{file_digest(f)}" for f in files))
+
+
+def structure_key(twin: nn.Module) -> str:
+    """The twin's modules, parameters and buffers, and the files its module classes come from."""
+    parts = [f"{name}:{type(m).__module__}.{type(m).__qualname__}" for name, m in twin.named_modules()]
+    parts += [f"p {n}:{tuple(p.shape)}:{p.dtype}" for n, p in twin.named_parameters()]
+    parts += [f"b {n}:{tuple(b.shape)}:{b.dtype}" for n, b in twin.named_buffers()]
+    own = {type(m).__module__ for m in twin.modules() if not type(m).__module__.startswith("torch")}
+    return digest(*parts, source_digest(own))
+
+
+def optimizer_key(factory) -> str | None:
+    """A `functools.partial` of a named function with plain settings; None for anything else (a
+    lambda's settings cannot be read)."""
+    if not isinstance(factory, partial) or not hasattr(factory.func, "__qualname__"):
+        return None
+    return f"{factory.func.__module__}.{factory.func.__qualname__}{factory.args}{sorted(factory.keywords.items())}"
+
+
+def count_key(structure: str, input_shape, optimizer: str, step: str, kernels: str, signature: tuple,
+              shape) -> str:
+    """The digest one count is kept under."""
+    trains = "".join("1" if t else "0" for t in signature)
+    return digest(structure, tuple(input_shape), optimizer, step, kernels, torch.get_num_threads(), torch.__version__,
+                  source_digest(COUNTER_MODULES), trains, shape.batch_size, shape.chunk, shape.recompute,
+                  shape.bn_statistics)

@@ -1,0 +1,50 @@
+"""Counts kept on the device between runs are read back only for the step they were made for."""
+
+from functools import partial
+
+from edge_sel.backends.torch_backend import make_optimizer
+from edge_sel.config import TrainConfig
+from edge_sel.core.memory import MemoryCounter, StepShape
+from edge_sel.engine.loop.counted_step import run_step_factory
+from edge_sel.engine.machine.count_store import CountStore
+from edge_sel.methods.update.fixed_sets import classifier_names
+from edge_sel.models import build_model
+
+SHAPE = StepShape(8, 4, (), "frozen")
+
+
+def counter(tmp_path, model, size=16, optimizer="sgd", cfg=None):
+    factory = partial(make_optimizer, optimizer, lr=0.01, momentum=0.9, weight_decay=0.0)
+    return MemoryCounter(model, [3, size, size], factory, kernels="cpu",
+                         step=run_step_factory(cfg or TrainConfig(), model), store=CountStore(tmp_path / "counts.json"))
+
+
+def test_a_count_is_read_back_only_where_nothing_it_depends_on_changed(tmp_path):
+    model = build_model("edgecnn", num_classes=10, input_shape=[3, 16, 16])
+    everything = {n for n, _ in model.named_parameters()}
+    first = counter(tmp_path, model)
+    made = [first.count(SHAPE, everything), first.count(SHAPE, classifier_names(model))]
+    again = counter(tmp_path, model)
+    assert [again.count(SHAPE, everything), again.count(SHAPE, classifier_names(model))] == made
+    assert (first.counts_made, again.counts_made, again.counts_read) == (2, 0, 2)
+    # Each of these changes the step's bytes: counted, never read.
+    adam = counter(tmp_path, model, optimizer="adam")
+    assert adam.count(SHAPE, everything).optimizer > 1.9 * made[0].optimizer and adam.counts_read == 0
+    larger = counter(tmp_path, model, size=24)
+    assert larger.count(SHAPE, everything).peak > made[0].peak and larger.counts_read == 0
+    fedprox = counter(tmp_path, model, cfg=TrainConfig(proximal_mu=0.01))
+    assert fedprox.count(SHAPE, everything).kept > made[0].kept and fedprox.counts_read == 0
+    other = build_model("edgecnn", num_classes=7, input_shape=[3, 16, 16])
+    assert counter(tmp_path, other).count(SHAPE, everything).weights < made[0].weights
+    whole = counter(tmp_path, model)
+    assert whole.count(StepShape(8, 0, (), "frozen"), everything).activations > made[0].activations
+    assert whole.counts_read == 0
+    # A factory whose settings cannot be read keeps nothing; a damaged file is counted again.
+    size = (tmp_path / "counts.json").stat().st_size
+    plain = MemoryCounter(model, [3, 16, 16], lambda ps: make_optimizer("sgd", ps, 0.5, 0.0, 0.0), kernels="cpu",
+                          step=run_step_factory(TrainConfig(), model), store=CountStore(tmp_path / "counts.json"))
+    plain.count(SHAPE, {"fc.weight"} & everything or classifier_names(model))
+    assert (tmp_path / "counts.json").stat().st_size == size and plain.counts_read == 0
+    (tmp_path / "counts.json").write_text("{not json")
+    damaged = counter(tmp_path, model)
+    assert damaged.count(SHAPE, everything) == made[0] and (damaged.counts_made, damaged.counts_read) == (1, 0)
