@@ -25,7 +25,7 @@ def bench(tmp_path_factory):
     root = tmp_path_factory.mktemp("transfer")
     warm = digits_warmup_with_memory(root / "warm")
     run_cli("bench", "transfer", "--checkpoint", warm, "--dataset", "digits", "--methods",
-            "sparse,adabn,classifier/per-condition,sundew@0.4,random@0.4",
+            "sparse,adabn,classifier/per-condition,adabn/per-condition,sundew@0.4,random@0.4",
             "--seeds", "1", "--epochs", "1", "--subset", "200", "--test-subset", "100", "--val-subset", "50",
             "--one-process", "--threads", "1", "--quiet", "--out", root / "bench")
     return warm, root / "bench"
@@ -35,7 +35,8 @@ def test_rows_pairs_and_one_start_evaluation_per_seed(bench):
     warm, out = bench
     result = json.loads((out / "results.json").read_text())
     rows = {r["method"]: r for r in result["rows"]}
-    assert list(rows) == ["start", "full FT", "sparse", "adabn", "classifier/per-condition", "sundew@0.4", "random@0.4"]
+    assert list(rows) == ["start", "full FT", "sparse", "adabn", "classifier/per-condition", "adabn/per-condition",
+                          "sundew@0.4", "random@0.4"]
     table = (out / "table.md").read_text()
     assert all(f"\n| {name} | {r['bn_stats'] or '-'} | " in table for name, r in rows.items())
     assert "TinyTL-B (biases)" in table
@@ -48,7 +49,7 @@ def test_rows_pairs_and_one_start_evaluation_per_seed(bench):
                  for name, d in runs.items()}
     # AdaBN trains nothing: its one record is its start's, the statistics re-estimated first.
     assert baselines == {"start": 1, "full FT": 0, "sparse": 0, "adabn": 1, "classifier/per-condition": 0,
-                         "sundew@0.4": 0, "random@0.4": 0}
+                         "adabn/per-condition": 1, "sundew@0.4": 0, "random@0.4": 0}
     start = result["results"]["start"][0]
     for name in ("full FT", "sparse", "sundew@0.4", "random@0.4"):
         r = result["results"][name][0]
@@ -56,7 +57,8 @@ def test_rows_pairs_and_one_start_evaluation_per_seed(bench):
     # Paired by seed: Sundew against random at the same activation, and against full fine-tuning.
     pairs = {(p["a"], p["b"]): p for p in result["pairs"]}
     assert set(pairs) == {("sundew@0.4", "random@0.4"), ("sundew@0.4", "full FT"),
-                          ("classifier/per-condition", "adabn")}
+                          ("classifier/per-condition", "adabn"), ("adabn/per-condition", "adabn"),
+                          ("adabn/per-condition", "classifier/per-condition")}
     acc = {name: rs[0]["test_acc"] for name, rs in result["results"].items()}
     assert pairs[("sundew@0.4", "random@0.4")]["per_seed"] == pytest.approx([100 * (acc["sundew@0.4"] - acc["random@0.4"])])
     assert rows["sparse"]["vs_full"]["diff_pts"] == pytest.approx(100 * (acc["sparse"] - acc["full FT"]))
@@ -71,7 +73,8 @@ def test_every_row_runs_and_states_its_statistics_mode(bench):
     result = json.loads((out / "results.json").read_text())
     rows = {r["method"]: r["bn_stats"] for r in result["rows"]}
     assert rows == {"start": None, "full FT": "reestimate", "sparse": "frozen", "adabn": "reestimate",
-                    "classifier/per-condition": "per-condition", "sundew@0.4": "reestimate", "random@0.4": "reestimate"}
+                    "classifier/per-condition": "per-condition", "adabn/per-condition": "per-condition",
+                    "sundew@0.4": "reestimate", "random@0.4": "reestimate"}
     runs = {name: Path(rs[0]["run_dir"]) for name, rs in result["results"].items() if name != "start"}
     for name, run in runs.items():
         said = {r["bn_stats"] for r in read_records(run / "metrics.jsonl")}
@@ -85,6 +88,16 @@ def test_every_row_runs_and_states_its_statistics_mode(bench):
     assert start and all(frozen[k].numpy().tobytes() == v.numpy().tobytes() for k, v in start.items())
     assert any(not torch.equal(adabn[k], v) for k, v in start.items())
     assert (runs["classifier/per-condition"] / "bn_bank.safetensors").exists()
+    # AdaBN per condition trains nothing and keeps the source's statistics; it adapts by its bank alone,
+    # whose passes (charged to evaluation by the run) are the row's FLOPs, as they are beside training's.
+    model, kept = load_checkpoint(warm)[0].state_dict(), load_checkpoint(runs["adabn/per-condition"])[0].state_dict()
+    assert all(kept[k].numpy().tobytes() == v.numpy().tobytes() for k, v in model.items())
+    assert (runs["adabn/per-condition"] / "bn_bank.safetensors").exists()
+    for name in ("adabn/per-condition", "classifier/per-condition"):
+        totals = json.loads((runs[name] / "summary.json").read_text())["totals"]
+        r = result["results"][name][0]
+        assert totals["flops_bn_bank"] > 0 and r["flops_train"] == (totals["flops_train"] or 0) + totals["flops_bn_bank"]
+        assert r["energy_j"] is None or r["energy_j"] > (totals["energy_j"] or 0)
 
 
 def test_the_sparse_update_trains_the_chosen_set(bench):

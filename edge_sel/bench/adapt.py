@@ -101,9 +101,26 @@ def outcome(run_dir: Path) -> dict:
     final = last[-1]
     t = summary["totals"]
     return {"test_acc": final.get("test_acc"), "clean_test_acc": final.get("clean_test_acc"),
-            "flops_train": t.get("flops_train") or 0, "energy_j": t.get("energy_j"),
-            "energy_method": t.get("energy_method"), "train_wall_s": t.get("train_wall_s") or 0.0,
+            "flops_train": adaptation_flops(t), "flops_bn_bank": t.get("flops_bn_bank") or 0,
+            "energy_j": adaptation_joules(t), "energy_method": t.get("energy_method"),
+            "train_wall_s": t.get("train_wall_s") or 0.0,
             "samples_trained": t.get("samples_trained") or 0, "bn_stats": final.get("bn_stats")}
+
+
+def adaptation_flops(totals: dict) -> int:
+    """Training's counted FLOPs and, under statistics per condition, the bank's re-estimation passes: the
+    run charges those to its evaluations (the bank is estimated for the weights each one judges), but
+    they are what the method adapts by (a per-condition run of no epoch adapts by them alone)."""
+    return (totals.get("flops_train") or 0) + (totals.get("flops_bn_bank") or 0)
+
+
+def adaptation_joules(totals: dict) -> float | None:
+    """Training's joules and the bank's share of the evaluations' joules, by counted FLOPs (its passes
+    run inside evaluation windows, not metered apart: the share is estimated)."""
+    train, bank = totals.get("energy_j"), totals.get("flops_bn_bank") or 0
+    if not bank or not totals.get("flops_eval") or totals.get("eval_energy_j") is None:
+        return train
+    return (train or 0.0) + totals["eval_energy_j"] * bank / totals["flops_eval"]
 
 
 def run_adapt(checkpoint: Path, dataset: str, data_dir, subset: int, epochs: int, seeds: list[int],
@@ -240,7 +257,8 @@ def write_outputs(bench: dict, out: Path) -> dict:
              "warmup, split, shifted images, flipped labels and data order, and each sample gets the same crop "
              "and flip per epoch (drawn from seed, epoch and sample id, not from the gates' random stream).",
              "FLOPs are counted (torch.utils.flop_counter) for every training, scoring and BatchNorm "
-             "re-estimation pass run; evaluation is excluded.",
+             "re-estimation pass run, a per-condition bank's included; evaluation is excluded (the bank's joules: "
+             "its FLOPs' share of the evaluations' joules, estimated).",
              f"Joules: training phase, {', '.join(sorted(bench['energy_methods'])) or 'not measured'}"
              + (" (an estimate from CPU time, not a measurement)." if "estimated" in bench["energy_methods"] else "."),
              "Accuracy is the last epoch's (keep last) on the shifted test set; clean test is the unshifted "

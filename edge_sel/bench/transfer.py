@@ -107,6 +107,10 @@ def transfer_methods(last_k: int = 2, adabn_images: int = 2000) -> list[Transfer
                            note=f"AdaBN: the statistics alone, re-estimated on the device's {adabn_images} images "
                                 "(cumulative average), no training"),
             with_statistics(frozen[0], PER_CONDITION),
+            TransferMethod(f"{ADABN}/{PER_CONDITION}", "classifier", bn_stats=PER_CONDITION,
+                           config={"epochs": 0, "bn_condition_images": adabn_images, "evaluate_start": True},
+                           note=f"AdaBN per condition: the device's statistics from its {adabn_images} images kept "
+                                "beside the source's, chosen frame by frame; no training"),
             *[TransferMethod(f"planner@{f}", "budget", fraction=f, bn_stats=None,
                              note=f"--sparsity budget at {f} of full FT's counted peak; statistics as the plan "
                                   "chooses them per candidate") for f in FRACTIONS],
@@ -124,6 +128,7 @@ def named_pairs(names: list[str]) -> list[tuple[str, str]]:
               ("sel", "sel-control")]
     pairs += [(f"{s}/{REESTIMATE}", s) for s in FROZEN_SETS]        # what moving the statistics is worth
     pairs += [(f"classifier/{PER_CONDITION}", other) for other in ("classifier", f"classifier/{REESTIMATE}", ADABN)]
+    pairs += [(f"{ADABN}/{PER_CONDITION}", other) for other in (ADABN, f"classifier/{PER_CONDITION}")]
     return [(a, b) for a, b in pairs if a in names and b in names]
 
 

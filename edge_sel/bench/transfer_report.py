@@ -156,7 +156,9 @@ def notes_of(bench: dict) -> list[str]:
         "Counted peak: the runs' records (core/memory.py on the meta device: weights, optimizer state, batch, saved "
         "activations, gradients, transients; the datasets come on top). Measured peak: " +
         (measured_peak_words(measured) + "." if measured else "not measured (-): every run in one process."),
-        "FLOPs are counted (torch.utils.flop_counter) for every training pass run; evaluation is not in them. "
+        "FLOPs are counted (torch.utils.flop_counter) for every training pass run and, for per-condition rows, "
+        "the bank's re-estimation passes (the runs charge them to evaluation; their joules are estimated as their "
+        "FLOPs' share of the evaluations'); evaluation is not in them. "
         f"Joules: training, {', '.join(bench['energy_methods']) or 'not measured'}"
         + (" (an estimate from CPU time, not a measurement)." if "estimated" in bench["energy_methods"] else "."),
         "BN statistics: frozen (running statistics used, never written: TinyTL's FT-Last and FT-Norm+Last move "
