@@ -116,7 +116,7 @@ def test_bench_memory_measures_each_run_in_a_process_of_its_own_and_a_refused_bu
         == {"fits": False, "budget_mb": half, "needs_mb": refused["needs_mb"], "refused_seeds": [3],
             "refused_reasons": [refused["reason"]]}
     assert rows["planner@1"]["seeds"] == 1 and rows["full FT"]["seeds"] == 1
-    assert (f"| planner | 1/2 | {half:.1f} | does not fit (needs {refused['needs_mb']:.1f} MB): the run refused its "
+    assert (f"| planner | 1/2 | {half:.1f} | does not fit (needs {refused['needs_mb']:.1f} MiB): the run refused its "
             "budget | - |") in table
     assert f"- planner@1/2 seed 3 under {half:.1f} MiB, needs {refused['needs_mb']:.1f} MiB: {refused['reason']}" in table
     assert "bench memory: 1 methods x 2 budgets x 1 seed" in said.output

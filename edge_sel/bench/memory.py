@@ -277,7 +277,7 @@ def run_bench(s: MemorySettings, log=print, after_seed=None, stop: BenchStop | N
                 result = run_result(run_dir, seed, mm.full_mb, s.own_process)
                 results[key].append(result)
                 log(f"  seed {seed} {key:22s} test {result['test_acc']:.4f} "
-                    f"clean {result['clean_test_acc'] or 0:.4f} counted {result['counted_peak_mb']:.1f} MB")
+                    f"clean {result['clean_test_acc'] or 0:.4f} counted {result['counted_peak_mb']:.1f} MiB")
         if stop.stopped:
             break
         if after_seed is not None:
@@ -347,10 +347,10 @@ def planner_pairs(bench: dict) -> list[dict]:
 
 
 def table(bench: dict) -> str:
-    lines = [f"full fine-tuning's counted peak: {bench['full_ft_counted_mb']:.1f} MB (batch {bench['batch_size']}, "
+    lines = [f"full fine-tuning's counted peak: {bench['full_ft_counted_mb']:.1f} MiB (batch {bench['batch_size']}, "
              f"input {'x'.join(map(str, bench['input_shape']))}); scenario {bench['scenario']}: "
              f"`--shift {SCENARIOS[bench['scenario']]}`", "",
-             "| method | budget | budget MB | counted peak MB | measured peak MB | shifted test % | "
+             "| method | budget | budget MiB | counted peak MiB | measured peak MiB | shifted test % | "
              "− full FT (points, 95% CI) | clean test % | forgetting (points) | train GFLOP | joules | plan |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in bench["rows"]:
@@ -358,7 +358,7 @@ def table(bench: dict) -> str:
         if not r["fits"]:
             said = ": the run refused its budget" if r.get("refused_seeds") else ""
             lines.append(f"| {r['method']} | {budget} | {_num(r['budget_mb'])} | does not fit "
-                         f"(needs {_num(r['needs_mb'])} MB){said} | - | - | - | - | - | - | - | - |")
+                         f"(needs {_num(r['needs_mb'])} MiB){said} | - | - | - | - | - | - | - | - |")
             continue
         if "test_acc" not in r:
             continue
@@ -404,7 +404,7 @@ def plot(bench: dict, out: Path) -> Path:
     for fraction, mb in bench["budgets_mb"].items():
         ax.axvline(mb, color="grey", alpha=0.3, linestyle=":")
     ax.set_xscale("log")
-    ax.set_xlabel("counted training peak, MB (log)")
+    ax.set_xlabel("counted training peak, MiB (log)")
     ax.set_ylabel("shifted test accuracy % (mean over seeds)")
     ax.set_title(f"{bench['model']} {bench['input_shape'][-1]} px, {bench['scenario']}", fontsize=9)
     ax.grid(alpha=0.3)
