@@ -186,3 +186,35 @@ def test_a_warmup_at_another_size_than_the_folder_lives_at_its_own(tiny_warm, tm
     assert result.output == (f"edge-sel: error: --image-size 24: the checkpoint {tiny_warm} takes 16 px images; "
                              "pretrain at 24 px or leave it out\n")
     assert not (tmp_path / "refused").exists()
+
+
+def test_a_stop_in_a_night_of_no_epoch_ends_the_bench_as_partial(tmp_path, monkeypatch):
+    """SIGTERM while a forward-only night (`bn`) runs: before, the run took the signal, had no epoch that
+    looked at it and ended whole, and the bench played on and read as whole. Now the run says it was
+    asked to stop, the bench starts no other night, a seed cut short is in no mean, and it exits 143."""
+    import os
+    import signal
+
+    from edge_sel.engine.runs import training
+    real, sent = training.save_checkpoint, []
+
+    def save(out, *args, **kwargs):         # inside the run, after its last (here: no) step
+        if "night02" in str(out) and "/bn/" in str(out) and not sent:
+            sent.append(out)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(out, *args, **kwargs)
+
+    monkeypatch.setattr(training, "save_checkpoint", save)
+    out = tmp_path / "bench"
+    run_cli("bench", "lifelong", "--quick", "--quiet", "--methods", "none,bn,dense", "--out", out, expect=143)
+    result = json.loads((out / "results.json").read_text())
+    assert result["stopped"]["signal"] == "SIGTERM" and result["stopped"]["runs"] == []    # the night is whole
+    night = json.loads((Path(sent[0]) / "summary.json").read_text())
+    assert night["late_stop_signal"] == "SIGTERM" and night["stop_reason"] != "interrupted"
+    assert all(lives == [] for lives in result["lives"].values()) and result["references"] == {}
+    homes = out / "homes"
+    assert not list(homes.glob("*/seed1")) and not list(homes.glob("*/seed0/runs/night03*"))
+    assert list((homes / "dense" / "seed0" / "runs").glob("night01*"))
+    assert not list((homes / "dense" / "seed0" / "runs").glob("night02*"))     # after bn on night 2
+    assert "Partial: stopped by SIGTERM" in (out / "table.md").read_text()
+    assert not any(a["domains_ok"] for a in result["aims"].values())

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
 import click
 
 from edge_sel.bench.cli_common import (at_least_one, check_checkpoint, common_options, dataset_or_shared_cifar,
                                        device_image_size, fresh_out, progress, warmup)
+from edge_sel.bench.stopping import BenchStop, stop_words
 from edge_sel.cli_base import Command
 from edge_sel.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from edge_sel.core.words import plural
@@ -91,7 +93,8 @@ def lifelong_cmd(dataset, schedule, shifts, method_names, levers, epochs, lr, te
                                      lr, device, target, None if quick and test_subset is None else test_subset or 2000,
                                      val_subset=val_subset, skipped=skipped, predict_batch=predict_batch,
                                      image_size=size)
-    result = lifelong.play(settings, progress(quiet))
+    with BenchStop() as stop:
+        result = lifelong.play(settings, progress(quiet), stop)
     result["predict_batch"] = predict_batch
     record = {"suite": "lifelong", "dataset": ds, "checkpoint": str(start), "schedule": nights,
               "conditions": {c: conditions[c] for c in dict.fromkeys(nights)}, "subset": n, "epochs": e, "lr": lr,
@@ -100,6 +103,9 @@ def lifelong_cmd(dataset, schedule, shifts, method_names, levers, epochs, lr, te
               "levers": {**lifelong.LEVERS, **strengths},
               "methods": [dataclasses.asdict(m) for m in methods], "skipped": skipped}
     written = lifelong_report.write_outputs(result, record, target)
+    if stop.stopped:        # the lives finished before the stop, written as a partial bench
+        click.echo(f"bench lifelong: {stop_words(result['stopped'])}; wrote {written['results']} (partial)", err=True)
+        sys.exit(stop.exit_code())
     click.echo(written["table"])
     click.echo(f"bench lifelong: {len(methods)} methods x {plural(len(nights), 'night')} x {plural(count, 'seed')} in "
                f"{result['wall_s']:.0f} s; wrote {target / 'table.md'}, {written['results']}, {written['figure']}, "

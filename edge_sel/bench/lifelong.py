@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from edge_sel.bench.stopping import BenchStop
 from edge_sel.config import TrainConfig
 from edge_sel.core.flops import FlopCounter
 from edge_sel.core.source_memory import has_source_memory
@@ -340,8 +341,11 @@ class LifeSettings:
     image_size: int | None = None    # folder images resized to the device's resolution (None: as they are)
 
 
-def play(s: LifeSettings, log=print) -> dict:
-    """Every method's life for every seed, night by night, and the single-night references."""
+def play(s: LifeSettings, log=print, stop: BenchStop | None = None) -> dict:
+    """Every method's life for every seed, night by night, and the single-night references. A stop
+    (bench/stopping.py) ends the bench after the night under way: a seed whose life it cut is in no
+    mean, the references are not run, and "stopped" names what was cut."""
+    stop = stop or BenchStop()
     t0 = time.perf_counter()
     image_domains = domains(s.schedule, s.conditions)
     evalsets = EvaluationSets.build(s.dataset, s.data_dir, image_domains, s.test_subset, s.image_size)
@@ -349,19 +353,27 @@ def play(s: LifeSettings, log=print) -> dict:
     bench_eval_flops = start["flops"]
     lives: dict = {m.name: [] for m in s.methods}
     for seed in s.seeds:
+        if stop.stopped:
+            break
         devices = {m.name: Device(s.out / "homes" / m.name / f"seed{seed}", s.warmup) for m in s.methods}
         history = {m.name: [{"night": 0, "condition": "start", "acc": start["acc"], "forgetting": {},
                              "acc_frames": start.get("acc_frames"), **NO_COST}] for m in s.methods}
         for i, condition in enumerate(s.schedule, 1):
+            if stop.stopped:
+                break
             data = night_data(s.dataset, s.data_dir, s.conditions[condition], s.subset, seed, i, s.test_subset,
                               s.image_size)
             for m in s.methods:
+                if stop.stopped:
+                    break
                 dev, past = devices[m.name], history[m.name]
                 row = {"night": i, "condition": condition, "shift": s.conditions[condition]}
                 if m.adapts:
                     began = time.perf_counter()
                     cfg = m.config(s.epochs, s.lr, seed, s.device, s.val_subset)
                     night = dev.night(f"night{i:02d}-{condition}", data, cfg)
+                    if stop.stopped_run(Path(night["run"]), f"{m.name} night {i}", seed, cfg.epochs):
+                        break
                     decision = night["promote"]
                     # elapsed_s: the whole night as the bench waited for it (data loading included)
                     row.update(night_costs(night), elapsed_s=time.perf_counter() - began, run=night["run"],
@@ -382,14 +394,16 @@ def play(s: LifeSettings, log=print) -> dict:
                 log(f"  seed {seed} night {i} {condition:8s} {m.name:18s} {row['rule']:12s} "
                     + " ".join(f"{d} {100 * row['acc'][d]:5.1f}" for d in [*image_domains, SERVER])
                     + f"  {row['flops_train'] / 1e9:8.2f} GFLOP train {row.get('elapsed_s', 0):6.1f} s")
+        if stop.stopped:        # this seed's lives are cut short: in no mean
+            break
         for m in s.methods:
             past = history[m.name]
             past[0]["average"] = average(past[0]["acc"], image_domains)
             lives[m.name].append({"seed": seed, "nights": past, "totals": life_totals(past[1:])})
-    references, ref_flops = single_night_references(s, evalsets, image_domains, log)
+    references, ref_flops = ({}, 0) if stop.stopped else single_night_references(s, evalsets, image_domains, log)
     return {"domains": image_domains, "evaluation_sizes": evalsets.sizes, "start": start["acc"],
             "lives": lives, "references": references, "wall_s": time.perf_counter() - t0,
-            "bench_eval_flops": bench_eval_flops + ref_flops}
+            "bench_eval_flops": bench_eval_flops + ref_flops, "stopped": stop.describe()}
 
 
 def life_totals(nights: list[dict]) -> dict:

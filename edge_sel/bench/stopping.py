@@ -71,6 +71,9 @@ class BenchStop:
         except (OSError, ValueError):
             summary = None
         if summary is not None and summary.get("stop_reason") != "interrupted":
+            late = summary.get("late_stop_signal")      # the run is whole, and the bench was told to stop
+            if self.signum is None and late in ("SIGINT", "SIGTERM"):
+                self.signum = getattr(signal, late)
             return False
         if summary is None and self.signum is None:
             raise RuntimeError(f"{run_dir}: the run left no readable summary.json")

@@ -211,6 +211,8 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
         "energy_meter": meter_info, "stop_reason": trainer.stop_reason,
         **({"budget_stop": trainer.budget.stopped} if trainer.budget.stopped else {}),
         **({"stop_signal": signal.Signals(signals.received or signal.SIGINT).name} if interrupted else {}),
+        # A stop asked for after the last step (or in a run of no epoch): the run is whole; who started it hears.
+        **({"late_stop_signal": signal.Signals(signals.received).name} if signals.received and not interrupted else {}),
         "idle_power_w": getattr(meter, "idle_power_w", None),
         # Measured before the first epoch, outside its time, joules and FLOPs (probe_* say how much).
         "layout": trainer.layout.to_json(), "precision": trainer.precision.to_json(), "sync_every": trainer.sync_every,
