@@ -17,6 +17,7 @@ from edge_sel.core.memory import MiB
 from edge_sel.engine.runs import run as run_module
 from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.fleet.local import proximal_pull
+from edge_sel.methods.update.fixed_sets import classifier_names
 from edge_sel.models import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -67,8 +68,8 @@ def run(warm, out, monkeypatch, proximal_mu=0.0, **options):
                 return real(phase, model, *args, **kwargs)
         monkeypatch.setattr(run_module, "train_model", train_model)
     fedprox = {"proximal_mu": proximal_mu} if proximal_mu else {}
-    cfg = TrainConfig(epochs=1, batch_size=32, sparsity="none", seed=1, memory_budget_mb=1000.0,
-                      **{**PINNED_CHOICES, **options, **fedprox})
+    cfg = TrainConfig(epochs=1, batch_size=32, seed=1, memory_budget_mb=1000.0,
+                      **{"sparsity": "none", **PINNED_CHOICES, **options, **fedprox})
     run_module.finetune(warm, DataOptions("digits", shard="1/2", subset=96), cfg, out, quiet=True)
     (record,) = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r.get("epoch") == 0]
     return steps, record, json.loads((out / "config.json").read_text())
@@ -80,7 +81,7 @@ MICRO = {"budget_mb": 1000.0, "batch_size": 32, "micro_batch": 8, "recompute": [
 
 @pytest.mark.parametrize("kind,options", [("plain", {}), ("ewc", {"ewc": 1.0}), ("replay", {"replay": 0.5}),
                                           ("micro-batches", {"memory_plan": MICRO}),
-                                          ("fedprox", {"proximal_mu": 0.1})])
+                                          ("fedprox", {"proximal_mu": 0.1}), ("classifier", {"sparsity": "classifier"})])
 def test_a_budgeted_step_counts_what_saved_tensor_hooks_see_over_the_real_step(warm, tmp_path, monkeypatch,
                                                                                 kind, options):
     """On the old counter: the EWC penalty's saved differences and the micro-batches after the second
@@ -95,8 +96,15 @@ def test_a_budgeted_step_counts_what_saved_tensor_hooks_see_over_the_real_step(w
         # (a trailing sample the loader merges, a row a gate left waiting), at least the step the run took
         assert plan["batch_size"] == rows + 2 and plan["counted"]["peak_mb"] >= record["memory_counted_mb"]
     weights = record["memory_weights_mb"]         # edgecnn's parameters and (few) buffers
-    params = sum(p.numel() * p.element_size() for p in load_checkpoint(warm)[0].parameters()) / MiB
-    copies = {"plain": 1, "replay": 1, "micro-batches": 1, "fedprox": 2, "ewc": 3}[kind]
+    start = load_checkpoint(warm)[0]
+    params = sum(p.numel() * p.element_size() for p in start.parameters()) / MiB
+    if kind == "classifier":        # a set fixed for the run: the epoch keeps a copy of what trains alone
+        trained = dict(start.named_parameters())
+        params = sum(trained[n].numel() * trained[n].element_size() for n in classifier_names(start)) / MiB
+        end = dict(load_checkpoint(tmp_path / kind)[0].named_parameters())
+        moved = sum(int((end[n] != p).sum()) for n, p in trained.items())
+        assert 0 < record["params_updated_frac"] == pytest.approx(moved / sum(p.numel() for p in trained.values()))
+    copies = {"plain": 1, "replay": 1, "micro-batches": 1, "fedprox": 2, "ewc": 3, "classifier": 1}[kind]
     # Beside a replayed step the trainer keeps its local batch of 32 digits (1 x 8 x 8 floats each).
     local = 32 * 8 * 8 * 4 / MiB if kind == "replay" else 0.0
     assert record["memory_kept_mb"] == pytest.approx(copies * params + local, abs=0.001)

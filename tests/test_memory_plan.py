@@ -196,7 +196,7 @@ def test_a_budget_nothing_fits_is_one_line_naming_the_smallest(tiny_warm, tmp_pa
     code, err = run_main(["finetune", "--checkpoint", tiny_warm, *FINETUNE, "--memory-budget", "0.5",
                           "--out", tmp_path / "x"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "--memory-budget 0.5: no step fits; the smallest that does is 3.9 MiB (the classifier alone" in err
+    assert "--memory-budget 0.5: no step fits; the smallest that does is 2.1 MiB (the classifier alone" in err
     assert not (tmp_path / "x").exists()
 
 

@@ -103,7 +103,10 @@ class MemoryModel:
     def __init__(self, checkpoint: Path, cfg: TrainConfig):
         self.model, card = load_checkpoint(checkpoint)
         self.input_shape = list(card.input_shape)
-        self.counter, self.shape = memory_counter(cfg, self.model, self.input_shape, pick_device(cfg.device))
+        # Every set the bench runs is fixed for its run (full FT's is everything): each epoch keeps a copy
+        # of what trains alone, as the runs count it.
+        self.counter, self.shape = memory_counter(cfg, self.model, self.input_shape, pick_device(cfg.device),
+                                                  trained_only=True)
         self.everything = {n for n, _ in self.model.named_parameters()}
         self.batch = rows_a_step_carries(cfg.batch_size)     # the rows a run plans its steps for
         self._needs: dict = {}

@@ -91,6 +91,9 @@ class Updater:
     """Dense: every parameter follows the optimizer."""
     name = "dense"
     saves_compute = False
+    # True: what requires grad when an epoch starts is all that can move in it (a set fixed per run),
+    # so the epoch's snapshot for params_updated_frac leaves the other tensors out.
+    static_set = False
 
     def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer, ctx: RunContext) -> None:
         self.model, self.optimizer, self.ctx = model, optimizer, ctx

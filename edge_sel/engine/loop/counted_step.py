@@ -56,17 +56,20 @@ def twin_objective(objective, model: torch.nn.Module, twin: torch.nn.Module):
     return twin_obj
 
 
-def run_step_factory(cfg, model: torch.nn.Module, objective=None, local_rows: tuple | None = None):
+def run_step_factory(cfg, model: torch.nn.Module, objective=None, local_rows: tuple | None = None,
+                     trained_only: bool = False):
     """counter.step for a run of `cfg` on `model` minimising `objective` (None: cross-entropy with the
     run's label smoothing): (twin, optimizer) -> (run(x, y, micro_batch), kept tensors). `local_rows`:
-    the shape of the local batch's images, alive beside a step whose rows are joined with replayed ones."""
+    the shape of the local batch's images, alive beside a step whose rows are joined with replayed ones.
+    `trained_only`: the updater's set is fixed, so the epoch's snapshot holds only what trains."""
     mu = float(cfg.proximal_mu or 0.0)
     objective = objective or Objective(cfg.label_smoothing)
 
     def make(twin: torch.nn.Module, optimizer):
         twin_obj = twin_objective(objective, model, twin)
         params = list(twin.parameters())
-        kept = [torch.empty_like(p) for p in params]            # the epoch's snapshot (engine/loop/progress.py)
+        # The epoch's snapshot (engine/loop/progress.py): what trains, or every parameter.
+        kept = [torch.empty_like(p) for p in params if p.requires_grad or not trained_only]
         if local_rows is not None:          # the trainer's local batch, kept for its strategy beside the joined one
             kept.append(torch.empty(local_rows, device="meta"))
         for penalty in twin_obj.penalties:
@@ -98,11 +101,12 @@ def run_step_factory(cfg, model: torch.nn.Module, objective=None, local_rows: tu
                 for hook in hooks:
                     hook.remove()
         return run, kept
-    make.key = step_key(objective, model, mu > 0, local_rows)
+    make.key = step_key(objective, model, mu > 0, local_rows, trained_only)
     return make
 
 
-def step_key(objective, model: torch.nn.Module, proximal: bool, local_rows: tuple | None) -> str:
+def step_key(objective, model: torch.nn.Module, proximal: bool, local_rows: tuple | None,
+             trained_only: bool = False) -> str:
     """What the counted step's bytes depend on besides the model and the shape (core/count_keys.py):
     this step's code, the objective's kind and each penalty's tensors, FedProx's copy, the local batch."""
     names = {id(p): n for n, p in model.named_parameters()}
@@ -112,4 +116,4 @@ def step_key(objective, model: torch.nn.Module, proximal: bool, local_rows: tupl
     modules = {__name__, TorchBackend.__module__, Updater.__module__, Batch.__module__, type(objective).__module__,
                *(type(p).__module__ for p in objective.penalties)}
     return digest(source_digest(modules), type(objective).__qualname__, getattr(objective, "label_smoothing", None),
-                  proximal, local_rows, penalties)
+                  proximal, local_rows, trained_only, penalties)

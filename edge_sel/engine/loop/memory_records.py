@@ -103,7 +103,8 @@ class RunMemory:
         # optimizer's state, the last step's gradients, the epoch's parameter copy.
         model, optimizer = self.trainer.model, self.trainer.optimizer
         beside = [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
-        beside += [p.grad for p in model.parameters() if p.grad is not None] + list(self.snapshot or [])
+        beside += [p.grad for p in model.parameters() if p.grad is not None]
+        beside += [b for b in self.snapshot or [] if b is not None]     # None: a tensor the epoch did not keep
         self.snapshot = None
         return {"memory_eval_counted_mb": mib(count.peak), "memory_eval_beside_mb": mib(nbytes(beside)),
                 "memory_eval_measured_mb": measured, "memory_process_peak_mb": self.meter.process_peak()}

@@ -11,14 +11,18 @@ from edge_sel.engine.evaluation.evaluate import EmbarrassmentMeter
 from edge_sel.methods import Plan
 
 
-def snapshot_params(model: torch.nn.Module) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in model.parameters()]
+def snapshot_params(model: torch.nn.Module, trained_only: bool = False) -> list[torch.Tensor | None]:
+    """Every parameter's values, or (`trained_only`: the updater's set is fixed, so nothing else can
+    move this epoch) those that require grad, None in the others' places."""
+    return [p.detach().clone() if p.requires_grad or not trained_only else None for p in model.parameters()]
 
 
-def changed_fraction(model: torch.nn.Module, before: list[torch.Tensor]) -> float:
-    """Share of parameter entries whose value differs from `before`: what actually moved."""
-    changed = sum((p.detach() != b).sum().item() for p, b in zip(model.parameters(), before))
-    return changed / max(1, sum(b.numel() for b in before))
+def changed_fraction(model: torch.nn.Module, before: list[torch.Tensor | None]) -> float:
+    """Share of parameter entries whose value differs from `before`: what actually moved (a tensor
+    not kept did not)."""
+    params = list(model.parameters())
+    changed = sum((p.detach() != b).sum().item() for p, b in zip(params, before) if b is not None)
+    return changed / max(1, sum(p.numel() for p in params))
 
 
 @dataclass
@@ -61,7 +65,8 @@ class EpochProgress:
         return {"epoch": self.epoch, "plan": {"positions": self.plan.positions.cpu(),
                                               "weights": None if self.plan.weights is None else self.plan.weights.cpu(),
                                               "info": self.plan.info},
-                "before": [b.cpu() for b in self.before], "emb": (self.emb.sum.cpu(), self.emb.count.cpu()),
+                "before": [None if b is None else b.cpu() for b in self.before],
+                "emb": (self.emb.sum.cpu(), self.emb.count.cpu()),
                 "carry": None if self.carry is None else {k: None if v is None else v.cpu()
                                                           for k, v in vars(self.carry).items()},
                 **{k: getattr(self, k) for k in ("next_batch", "n_trained", "loss_sum", "correct", "flops_f",
@@ -79,7 +84,7 @@ class EpochProgress:
                                   "throttled", "wall_s", "energy_j", "last_loss")}
         carry = d.get("carry")
         carry = None if carry is None else Batch(**{k: None if v is None else v.to(device) for k, v in carry.items()})
-        return cls(d["epoch"], plan, [b.to(device) for b in d["before"]], emb, **rest, carry=carry,
+        return cls(d["epoch"], plan, [None if b is None else b.to(device) for b in d["before"]], emb, **rest, carry=carry,
                    singles_dropped=d.get("singles_dropped", 0), thermal_capped=d.get("thermal_capped", 0),
                    steps=d.get("steps", 0), replay_samples=d.get("replay_samples", 0),
                    flops_penalty=d.get("flops_penalty", 0), flops_plan=d.get("flops_plan", 0),

@@ -33,12 +33,15 @@ REPLANS = 2                 # plans made again where planning's own growth left 
 PROBE_SAMPLES = 64          # local images whose gradients estimate what each tensor would gain
 
 
-def memory_counter(cfg: TrainConfig, model, input_shape, device: torch.device) -> tuple[MemoryCounter, StepShape]:
-    """A counter of the run's steps on `device` (on a CPU with its convolutions' own buffers)."""
+def memory_counter(cfg: TrainConfig, model, input_shape, device: torch.device,
+                   trained_only: bool = False) -> tuple[MemoryCounter, StepShape]:
+    """A counter of the run's steps on `device` (on a CPU with its convolutions' own buffers);
+    `trained_only`: the runs' updaters fix their sets (run_step_factory)."""
     optimizer = partial(make_optimizer, cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     shape = StepShape(cfg.batch_size, bn_statistics="frozen" if cfg.bn_mode == "eval" else "train")
     kernels = "cpu" if torch.device(device).type == "cpu" else "none"
-    return MemoryCounter(model, input_shape, optimizer, kernels=kernels, step=run_step_factory(cfg, model),
+    return MemoryCounter(model, input_shape, optimizer, kernels=kernels,
+                         step=run_step_factory(cfg, model, trained_only=trained_only),
                          store=CountStore()), shape
 
 
@@ -125,7 +128,8 @@ def plan_run_memory(trainer) -> MemoryPlan | None:
     # Every count of this run (the plan's and the records') runs the run's own step on the twin.
     replaying = trainer.replay is not None and trainer.replay.rows > 0
     local = (cfg.batch_size, *trainer.memory_counter.input_shape) if replaying else None
-    trainer.memory_counter.step = run_step_factory(cfg, trainer.model, trainer.objective, local)
+    trainer.memory_counter.step = run_step_factory(cfg, trainer.model, trainer.objective, local,
+                                                   trainer.updater.static_set)
     if cfg.memory_budget_mb is None:
         return None
     if cfg.backend != "torch":

@@ -155,7 +155,7 @@ class Trainer:
     # -- one epoch ---------------------------------------------------------------------------
     def _begin_epoch(self, epoch: int) -> EpochProgress:
         plan = self.strategy.plan(epoch)
-        return EpochProgress(epoch, plan, snapshot_params(self.model),
+        return EpochProgress(epoch, plan, snapshot_params(self.model, self.updater.static_set),
                              EmbarrassmentMeter(len(self.class_names), self.config.temperature, self.device))
 
     def train_epoch(self, epoch: int, progress: EpochProgress | None = None) -> dict | None:

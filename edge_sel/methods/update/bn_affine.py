@@ -15,6 +15,7 @@ from edge_sel.models.blocks import head
 class BatchNormAffine(Updater):
     name = "bn-affine"
     saves_compute = True
+    static_set = True
 
     def __init__(self, train_head: bool = True):
         self.train_head = train_head

@@ -64,6 +64,7 @@ def sparse_names(model: nn.Module, gains: dict[str, float], share: float) -> set
 
 class FixedSet(Updater):
     saves_compute = True
+    static_set = True
 
     def __init__(self, name: str, choose):
         self.name, self.choose = name, choose
