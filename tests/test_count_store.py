@@ -48,3 +48,22 @@ def test_a_count_is_read_back_only_where_nothing_it_depends_on_changed(tmp_path)
     (tmp_path / "counts.json").write_text("{not json")
     damaged = counter(tmp_path, model)
     assert damaged.count(SHAPE, everything) == made[0] and (damaged.counts_made, damaged.counts_read) == (1, 0)
+
+
+def test_a_model_whose_code_cannot_be_read_is_always_counted(tmp_path, monkeypatch):
+    """A class defined in a module without a source file (the Python API run from a string, as the
+    model guide's example is): its counts are made and never kept (before: a TypeError from inspect)."""
+    import sys
+    import types
+
+    module = types.ModuleType("made_from_a_string")
+    exec("import torch\nclass Tiny(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+         "        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),\n"
+         "                                        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 10))\n"
+         "    def forward(self, x):\n        return self.body(x)\n", module.__dict__)
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    model = module.Tiny()
+    first, again = counter(tmp_path, model), counter(tmp_path, model)
+    assert first.count(SHAPE).peak == again.count(SHAPE).peak > 0
+    assert (first.counts_made, again.counts_made, again.counts_read) == (1, 1, 0)
+    assert not (tmp_path / "counts.json").exists()

@@ -6,7 +6,8 @@ and buffer's shape and dtype), the code that runs it (the twin's module classes 
 counter and the step's own files), the input's shape, the optimizer's kind and settings, the
 kernels' rule and its thread count, and torch's version. Anything not named here that could change a
 count (a factory that is not a `functools.partial`, a step without a key) gives no key: the count is
-made, not read.
+made, not read; so is a count of a model whose classes' source cannot be read (a class defined in
+`__main__` run from a string, or in a compiled module).
 """
 
 from __future__ import annotations
@@ -29,27 +30,39 @@ def digest(*parts) -> str:
 
 
 @lru_cache(maxsize=None)
-def file_digest(path: str) -> str:
+def file_digest(path: str) -> str | None:
     try:
         with open(path, "rb") as f:
             return hashlib.sha256(f.read()).hexdigest()[:16]
     except OSError:
-        return "unreadable"
+        return None
 
 
-def source_digest(modules) -> str:
-    """The source files of the named (imported) modules, as one digest."""
-    files = sorted({inspect.getsourcefile(sys.modules[m]) or m for m in modules if m in sys.modules})
-    return digest(*(f"{f}:{file_digest(f)}" for f in files))
+def source_file(module: str) -> str | None:
+    try:
+        return inspect.getsourcefile(sys.modules[module])
+    except (KeyError, TypeError, OSError):       # not imported, built in, or __main__ without a file
+        return None
 
 
-def structure_key(twin: nn.Module) -> str:
-    """The twin's modules, parameters and buffers, and the files its module classes come from."""
+def source_digest(modules) -> str | None:
+    """The source files of the named modules, as one digest; None where one cannot be read."""
+    files = [source_file(m) for m in sorted(set(modules))]
+    if any(f is None for f in files):
+        return None
+    digests = [file_digest(f) for f in files]
+    return None if any(d is None for d in digests) else digest(*(f"{f}:{d}" for f, d in zip(files, digests)))
+
+
+def structure_key(twin: nn.Module) -> str | None:
+    """The twin's modules, parameters and buffers, and the files its module classes come from (None
+    where a class's source cannot be read)."""
     parts = [f"{name}:{type(m).__module__}.{type(m).__qualname__}" for name, m in twin.named_modules()]
     parts += [f"p {n}:{tuple(p.shape)}:{p.dtype}" for n, p in twin.named_parameters()]
     parts += [f"b {n}:{tuple(b.shape)}:{b.dtype}" for n, b in twin.named_buffers()]
     own = {type(m).__module__ for m in twin.modules() if not type(m).__module__.startswith("torch")}
-    return digest(*parts, source_digest(own))
+    code = source_digest(own)
+    return None if code is None else digest(*parts, code)
 
 
 def optimizer_key(factory) -> str | None:
@@ -61,9 +74,12 @@ def optimizer_key(factory) -> str | None:
 
 
 def count_key(structure: str, input_shape, optimizer: str, step: str, kernels: str, signature: tuple,
-              shape) -> str:
+              shape) -> str | None:
     """The digest one count is kept under."""
+    counter = source_digest(COUNTER_MODULES)
+    if counter is None:
+        return None
     trains = "".join("1" if t else "0" for t in signature)
     return digest(structure, tuple(input_shape), optimizer, step, kernels, torch.get_num_threads(), torch.__version__,
-                  source_digest(COUNTER_MODULES), trains, shape.batch_size, shape.chunk, shape.recompute,
+                  counter, trains, shape.batch_size, shape.chunk, shape.recompute,
                   shape.bn_statistics)

@@ -222,7 +222,9 @@ class MemoryCounter:
         if self.store is None or step_key is None or optimizer is None:
             return None
         if self._structure is None:
-            self._structure = structure_key(self.twin())
+            self._structure = structure_key(self.twin()) or ""     # "": its code cannot be read
+        if not self._structure:
+            return None
         return count_key(self._structure, self.input_shape, optimizer, step_key, self.kernels, signature, shape)
 
     def count_forward(self, batch_size: int, train_mode: bool = False) -> MemoryCount:

@@ -101,12 +101,12 @@ def run_step_factory(cfg, model: torch.nn.Module, objective=None, local_rows: tu
                 for hook in hooks:
                     hook.remove()
         return run, kept
-    make.key = step_key(objective, model, mu > 0, local_rows, trained_only)
+    make.key = step_key(objective, model, mu > 0, local_rows, trained_only)     # None: never kept
     return make
 
 
 def step_key(objective, model: torch.nn.Module, proximal: bool, local_rows: tuple | None,
-             trained_only: bool = False) -> str:
+             trained_only: bool = False) -> str | None:
     """What the counted step's bytes depend on besides the model and the shape (core/count_keys.py):
     this step's code, the objective's kind and each penalty's tensors, FedProx's copy, the local batch."""
     names = {id(p): n for n, p in model.named_parameters()}
@@ -115,5 +115,8 @@ def step_key(objective, model: torch.nn.Module, proximal: bool, local_rows: tupl
                    for q, *rest in getattr(p, "terms", ())]) for p in objective.penalties]
     modules = {__name__, TorchBackend.__module__, Updater.__module__, Batch.__module__, type(objective).__module__,
                *(type(p).__module__ for p in objective.penalties)}
-    return digest(source_digest(modules), type(objective).__qualname__, getattr(objective, "label_smoothing", None),
+    code = source_digest(modules)
+    if code is None:
+        return None
+    return digest(code, type(objective).__qualname__, getattr(objective, "label_smoothing", None),
                   proximal, local_rows, trained_only, penalties)
