@@ -24,6 +24,7 @@ from edge_sel.core.checkpoint import atomic_write_bytes
 from edge_sel.core.records import read_records
 from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.engine.runs.run import finetune
+from edge_sel.report.runs import adaptation_flops
 
 SCENARIOS = {
     "noise": "corrupt=gaussian_noise:3",
@@ -101,17 +102,12 @@ def outcome(run_dir: Path) -> dict:
     final = last[-1]
     t = summary["totals"]
     return {"test_acc": final.get("test_acc"), "clean_test_acc": final.get("clean_test_acc"),
-            "flops_train": adaptation_flops(t), "flops_bn_bank": t.get("flops_bn_bank") or 0,
+            # Training and a per-condition bank's re-estimation passes: the run charges those to its
+            # evaluations, but they are what the method adapts by.
+            "flops_train": adaptation_flops(t) or 0, "flops_bn_bank": t.get("flops_bn_bank") or 0,
             "energy_j": adaptation_joules(t), "energy_method": t.get("energy_method"),
             "train_wall_s": t.get("train_wall_s") or 0.0,
             "samples_trained": t.get("samples_trained") or 0, "bn_stats": final.get("bn_stats")}
-
-
-def adaptation_flops(totals: dict) -> int:
-    """Training's counted FLOPs and, under statistics per condition, the bank's re-estimation passes: the
-    run charges those to its evaluations (the bank is estimated for the weights each one judges), but
-    they are what the method adapts by (a per-condition run of no epoch adapts by them alone)."""
-    return (totals.get("flops_train") or 0) + (totals.get("flops_bn_bank") or 0)
 
 
 def adaptation_joules(totals: dict) -> float | None:

@@ -6,12 +6,8 @@ depend on the load the machine was under: nothing is provisional."""
 
 from __future__ import annotations
 
-import json
-import warnings
-
-from edge_sel.core.checkpoint import atomic_write_bytes
 from edge_sel.data.folder import cache_dir
-from edge_sel.errors import parse_json
+from edge_sel.engine.machine.probe_cache import read_entries, write_entries
 
 FILE = "counts.json"
 MOST_ENTRIES = 4096     # the oldest go first beyond it (a few hundred bytes each)
@@ -25,28 +21,17 @@ class CountStore:
         self.path = path or cache_dir() / FILE
         self._entries: dict | None = None
 
-    def _read(self) -> dict:
-        try:
-            entries = parse_json(self.path.read_text())
-            return entries if isinstance(entries, dict) else {}
-        except (OSError, ValueError):
-            return {}                  # none yet, or unreadable: count again
-
     def get(self, key: str) -> dict | None:
         if self._entries is None:
-            self._entries = self._read()
+            self._entries = read_entries(self.path)     # none yet, or unreadable: count again
         entry = self._entries.get(key)
         return entry if isinstance(entry, dict) and all(isinstance(v, int) for v in entry.values()) else None
 
     def put(self, key: str, fields: dict) -> None:
-        entries = self._read()
+        entries = read_entries(self.path)
         entries.pop(key, None)
         entries[key] = fields
         while len(entries) > MOST_ENTRIES:
             entries.pop(next(iter(entries)))
         self._entries = entries
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(self.path, json.dumps(entries).encode())
-        except OSError as e:            # a read-only home must not stop a run
-            warnings.warn(f"could not keep the count in {self.path}: {e}")
+        write_entries(self.path, entries, "the count")

@@ -119,21 +119,30 @@ def _path(name: str) -> Path:
     return cache_dir() / name
 
 
-def _read(name: str) -> dict:
+def read_entries(path: Path) -> dict:
+    """The JSON object a cache file keeps ({} where there is none yet, or it does not read: measure
+    again)."""
     try:
-        entries = parse_json(_path(name).read_text())
+        entries = parse_json(path.read_text())
         return entries if isinstance(entries, dict) else {}
     except (OSError, ValueError):
-        return {}                          # none yet, or unreadable: measure again
+        return {}
 
 
-def _write(name: str, entries: dict) -> None:
-    path = _path(name)
+def write_entries(path: Path, entries: dict, what: str = "the measurement") -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, json.dumps(entries, indent=1).encode())
     except OSError as e:                   # a read-only home must not stop a run
-        warnings.warn(f"could not keep the measurement in {path}: {e}")
+        warnings.warn(f"could not keep {what} in {path}: {e}")
+
+
+def _read(name: str) -> dict:
+    return read_entries(_path(name))
+
+
+def _write(name: str, entries: dict) -> None:
+    write_entries(_path(name), entries)
 
 
 def usable_entry(name: str, key: str, load_now=None) -> dict | None:
