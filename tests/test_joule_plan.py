@@ -61,6 +61,10 @@ def test_energy_and_time_limits_rule_candidates_out():
     assert choose([big, small], energy_j=200)[0] is small and "200 J" in big.out
     big.out = ""
     assert choose([big, small], time_s=20)[0] is small and "20 s" in big.out
+    # A limit holds the run, not its training alone: what it spends besides (evaluation, planning) counts.
+    big.out = ""
+    assert choose([big, small], energy_j=550)[0] is big
+    assert choose([big, small], energy_j=550, besides_j=100)[0] is small and "evaluation and planning" in big.out
     # Where nothing meets the limit the cheapest comes nearest, and says so.
     winner, reason = choose([big, small], energy_j=1)
     assert winner is small and "no candidate fits the limit" in reason
@@ -173,6 +177,14 @@ def test_a_plan_that_chooses_lite_residuals_trains_them_and_its_checkpoint_keeps
                                     + spent)
     totals = summary(tmp_path / "lite")["totals"]
     assert totals["memory_plan_trial_flops"] == spent and totals["flops_train"] == first["flops_train"]
+    # The plan's estimate of the run held every evaluation pass the run then made (the start's and the
+    # epoch's), timed per image by its probe, and planning so far.
+    estimate = plan["gains"]["run_estimate"]
+    evaluated = sum(r["val_samples_evaluated"] + r["test_samples_evaluated"] + r.get("anchor_samples_evaluated", 0)
+                    for r in records(tmp_path / "lite", baseline=True))
+    assert estimate["images"] == evaluated > 0 and (estimate["validation_passes"], estimate["test_passes"]) == (2, 2)
+    assert estimate["evaluation_s"] > 0 and estimate["planning_s"] > 0
+    assert (estimate["evaluation_j"] is None) == (estimate["training_j"] is None)
     model, _ = load_checkpoint(tmp_path / "lite")
     assert has_residuals(model) and any(p.abs().sum() > 0 for n, p in model.named_parameters()
                                         if n.endswith("lite_residual.project.weight"))

@@ -14,6 +14,7 @@ from edge_sel.core.flops import FlopCounter
 from edge_sel.core.memory import MiB, MemoryCounter, StepShape
 from edge_sel.engine.machine import joule_plan
 from edge_sel.engine.machine.joule_plan import Candidate
+from edge_sel.engine.loop.run_estimate import besides_training, estimate_words
 from edge_sel.engine.loop.trial_gain import (TRIAL_STEPS, affordable, fewest_steps_for_trials, held_out_count,
                                              normalised, run_trials, trial_images)
 from edge_sel.engine.machine.memory_plan import (MemoryPlan, choose_trainable, fit_shape, smallest_budget, usable)
@@ -118,7 +119,8 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
                                                  trial_steps, cfg.seed)
     # Every candidate is counted and timed; the trials, cheapest first, only as far as the run can pay
     # them back (trial_gain.affordable): one not tried cannot be chosen over one that was.
-    cost = joule_plan.measure_costs(candidates, model, x, y, losses, trainer.device, steps, trainer.meter)
+    cost = joule_plan.measure_costs(candidates, model, x, y, losses, trainer.device, steps, trainer.meter,
+                                    evaluation=(trainer.precision.eval, trainer.eval_autocast))
     add_residuals(model, counter.input_shape)       # the branches: counted, timed and tried while on the model
     try:
         lite_counter = MemoryCounter(model, counter.input_shape, counter.optimizer_factory, counter.loss_fn,
@@ -142,14 +144,19 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
     for c in candidates:
         if to_try and c.count is not None and c not in to_try:
             c.out = "not tried: its trial would cost more than this run pays back"
-    winner, reason = joule_plan.choose(candidates, trainer.budget_j, cfg.time_budget_s)
+    besides = besides_training(trainer, cost.get("eval_s_per_image"), cost["watts"])
+    winner, reason = joule_plan.choose(candidates, trainer.budget_j, cfg.time_budget_s,
+                                       (besides["evaluation_j"] or 0.0) + (besides["planning_j"] or 0.0),
+                                       (besides["evaluation_s"] or 0.0) + besides["planning_s"])
     if not to_try:          # no gain known: the cheapest that fits (and meets a limit, where one does)
         limit = reason if reason.startswith("no candidate fits the limit") else f"{winner.name} costs the fewest joules"
         reason = f"no trial pays back in this run ({sizing['words']}): {limit}"
     total = max(c.gain for c in candidates)
-    words = joule_plan.plan_words(candidates, winner, reason)
+    words = f"{joule_plan.plan_words(candidates, winner, reason)}; {estimate_words(winner.joules, besides)}"
     source = {**(source or {}), "candidates": [c.summary(total) for c in candidates], "chosen": winner.name,
               "reason": reason, "steps": steps, "cost_probe": {"lite": probe, "others": cost},
+              "run_estimate": {"training_j": None if winner.joules is None else round(winner.joules, 1),
+                               "training_s": None if winner.seconds is None else round(winner.seconds, 2), **besides},
               "expected_gain": "held-out accuracy after a short trial of each candidate (engine/loop/trial_gain.py)",
               "trial": {"lite": lite_trial, "others": trial, "sizing": sizing},
               # Counted: every trial's steps and held-out evaluation (planning's; in the run's totals).

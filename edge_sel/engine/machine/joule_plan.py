@@ -20,7 +20,9 @@ Each candidate carries three figures:
   step (engine/loop/trial_gain.py); the squared gradients on the device's images (or the warmup's
   Fisher information) still choose the tensors of the gain-per-byte set and of the sparse update.
 
-The rule: candidates over an --energy-budget or --time-budget (the estimate of training alone) are out;
+The rule: candidates over an --energy-budget or --time-budget are out: the estimate of their training
+plus what the run spends besides (its evaluation passes timed here per image, and planning so far;
+engine/loop/run_estimate.py), which is the same for every candidate;
 of the rest, the one with the fewest joules among those expected to gain at least NEAR_BEST of the most
 any gains wins. It is never dominated: a candidate with more gain and fewer joules would be in the same
 band and cheaper. Every candidate's figures and the reason go in the plan line and the plan's record.
@@ -85,17 +87,20 @@ class Candidate:
                 + (f" [{self.out}]" if self.out else ""))
 
 
-def choose(candidates: list[Candidate], energy_j: float | None = None, time_s: float | None = None
-           ) -> tuple[Candidate, str]:
-    """The winner among candidates that fit (count not None) and its reason (see the module's rule)."""
+def choose(candidates: list[Candidate], energy_j: float | None = None, time_s: float | None = None,
+           besides_j: float = 0.0, besides_s: float = 0.0) -> tuple[Candidate, str]:
+    """The winner among candidates that fit (count not None) and its reason (see the module's rule).
+    `besides_j`, `besides_s`: what the run spends besides training (its evaluation and planning,
+    engine/loop/run_estimate.py), the same for every candidate, counted against the limits."""
     fitting = [c for c in candidates if c.count is not None]
     if not fitting:
         raise ValueError("no candidate fits")
+    besides = " with the run's evaluation and planning" if besides_j or besides_s else ""
     for c in fitting:
-        if energy_j is not None and c.joules is not None and c.joules > energy_j:
-            c.out = f"over the {energy_j:,.0f} J budget"
-        elif time_s is not None and c.seconds is not None and c.seconds > time_s:
-            c.out = f"over the {time_s:,.0f} s budget"
+        if energy_j is not None and c.joules is not None and c.joules + besides_j > energy_j:
+            c.out = f"over the {energy_j:,.0f} J budget{besides}"
+        elif time_s is not None and c.seconds is not None and c.seconds + besides_s > time_s:
+            c.out = f"over the {time_s:,.0f} s budget{besides}"
     within = [c for c in fitting if not c.out]
     if not within:          # no candidate meets the limit: the cheapest comes nearest
         best = min(fitting, key=_cost)
@@ -138,10 +143,31 @@ def time_step(model, x: torch.Tensor, y: torch.Tensor, shape: StepShape, trainab
         set_recomputed(model, ())
 
 
-def measure_costs(candidates: list[Candidate], model, x, y, losses, device, steps: int, meter=None) -> dict:
+def evaluation_key(model, x: torch.Tensor, device, precision: str) -> str:
+    return "|".join(map(str, (probe_cache.machine_key(device), probe_cache.model_key(model, "plan-eval"),
+                              tuple(x.shape), precision)))
+
+
+def time_forward(model, x: torch.Tensor, context) -> None:
+    """One forward-only pass in inference mode, as evaluation runs it (`context`: its autocast)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), context():
+            model(x)
+    finally:
+        model.train(was_training)
+
+
+def measure_costs(candidates: list[Candidate], model, x, y, losses, device, steps: int, meter=None,
+                  evaluation=None) -> dict:
     """Each fitting candidate's seconds per step (from the cache, else timed) and its run's estimated
-    joules and seconds; returns what the probe cost and the watts it used."""
+    joules and seconds; returns what the probe cost and the watts it used. `evaluation`: (precision,
+    autocast context) of the run's forward-only passes, which are then timed too (seconds per image)."""
     todo, entries = [], {}
+    eval_key = None if evaluation is None else evaluation_key(model, x, device, evaluation[0])
+    eval_entry = None if eval_key is None else probe_cache.usable_entry(CACHE_FILE, eval_key)
+    eval_timed = None
     for c in candidates:
         if c.count is None:
             continue
@@ -152,7 +178,7 @@ def measure_costs(candidates: list[Candidate], model, x, y, losses, device, step
         else:
             todo.append((c, key))
     wall, energy = 0.0, None
-    if todo:
+    if todo or (eval_key is not None and eval_entry is None):
         flags = {n: p.requires_grad for n, p in model.named_parameters()}
         state = {k: v.clone() for k, v in model.state_dict().items()}     # BatchNorm statistics move in train mode
         if meter is not None:
@@ -160,15 +186,15 @@ def measure_costs(candidates: list[Candidate], model, x, y, losses, device, step
         t0 = time.perf_counter()
         try:
             with random_streams_kept(x.device), probe_cache.OtherLoad() as load:
-                time_step(model, x, y, todo[0][0].shape, todo[0][0].trainable, losses)     # untimed: first-call costs
+                if todo:
+                    time_step(model, x, y, todo[0][0].shape, todo[0][0].trainable, losses)  # untimed: first-call costs
                 timed = {}
+                if eval_key is not None and eval_entry is None:
+                    time_forward(model, x, evaluation[1])       # untimed, as above
+                    eval_timed = min(_timed(time_forward, model, x, evaluation[1]) for _ in range(TIMED_STEPS))
                 for c, key in todo:
-                    runs = []
-                    for _ in range(TIMED_STEPS):
-                        t = time.perf_counter()
-                        time_step(model, x, y, c.shape, c.trainable, losses)
-                        runs.append(time.perf_counter() - t)
-                    timed[c.name] = (key, min(runs))
+                    timed[c.name] = (key, min(_timed(time_step, model, x, y, c.shape, c.trainable, losses)
+                                              for _ in range(TIMED_STEPS)))
         finally:
             wall = time.perf_counter() - t0
             if meter is not None:
@@ -179,7 +205,10 @@ def measure_costs(candidates: list[Candidate], model, x, y, losses, device, step
         watts = energy / wall if energy and wall > 0 else None
         for name, (key, step_s) in timed.items():
             entries[name] = probe_cache.keep(CACHE_FILE, key, {"step_s": step_s, "watts": watts}, load.cpus)
-    watts_seen = [e.get("watts") for e in entries.values() if e.get("watts")]
+        if eval_timed is not None:
+            eval_entry = probe_cache.keep(CACHE_FILE, eval_key, {"s_per_image": eval_timed / len(x), "watts": watts},
+                                          load.cpus)
+    watts_seen = [e.get("watts") for e in [*entries.values(), eval_entry or {}] if e.get("watts")]
     watts = max(watts_seen) if watts_seen else None
     for c in candidates:
         entry = entries.get(c.name)
@@ -189,7 +218,15 @@ def measure_costs(candidates: list[Candidate], model, x, y, losses, device, step
         c.seconds = c.step_s * steps
         c.joules = None if watts is None else c.seconds * watts
     return {"probe_wall_s": round(wall, 3), "probe_energy_j": energy, "watts": watts,
-            "timed": len(todo), "cached": len(entries) - len(todo)}
+            "timed": len(todo), "cached": len(entries) - len(todo),
+            **({} if eval_entry is None else {"eval_s_per_image": eval_entry["s_per_image"],
+                                              "eval_timed": eval_timed is not None})}
+
+
+def _timed(fn, *args) -> float:
+    t = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t
 
 
 def plan_words(candidates: list[Candidate], winner: Candidate, reason: str) -> str:
