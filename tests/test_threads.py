@@ -43,6 +43,19 @@ def test_waiting_is_passive_when_other_work_is_busy_unless_the_user_chose():
     assert passive_waiting(env, load=1.9) == "ACTIVE"
 
 
+def test_huge_pages_are_asked_for_where_the_kernel_gives_them_unless_the_user_chose():
+    from edge_sel.huge_pages import VARIABLE, kernel_setting, large_blocks_in_huge_pages
+    env = {}
+    assert large_blocks_in_huge_pages(env, "madvise")["on"] and env[VARIABLE] == "1"
+    env = {}
+    assert not large_blocks_in_huge_pages(env, "never")["on"] and VARIABLE not in env
+    env = {VARIABLE: "0"}
+    assert not large_blocks_in_huge_pages(env, "always")["on"] and env[VARIABLE] == "0"
+    enabled = __import__("pathlib").Path(__import__("tempfile").mkdtemp()) / "enabled"
+    enabled.write_text("always [madvise] never\n")
+    assert kernel_setting(enabled) == "madvise" and kernel_setting(enabled.parent / "none") is None
+
+
 def test_a_runs_config_and_summary_state_the_threads_and_the_policy(tmp_path, monkeypatch):
     from edge_sel import threads
     monkeypatch.delenv("EDGE_SEL_THREADS", raising=False)
@@ -110,19 +123,22 @@ def test_the_command_line_waits_passively_beside_a_busy_process(tmp_path):
              "chosen = t.passive_waiting\n"
              "def spy(*a, **k):\n"
              "    policy = chosen(*a, **k)\n"
-             "    print('torch' in sys.modules, policy)\n"
+             "    print('torch' in sys.modules, policy, os.environ.get('THP_MEM_ALLOC_ENABLE'))\n"
              "    return policy\n"
              "t.passive_waiting = spy\n"
              "import edge_sel.cli\n"
              "print('torch' in sys.modules, os.environ.get('OMP_WAIT_POLICY'))")
     # The load sampled, not stated (the suite states 0 for its own runs).
-    env = {k: v for k, v in __import__("os").environ.items() if k not in (WAIT_ENV, "EDGE_SEL_OTHER_LOAD")}
+    # Huge pages for torch's large blocks are asked for before torch too (it reads the variable once).
+    from edge_sel.huge_pages import VARIABLE, kernel_setting
+    thp = "None" if kernel_setting() in (None, "never") else "1"
+    env = {k: v for k, v in __import__("os").environ.items() if k not in (WAIT_ENV, "EDGE_SEL_OTHER_LOAD", VARIABLE)}
     with busy(2):
         assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
-                              check=True).stdout.split("\n") == ["False PASSIVE", "True PASSIVE", ""]
+                              check=True).stdout.split("\n") == [f"False PASSIVE {thp}", "True PASSIVE", ""]
     env[WAIT_ENV] = "ACTIVE"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
-                          check=True).stdout.split("\n") == ["False ACTIVE", "True ACTIVE", ""]
+                          check=True).stdout.split("\n") == [f"False ACTIVE {thp}", "True ACTIVE", ""]
 
 
 def test_a_stated_load_replaces_the_sample_and_a_bad_one_is_one_line(monkeypatch):

@@ -277,8 +277,10 @@ def apply_plan(trainer, plan: MemoryPlan) -> MemoryPlan:
                               f"{min(BN_ADAPT_BATCH, cfg.bn_adapt)} ({counted:.1f} MiB counted)")
     allocator = []          # said with the plan, not kept in it: a resumed run decides again
     if trainer.device.type == "cpu":
-        trainer.keep_heap, trainer.heap_pool, words = keep_heap(trainer, plan, trains)
+        trainer.keep_heap, trainer.heap_pool, words = keep_heap(cfg.memory_budget_mb, plan)
         allocator.append(words)
+        # With large blocks mapped, the run watches its measured training peak against the budget.
+        trainer.run_memory.guard_mb = None if trainer.keep_heap else cfg.memory_budget_mb * peak_memory.LARGE_BLOCK_GUARD
     if plan.trainable is not None:
         updater.choose = lambda _model: set(plan.trainable)
     trainer.step_shape = plan.shape()

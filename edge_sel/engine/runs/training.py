@@ -9,7 +9,7 @@ import time
 import warnings
 from pathlib import Path
 
-from edge_sel import threads
+from edge_sel import huge_pages, threads
 from edge_sel.config import TrainConfig
 from edge_sel.core import bn_stats
 from edge_sel.core.checkpoint import ModelCard, atomic_write_bytes, save_checkpoint
@@ -126,7 +126,7 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
             if memory is not None:      # the output model, once deployed, keeps where it came from
                 carry_memory(memory.directory, out)
             write_config(out, {"phase": phase, **cfg.to_json(), **bn_run, "energy": energy.to_json(), "threads": threads.describe(),
-                               **source_info})
+                               "huge_pages": huge_pages.describe(), **source_info})
         writer = RecordWriter(out) if writes else None
         before = earlier_head_records(out) if staged and resume_state is not None and writes else []
         if resume_state is not None and writes:     # drops a record written after the checkpoint
@@ -216,7 +216,7 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
         "idle_power_w": getattr(meter, "idle_power_w", None),
         # Measured before the first epoch, outside its time, joules and FLOPs (probe_* say how much).
         "layout": trainer.layout.to_json(), "precision": trainer.precision.to_json(), "sync_every": trainer.sync_every,
-        "threads": threads.describe(),
+        "threads": threads.describe(), "huge_pages": huge_pages.describe(),
         "probe_check": probe_cache.check_choices(trainer.records, cfg.batch_size, trainer.layout, trainer.precision),
         **({"validation_size": trainer.val_size_choice} if trainer.val_size_choice else {}),
         **({"world_size": world.size, "distributed": ranks.describe()} if ranks else {}),
