@@ -40,7 +40,7 @@ import torch
 from edge_sel.backends.torch_backend import freeze_batchnorm_stats
 from edge_sel.core.memory import MiB, MemoryCount, StepShape
 from edge_sel.core.recompute import set_recomputed
-from edge_sel.engine.machine import probe_cache
+from edge_sel.engine.machine import peak_memory, probe_cache
 from edge_sel.engine.machine.device import random_streams_kept
 
 # A candidate expected to gain at least this share of the best candidate's gain is as good: the
@@ -122,9 +122,11 @@ def _cost(c: Candidate) -> float:
 def shape_key(model, input_shape, shape: StepShape, trainable: set[str], device) -> str:
     names = sorted(trainable)
     digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:12]
+    # On a CPU, timed with blocks of 2 MiB and more mapped (peak_memory.as_training_maps): timings
+    # taken with every block of 64 KiB and more mapped, before, are not read back.
     return "|".join(map(str, (probe_cache.machine_key(device), probe_cache.model_key(model, "plan"),
                               tuple(input_shape), shape.batch_size, shape.chunk, len(shape.recompute),
-                              shape.bn_statistics, digest)))
+                              shape.bn_statistics, digest, f"mapped from {peak_memory.LARGE_BLOCK}")))
 
 
 def time_step(model, x: torch.Tensor, y: torch.Tensor, shape: StepShape, trainable: set[str], losses) -> None:
@@ -185,7 +187,8 @@ def measure_costs(candidates: list[Candidate], model, x, y, losses, device, step
             meter.begin("plan-probe")
         t0 = time.perf_counter()
         try:
-            with random_streams_kept(x.device), probe_cache.OtherLoad() as load:
+            with random_streams_kept(x.device), probe_cache.OtherLoad() as load, \
+                    peak_memory.as_training_maps(x.device.type == "cpu"):
                 if todo:
                     time_step(model, x, y, todo[0][0].shape, todo[0][0].trainable, losses)  # untimed: first-call costs
                 timed = {}

@@ -22,6 +22,7 @@ into every open window before it is reset, so an outer window keeps its inner on
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -226,6 +227,20 @@ def allocator_for_training(keep_heap: bool, pool: int = 0) -> bool:
         trim = max(pool, TRIM_THRESHOLD) if pool else TRAINING_TRIM_THRESHOLD
         return set_mmap_threshold(TRAINING_MMAP_THRESHOLD, trim)
     return set_mmap_threshold(LARGE_BLOCK)
+
+
+@contextlib.contextmanager
+def as_training_maps(cpu: bool):
+    """Planning's timed steps on a CPU under the setting a budgeted run trains in below HEAP_SLACK
+    (blocks of LARGE_BLOCK and more mapped), so their seconds are the run's; what they freed goes
+    back and planning's own setting returns after."""
+    done = cpu and set_mmap_threshold(LARGE_BLOCK)
+    try:
+        yield
+    finally:
+        if done:
+            release_free_heap()
+            set_mmap_threshold(MMAP_THRESHOLD)
 
 
 def allocator_maps_every_large_block() -> bool:
