@@ -5,12 +5,12 @@ child (getrusage), its planning time, its training time without planning, and it
 peak beside its count.
 
 A budgeted CPU run sets glibc's allocator (engine/machine/peak_memory.py): blocks of 64 KiB and
-more unmapped when freed while it plans; while it trains, the heap kept where the count fits the
-budget HEAP_SLACK times over, else blocks of 2 MiB and more mapped on their own (on huge pages where
-torch asks for them: edge_sel/huge_pages.py; THP_MEM_ALLOC_ENABLE=0 in the environment turns that off
-for every row). A setting here replaces the training one in the child: "heap" (kept), "64K", "2M"
-(blocks of that size and more mapped on their own and unmapped when freed; 64K was a budgeted run's
-own setting below HEAP_SLACK before), "glibc" (glibc's own dynamic threshold throughout).
+more unmapped when freed while it plans, and while it trains too unless the count fits the budget
+HEAP_SLACK times over (then the heap is kept). The command line asks for huge pages for torch's CPU
+blocks of 2 MiB and more (edge_sel/huge_pages.py; THP_MEM_ALLOC_ENABLE=0 in the environment turns
+that off for every row). A setting here replaces the training one in the child: "heap" (kept),
+"64K", "2M" (blocks of that size and more mapped on their own and unmapped when freed; 64K is a
+budgeted run's own setting below HEAP_SLACK), "glibc" (glibc's own dynamic threshold throughout).
 
     nice -n 5 python benchmarks/bench_budget_time.py --checkpoint CKPT --dataset folder:DIR --image-size 32 \\
         --subset 512 --budget 40       # what a budget costs, the planner choosing what trains

@@ -29,8 +29,7 @@ VOLATILE_FIELDS = {"wall_s", "eval_wall_s", "peak_rss_mb", "energy_j", "energy_n
                    "throttle_reasons", "joules_per_sample", "kept_test_energy_j", "memory_measured_mb",
                    "memory_eval_measured_mb", "memory_process_peak_mb", "memory_plan_wall_s",
                    "memory_plan_energy_j", "memory_plan_counts", "memory_plan_counts_read",
-                   "energy_shared_with", "energy_gpu_processes", "memory_small_blocks_mapped_from_step",
-                   "memory_guard_measured_mb"}
+                   "energy_shared_with", "energy_gpu_processes"}
 
 
 def open_to_append(path, flags: int = os.O_RDWR | os.O_APPEND | os.O_CREAT) -> int:

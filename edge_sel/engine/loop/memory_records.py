@@ -11,7 +11,7 @@ import torch
 
 from edge_sel.core.memory import MiB, MemoryCount, nbytes
 from edge_sel.engine.machine.memory_plan import MemoryPlan
-from edge_sel.engine.machine.peak_memory import PeakMeter, allocator_maps_every_large_block, release_free_heap
+from edge_sel.engine.machine.peak_memory import PeakMeter, release_free_heap
 
 # MemoryCount's parts, as record fields.
 PARTS = ("weights", "optimizer", "batch", "kept", "activations", "gradients", "transient", "workspace", "saved")
@@ -45,10 +45,6 @@ class RunMemory:
         self.base = self.meter.level()
         self.window = None
         self.snapshot = None
-        # A budgeted CPU run with large blocks mapped (engine/loop/heap_choice.py): the measured training
-        # peak past which every block of 64 KiB and more is mapped, and the step from which it was.
-        self.guard_mb: float | None = None
-        self.guarded: dict | None = None
         sets = [trainer.train_ds, trainer.val_ds, trainer.val_eval_ds, trainer.test_ds, trainer.clean_test_ds]
         self.data_bytes = nbytes([t for ds in sets if ds is not None for t in (ds.images, ds.labels, ds.index)])
 
@@ -58,15 +54,7 @@ class RunMemory:
             self.window = self.meter.begin(self.base)
 
     def observe(self, progress, rows: int) -> None:
-        """A step about to run: its trainable set (as the updater left it) and its rows; the guard
-        against the budget checked on what the steps before it measured."""
-        if self.guard_mb is not None:
-            measured = self.meter.so_far(self.window)
-            if measured is not None and measured > self.guard_mb:
-                allocator_maps_every_large_block()
-                self.guarded = {"memory_small_blocks_mapped_from_step": self.trainer.step,
-                                "memory_guard_measured_mb": round(measured, 3)}
-                self.guard_mb = None
+        """A step about to run: its trainable set (as the updater left it) and its rows."""
         signature = "".join("1" if p.requires_grad else "0" for p in self.trainer.model.parameters())
         progress.memory_steps[signature] = max(progress.memory_steps.get(signature, 0), rows)
 
@@ -96,8 +84,6 @@ class RunMemory:
         if self.trainer.config.memory_plan:      # what BatchNorm layers normalised with, as the plan chose
             out["memory_bn_statistics"] = MemoryPlan.from_json(self.trainer.config.memory_plan).statistics()
         out.update(self.trainer.__dict__.pop("memory_plan_cost", None) or {})     # the first epoch's: its planning
-        out.update(self.guarded or {})          # the epoch whose steps passed the guard says so
-        self.guarded = None
         if self.trainer.config.backend != "torch":
             out["memory_counted_for"] = "the same step in torch (ONNX Runtime's own graph is not counted)"
         if record.get("bn_adapt_samples"):      # BatchNorm re-estimation: train mode, no gradients, its planned batch

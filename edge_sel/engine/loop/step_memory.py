@@ -20,7 +20,6 @@ from edge_sel.core.recompute import set_recomputed
 from edge_sel.engine.loop.counted_step import run_step_factory
 from edge_sel.engine.machine.device import random_streams_kept
 from edge_sel.engine.loop.first_use import grown_mb, warm_kernels
-from edge_sel.engine.loop.heap_choice import keep_heap
 from edge_sel.engine.loop.trial_gain import normalised
 from edge_sel.engine.loop.joule_choice import adopt_residuals, plan_by_joules, plan_trains_residuals
 from edge_sel.engine.machine.memory_plan import RESERVE, MemoryPlan, fit_shape, plan_memory, usable
@@ -277,10 +276,17 @@ def apply_plan(trainer, plan: MemoryPlan) -> MemoryPlan:
                               f"{min(BN_ADAPT_BATCH, cfg.bn_adapt)} ({counted:.1f} MiB counted)")
     allocator = []          # said with the plan, not kept in it: a resumed run decides again
     if trainer.device.type == "cpu":
-        trainer.keep_heap, trainer.heap_pool, words = keep_heap(cfg.memory_budget_mb, plan)
-        allocator.append(words)
-        # With large blocks mapped, the run watches its measured training peak against the budget.
-        trainer.run_memory.guard_mb = None if trainer.keep_heap else cfg.memory_budget_mb * peak_memory.LARGE_BLOCK_GUARD
+        counted = plan.counted.get("peak_mb")
+        heap = trainer.keep_heap = counted is not None and peak_memory.heap_fits(counted, cfg.memory_budget_mb - plan.spent_mb)
+        # The heap keeps freed pages up to the budget's room beside the count and the process's growth.
+        room = max(0.0, cfg.memory_budget_mb - plan.spent_mb - (counted or 0.0))
+        trainer.heap_pool = int(room * MiB) if heap else 0
+        allocator.append(
+            f"glibc's heap kept while training, with at most {room:.1f} MiB of freed pages at its top: the count "
+            f"fits the budget {peak_memory.HEAP_SLACK:g} times over" if heap else
+            f"freed blocks of 64 KiB and more go back to the system while training, so the resident size follows "
+            f"the count (slower steps; the heap is kept where the count fits the budget "
+            f"{peak_memory.HEAP_SLACK:g} times over, beside the process's growth)")
     if plan.trainable is not None:
         updater.choose = lambda _model: set(plan.trainable)
     trainer.step_shape = plan.shape()

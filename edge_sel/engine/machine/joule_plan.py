@@ -37,10 +37,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from edge_sel import huge_pages
 from edge_sel.backends.torch_backend import freeze_batchnorm_stats
 from edge_sel.core.memory import MiB, MemoryCount, StepShape
 from edge_sel.core.recompute import set_recomputed
-from edge_sel.engine.machine import peak_memory, probe_cache
+from edge_sel.engine.machine import probe_cache
 from edge_sel.engine.machine.device import random_streams_kept
 
 # A candidate expected to gain at least this share of the best candidate's gain is as good: the
@@ -122,11 +123,15 @@ def _cost(c: Candidate) -> float:
 def shape_key(model, input_shape, shape: StepShape, trainable: set[str], device) -> str:
     names = sorted(trainable)
     digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:12]
-    # On a CPU, timed with blocks of 2 MiB and more mapped (peak_memory.as_training_maps): timings
-    # taken with every block of 64 KiB and more mapped, before, are not read back.
     return "|".join(map(str, (probe_cache.machine_key(device), probe_cache.model_key(model, "plan"),
                               tuple(input_shape), shape.batch_size, shape.chunk, len(shape.recompute),
-                              shape.bn_statistics, digest, f"mapped from {peak_memory.LARGE_BLOCK}")))
+                              shape.bn_statistics, digest, huge_pages_key())))
+
+
+def huge_pages_key() -> str:
+    """Steps timed with torch's large CPU blocks on huge pages run faster (edge_sel/huge_pages.py):
+    timings taken without are not read back with, nor the other way."""
+    return f"huge pages {'on' if huge_pages.describe()['on'] else 'off'}"
 
 
 def time_step(model, x: torch.Tensor, y: torch.Tensor, shape: StepShape, trainable: set[str], losses) -> None:
@@ -147,7 +152,7 @@ def time_step(model, x: torch.Tensor, y: torch.Tensor, shape: StepShape, trainab
 
 def evaluation_key(model, x: torch.Tensor, device, precision: str) -> str:
     return "|".join(map(str, (probe_cache.machine_key(device), probe_cache.model_key(model, "plan-eval"),
-                              tuple(x.shape), precision)))
+                              tuple(x.shape), precision, huge_pages_key())))
 
 
 def time_forward(model, x: torch.Tensor, context) -> None:
@@ -187,8 +192,7 @@ def measure_costs(candidates: list[Candidate], model, x, y, losses, device, step
             meter.begin("plan-probe")
         t0 = time.perf_counter()
         try:
-            with random_streams_kept(x.device), probe_cache.OtherLoad() as load, \
-                    peak_memory.as_training_maps(x.device.type == "cpu"):
+            with random_streams_kept(x.device), probe_cache.OtherLoad() as load:
                 if todo:
                     time_step(model, x, y, todo[0][0].shape, todo[0][0].trainable, losses)  # untimed: first-call costs
                 timed = {}

@@ -22,7 +22,6 @@ into every open window before it is reset, so an outer window keeps its inner on
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -122,13 +121,6 @@ class PeakMeter:
         self._fold()
         return round(self.highest / MiB, 3)
 
-    def so_far(self, window: Window | None) -> float | None:
-        """The open window's peak over its start so far, in MiB (None: not measured here)."""
-        if window is None or window not in self.open:
-            return None
-        self._fold()
-        return max(0, window.high - window.start) / MiB
-
     def end(self, window: Window | None) -> float | None:
         """The window's peak over its start, in MiB (None: not measured here)."""
         if window is None or window not in self.open:
@@ -148,13 +140,6 @@ TRIM_THRESHOLD = 128 * 1024         # glibc's own
 # from the heap, and its top is kept, so a step reuses the pages the step before freed.
 TRAINING_MMAP_THRESHOLD = 32 * 2 ** 20
 TRAINING_TRIM_THRESHOLD = 64 * 2 ** 20
-# Else blocks from this size on are mapped on their own and unmapped when freed, smaller ones come from
-# the heap: torch maps such blocks on huge pages where it may (edge_sel/huge_pages.py), so mapping them
-# afresh each step faults little, and a heap of small blocks stays near what they hold.
-LARGE_BLOCK = 2 * 2 ** 20
-# A run in that setting whose training measures more than this share of its budget maps every block of
-# 64 KiB and more on its own from its next step (engine/loop/memory_records.py).
-LARGE_BLOCK_GUARD = 0.9
 # How far above a step's count glibc's heap measures: up to 1.9x in docs/memory.md's per-step table
 # (edgecnn in micro-batches of 4: +90%; recomputing half the blocks: up to +88%), 2.07x for digits'
 # edgecnn in micro-batches with every block recomputed (2.0 let that run measure 0.4 MiB over its
@@ -206,47 +191,17 @@ def release_free_heap() -> bool:
 
 
 def allocator_for_training(keep_heap: bool, pool: int = 0) -> bool:
-    """Once planned; what planning freed goes back to the system first (malloc_trim). With `keep_heap`
-    (the budget holds the count with the heap's slack) the heap then serves blocks up to 32 MiB and keeps
+    """Once planned. With `keep_heap` (the budget holds the count with the heap's slack), what planning
+    freed goes back to the system (malloc_trim) and the heap then serves blocks up to 32 MiB and keeps
     up to `pool` bytes free at its top (the budget's room beside the count; 0: 64 MiB): steps reuse the
-    pages the step before freed and run as fast as without a budget. Else blocks of LARGE_BLOCK and more
-    are mapped on their own and unmapped when freed, smaller ones reused from the heap. Measured, one
-    thread, 500 images, one epoch (benchmarks/bench_budget_time.py; training s, measured training MiB):
-
-    | run | 64 KiB and more mapped (before) | 2 MiB and more | 2 MiB, huge pages | heap kept | no budget |
-    |---|---|---|---|---|---|
-    | Lite0 96 px, the classifier, 123.9 MiB | 12.5, 100.3 | 7.1, 104.5 | 5.1, 108.4 | 4.1, 127.9 | 4.5, 212.2 |
-    | mobilenetv2 32 px, everything, 150 MiB | 21.2, 119.1 | 9.4, 145.6 | 7.2, 142.3 | 7.2, 163.0 | 4.6, 311.8 |
-
-    The kept heap measured over both budgets; with blocks of 2 MiB and more mapped on huge pages the
-    runs train as fast as with the heap, inside them. Returns whether a setting was made (False on
-    another C library)."""
-    if not release_free_heap():
-        return False
-    if keep_heap:
-        trim = max(pool, TRIM_THRESHOLD) if pool else TRAINING_TRIM_THRESHOLD
-        return set_mmap_threshold(TRAINING_MMAP_THRESHOLD, trim)
-    return set_mmap_threshold(LARGE_BLOCK)
-
-
-@contextlib.contextmanager
-def as_training_maps(cpu: bool):
-    """Planning's timed steps on a CPU under the setting a budgeted run trains in below HEAP_SLACK
-    (blocks of LARGE_BLOCK and more mapped), so their seconds are the run's; what they freed goes
-    back and planning's own setting returns after."""
-    done = cpu and set_mmap_threshold(LARGE_BLOCK)
-    try:
-        yield
-    finally:
-        if done:
-            release_free_heap()
-            set_mmap_threshold(MMAP_THRESHOLD)
-
-
-def allocator_maps_every_large_block() -> bool:
-    """From now on, blocks of 64 KiB and more mapped on their own (the heap's free pages handed back):
-    a run that neared its budget with larger blocks mapped gives speed back for memory."""
-    return release_free_heap() and set_mmap_threshold(MMAP_THRESHOLD)
+    pages the step before freed and run as fast as without a budget. Else blocks of 64 KiB and more stay
+    mapped on their own, so the resident size follows the count, and every step faults their pages in
+    afresh: mobilenetv2 at 32 px, batch 32, the whole step (222.0 MiB counted) trained in 11.5 s against
+    4.1 with the heap, and measured 255 MiB against 313-327 (benchmarks/bench_budget_time.py). A heap
+    bounded only by its free top, where the count does not fit HEAP_SLACK times, measured over its
+    budget (digits' edgecnn under 40 MiB: 42.0 MiB; unmapped 36.9). Returns whether the heap is kept."""
+    trim = max(pool, TRIM_THRESHOLD) if pool else TRAINING_TRIM_THRESHOLD
+    return keep_heap and release_free_heap() and set_mmap_threshold(TRAINING_MMAP_THRESHOLD, trim)
 
 
 def allocator_after_training() -> bool:
