@@ -66,6 +66,9 @@ def test_a_runs_config_and_summary_state_the_threads_and_the_policy(tmp_path, mo
     for name in ("config.json", "summary.json"):
         stated = json.loads((out / name).read_text())["threads"]
         assert stated["count"] == 1 and "7.50 busy" in stated["why"] and stated["wait_policy"]
+        # And whether torch's large CPU blocks were asked for on huge pages, and why.
+        pages = json.loads((out / name).read_text())["huge_pages"]
+        assert isinstance(pages["on"], bool) and pages["why"]
     run_cli("pretrain", "--model", "edgecnn", "--dataset", "digits", "--epochs", "1", "--subset", "200",
             "--out", tmp_path / "two", "--quiet", "--anchors-per-class", "0", "--threads", "2")
     stated = json.loads((tmp_path / "two" / "summary.json").read_text())["threads"]
