@@ -70,6 +70,29 @@ def test_energy_and_time_limits_rule_candidates_out():
     assert winner is small and "no candidate fits the limit" in reason
 
 
+def test_candidates_far_slower_than_the_fastest_are_timed_once(tmp_path, monkeypatch):
+    """The cost probe times every candidate once, and again only those within AGAIN_WITHIN of the
+    fastest first pass: a far slower one cannot be the cheapest (timed by a fake clock)."""
+    from edge_sel.engine.machine import joule_plan
+    monkeypatch.setenv("EDGE_SEL_CACHE", str(tmp_path))
+    first = {"fast": 1.0, "near": 1.2, "slow": 3.0}
+    calls = []
+
+    def clock(fn, *args):
+        if fn is not joule_plan.time_step:
+            return 0.0
+        name = next(iter(args[4]))
+        calls.append(name)
+        return first[name] if calls.count(name) == 1 else first[name] * 0.9
+    monkeypatch.setattr(joule_plan, "_timed", clock)
+    monkeypatch.setattr(joule_plan, "time_step", lambda *a: None)
+    cands = [candidate(n, 1.0, None) for n in first]
+    model = torch.nn.Linear(3, 2)
+    joule_plan.measure_costs(cands, model, torch.zeros(4, 3), torch.zeros(4, dtype=torch.long), None, "cpu", 10)
+    assert sorted(calls) == ["fast", "fast", "near", "near", "slow"]
+    assert [c.step_s for c in cands] == [0.9, pytest.approx(1.08), 3.0]
+
+
 def test_a_budgeted_run_says_every_candidate_and_reads_timings_back(tiny_warm, tmp_path, capsys):
     argv = ["finetune", "--checkpoint", tiny_warm, "--dataset", "synthetic", "--epochs", "0", "--batch-size", "32",
             "--seed", "3", *SAME_CHOICES, "--memory-budget", "9", "--quiet"]
