@@ -51,8 +51,7 @@ def large_blocks_in_huge_pages(environ=None, setting: str | None = None) -> dict
     else:
         environ[VARIABLE] = "1"
         why = f"asked for torch's CPU blocks of 2 MiB and more (the kernel's mode: {setting})"
-    _state.update(on=environ.get(VARIABLE, "0").strip() == "1" and setting not in (None, "never"),
-                  kernel=setting, why=why)
+    _state.update(on=in_force(environ, setting), kernel=setting, why=why)
     return dict(_state)
 
 
@@ -60,5 +59,11 @@ def describe() -> dict:
     """What this process chose (the Python API chooses nothing: torch's own, read from the variable)."""
     if _state:
         return dict(_state)
-    return {"on": os.environ.get(VARIABLE, "0").strip() == "1", "kernel": kernel_setting(),
+    setting = kernel_setting()
+    return {"on": in_force(os.environ, setting), "kernel": setting,
             "why": "not chosen here (the Python API): the environment's"}
+
+
+def in_force(environ, setting: str | None) -> bool:
+    """Whether torch asks for huge pages (the variable is 1) and the kernel may give them."""
+    return environ.get(VARIABLE, "0").strip() == "1" and setting not in (None, "never")

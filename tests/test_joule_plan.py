@@ -93,6 +93,24 @@ def test_candidates_far_slower_than_the_fastest_are_timed_once(tmp_path, monkeyp
     assert [c.step_s for c in cands] == [0.9, pytest.approx(1.08), 3.0]
 
 
+def test_the_estimate_counts_the_evaluations_the_runs_schedule_makes():
+    """The start's validation and test, each validated epoch, the test at the end, and the re-estimated
+    model's validation only where it is a keep-best candidate (the trainer validates it only then)."""
+    from types import SimpleNamespace
+    from edge_sel.config import TrainConfig
+    from edge_sel.engine.loop.run_estimate import evaluation_images
+    sets = SimpleNamespace(val=[0] * 50, anchors=[0] * 10, test=[0] * 100, clean_test=None)
+
+    def passes(keep, **cfg):
+        trainer = SimpleNamespace(config=TrainConfig(**cfg), eval_sets=sets, phase="finetune",
+                                  choice=SimpleNamespace(mode=keep))
+        return evaluation_images(trainer)
+    kept = passes("best", epochs=4, eval_every=2, bn_adapt=64)
+    assert (kept["validation_passes"], kept["test_passes"], kept["images"]) == (4, 2, 4 * 60 + 2 * 100)
+    assert passes("last", epochs=4, eval_every=2, bn_adapt=64)["validation_passes"] == 3
+    assert passes("last", epochs=3, eval_test="every")["test_passes"] == 4
+
+
 def test_a_budgeted_run_says_every_candidate_and_reads_timings_back(tiny_warm, tmp_path, capsys):
     argv = ["finetune", "--checkpoint", tiny_warm, "--dataset", "synthetic", "--epochs", "0", "--batch-size", "32",
             "--seed", "3", *SAME_CHOICES, "--memory-budget", "9", "--quiet"]

@@ -31,7 +31,8 @@ def evaluation_images(trainer) -> dict:
     if cfg.epochs:
         validated = math.ceil(cfg.epochs / cfg.eval_every)
         tested = validated if cfg.eval_test == "every" else 1
-        candidate = int(bool(cfg.bn_adapt) and trainer.phase == "finetune")     # validation only
+        # The re-estimated model, validated only as a keep-best candidate (engine/loop/trainer.py).
+        candidate = int(bool(cfg.bn_adapt) and trainer.phase == "finetune" and trainer.choice.mode == "best")
     else:                       # --epochs 0: the start, and the adapted model where there is one
         validated = tested = int(bool(cfg.bn_adapt))
         candidate = 0
