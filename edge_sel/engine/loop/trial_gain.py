@@ -83,13 +83,15 @@ def run_trials(model, candidates, images, optimizer_factory, losses, rows: int, 
                     train_flops += sum(flops.train_step(len(yb), c.shape.chunk))
                 set_recomputed(model, ())
                 model.eval()
-                right, loss, eval_flops = 0, 0.0, 0
+                correct, loss, eval_flops = [], 0.0, 0
                 with torch.no_grad():
                     for lo, hi in bounds(len(yh), rows):
                         out = model(xh[lo:hi]).float()
-                        right += int((out.argmax(1) == yh[lo:hi]).sum())
+                        correct.append((out.argmax(1) == yh[lo:hi]).cpu())
                         loss += float(losses(out, yh[lo:hi]).sum())
                         eval_flops += flops.eval_batch(hi - lo)
+                c.correct = torch.cat(correct)          # per image: the choice compares trials paired
+                right = int(c.correct.sum())
                 # A collapsed trial's loss is not finite: None keeps the plan's record strict JSON.
                 c.trial = {"held_out_acc": round(right / len(yh), 4),
                            "held_out_loss": round(loss / len(yh), 4) if math.isfinite(loss) else None,

@@ -23,9 +23,13 @@ Each candidate carries three figures:
 The rule: candidates over an --energy-budget or --time-budget are out: the estimate of their training
 plus what the run spends besides (its evaluation passes timed here per image, and planning so far;
 engine/loop/run_estimate.py), which is the same for every candidate;
-of the rest, the one with the fewest joules among those expected to gain at least NEAR_BEST of the most
-any gains wins. It is never dominated: a candidate with more gain and fewer joules would be in the same
-band and cheaper. Every candidate's figures and the reason go in the plan line and the plan's record.
+of the rest, the one with the fewest joules among those as good as the leader (the most expected gain)
+wins: a trial accuracy no more than NEAR_POINTS below the leader's, the band widened by one standard
+error of their paired difference on the same held-out images. A band in points, not a share of the
+leader's accuracy: 90% of a 77% trial let a set 7 points behind pass as as good (Lite0 from ImageNet
+at 128 px, docs/transfer.md). It is never dominated: where a candidate with more gain costs no more
+joules, the most gaining of those wins. Every candidate's figures and the reason go in the plan line
+and the plan's record.
 """
 
 from __future__ import annotations
@@ -44,9 +48,9 @@ from edge_sel.core.recompute import set_recomputed
 from edge_sel.engine.machine import probe_cache
 from edge_sel.engine.machine.device import random_streams_kept
 
-# A candidate expected to gain at least this share of the best candidate's gain is as good: the
-# cheapest of those in joules wins.
-NEAR_BEST = 0.9
+# A candidate whose trial accuracy is at most this far below the leader's (plus one paired standard
+# error) is as good: the cheapest of those in joules wins. The planner's aim: half a point of the best.
+NEAR_POINTS = 0.005
 CACHE_FILE = "step-costs.json"
 TIMED_STEPS = 2          # timed passes per candidate (the fastest counts), after one untimed pass overall
 AGAIN_WITHIN = 1.25      # ... where its first is within this of the fastest candidate's first; else one
@@ -65,6 +69,7 @@ class Candidate:
     seconds: float | None = None         # estimated, the run's training steps
     out: str = ""                        # why it cannot be chosen ("" where it can)
     trial: dict | None = None            # its short trial's held-out figures (engine/loop/trial_gain.py)
+    correct: torch.Tensor | None = None  # its trial's right (True) or wrong per held-out image, in order
 
     def summary(self, total_gain: float) -> dict:
         return {"name": self.name, "tensors": len(self.trainable),
@@ -107,14 +112,25 @@ def choose(candidates: list[Candidate], energy_j: float | None = None, time_s: f
     if not within:          # no candidate meets the limit: the cheapest comes nearest
         best = min(fitting, key=_cost)
         return best, f"no candidate fits the limit; {best.name} costs the fewest joules"
-    top = max(c.gain for c in within)
-    near = [c for c in within if c.gain >= NEAR_BEST * top]
+    leader = max(within, key=lambda c: (c.gain, -_cost(c)))
+    near = [c for c in within if leader.gain - c.gain <= NEAR_POINTS + paired_error(leader, c)]
     best = min(near, key=lambda c: (_cost(c), -c.gain))
-    leader = max(within, key=lambda c: c.gain)
+    # Never dominated: of the candidates that gain more at no more joules, the most gaining.
+    best = max((c for c in within if _cost(c) <= _cost(best)), key=lambda c: (c.gain, -_cost(c)))
     if best is leader:
-        return best, "the most expected gain, and none within " f"{NEAR_BEST:.0%} of it costs fewer joules"
-    return best, (f"expected to gain {best.gain / top if top > 0 else 1:.0%} of the most ({leader.name}) at the fewest joules of "
-                  f"those within {NEAR_BEST:.0%}")
+        return best, ("the most expected gain, and none as good (within "
+                      f"{NEAR_POINTS * 100:.1f} point and one paired standard error) costs fewer joules")
+    return best, (f"as good as the most expected gain ({leader.name}; {best.name}'s trial {(best.gain - leader.gain) * 100:+.1f} "
+                  f"points, within {NEAR_POINTS * 100:.1f} and one paired standard error) at the fewest joules")
+
+
+def paired_error(a: Candidate, b: Candidate) -> float:
+    """One standard error of the mean difference of two trials' right-or-wrong on the same held-out
+    images (0 where either was not tried on them)."""
+    if a is b or a.correct is None or b.correct is None or len(a.correct) != len(b.correct) or len(a.correct) < 2:
+        return 0.0
+    diff = a.correct.float() - b.correct.float()
+    return float(diff.std() / math.sqrt(len(diff)))
 
 
 def _cost(c: Candidate) -> float:
