@@ -149,7 +149,7 @@ class FakeCuda:
         self.peak = max(self.peak, self.allocated)
 
 
-def test_on_cuda_the_peak_is_torchs_allocated_bytes_over_the_level_before_training():
+def test_on_cuda_the_peak_is_torchs_allocated_bytes_over_the_level_before_training(monkeypatch):
     cuda = FakeCuda()
     cuda.alloc(100 * MiB)                 # weights and data on the device
     meter = PeakMeter("cuda:0", cuda=cuda)
@@ -167,6 +167,13 @@ def test_on_cuda_the_peak_is_torchs_allocated_bytes_over_the_level_before_traini
     cuda.alloc(20 * MiB)
     assert meter.end(window) == 100       # the evaluation inside it is its peak too
     assert meter.begin(base) is not None and meter.level() == base + 30 * MiB
+    # What a budgeted plan fits beside: on a GPU, what the allocator kept over the level before
+    # training (a cuBLAS workspace stays for the process after the first matrix product).
+    from types import SimpleNamespace
+    from edge_sel.engine.loop.first_use import GIVEN, grown_mb
+    monkeypatch.delenv(GIVEN, raising=False)
+    cuda.alloc(32 * MiB)
+    assert grown_mb(SimpleNamespace(run_memory=SimpleNamespace(meter=meter, base=base))) == 62
 
 
 def test_the_summary_block_and_line_of_a_run_that_only_evaluated():
