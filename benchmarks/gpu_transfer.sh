@@ -20,6 +20,7 @@
 #                                                fixed sets (statistics frozen), the classifier re-estimating
 #                                                them, the planner at 1/4, 1/10, 1/30 and the best fixed set
 #                                                under each budget; SEEDS processes at once, clean, at SIZE px
+#                                                (PLAN_METHODS=a,b,... other methods; BENCH_EPOCHS=N other epochs)
 #
 # Writes into $OUT (else runs/gpu-transfer) at most 8 files: run.log, lite-equality.txt,
 # warmups.json, clean-table.md, clean-results.json, noise-table.md, noise-results.json, stages.txt
@@ -115,7 +116,7 @@ plan_bench() {   # plan_bench SEED: one seed of bench transfer from ImageNet, th
         --image-size "$SIZE" --dataset "pack:$PACK" --scenario clean --first-seed "$1" --seeds 1 --device "$DEVICE" \
         --methods "$PLAN_METHODS" "${BENCH[@]}" --out "$WORK/bench-plan-$1" --overwrite --quiet
 }
-PLAN_METHODS=classifier,bn+classifier,bias+bn+classifier,last-k,lite-residual,sparse,classifier/reestimate,planner@1/4,planner@1/10,planner@1/30
+PLAN_METHODS=${PLAN_METHODS:-classifier,bn+classifier,bias+bn+classifier,last-k,lite-residual,sparse,classifier/reestimate,planner@1/4,planner@1/10,planner@1/30}
 
 log "edge-sel transfer on $DEVICE: $( [ "$SMOKE" = 1 ] && echo smoke || echo full ) run, pack $PACK, out $OUT, scratch $WORK"
 [ "${ALONE:-0}" = 1 ] || log "NVML reads the whole card: the warmups run two at once and the benches ten at once, so their records say the meter was shared (energy_shared_with) and their joules are not any run's own; ALONE=1 runs one bench alone on the card for per-method joules"
