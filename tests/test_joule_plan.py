@@ -55,21 +55,20 @@ def test_the_winner_is_never_dominated_and_is_the_cheapest_near_the_best(specs):
     assert all(c.joules >= winner.joules for c in fitting if top - c.gain <= NEAR_POINTS)
 
 
-def tried_on(n_images, right_a, right_b, both_wrong_first=0):
-    """Two trials' right-or-wrong on the same held-out images: `right_a` and `right_b` images right,
-    as many of them shared as can be."""
+def tried_on(n_images, right_a, right_b):
+    """Two trials' right-or-wrong on the same held-out images: the first `right_a` and `right_b`
+    images right, so as many of them shared as can be."""
     a = torch.zeros(n_images, dtype=torch.bool)
     b = torch.zeros(n_images, dtype=torch.bool)
-    a[both_wrong_first:both_wrong_first + right_a] = True
-    b[both_wrong_first:both_wrong_first + right_b] = True
+    a[:right_a], b[:right_b] = True, True
     return a, b
 
 
 def test_a_set_points_behind_is_not_as_good_where_its_trial_says_so():
     """The band is in points of trial accuracy, widened by the paired standard error: a dearer set 7
     points ahead on the same 128 images, every image the cheaper one got right among its own, wins
-    (90% of the leader's accuracy let it pass as as good); half a point behind, or a gap no larger than
-    the noise of the two trials' disagreements, the cheaper one wins."""
+    (90% of the leader's accuracy let it pass as as good); level, or a gap no larger than the noise of
+    the two trials' disagreements, the cheaper one wins."""
     cheap, dear = candidate("classifier", 0.0, 100.0), candidate("bias+bn+classifier", 0.0, 250.0)
     def tried(right_cheap, right_dear, cheap_correct=None, dear_correct=None):
         a, b = tried_on(128, right_cheap, right_dear)
