@@ -1,0 +1,101 @@
+"""Where a budgeted CPU step's time goes: one trainable set's step timed whole, in micro-batches, with
+its blocks recomputed, each with glibc's allocator as it is and as a budgeted run sets it (blocks of
+64 KiB and more unmapped when freed: engine/machine/peak_memory.py). Each shape in a fresh process
+(the allocator is set once a process), the median of a few steps after one untimed, with the minor
+page faults and system seconds a step (getrusage). Huge pages for torch's large blocks as the command
+line asks for them (edge_sel/huge_pages.py). Random images: the time of a step does not depend on what
+it sees.
+
+    python benchmarks/budget_step_parts.py --checkpoint CKPT --set bias+bn+classifier --rows 34 \\
+        --micro-batch 9 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+SHAPES = ("whole", "micro", "micro+recompute", "whole+unmap", "micro+unmap", "micro+recompute+unmap")
+
+
+def one_shape(args) -> dict:
+    from edge_sel.huge_pages import large_blocks_in_huge_pages
+    large_blocks_in_huge_pages()        # as the command line does, before torch allocates
+    import torch
+    torch.set_num_threads(args.threads)
+    from edge_sel.backends.torch_backend import freeze_batchnorm_stats
+    from edge_sel.core.micro_batches import bounds
+    from edge_sel.core.recompute import set_recomputed
+    from edge_sel.engine.loop.joule_choice import fixed_sets
+    from edge_sel.engine.machine import peak_memory
+    from edge_sel.models.blocks import named_blocks
+    from edge_sel.models import load_checkpoint
+    if "unmap" in args.shape:
+        peak_memory.allocator_for_budget()
+    model, _ = load_checkpoint(args.checkpoint)
+    trainable = dict(fixed_sets(model, None))[args.set]
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in trainable)
+    # Every block but the last recomputed, as a plan that recomputes them all does.
+    blocks = [name for name, _ in named_blocks(model)[:-1]]
+    set_recomputed(model, blocks if "recompute" in args.shape else [])
+    chunk = args.micro_batch if "micro" in args.shape else args.rows
+    x, y = torch.randn(args.rows, *model_input(args.checkpoint)), torch.randint(0, 10, (args.rows,))
+    loss = torch.nn.CrossEntropyLoss(reduction="sum")
+
+    def step():
+        model.train()
+        freeze_batchnorm_stats(model)
+        for lo, hi in bounds(args.rows, chunk):
+            (loss(model(x[lo:hi]), y[lo:hi]) / args.rows).backward()
+        model.zero_grad(set_to_none=True)
+
+    step()
+    before, times = resource.getrusage(resource.RUSAGE_SELF), []
+    for _ in range(args.steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return {"shape": args.shape, "step_s": statistics.median(times),
+            "faults": (after.ru_minflt - before.ru_minflt) / args.steps,
+            "system_s": (after.ru_stime - before.ru_stime) / args.steps}
+
+
+def model_input(checkpoint: str) -> list[int]:
+    with open(f"{checkpoint}/model.json") as f:
+        return json.load(f)["input_shape"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--set", default="bias+bn+classifier", help="a fixed set's name (bench transfer's)")
+    parser.add_argument("--rows", type=int, default=34, help="rows a step carries")
+    parser.add_argument("--micro-batch", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=4, help="timed steps a shape")
+    parser.add_argument("--shape", choices=SHAPES, help=argparse.SUPPRESS)     # one shape, in this process
+    args = parser.parse_args()
+    if args.shape:
+        print(json.dumps(one_shape(args)))
+        return
+    rows = []
+    for shape in SHAPES:
+        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--shape", shape],
+                             capture_output=True, text=True, check=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+    base = rows[0]["step_s"]
+    print(f"{args.set}, {args.rows} rows, micro-batches of {args.micro_batch}, {args.threads} thread(s); measured")
+    print("| step | s a step | x whole | minor faults a step | system s a step |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['shape']} | {r['step_s']:.3f} | {r['step_s'] / base:.2f} | {r['faults']:,.0f} | {r['system_s']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
