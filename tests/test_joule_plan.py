@@ -90,6 +90,20 @@ def test_a_set_points_behind_is_not_as_good_where_its_trial_says_so():
     assert choose([cheap, dear])[0] is dear
 
 
+def test_the_cost_probe_splits_a_step_as_the_trainer_does():
+    """The probe times a step in the trainer's near-even micro-batches (core/micro_batches.bounds): 17
+    rows in micro-batches of at most 8 are 5, 6 and 6 rows, never 8, 8 and a row alone (BatchNorm
+    trained on one image's statistics, or an error where a layer sees one value per channel)."""
+    from edge_sel.engine.machine.joule_plan import time_step
+    model = build_model("edgecnn", num_classes=10, input_shape=[3, 16, 16])
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
+    x, y = torch.randn(17, 3, 16, 16), torch.randint(0, 10, (17,))
+    everything = {n for n, _ in model.named_parameters()}
+    time_step(model, x, y, StepShape(17, 8, (), "train"), everything, torch.nn.CrossEntropyLoss(reduction="none"))
+    assert seen == [5, 6, 6]
+
+
 def test_energy_and_time_limits_rule_candidates_out():
     big, small = candidate("big", 10.0, 500.0, seconds=50.0), candidate("small", 5.0, 100.0, seconds=10.0)
     assert choose([big, small])[0] is big

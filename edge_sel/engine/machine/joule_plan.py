@@ -44,6 +44,7 @@ import torch
 from edge_sel import huge_pages
 from edge_sel.backends.torch_backend import freeze_batchnorm_stats
 from edge_sel.core.memory import MiB, MemoryCount, StepShape
+from edge_sel.core.micro_batches import bounds
 from edge_sel.core.recompute import set_recomputed
 from edge_sel.engine.machine import probe_cache
 from edge_sel.engine.machine.device import random_streams_kept
@@ -152,7 +153,8 @@ def huge_pages_key() -> str:
 
 
 def time_step(model, x: torch.Tensor, y: torch.Tensor, shape: StepShape, trainable: set[str], losses) -> None:
-    """One forward and backward of a step of `shape` training `trainable` (no optimizer step)."""
+    """One forward and backward of a step of `shape` training `trainable` (no optimizer step), in the
+    trainer's near-even micro-batches."""
     for n, p in model.named_parameters():
         p.requires_grad_(n in trainable)
     set_recomputed(model, shape.recompute)
@@ -160,8 +162,8 @@ def time_step(model, x: torch.Tensor, y: torch.Tensor, shape: StepShape, trainab
     if shape.bn_statistics == "frozen":
         freeze_batchnorm_stats(model)
     try:
-        for lo in range(0, len(y), shape.chunk):
-            losses(model(x[lo:lo + shape.chunk]), y[lo:lo + shape.chunk]).mean().backward()
+        for lo, hi in bounds(len(y), shape.chunk):
+            losses(model(x[lo:hi]), y[lo:hi]).mean().backward()
     finally:
         model.zero_grad(set_to_none=True)
         set_recomputed(model, ())
