@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 
 SHAPES = ("whole", "micro", "micro+recompute", "whole+unmap", "micro+unmap", "micro+recompute+unmap")
 
@@ -28,32 +29,27 @@ def one_shape(args) -> dict:
     large_blocks_in_huge_pages()        # as the command line does, before torch allocates
     import torch
     torch.set_num_threads(args.threads)
-    from edge_sel.backends.torch_backend import freeze_batchnorm_stats
-    from edge_sel.core.micro_batches import bounds
-    from edge_sel.core.recompute import set_recomputed
+    from edge_sel.core.memory import StepShape
     from edge_sel.engine.loop.joule_choice import fixed_sets
     from edge_sel.engine.machine import peak_memory
-    from edge_sel.models.blocks import named_blocks
+    from edge_sel.engine.machine.joule_plan import time_step
     from edge_sel.models import load_checkpoint
+    from edge_sel.models.blocks import named_blocks
     if "unmap" in args.shape:
         peak_memory.allocator_for_budget()
     model, _ = load_checkpoint(args.checkpoint)
-    trainable = dict(fixed_sets(model, None))[args.set]
-    for name, p in model.named_parameters():
-        p.requires_grad_(name in trainable)
+    trainable = dict(fixed_sets(model, None)).get(args.set)
+    if trainable is None:
+        print(f"budget_step_parts: --set {args.set}: not a fixed set of joule_choice.fixed_sets without gains",
+              file=sys.stderr)
+        sys.exit(2)
     # Every block but the last recomputed, as a plan that recomputes them all does.
-    blocks = [name for name, _ in named_blocks(model)[:-1]]
-    set_recomputed(model, blocks if "recompute" in args.shape else [])
-    chunk = args.micro_batch if "micro" in args.shape else args.rows
+    recompute = tuple(name for name, _ in named_blocks(model)[:-1]) if "recompute" in args.shape else ()
+    shape = StepShape(args.rows, args.micro_batch if "micro" in args.shape else 0, recompute, "frozen")
     x, y = torch.randn(args.rows, *model_input(args.checkpoint)), torch.randint(0, 10, (args.rows,))
-    loss = torch.nn.CrossEntropyLoss(reduction="sum")
+    loss = torch.nn.CrossEntropyLoss(reduction="none")
 
-    def step():
-        model.train()
-        freeze_batchnorm_stats(model)
-        for lo, hi in bounds(args.rows, chunk):
-            (loss(model(x[lo:hi]), y[lo:hi]) / args.rows).backward()
-        model.zero_grad(set_to_none=True)
+    step = partial(time_step, model, x, y, shape, trainable, loss)      # the planner's own timed pass
 
     step()
     before, times = resource.getrusage(resource.RUSAGE_SELF), []
@@ -75,7 +71,8 @@ def model_input(checkpoint: str) -> list[int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--set", default="bias+bn+classifier", help="a fixed set's name (bench transfer's)")
+    parser.add_argument("--set", default="bias+bn+classifier",
+                        help="a fixed set of engine/loop/joule_choice.fixed_sets (last-2, not last-k)")
     parser.add_argument("--rows", type=int, default=34, help="rows a step carries")
     parser.add_argument("--micro-batch", type=int, default=9)
     parser.add_argument("--threads", type=int, default=1)
@@ -87,9 +84,12 @@ def main() -> None:
         return
     rows = []
     for shape in SHAPES:
-        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--shape", shape],
-                             capture_output=True, text=True, check=True).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
+        done = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--shape", shape],
+                              capture_output=True, text=True)
+        if done.returncode:
+            sys.stderr.write(done.stderr)
+            sys.exit(done.returncode)
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     base = rows[0]["step_s"]
     print(f"{args.set}, {args.rows} rows, micro-batches of {args.micro_batch}, {args.threads} thread(s); measured")
     print("| step | s a step | x whole | minor faults a step | system s a step |\n|---|---|---|---|---|")
