@@ -55,8 +55,8 @@ def warm_kernels(trainer) -> None:
 def grown_mb(trainer) -> float:
     """MiB the run's memory grew over its level before training, measured: on a CPU the process's
     resident size (rss) after glibc's free pages go back; on a GPU what torch's CUDA allocator holds
-    (cuda-allocated), where the cuBLAS workspaces the first matrix products allocate stay for the
-    process (Lite0 at 128 px on an H100: every run's measured peak 50-85 MiB over its count). 0 where
+    (cuda-allocated), which keeps what the first passes left for the process, cuBLAS's workspaces the
+    likely part (Lite0 at 128 px on an H100: every run's measured peak 50-85 MiB over its count). 0 where
     nothing is measured. EDGE_SEL_PROCESS_GROWTH_MB gives it instead (a device whose growth is known;
     runs whose plans must not depend on what ran before)."""
     given = os.environ.get(GIVEN)
