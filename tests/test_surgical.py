@@ -10,7 +10,7 @@ from torch import nn
 
 from edge_sel.backends.torch_backend import TorchBackend
 from edge_sel.methods.update.surgical import AutoRGN, blocks_to_train, rgn_scales
-from helpers import records, run_cli
+from helpers import SAME_CHOICES, records, run_cli
 
 
 class Chain(nn.Module):
@@ -113,7 +113,8 @@ def test_re_estimation_alone_is_kept_when_training_on_wrong_labels_does_worse(ti
     common = ["--checkpoint", tiny_warm, "--dataset", "synthetic", "--shift", "corrupt=contrast:4;label-noise=0.9",
               "--bn-adapt", "200", "--batch-size", "32", "--lr", "0.1", "--quiet",
               "--max-forgetting", "100",       # validation's choice alone (the guard: tests/test_guard.py)
-              "--threads", "1"]     # bit for bit: both runs sum in one thread (a busy CPU gave them different counts)
+              "--threads", "1",     # bit for bit: both runs sum in one thread (a busy CPU gave them different counts)
+              *SAME_CHOICES]        # ... and in the layout, precision and evaluation batch a probe under load may not repeat
     run_cli("finetune", *common, "--epochs", "0", "--out", tmp_path / "bn")
     run_cli("finetune", *common, "--epochs", "3", "--out", tmp_path / "tuned")
     kept = json.loads((tmp_path / "tuned" / "summary.json").read_text())["kept"]
