@@ -72,7 +72,7 @@ def cli(trust_model_code):
 @cli.command("pretrain")
 @in_sections(PRETRAIN_SECTIONS, PRETRAIN, DATA, TRAIN, SPEED, ENERGY)
 def pretrain_cmd(model_name, model_args, init_weights, pretrained, input_norm, export_artifacts, anchors_per_class,
-                 fisher_samples, resume_dir, recipe, head_epochs, head_lr, head_bn_adapt, backbone_lr_scale,
+                 fisher_samples, set_gains_steps, resume_dir, recipe, head_epochs, head_lr, head_bn_adapt, backbone_lr_scale,
                  bn_momentum, bn_stats, **kw):
     """Train a model densely and write a warmup checkpoint (under torchrun: data-parallel, rank 0 writes)."""
     kw["quiet"] = kw["quiet"] or not detect_world().is_main     # one report, from rank 0
@@ -86,6 +86,7 @@ def pretrain_cmd(model_name, model_args, init_weights, pretrained, input_norm, e
     require(epochs=kw["epochs"], out=kw["out"])
     energy = build_energy(kw)
     cfg = build_config(kw, anchors_per_class=anchors_per_class, fisher_samples=fisher_samples,
+                       set_gains_steps=set_gains_steps,
                        head_epochs=head_epochs, head_lr=head_lr, head_bn_adapt=head_bn_adapt,
                        backbone_lr_scale=backbone_lr_scale, recipe=recipe,
                        bn_momentum=bn_momentum, bn_stats=bn_stats)

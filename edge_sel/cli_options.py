@@ -164,6 +164,10 @@ PRETRAIN = [
                 "out to measure forgetting), the Fisher information and the source weights (0: none)."),
     option("--fisher-samples", type=click.IntRange(min=0), default=1000, show_default=True,
            help="Training samples the diagonal Fisher information is estimated on."),
+    option("--set-gains-steps", type=click.IntRange(min=0), default=0, show_default=True,
+           help="Ship with the checkpoint what each set a device's --sparsity budget chooses among gains from these "
+                "weights: each trained N steps of the training split at --lr and --batch-size, held-out images "
+                "scored at every power of two steps (0: not measured; docs/memory-budget.md)."),
     option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None,
            help="Continue the interrupted pretrain in this directory with the options it was started with."),
     option("--recipe", type=click.Choice(["auto", "full", "probe"]), default="auto", show_default=True,
@@ -312,7 +316,7 @@ ENERGY_SECTION = ("Energy and temperature", [o.flag for o in ENERGY])
 PRETRAIN_SECTIONS = [
     ("Model and output", ["--model", "--model-arg", "--init-weights", "--pretrained", "--input-norm",
                           "--export-artifacts", *RUN]),
-    ("What devices get with the checkpoint", ["--anchors-per-class", "--fisher-samples"]),
+    ("What devices get with the checkpoint", ["--anchors-per-class", "--fisher-samples", "--set-gains-steps"]),
     ("From pretrained weights", ["--recipe", "--head-epochs", "--head-lr", "--head-bn-adapt", "--backbone-lr-scale",
                                   "--bn-momentum", "--bn-stats"]),
     DATA_SECTION,

@@ -97,7 +97,9 @@ def transfer_cmd(checkpoint, imagenet_model, dataset, scenario, image_size, meth
     target = fresh_out(out or Path("runs/bench-transfer"), overwrite, "transfer", checkpoint, ds, None)
     data = DataOptions(ds, None, shard="1/2", subset=n, image_size=size, test_subset=test_subset or (300 if quick else 1000))
     if checkpoint is None:
-        checkpoint = transfer.imagenet_start(imagenet_model, data, target, device)
+        run_epochs = epochs or (1 if quick else 3)
+        checkpoint = transfer.imagenet_start(imagenet_model, data, target, device, lr, batch_size,
+                                             transfer.set_gains_steps(methods, run_epochs, n, batch_size))
     methods = adapt.with_source_memory(methods, Path(checkpoint), progress(quiet))
     transfer.name_what_trains(methods, Path(checkpoint))
     settings = transfer.TransferSettings(Path(checkpoint), data, scenario, methods, list(range(first_seed, first_seed + count)),

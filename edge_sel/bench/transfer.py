@@ -27,6 +27,7 @@ goes on; any other failure of a run ends the bench.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -175,14 +176,25 @@ def sparse_plan(mm: MemoryModel, checkpoint: Path, batch_size: int) -> tuple[dic
     return plan.to_json(), budget_mb, chosen
 
 
-def imagenet_start(model_name: str, data: DataOptions, out: Path, device: str) -> Path:
+def imagenet_start(model_name: str, data: DataOptions, out: Path, device: str, lr: float = 0.01,
+                   batch_size: int = 32, set_gains_steps: int = 0) -> Path:
     """The model's ImageNet weights with a fresh head for the data's classes, as a checkpoint in
     OUT/start: a pretrain of no epoch on shard 0/2 (`--pretrained imagenet`: the weights' own input
-    normalisation; no source memory)."""
+    normalisation; no source memory), with the planner's set gains measured on that shard's images
+    up to `set_gains_steps` at the bench's `lr` and `batch_size` (0: none)."""
     pretrain(model_name, dataclasses.replace(data, shard="0/2", shift=None), TrainConfig(
-        epochs=0, device=device, anchors_per_class=0, **SAME_NUMERICS), out / "start", quiet=True,
-        pretrained="imagenet")
+        epochs=0, device=device, anchors_per_class=0, lr=lr, batch_size=batch_size, set_gains_steps=set_gains_steps,
+        **SAME_NUMERICS), out / "start", quiet=True, pretrained="imagenet")
     return out / "start"
+
+
+def set_gains_steps(methods: list[TransferMethod], epochs: int, images: int, batch_size: int) -> int:
+    """The steps a planner row's start measures its set gains up to: the power of two at or above a
+    row's training steps, or 0 where no planner row runs."""
+    if not any(m.sparsity == "budget" for m in methods):
+        return 0
+    steps = max(1, epochs * math.ceil(images / batch_size))
+    return 1 << (steps - 1).bit_length()
 
 
 def start_row(run_dir: Path, seed: int) -> dict:

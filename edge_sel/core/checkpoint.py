@@ -39,6 +39,8 @@ class ModelCard:
     # Where mean and std came from (engine/runs/input_norm.py): {"source": "dataset" | "weights" |
     # "option", ...}; a card written before it was recorded used the training split's statistics.
     normalization_origin: dict = field(default_factory=lambda: {"source": "dataset"})
+    # What each set gained from these weights on the server's images (engine/loop/set_gains.py); None: not measured.
+    set_gains: dict | None = None
 
     def to_json(self) -> dict:
         return {
@@ -47,7 +49,8 @@ class ModelCard:
             "class_names": self.class_names, "input_shape": self.input_shape,
             "normalization": {"mean": self.mean, "std": self.std, **self.normalization_origin},
             "dataset": self.dataset, "training": self.training,
-            **({"source_memory": self.source_memory} if self.source_memory else {}), "edge_sel_version": __version__,
+            **({"source_memory": self.source_memory} if self.source_memory else {}),
+            **({"set_gains": self.set_gains} if self.set_gains else {}), "edge_sel_version": __version__,
         }
 
     @classmethod
@@ -57,7 +60,8 @@ class ModelCard:
                        [int(v) for v in d["input_shape"]], [float(v) for v in d["normalization"]["mean"]],
                        [float(v) for v in d["normalization"]["std"]], d.get("dataset", {}), d.get("training", {}),
                        d.get("model"), d.get("source_memory"),
-                       {k: v for k, v in d["normalization"].items() if k not in ("mean", "std")} or {"source": "dataset"})
+                       {k: v for k, v in d["normalization"].items() if k not in ("mean", "std")} or {"source": "dataset"},
+                       d.get("set_gains"))
         except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise InputError(f"{where}: not an edge-sel model card (missing or bad field {e})") from None
         problem = card.problem()
@@ -86,7 +90,22 @@ class ModelCard:
             return "normalization must be a mapping"
         if self.source_memory is not None and not isinstance(self.source_memory, dict):
             return "source_memory must be a mapping"
-        return None
+        return None if self.set_gains is None else set_gains_problem(self.set_gains)
+
+
+def set_gains_problem(g) -> str | None:
+    """What makes a card's set gains unreadable (a device reads them as its planner's expected gains)."""
+    try:
+        steps, held = g["steps"], g["held_out"]
+        ok = (all(isinstance(s, int) and s > 0 for s in steps) and steps and isinstance(g["rows"], int) and g["rows"] > 0
+              and isinstance(held, int) and held > 0 and isinstance(g["sets"], dict)
+              and all(isinstance(v["tensors"], int) and len(v["acc"]) == len(v["correct"]) == len(steps)
+                      and all(isinstance(a, (int, float)) and 0 <= a <= 1 for a in v["acc"])
+                      and all(isinstance(c, str) and len(bytes.fromhex(c)) == (held + 7) // 8 for c in v["correct"])
+                      for v in g["sets"].values()))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        ok = False
+    return None if ok else "set_gains must give steps, rows, held_out and per set its tensors, acc and correct at each step"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

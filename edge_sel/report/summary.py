@@ -65,11 +65,12 @@ def all_in_line(summary: dict) -> str:
     t, out = summary.get("totals", {}), summary.get("output_model") or {}
     which = {"best": f"epoch {out.get('epoch')}", "last": "last epoch", "warmup": "the starting checkpoint",
              "bn_adapt": "BatchNorm re-estimated"}.get(out.get("weights"), out.get("weights"))
-    shipped = summary.get("source_memory")
+    shipped, gains = summary.get("source_memory"), summary.get("set_gains")
     probe = (summary.get("layout") or {}).get("probe_flops") or 0      # in flops_all (engine/runs/summary.py)
     flops = (f"{(t.get('flops_all') or 0) / 1e9:.2f} GFLOP (training {(t.get('flops_train') or 0) / 1e9:.2f}, "
              f"evaluation {(t.get('flops_eval') or 0) / 1e9:.2f}"
              + (f", source memory {shipped['flops'] / 1e9:.2f}" if shipped else "")
+             + (f", set gains {gains['flops'] / 1e9:.2f}" if gains else "")
              + (f", layout probe {probe / 1e9:.2f}" if probe else "") + ")")
     if t.get("energy_all_j") is None:
         joules = "energy not measured"
@@ -80,7 +81,8 @@ def all_in_line(summary: dict) -> str:
                   f"{_fmt(t.get('energy_j'), '.1f')}, evaluation {_fmt(t.get('eval_energy_j'), '.1f')}"
                   + (f", {100 * share:.0f}% of it" if share is not None else "")
                   # the anchors and Fisher written for devices: a pretrain's largest cost on few images
-                  + (f", source memory {shipped_j:.1f}" if shipped_j is not None else "") + ")")
+                  + (f", source memory {shipped_j:.1f}" if shipped_j is not None else "")
+                  + (f", set gains {gains['energy_j']:.1f}" if (gains or {}).get("energy_j") is not None else "") + ")")
     anchors = f", guard anchors {_fmt(out['anchor_acc'])}" if out.get("anchor_acc") is not None else ""
     return f"output model ({which}): test acc {_fmt(out.get('test_acc'))}{anchors}; all in: {flops}, {joules}"
 

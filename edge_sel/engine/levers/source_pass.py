@@ -64,13 +64,13 @@ def write_pretrain_memory(trainer, out: Path) -> dict:
                      "as evaluation); its FLOPs, seconds and joules are in the totals' *_all figures")}
 
 
-def add_to_totals(summary: dict, block: dict) -> None:
-    """The source memory's passes count in the run's all-in totals."""
+def add_to_totals(summary: dict, block: dict, what: str = "the source memory written for devices (source_memory: "
+                                                         "Fisher pass and anchor evaluation)") -> None:
+    """Passes a pretrain runs for devices (the source memory's, the set gains') count in the run's
+    all-in totals."""
     totals = summary["totals"]
     totals["flops_all"] = (totals.get("flops_all") or 0) + block["flops"]
     totals["wall_all_s"] = (totals.get("wall_all_s") or 0) + block["wall_s"]
     if block.get("energy_j") is not None:      # a pretrain of 0 epochs metered this pass alone
         totals["energy_all_j"] = (totals.get("energy_all_j") or 0) + block["energy_j"]
-    summary["totals_note"] = (summary.get("totals_note", "") + "; flops_all, wall_all_s and energy_all_j include "
-                              "the source memory written for devices (source_memory: Fisher pass and anchor "
-                              "evaluation)")
+    summary["totals_note"] = summary.get("totals_note", "") + f"; flops_all, wall_all_s and energy_all_j include {what}"

@@ -14,53 +14,15 @@ from edge_sel.core.flops import FlopCounter
 from edge_sel.core.memory import MiB, MemoryCounter, StepShape
 from edge_sel.engine.machine import joule_plan
 from edge_sel.engine.machine.joule_plan import Candidate
+from edge_sel.engine.loop.plan_sets import candidate_statistics, fixed_sets, run_chose_statistics
 from edge_sel.engine.loop.run_estimate import besides_training, estimate_words
+from edge_sel.engine.loop.set_gains import expected_gains
 from edge_sel.engine.loop.trial_gain import (TRIAL_STEPS, affordable, fewest_steps_for_trials, held_out_count,
                                              normalised, run_trials, trial_images)
 from edge_sel.engine.machine.memory_plan import (MemoryPlan, choose_trainable, fit_shape, smallest_budget, usable)
 from edge_sel.errors import InputError
-from edge_sel.methods.update.fixed_sets import bias_norm_names, classifier_names, sparse_names
 from edge_sel.methods.update.lite_residual import residual_names
 from edge_sel.models.lite_residual import NAME, add_residuals, has_residuals, remove_residuals
-
-LAST_K = 2               # the transfer bench's last-k
-SPARSE_SHARE = 0.1       # the transfer bench's sparse update (MCUNetV3's shape)
-
-
-def fixed_sets(model, gains: dict) -> list[tuple[str, set[str]]]:
-    """The fixed sets the transfer bench runs, by its names (bench/transfer.py); sparse's is None
-    without `gains` (its tensors are chosen by them)."""
-    head = classifier_names(model)
-    norms = {f"{m}.{n}" if m else n for m, module in model.named_modules()
-             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.affine
-             for n, _ in module.named_parameters(recurse=False)}
-    return [("classifier", head), ("bn+classifier", head | norms), ("bias+bn+classifier", bias_norm_names(model)),
-            (f"last-{LAST_K}", classifier_names(model, LAST_K)),
-            ("sparse", None if gains is None else sparse_names(model, gains, SPARSE_SHARE)),
-            ("full FT", {n for n, _ in model.named_parameters()})]
-
-
-def run_chose_statistics(cfg) -> bool:
-    """Whether the run named its BatchNorm statistics (--bn-stats, --bn-mode, --bn-conditions): then
-    every candidate trains in that mode."""
-    return cfg.bn_stats is not None or cfg.bn_mode is not None or bool(cfg.bn_conditions)
-
-
-def candidate_statistics(model, bn: str, chosen_by_run: bool, trainable: set[str]) -> tuple[str, bool]:
-    """The statistics mode a candidate trains in, and whether its plan may freeze them below
-    MIN_STATISTICS images a micro-batch. The run's own where it chose one; else, as measured
-    (docs/transfer.md), frozen where the set trains no weight before the last LAST_K blocks (biases,
-    norms, the head, lite residual branches: Lite0's classifier from ImageNet weights at 128 px 74.2%
-    frozen, 55.5% re-estimated, 5 paired seeds; the classifier at 64 px 54.0% against 29.3%), and re-estimated,
-    never frozen, where it trains earlier weights (under frozen statistics at lr 0.01 full fine-tuning
-    and a sparse set of early blocks' weights learned nothing at 64 px: 10-11% against 36.7%)."""
-    if chosen_by_run:
-        return bn, True
-    late = classifier_names(model, LAST_K)
-    params = dict(model.named_parameters())
-    early = [n for n in trainable if n in params and params[n].dim() > 1 and n not in late and f"{NAME}." not in n]
-    return ("train", False) if early else ("frozen", True)
-
 
 def fitted(counter, model, rows: int, budget: int, bn: str, name: str, trainable: set[str],
            may_freeze: bool = True) -> Candidate:
@@ -96,7 +58,11 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
     # and those two candidates are skipped.
     held_out = held_out_count(len(trainer.train_ds))
     too_short = steps < fewest_steps_for_trials(trial_steps, cfg.batch_size, held_out)
-    if too_short:
+    served = getattr(trainer, "set_gains", None)        # the checkpoint's: measured by the server, longer than a trial
+    if served is not None:
+        gains, source = None, {"source": "none: the checkpoint's set gains choose (engine/loop/set_gains.py); the "
+                                         "sparse and gain-per-byte sets not planned"}
+    elif too_short:
         gains, source = None, {"source": f"none: {steps} steps, fewer than two trials pay back in "
                                          f"(engine/loop/trial_gain.py); the sparse and gain-per-byte sets not planned"}
     else:
@@ -108,7 +74,7 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
         mode, may_freeze = candidate_statistics(model, bn, by_run, names)
         return fitted(count_with, model, rows, budget, mode, name, names, may_freeze)
 
-    chosen, notes = (None, []) if too_short else choose_trainable(counter, model, rows, budget, gains, bn)
+    chosen, notes = (None, []) if too_short or served else choose_trainable(counter, model, rows, budget, gains, bn)
     fixed = [(name, names) for name, names in fixed_sets(model, gains) if names is not None]
     if chosen is not None:          # by a fixed set's name where it is one
         same = next((name for name, names in fixed if set(names) == set(chosen)), "fisher")
@@ -130,8 +96,9 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
         if lite.step_s is not None and lite.joules is None and cost["watts"]:
             lite.joules = lite.seconds * cost["watts"]
         candidates.append(lite)
+        server = None if served is None else expected_gains(served, candidates, steps * cfg.batch_size)
         to_try, sizing = affordable(candidates, trial_steps, cfg.batch_size, held_out)
-        to_try = [] if images is None else to_try
+        to_try = [] if images is None or server else to_try
         if lite in to_try:      # counted apart: the run's counter keeps no branch's counts
             lite_trial = tried(trainer, [lite], images, trial_steps, FlopCounter(model, trainer.flops.input_shape))
     finally:
@@ -148,7 +115,10 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
     winner, reason = joule_plan.choose(candidates, trainer.budget_j, cfg.time_budget_s,
                                        (besides["evaluation_j"] or 0.0) + (besides["planning_j"] or 0.0),
                                        (besides["evaluation_s"] or 0.0) + besides["planning_s"])
-    if not to_try:          # no gain known: the cheapest that fits (and meets a limit, where one does)
+    if server:
+        reason = (f"expected gains from the checkpoint's set gains after {server['steps']} steps of {server['rows']} images "
+                  f"(the mark nearest this run's {server['run_images']:,} images): {reason}")
+    elif not to_try:        # no gain known: the cheapest that fits (and meets a limit, where one does)
         limit = reason if reason.startswith("no candidate fits the limit") else f"{winner.name} costs the fewest joules"
         reason = f"no trial pays back in this run ({sizing['words']}): {limit}"
     total = max(c.gain for c in candidates)
@@ -157,7 +127,10 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
               "reason": reason, "steps": steps, "cost_probe": {"lite": probe, "others": cost},
               "run_estimate": {"training_j": None if winner.joules is None else round(winner.joules, 1),
                                "training_s": None if winner.seconds is None else round(winner.seconds, 2), **besides},
-              "expected_gain": "held-out accuracy after a short trial of each candidate (engine/loop/trial_gain.py)",
+              "expected_gain": ("held-out accuracy of the server's images after each set's steps from these weights "
+                                "(the checkpoint's set_gains, engine/loop/set_gains.py)" if server else
+                                "held-out accuracy after a short trial of each candidate (engine/loop/trial_gain.py)"),
+              **({"set_gains": server} if server else {}),
               "trial": {"lite": lite_trial, "others": trial, "sizing": sizing},
               # Counted: every trial's steps and held-out evaluation (planning's; in the run's totals).
               "trial_flops": sum((t or {}).get("trial_flops", 0) for t in (lite_trial, trial))}

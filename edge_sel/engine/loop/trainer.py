@@ -68,6 +68,7 @@ class Trainer:
     memory: object = None                # engine.levers.anchors.Memory: the checkpoint's anchors, Fisher, source weights
     bank: object = None                  # engine.evaluation.bn_bank.ConditionBank under --bn-conditions
     bank_setup: dict | None = None       # what matching tonight's images to the bank cost (charged to the baseline)
+    set_gains: dict | None = None        # the checkpoint's, the planner's expected gains (engine/loop/set_gains.py)
 
     def __post_init__(self):
         cfg = self.config

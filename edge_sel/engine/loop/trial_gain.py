@@ -32,12 +32,12 @@ HELD_OUT = 128           # local images its accuracy is taken on (none of them t
 TRIAL_SHARE = 0.15
 
 
-def trial_images(ds, mean, std, rows: int, steps: int, seed: int = 0):
+def trial_images(ds, mean, std, rows: int, steps: int, seed: int = 0, held_out: int = HELD_OUT):
     """(train x, train y, held-out x, held-out y), drawn by a seeded permutation (a run's images may
-    be ordered by class): HELD_OUT images held out (a quarter where the run has fewer than twice
+    be ordered by class): `held_out` images held out (a quarter where the run has fewer than twice
     that), the trial's steps cycling through the others."""
     n = len(ds)
-    held = held_out_count(n)
+    held = held_out_count(n, held_out)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(ds.images.device)
     held_pos, rest = order[:held], order[held:] if n > held else order
     train_pos = rest[torch.arange(rows * steps, device=order.device) % len(rest)]
@@ -51,15 +51,19 @@ def normalised(ds, mean, std, positions: torch.Tensor):
             ds.labels[positions])
 
 
-def run_trials(model, candidates, images, optimizer_factory, losses, rows: int, steps: int, flops) -> dict:
+def run_trials(model, candidates, images, optimizer_factory, losses, rows: int, steps: int, flops,
+               marks: tuple[int, ...] = ()) -> dict:
     """Each candidate's trial (its `gain` set to the held-out accuracy, `trial` to the figures and the
     counted FLOPs of its steps and evaluation); the model's weights, statistics and flags as they were
-    after. `flops`: the run's FlopCounter for `model`. Returns what the trials cost."""
+    after. `flops`: the run's FlopCounter for `model`. `marks`: steps before `steps` at which the
+    held-out images are scored too (the trial's `marks` entry, with each mark's right or wrong per
+    image). Returns what the trials cost."""
     x, y, xh, yh = images
     params = dict(model.named_parameters())
     flags = {n: p.requires_grad for n, p in params.items()}
     state = {k: v.clone() for k, v in model.state_dict().items()}
     t0, trained, counted = time.perf_counter(), 0, 0
+    scored_at = sorted({m for m in marks if 0 < m < steps} | {steps})
     with random_streams_kept(x.device):
         try:
             for c in candidates:
@@ -67,9 +71,9 @@ def run_trials(model, candidates, images, optimizer_factory, losses, rows: int, 
                 for n, p in params.items():
                     p.requires_grad_(n in c.trainable)
                 optimizer = optimizer_factory([p for n, p in params.items() if n in c.trainable])
-                set_recomputed(model, c.shape.recompute)
-                train_flops = 0
+                train_flops, eval_flops, scores = 0, 0, []
                 for k in range(steps):
+                    set_recomputed(model, c.shape.recompute)
                     model.train()
                     if c.shape.bn_statistics == "frozen":
                         freeze_batchnorm_stats(model)
@@ -81,21 +85,20 @@ def run_trials(model, candidates, images, optimizer_factory, losses, rows: int, 
                     trained += len(yb)
                     # The step as it ran: its set, micro-batches and recomputed blocks (the trainer's count).
                     train_flops += sum(flops.train_step(len(yb), c.shape.chunk))
-                set_recomputed(model, ())
-                model.eval()
-                correct, loss, eval_flops = [], 0.0, 0
-                with torch.no_grad():
-                    for lo, hi in bounds(len(yh), rows):
-                        out = model(xh[lo:hi]).float()
-                        correct.append((out.argmax(1) == yh[lo:hi]).cpu())
-                        loss += float(losses(out, yh[lo:hi]).sum())
-                        eval_flops += flops.eval_batch(hi - lo)
-                c.correct = torch.cat(correct)          # per image: the choice compares trials paired
+                    if k + 1 in scored_at:
+                        set_recomputed(model, ())
+                        correct, loss, batch_flops = score(model, xh, yh, rows, losses, flops)
+                        scores.append((k + 1, correct, loss))
+                        eval_flops += batch_flops
+                c.correct, loss = scores[-1][1], scores[-1][2]      # per image: the choice compares trials paired
                 right = int(c.correct.sum())
                 # A collapsed trial's loss is not finite: None keeps the plan's record strict JSON.
                 c.trial = {"held_out_acc": round(right / len(yh), 4),
                            "held_out_loss": round(loss / len(yh), 4) if math.isfinite(loss) else None,
                            "flops_train": train_flops, "flops_eval": eval_flops}
+                if len(scores) > 1:
+                    c.trial["marks"] = [{"steps": k, "held_out_acc": round(int(ok.sum()) / len(yh), 4), "correct": ok}
+                                        for k, ok, _ in scores]
                 c.gain = right / len(yh)
                 counted += train_flops + eval_flops
         finally:
@@ -108,6 +111,19 @@ def run_trials(model, candidates, images, optimizer_factory, losses, rows: int, 
             "trial_flops": counted, "trial_wall_s": round(time.perf_counter() - t0, 3)}
 
 
+def score(model, xh, yh, rows: int, losses, flops) -> tuple[torch.Tensor, float, int]:
+    """Right or wrong per held-out image in evaluation mode, the summed loss and the counted FLOPs."""
+    model.eval()
+    correct, loss, counted = [], 0.0, 0
+    with torch.no_grad():
+        for lo, hi in bounds(len(yh), rows):
+            out = model(xh[lo:hi]).float()
+            correct.append((out.argmax(1) == yh[lo:hi]).cpu())
+            loss += float(losses(out, yh[lo:hi]).sum())
+            counted += flops.eval_batch(hi - lo)
+    return torch.cat(correct), loss, counted
+
+
 def fewest_steps_for_trials(steps: int, rows: int, held_out: int) -> int:
     """The fewest training steps a run needs before two trials can pay back (`affordable`): each trial
     costs at least `steps` and its held-out batches at the cheapest candidate's seconds a step, and
@@ -116,9 +132,9 @@ def fewest_steps_for_trials(steps: int, rows: int, held_out: int) -> int:
     return math.ceil(2 * (steps + math.ceil(held_out / max(1, rows))) / TRIAL_SHARE)
 
 
-def held_out_count(n: int) -> int:
+def held_out_count(n: int, wanted: int = HELD_OUT) -> int:
     """The held-out images of `trial_images` for a run of `n` images."""
-    return min(HELD_OUT, max(1, n // 4)) if n < 2 * HELD_OUT else HELD_OUT
+    return min(wanted, max(1, n // 4)) if n < 2 * wanted else wanted
 
 
 def affordable(candidates, steps: int, rows: int, held_out: int) -> tuple[list, dict]:

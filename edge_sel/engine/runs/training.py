@@ -20,6 +20,7 @@ from edge_sel.engine import faults
 from edge_sel.engine.evaluation.bn_bank import write_bank_for
 from edge_sel.engine.levers.anchors import Memory, carry_memory
 from edge_sel.engine.levers.source_pass import add_to_totals, write_pretrain_memory
+from edge_sel.engine.loop import set_gains
 from edge_sel.engine.loop.trainer import Trainer
 from edge_sel.engine.machine import probe_cache
 from edge_sel.engine.machine.device import pick_device, seed_everything
@@ -108,7 +109,7 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
                            state_dir=out / "state" if writes and states else None,
                            # a mid-epoch state would hold rank 0's share of the epoch only
                            checkpoint_every=0 if ranks else c.checkpoint_every, ranks=ranks, memory=memory,
-                           bank=bank[0], bank_setup=bank[1])
+                           bank=bank[0], bank_setup=bank[1], set_gains=card.set_gains if phase == "finetune" else None)
         t0 = time.perf_counter()        # from the trainer's start: its layout probes and memory plan are the run's too
         set_bn_momentum(model, cfg.bn_momentum)     # BatchNorm runs in eval mode in a head stage
         # --head-epochs: the classifier alone first (head_first.py); the head stage keeps no state, so a
@@ -152,12 +153,15 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
                                 for r in trainer.run(staged_writer, resume=resume_state)]
         else:
             records = before
-        shipped = None
+        shipped, gains = None, None
         # Rank 0 alone, from the final weights (a pretrain keeps its last epoch's), in the meter's window.
         if phase == "pretrain" and writes and cfg.anchors_per_class > 0 and trainer.stop_reason != "interrupted":
             shipped = write_pretrain_memory(trainer, out)
             flag_random_head(shipped, card, cfg)
             card.source_memory = shipped["card"]
+        if phase == "pretrain" and writes and cfg.set_gains_steps > 0 and trainer.stop_reason != "interrupted":
+            gains = set_gains.measure(trainer, cfg.set_gains_steps)
+        card.set_gains = gains          # measured from these weights: a fine-tune's output card has none
         meter_info = meter.describe() if hasattr(meter, "describe") else {}
     finally:
         if own_meter:
@@ -231,6 +235,10 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
         summary["source_memory"] = {k: v for k, v in shipped.items() if k != "card"} | {
             k: shipped["card"][k] for k in ("anchors", "fisher", "source")}
         add_to_totals(summary, shipped)
+    if gains is not None:
+        summary["set_gains"] = {k: v for k, v in gains.items() if k != "sets"} | {
+            "acc": {name: s["acc"] for name, s in gains["sets"].items()}}
+        add_to_totals(summary, gains, "the set gains measured for devices (set_gains)")
     with writing(out / "summary.json"):
         atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2, default=str).encode())
     if ranks:
