@@ -54,3 +54,11 @@ def test_a_card_whose_set_gains_are_unreadable_is_refused():
 def test_a_run_reads_the_mark_nearest_the_images_it_trains_on():
     shipped = {"steps": [8, 16, 32, 64], "rows": 32}
     assert [shipped["steps"][nearest_mark(shipped, n)] for n in (10, 300, 700, 1500, 10**6)] == [8, 8, 16, 64, 64]
+
+
+def test_torchrun_refuses_set_gains_that_rank_0_would_measure_alone():
+    from edge_sel.config import TrainConfig
+    from edge_sel.engine.runs.ddp import RankSync
+    RankSync.refuse_unsupported(TrainConfig(), None, None)
+    with pytest.raises(InputError, match="--set-gains-steps: not supported under torchrun"):
+        RankSync.refuse_unsupported(TrainConfig(set_gains_steps=8), None, None)
