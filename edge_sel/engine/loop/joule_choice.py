@@ -1,7 +1,7 @@
 """`--sparsity budget`'s choice of what trains, run for the trainer: the candidates of
 engine/machine/joule_plan.py counted under the memory budget, their steps timed on the run's images,
-their expected gains from a short trial of each (engine/loop/trial_gain.py), and the winner made the
-run's memory plan. Lite residual branches exist on the model only while they are counted, timed and
+their expected gains from the checkpoint's set gains (engine/loop/set_gains.py) or else a short
+trial of each (engine/loop/trial_gain.py), and the winner made the run's memory plan. Lite residual branches exist on the model only while they are counted, timed and
 tried, and stay only where they win (then the optimizer takes them as a group of their own)."""
 
 from __future__ import annotations

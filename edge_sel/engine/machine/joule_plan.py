@@ -16,9 +16,11 @@ Each candidate carries three figures:
   (engine/machine/probe_cache.py) so a later start reads them; watts are what the run's meter measured
   (or estimated) over those passes. The optimizer's own step is not timed (it is the same order for
   every set and small beside backward);
-- expected gain: the candidate's accuracy on held-out local images after a short trial of its own
-  step (engine/loop/trial_gain.py); the squared gradients on the device's images (or the warmup's
-  Fisher information) still choose the tensors of the gain-per-byte set and of the sparse update.
+- expected gain: what the checkpoint's server measured the set to gain from these weights, at the
+  run's length (engine/loop/set_gains.py), where it shipped that; else the candidate's accuracy on
+  held-out local images after a short trial of its own step (engine/loop/trial_gain.py). The squared
+  gradients on the device's images (or the warmup's Fisher information) still choose the tensors of
+  the gain-per-byte set and of the sparse update.
 
 The rule: candidates over an --energy-budget or --time-budget are out: the estimate of their training
 plus what the run spends besides (its evaluation passes timed here per image, and planning so far;
