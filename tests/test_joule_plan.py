@@ -493,5 +493,8 @@ def test_the_checkpoints_set_gains_choose_where_no_trial_pays_back(tiny_warm, tm
     by_name = {c["name"]: c for c in gains["candidates"]}
     assert by_name["bias+bn+classifier"]["trial"]["held_out_acc"] == 15 / 16
     assert by_name["lite-residual+bias"]["out"] == "the server measured no gain for it"
+    # Only what can win is timed: the sets outside the band of the most gaining (no limit on joules or time).
+    assert by_name["classifier"]["out"].startswith("not timed") and by_name["classifier"]["estimated_j"] is None
+    assert gains["cost_probe"]["others"]["timed"] + gains["cost_probe"]["others"]["cached"] == 1
     assert gains["trial"]["others"] == {} and gains["set_gains"]["held_out"] == held
     assert "set_gains" not in json.loads((tmp_path / "with" / "model.json").read_text())

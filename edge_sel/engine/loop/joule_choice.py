@@ -83,20 +83,26 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
     lite_trial = None
     images = None if too_short else trial_images(trainer.train_ds, trainer.mean, trainer.std, cfg.batch_size,
                                                  trial_steps, cfg.seed)
-    # Every candidate is counted and timed; the trials, cheapest first, only as far as the run can pay
-    # them back (trial_gain.affordable): one not tried cannot be chosen over one that was.
-    cost = joule_plan.measure_costs(candidates, model, x, y, losses, trainer.device, steps, trainer.meter,
+    lite = counted_lite(trainer, fit)
+    candidates.append(lite)
+    server = None if served is None else expected_gains(served, candidates, steps * cfg.batch_size)
+    # Every candidate is counted and timed, but with the server's gains and no limit on joules or time
+    # only those as good as the most gaining can win: the others are not timed (each timed shape adds
+    # its kernels' caches to the process, which the plan then fits beside). The trials, cheapest first,
+    # only as far as the run can pay them back (trial_gain.affordable): one not tried cannot be chosen
+    # over one that was.
+    limited = trainer.budget_j is not None or cfg.time_budget_s is not None
+    for c in [] if server is None or limited else joule_plan.outside_band(candidates):
+        c.out = "not timed: its expected gain is outside the band of the most expected gain"
+    timed = [c for c in candidates if c is not lite and not c.out]
+    cost = joule_plan.measure_costs(timed, model, x, y, losses, trainer.device, steps, trainer.meter,
                                     evaluation=(trainer.precision.eval, trainer.eval_autocast))
-    add_residuals(model, counter.input_shape)       # the branches: counted, timed and tried while on the model
+    add_residuals(model, counter.input_shape)       # the branches: timed and tried while on the model
     try:
-        lite_counter = MemoryCounter(model, counter.input_shape, counter.optimizer_factory, counter.loss_fn,
-                                     kernels=counter.kernels, step=counter.step, store=counter.store)
-        lite = fit("lite-residual+bias", residual_names(model), lite_counter)
-        probe = joule_plan.measure_costs([lite], model, x, y, losses, trainer.device, steps, trainer.meter)
+        probe = joule_plan.measure_costs([] if lite.out else [lite], model, x, y, losses, trainer.device, steps,
+                                         trainer.meter)
         if lite.step_s is not None and lite.joules is None and cost["watts"]:
             lite.joules = lite.seconds * cost["watts"]
-        candidates.append(lite)
-        server = None if served is None else expected_gains(served, candidates, steps * cfg.batch_size)
         to_try, sizing = affordable(candidates, trial_steps, cfg.batch_size, held_out)
         to_try = [] if images is None or server else to_try
         if lite in to_try:      # counted apart: the run's counter keeps no branch's counts
@@ -140,6 +146,19 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
                       winner.shape.bn_statistics, winner.count.mib(), round(asked, 3), sorted(winner.trainable),
                       [words, *(notes if candidates and winner is candidates[0] and chosen is not None else []),
                        *winner.shape_notes], source, round(spent, 3))
+
+
+def counted_lite(trainer, fit) -> Candidate:
+    """TinyTL's lite residual branches with the biases, counted on a model that has them (added for the
+    count and removed: the run's counter keeps no branch's counts)."""
+    model, counter = trainer.model, trainer.memory_counter
+    add_residuals(model, counter.input_shape)
+    try:
+        lite_counter = MemoryCounter(model, counter.input_shape, counter.optimizer_factory, counter.loss_fn,
+                                     kernels=counter.kernels, step=counter.step, store=counter.store)
+        return fit("lite-residual+bias", residual_names(model), lite_counter)
+    finally:
+        remove_residuals(model)
 
 
 def tried(trainer, candidates: list[Candidate], images, steps: int, flops: FlopCounter | None = None) -> dict:

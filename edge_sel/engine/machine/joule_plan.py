@@ -116,7 +116,7 @@ def choose(candidates: list[Candidate], energy_j: float | None = None, time_s: f
         best = min(fitting, key=_cost)
         return best, f"no candidate fits the limit; {best.name} costs the fewest joules"
     leader = max(within, key=lambda c: (c.gain, -_cost(c)))
-    near = [c for c in within if leader.gain - c.gain <= NEAR_POINTS + paired_error(leader, c)]
+    near = [c for c in within if as_good(leader, c)]
     best = min(near, key=lambda c: (_cost(c), -c.gain))
     # Never dominated: of the candidates that gain more at no more joules, the most gaining.
     best = max((c for c in within if _cost(c) <= _cost(best)), key=lambda c: (c.gain, -_cost(c)))
@@ -125,6 +125,21 @@ def choose(candidates: list[Candidate], energy_j: float | None = None, time_s: f
                       f"{NEAR_POINTS * 100:.1f} point and one paired standard error) costs fewer joules")
     return best, (f"as good as the most expected gain ({leader.name}; {best.name}'s trial {(best.gain - leader.gain) * 100:+.1f} "
                   f"points, within {NEAR_POINTS * 100:.1f} and one paired standard error) at the fewest joules")
+
+
+def as_good(leader: Candidate, c: Candidate) -> bool:
+    """Whether `c`'s expected gain is within the band of the leader's (the module's rule)."""
+    return leader.gain - c.gain <= NEAR_POINTS + paired_error(leader, c)
+
+
+def outside_band(candidates: list[Candidate]) -> list[Candidate]:
+    """The fitting candidates that cannot win on gain alone: outside the band of the most gaining
+    fitting one (whatever the joules, the winner is within it)."""
+    fitting = [c for c in candidates if c.count is not None and not c.out]
+    if not fitting:
+        return []
+    leader = max(fitting, key=lambda c: c.gain)
+    return [c for c in fitting if not as_good(leader, c)]
 
 
 def paired_error(a: Candidate, b: Candidate) -> float:
