@@ -9,7 +9,10 @@ classifier led biases and norms 58.6% to 55.5% after 8 steps and ended 7 points 
 (docs/memory-budget.md). The server has labelled images and time that a device has not: it trains each
 set from the checkpoint's weights for N steps of its own training split, whole batches, in the
 statistics mode the planner gives that set, and scores held-out images of the split at every power
-of two steps on the way (each image's right or wrong kept, so a device compares two sets paired). A
+of two steps on the way (each image's right or wrong kept, so a device compares two sets paired),
+every set drawing the same dropout masks (one set under two names, trained once: Lite0 has no
+convolution bias, so biases and norms are its norms; measured apart they differed by 6.3 points at 64
+steps, the masks alone). A
 device reads the mark nearest the images its run will train on; a set the server did not measure
 (the device's gain-per-byte and sparse sets) cannot be chosen over one it did."""
 
@@ -63,7 +66,11 @@ def measure(trainer, steps: int) -> dict:
     trainer.meter.begin("set-gains")
     t0 = time.perf_counter()
     try:
-        plain = [candidate(name, names) for name, names in fixed_sets(model, None) if names is not None]
+        named = [(name, frozenset(names)) for name, names in fixed_sets(model, None) if names is not None]
+        first = {}              # a set two names share (no conv bias: biases and norms are the norms) trains once
+        for name, names in named:
+            first.setdefault(names, name)
+        plain = [candidate(name, names) for names, name in first.items()]
         cost = run_trials(model, plain, images, optimizer, losses, rows, steps, trainer.flops, marks(steps)[:-1])
         add_residuals(model, trainer.flops.input_shape)
         try:        # the branches' steps counted on the model that has them
@@ -74,11 +81,13 @@ def measure(trainer, steps: int) -> dict:
             remove_residuals(model)
     finally:
         energy = trainer.meter.end("set-gains") or {}
+    by_name = {c.name: c for c in [*plain, lite]}
     sets = {}
-    for c in [*plain, lite]:
+    for name, c in [*((name, by_name[first[names]]) for name, names in named), (LITE, lite)]:
         scored = c.trial.get("marks") or [{"steps": steps, "held_out_acc": c.trial["held_out_acc"], "correct": c.correct}]
-        sets[c.name] = {"tensors": len(c.trainable), "bn_statistics": c.shape.bn_statistics,
-                        "acc": [m["held_out_acc"] for m in scored], "correct": [packed(m["correct"]) for m in scored]}
+        sets[name] = {"tensors": len(c.trainable), "bn_statistics": c.shape.bn_statistics,
+                      "acc": [m["held_out_acc"] for m in scored], "correct": [packed(m["correct"]) for m in scored],
+                      **({"same_set_as": c.name} if c.name != name else {})}
     return {"steps": marks(steps), "rows": rows, "optimizer": cfg.optimizer, "lr": cfg.lr,
             "held_out": cost["held_out_images"], "images": "the pretrain's training split, none of the held-out trained on",
             "sets": sets, "flops": cost["trial_flops"] + lite_cost["trial_flops"],

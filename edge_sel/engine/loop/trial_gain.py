@@ -67,29 +67,10 @@ def run_trials(model, candidates, images, optimizer_factory, losses, rows: int, 
     with random_streams_kept(x.device):
         try:
             for c in candidates:
-                model.load_state_dict(state)
-                for n, p in params.items():
-                    p.requires_grad_(n in c.trainable)
-                optimizer = optimizer_factory([p for n, p in params.items() if n in c.trainable])
-                train_flops, eval_flops, scores = 0, 0, []
-                for k in range(steps):
-                    set_recomputed(model, c.shape.recompute)
-                    model.train()
-                    if c.shape.bn_statistics == "frozen":
-                        freeze_batchnorm_stats(model)
-                    xb, yb = x[k * rows:(k + 1) * rows], y[k * rows:(k + 1) * rows]
-                    optimizer.zero_grad(set_to_none=True)
-                    for lo, hi in bounds(len(yb), c.shape.chunk):      # each slice its share of the batch mean
-                        (losses(model(xb[lo:hi]), yb[lo:hi]).sum() / len(yb)).backward()
-                    optimizer.step()
-                    trained += len(yb)
-                    # The step as it ran: its set, micro-batches and recomputed blocks (the trainer's count).
-                    train_flops += sum(flops.train_step(len(yb), c.shape.chunk))
-                    if k + 1 in scored_at:
-                        set_recomputed(model, ())
-                        correct, loss, batch_flops = score(model, xh, yh, rows, losses, flops)
-                        scores.append((k + 1, correct, loss))
-                        eval_flops += batch_flops
+                with random_streams_kept(x.device):     # every candidate draws the same dropout masks
+                    scores, images_trained, train_flops, eval_flops = trained_and_scored(
+                        model, c, state, images, optimizer_factory, losses, rows, steps, flops, scored_at)
+                trained += images_trained
                 c.correct, loss = scores[-1][1], scores[-1][2]      # per image: the choice compares trials paired
                 right = int(c.correct.sum())
                 # A collapsed trial's loss is not finite: None keeps the plan's record strict JSON.
@@ -109,6 +90,39 @@ def run_trials(model, candidates, images, optimizer_factory, losses, rows: int, 
                 p.requires_grad_(flags[n])
     return {"trial_steps": steps, "trial_images_trained": trained, "held_out_images": int(len(yh)),
             "trial_flops": counted, "trial_wall_s": round(time.perf_counter() - t0, 3)}
+
+
+def trained_and_scored(model, c, state, images, optimizer_factory, losses, rows: int, steps: int, flops,
+                       scored_at) -> tuple[list, int, int, int]:
+    """`c`'s trial from `state`: its steps, scored on the held-out images at each of `scored_at`.
+    Returns the scores (steps, right or wrong per image, summed loss), the images trained and the
+    counted FLOPs of the steps and of the scoring."""
+    x, y, xh, yh = images
+    params = dict(model.named_parameters())
+    model.load_state_dict(state)
+    for n, p in params.items():
+        p.requires_grad_(n in c.trainable)
+    optimizer = optimizer_factory([p for n, p in params.items() if n in c.trainable])
+    train_flops, eval_flops, scores, trained = 0, 0, [], 0
+    for k in range(steps):
+        set_recomputed(model, c.shape.recompute)
+        model.train()
+        if c.shape.bn_statistics == "frozen":
+            freeze_batchnorm_stats(model)
+        xb, yb = x[k * rows:(k + 1) * rows], y[k * rows:(k + 1) * rows]
+        optimizer.zero_grad(set_to_none=True)
+        for lo, hi in bounds(len(yb), c.shape.chunk):      # each slice its share of the batch mean
+            (losses(model(xb[lo:hi]), yb[lo:hi]).sum() / len(yb)).backward()
+        optimizer.step()
+        trained += len(yb)
+        # The step as it ran: its set, micro-batches and recomputed blocks (the trainer's count).
+        train_flops += sum(flops.train_step(len(yb), c.shape.chunk))
+        if k + 1 in scored_at:
+            set_recomputed(model, ())
+            correct, loss, batch_flops = score(model, xh, yh, rows, losses, flops)
+            scores.append((k + 1, correct, loss))
+            eval_flops += batch_flops
+    return scores, trained, train_flops, eval_flops
 
 
 def score(model, xh, yh, rows: int, losses, flops) -> tuple[torch.Tensor, float, int]:
