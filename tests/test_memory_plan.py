@@ -322,7 +322,8 @@ def test_where_everything_fits_in_micro_batches_it_is_one_candidate_of_several(t
     plan = json.loads((tmp_path / "run" / "config.json").read_text())["memory_plan"]
     assert code == 0
     full = next(x for x in plan["gains"]["candidates"] if x["name"] == "full FT")
-    assert full["counted_mb"] is not None and full["micro_batch"] < 32 and len(plan["gains"]["candidates"]) >= 6
+    # 5 distinct sets at least (biases and norms are bn+classifier's tensors on edgecnn: one candidate).
+    assert full["counted_mb"] is not None and full["micro_batch"] < 32 and len(plan["gains"]["candidates"]) >= 5
 
 
 def test_a_run_that_kept_the_heap_hands_it_back_when_it_ends(tiny_warm, tmp_path, capsys, monkeypatch):

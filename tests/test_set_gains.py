@@ -27,6 +27,9 @@ def test_a_pretrain_ships_each_sets_gain_at_every_mark_and_leaves_its_weights(tm
     gains = card["set_gains"]
     assert gains["steps"] == marks(20) == [8, 16, 20] and gains["rows"] == 32 and gains["held_out"] > 0
     assert {"classifier", "bias+bn+classifier", "last-2", "full FT", "lite-residual+bias"} <= set(gains["sets"])
+    # edgecnn's convolutions have no bias: one set under two names, trained once.
+    both = gains["sets"]["bias+bn+classifier"], gains["sets"]["bn+classifier"]
+    assert both[0]["same_set_as"] == "bn+classifier" and both[0]["acc"] == both[1]["acc"]
     for measured_set in gains["sets"].values():
         assert len(measured_set["acc"]) == 3
         for acc, bits in zip(measured_set["acc"], measured_set["correct"]):

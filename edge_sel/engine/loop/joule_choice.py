@@ -75,7 +75,7 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
         return fitted(count_with, model, rows, budget, mode, name, names, may_freeze)
 
     chosen, notes = (None, []) if too_short or served else choose_trainable(counter, model, rows, budget, gains, bn)
-    fixed = [(name, names) for name, names in fixed_sets(model, gains) if names is not None]
+    fixed = distinct(fixed_sets(model, gains))
     if chosen is not None:          # by a fixed set's name where it is one
         same = next((name for name, names in fixed if set(names) == set(chosen)), "fisher")
         candidates.append(fit(same, chosen))
@@ -146,6 +146,18 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
                       winner.shape.bn_statistics, winner.count.mib(), round(asked, 3), sorted(winner.trainable),
                       [words, *(notes if candidates and winner is candidates[0] and chosen is not None else []),
                        *winner.shape_notes], source, round(spent, 3))
+
+
+def distinct(sets: list[tuple[str, set[str] | None]]) -> list[tuple[str, set[str]]]:
+    """The sets by their first name, once each: a model without convolution biases (Lite0, edgecnn)
+    has biases and norms that are its norms, and the same set counted, timed and tried twice only
+    doubled planning's cost."""
+    seen, out = set(), []
+    for name, names in sets:
+        if names is not None and frozenset(names) not in seen:
+            seen.add(frozenset(names))
+            out.append((name, names))
+    return out
 
 
 def counted_lite(trainer, fit) -> Candidate:
