@@ -89,7 +89,9 @@ def measure(trainer, steps: int) -> dict:
                       "acc": [m["held_out_acc"] for m in scored], "correct": [packed(m["correct"]) for m in scored],
                       **({"same_set_as": c.name} if c.name != name else {})}
     return {"steps": marks(steps), "rows": rows, "optimizer": cfg.optimizer, "lr": cfg.lr,
-            "held_out": cost["held_out_images"], "images": "the pretrain's training split, none of the held-out trained on",
+            "held_out": cost["held_out_images"],
+            "images": "the pretrain's training split: no set's steps trained on the held-out images (the "
+                      "pretrain's own epochs did, where it had any)",
             "sets": sets, "flops": cost["trial_flops"] + lite_cost["trial_flops"],
             "wall_s": round(time.perf_counter() - t0, 3), "energy_j": energy.get("energy_j")}
 
