@@ -30,23 +30,23 @@ def one_shape(args) -> dict:
     import torch
     torch.set_num_threads(args.threads)
     from edge_sel.core.memory import StepShape
-    from edge_sel.engine.loop.joule_choice import fixed_sets
+    from edge_sel.engine.loop.plan_sets import fixed_sets
     from edge_sel.engine.machine import peak_memory
     from edge_sel.engine.machine.joule_plan import time_step
     from edge_sel.models import load_checkpoint
     from edge_sel.models.blocks import named_blocks
     if "unmap" in args.shape:
         peak_memory.allocator_for_budget()
-    model, _ = load_checkpoint(args.checkpoint)
+    model, card = load_checkpoint(args.checkpoint)
     trainable = dict(fixed_sets(model, None)).get(args.set)
     if trainable is None:
-        print(f"budget_step_parts: --set {args.set}: not a fixed set of joule_choice.fixed_sets without gains",
+        print(f"budget_step_parts: --set {args.set}: not a fixed set of plan_sets.fixed_sets without gains",
               file=sys.stderr)
         sys.exit(2)
     # Every block but the last recomputed, as a plan that recomputes them all does.
     recompute = tuple(name for name, _ in named_blocks(model)[:-1]) if "recompute" in args.shape else ()
     shape = StepShape(args.rows, args.micro_batch if "micro" in args.shape else 0, recompute, "frozen")
-    x, y = torch.randn(args.rows, *model_input(args.checkpoint)), torch.randint(0, 10, (args.rows,))
+    x, y = torch.randn(args.rows, *card.input_shape), torch.randint(0, card.num_classes, (args.rows,))
     loss = torch.nn.CrossEntropyLoss(reduction="none")
 
     step = partial(time_step, model, x, y, shape, trainable, loss)      # the planner's own timed pass
@@ -63,16 +63,11 @@ def one_shape(args) -> dict:
             "system_s": (after.ru_stime - before.ru_stime) / args.steps}
 
 
-def model_input(checkpoint: str) -> list[int]:
-    with open(f"{checkpoint}/model.json") as f:
-        return json.load(f)["input_shape"]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--set", default="bias+bn+classifier",
-                        help="a fixed set of engine/loop/joule_choice.fixed_sets (last-2, not last-k)")
+                        help="a fixed set of engine/loop/plan_sets.fixed_sets (last-2, not last-k)")
     parser.add_argument("--rows", type=int, default=34, help="rows a step carries")
     parser.add_argument("--micro-batch", type=int, default=9)
     parser.add_argument("--threads", type=int, default=1)

@@ -1,8 +1,9 @@
 """`--sparsity budget`'s choice of what trains, run for the trainer: the candidates of
 engine/machine/joule_plan.py counted under the memory budget, their steps timed on the run's images,
 their expected gains from the checkpoint's set gains (engine/loop/set_gains.py) or else a short
-trial of each (engine/loop/trial_gain.py), and the winner made the run's memory plan. Lite residual branches exist on the model only while they are counted, timed and
-tried, and stay only where they win (then the optimizer takes them as a group of their own)."""
+trial of each (engine/loop/trial_gain.py), and the winner made the run's memory plan. Lite residual
+branches exist on the model only while they are counted, timed and tried, and stay only where they win
+(then the optimizer takes them as a group of their own)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from edge_sel.core.flops import FlopCounter
 from edge_sel.core.memory import MiB, MemoryCounter, StepShape
 from edge_sel.engine.machine import joule_plan
 from edge_sel.engine.machine.joule_plan import Candidate
-from edge_sel.engine.loop.plan_sets import candidate_statistics, fixed_sets, run_chose_statistics
+from edge_sel.engine.loop.plan_sets import candidate_statistics, distinct, fixed_sets, run_chose_statistics
 from edge_sel.engine.loop.run_estimate import besides_training, estimate_words
 from edge_sel.engine.loop.set_gains import expected_gains
 from edge_sel.engine.loop.trial_gain import (TRIAL_STEPS, affordable, fewest_steps_for_trials, held_out_count,
@@ -81,16 +82,16 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
         candidates.append(fit(same, chosen))
     candidates += [fit(name, set(names)) for name, names in fixed if chosen is None or set(names) != set(chosen)]
     lite_trial = None
-    images = None if too_short else trial_images(trainer.train_ds, trainer.mean, trainer.std, cfg.batch_size,
-                                                 trial_steps, cfg.seed)
     lite = counted_lite(trainer, fit)
     candidates.append(lite)
     server = None if served is None else expected_gains(served, candidates, steps * cfg.batch_size)
+    # The trials' images only where trials may run: the server's gains stand for them.
+    images = None if too_short or server else trial_images(trainer.train_ds, trainer.mean, trainer.std,
+                                                           cfg.batch_size, trial_steps, cfg.seed)
     # Every candidate is counted and timed, but with the server's gains and no limit on joules or time
-    # only those as good as the most gaining can win: the others are not timed (each timed shape adds
-    # its kernels' caches to the process, which the plan then fits beside). The trials, cheapest first,
-    # only as far as the run can pay them back (trial_gain.affordable): one not tried cannot be chosen
-    # over one that was.
+    # only those as good as the most gaining can win: the others are not timed (their probe would be
+    # planning's time and joules for nothing). The trials, cheapest first, only as far as the run can
+    # pay them back (trial_gain.affordable): one not tried cannot be chosen over one that was.
     limited = trainer.budget_j is not None or cfg.time_budget_s is not None
     for c in [] if server is None or limited else joule_plan.outside_band(candidates):
         c.out = "not timed: its expected gain is outside the band of the most expected gain"
@@ -104,7 +105,7 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
         if lite.step_s is not None and lite.joules is None and cost["watts"]:
             lite.joules = lite.seconds * cost["watts"]
         to_try, sizing = affordable(candidates, trial_steps, cfg.batch_size, held_out)
-        to_try = [] if images is None or server else to_try
+        to_try = [] if images is None else to_try
         if lite in to_try:      # counted apart: the run's counter keeps no branch's counts
             lite_trial = tried(trainer, [lite], images, trial_steps, FlopCounter(model, trainer.flops.input_shape))
     finally:
@@ -146,18 +147,6 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
                       winner.shape.bn_statistics, winner.count.mib(), round(asked, 3), sorted(winner.trainable),
                       [words, *(notes if candidates and winner is candidates[0] and chosen is not None else []),
                        *winner.shape_notes], source, round(spent, 3))
-
-
-def distinct(sets: list[tuple[str, set[str] | None]]) -> list[tuple[str, set[str]]]:
-    """The sets by their first name, once each: a model without convolution biases (Lite0, edgecnn)
-    has biases and norms that are its norms, and the same set counted, timed and tried twice only
-    doubled planning's cost."""
-    seen, out = set(), []
-    for name, names in sets:
-        if names is not None and frozenset(names) not in seen:
-            seen.add(frozenset(names))
-            out.append((name, names))
-    return out
 
 
 def counted_lite(trainer, fit) -> Candidate:

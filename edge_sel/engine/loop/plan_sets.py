@@ -45,3 +45,15 @@ def candidate_statistics(model, bn: str, chosen_by_run: bool, trainable: set[str
     params = dict(model.named_parameters())
     early = [n for n in trainable if n in params and params[n].dim() > 1 and n not in late and f"{NAME}." not in n]
     return ("train", False) if early else ("frozen", True)
+
+
+def distinct(sets: list[tuple[str, set[str] | None]]) -> list[tuple[str, set[str]]]:
+    """The sets by their first name, once each: a model without convolution biases (Lite0, edgecnn)
+    has biases and norms that are its norms, and the same set counted, timed and tried twice only
+    doubled planning's cost."""
+    seen, out = set(), []
+    for name, names in sets:
+        if names is not None and frozenset(names) not in seen:
+            seen.add(frozenset(names))
+            out.append((name, names))
+    return out

@@ -28,7 +28,7 @@ import torch
 from edge_sel.backends.torch_backend import make_optimizer
 from edge_sel.core.flops import FlopCounter
 from edge_sel.core.memory import StepShape
-from edge_sel.engine.loop.plan_sets import candidate_statistics, fixed_sets
+from edge_sel.engine.loop.plan_sets import candidate_statistics, distinct, fixed_sets
 from edge_sel.engine.loop.trial_gain import run_trials, trial_images
 from edge_sel.engine.machine.joule_plan import Candidate
 from edge_sel.methods.update.lite_residual import residual_names
@@ -66,11 +66,9 @@ def measure(trainer, steps: int) -> dict:
     trainer.meter.begin("set-gains")
     t0 = time.perf_counter()
     try:
-        named = [(name, frozenset(names)) for name, names in fixed_sets(model, None) if names is not None]
-        first = {}              # a set two names share (no conv bias: biases and norms are the norms) trains once
-        for name, names in named:
-            first.setdefault(names, name)
-        plain = [candidate(name, names) for names, name in first.items()]
+        named = [(name, names) for name, names in fixed_sets(model, None) if names is not None]
+        # A set two names share (no convolution bias: biases and norms are the norms) trains once.
+        plain = [candidate(name, names) for name, names in distinct(named)]
         cost = run_trials(model, plain, images, optimizer, losses, rows, steps, trainer.flops, marks(steps)[:-1])
         add_residuals(model, trainer.flops.input_shape)
         try:        # the branches' steps counted on the model that has them
@@ -81,9 +79,9 @@ def measure(trainer, steps: int) -> dict:
             remove_residuals(model)
     finally:
         energy = trainer.meter.end("set-gains") or {}
-    by_name = {c.name: c for c in [*plain, lite]}
+    measured = {frozenset(c.trainable): c for c in plain}
     sets = {}
-    for name, c in [*((name, by_name[first[names]]) for name, names in named), (LITE, lite)]:
+    for name, c in [*((name, measured[frozenset(names)]) for name, names in named), (LITE, lite)]:
         scored = c.trial.get("marks") or [{"steps": steps, "held_out_acc": c.trial["held_out_acc"], "correct": c.correct}]
         sets[name] = {"tensors": len(c.trainable), "bn_statistics": c.shape.bn_statistics,
                       "acc": [m["held_out_acc"] for m in scored], "correct": [packed(m["correct"]) for m in scored],

@@ -104,8 +104,8 @@ def trained_and_scored(model, c, state, images, optimizer_factory, losses, rows:
         p.requires_grad_(n in c.trainable)
     optimizer = optimizer_factory([p for n, p in params.items() if n in c.trainable])
     train_flops, eval_flops, scores, trained = 0, 0, [], 0
+    set_recomputed(model, c.shape.recompute)
     for k in range(steps):
-        set_recomputed(model, c.shape.recompute)
         model.train()
         if c.shape.bn_statistics == "frozen":
             freeze_batchnorm_stats(model)
@@ -122,6 +122,8 @@ def trained_and_scored(model, c, state, images, optimizer_factory, losses, rows:
             correct, loss, batch_flops = score(model, xh, yh, rows, losses, flops)
             scores.append((k + 1, correct, loss))
             eval_flops += batch_flops
+            set_recomputed(model, c.shape.recompute)
+    set_recomputed(model, ())
     return scores, trained, train_flops, eval_flops
 
 
