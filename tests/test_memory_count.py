@@ -1,4 +1,5 @@
-"""Counted training memory (core/memory.py) and recomputed blocks (core/recompute.py)."""
+"""Counted training memory (core/memory.py), recomputed blocks (core/recompute.py) and lean saves
+(core/lean_saves.py)."""
 
 import copy
 
@@ -7,6 +8,7 @@ import torch
 from torch import nn
 
 from edge_sel.core.kernel_workspace import convolution_workspace, uses_onednn
+from edge_sel.core.lean_saves import is_lean, set_lean
 from edge_sel.core.memory import MiB, MemoryCounter, StepShape
 from edge_sel.core.recompute import recomputed, set_recomputed
 from edge_sel.models import build_model
@@ -89,6 +91,53 @@ def test_a_recomputed_block_gives_the_same_gradients_and_statistics():
         assert torch.equal(a, b), name        # running statistics updated once, not twice
     set_recomputed(again, [])
     assert recomputed(again) == [] and "forward" not in again.stem.__dict__
+
+
+def saved_bytes(model, x, y) -> int:
+    """Bytes autograd saves over a real CPU step, less the weights and the batch."""
+    seen = {}
+
+    def keep(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    torch.manual_seed(1)          # the same dropout mask
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    outside = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers(), x, y]}
+    return sum(n for k, n in seen.items() if k not in outside)
+
+
+@pytest.mark.parametrize("name,statistics,layout", [("mobilenetv2", "train", torch.contiguous_format),
+                                                   ("efficientnet_lite0", "frozen", torch.channels_last)])
+def test_lean_saves_keep_less_with_the_same_gradients_and_statistics_to_the_bit(name, statistics, layout):
+    """Biases and norms trained: frozen convolutions keep no input and norm-activation pairs run again,
+    and every gradient and running statistic equals the plain step's exactly; the meta count is
+    what a hook over the real step sees."""
+    torch.manual_seed(0)
+    plain = build_model(name, num_classes=10, input_shape=[3, 32, 32]).to(memory_format=layout)
+    plain.train(statistics == "train")
+    for p in plain.parameters():
+        p.requires_grad_(p.dim() == 1)
+    lean = copy.deepcopy(plain)
+    set_lean(lean, True)
+    x, y = torch.randn(8, 3, 32, 32).to(memory_format=layout), torch.randint(0, 10, (8,))
+    kept = [saved_bytes(model, x, y) for model in (plain, lean)]
+    assert kept[1] < 0.6 * kept[0]
+    for (n, p), q in zip(plain.named_parameters(), lean.parameters()):
+        assert (p.grad is None) == (q.grad is None) and (p.grad is None or torch.equal(p.grad, q.grad)), n
+    for (n, a), b in zip(plain.state_dict().items(), lean.state_dict().values()):
+        assert torch.equal(a, b), n           # statistics updated once, as the plain step does
+    c = MemoryCounter(plain.to(memory_format=torch.contiguous_format), [3, 32, 32], sgd)
+    trains = {n for n, p in plain.named_parameters() if p.requires_grad}
+    shapes = [StepShape(8, bn_statistics=statistics, lean=on) for on in (False, True)]
+    if layout == torch.contiguous_format:      # the meta twin counts a contiguous step
+        assert [c.count(s, trains).saved for s in shapes] == kept
+    else:
+        assert c.count(shapes[1], trains).saved < 0.6 * c.count(shapes[0], trains).saved
+    set_lean(lean, False)
+    assert not is_lean(lean) and not is_lean(c.twin())
 
 
 @pytest.mark.parametrize("batch,channels,kernel,stride,groups,threads", [

@@ -296,15 +296,17 @@ def test_a_shape_is_searched_without_counting_shapes_that_cannot_fit():
     c = MemoryCounter(model, [3, 32, 32], lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9), kernels="cpu")
     blocks = tuple(name for name, _ in named_blocks(model)[:-1])
     # Micro-batches of 8 split steps of 9 rows into 4 and 5 images: their BatchNorm statistics are frozen.
-    every = StepShape(64, 8, blocks, "frozen")
-    budget = (c.count(every).peak + c.count(StepShape(64, 8, (), "frozen")).peak) // 2 / MiB / (1 - RESERVE)
+    every = StepShape(64, 8, blocks, "frozen", lean=True)
+    budget = (c.count(every).peak + c.count(StepShape(64, 8, (), "frozen", lean=True)).peak) // 2 / MiB / (1 - RESERVE)
     fresh = MemoryCounter(model, [3, 32, 32], c.optimizer_factory, kernels="cpu")
     plan = plan_memory(fresh, model, 64, budget)
-    assert plan.shape() == every
-    # The whole batch, it with every block recomputed, micro-batches of 32 and 16 with every block
-    # recomputed, then 8 with and without: the old search counted 10 (each prefix of recomputed blocks too).
-    assert fresh.counts_made == 6
-    for shape in (StepShape(64), StepShape(64, 16), StepShape(64, 0, blocks[:1]), StepShape(64, 8, (), "frozen")):
+    assert plan.shape() == every and plan.lean
+    # The whole batch, with lean saves, with every block recomputed, micro-batches of 32 and 16 with
+    # every block recomputed, then 8 with and without: the old search counted 10 (each prefix of
+    # recomputed blocks too).
+    assert fresh.counts_made == 7
+    for shape in (StepShape(64), StepShape(64, 16, lean=True), StepShape(64, 0, blocks[:1], lean=True),
+                  StepShape(64, 8, (), "frozen", lean=True)):
         assert c.count(shape).peak > usable(budget)
 
 

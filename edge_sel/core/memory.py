@@ -35,6 +35,7 @@ from edge_sel.core.count_keys import count_key, optimizer_key, structure_key
 from edge_sel.core.kernel_workspace import convolution_workspace
 from edge_sel.core.meta_outputs import MetaOutputs
 from edge_sel.core.micro_batches import bounds
+from edge_sel.core.lean_saves import set_lean
 from edge_sel.core.recompute import set_recomputed
 
 MiB = 2 ** 20
@@ -43,11 +44,13 @@ MiB = 2 ** 20
 @dataclass(frozen=True)
 class StepShape:
     """How a step of `batch_size` samples runs: in micro-batches of `micro_batch` (gradients
-    accumulated), with the named blocks recomputed in backward, BatchNorm statistics trained or frozen."""
+    accumulated), with the named blocks recomputed in backward, BatchNorm statistics trained or frozen,
+    and lean saves (core/lean_saves.py: frozen convolutions keep no input, norm-activation pairs run again)."""
     batch_size: int
     micro_batch: int = 0                     # 0: the whole batch at once
     recompute: tuple[str, ...] = ()
     bn_statistics: str = "train"             # "train" or "frozen" (running statistics, eval mode)
+    lean: bool = False
 
     @property
     def chunk(self) -> int:
@@ -273,6 +276,7 @@ class MemoryCounter:
             p.requires_grad_(trains)
             p.grad = None
         set_recomputed(twin, shape.recompute)
+        set_lean(twin, shape.lean)
         twin.train()
         if shape.bn_statistics == "frozen":
             for m in twin.modules():
@@ -328,6 +332,7 @@ class MemoryCounter:
         if rows < shape.batch_size:
             saved_total += round(by_chunk[-1] * (shape.batch_size - rows) / shape.chunk)
         set_recomputed(twin, ())
+        set_lean(twin, False)
         at_peak = mode.at_peak
         activations = sum(n for k, n in at_peak.items() if k in saved)
         grads = sum(n for k, n in at_peak.items() if k in gradients and k not in saved)

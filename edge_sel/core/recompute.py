@@ -20,7 +20,7 @@ _ORIGINAL = "_edge_sel_forward"
 
 
 @contextlib.contextmanager
-def _statistics_kept(module: nn.Module):
+def statistics_kept(module: nn.Module):
     norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
              for m in norms]
@@ -40,7 +40,7 @@ def _recomputed_forward(module: nn.Module, *args, **kwargs):
     if not torch.is_grad_enabled() or not any(t.requires_grad for t in (*args, *module.parameters())
                                               if isinstance(t, torch.Tensor)):
         return forward(*args, **kwargs)       # nothing for backward to keep: run it plainly
-    contexts = partial(lambda m: (contextlib.nullcontext(), _statistics_kept(m)), module)
+    contexts = partial(lambda m: (contextlib.nullcontext(), statistics_kept(m)), module)
     # Dropout inside a block draws the same mask again; the meta device has no random state to keep.
     on_meta = any(isinstance(t, torch.Tensor) and t.is_meta for t in args)
     return checkpoint(forward, *args, use_reentrant=False, preserve_rng_state=not on_meta, context_fn=contexts,

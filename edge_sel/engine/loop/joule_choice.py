@@ -146,7 +146,7 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
     return MemoryPlan(cfg.memory_budget_mb, rows, winner.shape.chunk, list(winner.shape.recompute),
                       winner.shape.bn_statistics, winner.count.mib(), round(asked, 3), sorted(winner.trainable),
                       [words, *(notes if candidates and winner is candidates[0] and chosen is not None else []),
-                       *winner.shape_notes], source, round(spent, 3))
+                       *winner.shape_notes], source, round(spent, 3), winner.shape.lean)
 
 
 def counted_lite(trainer, fit) -> Candidate:

@@ -16,6 +16,7 @@ from edge_sel.backends.torch_backend import freeze_batchnorm_stats, make_optimiz
 from edge_sel.config import TrainConfig
 from edge_sel.core.memory import MiB, MemoryCounter, StepShape, nbytes
 from edge_sel.core.micro_batches import bounds
+from edge_sel.core.lean_saves import set_lean
 from edge_sel.core.recompute import set_recomputed
 from edge_sel.engine.loop.counted_step import run_step_factory
 from edge_sel.engine.machine.device import random_streams_kept
@@ -59,6 +60,7 @@ def gain_probe(model, ds, mean, std, shape: StepShape, samples: int, objective_l
     if shape.bn_statistics == "frozen":
         freeze_batchnorm_stats(model)
     set_recomputed(model, shape.recompute)
+    set_lean(model, shape.lean)
     total = 0
     with random_streams_kept(x.device):
         try:
@@ -75,6 +77,7 @@ def gain_probe(model, ds, mean, std, shape: StepShape, samples: int, objective_l
         finally:
             model.zero_grad(set_to_none=True)
             set_recomputed(model, ())
+            set_lean(model, False)
             for n, p in params.items():
                 p.requires_grad_(flags[n])
             model.load_state_dict(state)
@@ -291,6 +294,7 @@ def apply_plan(trainer, plan: MemoryPlan) -> MemoryPlan:
         updater.choose = lambda _model: set(plan.trainable)
     trainer.step_shape = plan.shape()
     set_recomputed(model, plan.recompute)
+    set_lean(model, plan.lean)
     trainer.backend.micro_batch = plan.micro_batch if plan.micro_batch < plan.batch_size else 0
     if plan.bn_statistics == "frozen":
         trainer.backend.bn_mode = "eval"

@@ -21,6 +21,7 @@ import torch
 
 from edge_sel.backends.torch_backend import freeze_batchnorm_stats
 from edge_sel.core.micro_batches import bounds
+from edge_sel.core.lean_saves import set_lean
 from edge_sel.core.recompute import set_recomputed
 from edge_sel.data.augment import normalize
 from edge_sel.engine.machine.device import random_streams_kept
@@ -84,6 +85,7 @@ def run_trials(model, candidates, images, optimizer_factory, losses, rows: int, 
                 counted += train_flops + eval_flops
         finally:
             set_recomputed(model, ())
+            set_lean(model, False)
             model.zero_grad(set_to_none=True)
             model.load_state_dict(state)
             for n, p in params.items():
@@ -105,6 +107,7 @@ def trained_and_scored(model, c, state, images, optimizer_factory, losses, rows:
     optimizer = optimizer_factory([p for n, p in params.items() if n in c.trainable])
     train_flops, eval_flops, scores, trained = 0, 0, [], 0
     set_recomputed(model, c.shape.recompute)
+    set_lean(model, c.shape.lean)
     for k in range(steps):
         model.train()
         if c.shape.bn_statistics == "frozen":
@@ -124,6 +127,7 @@ def trained_and_scored(model, c, state, images, optimizer_factory, losses, rows:
             eval_flops += batch_flops
             set_recomputed(model, c.shape.recompute)
     set_recomputed(model, ())
+    set_lean(model, False)
     return scores, trained, train_flops, eval_flops
 
 

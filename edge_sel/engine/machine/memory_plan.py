@@ -7,9 +7,12 @@ the process grew by before the first step, measured (`spent_mb`: kernels loaded 
 planning; engine/loop/first_use.py). The datasets a run holds come on top and are stated beside it. In order, the plan tries:
 
 1. the step as asked;
-2. blocks recomputed in backward (torch.utils.checkpoint), the earliest first: one more forward of a
+then, each with lean saves (core/lean_saves.py: frozen convolutions keep no input, norm-activation
+pairs run again in backward; the same gradients to the bit, a few % more time):
+2. the whole batch;
+3. blocks recomputed in backward (torch.utils.checkpoint), the earliest first: one more forward of a
    block for the activations it would keep (counted in the step's FLOPs);
-3. micro-batches with gradient accumulation (halving), without and then with every block recomputed:
+4. micro-batches with gradient accumulation (halving), without and then with every block recomputed:
    the update is the whole batch's; a step's rows split near-evenly (core/micro_batches.py). BatchNorm
    layers train their statistics on a micro-batch only where every micro-batch of every step holds
    at least MIN_STATISTICS images; else the plan freezes them (the running statistics normalise, the
@@ -54,6 +57,7 @@ MIN_CHUNK_FOR_EVERYTHING = 8
 # A choice that recomputes blocks or takes smaller micro-batches (slower steps, noisier BatchNorm
 # statistics) wins over one before it only where it is expected to gain this share more.
 MORE_GAIN = 0.05
+LEAN_NOTE = "lean saves: frozen convolutions keep no input, norm-activation pairs run again in backward"
 
 
 def usable(budget_mb: float, spent_mb: float = 0.0) -> int:
@@ -75,10 +79,11 @@ class MemoryPlan:
     notes: list[str] = field(default_factory=list)
     gains: dict | None = None             # where --sparsity budget's gains came from, and what that cost
     spent_mb: float = 0.0                 # the process's growth before the first step, measured (first_use.py)
+    lean: bool = False                    # lean saves (core/lean_saves.py)
 
     def shape(self) -> StepShape:
         return StepShape(self.batch_size, self.micro_batch if self.micro_batch < self.batch_size else 0,
-                         tuple(self.recompute), self.bn_statistics)
+                         tuple(self.recompute), self.bn_statistics, self.lean)
 
     def statistics(self) -> str:
         """What BatchNorm layers normalise with while the plan trains, in words (the record's
@@ -109,6 +114,8 @@ class MemoryPlan:
         if self.micro_batch < self.batch_size:
             parts.append(f"micro-batches of at most {self.micro_batch} (steps of up to {self.batch_size} rows "
                          f"accumulated), BatchNorm statistics {self.statistics()}")
+        if self.lean:
+            parts.append("frozen convolutions keep no input and norm-activation pairs run again in backward")
         if self.recompute:
             parts.append(f"{len(self.recompute)} blocks recomputed")
         if self.trainable is not None:
@@ -127,7 +134,7 @@ def smallest_budget(counter: MemoryCounter, model, trainable=None, batch_size: i
     recomputed, and the reserve."""
     blocks = tuple(name for name, _ in named_blocks(model)[:-1])
     trainable = classifier_names(model) if trainable is None else trainable
-    return min(counter.count(StepShape(batch_size, 1, recompute, "frozen"), trainable).peak
+    return min(counter.count(StepShape(batch_size, 1, recompute, "frozen", True), trainable).peak
                for recompute in ((), blocks)) / MiB / (1 - RESERVE) + spent_mb / (1 - RESERVE)
 
 
@@ -143,13 +150,18 @@ def fit_shape(counter: MemoryCounter, model, batch_size: int, budget: int, train
     count = _fits(counter, base, trainable, budget)
     if count is not None:
         return base, count, []
+    # Past the step as asked every shape keeps less with lean saves, at the same arithmetic.
+    base = replace(base, lean=True)
+    count = _fits(counter, base, trainable, budget)
+    if count is not None:
+        return base, count, [LEAN_NOTE]
     blocks = [name for name, _ in named_blocks(model)[:-1]]
     # Recomputing the first k blocks (the earliest keep the largest activations): the fewest that fit,
     # by bisection, where all of them fit.
     every = replace(base, recompute=tuple(blocks))
     count = _fits(counter, every, trainable, budget) if blocks else None
     if count is not None:
-        found = every, count, [f"{len(blocks)} of {len(blocks)} blocks recomputed in backward"]
+        found = every, count, [LEAN_NOTE, f"{len(blocks)} of {len(blocks)} blocks recomputed in backward"]
         lo, hi = 1, len(blocks) - 1
         while lo <= hi:
             k = (lo + hi) // 2
@@ -158,7 +170,7 @@ def fit_shape(counter: MemoryCounter, model, batch_size: int, budget: int, train
             if count is None:
                 lo = k + 1
             else:
-                found, hi = (shape, count, [f"{k} of {len(blocks)} blocks recomputed in backward"]), k - 1
+                found, hi = (shape, count, [LEAN_NOTE, f"{k} of {len(blocks)} blocks recomputed in backward"]), k - 1
         return found
     micro = batch_size
     while micro > 1 and (micro + 1) // 2 >= smallest_micro:
@@ -171,14 +183,14 @@ def fit_shape(counter: MemoryCounter, model, batch_size: int, budget: int, train
         # Every block recomputed first: where that does not fit, the same micro-batch without does not.
         fitted = None
         for recompute in ((tuple(blocks), ()) if blocks else ((),)):
-            shape = StepShape(batch_size, micro, recompute, statistics)
+            shape = StepShape(batch_size, micro, recompute, statistics, True)
             count = _fits(counter, shape, trainable, budget)
             if count is None:
                 break
             fitted = shape, count
         if fitted is not None:
             shape, count = fitted
-            notes = [f"micro-batches of {micro}, gradients accumulated over the batch of {batch_size}"]
+            notes = [LEAN_NOTE, f"micro-batches of {micro}, gradients accumulated over the batch of {batch_size}"]
             if shape.recompute:
                 notes.append(f"every block ({len(blocks)}) recomputed in backward")
             if frozen and bn_statistics != "frozen":
@@ -222,20 +234,21 @@ def plan_memory(counter: MemoryCounter, model, batch_size: int, budget_mb: float
                          f"fits down to {lowest:.1f} MiB (the classifier alone){spent}")
     shape, count, shape_notes = fitted
     return MemoryPlan(budget_mb, batch_size, shape.chunk, list(shape.recompute), shape.bn_statistics, count.mib(),
-                      round(asked, 3), chosen, notes + shape_notes, gains_source, round(spent_mb, 3))
+                      round(asked, 3), chosen, notes + shape_notes, gains_source, round(spent_mb, 3), shape.lean)
 
 
 def choice_shapes(model, batch_size: int, bn_statistics: str) -> list[StepShape]:
     """The shapes a choice may train in, the cheapest to run first: the whole batch, the whole batch
-    with every block recomputed, then micro-batches (halved as fit_shape halves them) of at least
+    with lean saves, then with every block recomputed, then micro-batches (halved as fit_shape halves them) of at least
     MIN_CHUNK_FOR_EVERYTHING images with every block recomputed."""
     blocks = tuple(name for name, _ in named_blocks(model)[:-1])
-    shapes = [StepShape(batch_size, bn_statistics=bn_statistics), StepShape(batch_size, 0, blocks, bn_statistics)]
+    shapes = [StepShape(batch_size, bn_statistics=bn_statistics), StepShape(batch_size, 0, (), bn_statistics, True),
+              StepShape(batch_size, 0, blocks, bn_statistics, True)]
     micro = batch_size
     while (micro + 1) // 2 >= MIN_CHUNK_FOR_EVERYTHING and micro > 1:
         micro = (micro + 1) // 2
         statistics = "frozen" if fewest_images(micro, batch_size) < MIN_STATISTICS else bn_statistics
-        shapes.append(StepShape(batch_size, micro, blocks, statistics))
+        shapes.append(StepShape(batch_size, micro, blocks, statistics, True))
     return shapes
 
 
