@@ -1,5 +1,5 @@
 """Where a budgeted CPU step's time goes: one trainable set's step timed whole, in micro-batches, with
-its blocks recomputed, each with glibc's allocator as it is and as a budgeted run sets it (blocks of
+its blocks recomputed or with lean saves (core/lean_saves.py), each with glibc's allocator as it is and as a budgeted run sets it (blocks of
 64 KiB and more unmapped when freed: engine/machine/peak_memory.py). Each shape in a fresh process
 (the allocator is set once a process), the median of a few steps after one untimed, with the minor
 page faults and system seconds a step (getrusage). Huge pages for torch's large blocks as the command
@@ -21,7 +21,8 @@ import sys
 import time
 from functools import partial
 
-SHAPES = ("whole", "micro", "micro+recompute", "whole+unmap", "micro+unmap", "micro+recompute+unmap")
+SHAPES = ("whole", "micro", "micro+recompute", "whole+unmap", "micro+unmap", "micro+recompute+unmap",
+          "whole+lean", "micro+lean", "micro+lean+unmap")
 
 
 def one_shape(args) -> dict:
@@ -45,7 +46,8 @@ def one_shape(args) -> dict:
         sys.exit(2)
     # Every block but the last recomputed, as a plan that recomputes them all does.
     recompute = tuple(name for name, _ in named_blocks(model)[:-1]) if "recompute" in args.shape else ()
-    shape = StepShape(args.rows, args.micro_batch if "micro" in args.shape else 0, recompute, "frozen")
+    shape = StepShape(args.rows, args.micro_batch if "micro" in args.shape else 0, recompute, "frozen",
+                      lean="lean" in args.shape)
     x, y = torch.randn(args.rows, *card.input_shape), torch.randint(0, card.num_classes, (args.rows,))
     loss = torch.nn.CrossEntropyLoss(reduction="none")
 

@@ -18,7 +18,8 @@ from edge_sel.config import TrainConfig
 from edge_sel.engine.loop import step_memory
 from edge_sel.engine.machine import peak_memory
 from edge_sel.engine.loop.step_memory import forward_batch_that_fits, memory_counter
-from edge_sel.engine.machine.memory_plan import MIN_CHUNK_FOR_EVERYTHING, RESERVE, plan_memory, smallest_budget, usable
+from edge_sel.engine.machine.memory_plan import (MIN_CHUNK_FOR_EVERYTHING, RESERVE, plan_memory, smallest_budget,
+                                                 spent_after_planning, usable)
 from edge_sel.methods.update.fixed_sets import bias_norm_names, classifier_names
 from edge_sel.errors import InputError
 from edge_sel.methods import Updater
@@ -286,6 +287,18 @@ def test_batchnorm_re_estimation_runs_in_a_batch_the_budget_fits(tiny_warm, tmp_
     (record,) = records(tmp_path / "x")
     assert record["bn_adapt_samples"] > 32
     assert record["memory_bn_adapt_counted_mb"] * MiB <= usable(7)
+
+
+@pytest.mark.parametrize("budget,warm,grown,spent", [(123.941, 21.0, 40.0, 21.0), (123.941, 21.0, 50.0, 25.2118),
+                                                     (40.0, 10.0, 10.0, 10.0), (40.0, 10.0, 30.0, 22.0)])
+def test_planning_growth_comes_off_the_reserve_once_never_off_the_budget_twice(budget, warm, grown, spent):
+    """Lite0 at 1/4 of full FT's peak: timing the candidates grew the process from 21 to 40 MiB before
+    the first step, the caches a fixed set's first step makes inside its own training peak; fitted
+    beside the whole 40 and the 20% reserve too, the plan recomputed 18 blocks (1.5x the joules a step)."""
+    assert spent_after_planning(budget, warm, grown) == pytest.approx(spent)
+    room = usable(budget, spent_after_planning(budget, warm, grown))
+    assert room <= usable(budget, warm)                      # never more than before planning grew it
+    assert room + grown * MiB <= budget * MiB + 1           # the count and all the growth fit the budget
 
 
 def test_a_shape_is_searched_without_counting_shapes_that_cannot_fit():

@@ -23,7 +23,8 @@ from edge_sel.engine.machine.device import random_streams_kept
 from edge_sel.engine.loop.first_use import grown_mb, warm_kernels
 from edge_sel.engine.loop.trial_gain import normalised
 from edge_sel.engine.loop.joule_choice import adopt_residuals, plan_by_joules, plan_trains_residuals
-from edge_sel.engine.machine.memory_plan import RESERVE, MemoryPlan, fit_shape, plan_memory, usable
+from edge_sel.engine.machine.memory_plan import (RESERVE, MemoryPlan, fit_shape, plan_memory, spent_after_planning,
+                                                 usable)
 from edge_sel.engine.machine import peak_memory
 from edge_sel.engine.machine.count_store import CountStore
 from edge_sel.errors import InputError
@@ -155,12 +156,14 @@ def plan_run_memory(trainer) -> MemoryPlan | None:
             trainer.memory_spent_mb = grown_mb(trainer)
             return _plan(trainer, rows, bn)
         plan = planned_in_the_open(trainer, first_plan)
+        warm = trainer.memory_spent_mb
         for _ in range(REPLANS):        # planning's own growth (its caches), measured: planned again beside it
-            grown = grown_mb(trainer)
-            if plan.counted["peak_mb"] * MiB <= usable(cfg.memory_budget_mb, grown):
+            spent = spent_after_planning(cfg.memory_budget_mb, warm, grown_mb(trainer))
+            if plan.counted["peak_mb"] * MiB <= usable(cfg.memory_budget_mb, spent):
                 break
-            trainer.memory_spent_mb = grown
+            trainer.memory_spent_mb = spent
             plan = planned_in_the_open(trainer, partial(_plan, trainer, rows, bn))
+        plan.grown_mb = round(grown_mb(trainer), 3)
         refuse_what_cannot_hold(trainer, plan)
         cfg.memory_plan = plan.to_json()
     return apply_plan(trainer, plan)
@@ -172,9 +175,9 @@ def refuse_what_cannot_hold(trainer, plan: MemoryPlan) -> None:
     smallest budget that holds them."""
     budget_mb = trainer.config.memory_budget_mb
     grown = grown_mb(trainer)
-    if grown <= plan.spent_mb or plan.counted["peak_mb"] * MiB <= usable(budget_mb, grown):
+    if plan.counted["peak_mb"] * MiB <= usable(budget_mb, spent_after_planning(budget_mb, plan.spent_mb, grown)):
         return
-    holds = (plan.counted["peak_mb"] + grown) / (1 - RESERVE)
+    holds = max((plan.counted["peak_mb"] + plan.spent_mb) / (1 - RESERVE), plan.counted["peak_mb"] + grown)
     raise InputError(f"--memory-budget {budget_mb:g}: the process grew {grown:.1f} MiB before the first step "
                      f"(torch's kernels loaded on first use and planning, measured) beside a step counted "
                      f"{plan.counted['peak_mb']:.1f} MiB: the smallest budget that holds this plan is about "

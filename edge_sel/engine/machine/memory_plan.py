@@ -66,6 +66,15 @@ def usable(budget_mb: float, spent_mb: float = 0.0) -> int:
     return int((budget_mb * (1 - RESERVE) - spent_mb) * MiB)
 
 
+def spent_after_planning(budget_mb: float, warm_mb: float, grown_mb: float) -> float:
+    """The growth a plan fits beside once planning has run: what the kernels' first use grew the process
+    by (`warm_mb`), and of planning's own growth on top of it (`grown_mb` in all) what the reserve does
+    not hold. The reserve stands for the buffers and caches a run's first steps make; planning's timed
+    steps made them before the first step, so they come off the reserve first, never off the budget
+    twice: the count and all the growth still fit the budget."""
+    return max(warm_mb, grown_mb - budget_mb * RESERVE)
+
+
 @dataclass
 class MemoryPlan:
     budget_mb: float
@@ -80,6 +89,7 @@ class MemoryPlan:
     gains: dict | None = None             # where --sparsity budget's gains came from, and what that cost
     spent_mb: float = 0.0                 # the process's growth before the first step, measured (first_use.py)
     lean: bool = False                    # lean saves (core/lean_saves.py)
+    grown_mb: float = 0.0                 # the process's growth before the first step, planning's included, measured
 
     def shape(self) -> StepShape:
         return StepShape(self.batch_size, self.micro_batch if self.micro_batch < self.batch_size else 0,
@@ -109,6 +119,9 @@ class MemoryPlan:
                  f"({RESERVE:.0%} held back for kernels' own buffers"
                  + (f", {self.spent_mb:.1f} MiB for what the process grew by before the first step: torch's "
                     f"kernels loaded on first use and planning, measured" if self.spent_mb else "")
+                 + (f"; the process grew {self.grown_mb:.1f} MiB before the first step, planning's timed steps "
+                    f"included, {self.grown_mb - self.spent_mb:.1f} of it in the reserve: the caches a first step "
+                    f"makes" if self.grown_mb > self.spent_mb + 0.05 else "")
                  + "); the budget bounds what the run adds to the process, not the process (Python, torch and "
                    "the data come on top; measured at the end of the run)"]
         if self.micro_batch < self.batch_size:
