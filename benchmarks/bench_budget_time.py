@@ -15,6 +15,7 @@ budgeted run's own setting below HEAP_SLACK), "glibc" (glibc's own dynamic thres
     nice -n 5 python benchmarks/bench_budget_time.py --checkpoint CKPT --dataset folder:DIR --image-size 32 \\
         --subset 512 --budget 40       # what a budget costs, the planner choosing what trains
     nice -n 5 python benchmarks/bench_budget_time.py ... --budget 450   # the whole step, room for the heap
+    python benchmarks/bench_budget_time.py ... --set bias+bn+classifier    # a fixed set, no planner row
 """
 
 from __future__ import annotations
@@ -81,6 +82,17 @@ def figures(out: Path) -> dict:
             "counted_mb": memory.get("counted_mb")}
 
 
+def named_set(checkpoint: str, name: str) -> list[str]:
+    """The tensors of the fixed set `name` (engine/loop/plan_sets.fixed_sets) on the checkpoint's model."""
+    from edge_sel.engine.loop.plan_sets import fixed_sets
+    from edge_sel.models import load_checkpoint
+    model, _ = load_checkpoint(checkpoint)
+    found = dict(fixed_sets(model, None)).get(name)
+    if found is None:
+        raise SystemExit(f"bench_budget_time: --set {name}: not a fixed set of plan_sets.fixed_sets without gains")
+    return sorted(found)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", required=True)
@@ -90,6 +102,8 @@ def main() -> None:
     ap.add_argument("--batch-size", default="32")
     ap.add_argument("--epochs", default="1")
     ap.add_argument("--budget", required=True, help="MiB: the budget --sparsity budget plans under")
+    ap.add_argument("--set", default=None,
+                    help="a fixed set of engine/loop/plan_sets.fixed_sets to time instead of what --sparsity budget chooses")
     ap.add_argument("--settings", default="heap,64K",
                     help="other allocator settings for the budgeted run of the chosen set (K/M suffixes, or 'glibc')")
     args = ap.parse_args()
@@ -107,13 +121,16 @@ def main() -> None:
             print(json.dumps({"run": name, **timing, **figures(out)}), flush=True)
             return out
 
-        planned = row("budget (--sparsity budget)", "run", [*budget, "--sparsity", "budget"])
-        config = json.loads((planned / "config.json").read_text())
-        trainable = config["memory_plan"]["trainable"]
-        print(json.dumps({"trainable": len(trainable), "micro_batch": config["memory_plan"]["micro_batch"],
-                          "recompute": len(config["memory_plan"]["recompute"])}), flush=True)
+        if args.set:
+            trainable = named_set(args.checkpoint, args.set)
+        else:
+            planned = row("budget (--sparsity budget)", "run", [*budget, "--sparsity", "budget"])
+            trainable = json.loads((planned / "config.json").read_text())["memory_plan"]["trainable"]
         row("no budget, the same set", "run", ["--sparsity", "last-k"], trainable)
-        row("budget, the same set", "run", [*budget, "--sparsity", "last-k"], trainable)
+        same = row("budget, the same set", "run", [*budget, "--sparsity", "last-k"], trainable)
+        plan = json.loads((same / "config.json").read_text())["memory_plan"]
+        print(json.dumps({"trainable": len(trainable), "micro_batch": plan["micro_batch"],
+                          "recompute": len(plan["recompute"]), "lean": plan.get("lean", False)}), flush=True)
         for setting in filter(None, args.settings.split(",")):
             scale = {"K": 1024, "M": 2 ** 20}
             value = setting if setting in ("glibc", "heap") else str(int(setting[:-1]) * scale[setting[-1]])
