@@ -103,7 +103,8 @@ def main() -> None:
     ap.add_argument("--epochs", default="1")
     ap.add_argument("--budget", required=True, help="MiB: the budget --sparsity budget plans under")
     ap.add_argument("--set", default=None,
-                    help="a fixed set of engine/loop/plan_sets.fixed_sets to time instead of what --sparsity budget chooses")
+                    help="a fixed set of engine/loop/plan_sets.fixed_sets to time, instead of what "
+                         "--sparsity budget chooses")
     ap.add_argument("--settings", default="heap,64K",
                     help="other allocator settings for the budgeted run of the chosen set (K/M suffixes, or 'glibc')")
     args = ap.parse_args()

@@ -339,6 +339,13 @@ def test_where_everything_fits_in_micro_batches_it_is_one_candidate_of_several(t
     full = next(x for x in plan["gains"]["candidates"] if x["name"] == "full FT")
     # 5 distinct sets at least (biases and norms are bn+classifier's tensors on edgecnn: one candidate).
     assert full["counted_mb"] is not None and full["micro_batch"] < 32 and len(plan["gains"]["candidates"]) >= 5
+    # Past the step as asked every shape keeps less: lean saves, said per candidate and in the plan.
+    assert full["lean_saves"] is True
+    candidates = plan["gains"]["candidates"]
+    asked_fits = [c for c in candidates if c["counted_mb"] is not None and c["micro_batch"] == plan["batch_size"]
+                  and not c["recomputed_blocks"]]
+    assert asked_fits and all(c["lean_saves"] is False for c in asked_fits)
+    assert plan["lean"] == next(c["lean_saves"] for c in candidates if c["name"] == plan["gains"]["chosen"])
 
 
 def test_a_run_that_kept_the_heap_hands_it_back_when_it_ends(tiny_warm, tmp_path, capsys, monkeypatch):

@@ -22,7 +22,8 @@ from torch import nn
 
 # The counter's own code: a change to any of these changes every count.
 COUNTER_MODULES = ("edge_sel.core.memory", "edge_sel.core.kernel_workspace", "edge_sel.core.meta_outputs",
-                   "edge_sel.core.micro_batches", "edge_sel.core.recompute", "edge_sel.core.lean_saves", "edge_sel.core.count_keys")
+                   "edge_sel.core.micro_batches", "edge_sel.core.recompute", "edge_sel.core.lean_saves",
+                   "edge_sel.core.count_keys")
 
 
 def digest(*parts) -> str:
