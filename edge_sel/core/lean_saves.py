@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch._prims_common import suggest_memory_format
 
-from edge_sel.core.recompute import statistics_kept
+from edge_sel.core.recompute import set_recomputed, statistics_kept
 
 _LEAN = "_edge_sel_lean"
 AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps")
@@ -96,8 +96,7 @@ class _RecomputedPair(torch.autograd.Function):
                 *[next(found) if want else None for want in wants_params])
 
 
-def _pair_forward(norm: nn.Module, norm_forward, activation_forward, x):
-    pair = partial(_run_pair, norm_forward, activation_forward)
+def _pair_forward(norm: nn.Module, pair, x):
     if (not torch.is_grad_enabled() or _autocast(x)
             or not (x.requires_grad or any(p.requires_grad for p in norm.parameters()))):
         return pair(x)
@@ -130,7 +129,7 @@ def set_lean(model: nn.Module, on: bool) -> None:
             for norm, activation in zip(children, children[1:]):
                 if isinstance(norm, nn.modules.batchnorm._BatchNorm) and isinstance(activation, ACTIVATIONS) \
                         and "forward" not in norm.__dict__ and "forward" not in activation.__dict__:
-                    norm.forward = partial(_pair_forward, norm, norm.forward, activation.forward)
+                    norm.forward = partial(_pair_forward, norm, partial(_run_pair, norm.forward, activation.forward))
                     activation.forward = _identity
                     norm.__dict__[_LEAN] = ["forward"]
                     activation.__dict__[_LEAN] = ["forward"]
@@ -142,6 +141,13 @@ def _identity(x):
 
 def _same(t):
     return t
+
+
+def set_saves(model: nn.Module, recompute: list[str] | tuple[str, ...] = (), lean: bool = False) -> None:
+    """What a step of `model` keeps for backward, as a step shape says: the blocks recomputed in
+    backward and lean saves (both off by default: the model as built)."""
+    set_recomputed(model, recompute)
+    set_lean(model, lean)
 
 
 def is_lean(model: nn.Module) -> bool:

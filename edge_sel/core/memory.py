@@ -35,8 +35,7 @@ from edge_sel.core.count_keys import count_key, optimizer_key, structure_key
 from edge_sel.core.kernel_workspace import convolution_workspace
 from edge_sel.core.meta_outputs import MetaOutputs
 from edge_sel.core.micro_batches import bounds
-from edge_sel.core.lean_saves import set_lean
-from edge_sel.core.recompute import set_recomputed
+from edge_sel.core.lean_saves import set_saves
 
 MiB = 2 ** 20
 
@@ -275,8 +274,7 @@ class MemoryCounter:
         for p, trains in zip(params, signature):
             p.requires_grad_(trains)
             p.grad = None
-        set_recomputed(twin, shape.recompute)
-        set_lean(twin, shape.lean)
+        set_saves(twin, shape.recompute, shape.lean)
         twin.train()
         if shape.bn_statistics == "frozen":
             for m in twin.modules():
@@ -331,8 +329,7 @@ class MemoryCounter:
         saved_total = sum(by_chunk)
         if rows < shape.batch_size:
             saved_total += round(by_chunk[-1] * (shape.batch_size - rows) / shape.chunk)
-        set_recomputed(twin, ())
-        set_lean(twin, False)
+        set_saves(twin)
         at_peak = mode.at_peak
         activations = sum(n for k, n in at_peak.items() if k in saved)
         grads = sum(n for k, n in at_peak.items() if k in gradients and k not in saved)

@@ -16,8 +16,7 @@ from edge_sel.backends.torch_backend import freeze_batchnorm_stats, make_optimiz
 from edge_sel.config import TrainConfig
 from edge_sel.core.memory import MiB, MemoryCounter, StepShape, nbytes
 from edge_sel.core.micro_batches import bounds
-from edge_sel.core.lean_saves import set_lean
-from edge_sel.core.recompute import set_recomputed
+from edge_sel.core.lean_saves import set_saves
 from edge_sel.engine.loop.counted_step import run_step_factory
 from edge_sel.engine.machine.device import random_streams_kept
 from edge_sel.engine.loop.first_use import grown_mb, warm_kernels
@@ -60,8 +59,7 @@ def gain_probe(model, ds, mean, std, shape: StepShape, samples: int, objective_l
     model.train()
     if shape.bn_statistics == "frozen":
         freeze_batchnorm_stats(model)
-    set_recomputed(model, shape.recompute)
-    set_lean(model, shape.lean)
+    set_saves(model, shape.recompute, shape.lean)
     total = 0
     with random_streams_kept(x.device):
         try:
@@ -77,8 +75,7 @@ def gain_probe(model, ds, mean, std, shape: StepShape, samples: int, objective_l
                 total += f + b
         finally:
             model.zero_grad(set_to_none=True)
-            set_recomputed(model, ())
-            set_lean(model, False)
+            set_saves(model)
             for n, p in params.items():
                 p.requires_grad_(flags[n])
             model.load_state_dict(state)
@@ -163,18 +160,18 @@ def plan_run_memory(trainer) -> MemoryPlan | None:
                 break
             trainer.memory_spent_mb = spent
             plan = planned_in_the_open(trainer, partial(_plan, trainer, rows, bn))
-        plan.grown_mb = round(grown_mb(trainer), 3)
-        refuse_what_cannot_hold(trainer, plan)
+        grown = grown_mb(trainer)
+        plan.grown_mb = round(grown, 3)
+        refuse_what_cannot_hold(trainer, plan, grown)
         cfg.memory_plan = plan.to_json()
     return apply_plan(trainer, plan)
 
 
-def refuse_what_cannot_hold(trainer, plan: MemoryPlan) -> None:
+def refuse_what_cannot_hold(trainer, plan: MemoryPlan, grown: float) -> None:
     """Planning itself (the counter's twin and caches, the gain probe) leaves the process larger: where
-    that growth, measured, and the planned step's count no longer fit the budget, one line naming the
-    smallest budget that holds them."""
+    that growth (`grown` MiB before the first step, measured) and the planned step's count no longer fit
+    the budget, one line naming the smallest budget that holds them."""
     budget_mb = trainer.config.memory_budget_mb
-    grown = grown_mb(trainer)
     if plan.counted["peak_mb"] * MiB <= usable(budget_mb, spent_after_planning(budget_mb, plan.spent_mb, grown)):
         return
     holds = max((plan.counted["peak_mb"] + plan.spent_mb) / (1 - RESERVE), plan.counted["peak_mb"] + grown)
@@ -296,8 +293,7 @@ def apply_plan(trainer, plan: MemoryPlan) -> MemoryPlan:
     if plan.trainable is not None:
         updater.choose = lambda _model: set(plan.trainable)
     trainer.step_shape = plan.shape()
-    set_recomputed(model, plan.recompute)
-    set_lean(model, plan.lean)
+    set_saves(model, plan.recompute, plan.lean)
     trainer.backend.micro_batch = plan.micro_batch if plan.micro_batch < plan.batch_size else 0
     if plan.bn_statistics == "frozen":
         trainer.backend.bn_mode = "eval"

@@ -21,8 +21,7 @@ import torch
 
 from edge_sel.backends.torch_backend import freeze_batchnorm_stats
 from edge_sel.core.micro_batches import bounds
-from edge_sel.core.lean_saves import set_lean
-from edge_sel.core.recompute import set_recomputed
+from edge_sel.core.lean_saves import set_saves
 from edge_sel.data.augment import normalize
 from edge_sel.engine.machine.device import random_streams_kept
 
@@ -84,8 +83,7 @@ def run_trials(model, candidates, images, optimizer_factory, losses, rows: int, 
                 c.gain = right / len(yh)
                 counted += train_flops + eval_flops
         finally:
-            set_recomputed(model, ())
-            set_lean(model, False)
+            set_saves(model)
             model.zero_grad(set_to_none=True)
             model.load_state_dict(state)
             for n, p in params.items():
@@ -106,8 +104,7 @@ def trained_and_scored(model, c, state, images, optimizer_factory, losses, rows:
         p.requires_grad_(n in c.trainable)
     optimizer = optimizer_factory([p for n, p in params.items() if n in c.trainable])
     train_flops, eval_flops, scores, trained = 0, 0, [], 0
-    set_recomputed(model, c.shape.recompute)
-    set_lean(model, c.shape.lean)
+    set_saves(model, c.shape.recompute, c.shape.lean)
     for k in range(steps):
         model.train()
         if c.shape.bn_statistics == "frozen":
@@ -121,13 +118,12 @@ def trained_and_scored(model, c, state, images, optimizer_factory, losses, rows:
         # The step as it ran: its set, micro-batches and recomputed blocks (the trainer's count).
         train_flops += sum(flops.train_step(len(yb), c.shape.chunk))
         if k + 1 in scored_at:
-            set_recomputed(model, ())
+            set_saves(model)
             correct, loss, batch_flops = score(model, xh, yh, rows, losses, flops)
             scores.append((k + 1, correct, loss))
             eval_flops += batch_flops
-            set_recomputed(model, c.shape.recompute)
-    set_recomputed(model, ())
-    set_lean(model, False)
+            set_saves(model, c.shape.recompute, c.shape.lean)
+    set_saves(model)
     return scores, trained, train_flops, eval_flops
 
 

@@ -47,8 +47,7 @@ from edge_sel import huge_pages
 from edge_sel.backends.torch_backend import freeze_batchnorm_stats
 from edge_sel.core.memory import MiB, MemoryCount, StepShape
 from edge_sel.core.micro_batches import bounds
-from edge_sel.core.lean_saves import set_lean
-from edge_sel.core.recompute import set_recomputed
+from edge_sel.core.lean_saves import set_saves
 from edge_sel.engine.machine import probe_cache
 from edge_sel.engine.machine.device import random_streams_kept
 
@@ -177,8 +176,7 @@ def time_step(model, x: torch.Tensor, y: torch.Tensor, shape: StepShape, trainab
     trainer's near-even micro-batches."""
     for n, p in model.named_parameters():
         p.requires_grad_(n in trainable)
-    set_recomputed(model, shape.recompute)
-    set_lean(model, shape.lean)
+    set_saves(model, shape.recompute, shape.lean)
     model.train()
     if shape.bn_statistics == "frozen":
         freeze_batchnorm_stats(model)
@@ -187,8 +185,7 @@ def time_step(model, x: torch.Tensor, y: torch.Tensor, shape: StepShape, trainab
             losses(model(x[lo:hi]), y[lo:hi]).mean().backward()
     finally:
         model.zero_grad(set_to_none=True)
-        set_recomputed(model, ())
-        set_lean(model, False)
+        set_saves(model)
 
 
 def evaluation_key(model, x: torch.Tensor, device, precision: str) -> str:
