@@ -23,6 +23,7 @@ from edge_sel.engine.machine.memory_plan import (MIN_CHUNK_FOR_EVERYTHING, RESER
 from edge_sel.methods.update.fixed_sets import bias_norm_names, classifier_names
 from edge_sel.errors import InputError
 from edge_sel.methods import Updater
+from edge_sel.methods.registry import make_updater
 from edge_sel.models import build_model, load_checkpoint
 from edge_sel.models.blocks import named_blocks
 
@@ -141,6 +142,9 @@ def test_a_budgeted_run_plans_records_and_resumes_with_its_plan(tiny_warm, tmp_p
         monkeypatch.setattr(peak_memory, name, lambda *a, real=getattr(peak_memory, name), name=name:
                             calls.append((name, *a)) or real(*a))
     monkeypatch.setattr(step_memory, "gain_probe", lambda *a, **k: calls.append("probe") or probe(*a, **k))
+    warmed = []
+    monkeypatch.setattr(step_memory, "warm_kernels", lambda trainer, trainable=None, real=step_memory.warm_kernels:
+                        warmed.append(trainable) or real(trainer, trainable))
     from edge_sel.engine.runs.data_options import DataOptions
     monkeypatch.setattr(DataOptions, "load", lambda self, real=DataOptions.load: calls.append("data") or real(self))
     code, _ = run_main([*argv, "--out", tmp_path / "whole"], capsys)
@@ -159,6 +163,12 @@ def test_a_budgeted_run_plans_records_and_resumes_with_its_plan(tiny_warm, tmp_p
     plan = whole["memory_plan"]
     assert plan["budget_mb"] == 9 and plan["counted"]["peak_mb"] <= 9 < plan["asked_mb"]
     assert plan["gains"]["source"].startswith("none")
+    # Kernels are loaded for what can train before the plan (the classifier: every plan that fits trains
+    # it), then for the set the plan chose where it reaches further, never for every parameter (Lite0 at
+    # 1/10: 6 MiB more, after which no step fitted).
+    model, _ = load_checkpoint(tiny_warm)
+    head = classifier_names(model)
+    assert warmed == [head] + ([set(plan["trainable"])] if set(plan["trainable"]) - head else [])
     # Each record says what BatchNorm layers normalised with, as the plan chose.
     statistics = "frozen" if plan["bn_statistics"] == "frozen" else "trained"
     assert all(r["memory_bn_statistics"].startswith(statistics) for r in records(tmp_path / "whole") if r["epoch"] >= 0)
@@ -201,6 +211,27 @@ def test_a_budgeted_run_plans_records_and_resumes_with_its_plan(tiny_warm, tmp_p
     assert code == 0
     assert summary(out)["config"]["memory_plan"]["notes"] == ["kept from the run's start"]
     assert stable(records(out)) == stable(records(tmp_path / "whole"))
+
+
+@pytest.mark.parametrize("sparsity,warmed", [("classifier", "classifier"), ("bias-norm", "bias-norm"),
+                                              ("budget", "classifier"), ("none", None), ("layers", None)])
+def test_before_planning_kernels_load_for_what_the_run_can_train(sparsity, warmed):
+    """A fixed set's own tensors, the classifier under --sparsity budget, every parameter where the set moves."""
+    model = build_model("edgecnn", num_classes=10, input_shape=[3, 16, 16])
+    trainer = type("Run", (), {"model": model, "updater": make_updater(sparsity, {})})()
+    names = {"classifier": classifier_names(model), "bias-norm": bias_norm_names(model)}.get(warmed)
+    assert step_memory.trained_before_planning(trainer) == names
+
+
+def test_a_plan_reaching_past_the_classifier_loads_its_sets_kernels(monkeypatch):
+    model = build_model("edgecnn", num_classes=10, input_shape=[3, 16, 16])
+    warmed = []
+    monkeypatch.setattr(step_memory, "warm_kernels", lambda trainer, trainable=None: warmed.append(trainable))
+    trainer = type("Run", (), {"model": model})()
+    for chosen in (classifier_names(model), bias_norm_names(model), None):
+        plan = type("Plan", (), {"trainable": None if chosen is None else sorted(chosen)})()
+        step_memory.warm_planned(trainer, plan)
+    assert warmed == [bias_norm_names(model)]      # the classifier's were loaded; None: no set was chosen
 
 
 def test_a_budget_nothing_fits_is_one_line_naming_the_smallest(tiny_warm, tmp_path, capsys):

@@ -20,10 +20,11 @@ GIVEN = "EDGE_SEL_PROCESS_GROWTH_MB"
 ROWS = 2            # BatchNorm in train mode needs two images
 
 
-def warm_kernels(trainer) -> None:
-    """One forward and backward of ROWS local images in train mode and one forward in inference mode,
-    so the kernels the run's steps and evaluations use are loaded now; weights, BatchNorm statistics
-    and the random streams are left as they were, gradients dropped."""
+def warm_kernels(trainer, trainable: set[str] | None = None) -> None:
+    """One forward and backward of ROWS local images in train mode, training `trainable` (parameter
+    names; None: every parameter), and one forward in inference mode, so the kernels the run's steps
+    and evaluations use are loaded now; weights, BatchNorm statistics and the random streams are left
+    as they were, gradients dropped."""
     model, ds = trainer.model, trainer.train_ds
     if len(ds) < ROWS:
         return
@@ -36,8 +37,8 @@ def warm_kernels(trainer) -> None:
     with random_streams_kept(x.device):
         try:
             model.train()
-            for p in model.parameters():
-                p.requires_grad_(True)
+            for n, p in model.named_parameters():
+                p.requires_grad_(trainable is None or n in trainable)
             model(x).float().logsumexp(1).mean().backward()
             with torch.inference_mode():
                 model.eval()

@@ -27,6 +27,7 @@ from edge_sel.engine.machine.memory_plan import (RESERVE, MemoryPlan, fit_shape,
 from edge_sel.engine.machine import peak_memory
 from edge_sel.engine.machine.count_store import CountStore
 from edge_sel.errors import InputError
+from edge_sel.methods.update.fixed_sets import classifier_names
 
 BN_ADAPT_BATCH = 256       # images a BatchNorm re-estimation batch holds without a budget (evaluation/bn_adapt.py)
 PROGRESS_S = 10.0           # seconds between the lines a plan's search prints
@@ -145,13 +146,17 @@ def plan_run_memory(trainer) -> MemoryPlan | None:
             adopt_residuals(trainer)
     else:
         def first_plan() -> MemoryPlan:
-            # The kernels' first use and what the process grew by so far, measured: the plan fits in the
-            # rest (in planning's metered window: its time and joules are planning's).
-            warm_kernels(trainer)
             # A first count loads the meta device's machinery (a few MiB of Python modules, once a process).
             trainer.memory_counter.count(StepShape(min(rows, 2), bn_statistics=bn))
+            # The kernels' first use and what the process grew by so far, measured: the plan fits in the
+            # rest (in planning's metered window: its time and joules are planning's). Only the kernels of
+            # what can train: the backbone's backward kernels and their caches (Lite0 at 96 px: about
+            # 6 MiB) load only for a plan that trains into it.
+            warm_kernels(trainer, trained_before_planning(trainer))
             trainer.memory_spent_mb = grown_mb(trainer)
-            return _plan(trainer, rows, bn)
+            plan = _plan(trainer, rows, bn)
+            warm_planned(trainer, plan)
+            return plan
         plan = planned_in_the_open(trainer, first_plan)
         warm = trainer.memory_spent_mb
         for _ in range(REPLANS):        # planning's own growth (its caches), measured: planned again beside it
@@ -160,11 +165,31 @@ def plan_run_memory(trainer) -> MemoryPlan | None:
                 break
             trainer.memory_spent_mb = spent
             plan = planned_in_the_open(trainer, partial(_plan, trainer, rows, bn))
+            warm_planned(trainer, plan)
         grown = grown_mb(trainer)
         plan.grown_mb = round(grown, 3)
         refuse_what_cannot_hold(trainer, plan, grown)
         cfg.memory_plan = plan.to_json()
     return apply_plan(trainer, plan)
+
+
+def trained_before_planning(trainer) -> set[str] | None:
+    """What the run's steps train as far as it is known before the plan: the updater's fixed set; under
+    --sparsity budget the classifier, the one set every budget that fits can train (the plan's own set
+    is warmed once chosen: warm_planned); None (every parameter) where the updater's set moves."""
+    updater, model = trainer.updater, trainer.model
+    if updater.name == "budget":
+        return classifier_names(model)
+    if updater.static_set and hasattr(updater, "trainable"):
+        return set(updater.trainable(model))
+    return None
+
+
+def warm_planned(trainer, plan: MemoryPlan) -> None:
+    """The kernels of the set a --sparsity budget plan chose, loaded before the growth it fits beside is
+    measured: a step reaching into the backbone loads its backward's, which the classifier's did not."""
+    if plan.trainable is not None and not set(plan.trainable) <= classifier_names(trainer.model):
+        warm_kernels(trainer, set(plan.trainable))
 
 
 def refuse_what_cannot_hold(trainer, plan: MemoryPlan, grown: float) -> None:
