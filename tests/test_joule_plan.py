@@ -142,6 +142,22 @@ def test_candidates_far_slower_than_the_fastest_are_timed_once(tmp_path, monkeyp
     assert [c.step_s for c in cands] == [0.9, pytest.approx(1.08), 3.0]
 
 
+def test_evaluation_is_timed_at_the_batch_the_budget_lets_it_hold(tmp_path, monkeypatch):
+    """A forward of the step's whole batch loaded kernels for a shape a budgeted run's evaluation never
+    runs (Lite0 at 1/10 with an empty probe cache: 15 MiB more, and the plan was refused); the probe
+    times evaluation at the batch given, and its seconds per image are per image of that batch."""
+    from contextlib import nullcontext
+    from edge_sel.engine.machine import joule_plan
+    monkeypatch.setenv("EDGE_SEL_CACHE", str(tmp_path))
+    rows = []
+    monkeypatch.setattr(joule_plan, "time_forward", lambda model, x, context: rows.append(len(x)))
+    monkeypatch.setattr(joule_plan, "_timed", lambda fn, *args: fn(*args) or 0.3)
+    model = torch.nn.Linear(3, 2)
+    cost = joule_plan.measure_costs([], model, torch.zeros(34, 3), torch.zeros(34, dtype=torch.long), None, "cpu",
+                                    10, evaluation=("fp32", nullcontext, 3))
+    assert rows and set(rows) == {3} and cost["eval_s_per_image"] == pytest.approx(0.1)
+
+
 def test_the_estimate_counts_the_evaluations_the_runs_schedule_makes():
     """The start's validation and test, each validated epoch, the test at the end, and the re-estimated
     model's validation only where it is a keep-best candidate (the trainer validates it only then)."""

@@ -20,7 +20,8 @@ from edge_sel.engine.loop.run_estimate import besides_training, estimate_words
 from edge_sel.engine.loop.set_gains import expected_gains
 from edge_sel.engine.loop.trial_gain import (TRIAL_STEPS, affordable, fewest_steps_for_trials, held_out_count,
                                              normalised, run_trials, trial_images)
-from edge_sel.engine.machine.memory_plan import (MemoryPlan, choose_trainable, fit_shape, smallest_budget, usable)
+from edge_sel.engine.machine.memory_plan import (MemoryPlan, choose_trainable, fit_shape, forward_batch_that_fits,
+                                                 smallest_budget, usable)
 from edge_sel.errors import InputError
 from edge_sel.methods.update.lite_residual import residual_names
 from edge_sel.models.lite_residual import NAME, add_residuals, has_residuals, remove_residuals
@@ -96,8 +97,10 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
     for c in [] if server is None or limited else joule_plan.outside_band(candidates):
         c.out = "not timed: its expected gain is outside the band of the most expected gain"
     timed = [c for c in candidates if c is not lite and not c.out]
+    # Evaluation is timed at the most rows the budget lets it hold (apply_plan cuts its batch to that or less).
+    eval_rows = forward_batch_that_fits(counter, trainer.eval_batch_size, cfg.memory_budget_mb, 0, spent_mb=spent)
     cost = joule_plan.measure_costs(timed, model, x, y, losses, trainer.device, steps, trainer.meter,
-                                    evaluation=(trainer.precision.eval, trainer.eval_autocast))
+                                    evaluation=(trainer.precision.eval, trainer.eval_autocast, eval_rows))
     add_residuals(model, counter.input_shape)       # the branches: timed and tried while on the model
     try:
         probe = joule_plan.measure_costs([] if lite.out else [lite], model, x, y, losses, trainer.device, steps,

@@ -22,8 +22,8 @@ from edge_sel.engine.machine.device import random_streams_kept
 from edge_sel.engine.loop.first_use import grown_mb, warm_kernels
 from edge_sel.engine.loop.trial_gain import normalised
 from edge_sel.engine.loop.joule_choice import adopt_residuals, plan_by_joules, plan_trains_residuals
-from edge_sel.engine.machine.memory_plan import (RESERVE, MemoryPlan, fit_shape, plan_memory, spent_after_planning,
-                                                 usable)
+from edge_sel.engine.machine.memory_plan import (RESERVE, MemoryPlan, fit_shape, forward_batch_that_fits, plan_memory,
+                                                 spent_after_planning, usable)
 from edge_sel.engine.machine import peak_memory
 from edge_sel.engine.machine.count_store import CountStore
 from edge_sel.errors import InputError
@@ -95,18 +95,6 @@ def shipped_gains(model, memory) -> tuple[dict, dict]:
                 {"source": "the checkpoint's Fisher information (source data): no probe step fits the budget"})
     return ({n: float(p.numel()) for n, p in model.named_parameters()},
             {"source": "parameter counts: no probe step fits the budget and the checkpoint ships no Fisher"})
-
-
-def forward_batch_that_fits(counter: MemoryCounter, batch: int, budget_mb: float, kept: int,
-                            train_mode: bool = False, spent_mb: float = 0.0) -> int:
-    """The batch of forward-only passes (evaluation, scoring), halved from `batch` until its count fits
-    the budget beside the `kept` bytes training keeps alive between its steps: the optimizer's state
-    and the last step's gradients (counted alone, a 200 MiB plan's evaluation at batch 16 fitted, and
-    measured 224 MiB after an epoch)."""
-    lowest = 2 if train_mode else 1         # BatchNorm in train mode needs two images
-    while batch > lowest and counter.count_forward(batch, train_mode).peak + kept > usable(budget_mb, spent_mb):
-        batch = max(lowest, batch // 2)
-    return batch
 
 
 def rows_a_step_carries(batch_size: int, epoch_size: int | None = None, replayed: int = 0) -> int:

@@ -208,9 +208,12 @@ def measure_costs(candidates: list[Candidate], model, x, y, losses, device, step
                   evaluation=None) -> dict:
     """Each fitting candidate's seconds per step (from the cache, else timed) and its run's estimated
     joules and seconds; returns what the probe cost and the watts it used. `evaluation`: (precision,
-    autocast context) of the run's forward-only passes, which are then timed too (seconds per image)."""
+    autocast context, batch) of the run's forward-only passes, which are then timed too (seconds per
+    image) at that batch, the most the budget lets them hold: a larger one loads kernels for a shape
+    the run never runs (Lite0 at 1/10 on a cold cache: 15 MiB more, and the plan was refused)."""
     todo, entries = [], {}
-    eval_key = None if evaluation is None else evaluation_key(model, x, device, evaluation[0])
+    ex = None if evaluation is None else x[:max(1, min(len(x), evaluation[2]))]
+    eval_key = None if evaluation is None else evaluation_key(model, ex, device, evaluation[0])
     eval_entry = None if eval_key is None else probe_cache.usable_entry(CACHE_FILE, eval_key)
     eval_timed = None
     for c in candidates:
@@ -235,8 +238,8 @@ def measure_costs(candidates: list[Candidate], model, x, y, losses, device, step
                     time_step(model, x, y, todo[0][0].shape, todo[0][0].trainable, losses)  # untimed: first-call costs
                 timed = {}
                 if eval_key is not None and eval_entry is None:
-                    time_forward(model, x, evaluation[1])       # untimed, as above
-                    eval_timed = min(_timed(time_forward, model, x, evaluation[1]) for _ in range(TIMED_STEPS))
+                    time_forward(model, ex, evaluation[1])       # untimed, as above
+                    eval_timed = min(_timed(time_forward, model, ex, evaluation[1]) for _ in range(TIMED_STEPS))
                 for c, key in todo:
                     timed[c.name] = (key, _timed(time_step, model, x, y, c.shape, c.trainable, losses))
                 # Passes again only for the candidates near the fastest: one far slower cannot be the
@@ -259,7 +262,7 @@ def measure_costs(candidates: list[Candidate], model, x, y, losses, device, step
         for name, (key, step_s) in timed.items():
             entries[name] = probe_cache.keep(CACHE_FILE, key, {"step_s": step_s, "watts": watts}, load.cpus)
         if eval_timed is not None:
-            eval_entry = probe_cache.keep(CACHE_FILE, eval_key, {"s_per_image": eval_timed / len(x), "watts": watts},
+            eval_entry = probe_cache.keep(CACHE_FILE, eval_key, {"s_per_image": eval_timed / len(ex), "watts": watts},
                                           load.cpus)
     watts_seen = [e.get("watts") for e in [*entries.values(), eval_entry or {}] if e.get("watts")]
     watts = max(watts_seen) if watts_seen else None
