@@ -18,8 +18,8 @@ from edge_sel.config import TrainConfig
 from edge_sel.engine.loop import step_memory
 from edge_sel.engine.machine import peak_memory
 from edge_sel.engine.loop.step_memory import forward_batch_that_fits, memory_counter
-from edge_sel.engine.machine.memory_plan import (MIN_CHUNK_FOR_EVERYTHING, RESERVE, plan_memory, smallest_budget,
-                                                 spent_after_planning, usable)
+from edge_sel.engine.machine.memory_plan import (MIN_CHUNK_FOR_EVERYTHING, RESERVE, MemoryPlan, plan_memory,
+                                                 smallest_budget, spent_after_planning, usable)
 from edge_sel.methods.update.fixed_sets import bias_norm_names, classifier_names
 from edge_sel.errors import InputError
 from edge_sel.methods import Updater
@@ -143,8 +143,8 @@ def test_a_budgeted_run_plans_records_and_resumes_with_its_plan(tiny_warm, tmp_p
                             calls.append((name, *a)) or real(*a))
     monkeypatch.setattr(step_memory, "gain_probe", lambda *a, **k: calls.append("probe") or probe(*a, **k))
     warmed = []
-    monkeypatch.setattr(step_memory, "warm_kernels", lambda trainer, trainable=None, real=step_memory.warm_kernels:
-                        warmed.append(trainable) or real(trainer, trainable))
+    monkeypatch.setattr(step_memory, "warm_kernels", lambda trainer, trainable=None, shape=None,
+                        real=step_memory.warm_kernels: warmed.append((trainable, shape)) or real(trainer, trainable, shape))
     from edge_sel.engine.runs.data_options import DataOptions
     monkeypatch.setattr(DataOptions, "load", lambda self, real=DataOptions.load: calls.append("data") or real(self))
     code, _ = run_main([*argv, "--out", tmp_path / "whole"], capsys)
@@ -164,11 +164,11 @@ def test_a_budgeted_run_plans_records_and_resumes_with_its_plan(tiny_warm, tmp_p
     assert plan["budget_mb"] == 9 and plan["counted"]["peak_mb"] <= 9 < plan["asked_mb"]
     assert plan["gains"]["source"].startswith("none")
     # Kernels are loaded for what can train before the plan (the classifier: every plan that fits trains
-    # it), then for the set the plan chose where it reaches further, never for every parameter (Lite0 at
-    # 1/10: 6 MiB more, after which no step fitted).
+    # it), never for every parameter (Lite0 at 1/10: 6 MiB more, after which no step fitted); then for
+    # the planned step itself, its set in its shape, before the growth it fits beside is measured.
     model, _ = load_checkpoint(tiny_warm)
-    head = classifier_names(model)
-    assert warmed == [head] + ([set(plan["trainable"])] if set(plan["trainable"]) - head else [])
+    planned = MemoryPlan.from_json(plan)
+    assert warmed == [(classifier_names(model), None), (set(plan["trainable"]), planned.shape())]
     # Each record says what BatchNorm layers normalised with, as the plan chose.
     statistics = "frozen" if plan["bn_statistics"] == "frozen" else "trained"
     assert all(r["memory_bn_statistics"].startswith(statistics) for r in records(tmp_path / "whole") if r["epoch"] >= 0)
@@ -223,15 +223,25 @@ def test_before_planning_kernels_load_for_what_the_run_can_train(sparsity, warme
     assert step_memory.trained_before_planning(trainer) == names
 
 
-def test_a_plan_reaching_past_the_classifier_loads_its_sets_kernels(monkeypatch):
-    model = build_model("edgecnn", num_classes=10, input_shape=[3, 16, 16])
-    warmed = []
-    monkeypatch.setattr(step_memory, "warm_kernels", lambda trainer, trainable=None: warmed.append(trainable))
-    trainer = type("Run", (), {"model": model})()
-    for chosen in (classifier_names(model), bias_norm_names(model), None):
-        plan = type("Plan", (), {"trainable": None if chosen is None else sorted(chosen)})()
-        step_memory.warm_planned(trainer, plan)
-    assert warmed == [bias_norm_names(model)]      # the classifier's were loaded; None: no set was chosen
+def test_the_planned_step_warms_in_its_own_shape_before_training(tiny_warm):
+    """One micro-batch of the plan's rows, with its saves and frozen statistics, trained on the plan's
+    set: the weights, statistics and gradients are left as they were."""
+    from edge_sel.engine.loop.first_use import warm_kernels
+    from edge_sel.core.lean_saves import is_lean
+    model, card = load_checkpoint(tiny_warm)
+    ds = IndexedDataset(torch.randint(0, 255, (40, *card.input_shape), dtype=torch.uint8), torch.zeros(40).long(),
+                        torch.arange(40), ["a", "b"])
+    trainer = type("Run", (), {"model": model, "train_ds": ds, "mean": [0.5] * 3, "std": [0.25] * 3})()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rows, lean_seen = [], []
+    hooks = [model.register_forward_pre_hook(lambda m, args: rows.append(len(args[0])) or lean_seen.append(is_lean(m)))]
+    head = classifier_names(model)
+    warm_kernels(trainer, bias_norm_names(model), StepShape(34, 3, (), "frozen", True))
+    warm_kernels(trainer, head, StepShape(34, 1, (), "train", True))       # one image cannot train statistics
+    hooks[0].remove()
+    assert rows == [3, 2] and lean_seen[0] and not is_lean(model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_a_budget_nothing_fits_is_one_line_naming_the_smallest(tiny_warm, tmp_path, capsys):

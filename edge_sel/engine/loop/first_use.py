@@ -11,7 +11,9 @@ import os
 
 import torch
 
-from edge_sel.core.memory import MiB
+from edge_sel.backends.torch_backend import freeze_batchnorm_stats
+from edge_sel.core.lean_saves import set_saves
+from edge_sel.core.memory import MiB, StepShape
 from edge_sel.data.augment import normalize
 from edge_sel.engine.machine import peak_memory
 from edge_sel.engine.machine.device import random_streams_kept
@@ -20,15 +22,19 @@ GIVEN = "EDGE_SEL_PROCESS_GROWTH_MB"
 ROWS = 2            # BatchNorm in train mode needs two images
 
 
-def warm_kernels(trainer, trainable: set[str] | None = None) -> None:
+def warm_kernels(trainer, trainable: set[str] | None = None, shape: StepShape | None = None) -> None:
     """One forward and backward of ROWS local images in train mode, training `trainable` (parameter
     names; None: every parameter), and one forward in inference mode, so the kernels the run's steps
     and evaluations use are loaded now; weights, BatchNorm statistics and the random streams are left
-    as they were, gradients dropped."""
+    as they were, gradients dropped. With a planned `shape`, the backward is one micro-batch of its
+    rows as the plan runs it (its saves, recomputed blocks and statistics): a step's kernels are kept
+    per shape (oneDNN's primitives), and the plan's are loaded before the growth it fits beside is
+    measured."""
     model, ds = trainer.model, trainer.train_ds
-    if len(ds) < ROWS:
+    rows = ROWS if shape is None else shape.chunk
+    if len(ds) < rows or (shape is not None and rows < ROWS and shape.bn_statistics != "frozen"):
         return
-    positions = torch.arange(ROWS, device=ds.images.device)
+    positions = torch.arange(rows, device=ds.images.device)
     mean, std = (torch.as_tensor(v, device=positions.device) for v in (trainer.mean, trainer.std))
     x = normalize(ds.pixels(positions), mean, std)
     buffers = copy.deepcopy(dict(model.named_buffers()))
@@ -37,13 +43,18 @@ def warm_kernels(trainer, trainable: set[str] | None = None) -> None:
     with random_streams_kept(x.device):
         try:
             model.train()
+            if shape is not None:
+                set_saves(model, shape.recompute, shape.lean)
+                if shape.bn_statistics == "frozen":
+                    freeze_batchnorm_stats(model)
             for n, p in model.named_parameters():
                 p.requires_grad_(trainable is None or n in trainable)
             model(x).float().logsumexp(1).mean().backward()
             with torch.inference_mode():
                 model.eval()
-                model(x)
+                model(x[:ROWS])
         finally:
+            set_saves(model)
             model.zero_grad(set_to_none=True)
             for n, p in model.named_parameters():
                 p.requires_grad_(flags[n])
