@@ -213,14 +213,28 @@ def test_a_budgeted_run_plans_records_and_resumes_with_its_plan(tiny_warm, tmp_p
     assert stable(records(out)) == stable(records(tmp_path / "whole"))
 
 
-@pytest.mark.parametrize("sparsity,warmed", [("classifier", "classifier"), ("bias-norm", "bias-norm"),
-                                              ("budget", "classifier"), ("none", None), ("layers", None)])
-def test_before_planning_kernels_load_for_what_the_run_can_train(sparsity, warmed):
-    """A fixed set's own tensors, the classifier under --sparsity budget, every parameter where the set moves."""
+@pytest.mark.parametrize("sparsity,before,planned", [
+    ("classifier", "classifier", "classifier"), ("bias-norm", "classifier", "bias-norm"), ("budget", "classifier", "plan"),
+    ("norms alone", "norms alone", "norms alone"), ("none", None, None), ("layers", None, None)])
+def test_kernels_load_for_what_every_plan_trains_then_for_the_planned_set(sparsity, before, planned, monkeypatch):
+    """Before planning: the classifier where every plan trains it, a fixed set without it whole, every
+    parameter where the set moves; once planned, the plan's set (--sparsity budget's choice, else the
+    updater's) in the plan's shape."""
+    from edge_sel.methods.update.fixed_sets import FixedSet
     model = build_model("edgecnn", num_classes=10, input_shape=[3, 16, 16])
-    trainer = type("Run", (), {"model": model, "updater": make_updater(sparsity, {})})()
-    names = {"classifier": classifier_names(model), "bias-norm": bias_norm_names(model)}.get(warmed)
-    assert step_memory.trained_before_planning(trainer) == names
+    norms = bias_norm_names(model) - classifier_names(model)
+    updater = FixedSet("norms", lambda m: norms) if sparsity == "norms alone" else make_updater(sparsity, {})
+    trainer = type("Run", (), {"model": model, "updater": updater})()
+    names = {"classifier": classifier_names(model), "bias-norm": bias_norm_names(model), "norms alone": norms,
+             "plan": {"fc.weight"}}
+    assert step_memory.trained_before_planning(trainer) == names.get(before)
+    warmed = []
+    monkeypatch.setattr(step_memory, "warm_kernels", lambda trainer, trainable=None, shape=None:
+                        warmed.append((trainable, shape)))
+    shape = StepShape(34, 3, (), "frozen", True)
+    plan = MemoryPlan(1.0, 34, 3, [], "frozen", {}, 1.0, ["fc.weight"] if sparsity == "budget" else None, lean=True)
+    step_memory.warm_planned(trainer, plan)
+    assert warmed == [(names.get(planned), shape)]
 
 
 def test_the_planned_step_warms_in_its_own_shape_before_training(tiny_warm):

@@ -161,25 +161,30 @@ def plan_run_memory(trainer) -> MemoryPlan | None:
     return apply_plan(trainer, plan)
 
 
+def fixed_set(trainer) -> set[str] | None:
+    """The parameter names the updater trains where its set is fixed for the run, else None."""
+    updater = trainer.updater
+    return set(updater.trainable(trainer.model)) if updater.static_set and hasattr(updater, "trainable") else None
+
+
 def trained_before_planning(trainer) -> set[str] | None:
-    """What the run's steps train as far as it is known before the plan: the updater's fixed set; under
-    --sparsity budget the classifier, the one set every budget that fits can train (the plan's own set
-    is warmed once chosen: warm_planned); None (every parameter) where the updater's set moves."""
-    updater, model = trainer.updater, trainer.model
-    if updater.name == "budget":
-        return classifier_names(model)
-    if updater.static_set and hasattr(updater, "trainable"):
-        return set(updater.trainable(model))
-    return None
+    """What the kernels loaded before the plan train: the classifier where every plan the run can make
+    trains it (--sparsity budget, a fixed set holding it), the fixed set where it does not, None (every
+    parameter) where the updater's set moves. The rest of a set's backward loads once planned
+    (warm_planned), so a fixed set and the planner's choice of the same set fit beside the same growth
+    (the norms of Lite0 at 1/10: refused as a fixed set, by 0.5 MiB, where the planner's fitted)."""
+    head = classifier_names(trainer.model)
+    if trainer.updater.name == "budget":
+        return head
+    fixed = fixed_set(trainer)
+    return head if fixed is not None and head <= fixed else fixed
 
 
 def warm_planned(trainer, plan: MemoryPlan) -> None:
     """The kernels of the planned step (its set, one micro-batch in its shape), loaded before the growth
-    it fits beside is measured: a --sparsity budget set reaching into the backbone loads its backward's,
-    which the classifier's did not, and a micro-batch, lean saves or recomputed blocks load kernels of
-    their own (Lite0's norms at 1/10, micro-batches of one image: training measured 45.8-50.2 MiB over
-    its level against a 22.2 MiB count and a 49.6 MiB budget when they loaded during training)."""
-    trainable = set(plan.trainable) if plan.trainable is not None else trained_before_planning(trainer)
+    it fits beside is measured: a set reaching into the backbone loads its backward's, which the
+    classifier's did not, and a micro-batch, lean saves or recomputed blocks load kernels of their own."""
+    trainable = set(plan.trainable) if plan.trainable is not None else fixed_set(trainer)
     warm_kernels(trainer, trainable, plan.shape())
 
 
