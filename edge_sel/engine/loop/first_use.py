@@ -31,8 +31,8 @@ def warm_kernels(trainer, trainable: set[str] | None = None, shape: StepShape | 
     per shape (oneDNN's primitives), and the plan's are loaded before the growth it fits beside is
     measured."""
     model, ds = trainer.model, trainer.train_ds
-    rows = ROWS if shape is None else shape.chunk
-    if len(ds) < rows or (shape is not None and rows < ROWS and shape.bn_statistics != "frozen"):
+    rows = ROWS if shape is None else min(shape.chunk, len(ds))
+    if rows < 1 or len(ds) < rows or (rows < ROWS and (shape is None or shape.bn_statistics != "frozen")):
         return
     positions = torch.arange(rows, device=ds.images.device)
     mean, std = (torch.as_tensor(v, device=positions.device) for v in (trainer.mean, trainer.std))
