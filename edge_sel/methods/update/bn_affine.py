@@ -20,16 +20,22 @@ class BatchNormAffine(Updater):
     def __init__(self, train_head: bool = True):
         self.train_head = train_head
 
-    def attach(self, model, optimizer, ctx) -> None:
-        super().attach(model, optimizer, ctx)
-        trainable = set()
+    def trainable(self, model: nn.Module) -> set[str]:
+        """The names of what trains: a memory budget counts and plans this set (without it, every
+        parameter was counted: Lite0's norms at 1/10 named 101.6 MiB where their step counts 22.2)."""
+        chosen = set()
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
-                trainable |= {id(module.weight), id(module.bias)}
+                chosen |= {id(module.weight), id(module.bias)}
         if self.train_head:
-            trainable |= {id(p) for p in head(model).parameters()}   # the classifier
-        for p in model.parameters():
-            p.requires_grad_(id(p) in trainable)
+            chosen |= {id(p) for p in head(model).parameters()}   # the classifier
+        return {n for n, p in model.named_parameters() if id(p) in chosen}
+
+    def attach(self, model, optimizer, ctx) -> None:
+        super().attach(model, optimizer, ctx)
+        trainable = self.trainable(model)
+        for n, p in model.named_parameters():
+            p.requires_grad_(n in trainable)
         total = sum(p.numel() for p in model.parameters())
         self.trained_share = sum(p.numel() for p in model.parameters() if p.requires_grad) / max(1, total)
 
