@@ -32,7 +32,8 @@ def warm_kernels(trainer, trainable: set[str] | None = None, shape: StepShape | 
     measured."""
     model, ds = trainer.model, trainer.train_ds
     rows = ROWS if shape is None else min(shape.chunk, len(ds))
-    if rows < 1 or len(ds) < rows or (rows < ROWS and (shape is None or shape.bn_statistics != "frozen")):
+    frozen = shape is not None and shape.bn_statistics == "frozen"
+    if len(ds) < rows or rows < (1 if frozen else ROWS):      # statistics that train need ROWS images
         return
     positions = torch.arange(rows, device=ds.images.device)
     mean, std = (torch.as_tensor(v, device=positions.device) for v in (trainer.mean, trainer.std))
