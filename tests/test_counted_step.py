@@ -14,6 +14,7 @@ from helpers import PINNED_CHOICES, digits_warmup_with_memory
 from edge_sel.backends.torch_backend import TorchBackend
 from edge_sel.config import TrainConfig
 from edge_sel.core.memory import MiB
+from edge_sel.engine.evaluation.keep import ModelChoice
 from edge_sel.engine.runs import run as run_module
 from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.fleet.local import proximal_pull
@@ -60,6 +61,7 @@ def hooked_steps(monkeypatch) -> list[tuple[int, int]]:
 
 def run(warm, out, monkeypatch, proximal_mu=0.0, **options):
     steps = hooked_steps(monkeypatch)
+    kept_best = held_best_copies(monkeypatch)
     if proximal_mu:     # FedProx's pull as a fleet round runs it, around the whole fine-tune
         real = run_module.train_model
 
@@ -72,7 +74,18 @@ def run(warm, out, monkeypatch, proximal_mu=0.0, **options):
                       **{"sparsity": "none", **PINNED_CHOICES, **options, **fedprox})
     run_module.finetune(warm, DataOptions("digits", shard="1/2", subset=96), cfg, out, quiet=True)
     (record,) = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r.get("epoch") == 0]
-    return steps, record, json.loads((out / "config.json").read_text())
+    return steps, record, json.loads((out / "config.json").read_text()), kept_best
+
+
+def held_best_copies(monkeypatch) -> list[int]:
+    """Bytes of --keep best's copy after each time the run kept a state."""
+    held, real = [], ModelChoice._keep
+
+    def keep(self, state):
+        real(self, state)
+        held.append(sum(t.numel() * t.element_size() for t in self.weights.values()))
+    monkeypatch.setattr(ModelChoice, "_keep", keep)
+    return held
 
 
 MICRO = {"budget_mb": 1000.0, "batch_size": 32, "micro_batch": 8, "recompute": [], "bn_statistics": "train",
@@ -87,7 +100,7 @@ def test_a_budgeted_step_counts_what_saved_tensor_hooks_see_over_the_real_step(w
     """On the old counter: the EWC penalty's saved differences and the micro-batches after the second
     went uncounted (edgecnn on digits: micro-batches of 8 counted half of the step's saved bytes), the
     plan counted 32 rows where replay trained 48, and nothing the run keeps beside its model counted."""
-    steps, record, config = run(warm, tmp_path / kind, monkeypatch, **options)
+    steps, record, config, kept_best = run(warm, tmp_path / kind, monkeypatch, **options)
     rows, saved = max(steps)
     assert record["memory_step_samples"] == rows == (48 if kind == "replay" else 32)
     assert record["memory_saved_mb"] == pytest.approx(saved / MiB, rel=0.01, abs=0.002)
@@ -98,21 +111,25 @@ def test_a_budgeted_step_counts_what_saved_tensor_hooks_see_over_the_real_step(w
     weights = record["memory_weights_mb"]         # edgecnn's parameters and (few) buffers
     start = load_checkpoint(warm)[0]
     params = sum(p.numel() * p.element_size() for p in start.parameters()) / MiB
+    buffers = sum(b.numel() * b.element_size() for b in start.buffers()) / MiB
+    best = params + buffers         # --keep best (the default) holds what can move: every tensor
     if kind == "classifier":        # a set fixed for the run: the epoch keeps a copy of what trains alone
         trained = dict(start.named_parameters())
         params = sum(trained[n].numel() * trained[n].element_size() for n in classifier_names(start)) / MiB
+        best = params + buffers     # a fixed set's run: the set and the buffers
         end = dict(load_checkpoint(tmp_path / kind)[0].named_parameters())
         moved = sum(int((end[n] != p).sum()) for n, p in trained.items())
         assert 0 < record["params_updated_frac"] == pytest.approx(moved / sum(p.numel() for p in trained.values()))
     copies = {"plain": 1, "replay": 1, "micro-batches": 1, "fedprox": 2, "ewc": 3, "classifier": 1}[kind]
     # Beside a replayed step the trainer keeps its local batch of 32 digits (1 x 8 x 8 floats each).
     local = 32 * 8 * 8 * 4 / MiB if kind == "replay" else 0.0
-    assert record["memory_kept_mb"] == pytest.approx(copies * params + local, abs=0.001)
+    assert record["memory_kept_mb"] == pytest.approx(copies * params + best + local, abs=0.001)
+    assert kept_best and all(b / MiB == pytest.approx(best, abs=1e-6) for b in kept_best)     # the copy it held
     if kind != "micro-batches":     # planning is part of the first epoch's cost
         assert record["memory_plan_counts"] + record["memory_plan_counts_read"] >= 1
         assert record["wall_s"] >= record["memory_plan_wall_s"] > 0
-    if kind == "plain":     # beside the evaluation: momentum, the last gradients and the epoch's copy, all trained
-        assert record["memory_eval_beside_mb"] == pytest.approx(3 * record["memory_kept_mb"], rel=0.01)
+    if kind == "plain":     # beside the evaluation: momentum, the last gradients, the epoch's copy, the kept best
+        assert record["memory_eval_beside_mb"] == pytest.approx(3 * params + best, rel=0.01)
 
 
 def test_fedprox_pull_is_counted_where_the_optimizer_steps():

@@ -398,3 +398,37 @@ def test_a_device_sized_validation_makes_room_for_the_guard_anchors():
     assert guarded["val_subset"] == alone["val_subset"] - 500 and guarded["guard_anchors_per_pass"] == 500
     assert alone["expected_validation_flops"] - 5 * flops.eval_batch(1) <= guarded["expected_validation_flops"] \
         <= alone["expected_validation_flops"]
+
+
+def test_keep_best_copies_what_can_move_over_its_last_copy_and_holds_it_without_a_second():
+    """A fixed set's run keeps the set and the buffers alone, each better epoch written over the same
+    tensors (before, a new copy of the whole state was made beside the old one: 13 MiB of Lite0 over a
+    budget that counted none), and holding the kept state exchanges it with the model's in place."""
+    from edge_sel.engine.evaluation.keep import load_kept
+    from edge_sel.engine.loop.bank_passes import holding
+    model = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    choice = ModelChoice("best")
+    choice.keys = {"2.weight", "2.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked"}
+    choice.consider(WARMUP_EPOCH, 0.5, None, model)
+    assert list(choice.weights) == [k for k in model.state_dict() if k in choice.keys]
+    where = {k: v.data_ptr() for k, v in choice.weights.items()}
+    with torch.no_grad():
+        for t in model.state_dict().values():
+            t.add_(1)
+    best = {k: v.clone() for k, v in model.state_dict().items()}
+    choice.consider(0, 0.6, None, model)
+    assert {k: v.data_ptr() for k, v in choice.weights.items()} == where
+    assert all(torch.equal(choice.weights[k], best[k]) for k in choice.keys)
+    with torch.no_grad():
+        for t in model.state_dict().values():
+            t.add_(1)
+    choice.consider(1, 0.55, None, model)
+    last = {k: v.clone() for k, v in model.state_dict().items()}
+    kept = choice.weights_to_load()
+    with holding(model, kept):
+        now = model.state_dict()
+        assert all(torch.equal(now[k], best[k] if k in choice.keys else last[k]) for k in now)
+    assert all(torch.equal(model.state_dict()[k], last[k]) for k in last)
+    assert all(torch.equal(kept[k], best[k]) for k in kept)
+    load_kept(model, kept)
+    assert all(torch.equal(model.state_dict()[k], best[k] if k in choice.keys else last[k]) for k in last)

@@ -104,9 +104,9 @@ class MemoryModel:
         self.model, card = load_checkpoint(checkpoint)
         self.input_shape = list(card.input_shape)
         # Every set the bench runs is fixed for its run (full FT's is everything): each epoch keeps a copy
-        # of what trains alone, as the runs count it.
+        # of what trains alone, as the runs count it. The bench's runs keep their last epoch (keep="last").
         self.counter, self.shape = memory_counter(cfg, self.model, self.input_shape, pick_device(cfg.device),
-                                                  trained_only=True)
+                                                  trained_only=True, keeps_best=False)
         self.everything = {n for n, _ in self.model.named_parameters()}
         self.batch = rows_a_step_carries(cfg.batch_size)     # the rows a run plans its steps for
         self._needs: dict = {}

@@ -33,6 +33,9 @@ class ModelChoice:
         self.last_epoch: int | None = None
         self.no_validation = False             # nothing to choose by: the last weights are kept
         self.weights: dict | None = None       # CPU copy of the kept state (mode best, when not the last)
+        # The state keys training can move (a fixed set's parameters and the buffers), set by the
+        # trainer once what trains is fixed; None: every key. Only these are copied.
+        self.keys: set[str] | None = None
         self.anchor_acc: float | None = None            # the kept weights' guard-anchor accuracy
         self.baseline_anchor_acc: float | None = None
         self.refused: list[dict] = []                   # candidates the guard refused, in order
@@ -68,7 +71,21 @@ class ModelChoice:
             return
         if self.val_acc is None or self.epoch is None or val_acc > self.val_acc:
             self.epoch, self.val_acc, self.test_acc, self.anchor_acc = epoch, val_acc, test_acc, anchor_acc
-            self.weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            self._keep(model.state_dict())
+
+    def _keep(self, state: dict) -> None:
+        """A copy of what can move in `state`, written over the copy kept before where it has the same
+        tensors: a run's memory count holds one copy (engine/loop/counted_step.py), never two."""
+        wanted = [k for k in state if self.keys is None or k in self.keys]
+        kept = self.weights
+        if kept is not None and list(kept) == wanted and all(
+                kept[k].shape == state[k].shape and kept[k].dtype == state[k].dtype for k in wanted):
+            with torch.no_grad():
+                for k in wanted:
+                    kept[k].copy_(state[k])
+            return
+        self.weights = None
+        self.weights = {k: state[k].detach().cpu().clone() for k in wanted}
 
     def forgets(self, epoch, anchor_acc: float | None) -> dict | None:
         """The guard's numbers when it refuses this candidate, else None. The starting checkpoint is
@@ -86,7 +103,8 @@ class ModelChoice:
         return self.epoch == WARMUP_EPOCH
 
     def weights_to_load(self) -> dict | None:
-        """The kept state when it differs from the model's current (last) weights, else None."""
+        """The kept state when it differs from the model's current (last) weights, else None: the
+        tensors training could move (load it with load_kept)."""
         if self.mode == "last" or self.no_validation or self.epoch == self.last_epoch:
             return None
         return self.weights
@@ -178,6 +196,13 @@ class ModelChoice:
         for k, v in state.items():
             if k != "mode":
                 setattr(self, k, v)
+
+
+def load_kept(model: torch.nn.Module, kept: dict) -> None:
+    """The kept state into `model`: every key it holds, the rest as training left it (unmoved)."""
+    unexpected = model.load_state_dict(kept, strict=False).unexpected_keys
+    if unexpected:
+        raise KeyError(f"the kept state names tensors the model lacks: {unexpected[:3]}")
 
 
 def _pct(v: float | None) -> str:

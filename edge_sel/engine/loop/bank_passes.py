@@ -47,16 +47,34 @@ def charge_bank(trainer, record: dict, refreshed: dict) -> None:
 
 @contextmanager
 def holding(model: torch.nn.Module, state: dict | None):
-    """The model with `state` loaded for the block (unchanged when None), then as it was."""
+    """The model with `state` (every key or some) loaded for the block (unchanged when None), then as
+    it was. Tensors of the same shape and type are exchanged in place, one spare tensor at a time, so
+    holding the kept state costs no second copy of the model."""
     if state is None:
         yield
         return
-    current = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    model.load_state_dict(state)
+    live = model.state_dict()
+    if not all(k in live and live[k].shape == v.shape and live[k].dtype == v.dtype for k, v in state.items()):
+        current = {k: v.detach().clone() for k, v in live.items()}
+        model.load_state_dict(state, strict=False)
+        try:
+            yield
+        finally:
+            model.load_state_dict(current)
+        return
+    _exchange(live, state)
     try:
         yield
     finally:
-        model.load_state_dict(current)
+        _exchange(live, state)
+
+
+def _exchange(live: dict, state: dict) -> None:
+    with torch.no_grad():
+        for key, held in state.items():
+            spare = live[key].clone()
+            live[key].copy_(held)
+            held.copy_(spare)
 
 
 @contextmanager

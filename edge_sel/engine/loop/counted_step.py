@@ -4,7 +4,7 @@ with its label smoothing and every penalty on the twin's weights), its BatchNorm
 micro-batches, and FedProx's pull before the optimizer's step; beside it, what the run keeps while
 it trains: the epoch's parameter snapshot (params_updated_frac), the penalties' Fisher weights and
 source anchors (every parameter that has them, frozen ones too), FedProx's copy of the round's
-weights. The rows are the step's: the batch and its replayed anchors (engine/loop/step_memory.py), and
+weights, --keep best's copy of the best state so far. The rows are the step's: the batch and its replayed anchors (engine/loop/step_memory.py), and
 beside them the local batch the trainer keeps for its strategy.
 
 An updater's own per-step tensors are not run on the twin: the updaters a budget allows keep none
@@ -57,11 +57,13 @@ def twin_objective(objective, model: torch.nn.Module, twin: torch.nn.Module):
 
 
 def run_step_factory(cfg, model: torch.nn.Module, objective=None, local_rows: tuple | None = None,
-                     trained_only: bool = False):
+                     trained_only: bool = False, keeps_best: bool = False):
     """counter.step for a run of `cfg` on `model` minimising `objective` (None: cross-entropy with the
     run's label smoothing): (twin, optimizer) -> (run(x, y, micro_batch), kept tensors). `local_rows`:
     the shape of the local batch's images, alive beside a step whose rows are joined with replayed ones.
-    `trained_only`: the updater's set is fixed, so the epoch's snapshot holds only what trains."""
+    `trained_only`: the updater's set is fixed, so the epoch's snapshot holds only what trains.
+    `keeps_best`: --keep best holds a copy of the best state so far beside the model (what can move:
+    what trains, or every parameter, and every buffer: engine/evaluation/keep.py)."""
     mu = float(cfg.proximal_mu or 0.0)
     objective = objective or Objective(cfg.label_smoothing)
 
@@ -70,6 +72,10 @@ def run_step_factory(cfg, model: torch.nn.Module, objective=None, local_rows: tu
         params = list(twin.parameters())
         # The epoch's snapshot (engine/loop/progress.py): what trains, or every parameter.
         kept = [torch.empty_like(p) for p in params if p.requires_grad or not trained_only]
+        if keeps_best:
+            params_named = {n for n, _ in twin.named_parameters()}
+            kept += [torch.empty_like(t) for n, t in twin.state_dict(keep_vars=True).items()
+                     if n not in params_named or t.requires_grad or not trained_only]
         if local_rows is not None:          # the trainer's local batch, kept for its strategy beside the joined one
             kept.append(torch.empty(local_rows, device="meta"))
         for penalty in twin_obj.penalties:
@@ -101,12 +107,12 @@ def run_step_factory(cfg, model: torch.nn.Module, objective=None, local_rows: tu
                 for hook in hooks:
                     hook.remove()
         return run, kept
-    make.key = step_key(objective, model, mu > 0, local_rows, trained_only)     # None: never kept
+    make.key = step_key(objective, model, mu > 0, local_rows, trained_only, keeps_best)     # None: never kept
     return make
 
 
 def step_key(objective, model: torch.nn.Module, proximal: bool, local_rows: tuple | None,
-             trained_only: bool = False) -> str | None:
+             trained_only: bool = False, keeps_best: bool = False) -> str | None:
     """What the counted step's bytes depend on besides the model and the shape (core/count_keys.py):
     this step's code, the objective's kind and each penalty's tensors, FedProx's copy, the local batch."""
     names = {id(p): n for n, p in model.named_parameters()}
@@ -119,4 +125,4 @@ def step_key(objective, model: torch.nn.Module, proximal: bool, local_rows: tupl
     if code is None:
         return None
     return digest(code, type(objective).__qualname__, getattr(objective, "label_smoothing", None),
-                  proximal, local_rows, trained_only, penalties)
+                  proximal, local_rows, trained_only, penalties, *(("keeps_best",) if keeps_best else ()))

@@ -100,11 +100,12 @@ class RunMemory:
         batch = min(self.trainer.eval_batch_size, largest)
         count = self.trainer.memory_counter.count_forward(batch)
         # What training keeps alive beside this pass (its bytes counted from the live tensors): the
-        # optimizer's state, the last step's gradients, the epoch's parameter copy.
+        # optimizer's state, the last step's gradients, the epoch's parameter copy, --keep best's copy.
         model, optimizer = self.trainer.model, self.trainer.optimizer
         beside = [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
         beside += [p.grad for p in model.parameters() if p.grad is not None]
         beside += [b for b in self.snapshot or [] if b is not None]     # None: a tensor the epoch did not keep
+        beside += list((self.trainer.choice.weights or {}).values())
         self.snapshot = None
         return {"memory_eval_counted_mb": mib(count.peak), "memory_eval_beside_mb": mib(nbytes(beside)),
                 "memory_eval_measured_mb": measured, "memory_process_peak_mb": self.meter.process_peak()}

@@ -35,15 +35,17 @@ REPLANS = 2                 # plans made again where planning's own growth left 
 PROBE_SAMPLES = 64          # local images whose gradients estimate what each tensor would gain
 
 
-def memory_counter(cfg: TrainConfig, model, input_shape, device: torch.device,
-                   trained_only: bool = False) -> tuple[MemoryCounter, StepShape]:
+def memory_counter(cfg: TrainConfig, model, input_shape, device: torch.device, trained_only: bool = False,
+                   keeps_best: bool | None = None) -> tuple[MemoryCounter, StepShape]:
     """A counter of the run's steps on `device` (on a CPU with its convolutions' own buffers);
-    `trained_only`: the runs' updaters fix their sets (run_step_factory)."""
+    `trained_only`: the runs' updaters fix their sets; `keeps_best`: the runs hold --keep best's copy
+    (run_step_factory; None: as a fine-tune of `cfg` does)."""
+    keeps_best = cfg.keep == "best" if keeps_best is None else keeps_best
     optimizer = partial(make_optimizer, cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     shape = StepShape(cfg.batch_size, bn_statistics="frozen" if cfg.bn_mode == "eval" else "train")
     kernels = "cpu" if torch.device(device).type == "cpu" else "none"
     return MemoryCounter(model, input_shape, optimizer, kernels=kernels,
-                         step=run_step_factory(cfg, model, trained_only=trained_only),
+                         step=run_step_factory(cfg, model, trained_only=trained_only, keeps_best=keeps_best),
                          store=CountStore()), shape
 
 
@@ -119,7 +121,7 @@ def plan_run_memory(trainer) -> MemoryPlan | None:
     replaying = trainer.replay is not None and trainer.replay.rows > 0
     local = (cfg.batch_size, *trainer.memory_counter.input_shape) if replaying else None
     trainer.memory_counter.step = run_step_factory(cfg, trainer.model, trainer.objective, local,
-                                                   trainer.updater.static_set)
+                                                   trainer.updater.static_set, trainer.choice.mode == "best")
     if cfg.memory_budget_mb is None:
         return None
     if cfg.backend != "torch":
@@ -165,6 +167,17 @@ def fixed_set(trainer) -> set[str] | None:
     """The parameter names the updater trains where its set is fixed for the run, else None."""
     updater = trainer.updater
     return set(updater.trainable(trainer.model)) if updater.static_set and hasattr(updater, "trainable") else None
+
+
+def moving_state(trainer) -> set[str] | None:
+    """The state keys a run's training can move, which --keep best copies (engine/evaluation/keep.py):
+    a fixed set's parameters and every buffer (statistics trained, re-estimated or banked), or None
+    (every key) where the set moves or another backend trains."""
+    fixed = fixed_set(trainer) if trainer.config.backend == "torch" else None
+    if fixed is None:
+        return None
+    params = {n for n, _ in trainer.model.named_parameters()}
+    return {k for k in trainer.model.state_dict() if k in fixed or k not in params}
 
 
 def trained_before_planning(trainer) -> set[str] | None:

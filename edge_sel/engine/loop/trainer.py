@@ -36,7 +36,7 @@ from edge_sel.engine.loop.progress_log import ProgressLog, image_bar, progress_b
 from edge_sel.engine.loop.schedule import lr_factor
 from edge_sel.engine.loop.scoring import ScoringPasses
 from edge_sel.engine.loop.single_rows import refuse_batches_of_one, rows_to_train, trains_batchnorm_statistics
-from edge_sel.engine.loop.step_memory import allocator_while_training, memory_counter, plan_run_memory
+from edge_sel.engine.loop.step_memory import allocator_while_training, memory_counter, moving_state, plan_run_memory
 from edge_sel.engine.loop.start import baseline_record, reset_if_forgotten
 from edge_sel.engine.loop.totals import StepTotals
 from edge_sel.engine.loop.val_size import validation_set
@@ -142,6 +142,7 @@ class Trainer:
         self.single_rows_train = not trains_batchnorm_statistics(self.model, self.backend.bn_mode)
         self.strategy.setup(self.ctx)
         self.updater.attach(self.model, self.optimizer, self.ctx)
+        self.choice.keys = moving_state(self)      # what --keep best copies: what training can move
         self.class_names = self.train_ds.class_names
         self.log = ProgressLog(self.quiet or (self.ranks is not None and not self.ranks.evaluates), cfg.epochs)
 

@@ -18,6 +18,7 @@ from edge_sel.data import Splits
 from edge_sel.device_caps import gpu_uuids
 from edge_sel.engine import faults
 from edge_sel.engine.evaluation.bn_bank import write_bank_for
+from edge_sel.engine.evaluation.keep import load_kept
 from edge_sel.engine.levers.anchors import Memory, carry_memory
 from edge_sel.engine.levers.source_pass import add_to_totals, write_pretrain_memory
 from edge_sel.engine.loop import set_gains
@@ -168,7 +169,7 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
             meter.close()
     kept_weights = trainer.choice.weights_to_load()
     if kept_weights is not None:       # the output model is the best epoch's (or the starting) weights
-        model.load_state_dict(kept_weights)
+        load_kept(model, kept_weights)
         push = getattr(trainer.backend, "load_state_dict", None)   # ort: into the session it exports from
         if push is not None:
             push({})
