@@ -18,6 +18,7 @@ import torch
 from fake_sysfs import orin_nano
 from helpers import SAME_CHOICES, records, run_cli, stable
 from edge_sel.core import temp_file
+from edge_sel.engine.loop import checkpointing
 from edge_sel.engine.loop import state as state_mod
 from edge_sel.engine.loop.state import load_state, save_state
 
@@ -151,6 +152,14 @@ def _patch_nan(monkeypatch, bad_calls):
 
 def test_nan_loss_rolls_back_and_halves_the_learning_rate(tiny_warm, reference, tmp_path, monkeypatch):
     _patch_nan(monkeypatch, lambda n: n == 10)
+    copied, real_capture = [], checkpointing.capture
+
+    def capture(trainer):       # a state save holds the CPU model's own tensors, no copy of them
+        state = real_capture(trainer)
+        live = trainer.model.state_dict()
+        copied.append(sum(state["model"][k].data_ptr() != v.data_ptr() for k, v in live.items()))
+        return state
+    monkeypatch.setattr(checkpointing, "capture", capture)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         run_cli("finetune", "--checkpoint", tiny_warm, "--out", tmp_path / "run", *FINETUNE)
@@ -168,6 +177,7 @@ def test_nan_loss_rolls_back_and_halves_the_learning_rate(tiny_warm, reference, 
     assert recs[0]["flops_train"] == reference[0]["flops_train"] + 2 * per_step
     assert recs[0]["rolled_back_s"] > 0 and recs[0]["rolled_back_j"] > 0
     assert recs[1]["rolled_back_samples"] == 0
+    assert len(copied) > 3 and set(copied) == {0}
 
 
 def test_deferred_reads_roll_back_every_step_since_the_checkpoint(tiny_warm, reference, tmp_path, monkeypatch):

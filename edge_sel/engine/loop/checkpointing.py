@@ -43,7 +43,9 @@ def capture(trainer) -> dict:
     return {
         "format": STATE_FORMAT, "step": trainer.step,
         "next_epoch": trainer.next_epoch, "progress": None if progress is None else progress.to_state(),
-        "model": {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()},
+        # The model's own tensors on a CPU (a GPU's come over): save_state streams them to the file at
+        # once, so a copy would only add the model's size to a mid-epoch save inside a budget.
+        "model": {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()},
         "optimizer": trainer.optimizer.state_dict(), "backend": backend_state() if backend_state else None,
         "strategy": trainer.strategy.state_dict(), "updater": trainer.updater.state_dict(),
         "rng": rng, "records": list(trainer.records), "scoring": dict(trainer.ledger.scoring),
