@@ -10,7 +10,8 @@ is to train less, this one is to keep less). Lean saves change two things, and n
   on a stand-in input of the right size that is never read;
 - a norm followed by an activation inside a Sequential runs as one recomputed pair: forward keeps the
   norm's input, backward runs the pair again (elementwise work) and differentiates it as autograd
-  would. BatchNorm in training mode keeps its running statistics while the pair runs again.
+  would: with frozen statistics by calling the backward kernels autograd calls, else with a second
+  autograd pass. BatchNorm in training mode keeps its running statistics while the pair runs again.
 
 Under autocast the plain step runs (its kernels read cast copies lean saves would have to keep).
 
@@ -84,6 +85,9 @@ class _RecomputedPair(torch.autograd.Function):
     def backward(ctx, grad):
         x, = ctx.saved_tensors
         wants_input, wants_params = ctx.needs_input_grad[0], ctx.needs_input_grad[3:]
+        found = _frozen_pair_backward(ctx.norm, ctx.pair.activation, x, grad, wants_input, wants_params)
+        if found is not None:
+            return (found[0], None, None, *found[1:1 + len(wants_params)])
         x = x.detach().requires_grad_(wants_input)
         params = list(ctx.norm.parameters())
         # What the second run keeps lives only while this backward runs: the outer step's hooks (the
@@ -96,15 +100,50 @@ class _RecomputedPair(torch.autograd.Function):
                 *[next(found) if want else None for want in wants_params])
 
 
+# What autograd's backward of each activation calls, given the activation's input `z`: one kernel.
+_ACTIVATION_BACKWARD = {
+    nn.ReLU6: lambda a, grad, z: torch.ops.aten.hardtanh_backward(grad, z, a.min_val, a.max_val),
+    nn.Hardtanh: lambda a, grad, z: torch.ops.aten.hardtanh_backward(grad, z, a.min_val, a.max_val),
+    nn.ReLU: lambda a, grad, z: torch.ops.aten.threshold_backward(grad, torch.relu(z), 0),
+    nn.SiLU: lambda a, grad, z: torch.ops.aten.silu_backward(grad, z),
+    nn.Hardswish: lambda a, grad, z: torch.ops.aten.hardswish_backward(grad, z),
+    nn.GELU: lambda a, grad, z: torch.ops.aten.gelu_backward(grad, z, approximate=a.approximate),
+}
+
+
+def _frozen_pair_backward(norm: nn.Module, activation: nn.Module, x, grad, wants_input: bool, wants_params):
+    """The pair's gradients where the norm's statistics are frozen (eval mode) and the activation is one
+    of _ACTIVATION_BACKWARD: the kernels autograd's own backward calls, on the tensors it would have
+    saved, without a second autograd pass (in micro-batches of one image that pass cost as much as the
+    pair's arithmetic: Lite0's lean step took 1.64x a plain one). None where this does not apply."""
+    backward = _ACTIVATION_BACKWARD.get(type(activation))
+    if backward is None or norm.training or norm.running_mean is None:
+        return None
+    mask = [wants_input, *(list(wants_params) + [False, False])[:2]]
+    with torch.no_grad():
+        z, mean, invstd = torch.ops.aten.native_batch_norm(x, norm.weight, norm.bias, norm.running_mean,
+                                                           norm.running_var, False, 0.0, norm.eps)
+        found = torch.ops.aten.native_batch_norm_backward(backward(activation, grad, z), x, norm.weight,
+                                                          norm.running_mean, norm.running_var, mean, invstd,
+                                                          False, norm.eps, mask)
+    return tuple(t if want else None for t, want in zip(found, mask))
+
+
+class _Pair:
+    """A norm's forward, then its activation's (as built: taken before lean saves replace it)."""
+
+    def __init__(self, norm_forward, activation: nn.Module):
+        self.norm_forward, self.activation, self.activation_forward = norm_forward, activation, activation.forward
+
+    def __call__(self, x):
+        return self.activation_forward(self.norm_forward(x))
+
+
 def _pair_forward(norm: nn.Module, pair, x):
     if (not torch.is_grad_enabled() or _autocast(x)
             or not (x.requires_grad or any(p.requires_grad for p in norm.parameters()))):
         return pair(x)
     return _RecomputedPair.apply(x, pair, norm, *norm.parameters())
-
-
-def _run_pair(norm_forward, activation_forward, x):
-    return activation_forward(norm_forward(x))
 
 
 def _autocast(x: torch.Tensor) -> bool:
@@ -129,7 +168,7 @@ def set_lean(model: nn.Module, on: bool) -> None:
             for norm, activation in zip(children, children[1:]):
                 if isinstance(norm, nn.modules.batchnorm._BatchNorm) and isinstance(activation, ACTIVATIONS) \
                         and "forward" not in norm.__dict__ and "forward" not in activation.__dict__:
-                    norm.forward = partial(_pair_forward, norm, partial(_run_pair, norm.forward, activation.forward))
+                    norm.forward = partial(_pair_forward, norm, _Pair(norm.forward, activation))
                     activation.forward = _identity
                     norm.__dict__[_LEAN] = ["forward"]
                     activation.__dict__[_LEAN] = ["forward"]
