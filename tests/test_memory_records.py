@@ -4,13 +4,16 @@ allocated bytes on CUDA, here through an injected fake)."""
 
 import mmap
 import json
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
 from edge_sel.config import TrainConfig
 from edge_sel.core.memory import MiB, StepShape
-from edge_sel.engine.loop.memory_records import count_fields
+from edge_sel.data.dataset import IndexedDataset
+from edge_sel.engine.loop.memory_records import RunMemory, count_fields
 from edge_sel.engine.loop.step_memory import memory_counter
 from edge_sel.engine.machine.peak_memory import PeakMeter
 from edge_sel.engine.runs.data_options import DataOptions
@@ -125,6 +128,29 @@ def test_resident_peaks_nest_and_say_their_method(tmp_path):
     assert PeakMeter("cpu", clear_refs=str(unwritable)).method == "rss-hwm-lifetime"
     none = PeakMeter("cpu", status=str(tmp_path / "none"))
     assert none.method == "unavailable" and none.begin() is None and none.end(None) is None
+
+
+def test_images_mapped_from_the_decoded_cache_are_resident_before_a_window_reads_them(tmp_path):
+    """A 24 MiB image file mapped as the decoded-image cache maps it (copy-on-write, data/folder.py):
+    read by a window, its pages measured as that window's growth (a CLI run's full test set: 30 MiB in
+    every peak after the start's evaluation); faulted in with the level, a window that reads every
+    image measures none of them."""
+    path = tmp_path / "images"
+    path.write_bytes(bytes(range(256)) * (24 * MiB // 256))
+
+    def window_reading_all(faulted: bool) -> float:
+        images = torch.from_numpy(np.memmap(path, dtype=np.uint8, mode="c", shape=(24 * MiB // 3072, 3, 32, 32)))
+        if faulted:     # as a run's level before training is taken, its test set the mapped images
+            test = IndexedDataset(images, torch.zeros(len(images), dtype=torch.long),
+                                  torch.arange(len(images)), ["a"])
+            RunMemory(SimpleNamespace(device=torch.device("cpu"), train_ds=None, val_ds=None, val_eval_ds=None,
+                                      test_ds=test, clean_test_ds=None))
+        meter = PeakMeter("cpu")
+        window = meter.begin()
+        assert int(images.max()) == 255        # an evaluation reads every image
+        return meter.end(window)
+    assert window_reading_all(False) > 20
+    assert window_reading_all(True) < 2
 
 
 class FakeCuda:

@@ -11,7 +11,7 @@ import torch
 
 from edge_sel.core.memory import MiB, MemoryCount, nbytes
 from edge_sel.engine.machine.memory_plan import MemoryPlan
-from edge_sel.engine.machine.peak_memory import PeakMeter, release_free_heap
+from edge_sel.engine.machine.peak_memory import PeakMeter, fault_in, release_free_heap
 
 # MemoryCount's parts, as record fields.
 PARTS = ("weights", "optimizer", "batch", "kept", "activations", "gradients", "transient", "workspace", "saved")
@@ -40,13 +40,15 @@ class RunMemory:
             # Free pages the C allocator kept from earlier work in this process (another run, a
             # probe) go back first: training reusing them would measure no growth over the base.
             release_free_heap()
+        sets = [trainer.train_ds, trainer.val_ds, trainer.val_eval_ds, trainer.test_ds, trainer.clean_test_ds]
+        data = [t for ds in sets if ds is not None for t in (ds.images, ds.labels, ds.index)]
+        fault_in(data)      # the data is part of the level, however much of it a window reads
         # Just before training (the model, its data and the probes' leftovers in place): every
         # window's peak is measured over this level.
         self.base = self.meter.level()
         self.window = None
         self.snapshot = None
-        sets = [trainer.train_ds, trainer.val_ds, trainer.val_eval_ds, trainer.test_ds, trainer.clean_test_ds]
-        self.data_bytes = nbytes([t for ds in sets if ds is not None for t in (ds.images, ds.labels, ds.index)])
+        self.data_bytes = nbytes(data)
 
     def begin_epoch(self) -> None:
         """The epoch's measured window opens (once: a window left open by a rollback is kept)."""
