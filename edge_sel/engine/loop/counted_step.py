@@ -4,8 +4,9 @@ with its label smoothing and every penalty on the twin's weights), its BatchNorm
 micro-batches, and FedProx's pull before the optimizer's step; beside it, what the run keeps while
 it trains: the epoch's parameter snapshot (params_updated_frac), the penalties' Fisher weights and
 source anchors (every parameter that has them, frozen ones too), FedProx's copy of the round's
-weights, --keep best's copy of the best state so far. The rows are the step's: the batch and its replayed anchors (engine/loop/step_memory.py), and
-beside them the local batch the trainer keeps for its strategy.
+weights, --keep best's copy of the best state so far. The rows are the step's: the batch and its
+replayed anchors (engine/loop/step_memory.py), and beside them the local batch the trainer keeps for
+its strategy.
 
 An updater's own per-step tensors are not run on the twin: the updaters a budget allows keep none
 (`--sparsity mask`, whose guilt mask copies weights and optimizer state every step, is refused under a
