@@ -174,9 +174,9 @@ def moving_state(trainer) -> set[str] | None:
     a fixed set's parameters and every buffer (statistics trained, re-estimated or banked), or None
     (every key) where the set moves or another backend trains."""
     fixed = fixed_set(trainer) if trainer.config.backend == "torch" else None
-    if fixed is None:
-        return None
     params = {n for n, _ in trainer.model.named_parameters()}
+    if fixed is None or not fixed <= params:        # a set named otherwise than the model's keys: all
+        return None
     return {k for k in trainer.model.state_dict() if k in fixed or k not in params}
 
 
