@@ -36,13 +36,13 @@ class RunMemory:
     def __init__(self, trainer):
         self.trainer = trainer
         self.meter = PeakMeter(trainer.device)
+        sets = [trainer.train_ds, trainer.val_ds, trainer.val_eval_ds, trainer.test_ds, trainer.clean_test_ds]
+        data = [t for ds in sets if ds is not None for t in (ds.images, ds.labels, ds.index)]
         if self.meter.method.startswith("rss"):
             # Free pages the C allocator kept from earlier work in this process (another run, a
             # probe) go back first: training reusing them would measure no growth over the base.
             release_free_heap()
-        sets = [trainer.train_ds, trainer.val_ds, trainer.val_eval_ds, trainer.test_ds, trainer.clean_test_ds]
-        data = [t for ds in sets if ds is not None for t in (ds.images, ds.labels, ds.index)]
-        fault_in(data)      # the data is part of the level, however much of it a window reads
+            fault_in(data)      # the data is part of the level, however much of it a window reads
         # Just before training (the model, its data and the probes' leftovers in place): every
         # window's peak is measured over this level.
         self.base = self.meter.level()

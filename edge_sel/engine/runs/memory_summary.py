@@ -21,8 +21,8 @@ INCLUDES = {
                    "first step); cuda-allocated: torch's max_memory_allocated on the training device",
     "eval_measured_mb": "the same for the evaluation passes",
     "eval_beside_mb": "what training keeps alive beside an evaluation pass (the optimizer's state, the last step's "
-                      "gradients, the epoch's parameter copy, --keep best's copy), counted from the live tensors: eval_measured_mb grows "
-                      "over the level before training by this and the pass's own count",
+                      "gradients, the epoch's parameter copy, --keep best's copy), counted from the live tensors: "
+                      "eval_measured_mb grows over the level before training by this and the pass's own count",
     "process_peak_mb": "the process's own resident high-water mark from its start to the last record (Python, "
                        "torch, the data, every pass; rss-hwm), or the most bytes allocated on a CUDA device",
     "budget_mb": "--memory-budget (MiB): what the plan fitted the training step's count in",
