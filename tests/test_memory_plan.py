@@ -16,7 +16,7 @@ from edge_sel.data import Batch
 from edge_sel.data.dataset import IndexedDataset
 from edge_sel.config import TrainConfig
 from edge_sel.engine.loop import step_memory
-from edge_sel.engine.machine import peak_memory
+from edge_sel.engine.machine import cuda_workspace, peak_memory
 from edge_sel.engine.loop.step_memory import forward_batch_that_fits, memory_counter
 from edge_sel.engine.machine.memory_plan import (MIN_CHUNK_FOR_EVERYTHING, RESERVE, MemoryPlan, plan_memory,
                                                  smallest_budget, spent_after_planning, usable)
@@ -147,8 +147,15 @@ def test_a_budgeted_run_plans_records_and_resumes_with_its_plan(tiny_warm, tmp_p
                         real=step_memory.warm_kernels: warmed.append((trainable, shape)) or real(trainer, trainable, shape))
     from edge_sel.engine.runs.data_options import DataOptions
     monkeypatch.setattr(DataOptions, "load", lambda self, real=DataOptions.load: calls.append("data") or real(self))
+    # cuBLAS's workspaces are asked small before the run's first pass (as on a GPU: this CPU run's own
+    # answer is None), and the setting is the plan's note.
+    workspaces = []
+    monkeypatch.setattr(cuda_workspace, "small_for_budget", lambda device, budget, real=cuda_workspace.small_for_budget:
+                        workspaces.append((device.type, budget, len(warmed), real(device, budget)))
+                        or real("cuda", budget, {}))
     code, _ = run_main([*argv, "--out", tmp_path / "whole"], capsys)
     assert code == 0
+    assert workspaces == [("cpu", 9, 0, None)]
     # Blocks of 64 KiB and more are mapped from before the data is decoded: the decode's large buffers
     # left free space in the heap that later passes reused and kept resident (Lite0 under 123.9 MiB:
     # 83-153 MiB measured for one plan repeated, 84 once set before the decode).
@@ -162,6 +169,8 @@ def test_a_budgeted_run_plans_records_and_resumes_with_its_plan(tiny_warm, tmp_p
     whole = json.loads((tmp_path / "whole" / "config.json").read_text())
     plan = whole["memory_plan"]
     assert plan["budget_mb"] == 9 and plan["counted"]["peak_mb"] <= 9 < plan["asked_mb"]
+    assert plan["notes"][-1] == "cuBLAS workspaces CUBLAS_WORKSPACE_CONFIG=:16:8, set for the budget " \
+                                "(unset, 32 MiB a workspace on some GPUs)"
     assert plan["gains"]["source"].startswith("none")
     # Kernels are loaded for what can train before the plan (the classifier: every plan that fits trains
     # it), never for every parameter (Lite0 at 1/10: 6 MiB more, after which no step fitted); then for
@@ -204,7 +213,7 @@ def test_a_budgeted_run_plans_records_and_resumes_with_its_plan(tiny_warm, tmp_p
     timed = lambda p: {**p, "notes": [n.split("; estimated run")[0] for n in p["notes"]],
                        "gains": {k: v for k, v in p["gains"].items()
                                  if k not in ("wall_s", "cost_probe", "trial", "run_estimate")}}
-    assert timed(config["memory_plan"]) == timed(plan)
+    assert timed(config["memory_plan"]) == timed({**plan, "notes": plan["notes"][:-1]})    # a CPU's: no cuBLAS note
     config["memory_plan"]["notes"] = ["kept from the run's start"]
     (out / "config.json").write_text(json.dumps(config))
     code, _ = run_main(["finetune", "--resume", out, "--quiet"], capsys)
@@ -345,6 +354,22 @@ def test_batchnorm_re_estimation_runs_in_a_batch_the_budget_fits(tiny_warm, tmp_
     (record,) = records(tmp_path / "x")
     assert record["bn_adapt_samples"] > 32
     assert record["memory_bn_adapt_counted_mb"] * MiB <= usable(7)
+
+
+def test_a_budgeted_cuda_run_asks_small_cublas_workspaces_unless_the_environment_names_them():
+    # Unset, torch gives each cuBLAS handle 32 MiB on an H200 and a run's forward and backward threads one
+    # each: 65.0 MiB of Lite0's growth before its first step, 0.4 MiB with ":16:8" (benchmarks/cuda_workspace.py).
+    environ = {}
+    assert cuda_workspace.small_for_budget(torch.device("cuda"), 84.7, environ).startswith(
+        "cuBLAS workspaces CUBLAS_WORKSPACE_CONFIG=:16:8, set for the budget")
+    assert environ == {"CUBLAS_WORKSPACE_CONFIG": ":16:8"}
+    mine = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+    assert cuda_workspace.small_for_budget("cuda:1", 84.7, mine) == \
+        "cuBLAS workspaces CUBLAS_WORKSPACE_CONFIG=:4096:8, the environment's"
+    assert mine == {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+    for device, budget in (("cuda", None), ("cpu", 84.7), ("mps", 84.7)):
+        untouched = {}
+        assert cuda_workspace.small_for_budget(device, budget, untouched) is None and untouched == {}
 
 
 @pytest.mark.parametrize("budget,warm,grown,spent", [(123.941, 21.0, 40.0, 21.0), (123.941, 21.0, 50.0, 25.2118),

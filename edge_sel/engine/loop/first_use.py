@@ -68,10 +68,10 @@ def warm_kernels(trainer, trainable: set[str] | None = None, shape: StepShape | 
 def grown_mb(trainer) -> float:
     """MiB the run's memory grew over its level before training, measured: on a CPU the process's
     resident size (rss) after glibc's free pages go back; on a GPU what torch's CUDA allocator holds
-    (cuda-allocated), which keeps what the first passes left for the process, cuBLAS's workspaces the
-    likely part (Lite0 at 128 px on an H100: every run's measured peak 50-85 MiB over its count). 0 where
-    nothing is measured. EDGE_SEL_PROCESS_GROWTH_MB gives it instead (a device whose growth is known;
-    runs whose plans must not depend on what ran before)."""
+    (cuda-allocated), which keeps what the first passes left for the process: cuBLAS's workspaces (Lite0
+    at 128 px on an H200, 65.0 MiB at torch's default size; a budgeted run asks them small,
+    engine/machine/cuda_workspace.py). 0 where nothing is measured. EDGE_SEL_PROCESS_GROWTH_MB gives it
+    instead (a device whose growth is known; runs whose plans must not depend on what ran before)."""
     given = os.environ.get(GIVEN)
     if given:
         return float(given)

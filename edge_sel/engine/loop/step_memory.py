@@ -159,6 +159,7 @@ def plan_run_memory(trainer) -> MemoryPlan | None:
         grown = grown_mb(trainer)
         plan.grown_mb = round(grown, 3)
         refuse_what_cannot_hold(trainer, plan, grown)
+        plan.notes += [trainer.cuda_workspaces] if getattr(trainer, "cuda_workspaces", None) else []
         cfg.memory_plan = plan.to_json()
     return apply_plan(trainer, plan)
 

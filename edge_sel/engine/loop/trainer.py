@@ -40,6 +40,7 @@ from edge_sel.engine.loop.step_memory import allocator_while_training, memory_co
 from edge_sel.engine.loop.start import baseline_record, reset_if_forgotten
 from edge_sel.engine.loop.totals import StepTotals
 from edge_sel.engine.loop.val_size import validation_set
+from edge_sel.engine.machine import cuda_workspace
 from edge_sel.engine.machine.precision import autocast
 from edge_sel.engine.machine.run_choices import run_layout, run_precision
 from edge_sel.methods import RunContext, Strategy, Updater
@@ -75,15 +76,14 @@ class Trainer:
         self.budget = RunBudget(self.budget_j, cfg.time_budget_s)     # the probes and plan below are the run's time
         refuse_batches_of_one(cfg.batch_size, self.model, cfg.bn_mode)
         getattr(self.updater, "prepare", lambda *_: None)(self.model, self.splits.train.input_shape)  # lite residuals
+        self.cuda_workspaces = cuda_workspace.small_for_budget(self.device, cfg.memory_budget_mb)  # before a GPU pass
         self.model.to(self.device)
-        self.train_ds = self.splits.train.to(self.device)
-        self.val_ds = self.splits.val.to(self.device)
+        self.train_ds, self.val_ds = self.splits.train.to(self.device), self.splits.val.to(self.device)
         # --val-subset N, or N sized for a device (val_share): kept in the config, as what ran.
         self.val_eval_ds, self.val_size_choice = validation_set(cfg, self.phase, self.train_ds, self.val_ds, self.model,
                                                                 self.memory)
         self.test_ds = self.splits.test.to(self.device)
-        clean = self.splits.test_clean
-        self.clean_test_ds = None if clean is None else clean.to(self.device)
+        self.clean_test_ds = None if self.splits.test_clean is None else self.splits.test_clean.to(self.device)
         self.layout = run_layout(cfg, self.model, self.train_ds, max(len(self.val_eval_ds), len(self.test_ds), 1),
                                  self.device, self._trains())
         self.memory_format = self.layout.format
