@@ -1,6 +1,9 @@
 """Counts kept on the device between runs are read back only for the step they were made for."""
 
+import copy
 from functools import partial
+
+import torch
 
 from edge_sel.backends.torch_backend import make_optimizer
 from edge_sel.config import TrainConfig
@@ -39,6 +42,10 @@ def test_a_count_is_read_back_only_where_nothing_it_depends_on_changed(tmp_path)
     whole = counter(tmp_path, model)
     assert whole.count(StepShape(8, 0, (), "frozen"), everything).activations > made[0].activations
     assert whole.counts_read == 0
+    # The layout decides the convolutions' own buffers (core/kernel_workspace.py): a channels-last
+    # model's count is its own (it read a contiguous one's back, with their blocked copies in it).
+    last = counter(tmp_path, copy.deepcopy(model).to(memory_format=torch.channels_last))
+    assert last.count(SHAPE, everything).workspace < made[0].workspace and last.counts_read == 0
     # A factory whose settings cannot be read keeps nothing; a damaged file is counted again.
     size = (tmp_path / "counts.json").stat().st_size
     plain = MemoryCounter(model, [3, 16, 16], lambda ps: make_optimizer("sgd", ps, 0.5, 0.0, 0.0), kernels="cpu",

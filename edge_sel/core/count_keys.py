@@ -2,9 +2,9 @@
 (engine/machine/count_store.py) must be the count the counter would make now.
 
 A count is a function of the meta twin's structure (every module's type and name, every parameter's
-and buffer's shape and dtype), the code that runs it (the twin's module classes outside torch, the
-counter and the step's own files), the input's shape, the optimizer's kind and settings, the
-kernels' rule and its thread count, and torch's version. Anything not named here that could change a
+and buffer's shape, dtype and strides: the layout), the code that runs it (the twin's module classes
+outside torch, the counter and the step's own files), the input's shape, the optimizer's kind and
+settings, the kernels' rule and its thread count, and torch's version. Anything not named here that could change a
 count (a factory that is not a `functools.partial`, a step without a key) gives no key: the count is
 made, not read; so is a count of a model whose classes' source cannot be read (a class defined in
 `__main__` run from a string, or in a compiled module).
@@ -59,8 +59,9 @@ def structure_key(twin: nn.Module) -> str | None:
     """The twin's modules, parameters and buffers, and the files its module classes come from (None
     where a class's source cannot be read)."""
     parts = [f"{name}:{type(m).__module__}.{type(m).__qualname__}" for name, m in twin.named_modules()]
-    parts += [f"p {n}:{tuple(p.shape)}:{p.dtype}" for n, p in twin.named_parameters()]
-    parts += [f"b {n}:{tuple(b.shape)}:{b.dtype}" for n, b in twin.named_buffers()]
+    # Strides too: a channels-last model's convolutions keep no blocked copies (core/kernel_workspace.py).
+    parts += [f"p {n}:{tuple(p.shape)}:{p.dtype}:{p.stride()}" for n, p in twin.named_parameters()]
+    parts += [f"b {n}:{tuple(b.shape)}:{b.dtype}:{b.stride()}" for n, b in twin.named_buffers()]
     own = {type(m).__module__ for m in twin.modules() if not type(m).__module__.startswith("torch")}
     code = source_digest(own)
     return None if code is None else digest(*parts, code)
