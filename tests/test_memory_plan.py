@@ -2,6 +2,7 @@
 that update as the whole batch does, the plan kept by a resume, a budget nothing fits, a profile's."""
 
 import json
+from dataclasses import replace
 import subprocess
 import sys
 
@@ -396,11 +397,16 @@ def test_a_shape_is_searched_without_counting_shapes_that_cannot_fit():
     budget = (c.count(every).peak + c.count(StepShape(64, 8, (), "frozen", lean=True)).peak) // 2 / MiB / (1 - RESERVE)
     fresh = MemoryCounter(model, [3, 32, 32], c.optimizer_factory, kernels="cpu")
     plan = plan_memory(fresh, model, 64, budget)
-    assert plan.shape() == every and plan.lean
+    # The fewest leading blocks recomputed that fit, not all of them (each recomputed block is another
+    # forward of it in every backward).
+    fewest = next(k for k in range(1, len(blocks) + 1)
+                  if c.count(replace(every, recompute=blocks[:k])).peak <= usable(budget))
+    assert 0 < fewest < len(blocks) and plan.shape() == replace(every, recompute=blocks[:fewest]) and plan.lean
+    assert f"{fewest} of {len(blocks)} blocks recomputed in backward" in plan.notes
     # The whole batch, with lean saves, with every block recomputed, micro-batches of 32 and 16 with
-    # every block recomputed, then 8 with and without: the old search counted 10 (each prefix of
-    # recomputed blocks too).
-    assert fresh.counts_made == 7
+    # every block recomputed, then 8 with and without; then, since only with fit, two of the three
+    # prefixes between by bisection.
+    assert fresh.counts_made == 7 + 2
     for shape in (StepShape(64), StepShape(64, 16, lean=True), StepShape(64, 0, blocks[:1], lean=True),
                   StepShape(64, 8, (), "frozen", lean=True)):
         assert c.count(shape).peak > usable(budget)

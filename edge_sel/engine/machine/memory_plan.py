@@ -12,8 +12,8 @@ pairs run again in backward; the same gradients to the bit, a few % more time):
 2. the whole batch;
 3. blocks recomputed in backward (torch.utils.checkpoint), the earliest first: one more forward of a
    block for the activations it would keep (counted in the step's FLOPs);
-4. micro-batches with gradient accumulation (halving), without and then with every block recomputed:
-   the update is the whole batch's; a step's rows split near-evenly (core/micro_batches.py). BatchNorm
+4. micro-batches with gradient accumulation (halving), without and then with the fewest of the
+   earliest blocks recomputed (where every block recomputed fits): the update is the whole batch's; a step's rows split near-evenly (core/micro_batches.py). BatchNorm
    layers train their statistics on a micro-batch only where every micro-batch of every step holds
    at least MIN_STATISTICS images; else the plan freezes them (the running statistics normalise, the
    scale and shift still train) and says so in its line and in each record (`memory_bn_statistics`).
@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from edge_sel.core.memory import MiB, MemoryCount, MemoryCounter, StepShape
 from edge_sel.core.micro_batches import fewest_images
+from edge_sel.core.words import plural
 from edge_sel.errors import InputError
 from edge_sel.methods.update.fixed_sets import bias_norm_names, classifier_names
 from edge_sel.models.blocks import named_blocks
@@ -142,7 +143,7 @@ class MemoryPlan:
         if self.lean:
             parts.append("frozen convolutions keep no input and norm-activation pairs run again in backward")
         if self.recompute:
-            parts.append(f"{len(self.recompute)} blocks recomputed")
+            parts.append(f"{plural(len(self.recompute), 'block')} recomputed")
         if self.trainable is not None:
             parts.append(f"{len(self.trainable)} tensors chosen to train")
         return "memory plan: " + ", ".join(parts) + f" (as asked: {self.asked_mb:.1f} MiB)"
@@ -151,6 +152,37 @@ class MemoryPlan:
 def _fits(counter: MemoryCounter, shape: StepShape, trainable, budget: int) -> MemoryCount | None:
     count = counter.count(shape, trainable)
     return count if count.peak <= budget else None
+
+
+def _fewest_recomputed(counter: MemoryCounter, base: StepShape, blocks: list[str], trainable, budget: int,
+                       tried_without: bool = False) -> tuple[StepShape, MemoryCount] | None:
+    """`base` with the fewest of its first blocks recomputed that fits (the earliest keep the largest
+    activations), or None. Every block recomputed is counted first: where that does not fit, fewer do
+    not, and nothing else is counted. Then none (unless `tried_without`), then the fewest by
+    bisection: at 1/10 of Lite0's full FT peak, 0.1 MiB more growth before the first step had the
+    plan recompute all 18 blocks, 1.5x the step's FLOPs, where fewer fit."""
+    every = replace(base, recompute=tuple(blocks))
+    count = _fits(counter, every, trainable, budget) if blocks else None
+    if count is None:
+        return None if blocks or tried_without else _fitted(counter, base, trainable, budget)
+    if not tried_without and (without := _fits(counter, base, trainable, budget)) is not None:
+        return base, without
+    found = every, count
+    lo, hi = 1, len(blocks) - 1
+    while lo <= hi:
+        k = (lo + hi) // 2
+        shape = replace(base, recompute=tuple(blocks[:k]))
+        count = _fits(counter, shape, trainable, budget)
+        if count is None:
+            lo = k + 1
+        else:
+            found, hi = (shape, count), k - 1
+    return found
+
+
+def _fitted(counter: MemoryCounter, shape: StepShape, trainable, budget: int) -> tuple[StepShape, MemoryCount] | None:
+    count = _fits(counter, shape, trainable, budget)
+    return None if count is None else (shape, count)
 
 
 def smallest_budget(counter: MemoryCounter, model, trainable=None, batch_size: int = 1, spent_mb: float = 0.0) -> float:
@@ -181,22 +213,10 @@ def fit_shape(counter: MemoryCounter, model, batch_size: int, budget: int, train
     if count is not None:
         return base, count, [LEAN_NOTE]
     blocks = [name for name, _ in named_blocks(model)[:-1]]
-    # Recomputing the first k blocks (the earliest keep the largest activations): the fewest that fit,
-    # by bisection, where all of them fit.
-    every = replace(base, recompute=tuple(blocks))
-    count = _fits(counter, every, trainable, budget) if blocks else None
-    if count is not None:
-        found = every, count, [LEAN_NOTE, f"{len(blocks)} of {len(blocks)} blocks recomputed in backward"]
-        lo, hi = 1, len(blocks) - 1
-        while lo <= hi:
-            k = (lo + hi) // 2
-            shape = replace(base, recompute=tuple(blocks[:k]))
-            count = _fits(counter, shape, trainable, budget)
-            if count is None:
-                lo = k + 1
-            else:
-                found, hi = (shape, count, [LEAN_NOTE, f"{k} of {len(blocks)} blocks recomputed in backward"]), k - 1
-        return found
+    found = _fewest_recomputed(counter, base, blocks, trainable, budget, tried_without=True)
+    if found is not None:
+        shape, count = found
+        return shape, count, [LEAN_NOTE, f"{len(shape.recompute)} of {len(blocks)} blocks recomputed in backward"]
     micro = batch_size
     while micro > 1 and (micro + 1) // 2 >= smallest_micro:
         micro = (micro + 1) // 2
@@ -205,19 +225,13 @@ def fit_shape(counter: MemoryCounter, model, batch_size: int, budget: int, train
             return None             # smaller micro-batches hold fewer images still
         frozen = bn_statistics == "frozen" or fewest < MIN_STATISTICS
         statistics = "frozen" if frozen else "train"
-        # Every block recomputed first: where that does not fit, the same micro-batch without does not.
-        fitted = None
-        for recompute in ((tuple(blocks), ()) if blocks else ((),)):
-            shape = StepShape(batch_size, micro, recompute, statistics, True)
-            count = _fits(counter, shape, trainable, budget)
-            if count is None:
-                break
-            fitted = shape, count
+        fitted = _fewest_recomputed(counter, StepShape(batch_size, micro, (), statistics, True), blocks,
+                                    trainable, budget)
         if fitted is not None:
             shape, count = fitted
             notes = [LEAN_NOTE, f"micro-batches of {micro}, gradients accumulated over the batch of {batch_size}"]
             if shape.recompute:
-                notes.append(f"every block ({len(blocks)}) recomputed in backward")
+                notes.append(f"{len(shape.recompute)} of {len(blocks)} blocks recomputed in backward")
             if frozen and bn_statistics != "frozen":
                 notes.append(f"BatchNorm statistics frozen: a micro-batch holds as few as {fewest} images, "
                              f"fewer than {MIN_STATISTICS} (the running statistics normalise; scale and shift train)")
