@@ -4,10 +4,10 @@
 A count is a function of the meta twin's structure (every module's type and name, every parameter's
 and buffer's shape, dtype and strides: the layout), the code that runs it (the twin's module classes
 outside torch, the counter and the step's own files), the input's shape, the optimizer's kind and
-settings, the kernels' rule and its thread count, and torch's version. Anything not named here that could change a
-count (a factory that is not a `functools.partial`, a step without a key) gives no key: the count is
-made, not read; so is a count of a model whose classes' source cannot be read (a class defined in
-`__main__` run from a string, or in a compiled module).
+settings, the kernels' rule and its thread count, and torch's version. Anything not named here that
+could change a count (a factory that is not a `functools.partial`, a step without a key) gives no
+key: the count is made, not read; so is a count of a model whose classes' source cannot be read (a
+class defined in `__main__` run from a string, or in a compiled module).
 """
 
 from __future__ import annotations

@@ -13,10 +13,11 @@ pairs run again in backward; the same gradients to the bit, a few % more time):
 3. blocks recomputed in backward (torch.utils.checkpoint), the earliest first: one more forward of a
    block for the activations it would keep (counted in the step's FLOPs);
 4. micro-batches with gradient accumulation (halving), without and then with the fewest of the
-   earliest blocks recomputed (where every block recomputed fits): the update is the whole batch's; a step's rows split near-evenly (core/micro_batches.py). BatchNorm
-   layers train their statistics on a micro-batch only where every micro-batch of every step holds
-   at least MIN_STATISTICS images; else the plan freezes them (the running statistics normalise, the
-   scale and shift still train) and says so in its line and in each record (`memory_bn_statistics`).
+   earliest blocks recomputed (where every block recomputed fits): the update is the whole batch's;
+   a step's rows split near-evenly (core/micro_batches.py). BatchNorm layers train their statistics
+   on a micro-batch only where every micro-batch of every step holds at least MIN_STATISTICS images;
+   else the plan freezes them (the running statistics normalise, the scale and shift still train)
+   and says so in its line and in each record (`memory_bn_statistics`).
 
 The plan counts a step at the most rows one can carry (most_rows): the batch, a trailing sample the
 loader merges into the batch before it, a row a gate left waiting for the next step, and the rows
