@@ -162,10 +162,13 @@ def _fewest_recomputed(counter: MemoryCounter, base: StepShape, blocks: list[str
     not, and nothing else is counted. Then none (unless `tried_without`), then the fewest by
     bisection: at 1/10 of Lite0's full FT peak, 0.1 MiB more growth before the first step had the
     plan recompute all 18 blocks, 1.5x the step's FLOPs, where fewer fit."""
+    if not blocks:
+        count = None if tried_without else _fits(counter, base, trainable, budget)
+        return None if count is None else (base, count)
     every = replace(base, recompute=tuple(blocks))
-    count = _fits(counter, every, trainable, budget) if blocks else None
+    count = _fits(counter, every, trainable, budget)
     if count is None:
-        return None if blocks or tried_without else _fitted(counter, base, trainable, budget)
+        return None
     if not tried_without and (without := _fits(counter, base, trainable, budget)) is not None:
         return base, without
     found = every, count
@@ -179,11 +182,6 @@ def _fewest_recomputed(counter: MemoryCounter, base: StepShape, blocks: list[str
         else:
             found, hi = (shape, count), k - 1
     return found
-
-
-def _fitted(counter: MemoryCounter, shape: StepShape, trainable, budget: int) -> tuple[StepShape, MemoryCount] | None:
-    count = _fits(counter, shape, trainable, budget)
-    return None if count is None else (shape, count)
 
 
 def smallest_budget(counter: MemoryCounter, model, trainable=None, batch_size: int = 1, spent_mb: float = 0.0) -> float:
