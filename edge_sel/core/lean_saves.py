@@ -85,9 +85,9 @@ class _RecomputedPair(torch.autograd.Function):
     def backward(ctx, grad):
         x, = ctx.saved_tensors
         wants_input, wants_params = ctx.needs_input_grad[0], ctx.needs_input_grad[3:]
-        found = _frozen_pair_backward(ctx.norm, ctx.pair.activation, x, grad, wants_input, wants_params)
-        if found is not None:
-            return (found[0], None, None, *found[1:1 + len(wants_params)])
+        frozen = _frozen_pair_backward(ctx.norm, ctx.pair.activation, x, grad, wants_input, wants_params)
+        if frozen is not None:
+            return (frozen[0], None, None, *frozen[1:1 + len(wants_params)])
         x = x.detach().requires_grad_(wants_input)
         params = list(ctx.norm.parameters())
         # What the second run keeps lives only while this backward runs: the outer step's hooks (the
