@@ -114,7 +114,8 @@ SPEED = [
     option("--eval-test", type=click.Choice(EVAL_TEST), default="end", show_default=True,
            help="Test set after the last epoch only, or after every validation."),
     option("--val-subset", type=COUNT, default=0, show_default=True,
-           help="Validate on N samples of the validation split (0: all of it)."),
+           help="Validate on N samples of the validation split (0: all of it; not given under a "
+                "budget: as many as a fifth of the counted compute affords, at least 300)."),
     option("--sync-every", type=COUNT, default=0, show_default=True,
            help="Steps between host reads of loss sums (0: 1 on CPU, 32 on a GPU)."),
     option("--compile", "compile_model", is_flag=True,

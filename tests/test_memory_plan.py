@@ -193,6 +193,10 @@ def test_a_budgeted_run_plans_records_and_resumes_with_its_plan(tiny_warm, tmp_p
     batch = whole["eval_batch_size"]
     assert c.count_forward(batch).peak + kept <= usable(9) < c.count_forward(2 * batch).peak + kept
     assert summary(tmp_path / "whole")["config"]["sparsity"] == "budget"
+    # Its best epoch is chosen on validation sized as a fifth of its counted compute affords, never
+    # under the floor nor over the split (this split is under the floor: whole); a resume keeps the draw.
+    sized = summary(tmp_path / "whole")["validation_size"]
+    assert whole["val_share"] == 0.2 and whole["val_subset"] == sized["val_subset"] == min(sized["of"], 300)
     # What the plan chose, exported as an ONNX Runtime artifact scheme.
     pytest.importorskip("onnxruntime.training")
     code, err = run_main(["export", "--checkpoint", tmp_path / "whole", "--out", tmp_path / "art", "--scheme",
@@ -343,6 +347,23 @@ def test_the_plan_says_mib_what_it_bounds_and_a_cut_evaluation_batch(tiny_warm, 
     assert "MiB resident before training (measured" in line and " steps counted" in line
     (closing,) = [x for x in out.splitlines() if x.startswith("memory budget 7 MiB")]
     assert "the training step counted" in closing and "within it" in closing and "peaked at" in closing
+    assert "edge-sel: note: validation sized for a budgeted run (--memory-budget): " in err
+
+
+def test_a_budgeted_run_that_keeps_its_best_epoch_sizes_its_validation():
+    """Lite0 under 1/10 of full FT's memory validated 5,000 images an epoch for a 2,000-image run at two
+    images a batch: 53% of its joules. A budget of any kind sizes validation as --preset adapt does,
+    unless the user chose its size or the run keeps its last epoch (validation then decides nothing)."""
+    from edge_sel.engine.loop.val_size import share_for_budget
+    for fields, energy, option in (({"memory_budget_mb": 40.0}, None, "--memory-budget"),
+                                   ({"time_budget_s": 60.0}, None, "--time-budget"), ({}, 500.0, "--energy-budget")):
+        cfg = TrainConfig(**fields)
+        assert share_for_budget(cfg, energy) == option and cfg.val_share == 0.2
+        assert share_for_budget(cfg, energy) is None and cfg.val_share == 0.2         # once
+    for fields in ({}, {"keep": "last"}, {"val_subset": 800}, {"val_subset": 0, "explicit": ["val_subset"]},
+                   {"val_share": 0.1}):
+        cfg = TrainConfig(**{"memory_budget_mb": 40.0, **fields} if fields else {})
+        assert share_for_budget(cfg, None) is None and cfg.val_share == fields.get("val_share", 0.0)
 
 
 def test_batchnorm_re_estimation_runs_in_a_batch_the_budget_fits(tiny_warm, tmp_path, capsys):

@@ -18,6 +18,7 @@ from edge_sel.engine.evaluation.bn_bank import make_bank
 from edge_sel.engine.levers.anchors import load_memory
 from edge_sel.engine.levers.levers import check_lever_options, check_levers_memory
 from edge_sel.engine.levers.source_pass import check_memory_options
+from edge_sel.engine.loop import val_size
 from edge_sel.engine.loop.state import NoValidState, load_state
 from edge_sel.engine.machine.device import pick_device, seed_everything
 from edge_sel.engine.machine.distributed import detect_world
@@ -175,6 +176,11 @@ def finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, out: Path, o
     """`profile`: what a device profile applied (edge_sel.profiles.apply), kept in config and summary.
     `splits`: data already loaded (the Python API's tensors), used instead of `data.load()`."""
     prepare_finetune_config(cfg, quiet)
+    budget = val_size.share_for_budget(cfg, None if energy is None else energy.budget_j)
+    if budget and not quiet:
+        print(f"edge-sel: note: validation sized for a budgeted run ({budget}): as many images as a fifth of "
+              f"its counted compute affords, at least {val_size.MIN_SAMPLES} (--val-subset N to choose)",
+              file=sys.stderr)
     out = check_out_dir(out, overwrite, "finetune", [("--checkpoint", checkpoint), *data.input_paths(),
                                                      ("--artifacts", cfg.artifacts)])
     checkpoint = Path(checkpoint)
