@@ -7,12 +7,12 @@ multiplies nothing by a formula: a batch of size B adds the counts measured for 
 
 from __future__ import annotations
 
-import copy
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
+from edge_sel.core.meta_twin import meta_twin
 from edge_sel.core.micro_batches import sizes
 from edge_sel.core.recompute import recomputed
 
@@ -43,7 +43,7 @@ class FlopCounter:
         self.per_module: dict[str, int] = {}
 
     def _twin(self) -> nn.Module:
-        twin = copy.deepcopy(self.model).to("meta")
+        twin = meta_twin(self.model)
         # A forward set on the instance (a BatchNorm bank routing images to their conditions) would
         # still call the live model; the plain forward counts the same FLOPs (one pass per image).
         twin.__dict__.pop("forward", None)

@@ -20,7 +20,6 @@ multi-tensor path allocates more than the per-tensor loop counted here.
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import asdict, dataclass, fields
 from functools import partial
@@ -34,6 +33,7 @@ from torch.utils._pytree import tree_flatten
 from edge_sel.core.count_keys import count_key, optimizer_key, structure_key
 from edge_sel.core.kernel_workspace import convolution_workspace
 from edge_sel.core.meta_outputs import MetaOutputs
+from edge_sel.core.meta_twin import meta_twin
 from edge_sel.core.micro_batches import bounds
 from edge_sel.core.lean_saves import set_saves
 
@@ -183,7 +183,7 @@ class MemoryCounter:
 
     def twin(self) -> nn.Module:
         if self._twin is None:
-            twin = copy.deepcopy(self.model).to("meta")
+            twin = meta_twin(self.model)
             twin.__dict__.pop("forward", None)          # a bank's routing forward calls the live model
             self._twin = twin
         return self._twin

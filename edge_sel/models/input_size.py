@@ -5,18 +5,18 @@ size the model cannot take is refused before any image is decoded."""
 
 from __future__ import annotations
 
-import copy
 import warnings
 
 import torch
 from torch import nn
 
 from edge_sel.config import MAX_IMAGE_SIZE as LARGEST, MIN_IMAGE_SIZE as SMALLEST
+from edge_sel.core.meta_twin import meta_twin
 from edge_sel.errors import InputError
 
 
 def _output_at(model: nn.Module, channels: int, size: int, probe: list | None = None):
-    twin = copy.deepcopy(model).to("meta").eval()
+    twin = meta_twin(model).eval()
     hooks = []
     if probe is not None:       # the spatial size entering each global pool
         for m in twin.modules():

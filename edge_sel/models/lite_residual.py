@@ -9,12 +9,12 @@ methods/update/lite_residual.py trains them.
 
 from __future__ import annotations
 
-import copy
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from edge_sel.core.meta_twin import meta_twin
 from edge_sel.models.blocks import named_blocks
 
 NAME = "lite_residual"
@@ -79,7 +79,7 @@ def add_residuals(model: nn.Module, input_shape) -> list[str]:
         lambda m, i, o, name=name: shapes.__setitem__(name, (tuple(i[0].shape), tuple(o.shape)))
         if isinstance(i[0], torch.Tensor) and isinstance(o, torch.Tensor) else None)
         for name, block in blocks]
-    twin = copy.deepcopy(model).to("meta")      # the live blocks' shape hooks come with the copy
+    twin = meta_twin(model)      # the live blocks' shape hooks come with the copy
     try:
         with torch.no_grad():
             twin.eval()(torch.zeros(2, *input_shape, device="meta"))

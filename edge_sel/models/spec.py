@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edge_sel.core.meta_twin import meta_twin
 from edge_sel.errors import InputError, parse_json
 from edge_sel.models.start_weights import fit_state, read_state_file
 from edge_sel.models.trusted_files import is_trusted, remember, trust_file
@@ -288,9 +289,8 @@ def build_from_spec(spec: ModelSpec, num_classes: int, input_shape: list[int], c
 
 def check_output(model: nn.Module, label: str, num_classes: int, input_shape: list[int]) -> None:
     """One forward pass of a meta-device copy on a batch of two: [2, num_classes] logits expected."""
-    import copy
     try:
-        twin = copy.deepcopy(model).to("meta").eval()
+        twin = meta_twin(model).eval()
         with torch.no_grad():
             out = twin(torch.zeros(2, *input_shape, device="meta"))
     except Exception as e:     # a model that cannot run on meta tensors is checked by its first step instead
