@@ -391,6 +391,34 @@ def test_flip_and_determinism():
     assert torch.equal(a, b)
 
 
+def test_the_loader_augments_pixels_before_normalising_where_that_gives_the_same_bits(monkeypatch):
+    """A reflected crop and a mirror only move pixels, so the loader applies them to the uint8 batch
+    (a quarter of the bytes: the padded float copy was its largest buffer, uncounted under a budget);
+    a zero pad pads the mean, so there it normalises first. Either way the batch is the one
+    normalise-then-augment gives, bit for bit."""
+    from edge_sel.data.augment import normalize
+    from edge_sel.data.dataset import IndexedDataset
+    seen = []
+    import edge_sel.data.loader as loader_mod
+    monkeypatch.setattr(loader_mod, "augment_by_sample", lambda x, *a: seen.append(x.dtype) or augment_by_sample(x, *a))
+    monkeypatch.setattr(loader_mod, "augment_batch", lambda x, *a: seen.append(x.dtype) or augment_batch(x, *a))
+    mean, std = torch.tensor([0.49, 0.48, 0.45]), torch.tensor([0.25, 0.24, 0.26])
+    gen = torch.Generator().manual_seed(1)
+    for side, size, pad, dtype in [(32, (48, 48), 6, torch.uint8), (8, None, 3, torch.uint8), (5, None, 6, torch.float32)]:
+        ds = IndexedDataset(torch.randint(0, 256, (20, 3, side, side), dtype=torch.uint8, generator=gen),
+                            torch.randint(0, 10, (20,)), torch.arange(20) + 7, list("abcdefghij"),
+                            augment={"crop_pad": pad, "flip": True}, size=size)
+        for seed in (None, 3):
+            seen.clear()
+            loader = BatchLoader(ds, mean, std, 8, True, torch.Generator().manual_seed(9), augment_seed=seed)
+            g = torch.Generator().manual_seed(9)
+            for b in loader.batches(torch.randperm(20, generator=gen)):
+                x = normalize(ds.pixels(b.positions), mean, std)
+                ref = augment_by_sample(x, ds.augment, ds.index[b.positions], 3, 0) if seed else augment_batch(x, ds.augment, g)
+                assert torch.equal(ref, b.x)
+            assert seen == [dtype] * 3
+
+
 def test_augmentation_by_sample_follows_the_sample_not_the_batch():
     x = torch.arange(48 * 3 * 8 * 8, dtype=torch.float32).view(48, 3, 8, 8)
     index = torch.arange(100, 148)

@@ -60,15 +60,25 @@ class BatchLoader:
             if lo < start:
                 continue
             pos = positions[lo: hi]
-            x = normalize(self.ds.pixels(pos), self.mean, self.std)
-            if self.augment and self.augment_seed is not None:
-                x = augment_by_sample(x, self.ds.augment, self.ds.index[pos], self.augment_seed, self.epoch)
-            elif self.augment:
-                x = augment_batch(x, self.ds.augment, self.generator)
+            pixels = self.ds.pixels(pos)
+            # A reflected crop and a mirror only move pixels, so they give the same bits before the
+            # normalisation as after it, on a quarter of the bytes (a zero pad does not: it pads the mean).
+            pad = int(self.ds.augment.get("crop_pad", 0))
+            early = self.augment and pixels.dim() == 4 and min(pixels.shape[-2:]) > pad
+            if early:
+                pixels = self._augmented(pixels, pos)
+            x = normalize(pixels, self.mean, self.std)
+            if self.augment and not early:
+                x = self._augmented(x, pos)
             if x.dim() == 4 and self.memory_format != torch.contiguous_format:
                 x = x.contiguous(memory_format=self.memory_format)
             w = None if weights is None else weights[lo: hi]
             yield Batch(pos, self.ds.index[pos], x, self.ds.labels[pos], w)
+
+    def _augmented(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        if self.augment_seed is not None:
+            return augment_by_sample(x, self.ds.augment, self.ds.index[pos], self.augment_seed, self.epoch)
+        return augment_batch(x, self.ds.augment, self.generator)
 
     def batch_starts(self, n: int) -> list[int]:
         """Where each batch of n planned samples starts. A last batch of one sample is merged into
