@@ -7,7 +7,6 @@ multiplies nothing by a formula: a batch of size B adds the counts measured for 
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count

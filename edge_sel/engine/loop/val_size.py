@@ -23,7 +23,7 @@ def share_for_budget(cfg: TrainConfig, energy_budget_j: float | None = None) -> 
     """A fine-tune under a budget (memory, seconds or joules) that keeps its best epoch validates on
     what that choice needs, as --preset adapt does: a fifth of the counted compute at most, never
     under MIN_SAMPLES. Lite0 at 96 px under 1/10 of full FT's memory validated 5,000 images after every
-    epoch of a 2,000-image fine-tune at two images a batch: 53% of the run's joules. --val-subset
+    epoch of a 2,000-image fine-tune at two images a batch: 51-53% of the run's joules. --val-subset
     (0 included: the whole split) and a share already set win; a run that keeps its last epoch
     decides nothing by validation and is left as it is. Returns the budget's option where it set the
     share."""
