@@ -20,6 +20,9 @@ MAX_EPOCHS = 100_000
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024     # --image-size in every command
 GUARD_TEMP_C = (30.0, 120.0)
 MAX_MEMORY_BUDGET_MB = 1e7    # 10 TB: a larger budget is a typo, wherever it is given (option or profile)
+# Validation sized for a device (engine/loop/val_size.py): the share of the run's counted compute it may
+# take, under --preset adapt and under a budget without --val-subset.
+DEVICE_VAL_SHARE = 0.2
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "constant", "step", "linear")

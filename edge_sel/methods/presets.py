@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from edge_sel.config import TrainConfig
+from edge_sel.config import DEVICE_VAL_SHARE, TrainConfig
 from edge_sel.errors import InputError
 from edge_sel.methods.select.ast_seed import SEED_PROFILES
 from edge_sel.methods.select.stages import DEFAULT_STAGES, format_stages, parse_stages
@@ -149,7 +149,7 @@ def preset_adapt(cfg, prefer) -> None:
     if cfg.sparsity is None:
         cfg.sparsity = "rgn"
     if not typed(cfg, "val_subset") and cfg.val_subset == 0 and not cfg.val_share:
-        cfg.val_share = 0.2     # validation sized for a device (engine/loop/val_size.py)
+        cfg.val_share = DEVICE_VAL_SHARE
 
 
 # name -> function(cfg, prefer) that edits cfg in place.

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import math
 
-from edge_sel.config import TrainConfig
+from edge_sel.config import DEVICE_VAL_SHARE, TrainConfig
 from edge_sel.core.flops import FlopCounter
 from edge_sel.engine.evaluation.evaluate import validation_subset
 
 MIN_SAMPLES = 300
-SHARE = 0.2         # --preset adapt's, and a budgeted run's without --val-subset
 
 
 def share_for_budget(cfg: TrainConfig, energy_budget_j: float | None = None) -> str | None:
@@ -32,7 +31,7 @@ def share_for_budget(cfg: TrainConfig, energy_budget_j: float | None = None) -> 
     given = cfg.val_subset or cfg.val_share or "val_subset" in (cfg.explicit or ())
     if not budgets or given or cfg.keep != "best":
         return None
-    cfg.val_share = SHARE
+    cfg.val_share = DEVICE_VAL_SHARE
     return budgets[0]
 
 
