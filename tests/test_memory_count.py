@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from edge_sel.core.kernel_workspace import convolution_workspace, uses_onednn
-from edge_sel.core.lean_saves import is_lean, set_lean
+from edge_sel.core.lean_saves import _channels_last, is_lean, set_lean
 from edge_sel.core.memory import MiB, MemoryCounter, StepShape
 from edge_sel.core.recompute import recomputed, set_recomputed
 from edge_sel.models import build_model
@@ -138,6 +138,23 @@ def test_lean_saves_keep_less_with_the_same_gradients_and_statistics_to_the_bit(
         assert c.count(shapes[1], trains).saved < 0.6 * c.count(shapes[0], trains).saved
     set_lean(lean, False)
     assert not is_lean(lean) and not is_lean(c.twin())
+
+
+def test_the_layout_rule_reads_strides_as_torch_does():
+    """Which layout a frozen convolution's input has decides whether it may drop the input: the rule
+    written out on integers agrees with torch's own on plain, channels-last, ambiguous (size-1),
+    sliced, permuted and expanded tensors."""
+    from torch._prims_common import suggest_memory_format
+    seen = []
+    for shape in [(1, 96, 48, 48), (2, 3, 4, 5), (4, 1, 1, 1), (1, 1, 5, 5), (3, 4, 1, 1), (1, 4, 1, 6),
+                  (2, 0, 3, 3), (1, 1, 1, 1)]:
+        t = torch.randn(*shape)
+        last = t.contiguous(memory_format=torch.channels_last)
+        for u in (t, last, last[..., 1:], t[..., ::2], t.permute(0, 2, 3, 1), t.transpose(1, 3),
+                  t.new_empty(1).expand(shape), t[0]):
+            seen.append(_channels_last(u))
+            assert seen[-1] == (suggest_memory_format(u) == torch.channels_last), (u.shape, u.stride())
+    assert any(seen) and not all(seen)
 
 
 @pytest.mark.parametrize("batch,channels,kernel,stride,groups,threads", [

@@ -26,7 +26,6 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch._prims_common import suggest_memory_format
 
 from edge_sel.core.recompute import set_recomputed, statistics_kept
 
@@ -36,7 +35,23 @@ ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.SiLU, nn.Hardswish, nn.GELU)
 
 
 def _channels_last(t: torch.Tensor) -> bool:
-    return suggest_memory_format(t) == torch.channels_last
+    """Whether a 4-d tensor's strides read as channels-last, by the rule torch's convolutions pick a
+    layout with (c10's is_channels_last_strides_2d; torch._prims_common.suggest_memory_format in
+    Python). Written out on plain integers (0.7 us a call against that function's 13.5, two calls a
+    frozen convolution): Lite0's lean step in micro-batches of one image makes 1,536 convolutions, so
+    about 40 ms of its 0.7 s."""
+    if t.dim() != 4 or t.layout != torch.strided:
+        return False
+    sizes, strides = t.shape, t.stride()
+    if strides[1] == 0:
+        return False
+    low = 0
+    for d in (1, 3, 2, 0):
+        # Ambiguous strides (a size-1 dimension) read as the default layout, as torch reads them.
+        if sizes[d] == 0 or strides[d] < low or (d == 0 and low == strides[1]):
+            return False
+        low = strides[d] * sizes[d]
+    return True
 
 
 class _InputFreeConvolution(torch.autograd.Function):
