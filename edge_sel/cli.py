@@ -29,6 +29,7 @@ from edge_sel.version import __version__  # noqa: E402
 from edge_sel.bench.cli import bench_group
 from edge_sel.bench.cli_transfer import transfer_cmd
 from edge_sel.cli_base import NO_ARGS_IS_HELP, Group, one_line_warnings
+from edge_sel import cli_start_again
 from edge_sel.cli_config import (build_config, build_data, build_energy, build_finetune_config, places_said,
                                  settings_given)
 from edge_sel.cli_data import shift_cmd, trigger_cmd
@@ -236,6 +237,7 @@ bench_group.add_command(transfer_cmd)
 def main():
     """Console entry point: click's own usage errors also become one line and exit 2."""
     signal.signal(signal.SIGINT, signal.default_int_handler)    # start-up is over (cli_interrupts.py)
+    cli_start_again.as_process = True
     try:
         cli.main(prog_name="edge-sel", standalone_mode=False)
     except click.exceptions.Abort:

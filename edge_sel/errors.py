@@ -21,6 +21,19 @@ class InUseError(InputError):
     it is never set aside or replaced for that."""
 
 
+class RefusedAfterMeasuring(InputError):
+    """A memory budget refused by a process that measured what the device's caches lacked (steps
+    counted, step costs timed): measuring grew the process, and a start that reads them grows less.
+    `cost`: what planning took in this process (wall seconds, joules, steps counted)."""
+
+    def __init__(self, message: str, cost: dict):
+        super().__init__(message)
+        self.cost = cost
+
+    def __reduce__(self):         # raised in a bench's own process, and said in the bench's
+        return type(self), (str(self), self.cost)
+
+
 class WriteError(Exception):
     """Writing a run's output failed (a full disk, an unwritable directory). The CLI prints one line
     and exits 1; what was written before stays intact."""

@@ -332,3 +332,31 @@ def test_the_merge_leaves_out_a_torn_results_json_in_one_line_and_claims_its_out
         lock_file.release(str(tmp_path / ".merged.claim"), held)
     assert "another edge-sel command is writing it now" in code
     assert merged("--out", tmp_path / "merged", "--overwrite", out)[0] == 0
+
+
+@pytest.mark.parametrize("refusals", [1, 2])
+def test_a_run_refused_after_measuring_runs_once_more_in_a_fresh_process(monkeypatch, refusals):
+    """A budgeted row refused by a start that measured what the device's caches lacked runs once more in
+    a fresh process, told the refused start's planning cost; refused again, it is a row that does not fit."""
+    import os
+    from edge_sel.bench import bench_run
+    from edge_sel.config import TrainConfig
+    from edge_sel.engine.loop.started_again import STARTED_AGAIN
+    from edge_sel.errors import RefusedAfterMeasuring
+    monkeypatch.delenv(STARTED_AGAIN, raising=False)
+    told = []
+
+    def alone(checkpoint, data, cfg, run_dir):
+        told.append(os.environ.get(STARTED_AGAIN))
+        if len(told) <= refusals:
+            raise RefusedAfterMeasuring("--memory-budget 4: no step fits; the smallest that does is 5.1 MiB (the "
+                                        "classifier alone, one image at a time)", {"memory_plan_wall_s": 2.0})
+    monkeypatch.setattr(bench_run, "finetune_alone", alone)
+    cfg = TrainConfig(memory_budget_mb=4.0)
+    if refusals == 1:
+        bench_run.bench_finetune(Path("ckpt"), None, cfg, Path("run"), own_process=True)
+    else:
+        with pytest.raises(bench_run.RunRefused) as refused:
+            bench_run.bench_finetune(Path("ckpt"), None, cfg, Path("run"), own_process=True)
+        assert refused.value.needs_mb == 5.1
+    assert told == [None, json.dumps({"memory_plan_wall_s": 2.0})] and STARTED_AGAIN not in os.environ

@@ -1,7 +1,9 @@
 """--memory-budget: a step planned to fit by counting (engine/machine/memory_plan.py), micro-batches
 that update as the whole batch does, the plan kept by a resume, a budget nothing fits, a profile's."""
 
+import atexit
 import json
+import os
 from dataclasses import replace
 import subprocess
 import sys
@@ -17,12 +19,14 @@ from edge_sel.data import Batch
 from edge_sel.data.dataset import IndexedDataset
 from edge_sel.config import TrainConfig
 from edge_sel.engine.loop import step_memory
+from edge_sel.engine.loop.started_again import STARTED_AGAIN
 from edge_sel.engine.machine import cuda_workspace, peak_memory
 from edge_sel.engine.loop.step_memory import forward_batch_that_fits, memory_counter
 from edge_sel.engine.machine.memory_plan import (MIN_CHUNK_FOR_EVERYTHING, RESERVE, MemoryPlan, plan_memory,
                                                  smallest_budget, spent_after_planning, usable)
 from edge_sel.methods.update.fixed_sets import bias_norm_names, classifier_names
-from edge_sel.errors import InputError
+from edge_sel import cli_start_again
+from edge_sel.errors import InputError, RefusedAfterMeasuring
 from edge_sel.methods import Updater
 from edge_sel.methods.registry import make_updater
 from edge_sel.models import build_model, load_checkpoint
@@ -275,12 +279,88 @@ def test_the_planned_step_warms_in_its_own_shape_before_training(tiny_warm):
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_a_budget_nothing_fits_is_one_line_naming_the_smallest(tiny_warm, tmp_path, capsys):
-    code, err = run_main(["finetune", "--checkpoint", tiny_warm, *FINETUNE, "--memory-budget", "0.5",
-                          "--out", tmp_path / "x"], capsys)
-    assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "--memory-budget 0.5: no step fits; the smallest that does is 2.1 MiB (the classifier alone" in err
-    assert not (tmp_path / "x").exists()
+def test_a_budget_nothing_fits_is_one_line_naming_the_smallest(tiny_warm, tmp_path, capsys, monkeypatch):
+    """Refused in one line. A refusal by a start that kept counts the device's caches lacked is one a
+    fresh start may not repeat: it carries planning's cost for the command line to start again with,
+    and is said as any other where the command line does not (here: a test runner's process)."""
+    monkeypatch.setenv("EDGE_SEL_CACHE", str(tmp_path / "cache"))
+    said = []
+    monkeypatch.setattr(cli_start_again, "start_again", lambda e, command: said.append(
+        (type(e), e.cost, command, cli_start_again.own_command_line())))
+    for start in ("first", "second"):
+        code, err = run_main(["finetune", "--checkpoint", tiny_warm, *FINETUNE, "--memory-budget", "0.5",
+                              "--out", tmp_path / "x"], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1
+        assert "--memory-budget 0.5: no step fits; the smallest that does is 2.1 MiB (the classifier alone" in err
+        assert not (tmp_path / "x").exists()
+    # The first start counted and kept; the second read every count and kept nothing: refused as before.
+    ((kind, cost, command, own),) = said
+    assert kind is RefusedAfterMeasuring and command == "finetune" and not own
+    assert cost["memory_plan_counts"] >= 1 and cost["memory_plan_wall_s"] > 0
+
+
+def test_only_a_fine_tunes_own_process_starts_again_and_only_once(monkeypatch):
+    replaced = []
+    monkeypatch.setattr(os, "execv", lambda *a: replaced.append(a))
+    monkeypatch.setattr(atexit, "_run_exitfuncs", lambda: None)
+    monkeypatch.setenv(STARTED_AGAIN, "")         # restored after the test
+    monkeypatch.setattr(sys, "orig_argv", ["python", "-m", "edge_sel", "finetune", "--out", "x"])
+    monkeypatch.setattr(cli_start_again, "as_process", True)
+    refused = RefusedAfterMeasuring("--memory-budget 9: refused", {"memory_plan_wall_s": 1.5})
+    for argv, here, command in [(["edge-sel", "finetune", "--out", "x"], True, "finetune"),   # started again already
+                                (["edge-sel", "night", "--out", "x"], False, "night"),         # not a fine-tune
+                                (["edge-sel", "finetune", "--out", "y"], False, "finetune"),   # another program's process
+                                (["edge-sel", "finetune", "--out", "x"], False, "finetune")]:
+        monkeypatch.setattr(sys, "argv", argv)
+        monkeypatch.setattr(cli_start_again, "STARTED_AGAIN_HERE", here)
+        cli_start_again.start_again(refused, command)
+    assert replaced == [(sys.executable, [sys.executable, "-m", "edge_sel", "finetune", "--out", "x"])]
+    assert json.loads(os.environ[STARTED_AGAIN]) == {"memory_plan_wall_s": 1.5}
+
+
+# A fine-tune whose plan the first start refuses (or every start, with REFUSE=always), as a start that
+# grew past its plan by measuring is refused.
+REFUSING = """
+import os, sys
+from edge_sel.engine.loop import step_memory
+from edge_sel import cli_start_again
+from edge_sel.errors import InputError, RefusedAfterMeasuring
+real = step_memory.refuse_what_cannot_hold
+def refuse(trainer, plan, grown):
+    if os.environ.get("REFUSE") == "always" or not getattr(trainer, "started_again_note", None):
+        raise InputError("--memory-budget 9: refused for the test")
+    real(trainer, plan, grown)
+step_memory.refuse_what_cannot_hold = refuse
+sys.argv = ["edge-sel", *sys.argv[1:]]
+from edge_sel.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("refuse", ["first", "always"])
+def test_a_first_start_refused_after_measuring_starts_once_more(tiny_warm, tmp_path, refuse):
+    """The command line replaces its process once with the same command: the start made again reads
+    the counts the first kept, plans, runs, and counts both starts' planning; refused again, it ends
+    in one line, never a third start."""
+    env = {**os.environ, "EDGE_SEL_CACHE": str(tmp_path / "cache"), "REFUSE": refuse}
+    argv = ["finetune", "--checkpoint", str(tiny_warm), *FINETUNE, "--epochs", "0", "--memory-budget", "9",
+            "--out", str(tmp_path / "run")]
+    done = subprocess.run([sys.executable, "-c", REFUSING, *argv], env=env, capture_output=True, text=True)
+    lines = done.stderr.strip().splitlines()
+    notes = [line for line in lines if "starting once more" in line]
+    assert len(notes) == 1 and notes[0].startswith("edge-sel: note: --memory-budget 9: refused for the test;")
+    if refuse == "always":
+        assert done.returncode == 2 and lines[-1] == "edge-sel: error: --memory-budget 9: refused for the test"
+        assert not (tmp_path / "run").exists()
+        return
+    assert done.returncode == 0, done.stderr
+    plan = json.loads((tmp_path / "run" / "config.json").read_text())["memory_plan"]
+    assert plan["notes"][-1].startswith("started again: a first start measured what this device's caches lacked")
+    first = float(plan["notes"][-1].split("its ")[1].split(" s of planning")[0])
+    (start,) = records(tmp_path / "run", baseline=True)
+    # both starts' planning: the first's counts and the second's reads of them
+    assert start["memory_plan_counts_read"] >= 1 and start["memory_plan_counts"] >= 1
+    assert start["memory_plan_wall_s"] > first > 0
 
 
 def test_a_profiles_budget_reaches_the_night(tiny_warm, tmp_path, capsys):

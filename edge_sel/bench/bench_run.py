@@ -10,7 +10,9 @@ of a run still ends the bench.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
+import os
 import re
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -18,8 +20,9 @@ from pathlib import Path
 from edge_sel.bench.stopping import BenchStop
 from edge_sel.config import TrainConfig
 from edge_sel.engine.runs.data_options import DataOptions
+from edge_sel.engine.loop.started_again import STARTED_AGAIN
 from edge_sel.engine.runs.run import finetune
-from edge_sel.errors import InputError
+from edge_sel.errors import InputError, RefusedAfterMeasuring
 
 # A run's refusal of its --memory-budget (memory_plan.py, joule_choice.py, step_memory.py), and the smallest
 # budget it names.
@@ -57,12 +60,26 @@ def finetune_alone(checkpoint: Path, data: DataOptions, cfg: TrainConfig, run_di
         pool.submit(_finetune_with_threads, checkpoint, data, cfg, run_dir, torch.get_num_threads()).result()
 
 
+def finetune_alone_once_more(checkpoint: Path, data: DataOptions, cfg: TrainConfig, run_dir: Path) -> None:
+    """finetune_alone; where its start was refused after measuring what the device's caches lacked
+    (engine/loop/started_again.py), once more in a fresh process, which counts the refused start's
+    planning in its own, as the command line does."""
+    try:
+        finetune_alone(checkpoint, data, cfg, run_dir)
+    except RefusedAfterMeasuring as e:
+        os.environ[STARTED_AGAIN] = json.dumps(e.cost)      # the spawned process's environment
+        try:
+            finetune_alone(checkpoint, data, cfg, run_dir)
+        finally:
+            os.environ.pop(STARTED_AGAIN, None)
+
+
 def bench_finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, run_dir: Path, own_process: bool) -> None:
-    """One fine-tune, in a process of its own or in this one; RunRefused where a budgeted run refused its
-    budget."""
+    """One fine-tune, in a process of its own (started once more where measuring refused it) or in this
+    one; RunRefused where a budgeted run refused its budget."""
     try:
         if own_process:
-            finetune_alone(checkpoint, data, cfg, run_dir)
+            finetune_alone_once_more(checkpoint, data, cfg, run_dir)
         else:
             finetune(checkpoint, data, cfg, run_dir, overwrite=True, quiet=True)
     except InputError as e:

@@ -26,6 +26,7 @@ from edge_sel.engine.machine.memory_plan import (RESERVE, MemoryPlan, fit_shape,
                                                  spent_after_planning, usable)
 from edge_sel.engine.machine import peak_memory
 from edge_sel.engine.machine.count_store import CountStore
+from edge_sel.engine.loop.started_again import refusal_after_measuring, take_earlier_start
 from edge_sel.errors import InputError
 from edge_sel.methods.update.fixed_sets import classifier_names
 
@@ -135,33 +136,44 @@ def plan_run_memory(trainer) -> MemoryPlan | None:
         if plan_trains_residuals(plan):         # a resumed run whose plan chose lite residual branches
             adopt_residuals(trainer)
     else:
-        def first_plan() -> MemoryPlan:
-            # A first count loads the meta device's machinery (a few MiB of Python modules, once a process).
-            trainer.memory_counter.count(StepShape(min(rows, 2), bn_statistics=bn))
-            # The kernels' first use and what the process grew by so far, measured: the plan fits in the
-            # rest (in planning's metered window: its time and joules are planning's). Only the kernels of
-            # what can train: the backbone's backward kernels and their caches (Lite0 at 96 px: about
-            # 6 MiB) load only for a plan that trains into it.
-            warm_kernels(trainer, trained_before_planning(trainer))
-            trainer.memory_spent_mb = grown_mb(trainer)
-            plan = _plan(trainer, rows, bn)
-            warm_planned(trainer, plan)
-            return plan
-        plan = planned_in_the_open(trainer, first_plan)
-        warm = trainer.memory_spent_mb
-        for _ in range(REPLANS):        # planning's own growth (its caches), measured: planned again beside it
-            spent = spent_after_planning(cfg.memory_budget_mb, warm, grown_mb(trainer))
-            if plan.counted["peak_mb"] * MiB <= usable(cfg.memory_budget_mb, spent):
-                break
-            trainer.memory_spent_mb = spent
-            plan = planned_in_the_open(trainer, partial(_plan, trainer, rows, bn))
-            warm_planned(trainer, plan)
-        grown = grown_mb(trainer)
-        plan.grown_mb = round(grown, 3)
-        refuse_what_cannot_hold(trainer, plan, grown)
-        plan.notes += [trainer.cuda_workspaces] if getattr(trainer, "cuda_workspaces", None) else []
+        take_earlier_start(trainer)
+        with refusal_after_measuring(trainer):
+            plan = plan_afresh(trainer, rows, bn)
         cfg.memory_plan = plan.to_json()
     return apply_plan(trainer, plan)
+
+
+def plan_afresh(trainer, rows: int, bn: str) -> MemoryPlan:
+    """A first start's plan: counted (or read from the device's counts), beside the growth measured."""
+    cfg = trainer.config
+
+    def first_plan() -> MemoryPlan:
+        # A first count loads the meta device's machinery (a few MiB of Python modules, once a process).
+        trainer.memory_counter.count(StepShape(min(rows, 2), bn_statistics=bn))
+        # The kernels' first use and what the process grew by so far, measured: the plan fits in the
+        # rest (in planning's metered window: its time and joules are planning's). Only the kernels of
+        # what can train: the backbone's backward kernels and their caches (Lite0 at 96 px: about
+        # 6 MiB) load only for a plan that trains into it.
+        warm_kernels(trainer, trained_before_planning(trainer))
+        trainer.memory_spent_mb = grown_mb(trainer)
+        plan = _plan(trainer, rows, bn)
+        warm_planned(trainer, plan)
+        return plan
+    plan = planned_in_the_open(trainer, first_plan)
+    warm = trainer.memory_spent_mb
+    for _ in range(REPLANS):        # planning's own growth (its caches), measured: planned again beside it
+        spent = spent_after_planning(cfg.memory_budget_mb, warm, grown_mb(trainer))
+        if plan.counted["peak_mb"] * MiB <= usable(cfg.memory_budget_mb, spent):
+            break
+        trainer.memory_spent_mb = spent
+        plan = planned_in_the_open(trainer, partial(_plan, trainer, rows, bn))
+        warm_planned(trainer, plan)
+    grown = grown_mb(trainer)
+    plan.grown_mb = round(grown, 3)
+    refuse_what_cannot_hold(trainer, plan, grown)
+    plan.notes += [trainer.cuda_workspaces] if getattr(trainer, "cuda_workspaces", None) else []
+    plan.notes += [trainer.started_again_note] if getattr(trainer, "started_again_note", None) else []
+    return plan
 
 
 def fixed_set(trainer) -> set[str] | None:
@@ -231,22 +243,22 @@ def planned_in_the_open(trainer, make_plan) -> MemoryPlan:
     if getattr(trainer, "planning_started", None) is None:        # the plan's estimate of the run counts from here
         trainer.planning_started = t0
     trainer.meter.begin("memory-plan")
+    plan = None
     try:
         plan = make_plan()
-    finally:
+    finally:        # a refused plan's cost too: a start made again counts it (take_earlier_start)
         energy = trainer.meter.end("memory-plan") or {}
         counter.on_count = None
-    wall = time.perf_counter() - t0
-    cost = {"memory_plan_wall_s": wall, "memory_plan_energy_j": energy.get("energy_j"),
-            "memory_plan_counts": counter.counts_made - counts,
-            "memory_plan_counts_read": counter.counts_read - read}
-    if (plan.gains or {}).get("trial_flops"):       # --sparsity budget's trials, counted
-        cost["memory_plan_trial_flops"] = plan.gains["trial_flops"]
-    # A plan made again (REPLANS) adds its cost to the first's: both ran.
-    before = getattr(trainer, "memory_plan_cost", None) or {}
-    summed = {k: [v for v in (before.get(k), cost.get(k)) if v is not None] for k in {**before, **cost}}
-    trainer.memory_plan_cost = {k: sum(v) if v else None for k, v in summed.items()}
-    trainer.memory_plan_cost["memory_plan_wall_s"] = round(trainer.memory_plan_cost["memory_plan_wall_s"], 3)
+        cost = {"memory_plan_wall_s": time.perf_counter() - t0, "memory_plan_energy_j": energy.get("energy_j"),
+                "memory_plan_counts": counter.counts_made - counts,
+                "memory_plan_counts_read": counter.counts_read - read}
+        if plan is not None and (plan.gains or {}).get("trial_flops"):       # --sparsity budget's trials, counted
+            cost["memory_plan_trial_flops"] = plan.gains["trial_flops"]
+        # A plan made again (REPLANS) adds its cost to the first's: both ran.
+        before = getattr(trainer, "memory_plan_cost", None) or {}
+        summed = {k: [v for v in (before.get(k), cost.get(k)) if v is not None] for k in {**before, **cost}}
+        trainer.memory_plan_cost = {k: sum(v) if v else None for k, v in summed.items()}
+        trainer.memory_plan_cost["memory_plan_wall_s"] = round(trainer.memory_plan_cost["memory_plan_wall_s"], 3)
     return plan
 
 

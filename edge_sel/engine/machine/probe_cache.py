@@ -129,10 +129,18 @@ def read_entries(path: Path) -> dict:
         return {}
 
 
+# Entries this process has kept (timings, counts): a memory plan refused after keeping some was refused
+# beside what measuring them grew the process by, which a later start that reads them does not grow
+# (engine/loop/step_memory.py).
+kept_here = 0
+
+
 def write_entries(path: Path, entries: dict, what: str = "the measurement") -> None:
+    global kept_here
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, json.dumps(entries, indent=1).encode())
+        kept_here += 1
     except OSError as e:                   # a read-only home must not stop a run
         warnings.warn(f"could not keep {what} in {path}: {e}")
 

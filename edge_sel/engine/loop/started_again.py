@@ -1,0 +1,54 @@
+"""A budgeted run refused on a device's first start, started once more.
+
+The first start on a device counts the plan's steps and times their costs, and keeps both for later
+starts (engine/machine/count_store.py, probe_cache.py). Measuring grows the process: its timed
+steps load kernels and caches for shapes the run never takes, and the counter's objects stay. A plan
+that fits beside a start reading them can be refused beside one measuring them (Lite0 from ImageNet at
+96 px under 1/10 of full FT's peak, the planner: 55.8 MiB named on a first start against a 49.6 MiB
+budget; the same command again fitted, measured 38.8 MiB of training). Such a refusal is
+RefusedAfterMeasuring; the command line starts the run once more in a fresh process (cli_start_again.py),
+and that start counts the refused one's planning in its own (both ran)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from edge_sel.engine.machine import probe_cache
+from edge_sel.errors import InputError, RefusedAfterMeasuring, parse_json
+
+# The refused start's planning cost (JSON), set by the command line where it starts the run again.
+STARTED_AGAIN = "EDGE_SEL_STARTED_AGAIN"
+PLAN_COST_KEYS = ("memory_plan_wall_s", "memory_plan_energy_j", "memory_plan_counts", "memory_plan_counts_read")
+
+
+@contextlib.contextmanager
+def refusal_after_measuring(trainer):
+    """A plan refused (InputError) where this process kept counts or timings meanwhile becomes
+    RefusedAfterMeasuring, with planning's cost so far."""
+    kept_before = probe_cache.kept_here
+    try:
+        yield
+    except InputError as e:
+        if type(e) is InputError and probe_cache.kept_here > kept_before:
+            raise RefusedAfterMeasuring(str(e), dict(getattr(trainer, "memory_plan_cost", None) or {})) from None
+        raise
+
+
+def take_earlier_start(trainer) -> None:
+    """In a run started again, the refused start's planning cost (from the environment, taken once)
+    becomes the start of this run's, and the plan will say so (`trainer.started_again_note`)."""
+    earlier = os.environ.pop(STARTED_AGAIN, None)
+    if earlier is None:
+        return
+    try:
+        found = parse_json(earlier)
+    except ValueError:
+        found = {}
+    cost = {k: v for k, v in (found if isinstance(found, dict) else {}).items()
+            if k in PLAN_COST_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    trainer.memory_plan_cost = cost
+    trainer.started_again_note = (
+        f"started again: a first start measured what this device's caches lacked "
+        f"({cost.get('memory_plan_counts', 0)} steps counted, step costs timed), grew past the plan and was "
+        f"refused; its {cost.get('memory_plan_wall_s', 0.0):.1f} s of planning are in this run's totals")
