@@ -5,7 +5,8 @@ A budgeted run may refuse its --memory-budget before its first step where the be
 fits: the run also counts what the process grew by before that step (torch's kernels loaded on first
 use, planning; engine/loop/first_use.py), which a count cannot. Such a run is a row that does not fit,
 with the run's one line and the smallest budget it names, not a failure of the bench; any other error
-of a run still ends the bench.
+of a run still ends the bench. A run in a process of its own refused after measuring what the device's
+caches lacked runs once more first, as the command line's does (engine/loop/started_again.py).
 """
 
 from __future__ import annotations
