@@ -361,6 +361,7 @@ def test_a_first_start_refused_after_measuring_starts_once_more(tiny_warm, tmp_p
     # both starts' planning: the first's counts and the second's reads of them
     assert start["memory_plan_counts_read"] >= 1 and start["memory_plan_counts"] >= 1
     assert start["memory_plan_wall_s"] > first > 0
+    assert plan["gains"]["run_estimate"]["planning_s"] >= first        # the plan's estimate of the run holds it too
 
 
 def test_a_profiles_budget_reaches_the_night(tiny_warm, tmp_path, capsys):

@@ -48,6 +48,7 @@ def take_earlier_start(trainer) -> None:
     cost = {k: v for k, v in (found if isinstance(found, dict) else {}).items()
             if k in PLAN_COST_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
     trainer.memory_plan_cost = cost
+    trainer.earlier_planning_s = float(cost.get("memory_plan_wall_s", 0.0))    # in the plan's estimate of the run
     trainer.started_again_note = (
         f"started again: a first start measured what this device's caches lacked "
         f"({cost.get('memory_plan_counts', 0)} steps counted, step costs timed), grew past the plan and was "
