@@ -280,22 +280,28 @@ def test_the_planned_step_warms_in_its_own_shape_before_training(tiny_warm):
 
 
 def test_a_budget_nothing_fits_is_one_line_naming_the_smallest(tiny_warm, tmp_path, capsys, monkeypatch):
-    """Refused in one line. A refusal by a start that kept counts the device's caches lacked is one a
-    fresh start may not repeat: it carries planning's cost for the command line to start again with,
-    and is said as any other where the command line does not (here: a test runner's process)."""
+    """Refused in one line. A start that kept counts the device's caches lacked, refused where a start
+    growing less could fit, carries planning's cost for the command line to start again with (said as
+    any other refusal where the command line does not: here a test runner's process); where the
+    cheapest step does not fit even beside no growth, or nothing was kept, it is the plain refusal."""
     monkeypatch.setenv("EDGE_SEL_CACHE", str(tmp_path / "cache"))
     said = []
     monkeypatch.setattr(cli_start_again, "start_again", lambda e, command: said.append(
-        (type(e), e.cost, command, cli_start_again.own_command_line())))
-    for start in ("first", "second"):
-        code, err = run_main(["finetune", "--checkpoint", tiny_warm, *FINETUNE, "--memory-budget", "0.5",
+        (e.cost, command, cli_start_again.own_command_line())))
+    code, err = run_main(["finetune", "--checkpoint", tiny_warm, *FINETUNE, "--memory-budget", "0.5",
+                          "--out", tmp_path / "x"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--memory-budget 0.5: no step fits; the smallest that does is 2.1 MiB (the classifier alone" in err
+    assert not (tmp_path / "x").exists() and said == []         # 2.1 MiB beside no growth: no start fits
+    # 9 MiB fits beside no growth; given 500 MiB of it, a first start counts, keeps and is refused.
+    monkeypatch.setenv("EDGE_SEL_PROCESS_GROWTH_MB", "500")
+    monkeypatch.setenv("EDGE_SEL_CACHE", str(tmp_path / "cold"))
+    for start in ("first", "again"):
+        code, err = run_main(["finetune", "--checkpoint", tiny_warm, *FINETUNE, "--memory-budget", "9",
                               "--out", tmp_path / "x"], capsys)
-        assert code == 2 and len(err.strip().splitlines()) == 1
-        assert "--memory-budget 0.5: no step fits; the smallest that does is 2.1 MiB (the classifier alone" in err
-        assert not (tmp_path / "x").exists()
-    # The first start counted and kept; the second read every count and kept nothing: refused as before.
-    ((kind, cost, command, own),) = said
-    assert kind is RefusedAfterMeasuring and command == "finetune" and not own
+        assert code == 2 and "--memory-budget 9: no step fits" in err and not (tmp_path / "x").exists()
+    ((cost, command, own),) = said        # the second start read every count and kept nothing
+    assert command == "finetune" and not own
     assert cost["memory_plan_counts"] >= 1 and cost["memory_plan_wall_s"] > 0
 
 

@@ -6,7 +6,8 @@ steps load kernels and caches for shapes the run never takes, and the counter's 
 that fits beside a start reading them can be refused beside one measuring them (Lite0 from ImageNet at
 96 px under 1/10 of full FT's peak, the planner: 55.8 MiB named on a first start against a 49.6 MiB
 budget; the same command again fitted, measured 38.8 MiB of training). Such a refusal is
-RefusedAfterMeasuring; the command line starts the run once more in a fresh process (cli_start_again.py),
+RefusedAfterMeasuring where the run's cheapest step would fit beside no growth (else no start fits);
+the command line starts the run once more in a fresh process (cli_start_again.py),
 and that start counts the refused one's planning in its own (both ran)."""
 
 from __future__ import annotations
@@ -23,14 +24,15 @@ PLAN_COST_KEYS = ("memory_plan_wall_s", "memory_plan_energy_j", "memory_plan_cou
 
 
 @contextlib.contextmanager
-def refusal_after_measuring(trainer):
-    """A plan refused (InputError) where this process kept counts or timings meanwhile becomes
-    RefusedAfterMeasuring, with planning's cost so far."""
+def refusal_after_measuring(trainer, fits_beside_no_growth):
+    """A plan refused (InputError) where this process kept counts or timings meanwhile, and where the
+    run's cheapest step would fit beside no growth at all (`fits_beside_no_growth()`: else no start
+    fits), becomes RefusedAfterMeasuring, with planning's cost so far."""
     kept_before = probe_cache.kept_here
     try:
         yield
     except InputError as e:
-        if type(e) is InputError and probe_cache.kept_here > kept_before:
+        if type(e) is InputError and probe_cache.kept_here > kept_before and fits_beside_no_growth():
             raise RefusedAfterMeasuring(str(e), dict(getattr(trainer, "memory_plan_cost", None) or {})) from None
         raise
 

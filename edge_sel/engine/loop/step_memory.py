@@ -23,7 +23,7 @@ from edge_sel.engine.loop.first_use import grown_mb, warm_kernels
 from edge_sel.engine.loop.trial_gain import normalised
 from edge_sel.engine.loop.joule_choice import adopt_residuals, plan_by_joules, plan_trains_residuals
 from edge_sel.engine.machine.memory_plan import (RESERVE, MemoryPlan, fit_shape, forward_batch_that_fits, plan_memory,
-                                                 spent_after_planning, usable)
+                                                 smallest_budget, spent_after_planning, usable)
 from edge_sel.engine.machine import peak_memory
 from edge_sel.engine.machine.count_store import CountStore
 from edge_sel.engine.loop.started_again import refusal_after_measuring, take_earlier_start
@@ -137,10 +137,18 @@ def plan_run_memory(trainer) -> MemoryPlan | None:
             adopt_residuals(trainer)
     else:
         take_earlier_start(trainer)
-        with refusal_after_measuring(trainer):
+        with refusal_after_measuring(trainer, partial(fits_beside_no_growth, trainer, rows)):
             plan = plan_afresh(trainer, rows, bn)
         cfg.memory_plan = plan.to_json()
     return apply_plan(trainer, plan)
+
+
+def fits_beside_no_growth(trainer, rows: int) -> bool:
+    """Whether the run's cheapest step (what a fixed set trains, else the classifier; one image at a
+    time) fits its budget where the process grew by nothing: only then can a start that grows less fit."""
+    params = {n for n, _ in trainer.model.named_parameters()}
+    trainable = None if trainer.updater.name == "budget" else (fixed_set(trainer) or params)
+    return smallest_budget(trainer.memory_counter, trainer.model, trainable, rows) <= trainer.config.memory_budget_mb
 
 
 def plan_afresh(trainer, rows: int, bn: str) -> MemoryPlan:
