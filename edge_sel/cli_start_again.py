@@ -39,7 +39,7 @@ def start_again(e: RefusedAfterMeasuring, command: str) -> None:
     not (the caller then says the refusal as any other)."""
     if not (as_process and own_command_line()) or STARTED_AGAIN_HERE or command not in COMMANDS:
         return
-    click.echo(f"edge-sel: note: {e}; this start measured the step counts and costs this device's caches "
+    click.echo(f"edge-sel: note: {e}; this start measured the step counts or costs this device's caches "
                f"lacked, which grew the process: starting once more, reading them", err=True)
     os.environ[STARTED_AGAIN] = json.dumps(e.cost)
     sys.stdout.flush()

@@ -52,6 +52,6 @@ def take_earlier_start(trainer) -> None:
     trainer.memory_plan_cost = cost
     trainer.earlier_planning_s = float(cost.get("memory_plan_wall_s", 0.0))    # in the plan's estimate of the run
     trainer.started_again_note = (
-        f"started again: a first start measured what this device's caches lacked "
-        f"({cost.get('memory_plan_counts', 0)} steps counted, step costs timed), grew past the plan and was "
-        f"refused; its {cost.get('memory_plan_wall_s', 0.0):.1f} s of planning are in this run's totals")
+        f"started again: a first start measured what this device's caches lacked ({cost.get('memory_plan_counts', 0)} "
+        f"steps counted, or step costs timed), which grew the process, and was refused; its "
+        f"{cost.get('memory_plan_wall_s', 0.0):.1f} s of planning are in this run's totals")
