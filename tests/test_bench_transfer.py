@@ -344,7 +344,7 @@ def test_a_run_refused_after_measuring_runs_once_more_in_a_fresh_process(monkeyp
     from edge_sel.engine.loop.started_again import STARTED_AGAIN
     from edge_sel.errors import RefusedAfterMeasuring
     monkeypatch.delenv(STARTED_AGAIN, raising=False)
-    told = []
+    told, logged = [], []
 
     def alone(checkpoint, data, cfg, run_dir):
         told.append(os.environ.get(STARTED_AGAIN))
@@ -354,9 +354,12 @@ def test_a_run_refused_after_measuring_runs_once_more_in_a_fresh_process(monkeyp
     monkeypatch.setattr(bench_run, "finetune_alone", alone)
     cfg = TrainConfig(memory_budget_mb=4.0)
     if refusals == 1:
-        bench_run.bench_finetune(Path("ckpt"), None, cfg, Path("run"), own_process=True)
+        bench_run.bench_finetune(Path("ckpt"), None, cfg, Path("seed0"), own_process=True, log=logged.append)
     else:
         with pytest.raises(bench_run.RunRefused) as refused:
-            bench_run.bench_finetune(Path("ckpt"), None, cfg, Path("run"), own_process=True)
+            bench_run.bench_finetune(Path("ckpt"), None, cfg, Path("seed0"), own_process=True, log=logged.append)
         assert refused.value.needs_mb == 5.1
     assert told == [None, json.dumps({"memory_plan_wall_s": 2.0})] and STARTED_AGAIN not in os.environ
+    assert logged == ["  seed0: --memory-budget 4: no step fits; the smallest that does is 5.1 MiB (the classifier "
+                      "alone, one image at a time); its start measured what this device's caches lacked: once more, "
+                      "reading them"]        # said once, before the second start

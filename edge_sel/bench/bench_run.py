@@ -61,13 +61,15 @@ def finetune_alone(checkpoint: Path, data: DataOptions, cfg: TrainConfig, run_di
         pool.submit(_finetune_with_threads, checkpoint, data, cfg, run_dir, torch.get_num_threads()).result()
 
 
-def finetune_alone_once_more(checkpoint: Path, data: DataOptions, cfg: TrainConfig, run_dir: Path) -> None:
+def finetune_alone_once_more(checkpoint: Path, data: DataOptions, cfg: TrainConfig, run_dir: Path,
+                             log=print) -> None:
     """finetune_alone; where its start was refused after measuring what the device's caches lacked
     (engine/loop/started_again.py), once more in a fresh process, which counts the refused start's
     planning in its own, as the command line does."""
     try:
         finetune_alone(checkpoint, data, cfg, run_dir)
     except RefusedAfterMeasuring as e:
+        log(f"  {run_dir}: {e}; its start measured what this device's caches lacked: once more, reading them")
         os.environ[STARTED_AGAIN] = json.dumps(e.cost)      # the spawned process's environment
         try:
             finetune_alone(checkpoint, data, cfg, run_dir)
@@ -75,12 +77,13 @@ def finetune_alone_once_more(checkpoint: Path, data: DataOptions, cfg: TrainConf
             os.environ.pop(STARTED_AGAIN, None)
 
 
-def bench_finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, run_dir: Path, own_process: bool) -> None:
+def bench_finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, run_dir: Path, own_process: bool,
+                   log=print) -> None:
     """One fine-tune, in a process of its own (started once more where measuring refused it) or in this
     one; RunRefused where a budgeted run refused its budget."""
     try:
         if own_process:
-            finetune_alone_once_more(checkpoint, data, cfg, run_dir)
+            finetune_alone_once_more(checkpoint, data, cfg, run_dir, log)
         else:
             finetune(checkpoint, data, cfg, run_dir, overwrite=True, quiet=True)
     except InputError as e:
@@ -95,7 +98,7 @@ def run_one(stop: BenchStop, checkpoint: Path, data: DataOptions, cfg: TrainConf
     did not (then named in `stop.runs`), REFUSED where it refused its budget (then added to `refused`
     under `name`)."""
     try:
-        if stop.ran(lambda: bench_finetune(checkpoint, data, cfg, run_dir, own_process), run_dir, name, seed,
+        if stop.ran(lambda: bench_finetune(checkpoint, data, cfg, run_dir, own_process, log), run_dir, name, seed,
                     cfg.epochs):
             return RAN
         return STOPPED
