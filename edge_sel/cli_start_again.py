@@ -15,8 +15,7 @@ import sys
 
 import click
 
-from edge_sel.engine.loop.started_again import STARTED_AGAIN
-from edge_sel.errors import RefusedAfterMeasuring
+from edge_sel.errors import STARTED_AGAIN, RefusedAfterMeasuring     # not the engine: no torch before cli.py's settings
 
 COMMANDS = ("finetune",)
 # Read when the command line starts, before the run takes the variable: this process is itself a

@@ -21,6 +21,11 @@ class InUseError(InputError):
     it is never set aside or replaced for that."""
 
 
+# The environment variable through which a start made again after RefusedAfterMeasuring receives the
+# refused start's planning cost (JSON): engine/loop/started_again.py reads it, cli_start_again.py sets it.
+STARTED_AGAIN = "EDGE_SEL_STARTED_AGAIN"
+
+
 class RefusedAfterMeasuring(InputError):
     """A memory budget refused by a process that measured what the device's caches lacked (steps
     counted, step costs timed): measuring grew the process, and a start that reads them grows less.

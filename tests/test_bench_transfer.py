@@ -341,8 +341,7 @@ def test_a_run_refused_after_measuring_runs_once_more_in_a_fresh_process(monkeyp
     import os
     from edge_sel.bench import bench_run
     from edge_sel.config import TrainConfig
-    from edge_sel.engine.loop.started_again import STARTED_AGAIN
-    from edge_sel.errors import RefusedAfterMeasuring
+    from edge_sel.errors import STARTED_AGAIN, RefusedAfterMeasuring
     monkeypatch.delenv(STARTED_AGAIN, raising=False)
     told, logged = [], []
 

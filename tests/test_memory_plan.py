@@ -19,14 +19,13 @@ from edge_sel.data import Batch
 from edge_sel.data.dataset import IndexedDataset
 from edge_sel.config import TrainConfig
 from edge_sel.engine.loop import step_memory
-from edge_sel.engine.loop.started_again import STARTED_AGAIN
 from edge_sel.engine.machine import cuda_workspace, peak_memory
 from edge_sel.engine.loop.step_memory import forward_batch_that_fits, memory_counter
 from edge_sel.engine.machine.memory_plan import (MIN_CHUNK_FOR_EVERYTHING, RESERVE, MemoryPlan, plan_memory,
                                                  smallest_budget, spent_after_planning, usable)
 from edge_sel.methods.update.fixed_sets import bias_norm_names, classifier_names
 from edge_sel import cli_start_again
-from edge_sel.errors import InputError, RefusedAfterMeasuring
+from edge_sel.errors import STARTED_AGAIN, InputError, RefusedAfterMeasuring
 from edge_sel.methods import Updater
 from edge_sel.methods.registry import make_updater
 from edge_sel.models import build_model, load_checkpoint
@@ -322,6 +321,11 @@ def test_only_a_fine_tunes_own_process_starts_again_and_only_once(monkeypatch):
         cli_start_again.start_again(refused, command)
     assert replaced == [(sys.executable, [sys.executable, "-m", "edge_sel", "finetune", "--out", "x"])]
     assert json.loads(os.environ[STARTED_AGAIN]) == {"memory_plan_wall_s": 1.5}
+    # What every command's error handling imports loads no torch: cli.py sets torch's threads and huge
+    # pages first, which torch reads once.
+    loaded = subprocess.run([sys.executable, "-c", "import sys, edge_sel.cli_base; print('torch' in sys.modules)"],
+                            capture_output=True, text=True)
+    assert loaded.stdout.strip() == "False", loaded.stderr
 
 
 # A fine-tune whose plan the first start refuses (or every start, with REFUSE=always), as a start that
@@ -330,7 +334,7 @@ REFUSING = """
 import os, sys
 from edge_sel.engine.loop import step_memory
 from edge_sel import cli_start_again
-from edge_sel.errors import InputError, RefusedAfterMeasuring
+from edge_sel.errors import STARTED_AGAIN, InputError, RefusedAfterMeasuring
 real = step_memory.refuse_what_cannot_hold
 def refuse(trainer, plan, grown):
     if os.environ.get("REFUSE") == "always" or not getattr(trainer, "started_again_note", None):

@@ -21,9 +21,8 @@ from pathlib import Path
 from edge_sel.bench.stopping import BenchStop
 from edge_sel.config import TrainConfig
 from edge_sel.engine.runs.data_options import DataOptions
-from edge_sel.engine.loop.started_again import STARTED_AGAIN
 from edge_sel.engine.runs.run import finetune
-from edge_sel.errors import InputError, RefusedAfterMeasuring
+from edge_sel.errors import STARTED_AGAIN, InputError, RefusedAfterMeasuring
 
 # A run's refusal of its --memory-budget (memory_plan.py, joule_choice.py, step_memory.py), and the smallest
 # budget it names.

@@ -16,10 +16,8 @@ import contextlib
 import os
 
 from edge_sel.engine.machine import probe_cache
-from edge_sel.errors import InputError, RefusedAfterMeasuring, parse_json
+from edge_sel.errors import STARTED_AGAIN, InputError, RefusedAfterMeasuring, parse_json
 
-# The refused start's planning cost (JSON), set by the command line where it starts the run again.
-STARTED_AGAIN = "EDGE_SEL_STARTED_AGAIN"
 PLAN_COST_KEYS = ("memory_plan_wall_s", "memory_plan_energy_j", "memory_plan_counts", "memory_plan_counts_read")
 
 
