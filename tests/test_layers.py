@@ -33,7 +33,7 @@ LAYERS = [
     ("methods", ["edge_sel.methods"]),
     ("data, models, energy", ["edge_sel.data", "edge_sel.models", "edge_sel.energy"]),
     ("core", ["edge_sel", "edge_sel.core", "edge_sel.config", "edge_sel.errors", "edge_sel.device_caps",
-              "edge_sel.threads", "edge_sel.huge_pages", "edge_sel.version"]),
+              "edge_sel.threads", "edge_sel.huge_pages", "edge_sel.allocator", "edge_sel.version"]),
 ]
 
 

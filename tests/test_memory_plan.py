@@ -4,6 +4,7 @@ that update as the whole batch does, the plan kept by a resume, a budget nothing
 import atexit
 import json
 import os
+from importlib import metadata
 from dataclasses import replace
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from edge_sel.engine.loop.step_memory import forward_batch_that_fits, memory_cou
 from edge_sel.engine.machine.memory_plan import (MIN_CHUNK_FOR_EVERYTHING, RESERVE, MemoryPlan, plan_memory,
                                                  smallest_budget, spent_after_planning, usable)
 from edge_sel.methods.update.fixed_sets import bias_norm_names, classifier_names
-from edge_sel import cli_start_again
+from edge_sel import allocator, cli_start_again
 from edge_sel.errors import STARTED_AGAIN, InputError, RefusedAfterMeasuring
 from edge_sel.methods import Updater
 from edge_sel.methods.registry import make_updater
@@ -372,6 +373,10 @@ def test_a_first_start_refused_after_measuring_starts_once_more(tiny_warm, tmp_p
     assert start["memory_plan_counts_read"] >= 1 and start["memory_plan_counts"] >= 1
     assert start["memory_plan_wall_s"] > first > 0
     assert plan["gains"]["run_estimate"]["planning_s"] >= first        # the plan's estimate of the run holds it too
+    # Both starts ran on mimalloc where its wheel is installed (edge_sel/allocator.py): the first made
+    # itself again on it before torch loaded, the second kept it.
+    assert start["memory_allocator"] == ("glibc" if allocator.library() is None else
+                                         f"mimalloc {metadata.version('cmeel-mimalloc')}")
 
 
 def test_a_profiles_budget_reaches_the_night(tiny_warm, tmp_path, capsys):

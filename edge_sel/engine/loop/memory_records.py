@@ -11,7 +11,7 @@ import torch
 
 from edge_sel.core.memory import MiB, MemoryCount, nbytes
 from edge_sel.engine.machine.memory_plan import MemoryPlan
-from edge_sel.engine.machine.peak_memory import PeakMeter, fault_in, release_free_heap
+from edge_sel.engine.machine.peak_memory import PeakMeter, allocator_name, fault_in, release_free_heap
 
 # MemoryCount's parts, as record fields.
 PARTS = ("weights", "optimizer", "batch", "kept", "activations", "gradients", "transient", "workspace", "saved")
@@ -82,7 +82,7 @@ class RunMemory:
                "memory_step_sets": len(progress.memory_steps),
                "memory_measured_mb": measured, "memory_measure_method": self.meter.method,
                "memory_process_peak_mb": self.meter.process_peak(),
-               "memory_data_mb": mib(self.data_bytes)}
+               "memory_data_mb": mib(self.data_bytes), **self.allocator()}
         if self.trainer.config.memory_plan:      # what BatchNorm layers normalised with, as the plan chose
             out["memory_bn_statistics"] = MemoryPlan.from_json(self.trainer.config.memory_plan).statistics()
         out.update(self.trainer.__dict__.pop("memory_plan_cost", None) or {})     # the first epoch's: its planning
@@ -110,4 +110,9 @@ class RunMemory:
         beside += list((self.trainer.choice.weights or {}).values())
         self.snapshot = None
         return {"memory_eval_counted_mb": mib(count.peak), "memory_eval_beside_mb": mib(nbytes(beside)),
-                "memory_eval_measured_mb": measured, "memory_process_peak_mb": self.meter.process_peak()}
+                "memory_eval_measured_mb": measured, "memory_process_peak_mb": self.meter.process_peak(),
+                **self.allocator()}
+
+    def allocator(self) -> dict:
+        """The allocator a CPU run's pages come from (its measured peaks depend on it)."""
+        return {"memory_allocator": allocator_name()} if self.trainer.device.type == "cpu" else {}

@@ -339,12 +339,7 @@ def apply_plan(trainer, plan: MemoryPlan) -> MemoryPlan:
         # The heap keeps freed pages up to the budget's room beside the count and the process's growth.
         room = max(0.0, cfg.memory_budget_mb - plan.spent_mb - (counted or 0.0))
         trainer.heap_pool = int(room * MiB) if heap else 0
-        allocator.append(
-            f"glibc's heap kept while training, with at most {room:.1f} MiB of freed pages at its top: the count "
-            f"fits the budget {peak_memory.HEAP_SLACK:g} times over" if heap else
-            f"freed blocks of 64 KiB and more go back to the system while training, so the resident size follows "
-            f"the count (slower steps; the heap is kept where the count fits the budget "
-            f"{peak_memory.HEAP_SLACK:g} times over, beside the process's growth)")
+        allocator.append(peak_memory.training_note(heap, room))
     if plan.trainable is not None:
         updater.choose = lambda _model: set(plan.trainable)
     trainer.step_shape = plan.shape()

@@ -48,7 +48,7 @@ from edge_sel.backends.torch_backend import freeze_batchnorm_stats
 from edge_sel.core.memory import MiB, MemoryCount, StepShape
 from edge_sel.core.micro_batches import bounds
 from edge_sel.core.lean_saves import set_saves
-from edge_sel.engine.machine import probe_cache
+from edge_sel.engine.machine import peak_memory, probe_cache
 from edge_sel.engine.machine.device import random_streams_kept
 
 # A candidate whose trial accuracy is at most this far below the leader's (plus one paired standard
@@ -162,7 +162,15 @@ def shape_key(model, input_shape, shape: StepShape, trainable: set[str], device)
     digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:12]
     return "|".join(map(str, (probe_cache.machine_key(device), probe_cache.model_key(model, "plan"),
                               tuple(input_shape), shape.batch_size, shape.chunk, len(shape.recompute),
-                              shape.bn_statistics, digest, huge_pages_key(), *(("lean",) if shape.lean else ()))))
+                              shape.bn_statistics, digest, huge_pages_key(), *(("lean",) if shape.lean else ()),
+                              *allocator_key())))
+
+
+def allocator_key() -> tuple[str, ...]:
+    """Steps timed on mimalloc reuse what the step before freed and run faster under a budget
+    (edge_sel/allocator.py): their timings are kept apart from glibc's (whose keys stay as they were)."""
+    name = peak_memory.allocator_name()
+    return () if name == "glibc" else (name,)
 
 
 def huge_pages_key() -> str:

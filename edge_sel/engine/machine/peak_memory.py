@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from edge_sel import device_caps
+from edge_sel.engine.machine import mimalloc
 
 MiB = 2 ** 20
 CLEAR_REFS = "/proc/self/clear_refs"
@@ -185,6 +186,8 @@ def allocator_for_budget() -> bool:
     when freed, so what planning and the gain probe allocated is not kept for the run (under glibc's own
     threshold the probe's freed blocks stayed in the heap: a 200 MiB plan measured 222 MiB training,
     294 evaluating). Returns whether it was set (False on another C library)."""
+    if mimalloc.hand_back():         # mimalloc (edge_sel/allocator.py): what came before goes back
+        return True
     return set_mmap_threshold(MMAP_THRESHOLD)
 
 
@@ -194,7 +197,10 @@ def heap_fits(counted_mb: float, budget_mb: float) -> bool:
 
 
 def release_free_heap() -> bool:
-    """glibc's free pages handed back to the system (malloc_trim); False on another C library."""
+    """The allocator's free pages handed back to the system (mimalloc's collect, glibc's malloc_trim);
+    False on another C library."""
+    if mimalloc.hand_back():
+        return True
     libc = _libc()
     try:
         libc.malloc_trim(0)
@@ -213,6 +219,8 @@ def allocator_for_training(keep_heap: bool, pool: int = 0) -> bool:
     4.1 with the heap, and measured 255 MiB against 313-327 (benchmarks/bench_budget_time.py). A heap
     bounded only by its free top, where the count does not fit HEAP_SLACK times, measured over its
     budget (digits' edgecnn under 40 MiB: 42.0 MiB; unmapped 36.9). Returns whether the heap is kept."""
+    if mimalloc.hand_back():         # what planning freed goes back; a step's freed pages are reused
+        return True
     trim = max(pool, TRIM_THRESHOLD) if pool else TRAINING_TRIM_THRESHOLD
     return keep_heap and release_free_heap() and set_mmap_threshold(TRAINING_MMAP_THRESHOLD, trim)
 
@@ -221,4 +229,24 @@ def allocator_after_training() -> bool:
     """After a run that kept the heap: what it keeps goes back to the system and the process returns
     to the setting budgeted runs plan under (a later unbudgeted run in the same process measured
     0.0 MiB of training growth in pages the heap had kept)."""
+    if mimalloc.hand_back():
+        return True
     return release_free_heap() and set_mmap_threshold(MMAP_THRESHOLD, TRIM_THRESHOLD)
+
+
+def allocator_name() -> str:
+    """The allocator a CPU run's memory is measured under, for its record."""
+    return f"mimalloc {mimalloc.version()}" if mimalloc.loaded() else "glibc" if _libc() is not None else "unknown"
+
+
+def training_note(keep_heap: bool, room_mb: float) -> str:
+    """What the allocator does with freed memory while a budgeted CPU run trains, for its plan line."""
+    if mimalloc.loaded():
+        return (f"mimalloc {mimalloc.version()} while training: a step reuses the blocks the step before freed, "
+                f"pages freed {mimalloc.purge_delay_ms()} ms ago go back to the system")
+    if keep_heap:
+        return (f"glibc's heap kept while training, with at most {room_mb:.1f} MiB of freed pages at its top: the "
+                f"count fits the budget {HEAP_SLACK:g} times over")
+    return ("freed blocks of 64 KiB and more go back to the system while training, so the resident size follows "
+            f"the count (slower steps; the heap is kept where the count fits the budget {HEAP_SLACK:g} times over, "
+            "beside the process's growth)")

@@ -53,6 +53,7 @@ def memory_block(records: list[dict], baseline: dict | None = None, budget_mb: f
         **{k: v for k, v in figures.items() if v is not None or k not in ("bn_adapt_counted_mb", "process_peak_mb", "eval_beside_mb")},
         "data_mb": next((r["memory_data_mb"] for r in evaluated if r.get("memory_data_mb") is not None), None),
         "measure_method": method,
+        "allocator": next((r["memory_allocator"] for r in evaluated if r.get("memory_allocator")), None),
         "budget_mb": budget_mb,
         "includes": INCLUDES,
     }
