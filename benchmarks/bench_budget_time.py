@@ -8,9 +8,12 @@ A budgeted CPU run sets glibc's allocator (engine/machine/peak_memory.py): block
 more unmapped when freed while it plans, and while it trains too unless the count fits the budget
 HEAP_SLACK times over (then the heap is kept). The command line asks for huge pages for torch's CPU
 blocks of 2 MiB and more (edge_sel/huge_pages.py; THP_MEM_ALLOC_ENABLE=0 in the environment turns
-that off for every row). A setting here replaces the training one in the child: "heap" (kept),
-"64K", "2M" (blocks of that size and more mapped on their own and unmapped when freed; 64K is a
-budgeted run's own setting below HEAP_SLACK), "glibc" (glibc's own dynamic threshold throughout).
+that off for every row). A budgeted command line runs on mimalloc where its wheel is installed
+(edge_sel/allocator.py): the rows named "run" do (the unbudgeted twin runs on glibc, as a user's
+does), every other setting runs on glibc (EDGE_SEL_ALLOCATOR=glibc) and replaces the training one in
+the child: "glibc-run" (glibc's as a budgeted run sets it: the heap kept where the count fits
+HEAP_SLACK times over, else 64K), "heap" (kept), "64K", "2M" (blocks of that size and more mapped
+on their own and unmapped when freed), "glibc" (glibc's own dynamic threshold throughout).
 
     nice -n 5 python benchmarks/bench_budget_time.py --checkpoint CKPT --dataset folder:DIR --image-size 32 \\
         --subset 512 --budget 40       # what a budget costs, the planner choosing what trains
@@ -57,7 +60,10 @@ main()
 
 
 def run(setting: str, argv: list[str], trainable: list[str] | None = None) -> dict:
-    env = dict(os.environ, BENCH_TRAINABLE=json.dumps(trainable)) if trainable else None
+    env = dict(os.environ, **({"BENCH_TRAINABLE": json.dumps(trainable)} if trainable else {}))
+    if setting != "run":
+        env["EDGE_SEL_ALLOCATOR"] = "glibc"
+        setting = "run" if setting == "glibc-run" else setting
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", CHILD, setting, *argv], capture_output=True, text=True, env=env)
@@ -79,7 +85,7 @@ def figures(out: Path) -> dict:
     return {"plan_wall_s": round(plan, 1), "train_wall_s": round(totals["train_wall_s"] - plan, 1),
             "energy_all_j": totals.get("energy_all_j"), "energy_method": totals.get("energy_method"),
             "measured_mb": memory.get("measured_mb"), "eval_measured_mb": memory.get("eval_measured_mb"),
-            "counted_mb": memory.get("counted_mb")}
+            "counted_mb": memory.get("counted_mb"), "allocator": memory.get("allocator")}
 
 
 def named_set(checkpoint: str, name: str) -> list[str]:
@@ -105,8 +111,9 @@ def main() -> None:
     ap.add_argument("--set", default=None,
                     help="a fixed set of engine/loop/plan_sets.fixed_sets to time, instead of what "
                          "--sparsity budget chooses")
-    ap.add_argument("--settings", default="heap,64K",
-                    help="other allocator settings for the budgeted run of the chosen set (K/M suffixes, or 'glibc')")
+    ap.add_argument("--settings", default="glibc-run,heap",
+                    help="other allocator settings for the budgeted run of the chosen set, on glibc (K/M suffixes, "
+                         "'glibc-run', 'heap' or 'glibc')")
     args = ap.parse_args()
     common = ["finetune", "--checkpoint", args.checkpoint, "--dataset", args.dataset, "--subset", args.subset,
               "--test-subset", "64", "--val-subset", "64", "--batch-size", args.batch_size, "--epochs", args.epochs,
@@ -134,7 +141,8 @@ def main() -> None:
                           "recompute": len(plan["recompute"]), "lean": plan.get("lean", False)}), flush=True)
         for setting in filter(None, args.settings.split(",")):
             scale = {"K": 1024, "M": 2 ** 20}
-            value = setting if setting in ("glibc", "heap") else str(int(setting[:-1]) * scale[setting[-1]])
+            named = setting in ("glibc", "heap", "glibc-run")
+            value = setting if named else str(int(setting[:-1]) * scale[setting[-1]])
             row(f"budget, the same set, allocator {setting}", value, [*budget, "--sparsity", "last-k"], trainable)
 
 
