@@ -5,18 +5,20 @@ unmapped when freed (engine/machine/peak_memory.py), or the heap fragments past 
 96 px, the norms in micro-batches of one image under 49.6 MiB: 50.1-52.1 MiB measured with every block
 kept on the heap). Every step then faults its pages in afresh: 9.2 million minor faults and 13.5 s of
 training where the same set unbudgeted takes 5.0 s. mimalloc (Microsoft's allocator, packaged as the
-`cmeel-mimalloc` wheel, the `alloc` extra) segregates blocks by size, so a freed block is reused by the
-next of its size, and hands pages back to the system a set delay after they were freed: a step reuses
-what the step before freed, and pages unused for longer go back (measured in docs/memory-budget.md).
+`cmeel-mimalloc` wheel) segregates blocks by size, so a freed block is reused by the next of its size,
+and hands pages back to the system a set delay after they were freed (measured in
+docs/memory-budget.md, "mimalloc under a budget").
 
 An allocator replaces glibc's only from a process's start (the dynamic loader's LD_PRELOAD), so the
-console command of a budgeted run starts itself once more with it, before torch or anything else that
-allocates has loaded: `finetune --memory-budget`, `bench transfer` and `bench memory` (their rows run
-under budgets). EDGE_SEL_ALLOCATOR=glibc keeps glibc's; a path names another build of mimalloc. A
-process that already preloads a library (the user's LD_PRELOAD) is left as it is."""
+console command of a budgeted fine-tune (`finetune --memory-budget`) starts itself once more with it,
+before torch or anything else that allocates has loaded; the benches start their budgeted rows'
+processes with it (bench/bench_run.py), and their unbudgeted rows on glibc's, as the command line runs
+them. EDGE_SEL_ALLOCATOR=glibc keeps glibc's; a path names another build of mimalloc. A process that
+already preloads a library (the user's LD_PRELOAD) is left as it is."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -24,10 +26,11 @@ from pathlib import Path
 VARIABLE = "EDGE_SEL_ALLOCATOR"
 GLIBC = "glibc"
 DISTRIBUTION = "cmeel-mimalloc"
-# Pages freed this long ago go back to the system (mimalloc's own default is 1,000 ms). Long enough for
-# a step to reuse what the step before freed (a micro-batch of one image: about 25 ms), short enough
-# that what evaluation or planning freed is gone before training's peak is measured.
-PURGE_DELAY_MS = 100
+# Pages freed this long ago go back to the system: mimalloc's own default. Lite0 at 96 px, 340 images,
+# one epoch on one core: under 1/10 of full FT's peak, 100 ms and 1,000 trained as fast (9.1 and 8.9 s)
+# and measured as much (38.3 and 38.6 MiB); unbudgeted full FT took 14.6-15.9 s at 1,000 against glibc's
+# 14.4-15.9, and 16.8-19.4 s at 100 (steps of whole batches free large blocks for longer than 100 ms).
+PURGE_DELAY_MS = 1000
 PURGE_DELAY = "MIMALLOC_PURGE_DELAY"
 # Its arenas committed as they are used, not ahead: committed ahead, a process measured 15 MiB more
 # resident before torch loaded and 27 MiB more with Lite0 built (glibc's: 11.0 and 244.1 MiB; mimalloc's
@@ -61,12 +64,40 @@ def library(environ=None) -> Path | None:
 
 
 def wanted(args: list[str]) -> bool:
-    """Whether a command line (the arguments after `edge-sel`) runs under memory budgets."""
+    """Whether a command line (the arguments after `edge-sel`) is a budgeted fine-tune."""
     words = [a for a in args if not a.startswith("-")]
-    command = words[0] if words else ""
-    if command == "finetune":
-        return any(a == "--memory-budget" or a.startswith("--memory-budget=") for a in args)
-    return command == "bench" and len(words) > 1 and words[1] in ("transfer", "memory")
+    return (words[:1] == ["finetune"]
+            and any(a == "--memory-budget" or a.startswith("--memory-budget=") for a in args))
+
+
+def preload(environ) -> Path | None:
+    """Sets `environ` so that a process started with it runs on mimalloc (and never starts again);
+    returns the library, or None (`environ` left as it is) where it is turned off, not found, or
+    something is preloaded already."""
+    if STARTED_WITH in environ or environ.get("LD_PRELOAD", "").strip():
+        return None
+    path = library(environ)
+    if path is None:
+        return None
+    environ[STARTED_WITH] = environ["LD_PRELOAD"] = str(path)
+    environ.setdefault(PURGE_DELAY, str(PURGE_DELAY_MS))
+    environ.setdefault(EAGER_COMMIT, "0")
+    return path
+
+
+@contextlib.contextmanager
+def preloaded_children(budgeted: bool):
+    """Processes started inside run on mimalloc where `budgeted` (a bench's budgeted row); this
+    process's environment is as it was afterwards."""
+    before = dict(os.environ)
+    try:
+        if budgeted:
+            preload(os.environ)
+        yield
+    finally:
+        for key in set(os.environ) - set(before):
+            del os.environ[key]
+        os.environ.update(before)
 
 
 def console_command(argv: list[str]) -> bool:
@@ -82,17 +113,8 @@ def start_with_mimalloc(argv=None, environ=None, execv=os.execv) -> None:
     process runs on as it is. Call before torch is imported."""
     argv = sys.argv if argv is None else argv
     environ = os.environ if environ is None else environ
-    if STARTED_WITH in environ or environ.get("LD_PRELOAD", "").strip():
+    if not (console_command(argv) and wanted(argv[1:])) or preload(environ) is None:
         return
-    if not (console_command(argv) and wanted(argv[1:])):
-        return
-    path = library(environ)
-    if path is None:
-        return
-    environ[STARTED_WITH] = str(path)
-    environ["LD_PRELOAD"] = str(path)
-    environ.setdefault(PURGE_DELAY, str(PURGE_DELAY_MS))
-    environ.setdefault(EAGER_COMMIT, "0")
     sys.stdout.flush()
     sys.stderr.flush()
     execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])

@@ -18,6 +18,7 @@ import re
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from edge_sel import allocator
 from edge_sel.bench.stopping import BenchStop
 from edge_sel.config import TrainConfig
 from edge_sel.engine.runs.data_options import DataOptions
@@ -54,9 +55,11 @@ def _finetune_with_threads(checkpoint: Path, data: DataOptions, cfg: TrainConfig
 
 def finetune_alone(checkpoint: Path, data: DataOptions, cfg: TrainConfig, run_dir: Path) -> None:
     """Fine-tune in a spawned process (nothing inherited but the arguments and the environment) on
-    this process's torch threads; an error in it is raised here."""
+    this process's torch threads, on mimalloc where the run is budgeted (as the command line runs it,
+    edge_sel/allocator.py); an error in it is raised here."""
     import torch
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with allocator.preloaded_children(cfg.memory_budget_mb is not None), \
+            ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         pool.submit(_finetune_with_threads, checkpoint, data, cfg, run_dir, torch.get_num_threads()).result()
 
 
