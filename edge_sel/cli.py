@@ -13,7 +13,6 @@ quiet_start_up_interrupts()     # before click, torch and the rest are imported
 from edge_sel.allocator import start_with_mimalloc  # noqa: E402
 from edge_sel.errors import InputError  # noqa: E402
 from edge_sel.huge_pages import large_blocks_in_huge_pages  # noqa: E402
-
 from edge_sel.threads import omp_threads, passive_waiting  # noqa: E402
 
 start_with_mimalloc()            # a budgeted command: its process made again on mimalloc, before anything allocates

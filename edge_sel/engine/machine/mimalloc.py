@@ -4,9 +4,6 @@ its version and purge delay read, and its freed pages handed back between a run'
 from __future__ import annotations
 
 import ctypes
-import os
-
-from edge_sel.allocator import STARTED_WITH
 
 PURGE_DELAY_OPTION = 15      # mi_option_purge_delay in mimalloc's mi_option_t (mimalloc.h)
 MIN_VERSION = 20100
@@ -57,7 +54,3 @@ def hand_back() -> bool:
     lib.mi_collect(True)
     return True
 
-
-def started_with() -> str | None:
-    """The library the command line preloaded (edge_sel/allocator.py), where it did."""
-    return os.environ.get(STARTED_WITH)
