@@ -8,6 +8,8 @@ from contextlib import contextmanager
 
 import torch
 
+from edge_sel.engine.machine import peak_memory
+
 
 @contextmanager
 def bank_selecting(trainer):
@@ -84,6 +86,7 @@ def metered(trainer):
     in MiB (`memory_mb`, engine/machine/peak_memory.py)."""
     took = {}
     trainer.meter.begin("eval")
+    peak_memory.between_phases()
     window = trainer.run_memory.meter.begin(trainer.run_memory.base)
     t0 = trainer.budget.clock()     # the run's clock, which --time-budget reads
     yield took

@@ -11,7 +11,8 @@ import torch
 
 from edge_sel.core.memory import MiB, MemoryCount, nbytes
 from edge_sel.engine.machine.memory_plan import MemoryPlan
-from edge_sel.engine.machine.peak_memory import PeakMeter, allocator_name, fault_in, release_free_heap
+from edge_sel.engine.machine.peak_memory import (PeakMeter, allocator_name, between_phases, fault_in,
+                                                    release_free_heap)
 
 # MemoryCount's parts, as record fields.
 PARTS = ("weights", "optimizer", "batch", "kept", "activations", "gradients", "transient", "workspace", "saved")
@@ -53,6 +54,7 @@ class RunMemory:
     def begin_epoch(self) -> None:
         """The epoch's measured window opens (once: a window left open by a rollback is kept)."""
         if self.window is None:
+            between_phases()
             self.window = self.meter.begin(self.base)
 
     def observe(self, progress, rows: int) -> None:

@@ -234,6 +234,14 @@ def allocator_after_training() -> bool:
     return release_free_heap() and set_mmap_threshold(MMAP_THRESHOLD, TRIM_THRESHOLD)
 
 
+def between_phases() -> bool:
+    """Before a window of training or evaluation opens: on mimalloc, what the phase before freed goes
+    back (it keeps freed pages a second, and blocks of another phase's sizes do not reuse them: Lite0
+    at 96 px under 1/4 of full FT's peak evaluated at 135.5 MiB against 123.9 right after training).
+    glibc's heap is left as the plan set it."""
+    return mimalloc.hand_back()
+
+
 def allocator_name() -> str:
     """The allocator a CPU run's memory is measured under, for its record."""
     return f"mimalloc {mimalloc.version()}" if mimalloc.loaded() else "glibc" if _libc() is not None else "unknown"
