@@ -50,7 +50,7 @@ def test_a_budgeted_command_starts_again_once_with_mimalloc_preloaded(tmp_path, 
     start(said)
     assert said[allocator.PURGE_DELAY] == "5"                      # the user's own setting stands
     assert start({allocator.VARIABLE: str(lib), "LD_PRELOAD": "/their/lib.so"}) == []    # the user's preload stands
-    assert start({allocator.VARIABLE: "glibc"}) == []
+    assert start({allocator.VARIABLE: "glibc"}) == [] and start({}) == []
     assert start({allocator.VARIABLE: str(lib)}, argv=("/venv/bin/edge-sel", "finetune")) == []
     assert start({allocator.VARIABLE: str(lib)}, argv=("/venv/bin/pytest", "finetune", "--memory-budget", "4")) == []
 
@@ -87,9 +87,10 @@ def test_a_benchs_budgeted_rows_start_on_mimalloc_and_its_others_on_glibc(tmp_pa
     assert seen == [str(lib), None] and dict(os.environ) == before
 
 
-def test_the_library_is_the_installed_wheels_unless_named_or_turned_off():
-    found = allocator.library({})
-    if found is not None:       # installed with the package on Linux
+def test_the_library_is_asked_for_by_name_or_path_never_by_default():
+    assert allocator.library({}) is None
+    found = allocator.library({allocator.VARIABLE: "mimalloc"})
+    if found is not None:       # the alloc extra, on Linux
         assert found.name.startswith("libmimalloc.so.") and found.is_file()
     assert allocator.library({allocator.VARIABLE: "/opt/mi.so"}) == Path("/opt/mi.so")
     assert allocator.library({allocator.VARIABLE: "glibc"}) is None
@@ -126,8 +127,9 @@ def test_on_mimalloc_each_phase_hands_back_what_the_one_before_freed(monkeypatch
     assert peak_memory.allocator_for_training(False, 0) is True and len(fake.calls) == 2
     assert peak_memory.allocator_after_training() and peak_memory.release_free_heap() and len(fake.calls) == 4
     assert peak_memory.allocator_name() == "mimalloc 3.4.3"
-    assert peak_memory.training_note(False, 0.0) == ("mimalloc 3.4.3 while training: a step reuses the blocks the "
-                                                      "step before freed, pages freed 1000 ms ago go back to the system")
+    assert peak_memory.training_note(False, 0.0) == (
+        "mimalloc 3.4.3 while training: a step reuses the blocks the step before freed, pages freed 1000 ms ago "
+        "go back to the system")
     monkeypatch.setattr(mimalloc, "library", lambda: None)
     assert peak_memory.allocator_name() == "glibc" and peak_memory.training_note(False, 0.0).startswith("freed blocks")
 

@@ -355,7 +355,7 @@ def test_a_first_start_refused_after_measuring_starts_once_more(tiny_warm, tmp_p
     """The command line replaces its process once with the same command: the start made again reads
     the counts the first kept, plans, runs, and counts both starts' planning; refused again, it ends
     in one line, never a third start."""
-    env = {**os.environ, "EDGE_SEL_CACHE": str(tmp_path / "cache"), "REFUSE": refuse}
+    env = {**os.environ, "EDGE_SEL_CACHE": str(tmp_path / "cache"), "REFUSE": refuse, allocator.VARIABLE: "mimalloc"}
     argv = ["finetune", "--checkpoint", str(tiny_warm), *FINETUNE, "--epochs", "0", "--memory-budget", "9",
             "--out", str(tmp_path / "run")]
     done = subprocess.run([sys.executable, "-c", REFUSING, *argv], env=env, capture_output=True, text=True)
@@ -375,9 +375,9 @@ def test_a_first_start_refused_after_measuring_starts_once_more(tiny_warm, tmp_p
     assert start["memory_plan_counts_read"] >= 1 and start["memory_plan_counts"] >= 1
     assert start["memory_plan_wall_s"] > first > 0
     assert plan["gains"]["run_estimate"]["planning_s"] >= first        # the plan's estimate of the run holds it too
-    # Both starts ran on mimalloc where its wheel is installed (edge_sel/allocator.py): the first made
+    # Both starts ran on mimalloc, asked for and installed (edge_sel/allocator.py): the first made
     # itself again on it before torch loaded, the second kept it.
-    assert start["memory_allocator"] == ("glibc" if allocator.library() is None else
+    assert start["memory_allocator"] == ("glibc" if allocator.library(env) is None else
                                          f"mimalloc {metadata.version('cmeel-mimalloc')}")
 
 
