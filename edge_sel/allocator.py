@@ -9,14 +9,16 @@ training where the same set unbudgeted takes 5.0 s. mimalloc (Microsoft's alloca
 and hands pages back to the system a set delay after they were freed (measured in
 docs/memory-budget.md, "mimalloc under a budget").
 
-An allocator replaces glibc's only from a process's start (the dynamic loader's LD_PRELOAD), so with
-EDGE_SEL_ALLOCATOR=mimalloc the console command of a budgeted fine-tune (`finetune --memory-budget`)
-starts itself once more with it, before torch or anything else that allocates has loaded, and the
-benches start their budgeted rows' processes with it (bench/bench_run.py), their unbudgeted rows on
-glibc's, as the command line runs them; a path names another build of mimalloc. A process that already
-preloads a library (the user's LD_PRELOAD) is left as it is. It is not the default: at small budgets
-its pages take more room over the count than glibc's (mobilenetv2 at 32 px under 40 MiB measured
-39.5-42.1 MiB of training in the benchmark's runs, where glibc's measured 28.3)"""
+An allocator replaces glibc's only from a process's start (the dynamic loader's LD_PRELOAD), so the
+console command of a budgeted fine-tune (`finetune --memory-budget`) starts itself once more with it,
+before torch or anything else that allocates has loaded, where the library is installed (the `alloc`
+extra) and EDGE_SEL_ALLOCATOR does not say `glibc`; a path names another build of mimalloc. The benches
+start their budgeted rows' processes with it (bench/bench_run.py), their unbudgeted rows on glibc's, as
+the command line runs them. A process that already preloads a library (the user's LD_PRELOAD) is left
+as it is. mimalloc's pages pin more of the process than glibc's heap (mobilenetv2 at 32 px, after
+training steps of 2, 5 and 32 images and every freed page handed back: 45 MiB over the level before
+them, glibc's 32), so a budget that holds only glibc's growth is refused on it: that refusal starts the
+run once more on glibc's (engine/loop/started_again.py, cli_start_again.py, bench/bench_run.py)."""
 
 from __future__ import annotations
 
@@ -45,14 +47,14 @@ STARTED_WITH = "EDGE_SEL_STARTED_WITH_ALLOCATOR"
 
 
 def library(environ=None) -> Path | None:
-    """mimalloc's shared library where EDGE_SEL_ALLOCATOR asks for it: `mimalloc`, the
-    `cmeel-mimalloc` distribution's (the `alloc` extra), or a path; None where it is not asked for
-    (unset or `glibc`), not installed, or not Linux."""
+    """mimalloc's shared library: the `cmeel-mimalloc` distribution's (the `alloc` extra) where
+    EDGE_SEL_ALLOCATOR is unset or `mimalloc`, the path it names otherwise; None where it says `glibc`,
+    the distribution is not installed, or the system is not Linux."""
     environ = os.environ if environ is None else environ
     chosen = environ.get(VARIABLE, "").strip()
-    if chosen in ("", GLIBC) or not sys.platform.startswith("linux"):
+    if chosen == GLIBC or not sys.platform.startswith("linux"):
         return None
-    if chosen != MIMALLOC:
+    if chosen not in ("", MIMALLOC):
         return Path(chosen)
     from importlib import metadata
     try:
@@ -102,6 +104,22 @@ def preloaded_children(budgeted: bool):
         for key in set(os.environ) - set(before):
             del os.environ[key]
         os.environ.update(before)
+
+
+def runs_on_ours(environ=None) -> bool:
+    """Whether this process was started on the mimalloc preload() set (not a library the user preloads)."""
+    environ = os.environ if environ is None else environ
+    return bool(environ.get(STARTED_WITH)) and environ.get("LD_PRELOAD") == environ[STARTED_WITH]
+
+
+def on_glibc_instead(environ) -> bool:
+    """Sets `environ` so that a process started with it runs on glibc's allocator, where it runs on the
+    mimalloc preload() set; returns whether it did (else `environ` is left as it is)."""
+    if not runs_on_ours(environ):
+        return False
+    del environ["LD_PRELOAD"], environ[STARTED_WITH]
+    environ[VARIABLE] = GLIBC
+    return True
 
 
 def console_command(argv: list[str]) -> bool:

@@ -20,7 +20,7 @@ import warnings
 import click
 
 from edge_sel import cli_start_again
-from edge_sel.errors import InputError, RefusedAfterMeasuring, TrainingDiverged, WriteError
+from edge_sel.errors import InputError, RefusedAfterMeasuring, RefusedOnMimalloc, TrainingDiverged, WriteError
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
@@ -104,6 +104,8 @@ def _invoke_handled(invoke, ctx: click.Context):
     except InputError as e:
         if isinstance(e, RefusedAfterMeasuring):
             cli_start_again.start_again(e, ctx.command.name)       # returns where the process is not replaced
+        if isinstance(e, RefusedOnMimalloc):
+            cli_start_again.start_on_glibc(e, ctx.command.name)
         click.echo(f"edge-sel: error: {e}", err=True)
         sys.exit(2)
     except (WriteError, TrainingDiverged) as e:

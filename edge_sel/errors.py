@@ -21,15 +21,17 @@ class InUseError(InputError):
     it is never set aside or replaced for that."""
 
 
-# The environment variable through which a start made again after RefusedAfterMeasuring receives the
-# refused start's planning cost (JSON): engine/loop/started_again.py reads it, cli_start_again.py sets it.
+# The environment variable through which a start made again (after RefusedAfterMeasuring or
+# RefusedOnMimalloc) receives the refused starts' planning cost (JSON): engine/loop/started_again.py
+# reads it, cli_start_again.py and bench/bench_run.py set it.
 STARTED_AGAIN = "EDGE_SEL_STARTED_AGAIN"
+# Its key for a start made on glibc's allocator after RefusedOnMimalloc.
+ON_GLIBC_AFTER_MIMALLOC = "refused_on_mimalloc"
 
 
-class RefusedAfterMeasuring(InputError):
-    """A memory budget refused by a process that measured what the device's caches lacked (steps
-    counted, step costs timed): measuring grew the process, and a start that reads them grows less.
-    `cost`: what planning took in this process (wall seconds, joules, steps counted)."""
+class RefusedWithCost(InputError):
+    """A memory budget refused where a fresh start may hold it; `cost`: what planning took in this
+    process (wall seconds, joules, steps counted), which that start counts in its own."""
 
     def __init__(self, message: str, cost: dict):
         super().__init__(message)
@@ -37,6 +39,16 @@ class RefusedAfterMeasuring(InputError):
 
     def __reduce__(self):         # raised in a bench's own process, and said in the bench's
         return type(self), (str(self), self.cost)
+
+
+class RefusedAfterMeasuring(RefusedWithCost):
+    """A memory budget refused by a process that measured what the device's caches lacked (steps
+    counted, step costs timed): measuring grew the process, and a start that reads them grows less."""
+
+
+class RefusedOnMimalloc(RefusedWithCost):
+    """A memory budget refused by a process started on mimalloc for it (edge_sel/allocator.py), whose
+    pages pin more of the process than glibc's heap: a start on glibc's allocator grows less."""
 
 
 class WriteError(Exception):

@@ -50,7 +50,7 @@ def test_a_budgeted_command_starts_again_once_with_mimalloc_preloaded(tmp_path, 
     start(said)
     assert said[allocator.PURGE_DELAY] == "5"                      # the user's own setting stands
     assert start({allocator.VARIABLE: str(lib), "LD_PRELOAD": "/their/lib.so"}) == []    # the user's preload stands
-    assert start({allocator.VARIABLE: "glibc"}) == [] and start({}) == []
+    assert start({allocator.VARIABLE: "glibc"}) == []
     assert start({allocator.VARIABLE: str(lib)}, argv=("/venv/bin/edge-sel", "finetune")) == []
     assert start({allocator.VARIABLE: str(lib)}, argv=("/venv/bin/pytest", "finetune", "--memory-budget", "4")) == []
 
@@ -87,13 +87,30 @@ def test_a_benchs_budgeted_rows_start_on_mimalloc_and_its_others_on_glibc(tmp_pa
     assert seen == [str(lib), None] and dict(os.environ) == before
 
 
-def test_the_library_is_asked_for_by_name_or_path_never_by_default():
-    assert allocator.library({}) is None
-    found = allocator.library({allocator.VARIABLE: "mimalloc"})
-    if found is not None:       # the alloc extra, on Linux
+def test_the_library_is_the_default_named_by_path_or_turned_off(monkeypatch):
+    found = allocator.library({})
+    assert found == allocator.library({allocator.VARIABLE: "mimalloc"})
+    if found is not None:       # the alloc extra, on Linux: a budgeted command starts again on it unasked
         assert found.name.startswith("libmimalloc.so.") and found.is_file()
+        monkeypatch.setattr(sys, "orig_argv", ["python", "/venv/bin/edge-sel", "finetune", "--memory-budget", "40"])
+        environ = {}
+        assert len(start(environ)) == 1 and environ["LD_PRELOAD"] == str(found)
     assert allocator.library({allocator.VARIABLE: "/opt/mi.so"}) == Path("/opt/mi.so")
     assert allocator.library({allocator.VARIABLE: "glibc"}) is None
+
+
+def test_only_the_mimalloc_started_for_a_budget_turns_to_glibc():
+    """A refusal on mimalloc starts again on glibc only where this process was started on it for its
+    budget: never where the user preloads a library of their own."""
+    ours = {allocator.STARTED_WITH: "/lib/mi.so", "LD_PRELOAD": "/lib/mi.so", allocator.VARIABLE: "mimalloc", "X": "1"}
+    assert allocator.runs_on_ours(ours) and allocator.on_glibc_instead(ours)
+    assert ours == {allocator.VARIABLE: "glibc", "X": "1"} and not allocator.runs_on_ours(ours)
+    assert not allocator.on_glibc_instead(ours)
+    theirs = {allocator.STARTED_WITH: "/lib/mi.so", "LD_PRELOAD": "/their/lib.so"}
+    assert not allocator.on_glibc_instead(theirs) and theirs["LD_PRELOAD"] == "/their/lib.so"
+    assert not allocator.runs_on_ours({}) and not allocator.runs_on_ours({"LD_PRELOAD": "/lib/mi.so"})
+    # the start made on glibc never starts again on mimalloc
+    assert start({allocator.VARIABLE: "glibc"}) == []
 
 
 class FakeMimalloc:

@@ -334,31 +334,48 @@ def test_the_merge_leaves_out_a_torn_results_json_in_one_line_and_claims_its_out
     assert merged("--out", tmp_path / "merged", "--overwrite", out)[0] == 0
 
 
-@pytest.mark.parametrize("refusals", [1, 2])
-def test_a_run_refused_after_measuring_runs_once_more_in_a_fresh_process(monkeypatch, refusals):
+REFUSED = "--memory-budget 4: no step fits; the smallest that does is 5.1 MiB (the classifier alone, one image at a time)"
+
+
+@pytest.mark.parametrize("refusals,ends", [
+    (["measured"], "ran"),
+    (["measured", "measured"], "refused"),                       # once more on one allocator, never twice
+    (["mimalloc"], "ran"),
+    (["measured", "mimalloc", "measured"], "ran"),               # once more on each allocator
+    (["measured", "mimalloc", "measured", "measured"], "refused")])
+def test_a_refused_row_runs_once_more_as_the_command_line_does(monkeypatch, refusals, ends):
     """A budgeted row refused by a start that measured what the device's caches lacked runs once more in
-    a fresh process, told the refused start's planning cost; refused again, it is a row that does not fit."""
+    a fresh process on the same allocator, and one refused on mimalloc once more on glibc's, each told
+    the refused start's planning cost; refused beyond that, it is a row that does not fit."""
     import os
     from edge_sel.bench import bench_run
     from edge_sel.config import TrainConfig
-    from edge_sel.errors import STARTED_AGAIN, RefusedAfterMeasuring
+    from edge_sel.errors import ON_GLIBC_AFTER_MIMALLOC, STARTED_AGAIN, RefusedAfterMeasuring, RefusedOnMimalloc
     monkeypatch.delenv(STARTED_AGAIN, raising=False)
-    told, logged = [], []
+    starts, logged = [], []
 
-    def alone(checkpoint, data, cfg, run_dir):
-        told.append(os.environ.get(STARTED_AGAIN))
-        if len(told) <= refusals:
-            raise RefusedAfterMeasuring("--memory-budget 4: no step fits; the smallest that does is 5.1 MiB (the "
-                                        "classifier alone, one image at a time)", {"memory_plan_wall_s": 2.0})
+    def alone(checkpoint, data, cfg, run_dir, on_glibc=False):
+        told = os.environ.get(STARTED_AGAIN)
+        starts.append(("glibc" if on_glibc else "mimalloc", told and json.loads(told)))
+        if len(starts) <= len(refusals):
+            kind = RefusedAfterMeasuring if refusals[len(starts) - 1] == "measured" else RefusedOnMimalloc
+            raise kind(REFUSED, {"memory_plan_wall_s": float(len(starts))})
     monkeypatch.setattr(bench_run, "finetune_alone", alone)
     cfg = TrainConfig(memory_budget_mb=4.0)
-    if refusals == 1:
+    if ends == "ran":
         bench_run.bench_finetune(Path("ckpt"), None, cfg, Path("seed0"), own_process=True, log=logged.append)
     else:
         with pytest.raises(bench_run.RunRefused) as refused:
             bench_run.bench_finetune(Path("ckpt"), None, cfg, Path("seed0"), own_process=True, log=logged.append)
         assert refused.value.needs_mb == 5.1
-    assert told == [None, json.dumps({"memory_plan_wall_s": 2.0})] and STARTED_AGAIN not in os.environ
-    assert logged == ["  seed0: --memory-budget 4: no step fits; the smallest that does is 5.1 MiB (the classifier "
-                      "alone, one image at a time); its start measured what this device's caches lacked: once more, "
-                      "reading them"]        # said once, before the second start
+    assert STARTED_AGAIN not in os.environ
+    expected, on_glibc = [("mimalloc", None)], False
+    for i, kind in enumerate(refusals[:len(starts) - 1], 1):
+        on_glibc = on_glibc or kind == "mimalloc"
+        cost = {"memory_plan_wall_s": float(i), **({ON_GLIBC_AFTER_MIMALLOC: REFUSED} if kind == "mimalloc" else {})}
+        expected.append(("glibc" if on_glibc else "mimalloc", cost))
+    assert starts == expected and len(starts) == len(refusals) + (ends == "ran")
+    assert logged[0] == f"  seed0: {REFUSED}; " + ("its start measured what this device's caches lacked: once more, "
+                                                   "reading them" if refusals[0] == "measured" else
+                                                   "refused on mimalloc: once more on glibc's allocator")
+    assert len(logged) == len(starts) - 1        # said once, before each start made again

@@ -6,7 +6,8 @@ fits: the run also counts what the process grew by before that step (torch's ker
 use, planning; engine/loop/first_use.py), which a count cannot. Such a run is a row that does not fit,
 with the run's one line and the smallest budget it names, not a failure of the bench; any other error
 of a run still ends the bench. A run in a process of its own refused after measuring what the device's
-caches lacked runs once more first, as the command line's does (engine/loop/started_again.py).
+caches lacked runs once more first, and one refused on mimalloc once more on glibc's allocator, as the
+command line's does (engine/loop/started_again.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from edge_sel.bench.stopping import BenchStop
 from edge_sel.config import TrainConfig
 from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.engine.runs.run import finetune
-from edge_sel.errors import STARTED_AGAIN, InputError, RefusedAfterMeasuring
+from edge_sel.errors import ON_GLIBC_AFTER_MIMALLOC, STARTED_AGAIN, InputError, RefusedAfterMeasuring, RefusedOnMimalloc
 
 # A run's refusal of its --memory-budget (memory_plan.py, joule_choice.py, step_memory.py), and the smallest
 # budget it names.
@@ -53,28 +54,40 @@ def _finetune_with_threads(checkpoint: Path, data: DataOptions, cfg: TrainConfig
     finetune(checkpoint, data, cfg, run_dir, overwrite=True, quiet=True)
 
 
-def finetune_alone(checkpoint: Path, data: DataOptions, cfg: TrainConfig, run_dir: Path) -> None:
+def finetune_alone(checkpoint: Path, data: DataOptions, cfg: TrainConfig, run_dir: Path, on_glibc: bool = False) -> None:
     """Fine-tune in a spawned process (nothing inherited but the arguments and the environment) on
     this process's torch threads, on mimalloc where the run is budgeted (as the command line runs it,
-    edge_sel/allocator.py); an error in it is raised here."""
+    edge_sel/allocator.py) unless `on_glibc`; an error in it is raised here."""
     import torch
-    with allocator.preloaded_children(cfg.memory_budget_mb is not None), \
+    with allocator.preloaded_children(cfg.memory_budget_mb is not None and not on_glibc), \
             ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         pool.submit(_finetune_with_threads, checkpoint, data, cfg, run_dir, torch.get_num_threads()).result()
 
 
 def finetune_alone_once_more(checkpoint: Path, data: DataOptions, cfg: TrainConfig, run_dir: Path,
                              log=print) -> None:
-    """finetune_alone; where its start was refused after measuring what the device's caches lacked
-    (engine/loop/started_again.py), once more in a fresh process, which counts the refused start's
-    planning in its own, as the command line does."""
-    try:
-        finetune_alone(checkpoint, data, cfg, run_dir)
-    except RefusedAfterMeasuring as e:
-        log(f"  {run_dir}: {e}; its start measured what this device's caches lacked: once more, reading them")
-        os.environ[STARTED_AGAIN] = json.dumps(e.cost)      # the spawned process's environment
+    """finetune_alone, started again as the command line's run is: once more in a fresh process where
+    its start was refused after measuring what the device's caches lacked (once on each allocator), and
+    on glibc's allocator where it was refused on mimalloc (RefusedOnMimalloc); each start counts the
+    refused starts' planning in its own."""
+    told, on_glibc, measured_on = None, False, set()
+    while True:
+        if told is not None:
+            os.environ[STARTED_AGAIN] = told           # the spawned process's environment
         try:
-            finetune_alone(checkpoint, data, cfg, run_dir)
+            finetune_alone(checkpoint, data, cfg, run_dir, on_glibc)
+            return
+        except RefusedAfterMeasuring as e:
+            if on_glibc in measured_on:
+                raise
+            measured_on.add(on_glibc)
+            log(f"  {run_dir}: {e}; its start measured what this device's caches lacked: once more, reading them")
+            told = json.dumps(e.cost)
+        except RefusedOnMimalloc as e:
+            if on_glibc:
+                raise
+            log(f"  {run_dir}: {e}; refused on mimalloc: once more on glibc's allocator")
+            told, on_glibc = json.dumps({**e.cost, ON_GLIBC_AFTER_MIMALLOC: str(e)}), True
         finally:
             os.environ.pop(STARTED_AGAIN, None)
 

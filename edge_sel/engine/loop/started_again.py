@@ -8,7 +8,12 @@ that fits beside a start reading them can be refused beside one measuring them (
 budget; the same command again fitted, measured 38.8 MiB of training). Such a refusal is
 RefusedAfterMeasuring where the run's cheapest step would fit beside no growth (else no start fits);
 the command line starts the run once more in a fresh process (cli_start_again.py),
-and that start counts the refused one's planning in its own (both ran)."""
+and that start counts the refused one's planning in its own (both ran).
+
+A process started on mimalloc for its budget (edge_sel/allocator.py) pins more pages than glibc's heap
+would, so its refusal of a budget that a start on glibc might hold (again: where the cheapest step fits
+beside no growth) is RefusedOnMimalloc, and the run starts once more on glibc's allocator: at once where
+this start kept nothing, after the start made again reading what it kept otherwise."""
 
 from __future__ import annotations
 
@@ -16,23 +21,32 @@ import contextlib
 import os
 
 from edge_sel.engine.machine import probe_cache
-from edge_sel.errors import STARTED_AGAIN, InputError, RefusedAfterMeasuring, parse_json
+from edge_sel import allocator
+from edge_sel.errors import (ON_GLIBC_AFTER_MIMALLOC, STARTED_AGAIN, InputError, RefusedAfterMeasuring,
+                              RefusedOnMimalloc, parse_json)
 
 PLAN_COST_KEYS = ("memory_plan_wall_s", "memory_plan_energy_j", "memory_plan_counts", "memory_plan_counts_read")
 
 
 @contextlib.contextmanager
 def refusal_after_measuring(trainer, fits_beside_no_growth):
-    """A plan refused (InputError) where this process kept counts or timings meanwhile, and where the
-    run's cheapest step would fit beside no growth at all (`fits_beside_no_growth()`: else no start
-    fits), becomes RefusedAfterMeasuring, with planning's cost so far."""
+    """A plan refused (InputError) where the run's cheapest step would fit beside no growth at all
+    (`fits_beside_no_growth()`: else no start fits) becomes RefusedAfterMeasuring where this process kept
+    counts or timings meanwhile (on mimalloc, only in a first start), else RefusedOnMimalloc where the
+    process runs on the mimalloc started for its budget; either with planning's cost so far."""
     kept_before = probe_cache.kept_here
     try:
         yield
     except InputError as e:
-        if type(e) is InputError and probe_cache.kept_here > kept_before and fits_beside_no_growth():
-            raise RefusedAfterMeasuring(str(e), dict(getattr(trainer, "memory_plan_cost", None) or {})) from None
-        raise
+        if type(e) is not InputError:
+            raise
+        measured = probe_cache.kept_here > kept_before
+        on_mimalloc = allocator.runs_on_ours()
+        again_on_mimalloc = on_mimalloc and (not measured or getattr(trainer, "started_again_note", None))
+        if not (measured or on_mimalloc) or not fits_beside_no_growth():
+            raise
+        cost = dict(getattr(trainer, "memory_plan_cost", None) or {})
+        raise (RefusedOnMimalloc if again_on_mimalloc else RefusedAfterMeasuring)(str(e), cost) from None
 
 
 def take_earlier_start(trainer) -> None:
@@ -49,6 +63,12 @@ def take_earlier_start(trainer) -> None:
             if k in PLAN_COST_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
     trainer.memory_plan_cost = cost
     trainer.earlier_planning_s = float(cost.get("memory_plan_wall_s", 0.0))    # in the plan's estimate of the run
+    if isinstance(found, dict) and found.get(ON_GLIBC_AFTER_MIMALLOC):
+        trainer.started_again_note = (
+            f"started again on glibc's allocator: the start on mimalloc, which pins more of the process, refused "
+            f"the budget ({found[ON_GLIBC_AFTER_MIMALLOC]}); its {cost.get('memory_plan_wall_s', 0.0):.1f} s of "
+            f"planning are in this run's totals")
+        return
     trainer.started_again_note = (
         f"started again: a first start measured what this device's caches lacked ({cost.get('memory_plan_counts', 0)} "
         f"steps counted, or step costs timed), which grew the process, and was refused; its "
