@@ -89,7 +89,8 @@ def metered(trainer):
     peak_memory.between_phases()
     window = trainer.run_memory.meter.begin(trainer.run_memory.base)
     t0 = trainer.budget.clock()     # the run's clock, which --time-budget reads
-    yield took
+    with peak_memory.evaluating(trainer.config.memory_budget_mb is not None):
+        yield took
     took["wall"] = trainer.budget.clock() - t0
     took["memory_mb"] = trainer.run_memory.meter.end(window)
     took["energy"] = trainer.meter.end("eval")
