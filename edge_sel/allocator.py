@@ -9,16 +9,18 @@ training where the same set unbudgeted takes 5.0 s. mimalloc (Microsoft's alloca
 and hands pages back to the system a set delay after they were freed (measured in
 docs/memory-budget.md, "mimalloc under a budget").
 
-An allocator replaces glibc's only from a process's start (the dynamic loader's LD_PRELOAD), so the
-console command of a budgeted fine-tune (`finetune --memory-budget`) starts itself once more with it,
-before torch or anything else that allocates has loaded, where the library is installed (the `alloc`
-extra) and EDGE_SEL_ALLOCATOR does not say `glibc`; a path names another build of mimalloc. The benches
-start their budgeted rows' processes with it (bench/bench_run.py), their unbudgeted rows on glibc's, as
-the command line runs them. A process that already preloads a library (the user's LD_PRELOAD) is left
-as it is. mimalloc's pages pin more of the process than glibc's heap (mobilenetv2 at 32 px, after
-training steps of 2, 5 and 32 images and every freed page handed back: 45 MiB over the level before
-them, glibc's 32), so a budget that holds only glibc's growth is refused on it: that refusal starts the
-run once more on glibc's (engine/loop/started_again.py, cli_start_again.py, bench/bench_run.py)."""
+An allocator replaces glibc's only from a process's start (the dynamic loader's LD_PRELOAD), so with
+EDGE_SEL_ALLOCATOR=mimalloc the console command of a budgeted fine-tune (`finetune --memory-budget`)
+starts itself once more with it, before torch or anything else that allocates has loaded, and the
+benches start their budgeted rows' processes with it (bench/bench_run.py), their unbudgeted rows on
+glibc's, as the command line runs them; a path names another build of mimalloc. A process that already
+preloads a library (the user's LD_PRELOAD) is left as it is. mimalloc's pages pin more of the process
+than glibc's heap (mobilenetv2 at 32 px, after training steps of 2, 5 and 32 images and every freed
+page handed back: 45 MiB over the level before them, glibc's 32), so a budget that holds only glibc's
+growth is refused on it: that refusal starts the run once more on glibc's (engine/loop/started_again.py,
+cli_start_again.py, bench/bench_run.py). It is not the default: how much it pins varies from run to run
+(two runs of one plan of Lite0 at 96 px under a 49.6 MiB budget, the same growth before their first
+step, measured 41.7 and 49.5 MiB of training, and the second 50.5 of evaluation, over the budget)."""
 
 from __future__ import annotations
 
@@ -47,14 +49,14 @@ STARTED_WITH = "EDGE_SEL_STARTED_WITH_ALLOCATOR"
 
 
 def library(environ=None) -> Path | None:
-    """mimalloc's shared library: the `cmeel-mimalloc` distribution's (the `alloc` extra) where
-    EDGE_SEL_ALLOCATOR is unset or `mimalloc`, the path it names otherwise; None where it says `glibc`,
-    the distribution is not installed, or the system is not Linux."""
+    """mimalloc's shared library where EDGE_SEL_ALLOCATOR asks for it: `mimalloc`, the
+    `cmeel-mimalloc` distribution's (the `alloc` extra), or a path; None where it is not asked for
+    (unset or `glibc`), not installed, or not Linux."""
     environ = os.environ if environ is None else environ
     chosen = environ.get(VARIABLE, "").strip()
-    if chosen == GLIBC or not sys.platform.startswith("linux"):
+    if chosen in ("", GLIBC) or not sys.platform.startswith("linux"):
         return None
-    if chosen not in ("", MIMALLOC):
+    if chosen != MIMALLOC:
         return Path(chosen)
     from importlib import metadata
     try:

@@ -87,14 +87,11 @@ def test_a_benchs_budgeted_rows_start_on_mimalloc_and_its_others_on_glibc(tmp_pa
     assert seen == [str(lib), None] and dict(os.environ) == before
 
 
-def test_the_library_is_the_default_named_by_path_or_turned_off(monkeypatch):
-    found = allocator.library({})
-    assert found == allocator.library({allocator.VARIABLE: "mimalloc"})
-    if found is not None:       # the alloc extra, on Linux: a budgeted command starts again on it unasked
+def test_the_library_is_asked_for_by_name_or_path_never_by_default():
+    assert allocator.library({}) is None and start({}) == []
+    found = allocator.library({allocator.VARIABLE: "mimalloc"})
+    if found is not None:       # the alloc extra, on Linux
         assert found.name.startswith("libmimalloc.so.") and found.is_file()
-        monkeypatch.setattr(sys, "orig_argv", ["python", "/venv/bin/edge-sel", "finetune", "--memory-budget", "40"])
-        environ = {}
-        assert len(start(environ)) == 1 and environ["LD_PRELOAD"] == str(found)
     assert allocator.library({allocator.VARIABLE: "/opt/mi.so"}) == Path("/opt/mi.so")
     assert allocator.library({allocator.VARIABLE: "glibc"}) is None
 

@@ -352,16 +352,14 @@ main()
 @pytest.mark.parametrize("refuse", ["on-mimalloc", "always"])
 def test_a_refused_start_starts_once_more_reading_then_on_glibc(tiny_warm, tmp_path, refuse):
     """The command line replaces its process with the same command: made again on mimalloc before torch
-    loads (the default, edge_sel/allocator.py); refused by a first start that measured, once more reading
+    loads where it is asked for (edge_sel/allocator.py); refused by a first start that measured, once more reading
     what it kept; refused there on mimalloc, once more on glibc's allocator, which plans, runs, and counts
     every start's planning. Refused on glibc (EDGE_SEL_ALLOCATOR=glibc) after measuring, once more; refused
     again, it ends in one line, never a third start."""
-    if refuse == "on-mimalloc" and allocator.library({}) is None:
+    env = {**os.environ, "EDGE_SEL_CACHE": str(tmp_path / "cache"), "REFUSE": refuse,
+           allocator.VARIABLE: "mimalloc" if refuse == "on-mimalloc" else "glibc"}
+    if refuse == "on-mimalloc" and allocator.library(env) is None:
         pytest.skip("mimalloc is not installed here (the alloc extra, Linux)")
-    env = {**os.environ, "EDGE_SEL_CACHE": str(tmp_path / "cache"), "REFUSE": refuse}
-    env.pop(allocator.VARIABLE, None)
-    if refuse == "always":
-        env[allocator.VARIABLE] = "glibc"
     argv = ["finetune", "--checkpoint", str(tiny_warm), *FINETUNE, "--epochs", "0", "--memory-budget", "9",
             "--out", str(tmp_path / "run")]
     done = subprocess.run([sys.executable, "-c", REFUSING, *argv], env=env, capture_output=True, text=True)
