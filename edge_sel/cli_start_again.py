@@ -21,10 +21,10 @@ from edge_sel.errors import (ON_GLIBC_AFTER_MIMALLOC, STARTED_AGAIN, RefusedAfte
                               RefusedOnMimalloc, parse_json)             # no torch before cli.py's settings
 
 COMMANDS = ("finetune",)
-# Read when the command line starts, before the run takes the variable: this process is itself a start
-# made again on its allocator, so a refusal here is final (a start on glibc after one refused on
-# mimalloc may start again once more, reading what it measured).
+
+
 def _started_again_here() -> bool:
+    """Whether the environment says this process is a start made again on its allocator."""
     said = os.environ.get(STARTED_AGAIN)
     if said is None:
         return False
@@ -35,6 +35,9 @@ def _started_again_here() -> bool:
     return not (isinstance(found, dict) and ON_GLIBC_AFTER_MIMALLOC in found)
 
 
+# Read when the command line starts, before the run takes the variable: this process is itself a start
+# made again on its allocator, so a refusal here is final (a start on glibc after one refused on
+# mimalloc may start again once more, reading what it measured).
 STARTED_AGAIN_HERE = _started_again_here()
 # Set by the console entry point (cli.main): a command invoked inside another program (tests, the
 # Python API) never replaces that program's process.

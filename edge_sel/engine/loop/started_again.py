@@ -42,7 +42,7 @@ def refusal_after_measuring(trainer, fits_beside_no_growth):
             raise
         measured = probe_cache.kept_here > kept_before
         on_mimalloc = allocator.runs_on_ours()
-        again_on_mimalloc = on_mimalloc and (not measured or getattr(trainer, "started_again_note", None))
+        again_on_mimalloc = on_mimalloc and (not measured or bool(getattr(trainer, "started_again_note", None)))
         if not (measured or on_mimalloc) or not fits_beside_no_growth():
             raise
         cost = dict(getattr(trainer, "memory_plan_cost", None) or {})

@@ -48,14 +48,14 @@ def purge_delay_ms() -> int | None:
 
 def hand_back() -> bool:
     """Every freed page handed back to the system now (pages freed later go back after the purge
-    delay, which the process keeps from its start: set to 0 and back while running, training measured
-    11.8 s where it kept 100 ms throughout, 8.7). Returns False where the process is not on mimalloc."""
+    delay: while training the one the process started with, as set to 0 and back while running,
+    training measured 11.8 s where it kept 100 ms throughout, 8.7; while a budgeted run evaluates,
+    EVALUATION_PURGE_DELAY_MS). Returns False where the process is not on mimalloc."""
     lib = library()
     if lib is None:
         return False
     lib.mi_collect(True)
     return True
-
 
 
 # While a budgeted run evaluates. Lite0 at 96 px, its norms and classifier under 1/4 of full FT's peak
