@@ -10,7 +10,6 @@ now, and counts the refused starts' planning in its own totals."""
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import sys
 
@@ -63,7 +62,7 @@ def start_again(e: RefusedAfterMeasuring, command: str) -> None:
         return
     click.echo(f"edge-sel: note: {e}; this start measured the step counts or costs this device's caches "
                f"lacked, which grew the process: starting once more, reading them", err=True)
-    _replace(json.dumps(e.cost))
+    _replace(e.told())
 
 
 def start_on_glibc(e: RefusedOnMimalloc, command: str) -> None:
@@ -73,7 +72,7 @@ def start_on_glibc(e: RefusedOnMimalloc, command: str) -> None:
         return
     click.echo(f"edge-sel: note: {e}; mimalloc pins more of the process than glibc's heap: starting once "
                f"more on glibc's allocator", err=True)
-    _replace(json.dumps({**e.cost, ON_GLIBC_AFTER_MIMALLOC: str(e)}))
+    _replace(e.told())
 
 
 def _replace(cost: str) -> None:

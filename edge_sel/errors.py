@@ -40,6 +40,10 @@ class RefusedWithCost(InputError):
     def __reduce__(self):         # raised in a bench's own process, and said in the bench's
         return type(self), (str(self), self.cost)
 
+    def told(self) -> str:
+        """What the start made after this refusal is told in STARTED_AGAIN (JSON)."""
+        return json.dumps(self.cost)
+
 
 class RefusedAfterMeasuring(RefusedWithCost):
     """A memory budget refused by a process that measured what the device's caches lacked (steps
@@ -49,6 +53,10 @@ class RefusedAfterMeasuring(RefusedWithCost):
 class RefusedOnMimalloc(RefusedWithCost):
     """A memory budget refused by a process started on mimalloc for it (edge_sel/allocator.py), whose
     pages pin more of the process than glibc's heap: a start on glibc's allocator grows less."""
+
+    def told(self) -> str:
+        """The cost, and the refusal itself: the start on glibc says why it runs there."""
+        return json.dumps({**self.cost, ON_GLIBC_AFTER_MIMALLOC: str(self)})
 
 
 class WriteError(Exception):

@@ -12,7 +12,6 @@ command line's does (engine/loop/started_again.py).
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import re
@@ -24,7 +23,7 @@ from edge_sel.bench.stopping import BenchStop
 from edge_sel.config import TrainConfig
 from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.engine.runs.run import finetune
-from edge_sel.errors import ON_GLIBC_AFTER_MIMALLOC, STARTED_AGAIN, InputError, RefusedAfterMeasuring, RefusedOnMimalloc
+from edge_sel.errors import STARTED_AGAIN, InputError, RefusedAfterMeasuring, RefusedOnMimalloc
 
 # A run's refusal of its --memory-budget (memory_plan.py, joule_choice.py, step_memory.py), and the smallest
 # budget it names.
@@ -82,12 +81,12 @@ def finetune_alone_once_more(checkpoint: Path, data: DataOptions, cfg: TrainConf
                 raise
             measured_on.add(on_glibc)
             log(f"  {run_dir}: {e}; its start measured what this device's caches lacked: once more, reading them")
-            told = json.dumps(e.cost)
+            told = e.told()
         except RefusedOnMimalloc as e:
             if on_glibc:
                 raise
             log(f"  {run_dir}: {e}; refused on mimalloc: once more on glibc's allocator")
-            told, on_glibc = json.dumps({**e.cost, ON_GLIBC_AFTER_MIMALLOC: str(e)}), True
+            told, on_glibc = e.told(), True
         finally:
             os.environ.pop(STARTED_AGAIN, None)
 
