@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edge_sel import allocator
-from edge_sel.engine.machine import mimalloc, peak_memory
+from edge_sel.engine.machine import cpu_pool, mimalloc, peak_memory
 
 
 @pytest.mark.parametrize("args,wanted", [
@@ -146,7 +146,14 @@ def test_on_mimalloc_each_phase_hands_back_what_the_one_before_freed(monkeypatch
         "mimalloc 3.4.3 while training: a step reuses the blocks the step before freed, pages freed 1000 ms ago "
         "go back to the system")
     monkeypatch.setattr(mimalloc, "library", lambda: None)
-    assert peak_memory.allocator_name() == "glibc" and peak_memory.training_note(False, 0.0).startswith("freed blocks")
+    assert peak_memory.allocator_name() == "glibc"
+    assert peak_memory.training_note(False, 3.0).startswith("torch's freed blocks of 64 KiB and more kept for the next "
+                                                            "request of their size") and "1.0 MiB above" in \
+        peak_memory.training_note(False, 3.0)
+    monkeypatch.setattr(cpu_pool, "library", lambda: None)
+    monkeypatch.setattr(cpu_pool, "_unavailable", ["no C++ compiler (c++) on the PATH"])
+    assert peak_memory.training_note(False, 3.0).startswith("freed blocks of 64 KiB and more go back to the system")
+    assert peak_memory.training_note(False, 3.0).endswith("no pool of freed blocks: no C++ compiler (c++) on the PATH)")
 
 
 def test_on_mimalloc_windows_open_on_pages_handed_back_and_a_budgeted_evaluation_purges_sooner(monkeypatch):

@@ -19,7 +19,7 @@ from edge_sel.data import Batch
 from edge_sel.data.dataset import IndexedDataset
 from edge_sel.config import TrainConfig
 from edge_sel.engine.loop import step_memory
-from edge_sel.engine.machine import cuda_workspace, peak_memory
+from edge_sel.engine.machine import cpu_pool, cuda_workspace, peak_memory
 from edge_sel.engine.loop.step_memory import forward_batch_that_fits, memory_counter
 from edge_sel.engine.machine.memory_plan import (MIN_CHUNK_FOR_EVERYTHING, RESERVE, MemoryPlan, plan_memory,
                                                  smallest_budget, spent_after_planning, usable)
@@ -157,9 +157,14 @@ def test_a_budgeted_run_plans_records_and_resumes_with_its_plan(tiny_warm, tmp_p
     monkeypatch.setattr(cuda_workspace, "small_for_budget", lambda device, budget, real=cuda_workspace.small_for_budget:
                         workspaces.append((device.type, budget, len(warmed), real(device, budget)))
                         or real("cuda", budget, {}))
+    pooled = cpu_pool.counts()
     code, _ = run_main([*argv, "--out", tmp_path / "whole"], capsys)
     assert code == 0
     assert workspaces == [("cpu", 9, 0, None)]
+    # Unmapped blocks are kept for the next request of their size in a pool of the budget's room while
+    # training, and none are kept once it ends.
+    served = cpu_pool.counts()
+    assert served["hits"] > pooled["hits"] and served["kept"] == 0 and cpu_pool.slack_bytes() is None
     # Blocks of 64 KiB and more are mapped from before the data is decoded: the decode's large buffers
     # left free space in the heap that later passes reused and kept resident (Lite0 under 123.9 MiB:
     # 83-153 MiB measured for one plan repeated, 84 once set before the decode).
@@ -172,6 +177,7 @@ def test_a_budgeted_run_plans_records_and_resumes_with_its_plan(tiny_warm, tmp_p
     assert calls[:1] == [("allocator_for_budget",)] and calls[1][:2] == ("allocator_for_training", False)
     whole = json.loads((tmp_path / "whole" / "config.json").read_text())
     plan = whole["memory_plan"]
+    assert calls[1][2] == int((9 - plan["spent_mb"] - plan["counted"]["peak_mb"]) * MiB) > 0
     assert plan["budget_mb"] == 9 and plan["counted"]["peak_mb"] <= 9 < plan["asked_mb"]
     assert plan["notes"][-1] == "cuBLAS workspaces CUBLAS_WORKSPACE_CONFIG=:16:8, set for the budget " \
                                 "(unset, 32 MiB a workspace on some GPUs)"
@@ -385,7 +391,7 @@ def test_a_refused_start_starts_once_more_reading_then_on_glibc(tiny_warm, tmp_p
     assert start["memory_plan_counts_read"] >= 2 and start["memory_plan_counts"] >= 1
     assert start["memory_plan_wall_s"] > earlier > 0
     assert plan["gains"]["run_estimate"]["planning_s"] >= earlier        # the plan's estimate of the run holds it too
-    assert start["memory_allocator"] == "glibc"
+    assert start["memory_allocator"].startswith("glibc")
 
 
 def test_a_profiles_budget_reaches_the_night(tiny_warm, tmp_path, capsys):

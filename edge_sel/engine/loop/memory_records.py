@@ -11,7 +11,7 @@ import torch
 
 from edge_sel.core.memory import MiB, MemoryCount, nbytes
 from edge_sel.engine.machine.memory_plan import MemoryPlan
-from edge_sel.engine.machine.peak_memory import (PeakMeter, allocator_name, between_phases, fault_in,
+from edge_sel.engine.machine.peak_memory import (PeakMeter, allocator_record, between_phases, fault_in,
                                                     release_free_heap)
 
 # MemoryCount's parts, as record fields.
@@ -117,4 +117,4 @@ class RunMemory:
 
     def allocator(self) -> dict:
         """The allocator a CPU run's pages come from (its measured peaks depend on it)."""
-        return {"memory_allocator": allocator_name()} if self.trainer.device.type == "cpu" else {}
+        return {"memory_allocator": allocator_record()} if self.trainer.device.type == "cpu" else {}

@@ -336,9 +336,10 @@ def apply_plan(trainer, plan: MemoryPlan) -> MemoryPlan:
     if trainer.device.type == "cpu":
         counted = plan.counted.get("peak_mb")
         heap = trainer.keep_heap = counted is not None and peak_memory.heap_fits(counted, cfg.memory_budget_mb - plan.spent_mb)
-        # The heap keeps freed pages up to the budget's room beside the count and the process's growth.
+        # The heap, or else the pool of torch's freed blocks, keeps freed pages up to the budget's room
+        # beside the count and the process's growth.
         room = max(0.0, cfg.memory_budget_mb - plan.spent_mb - (counted or 0.0))
-        trainer.heap_pool = int(room * MiB) if heap else 0
+        trainer.heap_pool = int(room * MiB)
         allocator.append(peak_memory.training_note(heap, room))
     if plan.trainable is not None:
         updater.choose = lambda _model: set(plan.trainable)

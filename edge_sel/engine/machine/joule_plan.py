@@ -48,7 +48,7 @@ from edge_sel.backends.torch_backend import freeze_batchnorm_stats
 from edge_sel.core.memory import MiB, MemoryCount, StepShape
 from edge_sel.core.micro_batches import bounds
 from edge_sel.core.lean_saves import set_saves
-from edge_sel.engine.machine import peak_memory, probe_cache
+from edge_sel.engine.machine import cpu_pool, peak_memory, probe_cache
 from edge_sel.engine.machine.device import random_streams_kept
 
 # A candidate whose trial accuracy is at most this far below the leader's (plus one paired standard
@@ -167,9 +167,12 @@ def shape_key(model, input_shape, shape: StepShape, trainable: set[str], device)
 
 
 def allocator_key() -> tuple[str, ...]:
-    """Steps timed on mimalloc reuse what the step before freed and run faster under a budget
-    (edge_sel/allocator.py): their timings are kept apart from glibc's (whose keys stay as they were)."""
+    """Steps timed on mimalloc, or on glibc with the pool of freed blocks (cpu_pool.py), reuse what the
+    step before freed and run faster under a budget (edge_sel/allocator.py): their timings are kept
+    apart from glibc's unmapping ones (whose keys stay as they were)."""
     name = peak_memory.allocator_name()
+    if name == "glibc" and cpu_pool.loaded():
+        return ("glibc, freed blocks pooled",)
     return () if name == "glibc" else (name,)
 
 
@@ -241,7 +244,7 @@ def measure_costs(candidates: list[Candidate], model, x, y, losses, device, step
             meter.begin("plan-probe")
         t0 = time.perf_counter()
         try:
-            with random_streams_kept(x.device), probe_cache.OtherLoad() as load:
+            with random_streams_kept(x.device), probe_cache.OtherLoad() as load, peak_memory.pooled_while_timing():
                 if todo:
                     time_step(model, x, y, todo[0][0].shape, todo[0][0].trainable, losses)  # untimed: first-call costs
                 timed = {}

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from edge_sel import device_caps
-from edge_sel.engine.machine import mimalloc
+from edge_sel.engine.machine import cpu_pool, mimalloc
 
 MiB = 2 ** 20
 CLEAR_REFS = "/proc/self/clear_refs"
@@ -161,6 +161,12 @@ TRAINING_TRIM_THRESHOLD = 64 * 2 ** 20
 # edgecnn in micro-batches with every block recomputed (2.0 let that run measure 0.4 MiB over its
 # budget), 2.4x for mobilenetv2 with 5 blocks recomputed (docs/memory-budget.md).
 HEAP_SLACK = 2.5
+# The share of the budget's room beside the count and the process's growth (at least the plan's 20%
+# reserve) that the pool of freed blocks may hold above the most asked of it at once (cpu_pool.py).
+# Its resident size measured more above unmapping's than that (Lite0 at 96 px under 49.6 MiB, 11.8 MiB
+# of room: 4 MiB of slack measured 45.2-46.3 MiB of training against 37.9-38.6 unmapped), so it takes a
+# third and leaves the rest of the reserve to what it was held back for.
+POOL_SHARE_OF_ROOM = 1 / 3
 
 
 @functools.cache          # finding the library reads the loader's cache: 1.9 ms a call, once per shape timed
@@ -191,6 +197,7 @@ def allocator_for_budget() -> bool:
     294 evaluating). Returns whether it was set (False on another C library)."""
     if mimalloc.hand_back():         # mimalloc (edge_sel/allocator.py): what came before goes back
         return True
+    cpu_pool.library()              # built or loaded now, so planning's time and growth include it
     return set_mmap_threshold(MMAP_THRESHOLD)
 
 
@@ -204,6 +211,7 @@ def release_free_heap() -> bool:
     False on another C library."""
     if mimalloc.hand_back():
         return True
+    cpu_pool.empty()
     libc = _libc()
     try:
         libc.malloc_trim(0)
@@ -213,19 +221,26 @@ def release_free_heap() -> bool:
 
 
 def allocator_for_training(keep_heap: bool, pool: int = 0) -> bool:
-    """Once planned. With `keep_heap` (the budget holds the count with the heap's slack), what planning
-    freed goes back to the system (malloc_trim) and the heap then serves blocks up to 32 MiB and keeps
-    up to `pool` bytes free at its top (the budget's room beside the count; 0: 64 MiB): steps reuse the
-    pages the step before freed and run as fast as without a budget. Else blocks of 64 KiB and more stay
-    mapped on their own, so the resident size follows the count, and every step faults their pages in
-    afresh: mobilenetv2 at 32 px, batch 32, the whole step (222.0 MiB counted) trained in 11.5 s against
-    4.1 with the heap, and measured 255 MiB against 313-327 (benchmarks/bench_budget_time.py). A heap
-    bounded only by its free top, where the count does not fit HEAP_SLACK times, measured over its
-    budget (digits' edgecnn under 40 MiB: 42.0 MiB; unmapped 36.9). Returns whether the heap is kept."""
+    """Once planned; `pool`: the budget's room beside the count and the process's growth, in bytes.
+    With `keep_heap` (the budget holds the count with the heap's slack), what planning freed goes back
+    to the system (malloc_trim) and the heap then serves blocks up to 32 MiB and keeps up to `pool`
+    bytes free at its top (0: 64 MiB): steps reuse the pages the step before freed and run as fast as
+    without a budget. Else blocks of 64 KiB and more stay mapped on their own, so the resident size
+    follows the count, and torch's freed blocks of that size are kept for the next request of their
+    size in a pool that may reach a share of `pool` above the most asked of it at once (cpu_pool.py,
+    POOL_SHARE_OF_ROOM); without the pool every step faults their
+    pages in afresh: mobilenetv2 at 32 px, batch 32, the whole step (222.0 MiB counted) trained in 11.5
+    s against 4.1 with the heap, and measured 255 MiB against 313-327 (benchmarks/bench_budget_time.py).
+    A heap bounded only by its free top, where the count does not fit HEAP_SLACK times, measured over
+    its budget (digits' edgecnn under 40 MiB: 42.0 MiB; unmapped 36.9), as fragmentation inside it
+    cannot be bounded; the pool's blocks are each mapped on their own. Returns whether the heap or the
+    pool keeps freed memory (allocator_after_training then undoes it)."""
     if mimalloc.hand_back():         # what planning freed goes back; a step's freed pages are reused
         return True
+    if not keep_heap:
+        return cpu_pool.keep(int(pool * POOL_SHARE_OF_ROOM))
     trim = max(pool, TRIM_THRESHOLD) if pool else TRAINING_TRIM_THRESHOLD
-    return keep_heap and release_free_heap() and set_mmap_threshold(TRAINING_MMAP_THRESHOLD, trim)
+    return release_free_heap() and set_mmap_threshold(TRAINING_MMAP_THRESHOLD, trim)
 
 
 def allocator_after_training() -> bool:
@@ -234,14 +249,16 @@ def allocator_after_training() -> bool:
     0.0 MiB of training growth in pages the heap had kept)."""
     if mimalloc.hand_back():
         return True
+    cpu_pool.keep(None)
     return release_free_heap() and set_mmap_threshold(MMAP_THRESHOLD, TRIM_THRESHOLD)
 
 
 def between_phases() -> bool:
     """Before a window of training or evaluation opens: on mimalloc, what the phase before freed goes
     back (it keeps freed pages a second, and blocks of another phase's sizes do not reuse them: Lite0
-    at 96 px under 1/4 of full FT's peak evaluated at 135.5 MiB against 123.9 right after training).
-    glibc's heap is left as the plan set it."""
+    at 96 px under 1/4 of full FT's peak evaluated at 135.5 MiB against 123.9 right after training);
+    so do the blocks the pool kept (cpu_pool.py). glibc's heap is left as the plan set it."""
+    cpu_pool.empty()
     return mimalloc.hand_back()
 
 
@@ -250,9 +267,31 @@ def evaluating(budgeted: bool):
     return mimalloc.evaluation_purge_delay() if budgeted else contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def pooled_while_timing():
+    """While the planner times a budgeted run's steps on glibc: freed blocks pooled with no slack, as
+    the run's steps will run (a step of Lite0's norms in micro-batches of one image at 96 px: 1.28-1.37 s
+    unmapped, 0.83-1.00 s pooled); every block back to the system after. Untouched where the pool is not loaded (no
+    budget) or the process runs on mimalloc."""
+    pooled = not mimalloc.loaded() and cpu_pool.loaded() and cpu_pool.keep(0)
+    try:
+        yield
+    finally:
+        if pooled:
+            cpu_pool.keep(None)
+
+
 def allocator_name() -> str:
     """The allocator a CPU run's memory is measured under, for its record."""
     return f"mimalloc {mimalloc.version()}" if mimalloc.loaded() else "glibc" if _libc() is not None else "unknown"
+
+
+def allocator_record() -> str:
+    """The allocator a CPU run's pages come from, for its records: the pool of freed blocks named
+    where it keeps them (the measured peaks depend on both)."""
+    slack = cpu_pool.slack_bytes()
+    pooled = "" if slack is None else f", freed blocks of 64 KiB and more pooled ({slack / MiB:.1f} MiB of slack)"
+    return allocator_name() + pooled
 
 
 def training_note(keep_heap: bool, room_mb: float) -> str:
@@ -263,6 +302,11 @@ def training_note(keep_heap: bool, room_mb: float) -> str:
     if keep_heap:
         return (f"glibc's heap kept while training, with at most {room_mb:.1f} MiB of freed pages at its top: the "
                 f"count fits the budget {HEAP_SLACK:g} times over")
+    if cpu_pool.library() is not None:
+        return (f"torch's freed blocks of 64 KiB and more kept for the next request of their size while training "
+                f"and evaluating, as long as the pool's blocks reach no more than {room_mb * POOL_SHARE_OF_ROOM:.1f} "
+                f"MiB above the most asked of it at once (a third of the budget's room beside the count and the "
+                f"process's growth), the longest free going back first; smaller blocks from glibc's heap")
     return ("freed blocks of 64 KiB and more go back to the system while training, so the resident size follows "
             f"the count (slower steps; the heap is kept where the count fits the budget {HEAP_SLACK:g} times over, "
-            "beside the process's growth)")
+            f"beside the process's growth; no pool of freed blocks: {cpu_pool.unavailable()})")
