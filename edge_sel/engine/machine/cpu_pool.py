@@ -67,6 +67,9 @@ def build(target: Path) -> str | None:
             last = (done.stderr.strip().splitlines() or ["no message"])[-1]
             return f"{Path(cxx).name} failed to build it: {last}"
         os.replace(tmp, target)
+        for old in target.parent.glob("cpu-pool-*.so"):     # built from another source or torch
+            if old != target:
+                old.unlink(missing_ok=True)
         return None
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"{Path(cxx).name} failed to build it: {e}"
