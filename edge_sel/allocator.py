@@ -4,7 +4,8 @@ Under a memory budget glibc's heap cannot keep what a step frees: blocks of 64 K
 unmapped when freed (engine/machine/peak_memory.py), or the heap fragments past the budget (Lite0 at
 96 px, the norms in micro-batches of one image under 49.6 MiB: 50.1-52.1 MiB measured with every block
 kept on the heap). Every step then faults its pages in afresh: 9.2 million minor faults and 13.5 s of
-training where the same set unbudgeted takes 5.0 s. mimalloc (Microsoft's allocator, packaged as the
+training where the same set unbudgeted takes 5.0 s. On glibc a pool of torch's freed blocks, bounded
+by the budget, now wins most of that back (engine/machine/cpu_pool.py). mimalloc (Microsoft's allocator, packaged as the
 `cmeel-mimalloc` wheel) segregates blocks by size, so a freed block is reused by the next of its size,
 and hands pages back to the system a set delay after they were freed (measured in
 docs/memory-budget.md, "mimalloc under a budget").
