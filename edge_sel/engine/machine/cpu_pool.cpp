@@ -1,5 +1,5 @@
-// A pool of freed CPU blocks, bounded in bytes, in front of torch's CPU allocator: a budgeted run's
-// step reuses the blocks the step before freed instead of faulting fresh pages in (cpu_pool.py).
+// A pool of freed CPU blocks, bounded by what is asked of it, in front of torch's CPU allocator: a
+// budgeted run's step reuses the blocks the step before freed instead of faulting fresh pages in (cpu_pool.py).
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
 
