@@ -178,6 +178,10 @@ def test_a_budgeted_run_plans_records_and_resumes_with_its_plan(tiny_warm, tmp_p
     whole = json.loads((tmp_path / "whole" / "config.json").read_text())
     plan = whole["memory_plan"]
     assert calls[1][2] == int((9 - plan["spent_mb"] - plan["counted"]["peak_mb"]) * MiB) > 0
+    # It trained and evaluated with the pool, a third of that room its training slack, as its records say.
+    slack = int(calls[1][2] * peak_memory.POOL_SHARE_OF_ROOM) / MiB
+    assert {r["memory_allocator"] for r in records(tmp_path / "whole") if r["epoch"] >= 0} == {
+        f"glibc, freed blocks of 64 KiB and more pooled ({slack:.1f} MiB of slack while training, none while evaluating)"}
     assert plan["budget_mb"] == 9 and plan["counted"]["peak_mb"] <= 9 < plan["asked_mb"]
     assert plan["notes"][-1] == "cuBLAS workspaces CUBLAS_WORKSPACE_CONFIG=:16:8, set for the budget " \
                                 "(unset, 32 MiB a workspace on some GPUs)"
