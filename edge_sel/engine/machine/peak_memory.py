@@ -283,15 +283,18 @@ def evaluating(budgeted: bool):
 @contextlib.contextmanager
 def pooled_while_timing():
     """While the planner times a budgeted run's steps on glibc: freed blocks pooled with no slack, as
-    the run's steps will run (a step of Lite0's norms in micro-batches of one image at 96 px: 1.28-1.37 s
-    unmapped, 0.83-1.00 s pooled); every block back to the system after. Untouched where the pool is not loaded (no
-    budget) or the process runs on mimalloc."""
-    pooled = not mimalloc.loaded() and cpu_pool.loaded() and cpu_pool.keep(0)
+    the run's steps will run (a step of Lite0's norms in micro-batches of one image at 96 px: 1.28-1.37
+    s unmapped, 0.83-1.00 s pooled); the pool as it was after, its blocks back to the system. Untouched
+    where the pool is not loaded (no budget) or the process runs on mimalloc."""
+    pooled = not mimalloc.loaded() and cpu_pool.loaded()
+    before = cpu_pool.slack_bytes()
+    if pooled:
+        cpu_pool.keep(0)
     try:
         yield
     finally:
         if pooled:
-            cpu_pool.keep(None)
+            cpu_pool.keep(before)
 
 
 def allocator_name() -> str:
