@@ -24,7 +24,7 @@ from edge_sel.engine.loop.trial_gain import normalised
 from edge_sel.engine.loop.joule_choice import adopt_residuals, plan_by_joules, plan_trains_residuals
 from edge_sel.engine.machine.memory_plan import (RESERVE, MemoryPlan, fit_shape, forward_batch_that_fits, plan_memory,
                                                  smallest_budget, spent_after_planning, usable)
-from edge_sel.engine.machine import peak_memory
+from edge_sel.engine.machine import cpu_pool, mimalloc, peak_memory
 from edge_sel.engine.machine.count_store import CountStore
 from edge_sel.engine.loop.started_again import refusal_after_measuring, take_earlier_start
 from edge_sel.errors import InputError
@@ -131,6 +131,8 @@ def plan_run_memory(trainer) -> MemoryPlan | None:
     rows = most_rows(trainer)
     if trainer.device.type == "cpu":
         peak_memory.allocator_for_budget()      # before the gain probe: its freed blocks are not kept
+        if not mimalloc.loaded():
+            cpu_pool.library()      # built or loaded before planning: its time and growth are planning's
     if cfg.memory_plan is not None:
         plan = MemoryPlan.from_json(cfg.memory_plan)
         if plan_trains_residuals(plan):         # a resumed run whose plan chose lite residual branches

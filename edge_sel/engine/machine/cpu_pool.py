@@ -15,6 +15,7 @@ a budgeted run unmaps as before, and its plan line says why."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -122,6 +123,18 @@ def keep(slack_bytes: int | None) -> bool:
     _slack[0] = None if slack_bytes is None else max(0, int(slack_bytes))
     lib.edge_sel_pool_keep(_slack[0] is not None, _slack[0] or 0)
     return _slack[0] is not None
+
+
+@contextlib.contextmanager
+def slack_while(slack: int):
+    """Inside, the pool keeps freed blocks with `slack` bytes of slack (keep()); afterwards as it was,
+    emptied, whatever ends the inside."""
+    before = slack_bytes()
+    keep(slack)
+    try:
+        yield
+    finally:
+        keep(before)
 
 
 def loaded() -> bool:

@@ -197,7 +197,6 @@ def allocator_for_budget() -> bool:
     294 evaluating). Returns whether it was set (False on another C library)."""
     if mimalloc.hand_back():         # mimalloc (edge_sel/allocator.py): what came before goes back
         return True
-    cpu_pool.library()              # built or loaded now, so planning's time and growth include it
     return set_mmap_threshold(MMAP_THRESHOLD)
 
 
@@ -269,15 +268,10 @@ def evaluating(budgeted: bool):
     mobilenetv2 at 32 px under 40 MiB with 3.8 MiB of slack, 36.1-37.1 MiB against training's 31.9-33.0,
     and 40.7 once, after planning from a cold cache). Their batches are of one size, so the pool still
     serves them. Both as they were afterwards."""
-    slack = cpu_pool.slack_bytes() if budgeted else None
-    with mimalloc.evaluation_purge_delay() if budgeted else contextlib.nullcontext():
-        if slack:
-            cpu_pool.keep(0)
-        try:
-            yield
-        finally:
-            if slack:
-                cpu_pool.keep(slack)
+    pooled = budgeted and bool(cpu_pool.slack_bytes())
+    with mimalloc.evaluation_purge_delay() if budgeted else contextlib.nullcontext(), \
+            cpu_pool.slack_while(0) if pooled else contextlib.nullcontext():
+        yield
 
 
 @contextlib.contextmanager
@@ -287,14 +281,8 @@ def pooled_while_timing():
     s unmapped, 0.83-1.00 s pooled); the pool as it was after, its blocks back to the system. Untouched
     where the pool is not loaded (no budget) or the process runs on mimalloc."""
     pooled = not mimalloc.loaded() and cpu_pool.loaded()
-    before = cpu_pool.slack_bytes()
-    if pooled:
-        cpu_pool.keep(0)
-    try:
+    with cpu_pool.slack_while(0) if pooled else contextlib.nullcontext():
         yield
-    finally:
-        if pooled:
-            cpu_pool.keep(before)
 
 
 def allocator_name() -> str:
