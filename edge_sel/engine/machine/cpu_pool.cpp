@@ -85,10 +85,13 @@ struct Pool final : c10::Allocator {
     void* p = nullptr;
     {
       std::lock_guard<std::mutex> lock(mu);
-      // A larger block serves only where what blocks handed out hold beyond what was asked of them
-      // stays within the slack: the pool's blocks then reach no higher than the most asked plus it.
+      // A block of the size asked always serves. A larger one serves only where what blocks handed out
+      // hold beyond what was asked of them stays within the slack: the pool's blocks then reach no
+      // higher than the most asked plus it. (Blocks a phase with more slack handed out larger may hold
+      // more than the slack beyond what they were asked; a block of the size asked adds nothing to that.)
       auto it = free_by_size.lower_bound(bytes);
-      if (it != free_by_size.end() && it->first / 2 <= bytes && live - asked + it->first - bytes <= slack) {
+      if (it != free_by_size.end() &&
+          (it->first == bytes || (it->first / 2 <= bytes && live - asked + it->first - bytes <= slack))) {
         p = it->second;
         bytes = it->first;
         unfree(it);
