@@ -147,8 +147,8 @@ def test_on_mimalloc_each_phase_hands_back_what_the_one_before_freed(monkeypatch
         "go back to the system")
     monkeypatch.setattr(mimalloc, "library", lambda: None)
     assert peak_memory.allocator_name() == "glibc"
-    assert peak_memory.training_note(False, 3.0).startswith("torch's freed blocks of 64 KiB and more kept for the next "
-                                                            "request of their size") and "1.0 MiB above" in \
+    assert peak_memory.training_note(False, 3.0).startswith("the pages of torch's freed blocks of 64 KiB and more kept "
+                                                            "and cut into later blocks") and "1.0 MiB above" in \
         peak_memory.training_note(False, 3.0)
     monkeypatch.setattr(cpu_pool, "library", lambda: None)
     monkeypatch.setattr(cpu_pool, "_unavailable", ["no C++ compiler (c++) on the PATH"])

@@ -1,17 +1,19 @@
-"""A pool of freed CPU blocks, bounded by what is asked of it, in front of torch's CPU allocator
+"""A pool of freed CPU pages, bounded by what is asked of it, in front of torch's CPU allocator
 (cpu_pool.cpp).
 
 Under a memory budget glibc's heap cannot keep what a step frees, so blocks of 64 KiB and more are
 unmapped when freed (peak_memory.py) and every step faults its pages in afresh: Lite0 at 96 px, the
-norms in micro-batches of one image, 1.28-1.37 s and 215,000-229,000 minor faults a step against 0.86 s
-with the heap kept, which measures over the budget. torch's CUDA caching allocator keeps freed blocks
-for the next request of their size; torch's CPU allocator has no such cache that Python can turn on,
-and is replaceable only from C++ (c10::SetCPUAllocator). So the pool is a small C++ library built once
-per device with the C++ compiler (torch's headers and libc10), kept in the device cache, and loaded
-with ctypes. It keeps freed blocks of 64 KiB and more, in whole pages, as long as its blocks reach no
-higher than the most asked of it at once plus a slack (a share of a budgeted run's room beside its
-count and growth), handing back the longest free first. Where no compiler is found or the build fails,
-a budgeted run unmaps as before, and its plan line says why."""
+norms in micro-batches of one image, 1.07-1.37 s and 194,000-229,000 minor faults a step against 0.71-0.86
+s with the heap kept, which measures over the budget. torch's CUDA caching allocator keeps freed blocks,
+cutting a smaller block from a larger free one; torch's CPU allocator has no such cache that Python can
+turn on, and is replaceable only from C++ (c10::SetCPUAllocator). So the pool is a small C++ library
+built once per device with the C++ compiler (torch's headers and libc10), kept in the device cache, and
+loaded with ctypes. It maps blocks of 64 KiB and more itself, in whole pages; a freed block's pages join
+the free pages beside them, and a request is cut from the smallest free range that holds it. Free pages
+are kept as long as the pool's pages reach no higher than the most asked of it at once plus a slack (a
+share of a budgeted run's room beside its count and growth); past that, the ends of the largest free
+ranges go back to the system. Where no compiler is found or the build fails, a budgeted run unmaps as
+before, and its plan line says why."""
 
 from __future__ import annotations
 

@@ -167,12 +167,13 @@ def shape_key(model, input_shape, shape: StepShape, trainable: set[str], device)
 
 
 def allocator_key() -> tuple[str, ...]:
-    """Steps timed on mimalloc, or on glibc with the pool of freed blocks (cpu_pool.py), reuse what the
+    """Steps timed on mimalloc, or on glibc with the pool of freed pages (cpu_pool.py), reuse what the
     step before freed and run faster under a budget (edge_sel/allocator.py): their timings are kept
-    apart from glibc's unmapping ones (whose keys stay as they were)."""
+    apart from glibc's unmapping ones (whose keys stay as they were), and from those of the pool before
+    it cut blocks from larger free ranges (slower: "glibc, freed blocks pooled")."""
     name = peak_memory.allocator_name()
     if name == "glibc" and cpu_pool.loaded():
-        return ("glibc, freed blocks pooled",)
+        return ("glibc, freed pages pooled and cut",)
     return () if name == "glibc" else (name,)
 
 

@@ -225,8 +225,8 @@ def allocator_for_training(keep_heap: bool, pool: int = 0) -> bool:
     to the system (malloc_trim) and the heap then serves blocks up to 32 MiB and keeps up to `pool`
     bytes free at its top (0: 64 MiB): steps reuse the pages the step before freed and run as fast as
     without a budget. Else blocks of 64 KiB and more stay mapped on their own, so the resident size
-    follows the count, and torch's freed blocks of that size are kept for the next request of their
-    size in a pool that may reach a share of `pool` above the most asked of it at once (cpu_pool.py,
+    follows the count, and the pages of torch's freed blocks of that size are kept, to be cut into later
+    blocks, in a pool that may reach a share of `pool` above the most asked of it at once (cpu_pool.py,
     POOL_SHARE_OF_ROOM); without the pool every step faults their
     pages in afresh: mobilenetv2 at 32 px, batch 32, the whole step (222.0 MiB counted) trained in 11.5
     s against 4.1 with the heap, and measured 255 MiB against 313-327 (benchmarks/bench_budget_time.py).
@@ -264,10 +264,11 @@ def between_phases() -> bool:
 @contextlib.contextmanager
 def evaluating(budgeted: bool):
     """The allocator while a pass evaluates under a budget: on mimalloc, freed pages go back sooner; on
-    glibc, the pool keeps freed blocks with no slack (its evaluations measured the higher peaks:
-    mobilenetv2 at 32 px under 40 MiB with 3.8 MiB of slack, 36.1-37.1 MiB against training's 31.9-33.0,
-    and 40.7 once, after planning from a cold cache). Their batches are of one size, so the pool still
-    serves them. Both as they were afterwards."""
+    glibc, the pool keeps freed pages with no slack (with the training's, evaluations measured the
+    higher peaks: mobilenetv2 at 32 px under 40 MiB with 3.8 MiB of slack, 36.1-37.1 MiB against
+    training's 31.9-33.0). Cut from its free ranges, an evaluation's blocks still come from the pool: 0
+    misses in 12 batches of mobilenetv2 where blocks served only their own size missed 612 times (11,000
+    faults a batch). Both as they were afterwards."""
     pooled = budgeted and bool(cpu_pool.slack_bytes())
     with mimalloc.evaluation_purge_delay() if budgeted else contextlib.nullcontext(), \
             cpu_pool.slack_while(0) if pooled else contextlib.nullcontext():
@@ -308,11 +309,11 @@ def training_note(keep_heap: bool, room_mb: float) -> str:
         return (f"glibc's heap kept while training, with at most {room_mb:.1f} MiB of freed pages at its top: the "
                 f"count fits the budget {HEAP_SLACK:g} times over")
     if cpu_pool.library() is not None:
-        return (f"torch's freed blocks of 64 KiB and more kept for the next request of their size while training "
-                f"and evaluating, as long as the pool's blocks reach no more than {room_mb * POOL_SHARE_OF_ROOM:.1f} "
+        return (f"the pages of torch's freed blocks of 64 KiB and more kept and cut into later blocks while training "
+                f"and evaluating, as long as the pool's pages reach no more than {room_mb * POOL_SHARE_OF_ROOM:.1f} "
                 f"MiB above the most asked of it at once while training (a third of the budget's room beside the "
-                f"count and the process's growth) and no higher while evaluating, the longest free going back "
-                f"first; smaller blocks from glibc's heap")
+                f"count and the process's growth) and no higher while evaluating, the largest free ranges going "
+                f"back first; smaller blocks from glibc's heap")
     return ("freed blocks of 64 KiB and more go back to the system while training, so the resident size follows "
             f"the count (slower steps; the heap is kept where the count fits the budget {HEAP_SLACK:g} times over, "
             f"beside the process's growth; no pool of freed blocks: {cpu_pool.unavailable()})")
