@@ -1,7 +1,9 @@
 """Energy as the training loop sees it: real meters over this machine or a fake sysfs tree."""
 
 import pytest
+import torch
 
+from edge_sel.energy import estimate
 from fake_sysfs import orin_nano
 from helpers import records, run_cli, summary
 
@@ -36,13 +38,28 @@ def test_jetson_rails_are_measured_through_the_sysfs_root(tiny_warm, tmp_path, m
         assert r["max_temp_c"] is not None and r["max_temp_c"] < 100   # the 100 C PMIC placeholder is ignored
 
 
-def test_energy_budget_stops_cleanly_before_the_limit(tiny_warm, tmp_path, monkeypatch):
+@pytest.fixture
+def work_clock(monkeypatch):
+    """The estimate's CPU time advanced by a microsecond per module call, so its joules follow the work
+    a run does and not the host's load: a budget's rule is tested, not the wall clock (a step slowed by
+    a busy host once took a run 12% past its budget)."""
+    calls = [0]
+
+    def count(module, inputs, output):
+        calls[0] += 1
+
+    handle = torch.nn.modules.module.register_module_forward_hook(count)
+    monkeypatch.setattr(estimate, "process_cpu_seconds", lambda: calls[0] * 1e-6)
+    yield calls
+    handle.remove()
+
+
+def test_energy_budget_stops_cleanly_before_the_limit(tiny_warm, tmp_path, monkeypatch, work_clock):
     monkeypatch.setenv("EDGE_SEL_SYSFS_ROOT", str(tmp_path / "empty-root"))
     finetune(tiny_warm, tmp_path / "full", "--epochs", 3)
     full = records(tmp_path / "full")
     spent = sum(r["energy_j"] + (r["eval_energy_j"] or 0) for r in full)
-    # Half: a run's first step carries the epoch's fixed costs (one step measured 6.6 J of a 28 J run
-    # on a loaded machine), so a quarter could be spent before the first check.
+    assert work_clock[0] > 0 and spent > 0
     budget = spent * 0.5
     finetune(tiny_warm, tmp_path / "cut", "--epochs", 3, "--energy-budget", budget)
     cut = records(tmp_path / "cut")
