@@ -20,6 +20,8 @@ from functools import lru_cache, partial
 import torch
 from torch import nn
 
+from edge_sel.core.lean_saves import lean_key
+
 # The counter's own code: a change to any of these changes every count.
 COUNTER_MODULES = ("edge_sel.core.memory", "edge_sel.core.kernel_workspace", "edge_sel.core.meta_outputs",
                    "edge_sel.core.micro_batches", "edge_sel.core.recompute", "edge_sel.core.lean_saves",
@@ -84,4 +86,4 @@ def count_key(structure: str, input_shape, optimizer: str, step: str, kernels: s
     trains = "".join("1" if t else "0" for t in signature)
     return digest(structure, tuple(input_shape), optimizer, step, kernels, torch.get_num_threads(), torch.__version__,
                   counter, trains, shape.batch_size, shape.chunk, shape.recompute,
-                  shape.bn_statistics, *(("lean",) if shape.lean else ()))
+                  shape.bn_statistics, *lean_key(shape.lean))

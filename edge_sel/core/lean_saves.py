@@ -166,15 +166,19 @@ def _autocast(x: torch.Tensor) -> bool:
     return x.device.type in AUTOCAST_DEVICES and torch.is_autocast_enabled(x.device.type)
 
 
-def set_lean(model: nn.Module, on: bool) -> None:
-    """Lean saves on every frozen convolution and norm-activation pair of `model`, or off (as built)."""
+def set_lean(model: nn.Module, on: bool | tuple[str, ...] | list[str]) -> None:
+    """Lean saves on every frozen convolution and norm-activation pair of `model` (True), only on those
+    inside the modules named (a tuple of names: the earliest blocks, whose maps are the largest), or
+    off (False or none named: as built)."""
     for module in model.modules():
         if _LEAN in module.__dict__:
             for name in module.__dict__.pop(_LEAN):
                 module.__dict__.pop(name, None)
     if not on:
         return
-    for module in model.modules():
+    named = dict(model.named_modules())
+    inside = model.modules() if on is True else (m for name in on for m in named[name].modules())
+    for module in inside:
         if isinstance(module, nn.Conv2d) and "_conv_forward" not in module.__dict__:
             module._conv_forward = partial(_lean_convolution, module)
             module.__dict__[_LEAN] = ["_conv_forward"]
@@ -197,11 +201,35 @@ def _same(t):
     return t
 
 
-def set_saves(model: nn.Module, recompute: list[str] | tuple[str, ...] = (), lean: bool = False) -> None:
+def set_saves(model: nn.Module, recompute: list[str] | tuple[str, ...] = (),
+              lean: bool | tuple[str, ...] | list[str] = False) -> None:
     """What a step of `model` keeps for backward, as a step shape says: the blocks recomputed in
-    backward and lean saves (both off by default: the model as built)."""
+    backward and lean saves, everywhere or in the blocks named (both off by default: the model as
+    built)."""
     set_recomputed(model, recompute)
     set_lean(model, lean)
+
+
+LEAN_NOTE = "lean saves: frozen convolutions keep no input, norm-activation pairs run again in backward"
+
+
+def lean_note(lean: bool | tuple[str, ...], blocks: int) -> list[str]:
+    """A plan's note on its lean saves, none where it keeps everything autograd keeps."""
+    if not lean:
+        return []
+    return [LEAN_NOTE if lean is True else f"{LEAN_NOTE}, in the first {len(lean)} of {blocks} blocks"]
+
+
+def lean_key(lean: bool | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """What a cache key says of a step's lean saves: nothing where there are none."""
+    if not lean:
+        return ()
+    return ("lean",) if lean is True else ("lean", *lean)
+
+
+def lean_words(lean: bool | tuple[str, ...] | list[str]) -> str:
+    """Where a step keeps less, in words."""
+    return "lean saves" if lean is True else f"lean saves in the first {len(lean)} blocks"
 
 
 def is_lean(model: nn.Module) -> bool:

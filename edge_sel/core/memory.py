@@ -49,7 +49,7 @@ class StepShape:
     micro_batch: int = 0                     # 0: the whole batch at once
     recompute: tuple[str, ...] = ()
     bn_statistics: str = "train"             # "train" or "frozen" (running statistics, eval mode)
-    lean: bool = False
+    lean: bool | tuple[str, ...] = False     # True: everywhere; names: only inside those blocks
 
     @property
     def chunk(self) -> int:

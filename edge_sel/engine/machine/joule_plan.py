@@ -47,7 +47,7 @@ from edge_sel import huge_pages
 from edge_sel.backends.torch_backend import freeze_batchnorm_stats
 from edge_sel.core.memory import MiB, MemoryCount, StepShape
 from edge_sel.core.micro_batches import bounds
-from edge_sel.core.lean_saves import set_saves
+from edge_sel.core.lean_saves import lean_key, lean_words, set_saves
 from edge_sel.engine.machine import cpu_pool, peak_memory, probe_cache
 from edge_sel.engine.machine.device import random_streams_kept
 
@@ -80,7 +80,8 @@ class Candidate:
                 "micro_batch": None if self.shape is None else self.shape.chunk,
                 "recomputed_blocks": None if self.shape is None else len(self.shape.recompute),
                 "bn_statistics": None if self.shape is None else self.shape.bn_statistics,
-                "lean_saves": None if self.shape is None else self.shape.lean,
+                "lean_saves": None if self.shape is None else (self.shape.lean if isinstance(self.shape.lean, bool)
+                                                               else list(self.shape.lean)),
                 "step_s": None if self.step_s is None else round(self.step_s, 4),
                 "estimated_j": None if self.joules is None else round(self.joules, 1),
                 "estimated_s": None if self.seconds is None else round(self.seconds, 1),
@@ -91,7 +92,7 @@ class Candidate:
         s = self.summary(total_gain)
         if self.count is None:
             return f"{self.name} ({self.out})"
-        how = (f"micro-batch {s['micro_batch']}" + (", lean saves" if s["lean_saves"] else "")
+        how = (f"micro-batch {s['micro_batch']}" + (f", {lean_words(self.shape.lean)}" if self.shape.lean else "")
                + (f", {s['recomputed_blocks']} recomputed" if s["recomputed_blocks"] else "")
                + (", statistics frozen" if s["bn_statistics"] == "frozen" else ", statistics re-estimated"))
         joules = "?" if s["estimated_j"] is None else f"{s['estimated_j']:,.0f} J"
@@ -162,7 +163,7 @@ def shape_key(model, input_shape, shape: StepShape, trainable: set[str], device)
     digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:12]
     return "|".join(map(str, (probe_cache.machine_key(device), probe_cache.model_key(model, "plan"),
                               tuple(input_shape), shape.batch_size, shape.chunk, len(shape.recompute),
-                              shape.bn_statistics, digest, huge_pages_key(), *(("lean",) if shape.lean else ()),
+                              shape.bn_statistics, digest, huge_pages_key(), *lean_key(shape.lean),
                               *allocator_key())))
 
 

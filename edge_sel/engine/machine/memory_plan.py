@@ -7,13 +7,13 @@ the process grew by before the first step, measured (`spent_mb`: kernels loaded 
 planning; engine/loop/first_use.py). The datasets a run holds come on top and are stated beside it. In order, the plan tries:
 
 1. the step as asked;
-then, each with lean saves (core/lean_saves.py: frozen convolutions keep no input, norm-activation
-pairs run again in backward; the same gradients to the bit, a few % more time):
-2. the whole batch;
+then with lean saves (core/lean_saves.py: frozen convolutions keep no input, norm-activation pairs run
+again in backward; the same gradients to the bit):
+2. the whole batch, lean in as few of the earliest blocks as fit;
 3. blocks recomputed in backward (torch.utils.checkpoint), the earliest first: one more forward of a
    block for the activations it would keep (counted in the step's FLOPs);
-4. micro-batches with gradient accumulation (halving), without and then with the fewest of the
-   earliest blocks recomputed (where every block recomputed fits): the update is the whole batch's;
+4. micro-batches with gradient accumulation (halving), lean in as few of the earliest blocks as fit,
+   else with the fewest of them recomputed (where every block recomputed fits): the whole batch's update;
    a step's rows split near-evenly (core/micro_batches.py). BatchNorm layers train their statistics
    on a micro-batch only where every micro-batch of every step holds at least MIN_STATISTICS images;
    else the plan freezes them (the running statistics normalise, the scale and shift still train)
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
+from edge_sel.core.lean_saves import LEAN_NOTE, lean_note
 from edge_sel.core.memory import MiB, MemoryCount, MemoryCounter, StepShape
 from edge_sel.core.micro_batches import fewest_images
 from edge_sel.core.words import plural
@@ -59,7 +60,6 @@ MIN_CHUNK_FOR_EVERYTHING = 8
 # A choice that recomputes blocks or takes smaller micro-batches (slower steps, noisier BatchNorm
 # statistics) wins over one before it only where it is expected to gain this share more.
 MORE_GAIN = 0.05
-LEAN_NOTE = "lean saves: frozen convolutions keep no input, norm-activation pairs run again in backward"
 
 
 def usable(budget_mb: float, spent_mb: float = 0.0) -> int:
@@ -102,12 +102,13 @@ class MemoryPlan:
     notes: list[str] = field(default_factory=list)
     gains: dict | None = None             # where --sparsity budget's gains came from, and what that cost
     spent_mb: float = 0.0                 # the process's growth before the first step, measured (first_use.py)
-    lean: bool = False                    # lean saves (core/lean_saves.py)
+    lean: bool | list[str] = False        # lean saves (core/lean_saves.py): everywhere, or in the blocks named
     grown_mb: float = 0.0                 # the process's growth before the first step, planning's included, measured
 
     def shape(self) -> StepShape:
         return StepShape(self.batch_size, self.micro_batch if self.micro_batch < self.batch_size else 0,
-                         tuple(self.recompute), self.bn_statistics, self.lean)
+                         tuple(self.recompute), self.bn_statistics,
+                         self.lean if isinstance(self.lean, bool) else tuple(self.lean))
 
     def statistics(self) -> str:
         """What BatchNorm layers normalise with while the plan trains, in words (the record's
@@ -142,7 +143,8 @@ class MemoryPlan:
             parts.append(f"micro-batches of at most {self.micro_batch} (steps of up to {self.batch_size} rows "
                          f"accumulated), BatchNorm statistics {self.statistics()}")
         if self.lean:
-            parts.append("frozen convolutions keep no input and norm-activation pairs run again in backward")
+            where = "" if self.lean is True else f" in the first {plural(len(self.lean), 'block')}"
+            parts.append(f"frozen convolutions keep no input and norm-activation pairs run again in backward{where}")
         if self.recompute:
             parts.append(f"{plural(len(self.recompute), 'block')} recomputed")
         if self.trainable is not None:
@@ -184,6 +186,28 @@ def _fewest_recomputed(counter: MemoryCounter, base: StepShape, blocks: list[str
     return found
 
 
+def _fewest_lean(counter: MemoryCounter, base: StepShape, blocks: list[str], trainable, budget: int
+                 ) -> tuple[StepShape, MemoryCount] | None:
+    """`base` (no block recomputed) with lean saves in the fewest of its first blocks that fits (none
+    included), or None where lean saves everywhere do not fit: they cost time in many small passes
+    (docs/memory-budget.md, "Lean saves where they are needed"). The earliest keep the largest maps."""
+    every = replace(base, lean=True)
+    count = _fits(counter, every, trainable, budget)
+    if count is None:
+        return None
+    found = every, count
+    lo, hi = 0, len(blocks) - 1
+    while lo <= hi:
+        k = (lo + hi) // 2
+        shape = replace(base, lean=tuple(blocks[:k]) if k else False)
+        fits = _fits(counter, shape, trainable, budget)
+        if fits is None:
+            lo = k + 1
+        else:
+            found, hi = (shape, fits), k - 1
+    return found
+
+
 def smallest_budget(counter: MemoryCounter, model, trainable=None, batch_size: int = 1, spent_mb: float = 0.0) -> float:
     """MiB of the budget of the cheapest step of `batch_size` images training `trainable` (None: the
     cheapest step there is, the classifier alone): one image at a time, with or without every block
@@ -206,12 +230,14 @@ def fit_shape(counter: MemoryCounter, model, batch_size: int, budget: int, train
     count = _fits(counter, base, trainable, budget)
     if count is not None:
         return base, count, []
-    # Past the step as asked every shape keeps less with lean saves, at the same arithmetic.
-    base = replace(base, lean=True)
-    count = _fits(counter, base, trainable, budget)
-    if count is not None:
-        return base, count, [LEAN_NOTE]
+    # Past the step as asked every shape keeps less with lean saves, at the same arithmetic, in as few
+    # of the earliest blocks as fit.
     blocks = [name for name, _ in named_blocks(model)[:-1]]
+    found = _fewest_lean(counter, base, blocks, trainable, budget)
+    if found is not None:
+        shape, count = found
+        return shape, count, lean_note(shape.lean, len(blocks))
+    base = replace(base, lean=True)
     found = _fewest_recomputed(counter, base, blocks, trainable, budget, tried_without=True)
     if found is not None:
         shape, count = found
@@ -224,11 +250,15 @@ def fit_shape(counter: MemoryCounter, model, batch_size: int, budget: int, train
             return None             # smaller micro-batches hold fewer images still
         frozen = bn_statistics == "frozen" or fewest < MIN_STATISTICS
         statistics = "frozen" if frozen else "train"
-        fitted = _fewest_recomputed(counter, StepShape(batch_size, micro, (), statistics, True), blocks,
-                                    trainable, budget)
+        plain = StepShape(batch_size, micro, (), statistics)
+        # Where every block recomputed does not fit, nothing keeping more does: nothing else is counted.
+        every = _fits(counter, replace(plain, recompute=tuple(blocks), lean=True), trainable, budget)
+        fitted = every and (_fewest_lean(counter, plain, blocks, trainable, budget)
+                            or _fewest_recomputed(counter, replace(plain, lean=True), blocks, trainable, budget))
         if fitted is not None:
             shape, count = fitted
-            notes = [LEAN_NOTE, f"micro-batches of {micro}, gradients accumulated over the batch of {batch_size}"]
+            notes = [*lean_note(shape.lean, len(blocks)),
+                     f"micro-batches of {micro}, gradients accumulated over the batch of {batch_size}"]
             if shape.recompute:
                 notes.append(f"{len(shape.recompute)} of {len(blocks)} blocks recomputed in backward")
             if frozen and bn_statistics != "frozen":
