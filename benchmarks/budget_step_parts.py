@@ -8,6 +8,7 @@ it sees.
 
     python benchmarks/budget_step_parts.py --checkpoint CKPT --set bias+bn+classifier --rows 34 \\
         --micro-batch 9 --threads 1
+    python benchmarks/budget_step_parts.py ... --micro-batch 1 --lean-blocks 5   # lean in the first 5 blocks
 """
 
 from __future__ import annotations
@@ -45,9 +46,11 @@ def one_shape(args) -> dict:
               file=sys.stderr)
         sys.exit(2)
     # Every block but the last recomputed, as a plan that recomputes them all does.
-    recompute = tuple(name for name, _ in named_blocks(model)[:-1]) if "recompute" in args.shape else ()
-    shape = StepShape(args.rows, args.micro_batch if "micro" in args.shape else 0, recompute, "frozen",
-                      lean="lean" in args.shape)
+    blocks = tuple(name for name, _ in named_blocks(model)[:-1])
+    recompute = blocks if "recompute" in args.shape else ()
+    # Lean saves everywhere, or in the first --lean-blocks blocks only, as a plan that needs no more does.
+    lean = "lean" in args.shape and (True if args.lean_blocks is None else blocks[:args.lean_blocks] or False)
+    shape = StepShape(args.rows, args.micro_batch if "micro" in args.shape else 0, recompute, "frozen", lean=lean)
     x, y = torch.randn(args.rows, *card.input_shape), torch.randint(0, card.num_classes, (args.rows,))
     loss = torch.nn.CrossEntropyLoss(reduction="none")
 
@@ -74,6 +77,8 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=9)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=4, help="timed steps a shape")
+    parser.add_argument("--lean-blocks", type=int, default=None,
+                        help="the lean shapes' saves in the first this many blocks only (default: everywhere)")
     parser.add_argument("--shape", choices=SHAPES, help=argparse.SUPPRESS)     # one shape, in this process
     args = parser.parse_args()
     if args.shape:
@@ -88,7 +93,8 @@ def main() -> None:
             sys.exit(done.returncode)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     base = rows[0]["step_s"]
-    print(f"{args.set}, {args.rows} rows, micro-batches of {args.micro_batch}, {args.threads} thread(s); measured")
+    where = "" if args.lean_blocks is None else f", lean saves in the first {args.lean_blocks} blocks"
+    print(f"{args.set}, {args.rows} rows, micro-batches of {args.micro_batch}, {args.threads} thread(s){where}; measured")
     print("| step | s a step | x whole | minor faults a step | system s a step |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['shape']} | {r['step_s']:.3f} | {r['step_s'] / base:.2f} | {r['faults']:,.0f} | {r['system_s']:.3f} |")
