@@ -173,11 +173,16 @@ def _fewest_recomputed(counter: MemoryCounter, base: StepShape, blocks: list[str
         return None
     if not tried_without and (without := _fits(counter, base, trainable, budget)) is not None:
         return base, without
-    found = every, count
-    lo, hi = 1, len(blocks) - 1
+    return _fewest_leading(counter, lambda k: replace(base, recompute=tuple(blocks[:k])), 1, len(blocks) - 1,
+                           (every, count), trainable, budget)
+
+
+def _fewest_leading(counter: MemoryCounter, shaped, lo: int, hi: int, found, trainable, budget: int):
+    """By bisection, the fewest leading blocks k in [lo, hi] whose shape `shaped(k)` fits, with its
+    count; `found` (a shape with more of them that fits, and its count) where none does."""
     while lo <= hi:
         k = (lo + hi) // 2
-        shape = replace(base, recompute=tuple(blocks[:k]))
+        shape = shaped(k)
         count = _fits(counter, shape, trainable, budget)
         if count is None:
             lo = k + 1
@@ -195,17 +200,8 @@ def _fewest_lean(counter: MemoryCounter, base: StepShape, blocks: list[str], tra
     count = _fits(counter, every, trainable, budget)
     if count is None:
         return None
-    found = every, count
-    lo, hi = 0, len(blocks) - 1
-    while lo <= hi:
-        k = (lo + hi) // 2
-        shape = replace(base, lean=tuple(blocks[:k]) if k else False)
-        fits = _fits(counter, shape, trainable, budget)
-        if fits is None:
-            lo = k + 1
-        else:
-            found, hi = (shape, fits), k - 1
-    return found
+    return _fewest_leading(counter, lambda k: replace(base, lean=tuple(blocks[:k]) or False), 0, len(blocks) - 1,
+                           (every, count), trainable, budget)
 
 
 def smallest_budget(counter: MemoryCounter, model, trainable=None, batch_size: int = 1, spent_mb: float = 0.0) -> float:
