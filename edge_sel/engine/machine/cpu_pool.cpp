@@ -176,13 +176,11 @@ struct Pool final : c10::Allocator {
     if (p == nullptr) return;
     c10::profiledCPUMemoryReporter().Delete(p);
     uintptr_t start = reinterpret_cast<uintptr_t>(p);
-    size_t bytes = 0;
+    size_t bytes = 0;       // stays 0 for torch's own blocks: below the floor, or asked for while off
     {
       std::lock_guard<std::mutex> lock(mu);
       auto it = handed.find(start);
-      if (it == handed.end()) {
-        // torch's own block: below the floor, or asked for while the pool kept nothing.
-      } else {
+      if (it != handed.end()) {
         bytes = it->second;
         handed.erase(it);
         live -= bytes;

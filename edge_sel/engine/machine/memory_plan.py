@@ -249,8 +249,9 @@ def fit_shape(counter: MemoryCounter, model, batch_size: int, budget: int, train
         plain = StepShape(batch_size, micro, (), statistics)
         # Where every block recomputed does not fit, nothing keeping more does: nothing else is counted.
         every = _fits(counter, replace(plain, recompute=tuple(blocks), lean=True), trainable, budget)
-        fitted = every and (_fewest_lean(counter, plain, blocks, trainable, budget)
-                            or _fewest_recomputed(counter, replace(plain, lean=True), blocks, trainable, budget))
+        fitted = None if every is None else (
+            _fewest_lean(counter, plain, blocks, trainable, budget)
+            or _fewest_recomputed(counter, replace(plain, lean=True), blocks, trainable, budget))
         if fitted is not None:
             shape, count = fitted
             notes = [*lean_note(shape.lean, len(blocks)),

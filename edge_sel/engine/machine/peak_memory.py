@@ -278,8 +278,8 @@ def evaluating(budgeted: bool):
 @contextlib.contextmanager
 def pooled_while_timing():
     """While the planner times a budgeted run's steps on glibc: freed blocks pooled with no slack, as
-    the run's steps will run (a step of Lite0's norms in micro-batches of one image at 96 px: 1.28-1.37
-    s unmapped, 0.83-1.00 s pooled); the pool as it was after, its blocks back to the system. Untouched
+    the run's steps will run (a step of Lite0's norms in micro-batches of one image at 96 px: 1.07-1.37
+    s unmapped, 0.72-0.74 s pooled); the pool as it was after, its blocks back to the system. Untouched
     where the pool is not loaded (no budget) or the process runs on mimalloc."""
     pooled = not mimalloc.loaded() and cpu_pool.loaded()
     with cpu_pool.slack_while(0) if pooled else contextlib.nullcontext():
