@@ -43,6 +43,7 @@ from edge_sel.demo import demo_cmd
 from edge_sel.cli_monitor import monitor
 from edge_sel.cli_deployed import deployed_group
 from edge_sel.engine.machine.distributed import detect_world, under_torchrun
+from edge_sel.engine.loop import started_again
 from edge_sel.engine.machine.device import pick_device
 from edge_sel.engine.runs.run import finetune, prepare_finetune_config, pretrain, resume
 from edge_sel.engine.runs.signals import exit_code_for
@@ -121,6 +122,7 @@ def finetune_cmd(checkpoint, resume_dir, **kw):
     data = build_data(kw).check()
     pick_device(cfg.device)
     announce_profile()          # options checked: a bad one has printed its error alone
+    started_again.fresh_start_follows = cli_start_again.may_start_again("finetune")
     summary = finetune(checkpoint, data, cfg, kw["out"], kw["overwrite"], kw["quiet"], energy,
                        profile=kw.pop("profile_record", None))
     report_end(summary, kw["quiet"])

@@ -55,10 +55,15 @@ def replaceable(command: str) -> bool:
     return as_process and own_command_line() and command in COMMANDS
 
 
+def may_start_again(command: str) -> bool:
+    """Whether a RefusedAfterMeasuring in this process starts `command` once more (start_again)."""
+    return replaceable(command) and not STARTED_AGAIN_HERE
+
+
 def start_again(e: RefusedAfterMeasuring, command: str) -> None:
     """Replaces this process with the same command line, where that is allowed; returns where it is
     not (the caller then says the refusal as any other)."""
-    if not replaceable(command) or STARTED_AGAIN_HERE:
+    if not may_start_again(command):
         return
     click.echo(f"edge-sel: note: {e}; this start measured the step counts or costs this device's caches "
                f"lacked, which grew the process: starting once more, reading them", err=True)

@@ -346,7 +346,8 @@ REFUSED = "--memory-budget 4: no step fits; the smallest that does is 5.1 MiB (t
 def test_a_refused_row_runs_once_more_as_the_command_line_does(monkeypatch, refusals, ends):
     """A budgeted row refused by a start that measured what the device's caches lacked runs once more in
     a fresh process on the same allocator, and one refused on mimalloc once more on glibc's, each told
-    the refused start's planning cost; refused beyond that, it is a row that does not fit."""
+    the refused start's planning cost; refused beyond that, it is a row that does not fit. Only a start
+    that a refusal after measuring would start again refuses a plan its measuring narrowed."""
     import os
     from edge_sel.bench import bench_run
     from edge_sel.config import TrainConfig
@@ -354,9 +355,9 @@ def test_a_refused_row_runs_once_more_as_the_command_line_does(monkeypatch, refu
     monkeypatch.delenv(STARTED_AGAIN, raising=False)
     starts, logged = [], []
 
-    def alone(checkpoint, data, cfg, run_dir, on_glibc=False):
+    def alone(checkpoint, data, cfg, run_dir, on_glibc=False, fresh_start_follows=False):
         told = os.environ.get(STARTED_AGAIN)
-        starts.append(("glibc" if on_glibc else "mimalloc", told and json.loads(told)))
+        starts.append(("glibc" if on_glibc else "mimalloc", told and json.loads(told), fresh_start_follows))
         if len(starts) <= len(refusals):
             kind = RefusedAfterMeasuring if refusals[len(starts) - 1] == "measured" else RefusedOnMimalloc
             raise kind(REFUSED, {"memory_plan_wall_s": float(len(starts))})
@@ -369,11 +370,12 @@ def test_a_refused_row_runs_once_more_as_the_command_line_does(monkeypatch, refu
             bench_run.bench_finetune(Path("ckpt"), None, cfg, Path("seed0"), own_process=True, log=logged.append)
         assert refused.value.needs_mb == 5.1
     assert STARTED_AGAIN not in os.environ
-    expected, on_glibc = [("mimalloc", None)], False
+    expected, on_glibc, measured_on = [("mimalloc", None, True)], False, set()
     for i, kind in enumerate(refusals[:len(starts) - 1], 1):
+        measured_on |= {on_glibc} if kind == "measured" else set()
         on_glibc = on_glibc or kind == "mimalloc"
         cost = {"memory_plan_wall_s": float(i), **({ON_GLIBC_AFTER_MIMALLOC: REFUSED} if kind == "mimalloc" else {})}
-        expected.append(("glibc" if on_glibc else "mimalloc", cost))
+        expected.append(("glibc" if on_glibc else "mimalloc", cost, on_glibc not in measured_on))
     assert starts == expected and len(starts) == len(refusals) + (ends == "ran")
     assert logged[0] == f"  seed0: {REFUSED}; " + ("its start measured what this device's caches lacked: once more, "
                                                    "reading them" if refusals[0] == "measured" else

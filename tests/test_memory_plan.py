@@ -19,7 +19,7 @@ from edge_sel.data import Batch
 from edge_sel.data.dataset import IndexedDataset
 from edge_sel.config import TrainConfig
 from edge_sel.engine.loop import step_memory
-from edge_sel.engine.machine import cpu_pool, cuda_workspace, peak_memory
+from edge_sel.engine.machine import cpu_pool, cuda_workspace, peak_memory, probe_cache
 from edge_sel.engine.loop.step_memory import forward_batch_that_fits, memory_counter
 from edge_sel.core.lean_saves import LEAN_NOTE
 from edge_sel.engine.machine.memory_plan import (MIN_CHUNK_FOR_EVERYTHING, RESERVE, MemoryPlan, plan_memory,
@@ -342,12 +342,20 @@ def test_only_a_fine_tunes_own_process_starts_again_and_only_once(monkeypatch):
 
 
 # A fine-tune whose plan every start on mimalloc refuses (or every start, with REFUSE=always), as a start
-# that grew past its plan by measuring, or on mimalloc's pages, is refused.
+# that grew past its plan by measuring, or on mimalloc's pages, is refused. With MEASURING_MB, the process
+# grows by nothing until planning keeps a count or a timing, and by that many MiB after.
 REFUSING = """
 import os, sys
 from edge_sel.engine.loop import step_memory
+from edge_sel.engine.machine import probe_cache
 from edge_sel import allocator
 from edge_sel.errors import InputError
+kept_before = []
+def grown(trainer):
+    kept_before or kept_before.append(probe_cache.kept_here)
+    return float(os.environ["MEASURING_MB"]) * (probe_cache.kept_here > kept_before[0])
+if os.environ.get("MEASURING_MB"):
+    step_memory.grown_mb = grown
 real = step_memory.refuse_what_cannot_hold
 def refuse(trainer, plan, grown):
     if os.environ.get("REFUSE") == "always" or allocator.runs_on_ours():
@@ -397,6 +405,44 @@ def test_a_refused_start_starts_once_more_reading_then_on_glibc(tiny_warm, tmp_p
     assert start["memory_plan_wall_s"] > earlier > 0
     assert plan["gains"]["run_estimate"]["planning_s"] >= earlier        # the plan's estimate of the run holds it too
     assert start["memory_allocator"].startswith("glibc")
+
+
+def test_a_plan_narrowed_by_its_own_measuring_starts_once_more_reading(tiny_warm, tmp_path, capsys, monkeypatch):
+    """Everything fits 16.5 MiB in whole batches beside no growth. A first start whose counting grows the
+    process by 6 MiB plans again beside what the reserve does not hold of it (2.7 MiB): micro-batches.
+    The command line starts once more, which reads the counts, grows by nothing, trains in whole batches
+    and says why it started again; a process that is not the command line's keeps the narrowed plan."""
+    argv = ["finetune", "--checkpoint", str(tiny_warm), *FINETUNE, "--epochs", "0", "--sparsity", "none",
+            "--memory-budget", "16.5"]
+    env = {**os.environ, "EDGE_SEL_CACHE": str(tmp_path / "cache"), "MEASURING_MB": "6", allocator.VARIABLE: "glibc"}
+    env.pop("EDGE_SEL_PROCESS_GROWTH_MB")
+    done = subprocess.run([sys.executable, "-c", REFUSING, *argv, "--out", str(tmp_path / "run")], env=env,
+                          capture_output=True, text=True)
+    narrowed = ("beside the 0.0 MiB the process had grown by before planning measured, the run's set in whole "
+                "batches, BatchNorm statistics trained; beside the 2.7 MiB after it, the run's set in micro-batches of ")
+    (note,) = [line for line in done.stderr.splitlines() if "starting once more" in line]
+    assert note.startswith(f"edge-sel: note: --memory-budget 16.5: the plan narrowed: {narrowed}") and done.returncode == 0
+    plan = json.loads((tmp_path / "run" / "config.json").read_text())["memory_plan"]
+    assert plan["micro_batch"] == plan["batch_size"] and plan["recompute"] == [] and plan["lean"] is False
+    assert plan["notes"][-1].startswith("started again: a first start measured what this device's caches lacked (")
+    assert f"narrowed its plan ({narrowed}" in plan["notes"][-1]
+    (start,) = records(tmp_path / "run", baseline=True)
+    assert start["memory_plan_counts"] >= 1 and start["memory_plan_counts_read"] >= 1     # both starts' planning
+    # The narrowed plan runs in another program's process (a test runner's), as in the start made again,
+    # and where a start made again would follow but planning grew the process without measuring.
+    monkeypatch.delenv("EDGE_SEL_PROCESS_GROWTH_MB")
+    said = []
+    monkeypatch.setattr(cli_start_again, "start_again", lambda e, command: said.append(e))
+    for cache, follows, by_measuring in [("cold", False, True), ("cache", True, False)]:
+        monkeypatch.setenv("EDGE_SEL_CACHE", str(tmp_path / cache))
+        monkeypatch.setattr(cli_start_again, "may_start_again", lambda command, follows=follows: follows)
+        kept = []
+        monkeypatch.setattr(step_memory, "grown_mb", lambda trainer: kept.append(probe_cache.kept_here) or
+                            6.0 * (probe_cache.kept_here > kept[0] or not by_measuring and len(kept) > 1))
+        code, _ = run_main([*argv, "--out", tmp_path / cache / "run"], capsys)
+        plan = json.loads((tmp_path / cache / "run" / "config.json").read_text())["memory_plan"]
+        assert code == 0 and plan["micro_batch"] < plan["batch_size"] and plan["spent_mb"] == pytest.approx(2.7)
+    assert said == []
 
 
 def test_a_profiles_budget_reaches_the_night(tiny_warm, tmp_path, capsys):

@@ -6,8 +6,8 @@ fits: the run also counts what the process grew by before that step (torch's ker
 use, planning; engine/loop/first_use.py), which a count cannot. Such a run is a row that does not fit,
 with the run's one line and the smallest budget it names, not a failure of the bench; any other error
 of a run still ends the bench. A run in a process of its own refused after measuring what the device's
-caches lacked runs once more first, and one refused on mimalloc once more on glibc's allocator, as the
-command line's does (engine/loop/started_again.py).
+caches lacked (or whose plan that measuring narrowed) runs once more first, and one refused on mimalloc
+once more on glibc's allocator, as the command line's does (engine/loop/started_again.py).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 from edge_sel import allocator
 from edge_sel.bench.stopping import BenchStop
 from edge_sel.config import TrainConfig
+from edge_sel.engine.loop import started_again
 from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.engine.runs.run import finetune
 from edge_sel.errors import STARTED_AGAIN, InputError, RefusedAfterMeasuring, RefusedOnMimalloc
@@ -47,20 +48,24 @@ class RunRefused(Exception):
 
 
 def _finetune_with_threads(checkpoint: Path, data: DataOptions, cfg: TrainConfig, run_dir: Path,
-                           threads: int) -> None:
+                           threads: int, fresh_start_follows: bool) -> None:
     import torch
     torch.set_num_threads(threads)
+    started_again.fresh_start_follows = fresh_start_follows
     finetune(checkpoint, data, cfg, run_dir, overwrite=True, quiet=True)
 
 
-def finetune_alone(checkpoint: Path, data: DataOptions, cfg: TrainConfig, run_dir: Path, on_glibc: bool = False) -> None:
+def finetune_alone(checkpoint: Path, data: DataOptions, cfg: TrainConfig, run_dir: Path, on_glibc: bool = False,
+                   fresh_start_follows: bool = False) -> None:
     """Fine-tune in a spawned process (nothing inherited but the arguments and the environment) on
     this process's torch threads, on mimalloc where the run is budgeted (as the command line runs it,
-    edge_sel/allocator.py) unless `on_glibc`; an error in it is raised here."""
+    edge_sel/allocator.py) unless `on_glibc`; an error in it is raised here. `fresh_start_follows`: a
+    plan narrowed by measuring is refused there, for a start made again (engine/loop/started_again.py)."""
     import torch
     with allocator.preloaded_children(cfg.memory_budget_mb is not None and not on_glibc), \
             ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pool.submit(_finetune_with_threads, checkpoint, data, cfg, run_dir, torch.get_num_threads()).result()
+        pool.submit(_finetune_with_threads, checkpoint, data, cfg, run_dir, torch.get_num_threads(),
+                    fresh_start_follows).result()
 
 
 def finetune_alone_once_more(checkpoint: Path, data: DataOptions, cfg: TrainConfig, run_dir: Path,
@@ -74,7 +79,7 @@ def finetune_alone_once_more(checkpoint: Path, data: DataOptions, cfg: TrainConf
         if told is not None:
             os.environ[STARTED_AGAIN] = told           # the spawned process's environment
         try:
-            finetune_alone(checkpoint, data, cfg, run_dir, on_glibc)
+            finetune_alone(checkpoint, data, cfg, run_dir, on_glibc, fresh_start_follows=on_glibc not in measured_on)
             return
         except RefusedAfterMeasuring as e:
             if on_glibc in measured_on:

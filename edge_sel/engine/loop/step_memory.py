@@ -24,9 +24,9 @@ from edge_sel.engine.loop.trial_gain import normalised
 from edge_sel.engine.loop.joule_choice import adopt_residuals, plan_by_joules, plan_trains_residuals
 from edge_sel.engine.machine.memory_plan import (RESERVE, MemoryPlan, fit_shape, forward_batch_that_fits, plan_memory,
                                                  smallest_budget, spent_after_planning, usable)
-from edge_sel.engine.machine import cpu_pool, mimalloc, peak_memory
+from edge_sel.engine.machine import cpu_pool, mimalloc, peak_memory, probe_cache
 from edge_sel.engine.machine.count_store import CountStore
-from edge_sel.engine.loop.started_again import refusal_after_measuring, take_earlier_start
+from edge_sel.engine.loop.started_again import refusal_after_measuring, start_again_where_narrowed, take_earlier_start
 from edge_sel.errors import InputError
 from edge_sel.methods.update.fixed_sets import classifier_names
 
@@ -169,7 +169,8 @@ def plan_afresh(trainer, rows: int, bn: str) -> MemoryPlan:
         plan = _plan(trainer, rows, bn)
         warm_planned(trainer, plan)
         return plan
-    plan = planned_in_the_open(trainer, first_plan)
+    kept_before = probe_cache.kept_here
+    first = plan = planned_in_the_open(trainer, first_plan)
     warm = trainer.memory_spent_mb
     for _ in range(REPLANS):        # planning's own growth (its caches), measured: planned again beside it
         spent = spent_after_planning(cfg.memory_budget_mb, warm, grown_mb(trainer))
@@ -178,6 +179,7 @@ def plan_afresh(trainer, rows: int, bn: str) -> MemoryPlan:
         trainer.memory_spent_mb = spent
         plan = planned_in_the_open(trainer, partial(_plan, trainer, rows, bn))
         warm_planned(trainer, plan)
+    start_again_where_narrowed(trainer, first, plan, probe_cache.kept_here > kept_before)
     grown = grown_mb(trainer)
     plan.grown_mb = round(grown, 3)
     refuse_what_cannot_hold(trainer, plan, grown)
