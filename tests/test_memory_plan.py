@@ -342,20 +342,12 @@ def test_only_a_fine_tunes_own_process_starts_again_and_only_once(monkeypatch):
 
 
 # A fine-tune whose plan every start on mimalloc refuses (or every start, with REFUSE=always), as a start
-# that grew past its plan by measuring, or on mimalloc's pages, is refused. With MEASURING_MB, the process
-# grows by nothing until planning keeps a count or a timing, and by that many MiB after.
+# that grew past its plan by measuring, or on mimalloc's pages, is refused.
 REFUSING = """
 import os, sys
 from edge_sel.engine.loop import step_memory
-from edge_sel.engine.machine import probe_cache
 from edge_sel import allocator
 from edge_sel.errors import InputError
-kept_before = []
-def grown(trainer):
-    kept_before or kept_before.append(probe_cache.kept_here)
-    return float(os.environ["MEASURING_MB"]) * (probe_cache.kept_here > kept_before[0])
-if os.environ.get("MEASURING_MB"):
-    step_memory.grown_mb = grown
 real = step_memory.refuse_what_cannot_hold
 def refuse(trainer, plan, grown):
     if os.environ.get("REFUSE") == "always" or allocator.runs_on_ours():
@@ -410,39 +402,43 @@ def test_a_refused_start_starts_once_more_reading_then_on_glibc(tiny_warm, tmp_p
 def test_a_plan_narrowed_by_its_own_measuring_starts_once_more_reading(tiny_warm, tmp_path, capsys, monkeypatch):
     """Everything fits 16.5 MiB in whole batches beside no growth. A first start whose counting grows the
     process by 6 MiB plans again beside what the reserve does not hold of it (2.7 MiB): micro-batches.
-    The command line starts once more, which reads the counts, grows by nothing, trains in whole batches
-    and says why it started again; a process that is not the command line's keeps the narrowed plan."""
-    argv = ["finetune", "--checkpoint", str(tiny_warm), *FINETUNE, "--epochs", "0", "--sparsity", "none",
+    Where the command line would start once more it is refused for that, and the start made again reads
+    the counts, grows by nothing, trains in whole batches and says why it started again. The narrowed
+    plan runs where no start follows (another program's process, the start made again) and where
+    planning grew the process without measuring."""
+    argv = ["finetune", "--checkpoint", tiny_warm, *FINETUNE, "--epochs", "0", "--sparsity", "none",
             "--memory-budget", "16.5"]
-    env = {**os.environ, "EDGE_SEL_CACHE": str(tmp_path / "cache"), "MEASURING_MB": "6", allocator.VARIABLE: "glibc"}
-    env.pop("EDGE_SEL_PROCESS_GROWTH_MB")
-    done = subprocess.run([sys.executable, "-c", REFUSING, *argv, "--out", str(tmp_path / "run")], env=env,
-                          capture_output=True, text=True)
-    narrowed = ("beside the 0.0 MiB the process had grown by before planning measured, the run's set in whole "
-                "batches, BatchNorm statistics trained; beside the 2.7 MiB after it, the run's set in micro-batches of ")
-    (note,) = [line for line in done.stderr.splitlines() if "starting once more" in line]
-    assert note.startswith(f"edge-sel: note: --memory-budget 16.5: the plan narrowed: {narrowed}") and done.returncode == 0
-    plan = json.loads((tmp_path / "run" / "config.json").read_text())["memory_plan"]
-    assert plan["micro_batch"] == plan["batch_size"] and plan["recompute"] == [] and plan["lean"] is False
-    assert plan["notes"][-1].startswith("started again: a first start measured what this device's caches lacked (")
-    assert f"narrowed its plan ({narrowed}" in plan["notes"][-1]
-    (start,) = records(tmp_path / "run", baseline=True)
-    assert start["memory_plan_counts"] >= 1 and start["memory_plan_counts_read"] >= 1     # both starts' planning
-    # The narrowed plan runs in another program's process (a test runner's), as in the start made again,
-    # and where a start made again would follow but planning grew the process without measuring.
     monkeypatch.delenv("EDGE_SEL_PROCESS_GROWTH_MB")
     said = []
     monkeypatch.setattr(cli_start_again, "start_again", lambda e, command: said.append(e))
-    for cache, follows, by_measuring in [("cold", False, True), ("cache", True, False)]:
+
+    def start(cache, follows, by_measuring=True, told=None, out="run"):
         monkeypatch.setenv("EDGE_SEL_CACHE", str(tmp_path / cache))
-        monkeypatch.setattr(cli_start_again, "may_start_again", lambda command, follows=follows: follows)
-        kept = []
+        monkeypatch.setattr(cli_start_again, "may_start_again", lambda command: follows)
+        if told is not None:
+            monkeypatch.setenv(STARTED_AGAIN, told)
+        kept = []      # the process grows 6 MiB once planning keeps a count (or, not by measuring, at once)
         monkeypatch.setattr(step_memory, "grown_mb", lambda trainer: kept.append(probe_cache.kept_here) or
                             6.0 * (probe_cache.kept_here > kept[0] or not by_measuring and len(kept) > 1))
-        code, _ = run_main([*argv, "--out", tmp_path / cache / "run"], capsys)
-        plan = json.loads((tmp_path / cache / "run" / "config.json").read_text())["memory_plan"]
+        code, err = run_main([*argv, "--out", tmp_path / cache / out], capsys)
+        found = tmp_path / cache / out / "config.json"
+        return code, err, found.is_file() and json.loads(found.read_text())["memory_plan"]
+
+    code, err, plan = start("cache", True)
+    narrowed = ("beside the 0.0 MiB the process had grown by before planning measured, the run's set in whole "
+                "batches, BatchNorm statistics trained; beside the 2.7 MiB after it, the run's set in micro-batches of ")
+    (refused,) = said
+    assert code == 2 and plan is False and str(refused).startswith(f"--memory-budget 16.5: the plan narrowed: {narrowed}")
+    code, _, plan = start("cache", False, told=refused.told())
+    assert code == 0 and plan["micro_batch"] == plan["batch_size"] and plan["recompute"] == [] and plan["lean"] is False
+    assert plan["notes"][-1].startswith("started again: a first start measured what this device's caches lacked (")
+    assert f"narrowed its plan ({narrowed}" in plan["notes"][-1]
+    (first,) = records(tmp_path / "cache" / "run", baseline=True)
+    assert first["memory_plan_counts"] >= 1 and first["memory_plan_counts_read"] >= 1     # both starts' planning
+    for cache, follows, by_measuring in [("cold", False, True), ("cache", True, False)]:
+        code, _, plan = start(cache, follows, by_measuring, out="narrowed")
         assert code == 0 and plan["micro_batch"] < plan["batch_size"] and plan["spent_mb"] == pytest.approx(2.7)
-    assert said == []
+    assert len(said) == 1
 
 
 def test_a_profiles_budget_reaches_the_night(tiny_warm, tmp_path, capsys):
