@@ -27,8 +27,8 @@ class InUseError(InputError):
 STARTED_AGAIN = "EDGE_SEL_STARTED_AGAIN"
 # Its key for a start made on glibc's allocator after RefusedOnMimalloc.
 ON_GLIBC_AFTER_MIMALLOC = "refused_on_mimalloc"
-# Its key for a start made again after a first start's measuring narrowed its plan (the plans, in words).
-NARROWED = "narrowed"
+# Its key for a start made again after a first start measured while planning (why, in words).
+PLANNED_MEASURING = "planned_measuring"
 
 
 class RefusedWithCost(InputError):

@@ -399,46 +399,53 @@ def test_a_refused_start_starts_once_more_reading_then_on_glibc(tiny_warm, tmp_p
     assert start["memory_allocator"].startswith("glibc")
 
 
-def test_a_plan_narrowed_by_its_own_measuring_starts_once_more_reading(tiny_warm, tmp_path, capsys, monkeypatch):
+def test_a_start_that_measured_while_planning_starts_once_more_reading(tiny_warm, tmp_path, capsys, monkeypatch):
     """Everything fits 16.5 MiB in whole batches beside no growth. A first start whose counting grows the
     process by 6 MiB plans again beside what the reserve does not hold of it (2.7 MiB): micro-batches.
     Where the command line would start once more it is refused for that, and the start made again reads
-    the counts, grows by nothing, trains in whole batches and says why it started again. The narrowed
-    plan runs where no start follows (another program's process, the start made again) and where
-    planning grew the process without measuring."""
+    the counts, grows by nothing, trains in whole batches and says why it started again. Grown by 1 MiB,
+    the plan stays, but measuring's caches would stay beside the run's steps: refused too. The plan made
+    beside measuring runs where no start follows (another program's process, the start made again), and
+    a plan narrowed by growth that was not measuring's runs."""
     argv = ["finetune", "--checkpoint", tiny_warm, *FINETUNE, "--epochs", "0", "--sparsity", "none",
             "--memory-budget", "16.5"]
     monkeypatch.delenv("EDGE_SEL_PROCESS_GROWTH_MB")
     said = []
     monkeypatch.setattr(cli_start_again, "start_again", lambda e, command: said.append(e))
 
-    def start(cache, follows, by_measuring=True, told=None, out="run"):
+    def start(cache, follows, by_measuring=True, told=None, out="run", mb=6.0):
         monkeypatch.setenv("EDGE_SEL_CACHE", str(tmp_path / cache))
         monkeypatch.setattr(cli_start_again, "may_start_again", lambda command: follows)
         if told is not None:
             monkeypatch.setenv(STARTED_AGAIN, told)
-        kept = []      # the process grows 6 MiB once planning keeps a count (or, not by measuring, at once)
+        kept = []      # the process grows `mb` MiB once planning keeps a count (or, not by measuring, at once)
         monkeypatch.setattr(step_memory, "grown_mb", lambda trainer: kept.append(probe_cache.kept_here) or
-                            6.0 * (probe_cache.kept_here > kept[0] or not by_measuring and len(kept) > 1))
+                            mb * (probe_cache.kept_here > kept[0] or not by_measuring and len(kept) > 1))
         code, err = run_main([*argv, "--out", tmp_path / cache / out], capsys)
         found = tmp_path / cache / out / "config.json"
         return code, err, found.is_file() and json.loads(found.read_text())["memory_plan"]
 
-    code, err, plan = start("cache", True)
-    narrowed = ("beside the 0.0 MiB the process had grown by before planning measured, the run's set in whole "
-                "batches, BatchNorm statistics trained; beside the 2.7 MiB after it, the run's set in micro-batches of ")
+    code, _, plan = start("cache", True)
+    narrowed = ("the plan narrowed: beside the 0.0 MiB the process had grown by before planning measured, the "
+                "run's set in whole batches, BatchNorm statistics trained; beside the 2.7 MiB after it, the run's "
+                "set in micro-batches of ")
     (refused,) = said
-    assert code == 2 and plan is False and str(refused).startswith(f"--memory-budget 16.5: the plan narrowed: {narrowed}")
+    assert code == 2 and plan is False
+    assert str(refused).startswith(f"--memory-budget 16.5: planned in a start that measured; {narrowed}")
     code, _, plan = start("cache", False, told=refused.told())
     assert code == 0 and plan["micro_batch"] == plan["batch_size"] and plan["recompute"] == [] and plan["lean"] is False
     assert plan["notes"][-1].startswith("started again: a first start measured what this device's caches lacked (")
-    assert f"narrowed its plan ({narrowed}" in plan["notes"][-1]
+    assert f"timed); {narrowed}" in plan["notes"][-1]
     (first,) = records(tmp_path / "cache" / "run", baseline=True)
     assert first["memory_plan_counts"] >= 1 and first["memory_plan_counts_read"] >= 1     # both starts' planning
-    for cache, follows, by_measuring in [("cold", False, True), ("cache", True, False)]:
+    code, _, plan = start("cold", True, mb=1.0)
+    assert code == 2 and str(said[-1]) == ("--memory-budget 16.5: planned in a start that measured; the process "
+                                           "grew 1.0 MiB before the first step, 1.0 of it while planning, and would "
+                                           "keep it beside the run's steps")
+    for cache, follows, by_measuring in [("colder", False, True), ("cache", True, False)]:
         code, _, plan = start(cache, follows, by_measuring, out="narrowed")
         assert code == 0 and plan["micro_batch"] < plan["batch_size"] and plan["spent_mb"] == pytest.approx(2.7)
-    assert len(said) == 1
+    assert len(said) == 2
 
 
 def test_a_profiles_budget_reaches_the_night(tiny_warm, tmp_path, capsys):

@@ -15,24 +15,27 @@ would, so its refusal of a budget that a start on glibc might hold (again: where
 beside no growth) is RefusedOnMimalloc, and the run starts once more on glibc's allocator: at once where
 this start kept nothing, after the start made again reading what it kept otherwise.
 
-Measuring can also narrow a plan without refusing it: the plan made beside the growth before planning
-measured fits, and the plan made again beside what measuring grew the process by takes less (Lite0 at
-96 px under 1/10, the planner's first run on a device: 18.3 MiB of growth against the 13.4 of the runs
-reading its counts, and the classifier, 62.2% on the noisy test, where the runs after it took the norms
-and the classifier, 71.6%). Where a start made again follows (the command line, the benches), such a
-start is refused the same way and made again, reading what it measured; elsewhere, and in the start
-made again, the narrowed plan runs and says so."""
+A plan that fits beside a measuring start's growth is not the plan later starts make, nor does it run
+as theirs do. The plan made again beside what measuring grew the process by can take less than the plan
+made before it (Lite0 at 96 px under 1/10, the planner's first run on a device: 18.3 MiB of growth
+against the 13.4 of the runs reading its counts, and the classifier, 62.2% on the noisy test, where the
+runs after it took the norms and the classifier, 71.6%). And measuring's caches, made for shapes the run
+never takes, stay beside its steps (under 1/4, 40.0 MiB of growth against 18.5, and 124.4 MiB of
+training measured against a 123.9 MiB budget). So where a start made again follows (the command line,
+the benches), a start that measured while planning is refused the same way and made again, reading
+what it measured; elsewhere, and in the start made again, its plan runs."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 
+from edge_sel.engine.loop.first_use import GIVEN
 from edge_sel.engine.machine import probe_cache
 from edge_sel import allocator
 from edge_sel.core.lean_saves import lean_words
-from edge_sel.errors import (NARROWED, ON_GLIBC_AFTER_MIMALLOC, STARTED_AGAIN, InputError, RefusedAfterMeasuring,
-                              RefusedOnMimalloc, parse_json)
+from edge_sel.errors import (ON_GLIBC_AFTER_MIMALLOC, PLANNED_MEASURING, STARTED_AGAIN, InputError,
+                              RefusedAfterMeasuring, RefusedOnMimalloc, parse_json)
 
 PLAN_COST_KEYS = ("memory_plan_wall_s", "memory_plan_energy_j", "memory_plan_counts", "memory_plan_counts_read")
 # Whether a refused start of this run is made again in a fresh process: set by the command line's
@@ -50,17 +53,23 @@ def plan_words(plan) -> str:
     return f"{chosen} in {', '.join(shape)}, BatchNorm statistics {statistics}"
 
 
-def start_again_where_narrowed(trainer, first, plan, measured: bool) -> None:
-    """RefusedAfterMeasuring where a fresh start follows, this start measured what the device's caches
-    lacked (`measured`), and the plan made beside that measuring's growth (`plan`) differs from the one
-    made beside the growth before it (`first`): a start that reads what was measured grows less."""
-    if not (measured and fresh_start_follows) or plan_words(plan) == plan_words(first):
+def start_again_after_measuring(trainer, first, plan, measured: bool, grown: float) -> None:
+    """RefusedAfterMeasuring where a fresh start follows and this start measured what the device's
+    caches lacked while planning (`measured`), saying why: the plan made beside that measuring's growth
+    (`plan`) differs from the one made before it (`first`), or the process grew by `grown` MiB (measured)
+    before the first step, which measuring's caches keep beside the run's steps. Not where the growth is
+    given (first_use.GIVEN): then no start's differs."""
+    if not (measured and fresh_start_follows) or os.environ.get(GIVEN):
         return
-    narrowed = (f"beside the {first.spent_mb:.1f} MiB the process had grown by before planning measured, "
-                f"{plan_words(first)}; beside the {plan.spent_mb:.1f} MiB after it, {plan_words(plan)}")
+    if plan_words(plan) != plan_words(first):
+        why = (f"the plan narrowed: beside the {first.spent_mb:.1f} MiB the process had grown by before planning "
+               f"measured, {plan_words(first)}; beside the {plan.spent_mb:.1f} MiB after it, {plan_words(plan)}")
+    else:
+        why = (f"the process grew {grown:.1f} MiB before the first step, {grown - first.spent_mb:.1f} of it while "
+               f"planning, and would keep it beside the run's steps")
     cost = dict(getattr(trainer, "memory_plan_cost", None) or {})
-    raise RefusedAfterMeasuring(f"--memory-budget {plan.budget_mb:g}: the plan narrowed: {narrowed}",
-                                {**cost, NARROWED: narrowed})
+    raise RefusedAfterMeasuring(f"--memory-budget {plan.budget_mb:g}: planned in a start that measured; {why}",
+                                {**cost, PLANNED_MEASURING: why})
 
 
 @contextlib.contextmanager
@@ -104,12 +113,11 @@ def take_earlier_start(trainer) -> None:
             f"the budget ({found[ON_GLIBC_AFTER_MIMALLOC]}); its {cost.get('memory_plan_wall_s', 0.0):.1f} s of "
             f"planning are in this run's totals")
         return
-    if isinstance(found, dict) and isinstance(found.get(NARROWED), str):
+    if isinstance(found, dict) and isinstance(found.get(PLANNED_MEASURING), str):
         trainer.started_again_note = (
             f"started again: a first start measured what this device's caches lacked "
-            f"({cost.get('memory_plan_counts', 0)} steps counted, or step costs timed), which grew the process "
-            f"and narrowed its plan ({found[NARROWED]}); its {cost.get('memory_plan_wall_s', 0.0):.1f} s of "
-            f"planning are in this run's totals")
+            f"({cost.get('memory_plan_counts', 0)} steps counted, or step costs timed); {found[PLANNED_MEASURING]}; "
+            f"its {cost.get('memory_plan_wall_s', 0.0):.1f} s of planning are in this run's totals")
         return
     trainer.started_again_note = (
         f"started again: a first start measured what this device's caches lacked ({cost.get('memory_plan_counts', 0)} "

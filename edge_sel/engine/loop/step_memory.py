@@ -26,7 +26,7 @@ from edge_sel.engine.machine.memory_plan import (RESERVE, MemoryPlan, fit_shape,
                                                  smallest_budget, spent_after_planning, usable)
 from edge_sel.engine.machine import cpu_pool, mimalloc, peak_memory, probe_cache
 from edge_sel.engine.machine.count_store import CountStore
-from edge_sel.engine.loop.started_again import refusal_after_measuring, start_again_where_narrowed, take_earlier_start
+from edge_sel.engine.loop.started_again import refusal_after_measuring, start_again_after_measuring, take_earlier_start
 from edge_sel.errors import InputError
 from edge_sel.methods.update.fixed_sets import classifier_names
 
@@ -179,8 +179,8 @@ def plan_afresh(trainer, rows: int, bn: str) -> MemoryPlan:
         trainer.memory_spent_mb = spent
         plan = planned_in_the_open(trainer, partial(_plan, trainer, rows, bn))
         warm_planned(trainer, plan)
-    start_again_where_narrowed(trainer, first, plan, probe_cache.kept_here > kept_before)
     grown = grown_mb(trainer)
+    start_again_after_measuring(trainer, first, plan, probe_cache.kept_here > kept_before, grown)
     plan.grown_mb = round(grown, 3)
     refuse_what_cannot_hold(trainer, plan, grown)
     plan.notes += [trainer.cuda_workspaces] if getattr(trainer, "cuda_workspaces", None) else []
