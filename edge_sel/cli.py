@@ -122,9 +122,9 @@ def finetune_cmd(checkpoint, resume_dir, **kw):
     data = build_data(kw).check()
     pick_device(cfg.device)
     announce_profile()          # options checked: a bad one has printed its error alone
-    started_again.fresh_start_follows = cli_start_again.may_start_again("finetune")
-    summary = finetune(checkpoint, data, cfg, kw["out"], kw["overwrite"], kw["quiet"], energy,
-                       profile=kw.pop("profile_record", None))
+    with started_again.fresh_start(cli_start_again.may_start_again("finetune")):
+        summary = finetune(checkpoint, data, cfg, kw["out"], kw["overwrite"], kw["quiet"], energy,
+                           profile=kw.pop("profile_record", None))
     report_end(summary, kw["quiet"])
 
 

@@ -18,7 +18,7 @@ from edge_sel.core.memory import MiB, MemoryCounter, StepShape
 from edge_sel.data import Batch
 from edge_sel.data.dataset import IndexedDataset
 from edge_sel.config import TrainConfig
-from edge_sel.engine.loop import step_memory
+from edge_sel.engine.loop import started_again, step_memory
 from edge_sel.engine.machine import cpu_pool, cuda_workspace, peak_memory, probe_cache
 from edge_sel.engine.loop.step_memory import forward_batch_that_fits, memory_counter
 from edge_sel.core.lean_saves import LEAN_NOTE
@@ -345,7 +345,7 @@ def test_only_a_fine_tunes_own_process_starts_again_and_only_once(monkeypatch):
 # that grew past its plan by measuring, or on mimalloc's pages, is refused.
 REFUSING = """
 import os, sys
-from edge_sel.engine.loop import step_memory
+from edge_sel.engine.loop import started_again, step_memory
 from edge_sel import allocator
 from edge_sel.errors import InputError
 real = step_memory.refuse_what_cannot_hold
@@ -445,7 +445,7 @@ def test_a_start_that_measured_while_planning_starts_once_more_reading(tiny_warm
     for cache, follows, by_measuring in [("colder", False, True), ("cache", True, False)]:
         code, _, plan = start(cache, follows, by_measuring, out="narrowed")
         assert code == 0 and plan["micro_batch"] < plan["batch_size"] and plan["spent_mb"] == pytest.approx(2.7)
-    assert len(said) == 2
+    assert len(said) == 2 and started_again.fresh_start_follows is False      # as before the commands
 
 
 def test_a_profiles_budget_reaches_the_night(tiny_warm, tmp_path, capsys):

@@ -51,8 +51,8 @@ def _finetune_with_threads(checkpoint: Path, data: DataOptions, cfg: TrainConfig
                            threads: int, fresh_start_follows: bool) -> None:
     import torch
     torch.set_num_threads(threads)
-    started_again.fresh_start_follows = fresh_start_follows
-    finetune(checkpoint, data, cfg, run_dir, overwrite=True, quiet=True)
+    with started_again.fresh_start(fresh_start_follows):
+        finetune(checkpoint, data, cfg, run_dir, overwrite=True, quiet=True)
 
 
 def finetune_alone(checkpoint: Path, data: DataOptions, cfg: TrainConfig, run_dir: Path, on_glibc: bool = False,

@@ -38,9 +38,20 @@ from edge_sel.errors import (ON_GLIBC_AFTER_MIMALLOC, PLANNED_MEASURING, STARTED
                               RefusedAfterMeasuring, RefusedOnMimalloc, parse_json)
 
 PLAN_COST_KEYS = ("memory_plan_wall_s", "memory_plan_energy_j", "memory_plan_counts", "memory_plan_counts_read")
-# Whether a refused start of this run is made again in a fresh process: set by the command line's
-# fine-tune and the benches' spawned runs where they will (cli.py, bench/bench_run.py).
+# Whether a refused start of this run is made again in a fresh process: set (fresh_start) by the command
+# line's fine-tune and the benches' spawned runs where they will (cli.py, bench/bench_run.py).
 fresh_start_follows = False
+
+
+@contextlib.contextmanager
+def fresh_start(follows: bool):
+    """Within it, a start made again in a fresh process follows a refused start where `follows`."""
+    global fresh_start_follows
+    before, fresh_start_follows = fresh_start_follows, follows
+    try:
+        yield
+    finally:
+        fresh_start_follows = before
 
 
 def plan_words(plan) -> str:
