@@ -62,7 +62,8 @@ def test_rows_pairs_and_one_start_evaluation_per_seed(bench):
     acc = {name: rs[0]["test_acc"] for name, rs in result["results"].items()}
     assert pairs[("sundew@0.4", "random@0.4")]["per_seed"] == pytest.approx([100 * (acc["sundew@0.4"] - acc["random@0.4"])])
     assert rows["sparse"]["vs_full"]["diff_pts"] == pytest.approx(100 * (acc["sparse"] - acc["full FT"]))
-    assert (out / "accuracy-memory.png").stat().st_size > 1000 and (out / "report.html").exists()
+    assert (out / "accuracy-memory.png").stat().st_size > 1000 and (out / "accuracy-joules.png").stat().st_size > 1000
+    assert 'src="accuracy-joules.png"' in (out / "report.html").read_text()
 
 
 def test_every_row_runs_and_states_its_statistics_mode(bench):

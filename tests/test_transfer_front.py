@@ -4,7 +4,8 @@ difference against the best fixed set run under its budget."""
 
 import json
 
-from edge_sel.bench.transfer_front import fixed_by_accuracy, front_lines
+from edge_sel.bench.transfer_front import fixed_by_accuracy, front_lines, front_points
+from edge_sel.report.plots import accuracy_joules
 
 
 def rows(accs, joules, run_dir="-", counted=10.0):
@@ -35,6 +36,12 @@ def test_the_front_marks_undominated_points_and_the_planners_choice(tmp_path):
     assert "| yes |" in line["classifier"] and "| yes |" in line["full FT"] and "| yes |" in line["planner@1/4"]
     assert "| yes |" not in line["bias+bn+classifier"] and "start" not in line
     assert line["planner@1/4"].rstrip().endswith("| last-2 |") and "| 9.0 | 10.0 |" in line["planner@1/4"]
+    # The figure draws the same points: labelled with their memory and the planner's choice, cheapest first.
+    points = front_points(bench)
+    assert [(p["label"], p["front"]) for p in points] == [
+        ("classifier, 5 MiB", True), ("planner@1/4: last-2, 9 MiB", True), ("best fixed@1/4, 9 MiB", False),
+        ("bias+bn+classifier, 30 MiB", False), ("full FT, 40 MiB", True)]
+    assert accuracy_joules(points, tmp_path / "front.png", "t").stat().st_size > 1000
     # Planner minus the best fixed set under the same budget: +1.5 points over two seeds, 10/12 of its joules.
     assert "| 1/4 | 10.0 | classifier, last-k | last-k (refused its budget on 1 seed) | +1.50 [" in text
     assert "| 0.83x |" in text

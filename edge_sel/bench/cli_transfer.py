@@ -129,5 +129,6 @@ def transfer_cmd(checkpoint, imagenet_model, dataset, scenario, image_size, meth
     written = transfer_report.write_outputs(bench, target)
     click.echo(written["table"])
     click.echo(f"bench transfer: {plural(len(methods), 'method')} x {plural(count, 'seed')} in {result['wall_s']:.0f} s; "
-               f"wrote {target / 'table.md'}, {target / 'results.json'}, {written['figure']}, {target / 'report.html'}")
+               f"wrote {target / 'table.md'}, {target / 'results.json'}, {', '.join(map(str, written['figures']))}, "
+               f"{target / 'report.html'}")
 

@@ -91,6 +91,7 @@ def write_bench_files(out: Path, name: str, md: str, notes: list[str], bench: di
     atomic_write_bytes(out / json_name, json.dumps(bench, indent=2, default=str).encode())
     if make_figure is None:
         return {"table": text, "figure": None}
-    figure = make_figure()
-    (out / "report.html").write_text(bench_page(f"edge-sel bench {name}", md, [figure.name], notes))
-    return {"table": text, "figure": figure}
+    made = make_figure()             # a figure, or a list of them (the first is `figure`)
+    figures = list(made) if isinstance(made, (list, tuple)) else [made]
+    (out / "report.html").write_text(bench_page(f"edge-sel bench {name}", md, [f.name for f in figures], notes))
+    return {"table": text, "figure": figures[0], "figures": figures}

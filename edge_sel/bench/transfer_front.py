@@ -135,9 +135,10 @@ def planner_choice(rows: list[dict]) -> str | None:
     return Counter(chosen).most_common(1)[0][0] if chosen else None
 
 
-def front_lines(bench: dict) -> list[str]:
-    """The accuracy-joules front (a point is on it where no row has more accuracy at fewer joules), with
-    memory per point; then per budget the planner against the best fixed set that fits it."""
+def front_points(bench: dict) -> list[dict]:
+    """Each row's point of the accuracy-joules front (means over seeds): accuracy, training joules, its
+    largest counted and measured peaks, whether it is on the front (no row more accurate at fewer
+    joules), and for a planner row the set its runs chose; `label` names it with its memory."""
     results = bench["results"]
     points = []
     for name, rows in results.items():
@@ -146,20 +147,32 @@ def front_lines(bench: dict) -> list[str]:
             continue
         measured = [r["measured_peak_mb"] for r in rows if isinstance(r.get("measured_peak_mb"), (int, float))]
         counted = [r["counted_peak_mb"] for r in rows if isinstance(r.get("counted_peak_mb"), (int, float))]
-        points.append((name, acc, j, max(counted, default=None), max(measured, default=None),
-                       mean_of(rows, "train_wall_s")))
+        points.append({"name": name, "acc": acc, "joules": j, "counted_mb": max(counted, default=None),
+                       "measured_mb": max(measured, default=None), "wall_s": mean_of(rows, "train_wall_s"),
+                       "choice": planner_choice(rows) if name.startswith("planner@") else None})
+    for p in points:
+        p["front"] = not any(q["acc"] > p["acc"] and q["joules"] < p["joules"] for q in points)
+        memory = "" if p["counted_mb"] is None else f", {p['counted_mb']:.0f} MiB"
+        p["label"] = f"{p['name']}{': ' + p['choice'] if p['choice'] else ''}{memory}"
+    return sorted(points, key=lambda p: p["joules"])
+
+
+def front_lines(bench: dict) -> list[str]:
+    """The accuracy-joules front (front_points) as a table; then per budget the planner against the best
+    fixed set that fits it."""
+    results = bench["results"]
+    points = front_points(bench)
     if not points:
         return []
     lines = ["", "Accuracy against joules (means over seeds; on the front where no row scores more at fewer "
                  "joules; the planner's choice is what its runs' plans chose):", "",
              "| method | device test % | joules | train s | counted peak MiB | measured peak MiB | front | planner chose |",
              "|---|---|---|---|---|---|---|---|"]
-    for name, acc, j, counted, measured, wall in sorted(points, key=lambda p: p[2]):
-        front = not any(a > acc and jj < j for _, a, jj, *_ in points)
-        choice = planner_choice(results[name]) if name.startswith("planner@") else None
-        lines.append(f"| {name} | {100 * acc:.2f} | {j:,.0f} | {'-' if wall is None else f'{wall:.1f}'} | "
+    for p in points:
+        wall, counted, measured = p["wall_s"], p["counted_mb"], p["measured_mb"]
+        lines.append(f"| {p['name']} | {100 * p['acc']:.2f} | {p['joules']:,.0f} | {'-' if wall is None else f'{wall:.1f}'} | "
                      f"{'-' if counted is None else f'{counted:.1f}'} | {'-' if measured is None else f'{measured:.1f}'} | "
-                     f"{'yes' if front else ''} | {choice or ''} |")
+                     f"{'yes' if p['front'] else ''} | {p['choice'] or ''} |")
     best = bench.get("best_fixed") or {}
     if best:
         lines += ["", "The planner against the best fixed set that fits its budget, run under the same budget "

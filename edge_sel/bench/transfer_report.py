@@ -12,7 +12,7 @@ from edge_sel.bench.outputs import write_bench_files
 from edge_sel.bench.published import TRANSFER_PUBLISHED
 from edge_sel.bench.stopping import stopped_lines
 from edge_sel.bench.transfer import CONDITIONS, REFERENCE, START, named_pairs
-from edge_sel.bench.transfer_front import front_lines
+from edge_sel.bench.transfer_front import front_lines, front_points
 
 
 def _pts(value: float | None) -> str:
@@ -134,13 +134,15 @@ def published_table(bench: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(bench: dict, out: Path) -> Path:
-    from edge_sel.report.plots import accuracy_memory
+def plot(bench: dict, out: Path) -> list[Path]:
+    """Accuracy against counted memory, and against joules with the front and the planner's choices."""
+    from edge_sel.report.plots import accuracy_joules, accuracy_memory
     points = [(r["counted_peak_mb"], 100 * r["test_acc"], r["method"]) for r in bench["rows"]
               if r.get("test_acc") is not None and r.get("counted_peak_mb")]
-    return accuracy_memory(points, out / "accuracy-memory.png",
-                           f"{bench['model']} {bench['input_shape'][-1]} px, {bench['condition']}",
-                           "counted training peak, MiB (log)", "device test accuracy % (mean over seeds)")
+    title = f"{bench['model']} {bench['input_shape'][-1]} px, {bench['condition']}"
+    return [accuracy_memory(points, out / "accuracy-memory.png", title, "counted training peak, MiB (log)",
+                            "device test accuracy % (mean over seeds)"),
+            accuracy_joules(front_points(bench), out / "accuracy-joules.png", title)]
 
 
 def notes_of(bench: dict) -> list[str]:
@@ -177,7 +179,8 @@ def notes_of(bench: dict) -> list[str]:
 
 
 def write_outputs(bench: dict, out: Path, figure: bool = True) -> dict:
-    """table.md and results.json, then (with `figure`) the accuracy-memory figure and report.html."""
+    """table.md and results.json, then (with `figure`) the accuracy-memory and accuracy-joules figures
+    and report.html."""
     bench["rows"] = rows_of(bench)
     bench["pairs"] = pairs_of(bench)
     md = table(bench) + "\n".join(front_lines(bench)) + "\n" + published_table(bench)

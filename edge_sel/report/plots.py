@@ -462,3 +462,28 @@ def accuracy_memory(points: list[tuple[float, float, str]], path: Path, title: s
     ax.grid(alpha=0.3)
     _place_labels(ax, points)
     return _save(fig, path)
+
+
+def accuracy_joules(points: list[dict], path: Path, title: str) -> Path:
+    """Accuracy against training joules (log x), one labelled point per method (bench/transfer_front.py's
+    front_points: `joules`, `acc`, `label` with its memory, `front`, `choice`), the front as a dashed
+    staircase, and the planner's rows as stars."""
+    fig = _figure(6.4, 4.2)
+    ax = fig.add_subplot()
+    for i, p in enumerate(points):
+        planner = p["name"].startswith("planner@")
+        ax.plot([p["joules"]], [100 * p["acc"]], "*" if planner else "o", color=PALETTE[i % len(PALETTE)],
+                markersize=10 if planner else 6)
+    front = sorted((p for p in points if p["front"]), key=lambda p: p["joules"])
+    if len(front) > 1:
+        ax.step([p["joules"] for p in front], [100 * p["acc"] for p in front], where="post", linestyle="--",
+                color="#888888", linewidth=1)
+    ax.set_xscale("log")
+    joules = [p["joules"] for p in points]
+    ax.set_xlim(min(joules) / 1.3, max(joules) * 3)         # room for the rightmost labels
+    ax.set_xlabel("training joules (mean over seeds, log)")
+    ax.set_ylabel("device test accuracy % (mean over seeds)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    _place_labels(ax, [(p["joules"], 100 * p["acc"], p["label"]) for p in points])
+    return _save(fig, path)
