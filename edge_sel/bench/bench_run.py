@@ -6,7 +6,7 @@ fits: the run also counts what the process grew by before that step (torch's ker
 use, planning; engine/loop/first_use.py), which a count cannot. Such a run is a row that does not fit,
 with the run's one line and the smallest budget it names, not a failure of the bench; any other error
 of a run still ends the bench. A run in a process of its own refused after measuring what the device's
-caches lacked (or whose plan that measuring narrowed) runs once more first, and one refused on mimalloc
+caches lacked (or that measured while planning at all) runs once more first, and one refused on mimalloc
 once more on glibc's allocator, as the command line's does (engine/loop/started_again.py).
 """
 
@@ -60,7 +60,8 @@ def finetune_alone(checkpoint: Path, data: DataOptions, cfg: TrainConfig, run_di
     """Fine-tune in a spawned process (nothing inherited but the arguments and the environment) on
     this process's torch threads, on mimalloc where the run is budgeted (as the command line runs it,
     edge_sel/allocator.py) unless `on_glibc`; an error in it is raised here. `fresh_start_follows`: a
-    plan narrowed by measuring is refused there, for a start made again (engine/loop/started_again.py)."""
+    start that measured while planning is refused there, for a start made again
+    (engine/loop/started_again.py)."""
     import torch
     with allocator.preloaded_children(cfg.memory_budget_mb is not None and not on_glibc), \
             ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:

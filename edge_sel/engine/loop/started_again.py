@@ -34,6 +34,7 @@ from edge_sel.engine.loop.first_use import GIVEN
 from edge_sel.engine.machine import probe_cache
 from edge_sel import allocator
 from edge_sel.core.lean_saves import lean_words
+from edge_sel.core.words import plural
 from edge_sel.errors import (ON_GLIBC_AFTER_MIMALLOC, PLANNED_MEASURING, STARTED_AGAIN, InputError,
                               RefusedAfterMeasuring, RefusedOnMimalloc, parse_json)
 
@@ -58,7 +59,7 @@ def plan_words(plan) -> str:
     """A memory plan's choice in words: what trains (--sparsity budget's candidate) and the step's shape."""
     chosen = (plan.gains or {}).get("chosen") or "the run's set"
     shape = [f"micro-batches of {plan.micro_batch}" if plan.micro_batch < plan.batch_size else "whole batches"]
-    shape += [f"{len(plan.recompute)} block{'s' * (len(plan.recompute) > 1)} recomputed"] if plan.recompute else []
+    shape += [f"{plural(len(plan.recompute), 'block')} recomputed"] if plan.recompute else []
     shape += [lean_words(plan.lean)] if plan.lean else []
     statistics = "frozen" if plan.bn_statistics == "frozen" else "trained"
     return f"{chosen} in {', '.join(shape)}, BatchNorm statistics {statistics}"
