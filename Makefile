@@ -11,7 +11,7 @@ demo:
 # Two workers, a test file each at a time (pytest-xdist): most tests run one torch thread or start
 # commands that do, so one worker left a core of two idle; a file's fixtures stay in one worker.
 test:
-	$(PIP) -e ".[dev,ort,fleet,alloc]"
+	$(PIP) -e ".[dev,ort,fleet]"
 	$(PYTHON) -m pytest -q -n 2 --dist loadfile
 
 # Mutation testing of the device-side modules (not part of `make test`): tools/mutants.py, one

@@ -8,12 +8,10 @@ A budgeted CPU run sets glibc's allocator (engine/machine/peak_memory.py): block
 more unmapped when freed while it plans, and while it trains too unless the count fits the budget
 HEAP_SLACK times over (then the heap is kept). The command line asks for huge pages for torch's CPU
 blocks of 2 MiB and more (edge_sel/huge_pages.py; THP_MEM_ALLOC_ENABLE=0 in the environment turns
-that off for every row). With EDGE_SEL_ALLOCATOR=mimalloc a budgeted command line runs on mimalloc
-(edge_sel/allocator.py): the rows named "run" do (the unbudgeted twin runs on glibc, as a user's
-does), every other setting runs on glibc (EDGE_SEL_ALLOCATOR=glibc) and replaces the training one in
-the child: "glibc-run" (glibc's as a budgeted run sets it: the heap kept where the count fits
-HEAP_SLACK times over, else 64K), "heap" (kept), "64K", "2M" (blocks of that size and more mapped
-on their own and unmapped when freed), "glibc" (glibc's own dynamic threshold throughout).
+that off for every row). The rows named "run" run as the command line does; every other setting
+replaces the training one in the child: "glibc-run" (glibc's as a budgeted run sets it: the heap kept
+where the count fits HEAP_SLACK times over, else 64K), "heap" (kept), "64K", "2M" (blocks of that size
+and more mapped on their own and unmapped when freed), "glibc" (glibc's own dynamic threshold throughout).
 
     nice -n 5 python benchmarks/bench_budget_time.py --checkpoint CKPT --dataset folder:DIR --image-size 32 \\
         --subset 512 --budget 40       # what a budget costs, the planner choosing what trains
@@ -62,7 +60,6 @@ main()
 def run(setting: str, argv: list[str], trainable: list[str] | None = None) -> dict:
     env = dict(os.environ, **({"BENCH_TRAINABLE": json.dumps(trainable)} if trainable else {}))
     if setting != "run":
-        env["EDGE_SEL_ALLOCATOR"] = "glibc"
         setting = "run" if setting == "glibc-run" else setting
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()

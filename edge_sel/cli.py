@@ -10,12 +10,9 @@ from edge_sel.cli_interrupts import quiet_start_up_interrupts
 
 quiet_start_up_interrupts()     # before click, torch and the rest are imported
 
-from edge_sel.allocator import start_with_mimalloc  # noqa: E402
 from edge_sel.errors import InputError  # noqa: E402
 from edge_sel.huge_pages import large_blocks_in_huge_pages  # noqa: E402
 from edge_sel.threads import omp_threads, passive_waiting  # noqa: E402
-
-start_with_mimalloc()            # a budgeted command: its process made again on mimalloc, before anything allocates
 
 large_blocks_in_huge_pages()     # before torch's first CPU allocation, which reads the variable once
 
@@ -32,7 +29,6 @@ from edge_sel.version import __version__  # noqa: E402
 from edge_sel.bench.cli import bench_group
 from edge_sel.bench.cli_transfer import transfer_cmd
 from edge_sel.cli_base import NO_ARGS_IS_HELP, Group, one_line_warnings
-from edge_sel import cli_start_again
 from edge_sel.cli_config import (build_config, build_data, build_energy, build_finetune_config, places_said,
                                  settings_given)
 from edge_sel.cli_data import shift_cmd, trigger_cmd
@@ -43,7 +39,6 @@ from edge_sel.demo import demo_cmd
 from edge_sel.cli_monitor import monitor
 from edge_sel.cli_deployed import deployed_group
 from edge_sel.engine.machine.distributed import detect_world, under_torchrun
-from edge_sel.engine.loop import started_again
 from edge_sel.engine.machine.device import pick_device
 from edge_sel.engine.runs.run import finetune, prepare_finetune_config, pretrain, resume
 from edge_sel.engine.runs.signals import exit_code_for
@@ -122,9 +117,8 @@ def finetune_cmd(checkpoint, resume_dir, **kw):
     data = build_data(kw).check()
     pick_device(cfg.device)
     announce_profile()          # options checked: a bad one has printed its error alone
-    with started_again.fresh_start(cli_start_again.may_start_again("finetune")):
-        summary = finetune(checkpoint, data, cfg, kw["out"], kw["overwrite"], kw["quiet"], energy,
-                           profile=kw.pop("profile_record", None))
+    summary = finetune(checkpoint, data, cfg, kw["out"], kw["overwrite"], kw["quiet"], energy,
+                       profile=kw.pop("profile_record", None))
     report_end(summary, kw["quiet"])
 
 
@@ -242,7 +236,6 @@ bench_group.add_command(transfer_cmd)
 def main():
     """Console entry point: click's own usage errors also become one line and exit 2."""
     signal.signal(signal.SIGINT, signal.default_int_handler)    # start-up is over (cli_interrupts.py)
-    cli_start_again.as_process = True
     try:
         cli.main(prog_name="edge-sel", standalone_mode=False)
     except click.exceptions.Abort:

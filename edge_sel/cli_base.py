@@ -4,8 +4,7 @@ Commands and groups are made with the classes below (`cls=Command` / `cls=Group`
 group's `.command()` / `.group()`), so a subcommand of a nested group (bench, profiles, fleet) is
 handled exactly like a top-level one:
 
-- InputError (bad input)                          -> `edge-sel: error: ...`, exit 2 (a fine-tune's memory
-  plan refused after measuring what the device's caches lacked starts once more first: cli_start_again.py)
+- InputError (bad input)                          -> `edge-sel: error: ...`, exit 2
 - WriteError, TrainingDiverged (the run failed)   -> `edge-sel: error: ...`, exit 1
 - KeyboardInterrupt                               -> `edge-sel: interrupted`, exit 130
 - a usage error (an unknown option, a bad value)  -> one line, exit 2, without click's usage block
@@ -19,8 +18,7 @@ import warnings
 
 import click
 
-from edge_sel import cli_start_again
-from edge_sel.errors import InputError, RefusedAfterMeasuring, RefusedOnMimalloc, TrainingDiverged, WriteError
+from edge_sel.errors import InputError, TrainingDiverged, WriteError
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
@@ -102,10 +100,6 @@ def _invoke_handled(invoke, ctx: click.Context):
     except click.UsageError as e:       # e.g. an unknown subcommand, or a plain click subcommand's option
         raise _one_line(e) from None
     except InputError as e:
-        if isinstance(e, RefusedAfterMeasuring):
-            cli_start_again.start_again(e, ctx.command.name)       # returns where the process is not replaced
-        if isinstance(e, RefusedOnMimalloc):
-            cli_start_again.start_on_glibc(e, ctx.command.name)
         click.echo(f"edge-sel: error: {e}", err=True)
         sys.exit(2)
     except (WriteError, TrainingDiverged) as e:

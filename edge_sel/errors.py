@@ -21,46 +21,6 @@ class InUseError(InputError):
     it is never set aside or replaced for that."""
 
 
-# The environment variable through which a start made again (after RefusedAfterMeasuring or
-# RefusedOnMimalloc) receives the refused starts' planning cost (JSON): engine/loop/started_again.py
-# reads it, cli_start_again.py and bench/bench_run.py set it.
-STARTED_AGAIN = "EDGE_SEL_STARTED_AGAIN"
-# Its key for a start made on glibc's allocator after RefusedOnMimalloc.
-ON_GLIBC_AFTER_MIMALLOC = "refused_on_mimalloc"
-# Its key for a start made again after a first start measured while planning (why, in words).
-PLANNED_MEASURING = "planned_measuring"
-
-
-class RefusedWithCost(InputError):
-    """A memory budget refused where a fresh start may hold it; `cost`: what planning took in this
-    process (wall seconds, joules, steps counted), which that start counts in its own."""
-
-    def __init__(self, message: str, cost: dict):
-        super().__init__(message)
-        self.cost = cost
-
-    def __reduce__(self):         # raised in a bench's own process, and said in the bench's
-        return type(self), (str(self), self.cost)
-
-    def told(self) -> str:
-        """What the start made after this refusal is told in STARTED_AGAIN (JSON)."""
-        return json.dumps(self.cost)
-
-
-class RefusedAfterMeasuring(RefusedWithCost):
-    """A memory budget refused by a process that measured what the device's caches lacked (steps
-    counted, step costs timed): measuring grew the process, and a start that reads them grows less."""
-
-
-class RefusedOnMimalloc(RefusedWithCost):
-    """A memory budget refused by a process started on mimalloc for it (edge_sel/allocator.py), whose
-    pages pin more of the process than glibc's heap: a start on glibc's allocator grows less."""
-
-    def told(self) -> str:
-        """The cost, and the refusal itself: the start on glibc says why it runs there."""
-        return json.dumps({**self.cost, ON_GLIBC_AFTER_MIMALLOC: str(self)})
-
-
 class WriteError(Exception):
     """Writing a run's output failed (a full disk, an unwritable directory). The CLI prints one line
     and exits 1; what was written before stays intact."""

@@ -15,7 +15,7 @@ LAYERS = [
     ("command line", ["edge_sel.cli", "edge_sel.cli_base", "edge_sel.cli_options", "edge_sel.cli_interrupts",
                       "edge_sel.__main__", "edge_sel.api", "edge_sel.option_names",
                       "edge_sel.demo", "edge_sel.cli_monitor", "edge_sel.cli_deployed", "edge_sel.cli_config",
-                      "edge_sel.cli_data", "edge_sel.cli_promote", "edge_sel.cli_start_again", "edge_sel.bench.cli_common",
+                      "edge_sel.cli_data", "edge_sel.cli_promote", "edge_sel.bench.cli_common",
                       "edge_sel.bench.cli_lifelong", "edge_sel.bench.cli_memory", "edge_sel.bench.cli_transfer"]),
     ("bench, report, export, fleet, profiles", ["edge_sel.bench", "edge_sel.report", "edge_sel.export",
                                                 "edge_sel.fleet", "edge_sel.profiles"]),
@@ -33,7 +33,7 @@ LAYERS = [
     ("methods", ["edge_sel.methods"]),
     ("data, models, energy", ["edge_sel.data", "edge_sel.models", "edge_sel.energy"]),
     ("core", ["edge_sel", "edge_sel.core", "edge_sel.config", "edge_sel.errors", "edge_sel.device_caps",
-              "edge_sel.threads", "edge_sel.huge_pages", "edge_sel.allocator", "edge_sel.version"]),
+              "edge_sel.threads", "edge_sel.huge_pages", "edge_sel.version"]),
 ]
 
 

@@ -1,7 +1,6 @@
 """--memory-budget: a step planned to fit by counting (engine/machine/memory_plan.py), micro-batches
 that update as the whole batch does, the plan kept by a resume, a budget nothing fits, a profile's."""
 
-import atexit
 import json
 import os
 from dataclasses import replace
@@ -18,15 +17,14 @@ from edge_sel.core.memory import MiB, MemoryCounter, StepShape
 from edge_sel.data import Batch
 from edge_sel.data.dataset import IndexedDataset
 from edge_sel.config import TrainConfig
-from edge_sel.engine.loop import started_again, step_memory
-from edge_sel.engine.machine import cpu_pool, cuda_workspace, peak_memory, probe_cache
+from edge_sel.engine.loop import step_memory
+from edge_sel.engine.machine import cpu_pool, cuda_workspace, peak_memory
 from edge_sel.engine.loop.step_memory import forward_batch_that_fits, memory_counter
 from edge_sel.core.lean_saves import LEAN_NOTE
 from edge_sel.engine.machine.memory_plan import (MIN_CHUNK_FOR_EVERYTHING, RESERVE, MemoryPlan, plan_memory,
                                                  smallest_budget, spent_after_planning, usable)
 from edge_sel.methods.update.fixed_sets import bias_norm_names, classifier_names
-from edge_sel import allocator, cli_start_again
-from edge_sel.errors import STARTED_AGAIN, InputError, RefusedAfterMeasuring
+from edge_sel.errors import InputError
 from edge_sel.methods import Updater
 from edge_sel.methods.registry import make_updater
 from edge_sel.models import build_model, load_checkpoint
@@ -222,11 +220,9 @@ def test_a_budgeted_run_plans_records_and_resumes_with_its_plan(tiny_warm, tmp_p
                          capsys)
     assert code == 2 and "holds no memory plan that chose what trains" in err
     # The same run killed after its third step and resumed: the plan in its config is the one it runs.
-    # On this process's allocator, so that it reads the step costs the whole run timed (a start on
-    # mimalloc times its own, allocator.py).
     out = tmp_path / "cut"
     killed = subprocess.run([sys.executable, "-m", "edge_sel", *map(str, argv), "--out", str(out)],
-                            env={**os.environ, "EDGE_SEL_FAULT_KILL_AT_STEP": "3", allocator.VARIABLE: "glibc"},
+                            env={**os.environ, "EDGE_SEL_FAULT_KILL_AT_STEP": "3"},
                             capture_output=True, text=True)
     assert killed.returncode == -9, killed.stderr
     config = json.loads((out / "config.json").read_text())
@@ -292,48 +288,18 @@ def test_the_planned_step_warms_in_its_own_shape_before_training(tiny_warm):
 
 
 def test_a_budget_nothing_fits_is_one_line_naming_the_smallest(tiny_warm, tmp_path, capsys, monkeypatch):
-    """Refused in one line. A start that kept counts the device's caches lacked, refused where a start
-    growing less could fit, carries planning's cost for the command line to start again with (said as
-    any other refusal where the command line does not: here a test runner's process); where the
-    cheapest step does not fit even beside no growth, or nothing was kept, it is the plain refusal."""
+    """Refused in one line, before --out is written: by the step's count alone, and beside a growth
+    that leaves no room."""
     monkeypatch.setenv("EDGE_SEL_CACHE", str(tmp_path / "cache"))
-    said = []
-    monkeypatch.setattr(cli_start_again, "start_again", lambda e, command: said.append(
-        (e.cost, command, cli_start_again.own_command_line())))
     code, err = run_main(["finetune", "--checkpoint", tiny_warm, *FINETUNE, "--memory-budget", "0.5",
                           "--out", tmp_path / "x"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "--memory-budget 0.5: no step fits; the smallest that does is 2.1 MiB (the classifier alone" in err
-    assert not (tmp_path / "x").exists() and said == []         # 2.1 MiB beside no growth: no start fits
-    # 9 MiB fits beside no growth; given 500 MiB of it, a first start counts, keeps and is refused.
     monkeypatch.setenv("EDGE_SEL_PROCESS_GROWTH_MB", "500")
-    monkeypatch.setenv("EDGE_SEL_CACHE", str(tmp_path / "cold"))
-    for start in ("first", "again"):
-        code, err = run_main(["finetune", "--checkpoint", tiny_warm, *FINETUNE, "--memory-budget", "9",
-                              "--out", tmp_path / "x"], capsys)
-        assert code == 2 and "--memory-budget 9: no step fits" in err and not (tmp_path / "x").exists()
-    ((cost, command, own),) = said        # the second start read every count and kept nothing
-    assert command == "finetune" and not own
-    assert cost["memory_plan_counts"] >= 1 and cost["memory_plan_wall_s"] > 0
-
-
-def test_only_a_fine_tunes_own_process_starts_again_and_only_once(monkeypatch):
-    replaced = []
-    monkeypatch.setattr(os, "execv", lambda *a: replaced.append(a))
-    monkeypatch.setattr(atexit, "_run_exitfuncs", lambda: None)
-    monkeypatch.setenv(STARTED_AGAIN, "")         # restored after the test
-    monkeypatch.setattr(sys, "orig_argv", ["python", "-m", "edge_sel", "finetune", "--out", "x"])
-    monkeypatch.setattr(cli_start_again, "as_process", True)
-    refused = RefusedAfterMeasuring("--memory-budget 9: refused", {"memory_plan_wall_s": 1.5})
-    for argv, here, command in [(["edge-sel", "finetune", "--out", "x"], True, "finetune"),   # started again already
-                                (["edge-sel", "night", "--out", "x"], False, "night"),         # not a fine-tune
-                                (["edge-sel", "finetune", "--out", "y"], False, "finetune"),   # another program's process
-                                (["edge-sel", "finetune", "--out", "x"], False, "finetune")]:
-        monkeypatch.setattr(sys, "argv", argv)
-        monkeypatch.setattr(cli_start_again, "STARTED_AGAIN_HERE", here)
-        cli_start_again.start_again(refused, command)
-    assert replaced == [(sys.executable, [sys.executable, "-m", "edge_sel", "finetune", "--out", "x"])]
-    assert json.loads(os.environ[STARTED_AGAIN]) == {"memory_plan_wall_s": 1.5}
+    code, err = run_main(["finetune", "--checkpoint", tiny_warm, *FINETUNE, "--memory-budget", "9",
+                          "--out", tmp_path / "x"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--memory-budget 9: no step fits" in err
+    assert not (tmp_path / "x").exists()
     # What every command's error handling imports loads no torch: cli.py sets torch's threads and huge
     # pages first, which torch reads once.
     loaded = subprocess.run([sys.executable, "-c", "import sys, edge_sel.cli_base; print('torch' in sys.modules)"],
@@ -341,111 +307,56 @@ def test_only_a_fine_tunes_own_process_starts_again_and_only_once(monkeypatch):
     assert loaded.stdout.strip() == "False", loaded.stderr
 
 
-# A fine-tune whose plan every start on mimalloc refuses (or every start, with REFUSE=always), as a start
-# that grew past its plan by measuring, or on mimalloc's pages, is refused.
-REFUSING = """
-import os, sys
-from edge_sel.engine.loop import started_again, step_memory
-from edge_sel import allocator
-from edge_sel.errors import InputError
-real = step_memory.refuse_what_cannot_hold
-def refuse(trainer, plan, grown):
-    if os.environ.get("REFUSE") == "always" or allocator.runs_on_ours():
-        raise InputError("--memory-budget 9: refused for the test")
-    real(trainer, plan, grown)
-step_memory.refuse_what_cannot_hold = refuse
-sys.argv = ["edge-sel", *sys.argv[1:]]
-from edge_sel.cli import main
-main()
-"""
-
-
-@pytest.mark.parametrize("refuse", ["on-mimalloc", "always"])
-def test_a_refused_start_starts_once_more_reading_then_on_glibc(tiny_warm, tmp_path, refuse):
-    """The command line replaces its process with the same command: made again on mimalloc before torch
-    loads where it is asked for (edge_sel/allocator.py); refused by a first start that measured, once more reading
-    what it kept; refused there on mimalloc, once more on glibc's allocator, which plans, runs, and counts
-    every start's planning. Refused on glibc (EDGE_SEL_ALLOCATOR=glibc) after measuring, once more; refused
-    again, it ends in one line, never a third start."""
-    env = {**os.environ, "EDGE_SEL_CACHE": str(tmp_path / "cache"), "REFUSE": refuse,
-           allocator.VARIABLE: "mimalloc" if refuse == "on-mimalloc" else "glibc"}
-    if refuse == "on-mimalloc" and allocator.library(env) is None:
-        pytest.skip("mimalloc is not installed here (the alloc extra, Linux)")
-    argv = ["finetune", "--checkpoint", str(tiny_warm), *FINETUNE, "--epochs", "0", "--memory-budget", "9",
-            "--out", str(tmp_path / "run")]
-    done = subprocess.run([sys.executable, "-c", REFUSING, *argv], env=env, capture_output=True, text=True)
-    lines = done.stderr.strip().splitlines()
-    notes = [line for line in lines if "starting once more" in line]
-    assert notes[0] == ("edge-sel: note: --memory-budget 9: refused for the test; this start measured the step "
-                        "counts or costs this device's caches lacked, which grew the process: starting once more, "
-                        "reading them")
-    if refuse == "always":
-        assert len(notes) == 1 and done.returncode == 2
-        assert lines[-1] == "edge-sel: error: --memory-budget 9: refused for the test"
-        assert not (tmp_path / "run").exists()
-        return
-    assert notes[1:] == ["edge-sel: note: --memory-budget 9: refused for the test; mimalloc pins more of the process "
-                         "than glibc's heap: starting once more on glibc's allocator"]
-    assert done.returncode == 0, done.stderr
-    plan = json.loads((tmp_path / "run" / "config.json").read_text())["memory_plan"]
-    assert plan["notes"][-1].startswith("started again on glibc's allocator: the start on mimalloc, which pins more "
-                                        "of the process, refused the budget (--memory-budget 9: refused for the test)")
-    earlier = float(plan["notes"][-1].split("; its ")[1].split(" s of planning")[0])
-    (start,) = records(tmp_path / "run", baseline=True)
-    # three starts' planning: the first's counts, the second's reads of them, the third's on glibc
-    assert start["memory_plan_counts_read"] >= 2 and start["memory_plan_counts"] >= 1
-    assert start["memory_plan_wall_s"] > earlier > 0
-    assert plan["gains"]["run_estimate"]["planning_s"] >= earlier        # the plan's estimate of the run holds it too
-    assert start["memory_allocator"].startswith("glibc")
-
-
-def test_a_start_that_measured_while_planning_starts_once_more_reading(tiny_warm, tmp_path, capsys, monkeypatch):
-    """Everything fits 16.5 MiB in whole batches beside no growth. A first start whose counting grows the
-    process by 6 MiB plans again beside what the reserve does not hold of it (2.7 MiB): micro-batches.
-    Where the command line would start once more it is refused for that, and the start made again reads
-    the counts, grows by nothing, trains in whole batches and says why it started again. Grown by 1 MiB,
-    the plan stays, but measuring's caches would stay beside the run's steps: refused too. The plan made
-    beside measuring runs where no start follows (another program's process, the start made again), and
-    a plan narrowed by growth that was not measuring's runs."""
-    argv = ["finetune", "--checkpoint", tiny_warm, *FINETUNE, "--epochs", "0", "--sparsity", "none",
-            "--memory-budget", "16.5"]
+def test_a_first_start_measures_in_a_child_and_plans_once_reading(tiny_warm, tmp_path, capsys, monkeypatch):
+    """On a device whose caches lack the plan's counts and step costs, the run measures none of them
+    in its own process: a child measures them beside the run's own growth (2.0 MiB here), and the run
+    plans once, reading, with the child's time in its planning and nothing counted here. A second start
+    reads the same and plans the same with no child. A child that cannot run leaves the run measuring
+    in its own process, and the plan says why."""
+    argv = ["finetune", "--checkpoint", tiny_warm, *FINETUNE, "--epochs", "0", "--memory-budget", "9"]
     monkeypatch.delenv("EDGE_SEL_PROCESS_GROWTH_MB")
-    said = []
-    monkeypatch.setattr(cli_start_again, "start_again", lambda e, command: said.append(e))
+    monkeypatch.setattr(step_memory, "grown_mb", lambda trainer: 2.0)
+    from edge_sel.engine.loop import measure_child
 
-    def start(cache, follows, by_measuring=True, told=None, out="run", mb=6.0):
+    def start(cache, out):
         monkeypatch.setenv("EDGE_SEL_CACHE", str(tmp_path / cache))
-        monkeypatch.setattr(cli_start_again, "may_start_again", lambda command: follows)
-        if told is not None:
-            monkeypatch.setenv(STARTED_AGAIN, told)
-        kept = []      # the process grows `mb` MiB once planning keeps a count (or, not by measuring, at once)
-        monkeypatch.setattr(step_memory, "grown_mb", lambda trainer: kept.append(probe_cache.kept_here) or
-                            mb * (probe_cache.kept_here > kept[0] or not by_measuring and len(kept) > 1))
-        code, err = run_main([*argv, "--out", tmp_path / cache / out], capsys)
-        found = tmp_path / cache / out / "config.json"
-        return code, err, found.is_file() and json.loads(found.read_text())["memory_plan"]
+        code, err = run_main([*argv, "--out", tmp_path / out], capsys)
+        assert code == 0, err
+        plan = json.loads((tmp_path / out / "config.json").read_text())["memory_plan"]
+        (first,) = records(tmp_path / out, baseline=True)
+        return plan, {k: v for k, v in first.items() if k.startswith("memory_plan")}
 
-    code, _, plan = start("cache", True)
-    narrowed = ("the plan narrowed: beside the 0.0 MiB the process had grown by before planning measured, the "
-                "run's set in whole batches, BatchNorm statistics trained; beside the 2.7 MiB after it, the run's "
-                "set in micro-batches of ")
-    (refused,) = said
-    assert code == 2 and plan is False
-    assert str(refused).startswith(f"--memory-budget 16.5: planned in a start that measured; {narrowed}")
-    code, _, plan = start("cache", False, told=refused.told())
-    assert code == 0 and plan["micro_batch"] == plan["batch_size"] and plan["recompute"] == [] and plan["lean"] is False
-    assert plan["notes"][-1].startswith("started again: a first start measured what this device's caches lacked (")
-    assert f"timed); {narrowed}" in plan["notes"][-1]
-    (first,) = records(tmp_path / "cache" / "run", baseline=True)
-    assert first["memory_plan_counts"] >= 1 and first["memory_plan_counts_read"] >= 1     # both starts' planning
-    code, _, plan = start("cold", True, mb=1.0)
-    assert code == 2 and str(said[-1]) == ("--memory-budget 16.5: planned in a start that measured; the process "
-                                           "grew 1.0 MiB before the first step, 1.0 of it while planning, and would "
-                                           "keep it beside the run's steps")
-    for cache, follows, by_measuring in [("colder", False, True), ("cache", True, False)]:
-        code, _, plan = start(cache, follows, by_measuring, out="narrowed")
-        assert code == 0 and plan["micro_batch"] < plan["batch_size"] and plan["spent_mb"] == pytest.approx(2.7)
-    assert len(said) == 2 and started_again.fresh_start_follows is False      # as before the commands
+    shape = lambda p: (p["trainable"], p["micro_batch"], p["recompute"], p["lean"], p["bn_statistics"], p["spent_mb"])
+    plan, cost = start("new", "first")
+    assert cost["memory_plan_children"] == 1 and cost["memory_plan_counts"] == 0
+    assert cost["memory_plan_child_counts"] >= 1 and cost["memory_plan_counts_read"] >= cost["memory_plan_child_counts"]
+    assert cost["memory_plan_wall_s"] >= cost["memory_plan_child_s"] > 0 and plan["spent_mb"] == 2.0
+    assert not any("measured in this process" in n for n in plan["notes"])
+    again, cost = start("new", "again")
+    assert "memory_plan_children" not in cost and cost["memory_plan_counts"] == 0
+    assert shape(again) == shape(plan)
+    monkeypatch.setattr(measure_child, "CHILD_MODULE", "edge_sel.no_such_module")
+    failed, cost = start("other", "failed")
+    assert cost["memory_plan_counts"] >= 1 and "memory_plan_children" not in cost and shape(failed) == shape(plan)
+    assert failed["notes"][-1].startswith("counts and step costs this device's caches lacked were measured in this "
+                                          "process (the measuring child failed: ")
+
+
+def test_an_energy_budget_charges_the_first_starts_planning_as_its_records_do(tiny_warm, tmp_path):
+    """The console command on a new device: its measuring child's joules are in the meter the energy
+    budget reads, so the joules spent when it stopped and the final evaluation after are the run's
+    recorded total (a first start's planning was recorded and not charged when a second start ran)."""
+    env = {**os.environ, "EDGE_SEL_CACHE": str(tmp_path / "cache")}
+    env.pop("EDGE_SEL_PROCESS_GROWTH_MB")
+    done = subprocess.run([sys.executable, "-m", "edge_sel", "finetune", "--checkpoint", str(tiny_warm), *FINETUNE,
+                           "--epochs", "6", "--memory-budget", "40", "--energy-budget", "4", "--meter", "estimate",
+                           "--out", str(tmp_path / "run"), "--quiet"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    found = summary(tmp_path / "run")
+    stopped, totals, last = found["budget_stop"], found["totals"], records(tmp_path / "run")[-1]
+    assert records(tmp_path / "run", baseline=True)[1]["memory_plan_children"] == 1
+    assert stopped["budget"] == "energy_budget"
+    assert stopped["spent_j"] + last["eval_energy_j"] == pytest.approx(totals["energy_all_j"], abs=0.05)
 
 
 def test_a_profiles_budget_reaches_the_night(tiny_warm, tmp_path, capsys):

@@ -5,26 +5,21 @@ A budgeted run may refuse its --memory-budget before its first step where the be
 fits: the run also counts what the process grew by before that step (torch's kernels loaded on first
 use, planning; engine/loop/first_use.py), which a count cannot. Such a run is a row that does not fit,
 with the run's one line and the smallest budget it names, not a failure of the bench; any other error
-of a run still ends the bench. A run in a process of its own refused after measuring what the device's
-caches lacked (or that measured while planning at all) runs once more first, and one refused on mimalloc
-once more on glibc's allocator, as the command line's does (engine/loop/started_again.py).
+of a run still ends the bench.
 """
 
 from __future__ import annotations
 
 import multiprocessing
-import os
 import re
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from edge_sel import allocator
 from edge_sel.bench.stopping import BenchStop
 from edge_sel.config import TrainConfig
-from edge_sel.engine.loop import started_again
 from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.engine.runs.run import finetune
-from edge_sel.errors import STARTED_AGAIN, InputError, RefusedAfterMeasuring, RefusedOnMimalloc
+from edge_sel.errors import InputError
 
 # A run's refusal of its --memory-budget (memory_plan.py, joule_choice.py, step_memory.py), and the smallest
 # budget it names.
@@ -48,62 +43,26 @@ class RunRefused(Exception):
 
 
 def _finetune_with_threads(checkpoint: Path, data: DataOptions, cfg: TrainConfig, run_dir: Path,
-                           threads: int, fresh_start_follows: bool) -> None:
+                           threads: int) -> None:
     import torch
     torch.set_num_threads(threads)
-    with started_again.fresh_start(fresh_start_follows):
-        finetune(checkpoint, data, cfg, run_dir, overwrite=True, quiet=True)
+    finetune(checkpoint, data, cfg, run_dir, overwrite=True, quiet=True)
 
 
-def finetune_alone(checkpoint: Path, data: DataOptions, cfg: TrainConfig, run_dir: Path, on_glibc: bool = False,
-                   fresh_start_follows: bool = False) -> None:
+def finetune_alone(checkpoint: Path, data: DataOptions, cfg: TrainConfig, run_dir: Path) -> None:
     """Fine-tune in a spawned process (nothing inherited but the arguments and the environment) on
-    this process's torch threads, on mimalloc where the run is budgeted (as the command line runs it,
-    edge_sel/allocator.py) unless `on_glibc`; an error in it is raised here. `fresh_start_follows`: a
-    start that measured while planning is refused there, for a start made again
-    (engine/loop/started_again.py)."""
+    this process's torch threads, as the command line runs it; an error in it is raised here."""
     import torch
-    with allocator.preloaded_children(cfg.memory_budget_mb is not None and not on_glibc), \
-            ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pool.submit(_finetune_with_threads, checkpoint, data, cfg, run_dir, torch.get_num_threads(),
-                    fresh_start_follows).result()
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool.submit(_finetune_with_threads, checkpoint, data, cfg, run_dir, torch.get_num_threads()).result()
 
 
-def finetune_alone_once_more(checkpoint: Path, data: DataOptions, cfg: TrainConfig, run_dir: Path,
-                             log=print) -> None:
-    """finetune_alone, started again as the command line's run is: once more in a fresh process where
-    its start was refused after measuring what the device's caches lacked (once on each allocator), and
-    on glibc's allocator where it was refused on mimalloc (RefusedOnMimalloc); each start counts the
-    refused starts' planning in its own."""
-    told, on_glibc, measured_on = None, False, set()
-    while True:
-        if told is not None:
-            os.environ[STARTED_AGAIN] = told           # the spawned process's environment
-        try:
-            finetune_alone(checkpoint, data, cfg, run_dir, on_glibc, fresh_start_follows=on_glibc not in measured_on)
-            return
-        except RefusedAfterMeasuring as e:
-            if on_glibc in measured_on:
-                raise
-            measured_on.add(on_glibc)
-            log(f"  {run_dir}: {e}; its start measured what this device's caches lacked: once more, reading them")
-            told = e.told()
-        except RefusedOnMimalloc as e:
-            if on_glibc:
-                raise
-            log(f"  {run_dir}: {e}; refused on mimalloc: once more on glibc's allocator")
-            told, on_glibc = e.told(), True
-        finally:
-            os.environ.pop(STARTED_AGAIN, None)
-
-
-def bench_finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, run_dir: Path, own_process: bool,
-                   log=print) -> None:
-    """One fine-tune, in a process of its own (started once more where measuring refused it) or in this
-    one; RunRefused where a budgeted run refused its budget."""
+def bench_finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, run_dir: Path, own_process: bool) -> None:
+    """One fine-tune, in a process of its own or in this one; RunRefused where a budgeted run refused
+    its budget."""
     try:
         if own_process:
-            finetune_alone_once_more(checkpoint, data, cfg, run_dir, log)
+            finetune_alone(checkpoint, data, cfg, run_dir)
         else:
             finetune(checkpoint, data, cfg, run_dir, overwrite=True, quiet=True)
     except InputError as e:
@@ -118,7 +77,7 @@ def run_one(stop: BenchStop, checkpoint: Path, data: DataOptions, cfg: TrainConf
     did not (then named in `stop.runs`), REFUSED where it refused its budget (then added to `refused`
     under `name`)."""
     try:
-        if stop.ran(lambda: bench_finetune(checkpoint, data, cfg, run_dir, own_process, log), run_dir, name, seed,
+        if stop.ran(lambda: bench_finetune(checkpoint, data, cfg, run_dir, own_process), run_dir, name, seed,
                     cfg.epochs):
             return RAN
         return STOPPED

@@ -30,6 +30,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from edge_sel.core import measuring
 from edge_sel.core.count_keys import count_key, optimizer_key, structure_key
 from edge_sel.core.kernel_workspace import convolution_workspace
 from edge_sel.core.meta_outputs import MetaOutputs
@@ -207,6 +208,8 @@ class MemoryCounter:
                 self._cache[key] = MemoryCount(**found)
                 self.counts_read += 1
             else:
+                if kept_as is not None:     # a count a child can keep for this run to read (core/measuring.py)
+                    measuring.need("a step's count")
                 self._cache[key] = self._count(signature, shape)
                 self.counts_made += 1
                 if kept_as is not None:

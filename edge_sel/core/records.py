@@ -28,7 +28,8 @@ VOLATILE_FIELDS = {"wall_s", "eval_wall_s", "peak_rss_mb", "energy_j", "energy_n
                    "idle_power_w", "eval_energy_j", "samples_per_s", "energy_window_s", "energy_samples",
                    "throttle_reasons", "joules_per_sample", "kept_test_energy_j", "memory_measured_mb",
                    "memory_eval_measured_mb", "memory_process_peak_mb", "memory_allocator", "memory_plan_wall_s",
-                   "memory_plan_energy_j", "memory_plan_counts", "memory_plan_counts_read",
+                   "memory_plan_energy_j", "memory_plan_counts", "memory_plan_counts_read", "memory_plan_child_s",
+                   "memory_plan_child_counts", "memory_plan_children",
                    "energy_shared_with", "energy_gpu_processes"}
 
 

@@ -12,6 +12,7 @@ import os
 import torch
 
 from edge_sel.backends.torch_backend import freeze_batchnorm_stats
+from edge_sel.core import measuring
 from edge_sel.core.lean_saves import set_saves
 from edge_sel.core.memory import MiB, StepShape
 from edge_sel.data.augment import normalize
@@ -72,6 +73,8 @@ def grown_mb(trainer) -> float:
     at 128 px on an H200, 65.0 MiB at torch's default size; a budgeted run asks them small,
     engine/machine/cuda_workspace.py). 0 where nothing is measured. EDGE_SEL_PROCESS_GROWTH_MB gives it
     instead (a device whose growth is known; runs whose plans must not depend on what ran before)."""
+    if measuring.in_child():            # the growth of the run this child measures for
+        return measuring.child_growth_mb[0]
     given = os.environ.get(GIVEN)
     if given:
         return float(given)

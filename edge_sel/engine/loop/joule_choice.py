@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from edge_sel.core import measuring
 from edge_sel.core.flops import FlopCounter
 from edge_sel.core.memory import MiB, MemoryCounter, StepShape
 from edge_sel.engine.machine import joule_plan
@@ -105,6 +106,8 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
     try:
         probe = joule_plan.measure_costs([] if lite.out else [lite], model, x, y, losses, trainer.device, steps,
                                          trainer.meter)
+        if measuring.in_child():        # every count and step cost is kept: the trials are the run's
+            raise measuring.MeasuredOnly(trainer)
         if lite.step_s is not None and lite.joules is None and cost["watts"]:
             lite.joules = lite.seconds * cost["watts"]
         to_try, sizing = affordable(candidates, trial_steps, cfg.batch_size, held_out)

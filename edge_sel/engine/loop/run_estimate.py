@@ -44,12 +44,10 @@ def evaluation_images(trainer) -> dict:
 
 def planning_so_far_s(trainer) -> float:
     """Seconds spent choosing before the first step: the layout and precision probes, planning since
-    it began (engine/loop/step_memory.py keeps when), and a refused start's planning where the run was
-    started again (engine/loop/started_again.py)."""
+    it began (engine/loop/step_memory.py keeps when), a measuring child's included."""
     started = getattr(trainer, "planning_started", None)
     now = 0.0 if started is None else time.perf_counter() - started
-    earlier = getattr(trainer, "earlier_planning_s", 0.0)
-    return now + earlier + (trainer.layout.probe_wall_s or 0.0) + (trainer.precision.probe_wall_s or 0.0)
+    return now + (trainer.layout.probe_wall_s or 0.0) + (trainer.precision.probe_wall_s or 0.0)
 
 
 def besides_training(trainer, eval_s_per_image: float | None, watts: float | None) -> dict:

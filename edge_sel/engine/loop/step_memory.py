@@ -23,10 +23,10 @@ from edge_sel.engine.loop.first_use import grown_mb, warm_kernels
 from edge_sel.engine.loop.trial_gain import normalised
 from edge_sel.engine.loop.joule_choice import adopt_residuals, plan_by_joules, plan_trains_residuals
 from edge_sel.engine.machine.memory_plan import (RESERVE, MemoryPlan, fit_shape, forward_batch_that_fits, plan_memory,
-                                                 smallest_budget, spent_after_planning, usable)
-from edge_sel.engine.machine import cpu_pool, mimalloc, peak_memory, probe_cache
+                                                 spent_after_planning, usable)
+from edge_sel.engine.machine import cpu_pool, peak_memory
 from edge_sel.engine.machine.count_store import CountStore
-from edge_sel.engine.loop.started_again import refusal_after_measuring, start_again_after_measuring, take_earlier_start
+from edge_sel.engine.loop.measure_child import plan_reading
 from edge_sel.errors import InputError
 from edge_sel.methods.update.fixed_sets import classifier_names
 
@@ -131,26 +131,15 @@ def plan_run_memory(trainer) -> MemoryPlan | None:
     rows = most_rows(trainer)
     if trainer.device.type == "cpu":
         peak_memory.allocator_for_budget()      # before the gain probe: its freed blocks are not kept
-        if not mimalloc.loaded():
-            cpu_pool.library()      # built or loaded before planning: its time and growth are planning's
+        cpu_pool.library()      # built or loaded before planning: its time and growth are planning's
     if cfg.memory_plan is not None:
         plan = MemoryPlan.from_json(cfg.memory_plan)
         if plan_trains_residuals(plan):         # a resumed run whose plan chose lite residual branches
             adopt_residuals(trainer)
     else:
-        take_earlier_start(trainer)
-        with refusal_after_measuring(trainer, partial(fits_beside_no_growth, trainer, rows)):
-            plan = plan_afresh(trainer, rows, bn)
+        plan = plan_reading(trainer, partial(plan_afresh, trainer, rows, bn))
         cfg.memory_plan = plan.to_json()
     return apply_plan(trainer, plan)
-
-
-def fits_beside_no_growth(trainer, rows: int) -> bool:
-    """Whether the run's cheapest step (what a fixed set trains, else the classifier; one image at a
-    time) fits its budget where the process grew by nothing: only then can a start that grows less fit."""
-    params = {n for n, _ in trainer.model.named_parameters()}
-    trainable = None if trainer.updater.name == "budget" else (fixed_set(trainer) or params)
-    return smallest_budget(trainer.memory_counter, trainer.model, trainable, rows) <= trainer.config.memory_budget_mb
 
 
 def plan_afresh(trainer, rows: int, bn: str) -> MemoryPlan:
@@ -158,8 +147,8 @@ def plan_afresh(trainer, rows: int, bn: str) -> MemoryPlan:
     cfg = trainer.config
 
     def first_plan() -> MemoryPlan:
-        # A first count loads the meta device's machinery (a few MiB of Python modules, once a process).
-        trainer.memory_counter.count(StepShape(min(rows, 2), bn_statistics=bn))
+        # A first pass on the meta device loads its machinery (a few MiB of Python modules, once a process).
+        trainer.memory_counter.count_forward(min(rows, 2))
         # The kernels' first use and what the process grew by so far, measured: the plan fits in the
         # rest (in planning's metered window: its time and joules are planning's). Only the kernels of
         # what can train: the backbone's backward kernels and their caches (Lite0 at 96 px: about
@@ -169,8 +158,7 @@ def plan_afresh(trainer, rows: int, bn: str) -> MemoryPlan:
         plan = _plan(trainer, rows, bn)
         warm_planned(trainer, plan)
         return plan
-    kept_before = probe_cache.kept_here
-    first = plan = planned_in_the_open(trainer, first_plan)
+    plan = planned_in_the_open(trainer, first_plan)
     warm = trainer.memory_spent_mb
     for _ in range(REPLANS):        # planning's own growth (its caches), measured: planned again beside it
         spent = spent_after_planning(cfg.memory_budget_mb, warm, grown_mb(trainer))
@@ -180,11 +168,9 @@ def plan_afresh(trainer, rows: int, bn: str) -> MemoryPlan:
         plan = planned_in_the_open(trainer, partial(_plan, trainer, rows, bn))
         warm_planned(trainer, plan)
     grown = grown_mb(trainer)
-    start_again_after_measuring(trainer, first, plan, probe_cache.kept_here > kept_before, grown)
     plan.grown_mb = round(grown, 3)
     refuse_what_cannot_hold(trainer, plan, grown)
     plan.notes += [trainer.cuda_workspaces] if getattr(trainer, "cuda_workspaces", None) else []
-    plan.notes += [trainer.started_again_note] if getattr(trainer, "started_again_note", None) else []
     return plan
 
 
@@ -358,8 +344,11 @@ def apply_plan(trainer, plan: MemoryPlan) -> MemoryPlan:
                                         f"(measured: Python, torch, the model, the data), the step's memory comes on top")
         cost = getattr(trainer, "memory_plan_cost", None)
         read = (cost or {}).get("memory_plan_counts_read")
+        child = "" if not (cost or {}).get("memory_plan_children") else (
+            f", {cost['memory_plan_child_counts']} counted and step costs timed by a measuring child in "
+            f"{cost['memory_plan_child_s']:.1f} s")
         took = "" if cost is None else (f"; planned in {cost['memory_plan_wall_s']:.1f} s "
-                                        f"({cost['memory_plan_counts']} steps counted"
+                                        f"({cost['memory_plan_counts']} steps counted here{child}"
                                         + (f", {read} read from this device's earlier counts" if read else "") + ")")
         print(f"edge-sel: {plan.line()}" + "".join(f"; {n}" for n in [*plan.notes, *allocator]) + now + took,
               file=sys.stderr, flush=True)

@@ -27,6 +27,10 @@ class CountStore:
         entry = self._entries.get(key)
         return entry if isinstance(entry, dict) and all(isinstance(v, int) for v in entry.values()) else None
 
+    def forget(self) -> None:
+        """The file is read again at the next get: another process (a measuring child) kept counts."""
+        self._entries = None
+
     def put(self, key: str, fields: dict) -> None:
         entries = read_entries(self.path)
         entries.pop(key, None)

@@ -45,6 +45,7 @@ import torch
 
 from edge_sel import huge_pages
 from edge_sel.backends.torch_backend import freeze_batchnorm_stats
+from edge_sel.core import measuring
 from edge_sel.core.memory import MiB, MemoryCount, StepShape
 from edge_sel.core.micro_batches import bounds
 from edge_sel.core.lean_saves import lean_key, lean_words, set_saves
@@ -168,10 +169,10 @@ def shape_key(model, input_shape, shape: StepShape, trainable: set[str], device)
 
 
 def allocator_key() -> tuple[str, ...]:
-    """Steps timed on mimalloc, or on glibc with the pool of freed pages (cpu_pool.py), reuse what the
-    step before freed and run faster under a budget (edge_sel/allocator.py): their timings are kept
-    apart from glibc's unmapping ones (whose keys stay as they were), and from those of the pool before
-    it cut blocks from larger free ranges (slower: "glibc, freed blocks pooled")."""
+    """Steps timed with the pool of freed pages (cpu_pool.py) reuse what the step before freed and run
+    faster under a budget: their timings are kept apart from glibc's unmapping ones (whose keys stay as
+    they were), and from those of the pool before it cut blocks from larger free ranges (slower:
+    "glibc, freed blocks pooled")."""
     name = peak_memory.allocator_name()
     if name == "glibc" and cpu_pool.loaded():
         return ("glibc, freed pages pooled and cut",)
@@ -240,6 +241,7 @@ def measure_costs(candidates: list[Candidate], model, x, y, losses, device, step
             todo.append((c, key))
     wall, energy = 0.0, None
     if todo or (eval_key is not None and eval_entry is None):
+        measuring.need("step costs")        # timed in a child where the run may not (core/measuring.py)
         flags = {n: p.requires_grad for n, p in model.named_parameters()}
         state = {k: v.clone() for k, v in model.state_dict().items()}     # BatchNorm statistics move in train mode
         if meter is not None:

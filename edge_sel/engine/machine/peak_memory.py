@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from edge_sel import device_caps
-from edge_sel.engine.machine import cpu_pool, mimalloc
+from edge_sel.engine.machine import cpu_pool
 
 MiB = 2 ** 20
 CLEAR_REFS = "/proc/self/clear_refs"
@@ -195,8 +195,6 @@ def allocator_for_budget() -> bool:
     when freed, so what planning and the gain probe allocated is not kept for the run (under glibc's own
     threshold the probe's freed blocks stayed in the heap: a 200 MiB plan measured 222 MiB training,
     294 evaluating). Returns whether it was set (False on another C library)."""
-    if mimalloc.hand_back():         # mimalloc (edge_sel/allocator.py): what came before goes back
-        return True
     return set_mmap_threshold(MMAP_THRESHOLD)
 
 
@@ -206,10 +204,8 @@ def heap_fits(counted_mb: float, budget_mb: float) -> bool:
 
 
 def release_free_heap() -> bool:
-    """The allocator's free pages handed back to the system (mimalloc's collect, glibc's malloc_trim);
-    False on another C library."""
-    if mimalloc.hand_back():
-        return True
+    """The allocator's free pages handed back to the system (the pool's, glibc's malloc_trim); False on
+    another C library."""
     cpu_pool.empty()
     libc = _libc()
     try:
@@ -234,8 +230,6 @@ def allocator_for_training(keep_heap: bool, pool: int = 0) -> bool:
     its budget (digits' edgecnn under 40 MiB: 42.0 MiB; unmapped 36.9), as fragmentation inside it
     cannot be bounded; the pool's blocks are each mapped on their own. Returns whether the heap or the
     pool keeps freed memory (allocator_after_training then undoes it)."""
-    if mimalloc.hand_back():         # what planning freed goes back; a step's freed pages are reused
-        return True
     if not keep_heap:
         return cpu_pool.keep(int(pool * POOL_SHARE_OF_ROOM))
     trim = max(pool, TRIM_THRESHOLD) if pool else TRAINING_TRIM_THRESHOLD
@@ -246,32 +240,25 @@ def allocator_after_training() -> bool:
     """After a run that kept the heap: what it keeps goes back to the system and the process returns
     to the setting budgeted runs plan under (a later unbudgeted run in the same process measured
     0.0 MiB of training growth in pages the heap had kept)."""
-    if mimalloc.hand_back():
-        return True
     cpu_pool.keep(None)
     return release_free_heap() and set_mmap_threshold(MMAP_THRESHOLD, TRIM_THRESHOLD)
 
 
-def between_phases() -> bool:
-    """Before a window of training or evaluation opens: on mimalloc, what the phase before freed goes
-    back (it keeps freed pages a second, and blocks of another phase's sizes do not reuse them: Lite0
-    at 96 px under 1/4 of full FT's peak evaluated at 135.5 MiB against 123.9 right after training);
-    so do the blocks the pool kept (cpu_pool.py). glibc's heap is left as the plan set it."""
+def between_phases() -> None:
+    """Before a window of training or evaluation opens: the blocks the pool kept go back (cpu_pool.py;
+    blocks of another phase's sizes do not reuse them). glibc's heap is left as the plan set it."""
     cpu_pool.empty()
-    return mimalloc.hand_back()
 
 
 @contextlib.contextmanager
 def evaluating(budgeted: bool):
-    """The allocator while a pass evaluates under a budget: on mimalloc, freed pages go back sooner; on
-    glibc, the pool keeps freed pages with no slack (with the training's, evaluations measured the
-    higher peaks: mobilenetv2 at 32 px under 40 MiB with 3.8 MiB of slack, 36.1-37.1 MiB against
+    """The allocator while a pass evaluates under a budget: the pool keeps freed pages with no slack
+    (with the training's, evaluations measured the higher peaks: mobilenetv2 at 32 px under 40 MiB with 3.8 MiB of slack, 36.1-37.1 MiB against
     training's 31.9-33.0). Cut from its free ranges, an evaluation's blocks still come from the pool: 0
     misses in 12 batches of mobilenetv2 where blocks served only their own size missed 612 times (11,000
     faults a batch). Both as they were afterwards."""
     pooled = budgeted and bool(cpu_pool.slack_bytes())
-    with mimalloc.evaluation_purge_delay() if budgeted else contextlib.nullcontext(), \
-            cpu_pool.slack_while(0) if pooled else contextlib.nullcontext():
+    with cpu_pool.slack_while(0) if pooled else contextlib.nullcontext():
         yield
 
 
@@ -280,15 +267,15 @@ def pooled_while_timing():
     """While the planner times a budgeted run's steps on glibc: freed blocks pooled with no slack, as
     the run's steps will run (a step of Lite0's norms in micro-batches of one image at 96 px: 1.07-1.37
     s unmapped, 0.72-0.74 s pooled); the pool as it was after, its blocks back to the system. Untouched
-    where the pool is not loaded (no budget) or the process runs on mimalloc."""
-    pooled = not mimalloc.loaded() and cpu_pool.loaded()
+    where the pool is not loaded (no budget)."""
+    pooled = cpu_pool.loaded()
     with cpu_pool.slack_while(0) if pooled else contextlib.nullcontext():
         yield
 
 
 def allocator_name() -> str:
     """The allocator a CPU run's memory is measured under, for its record."""
-    return f"mimalloc {mimalloc.version()}" if mimalloc.loaded() else "glibc" if _libc() is not None else "unknown"
+    return "glibc" if _libc() is not None else "unknown"
 
 
 def allocator_record() -> str:
@@ -302,9 +289,6 @@ def allocator_record() -> str:
 
 def training_note(keep_heap: bool, room_mb: float) -> str:
     """What the allocator does with freed memory while a budgeted CPU run trains, for its plan line."""
-    if mimalloc.loaded():
-        return (f"mimalloc {mimalloc.version()} while training: a step reuses the blocks the step before freed, "
-                f"pages freed {mimalloc.purge_delay_ms()} ms ago go back to the system")
     if keep_heap:
         return (f"glibc's heap kept while training, with at most {room_mb:.1f} MiB of freed pages at its top: the "
                 f"count fits the budget {HEAP_SLACK:g} times over")
