@@ -2,16 +2,19 @@
 BatchNorm statistics are trained on no micro-batch of fewer than MIN_STATISTICS images unless the plan
 says they are frozen."""
 
+import json
 import subprocess
 import sys
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from helpers import PINNED_CHOICES, SAME_CHOICES
 from edge_sel.config import TrainConfig
 from edge_sel.engine.runs.data_options import DataOptions
-from edge_sel.engine.runs.run import pretrain
+from edge_sel.core.records import read_records
+from edge_sel.engine.runs.run import finetune, pretrain
 from edge_sel.backends.torch_backend import TorchBackend
 from edge_sel.core.memory import MiB, MemoryCounter, StepShape
 from edge_sel.core.micro_batches import fewest_images, sizes
@@ -87,3 +90,38 @@ def test_the_digits_budget_of_one_row_over_ends_without_a_traceback(tmp_path):
     if done.returncode == 2:
         (line,) = [s for s in done.stderr.splitlines() if "error" in s]
         assert "--memory-budget 10.4" in line and "smallest" in line and "measured" in line
+
+
+def test_statistics_trained_on_micro_batches_move_per_step_as_the_runs_momentum_says(tmp_path):
+    """A step's k micro-batches each move BatchNorm's running statistics at 1 - (1 - m)^(1/k): after a
+    step they moved as one update at the run's momentum m would (at m each, 2 micro-batches moved them
+    at an effective 0.19 for 0.1). The records, config.json and summary.json state the momentum a step
+    moves them at and a micro-batch's; a plan that froze them states frozen, whatever --bn-stats asked."""
+    from edge_sel.engine.loop.step_memory import statistics_per_micro_batch
+    layer = torch.nn.BatchNorm1d(1, momentum=0.1)
+    trainer = SimpleNamespace(model=torch.nn.Sequential(layer))
+    statistics_per_micro_batch(trainer, 2)
+    layer.train()
+    for _ in range(2):                           # a step's two micro-batches, each of mean 10
+        layer(torch.tensor([[9.0], [11.0]]))
+    assert layer.running_mean.item() == pytest.approx(0.9 * 0.0 + 0.1 * 10.0)
+    assert (trainer.bn_step_momentum, trainer.bn_micro_momentum) == (0.1, pytest.approx(1 - 0.9 ** 0.5))
+    warm = tmp_path / "warm"
+    pretrain("edgecnn", DataOptions("synthetic"), TrainConfig(epochs=1, batch_size=64, **PINNED_CHOICES), warm,
+             quiet=True)
+    for statistics, micro in (("train", 17), ("frozen", 9)):
+        plan = {"budget_mb": 13.0, "batch_size": 34, "micro_batch": micro, "recompute": [], "bn_statistics": statistics,
+                "counted": {"peak_mb": 10.0, "optimizer_mb": 0.1, "kept_mb": 0.0}, "asked_mb": 20.0}
+        cfg = TrainConfig(epochs=1, batch_size=32, bn_stats="reestimate", sparsity="none", memory_budget_mb=13.0,
+                          memory_plan=plan, **PINNED_CHOICES)
+        out = tmp_path / statistics
+        finetune(warm, DataOptions("synthetic"), cfg, out, quiet=True)
+        said = {k: v for k, v in json.loads((out / "config.json").read_text()).items() if k.startswith("bn_momentum")
+                or k == "bn_stats"}
+        card = json.loads((out / "model.json").read_text())["training"]
+        found = json.loads((out / "summary.json").read_text())
+        recorded = [{k: r.get(k) for k in said} for r in read_records(out / "metrics.jsonl")]
+        expected = ({"bn_stats": "reestimate", "bn_momentum": 0.1, "bn_momentum_micro_batch": round(1 - 0.9 ** 0.5, 6)}
+                    if statistics == "train" else {"bn_stats": "frozen", "bn_momentum": None})
+        assert said == expected and all(r == expected for r in recorded)
+        assert {k: card.get(k) for k in said} == {k: found[k] for k in said} == expected

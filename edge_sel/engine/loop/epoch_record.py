@@ -139,6 +139,11 @@ def add_reset(baseline: dict, reset: dict, cost: dict) -> None:
 
 
 def bn_fields(trainer) -> dict:
-    """The statistics lever as this trainer runs it (ORT: the artifacts' mode), for every record."""
+    """The statistics lever as this trainer runs it (a memory plan's frozen statistics; ORT: the
+    artifacts' mode), for every record: the momentum a step moves them at, and a micro-batch's where a
+    plan trains them on micro-batches (engine/loop/step_memory.py)."""
     mode = bn_stats.mode_of(trainer.backend.bn_mode, trainer.config.bn_conditions)
+    micro = getattr(trainer, "bn_micro_momentum", None)
+    if micro is not None and mode != bn_stats.FROZEN:
+        return {**bn_stats.fields(mode, trainer.bn_step_momentum), "bn_momentum_micro_batch": round(micro, 6)}
     return bn_stats.fields(mode, bn_stats.momentum_of(trainer.model, mode, trainer.config.bn_momentum))

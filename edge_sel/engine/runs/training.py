@@ -21,7 +21,7 @@ from edge_sel.engine.evaluation.bn_bank import write_bank_for
 from edge_sel.engine.evaluation.keep import load_kept
 from edge_sel.engine.levers.anchors import Memory, carry_memory
 from edge_sel.engine.levers.source_pass import add_to_totals, write_pretrain_memory
-from edge_sel.engine.loop import set_gains
+from edge_sel.engine.loop import epoch_record, set_gains
 from edge_sel.engine.loop.trainer import Trainer
 from edge_sel.engine.machine import probe_cache
 from edge_sel.engine.machine.device import pick_device, seed_everything
@@ -119,10 +119,13 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
         head = build(head_config(cfg), make_strategy("dense", {}), make_updater("classifier", {}), states=False) \
             if staged and resume_state is None else None
         trainer = head or (ranks.build_trainer(build, cfg) if ranks else build())
-        # The run's statistics lever (a head stage's frozen statistics are its own records'; ORT: the artifacts').
-        bn_mode = cfg.bn_mode if staged or cfg.bn_mode else trainer.backend.bn_mode
-        mode = bn_stats.mode_of(bn_mode, cfg.bn_conditions)
-        bn_run = bn_stats.fields(mode, bn_stats.momentum_of(model, mode, cfg.bn_momentum))
+        # The run's statistics lever as it runs (a memory plan's frozen statistics; ORT: the artifacts'); a
+        # head stage's frozen statistics are its own records', the run's are the fine-tuning stage's.
+        if staged:
+            mode = bn_stats.mode_of(cfg.bn_mode, cfg.bn_conditions)
+            bn_run = bn_stats.fields(mode, bn_stats.momentum_of(model, mode, cfg.bn_momentum))
+        else:
+            bn_run = epoch_record.bn_fields(trainer)
         if resume_state is None and writes:
             start_out_dir(out, phase)
             if memory is not None:      # the output model, once deployed, keeps where it came from
