@@ -165,10 +165,12 @@ PRETRAIN = [
                 "out to measure forgetting), the Fisher information and the source weights (0: none)."),
     option("--fisher-samples", type=click.IntRange(min=0), default=1000, show_default=True,
            help="Training samples the diagonal Fisher information is estimated on."),
-    option("--set-gains-steps", type=click.IntRange(min=0), default=0, show_default=True,
-           help="Ship with the checkpoint what each set a device's --sparsity budget chooses among gains from these "
-                "weights: each trained N steps of the training split at --lr and --batch-size, held-out images "
-                "scored at every power of two steps (0: not measured; docs/memory-budget.md)."),
+    option("--set-gains-steps", type=click.IntRange(min=0), default=64, show_default=True,
+           envvar="EDGE_SEL_SET_GAINS_STEPS", show_envvar=True,
+           help="Ship with the checkpoint what each set a device chooses among (a plain finetune's own choice, "
+                "--sparsity budget's) gains from these weights, at each recipe: each set trained N steps of the "
+                "training split at --batch-size, at learning rates 0.003, 0.01 and 0.03 with BatchNorm statistics "
+                "frozen and re-estimated, held-out images scored at every power of two steps (0: none shipped)."),
     option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None,
            help="Continue the interrupted pretrain in this directory with the options it was started with."),
     option("--recipe", type=click.Choice(["auto", "full", "probe"]), default="auto", show_default=True,
@@ -205,8 +207,9 @@ FINETUNE = [
                 "probes) | bn-affine (BatchNorm scales and shifts and the head) | rgn (blocks by gradient-to-weight "
                 "ratio) | lottery (a fixed pruning mask, as bench reference runs it) | classifier | last-k (--last-k K blocks) | "
                 "bias-norm (biases, norms and the head) | lite-residual (TinyTL's small branches beside frozen blocks, with "
-                "the biases and the head) | budget (what each byte buys, under --memory-budget) "
-                "[default: budget with --memory-budget; the strategy's (sel: layers); else none]."),
+                "the biases and the head) | budget (what each byte buys, under --memory-budget) | auto (the set, its "
+                "BatchNorm statistics and learning rate with the most expected accuracy per joule, from the recipes "
+                "the checkpoint ships) [default: budget with --memory-budget; the strategy's (sel: layers); else auto]."),
     option("--memory-budget", type=click.FloatRange(min=0, min_open=True), default=None,
            help="MiB (2^20 bytes) the training step may keep (weights, optimizer state, batch, activations, "
                 "gradients; the process itself and the datasets come on top): the step is planned to fit, by "

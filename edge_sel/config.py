@@ -134,6 +134,8 @@ class TrainConfig:
     # Training options the user gave on the command line (a preset never overrides those); None when
     # unknown (the Python API), then a value other than the default counts as the user's choice.
     explicit: list | None = None
+    # What `--sparsity auto` chose (engine/loop/default_choice.py), kept so a resume runs the same.
+    choice: dict | None = None
 
     def pin_for_memory_budget(self) -> "TrainConfig":
         """Under a memory budget the step runs as it was counted: memory is counted for fp32 tensors
@@ -241,6 +243,8 @@ class TrainConfig:
         if self.explicit is not None and not (isinstance(self.explicit, list)
                                               and all(isinstance(x, str) for x in self.explicit)):
             raise InputError(f"explicit options must be a list of names, got {self.explicit!r}")
+        if self.choice is not None and not isinstance(self.choice, dict):
+            raise InputError(f"choice must be a mapping, got {self.choice!r}")
         if not isinstance(self.method, dict):
             raise InputError(f"method options must be a mapping, got {self.method!r}")
         return self

@@ -18,6 +18,9 @@ os.environ["OMP_NUM_THREADS"] = "1"
 # And no other work stated for the same reason: a probe's result kept as final, never provisional
 # because a neighbouring test was busy, and no quarter-second load sample in every command.
 os.environ.setdefault("EDGE_SEL_OTHER_LOAD", "0")
+# The command line's pretrain ships recipes for a device's own choice by default (27 short trainings:
+# seconds on digits); the tests' pretrains ship none unless a test gives --set-gains-steps.
+os.environ["EDGE_SEL_SET_GAINS_STEPS"] = "0"
 
 
 @pytest.fixture(autouse=True, scope="session")

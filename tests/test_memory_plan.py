@@ -423,23 +423,26 @@ def test_the_plan_says_mib_what_it_bounds_and_a_cut_evaluation_batch(tiny_warm, 
     assert "MiB resident before training (measured" in line and " steps counted" in line
     (closing,) = [x for x in out.splitlines() if x.startswith("memory budget 7 MiB")]
     assert "the training step counted" in closing and "within it" in closing and "peaked at" in closing
-    assert "edge-sel: note: validation sized for a budgeted run (--memory-budget): " in err
 
 
-def test_a_budgeted_run_that_keeps_its_best_epoch_sizes_its_validation():
-    """Lite0 under 1/10 of full FT's memory validated 5,000 images an epoch for a 2,000-image run at two
-    images a batch: 53% of its joules. A budget of any kind sizes validation as --preset adapt does,
-    unless the user chose its size or the run keeps its last epoch (validation then decides nothing)."""
-    from edge_sel.engine.loop.val_size import share_for_budget
-    for fields, energy, option in (({"memory_budget_mb": 40.0}, None, "--memory-budget"),
-                                   ({"time_budget_s": 60.0}, None, "--time-budget"), ({}, 500.0, "--energy-budget")):
-        cfg = TrainConfig(**fields)
-        assert share_for_budget(cfg, energy) == option and cfg.val_share == 0.2
-        assert share_for_budget(cfg, energy) is None and cfg.val_share == 0.2         # once
-    for fields in ({}, {"keep": "last"}, {"val_subset": 800}, {"val_subset": 0, "explicit": ["val_subset"]},
+def test_every_fine_tune_that_keeps_its_best_epoch_sizes_its_validation_to_its_images():
+    """A one-epoch run of 300 images at 64 px spent 95% of its joules validating the shard's 5,000
+    images twice. Every fine-tune that keeps its best epoch sizes validation as --preset adapt does
+    (a fifth of its counted compute at most, never under the floor nor over the split), so it scales
+    with the images the run trains on; unless the user chose its size or the run keeps its last epoch
+    (validation then decides nothing)."""
+    from edge_sel.core.flops import FlopCounter
+    from edge_sel.engine.loop.val_size import MIN_SAMPLES, device_val_size, share_for_device
+    cfg = TrainConfig(epochs=1, batch_size=32)
+    assert share_for_device(cfg) and cfg.val_share == 0.2
+    assert not share_for_device(cfg) and cfg.val_share == 0.2         # once
+    for fields in ({"keep": "last"}, {"val_subset": 800}, {"val_subset": 0, "explicit": ["val_subset"]},
                    {"val_share": 0.1}):
-        cfg = TrainConfig(**{"memory_budget_mb": 40.0, **fields} if fields else {})
-        assert share_for_budget(cfg, None) is None and cfg.val_share == fields.get("val_share", 0.0)
+        given = TrainConfig(**fields)
+        assert not share_for_device(given) and given.val_share == fields.get("val_share", 0.0)
+    flops = FlopCounter(build_model("edgecnn", 10, 3), [3, 64, 64])
+    sizes = [device_val_size(cfg, "finetune", n, 5000, flops)["val_subset"] for n in (300, 3000, 6000, 60000)]
+    assert sizes[0] == MIN_SAMPLES and sizes[1] < sizes[2] == pytest.approx(2 * sizes[1], abs=2) and sizes[3] == 5000
 
 
 def test_batchnorm_re_estimation_runs_in_a_batch_the_budget_fits(tiny_warm, tmp_path, capsys):

@@ -68,8 +68,10 @@ def apply_preset(cfg: TrainConfig) -> TrainConfig:
         if not cfg.method.get("preset_applied"):      # a resumed run's config already holds the recipe
             PRESETS[name](cfg, preference(cfg))
             cfg.method["preset_applied"] = True
-    if cfg.sparsity is None:   # not chosen by the user or the preset: a memory budget's, or the strategy's default
-        cfg.sparsity = "budget" if cfg.memory_budget_mb is not None else DEFAULT_SPARSITY.get(cfg.strategy, "none")
+    if cfg.sparsity is None:   # not chosen by the user or the preset: a memory budget's, the run's own, or the strategy's
+        plain = cfg.strategy == "dense" and not name and cfg.backend == "torch"
+        cfg.sparsity = ("budget" if cfg.memory_budget_mb is not None else "auto" if plain
+                        else DEFAULT_SPARSITY.get(cfg.strategy, "none"))
     return cfg
 
 

@@ -97,6 +97,15 @@ def shipped_line(block: dict) -> str:
             f"{block['flops'] / 1e9:.2f} GFLOP, {block['wall_s']:.1f} s")
 
 
+def recipes_line(gains: dict) -> str:
+    """One line for the end of a pretrain: the recipes shipped for a device's own choice, and their cost."""
+    joules = "" if gains.get("energy_j") is None else f", {gains['energy_j']:,.1f} J"
+    return (f"shipped with the checkpoint: {len(gains['acc'])} sets' held-out accuracy at "
+            f"{gains.get('trials', len(gains['acc']))} recipes (learning rates {', '.join(f'{x:g}' for x in gains.get('lr_grid') or [gains['lr']])}, "
+            f"statistics frozen and re-estimated) up to {gains['steps'][-1]} steps, for a device's own choice; "
+            f"{gains['flops'] / 1e9:.2f} GFLOP, {gains['wall_s']:.1f} s{joules} (--set-gains-steps 0: none)")
+
+
 def parameters(n: int) -> str:
     """'2,290 parameters' for a small model, '0.39 M parameters' for a larger one (never '0.00 M')."""
     return f"{n:,} parameters" if n < 100_000 else f"{n / 1e6:.2f} M parameters"
@@ -231,6 +240,8 @@ def print_summary(summary: dict, quiet: bool = False) -> None:
         click.echo("no checkpoint written: a pretrain that did not finish is no warmup for a fine-tune")
     if summary.get("source_memory") and not quiet:
         click.echo(shipped_line(summary["source_memory"]))
+    if summary.get("set_gains") and not quiet:
+        click.echo(recipes_line(summary["set_gains"]))
     kept = summary.get("kept")
     bank = summary.get("bn_bank") if (summary.get("bn_bank") or {}).get("written") else None
     if summary.get("stop_reason") == "interrupted":

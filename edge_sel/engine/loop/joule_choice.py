@@ -18,12 +18,13 @@ from edge_sel.engine.machine import joule_plan
 from edge_sel.engine.machine.joule_plan import Candidate
 from edge_sel.engine.loop.plan_sets import candidate_statistics, distinct, fixed_sets, run_chose_statistics
 from edge_sel.engine.loop.run_estimate import besides_training, estimate_words
-from edge_sel.engine.loop.set_gains import expected_gains
+from edge_sel.engine.loop.set_gains import expected_gains, nearest_mark, recipe_at
 from edge_sel.engine.loop.trial_gain import (TRIAL_STEPS, affordable, fewest_steps_for_trials, held_out_count,
                                              normalised, run_trials, trial_images)
 from edge_sel.engine.machine.memory_plan import (MemoryPlan, choose_trainable, fit_shape, forward_batch_that_fits,
                                                  smallest_budget, usable)
 from edge_sel.errors import InputError
+from edge_sel.methods.presets import typed
 from edge_sel.methods.update.lite_residual import residual_names
 from edge_sel.models.lite_residual import NAME, add_residuals, has_residuals, remove_residuals
 
@@ -72,9 +73,16 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
         gains, source = gains_for(model)
     candidates: list[Candidate] = []
     by_run = run_chose_statistics(cfg)
+    own_lr = cfg.lr if typed(cfg, "lr") else None
+    mark = None if served is None else nearest_mark(served, steps * cfg.batch_size)
 
     def fit(name, names, count_with=counter):
         mode, may_freeze = candidate_statistics(model, bn, by_run, names)
+        # A shipped set trains in its best recipe's statistics mode (the run's own where it chose one).
+        recipe = None if mark is None or name not in served["sets"] else recipe_at(
+            served, name, mark, ("frozen" if bn == "frozen" else "train") if by_run else None, own_lr)
+        if recipe is not None and not by_run:
+            mode, may_freeze = ("frozen", True) if recipe["bn_statistics"] == "frozen" else (mode, may_freeze)
         return fitted(count_with, model, rows, budget, mode, name, names, may_freeze)
 
     chosen, notes = (None, []) if too_short or served else choose_trainable(counter, model, rows, budget, gains, bn)
@@ -86,7 +94,8 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
     lite_trial = None
     lite = counted_lite(trainer, fit)
     candidates.append(lite)
-    server = None if served is None else expected_gains(served, candidates, steps * cfg.batch_size)
+    server = None if served is None else expected_gains(served, candidates, steps * cfg.batch_size, lr=own_lr,
+                                                        own_modes=True)
     # The trials' images only where trials may run: the server's gains stand for them.
     images = None if too_short or server else trial_images(trainer.train_ds, trainer.mean, trainer.std,
                                                            cfg.batch_size, trial_steps, cfg.seed)
@@ -149,6 +158,8 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
               "trial_flops": sum((t or {}).get("trial_flops", 0) for t in (lite_trial, trial))}
     if winner is lite:
         adopt_residuals(trainer)
+    if winner.lr is not None and own_lr is None:        # the winning recipe's rate (engine/loop/set_gains.py)
+        cfg.lr = float(winner.lr)
     return MemoryPlan(cfg.memory_budget_mb, rows, winner.shape.chunk, list(winner.shape.recompute),
                       winner.shape.bn_statistics, winner.count.mib(), round(asked, 3), sorted(winner.trainable),
                       [words, *(notes if candidates and winner is candidates[0] and chosen is not None else []),

@@ -88,6 +88,7 @@ class RunMemory:
         if self.trainer.config.memory_plan:      # what BatchNorm layers normalised with, as the plan chose
             out["memory_bn_statistics"] = MemoryPlan.from_json(self.trainer.config.memory_plan).statistics()
         out.update(self.trainer.__dict__.pop("memory_plan_cost", None) or {})     # the first epoch's: its planning
+        out.update(self.trainer.__dict__.pop("choice_cost", None) or {})          # and a default choice's
         if self.trainer.config.backend != "torch":
             out["memory_counted_for"] = "the same step in torch (ONNX Runtime's own graph is not counted)"
         if record.get("bn_adapt_samples"):      # BatchNorm re-estimation: train mode, no gradients, its planned batch

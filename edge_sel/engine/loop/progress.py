@@ -54,12 +54,14 @@ class EpochProgress:
     # Each trainable set the steps had (one 0/1 per parameter tensor) -> its largest step's rows.
     memory_steps: dict = field(default_factory=dict)
 
-    def add_planning(self, cost: dict | None) -> None:
-        """A memory plan's measured time and joules and its trials' counted FLOPs (step_memory.py)."""
-        cost = cost or {}
-        self.wall_s += cost.get("memory_plan_wall_s") or 0.0
-        self.energy_j += cost.get("memory_plan_energy_j") or 0.0
-        self.flops_plan += cost.get("memory_plan_trial_flops") or 0
+    def add_planning(self, *costs: dict | None) -> None:
+        """A memory plan's (step_memory.py) and a default choice's (default_choice.py) measured time and
+        joules and their trials' counted FLOPs: part of the first epoch's cost."""
+        for cost in costs:
+            cost = cost or {}
+            self.wall_s += (cost.get("memory_plan_wall_s") or 0.0) + (cost.get("choice_wall_s") or 0.0)
+            self.energy_j += (cost.get("memory_plan_energy_j") or 0.0) + (cost.get("choice_energy_j") or 0.0)
+            self.flops_plan += (cost.get("memory_plan_trial_flops") or 0) + (cost.get("choice_flops") or 0)
 
     def to_state(self) -> dict:
         return {"epoch": self.epoch, "plan": {"positions": self.plan.positions.cpu(),

@@ -32,9 +32,13 @@ class ProgressLog:
         if self.enabled:
             print(text, file=self.stream, flush=True)
 
-    def evaluating_start(self, sets) -> None:
-        """Before the starting evaluation, which on a large test set runs a while with nothing else said."""
-        parts = [(len(sets.val), "validation"), (len(sets.anchors or ()), "guard anchors"), (len(sets.test), "test"),
+    def evaluating_start(self, sets, sized: dict | None = None) -> None:
+        """Before the starting evaluation, which on a large test set runs a while with nothing else said;
+        `sized`: how the validation images were sized to the run (engine/loop/val_size.py)."""
+        val = (f"validation (of {sized['of']:,}: a fifth of the run's counted compute at most, at least "
+               f"{sized['floor']}; --val-subset N to choose)" if sized and sized["val_subset"] < sized["of"]
+               else "validation")
+        parts = [(len(sets.val), val), (len(sets.anchors or ()), "guard anchors"), (len(sets.test), "test"),
                  (len(sets.clean_test or ()), "clean test")]
         self.line(f"start: evaluating the starting checkpoint on {sets.final_images():,} images ("
                   + ", ".join(f"{n:,} {what}" for n, what in parts if n) + ")")

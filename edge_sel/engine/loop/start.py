@@ -12,11 +12,12 @@ def baseline_record(trainer) -> dict:
     """The starting checkpoint on the local validation and test splits before any step: the bar
     a fine-tune must clear. It costs evaluation only (its FLOPs and joules are recorded)."""
     record = {**epoch_record.baseline_fields(trainer.strategy.name, len(trainer.train_ds)), **epoch_record.bn_fields(trainer)}
-    trainer.log.evaluating_start(trainer.eval_sets)
+    trainer.log.evaluating_start(trainer.eval_sets, trainer.val_size_choice)
     record.update(trainer.evaluate(bar="start: evaluating"))
     record.update({k: trainer.last_eval_energy.get(k) for k in ("energy_source", "energy_method")})
     if trainer.config.epochs == 0:      # no epoch record will carry the plan's time and joules: this one does
         record.update(trainer.__dict__.pop("memory_plan_cost", None) or {})
+        record.update(trainer.__dict__.pop("choice_cost", None) or {})
     if trainer.bank_setup:             # matching tonight's images to the bank: once, before any step
         setup, trainer.bank_setup = trainer.bank_setup, None
         record["flops_bn_bank"] = (record.get("flops_bn_bank") or 0) + setup["flops"]

@@ -29,6 +29,7 @@ from edge_sel.engine.loop.bn_adapt_epoch import adapt_bn, bn_adapt_record, consi
 from edge_sel.engine.loop.budget import STOPS, RunBudget
 from edge_sel.engine.loop.checkpointing import Checkpoints, Rollback, restore
 from edge_sel.engine.loop.end_of_run import evaluate_at_the_end
+from edge_sel.engine.loop.default_choice import choose_default
 from edge_sel.engine.loop.ledger import ComputeLedger
 from edge_sel.engine.loop.progress import EpochProgress, changed_fraction, snapshot_params
 from edge_sel.engine.loop.memory_records import RunMemory
@@ -42,7 +43,7 @@ from edge_sel.engine.loop.totals import StepTotals
 from edge_sel.engine.loop.val_size import validation_set
 from edge_sel.engine.machine import cuda_workspace
 from edge_sel.engine.machine.precision import autocast
-from edge_sel.engine.machine.run_choices import run_layout, run_precision
+from edge_sel.engine.machine.run_choices import run_layout, run_precision, trains_key
 from edge_sel.methods import RunContext, Strategy, Updater
 
 @dataclass
@@ -85,14 +86,14 @@ class Trainer:
         self.test_ds = self.splits.test.to(self.device)
         self.clean_test_ds = None if self.splits.test_clean is None else self.splits.test_clean.to(self.device)
         self.layout = run_layout(cfg, self.model, self.train_ds, max(len(self.val_eval_ds), len(self.test_ds), 1),
-                                 self.device, self._trains())
+                                 self.device, trains_key(self.updater, cfg))
         self.memory_format = self.layout.format
         self.eval_batch_size = self.layout.eval_batch_size
         # The config says what ran (config.json, a resume, a rerun): measured choices become given.
         cfg.memory_format, cfg.eval_batch_size = self.layout.memory_format, self.eval_batch_size
         self.model.to(memory_format=self.memory_format)
         self.precision = run_precision(cfg, self.model, self.train_ds, self.val_eval_ds, self.mean, self.std,
-                                       self.device, self.memory_format, self.eval_batch_size, self._trains())
+                                       self.device, self.memory_format, self.eval_batch_size, trains_key(self.updater, cfg))
         cfg.precision, cfg.eval_precision = self.precision.train, self.precision.eval
         self.sync_every = cfg.sync_every or (1 if self.device.type == "cpu" else 32)
         self.totals = StepTotals(self.device)
@@ -118,6 +119,7 @@ class Trainer:
         # What a step minimises, and anchors mixed into its batches (levers against forgetting).
         self.objective = make_objective(cfg, self.model, self.memory)
         self.replay = make_replay(cfg, self.memory, self.device, self.mean, self.std, self.memory_format)
+        self.default_choice = choose_default(self)     # --sparsity auto: what trains, its statistics and rate
         self.backend = make_backend(cfg, self.model, self.optimizer, self.updater, self.device, self.objective)
         self.loader = BatchLoader(self.train_ds, self.mean, self.std, cfg.batch_size, cfg.augment,
                                   self.generator, self.memory_format, augment_seed=cfg.seed)
@@ -146,11 +148,6 @@ class Trainer:
         self.class_names = self.train_ds.class_names
         self.log = ProgressLog(self.quiet or (self.ranks is not None and not self.ranks.evaluates), cfg.epochs)
 
-    def _trains(self) -> str:
-        """What trains, for the probes' cache key: the update method (the probes run before it
-        attaches, so the parameters' own flags do not yet say it) and its options."""
-        return f"{self.updater.name}|{self.config.sparsity}|{sorted(self.config.method.items())}"
-
     def eval_autocast(self):
         return autocast(self.device, self.precision.eval)
 
@@ -175,7 +172,7 @@ class Trainer:
                 if self.phase == "finetune" and self.choice.mode == "best":
                     t0 += consider_bn_adapted(self)   # its evaluation is not training time
             progress = self._begin_epoch(epoch)
-            progress.add_planning(getattr(self, "memory_plan_cost", None))     # part of the first epoch's cost
+            progress.add_planning(getattr(self, "memory_plan_cost", None), (self.default_choice or {}).get("cost"))
         self.progress = progress
         self.loader.epoch = epoch       # augmentation is drawn per (seed, epoch, sample)
         plan = progress.plan

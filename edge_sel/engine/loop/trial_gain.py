@@ -102,7 +102,9 @@ def trained_and_scored(model, c, state, images, optimizer_factory, losses, rows:
     model.load_state_dict(state)
     for n, p in params.items():
         p.requires_grad_(n in c.trainable)
-    optimizer = optimizer_factory([p for n, p in params.items() if n in c.trainable])
+    # A recipe's own learning rate where the candidate has one (engine/loop/set_gains.py), else the run's.
+    optimizer = optimizer_factory([p for n, p in params.items() if n in c.trainable],
+                                  **({} if getattr(c, "lr", None) is None else {"lr": c.lr}))
     train_flops, eval_flops, scores, trained = 0, 0, [], 0
     set_saves(model, c.shape.recompute, c.shape.lean)
     for k in range(steps):

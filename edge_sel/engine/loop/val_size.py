@@ -18,21 +18,19 @@ from edge_sel.engine.evaluation.evaluate import validation_subset
 MIN_SAMPLES = 300
 
 
-def share_for_budget(cfg: TrainConfig, energy_budget_j: float | None = None) -> str | None:
-    """A fine-tune under a budget (memory, seconds or joules) that keeps its best epoch validates on
-    what that choice needs, as --preset adapt does: a fifth of the counted compute at most, never
-    under MIN_SAMPLES. Lite0 at 96 px under 1/10 of full FT's memory validated 5,000 images after every
-    epoch of a 2,000-image fine-tune at two images a batch: 51-53% of the run's joules. --val-subset
-    (0 included: the whole split) and a share already set win; a run that keeps its last epoch
-    decides nothing by validation and is left as it is. Returns the budget's option where it set the
-    share."""
-    budgets = [name for name, value in (("--memory-budget", cfg.memory_budget_mb), ("--time-budget", cfg.time_budget_s),
-                                        ("--energy-budget", energy_budget_j)) if value is not None]
+def share_for_device(cfg: TrainConfig) -> bool:
+    """A fine-tune that keeps its best epoch validates on what that choice needs, as --preset adapt
+    does: a fifth of the counted compute at most, never under MIN_SAMPLES, so validation scales with
+    the images the run trains on (--subset included). A one-epoch run of 300 images at 64 px spent 95%
+    of its 830 J validating the shard's 5,000 images twice; Lite0 at 96 px under 1/10 of full FT's
+    memory, 51-53% of a 2,000-image run's joules. --val-subset (0 included: the whole split) and a
+    share already set win; a run that keeps its last epoch decides nothing by validation and is left
+    as it is. Returns whether it set the share."""
     given = cfg.val_subset or cfg.val_share or "val_subset" in (cfg.explicit or ())
-    if not budgets or given or cfg.keep != "best":
-        return None
+    if given or cfg.keep != "best":
+        return False
     cfg.val_share = DEVICE_VAL_SHARE
-    return budgets[0]
+    return True
 
 
 def validation_passes(cfg: TrainConfig, phase: str) -> int:

@@ -73,6 +73,7 @@ class Candidate:
     seconds: float | None = None         # estimated, the run's training steps
     out: str = ""                        # why it cannot be chosen ("" where it can)
     trial: dict | None = None            # its short trial's held-out figures (engine/loop/trial_gain.py)
+    lr: float | None = None              # its recipe's learning rate (None: the run's)
     correct: torch.Tensor | None = None  # its trial's right (True) or wrong per held-out image, in order
 
     def summary(self, total_gain: float) -> dict:

@@ -60,3 +60,9 @@ def run_precision(cfg: TrainConfig, model: torch.nn.Module, train_ds: IndexedDat
     return choose_precision(model, train_ds.input_shape, train_ds.num_classes, device, cfg.batch_size,
                             memory_format, eval_batch_size, cfg.precision, cfg.eval_precision, check_ds,
                             mean, std, trains=trains)
+
+
+def trains_key(updater, cfg) -> str:
+    """What trains, for the probes' cache key: the update method (the probes run before it attaches,
+    so the parameters' own flags do not yet say it) and its options."""
+    return f"{updater.name}|{cfg.sparsity}|{sorted(cfg.method.items())}"

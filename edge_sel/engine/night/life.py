@@ -225,7 +225,8 @@ def load_error(checkpoint: Path, with_bank: bool = True) -> str | None:
     return None
 
 
-RUN_CHOOSES = {"eval_batch_size": 0, "bn_stats": None, "bn_momentum": None}    # like "auto": the run's own choice (measured), never set aside
+# Like "auto": the run's own choice (measured, or sized to its images), never set aside.
+RUN_CHOOSES = {"eval_batch_size": 0, "bn_stats": None, "bn_momentum": None, "val_subset": 0, "val_share": 0.0}
 
 
 def set_aside_said(run_dir: Path, cfg: TrainConfig, data: DataOptions, given: Collection[str] | None = None) -> str:
@@ -240,7 +241,7 @@ def set_aside_said(run_dir: Path, cfg: TrainConfig, data: DataOptions, given: Co
     tonight = {**cfg.to_json(), "data": dataclasses.asdict(data)}
     differ = []
     for key, value in tonight.items():
-        if key in ("explicit", "method", "bn_conditions") or key not in saved:
+        if key in ("explicit", "method", "bn_conditions", "choice") or key not in saved:
             continue     # bookkeeping, or decided by the night itself
         kept = saved[key]
         nested = key == "data" and isinstance(kept, dict)

@@ -176,11 +176,7 @@ def finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, out: Path, o
     """`profile`: what a device profile applied (edge_sel.profiles.apply), kept in config and summary.
     `splits`: data already loaded (the Python API's tensors), used instead of `data.load()`."""
     prepare_finetune_config(cfg, quiet)
-    budget = val_size.share_for_budget(cfg, None if energy is None else energy.budget_j)
-    if budget and not quiet:
-        print(f"edge-sel: note: validation sized for a budgeted run ({budget}): as many images as a fifth of "
-              f"its counted compute affords, at least {val_size.MIN_SAMPLES} (--val-subset N to choose)",
-              file=sys.stderr)
+    val_size.share_for_device(cfg)
     out = check_out_dir(out, overwrite, "finetune", [("--checkpoint", checkpoint), *data.input_paths(),
                                                      ("--artifacts", cfg.artifacts)])
     checkpoint = Path(checkpoint)

@@ -110,3 +110,5 @@ def register() -> None:
     UPDATERS["last-k"] = last_k
     UPDATERS["bias-norm"] = lambda method: FixedSet("bias-norm", bias_norm_names)
     UPDATERS["budget"] = budget
+    # A plain fine-tune's own choice (engine/loop/default_choice.py) names the set before the run trains.
+    UPDATERS["auto"] = lambda method: FixedSet("auto", lambda model: set())

@@ -1,0 +1,183 @@
+"""The choice a plain fine-tune makes for itself (`--sparsity auto`: `finetune` and `night` where no
+method, statistics or learning-rate option is given): which set trains, what its BatchNorm statistics
+do and its learning rate, by the most expected accuracy per joule. Under --memory-budget the planner
+makes the same choice with the step's shape (engine/loop/joule_choice.py).
+
+The candidates are the sets the transfer bench runs (plan_sets.fixed_sets). Each one's expected
+accuracy, in order of what costs the device least:
+
+1. shipped: the server measured each set from these weights at each recipe (learning rates x frozen or
+   re-estimated statistics; engine/loop/set_gains.py), and the device reads the best recipe at the mark
+   nearest the images its run trains on; nothing is trained here;
+2. a counted trial on the device (engine/loop/trial_gain.py): each set a few steps at the run's rate
+   (TRIAL_LR where none was given) and statistics mode, scored on held-out local images, where the run
+   is long enough to pay two trials back;
+3. neither: every parameter trains with its statistics re-estimated at the run's rate, as before, and
+   the line says why.
+
+Each candidate as good as the most expected (joule_plan.choose: within half a point and one paired
+standard error) is timed on this device (a few steps, kept per device in the step-cost cache) and the
+one of fewest estimated joules wins. A part the user gave (--bn-stats or --bn-mode, --lr) is kept, and
+the choice is made among what agrees with it. One line says what was chosen, why and the runner-up;
+the whole comparison goes to config.json (`choice`) and the first record (`choice_*` costs)."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import replace
+
+from edge_sel.core import bn_stats
+from edge_sel.core.memory import StepShape
+from edge_sel.engine.loop.joule_choice import probe_batch
+from edge_sel.engine.loop.plan_sets import LAST_K, candidate_statistics, distinct, fixed_sets
+from edge_sel.engine.loop.set_gains import expected_gains
+from edge_sel.engine.loop.trial_gain import (TRIAL_STEPS, affordable, fewest_steps_for_trials, held_out_count,
+                                             run_trials, trial_images)
+from edge_sel.engine.machine import joule_plan
+from edge_sel.engine.machine.joule_plan import Candidate
+from edge_sel.engine.loop.step_memory import memory_counter
+from edge_sel.methods import make_updater
+from edge_sel.methods.presets import typed
+
+AUTO = "auto"
+# The updater each candidate set runs as (--sparsity NAME and its options).
+UPDATERS = {"classifier": ("classifier", {}), "bn+classifier": ("bn-affine", {}),
+            "bias+bn+classifier": ("bias-norm", {}), f"last-{LAST_K}": ("last-k", {"last_k": LAST_K}),
+            "full FT": ("none", {})}
+# A device trial's learning rate where the run gives none: the middle of the server's grid
+# (set_gains.LR_GRID); the SGD default of 0.05 collapsed full fine-tuning with frozen statistics on Lite0.
+TRIAL_LR = 0.01
+
+
+def wanted(cfg) -> bool:
+    return cfg.sparsity == AUTO
+
+
+def users_mode(cfg) -> str | None:
+    """The statistics mode the user chose (--bn-stats, --bn-mode), as a recipe names it, or None."""
+    if cfg.bn_stats is None and cfg.bn_mode is None and not cfg.bn_conditions:     # None: nobody chose
+        return None
+    return "frozen" if bn_stats.resolve(cfg) == bn_stats.FROZEN else "train"
+
+
+def choose_default(trainer) -> dict | None:
+    """Makes the run's choice where it asked for one (the module's docstring) and applies it to the
+    configuration the trainer builds from: --sparsity, its options, --bn-stats, --lr. Returns what was
+    chosen, with every candidate and what choosing cost, or None where the run chose itself."""
+    cfg = trainer.config
+    if not wanted(cfg):
+        return None
+    if not cfg.epochs:          # nothing trains: nothing to choose
+        cfg.sparsity = "none"
+        return None
+    t0 = time.perf_counter()
+    trainer.meter.begin("choice")
+    try:
+        found = compare(trainer, users_mode(cfg), cfg.lr if typed(cfg, "lr") else None)
+    finally:
+        energy = (trainer.meter.end("choice") or {}).get("energy_j")
+    found["cost"] = {"choice_wall_s": round(time.perf_counter() - t0, 3), "choice_energy_j": energy,
+                     "choice_flops": found.pop("flops", 0)}
+    apply(cfg, found)
+    # The run's updater and counter, made again for what was chosen (the backend is made after this).
+    trainer.updater = make_updater(cfg.sparsity, cfg.method)
+    trainer.memory_counter, trainer.step_shape = memory_counter(cfg, trainer.model, trainer.train_ds.input_shape,
+                                                                trainer.device)
+    # The first record's measured cost (engine/loop/memory_records.py); the trials' counted FLOPs join the
+    # first epoch's memory_plan_trial_flops, which a resumed epoch keeps (engine/loop/progress.py).
+    trainer.choice_cost = {k: v for k, v in found["cost"].items() if k != "choice_flops"}
+    if not trainer.quiet:
+        print(f"edge-sel: {found['line']}", file=sys.stderr, flush=True)
+    return found
+
+
+def compare(trainer, mode: str | None, lr: float | None) -> dict:
+    cfg, model = trainer.config, trainer.model
+    steps = max(1, cfg.epochs) * math.ceil(len(trainer.train_ds) / cfg.batch_size)
+    sets = [(name, names) for name, names in distinct(fixed_sets(model, None)) if name in UPDATERS]
+    candidates = [candidate(trainer, name, names, mode) for name, names in sets]
+    served = trainer.set_gains
+    server = None if served is None else expected_gains(served, candidates, steps * cfg.batch_size, mode, lr)
+    losses = trainer.objective.losses
+    x, y = probe_batch(trainer.train_ds, trainer.mean, trainer.std, cfg.batch_size)
+    trial, flops = None, 0
+    if server is None:
+        held_out = held_out_count(len(trainer.train_ds))
+        if steps < fewest_steps_for_trials(min(TRIAL_STEPS, steps), cfg.batch_size, held_out):
+            return fallback(cfg, mode, lr, f"{steps} steps are too few to pay back two trials")
+        for c in candidates:
+            c.lr = lr or TRIAL_LR
+        joule_plan.measure_costs(candidates, model, x, y, losses, trainer.device, steps, trainer.meter)
+        to_try, sizing = affordable(candidates, min(TRIAL_STEPS, steps), cfg.batch_size, held_out)
+        if not to_try:
+            return fallback(cfg, mode, lr, f"no trial pays back in this run ({sizing['words']})")
+        images = trial_images(trainer.train_ds, trainer.mean, trainer.std, cfg.batch_size, TRIAL_STEPS, cfg.seed)
+        trial = run_trials(model, to_try, images, trainer.memory_counter.optimizer_factory, losses, cfg.batch_size,
+                           TRIAL_STEPS, trainer.flops)
+        flops = trial["trial_flops"]
+        for c in candidates:
+            c.out = "" if c in to_try else "not tried: its trial would cost more than this run pays back"
+    else:
+        for c in candidates:        # in its best recipe's statistics mode, counted as such
+            if c.trial and c.trial["bn_statistics"] != c.shape.bn_statistics:
+                c.shape = replace(c.shape, bn_statistics=c.trial["bn_statistics"])
+                c.count = trainer.memory_counter.count(c.shape, c.trainable)
+        for c in joule_plan.outside_band(candidates):
+            c.out = "not timed: its expected gain is outside the band of the most expected gain"
+        joule_plan.measure_costs([c for c in candidates if not c.out], model, x, y, losses, trainer.device, steps,
+                                 trainer.meter)
+    winner, reason = joule_plan.choose(candidates, trainer.budget_j, cfg.time_budget_s)
+    runner = max((c for c in candidates if c is not winner and c.count is not None and not c.out),
+                 key=lambda c: (c.gain, -(c.joules or c.seconds or 0)), default=None)
+    source = (f"shipped: the server's held-out accuracy after {server['steps']} steps of {server['rows']} images "
+              f"(nearest this run's {server['run_images']:,})" if server else
+              f"a trial of {TRIAL_STEPS} steps on this device's images, held-out accuracy")
+    return {"set": winner.name, "bn_statistics": winner.shape.bn_statistics, "lr": winner.lr, "source": source,
+            "reason": reason, "runner_up": None if runner is None else runner.name, "steps": steps,
+            "candidates": [{**c.summary(max(d.gain for d in candidates)), "lr": c.lr} for c in candidates],
+            "trial": trial, "flops": flops, "line": line(winner, runner, source, reason)}
+
+
+def candidate(trainer, name: str, names: set[str], mode: str | None) -> Candidate:
+    """A set, in the user's statistics mode or the planner's rule for it (a shipped recipe may change
+    it), counted at the run's whole batch."""
+    c = Candidate(name, set(names), lr=trainer.config.lr)
+    statistics = mode or candidate_statistics(trainer.model, "train", False, c.trainable)[0]
+    c.shape = StepShape(trainer.config.batch_size, bn_statistics=statistics)
+    c.count = trainer.memory_counter.count(c.shape, c.trainable)
+    return c
+
+
+def fallback(cfg, mode: str | None, lr: float | None, why: str) -> dict:
+    statistics = mode or "train"
+    chosen = f"every parameter trains, statistics {'frozen' if statistics == 'frozen' else 're-estimated'}, " \
+             f"lr {cfg.lr:g}"
+    return {"set": "full FT", "bn_statistics": statistics, "lr": cfg.lr, "source": None, "reason": why,
+            "runner_up": None, "candidates": [], "trial": None, "flops": 0,
+            "line": f"chose {chosen}: the checkpoint ships no recipes and {why} (pretrain with --set-gains-steps to "
+                    f"ship them; --sparsity, --bn-stats, --lr to choose yourself)"}
+
+
+def line(winner: Candidate, runner: Candidate | None, source: str, reason: str) -> str:
+    def said(c: Candidate) -> str:
+        statistics = "frozen" if c.shape.bn_statistics == "frozen" else "re-estimated"
+        joules = "" if c.joules is None else f", {c.joules:,.0f} J estimated"
+        return f"{c.name} (statistics {statistics}, lr {c.lr:g}; {c.gain:.1%} expected{joules})"
+    runner_up = "" if runner is None else f"; runner-up {said(runner)}"
+    by = "the recipes the checkpoint ships" if source.startswith("shipped") else "a trial of each on this device"
+    return (f"chose {said(winner)}: {reason.split(' (within')[0]}, by {by}{runner_up} "
+            f"(--sparsity, --bn-stats, --lr to choose yourself)")
+
+
+def apply(cfg, found: dict) -> None:
+    """The choice as the options the run then runs with (config.json keeps them, and `choice`)."""
+    cfg.sparsity, method = UPDATERS[found["set"]]
+    cfg.method.update(method)
+    if users_mode(cfg) is None:         # else the user's own (per condition included) stays
+        cfg.bn_stats = bn_stats.FROZEN if found["bn_statistics"] == "frozen" else bn_stats.REESTIMATE
+        cfg.bn_mode = "eval" if found["bn_statistics"] == "frozen" else "train"
+    cfg.lr = float(found["lr"])
+    cfg.choice = {k: v for k, v in found.items() if k not in ("line", "cost")}
+
