@@ -35,8 +35,8 @@ def test_rows_pairs_and_one_start_evaluation_per_seed(bench):
     warm, out = bench
     result = json.loads((out / "results.json").read_text())
     rows = {r["method"]: r for r in result["rows"]}
-    assert list(rows) == ["start", "full FT", "sparse", "adabn", "classifier/per-condition", "adabn/per-condition",
-                          "sundew@0.4", "random@0.4"]
+    assert list(rows) == ["start", "full FT", "full FT/frozen", "sparse", "adabn", "classifier/per-condition",
+                          "adabn/per-condition", "sundew@0.4", "random@0.4"]
     table = (out / "table.md").read_text()
     assert all(f"\n| {name} | {r['bn_stats'] or '-'} | " in table for name, r in rows.items())
     assert "TinyTL-B (biases)" in table
@@ -48,8 +48,8 @@ def test_rows_pairs_and_one_start_evaluation_per_seed(bench):
     baselines = {name: sum(r.get("phase") == "baseline" for r in read_records(d / "metrics.jsonl"))
                  for name, d in runs.items()}
     # AdaBN trains nothing: its one record is its start's, the statistics re-estimated first.
-    assert baselines == {"start": 1, "full FT": 0, "sparse": 0, "adabn": 1, "classifier/per-condition": 0,
-                         "adabn/per-condition": 1, "sundew@0.4": 0, "random@0.4": 0}
+    assert baselines == {"start": 1, "full FT": 0, "full FT/frozen": 0, "sparse": 0, "adabn": 1,
+                         "classifier/per-condition": 0, "adabn/per-condition": 1, "sundew@0.4": 0, "random@0.4": 0}
     start = result["results"]["start"][0]
     for name in ("full FT", "sparse", "sundew@0.4", "random@0.4"):
         r = result["results"][name][0]
@@ -61,7 +61,12 @@ def test_rows_pairs_and_one_start_evaluation_per_seed(bench):
                           ("adabn/per-condition", "classifier/per-condition")}
     acc = {name: rs[0]["test_acc"] for name, rs in result["results"].items()}
     assert pairs[("sundew@0.4", "random@0.4")]["per_seed"] == pytest.approx([100 * (acc["sundew@0.4"] - acc["random@0.4"])])
-    assert rows["sparse"]["vs_full"]["diff_pts"] == pytest.approx(100 * (acc["sparse"] - acc["full FT"]))
+    # Against the better of the two full fine-tuning rows, and against the best row; every row says its recipe.
+    assert result["reference"] == max(("full FT", "full FT/frozen"), key=acc.get)
+    assert result["best"] == max((n for n in acc if n != "start"), key=acc.get)
+    assert rows["sparse"]["vs_full"]["diff_pts"] == pytest.approx(100 * (acc["sparse"] - acc[result["reference"]]))
+    assert rows["sparse"]["vs_best"]["diff_pts"] == pytest.approx(100 * (acc["sparse"] - acc[result["best"]]))
+    assert rows["sundew@0.4"]["recipe"] == "lr 0.01 (the bench's)"
     assert (out / "accuracy-memory.png").stat().st_size > 1000 and (out / "accuracy-joules.png").stat().st_size > 1000
     assert 'src="accuracy-joules.png"' in (out / "report.html").read_text()
 
@@ -73,7 +78,7 @@ def test_every_row_runs_and_states_its_statistics_mode(bench):
     warm, out = bench
     result = json.loads((out / "results.json").read_text())
     rows = {r["method"]: r["bn_stats"] for r in result["rows"]}
-    assert rows == {"start": None, "full FT": "reestimate", "sparse": "frozen", "adabn": "reestimate",
+    assert rows == {"start": None, "full FT": "reestimate", "full FT/frozen": "frozen", "sparse": "frozen", "adabn": "reestimate",
                     "classifier/per-condition": "per-condition", "adabn/per-condition": "per-condition",
                     "sundew@0.4": "reestimate", "random@0.4": "reestimate"}
     runs = {name: Path(rs[0]["run_dir"]) for name, rs in result["results"].items() if name != "start"}
@@ -223,8 +228,8 @@ def test_a_run_that_refuses_its_budget_is_a_row_that_does_not_fit_and_the_bench_
     row = {r["method"]: r for r in result["rows"]}["planner@1/4"]
     assert (row["fits"], row["needs_mb"], row["refused_seeds"]) == (False, refused["needs_mb"], [0])
     table = (out / "table.md").read_text()
-    assert (f"| planner@1/4 | per the plan | does not fit {refused['budget_mb']:.1f} MiB (needs {refused['needs_mb']:.1f} "
-            "MiB): the run refused its budget | - |") in table
+    assert (f"| planner@1/4 | per the plan | its own choice; lr 0.01 (none shipped) | does not fit "
+            f"{refused['budget_mb']:.1f} MiB (needs {refused['needs_mb']:.1f} MiB): the run refused its budget | - |") in table
     assert f"- planner@1/4 seed 0 under {refused['budget_mb']:.1f} MiB, needs {refused['needs_mb']:.1f} MiB: " \
            f"{refused['reason']}" in table
 

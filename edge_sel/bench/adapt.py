@@ -106,8 +106,9 @@ def outcome(run_dir: Path) -> dict:
             # evaluations, but they are what the method adapts by.
             "flops_train": adaptation_flops(t) or 0, "flops_bn_bank": t.get("flops_bn_bank") or 0,
             "energy_j": adaptation_joules(t), "energy_method": t.get("energy_method"),
-            "train_wall_s": t.get("train_wall_s") or 0.0,
-            "samples_trained": t.get("samples_trained") or 0, "bn_stats": final.get("bn_stats")}
+            "train_wall_s": t.get("train_wall_s") or 0.0, "energy_all_j": t.get("energy_all_j"),
+            "samples_trained": t.get("samples_trained") or 0, "bn_stats": final.get("bn_stats"),
+            "lr": summary.get("config", {}).get("lr"), "chose": (summary.get("config", {}).get("choice") or {}).get("set")}
 
 
 def adaptation_joules(totals: dict) -> float | None:
@@ -160,8 +161,13 @@ def paired(results: dict, a: str, b: str) -> dict | None:
         return None
     mean, lo, hi = ci95(diffs)
     flops = [r["flops_train"] / max(1, by_seed[r["seed"]]["flops_train"]) for r in results[a] if r["seed"] in by_seed]
+    # All-in joules (training, evaluation, planning) a over b, per seed, where both runs measured them.
+    spent = [r["energy_all_j"] / by_seed[r["seed"]]["energy_all_j"] for r in results[a] if r["seed"] in by_seed
+             and r.get("energy_all_j") and by_seed[r["seed"]].get("energy_all_j")]
+    joules_ratio = dict(zip(("joules_ratio", "joules_ci_low", "joules_ci_high"), ci95(spent))) if spent else {}
     return {"a": a, "b": b, "n": len(diffs), "diff_pts": mean, "ci_low": lo, "ci_high": hi,
-            "excludes_zero": bool(lo > 0 or hi < 0), "flops_ratio": statistics.fmean(flops), "per_seed": diffs}
+            "excludes_zero": bool(lo > 0 or hi < 0), "flops_ratio": statistics.fmean(flops), "per_seed": diffs,
+            **joules_ratio}
 
 
 def comparisons(results: dict, activations=ACTIVATIONS) -> list[dict]:

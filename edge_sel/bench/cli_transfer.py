@@ -102,6 +102,8 @@ def transfer_cmd(checkpoint, imagenet_model, dataset, scenario, image_size, meth
                                              transfer.set_gains_steps(methods, run_epochs, n, batch_size))
     methods = adapt.with_source_memory(methods, Path(checkpoint), progress(quiet))
     transfer.name_what_trains(methods, Path(checkpoint))
+    run_epochs = epochs or (1 if quick else 3)
+    transfer.row_recipes(methods, Path(checkpoint), run_epochs * -(-n // batch_size), batch_size, lr)    # said in results
     settings = transfer.TransferSettings(Path(checkpoint), data, scenario, methods, list(range(first_seed, first_seed + count)),
                                          epochs or (1 if quick else 3), lr, batch_size, val_subset, bn_momentum, device,
                                          target, own_process=not one_process)

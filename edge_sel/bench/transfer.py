@@ -55,6 +55,7 @@ ACTIVATION = 0.4
 SPARSE_SHARE = 0.1
 REFERENCE = "full FT"
 START = "start"
+DEFAULT = "default"
 FROZEN, REESTIMATE, PER_CONDITION = bn_stats.BN_STATS
 ADABN = "adabn"
 # The trained sets the field runs with frozen statistics; each also runs as SET/reestimate.
@@ -71,6 +72,7 @@ class TransferMethod:
     note: str = ""
     bn_stats: str | None = REESTIMATE  # what the run does with the BatchNorm running statistics (None: its plan's)
     config: dict = field(default_factory=dict)   # other TrainConfig fields of the row (AdaBN: no epoch)
+    recipe: str = ""                  # its learning rate and where it comes from (row_recipes)
 
     @property
     def trained_set(self) -> str:
@@ -102,7 +104,11 @@ def transfer_methods(last_k: int = 2, adabn_images: int = 2000) -> list[Transfer
                              note=f"MCUNetV3's shape: biases and norms everywhere, the classifier, the weights of the "
                                   f"blocks the warmup's Fisher information rates highest per parameter, up to "
                                   f"{SPARSE_SHARE:.0%} of them")]
-    return [TransferMethod(REFERENCE, note="every parameter, every sample"),
+    full = TransferMethod(REFERENCE, note="every parameter, every sample")
+    return [full, with_statistics(full, FROZEN),
+            TransferMethod(DEFAULT, "auto", bn_stats=None, config={"keep": "best", "evaluate_start": True, "val_subset": 0},
+                           note="a plain `finetune`: its own choice of set, statistics and learning rate from the "
+                                "recipes the checkpoint ships; it keeps its best epoch on validation sized to the run"),
             *frozen, *[with_statistics(m, REESTIMATE) for m in frozen],
             TransferMethod(ADABN, "classifier", config={"epochs": 0, "bn_adapt": adabn_images, "evaluate_start": True},
                            note=f"AdaBN: the statistics alone, re-estimated on the device's {adabn_images} images "
@@ -134,9 +140,39 @@ def named_pairs(names: list[str]) -> list[tuple[str, str]]:
 
 
 def chosen_methods(text: str | None, known: list[TransferMethod]) -> list[TransferMethod]:
-    """The methods `--methods` names (full FT always runs: every difference is taken against it)."""
+    """The methods `--methods` names (full FT always runs, in both statistics modes: every difference is
+    taken against the better of them, and against the best row)."""
     wanted = parse_methods(text, [m.name for m in known])
-    return [m for m in known if m.name == REFERENCE or m.name in wanted]
+    return [m for m in known if m.name in FULL_FT or m.name in wanted]
+
+
+FULL_FT = (REFERENCE, f"{REFERENCE}/{FROZEN}")
+# The shipped set (engine/loop/set_gains.py) each trained row runs, and its statistics as a recipe names them.
+SHIPPED_SETS = {"classifier": "classifier", "bn+classifier": "bn+classifier", "bias+bn+classifier": "bias+bn+classifier",
+                REFERENCE: "full FT"}
+RECIPE_MODES = {FROZEN: "frozen", REESTIMATE: "train"}
+
+
+def row_recipes(methods: list[TransferMethod], checkpoint: Path, steps: int, batch_size: int, lr: float) -> None:
+    """Each row's learning rate: a shipped set's in its statistics mode, the best recipe the checkpoint
+    ships at the mark nearest the row's images (engine/loop/set_gains.py); the default and the planner
+    choose their own; every other row runs at the bench's --lr. Said in `recipe`, its rate in `config`."""
+    from edge_sel.engine.loop.plan_sets import LAST_K
+    from edge_sel.engine.loop.set_gains import nearest_mark, recipe_at
+    served = read_card(checkpoint).set_gains
+    mark = None if served is None else nearest_mark(served, steps * batch_size)
+    for m in methods:
+        name = SHIPPED_SETS.get(m.trained_set) or (f"last-{LAST_K}" if m.trained_set == "last-k"
+                                                   and m.method.get("last_k") == LAST_K else None)
+        recipe = None if mark is None or name not in served["sets"] or m.bn_stats not in RECIPE_MODES else \
+            recipe_at(served, name, mark, RECIPE_MODES[m.bn_stats])
+        if m.sparsity == "auto" or m.fraction is not None:
+            m.recipe = "its own choice (shipped recipes)" if served else f"its own choice; lr {lr:g} (none shipped)"
+        elif recipe is not None:
+            m.config = {**m.config, "lr": recipe["lr"]}
+            m.recipe = f"lr {recipe['lr']:g} (shipped: best of {len(served['lr_grid'])} at {served['steps'][mark]} steps)"
+        else:
+            m.recipe = f"lr {lr:g} (the bench's)"
 
 
 @dataclass
@@ -189,10 +225,8 @@ def imagenet_start(model_name: str, data: DataOptions, out: Path, device: str, l
 
 
 def set_gains_steps(methods: list[TransferMethod], epochs: int, images: int, batch_size: int) -> int:
-    """The steps a planner row's start measures its set gains up to: the power of two at or above a
-    row's training steps, or 0 where no planner row runs."""
-    if not any(m.sparsity == "budget" for m in methods):
-        return 0
+    """The steps the start measures its sets' recipes up to (the rows' learning rates, the default's and
+    the planner's choices): the power of two at or above a row's training steps."""
     steps = max(1, epochs * math.ceil(images / batch_size))
     return 1 << (steps - 1).bit_length()
 
@@ -209,11 +243,14 @@ def method_row(run_dir: Path, seed: int, start: dict, full_mb: float, measured_a
 
 
 def method_config(m: TransferMethod, common: dict, budgets: dict, plans: dict) -> TrainConfig:
-    """One row's fine-tune: the seed's common settings, the row's set, statistics and own fields."""
+    """One row's fine-tune: the seed's common settings, the row's set, statistics, rate and own fields.
+    Rows that choose their own (the default, the planner) are given no rate or statistics."""
+    chooses = m.sparsity == "auto" or m.fraction is not None
     return TrainConfig(**{**common, "evaluate_start": False, **m.config}, strategy=m.strategy, sparsity=m.sparsity,
                        method=dict(m.method), bn_stats=m.bn_stats,
                        memory_budget_mb=budgets.get(m.name, budgets.get(m.trained_set)),
-                       memory_plan=plans.get(m.name, plans.get(m.trained_set)))
+                       memory_plan=plans.get(m.name, plans.get(m.trained_set)),
+                       explicit=[] if chooses else ["lr", "bn_stats", "sparsity"])
 
 
 def last_k_blocks(checkpoint: Path, k: int) -> list[str]:
@@ -247,6 +284,7 @@ def run_bench(s: TransferSettings, log=print, after_run=None, stop: BenchStop | 
     if any(m.trained_set == "sparse" for m in s.methods):
         plans["sparse"], budgets["sparse"], sparse = sparse_plan(mm, s.checkpoint, s.batch_size)
     runnable = [m for m in s.methods if m.name not in fits or fits[m.name].fits]
+    row_recipes(runnable, s.checkpoint, s.epochs * math.ceil((s.data.subset or 0) / s.batch_size), s.batch_size, s.lr)
     results: dict = {START: [], **{m.name: [] for m in runnable}}
     refused: dict = {}
     t0 = time.perf_counter()

@@ -11,7 +11,7 @@ from edge_sel.bench.memory import measured_peak_words
 from edge_sel.bench.outputs import write_bench_files
 from edge_sel.bench.published import TRANSFER_PUBLISHED
 from edge_sel.bench.stopping import stopped_lines
-from edge_sel.bench.transfer import CONDITIONS, REFERENCE, START, named_pairs
+from edge_sel.bench.transfer import CONDITIONS, FULL_FT, START, named_pairs
 from edge_sel.bench.transfer_front import front_lines, front_points
 
 
@@ -28,6 +28,15 @@ def _diff(d: dict | None) -> str:
         return "-"
     return f"{d['diff_pts']:+.2f} " + (f"[{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]" if d["n"] > 1
                                        else "(1 seed: no interval)")
+
+
+def _all_in(r: dict) -> str:
+    """A row's mean all-in joules and, paired with the best row's, its ratio with a 95% interval."""
+    d = r.get("vs_best") or {}
+    if d.get("joules_ratio") is None:
+        return joules(r.get("energy_all_j"))
+    interval = "" if d["joules_ci_low"] != d["joules_ci_low"] else f" [{d['joules_ci_low']:.2f}, {d['joules_ci_high']:.2f}]"
+    return f"{joules(r.get('energy_all_j'))} ({d['joules_ratio']:.2f}x{interval})"
 
 
 def _budget(r: dict) -> str:
@@ -53,15 +62,28 @@ def statistics_of(method: dict, rows: list[dict]) -> str | None:
     return ran_statistics(rows) or "per the plan"
 
 
+def references(bench: dict) -> tuple[str | None, str | None]:
+    """The better of the two full fine-tuning rows (statistics re-estimated, frozen) and the best row,
+    by mean device test accuracy over the seeds (the start aside)."""
+    results = bench["results"]
+    means = {name: mean_of(rs, "test_acc") for name, rs in results.items() if rs and name != START}
+    means = {k: v for k, v in means.items() if v is not None}
+    full = [n for n in FULL_FT if n in means]
+    return (max(full, key=means.get) if full else None), (max(means, key=means.get) if means else None)
+
+
 def rows_of(bench: dict) -> list[dict]:
-    """One row per method (the start first): means over seeds and the paired difference against full FT."""
+    """One row per method (the start first): means over seeds, and the paired differences (accuracy
+    and all-in joules) against the better full fine-tuning row and against the best row."""
     results, out = bench["results"], []
+    full, best = references(bench)
+    bench["reference"], bench["best"] = full, best
     for m in [{"name": START, "note": "the checkpoint, evaluated once per seed"}, *bench["methods"]]:
         name = m["name"]
         fit = bench["fits"].get(name, {"fits": True})
         rs, refused = results.get(name, []), (bench.get("refused") or {}).get(name, [])
         fit = refused_fit(fit, rs, refused)     # its runs refused the budget the bench's count said fits
-        row = {"method": name, "bn_stats": statistics_of(m, rs), "note": m.get("note", ""), "fits": fit["fits"], "needs_mb": fit.get("needs_mb"),
+        row = {"method": name, "bn_stats": statistics_of(m, rs), "recipe": m.get("recipe", ""), "note": m.get("note", ""), "fits": fit["fits"], "needs_mb": fit.get("needs_mb"),
                "budget_mb": bench["budgets_mb"].get(name), "seeds": len(rs), "refused_seeds": [r["seed"] for r in refused]}
         if rs:
             row.update({"test_acc": mean_of(rs, "test_acc"), "clean_test_acc": mean_of(rs, "clean_test_acc"),
@@ -70,7 +92,10 @@ def rows_of(bench: dict) -> list[dict]:
                                                default=None),
                         "measured_peak_mb": mean_of(rs, "measured_peak_mb"), "flops_train": mean_of(rs, "flops_train"),
                         "energy_j": mean_of(rs, "energy_j"), "train_wall_s": mean_of(rs, "train_wall_s"),
-                        "vs_full": paired(results, name, REFERENCE) if name not in (REFERENCE, START) else None,
+                        "energy_all_j": mean_of(rs, "energy_all_j"), "lr": mean_of(rs, "lr"),
+                        "chose": sorted({r["chose"] for r in rs if r.get("chose")}),
+                        "vs_full": paired(results, name, full) if full and name not in (full, START) else None,
+                        "vs_best": paired(results, name, best) if best and name not in (best, START) else None,
                         "micro_batch": rs[0].get("micro_batch"), "trained_tensors": rs[0].get("trained_tensors")})
         out.append(row)
     return out
@@ -86,25 +111,31 @@ def table(bench: dict) -> str:
     lines = [f"{bench['model']} at {'x'.join(map(str, bench['input_shape']))}, condition {bench['condition']}"
              + (f" (`--shift {CONDITIONS[bench['condition']]}`)" if CONDITIONS[bench["condition"]] else "")
              + f"; full fine-tuning's counted peak {bench['full_ft_counted_mb']:.1f} MiB (batch {bench['batch_size']})",
-             "", "| method | BN statistics | device test % | − full FT (points, 95% CI) | clean test % | forgetting (points) | "
-             "budget MiB (plan) | counted peak MiB | measured peak MiB | train GFLOP | joules | train s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "", f"Every row at its own recipe (its column). Reference of the paired differences: {bench['reference']} (the "
+             f"better full fine-tuning row); best row: {bench['best']}. Joules all in: training, evaluation and planning.",
+             "", "| method | BN statistics | recipe | device test % | − full FT* (points, 95% CI) | − best (points, 95% CI) | "
+             "joules all in (x best, 95% CI) | clean test % | forgetting (points) | budget MiB (plan) | counted peak MiB | "
+             "measured peak MiB | train GFLOP | training joules | train s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in bench["rows"]:
         if not r["fits"]:
             said = ": the run refused its budget" if r["refused_seeds"] else ""
-            lines.append(f"| {r['method']} | {r['bn_stats']} | does not fit {_num(r['budget_mb'])} MiB (needs "
-                         f"{_num(r['needs_mb'])} MiB){said} | - | - | - | - | - | - | - | - | - |")
+            lines.append(f"| {r['method']} | {r['bn_stats']} | {r['recipe']} | does not fit {_num(r['budget_mb'])} MiB (needs "
+                         f"{_num(r['needs_mb'])} MiB){said} | - | - | - | - | - | - | - | - | - | - | - |")
             continue
         if "test_acc" not in r:
             continue
         if r["method"] == START:
-            lines.append(f"| {START} | - | {_pts(r['test_acc'])} | - | {_pts(r['clean_test_acc'])} | reference | - | - | "
-                         "- | - | - | - |")
+            lines.append(f"| {START} | - | - | {_pts(r['test_acc'])} | - | - | - | {_pts(r['clean_test_acc'])} | reference | "
+                         "- | - | - | - | - | - |")
             continue
-        diff = "reference" if r["method"] == REFERENCE else _diff(r["vs_full"])
+        diff = "reference" if r["method"] == bench["reference"] else _diff(r["vs_full"])
+        to_best = "best" if r["method"] == bench["best"] else _diff(r["vs_best"])
+        recipe = r["recipe"] + (f": chose {', '.join(r['chose'])}, lr {r['lr']:.3g}" if r["chose"] else "")
         refused = f"; {len(r['refused_seeds'])} refused its budget" if r["refused_seeds"] else ""
         fewer = f" ({r['seeds']} of {len(bench['seeds'])} seeds{refused})" if r["seeds"] < len(bench["seeds"]) else ""
-        lines.append(f"| {r['method']}{fewer} | {r['bn_stats']} | {_pts(r['test_acc'])} | {diff} | {_pts(r['clean_test_acc'])} | "
+        lines.append(f"| {r['method']}{fewer} | {r['bn_stats']} | {recipe} | {_pts(r['test_acc'])} | {diff} | {to_best} | "
+                     f"{_all_in(r)} | {_pts(r['clean_test_acc'])} | "
                      f"{_num(r['forgetting_pts'], '+.2f')} | {_budget(r)} | {_num(r['counted_peak_mb'])} | "
                      f"{_num(r['measured_peak_mb'])} | {_num((r['flops_train'] or 0) / 1e9)} | "
                      f"{joules(r['energy_j'])} | {_num(r['train_wall_s'])} |")
