@@ -25,20 +25,37 @@ def energy_label(method: str | None) -> str:
     return "partly estimated" if "estimated" in parts else "measured"
 
 
+def planning_of(record: dict) -> tuple[float, float | None, int]:
+    """What the record's epoch spent choosing before its first step (a memory plan, a default choice:
+    their seconds, joules and counted trial FLOPs), which its wall_s, energy_j and flops_train hold."""
+    seconds = (record.get("memory_plan_wall_s") or 0.0) + (record.get("choice_wall_s") or 0.0)
+    parts = [record.get(k) for k in ("memory_plan_energy_j", "choice_energy_j") if record.get(k) is not None]
+    return seconds, (sum(parts) if parts else None), record.get("memory_plan_trial_flops") or 0
+
+
 def epoch_table(records: list[dict]) -> str:
-    head = ["epoch", "stage", "active", "loss", "train", "val", "test", "GFLOP", "wall s", "energy J", "source"]
+    """Per epoch: training's figures, its evaluation's joules apart; planning (a memory plan, a default
+    choice) on a row of its own, taken out of the first epoch's."""
+    head = ["epoch", "stage", "active", "loss", "train", "val", "test", "GFLOP", "wall s", "train J", "eval J",
+            "source"]
     rows = []
     for r in records:
+        source = f"{r.get('energy_source')}/{r.get('energy_method')}" if r.get("energy_source") else "-"
         if r.get("phase") == "baseline":       # the starting checkpoint, evaluated before any step
             rows.append(["start", "-", "-", "-", "-", _fmt(r.get("val_acc")), _fmt(r.get("test_acc")),
-                         "0.0", "-", "-", "-"])
+                         "0.0", "-", "-", _fmt(r.get("eval_energy_j"), ".1f"), source])
             continue
-        gflop = (r.get("flops_train") or 0) / 1e9
+        plan_s, plan_j, plan_flops = planning_of(r)
+        if plan_s:
+            rows.append(["plan", "-", "-", "-", "-", "-", "-", f"{plan_flops / 1e9:.1f}", f"{plan_s:.1f}",
+                         _fmt(plan_j, ".1f"), "-", source])
+        gflop = ((r.get("flops_train") or 0) - plan_flops) / 1e9
+        wall = None if r.get("wall_s") is None else r["wall_s"] - plan_s
+        energy = None if r.get("energy_j") is None else r["energy_j"] - (plan_j or 0.0)
         rows.append([str(r.get("epoch")), _fmt(r.get("stage"), ""), _fmt(r.get("activation"), ".2f"),
                      _fmt(r.get("train_loss")), _fmt(r.get("train_acc")), _fmt(r.get("val_acc")),
-                     _fmt(r.get("test_acc")), f"{gflop:.1f}", _fmt(r.get("wall_s"), ".1f"),
-                     _fmt(r.get("energy_j"), ".1f"),
-                     f"{r.get('energy_source')}/{r.get('energy_method')}" if r.get("energy_source") else "-"])
+                     _fmt(r.get("test_acc")), f"{gflop:.1f}", _fmt(wall, ".1f"), _fmt(energy, ".1f"),
+                     _fmt(r.get("eval_energy_j"), ".1f"), source])
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
     line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
