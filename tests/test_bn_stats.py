@@ -81,6 +81,12 @@ def test_a_contradiction_is_refused_in_one_line(tiny_warm, tmp_path, capsys):
                           "train", "--out", tmp_path / "run"], capsys)
     assert code == 2 and "--bn-stats frozen with --bn-mode train" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+    # A momentum for statistics that never move was accepted and dropped.
+    for frozen in (["--bn-stats", "frozen"], ["--bn-mode", "eval"]):
+        code, err = run_main(["finetune", "--checkpoint", tiny_warm, *ONE_STEP, *frozen, "--bn-momentum", "0.5",
+                              "--out", tmp_path / "run"], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+        assert f"--bn-momentum 0.5 with {' '.join(frozen)}: frozen statistics never move" in err
 
 
 def test_apply_sets_a_model_for_a_training_step():

@@ -56,7 +56,7 @@ def pretrain(model_name, data: DataOptions, cfg: TrainConfig, out: Path, overwri
     if cfg.bn_stats == bn_stats.PER_CONDITION or cfg.bn_conditions:
         raise InputError("--bn-stats per-condition: a fine-tune's choice (its conditions are the device's); "
                          "pretrain with frozen or reestimate")
-    bn_stats.resolve(cfg)
+    refuse_momentum_of_frozen(bn_stats.resolve(cfg), cfg)
     check_memory_options(cfg.anchors_per_class, cfg.fisher_samples)
     world = detect_world()
     if world.distributed and cfg.head_epochs:
@@ -102,6 +102,13 @@ def pretrain(model_name, data: DataOptions, cfg: TrainConfig, out: Path, overwri
               **({"pretrained": pretrained} if pretrained else {}),
               **({"input_norm": input_norm} if input_norm else {}), "recipe": recipe}
     return train_model("pretrain", model, card, splits, cfg, out, quiet, energy, source, meter)
+
+
+def refuse_momentum_of_frozen(mode: str, cfg: TrainConfig) -> None:
+    """--bn-momentum with statistics that never move was accepted and dropped: refused in one line."""
+    if mode == bn_stats.FROZEN and cfg.bn_momentum is not None:
+        said = "--bn-mode eval" if cfg.bn_stats is None else "--bn-stats frozen"
+        raise InputError(f"--bn-momentum {cfg.bn_momentum:g} with {said}: frozen statistics never move; give one of them")
 
 
 def new_model(spec: ModelSpec, splits: Splits, data: DataOptions, seed: int, init_weights: Path | None = None,
@@ -163,7 +170,7 @@ def prepare_finetune_config(cfg: TrainConfig, quiet: bool = False) -> TrainConfi
     if cfg.backend == "ort" and cfg.artifacts and cfg.explicit is not None:
         take_artifact_optimizer(cfg, quiet)
     cfg.validate()
-    bn_stats.resolve(cfg)
+    refuse_momentum_of_frozen(bn_stats.resolve(cfg), cfg)
     given = cfg.method if cfg.explicit is None else {k: v for k, v in cfg.method.items() if k in cfg.explicit}
     check_options_used(cfg.strategy, cfg.method.get("gate"), cfg.sparsity, given)
     check_lever_options(cfg)
