@@ -62,7 +62,8 @@ def add_costs(record: dict, progress: EpochProgress, scoring: dict, bn_adapt: di
     if energy.get("energy_j") is not None:
         energy["energy_j"] += rolled_back["j"]
     n_trained = progress.n_trained
-    record.update({"wall_s": wall, "samples_per_s": n_trained / wall if wall > 0 else None, "lr_end": lr_end})
+    stepping = wall - progress.plan_s       # a rate of training: planning before the first step is not in it
+    record.update({"wall_s": wall, "samples_per_s": n_trained / stepping if stepping > 0 else None, "lr_end": lr_end})
     record.update(energy)
 
 

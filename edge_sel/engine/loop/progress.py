@@ -51,6 +51,7 @@ class EpochProgress:
     replay_samples: int = 0      # anchor rows trained beside the local ones (--replay)
     flops_penalty: int = 0       # the objective's penalties, counted per weight entry (--ewc)
     flops_plan: int = 0          # the planner's trials before the first step (--sparsity budget), counted
+    plan_s: float = 0.0          # of wall_s, the seconds planning took before the first step
     # Each trainable set the steps had (one 0/1 per parameter tensor) -> its largest step's rows.
     memory_steps: dict = field(default_factory=dict)
 
@@ -59,7 +60,9 @@ class EpochProgress:
         joules and their trials' counted FLOPs: part of the first epoch's cost."""
         for cost in costs:
             cost = cost or {}
-            self.wall_s += (cost.get("memory_plan_wall_s") or 0.0) + (cost.get("choice_wall_s") or 0.0)
+            planned = (cost.get("memory_plan_wall_s") or 0.0) + (cost.get("choice_wall_s") or 0.0)
+            self.wall_s += planned
+            self.plan_s += planned
             self.energy_j += (cost.get("memory_plan_energy_j") or 0.0) + (cost.get("choice_energy_j") or 0.0)
             self.flops_plan += (cost.get("memory_plan_trial_flops") or 0) + (cost.get("choice_flops") or 0)
 
@@ -74,7 +77,7 @@ class EpochProgress:
                 **{k: getattr(self, k) for k in ("next_batch", "n_trained", "loss_sum", "correct", "flops_f",
                                                  "flops_b", "throttled", "wall_s", "energy_j", "last_loss",
                                                  "singles_dropped", "thermal_capped", "steps", "replay_samples",
-                                                 "flops_penalty", "flops_plan", "memory_steps")}}
+                                                 "flops_penalty", "flops_plan", "plan_s", "memory_steps")}}
 
     @classmethod
     def from_state(cls, d: dict, temperature: float, device) -> "EpochProgress":
@@ -89,5 +92,5 @@ class EpochProgress:
         return cls(d["epoch"], plan, [None if b is None else b.to(device) for b in d["before"]], emb, **rest, carry=carry,
                    singles_dropped=d.get("singles_dropped", 0), thermal_capped=d.get("thermal_capped", 0),
                    steps=d.get("steps", 0), replay_samples=d.get("replay_samples", 0),
-                   flops_penalty=d.get("flops_penalty", 0), flops_plan=d.get("flops_plan", 0),
+                   flops_penalty=d.get("flops_penalty", 0), flops_plan=d.get("flops_plan", 0), plan_s=d.get("plan_s", 0.0),
                    memory_steps=dict(d.get("memory_steps", {})))
