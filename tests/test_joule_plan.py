@@ -511,8 +511,10 @@ def test_the_checkpoints_set_gains_choose_where_no_trial_pays_back(tiny_warm, tm
     by_name = {c["name"]: c for c in gains["candidates"]}
     assert by_name["bn+classifier"]["trial"]["held_out_acc"] == 15 / 16
     assert by_name["lite-residual+bias"]["out"] == "the server measured no gain for it"
-    # Only what can win is timed: the sets outside the band of the most gaining (no limit on joules or time).
+    # Only what can win is timed: the sets outside the band of the most gaining (no limit on joules or time);
+    # one set alone in it wins whatever its joules, so nothing is timed, evaluation included.
     assert by_name["classifier"]["out"].startswith("not timed") and by_name["classifier"]["estimated_j"] is None
-    assert gains["cost_probe"]["others"]["timed"] + gains["cost_probe"]["others"]["cached"] == 1
+    assert gains["cost_probe"]["others"]["timed"] + gains["cost_probe"]["others"]["cached"] == 0
+    assert "eval_s_per_image" not in gains["cost_probe"]["others"]
     assert gains["trial"]["others"] == {} and gains["set_gains"]["held_out"] == held
     assert "set_gains" not in json.loads((tmp_path / "with" / "model.json").read_text())

@@ -126,8 +126,9 @@ def compare(trainer, mode: str | None, lr: float | None) -> dict:
                 c.count = trainer.memory_counter.count(c.shape, c.trainable)
         for c in joule_plan.outside_band(candidates):
             c.out = "not timed: its expected gain is outside the band of the most expected gain"
-        joule_plan.measure_costs([c for c in candidates if not c.out], model, x, y, losses, trainer.device, steps,
-                                 trainer.meter)
+        can_win = [c for c in candidates if not c.out]
+        if len(can_win) > 1 or trainer.budget_j is not None or cfg.time_budget_s is not None:  # else joules decide nothing
+            joule_plan.measure_costs(can_win, model, x, y, losses, trainer.device, steps, trainer.meter)
     winner, reason = joule_plan.choose(candidates, trainer.budget_j, cfg.time_budget_s)
     runner = max((c for c in candidates if c is not winner and c.count is not None and not c.out),
                  key=lambda c: (c.gain, -(c.joules or c.seconds or 0)), default=None)

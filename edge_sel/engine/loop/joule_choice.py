@@ -107,14 +107,19 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
     for c in [] if server is None or limited else joule_plan.outside_band(candidates):
         c.out = "not timed: its expected gain is outside the band of the most expected gain"
     timed = [c for c in candidates if c is not lite and not c.out]
-    # Evaluation is timed at the most rows the budget lets it hold (apply_plan cuts its batch to that or less).
+    # Where the server's gains leave one candidate that can win and no limit is set, its joules change
+    # nothing: nothing is timed. Evaluation is timed only for a limit (what the run spends besides
+    # training counts against it), at the most rows the budget lets it hold (apply_plan cuts its batch).
+    if server and not limited and len(timed) + (not lite.out) < 2:
+        timed = []
     eval_rows = forward_batch_that_fits(counter, trainer.eval_batch_size, cfg.memory_budget_mb, 0, spent_mb=spent)
     cost = joule_plan.measure_costs(timed, model, x, y, losses, trainer.device, steps, trainer.meter,
-                                    evaluation=(trainer.precision.eval, trainer.eval_autocast, eval_rows))
+                                    evaluation=(trainer.precision.eval, trainer.eval_autocast, eval_rows)
+                                    if limited or not server else None)
     add_residuals(model, counter.input_shape)       # the branches: timed and tried while on the model
     try:
-        probe = joule_plan.measure_costs([] if lite.out else [lite], model, x, y, losses, trainer.device, steps,
-                                         trainer.meter)
+        probe = joule_plan.measure_costs([] if lite.out or not (timed or limited or not server) else [lite], model,
+                                         x, y, losses, trainer.device, steps, trainer.meter)
         if measuring.in_child():        # every count and step cost is kept: the trials are the run's
             raise measuring.MeasuredOnly(trainer)
         if lite.step_s is not None and lite.joules is None and cost["watts"]:
