@@ -28,7 +28,7 @@ def build_energy(kw: dict) -> EnergyOptions:
 PRESET_FIELDS = ("optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_epochs", "label_smoothing",
                  "batch_size")
 # What a fine-tune's recipe (--preset adapt) also chooses: typed, the user's choice wins over it.
-RECIPE_FIELDS = ("strategy", "sparsity", "bn_adapt", "val_subset")
+RECIPE_FIELDS = ("strategy", "sparsity", "bn_adapt", "val_subset", "keep")
 
 
 def explicit_names(command: str) -> list[str]:

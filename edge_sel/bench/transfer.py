@@ -246,6 +246,8 @@ def method_config(m: TransferMethod, common: dict, budgets: dict, plans: dict) -
     """One row's fine-tune: the seed's common settings, the row's set, statistics, rate and own fields.
     Rows that choose their own (the default, the planner) are given no rate or statistics."""
     chooses = m.sparsity == "auto" or m.fraction is not None
+    if m.bn_stats == FROZEN:        # statistics that never move take no momentum
+        common = {**common, "bn_momentum": None}
     return TrainConfig(**{**common, "evaluate_start": False, **m.config}, strategy=m.strategy, sparsity=m.sparsity,
                        method=dict(m.method), bn_stats=m.bn_stats,
                        memory_budget_mb=budgets.get(m.name, budgets.get(m.trained_set)),

@@ -107,7 +107,7 @@ def _run_fixed(s, state, mm, sets, m, f: str, budget: float, rows: list, stop: B
         data.__dict__.pop("_source", None)
         cfg = TrainConfig(epochs=s.epochs, lr=m.config.get("lr", s.lr), seed=seed, device=s.device, batch_size=s.batch_size,
                           val_subset=s.val_subset, keep="last", checkpoint_every=0, eval_batch_size=s.batch_size,
-                          bn_momentum=s.bn_momentum, strategy=m.strategy, sparsity=m.sparsity,
+                          bn_momentum=None if m.bn_stats == "frozen" else s.bn_momentum, strategy=m.strategy, sparsity=m.sparsity,
                           bn_stats=m.bn_stats, method=dict(m.method), evaluate_start=False, memory_budget_mb=budget,
                           memory_plan=plan, explicit=["lr", "bn_stats", "sparsity"], **SAME_NUMERICS)
         run_dir = s.out / "runs" / f"best-fixed-{f.replace('/', '-')}-{m.name.replace('+', '-')}" / f"seed{seed}"

@@ -27,9 +27,10 @@ import math
 import sys
 import time
 from dataclasses import replace
+from functools import partial
 
 from edge_sel.core import bn_stats
-from edge_sel.core.memory import StepShape
+from edge_sel.core.memory import MemoryCount, StepShape
 from edge_sel.engine.loop.joule_choice import probe_batch
 from edge_sel.engine.loop.plan_sets import LAST_K, candidate_statistics, distinct, fixed_sets
 from edge_sel.engine.loop.set_gains import expected_gains
@@ -37,11 +38,15 @@ from edge_sel.engine.loop.trial_gain import (TRIAL_STEPS, affordable, fewest_ste
                                              run_trials, trial_images)
 from edge_sel.engine.machine import joule_plan
 from edge_sel.engine.machine.joule_plan import Candidate
-from edge_sel.engine.loop.step_memory import memory_counter
+from edge_sel.backends.torch_backend import make_optimizer
+from edge_sel.core.flops import FlopCounter
+from edge_sel.engine.levers.levers import make_objective
 from edge_sel.methods import make_updater
 from edge_sel.methods.presets import typed
 
 AUTO = "auto"
+TIMING_ROWS = 16        # images a candidate's step is timed on
+FITS = MemoryCount(0, 0, 0, 0, 0, 0, 0, 0, 0)      # no budget: every candidate fits (nothing counted)
 # The updater each candidate set runs as (--sparsity NAME and its options).
 UPDATERS = {"classifier": ("classifier", {}), "bn+classifier": ("bn-affine", {}),
             "bias+bn+classifier": ("bias-norm", {}), f"last-{LAST_K}": ("last-k", {"last_k": LAST_K}),
@@ -81,11 +86,7 @@ def choose_default(trainer) -> dict | None:
     found["cost"] = {"choice_wall_s": round(time.perf_counter() - t0, 3), "choice_energy_j": energy,
                      "choice_flops": found.pop("flops", 0)}
     apply(cfg, found)
-    # The run's updater and counter, made again for what was chosen (the backend is made after this).
-    trainer.updater = make_updater(cfg.sparsity, cfg.method)
-    trainer.memory_counter, trainer.step_shape = memory_counter(cfg, trainer.model, trainer.train_ds.input_shape,
-                                                                trainer.device)
-    # The first record's measured cost (engine/loop/memory_records.py); the trials' counted FLOPs join the
+    trainer.updater = make_updater(cfg.sparsity, cfg.method)      # the run's, for what was chosen    # The first record's measured cost (engine/loop/memory_records.py); the trials' counted FLOPs join the
     # first epoch's memory_plan_trial_flops, which a resumed epoch keeps (engine/loop/progress.py).
     trainer.choice_cost = {k: v for k, v in found["cost"].items() if k != "choice_flops"}
     if not trainer.quiet:
@@ -100,35 +101,41 @@ def compare(trainer, mode: str | None, lr: float | None) -> dict:
     candidates = [candidate(trainer, name, names, mode) for name, names in sets]
     served = trainer.set_gains
     server = None if served is None else expected_gains(served, candidates, steps * cfg.batch_size, mode, lr)
-    losses = trainer.objective.losses
-    x, y = probe_batch(trainer.train_ds, trainer.mean, trainer.std, cfg.batch_size)
-    trial, flops = None, 0
+    # Made before the run's own (the layout and precision probes then time what was chosen).
+    losses = make_objective(cfg, model, trainer.memory).losses
+    flops = FlopCounter(model, trainer.train_ds.input_shape)
+    optimizer = partial(make_optimizer, cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    # Steps are timed on TIMING_ROWS images and scaled to the run's batch: only the candidates' ratio
+    # and the run's order of joules matter here (timed at the batch, planning was 3x the training of a
+    # one-epoch run of 500 images).
+    rows = min(cfg.batch_size, TIMING_ROWS)
+    x, y = probe_batch(trainer.train_ds, trainer.mean, trainer.std, rows)
+    scaled = steps * cfg.batch_size / rows
+    trial, trial_flops = None, 0
     if server is None:
         held_out = held_out_count(len(trainer.train_ds))
         if steps < fewest_steps_for_trials(min(TRIAL_STEPS, steps), cfg.batch_size, held_out):
             return fallback(cfg, mode, lr, f"{steps} steps are too few to pay back two trials")
         for c in candidates:
             c.lr = lr or TRIAL_LR
-        joule_plan.measure_costs(candidates, model, x, y, losses, trainer.device, steps, trainer.meter)
+        timed(candidates, model, x, y, losses, trainer, scaled, cfg.batch_size / rows)
         to_try, sizing = affordable(candidates, min(TRIAL_STEPS, steps), cfg.batch_size, held_out)
         if not to_try:
             return fallback(cfg, mode, lr, f"no trial pays back in this run ({sizing['words']})")
         images = trial_images(trainer.train_ds, trainer.mean, trainer.std, cfg.batch_size, TRIAL_STEPS, cfg.seed)
-        trial = run_trials(model, to_try, images, trainer.memory_counter.optimizer_factory, losses, cfg.batch_size,
-                           TRIAL_STEPS, trainer.flops)
-        flops = trial["trial_flops"]
+        trial = run_trials(model, to_try, images, optimizer, losses, cfg.batch_size, TRIAL_STEPS, flops)
+        trial_flops = trial["trial_flops"]
         for c in candidates:
             c.out = "" if c in to_try else "not tried: its trial would cost more than this run pays back"
     else:
         for c in candidates:        # in its best recipe's statistics mode, counted as such
             if c.trial and c.trial["bn_statistics"] != c.shape.bn_statistics:
                 c.shape = replace(c.shape, bn_statistics=c.trial["bn_statistics"])
-                c.count = trainer.memory_counter.count(c.shape, c.trainable)
         for c in joule_plan.outside_band(candidates):
             c.out = "not timed: its expected gain is outside the band of the most expected gain"
         can_win = [c for c in candidates if not c.out]
         if len(can_win) > 1 or trainer.budget_j is not None or cfg.time_budget_s is not None:  # else joules decide nothing
-            joule_plan.measure_costs(can_win, model, x, y, losses, trainer.device, steps, trainer.meter)
+            timed(can_win, model, x, y, losses, trainer, scaled, cfg.batch_size / rows)
     winner, reason = joule_plan.choose(candidates, trainer.budget_j, cfg.time_budget_s)
     runner = max((c for c in candidates if c is not winner and c.count is not None and not c.out),
                  key=lambda c: (c.gain, -(c.joules or c.seconds or 0)), default=None)
@@ -137,18 +144,30 @@ def compare(trainer, mode: str | None, lr: float | None) -> dict:
               f"a trial of {TRIAL_STEPS} steps on this device's images, held-out accuracy")
     return {"set": winner.name, "bn_statistics": winner.shape.bn_statistics, "lr": winner.lr, "source": source,
             "reason": reason, "runner_up": None if runner is None else runner.name, "steps": steps,
-            "candidates": [{**c.summary(max(d.gain for d in candidates)), "lr": c.lr} for c in candidates],
-            "trial": trial, "flops": flops, "line": line(winner, runner, source, reason)}
+            "candidates": [{**c.summary(max(d.gain for d in candidates)), "lr": c.lr, "counted_mb": None,
+                            "step_s": None if c.step_s is None else round(c.step_s, 4)} for c in candidates],
+            "trial": trial, "flops": trial_flops, "line": line(winner, runner, source, reason)}
 
 
 def candidate(trainer, name: str, names: set[str], mode: str | None) -> Candidate:
     """A set, in the user's statistics mode or the planner's rule for it (a shipped recipe may change
-    it), counted at the run's whole batch."""
+    it), in whole batches of TIMING_ROWS images (as it is timed). Without a memory budget nothing is
+    counted: every set fits."""
     c = Candidate(name, set(names), lr=trainer.config.lr)
     statistics = mode or candidate_statistics(trainer.model, "train", False, c.trainable)[0]
     c.shape = StepShape(trainer.config.batch_size, bn_statistics=statistics)
-    c.count = trainer.memory_counter.count(c.shape, c.trainable)
+    c.count = FITS
     return c
+
+
+def timed(candidates, model, x, y, losses, trainer, steps: float, per_step: float) -> None:
+    """Each candidate's step timed on the TIMING_ROWS images `x` (the device's cache, else timed): its
+    run's estimated seconds and joules over `steps` such steps, and its seconds a run's step."""
+    probes = [replace(c, shape=replace(c.shape, batch_size=len(y))) for c in candidates]
+    joule_plan.measure_costs(probes, model, x, y, losses, trainer.device, steps, trainer.meter)
+    for c, probe in zip(candidates, probes):
+        c.seconds, c.joules = probe.seconds, probe.joules
+        c.step_s = None if probe.step_s is None else probe.step_s * per_step
 
 
 def fallback(cfg, mode: str | None, lr: float | None, why: str) -> dict:

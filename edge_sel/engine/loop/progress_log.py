@@ -43,6 +43,13 @@ class ProgressLog:
         self.line(f"start: evaluating the starting checkpoint on {sets.final_images():,} images ("
                   + ", ".join(f"{n:,} {what}" for n, what in parts if n) + ")")
 
+    def unvalidated(self, sized: dict | None) -> None:
+        """A run whose validation was sized to nothing (engine/loop/val_size.py no_validation)."""
+        if sized is not None and not sized["validates"]:
+            self.line(f"validation: a fifth of this run's counted compute affords {sized['affordable']} images a pass, "
+                      f"fewer than the {min(sized['floor'], sized['of'])} a choice between epochs needs: the run keeps "
+                      f"its last epoch and validates none (--keep best or --val-subset N to validate)")
+
     def baseline(self, record: dict) -> None:
         self.line(f"start: the starting checkpoint: val {_f(record.get('val_acc'))}{self.anchors(record)} "
                    f"test {_f(record.get('test_acc'))} "

@@ -85,6 +85,7 @@ class Trainer:
                                                                 self.memory)
         self.test_ds = self.splits.test.to(self.device)
         self.clean_test_ds = None if self.splits.test_clean is None else self.splits.test_clean.to(self.device)
+        self.default_choice = choose_default(self)     # --sparsity auto: what trains, its statistics and rate
         self.layout = run_layout(cfg, self.model, self.train_ds, max(len(self.val_eval_ds), len(self.test_ds), 1),
                                  self.device, trains_key(self.updater, cfg))
         self.memory_format = self.layout.format
@@ -119,7 +120,6 @@ class Trainer:
         # What a step minimises, and anchors mixed into its batches (levers against forgetting).
         self.objective = make_objective(cfg, self.model, self.memory)
         self.replay = make_replay(cfg, self.memory, self.device, self.mean, self.std, self.memory_format)
-        self.default_choice = choose_default(self)     # --sparsity auto: what trains, its statistics and rate
         self.backend = make_backend(cfg, self.model, self.optimizer, self.updater, self.device, self.objective)
         self.loader = BatchLoader(self.train_ds, self.mean, self.std, cfg.batch_size, cfg.augment,
                                   self.generator, self.memory_format, augment_seed=cfg.seed)
@@ -147,6 +147,7 @@ class Trainer:
         self.choice.keys = moving_state(self)      # what --keep best copies: what training can move
         self.class_names = self.train_ds.class_names
         self.log = ProgressLog(self.quiet or (self.ranks is not None and not self.ranks.evaluates), cfg.epochs)
+        self.log.unvalidated(self.val_size_choice)
 
     def eval_autocast(self):
         return autocast(self.device, self.precision.eval)

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from edge_sel.config import DEVICE_VAL_SHARE, TrainConfig
 from edge_sel.core.flops import FlopCounter
 from edge_sel.engine.evaluation.evaluate import validation_subset
+from edge_sel.methods.presets import typed
 
 MIN_SAMPLES = 300
 
@@ -51,9 +54,13 @@ def device_val_size(cfg: TrainConfig, phase: str, train_size: int, val_size: int
     training = cfg.epochs * activation * train_size * per_sample_train + cfg.bn_adapt * per_image_eval
     passes = validation_passes(cfg, phase)
     # validation / (training + validation) <= share  <=>  validation <= share / (1 - share) * training
-    affordable = cfg.val_share / (1 - cfg.val_share) * training / (passes * per_image_eval) - guard_anchors
+    per_pass = cfg.val_share / (1 - cfg.val_share) * training / (passes * per_image_eval)
+    affordable = per_pass - guard_anchors
     size = min(val_size, max(MIN_SAMPLES, int(affordable)))
-    return {"val_subset": size, "of": val_size, "share_target": cfg.val_share, "validation_passes": passes,
+    # Whether a choice between epochs is affordable at all: the guard's anchors judge forgetting, a
+    # decision of their own, so they do not count against it.
+    return {"val_subset": size, "of": val_size, "affordable": max(0, int(per_pass)),
+            "validates": per_pass >= min(MIN_SAMPLES, val_size), "share_target": cfg.val_share, "validation_passes": passes,
             "guard_anchors_per_pass": guard_anchors, "expected_training_flops": int(training),
             "expected_validation_flops": int(passes * (size + guard_anchors) * per_image_eval),
             "floor": MIN_SAMPLES, "rule": "counted FLOPs of the planned training and validation passes"}
@@ -68,5 +75,18 @@ def validation_set(cfg: TrainConfig, phase: str, train_ds, val_ds, model, memory
     if cfg.val_subset == 0 and cfg.val_share:
         choice = device_val_size(cfg, phase, len(train_ds), len(val_ds), FlopCounter(model, train_ds.input_shape),
                                  0 if memory is None else len(memory.guard))
+        if not choice["validates"] and not typed(cfg, "keep"):
+            return no_validation(cfg, val_ds, memory, choice)
         cfg.val_subset = choice["val_subset"]
     return validation_subset(val_ds, cfg.val_subset), choice
+
+
+def no_validation(cfg: TrainConfig, val_ds, memory, choice: dict) -> tuple:
+    """A run that cannot afford the images a decision by validation needs (MIN_SAMPLES, or the whole
+    split where it holds fewer) decides nothing by it: it keeps its last epoch, validates on no image,
+    and evaluates its start only where a guard or a reset judges it. Lite0 at 96 px, one epoch of 500
+    images: 300 validation images twice cost 2.5 times the epoch's training joules."""
+    cfg.keep = "last"
+    cfg.evaluate_start = memory is not None or cfg.reset_forgetting is not None
+    choice.update(val_subset=0, rule=f"{choice['rule']}: fewer than the floor affordable, no validation")
+    return val_ds.subset(torch.zeros(0, dtype=torch.long, device=val_ds.images.device)), choice
