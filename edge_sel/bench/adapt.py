@@ -71,6 +71,12 @@ def adapt_methods(activations=ACTIVATIONS) -> list[AdaptMethod]:
     return out
 
 
+def fixed_sparsity(sparsity: str | None, strategy: str, method: dict) -> str | None:
+    """A row's updater: its own, the strategy's or the preset's where it names none, and every
+    parameter for a plain dense row (which a plain finetune would choose for itself: --sparsity auto)."""
+    return "none" if sparsity is None and strategy == "dense" and not method.get("preset") else sparsity
+
+
 def with_source_memory(methods: list, checkpoint: Path, log=print) -> list:
     """The rows the checkpoint can run: statistics per condition need its anchors (the source's
     condition is estimated on them); without them those rows are left out, said in one line."""
@@ -138,7 +144,8 @@ def run_adapt(checkpoint: Path, dataset: str, data_dir, subset: int, epochs: int
                                image_size=image_size, test_subset=test_subset)
             for m in methods:
                 cfg = TrainConfig(epochs=epochs if m.epochs is None else m.epochs, lr=lr, seed=seed, device=device,
-                                  strategy=m.strategy, sparsity=m.sparsity, method=dict(m.method),
+                                  strategy=m.strategy, sparsity=fixed_sparsity(m.sparsity, m.strategy, m.method),
+                                  method=dict(m.method),
                                   bn_adapt=m.bn_adapt, keep="last", checkpoint_every=0, bn_stats=m.bn_stats)
                 run_dir = out / "runs" / scenario / m.name.replace("@", "-at-").replace(" ", "-") / f"seed{seed}"
                 if not stop.ran(lambda: finetune(checkpoint, data, cfg, run_dir, overwrite=True, quiet=True),

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from edge_sel.bench.adapt import fixed_sparsity
 from edge_sel.bench.stopping import BenchStop
 from edge_sel.config import TrainConfig
 from edge_sel.core.flops import FlopCounter
@@ -96,7 +97,8 @@ class LifeMethod:
     def config(self, epochs: int, lr: float, seed: int, device: str, val_subset: int = 0) -> TrainConfig:
         levers = {k: int(v) if k in WHOLE else v for k, v in self.levers.items()}
         return TrainConfig(epochs=epochs if self.epochs is None else self.epochs, lr=lr, seed=seed, device=device,
-                           strategy=self.strategy, sparsity=self.sparsity, method=dict(self.method),
+                           strategy=self.strategy, sparsity=fixed_sparsity(self.sparsity, self.strategy, self.method),
+                           method=dict(self.method),
                            bn_adapt=self.bn_adapt, checkpoint_every=0, val_subset=val_subset, **levers)
 
 
