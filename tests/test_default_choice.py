@@ -98,3 +98,30 @@ def test_a_warmup_without_recipes_chooses_by_a_counted_trial_or_says_why_it_did_
     assert config["lr"] == 0.01         # the trials' rate, where the run gives none
     first = records(tmp_path / "long")[0]
     assert first["memory_plan_trial_flops"] == choice["trial"]["trial_flops"] > 0
+
+
+def test_the_servers_trials_decay_their_rate_as_a_run_does():
+    """A recipe's trial steps at the rate a run of as many steps would (a cosine decay), so that a set
+    that gains from the decay (full fine-tuning with frozen statistics) is not measured behind."""
+    import math
+
+    import torch
+
+    from edge_sel.core.flops import FlopCounter
+    from edge_sel.core.memory import StepShape
+    from edge_sel.engine.loop.trial_gain import run_trials
+    from edge_sel.engine.machine.joule_plan import Candidate
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    seen = []
+
+    def optimizer(params, lr=0.1):
+        opt = torch.optim.SGD(params, lr=lr)
+        real = opt.step
+        opt.step = lambda: seen.append(opt.param_groups[0]["lr"]) or real()
+        return opt
+    c = Candidate("all", {n for n, _ in model.named_parameters()}, lr=0.02)
+    c.shape = StepShape(2)
+    x, y = torch.randn(8, 1, 2, 2), torch.randint(0, 2, (8,))
+    losses = lambda out, t: torch.nn.functional.cross_entropy(out, t, reduction="none")
+    run_trials(model, [c], (x, y, x[:4], y[:4]), optimizer, losses, 2, 4, FlopCounter(model, [1, 2, 2]), (), "cosine")
+    assert seen == pytest.approx([0.02 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)])

@@ -23,6 +23,7 @@ from edge_sel.backends.torch_backend import freeze_batchnorm_stats
 from edge_sel.core.micro_batches import bounds
 from edge_sel.core.lean_saves import set_saves
 from edge_sel.data.augment import normalize
+from edge_sel.engine.loop.schedule import lr_factor
 from edge_sel.engine.machine.device import random_streams_kept
 
 TRIAL_STEPS = 8          # steps each candidate trains for its trial
@@ -52,12 +53,13 @@ def normalised(ds, mean, std, positions: torch.Tensor):
 
 
 def run_trials(model, candidates, images, optimizer_factory, losses, rows: int, steps: int, flops,
-               marks: tuple[int, ...] = ()) -> dict:
+               marks: tuple[int, ...] = (), schedule: str = "constant") -> dict:
     """Each candidate's trial (its `gain` set to the held-out accuracy, `trial` to the figures and the
     counted FLOPs of its steps and evaluation); the model's weights, statistics and flags as they were
     after. `flops`: the run's FlopCounter for `model`. `marks`: steps before `steps` at which the
     held-out images are scored too (the trial's `marks` entry, with each mark's right or wrong per
-    image). Returns what the trials cost."""
+    image). `schedule`: each step's learning rate over the trial's steps, as a run's (engine/loop/schedule.py).
+    Returns what the trials cost."""
     x, y, xh, yh = images
     params = dict(model.named_parameters())
     flags = {n: p.requires_grad for n, p in params.items()}
@@ -69,7 +71,7 @@ def run_trials(model, candidates, images, optimizer_factory, losses, rows: int, 
             for c in candidates:
                 with random_streams_kept(x.device):     # every candidate draws the same dropout masks
                     scores, images_trained, train_flops, eval_flops = trained_and_scored(
-                        model, c, state, images, optimizer_factory, losses, rows, steps, flops, scored_at)
+                        model, c, state, images, optimizer_factory, losses, rows, steps, flops, scored_at, schedule)
                 trained += images_trained
                 c.correct, loss = scores[-1][1], scores[-1][2]      # per image: the choice compares trials paired
                 right = int(c.correct.sum())
@@ -93,7 +95,7 @@ def run_trials(model, candidates, images, optimizer_factory, losses, rows: int, 
 
 
 def trained_and_scored(model, c, state, images, optimizer_factory, losses, rows: int, steps: int, flops,
-                       scored_at) -> tuple[list, int, int, int]:
+                       scored_at, schedule: str = "constant") -> tuple[list, int, int, int]:
     """`c`'s trial from `state`: its steps, scored on the held-out images at each of `scored_at`.
     Returns the scores (steps, right or wrong per image, summed loss), the images trained and the
     counted FLOPs of the steps and of the scoring."""
@@ -107,7 +109,10 @@ def trained_and_scored(model, c, state, images, optimizer_factory, losses, rows:
                                   **({} if getattr(c, "lr", None) is None else {"lr": c.lr}))
     train_flops, eval_flops, scores, trained = 0, 0, [], 0
     set_saves(model, c.shape.recompute, c.shape.lean)
+    base = [group["lr"] for group in optimizer.param_groups]
     for k in range(steps):
+        for group, lr in zip(optimizer.param_groups, base):
+            group["lr"] = lr * lr_factor(schedule, k / steps)
         model.train()
         if c.shape.bn_statistics == "frozen":
             freeze_batchnorm_stats(model)
