@@ -74,3 +74,26 @@ def test_a_model_whose_code_cannot_be_read_is_always_counted(tmp_path, monkeypat
     assert first.count(SHAPE).peak == again.count(SHAPE).peak > 0
     assert (first.counts_made, again.counts_made, again.counts_read) == (1, 1, 0)
     assert not (tmp_path / "counts.json").exists()
+
+
+def test_models_that_differ_only_in_a_modules_settings_never_read_each_others_counts(tmp_path):
+    """Stride, dilation, padding and pooling change a step's bytes but no tensor's shape: a model with
+    stride 4 counted first lent its count to the same model with stride 1 (10.5 MiB read for 49.5). Each
+    now reads only its own, and the step-cost cache's model key tells them apart too."""
+    from torch import nn
+
+    from edge_sel.engine.machine.probe_cache import model_key
+
+    def model(stride=1, dilation=1, padding=1, pool=2):
+        return nn.Sequential(nn.Conv2d(3, 8, 3, stride=stride, padding=padding, dilation=dilation), nn.BatchNorm2d(8),
+                             nn.ReLU(), nn.MaxPool2d(pool), nn.Conv2d(8, 8, 3, padding=1), nn.AdaptiveAvgPool2d(1),
+                             nn.Flatten(), nn.Linear(8, 10))
+    variants = [model(), model(stride=4), model(dilation=2, padding=2), model(padding=0), model(pool=4)]
+    for i, m in enumerate(variants):
+        kept = counter(tmp_path, m, size=32).count(SHAPE)
+        fresh = MemoryCounter(m, [3, 32, 32], partial(make_optimizer, "sgd", lr=0.01, momentum=0.9, weight_decay=0.0),
+                              kernels="cpu", step=run_step_factory(TrainConfig(), m)).count(SHAPE)
+        assert kept == fresh, i
+    peaks = [counter(tmp_path, m, size=32).count(SHAPE).peak for m in variants]
+    assert len(set(peaks)) >= 4         # what reading another's count would have got wrong
+    assert len({model_key(m) for m in variants}) == len(variants)

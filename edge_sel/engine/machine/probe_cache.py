@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from edge_sel.core.checkpoint import atomic_write_bytes
+from edge_sel.core.count_keys import settings
 from edge_sel.errors import parse_json
 from edge_sel.data.folder import cache_dir
 from edge_sel.threads import other_load, stated_load
@@ -65,10 +66,11 @@ def machine_key(device: torch.device) -> str:
 
 
 def model_key(model: nn.Module, trains: str = "dense") -> str:
-    """The model's structure and what trains, as a short digest: module types in order, every
-    parameter's name, shape and whether it takes gradients, and the update method."""
+    """The model's structure and what trains, as a short digest: module types and their settings
+    (core/count_keys.py) in order, every parameter's name, shape and whether it takes gradients, and
+    the update method."""
     parts = [trains]
-    parts += [f"{name}:{type(m).__name__}" for name, m in model.named_modules()]
+    parts += [f"{name}:{type(m).__name__}:{settings(m)}" for name, m in model.named_modules()]
     parts += [f"{name}:{tuple(p.shape)}:{p.requires_grad}" for name, p in model.named_parameters()]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
