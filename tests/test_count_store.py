@@ -97,3 +97,49 @@ def test_models_that_differ_only_in_a_modules_settings_never_read_each_others_co
     peaks = [counter(tmp_path, m, size=32).count(SHAPE).peak for m in variants]
     assert len(set(peaks)) >= 4         # what reading another's count would have got wrong
     assert len({model_key(m) for m in variants}) == len(variants)
+
+
+def test_the_caches_files_are_read_safely_and_only_sound_entries_are_used(tmp_path):
+    """A FIFO named counts.json hung a run; a link was followed; a file of any size was read; a bool
+    or a negative number passed as a count, and as a step's seconds. Now each is a cache with nothing
+    in it (the step is counted or timed again), at once."""
+    import json
+    import os
+    import threading
+
+    from edge_sel.engine.machine import probe_cache
+    from edge_sel.engine.machine.joule_plan import CACHE_FILE, Candidate, measure_costs
+    fifo = tmp_path / "fifo" / "counts.json"
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    found = []
+    reader = threading.Thread(target=lambda: found.append(probe_cache.read_entries(fifo)), daemon=True)
+    reader.start()
+    reader.join(5)
+    assert found == [{}]
+    real = tmp_path / "real.json"
+    real.write_text(json.dumps({"k": {"peak": 1}}))
+    (tmp_path / "link.json").symlink_to(real)
+    assert probe_cache.read_entries(real) == {"k": {"peak": 1}} and probe_cache.read_entries(tmp_path / "link.json") == {}
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({"k": {"peak": 1}, "pad": "x" * probe_cache.MAX_FILE_BYTES}))
+    assert probe_cache.read_entries(big) == {}
+    store = CountStore(tmp_path / "counts.json")
+    store.put("ok", {"peak": 5, "weights": 0})
+    for bad in ({"peak": True}, {"peak": -1}, {"peak": 1.5}):
+        store.put("bad", bad)
+        store.forget()
+        assert store.get("bad") is None and store.get("ok") == {"peak": 5, "weights": 0}
+    # A step's seconds that is no positive number is timed again.
+    model = torch.nn.Linear(3, 2)
+    c = Candidate("head", {"weight", "bias"})
+    c.shape, c.count = StepShape(4), object()
+    losses = lambda out, t: torch.nn.functional.cross_entropy(out, t, reduction="none")
+    x, y = torch.randn(4, 3), torch.zeros(4, dtype=torch.long)
+    first = measure_costs([c], model, x, y, losses, "cpu", 10)
+    entries = probe_cache._read(CACHE_FILE)
+    for key in entries:
+        entries[key]["step_s"] = True
+    probe_cache._write(CACHE_FILE, entries)
+    again = measure_costs([c], model, x, y, losses, "cpu", 10)
+    assert first["timed"] == again["timed"] == 1 and probe_cache.positive(c.step_s)

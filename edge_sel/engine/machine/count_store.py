@@ -25,7 +25,9 @@ class CountStore:
         if self._entries is None:
             self._entries = read_entries(self.path)     # none yet, or unreadable: count again
         entry = self._entries.get(key)
-        return entry if isinstance(entry, dict) and all(isinstance(v, int) for v in entry.values()) else None
+        # A count is whole non-negative bytes (a bool is no count): anything else is counted again.
+        return entry if isinstance(entry, dict) and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in entry.values()) else None
 
     def forget(self) -> None:
         """The file is read again at the next get: another process (a measuring child) kept counts."""

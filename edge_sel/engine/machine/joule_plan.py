@@ -230,13 +230,15 @@ def measure_costs(candidates: list[Candidate], model, x, y, losses, device, step
     ex = None if evaluation is None else x[:max(1, min(len(x), evaluation[2]))]
     eval_key = None if evaluation is None else evaluation_key(model, ex, device, evaluation[0])
     eval_entry = None if eval_key is None else probe_cache.usable_entry(CACHE_FILE, eval_key)
+    if eval_entry is not None and not probe_cache.positive(eval_entry.get("s_per_image")):
+        eval_entry = None
     eval_timed = None
     for c in candidates:
         if c.count is None:
             continue
         key = shape_key(model, x.shape[1:], c.shape, c.trainable, device)
         entry = probe_cache.usable_entry(CACHE_FILE, key)
-        if entry is not None:
+        if entry is not None and probe_cache.positive(entry.get("step_s")):
             entries[c.name] = entry
         else:
             todo.append((c, key))
@@ -280,7 +282,7 @@ def measure_costs(candidates: list[Candidate], model, x, y, losses, device, step
         if eval_timed is not None:
             eval_entry = probe_cache.keep(CACHE_FILE, eval_key, {"s_per_image": eval_timed / len(ex), "watts": watts},
                                           load.cpus)
-    watts_seen = [e.get("watts") for e in [*entries.values(), eval_entry or {}] if e.get("watts")]
+    watts_seen = [e.get("watts") for e in [*entries.values(), eval_entry or {}] if probe_cache.positive(e.get("watts"))]
     watts = max(watts_seen) if watts_seen else None
     for c in candidates:
         entry = entries.get(c.name)

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import stat
 import platform
 import time
 import warnings
@@ -34,6 +36,7 @@ from edge_sel.core.checkpoint import atomic_write_bytes
 from edge_sel.core.count_keys import settings
 from edge_sel.errors import parse_json
 from edge_sel.data.folder import cache_dir
+from edge_sel.engine.machine.private_dir import READ_FLAGS
 from edge_sel.threads import other_load, stated_load
 
 BUSY_CPUS = 0.5          # CPUs of other work during a probe that make its result provisional
@@ -121,14 +124,34 @@ def _path(name: str) -> Path:
     return cache_dir() / name
 
 
+MAX_FILE_BYTES = 16 * 2**20     # a cache file larger than this is not read (measured again instead)
+
+
 def read_entries(path: Path) -> dict:
     """The JSON object a cache file keeps ({} where there is none yet, or it does not read: measure
-    again)."""
+    again). Opened without following a link and without waiting (a FIFO named counts.json hung a
+    run), read only where it is a regular file of at most MAX_FILE_BYTES."""
     try:
-        entries = parse_json(path.read_text())
-        return entries if isinstance(entries, dict) else {}
-    except (OSError, ValueError):
+        fd = os.open(path, READ_FLAGS)
+    except OSError:
         return {}
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_FILE_BYTES:
+            return {}
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+        entries = parse_json(data.decode()) if len(data) <= MAX_FILE_BYTES else None
+        return entries if isinstance(entries, dict) else {}
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    finally:
+        os.close(fd)
+
+
+def positive(value) -> bool:
+    """A measured figure a cache entry may hold: a finite number above zero (a bool is no number)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 # Entries this process has kept (timings, counts): a memory plan refused after keeping some was refused
