@@ -73,19 +73,6 @@ def momentum_of(model: nn.Module, mode: str, momentum: float | None) -> float | 
     return momentum if momentum is not None else layers[0].momentum
 
 
-def apply(model: nn.Module, mode: str, momentum: float | None = None) -> int:
-    """Set every BatchNorm layer for a training step under `mode` (call after `model.train()`):
-    frozen layers go to eval mode (running statistics used, never written); moving ones take
-    `momentum` where given. Returns how many layers were set."""
-    layers = batchnorm_layers(model)
-    for m in layers:
-        if mode == FROZEN:
-            m.eval()
-        elif momentum is not None:
-            m.momentum = momentum
-    return len(layers)
-
-
 def fields(mode: str, momentum: float | None) -> dict:
     """What a record, card or summary states of the lever."""
     return {"bn_stats": mode, "bn_momentum": None if mode == FROZEN else momentum}
