@@ -165,12 +165,13 @@ PRETRAIN = [
                 "out to measure forgetting), the Fisher information and the source weights (0: none)."),
     option("--fisher-samples", type=click.IntRange(min=0), default=1000, show_default=True,
            help="Training samples the diagonal Fisher information is estimated on."),
-    option("--set-gains-steps", type=click.IntRange(min=0), default=64, show_default=True,
+    option("--set-gains-steps", type=click.IntRange(min=-1), default=-1, show_default=True,
            envvar="EDGE_SEL_SET_GAINS_STEPS", show_envvar=True,
            help="Ship with the checkpoint what each set a device chooses among (a plain finetune's own choice, "
                 "--sparsity budget's) gains from these weights, at each recipe: each set trained N steps of the "
                 "training split at --batch-size, at learning rates 0.003, 0.01 and 0.03 with BatchNorm statistics "
-                "frozen and re-estimated, held-out images scored at every power of two steps (0: none shipped)."),
+                "frozen and re-estimated, held-out images scored at every power of two steps (-1: the steps of two "
+                "epochs over as many images as the training split, 16 to 64; 0: none shipped)."),
     option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None,
            help="Continue the interrupted pretrain in this directory with the options it was started with."),
     option("--recipe", type=click.Choice(["auto", "full", "probe"]), default="auto", show_default=True,

@@ -97,7 +97,7 @@ class TrainConfig:
     # What pretrain ships for a device's life (core/source_memory.py): anchors per class, Fisher samples.
     anchors_per_class: int = 100
     fisher_samples: int = 1000
-    set_gains_steps: int = 0          # pretrain: each planner set's gain measured up to this many steps (0: not)
+    set_gains_steps: int = 0          # pretrain: each set's recipes measured up to this many steps (0: not; -1: sized)
     # Levers against forgetting (fine-tune; each needs the checkpoint's source memory).
     ewc: float = 0.0                  # weight of the Fisher penalty toward the source weights
     replay: float = 0.0               # share of each training batch drawn from the replay anchors
@@ -169,7 +169,7 @@ class TrainConfig:
         _integer("--eval-batch-size", self.eval_batch_size, lo=0)
         _integer("--anchors-per-class", self.anchors_per_class, lo=0)
         _integer("--fisher-samples", self.fisher_samples, lo=0)
-        _integer("--set-gains-steps", self.set_gains_steps, lo=0)
+        _integer("--set-gains-steps", self.set_gains_steps, lo=-1)
         _number("--ewc", self.ewc, lo=0)
         _number("proximal_mu", self.proximal_mu, lo=0)
         _number("--replay", self.replay, lo=0, hi=0.9)

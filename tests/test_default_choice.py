@@ -125,3 +125,11 @@ def test_the_servers_trials_decay_their_rate_as_a_run_does():
     losses = lambda out, t: torch.nn.functional.cross_entropy(out, t, reduction="none")
     run_trials(model, [c], (x, y, x[:4], y[:4]), optimizer, losses, 2, 4, FlopCounter(model, [1, 2, 2]), (), "cosine")
     assert seen == pytest.approx([0.02 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)])
+
+
+def test_the_command_lines_pretrain_sizes_its_recipes_to_its_data():
+    """--set-gains-steps -1 (the default): two epochs over as many images as the training split, as a
+    power of two from 16 to 64 steps; a number given is kept; the engine's default ships none."""
+    from edge_sel.engine.loop.set_gains import steps_for
+    assert [steps_for(-1, n, 128) for n in (400, 2000, 5000, 50000)] == [16, 32, 64, 64]
+    assert steps_for(128, 400, 128) == 128 and TrainConfig().set_gains_steps == 0

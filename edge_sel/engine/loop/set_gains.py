@@ -52,6 +52,19 @@ FIRST_MARK = 8           # steps: then every power of two up to N, and N
 LITE = "lite-residual+bias"
 
 
+# --set-gains-steps auto (-1, the command line's default): the steps a device run of two epochs over
+# as many images as the pretrain's own training split takes, as a power of two within these bounds.
+AUTO_STEPS = (16, 64)
+
+
+def steps_for(given: int, images: int, batch_size: int) -> int:
+    """The steps each recipe trains: as given, or for `given` -1 sized as AUTO_STEPS says."""
+    if given > 0:
+        return given
+    wanted = 2 * math.ceil(images / max(1, batch_size))
+    return min(AUTO_STEPS[1], max(AUTO_STEPS[0], 1 << (wanted - 1).bit_length()))
+
+
 def marks(steps: int) -> list[int]:
     out, mark = [], FIRST_MARK
     while mark < steps:

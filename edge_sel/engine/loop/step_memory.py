@@ -27,6 +27,7 @@ from edge_sel.engine.machine.memory_plan import (RESERVE, MemoryPlan, fit_shape,
 from edge_sel.engine.machine import cpu_pool, peak_memory
 from edge_sel.engine.machine.count_store import CountStore
 from edge_sel.engine.loop.measure_child import plan_reading
+from edge_sel.engine.loop.plan_lines import plan_lines
 from edge_sel.errors import InputError
 from edge_sel.methods.update.fixed_sets import classifier_names
 
@@ -341,19 +342,9 @@ def apply_plan(trainer, plan: MemoryPlan) -> MemoryPlan:
     elif trainer.backend.micro_batch:
         statistics_per_micro_batch(trainer, len(bounds(cfg.batch_size, plan.micro_batch)))
     if not trainer.quiet:
-        level = trainer.run_memory.meter.level()
-        now = "" if level is None else (f"; the process holds {level / MiB:,.1f} MiB resident before training "
-                                        f"(measured: Python, torch, the model, the data), the step's memory comes on top")
-        cost = getattr(trainer, "memory_plan_cost", None)
-        read = (cost or {}).get("memory_plan_counts_read")
-        child = "" if not (cost or {}).get("memory_plan_children") else (
-            f", {cost['memory_plan_child_counts']} counted and step costs timed by a measuring child in "
-            f"{cost['memory_plan_child_s']:.1f} s")
-        took = "" if cost is None else (f"; planned in {cost['memory_plan_wall_s']:.1f} s "
-                                        f"({cost['memory_plan_counts']} steps counted here{child}"
-                                        + (f", {read} read from this device's earlier counts" if read else "") + ")")
-        print(f"edge-sel: {plan.line()}" + "".join(f"; {n}" for n in [*plan.notes, *allocator]) + now + took,
-              file=sys.stderr, flush=True)
+        lines = plan_lines(plan, getattr(trainer, "memory_plan_cost", None), allocator,
+                           trainer.run_memory.meter.level())
+        print("\n".join(lines), file=sys.stderr, flush=True)
     return plan
 
 

@@ -288,16 +288,13 @@ def allocator_record() -> str:
 
 
 def training_note(keep_heap: bool, room_mb: float) -> str:
-    """What the allocator does with freed memory while a budgeted CPU run trains, for its plan line."""
+    """What the allocator does with freed memory while a budgeted CPU run trains, for its plan's lines."""
     if keep_heap:
-        return (f"glibc's heap kept while training, with at most {room_mb:.1f} MiB of freed pages at its top: the "
-                f"count fits the budget {HEAP_SLACK:g} times over")
+        return (f"glibc's heap kept while training, at most {room_mb:.1f} MiB free at its top (the count fits the "
+                f"budget {HEAP_SLACK:g} times over)")
     if cpu_pool.library() is not None:
-        return (f"the pages of torch's freed blocks of 64 KiB and more kept and cut into later blocks while training "
-                f"and evaluating, as long as the pool's pages reach no more than {room_mb * POOL_SHARE_OF_ROOM:.1f} "
-                f"MiB above the most asked of it at once while training (a third of the budget's room beside the "
-                f"count and the process's growth) and no higher while evaluating, the largest free ranges going "
-                f"back first; smaller blocks from glibc's heap")
-    return ("freed blocks of 64 KiB and more go back to the system while training, so the resident size follows "
-            f"the count (slower steps; the heap is kept where the count fits the budget {HEAP_SLACK:g} times over, "
-            f"beside the process's growth; no pool of freed blocks: {cpu_pool.unavailable()})")
+        return (f"freed blocks of 64 KiB and more pooled and cut into later blocks, at most "
+                f"{room_mb * POOL_SHARE_OF_ROOM:.1f} MiB above the most asked at once while training, none while "
+                f"evaluating")
+    return (f"freed blocks of 64 KiB and more go back to the system, so the resident size follows the count "
+            f"(slower steps; no pool of freed blocks: {cpu_pool.unavailable()})")

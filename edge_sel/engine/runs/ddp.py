@@ -207,7 +207,7 @@ class RankSync:
             raise InputError("--energy-budget: not supported under torchrun (each rank would stop at its own step)")
         if cfg.time_budget_s is not None:
             raise InputError("--time-budget: not supported under torchrun (each rank would stop at its own step)")
-        if cfg.set_gains_steps:
+        if cfg.set_gains_steps > 0:        # the default (-1, sized) ships none under torchrun
             raise InputError("--set-gains-steps: not supported under torchrun (rank 0 alone would train the sets while "
                              "the other ranks wait); measure them in a pretrain without torchrun")
         if resume_state is not None and resume_state.get("progress") is not None:

@@ -163,8 +163,10 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
             shipped = write_pretrain_memory(trainer, out)
             flag_random_head(shipped, card, cfg)
             card.source_memory = shipped["card"]
-        if phase == "pretrain" and writes and cfg.set_gains_steps > 0 and trainer.stop_reason != "interrupted":
-            gains = set_gains.measure(trainer, cfg.set_gains_steps)
+        measures = cfg.set_gains_steps > 0 or (cfg.set_gains_steps < 0 and not ranks)     # sized: not under torchrun
+        if phase == "pretrain" and writes and measures and trainer.stop_reason != "interrupted":
+            gains = set_gains.measure(trainer, set_gains.steps_for(cfg.set_gains_steps, len(splits.train),
+                                                                   cfg.batch_size))
         card.set_gains = gains          # measured from these weights: a fine-tune's output card has none
         meter_info = meter.describe() if hasattr(meter, "describe") else {}
     finally:
