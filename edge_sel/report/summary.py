@@ -167,10 +167,10 @@ def memory_line(memory: dict) -> str:
     """Counted and measured peak memory in one line (summary.json's `memory`)."""
     said = []
     if memory.get("counted_mb") is not None:
-        parts = memory.get("counted_parts_mb") or {}
-        said.append(f"a training step counted {memory['counted_mb']:,.1f} MiB (activations "
-                    f"{_fmt(parts.get('activations'), ',.1f')}, gradients {_fmt(parts.get('gradients'), ',.1f')}, "
-                    f"optimizer {_fmt(parts.get('optimizer'), ',.1f')}, weights {_fmt(parts.get('weights'), ',.1f')})")
+        # The parts that add up to the peak (`saved` is over the whole step, not a part of it), largest first.
+        parts = {k: v for k, v in (memory.get("counted_parts_mb") or {}).items() if k != "saved" and v}
+        split = " + ".join(f"{k} {v:,.1f}" for k, v in sorted(parts.items(), key=lambda kv: -kv[1]))
+        said.append(f"a training step counted {memory['counted_mb']:,.1f} MiB" + (f" = {split}" if split else ""))
     if memory.get("eval_counted_mb") is not None:
         said.append(f"an evaluation pass {memory['eval_counted_mb']:,.1f} MiB")
     method = memory.get("measure_method")
