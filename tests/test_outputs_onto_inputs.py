@@ -254,7 +254,7 @@ def test_promote_keeps_a_journal_says_already_deployed_plainly_and_rolls_back(wo
     assert shown[1].endswith(f"deployed {v2.name} from {second} (better), after {v1.name}")
     assert shown[2].endswith(f"promoted (better): {second}: validation accuracy 95.00% beats the deployed model's "
                              f"90.00%")
-    assert shown[4].endswith(f"promoted (first): {first}: nothing was deployed")
+    assert shown[4].endswith(f"promoted (first): {first}: deployed: nothing was deployed before, so this run's model is the first")
     code, out, err = run(["deployed", "roll-back", "--deployed", deployed], capsys)
     assert code == 0, err
     assert out == f"rolled back: {deployed} -> {v1.name} (was {v2.name})\n"

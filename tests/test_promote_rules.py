@@ -133,7 +133,7 @@ def test_a_pretrain_directory_needs_force_and_then_is_a_forced_first(tmp_path):
     assert d == pr.Decision(False, "pretrain", "a pretrain directory, not a fine-tune of the deployed model; "
                                                "--force deploys it after the comparison")
     d = pr.decide(run, tmp_path / "deployed", force=True)
-    assert d == pr.Decision(True, "forced-first", "nothing was deployed", 0.6)
+    assert d == pr.Decision(True, "forced-first", "deployed: nothing was deployed before, so this run's model is the first", 0.6)
 
 
 def test_with_nothing_deployed_a_run_is_first_unless_its_output_is_its_start(tmp_path):
@@ -142,7 +142,7 @@ def test_with_nothing_deployed_a_run_is_first_unless_its_output_is_its_start(tmp
     evaluate = evaluating(0.1)
     plain = make_run(tmp_path / "plain", {"output_model": {"val_acc": 0.7}, "kept": {"kept": "final"}})
     assert pr.decide(plain, tmp_path / "deployed", evaluate=evaluate) == \
-        pr.Decision(True, "first", "nothing was deployed", 0.7)
+        pr.Decision(True, "first", "deployed: nothing was deployed before, so this run's model is the first", 0.7)
     # A directory without model.safetensors is nothing deployed.
     (tmp_path / "deployed").mkdir()
     (tmp_path / "deployed" / "model.json").write_text("{}")
@@ -153,9 +153,9 @@ def test_with_nothing_deployed_a_run_is_first_unless_its_output_is_its_start(tmp
     banked = make_run(tmp_path / "banked", {"output_model": {"val_acc": 0.7}, "kept": {"kept": "warmup"},
                                             "bn_bank": {"written": True, "tonight": {"new": True}}})
     assert pr.decide(banked, tmp_path / "deployed", evaluate=evaluate) == \
-        pr.Decision(True, "first", "nothing was deployed", 0.7)
+        pr.Decision(True, "first", "deployed: nothing was deployed before, so this run's model is the first", 0.7)
     none_kept = make_run(tmp_path / "none-kept", {"kept": None})
-    assert pr.decide(none_kept, tmp_path / "deployed") == pr.Decision(True, "first", "nothing was deployed")
+    assert pr.decide(none_kept, tmp_path / "deployed") == pr.Decision(True, "first", "deployed: nothing was deployed before, so this run's model is the first")
     assert evaluate.calls == []
 
 
@@ -656,11 +656,11 @@ def test_a_first_model_is_swapped_in_and_recorded_with_its_version(tmp_path, fix
     run = make_run(tmp_path / "run", {"output_model": {"val_acc": 0.7}})
     deployed = tmp_path / "deployed"
     d = pr.promote(str(run), str(deployed))
-    assert d == pr.Decision(True, "first", "nothing was deployed", 0.7)
+    assert d == pr.Decision(True, "first", "deployed: nothing was deployed before, so this run's model is the first", 0.7)
     version = deployed.resolve()
     assert version.parent == tmp_path / ".deployed.versions"
     assert (deployed / "model.safetensors").read_bytes() == (run / "model.safetensors").read_bytes()
-    record = {"promote": True, "rule": "first", "why": "nothing was deployed", "candidate_val_acc": 0.7,
+    record = {"promote": True, "rule": "first", "why": "deployed: nothing was deployed before, so this run's model is the first", "candidate_val_acc": 0.7,
               "deployed_val_acc": None, "evaluation": {}, "candidate_anchor_acc": None, "deployed_anchor_acc": None,
               "source_anchor_acc": None, "max_forgetting": None, "guard": None, "run": str(run),
               "deployed": str(deployed), "force": False, "when": "2026-11-23T02:30:05Z"}

@@ -124,7 +124,7 @@ def decide(run_dir: Path, deployed: Path, force: bool = False, evaluate=None,
             return Decision(False, "no-gain", "nothing is deployed and the run's output is its starting checkpoint "
                                               "(fine-tuning did not beat it)", candidate)
         return Decision(True, "forced-first" if summary.get("phase") == "pretrain" else "first",
-                        "nothing was deployed", candidate)
+                        "deployed: nothing was deployed before, so this run's model is the first", candidate)
     if not force and not started_from(config, deployed):
         start, digest = config.get("checkpoint"), config.get("checkpoint_sha256")
         # Both versions named, by weights where the run recorded them: one path may hold either.
