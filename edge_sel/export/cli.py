@@ -30,7 +30,8 @@ def print_export(manifest: dict, out: Path) -> None:
 @click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="Checkpoint directory.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Artifact directory to create.")
 @click.option("--scheme", "schemes", multiple=True,
-              help=f"Trainable set per artifact set: {' | '.join(SCHEMES)} | all; repeat or comma-separate "
+              help=f"Trainable set per artifact set: {' | '.join(SCHEMES)} | all | planned (what a --memory-budget "
+                   f"run's plan chose to train: --checkpoint is that run's directory); repeat or comma-separate "
                    f"[default: {','.join(DEFAULT_SCHEMES)}].")
 @click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True,
               help="Optimizer baked into the artifacts (SGD: no momentum, no weight decay).")
