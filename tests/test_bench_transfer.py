@@ -85,6 +85,9 @@ def test_every_row_runs_and_states_its_statistics_mode(bench):
     for name, run in runs.items():
         said = {r["bn_stats"] for r in read_records(run / "metrics.jsonl")}
         assert said == {rows[name]} and json.loads((run / "summary.json").read_text())["bn_stats"] == rows[name]
+    # A row whose runs choose their statistics (the default's) names what they chose.
+    from edge_sel.bench.transfer_report import statistics_of
+    assert statistics_of({"bn_stats": None, "sparsity": "auto"}, [{"bn_stats": "frozen"}] * 2) == "frozen (its choice)"
 
     def statistics(directory):
         model, _ = load_checkpoint(directory)

@@ -49,17 +49,23 @@ def _budget(r: dict) -> str:
     return f"{r['budget_mb']:.1f}" + (f" ({said})" if said else "")
 
 
-def ran_statistics(rows: list[dict]) -> str | None:
-    """A row that leaves the statistics to its runs (the planner's): the modes they ran in, as chosen."""
+def ran_statistics(rows: list[dict], chooser: str = "plan") -> str | None:
+    """A row that leaves the statistics to its runs (the planner's, the default's): the modes they ran
+    in, as chosen."""
     modes = sorted({r["bn_stats"] for r in rows if r.get("bn_stats")})
-    return f"{'/'.join(modes)} (plan)" if modes else None
+    return f"{'/'.join(modes)} ({chooser})" if modes else None
 
 
 def statistics_of(method: dict, rows: list[dict]) -> str | None:
-    """A row's statistics mode: its own, or where its plan chooses them (the planner's), what its runs ran."""
-    if method.get("bn_stats") or not method.get("fraction"):
-        return method.get("bn_stats")
-    return ran_statistics(rows) or "per the plan"
+    """A row's statistics mode: its own, or where its runs choose them (the planner's, the default's),
+    what they ran."""
+    if method.get("bn_stats"):
+        return method["bn_stats"]
+    if method.get("fraction"):
+        return ran_statistics(rows) or "per the plan"
+    if method.get("sparsity") == "auto":
+        return ran_statistics(rows, "its choice") or "its choice"
+    return None
 
 
 def references(bench: dict) -> tuple[str | None, str | None]:
