@@ -70,7 +70,9 @@ def run(warm, out, monkeypatch, proximal_mu=0.0, **options):
                 return real(phase, model, *args, **kwargs)
         monkeypatch.setattr(run_module, "train_model", train_model)
     fedprox = {"proximal_mu": proximal_mu} if proximal_mu else {}
-    cfg = TrainConfig(epochs=1, batch_size=32, seed=1, memory_budget_mb=1000.0,
+    # A validation subset given, so the run keeps its best epoch's copy (a run of 96 digits could not
+    # afford validation sized to it, and would keep its last epoch and no copy).
+    cfg = TrainConfig(epochs=1, batch_size=32, seed=1, memory_budget_mb=1000.0, val_subset=100,
                       **{"sparsity": "none", **PINNED_CHOICES, **options, **fedprox})
     run_module.finetune(warm, DataOptions("digits", shard="1/2", subset=96), cfg, out, quiet=True)
     (record,) = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r.get("epoch") == 0]

@@ -432,3 +432,28 @@ def test_keep_best_copies_what_can_move_over_its_last_copy_and_holds_it_without_
     assert all(torch.equal(kept[k], best[k]) for k in kept)
     load_kept(model, kept)
     assert all(torch.equal(model.state_dict()[k], best[k] if k in choice.keys else last[k]) for k in last)
+
+
+def test_a_run_that_cannot_afford_validation_keeps_its_last_epoch_unless_a_decision_needs_it():
+    """Lite0 at 96 px, one epoch of 500 images: 300 validation images twice cost 2.5 times the
+    epoch's training. Such a run keeps its last epoch and validates none; a run of no epoch (its
+    statistics are the decision), a guard over the source's anchors and a typed --keep best validate
+    at the floor."""
+    from types import SimpleNamespace
+    from edge_sel.data import IndexedDataset
+    from edge_sel.engine.loop.val_size import MIN_SAMPLES, validation_set
+    from edge_sel.models import build_model
+
+    def data(n):
+        return IndexedDataset(torch.zeros(n, 3, 32, 32, dtype=torch.uint8), torch.arange(n) % 2, torch.arange(n),
+                              ["a", "b"])
+    model, train, val = build_model("edgecnn", 2, 3), data(20), data(1000)
+
+    def decided(memory=None, **options):
+        cfg = TrainConfig(**{"epochs": 1, "batch_size": 8, "val_share": 0.2, **options})
+        subset, choice = validation_set(cfg, "finetune", train, val, model, memory)
+        return cfg.keep, len(subset), choice["validates"]
+    assert decided() == ("last", 0, False)
+    assert decided(epochs=0) == ("best", MIN_SAMPLES, False)
+    assert decided(memory=SimpleNamespace(guard=[])) == ("best", MIN_SAMPLES, False)
+    assert decided(explicit=["keep"]) == ("best", MIN_SAMPLES, False)

@@ -75,7 +75,10 @@ def validation_set(cfg: TrainConfig, phase: str, train_ds, val_ds, model, memory
     if cfg.val_subset == 0 and cfg.val_share:
         choice = device_val_size(cfg, phase, len(train_ds), len(val_ds), FlopCounter(model, train_ds.input_shape),
                                  0 if memory is None else len(memory.guard))
-        if not choice["validates"] and not typed(cfg, "keep"):
+        # A run of no epoch (statistics alone) decides only whether to keep them: that decision is the
+        # run. A guard over the source's anchors refuses an epoch that forgets: it chooses, so it validates.
+        guarded = memory is not None and cfg.max_forgetting is not None
+        if not choice["validates"] and cfg.epochs and not guarded and not typed(cfg, "keep"):
             return no_validation(cfg, val_ds, memory, choice)
         cfg.val_subset = choice["val_subset"]
     return validation_subset(val_ds, cfg.val_subset), choice
@@ -84,7 +87,7 @@ def validation_set(cfg: TrainConfig, phase: str, train_ds, val_ds, model, memory
 def no_validation(cfg: TrainConfig, val_ds, memory, choice: dict) -> tuple:
     """A run that cannot afford the images a decision by validation needs (MIN_SAMPLES, or the whole
     split where it holds fewer) decides nothing by it: it keeps its last epoch, validates on no image,
-    and evaluates its start only where a guard or a reset judges it. Lite0 at 96 px, one epoch of 500
+    and evaluates its start only where a reset judges it against the source's anchors. Lite0 at 96 px, one epoch of 500
     images: 300 validation images twice cost 2.5 times the epoch's training joules."""
     cfg.keep = "last"
     cfg.evaluate_start = memory is not None or cfg.reset_forgetting is not None

@@ -8,7 +8,7 @@ import torch
 
 from edge_sel.config import TrainConfig
 from edge_sel.data import IndexedDataset
-from edge_sel.device_caps import amp_dtype
+from edge_sel.device_caps import amp_dtype, native_bf16
 from edge_sel.engine.machine.layout import (EVAL_BATCH_CANDIDATES, EVAL_ROUNDS, FORMATS, PROBE_STEPS, LayoutChoice,
                                             choose_layout)
 from edge_sel.engine.machine.precision import DTYPES, PrecisionChoice, choose_precision
@@ -82,7 +82,8 @@ def run_precision(cfg: TrainConfig, model: torch.nn.Module, train_ds: IndexedDat
     # As the layout probe: a probe whose training steps are over PROBE_SHARE of the run's cannot pay back
     # (Lite0 at 96 px, one epoch of 500 images: 55 s of probing, 1,536 images trained, for a 3.5 s epoch).
     probe, trained = len(DTYPES_PROBED) * (PRECISION_STEPS + 1) * max(cfg.batch_size, 2), cfg.epochs * len(train_ds)
-    if device.type == "cpu" and cfg.precision == "auto" and probe > PROBE_SHARE * trained:
+    # A CPU without bf16 instructions needs no probe to choose fp32: choose_precision says so.
+    if device.type == "cpu" and cfg.precision == "auto" and probe > PROBE_SHARE * trained and native_bf16(device):
         train, evaluation = (fp32_unless(cfg.precision), fp32_unless(cfg.eval_precision))
         return PrecisionChoice(train, evaluation, "not measured",
                                f"the probe's {probe:,} training samples are over a tenth of the run's {trained:,}: fp32")
