@@ -457,3 +457,18 @@ def test_a_run_that_cannot_afford_validation_keeps_its_last_epoch_unless_a_decis
     assert decided(epochs=0) == ("best", MIN_SAMPLES, False)
     assert decided(memory=SimpleNamespace(guard=[])) == ("best", MIN_SAMPLES, False)
     assert decided(explicit=["keep"]) == ("best", MIN_SAMPLES, False)
+
+
+def test_validation_is_a_share_of_the_step_the_run_trains_not_of_full_fine_tuning():
+    """bn+classifier on Lite0 at 96 px validated 990 images a pass, sized to full fine-tuning's step,
+    where its own step affords 657. Counted with the set's flags, which are put back after."""
+    from edge_sel.core.flops import FlopCounter
+    from edge_sel.engine.loop.val_size import device_val_size
+    from edge_sel.models import build_model
+    model = build_model("edgecnn", 10, 3)
+    flops, cfg = FlopCounter(model, [3, 32, 32]), TrainConfig(epochs=3, batch_size=64, val_share=0.2)
+    full = device_val_size(cfg, "finetune", 2000, 5000, flops)
+    head = device_val_size(cfg, "finetune", 2000, 5000, flops, trains={"fc.weight", "fc.bias"})
+    forward, backward = flops.train_step(64)
+    assert head["expected_training_flops"] < full["expected_training_flops"] == 3 * 2000 * (forward + backward) // 64
+    assert head["val_subset"] < full["val_subset"] and all(p.requires_grad for p in model.parameters())

@@ -80,12 +80,14 @@ class Trainer:
         self.cuda_workspaces = cuda_workspace.small_for_budget(self.device, cfg.memory_budget_mb)  # before a GPU pass
         self.model.to(self.device)
         self.train_ds, self.val_ds = self.splits.train.to(self.device), self.splits.val.to(self.device)
-        # --val-subset N, or N sized for a device (val_share): kept in the config, as what ran.
-        self.val_eval_ds, self.val_size_choice = validation_set(cfg, self.phase, self.train_ds, self.val_ds, self.model,
-                                                                self.memory)
         self.test_ds = self.splits.test.to(self.device)
         self.clean_test_ds = None if self.splits.test_clean is None else self.splits.test_clean.to(self.device)
         self.default_choice = choose_default(self)     # --sparsity auto: what trains, its statistics and rate
+        # --val-subset N, or N sized for a device (val_share) to the step the run trains: kept in the
+        # config, as what ran.
+        trains = getattr(self.updater, "trainable", None)
+        self.val_eval_ds, self.val_size_choice = validation_set(cfg, self.phase, self.train_ds, self.val_ds, self.model,
+                                                                self.memory, trains and trains(self.model))
         self.layout = run_layout(cfg, self.model, self.train_ds, max(len(self.val_eval_ds), len(self.test_ds), 1),
                                  self.device, trains_key(self.updater, cfg))
         self.memory_format = self.layout.format
