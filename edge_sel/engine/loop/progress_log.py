@@ -45,7 +45,8 @@ class ProgressLog:
 
     def unvalidated(self, sized: dict | None) -> None:
         """A run whose validation was sized to nothing (engine/loop/val_size.py no_validation)."""
-        if sized is not None and not sized["validates"]:
+        # Sized to nothing, not merely unaffordable: a guard or a run of no epoch validates at the floor.
+        if sized is not None and not sized["validates"] and sized["val_subset"] == 0:
             self.line(f"validation: a fifth of this run's counted compute affords {sized['affordable']} images a pass, "
                       f"fewer than the {min(sized['floor'], sized['of'])} a choice between epochs needs: the run keeps "
                       f"its last epoch and validates none (--keep best or --val-subset N to validate)")
