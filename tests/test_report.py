@@ -193,3 +193,20 @@ def test_scoring_and_calibration_flops_have_a_column_each():
     assert (row["flops_scoring"], row["flops_calibration"]) == (2e9, 5e9)
     heads = {key: head for key, head, _ in RUN_COLUMNS}
     assert heads["flops_scoring"] == "scoring GFLOP" and heads["flops_calibration"] == "calibration GFLOP"
+
+
+def test_planning_has_a_row_and_a_part_of_its_own_that_add_up_to_the_totals():
+    """A budgeted run on a new device spent 779.7 J of its first epoch's 852.6 J planning, shown as the
+    epoch's; the table and the closing line now say planning apart, and the parts add to the total."""
+    from edge_sel.report.summary import all_in_line, epoch_table
+    base = {"phase": "baseline", "val_acc": 0.5, "test_acc": 0.5, "eval_energy_j": 1.0,
+            "energy_source": "estimate", "energy_method": "estimated"}
+    first = {"epoch": 0, "wall_s": 7.25, "energy_j": 6.0, "flops_train": 3e9, "memory_plan_wall_s": 7.0,
+             "memory_plan_energy_j": 5.0, "memory_plan_trial_flops": 1e9, "eval_energy_j": 0.4,
+             "energy_source": "estimate", "energy_method": "estimated"}
+    rows = {line.split()[0]: line.split() for line in epoch_table([base, first]).splitlines()[2:]}
+    assert rows["plan"][7:10] == ["1.0", "7.0", "5.0"] and rows["0"][7:10] == ["2.0", "0.2", "1.0"]
+    totals = {"energy_j": 6.0, "eval_energy_j": 1.4, "energy_all_j": 7.4, "planning_energy_j": 5.0,
+              "eval_energy_share": 1.4 / 7.4, "energy_method": "estimated", "flops_all": 4e9, "flops_train": 3e9}
+    line = all_in_line({"totals": totals, "output_model": {"weights": "last", "test_acc": 0.6}})
+    assert "7.4 J estimated (training 1.0, planning 5.0, evaluation 1.4, 19% of it)" in line

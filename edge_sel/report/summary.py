@@ -94,8 +94,11 @@ def all_in_line(summary: dict) -> str:
     else:
         share = t.get("eval_energy_share")
         shipped_j = (shipped or {}).get("energy_j")
+        planning = t.get("planning_energy_j")
+        training = None if t.get("energy_j") is None else t["energy_j"] - (planning or 0.0)
         joules = (f"{t['energy_all_j']:.1f} J {energy_label(t.get('energy_method'))} (training "
-                  f"{_fmt(t.get('energy_j'), '.1f')}, evaluation {_fmt(t.get('eval_energy_j'), '.1f')}"
+                  f"{_fmt(training, '.1f')}" + (f", planning {planning:.1f}" if planning else "")
+                  + f", evaluation {_fmt(t.get('eval_energy_j'), '.1f')}"
                   + (f", {100 * share:.0f}% of it" if share is not None else "")
                   # the anchors and Fisher written for devices: a pretrain's largest cost on few images
                   + (f", source memory {shipped_j:.1f}" if shipped_j is not None else "")
@@ -239,11 +242,16 @@ def print_summary(summary: dict, quiet: bool = False) -> None:
         click.echo(f"\n{summary['phase']}: {summary['model']['architecture']} on {summary['dataset'].get('name')}, "
                    + results_said(summary))
         if summary["epochs_run"]:
-            click.echo(f"counted training FLOPs {flops_split(t)}, train time {_fmt(t['train_wall_s'], '.1f')} s")
+            planning_s = t.get("planning_wall_s") or 0.0
+            train_s = None if t.get("train_wall_s") is None else max(0.0, t["train_wall_s"] - planning_s)
+            click.echo(f"counted training FLOPs {flops_split(t)}, train time {_fmt(train_s, '.1f')} s"
+                       + (f", planning {planning_s:.1f} s before it" if planning_s else ""))
         if t.get("energy_j") is not None:
             kind = energy_label(t.get("energy_method"))
-            click.echo(f"energy {t['energy_j']:.1f} J ({kind}, source {t['energy_source']}, "
-                       f"method {t['energy_method']})")
+            planning_j = t.get("planning_energy_j")
+            click.echo(f"energy {t['energy_j'] - (planning_j or 0.0):.1f} J training"
+                       + (f", {planning_j:.1f} J planning" if planning_j else "")
+                       + f" ({kind}, source {t['energy_source']}, method {t['energy_method']})")
         if summary.get("memory"):
             click.echo(memory_line(summary["memory"]))
     said = budget_line(summary.get("memory") or {})

@@ -35,7 +35,8 @@ def plan_lines(plan, cost: dict | None, allocator: list[str], level_bytes: int |
         child = "" if not cost.get("memory_plan_children") else (
             f", {cost['memory_plan_child_counts']} counted and step costs timed by a measuring child in "
             f"{cost['memory_plan_child_s']:.1f} s")
-        read = cost.get("memory_plan_counts_read")
+        # What the child counted this run is read back from the cache, not counted earlier.
+        read = (cost.get("memory_plan_counts_read") or 0) - (cost.get("memory_plan_child_counts") or 0)
         lines.append(f"planned in {cost['memory_plan_wall_s']:.1f} s ({cost['memory_plan_counts']} steps counted "
-                     f"here{child}" + (f", {read} read from this device's earlier counts" if read else "") + ")")
+                     f"here{child}" + (f", {read} read from this device's earlier counts" if read > 0 else "") + ")")
     return [f"edge-sel: memory plan: {line}" for line in lines]

@@ -23,6 +23,11 @@ def summarize(records: list[dict], extra: dict, baseline: dict | None = None, ke
     plan_s, plan_j, plan_flops = (total(k, [baseline] if baseline else []) for k in
                                   ("memory_plan_wall_s", "memory_plan_energy_j", "memory_plan_trial_flops"))
     train_j = train_j if plan_j is None else (train_j or 0) + plan_j
+    # Choosing before the first step (a memory plan, a default choice), inside the first epoch's wall_s
+    # and energy_j (a run of no epoch: its start's), said apart on the closing lines.
+    planning_s = sum((r.get("memory_plan_wall_s") or 0) + (r.get("choice_wall_s") or 0) for r in evaluated)
+    planning_j = [r.get(k) for r in evaluated for k in ("memory_plan_energy_j", "choice_energy_j")
+                  if r.get(k) is not None]
     probe_flops = (extra.get("layout") or {}).get("probe_flops") or 0
     counted_sharing = any("energy_shared_with" in r for r in evaluated)
     shared_with = max((r["energy_shared_with"] for r in evaluated if r.get("energy_shared_with") is not None),
@@ -52,6 +57,7 @@ def summarize(records: list[dict], extra: dict, baseline: dict | None = None, ke
             **{k: total(k, evaluated) for k in ("memory_plan_trial_flops", "flops_bn_bank", "bn_bank_samples")
                if total(k, evaluated) is not None},
             "train_wall_s": total("wall_s"), "eval_wall_s": total("eval_wall_s", evaluated),
+            "planning_wall_s": planning_s, "planning_energy_j": sum(planning_j) if planning_j else None,
             "energy_j": total("energy_j"), "eval_energy_j": total("eval_energy_j", evaluated),
             # The meter of the last record; a run of no epoch (statistics only) has its baseline's.
             "energy_source": (last or (baseline or {})).get("energy_source"),
