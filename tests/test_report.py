@@ -210,3 +210,8 @@ def test_planning_has_a_row_and_a_part_of_its_own_that_add_up_to_the_totals():
               "eval_energy_share": 1.4 / 7.4, "energy_method": "estimated", "flops_all": 4e9, "flops_train": 3e9}
     line = all_in_line({"totals": totals, "output_model": {"weights": "last", "test_acc": 0.6}})
     assert "7.4 J estimated (training 1.0, planning 5.0, evaluation 1.4, 19% of it)" in line
+    import io
+    from edge_sel.engine.loop.progress_log import ProgressLog
+    log = io.StringIO()
+    ProgressLog(False, 1, log).epoch(first)
+    assert " 0.2 s, 1.0 J estimate/estimated; evaluation - s (planning 7.0 s, 5.0 J before it)" in log.getvalue()

@@ -62,12 +62,17 @@ class ProgressLog:
 
     def epoch(self, record: dict) -> None:
         r = record
-        energy = (f", {_f(r.get('energy_j'), '.1f')} J {r.get('energy_source')}/{r.get('energy_method')}"
+        # The first epoch's record holds the choosing before its first step: said apart, as the table does.
+        plan_s = (r.get("memory_plan_wall_s") or 0.0) + (r.get("choice_wall_s") or 0.0)
+        plan_j = (r.get("memory_plan_energy_j") or 0.0) + (r.get("choice_energy_j") or 0.0)
+        planned = f" (planning {plan_s:.1f} s, {plan_j:.1f} J before it)" if plan_s else ""
+        wall = None if r.get("wall_s") is None else r["wall_s"] - plan_s
+        energy = (f", {r['energy_j'] - plan_j:.1f} J {r.get('energy_source')}/{r.get('energy_method')}"
                   if r.get("energy_j") is not None else "")
         self.line(f"{self.epoch_said(r.get('epoch'))}: loss {_f(r.get('train_loss'))} train "
                    f"{_f(r.get('train_acc'))} val {_f(r.get('val_acc'))}{self.anchors(r)} test {_f(r.get('test_acc'))} active "
                    f"{_f(r.get('activation'), '.2f')}, {(r.get('flops_train') or 0) / 1e9:.2f} GFLOP, "
-                   f"{_f(r.get('wall_s'), '.1f')} s{energy}; evaluation {_f(r.get('eval_wall_s'), '.1f')} s")
+                   f"{_f(wall, '.1f')} s{energy}; evaluation {_f(r.get('eval_wall_s'), '.1f')} s{planned}")
 
     def epoch_said(self, epoch) -> str:
         """Records count epochs from 0: 'epoch 7 (8 of 8)', never 'epoch 7/7' for a run of 8."""
