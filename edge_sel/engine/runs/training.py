@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -39,6 +40,12 @@ from edge_sel.methods import make_strategy, make_updater
 from edge_sel.models import count_parameters
 from edge_sel.models.input_size import input_sizes
 from edge_sel.version import __version__
+
+
+def said(trainer, what: str) -> None:
+    """A line before a pretrain's shipping work, which runs a while after the last epoch."""
+    if not trainer.quiet:
+        print(f"edge-sel: shipping with the checkpoint: {what}", file=sys.stderr, flush=True)
 
 
 def train_model(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainConfig, out: Path,
@@ -160,13 +167,17 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
         shipped, gains = None, None
         # Rank 0 alone, from the final weights (a pretrain keeps its last epoch's), in the meter's window.
         if phase == "pretrain" and writes and cfg.anchors_per_class > 0 and trainer.stop_reason != "interrupted":
+            said(trainer, "anchors, Fisher information and source weights for devices' guards and levers "
+                          "(--anchors-per-class 0: none)")
             shipped = write_pretrain_memory(trainer, out)
             flag_random_head(shipped, card, cfg)
             card.source_memory = shipped["card"]
         measures = cfg.set_gains_steps > 0 or (cfg.set_gains_steps < 0 and not ranks)     # sized: not under torchrun
         if phase == "pretrain" and writes and measures and trainer.stop_reason != "interrupted":
-            gains = set_gains.measure(trainer, set_gains.steps_for(cfg.set_gains_steps, len(splits.train),
-                                                                   cfg.batch_size))
+            steps = set_gains.steps_for(cfg.set_gains_steps, len(splits.train), cfg.batch_size)
+            said(trainer, f"each set's held-out accuracy at its recipes over {steps} steps, for a device's own "
+                          "choice (--set-gains-steps 0: none)")
+            gains = set_gains.measure(trainer, steps)
         card.set_gains = gains          # measured from these weights: a fine-tune's output card has none
         meter_info = meter.describe() if hasattr(meter, "describe") else {}
     finally:
