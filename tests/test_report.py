@@ -206,6 +206,12 @@ def test_planning_has_a_row_and_a_part_of_its_own_that_add_up_to_the_totals():
              "energy_source": "estimate", "energy_method": "estimated"}
     rows = {line.split()[0]: line.split() for line in epoch_table([base, first]).splitlines()[2:]}
     assert rows["plan"][7:10] == ["1.0", "7.0", "5.0"] and rows["0"][7:10] == ["2.0", "0.2", "1.0"]
+    # A pretrain's shipping (anchors and Fisher, each set's recipes: 1,036 s of a 1,100 s run) has rows too.
+    from edge_sel.report.summary import shipping_rows
+    shipped = shipping_rows({"source_memory": {"flops": 2e11, "wall_s": 33.0, "energy_j": 329.2},
+                             "set_gains": {"flops": 1.6e13, "wall_s": 1036.5, "energy_j": 13389.5}})
+    rows = {line.split()[0]: line.split() for line in epoch_table([base, first], shipped).splitlines()[2:]}
+    assert rows["anchors"][7:10] == ["200.0", "33.0", "329.2"] and rows["recipes"][7:10] == ["16000.0", "1036.5", "13389.5"]
     totals = {"energy_j": 6.0, "eval_energy_j": 1.4, "energy_all_j": 7.4, "planning_energy_j": 5.0,
               "eval_energy_share": 1.4 / 7.4, "energy_method": "estimated", "flops_all": 4e9, "flops_train": 3e9}
     line = all_in_line({"totals": totals, "output_model": {"weights": "last", "test_acc": 0.6}})

@@ -33,9 +33,16 @@ def planning_of(record: dict) -> tuple[float, float | None, int]:
     return seconds, (sum(parts) if parts else None), record.get("memory_plan_trial_flops") or 0
 
 
-def epoch_table(records: list[dict]) -> str:
+def shipping_rows(summary: dict) -> list[tuple[str, dict]]:
+    """A pretrain's work after its last epoch for the devices it ships to (anchors and Fisher
+    information, each set's recipes), for rows of their own below the epochs."""
+    return [(label, summary[key]) for label, key in (("anchors", "source_memory"), ("recipes", "set_gains"))
+            if isinstance(summary.get(key), dict) and summary[key].get("flops") is not None]
+
+
+def epoch_table(records: list[dict], shipped: list[tuple[str, dict]] = ()) -> str:
     """Per epoch: training's figures, its evaluation's joules apart; planning (a memory plan, a default
-    choice) on a row of its own, taken out of the first epoch's."""
+    choice) on a row of its own, taken out of the first epoch's; `shipped` (shipping_rows) after them."""
     head = ["epoch", "stage", "active", "loss", "train", "val", "test", "GFLOP", "wall s", "train J", "eval J",
             "source"]
     rows = []
@@ -56,6 +63,11 @@ def epoch_table(records: list[dict]) -> str:
                      _fmt(r.get("train_loss")), _fmt(r.get("train_acc")), _fmt(r.get("val_acc")),
                      _fmt(r.get("test_acc")), f"{gflop:.1f}", _fmt(wall, ".1f"), _fmt(energy, ".1f"),
                      _fmt(r.get("eval_energy_j"), ".1f"), source])
+    for label, block in shipped:
+        source = (f"{block.get('energy_source')}/{block.get('energy_method')}" if block.get("energy_source") else
+                  rows[-1][-1] if rows else "-")      # metered in the run's own windows
+        rows.append([label, "-", "-", "-", "-", "-", "-", f"{block['flops'] / 1e9:.1f}", _fmt(block.get("wall_s"), ".1f"),
+                     _fmt(block.get("energy_j"), ".1f"), "-", source])
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
     line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
@@ -237,7 +249,7 @@ def print_summary(summary: dict, quiet: bool = False) -> None:
     run_dir = summary.get("run_dir")
     if not quiet:
         records = read_records(f"{run_dir}/metrics.jsonl")
-        click.echo(epoch_table(records))
+        click.echo(epoch_table(records, shipping_rows(summary)))
         t = summary["totals"]
         click.echo(f"\n{summary['phase']}: {summary['model']['architecture']} on {summary['dataset'].get('name')}, "
                    + results_said(summary))
