@@ -14,6 +14,8 @@ QUICK = ["--dataset", "digits", "--anchors-per-class", "0", "--quiet"]
 @pytest.mark.parametrize("args, says", [
     (["--image-size", "0"], "'--image-size': 0 is not in the range 8<=x<=1024"),
     (["--image-size", "16"], "--image-size 16: resizes folder images only; --dataset digits has its own size"),
+    # The help's placeholder is a folder's name too: it was refused as a dataset of its own size.
+    (["--dataset", "folder:PATH", "--image-size", "16"], "--dataset folder:PATH: no such directory"),
     (["--max-temp", "-40"], "'--max-temp': -40.0 is not in the range 30.0<=x<=120.0"),
     (["--epochs", "1000000000000"], "'--epochs': 1000000000000 is not in the range 0<=x<=100000"),
     (["--subset", "0"], "'--subset': 0 is not in the range x>=1"),

@@ -11,7 +11,7 @@ from edge_sel.config import TrainConfig
 from edge_sel.core.checkpoint import read_card
 from edge_sel.core.outputs import check_out_dir, start_out_dir
 from edge_sel.core.words import plural
-from edge_sel.data.sources import DATASET_NAMES, source_paths
+from edge_sel.data.sources import SIZED_DATASETS, source_paths
 from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.engine.runs.run import pretrain
 from edge_sel.errors import InputError
@@ -49,7 +49,7 @@ def device_image_size(ds: str, image_size: int | None, checkpoint: Path | None,
     device's resolution, what its warmup trained at; `side` where the bench makes its own start).
     Refused in one line before any image is decoded: a size for a dataset that has its own, a size
     other than the checkpoint's. None: the images as they are."""
-    if image_size is not None and ds in DATASET_NAMES:
+    if image_size is not None and ds in SIZED_DATASETS:
         raise InputError(f"--image-size {image_size}: resizes folder images only; --dataset {ds} has its own size")
     if checkpoint is not None:
         height, side = read_card(Path(checkpoint)).input_shape[-2:]
@@ -58,7 +58,7 @@ def device_image_size(ds: str, image_size: int | None, checkpoint: Path | None,
         elif image_size is not None and image_size != side:
             raise InputError(f"--image-size {image_size}: the checkpoint {checkpoint} takes {side} px images; "
                              f"pretrain at {image_size} px or leave it out")
-    return None if ds in DATASET_NAMES else image_size or side
+    return None if ds in SIZED_DATASETS else image_size or side
 
 
 def at_least_one(epochs, subset, seeds, pretrain_epochs) -> None:

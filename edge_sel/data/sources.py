@@ -21,6 +21,8 @@ HELD_OUT_TEST_FRACTION = 0.2
 HELD_OUT_SEED = 1234
 
 DATASET_NAMES = ("digits", "cifar10", "synthetic", "folder:PATH", "pack:PATH")
+# The datasets of a size of their own (a folder literally named PATH is a folder).
+SIZED_DATASETS = ("digits", "cifar10", "synthetic")
 
 
 def _carve_test(ds: IndexedDataset) -> tuple[IndexedDataset, IndexedDataset]:
@@ -199,7 +201,7 @@ def pack_path(spec: str) -> Path | None:
 def check_source(spec: str, data_dir: Path | None = None, image_size: int | None = None) -> None:
     """What can be told of a source without reading it: a known name, a folder that is there, the
     CIFAR-10 archive or a way to download it (a night refuses a bad one before it starts a run)."""
-    if image_size is not None and spec in DATASET_NAMES:
+    if image_size is not None and spec in SIZED_DATASETS:
         raise InputError(f"--image-size {image_size}: resizes folder images only; --dataset {spec} has its own size")
     if spec == "cifar10":
         check_cifar10(data_dir)
