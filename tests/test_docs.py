@@ -45,15 +45,22 @@ def test_readme_is_a_short_front_door_whose_links_resolve():
 
 
 
-def test_readme_tour_is_the_getting_started_tour_on_digits():
-    readme_tour = next(b for b in _bash_blocks(README.read_text()) if "edge-sel pretrain" in b)
-    page_tour = next(b for b in _bash_blocks((REPO / "docs" / "getting-started.md").read_text())
-                     if "edge-sel pretrain" in b)
-    assert readme_tour == page_tour
-    commands = [line for line in readme_tour.splitlines() if line.startswith("edge-sel ")]
+def test_readme_keeps_the_two_commands_and_one_command_for_each_job():
+    """The front door: `make demo` and `make test` for a fresh machine, then one command for each of the
+    three jobs a user comes for; the tour on digits is the getting-started page's, on digits only."""
+    blocks = _bash_blocks(README.read_text())
+    assert [line.split()[:2] for line in blocks[0].splitlines()] == [["make", "demo"], ["make", "test"]]
+    jobs = [line for b in blocks[1:] for line in b.splitlines() if line.strip() and not line.startswith("#")]
+    assert len(jobs) == 4 and jobs[0].startswith("edge-sel pretrain") and jobs[2].startswith("edge-sel finetune")
+    assert "--memory-budget" in jobs[2] and jobs[3].endswith("bash benchmarks/gpu_reference.sh")
+    commands = [line for line in _tour_block().splitlines() if line.startswith("edge-sel ")]
     assert len(commands) <= 10
     # A fresh clone has no CIFAR-10: the tour runs on the embedded digits only.
     assert all("--dataset" not in c or "--dataset digits" in c for c in commands)
+
+
+def _tour_block() -> str:
+    return next(b for b in _bash_blocks((REPO / "docs" / "getting-started.md").read_text()) if "edge-sel pretrain" in b)
 
 
 def test_every_page_in_the_navigation_once_and_present():
@@ -78,12 +85,11 @@ def _tour_commands() -> list[str]:
         from run_doc_commands import bash_blocks, commands
     finally:
         sys.path.remove(str(REPO / "tools"))
-    tour = next(b for b in bash_blocks(README.read_text()) if "edge-sel pretrain" in b)
-    return [c for c, _ in commands(tour)]
+    return [c for c, _ in commands(_tour_block())]
 
 
 @pytest.mark.slow
-def test_readme_tour_runs_in_order_from_a_fresh_directory_and_leaves_a_deployed_model(tmp_path):
+def test_the_tour_runs_in_order_from_a_fresh_directory_and_leaves_a_deployed_model(tmp_path):
     """The tour's story is that the device ends with an adapted model deployed: its commands, as
     written, from an empty directory, with the installed `edge-sel`, each exit 0 and the last
     leaves deployed/ holding a model that scores on the device's shifted digits."""

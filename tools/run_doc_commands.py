@@ -1,8 +1,9 @@
-"""Run the README tour's and every docs page's `bash` command blocks, as written, in order, and print
-each command's exit status and time, then pages passed/failed. The tour runs first, in a fresh
-temporary directory; each page then runs in a copy of what the tour left (the pages build on its
-ckpt/digits and runs/, and one page's outputs never stand in another's way), except a page that
-pretrains the tour's warmup itself (it is a tour: it starts from an empty directory).
+"""Run the getting-started tour's and every docs page's `bash` command blocks, as written, in order,
+and print each command's exit status and time, then pages passed/failed. The tour
+(docs/getting-started.md) runs first, in a fresh temporary directory; each page then runs in a copy
+of what the tour left (the pages build on its ckpt/digits and runs/, and one page's outputs never
+stand in another's way), except a page that pretrains the tour's warmup itself (it is a tour: it
+starts from an empty directory).
 
 Commands that cannot run on a fresh clone of a laptop are skipped with the reason: CIFAR-10 or an
 image folder that is not there, a placeholder (`...`, `WARMUP`, `[--option]`), a download or an
@@ -10,7 +11,7 @@ install, real fleet servers, a desktop GPU. A page marks any other command with 
 command's line, `# needs: REASON`, to skip it.
 
     python tools/run_doc_commands.py                 # every page
-    python tools/run_doc_commands.py README.md docs/stream.md --keep DIR
+    python tools/run_doc_commands.py README.md docs/how-to/*.md --keep DIR
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+TOUR = REPO / "docs" / "getting-started.md"
 
 # (pattern, reason): the first that matches a command skips it.
 SKIP_RULES = [
@@ -34,7 +36,7 @@ SKIP_RULES = [
     (r"--dataset cifar10\b|cifar10-jpeg|ckpt/cifar|--checkpoint (warm|WARMUP)\b", "needs CIFAR-10"),
     (r"\bbench reference\b", "needs a desktop GPU (resnet18_cifar on CIFAR-10)"),
     (r"\bfleet run\b", "needs a real SuperLink and devices"),
-    (r"\.\.\.|\[--|\bWARMUP\b|\bPATH/|folder:data/|folder:/srv", "a placeholder, not a command to run as written"),
+    (r"\.\.\.|\[--|\bWARMUP\b|\bPATH/|folder:PATH\b|folder:data/|folder:/srv", "a placeholder, not a command to run as written"),
     (r"\bedge-sel monitor\b(?!.*--samples)", "a live monitor: it runs until Ctrl-C"),
     (r"/var/lib/edge-sel|/etc/edge-sel|\bsystemctl\b", "a device's installed service (deploy/), not a fresh clone"),
     (r"\bnice -n \d+ python benchmarks/|python3? benchmarks/", "a benchmark script of benchmarks/ (minutes to hours)"),
@@ -115,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, help="run in this directory (made fresh) instead of a temporary one")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per command")
     args = parser.parse_args(argv)
-    pages = [p.resolve() for p in args.pages] or [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    pages = [p.resolve() for p in args.pages] or [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")),
+                                                  *sorted((REPO / "docs" / "how-to").glob("*.md"))]
     # The interpreter's own scripts (edge-sel) come first, as in the virtual environment it runs in.
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     with tempfile.TemporaryDirectory(prefix="edge-sel-docs-") as tmp:
@@ -124,18 +127,16 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(args.keep, ignore_errors=True)
             args.keep.mkdir(parents=True)
             root = args.keep
-        tour = root / "README"
+        tour = root / "tour"
         tour.mkdir()
-        results = {}
-        for page in (p for p in pages if bash_blocks(p.read_text())):
-            if page == REPO / "README.md":
-                workdir = tour
+        # The tour first, whether or not it was named: the other pages build on what it leaves.
+        results = {TOUR: run_page(TOUR, tour, env, args.timeout)}
+        for page in (p for p in pages if p != TOUR and bash_blocks(p.read_text())):
+            workdir = root / "-".join(page.relative_to(REPO).with_suffix("").parts)
+            if is_tour(page):
+                workdir.mkdir()
             else:
-                workdir = root / page.stem
-                if is_tour(page):
-                    workdir.mkdir()
-                else:
-                    shutil.copytree(tour, workdir, symlinks=True)
+                shutil.copytree(tour, workdir, symlinks=True)
             results[page] = run_page(page, workdir, env, args.timeout)
     print("\npage                                   passed failed skipped")
     for page, (ok, bad, skip) in results.items():
