@@ -33,6 +33,14 @@ VOLATILE_FIELDS = {"wall_s", "eval_wall_s", "peak_rss_mb", "energy_j", "energy_n
                    "energy_shared_with", "energy_gpu_processes"}
 
 
+def planning_of(record: dict) -> tuple[float, float | None, int]:
+    """What the record's epoch spent choosing before its first step (a memory plan, a default choice:
+    their seconds, joules and counted trial FLOPs), which its wall_s, energy_j and flops_train hold."""
+    seconds = (record.get("memory_plan_wall_s") or 0.0) + (record.get("choice_wall_s") or 0.0)
+    parts = [record.get(k) for k in ("memory_plan_energy_j", "choice_energy_j") if record.get(k) is not None]
+    return seconds, (sum(parts) if parts else None), record.get("memory_plan_trial_flops") or 0
+
+
 def open_to_append(path, flags: int = os.O_RDWR | os.O_APPEND | os.O_CREAT) -> int:
     """A descriptor appending to (and reading) the regular file `path`, created when missing, never
     through a link: a log a run or a deployed place keeps (metrics.jsonl, promote.jsonl, the deployed

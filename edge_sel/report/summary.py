@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edge_sel.core.records import read_records
+from edge_sel.core.records import planning_of, read_records
 from edge_sel.core.words import plural
 from edge_sel.engine.loop.budget import STOPS, TIME
 
@@ -23,14 +23,6 @@ def energy_label(method: str | None) -> str:
     if not parts or parts == {"estimated"}:
         return "estimated"
     return "partly estimated" if "estimated" in parts else "measured"
-
-
-def planning_of(record: dict) -> tuple[float, float | None, int]:
-    """What the record's epoch spent choosing before its first step (a memory plan, a default choice:
-    their seconds, joules and counted trial FLOPs), which its wall_s, energy_j and flops_train hold."""
-    seconds = (record.get("memory_plan_wall_s") or 0.0) + (record.get("choice_wall_s") or 0.0)
-    parts = [record.get(k) for k in ("memory_plan_energy_j", "choice_energy_j") if record.get(k) is not None]
-    return seconds, (sum(parts) if parts else None), record.get("memory_plan_trial_flops") or 0
 
 
 def shipping_rows(summary: dict) -> list[tuple[str, dict]]:

@@ -10,6 +10,8 @@ from contextlib import contextmanager
 
 from tqdm import tqdm
 
+from edge_sel.core.records import planning_of
+
 
 def progress_bar(total: int, desc: str, leave: bool, quiet: bool) -> tqdm:
     """An epoch's bar (batches) or the run's (epochs), on a terminal only."""
@@ -63,8 +65,8 @@ class ProgressLog:
     def epoch(self, record: dict) -> None:
         r = record
         # The first epoch's record holds the choosing before its first step: said apart, as the table does.
-        plan_s = (r.get("memory_plan_wall_s") or 0.0) + (r.get("choice_wall_s") or 0.0)
-        plan_j = (r.get("memory_plan_energy_j") or 0.0) + (r.get("choice_energy_j") or 0.0)
+        plan_s, plan_j, _ = planning_of(r)
+        plan_j = plan_j or 0.0
         planned = f" (planning {plan_s:.1f} s, {plan_j:.1f} J before it)" if plan_s else ""
         wall = None if r.get("wall_s") is None else r["wall_s"] - plan_s
         energy = (f", {r['energy_j'] - plan_j:.1f} J {r.get('energy_source')}/{r.get('energy_method')}"

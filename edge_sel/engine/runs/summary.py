@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from edge_sel.core.records import planning_of
 from edge_sel.energy.base import SHARED
 from edge_sel.engine.loop.val_size import MIN_SAMPLES
 from edge_sel.engine.runs.memory_summary import memory_block
@@ -25,9 +26,9 @@ def summarize(records: list[dict], extra: dict, baseline: dict | None = None, ke
     train_j = train_j if plan_j is None else (train_j or 0) + plan_j
     # Choosing before the first step (a memory plan, a default choice), inside the first epoch's wall_s
     # and energy_j (a run of no epoch: its start's), said apart on the closing lines.
-    planning_s = sum((r.get("memory_plan_wall_s") or 0) + (r.get("choice_wall_s") or 0) for r in evaluated)
-    planning_j = [r.get(k) for r in evaluated for k in ("memory_plan_energy_j", "choice_energy_j")
-                  if r.get(k) is not None]
+    planned = [planning_of(r) for r in evaluated]
+    planning_s = sum(seconds for seconds, _, _ in planned)
+    planning_j = [joules for _, joules, _ in planned if joules is not None]
     probe_flops = (extra.get("layout") or {}).get("probe_flops") or 0
     counted_sharing = any("energy_shared_with" in r for r in evaluated)
     shared_with = max((r["energy_shared_with"] for r in evaluated if r.get("energy_shared_with") is not None),
