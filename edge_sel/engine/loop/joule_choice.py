@@ -12,6 +12,7 @@ import math
 import torch
 
 from edge_sel.core import measuring
+from edge_sel.core.evidence import Allowance
 from edge_sel.core.flops import FlopCounter
 from edge_sel.core.memory import MiB, MemoryCounter, StepShape
 from edge_sel.engine.machine import joule_plan
@@ -154,7 +155,7 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
               "reason": reason, "steps": steps, "cost_probe": {"lite": probe, "others": cost},
               "run_estimate": {"training_j": None if winner.joules is None else round(winner.joules, 1),
                                "training_s": None if winner.seconds is None else round(winner.seconds, 2), **besides},
-              "expected_gain": ("held-out accuracy of the server's images after each set's steps from these weights "
+              "expected_acc": ("held-out accuracy of the server's images after each set's steps from these weights "
                                 "(the checkpoint's set_gains, engine/loop/set_gains.py)" if server else
                                 "held-out accuracy after a short trial of each candidate (engine/loop/trial_gain.py)"),
               **({"set_gains": server} if server else {}),
@@ -192,7 +193,8 @@ def tried(trainer, candidates: list[Candidate], images, steps: int, flops: FlopC
     trainer.meter.begin("plan-trial")
     try:
         cost = run_trials(trainer.model, candidates, images, trainer.memory_counter.optimizer_factory,
-                          trainer.objective.losses, trainer.config.batch_size, steps, flops or trainer.flops)
+                          trainer.objective.losses, trainer.config.batch_size, steps, flops or trainer.flops,
+                          allowance=Allowance.of_run(trainer).begin())
     finally:
         energy = trainer.meter.end("plan-trial") or {}
     # Its images are in the plan's record (`trial`), not the run's sample counts: no sample of the run trained.
