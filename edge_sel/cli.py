@@ -192,8 +192,23 @@ def report_end(summary: dict, quiet: bool) -> None:
         click.echo(f"interrupted: state checkpointed; continue with: edge-sel {summary['phase']} --resume "
                    f"{summary['run_dir']}")
         sys.exit(exit_code_for(getattr(signal, summary.get("stop_signal") or "SIGINT")))
+    elif summary.get("late_stop_signal") and (stopped := shipping_stopped(summary)):
+        # The checkpoint is whole; what it ships for devices is not: a stop, not a finished run.
+        click.echo(f"stopped by {summary['late_stop_signal']}: the checkpoint is written; {stopped}")
+        sys.exit(exit_code_for(getattr(signal, summary["late_stop_signal"])))
     elif line := budget_stop_line(summary):
         click.echo(line)
+
+
+def shipping_stopped(summary: dict) -> str | None:
+    """What a pretrain's shipping (anchors, recipes) left unfinished at a stop signal, or None."""
+    said = []
+    for label, key in (("anchors and Fisher information", "source_memory"), ("recipes", "set_gains")):
+        block = summary.get(key) or {}
+        why = block.get("partial") or block.get("none") or ""
+        if "stop signal" in why:
+            said.append(f"{label} {'partial' if block.get('partial') else 'not shipped'}")
+    return ", ".join(said) or None
 
 
 @cli.command("models")

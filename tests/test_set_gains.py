@@ -1,7 +1,12 @@
-"""What a pretrain ships as each set's gain from its weights (engine/loop/set_gains.py): measured at
-every mark, counted in the run's totals, the weights left as they were, and a received card whose
-gains are not readable refused in one line. How a planner reads them: tests/test_joule_plan.py."""
+"""What a pretrain ships as each set's recipes from its weights (engine/loop/set_gains.py): chosen on
+one half of validation images no step trained on and scored on the other, halved at every mark,
+bounded by its allowance, a stop signal and --energy-budget, counted in the run's totals, the weights
+left as they were, and a received card whose gains are not readable refused in one line. How a device
+reads them: tests/test_default_choice.py and tests/test_joule_plan.py."""
 import json
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -9,37 +14,105 @@ from safetensors.torch import load_file
 
 from helpers import SAME_CHOICES, run_main
 from edge_sel.core.checkpoint import ModelCard
+from edge_sel.data.dataset import IndexedDataset
 from edge_sel.engine.loop.set_gains import marks, nearest_mark, packed, unpacked
+from edge_sel.engine.loop.trial_gain import trial_images
 from edge_sel.errors import InputError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+PRETRAIN = ["pretrain", "--model", "edgecnn", "--dataset", "synthetic", "--batch-size", "32", "--anchors-per-class",
+            "0", "--val-fraction", "0.2", *SAME_CHOICES, "--quiet"]
 
-def test_a_pretrain_ships_each_sets_gain_at_every_mark_and_leaves_its_weights(tmp_path, capsys):
-    argv = ["pretrain", "--model", "edgecnn", "--dataset", "synthetic", "--epochs", "0", "--batch-size", "32",
-            "--anchors-per-class", "0", *SAME_CHOICES, "--quiet"]
-    code, _ = run_main([*argv, "--out", tmp_path / "plain"], capsys)
-    code2, _ = run_main([*argv, "--set-gains-steps", "20", "--out", tmp_path / "gains"], capsys)
+
+def test_a_pretrain_ships_each_sets_recipes_halved_at_every_mark_and_leaves_its_weights(tmp_path, capsys):
+    code, _ = run_main([*PRETRAIN, "--epochs", "0", "--out", tmp_path / "plain"], capsys)
+    code2, _ = run_main([*PRETRAIN, "--epochs", "0", "--set-gains-steps", "20", "--out", tmp_path / "gains"], capsys)
     assert code == code2 == 0
     plain, measured = (load_file(tmp_path / d / "model.safetensors") for d in ("plain", "gains"))
     assert all(torch.equal(plain[k], measured[k]) for k in plain)      # every set trained on a copy
     card = json.loads((tmp_path / "gains" / "model.json").read_text())
     gains = card["set_gains"]
-    assert gains["steps"] == marks(20) == [8, 16, 20] and gains["rows"] == 32 and gains["held_out"] > 0
+    assert gains["steps"] == marks(20) == [3, 5, 10, 20] and gains["rows"] == 32
+    # Scored on validation images no step trained on: one half chooses each recipe, the other scores it.
+    assert gains["images"].startswith("held out: 128 images of the pretrain's validation split")
+    assert gains["held_out"] == gains["chosen_on"] == 64
     assert {"classifier", "bias+bn+classifier", "last-2", "full FT", "lite-residual+bias"} <= set(gains["sets"])
     # edgecnn's convolutions have no bias: one set under two names, trained once.
     both = gains["sets"]["bias+bn+classifier"], gains["sets"]["bn+classifier"]
     assert both[0]["same_set_as"] == "bn+classifier" and both[0]["acc"] == both[1]["acc"]
+    full = gains["sets"]["full FT"]
+    # Successive halving: six recipes start, two go on after the first mark, one after the second.
+    reached = sorted(len(r["acc"]) for r in full["recipes"])
+    assert reached == [1, 1, 1, 1, 2, 4] and sum("dropped_at" in r for r in full["recipes"]) == 5
+    for i in range(4):      # at each mark the figures are those of the recipe the choosing half ranks first
+        alive = [r for r in full["recipes"] if len(r["acc"]) > i]
+        best = max(alive, key=lambda r: (r["select_acc"][i], -r["lr"]))
+        assert full["acc"][i] == best["acc"][i] and full["correct"][i] == best["correct"][i]
+        lo, hi = full["interval"][i]
+        assert lo <= full["acc"][i] <= hi
     for measured_set in gains["sets"].values():
-        assert len(measured_set["acc"]) == 3
+        assert len(measured_set["acc"]) == 4
         for acc, bits in zip(measured_set["acc"], measured_set["correct"]):
             assert float(unpacked(bits, gains["held_out"]).float().mean()) == pytest.approx(acc, abs=1e-4)
     assert ModelCard.from_json(card, tmp_path).set_gains == gains
     summary = json.loads((tmp_path / "gains" / "summary.json").read_text())
     without = json.loads((tmp_path / "plain" / "summary.json").read_text())
-    # The passes are in the all-in totals: 5 fixed sets and the branches, 20 steps each, and the marks' scoring.
     assert summary["totals"]["flops_all"] - without["totals"]["flops_all"] == summary["set_gains"]["flops"] > 0
     assert "set_gains" not in json.loads((tmp_path / "plain" / "model.json").read_text())
+
+
+def test_the_recipes_train_only_on_the_training_split_and_score_only_validation_images():
+    """No image a trial's steps train on is one it is scored on: the steps cycle through the training
+    split, the scores are taken on the validation split's images."""
+    def images(value, n):
+        return IndexedDataset(torch.full((n, 3, 4, 4), value, dtype=torch.uint8), torch.arange(n) % 2,
+                              torch.arange(n), ["a", "b"])
+    train, val = images(10, 40), images(200, 30)
+    got = trial_images(train, [0.0] * 3, [1.0] * 3, 8, 10, seed=1, held_out=20, held_ds=val)
+    assert len(got.held_y) == 20 and torch.allclose(got.held_x, torch.full_like(got.held_x, 200 / 255))
+    assert got.train.max() < len(train) and torch.allclose(got.batch(3, 8)[0], torch.full((8, 3, 4, 4), 10 / 255))
+
+
+def test_a_server_with_too_few_held_out_images_ships_no_recipes_and_says_why(tmp_path, capsys):
+    code, err = run_main([*PRETRAIN[:-1], "--epochs", "0", "--val-fraction", "0.05", "--set-gains-steps", "8",
+                          "--out", tmp_path / "few"], capsys)
+    assert code == 0 and "ships no recipes for devices: 32 validation images, fewer than the 100" in err
+    assert "set_gains" not in json.loads((tmp_path / "few" / "model.json").read_text())
+    assert json.loads((tmp_path / "few" / "summary.json").read_text())["set_gains"]["none"].startswith("32 validation")
+
+
+def test_an_energy_budget_bounds_a_pretrains_recipes(tmp_path, capsys):
+    """--energy-budget holds inside the recipes: they stop before the budget would be passed, and what
+    finished ships marked partial (or nothing, and says so)."""
+    code, _ = run_main([*PRETRAIN, "--epochs", "1", "--set-gains-steps", "64", "--energy-budget", "25",
+                        "--out", tmp_path / "budget"], capsys)
+    assert code == 0
+    summary = json.loads((tmp_path / "budget" / "summary.json").read_text())
+    gains = summary["set_gains"]
+    why = gains.get("partial") or gains.get("none")
+    assert "--energy-budget of 25 J" in why
+    assert summary["totals"]["energy_all_j"] <= 25 * 1.1       # at most one trial step past it
+
+
+def test_a_stop_signal_stops_a_pretrains_recipes_within_a_step(tmp_path):
+    """SIGTERM while the recipes run: the checkpoint is whole, the recipes stop at once (not after the
+    grid), ship marked partial or not at all, and the pretrain exits 143."""
+    out = tmp_path / "stopped"
+    argv = [sys.executable, "-m", "edge_sel", *PRETRAIN[:-1], "--epochs", "0", "--set-gains-steps", "400",
+            "--out", str(out)]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if "held-out accuracy at its recipes" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 143 and "the checkpoint is written; recipes" in stdout
+    gains = json.loads((out / "summary.json").read_text())["set_gains"]
+    assert "stop signal" in (gains.get("partial") or gains.get("none"))
+    # 27 recipes of 400 steps would train 345,600 images halved; it stopped within its first mark's.
+    assert gains["trial_images_trained"] < 27 * marks(400)[0] * 32
+    assert (out / "model.safetensors").is_file()
 
 
 def test_a_card_whose_set_gains_are_unreadable_is_refused():

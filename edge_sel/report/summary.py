@@ -112,7 +112,9 @@ def all_in_line(summary: dict) -> str:
 
 
 def shipped_line(block: dict) -> str:
-    """One line for the end of a pretrain: what devices get with the checkpoint."""
+    """One line for the end of a pretrain: what devices get with the checkpoint (or why nothing)."""
+    if "none" in block:
+        return f"no anchors or Fisher information shipped: {block['none']}; {block['wall_s']:.1f} s"
     a, f, s = block["anchors"], block["fisher"], block["source"]
     guard = "-" if a.get("guard_acc") is None else f"{100 * a['guard_acc']:.1f}%"
     return (f"shipped with the checkpoint: {a['samples']:,} anchors ({megabytes(a['bytes'])}: {a['replay']:,} replay, "
@@ -122,12 +124,17 @@ def shipped_line(block: dict) -> str:
 
 
 def recipes_line(gains: dict) -> str:
-    """One line for the end of a pretrain: the recipes shipped for a device's own choice, and their cost."""
+    """One line for the end of a pretrain: the recipes shipped for a device's own choice (or why none,
+    or where they stopped), and their cost."""
     joules = "" if gains.get("energy_j") is None else f", {gains['energy_j']:,.1f} J"
+    cost = f"{gains['flops'] / 1e9:.2f} GFLOP, {gains['wall_s']:.1f} s{joules}"
+    if "none" in gains:
+        return f"no recipes shipped for devices: {gains['none']}; {cost}"
+    partial = f" (partial: {gains['partial']})" if gains.get("partial") else ""
     return (f"shipped with the checkpoint: {len(gains['acc'])} sets' held-out accuracy at "
             f"{gains.get('trials', len(gains['acc']))} recipes (learning rates {', '.join(f'{x:g}' for x in gains.get('lr_grid') or [gains['lr']])}, "
-            f"statistics frozen and re-estimated) up to {gains['steps'][-1]} steps, for a device's own choice; "
-            f"{gains['flops'] / 1e9:.2f} GFLOP, {gains['wall_s']:.1f} s{joules} (--set-gains-steps 0: none)")
+            f"statistics frozen and re-estimated) up to {gains['steps'][-1]} steps{partial}, for a device's own "
+            f"choice; {cost}, within {gains.get('allowance', 'no allowance')} (--set-gains-steps 0: none)")
 
 
 def parameters(n: int) -> str:

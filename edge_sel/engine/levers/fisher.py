@@ -201,11 +201,12 @@ def squared_grads_per_layer(model: nn.Module, owners: dict[str, nn.Module], x: t
 
 def diagonal_fisher(model: nn.Module, dataset: IndexedDataset, positions: torch.Tensor, mean, std,
                     flops: FlopCounter | None = None, memory_format=torch.contiguous_format,
-                    method: str = "auto") -> FisherResult:
+                    method: str = "auto", check=None) -> FisherResult:
     """Fisher of every parameter with requires_grad at the model's current weights over the samples
     at `positions` of `dataset` (unaugmented, normalised as training sees them). `method`: "auto"
     (per layer where every trainable parameter is in a plain layer, else vmap, else the loop),
-    "per-layer", "vmap" or "loop": the same numbers up to float rounding. The model's mode is restored."""
+    "per-layer", "vmap" or "loop": the same numbers up to float rounding. The model's mode is restored.
+    `check()`, before each chunk, raises where the pass must stop (a stop signal, a budget)."""
     t0 = time.perf_counter()
     was_training = model.training
     model.eval()
@@ -225,6 +226,8 @@ def diagonal_fisher(model: nn.Module, dataset: IndexedDataset, positions: torch.
     ran = False         # a method that ran on one chunk and fails on another is not at its limit: raise
     try:
         for batch in loader.batches(torch.as_tensor(positions, dtype=torch.long)):
+            if check is not None:
+                check()
             x, y = batch.x, batch.y
             squared = None
             if chosen == "per-layer":

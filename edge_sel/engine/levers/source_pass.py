@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from edge_sel.core.evidence import Allowance, Stopped
 from edge_sel.core.source_memory import ANCHORS_FILE, FISHER_FILE, GUARD, REPLAY, SOURCE_FILE, Anchors, \
     draw_anchors, write_source_memory
 from edge_sel.engine.evaluation.evaluate import accuracy, evaluation_flops
@@ -27,18 +28,32 @@ def check_memory_options(anchors_per_class: int, fisher_samples: int) -> None:
                          "makes --ewc do nothing); to ship no source memory at all pass --anchors-per-class 0")
 
 
-def write_pretrain_memory(trainer, out: Path) -> dict:
+def write_pretrain_memory(trainer, out: Path, allowance: Allowance | None = None) -> dict:
     """Draw the anchors, estimate the Fisher and evaluate the final model on the anchors, write the
     three files into `out`; returns the summary's source_memory block, whose `card` entry is the
-    model card's section. Deterministic for a seed: the same weights give the same bytes."""
-    cfg, train = trainer.config, trainer.train_ds
+    model card's section. Deterministic for a seed: the same weights give the same bytes. Where
+    `allowance` stops it (a stop signal, the run's budget), nothing is written: a partial Fisher
+    information is no Fisher information; the block then says why (`none`) and what it cost."""
     trainer.meter.begin("source-memory")
     t0 = time.perf_counter()
+    try:
+        return _write(trainer, out, allowance, t0)
+    except Stopped as e:
+        energy = trainer.meter.end("source-memory")
+        return {"none": f"not shipped: stopped by {e}", "flops": 0, "wall_s": time.perf_counter() - t0,
+                "energy_j": energy.get("energy_j")}
+
+
+def _write(trainer, out: Path, allowance: Allowance | None, t0: float) -> dict:
+    cfg, train = trainer.config, trainer.train_ds
+    if allowance is not None:
+        allowance.begin().check()
     positions, roles = draw_anchors(train.labels, train.num_classes, cfg.anchors_per_class, cfg.seed)
     positions = positions.to(train.images.device)
     anchors = Anchors(train.pixels(positions).cpu(), train.labels[positions].cpu(), train.index[positions].cpu(), roles)
     fisher = diagonal_fisher(trainer.model, train, fisher_positions(len(train), cfg.fisher_samples, cfg.seed),
-                             trainer.mean, trainer.std, trainer.flops, trainer.memory_format)
+                             trainer.mean, trainer.std, trainer.flops, trainer.memory_format,
+                             check=None if allowance is None else allowance.check)
     t_eval = time.perf_counter()
     acc, eval_flops = {}, 0
     for role, name in ((GUARD, "guard"), (REPLAY, "replay")):

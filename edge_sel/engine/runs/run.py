@@ -19,6 +19,7 @@ from edge_sel.engine.levers.anchors import load_memory
 from edge_sel.engine.levers.levers import check_lever_options, check_levers_memory
 from edge_sel.engine.levers.source_pass import check_memory_options
 from edge_sel.engine.loop import val_size
+from edge_sel.engine.loop.set_gains import planned_words
 from edge_sel.engine.loop.state import NoValidState, load_state
 from edge_sel.engine.machine.device import pick_device, seed_everything
 from edge_sel.engine.machine.distributed import detect_world
@@ -86,6 +87,9 @@ def pretrain(model_name, data: DataOptions, cfg: TrainConfig, out: Path, overwri
                                  world.distributed)
     if line and not quiet:
         print(f"edge-sel: {line}", file=sys.stderr)
+    recipes_line = planned_words(cfg.set_gains_steps, len(splits.val), world.distributed)
+    if recipes_line and not quiet:
+        print(f"edge-sel: {recipes_line}", file=sys.stderr)
     cfg.validate()
     model, card = new_model(spec, splits, data, cfg.seed, init_weights, pretrained, input_norm, quiet)
     warn_below_use(model, data.image_size, spec.name)

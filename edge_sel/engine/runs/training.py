@@ -14,6 +14,7 @@ from edge_sel import huge_pages, threads
 from edge_sel.config import TrainConfig
 from edge_sel.core import bn_stats
 from edge_sel.core.checkpoint import ModelCard, atomic_write_bytes, save_checkpoint
+from edge_sel.core.evidence import Allowance
 from edge_sel.core.records import RecordWriter
 from edge_sel.data import Splits
 from edge_sel.device_caps import gpu_uuids
@@ -67,6 +68,31 @@ def train_model(phase: str, model, card: ModelCard, splits: Splits, cfg: TrainCo
             raise
 
 
+def recipes_allowance(trainer, records: list[dict], shipped: dict | None, steps_given: bool):
+    """What a pretrain's recipes may spend (engine/loop/set_gains.py): by default what the rest of the
+    pretrain spent (its epochs' training and evaluation, its anchors and Fisher information), and the
+    joules a FLOP cost there (to size the search before it starts); nothing of their own where the
+    user gave --set-gains-steps or the server is a GPU (the whole grid). Returns (allowance, joules a
+    FLOP or None, whether the whole grid runs)."""
+    blocks = [*records, *([shipped] if shipped else [])]
+    joules = sum((r.get("energy_j") or 0.0) + (r.get("eval_energy_j") or 0.0) for r in blocks)
+    flops = sum((r.get("flops_train") or 0) + (r.get("flops_eval") or 0) + (r.get("flops") or 0) for r in blocks)
+    whole_grid = trainer.device.type == "cuda"
+    if steps_given or whole_grid:
+        return Allowance.of_run(trainer), None, whole_grid
+    if joules > 0:
+        return Allowance.of_run(trainer, joules=joules), (joules / flops if flops else None), False
+    seconds = sum((r.get("wall_s") or 0.0) + (r.get("eval_wall_s") or 0.0) for r in blocks)
+    return Allowance.of_run(trainer, seconds=seconds or None), None, False
+
+
+def inherited(gains: dict | None) -> dict | None:
+    """The recipes a fine-tune's output card keeps: the warmup's, marked as measured on its weights."""
+    if not gains:
+        return None
+    return {**gains, "measured_on": gains.get("measured_on", "the warmup's weights (the server's recipes)")}
+
+
 def flag_random_head(shipped: dict, card: ModelCard, cfg: TrainConfig) -> None:
     """Guard anchors scored by a classifier no epoch trained (made anew, or a random model's): their
     source accuracy is chance, so the guard and forgetting measured against it mean nothing. Said
@@ -117,7 +143,8 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
                            state_dir=out / "state" if writes and states else None,
                            # a mid-epoch state would hold rank 0's share of the epoch only
                            checkpoint_every=0 if ranks else c.checkpoint_every, ranks=ranks, memory=memory,
-                           bank=bank[0], bank_setup=bank[1], set_gains=card.set_gains if phase == "finetune" else None)
+                           bank=bank[0], bank_setup=bank[1], set_gains=card.set_gains if phase == "finetune" else None,
+                           pretrained_start=bool(card.training.get("pretrained")))
         t0 = time.perf_counter()        # from the trainer's start: its layout probes and memory plan are the run's too
         set_bn_momentum(model, cfg.bn_momentum)     # BatchNorm runs in eval mode in a head stage
         # --head-epochs: the classifier alone first (head_first.py); the head stage keeps no state, so a
@@ -165,20 +192,32 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
         else:
             records = before
         shipped, gains = None, None
-        # Rank 0 alone, from the final weights (a pretrain keeps its last epoch's), in the meter's window.
+        # Rank 0 alone, from the final weights (a pretrain keeps its last epoch's), in the meter's window;
+        # each bounded like an epoch: a stop signal or --energy-budget stops it at once.
         if phase == "pretrain" and writes and cfg.anchors_per_class > 0 and trainer.stop_reason != "interrupted":
             said(trainer, "anchors, Fisher information and source weights for devices' guards and levers "
                           "(--anchors-per-class 0: none)")
-            shipped = write_pretrain_memory(trainer, out)
-            flag_random_head(shipped, card, cfg)
-            card.source_memory = shipped["card"]
+            shipped = write_pretrain_memory(trainer, out, Allowance.of_run(trainer))
+            if "none" in shipped:
+                said(trainer, f"no anchors or Fisher information: {shipped['none']}")
+            else:
+                flag_random_head(shipped, card, cfg)
+                card.source_memory = shipped["card"]
         measures = cfg.set_gains_steps > 0 or (cfg.set_gains_steps < 0 and not ranks)     # sized: not under torchrun
         if phase == "pretrain" and writes and measures and trainer.stop_reason != "interrupted":
             steps = set_gains.steps_for(cfg.set_gains_steps, len(splits.train), cfg.batch_size)
-            said(trainer, f"each set's held-out accuracy at its recipes over {steps} steps, for a device's own "
-                          "choice (--set-gains-steps 0: none)")
-            gains = set_gains.measure(trainer, steps)
-        card.set_gains = gains          # measured from these weights: a fine-tune's output card has none
+            allowance, rate, whole_grid = recipes_allowance(trainer, records, shipped, cfg.set_gains_steps > 0)
+            said(trainer, f"each set's held-out accuracy at its recipes over up to {steps} steps, for a device's own "
+                          f"choice, within {set_gains.allowance_words(allowance)} (--set-gains-steps 0: none)")
+            gains = set_gains.measure(trainer, steps, allowance, halving=not whole_grid, joules_per_flop=rate)
+            if "none" in gains:
+                said(trainer, f"no recipes: {gains['none']}")
+            elif "partial" in gains:
+                said(trainer, f"recipes partial ({gains['partial']}): shipped up to step {gains['steps'][-1]}")
+        if phase == "pretrain":
+            card.set_gains = gains if gains and "sets" in gains else None
+        else:       # measured from the warmup's weights: every night of a device's life chooses by them
+            card.set_gains = inherited(card.set_gains)
         meter_info = meter.describe() if hasattr(meter, "describe") else {}
     finally:
         if own_meter:
@@ -197,7 +236,13 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
     # Where the weights started; published weights stay named through every fine-tune (their licence).
     started = {k: card.training[k] for k in ("init_weights", "pretrained")
                if k in card.training and (phase == "pretrain" or k == "pretrained")}
+    # What trained: the set (by the run's choice, or the user's --sparsity), its statistics and its rate.
+    chosen = cfg.choice or {}
+    trained = {"sparsity": cfg.sparsity, **({"set": chosen["set"]} if chosen.get("set") else {}),
+               **({k: cfg.method[k] for k in ("last_k",) if k in cfg.method}), "lr": cfg.lr,
+               "chosen_by": chosen.get("named_by") or chosen.get("decided_by") or "the user's options"}
     card.training = {**started, "phase": phase, "epochs": len(records), "strategy": cfg.strategy,
+                     "trained": trained,
                      "final_val_acc": records[-1]["val_acc"] if records else None,
                      "final_test_acc": records[-1]["test_acc"] if records else None, "seed": cfg.seed, **bn_run,
                      **({"head_epochs": cfg.head_epochs, "bn_momentum": cfg.bn_momentum} if staged else {}),
@@ -249,12 +294,12 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
         summary["bn_bank"] = {**trainer.bank.describe(), "bytes": bank_written,
                               "written": bank_written is not None}
     if shipped is not None:
-        summary["source_memory"] = {k: v for k, v in shipped.items() if k != "card"} | {
-            k: shipped["card"][k] for k in ("anchors", "fisher", "source")}
+        summary["source_memory"] = {k: v for k, v in shipped.items() if k != "card"} | (
+            {} if "none" in shipped else {k: shipped["card"][k] for k in ("anchors", "fisher", "source")})
         add_to_totals(summary, shipped)
     if gains is not None:
-        summary["set_gains"] = {k: v for k, v in gains.items() if k != "sets"} | {
-            "acc": {name: s["acc"] for name, s in gains["sets"].items()}}
+        summary["set_gains"] = {k: v for k, v in gains.items() if k != "sets"} | (
+            {"acc": {name: s["acc"] for name, s in gains["sets"].items()}} if "sets" in gains else {})
         add_to_totals(summary, gains, "the set gains measured for devices (set_gains)")
     with writing(out / "summary.json"):
         atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2, default=str).encode())
