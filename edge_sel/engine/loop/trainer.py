@@ -71,6 +71,7 @@ class Trainer:
     bank: object = None                  # engine.evaluation.bn_bank.ConditionBank under --bn-conditions
     bank_setup: dict | None = None       # what matching tonight's images to the bank cost (charged to the baseline)
     set_gains: dict | None = None        # the checkpoint's, the planner's expected gains (engine/loop/set_gains.py)
+    pretrained_start: bool = False       # the warmup grew from published weights (default_choice's prior)
 
     def __post_init__(self):
         cfg = self.config

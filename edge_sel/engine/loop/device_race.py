@@ -1,0 +1,157 @@
+"""The device confirms where the server cannot speak for it (DESIGN §12; TinyTrain chooses on the
+user's own data at about one backward pass). The server's recipes are a prior from its own images;
+before a plain fine-tune takes their leader, the device asks two questions:
+
+- are its images the server's kind? In one pass of the warmup over as many of its validation images as
+  the server scored its figures on: their BatchNorm inputs against the warmup's running statistics
+  (engine/loop/statistics_distance.py), a distance DIFFER_RATIO times the server's (and at least
+  DIFFER_FLOOR), or the warmup's accuracy on them below the server's by more than a two-proportion
+  test tells apart, is a camera the server never saw;
+- do the shipped figures tell the leader from the runner-up? A margin a paired test on the server's
+  images cannot resolve is no ranking.
+
+Where either says no, the leading shipped sets race on the device: each in both statistics modes
+(frozen and re-estimated) at its shipped rate for that mode, trained on the device's images and scored
+on its validation images (no step trains on them), all to the same step, all of it within RACE_SHARE
+of the run's estimated training joules. The race's figures decide only where they resolve:
+its pick replaces the server's leader where a paired test says it beats it (or is as good for fewer
+joules); else the server's leader stays, and the line says which evidence decided."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from functools import partial
+
+import torch
+
+from edge_sel.backends.torch_backend import make_optimizer
+from edge_sel.core.evidence import Z_TWO_SIDED, Allowance, as_good, resolved
+from edge_sel.core.memory import StepShape
+from edge_sel.engine.loop.set_gains import nearest_mark, recipe_at
+from edge_sel.engine.loop.statistics_distance import distance_and_logits
+from edge_sel.engine.loop.trial_gain import normalised, race, trial_images
+from edge_sel.engine.machine import joule_plan
+from edge_sel.engine.machine.joule_plan import Candidate
+
+RACE_SHARE = 0.1          # of the run's estimated training joules, at most
+RACE_STEPS = 8            # a racer's steps at most (fewer where the share buys fewer)
+RACE_SETS = 2             # the leading shipped sets that race, each in both statistics modes
+RACE_HELD_OUT = 256       # validation images the racers are scored on, at most
+DIFFER_RATIO = 2.0        # a device's statistics distance this many times the server's ...
+DIFFER_FLOOR = 0.05       # ... and at least this: a camera the server never saw
+DISTANCE_IMAGES = 128     # validation images compared with the server's (the server's count where it says)
+
+
+def question(trainer, candidates: list[Candidate], leader: Candidate, shipped: dict) -> tuple[str | None, dict]:
+    """Why the device must confirm the server's leader (None: it need not), and what it measured: one
+    pass of the warmup over as many of the device's validation images as the server scored its figures
+    on (no step trains on them), for their distance from its statistics and its accuracy."""
+    cfg, val = trainer.config, trainer.val_ds
+    n = min(len(val), int(shipped.get("held_out") or DISTANCE_IMAGES))
+    facts = {"distance_images": n}
+    if n < 2:
+        return None, {**facts, "why_not": "no validation images to compare with the server's"}
+    pick = torch.randperm(len(val), generator=torch.Generator().manual_seed(cfg.seed))[:n].to(val.images.device)
+    x, y = normalised(val, trainer.mean, trainer.std, pick)
+    device, logits = distance_and_logits(trainer.model, x)
+    right = int((logits.argmax(1) == y).sum())
+    server, server_acc = shipped.get("bn_distance"), shipped.get("start_acc")
+    facts.update(device_bn_distance=device, server_bn_distance=server, device_start_acc=round(right / n, 4),
+                 server_start_acc=server_acc)
+    reasons = []
+    if device is not None and server is not None and device > max(DIFFER_FLOOR, DIFFER_RATIO * server):
+        reasons.append(f"its images are not the server's kind (BatchNorm distance {device:.3f} against the "
+                       f"server's {server:.3f})")
+    if server_acc is not None and below(right, n, server_acc, int(shipped["held_out"])):
+        reasons.append(f"its images are not the server's kind (the warmup scores {right / n:.1%} on {n} of its "
+                       f"validation images against {server_acc:.1%} on the server's)")
+    rivals = [c for c in candidates if c is not leader and c.count is not None and c.correct is not None and not c.out]
+    runner = max(rivals, key=lambda c: c.gain, default=None)
+    if runner is not None and leader.correct is not None and not resolved(leader.correct, runner.correct):
+        facts["runner_up"] = runner.name
+        reasons.append(f"the shipped margin of {leader.name} over {runner.name} "
+                       f"({(leader.gain - runner.gain) * 100:+.1f} points) is within its noise")
+    return ("; ".join(reasons) or None), facts
+
+
+def below(right: int, n: int, server_acc: float, server_n: int) -> bool:
+    """Whether `right` of `n` is below the server's accuracy by more than a two-sided 95% test of two
+    proportions tells apart."""
+    p = right / n
+    se = math.sqrt(p * (1 - p) / n + server_acc * (1 - server_acc) / max(1, server_n))
+    return server_acc - p > Z_TWO_SIDED * se if se > 0 else server_acc > p
+
+
+def racers(trainer, candidates: list[Candidate], leader: Candidate, shipped: dict, run_images: int,
+           user_mode: str | None, user_lr: float | None) -> list[Candidate]:
+    """The leading shipped sets (the leader first, then those the shipped figures do not resolve behind
+    it), each in the statistics modes the user left open, at its shipped rate for that mode."""
+    i = nearest_mark(shipped, run_images)
+    ranked = sorted((c for c in candidates if c.count is not None and not c.out and c.correct is not None),
+                    key=lambda c: -c.gain)
+    sets = [leader] + [c for c in ranked if c is not leader and not resolved(leader.correct, c.correct)]
+    out = []
+    for c in sets[:RACE_SETS]:
+        for mode in ([user_mode] if user_mode else ["frozen", "train"]):
+            recipe = recipe_at(shipped, c.name, i, mode, user_lr)
+            if recipe is None:
+                continue
+            r = Candidate(c.name, set(c.trainable), lr=user_lr or recipe["lr"], count=c.count)
+            r.shape = replace(c.shape, bn_statistics=mode)
+            r.shipped = c           # the candidate it stands for
+            out.append(r)
+    return out
+
+
+def run_race(trainer, entrants: list[Candidate], prior: Candidate, run_steps: int, losses, flops, timed) -> dict:
+    """The race within RACE_SHARE of the prior's estimated training (joules where measured, else seconds);
+    returns its figures, its pick, and whether it displaced the prior."""
+    cfg = trainer.config
+    timed(entrants)
+    if len(entrants) < 2 or any(r.step_s is None for r in entrants):
+        return {"raced": False, "why": "fewer than two racers could be timed"}
+    held = min(RACE_HELD_OUT, len(trainer.val_ds))
+    if held < 2:
+        return {"raced": False, "why": "no validation images to score a race on"}
+    budget_s = RACE_SHARE * (prior.seconds or sum(r.step_s for r in entrants) / len(entrants) * run_steps)
+    scoring_s = min(r.step_s for r in entrants) * math.ceil(held / cfg.batch_size) / 3
+    per_rung = sum(r.step_s for r in entrants)
+    steps = min(RACE_STEPS, run_steps, int((budget_s - len(entrants) * scoring_s) / per_rung) if per_rung else 0)
+    if steps < 1:
+        return {"raced": False, "why": f"a tenth of the run ({budget_s:.1f} s) buys no step of {len(entrants)} racers"}
+    joules_share = None if prior.joules is None else RACE_SHARE * prior.joules
+    allowance = Allowance.of_run(trainer, joules=joules_share, seconds=None if joules_share else budget_s)
+    images = trial_images(trainer.train_ds, trainer.mean, trainer.std, cfg.batch_size, steps, cfg.seed, held,
+                          trainer.val_ds)
+    optimizer = partial(make_optimizer, cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    allowance.begin()
+    # Every racer to the same step (a few racers: halving them would compare a racer at half the steps).
+    cost = race(trainer.model, entrants, images, optimizer, losses, cfg.batch_size, steps, flops, (), "cosine",
+                allowance=allowance)
+    said = {"raced": True, "cost": cost, "steps": steps, "held_out": held, "allowance_s": round(budget_s, 3),
+            "racers": [{"name": r.name, "bn_statistics": r.shape.bn_statistics, "lr": r.lr,
+                        "held_out_acc": r.trial.get("held_out_acc"), "reached": r.trial.get("reached"),
+                        **({"dropped_at": r.trial["dropped_at"]} if "dropped_at" in r.trial else {})}
+                       for r in entrants]}
+    finished = [r for r in entrants if r.trial and r.trial.get("reached") == steps]
+    if len(finished) < 2:
+        return {**said, "decided": False, "why": "the race stopped before two racers finished"}
+    for r in finished:
+        r.seconds = r.step_s * run_steps
+        r.joules = None if prior.joules is None or prior.seconds in (None, 0) else r.seconds * prior.joules / prior.seconds
+    pick, _ = joule_plan.choose(finished)
+    stands = next((r for r in entrants if r.shipped is prior and r.shape.bn_statistics == prior.shape.bn_statistics), None)
+    decided = any(stands is r for r in finished) and pick is not stands and displaces(pick, stands)
+    return {**said, "decided": decided, "pick": pick, "stands_for_prior": stands}
+
+
+def displaces(pick: Candidate, prior: Candidate) -> bool:
+    """Whether the race's pick replaces the racer that stands for the server's leader: only where the
+    race's own images resolve it, ahead by a paired test, or as good (a deficit the test puts under half
+    a point) for fewer joules."""
+    return resolved(pick.correct, prior.correct) or (as_good(prior, pick) and cost_of(pick) < cost_of(prior))
+
+
+def cost_of(c: Candidate) -> float:
+    return c.joules if c.joules is not None else (c.seconds if c.seconds is not None else math.inf)
