@@ -34,7 +34,8 @@ def use_threads(count: int | None) -> None:
               help="Dataset [default: folder:../shared/data/cifar10-jpeg beside the repository, if present]; "
                    "the device's data is its shard 1/2.")
 @click.option("--scenario", default="noise", show_default=True,
-              help="The device's condition: clean, or a corruption of bench adapt's (noise, noise+labels).")
+              help="The device's condition: clean, a corruption of bench adapt's (noise, noise+labels), or "
+                   "contrast (a camera the clean server never saw).")
 @click.option("--image-size", type=click.IntRange(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE), default=None,
               help="Folder images resized to S x S: the device's resolution [the checkpoint's; it must match].")
 @click.option("--methods", "method_names", default=None,

@@ -47,7 +47,9 @@ from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.engine.runs.run import pretrain
 from edge_sel.methods.update.fixed_sets import sparse_names
 
-CONDITIONS = {"clean": None, **SCENARIOS}
+# "contrast": a camera the clean server never saw (CIFAR-10-C's contrast at severity 4), on which a
+# device must confirm the server's recipes (engine/loop/device_race.py).
+CONDITIONS = {"clean": None, **SCENARIOS, "contrast": "corrupt=contrast:4"}
 FRACTIONS = ("1/4", "1/10", "1/30")
 ACTIVATION = 0.4
 # The sparse update's weights hold at most this share of the parameters (MCUNetV3 searched its set
