@@ -4,10 +4,10 @@ Commands and groups are made with the classes below (`cls=Command` / `cls=Group`
 group's `.command()` / `.group()`), so a subcommand of a nested group (bench, profiles, fleet) is
 handled exactly like a top-level one:
 
-- InputError (bad input)                          -> `edge-sel: error: ...`, exit 2
-- WriteError, TrainingDiverged (the run failed)   -> `edge-sel: error: ...`, exit 1
-- KeyboardInterrupt                               -> `edge-sel: interrupted`, exit 130
-- a usage error (an unknown option, a bad value)  -> one line, exit 2, without click's usage block
+- InputError (bad input)                         -> `edge-sel: error: ...`, exit 2
+- WriteError, TrainingDiverged, MeasuringFailed -> `edge-sel: error: ...`, exit 1 (the run failed)
+- KeyboardInterrupt                              -> `edge-sel: interrupted`, exit 130
+- a usage error (an unknown option, a bad value) -> one line, exit 2, without click's usage block
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import warnings
 
 import click
 
-from edge_sel.errors import InputError, TrainingDiverged, WriteError
+from edge_sel.errors import InputError, MeasuringFailed, TrainingDiverged, WriteError
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
@@ -102,7 +102,7 @@ def _invoke_handled(invoke, ctx: click.Context):
     except InputError as e:
         click.echo(f"edge-sel: error: {e}", err=True)
         sys.exit(2)
-    except (WriteError, TrainingDiverged) as e:
+    except (WriteError, TrainingDiverged, MeasuringFailed) as e:
         click.echo(f"edge-sel: error: {e}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
