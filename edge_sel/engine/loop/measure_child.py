@@ -6,7 +6,7 @@ checkpoint's set gains) and the growth the run measured before the first step; i
 would beside that growth, which counts and times the same steps, keeps them in the device's caches,
 and stops before any trial or training step. The run charges the child's wall time and joules to its
 planning (the meter's window holds the child: a device meter reads the whole board, the CPU-time
-estimate counts a waited-for child's CPU time) and its counted FLOPs to its scoring passes.
+estimate counts a waited-for child's CPU time, all of it) and its counted FLOPs to its scoring passes.
 
 The child runs nothing the user did not install: an isolated interpreter (`-I`: no current folder, no
 user site, no PYTHON* variables on its path) in the run's private temporary folder, with only the folder
@@ -33,6 +33,7 @@ import torch
 import edge_sel
 from edge_sel.core import measuring
 from edge_sel.engine.loop.first_use import GIVEN
+from edge_sel.engine.loop.planning_cost import add_planning_cost, children_cpu_s
 from edge_sel.errors import InputError, MeasuringFailed
 
 CHILD_MODULE = "edge_sel.engine.runs.measuring_child"
@@ -62,7 +63,7 @@ def child_spec(trainer, spent_mb: float) -> dict:
 
 def measure_in_child(trainer, spent_mb: float) -> dict:
     """Runs the measuring child for `trainer` beside `spent_mb` MiB of the run's growth; returns what it
-    cost ({"wall_s", "energy_j", "counts", "flops", "samples"}). Raises ChildFailed where the run
+    cost ({"wall_s", "energy_j", "cpu_s", "counts", "flops", "samples"}). Raises ChildFailed where the run
     could not be handed to it (then the run measures in its own process, and says so), MeasuringFailed
     where it started and failed."""
     with tempfile.TemporaryDirectory(prefix="edge-sel-measure-") as tmp:     # 0700: the spec is ours
@@ -72,12 +73,12 @@ def measure_in_child(trainer, spent_mb: float) -> dict:
         except Exception as e:          # a model or method that does not pickle (a lambda, a local class)
             raise ChildFailed(f"the run could not be handed to a child ({type(e).__name__}: {e})") from None
         trainer.meter.begin("memory-plan-child")
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), children_cpu_s()
         try:
             done = subprocess.run(child_command(spec, result), cwd=tmp, env=child_environment(),
                                   capture_output=True, text=True)
         finally:
-            wall = time.perf_counter() - t0
+            wall, cpu = time.perf_counter() - t0, children_cpu_s() - cpu0
             energy = (trainer.meter.end("memory-plan-child") or {}).get("energy_j")
         last = " ".join((done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1].split())
         if done.returncode == HANDOFF_FAILED:
@@ -89,7 +90,7 @@ def measure_in_child(trainer, spent_mb: float) -> dict:
         if not isinstance(found, dict):
             raise MeasuringFailed(f"the measuring child failed ({last}); nothing was measured in this process: "
                                   f"run it again, or without --memory-budget")
-    return {**found, "wall_s": round(wall, 3), "energy_j": energy}
+    return {**found, "wall_s": round(wall, 3), "energy_j": energy, "cpu_s": round(cpu, 3)}
 
 
 def package_root() -> str:
@@ -147,8 +148,6 @@ def charge_child(trainer, cost: dict) -> None:
     are the run's scoring."""
     added = {"memory_plan_wall_s": cost["wall_s"], "memory_plan_energy_j": cost.get("energy_j"),
              "memory_plan_child_counts": cost.get("counts", 0), "memory_plan_child_s": cost["wall_s"],
-             "memory_plan_children": 1}
-    before = getattr(trainer, "memory_plan_cost", None) or {}
-    summed = {k: [v for v in (before.get(k), added.get(k)) if v is not None] for k in {**before, **added}}
-    trainer.memory_plan_cost = {k: sum(v) if v else None for k, v in summed.items()}
+             "memory_plan_children": 1, "memory_plan_child_cpu_s": cost.get("cpu_s")}
+    add_planning_cost(trainer, added)
     trainer.ledger.add_scoring(int(cost.get("samples", 0)), int(cost.get("flops", 0)))
