@@ -181,13 +181,15 @@ def nearest_mark(shipped: dict, images: int) -> int:
 
 def recipe_at(shipped: dict, name: str, i: int, mode: str | None = None, lr: float | None = None) -> dict | None:
     """The best recipe of set `name` at mark `i` ({"lr", "bn_statistics", "acc", "correct"}), among those
-    in statistics `mode` and at learning rate `lr` where given (a run's own choices); None where none is.
-    A card written before recipes has one per set: the pretrain's rate, the set's mode."""
+    in statistics `mode` and at learning rate `lr` where given (a run's own choices) that reached mark `i`
+    (a recipe dropped before it holds fewer figures); None where none is. A card written before recipes has
+    one per set: the pretrain's rate, the set's mode. The card's fields were checked when it was read
+    (core/set_gains_card.py)."""
     measured = shipped["sets"][name]
     tried = measured.get("recipes") or [{"lr": shipped.get("lr"), "bn_statistics": measured.get("bn_statistics"),
                                          "acc": measured["acc"], "correct": measured["correct"]}]
     fitting = [r for r in tried if (mode is None or r["bn_statistics"] == mode)
-               and (lr is None or r["lr"] is None or math.isclose(r["lr"], lr))]
+               and (lr is None or r["lr"] is None or math.isclose(r["lr"], lr)) and len(r["acc"]) > i]
     if not fitting:
         return None
     best = max(fitting, key=lambda r: (r["acc"][i], -(r["lr"] or 0)))
