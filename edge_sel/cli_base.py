@@ -12,6 +12,7 @@ handled exactly like a top-level one:
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import warnings
@@ -110,10 +111,28 @@ def _invoke_handled(invoke, ctx: click.Context):
         sys.exit(130)
 
 
+def refuse_non_finite(ctx: click.Context) -> None:
+    """A number given (typed, from the environment or a profile) that is not finite is refused, naming
+    its option: click's FLOAT takes "nan" and "inf", and NaN passes every range check (`lo <= x` is
+    false both ways), so `--target-activation nan` reached the loop. Defaults are the code's own."""
+    for param in ctx.command.params:
+        if param.name is None or ctx.get_parameter_source(param.name) in (None, click.core.ParameterSource.DEFAULT):
+            continue
+        value = ctx.params.get(param.name)
+        values = [value]
+        while any(isinstance(v, (tuple, list)) for v in values):        # multiple values, tuples of them
+            values = [w for v in values for w in (v if isinstance(v, (tuple, list)) else [v])]
+        bad = next((v for v in values if isinstance(v, float) and not math.isfinite(v)), None)
+        if bad is not None:
+            raise click.BadParameter(f"{bad} is not a finite number", ctx=ctx, param=param)
+
+
 def _make_context_one_line(make_context, info_name, args, parent, extra):
     given = list(args)      # click's parser consumes `args`
     try:
-        return make_context(info_name, args, parent=parent, **extra)
+        ctx = make_context(info_name, args, parent=parent, **extra)
+        refuse_non_finite(ctx)
+        return ctx
     except click.UsageError as e:
         raise _one_line(e, given) from None
 
