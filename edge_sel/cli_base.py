@@ -4,21 +4,22 @@ Commands and groups are made with the classes below (`cls=Command` / `cls=Group`
 group's `.command()` / `.group()`), so a subcommand of a nested group (bench, profiles, fleet) is
 handled exactly like a top-level one:
 
-- InputError (bad input)                          -> `edge-sel: error: ...`, exit 2
-- WriteError, TrainingDiverged (the run failed)   -> `edge-sel: error: ...`, exit 1
-- KeyboardInterrupt                               -> `edge-sel: interrupted`, exit 130
-- a usage error (an unknown option, a bad value)  -> one line, exit 2, without click's usage block
+- InputError (bad input)                         -> `edge-sel: error: ...`, exit 2
+- WriteError, TrainingDiverged, MeasuringFailed -> `edge-sel: error: ...`, exit 1 (the run failed)
+- KeyboardInterrupt                              -> `edge-sel: interrupted`, exit 130
+- a usage error (an unknown option, a bad value) -> one line, exit 2, without click's usage block
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import warnings
 
 import click
 
-from edge_sel.errors import InputError, TrainingDiverged, WriteError
+from edge_sel.errors import InputError, MeasuringFailed, TrainingDiverged, WriteError
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
@@ -102,7 +103,7 @@ def _invoke_handled(invoke, ctx: click.Context):
     except InputError as e:
         click.echo(f"edge-sel: error: {e}", err=True)
         sys.exit(2)
-    except (WriteError, TrainingDiverged) as e:
+    except (WriteError, TrainingDiverged, MeasuringFailed) as e:
         click.echo(f"edge-sel: error: {e}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
@@ -110,10 +111,28 @@ def _invoke_handled(invoke, ctx: click.Context):
         sys.exit(130)
 
 
+def refuse_non_finite(ctx: click.Context) -> None:
+    """A number given (typed, from the environment or a profile) that is not finite is refused, naming
+    its option: click's FLOAT takes "nan" and "inf", and NaN passes every range check (`lo <= x` is
+    false both ways), so `--target-activation nan` reached the loop. Defaults are the code's own."""
+    for param in ctx.command.params:
+        if param.name is None or ctx.get_parameter_source(param.name) in (None, click.core.ParameterSource.DEFAULT):
+            continue
+        value = ctx.params.get(param.name)
+        values = [value]
+        while any(isinstance(v, (tuple, list)) for v in values):        # multiple values, tuples of them
+            values = [w for v in values for w in (v if isinstance(v, (tuple, list)) else [v])]
+        bad = next((v for v in values if isinstance(v, float) and not math.isfinite(v)), None)
+        if bad is not None:
+            raise click.BadParameter(f"{bad} is not a finite number", ctx=ctx, param=param)
+
+
 def _make_context_one_line(make_context, info_name, args, parent, extra):
     given = list(args)      # click's parser consumes `args`
     try:
-        return make_context(info_name, args, parent=parent, **extra)
+        ctx = make_context(info_name, args, parent=parent, **extra)
+        refuse_non_finite(ctx)
+        return ctx
     except click.UsageError as e:
         raise _one_line(e, given) from None
 

@@ -247,6 +247,9 @@ class TrainConfig:
             raise InputError(f"choice must be a mapping, got {self.choice!r}")
         if not isinstance(self.method, dict):
             raise InputError(f"method options must be a mapping, got {self.method!r}")
+        for name, value in self.method.items():       # each method's own checks follow; NaN passes comparisons
+            if isinstance(value, float) and not math.isfinite(value):
+                raise InputError(f"--{str(name).replace('_', '-')} must be a finite number, got {value}")
         return self
 
     def to_json(self) -> dict:

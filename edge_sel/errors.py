@@ -30,6 +30,11 @@ class TrainingDiverged(Exception):
     """Non-finite losses kept coming back after rolling back and halving the learning rate."""
 
 
+class MeasuringFailed(Exception):
+    """A child process the run started to measure (engine/loop/measure_child.py) failed: the run stops
+    in one line (exit 1) rather than measure in its own process after something unexpected ran."""
+
+
 @contextlib.contextmanager
 def writing(path):
     """Turn an OSError while writing `path` into a WriteError that names the file."""

@@ -49,7 +49,7 @@ def test_the_estimate_never_exceeds_cores_times_watts_per_core(tmp_path):
     assert torch.get_num_threads() == 1           # cores in use: one torch thread
     meter.begin("epoch")
     clock.advance(0.01)
-    cpu["s"] += 0.5               # CPU time charged late (a coarse counter, a reaped child): 50 cores' worth
+    cpu["s"] += 0.5               # this process's CPU time charged late (a coarse counter): 50 cores' worth
     meter.sample_once()
     clock.advance(1.0)
     cpu["s"] += 0.8               # 0.8 of a core busy

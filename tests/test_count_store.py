@@ -1,8 +1,12 @@
 """Counts kept on the device between runs are read back only for the step they were made for."""
 
 import copy
+import json
+import os
+import re
 from functools import partial
 
+import pytest
 import torch
 
 from edge_sel.backends.torch_backend import make_optimizer
@@ -143,3 +147,52 @@ def test_the_caches_files_are_read_safely_and_only_sound_entries_are_used(tmp_pa
     probe_cache._write(CACHE_FILE, entries)
     again = measure_costs([c], model, x, y, losses, "cpu", 10)
     assert first["timed"] == again["timed"] == 1 and probe_cache.positive(c.step_s)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_a_cache_file_another_user_could_write_is_set_aside_and_measured_again(tmp_path, monkeypatch):
+    """A step-costs.json owned by another user, in a cache folder others may write, made a run choose full
+    fine-tuning at "0 J estimated". Now a cache file that is another user's, or that group or others may
+    write, is set aside with one line naming it, never read: the step is timed (or counted) again, and
+    what was measured is kept in a file of this user's alone, whatever the umask."""
+    from edge_sel.engine.machine import probe_cache
+    from edge_sel.engine.machine.joule_plan import CACHE_FILE, Candidate, measure_costs
+    monkeypatch.setenv("EDGE_SEL_CACHE", str(tmp_path))
+    tmp_path.chmod(0o777)                   # a cache folder others may write
+    model = torch.nn.Linear(3, 2)
+    c = Candidate("head", {"weight", "bias"})
+    c.shape, c.count = StepShape(4), object()
+    losses = lambda out, t: torch.nn.functional.cross_entropy(out, t, reduction="none")
+    x, y = torch.randn(4, 3), torch.zeros(4, dtype=torch.long)
+    old_umask = os.umask(0o002)             # a group-writable umask: the kept file is still this user's alone
+    try:
+        assert measure_costs([c], model, x, y, losses, "cpu", 10)["timed"] == 1
+    finally:
+        os.umask(old_umask)
+    costs, counts = tmp_path / CACHE_FILE, tmp_path / "counts.json"
+    assert costs.stat().st_mode & 0o777 == 0o644 and costs.stat().st_uid == os.geteuid()
+    entries = json.loads(costs.read_text())
+    planted = {key: {**entry, "step_s": 1e-9} for key, entry in entries.items()}
+    CountStore(counts).put("k", {"peak": 1})
+    for change, why in ((lambda p: os.chown(p, 65534, 65534), "owned by user 65534, not by this user"),
+                        (lambda p: os.chmod(p, 0o666), "writable by group or others (mode 666)")):
+        costs.write_text(json.dumps(planted))
+        costs.chmod(0o644)
+        change(costs)
+        change(counts)
+        with pytest.warns(UserWarning, match=f"{costs}: {re.escape(why)}.*: set aside, not read"):
+            again = measure_costs([c], model, x, y, losses, "cpu", 10)
+        assert again["timed"] == 1 and c.step_s != 1e-9
+        with pytest.warns(UserWarning, match=f"{counts}: {re.escape(why)}.*: set aside, not read"):
+            assert CountStore(counts).get("k") is None
+        assert costs.stat().st_uid == os.geteuid() and costs.stat().st_mode & 0o022 == 0      # replaced by ours
+        os.chown(counts, os.geteuid(), -1)
+        counts.chmod(0o644)
+    # A link where a cache file was is replaced, never written through.
+    target = tmp_path / "elsewhere.json"
+    target.write_text("{}")
+    costs.unlink()
+    costs.symlink_to(target)
+    with pytest.warns(UserWarning, match="a link, not a file"):
+        measure_costs([c], model, x, y, losses, "cpu", 10)
+    assert target.read_text() == "{}" and not costs.is_symlink()

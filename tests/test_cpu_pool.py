@@ -350,8 +350,8 @@ def _folder_writable_by_others(folder):
     return f"{folder}: writable by group or others (mode 703)"
 
 
-def _folder_another_users(folder):         # this process's user made another one (the test's os.getuid)
-    uid = os.getuid()
+def _folder_another_users(folder):         # this process's user made another one (the test's os.geteuid)
+    uid = os.geteuid()
     return f"{folder}: owned by user {uid}, not by this user ({uid + 1})"
 
 
@@ -372,7 +372,7 @@ def test_a_pool_folder_others_could_write_is_refused_and_nothing_in_it_loads(poo
     record(pool.folder, pool.planted)
     why = change(pool.folder)
     if change is _folder_another_users:
-        monkeypatch.setattr(os, "getuid", lambda uid=os.getuid(): uid + 1)
+        monkeypatch.setattr(os, "geteuid", lambda uid=os.geteuid(): uid + 1)
     assert cpu_pool.library() is None and cpu_pool.unavailable() == why
     assert (pool.compiled, pool.lines("loaded"), pool.lines("planted")) == (0, 0, 0)
     assert cpu_pool.keep(0) is False and cpu_pool.counts()["hits"] == 0

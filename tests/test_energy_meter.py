@@ -1,5 +1,8 @@
 """The window API: estimate, idle baseline, totals, automatic choice, sysfs root, thread."""
 
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -173,3 +176,24 @@ def test_sampler_thread_runs_and_stops(tmp_path):
     assert not meter.running
     assert fields["energy_samples"] >= 3
     assert fields["energy_coverage"] == 1.0
+
+
+BURN = "import time\nstart = time.process_time()\nwhile time.process_time() - start < 0.4:\n    pass\n"
+
+
+def test_a_childs_cpu_time_is_charged_whole_when_it_is_waited_for(tmp_path):
+    """A child's CPU time arrives in the sample after it is waited for, however short: the estimate
+    capped it at that sample's wall time x cores and dropped most of it (a 3.7 s measuring child's 3.5
+    CPU-s recorded as 3.19 J). This process's own time is capped; its children's is charged whole."""
+    children_cpu_seconds = lambda: os.times().children_user + os.times().children_system
+    meter = open_meter(["estimate"], root=tmp_path, nvml=NO_GPU, watts_per_core=10.0)
+    meter.begin("child")
+    before = children_cpu_seconds()
+    child = subprocess.Popen([sys.executable, "-c", BURN])
+    os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)       # it has run, and is not waited for yet
+    meter.sample_once()
+    assert child.wait() == 0
+    fields = meter.end("child")
+    used = children_cpu_seconds() - before
+    assert used >= 0.4 and fields["energy_j"] >= used * 10.0
+    assert fields["peak_power_w"] <= 10.0         # a power this process's one thread can draw

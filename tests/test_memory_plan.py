@@ -4,6 +4,7 @@ that update as the whole batch does, the plan kept by a resume, a budget nothing
 import json
 import os
 from dataclasses import replace
+from pathlib import Path
 import subprocess
 import sys
 
@@ -24,6 +25,7 @@ from edge_sel.core.lean_saves import LEAN_NOTE
 from edge_sel.engine.machine.memory_plan import (MIN_CHUNK_FOR_EVERYTHING, RESERVE, MemoryPlan, plan_memory,
                                                  smallest_budget, spent_after_planning, usable)
 from edge_sel.methods.update.fixed_sets import bias_norm_names, classifier_names
+from edge_sel.energy import DEFAULT_WATTS_PER_CORE
 from edge_sel.errors import InputError
 from edge_sel.methods import Updater
 from edge_sel.methods.registry import make_updater
@@ -307,44 +309,72 @@ def test_a_budget_nothing_fits_is_one_line_naming_the_smallest(tiny_warm, tmp_pa
     assert loaded.stdout.strip() == "False", loaded.stderr
 
 
+class OnlyThisModuleHasIt:
+    """A class the measuring child cannot import (tests/ is on no isolated interpreter's path), as a
+    model defined in a user's file or script is."""
+
+
+def plant_edge_sel(folder: Path, marker: Path) -> Path:
+    """A folder holding an `edge_sel` package whose import writes `marker`: code the user never installed."""
+    (folder / "edge_sel").mkdir(parents=True)
+    (folder / "edge_sel" / "__init__.py").write_text(f"open({str(marker)!r}, 'w').write('planted code ran')\n")
+    return folder
+
+
 def test_a_first_start_measures_in_a_child_and_plans_once_reading(tiny_warm, tmp_path, capsys, monkeypatch):
     """On a device whose caches lack the plan's counts and step costs, the run measures none of them
     in its own process: a child measures them beside the run's own growth (2.0 MiB here), and the run
-    plans once, reading, with the child's time in its planning and nothing counted here. A second start
-    reads the same and plans the same with no child. A child that cannot run leaves the run measuring
-    in its own process, and the plan says why."""
+    plans once, reading, with the child's time and CPU time in its planning and nothing counted here. The
+    child is an isolated interpreter in a private folder: an `edge_sel` planted in the folder the run
+    starts from, or on PYTHONPATH, never runs. A second start reads the same and plans the same with no
+    child. A run the child cannot take (a class only this process imports) measures in its own process,
+    and the plan says why; a child that fails once started stops the run in one line (exit 1)."""
     argv = ["finetune", "--checkpoint", tiny_warm, *FINETUNE, "--epochs", "0", "--memory-budget", "9"]
     monkeypatch.delenv("EDGE_SEL_PROCESS_GROWTH_MB")
     monkeypatch.setattr(step_memory, "grown_mb", lambda trainer: 2.0)
     from edge_sel.engine.loop import measure_child
+    marker = tmp_path / "planted-code-ran"
+    planted = plant_edge_sel(tmp_path / "planted", marker)
+    monkeypatch.chdir(planted)
+    monkeypatch.setenv("PYTHONPATH", str(planted))
 
-    def start(cache, out):
+    def start(cache, out, code=0):
         monkeypatch.setenv("EDGE_SEL_CACHE", str(tmp_path / cache))
-        code, err = run_main([*argv, "--out", tmp_path / out], capsys)
-        assert code == 0, err
+        found, err = run_main([*argv, "--out", tmp_path / out], capsys)
+        assert found == code, err
+        if code:
+            return err
         plan = json.loads((tmp_path / out / "config.json").read_text())["memory_plan"]
         (first,) = records(tmp_path / out, baseline=True)
         return plan, {k: v for k, v in first.items() if k.startswith("memory_plan")}
 
     shape = lambda p: (p["trainable"], p["micro_batch"], p["recompute"], p["lean"], p["bn_statistics"], p["spent_mb"])
     plan, cost = start("new", "first")
+    assert not marker.exists()
     assert cost["memory_plan_children"] == 1 and cost["memory_plan_counts"] == 0
     assert cost["memory_plan_child_counts"] >= 1 and cost["memory_plan_counts_read"] >= cost["memory_plan_child_counts"]
     assert cost["memory_plan_wall_s"] >= cost["memory_plan_child_s"] > 0 and plan["spent_mb"] == 2.0
+    assert cost["memory_plan_child_cpu_s"] > 0
     assert not any("measured in this process" in n for n in plan["notes"])
     again, cost = start("new", "again")
     assert "memory_plan_children" not in cost and cost["memory_plan_counts"] == 0
     assert shape(again) == shape(plan)
+    handed = measure_child.child_spec
+    monkeypatch.setattr(measure_child, "child_spec", lambda *a: {**handed(*a), "unknown": OnlyThisModuleHasIt()})
+    kept, cost = start("other", "kept")
+    assert cost["memory_plan_counts"] >= 1 and "memory_plan_children" not in cost and shape(kept) == shape(plan)
+    assert kept["notes"][-1].startswith("counts and step costs this device's caches lacked were measured in this "
+                                        "process (the run could not be handed to a child (ModuleNotFoundError: ")
+    monkeypatch.setattr(measure_child, "child_spec", handed)
     monkeypatch.setattr(measure_child, "CHILD_MODULE", "edge_sel.no_such_module")
-    failed, cost = start("other", "failed")
-    assert cost["memory_plan_counts"] >= 1 and "memory_plan_children" not in cost and shape(failed) == shape(plan)
-    assert failed["notes"][-1].startswith("counts and step costs this device's caches lacked were measured in this "
-                                          "process (the measuring child failed: ")
+    err = start("third", "failed", code=1)
+    assert len(err.strip().splitlines()) == 1 and "the measuring child failed (ModuleNotFoundError: " in err
+    assert "nothing was measured in this process" in err and not marker.exists()
 
 
 def test_an_energy_budget_charges_the_first_starts_planning_as_its_records_do(tiny_warm, tmp_path):
-    """The console command on a new device: its measuring child's joules are in the meter the energy
-    budget reads, so the joules spent when it stopped and the final evaluation after are the run's
+    """The console command on a new device: its measuring child's and compiler's joules are in the meter
+    the energy budget reads, so the joules spent when it stopped and the final evaluation after are the run's
     recorded total (a first start's planning was recorded and not charged when a second start ran)."""
     env = {**os.environ, "EDGE_SEL_CACHE": str(tmp_path / "cache")}
     env.pop("EDGE_SEL_PROCESS_GROWTH_MB")
@@ -354,7 +384,15 @@ def test_an_energy_budget_charges_the_first_starts_planning_as_its_records_do(ti
     assert done.returncode == 0, done.stderr
     found = summary(tmp_path / "run")
     stopped, totals, last = found["budget_stop"], found["totals"], records(tmp_path / "run")[-1]
-    assert records(tmp_path / "run", baseline=True)[1]["memory_plan_children"] == 1
+    planned = records(tmp_path / "run", baseline=True)[1]
+    assert planned["memory_plan_children"] == 1
+    # The measuring child's CPU time and the compiler's that built the CPU pool (a new device) are the
+    # run's planning, all of them (the estimate once kept what one short sample allowed, and the build
+    # ran before planning's window).
+    children = planned["memory_plan_child_cpu_s"] + planned["memory_plan_pool_cpu_s"]
+    assert planned["memory_plan_child_cpu_s"] > 0 and planned["memory_plan_pool_cpu_s"] > 0
+    assert planned["memory_plan_energy_j"] >= children * DEFAULT_WATTS_PER_CORE
+    assert planned["memory_plan_wall_s"] >= planned["memory_plan_child_s"] + planned["memory_plan_pool_s"]
     assert stopped["budget"] == "energy_budget"
     assert stopped["spent_j"] + last["eval_energy_j"] == pytest.approx(totals["energy_all_j"], abs=0.05)
 

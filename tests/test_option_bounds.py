@@ -126,3 +126,69 @@ def test_a_runs_directory_that_cannot_be_made_is_named_as_the_user_set_it(tmp_pa
                           "--profile", "generic", "--epochs", "1"], capsys)
     assert code == 2 and f"EDGE_SEL_RUNS {tmp_path / 'a-file' / 'runs'}: cannot create" in err, err
     assert "--out" not in err
+
+
+def float_options(group, path=()):
+    """(command path, option) for every option of every command that takes a number with a fraction."""
+    import click
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        if isinstance(command, click.Group):
+            yield from float_options(command, (*path, name))
+            continue
+        for param in command.params:
+            if isinstance(param, click.Option) and not param.is_flag and isinstance(param.type, click.types.FloatParamType):
+                yield (*path, name), command, param
+
+
+def test_every_number_an_option_takes_is_refused_when_not_finite():
+    """`--target-activation nan` with --strategy sundew reached the loop (a ValueError, exit 1), and
+    `--energy-budget nan` ran to the end: click's FLOAT takes nan and inf, and NaN passes every range
+    check. Every number option of every command now refuses a number that is not finite, naming it, as it
+    is parsed (before any required option is looked for)."""
+    import click
+    from edge_sel.cli import cli
+    found = list(float_options(cli))
+    assert len(found) > 40 and any(p.name == "target_activation" for _, _, p in found)
+    for path, command, param in found:
+        for value in ("nan", "inf", "-inf"):
+            try:
+                param.type_cast_value(click.Context(command), value)
+            except click.BadParameter:
+                continue            # out of the option's range (FloatRange): click refuses it in one line
+            with pytest.raises(click.ClickException) as refused:
+                command.make_context(path[-1], [param.opts[0], value], resilient_parsing=True)
+            said = refused.value.format_message()
+            assert f"'{param.opts[0]}'" in said and "is not a finite number" in said, (path, said)
+
+
+def test_a_method_option_or_energy_setting_that_is_not_finite_is_refused_naming_it():
+    """The Python API's configuration reaches no command line: NaN in a method option or an energy
+    setting is refused in its checks, naming the option."""
+    import math
+    from edge_sel.config import TrainConfig
+    from edge_sel.engine.machine.energy_setup import EnergyOptions
+    from edge_sel.errors import InputError
+    from edge_sel.methods.options import METHOD_OPTIONS
+    from edge_sel.methods.select.gating_config import GatingConfig, gating_config
+    floats = [o.name for o in METHOD_OPTIONS if o.attrs.get("type") is float]
+    assert "target_activation" in floats and "energy_budget_per_epoch" in floats
+    for name in floats:
+        with pytest.raises(InputError, match=f"--{name.replace('_', '-')} must be a finite number, got nan"):
+            TrainConfig(method={name: math.nan}).validate()
+    gating = [name for name in floats if name in GatingConfig.__dataclass_fields__]
+    for name in gating:
+        with pytest.raises(InputError, match=f"--{name.replace('_', '-')} must"):
+            gating_config({name: math.nan})
+    for field, option in (("budget_j", "--energy-budget"), ("idle_baseline_s", "--idle-baseline"),
+                          ("hysteresis_c", "thermal hysteresis"), ("max_pause_s", "--max-pause")):
+        with pytest.raises(InputError, match=f"{option} must be a finite number, got nan"):
+            EnergyOptions(**{field: math.nan}).validate()
+
+
+def test_target_activation_nan_on_the_command_line_is_one_line_exit_2(tiny_warm, tmp_path, capsys):
+    code, err = run_main(["finetune", "--checkpoint", tiny_warm, "--dataset", "synthetic", "--epochs", "1",
+                          "--strategy", "sundew", "--target-activation", "nan", "--out", tmp_path / "run"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "'--target-activation': nan is not a finite number" in err and not (tmp_path / "run").exists()

@@ -3,7 +3,7 @@ InputError (which the CLI prints as one line with exit 2), never in another exce
 
 import math
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from helpers import run_main
@@ -33,7 +33,7 @@ def test_train_config_rejects_bad_values_clearly(field, value):
     else:
         assert value is not None
         if isinstance(value, float):
-            assert math.isfinite(value) or field in ("lr", "weight_decay")
+            assert math.isfinite(value)
 
 
 def _toml_value(v):
@@ -60,6 +60,8 @@ KEYS = [("train", "batch_size"), ("train", "device"), ("train", "precision"), ("
 
 @FAST
 @given(key=st.sampled_from(KEYS), value=anything)
+@example(key=("method", "target_activation"), value=math.nan)
+@example(key=("energy", "budget_j"), value=math.inf)
 def test_profile_files_with_random_values_fail_clearly(tmp_path_factory, key, value):
     path = tmp_path_factory.mktemp("p") / "board.toml"
     path.write_text(f'name = "board"\n[{key[0]}]\n{key[1]} = {_toml_value(value)}\n')
@@ -68,6 +70,8 @@ def test_profile_files_with_random_values_fail_clearly(tmp_path_factory, key, va
     except InputError as e:
         assert "board.toml" in str(e)               # names the file...
         assert key[1] in str(e) or key[0] in str(e)  # ...and the key
+    else:
+        assert not (isinstance(value, float) and not math.isfinite(value))     # refused wherever it is given
 
 
 @FAST
@@ -101,6 +105,9 @@ CLI_OPTIONS = ["--batch-size", "--lr", "--momentum", "--weight-decay", "--target
 @given(option=st.sampled_from(CLI_OPTIONS),
        value=st.one_of(st.integers(-5, 5).map(str), st.sampled_from(["nan", "inf", "-1e9", "0.5", "1/2", "x", ""])),
        strategy=st.sampled_from(["dense", "sel", "sundew", "random"]))
+# Found by this test one run in eight before it was derandomized: a ValueError in the loop, exit 1.
+@example(option="--target-activation", value="nan", strategy="sundew")
+@example(option="--energy-budget", value="nan", strategy="dense")        # ran to the end, exit 0
 def test_finetune_options_end_in_success_or_one_line_exit_2(tiny_warm, tmp_path_factory, capsys, option, value,
                                                              strategy):
     out = tmp_path_factory.mktemp("run") / "r"
@@ -111,3 +118,5 @@ def test_finetune_options_end_in_success_or_one_line_exit_2(tiny_warm, tmp_path_
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("edge-sel: error:"), err
     assert "Traceback" not in err
+    if value in ("nan", "inf"):
+        assert code == 2, err           # no option takes a number that is not finite

@@ -115,16 +115,96 @@ def test_a_stop_signal_stops_a_pretrains_recipes_within_a_step(tmp_path):
     assert (out / "model.safetensors").is_file()
 
 
-def test_a_card_whose_set_gains_are_unreadable_is_refused():
-    card = {"architecture": "edgecnn", "num_classes": 2, "class_names": ["a", "b"], "input_shape": [3, 8, 8],
-            "normalization": {"mean": [0.5] * 3, "std": [0.5] * 3}}
-    good = {"steps": [8], "rows": 4, "held_out": 9, "sets": {"classifier": {"tensors": 2, "acc": [0.5],
-                                                                             "correct": [packed(torch.arange(9) < 5)]}}}
-    assert ModelCard.from_json({**card, "set_gains": good}, "m.json").set_gains == good
-    for bad in ({**good, "steps": [0]}, {**good, "held_out": 20},
-                {**good, "sets": {"classifier": {**good["sets"]["classifier"], "acc": [1.5]}}}, [1, 2]):
-        with pytest.raises(InputError, match="set_gains must give"):
-            ModelCard.from_json({**card, "set_gains": bad}, "m.json")
+CARD = {"architecture": "edgecnn", "num_classes": 2, "class_names": ["a", "b"], "input_shape": [3, 8, 8],
+        "normalization": {"mean": [0.5] * 3, "std": [0.5] * 3}}
+
+
+def shipped_gains(held=9):
+    """Set gains as a pretrain ships them: two marks, two sets, each with its recipes."""
+    bits = [packed(torch.arange(held) < 5), packed(torch.arange(held) < 6)]
+    recipe = lambda mode, lr: {"lr": lr, "bn_statistics": mode, "acc": [0.5, 0.6], "correct": bits}
+    one_set = lambda tensors: {"tensors": tensors, "bn_statistics": "frozen", "lr": 0.01, "acc": [0.5, 0.6],
+                               "correct": bits, "recipes": [recipe("frozen", 0.01), recipe("train", 0.03)]}
+    return {"steps": [8, 16], "rows": 4, "optimizer": "sgd", "lr": 0.05, "lr_grid": [0.01, 0.03], "held_out": held,
+            "sets": {"classifier": one_set(2), "full FT": one_set(14)}}
+
+
+def changed(gains, change):
+    gains = json.loads(json.dumps(gains))
+    change(gains)
+    return gains
+
+
+def recipes(change):
+    """Applies `change` to every recipe of every set."""
+    return lambda g: [change(r) for v in g["sets"].values() for r in v["recipes"]]
+
+
+UNREADABLE = [
+    # Recipes without their learning rates stopped a run with a TypeError; empty accuracies, an IndexError.
+    (recipes(lambda r: r.pop("lr")), "set_gains.sets['classifier'].recipes[0].lr must be a finite number above 0, "
+                                      "got None"),
+    (recipes(lambda r: r.update(lr=None)), ".recipes[0].lr must be a finite number above 0, got None"),
+    (recipes(lambda r: r.update(lr=float("nan"))), ".recipes[0].lr must be a finite number above 0, got nan"),
+    (recipes(lambda r: r.update(acc=[], correct=[])), ".recipes[0].acc must be a list of 2 accuracies, got []"),
+    (recipes(lambda r: r.update(bn_statistics="eval")), ".recipes[0].bn_statistics must be frozen or train"),
+    (recipes(lambda r: r.update(correct=["zz", "zz"])), ".recipes[0].correct[0] must be 2 bytes in hex"),
+    (recipes(lambda r: r.update(interval=[[0.9, 0.1], None])), ".recipes[0].interval[0] must be null or [low, high]"),
+    (recipes(lambda r: r.update(dropped_at=-1)), ".recipes[0].dropped_at must be a whole number of steps"),
+    (lambda g: g["sets"]["full FT"].update(recipes={"lr": 0.01}), "set_gains.sets['full FT'].recipes must be a list"),
+    (lambda g: g["sets"]["full FT"].update(tensors=True), "set_gains.sets['full FT'].tensors must be a whole number"),
+    (lambda g: g["sets"]["full FT"].update(acc=[0.5, 1.5]), "set_gains.sets['full FT'].acc[1] must be a finite number "
+                                                            "from 0 to 1, got 1.5"),
+    (lambda g: g["sets"]["full FT"].update(lr="fast"), "set_gains.sets['full FT'].lr must be"),
+    (lambda g: g.update(steps=[0]), "set_gains.steps must be a list of whole numbers above 0, increasing"),
+    (lambda g: g.update(steps=[16, 8]), "set_gains.steps must be"),
+    (lambda g: g.update(held_out=20), "set_gains.sets['classifier'].correct[0] must be 3 bytes in hex"),
+    (lambda g: g.update(rows=0), "set_gains.rows must be a whole number above 0"),
+    (lambda g: g.update(start_acc="high"), "set_gains.start_acc must be a finite number from 0 to 1"),
+    (lambda g: g.update(bn_distance=float("nan")), "set_gains.bn_distance must be a finite number from 0"),
+    (lambda g: g.update(lr_grid=[0.01, float("inf")]), "set_gains.lr_grid[1] must be a finite number above 0"),
+    (lambda g: g.update(lr=-1), "set_gains.lr must be a finite number above 0 or null"),
+    (lambda g: g.update(partial=3), "set_gains.partial must be a string or true/false"),
+    (lambda g: g.update(measured_on=["x"]), "set_gains.measured_on must be a string"),
+    (lambda g: g.update(sets=[1, 2]), "set_gains.sets must be a mapping of set names"),
+]
+
+
+@pytest.mark.parametrize("change, says", UNREADABLE, ids=[says.split(" must")[0] for _, says in UNREADABLE])
+def test_a_card_whose_set_gains_are_unreadable_is_refused_naming_the_field(change, says):
+    good = shipped_gains()
+    assert ModelCard.from_json({**CARD, "set_gains": good}, "m.json").set_gains == good
+    with pytest.raises(InputError, match="^m.json: not an edge-sel model card \\(") as refused:
+        ModelCard.from_json({**CARD, "set_gains": changed(good, change)}, "m.json")
+    assert says in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_newer_fields_are_read_where_sane_and_a_recipe_dropped_early_counts_where_it_reached():
+    """Fields a newer writer adds (partial, measured_on, interval, select_acc, dropped_at) are accepted
+    and never required; a recipe dropped after the first mark is read at that mark and not beyond."""
+    from edge_sel.engine.loop.set_gains import recipe_at
+    newer = changed(shipped_gains(), lambda g: (
+        g.update(partial="stopped by --time-budget", measured_on="the warmup's weights"),
+        g["sets"]["classifier"]["recipes"][1].update(acc=[0.9], correct=g["sets"]["classifier"]["correct"][:1],
+                                                     interval=[[0.8, 0.95]], select_acc=[0.9], dropped_at=8)))
+    card = ModelCard.from_json({**CARD, "set_gains": newer}, "m.json")
+    assert card.set_gains == newer
+    assert recipe_at(newer, "classifier", 0)["lr"] == 0.03 and recipe_at(newer, "classifier", 1)["lr"] == 0.01
+
+
+def test_a_finetune_from_a_card_whose_recipes_lack_their_rates_is_one_line_exit_2(tiny_warm, tmp_path, capsys):
+    """The whole command: refused in one line before anything is written, where it was a TypeError."""
+    import shutil
+    checkpoint = tmp_path / "received"
+    shutil.copytree(tiny_warm, checkpoint)
+    card = json.loads((checkpoint / "model.json").read_text())
+    card["set_gains"] = changed(shipped_gains(), recipes(lambda r: r.pop("lr")))
+    (checkpoint / "model.json").write_text(json.dumps(card))
+    code, err = run_main(["finetune", "--checkpoint", checkpoint, "--dataset", "synthetic", "--epochs", "1",
+                          "--memory-budget", "40", "--out", tmp_path / "run"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert f"{checkpoint / 'model.json'}: not an edge-sel model card (set_gains.sets['classifier'].recipes[0].lr " in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_run_reads_the_mark_nearest_the_images_it_trains_on():

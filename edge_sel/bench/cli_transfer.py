@@ -10,6 +10,7 @@ import click
 from edge_sel.bench.cli_common import (check_checkpoint, dataset_or_shared_cifar, device_image_size, fresh_out,
                                        progress)
 from edge_sel.bench.stopping import BenchStop, stop_words
+from edge_sel.cli_base import Command
 from edge_sel.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from edge_sel.core.checkpoint import read_card
 from edge_sel.core.words import plural
@@ -23,7 +24,7 @@ def use_threads(count: int | None) -> None:
     threads_for_command(count)
 
 
-@click.command("transfer")
+@click.command("transfer", cls=Command)
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="The warmup every method starts from (edge-sel pretrain; from ImageNet weights with "
                    "--head-epochs for the field's protocol).")

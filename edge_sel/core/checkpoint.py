@@ -14,6 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
+from edge_sel.core.set_gains_card import set_gains_problem
 from edge_sel.core.temp_file import replacing
 from edge_sel.version import __version__
 from edge_sel.errors import (InputError, existing_dir, open_inside, parse_json, read_inside, read_json_inside,
@@ -91,21 +92,6 @@ class ModelCard:
         if self.source_memory is not None and not isinstance(self.source_memory, dict):
             return "source_memory must be a mapping"
         return None if self.set_gains is None else set_gains_problem(self.set_gains)
-
-
-def set_gains_problem(g) -> str | None:
-    """What makes a card's set gains unreadable (a device reads them as its planner's expected gains)."""
-    try:
-        steps, held = g["steps"], g["held_out"]
-        ok = (all(isinstance(s, int) and s > 0 for s in steps) and steps and isinstance(g["rows"], int) and g["rows"] > 0
-              and isinstance(held, int) and held > 0 and isinstance(g["sets"], dict)
-              and all(isinstance(v["tensors"], int) and len(v["acc"]) == len(v["correct"]) == len(steps)
-                      and all(isinstance(a, (int, float)) and 0 <= a <= 1 for a in v["acc"])
-                      and all(isinstance(c, str) and len(bytes.fromhex(c)) == (held + 7) // 8 for c in v["correct"])
-                      for v in g["sets"].values()))
-    except (KeyError, TypeError, ValueError, AttributeError):
-        ok = False
-    return None if ok else "set_gains must give steps, rows, held_out and per set its tensors, acc and correct at each step"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -29,7 +29,8 @@ VOLATILE_FIELDS = {"wall_s", "eval_wall_s", "peak_rss_mb", "energy_j", "energy_n
                    "throttle_reasons", "joules_per_sample", "kept_test_energy_j", "memory_measured_mb",
                    "memory_eval_measured_mb", "memory_process_peak_mb", "memory_allocator", "memory_plan_wall_s",
                    "memory_plan_energy_j", "memory_plan_counts", "memory_plan_counts_read", "memory_plan_child_s",
-                   "memory_plan_child_counts", "memory_plan_children", "choice_wall_s", "choice_energy_j",
+                   "memory_plan_child_cpu_s", "memory_plan_pool_s", "memory_plan_pool_cpu_s", "memory_plan_child_counts",
+                   "memory_plan_children", "choice_wall_s", "choice_energy_j",
                    "energy_shared_with", "energy_gpu_processes"}
 
 

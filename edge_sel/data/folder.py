@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edge_sel.core.own_files import NotOurs, open_own, private_mode, set_aside
 from edge_sel.core.temp_file import replacing
 from edge_sel.data.dataset import IndexedDataset
 from edge_sel.errors import InputError, parse_json
@@ -217,6 +218,7 @@ def write_cache(path: Path, images: np.ndarray) -> None:
     head = CACHE_FORMAT + json.dumps(meta).encode()
     path.parent.mkdir(parents=True, exist_ok=True)
     with replacing(path) as f:          # never through a name planted in a shared cache folder
+        private_mode(f.fileno())        # a cache file others can write is set aside when read
         f.write(head.ljust(HEADER_BYTES - 1) + b"\n")
         f.write(payload)
 
@@ -224,9 +226,13 @@ def write_cache(path: Path, images: np.ndarray) -> None:
 def read_cache(path: Path, count: int) -> np.ndarray:
     """The `count` images kept at `path`, mapped copy-on-write (only what a run selects becomes
     resident; a write into them stays in this process). Raises FileNotFoundError when there is
-    none, ValueError or OSError when it is not whole: another format, another size, or bytes that
-    do not match its digest (read once, streamed, to check)."""
-    with open(path, "rb") as f:
+    none, NotOurs where it is a link or not this user's alone (core/own_files.py), ValueError or
+    OSError when it is not whole: another format, another size, or bytes that do not match its digest
+    (read once, streamed, to check). What is mapped is the file checked, not its name again."""
+    fd = open_own(path)
+    if fd is None:
+        raise FileNotFoundError(path)
+    with os.fdopen(fd, "rb") as f:
         head = f.read(HEADER_BYTES)
         if len(head) != HEADER_BYTES or not head.startswith(CACHE_FORMAT):
             raise ValueError("not a decoded-image cache of this version")
@@ -242,7 +248,7 @@ def read_cache(path: Path, count: int) -> np.ndarray:
             digest.update(chunk)
         if digest.hexdigest() != meta["sha256"]:
             raise ValueError("its images do not match its digest")
-    return np.memmap(path, dtype=np.uint8, mode="c", offset=HEADER_BYTES, shape=shape)
+        return np.memmap(f, dtype=np.uint8, mode="c", offset=HEADER_BYTES, shape=shape)
 
 
 def cached_images(key: str, count: int, build, use_cache: bool = True, where=None) -> np.ndarray:
@@ -254,6 +260,8 @@ def cached_images(key: str, count: int, build, use_cache: bool = True, where=Non
             return read_cache(cached, count)
         except FileNotFoundError:
             pass
+        except NotOurs as e:            # another user's, or one others can write: never read
+            set_aside(str(e), f"decoding {where or key} again")
         except (OSError, ValueError, KeyError, TypeError) as e:     # torn or damaged: rebuilt, not trusted
             print(f"edge-sel: {cached}: damaged decoded-image cache ({e}); decoding {where or key} again",
                   file=sys.stderr, flush=True)
@@ -261,8 +269,9 @@ def cached_images(key: str, count: int, build, use_cache: bool = True, where=Non
     if use_cache:
         try:
             write_cache(cached, images)
-        except OSError:
-            pass    # a read-only home only costs a re-decode next time
+        except OSError as e:    # a read-only home, another user's file that stays theirs: a re-decode next time
+            warnings.warn(f"could not keep the decoded images in {cached}: {e.strerror or e}; going on without "
+                          f"keeping them")
     return images
 
 

@@ -6,7 +6,15 @@ checkpoint's set gains) and the growth the run measured before the first step; i
 would beside that growth, which counts and times the same steps, keeps them in the device's caches,
 and stops before any trial or training step. The run charges the child's wall time and joules to its
 planning (the meter's window holds the child: a device meter reads the whole board, the CPU-time
-estimate counts a waited-for child's CPU time) and its counted FLOPs to its scoring passes."""
+estimate counts a waited-for child's CPU time, all of it) and its counted FLOPs to its scoring passes.
+
+The child runs nothing the user did not install: an isolated interpreter (`-I`: no current folder, no
+user site, no PYTHON* variables on its path) in the run's private temporary folder, with only the folder
+the running edge_sel was imported from added to its path where the interpreter would not find it there
+(an editable install's source tree). A child that fails after it started stops the run in one line
+(MeasuringFailed) rather than measuring here after something unexpected ran; a run that could not be
+handed to one (its model's class does not pickle, or no isolated interpreter imports it: a model from a
+file) measures here, and says so."""
 
 from __future__ import annotations
 
@@ -22,11 +30,25 @@ from pathlib import Path
 
 import torch
 
+import edge_sel
 from edge_sel.core import measuring
 from edge_sel.engine.loop.first_use import GIVEN
-from edge_sel.errors import InputError
+from edge_sel.engine.loop.planning_cost import add_planning_cost, children_cpu_s
+from edge_sel.errors import InputError, MeasuringFailed
 
 CHILD_MODULE = "edge_sel.engine.runs.measuring_child"
+HANDOFF_FAILED = 3      # the child's exit status where the spec named a module it cannot import: nothing ran
+# What the isolated interpreter runs: the folder edge_sel came from first on its path unless it is there
+# already, then that edge_sel checked to be the one imported, then the child's main.
+BOOTSTRAP = (
+    "import importlib, os, sys\n"
+    "root, module = sys.argv[1], sys.argv[2]\n"
+    "root in sys.path or sys.path.insert(0, root)\n"
+    "import edge_sel\n"
+    "found = os.path.dirname(os.path.dirname(os.path.abspath(edge_sel.__file__)))\n"
+    "if found != root:\n"
+    "    sys.exit(f'edge-sel: the measuring child imported edge_sel from {found}, not from {root}')\n"
+    "sys.exit(importlib.import_module(module).main(*sys.argv[3:5]))\n")
 CHILD_ROUNDS = 3        # measuring children a plan may need before it measures in its own process
 # The run's fields the child does without (it writes nothing, meters nothing, waits for no heat) or
 # makes anew from the run's options (a strategy and an updater, as the run made them: they hold functions).
@@ -41,28 +63,51 @@ def child_spec(trainer, spent_mb: float) -> dict:
 
 def measure_in_child(trainer, spent_mb: float) -> dict:
     """Runs the measuring child for `trainer` beside `spent_mb` MiB of the run's growth; returns what it
-    cost ({"wall_s", "energy_j", "counts", "timed", "flops", "samples"}). Raises ChildFailed where it
-    could not run or did not finish (then the run measures in its own process, and says so)."""
+    cost ({"wall_s", "energy_j", "cpu_s", "counts", "flops", "samples"}). Raises ChildFailed where the run
+    could not be handed to it (then the run measures in its own process, and says so), MeasuringFailed
+    where it started and failed."""
     with tempfile.TemporaryDirectory(prefix="edge-sel-measure-") as tmp:     # 0700: the spec is ours
         spec, result = Path(tmp) / "spec.pt", Path(tmp) / "result.json"
         try:
             torch.save(child_spec(trainer, spent_mb), spec)
         except Exception as e:          # a model or method that does not pickle (a lambda, a local class)
             raise ChildFailed(f"the run could not be handed to a child ({type(e).__name__}: {e})") from None
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         trainer.meter.begin("memory-plan-child")
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), children_cpu_s()
         try:
-            done = subprocess.run([sys.executable, "-m", CHILD_MODULE, str(spec), str(result)], env=env,
+            done = subprocess.run(child_command(spec, result), cwd=tmp, env=child_environment(),
                                   capture_output=True, text=True)
         finally:
-            wall = time.perf_counter() - t0
+            wall, cpu = time.perf_counter() - t0, children_cpu_s() - cpu0
             energy = (trainer.meter.end("memory-plan-child") or {}).get("energy_j")
-        if done.returncode != 0 or not result.is_file():
-            last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-            raise ChildFailed(f"the measuring child failed: {last}")
-        found = json.loads(result.read_text())
-    return {**found, "wall_s": round(wall, 3), "energy_j": energy}
+        last = " ".join((done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1].split())
+        if done.returncode == HANDOFF_FAILED:
+            raise ChildFailed(f"the run could not be handed to a child ({last})")
+        try:
+            found = json.loads(result.read_text()) if done.returncode == 0 else None
+        except (OSError, ValueError):
+            found = None
+        if not isinstance(found, dict):
+            raise MeasuringFailed(f"the measuring child failed ({last}); nothing was measured in this process: "
+                                  f"run it again, or without --memory-budget")
+    return {**found, "wall_s": round(wall, 3), "energy_j": energy, "cpu_s": round(cpu, 3)}
+
+
+def package_root() -> str:
+    """The folder the running edge_sel package was imported from (the one holding edge_sel/)."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(edge_sel.__file__)))
+
+
+def child_command(spec: Path, result: Path) -> list[str]:
+    """An isolated interpreter (-I) running the child: nothing from the current folder, the user's site
+    or PYTHON* variables; edge_sel from where this process imported it."""
+    return [sys.executable, "-I", "-c", BOOTSTRAP, package_root(), CHILD_MODULE, str(spec), str(result)]
+
+
+def child_environment() -> dict:
+    """The run's environment (its EDGE_SEL_* settings, threads, cache) without what could put code on an
+    interpreter's path (-I ignores PYTHON* variables; none is passed all the same)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
 
 
 class ChildFailed(Exception):
@@ -103,8 +148,6 @@ def charge_child(trainer, cost: dict) -> None:
     are the run's scoring."""
     added = {"memory_plan_wall_s": cost["wall_s"], "memory_plan_energy_j": cost.get("energy_j"),
              "memory_plan_child_counts": cost.get("counts", 0), "memory_plan_child_s": cost["wall_s"],
-             "memory_plan_children": 1}
-    before = getattr(trainer, "memory_plan_cost", None) or {}
-    summed = {k: [v for v in (before.get(k), added.get(k)) if v is not None] for k in {**before, **added}}
-    trainer.memory_plan_cost = {k: sum(v) if v else None for k, v in summed.items()}
+             "memory_plan_children": 1, "memory_plan_child_cpu_s": cost.get("cpu_s")}
+    add_planning_cost(trainer, added)
     trainer.ledger.add_scoring(int(cost.get("samples", 0)), int(cost.get("flops", 0)))

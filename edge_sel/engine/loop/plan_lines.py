@@ -37,6 +37,6 @@ def plan_lines(plan, cost: dict | None, allocator: list[str], level_bytes: int |
             f"{cost['memory_plan_child_s']:.1f} s")
         # What the child counted this run is read back from the cache, not counted earlier.
         read = (cost.get("memory_plan_counts_read") or 0) - (cost.get("memory_plan_child_counts") or 0)
-        lines.append(f"planned in {cost['memory_plan_wall_s']:.1f} s ({cost['memory_plan_counts']} steps counted "
+        lines.append(f"planned in {cost['memory_plan_wall_s']:.1f} s ({cost.get('memory_plan_counts') or 0} steps counted "
                      f"here{child}" + (f", {read} read from this device's earlier counts" if read > 0 else "") + ")")
     return [f"edge-sel: memory plan: {line}" for line in lines]

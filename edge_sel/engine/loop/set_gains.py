@@ -311,7 +311,8 @@ def recipe_at(shipped: dict, name: str, i: int, mode: str | None = None, lr: flo
     "interval", "steps"}): among its recipes in statistics `mode` and at learning rate `lr` where given (a
     run's own choices; a rate off the grid chooses among every rate), the one the choosing half ranks
     first at the furthest mark up to `i` that one of them reached; None where none fits. A card written
-    before recipes has one per set: the pretrain's rate, the set's mode."""
+    before recipes has one per set: the pretrain's rate, the set's mode. The card's fields were checked
+    when it was read (core/set_gains_card.py)."""
     measured = shipped["sets"][name]
     tried = measured.get("recipes") or [{"lr": shipped.get("lr"), "bn_statistics": measured.get("bn_statistics"),
                                          "acc": measured["acc"], "correct": measured["correct"]}]

@@ -24,9 +24,10 @@ from edge_sel.engine.loop.trial_gain import normalised
 from edge_sel.engine.loop.joule_choice import adopt_residuals, plan_by_joules, plan_trains_residuals
 from edge_sel.engine.machine.memory_plan import (RESERVE, MemoryPlan, fit_shape, forward_batch_that_fits, plan_memory,
                                                  spent_after_planning, usable)
-from edge_sel.engine.machine import cpu_pool, peak_memory
+from edge_sel.engine.machine import peak_memory
 from edge_sel.engine.machine.count_store import CountStore
 from edge_sel.engine.loop.measure_child import plan_reading
+from edge_sel.engine.loop.planning_cost import add_planning_cost, pool_in_planning, started_planning
 from edge_sel.engine.loop.plan_lines import plan_lines
 from edge_sel.errors import InputError
 from edge_sel.methods.update.fixed_sets import classifier_names
@@ -132,7 +133,7 @@ def plan_run_memory(trainer) -> MemoryPlan | None:
     rows = most_rows(trainer)
     if trainer.device.type == "cpu":
         peak_memory.allocator_for_budget()      # before the gain probe: its freed blocks are not kept
-        cpu_pool.library()      # built or loaded before planning: its time and growth are planning's
+        pool_in_planning(trainer)       # built or loaded before planning: its time, joules and growth are planning's
     if cfg.memory_plan is not None:
         plan = MemoryPlan.from_json(cfg.memory_plan)
         if plan_trains_residuals(plan):         # a resumed run whose plan chose lite residual branches
@@ -239,8 +240,7 @@ def planned_in_the_open(trainer, make_plan) -> MemoryPlan:
 
     counter.on_count = None if trainer.quiet else progress
     counts, read, t0 = counter.counts_made, counter.counts_read, time.perf_counter()
-    if getattr(trainer, "planning_started", None) is None:        # the plan's estimate of the run counts from here
-        trainer.planning_started = t0
+    started_planning(trainer, t0)        # the plan's estimate of the run counts from here
     trainer.meter.begin("memory-plan")
     plan = None
     try:
@@ -253,11 +253,7 @@ def planned_in_the_open(trainer, make_plan) -> MemoryPlan:
                 "memory_plan_counts_read": counter.counts_read - read}
         if plan is not None and (plan.gains or {}).get("trial_flops"):       # --sparsity budget's trials, counted
             cost["memory_plan_trial_flops"] = plan.gains["trial_flops"]
-        # A plan made again (REPLANS) adds its cost to the first's: both ran.
-        before = getattr(trainer, "memory_plan_cost", None) or {}
-        summed = {k: [v for v in (before.get(k), cost.get(k)) if v is not None] for k in {**before, **cost}}
-        trainer.memory_plan_cost = {k: sum(v) if v else None for k, v in summed.items()}
-        trainer.memory_plan_cost["memory_plan_wall_s"] = round(trainer.memory_plan_cost["memory_plan_wall_s"], 3)
+        add_planning_cost(trainer, cost)       # a plan made again (REPLANS) adds its cost to the first's: both ran
     return plan
 
 

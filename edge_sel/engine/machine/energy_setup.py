@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from edge_sel.config import GUARD_TEMP_C
@@ -21,6 +22,12 @@ class EnergyOptions:
     max_pause_s: float = 600.0                        # longest single thermal pause (a stuck sensor)
 
     def validate(self) -> "EnergyOptions":
+        for option, value in (("--idle-baseline", self.idle_baseline_s), ("--energy-budget", self.budget_j),
+                              ("--max-pause", self.max_pause_s), ("--max-temp", self.max_temp_c),
+                              ("--watts-per-core", self.watts_per_core), ("thermal hysteresis", self.hysteresis_c)):
+            if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                          and math.isfinite(value)):       # NaN passes every comparison below
+                raise InputError(f"{option} must be a finite number, got {value!r}")
         if self.idle_baseline_s < 0:
             raise InputError(f"--idle-baseline must be >= 0 seconds, got {self.idle_baseline_s}")
         if self.budget_j is not None and self.budget_j <= 0:

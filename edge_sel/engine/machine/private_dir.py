@@ -14,21 +14,11 @@ import secrets
 import stat
 from pathlib import Path
 
-# Reading a file to use: no link followed, no wait on a FIFO planted under its name, not inherited.
-READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+from edge_sel.core.own_files import READ_FLAGS, not_ours
 
 
 class Untrusted(Exception):
     """A folder or file that is not only this user's to write; the message says what, in one line."""
-
-
-def _foreign(path: Path | str, st: os.stat_result) -> str | None:
-    """Why a file or folder with status `st` is not only this user's to write; None where it is."""
-    if st.st_uid != os.getuid():
-        return f"{path}: owned by user {st.st_uid}, not by this user ({os.getuid()})"
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return f"{path}: writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
-    return None
 
 
 def open_private(path: Path) -> int:
@@ -50,7 +40,7 @@ def open_private(path: Path) -> int:
             raise Untrusted(f"{path}: not a folder") from None
         raise Untrusted(f"{path}: {e.strerror or e}") from None
     st = os.fstat(fd)
-    why = _foreign(path, st)
+    why = not_ours(path, st)
     if why is not None:
         os.close(fd)
         raise Untrusted(why)
@@ -73,7 +63,7 @@ def open_own_file(folder: int, name: str, shown: Path) -> int:
         raise Untrusted(f"{shown}: {e.strerror or e}") from None
     st = os.fstat(fd)
     why = None if stat.S_ISREG(st.st_mode) else f"{shown}: not a regular file"
-    why = why or _foreign(shown, st)
+    why = why or not_ours(shown, st)
     if why is not None:
         os.close(fd)
         raise Untrusted(why)

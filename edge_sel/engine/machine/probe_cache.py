@@ -23,7 +23,6 @@ import hashlib
 import json
 import math
 import os
-import stat
 import platform
 import time
 import warnings
@@ -32,11 +31,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edge_sel.core.checkpoint import atomic_write_bytes
 from edge_sel.core.count_keys import settings
+from edge_sel.core.own_files import NotOurs, open_own, set_aside, write_own
 from edge_sel.errors import parse_json
 from edge_sel.data.folder import cache_dir
-from edge_sel.engine.machine.private_dir import READ_FLAGS
 from edge_sel.threads import other_load, stated_load
 
 BUSY_CPUS = 0.5          # CPUs of other work during a probe that make its result provisional
@@ -130,14 +128,17 @@ MAX_FILE_BYTES = 16 * 2**20     # a cache file larger than this is not read (mea
 def read_entries(path: Path) -> dict:
     """The JSON object a cache file keeps ({} where there is none yet, or it does not read: measure
     again). Opened without following a link and without waiting (a FIFO named counts.json hung a
-    run), read only where it is a regular file of at most MAX_FILE_BYTES."""
+    run), read only where it is a regular file of at most MAX_FILE_BYTES that this user alone can write
+    (core/own_files.py: another user's is set aside with one line)."""
     try:
-        fd = os.open(path, READ_FLAGS)
-    except OSError:
+        fd = open_own(path)
+    except NotOurs as e:
+        set_aside(str(e))
+        return {}
+    if fd is None:
         return {}
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_FILE_BYTES:
+        if os.fstat(fd).st_size > MAX_FILE_BYTES:
             return {}
         with os.fdopen(os.dup(fd), "rb") as f:
             data = f.read(MAX_FILE_BYTES + 1)
@@ -161,13 +162,16 @@ kept_here = 0
 
 
 def write_entries(path: Path, entries: dict, what: str = "the measurement") -> None:
+    """`entries` kept in the cache file `path` (core/own_files.py write_own: no link followed, writable by
+    this user alone); where it cannot be (a read-only home, another user's file that stays theirs), one
+    line, and the run goes on without keeping them."""
     global kept_here
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, json.dumps(entries, indent=1).encode())
+        write_own(path, json.dumps(entries, indent=1).encode())
         kept_here += 1
     except OSError as e:                   # a read-only home must not stop a run
-        warnings.warn(f"could not keep {what} in {path}: {e}")
+        warnings.warn(f"could not keep {what} in {path}: {e.strerror or e}; going on without keeping it")
 
 
 def _read(name: str) -> dict:

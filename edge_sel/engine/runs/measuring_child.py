@@ -2,7 +2,9 @@
 the spec the run wrote, plans as the run would beside the run's growth, keeping every count and step
 cost it measures in the device's caches, and writes what that took. Nothing else is written.
 
-    python -m edge_sel.engine.runs.measuring_child SPEC RESULT
+Started by the run in an isolated interpreter (measure_child.child_command); main(SPEC, RESULT) exits
+HANDOFF_FAILED where the spec names a class this interpreter cannot import (a model defined in a file or
+a script: nothing of the run ran here, and the run measures in its own process).
 """
 
 from __future__ import annotations
@@ -13,12 +15,17 @@ import sys
 import torch
 
 from edge_sel.core import measuring
+from edge_sel.engine.loop.measure_child import HANDOFF_FAILED
 from edge_sel.engine.loop.trainer import Trainer
 from edge_sel.methods import make_strategy, make_updater
 
 
 def main(spec_path: str, result_path: str) -> int:
-    spec = torch.load(spec_path, weights_only=False)        # written by the run itself, in its private folder
+    try:
+        spec = torch.load(spec_path, weights_only=False)        # written by the run itself, in its private folder
+    except (ModuleNotFoundError, AttributeError) as e:         # a class from a module only the run can import
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        return HANDOFF_FAILED
     torch.set_num_threads(spec["threads"])
     measuring.child_growth_mb[0] = float(spec["spent_mb"])
     fields = spec["trainer"]

@@ -42,8 +42,14 @@ class GatingConfig:
         return default if self.anneal is None else self.anneal
 
 
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _between(value, lo, hi, option, lo_open=False, hi_open=False):
-    bad = value is None or value < lo or value > hi or (lo_open and value == lo) or (hi_open and value == hi)
+    # Not a finite number first: NaN fails every comparison, so it passed them all and reached the loop.
+    bad = (not _finite(value) or value < lo or value > hi or (lo_open and value == lo)
+           or (hi_open and value == hi))
     if bad:
         left, right = "(" if lo_open else "[", ")" if hi_open else "]"
         raise InputError(f"{option} must be in {left}{lo}, {hi}{right}, got {value}")
@@ -72,7 +78,8 @@ def gating_config(method: dict) -> GatingConfig:
         raise InputError(f"--gate-window must be >= 1 batch, got {cfg.gate_window}")
     if cfg.dih_warm < 0:
         raise InputError(f"--dih-warm must be >= 0 epochs, got {cfg.dih_warm}")
-    if cfg.energy_budget_per_epoch is not None and cfg.energy_budget_per_epoch <= 0:
+    if cfg.energy_budget_per_epoch is not None and not (_finite(cfg.energy_budget_per_epoch)
+                                                        and cfg.energy_budget_per_epoch > 0):
         raise InputError(f"--energy-budget-per-epoch must be > 0 joules, got {cfg.energy_budget_per_epoch}")
     for option, value, choices in (("--significance", cfg.significance, SIGNIFICANCES),
                                    ("--unseen", cfg.unseen, UNSEEN_RULES),
