@@ -334,7 +334,7 @@ class Trainer:
         if record.get("evaluated") == "none" and len(self.val_eval_ds):
             return          # not validated this epoch (--eval-every): nothing to choose by
         self.choice.consider(epoch, record.get("val_acc"), record.get("test_acc"), self.model,
-                             record.get("anchor_acc"))
+                             record.get("anchor_acc"), self.eval_sets.val_right)
         if self.phase == "finetune":
             record["kept_epoch"] = self.choice.epoch     # what the output model would be if the run ended here
 
