@@ -1,10 +1,16 @@
 """Evidence a choice can trust: the trained model is kept unless validation resolvably says it is
-worse (a paired test on the same images), and the guard still refuses what forgets."""
+worse (a paired test on the same images), the guard still refuses what forgets, and a --keep last
+run validates only what it reports."""
+
+import json
 
 import pytest
 import torch
 
+from helpers import SAME_CHOICES, records, run_cli, summary
+from edge_sel.config import TrainConfig
 from edge_sel.engine.evaluation.keep import BN_ADAPT_EPOCH, WARMUP_EPOCH, ModelChoice
+from edge_sel.engine.loop.val_size import validation_passes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -108,3 +114,22 @@ def test_the_guard_still_refuses_a_forgetting_last_epoch_and_a_resumed_choice_is
     for epoch, r, anchors in steps[2:]:
         resumed.consider(epoch, r.float().mean().item(), None, model.at(float(epoch)), anchors, r)
     assert resumed.describe() == kept
+
+
+def test_a_keep_last_run_validates_only_what_it_reports(tiny_warm, tmp_path):
+    """It validated the whole split and every guard anchor after every epoch for a choice it does not
+    make; now the last epoch alone (what the summary, card and promote report), on images sized to
+    the run, and the epochs before say they were not evaluated."""
+    cfg = TrainConfig(epochs=3, keep="last", explicit=["keep"], evaluate_start=True)
+    assert validation_passes(cfg, "finetune") == 2 and validation_passes(cfg, "pretrain") == 3
+    out = tmp_path / "run"
+    run_cli("finetune", "--checkpoint", tiny_warm, "--out", out, "--epochs", "3", "--keep", "last",
+            "--dataset", "synthetic", "--batch-size", "16", "--lr", "0.02", "--quiet", *SAME_CHOICES)
+    base, *epochs = records(out, baseline=True)
+    assert [r["evaluated"] for r in epochs] == ["none", "none", "val+test"]
+    assert [r["val_samples_evaluated"] for r in epochs] == [0, 0, 64] and epochs[-1]["val_acc"] is not None
+    assert [r.get("anchor_samples_evaluated") for r in epochs] == [0, 0, base["anchor_samples_evaluated"]]
+    s = summary(out)
+    assert s["kept"]["kept"] == "last" and s["output_model"]["val_acc"] == epochs[-1]["val_acc"]
+    assert s["validation_size"]["validation_passes"] == 2
+    assert json.loads((out / "model.json").read_text())["training"]["final_val_acc"] == epochs[-1]["val_acc"]

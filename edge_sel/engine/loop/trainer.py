@@ -40,7 +40,7 @@ from edge_sel.engine.loop.single_rows import refuse_batches_of_one, rows_to_trai
 from edge_sel.engine.loop.step_memory import allocator_while_training, memory_counter, moving_state, plan_run_memory
 from edge_sel.engine.loop.start import baseline_record, reset_if_forgotten
 from edge_sel.engine.loop.totals import StepTotals
-from edge_sel.engine.loop.val_size import validation_set
+from edge_sel.engine.loop.val_size import validates_epoch, validation_set
 from edge_sel.engine.machine import cuda_workspace
 from edge_sel.engine.machine.precision import autocast
 from edge_sel.engine.machine.run_choices import run_layout, run_precision, trains_key
@@ -82,12 +82,14 @@ class Trainer:
         self.train_ds, self.val_ds = self.splits.train.to(self.device), self.splits.val.to(self.device)
         self.test_ds = self.splits.test.to(self.device)
         self.clean_test_ds = None if self.splits.test_clean is None else self.splits.test_clean.to(self.device)
+        self.reads_validation = bool(getattr(self.strategy, "reads_validation", False))   # stage gates
         self.default_choice = choose_default(self)     # --sparsity auto: what trains, its statistics and rate
         # --val-subset N, or N sized for a device (val_share) to the step the run trains: kept in the
         # config, as what ran.
         trains = getattr(self.updater, "trainable", None)
         self.val_eval_ds, self.val_size_choice = validation_set(cfg, self.phase, self.train_ds, self.val_ds, self.model,
-                                                                self.memory, trains and trains(self.model))
+                                                                self.memory, trains and trains(self.model),
+                                                                self.reads_validation)
         self.layout = run_layout(cfg, self.model, self.train_ds, max(len(self.val_eval_ds), len(self.test_ds), 1),
                                  self.device, trains_key(self.updater, cfg))
         self.memory_format = self.layout.format
@@ -299,7 +301,7 @@ class Trainer:
         record.update(epoch_record.lever_fields(progress, self.replay is not None, bool(self.objective.penalties)))
         record.update(self.run_memory.epoch_fields(progress, record))
         final = epoch == self.config.epochs - 1 or self.stop_reason is not None
-        validate = final or (epoch + 1) % self.config.eval_every == 0
+        validate = validates_epoch(self.config, self.phase, epoch, final, self.reads_validation)
         record.update(self.evaluate(validate=validate, test=final or (validate and self.config.eval_test == "every")))
         epoch_record.add_candidate_evaluation(record, candidate_eval)
         record.update(epoch_record.closing_fields(progress, self.class_names, self.nonfinite_events,

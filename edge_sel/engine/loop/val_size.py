@@ -1,11 +1,14 @@
-"""How many validation samples a device can afford: with `val_share` set (the adapt preset sets
-0.2), the validation subset is sized so that every validation pass the run will make (the starting
-model, the BatchNorm-adapted candidate, each validated epoch) costs at most that share of the run's
-counted compute, never fewer than MIN_SAMPLES (below that an accuracy difference of a few points is
-noise) nor more than the split holds. On a cheap adaptation, validating 5,000 CIFAR-10 images after
-every epoch was nearly all of the joules. With the checkpoint's source memory every validation also
-evaluates the guard anchors: they are part of each pass's cost, so they come out of the affordable
-validation samples (the floor still holds)."""
+"""How many validation samples a device can afford: with `val_share` set (every fine-tune sets 0.2
+unless told otherwise), the validation subset is sized so that every validation pass the run will
+make (the starting model, the BatchNorm-adapted candidate, each validated epoch) costs at most that
+share of the run's counted compute, never fewer than MIN_SAMPLES (below that an accuracy difference
+of a few points is noise) nor more than the split holds. On a cheap adaptation, validating 5,000
+CIFAR-10 images after every epoch was nearly all of the joules. With the checkpoint's source memory
+every validation also evaluates the guard anchors: they are part of each pass's cost, so they come
+out of the affordable validation samples (the floor still holds).
+
+A fine-tune that keeps its last epoch validates only that epoch (what its summary, card and promote
+report), unless --eval-every was given or its strategy reads validation (a curriculum's stage gates)."""
 
 from __future__ import annotations
 
@@ -23,29 +26,52 @@ MIN_SAMPLES = 300
 
 
 def share_for_device(cfg: TrainConfig) -> bool:
-    """A fine-tune that keeps its best epoch validates on what that choice needs, as --preset adapt
-    does: a fifth of the counted compute at most, never under MIN_SAMPLES, so validation scales with
-    the images the run trains on (--subset included). A one-epoch run of 300 images at 64 px spent 95%
-    of its 830 J validating the shard's 5,000 images twice; Lite0 at 96 px under 1/10 of full FT's
-    memory, 51-53% of a 2,000-image run's joules. --val-subset (0 included: the whole split) and a
-    share already set win; a run that keeps its last epoch decides nothing by validation and is left
-    as it is. Returns whether it set the share."""
+    """Every fine-tune validates on what its decisions and its report need, as --preset adapt does: a
+    fifth of the counted compute at most, never under MIN_SAMPLES, so validation scales with the images
+    the run trains on (--subset included). A one-epoch run of 300 images at 64 px spent 95% of its
+    830 J validating the shard's 5,000 images twice; Lite0 at 96 px under 1/10 of full FT's memory,
+    51-53% of a 2,000-image run's joules; a --keep last run of 1,000 images 79%, validating the whole
+    split every epoch for a choice it does not make. --val-subset (0 included: the whole split) and a
+    share already set win. Returns whether it set the share."""
     given = cfg.val_subset or cfg.val_share or "val_subset" in (cfg.explicit or ())
-    if given or cfg.keep != "best":
+    if given:
         return False
     cfg.val_share = DEVICE_VAL_SHARE
     return True
 
 
-def validation_passes(cfg: TrainConfig, phase: str) -> int:
-    baseline = 1 if phase == "finetune" else 0
+def keeps_last_only(cfg: TrainConfig, phase: str, reads_validation: bool = False) -> bool:
+    """A fine-tune that keeps its last epoch validates that epoch alone: nothing else is reported
+    or decided by it (unless --eval-every K asks, or the strategy's stage gates read it)."""
+    return phase == "finetune" and cfg.keep == "last" and not reads_validation and not cfg.eval_every
+
+
+def validates_epoch(cfg: TrainConfig, phase: str, epoch: int, final: bool, reads_validation: bool = False) -> bool:
+    if final:
+        return True
+    if keeps_last_only(cfg, phase, reads_validation):
+        return False
+    return (epoch + 1) % (cfg.eval_every or 1) == 0
+
+
+def validated_epochs(cfg: TrainConfig, phase: str, reads_validation: bool = False) -> int:
+    """Epochs validated when the run trains all it plans (the last always)."""
+    if not cfg.epochs:
+        return 0
+    if keeps_last_only(cfg, phase, reads_validation):
+        return 1
+    return math.ceil(cfg.epochs / (cfg.eval_every or 1))
+
+
+def validation_passes(cfg: TrainConfig, phase: str, reads_validation: bool = False) -> int:
+    baseline = 1 if phase == "finetune" and cfg.evaluate_start else 0
     candidate = 1 if cfg.bn_adapt and cfg.epochs and cfg.keep == "best" and phase == "finetune" else 0
-    epochs = math.ceil(cfg.epochs / cfg.eval_every) if cfg.epochs else 1    # --epochs 0: the adapted model
+    epochs = validated_epochs(cfg, phase, reads_validation) if cfg.epochs else 1    # --epochs 0: the adapted model
     return baseline + candidate + epochs
 
 
 def device_val_size(cfg: TrainConfig, phase: str, train_size: int, val_size: int, flops: FlopCounter,
-                    guard_anchors: int = 0, trains: set[str] | None = None) -> dict:
+                    guard_anchors: int = 0, trains: set[str] | None = None, reads_validation: bool = False) -> dict:
     """The subset size and how it was reached (kept in the summary); `guard_anchors`: images the
     guard evaluates with every validation; `trains`: the parameters the run's step trains (None:
     every one), whose step's FLOPs the validation is a share of."""
@@ -55,7 +81,7 @@ def device_val_size(cfg: TrainConfig, phase: str, train_size: int, val_size: int
     per_sample_train = (forward + backward) / cfg.batch_size
     per_image_eval = flops.eval_batch(1)
     training = cfg.epochs * activation * train_size * per_sample_train + cfg.bn_adapt * per_image_eval
-    passes = validation_passes(cfg, phase)
+    passes = validation_passes(cfg, phase, reads_validation)
     # validation / (training + validation) <= share  <=>  validation <= share / (1 - share) * training
     per_pass = cfg.val_share / (1 - cfg.val_share) * training / (passes * per_image_eval)
     affordable = per_pass - guard_anchors
@@ -86,8 +112,8 @@ def training_only(model: torch.nn.Module, names: set[str] | None):
             p.requires_grad_(flags[n])
 
 
-def validation_set(cfg: TrainConfig, phase: str, train_ds, val_ds, model, memory, trains: set[str] | None = None
-                   ) -> tuple:
+def validation_set(cfg: TrainConfig, phase: str, train_ds, val_ds, model, memory, trains: set[str] | None = None,
+                   reads_validation: bool = False) -> tuple:
     """The validation samples per-epoch decisions use and how their number was reached: `--val-subset
     N` as given (a fixed draw), or with `val_share` N sized for a device here and written into the
     config (what ran). `memory`: the checkpoint's source memory, whose guard anchors every validation
@@ -97,9 +123,10 @@ def validation_set(cfg: TrainConfig, phase: str, train_ds, val_ds, model, memory
     choice = None
     if cfg.val_subset == 0 and cfg.val_share:
         choice = device_val_size(cfg, phase, len(train_ds), len(val_ds), FlopCounter(model, train_ds.input_shape),
-                                 0 if memory is None else len(memory.guard), trains)
+                                 0 if memory is None else len(memory.guard), trains, reads_validation)
         # A run of no epoch (statistics alone) decides only whether to keep them: that decision is the
         # run. A guard over the source's anchors refuses an epoch that forgets: it chooses, so it validates.
+        # A run that keeps its last epoch reports the last's validation at the floor.
         guarded = memory is not None and cfg.max_forgetting is not None
         if not choice["validates"] and cfg.epochs and not guarded and not typed(cfg, "keep"):
             return no_validation(cfg, val_ds, memory, choice)
