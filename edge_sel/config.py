@@ -82,6 +82,7 @@ class TrainConfig:
     eval_test: str = "end"            # test set: at the "end" only, or after "every" validation
     val_subset: int = 0               # validate on this many samples (0: the whole validation split)
     val_share: float = 0.0            # >0: size val_subset so validation is at most this share of compute
+    guard_subset: int = 0             # guard anchors each validation evaluates, a fixed draw (0: all of them)
     sync_every: int = 0               # steps between host reads of the loss sums (0: 1 on CPU, 32 on GPUs)
     compile: bool = False             # torch.compile the model (compile time lands in the first epoch)
     checkpoint_every: int = 200       # steps between mid-epoch full-state checkpoints (0: epoch ends only)
@@ -219,6 +220,7 @@ class TrainConfig:
         _integer("--eval-every", self.eval_every, lo=0)
         _integer("--val-subset", self.val_subset, lo=0)
         _number("val_share", self.val_share, lo=0, hi=1, hi_open=True)
+        _integer("guard_subset", self.guard_subset, lo=0)
         _integer("--sync-every", self.sync_every, lo=0)
         _choice("--memory-format", self.memory_format, MEMORY_FORMATS)
         _choice("--eval-test", self.eval_test, EVAL_TEST)

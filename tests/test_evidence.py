@@ -1,6 +1,6 @@
 """Evidence a choice can trust: the trained model is kept unless validation resolvably says it is
-worse (a paired test on the same images), the guard still refuses what forgets, and a --keep last
-run validates only what it reports."""
+worse (a paired test on the same images), the guard still refuses what forgets, a --keep last run
+validates only what it reports, and the guard anchors are sized with the validation."""
 
 import json
 
@@ -9,8 +9,10 @@ import torch
 
 from helpers import SAME_CHOICES, records, run_cli, summary
 from edge_sel.config import TrainConfig
+from edge_sel.core.flops import FlopCounter
 from edge_sel.engine.evaluation.keep import BN_ADAPT_EPOCH, WARMUP_EPOCH, ModelChoice
-from edge_sel.engine.loop.val_size import validation_passes
+from edge_sel.engine.loop.val_size import MIN_SAMPLES, device_val_size, validation_passes
+from edge_sel.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -116,6 +118,31 @@ def test_the_guard_still_refuses_a_forgetting_last_epoch_and_a_resumed_choice_is
     assert resumed.describe() == kept
 
 
+def test_guard_anchors_are_sized_with_validation_never_under_their_floor():
+    """500 guard anchors at every pass were a third of a 1,000-image Lite0 run's joules: now they share
+    the validation's affordable images, the same share of each set, each above its floor."""
+    from edge_sel.engine.levers.guard_set import draw_guard, guard_floor, pack_right, unpack_right
+    cfg = TrainConfig(epochs=2, batch_size=64, val_share=0.2)
+    flops = FlopCounter(build_model("edgecnn", 10, 3), [3, 32, 32])
+    sized = device_val_size(cfg, "finetune", 10000, 5000, flops, guard_anchors=500)
+    per_pass = sized["affordable"]
+    assert MIN_SAMPLES < sized["val_subset"] < 5000 and guard_floor(3.0, 500) < sized["guard_anchors_per_pass"] < 500
+    assert sized["val_subset"] + sized["guard_anchors_per_pass"] <= per_pass
+    assert sized["val_subset"] / 5000 == pytest.approx(sized["guard_anchors_per_pass"] / 500, abs=0.01)
+    assert sized["expected_validation_flops"] <= 0.25 * sized["expected_training_flops"]
+    small = device_val_size(cfg, "finetune", 500, 5000, flops, guard_anchors=500)
+    assert (small["val_subset"], small["guard_anchors_per_pass"]) == (MIN_SAMPLES, guard_floor(3.0, 500)) == (300, 301)
+    assert guard_floor(1.0, 500) == 500 and guard_floor(5.0, 500) == 109 and guard_floor(0.0, 500) == 500
+    # A class-balanced, fixed draw, and the source's accuracy on it from the card's per-anchor bits.
+    labels = torch.arange(500) % 10
+    drawn = draw_guard(labels, 301)
+    assert torch.equal(drawn, draw_guard(labels, 301)) and torch.bincount(labels[drawn]).tolist() == [31] + [30] * 9
+    source = torch.rand(500, generator=torch.Generator().manual_seed(0)) < 0.8
+    bits = pack_right(source)
+    assert len(bits) == 126 and torch.equal(unpack_right(bits, 500, source.float().mean().item()), source)
+    assert unpack_right(bits, 500, 0.5) is None                   # disagrees with the card's own figure
+
+
 def test_a_keep_last_run_validates_only_what_it_reports(tiny_warm, tmp_path):
     """It validated the whole split and every guard anchor after every epoch for a choice it does not
     make; now the last epoch alone (what the summary, card and promote report), on images sized to
@@ -133,3 +160,56 @@ def test_a_keep_last_run_validates_only_what_it_reports(tiny_warm, tmp_path):
     assert s["kept"]["kept"] == "last" and s["output_model"]["val_acc"] == epochs[-1]["val_acc"]
     assert s["validation_size"]["validation_passes"] == 2
     assert json.loads((out / "model.json").read_text())["training"]["final_val_acc"] == epochs[-1]["val_acc"]
+
+
+def test_a_run_evaluates_a_draw_of_the_guard_anchors_against_the_source_on_the_same_draw(tmp_path):
+    """--max-forgetting 5 needs 109 anchors: a run of 200 digits evaluates a fixed draw of that many
+    of the warmup's guard anchors at every validation, and the source's accuracy on the same draw
+    comes from the card's per-anchor results (or, from a card without them, one pass of the source
+    weights at the start, counted with it); promote judges the deployed model on the same draw."""
+    import shutil
+    from edge_sel.engine.levers.guard_set import MEASURED, draw_guard, unpack_right
+    from edge_sel.engine.night.promote import validate_deployed
+    from edge_sel.engine.runs.data_options import DataOptions
+    from edge_sel.engine.runs.run import finetune, pretrain
+    from helpers import PINNED_CHOICES
+    warm = tmp_path / "warm"
+    pretrain("edgecnn", DataOptions("digits", shard="0/2"), TrainConfig(
+        epochs=1, batch_size=64, anchors_per_class=60, fisher_samples=16, seed=0, **PINNED_CHOICES), warm, quiet=True)
+    anchors = json.loads((warm / "model.json").read_text())["source_memory"]["anchors"]
+    held = anchors["guard"]
+    bits = unpack_right(anchors["guard_right"], held, anchors["guard_acc"])
+    assert held > 250 and bits is not None
+
+    def run(start, name):
+        out = tmp_path / name
+        finetune(start, DataOptions("digits", shard="1/2", subset=200), TrainConfig(
+            epochs=1, batch_size=32, max_forgetting=5.0, **PINNED_CHOICES), out, quiet=True)
+        return out, records(out, baseline=True), summary(out)
+    out, (base, last), s = run(warm, "run")
+    assert s["config"]["guard_subset"] == 109 and s["guard_anchors"]["held"] == held
+    assert [r["anchor_samples_evaluated"] for r in (base, last)] == [109, 109]
+    assert last["anchor_samples_held"] == held and s["validation_size"]["guard_floor"] == 109
+    labels = load_memory_labels(warm)
+    source_on_draw = bits[draw_guard(labels, 109)].float().mean().item()
+    assert s["guard_anchors"]["source_acc"] == pytest.approx(source_on_draw)
+    assert base["anchor_forgetting"] == pytest.approx(100 * (source_on_draw - base["anchor_acc"]), abs=1e-3)
+    _, anchor_acc, cost = validate_deployed(json.loads((out / "config.json").read_text()), warm, out)
+    assert cost["anchor_samples"] == 109 and anchor_acc == pytest.approx(base["anchor_acc"])
+    # A card from before the per-anchor results: the source is measured on the draw, once, at the start.
+    old = tmp_path / "old-warm"
+    shutil.copytree(warm, old)
+    card = json.loads((old / "model.json").read_text())
+    del card["source_memory"]["anchors"]["guard_right"]
+    (old / "model.json").write_text(json.dumps(card))
+    _, (base, last), s = run(old, "old-run")
+    assert s["guard_anchors"]["source_from"] == MEASURED and s["guard_anchors"]["source_acc"] == pytest.approx(source_on_draw)
+    assert base["anchor_samples_evaluated"] == 2 * 109 and last["anchor_samples_evaluated"] == 109
+
+
+def load_memory_labels(checkpoint):
+    """The guard anchors' labels, in the order the run draws from."""
+    from safetensors.torch import load_file
+    from edge_sel.core.source_memory import GUARD
+    anchors = load_file(str(checkpoint / "anchors.safetensors"))
+    return anchors["labels"][anchors["role"].long() == GUARD].long()

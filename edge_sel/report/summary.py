@@ -107,7 +107,10 @@ def all_in_line(summary: dict) -> str:
                   # the anchors and Fisher written for devices: a pretrain's largest cost on few images
                   + (f", source memory {shipped_j:.1f}" if shipped_j is not None else "")
                   + (f", set gains {gains['energy_j']:.1f}" if (gains or {}).get("energy_j") is not None else "") + ")")
-    anchors = f", guard anchors {_fmt(out['anchor_acc'])}" if out.get("anchor_acc") is not None else ""
+    drawn = summary.get("guard_anchors") or {}
+    of = (f" on {drawn['evaluated']:,} of {drawn['held']:,}" if (drawn.get("evaluated") or 0) < (drawn.get("held") or 0)
+          else "")
+    anchors = f", guard anchors {_fmt(out['anchor_acc'])}{of}" if out.get("anchor_acc") is not None else ""
     return f"output model ({which}): test acc {_fmt(out.get('test_acc'))}{anchors}; all in: {flops}, {joules}"
 
 

@@ -22,6 +22,7 @@ from edge_sel.energy.base import NullMeter
 from edge_sel.engine import faults
 from edge_sel.engine.evaluation.evaluate import EmbarrassmentMeter, EvaluationSets
 from edge_sel.engine.evaluation.keep import WARMUP_EPOCH, ModelChoice
+from edge_sel.engine.levers.guard_set import guard_set
 from edge_sel.engine.levers.levers import make_objective, make_replay
 from edge_sel.engine.loop import epoch_record
 from edge_sel.engine.loop.bank_passes import bank_selecting, charge_bank, metered, predict_selected
@@ -90,6 +91,11 @@ class Trainer:
         self.val_eval_ds, self.val_size_choice = validation_set(cfg, self.phase, self.train_ds, self.val_ds, self.model,
                                                                 self.memory, trains and trains(self.model),
                                                                 self.reads_validation)
+        # The guard anchors each validation evaluates (sized with it) and the source's accuracy on them.
+        self.guard_anchors = None if self.memory is None else \
+            guard_set(self.memory, cfg.guard_subset, self.phase == "finetune" and cfg.evaluate_start)
+        if self.guard_anchors is not None and len(self.guard_anchors.anchors) >= self.guard_anchors.held:
+            cfg.guard_subset = 0        # all of them: what ran, for a resume and promote
         self.layout = run_layout(cfg, self.model, self.train_ds, max(len(self.val_eval_ds), len(self.test_ds), 1),
                                  self.device, trains_key(self.updater, cfg))
         self.memory_format = self.layout.format
@@ -115,8 +121,9 @@ class Trainer:
         self.eval_sets = EvaluationSets(self.val_eval_ds, self.test_ds, self.clean_test_ds, self.mean, self.std,
                                         self.eval_batch_size, self.memory_format, self.flops,
                                         self.train_ds.class_names,
-                                        None if self.memory is None else self.memory.guard.to(self.device),
-                                        None if self.memory is None else self.memory.source_guard_acc)
+                                        None if self.memory is None else self.guard_anchors.anchors.to(self.device),
+                                        None if self.memory is None else self.guard_anchors.source_acc,
+                                        0 if self.memory is None else self.guard_anchors.held)
         self.ctx = RunContext(self.train_ds, self.val_ds, self.model, cfg.epochs, self.generator,
                               self.device, self.mean, self.std, cfg.batch_size, cfg.to_json(),
                               score_fn=self.scoring.losses, forward_fn=self.scoring.batch_logits,

@@ -1,11 +1,11 @@
-"""How many validation samples a device can afford: with `val_share` set (every fine-tune sets 0.2
-unless told otherwise), the validation subset is sized so that every validation pass the run will
-make (the starting model, the BatchNorm-adapted candidate, each validated epoch) costs at most that
-share of the run's counted compute, never fewer than MIN_SAMPLES (below that an accuracy difference
-of a few points is noise) nor more than the split holds. On a cheap adaptation, validating 5,000
-CIFAR-10 images after every epoch was nearly all of the joules. With the checkpoint's source memory
-every validation also evaluates the guard anchors: they are part of each pass's cost, so they come
-out of the affordable validation samples (the floor still holds).
+"""How many validation samples and guard anchors a device can afford: with `val_share` set (every
+fine-tune sets 0.2 unless told otherwise), every validation pass the run will make (the starting
+model, the BatchNorm-adapted candidate, each validated epoch) costs at most that share of the run's
+counted compute. Validation never goes under MIN_SAMPLES (below that an accuracy difference of a few
+points is noise) and the guard anchors never under the floor their --max-forgetting needs
+(engine/levers/guard_set.py); above the floors both get the same share of what they hold, never more.
+On a cheap adaptation, validating 5,000 CIFAR-10 images after every epoch was nearly all of the
+joules; 500 guard anchors at every pass, a third of a 1,000-image Lite0 run's.
 
 A fine-tune that keeps its last epoch validates only that epoch (what its summary, card and promote
 report), unless --eval-every was given or its strategy reads validation (a curriculum's stage gates)."""
@@ -20,6 +20,7 @@ import torch
 from edge_sel.config import DEVICE_VAL_SHARE, TrainConfig
 from edge_sel.core.flops import FlopCounter
 from edge_sel.engine.evaluation.evaluate import validation_subset
+from edge_sel.engine.levers.guard_set import guard_floor
 from edge_sel.methods.presets import typed
 
 MIN_SAMPLES = 300
@@ -70,11 +71,26 @@ def validation_passes(cfg: TrainConfig, phase: str, reads_validation: bool = Fal
     return baseline + candidate + epochs
 
 
+def shared_sizes(budget: float, sets: list[tuple[int, int]]) -> list[int]:
+    """Sizes of sets (held, floor) that together fit `budget` images, each the same share of what it
+    holds, never under its floor nor over what it holds (floors first, where they alone exceed it)."""
+    def sizes(share: float) -> list[int]:
+        return [min(held, max(floor, int(share * held))) for held, floor in sets]
+    low, high = 0.0, 1.0
+    if sum(sizes(high)) <= budget:
+        return sizes(high)
+    for _ in range(60):         # the total grows with the share: halve the interval to the budget
+        mid = (low + high) / 2
+        low, high = (mid, high) if sum(sizes(mid)) <= budget else (low, mid)
+    return sizes(low)
+
+
 def device_val_size(cfg: TrainConfig, phase: str, train_size: int, val_size: int, flops: FlopCounter,
                     guard_anchors: int = 0, trains: set[str] | None = None, reads_validation: bool = False) -> dict:
-    """The subset size and how it was reached (kept in the summary); `guard_anchors`: images the
-    guard evaluates with every validation; `trains`: the parameters the run's step trains (None:
-    every one), whose step's FLOPs the validation is a share of."""
+    """The subset sizes and how they were reached (kept in the summary); `guard_anchors`: the guard
+    anchors the checkpoint ships, which every validation also evaluates (sized here with it);
+    `trains`: the parameters the run's step trains (None: every one), whose step's FLOPs the
+    validation is a share of."""
     activation = cfg.method.get("target_activation") or 1.0
     with training_only(flops.model, trains):
         forward, backward = flops.train_step(cfg.batch_size)
@@ -84,14 +100,15 @@ def device_val_size(cfg: TrainConfig, phase: str, train_size: int, val_size: int
     passes = validation_passes(cfg, phase, reads_validation)
     # validation / (training + validation) <= share  <=>  validation <= share / (1 - share) * training
     per_pass = cfg.val_share / (1 - cfg.val_share) * training / (passes * per_image_eval)
-    affordable = per_pass - guard_anchors
-    size = min(val_size, max(MIN_SAMPLES, int(affordable)))
+    anchor_floor = guard_floor(cfg.max_forgetting, guard_anchors)
+    size, anchors = shared_sizes(per_pass, [(val_size, min(MIN_SAMPLES, val_size)), (guard_anchors, anchor_floor)])
     # Whether a choice between epochs is affordable at all: the guard's anchors judge forgetting, a
     # decision of their own, so they do not count against it.
     return {"val_subset": size, "of": val_size, "affordable": max(0, int(per_pass)),
             "validates": per_pass >= min(MIN_SAMPLES, val_size), "share_target": cfg.val_share, "validation_passes": passes,
-            "guard_anchors_per_pass": guard_anchors, "expected_training_flops": int(training),
-            "expected_validation_flops": int(passes * (size + guard_anchors) * per_image_eval),
+            "guard_anchors_per_pass": anchors, "guard_anchors_held": guard_anchors, "guard_floor": anchor_floor,
+            "expected_training_flops": int(training),
+            "expected_validation_flops": int(passes * (size + anchors) * per_image_eval),
             "floor": MIN_SAMPLES, "rule": "counted FLOPs of the planned training and validation passes"}
 
 
@@ -116,14 +133,16 @@ def validation_set(cfg: TrainConfig, phase: str, train_ds, val_ds, model, memory
                    reads_validation: bool = False) -> tuple:
     """The validation samples per-epoch decisions use and how their number was reached: `--val-subset
     N` as given (a fixed draw), or with `val_share` N sized for a device here and written into the
-    config (what ran). `memory`: the checkpoint's source memory, whose guard anchors every validation
-    also evaluates; `trains`: what the run's step trains (a fixed set's names), so that validation is
-    a share of that step's compute, not of full fine-tuning's (bn+classifier on Lite0 at 96 px
-    validated 990 images a pass where its own step affords 657)."""
+    config (what ran), with the guard anchors each pass evaluates (`guard_subset`). `memory`: the
+    checkpoint's source memory, whose guard anchors every validation also evaluates; `trains`: what
+    the run's step trains (a fixed set's names), so that validation is a share of that step's
+    compute, not of full fine-tuning's (bn+classifier on Lite0 at 96 px validated 990 images a pass
+    where its own step affords 657)."""
     choice = None
     if cfg.val_subset == 0 and cfg.val_share:
         choice = device_val_size(cfg, phase, len(train_ds), len(val_ds), FlopCounter(model, train_ds.input_shape),
                                  0 if memory is None else len(memory.guard), trains, reads_validation)
+        cfg.guard_subset = choice["guard_anchors_per_pass"]
         # A run of no epoch (statistics alone) decides only whether to keep them: that decision is the
         # run. A guard over the source's anchors refuses an epoch that forgets: it chooses, so it validates.
         # A run that keeps its last epoch reports the last's validation at the floor.
