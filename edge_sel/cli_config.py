@@ -57,7 +57,7 @@ def build_config(kw: dict, **extra) -> TrainConfig:
                        augment=not kw["no_augment"], seed=kw["seed"], device=kw["device"],
                        precision=kw["precision"], checkpoint_every=kw["checkpoint_every"],
                        memory_format=kw["memory_format"], eval_batch_size=kw["eval_batch_size"],
-                       eval_every=kw["eval_every"], eval_test=kw["eval_test"], val_subset=kw["val_subset"],
+                       eval_every=kw["eval_every"] or 0, eval_test=kw["eval_test"], val_subset=kw["val_subset"],
                        sync_every=kw["sync_every"], compile=kw["compile_model"], **extra)
 
 

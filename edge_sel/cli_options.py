@@ -109,8 +109,9 @@ SPEED = [
                 "least ten times the probe's samples (else contiguous)."),
     option("--eval-batch-size", type=COUNT, default=0, show_default=True,
            help="Evaluation batch size (0: the fastest of a few, measured on this device)."),
-    option("--eval-every", type=POSITIVE, default=1, show_default=True,
-           help="Validate every K epochs (the last epoch always)."),
+    option("--eval-every", type=POSITIVE, default=None,
+           help="Validate every K epochs (the last epoch always). Not given: every epoch, and a fine-tune "
+                "that keeps its last epoch (--keep last) validates that one alone."),
     option("--eval-test", type=click.Choice(EVAL_TEST), default="end", show_default=True,
            help="Test set after the last epoch only, or after every validation."),
     option("--val-subset", type=COUNT, default=0, show_default=True,

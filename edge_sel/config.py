@@ -76,10 +76,13 @@ class TrainConfig:
     temperature: float = 1.5          # T in E_c = mean CE(logits / T, y)
     eval_batch_size: int = 0          # 0: measured on this device (engine.layout)
     memory_format: str = "auto"       # conv activations: auto (measured), channels_last or contiguous
-    eval_every: int = 1               # validate every K epochs (the last epoch always)
+    # validate every K epochs (the last always); 0: every epoch, and a fine-tune that keeps its last
+    # epoch its last alone (engine/loop/val_size.py)
+    eval_every: int = 0
     eval_test: str = "end"            # test set: at the "end" only, or after "every" validation
     val_subset: int = 0               # validate on this many samples (0: the whole validation split)
     val_share: float = 0.0            # >0: size val_subset so validation is at most this share of compute
+    guard_subset: int = 0             # guard anchors each validation evaluates, a fixed draw (0: all of them)
     sync_every: int = 0               # steps between host reads of the loss sums (0: 1 on CPU, 32 on GPUs)
     compile: bool = False             # torch.compile the model (compile time lands in the first epoch)
     checkpoint_every: int = 200       # steps between mid-epoch full-state checkpoints (0: epoch ends only)
@@ -214,9 +217,10 @@ class TrainConfig:
         if not self.evaluate_start and (self.keep == "best" or self.reset_forgetting is not None):
             raise InputError("evaluate_start false: --keep best and --reset-forgetting judge the starting model; "
                              "it must be evaluated")
-        _integer("--eval-every", self.eval_every, lo=1)
+        _integer("--eval-every", self.eval_every, lo=0)
         _integer("--val-subset", self.val_subset, lo=0)
         _number("val_share", self.val_share, lo=0, hi=1, hi_open=True)
+        _integer("guard_subset", self.guard_subset, lo=0)
         _integer("--sync-every", self.sync_every, lo=0)
         _choice("--memory-format", self.memory_format, MEMORY_FORMATS)
         _choice("--eval-test", self.eval_test, EVAL_TEST)

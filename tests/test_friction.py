@@ -23,13 +23,21 @@ def test_the_headline_is_the_model_handed_back_and_a_small_validation_is_flagged
                "output_model": {"weights": "best", "epoch": 1, "val_acc": 0.9, "test_acc": 0.828}}
     said = results_said(summary)
     assert "output model's test acc 0.828 (epoch 1; last epoch's 0.953)" in said and "final test acc" not in said
-    kept = {"kept": "best"}
+    # On few validation images the line says what the run did: kept the trained model where the
+    # paired test could not tell, an earlier one only where the last was resolvably worse.
+    kept = {"keep": "best", "kept": "best", "rule": "best", "overruled": [{"epoch": 2, "p": 0.001}]}
     out = flag_small_validation(summary["output_model"], kept, {"dataset": {"val_samples": 24}, "config": {}})
-    assert out["too_few_to_choose"] and out["chosen_on_val_images"] == 24
-    assert "chosen on 24 validation images, too few" in small_validation_line({"output_model": out})
+    assert out["could_not_tell"] is False and out["chosen_on_val_images"] == 24
+    assert "validation held 24 images, and on them the last epoch was resolvably worse" in \
+        small_validation_line({"output_model": out})
+    trained = {"keep": "best", "kept": "last", "rule": "unresolved"}
+    out = flag_small_validation({"weights": "last"}, trained, {"dataset": {"val_samples": 40}, "config": {}})
+    assert out["could_not_tell"] and "the output model is the trained model, the last epoch" in \
+        small_validation_line({"output_model": out})
     enough = flag_small_validation(summary["output_model"], kept, {"dataset": {"val_samples": 500}, "config": {}})
-    last = flag_small_validation(summary["output_model"], {"kept": "last"}, {"dataset": {"val_samples": 24}})
-    assert "too_few_to_choose" not in enough and "too_few_to_choose" not in last
+    last = flag_small_validation(summary["output_model"], {"keep": "last", "kept": "last", "rule": "last"},
+                                 {"dataset": {"val_samples": 24}})
+    assert "chosen_on_val_images" not in enough and "chosen_on_val_images" not in last
 
 
 def test_the_all_in_line_says_what_the_shipped_anchors_and_fisher_took():

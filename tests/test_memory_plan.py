@@ -467,19 +467,21 @@ def test_the_plan_says_mib_what_it_bounds_and_a_cut_evaluation_batch(tiny_warm, 
     assert "the training step counted" in closing and "within it" in closing and "peaked at" in closing
 
 
-def test_every_fine_tune_that_keeps_its_best_epoch_sizes_its_validation_to_its_images():
+def test_every_fine_tune_sizes_its_validation_to_its_images():
     """A one-epoch run of 300 images at 64 px spent 95% of its joules validating the shard's 5,000
-    images twice. Every fine-tune that keeps its best epoch sizes validation as --preset adapt does
-    (a fifth of its counted compute at most, never under the floor nor over the split), so it scales
-    with the images the run trains on; unless the user chose its size or the run keeps its last epoch
-    (validation then decides nothing)."""
+    images twice. Every fine-tune sizes validation as --preset adapt does (a fifth of its counted
+    compute at most, never under the floor nor over the split), so it scales with the images the run
+    trains on; unless the user chose its size. A run that keeps its last epoch sizes what it reports
+    (its last epoch's validation: a --keep last run of 1,000 Lite0 images spent 79% of its joules
+    validating the whole split every epoch)."""
     from edge_sel.core.flops import FlopCounter
     from edge_sel.engine.loop.val_size import MIN_SAMPLES, device_val_size, share_for_device
     cfg = TrainConfig(epochs=1, batch_size=32)
     assert share_for_device(cfg) and cfg.val_share == 0.2
     assert not share_for_device(cfg) and cfg.val_share == 0.2         # once
-    for fields in ({"keep": "last"}, {"val_subset": 800}, {"val_subset": 0, "explicit": ["val_subset"]},
-                   {"val_share": 0.1}):
+    last = TrainConfig(keep="last")
+    assert share_for_device(last) and last.val_share == 0.2
+    for fields in ({"val_subset": 800}, {"val_subset": 0, "explicit": ["val_subset"]}, {"val_share": 0.1}):
         given = TrainConfig(**fields)
         assert not share_for_device(given) and given.val_share == fields.get("val_share", 0.0)
     flops = FlopCounter(build_model("edgecnn", 10, 3), [3, 64, 64])

@@ -3,6 +3,7 @@ every step, runs cut off between their last state write and their summary, signa
 lines and the all-in totals (a whole night, and the nightly script running it: tests/test_life.py)."""
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -271,17 +272,29 @@ def test_a_ctrl_c_while_importing_is_one_line_and_exit_130():
 
 # ---- what a device's log and summary say -------------------------------------------------------
 
-def test_console_and_summary_give_the_output_models_test_accuracy_and_all_in_costs(weak_start, reference):
-    """The reference run keeps an epoch before its last (a tie keeps the earlier weights): the
-    output model's own test pass is run and charged to the last record."""
-    out, output = reference
+def test_console_and_summary_give_the_output_models_test_accuracy_and_all_in_costs(weak_start, tmp_path,
+                                                                                     monkeypatch):
+    """Its last epoch trained on labels shifted by one class, the run validates that epoch resolvably
+    below the first and keeps the first: the output model's own test pass is run and charged to the
+    last record."""
+    original = Trainer._train_step
+
+    def wrong_labels_in_the_last_epoch(self, epoch, i, nb, batch, progress):
+        if epoch == self.config.epochs - 1:
+            batch = dataclasses.replace(batch, y=(batch.y + 1) % len(self.class_names))
+        return original(self, epoch, i, nb, batch, progress)
+    monkeypatch.setattr(Trainer, "_train_step", wrong_labels_in_the_last_epoch)
+    out = tmp_path / "run"
+    output = finetune(weak_start, out, "--lr", "0.2", "--schedule", "constant").output
     s, recs = summary(out), records(out, baseline=True)
     t, kept = s["totals"], s["kept"]
     assert kept["kept"] == "best" and kept["kept_epoch"] < recs[-1]["epoch"]
-    # Chosen on 64 validation images: too few to tell epochs apart, and said so.
+    assert kept["overruled"][-1]["epoch"] == recs[-1]["epoch"] and kept["overruled"][-1]["p"] < 0.05
+    # Chosen on 64 validation images, on which the last epoch was resolvably worse, and said so.
     assert s["output_model"] == {"weights": "best", "epoch": kept["kept_epoch"], "val_acc": kept["kept_val_acc"],
                                  "test_acc": kept["kept_test_acc"], "chosen_on_val_images": 64,
-                                 "too_few_to_choose": True}
+                                 "could_not_tell": False}
+    assert "on them the last epoch was resolvably worse" in output
     assert kept["kept_test_acc"] is not None
     last = recs[-1]
     test_size = s["dataset"]["test_samples"]

@@ -88,10 +88,11 @@ def make_config(phase: Phase, common: dict, seed: int, device: str, pinned: dict
     training.update(pinned or {})
     # checkpoint_every=0: full state saved at epoch ends only; the bench times training, not disk writes.
     # keep="last": a system is measured by what its training produced (and a phase hands its trained
-    # weights to the next one), not by the keep-best guard a device run applies on top.
+    # weights to the next one), not by the keep-best guard a device run applies on top. eval_every=1:
+    # its table reports every system's best validation accuracy, so every epoch validates.
     return TrainConfig(epochs=phase.epochs, seed=seed, device=device, strategy=phase.strategy,
                        sparsity=phase.sparsity, method=copy.deepcopy(phase.method), checkpoint_every=0,
-                       keep="last", **training)
+                       keep="last", eval_every=1, **training)
 
 
 TRAINING_FIELDS = ("optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_epochs",

@@ -107,7 +107,10 @@ def all_in_line(summary: dict) -> str:
                   # the anchors and Fisher written for devices: a pretrain's largest cost on few images
                   + (f", source memory {shipped_j:.1f}" if shipped_j is not None else "")
                   + (f", set gains {gains['energy_j']:.1f}" if (gains or {}).get("energy_j") is not None else "") + ")")
-    anchors = f", guard anchors {_fmt(out['anchor_acc'])}" if out.get("anchor_acc") is not None else ""
+    drawn = summary.get("guard_anchors") or {}
+    of = (f" on {drawn['evaluated']:,} of {drawn['held']:,}" if (drawn.get("evaluated") or 0) < (drawn.get("held") or 0)
+          else "")
+    anchors = f", guard anchors {_fmt(out['anchor_acc'])}{of}" if out.get("anchor_acc") is not None else ""
     return f"output model ({which}): test acc {_fmt(out.get('test_acc'))}{anchors}; all in: {flops}, {joules}"
 
 
@@ -170,11 +173,17 @@ def results_said(summary: dict) -> str:
 
 
 def small_validation_line(summary: dict) -> str | None:
+    """What a run whose validation held few images did with them (summary.output_model's flags)."""
     out = summary.get("output_model") or {}
-    if not out.get("too_few_to_choose"):
+    n = out.get("chosen_on_val_images")
+    if n is None:
         return None
-    return (f"warning: the output model was chosen on {out['chosen_on_val_images']} validation images, too few to "
-            f"tell epochs apart (a few points are noise below 300); keep the last epoch (--keep last) or validate on more")
+    if out.get("could_not_tell"):
+        return (f"note: validation held {n} images, too few to tell these epochs apart (a few points are noise "
+                f"below 300): the output model is the trained model, the last epoch, as wherever the evidence cannot "
+                f"tell; validate on more (--val-subset N) to choose between them")
+    return (f"note: validation held {n} images, and on them the last epoch was resolvably worse (paired test at "
+            f"95%): the output model is the earlier one")
 
 
 def memory_line(memory: dict) -> str:
@@ -283,8 +292,9 @@ def print_summary(summary: dict, quiet: bool = False) -> None:
     if summary.get("stop_reason") == "interrupted":
         pass            # nothing is concluded about an unfinished run (the resume hint follows)
     elif kept:
-        if kept["kept"] == "warmup":
-            click.echo(f"NOTE: {kept['reason']}" + (" (its weights, with the statistics below)." if bank else "."))
+        if kept["kept"] == "warmup" or kept.get("rule") == "unresolved":
+            with_bank = bank and kept["kept"] == "warmup"
+            click.echo(f"NOTE: {kept['reason']}" + (" (its weights, with the statistics below)." if with_bank else "."))
         else:
             click.echo(f"output model: {kept['reason']}")
     if bank:

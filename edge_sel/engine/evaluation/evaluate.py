@@ -40,6 +40,11 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float | None:
     return (logits.argmax(1) == labels.to(logits.device)).float().mean().item()
 
 
+def correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Right/wrong per sample (bool)."""
+    return logits.argmax(1) == labels.to(logits.device)
+
+
 def per_class_accuracy(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float | None]:
     labels = labels.to(logits.device)
     correct = torch.bincount(labels[logits.argmax(1) == labels], minlength=num_classes).float()
@@ -91,8 +96,12 @@ class EvaluationSets:
     memory_format: torch.memory_format
     flops: FlopCounter          # the live model's
     class_names: list[str]
-    anchors: IndexedDataset | None = None      # the guard anchors (engine/levers/anchors.py), never trained on
+    anchors: IndexedDataset | None = None      # the guard anchors evaluated (engine/levers/guard_set.py), never trained on
     source_anchor_acc: float | None = None     # the source model's accuracy on them (the reference)
+    anchors_held: int = 0                      # guard anchors the checkpoint ships (`anchors` may be a draw of them)
+    # The last validation's right/wrong per image (a bool tensor on the CPU; None when it did not
+    # validate): what a paired test between candidates needs (engine/evaluation/keep.py).
+    val_right: torch.Tensor | None = None
 
     def final_images(self) -> int:
         """Images the last epoch's evaluation runs over."""
@@ -113,8 +122,11 @@ class EvaluationSets:
                "evaluated": "+".join([k for k, on in (("val", validate), ("test", test)) if on]) or "none",
                "val_samples_evaluated": len(self.val) if validate else 0,
                "test_samples_evaluated": 0, "flops_eval": 0}
+        self.val_right = None
         if validate:
-            out["val_acc"] = accuracy(self.logits(predict, self.val), self.val.labels)
+            right = correct(self.logits(predict, self.val), self.val.labels)
+            out["val_acc"] = right.float().mean().item() if len(right) else None
+            self.val_right = right.cpu()
             out["flops_eval"] += self._flops(self.val)
         if self.anchors is not None:
             out.update(self.anchor_accuracy(predict) if validate else
@@ -139,7 +151,9 @@ class EvaluationSets:
         (positive: forgotten), with the pass's counted FLOPs (part of `flops_eval`)."""
         acc = accuracy(self.logits(predict, self.anchors), self.anchors.labels)
         return {"anchor_acc": acc, "anchor_forgetting": forgetting_points(self.source_anchor_acc, acc),
-                "anchor_samples_evaluated": len(self.anchors), "flops_anchor": self._flops(self.anchors)}
+                "anchor_samples_evaluated": len(self.anchors), "flops_anchor": self._flops(self.anchors),
+                # how many the checkpoint ships, where a pass evaluates a draw of them
+                **({"anchor_samples_held": self.anchors_held} if self.anchors_held > len(self.anchors) else {})}
 
 
 def forgetting_points(source_acc: float | None, acc: float | None) -> float | None:

@@ -11,8 +11,9 @@ from pathlib import Path
 from edge_sel.core.evidence import Allowance, Stopped
 from edge_sel.core.source_memory import ANCHORS_FILE, FISHER_FILE, GUARD, REPLAY, SOURCE_FILE, Anchors, \
     draw_anchors, write_source_memory
-from edge_sel.engine.evaluation.evaluate import accuracy, evaluation_flops
+from edge_sel.engine.evaluation.evaluate import correct, evaluation_flops
 from edge_sel.engine.levers.fisher import diagonal_fisher, fisher_positions
+from edge_sel.engine.levers.guard_set import pack_right
 from edge_sel.errors import InputError
 
 WHAT = {ANCHORS_FILE: "labelled training images of the source (uint8): replay ones mixed into a fine-tune's batches, "
@@ -55,16 +56,20 @@ def _write(trainer, out: Path, allowance: Allowance | None, t0: float) -> dict:
                              trainer.mean, trainer.std, trainer.flops, trainer.memory_format,
                              check=None if allowance is None else allowance.check)
     t_eval = time.perf_counter()
-    acc, eval_flops = {}, 0
+    acc, eval_flops, guard_right = {}, 0, None
     for role, name in ((GUARD, "guard"), (REPLAY, "replay")):
         part = train.subset(positions[roles.to(positions.device) == role])
-        acc[name] = accuracy(trainer.eval_sets.logits(trainer.backend.predict, part), part.labels)
+        right = correct(trainer.eval_sets.logits(trainer.backend.predict, part), part.labels)
+        acc[name] = right.float().mean().item() if len(right) else None
+        guard_right = pack_right(right) if role == GUARD else guard_right
         eval_flops += evaluation_flops(trainer.flops, len(part), trainer.eval_batch_size)
     eval_wall = time.perf_counter() - t_eval
     source = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
     card = write_source_memory(out, anchors, fisher.fisher, source, {
+        # guard_right: the source's right/wrong per guard anchor, so a device that evaluates a draw of
+        # them knows the source's accuracy on the same draw (engine/levers/guard_set.py)
         "anchors": {"per_class": cfg.anchors_per_class, "seed": cfg.seed, "guard_acc": acc["guard"],
-                    "replay_acc": acc["replay"]},
+                    "replay_acc": acc["replay"], "guard_right": guard_right},
         "fisher": {"samples": fisher.samples, "flops": fisher.flops, "wall_s": fisher.wall_s,
                    "method": fisher.method}})
     wall = time.perf_counter() - t0

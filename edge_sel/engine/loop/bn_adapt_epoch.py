@@ -47,7 +47,8 @@ def consider_bn_adapted(trainer) -> float:
     if "bn_adapt" in trainer.bn_adapt_pending:      # not applicable: the model did not change
         return 0.0
     ev = trainer.evaluate(validate=True, test=False)
-    trainer.choice.consider(BN_ADAPT_EPOCH, ev["val_acc"], None, trainer.model, ev.get("anchor_acc"))
+    trainer.choice.consider(BN_ADAPT_EPOCH, ev["val_acc"], None, trainer.model, ev.get("anchor_acc"),
+                            trainer.eval_sets.val_right)
     trainer.bn_adapt_pending["bn_adapt_val_acc"] = ev["val_acc"]
     if "anchor_acc" in ev:
         trainer.bn_adapt_pending["bn_adapt_anchor_acc"] = ev["anchor_acc"]

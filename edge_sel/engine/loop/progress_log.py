@@ -40,7 +40,10 @@ class ProgressLog:
         val = (f"validation (of {sized['of']:,}: a fifth of the run's counted compute at most, at least "
                f"{sized['floor']}; --val-subset N to choose)" if sized and sized["val_subset"] < sized["of"]
                else "validation")
-        parts = [(len(sets.val), val), (len(sets.anchors or ()), "guard anchors"), (len(sets.test), "test"),
+        held = getattr(sets, "anchors_held", 0)
+        anchors = (f"guard anchors (of {held:,}, sized with the validation)" if held > len(sets.anchors or ())
+                   else "guard anchors")
+        parts = [(len(sets.val), val), (len(sets.anchors or ()), anchors), (len(sets.test), "test"),
                  (len(sets.clean_test or ()), "clean test")]
         self.line(f"start: evaluating the starting checkpoint on {sets.final_images():,} images ("
                   + ", ".join(f"{n:,} {what}" for n, what in parts if n) + ")")

@@ -16,10 +16,10 @@ re-estimation passes (--bn-conditions), both charged to the run when they happen
 
 from __future__ import annotations
 
-import math
 import time
 
 from edge_sel.engine.evaluation.evaluate import evaluation_flops
+from edge_sel.engine.loop.val_size import validated_epochs
 
 
 def evaluation_images(trainer) -> dict:
@@ -29,7 +29,7 @@ def evaluation_images(trainer) -> dict:
     test = len(sets.test) + len(sets.clean_test or ())
     start = int(trainer.phase == "finetune" and cfg.evaluate_start)
     if cfg.epochs:
-        validated = math.ceil(cfg.epochs / cfg.eval_every)
+        validated = validated_epochs(cfg, trainer.phase, getattr(trainer, "reads_validation", False))
         tested = validated if cfg.eval_test == "every" else 1
         # The re-estimated model, validated only as a keep-best candidate (engine/loop/trainer.py).
         candidate = int(bool(cfg.bn_adapt) and trainer.phase == "finetune" and trainer.choice.mode == "best")

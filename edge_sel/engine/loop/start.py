@@ -12,8 +12,12 @@ def baseline_record(trainer) -> dict:
     """The starting checkpoint on the local validation and test splits before any step: the bar
     a fine-tune must clear. It costs evaluation only (its FLOPs and joules are recorded)."""
     record = {**epoch_record.baseline_fields(trainer.strategy.name, len(trainer.train_ds)), **epoch_record.bn_fields(trainer)}
+    source_cost = source_on_the_draw(trainer)
     trainer.log.evaluating_start(trainer.eval_sets, trainer.val_size_choice)
     record.update(trainer.evaluate(bar="start: evaluating"))
+    if source_cost:         # the source's pass over the drawn guard anchors: evaluation cost of the start
+        record.update(epoch_record.evaluation_cost(record, source_cost))
+        record["source_guard_acc"] = trainer.eval_sets.source_anchor_acc
     record.update({k: trainer.last_eval_energy.get(k) for k in ("energy_source", "energy_method")})
     if trainer.config.epochs == 0:      # no epoch record will carry the plan's time and joules: this one does
         record.update(trainer.__dict__.pop("memory_plan_cost", None) or {})
@@ -25,11 +29,27 @@ def baseline_record(trainer) -> dict:
     return record
 
 
+def source_on_the_draw(trainer) -> dict:
+    """Where the run evaluates a draw of the guard anchors and the card has no per-anchor results
+    to give the source's accuracy on it, one pass of the source weights over the draw (counted):
+    the guard then compares like with like. Returns its evaluation cost ({} when not needed)."""
+    drawn = trainer.guard_anchors
+    if drawn is None or not drawn.measured_at_start or drawn.source_acc is not None:
+        return {}
+    acc, cost = measure_source(trainer)
+    drawn.source_acc = trainer.eval_sets.source_anchor_acc = trainer.choice.source_anchor_acc = acc
+    return cost
+
+
 def source_guard_acc(trainer) -> tuple[float, dict]:
-    """The source model's guard-anchor accuracy: as the card states it, or measured here (counted)
-    when it does not."""
-    if trainer.memory.source_guard_acc is not None:
-        return trainer.memory.source_guard_acc, {}
+    """The source model's accuracy on the guard anchors the run evaluates: as the card states it (for
+    a draw, its per-anchor results), as measured at the start, or measured here (counted)."""
+    if trainer.eval_sets.source_anchor_acc is not None:
+        return trainer.eval_sets.source_anchor_acc, {}
+    return measure_source(trainer)
+
+
+def measure_source(trainer) -> tuple[float, dict]:
     with holding(trainer.model, trainer.memory.source), metered(trainer) as took:
         out = trainer.eval_sets.anchor_accuracy(trainer.backend.predict)
     cost = {"flops_eval": out["flops_anchor"], "flops_anchor": out["flops_anchor"], "eval_wall_s": took["wall"],

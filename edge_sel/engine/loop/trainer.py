@@ -22,6 +22,7 @@ from edge_sel.energy.base import NullMeter
 from edge_sel.engine import faults
 from edge_sel.engine.evaluation.evaluate import EmbarrassmentMeter, EvaluationSets
 from edge_sel.engine.evaluation.keep import WARMUP_EPOCH, ModelChoice
+from edge_sel.engine.levers.guard_set import guard_set
 from edge_sel.engine.levers.levers import make_objective, make_replay
 from edge_sel.engine.loop import epoch_record
 from edge_sel.engine.loop.bank_passes import bank_selecting, charge_bank, metered, predict_selected
@@ -40,7 +41,7 @@ from edge_sel.engine.loop.single_rows import refuse_batches_of_one, rows_to_trai
 from edge_sel.engine.loop.step_memory import allocator_while_training, memory_counter, moving_state, plan_run_memory
 from edge_sel.engine.loop.start import baseline_record, reset_if_forgotten
 from edge_sel.engine.loop.totals import StepTotals
-from edge_sel.engine.loop.val_size import validation_set
+from edge_sel.engine.loop.val_size import validates_epoch, validation_set
 from edge_sel.engine.machine import cuda_workspace
 from edge_sel.engine.machine.precision import autocast
 from edge_sel.engine.machine.run_choices import run_layout, run_precision, trains_key
@@ -83,12 +84,19 @@ class Trainer:
         self.train_ds, self.val_ds = self.splits.train.to(self.device), self.splits.val.to(self.device)
         self.test_ds = self.splits.test.to(self.device)
         self.clean_test_ds = None if self.splits.test_clean is None else self.splits.test_clean.to(self.device)
+        self.reads_validation = bool(getattr(self.strategy, "reads_validation", False))   # stage gates
         self.default_choice = choose_default(self)     # --sparsity auto: what trains, its statistics and rate
         # --val-subset N, or N sized for a device (val_share) to the step the run trains: kept in the
         # config, as what ran.
         trains = getattr(self.updater, "trainable", None)
         self.val_eval_ds, self.val_size_choice = validation_set(cfg, self.phase, self.train_ds, self.val_ds, self.model,
-                                                                self.memory, trains and trains(self.model))
+                                                                self.memory, trains and trains(self.model),
+                                                                self.reads_validation)
+        # The guard anchors each validation evaluates (sized with it) and the source's accuracy on them.
+        self.guard_anchors = None if self.memory is None else \
+            guard_set(self.memory, cfg.guard_subset, self.phase == "finetune" and cfg.evaluate_start)
+        if self.guard_anchors is not None and len(self.guard_anchors.anchors) >= self.guard_anchors.held:
+            cfg.guard_subset = 0        # all of them: what ran, for a resume and promote
         self.layout = run_layout(cfg, self.model, self.train_ds, max(len(self.val_eval_ds), len(self.test_ds), 1),
                                  self.device, trains_key(self.updater, cfg))
         self.memory_format = self.layout.format
@@ -114,8 +122,9 @@ class Trainer:
         self.eval_sets = EvaluationSets(self.val_eval_ds, self.test_ds, self.clean_test_ds, self.mean, self.std,
                                         self.eval_batch_size, self.memory_format, self.flops,
                                         self.train_ds.class_names,
-                                        None if self.memory is None else self.memory.guard.to(self.device),
-                                        None if self.memory is None else self.memory.source_guard_acc)
+                                        None if self.memory is None else self.guard_anchors.anchors.to(self.device),
+                                        None if self.memory is None else self.guard_anchors.source_acc,
+                                        0 if self.memory is None else self.guard_anchors.held)
         self.ctx = RunContext(self.train_ds, self.val_ds, self.model, cfg.epochs, self.generator,
                               self.device, self.mean, self.std, cfg.batch_size, cfg.to_json(),
                               score_fn=self.scoring.losses, forward_fn=self.scoring.batch_logits,
@@ -300,7 +309,7 @@ class Trainer:
         record.update(epoch_record.lever_fields(progress, self.replay is not None, bool(self.objective.penalties)))
         record.update(self.run_memory.epoch_fields(progress, record))
         final = epoch == self.config.epochs - 1 or self.stop_reason is not None
-        validate = final or (epoch + 1) % self.config.eval_every == 0
+        validate = validates_epoch(self.config, self.phase, epoch, final, self.reads_validation)
         record.update(self.evaluate(validate=validate, test=final or (validate and self.config.eval_test == "every")))
         epoch_record.add_candidate_evaluation(record, candidate_eval)
         record.update(epoch_record.closing_fields(progress, self.class_names, self.nonfinite_events,
@@ -335,7 +344,7 @@ class Trainer:
         if record.get("evaluated") == "none" and len(self.val_eval_ds):
             return          # not validated this epoch (--eval-every): nothing to choose by
         self.choice.consider(epoch, record.get("val_acc"), record.get("test_acc"), self.model,
-                             record.get("anchor_acc"))
+                             record.get("anchor_acc"), self.eval_sets.val_right)
         if self.phase == "finetune":
             record["kept_epoch"] = self.choice.epoch     # what the output model would be if the run ended here
 

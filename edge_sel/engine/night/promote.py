@@ -107,6 +107,11 @@ def decide(run_dir: Path, deployed: Path, force: bool = False, evaluate=None,
     run_dir, deployed = Path(run_dir), Path(deployed)
     summary, config = read_run(run_dir)
     source_acc = source_anchor_acc(run_dir)     # the card read first: one that is not JSON stops here
+    # A run that evaluated a draw of the guard anchors states the source's accuracy on that draw,
+    # which the deployed model is judged on too (validate_deployed).
+    drawn = summary.get("guard_anchors") if isinstance(summary.get("guard_anchors"), dict) else {}
+    if config.get("guard_subset") and isinstance(drawn.get("source_acc"), float):
+        source_acc = drawn["source_acc"]
     out = summary.get("output_model") or {}
     candidate = out.get("val_acc", (summary.get("kept") or {}).get("kept_val_acc"))
     if summary.get("stop_reason") == "interrupted":
@@ -187,6 +192,7 @@ def validate_deployed(config: dict, deployed: Path, run_dir: Path | None = None)
 
     from edge_sel.core.flops import FlopCounter
     from edge_sel.engine.levers.anchors import load_memory
+    from edge_sel.engine.levers.guard_set import guard_subset
     from edge_sel.engine.machine.layout import FORMATS
     from edge_sel.engine.machine.precision import autocast
     from edge_sel.engine.evaluation.bn_bank import attach_saved_bank, run_bank_for
@@ -243,8 +249,9 @@ def validate_deployed(config: dict, deployed: Path, run_dir: Path | None = None)
             **({"flops_bank_estimate": refreshed["flops"]} if refreshed["flops"] else {})}
     anchor_acc = None
     if memory is not None:
-        anchor_acc, anchor_wall, anchor_flops = judge(memory.guard)
-        cost.update(flops=flops + anchor_flops, wall_s=wall + anchor_wall, anchor_samples=len(memory.guard),
+        anchors = guard_subset(memory.guard, config.get("guard_subset") or 0)     # the run's draw of them
+        anchor_acc, anchor_wall, anchor_flops = judge(anchors)
+        cost.update(flops=flops + anchor_flops, wall_s=wall + anchor_wall, anchor_samples=len(anchors),
                     anchor_flops=anchor_flops, anchor_wall_s=anchor_wall)
     served = None if run_dir is None else judge_served(deployed, Path(run_dir), settings, batch)
     if served is not None:      # the deployed bank's conditions, both models judged on each

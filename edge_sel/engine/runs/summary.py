@@ -94,16 +94,20 @@ def shared_method(method: str | None, shared_with: int | None) -> str | None:
 
 
 def flag_small_validation(out: dict, kept: dict | None, extra: dict) -> dict:
-    """An output model chosen by validation accuracy among candidates, on fewer than MIN_SAMPLES
-    validation images (where a few points are noise), says so: the choice may be chance."""
-    if not kept or kept.get("kept") == "last":
+    """An output model decided by validation on fewer than MIN_SAMPLES images, where a few points are
+    noise, says how many and what the run did: `could_not_tell` where it kept the trained model
+    because the paired test could not resolve a difference, false where an earlier model was handed
+    back because the last epoch was resolvably worse on them."""
+    if not kept or kept.get("keep") != "best" or kept.get("rule") in ("last", "no_validation", "interrupted"):
         return out
+    if kept.get("rule") != "unresolved" and kept.get("kept") == "best" and not kept.get("overruled"):
+        return out          # the last epoch, best on validation: nothing was decided against it
     held = (extra.get("dataset") or {}).get("val_samples")
     subset = (extra.get("config") or {}).get("val_subset") or 0
     used = min(subset, held) if subset and held is not None else held
     if used is None or used >= MIN_SAMPLES:
         return out
-    return {**out, "chosen_on_val_images": used, "too_few_to_choose": True}
+    return {**out, "chosen_on_val_images": used, "could_not_tell": kept.get("rule") == "unresolved"}
 
 
 def output_model(last: dict, kept: dict | None, records: list[dict] = (), baseline: dict | None = None) -> dict:

@@ -285,6 +285,8 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
         "threads": threads.describe(), "huge_pages": huge_pages.describe(),
         "probe_check": probe_cache.check_choices(trainer.records, cfg.batch_size, trainer.layout, trainer.precision),
         **({"validation_size": trainer.val_size_choice} if trainer.val_size_choice else {}),
+        # The guard anchors each validation evaluated, of how many, and the source's accuracy on them.
+        **({"guard_anchors": trainer.guard_anchors.describe()} if trainer.guard_anchors is not None else {}),
         **({"world_size": world.size, "distributed": ranks.describe()} if ranks else {}),
     }, baseline=trainer.baseline, kept=kept)
     if unfinished_pretrain:

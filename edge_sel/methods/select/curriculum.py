@@ -48,6 +48,7 @@ def sorted_pools(losses: torch.Tensor | None, labels: torch.Tensor, num_classes:
 
 class SelCurriculum(Strategy):
     name = "sel"
+    reads_validation = True     # its stage gates: every validated epoch's accuracy, whatever --keep says
 
     def __init__(self, stages: list[StageSpec], difficulty: str = "warmup", enforce_gates: bool = True,
                  patience: int = 2, lr_loss_scale: float = 0.0, easy_warmup_epochs: int = 0,
