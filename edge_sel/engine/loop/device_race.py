@@ -40,7 +40,7 @@ RACE_SETS = 2             # the leading shipped sets that race, each in both sta
 RACE_HELD_OUT = 256       # validation images the racers are scored on, at most
 DIFFER_RATIO = 2.0        # a device's statistics distance this many times the server's ...
 DIFFER_FLOOR = 0.05       # ... and at least this: a camera the server never saw
-DISTANCE_IMAGES = 128     # validation images compared with the server's (the server's count where it says)
+DISTANCE_IMAGES = 256     # validation images compared with the server's, at most (the server's count where fewer)
 
 
 def question(trainer, candidates: list[Candidate], leader: Candidate, shipped: dict) -> tuple[str | None, dict]:
@@ -48,7 +48,7 @@ def question(trainer, candidates: list[Candidate], leader: Candidate, shipped: d
     pass of the warmup over as many of the device's validation images as the server scored its figures
     on (no step trains on them), for their distance from its statistics and its accuracy."""
     cfg, val = trainer.config, trainer.val_ds
-    n = min(len(val), int(shipped.get("held_out") or DISTANCE_IMAGES))
+    n = min(len(val), int(shipped.get("held_out") or DISTANCE_IMAGES), DISTANCE_IMAGES)
     facts = {"distance_images": n}
     if n < 2:
         return None, {**facts, "why_not": "no validation images to compare with the server's"}

@@ -74,12 +74,16 @@ class HeadFeatures:
             return 0
         unique, self.inverse = torch.unique(images.train, return_inverse=True)
         parts = []
+        pass_j = 0.0
         for lo, hi in bounds(len(unique), PASS_ROWS):
-            if self.allowance is not None:
-                self.allowance.check()
+            if self.allowance is not None:      # at what the pass before cost
+                self.allowance.check(pass_j)
+                before = self.allowance.spent()[0]
             x, _ = images.at(unique[lo:hi])
             parts.append(self._features(x))
             self.flops += self.model_flops.eval_batch(hi - lo)
+            if self.allowance is not None:
+                pass_j = self.allowance.spent()[0] - before
         self.train_features = torch.cat(parts)
         self.held_features = torch.cat([self._features(images.held_x[lo:hi])
                                         for lo, hi in bounds(len(images.held_y), PASS_ROWS)])

@@ -46,7 +46,7 @@ from edge_sel.engine.machine.joule_plan import Candidate
 from edge_sel.methods.update.lite_residual import residual_names
 from edge_sel.models.lite_residual import add_residuals, remove_residuals
 
-HELD_OUT = 256           # validation images at most: half choose each set's recipe, half score it
+HELD_OUT = 1024          # validation images at most: half choose each set's recipe, half score it (+-3 points)
 MIN_HELD_OUT = 100       # fewer: no recipes (50 images score a figure to about +-14 points)
 # Each set's recipes: these learning rates (the run's optimizer, SGD with momentum by default), with the
 # BatchNorm statistics frozen and re-estimated. An independent plain-PyTorch loop on Lite0 at 96 px,

@@ -112,9 +112,10 @@ class Trial:
             p.requires_grad_(n in self.c.trainable)
 
     def advance(self, model, start: dict, images: TrialImages, losses, rows: int, to: int, flops,
-                features: HeadFeatures | None, allowance: Allowance | None) -> bool:
+                features: HeadFeatures | None, allowance: Allowance | None, guess_j: float = 0.0) -> bool:
         """Steps from where it stopped up to `to`; False where the allowance stopped it first (what it
-        trained is kept, its steps so far counted)."""
+        trained is kept, its steps so far counted). Each step runs only where the allowance has room for
+        one more at the last step's joules (`guess_j` before its first: the dearest trial step so far)."""
         self.load(model, start)
         params = dict(model.named_parameters())
         if self.optimizer is None:      # a recipe's own learning rate where it has one, else the run's
@@ -124,7 +125,7 @@ class Trial:
         shape = self.c.shape
         cached = features is not None and features.serves(self.c)
         set_saves(model, shape.recompute, shape.lean)
-        step_j = 0.0
+        step_j = self.step_j or guess_j
         try:
             while self.done < to:
                 if allowance is not None and allowance.spend_check(step_j):
@@ -202,7 +203,7 @@ def race(model, candidates, images: TrialImages, optimizer_factory, losses, rows
                     torch.manual_seed(1_000_003 * (rung + 1))
                     try:
                         went = trials[id(c)].advance(model, start, images, losses, rows, mark, flops, features,
-                                                     allowance)
+                                                     allowance, max((t.step_j for t in trials.values()), default=0.0))
                     except Stopped:         # a feature pass the allowance stopped (engine/loop/head_features.py)
                         went = False
                     if not went:
