@@ -111,3 +111,19 @@ def guard_set(memory, n: int, start_evaluated: bool) -> GuardSet:
     if card_acc is not None and not start_evaluated:
         return GuardSet(guard, held, card_acc, CARD)      # no start to measure the source beside: all of them
     return GuardSet(guard_subset(guard, n), held, None, MEASURED if card_acc is not None else "not stated")
+
+
+def run_guard_set(memory, cfg, phase: str) -> GuardSet | None:
+    """A run's guard set (None without source memory); --guard-subset becomes 0 where the draw is
+    all of them: what ran, for a resume and promote."""
+    if memory is None:
+        return None
+    guard = guard_set(memory, cfg.guard_subset, phase == "finetune" and cfg.evaluate_start)
+    if len(guard.anchors) >= guard.held:
+        cfg.guard_subset = 0
+    return guard
+
+
+def evaluated_guard(guard: GuardSet | None, device) -> tuple:
+    """The anchors, the source's accuracy on them and the count held, as the evaluation takes them."""
+    return (None, None, 0) if guard is None else (guard.anchors.to(device), guard.source_acc, guard.held)

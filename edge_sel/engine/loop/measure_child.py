@@ -30,7 +30,6 @@ from pathlib import Path
 
 import torch
 
-import edge_sel
 from edge_sel.core import measuring
 from edge_sel.engine.loop.first_use import GIVEN
 from edge_sel.engine.loop.planning_cost import add_planning_cost, children_cpu_s
@@ -95,7 +94,7 @@ def measure_in_child(trainer, spent_mb: float) -> dict:
 
 def package_root() -> str:
     """The folder the running edge_sel package was imported from (the one holding edge_sel/)."""
-    return os.path.dirname(os.path.dirname(os.path.abspath(edge_sel.__file__)))
+    return str(Path(__file__).resolve().parents[3])     # edge_sel/engine/loop/this file
 
 
 def child_command(spec: Path, result: Path) -> list[str]:

@@ -22,7 +22,7 @@ from edge_sel.energy.base import NullMeter
 from edge_sel.engine import faults
 from edge_sel.engine.evaluation.evaluate import EmbarrassmentMeter, EvaluationSets
 from edge_sel.engine.evaluation.keep import WARMUP_EPOCH, ModelChoice
-from edge_sel.engine.levers.guard_set import guard_set
+from edge_sel.engine.levers.guard_set import evaluated_guard, run_guard_set
 from edge_sel.engine.levers.levers import make_objective, make_replay
 from edge_sel.engine.loop import epoch_record
 from edge_sel.engine.loop.bank_passes import bank_selecting, charge_bank, metered, predict_selected
@@ -93,14 +93,10 @@ class Trainer:
                                                                 self.memory, trains and trains(self.model),
                                                                 self.reads_validation)
         # The guard anchors each validation evaluates (sized with it) and the source's accuracy on them.
-        self.guard_anchors = None if self.memory is None else \
-            guard_set(self.memory, cfg.guard_subset, self.phase == "finetune" and cfg.evaluate_start)
-        if self.guard_anchors is not None and len(self.guard_anchors.anchors) >= self.guard_anchors.held:
-            cfg.guard_subset = 0        # all of them: what ran, for a resume and promote
+        self.guard_anchors = run_guard_set(self.memory, cfg, self.phase)
         self.layout = run_layout(cfg, self.model, self.train_ds, max(len(self.val_eval_ds), len(self.test_ds), 1),
                                  self.device, trains_key(self.updater, cfg))
-        self.memory_format = self.layout.format
-        self.eval_batch_size = self.layout.eval_batch_size
+        self.memory_format, self.eval_batch_size = self.layout.format, self.layout.eval_batch_size
         # The config says what ran (config.json, a resume, a rerun): measured choices become given.
         cfg.memory_format, cfg.eval_batch_size = self.layout.memory_format, self.eval_batch_size
         self.model.to(memory_format=self.memory_format)
@@ -121,10 +117,7 @@ class Trainer:
         # With the checkpoint's source memory, every validation also measures forgetting on the guard anchors.
         self.eval_sets = EvaluationSets(self.val_eval_ds, self.test_ds, self.clean_test_ds, self.mean, self.std,
                                         self.eval_batch_size, self.memory_format, self.flops,
-                                        self.train_ds.class_names,
-                                        None if self.memory is None else self.guard_anchors.anchors.to(self.device),
-                                        None if self.memory is None else self.guard_anchors.source_acc,
-                                        0 if self.memory is None else self.guard_anchors.held)
+                                        self.train_ds.class_names, *evaluated_guard(self.guard_anchors, self.device))
         self.ctx = RunContext(self.train_ds, self.val_ds, self.model, cfg.epochs, self.generator,
                               self.device, self.mean, self.std, cfg.batch_size, cfg.to_json(),
                               score_fn=self.scoring.losses, forward_fn=self.scoring.batch_logits,
@@ -136,14 +129,11 @@ class Trainer:
         self.loader = BatchLoader(self.train_ds, self.mean, self.std, cfg.batch_size, cfg.augment,
                                   self.generator, self.memory_format, augment_seed=cfg.seed)
         self.checkpoints = Checkpoints(self.state_dir, self.ranks)
-        self.step = 0
-        self.next_epoch = 0
+        self.step = self.next_epoch = 0
         self.stop_reason: str | None = None
         self.stop_requested = False     # set by SIGINT/SIGTERM: finish the step, checkpoint, stop
-        self.lr_mult = 1.0          # halved after each non-finite loss
-        self.nonfinite_events = 0
-        self.bn_adapt_done = False
-        self.bn_adapt_pending: dict | None = None   # re-estimation not yet charged to a record
+        self.lr_mult, self.nonfinite_events = 1.0, 0        # halved after each non-finite loss
+        self.bn_adapt_done, self.bn_adapt_pending = False, None   # pending: re-estimation not yet charged to a record
         self._kill_at_step = int(os.environ.get("EDGE_SEL_FAULT_KILL_AT_STEP", "0") or 0) or None
         self.progress: EpochProgress | None = None   # the epoch under way (saved by mid-epoch checkpoints)
         self.last_eval_energy: dict = {}
