@@ -120,7 +120,7 @@ def test_re_estimation_alone_is_kept_when_training_on_wrong_labels_does_worse(ti
     kept = json.loads((tmp_path / "tuned" / "summary.json").read_text())["kept"]
     first = records(tmp_path / "tuned")[0]
     assert first["bn_adapt_val_acc"] is not None and first["val_samples_evaluated"] > 0
-    assert kept["kept"] == "bn_adapt" and "re-estimation" in kept["reason"]
+    assert kept["kept"] == "bn_adapt" and "BatchNorm-adapted model" in kept["reason"]
     assert kept["kept_test_acc"] is not None
     a, b = load_file(tmp_path / "bn" / "model.safetensors"), load_file(tmp_path / "tuned" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
