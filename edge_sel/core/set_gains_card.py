@@ -6,7 +6,8 @@ empty accuracy list with an IndexError. Each problem is said as the field's path
 ("set_gains.sets['full FT'].recipes[2].lr must be a finite number above 0, got None"), which the card's
 reader refuses in one line. Fields a newer writer adds (`partial`, `measured_on`, per recipe `interval`,
 `select_acc`, `dropped_at`) are accepted where their types are sane and never required; a recipe dropped
-before the last mark (`dropped_at`) holds figures for the marks it reached only."""
+before the last mark (`dropped_at`, or stopped by the search's allowance) holds figures for the marks it
+reached only."""
 
 from __future__ import annotations
 
@@ -40,9 +41,9 @@ def _rate(value, where: str, optional: bool) -> None:
 
 
 def _shares(values, where: str, n: int | None, most: int | None = None) -> None:
-    """A list of accuracies (finite, 0 to 1): `n` of them, or at most `most`."""
-    _require(isinstance(values, list) and (len(values) == n if n is not None else len(values) <= most), where,
-             f"a list of {n} accuracies" if n is not None else f"a list of at most {most} accuracies", values)
+    """A list of accuracies (finite, 0 to 1): `n` of them, or 1 to `most`."""
+    _require(isinstance(values, list) and (len(values) == n if n is not None else 1 <= len(values) <= most), where,
+             f"a list of {n} accuracies" if n is not None else f"a list of 1 to {most} accuracies", values)
     for j, a in enumerate(values):
         _require(_number(a) and 0 <= a <= 1, f"{where}[{j}]", "a finite number from 0 to 1", a)
 
@@ -82,7 +83,7 @@ def _recipe(r, where: str, held: int, marks: int) -> None:
     _require(r.get("bn_statistics") in MODES, f"{where}.bn_statistics", " or ".join(MODES), r.get("bn_statistics"))
     if r.get("dropped_at") is not None:
         _require(_whole(r["dropped_at"], 0), f"{where}.dropped_at", "a whole number of steps", r["dropped_at"])
-    _figures(r, where, held, marks, whole="dropped_at" not in r)
+    _figures(r, where, held, marks, whole=False)      # dropped by the halving, or stopped by an allowance
 
 
 def _set(name: str, v, held: int, marks: int) -> None:

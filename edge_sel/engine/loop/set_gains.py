@@ -243,7 +243,8 @@ def search(trainer, sets_once, steps: int, images, select: torch.Tensor, rows: i
     shipped_marks = [m for m in scored if m <= reached]
     sets = {}
     for name, tried in every if shipped_marks else []:
-        figures = best_at_each_mark([recipe_figures(c, scored, select) for c in tried], len(shipped_marks))
+        reached_a_mark = [f for f in (recipe_figures(c, select, len(shipped_marks)) for c in tried) if f["acc"]]
+        figures = best_at_each_mark(reached_a_mark, len(shipped_marks))
         sets[name] = {**figures, "tensors": len(tried[0].trainable),
                       **({"same_set_as": tried[0].name} if tried[0].name != name else {})}
     # The warmup itself on the same images, and their distance from its statistics (one pass): what a
@@ -257,10 +258,12 @@ def search(trainer, sets_once, steps: int, images, select: torch.Tensor, rows: i
             "bought": cost.get("bought") or lite_cost.get("bought")}
 
 
-def recipe_figures(c: Candidate, scored: list[int], select: torch.Tensor) -> dict:
-    """One recipe's figures at each mark it reached: accuracy on the choosing half (`select_acc`) and on
-    the scoring half (`acc`, its 95% `interval`, right or wrong per image packed in `correct`)."""
+def recipe_figures(c: Candidate, select: torch.Tensor, marks_n: int) -> dict:
+    """One recipe's figures at each of the first `marks_n` marks it reached (the marks every set
+    reached: a stopped search ships no further): accuracy on the choosing half (`select_acc`) and on the
+    scoring half (`acc`, its 95% `interval`, right or wrong per image packed in `correct`)."""
     marked = c.trial.get("marks") or ([{"steps": c.trial["reached"], "correct": c.correct}] if c.correct is not None else [])
+    marked = marked[:marks_n]
     out = {"lr": c.lr, "bn_statistics": c.shape.bn_statistics, "acc": [], "select_acc": [], "interval": [],
            "correct": []}
     for m in marked:
