@@ -78,8 +78,12 @@ def figures(out: Path) -> dict:
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     memory = summary.get("memory") or {}
     plan = max((r.get("memory_plan_wall_s") or 0.0 for r in records), default=0.0)
+    planned = next((r for r in records if r.get("memory_plan_wall_s")), {})
     totals = summary["totals"]
-    return {"plan_wall_s": round(plan, 1), "train_wall_s": round(totals["train_wall_s"] - plan, 1),
+    # Planning's joules and the CPU-seconds of its measuring child and pool build it charges
+    # (engine/loop/planning_cost.py): beside the child process tree's own user + sys seconds above.
+    charged = {k: planned.get(k) for k in ("memory_plan_energy_j", "memory_plan_child_cpu_s", "memory_plan_pool_cpu_s")}
+    return {"plan_wall_s": round(plan, 1), "train_wall_s": round(totals["train_wall_s"] - plan, 1), **charged,
             "energy_all_j": totals.get("energy_all_j"), "energy_method": totals.get("energy_method"),
             "measured_mb": memory.get("measured_mb"), "eval_measured_mb": memory.get("eval_measured_mb"),
             "counted_mb": memory.get("counted_mb"), "allocator": memory.get("allocator")}

@@ -207,8 +207,9 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
         if phase == "pretrain" and writes and measures and trainer.stop_reason != "interrupted":
             steps = set_gains.steps_for(cfg.set_gains_steps, len(splits.train), cfg.batch_size)
             allowance, rate, whole_grid = recipes_allowance(trainer, records, shipped, cfg.set_gains_steps > 0)
-            said(trainer, f"each set's held-out accuracy at its recipes over up to {steps} steps, for a device's own "
-                          f"choice, within {set_gains.allowance_words(allowance)} (--set-gains-steps 0: none)")
+            if len(trainer.val_ds) >= set_gains.MIN_HELD_OUT:      # else its first lines said why none
+                said(trainer, f"each set's held-out accuracy at its recipes over up to {steps} steps, for a device's "
+                              f"own choice, within {set_gains.allowance_words(allowance)} (--set-gains-steps 0: none)")
             gains = set_gains.measure(trainer, steps, allowance, halving=not whole_grid, joules_per_flop=rate)
             if "none" in gains:
                 said(trainer, f"no recipes: {gains['none']}")
