@@ -219,3 +219,17 @@ def test_a_race_displaces_the_servers_leader_only_where_its_images_resolve_it():
     assert not displaces(racer(21, 40, 50), racer(20, 40, 50))         # one image of 40 ahead: noise
     assert not displaces(racer(20, 40, 10), racer(21, 40, 50))         # cheaper, one image behind: unresolved
     assert displaces(racer(2000, 2000, 10), racer(2000, 2000, 50))     # the same images right, cheaper
+
+
+def test_the_choices_source_says_which_images_scored_it_and_how_many():
+    """A card whose recipes were scored on the server's training split (a writer before held-out
+    scoring) is not called held-out accuracy."""
+    from edge_sel.engine.loop.default_choice import source_words
+    held = source_words({"images": "held out: 128 images of the pretrain's validation split", "held_out": 64,
+                         "rows": 32}, 8)
+    trained_on = source_words({"images": "the training split's first 40 images", "held_out": 40, "rows": 32,
+                               "measured_on": "the warmup's weights"}, 8)
+    assert held == ("the recipes the checkpoint ships: accuracy on 64 of the server's validation images no step "
+                    "trained on, after 8 steps of 32")
+    assert "40 of the server's training split (images its epochs trained on)" in trained_on
+    assert trained_on.startswith("the warmup's recipes")
