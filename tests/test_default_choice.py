@@ -77,6 +77,7 @@ def test_a_plain_fine_tune_names_its_choice_and_records_it(shipped, tmp_path, ca
     assert first["samples_per_s"] == pytest.approx(first["backward_samples"] / (first["wall_s"] - first["choice_wall_s"]))
     trained = json.loads((tmp_path / "run" / "model.json").read_text())["training"]["trained"]
     assert trained["set"] == choice["set"] and trained["lr"] == winner["lr"] and trained["chosen_by"] == choice["decided_by"]
+    assert trained["bn_statistics"] == statistics
 
 
 def test_an_option_the_user_gives_is_kept_and_the_rest_chosen_around_it(shipped, tmp_path, capsys):

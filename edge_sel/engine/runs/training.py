@@ -240,7 +240,8 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
     # What trained: the set (by the run's choice, or the user's --sparsity), its statistics and its rate.
     chosen = cfg.choice or {}
     trained = {"sparsity": cfg.sparsity, **({"set": chosen["set"]} if chosen.get("set") else {}),
-               **({k: cfg.method[k] for k in ("last_k",) if k in cfg.method}), "lr": cfg.lr,
+               **({k: cfg.method[k] for k in ("last_k",) if k in cfg.method}),
+               "bn_statistics": bn_run.get("bn_stats"), "lr": cfg.lr,
                "chosen_by": chosen.get("named_by") or chosen.get("decided_by") or "the user's options"}
     card.training = {**started, "phase": phase, "epochs": len(records), "strategy": cfg.strategy,
                      "trained": trained,
