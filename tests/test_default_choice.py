@@ -220,6 +220,16 @@ def test_a_race_displaces_the_servers_leader_only_where_its_images_resolve_it():
     assert not displaces(racer(21, 40, 50), racer(20, 40, 50))         # one image of 40 ahead: noise
     assert not displaces(racer(20, 40, 10), racer(21, 40, 50))         # cheaper, one image behind: unresolved
     assert displaces(racer(2000, 2000, 10), racer(2000, 2000, 50))     # the same images right, cheaper
+    # A set the band leaves out (not shown as good as the leader) contends until resolved behind it: on
+    # a contrast camera the server's leader lost 10 points to a rival its 512 images could not separate.
+    from edge_sel.engine.loop.default_choice import FITS
+    from edge_sel.engine.loop.device_race import contends
+    from edge_sel.engine.machine.joule_plan import OUTSIDE_BAND
+    rival = racer(403, 512, 50)
+    rival.count, rival.out = FITS, OUTSIDE_BAND
+    assert contends(rival)
+    rival.out = "does not fit the budget"
+    assert not contends(rival)
 
 
 def test_the_choices_source_says_which_images_scored_it_and_how_many():

@@ -206,7 +206,7 @@ def compare(trainer, mode: str | None, lr: float | None) -> dict:
             if off_grid:            # the user's own rate, the set and statistics by the recipes at theirs
                 c.lr = lr
         for c in joule_plan.outside_band(candidates):
-            c.out = "not timed: its expected gain is outside the band of the most expected gain"
+            c.out = joule_plan.OUTSIDE_BAND
         can_win = [c for c in candidates if not c.out]
         if len(can_win) > 1 or trainer.budget_j is not None or cfg.time_budget_s is not None:  # else joules decide nothing
             clock(can_win)

@@ -32,7 +32,7 @@ from edge_sel.engine.loop.set_gains import nearest_mark, recipe_at
 from edge_sel.engine.loop.statistics_distance import distance_and_logits
 from edge_sel.engine.loop.trial_gain import normalised, race, trial_images
 from edge_sel.engine.machine import joule_plan
-from edge_sel.engine.machine.joule_plan import Candidate
+from edge_sel.engine.machine.joule_plan import OUTSIDE_BAND, Candidate
 
 RACE_SHARE = 0.1          # of the run's estimated training joules, at most
 RACE_STEPS = 8            # a racer's steps at most (fewer where the share buys fewer)
@@ -66,13 +66,19 @@ def question(trainer, candidates: list[Candidate], leader: Candidate, shipped: d
     if server_acc is not None and below(right, n, server_acc, int(shipped["held_out"])):
         reasons.append(f"its images are not the server's kind (the warmup scores {right / n:.1%} on {n} of its "
                        f"validation images against {server_acc:.1%} on the server's)")
-    rivals = [c for c in candidates if c is not leader and c.count is not None and c.correct is not None and not c.out]
+    rivals = [c for c in candidates if c is not leader and contends(c)]
     runner = max(rivals, key=lambda c: c.gain, default=None)
     if runner is not None and leader.correct is not None and not resolved(leader.correct, runner.correct):
         facts["runner_up"] = runner.name
         reasons.append(f"the shipped margin of {leader.name} over {runner.name} "
                        f"({(leader.gain - runner.gain) * 100:+.1f} points) is within its noise")
     return ("; ".join(reasons) or None), facts
+
+
+def contends(c: Candidate) -> bool:
+    """A shipped set that fits and has per-image figures: outside the band (not shown as good as the
+    leader) it still contends until the figures resolve it behind."""
+    return c.count is not None and c.correct is not None and (not c.out or c.out == OUTSIDE_BAND)
 
 
 def below(right: int, n: int, server_acc: float, server_n: int) -> bool:
@@ -88,7 +94,7 @@ def racers(trainer, candidates: list[Candidate], leader: Candidate, shipped: dic
     """The leading shipped sets (the leader first, then those the shipped figures do not resolve behind
     it), each in the statistics modes the user left open, at its shipped rate for that mode."""
     i = nearest_mark(shipped, run_images)
-    ranked = sorted((c for c in candidates if c.count is not None and not c.out and c.correct is not None),
+    ranked = sorted((c for c in candidates if contends(c)),
                     key=lambda c: -c.gain)
     sets = [leader] + [c for c in ranked if c is not leader and not resolved(leader.correct, c.correct)]
     out = []

@@ -106,7 +106,7 @@ def plan_by_joules(trainer, rows: int, bn: str, gains_for) -> MemoryPlan:
     # pay them back (trial_gain.affordable): one not tried cannot be chosen over one that was.
     limited = trainer.budget_j is not None or cfg.time_budget_s is not None
     for c in [] if server is None or limited else joule_plan.outside_band(candidates):
-        c.out = "not timed: its expected gain is outside the band of the most expected gain"
+        c.out = joule_plan.OUTSIDE_BAND
     timed = [c for c in candidates if c is not lite and not c.out]
     # Where the server's gains leave one candidate that can win and no limit is set, its joules change
     # nothing: nothing is timed. Evaluation is timed only for a limit (what the run spends besides

@@ -135,6 +135,11 @@ def choose(candidates: list[Candidate], energy_j: float | None = None, time_s: f
                   f"points, which a paired test puts under {NEAR_POINTS * 100:.1f}) at the fewest joules")
 
 
+# Why a candidate is not timed: not provably as good as the leader (it may still not be resolvably
+# behind it: engine/loop/device_race.py races such a one).
+OUTSIDE_BAND = "not timed: its expected gain is outside the band of the most expected gain"
+
+
 def outside_band(candidates: list[Candidate]) -> list[Candidate]:
     """The fitting candidates that cannot win on gain alone: outside the band of the most gaining
     fitting one (whatever the joules, the winner is within it)."""
