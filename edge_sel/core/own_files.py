@@ -39,20 +39,22 @@ def not_ours(path, st: os.stat_result) -> str | None:
     return None
 
 
-def open_own(path: Path) -> int | None:
-    """A read-only descriptor of the cache file `path`, or None where there is none; raises NotOurs where
-    it is a link, not a regular file, unreadable, or not only this user's. The caller closes it."""
+def open_own(path, folder: int | None = None, shown=None) -> int | None:
+    """A read-only descriptor of the file `path` (relative to the folder open as `folder` where given),
+    or None where there is none; raises NotOurs (naming it as `shown`, else `path`) where it is a link,
+    not a regular file, unreadable, or not only this user's. The caller closes it."""
+    shown = path if shown is None else shown
     try:
-        fd = os.open(path, READ_FLAGS)
+        fd = os.open(path, READ_FLAGS, dir_fd=folder)
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise NotOurs(f"{path}: a link, not a file") from None
-        raise NotOurs(f"{path}: {e.strerror or e}") from None
+            raise NotOurs(f"{shown}: a link, not a file") from None
+        raise NotOurs(f"{shown}: {e.strerror or e}") from None
     st = os.fstat(fd)
-    why = None if stat.S_ISREG(st.st_mode) else f"{path}: not a regular file"
-    why = why or not_ours(path, st)
+    why = None if stat.S_ISREG(st.st_mode) else f"{shown}: not a regular file"
+    why = why or not_ours(shown, st)
     if why is not None:
         os.close(fd)
         raise NotOurs(why)

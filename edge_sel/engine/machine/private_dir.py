@@ -11,10 +11,9 @@ import errno
 import hashlib
 import os
 import secrets
-import stat
 from pathlib import Path
 
-from edge_sel.core.own_files import READ_FLAGS, not_ours
+from edge_sel.core.own_files import NotOurs, not_ours, open_own
 
 
 class Untrusted(Exception):
@@ -51,22 +50,14 @@ def open_private(path: Path) -> int:
 
 def open_own_file(folder: int, name: str, shown: Path) -> int:
     """A read-only descriptor of the regular file `name` in the folder open as `folder`, owned by this
-    user and writable by no one else; raises Untrusted (naming it as `shown`) otherwise, and
-    FileNotFoundError where it is missing."""
+    user and writable by no one else (core/own_files.py's check); raises Untrusted (naming it as
+    `shown`) otherwise, and FileNotFoundError where it is missing."""
     try:
-        fd = os.open(name, READ_FLAGS, dir_fd=folder)
-    except FileNotFoundError:
-        raise
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise Untrusted(f"{shown}: a link, not a file") from None
-        raise Untrusted(f"{shown}: {e.strerror or e}") from None
-    st = os.fstat(fd)
-    why = None if stat.S_ISREG(st.st_mode) else f"{shown}: not a regular file"
-    why = why or not_ours(shown, st)
-    if why is not None:
-        os.close(fd)
-        raise Untrusted(why)
+        fd = open_own(name, folder, shown)
+    except NotOurs as e:
+        raise Untrusted(str(e)) from None
+    if fd is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(shown))
     return fd
 
 
