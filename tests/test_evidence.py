@@ -121,7 +121,8 @@ def test_the_guard_still_refuses_a_forgetting_last_epoch_and_a_resumed_choice_is
 def test_guard_anchors_are_sized_with_validation_never_under_their_floor():
     """500 guard anchors at every pass were a third of a 1,000-image Lite0 run's joules: now they share
     the validation's affordable images, the same share of each set, each above its floor."""
-    from edge_sel.engine.levers.guard_set import draw_guard, guard_floor, pack_right, unpack_right
+    from edge_sel.core.evidence import packed as pack_right
+    from edge_sel.engine.levers.guard_set import draw_guard, guard_floor, unpack_right
     cfg = TrainConfig(epochs=2, batch_size=64, val_share=0.2)
     flops = FlopCounter(build_model("edgecnn", 10, 3), [3, 32, 32])
     sized = device_val_size(cfg, "finetune", 10000, 5000, flops, guard_anchors=500)

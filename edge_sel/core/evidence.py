@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 
 # "As good": a deficit under half a point, resolved by the paired test (the planner's aim: half a
@@ -64,6 +65,16 @@ def resolved(a: torch.Tensor, b: torch.Tensor) -> bool:
         return False
     mean, se = paired(a, b)
     return mean > 0 and (se == 0 or mean > Z_TWO_SIDED * se)
+
+
+def packed(right: torch.Tensor) -> str:
+    """Per-image right/wrong as hex of packed bits, as a card ships it (500 images: 126 characters)."""
+    return np.packbits(right.detach().cpu().bool().numpy()).tobytes().hex()
+
+
+def unpacked(text: str, n: int) -> torch.Tensor:
+    """`packed`'s right/wrong of `n` images back; ValueError where `text` is not hex."""
+    return torch.from_numpy(np.unpackbits(np.frombuffer(bytes.fromhex(text), dtype=np.uint8))[:n].astype(bool))
 
 
 def interval(right: int, n: int) -> list[float]:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
+from edge_sel.core.evidence import unpacked
 from edge_sel.data.dataset import IndexedDataset
 
 # The guard refuses a candidate whose accuracy on n anchors lies more than P points below the
@@ -61,21 +61,15 @@ def guard_subset(guard: IndexedDataset, n: int) -> IndexedDataset:
     return guard.subset(draw_guard(guard.labels, n).to(guard.labels.device))
 
 
-def pack_right(right: torch.Tensor) -> str:
-    """Per-anchor right/wrong as hex of packed bits (500 anchors: 126 characters of the card)."""
-    return np.packbits(right.detach().cpu().bool().numpy()).tobytes().hex()
-
-
 def unpack_right(text, n: int, acc: float | None) -> torch.Tensor | None:
     """The card's per-anchor right/wrong, or None where it is missing or disagrees with the card's
     own accuracy (then it is not trusted to stand for the source)."""
     if not isinstance(text, str) or len(text) != 2 * math.ceil(n / 8) or acc is None:
         return None
     try:
-        raw = bytes.fromhex(text)
+        right = unpacked(text, n)
     except ValueError:
         return None
-    right = torch.from_numpy(np.unpackbits(np.frombuffer(raw, np.uint8))[:n].astype(bool))
     return right if abs(right.float().mean().item() - acc) < 1e-6 else None
 
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from edge_sel.core.evidence import Allowance, Stopped
+from edge_sel.core.evidence import Allowance, Stopped, packed
 from edge_sel.core.source_memory import ANCHORS_FILE, FISHER_FILE, GUARD, REPLAY, SOURCE_FILE, Anchors, \
     draw_anchors, write_source_memory
 from edge_sel.engine.evaluation.evaluate import correct, evaluation_flops
 from edge_sel.engine.levers.fisher import diagonal_fisher, fisher_positions
-from edge_sel.engine.levers.guard_set import pack_right
 from edge_sel.errors import InputError
 
 WHAT = {ANCHORS_FILE: "labelled training images of the source (uint8): replay ones mixed into a fine-tune's batches, "
@@ -61,7 +60,7 @@ def _write(trainer, out: Path, allowance: Allowance | None, t0: float) -> dict:
         part = train.subset(positions[roles.to(positions.device) == role])
         right = correct(trainer.eval_sets.logits(trainer.backend.predict, part), part.labels)
         acc[name] = right.float().mean().item() if len(right) else None
-        guard_right = pack_right(right) if role == GUARD else guard_right
+        guard_right = packed(right) if role == GUARD else guard_right
         eval_flops += evaluation_flops(trainer.flops, len(part), trainer.eval_batch_size)
     eval_wall = time.perf_counter() - t_eval
     source = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}

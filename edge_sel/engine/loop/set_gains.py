@@ -31,11 +31,10 @@ import math
 import time
 from functools import partial
 
-import numpy as np
 import torch
 
 from edge_sel.backends.torch_backend import make_optimizer
-from edge_sel.core.evidence import Allowance, interval
+from edge_sel.core.evidence import Allowance, interval, packed, unpacked
 from edge_sel.core.flops import FlopCounter
 from edge_sel.core.memory import StepShape
 from edge_sel.engine.loop.plan_sets import candidate_statistics, distinct, fixed_sets
@@ -286,14 +285,6 @@ def best_at_each_mark(tried: list[dict], marks_n: int) -> dict:
     return {"bn_statistics": best[-1]["bn_statistics"], "lr": best[-1]["lr"],
             "acc": [b["acc"][i] for i, b in enumerate(best)], "correct": [b["correct"][i] for i, b in enumerate(best)],
             "interval": [b["interval"][i] for i, b in enumerate(best)], "recipes": tried}
-
-
-def packed(correct: torch.Tensor) -> str:
-    return np.packbits(correct.numpy().astype(np.uint8)).tobytes().hex()
-
-
-def unpacked(text: str, n: int) -> torch.Tensor:
-    return torch.from_numpy(np.unpackbits(np.frombuffer(bytes.fromhex(text), dtype=np.uint8))[:n].astype(bool))
 
 
 def nearest_mark(shipped: dict, images: int) -> int:
