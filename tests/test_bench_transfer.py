@@ -341,3 +341,21 @@ def test_the_merge_leaves_out_a_torn_results_json_in_one_line_and_claims_its_out
         lock_file.release(str(tmp_path / ".merged.claim"), held)
     assert "another edge-sel command is writing it now" in code
     assert merged("--out", tmp_path / "merged", "--overwrite", out)[0] == 0
+
+
+def test_the_benchs_own_start_ships_anchors_only_where_a_row_keeps_statistics_per_condition(tmp_path, monkeypatch,
+                                                                                             capsys):
+    from edge_sel.bench import transfer
+    from edge_sel.errors import InputError
+    shipped = []
+
+    def start(model_name, data, config, out, **kwargs):         # the start's pretrain, stopped once seen
+        shipped.append(config.anchors_per_class)
+        raise InputError("start seen")
+
+    monkeypatch.setattr(transfer, "pretrain", start)
+    for methods in ("classifier,classifier/per-condition", "classifier,bn+classifier"):
+        code, err = run_main(["bench", "transfer", "--from-imagenet", "efficientnet_lite0", "--dataset", "digits",
+                              "--methods", methods, "--quiet", "--out", tmp_path / methods], capsys)
+        assert code == 2 and "start seen" in err, err
+    assert shipped == [transfer.START_ANCHORS, 0] and transfer.START_ANCHORS > 0

@@ -101,7 +101,8 @@ def transfer_cmd(checkpoint, imagenet_model, dataset, scenario, image_size, meth
     if checkpoint is None:
         run_epochs = epochs or (1 if quick else 3)
         checkpoint = transfer.imagenet_start(imagenet_model, data, target, device, lr, batch_size,
-                                             transfer.set_gains_steps(methods, run_epochs, n, batch_size))
+                                             transfer.set_gains_steps(methods, run_epochs, n, batch_size),
+                                             transfer.start_anchors(methods))
     methods = adapt.with_source_memory(methods, Path(checkpoint), progress(quiet))
     transfer.name_what_trains(methods, Path(checkpoint))
     run_epochs = epochs or (1 if quick else 3)

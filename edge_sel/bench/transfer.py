@@ -62,6 +62,9 @@ FROZEN, REESTIMATE, PER_CONDITION = bn_stats.BN_STATS
 ADABN = "adabn"
 # The trained sets the field runs with frozen statistics; each also runs as SET/reestimate.
 FROZEN_SETS = ("classifier", "bn+classifier", "bias+bn+classifier", "last-k", "sparse")
+# The bench's own start ships this many anchors per class where a row keeps statistics per condition:
+# half are replayed, and the source's condition is estimated on those (engine/evaluation/bn_bank.py).
+START_ANCHORS = 50
 
 
 @dataclass
@@ -214,15 +217,21 @@ def sparse_plan(mm: MemoryModel, checkpoint: Path, batch_size: int) -> tuple[dic
     return plan.to_json(), budget_mb, chosen
 
 
+def start_anchors(methods: list[TransferMethod]) -> int:
+    """Anchors per class the bench's own start ships: those statistics per condition estimate the
+    source's condition on, where such a row runs; none otherwise (they cost the pretrain its Fisher pass)."""
+    return START_ANCHORS if any(m.bn_stats == PER_CONDITION for m in methods) else 0
+
+
 def imagenet_start(model_name: str, data: DataOptions, out: Path, device: str, lr: float = 0.01,
-                   batch_size: int = 32, set_gains_steps: int = 0) -> Path:
+                   batch_size: int = 32, set_gains_steps: int = 0, anchors_per_class: int = 0) -> Path:
     """The model's ImageNet weights with a fresh head for the data's classes, as a checkpoint in
     OUT/start: a pretrain of no epoch on shard 0/2 (`--pretrained imagenet`: the weights' own input
-    normalisation; no source memory), with the planner's set gains measured on that shard's images
-    up to `set_gains_steps` at the bench's `lr` and `batch_size` (0: none)."""
+    normalisation), with `anchors_per_class` anchors (start_anchors) and the planner's set gains
+    measured on that shard's images up to `set_gains_steps` at the bench's `lr` and `batch_size` (0: none)."""
     pretrain(model_name, dataclasses.replace(data, shard="0/2", shift=None), TrainConfig(
-        epochs=0, device=device, anchors_per_class=0, lr=lr, batch_size=batch_size, set_gains_steps=set_gains_steps,
-        **SAME_NUMERICS), out / "start", quiet=True, pretrained="imagenet")
+        epochs=0, device=device, anchors_per_class=anchors_per_class, lr=lr, batch_size=batch_size,
+        set_gains_steps=set_gains_steps, **SAME_NUMERICS), out / "start", quiet=True, pretrained="imagenet")
     return out / "start"
 
 
