@@ -12,8 +12,12 @@ before a plain fine-tune takes their leader, the device asks two questions:
 
 Where either says no, the leading shipped sets race on the device: each in both statistics modes
 (frozen and re-estimated) at its shipped rate for that mode, trained on the device's images and scored
-on its validation images (no step trains on them), all to the same step, all of it within RACE_SHARE
-of the run's estimated training joules. The race's figures decide only where they resolve:
+on its validation images (no step trains on them), all to the server's first mark (the fewest steps its
+figures were scored at), all of it within RACE_SHARE of the run's estimated training joules. Where that
+share buys the mark for only two racers, the two sets race in their shipped modes; where not even that,
+there is no race: from a fresh head a step measures how fast a set starts, not where it ends (a 1-step
+race on a noisy camera put bn+classifier 4.7 points ahead of full FT on 256 images, resolved by the
+paired test, and so decided the run). The race's figures decide only where they resolve:
 its pick replaces the server's leader where a paired test says it beats it (or is as good for fewer
 joules); else the server's leader stays, and the line says which evidence decided."""
 
@@ -35,7 +39,6 @@ from edge_sel.engine.machine import joule_plan
 from edge_sel.engine.machine.joule_plan import OUTSIDE_BAND, Candidate
 
 RACE_SHARE = 0.1          # of the run's estimated training joules, at most
-RACE_STEPS = 8            # a racer's steps at most (fewer where the share buys fewer)
 RACE_SETS = 2             # the leading shipped sets that race, each in both statistics modes
 RACE_HELD_OUT = 256       # validation images the racers are scored on, at most
 DIFFER_RATIO = 2.0        # a device's statistics distance this many times the server's ...
@@ -110,9 +113,21 @@ def racers(trainer, candidates: list[Candidate], leader: Candidate, shipped: dic
     return out
 
 
-def run_race(trainer, entrants: list[Candidate], prior: Candidate, run_steps: int, losses, flops, timed) -> dict:
-    """The race within RACE_SHARE of the prior's estimated training (joules where measured, else seconds);
-    returns its figures, its pick, and whether it displaced the prior."""
+def affordable(entrants: list[Candidate], budget_s: float, scoring_s: float, steps: int) -> list[Candidate]:
+    """The racers `budget_s` takes to `steps` steps, each scored once (`scoring_s`): every entrant, else
+    the sets in the statistics modes their shipped figures lead in, else none."""
+    shipped_modes = [r for r in entrants if r.shape.bn_statistics == r.shipped.shape.bn_statistics]
+    for group in (entrants, shipped_modes):
+        if len(group) >= 2 and steps * sum(r.step_s for r in group) + len(group) * scoring_s <= budget_s:
+            return group
+    return []
+
+
+def run_race(trainer, entrants: list[Candidate], prior: Candidate, run_steps: int, first_mark: int, losses, flops,
+             timed) -> dict:
+    """The race to the server's first mark (`first_mark` steps, the run's where fewer) within RACE_SHARE of
+    the prior's estimated training (joules where measured, else seconds); returns its figures, its pick,
+    and whether it displaced the prior."""
     cfg = trainer.config
     timed(entrants)
     if len(entrants) < 2 or any(r.step_s is None for r in entrants):
@@ -122,10 +137,11 @@ def run_race(trainer, entrants: list[Candidate], prior: Candidate, run_steps: in
         return {"raced": False, "why": "no validation images to score a race on"}
     budget_s = RACE_SHARE * (prior.seconds or sum(r.step_s for r in entrants) / len(entrants) * run_steps)
     scoring_s = min(r.step_s for r in entrants) * math.ceil(held / cfg.batch_size) / 3
-    per_rung = sum(r.step_s for r in entrants)
-    steps = min(RACE_STEPS, run_steps, int((budget_s - len(entrants) * scoring_s) / per_rung) if per_rung else 0)
-    if steps < 1:
-        return {"raced": False, "why": f"a tenth of the run ({budget_s:.1f} s) buys no step of {len(entrants)} racers"}
+    steps = max(1, min(first_mark, run_steps))
+    entrants = affordable(entrants, budget_s, scoring_s, steps)
+    if not entrants:
+        return {"raced": False, "why": f"a tenth of the run ({budget_s:.1f} s) buys no two racers the {steps} steps "
+                                       "of the server's first mark"}
     joules_share = None if prior.joules is None else RACE_SHARE * prior.joules
     allowance = Allowance.of_run(trainer, joules=joules_share, seconds=None if joules_share else budget_s)
     images = trial_images(trainer.train_ds, trainer.mean, trainer.std, cfg.batch_size, steps, cfg.seed, held,
