@@ -245,8 +245,7 @@ def confirm(trainer, candidates, winner, reason, served, steps, mode, lr, losses
     if why is None:
         return winner, reason, {**facts, "asked": None}, spent
     entrants = device_race.racers(trainer, candidates, winner, served, steps * cfg.batch_size, mode, lr)
-    first_mark = math.ceil(served["steps"][0] * served["rows"] / cfg.batch_size)     # in the device's batches
-    result = device_race.run_race(trainer, entrants, winner, steps, first_mark, losses, flops, clock)
+    result = device_race.run_race(trainer, entrants, winner, steps, served, losses, flops, clock)
     spent += (result.get("cost") or {}).get("trial_flops", 0)
     summary = {**facts, "asked": why, **{k: v for k, v in result.items() if k not in ("pick", "stands_for_prior", "cost")},
                **({"race_flops": result["cost"]["trial_flops"], "race_wall_s": result["cost"]["trial_wall_s"]}

@@ -17,9 +17,11 @@ figures were scored at), all of it within RACE_SHARE of the run's estimated trai
 share buys the mark for only two racers, the two sets race in their shipped modes; where not even that,
 there is no race: from a fresh head a step measures how fast a set starts, not where it ends (a 1-step
 race on a noisy camera put bn+classifier 4.7 points ahead of full FT on 256 images, resolved by the
-paired test, and so decided the run). The race's figures decide only where they resolve:
-its pick replaces the server's leader where a paired test says it beats it (or is as good for fewer
-joules); else the server's leader stays, and the line says which evidence decided."""
+paired test, and so decided the run). The race's figures decide only where they resolve, and against
+the server's at the same mark: its pick replaces the server's leader where a paired test says it beats
+it (or is as good for fewer joules) and the device's margin differs from the server's at that mark by
+more than their noise (where the device ranks them as the server did, the server's later marks speak
+for the run); else the server's leader stays, and the line says which evidence decided."""
 
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from functools import partial
 import torch
 
 from edge_sel.backends.torch_backend import make_optimizer
-from edge_sel.core.evidence import Z_TWO_SIDED, Allowance, as_good, resolved
+from edge_sel.core.evidence import Z_TWO_SIDED, Allowance, as_good, paired, resolved, unpacked
 from edge_sel.core.memory import StepShape
 from edge_sel.engine.loop.set_gains import nearest_mark, recipe_at
 from edge_sel.engine.loop.statistics_distance import distance_and_logits
@@ -123,12 +125,13 @@ def affordable(entrants: list[Candidate], budget_s: float, scoring_s: float, ste
     return []
 
 
-def run_race(trainer, entrants: list[Candidate], prior: Candidate, run_steps: int, first_mark: int, losses, flops,
+def run_race(trainer, entrants: list[Candidate], prior: Candidate, run_steps: int, shipped: dict, losses, flops,
              timed) -> dict:
-    """The race to the server's first mark (`first_mark` steps, the run's where fewer) within RACE_SHARE of
-    the prior's estimated training (joules where measured, else seconds); returns its figures, its pick,
-    and whether it displaced the prior."""
+    """The race to the server's first mark (in the device's batches; the run's steps where fewer) within
+    RACE_SHARE of the prior's estimated training (joules where measured, else seconds); returns its
+    figures, its pick, and whether it displaced the prior."""
     cfg = trainer.config
+    first_mark = math.ceil(shipped["steps"][0] * shipped["rows"] / cfg.batch_size)
     timed(entrants)
     if len(entrants) < 2 or any(r.step_s is None for r in entrants):
         return {"raced": False, "why": "fewer than two racers could be timed"}
@@ -164,15 +167,35 @@ def run_race(trainer, entrants: list[Candidate], prior: Candidate, run_steps: in
         r.joules = None if prior.joules is None or prior.seconds in (None, 0) else r.seconds * prior.joules / prior.seconds
     pick, _ = joule_plan.choose(finished)
     stands = next((r for r in entrants if r.shipped is prior and r.shape.bn_statistics == prior.shape.bn_statistics), None)
-    decided = any(stands is r for r in finished) and pick is not stands and displaces(pick, stands)
+    decided = any(stands is r for r in finished) and pick is not stands and \
+        displaces(pick, stands, server_at_mark(shipped, pick), server_at_mark(shipped, stands))
     return {**said, "decided": decided, "pick": pick, "stands_for_prior": stands}
 
 
-def displaces(pick: Candidate, prior: Candidate) -> bool:
+def server_at_mark(shipped: dict, racer: Candidate) -> torch.Tensor | None:
+    """The server's right/wrong on its scoring images for the racer's set, statistics and rate at its
+    first mark (None where the card has no such figure)."""
+    recipe = recipe_at(shipped, racer.name, 0, racer.shape.bn_statistics, racer.lr)
+    if recipe is None or recipe["steps"] != shipped["steps"][0] or not recipe["correct"]:
+        return None
+    return unpacked(recipe["correct"], int(shipped["held_out"]))
+
+
+def displaces(pick: Candidate, prior: Candidate, server_pick: torch.Tensor | None,
+              server_prior: torch.Tensor | None) -> bool:
     """Whether the race's pick replaces the racer that stands for the server's leader: only where the
-    race's own images resolve it, ahead by a paired test, or as good (a deficit the test puts under half
-    a point) for fewer joules."""
-    return resolved(pick.correct, prior.correct) or (as_good(prior, pick) and cost_of(pick) < cost_of(prior))
+    race's own images put it ahead by a paired test, or as good (a deficit the test puts under half a
+    point) for fewer joules, and rank the two unlike the server's images did at the same mark (the
+    device's margin of the pick over the prior exceeds the server's there by more than both noises).
+    Images that rank them as the server's did are the server's kind, and its later marks speak for the
+    run: a set that starts fast need not end ahead (bn+classifier led full FT by 7.6 points after 16
+    steps on a bench's server and trailed it by 1.2 after 128)."""
+    if server_pick is None or server_prior is None:
+        return False
+    ahead = resolved(pick.correct, prior.correct) or (as_good(prior, pick) and cost_of(pick) < cost_of(prior))
+    device, device_se = paired(pick.correct, prior.correct)
+    server, server_se = paired(server_pick, server_prior)
+    return ahead and device - server > Z_TWO_SIDED * math.hypot(device_se, server_se)
 
 
 def cost_of(c: Candidate) -> float:
