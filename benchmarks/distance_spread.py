@@ -1,7 +1,8 @@
 """How far apart draws of one kind of images lie in the BatchNorm statistics distance a device's
 confirmation reads (engine/loop/statistics_distance.py), against how far a corrupted camera lies:
 the distance of a checkpoint's running statistics from disjoint draws of training images, clean and
-under the bench's corruptions (Gaussian noise 3, contrast 4), at the checkpoint's input size.
+under the bench's corruptions (Gaussian noise 3, contrast 4), at the checkpoint's input size, each with
+the standard error the device reads from the draw itself (its groups' spread).
 
     python benchmarks/distance_spread.py --checkpoint START [--images ../shared/data/cifar10-jpeg/train]
 """
@@ -18,7 +19,7 @@ from PIL import Image
 
 from edge_sel.core.checkpoint import read_card
 from edge_sel.data.corruptions import corrupt
-from edge_sel.engine.loop.statistics_distance import statistics_distance
+from edge_sel.engine.loop.statistics_distance import distance_and_logits
 from edge_sel.models import load_checkpoint
 
 KINDS = {"clean": None, "Gaussian noise 3": ("gaussian_noise", 3), "contrast 4": ("contrast", 4)}
@@ -49,8 +50,10 @@ def main() -> None:
     for kind, spec in KINDS.items():
         x = pixels if spec is None else corrupt(pixels, torch.arange(len(pixels)), *spec, seed=0)
         x = (x.float() / 255 - mean) / std
-        d = [statistics_distance(model, x[i * args.per_draw:(i + 1) * args.per_draw]) for i in range(args.draws)]
-        print(f"| {kind} | {', '.join(f'{v:.4f}' for v in d)} | spread {max(d) - min(d):.4f} |", flush=True)
+        found = [distance_and_logits(model, x[i * args.per_draw:(i + 1) * args.per_draw])[:2] for i in range(args.draws)]
+        d = [v for v, _ in found]
+        print(f"| {kind} | {', '.join(f'{v:.4f} +-{se:.4f}' for v, se in found)} | spread {max(d) - min(d):.4f} |",
+              flush=True)
 
 
 if __name__ == "__main__":

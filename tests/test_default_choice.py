@@ -210,6 +210,28 @@ def test_the_device_races_the_leaders_where_its_camera_is_not_the_servers(shippe
     confirmed = config["choice"]["confirmation"]
     assert "not the server's kind" not in (confirmed["asked"] or "")
     assert not confirmed["raced"] and "first mark" in confirmed["kept"], confirmed
+    assert config["choice"]["decided_by"] == "the recipes the checkpoint ships"
+    # Another camera and no race: the server's figures rank sets on images unlike these, so the device
+    # takes the prior for the warmup's kind (a warmup trained from scratch: every parameter re-estimated
+    # at the run's rate), as a device without recipes does.
+    config, (line,) = finetune(capsys, shipped, tmp_path / "camera-2", "--shift", "corrupt=gaussian_noise:5")
+    choice = config["choice"]
+    assert not choice["confirmation"]["raced"] and choice["confirmation"]["prior"]
+    assert (choice["set"], choice["bn_statistics"], choice["lr"], choice["decided_by"]) == (
+        "full FT", "train", TrainConfig().lr, "the prior")
+    assert "as its camera is not the server's" in line
+    assert (config["sparsity"], config["bn_stats"], config["lr"]) == ("none", "reestimate", TrainConfig().lr)
+
+
+def test_a_camera_differs_where_its_distance_exceeds_the_servers_by_more_than_its_noise():
+    """Lite0 at 96 px (benchmarks/distance_spread.py): 256 clean images lie at 0.1384-0.1424 (+-0.001-0.002)
+    against the server's 0.1394, Gaussian noise 3 at 0.18, contrast 4 at 0.24; the old rule (twice the
+    server's) told neither camera from the server's."""
+    from edge_sel.engine.loop.device_race import farther
+    assert not farther(0.1424, 0.0009, 0.1394, 0.0009)        # beyond its noise, but 2% of the distance: the same kind
+    assert farther(0.1837, 0.0021, 0.1394, 0.0015) and farther(0.2359, 0.0025, 0.1394, 0.0015)
+    assert not farther(0.20, 0.05, 0.1394, 0.0015)            # 20 images: no telling
+    assert not farther(0.1837, None, 0.1394, 0.0015)
 
 
 def test_a_race_displaces_the_servers_leader_only_where_its_images_resolve_it():

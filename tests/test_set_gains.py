@@ -167,6 +167,7 @@ UNREADABLE = [
     (lambda g: g.update(rows=0), "set_gains.rows must be a whole number above 0"),
     (lambda g: g.update(start_acc="high"), "set_gains.start_acc must be a finite number from 0 to 1"),
     (lambda g: g.update(bn_distance=float("nan")), "set_gains.bn_distance must be a finite number from 0"),
+    (lambda g: g.update(bn_distance_se=-0.1), "set_gains.bn_distance_se must be a finite number from 0"),
     (lambda g: g.update(lr_grid=[0.01, float("inf")]), "set_gains.lr_grid[1] must be a finite number above 0"),
     (lambda g: g.update(lr=-1), "set_gains.lr must be a finite number above 0 or null"),
     (lambda g: g.update(partial=3), "set_gains.partial must be a string or true/false"),

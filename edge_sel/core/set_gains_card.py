@@ -124,7 +124,7 @@ def check(g) -> None:
         if g.get(key) is not None:
             _require(isinstance(g[key], str), f"set_gains.{key}", "a string", g[key])
     # What a device compares its own images with (engine/loop/device_race.py).
-    for key, lo, hi in (("bn_distance", 0, math.inf), ("start_acc", 0, 1)):
+    for key, lo, hi in (("bn_distance", 0, math.inf), ("bn_distance_se", 0, math.inf), ("start_acc", 0, 1)):
         if g.get(key) is not None:
             _require(_number(g[key]) and lo <= g[key] <= hi, f"set_gains.{key}",
                      f"a finite number from {lo}" + ("" if hi == math.inf else f" to {hi}"), g[key])

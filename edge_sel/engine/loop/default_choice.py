@@ -11,7 +11,9 @@ accuracy, in order of what costs the device least:
    reads the recipe at the mark nearest the images its run trains on; a fine-tune's card keeps the
    warmup's recipes, so every night of a device's life chooses by them. Where the device's images are
    not the server's kind, or the shipped figures cannot tell the leader from the runner-up, the
-   leaders race on the device within a tenth of the run (engine/loop/device_race.py);
+   leaders race on the device within a tenth of the run (engine/loop/device_race.py). Where its images
+   are not the server's kind and no race decides, the server's figures rank sets on another camera's
+   images: the device takes the prior (3.), as a device without recipes does;
 2. a counted trial on the device (engine/loop/trial_gain.py): each set a few steps at the run's rate
    (TRIAL_LR where none was given) and statistics mode, scored on held-out local images, where the run
    is long enough to pay two trials back;
@@ -223,7 +225,8 @@ def compare(trainer, mode: str | None, lr: float | None) -> dict:
     source = (source_words(served, server["steps"]) + f" (the mark nearest this run's {server['run_images']:,} images)"
               if server else f"a trial of {TRIAL_STEPS} steps on this device's images, accuracy on "
                              f"{trial['held_out_images']} of them held out of its steps")
-    decided_by = "the device's race" if confirmed and confirmed.get("decided") else (
+    decided_by = "the device's race" if confirmed and confirmed.get("decided") else \
+        "the prior" if confirmed and confirmed.get("prior") else (
         "the recipes the warmup shipped" if served and served.get("measured_on") else
         "the recipes the checkpoint ships" if server else "a trial of each on this device")
     top = max(d.gain for d in candidates)
@@ -251,8 +254,14 @@ def confirm(trainer, candidates, winner, reason, served, steps, mode, lr, losses
                **({"race_flops": result["cost"]["trial_flops"], "race_wall_s": result["cost"]["trial_wall_s"]}
                   if result.get("cost") else {})}
     if not result.get("decided"):
-        summary["kept"] = "the server's leader: the race could not tell its racers apart" if result.get("raced") \
-            else f"the server's leader: {result['why']}"
+        unsettled = "the race could not tell its racers apart" if result.get("raced") else result["why"]
+        prior = facts.get("camera_differs") and at_prior(trainer, candidates, mode, lr, clock)
+        if prior:       # the server's figures are from another camera's images: they do not rank for this one
+            summary.update(kept=f"the prior, {prior.name}: the server's images are not this device's kind and "
+                                f"{unsettled}", prior=True)
+            return prior, f"the prior for the warmup's kind, {prior_words(trainer)}, as its camera is not the " \
+                          f"server's and {unsettled}", summary, spent
+        summary["kept"] = f"the server's leader: {unsettled}"
         return winner, reason, summary, spent
     pick = result["pick"]
     chosen = pick.shipped
@@ -285,19 +294,39 @@ def timed(candidates, model, x, y, losses, trainer, steps: float, per_step: floa
         c.step_s = None if probe.step_s is None else probe.step_s * per_step
 
 
+def the_prior(trainer, mode: str | None, lr: float | None) -> tuple[str, str, float]:
+    """(set, statistics mode, rate) the prior for the warmup's kind says, each part the user gave kept."""
+    pretrained = getattr(trainer, "pretrained_start", False)
+    name, statistics, rate = PRETRAINED_PRIOR if pretrained else ("full FT", "train", trainer.config.lr)
+    return name, mode or statistics, lr or rate
+
+
+def prior_words(trainer) -> str:
+    return ("the transfer bench's best row for a published backbone (Lite0 from ImageNet, 5 seeds)"
+            if getattr(trainer, "pretrained_start", False) else
+            "every parameter at the run's rate, as a warmup trained from scratch trains")
+
+
+def at_prior(trainer, candidates: list[Candidate], mode: str | None, lr: float | None, clock) -> Candidate | None:
+    """The candidate the prior names, in its statistics mode and at its rate, timed as such; None where no
+    candidate is its set."""
+    name, statistics, rate = the_prior(trainer, mode, lr)
+    c = next((c for c in candidates if c.name == name), None)
+    if c is None:
+        return None
+    if (c.shape.bn_statistics, c.lr) != (statistics, rate) or c.seconds is None:
+        c.shape, c.lr = replace(c.shape, bn_statistics=statistics), rate
+        clock([c])
+    return c
+
+
 def fallback(trainer, mode: str | None, lr: float | None, why: str) -> dict:
     """Neither recipes nor a trial: the prior the bench found for the warmup's kind (module docstring)."""
-    cfg = trainer.config
-    pretrained = getattr(trainer, "pretrained_start", False)
-    name, statistics, rate = PRETRAINED_PRIOR if pretrained else ("full FT", "train", cfg.lr)
-    statistics = mode or statistics
-    rate = lr or rate
+    name, statistics, rate = the_prior(trainer, mode, lr)
     chosen = (f"{name}, statistics {'frozen' if statistics == 'frozen' else 're-estimated'}, lr {rate:g}")
-    prior = ("the transfer bench's best row for a published backbone (Lite0 from ImageNet, 5 seeds)" if pretrained
-             else "every parameter at the run's rate, as a warmup trained from scratch trains")
     return {"set": name, "bn_statistics": statistics, "lr": rate, "source": None, "decided_by": "the prior",
             "reason": why, "runner_up": None, "candidates": [], "trial": None, "flops": 0,
-            "line": f"chose {chosen}: the checkpoint ships no recipes and {why}, so the prior: {prior} "
+            "line": f"chose {chosen}: the checkpoint ships no recipes and {why}, so the prior: {prior_words(trainer)} "
                     f"(--sparsity, --bn-stats, --lr to choose yourself)"}
 
 

@@ -179,6 +179,7 @@ def measure(trainer, steps: int, allowance: Allowance, halving: bool = True,
                "held_out": found["held_out"], "chosen_on": int(select.sum()), "images": words,
                "halving": "a third of each set's recipes goes on at each mark" if halving else "none: the whole grid",
                "sets": found["sets"], "trials": found["trials"], "bn_distance": found["bn_distance"],
+               "bn_distance_se": found["bn_distance_se"],
                "start_acc": found["start_acc"], "start_interval": found["start_interval"],
                **({"partial": f"stopped by {allowance.stopped}"} if allowance.stopped else {}),
                **({"bought": found["bought"]} if found.get("bought") else {}), **spent}
@@ -248,11 +249,11 @@ def search(trainer, sets_once, steps: int, images, select: torch.Tensor, rows: i
                       **({"same_set_as": tried[0].name} if tried[0].name != name else {})}
     # The warmup itself on the same images, and their distance from its statistics (one pass): what a
     # device compares its own images with (engine/loop/device_race.py).
-    distance, logits = distance_and_logits(model, images.held_x)
+    distance, distance_se, logits = distance_and_logits(model, images.held_x)
     start = (logits.argmax(1) == images.held_y).cpu()[~select]
     cost["trial_flops"] += trainer.flops.eval_batch(len(images.held_y))
     return {"steps": shipped_marks, "held_out": int((~select).sum()), "sets": sets, "trials": len(plain) + len(lite),
-            "bn_distance": distance, "start_acc": round(float(start.float().mean()), 4),
+            "bn_distance": distance, "bn_distance_se": distance_se, "start_acc": round(float(start.float().mean()), 4),
             "start_interval": interval(int(start.sum()), len(start)), "cost": cost, "lite_cost": lite_cost,
             "bought": cost.get("bought") or lite_cost.get("bought")}
 
