@@ -232,6 +232,18 @@ def test_a_camera_differs_where_its_distance_exceeds_the_servers_by_more_than_it
     assert farther(0.1837, 0.0021, 0.1394, 0.0015) and farther(0.2359, 0.0025, 0.1394, 0.0015)
     assert not farther(0.20, 0.05, 0.1394, 0.0015)            # 20 images: no telling
     assert not farther(0.1837, None, 0.1394, 0.0015)
+    # The distance itself: the Gaussians' divergence from the running statistics, over the whole draw,
+    # and its error from the groups' spread.
+    import torch
+
+    from edge_sel.engine.loop.statistics_distance import distance_and_logits
+    layer = torch.nn.BatchNorm2d(3, eps=0.0).eval()
+    x = 0.5 + 2 * torch.randn(64, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    distance, error, logits = distance_and_logits(torch.nn.Sequential(layer, torch.nn.Flatten()), x)
+    mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)
+    assert distance == pytest.approx(float((0.5 * (var + mean ** 2 - 1 - var.log())).mean()), abs=1e-4)
+    assert distance == pytest.approx(0.5 * (4 + 0.25 - 1 - math.log(4)), rel=0.1) and 0 < error < 0.2
+    assert logits.shape == (64, 48) and distance_and_logits(layer, x[:15])[1] is None     # under 2 a group
 
 
 def test_a_race_displaces_the_servers_leader_only_where_its_images_resolve_it():
