@@ -138,8 +138,9 @@ def test_a_warmup_without_recipes_chooses_by_a_counted_trial_or_says_why_it_did_
     tried = [c for c in choice["candidates"] if c["trial"]]
     assert len(tried) >= 2 and choice["set"] in {c["name"] for c in tried}
     assert config["lr"] == 0.01         # the trials' rate, where the run gives none
-    first = records(tmp_path / "long")[0]
+    first, *later = records(tmp_path / "long")
     assert first["memory_plan_trial_flops"] == choice["trial"]["trial_flops"] > 0
+    assert not any("memory_plan_trial_flops" in r for r in later)         # charged once, not every epoch
 
 
 def test_the_servers_trials_decay_their_rate_as_a_run_does():
