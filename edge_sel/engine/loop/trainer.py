@@ -86,9 +86,6 @@ class Trainer:
         self.clean_test_ds = None if self.splits.test_clean is None else self.splits.test_clean.to(self.device)
         self.reads_validation = bool(getattr(self.strategy, "reads_validation", False))   # stage gates
         self.default_choice = choose_default(self)     # --sparsity auto: what trains, its statistics and rate
-        # What choosing cost, charged to the first epoch this process trains (once: charged every epoch,
-        # a 2-epoch default on Lite0 counted its 171 J twice).
-        self.choice_planning = (self.default_choice or {}).get("cost")
         # --val-subset N, or N sized for a device (val_share) to the step the run trains: kept in the
         # config, as what ran.
         trains = getattr(self.updater, "trainable", None)
@@ -167,7 +164,7 @@ class Trainer:
         """Train one epoch (or finish a resumed one) and return its record; None when stopped by a
         signal mid-epoch (the state is checkpointed and a resume completes the epoch)."""
         cfg = self.config
-        # The epoch's time and energy include planning: selection overhead is part of the cost.
+        # The epoch's time and energy include planning (a default choice's in the first epoch trained here only).
         self.meter.begin("train")
         self.run_memory.begin_epoch()
         t0 = time.perf_counter()
@@ -178,7 +175,7 @@ class Trainer:
                 if self.phase == "finetune" and self.choice.mode == "best":
                     t0 += consider_bn_adapted(self)   # its evaluation is not training time
             progress = self._begin_epoch(epoch)
-            progress.add_planning(getattr(self, "memory_plan_cost", None), self.__dict__.pop("choice_planning", None))
+            progress.add_planning(getattr(self, "memory_plan_cost", None), (self.default_choice or {}).pop("cost", None))
         self.progress = progress
         self.loader.epoch = epoch       # augmentation is drawn per (seed, epoch, sample)
         plan = progress.plan
