@@ -30,8 +30,8 @@ def distance_and_logits(model: nn.Module, x: torch.Tensor, groups: int = GROUPS
     """statistics_distance, its standard error, and the model's logits for `x`, from one pass in `groups`
     disjoint groups of the images (each at least two; else one). The error is the spread of the
     groups' distances over the root of their number (None with one group): on Lite0 at 96 px, six
-    disjoint draws of 256 clean images read +-0.0009 to 0.0019 each and lay within 0.0040 of each other
-    (standard deviation 0.0018); under contrast +-0.0024 to 0.0047, within 0.0104
+    disjoint draws of 256 clean images of a device's shard read +-0.0010 to 0.0022 each and lay within
+    0.0037 of each other (standard deviation 0.0015); under contrast +-0.0018 to 0.0037, within 0.0061
     (benchmarks/distance_spread.py). Each layer's input is reduced per channel as it passes, a group
     at a time, never transposed: Lite0 at 96 px, 256 images on one core, 4.5-4.9 s against 3.7 for the
     forward alone; the whole draw at once with each input transposed and copied took 11-12 s."""
