@@ -84,6 +84,22 @@ def test_baseline_record_counts_its_evaluation_and_nothing_else(tiny_warm, tmp_p
     assert s["epochs_run"] == 1
     assert s["totals"]["flops_eval"] == base["flops_eval"] + first["flops_eval"]
     assert s["baseline"]["val_acc"] == base["val_acc"]
+    assert s["validation_size"]["validation_passes"] == 2          # the start's and the epoch's
+
+
+def test_a_start_whose_classifier_never_trained_is_not_evaluated(tmp_path):
+    """Chance by construction: no validation or test of the start, no candidate, one pass fewer in the
+    validation's share."""
+    run_cli("pretrain", "--model", "edgecnn", "--dataset", "synthetic", "--epochs", "0", "--anchors-per-class", "0",
+            "--out", tmp_path / "fresh", "--quiet")
+    out = tmp_path / "run"
+    run_cli("finetune", "--checkpoint", tmp_path / "fresh", "--out", out, "--epochs", "1", *RUN)
+    base, first = records(out, baseline=True)
+    assert base["evaluated"] == "none" and base["start_at_chance"] == 0.25        # four classes
+    assert base["val_acc"] is None and base["test_acc"] is None and base["flops_eval"] == 0 == base["eval_energy_j"]
+    s = summary(out)
+    assert s["totals"]["flops_eval"] == first["flops_eval"] and s["validation_size"]["validation_passes"] == 1
+    assert s["kept"]["kept_epoch"] == 0 and "at chance" in s["kept"]["reason"]
 
 
 def test_a_normal_fine_tune_keeps_its_trained_model_unless_validation_resolves_it_worse(tiny_warm, tmp_path):

@@ -165,18 +165,21 @@ def test_evaluation_is_timed_at_the_batch_the_budget_lets_it_hold(tmp_path, monk
 
 def test_the_estimate_counts_the_evaluations_the_runs_schedule_makes():
     """The start's validation and test, each validated epoch, the test at the end, and the re-estimated
-    model's validation only where it is a keep-best candidate (the trainer validates it only then)."""
+    model's validation only where it is a keep-best candidate (the trainer validates it only then); a
+    start whose classifier no epoch trained is not evaluated, and the estimate holds none of its passes."""
     from types import SimpleNamespace
     from edge_sel.config import TrainConfig
     from edge_sel.engine.loop.run_estimate import evaluation_images
     sets = SimpleNamespace(val=[0] * 50, anchors=[0] * 10, test=[0] * 100, clean_test=None)
 
-    def passes(keep, **cfg):
-        trainer = SimpleNamespace(config=TrainConfig(**cfg), eval_sets=sets, phase="finetune",
-                                  choice=SimpleNamespace(mode=keep))
+    def passes(keep, untrained_head=False, **cfg):
+        trainer = SimpleNamespace(config=TrainConfig(**cfg), eval_sets=sets, phase="finetune", memory=None, bank=None,
+                                  choice=SimpleNamespace(mode=keep), untrained_head=untrained_head)
         return evaluation_images(trainer)
     kept = passes("best", epochs=4, eval_every=2, bn_adapt=64)
     assert (kept["validation_passes"], kept["test_passes"], kept["images"]) == (4, 2, 4 * 60 + 2 * 100)
+    at_chance = passes("best", untrained_head=True, epochs=4, eval_every=2, bn_adapt=64)
+    assert (at_chance["validation_passes"], at_chance["test_passes"]) == (3, 1)
     assert passes("last", epochs=4, eval_every=2, bn_adapt=64)["validation_passes"] == 3
     assert passes("last", epochs=3, eval_test="every")["test_passes"] == 4
 

@@ -34,6 +34,7 @@ class ModelChoice:
         self.test_acc: float | None = None
         self.clean_test_acc: float | None = None   # under a shift, when the end of the run tested the kept weights
         self.baseline_val_acc: float | None = None
+        self.start_at_chance: float | None = None   # a start no epoch trained: chance, not evaluated
         self.baseline_test_acc: float | None = None
         self.last_epoch: int | None = None
         self.no_validation = False             # nothing to choose by: the last weights are kept
@@ -182,8 +183,10 @@ class ModelChoice:
                       f"({_pct(other['val_acc'])}): {tested}; the output model is the trained model, the last epoch")
         elif self.epoch == self.last_epoch:
             which = "best"
-            reason = (f"epoch {self.epoch} had the best validation accuracy ({_pct(self.val_acc)}; "
-                      f"starting checkpoint {_pct(base)})")
+            start = (f"starting checkpoint {_pct(base)}" if self.start_at_chance is None else
+                     f"the starting checkpoint at chance, {_pct(self.start_at_chance)}, its classifier untrained: "
+                     f"not evaluated")
+            reason = f"epoch {self.epoch} had the best validation accuracy ({_pct(self.val_acc)}; {start})"
         else:
             which = "warmup" if self.keeps_warmup else "bn_adapt" if self.epoch == BN_ADAPT_EPOCH else "best"
             reason = self._overruled_reason()
@@ -273,7 +276,7 @@ class ModelChoice:
         return {k: getattr(self, k) for k in ("mode", "epoch", "val_acc", "test_acc", "baseline_val_acc",
                                                "baseline_test_acc", "last_epoch", "no_validation", "weights",
                                                "anchor_acc", "baseline_anchor_acc", "refused", "unguarded_epoch",
-                                               "unguarded_val_acc", "candidates", "overruled")}
+                                               "unguarded_val_acc", "candidates", "overruled", "start_at_chance")}
 
     def load_state_dict(self, state: dict | None) -> None:
         """A state from before the guard has none of its fields: the choice so far was the

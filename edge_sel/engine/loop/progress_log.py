@@ -57,6 +57,11 @@ class ProgressLog:
                       f"its last epoch and validates none (--keep best or --val-subset N to validate)")
 
     def baseline(self, record: dict) -> None:
+        if record.get("start_at_chance") is not None:
+            self.line(f"start: the checkpoint's classifier was never trained: at chance "
+                      f"({100 * record['start_at_chance']:.1f}%) by construction, so it is not evaluated "
+                      f"and not a candidate for the output model")
+            return
         self.line(f"start: the starting checkpoint: val {_f(record.get('val_acc'))}{self.anchors(record)} "
                    f"test {_f(record.get('test_acc'))} "
                    f"(evaluation {_f(record.get('eval_wall_s'), '.1f')} s, {_f(record.get('eval_energy_j'), '.1f')} J)")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 
 from edge_sel.engine.evaluation.evaluate import evaluation_flops
+from edge_sel.engine.loop.start import start_at_chance
 from edge_sel.engine.loop.val_size import validated_epochs
 
 
@@ -27,7 +28,7 @@ def evaluation_images(trainer) -> dict:
     cfg, sets = trainer.config, trainer.eval_sets
     validation = len(sets.val) + len(sets.anchors or ())
     test = len(sets.test) + len(sets.clean_test or ())
-    start = int(trainer.phase == "finetune" and cfg.evaluate_start)
+    start = int(trainer.phase == "finetune" and cfg.evaluate_start and not start_at_chance(trainer))
     if cfg.epochs:
         validated = validated_epochs(cfg, trainer.phase, getattr(trainer, "reads_validation", False))
         tested = validated if cfg.eval_test == "every" else 1

@@ -39,7 +39,7 @@ from edge_sel.engine.loop.schedule import lr_factor
 from edge_sel.engine.loop.scoring import ScoringPasses
 from edge_sel.engine.loop.single_rows import refuse_batches_of_one, rows_to_train, trains_batchnorm_statistics
 from edge_sel.engine.loop.step_memory import allocator_while_training, memory_counter, moving_state, plan_run_memory
-from edge_sel.engine.loop.start import baseline_record, reset_if_forgotten
+from edge_sel.engine.loop.start import start_at_chance, start_record
 from edge_sel.engine.loop.totals import StepTotals
 from edge_sel.engine.loop.val_size import validates_epoch, validation_set
 from edge_sel.engine.machine import cuda_workspace
@@ -73,6 +73,7 @@ class Trainer:
     bank_setup: dict | None = None       # what matching tonight's images to the bank cost (charged to the baseline)
     set_gains: dict | None = None        # the checkpoint's, the planner's expected gains (engine/loop/set_gains.py)
     pretrained_start: bool = False       # the warmup grew from published weights (default_choice's prior)
+    untrained_head: bool = False         # no epoch trained the checkpoint's classifier (engine/loop/start.py)
 
     def __post_init__(self):
         cfg = self.config
@@ -91,7 +92,7 @@ class Trainer:
         trains = getattr(self.updater, "trainable", None)
         self.val_eval_ds, self.val_size_choice = validation_set(cfg, self.phase, self.train_ds, self.val_ds, self.model,
                                                                 self.memory, trains and trains(self.model),
-                                                                self.reads_validation)
+                                                                self.reads_validation, not start_at_chance(self))
         # The guard anchors each validation evaluates (sized with it) and the source's accuracy on them.
         self.guard_anchors = run_guard_set(self.memory, cfg, self.phase)
         self.layout = run_layout(cfg, self.model, self.train_ds, max(len(self.val_eval_ds), len(self.test_ds), 1),
@@ -349,10 +350,9 @@ class Trainer:
             restore(self, resume)
         else:
             if self.phase == "finetune" and self.config.evaluate_start:
-                self.baseline = baseline_record(self)
-                if self.config.reset_forgetting is not None:
-                    self.baseline = reset_if_forgotten(self, self.baseline)
-                self.keep_choice(WARMUP_EPOCH, self.baseline)
+                self.baseline = start_record(self)
+                if self.baseline.get("evaluated") != "none":        # a start at chance is no candidate
+                    self.keep_choice(WARMUP_EPOCH, self.baseline)
             self.checkpoints.save(self)        # a rollback target before the first step
             if self.baseline is not None:
                 self.log.baseline(self.baseline)

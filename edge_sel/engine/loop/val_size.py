@@ -64,8 +64,9 @@ def validated_epochs(cfg: TrainConfig, phase: str, reads_validation: bool = Fals
     return math.ceil(cfg.epochs / (cfg.eval_every or 1))
 
 
-def validation_passes(cfg: TrainConfig, phase: str, reads_validation: bool = False) -> int:
-    baseline = 1 if phase == "finetune" and cfg.evaluate_start else 0
+def validation_passes(cfg: TrainConfig, phase: str, reads_validation: bool = False, start: bool = True) -> int:
+    """`start`: False where the start is not evaluated though asked (engine/loop/start.py: at chance)."""
+    baseline = 1 if phase == "finetune" and cfg.evaluate_start and start else 0
     candidate = 1 if cfg.bn_adapt and cfg.epochs and cfg.keep == "best" and phase == "finetune" else 0
     epochs = validated_epochs(cfg, phase, reads_validation) if cfg.epochs else 1    # --epochs 0: the adapted model
     return baseline + candidate + epochs
@@ -86,7 +87,8 @@ def shared_sizes(budget: float, sets: list[tuple[int, int]]) -> list[int]:
 
 
 def device_val_size(cfg: TrainConfig, phase: str, train_size: int, val_size: int, flops: FlopCounter,
-                    guard_anchors: int = 0, trains: set[str] | None = None, reads_validation: bool = False) -> dict:
+                    guard_anchors: int = 0, trains: set[str] | None = None, reads_validation: bool = False,
+                    start: bool = True) -> dict:
     """The subset sizes and how they were reached (kept in the summary); `guard_anchors`: the guard
     anchors the checkpoint ships, which every validation also evaluates (sized here with it);
     `trains`: the parameters the run's step trains (None: every one), whose step's FLOPs the
@@ -97,7 +99,7 @@ def device_val_size(cfg: TrainConfig, phase: str, train_size: int, val_size: int
     per_sample_train = (forward + backward) / cfg.batch_size
     per_image_eval = flops.eval_batch(1)
     training = cfg.epochs * activation * train_size * per_sample_train + cfg.bn_adapt * per_image_eval
-    passes = validation_passes(cfg, phase, reads_validation)
+    passes = validation_passes(cfg, phase, reads_validation, start)
     # validation / (training + validation) <= share  <=>  validation <= share / (1 - share) * training
     per_pass = cfg.val_share / (1 - cfg.val_share) * training / (passes * per_image_eval)
     anchor_floor = guard_floor(cfg.max_forgetting, guard_anchors)
@@ -130,7 +132,7 @@ def training_only(model: torch.nn.Module, names: set[str] | None):
 
 
 def validation_set(cfg: TrainConfig, phase: str, train_ds, val_ds, model, memory, trains: set[str] | None = None,
-                   reads_validation: bool = False) -> tuple:
+                   reads_validation: bool = False, start: bool = True) -> tuple:
     """The validation samples per-epoch decisions use and how their number was reached: `--val-subset
     N` as given (a fixed draw), or with `val_share` N sized for a device here and written into the
     config (what ran), with the guard anchors each pass evaluates (`guard_subset`). `memory`: the
@@ -141,7 +143,7 @@ def validation_set(cfg: TrainConfig, phase: str, train_ds, val_ds, model, memory
     choice = None
     if cfg.val_subset == 0 and cfg.val_share:
         choice = device_val_size(cfg, phase, len(train_ds), len(val_ds), FlopCounter(model, train_ds.input_shape),
-                                 0 if memory is None else len(memory.guard), trains, reads_validation)
+                                 0 if memory is None else len(memory.guard), trains, reads_validation, start)
         cfg.guard_subset = choice["guard_anchors_per_pass"]
         # A run of no epoch (statistics alone) decides only whether to keep them: that decision is the
         # run. A guard over the source's anchors refuses an epoch that forgets: it chooses, so it validates.

@@ -93,13 +93,24 @@ def inherited(gains: dict | None) -> dict | None:
     return {**gains, "measured_on": gains.get("measured_on", "the warmup's weights (the server's recipes)")}
 
 
+def head_made_anew(training: dict) -> bool:
+    """Whether the weights a card's training started from had no classifier for its classes (made
+    anew over published weights, or a random model's)."""
+    started = {k: training.get(k) for k in ("pretrained", "init_weights") if training.get(k)}
+    return not started or any(v.get("made_anew") for v in started.values())
+
+
+def untrained_head(training: dict) -> bool:
+    """A checkpoint whose classifier no epoch trained: a pretrain of no epoch over a head made anew."""
+    return (training.get("phase") == "pretrain" and not training.get("epochs") and not training.get("head_epochs")
+            and head_made_anew(training))
+
+
 def flag_random_head(shipped: dict, card: ModelCard, cfg: TrainConfig) -> None:
     """Guard anchors scored by a classifier no epoch trained (made anew, or a random model's): their
     source accuracy is chance, so the guard and forgetting measured against it mean nothing. Said
     in one line and recorded with the anchors."""
-    started = {k: card.training.get(k) for k in ("pretrained", "init_weights") if card.training.get(k)}
-    anew = not started or any(v.get("made_anew") for v in started.values())
-    if cfg.epochs or cfg.head_epochs or not anew:
+    if cfg.epochs or cfg.head_epochs or not head_made_anew(card.training):
         return
     anchors = shipped["card"]["anchors"]
     anchors["random_head"] = True
@@ -144,7 +155,8 @@ def _train_model(phase, model, card, splits, cfg, out, quiet, energy, source_inf
                            # a mid-epoch state would hold rank 0's share of the epoch only
                            checkpoint_every=0 if ranks else c.checkpoint_every, ranks=ranks, memory=memory,
                            bank=bank[0], bank_setup=bank[1], set_gains=card.set_gains if phase == "finetune" else None,
-                           pretrained_start=bool(card.training.get("pretrained")))
+                           pretrained_start=bool(card.training.get("pretrained")),
+                           untrained_head=phase == "finetune" and untrained_head(card.training))
         t0 = time.perf_counter()        # from the trainer's start: its layout probes and memory plan are the run's too
         set_bn_momentum(model, cfg.bn_momentum)     # BatchNorm runs in eval mode in a head stage
         # --head-epochs: the classifier alone first (head_first.py); the head stage keeps no state, so a
