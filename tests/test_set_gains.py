@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from helpers import SAME_CHOICES, run_main
 from edge_sel.core.checkpoint import ModelCard
 from edge_sel.data.dataset import IndexedDataset
-from edge_sel.engine.loop.set_gains import marks, nearest_mark, packed, unpacked
+from edge_sel.engine.loop.recipe_orders import averaged
+from edge_sel.engine.loop.set_gains import marks, nearest_mark, packed, recipe_at, unpacked
 from edge_sel.engine.loop.trial_gain import trial_images
 from edge_sel.errors import InputError
 
@@ -55,6 +56,21 @@ def test_a_pretrain_ships_each_sets_recipes_halved_at_every_mark_and_leaves_its_
         assert len(measured_set["acc"]) == 4
         for acc, bits in zip(measured_set["acc"], measured_set["correct"]):
             assert float(unpacked(bits, gains["held_out"]).float().mean()) == pytest.approx(acc, abs=1e-4)
+    # The leader and the sets its paired test cannot put behind it train their chosen recipe in two more data
+    # orders: at the last mark a device reads each image's share of the orders right, and their mean.
+    assert gains["orders"]["count"] == 3 and 1 <= len(gains["orders"]["sets"]) <= 3
+    for name in gains["orders"]["sets"]:
+        chosen = max((r for r in gains["sets"][name]["recipes"] if len(r["acc"]) == 4),
+                     key=lambda r: (r["select_acc"][3], -r["lr"]))
+        orders = chosen["orders"]
+        assert orders["acc"][0] == chosen["acc"][3] and orders["correct"][0] == chosen["correct"][3]
+        assert len(orders["acc"]) == 3 and orders["mean"] == pytest.approx(sum(orders["acc"]) / 3, abs=1e-4)
+        read = recipe_at(gains, name, 3)
+        assert read["acc"] == orders["mean"] and read["orders_correct"] == orders["correct"]
+        share = averaged(read, gains["held_out"])
+        assert float(share.mean()) == pytest.approx(orders["mean"], abs=1e-4)
+        assert torch.allclose(share * 3, (share * 3).round(), atol=1e-5)      # each image right in 0-3 orders
+        assert recipe_at(gains, name, 2)["acc"] == chosen["acc"][2]        # the marks before: one trial
     assert ModelCard.from_json(card, tmp_path).set_gains == gains
     summary = json.loads((tmp_path / "gains" / "summary.json").read_text())
     without = json.loads((tmp_path / "plain" / "summary.json").read_text())

@@ -87,6 +87,15 @@ def interval(right: int, n: int) -> list[float]:
     return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
 
 
+def interval_of_mean(values: torch.Tensor) -> list[float]:
+    """The 95% normal interval of the mean of per-image figures (each image's share of trials right)."""
+    n = len(values)
+    if n < 2:
+        return [0.0, 1.0]
+    mean, half = float(values.float().mean()), Z_TWO_SIDED * float(values.float().std()) / math.sqrt(n)
+    return [round(max(0.0, mean - half), 4), round(min(1.0, mean + half), 4)]
+
+
 def keep_leaders(scores: dict, share: float = KEEP_SHARE) -> set:
     """Of `scores` ({key: (figure, tie-break)}), the keys of the leading share that goes on to the next rung,
     at least one (ties by the tie-break, larger first)."""

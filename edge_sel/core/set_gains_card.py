@@ -84,6 +84,13 @@ def _recipe(r, where: str, held: int, marks: int) -> None:
     if r.get("dropped_at") is not None:
         _require(_whole(r["dropped_at"], 0), f"{where}.dropped_at", "a whole number of steps", r["dropped_at"])
     _figures(r, where, held, marks, whole=False)      # dropped by the halving, or stopped by an allowance
+    if r.get("orders") is not None:         # the last mark's figure over data orders (engine/loop/recipe_orders.py)
+        orders = r["orders"]
+        _require(isinstance(orders, dict), f"{where}.orders", "a mapping", orders)
+        _figures({"acc": orders.get("acc"), "correct": orders.get("correct")}, f"{where}.orders", held, 16, whole=False)
+        _shares([orders.get("mean")], f"{where}.orders.mean", 1)
+        _figures({"acc": [orders["mean"]], "correct": [orders["correct"][0]], "interval": [orders.get("interval")]},
+                 f"{where}.orders", held, 1, whole=True)
 
 
 def _set(name: str, v, held: int, marks: int) -> None:

@@ -38,6 +38,7 @@ from edge_sel.core.evidence import Allowance, interval, packed, unpacked
 from edge_sel.core.flops import FlopCounter
 from edge_sel.core.memory import StepShape
 from edge_sel.engine.loop.plan_sets import candidate_statistics, distinct, fixed_sets
+from edge_sel.engine.loop.recipe_orders import ORDERS, averaged, more_orders, orders_figures
 from edge_sel.engine.loop.statistics_distance import distance_and_logits
 from edge_sel.engine.loop.trial_gain import race, trial_images
 from edge_sel.engine.loop.val_size import training_only
@@ -180,7 +181,7 @@ def measure(trainer, steps: int, allowance: Allowance, halving: bool = True,
                "halving": "a third of each set's recipes goes on at each mark" if halving else "none: the whole grid",
                "sets": found["sets"], "trials": found["trials"], "bn_distance": found["bn_distance"],
                "bn_distance_se": found["bn_distance_se"],
-               "start_acc": found["start_acc"], "start_interval": found["start_interval"],
+               "start_acc": found["start_acc"], "start_interval": found["start_interval"], "orders": found["orders"],
                **({"partial": f"stopped by {allowance.stopped}"} if allowance.stopped else {}),
                **({"bought": found["bought"]} if found.get("bought") else {}), **spent}
     return shipped
@@ -241,6 +242,12 @@ def search(trainer, sets_once, steps: int, images, select: torch.Tensor, rows: i
     every = [(name, tried) for name, tried in every if max(c.trial.get("reached", 0) for c in tried)]
     reached = min((max(c.trial["reached"] for c in tried) for _, tried in every), default=0)
     shipped_marks = [m for m in scored if m <= reached]
+    thick = []          # the contenders' chosen recipes again in further data orders (recipe_orders.py)
+    if shipped_marks and shipped_marks[-1] == steps and not allowance.stopped and not cost.get("bought"):
+        more, thick = more_orders(trainer, [tried for _, tried in every], images, select, steps, optimizer, losses,
+                                  rows, allowance, TRIAL_SCHEDULE, LITE)
+        for k in ("trial_flops", "trial_images_trained"):
+            cost[k] = cost.get(k, 0) + more.get(k, 0)
     sets = {}
     for name, tried in every if shipped_marks else []:
         reached_a_mark = [f for f in (recipe_figures(c, select, len(shipped_marks)) for c in tried) if f["acc"]]
@@ -255,6 +262,7 @@ def search(trainer, sets_once, steps: int, images, select: torch.Tensor, rows: i
     return {"steps": shipped_marks, "held_out": int((~select).sum()), "sets": sets, "trials": len(plain) + len(lite),
             "bn_distance": distance, "bn_distance_se": distance_se, "start_acc": round(float(start.float().mean()), 4),
             "start_interval": interval(int(start.sum()), len(start)), "cost": cost, "lite_cost": lite_cost,
+            "orders": {"count": ORDERS, "sets": thick},
             "bought": cost.get("bought") or lite_cost.get("bought")}
 
 
@@ -274,6 +282,9 @@ def recipe_figures(c: Candidate, select: torch.Tensor, marks_n: int) -> dict:
         out["correct"].append(packed(scoring))
     if "dropped_at" in c.trial:
         out["dropped_at"] = c.trial["dropped_at"]
+    thick = orders_figures(c, select) if marked and len(marked) == marks_n else None
+    if thick is not None:       # at the last mark: the recipe over its data orders
+        out["orders"] = thick
     return out
 
 
@@ -319,9 +330,12 @@ def recipe_at(shipped: dict, name: str, i: int, mode: str | None = None, lr: flo
     j = min(i, max(len(r["acc"]) for r in fitting) - 1)
     best = max((r for r in fitting if len(r["acc"]) > j),
                key=lambda r: ((r.get("select_acc") or r["acc"])[j], -(r["lr"] or 0)))
-    return {"lr": best["lr"], "bn_statistics": best["bn_statistics"], "acc": best["acc"][j],
-            "correct": best["correct"][j], "interval": (best.get("interval") or [None] * (j + 1))[j],
-            "steps": shipped["steps"][j]}
+    # At the last mark a contender's figure is its recipe's over its data orders (recipe_orders.py).
+    orders = best.get("orders") if j == len(best["acc"]) - 1 == len(shipped["steps"]) - 1 else None
+    return {"lr": best["lr"], "bn_statistics": best["bn_statistics"],
+            "acc": orders["mean"] if orders else best["acc"][j], "correct": best["correct"][j],
+            "interval": orders["interval"] if orders else (best.get("interval") or [None] * (j + 1))[j],
+            "steps": shipped["steps"][j], **({"orders_correct": orders["correct"]} if orders else {})}
 
 
 def expected_gains(shipped: dict, candidates: list[Candidate], images: int, mode: str | None = None,
@@ -346,7 +360,7 @@ def expected_gains(shipped: dict, candidates: list[Candidate], images: int, mode
         return None
     for c, recipe in known:
         c.gain = float(recipe["acc"])
-        c.correct = unpacked(recipe["correct"], int(shipped["held_out"]))
+        c.correct = averaged(recipe, int(shipped["held_out"]))
         c.lr = recipe["lr"]
         c.trial = {"held_out_acc": c.gain, "server_steps": recipe["steps"], "bn_statistics": recipe["bn_statistics"],
                    "lr": recipe["lr"], **({"interval": recipe["interval"]} if recipe["interval"] else {})}
