@@ -5,7 +5,7 @@ group's `.command()` / `.group()`), so a subcommand of a nested group (bench, pr
 handled exactly like a top-level one:
 
 - InputError (bad input)                         -> `edge-sel: error: ...`, exit 2
-- WriteError, TrainingDiverged, MeasuringFailed -> `edge-sel: error: ...`, exit 1 (the run failed)
+- WriteError, TrainingDiverged, MeasuringFailed, RunKilled -> `edge-sel: error: ...`, exit 1 (the run failed)
 - KeyboardInterrupt                              -> `edge-sel: interrupted`, exit 130
 - a usage error (an unknown option, a bad value) -> one line, exit 2, without click's usage block
 """
@@ -19,7 +19,7 @@ import warnings
 
 import click
 
-from edge_sel.errors import InputError, MeasuringFailed, TrainingDiverged, WriteError
+from edge_sel.errors import InputError, MeasuringFailed, RunKilled, TrainingDiverged, WriteError
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
@@ -103,7 +103,7 @@ def _invoke_handled(invoke, ctx: click.Context):
     except InputError as e:
         click.echo(f"edge-sel: error: {e}", err=True)
         sys.exit(2)
-    except (WriteError, TrainingDiverged, MeasuringFailed) as e:
+    except (WriteError, TrainingDiverged, MeasuringFailed, RunKilled) as e:
         click.echo(f"edge-sel: error: {e}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:

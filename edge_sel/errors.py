@@ -30,6 +30,11 @@ class TrainingDiverged(Exception):
     """Non-finite losses kept coming back after rolling back and halving the learning rate."""
 
 
+class RunKilled(Exception):
+    """A fine-tune a bench ran in a process of its own ended without an answer (killed: out of memory,
+    or a signal). The CLI prints one line naming its run directory and exits 1."""
+
+
 class MeasuringFailed(Exception):
     """A child process the run started to measure (engine/loop/measure_child.py) failed: the run stops
     in one line (exit 1) rather than measure in its own process after something unexpected ran."""

@@ -292,6 +292,19 @@ def test_a_best_fixed_run_that_refuses_its_budget_is_named_and_the_others_go_on(
     assert state["stopped"] is None
 
 
+def test_a_bench_fine_tune_killed_in_its_own_process_is_one_error_naming_its_run(bench, tmp_path, monkeypatch):
+    """A row's process killed (out of memory, a signal) was a pool's traceback (BrokenProcessPool)."""
+    from edge_sel.bench.bench_run import finetune_alone
+    from edge_sel.config import TrainConfig
+    from edge_sel.engine.runs.data_options import DataOptions
+    from edge_sel.errors import RunKilled
+    warm, _ = bench
+    monkeypatch.setenv("EDGE_SEL_FAULT_KILL_AT_STEP", "1")        # the spawned child dies at its first step
+    with pytest.raises(RunKilled, match=f"^{tmp_path / 'row'}: the bench's fine-tune was killed before it finished"):
+        finetune_alone(warm, DataOptions("digits", shard="1/2", subset=64), TrainConfig(epochs=1, keep="last"),
+                       tmp_path / "row")
+
+
 def test_results_json_is_written_whole_or_left_as_it_was(tmp_path):
     """Issue [hardening], item 9: results.json is rewritten after every run; a write that fails
     midway (a file-size limit standing in for a full disk) left a torn file that the merge could not

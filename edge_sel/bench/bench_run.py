@@ -13,13 +13,14 @@ from __future__ import annotations
 import multiprocessing
 import re
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from edge_sel.bench.stopping import BenchStop
 from edge_sel.config import TrainConfig
 from edge_sel.engine.runs.data_options import DataOptions
 from edge_sel.engine.runs.run import finetune
-from edge_sel.errors import InputError
+from edge_sel.errors import InputError, RunKilled
 
 # A run's refusal of its --memory-budget (memory_plan.py, joule_choice.py, step_memory.py), and the smallest
 # budget it names.
@@ -51,10 +52,15 @@ def _finetune_with_threads(checkpoint: Path, data: DataOptions, cfg: TrainConfig
 
 def finetune_alone(checkpoint: Path, data: DataOptions, cfg: TrainConfig, run_dir: Path) -> None:
     """Fine-tune in a spawned process (nothing inherited but the arguments and the environment) on
-    this process's torch threads, as the command line runs it; an error in it is raised here."""
+    this process's torch threads, as the command line runs it; an error in it is raised here, and its
+    death (killed: out of memory, a signal) as RunKilled, not a pool's traceback."""
     import torch
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pool.submit(_finetune_with_threads, checkpoint, data, cfg, run_dir, torch.get_num_threads()).result()
+    try:
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            pool.submit(_finetune_with_threads, checkpoint, data, cfg, run_dir, torch.get_num_threads()).result()
+    except BrokenProcessPool:
+        raise RunKilled(f"{run_dir}: the bench's fine-tune was killed before it finished (out of memory, or a "
+                        f"signal); its run directory holds what it wrote") from None
 
 
 def bench_finetune(checkpoint: Path, data: DataOptions, cfg: TrainConfig, run_dir: Path, own_process: bool) -> None:
