@@ -134,9 +134,11 @@ def recipes_line(gains: dict) -> str:
     if "none" in gains:
         return f"no recipes shipped for devices: {gains['none']}; {cost}"
     partial = f" (partial: {gains['partial']})" if gains.get("partial") else ""
+    orders = gains.get("orders") or {}
+    thick = f", the last mark's {', '.join(orders['sets'])} in {orders['count']} data orders" if orders.get("sets") else ""
     return (f"shipped with the checkpoint: {len(gains['acc'])} sets' held-out accuracy at "
             f"{gains.get('trials', len(gains['acc']))} recipes (learning rates {', '.join(f'{x:g}' for x in gains.get('lr_grid') or [gains['lr']])}, "
-            f"statistics frozen and re-estimated) up to {gains['steps'][-1]} steps{partial}, for a device's own "
+            f"statistics frozen and re-estimated) up to {gains['steps'][-1]} steps{partial}{thick}, for a device's own "
             f"choice; {cost}, within {gains.get('allowance', 'no allowance')} (--set-gains-steps 0: none)")
 
 
