@@ -93,12 +93,12 @@ def averaged(recipe: dict, held: int) -> torch.Tensor | None:
 
 
 def more_orders(trainer, groups: list[list], images: TrialImages, select: torch.Tensor, steps: int, optimizer, losses,
-                rows: int, allowance, schedule: str, lite_name: str) -> tuple[dict, list[str]]:
+                rows: int, allowance, schedule: str, lite_name: str, cost: dict) -> list[str]:
     """The contenders among the sets' chosen recipes (`groups`: each distinct set's tried candidates)
-    trained again in further orders; returns their cost and names. The lite residual branches
-    (`lite_name`) train on the model that has them, counted there."""
+    trained again in further orders, their cost added to the search's `cost`; returns their names. The
+    lite residual branches (`lite_name`) train on the model that has them, counted there."""
     chosen = {id(c): c for c in (chosen_at_last(tried, steps, select) for tried in groups) if c is not None}
-    cost, names = {}, []
+    names = []
     for c in contenders(list(chosen.values()), select):
         if allowance.stopped:
             break
@@ -116,4 +116,4 @@ def more_orders(trainer, groups: list[list], images: TrialImages, select: torch.
             c.orders = None
             break
         names.append(c.name)
-    return cost, names
+    return names

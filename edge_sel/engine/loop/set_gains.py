@@ -244,10 +244,8 @@ def search(trainer, sets_once, steps: int, images, select: torch.Tensor, rows: i
     shipped_marks = [m for m in scored if m <= reached]
     thick = []          # the contenders' chosen recipes again in further data orders (recipe_orders.py)
     if shipped_marks and shipped_marks[-1] == steps and not allowance.stopped and not cost.get("bought"):
-        more, thick = more_orders(trainer, [tried for _, tried in every], images, select, steps, optimizer, losses,
-                                  rows, allowance, TRIAL_SCHEDULE, LITE)
-        for k in ("trial_flops", "trial_images_trained"):
-            cost[k] = cost.get(k, 0) + more.get(k, 0)
+        thick = more_orders(trainer, [tried for _, tried in every], images, select, steps, optimizer, losses, rows,
+                            allowance, TRIAL_SCHEDULE, LITE, cost)
     sets = {}
     for name, tried in every if shipped_marks else []:
         reached_a_mark = [f for f in (recipe_figures(c, select, len(shipped_marks)) for c in tried) if f["acc"]]

@@ -351,7 +351,7 @@ class Trainer:
         else:
             if self.phase == "finetune" and self.config.evaluate_start:
                 self.baseline = start_record(self)
-                if self.baseline.get("evaluated") != "none":        # a start at chance is no candidate
+                if "start_at_chance" not in self.baseline:         # a start at chance is no candidate
                     self.keep_choice(WARMUP_EPOCH, self.baseline)
             self.checkpoints.save(self)        # a rollback target before the first step
             if self.baseline is not None:
